@@ -1,0 +1,3 @@
+//! The replic8 node: it builds and wires the discovery, connection, session and store
+//! actors, owns the configuration and the data directory, and offers the embedding API
+//! and the `replic8` binary. It is the only crate that knows all the others.

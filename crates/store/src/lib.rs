@@ -1,0 +1,13 @@
+//! Feeds: signed, verified append-only logs, their storage, and the feed sync core.
+//!
+//! A feed is identified by an ed25519 public key. Its blocks are hashed into a
+//! BLAKE2b-256 Merkle tree built the way hypercore builds it, and the writer signs the
+//! tree's root hash and length. Replicas verify every block against a signed root before
+//! they store it. This crate never opens a socket: the sync core takes messages in and
+//! gives messages out, and the session layer (`replic8`) carries them.
+//!
+//! Modules:
+//! - [`storage`]: the [`storage::Storage`] and [`storage::FeedStorage`] traits, with memory
+//!   and disk implementations.
+
+pub mod storage;

@@ -1,0 +1,118 @@
+//! Where a feed's bytes live: the [`Storage`] and [`FeedStorage`] traits.
+//!
+//! Storage deals in bytes only: blocks by index, tree nodes by flat-tree index, and the
+//! signed head. It does no hashing and checks no signature; the feed layer verifies
+//! everything before it hands a [`WriteBatch`] down. Implementations: [`memory`] (tests
+//! and `in-memory` nodes) and [`disk`] (the default, crash safe).
+//!
+//! Durability contract: [`FeedStorage::write`] applies a batch so that, after a crash, the
+//! feed reopens with the batch either wholly present or wholly absent, never torn, and the
+//! head never covers a block or node that is not there. A batch is durable once
+//! [`FeedStorage::sync`] returns (implementations may also sync inside `write`).
+
+use std::fmt;
+
+/// One node of a feed's Merkle tree, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredNode {
+    /// The node's flat-tree index (even: a leaf, odd: a parent).
+    pub index: u64,
+    /// BLAKE2b-256 hash of the node.
+    pub hash: [u8; 32],
+    /// Total byte size of the blocks under the node.
+    pub size: u64,
+}
+
+/// The signed head of a feed: its length, tree hash, and the writer's signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StoredHead {
+    /// Number of blocks the head covers.
+    pub length: u64,
+    /// The tree hash (hash of the roots) at `length`.
+    pub tree_hash: [u8; 32],
+    /// The writer's ed25519 signature over the length and tree hash.
+    pub signature: [u8; 64],
+}
+
+impl fmt::Debug for StoredHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredHead")
+            .field("length", &self.length)
+            .field("tree_hash", &Hex(&self.tree_hash[..4]))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything one append or one verified download writes, applied atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// Blocks to store, by index. Indices need not be contiguous (sparse replicas).
+    pub blocks: Vec<(u64, Vec<u8>)>,
+    /// Tree nodes to store.
+    pub nodes: Vec<StoredNode>,
+    /// The new head, if the batch moves it.
+    pub head: Option<StoredHead>,
+}
+
+/// What a storage operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The operating system refused a read, write or sync.
+    #[error("storage i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Bytes on disk do not decode or fail their checksum outside the tail that a crash
+    /// may tear.
+    #[error("storage corrupt: {0}")]
+    Corrupt(String),
+    /// The feed does not exist in this storage.
+    #[error("feed not found in storage")]
+    NotFound,
+    /// A feed with this key already exists.
+    #[error("feed already exists in storage")]
+    Exists,
+}
+
+/// The stored state of one feed.
+pub trait FeedStorage: Send + fmt::Debug + 'static {
+    /// Apply a batch atomically (see the module's durability contract).
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError>;
+    /// Make every batch written so far durable.
+    fn sync(&mut self) -> Result<(), StorageError>;
+    /// The block at `index`, if stored.
+    fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Whether the block at `index` is stored (answered from memory, no I/O).
+    fn has_block(&self, index: u64) -> bool;
+    /// The tree node at flat-tree `index`, if stored.
+    fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError>;
+    /// The latest head written, if any.
+    fn head(&self) -> Option<StoredHead>;
+    /// The feed's secret key, for a writable feed.
+    fn secret_key(&self) -> Option<[u8; 32]>;
+}
+
+/// A collection of feeds, keyed by their ed25519 public key.
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// The per-feed handle this storage returns.
+    type Feed: FeedStorage;
+    /// Create a new, empty feed; `secret_key` makes it writable.
+    fn create(
+        &self,
+        key: [u8; 32],
+        secret_key: Option<[u8; 32]>,
+    ) -> Result<Self::Feed, StorageError>;
+    /// Open an existing feed, or `Ok(None)` if there is none with this key.
+    fn open(&self, key: &[u8; 32]) -> Result<Option<Self::Feed>, StorageError>;
+    /// The keys of every feed in this storage.
+    fn list(&self) -> Result<Vec<[u8; 32]>, StorageError>;
+}
+
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Debug for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
