@@ -12,6 +12,13 @@
 
 use std::fmt;
 
+pub mod memory;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+pub use memory::{MemoryFeed, MemoryStorage};
+
 /// One node of a feed's Merkle tree, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredNode {

@@ -1,0 +1,179 @@
+//! Behaviour every [`Storage`] must have, run against each implementation by its tests.
+
+use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
+
+/// A node whose fields are derived from `index`, so reads can be checked.
+pub(crate) fn node(index: u64) -> StoredNode {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&index.to_le_bytes());
+    hash[31] = 0xaa;
+    StoredNode {
+        index,
+        hash,
+        size: index * 3 + 1,
+    }
+}
+
+/// A head whose fields are derived from `length`.
+pub(crate) fn head(length: u64) -> StoredHead {
+    let mut tree_hash = [7u8; 32];
+    tree_hash[..8].copy_from_slice(&length.to_le_bytes());
+    let mut signature = [9u8; 64];
+    signature[..8].copy_from_slice(&length.to_be_bytes());
+    StoredHead {
+        length,
+        tree_hash,
+        signature,
+    }
+}
+
+/// A block whose bytes are derived from `index` and `len`.
+pub(crate) fn block(index: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(index) as u8)
+        .collect()
+}
+
+/// The batch an append of blocks `[start, end)` of `len` bytes each would write.
+pub(crate) fn append_batch(start: u64, end: u64, len: usize) -> WriteBatch {
+    WriteBatch {
+        blocks: (start..end).map(|i| (i, block(i, len))).collect(),
+        nodes: (start..end)
+            .flat_map(|i| [node(2 * i), node(2 * i + 1)])
+            .collect(),
+        head: Some(head(end)),
+    }
+}
+
+/// Run every case. `new` gives a fresh, empty storage; `reopen` gives a second storage
+/// over the same data (for disk: a new instance on the same directory).
+pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn FnMut(&S) -> S) {
+    create_open_list(new());
+    write_then_read(new());
+    reopen_sees_synced_batches(new, reopen);
+    sparse_blocks(new());
+    empty_and_large_blocks(new());
+}
+
+fn create_open_list<S: Storage>(s: S) {
+    assert!(s.list().unwrap().is_empty());
+    assert!(s.open(&[1; 32]).unwrap().is_none());
+    let writable = s.create([1; 32], Some([5; 32])).unwrap();
+    assert_eq!(writable.secret_key(), Some([5; 32]));
+    assert_eq!(writable.head(), None);
+    let replica = s.create([2; 32], None).unwrap();
+    assert_eq!(replica.secret_key(), None);
+    assert!(matches!(s.create([1; 32], None), Err(StorageError::Exists)));
+    assert_eq!(s.list().unwrap(), vec![[1; 32], [2; 32]]);
+    let opened = s.open(&[1; 32]).unwrap().unwrap();
+    assert_eq!(opened.secret_key(), Some([5; 32]));
+}
+
+fn write_then_read<S: Storage>(s: S) {
+    let mut f = s.create([3; 32], Some([4; 32])).unwrap();
+    f.write(append_batch(0, 1, 100)).unwrap();
+    f.write(append_batch(1, 5, 100)).unwrap();
+    f.sync().unwrap();
+    for i in 0..5 {
+        assert!(f.has_block(i));
+        assert_eq!(f.block(i).unwrap(), Some(block(i, 100)), "block {i}");
+        assert_eq!(f.node(2 * i).unwrap(), Some(node(2 * i)));
+        assert_eq!(f.node(2 * i + 1).unwrap(), Some(node(2 * i + 1)));
+    }
+    assert!(!f.has_block(5));
+    assert_eq!(f.block(5).unwrap(), None);
+    assert_eq!(f.node(10).unwrap(), None);
+    assert_eq!(f.head(), Some(head(5)));
+    // A batch with only a head moves the head and nothing else.
+    f.write(WriteBatch {
+        head: Some(head(5)),
+        ..WriteBatch::default()
+    })
+    .unwrap();
+    // A batch without a head keeps the old one.
+    f.write(WriteBatch {
+        nodes: vec![node(21)],
+        ..WriteBatch::default()
+    })
+    .unwrap();
+    assert_eq!(f.head(), Some(head(5)));
+    assert_eq!(f.node(21).unwrap(), Some(node(21)));
+}
+
+fn reopen_sees_synced_batches<S: Storage>(
+    new: &mut dyn FnMut() -> S,
+    reopen: &mut dyn FnMut(&S) -> S,
+) {
+    let s = new();
+    {
+        let mut f = s.create([6; 32], Some([8; 32])).unwrap();
+        for start in 0..20 {
+            f.write(append_batch(start, start + 1, 1000)).unwrap();
+        }
+        f.sync().unwrap();
+        let _empty = s.create([7; 32], None).unwrap();
+    }
+    let s2 = reopen(&s);
+    drop(s);
+    assert_eq!(s2.list().unwrap(), vec![[6; 32], [7; 32]]);
+    let mut f = s2.open(&[6; 32]).unwrap().unwrap();
+    assert_eq!(f.secret_key(), Some([8; 32]));
+    assert_eq!(f.head(), Some(head(20)));
+    for i in 0..20 {
+        assert!(f.has_block(i));
+        assert_eq!(f.block(i).unwrap(), Some(block(i, 1000)));
+        assert_eq!(f.node(2 * i + 1).unwrap(), Some(node(2 * i + 1)));
+    }
+    // Writing after a reopen appends to what is there.
+    f.write(append_batch(20, 22, 10)).unwrap();
+    f.sync().unwrap();
+    assert_eq!(f.block(21).unwrap(), Some(block(21, 10)));
+    assert_eq!(f.block(3).unwrap(), Some(block(3, 1000)));
+    let e = s2.open(&[7; 32]).unwrap().unwrap();
+    assert_eq!(e.head(), None);
+    assert!(!e.has_block(0));
+}
+
+fn sparse_blocks<S: Storage>(s: S) {
+    let mut f = s.create([9; 32], None).unwrap();
+    f.write(WriteBatch {
+        blocks: vec![(1_000_000, block(1_000_000, 10)), (3, block(3, 10))],
+        nodes: vec![node(2_000_000), node(6)],
+        head: Some(head(2_000_000)),
+    })
+    .unwrap();
+    f.sync().unwrap();
+    assert!(f.has_block(3));
+    assert!(f.has_block(1_000_000));
+    assert!(!f.has_block(0));
+    assert!(!f.has_block(4));
+    assert!(!f.has_block(999_999));
+    assert_eq!(f.block(1_000_000).unwrap(), Some(block(1_000_000, 10)));
+    assert_eq!(f.block(2).unwrap(), None);
+    assert_eq!(f.node(2_000_000).unwrap(), Some(node(2_000_000)));
+    assert_eq!(f.node(2).unwrap(), None);
+    // Filling a gap later works.
+    f.write(WriteBatch {
+        blocks: vec![(0, block(0, 7))],
+        nodes: vec![node(0)],
+        head: None,
+    })
+    .unwrap();
+    assert_eq!(f.block(0).unwrap(), Some(block(0, 7)));
+    assert_eq!(f.head(), Some(head(2_000_000)));
+}
+
+fn empty_and_large_blocks<S: Storage>(s: S) {
+    let mut f = s.create([10; 32], Some([1; 32])).unwrap();
+    let large = block(1, 3 << 20);
+    f.write(WriteBatch {
+        blocks: vec![(0, Vec::new()), (1, large.clone())],
+        nodes: vec![node(0), node(1), node(2)],
+        head: Some(head(2)),
+    })
+    .unwrap();
+    f.sync().unwrap();
+    assert!(f.has_block(0));
+    assert_eq!(f.block(0).unwrap(), Some(Vec::new()));
+    assert_eq!(f.block(1).unwrap(), Some(large));
+}
