@@ -46,8 +46,8 @@ pub(crate) fn append_batch(start: u64, end: u64, len: usize) -> WriteBatch {
 }
 
 /// Run every case. `new` gives a fresh, empty storage; `reopen` gives a second storage
-/// over the same data (for disk: a new instance on the same directory).
-pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn FnMut(&S) -> S) {
+/// over the same data (for disk: drops it and opens the same directory again).
+pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn FnMut(S) -> S) {
     create_open_list(new());
     write_then_read(new());
     reopen_sees_synced_batches(new, reopen);
@@ -102,7 +102,7 @@ fn write_then_read<S: Storage>(s: S) {
 
 fn reopen_sees_synced_batches<S: Storage>(
     new: &mut dyn FnMut() -> S,
-    reopen: &mut dyn FnMut(&S) -> S,
+    reopen: &mut dyn FnMut(S) -> S,
 ) {
     let s = new();
     {
@@ -113,8 +113,7 @@ fn reopen_sees_synced_batches<S: Storage>(
         f.sync().unwrap();
         let _empty = s.create([7; 32], None).unwrap();
     }
-    let s2 = reopen(&s);
-    drop(s);
+    let s2 = reopen(s);
     assert_eq!(s2.list().unwrap(), vec![[6; 32], [7; 32]]);
     let mut f = s2.open(&[6; 32]).unwrap().unwrap();
     assert_eq!(f.secret_key(), Some([8; 32]));

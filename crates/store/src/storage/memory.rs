@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn memory_conformance() {
-        conformance::run_all(&mut || MemoryStorage::new(), &mut |s| s.clone());
+        conformance::run_all(&mut MemoryStorage::new, &mut |s| s);
     }
 
     #[test]

@@ -12,11 +12,13 @@
 
 use std::fmt;
 
+pub mod disk;
 pub mod memory;
 
 #[cfg(test)]
 pub(crate) mod conformance;
 
+pub use disk::{DiskConfig, DiskFeed, DiskStorage};
 pub use memory::{MemoryFeed, MemoryStorage};
 
 /// One node of a feed's Merkle tree, as stored.

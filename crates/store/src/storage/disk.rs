@@ -1,0 +1,1255 @@
+//! [`DiskStorage`]: feeds in a directory, crash safe. The default storage.
+//!
+//! Layout (the full description, with the recovery steps and the fsync order, is in
+//! `docs/ARCHITECTURE.md`, "store: on-disk layout"):
+//!
+//! ```text
+//! <root>/LOCK                       held with an exclusive file lock while open
+//! <root>/feeds/<hh>/<key hex>/meta  public key, secret key (written once, at create)
+//!                             log   append-only batch records: the source of truth
+//!                             tree  tree-node slots, 48 bytes per flat-tree index
+//!                             index block slots, 24 bytes per block index
+//!                             state checkpoint: log offset applied to the slot files,
+//!                                   head, bitfield of stored blocks
+//! ```
+//!
+//! Every [`WriteBatch`] becomes one checksummed record appended to `log`; a crash leaves
+//! a record whole or torn, and a torn record at the tail is cut on open, so a batch is all
+//! or nothing and the head (inside the record) never covers absent data. The slot files
+//! are a derived index written only at checkpoints, after the log is synced; records
+//! after the last checkpoint are replayed into memory on open.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
+
+/// Magic at the start of `log`.
+const LOG_MAGIC: &[u8; 8] = b"R8FLOG01";
+/// Length of the `log` file header (magic plus reserved bytes).
+const LOG_HEADER_LEN: u64 = 16;
+/// Magic at the start of every log record.
+const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"R8BR");
+/// Record header: magic, crc, body length, block count, node count.
+const RECORD_HEADER_LEN: u64 = 24;
+/// Fixed part of a record body: head flag, padding, head.
+const RECORD_HEAD_LEN: u64 = 112;
+/// One block entry in a record: index, length, padding.
+const RECORD_BLOCK_LEN: u64 = 16;
+/// One node entry in a record: index, hash, size.
+const RECORD_NODE_LEN: u64 = 48;
+/// Largest record body accepted on read or write. Bounds what replay allocates; one
+/// batch may not exceed it.
+pub const MAX_RECORD_BYTES: u64 = 1 << 30;
+
+/// Magic and size of `meta`.
+const META_MAGIC: &[u8; 8] = b"R8FMETA1";
+const META_LEN: usize = 84;
+
+/// Magic of `state`; its size is bounded by [`MAX_STATE_BYTES`].
+const STATE_MAGIC: &[u8; 8] = b"R8FSTAT1";
+/// Fixed part of `state` before the bitfield words: magic, applied offset, head flag,
+/// padding, head, word count.
+const STATE_FIXED_LEN: usize = 8 + 8 + 8 + 104 + 8;
+/// Largest `state` file accepted (a bitfield of about 4 billion blocks).
+const MAX_STATE_BYTES: u64 = 512 << 20;
+
+/// Size of one slot in `tree`: hash, size, crc, padding.
+const TREE_SLOT: u64 = 48;
+/// Size of one slot in `index`: log offset, length, data crc, slot crc, padding.
+const INDEX_SLOT: u64 = 24;
+
+/// Tuning for a [`DiskStorage`].
+#[derive(Debug, Clone, Copy)]
+pub struct DiskConfig {
+    /// Most file handles kept open at once across all feeds (least recently used are
+    /// closed first). Each active feed uses up to three (log, tree, index).
+    pub max_open_files: usize,
+    /// Log bytes after which a `sync` also checkpoints the slot files, bounding both the
+    /// memory a feed holds for unindexed records and the replay on open.
+    pub checkpoint_bytes: u64,
+    /// Unindexed blocks plus nodes after which a `sync` also checkpoints.
+    pub checkpoint_entries: usize,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            // Well under the usual soft limit of 1024 descriptors, leaving room for sockets.
+            max_open_files: 256,
+            // Replaying 64 MiB on open takes well under a second; checkpoint cost (five
+            // fsyncs) is then a small fraction of the time spent writing that much.
+            checkpoint_bytes: 64 << 20,
+            // About 6 MB of in-memory index per active feed at most.
+            checkpoint_entries: 1 << 16,
+        }
+    }
+}
+
+/// Feeds stored in a directory, one sub-directory per feed.
+///
+/// Cheap to clone; clones share the open-file cache and the feeds. Only one
+/// `DiskStorage` (in any process) may have a directory open at a time: the second gets
+/// an error (`LOCK` is held with an exclusive lock).
+#[derive(Debug, Clone)]
+pub struct DiskStorage {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    root: PathBuf,
+    feeds_dir: PathBuf,
+    config: DiskConfig,
+    _lock: File,
+    files: Mutex<FileCache>,
+    live: Mutex<HashMap<[u8; 32], Weak<Mutex<FeedInner>>>>,
+    next_id: AtomicU64,
+}
+
+/// One feed of a [`DiskStorage`]. Handles to the same feed share its state.
+#[derive(Debug, Clone)]
+pub struct DiskFeed {
+    inner: Arc<Mutex<FeedInner>>,
+}
+
+#[derive(Debug)]
+struct FeedInner {
+    shared: Arc<Shared>,
+    id: u64,
+    key: [u8; 32],
+    dir: PathBuf,
+    secret_key: Option<[u8; 32]>,
+    head: Option<StoredHead>,
+    bitfield: Bitfield,
+    /// End of the log (where the next record goes); 0 until the log exists.
+    log_len: u64,
+    /// Log offset up to which the slot files hold every record (the checkpoint).
+    applied: u64,
+    /// Blocks of records after `applied`, not yet in `index`.
+    recent_blocks: HashMap<u64, BlockLoc>,
+    /// Nodes of records after `applied`, not yet in `tree`.
+    recent_nodes: HashMap<u64, StoredNode>,
+    /// Records were written after the last `sync`.
+    unsynced: bool,
+    /// The directories and `meta` must be synced (after create or open).
+    needs_dir_sync: bool,
+    /// A write failed half way; the feed refuses writes until it is reopened.
+    failed: bool,
+    /// Scratch buffer for record headers and entries.
+    scratch: Vec<u8>,
+}
+
+/// Where a block's bytes are in `log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlockLoc {
+    offset: u64,
+    len: u32,
+    crc: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum FileKind {
+    Log,
+    Tree,
+    Index,
+}
+
+impl FileKind {
+    fn name(self) -> &'static str {
+        match self {
+            FileKind::Log => "log",
+            FileKind::Tree => "tree",
+            FileKind::Index => "index",
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
+    StorageError::Corrupt(format!("{}: offset {offset}: {what}", path.display()))
+}
+
+fn invalid_input(what: &str) -> StorageError {
+    StorageError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        what.to_string(),
+    ))
+}
+
+fn hex(key: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for b in key {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_hex(name: &str) -> Option<[u8; 32]> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn encode_head(out: &mut Vec<u8>, head: Option<&StoredHead>) {
+    match head {
+        Some(h) => {
+            out.push(1);
+            out.extend_from_slice(&[0u8; 7]);
+            out.extend_from_slice(&h.length.to_le_bytes());
+            out.extend_from_slice(&h.tree_hash);
+            out.extend_from_slice(&h.signature);
+        }
+        None => out.extend_from_slice(&[0u8; 112]),
+    }
+}
+
+/// Decode the 112-byte head field; `None` for a bad flag.
+fn decode_head(b: &[u8]) -> Option<Option<StoredHead>> {
+    match b[0] {
+        0 => Some(None),
+        1 => {
+            let mut tree_hash = [0u8; 32];
+            tree_hash.copy_from_slice(&b[16..48]);
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(&b[48..112]);
+            Some(Some(StoredHead {
+                length: u64_at(b, 8),
+                tree_hash,
+                signature,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// Which blocks a feed stores, one bit each.
+#[derive(Debug, Default, Clone)]
+struct Bitfield {
+    words: Vec<u64>,
+}
+
+impl Bitfield {
+    fn get(&self, i: u64) -> bool {
+        let w = (i / 64) as usize;
+        self.words
+            .get(w)
+            .is_some_and(|word| word & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: u64) {
+        let w = (i / 64) as usize;
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        self.words[w] |= 1 << (i % 64);
+    }
+}
+
+/// Open file handles, bounded, least recently used closed first.
+#[derive(Debug, Default)]
+struct FileCache {
+    entries: HashMap<(u64, FileKind), (Arc<File>, u64)>,
+    by_use: BTreeMap<u64, (u64, FileKind)>,
+    tick: u64,
+}
+
+impl FileCache {
+    fn get(&mut self, key: (u64, FileKind)) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (file, used) = self.entries.get_mut(&key)?;
+        self.by_use.remove(used);
+        *used = tick;
+        self.by_use.insert(tick, key);
+        Some(Arc::clone(file))
+    }
+
+    fn insert(&mut self, key: (u64, FileKind), file: Arc<File>, max: usize) {
+        self.tick += 1;
+        if let Some((_, used)) = self.entries.insert(key, (file, self.tick)) {
+            self.by_use.remove(&used);
+        }
+        self.by_use.insert(self.tick, key);
+        while self.entries.len() > max.max(1) {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
+
+    fn remove_feed(&mut self, id: u64) {
+        for kind in [FileKind::Log, FileKind::Tree, FileKind::Index] {
+            if let Some((_, used)) = self.entries.remove(&(id, kind)) {
+                self.by_use.remove(&used);
+            }
+        }
+    }
+}
+
+impl DiskStorage {
+    /// Open (creating if needed) the storage in directory `root`, with default tuning.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with(root, DiskConfig::default())
+    }
+
+    /// Open (creating if needed) the storage in directory `root`.
+    pub fn open_with(root: impl AsRef<Path>, config: DiskConfig) -> Result<Self, StorageError> {
+        let root = root.as_ref().to_path_buf();
+        let feeds_dir = root.join("feeds");
+        let fresh = !feeds_dir.exists();
+        fs::create_dir_all(&feeds_dir)?;
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join("LOCK"))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Io(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another storage", root.display()),
+                )))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        if fresh {
+            sync_dir(&root)?;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let storage = Self {
+            shared: Arc::new(Shared {
+                root,
+                feeds_dir,
+                config,
+                _lock: lock_file,
+                files: Mutex::new(FileCache::default()),
+                live: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        };
+        storage.remove_leftovers()?;
+        Ok(storage)
+    }
+
+    /// The directory this storage lives in.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Number of file handles held open right now (at most
+    /// [`DiskConfig::max_open_files`], plus those in use by a running operation).
+    pub fn open_files(&self) -> usize {
+        lock(&self.shared.files).entries.len()
+    }
+
+    fn feed_dir(&self, key: &[u8; 32]) -> PathBuf {
+        let h = hex(key);
+        self.shared.feeds_dir.join(&h[..2]).join(h)
+    }
+
+    /// Remove directories of creates that a crash interrupted (before their rename).
+    fn remove_leftovers(&self) -> Result<(), StorageError> {
+        for fan in fs::read_dir(&self.shared.feeds_dir)? {
+            let fan = fan?;
+            if !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(fan.path())? {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    fs::remove_dir_all(entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_inner(
+        &self,
+        key: [u8; 32],
+        dir: PathBuf,
+        secret_key: Option<[u8; 32]>,
+    ) -> Arc<Mutex<FeedInner>> {
+        Arc::new(Mutex::new(FeedInner {
+            shared: Arc::clone(&self.shared),
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            key,
+            dir,
+            secret_key,
+            head: None,
+            bitfield: Bitfield::default(),
+            log_len: 0,
+            applied: LOG_HEADER_LEN,
+            recent_blocks: HashMap::new(),
+            recent_nodes: HashMap::new(),
+            unsynced: false,
+            needs_dir_sync: true,
+            failed: false,
+            scratch: Vec::new(),
+        }))
+    }
+}
+
+impl Storage for DiskStorage {
+    type Feed = DiskFeed;
+
+    fn create(
+        &self,
+        key: [u8; 32],
+        secret_key: Option<[u8; 32]>,
+    ) -> Result<DiskFeed, StorageError> {
+        let mut live = lock(&self.shared.live);
+        if live.get(&key).is_some_and(|w| w.strong_count() > 0) {
+            return Err(StorageError::Exists);
+        }
+        let dir = self.feed_dir(&key);
+        if dir.exists() {
+            return Err(StorageError::Exists);
+        }
+        let fan = dir.parent().unwrap_or(&self.shared.feeds_dir).to_path_buf();
+        fs::create_dir_all(&fan)?;
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = fan.join(format!(".tmp-{}-{}-{n}", hex(&key), std::process::id()));
+        fs::create_dir(&tmp)?;
+        let mut meta = Vec::with_capacity(META_LEN);
+        meta.extend_from_slice(META_MAGIC);
+        meta.extend_from_slice(&1u32.to_le_bytes());
+        meta.extend_from_slice(&u32::from(secret_key.is_some()).to_le_bytes());
+        meta.extend_from_slice(&key);
+        meta.extend_from_slice(&secret_key.unwrap_or([0; 32]));
+        let crc = crc32fast::hash(&meta);
+        meta.extend_from_slice(&crc.to_le_bytes());
+        fs::write(tmp.join("meta"), &meta)?;
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(if dir.exists() {
+                StorageError::Exists
+            } else {
+                e.into()
+            });
+        }
+        let inner = self.new_inner(key, dir, secret_key);
+        live.insert(key, Arc::downgrade(&inner));
+        Ok(DiskFeed { inner })
+    }
+
+    fn open(&self, key: &[u8; 32]) -> Result<Option<DiskFeed>, StorageError> {
+        let mut live = lock(&self.shared.live);
+        if let Some(inner) = live.get(key).and_then(Weak::upgrade) {
+            return Ok(Some(DiskFeed { inner }));
+        }
+        let dir = self.feed_dir(key);
+        let meta_path = dir.join("meta");
+        let meta = match read_bounded(&meta_path, META_LEN as u64) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let secret_key = decode_meta(&meta, key).map_err(|what| corrupt(&meta_path, 0, what))?;
+        let inner = self.new_inner(*key, dir, secret_key);
+        lock(&inner).load()?;
+        live.insert(*key, Arc::downgrade(&inner));
+        Ok(Some(DiskFeed { inner }))
+    }
+
+    fn list(&self) -> Result<Vec<[u8; 32]>, StorageError> {
+        let mut keys = Vec::new();
+        for fan in fs::read_dir(&self.shared.feeds_dir)? {
+            let fan = fan?;
+            if !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(fan.path())? {
+                let entry = entry?;
+                if let Some(key) = entry.file_name().to_str().and_then(parse_hex) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort_unstable();
+        Ok(keys)
+    }
+}
+
+/// Read a whole file of at most `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: {len} bytes, more than the {max} allowed",
+                path.display()
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn decode_meta(meta: &[u8], key: &[u8; 32]) -> Result<Option<[u8; 32]>, &'static str> {
+    if meta.len() != META_LEN {
+        return Err("meta has the wrong size");
+    }
+    if &meta[..8] != META_MAGIC {
+        return Err("meta has a bad magic");
+    }
+    if crc32fast::hash(&meta[..80]) != u32_at(meta, 80) {
+        return Err("meta fails its checksum");
+    }
+    if u32_at(meta, 8) != 1 {
+        return Err("meta has an unknown version");
+    }
+    if meta[16..48] != key[..] {
+        return Err("meta names another key");
+    }
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&meta[48..80]);
+    match u32_at(meta, 12) {
+        0 => Ok(None),
+        1 => Ok(Some(secret)),
+        _ => Err("meta has unknown flags"),
+    }
+}
+
+/// What reading one log record found.
+enum RecordRead {
+    /// A whole record that passes its checksum.
+    Valid(Record),
+    /// The bytes at this offset are not a whole, valid record.
+    Invalid(&'static str),
+}
+
+/// A decoded record (payloads stay in the log).
+struct Record {
+    end: u64,
+    head: Option<StoredHead>,
+    blocks: Vec<(u64, BlockLoc)>,
+    nodes: Vec<StoredNode>,
+}
+
+/// Read and check the record at `at`, with the log `len` bytes long. I/O errors are
+/// errors; anything wrong with the bytes is `Invalid`.
+fn read_record(file: &File, at: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<RecordRead> {
+    use RecordRead::Invalid;
+    let remaining = len - at;
+    if remaining < RECORD_HEADER_LEN {
+        return Ok(Invalid("record header cut short"));
+    }
+    let mut header = [0u8; RECORD_HEADER_LEN as usize];
+    file.read_exact_at(&mut header, at)?;
+    if u32_at(&header, 0) != RECORD_MAGIC {
+        return Ok(Invalid("bad record magic"));
+    }
+    let crc = u32_at(&header, 4);
+    let body_len = u64_at(&header, 8);
+    let n_blocks = u64::from(u32_at(&header, 16));
+    let n_nodes = u64::from(u32_at(&header, 20));
+    if body_len > MAX_RECORD_BYTES {
+        return Ok(Invalid("record length over the limit"));
+    }
+    if body_len > remaining - RECORD_HEADER_LEN {
+        return Ok(Invalid("record cut short"));
+    }
+    let meta_len = RECORD_HEAD_LEN + n_blocks * RECORD_BLOCK_LEN + n_nodes * RECORD_NODE_LEN;
+    if meta_len > body_len {
+        return Ok(Invalid("record entries overrun its length"));
+    }
+    // Bounded: meta_len <= body_len <= MAX_RECORD_BYTES and <= the bytes in the file.
+    buf.clear();
+    buf.resize(meta_len as usize, 0);
+    file.read_exact_at(buf, at + RECORD_HEADER_LEN)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[8..]);
+    hasher.update(buf);
+    let Some(head) = decode_head(&buf[..RECORD_HEAD_LEN as usize]) else {
+        return Ok(Invalid("bad head flag"));
+    };
+    let mut offset = at + RECORD_HEADER_LEN + meta_len;
+    let end = at + RECORD_HEADER_LEN + body_len;
+    let mut blocks = Vec::with_capacity(n_blocks as usize);
+    for k in 0..n_blocks as usize {
+        let e = RECORD_HEAD_LEN as usize + k * RECORD_BLOCK_LEN as usize;
+        let index = u64_at(buf, e);
+        let block_len = u32_at(buf, e + 8);
+        if offset + u64::from(block_len) > end {
+            return Ok(Invalid("record blocks overrun its length"));
+        }
+        blocks.push((
+            index,
+            BlockLoc {
+                offset,
+                len: block_len,
+                crc: 0,
+            },
+        ));
+        offset += u64::from(block_len);
+    }
+    if offset != end {
+        return Ok(Invalid("record blocks do not fill its length"));
+    }
+    let node_base = RECORD_HEAD_LEN as usize + n_blocks as usize * RECORD_BLOCK_LEN as usize;
+    let mut nodes = Vec::with_capacity(n_nodes as usize);
+    for k in 0..n_nodes as usize {
+        let e = node_base + k * RECORD_NODE_LEN as usize;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&buf[e + 8..e + 40]);
+        nodes.push(StoredNode {
+            index: u64_at(buf, e),
+            hash,
+            size: u64_at(buf, e + 40),
+        });
+    }
+    // Payloads: per-block checksums, combined into the record's.
+    let mut chunk = vec![0u8; 1 << 20];
+    for (_, loc) in blocks.iter_mut() {
+        let mut h = crc32fast::Hasher::new();
+        let mut done = 0u64;
+        while done < u64::from(loc.len) {
+            let n = (u64::from(loc.len) - done).min(chunk.len() as u64) as usize;
+            file.read_exact_at(&mut chunk[..n], loc.offset + done)?;
+            h.update(&chunk[..n]);
+            done += n as u64;
+        }
+        loc.crc = h.clone().finalize();
+        hasher.combine(&h);
+    }
+    if hasher.finalize() != crc {
+        return Ok(Invalid("record fails its checksum"));
+    }
+    Ok(RecordRead::Valid(Record {
+        end,
+        head,
+        blocks,
+        nodes,
+    }))
+}
+
+impl FeedInner {
+    fn path(&self, kind: FileKind) -> PathBuf {
+        self.dir.join(kind.name())
+    }
+
+    /// The handle for one of this feed's files; `None` if it does not exist and
+    /// `create` is false.
+    fn file(&self, kind: FileKind, create: bool) -> Result<Option<Arc<File>>, StorageError> {
+        let key = (self.id, kind);
+        if let Some(f) = lock(&self.shared.files).get(key) {
+            return Ok(Some(f));
+        }
+        let mut options = OpenOptions::new();
+        options.read(true);
+        match kind {
+            FileKind::Log => options.append(true),
+            FileKind::Tree | FileKind::Index => options.write(true),
+        };
+        options.create(create);
+        let file = match options.open(self.path(kind)) {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        lock(&self.shared.files).insert(key, Arc::clone(&file), self.shared.config.max_open_files);
+        Ok(Some(file))
+    }
+
+    fn log(&self) -> Result<Arc<File>, StorageError> {
+        self.file(FileKind::Log, true)?
+            .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))
+    }
+
+    /// Load the checkpoint and replay the log after it; cut a torn tail.
+    fn load(&mut self) -> Result<(), StorageError> {
+        let state_path = self.dir.join("state");
+        match read_bounded(&state_path, MAX_STATE_BYTES) {
+            Ok(state) => self.decode_state(&state, &state_path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(corrupt(&state_path, 0, "state larger than allowed"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let log_path = self.path(FileKind::Log);
+        let Some(log) = self.file(FileKind::Log, false)? else {
+            if self.applied > LOG_HEADER_LEN {
+                return Err(corrupt(
+                    &log_path,
+                    0,
+                    "log missing but a checkpoint needs it",
+                ));
+            }
+            return Ok(());
+        };
+        let len = log.metadata()?.len();
+        if len < LOG_HEADER_LEN {
+            if self.applied > LOG_HEADER_LEN {
+                return Err(corrupt(&log_path, len, "log shorter than its checkpoint"));
+            }
+            // Created but its header never made it: nothing was acknowledged.
+            log.set_len(0)?;
+            (&*log).write_all(&log_header())?;
+            self.log_len = LOG_HEADER_LEN;
+            self.unsynced = true;
+            return Ok(());
+        }
+        let mut header = [0u8; LOG_HEADER_LEN as usize];
+        log.read_exact_at(&mut header, 0)?;
+        if header != log_header() {
+            return Err(corrupt(&log_path, 0, "bad log header"));
+        }
+        if len < self.applied {
+            return Err(corrupt(&log_path, len, "log shorter than its checkpoint"));
+        }
+        let mut at = self.applied;
+        let mut buf = Vec::new();
+        while at < len {
+            match read_record(&log, at, len, &mut buf)? {
+                RecordRead::Valid(record) => {
+                    self.apply(&record);
+                    at = record.end;
+                }
+                RecordRead::Invalid(what) => {
+                    if let Some(valid_at) = find_valid_record(&log, at + 1, len)? {
+                        return Err(corrupt(
+                            &log_path,
+                            at,
+                            &format!("{what}, with a valid record after it at {valid_at}"),
+                        ));
+                    }
+                    tracing::warn!(path = %log_path.display(), at, len, what, "cutting torn log tail");
+                    log.set_len(at)?;
+                    log.sync_data()?;
+                    break;
+                }
+            }
+        }
+        self.log_len = at;
+        Ok(())
+    }
+
+    fn decode_state(&mut self, s: &[u8], path: &Path) -> Result<(), StorageError> {
+        if s.len() < STATE_FIXED_LEN + 4 {
+            return Err(corrupt(path, 0, "state too short"));
+        }
+        let body = &s[..s.len() - 4];
+        if crc32fast::hash(body) != u32_at(s, s.len() - 4) {
+            return Err(corrupt(path, 0, "state fails its checksum"));
+        }
+        if &s[..8] != STATE_MAGIC {
+            return Err(corrupt(path, 0, "bad state magic"));
+        }
+        let applied = u64_at(s, 8);
+        let head = decode_head(&s[16..128]).ok_or_else(|| corrupt(path, 16, "bad head flag"))?;
+        let words = u64_at(s, 128);
+        if words.checked_mul(8) != Some((body.len() - STATE_FIXED_LEN) as u64) {
+            return Err(corrupt(
+                path,
+                128,
+                "bitfield length does not match the file",
+            ));
+        }
+        self.applied = applied.max(LOG_HEADER_LEN);
+        self.head = head;
+        self.bitfield.words = body[STATE_FIXED_LEN..]
+            .chunks_exact(8)
+            .map(|w| u64_at(w, 0))
+            .collect();
+        Ok(())
+    }
+
+    fn apply(&mut self, record: &Record) {
+        for (index, loc) in &record.blocks {
+            self.bitfield.set(*index);
+            self.recent_blocks.insert(*index, *loc);
+        }
+        for node in &record.nodes {
+            self.recent_nodes.insert(node.index, *node);
+        }
+        if let Some(head) = record.head {
+            self.head = Some(head);
+        }
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Io(io::Error::other(
+                "an earlier write failed; reopen the feed",
+            )));
+        }
+        let n_blocks = u32::try_from(batch.blocks.len())
+            .map_err(|_| invalid_input("too many blocks in one batch"))?;
+        let n_nodes = u32::try_from(batch.nodes.len())
+            .map_err(|_| invalid_input("too many nodes in one batch"))?;
+        let meta_len = RECORD_HEAD_LEN
+            + u64::from(n_blocks) * RECORD_BLOCK_LEN
+            + u64::from(n_nodes) * RECORD_NODE_LEN;
+        let mut body_len = meta_len;
+        for (_, data) in &batch.blocks {
+            u32::try_from(data.len()).map_err(|_| invalid_input("block over 4 GiB"))?;
+            body_len += data.len() as u64;
+        }
+        if body_len > MAX_RECORD_BYTES {
+            return Err(invalid_input("batch over the record size limit"));
+        }
+        let log = self.log()?;
+        if self.log_len == 0 {
+            // A new log (opened with no log file, or just created).
+            let len = log.metadata()?.len();
+            if len != 0 {
+                log.set_len(0)?;
+            }
+            (&*log).write_all(&log_header())?;
+            self.log_len = LOG_HEADER_LEN;
+            self.needs_dir_sync = true;
+        }
+
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.resize(RECORD_HEADER_LEN as usize, 0);
+        encode_head(&mut scratch, batch.head.as_ref());
+        for (index, data) in &batch.blocks {
+            scratch.extend_from_slice(&index.to_le_bytes());
+            scratch.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            scratch.extend_from_slice(&[0u8; 4]);
+        }
+        for node in &batch.nodes {
+            scratch.extend_from_slice(&node.index.to_le_bytes());
+            scratch.extend_from_slice(&node.hash);
+            scratch.extend_from_slice(&node.size.to_le_bytes());
+        }
+        scratch[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        scratch[8..16].copy_from_slice(&body_len.to_le_bytes());
+        scratch[16..20].copy_from_slice(&n_blocks.to_le_bytes());
+        scratch[20..24].copy_from_slice(&n_nodes.to_le_bytes());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&scratch[8..]);
+        let start = self.log_len;
+        let mut offset = start + RECORD_HEADER_LEN + meta_len;
+        let mut locs = Vec::with_capacity(batch.blocks.len());
+        for (index, data) in &batch.blocks {
+            let mut h = crc32fast::Hasher::new();
+            h.update(data);
+            let loc = BlockLoc {
+                offset,
+                len: data.len() as u32,
+                crc: h.clone().finalize(),
+            };
+            hasher.combine(&h);
+            locs.push((*index, loc));
+            offset += data.len() as u64;
+        }
+        scratch[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
+
+        let mut slices = Vec::with_capacity(1 + batch.blocks.len());
+        slices.push(IoSlice::new(&scratch));
+        slices.extend(batch.blocks.iter().map(|(_, d)| IoSlice::new(d)));
+        let written = write_all_vectored(&log, &mut slices);
+        self.scratch = scratch;
+        if let Err(e) = written {
+            // Remove the partial record so the next one starts at a record boundary.
+            if log.set_len(start).is_err() {
+                self.failed = true;
+            }
+            return Err(e.into());
+        }
+        self.log_len = offset;
+        self.unsynced = true;
+        self.apply(&Record {
+            end: offset,
+            head: batch.head,
+            blocks: locs,
+            nodes: batch.nodes,
+        });
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.unsynced {
+            self.log()?.sync_data()?;
+            self.unsynced = false;
+        }
+        if self.needs_dir_sync {
+            File::open(self.dir.join("meta"))?.sync_all()?;
+            sync_dir(&self.dir)?;
+            if let Some(fan) = self.dir.parent() {
+                sync_dir(fan)?;
+            }
+            sync_dir(&self.shared.feeds_dir)?;
+            self.needs_dir_sync = false;
+        }
+        let config = &self.shared.config;
+        if self.log_len.saturating_sub(self.applied) >= config.checkpoint_bytes
+            || self.recent_blocks.len() + self.recent_nodes.len() >= config.checkpoint_entries
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Write the unindexed entries into the slot files, sync them, then record the new
+    /// checkpoint in `state`. Called only when the log is synced.
+    fn checkpoint(&mut self) -> Result<(), StorageError> {
+        if !self.recent_blocks.is_empty() {
+            let index = self
+                .file(FileKind::Index, true)?
+                .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?;
+            let mut slots: Vec<(u64, [u8; INDEX_SLOT as usize])> = self
+                .recent_blocks
+                .iter()
+                .map(|(i, loc)| (*i, encode_index_slot(*i, loc)))
+                .collect();
+            slots.sort_unstable_by_key(|(i, _)| *i);
+            write_slots(&index, INDEX_SLOT, &slots)?;
+            index.sync_data()?;
+        }
+        if !self.recent_nodes.is_empty() {
+            let tree = self
+                .file(FileKind::Tree, true)?
+                .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?;
+            let mut slots: Vec<(u64, [u8; TREE_SLOT as usize])> = self
+                .recent_nodes
+                .values()
+                .map(|n| (n.index, encode_tree_slot(n)))
+                .collect();
+            slots.sort_unstable_by_key(|(i, _)| *i);
+            write_slots(&tree, TREE_SLOT, &slots)?;
+            tree.sync_data()?;
+        }
+        let mut state = Vec::with_capacity(STATE_FIXED_LEN + 8 * self.bitfield.words.len() + 4);
+        state.extend_from_slice(STATE_MAGIC);
+        state.extend_from_slice(&self.log_len.to_le_bytes());
+        encode_head(&mut state, self.head.as_ref());
+        state.extend_from_slice(&(self.bitfield.words.len() as u64).to_le_bytes());
+        for w in &self.bitfield.words {
+            state.extend_from_slice(&w.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&state);
+        state.extend_from_slice(&crc.to_le_bytes());
+        let tmp = self.dir.join("state.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&state)?;
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, self.dir.join("state"))?;
+        sync_dir(&self.dir)?;
+        self.applied = self.log_len;
+        self.recent_blocks.clear();
+        self.recent_nodes.clear();
+        Ok(())
+    }
+
+    fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        if !self.bitfield.get(index) {
+            return Ok(None);
+        }
+        let loc = match self.recent_blocks.get(&index) {
+            Some(loc) => *loc,
+            None => self.index_slot(index)?,
+        };
+        let log = self.log()?;
+        let log_path = self.path(FileKind::Log);
+        if loc.offset < LOG_HEADER_LEN || loc.offset + u64::from(loc.len) > self.log_len {
+            return Err(corrupt(
+                &log_path,
+                loc.offset,
+                &format!("block {index} lies outside the log"),
+            ));
+        }
+        let mut data = vec![0u8; loc.len as usize];
+        log.read_exact_at(&mut data, loc.offset)?;
+        if crc32fast::hash(&data) != loc.crc {
+            return Err(corrupt(
+                &log_path,
+                loc.offset,
+                &format!("block {index} fails its checksum"),
+            ));
+        }
+        Ok(Some(data))
+    }
+
+    /// The location of a block the bitfield says is stored, from `index`.
+    fn index_slot(&self, index: u64) -> Result<BlockLoc, StorageError> {
+        let path = self.path(FileKind::Index);
+        let at = index
+            .checked_mul(INDEX_SLOT)
+            .ok_or_else(|| corrupt(&path, 0, "block index out of range"))?;
+        let mut slot = [0u8; INDEX_SLOT as usize];
+        match self.file(FileKind::Index, false)? {
+            Some(f) => read_slot(&f, at, &mut slot)?,
+            None => return Err(corrupt(&path, at, "index missing for a stored block")),
+        }
+        let loc = BlockLoc {
+            offset: u64_at(&slot, 0),
+            len: u32_at(&slot, 8),
+            crc: u32_at(&slot, 12),
+        };
+        if slot == [0u8; INDEX_SLOT as usize] {
+            return Err(corrupt(
+                &path,
+                at,
+                &format!("no slot for stored block {index}"),
+            ));
+        }
+        if encode_index_slot(index, &loc) != slot {
+            return Err(corrupt(
+                &path,
+                at,
+                &format!("slot of block {index} fails its checksum"),
+            ));
+        }
+        Ok(loc)
+    }
+
+    fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError> {
+        if let Some(node) = self.recent_nodes.get(&index) {
+            return Ok(Some(*node));
+        }
+        let Some(tree) = self.file(FileKind::Tree, false)? else {
+            return Ok(None);
+        };
+        let path = self.path(FileKind::Tree);
+        let Some(at) = index.checked_mul(TREE_SLOT) else {
+            return Ok(None);
+        };
+        let mut slot = [0u8; TREE_SLOT as usize];
+        read_slot(&tree, at, &mut slot)?;
+        if slot == [0u8; TREE_SLOT as usize] {
+            return Ok(None);
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&slot[..32]);
+        let node = StoredNode {
+            index,
+            hash,
+            size: u64_at(&slot, 32),
+        };
+        if encode_tree_slot(&node) != slot {
+            return Err(corrupt(
+                &path,
+                at,
+                &format!("slot of node {index} fails its checksum"),
+            ));
+        }
+        Ok(Some(node))
+    }
+}
+
+impl Drop for FeedInner {
+    fn drop(&mut self) {
+        lock(&self.shared.files).remove_feed(self.id);
+        let mut live = lock(&self.shared.live);
+        if live.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            live.remove(&self.key);
+        }
+    }
+}
+
+fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
+    let mut h = [0u8; LOG_HEADER_LEN as usize];
+    h[..8].copy_from_slice(LOG_MAGIC);
+    h
+}
+
+/// Scan for a valid record starting anywhere in `[from, len)`.
+fn find_valid_record(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut buf = Vec::new();
+    let mut pos = from;
+    while pos + RECORD_HEADER_LEN <= len {
+        let n = (len - pos).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], pos)?;
+        for i in 0..n.saturating_sub(3) {
+            if chunk[i..i + 4] == magic {
+                let at = pos + i as u64;
+                if let RecordRead::Valid(_) = read_record(file, at, len, &mut buf)? {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        // Overlap by three bytes so a magic split across chunks is seen.
+        pos += (n as u64).saturating_sub(3).max(1);
+    }
+    Ok(None)
+}
+
+fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read a slot; bytes past the end of the file read as zero (an absent slot).
+fn read_slot(file: &File, at: u64, slot: &mut [u8]) -> io::Result<()> {
+    slot.fill(0);
+    let mut done = 0;
+    while done < slot.len() {
+        match file.read_at(&mut slot[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Write sorted slots, one `write_all_at` per run of consecutive indices.
+fn write_slots<const N: usize>(file: &File, size: u64, slots: &[(u64, [u8; N])]) -> io::Result<()> {
+    let mut run = Vec::new();
+    let mut run_start = 0u64;
+    let mut next = None;
+    for (index, slot) in slots {
+        if next != Some(*index) {
+            if !run.is_empty() {
+                file.write_all_at(&run, run_start * size)?;
+                run.clear();
+            }
+            run_start = *index;
+        }
+        run.extend_from_slice(slot);
+        next = index.checked_add(1);
+    }
+    if !run.is_empty() {
+        file.write_all_at(&run, run_start * size)?;
+    }
+    Ok(())
+}
+
+fn encode_index_slot(index: u64, loc: &BlockLoc) -> [u8; INDEX_SLOT as usize] {
+    let mut s = [0u8; INDEX_SLOT as usize];
+    s[0..8].copy_from_slice(&loc.offset.to_le_bytes());
+    s[8..12].copy_from_slice(&loc.len.to_le_bytes());
+    s[12..16].copy_from_slice(&loc.crc.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(&s[..16]);
+    s[16..20].copy_from_slice(&h.finalize().to_le_bytes());
+    s
+}
+
+fn encode_tree_slot(node: &StoredNode) -> [u8; TREE_SLOT as usize] {
+    let mut s = [0u8; TREE_SLOT as usize];
+    s[0..32].copy_from_slice(&node.hash);
+    s[32..40].copy_from_slice(&node.size.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&node.index.to_le_bytes());
+    h.update(&s[..40]);
+    s[40..44].copy_from_slice(&h.finalize().to_le_bytes());
+    s
+}
+
+impl DiskFeed {
+    /// The feed's public key.
+    pub fn key(&self) -> [u8; 32] {
+        lock(&self.inner).key
+    }
+
+    /// Write the in-memory index of recent records to the slot files now (normally done
+    /// by [`FeedStorage::sync`] every [`DiskConfig::checkpoint_bytes`]). Syncs first.
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.sync()?;
+        inner.checkpoint()
+    }
+}
+
+impl FeedStorage for DiskFeed {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        lock(&self.inner).write(batch)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        lock(&self.inner).sync()
+    }
+
+    fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        lock(&self.inner).block(index)
+    }
+
+    fn has_block(&self, index: u64) -> bool {
+        lock(&self.inner).bitfield.get(index)
+    }
+
+    fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError> {
+        lock(&self.inner).node(index)
+    }
+
+    fn head(&self) -> Option<StoredHead> {
+        lock(&self.inner).head
+    }
+
+    fn secret_key(&self) -> Option<[u8; 32]> {
+        lock(&self.inner).secret_key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::conformance;
+
+    fn reopen(s: DiskStorage) -> DiskStorage {
+        let root = s.root().to_path_buf();
+        drop(s);
+        DiskStorage::open(root).unwrap()
+    }
+
+    #[test]
+    fn disk_conformance() {
+        let mut dirs = Vec::new();
+        conformance::run_all(
+            &mut || {
+                let dir = tempfile::tempdir().unwrap();
+                let s = DiskStorage::open(dir.path()).unwrap();
+                dirs.push(dir);
+                s
+            },
+            &mut reopen,
+        );
+    }
+}
