@@ -1,6 +1,39 @@
 //! The `Discovery` actor: finds peers for 32-byte topics.
 //!
 //! Backends are the BitTorrent Mainline DHT (BEP 5), the local network (mDNS) and static
-//! addresses from config. `Join`, `Leave` and `Flushed` come in; `PeerFound` goes out to a
-//! subscriber, which the node wires to the connection manager. The topic bookkeeping
-//! (timers, the flushed state, deduplication of found peers) is a core without I/O.
+//! addresses from config. `Join`, `Leave` and `Flushed` come in; `PeerFound` goes out to
+//! subscribers, which the node wires to the connection manager, and `PeerTried` comes
+//! back. The topic bookkeeping (timers, the flushed state, deduplication of found peers)
+//! is a core without I/O.
+//!
+//! Modules:
+//! - `topic`: [`Topic`], 32 bytes;
+//! - `config`: [`DiscoveryConfig`] and its parts;
+//! - `core`: [`DiscoveryCore`], the bookkeeping without I/O, tested with virtual time;
+//! - `messages`: the actor's messages and their replies;
+//! - `actor`: [`DiscoveryActor`], the thin actix shell that runs the backends;
+//! - `dht`: the [`DhtBackend`] trait and [`MainlineDht`];
+//! - `lan`: mDNS advertisement and browsing;
+//! - `error`: one error enum per operation.
+
+pub mod actor;
+pub mod config;
+pub mod core;
+pub mod dht;
+pub mod error;
+mod lan;
+pub mod messages;
+pub mod topic;
+
+pub use crate::actor::DiscoveryActor;
+pub use crate::config::{Bootstrap, DhtConfig, DhtMode, DiscoveryConfig, LanConfig, Timing};
+pub use crate::core::{
+    CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
+};
+pub use crate::dht::{DhtBackend, MainlineDht};
+pub use crate::error::{BackendError, JoinError, SpawnError, TopicError};
+pub use crate::messages::{
+    Close, DiscoveryStats, Flushed, Join, Joined, Leave, LookupAt, PeerFound, PeerTried, Stats,
+    Subscribe, Topics, WaitFlushed,
+};
+pub use crate::topic::Topic;

@@ -1,0 +1,162 @@
+//! The DHT backend: a narrow trait, and its implementation on the `mainline` crate.
+//!
+//! The actor needs two operations from a DHT: store "this port is in the swarm of this
+//! infohash" and stream the peers stored for an infohash. Everything `mainline`-specific
+//! (builder, bootstrap resolution, mode) stays in this file, so another DHT
+//! implementation can replace it by implementing [`DhtBackend`].
+
+use std::fmt;
+use std::future::Future;
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use mainline::async_dht::AsyncDht;
+use mainline::{Dht, Id};
+
+use crate::config::{Bootstrap, DhtConfig, DhtMode};
+use crate::error::{BackendError, SpawnError};
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Batches of peer addresses as DHT nodes return them (duplicates across batches are
+/// expected); the stream ends when the lookup has finished.
+pub type PeerStream = Pin<Box<dyn Stream<Item = Vec<SocketAddr>> + Send + 'static>>;
+
+/// What discovery needs from a DHT. Implementations do their work off the caller's
+/// thread; the futures and streams are polled in tokio tasks, never inside the actor.
+pub trait DhtBackend: Send + Sync + fmt::Debug + 'static {
+    /// Announce that a peer listens on `port` (at the address the DHT sees us from) for
+    /// `infohash`. Resolves once the record is stored on at least one node.
+    fn announce(&self, infohash: [u8; 20], port: u16) -> BoxFuture<Result<(), BackendError>>;
+    /// Look up the peers stored for `infohash`.
+    fn lookup(&self, infohash: [u8; 20]) -> PeerStream;
+    /// The local address of the DHT socket.
+    fn local_addr(&self) -> SocketAddr;
+}
+
+/// [`DhtBackend`] on `mainline` 8 (BEP 5 over IPv4; one thread per node).
+#[derive(Debug, Clone)]
+pub struct MainlineDht {
+    dht: AsyncDht,
+    local: SocketAddr,
+}
+
+impl MainlineDht {
+    /// Resolves the bootstrap list and binds the DHT socket. Blocking (DNS and the
+    /// node's start-up handshake): call it from `spawn_blocking`.
+    pub fn start(config: &DhtConfig) -> Result<Self, SpawnError> {
+        let mut builder = Dht::builder();
+        if config.mode == DhtMode::Server {
+            builder.server_mode();
+        }
+        match &config.bootstrap {
+            Bootstrap::Public => {}
+            Bootstrap::None => {
+                builder.no_bootstrap();
+            }
+            Bootstrap::Nodes(entries) => {
+                let addrs = resolve_bootstrap(entries)?;
+                builder.bootstrap(&addrs);
+            }
+        }
+        builder.bind_address(config.bind);
+        if let Some(port) = config.port {
+            builder.port(port);
+        }
+        if let Some(timeout) = config.request_timeout {
+            builder.request_timeout(timeout);
+        }
+        let dht = builder.build().map_err(|source| SpawnError::DhtBind {
+            addr: SocketAddr::from((config.bind, config.port.unwrap_or(0))),
+            source,
+        })?;
+        let dht = dht.as_async();
+        let local = SocketAddr::V4(futures::executor::block_on(dht.info()).local_addr());
+        Ok(MainlineDht { dht, local })
+    }
+}
+
+impl DhtBackend for MainlineDht {
+    fn announce(&self, infohash: [u8; 20], port: u16) -> BoxFuture<Result<(), BackendError>> {
+        let dht = self.dht.clone();
+        Box::pin(async move {
+            dht.announce_peer(Id::from(infohash), Some(port))
+                .await
+                .map(|_| ())
+                .map_err(|e| BackendError::Announce(e.to_string()))
+        })
+    }
+
+    fn lookup(&self, infohash: [u8; 20]) -> PeerStream {
+        let stream = self.dht.get_peers(Id::from(infohash));
+        Box::pin(stream.map(|batch| batch.into_iter().map(SocketAddr::V4).collect()))
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// Resolves `host:port` entries to IPv4 socket addresses, failing on the first entry
+/// that is malformed, does not resolve, or has no IPv4 address.
+fn resolve_bootstrap(entries: &[String]) -> Result<Vec<SocketAddrV4>, SpawnError> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let syntax = || SpawnError::BootstrapSyntax {
+            entry: entry.clone(),
+        };
+        let (host, port) = entry.rsplit_once(':').ok_or_else(syntax)?;
+        let port: u16 = port.parse().map_err(|_| syntax())?;
+        if host.is_empty() {
+            return Err(syntax());
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let resolved =
+            (host, port)
+                .to_socket_addrs()
+                .map_err(|source| SpawnError::BootstrapResolve {
+                    entry: entry.clone(),
+                    source,
+                })?;
+        let v4: Vec<SocketAddrV4> = resolved
+            .filter_map(|addr| match addr {
+                SocketAddr::V4(v4) => Some(v4),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        if v4.is_empty() {
+            return Err(SpawnError::BootstrapNotIpv4 {
+                entry: entry.clone(),
+            });
+        }
+        out.extend(v4);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn bootstrap_entries_are_checked() {
+        let ok = resolve_bootstrap(&["127.0.0.1:6881".into(), "localhost:7000".into()])
+            .expect("resolves");
+        assert!(ok.contains(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881)));
+        assert!(matches!(
+            resolve_bootstrap(&["127.0.0.1".into()]),
+            Err(SpawnError::BootstrapSyntax { .. })
+        ));
+        assert!(matches!(
+            resolve_bootstrap(&["127.0.0.1:99999".into()]),
+            Err(SpawnError::BootstrapSyntax { .. })
+        ));
+        assert!(matches!(
+            resolve_bootstrap(&["[::1]:6881".into()]),
+            Err(SpawnError::BootstrapNotIpv4 { .. })
+        ));
+    }
+}
