@@ -5,3 +5,14 @@
 //! QUIC stream, handed to the store that owns the feed. A store is any actix actor that
 //! handles the store messages: it shares feeds in namespaces with headers, accepts a
 //! subset of what a peer offers, and runs its own protocol on the streams it is given.
+//! The wire format is written up in `docs/PROTOCOL.md`.
+//!
+//! Modules:
+//! - [`keys`]: 32-byte keys, namespace ids, and the connection-bound proofs
+//!   (namespace proofs, feed capabilities) over the TLS exporter value.
+//! - [`frame`]: bytes to length-prefixed, bounded frames; no I/O.
+//! - [`message`]: the session messages and their bounded bincode encoding.
+
+pub mod frame;
+pub mod keys;
+pub mod message;

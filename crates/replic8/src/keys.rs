@@ -1,0 +1,295 @@
+//! Keys, namespace ids and the connection-bound proofs of the session protocol.
+//!
+//! Feed keys, discovery keys and peer keys are plain 32-byte newtypes here, so that the
+//! session layer does not depend on the feed store's types; the integration converts at
+//! the edge (`FeedKey` ⇄ the store's public key type).
+//!
+//! Every proof is a BLAKE2b-256 MAC over the connection's TLS exporter value (see
+//! [`EXPORTER_LABEL`]) and the role of the side that proves, so a proof is valid only on
+//! the connection it was made for and cannot be reflected back to its maker.
+
+use std::fmt;
+
+use blake2::digest::consts::U32;
+use blake2::digest::{Digest, KeyInit, Mac};
+use blake2::{Blake2b, Blake2bMac};
+use serde::{Deserialize, Serialize};
+
+/// TLS exporter label (RFC 5705 / RFC 8446 §7.5) for the session's exporter value.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-replic8/1 session";
+/// TLS exporter context for the session's exporter value: empty.
+pub const EXPORTER_CONTEXT: &[u8] = b"";
+/// Length in bytes of the exporter value both sides derive for a connection.
+pub const EXPORTER_LEN: usize = 32;
+
+/// Domain prefix of a namespace id hash.
+const NAMESPACE_DOMAIN: &[u8] = b"replic8 namespace\0";
+/// Domain prefix of a namespace proof.
+const PROOF_DOMAIN: &[u8] = b"replic8/1 namespace proof\0";
+/// Domain prefix of a feed capability.
+const CAPABILITY_DOMAIN: &[u8] = b"replic8/1 feed capability\0";
+/// The message hypercore hashes, keyed with the public key, into the discovery key.
+const DISCOVERY_MESSAGE: &[u8] = b"hypercore";
+
+/// Which side of the QUIC connection a session runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The side that dialed (the QUIC client). It opens the control stream.
+    Dialer,
+    /// The side that accepted the connection (the QUIC server).
+    Acceptor,
+}
+
+impl Role {
+    /// The other side.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Dialer => Role::Acceptor,
+            Role::Acceptor => Role::Dialer,
+        }
+    }
+
+    /// The byte that binds a proof to the side that made it.
+    fn byte(self) -> u8 {
+        match self {
+            Role::Dialer => 0,
+            Role::Acceptor => 1,
+        }
+    }
+}
+
+/// The connection's TLS exporter value: the same 32 bytes on both sides of one
+/// connection, different on every other connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ExporterSecret(pub [u8; EXPORTER_LEN]);
+
+impl fmt::Debug for ExporterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ExporterSecret(..)")
+    }
+}
+
+/// Derives the exporter value of a QUIC connection with [`EXPORTER_LABEL`] and
+/// [`EXPORTER_CONTEXT`].
+pub fn exporter_secret(
+    connection: &quinn::Connection,
+) -> Result<ExporterSecret, quinn::crypto::ExportKeyingMaterialError> {
+    let mut out = [0u8; EXPORTER_LEN];
+    connection.export_keying_material(&mut out, EXPORTER_LABEL, EXPORTER_CONTEXT)?;
+    Ok(ExporterSecret(out))
+}
+
+macro_rules! key32 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// The first 5 bytes in hex, for logs.
+            pub fn fmt_short(&self) -> String {
+                self.0[..5].iter().map(|b| format!("{b:02x}")).collect()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.fmt_short())
+            }
+        }
+    };
+}
+
+key32!(
+    /// A feed's ed25519 public key (32 bytes).
+    FeedKey
+);
+key32!(
+    /// A feed's discovery key: BLAKE2b-256 of `hypercore` keyed with the public key.
+    DiscoveryKey
+);
+key32!(
+    /// A peer's ed25519 public key, as the connection manager learned it from TLS.
+    PeerKey
+);
+key32!(
+    /// The wire id of a namespace: BLAKE2b-256 of a domain prefix and the name.
+    NamespaceId
+);
+
+impl FeedKey {
+    /// The feed's discovery key, computed as hypercore-crypto's `discoveryKey`.
+    pub fn discovery_key(&self) -> DiscoveryKey {
+        DiscoveryKey(mac(&self.0, &[DISCOVERY_MESSAGE]))
+    }
+}
+
+impl NamespaceId {
+    /// The id of the namespace called `name` (the empty name is the public namespace).
+    pub fn from_name(name: &str) -> NamespaceId {
+        let mut hasher = Blake2b::<U32>::new();
+        hasher.update(NAMESPACE_DOMAIN);
+        hasher.update(name.as_bytes());
+        NamespaceId(hasher.finalize().into())
+    }
+}
+
+/// A namespace's pre-shared secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamespaceSecret(pub [u8; 32]);
+
+impl fmt::Debug for NamespaceSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NamespaceSecret(..)")
+    }
+}
+
+impl NamespaceSecret {
+    /// The proof that `prover` knows this secret for `namespace` on this connection.
+    pub fn proof(
+        &self,
+        exporter: &ExporterSecret,
+        prover: Role,
+        namespace: &NamespaceId,
+    ) -> [u8; 32] {
+        mac(
+            &self.0,
+            &[PROOF_DOMAIN, &[prover.byte()], &exporter.0, &namespace.0],
+        )
+    }
+
+    /// Whether `tag` is `prover`'s proof for `namespace` on this connection (constant time).
+    pub fn verify(
+        &self,
+        exporter: &ExporterSecret,
+        prover: Role,
+        namespace: &NamespaceId,
+        tag: &[u8; 32],
+    ) -> bool {
+        verify(
+            &self.0,
+            &[PROOF_DOMAIN, &[prover.byte()], &exporter.0, &namespace.0],
+            tag,
+        )
+    }
+}
+
+/// The capability that `prover` knows the public key `feed` on this connection.
+pub fn capability(feed: &FeedKey, exporter: &ExporterSecret, prover: Role) -> [u8; 32] {
+    mac(&feed.0, &[CAPABILITY_DOMAIN, &[prover.byte()], &exporter.0])
+}
+
+/// Whether `tag` is `prover`'s capability for `feed` on this connection (constant time).
+pub fn verify_capability(
+    feed: &FeedKey,
+    exporter: &ExporterSecret,
+    prover: Role,
+    tag: &[u8; 32],
+) -> bool {
+    verify(
+        &feed.0,
+        &[CAPABILITY_DOMAIN, &[prover.byte()], &exporter.0],
+        tag,
+    )
+}
+
+fn keyed(key: &[u8; 32], parts: &[&[u8]]) -> Blake2bMac<U32> {
+    #[allow(clippy::expect_used)]
+    let mut mac = <Blake2bMac<U32> as KeyInit>::new_from_slice(key)
+        .expect("a 32-byte key is within BLAKE2b's 64-byte key limit");
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
+
+fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    keyed(key, parts).finalize().into_bytes().into()
+}
+
+fn verify(key: &[u8; 32], parts: &[&[u8]], tag: &[u8; 32]) -> bool {
+    keyed(key, parts).verify_slice(tag).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn discovery_key_matches_keyed_blake2b_reference() {
+        // Reference values from Python's hashlib (the same BLAKE2b as libsodium's
+        // crypto_generichash, which hypercore-crypto's discoveryKey calls):
+        // hashlib.blake2b(b"hypercore", key=key, digest_size=32).hexdigest()
+        let cases = [
+            (
+                [0u8; 32],
+                "6b7ecf9ce456d56e5145ec4c5661e0c79ee47ddcc9c0504e90aa6fd60746365c",
+            ),
+            (
+                core::array::from_fn(|i| i as u8),
+                "b74b6d642892501cca569ff03d3bd21d9db9768a3c12a5516a4a80a7bebad901",
+            ),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                FeedKey(key).discovery_key().0,
+                hex32(expected),
+                "key {key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn proofs_are_bound_to_connection_role_and_namespace() {
+        let secret = NamespaceSecret([7; 32]);
+        let ns = NamespaceId::from_name("team");
+        let conn_a = ExporterSecret([1; 32]);
+        let conn_b = ExporterSecret([2; 32]);
+        let tag = secret.proof(&conn_a, Role::Dialer, &ns);
+        assert!(secret.verify(&conn_a, Role::Dialer, &ns, &tag));
+        assert!(
+            !secret.verify(&conn_b, Role::Dialer, &ns, &tag),
+            "replayed on another connection"
+        );
+        assert!(
+            !secret.verify(&conn_a, Role::Acceptor, &ns, &tag),
+            "reflected to its maker"
+        );
+        assert!(!secret.verify(
+            &conn_a,
+            Role::Dialer,
+            &NamespaceId::from_name("other"),
+            &tag
+        ));
+        assert!(!NamespaceSecret([8; 32]).verify(&conn_a, Role::Dialer, &ns, &tag));
+    }
+
+    #[test]
+    fn capabilities_are_bound_to_connection_role_and_key() {
+        let feed = FeedKey([9; 32]);
+        let conn_a = ExporterSecret([1; 32]);
+        let tag = capability(&feed, &conn_a, Role::Acceptor);
+        assert!(verify_capability(&feed, &conn_a, Role::Acceptor, &tag));
+        assert!(!verify_capability(
+            &feed,
+            &ExporterSecret([3; 32]),
+            Role::Acceptor,
+            &tag
+        ));
+        assert!(!verify_capability(&feed, &conn_a, Role::Dialer, &tag));
+        assert!(!verify_capability(
+            &FeedKey([10; 32]),
+            &conn_a,
+            Role::Acceptor,
+            &tag
+        ));
+    }
+}

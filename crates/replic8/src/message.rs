@@ -1,0 +1,441 @@
+//! Session messages: one serde enum for the control stream, one for the first frame of a
+//! feed stream, encoded with bincode 1.3 under one bounded [`options`] value.
+//!
+//! [`decode`] bounds every allocation by the frame limit (bincode's byte budget) and then
+//! checks the protocol's own bounds (headers, feeds per message, text lengths), so a
+//! decoded value always satisfies them. [`encode`] checks the same bounds, so we never
+//! send what the peer must refuse.
+
+use std::collections::BTreeMap;
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::frame::MAX_FRAME_LEN;
+use crate::keys::{DiscoveryKey, FeedKey, NamespaceId};
+
+/// The session protocol's version, carried in the ALPN and in [`Message::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The ALPN of the session protocol; it names the version.
+pub const ALPN: &[u8] = b"replic8/1";
+/// This implementation's dialect: the message encoding family spoken on the wire.
+pub const DIALECT: &str = "bincode1-varint";
+/// Most entries in one feed's headers.
+pub const MAX_HEADER_ENTRIES: usize = 64;
+/// Most bytes in one feed's headers: the sum of every key's and value's length.
+pub const MAX_HEADER_BYTES: usize = 4096;
+/// Most feeds in one [`Message::Offer`], [`Message::Answer`] or [`Message::Have`]; a
+/// larger share is split into several messages. With it, 10,000 feeds without headers
+/// take three offers of under 200 KiB each.
+pub const MAX_FEEDS_PER_MESSAGE: usize = 4096;
+/// Most bytes in a dialect name.
+pub const MAX_DIALECT_LEN: usize = 64;
+/// Most bytes in a close reason; a longer local reason is cut at a character boundary.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// The bincode options of every encode and decode: little endian, varint integers, no
+/// trailing bytes, and a byte budget of one frame, which bounds every allocation.
+pub fn options() -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+        .with_limit(MAX_FRAME_LEN as u64)
+        .with_little_endian()
+        .with_varint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// A feed's headers: a small map of text keys to byte values, bounded by
+/// [`MAX_HEADER_ENTRIES`] and [`MAX_HEADER_BYTES`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Headers(BTreeMap<String, Vec<u8>>);
+
+impl Headers {
+    /// Empty headers.
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    /// Sets `key` to `value`; an error (and no change) if the headers would go over a bound.
+    pub fn insert(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), HeaderError> {
+        let key = key.into();
+        let value = value.into();
+        let old = self.0.insert(key.clone(), value);
+        if let Err(e) = self.check() {
+            match old {
+                Some(old) => self.0.insert(key, old),
+                None => self.0.remove(&key),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.0.get(key).map(Vec::as_slice)
+    }
+
+    /// The entries, ordered by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The sum of every key's and value's length.
+    pub fn byte_len(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// Checks the bounds.
+    pub fn check(&self) -> Result<(), HeaderError> {
+        if self.0.len() > MAX_HEADER_ENTRIES {
+            return Err(HeaderError::TooManyEntries {
+                count: self.0.len(),
+                max: MAX_HEADER_ENTRIES,
+            });
+        }
+        let bytes = self.byte_len();
+        if bytes > MAX_HEADER_BYTES {
+            return Err(HeaderError::TooLarge {
+                bytes,
+                max: MAX_HEADER_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<BTreeMap<String, Vec<u8>>> for Headers {
+    type Error = HeaderError;
+
+    fn try_from(map: BTreeMap<String, Vec<u8>>) -> Result<Headers, HeaderError> {
+        let headers = Headers(map);
+        headers.check()?;
+        Ok(headers)
+    }
+}
+
+/// Headers over a bound.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HeaderError {
+    /// More entries than allowed.
+    #[error("headers have {count} entries, over the limit of {max}")]
+    TooManyEntries {
+        /// Entries present.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More bytes than allowed.
+    #[error("headers are {bytes} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Bytes present (keys and values).
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Why a session ended, as sent in [`Message::Close`] and used as the QUIC application
+/// close code. Unknown codes from a newer peer decode fine and print as numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CloseCode(pub u32);
+
+impl CloseCode {
+    /// A one-shot session finished: every accepted feed is in sync both ways.
+    pub const DONE: CloseCode = CloseCode(0);
+    /// The application closed the session.
+    pub const CLOSED: CloseCode = CloseCode(1);
+    /// The peers speak different protocol versions or dialects.
+    pub const VERSION_MISMATCH: CloseCode = CloseCode(2);
+    /// A frame or message broke the protocol (bad encoding, bound exceeded, bad order).
+    pub const PROTOCOL: CloseCode = CloseCode(3);
+    /// A frame's length prefix was over the limit.
+    pub const FRAME_TOO_LARGE: CloseCode = CloseCode(4);
+    /// A namespace proof did not check.
+    pub const BAD_PROOF: CloseCode = CloseCode(5);
+    /// A feed capability did not check.
+    pub const BAD_CAPABILITY: CloseCode = CloseCode(6);
+    /// A feed stream was opened for a feed that was not offered and accepted.
+    pub const REFUSED_STREAM: CloseCode = CloseCode(7);
+    /// The store's accept handler failed; the reason is its error.
+    pub const ACCEPT_FAILED: CloseCode = CloseCode(8);
+    /// The peer did not say hello in time.
+    pub const TIMEOUT: CloseCode = CloseCode(9);
+
+    /// The code's name, or `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseCode::DONE => "done",
+            CloseCode::CLOSED => "closed",
+            CloseCode::VERSION_MISMATCH => "version mismatch",
+            CloseCode::PROTOCOL => "protocol error",
+            CloseCode::FRAME_TOO_LARGE => "frame too large",
+            CloseCode::BAD_PROOF => "bad proof",
+            CloseCode::BAD_CAPABILITY => "bad capability",
+            CloseCode::REFUSED_STREAM => "refused stream",
+            CloseCode::ACCEPT_FAILED => "accept failed",
+            CloseCode::TIMEOUT => "timeout",
+            _ => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// One feed in an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedFeed {
+    /// The offerer's id for this feed in this session; ids strictly increase.
+    pub id: u64,
+    /// The feed's public key.
+    pub key: FeedKey,
+    /// The feed's headers.
+    pub headers: Headers,
+}
+
+/// One feed in a [`Message::Have`]: held, and its key known, without sending the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownFeed {
+    /// The feed's discovery key.
+    pub discovery_key: DiscoveryKey,
+    /// The sender's capability for the feed on this connection.
+    pub capability: [u8; 32],
+}
+
+/// A message on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First frame of each side: who we are on the wire.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        version: u32,
+        /// [`DIALECT`] of the sender.
+        dialect: String,
+        /// How many feed streams the sender lets the peer keep open at once.
+        max_streams: u32,
+    },
+    /// The sender knows the secret of a namespace.
+    Proof {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// Keyed BLAKE2b over the exporter value, see `NamespaceSecret::proof`.
+        tag: [u8; 32],
+    },
+    /// Feeds the sender shares in a namespace.
+    Offer {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The sender's id for this offer; ids strictly increase.
+        offer: u64,
+        /// The feeds, at most [`MAX_FEEDS_PER_MESSAGE`].
+        feeds: Vec<OfferedFeed>,
+    },
+    /// The answer to an offer: the ids of the feeds the receiver accepted.
+    Answer {
+        /// The offer answered.
+        offer: u64,
+        /// Accepted feed ids, a subset of the offer's.
+        accepted: Vec<u64>,
+    },
+    /// Feeds the sender holds in a namespace, by discovery key and capability (all-to-all).
+    Have {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The feeds, at most [`MAX_FEEDS_PER_MESSAGE`].
+        feeds: Vec<KnownFeed>,
+    },
+    /// The sender has made its initial shares (used by one-shot sessions to know when
+    /// nothing more is coming).
+    Ready,
+    /// The sender's copy of a replicated feed changed; a closed stream should reopen.
+    Notice {
+        /// The feed.
+        feed: DiscoveryKey,
+        /// The sender's length now.
+        length: u64,
+    },
+    /// The sender's copy of a replicated feed is in sync with ours at this length.
+    Synced {
+        /// The feed.
+        feed: DiscoveryKey,
+        /// The length both sides hold.
+        length: u64,
+    },
+    /// Last frame: the session ends.
+    Close {
+        /// Why.
+        code: CloseCode,
+        /// Human-readable detail, at most [`MAX_REASON_LEN`] bytes.
+        reason: String,
+    },
+}
+
+/// First and only session frame on a feed stream: which feed it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedStreamHeader {
+    /// A feed the receiver offered and the opener accepted, by the receiver's feed id.
+    Offered {
+        /// The id from the receiver's [`OfferedFeed`].
+        id: u64,
+    },
+    /// A feed both sides hold (all-to-all), proven by the opener's capability.
+    Known {
+        /// The feed's discovery key.
+        discovery_key: DiscoveryKey,
+        /// The opener's capability for the feed on this connection.
+        capability: [u8; 32],
+    },
+}
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// bincode refused the bytes (bad tag, short input, budget exceeded, trailing bytes).
+    #[error("bad message encoding: {0}")]
+    Encoding(#[from] bincode::Error),
+    /// The encoded message does not fit in a frame.
+    #[error(transparent)]
+    Frame(#[from] crate::frame::FrameError),
+    /// A feed's headers are over a bound.
+    #[error("feed {id}: {source}")]
+    Headers {
+        /// The feed's id in its offer.
+        id: u64,
+        /// Which bound.
+        source: HeaderError,
+    },
+    /// Too many feeds in one message.
+    #[error("{count} feeds in one message, over the limit of {max}")]
+    TooManyFeeds {
+        /// Feeds present.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A text field is too long.
+    #[error("{field} is {len} bytes, over the limit of {max}")]
+    TextTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Message {
+    /// Checks the protocol's bounds.
+    pub fn check(&self) -> Result<(), CodecError> {
+        let feeds = |count: usize| {
+            if count > MAX_FEEDS_PER_MESSAGE {
+                Err(CodecError::TooManyFeeds {
+                    count,
+                    max: MAX_FEEDS_PER_MESSAGE,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let text = |field: &'static str, len: usize, max: usize| {
+            if len > max {
+                Err(CodecError::TextTooLong { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Message::Hello { dialect, .. } => text("dialect", dialect.len(), MAX_DIALECT_LEN),
+            Message::Offer { feeds: list, .. } => {
+                feeds(list.len())?;
+                for feed in list {
+                    feed.headers.check().map_err(|source| CodecError::Headers {
+                        id: feed.id,
+                        source,
+                    })?;
+                }
+                Ok(())
+            }
+            Message::Answer { accepted, .. } => feeds(accepted.len()),
+            Message::Have { feeds: list, .. } => feeds(list.len()),
+            Message::Close { reason, .. } => text("reason", reason.len(), MAX_REASON_LEN),
+            Message::Proof { .. }
+            | Message::Ready
+            | Message::Notice { .. }
+            | Message::Synced { .. } => Ok(()),
+        }
+    }
+
+    /// The message's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Proof { .. } => "proof",
+            Message::Offer { .. } => "offer",
+            Message::Answer { .. } => "answer",
+            Message::Have { .. } => "have",
+            Message::Ready => "ready",
+            Message::Notice { .. } => "notice",
+            Message::Synced { .. } => "synced",
+            Message::Close { .. } => "close",
+        }
+    }
+}
+
+/// Encodes a control message into one frame appended to `out`.
+pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    message.check()?;
+    encode_framed(message, out)
+}
+
+/// Decodes a control message from one frame's payload.
+pub fn decode(payload: &[u8]) -> Result<Message, CodecError> {
+    let message: Message = options().deserialize(payload)?;
+    message.check()?;
+    Ok(message)
+}
+
+/// Encodes a feed stream header into one frame appended to `out`.
+pub fn encode_stream_header(
+    header: &FeedStreamHeader,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    encode_framed(header, out)
+}
+
+/// Decodes a feed stream header from one frame's payload.
+pub fn decode_stream_header(payload: &[u8]) -> Result<FeedStreamHeader, CodecError> {
+    Ok(options().deserialize(payload)?)
+}
+
+/// The encoded size of `value` in bytes, without the frame prefix.
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
+    Ok(options().serialized_size(value)? as usize)
+}
+
+fn encode_framed<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    // The byte budget makes an over-limit value fail here rather than at the peer.
+    let payload = options().serialize(value)?;
+    crate::frame::encode(&payload, MAX_FRAME_LEN, out)?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Round trips and hostile input for frames and session messages.
+#![allow(clippy::unwrap_used)]
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use replic8::frame::{self, FrameError, MAX_FRAME_LEN};
+use replic8::keys::{DiscoveryKey, FeedKey, NamespaceId};
+use replic8::message::*;
+
+fn random_headers(rng: &mut StdRng) -> Headers {
+    let mut headers = Headers::new();
+    for i in 0..rng.gen_range(0..8) {
+        let value: Vec<u8> = (0..rng.gen_range(0..40)).map(|_| rng.gen()).collect();
+        headers.insert(format!("h{i}-é"), value).unwrap();
+    }
+    headers
+}
+
+fn random_message(rng: &mut StdRng) -> Message {
+    let key = |rng: &mut StdRng| rng.gen::<[u8; 32]>();
+    match rng.gen_range(0..9) {
+        0 => Message::Hello {
+            version: rng.gen(),
+            dialect: "x".repeat(rng.gen_range(0..=MAX_DIALECT_LEN)),
+            max_streams: rng.gen(),
+        },
+        1 => Message::Proof {
+            namespace: NamespaceId(key(rng)),
+            tag: key(rng),
+        },
+        2 => Message::Offer {
+            namespace: NamespaceId(key(rng)),
+            offer: rng.gen(),
+            feeds: (0..rng.gen_range(0..20))
+                .map(|_| OfferedFeed {
+                    id: rng.gen(),
+                    key: FeedKey(key(rng)),
+                    headers: random_headers(rng),
+                })
+                .collect(),
+        },
+        3 => Message::Answer {
+            offer: rng.gen(),
+            accepted: (0..rng.gen_range(0..50)).map(|_| rng.gen()).collect(),
+        },
+        4 => Message::Have {
+            namespace: NamespaceId(key(rng)),
+            feeds: (0..rng.gen_range(0..20))
+                .map(|_| KnownFeed {
+                    discovery_key: DiscoveryKey(key(rng)),
+                    capability: key(rng),
+                })
+                .collect(),
+        },
+        5 => Message::Ready,
+        6 => Message::Notice {
+            feed: DiscoveryKey(key(rng)),
+            length: rng.gen(),
+        },
+        7 => Message::Synced {
+            feed: DiscoveryKey(key(rng)),
+            length: rng.gen(),
+        },
+        _ => Message::Close {
+            code: CloseCode(rng.gen()),
+            reason: "é".repeat(rng.gen_range(0..=MAX_REASON_LEN / 2)),
+        },
+    }
+}
+
+fn decode_frame(wire: &[u8]) -> Result<Option<(Message, usize)>, String> {
+    match frame::parse(wire, MAX_FRAME_LEN).map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some((payload, used)) => Ok(Some((decode(payload).map_err(|e| e.to_string())?, used))),
+    }
+}
+
+#[test]
+fn random_messages_round_trip() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for _ in 0..5_000 {
+        let message = random_message(&mut rng);
+        let mut wire = Vec::new();
+        encode(&message, &mut wire).unwrap();
+        let (back, used) = decode_frame(&wire).unwrap().unwrap();
+        assert_eq!(back, message);
+        assert_eq!(used, wire.len());
+        // Every proper prefix is "more bytes needed" or a typed error, never a message.
+        let cut = rng.gen_range(0..wire.len());
+        assert!(matches!(decode_frame(&wire[..cut]), Ok(None)));
+    }
+}
+
+#[test]
+fn stream_headers_round_trip() {
+    let headers = [
+        FeedStreamHeader::Offered { id: 0 },
+        FeedStreamHeader::Offered { id: u64::MAX },
+        FeedStreamHeader::Known {
+            discovery_key: DiscoveryKey([4; 32]),
+            capability: [5; 32],
+        },
+    ];
+    for header in headers {
+        let mut wire = Vec::new();
+        encode_stream_header(&header, &mut wire).unwrap();
+        let (payload, _) = frame::parse(&wire, MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(decode_stream_header(payload).unwrap(), header);
+    }
+}
+
+#[test]
+fn every_message_kind_has_a_distinct_name() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        names.insert(random_message(&mut rng).name());
+    }
+    assert_eq!(names.len(), 9, "{names:?}");
+}
+
+#[test]
+fn random_bytes_give_typed_errors_not_panics() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut errors = 0;
+    for _ in 0..50_000 {
+        let len = rng.gen_range(0..200);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        // Bias towards valid tags so decoding gets past the first byte.
+        if let Some(first) = bytes.first_mut() {
+            *first %= 12;
+        }
+        match decode(&bytes) {
+            Ok(message) => message.check().unwrap(),
+            Err(_) => errors += 1,
+        }
+        let _ = decode_stream_header(&bytes);
+    }
+    assert!(
+        errors > 40_000,
+        "random bytes decoded too often: {errors} errors"
+    );
+}
+
+#[test]
+fn huge_length_prefixes_inside_a_message_do_not_allocate() {
+    // An offer claiming u64::MAX feeds in a few bytes: bincode's byte budget refuses it
+    // before reserving memory for them.
+    let mut payload = vec![2u8]; // Offer
+    payload.extend_from_slice(&[0u8; 32]); // namespace
+    payload.push(0); // offer id 0
+    payload.push(253); // varint u64 follows
+    payload.extend_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(decode(&payload), Err(CodecError::Encoding(_))));
+    // A string claiming 4 GiB.
+    let mut payload = vec![8u8, 1]; // Close, code 1
+    payload.push(252);
+    payload.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(decode(&payload), Err(CodecError::Encoding(_))));
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let mut wire = Vec::new();
+    encode(&Message::Ready, &mut wire).unwrap();
+    let mut payload = frame::parse(&wire, MAX_FRAME_LEN)
+        .unwrap()
+        .unwrap()
+        .0
+        .to_vec();
+    payload.push(0);
+    assert!(matches!(decode(&payload), Err(CodecError::Encoding(_))));
+}
+
+#[test]
+fn over_bound_headers_are_refused_on_both_ends() {
+    let mut headers = Headers::new();
+    for i in 0..MAX_HEADER_ENTRIES {
+        headers.insert(format!("{i}"), vec![]).unwrap();
+    }
+    assert_eq!(
+        headers.insert("one more", vec![]),
+        Err(HeaderError::TooManyEntries {
+            count: MAX_HEADER_ENTRIES + 1,
+            max: MAX_HEADER_ENTRIES
+        })
+    );
+    assert_eq!(
+        headers.len(),
+        MAX_HEADER_ENTRIES,
+        "a refused insert changes nothing"
+    );
+    let mut big = Headers::new();
+    big.insert("k", vec![0; MAX_HEADER_BYTES - 1]).unwrap();
+    assert!(matches!(
+        big.insert("k2", vec![0; 1]),
+        Err(HeaderError::TooLarge { bytes, .. }) if bytes == MAX_HEADER_BYTES + 3
+    ));
+
+    // A hostile peer encodes over-bound headers by hand: decoding refuses them.
+    let map: std::collections::BTreeMap<String, Vec<u8>> =
+        [("k".to_string(), vec![0; MAX_HEADER_BYTES + 1])].into();
+    assert!(Headers::try_from(map.clone()).is_err());
+    type RawFeed = (u64, [u8; 32], std::collections::BTreeMap<String, Vec<u8>>);
+    #[derive(serde::Serialize)]
+    enum Raw {
+        _Hello,
+        _Proof,
+        Offer {
+            namespace: [u8; 32],
+            offer: u64,
+            feeds: Vec<RawFeed>,
+        },
+    }
+    use bincode::Options;
+    let payload = options()
+        .serialize(&Raw::Offer {
+            namespace: [0; 32],
+            offer: 0,
+            feeds: vec![(7, [1; 32], map)],
+        })
+        .unwrap();
+    let err = decode(&payload).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CodecError::Headers {
+                id: 7,
+                source: HeaderError::TooLarge { .. }
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn too_many_feeds_are_refused_on_both_ends() {
+    let feeds = vec![
+        KnownFeed {
+            discovery_key: DiscoveryKey([0; 32]),
+            capability: [0; 32]
+        };
+        MAX_FEEDS_PER_MESSAGE + 1
+    ];
+    let message = Message::Have {
+        namespace: NamespaceId([0; 32]),
+        feeds,
+    };
+    assert!(matches!(
+        encode(&message, &mut Vec::new()),
+        Err(CodecError::TooManyFeeds { count, max: MAX_FEEDS_PER_MESSAGE }) if count == MAX_FEEDS_PER_MESSAGE + 1
+    ));
+    use bincode::Options;
+    let payload = options().serialize(&message).unwrap();
+    assert!(matches!(
+        decode(&payload),
+        Err(CodecError::TooManyFeeds { .. })
+    ));
+}
+
+#[test]
+fn a_message_over_the_frame_limit_is_not_encoded() {
+    let message = Message::Answer {
+        offer: 0,
+        accepted: vec![u64::MAX; MAX_FEEDS_PER_MESSAGE],
+    };
+    // 4,096 × 9 bytes fits; the frame limit is tested with a smaller limit in `frame`.
+    encode(&message, &mut Vec::new()).unwrap();
+    let err = frame::check(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes(), MAX_FRAME_LEN);
+    assert!(matches!(err, Err(FrameError::Oversize { .. })));
+}
