@@ -7,7 +7,17 @@
 //! gives messages out, and the session layer (`replic8`) carries them.
 //!
 //! Modules:
+//! - [`keys`]: [`FeedKey`], [`FeedSecret`], [`DiscoveryKey`], [`SignedHead`].
+//! - [`tree`]: flat-tree indexing and the hypercore-crypto node hashes.
+//! - [`proof`]: [`Proof`] creation and verification for ranges and head upgrades.
 //! - [`storage`]: the [`storage::Storage`] and [`storage::FeedStorage`] traits, with memory
 //!   and disk implementations.
 
+pub mod keys;
+pub mod proof;
 pub mod storage;
+pub mod tree;
+
+pub use keys::{DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
+pub use proof::{Proof, ProofError, VerifiedProof, VerifyError};
+pub use tree::Node;

@@ -1,0 +1,239 @@
+//! The Merkle tree: flat-tree indexing and hypercore-crypto 3.x node hashes.
+//!
+//! Blocks are the leaves, at even flat-tree indices (`2 * block`); parents sit at odd
+//! indices (see the npm package `flat-tree`). A tree of `length` blocks has the full
+//! roots [`full_roots`]`(length)`, and its tree hash is [`tree_hash`] over them. Every
+//! hash is BLAKE2b-256 with a one-byte type prefix, and sizes and indices are encoded as
+//! compact-encoding's `uint64`, which is 8 bytes little-endian (not its varint `uint`):
+//!
+//! - leaf: `0x00 ‖ u64le(len) ‖ data`
+//! - parent: `0x01 ‖ u64le(left.size + right.size) ‖ left.hash ‖ right.hash`
+//! - tree: `0x02 ‖ (root.hash ‖ u64le(root.index) ‖ u64le(root.size))*`
+
+use blake2::digest::consts::U32;
+use blake2::{Blake2b, Digest};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::StoredNode;
+
+/// One node of the tree: flat-tree index, hash, and byte size of the blocks under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Flat-tree index (even: a leaf, odd: a parent).
+    pub index: u64,
+    /// BLAKE2b-256 hash of the node.
+    pub hash: [u8; 32],
+    /// Total byte size of the blocks under the node.
+    pub size: u64,
+}
+
+impl From<StoredNode> for Node {
+    fn from(n: StoredNode) -> Self {
+        Node {
+            index: n.index,
+            hash: n.hash,
+            size: n.size,
+        }
+    }
+}
+
+impl From<Node> for StoredNode {
+    fn from(n: Node) -> Self {
+        StoredNode {
+            index: n.index,
+            hash: n.hash,
+            size: n.size,
+        }
+    }
+}
+
+type Hasher = Blake2b<U32>;
+
+/// The hash of a leaf holding `data`.
+pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
+    let mut h = Hasher::new();
+    h.update([0u8]);
+    h.update((data.len() as u64).to_le_bytes());
+    h.update(data);
+    h.finalize().into()
+}
+
+/// The leaf node for block `block` holding `data`.
+pub fn leaf(block: u64, data: &[u8]) -> Node {
+    Node {
+        index: 2 * block,
+        hash: leaf_hash(data),
+        size: data.len() as u64,
+    }
+}
+
+/// The parent of two sibling nodes (in either order).
+pub fn parent(a: &Node, b: &Node) -> Node {
+    let (left, right) = if a.index < b.index { (a, b) } else { (b, a) };
+    let size = left.size.wrapping_add(right.size);
+    let mut h = Hasher::new();
+    h.update([1u8]);
+    h.update(size.to_le_bytes());
+    h.update(left.hash);
+    h.update(right.hash);
+    Node {
+        index: flat::parent(left.index),
+        hash: h.finalize().into(),
+        size,
+    }
+}
+
+/// The tree hash over a tree's full roots (in flat-tree order).
+pub fn tree_hash(roots: &[Node]) -> [u8; 32] {
+    let mut h = Hasher::new();
+    h.update([2u8]);
+    for r in roots {
+        h.update(r.hash);
+        h.update(r.index.to_le_bytes());
+        h.update(r.size.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Flat-tree indices of the full roots of a tree of `length` blocks, left to right
+/// (`flat-tree`'s `fullRoots(2 * length)`).
+pub fn full_roots(length: u64) -> Vec<u64> {
+    let mut roots = Vec::with_capacity(64);
+    let mut remaining = length;
+    let mut offset = 0u64; // first block not yet covered
+    while remaining > 0 {
+        let factor = 1u64 << (63 - remaining.leading_zeros());
+        // A subtree of `factor` blocks starting at block `offset`.
+        roots.push(2 * offset + factor - 1);
+        offset += factor;
+        remaining -= factor;
+    }
+    roots
+}
+
+/// Hash `blocks` into leaves, on two threads when the batch is large enough for that to
+/// pay (the threshold is about where thread start-up stopped costing more than it saved
+/// in the append benchmark).
+pub fn hash_leaves<B: AsRef<[u8]> + Sync>(first_block: u64, blocks: &[B]) -> Vec<Node> {
+    const PARALLEL_BYTES: usize = 256 * 1024;
+    let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
+    let leaves = |first: u64, part: &[B]| -> Vec<Node> {
+        part.iter()
+            .enumerate()
+            .map(|(i, b)| leaf(first + i as u64, b.as_ref()))
+            .collect()
+    };
+    if total < PARALLEL_BYTES || blocks.len() < 2 {
+        return leaves(first_block, blocks);
+    }
+    // Split where half the bytes are.
+    let mut acc = 0usize;
+    let mut split = blocks.len() / 2;
+    for (i, b) in blocks.iter().enumerate() {
+        acc += b.as_ref().len();
+        if acc * 2 >= total {
+            split = (i + 1).min(blocks.len() - 1);
+            break;
+        }
+    }
+    let (a, b) = blocks.split_at(split);
+    std::thread::scope(|s| {
+        let second = s.spawn(|| leaves(first_block + split as u64, b));
+        let mut out = leaves(first_block, a);
+        match second.join() {
+            Ok(rest) => out.extend(rest),
+            // Hashing does not panic; if it somehow did, redo it here.
+            Err(_) => out.extend(leaves(first_block + split as u64, b)),
+        }
+        out
+    })
+}
+
+/// Flat-tree index arithmetic (the npm package `flat-tree`).
+pub mod flat {
+    /// Depth of a node: 0 for leaves.
+    pub fn depth(index: u64) -> u32 {
+        index.trailing_ones()
+    }
+
+    /// Offset of a node within its depth.
+    pub fn offset(index: u64) -> u64 {
+        index >> (depth(index) + 1)
+    }
+
+    /// Index of the node at `depth` and `offset`.
+    pub fn index(depth: u32, offset: u64) -> u64 {
+        (offset << (depth + 1)) | ((1u64 << depth) - 1)
+    }
+
+    /// The parent of `index`.
+    pub fn parent(index: u64) -> u64 {
+        let d = depth(index);
+        self::index(d + 1, offset(index) >> 1)
+    }
+
+    /// The sibling of `index`.
+    pub fn sibling(index: u64) -> u64 {
+        let d = depth(index);
+        self::index(d, offset(index) ^ 1)
+    }
+
+    /// The two children of a parent, or `None` for a leaf.
+    pub fn children(index: u64) -> Option<(u64, u64)> {
+        let d = depth(index);
+        if d == 0 {
+            return None;
+        }
+        let o = offset(index) * 2;
+        Some((self::index(d - 1, o), self::index(d - 1, o + 1)))
+    }
+
+    /// The blocks under a node, as `[start, end)`.
+    pub fn block_span(index: u64) -> (u64, u64) {
+        let d = depth(index);
+        let start = offset(index) << d;
+        (start, start + (1u64 << d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_tree_basics() {
+        assert_eq!(flat::parent(0), 1);
+        assert_eq!(flat::parent(2), 1);
+        assert_eq!(flat::parent(1), 3);
+        assert_eq!(flat::parent(5), 3);
+        assert_eq!(flat::sibling(0), 2);
+        assert_eq!(flat::sibling(1), 5);
+        assert_eq!(flat::children(3), Some((1, 5)));
+        assert_eq!(flat::children(4), None);
+        assert_eq!(flat::block_span(3), (0, 4));
+        assert_eq!(flat::block_span(11), (4, 8));
+        assert_eq!(flat::block_span(6), (3, 4));
+    }
+
+    #[test]
+    fn full_roots_match_flat_tree() {
+        assert_eq!(full_roots(0), Vec::<u64>::new());
+        assert_eq!(full_roots(1), vec![0]);
+        assert_eq!(full_roots(3), vec![1, 4]);
+        assert_eq!(full_roots(5), vec![3, 8]);
+        assert_eq!(full_roots(7), vec![3, 9, 12]);
+        assert_eq!(full_roots(16), vec![15]);
+    }
+
+    #[test]
+    fn parallel_leaves_equal_serial() {
+        let blocks: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 8 * 1024]).collect();
+        let par = hash_leaves(10, &blocks);
+        let ser: Vec<Node> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| leaf(10 + i as u64, b))
+            .collect();
+        assert_eq!(par, ser);
+    }
+}
