@@ -5,3 +5,41 @@
 //! exist, both sides keep the same one without talking. `Dial`, `Close` and `Ban` come in;
 //! `PeerUp` and `PeerDown` go out to subscribers. The dedup and dial policy is a core
 //! without I/O.
+//!
+//! Modules:
+//! - `key`: `Identity` (the node's key pair) and `PeerKey` (a peer's public key);
+//! - `tls`: rustls configuration for raw public keys, both directions verified;
+//! - `transport`: QUIC transport defaults and the UDP socket (`transport_config`);
+//! - `core`: `ConnCore`, the dedup and dial policy without I/O;
+//! - `messages`: the actor's messages and events;
+//! - `actor`: `ConnManager`, the thin actor around the core;
+//! - `error`: errors, reasons and close codes.
+//!
+//! The session layer subscribes (`Subscribe`) and opens streams on the
+//! `quinn::Connection` of each `PeerUp`. A connection closed with `CLOSE_DUPLICATE` is
+//! never a failure; see `is_duplicate_close`.
+
+mod actor;
+mod config;
+pub mod core;
+mod error;
+mod key;
+pub mod messages;
+pub mod tls;
+pub mod transport;
+
+pub use crate::actor::{ConnManager, ConnManagerHandle};
+pub use crate::config::{ConnManagerConfig, DEFAULT_ALPN};
+pub use crate::core::{ConnId, Firewall, Initiator, PolicyConfig};
+pub use crate::error::{
+    is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, SpawnError,
+    CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_REPLACED, CLOSE_REQUESTED, CLOSE_SHUTDOWN,
+};
+pub use crate::key::{Identity, KeyError, PeerKey};
+pub use crate::messages::{
+    Ban, Close, CloseError, ConnRefused, Dial, PeerDown, PeerStats, PeerUp, Peers, RefusedReason,
+    Shutdown, Subscribe, SubscribeRefused,
+};
+pub use crate::transport::{
+    default_transport_config, transport_config, Congestion, TransportTuning,
+};

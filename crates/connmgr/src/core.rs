@@ -1,0 +1,778 @@
+//! The dedup and dial policy, without I/O (STYLE.md §1).
+//!
+//! `ConnCore` is told what happened (`handle_dial`, `handle_incoming`,
+//! `handle_established`, `handle_handshake_failed`, `handle_probe_result`,
+//! `handle_closed`, `handle_timeout`, `close`, `ban`, `shutdown`) with the current time,
+//! and says what to do through `poll_event` (`CoreEvent`: close this connection, probe
+//! that one, this peer is up or down, this dial is done) and `poll_timeout` (when to call
+//! `handle_timeout` next). It never reads a clock, never touches a socket, and draws its
+//! jitter from a seeded RNG when asked to.
+//!
+//! # Rules
+//! - At most one connection per remote key is *current* (held or up). A second one is
+//!   decided at once by the key rule: the connection initiated by the greater key wins.
+//!   Both sides see the same two connections with the same initiators, so they pick the
+//!   same survivor without talking. The loser is closed with `CLOSE_DUPLICATE`.
+//! - A newcomer that loses by the key rule (or ties: same initiator) may come from a
+//!   peer that restarted. The current connection is probed; if it is dead, the newcomer
+//!   replaces it at once, otherwise the newcomer is closed as a duplicate.
+//! - A connection initiated by the greater key can never lose the key rule, so it is up
+//!   at once. One initiated by the smaller key is *held* for `settle_window` before
+//!   `PeerUp`: when both sides dial at the same time, the winning connection arrives in
+//!   that window and the held one is closed before anybody used it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{CloseReason, DialError, DownReason, RefuseReason, CLOSE_DUPLICATE};
+use crate::key::PeerKey;
+
+/// A callback that may refuse a peer by key and address (`false` refuses).
+pub type Firewall = Arc<dyn Fn(&PeerKey, SocketAddr) -> bool + Send + Sync>;
+
+/// Names one connection attempt (dial or accept) for its whole life, and one `Dial`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    /// We dialed.
+    Local,
+    /// The peer dialed us.
+    Remote,
+}
+
+/// Limits and timings of the policy.
+#[derive(Clone)]
+pub struct PolicyConfig {
+    /// Most peers connected at once (held or up).
+    pub max_peers: usize,
+    /// Most dials in their handshake at once.
+    pub max_pending_dials: usize,
+    /// Most incoming handshakes at once.
+    pub max_pending_accepts: usize,
+    /// Wait after the 1st, 2nd, ... consecutive failure of an address; after the last
+    /// one the address is dropped for `drop_for`.
+    pub backoff: Vec<Duration>,
+    /// Each backoff delay is multiplied by a factor drawn from `1 ± jitter`.
+    pub jitter: f64,
+    /// How long a dropped address is refused.
+    pub drop_for: Duration,
+    /// How long a connection initiated by the smaller key is held before `PeerUp`.
+    pub settle_window: Duration,
+    /// Seed for the jitter RNG (tests); `None` seeds from the OS.
+    pub rng_seed: Option<u64>,
+    /// Refuses peers by key and address.
+    pub firewall: Option<Firewall>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            max_peers: 128,
+            max_pending_dials: 32,
+            max_pending_accepts: 64,
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(15),
+            ],
+            jitter: 0.2,
+            drop_for: Duration::from_secs(600),
+            // A few loopback or LAN round trips plus scheduling slack on a loaded machine;
+            // only connections initiated by the smaller key pay it.
+            settle_window: Duration::from_millis(250),
+            rng_seed: None,
+            firewall: None,
+        }
+    }
+}
+
+impl fmt::Debug for PolicyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyConfig")
+            .field("max_peers", &self.max_peers)
+            .field("max_pending_dials", &self.max_pending_dials)
+            .field("max_pending_accepts", &self.max_pending_accepts)
+            .field("backoff", &self.backoff)
+            .field("jitter", &self.jitter)
+            .field("drop_for", &self.drop_for)
+            .field("settle_window", &self.settle_window)
+            .field("rng_seed", &self.rng_seed)
+            .field("firewall", &self.firewall.is_some())
+            .finish()
+    }
+}
+
+/// What the core asks its driver to do or report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreEvent {
+    /// The connection is the settled one for `key`: report `PeerUp`.
+    PeerUp {
+        /// The connection.
+        conn: ConnId,
+        /// The peer.
+        key: PeerKey,
+    },
+    /// A connection that was up is gone: report `PeerDown`.
+    PeerDown {
+        /// The connection.
+        conn: ConnId,
+        /// The peer.
+        key: PeerKey,
+        /// Why.
+        reason: DownReason,
+    },
+    /// Close this connection with this reason.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Decides the close code.
+        reason: CloseReason,
+    },
+    /// Check that this connection is alive; answer with `handle_probe_result`.
+    Probe {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A connection was refused by policy after its handshake (log it once).
+    Refused {
+        /// The connection.
+        conn: ConnId,
+        /// The remote key.
+        key: PeerKey,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A `Dial` has its answer.
+    DialDone {
+        /// The id `handle_dial` returned.
+        dial: ConnId,
+        /// The peer's key, or why not.
+        result: Result<PeerKey, DialError>,
+    },
+}
+
+/// What `handle_dial` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialStart {
+    /// Start a handshake to the address; its outcome goes to `handle_established` or
+    /// `handle_handshake_failed` with this id; the answer comes as `DialDone`.
+    Dial(ConnId),
+    /// The key is already up: the dial succeeds at once.
+    Connected(PeerKey),
+    /// The key or address is already being dialed or settled: wait for `DialDone` with
+    /// this id.
+    Wait(ConnId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshaking { expected: Option<PeerKey> },
+    Held { until: Instant },
+    Up,
+    Challenger,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    addr: SocketAddr,
+    initiator: Initiator,
+    key: Option<PeerKey>,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AddrBackoff {
+    failures: usize,
+    retry_at: Instant,
+    dropped: bool,
+}
+
+/// The dedup and dial policy state machine. See the module doc.
+pub struct ConnCore {
+    me: PeerKey,
+    config: PolicyConfig,
+    rng: StdRng,
+    next_id: u64,
+    conns: HashMap<ConnId, Conn>,
+    current: HashMap<PeerKey, ConnId>,
+    challenger: HashMap<PeerKey, ConnId>,
+    /// Dial ids waiting for a key to be up.
+    key_waiters: HashMap<PeerKey, Vec<ConnId>>,
+    /// Dial ids that joined an in-flight dial (same address or pinned key).
+    joined: HashMap<ConnId, Vec<ConnId>>,
+    backoff: HashMap<SocketAddr, AddrBackoff>,
+    bans: HashMap<PeerKey, Instant>,
+    events: VecDeque<CoreEvent>,
+    shut_down: bool,
+}
+
+impl fmt::Debug for ConnCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnCore")
+            .field("me", &self.me)
+            .field("conns", &self.conns.len())
+            .field("current", &self.current.len())
+            .finish()
+    }
+}
+
+impl ConnCore {
+    /// A core for the node with key `me`.
+    pub fn new(me: PeerKey, config: PolicyConfig) -> Self {
+        let rng = match config.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            me,
+            config,
+            rng,
+            next_id: 0,
+            conns: HashMap::new(),
+            current: HashMap::new(),
+            challenger: HashMap::new(),
+            key_waiters: HashMap::new(),
+            joined: HashMap::new(),
+            backoff: HashMap::new(),
+            bans: HashMap::new(),
+            events: VecDeque::new(),
+            shut_down: false,
+        }
+    }
+
+    fn new_id(&mut self) -> ConnId {
+        self.next_id += 1;
+        ConnId(self.next_id)
+    }
+
+    /// The next thing to do, if any. Call until `None` after every `handle_*`.
+    pub fn poll_event(&mut self) -> Option<CoreEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(|c| match c.phase {
+                Phase::Held { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Whether `key` is banned at `now`.
+    pub fn is_banned(&self, key: &PeerKey, now: Instant) -> bool {
+        self.bans.get(key).is_some_and(|until| *until > now)
+    }
+
+    /// The connections that are up: (connection, key, initiator, address).
+    pub fn peers(&self) -> impl Iterator<Item = (ConnId, PeerKey, Initiator, SocketAddr)> + '_ {
+        self.current.iter().filter_map(|(key, id)| {
+            let conn = self.conns.get(id)?;
+            (conn.phase == Phase::Up).then_some((*id, *key, conn.initiator, conn.addr))
+        })
+    }
+
+    /// The connection that is up for `key`, if any.
+    pub fn up(&self, key: &PeerKey) -> Option<ConnId> {
+        let id = self.current.get(key)?;
+        (self.conns.get(id)?.phase == Phase::Up).then_some(*id)
+    }
+
+    fn handshaking_dials(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| {
+                c.initiator == Initiator::Local && matches!(c.phase, Phase::Handshaking { .. })
+            })
+            .count()
+    }
+
+    /// A request to dial `addr`, pinned to `expected` if given.
+    pub fn handle_dial(
+        &mut self,
+        addr: SocketAddr,
+        expected: Option<PeerKey>,
+        now: Instant,
+    ) -> Result<DialStart, DialError> {
+        if self.shut_down {
+            return Err(DialError::Shutdown);
+        }
+        if let Some(key) = expected {
+            if key == self.me {
+                return Err(RefuseReason::SelfConnection.into());
+            }
+            if self.is_banned(&key, now) {
+                return Err(RefuseReason::Banned(key).into());
+            }
+            if self.up(&key).is_some() {
+                return Ok(DialStart::Connected(key));
+            }
+            let dialing = self.conns.values().any(|c| {
+                c.phase
+                    == Phase::Handshaking {
+                        expected: Some(key),
+                    }
+                    || (c.key == Some(key) && c.phase != Phase::Up)
+            });
+            if dialing || self.current.contains_key(&key) {
+                let id = self.new_id();
+                self.key_waiters.entry(key).or_default().push(id);
+                return Ok(DialStart::Wait(id));
+            }
+        }
+        // Join an unpinned dial already in flight to the same address.
+        let same_addr = self.conns.iter().find_map(|(id, c)| {
+            (c.addr == addr
+                && c.initiator == Initiator::Local
+                && matches!(c.phase, Phase::Handshaking { expected: e } if e.is_none() || e == expected))
+            .then_some(*id)
+        });
+        if let Some(in_flight) = same_addr {
+            let id = self.new_id();
+            self.joined.entry(in_flight).or_default().push(id);
+            return Ok(DialStart::Wait(id));
+        }
+        self.check_backoff(addr, now)?;
+        if self.handshaking_dials() >= self.config.max_pending_dials {
+            return Err(RefuseReason::TooManyPending(self.config.max_pending_dials).into());
+        }
+        if self.current.len() + self.handshaking_dials() >= self.config.max_peers {
+            return Err(RefuseReason::TooManyPeers(self.config.max_peers).into());
+        }
+        let id = self.new_id();
+        self.conns.insert(
+            id,
+            Conn {
+                addr,
+                initiator: Initiator::Local,
+                key: None,
+                phase: Phase::Handshaking { expected },
+            },
+        );
+        Ok(DialStart::Dial(id))
+    }
+
+    /// A peer at `addr` started a handshake with us. Refused when too many are pending.
+    pub fn handle_incoming(&mut self, addr: SocketAddr) -> Result<ConnId, RefuseReason> {
+        let pending = self
+            .conns
+            .values()
+            .filter(|c| {
+                c.initiator == Initiator::Remote && matches!(c.phase, Phase::Handshaking { .. })
+            })
+            .count();
+        if self.shut_down || pending >= self.config.max_pending_accepts {
+            return Err(RefuseReason::TooManyPending(
+                self.config.max_pending_accepts,
+            ));
+        }
+        let id = self.new_id();
+        self.conns.insert(
+            id,
+            Conn {
+                addr,
+                initiator: Initiator::Remote,
+                key: None,
+                phase: Phase::Handshaking { expected: None },
+            },
+        );
+        Ok(id)
+    }
+
+    /// The handshake of `conn` failed (or timed out) with `error`.
+    pub fn handle_handshake_failed(&mut self, conn: ConnId, error: DialError, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.initiator == Initiator::Local {
+            // A peer that refused us by policy is not an unreachable address, but it does
+            // not want us now either: back off all the same.
+            self.backoff_failure(c.addr, now);
+            self.finish_dial(conn, Err(error.clone()));
+            if let Phase::Handshaking {
+                expected: Some(key),
+            } = c.phase
+            {
+                if !self.key_in_flight(&key) {
+                    self.resolve_key_waiters(key, Err(error));
+                }
+            }
+        }
+    }
+
+    fn key_in_flight(&self, key: &PeerKey) -> bool {
+        self.current.contains_key(key)
+            || self.conns.values().any(|c| {
+                c.phase
+                    == Phase::Handshaking {
+                        expected: Some(*key),
+                    }
+            })
+    }
+
+    /// The handshake of `conn` finished: the peer proved `key`.
+    pub fn handle_established(&mut self, conn: ConnId, key: PeerKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !matches!(c.phase, Phase::Handshaking { .. }) {
+            return;
+        }
+        c.key = Some(key);
+        let addr = c.addr;
+        let initiator = c.initiator;
+        if initiator == Initiator::Local {
+            self.backoff.remove(&addr);
+            self.key_waiters.entry(key).or_default().push(conn);
+        }
+        let refusal = if key == self.me {
+            Some(RefuseReason::SelfConnection)
+        } else if self.is_banned(&key, now) {
+            Some(RefuseReason::Banned(key))
+        } else if self
+            .config
+            .firewall
+            .as_ref()
+            .is_some_and(|allow| !allow(&key, addr))
+        {
+            Some(RefuseReason::Firewall)
+        } else if !self.current.contains_key(&key) && self.current.len() >= self.config.max_peers {
+            Some(RefuseReason::TooManyPeers(self.config.max_peers))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.conns.remove(&conn);
+            self.events.push_back(CoreEvent::Refused {
+                conn,
+                key,
+                reason: reason.clone(),
+            });
+            self.events.push_back(CoreEvent::Close {
+                conn,
+                reason: CloseReason::Refused(reason.clone()),
+            });
+            if self.up(&key).is_some() {
+                self.resolve_key_waiters(key, Ok(key));
+            } else if !self.current.contains_key(&key) {
+                self.resolve_key_waiters(key, Err(reason.into()));
+            }
+            return;
+        }
+        match self.current.get(&key).copied() {
+            None => self.install(conn, key, now),
+            Some(old) => {
+                let old_phase = self.conns.get(&old).map(|c| c.phase);
+                if self.initiator_key(conn, key) > self.initiator_key(old, key) {
+                    self.drop_conn(old, key, CloseReason::Duplicate, DownReason::Duplicate);
+                    if let Some(ch) = self.challenger.remove(&key) {
+                        self.drop_conn(ch, key, CloseReason::Duplicate, DownReason::Duplicate);
+                    }
+                    self.install(conn, key, now);
+                } else if old_phase == Some(Phase::Up) && !self.challenger.contains_key(&key) {
+                    // Loses or ties by keys: the peer may have restarted. Probe the old one.
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.phase = Phase::Challenger;
+                    }
+                    self.challenger.insert(key, conn);
+                    self.events.push_back(CoreEvent::Probe { conn: old });
+                } else {
+                    // The current one is fresh (held) or being probed already.
+                    self.drop_conn(conn, key, CloseReason::Duplicate, DownReason::Duplicate);
+                }
+            }
+        }
+        if self.up(&key).is_some() {
+            self.resolve_key_waiters(key, Ok(key));
+        }
+    }
+
+    /// The probe of `conn` (the current connection of a key with a challenger) answered.
+    pub fn handle_probe_result(&mut self, conn: ConnId, alive: bool, now: Instant) {
+        let Some(key) = self.conns.get(&conn).and_then(|c| c.key) else {
+            return;
+        };
+        if self.current.get(&key) != Some(&conn) {
+            return;
+        }
+        let Some(ch) = self.challenger.remove(&key) else {
+            return;
+        };
+        if alive {
+            self.drop_conn(ch, key, CloseReason::Duplicate, DownReason::Duplicate);
+        } else {
+            self.drop_conn(conn, key, CloseReason::Replaced, DownReason::Replaced);
+            self.current.insert(key, ch);
+            self.set_up(ch, key);
+        }
+        let _ = now;
+    }
+
+    /// `conn` closed (by the peer, by idle timeout, or after we closed it).
+    pub fn handle_closed(&mut self, conn: ConnId, error: quinn::ConnectionError, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(key) = c.key else {
+            // Closed during its handshake.
+            self.conns.insert(conn, c);
+            self.handle_handshake_failed(conn, DialError::Connection(error), now);
+            return;
+        };
+        match c.phase {
+            Phase::Handshaking { .. } => {}
+            Phase::Challenger => {
+                self.challenger.remove(&key);
+            }
+            Phase::Held { .. } | Phase::Up => {
+                if self.current.get(&key) == Some(&conn) {
+                    self.current.remove(&key);
+                }
+                if c.phase == Phase::Up {
+                    let reason = match &error {
+                        quinn::ConnectionError::ApplicationClosed(close)
+                            if close.error_code == CLOSE_DUPLICATE =>
+                        {
+                            DownReason::Duplicate
+                        }
+                        other => DownReason::Lost(other.clone()),
+                    };
+                    self.events
+                        .push_back(CoreEvent::PeerDown { conn, key, reason });
+                }
+                if let Some(ch) = self.challenger.remove(&key) {
+                    // The probed connection died before its probe answered.
+                    self.current.insert(key, ch);
+                    self.set_up(ch, key);
+                } else if !self.current.contains_key(&key) {
+                    let result = match &error {
+                        quinn::ConnectionError::ApplicationClosed(close)
+                            if close.error_code == crate::error::CLOSE_REFUSED =>
+                        {
+                            DialError::RefusedByPeer(
+                                String::from_utf8_lossy(&close.reason).into_owned(),
+                            )
+                        }
+                        other => DialError::Connection(other.clone()),
+                    };
+                    self.resolve_key_waiters(key, Err(result));
+                }
+            }
+        }
+    }
+
+    /// Time passed: held connections whose settle window ended go up.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(ConnId, PeerKey)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| match (c.phase, c.key) {
+                (Phase::Held { until }, Some(key)) if until <= now => Some((*id, key)),
+                _ => None,
+            })
+            .collect();
+        for (id, key) in due {
+            self.set_up(id, key);
+            self.resolve_key_waiters(key, Ok(key));
+        }
+        self.bans.retain(|_, until| *until > now);
+        self.backoff.retain(|_, b| b.retry_at > now || !b.dropped);
+    }
+
+    /// Close the connection to `key` on request. Returns whether there was one.
+    pub fn close(&mut self, key: PeerKey) -> bool {
+        let mut any = false;
+        if let Some(ch) = self.challenger.remove(&key) {
+            self.drop_conn(ch, key, CloseReason::Requested, DownReason::Closed);
+            any = true;
+        }
+        if let Some(cur) = self.current.remove(&key) {
+            self.drop_conn(cur, key, CloseReason::Requested, DownReason::Closed);
+            any = true;
+        }
+        self.resolve_key_waiters(
+            key,
+            Err(DialError::Connection(quinn::ConnectionError::LocallyClosed)),
+        );
+        any
+    }
+
+    /// Ban `key` until `now + duration`, closing its connections.
+    pub fn ban(&mut self, key: PeerKey, duration: Duration, now: Instant) {
+        self.bans.insert(key, now + duration);
+        let reason = CloseReason::Refused(RefuseReason::Banned(key));
+        if let Some(ch) = self.challenger.remove(&key) {
+            self.drop_conn(ch, key, reason.clone(), DownReason::Banned);
+        }
+        if let Some(cur) = self.current.remove(&key) {
+            self.drop_conn(cur, key, reason, DownReason::Banned);
+        }
+        self.resolve_key_waiters(key, Err(RefuseReason::Banned(key).into()));
+    }
+
+    /// Close everything; every later dial or accept is refused.
+    pub fn shutdown(&mut self) {
+        self.shut_down = true;
+        let keys: Vec<PeerKey> = self.current.keys().copied().collect();
+        for key in keys {
+            if let Some(ch) = self.challenger.remove(&key) {
+                self.drop_conn(ch, key, CloseReason::Shutdown, DownReason::Shutdown);
+            }
+            if let Some(cur) = self.current.remove(&key) {
+                self.drop_conn(cur, key, CloseReason::Shutdown, DownReason::Shutdown);
+            }
+        }
+        let dials: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.initiator == Initiator::Local)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dials {
+            self.finish_dial(id, Err(DialError::Shutdown));
+        }
+        let waiting: Vec<ConnId> = self.key_waiters.drain().flat_map(|(_, v)| v).collect();
+        for id in waiting {
+            self.finish_dial(id, Err(DialError::Shutdown));
+        }
+        let joined: Vec<ConnId> = self.joined.drain().flat_map(|(_, v)| v).collect();
+        for id in joined {
+            self.events.push_back(CoreEvent::DialDone {
+                dial: id,
+                result: Err(DialError::Shutdown),
+            });
+        }
+        self.conns.clear();
+    }
+
+    fn initiator_key(&self, conn: ConnId, remote: PeerKey) -> PeerKey {
+        match self.conns.get(&conn).map(|c| c.initiator) {
+            Some(Initiator::Local) => self.me,
+            _ => remote,
+        }
+    }
+
+    fn install(&mut self, conn: ConnId, key: PeerKey, now: Instant) {
+        self.current.insert(key, conn);
+        if self.initiator_key(conn, key) == self.me.max(key) {
+            self.set_up(conn, key);
+        } else if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Held {
+                until: now + self.config.settle_window,
+            };
+        }
+    }
+
+    fn set_up(&mut self, conn: ConnId, key: PeerKey) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Up;
+            self.events.push_back(CoreEvent::PeerUp { conn, key });
+        }
+    }
+
+    /// Forget `conn` and close it; report `PeerDown` if it was up.
+    fn drop_conn(&mut self, conn: ConnId, key: PeerKey, close: CloseReason, down: DownReason) {
+        if self.current.get(&key) == Some(&conn) {
+            self.current.remove(&key);
+        }
+        if let Some(c) = self.conns.remove(&conn) {
+            if c.phase == Phase::Up {
+                self.events.push_back(CoreEvent::PeerDown {
+                    conn,
+                    key,
+                    reason: down,
+                });
+            }
+            self.events.push_back(CoreEvent::Close {
+                conn,
+                reason: close,
+            });
+        }
+    }
+
+    fn resolve_key_waiters(&mut self, key: PeerKey, result: Result<PeerKey, DialError>) {
+        for id in self.key_waiters.remove(&key).unwrap_or_default() {
+            self.finish_dial(id, result.clone());
+        }
+    }
+
+    fn finish_dial(&mut self, dial: ConnId, result: Result<PeerKey, DialError>) {
+        for id in self.joined.remove(&dial).unwrap_or_default() {
+            self.events.push_back(CoreEvent::DialDone {
+                dial: id,
+                result: result.clone(),
+            });
+        }
+        self.events.push_back(CoreEvent::DialDone { dial, result });
+    }
+
+    fn check_backoff(&mut self, addr: SocketAddr, now: Instant) -> Result<(), DialError> {
+        let Some(b) = self.backoff.get(&addr).copied() else {
+            return Ok(());
+        };
+        if b.retry_at > now {
+            let retry_in = b.retry_at - now;
+            return Err(if b.dropped {
+                DialError::GaveUp { retry_in }
+            } else {
+                DialError::Backoff { retry_in }
+            });
+        }
+        if b.dropped {
+            self.backoff.remove(&addr);
+        }
+        Ok(())
+    }
+
+    fn backoff_failure(&mut self, addr: SocketAddr, now: Instant) {
+        let entry = self.backoff.entry(addr).or_insert(AddrBackoff {
+            failures: 0,
+            retry_at: now,
+            dropped: false,
+        });
+        if entry.dropped {
+            *entry = AddrBackoff {
+                failures: 0,
+                retry_at: now,
+                dropped: false,
+            };
+        }
+        entry.failures += 1;
+        match self.config.backoff.get(entry.failures - 1) {
+            Some(delay) => {
+                let j = self.config.jitter.clamp(0.0, 0.99);
+                let factor = if j > 0.0 {
+                    self.rng.gen_range(1.0 - j..1.0 + j)
+                } else {
+                    1.0
+                };
+                entry.retry_at = now + delay.mul_f64(factor);
+            }
+            None => {
+                entry.dropped = true;
+                entry.retry_at = now + self.config.drop_for;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -1,0 +1,170 @@
+//! Errors and reasons: why a dial failed, why a connection was refused or went down, and
+//! the application close codes that carry those reasons to the peer.
+
+use std::time::Duration;
+
+use quinn::VarInt;
+use thiserror::Error;
+
+use crate::key::PeerKey;
+use crate::tls::KeyMismatch;
+
+/// Close code: a duplicate connection to a peer lost the dedup rule. Never a failure:
+/// the survivor carries on, and nobody redials because of it. A stream that fails with
+/// this code is retryable on the survivor (`is_duplicate_close`).
+pub const CLOSE_DUPLICATE: VarInt = VarInt::from_u32(0x7238_0001);
+/// Close code: the connection was replaced by a newer one from the same peer after the
+/// old one failed the liveness probe (the peer restarted).
+pub const CLOSE_REPLACED: VarInt = VarInt::from_u32(0x7238_0002);
+/// Close code: closed on request (`Close`).
+pub const CLOSE_REQUESTED: VarInt = VarInt::from_u32(0x7238_0003);
+/// Close code: the node is shutting down.
+pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0x7238_0004);
+/// Close code: the connection was refused by policy; the reason text says which.
+pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(0x7238_0005);
+
+/// True if the peer closed the connection as a duplicate (`error` from a stream or from
+/// `Connection::closed`): the session layer retries what it was doing on the surviving
+/// connection, which comes (or came) as a `PeerUp` for the same key. When this side closed
+/// it, quinn reports `LocallyClosed`; `PeerDown` with `DownReason::Duplicate` says so.
+pub fn is_duplicate_close(error: &quinn::ConnectionError) -> bool {
+    matches!(error, quinn::ConnectionError::ApplicationClosed(close)
+        if close.error_code == CLOSE_DUPLICATE)
+}
+
+/// Why the policy refused a connection or a dial.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The remote key is our own key.
+    #[error("connection to self")]
+    SelfConnection,
+    /// The remote key is banned.
+    #[error("peer {} is banned", .0.fmt_short())]
+    Banned(PeerKey),
+    /// The firewall hook refused the key and address.
+    #[error("refused by the firewall")]
+    Firewall,
+    /// As many peers as allowed are connected.
+    #[error("too many peers (max {0})")]
+    TooManyPeers(usize),
+    /// As many dials (or incoming handshakes) as allowed are in flight.
+    #[error("too many pending connections (max {0})")]
+    TooManyPending(usize),
+}
+
+impl RefuseReason {
+    /// The short text sent as the close reason.
+    pub(crate) fn wire_text(&self) -> &'static [u8] {
+        match self {
+            RefuseReason::SelfConnection => b"self",
+            RefuseReason::Banned(_) => b"banned",
+            RefuseReason::Firewall => b"firewall",
+            RefuseReason::TooManyPeers(_) => b"too many peers",
+            RefuseReason::TooManyPending(_) => b"too many pending",
+        }
+    }
+}
+
+/// Why a `Dial` failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// The policy refused it (self, banned, firewall, limits).
+    #[error("refused: {0}")]
+    Refused(#[from] RefuseReason),
+    /// The address failed recently; dialing it again is allowed after the backoff.
+    #[error("address is backing off, retry in {retry_in:?}")]
+    Backoff {
+        /// Time left until the next attempt is allowed.
+        retry_in: Duration,
+    },
+    /// The address failed every attempt of the backoff schedule and was dropped.
+    #[error("address failed too often and was dropped for {retry_in:?}")]
+    GaveUp {
+        /// Time until the address may be tried again.
+        retry_in: Duration,
+    },
+    /// The peer presented another key than the pinned one.
+    #[error(transparent)]
+    KeyMismatch(#[from] KeyMismatch),
+    /// quinn refused to start the dial (bad address, endpoint closing).
+    #[error("cannot dial: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake failed or the connection died before it was settled.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The handshake did not finish in time.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The peer closed the connection with a refusal (it banned us, its limits, ...).
+    #[error("refused by the peer: {0}")]
+    RefusedByPeer(String),
+    /// The connection manager is shutting down.
+    #[error("connection manager is shutting down")]
+    Shutdown,
+    /// The TLS configuration for the dial could not be built.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// Why a peer's connection went down (`PeerDown`).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// Closed on request (`Close`).
+    #[error("closed on request")]
+    Closed,
+    /// The node is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+    /// A newer connection to the same key won the dedup rule; it is (or will be) up. Not a
+    /// failure: do not redial.
+    #[error("replaced by a duplicate connection")]
+    Duplicate,
+    /// The peer restarted: a new connection replaced this one, which failed the probe.
+    #[error("replaced by a new connection after the peer restarted")]
+    Replaced,
+    /// The peer was banned.
+    #[error("banned")]
+    Banned,
+    /// The connection was lost or closed by the peer.
+    #[error("connection lost: {0}")]
+    Lost(quinn::ConnectionError),
+}
+
+/// Why the core closes a connection; decides the close code and reason text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Lost the dedup rule.
+    Duplicate,
+    /// Failed the liveness probe while a new connection from the same key waited.
+    Replaced,
+    /// Closed on request.
+    Requested,
+    /// Shutdown.
+    Shutdown,
+    /// Refused by policy.
+    Refused(RefuseReason),
+}
+
+impl CloseReason {
+    /// The application close code and reason text for the peer.
+    pub fn code_and_text(&self) -> (VarInt, &'static [u8]) {
+        match self {
+            CloseReason::Duplicate => (CLOSE_DUPLICATE, b"duplicate"),
+            CloseReason::Replaced => (CLOSE_REPLACED, b"replaced"),
+            CloseReason::Requested => (CLOSE_REQUESTED, b"closed"),
+            CloseReason::Shutdown => (CLOSE_SHUTDOWN, b"shutdown"),
+            CloseReason::Refused(reason) => (CLOSE_REFUSED, reason.wire_text()),
+        }
+    }
+}
+
+/// Why the connection manager could not start.
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind udp socket: {0}")]
+    Bind(#[from] std::io::Error),
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}

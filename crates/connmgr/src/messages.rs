@@ -1,0 +1,158 @@
+//! The messages of the `ConnManager` actor: requests (`Dial`, `Close`, `Ban`, `Peers`,
+//! `Subscribe`, `SubscribeRefused`, `Shutdown`) and the events it sends to subscribers
+//! (`PeerUp`, `PeerDown`, `ConnRefused`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+use thiserror::Error;
+
+use crate::core::Initiator;
+use crate::error::{DialError, DownReason, RefuseReason};
+use crate::key::{KeyError, PeerKey};
+
+/// Connect to the peer at `addr`; replies with its key once a connection to it is up
+/// (at once if one already is). `expected_key` pins the key: any other fails the
+/// handshake with `DialError::KeyMismatch`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<PeerKey, DialError>")]
+pub struct Dial {
+    /// Where the peer listens.
+    pub addr: SocketAddr,
+    /// The key the peer must have, if known.
+    pub expected_key: Option<PeerKey>,
+}
+
+/// Close the connection to `key` (close code `CLOSE_REQUESTED`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), CloseError>")]
+pub struct Close {
+    /// The peer.
+    pub key: PeerKey,
+}
+
+/// Why `Close` did nothing.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CloseError {
+    /// There is no connection to that key.
+    #[error("not connected to {}", .0.fmt_short())]
+    NotConnected(PeerKey),
+}
+
+/// Ban `key` for `duration`: its connections are closed now, and it is refused (dialing
+/// and accepting) until the ban expires. Replies with whether a connection was closed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "bool")]
+pub struct Ban {
+    /// The peer.
+    pub key: PeerKey,
+    /// How long.
+    pub duration: Duration,
+}
+
+/// The peers that are up, with per-connection stats.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<PeerStats>")]
+pub struct Peers;
+
+/// One connected peer, as listed by `Peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The peer's key.
+    pub key: PeerKey,
+    /// The peer's address as seen on this connection.
+    pub addr: SocketAddr,
+    /// Who dialed.
+    pub initiator: Initiator,
+    /// quinn's smoothed round-trip time estimate.
+    pub rtt: Duration,
+    /// UDP payload bytes sent on this connection.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received on this connection.
+    pub bytes_received: u64,
+    /// quinn's `Connection::stable_id`, as in `PeerDown`.
+    pub connection_id: usize,
+}
+
+/// Receive `PeerUp` and `PeerDown`. A new subscriber first gets a `PeerUp` for every peer
+/// that is already up.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// Gets `PeerUp`.
+    pub peer_up: Recipient<PeerUp>,
+    /// Gets `PeerDown`.
+    pub peer_down: Recipient<PeerDown>,
+}
+
+/// Receive `ConnRefused` (diagnostics: a connection refused or a handshake failed).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SubscribeRefused(pub Recipient<ConnRefused>);
+
+/// Close every connection (close code `CLOSE_SHUTDOWN`), wait for the endpoint to drain,
+/// and stop the actor. Replies when it is done.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// A connection to `key` is settled (the only one for that key): open and accept
+/// streams on it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PeerUp {
+    /// The peer's key, proven in the handshake.
+    pub key: PeerKey,
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The connection.
+    pub connection: quinn::Connection,
+    /// Who dialed.
+    pub initiator: Initiator,
+}
+
+/// The connection that a `PeerUp` announced is gone.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PeerDown {
+    /// The peer's key.
+    pub key: PeerKey,
+    /// `Connection::stable_id` of the connection that went down (a `PeerUp` for a newer
+    /// connection to the same key may already have been sent, when it replaced this one).
+    pub connection_id: usize,
+    /// Why. `Duplicate` is not a failure: do not redial.
+    pub reason: DownReason,
+}
+
+/// A connection was refused, or its handshake failed (logged once by the actor too).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ConnRefused {
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// The remote key, when the handshake got that far.
+    pub key: Option<PeerKey>,
+    /// Who dialed.
+    pub initiator: Initiator,
+    /// Why.
+    pub reason: RefusedReason,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RefusedReason {
+    /// The policy refused the peer after the handshake.
+    #[error(transparent)]
+    Policy(#[from] RefuseReason),
+    /// The handshake failed (no key, a key that is not ed25519, a bad signature, a
+    /// pinned key mismatch, a refused ALPN, ...).
+    #[error("handshake failed: {0}")]
+    Handshake(DialError),
+    /// The handshake did not finish within the handshake timeout.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The handshake finished but the peer's key could not be read.
+    #[error("bad peer key: {0}")]
+    BadKey(KeyError),
+}
