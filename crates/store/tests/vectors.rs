@@ -122,3 +122,44 @@ fn keys_match_hypercore_crypto() {
         assert_eq!(secret.sign_raw(&message).to_vec(), signature);
     }
 }
+
+#[test]
+fn feed_append_gives_the_reference_tree_hash() {
+    use replic8_store::storage::MemoryStorage;
+    use replic8_store::Feed;
+    let v = vectors();
+    for case in v["cases"].as_array().expect("cases") {
+        let seed = case["seed"].as_u64().expect("seed");
+        let mut sizes = Vec::new();
+        for run in case["runs"].as_array().expect("runs") {
+            for _ in 0..run[1].as_u64().expect("count") {
+                sizes.push(run[0].as_u64().expect("size") as usize);
+            }
+        }
+        let storage = MemoryStorage::new();
+        let mut feed = Feed::create(&storage, FeedSecret::from_bytes(&[5; 32])).expect("create");
+        // Append in uneven batches, so batch boundaries fall everywhere.
+        let mut i = 0usize;
+        let mut batch = 1usize;
+        while i < sizes.len() {
+            let end = (i + batch).min(sizes.len());
+            let blocks: Vec<Vec<u8>> = (i..end).map(|k| block(seed, k as u64, sizes[k])).collect();
+            feed.append_batch(&blocks).expect("append");
+            i = end;
+            batch = batch % 7 + 1;
+        }
+        let last = case["trees"]
+            .as_array()
+            .expect("trees")
+            .last()
+            .expect("a tree")
+            .clone();
+        assert_eq!(feed.length(), last["length"].as_u64().expect("length"));
+        assert_eq!(
+            feed.head().expect("head").tree_hash,
+            hex32(&last["hash"]),
+            "{}",
+            case["name"]
+        );
+    }
+}

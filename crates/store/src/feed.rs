@@ -1,0 +1,487 @@
+//! [`Feed`]: one signed append-only log over a [`FeedStorage`].
+//!
+//! A writable feed (it holds the [`FeedSecret`]) appends blocks and signs each new head.
+//! A replica takes blocks from peers only through [`Feed::ingest`], which verifies the
+//! whole proof, the blocks and (when the head moves) the signature before it hands one
+//! [`WriteBatch`] to storage. Nothing is written for a proof that fails.
+//!
+//! Invariants: the in-memory head and roots always equal the stored ones; every stored
+//! node and block hashes up to a head whose signature was checked; the head's length
+//! never goes backward.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::Range;
+
+use crate::keys::{DiscoveryKey, FeedKey, FeedSecret, SignedHead};
+use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
+use crate::storage::{FeedStorage, Storage, StorageError, StoredNode, WriteBatch};
+use crate::tree::{self, flat, full_roots, Node};
+
+/// Largest block a feed accepts, so that one block always fits in one sync message
+/// ([`crate::message::MAX_MESSAGE_SIZE`]).
+pub const MAX_BLOCK_SIZE: usize = 4 * 1024 * 1024;
+
+/// How many recently verified heads a feed remembers, so that a head announced by a peer
+/// and then used in its proof costs one signature check, not two.
+const TRUSTED_HEADS: usize = 8;
+
+/// Why a feed could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The stored secret key does not belong to the feed key.
+    #[error("stored secret key does not match feed key {0}")]
+    KeyMismatch(String),
+    /// The stored head or roots do not check (bad signature, missing or wrong root).
+    #[error("stored head is invalid: {0}")]
+    BadHead(&'static str),
+}
+
+/// Why an append failed. Nothing was appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The feed is a replica: it does not hold the secret key.
+    #[error("feed is not writable (no secret key)")]
+    NotWritable,
+    /// A block is larger than [`MAX_BLOCK_SIZE`].
+    #[error("block of {size} bytes is over the {max}-byte limit")]
+    BlockTooLarge {
+        /// The block's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The block is past the feed's length or not stored here (a sparse replica).
+    #[error("block {0} is not stored")]
+    Missing(u64),
+    /// The storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Why verified ingest of a proof and its blocks failed. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The proof, the blocks or the signature did not verify (see the variant).
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a successful [`Feed::ingest`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The blocks now stored (the proof's range).
+    pub blocks: Range<u64>,
+    /// The new length, if the proof moved the head forward.
+    pub upgraded: Option<u64>,
+}
+
+/// One feed: its key, its verified head, and its storage.
+pub struct Feed<S: FeedStorage> {
+    storage: S,
+    key: FeedKey,
+    discovery_key: DiscoveryKey,
+    secret: Option<FeedSecret>,
+    head: Option<SignedHead>,
+    roots: Vec<Node>,
+    contiguous: u64,
+    trusted: VecDeque<SignedHead>,
+}
+
+impl<S: FeedStorage> fmt::Debug for Feed<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed")
+            .field("key", &self.key)
+            .field("writable", &self.secret.is_some())
+            .field("length", &self.length())
+            .field("contiguous", &self.contiguous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: FeedStorage> Feed<S> {
+    /// Create a new, empty, writable feed in `storage`.
+    pub fn create<St: Storage<Feed = S>>(
+        storage: &St,
+        secret: FeedSecret,
+    ) -> Result<Self, OpenError> {
+        let key = secret.key();
+        let s = storage.create(*key.as_bytes(), Some(secret.to_bytes()))?;
+        Self::from_storage(key, s)
+    }
+
+    /// Create a new, empty replica of the feed `key` in `storage`.
+    pub fn create_replica<St: Storage<Feed = S>>(
+        storage: &St,
+        key: FeedKey,
+    ) -> Result<Self, OpenError> {
+        let s = storage.create(*key.as_bytes(), None)?;
+        Self::from_storage(key, s)
+    }
+
+    /// Open the feed `key` from `storage`, or `Ok(None)` if it holds no such feed.
+    pub fn open<St: Storage<Feed = S>>(
+        storage: &St,
+        key: &FeedKey,
+    ) -> Result<Option<Self>, OpenError> {
+        match storage.open(key.as_bytes())? {
+            Some(s) => Self::from_storage(*key, s).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Wrap an opened [`FeedStorage`], checking its head, roots and secret key.
+    pub fn from_storage(key: FeedKey, mut storage: S) -> Result<Self, OpenError> {
+        let secret = match storage.secret_key() {
+            Some(seed) => {
+                let secret = FeedSecret::from_bytes(&seed);
+                if secret.key() != key {
+                    return Err(OpenError::KeyMismatch(key.fmt_short()));
+                }
+                Some(secret)
+            }
+            None => None,
+        };
+        let head = storage.head().map(SignedHead::from);
+        let mut roots = Vec::new();
+        if let Some(h) = &head {
+            for i in full_roots(h.length) {
+                let n = storage
+                    .node(i)?
+                    .ok_or(OpenError::BadHead("a root is missing"))?;
+                roots.push(Node::from(n));
+            }
+            if tree::tree_hash(&roots) != h.tree_hash {
+                return Err(OpenError::BadHead("roots do not hash to the head"));
+            }
+            if !key.verify_head(h) {
+                return Err(OpenError::BadHead("signature does not verify"));
+            }
+        }
+        let length = head.map_or(0, |h| h.length);
+        let mut contiguous = 0;
+        while contiguous < length && storage.has_block(contiguous) {
+            contiguous += 1;
+        }
+        Ok(Feed {
+            discovery_key: key.discovery_key(),
+            key,
+            secret,
+            trusted: head.into_iter().collect(),
+            head,
+            roots,
+            contiguous,
+            storage,
+        })
+    }
+
+    /// The feed's public key.
+    pub fn key(&self) -> &FeedKey {
+        &self.key
+    }
+
+    /// The feed's discovery key.
+    pub fn discovery_key(&self) -> &DiscoveryKey {
+        &self.discovery_key
+    }
+
+    /// Whether this feed holds the secret key and can append.
+    pub fn is_writable(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Number of blocks covered by the verified head (a replica may store fewer).
+    pub fn length(&self) -> u64 {
+        self.head.map_or(0, |h| h.length)
+    }
+
+    /// Total bytes of the blocks covered by the head.
+    pub fn byte_length(&self) -> u64 {
+        self.roots.iter().map(|r| r.size).sum()
+    }
+
+    /// The verified signed head, if the feed has one.
+    pub fn head(&self) -> Option<&SignedHead> {
+        self.head.as_ref()
+    }
+
+    /// The full roots of the tree at the head.
+    pub fn roots(&self) -> &[Node] {
+        &self.roots
+    }
+
+    /// Whether block `index` is stored here.
+    pub fn has(&self, index: u64) -> bool {
+        index < self.contiguous || (index < self.length() && self.storage.has_block(index))
+    }
+
+    /// Blocks `[0, n)` are all stored; this is the largest such `n`.
+    pub fn contiguous_length(&self) -> u64 {
+        self.contiguous
+    }
+
+    /// The stored blocks below the head, as sorted ranges, at most `max_ranges` of them
+    /// (the rest is left out).
+    pub fn stored_ranges(&self, max_ranges: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if self.contiguous > 0 {
+            out.push((0, self.contiguous));
+        }
+        let mut i = self.contiguous;
+        let length = self.length();
+        while i < length && out.len() < max_ranges {
+            if self.storage.has_block(i) {
+                let start = i;
+                while i < length && self.storage.has_block(i) {
+                    i += 1;
+                }
+                out.push((start, i));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Append one block; returns the new length once it is durable.
+    pub fn append(&mut self, block: &[u8]) -> Result<u64, AppendError> {
+        self.append_batch(&[block])
+    }
+
+    /// Append blocks in one signed, atomic, durable batch; returns the new length. Leaves
+    /// of a large batch are hashed on two threads.
+    pub fn append_batch<B: AsRef<[u8]> + Sync>(
+        &mut self,
+        blocks: &[B],
+    ) -> Result<u64, AppendError> {
+        let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
+        if let Some(b) = blocks.iter().find(|b| b.as_ref().len() > MAX_BLOCK_SIZE) {
+            return Err(AppendError::BlockTooLarge {
+                size: b.as_ref().len(),
+                max: MAX_BLOCK_SIZE,
+            });
+        }
+        if blocks.is_empty() {
+            return Ok(self.length());
+        }
+        let start = self.length();
+        let leaves = tree::hash_leaves(start, blocks);
+        let mut nodes: Vec<StoredNode> = Vec::with_capacity(2 * leaves.len());
+        let mut roots = self.roots.clone();
+        for leaf in leaves {
+            nodes.push(leaf.into());
+            let mut node = leaf;
+            while roots
+                .last()
+                .is_some_and(|r| r.index == flat::sibling(node.index))
+            {
+                if let Some(left) = roots.pop() {
+                    node = tree::parent(&left, &node);
+                    nodes.push(node.into());
+                }
+            }
+            roots.push(node);
+        }
+        let length = start + blocks.len() as u64;
+        let head = secret.sign_head(length, tree::tree_hash(&roots));
+        let batch = WriteBatch {
+            blocks: blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (start + i as u64, b.as_ref().to_vec()))
+                .collect(),
+            nodes,
+            head: Some(head.into()),
+        };
+        self.storage.write(batch)?;
+        self.storage.sync()?;
+        self.set_head(head, roots);
+        if self.contiguous == start {
+            self.contiguous = length;
+        }
+        Ok(length)
+    }
+
+    /// Block `index`, or `Ok(None)` if it is not stored here.
+    pub fn get(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        if index >= self.length() {
+            return Ok(None);
+        }
+        self.storage.block(index)
+    }
+
+    /// Blocks `[start, end)`; fails with [`ReadError::Missing`] if one is not stored.
+    pub fn get_range(&mut self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, ReadError> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(4096) as usize);
+        for i in start..end {
+            out.push(self.get(i)?.ok_or(ReadError::Missing(i))?);
+        }
+        Ok(out)
+    }
+
+    /// A proof for blocks `[start, end)` against the tree at `length`, for a verifier
+    /// that trusts the roots at `base`. `length` is either this feed's length (then the
+    /// signed head is included when `length > base`) or, for a data proof, `base`.
+    pub fn proof(
+        &mut self,
+        base: u64,
+        length: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Proof, ProofError> {
+        let ours = self.length();
+        if length > ours || (length < ours && base != length) {
+            return Err(ProofError::Range {
+                base,
+                length,
+                start,
+                end,
+            });
+        }
+        let storage = &mut self.storage;
+        Proof::create(base, length, start, end, self.head, |i| {
+            Ok(storage.node(i)?.map(Node::from))
+        })
+    }
+
+    /// Check a head announced by a peer: its signature must be by this feed's key. A head
+    /// checked once is remembered, so its proof will not be checked again.
+    pub fn check_head(&mut self, head: &SignedHead) -> Result<(), VerifyError> {
+        if self.trusted.contains(head) {
+            return Ok(());
+        }
+        if !self.key.verify_head(head) {
+            return Err(VerifyError::BadSignature {
+                length: head.length,
+            });
+        }
+        self.trust(*head);
+        Ok(())
+    }
+
+    /// Verify `proof` with its `blocks` against this feed's trusted state, without
+    /// storing anything.
+    pub fn verify<B: AsRef<[u8]> + Sync>(
+        &mut self,
+        proof: &Proof,
+        blocks: &[B],
+    ) -> Result<VerifiedProof, IngestError> {
+        let length = self.length();
+        if proof.length < proof.base {
+            return Err(VerifyError::LengthBackward {
+                base: proof.base,
+                length: proof.length,
+            }
+            .into());
+        }
+        if proof.length > proof.base && proof.length > length && proof.base != length {
+            return Err(VerifyError::StaleUpgrade {
+                base: proof.base,
+                current: length,
+            }
+            .into());
+        }
+        if proof.length < length && proof.length > proof.base {
+            // A signed head older than ours: we cannot relate it to our tree.
+            return Err(VerifyError::StaleUpgrade {
+                base: proof.base,
+                current: length,
+            }
+            .into());
+        }
+        let base_roots = self.roots_at(proof.base)?;
+        let trusted = proof.head.filter(|h| self.trusted.contains(h));
+        let verified = proof.verify_with(&self.key, &base_roots, blocks, trusted.as_ref())?;
+        if verified.length == length && length > 0 && verified.roots != self.roots {
+            return Err(VerifyError::TreeMismatch { length }.into());
+        }
+        Ok(verified)
+    }
+
+    /// Verify `proof` and `blocks` (see [`Feed::verify`]) and, only if everything checks,
+    /// store the blocks, the nodes and any new head in one atomic batch. The batch is
+    /// not synced: call [`Feed::flush`] for durability of downloads.
+    pub fn ingest(&mut self, proof: &Proof, blocks: Vec<Vec<u8>>) -> Result<Ingested, IngestError> {
+        let verified = self.verify(proof, &blocks)?;
+        let upgraded = verified.length > self.length();
+        let head = if upgraded { verified.head } else { None };
+        if upgraded && head.is_none() {
+            return Err(VerifyError::Malformed("upgrade without a signed head").into());
+        }
+        let batch = WriteBatch {
+            blocks: blocks
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| (proof.start + i as u64, b))
+                .filter(|(i, _)| !self.has(*i))
+                .collect(),
+            nodes: verified.nodes.iter().map(|&n| n.into()).collect(),
+            head: head.map(Into::into),
+        };
+        self.storage.write(batch)?;
+        if let Some(h) = head {
+            self.set_head(h, verified.roots);
+        }
+        while self.contiguous < self.length() && self.storage.has_block(self.contiguous) {
+            self.contiguous += 1;
+        }
+        Ok(Ingested {
+            blocks: proof.start..proof.end,
+            upgraded: head.map(|h| h.length),
+        })
+    }
+
+    /// Make everything written so far durable.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.storage.sync()
+    }
+
+    fn roots_at(&mut self, length: u64) -> Result<Vec<Node>, IngestError> {
+        if length == self.length() {
+            return Ok(self.roots.clone());
+        }
+        if length > self.length() {
+            return Err(VerifyError::UnknownBase { base: length }.into());
+        }
+        let mut roots = Vec::new();
+        for i in full_roots(length) {
+            match self.storage.node(i)? {
+                Some(n) => roots.push(n.into()),
+                None => return Err(VerifyError::UnknownBase { base: length }.into()),
+            }
+        }
+        Ok(roots)
+    }
+
+    fn set_head(&mut self, head: SignedHead, roots: Vec<Node>) {
+        self.head = Some(head);
+        self.roots = roots;
+        self.trust(head);
+    }
+
+    fn trust(&mut self, head: SignedHead) {
+        if self.trusted.len() >= TRUSTED_HEADS {
+            self.trusted.pop_front();
+        }
+        self.trusted.push_back(head);
+    }
+}

@@ -1,0 +1,286 @@
+//! The feed sync messages and their bounded bincode encoding.
+//!
+//! Messages are serde types encoded with bincode 1.3 through one shared [`options`]
+//! value: varint integers, little-endian, trailing bytes rejected, and a size limit of
+//! [`MAX_MESSAGE_SIZE`] that bounds every allocation while decoding. After decoding,
+//! [`decode`] checks the counts a message may carry. Framing (the length prefix on the
+//! stream) belongs to the session layer; one frame carries one message.
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::feed::MAX_BLOCK_SIZE;
+use crate::keys::SignedHead;
+use crate::proof::{Proof, MAX_PROOF_NODES};
+
+/// Largest encoded message: one data message of up to [`MAX_BLOCK_SIZE`]-sized blocks
+/// totalling at most [`MAX_DATA_BYTES`], plus its proof and framing overhead.
+pub const MAX_MESSAGE_SIZE: usize = MAX_DATA_BYTES + MAX_BLOCK_SIZE + 64 * 1024;
+
+/// Most block bytes a sender packs into one data message (more than one block's worth
+/// is sent only if the first block alone is bigger).
+pub const MAX_DATA_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most blocks in one data message.
+pub const MAX_BLOCKS_PER_MESSAGE: u64 = 4096;
+
+/// Most stored ranges a [`Have`] lists; a sparser peer lists its first ones.
+pub const MAX_HAVE_RANGES: usize = 1024;
+
+/// One feed sync message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// What the sender has: its signed head and the blocks it stores. Sent at start and
+    /// whenever the sender's head moves (the live notice).
+    Have(Have),
+    /// Asks for an upgrade proof from the receiver's head to the sender's, from the
+    /// sender's current length `from`.
+    RequestUpgrade {
+        /// The requester's length, whose roots it trusts.
+        from: u64,
+    },
+    /// An upgrade proof (`proof.start == proof.end`) from `proof.base` to a signed head.
+    Upgrade {
+        /// The proof.
+        proof: Proof,
+    },
+    /// The sender cannot prove an upgrade from `from` (it lacks tree nodes).
+    NoUpgrade {
+        /// The length the request named.
+        from: u64,
+    },
+    /// Asks for blocks `[start, end)` proven against the tree at `length`, which must be
+    /// the requester's current length.
+    Request(Request),
+    /// Blocks with their proof: an answer to a [`Request`], possibly covering only a
+    /// prefix of it.
+    Data(Data),
+    /// The sender does not store blocks `[start, end)` of the request that began at
+    /// `start`.
+    NoData {
+        /// Start of the request.
+        start: u64,
+        /// End of the request.
+        end: u64,
+    },
+}
+
+/// The "what I have" message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Have {
+    /// The sender's signed head, if it has any block.
+    pub head: Option<SignedHead>,
+    /// Sorted, disjoint `[start, end)` ranges of the blocks the sender stores (at most
+    /// [`MAX_HAVE_RANGES`]).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// A request for a range of blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// First block.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// The tree length to prove against (the requester's length).
+    pub length: u64,
+}
+
+/// Blocks with the proof that they belong to the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Data {
+    /// The proof for `[proof.start, proof.end)`.
+    pub proof: Proof,
+    /// The blocks, in order.
+    pub blocks: Vec<ByteBuf>,
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The message would be larger than [`MAX_MESSAGE_SIZE`].
+    #[error("message is over the {max}-byte limit")]
+    Oversize {
+        /// The limit.
+        max: usize,
+    },
+    /// bincode failed for another reason.
+    #[error("encode: {0}")]
+    Bincode(String),
+}
+
+/// Why bytes could not be decoded into a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The message is larger than [`MAX_MESSAGE_SIZE`].
+    #[error("oversize message: {len} bytes, limit {max}")]
+    Oversize {
+        /// The message's length (or a lower bound).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes end in the middle of a message.
+    #[error("truncated message")]
+    Truncated,
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message decodes but breaks a limit or rule (count, size, order).
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+/// The bincode options every sync message is encoded and decoded with.
+pub fn options() -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+        .with_limit(MAX_MESSAGE_SIZE as u64)
+        .reject_trailing_bytes()
+}
+
+/// Encode one message.
+pub fn encode(message: &Message) -> Result<Vec<u8>, EncodeError> {
+    options().serialize(message).map_err(|e| match *e {
+        bincode::ErrorKind::SizeLimit => EncodeError::Oversize {
+            max: MAX_MESSAGE_SIZE,
+        },
+        other => EncodeError::Bincode(other.to_string()),
+    })
+}
+
+/// Decode one message (a whole frame), bounded and checked.
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_SIZE {
+        return Err(DecodeError::Oversize {
+            len: bytes.len(),
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    let message: Message = options().deserialize(bytes).map_err(|e| match *e {
+        bincode::ErrorKind::SizeLimit => DecodeError::Oversize {
+            len: bytes.len(),
+            max: MAX_MESSAGE_SIZE,
+        },
+        bincode::ErrorKind::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated
+        }
+        other => DecodeError::Malformed(other.to_string()),
+    })?;
+    check(&message)?;
+    Ok(message)
+}
+
+fn check(message: &Message) -> Result<(), DecodeError> {
+    match message {
+        Message::Have(have) => {
+            if have.ranges.len() > MAX_HAVE_RANGES {
+                return Err(DecodeError::Invalid("too many ranges"));
+            }
+            let limit = have.head.map_or(0, |h| h.length);
+            let mut prev_end = 0;
+            for (i, &(s, e)) in have.ranges.iter().enumerate() {
+                if s >= e || e > limit || (i > 0 && s <= prev_end) {
+                    return Err(DecodeError::Invalid(
+                        "ranges not sorted, disjoint and within the head",
+                    ));
+                }
+                prev_end = e;
+            }
+        }
+        Message::Upgrade { proof } => {
+            check_proof(proof)?;
+            if proof.start != proof.end {
+                return Err(DecodeError::Invalid("upgrade carries blocks"));
+            }
+        }
+        Message::Request(r) => {
+            if r.start >= r.end || r.end > r.length || r.end - r.start > MAX_BLOCKS_PER_MESSAGE {
+                return Err(DecodeError::Invalid("request range"));
+            }
+        }
+        Message::Data(data) => {
+            check_proof(&data.proof)?;
+            let n = data.proof.end - data.proof.start;
+            if n == 0 || n > MAX_BLOCKS_PER_MESSAGE || n != data.blocks.len() as u64 {
+                return Err(DecodeError::Invalid("block count does not match the proof"));
+            }
+            if data.blocks.iter().any(|b| b.len() > MAX_BLOCK_SIZE) {
+                return Err(DecodeError::Invalid("block over the size limit"));
+            }
+        }
+        Message::NoData { start, end } => {
+            if start >= end {
+                return Err(DecodeError::Invalid("empty range"));
+            }
+        }
+        Message::RequestUpgrade { .. } | Message::NoUpgrade { .. } => {}
+    }
+    Ok(())
+}
+
+fn check_proof(proof: &Proof) -> Result<(), DecodeError> {
+    if proof.nodes.len() > MAX_PROOF_NODES {
+        return Err(DecodeError::Invalid("too many proof nodes"));
+    }
+    if proof.start > proof.end || proof.end > proof.length {
+        return Err(DecodeError::Invalid("proof range outside its tree"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let m = Message::Request(Request {
+            start: 1,
+            end: 5,
+            length: 9,
+        });
+        let bytes = encode(&m).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), m);
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(decode(&long), Err(DecodeError::Malformed(_))));
+        let huge = vec![0u8; MAX_MESSAGE_SIZE + 1];
+        assert!(matches!(decode(&huge), Err(DecodeError::Oversize { .. })));
+        // A length prefix that claims more than the limit allows fails before allocating.
+        // (Have, no head, then a range count of 2^63 - 1.)
+        let mut claim = vec![0u8, 0u8, 253];
+        claim.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(decode(&claim).is_err());
+        let bad = Message::Request(Request {
+            start: 5,
+            end: 5,
+            length: 9,
+        });
+        assert_eq!(
+            decode(&encode(&bad).unwrap()),
+            Err(DecodeError::Invalid("request range"))
+        );
+    }
+
+    #[test]
+    fn oversize_message_is_not_encoded() {
+        let blocks = vec![ByteBuf::from(vec![0u8; MAX_BLOCK_SIZE]); 4];
+        let m = Message::Data(Data {
+            proof: Proof {
+                base: 4,
+                length: 4,
+                start: 0,
+                end: 4,
+                nodes: vec![],
+                head: None,
+            },
+            blocks,
+        });
+        assert!(matches!(encode(&m), Err(EncodeError::Oversize { .. })));
+    }
+}

@@ -1,0 +1,173 @@
+//! `Feed`: append, read, reopen, verified ingest, sparse presence, and bad input that
+//! stores nothing.
+
+use replic8_store::storage::{MemoryFeed, MemoryStorage};
+use replic8_store::{
+    AppendError, Feed, FeedSecret, IngestError, Proof, VerifyError, MAX_BLOCK_SIZE,
+};
+
+fn writer(n: u64) -> (MemoryStorage, Feed<MemoryFeed>) {
+    let storage = MemoryStorage::new();
+    let mut feed = Feed::create(&storage, FeedSecret::from_bytes(&[1; 32])).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..n).map(|i| format!("block {i}").into_bytes()).collect();
+    feed.append_batch(&blocks).expect("append");
+    (storage, feed)
+}
+
+#[test]
+fn append_read_and_reopen() {
+    let (storage, mut feed) = writer(10);
+    assert_eq!(feed.append(b"eleventh").expect("append"), 11);
+    assert_eq!(feed.length(), 11);
+    assert!(feed.is_writable());
+    assert_eq!(feed.get(3).expect("get").as_deref(), Some(&b"block 3"[..]));
+    assert_eq!(feed.get(11).expect("get"), None);
+    assert_eq!(
+        feed.get_range(9, 11).expect("range")[1],
+        b"eleventh".to_vec()
+    );
+    assert_eq!(feed.byte_length(), 10 * 7 + 8);
+    assert_eq!(feed.contiguous_length(), 11);
+    assert_eq!(feed.append_batch::<Vec<u8>>(&[]).expect("empty batch"), 11);
+    let head = *feed.head().expect("head");
+    let key = *feed.key();
+    drop(feed);
+    let mut again = Feed::open(&storage, &key).expect("open").expect("exists");
+    assert_eq!(again.head(), Some(&head));
+    assert_eq!(again.contiguous_length(), 11);
+    assert_eq!(again.append(b"twelfth").expect("append after reopen"), 12);
+    assert_eq!(key.discovery_key(), *again.discovery_key());
+}
+
+#[test]
+fn replica_cannot_append_and_big_blocks_are_refused() {
+    let (storage, mut feed) = writer(1);
+    let other = MemoryStorage::new();
+    let mut replica = Feed::create_replica(&other, *feed.key()).expect("replica");
+    assert!(matches!(
+        replica.append(b"x"),
+        Err(AppendError::NotWritable)
+    ));
+    let big = vec![0u8; MAX_BLOCK_SIZE + 1];
+    assert!(matches!(
+        feed.append(&big),
+        Err(AppendError::BlockTooLarge { .. })
+    ));
+    assert_eq!(feed.length(), 1);
+    drop(storage);
+}
+
+#[test]
+fn replica_ingests_sparse_ranges_and_serves_them() {
+    let (_s, mut w) = writer(100);
+    let other = MemoryStorage::new();
+    let mut r = Feed::create_replica(&other, *w.key()).expect("replica");
+    // Blocks 40..50 with the signed head, from nothing.
+    let p = w.proof(0, 100, 40, 50).expect("proof");
+    let done = r
+        .ingest(&p, w.get_range(40, 50).expect("read"))
+        .expect("ingest");
+    assert_eq!(done.upgraded, Some(100));
+    assert_eq!(r.length(), 100);
+    assert_eq!(r.head(), w.head());
+    assert!(r.has(40) && r.has(49) && !r.has(39) && !r.has(50));
+    assert_eq!(r.contiguous_length(), 0);
+    assert_eq!(r.stored_ranges(10), vec![(40, 50)]);
+    // Data proofs against the replica's own length need no head.
+    let p = w.proof(100, 100, 0, 10).expect("proof");
+    assert!(p.head.is_none());
+    r.ingest(&p, w.get_range(0, 10).expect("read"))
+        .expect("ingest");
+    assert_eq!(r.contiguous_length(), 10);
+    assert_eq!(r.stored_ranges(10), vec![(0, 10), (40, 50)]);
+    // The replica can prove what it stores to a third feed.
+    let p = r.proof(0, 100, 42, 45).expect("replica proof");
+    let third = MemoryStorage::new();
+    let mut t = Feed::create_replica(&third, *w.key()).expect("third");
+    t.ingest(&p, r.get_range(42, 45).expect("read"))
+        .expect("ingest from replica");
+    assert_eq!(t.get(43).expect("get"), w.get(43).expect("get"));
+}
+
+/// Every bad input is rejected with its own error, stores nothing, and the replica then
+/// still accepts good data.
+#[test]
+fn bad_input_stores_nothing_and_feed_stays_usable() {
+    let (_s, mut w) = writer(64);
+    let other = MemoryStorage::new();
+    let mut r = Feed::create_replica(&other, *w.key()).expect("replica");
+    let up = w.proof(0, 32, 32, 32);
+    assert!(up.is_err(), "cannot sign an old length");
+    let p = w.proof(0, 64, 0, 0).expect("upgrade");
+    r.ingest(&p, vec![]).expect("upgrade");
+    w.append(b"more").expect("append");
+
+    let stored = |r: &Feed<MemoryFeed>| r.storage().stored_blocks();
+
+    // A block that does not verify.
+    let p = w.proof(64, 64, 8, 16).expect("proof");
+    let mut blocks = w.get_range(8, 16).expect("read");
+    blocks[2][0] ^= 1;
+    match r.ingest(&p, blocks) {
+        Err(IngestError::Verify(VerifyError::BlockMismatch { start: 8, end: 16 })) => {}
+        other => panic!("expected block mismatch, got {other:?}"),
+    }
+    // A proof for another tree: another writer's blocks under our key's head.
+    let (_s2, mut w2) = {
+        let storage = MemoryStorage::new();
+        let mut feed = Feed::create(&storage, FeedSecret::from_bytes(&[1; 32])).expect("create");
+        let blocks: Vec<Vec<u8>> = (0..65u64).map(|i| vec![i as u8; 3]).collect();
+        feed.append_batch(&blocks).expect("append");
+        (storage, feed)
+    };
+    let p = w2.proof(64, 65, 64, 65).expect("proof");
+    match r.ingest(&p, w2.get_range(64, 65).expect("read")) {
+        Err(IngestError::Verify(VerifyError::TreeMismatch { .. }))
+        | Err(IngestError::Verify(VerifyError::BlockMismatch { .. })) => {}
+        other => panic!("expected tree mismatch, got {other:?}"),
+    }
+    // A signature by another key.
+    let (_s3, mut stranger) = {
+        let storage = MemoryStorage::new();
+        let mut feed = Feed::create(&storage, FeedSecret::from_bytes(&[9; 32])).expect("create");
+        let blocks: Vec<Vec<u8>> = (0..65u64)
+            .map(|i| format!("block {i}").into_bytes())
+            .collect();
+        feed.append_batch(&blocks[..64]).expect("append");
+        feed.append(b"more").expect("append");
+        (storage, feed)
+    };
+    let p = stranger.proof(64, 65, 64, 65).expect("proof");
+    match r.ingest(&p, stranger.get_range(64, 65).expect("read")) {
+        Err(IngestError::Verify(VerifyError::BadSignature { length: 65 })) => {}
+        other => panic!("expected bad signature, got {other:?}"),
+    }
+    // A length that goes backward.
+    let mut p = w.proof(64, 65, 64, 65).expect("proof");
+    p.length = 63;
+    p.end = 63;
+    p.start = 63;
+    match r.ingest(&p, vec![]) {
+        Err(IngestError::Verify(VerifyError::LengthBackward {
+            base: 64,
+            length: 63,
+        })) => {}
+        other => panic!("expected length backward, got {other:?}"),
+    }
+    // A truncated proof (a node missing).
+    let mut p: Proof = w.proof(64, 64, 8, 16).expect("proof");
+    p.nodes.pop();
+    assert!(matches!(
+        r.ingest(&p, w.get_range(8, 16).expect("read")),
+        Err(IngestError::Verify(VerifyError::Malformed(_)))
+    ));
+
+    assert_eq!(stored(&r), 0, "nothing stored");
+    assert_eq!(r.length(), 64);
+    // Still usable: good data and a good upgrade go in.
+    let p = w.proof(64, 65, 60, 65).expect("proof");
+    r.ingest(&p, w.get_range(60, 65).expect("read"))
+        .expect("good ingest");
+    assert_eq!(r.length(), 65);
+    assert_eq!(stored(&r), 5);
+}
