@@ -18,16 +18,21 @@ struct Side {
     events: Vec<SyncEvent>,
 }
 
+/// A message in flight: deliver at, sequence number, to side, bytes.
+type Queued = (Instant, u64, usize, Vec<u8>);
+
+/// Rewrites a message side 0 sends (a hostile peer).
+type Tamper = Box<dyn FnMut(&mut Message)>;
+
 struct Link {
     now: Instant,
     rng: StdRng,
-    /// (deliver at, sequence, to side, bytes)
-    queue: Vec<(Instant, u64, usize, Vec<u8>)>,
+    queue: Vec<Queued>,
     seq: u64,
     /// Random extra latency per message, so messages overtake each other.
     jitter_ms: u64,
     /// Applied to each message side 0 sends, before encoding.
-    tamper: Option<Box<dyn FnMut(&mut Message)>>,
+    tamper: Option<Tamper>,
     delivered: u64,
     /// Most requests side 1 had in flight at once.
     max_in_flight: usize,
@@ -48,8 +53,8 @@ impl Link {
     }
 
     fn collect(&mut self, sides: &mut [Side; 2]) {
-        for from in 0..2 {
-            while let Some(mut m) = sides[from].sync.poll_transmit() {
+        for (from, side) in sides.iter_mut().enumerate() {
+            while let Some(mut m) = side.sync.poll_transmit() {
                 if from == 0 {
                     if let Some(t) = self.tamper.as_mut() {
                         t(&mut m);
@@ -69,8 +74,8 @@ impl Link {
                     bytes,
                 ));
             }
-            while let Some(e) = sides[from].sync.poll_event() {
-                sides[from].events.push(e);
+            while let Some(e) = side.sync.poll_event() {
+                side.events.push(e);
             }
         }
     }
