@@ -84,13 +84,15 @@ impl Default for DhtConfig {
 
 impl DhtConfig {
     /// A client of a private network (a `mainline::Testnet`), on loopback and any port.
+    /// Its request timeout is 500 ms: a loopback node answers in well under a
+    /// millisecond, and a query only ends once every request was answered or timed out.
     pub fn testnet(bootstrap: &[String]) -> Self {
         DhtConfig {
             mode: DhtMode::Client,
             bootstrap: Bootstrap::Nodes(bootstrap.to_vec()),
             bind: Ipv4Addr::LOCALHOST,
             port: Some(0),
-            request_timeout: None,
+            request_timeout: Some(Duration::from_millis(500)),
         }
     }
 }
