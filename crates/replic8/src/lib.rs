@@ -12,7 +12,9 @@
 //!   (namespace proofs, feed capabilities) over the TLS exporter value.
 //! - [`frame`]: bytes to length-prefixed, bounded frames; no I/O.
 //! - [`message`]: the session messages and their bounded bincode encoding.
+//! - [`session`]: the session core without I/O: hello, proofs, offers, streams, end.
 
 pub mod frame;
 pub mod keys;
 pub mod message;
+pub mod session;

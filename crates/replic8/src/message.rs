@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::frame::MAX_FRAME_LEN;
-use crate::keys::{DiscoveryKey, FeedKey, NamespaceId};
+use crate::keys::{DiscoveryKey, FeedKey, NamespaceId, Role};
 
 /// The session protocol's version, carried in the ALPN and in [`Message::Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -264,9 +264,11 @@ pub enum Message {
         /// The feeds, at most [`MAX_FEEDS_PER_MESSAGE`].
         feeds: Vec<KnownFeed>,
     },
-    /// The sender has made its initial shares (used by one-shot sessions to know when
-    /// nothing more is coming).
+    /// The sender has sent its proofs and made its initial shares and announcements.
     Ready,
+    /// The answer to the peer's [`Message::Ready`]: every offer the peer's proofs
+    /// unlocked is sent. A one-shot session ends only after both sides sent both.
+    Settled,
     /// The sender's copy of a replicated feed changed; a closed stream should reopen.
     Notice {
         /// The feed.
@@ -293,9 +295,11 @@ pub enum Message {
 /// First and only session frame on a feed stream: which feed it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FeedStreamHeader {
-    /// A feed the receiver offered and the opener accepted, by the receiver's feed id.
+    /// An offered and accepted feed, by the offerer's feed id.
     Offered {
-        /// The id from the receiver's [`OfferedFeed`].
+        /// The side that offered the feed.
+        by: Role,
+        /// The id from the offerer's [`OfferedFeed`].
         id: u64,
     },
     /// A feed both sides hold (all-to-all), proven by the opener's capability.
@@ -381,6 +385,7 @@ impl Message {
             Message::Close { reason, .. } => text("reason", reason.len(), MAX_REASON_LEN),
             Message::Proof { .. }
             | Message::Ready
+            | Message::Settled
             | Message::Notice { .. }
             | Message::Synced { .. } => Ok(()),
         }
@@ -395,6 +400,7 @@ impl Message {
             Message::Answer { .. } => "answer",
             Message::Have { .. } => "have",
             Message::Ready => "ready",
+            Message::Settled => "settled",
             Message::Notice { .. } => "notice",
             Message::Synced { .. } => "synced",
             Message::Close { .. } => "close",

@@ -3,7 +3,7 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use replic8::frame::{self, FrameError, MAX_FRAME_LEN};
-use replic8::keys::{DiscoveryKey, FeedKey, NamespaceId};
+use replic8::keys::{DiscoveryKey, FeedKey, NamespaceId, Role};
 use replic8::message::*;
 
 fn random_headers(rng: &mut StdRng) -> Headers {
@@ -17,7 +17,7 @@ fn random_headers(rng: &mut StdRng) -> Headers {
 
 fn random_message(rng: &mut StdRng) -> Message {
     let key = |rng: &mut StdRng| rng.gen::<[u8; 32]>();
-    match rng.gen_range(0..9) {
+    match rng.gen_range(0..10) {
         0 => Message::Hello {
             version: rng.gen(),
             dialect: "x".repeat(rng.gen_range(0..=MAX_DIALECT_LEN)),
@@ -52,6 +52,7 @@ fn random_message(rng: &mut StdRng) -> Message {
                 .collect(),
         },
         5 => Message::Ready,
+        9 => Message::Settled,
         6 => Message::Notice {
             feed: DiscoveryKey(key(rng)),
             length: rng.gen(),
@@ -93,8 +94,14 @@ fn random_messages_round_trip() {
 #[test]
 fn stream_headers_round_trip() {
     let headers = [
-        FeedStreamHeader::Offered { id: 0 },
-        FeedStreamHeader::Offered { id: u64::MAX },
+        FeedStreamHeader::Offered {
+            by: Role::Dialer,
+            id: 0,
+        },
+        FeedStreamHeader::Offered {
+            by: Role::Acceptor,
+            id: u64::MAX,
+        },
         FeedStreamHeader::Known {
             discovery_key: DiscoveryKey([4; 32]),
             capability: [5; 32],
@@ -115,7 +122,7 @@ fn every_message_kind_has_a_distinct_name() {
     for _ in 0..1000 {
         names.insert(random_message(&mut rng).name());
     }
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 10, "{names:?}");
 }
 
 #[test]

@@ -1,0 +1,1474 @@
+//! The session core: one per connection, no I/O (STYLE.md §1).
+//!
+//! Inputs are `handle_*` calls: bytes that arrived on the control stream, feed streams
+//! the peer opened, local commands (register a namespace, share, announce known feeds,
+//! the store's answer to an offer, a feed's sync state) and the time. Outputs are
+//! `poll_*` calls: frames to write on the control stream, feed streams to open or close,
+//! events, and the next timer. The actor that drives a session over QUIC calls the
+//! `poll_*` methods after every input until they return `None`.
+//!
+//! What the core enforces:
+//! - the first message is a hello with our version and dialect, within the hello timeout;
+//! - offers and `have` lists in a secret namespace go out only after the peer proved the
+//!   namespace's secret on this connection;
+//! - only feeds offered and accepted, or held by both sides and proven by capability, get
+//!   a stream; any other stream ends the session;
+//! - header and message bounds (checked by [`crate::message`]);
+//! - at most `min(ours, peer's)` feed streams open at once, opened lazily and closed
+//!   once a feed is in sync both ways;
+//! - a feed is offered to a peer at most once per session, and never to a peer known to
+//!   have it, so forwarding between sessions does not loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tracing::debug;
+
+use crate::frame::{self, FrameError, MAX_FRAME_LEN};
+use crate::keys::{
+    capability, verify_capability, DiscoveryKey, ExporterSecret, FeedKey, NamespaceId,
+    NamespaceSecret, Role,
+};
+use crate::message::{
+    self, CloseCode, FeedStreamHeader, HeaderError, Headers, KnownFeed, Message, OfferedFeed,
+    DIALECT, MAX_FEEDS_PER_MESSAGE, MAX_REASON_LEN, PROTOCOL_VERSION,
+};
+
+/// Most offers of the peer that our stores may have unanswered at once; more is a
+/// protocol error. Bounds the memory a peer can pin with offers we have not answered.
+pub const MAX_PENDING_PEER_OFFERS: usize = 256;
+/// Most entries of the peer's `have` lists kept for feeds we do not hold (yet).
+pub const MAX_UNMATCHED_HAVE: usize = 100_000;
+/// Most proofs kept for namespaces we have not registered (yet).
+pub const MAX_UNMATCHED_PROOFS: usize = 1024;
+/// Room left in a frame for an offer's own fields when packing feeds into it.
+const OFFER_SLACK: usize = 128;
+
+/// Whether a session ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep replicating until closed.
+    Live,
+    /// End once both sides are ready, no offer is unanswered and every replicated feed is
+    /// in sync both ways.
+    OneShot,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Live or one-shot.
+    pub mode: Mode,
+    /// Most feed streams open at once on this connection (we tell the peer; the dialer
+    /// opens at most the smaller of both sides' values).
+    pub max_streams: u32,
+    /// How long the peer has to say hello.
+    pub hello_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            mode: Mode::Live,
+            // A starting value, to be tuned by the replication benchmark: enough streams
+            // to keep a link busy, far below QUIC's own limits on idle state.
+            max_streams: 128,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The value for quinn's `TransportConfig::max_concurrent_bidi_streams` on the
+    /// acceptor: the feed streams plus the control stream. QUIC enforces the stream limit
+    /// for the receiving side; the core enforces it for the opening side.
+    pub fn quic_stream_limit(&self) -> u32 {
+        self.max_streams.saturating_add(1)
+    }
+}
+
+/// Which side ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// We did (a local close, or the peer broke the protocol).
+    Local,
+    /// The peer did, with a close message.
+    Remote,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndReason {
+    /// The close code.
+    pub code: CloseCode,
+    /// Who ended it.
+    pub by: Side,
+    /// What happened, in words.
+    pub reason: String,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let by = match self.by {
+            Side::Local => "we",
+            Side::Remote => "the peer",
+        };
+        write!(f, "{by} ended the session: {}: {}", self.code, self.reason)
+    }
+}
+
+/// What a session reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Hellos were exchanged; the session is up.
+    Established,
+    /// The peer proved it knows a namespace's secret.
+    NamespaceProven {
+        /// The namespace.
+        namespace: String,
+    },
+    /// The peer offered feeds; the namespace's store must answer with
+    /// [`Session::handle_offer_answer`].
+    Offered {
+        /// The namespace.
+        namespace: String,
+        /// The offer to answer.
+        offer: u64,
+        /// The feeds with their headers.
+        feeds: Vec<(FeedKey, Headers)>,
+    },
+    /// The peer accepted these feeds of ours; they will be replicated.
+    Accepted {
+        /// The namespace.
+        namespace: String,
+        /// The accepted feeds.
+        feeds: Vec<FeedKey>,
+    },
+    /// A replicated feed is in sync both ways at this length.
+    FeedSynced {
+        /// The feed.
+        feed: FeedKey,
+        /// The length both sides hold.
+        length: u64,
+    },
+    /// The session ended; nothing more will happen.
+    SessionEnded {
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// A feed stream for the driver to open or close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamCommand {
+    /// Open a bidirectional stream, write `header` as its first frame, and attach it to
+    /// the namespace's store.
+    Open {
+        /// The feed.
+        feed: FeedKey,
+        /// The namespace whose store gets the stream.
+        namespace: String,
+        /// The stream's first frame.
+        header: FeedStreamHeader,
+    },
+    /// Finish the feed's stream and detach it from its store: the feed is in sync.
+    Close {
+        /// The feed.
+        feed: FeedKey,
+    },
+}
+
+/// A feed stream of the peer that we took: attach it to the namespace's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingFeed {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The namespace whose store gets the stream.
+    pub namespace: String,
+}
+
+/// Why a local command was refused. The session goes on.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommandError {
+    /// The namespace was not registered on this session.
+    #[error("namespace {0:?} is not registered")]
+    UnknownNamespace(String),
+    /// The namespace is registered already, with a different secret.
+    #[error("namespace {0:?} is registered already with another secret")]
+    NamespaceConflict(String),
+    /// A feed's headers are over a bound.
+    #[error("feed {feed:?}: {source}")]
+    Headers {
+        /// The feed.
+        feed: FeedKey,
+        /// Which bound.
+        source: HeaderError,
+    },
+    /// The store answered an offer that is not waiting for an answer.
+    #[error("offer {0} is not waiting for an answer")]
+    UnknownOffer(u64),
+    /// The session has ended.
+    #[error("the session has ended")]
+    Ended,
+}
+
+/// Why the session refused a feed stream; the session has ended with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("feed stream refused: {0}")]
+pub struct StreamRefused(pub EndReason);
+
+#[derive(Debug)]
+struct Namespace {
+    name: String,
+    secret: Option<NamespaceSecret>,
+    /// The peer proved the secret (always true for a public namespace).
+    peer_proven: bool,
+    /// Shares waiting for the peer's proof.
+    pending_offers: Vec<OfferedFeed>,
+    /// Known feeds waiting for the peer's proof.
+    pending_have: Vec<DiscoveryKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    Closed,
+    Queued,
+    Open,
+}
+
+#[derive(Debug)]
+struct Replicated {
+    namespace: NamespaceId,
+    discovery_key: DiscoveryKey,
+    /// How the dialer names the feed when it opens its stream.
+    route: Route,
+    stream: StreamState,
+    local_synced: Option<u64>,
+    remote_synced: Option<u64>,
+    reported: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Offered { by: Role, id: u64 },
+    Known,
+}
+
+#[derive(Debug)]
+struct OurOffer {
+    namespace: NamespaceId,
+    feeds: HashMap<u64, FeedKey>,
+    /// Feeds whose stream arrived before the answer: the answer must accept them.
+    early: HashSet<u64>,
+}
+
+#[derive(Debug)]
+struct PeerOffer {
+    namespace: NamespaceId,
+    feeds: Vec<(u64, FeedKey)>,
+}
+
+#[derive(Debug)]
+struct Known {
+    key: FeedKey,
+    namespace: NamespaceId,
+    /// Our `have` entry was sent.
+    announced: bool,
+}
+
+/// The session core. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    role: Role,
+    exporter: ExporterSecret,
+    hello_deadline: Option<Instant>,
+    peer_max_streams: Option<u32>,
+    ended: Option<EndReason>,
+    read_buf: Vec<u8>,
+    outbox: VecDeque<Message>,
+    /// Messages that wait for the peer's hello.
+    held: Vec<Message>,
+    events: VecDeque<SessionEvent>,
+    streams: VecDeque<StreamCommand>,
+
+    namespaces: HashMap<NamespaceId, Namespace>,
+    unmatched_proofs: HashMap<NamespaceId, [u8; 32]>,
+
+    next_offer: u64,
+    next_feed_id: u64,
+    our_offers: HashMap<u64, OurOffer>,
+    /// Our offered feed ids not yet answered, to find their offer.
+    our_pending_ids: HashMap<u64, u64>,
+    last_peer_offer: Option<u64>,
+    last_peer_feed_id: Option<u64>,
+    peer_offers: HashMap<u64, PeerOffer>,
+    peer_offered: HashSet<FeedKey>,
+    /// Feeds we offered (or queued to offer) to this peer.
+    offered: HashSet<FeedKey>,
+    /// Feeds the peer is known to have: it offered them, accepted them, or proved them.
+    peer_has: HashSet<FeedKey>,
+
+    known: HashMap<DiscoveryKey, Known>,
+    unmatched_have: HashMap<DiscoveryKey, (NamespaceId, [u8; 32])>,
+
+    feeds: HashMap<FeedKey, Replicated>,
+    by_discovery: HashMap<DiscoveryKey, FeedKey>,
+    by_offer_id: HashMap<(Role, u64), FeedKey>,
+    open_queue: VecDeque<FeedKey>,
+    open_streams: usize,
+
+    local_ready: bool,
+    peer_ready: bool,
+    settled_sent: bool,
+    peer_settled: bool,
+}
+
+impl Session {
+    /// A session on a connection where we are `role`, with the connection's exporter
+    /// value, starting at `now`. Our hello is the first frame [`Session::poll_transmit`]
+    /// gives.
+    pub fn new(
+        config: SessionConfig,
+        role: Role,
+        exporter: ExporterSecret,
+        now: Instant,
+    ) -> Session {
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            dialect: DIALECT.to_string(),
+            max_streams: config.max_streams,
+        };
+        Session {
+            hello_deadline: Some(now + config.hello_timeout),
+            config,
+            role,
+            exporter,
+            peer_max_streams: None,
+            ended: None,
+            read_buf: Vec::new(),
+            outbox: VecDeque::from([hello]),
+            held: Vec::new(),
+            events: VecDeque::new(),
+            streams: VecDeque::new(),
+            namespaces: HashMap::new(),
+            unmatched_proofs: HashMap::new(),
+            next_offer: 0,
+            next_feed_id: 0,
+            our_offers: HashMap::new(),
+            our_pending_ids: HashMap::new(),
+            last_peer_offer: None,
+            last_peer_feed_id: None,
+            peer_offers: HashMap::new(),
+            peer_offered: HashSet::new(),
+            offered: HashSet::new(),
+            peer_has: HashSet::new(),
+            known: HashMap::new(),
+            unmatched_have: HashMap::new(),
+            feeds: HashMap::new(),
+            by_discovery: HashMap::new(),
+            by_offer_id: HashMap::new(),
+            open_queue: VecDeque::new(),
+            open_streams: 0,
+            local_ready: false,
+            peer_ready: false,
+            settled_sent: false,
+            peer_settled: false,
+        }
+    }
+
+    /// Our role on the connection.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether the peer's hello arrived and matched.
+    pub fn is_established(&self) -> bool {
+        self.peer_max_streams.is_some()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the peer is known to have `feed` (it offered, accepted or proved it).
+    pub fn peer_has(&self, feed: &FeedKey) -> bool {
+        self.peer_has.contains(feed)
+    }
+
+    /// Whether we offered `feed` to the peer in this session.
+    pub fn offered(&self, feed: &FeedKey) -> bool {
+        self.offered.contains(feed)
+    }
+
+    /// Whether `feed` is replicated on this session (accepted, or proven both ways).
+    pub fn is_replicated(&self, feed: &FeedKey) -> bool {
+        self.feeds.contains_key(feed)
+    }
+
+    /// Feed streams we opened and have not closed.
+    pub fn open_streams(&self) -> usize {
+        self.open_streams
+    }
+
+    // ---- inputs from the peer ----
+
+    /// Bytes that arrived on the control stream.
+    pub fn handle_control_bytes(&mut self, bytes: &[u8]) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.read_buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while self.ended.is_none() {
+            match frame::parse(&self.read_buf[start..], MAX_FRAME_LEN) {
+                Ok(Some((payload, used))) => {
+                    let decoded = message::decode(payload);
+                    start += used;
+                    match decoded {
+                        Ok(message) => self.handle_message(message),
+                        Err(e) => self.fail(CloseCode::PROTOCOL, e.to_string()),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => self.fail_frame(e),
+            }
+        }
+        self.read_buf.drain(..start.min(self.read_buf.len()));
+    }
+
+    /// The control stream ended (the peer finished it, or it was reset).
+    pub fn handle_control_end(&mut self) {
+        if self.ended.is_some() {
+            return;
+        }
+        match frame::check_end(&self.read_buf, MAX_FRAME_LEN) {
+            Err(e) => self.fail_frame(e),
+            Ok(()) => self.fail(
+                CloseCode::PROTOCOL,
+                "control stream ended without a close message".into(),
+            ),
+        }
+    }
+
+    /// A decoded control message from the peer.
+    pub fn handle_message(&mut self, message: Message) {
+        if self.ended.is_some() {
+            return;
+        }
+        if let Err(e) = message.check() {
+            return self.fail(CloseCode::PROTOCOL, e.to_string());
+        }
+        if !self.is_established() {
+            return match message {
+                Message::Hello {
+                    version,
+                    dialect,
+                    max_streams,
+                } => self.on_hello(version, &dialect, max_streams),
+                Message::Close { code, reason } => self.on_close(code, reason),
+                other => self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("expected hello, got {}", other.name()),
+                ),
+            };
+        }
+        match message {
+            Message::Hello { .. } => self.fail(CloseCode::PROTOCOL, "second hello".into()),
+            Message::Proof { namespace, tag } => self.on_proof(namespace, tag),
+            Message::Offer {
+                namespace,
+                offer,
+                feeds,
+            } => self.on_offer(namespace, offer, feeds),
+            Message::Answer { offer, accepted } => self.on_answer(offer, accepted),
+            Message::Have { namespace, feeds } => self.on_have(namespace, feeds),
+            Message::Ready => {
+                if std::mem::replace(&mut self.peer_ready, true) {
+                    return self.fail(CloseCode::PROTOCOL, "second ready".into());
+                }
+                // Every proof of the peer came before its ready, so every offer they
+                // unlocked is sent by now: say so.
+                self.send(Message::Settled);
+                self.settled_sent = true;
+                self.check_done();
+            }
+            Message::Settled => {
+                if !self.local_ready || std::mem::replace(&mut self.peer_settled, true) {
+                    return self.fail(CloseCode::PROTOCOL, "unexpected settled".into());
+                }
+                self.check_done();
+            }
+            Message::Notice { feed, length } => self.on_notice(feed, length),
+            Message::Synced { feed, length } => self.on_synced(feed, length),
+            Message::Close { code, reason } => self.on_close(code, reason),
+        }
+    }
+
+    /// The peer opened a feed stream whose first frame is `header`. On `Ok`, attach the
+    /// stream to the namespace's store; on `Err`, the session has ended.
+    pub fn handle_incoming_stream(
+        &mut self,
+        header: FeedStreamHeader,
+    ) -> Result<IncomingFeed, StreamRefused> {
+        if let Some(reason) = &self.ended {
+            return Err(StreamRefused(reason.clone()));
+        }
+        match self.take_incoming(header) {
+            Ok(incoming) => Ok(incoming),
+            Err((code, reason)) => {
+                self.fail(code, reason);
+                Err(StreamRefused(self.ended.clone().unwrap_or_else(|| {
+                    EndReason {
+                        code,
+                        by: Side::Local,
+                        reason: String::new(),
+                    }
+                })))
+            }
+        }
+    }
+
+    /// The first frame of a peer's feed stream could not be read.
+    pub fn handle_incoming_stream_error(&mut self, error: StreamHeaderError) {
+        match error {
+            StreamHeaderError::Frame(e) => self.fail_frame(e),
+            StreamHeaderError::Codec(e) => {
+                self.fail(CloseCode::PROTOCOL, format!("feed stream header: {e}"))
+            }
+        }
+    }
+
+    /// A feed stream ended (finished or reset by either side, or its store detached).
+    pub fn handle_stream_closed(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if state.stream == StreamState::Open {
+            state.stream = StreamState::Closed;
+            if self.role == Role::Dialer {
+                self.open_streams = self.open_streams.saturating_sub(1);
+                self.pump_opens();
+            }
+        }
+    }
+
+    /// Time passed: fires the hello timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.hello_deadline {
+            if now >= deadline && !self.is_established() {
+                self.hello_deadline = None;
+                self.fail(
+                    CloseCode::TIMEOUT,
+                    format!("no hello within {:?}", self.config.hello_timeout),
+                );
+            }
+        }
+    }
+
+    // ---- local commands ----
+
+    /// Registers a namespace with an optional secret; with a secret, our proof goes out
+    /// once hellos are exchanged. Registering the same namespace again is a no-op.
+    pub fn handle_register_namespace(
+        &mut self,
+        name: &str,
+        secret: Option<NamespaceSecret>,
+    ) -> Result<(), CommandError> {
+        self.alive()?;
+        let id = NamespaceId::from_name(name);
+        if let Some(existing) = self.namespaces.get(&id) {
+            return if existing.secret == secret {
+                Ok(())
+            } else {
+                Err(CommandError::NamespaceConflict(name.to_string()))
+            };
+        }
+        let proof = secret
+            .as_ref()
+            .map(|s| s.proof(&self.exporter, self.role, &id));
+        self.namespaces.insert(
+            id,
+            Namespace {
+                name: name.to_string(),
+                peer_proven: secret.is_none(),
+                secret,
+                pending_offers: Vec::new(),
+                pending_have: Vec::new(),
+            },
+        );
+        if let Some(tag) = proof {
+            self.send(Message::Proof { namespace: id, tag });
+        }
+        if let Some(tag) = self.unmatched_proofs.remove(&id) {
+            self.on_proof(id, tag);
+        }
+        Ok(())
+    }
+
+    /// Shares feeds in a namespace: offers the peer those it was not offered already and
+    /// is not known to have. In a secret namespace the offer waits for the peer's proof.
+    /// Returns how many feeds were offered or queued.
+    pub fn handle_share(
+        &mut self,
+        namespace: &str,
+        feeds: Vec<(FeedKey, Headers)>,
+    ) -> Result<usize, CommandError> {
+        self.alive()?;
+        let id = NamespaceId::from_name(namespace);
+        if !self.namespaces.contains_key(&id) {
+            return Err(CommandError::UnknownNamespace(namespace.to_string()));
+        }
+        for (feed, headers) in &feeds {
+            headers.check().map_err(|source| CommandError::Headers {
+                feed: *feed,
+                source,
+            })?;
+        }
+        let mut new = Vec::new();
+        for (key, headers) in feeds {
+            if self.peer_has.contains(&key) || !self.offered.insert(key) {
+                continue;
+            }
+            let feed_id = self.next_feed_id;
+            self.next_feed_id += 1;
+            new.push(OfferedFeed {
+                id: feed_id,
+                key,
+                headers,
+            });
+        }
+        let count = new.len();
+        let ns = self.namespaces.get_mut(&id).ok_or(CommandError::Ended)?;
+        if ns.peer_proven {
+            self.send_offers(id, new);
+        } else {
+            ns.pending_offers.extend(new);
+        }
+        Ok(count)
+    }
+
+    /// Announces feeds we hold in a namespace for all-to-all replication: by discovery
+    /// key and capability, never by public key. A feed the peer announced too, with a
+    /// capability that checks, is replicated without an offer.
+    pub fn handle_known_feeds(
+        &mut self,
+        namespace: &str,
+        feeds: Vec<FeedKey>,
+    ) -> Result<(), CommandError> {
+        self.alive()?;
+        let id = NamespaceId::from_name(namespace);
+        let Some(ns) = self.namespaces.get(&id) else {
+            return Err(CommandError::UnknownNamespace(namespace.to_string()));
+        };
+        let sendable = ns.peer_proven;
+        let mut new = Vec::new();
+        for key in feeds {
+            let dk = key.discovery_key();
+            if self.known.contains_key(&dk) {
+                continue;
+            }
+            self.known.insert(
+                dk,
+                Known {
+                    key,
+                    namespace: id,
+                    announced: false,
+                },
+            );
+            new.push(dk);
+        }
+        if sendable {
+            self.announce(id, new);
+        } else if let Some(ns) = self.namespaces.get_mut(&id) {
+            ns.pending_have.extend(new);
+        }
+        Ok(())
+    }
+
+    /// The namespace store's answer to the peer's offer: the keys it accepts, or an
+    /// error, which ends the session and is sent to the peer.
+    pub fn handle_offer_answer(
+        &mut self,
+        offer: u64,
+        answer: Result<Vec<FeedKey>, String>,
+    ) -> Result<(), CommandError> {
+        self.alive()?;
+        let Some(pending) = self.peer_offers.remove(&offer) else {
+            return Err(CommandError::UnknownOffer(offer));
+        };
+        let accepted_keys: HashSet<FeedKey> = match answer {
+            Ok(keys) => keys.into_iter().collect(),
+            Err(reason) => {
+                self.fail(
+                    CloseCode::ACCEPT_FAILED,
+                    format!("store refused offer {offer}: {reason}"),
+                );
+                return Ok(());
+            }
+        };
+        // Keys the peer did not offer are ignored: the answer can only name its feeds.
+        let accepted: Vec<(u64, FeedKey)> = pending
+            .feeds
+            .into_iter()
+            .filter(|(_, key)| accepted_keys.contains(key))
+            .collect();
+        self.send(Message::Answer {
+            offer,
+            accepted: accepted.iter().map(|(id, _)| *id).collect(),
+        });
+        let peer = self.role.peer();
+        for (id, key) in accepted {
+            self.replicate(key, pending.namespace, Route::Offered { by: peer, id });
+        }
+        self.check_done();
+        Ok(())
+    }
+
+    /// We made our initial shares and announcements; a one-shot session may end once
+    /// both sides are ready and everything is in sync.
+    pub fn handle_ready(&mut self) -> Result<(), CommandError> {
+        self.alive()?;
+        if !std::mem::replace(&mut self.local_ready, true) {
+            self.send(Message::Ready);
+        }
+        Ok(())
+    }
+
+    /// Our store's sync of `feed` with this peer reached `length` and has nothing more
+    /// to send or fetch.
+    pub fn handle_feed_synced(&mut self, feed: &FeedKey, length: u64) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if state.local_synced == Some(length) {
+            return;
+        }
+        state.local_synced = Some(length);
+        let dk = state.discovery_key;
+        self.send(Message::Synced { feed: dk, length });
+        self.check_synced(feed);
+    }
+
+    /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed
+    /// needs a stream again. The dialer reopens it; the acceptor sends a notice.
+    pub fn handle_feed_updated(&mut self, feed: &FeedKey, length: u64) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if state.local_synced == Some(length) {
+            return;
+        }
+        state.local_synced = None;
+        let was_synced = state.reported.take().is_some();
+        let dk = state.discovery_key;
+        let closed = state.stream == StreamState::Closed;
+        match self.role {
+            Role::Dialer if closed => self.queue_open(*feed),
+            // While a stream syncs, its own protocol carries the change. Once the feed
+            // was in sync, the dialer may be closing the stream already: tell it.
+            Role::Acceptor if closed || was_synced => {
+                self.send(Message::Notice { feed: dk, length })
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the session with [`CloseCode::CLOSED`].
+    pub fn handle_close(&mut self, reason: &str) {
+        self.end(CloseCode::CLOSED, reason.to_string(), Side::Local, true);
+    }
+
+    // ---- outputs ----
+
+    /// The next frame to write on the control stream. After the close message, the
+    /// driver finishes the stream and closes the connection with the close code.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let message = self.outbox.pop_front()?;
+        let mut out = Vec::new();
+        match message::encode(&message, &mut out) {
+            Ok(()) => Some(out),
+            Err(e) => {
+                // Every message is built within the bounds, so this is a bug of ours.
+                tracing::error!(message = message.name(), error = %e, "could not encode");
+                self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("could not encode {}: {e}", message.name()),
+                );
+                self.poll_transmit()
+            }
+        }
+    }
+
+    /// The next feed stream to open or close.
+    pub fn poll_stream(&mut self) -> Option<StreamCommand> {
+        self.streams.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Session::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended.is_some() || self.is_established() {
+            None
+        } else {
+            self.hello_deadline
+        }
+    }
+
+    // ---- internals ----
+
+    fn alive(&self) -> Result<(), CommandError> {
+        if self.ended.is_some() {
+            Err(CommandError::Ended)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.is_established() {
+            self.outbox.push_back(message);
+        } else {
+            self.held.push(message);
+        }
+    }
+
+    fn fail(&mut self, code: CloseCode, reason: String) {
+        debug!(%code, %reason, "session ends");
+        self.end(code, reason, Side::Local, true);
+    }
+
+    fn fail_frame(&mut self, error: FrameError) {
+        let code = match error {
+            FrameError::Oversize { .. } => CloseCode::FRAME_TOO_LARGE,
+            FrameError::Truncated { .. } => CloseCode::PROTOCOL,
+        };
+        self.fail(code, error.to_string());
+    }
+
+    fn end(&mut self, code: CloseCode, mut reason: String, by: Side, tell_peer: bool) {
+        if self.ended.is_some() {
+            return;
+        }
+        truncate(&mut reason, MAX_REASON_LEN);
+        if tell_peer {
+            // The close goes out even before hellos were exchanged: it is the last frame.
+            self.outbox.push_back(Message::Close {
+                code,
+                reason: reason.clone(),
+            });
+        }
+        self.held.clear();
+        self.open_queue.clear();
+        self.streams.clear();
+        let reason = EndReason { code, by, reason };
+        self.ended = Some(reason.clone());
+        self.events.push_back(SessionEvent::SessionEnded { reason });
+    }
+
+    fn on_close(&mut self, code: CloseCode, reason: String) {
+        self.end(code, reason, Side::Remote, false);
+    }
+
+    fn on_hello(&mut self, version: u32, dialect: &str, max_streams: u32) {
+        if version != PROTOCOL_VERSION || dialect != DIALECT {
+            return self.fail(
+                CloseCode::VERSION_MISMATCH,
+                format!(
+                    "version mismatch: we speak replic8/{PROTOCOL_VERSION} dialect {DIALECT:?}, \
+                     the peer speaks replic8/{version} dialect {dialect:?}"
+                ),
+            );
+        }
+        if max_streams == 0 {
+            return self.fail(CloseCode::PROTOCOL, "hello allows zero feed streams".into());
+        }
+        self.peer_max_streams = Some(max_streams);
+        self.hello_deadline = None;
+        self.outbox.extend(self.held.drain(..));
+        self.events.push_back(SessionEvent::Established);
+    }
+
+    fn on_proof(&mut self, namespace: NamespaceId, tag: [u8; 32]) {
+        let Some(ns) = self.namespaces.get_mut(&namespace) else {
+            if self.unmatched_proofs.len() >= MAX_UNMATCHED_PROOFS
+                && !self.unmatched_proofs.contains_key(&namespace)
+            {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("more than {MAX_UNMATCHED_PROOFS} proofs for unknown namespaces"),
+                );
+            }
+            self.unmatched_proofs.insert(namespace, tag);
+            return;
+        };
+        let Some(secret) = &ns.secret else {
+            // Public here: nothing to prove.
+            return;
+        };
+        if ns.peer_proven {
+            return;
+        }
+        if !secret.verify(&self.exporter, self.role.peer(), &namespace, &tag) {
+            let name = ns.name.clone();
+            return self.fail(
+                CloseCode::BAD_PROOF,
+                format!("bad proof for namespace {name:?}"),
+            );
+        }
+        ns.peer_proven = true;
+        let name = ns.name.clone();
+        let offers = std::mem::take(&mut ns.pending_offers);
+        let have = std::mem::take(&mut ns.pending_have);
+        self.events
+            .push_back(SessionEvent::NamespaceProven { namespace: name });
+        self.send_offers(namespace, offers);
+        self.announce(namespace, have);
+    }
+
+    fn on_offer(&mut self, namespace: NamespaceId, offer: u64, feeds: Vec<OfferedFeed>) {
+        if self.last_peer_offer.is_some_and(|last| offer <= last) {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!("offer id {offer} does not increase"),
+            );
+        }
+        self.last_peer_offer = Some(offer);
+        for feed in &feeds {
+            if self.last_peer_feed_id.is_some_and(|last| feed.id <= last) {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("feed id {} in offer {offer} does not increase", feed.id),
+                );
+            }
+            self.last_peer_feed_id = Some(feed.id);
+            if !self.peer_offered.insert(feed.key) {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("feed {} offered twice", feed.key.fmt_short()),
+                );
+            }
+            self.peer_has.insert(feed.key);
+        }
+        let usable = self
+            .namespaces
+            .get(&namespace)
+            .filter(|ns| ns.peer_proven)
+            .map(|ns| ns.name.clone());
+        let Some(name) = usable else {
+            // Not a namespace of ours, or a secret one the peer did not prove: accept
+            // nothing.
+            self.send(Message::Answer {
+                offer,
+                accepted: Vec::new(),
+            });
+            return;
+        };
+        if self.peer_offers.len() >= MAX_PENDING_PEER_OFFERS {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!("more than {MAX_PENDING_PEER_OFFERS} offers wait for an answer"),
+            );
+        }
+        self.peer_offers.insert(
+            offer,
+            PeerOffer {
+                namespace,
+                feeds: feeds.iter().map(|f| (f.id, f.key)).collect(),
+            },
+        );
+        self.events.push_back(SessionEvent::Offered {
+            namespace: name,
+            offer,
+            feeds: feeds.into_iter().map(|f| (f.key, f.headers)).collect(),
+        });
+    }
+
+    fn on_answer(&mut self, offer: u64, accepted: Vec<u64>) {
+        let Some(ours) = self.our_offers.remove(&offer) else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!("answer to offer {offer}, which is not waiting for one"),
+            );
+        };
+        for id in ours.feeds.keys() {
+            self.our_pending_ids.remove(id);
+        }
+        let mut keys = Vec::with_capacity(accepted.len());
+        let mut seen = HashSet::with_capacity(accepted.len());
+        for id in &accepted {
+            let Some(key) = ours.feeds.get(id) else {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("answer to offer {offer} accepts feed id {id}, which it did not offer"),
+                );
+            };
+            if !seen.insert(*id) {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("answer to offer {offer} accepts feed id {id} twice"),
+                );
+            }
+            keys.push(*key);
+        }
+        if let Some(id) = ours.early.iter().find(|id| !seen.contains(id)) {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!("feed id {id} was streamed but its offer's answer does not accept it"),
+            );
+        }
+        for (id, key) in accepted.iter().zip(&keys) {
+            self.peer_has.insert(*key);
+            self.replicate(
+                *key,
+                ours.namespace,
+                Route::Offered {
+                    by: self.role,
+                    id: *id,
+                },
+            );
+        }
+        if !keys.is_empty() {
+            let namespace = self
+                .namespaces
+                .get(&ours.namespace)
+                .map(|ns| ns.name.clone())
+                .unwrap_or_default();
+            self.events.push_back(SessionEvent::Accepted {
+                namespace,
+                feeds: keys,
+            });
+        }
+        self.check_done();
+    }
+
+    fn on_have(&mut self, namespace: NamespaceId, feeds: Vec<KnownFeed>) {
+        if !self
+            .namespaces
+            .get(&namespace)
+            .is_some_and(|ns| ns.peer_proven)
+        {
+            return;
+        }
+        for feed in feeds {
+            let dk = feed.discovery_key;
+            match self.known.get(&dk) {
+                Some(known) if known.namespace == namespace => {
+                    if !verify_capability(
+                        &known.key,
+                        &self.exporter,
+                        self.role.peer(),
+                        &feed.capability,
+                    ) {
+                        return self.fail(
+                            CloseCode::BAD_CAPABILITY,
+                            format!("bad capability for feed {}", dk.fmt_short()),
+                        );
+                    }
+                    if known.announced {
+                        let key = known.key;
+                        self.peer_has.insert(key);
+                        self.replicate(key, namespace, Route::Known);
+                    } else {
+                        self.unmatched_have.insert(dk, (namespace, feed.capability));
+                    }
+                }
+                _ => {
+                    if self.unmatched_have.len() >= MAX_UNMATCHED_HAVE
+                        && !self.unmatched_have.contains_key(&dk)
+                    {
+                        return self.fail(
+                            CloseCode::PROTOCOL,
+                            format!("more than {MAX_UNMATCHED_HAVE} unmatched have entries"),
+                        );
+                    }
+                    self.unmatched_have.insert(dk, (namespace, feed.capability));
+                }
+            }
+        }
+    }
+
+    fn on_notice(&mut self, dk: DiscoveryKey, _length: u64) {
+        let Some(feed) = self.by_discovery.get(&dk).copied() else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!(
+                    "notice for feed {}, which is not replicated",
+                    dk.fmt_short()
+                ),
+            );
+        };
+        let Some(state) = self.feeds.get_mut(&feed) else {
+            return;
+        };
+        state.remote_synced = None;
+        state.reported = None;
+        if self.role == Role::Dialer && state.stream == StreamState::Closed {
+            self.queue_open(feed);
+        }
+    }
+
+    fn on_synced(&mut self, dk: DiscoveryKey, length: u64) {
+        let Some(feed) = self.by_discovery.get(&dk).copied() else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!(
+                    "synced for feed {}, which is not replicated",
+                    dk.fmt_short()
+                ),
+            );
+        };
+        if let Some(state) = self.feeds.get_mut(&feed) {
+            state.remote_synced = Some(length);
+        }
+        self.check_synced(&feed);
+    }
+
+    fn take_incoming(
+        &mut self,
+        header: FeedStreamHeader,
+    ) -> Result<IncomingFeed, (CloseCode, String)> {
+        if self.role == Role::Dialer {
+            return Err((
+                CloseCode::REFUSED_STREAM,
+                "only the dialer opens feed streams".into(),
+            ));
+        }
+        if !self.is_established() {
+            return Err((CloseCode::REFUSED_STREAM, "feed stream before hello".into()));
+        }
+        let feed = match header {
+            FeedStreamHeader::Offered { by, id } => self.incoming_offered(by, id)?,
+            FeedStreamHeader::Known {
+                discovery_key,
+                capability,
+            } => {
+                let Some(known) = self.known.get(&discovery_key).filter(|k| k.announced) else {
+                    return Err((
+                        CloseCode::REFUSED_STREAM,
+                        format!(
+                            "feed stream for {}, which we did not announce",
+                            discovery_key.fmt_short()
+                        ),
+                    ));
+                };
+                if !verify_capability(&known.key, &self.exporter, Role::Dialer, &capability) {
+                    return Err((
+                        CloseCode::BAD_CAPABILITY,
+                        format!(
+                            "bad capability on feed stream {}",
+                            discovery_key.fmt_short()
+                        ),
+                    ));
+                }
+                let (key, namespace) = (known.key, known.namespace);
+                if !self
+                    .namespaces
+                    .get(&namespace)
+                    .is_some_and(|ns| ns.peer_proven)
+                {
+                    return Err((
+                        CloseCode::REFUSED_STREAM,
+                        format!(
+                            "feed stream for {} in an unproven namespace",
+                            discovery_key.fmt_short()
+                        ),
+                    ));
+                }
+                self.peer_has.insert(key);
+                self.replicate(key, namespace, Route::Known);
+                key
+            }
+        };
+        let Some(state) = self.feeds.get_mut(&feed) else {
+            return Err((
+                CloseCode::REFUSED_STREAM,
+                "feed stream for an unknown feed".into(),
+            ));
+        };
+        if state.stream == StreamState::Open {
+            return Err((
+                CloseCode::REFUSED_STREAM,
+                format!("second stream for feed {}", state.discovery_key.fmt_short()),
+            ));
+        }
+        state.stream = StreamState::Open;
+        let namespace = self
+            .namespaces
+            .get(&state.namespace)
+            .map(|ns| ns.name.clone())
+            .unwrap_or_default();
+        Ok(IncomingFeed { feed, namespace })
+    }
+
+    /// The dialer opened a stream naming offered feed `id` of side `by`.
+    fn incoming_offered(&mut self, by: Role, id: u64) -> Result<FeedKey, (CloseCode, String)> {
+        if let Some(key) = self.by_offer_id.get(&(by, id)) {
+            return Ok(*key);
+        }
+        // A feed we offered whose answer is still on its way: the stream shows the
+        // dialer accepted it, and the answer must agree.
+        if by == self.role {
+            if let Some(offer) = self.our_pending_ids.get(&id).copied() {
+                if let Some(ours) = self.our_offers.get_mut(&offer) {
+                    if let Some(key) = ours.feeds.get(&id).copied() {
+                        ours.early.insert(id);
+                        let namespace = ours.namespace;
+                        self.peer_has.insert(key);
+                        self.replicate(key, namespace, Route::Offered { by, id });
+                        return Ok(key);
+                    }
+                }
+            }
+        }
+        Err((
+            CloseCode::REFUSED_STREAM,
+            format!(
+                "feed stream for offered feed {} of the {:?}, which was not offered and accepted",
+                id, by
+            ),
+        ))
+    }
+
+    fn send_offers(&mut self, namespace: NamespaceId, feeds: Vec<OfferedFeed>) {
+        let mut batch: Vec<OfferedFeed> = Vec::new();
+        let mut size = 0;
+        for feed in feeds {
+            // Bounded by the header limits, so this cannot fail for a checked feed.
+            let len = message::encoded_len(&feed).unwrap_or(MAX_FRAME_LEN);
+            if !batch.is_empty()
+                && (batch.len() >= MAX_FEEDS_PER_MESSAGE
+                    || size + len > MAX_FRAME_LEN - OFFER_SLACK)
+            {
+                self.send_offer(namespace, std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += len;
+            batch.push(feed);
+        }
+        if !batch.is_empty() {
+            self.send_offer(namespace, batch);
+        }
+    }
+
+    fn send_offer(&mut self, namespace: NamespaceId, feeds: Vec<OfferedFeed>) {
+        let offer = self.next_offer;
+        self.next_offer += 1;
+        for feed in &feeds {
+            self.our_pending_ids.insert(feed.id, offer);
+        }
+        self.our_offers.insert(
+            offer,
+            OurOffer {
+                namespace,
+                feeds: feeds.iter().map(|f| (f.id, f.key)).collect(),
+                early: HashSet::new(),
+            },
+        );
+        self.send(Message::Offer {
+            namespace,
+            offer,
+            feeds,
+        });
+    }
+
+    fn announce(&mut self, namespace: NamespaceId, feeds: Vec<DiscoveryKey>) {
+        let mut entries = Vec::with_capacity(feeds.len());
+        let mut matched = Vec::new();
+        for dk in feeds {
+            let Some(known) = self.known.get_mut(&dk) else {
+                continue;
+            };
+            known.announced = true;
+            entries.push(KnownFeed {
+                discovery_key: dk,
+                capability: capability(&known.key, &self.exporter, self.role),
+            });
+            if let Some((ns, cap)) = self.unmatched_have.get(&dk) {
+                if *ns == namespace {
+                    matched.push((dk, known.key, *cap));
+                }
+            }
+        }
+        for chunk in entries.chunks(MAX_FEEDS_PER_MESSAGE) {
+            self.send(Message::Have {
+                namespace,
+                feeds: chunk.to_vec(),
+            });
+        }
+        for (dk, key, cap) in matched {
+            self.unmatched_have.remove(&dk);
+            if !verify_capability(&key, &self.exporter, self.role.peer(), &cap) {
+                return self.fail(
+                    CloseCode::BAD_CAPABILITY,
+                    format!("bad capability for feed {}", dk.fmt_short()),
+                );
+            }
+            self.peer_has.insert(key);
+            self.replicate(key, namespace, Route::Known);
+        }
+    }
+
+    fn replicate(&mut self, key: FeedKey, namespace: NamespaceId, route: Route) {
+        // Every offer id of the feed stays valid for its stream: the two sides may have
+        // learned of the feed by different routes first.
+        if let Route::Offered { by, id } = route {
+            self.by_offer_id.insert((by, id), key);
+        }
+        if self.feeds.contains_key(&key) {
+            return;
+        }
+        let discovery_key = key.discovery_key();
+        self.by_discovery.insert(discovery_key, key);
+        self.feeds.insert(
+            key,
+            Replicated {
+                namespace,
+                discovery_key,
+                route,
+                stream: StreamState::Closed,
+                local_synced: None,
+                remote_synced: None,
+                reported: None,
+            },
+        );
+        if self.role == Role::Dialer {
+            self.queue_open(key);
+        }
+    }
+
+    fn queue_open(&mut self, feed: FeedKey) {
+        if let Some(state) = self.feeds.get_mut(&feed) {
+            if state.stream == StreamState::Closed {
+                state.stream = StreamState::Queued;
+                self.open_queue.push_back(feed);
+                self.pump_opens();
+            }
+        }
+    }
+
+    fn stream_limit(&self) -> usize {
+        let peer = self.peer_max_streams.unwrap_or(0);
+        self.config.max_streams.min(peer) as usize
+    }
+
+    fn pump_opens(&mut self) {
+        if self.ended.is_some() || !self.is_established() {
+            return;
+        }
+        while self.open_streams < self.stream_limit() {
+            let Some(feed) = self.open_queue.pop_front() else {
+                break;
+            };
+            let Some(state) = self.feeds.get_mut(&feed) else {
+                continue;
+            };
+            if state.stream != StreamState::Queued {
+                continue;
+            }
+            state.stream = StreamState::Open;
+            let header = match state.route {
+                Route::Offered { by, id } => FeedStreamHeader::Offered { by, id },
+                Route::Known => FeedStreamHeader::Known {
+                    discovery_key: state.discovery_key,
+                    capability: capability(&feed, &self.exporter, self.role),
+                },
+            };
+            let namespace = self
+                .namespaces
+                .get(&state.namespace)
+                .map(|ns| ns.name.clone())
+                .unwrap_or_default();
+            self.open_streams += 1;
+            self.streams.push_back(StreamCommand::Open {
+                feed,
+                namespace,
+                header,
+            });
+        }
+    }
+
+    fn check_synced(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        let (Some(local), Some(remote)) = (state.local_synced, state.remote_synced) else {
+            return;
+        };
+        if local != remote || state.reported == Some(local) {
+            return;
+        }
+        state.reported = Some(local);
+        self.events.push_back(SessionEvent::FeedSynced {
+            feed: *feed,
+            length: local,
+        });
+        if self.role == Role::Dialer && state.stream == StreamState::Open {
+            state.stream = StreamState::Closed;
+            self.open_streams = self.open_streams.saturating_sub(1);
+            self.streams.push_back(StreamCommand::Close { feed: *feed });
+            self.pump_opens();
+        }
+        self.check_done();
+    }
+
+    fn check_done(&mut self) {
+        if self.config.mode != Mode::OneShot || self.ended.is_some() {
+            return;
+        }
+        let ready = self.local_ready && self.peer_ready && self.settled_sent && self.peer_settled;
+        if !ready || !self.our_offers.is_empty() || !self.peer_offers.is_empty() {
+            return;
+        }
+        let all_synced = self.feeds.values().all(|f| {
+            f.reported.is_some()
+                && f.reported == f.local_synced
+                && f.local_synced == f.remote_synced
+        });
+        if all_synced {
+            let n = self.feeds.len();
+            self.end(
+                CloseCode::DONE,
+                format!("all {n} feeds in sync both ways"),
+                Side::Local,
+                true,
+            );
+        }
+    }
+}
+
+/// Why the first frame of a feed stream could not be read.
+#[derive(Debug, Error)]
+pub enum StreamHeaderError {
+    /// The frame was too large or the stream ended inside it.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The frame did not decode as a stream header.
+    #[error(transparent)]
+    Codec(#[from] message::CodecError),
+}
+
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+}

@@ -1,0 +1,844 @@
+//! The session core, two or three cores wired together in one process under virtual time.
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
+mod util;
+
+use std::time::Duration;
+
+use replic8::frame::MAX_FRAME_LEN;
+use replic8::keys::{ExporterSecret, FeedKey, NamespaceId, NamespaceSecret, Role};
+use replic8::message::{self, CloseCode, FeedStreamHeader, KnownFeed, Message, OfferedFeed};
+use replic8::session::{Mode, Session, SessionConfig, SessionEvent, Side, StreamCommand};
+use util::*;
+
+const A: usize = 0;
+const B: usize = 1;
+const C: usize = 2;
+
+fn two(policy_b: Policy) -> Net {
+    let mut net = Net::new(live());
+    net.add_store("a", accept_all());
+    net.add_store("b", policy_b);
+    net.connect(A, B, [1; 32]);
+    net
+}
+
+fn offers_sent(end: &End) -> Vec<(NamespaceId, Vec<OfferedFeed>)> {
+    end.sent
+        .iter()
+        .filter_map(|m| match m {
+            Message::Offer {
+                namespace, feeds, ..
+            } => Some((*namespace, feeds.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn headers_arrive_intact_and_only_the_accepted_subset_is_streamed() {
+    // B accepts feeds whose header `want` is `yes`, in both namespaces.
+    let mut net = two(Box::new(|_, feeds| {
+        Ok(feeds
+            .iter()
+            .filter(|(_, h)| h.get("want") == Some(b"yes"))
+            .map(|(k, _)| *k)
+            .collect())
+    }));
+    let feeds = [
+        (
+            feed(1),
+            5,
+            headers(&[("want", b"yes"), ("title", "café".as_bytes())]),
+        ),
+        (feed(2), 7, headers(&[("want", b"no")])),
+        (
+            feed(3),
+            2,
+            headers(&[("want", b"yes"), ("blob", &[0, 255, 1])]),
+        ),
+        (feed(4), 9, headers(&[])),
+        (feed(5), 1, headers(&[("want", b"yes")])),
+    ];
+    net.create(A, &feeds);
+    for node in [A, B] {
+        net.register(0, node, "", None);
+        net.register(0, node, "photos", None);
+    }
+    assert_eq!(net.share(0, A, "", &[feed(1), feed(2), feed(3)]), 3);
+    assert_eq!(net.share(0, A, "photos", &[feed(4), feed(5)]), 2);
+    net.drive();
+
+    // Headers arrived byte for byte, in the right namespace.
+    let seen = &net.stores[B].offers_seen;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (_, ns, list) in seen {
+        for (key, h) in list {
+            let (_, _, original) = feeds.iter().find(|(k, _, _)| k == key).unwrap();
+            assert_eq!(h, original, "headers of {key:?}");
+            let expected_ns = if [feed(4), feed(5)].contains(key) {
+                "photos"
+            } else {
+                ""
+            };
+            assert_eq!(ns, expected_ns);
+        }
+    }
+    // A hears which were accepted; exactly those were streamed, on both ends.
+    let accepted: Vec<FeedKey> = net.links[0].ends[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Accepted { feeds, .. } => Some(feeds.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut accepted_sorted = accepted.clone();
+    accepted_sorted.sort();
+    assert_eq!(accepted_sorted, vec![feed(1), feed(3), feed(5)]);
+    for end in &net.links[0].ends {
+        let mut attached: Vec<_> = end.ever_attached.iter().copied().collect();
+        attached.sort();
+        assert_eq!(attached, accepted_sorted, "streams of node {}", end.node);
+        assert!(end.attached.is_empty(), "streams close once in sync");
+    }
+    // Rejected feeds never reached B's store; accepted ones synced to A's lengths.
+    assert_eq!(net.stores[B].lengths.get(&feed(1)), Some(&5));
+    assert_eq!(net.stores[B].lengths.get(&feed(3)), Some(&2));
+    assert_eq!(net.stores[B].lengths.get(&feed(5)), Some(&1));
+    assert!(!net.stores[B].lengths.contains_key(&feed(2)));
+    assert!(!net.stores[B].lengths.contains_key(&feed(4)));
+    let synced: Vec<_> = net.links[0].ends[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::FeedSynced { .. }))
+        .collect();
+    assert_eq!(synced.len(), 3);
+    assert!(net.links[0].ends[1]
+        .events
+        .contains(&SessionEvent::FeedSynced {
+            feed: feed(1),
+            length: 5
+        }));
+    assert!(
+        net.ended(0, 0).is_none() && net.ended(0, 1).is_none(),
+        "live sessions stay up"
+    );
+}
+
+#[test]
+fn a_share_after_the_start_is_exchanged_live_and_never_twice() {
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 3, headers(&[])), (feed(2), 4, headers(&[]))]);
+    net.register(0, A, "", None);
+    net.register(0, B, "", None);
+    net.share(0, A, "", &[feed(1)]);
+    net.drive();
+    assert_eq!(net.stores[B].lengths.get(&feed(1)), Some(&3));
+    // Sharing again offers only what is new.
+    assert_eq!(net.share(0, A, "", &[feed(1), feed(2)]), 1);
+    net.drive();
+    assert_eq!(net.stores[B].lengths.get(&feed(2)), Some(&4));
+    // B knows A has both: B sharing them back offers nothing.
+    assert_eq!(net.share(0, B, "", &[feed(1), feed(2)]), 0);
+    assert_eq!(offers_sent(&net.links[0].ends[0]).len(), 2);
+}
+
+#[test]
+fn a_secret_namespace_sends_zero_keys_to_a_peer_without_the_secret() {
+    let secret = [42; 32];
+    let mut net = Net::new(live());
+    net.add_store("a", accept_all());
+    net.add_store("b", accept_all());
+    net.add_store("c", accept_all());
+    let with_c = net.connect(A, C, [2; 32]);
+    let without_b = net.connect(A, B, [3; 32]);
+    net.create(
+        A,
+        &[
+            (feed(1), 4, headers(&[("x", b"y")])),
+            (feed(2), 1, headers(&[])),
+        ],
+    );
+    // B has the namespace as public (no secret); C has the secret.
+    net.register(without_b, A, "team", Some(secret));
+    net.register(without_b, B, "team", None);
+    net.register(with_c, A, "team", Some(secret));
+    net.register(with_c, C, "team", Some(secret));
+    net.share(without_b, A, "team", &[feed(1), feed(2)]);
+    net.share(with_c, A, "team", &[feed(1), feed(2)]);
+    net.drive();
+
+    let to_b = &net.links[without_b].ends[0];
+    assert!(offers_sent(to_b).is_empty(), "no offer went to B");
+    for key in [feed(1), feed(2)] {
+        assert!(
+            !contains_key(&to_b.wire, &key),
+            "key {key:?} crossed the wire to B"
+        );
+    }
+    assert!(net.stores[B].offers_seen.is_empty());
+    assert!(
+        net.ended(without_b, 0).is_none(),
+        "B lacking the secret is not an error"
+    );
+    // C proved the secret and got both feeds.
+    assert!(net.links[with_c].ends[0]
+        .events
+        .contains(&SessionEvent::NamespaceProven {
+            namespace: "team".into()
+        }));
+    assert_eq!(net.stores[C].lengths.get(&feed(1)), Some(&4));
+    assert_eq!(net.stores[C].lengths.get(&feed(2)), Some(&1));
+}
+
+#[test]
+fn a_wrong_secret_ends_the_session_and_gets_no_keys() {
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 4, headers(&[]))]);
+    net.register(0, A, "team", Some([1; 32]));
+    net.register(0, B, "team", Some([2; 32]));
+    net.share(0, A, "team", &[feed(1)]);
+    net.drive();
+    for side in 0..2 {
+        let reason = net.ended(0, side).unwrap();
+        assert_eq!(reason.code, CloseCode::BAD_PROOF, "{reason}");
+    }
+    assert!(!contains_key(&net.links[0].ends[0].wire, &feed(1)));
+}
+
+#[test]
+fn a_proof_replayed_from_another_connection_fails() {
+    let secret = NamespaceSecret([9; 32]);
+    // Connection 1: the honest peer proves the namespace; the attacker records it.
+    let ns = NamespaceId::from_name("team");
+    let recorded = secret.proof(&ExporterSecret([1; 32]), Role::Dialer, &ns);
+    // Connection 2, another exporter value: the attacker dials and replays it.
+    let mut victim = Session::new(
+        live(),
+        Role::Acceptor,
+        ExporterSecret([2; 32]),
+        std::time::Instant::now(),
+    );
+    victim
+        .handle_register_namespace("team", Some(secret.clone()))
+        .unwrap();
+    victim
+        .handle_share("team", vec![(feed(1), headers(&[]))])
+        .unwrap();
+    let mut wire = Vec::new();
+    for m in [
+        Message::Hello {
+            version: message::PROTOCOL_VERSION,
+            dialect: message::DIALECT.into(),
+            max_streams: 8,
+        },
+        Message::Proof {
+            namespace: ns,
+            tag: recorded,
+        },
+    ] {
+        message::encode(&m, &mut wire).unwrap();
+    }
+    victim.handle_control_bytes(&wire);
+    let reason = victim.end_reason().unwrap();
+    assert_eq!(reason.code, CloseCode::BAD_PROOF, "{reason}");
+    assert!(reason.reason.contains("team"), "{reason}");
+    let mut sent = Vec::new();
+    while let Some(frame) = victim.poll_transmit() {
+        sent.extend(frame);
+    }
+    assert!(!contains_key(&sent, &feed(1)), "the victim sent the key");
+    // Our own proof reflected back at us fails too (it is bound to our role).
+    let mut reflect = Session::new(
+        live(),
+        Role::Acceptor,
+        ExporterSecret([2; 32]),
+        std::time::Instant::now(),
+    );
+    reflect
+        .handle_register_namespace("team", Some(secret.clone()))
+        .unwrap();
+    let own = secret.proof(&ExporterSecret([2; 32]), Role::Acceptor, &ns);
+    let mut wire = Vec::new();
+    message::encode(
+        &Message::Hello {
+            version: message::PROTOCOL_VERSION,
+            dialect: message::DIALECT.into(),
+            max_streams: 8,
+        },
+        &mut wire,
+    )
+    .unwrap();
+    message::encode(
+        &Message::Proof {
+            namespace: ns,
+            tag: own,
+        },
+        &mut wire,
+    )
+    .unwrap();
+    reflect.handle_control_bytes(&wire);
+    assert_eq!(reflect.end_reason().unwrap().code, CloseCode::BAD_PROOF);
+}
+
+#[test]
+fn all_to_all_replicates_known_feeds_without_sending_keys() {
+    let mut net = Net::new(live());
+    net.add_store("a", accept_all());
+    net.add_store("b", accept_all());
+    let l = net.connect(A, B, [5; 32]);
+    net.create(
+        A,
+        &[
+            (feed(1), 10, headers(&[])),
+            (feed(2), 0, headers(&[])),
+            (feed(3), 3, headers(&[])),
+        ],
+    );
+    net.create(
+        B,
+        &[
+            (feed(1), 4, headers(&[])),
+            (feed(2), 6, headers(&[])),
+            (feed(4), 1, headers(&[])),
+        ],
+    );
+    for node in [A, B] {
+        net.register(l, node, "", None);
+    }
+    let known_a = vec![feed(1), feed(2), feed(3)];
+    let known_b = vec![feed(1), feed(2), feed(4)];
+    net.end(l, A)
+        .session
+        .handle_known_feeds("", known_a)
+        .unwrap();
+    net.end(l, B)
+        .session
+        .handle_known_feeds("", known_b)
+        .unwrap();
+    net.drive();
+    // Both directions: A had more of feed 1, B more of feed 2.
+    assert_eq!(net.stores[B].lengths[&feed(1)], 10);
+    assert_eq!(net.stores[A].lengths[&feed(2)], 6);
+    // Feeds only one side holds are not replicated and not revealed.
+    assert!(!net.stores[B].lengths.contains_key(&feed(3)));
+    assert!(!net.stores[A].lengths.contains_key(&feed(4)));
+    for end in &net.links[l].ends {
+        for n in 1..=4 {
+            assert!(
+                !contains_key(&end.wire, &feed(n)),
+                "public key {n} crossed the wire"
+            );
+        }
+        assert_eq!(end.ever_attached.len(), 2);
+    }
+}
+
+fn established_acceptor(exporter: [u8; 32]) -> (Session, Vec<u8>) {
+    let mut s = Session::new(
+        live(),
+        Role::Acceptor,
+        ExporterSecret(exporter),
+        std::time::Instant::now(),
+    );
+    s.handle_register_namespace("", None).unwrap();
+    let mut wire = Vec::new();
+    message::encode(
+        &Message::Hello {
+            version: message::PROTOCOL_VERSION,
+            dialect: message::DIALECT.into(),
+            max_streams: 8,
+        },
+        &mut wire,
+    )
+    .unwrap();
+    s.handle_control_bytes(&wire);
+    assert!(s.is_established());
+    (s, wire)
+}
+
+fn close_sent(s: &mut Session) -> Option<(CloseCode, String)> {
+    let mut last = None;
+    while let Some(frame) = s.poll_transmit() {
+        let (payload, _) = replic8::frame::parse(&frame, MAX_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        if let Message::Close { code, reason } = message::decode(payload).unwrap() {
+            last = Some((code, reason));
+        }
+    }
+    last
+}
+
+fn ended_event(s: &mut Session) -> replic8::session::EndReason {
+    let mut found = None;
+    while let Some(e) = s.poll_event() {
+        if let SessionEvent::SessionEnded { reason } = e {
+            found = Some(reason);
+        }
+    }
+    found.expect("no SessionEnded event")
+}
+
+#[test]
+fn a_wrong_capability_ends_the_session() {
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_known_feeds("", vec![feed(1)]).unwrap();
+    // A stream naming a feed we hold, with a capability made for another connection.
+    let cap = replic8::keys::capability(&feed(1), &ExporterSecret([8; 32]), Role::Dialer);
+    let refused = s.handle_incoming_stream(FeedStreamHeader::Known {
+        discovery_key: feed(1).discovery_key(),
+        capability: cap,
+    });
+    assert_eq!(refused.unwrap_err().0.code, CloseCode::BAD_CAPABILITY);
+    assert_eq!(close_sent(&mut s).unwrap().0, CloseCode::BAD_CAPABILITY);
+    assert_eq!(ended_event(&mut s).by, Side::Local);
+
+    // The same in a have list.
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_known_feeds("", vec![feed(1)]).unwrap();
+    s.handle_message(Message::Have {
+        namespace: NamespaceId::from_name(""),
+        feeds: vec![KnownFeed {
+            discovery_key: feed(1).discovery_key(),
+            capability: [0; 32],
+        }],
+    });
+    assert_eq!(s.end_reason().unwrap().code, CloseCode::BAD_CAPABILITY);
+}
+
+#[test]
+fn hostile_inputs_end_the_session_with_a_reason() {
+    type Attack = Box<dyn Fn(&mut Session)>;
+    let hello = |version: u32| Message::Hello {
+        version,
+        dialect: message::DIALECT.into(),
+        max_streams: 8,
+    };
+    let bytes = |m: Message| {
+        let mut w = Vec::new();
+        message::encode(&m, &mut w).unwrap();
+        w
+    };
+    let cases: Vec<(&str, bool, Attack, CloseCode, &str)> = vec![
+        (
+            "unasked stream",
+            true,
+            Box::new(|s| {
+                let _ = s.handle_incoming_stream(FeedStreamHeader::Offered {
+                    by: Role::Acceptor,
+                    id: 99,
+                });
+            }),
+            CloseCode::REFUSED_STREAM,
+            "not offered and accepted",
+        ),
+        (
+            "stream for a feed offered but not yet accepted by our store",
+            true,
+            Box::new(move |s| {
+                s.handle_message(Message::Offer {
+                    namespace: NamespaceId::from_name(""),
+                    offer: 0,
+                    feeds: vec![OfferedFeed {
+                        id: 0,
+                        key: feed(1),
+                        headers: headers(&[]),
+                    }],
+                });
+                let _ = s.handle_incoming_stream(FeedStreamHeader::Offered {
+                    by: Role::Dialer,
+                    id: 0,
+                });
+            }),
+            CloseCode::REFUSED_STREAM,
+            "not offered and accepted",
+        ),
+        (
+            "oversize frame",
+            true,
+            Box::new(|s| s.handle_control_bytes(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes())),
+            CloseCode::FRAME_TOO_LARGE,
+            "over the limit",
+        ),
+        (
+            "garbage",
+            true,
+            Box::new(|s| s.handle_control_bytes(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])),
+            CloseCode::PROTOCOL,
+            "bad message encoding",
+        ),
+        (
+            "message before hello",
+            false,
+            Box::new(move |s| s.handle_control_bytes(&bytes(Message::Ready))),
+            CloseCode::PROTOCOL,
+            "expected hello, got ready",
+        ),
+        (
+            "version mismatch",
+            false,
+            Box::new(move |s| s.handle_message(hello(2))),
+            CloseCode::VERSION_MISMATCH,
+            "we speak replic8/1 dialect \"bincode1-varint\", the peer speaks replic8/2",
+        ),
+        (
+            "answer to an offer never made",
+            true,
+            Box::new(|s| {
+                s.handle_message(Message::Answer {
+                    offer: 3,
+                    accepted: vec![],
+                })
+            }),
+            CloseCode::PROTOCOL,
+            "answer to offer 3",
+        ),
+        (
+            "feed offered twice",
+            true,
+            Box::new(|s| {
+                for offer in 0..2 {
+                    s.handle_message(Message::Offer {
+                        namespace: NamespaceId::from_name("elsewhere"),
+                        offer,
+                        feeds: vec![OfferedFeed {
+                            id: offer,
+                            key: feed(1),
+                            headers: headers(&[]),
+                        }],
+                    });
+                }
+            }),
+            CloseCode::PROTOCOL,
+            "offered twice",
+        ),
+        (
+            "headers over the bound",
+            true,
+            Box::new(|s| {
+                // Built by hand: `Headers` refuses to hold this, the peer encodes it raw.
+                #[derive(serde::Serialize)]
+                enum Raw {
+                    _Hello,
+                    _Proof,
+                    Offer {
+                        namespace: [u8; 32],
+                        offer: u64,
+                        feeds: Vec<(u64, [u8; 32], Vec<(String, Vec<u8>)>)>,
+                    },
+                }
+                use bincode::Options;
+                let payload = message::options()
+                    .serialize(&Raw::Offer {
+                        namespace: NamespaceId::from_name("").0,
+                        offer: 0,
+                        feeds: vec![(
+                            0,
+                            feed(1).0,
+                            (0..65).map(|i| (format!("{i}"), vec![])).collect(),
+                        )],
+                    })
+                    .unwrap();
+                let mut w = (payload.len() as u32).to_be_bytes().to_vec();
+                w.extend(payload);
+                s.handle_control_bytes(&w);
+            }),
+            CloseCode::PROTOCOL,
+            "65 entries",
+        ),
+        (
+            "notice for a feed not replicated",
+            true,
+            Box::new(|s| {
+                s.handle_message(Message::Notice {
+                    feed: feed(1).discovery_key(),
+                    length: 1,
+                })
+            }),
+            CloseCode::PROTOCOL,
+            "not replicated",
+        ),
+        (
+            "control stream ends inside a frame",
+            true,
+            Box::new(|s| {
+                s.handle_control_bytes(&[0, 0, 0, 10, 1]);
+                s.handle_control_end();
+            }),
+            CloseCode::PROTOCOL,
+            "stream ended inside a frame",
+        ),
+    ];
+    for (name, hello_first, attack, code, words) in cases {
+        let mut s = if hello_first {
+            established_acceptor([3; 32]).0
+        } else {
+            Session::new(
+                live(),
+                Role::Acceptor,
+                ExporterSecret([3; 32]),
+                std::time::Instant::now(),
+            )
+        };
+        attack(&mut s);
+        let reason = s
+            .end_reason()
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: session did not end"));
+        assert_eq!(reason.code, code, "{name}: {reason}");
+        assert!(reason.reason.contains(words), "{name}: {reason}");
+        let (sent_code, sent_reason) =
+            close_sent(&mut s).unwrap_or_else(|| panic!("{name}: no close sent"));
+        assert_eq!(
+            (sent_code, sent_reason.as_str()),
+            (code, reason.reason.as_str()),
+            "{name}"
+        );
+        assert_eq!(ended_event(&mut s).code, code, "{name}");
+        // Once ended, nothing more happens.
+        s.handle_message(Message::Ready);
+        assert!(
+            s.poll_transmit().is_none() && s.poll_event().is_none(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_store_error_ends_the_session_and_the_peer_learns_why() {
+    let mut net = two(Box::new(|_, _| Err("disk full".into())));
+    net.create(A, &[(feed(1), 1, headers(&[]))]);
+    net.register(0, A, "", None);
+    net.register(0, B, "", None);
+    net.share(0, A, "", &[feed(1)]);
+    net.drive();
+    let at_a = net.ended(0, 0).unwrap();
+    assert_eq!(
+        (at_a.code, at_a.by),
+        (CloseCode::ACCEPT_FAILED, Side::Remote)
+    );
+    assert!(at_a.reason.contains("disk full"), "{at_a}");
+    assert_eq!(net.ended(0, 1).unwrap().by, Side::Local);
+    assert!(net.links[0].ends[0].ever_attached.is_empty());
+}
+
+#[test]
+fn no_hello_in_time_ends_the_session_under_virtual_time() {
+    let mut s = Session::new(
+        live(),
+        Role::Dialer,
+        ExporterSecret([0; 32]),
+        std::time::Instant::now(),
+    );
+    let deadline = s.poll_timeout().unwrap();
+    s.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(s.end_reason().is_none());
+    s.handle_timeout(deadline);
+    assert_eq!(s.end_reason().unwrap().code, CloseCode::TIMEOUT);
+    assert!(s.poll_timeout().is_none());
+}
+
+#[test]
+fn ten_thousand_feeds_never_hold_more_streams_than_the_limit() {
+    let small = SessionConfig {
+        max_streams: 32,
+        ..live()
+    };
+    let mut net = Net::new(live());
+    net.add_store("a", accept_all());
+    net.add_store("b", accept_all());
+    // The acceptor allows 32 streams; the dialer would open 128.
+    let l = net.connect_with(A, live(), B, small, [4; 32]);
+    let feeds: Vec<_> = (0..10_000).map(|n| (feed(n), 2, headers(&[]))).collect();
+    net.create(B, &feeds);
+    net.register(l, A, "", None);
+    net.register(l, B, "", None);
+    let keys: Vec<FeedKey> = feeds.iter().map(|f| f.0).collect();
+    net.share(l, B, "", &keys);
+    net.drive();
+    let dialer = &net.links[l].ends[0];
+    assert_eq!(dialer.max_open, 32);
+    assert_eq!(dialer.ever_attached.len(), 10_000);
+    assert!(dialer.attached.is_empty());
+    assert_eq!(dialer.session.open_streams(), 0);
+    assert_eq!(net.stores[A].lengths.len(), 10_000);
+    assert!(net.stores[A].lengths.values().all(|l| *l == 2));
+    // Offers were split to fit the frame and message bounds.
+    assert_eq!(offers_sent(&net.links[l].ends[1]).len(), 3);
+
+    // An append on the acceptor reopens just that feed, by a notice.
+    net.append(B, feed(77), 5);
+    net.drive();
+    assert_eq!(net.stores[A].lengths[&feed(77)], 7);
+    assert!(net.links[l].ends[1]
+        .sent
+        .iter()
+        .any(|m| matches!(m, Message::Notice { .. })));
+    // An append on the dialer reopens it without a notice.
+    net.append(A, feed(78), 1);
+    net.drive();
+    assert_eq!(net.stores[B].lengths[&feed(78)], 3);
+    assert_eq!(net.links[l].ends[0].session.open_streams(), 0);
+}
+
+#[test]
+fn the_acceptor_never_opens_feed_streams_and_refuses_those_opened_by_it() {
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 1, headers(&[]))]);
+    net.register(0, A, "", None);
+    net.register(0, B, "", None);
+    net.share(0, A, "", &[feed(1)]);
+    net.drive();
+    assert!(net.links[0].ends[1].ever_attached.contains(&feed(1)));
+    // A stream the acceptor opens is refused by the dialer.
+    let dialer = &mut net.links[0].ends[0].session;
+    let refused = dialer.handle_incoming_stream(FeedStreamHeader::Offered {
+        by: Role::Dialer,
+        id: 0,
+    });
+    assert_eq!(refused.unwrap_err().0.code, CloseCode::REFUSED_STREAM);
+}
+
+#[test]
+fn offers_do_not_loop_in_a_triangle() {
+    let mut net = Net::new(live());
+    for name in ["a", "b", "c"] {
+        let n = net.add_store(name, accept_all());
+        net.stores[n].forward = true;
+    }
+    let ab = net.connect(A, B, [10; 32]);
+    let bc = net.connect(B, C, [11; 32]);
+    let ca = net.connect(C, A, [12; 32]);
+    for (l, x, y) in [(ab, A, B), (bc, B, C), (ca, C, A)] {
+        net.register(l, x, "", None);
+        net.register(l, y, "", None);
+    }
+    net.create(A, &[(feed(1), 8, headers(&[("k", b"v")]))]);
+    net.share(ab, A, "", &[feed(1)]);
+    net.drive();
+    // Every node has the feed, headers intact.
+    for node in [B, C] {
+        assert_eq!(net.stores[node].lengths[&feed(1)], 8);
+        assert_eq!(net.stores[node].headers[&feed(1)], headers(&[("k", b"v")]));
+    }
+    // Each direction of each link carried the feed in at most one offer, and it never
+    // went back to the node it came from on that link.
+    let mut total = 0;
+    for link in &net.links {
+        for (side, end) in link.ends.iter().enumerate() {
+            let n = offers_sent(end)
+                .iter()
+                .flat_map(|(_, f)| f)
+                .filter(|f| f.key == feed(1))
+                .count();
+            assert!(n <= 1, "node {} offered the feed {n} times", end.node);
+            total += n;
+            let other = &link.ends[1 - side];
+            let back = offers_sent(other)
+                .iter()
+                .flat_map(|(_, f)| f)
+                .any(|f| f.key == feed(1));
+            assert!(!(n == 1 && back), "the feed went both ways on one link");
+        }
+    }
+    // A offered to B; B forwarded to C; C knows A had it (A's offer never went to C,
+    // but C learned nothing of A) — at most one more offer on C–A.
+    assert!((2..=3).contains(&total), "{total} offers");
+    // And a second share of the same feed anywhere sends nothing.
+    assert_eq!(net.share(ab, A, "", &[feed(1)]), 0);
+    assert_eq!(net.share(bc, B, "", &[feed(1)]), 0);
+}
+
+#[test]
+fn one_shot_sessions_end_when_everything_is_in_sync_both_ways() {
+    let mut net = Net::new(one_shot());
+    net.add_store("a", accept_all());
+    net.add_store("b", accept_all());
+    let l = net.connect(A, B, [6; 32]);
+    net.create(A, &[(feed(1), 3, headers(&[]))]);
+    net.create(B, &[(feed(2), 4, headers(&[]))]);
+    for (node, f) in [(A, feed(1)), (B, feed(2))] {
+        net.register(l, node, "", None);
+        net.share(l, node, "", &[f]);
+    }
+    net.drive();
+    assert!(net.ended(l, 0).is_none(), "not before both sides are ready");
+    net.end(l, A).session.handle_ready().unwrap();
+    net.drive();
+    assert!(net.ended(l, 0).is_none(), "not before both sides are ready");
+    net.end(l, B).session.handle_ready().unwrap();
+    net.drive();
+    for side in 0..2 {
+        let reason = net.ended(l, side).unwrap();
+        assert_eq!(reason.code, CloseCode::DONE, "{reason}");
+    }
+    assert_eq!(net.stores[A].lengths[&feed(2)], 4);
+    assert_eq!(net.stores[B].lengths[&feed(1)], 3);
+    assert!(net.links[l].ends[0]
+        .events
+        .contains(&SessionEvent::FeedSynced {
+            feed: feed(2),
+            length: 4
+        }));
+}
+
+#[test]
+fn a_one_shot_session_with_nothing_to_share_ends_at_once() {
+    let mut net = Net::new(one_shot());
+    net.add_store("a", accept_all());
+    net.add_store("b", accept_all());
+    let l = net.connect(A, B, [6; 32]);
+    for node in [A, B] {
+        net.end(l, node).session.handle_ready().unwrap();
+    }
+    net.drive();
+    assert_eq!(net.ended(l, 0).unwrap().code, CloseCode::DONE);
+    assert_eq!(net.ended(l, 1).unwrap().code, CloseCode::DONE);
+}
+
+#[test]
+fn stream_commands_name_the_namespace_store() {
+    let mut net = two(accept_all());
+    net.create(B, &[(feed(1), 1, headers(&[]))]);
+    net.register(0, A, "photos", None);
+    net.register(0, B, "photos", None);
+    net.share(0, B, "photos", &[feed(1)]);
+    // Drive by hand until the dialer wants a stream.
+    for _ in 0..10 {
+        for side in 0..2 {
+            let [a, b] = &mut net.links[0].ends;
+            let (from, to) = if side == 0 { (a, b) } else { (b, a) };
+            while let Some(f) = from.session.poll_transmit() {
+                to.session.handle_control_bytes(&f);
+            }
+            while let Some(e) = from.session.poll_event() {
+                if let SessionEvent::Offered { offer, .. } = e {
+                    from.session
+                        .handle_offer_answer(offer, Ok(vec![feed(1)]))
+                        .unwrap();
+                }
+            }
+        }
+    }
+    match net.links[0].ends[0].session.poll_stream() {
+        Some(StreamCommand::Open {
+            feed: f,
+            namespace,
+            header,
+        }) => {
+            assert_eq!((f, namespace.as_str()), (feed(1), "photos"));
+            assert_eq!(
+                header,
+                FeedStreamHeader::Offered {
+                    by: Role::Acceptor,
+                    id: 0
+                }
+            );
+        }
+        other => panic!("expected an open, got {other:?}"),
+    }
+    let _ = Mode::Live;
+}
