@@ -1,3 +1,10 @@
 //! The replic8 node: it builds and wires the discovery, connection, session and store
 //! actors, owns the configuration and the data directory, and offers the embedding API
 //! and the `replic8` binary. It is the only crate that knows all the others.
+//!
+//! Modules:
+//! - [`config`]: every option, from a TOML file, validated;
+//! - [`persist`]: the identity key and the persisted joins and shares in the data directory.
+
+pub mod config;
+pub mod persist;

@@ -1,0 +1,305 @@
+//! Node configuration: every option, readable from a TOML file, validated with clear errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What reading or validating a configuration can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was read.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or names an unknown option or a wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file that was parsed.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An option has a value outside what it accepts.
+    #[error("invalid config: {option}: {reason}")]
+    Invalid {
+        /// The option, as written in the file (`limits.max_peers`).
+        option: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// No data directory was given and the platform has none to default to.
+    #[error("no data directory: pass --data-dir or set data_dir in the config")]
+    NoDataDir,
+}
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the identity, feeds and persisted joins and shares live. `None`: the
+    /// platform's data directory (`$XDG_DATA_HOME/replic8` on Linux).
+    pub data_dir: Option<PathBuf>,
+    /// Keep feeds in memory instead of on disk (nothing survives a restart).
+    pub in_memory: bool,
+    /// The UDP address of the QUIC endpoint (one socket for listening and dialing).
+    pub listen: SocketAddr,
+    /// Peer discovery.
+    pub discovery: DiscoverySection,
+    /// Connection limits.
+    pub limits: LimitsSection,
+    /// Counters in Prometheus text format over HTTP, off unless an address is given.
+    pub metrics: MetricsSection,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            in_memory: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            discovery: DiscoverySection::default(),
+            limits: LimitsSection::default(),
+            metrics: MetricsSection::default(),
+        }
+    }
+}
+
+/// The `[discovery]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoverySection {
+    /// Use the Mainline DHT.
+    pub dht: bool,
+    /// DHT bootstrap nodes as `host:port`. `None`: the public bootstrap nodes; an empty
+    /// list: none (a node that only serves others who bootstrap from it).
+    pub bootstrap: Option<Vec<String>>,
+    /// Run the DHT node in server mode (answer other nodes' queries).
+    pub dht_server: bool,
+    /// Use mDNS on the local network.
+    pub lan: bool,
+    /// Peers to try for every joined topic, as `ip:port`.
+    pub static_peers: Vec<SocketAddr>,
+    /// Seconds between re-announcements of a joined topic.
+    pub announce_interval_secs: u64,
+    /// Seconds between lookups of a joined topic, once the first fast rounds are done.
+    pub lookup_interval_secs: u64,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        Self {
+            dht: true,
+            bootstrap: None,
+            dht_server: false,
+            lan: true,
+            static_peers: Vec::new(),
+            announce_interval_secs: 15 * 60,
+            lookup_interval_secs: 3 * 60,
+        }
+    }
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Most connected peers; the next connection is refused with a reason.
+    pub max_peers: usize,
+    /// Most dials in flight at once.
+    pub max_pending_dials: usize,
+    /// Most feed streams open at once on one connection.
+    pub max_feed_streams: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_peers: 128,
+            max_pending_dials: 32,
+            max_feed_streams: 256,
+        }
+    }
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// The HTTP address to serve counters on, e.g. `127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl NodeConfig {
+    /// Read and validate a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every option's value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: &str| {
+            Err(ConfigError::Invalid {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.limits.max_peers == 0 {
+            return invalid("limits.max_peers", "must be at least 1");
+        }
+        if self.limits.max_pending_dials == 0 {
+            return invalid("limits.max_pending_dials", "must be at least 1");
+        }
+        if self.limits.max_feed_streams == 0 {
+            return invalid("limits.max_feed_streams", "must be at least 1");
+        }
+        if self.discovery.announce_interval_secs < 10 {
+            return invalid(
+                "discovery.announce_interval_secs",
+                "must be at least 10 (DHT nodes drop peers that announce too often)",
+            );
+        }
+        if self.discovery.lookup_interval_secs == 0 {
+            return invalid("discovery.lookup_interval_secs", "must be at least 1");
+        }
+        if let Some(list) = &self.discovery.bootstrap {
+            for entry in list {
+                if parse_host_port(entry).is_none() {
+                    return Err(ConfigError::Invalid {
+                        option: "discovery.bootstrap",
+                        reason: format!("{entry:?} is not host:port"),
+                    });
+                }
+            }
+        }
+        if self.in_memory && self.data_dir.is_some() {
+            return invalid(
+                "in_memory",
+                "cannot be combined with data_dir (an in-memory node keeps nothing on disk)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The data directory: the configured one, or the platform default.
+    pub fn resolve_data_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => dirs::data_dir()
+                .map(|d| d.join("replic8"))
+                .ok_or(ConfigError::NoDataDir),
+        }
+    }
+}
+
+/// Split `host:port` (a bracketed IPv6 host allowed), checking the port is a number.
+fn parse_host_port(entry: &str) -> Option<(&str, u16)> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(NodeConfig::from_toml("").unwrap(), NodeConfig::default());
+    }
+
+    #[test]
+    fn every_option_round_trips_through_toml() {
+        let mut config = NodeConfig {
+            data_dir: Some(PathBuf::from("/var/lib/replic8")),
+            listen: "127.0.0.1:4433".parse().unwrap(),
+            ..NodeConfig::default()
+        };
+        config.discovery.bootstrap = Some(vec!["router.example:6881".into(), "[::1]:7".into()]);
+        config.discovery.static_peers = vec!["10.0.0.1:4433".parse().unwrap()];
+        config.discovery.lan = false;
+        config.limits.max_peers = 7;
+        config.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_option_is_named() {
+        let err = NodeConfig::from_toml("[limits]\nmax_peer = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("max_peer"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = NodeConfig::from_toml("listen = 5\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let cases = [
+            ("[limits]\nmax_peers = 0\n", "limits.max_peers"),
+            (
+                "[discovery]\nannounce_interval_secs = 1\n",
+                "discovery.announce_interval_secs",
+            ),
+            (
+                "[discovery]\nbootstrap = [\"nohost\"]\n",
+                "discovery.bootstrap",
+            ),
+            (
+                "[discovery]\nbootstrap = [\":80\"]\n",
+                "discovery.bootstrap",
+            ),
+            ("in_memory = true\ndata_dir = \"/x\"\n", "in_memory"),
+        ];
+        for (text, option) in cases {
+            match NodeConfig::from_toml(text) {
+                Err(ConfigError::Invalid { option: o, .. }) => assert_eq!(o, option, "{text}"),
+                other => panic!("{text}: expected Invalid({option}), got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = NodeConfig::from_file(Path::new("/nonexistent/replic8.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/replic8.toml"),
+            "{err}"
+        );
+    }
+}
