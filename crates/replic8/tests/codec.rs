@@ -159,7 +159,7 @@ fn huge_length_prefixes_inside_a_message_do_not_allocate() {
     payload.extend_from_slice(&u64::MAX.to_le_bytes());
     assert!(matches!(decode(&payload), Err(CodecError::Encoding(_))));
     // A string claiming 4 GiB.
-    let mut payload = vec![8u8, 1]; // Close, code 1
+    let mut payload = vec![9u8, 1]; // Close, code 1
     payload.push(252);
     payload.extend_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(decode(&payload), Err(CodecError::Encoding(_))));
@@ -274,4 +274,37 @@ fn a_message_over_the_frame_limit_is_not_encoded() {
     encode(&message, &mut Vec::new()).unwrap();
     let err = frame::check(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes(), MAX_FRAME_LEN);
     assert!(matches!(err, Err(FrameError::Oversize { .. })));
+}
+
+#[test]
+fn hello_bytes_match_the_protocol_document() {
+    let mut wire = Vec::new();
+    encode(
+        &Message::Hello {
+            version: PROTOCOL_VERSION,
+            dialect: DIALECT.into(),
+            max_streams: 300,
+        },
+        &mut wire,
+    )
+    .unwrap();
+    let mut expected = vec![0, 0, 0, 21]; // length prefix, big endian
+    expected.push(0); // variant 0: Hello
+    expected.push(1); // version 1, one-byte varint
+    expected.push(15); // dialect length
+    expected.extend_from_slice(b"bincode1-varint");
+    expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian
+    assert_eq!(wire, expected);
+    assert_eq!(ALPN, b"replic8/1");
+
+    let mut wire = Vec::new();
+    encode_stream_header(
+        &FeedStreamHeader::Offered {
+            by: Role::Acceptor,
+            id: 7,
+        },
+        &mut wire,
+    )
+    .unwrap();
+    assert_eq!(wire, [0, 0, 0, 3, 0, 1, 7]);
 }
