@@ -13,8 +13,10 @@
 //! - [`frame`]: bytes to length-prefixed, bounded frames; no I/O.
 //! - [`message`]: the session messages and their bounded bincode encoding.
 //! - [`session`]: the session core without I/O: hello, proofs, offers, streams, end.
+//! - [`store`]: the store interface, as actix messages.
 
 pub mod frame;
 pub mod keys;
 pub mod message;
 pub mod session;
+pub mod store;

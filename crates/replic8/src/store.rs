@@ -1,0 +1,250 @@
+//! The store interface: the actix messages between the session layer and stores.
+//!
+//! Any actor that handles [`Shares`], [`KnownFeeds`], [`Offer`], [`Attach`] and
+//! [`Detach`] is a store. It registers for one or more namespaces with [`RegisterStore`]
+//! (sent to the session layer's actor), and tells the session layer about its feeds with
+//! [`Share`], [`FeedSynced`] and [`FeedUpdated`].
+//!
+//! The session layer asks, the store decides: what to share ([`Shares`]), which feeds it
+//! holds for all-to-all replication ([`KnownFeeds`]), which offered feeds to accept
+//! ([`Offer`]); and it runs its own protocol on each feed stream it is given
+//! ([`Attach`]) until the stream ends or is taken back ([`Detach`]). Store handlers must
+//! not hash or touch the disk on the shared arbiter: a feed store does that work on its
+//! own threads and answers when done.
+
+use actix::{Actor, Addr, Handler, Message, Recipient};
+use thiserror::Error;
+
+use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
+use crate::message::Headers;
+
+/// Why a store could not do what the session layer asked.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// The store refuses: for an [`Offer`], this ends the session and the reason goes to
+    /// the peer.
+    #[error("store refused: {0}")]
+    Refused(String),
+    /// The store failed (storage, a closed feed); the reason says what.
+    #[error("store failed: {0}")]
+    Failed(String),
+    /// The store does not serve this namespace.
+    #[error("store does not serve namespace {0:?}")]
+    UnknownNamespace(String),
+}
+
+/// A feed a store shares, with its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFeed {
+    /// The feed's public key.
+    pub key: FeedKey,
+    /// Headers sent with the offer (bounded, see `message::Headers`).
+    pub headers: Headers,
+}
+
+/// Session → store: which feeds the store shares with `peer` in `namespace` (asked when
+/// a session starts; the store may share more later with [`Share`]).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<SharedFeed>, StoreError>")]
+pub struct Shares {
+    /// The peer the session is with.
+    pub peer: PeerKey,
+    /// The namespace.
+    pub namespace: String,
+}
+
+/// Session → store: which feeds the store holds in `namespace` for all-to-all
+/// replication with `peer` (replicated without an offer when the peer holds them too).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<FeedKey>, StoreError>")]
+pub struct KnownFeeds {
+    /// The peer the session is with.
+    pub peer: PeerKey,
+    /// The namespace.
+    pub namespace: String,
+}
+
+/// Session → store: `peer` offers these feeds in `namespace`; answer with the keys the
+/// store accepts (a subset). An error ends the session and is sent to the peer.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<FeedKey>, StoreError>")]
+pub struct Offer {
+    /// The peer that offers.
+    pub peer: PeerKey,
+    /// The namespace.
+    pub namespace: String,
+    /// The offered feeds with their headers, as the peer sent them.
+    pub feeds: Vec<SharedFeed>,
+}
+
+/// The two halves of a feed stream, after the session read its header frame.
+#[derive(Debug)]
+pub struct FeedStream {
+    /// Our sending half.
+    pub send: quinn::SendStream,
+    /// Our receiving half.
+    pub recv: quinn::RecvStream,
+}
+
+/// Session → store: run the feed's protocol with `peer` on this stream. The store
+/// reports progress with [`FeedSynced`] and [`FeedUpdated`]; finishing or resetting the
+/// stream ends it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Attach {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The namespace the feed is replicated in.
+    pub namespace: String,
+    /// The peer at the other end.
+    pub peer: PeerKey,
+    /// The stream.
+    pub stream: FeedStream,
+}
+
+/// Why a feed stream is taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachReason {
+    /// The feed is in sync both ways; the stream reopens when it changes.
+    Synced,
+    /// The session ended, with this reason.
+    SessionEnded(String),
+}
+
+/// Session → store: stop using the stream of `feed` with `peer` (the session finishes
+/// or has lost it).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The peer.
+    pub peer: PeerKey,
+    /// Why.
+    pub reason: DetachReason,
+}
+
+/// The recipients of one store, as the session layer keeps them.
+#[derive(Debug, Clone)]
+pub struct StoreRecipients {
+    /// Answers [`Shares`].
+    pub shares: Recipient<Shares>,
+    /// Answers [`KnownFeeds`].
+    pub known: Recipient<KnownFeeds>,
+    /// Answers [`Offer`].
+    pub offer: Recipient<Offer>,
+    /// Takes [`Attach`].
+    pub attach: Recipient<Attach>,
+    /// Takes [`Detach`].
+    pub detach: Recipient<Detach>,
+}
+
+impl StoreRecipients {
+    /// The recipients of a store actor.
+    pub fn of<A>(addr: &Addr<A>) -> StoreRecipients
+    where
+        A: Actor<Context = actix::Context<A>>
+            + Handler<Shares>
+            + Handler<KnownFeeds>
+            + Handler<Offer>
+            + Handler<Attach>
+            + Handler<Detach>,
+    {
+        StoreRecipients {
+            shares: addr.clone().recipient(),
+            known: addr.clone().recipient(),
+            offer: addr.clone().recipient(),
+            attach: addr.clone().recipient(),
+            detach: addr.clone().recipient(),
+        }
+    }
+}
+
+/// Why a store could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RegisterError {
+    /// Another store serves the namespace already.
+    #[error("namespace {0:?} is served by another store")]
+    Taken(String),
+    /// The session layer is shutting down.
+    #[error("the session layer is closing")]
+    Closing,
+}
+
+/// Store → session layer: serve these namespaces (each with its secret, if any) with
+/// this store, on every current and future session.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), RegisterError>")]
+pub struct RegisterStore {
+    /// The namespaces, each with an optional pre-shared secret.
+    pub namespaces: Vec<(String, Option<NamespaceSecret>)>,
+    /// The store.
+    pub store: StoreRecipients,
+}
+
+/// Store → session layer: the store no longer serves these namespaces.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UnregisterStore {
+    /// The namespaces.
+    pub namespaces: Vec<String>,
+}
+
+/// Why the session layer could not act on a store's report.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ShareError {
+    /// No session with this peer.
+    #[error("no session with peer {0}")]
+    NoSession(String),
+    /// The namespace is not registered.
+    #[error("namespace {0:?} is not registered")]
+    UnknownNamespace(String),
+    /// A feed's headers are over a bound.
+    #[error("feed {feed}: {reason}")]
+    Headers {
+        /// The feed, short form.
+        feed: String,
+        /// Which bound.
+        reason: String,
+    },
+}
+
+/// Store → session layer: share feeds in `namespace`, live, with `peers` (all sessions
+/// when `None`). Peers known to have a feed, or already offered it, are skipped, which is
+/// what keeps forwarding from looping. Replies with how many feeds were offered.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<usize, ShareError>")]
+pub struct Share {
+    /// The namespace.
+    pub namespace: String,
+    /// The feeds.
+    pub feeds: Vec<SharedFeed>,
+    /// Only these peers, or every session.
+    pub peers: Option<Vec<PeerKey>>,
+    /// Never this peer (the one the feeds came from, when forwarding).
+    pub except: Option<PeerKey>,
+}
+
+/// Store → session layer: the store's sync of `feed` with `peer` has nothing more to
+/// send or fetch at `length`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct FeedSynced {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The peer.
+    pub peer: PeerKey,
+    /// The length both sides hold.
+    pub length: u64,
+}
+
+/// Store → session layer: the store's copy of `feed` changed (appended, or downloaded
+/// from some peer); sessions replicating it reopen its stream.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct FeedUpdated {
+    /// The feed.
+    pub feed: FeedKey,
+    /// Its length now.
+    pub length: u64,
+}
