@@ -4,7 +4,9 @@
 //!
 //! Modules:
 //! - [`config`]: every option, from a TOML file, validated;
-//! - [`persist`]: the identity key and the persisted joins and shares in the data directory.
+//! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
+//! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them.
 
 pub mod config;
+pub mod metrics;
 pub mod persist;
