@@ -5,8 +5,10 @@
 //! Modules:
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
-//! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them.
+//! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
+//! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
 
 pub mod config;
+pub mod import;
 pub mod metrics;
 pub mod persist;
