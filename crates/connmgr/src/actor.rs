@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ConnManagerConfig;
 use crate::core::{ConnCore, ConnId, CoreEvent, DialStart, Initiator};
-use crate::error::{DialError, SpawnError, CLOSE_REFUSED, CLOSE_SHUTDOWN};
+use crate::error::{DialError, SpawnError, CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_SHUTDOWN};
 use crate::key::{Identity, PeerKey};
 use crate::messages::*;
 use crate::tls;
@@ -241,10 +241,12 @@ impl ConnManager {
                     Err(e) => Err(RefusedReason::BadKey(e)),
                 },
             };
+            let seen = seen.lock().ok().and_then(|s| *s);
             me.do_send(HandshakeDone {
                 id,
                 addr,
                 initiator: Initiator::Local,
+                seen,
                 result,
             });
         });
@@ -389,9 +391,9 @@ impl Actor for ConnManager {
         let me = ctx.address();
         self.accept = Some(spawn_task(&self.tasks, async move {
             while let Some(incoming) = endpoint.accept().await {
-                if me.try_send(IncomingConn(incoming)).is_err() {
-                    // The actor is gone or its mailbox is full; the incoming connection
-                    // is dropped (quinn answers it with a refusal).
+                // Waits while the actor's mailbox is full (backpressure on accepting);
+                // fails only when the actor is gone.
+                if me.send(IncomingConn(incoming)).await.is_err() {
                     break;
                 }
             }
@@ -421,6 +423,8 @@ struct HandshakeDone {
     id: ConnId,
     addr: SocketAddr,
     initiator: Initiator,
+    /// The key the server presented (dials only), even if the handshake failed later.
+    seen: Option<PeerKey>,
     result: Result<(quinn::Connection, PeerKey), RefusedReason>,
 }
 
@@ -477,6 +481,7 @@ impl Handler<IncomingConn> for ConnManager {
                 id,
                 addr,
                 initiator: Initiator::Remote,
+                seen: None,
                 result,
             });
         });
@@ -512,6 +517,20 @@ impl Handler<HandshakeDone> for ConnManager {
                     },
                 );
                 self.core.handle_established(msg.id, key, now);
+            }
+            Err(RefusedReason::Handshake(DialError::Connection(
+                quinn::ConnectionError::ApplicationClosed(close),
+            ))) if close.error_code == CLOSE_DUPLICATE => {
+                // The peer dialed us at the same time and closed this one as the loser:
+                // not a failure, the dial waits for the peer's connection.
+                debug!(parent: &self.span, conn = %msg.id, addr = %msg.addr,
+                    "closed as a duplicate during its handshake");
+                self.core.handle_handshake_duplicate(
+                    msg.id,
+                    msg.seen,
+                    quinn::ConnectionError::ApplicationClosed(close),
+                    now,
+                );
             }
             Err(reason) => {
                 let error = match &reason {

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::error::{CloseReason, DialError, DownReason, RefuseReason, CLOSE_DUPLICATE};
+use crate::error::{
+    is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, CLOSE_DUPLICATE,
+};
 use crate::key::PeerKey;
 
 /// A callback that may refuse a peer by key and address (`false` refuses).
@@ -73,6 +75,9 @@ pub struct PolicyConfig {
     pub drop_for: Duration,
     /// How long a connection initiated by the smaller key is held before `PeerUp`.
     pub settle_window: Duration,
+    /// How long a dial that waits for another connection to the same key (one in flight,
+    /// or the peer's own dial that beat ours) waits before it fails with `Timeout`.
+    pub dial_wait: Duration,
     /// Seed for the jitter RNG (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
     /// Refuses peers by key and address.
@@ -95,6 +100,8 @@ impl Default for PolicyConfig {
             // A few loopback or LAN round trips plus scheduling slack on a loaded machine;
             // only connections initiated by the smaller key pay it.
             settle_window: Duration::from_millis(250),
+            // A handshake timeout plus the settle window.
+            dial_wait: Duration::from_secs(11),
             rng_seed: None,
             firewall: None,
         }
@@ -111,6 +118,7 @@ impl fmt::Debug for PolicyConfig {
             .field("jitter", &self.jitter)
             .field("drop_for", &self.drop_for)
             .field("settle_window", &self.settle_window)
+            .field("dial_wait", &self.dial_wait)
             .field("rng_seed", &self.rng_seed)
             .field("firewall", &self.firewall.is_some())
             .finish()
@@ -212,7 +220,7 @@ pub struct ConnCore {
     current: HashMap<PeerKey, ConnId>,
     challenger: HashMap<PeerKey, ConnId>,
     /// Dial ids waiting for a key to be up.
-    key_waiters: HashMap<PeerKey, Vec<ConnId>>,
+    key_waiters: HashMap<PeerKey, Vec<(ConnId, Instant)>>,
     /// Dial ids that joined an in-flight dial (same address or pinned key).
     joined: HashMap<ConnId, Vec<ConnId>>,
     backoff: HashMap<SocketAddr, AddrBackoff>,
@@ -267,13 +275,12 @@ impl ConnCore {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .filter_map(|c| match c.phase {
-                Phase::Held { until } => Some(until),
-                _ => None,
-            })
-            .min()
+        let held = self.conns.values().filter_map(|c| match c.phase {
+            Phase::Held { until } => Some(until),
+            _ => None,
+        });
+        let waits = self.key_waiters.values().flatten().map(|(_, at)| *at);
+        held.chain(waits).min()
     }
 
     /// Whether `key` is banned at `now`.
@@ -333,7 +340,7 @@ impl ConnCore {
             });
             if dialing || self.current.contains_key(&key) {
                 let id = self.new_id();
-                self.key_waiters.entry(key).or_default().push(id);
+                self.wait_for_key(key, id, now);
                 return Ok(DialStart::Wait(id));
             }
         }
@@ -417,6 +424,44 @@ impl ConnCore {
         }
     }
 
+    /// The handshake of dial `conn` ended because the peer closed it as a duplicate: the
+    /// peer has another connection to us (it dialed us at the same time). Not a failure:
+    /// the dial waits for `key` (pinned, or seen in the handshake) to come up.
+    pub fn handle_handshake_duplicate(
+        &mut self,
+        conn: ConnId,
+        key: Option<PeerKey>,
+        error: quinn::ConnectionError,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.initiator != Initiator::Local {
+            return;
+        }
+        let expected = match c.phase {
+            Phase::Handshaking { expected } => expected,
+            _ => None,
+        };
+        match key.or(expected) {
+            Some(key) => {
+                self.wait_for_key(key, conn, now);
+                if self.up(&key).is_some() {
+                    self.resolve_key_waiters(key, Ok(key));
+                }
+            }
+            None => self.finish_dial(conn, Err(DialError::Connection(error))),
+        }
+    }
+
+    fn wait_for_key(&mut self, key: PeerKey, dial: ConnId, now: Instant) {
+        self.key_waiters
+            .entry(key)
+            .or_default()
+            .push((dial, now + self.config.dial_wait));
+    }
+
     fn key_in_flight(&self, key: &PeerKey) -> bool {
         self.current.contains_key(key)
             || self.conns.values().any(|c| {
@@ -440,7 +485,7 @@ impl ConnCore {
         let initiator = c.initiator;
         if initiator == Initiator::Local {
             self.backoff.remove(&addr);
-            self.key_waiters.entry(key).or_default().push(conn);
+            self.wait_for_key(key, conn, now);
         }
         let refusal = if key == self.me {
             Some(RefuseReason::SelfConnection)
@@ -561,7 +606,9 @@ impl ConnCore {
                     // The probed connection died before its probe answered.
                     self.current.insert(key, ch);
                     self.set_up(ch, key);
-                } else if !self.current.contains_key(&key) {
+                } else if !self.current.contains_key(&key) && !is_duplicate_close(&error) {
+                    // (Closed by the peer as a duplicate: the peer's own connection to us
+                    // is coming, and the dials for this key wait for it.)
                     let result = match &error {
                         quinn::ConnectionError::ApplicationClosed(close)
                             if close.error_code == crate::error::CLOSE_REFUSED =>
@@ -591,6 +638,20 @@ impl ConnCore {
         for (id, key) in due {
             self.set_up(id, key);
             self.resolve_key_waiters(key, Ok(key));
+        }
+        let mut expired = Vec::new();
+        for waiters in self.key_waiters.values_mut() {
+            waiters.retain(|(id, at)| {
+                let keep = *at > now;
+                if !keep {
+                    expired.push(*id);
+                }
+                keep
+            });
+        }
+        self.key_waiters.retain(|_, v| !v.is_empty());
+        for id in expired {
+            self.finish_dial(id, Err(DialError::Timeout));
         }
         self.bans.retain(|_, until| *until > now);
         self.backoff.retain(|_, b| b.retry_at > now || !b.dropped);
@@ -648,7 +709,11 @@ impl ConnCore {
         for id in dials {
             self.finish_dial(id, Err(DialError::Shutdown));
         }
-        let waiting: Vec<ConnId> = self.key_waiters.drain().flat_map(|(_, v)| v).collect();
+        let waiting: Vec<ConnId> = self
+            .key_waiters
+            .drain()
+            .flat_map(|(_, v)| v.into_iter().map(|(id, _)| id))
+            .collect();
         for id in waiting {
             self.finish_dial(id, Err(DialError::Shutdown));
         }
@@ -708,7 +773,7 @@ impl ConnCore {
     }
 
     fn resolve_key_waiters(&mut self, key: PeerKey, result: Result<PeerKey, DialError>) {
-        for id in self.key_waiters.remove(&key).unwrap_or_default() {
+        for (id, _) in self.key_waiters.remove(&key).unwrap_or_default() {
             self.finish_dial(id, result.clone());
         }
     }

@@ -645,3 +645,41 @@ fn shutdown_closes_everything_and_answers_every_dial() {
     );
     assert!(core.handle_incoming(addr(3)).is_err());
 }
+
+#[test]
+fn dial_closed_as_duplicate_in_its_handshake_waits_for_the_peers_connection() {
+    let t0 = Instant::now();
+    let mut core = ConnCore::new(key(1), config());
+    let d = dial(&mut core, 1, None, t0);
+    core.handle_handshake_duplicate(d, Some(key(2)), dup_close(), t0);
+    assert_eq!(events(&mut core), vec![]);
+    assert_eq!(core.backoff.len(), 0, "a duplicate is not a failure");
+    let i = core.handle_incoming(addr(1)).expect("accept");
+    core.handle_established(i, key(2), t0);
+    assert_eq!(
+        events(&mut core),
+        vec![
+            CoreEvent::PeerUp {
+                conn: i,
+                key: key(2)
+            },
+            CoreEvent::DialDone {
+                dial: d,
+                result: Ok(key(2))
+            },
+        ]
+    );
+    // If the peer's connection never comes, the dial times out.
+    let d = dial(&mut core, 3, Some(key(3)), t0);
+    core.handle_handshake_duplicate(d, None, dup_close(), t0);
+    let deadline = core.poll_timeout().expect("waiter deadline");
+    assert_eq!(deadline, t0 + config().dial_wait);
+    core.handle_timeout(deadline);
+    assert_eq!(
+        events(&mut core),
+        vec![CoreEvent::DialDone {
+            dial: d,
+            result: Err(DialError::Timeout)
+        }]
+    );
+}

@@ -296,3 +296,68 @@ impl ClientCertVerifier for PeerVerifier {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p256_spki() -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .expect("p256");
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            pkcs8.as_ref().to_vec(),
+        ));
+        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der).expect("signer");
+        let spki = signer.public_key().expect("spki").as_ref().to_vec();
+        spki
+    }
+
+    #[test]
+    fn verifier_refuses_a_key_that_is_not_ed25519() {
+        let verifier = PeerVerifier::new(&provider(), None);
+        let cert = CertificateDer::from(p256_spki());
+        let err = ClientCertVerifier::verify_client_cert(&verifier, &cert, &[], UnixTime::now())
+            .expect_err("p-256 refused");
+        assert!(err.to_string().contains("NotEd25519"), "{err}");
+        let name = ServerName::try_from(SERVER_NAME).expect("name");
+        let err = verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .expect_err("p-256 refused");
+        assert!(err.to_string().contains("NotEd25519"), "{err}");
+    }
+
+    #[test]
+    fn pinned_verifier_names_both_keys_on_mismatch() {
+        let expected = Identity::generate().key();
+        let actual = Identity::generate().key();
+        let verifier = PeerVerifier::new(&provider(), Some(expected));
+        let name = ServerName::try_from(SERVER_NAME).expect("name");
+        let cert = CertificateDer::from(actual.to_spki());
+        let err = verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .expect_err("mismatch");
+        assert!(err.to_string().contains("KeyMismatch"), "{err}");
+        assert_eq!(*verifier.seen.lock().expect("lock"), Some(actual));
+        let ok = PeerVerifier::new(&provider(), Some(actual));
+        assert!(ok
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .is_ok());
+    }
+
+    #[test]
+    fn verifier_refuses_a_certificate_chain() {
+        let verifier = PeerVerifier::new(&provider(), None);
+        let cert = CertificateDer::from(Identity::generate().key().to_spki());
+        assert!(ClientCertVerifier::verify_client_cert(
+            &verifier,
+            &cert,
+            std::slice::from_ref(&cert),
+            UnixTime::now()
+        )
+        .is_err());
+    }
+}
