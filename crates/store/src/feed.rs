@@ -18,9 +18,9 @@ use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
 use crate::storage::{FeedStorage, Storage, StorageError, StoredNode, WriteBatch};
 use crate::tree::{self, flat, full_roots, Node};
 
-/// Largest block a feed accepts, so that one block always fits in one sync message
-/// ([`crate::message::MAX_MESSAGE_SIZE`]).
-pub const MAX_BLOCK_SIZE: usize = 4 * 1024 * 1024;
+/// Largest block a feed accepts (1 MiB), so that one block always fits in one sync
+/// message ([`crate::message::MAX_MESSAGE_SIZE`]) and a peer can make us buffer little.
+pub const MAX_BLOCK_SIZE: usize = 1024 * 1024;
 
 /// How many recently verified heads a feed remembers, so that a head announced by a peer
 /// and then used in its proof costs one signature check, not two.

@@ -14,13 +14,15 @@ use crate::feed::MAX_BLOCK_SIZE;
 use crate::keys::SignedHead;
 use crate::proof::{Proof, MAX_PROOF_NODES};
 
-/// Largest encoded message: one data message of up to [`MAX_BLOCK_SIZE`]-sized blocks
-/// totalling at most [`MAX_DATA_BYTES`], plus its proof and framing overhead.
-pub const MAX_MESSAGE_SIZE: usize = MAX_DATA_BYTES + MAX_BLOCK_SIZE + 64 * 1024;
+/// Largest encoded message (1 MiB + 64 KiB): a data message of at most
+/// [`MAX_DATA_BYTES`] of blocks, plus room for its proof ([`MAX_PROOF_NODES`] nodes of at
+/// most 45 bytes) and per-block length prefixes ([`MAX_BLOCKS_PER_MESSAGE`] of at most 9
+/// bytes).
+pub const MAX_MESSAGE_SIZE: usize = MAX_DATA_BYTES + 64 * 1024;
 
-/// Most block bytes a sender packs into one data message (more than one block's worth
-/// is sent only if the first block alone is bigger).
-pub const MAX_DATA_BYTES: usize = 4 * 1024 * 1024;
+/// Most block bytes in one data message (1 MiB, which is also [`MAX_BLOCK_SIZE`], so
+/// any single block fits).
+pub const MAX_DATA_BYTES: usize = MAX_BLOCK_SIZE;
 
 /// Most blocks in one data message.
 pub const MAX_BLOCKS_PER_MESSAGE: u64 = 4096;
@@ -205,8 +207,9 @@ fn check(message: &Message) -> Result<(), DecodeError> {
             if n == 0 || n > MAX_BLOCKS_PER_MESSAGE || n != data.blocks.len() as u64 {
                 return Err(DecodeError::Invalid("block count does not match the proof"));
             }
-            if data.blocks.iter().any(|b| b.len() > MAX_BLOCK_SIZE) {
-                return Err(DecodeError::Invalid("block over the size limit"));
+            let bytes: usize = data.blocks.iter().map(|b| b.len()).sum();
+            if bytes > MAX_DATA_BYTES {
+                return Err(DecodeError::Invalid("blocks over the data size limit"));
             }
         }
         Message::NoData { start, end } => {

@@ -27,7 +27,8 @@ use serde_bytes::ByteBuf;
 use crate::feed::{Feed, IngestError};
 use crate::keys::SignedHead;
 use crate::message::{
-    self, Data, DecodeError, Have, Message, Request, MAX_BLOCKS_PER_MESSAGE, MAX_HAVE_RANGES,
+    self, Data, DecodeError, Have, Message, Request, MAX_BLOCKS_PER_MESSAGE, MAX_DATA_BYTES,
+    MAX_HAVE_RANGES,
 };
 use crate::proof::{ProofError, VerifyError};
 use crate::storage::{FeedStorage, StorageError};
@@ -60,7 +61,8 @@ pub struct SyncConfig {
     pub max_outstanding: usize,
     /// Blocks asked for in one request (and so carried by one data message).
     pub blocks_per_message: u64,
-    /// Most block bytes this side packs into one data message it sends.
+    /// Most block bytes this side packs into one data message it sends (at most
+    /// [`MAX_DATA_BYTES`]; a single larger block still goes alone).
     pub max_data_bytes: usize,
     /// A request or upgrade unanswered for this long ends the sync with
     /// [`SyncError::Timeout`].
@@ -428,13 +430,14 @@ impl FeedSync {
         if start >= end || end > length || length > feed.length() {
             return Err(SyncError::BadRequest { start, end, length });
         }
+        let max_bytes = self.config.max_data_bytes.min(MAX_DATA_BYTES);
         let mut blocks = Vec::new();
         let mut bytes = 0usize;
         let mut stop = start;
         while stop < end && stop - start < MAX_BLOCKS_PER_MESSAGE {
             match feed.get(stop)? {
                 Some(b) => {
-                    if !blocks.is_empty() && bytes + b.len() > self.config.max_data_bytes {
+                    if !blocks.is_empty() && bytes + b.len() > max_bytes {
                         break;
                     }
                     bytes += b.len();

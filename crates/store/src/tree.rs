@@ -115,7 +115,7 @@ pub fn full_roots(length: u64) -> Vec<u64> {
 /// pay (the threshold is about where thread start-up stopped costing more than it saved
 /// in the append benchmark).
 pub fn hash_leaves<B: AsRef<[u8]> + Sync>(first_block: u64, blocks: &[B]) -> Vec<Node> {
-    const PARALLEL_BYTES: usize = 256 * 1024;
+    const PARALLEL_BYTES: usize = 4 * 1024 * 1024;
     let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
     let leaves = |first: u64, part: &[B]| -> Vec<Node> {
         part.iter()
