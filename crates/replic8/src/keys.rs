@@ -49,6 +49,14 @@ impl Role {
         }
     }
 
+    /// `dialer` or `acceptor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Dialer => "dialer",
+            Role::Acceptor => "acceptor",
+        }
+    }
+
     /// The byte that binds a proof to the side that made it.
     fn byte(self) -> u8 {
         match self {

@@ -40,6 +40,9 @@ use crate::message::{
 pub const MAX_PENDING_PEER_OFFERS: usize = 256;
 /// Most entries of the peer's `have` lists kept for feeds we do not hold (yet).
 pub const MAX_UNMATCHED_HAVE: usize = 100_000;
+/// Most feeds a peer may offer in one session; more is a protocol error. Bounds the
+/// memory a peer can pin with offers (about 100 bytes a feed).
+pub const MAX_PEER_FEEDS: usize = 1_000_000;
 /// Most proofs kept for namespaces we have not registered (yet).
 pub const MAX_UNMATCHED_PROOFS: usize = 1024;
 /// Room left in a frame for an offer's own fields when packing feeds into it.
@@ -159,6 +162,11 @@ pub enum SessionEvent {
     },
 }
 
+/// The session's name for one feed stream, to match closes with opens: a feed's
+/// stream may be closed and reopened many times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
 /// A feed stream for the driver to open or close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamCommand {
@@ -171,11 +179,15 @@ pub enum StreamCommand {
         namespace: String,
         /// The stream's first frame.
         header: FeedStreamHeader,
+        /// The session's name for this stream.
+        stream: StreamId,
     },
     /// Finish the feed's stream and detach it from its store: the feed is in sync.
     Close {
         /// The feed.
         feed: FeedKey,
+        /// The stream to finish.
+        stream: StreamId,
     },
 }
 
@@ -186,6 +198,11 @@ pub struct IncomingFeed {
     pub feed: FeedKey,
     /// The namespace whose store gets the stream.
     pub namespace: String,
+    /// The session's name for this stream.
+    pub stream: StreamId,
+    /// An earlier stream of the feed that this one replaces: the dialer finished it
+    /// before opening this one, but its end has not been seen yet. Detach it.
+    pub replaces: Option<StreamId>,
 }
 
 /// Why a local command was refused. The session goes on.
@@ -244,6 +261,8 @@ struct Replicated {
     /// How the dialer names the feed when it opens its stream.
     route: Route,
     stream: StreamState,
+    /// The current stream, while `stream` is `Open`.
+    token: Option<StreamId>,
     local_synced: Option<u64>,
     remote_synced: Option<u64>,
     reported: Option<u64>,
@@ -318,6 +337,7 @@ pub struct Session {
     by_offer_id: HashMap<(Role, u64), FeedKey>,
     open_queue: VecDeque<FeedKey>,
     open_streams: usize,
+    next_stream: u64,
 
     local_ready: bool,
     peer_ready: bool,
@@ -371,6 +391,7 @@ impl Session {
             by_offer_id: HashMap::new(),
             open_queue: VecDeque::new(),
             open_streams: 0,
+            next_stream: 0,
             local_ready: false,
             peer_ready: false,
             settled_sent: false,
@@ -542,12 +563,14 @@ impl Session {
     }
 
     /// A feed stream ended (finished or reset by either side, or its store detached).
-    pub fn handle_stream_closed(&mut self, feed: &FeedKey) {
+    /// A stream that was replaced or closed by the session already is ignored.
+    pub fn handle_stream_closed(&mut self, feed: &FeedKey, stream: StreamId) {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
-        if state.stream == StreamState::Open {
+        if state.stream == StreamState::Open && state.token == Some(stream) {
             state.stream = StreamState::Closed;
+            state.token = None;
             if self.role == Role::Dialer {
                 self.open_streams = self.open_streams.saturating_sub(1);
                 self.pump_opens();
@@ -756,7 +779,8 @@ impl Session {
     }
 
     /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed
-    /// needs a stream again. The dialer reopens it; the acceptor sends a notice.
+    /// needs a stream again. The dialer reopens it; the acceptor sends a notice, and so
+    /// does either side that had reported the feed synced.
     pub fn handle_feed_updated(&mut self, feed: &FeedKey, length: u64) {
         if self.ended.is_some() {
             return;
@@ -767,18 +791,17 @@ impl Session {
         if state.local_synced == Some(length) {
             return;
         }
-        state.local_synced = None;
-        let was_synced = state.reported.take().is_some();
+        // A `Synced` we sent is no longer true: retract it, or the peer could close the
+        // stream (or end a one-shot session) on a stale length.
+        let retract = state.local_synced.take().is_some();
+        state.reported = None;
         let dk = state.discovery_key;
         let closed = state.stream == StreamState::Closed;
-        match self.role {
-            Role::Dialer if closed => self.queue_open(*feed),
-            // While a stream syncs, its own protocol carries the change. Once the feed
-            // was in sync, the dialer may be closing the stream already: tell it.
-            Role::Acceptor if closed || was_synced => {
-                self.send(Message::Notice { feed: dk, length })
-            }
-            _ => {}
+        if retract || (self.role == Role::Acceptor && closed) {
+            self.send(Message::Notice { feed: dk, length });
+        }
+        if self.role == Role::Dialer && closed {
+            self.queue_open(*feed);
         }
     }
 
@@ -957,6 +980,12 @@ impl Session {
                 );
             }
             self.last_peer_feed_id = Some(feed.id);
+            if self.peer_offered.len() >= MAX_PEER_FEEDS {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!("more than {MAX_PEER_FEEDS} feeds offered"),
+                );
+            }
             if !self.peer_offered.insert(feed.key) {
                 return self.fail(
                     CloseCode::PROTOCOL,
@@ -1201,19 +1230,29 @@ impl Session {
                 "feed stream for an unknown feed".into(),
             ));
         };
-        if state.stream == StreamState::Open {
-            return Err((
-                CloseCode::REFUSED_STREAM,
-                format!("second stream for feed {}", state.discovery_key.fmt_short()),
-            ));
-        }
+        // Only the dialer opens, one stream per feed at a time, and it finishes a stream
+        // before it opens the next for the same feed; the new stream can still arrive
+        // before we saw the old one end. It replaces it.
+        let replaces = if state.stream == StreamState::Open {
+            state.token
+        } else {
+            None
+        };
+        let stream = StreamId(self.next_stream);
+        self.next_stream += 1;
         state.stream = StreamState::Open;
+        state.token = Some(stream);
         let namespace = self
             .namespaces
             .get(&state.namespace)
             .map(|ns| ns.name.clone())
             .unwrap_or_default();
-        Ok(IncomingFeed { feed, namespace })
+        Ok(IncomingFeed {
+            feed,
+            namespace,
+            stream,
+            replaces,
+        })
     }
 
     /// The dialer opened a stream naming offered feed `id` of side `by`.
@@ -1239,8 +1278,9 @@ impl Session {
         Err((
             CloseCode::REFUSED_STREAM,
             format!(
-                "feed stream for offered feed {} of the {:?}, which was not offered and accepted",
-                id, by
+                "feed stream for offered feed {} of the {}, which was not offered and accepted",
+                id,
+                by.name()
             ),
         ))
     }
@@ -1342,6 +1382,7 @@ impl Session {
                 discovery_key,
                 route,
                 stream: StreamState::Closed,
+                token: None,
                 local_synced: None,
                 remote_synced: None,
                 reported: None,
@@ -1381,7 +1422,10 @@ impl Session {
             if state.stream != StreamState::Queued {
                 continue;
             }
+            let stream = StreamId(self.next_stream);
+            self.next_stream += 1;
             state.stream = StreamState::Open;
+            state.token = Some(stream);
             let header = match state.route {
                 Route::Offered { by, id } => FeedStreamHeader::Offered { by, id },
                 Route::Known => FeedStreamHeader::Known {
@@ -1399,6 +1443,7 @@ impl Session {
                 feed,
                 namespace,
                 header,
+                stream,
             });
         }
     }
@@ -1419,9 +1464,13 @@ impl Session {
             length: local,
         });
         if self.role == Role::Dialer && state.stream == StreamState::Open {
+            let stream = state.token.take().unwrap_or(StreamId(u64::MAX));
             state.stream = StreamState::Closed;
             self.open_streams = self.open_streams.saturating_sub(1);
-            self.streams.push_back(StreamCommand::Close { feed: *feed });
+            self.streams.push_back(StreamCommand::Close {
+                feed: *feed,
+                stream,
+            });
             self.pump_opens();
         }
         self.check_done();

@@ -828,6 +828,7 @@ fn stream_commands_name_the_namespace_store() {
             feed: f,
             namespace,
             header,
+            ..
         }) => {
             assert_eq!((f, namespace.as_str()), (feed(1), "photos"));
             assert_eq!(
@@ -841,4 +842,211 @@ fn stream_commands_name_the_namespace_store() {
         other => panic!("expected an open, got {other:?}"),
     }
     let _ = Mode::Live;
+}
+
+/// Two nodes share, announce and append in random schedules: feed streams race the
+/// control stream and each other. Every schedule must end with both copies equal, no
+/// session error, and no stream left open.
+#[test]
+fn random_schedules_converge_without_protocol_errors() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    for seed in 0..150 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let limit = rng.gen_range(1..5);
+        let small = SessionConfig {
+            max_streams: limit,
+            ..live()
+        };
+        let mut net = Net::new(live());
+        net.add_store("a", accept_all());
+        net.add_store(
+            "b",
+            Box::new(|_, feeds| {
+                Ok(feeds
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .filter(|k| k.0[0] % 3 != 0 || k.0[3] % 2 == 0)
+                    .collect())
+            }),
+        );
+        let l = net.connect_with(A, live(), B, small, [seed as u8; 32]);
+        let secret = Some([77; 32]);
+        for node in [A, B] {
+            net.register(l, node, "", None);
+            net.register(l, node, "team", secret);
+        }
+        // A: feeds 0..12, B: feeds 100..112; both hold 200..204 (all-to-all).
+        let a_feeds: Vec<_> = (0..12)
+            .map(|n| (feed(n), rng.gen_range(0..5), headers(&[("n", &[n as u8])])))
+            .collect();
+        let b_feeds: Vec<_> = (100..112)
+            .map(|n| (feed(n), rng.gen_range(0..5), headers(&[])))
+            .collect();
+        let both: Vec<_> = (200..204).map(feed).collect();
+        net.create(A, &a_feeds);
+        net.create(B, &b_feeds);
+        for (i, f) in both.iter().enumerate() {
+            net.create(A, &[(*f, i as u64, headers(&[]))]);
+            net.create(B, &[(*f, 3 - i as u64, headers(&[]))]);
+        }
+        let a_keys: Vec<FeedKey> = a_feeds.iter().map(|f| f.0).collect();
+        let b_keys: Vec<FeedKey> = b_feeds.iter().map(|f| f.0).collect();
+        net.share(l, A, "", &a_keys[..6]);
+        net.share(l, A, "team", &a_keys[6..]);
+        net.share(l, B, "team", &b_keys);
+        // A also offers one feed both already hold: the routes may differ per side.
+        net.share(l, A, "team", &both[..1]);
+        net.end(l, A)
+            .session
+            .handle_known_feeds("team", both.clone())
+            .unwrap();
+        net.end(l, B)
+            .session
+            .handle_known_feeds("team", both.clone())
+            .unwrap();
+        net.drive_random(&mut rng, 25);
+        net.drive();
+
+        for side in 0..2 {
+            assert!(
+                net.ended(l, side).is_none(),
+                "seed {seed}: {:?}",
+                net.ended(l, side)
+            );
+        }
+        let dialer = &net.links[l].ends[0];
+        assert!(
+            dialer.max_open <= limit as usize,
+            "seed {seed}: {} open",
+            dialer.max_open
+        );
+        assert_eq!(
+            dialer.session.open_streams(),
+            0,
+            "seed {seed}: streams left open"
+        );
+        assert!(net.links[l].ends[1].attached.is_empty(), "seed {seed}");
+        let mut replicated = 0;
+        for (key, la) in &net.stores[A].lengths {
+            if let Some(lb) = net.stores[B].lengths.get(key) {
+                replicated += 1;
+                assert_eq!(la, lb, "seed {seed}: feed {key:?} differs");
+                // The last FeedSynced each side reported is the final length.
+                for end in &net.links[l].ends {
+                    let last = end.events.iter().rev().find_map(|e| match e {
+                        SessionEvent::FeedSynced { feed: f, length } if f == key => Some(*length),
+                        _ => None,
+                    });
+                    assert_eq!(last, Some(*la), "seed {seed}: {key:?} at node {}", end.node);
+                }
+            }
+        }
+        assert!(
+            replicated >= 4 + 12,
+            "seed {seed}: only {replicated} feeds replicated"
+        );
+    }
+}
+
+#[test]
+fn random_one_shot_schedules_end_done_with_equal_copies() {
+    use rand::{rngs::StdRng, SeedableRng};
+    for seed in 0..100 {
+        let mut rng = StdRng::seed_from_u64(1000 + seed);
+        let mut net = Net::new(one_shot());
+        net.add_store("a", accept_all());
+        net.add_store("b", accept_all());
+        let l = net.connect(A, B, [seed as u8; 32]);
+        net.create(
+            A,
+            &(0..5)
+                .map(|n| (feed(n), n as u64 + 1, headers(&[])))
+                .collect::<Vec<_>>(),
+        );
+        net.create(
+            B,
+            &(10..15)
+                .map(|n| (feed(n), 2, headers(&[])))
+                .collect::<Vec<_>>(),
+        );
+        for (node, range) in [(A, 0..5), (B, 10..15)] {
+            net.register(l, node, "s", Some([5; 32]));
+            let keys: Vec<FeedKey> = range.map(feed).collect();
+            net.share(l, node, "s", &keys);
+            net.end(l, node).session.handle_ready().unwrap();
+        }
+        net.drive_random(&mut rng, 0);
+        for side in 0..2 {
+            let reason = net
+                .ended(l, side)
+                .unwrap_or_else(|| panic!("seed {seed}: side {side} still up"));
+            assert_eq!(reason.code, CloseCode::DONE, "seed {seed}: {reason}");
+        }
+        assert_eq!(net.stores[A].lengths, net.stores[B].lengths, "seed {seed}");
+        assert_eq!(net.stores[A].lengths.len(), 10);
+    }
+}
+
+#[test]
+fn random_triangle_schedules_forward_without_loops() {
+    use rand::{rngs::StdRng, SeedableRng};
+    for seed in 0..60 {
+        let mut rng = StdRng::seed_from_u64(2000 + seed);
+        let mut net = Net::new(live());
+        for name in ["a", "b", "c"] {
+            let n = net.add_store(name, accept_all());
+            net.stores[n].forward = true;
+        }
+        let links = [
+            net.connect(A, B, [1; 32]),
+            net.connect(B, C, [2; 32]),
+            net.connect(C, A, [3; 32]),
+        ];
+        for l in links {
+            for side in 0..2 {
+                let node = net.links[l].ends[side].node;
+                net.register(l, node, "", None);
+            }
+        }
+        net.create(A, &[(feed(1), 4, headers(&[("from", b"a")]))]);
+        net.create(C, &[(feed(2), 2, headers(&[("from", b"c")]))]);
+        net.share(links[0], A, "", &[feed(1)]);
+        net.share(links[1], C, "", &[feed(2)]);
+        net.drive_random(&mut rng, 10);
+        net.drive();
+        for node in [A, B, C] {
+            assert_eq!(
+                net.stores[node].lengths.len(),
+                2,
+                "seed {seed}: node {node}"
+            );
+            assert_eq!(
+                net.stores[node].headers[&feed(1)],
+                headers(&[("from", b"a")])
+            );
+        }
+        for link in &net.links {
+            for end in &link.ends {
+                assert!(end.session.end_reason().is_none(), "seed {seed}");
+                for f in [feed(1), feed(2)] {
+                    let n = offers_sent(end)
+                        .iter()
+                        .flat_map(|(_, x)| x)
+                        .filter(|o| o.key == f)
+                        .count();
+                    assert!(
+                        n <= 1,
+                        "seed {seed}: node {} offered {f:?} {n} times",
+                        end.node
+                    );
+                }
+            }
+        }
+        let (a, b, c) = (
+            &net.stores[A].lengths,
+            &net.stores[B].lengths,
+            &net.stores[C].lengths,
+        );
+        assert!(a == b && b == c, "seed {seed}: {a:?} {b:?} {c:?}");
+    }
 }

@@ -12,13 +12,17 @@
     clippy::type_complexity
 )]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use rand::{rngs::StdRng, Rng};
 use std::time::{Duration, Instant};
 
 use replic8::frame::{self, MAX_FRAME_LEN};
 use replic8::keys::{ExporterSecret, FeedKey, NamespaceSecret, Role};
 use replic8::message::{self, Headers, Message};
-use replic8::session::{EndReason, Mode, Session, SessionConfig, SessionEvent, StreamCommand};
+use replic8::session::{
+    EndReason, Mode, Session, SessionConfig, SessionEvent, StreamCommand, StreamId,
+};
 
 pub type Policy = Box<dyn FnMut(&str, &[(FeedKey, Headers)]) -> Result<Vec<FeedKey>, String>>;
 
@@ -60,8 +64,32 @@ pub struct End {
 
 pub struct Link {
     pub ends: [End; 2],
-    /// Feed lengths each end last reported synced, to report once per length.
-    reported: HashMap<FeedKey, u64>,
+    /// Control frames in flight from each end, in order (one QUIC stream each way).
+    control: [VecDeque<Vec<u8>>; 2],
+    /// Feed streams the dialer opened and the acceptor has not seen end.
+    streams: Vec<SimStream>,
+}
+
+/// One feed stream between the two ends of a link.
+struct SimStream {
+    feed: FeedKey,
+    dialer: StreamId,
+    /// The acceptor's id, once the header arrived.
+    acceptor: Option<StreamId>,
+    header: Vec<u8>,
+    /// The dialer finished the stream; the acceptor sees it when delivered.
+    fin: bool,
+    /// The length last reported synced on this stream.
+    synced_at: Option<u64>,
+}
+
+/// What can happen next on a link.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Control(usize),
+    Open(usize),
+    Fin(usize),
+    Sync(usize),
 }
 
 pub struct Net {
@@ -127,7 +155,8 @@ impl Net {
                 end(dialer, dialer_config, Role::Dialer),
                 end(acceptor, acceptor_config, Role::Acceptor),
             ],
-            reported: HashMap::new(),
+            control: [VecDeque::new(), VecDeque::new()],
+            streams: Vec::new(),
         });
         self.links.len() - 1
     }
@@ -201,80 +230,223 @@ impl Net {
         }
     }
 
-    /// Moves everything until nothing moves. Panics if it does not settle.
+    /// Moves everything, in order, until nothing moves. Panics if it does not settle.
     pub fn drive(&mut self) {
-        for _round in 0..1_000_000 {
-            if !self.step() {
+        self.run(None, 0);
+    }
+
+    /// Moves everything in a random order (control frames stay in order on their
+    /// stream; feed streams race each other and the control stream), with `appends`
+    /// random appends along the way, until nothing moves.
+    pub fn drive_random(&mut self, rng: &mut StdRng, appends: usize) {
+        self.run(Some(rng), appends);
+    }
+
+    fn run(&mut self, mut rng: Option<&mut StdRng>, mut appends: usize) {
+        for _round in 0..10_000_000 {
+            for l in 0..self.links.len() {
+                self.collect(l);
+            }
+            let mut actions = Vec::new();
+            for l in 0..self.links.len() {
+                for a in self.actions(l) {
+                    actions.push((l, a));
+                }
+            }
+            if actions.is_empty() {
                 return;
             }
+            let Some(rng) = rng.as_deref_mut() else {
+                let (l, action) = actions[0];
+                self.act(l, action);
+                continue;
+            };
+            if appends > 0 && rng.gen_range(0..4) == 0 {
+                appends -= 1;
+                let node = rng.gen_range(0..self.stores.len());
+                let held: Vec<FeedKey> = self.stores[node].lengths.keys().copied().collect();
+                if !held.is_empty() {
+                    let feed = held[rng.gen_range(0..held.len())];
+                    self.append(node, feed, rng.gen_range(1..4));
+                }
+                continue;
+            }
+            let (l, action) = actions[rng.gen_range(0..actions.len())];
+            self.act(l, action);
         }
         panic!("the network did not settle");
     }
 
-    fn step(&mut self) -> bool {
-        let mut moved = false;
-        for l in 0..self.links.len() {
+    /// Takes every output of both ends of link `l`.
+    fn collect(&mut self, l: usize) {
+        loop {
+            let mut moved = false;
             for side in 0..2 {
-                moved |= self.move_frames(l, side);
-                moved |= self.move_streams(l, side);
-                moved |= self.handle_events(l, side);
-            }
-            moved |= self.sync(l);
-        }
-        moved
-    }
-
-    fn move_frames(&mut self, l: usize, side: usize) -> bool {
-        let mut moved = false;
-        let [a, b] = &mut self.links[l].ends;
-        let (from, to) = if side == 0 { (a, b) } else { (b, a) };
-        while let Some(bytes) = from.session.poll_transmit() {
-            moved = true;
-            let (payload, used) = frame::parse(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
-            assert_eq!(used, bytes.len(), "one frame per transmit");
-            from.sent.push(message::decode(payload).unwrap());
-            from.wire.extend_from_slice(&bytes);
-            // Deliver in two pieces to exercise the reader's buffering.
-            let cut = bytes.len() / 2;
-            to.session.handle_control_bytes(&bytes[..cut]);
-            to.session.handle_control_bytes(&bytes[cut..]);
-        }
-        moved
-    }
-
-    fn move_streams(&mut self, l: usize, side: usize) -> bool {
-        let mut moved = false;
-        let [a, b] = &mut self.links[l].ends;
-        let (from, to) = if side == 0 { (a, b) } else { (b, a) };
-        while let Some(command) = from.session.poll_stream() {
-            moved = true;
-            match command {
-                StreamCommand::Open { feed, header, .. } => {
-                    let mut bytes = Vec::new();
-                    message::encode_stream_header(&header, &mut bytes).unwrap();
-                    from.wire.extend_from_slice(&bytes);
-                    let (payload, _) = frame::parse(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
-                    let header = message::decode_stream_header(payload).unwrap();
-                    from.attached.insert(feed);
-                    from.ever_attached.insert(feed);
-                    from.max_open = from.max_open.max(from.session.open_streams());
-                    if let Ok(incoming) = to.session.handle_incoming_stream(header) {
-                        assert_eq!(incoming.feed, feed, "both ends attach the same feed");
-                        to.attached.insert(feed);
-                        to.ever_attached.insert(feed);
+                let link = &mut self.links[l];
+                let end = &mut link.ends[side];
+                while let Some(bytes) = end.session.poll_transmit() {
+                    moved = true;
+                    let (payload, used) = frame::parse(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
+                    assert_eq!(used, bytes.len(), "one frame per transmit");
+                    end.sent.push(message::decode(payload).unwrap());
+                    end.wire.extend_from_slice(&bytes);
+                    link.control[side].push_back(bytes);
+                }
+                while let Some(command) = end.session.poll_stream() {
+                    moved = true;
+                    assert_eq!(side, 0, "only the dialer opens or closes feed streams");
+                    match command {
+                        StreamCommand::Open {
+                            feed,
+                            header,
+                            stream,
+                            ..
+                        } => {
+                            let mut bytes = Vec::new();
+                            message::encode_stream_header(&header, &mut bytes).unwrap();
+                            end.wire.extend_from_slice(&bytes);
+                            assert!(end.attached.insert(feed), "two streams for one feed");
+                            end.ever_attached.insert(feed);
+                            end.max_open = end.max_open.max(end.session.open_streams());
+                            link.streams.push(SimStream {
+                                feed,
+                                dialer: stream,
+                                acceptor: None,
+                                header: bytes,
+                                fin: false,
+                                synced_at: None,
+                            });
+                        }
+                        StreamCommand::Close { feed, stream } => {
+                            assert!(
+                                end.attached.remove(&feed),
+                                "closing a stream that is not open"
+                            );
+                            let s = link
+                                .streams
+                                .iter_mut()
+                                .find(|s| s.dialer == stream && !s.fin)
+                                .expect("close of an unknown stream");
+                            s.fin = true;
+                        }
                     }
                 }
-                StreamCommand::Close { feed } => {
-                    assert!(
-                        from.attached.remove(&feed),
-                        "closing a stream that is not open"
-                    );
-                    to.attached.remove(&feed);
-                    to.session.handle_stream_closed(&feed);
+                moved |= self.handle_events(l, side);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn actions(&self, l: usize) -> Vec<Action> {
+        let link = &self.links[l];
+        let mut out = Vec::new();
+        for side in 0..2 {
+            if !link.control[side].is_empty() {
+                out.push(Action::Control(side));
+            }
+        }
+        for (i, s) in link.streams.iter().enumerate() {
+            if s.acceptor.is_none() {
+                out.push(Action::Open(i));
+            } else if s.fin {
+                out.push(Action::Fin(i));
+            } else if self.needs_sync(l, s) {
+                out.push(Action::Sync(i));
+            }
+        }
+        out
+    }
+
+    fn needs_sync(&self, l: usize, s: &SimStream) -> bool {
+        let link = &self.links[l];
+        if !link.ends[1].attached.contains(&s.feed) || !link.ends[0].attached.contains(&s.feed) {
+            return false;
+        }
+        let (la, lb) = self.lengths(l, s.feed);
+        la != lb || s.synced_at != Some(la)
+    }
+
+    fn lengths(&self, l: usize, feed: FeedKey) -> (u64, u64) {
+        let link = &self.links[l];
+        let len = |end: &End| {
+            self.stores[end.node]
+                .lengths
+                .get(&feed)
+                .copied()
+                .unwrap_or(0)
+        };
+        (len(&link.ends[0]), len(&link.ends[1]))
+    }
+
+    fn act(&mut self, l: usize, action: Action) {
+        match action {
+            Action::Control(side) => {
+                let bytes = self.links[l].control[side].pop_front().unwrap();
+                let to = &mut self.links[l].ends[1 - side].session;
+                // Deliver in two pieces to exercise the reader's buffering.
+                let cut = bytes.len() / 2;
+                to.handle_control_bytes(&bytes[..cut]);
+                to.handle_control_bytes(&bytes[cut..]);
+            }
+            Action::Open(i) => {
+                let link = &mut self.links[l];
+                let (payload, _) = frame::parse(&link.streams[i].header, MAX_FRAME_LEN)
+                    .unwrap()
+                    .unwrap();
+                let header = message::decode_stream_header(payload).unwrap();
+                let feed = link.streams[i].feed;
+                match link.ends[1].session.handle_incoming_stream(header) {
+                    Ok(incoming) => {
+                        assert_eq!(incoming.feed, feed, "both ends attach the same feed");
+                        link.streams[i].acceptor = Some(incoming.stream);
+                        link.ends[1].attached.insert(feed);
+                        link.ends[1].ever_attached.insert(feed);
+                        if let Some(old) = incoming.replaces {
+                            // The store detaches the old stream; its end arrives later.
+                            assert!(link
+                                .streams
+                                .iter()
+                                .any(|s| s.acceptor == Some(old) && s.fin));
+                        }
+                    }
+                    Err(_) => {
+                        link.streams.remove(i);
+                    }
+                }
+            }
+            Action::Fin(i) => {
+                let link = &mut self.links[l];
+                let s = link.streams.remove(i);
+                let acceptor = s.acceptor.unwrap();
+                let still_current = !link
+                    .streams
+                    .iter()
+                    .any(|o| o.feed == s.feed && o.acceptor.is_some());
+                if still_current {
+                    link.ends[1].attached.remove(&s.feed);
+                }
+                link.ends[1].session.handle_stream_closed(&s.feed, acceptor);
+            }
+            Action::Sync(i) => {
+                let feed = self.links[l].streams[i].feed;
+                let (la, lb) = self.lengths(l, feed);
+                let len = la.max(lb);
+                let nodes = [self.links[l].ends[0].node, self.links[l].ends[1].node];
+                for (node, old) in nodes.into_iter().zip([la, lb]) {
+                    if old < len {
+                        self.stores[node].lengths.insert(feed, len);
+                        self.updated(node, feed, len);
+                    }
+                }
+                let link = &mut self.links[l];
+                link.streams[i].synced_at = Some(len);
+                for end in &mut link.ends {
+                    end.session.handle_feed_synced(&feed, len);
                 }
             }
         }
-        moved
     }
 
     fn handle_events(&mut self, l: usize, side: usize) -> bool {
@@ -332,38 +504,6 @@ impl Net {
                 }
             }
         }
-    }
-
-    /// Simulated feed sync on every stream open at both ends: the shorter copy catches
-    /// up with the longer one, then both report synced at that length.
-    fn sync(&mut self, l: usize) -> bool {
-        let mut moved = false;
-        let (na, nb) = (self.links[l].ends[0].node, self.links[l].ends[1].node);
-        let open: Vec<FeedKey> = self.links[l].ends[0]
-            .attached
-            .intersection(&self.links[l].ends[1].attached)
-            .copied()
-            .collect();
-        for feed in open {
-            let la = self.stores[na].lengths.get(&feed).copied().unwrap_or(0);
-            let lb = self.stores[nb].lengths.get(&feed).copied().unwrap_or(0);
-            let len = la.max(lb);
-            for (node, old) in [(na, la), (nb, lb)] {
-                if old < len {
-                    self.stores[node].lengths.insert(feed, len);
-                    self.updated(node, feed, len);
-                    moved = true;
-                }
-            }
-            if self.links[l].reported.get(&feed) != Some(&len) {
-                self.links[l].reported.insert(feed, len);
-                for end in &mut self.links[l].ends {
-                    end.session.handle_feed_synced(&feed, len);
-                }
-                moved = true;
-            }
-        }
-        moved
     }
 
     pub fn ended(&self, link: usize, side: usize) -> Option<&EndReason> {
