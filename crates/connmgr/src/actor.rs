@@ -27,11 +27,24 @@ use crate::transport;
 /// A spawned tokio task, aborted when dropped; counted in the actor's task counter while
 /// it runs.
 #[derive(Debug)]
-struct Task(tokio::task::JoinHandle<()>);
+struct Task(Option<tokio::task::JoinHandle<()>>);
+
+impl Task {
+    /// Aborts the task and waits until it is gone.
+    async fn stop(mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+            // A cancelled or finished task: either way it is gone.
+            let _ = handle.await;
+        }
+    }
+}
 
 impl Drop for Task {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
     }
 }
 
@@ -50,10 +63,10 @@ where
 {
     counter.fetch_add(1, Ordering::SeqCst);
     let count = TaskCount(counter.clone());
-    Task(tokio::spawn(async move {
+    Task(Some(tokio::spawn(async move {
         let _count = count;
         fut.await;
-    }))
+    })))
 }
 
 /// A connection whose handshake finished.
@@ -63,7 +76,8 @@ struct Live {
     addr: SocketAddr,
     key: PeerKey,
     initiator: Initiator,
-    _watch: Task,
+    /// Reports the close to the actor, which then forgets this entry.
+    watch: Task,
 }
 
 /// The handle returned by `ConnManager::spawn`.
@@ -290,7 +304,8 @@ impl ConnManager {
                 }
                 CoreEvent::Close { conn, reason } => {
                     self.probes.remove(&conn);
-                    if let Some(live) = self.live.remove(&conn) {
+                    // The entry stays until its watcher reports the close (`ConnClosed`).
+                    if let Some(live) = self.live.get(&conn) {
                         let (code, text) = reason.code_and_text();
                         debug!(parent: &self.span, peer = %live.key.fmt_short(), conn = %conn,
                             reason = ?reason, "closing connection");
@@ -513,7 +528,7 @@ impl Handler<HandshakeDone> for ConnManager {
                         addr: msg.addr,
                         key,
                         initiator: msg.initiator,
-                        _watch: watch,
+                        watch,
                     },
                 );
                 self.core.handle_established(msg.id, key, now);
@@ -699,23 +714,25 @@ impl Handler<Shutdown> for ConnManager {
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         info!(parent: &self.span, "shutting down");
-        self.accept = None;
         self.core.shutdown();
         self.drain(ctx);
-        self.handshakes.clear();
-        self.probes.clear();
+        // Every task is aborted and joined before the reply, so none outlives `close`.
+        let mut tasks: Vec<Task> = self.accept.take().into_iter().collect();
+        tasks.extend(self.handshakes.drain().map(|(_, t)| t));
+        tasks.extend(self.probes.drain().map(|(_, t)| t));
+        tasks.extend(self.live.drain().map(|(_, l)| l.watch));
         // Anything the core did not know about yet (handshakes) goes with the endpoint.
         self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
         let endpoint = self.endpoint.clone();
         Box::pin(
             async move {
+                for task in tasks {
+                    task.stop().await;
+                }
                 endpoint.wait_idle().await;
             }
             .into_actor(self)
-            .map(|_, act, ctx| {
-                act.live.clear();
-                ctx.stop();
-            }),
+            .map(|_, _act, ctx| ctx.stop()),
         )
     }
 }

@@ -317,3 +317,34 @@ fn close_on_request_and_shutdown_leave_no_task_and_no_socket() {
         c.close().await;
     });
 }
+
+#[test]
+fn firewall_hook_refuses_by_key_and_address() {
+    run(|| async {
+        let (bi, ci) = ordered_pair();
+        let c_key = ci.key();
+        let mut b = Node::spawn_with("b", bi, move |cfg| {
+            cfg.policy.firewall = Some(std::sync::Arc::new(move |key, addr| {
+                *key != c_key && addr.ip().is_loopback()
+            }));
+        })
+        .await;
+        let a = Node::spawn("a", Identity::generate()).await;
+        let c = Node::spawn("c", ci).await;
+        assert_eq!(a.dial(b.addr(), Some(b.key())).await, Ok(b.key()));
+        b.peer_up(a.key()).await;
+        assert_eq!(
+            c.dial(b.addr(), Some(b.key())).await,
+            Err(DialError::RefusedByPeer("firewall".into()))
+        );
+        let refused = b.refused().await;
+        assert_eq!(refused.key, Some(c_key));
+        assert_eq!(
+            refused.reason,
+            RefusedReason::Policy(RefuseReason::Firewall)
+        );
+        a.close().await;
+        b.close().await;
+        c.close().await;
+    });
+}
