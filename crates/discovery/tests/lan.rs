@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,10 +15,11 @@ use replic8_discovery::*;
 
 const CHILD_ENV: &str = "REPLIC8_LAN_CHILD";
 
-/// Not a test of its own: the entry point of the child processes that
-/// `lan_peers_find_each_other_across_namespaces` starts (it does nothing unless
-/// `REPLIC8_LAN_CHILD` is set). A child joins the topic over the LAN only and prints
-/// `FOUND <addr> <source> <ms since join>` for every peer it finds.
+/// Not a test of its own: the entry point of the child processes that the tests below
+/// start (it does nothing unless `REPLIC8_LAN_CHILD` is set). A child joins the topic over
+/// the LAN only and prints `FOUND <addr> <source> <ms since join>` for every peer it
+/// finds, `ROUND <n>` when its n-th lookup round completed, and, when a line `leave`
+/// arrives on stdin, leaves the topic and prints `LEFT`.
 #[test]
 fn lan_child_process_entry() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
@@ -34,7 +35,10 @@ fn lan_child_process_entry() {
             dht: None,
             lan: Some(LanConfig::default()),
             static_peers: Vec::new(),
-            timing: Timing::default(),
+            timing: Timing {
+                join_lookup_delays: vec![Duration::from_millis(500); 8],
+                ..Timing::default()
+            },
         };
         let d = DiscoveryActor::spawn(config)
             .await
@@ -48,19 +52,36 @@ fn lan_child_process_entry() {
         });
         // Report found peers while the join is still running.
         tokio::spawn(async move {
-            let report = join.await.expect("alive").expect("joined");
-            println!("JOINED {report:?}");
+            // A leave before the first round ends resolves the join with `Left`.
+            println!("JOINED {:?}", join.await.expect("alive"));
         });
+        let leaver = d.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                if line.trim() == "leave" {
+                    futures::executor::block_on(leaver.send(Leave { topic }))
+                        .expect("alive")
+                        .expect("left");
+                    println!("LEFT");
+                }
+            }
+        });
+        let mut rounds = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
-            let f = found
-                .recv_until(Duration::from_secs(60), |f| f.topic == topic)
-                .await;
-            println!(
-                "FOUND {} {:?} {}",
-                f.addr,
-                f.source,
-                start.elapsed().as_millis()
-            );
+            tokio::select! {
+                f = found.recv() => {
+                    let f = f.expect("sink alive");
+                    println!("FOUND {} {:?} {}", f.addr, f.source, start.elapsed().as_millis());
+                }
+                _ = tick.tick() => {
+                    let now = d.send(Topics).await.expect("alive").first().map(|s| s.rounds).unwrap_or(rounds);
+                    if now != rounds {
+                        rounds = now;
+                        println!("ROUND {rounds}");
+                    }
+                }
+            }
         }
     });
 }
@@ -95,9 +116,14 @@ struct Netns {
 
 impl Netns {
     fn new(subnet: u8) -> Netns {
+        Self::new_named(subnet, "f")
+    }
+
+    /// `tag` keeps the names of tests that run at the same time apart.
+    fn new_named(subnet: u8, tag: &str) -> Netns {
         let id = std::process::id() % 100_000;
-        let names = [format!("r8d-{id}-a"), format!("r8d-{id}-b")];
-        let veths = [format!("r8a{id}"), format!("r8b{id}")];
+        let names = [format!("r8d{tag}-{id}-a"), format!("r8d{tag}-{id}-b")];
+        let veths = [format!("r8{tag}a{id}"), format!("r8{tag}b{id}")];
         let ns = Netns {
             names: names.clone(),
             children: Vec::new(),
@@ -120,6 +146,7 @@ impl Netns {
 
     /// Starts a child in namespace `i` and returns a channel of its stdout lines.
     fn spawn_child(&mut self, i: usize, topic: Topic, port: u16) -> mpsc::Receiver<String> {
+        assert_eq!(self.children.len(), i, "children start in order");
         let exe = std::env::current_exe().expect("test binary");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.names[i]])
@@ -131,6 +158,7 @@ impl Netns {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, format!("{},{port}", topic.to_hex()))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -149,6 +177,14 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Writes `line` to child `i`'s stdin.
+    fn tell(&mut self, i: usize, line: &str) {
+        let stdin = self.children[i].stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to child");
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -157,6 +193,24 @@ impl Drop for Netns {
         }
         for name in &self.names {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Reads lines until one satisfies `pred`; returns it and the lines before it.
+fn wait_line(
+    name: &str,
+    lines: &mpsc::Receiver<String>,
+    guard: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> (String, Vec<String>) {
+    let deadline = Instant::now() + guard;
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if pred(&line) => return (line, seen),
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("{name}: expected line not seen within {guard:?}; output: {seen:#?}"),
         }
     }
 }
@@ -207,4 +261,52 @@ fn lan_peers_find_each_other_across_namespaces() {
     let a_ms = wait_found("a", &a_lines, b_addr, Duration::from_secs(30));
     let b_ms = wait_found("b", &b_lines, a_addr, Duration::from_secs(30));
     println!("over mDNS: a found b {a_ms} ms after joining, b found a {b_ms} ms after joining");
+}
+
+#[test]
+fn lan_leave_withdraws_the_advertisement() {
+    if !is_root() {
+        println!("skipped: creating network namespaces needs root, and loopback has no multicast");
+        return;
+    }
+    let subnet = (std::process::id() % 250) as u8 + 1;
+    let subnet = subnet.wrapping_add(1).max(1);
+    let mut ns = Netns::new_named(subnet, "l");
+    let t = topic();
+    let a_lines = ns.spawn_child(0, t, 47011);
+    let b_lines = ns.spawn_child(1, t, 47012);
+    let a_addr: SocketAddr = format!("10.213.{subnet}.1:47011").parse().expect("addr");
+    let b_addr: SocketAddr = format!("10.213.{subnet}.2:47012").parse().expect("addr");
+    wait_found("a", &a_lines, b_addr, Duration::from_secs(30));
+    wait_found("b", &b_lines, a_addr, Duration::from_secs(30));
+    ns.tell(0, "leave");
+    wait_line("a", &a_lines, Duration::from_secs(10), |l| {
+        l.contains("LEFT")
+    });
+    // b's rounds go on (every ~1.5 s). Take the round b is in when a has left; two round
+    // ends later, the round in between started after a's goodbye was sent: it must not
+    // report a.
+    let (round_line, _) = wait_line("b", &b_lines, Duration::from_secs(10), |l| {
+        l.contains("ROUND ")
+    });
+    let n: u32 = round_line
+        .split("ROUND ")
+        .nth(1)
+        .and_then(|r| r.trim().parse().ok())
+        .expect("round number");
+    wait_line("b", &b_lines, Duration::from_secs(10), |l| {
+        l.contains(&format!("ROUND {}", n + 1))
+    });
+    let (_, during) = wait_line("b", &b_lines, Duration::from_secs(10), |l| {
+        l.contains(&format!("ROUND {}", n + 2))
+    });
+    let reported: Vec<&String> = during
+        .iter()
+        .filter(|l| l.contains(&format!("FOUND {a_addr}")))
+        .collect();
+    assert!(
+        reported.is_empty(),
+        "b still reports a after a left: {reported:?}"
+    );
+    println!("b's round {} did not report a after a left", n + 2);
 }

@@ -81,6 +81,11 @@ impl Found {
         }
     }
 
+    /// The next `PeerFound`, or `None` once the sink is gone.
+    pub async fn recv(&mut self) -> Option<PeerFound> {
+        self.rx.recv().await
+    }
+
     /// Everything received so far, without waiting.
     pub fn drain(&mut self) -> Vec<PeerFound> {
         std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
