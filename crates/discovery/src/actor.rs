@@ -61,6 +61,8 @@ pub struct DiscoveryActor {
     flush_waiters: HashMap<Topic, Vec<oneshot::Sender<Result<(), TopicError>>>>,
     timer: Option<SpawnHandle>,
     stats: DiscoveryStats,
+    /// `discovery{me=<quic port>}`: entered whenever the actor acts on core events.
+    span: tracing::Span,
 }
 
 impl DiscoveryActor {
@@ -124,6 +126,7 @@ impl DiscoveryActor {
             flush_waiters: HashMap::new(),
             timer: None,
             stats,
+            span: tracing::info_span!("discovery", me = config.quic_port),
         };
         Ok(actor.start())
     }
@@ -138,6 +141,8 @@ impl DiscoveryActor {
 
     /// Carries out every pending core event, then re-arms the timer.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         while let Some(event) = self.core.poll_event() {
             match event {
                 CoreEvent::Announce {

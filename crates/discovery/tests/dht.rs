@@ -47,7 +47,12 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
         let testnet = Testnet::builder(size).build().expect("testnet");
         run(|| async {
             let a = start(dht_only(41001, &testnet, Timing::default())).await;
-            let b = start(dht_only(41002, &testnet, Timing::default())).await;
+            // On the small net, the looking-up side runs in server mode: both modes work.
+            let mut b_config = dht_only(41002, &testnet, Timing::default());
+            if size == 2 {
+                b_config.dht.as_mut().expect("dht").mode = DhtMode::Server;
+            }
+            let b = start(b_config).await;
             let mut found_b = subscribe("b", &b, false).await;
             let t = topic();
             let report = join(&a, t, true, false).await;

@@ -68,5 +68,9 @@ fn static_peers_and_lookup_at_are_reported_every_round() {
             Err(JoinError::NothingToDo)
         );
         d.send(Close).await.expect("closed");
+        assert!(
+            d.send(Joined { topic: t }).await.is_err(),
+            "actor stopped after Close"
+        );
     });
 }
