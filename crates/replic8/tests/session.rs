@@ -1050,3 +1050,76 @@ fn random_triangle_schedules_forward_without_loops() {
         assert!(a == b && b == c, "seed {seed}: {a:?} {b:?} {c:?}");
     }
 }
+
+#[test]
+fn a_proof_that_arrives_before_the_namespace_is_registered_still_counts() {
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 2, headers(&[]))]);
+    net.register(0, B, "team", Some([3; 32]));
+    net.register(0, A, "", None);
+    net.drive();
+    // B's proof reached A before A knew "team"; A registers it now and shares.
+    net.register(0, A, "team", Some([3; 32]));
+    net.share(0, A, "team", &[feed(1)]);
+    net.drive();
+    assert_eq!(net.stores[B].lengths.get(&feed(1)), Some(&2));
+    assert!(net.ended(0, 0).is_none());
+}
+
+#[test]
+fn have_lists_of_a_secret_namespace_wait_for_the_proof() {
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 2, headers(&[]))]);
+    net.create(B, &[(feed(1), 5, headers(&[]))]);
+    net.register(0, A, "team", Some([3; 32]));
+    net.register(0, B, "team", None);
+    net.end(0, A)
+        .session
+        .handle_known_feeds("team", vec![feed(1)])
+        .unwrap();
+    net.end(0, B)
+        .session
+        .handle_known_feeds("team", vec![feed(1)])
+        .unwrap();
+    net.drive();
+    // B never proved: A sent no have list, nothing replicated.
+    assert!(!net.links[0].ends[0]
+        .sent
+        .iter()
+        .any(|m| matches!(m, Message::Have { .. })));
+    assert!(net.links[0].ends[0].ever_attached.is_empty());
+    assert_eq!(net.stores[A].lengths[&feed(1)], 2);
+}
+
+#[test]
+fn an_offer_in_a_secret_namespace_from_a_peer_that_did_not_prove_it_is_not_accepted() {
+    let (mut s, _) = established_acceptor([4; 32]);
+    s.handle_register_namespace("team", Some(NamespaceSecret([1; 32])))
+        .unwrap();
+    s.handle_message(Message::Offer {
+        namespace: NamespaceId::from_name("team"),
+        offer: 0,
+        feeds: vec![OfferedFeed {
+            id: 0,
+            key: feed(1),
+            headers: headers(&[]),
+        }],
+    });
+    assert!(s.end_reason().is_none());
+    let mut answers = Vec::new();
+    while let Some(frame) = s.poll_transmit() {
+        let (payload, _) = replic8::frame::parse(&frame, MAX_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        if let Message::Answer { offer, accepted } = message::decode(payload).unwrap() {
+            answers.push((offer, accepted));
+        }
+    }
+    assert_eq!(answers, vec![(0, vec![])]);
+    while let Some(e) = s.poll_event() {
+        assert!(
+            !matches!(e, SessionEvent::Offered { .. }),
+            "the store was asked"
+        );
+    }
+}
