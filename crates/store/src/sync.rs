@@ -555,7 +555,13 @@ impl FeedSync {
             self.transmit
                 .push_back(Message::RequestUpgrade { from: length });
         }
-        let hi = self.want_end(length);
+        // A peer behind us cannot prove blocks against our length: ask it for nothing.
+        let peer_can_serve = self.peer_head.is_some_and(|h| h.length >= length);
+        let hi = if peer_can_serve {
+            self.want_end(length)
+        } else {
+            0
+        };
         let per = self
             .config
             .blocks_per_message

@@ -514,3 +514,47 @@ fn silent_peer_times_out() {
         Err(SyncError::Timeout { .. })
     ));
 }
+
+/// A replica ahead of its peer asks it for nothing (the peer could not prove blocks
+/// against the longer tree) and the peer learns what it can't get without an error.
+#[test]
+fn peer_behind_us_is_not_asked() {
+    let mut w = writer(50);
+    let key = *w.key();
+    let all = SyncConfig {
+        want: Want::All,
+        live: false,
+        ..SyncConfig::default()
+    };
+    // `behind` syncs everything at length 50.
+    let mut sides = [side(w, serve_only()), side(replica(key), all.clone())];
+    let mut link = Link::new(7, 5);
+    start(&mut sides, &link);
+    link.run(&mut sides, |s| s[1].sync.is_synced())
+        .expect("first sync");
+    let [ws, behind] = sides;
+    w = ws.feed;
+    let blocks: Vec<Vec<u8>> = (50..100).map(block).collect();
+    w.append_batch(&blocks).expect("append");
+    // `ahead` takes the head at 100 and blocks 0..10 only.
+    let range = SyncConfig {
+        want: Want::Range { start: 0, end: 10 },
+        live: false,
+        ..SyncConfig::default()
+    };
+    let mut sides = [side(w, serve_only()), side(replica(key), range)];
+    start(&mut sides, &link);
+    link.run(&mut sides, |s| s[1].sync.is_synced())
+        .expect("range sync");
+    let [_, ahead] = sides;
+    assert_eq!(ahead.feed.length(), 100);
+    // Now `ahead` (want all) meets `behind`: no request, no error, and `behind` cannot
+    // upgrade through `ahead` either (it lacks the nodes), which it is told.
+    let mut sides = [side(behind.feed, all.clone()), side(ahead.feed, all)];
+    start(&mut sides, &link);
+    link.run(&mut sides, |_| false)
+        .expect("no error either way");
+    assert_eq!(sides[1].feed.storage().stored_blocks(), 10);
+    assert_eq!(sides[0].feed.length(), 50);
+    assert!(sides[1].sync.is_synced());
+}
