@@ -48,7 +48,12 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
         run(|| async {
             let a = start(dht_only(41001, &testnet, Timing::default())).await;
             // On the small net, the looking-up side runs in server mode: both modes work.
-            let mut b_config = dht_only(41002, &testnet, Timing::default());
+            // b's second round comes late, so that what b reported is the first round's.
+            let slow_second_round = Timing {
+                join_lookup_delays: vec![Duration::from_secs(60)],
+                ..Timing::default()
+            };
+            let mut b_config = dht_only(41002, &testnet, slow_second_round);
             if size == 2 {
                 b_config.dht.as_mut().expect("dht").mode = DhtMode::Server;
             }
@@ -72,6 +77,9 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
                 (loopback(41001), PeerSource::Dht),
                 "{size} nodes"
             );
+            // Several DHT nodes returned a's record; b reported it once in that round.
+            let stats = b.send(Stats).await.expect("alive");
+            assert_eq!(stats.peers_reported, 1, "{size} nodes: {stats:?}");
             a.send(Close).await.expect("close a");
             b.send(Close).await.expect("close b");
         });
