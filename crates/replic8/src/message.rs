@@ -434,6 +434,18 @@ pub fn decode_stream_header(payload: &[u8]) -> Result<FeedStreamHeader, CodecErr
     Ok(options().deserialize(payload)?)
 }
 
+/// Reads a feed stream's first frame from the start of `buf`: `Ok(None)` if more bytes
+/// are needed, else the header and how many bytes of `buf` it used (the rest belongs to
+/// the store's protocol).
+pub fn parse_stream_header(buf: &[u8]) -> Result<Option<(FeedStreamHeader, usize)>, CodecError> {
+    // A stream header is a few dozen bytes; no reason to buffer a large frame for it.
+    const MAX_HEADER_FRAME: usize = 256;
+    match crate::frame::parse(buf, MAX_HEADER_FRAME)? {
+        None => Ok(None),
+        Some((payload, used)) => Ok(Some((decode_stream_header(payload)?, used))),
+    }
+}
+
 /// The encoded size of `value` in bytes, without the frame prefix.
 pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
     Ok(options().serialized_size(value)? as usize)

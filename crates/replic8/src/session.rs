@@ -18,6 +18,50 @@
 //!   once a feed is in sync both ways;
 //! - a feed is offered to a peer at most once per session, and never to a peer known to
 //!   have it, so forwarding between sessions does not loop.
+//!
+//! Driving two sessions by hand, as the session actor does over QUIC:
+//!
+//! ```
+//! use std::time::Instant;
+//! use replic8::keys::{ExporterSecret, FeedKey, Role};
+//! use replic8::message::Headers;
+//! use replic8::session::{Session, SessionConfig, SessionEvent, StreamCommand};
+//!
+//! let exporter = ExporterSecret([7; 32]); // from `keys::exporter_secret(&connection)`
+//! let now = Instant::now();
+//! let mut dialer = Session::new(SessionConfig::default(), Role::Dialer, exporter, now);
+//! let mut acceptor = Session::new(SessionConfig::default(), Role::Acceptor, exporter, now);
+//! for s in [&mut dialer, &mut acceptor] {
+//!     s.handle_register_namespace("", None).unwrap();
+//! }
+//! let feed = FeedKey([1; 32]);
+//! acceptor.handle_share("", vec![(feed, Headers::new())]).unwrap();
+//!
+//! let mut opened = None;
+//! for _ in 0..4 {
+//!     // Control frames go both ways (the actor writes them to the control stream).
+//!     while let Some(frame) = dialer.poll_transmit() {
+//!         acceptor.handle_control_bytes(&frame);
+//!     }
+//!     while let Some(frame) = acceptor.poll_transmit() {
+//!         dialer.handle_control_bytes(&frame);
+//!     }
+//!     // The store answers offers (the actor sends it `store::Offer`).
+//!     while let Some(event) = dialer.poll_event() {
+//!         if let SessionEvent::Offered { offer, feeds, .. } = event {
+//!             let keys = feeds.into_iter().map(|(key, _)| key).collect();
+//!             dialer.handle_offer_answer(offer, Ok(keys)).unwrap();
+//!         }
+//!     }
+//!     // The dialer opens feed streams; the acceptor checks their header.
+//!     while let Some(command) = dialer.poll_stream() {
+//!         if let StreamCommand::Open { header, .. } = command {
+//!             opened = Some(acceptor.handle_incoming_stream(header).unwrap());
+//!         }
+//!     }
+//! }
+//! assert_eq!(opened.unwrap().feed, feed);
+//! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -191,6 +235,27 @@ pub enum StreamCommand {
     },
 }
 
+/// Counters of one session, for status views and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Control-stream bytes received.
+    pub bytes_in: u64,
+    /// Control-stream bytes sent (as given out by `poll_transmit`).
+    pub bytes_out: u64,
+    /// Control messages received.
+    pub messages_in: u64,
+    /// Control messages sent.
+    pub messages_out: u64,
+    /// Feeds we offered the peer.
+    pub feeds_offered: u64,
+    /// Feeds the peer offered us.
+    pub feeds_offered_to_us: u64,
+    /// Feeds replicated on this session (accepted either way, or proven both ways).
+    pub feeds_replicated: u64,
+    /// Feed streams opened (by us as dialer, or taken from the peer as acceptor).
+    pub streams_opened: u64,
+}
+
 /// A feed stream of the peer that we took: attach it to the namespace's store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingFeed {
@@ -343,6 +408,7 @@ pub struct Session {
     peer_ready: bool,
     settled_sent: bool,
     peer_settled: bool,
+    stats: SessionStats,
 }
 
 impl Session {
@@ -396,6 +462,7 @@ impl Session {
             peer_ready: false,
             settled_sent: false,
             peer_settled: false,
+            stats: SessionStats::default(),
         }
     }
 
@@ -429,6 +496,11 @@ impl Session {
         self.feeds.contains_key(feed)
     }
 
+    /// The session's counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
     /// Feed streams we opened and have not closed.
     pub fn open_streams(&self) -> usize {
         self.open_streams
@@ -441,6 +513,7 @@ impl Session {
         if self.ended.is_some() {
             return;
         }
+        self.stats.bytes_in += bytes.len() as u64;
         self.read_buf.extend_from_slice(bytes);
         let mut start = 0;
         while self.ended.is_none() {
@@ -479,6 +552,7 @@ impl Session {
         if self.ended.is_some() {
             return;
         }
+        self.stats.messages_in += 1;
         if let Err(e) = message.check() {
             return self.fail(CloseCode::PROTOCOL, e.to_string());
         }
@@ -553,12 +627,10 @@ impl Session {
     }
 
     /// The first frame of a peer's feed stream could not be read.
-    pub fn handle_incoming_stream_error(&mut self, error: StreamHeaderError) {
+    pub fn handle_incoming_stream_error(&mut self, error: message::CodecError) {
         match error {
-            StreamHeaderError::Frame(e) => self.fail_frame(e),
-            StreamHeaderError::Codec(e) => {
-                self.fail(CloseCode::PROTOCOL, format!("feed stream header: {e}"))
-            }
+            message::CodecError::Frame(e) => self.fail_frame(e),
+            e => self.fail(CloseCode::PROTOCOL, format!("feed stream header: {e}")),
         }
     }
 
@@ -818,7 +890,11 @@ impl Session {
         let message = self.outbox.pop_front()?;
         let mut out = Vec::new();
         match message::encode(&message, &mut out) {
-            Ok(()) => Some(out),
+            Ok(()) => {
+                self.stats.messages_out += 1;
+                self.stats.bytes_out += out.len() as u64;
+                Some(out)
+            }
             Err(e) => {
                 // Every message is built within the bounds, so this is a bug of ours.
                 tracing::error!(message = message.name(), error = %e, "could not encode");
@@ -994,6 +1070,7 @@ impl Session {
             }
             self.peer_has.insert(feed.key);
         }
+        self.stats.feeds_offered_to_us += feeds.len() as u64;
         let usable = self
             .namespaces
             .get(&namespace)
@@ -1240,6 +1317,7 @@ impl Session {
         };
         let stream = StreamId(self.next_stream);
         self.next_stream += 1;
+        self.stats.streams_opened += 1;
         state.stream = StreamState::Open;
         state.token = Some(stream);
         let namespace = self
@@ -1312,6 +1390,7 @@ impl Session {
         for feed in &feeds {
             self.our_pending_ids.insert(feed.id, offer);
         }
+        self.stats.feeds_offered += feeds.len() as u64;
         self.our_offers.insert(
             offer,
             OurOffer {
@@ -1375,6 +1454,7 @@ impl Session {
         }
         let discovery_key = key.discovery_key();
         self.by_discovery.insert(discovery_key, key);
+        self.stats.feeds_replicated += 1;
         self.feeds.insert(
             key,
             Replicated {
@@ -1424,6 +1504,7 @@ impl Session {
             }
             let stream = StreamId(self.next_stream);
             self.next_stream += 1;
+            self.stats.streams_opened += 1;
             state.stream = StreamState::Open;
             state.token = Some(stream);
             let header = match state.route {
@@ -1499,17 +1580,6 @@ impl Session {
             );
         }
     }
-}
-
-/// Why the first frame of a feed stream could not be read.
-#[derive(Debug, Error)]
-pub enum StreamHeaderError {
-    /// The frame was too large or the stream ended inside it.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The frame did not decode as a stream header.
-    #[error(transparent)]
-    Codec(#[from] message::CodecError),
 }
 
 fn truncate(text: &mut String, max: usize) {

@@ -308,3 +308,31 @@ fn hello_bytes_match_the_protocol_document() {
     .unwrap();
     assert_eq!(wire, [0, 0, 0, 3, 0, 1, 7]);
 }
+
+#[test]
+fn stream_headers_are_read_from_the_start_of_a_stream() {
+    let header = FeedStreamHeader::Known {
+        discovery_key: DiscoveryKey([1; 32]),
+        capability: [2; 32],
+    };
+    let mut wire = Vec::new();
+    encode_stream_header(&header, &mut wire).unwrap();
+    let header_len = wire.len();
+    wire.extend_from_slice(b"store protocol bytes");
+    for cut in 0..header_len {
+        assert!(parse_stream_header(&wire[..cut]).unwrap().is_none());
+    }
+    assert_eq!(
+        parse_stream_header(&wire).unwrap(),
+        Some((header, header_len))
+    );
+    // A header frame has no business being large.
+    assert!(matches!(
+        parse_stream_header(&1000u32.to_be_bytes()),
+        Err(CodecError::Frame(FrameError::Oversize { len: 1000, .. }))
+    ));
+    assert!(matches!(
+        parse_stream_header(&[0, 0, 0, 1, 9]),
+        Err(CodecError::Encoding(_))
+    ));
+}

@@ -125,6 +125,15 @@ fn headers_arrive_intact_and_only_the_accepted_subset_is_streamed() {
         net.ended(0, 0).is_none() && net.ended(0, 1).is_none(),
         "live sessions stay up"
     );
+    let (a, b) = (
+        net.links[0].ends[0].session.stats(),
+        net.links[0].ends[1].session.stats(),
+    );
+    assert_eq!((a.feeds_offered, b.feeds_offered_to_us), (5, 5));
+    assert_eq!((a.feeds_replicated, b.feeds_replicated), (3, 3));
+    assert_eq!((a.streams_opened, b.streams_opened), (3, 3));
+    assert_eq!(a.bytes_out, b.bytes_in);
+    assert_eq!(a.messages_out, b.messages_in);
 }
 
 #[test]
