@@ -6,6 +6,36 @@
 //! back. The topic bookkeeping (timers, the flushed state, deduplication of found peers)
 //! is a core without I/O.
 //!
+//! Wiring, as the node does it (`Dial` stands for the connection manager's message):
+//!
+//! ```no_run
+//! use actix::prelude::*;
+//! use replic8_discovery::{DiscoveryActor, DiscoveryConfig, Join, PeerFound, PeerTried, Subscribe, Topic};
+//!
+//! struct Dialer(Addr<DiscoveryActor>);
+//! impl Actor for Dialer {
+//!     type Context = Context<Self>;
+//! }
+//! impl Handler<PeerFound> for Dialer {
+//!     type Result = ();
+//!     fn handle(&mut self, found: PeerFound, _: &mut Context<Self>) {
+//!         // ... ask the connection manager to dial `found.addr`; when the dial ended:
+//!         self.0.do_send(PeerTried { topic: found.topic, addr: found.addr });
+//!     }
+//! }
+//!
+//! # async fn wire() -> Result<(), Box<dyn std::error::Error>> {
+//! let discovery = DiscoveryActor::spawn(DiscoveryConfig::new(4433)).await?;
+//! let dialer = Dialer(discovery.clone()).start();
+//! discovery.send(Subscribe(dialer.recipient())).await?;
+//! let report = discovery
+//!     .send(Join { topic: Topic([7; 32]), announce: true, lookup: true })
+//!     .await??;
+//! println!("announced on {:?}, {} peers in the first round", report.announced, report.peers_found);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Modules:
 //! - `topic`: [`Topic`], 32 bytes;
 //! - `config`: [`DiscoveryConfig`] and its parts;
