@@ -86,6 +86,8 @@ impl DhtConfig {
     /// A client of a private network (a `mainline::Testnet`), on loopback and any port.
     /// Its request timeout is 500 ms: a loopback node answers in well under a
     /// millisecond, and a query only ends once every request was answered or timed out.
+    /// (Testnet nodes put read-only clients, which never answer, in their routing tables,
+    /// so every lookup waits out one timeout.)
     pub fn testnet(bootstrap: &[String]) -> Self {
         DhtConfig {
             mode: DhtMode::Client,
