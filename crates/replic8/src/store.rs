@@ -3,7 +3,7 @@
 //! Any actor that handles [`Shares`], [`KnownFeeds`], [`Offer`], [`Attach`] and
 //! [`Detach`] is a store. It registers for one or more namespaces with [`RegisterStore`]
 //! (sent to the session layer's actor), and tells the session layer about its feeds with
-//! [`Share`], [`FeedSynced`] and [`FeedUpdated`].
+//! [`Share`], [`FeedSynced`], [`FeedUpdated`] and [`StreamEnded`].
 //!
 //! The session layer asks, the store decides: what to share ([`Shares`]), which feeds it
 //! holds for all-to-all replication ([`KnownFeeds`]), which offered feeds to accept
@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
 use crate::message::Headers;
+use crate::session::StreamId;
 
 /// Why a store could not do what the session layer asked.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -98,6 +99,8 @@ pub struct Attach {
     pub namespace: String,
     /// The peer at the other end.
     pub peer: PeerKey,
+    /// The session's name for the stream, for [`Detach`] and [`StreamEnded`].
+    pub id: StreamId,
     /// The stream.
     pub stream: FeedStream,
 }
@@ -120,6 +123,8 @@ pub struct Detach {
     pub feed: FeedKey,
     /// The peer.
     pub peer: PeerKey,
+    /// The stream, as named in its [`Attach`].
+    pub id: StreamId,
     /// Why.
     pub reason: DetachReason,
 }
@@ -247,4 +252,17 @@ pub struct FeedUpdated {
     pub feed: FeedKey,
     /// Its length now.
     pub length: u64,
+}
+
+/// Store → session layer: the store's protocol on a feed stream ended (the peer
+/// finished or reset it, or the store gave it up). The session may reopen the feed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct StreamEnded {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The peer.
+    pub peer: PeerKey,
+    /// The stream, as named in its [`Attach`].
+    pub id: StreamId,
 }
