@@ -27,6 +27,10 @@ use crate::lan::Lan;
 use crate::messages::*;
 use crate::topic::Topic;
 
+/// At most this many LAN instances are remembered per topic (see `MAX_PEERS_PER_TOPIC`:
+/// hosts on the LAN are not trusted either).
+const MAX_LAN_INSTANCES_PER_TOPIC: usize = 256;
+
 /// How long `Leave` and `Close` wait for the mDNS daemon to confirm a withdrawal.
 const UNREGISTER_WAIT: Duration = Duration::from_secs(2);
 
@@ -583,10 +587,12 @@ impl Handler<LanEvent> for DiscoveryActor {
                 if addrs.is_empty() {
                     return;
                 }
-                self.lan_known
-                    .entry(msg.topic)
-                    .or_default()
-                    .insert(service.get_fullname().to_string(), addrs.clone());
+                let known = self.lan_known.entry(msg.topic).or_default();
+                if known.len() < MAX_LAN_INSTANCES_PER_TOPIC
+                    || known.contains_key(service.get_fullname())
+                {
+                    known.insert(service.get_fullname().to_string(), addrs.clone());
+                }
                 self.core
                     .handle_peers(msg.topic, join, PeerSource::Lan, addrs);
             }

@@ -18,6 +18,12 @@ use rand::{Rng, SeedableRng};
 use crate::config::Timing;
 use crate::topic::Topic;
 
+/// At most this many distinct addresses are tracked per join of a topic; more are
+/// dropped (and counted). Addresses come from DHT nodes and LAN hosts we do not trust:
+/// without a bound, one of them could grow our memory and our dial queue at will. A
+/// swarm that needs more is beyond what one node dials anyway.
+pub const MAX_PEERS_PER_TOPIC: usize = 1024;
+
 /// Where a peer address came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeerSource {
@@ -75,6 +81,8 @@ pub struct TopicStatus {
     pub peers_found: usize,
     /// Of those, how many were reported tried.
     pub peers_tried: usize,
+    /// New addresses ignored because `MAX_PEERS_PER_TOPIC` were already tracked.
+    pub peers_dropped: u64,
 }
 
 /// What the core asks its driver to do or report.
@@ -156,6 +164,7 @@ struct TopicState {
     tried: HashSet<SocketAddr>,
     join_done: bool,
     flushed: bool,
+    dropped: u64,
 }
 
 /// The per-topic bookkeeping of discovery. See the module docs.
@@ -235,6 +244,7 @@ impl DiscoveryCore {
                 tried: HashSet::new(),
                 join_done: false,
                 flushed: false,
+                dropped: 0,
             },
         );
         self.handle_timeout(now);
@@ -459,6 +469,7 @@ impl DiscoveryCore {
                 rounds: s.rounds,
                 peers_found: s.found.len(),
                 peers_tried: s.tried.len(),
+                peers_dropped: s.dropped,
             })
             .collect();
         out.sort_by_key(|s| s.topic);
@@ -530,6 +541,10 @@ fn report(
     source: PeerSource,
     events: &mut VecDeque<CoreEvent>,
 ) {
+    if !state.found.contains(&addr) && state.found.len() >= MAX_PEERS_PER_TOPIC {
+        state.dropped += 1;
+        return;
+    }
     if state.round_seen.insert(addr) {
         state.found.insert(addr);
         events.push_back(CoreEvent::PeerFound {

@@ -408,3 +408,29 @@ fn lookup_disabled_is_flushed_at_join() {
     assert!(core.is_flushed(&t));
     assert!(lookups(&drain(&mut core)).is_empty());
 }
+
+#[test]
+fn peers_per_topic_are_bounded() {
+    let mut core = core(true, false, vec![]);
+    let now = Instant::now();
+    let t = topic(1);
+    let join = core.handle_join(t, false, true, now);
+    drain(&mut core);
+    let many: Vec<SocketAddr> = (0..MAX_PEERS_PER_TOPIC as u32 + 100)
+        .map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 9)))
+        .collect();
+    core.handle_peers(t, join, PeerSource::Dht, many.clone());
+    core.handle_lookup_done(t, join, PeerSource::Dht, now);
+    assert_eq!(found(&drain(&mut core)).len(), MAX_PEERS_PER_TOPIC);
+    let status = &core.topics()[0];
+    assert_eq!(
+        (status.peers_found, status.peers_dropped),
+        (MAX_PEERS_PER_TOPIC, 100)
+    );
+    // Known addresses are still refreshed in the next round.
+    let next = core.poll_timeout().expect("next round");
+    core.handle_timeout(next);
+    drain(&mut core);
+    core.handle_peers(t, join, PeerSource::Dht, many[..10].to_vec());
+    assert_eq!(found(&drain(&mut core)).len(), 10);
+}

@@ -59,6 +59,7 @@ pub use crate::actor::DiscoveryActor;
 pub use crate::config::{Bootstrap, DhtConfig, DhtMode, DiscoveryConfig, LanConfig, Timing};
 pub use crate::core::{
     CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
+    MAX_PEERS_PER_TOPIC,
 };
 pub use crate::dht::{DhtBackend, MainlineDht};
 pub use crate::error::{BackendError, JoinError, SpawnError, TopicError};
