@@ -9,7 +9,7 @@
 //! node and block hashes up to a head whose signature was checked; the head's length
 //! never goes backward.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
 
@@ -98,7 +98,9 @@ pub struct Feed<S: FeedStorage> {
     secret: Option<FeedSecret>,
     head: Option<SignedHead>,
     roots: Vec<Node>,
-    contiguous: u64,
+    /// Stored blocks as disjoint runs `start -> end`, adjacent runs merged.
+    runs: BTreeMap<u64, u64>,
+    stored: u64,
     trusted: VecDeque<SignedHead>,
 }
 
@@ -108,7 +110,7 @@ impl<S: FeedStorage> fmt::Debug for Feed<S> {
             .field("key", &self.key)
             .field("writable", &self.secret.is_some())
             .field("length", &self.length())
-            .field("contiguous", &self.contiguous)
+            .field("contiguous", &self.contiguous_length())
             .finish_non_exhaustive()
     }
 }
@@ -173,9 +175,19 @@ impl<S: FeedStorage> Feed<S> {
             }
         }
         let length = head.map_or(0, |h| h.length);
-        let mut contiguous = 0;
-        while contiguous < length && storage.has_block(contiguous) {
-            contiguous += 1;
+        let mut runs = BTreeMap::new();
+        let mut stored = 0;
+        let mut i = 0;
+        while i < length {
+            if storage.has_block(i) {
+                let start = i;
+                while i < length && storage.has_block(i) {
+                    i += 1;
+                }
+                runs.insert(start, i);
+                stored += i - start;
+            }
+            i += 1;
         }
         Ok(Feed {
             discovery_key: key.discovery_key(),
@@ -184,7 +196,8 @@ impl<S: FeedStorage> Feed<S> {
             trusted: head.into_iter().collect(),
             head,
             roots,
-            contiguous,
+            runs,
+            stored,
             storage,
         })
     }
@@ -226,35 +239,30 @@ impl<S: FeedStorage> Feed<S> {
 
     /// Whether block `index` is stored here.
     pub fn has(&self, index: u64) -> bool {
-        index < self.contiguous || (index < self.length() && self.storage.has_block(index))
+        self.runs
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(_, &end)| end > index)
     }
 
     /// Blocks `[0, n)` are all stored; this is the largest such `n`.
     pub fn contiguous_length(&self) -> u64 {
-        self.contiguous
+        self.runs.get(&0).copied().unwrap_or(0)
+    }
+
+    /// Number of blocks stored here.
+    pub fn stored_count(&self) -> u64 {
+        self.stored
     }
 
     /// The stored blocks below the head, as sorted ranges, at most `max_ranges` of them
     /// (the rest is left out).
     pub fn stored_ranges(&self, max_ranges: usize) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        if self.contiguous > 0 {
-            out.push((0, self.contiguous));
-        }
-        let mut i = self.contiguous;
-        let length = self.length();
-        while i < length && out.len() < max_ranges {
-            if self.storage.has_block(i) {
-                let start = i;
-                while i < length && self.storage.has_block(i) {
-                    i += 1;
-                }
-                out.push((start, i));
-            } else {
-                i += 1;
-            }
-        }
-        out
+        self.runs
+            .iter()
+            .take(max_ranges)
+            .map(|(&s, &e)| (s, e))
+            .collect()
     }
 
     /// The storage underneath.
@@ -315,9 +323,7 @@ impl<S: FeedStorage> Feed<S> {
         self.storage.write(batch)?;
         self.storage.sync()?;
         self.set_head(head, roots);
-        if self.contiguous == start {
-            self.contiguous = length;
-        }
+        self.add_run(start, length);
         Ok(length)
     }
 
@@ -441,9 +447,7 @@ impl<S: FeedStorage> Feed<S> {
         if let Some(h) = head {
             self.set_head(h, verified.roots);
         }
-        while self.contiguous < self.length() && self.storage.has_block(self.contiguous) {
-            self.contiguous += 1;
-        }
+        self.add_run(proof.start, proof.end);
         Ok(Ingested {
             blocks: proof.start..proof.end,
             upgraded: head.map(|h| h.length),
@@ -472,6 +476,31 @@ impl<S: FeedStorage> Feed<S> {
         Ok(roots)
     }
 
+    /// Record blocks `[start, end)` as stored, merging runs.
+    fn add_run(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        // Absorb every run that overlaps or touches [start, end).
+        let touching: Vec<(u64, u64)> = self
+            .runs
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        let (mut lo, mut hi) = (start, end);
+        let mut already = 0;
+        for (s, e) in touching {
+            self.runs.remove(&s);
+            already += e.min(end).saturating_sub(s.max(start));
+            lo = lo.min(s);
+            hi = hi.max(e);
+        }
+        self.runs.insert(lo, hi);
+        self.stored += (end - start) - already;
+    }
+
     fn set_head(&mut self, head: SignedHead, roots: Vec<Node>) {
         self.head = Some(head);
         self.roots = roots;
@@ -483,5 +512,34 @@ impl<S: FeedStorage> Feed<S> {
             self.trusted.pop_front();
         }
         self.trusted.push_back(head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    #[test]
+    fn runs_merge_and_count() {
+        let key = FeedSecret::from_bytes(&[1; 32]).key();
+        let mut f = Feed::create_replica(&MemoryStorage::new(), key).unwrap();
+        f.add_run(10, 20);
+        f.add_run(30, 40);
+        f.add_run(15, 25);
+        assert_eq!(f.stored_ranges(10), vec![(10, 25), (30, 40)]);
+        assert_eq!(f.stored_count(), 25);
+        f.add_run(25, 30);
+        assert_eq!(f.stored_ranges(10), vec![(10, 40)]);
+        assert_eq!(f.stored_count(), 30);
+        f.add_run(0, 10);
+        f.add_run(5, 8);
+        assert_eq!(f.stored_ranges(10), vec![(0, 40)]);
+        assert_eq!(f.stored_count(), 40);
+        assert_eq!(f.contiguous_length(), 40);
+        assert!(f.has(39) && !f.has(40));
+        f.add_run(50, 51);
+        assert_eq!(f.stored_ranges(1), vec![(0, 40)]);
+        assert_eq!(f.stored_count(), 41);
     }
 }

@@ -33,6 +33,11 @@ use crate::message::{
 use crate::proof::{ProofError, VerifyError};
 use crate::storage::{FeedStorage, StorageError};
 
+/// New blocks stored since our last `Have` after which we send another even though our
+/// length did not move (a `Have` is also sent when we hold every block, and when a round
+/// of downloads completes). At 1 KiB blocks that costs well under 1 % of the data bytes.
+const HAVE_EVERY_BLOCKS: u64 = 1024;
+
 /// Which blocks this side wants from the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -190,6 +195,8 @@ pub struct FeedSync {
     /// Every wanted block below this is stored, requested, or not held by the peer.
     cursor: u64,
     sent_length: Option<u64>,
+    /// Blocks we stored when we last sent a `Have`.
+    sent_stored: u64,
     synced: bool,
     synced_once: bool,
     transmit: VecDeque<Message>,
@@ -212,6 +219,7 @@ impl FeedSync {
             upgrade: None,
             cursor,
             sent_length: None,
+            sent_stored: 0,
             synced: false,
             synced_once: false,
             transmit: VecDeque::new(),
@@ -370,6 +378,7 @@ impl FeedSync {
 
     fn send_have<S: FeedStorage>(&mut self, feed: &Feed<S>) {
         self.sent_length = Some(feed.length());
+        self.sent_stored = feed.stored_count();
         self.transmit.push_back(Message::Have(Have {
             head: feed.head().copied(),
             ranges: feed.stored_ranges(MAX_HAVE_RANGES),
@@ -395,7 +404,6 @@ impl FeedSync {
         self.peer_head = Some(head);
         self.peer_ranges = have.ranges;
         self.cursor = self.range_start();
-        self.synced = false;
         self.events.push_back(SyncEvent::PeerHead {
             length: head.length,
         });
@@ -547,7 +555,10 @@ impl FeedSync {
 
     fn schedule<S: FeedStorage>(&mut self, feed: &mut Feed<S>, now: Instant) {
         let length = feed.length();
-        if self.sent_length != Some(length) {
+        let grown = feed.stored_count().saturating_sub(self.sent_stored);
+        if self.sent_length != Some(length)
+            || (grown > 0 && (grown >= HAVE_EVERY_BLOCKS || feed.stored_count() >= length))
+        {
             self.send_have(feed);
         }
         if self.upgrade.is_none() && self.wants_upgrade(length) {
@@ -613,6 +624,9 @@ impl FeedSync {
             self.synced = true;
             self.synced_once = true;
             self.events.push_back(SyncEvent::Synced { length });
+            if feed.stored_count() != self.sent_stored {
+                self.send_have(feed); // tell the peer what we now hold
+            }
         }
         if !done {
             self.synced = false;

@@ -171,3 +171,51 @@ fn bad_input_stores_nothing_and_feed_stays_usable() {
     assert_eq!(r.length(), 65);
     assert_eq!(stored(&r), 5);
 }
+
+/// The same flow on real files: a writer and a replica on `DiskStorage`, both reopened
+/// from disk after being dropped.
+#[test]
+fn feeds_on_disk_reopen_with_their_blocks() {
+    use replic8_store::storage::DiskStorage;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key;
+    let head;
+    {
+        let storage = DiskStorage::open(dir.path().join("w")).expect("disk");
+        let mut w = Feed::create(&storage, FeedSecret::from_bytes(&[4; 32])).expect("create");
+        let blocks: Vec<Vec<u8>> = (0..300u64)
+            .map(|i| vec![i as u8; 100 + i as usize])
+            .collect();
+        w.append_batch(&blocks[..200]).expect("append");
+        for b in &blocks[200..] {
+            w.append(b).expect("append one");
+        }
+        key = *w.key();
+        head = *w.head().expect("head");
+        let rs = DiskStorage::open(dir.path().join("r")).expect("disk");
+        let mut r = Feed::create_replica(&rs, key).expect("replica");
+        r.ingest(&w.proof(0, 300, 0, 0).expect("upgrade"), vec![])
+            .expect("upgrade");
+        for start in (0..300).step_by(64) {
+            let end = (start + 64).min(300);
+            let p = w.proof(300, 300, start, end).expect("proof");
+            r.ingest(&p, w.get_range(start, end).expect("read"))
+                .expect("ingest");
+        }
+        r.flush().expect("flush");
+    }
+    for side in ["w", "r"] {
+        let storage = DiskStorage::open(dir.path().join(side)).expect("reopen");
+        let mut f = Feed::open(&storage, &key).expect("open").expect("exists");
+        assert_eq!(f.head(), Some(&head), "{side}");
+        assert_eq!(f.contiguous_length(), 300, "{side}");
+        assert_eq!(f.get(299).expect("get"), Some(vec![43u8; 399]), "{side}");
+        assert_eq!(f.is_writable(), side == "w");
+        // Each can still prove any range to a fresh replica.
+        let p = f.proof(0, 300, 10, 20).expect("proof");
+        let mut fresh = Feed::create_replica(&MemoryStorage::new(), key).expect("fresh");
+        fresh
+            .ingest(&p, f.get_range(10, 20).expect("read"))
+            .expect("proof from reopened feed");
+    }
+}
