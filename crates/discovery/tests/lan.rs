@@ -19,7 +19,7 @@ const CHILD_ENV: &str = "REPLIC8_LAN_CHILD";
 /// start (it does nothing unless `REPLIC8_LAN_CHILD` is set). A child joins the topic over
 /// the LAN only and prints `FOUND <addr> <source> <ms since join>` for every peer it
 /// finds, `ROUND <n>` when its n-th lookup round completed, and, when a line `leave`
-/// arrives on stdin, leaves the topic and prints `LEFT`.
+/// arrives on stdin, leaves the topic and prints `LEFT` (`join` joins it again).
 #[test]
 fn lan_child_process_entry() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
@@ -63,6 +63,15 @@ fn lan_child_process_entry() {
                         .expect("alive")
                         .expect("left");
                     println!("LEFT");
+                }
+                if line.trim() == "join" {
+                    let join = leaver.send(Join {
+                        topic,
+                        announce: true,
+                        lookup: true,
+                    });
+                    let report = futures::executor::block_on(join).expect("alive");
+                    println!("REJOINED {report:?}");
                 }
             }
         });
@@ -264,7 +273,7 @@ fn lan_peers_find_each_other_across_namespaces() {
 }
 
 #[test]
-fn lan_leave_withdraws_the_advertisement() {
+fn lan_leave_withdraws_the_advertisement_and_rejoin_restores_it() {
     if !is_root() {
         println!("skipped: creating network namespaces needs root, and loopback has no multicast");
         return;
@@ -309,4 +318,9 @@ fn lan_leave_withdraws_the_advertisement() {
         "b still reports a after a left: {reported:?}"
     );
     println!("b's round {} did not report a after a left", n + 2);
+
+    // a joins again in the same process: the advertisement comes back and b finds a.
+    ns.tell(0, "join");
+    wait_found("b", &b_lines, a_addr, Duration::from_secs(30));
+    wait_found("a", &a_lines, b_addr, Duration::from_secs(30));
 }
