@@ -335,3 +335,36 @@ fn bad_config_gives_one_clear_error() {
         assert!(matches!(err, SpawnError::NoQuicPort), "{err:?}");
     });
 }
+
+#[test]
+fn join_without_any_dht_node_reports_the_failed_announce() {
+    init_tracing();
+    run(|| async {
+        let mut dht = DhtConfig::testnet(&[]);
+        dht.bootstrap = Bootstrap::None;
+        let config = DiscoveryConfig {
+            quic_port: 45101,
+            dht: Some(dht),
+            lan: None,
+            static_peers: Vec::new(),
+            timing: Timing::default(),
+        };
+        let d = start(config).await;
+        let t = topic();
+        let report = join(&d, t, true, true).await;
+        assert!(report.announced.is_empty(), "{report:?}");
+        assert_eq!(report.announce_failed.len(), 1, "{report:?}");
+        assert_eq!(report.announce_failed[0].0, PeerSource::Dht);
+        assert_eq!(report.peers_found, 0);
+        assert!(
+            d.send(Joined { topic: t }).await.expect("alive"),
+            "the topic stays joined and retries"
+        );
+        let stats = d.send(Stats).await.expect("alive");
+        assert_eq!(stats.dht_announce_failures, 1, "{stats:?}");
+        println!(
+            "announce failure reported as: {:?}",
+            report.announce_failed[0].1
+        );
+    });
+}
