@@ -53,10 +53,10 @@ fn pump(
     let mut to_w: VecDeque<Vec<u8>> = VecDeque::new();
     let mut moved = 0;
     loop {
-        while let Some(m) = ws.poll_transmit() {
+        while let Some(m) = ws.poll_transmit(w).expect("poll") {
             to_r.push_back(encode(&m).expect("encode"));
         }
-        while let Some(m) = rs.poll_transmit() {
+        while let Some(m) = rs.poll_transmit(r).expect("poll") {
             to_w.push_back(encode(&m).expect("encode"));
         }
         if rs.is_synced() {

@@ -27,6 +27,10 @@ pub const MAX_DATA_BYTES: usize = MAX_BLOCK_SIZE;
 /// Most blocks in one data message.
 pub const MAX_BLOCKS_PER_MESSAGE: u64 = 4096;
 
+/// Most requests (`Request` and `RequestUpgrade`) a side may have unanswered; a peer
+/// with more ends the stream. Bounds what a requester can make a server queue.
+pub const MAX_OUTSTANDING_REQUESTS: usize = 256;
+
 /// Most stored ranges a [`Have`] lists; a sparser peer lists its first ones.
 pub const MAX_HAVE_RANGES: usize = 1024;
 

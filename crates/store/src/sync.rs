@@ -28,7 +28,7 @@ use crate::feed::{Feed, IngestError};
 use crate::keys::SignedHead;
 use crate::message::{
     self, Data, DecodeError, Have, Message, Request, MAX_BLOCKS_PER_MESSAGE, MAX_DATA_BYTES,
-    MAX_HAVE_RANGES,
+    MAX_HAVE_RANGES, MAX_OUTSTANDING_REQUESTS,
 };
 use crate::proof::{ProofError, VerifyError};
 use crate::storage::{FeedStorage, StorageError};
@@ -61,7 +61,8 @@ pub struct SyncConfig {
     pub want: Want,
     /// Keep following the peer's head after the first sync (new blocks as they come).
     pub live: bool,
-    /// Requests in flight at once; with `blocks_per_message` this bounds the window.
+    /// Requests in flight at once (at most [`MAX_OUTSTANDING_REQUESTS`] - 1, leaving room
+    /// for an upgrade request); with `blocks_per_message` this bounds the window.
     /// 16 × 64 blocks kept the in-memory bench at full speed; raise it for long links.
     pub max_outstanding: usize,
     /// Blocks asked for in one request (and so carried by one data message).
@@ -163,9 +164,22 @@ pub enum SyncError {
         /// End.
         end: u64,
     },
+    /// The peer has more requests unanswered than the protocol allows.
+    #[error("too many requests: more than {max} unanswered")]
+    TooManyRequests {
+        /// The limit.
+        max: usize,
+    },
     /// Our storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// A request of the peer's, waiting to be answered.
+#[derive(Debug, Clone, Copy)]
+enum Serve {
+    Upgrade(u64),
+    Data(Request),
 }
 
 impl From<IngestError> for SyncError {
@@ -200,6 +214,7 @@ pub struct FeedSync {
     synced: bool,
     synced_once: bool,
     transmit: VecDeque<Message>,
+    pending: VecDeque<Serve>,
     events: VecDeque<SyncEvent>,
     stats: SyncStats,
 }
@@ -223,6 +238,7 @@ impl FeedSync {
             synced: false,
             synced_once: false,
             transmit: VecDeque::new(),
+            pending: VecDeque::new(),
             events: VecDeque::new(),
             stats: SyncStats::default(),
         }
@@ -272,7 +288,7 @@ impl FeedSync {
     ) -> Result<(), SyncError> {
         match message {
             Message::Have(have) => self.on_have(feed, have)?,
-            Message::RequestUpgrade { from } => self.on_request_upgrade(feed, from)?,
+            Message::RequestUpgrade { from } => self.on_request_upgrade(from)?,
             Message::Upgrade { proof } => {
                 if self.upgrade.is_some_and(|(from, _)| from == proof.base) {
                     self.upgrade = None;
@@ -335,9 +351,20 @@ impl FeedSync {
         Ok(())
     }
 
-    /// The next message to send to the peer.
-    pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.transmit.pop_front()
+    /// The next message to send to the peer, or `Ok(None)`. Call it when the stream can
+    /// take another message: answers to the peer's requests are built here, one per
+    /// call, so what is waiting to be sent stays small. An error is a storage failure.
+    pub fn poll_transmit<S: FeedStorage>(
+        &mut self,
+        feed: &mut Feed<S>,
+    ) -> Result<Option<Message>, SyncError> {
+        if let Some(m) = self.transmit.pop_front() {
+            return Ok(Some(m));
+        }
+        match self.pending.pop_front() {
+            Some(serve) => self.serve(feed, serve).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The next event.
@@ -410,34 +437,52 @@ impl FeedSync {
         Ok(())
     }
 
-    fn on_request_upgrade<S: FeedStorage>(
-        &mut self,
-        feed: &mut Feed<S>,
-        from: u64,
-    ) -> Result<(), SyncError> {
-        let length = feed.length();
-        if from >= length {
-            return Ok(()); // nothing newer; our Have already says so
-        }
-        match feed.proof(from, length, length, length) {
-            Ok(proof) => self.transmit.push_back(Message::Upgrade { proof }),
-            Err(ProofError::MissingNode(_)) | Err(ProofError::Range { .. }) => {
-                self.transmit.push_back(Message::NoUpgrade { from })
-            }
-            Err(ProofError::Storage(e)) => return Err(e.into()),
-        }
-        Ok(())
+    fn on_request_upgrade(&mut self, from: u64) -> Result<(), SyncError> {
+        self.queue_serve(Serve::Upgrade(from))
     }
 
-    fn on_request<S: FeedStorage>(
-        &mut self,
-        feed: &mut Feed<S>,
-        r: Request,
-    ) -> Result<(), SyncError> {
+    fn on_request<S: FeedStorage>(&mut self, feed: &Feed<S>, r: Request) -> Result<(), SyncError> {
         let Request { start, end, length } = r;
         if start >= end || end > length || length > feed.length() {
             return Err(SyncError::BadRequest { start, end, length });
         }
+        self.queue_serve(Serve::Data(r))
+    }
+
+    fn queue_serve(&mut self, serve: Serve) -> Result<(), SyncError> {
+        if self.pending.len() >= MAX_OUTSTANDING_REQUESTS {
+            return Err(SyncError::TooManyRequests {
+                max: MAX_OUTSTANDING_REQUESTS,
+            });
+        }
+        self.pending.push_back(serve);
+        Ok(())
+    }
+
+    /// Build the answer to one queued request (only when the caller is ready to send it,
+    /// so a fast requester cannot make us hold many data messages).
+    fn serve<S: FeedStorage>(
+        &mut self,
+        feed: &mut Feed<S>,
+        serve: Serve,
+    ) -> Result<Message, SyncError> {
+        let r = match serve {
+            Serve::Upgrade(from) => {
+                let length = feed.length();
+                if from >= length {
+                    return Ok(Message::NoUpgrade { from });
+                }
+                return match feed.proof(from, length, length, length) {
+                    Ok(proof) => Ok(Message::Upgrade { proof }),
+                    Err(ProofError::MissingNode(_)) | Err(ProofError::Range { .. }) => {
+                        Ok(Message::NoUpgrade { from })
+                    }
+                    Err(ProofError::Storage(e)) => Err(e.into()),
+                };
+            }
+            Serve::Data(r) => r,
+        };
+        let Request { start, end, length } = r;
         let max_bytes = self.config.max_data_bytes.min(MAX_DATA_BYTES);
         let mut blocks = Vec::new();
         let mut bytes = 0usize;
@@ -456,22 +501,19 @@ impl FeedSync {
             }
         }
         if blocks.is_empty() {
-            self.transmit.push_back(Message::NoData { start, end });
-            return Ok(());
+            return Ok(Message::NoData { start, end });
         }
         match feed.proof(length, length, start, stop) {
             Ok(proof) => {
                 self.stats.blocks_out += blocks.len() as u64;
                 self.stats.bytes_out += bytes as u64;
-                self.transmit
-                    .push_back(Message::Data(Data { proof, blocks }));
+                Ok(Message::Data(Data { proof, blocks }))
             }
             Err(ProofError::MissingNode(_)) | Err(ProofError::Range { .. }) => {
-                self.transmit.push_back(Message::NoData { start, end })
+                Ok(Message::NoData { start, end })
             }
-            Err(ProofError::Storage(e)) => return Err(e.into()),
+            Err(ProofError::Storage(e)) => Err(e.into()),
         }
-        Ok(())
     }
 
     fn on_data<S: FeedStorage>(&mut self, feed: &mut Feed<S>, data: Data) -> Result<(), SyncError> {
@@ -578,7 +620,11 @@ impl FeedSync {
             .blocks_per_message
             .clamp(1, MAX_BLOCKS_PER_MESSAGE);
         let mut i = self.cursor.max(self.range_start());
-        while i < hi && self.outstanding.len() < self.config.max_outstanding {
+        let max_outstanding = self
+            .config
+            .max_outstanding
+            .clamp(1, MAX_OUTSTANDING_REQUESTS - 1);
+        while i < hi && self.outstanding.len() < max_outstanding {
             if i < feed.contiguous_length() {
                 i = feed.contiguous_length();
                 continue;

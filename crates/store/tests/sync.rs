@@ -54,7 +54,7 @@ impl Link {
 
     fn collect(&mut self, sides: &mut [Side; 2]) {
         for (from, side) in sides.iter_mut().enumerate() {
-            while let Some(mut m) = side.sync.poll_transmit() {
+            while let Some(mut m) = side.sync.poll_transmit(&mut side.feed).expect("poll") {
                 if from == 0 {
                     if let Some(t) = self.tamper.as_mut() {
                         t(&mut m);
@@ -472,7 +472,7 @@ fn oversize_and_truncated_bytes_are_rejected() {
     // Still usable: the intact message goes through and asks for an upgrade.
     sync.handle_bytes(&mut r, &have, now).expect("good have");
     let mut asked = false;
-    while let Some(m) = sync.poll_transmit() {
+    while let Some(m) = sync.poll_transmit(&mut r).expect("poll") {
         asked |= matches!(m, Message::RequestUpgrade { from: 0 });
     }
     assert!(asked);
@@ -557,4 +557,33 @@ fn peer_behind_us_is_not_asked() {
     assert_eq!(sides[1].feed.storage().stored_blocks(), 10);
     assert_eq!(sides[0].feed.length(), 50);
     assert!(sides[1].sync.is_synced());
+}
+
+/// A peer that floods requests without reading answers is stopped at the protocol's
+/// limit instead of making us queue data.
+#[test]
+fn request_flood_is_bounded() {
+    let mut w = writer(10);
+    let mut sync = FeedSync::new(serve_only());
+    let now = Instant::now();
+    sync.handle_start(&mut w, now);
+    let request = Message::Request(Request {
+        start: 0,
+        end: 10,
+        length: 10,
+    });
+    for _ in 0..replic8_store::message::MAX_OUTSTANDING_REQUESTS {
+        sync.handle_message(&mut w, request.clone(), now)
+            .expect("within the limit");
+    }
+    assert!(matches!(
+        sync.handle_message(&mut w, request, now),
+        Err(SyncError::TooManyRequests { .. })
+    ));
+    // Answers are built only as they are polled.
+    let mut data = 0;
+    while let Some(m) = sync.poll_transmit(&mut w).expect("poll") {
+        data += matches!(m, Message::Data(_)) as usize;
+    }
+    assert_eq!(data, replic8_store::message::MAX_OUTSTANDING_REQUESTS);
 }

@@ -39,7 +39,7 @@ impl Mesh {
         keys.sort_unstable();
         for (node, peer) in keys {
             let sync = self.syncs.get_mut(&(node, peer)).expect("sync");
-            while let Some(m) = sync.poll_transmit() {
+            while let Some(m) = sync.poll_transmit(&mut self.feeds[node]).expect("poll") {
                 let delay = 2 + self.rng.gen_range(0..=self.jitter_ms);
                 self.seq += 1;
                 let bytes = encode(&m).expect("encode");
