@@ -14,7 +14,9 @@
 //! - [`message`]: the session messages and their bounded bincode encoding.
 //! - [`session`]: the session core without I/O: hello, proofs, offers, streams, end.
 //! - [`store`]: the store interface, as actix messages.
+//! - [`driver`]: runs one session over a `quinn::Connection` (tokio tasks, no actor).
 
+pub mod driver;
 pub mod frame;
 pub mod keys;
 pub mod message;

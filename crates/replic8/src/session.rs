@@ -230,6 +230,8 @@ pub enum StreamCommand {
     Close {
         /// The feed.
         feed: FeedKey,
+        /// The namespace whose store has the stream.
+        namespace: String,
         /// The stream to finish.
         stream: StreamId,
     },
@@ -874,6 +876,21 @@ impl Session {
         }
         if self.role == Role::Dialer && closed {
             self.queue_open(*feed);
+        }
+    }
+
+    /// The connection went away: closed by the peer with `code` and `reason` (an
+    /// application close), or lost (`code` is `None`).
+    pub fn handle_connection_lost(&mut self, code: Option<CloseCode>, mut reason: String) {
+        truncate(&mut reason, MAX_REASON_LEN);
+        match code {
+            Some(code) => self.on_close(code, reason),
+            None => self.end(
+                CloseCode::CLOSED,
+                format!("connection lost: {reason}"),
+                Side::Remote,
+                false,
+            ),
         }
     }
 
@@ -1548,8 +1565,14 @@ impl Session {
             let stream = state.token.take().unwrap_or(StreamId(u64::MAX));
             state.stream = StreamState::Closed;
             self.open_streams = self.open_streams.saturating_sub(1);
+            let namespace = self
+                .namespaces
+                .get(&state.namespace)
+                .map(|ns| ns.name.clone())
+                .unwrap_or_default();
             self.streams.push_back(StreamCommand::Close {
                 feed: *feed,
+                namespace,
                 stream,
             });
             self.pump_opens();

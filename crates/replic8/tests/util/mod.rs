@@ -317,7 +317,7 @@ impl Net {
                                 synced_at: None,
                             });
                         }
-                        StreamCommand::Close { feed, stream } => {
+                        StreamCommand::Close { feed, stream, .. } => {
                             assert!(
                                 end.attached.remove(&feed),
                                 "closing a stream that is not open"

@@ -1,0 +1,530 @@
+//! Runs one session over a QUIC connection: the I/O around a [`Session`] core.
+//!
+//! [`run`] owns the core. Small tokio tasks do the I/O and report back on one channel:
+//! a reader for the control stream, a writer fed by a channel (so a slow peer never
+//! stalls the core), an accept loop for the peer's feed streams (each header read with
+//! exact reads, so no byte of the store's protocol is consumed), and one task per feed
+//! stream to open. Store calls are actix messages sent from those tasks; the core sees
+//! the answers as inputs. Every task is owned by [`run`] and aborted when it returns.
+//!
+//! The connection is closed when the session ends, with the close code as the QUIC
+//! application error code and the reason as the reason phrase, so the peer learns why
+//! even if the `Close` frame is lost with the connection.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::frame::{FrameError, PREFIX_LEN};
+use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
+use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
+use crate::session::{
+    CommandError, EndReason, Session, SessionConfig, SessionEvent, Side, StreamCommand, StreamId,
+};
+use crate::store::{
+    Attach, Detach, DetachReason, FeedStream, KnownFeeds, Offer, SharedFeed, Shares, StoreError,
+    StoreRecipients,
+};
+
+/// Most bytes in a feed stream header frame's payload: a header is at most 75 bytes.
+const MAX_STREAM_HEADER: usize = 256;
+/// Bytes asked of the control stream per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long the writer may take to flush the close frame before the connection closes.
+const CLOSE_FLUSH: Duration = Duration::from_millis(250);
+
+/// A namespace served on this session, with its store.
+#[derive(Debug, Clone)]
+pub struct NamespaceEntry {
+    /// The namespace's name.
+    pub name: String,
+    /// Its pre-shared secret, if any.
+    pub secret: Option<NamespaceSecret>,
+    /// The store that owns its feeds.
+    pub store: StoreRecipients,
+}
+
+/// What a running session is told from outside (stores, the application).
+#[derive(Debug)]
+pub enum SessionCommand {
+    /// Share feeds live; the reply says how many were offered or queued.
+    Share {
+        /// The namespace.
+        namespace: String,
+        /// The feeds.
+        feeds: Vec<SharedFeed>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<usize, CommandError>>,
+    },
+    /// The store's sync of a feed with this peer is done at `length`.
+    FeedSynced {
+        /// The feed.
+        feed: FeedKey,
+        /// The length both sides hold.
+        length: u64,
+    },
+    /// The store's copy of a feed changed.
+    FeedUpdated {
+        /// The feed.
+        feed: FeedKey,
+        /// Its length now.
+        length: u64,
+    },
+    /// The store's protocol on a feed stream ended.
+    StreamEnded {
+        /// The feed.
+        feed: FeedKey,
+        /// The stream.
+        id: StreamId,
+    },
+    /// End the session.
+    Close {
+        /// Why, sent to the peer.
+        reason: String,
+    },
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug)]
+pub struct SessionSpec {
+    /// The connection, with the peer's identity already checked.
+    pub connection: quinn::Connection,
+    /// Whether we dialed.
+    pub role: Role,
+    /// The peer's key.
+    pub peer: PeerKey,
+    /// Session settings.
+    pub config: SessionConfig,
+    /// The namespaces served, each with its store.
+    pub namespaces: Vec<NamespaceEntry>,
+}
+
+type IncomingStream = (FeedStreamHeader, quinn::SendStream, quinn::RecvStream);
+
+enum Input {
+    ControlStream(quinn::SendStream, quinn::RecvStream),
+    ControlBytes(Vec<u8>),
+    ControlEnd,
+    Incoming(Result<IncomingStream, CodecError>),
+    Shares(String, Result<Vec<SharedFeed>, String>),
+    Known(String, Result<Vec<FeedKey>, String>),
+    Answer(u64, Result<Vec<FeedKey>, String>),
+    OpenFailed(FeedKey, StreamId),
+    Lost(quinn::ConnectionError),
+}
+
+/// Runs the session until it ends; returns why. Events go to `events` as they happen.
+pub async fn run(
+    spec: SessionSpec,
+    mut commands: mpsc::UnboundedReceiver<SessionCommand>,
+    events: mpsc::UnboundedSender<SessionEvent>,
+) -> EndReason {
+    let SessionSpec {
+        connection,
+        role,
+        peer,
+        config,
+        namespaces,
+    } = spec;
+    let exporter = match exporter_secret(&connection) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = EndReason {
+                code: CloseCode::PROTOCOL,
+                by: Side::Local,
+                reason: format!("no tls exporter value: {e:?}"),
+            };
+            connection.close(close_code(reason.code), reason.reason.as_bytes());
+            return reason;
+        }
+    };
+    let mut session = Session::new(config, role, exporter, Instant::now());
+    let stores: HashMap<String, StoreRecipients> = namespaces
+        .iter()
+        .map(|n| (n.name.clone(), n.store.clone()))
+        .collect();
+    // Streams handed to stores, to detach them when the session ends.
+    let mut attached: HashMap<StreamId, (FeedKey, String)> = HashMap::new();
+
+    let (input_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
+    let mut tasks = JoinSet::new();
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut write_rx = Some(write_rx);
+    let mut writer: Option<tokio::task::JoinHandle<()>> = None;
+
+    // The control stream: the dialer opens it, the acceptor takes the first stream.
+    // Streams after it are feed streams (the core refuses any the acceptor opens).
+    {
+        let connection = connection.clone();
+        let tx = input_tx.clone();
+        tasks.spawn(async move {
+            let opened = match role {
+                Role::Dialer => connection.open_bi().await,
+                Role::Acceptor => connection.accept_bi().await,
+            };
+            match opened {
+                Ok((send, recv)) => {
+                    let _ = tx.send(Input::ControlStream(send, recv));
+                    accept_feed_streams(connection, tx).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::Lost(e));
+                }
+            }
+        });
+    }
+
+    // Ask every store what it shares and holds; we are ready once all answered.
+    let mut initial = 0usize;
+    for entry in &namespaces {
+        if let Err(e) = session.handle_register_namespace(&entry.name, entry.secret.clone()) {
+            warn!(namespace = %entry.name, error = %e, "namespace not registered");
+            continue;
+        }
+        initial += 2;
+        let (store, name, tx) = (entry.store.clone(), entry.name.clone(), input_tx.clone());
+        tasks.spawn(async move {
+            let shares = store.shares.send(Shares {
+                peer,
+                namespace: name.clone(),
+            });
+            let _ = tx.send(Input::Shares(name.clone(), flatten(shares.await)));
+            let known = store.known.send(KnownFeeds {
+                peer,
+                namespace: name.clone(),
+            });
+            let _ = tx.send(Input::Known(name, flatten(known.await)));
+        });
+    }
+    if initial == 0 {
+        let _ = session.handle_ready();
+    }
+
+    loop {
+        // Carry out everything the core wants.
+        while let Some(frame) = session.poll_transmit() {
+            let _ = write_tx.send(frame);
+        }
+        while let Some(command) = session.poll_stream() {
+            match command {
+                StreamCommand::Open {
+                    feed,
+                    namespace,
+                    header,
+                    stream,
+                } => {
+                    let Some(store) = stores.get(&namespace).cloned() else {
+                        session.handle_stream_closed(&feed, stream);
+                        continue;
+                    };
+                    attached.insert(stream, (feed, namespace.clone()));
+                    let (connection, tx) = (connection.clone(), input_tx.clone());
+                    tasks.spawn(async move {
+                        let opened = open_feed_stream(&connection, &header).await;
+                        let attached = match opened {
+                            Ok(stream_halves) => {
+                                let msg = Attach {
+                                    feed,
+                                    namespace,
+                                    peer,
+                                    id: stream,
+                                    stream: stream_halves,
+                                };
+                                flatten(store.attach.send(msg).await).is_ok()
+                            }
+                            Err(()) => false,
+                        };
+                        if !attached {
+                            let _ = tx.send(Input::OpenFailed(feed, stream));
+                        }
+                    });
+                }
+                StreamCommand::Close {
+                    feed,
+                    namespace,
+                    stream,
+                } => {
+                    attached.remove(&stream);
+                    if let Some(store) = stores.get(&namespace) {
+                        store.detach.do_send(Detach {
+                            feed,
+                            peer,
+                            id: stream,
+                            reason: DetachReason::Synced,
+                        });
+                    }
+                }
+            }
+        }
+        let mut ended = None;
+        while let Some(event) = session.poll_event() {
+            match &event {
+                SessionEvent::Offered {
+                    namespace,
+                    offer,
+                    feeds,
+                } => match stores.get(namespace).cloned() {
+                    Some(store) => {
+                        let msg = Offer {
+                            peer,
+                            namespace: namespace.clone(),
+                            feeds: feeds
+                                .iter()
+                                .map(|(key, headers)| SharedFeed {
+                                    key: *key,
+                                    headers: headers.clone(),
+                                })
+                                .collect(),
+                        };
+                        let (tx, offer) = (input_tx.clone(), *offer);
+                        tasks.spawn(async move {
+                            let answer = flatten(store.offer.send(msg).await);
+                            let _ = tx.send(Input::Answer(offer, answer));
+                        });
+                    }
+                    None => {
+                        let _ = session.handle_offer_answer(*offer, Ok(Vec::new()));
+                    }
+                },
+                SessionEvent::SessionEnded { reason } => ended = Some(reason.clone()),
+                _ => {}
+            }
+            let _ = events.send(event);
+        }
+        if let Some(reason) = ended {
+            // Flush the close frame, then close the connection with the same code.
+            while let Some(frame) = session.poll_transmit() {
+                let _ = write_tx.send(frame);
+            }
+            drop(write_tx);
+            if let Some(handle) = writer.take() {
+                let _ = tokio::time::timeout(CLOSE_FLUSH, handle).await;
+            }
+            connection.close(close_code(reason.code), reason.reason.as_bytes());
+            for (id, (feed, namespace)) in attached.drain() {
+                if let Some(store) = stores.get(&namespace) {
+                    store.detach.do_send(Detach {
+                        feed,
+                        peer,
+                        id,
+                        reason: DetachReason::SessionEnded(reason.to_string()),
+                    });
+                }
+            }
+            debug!(%reason, "session ended");
+            tasks.abort_all();
+            return reason;
+        }
+
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            input = inputs.recv() => {
+                // `input_tx` lives here, so the channel never closes while we run.
+                let Some(input) = input else { continue };
+                match input {
+                    Input::ControlStream(send, recv) => {
+                        if let Some(rx) = write_rx.take() {
+                            writer = Some(tokio::spawn(write_control(send, rx)));
+                        }
+                        tasks.spawn(read_control(recv, input_tx.clone()));
+                    }
+                    Input::ControlBytes(bytes) => session.handle_control_bytes(&bytes),
+                    Input::ControlEnd => session.handle_control_end(),
+                    Input::Incoming(Ok((header, send, recv))) => {
+                        if let Ok(incoming) = session.handle_incoming_stream(header) {
+                            if let Some(store) = stores.get(&incoming.namespace) {
+                                if let Some(old) = incoming.replaces {
+                                    attached.remove(&old);
+                                    store.detach.do_send(Detach {
+                                        feed: incoming.feed,
+                                        peer,
+                                        id: old,
+                                        reason: DetachReason::Synced,
+                                    });
+                                }
+                                attached.insert(incoming.stream, (incoming.feed, incoming.namespace.clone()));
+                                store.attach.do_send(Attach {
+                                    feed: incoming.feed,
+                                    namespace: incoming.namespace,
+                                    peer,
+                                    id: incoming.stream,
+                                    stream: FeedStream { send, recv },
+                                });
+                            }
+                        }
+                    }
+                    Input::Incoming(Err(e)) => session.handle_incoming_stream_error(e),
+                    Input::Shares(namespace, result) => {
+                        match result {
+                            Ok(feeds) => {
+                                let list = feeds.into_iter().map(|f| (f.key, f.headers)).collect();
+                                if let Err(e) = session.handle_share(&namespace, list) {
+                                    warn!(%namespace, error = %e, "share refused");
+                                }
+                            }
+                            Err(e) => warn!(%namespace, error = %e, "store did not say what it shares"),
+                        }
+                        initial = initial.saturating_sub(1);
+                        if initial == 0 {
+                            let _ = session.handle_ready();
+                        }
+                    }
+                    Input::Known(namespace, result) => {
+                        match result {
+                            Ok(feeds) => {
+                                if let Err(e) = session.handle_known_feeds(&namespace, feeds) {
+                                    warn!(%namespace, error = %e, "known feeds refused");
+                                }
+                            }
+                            Err(e) => warn!(%namespace, error = %e, "store did not say what it holds"),
+                        }
+                        initial = initial.saturating_sub(1);
+                        if initial == 0 {
+                            let _ = session.handle_ready();
+                        }
+                    }
+                    Input::Answer(offer, answer) => {
+                        let _ = session.handle_offer_answer(offer, answer);
+                    }
+                    Input::OpenFailed(feed, stream) => {
+                        attached.remove(&stream);
+                        session.handle_stream_closed(&feed, stream);
+                    }
+                    Input::Lost(error) => lost(&mut session, error),
+                }
+            }
+            command = commands.recv() => match command {
+                Some(SessionCommand::Share { namespace, feeds, reply }) => {
+                    let list = feeds.into_iter().map(|f| (f.key, f.headers)).collect();
+                    let _ = reply.send(session.handle_share(&namespace, list));
+                }
+                Some(SessionCommand::FeedSynced { feed, length }) => session.handle_feed_synced(&feed, length),
+                Some(SessionCommand::FeedUpdated { feed, length }) => session.handle_feed_updated(&feed, length),
+                Some(SessionCommand::StreamEnded { feed, id }) => {
+                    attached.remove(&id);
+                    session.handle_stream_closed(&feed, id);
+                }
+                Some(SessionCommand::Close { reason }) => session.handle_close(&reason),
+                None => session.handle_close("session handle dropped"),
+            },
+            error = connection.closed() => lost(&mut session, error),
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+fn close_code(code: CloseCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.0)
+}
+
+fn flatten<T>(answer: Result<Result<T, StoreError>, actix::MailboxError>) -> Result<T, String> {
+    match answer {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("store unreachable: {e}")),
+    }
+}
+
+fn lost(session: &mut Session, error: quinn::ConnectionError) {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => session.handle_connection_lost(
+            Some(CloseCode(
+                u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX),
+            )),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        // We closed it ourselves: the session has ended already.
+        quinn::ConnectionError::LocallyClosed => {}
+        other => session.handle_connection_lost(None, other.to_string()),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_control(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::UnboundedSender<Input>) {
+    loop {
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                if tx.send(Input::ControlBytes(chunk.bytes.to_vec())).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(quinn::ReadError::Reset(_)) => {
+                let _ = tx.send(Input::ControlEnd);
+                return;
+            }
+            // The connection is gone; `connection.closed()` reports why.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Takes the peer's feed streams and reads their header frames, several at a time, so
+/// a stream whose header never comes does not hold up the others.
+async fn accept_feed_streams(connection: quinn::Connection, tx: mpsc::UnboundedSender<Input>) {
+    let mut readers = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    readers.spawn(read_stream_header(send, recv));
+                }
+                Err(_) => return,
+            },
+            Some(read) = readers.join_next() => {
+                if let Ok(Some(result)) = read {
+                    if tx.send(Input::Incoming(result)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads exactly the header frame; `None` if the stream or connection failed first.
+async fn read_stream_header(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Option<Result<IncomingStream, CodecError>> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.ok()?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_STREAM_HEADER {
+        return Some(Err(CodecError::Frame(FrameError::Oversize {
+            len,
+            max: MAX_STREAM_HEADER,
+        })));
+    }
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.ok()?;
+    Some(message::decode_stream_header(&payload).map(|header| (header, send, recv)))
+}
+
+async fn open_feed_stream(
+    connection: &quinn::Connection,
+    header: &FeedStreamHeader,
+) -> Result<FeedStream, ()> {
+    let (mut send, recv) = connection.open_bi().await.map_err(|_| ())?;
+    let mut bytes = Vec::new();
+    message::encode_stream_header(header, &mut bytes).map_err(|_| ())?;
+    send.write_all(&bytes).await.map_err(|_| ())?;
+    Ok(FeedStream { send, recv })
+}

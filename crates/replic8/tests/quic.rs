@@ -1,0 +1,446 @@
+//! Sessions over real QUIC on loopback, with a real actix store (a counter store that is
+//! not a feed store and runs its own protocol on its streams).
+//!
+//! The TLS setup here is test-only (a fixed self-signed certificate and a client that
+//! accepts it); the node uses `replic8-connmgr`'s identity-checked TLS.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    missing_docs
+)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, Context, Handler};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use replic8::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
+use replic8::frame::MAX_FRAME_LEN;
+use replic8::keys::{FeedKey, PeerKey, Role};
+use replic8::message::{self, CloseCode, FeedStreamHeader, Headers, Message, ALPN};
+use replic8::session::{EndReason, Mode, SessionConfig, SessionEvent};
+use replic8::store::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use tokio::sync::mpsc;
+
+const CERT: &[u8] = include_bytes!("data/test-cert.der");
+const KEY: &[u8] = include_bytes!("data/test-key.der");
+/// A guard, never the check: every wait below ends on an event long before this.
+const GUARD: Duration = Duration::from_secs(20);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_endpoint() -> quinn::Endpoint {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(CERT.to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(KEY.to_vec())),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(SessionConfig::default().quic_stream_limit().into());
+    config.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// Accepts the test certificate (and any other): identity is connmgr's job.
+#[derive(Debug)]
+struct TestVerifier(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for TestVerifier {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_endpoint() -> quinn::Endpoint {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TestVerifier(provider())))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    endpoint
+}
+
+async fn connect(
+    client: &quinn::Endpoint,
+    server: &quinn::Endpoint,
+) -> (quinn::Connection, quinn::Connection) {
+    let addr: SocketAddr = server.local_addr().unwrap();
+    let dialing = client.connect(addr, "localhost").unwrap();
+    let accepting = async { server.accept().await.unwrap().await.unwrap() };
+    let (dialed, accepted) = tokio::join!(dialing, accepting);
+    (dialed.unwrap(), accepted)
+}
+
+type Sessions = Arc<Mutex<HashMap<PeerKey, mpsc::UnboundedSender<SessionCommand>>>>;
+
+/// A store of counters. Its protocol on a stream: each side writes its value (8 bytes),
+/// reads the other's, keeps the larger, and reports the feed synced at that value.
+#[derive(Debug, Default)]
+struct CounterStore {
+    values: Arc<Mutex<HashMap<FeedKey, u64>>>,
+    kinds: HashMap<FeedKey, &'static str>,
+    sessions: Sessions,
+}
+
+impl Actor for CounterStore {
+    type Context = Context<Self>;
+}
+
+fn kind(kind: &str) -> Headers {
+    let mut h = Headers::new();
+    h.insert("kind", kind.as_bytes().to_vec()).unwrap();
+    h
+}
+
+impl Handler<Shares> for CounterStore {
+    type Result = Result<Vec<SharedFeed>, StoreError>;
+    fn handle(&mut self, _: Shares, _: &mut Context<Self>) -> Self::Result {
+        let values = self.values.lock().unwrap();
+        Ok(values
+            .keys()
+            .map(|key| SharedFeed {
+                key: *key,
+                headers: kind(self.kinds.get(key).copied().unwrap_or("counter")),
+            })
+            .collect())
+    }
+}
+
+impl Handler<KnownFeeds> for CounterStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, _: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
+impl Handler<Offer> for CounterStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
+        let mut values = self.values.lock().unwrap();
+        let mut accepted = Vec::new();
+        for feed in msg.feeds {
+            if feed.headers.get("kind") == Some(b"counter") {
+                values.entry(feed.key).or_insert(0);
+                accepted.push(feed.key);
+            }
+        }
+        Ok(accepted)
+    }
+}
+
+impl Handler<Attach> for CounterStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
+        let values = self.values.clone();
+        let session = self.sessions.lock().unwrap().get(&msg.peer).cloned();
+        let Some(session) = session else {
+            return Err(StoreError::Failed("no session".into()));
+        };
+        let ours = values.lock().unwrap().get(&msg.feed).copied().unwrap_or(0);
+        let FeedStream { mut send, mut recv } = msg.stream;
+        tokio::spawn(async move {
+            let mut theirs = [0u8; 8];
+            let ours_bytes = ours.to_be_bytes();
+            let (wrote, read) =
+                tokio::join!(send.write_all(&ours_bytes), recv.read_exact(&mut theirs));
+            if wrote.is_ok() && read.is_ok() {
+                let value = ours.max(u64::from_be_bytes(theirs));
+                values.lock().unwrap().insert(msg.feed, value);
+                let _ = session.send(SessionCommand::FeedSynced {
+                    feed: msg.feed,
+                    length: value,
+                });
+            }
+            let _ = send.finish();
+            let _ = recv.read_to_end(64).await;
+            let _ = session.send(SessionCommand::StreamEnded {
+                feed: msg.feed,
+                id: msg.id,
+            });
+        });
+        Ok(())
+    }
+}
+
+impl Handler<Detach> for CounterStore {
+    type Result = ();
+    fn handle(&mut self, _: Detach, _: &mut Context<Self>) {}
+}
+
+struct Node {
+    values: Arc<Mutex<HashMap<FeedKey, u64>>>,
+    sessions: Sessions,
+    store: StoreRecipients,
+}
+
+fn node(counters: &[(FeedKey, u64, &'static str)]) -> Node {
+    let values = Arc::new(Mutex::new(
+        counters.iter().map(|(k, v, _)| (*k, *v)).collect(),
+    ));
+    let sessions = Sessions::default();
+    let store = CounterStore {
+        values: Arc::clone(&values),
+        kinds: counters.iter().map(|(k, _, kind)| (*k, *kind)).collect(),
+        sessions: Arc::clone(&sessions),
+    }
+    .start();
+    Node {
+        values,
+        sessions,
+        store: StoreRecipients::of(&store),
+    }
+}
+
+fn counter(n: u8) -> FeedKey {
+    FeedKey([n; 32])
+}
+
+fn one_shot() -> SessionConfig {
+    SessionConfig {
+        mode: Mode::OneShot,
+        ..SessionConfig::default()
+    }
+}
+
+/// Starts a session for `node` on `connection`; returns its end and its events.
+fn start(
+    node: &Node,
+    connection: quinn::Connection,
+    role: Role,
+    peer: PeerKey,
+) -> (
+    tokio::task::JoinHandle<EndReason>,
+    mpsc::UnboundedReceiver<SessionEvent>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    node.sessions.lock().unwrap().insert(peer, tx);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let spec = SessionSpec {
+        connection,
+        role,
+        peer,
+        config: one_shot(),
+        namespaces: vec![NamespaceEntry {
+            name: "counters".into(),
+            secret: None,
+            store: node.store.clone(),
+        }],
+    };
+    (tokio::spawn(driver::run(spec, rx, events_tx)), events)
+}
+
+#[test]
+fn two_nodes_replicate_a_custom_store_over_quic_and_end_one_shot() {
+    actix::System::new().block_on(async {
+        let a = node(&[
+            (counter(1), 5, "counter"),
+            (counter(2), 7, "counter"),
+            (counter(3), 9, "other"),
+        ]);
+        let b = node(&[(counter(4), 3, "counter")]);
+        let (server, client) = (server_endpoint(), client_endpoint());
+        let (dialed, accepted) = connect(&client, &server).await;
+        let (pa, pb) = (PeerKey([0xa; 32]), PeerKey([0xb; 32]));
+        let (end_a, mut events_a) = start(&a, dialed, Role::Dialer, pb);
+        let (end_b, _events_b) = start(&b, accepted, Role::Acceptor, pa);
+        let (ra, rb) = tokio::time::timeout(GUARD, async {
+            (end_a.await.unwrap(), end_b.await.unwrap())
+        })
+        .await
+        .expect("sessions did not end");
+        assert_eq!(ra.code, CloseCode::DONE, "{ra}");
+        assert_eq!(rb.code, CloseCode::DONE, "{rb}");
+        let b_values = b.values.lock().unwrap().clone();
+        assert_eq!(b_values.get(&counter(1)), Some(&5));
+        assert_eq!(b_values.get(&counter(2)), Some(&7));
+        assert_eq!(
+            b_values.get(&counter(3)),
+            None,
+            "the refused counter crossed"
+        );
+        assert_eq!(a.values.lock().unwrap().get(&counter(4)), Some(&3));
+        let mut synced = Vec::new();
+        while let Ok(e) = events_a.try_recv() {
+            if let SessionEvent::FeedSynced { feed, length } = e {
+                synced.push((feed, length));
+            }
+        }
+        synced.sort();
+        assert_eq!(
+            synced,
+            vec![(counter(1), 5), (counter(2), 7), (counter(4), 3)]
+        );
+    });
+}
+
+/// A raw peer: connects, opens the control stream, and reads the node's hello.
+async fn raw_peer(
+    server: &quinn::Endpoint,
+) -> (quinn::Connection, quinn::Connection, quinn::SendStream) {
+    let client = client_endpoint();
+    let (dialed, accepted) = connect(&client, server).await;
+    let (send, _recv) = dialed.open_bi().await.unwrap();
+    (dialed, accepted, send)
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    let mut w = Vec::new();
+    message::encode(m, &mut w).unwrap();
+    w
+}
+
+fn hello(version: u32) -> Message {
+    Message::Hello {
+        version,
+        dialect: message::DIALECT.into(),
+        max_streams: 8,
+    }
+}
+
+async fn closed_with(connection: &quinn::Connection) -> (u64, String) {
+    match tokio::time::timeout(GUARD, connection.closed())
+        .await
+        .expect("not closed")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => (
+            close.error_code.into_inner(),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[test]
+fn hostile_peers_lose_their_session_with_a_reason_and_the_node_carries_on() {
+    actix::System::new().block_on(async {
+        let b = node(&[(counter(4), 3, "counter")]);
+        let server = server_endpoint();
+        let attacks: Vec<(
+            &str,
+            Box<dyn Fn() -> Vec<u8>>,
+            Option<FeedStreamHeader>,
+            CloseCode,
+            &str,
+        )> = vec![
+            (
+                "oversize frame",
+                Box::new(|| ((MAX_FRAME_LEN as u32) * 2).to_be_bytes().to_vec()),
+                None,
+                CloseCode::FRAME_TOO_LARGE,
+                "over the limit",
+            ),
+            (
+                "garbage",
+                Box::new(|| vec![0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]),
+                None,
+                CloseCode::PROTOCOL,
+                "bad message encoding",
+            ),
+            (
+                "version mismatch",
+                Box::new(|| frame(&hello(7))),
+                None,
+                CloseCode::VERSION_MISMATCH,
+                "the peer speaks replic8/7",
+            ),
+            (
+                "unasked stream",
+                Box::new(|| frame(&hello(message::PROTOCOL_VERSION))),
+                Some(FeedStreamHeader::Offered {
+                    by: Role::Acceptor,
+                    id: 3,
+                }),
+                CloseCode::REFUSED_STREAM,
+                "not offered and accepted",
+            ),
+        ];
+        for (i, (name, bytes, stream, code, words)) in attacks.into_iter().enumerate() {
+            let (dialed, accepted, mut control) = raw_peer(&server).await;
+            let (end, _events) = start(&b, accepted, Role::Acceptor, PeerKey([i as u8; 32]));
+            control.write_all(&bytes()).await.unwrap();
+            if let Some(header) = stream {
+                let (mut send, _recv) = dialed.open_bi().await.unwrap();
+                let mut w = Vec::new();
+                message::encode_stream_header(&header, &mut w).unwrap();
+                send.write_all(&w).await.unwrap();
+            }
+            let (got_code, reason) = closed_with(&dialed).await;
+            assert_eq!(got_code, u64::from(code.0), "{name}: {reason}");
+            assert!(reason.contains(words), "{name}: {reason}");
+            let ended = tokio::time::timeout(GUARD, end).await.unwrap().unwrap();
+            assert_eq!(ended.code, code, "{name}");
+        }
+        // The node carries on: an honest peer still replicates with it.
+        let a = node(&[(counter(1), 2, "counter")]);
+        let client = client_endpoint();
+        let (dialed, accepted) = connect(&client, &server).await;
+        let (end_a, _) = start(&a, dialed, Role::Dialer, PeerKey([0xb; 32]));
+        let (end_b, _) = start(&b, accepted, Role::Acceptor, PeerKey([0xa; 32]));
+        let ra = tokio::time::timeout(GUARD, end_a).await.unwrap().unwrap();
+        let rb = tokio::time::timeout(GUARD, end_b).await.unwrap().unwrap();
+        assert_eq!(
+            (ra.code, rb.code),
+            (CloseCode::DONE, CloseCode::DONE),
+            "{ra} / {rb}"
+        );
+        assert_eq!(b.values.lock().unwrap().get(&counter(1)), Some(&2));
+    });
+}
