@@ -16,6 +16,35 @@
 //! - [`storage`]: the [`storage::Storage`] and [`storage::FeedStorage`] traits, with memory
 //!   and disk implementations.
 
+//! Replicating a feed between two sides in one process (the session layer does the same
+//! over a QUIC stream, one frame per message):
+//!
+//! ```
+//! use std::time::Instant;
+//! use replic8_store::storage::MemoryStorage;
+//! use replic8_store::{decode, encode, Feed, FeedSecret, FeedSync, SyncConfig, Want};
+//!
+//! let mut writer = Feed::create(&MemoryStorage::new(), FeedSecret::generate())?;
+//! writer.append_batch(&[b"hello".as_slice(), b"world"])?;
+//! let mut replica = Feed::create_replica(&MemoryStorage::new(), *writer.key())?;
+//!
+//! let now = Instant::now();
+//! let mut ws = FeedSync::new(SyncConfig { want: Want::Nothing, ..SyncConfig::default() });
+//! let mut rs = FeedSync::new(SyncConfig { want: Want::All, ..SyncConfig::default() });
+//! ws.handle_start(&mut writer, now);
+//! rs.handle_start(&mut replica, now);
+//! while !rs.is_synced() {
+//!     while let Some(m) = ws.poll_transmit(&mut writer)? {
+//!         rs.handle_bytes(&mut replica, &encode(&m)?, now)?;
+//!     }
+//!     while let Some(m) = rs.poll_transmit(&mut replica)? {
+//!         ws.handle_message(&mut writer, decode(&encode(&m)?)?, now)?;
+//!     }
+//! }
+//! assert_eq!(replica.get(1)?.as_deref(), Some(&b"world"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 pub mod feed;
 pub mod keys;
 pub mod message;
