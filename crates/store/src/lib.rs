@@ -16,6 +16,7 @@
 //! - [`storage`]: the [`storage::Storage`] and [`storage::FeedStorage`] traits, with memory
 //!   and disk implementations.
 
+//!
 //! Replicating a feed between two sides in one process (the session layer does the same
 //! over a QUIC stream, one frame per message):
 //!
