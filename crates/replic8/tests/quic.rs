@@ -19,7 +19,10 @@ use actix::{Actor, Context, Handler};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use replic8::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
 use replic8::frame::MAX_FRAME_LEN;
-use replic8::keys::{FeedKey, PeerKey, Role};
+use replic8::keys::{
+    ExporterSecret, FeedKey, NamespaceId, NamespaceSecret, PeerKey, Role, EXPORTER_CONTEXT,
+    EXPORTER_LABEL,
+};
 use replic8::message::{self, CloseCode, FeedStreamHeader, Headers, Message, ALPN};
 use replic8::session::{EndReason, Mode, SessionConfig, SessionEvent};
 use replic8::store::*;
@@ -270,6 +273,20 @@ fn start(
     tokio::task::JoinHandle<EndReason>,
     mpsc::UnboundedReceiver<SessionEvent>,
 ) {
+    start_in(node, connection, role, peer, "counters", None)
+}
+
+fn start_in(
+    node: &Node,
+    connection: quinn::Connection,
+    role: Role,
+    peer: PeerKey,
+    namespace: &str,
+    secret: Option<NamespaceSecret>,
+) -> (
+    tokio::task::JoinHandle<EndReason>,
+    mpsc::UnboundedReceiver<SessionEvent>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     node.sessions.lock().unwrap().insert(peer, tx);
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -279,8 +296,8 @@ fn start(
         peer,
         config: one_shot(),
         namespaces: vec![NamespaceEntry {
-            name: "counters".into(),
-            secret: None,
+            name: namespace.into(),
+            secret,
             store: node.store.clone(),
         }],
     };
@@ -334,11 +351,16 @@ fn two_nodes_replicate_a_custom_store_over_quic_and_end_one_shot() {
 /// A raw peer: connects, opens the control stream, and reads the node's hello.
 async fn raw_peer(
     server: &quinn::Endpoint,
-) -> (quinn::Connection, quinn::Connection, quinn::SendStream) {
+) -> (
+    quinn::Connection,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
     let client = client_endpoint();
     let (dialed, accepted) = connect(&client, server).await;
-    let (send, _recv) = dialed.open_bi().await.unwrap();
-    (dialed, accepted, send)
+    let (send, recv) = dialed.open_bi().await.unwrap();
+    (dialed, accepted, send, recv)
 }
 
 fn frame(m: &Message) -> Vec<u8> {
@@ -413,7 +435,7 @@ fn hostile_peers_lose_their_session_with_a_reason_and_the_node_carries_on() {
             ),
         ];
         for (i, (name, bytes, stream, code, words)) in attacks.into_iter().enumerate() {
-            let (dialed, accepted, mut control) = raw_peer(&server).await;
+            let (dialed, accepted, mut control, _recv) = raw_peer(&server).await;
             let (end, _events) = start(&b, accepted, Role::Acceptor, PeerKey([i as u8; 32]));
             control.write_all(&bytes()).await.unwrap();
             if let Some(header) = stream {
@@ -442,5 +464,127 @@ fn hostile_peers_lose_their_session_with_a_reason_and_the_node_carries_on() {
             "{ra} / {rb}"
         );
         assert_eq!(b.values.lock().unwrap().get(&counter(1)), Some(&2));
+    });
+}
+
+/// Reads control frames until one matches `last`; returns them all.
+async fn read_until(recv: &mut quinn::RecvStream, last: impl Fn(&Message) -> bool) -> Vec<Message> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        while let Some((payload, used)) = replic8::frame::parse(&buf, MAX_FRAME_LEN).unwrap() {
+            let m = message::decode(payload).unwrap();
+            buf.drain(..used);
+            let done = last(&m);
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+        let chunk = tokio::time::timeout(GUARD, recv.read_chunk(65536, true))
+            .await
+            .expect("the expected frame did not come")
+            .unwrap()
+            .expect("stream ended first");
+        buf.extend_from_slice(&chunk.bytes);
+    }
+}
+
+fn exporter(connection: &quinn::Connection) -> ExporterSecret {
+    let mut out = [0u8; 32];
+    connection
+        .export_keying_material(&mut out, EXPORTER_LABEL, EXPORTER_CONTEXT)
+        .unwrap();
+    ExporterSecret(out)
+}
+
+#[test]
+fn a_secret_namespace_sends_zero_keys_over_quic_and_a_replayed_proof_fails() {
+    actix::System::new().block_on(async {
+        let secret = NamespaceSecret([0x5e; 32]);
+        let ns = NamespaceId::from_name("team");
+        let b = node(&[(counter(4), 3, "counter"), (counter(5), 1, "counter")]);
+        let server = server_endpoint();
+
+        // A peer without the secret: says hello, proves nothing, reads everything B
+        // sends up to B's `Ready` (after which B only answers what the peer does).
+        let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
+        let (end, _events) = start_in(
+            &b,
+            accepted,
+            Role::Acceptor,
+            PeerKey([1; 32]),
+            "team",
+            Some(secret.clone()),
+        );
+        control
+            .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
+            .await
+            .unwrap();
+        let seen = read_until(&mut recv, |m| *m == Message::Ready).await;
+        assert!(matches!(seen[0], Message::Hello { .. }), "{seen:?}");
+        assert!(
+            seen.iter().any(|m| matches!(m, Message::Proof { .. })),
+            "B proves its side: {seen:?}"
+        );
+        assert!(
+            !seen
+                .iter()
+                .any(|m| matches!(m, Message::Offer { .. } | Message::Have { .. })),
+            "keys crossed the wire to a peer without the secret: {seen:?}"
+        );
+        // It then presents a proof recorded on another connection (computed here for
+        // that connection's exporter value, as the honest peer there would have sent it).
+        let (other, _other_accepted, _c, _r) = raw_peer(&server).await;
+        let replayed = secret.proof(&exporter(&other), Role::Dialer, &ns);
+        control
+            .write_all(&frame(&Message::Proof {
+                namespace: ns,
+                tag: replayed,
+            }))
+            .await
+            .unwrap();
+        let (code, reason) = closed_with(&dialed).await;
+        assert_eq!(code, u64::from(CloseCode::BAD_PROOF.0), "{reason}");
+        assert!(reason.contains("team"), "{reason}");
+        assert_eq!(
+            tokio::time::timeout(GUARD, end)
+                .await
+                .unwrap()
+                .unwrap()
+                .code,
+            CloseCode::BAD_PROOF
+        );
+
+        // The same proof made for this connection is accepted, and the offer follows.
+        let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
+        let (_end, _events) = start_in(
+            &b,
+            accepted,
+            Role::Acceptor,
+            PeerKey([2; 32]),
+            "team",
+            Some(secret.clone()),
+        );
+        let honest = secret.proof(&exporter(&dialed), Role::Dialer, &ns);
+        let mut first = frame(&hello(message::PROTOCOL_VERSION));
+        first.extend(frame(&Message::Proof {
+            namespace: ns,
+            tag: honest,
+        }));
+        control.write_all(&first).await.unwrap();
+        // B's ready may come before or after its offer, which waits for our proof.
+        let seen = read_until(&mut recv, |m| matches!(m, Message::Offer { .. })).await;
+        let offered: Vec<FeedKey> = seen
+            .iter()
+            .filter_map(|m| match m {
+                Message::Offer { feeds, .. } => {
+                    Some(feeds.iter().map(|f| f.key).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(offered.len(), 2, "{seen:?}");
     });
 }
