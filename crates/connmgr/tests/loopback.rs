@@ -348,3 +348,34 @@ fn firewall_hook_refuses_by_key_and_address() {
         c.close().await;
     });
 }
+
+#[test]
+fn alpn_is_configurable_and_must_match() {
+    run(|| async {
+        let alpn = |name: &[u8]| vec![name.to_vec()];
+        let a = Node::spawn_with("a", Identity::generate(), |c| c.alpn = alpn(b"test/2")).await;
+        let mut b = Node::spawn_with("b", Identity::generate(), |c| c.alpn = alpn(b"test/2")).await;
+        let mut c = Node::spawn_with("c", Identity::generate(), |c| c.alpn = alpn(b"test/1")).await;
+        assert_eq!(a.dial(b.addr(), None).await, Ok(b.key()));
+        let up = b.peer_up(a.key()).await;
+        assert_eq!(
+            up.connection
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol),
+            Some(b"test/2".to_vec())
+        );
+        let err = c.dial(b.addr(), None).await.expect_err("alpn mismatch");
+        assert!(matches!(err, DialError::Connection(_)), "{err:?}");
+        let refused = b.refused().await;
+        assert!(
+            matches!(refused.reason, RefusedReason::Handshake(_)),
+            "{refused:?}"
+        );
+        assert!(c.pending_events().iter().all(|e| !matches!(e, Ev::Up(_))));
+        drop(up);
+        a.close().await;
+        b.close().await;
+        c.close().await;
+    });
+}

@@ -1,0 +1,349 @@
+//! Transport benchmark: two `ConnManager`s on loopback, one connection, one stream, N MiB
+//! from one to the other; prints MB/s and the loss / datagram counters.
+//!
+//! ```text
+//! cargo run --release -p replic8-connmgr --example transport -- [options]
+//!   --mib N            bytes to send, in MiB (default 1024)
+//!   --runs R           repetitions per setting (default 3; the median is reported)
+//!   --preset NAME      one named setting (see `presets()`), or `all` (default: default)
+//!   --cc cubic|bbr|newreno, --stream-window B, --conn-window B, --send-window B,
+//!   --sockbuf B|os, --gso on|off, --mtu B, --mtud on|off
+//!                      override single knobs of the chosen preset
+//! ```
+//! Not a test: nothing is asserted, numbers go to `docs/PERFORMANCE.md`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use replic8_connmgr::{
+    Congestion, ConnManager, ConnManagerConfig, Dial, Identity, PeerDown, PeerUp, Subscribe,
+    TransportTuning,
+};
+use tokio::sync::mpsc;
+
+struct Catch(mpsc::UnboundedSender<quinn::Connection>);
+
+impl Actor for Catch {
+    type Context = Context<Self>;
+}
+
+impl Handler<PeerUp> for Catch {
+    type Result = ();
+    fn handle(&mut self, msg: PeerUp, _: &mut Context<Self>) {
+        let _ = self.0.send(msg.connection);
+    }
+}
+
+impl Handler<PeerDown> for Catch {
+    type Result = ();
+    fn handle(&mut self, _: PeerDown, _: &mut Context<Self>) {}
+}
+
+fn presets() -> Vec<(&'static str, TransportTuning)> {
+    let node = TransportTuning::default();
+    let quinn_defaults = TransportTuning {
+        stream_receive_window: None,
+        receive_window: None,
+        send_window: None,
+        congestion: Congestion::Cubic,
+        gso: true,
+        initial_mtu: 1200,
+        mtu_discovery: true,
+        socket_buffer: None,
+        ..node.clone()
+    };
+    let mut out = vec![
+        ("default", node.clone()),
+        ("quinn-defaults", quinn_defaults.clone()),
+        (
+            "sockbuf-1m",
+            TransportTuning {
+                socket_buffer: Some(1 << 20),
+                ..node.clone()
+            },
+        ),
+        (
+            "sockbuf-8m",
+            TransportTuning {
+                socket_buffer: Some(8 << 20),
+                ..node.clone()
+            },
+        ),
+        (
+            "sockbuf-16m",
+            TransportTuning {
+                socket_buffer: Some(16 << 20),
+                ..node.clone()
+            },
+        ),
+        (
+            "bbr",
+            TransportTuning {
+                congestion: Congestion::Bbr,
+                ..node.clone()
+            },
+        ),
+        (
+            "newreno",
+            TransportTuning {
+                congestion: Congestion::NewReno,
+                ..node.clone()
+            },
+        ),
+        (
+            "no-gso",
+            TransportTuning {
+                gso: false,
+                ..node.clone()
+            },
+        ),
+        (
+            "mtu-1452",
+            TransportTuning {
+                initial_mtu: 1452,
+                ..node.clone()
+            },
+        ),
+        (
+            "no-mtud",
+            TransportTuning {
+                mtu_discovery: false,
+                ..node.clone()
+            },
+        ),
+        (
+            "windows-small",
+            TransportTuning {
+                stream_receive_window: Some(512 << 10),
+                send_window: Some(2 << 20),
+                ..node.clone()
+            },
+        ),
+        (
+            "windows-large",
+            TransportTuning {
+                stream_receive_window: Some(8 << 20),
+                receive_window: Some(16 << 20),
+                send_window: Some(16 << 20),
+                ..node.clone()
+            },
+        ),
+    ];
+    out.push((
+        "quinn-defaults-bbr",
+        TransportTuning {
+            congestion: Congestion::Bbr,
+            ..quinn_defaults
+        },
+    ));
+    out
+}
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat` (Linux;
+/// zero elsewhere). Both endpoints run in this process, so it is the whole cost.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit(')').next() else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+struct RunResult {
+    secs: f64,
+    cpu: f64,
+    lost: u64,
+    datagrams: u64,
+    ios: u64,
+    mtu: u16,
+}
+
+async fn one_run(tuning: &TransportTuning, bytes: u64) -> RunResult {
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let spawn = |identity| {
+        let mut config = ConnManagerConfig::new(identity).with_listen(listen);
+        config.transport = tuning.clone();
+        ConnManager::spawn(config).expect("spawn")
+    };
+    let a = spawn(Identity::generate());
+    let b = spawn(Identity::generate());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let catch = Catch(tx).start();
+    b.addr()
+        .send(Subscribe {
+            peer_up: catch.clone().recipient(),
+            peer_down: catch.recipient(),
+        })
+        .await
+        .expect("subscribe");
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let catch_a = Catch(tx_a).start();
+    a.addr()
+        .send(Subscribe {
+            peer_up: catch_a.clone().recipient(),
+            peer_down: catch_a.recipient(),
+        })
+        .await
+        .expect("subscribe");
+    a.addr()
+        .send(Dial {
+            addr: b.local_addr(),
+            expected_key: Some(b.key()),
+        })
+        .await
+        .expect("actor")
+        .expect("dial");
+    let conn_a = rx_a.recv().await.expect("a up");
+    let conn_b = rx.recv().await.expect("b up");
+
+    let chunk = bytes::Bytes::from(vec![0x5au8; 1 << 20]);
+    let sender = tokio::spawn(async move {
+        let mut send = conn_a.open_uni().await.expect("open");
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            send.write_chunk(chunk.slice(..n)).await.expect("write");
+            left -= n as u64;
+        }
+        send.finish().expect("finish");
+        let _ = send.stopped().await;
+        conn_a
+    });
+    let mut recv = conn_b.accept_uni().await.expect("accept");
+    let start = Instant::now();
+    let cpu_start = cpu_time();
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.expect("read") {
+        got += chunk.bytes.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu_start).as_secs_f64();
+    assert_eq!(got, bytes, "short read");
+    let conn_a = sender.await.expect("sender");
+    let stats = conn_a.stats();
+    let result = RunResult {
+        secs,
+        cpu,
+        lost: stats.path.lost_packets,
+        datagrams: stats.udp_tx.datagrams,
+        ios: stats.udp_tx.ios,
+        mtu: stats.path.current_mtu,
+    };
+    drop((conn_a, conn_b));
+    a.close().await;
+    b.close().await;
+    result
+}
+
+fn parse_size(s: &str) -> u64 {
+    let (num, mul) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().expect("size") * mul
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut mib = 1024u64;
+    let mut runs = 3usize;
+    let mut preset = "default".to_string();
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--mib" => mib = value.parse().expect("--mib N"),
+            "--runs" => runs = value.parse().expect("--runs R"),
+            "--preset" => preset = value,
+            flag => overrides.push((flag.trim_start_matches("--").to_string(), value)),
+        }
+        i += 2;
+    }
+    let all = presets();
+    let chosen: Vec<(String, TransportTuning)> = all
+        .iter()
+        .filter(|(name, _)| preset == "all" || *name == preset)
+        .map(|(name, t)| {
+            let mut t = t.clone();
+            let mut label = name.to_string();
+            for (k, v) in &overrides {
+                label.push_str(&format!(" {k}={v}"));
+                match k.as_str() {
+                    "cc" => {
+                        t.congestion = match v.as_str() {
+                            "bbr" => Congestion::Bbr,
+                            "newreno" => Congestion::NewReno,
+                            _ => Congestion::Cubic,
+                        }
+                    }
+                    "stream-window" => t.stream_receive_window = Some(parse_size(v) as u32),
+                    "conn-window" => t.receive_window = Some(parse_size(v) as u32),
+                    "send-window" => t.send_window = Some(parse_size(v)),
+                    "sockbuf" => {
+                        t.socket_buffer = (v != "os").then(|| parse_size(v) as usize);
+                    }
+                    "gso" => t.gso = v == "on",
+                    "mtu" => t.initial_mtu = v.parse().expect("--mtu B"),
+                    "mtud" => t.mtu_discovery = v == "on",
+                    other => panic!("unknown option --{other}"),
+                }
+            }
+            (label, t)
+        })
+        .collect();
+    assert!(!chosen.is_empty(), "unknown preset {preset}");
+    let bytes = mib << 20;
+    let system = System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    });
+    system.block_on(async move {
+        println!("{mib} MiB, one stream, {runs} runs each, median MB/s (10^6 B/s)");
+        println!(
+            "{:<36} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6}",
+            "setting", "median", "min", "max", "MB/cpu-s", "lost/GiB", "dg/io", "mtu"
+        );
+        for (label, tuning) in chosen {
+            let mut rates = Vec::new();
+            let mut per_cpu = Vec::new();
+            let mut last = None;
+            for _ in 0..runs {
+                let r = one_run(&tuning, bytes).await;
+                rates.push(bytes as f64 / r.secs / 1e6);
+                per_cpu.push(bytes as f64 / r.cpu.max(1e-3) / 1e6);
+                last = Some(r);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rates.sort_by(|a, b| a.total_cmp(b));
+            per_cpu.sort_by(|a, b| a.total_cmp(b));
+            let r = last.expect("one run");
+            let gib = bytes as f64 / (1u64 << 30) as f64;
+            println!(
+                "{:<36} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>8.2} {:>6}",
+                label,
+                rates[rates.len() / 2],
+                rates[0],
+                rates[rates.len() - 1],
+                per_cpu[per_cpu.len() / 2],
+                r.lost as f64 / gib,
+                r.datagrams as f64 / r.ios.max(1) as f64,
+                r.mtu
+            );
+        }
+    });
+}
