@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
+use std::time::Instant;
 
 use crate::keys::{DiscoveryKey, FeedKey, FeedSecret, SignedHead};
 use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
@@ -102,6 +103,17 @@ pub struct Feed<S: FeedStorage> {
     runs: BTreeMap<u64, u64>,
     stored: u64,
     trusted: VecDeque<SignedHead>,
+    /// Blocks a sync core has asked some peer for (disjoint; in memory only), so the
+    /// feed's other cores ask their peers for other blocks.
+    claims: BTreeMap<u64, Claim>,
+}
+
+/// A range of blocks one sync core is downloading.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    end: u64,
+    owner: u64,
+    expires: Instant,
 }
 
 impl<S: FeedStorage> fmt::Debug for Feed<S> {
@@ -198,6 +210,7 @@ impl<S: FeedStorage> Feed<S> {
             roots,
             runs,
             stored,
+            claims: BTreeMap::new(),
             storage,
         })
     }
@@ -474,6 +487,51 @@ impl<S: FeedStorage> Feed<S> {
             }
         }
         Ok(roots)
+    }
+
+    /// If block `index` is being downloaded by a sync core other than `owner` (and that
+    /// claim has not expired), the end of its claim.
+    pub(crate) fn claimed_by_other(&self, index: u64, owner: u64, now: Instant) -> Option<u64> {
+        self.claims
+            .range(..=index)
+            .next_back()
+            .filter(|(_, c)| c.end > index && c.owner != owner && c.expires > now)
+            .map(|(_, c)| c.end)
+    }
+
+    /// Claim `[start, end)` for the sync core `owner` until `expires`, replacing any
+    /// claim it overlaps (only expired ones or the owner's own can overlap).
+    pub(crate) fn claim(&mut self, start: u64, end: u64, owner: u64, expires: Instant) {
+        let overlapping: Vec<u64> = self
+            .claims
+            .range(..end)
+            .rev()
+            .take_while(|(_, c)| c.end > start)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in overlapping {
+            self.claims.remove(&s);
+        }
+        self.claims.insert(
+            start,
+            Claim {
+                end,
+                owner,
+                expires,
+            },
+        );
+    }
+
+    /// Drop `owner`'s claim that starts at `start`, if any.
+    pub(crate) fn release(&mut self, start: u64, owner: u64) {
+        if self.claims.get(&start).is_some_and(|c| c.owner == owner) {
+            self.claims.remove(&start);
+        }
+    }
+
+    /// Drop every claim of `owner`.
+    pub(crate) fn release_all(&mut self, owner: u64) {
+        self.claims.retain(|_, c| c.owner != owner);
     }
 
     /// Record blocks `[start, end)` as stored, merging runs.

@@ -20,6 +20,7 @@
 //! ends this peer's stream. Nothing from a failed message was stored.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
@@ -201,6 +202,8 @@ struct Outstanding {
 /// The sync state machine for one feed and one peer. See the module docs.
 #[derive(Debug)]
 pub struct FeedSync {
+    /// Names this core in the feed's download claims.
+    id: u64,
     config: SyncConfig,
     peer_head: Option<SignedHead>,
     peer_ranges: Vec<(u64, u64)>,
@@ -226,7 +229,9 @@ impl FeedSync {
             Want::Range { start, .. } => start,
             _ => 0,
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         FeedSync {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             peer_head: None,
             peer_ranges: Vec::new(),
@@ -322,12 +327,24 @@ impl FeedSync {
                     _ => return Err(SyncError::Unrequested { start, end }),
                 }
                 self.outstanding.remove(&start);
+                feed.release(start, self.id);
                 remove_range(&mut self.peer_ranges, start, end);
                 self.cursor = self.cursor.min(start);
             }
         }
         self.schedule(feed, now);
         Ok(())
+    }
+
+    /// This core is done (its stream ended, or a `handle_*` call failed): give the
+    /// blocks it was downloading back to the feed's other cores. Claims of a core that is
+    /// dropped without `close` expire after `request_timeout`.
+    pub fn close<S: FeedStorage>(&mut self, feed: &mut Feed<S>) {
+        feed.release_all(self.id);
+        self.outstanding.clear();
+        self.upgrade = None;
+        self.pending.clear();
+        self.transmit.clear();
     }
 
     /// Check timers: an unanswered request older than the timeout ends the sync.
@@ -529,6 +546,7 @@ impl FeedSync {
             }
             _ => return Err(SyncError::Unrequested { start, end }),
         };
+        feed.release(start, self.id);
         let blocks: Vec<Vec<u8>> = data.blocks.into_iter().map(ByteBuf::into_vec).collect();
         let bytes: usize = blocks.iter().map(Vec::len).sum();
         feed.ingest(&data.proof, blocks)?;
@@ -595,6 +613,78 @@ impl FeedSync {
             .map(|(_, o)| o.end)
     }
 
+    /// Request missing blocks below `hi` from the cursor on, up to the window. Blocks
+    /// another core has claimed are skipped unless `endgame`. Returns where the scan
+    /// stopped and the first block skipped for another core's claim.
+    fn fill<S: FeedStorage>(
+        &mut self,
+        feed: &mut Feed<S>,
+        hi: u64,
+        endgame: bool,
+        now: Instant,
+    ) -> (u64, Option<u64>) {
+        let per = self
+            .config
+            .blocks_per_message
+            .clamp(1, MAX_BLOCKS_PER_MESSAGE);
+        let max_outstanding = self
+            .config
+            .max_outstanding
+            .clamp(1, MAX_OUTSTANDING_REQUESTS - 1);
+        let id = self.id;
+        let free = |feed: &Feed<S>, j: u64| endgame || feed.claimed_by_other(j, id, now).is_none();
+        let mut skipped = None;
+        let mut i = self.cursor.max(self.range_start());
+        while i < hi && self.outstanding.len() < max_outstanding {
+            if i < feed.contiguous_length() {
+                i = feed.contiguous_length();
+                continue;
+            }
+            if feed.has(i) {
+                i += 1;
+                continue;
+            }
+            if let Some(e) = self.outstanding_end_at(i) {
+                i = e;
+                continue;
+            }
+            let Some(peer_end) = self.peer_has(i) else {
+                i = self.next_peer_start(i).unwrap_or(hi);
+                continue;
+            };
+            if !endgame {
+                if let Some(e) = feed.claimed_by_other(i, id, now) {
+                    skipped.get_or_insert(i);
+                    i = e;
+                    continue;
+                }
+            }
+            let limit = hi.min(peer_end).min(i + per);
+            let mut j = i + 1;
+            while j < limit && !feed.has(j) && !self.outstanding.contains_key(&j) && free(feed, j) {
+                j += 1;
+            }
+            if !endgame {
+                feed.claim(i, j, id, now + self.config.request_timeout);
+            }
+            self.outstanding.insert(
+                i,
+                Outstanding {
+                    end: j,
+                    length: feed.length(),
+                    sent: now,
+                },
+            );
+            self.transmit.push_back(Message::Request(Request {
+                start: i,
+                end: j,
+                length: feed.length(),
+            }));
+            i = j;
+        }
+        (i, skipped)
+    }
+
     fn schedule<S: FeedStorage>(&mut self, feed: &mut Feed<S>, now: Instant) {
         let length = feed.length();
         let grown = feed.stored_count().saturating_sub(self.sent_stored);
@@ -615,54 +705,18 @@ impl FeedSync {
         } else {
             0
         };
-        let per = self
-            .config
-            .blocks_per_message
-            .clamp(1, MAX_BLOCKS_PER_MESSAGE);
-        let mut i = self.cursor.max(self.range_start());
-        let max_outstanding = self
-            .config
-            .max_outstanding
-            .clamp(1, MAX_OUTSTANDING_REQUESTS - 1);
-        while i < hi && self.outstanding.len() < max_outstanding {
-            if i < feed.contiguous_length() {
-                i = feed.contiguous_length();
-                continue;
+        let (i, skipped) = self.fill(feed, hi, false, now);
+        // Endgame: with nothing of our own in flight, ask for what other cores are
+        // fetching too, so a slow or stalled peer elsewhere cannot stall us.
+        if self.outstanding.is_empty() {
+            if let Some(from) = skipped {
+                self.cursor = from;
+                self.fill(feed, hi, true, now);
             }
-            if feed.has(i) {
-                i += 1;
-                continue;
-            }
-            if let Some(e) = self.outstanding_end_at(i) {
-                i = e;
-                continue;
-            }
-            let Some(peer_end) = self.peer_has(i) else {
-                i = self.next_peer_start(i).unwrap_or(hi);
-                continue;
-            };
-            let limit = hi.min(peer_end).min(i + per);
-            let mut j = i + 1;
-            while j < limit && !feed.has(j) && !self.outstanding.contains_key(&j) {
-                j += 1;
-            }
-            self.outstanding.insert(
-                i,
-                Outstanding {
-                    end: j,
-                    length,
-                    sent: now,
-                },
-            );
-            self.transmit.push_back(Message::Request(Request {
-                start: i,
-                end: j,
-                length,
-            }));
-            i = j;
         }
-        self.cursor = i;
+        self.cursor = skipped.unwrap_or(i).min(i);
         let done = i >= hi
+            && skipped.is_none()
             && self.outstanding.is_empty()
             && self.upgrade.is_none()
             && !self.wants_upgrade(length);

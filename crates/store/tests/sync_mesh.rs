@@ -73,11 +73,11 @@ impl Mesh {
         };
         let (at, _, from, to, bytes) = self.queue.swap_remove(pos);
         self.now = self.now.max(at);
-        let before = (self.feeds[to].length(), self.feeds[to].contiguous_length());
+        let before = (self.feeds[to].length(), self.feeds[to].stored_count());
         let sync = self.syncs.get_mut(&(to, from)).expect("sync");
         sync.handle_bytes(&mut self.feeds[to], &bytes, self.now)
             .map_err(|e| (to, from, e))?;
-        if (self.feeds[to].length(), self.feeds[to].contiguous_length()) != before {
+        if (self.feeds[to].length(), self.feeds[to].stored_count()) != before {
             self.feed_changed(to);
         }
         Ok(true)
@@ -98,6 +98,18 @@ impl Mesh {
             }
         }
         panic!("no progress: {:?}", self.state());
+    }
+
+    fn new(feeds: Vec<Feed<MemoryFeed>>, seed: u64, jitter_ms: u64) -> Mesh {
+        Mesh {
+            feeds,
+            syncs: HashMap::new(),
+            queue: Vec::new(),
+            now: Instant::now(),
+            rng: StdRng::seed_from_u64(seed),
+            seq: 0,
+            jitter_ms,
+        }
     }
 
     fn state(&self) -> Vec<(u64, u64)> {
@@ -180,4 +192,58 @@ fn replicas_fetch_from_writer_and_each_other_while_it_appends() {
             }
         }
     }
+}
+
+/// A replica connected to two full sources downloads each block about once: the feed's
+/// download claims make its two cores ask for different blocks.
+#[test]
+fn two_sources_split_the_work() {
+    let secret = FeedSecret::from_bytes(&[8; 32]);
+    let mut writer = Feed::create(&MemoryStorage::new(), secret).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..2000).map(block).collect();
+    writer.append_batch(&blocks).expect("append");
+    let key = *writer.key();
+    // A second full source, filled through the feed API.
+    let mut full = Feed::create_replica(&MemoryStorage::new(), key).expect("replica");
+    let upgrade = writer.proof(0, 2000, 0, 0).expect("upgrade");
+    full.ingest(&upgrade, vec![]).expect("upgrade");
+    for start in (0..2000).step_by(500) {
+        let p = writer.proof(2000, 2000, start, start + 500).expect("proof");
+        full.ingest(&p, writer.get_range(start, start + 500).expect("read"))
+            .expect("ingest");
+    }
+    for seed in 0..4 {
+        let feeds = vec![
+            writer_clone(&writer),
+            writer_clone(&full),
+            Feed::create_replica(&MemoryStorage::new(), key).expect("replica"),
+        ];
+        let mut mesh = Mesh::new(feeds, seed, 10);
+        let config = SyncConfig {
+            want: Want::All,
+            live: false,
+            max_outstanding: 4,
+            blocks_per_message: 8,
+            ..SyncConfig::default()
+        };
+        mesh.connect(0, 2, &config);
+        mesh.connect(1, 2, &config);
+        mesh.run_until(|m| m.feeds[2].contiguous_length() == 2000);
+        let from_writer = mesh.syncs[&(2, 0)].stats().blocks_in;
+        let from_full = mesh.syncs[&(2, 1)].stats().blocks_in;
+        let window = 2 * 4 * 8;
+        assert!(
+            from_writer + from_full <= 2000 + window,
+            "seed {seed}: {from_writer} + {from_full} blocks for 2000"
+        );
+        assert!(
+            from_writer > 500 && from_full > 500,
+            "seed {seed}: {from_writer} / {from_full}"
+        );
+    }
+}
+
+/// Another handle on the same stored feed (memory storage handles share state).
+fn writer_clone(feed: &Feed<MemoryFeed>) -> Feed<MemoryFeed> {
+    Feed::from_storage(*feed.key(), feed.storage().clone()).expect("reopen")
 }
