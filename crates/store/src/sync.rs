@@ -1,21 +1,28 @@
 //! The feed sync core: one [`FeedSync`] per (feed, peer), with no I/O and no clock.
 //!
-//! The owner of a feed drives one core per peer (STYLE.md §1):
+//! The owner of a feed (a store actor) drives one core per peer (STYLE.md §1):
 //! - inputs: [`FeedSync::handle_start`] once, [`FeedSync::handle_message`] (or
 //!   [`FeedSync::handle_bytes`]) for each message from the peer,
-//!   [`FeedSync::handle_feed_update`] whenever the feed changed by another path (a local
-//!   append, or blocks from another peer), and [`FeedSync::handle_timeout`] when
-//!   [`FeedSync::poll_timeout`] is reached; time is passed in as `now`;
-//! - outputs: [`FeedSync::poll_transmit`] (messages to send, in order, each to be
-//!   encoded with [`crate::message::encode`] into one frame) and [`FeedSync::poll_event`].
+//!   [`FeedSync::handle_feed_update`] on every other core of the feed whenever a call
+//!   changed [`Feed::length`] or [`Feed::stored_count`] (and after a local append), and
+//!   [`FeedSync::handle_timeout`] when [`FeedSync::poll_timeout`] is reached; time is
+//!   passed in as `now`;
+//! - outputs: [`FeedSync::poll_transmit`] (call it while the stream can take more; each
+//!   message is encoded with [`crate::message::encode`] into one frame) and
+//!   [`FeedSync::poll_event`];
+//! - end: [`FeedSync::close`] when the stream ends or a call failed, so the blocks this
+//!   core was fetching go to the feed's other cores at once.
 //!
 //! Protocol (see `docs/PROTOCOL.md`, "Feeds"): each side starts with a [`Have`] and sends
-//! another whenever its length changes (the live notice). A side that wants more than its
-//! own head asks the peer for an upgrade proof (`RequestUpgrade`, one at a time), which
-//! moves its head with one signature check. It then pipelines up to
-//! [`SyncConfig::max_outstanding`] `Request`s of at most
+//! another when its length changes (the live notice) or it stored many new blocks. A side
+//! that wants more than its own head asks the peer for an upgrade proof
+//! (`RequestUpgrade`, one at a time), which moves its head with one signature check. It
+//! then pipelines up to [`SyncConfig::max_outstanding`] `Request`s of at most
 //! [`SyncConfig::blocks_per_message`] blocks each, proven against its own length, so data
-//! proofs need no signature at all. A side answers requests from its feed. Every error
+//! proofs need no signature at all. The cores of one feed claim the blocks they request
+//! in the [`Feed`], so each peer is asked for different blocks; a core with nothing left
+//! to ask duplicates others' requests (endgame) rather than wait on a slow peer. A side
+//! answers requests from its feed, building each answer only when polled. Every error
 //! returned by a `handle_*` method is the peer's fault or a storage failure; the caller
 //! ends this peer's stream. Nothing from a failed message was stored.
 
