@@ -344,6 +344,24 @@ impl ConnCore {
                 return Ok(DialStart::Wait(id));
             }
         }
+        // A peer already connected (or settling) at this address: no second connection.
+        // Every node dials and listens on one socket, so a peer's address is the same
+        // whichever side dialed; discovery hands out addresses without keys, and a
+        // redial must not replace a working connection.
+        let at_addr = self.current.iter().find_map(|(key, id)| {
+            let c = self.conns.get(id)?;
+            (c.addr == addr && expected.is_none_or(|e| e == *key)).then_some((*key, c.phase))
+        });
+        match at_addr {
+            Some((key, Phase::Up)) => return Ok(DialStart::Connected(key)),
+            Some((key, _)) => {
+                let id = self.new_id();
+                self.wait_for_key(key, id, now);
+                return Ok(DialStart::Wait(id));
+            }
+            None => {}
+        }
+        self.prune(now);
         // Join an unpinned dial already in flight to the same address.
         let same_addr = self.conns.iter().find_map(|(id, c)| {
             (c.addr == addr
@@ -653,8 +671,7 @@ impl ConnCore {
         for id in expired {
             self.finish_dial(id, Err(DialError::Timeout));
         }
-        self.bans.retain(|_, until| *until > now);
-        self.backoff.retain(|_, b| b.retry_at > now || !b.dropped);
+        self.prune(now);
     }
 
     /// Close the connection to `key` on request. Returns whether there was one.
@@ -786,6 +803,21 @@ impl ConnCore {
             });
         }
         self.events.push_back(CoreEvent::DialDone { dial, result });
+    }
+
+    /// Forgets expired bans and backoff entries. A failed address is remembered for
+    /// `drop_for` after its retry time, so that the schedule keeps escalating when it
+    /// keeps failing, and is then forgotten.
+    fn prune(&mut self, now: Instant) {
+        let keep_for = self.config.drop_for;
+        self.bans.retain(|_, until| *until > now);
+        self.backoff.retain(|_, b| {
+            if b.dropped {
+                b.retry_at > now
+            } else {
+                b.retry_at + keep_for > now
+            }
+        });
     }
 
     fn check_backoff(&mut self, addr: SocketAddr, now: Instant) -> Result<(), DialError> {

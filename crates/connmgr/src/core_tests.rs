@@ -683,3 +683,41 @@ fn dial_closed_as_duplicate_in_its_handshake_waits_for_the_peers_connection() {
         }]
     );
 }
+
+#[test]
+fn redial_of_a_connected_address_reuses_the_connection() {
+    let t0 = Instant::now();
+    let mut core = ConnCore::new(key(50), config());
+    // 90 dialed us from its one socket (port 1); discovery then finds port 1 again.
+    let i = core.handle_incoming(addr(1)).expect("accept");
+    core.handle_established(i, key(90), t0);
+    events(&mut core);
+    assert_eq!(
+        core.handle_dial(addr(1), None, t0),
+        Ok(DialStart::Connected(key(90)))
+    );
+    assert_eq!(
+        core.handle_dial(addr(1), Some(key(90)), t0),
+        Ok(DialStart::Connected(key(90)))
+    );
+    // Pinned to another key: that is a different peer, dial it (the handshake decides).
+    assert!(matches!(
+        core.handle_dial(addr(1), Some(key(91)), t0),
+        Ok(DialStart::Dial(_))
+    ));
+    // A held connection at an address: the dial waits for it to settle.
+    let d = dial(&mut core, 2, None, t0);
+    core.handle_established(d, key(60), t0);
+    let Ok(DialStart::Wait(w)) = core.handle_dial(addr(2), None, t0) else {
+        panic!("expected to wait for the held connection");
+    };
+    core.handle_timeout(t0 + config().settle_window);
+    let evs = events(&mut core);
+    assert!(
+        evs.contains(&CoreEvent::DialDone {
+            dial: w,
+            result: Ok(key(60))
+        }),
+        "{evs:?}"
+    );
+}

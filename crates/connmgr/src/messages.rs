@@ -98,7 +98,8 @@ pub struct SubscribeRefused(pub Recipient<ConnRefused>);
 pub struct Shutdown;
 
 /// A connection to `key` is settled (the only one for that key): open and accept
-/// streams on it.
+/// streams on it. The connection manager sends empty QUIC datagrams on it as liveness
+/// probes; a protocol that uses datagrams ignores empty ones.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct PeerUp {
