@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::ConnManagerConfig;
 use crate::core::{ConnCore, ConnId, CoreEvent, DialStart, Initiator};
@@ -347,10 +347,16 @@ impl ConnManager {
         self.rearm(ctx);
     }
 
+    /// Logs a refusal once and tells the `ConnRefused` subscribers. Our own failed dials
+    /// log at debug: the `Dial` caller gets the error and decides what it is worth.
     fn report_refused(&mut self, refused: ConnRefused) {
-        warn!(parent: &self.span, addr = %refused.addr,
-            peer = refused.key.map(|k| k.fmt_short()).unwrap_or_default(),
-            initiator = ?refused.initiator, reason = %refused.reason, "connection refused");
+        let peer = refused.key.map(|k| k.fmt_short()).unwrap_or_default();
+        match refused.initiator {
+            Initiator::Remote => info!(parent: &self.span, addr = %refused.addr, %peer,
+                reason = %refused.reason, "incoming connection refused"),
+            Initiator::Local => debug!(parent: &self.span, addr = %refused.addr, %peer,
+                reason = %refused.reason, "dial failed"),
+        }
         self.refused_subs.retain(|s| s.connected());
         for sub in &self.refused_subs {
             sub.do_send(refused.clone());

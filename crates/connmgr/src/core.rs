@@ -32,6 +32,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{
     is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, CLOSE_DUPLICATE,
+    CLOSE_REFUSED,
 };
 use crate::key::PeerKey;
 
@@ -608,14 +609,27 @@ impl ConnCore {
                 if self.current.get(&key) == Some(&conn) {
                     self.current.remove(&key);
                 }
+                let refused_by_peer = match &error {
+                    quinn::ConnectionError::ApplicationClosed(close)
+                        if close.error_code == CLOSE_REFUSED =>
+                    {
+                        Some(String::from_utf8_lossy(&close.reason).into_owned())
+                    }
+                    _ => None,
+                };
+                if refused_by_peer.is_some() {
+                    // Do not come straight back to a peer that refused us.
+                    self.backoff_failure(c.addr, now);
+                }
                 if c.phase == Phase::Up {
-                    let reason = match &error {
-                        quinn::ConnectionError::ApplicationClosed(close)
+                    let reason = match (&error, &refused_by_peer) {
+                        (_, Some(text)) => DownReason::RefusedByPeer(text.clone()),
+                        (quinn::ConnectionError::ApplicationClosed(close), _)
                             if close.error_code == CLOSE_DUPLICATE =>
                         {
                             DownReason::Duplicate
                         }
-                        other => DownReason::Lost(other.clone()),
+                        (other, _) => DownReason::Lost(other.clone()),
                     };
                     self.events
                         .push_back(CoreEvent::PeerDown { conn, key, reason });
@@ -627,15 +641,9 @@ impl ConnCore {
                 } else if !self.current.contains_key(&key) && !is_duplicate_close(&error) {
                     // (Closed by the peer as a duplicate: the peer's own connection to us
                     // is coming, and the dials for this key wait for it.)
-                    let result = match &error {
-                        quinn::ConnectionError::ApplicationClosed(close)
-                            if close.error_code == crate::error::CLOSE_REFUSED =>
-                        {
-                            DialError::RefusedByPeer(
-                                String::from_utf8_lossy(&close.reason).into_owned(),
-                            )
-                        }
-                        other => DialError::Connection(other.clone()),
+                    let result = match refused_by_peer {
+                        Some(text) => DialError::RefusedByPeer(text),
+                        None => DialError::Connection(error.clone()),
                     };
                     self.resolve_key_waiters(key, Err(result));
                 }

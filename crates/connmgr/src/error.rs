@@ -125,6 +125,10 @@ pub enum DownReason {
     /// The peer was banned.
     #[error("banned")]
     Banned,
+    /// The peer refused us by its policy (it banned us, its limits, its firewall); the
+    /// text is its reason. The address is backed off as after a failed dial.
+    #[error("refused by the peer: {0}")]
+    RefusedByPeer(String),
     /// The connection was lost or closed by the peer.
     #[error("connection lost: {0}")]
     Lost(quinn::ConnectionError),
