@@ -453,7 +453,10 @@ impl FeedSync {
             .into());
         }
         self.peer_head = Some(head);
-        self.peer_ranges = have.ranges;
+        // Peers never drop blocks, so what an overtaken `Have` lists is still true: keep
+        // the union (bounded) rather than the latest list alone.
+        self.peer_ranges = union_ranges(&self.peer_ranges, &have.ranges);
+        self.peer_ranges.truncate(4 * MAX_HAVE_RANGES);
         self.cursor = self.range_start();
         self.events.push_back(SyncEvent::PeerHead {
             length: head.length,
@@ -741,6 +744,20 @@ impl FeedSync {
     }
 }
 
+/// The union of two lists of sorted, disjoint ranges, merged where they touch.
+fn union_ranges(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (s, e) in all {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 /// Remove `[start, end)` from sorted disjoint ranges.
 fn remove_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
     let mut out = Vec::with_capacity(ranges.len() + 1);
@@ -762,6 +779,15 @@ fn remove_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn union_merges() {
+        assert_eq!(
+            union_ranges(&[(0, 5), (10, 20)], &[(3, 8), (20, 25), (30, 31)]),
+            vec![(0, 8), (10, 25), (30, 31)]
+        );
+        assert_eq!(union_ranges(&[], &[(1, 2)]), vec![(1, 2)]);
+    }
 
     #[test]
     fn remove_range_splits() {
