@@ -579,6 +579,14 @@ mod tests {
     use crate::storage::MemoryStorage;
 
     #[test]
+    fn feeds_and_cores_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Feed<crate::storage::MemoryFeed>>();
+        send::<Feed<crate::storage::DiskFeed>>();
+        send::<crate::sync::FeedSync>();
+    }
+
+    #[test]
     fn runs_merge_and_count() {
         let key = FeedSecret::from_bytes(&[1; 32]).key();
         let mut f = Feed::create_replica(&MemoryStorage::new(), key).unwrap();
