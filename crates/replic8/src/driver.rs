@@ -80,6 +80,8 @@ pub enum SessionCommand {
         /// The stream.
         id: StreamId,
     },
+    /// Serve one more namespace on this session.
+    Register(NamespaceEntry),
     /// End the session.
     Close {
         /// Why, sent to the peer.
@@ -142,7 +144,7 @@ pub async fn run(
         }
     };
     let mut session = Session::new(config, role, exporter, Instant::now());
-    let stores: HashMap<String, StoreRecipients> = namespaces
+    let mut stores: HashMap<String, StoreRecipients> = namespaces
         .iter()
         .map(|n| (n.name.clone(), n.store.clone()))
         .collect();
@@ -185,19 +187,7 @@ pub async fn run(
             continue;
         }
         initial += 2;
-        let (store, name, tx) = (entry.store.clone(), entry.name.clone(), input_tx.clone());
-        tasks.spawn(async move {
-            let shares = store.shares.send(Shares {
-                peer,
-                namespace: name.clone(),
-            });
-            let _ = tx.send(Input::Shares(name.clone(), flatten(shares.await)));
-            let known = store.known.send(KnownFeeds {
-                peer,
-                namespace: name.clone(),
-            });
-            let _ = tx.send(Input::Known(name, flatten(known.await)));
-        });
+        ask_store(&mut tasks, entry, peer, input_tx.clone());
     }
     if initial == 0 {
         let _ = session.handle_ready();
@@ -407,6 +397,16 @@ pub async fn run(
                     attached.remove(&id);
                     session.handle_stream_closed(&feed, id);
                 }
+                Some(SessionCommand::Register(entry)) => {
+                    match session.handle_register_namespace(&entry.name, entry.secret.clone()) {
+                        Ok(()) => {
+                            stores.insert(entry.name.clone(), entry.store.clone());
+                            initial += 2;
+                            ask_store(&mut tasks, &entry, peer, input_tx.clone());
+                        }
+                        Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
+                    }
+                }
                 Some(SessionCommand::Close { reason }) => session.handle_close(&reason),
                 None => session.handle_close("session handle dropped"),
             },
@@ -414,6 +414,28 @@ pub async fn run(
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
     }
+}
+
+/// Asks a namespace's store what it shares and holds; the answers come back as inputs.
+fn ask_store(
+    tasks: &mut JoinSet<()>,
+    entry: &NamespaceEntry,
+    peer: PeerKey,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    let (store, name) = (entry.store.clone(), entry.name.clone());
+    tasks.spawn(async move {
+        let shares = store.shares.send(Shares {
+            peer,
+            namespace: name.clone(),
+        });
+        let _ = tx.send(Input::Shares(name.clone(), flatten(shares.await)));
+        let known = store.known.send(KnownFeeds {
+            peer,
+            namespace: name.clone(),
+        });
+        let _ = tx.send(Input::Known(name, flatten(known.await)));
+    });
 }
 
 fn close_code(code: CloseCode) -> quinn::VarInt {

@@ -15,7 +15,9 @@
 //! - [`session`]: the session core without I/O: hello, proofs, offers, streams, end.
 //! - [`store`]: the store interface, as actix messages.
 //! - [`driver`]: runs one session over a `quinn::Connection` (tokio tasks, no actor).
+//! - [`actor`]: `SessionsActor`, the store registry and one driver per connection.
 
+pub mod actor;
 pub mod driver;
 pub mod frame;
 pub mod keys;
