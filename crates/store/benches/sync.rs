@@ -10,8 +10,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use replic8_store::message::Data;
 use replic8_store::storage::{MemoryFeed, MemoryStorage};
-use replic8_store::{encode, Feed, FeedKey, FeedSecret, FeedSync, SyncConfig, Want};
+use replic8_store::{
+    decode, encode, Feed, FeedKey, FeedSecret, FeedSync, Message, SyncConfig, Want,
+};
+use serde_bytes::ByteBuf;
 
 fn writer(blocks: u64, block_size: usize) -> Feed<MemoryFeed> {
     let storage = MemoryStorage::new();
@@ -110,7 +114,59 @@ fn run(c: &mut Criterion, name: &str, blocks: u64, block_size: usize, per_messag
     g.finish();
 }
 
+/// The receiving side alone: decode pre-encoded data messages and `Feed::ingest` them
+/// (verify, then store) into a replica that holds the head.
+fn ingest(c: &mut Criterion, blocks: u64, block_size: usize, per_message: u64) {
+    let mut w = writer(blocks, block_size);
+    let key = *w.key();
+    let upgrade = w.proof(0, blocks, 0, 0).expect("upgrade");
+    let frames: Vec<Vec<u8>> = (0..blocks)
+        .step_by(per_message as usize)
+        .map(|start| {
+            let end = (start + per_message).min(blocks);
+            let proof = w.proof(blocks, blocks, start, end).expect("proof");
+            let data = w.get_range(start, end).expect("read");
+            encode(&Message::Data(Data {
+                proof,
+                blocks: data.into_iter().map(ByteBuf::from).collect(),
+            }))
+            .expect("encode")
+        })
+        .collect();
+    let mut g = c.benchmark_group("ingest");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(blocks));
+    g.bench_function(
+        format!("{blocks} x {block_size} B, {per_message} blocks/message, blocks"),
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut r = Feed::create_replica(&MemoryStorage::new(), key).expect("replica");
+                    r.ingest(&upgrade, vec![]).expect("upgrade");
+                    r
+                },
+                |mut r| {
+                    for f in &frames {
+                        let Message::Data(d) = decode(f).expect("decode") else {
+                            unreachable!("data frames only")
+                        };
+                        let blocks = d.blocks.into_iter().map(ByteBuf::into_vec).collect();
+                        r.ingest(&d.proof, blocks).expect("ingest");
+                    }
+                    assert_eq!(r.contiguous_length(), blocks);
+                    r
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
+    ingest(c, 20_000, 1024, 64);
     run(c, "1KiB x 20000", 20_000, 1024, 64);
     run(c, "1KiB x 20000", 20_000, 1024, 256);
     run(c, "64KiB x 1000", 1_000, 64 * 1024, 16);
