@@ -729,10 +729,10 @@ impl Session {
             if self.peer_has.contains(&key) || !self.offered.insert(key) {
                 continue;
             }
-            let feed_id = self.next_feed_id;
-            self.next_feed_id += 1;
+            // The id is given when the offer is sent: offers waiting for a proof may go
+            // out after later ones, and ids must increase on the wire.
             new.push(OfferedFeed {
-                id: feed_id,
+                id: 0,
                 key,
                 headers,
             });
@@ -1383,7 +1383,9 @@ impl Session {
     fn send_offers(&mut self, namespace: NamespaceId, feeds: Vec<OfferedFeed>) {
         let mut batch: Vec<OfferedFeed> = Vec::new();
         let mut size = 0;
-        for feed in feeds {
+        for mut feed in feeds {
+            feed.id = self.next_feed_id;
+            self.next_feed_id += 1;
             // Bounded by the header limits, so this cannot fail for a checked feed.
             let len = message::encoded_len(&feed).unwrap_or(MAX_FRAME_LEN);
             if !batch.is_empty()

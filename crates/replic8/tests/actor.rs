@@ -1,6 +1,6 @@
 //! `SessionsActor` over real QUIC on loopback: stores register, sessions start per
 //! connection, a store forwards what it accepts, and offers do not loop.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -248,5 +248,284 @@ fn a_triangle_forwards_a_feed_to_everyone_without_loops() {
         for node in [&a, &b, &c] {
             assert_eq!(node.sessions.send(ListSessions).await.unwrap().len(), 2);
         }
+    });
+}
+
+/// A store that records what it was offered and which streams it got, accepts offered
+/// feeds whose `want` header is `yes`, and runs the counter protocol on its streams.
+#[derive(Debug)]
+struct RecordingStore {
+    values: Arc<Mutex<HashMap<FeedKey, u64>>>,
+    headers: HashMap<FeedKey, Headers>,
+    offers: Arc<Mutex<Vec<(String, Vec<SharedFeed>)>>>,
+    attached: Arc<Mutex<Vec<FeedKey>>>,
+    sessions: Addr<SessionsActor>,
+}
+
+impl Actor for RecordingStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<Shares> for RecordingStore {
+    type Result = Result<Vec<SharedFeed>, StoreError>;
+    fn handle(&mut self, msg: Shares, _: &mut Context<Self>) -> Self::Result {
+        Ok(self
+            .headers
+            .iter()
+            .filter(|(_, h)| h.get("ns") == Some(msg.namespace.as_bytes()))
+            .map(|(key, headers)| SharedFeed {
+                key: *key,
+                headers: headers.clone(),
+            })
+            .collect())
+    }
+}
+
+impl Handler<KnownFeeds> for RecordingStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, _: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
+impl Handler<Offer> for RecordingStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
+        self.offers
+            .lock()
+            .unwrap()
+            .push((msg.namespace.clone(), msg.feeds.clone()));
+        let accepted: Vec<FeedKey> = msg
+            .feeds
+            .iter()
+            .filter(|f| f.headers.get("want") == Some(b"yes"))
+            .map(|f| f.key)
+            .collect();
+        let mut values = self.values.lock().unwrap();
+        for key in &accepted {
+            values.entry(*key).or_insert(0);
+        }
+        Ok(accepted)
+    }
+}
+
+impl Handler<Attach> for RecordingStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
+        self.attached.lock().unwrap().push(msg.feed);
+        let (values, sessions) = (self.values.clone(), self.sessions.clone());
+        let ours = values.lock().unwrap().get(&msg.feed).copied().unwrap_or(0);
+        let FeedStream { mut send, mut recv } = msg.stream;
+        tokio::spawn(async move {
+            let mine = ours.to_be_bytes();
+            let mut theirs = [0u8; 8];
+            let (w, r) = tokio::join!(send.write_all(&mine), recv.read_exact(&mut theirs));
+            if w.is_ok() && r.is_ok() {
+                let value = ours.max(u64::from_be_bytes(theirs));
+                values.lock().unwrap().insert(msg.feed, value);
+                sessions.do_send(FeedSynced {
+                    feed: msg.feed,
+                    peer: msg.peer,
+                    length: value,
+                });
+            }
+            let _ = send.finish();
+            let _ = recv.read_to_end(64).await;
+            sessions.do_send(StreamEnded {
+                feed: msg.feed,
+                peer: msg.peer,
+                id: msg.id,
+            });
+        });
+        Ok(())
+    }
+}
+
+impl Handler<Detach> for RecordingStore {
+    type Result = ();
+    fn handle(&mut self, _: Detach, _: &mut Context<Self>) {}
+}
+
+struct Recorded {
+    values: Arc<Mutex<HashMap<FeedKey, u64>>>,
+    offers: Arc<Mutex<Vec<(String, Vec<SharedFeed>)>>>,
+    attached: Arc<Mutex<Vec<FeedKey>>>,
+}
+
+fn recording_store(
+    sessions: &Addr<SessionsActor>,
+    feeds: &[(FeedKey, u64, Headers)],
+) -> (StoreRecipients, Recorded) {
+    let values = Arc::new(Mutex::new(feeds.iter().map(|(k, v, _)| (*k, *v)).collect()));
+    let offers = Arc::new(Mutex::new(Vec::new()));
+    let attached = Arc::new(Mutex::new(Vec::new()));
+    let store = RecordingStore {
+        values: values.clone(),
+        headers: feeds.iter().map(|(k, _, h)| (*k, h.clone())).collect(),
+        offers: offers.clone(),
+        attached: attached.clone(),
+        sessions: sessions.clone(),
+    }
+    .start();
+    (
+        StoreRecipients::of(&store),
+        Recorded {
+            values,
+            offers,
+            attached,
+        },
+    )
+}
+
+fn headers(pairs: &[(&str, &[u8])]) -> Headers {
+    let mut h = Headers::new();
+    for (k, v) in pairs {
+        h.insert(*k, v.to_vec()).unwrap();
+    }
+    h
+}
+
+#[test]
+fn two_nodes_three_stores_two_namespaces_over_quic() {
+    actix::System::new().block_on(async {
+        let (a_events, mut events) = mpsc::unbounded_channel();
+        let a = SessionsActor::new(SessionConfig::default(), Some(a_events)).start();
+        let b = SessionsActor::new(SessionConfig::default(), None).start();
+        let secret = Some(replic8::keys::NamespaceSecret([0x77; 32]));
+        let f = |n: u8| FeedKey([n; 32]);
+        // A: one store for "photos", one for "docs" (secret). B: one store for both.
+        let (photos, photos_rec) = recording_store(
+            &a,
+            &[
+                (
+                    f(1),
+                    3,
+                    headers(&[
+                        ("ns", b"photos"),
+                        ("want", b"yes"),
+                        ("title", "été".as_bytes()),
+                    ]),
+                ),
+                (f(2), 4, headers(&[("ns", b"photos"), ("want", b"no")])),
+            ],
+        );
+        let (docs, docs_rec) = recording_store(
+            &a,
+            &[
+                (
+                    f(3),
+                    5,
+                    headers(&[("ns", b"docs"), ("want", b"yes"), ("bin", &[0, 1, 255])]),
+                ),
+                (f(4), 6, headers(&[("ns", b"docs")])),
+            ],
+        );
+        let (both, b_rec) = recording_store(&b, &[]);
+        for (actor, namespaces, store) in [
+            (&a, vec![("photos".to_string(), None)], photos),
+            (&a, vec![("docs".to_string(), secret.clone())], docs),
+            (
+                &b,
+                vec![
+                    ("photos".to_string(), None),
+                    ("docs".to_string(), secret.clone()),
+                ],
+                both,
+            ),
+        ] {
+            actor
+                .send(RegisterStore { namespaces, store })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let (server, client) = (server_endpoint(), client_endpoint());
+        let (dialed, accepted) = connect(&client, &server).await;
+        let (ka, kb) = (PeerKey([0xa; 32]), PeerKey([0xb; 32]));
+        a.send(StartSession {
+            peer: kb,
+            connection: dialed,
+            role: Role::Dialer,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        b.send(StartSession {
+            peer: ka,
+            connection: accepted,
+            role: Role::Acceptor,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        // Wait for A's session to report both accepted feeds in sync.
+        let mut synced = std::collections::HashSet::new();
+        tokio::time::timeout(GUARD, async {
+            while synced.len() < 2 {
+                let PeerEvent { event, .. } = events.recv().await.unwrap();
+                match event {
+                    SessionEvent::FeedSynced { feed, .. } => {
+                        synced.insert(feed);
+                    }
+                    SessionEvent::SessionEnded { reason } => panic!("{reason}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("accepted feeds did not sync");
+        assert_eq!(synced, [f(1), f(3)].into_iter().collect());
+        // Headers arrived intact, each in its namespace.
+        let offers = b_rec.offers.lock().unwrap().clone();
+        let mut seen: Vec<(String, FeedKey, Headers)> = offers
+            .into_iter()
+            .flat_map(|(ns, feeds)| {
+                feeds
+                    .into_iter()
+                    .map(move |f| (ns.clone(), f.key, f.headers))
+            })
+            .collect();
+        seen.sort_by_key(|(_, k, _)| *k);
+        assert_eq!(seen.len(), 4);
+        assert_eq!(
+            seen[0],
+            (
+                "photos".into(),
+                f(1),
+                headers(&[
+                    ("ns", b"photos"),
+                    ("want", b"yes"),
+                    ("title", "été".as_bytes())
+                ])
+            )
+        );
+        assert_eq!(
+            seen[2],
+            (
+                "docs".into(),
+                f(3),
+                headers(&[("ns", b"docs"), ("want", b"yes"), ("bin", &[0, 1, 255])])
+            )
+        );
+        // Only accepted feeds were streamed, on both sides; the rest never reached B.
+        let mut b_attached = b_rec.attached.lock().unwrap().clone();
+        b_attached.sort();
+        assert_eq!(b_attached, vec![f(1), f(3)]);
+        let a_attached: Vec<FeedKey> = photos_rec
+            .attached
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(docs_rec.attached.lock().unwrap().iter())
+            .copied()
+            .collect();
+        assert!(
+            a_attached.iter().all(|k| *k == f(1) || *k == f(3)),
+            "{a_attached:?}"
+        );
+        let b_values = b_rec.values.lock().unwrap().clone();
+        assert_eq!(b_values.get(&f(1)), Some(&3));
+        assert_eq!(b_values.get(&f(3)), Some(&5));
+        assert!(!b_values.contains_key(&f(2)) && !b_values.contains_key(&f(4)));
     });
 }

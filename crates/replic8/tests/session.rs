@@ -1132,3 +1132,26 @@ fn an_offer_in_a_secret_namespace_from_a_peer_that_did_not_prove_it_is_not_accep
         );
     }
 }
+
+/// Regression: feed ids were given at share time, so an offer that waited for a proof
+/// went out with smaller ids than a later public one, and the peer ended the session.
+#[test]
+fn an_offer_that_waited_for_a_proof_still_has_increasing_ids() {
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 1, headers(&[])), (feed(2), 1, headers(&[]))]);
+    net.register(0, A, "team", Some([8; 32]));
+    net.register(0, A, "", None);
+    net.register(0, B, "", None);
+    net.share(0, A, "team", &[feed(1)]);
+    net.share(0, A, "", &[feed(2)]);
+    net.drive();
+    // B registers the secret namespace late: A's waiting offer goes out now.
+    net.register(0, B, "team", Some([8; 32]));
+    net.drive();
+    assert!(
+        net.ended(0, 0).is_none() && net.ended(0, 1).is_none(),
+        "{:?}",
+        net.ended(0, 1)
+    );
+    assert_eq!(net.stores[B].lengths.len(), 2);
+}
