@@ -1,6 +1,11 @@
 //! `SessionsActor` over real QUIC on loopback: stores register, sessions start per
 //! connection, a store forwards what it accepts, and offers do not loop.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    missing_docs
+)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -69,8 +69,9 @@ impl Handler<Shares> for CounterStore {
 
 impl Handler<KnownFeeds> for CounterStore {
     type Result = Result<Vec<FeedKey>, StoreError>;
+    /// Every counter is also announced for all-to-all replication.
     fn handle(&mut self, _: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
-        Ok(Vec::new())
+        Ok(self.values.lock().unwrap().keys().copied().collect())
     }
 }
 
@@ -486,5 +487,44 @@ fn a_secret_namespace_sends_zero_keys_over_quic_and_a_replayed_proof_fails() {
             .flatten()
             .collect();
         assert_eq!(offered.len(), 2, "{seen:?}");
+    });
+}
+
+#[test]
+fn a_wrong_capability_over_quic_ends_the_session() {
+    actix::System::new().block_on(async {
+        let b = node(&[(counter(4), 3, "counter")]);
+        let server = server_endpoint();
+        let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
+        let (end, _events) = start(&b, accepted, Role::Acceptor, PeerKey([1; 32]));
+        control
+            .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
+            .await
+            .unwrap();
+        // B announces what it holds (discovery key and its capability, no key) before
+        // its ready.
+        let seen = read_until(&mut recv, |m| *m == Message::Ready).await;
+        let dk = counter(4).discovery_key();
+        assert!(seen.iter().any(|m| matches!(m, Message::Have { feeds, .. } if feeds.iter().any(|f| f.discovery_key == dk))));
+        // A stream for that feed with a capability made for another connection.
+        let (other, _a, _c, _r) = raw_peer(&server).await;
+        let cap = replic8::keys::capability(&counter(4), &exporter(&other), Role::Dialer);
+        let (mut send, _recv) = dialed.open_bi().await.unwrap();
+        let mut w = Vec::new();
+        message::encode_stream_header(
+            &FeedStreamHeader::Known {
+                discovery_key: dk,
+                capability: cap,
+            },
+            &mut w,
+        )
+        .unwrap();
+        send.write_all(&w).await.unwrap();
+        let (code, reason) = closed_with(&dialed).await;
+        assert_eq!(code, u64::from(CloseCode::BAD_CAPABILITY.0), "{reason}");
+        assert_eq!(
+            tokio::time::timeout(GUARD, end).await.unwrap().unwrap().code,
+            CloseCode::BAD_CAPABILITY
+        );
     });
 }
