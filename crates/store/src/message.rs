@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 
 use crate::feed::MAX_BLOCK_SIZE;
 use crate::keys::SignedHead;
-use crate::proof::{Proof, MAX_PROOF_NODES};
+use crate::proof::{Proof, MAX_FEED_LENGTH, MAX_PROOF_NODES};
 
 /// Largest encoded message (1 MiB + 64 KiB): a data message of at most
 /// [`MAX_DATA_BYTES`] of blocks, plus room for its proof ([`MAX_PROOF_NODES`] nodes of at
@@ -184,6 +184,9 @@ fn check(message: &Message) -> Result<(), DecodeError> {
                 return Err(DecodeError::Invalid("too many ranges"));
             }
             let limit = have.head.map_or(0, |h| h.length);
+            if limit > MAX_FEED_LENGTH {
+                return Err(DecodeError::Invalid("length over the limit"));
+            }
             let mut prev_end = 0;
             for (i, &(s, e)) in have.ranges.iter().enumerate() {
                 if s >= e || e > limit || (i > 0 && s <= prev_end) {
@@ -201,7 +204,11 @@ fn check(message: &Message) -> Result<(), DecodeError> {
             }
         }
         Message::Request(r) => {
-            if r.start >= r.end || r.end > r.length || r.end - r.start > MAX_BLOCKS_PER_MESSAGE {
+            if r.start >= r.end
+                || r.end > r.length
+                || r.length > MAX_FEED_LENGTH
+                || r.end - r.start > MAX_BLOCKS_PER_MESSAGE
+            {
                 return Err(DecodeError::Invalid("request range"));
             }
         }
@@ -221,7 +228,11 @@ fn check(message: &Message) -> Result<(), DecodeError> {
                 return Err(DecodeError::Invalid("empty range"));
             }
         }
-        Message::RequestUpgrade { .. } | Message::NoUpgrade { .. } => {}
+        Message::RequestUpgrade { from } | Message::NoUpgrade { from } => {
+            if *from > MAX_FEED_LENGTH {
+                return Err(DecodeError::Invalid("length over the limit"));
+            }
+        }
     }
     Ok(())
 }
@@ -229,6 +240,9 @@ fn check(message: &Message) -> Result<(), DecodeError> {
 fn check_proof(proof: &Proof) -> Result<(), DecodeError> {
     if proof.nodes.len() > MAX_PROOF_NODES {
         return Err(DecodeError::Invalid("too many proof nodes"));
+    }
+    if proof.length > MAX_FEED_LENGTH || proof.base > MAX_FEED_LENGTH {
+        return Err(DecodeError::Invalid("length over the limit"));
     }
     if proof.start > proof.end || proof.end > proof.length {
         return Err(DecodeError::Invalid("proof range outside its tree"));

@@ -23,6 +23,10 @@ use crate::keys::{FeedKey, SignedHead};
 use crate::storage::StorageError;
 use crate::tree::{self, flat, full_roots, Node};
 
+/// Longest feed, in blocks (2^60): flat-tree indices then stay below 2^62, so no index
+/// arithmetic can overflow whatever lengths a peer claims.
+pub const MAX_FEED_LENGTH: u64 = 1 << 60;
+
 /// Most nodes one proof may carry: two per tree level for a contiguous range plus the
 /// roots, with room to spare. Larger proofs are malformed.
 pub const MAX_PROOF_NODES: usize = 256;
@@ -157,7 +161,7 @@ impl Proof {
         mut node: impl FnMut(u64) -> Result<Option<Node>, StorageError>,
     ) -> Result<Proof, ProofError> {
         let head_ok = length == base || head.is_some_and(|h| h.length == length);
-        if base > length || start > end || end > length || !head_ok {
+        if base > length || start > end || end > length || length > MAX_FEED_LENGTH || !head_ok {
             return Err(ProofError::Range {
                 base,
                 length,
@@ -205,6 +209,9 @@ impl Proof {
                 base: self.base,
                 length: self.length,
             });
+        }
+        if self.length > MAX_FEED_LENGTH {
+            return Err(VerifyError::Malformed("length over the limit"));
         }
         if self.start > self.end || self.end > self.length {
             return Err(VerifyError::Malformed("range outside the tree"));

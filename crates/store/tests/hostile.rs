@@ -131,3 +131,38 @@ fn random_bytes_never_panic_the_decoder() {
         let _ = decode(&bytes);
     }
 }
+
+/// Lengths near `u64::MAX` in any field are refused before any index arithmetic.
+#[test]
+fn huge_lengths_are_refused_without_overflow() {
+    use replic8_store::message::Request;
+    use replic8_store::{DecodeError, Proof, VerifyError};
+    let w = writer(3);
+    let key = *w.key();
+    let huge = Proof {
+        base: 0,
+        length: u64::MAX,
+        start: u64::MAX - 1,
+        end: u64::MAX,
+        nodes: vec![],
+        head: w.head().copied(),
+    };
+    assert_eq!(
+        huge.verify(&key, &[], &[b"x"]),
+        Err(VerifyError::Malformed("length over the limit"))
+    );
+    let up = encode(&Message::Upgrade { proof: huge }).expect("encode");
+    assert_eq!(
+        decode(&up),
+        Err(DecodeError::Invalid("length over the limit"))
+    );
+    let req = encode(&Message::Request(Request {
+        start: 0,
+        end: 1,
+        length: u64::MAX,
+    }))
+    .expect("encode");
+    assert!(decode(&req).is_err());
+    let from = encode(&Message::RequestUpgrade { from: u64::MAX }).expect("encode");
+    assert!(decode(&from).is_err());
+}
