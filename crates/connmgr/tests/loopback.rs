@@ -270,8 +270,8 @@ fn banned_key_is_closed_and_refused_until_the_ban_expires() {
                 }
             }
         }
-        b2.close().await;
         a.peer_up(b.key()).await;
+        b2.close().await;
         a.close().await;
         b.close().await;
     });
@@ -383,6 +383,46 @@ fn alpn_is_configurable_and_must_match() {
         );
         assert!(c.pending_events().iter().all(|e| !matches!(e, Ev::Up(_))));
         drop(up);
+        a.close().await;
+        b.close().await;
+        c.close().await;
+    });
+}
+
+#[test]
+fn keep_alive_holds_idle_connections_and_idle_timeout_ends_dead_ones() {
+    run(|| async {
+        let fast = |c: &mut replic8_connmgr::ConnManagerConfig| {
+            c.transport.idle_timeout = Duration::from_secs(1);
+            c.transport.keep_alive = Duration::from_millis(250);
+        };
+        let mut a = Node::spawn_with("a", Identity::generate(), fast).await;
+        let b = Node::spawn_with("b", Identity::generate(), fast).await;
+        let c = Node::spawn_with("c", Identity::generate(), fast).await;
+        let relay = Relay::start(b.addr(), false).await;
+        assert_eq!(a.dial(relay.addr, Some(b.key())).await, Ok(b.key()));
+        assert_eq!(a.dial(c.addr(), Some(c.key())).await, Ok(c.key()));
+        a.peer_up(b.key()).await;
+        a.peer_up(c.key()).await;
+        let cut_at = std::time::Instant::now();
+        relay.cut();
+        let down = a.peer_down(b.key()).await;
+        assert_eq!(
+            down.reason,
+            DownReason::Lost(quinn::ConnectionError::TimedOut)
+        );
+        assert!(
+            cut_at.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            cut_at.elapsed()
+        );
+        // c sent nothing either for as long, and is still up thanks to the keep-alives.
+        let peers = a.handle.addr().send(Peers).await.expect("peers");
+        assert_eq!(
+            peers.iter().map(|p| p.key).collect::<Vec<_>>(),
+            vec![c.key()]
+        );
+        drop(relay);
         a.close().await;
         b.close().await;
         c.close().await;
