@@ -534,3 +534,97 @@ fn two_nodes_three_stores_two_namespaces_over_quic() {
         assert!(!b_values.contains_key(&f(2)) && !b_values.contains_key(&f(4)));
     });
 }
+
+/// Waits for an event of `node` that `pick` accepts; panics on a session end.
+async fn wait_for(
+    events: &mut mpsc::UnboundedReceiver<(u8, PeerEvent)>,
+    what: &str,
+    pick: impl Fn(u8, &SessionEvent) -> bool,
+) {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let (node, PeerEvent { event, .. }) = events.recv().await.unwrap();
+            if let SessionEvent::SessionEnded { reason } = &event {
+                panic!("node {node} while waiting for {what}: {reason}");
+            }
+            if pick(node, &event) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[test]
+fn a_live_session_reopens_streams_on_change_and_takes_new_shares() {
+    actix::System::new().block_on(async {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (c1, c2) = (FeedKey([0xc1; 32]), FeedKey([0xc2; 32]));
+        let a = test_node(1, &[(c1, 1)], events_tx.clone()).await;
+        let b = test_node(2, &[], events_tx.clone()).await;
+        link(&a, &b).await;
+        let synced = |feed: FeedKey, value: u64| {
+            move |node: u8, e: &SessionEvent| {
+                node == 1
+                    && *e
+                        == SessionEvent::FeedSynced {
+                            feed,
+                            length: value,
+                        }
+            }
+        };
+        wait_for(&mut events, "c1 at 1", synced(c1, 1)).await;
+        // The stream closed once in sync; a change on A reopens it.
+        a.values.lock().unwrap().insert(c1, 10);
+        a.sessions.do_send(FeedUpdated {
+            feed: c1,
+            length: 10,
+        });
+        wait_for(&mut events, "c1 at 10", synced(c1, 10)).await;
+        assert_eq!(b.values.lock().unwrap().get(&c1), Some(&10));
+        // A change on B (the acceptor) reaches A by a notice and a reopened stream.
+        b.values.lock().unwrap().insert(c1, 12);
+        b.sessions.do_send(FeedUpdated {
+            feed: c1,
+            length: 12,
+        });
+        wait_for(&mut events, "c1 at 12", synced(c1, 12)).await;
+        assert_eq!(a.values.lock().unwrap().get(&c1), Some(&12));
+        // A new feed shared while the session lives.
+        a.values.lock().unwrap().insert(c2, 7);
+        let offered = a
+            .sessions
+            .send(Share {
+                namespace: "counters".into(),
+                feeds: vec![SharedFeed {
+                    key: c2,
+                    headers: counter_headers(),
+                }],
+                peers: None,
+                except: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(offered, 1);
+        wait_for(&mut events, "c2 at 7", synced(c2, 7)).await;
+        assert_eq!(b.values.lock().unwrap().get(&c2), Some(&7));
+        // Sharing it again offers nothing.
+        let again = a
+            .sessions
+            .send(Share {
+                namespace: "counters".into(),
+                feeds: vec![SharedFeed {
+                    key: c2,
+                    headers: counter_headers(),
+                }],
+                peers: None,
+                except: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, 0);
+    });
+}
