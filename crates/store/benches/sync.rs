@@ -165,7 +165,69 @@ fn ingest(c: &mut Criterion, blocks: u64, block_size: usize, per_message: u64) {
     g.finish();
 }
 
+/// Each side on its own thread, frames passed over channels (a stand-in for a link
+/// between two machines): throughput is bounded by the slower side, not their sum.
+fn threads(c: &mut Criterion, name: &str, blocks: u64, block_size: usize, per_message: u64) {
+    use std::sync::mpsc;
+    let w = writer(blocks, block_size);
+    let key = *w.key();
+    let w = std::sync::Arc::new(std::sync::Mutex::new(w));
+    let mut g = c.benchmark_group(format!("sync_threads/{name}"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(blocks));
+    g.bench_function(format!("{per_message} blocks/message, blocks"), |b| {
+        b.iter_batched(
+            || Feed::create_replica(&MemoryStorage::new(), key).expect("replica"),
+            |mut r| {
+                let (to_r, from_w) = mpsc::channel::<Vec<u8>>();
+                let (to_w, from_r) = mpsc::channel::<Vec<u8>>();
+                let writer = std::sync::Arc::clone(&w);
+                let server = std::thread::spawn(move || {
+                    let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut ws = FeedSync::new(config(Want::Nothing, per_message));
+                    ws.handle_start(&mut w, Instant::now());
+                    loop {
+                        while let Some(m) = ws.poll_transmit(&mut w).expect("poll") {
+                            if to_r.send(encode(&m).expect("encode")).is_err() {
+                                return;
+                            }
+                        }
+                        match from_r.recv() {
+                            Ok(bytes) => ws
+                                .handle_bytes(&mut w, &bytes, Instant::now())
+                                .expect("writer side"),
+                            Err(_) => return,
+                        }
+                    }
+                });
+                let mut rs = FeedSync::new(config(Want::All, per_message));
+                rs.handle_start(&mut r, Instant::now());
+                while !rs.is_synced() {
+                    while let Some(m) = rs.poll_transmit(&mut r).expect("poll") {
+                        to_w.send(encode(&m).expect("encode")).expect("send");
+                    }
+                    let bytes = from_w.recv().expect("writer alive");
+                    rs.handle_bytes(&mut r, &bytes, Instant::now())
+                        .expect("replica side");
+                    while rs.poll_event().is_some() {}
+                }
+                drop(to_w);
+                drop(from_w);
+                server.join().expect("writer thread");
+                assert_eq!(r.contiguous_length(), blocks);
+                r
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
+    threads(c, "1KiB x 20000", 20_000, 1024, 64);
+    threads(c, "64KiB x 1000", 1_000, 64 * 1024, 16);
     ingest(c, 20_000, 1024, 64);
     run(c, "1KiB x 20000", 20_000, 1024, 64);
     run(c, "1KiB x 20000", 20_000, 1024, 256);
