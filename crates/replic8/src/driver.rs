@@ -114,6 +114,7 @@ enum Input {
     Shares(String, Result<Vec<SharedFeed>, String>),
     Known(String, Result<Vec<FeedKey>, String>),
     Answer(u64, Result<Vec<FeedKey>, String>),
+    /// A feed stream could not be opened, or its store did not take it.
     OpenFailed(FeedKey, StreamId),
     Lost(quinn::ConnectionError),
 }
@@ -325,24 +326,35 @@ pub async fn run(
                     Input::ControlEnd => session.handle_control_end(),
                     Input::Incoming(Ok((header, send, recv))) => {
                         if let Ok(incoming) = session.handle_incoming_stream(header) {
-                            if let Some(store) = stores.get(&incoming.namespace) {
-                                if let Some(old) = incoming.replaces {
-                                    attached.remove(&old);
-                                    store.detach.do_send(Detach {
-                                        feed: incoming.feed,
+                            let (feed, id) = (incoming.feed, incoming.stream);
+                            match stores.get(&incoming.namespace).cloned() {
+                                Some(store) => {
+                                    if let Some(old) = incoming.replaces {
+                                        attached.remove(&old);
+                                        store.detach.do_send(Detach {
+                                            feed,
+                                            peer,
+                                            id: old,
+                                            reason: DetachReason::Synced,
+                                        });
+                                    }
+                                    attached.insert(id, (feed, incoming.namespace.clone()));
+                                    let msg = Attach {
+                                        feed,
+                                        namespace: incoming.namespace,
                                         peer,
-                                        id: old,
-                                        reason: DetachReason::Synced,
+                                        id,
+                                        stream: FeedStream { send, recv },
+                                    };
+                                    let tx = input_tx.clone();
+                                    tasks.spawn(async move {
+                                        if flatten(store.attach.send(msg).await).is_err() {
+                                            let _ = tx.send(Input::OpenFailed(feed, id));
+                                        }
                                     });
                                 }
-                                attached.insert(incoming.stream, (incoming.feed, incoming.namespace.clone()));
-                                store.attach.do_send(Attach {
-                                    feed: incoming.feed,
-                                    namespace: incoming.namespace,
-                                    peer,
-                                    id: incoming.stream,
-                                    stream: FeedStream { send, recv },
-                                });
+                                // No store serves the namespace any more: drop the stream.
+                                None => session.handle_stream_closed(&feed, id),
                             }
                         }
                     }

@@ -528,3 +528,39 @@ fn a_wrong_capability_over_quic_ends_the_session() {
         );
     });
 }
+
+#[test]
+fn a_peer_that_never_says_hello_times_out() {
+    actix::System::new().block_on(async {
+        let b = node(&[]);
+        let server = server_endpoint();
+        let client = client_endpoint();
+        // Connected, but the control stream is never opened.
+        let (dialed, accepted) = connect(&client, &server).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        b.sessions.lock().unwrap().insert(PeerKey([1; 32]), tx);
+        let (events, _events_rx) = mpsc::unbounded_channel();
+        let spec = SessionSpec {
+            connection: accepted,
+            role: Role::Acceptor,
+            peer: PeerKey([1; 32]),
+            config: SessionConfig {
+                hello_timeout: Duration::from_millis(200),
+                ..SessionConfig::default()
+            },
+            namespaces: vec![],
+        };
+        let end = tokio::spawn(driver::run(spec, rx, events));
+        let (code, reason) = closed_with(&dialed).await;
+        assert_eq!(code, u64::from(CloseCode::TIMEOUT.0), "{reason}");
+        assert!(reason.contains("no hello within"), "{reason}");
+        assert_eq!(
+            tokio::time::timeout(GUARD, end)
+                .await
+                .unwrap()
+                .unwrap()
+                .code,
+            CloseCode::TIMEOUT
+        );
+    });
+}
