@@ -1155,3 +1155,106 @@ fn an_offer_that_waited_for_a_proof_still_has_increasing_ids() {
     );
     assert_eq!(net.stores[B].lengths.len(), 2);
 }
+
+/// Namespaces registered, feeds shared and feeds announced at random moments while
+/// everything else is in flight: the session never breaks and ends with equal copies.
+#[test]
+fn random_late_registrations_and_shares_converge() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    for seed in 0..150 {
+        let mut rng = StdRng::seed_from_u64(5000 + seed);
+        let mut net = Net::new(live());
+        net.add_store("a", accept_all());
+        net.add_store("b", accept_all());
+        let l = net.connect(A, B, [seed as u8; 32]);
+        let secret = Some([3; 32]);
+        net.create(
+            A,
+            &(0..6)
+                .map(|n| (feed(n), n as u64, headers(&[])))
+                .collect::<Vec<_>>(),
+        );
+        net.create(
+            B,
+            &(10..16)
+                .map(|n| (feed(n), 1, headers(&[])))
+                .collect::<Vec<_>>(),
+        );
+        net.create(A, &[(feed(99), 4, headers(&[]))]);
+        net.create(B, &[(feed(99), 9, headers(&[]))]);
+        // Steps, in a random order, with random traffic in between.
+        let mut steps: Vec<u8> = (0..8).collect();
+        for i in (1..steps.len()).rev() {
+            steps.swap(i, rng.gen_range(0..=i));
+        }
+        let mut registered = [[false; 2]; 2]; // [node][0: public, 1: team]
+        let mut announced = false;
+        for step in steps {
+            match step {
+                0 => {
+                    net.register(l, A, "", None);
+                    registered[0][0] = true;
+                }
+                1 => {
+                    net.register(l, B, "", None);
+                    registered[1][0] = true;
+                }
+                2 => {
+                    net.register(l, A, "team", secret);
+                    registered[0][1] = true;
+                }
+                3 => {
+                    net.register(l, B, "team", secret);
+                    registered[1][1] = true;
+                }
+                4 if registered[0][0] => {
+                    net.share(l, A, "", &[feed(0), feed(1), feed(2)]);
+                }
+                5 if registered[0][1] => {
+                    net.share(l, A, "team", &[feed(3), feed(4), feed(5)]);
+                }
+                6 if registered[1][1] => {
+                    net.share(l, B, "team", &(10..16).map(feed).collect::<Vec<_>>());
+                }
+                7 if registered[0][1] && registered[1][1] => {
+                    net.end(l, A)
+                        .session
+                        .handle_known_feeds("team", vec![feed(99)])
+                        .unwrap();
+                    net.end(l, B)
+                        .session
+                        .handle_known_feeds("team", vec![feed(99)])
+                        .unwrap();
+                    announced = true;
+                }
+                _ => {}
+            }
+            let n = rng.gen_range(0..20);
+            net.drive_random_steps(&mut rng, n);
+        }
+        net.drive_random(&mut rng, 0);
+        for side in 0..2 {
+            assert!(
+                net.ended(l, side).is_none(),
+                "seed {seed}: {:?}",
+                net.ended(l, side)
+            );
+        }
+        for (key, la) in &net.stores[A].lengths {
+            if *key == feed(99) && !announced {
+                continue; // held by both, never announced: not replicated
+            }
+            if let Some(lb) = net.stores[B].lengths.get(key) {
+                assert_eq!(la, lb, "seed {seed}: {key:?}");
+            }
+        }
+        if announced {
+            assert_eq!(net.stores[A].lengths[&feed(99)], 9, "seed {seed}");
+        }
+        assert_eq!(
+            net.links[l].ends[0].session.open_streams(),
+            0,
+            "seed {seed}"
+        );
+    }
+}

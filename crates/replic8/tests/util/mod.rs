@@ -232,18 +232,23 @@ impl Net {
 
     /// Moves everything, in order, until nothing moves. Panics if it does not settle.
     pub fn drive(&mut self) {
-        self.run(None, 0);
+        self.run(None, 0, usize::MAX);
     }
 
     /// Moves everything in a random order (control frames stay in order on their
     /// stream; feed streams race each other and the control stream), with `appends`
     /// random appends along the way, until nothing moves.
     pub fn drive_random(&mut self, rng: &mut StdRng, appends: usize) {
-        self.run(Some(rng), appends);
+        self.run(Some(rng), appends, usize::MAX);
     }
 
-    fn run(&mut self, mut rng: Option<&mut StdRng>, mut appends: usize) {
-        for _round in 0..10_000_000 {
+    /// As `drive_random`, but stops after `steps` steps even if things still move.
+    pub fn drive_random_steps(&mut self, rng: &mut StdRng, steps: usize) {
+        self.run(Some(rng), 0, steps);
+    }
+
+    fn run(&mut self, mut rng: Option<&mut StdRng>, mut appends: usize, steps: usize) {
+        for _round in 0..steps.min(10_000_000) {
             for l in 0..self.links.len() {
                 self.collect(l);
             }
@@ -274,7 +279,7 @@ impl Net {
             let (l, action) = actions[rng.gen_range(0..actions.len())];
             self.act(l, action);
         }
-        panic!("the network did not settle");
+        assert!(steps < 10_000_000, "the network did not settle");
     }
 
     /// Takes every output of both ends of link `l`.
