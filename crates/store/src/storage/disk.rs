@@ -482,7 +482,13 @@ impl Storage for DiskStorage {
         };
         let secret_key = decode_meta(&meta, key).map_err(|what| corrupt(&meta_path, 0, what))?;
         let inner = self.new_inner(*key, dir, secret_key);
-        lock(&inner).load()?;
+        let loaded = lock(&inner).load();
+        if let Err(e) = loaded {
+            // Dropping `inner` takes the `live` lock (see `Drop`): release it first.
+            drop(live);
+            drop(inner);
+            return Err(e);
+        }
         live.insert(*key, Arc::downgrade(&inner));
         Ok(Some(DiskFeed { inner }))
     }
@@ -1250,6 +1256,29 @@ mod tests {
                 s
             },
             &mut reopen,
+        );
+    }
+
+    /// The same cases with a checkpoint at every sync, so reads go through the slot files.
+    #[test]
+    fn disk_conformance_with_checkpoints() {
+        let config = DiskConfig {
+            checkpoint_bytes: 1,
+            ..DiskConfig::default()
+        };
+        let mut dirs = Vec::new();
+        conformance::run_all(
+            &mut || {
+                let dir = tempfile::tempdir().unwrap();
+                let s = DiskStorage::open_with(dir.path(), config).unwrap();
+                dirs.push(dir);
+                s
+            },
+            &mut |s| {
+                let root = s.root().to_path_buf();
+                drop(s);
+                DiskStorage::open_with(root, config).unwrap()
+            },
         );
     }
 }
