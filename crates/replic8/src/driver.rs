@@ -156,7 +156,8 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut write_rx = Some(write_rx);
-    let mut writer: Option<tokio::task::JoinHandle<()>> = None;
+    // The writer is kept apart from `tasks` so that it can flush the close frame.
+    let mut writer: Option<AbortOnDrop> = None;
 
     // The control stream: the dialer opens it, the acceptor takes the first stream.
     // Streams after it are feed streams (the core refuses any the acceptor opens).
@@ -291,8 +292,8 @@ pub async fn run(
                 let _ = write_tx.send(frame);
             }
             drop(write_tx);
-            if let Some(handle) = writer.take() {
-                let _ = tokio::time::timeout(CLOSE_FLUSH, handle).await;
+            if let Some(mut handle) = writer.take() {
+                let _ = tokio::time::timeout(CLOSE_FLUSH, &mut handle.0).await;
             }
             connection.close(close_code(reason.code), reason.reason.as_bytes());
             for (id, (feed, namespace)) in attached.drain() {
@@ -318,7 +319,7 @@ pub async fn run(
                 match input {
                     Input::ControlStream(send, recv) => {
                         if let Some(rx) = write_rx.take() {
-                            writer = Some(tokio::spawn(write_control(send, rx)));
+                            writer = Some(AbortOnDrop(tokio::spawn(write_control(send, rx))));
                         }
                         tasks.spawn(read_control(recv, input_tx.clone()));
                     }
@@ -423,6 +424,8 @@ pub async fn run(
                 None => session.handle_close("session handle dropped"),
             },
             error = connection.closed() => lost(&mut session, error),
+            // Reap finished tasks so a long session does not pile up their results.
+            Some(_) = tasks.join_next() => {}
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
     }
@@ -448,6 +451,15 @@ fn ask_store(
         });
         let _ = tx.send(Input::Known(name, flatten(known.await)));
     });
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn close_code(code: CloseCode) -> quinn::VarInt {
