@@ -221,6 +221,8 @@ pub struct FeedSync {
     sent_length: Option<u64>,
     /// Blocks we stored when we last sent a `Have`.
     sent_stored: u64,
+    /// The peer has asked us for an upgrade: it wants our new heads, so we push them.
+    peer_follows: bool,
     synced: bool,
     synced_once: bool,
     transmit: VecDeque<Message>,
@@ -247,6 +249,7 @@ impl FeedSync {
             cursor,
             sent_length: None,
             sent_stored: 0,
+            peer_follows: false,
             synced: false,
             synced_once: false,
             transmit: VecDeque::new(),
@@ -300,7 +303,10 @@ impl FeedSync {
     ) -> Result<(), SyncError> {
         match message {
             Message::Have(have) => self.on_have(feed, have)?,
-            Message::RequestUpgrade { from } => self.on_request_upgrade(from)?,
+            Message::RequestUpgrade { from } => {
+                self.peer_follows = true;
+                self.on_request_upgrade(from)?
+            }
             Message::Upgrade { proof } => {
                 if self.upgrade.is_some_and(|(from, _)| from == proof.base) {
                     self.upgrade = None;
@@ -695,9 +701,29 @@ impl FeedSync {
         (i, skipped)
     }
 
+    /// Our head moved and the peer follows us: send the upgrade proof from the peer's
+    /// last announced length ahead of the `Have`, saving it the round trip of asking.
+    /// If the peer's length moved meanwhile it drops the proof as stale and asks.
+    /// (Anything but a proof, including a storage error, is left for the peer to ask.)
+    fn push_upgrade<S: FeedStorage>(&mut self, feed: &mut Feed<S>) {
+        if !self.peer_follows {
+            return;
+        }
+        let from = self.peer_head.map_or(0, |h| h.length);
+        if from >= feed.length() {
+            return;
+        }
+        if let Ok(m @ Message::Upgrade { .. }) = self.serve(feed, Serve::Upgrade(from)) {
+            self.transmit.push_back(m);
+        }
+    }
+
     fn schedule<S: FeedStorage>(&mut self, feed: &mut Feed<S>, now: Instant) {
         let length = feed.length();
         let grown = feed.stored_count().saturating_sub(self.sent_stored);
+        if self.sent_length.is_some_and(|sent| sent < length) {
+            self.push_upgrade(feed);
+        }
         if self.sent_length != Some(length)
             || (grown > 0 && (grown >= HAVE_EVERY_BLOCKS || feed.stored_count() >= length))
         {

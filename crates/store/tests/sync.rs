@@ -587,3 +587,32 @@ fn request_flood_is_bounded() {
     }
     assert_eq!(data, replic8_store::message::MAX_OUTSTANDING_REQUESTS);
 }
+
+/// A follower gets a new append in three one-way trips (pushed upgrade, request, data),
+/// not five (notice, upgrade request, upgrade, request, data).
+#[test]
+fn live_append_arrives_after_three_one_way_trips() {
+    let w = writer(10);
+    let key = *w.key();
+    let config = SyncConfig {
+        want: Want::All,
+        live: true,
+        ..SyncConfig::default()
+    };
+    let mut sides = [side(w, serve_only()), side(replica(key), config)];
+    let mut link = Link::new(9, 0); // every message takes exactly 5 ms
+    start(&mut sides, &link);
+    link.run(&mut sides, |s| s[1].feed.contiguous_length() == 10)
+        .expect("first sync");
+    link.run(&mut sides, |_| false).expect("settle");
+    for target in 11..15u64 {
+        let t0 = link.now;
+        let w = &mut sides[0];
+        w.feed.append(&block(target - 1)).expect("append");
+        w.sync.handle_feed_update(&mut w.feed, t0);
+        link.run(&mut sides, |s| s[1].feed.contiguous_length() == target)
+            .expect("live");
+        assert_eq!(link.now - t0, Duration::from_millis(15), "append {target}");
+        link.run(&mut sides, |_| false).expect("settle");
+    }
+}
