@@ -256,6 +256,34 @@ mod tests {
     }
 
     #[test]
+    fn derivations_match_the_protocol_document_vectors() {
+        // docs/PROTOCOL.md, "Test vectors"; computed independently with Python's hashlib.
+        assert_eq!(
+            NamespaceId::from_name("").0,
+            hex32("bf512e4b9261b9f9a685254e99c2ebae3a44cb6d2302e3a9fd0b35abc21b561a")
+        );
+        let team = NamespaceId::from_name("team");
+        assert_eq!(
+            team.0,
+            hex32("11627b3f9d5e5f72d4ad4dc226b3836eae2002a510d31d876301c7799d85cb64")
+        );
+        let exporter = ExporterSecret([0x22; 32]);
+        assert_eq!(
+            NamespaceSecret([0x11; 32]).proof(&exporter, Role::Dialer, &team),
+            hex32("133e0943c158c833748f2884b07e6089f338af382e22cf98dd6b44c942468d72")
+        );
+        let feed = FeedKey([0x33; 32]);
+        assert_eq!(
+            capability(&feed, &exporter, Role::Acceptor),
+            hex32("b62c7ac6f9f1a8b45ca6d900aa3b71ad660bd909e58d1a02830f5aeaed27e685")
+        );
+        assert_eq!(
+            feed.discovery_key().0,
+            hex32("b8091a25f4acb4df2d121d4ce8b9998e45a5c3812ad6d65d9981f4b59426826c")
+        );
+    }
+
+    #[test]
     fn proofs_are_bound_to_connection_role_and_namespace() {
         let secret = NamespaceSecret([7; 32]);
         let ns = NamespaceId::from_name("team");
