@@ -350,8 +350,9 @@ impl FeedSync {
     }
 
     /// This core is done (its stream ended, or a `handle_*` call failed): give the
-    /// blocks it was downloading back to the feed's other cores. Claims of a core that is
-    /// dropped without `close` expire after `request_timeout`.
+    /// blocks it was downloading back to the feed's other cores (then call
+    /// [`FeedSync::handle_feed_update`] on them so they ask for those blocks). Claims of a
+    /// core that is dropped without `close` expire after `request_timeout`.
     pub fn close<S: FeedStorage>(&mut self, feed: &mut Feed<S>) {
         feed.release_all(self.id);
         self.outstanding.clear();
