@@ -517,6 +517,10 @@ impl Handler<HandshakeDone> for ConnManager {
         self.handshakes.remove(&msg.id);
         let now = Instant::now();
         match msg.result {
+            Ok((conn, _)) if !self.core.is_handshaking(msg.id) => {
+                // The core gave up on it meanwhile (shutdown): nobody will use it.
+                conn.close(CLOSE_SHUTDOWN, b"shutdown");
+            }
             Ok((conn, key)) => {
                 let me = ctx.address();
                 let watched = conn.clone();

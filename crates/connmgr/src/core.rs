@@ -297,6 +297,13 @@ impl ConnCore {
         })
     }
 
+    /// Whether `conn` is a handshake the core is waiting for.
+    pub fn is_handshaking(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| matches!(c.phase, Phase::Handshaking { .. }))
+    }
+
     /// The connection that is up for `key`, if any.
     pub fn up(&self, key: &PeerKey) -> Option<ConnId> {
         let id = self.current.get(key)?;

@@ -18,6 +18,39 @@
 //! The session layer subscribes (`Subscribe`) and opens streams on the
 //! `quinn::Connection` of each `PeerUp`. A connection closed with `CLOSE_DUPLICATE` is
 //! never a failure; see `is_duplicate_close`.
+//!
+//! ```no_run
+//! use actix::prelude::*;
+//! use replic8_connmgr::{ConnManager, ConnManagerConfig, Dial, Identity, PeerDown, PeerUp, Subscribe};
+//!
+//! struct Sessions;
+//! impl Actor for Sessions { type Context = Context<Self>; }
+//! impl Handler<PeerUp> for Sessions {
+//!     type Result = ();
+//!     fn handle(&mut self, up: PeerUp, _: &mut Context<Self>) {
+//!         // Open and accept streams on `up.connection` (in a tokio task).
+//!         let _ = (up.key, up.connection);
+//!     }
+//! }
+//! impl Handler<PeerDown> for Sessions {
+//!     type Result = ();
+//!     fn handle(&mut self, _down: PeerDown, _: &mut Context<Self>) {}
+//! }
+//!
+//! # async fn example(peer: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConnManagerConfig::new(Identity::generate()).with_alpn(vec![b"my-proto/1".to_vec()]);
+//! let manager = ConnManager::spawn(config)?;
+//! let sessions = Sessions.start();
+//! manager
+//!     .addr()
+//!     .send(Subscribe { peer_up: sessions.clone().recipient(), peer_down: sessions.recipient() })
+//!     .await?;
+//! let key = manager.addr().send(Dial { addr: peer, expected_key: None }).await??;
+//! println!("connected to {}", key.fmt_short());
+//! manager.close().await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod actor;
 mod config;
