@@ -232,6 +232,11 @@ pub struct Share {
 
 /// Store → session layer: the store's sync of `feed` with `peer` has nothing more to
 /// send or fetch at `length`.
+///
+/// `length` is the feed length the two sides agree on (for a feed store: the larger
+/// signed length once both were exchanged), not the number of blocks held, so a sparse
+/// reader that has all it wants reports the same length as the writer. The stream
+/// closes when both sides reported the same length.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct FeedSynced {
