@@ -247,3 +247,48 @@ fn two_sources_split_the_work() {
 fn writer_clone(feed: &Feed<MemoryFeed>) -> Feed<MemoryFeed> {
     Feed::from_storage(*feed.key(), feed.storage().clone()).expect("reopen")
 }
+
+/// When one source goes away mid-download (its requests lost), the replica closes that
+/// core and finishes from the other source in seconds of virtual time, not after the
+/// lost requests' claims expire (`close` releases them; endgame would also cover it).
+#[test]
+fn losing_a_source_mid_download_still_completes() {
+    let secret = FeedSecret::from_bytes(&[8; 32]);
+    let mut writer = Feed::create(&MemoryStorage::new(), secret).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..1000).map(block).collect();
+    writer.append_batch(&blocks).expect("append");
+    let key = *writer.key();
+    let feeds = vec![
+        writer_clone(&writer),
+        writer_clone(&writer),
+        Feed::create_replica(&MemoryStorage::new(), key).expect("replica"),
+    ];
+    let mut mesh = Mesh::new(feeds, 1, 10);
+    let config = SyncConfig {
+        want: Want::All,
+        live: false,
+        max_outstanding: 8,
+        blocks_per_message: 16,
+        ..SyncConfig::default()
+    };
+    mesh.connect(0, 2, &config);
+    mesh.connect(1, 2, &config);
+    let start = mesh.now;
+    while mesh.feeds[2].stored_count() < 300 {
+        assert!(mesh.step().expect("step"), "progress");
+    }
+    // Source 0 disappears: its messages are lost and the replica closes its core.
+    mesh.queue
+        .retain(|&(_, _, from, to, _)| from != 0 && to != 0);
+    let mut gone = mesh.syncs.remove(&(2, 0)).expect("core");
+    assert!(gone.outstanding() > 0, "it had requests in flight");
+    gone.close(&mut mesh.feeds[2]);
+    mesh.syncs.remove(&(0, 2));
+    mesh.feed_changed(2);
+    mesh.run_until(|m| m.feeds[2].contiguous_length() == 1000);
+    assert!(
+        mesh.now - start < Duration::from_secs(5),
+        "done in {:?}, not after claims expired",
+        mesh.now - start
+    );
+}
