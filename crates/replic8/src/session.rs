@@ -1058,6 +1058,12 @@ impl Session {
     }
 
     fn on_offer(&mut self, namespace: NamespaceId, offer: u64, feeds: Vec<OfferedFeed>) {
+        // Every offer costs us an answer; an empty one would let a peer that never reads
+        // make us queue answers without end. With at least one new feed per offer, the
+        // answers are bounded by `MAX_PEER_FEEDS`.
+        if feeds.is_empty() {
+            return self.fail(CloseCode::PROTOCOL, format!("offer {offer} has no feeds"));
+        }
         if self.last_peer_offer.is_some_and(|last| offer <= last) {
             return self.fail(
                 CloseCode::PROTOCOL,

@@ -559,6 +559,19 @@ fn hostile_inputs_end_the_session_with_a_reason() {
             "65 entries",
         ),
         (
+            "empty offer",
+            true,
+            Box::new(|s| {
+                s.handle_message(Message::Offer {
+                    namespace: NamespaceId::from_name(""),
+                    offer: 0,
+                    feeds: vec![],
+                })
+            }),
+            CloseCode::PROTOCOL,
+            "offer 0 has no feeds",
+        ),
+        (
             "notice for a feed not replicated",
             true,
             Box::new(|s| {
