@@ -209,7 +209,7 @@ fn client_with_a_non_ed25519_key_is_refused() {
         let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der).expect("signer");
         let spki = signer.public_key().expect("spki").as_ref().to_vec();
         let certified = Arc::new(rustls::sign::CertifiedKey::new(
-            vec![CertificateDer::from(spki)],
+            vec![CertificateDer::from(spki.clone())],
             signer,
         ));
         let config = client_builder().with_client_cert_resolver(Arc::new(
@@ -219,11 +219,37 @@ fn client_with_a_non_ed25519_key_is_refused() {
         assert!(outcome.is_err(), "server must refuse a p-256 key");
         // rustls on the client cannot even use it: b only offers ed25519 signature
         // schemes, so the client has nothing to sign with and b refuses the handshake.
-        // (A client that sent the key anyway hits the verifier: `tls` unit tests.)
         let refused = pair.b.refused().await;
         assert_eq!(refused.key, None);
         assert!(
             matches!(refused.reason, RefusedReason::Handshake(_)),
+            "{refused:?}"
+        );
+        // A client that presents the P-256 key anyway (signing with an ed25519 key it
+        // holds) reaches b's verifier, which refuses the key itself.
+        let id = Identity::generate();
+        let pkcs8 = {
+            use ed25519_dalek::pkcs8::EncodePrivateKey;
+            id.signing_key()
+                .to_pkcs8_der()
+                .expect("pkcs8")
+                .as_bytes()
+                .to_vec()
+        };
+        let signer = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8))
+            .expect("signer");
+        let lying = Arc::new(rustls::sign::CertifiedKey::new(
+            vec![CertificateDer::from(spki)],
+            signer,
+        ));
+        let config = client_builder().with_client_cert_resolver(Arc::new(
+            rustls::client::AlwaysResolvesClientRawPublicKeys::new(lying),
+        ));
+        let outcome = hostile_dial(config, pair.b.addr()).await;
+        assert!(outcome.is_err(), "server must refuse a p-256 key");
+        let refused = pair.b.refused().await;
+        assert!(
+            refused.reason.to_string().contains("NotEd25519"),
             "{refused:?}"
         );
         pair.still_fine().await;
