@@ -628,3 +628,80 @@ fn a_live_session_reopens_streams_on_change_and_takes_new_shares() {
         assert_eq!(again, 0);
     });
 }
+
+#[test]
+fn a_hostile_peer_loses_its_session_while_the_others_carry_on() {
+    actix::System::new().block_on(async {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (c1, c2) = (FeedKey([0xd1; 32]), FeedKey([0xd2; 32]));
+        let a = test_node(1, &[(c1, 3)], events_tx.clone()).await;
+        let b = test_node(2, &[], events_tx.clone()).await;
+        link(&a, &b).await;
+        wait_for(&mut events, "c1 at 3", |node, e| {
+            node == 2
+                && *e
+                    == SessionEvent::FeedSynced {
+                        feed: c1,
+                        length: 3,
+                    }
+        })
+        .await;
+        // A hostile peer connects to B and sends garbage on its control stream.
+        let hostile = client_endpoint();
+        let (dialed, accepted) = connect(&hostile, &b.server).await;
+        let evil = PeerKey([0xee; 32]);
+        b.sessions
+            .send(StartSession {
+                peer: evil,
+                connection: accepted,
+                role: Role::Acceptor,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let (mut send, _recv) = dialed.open_bi().await.unwrap();
+        send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let (node, PeerEvent { peer, event }) = events.recv().await.unwrap();
+                if let SessionEvent::SessionEnded { reason } = event {
+                    assert_eq!((node, peer), (2, evil), "the wrong session ended: {reason}");
+                    assert_eq!(reason.code, replic8::message::CloseCode::PROTOCOL);
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the hostile session did not end");
+        // B's session with A goes on: a new share still arrives.
+        a.values.lock().unwrap().insert(c2, 4);
+        a.sessions.do_send(Share {
+            namespace: "counters".into(),
+            feeds: vec![SharedFeed {
+                key: c2,
+                headers: counter_headers(),
+            }],
+            peers: None,
+            except: None,
+        });
+        wait_for(&mut events, "c2 at 4 on B", |node, e| {
+            node == 2
+                && *e
+                    == SessionEvent::FeedSynced {
+                        feed: c2,
+                        length: 4,
+                    }
+        })
+        .await;
+        // The ended session leaves the registry (its task reports back after it ends).
+        tokio::time::timeout(GUARD, async {
+            while b.sessions.send(ListSessions).await.unwrap() != vec![a.key] {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the hostile session stayed registered");
+    });
+}
