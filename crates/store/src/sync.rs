@@ -223,6 +223,8 @@ pub struct FeedSync {
     sent_stored: u64,
     /// The peer has asked us for an upgrade: it wants our new heads, so we push them.
     peer_follows: bool,
+    /// The peer's head length when it last answered `NoUpgrade`.
+    upgrade_refused: Option<u64>,
     synced: bool,
     synced_once: bool,
     transmit: VecDeque<Message>,
@@ -250,6 +252,7 @@ impl FeedSync {
             sent_length: None,
             sent_stored: 0,
             peer_follows: false,
+            upgrade_refused: None,
             synced: false,
             synced_once: false,
             transmit: VecDeque::new(),
@@ -329,7 +332,7 @@ impl FeedSync {
                 if self.upgrade.is_some_and(|(f, _)| f == from) {
                     self.upgrade = None;
                     // Do not ask this peer again until it announces a new head.
-                    self.peer_head = self.peer_head.filter(|h| h.length <= feed.length());
+                    self.upgrade_refused = self.peer_head.map(|h| h.length);
                 }
             }
             Message::Request(r) => self.on_request(feed, r)?,
@@ -595,7 +598,7 @@ impl FeedSync {
 
     fn wants_upgrade(&self, length: u64) -> bool {
         let peer = self.peer_head.map_or(0, |h| h.length);
-        if peer <= length {
+        if peer <= length || self.upgrade_refused == Some(peer) {
             return false;
         }
         if self.synced_once && self.config.live {
