@@ -115,7 +115,9 @@ pub enum DetachReason {
 }
 
 /// Session → store: stop using the stream of `feed` with `peer` (the session finishes
-/// or has lost it).
+/// or has lost it). The store finishes its send half and drops the stream: QUIC gives
+/// the peer its stream credit back only once both halves are closed, and the dialer
+/// opens the next feed stream with that credit.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Detach {
