@@ -428,3 +428,50 @@ fn keep_alive_holds_idle_connections_and_idle_timeout_ends_dead_ones() {
         c.close().await;
     });
 }
+
+#[test]
+fn late_duplicate_replaces_the_settled_connection_and_streams_retry_on_the_survivor() {
+    run(|| async {
+        let (bi, ai) = ordered_pair();
+        let mut a = Node::spawn("a", ai).await;
+        let mut b = Node::spawn("b", bi).await;
+        // a (smaller key) dials: held for the settle window, then up on both sides.
+        assert_eq!(a.dial(b.addr(), Some(b.key())).await, Ok(b.key()));
+        let old_a = a.peer_up(b.key()).await;
+        let old_b = b.peer_up(a.key()).await;
+        // Much later b reaches a under another address (a relay) with no key pinned: the
+        // new connection is initiated by the greater key and replaces the settled one.
+        let relay = Relay::start(a.addr(), false).await;
+        assert_eq!(b.dial(relay.addr, None).await, Ok(a.key()));
+        let (ka, kb) = (a.key(), b.key());
+        for (node, old, other) in [(&mut a, &old_a, kb), (&mut b, &old_b, ka)] {
+            let down = node.peer_down(other).await;
+            assert_eq!(down.reason, DownReason::Duplicate, "{}", node.name);
+            assert_eq!(
+                down.connection_id,
+                old.connection.stable_id(),
+                "{}",
+                node.name
+            );
+        }
+        let new_a = a.peer_up(b.key()).await;
+        let new_b = b.peer_up(a.key()).await;
+        assert_eq!(new_a.initiator, Initiator::Remote);
+        assert_eq!(new_b.initiator, Initiator::Local);
+        // The old connection is closed as a duplicate: what a session was doing on it
+        // fails and is retried on the survivor.
+        let closed = old_a.connection.closed().await;
+        assert!(
+            replic8_connmgr::is_duplicate_close(&closed)
+                || closed == quinn::ConnectionError::LocallyClosed,
+            "{closed:?}"
+        );
+        assert!(send_uni(&old_a.connection, b"lost").await.is_err());
+        send_uni(&new_a.connection, b"retried").await.expect("send");
+        assert_eq!(recv_uni(&new_b.connection).await.expect("recv"), b"retried");
+        assert_eq!(a.handle.addr().send(Peers).await.expect("peers").len(), 1);
+        drop((old_a, old_b, new_a, new_b, relay));
+        a.close().await;
+        b.close().await;
+    });
+}
