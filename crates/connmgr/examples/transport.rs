@@ -12,33 +12,11 @@
 //! ```
 //! Not a test: nothing is asserted, numbers go to `docs/PERFORMANCE.md`.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix::prelude::*;
-use replic8_connmgr::{
-    Congestion, ConnManager, ConnManagerConfig, Dial, Identity, PeerDown, PeerUp, Subscribe,
-    TransportTuning,
-};
-use tokio::sync::mpsc;
-
-struct Catch(mpsc::UnboundedSender<quinn::Connection>);
-
-impl Actor for Catch {
-    type Context = Context<Self>;
-}
-
-impl Handler<PeerUp> for Catch {
-    type Result = ();
-    fn handle(&mut self, msg: PeerUp, _: &mut Context<Self>) {
-        let _ = self.0.send(msg.connection);
-    }
-}
-
-impl Handler<PeerDown> for Catch {
-    type Result = ();
-    fn handle(&mut self, _: PeerDown, _: &mut Context<Self>) {}
-}
+use actix::System;
+use replic8_connmgr::bench::loopback_transfer;
+use replic8_connmgr::{Congestion, TransportTuning};
 
 fn presets() -> Vec<(&'static str, TransportTuning)> {
     let node = TransportTuning::default();
@@ -140,112 +118,6 @@ fn presets() -> Vec<(&'static str, TransportTuning)> {
     out
 }
 
-/// CPU time of this process so far (user + system), from `/proc/self/stat` (Linux;
-/// zero elsewhere). Both endpoints run in this process, so it is the whole cost.
-fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let Some(rest) = stat.rsplit(')').next() else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    // USER_HZ is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
-}
-
-struct RunResult {
-    secs: f64,
-    cpu: f64,
-    lost: u64,
-    datagrams: u64,
-    ios: u64,
-    mtu: u16,
-}
-
-async fn one_run(tuning: &TransportTuning, bytes: u64) -> RunResult {
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let spawn = |identity| {
-        let mut config = ConnManagerConfig::new(identity).with_listen(listen);
-        config.transport = tuning.clone();
-        ConnManager::spawn(config).expect("spawn")
-    };
-    let a = spawn(Identity::generate());
-    let b = spawn(Identity::generate());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let catch = Catch(tx).start();
-    b.addr()
-        .send(Subscribe {
-            peer_up: catch.clone().recipient(),
-            peer_down: catch.recipient(),
-        })
-        .await
-        .expect("subscribe");
-    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-    let catch_a = Catch(tx_a).start();
-    a.addr()
-        .send(Subscribe {
-            peer_up: catch_a.clone().recipient(),
-            peer_down: catch_a.recipient(),
-        })
-        .await
-        .expect("subscribe");
-    a.addr()
-        .send(Dial {
-            addr: b.local_addr(),
-            expected_key: Some(b.key()),
-        })
-        .await
-        .expect("actor")
-        .expect("dial");
-    let conn_a = rx_a.recv().await.expect("a up");
-    let conn_b = rx.recv().await.expect("b up");
-
-    let chunk = bytes::Bytes::from(vec![0x5au8; 1 << 20]);
-    let sender = tokio::spawn(async move {
-        let mut send = conn_a.open_uni().await.expect("open");
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            send.write_chunk(chunk.slice(..n)).await.expect("write");
-            left -= n as u64;
-        }
-        send.finish().expect("finish");
-        let _ = send.stopped().await;
-        conn_a
-    });
-    let mut recv = conn_b.accept_uni().await.expect("accept");
-    let start = Instant::now();
-    let cpu_start = cpu_time();
-    let mut got = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.expect("read") {
-        got += chunk.bytes.len() as u64;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = (cpu_time() - cpu_start).as_secs_f64();
-    assert_eq!(got, bytes, "short read");
-    let conn_a = sender.await.expect("sender");
-    let stats = conn_a.stats();
-    let result = RunResult {
-        secs,
-        cpu,
-        lost: stats.path.lost_packets,
-        datagrams: stats.udp_tx.datagrams,
-        ios: stats.udp_tx.ios,
-        mtu: stats.path.current_mtu,
-    };
-    drop((conn_a, conn_b));
-    a.close().await;
-    b.close().await;
-    result
-}
-
 fn parse_size(s: &str) -> u64 {
     let (num, mul) = match s.chars().last() {
         Some('k' | 'K') => (&s[..s.len() - 1], 1 << 10),
@@ -323,9 +195,9 @@ fn main() {
             let mut per_cpu = Vec::new();
             let mut last = None;
             for _ in 0..runs {
-                let r = one_run(&tuning, bytes).await;
-                rates.push(bytes as f64 / r.secs / 1e6);
-                per_cpu.push(bytes as f64 / r.cpu.max(1e-3) / 1e6);
+                let r = loopback_transfer(&tuning, bytes).await.expect("transfer");
+                rates.push(r.mb_per_s());
+                per_cpu.push(r.mb_per_cpu_s().unwrap_or(0.0));
                 last = Some(r);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -340,8 +212,8 @@ fn main() {
                 rates[0],
                 rates[rates.len() - 1],
                 per_cpu[per_cpu.len() / 2],
-                r.lost as f64 / gib,
-                r.datagrams as f64 / r.ios.max(1) as f64,
+                r.lost_packets as f64 / gib,
+                r.datagrams as f64 / r.send_calls.max(1) as f64,
                 r.mtu
             );
         }

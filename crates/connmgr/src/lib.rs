@@ -13,7 +13,8 @@
 //! - `core`: `ConnCore`, the dedup and dial policy without I/O;
 //! - `messages`: the actor's messages and events;
 //! - `actor`: `ConnManager`, the thin actor around the core;
-//! - `error`: errors, reasons and close codes.
+//! - `error`: errors, reasons and close codes;
+//! - `bench`: a loopback transfer through the real stack (`replic8 bench`, the example).
 //!
 //! The session layer subscribes (`Subscribe`) and opens streams on the
 //! `quinn::Connection` of each `PeerUp`. A connection closed with `CLOSE_DUPLICATE` is
@@ -53,6 +54,7 @@
 //! ```
 
 mod actor;
+pub mod bench;
 mod config;
 pub mod core;
 mod error;
