@@ -18,7 +18,9 @@ use tracing::{debug, info};
 
 use crate::config::ConnManagerConfig;
 use crate::core::{ConnCore, ConnId, CoreEvent, DialStart, Initiator};
-use crate::error::{DialError, SpawnError, CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_SHUTDOWN};
+use crate::error::{
+    CloseReason, DialError, SpawnError, CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_SHUTDOWN,
+};
 use crate::key::{Identity, PeerKey};
 use crate::messages::*;
 use crate::tls;
@@ -137,6 +139,8 @@ pub struct ConnManager {
     accept: Option<Task>,
     timer: Option<SpawnHandle>,
     tasks: Arc<AtomicUsize>,
+    /// Counters for `Stats`; bytes of connections that are gone.
+    counters: ConnStats,
     span: tracing::Span,
 }
 
@@ -189,6 +193,7 @@ impl ConnManager {
             accept: None,
             timer: None,
             tasks: tasks.clone(),
+            counters: ConnStats::default(),
             span,
         };
         let addr = actor.start();
@@ -303,6 +308,11 @@ impl ConnManager {
                     }
                 }
                 CoreEvent::Close { conn, reason } => {
+                    match reason {
+                        CloseReason::Duplicate => self.counters.duplicates_closed += 1,
+                        CloseReason::Replaced => self.counters.replaced += 1,
+                        _ => {}
+                    }
                     self.probes.remove(&conn);
                     // The entry stays until its watcher reports the close (`ConnClosed`).
                     if let Some(live) = self.live.get(&conn) {
@@ -337,6 +347,9 @@ impl ConnManager {
                     self.report_refused(refused);
                 }
                 CoreEvent::DialDone { dial, result } => {
+                    if result.is_err() {
+                        self.counters.dials_failed += 1;
+                    }
                     if let Some(reply) = self.replies.remove(&dial) {
                         // The caller may have gone away; nothing to do then.
                         let _ = reply.send(result);
@@ -351,6 +364,9 @@ impl ConnManager {
     /// log at debug: the `Dial` caller gets the error and decides what it is worth.
     fn report_refused(&mut self, refused: ConnRefused) {
         let peer = refused.key.map(|k| k.fmt_short()).unwrap_or_default();
+        if refused.initiator == Initiator::Remote {
+            self.counters.incoming_refused += 1;
+        }
         match refused.initiator {
             Initiator::Remote => info!(parent: &self.span, addr = %refused.addr, %peer,
                 reason = %refused.reason, "incoming connection refused"),
@@ -594,7 +610,11 @@ impl Handler<ConnClosed> for ConnManager {
         self.probes.remove(&msg.id);
         self.core.handle_closed(msg.id, msg.error, Instant::now());
         self.drain(ctx);
-        self.live.remove(&msg.id);
+        if let Some(live) = self.live.remove(&msg.id) {
+            let stats = live.conn.stats();
+            self.counters.bytes_sent += stats.udp_tx.bytes;
+            self.counters.bytes_received += stats.udp_rx.bytes;
+        }
     }
 }
 
@@ -618,6 +638,7 @@ impl Handler<Dial> for ConnManager {
         let decision = self.core.handle_dial(msg.addr, msg.expected_key, now);
         let rx = match decision {
             Err(e) => {
+                self.counters.dials_failed += 1;
                 debug!(parent: &self.span, addr = %msg.addr, error = %e, "dial refused");
                 return Box::pin(async move { Err(e) });
             }
@@ -628,6 +649,7 @@ impl Handler<Dial> for ConnManager {
                 rx
             }
             Ok(DialStart::Dial(id)) => {
+                self.counters.dials_started += 1;
                 let (tx, rx) = oneshot::channel();
                 self.replies.insert(id, tx);
                 debug!(parent: &self.span, addr = %msg.addr, conn = %id, "dialing");
@@ -689,6 +711,24 @@ impl Handler<Peers> for ConnManager {
             .collect();
         peers.sort_by_key(|p| p.key);
         peers
+    }
+}
+
+impl Handler<Stats> for ConnManager {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _msg: Stats, _ctx: &mut Self::Context) -> Self::Result {
+        let mut stats = self.counters.clone();
+        stats.peers = self.core.peers().count();
+        for live in self.live.values() {
+            let conn = live.conn.stats();
+            stats.bytes_sent += conn.udp_tx.bytes;
+            stats.bytes_received += conn.udp_rx.bytes;
+        }
+        let endpoint = self.endpoint.stats();
+        stats.handshakes_refused_by_quinn =
+            endpoint.refused_handshakes + endpoint.ignored_handshakes;
+        MessageResult(stats)
     }
 }
 

@@ -72,8 +72,8 @@ pub use crate::error::{
 };
 pub use crate::key::{Identity, KeyError, PeerKey};
 pub use crate::messages::{
-    Ban, Close, CloseError, ConnRefused, Dial, PeerDown, PeerStats, PeerUp, Peers, RefusedReason,
-    Shutdown, Subscribe, SubscribeRefused,
+    Ban, Close, CloseError, ConnRefused, ConnStats, Dial, PeerDown, PeerStats, PeerUp, Peers,
+    RefusedReason, Shutdown, Stats, Subscribe, SubscribeRefused,
 };
 pub use crate::transport::{
     default_transport_config, transport_config, Congestion, TransportTuning,

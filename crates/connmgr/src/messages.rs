@@ -75,6 +75,34 @@ pub struct PeerStats {
     pub connection_id: usize,
 }
 
+/// Counters since start, for status views.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "ConnStats")]
+pub struct Stats;
+
+/// What `Stats` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Peers up now.
+    pub peers: usize,
+    /// Dials that started a handshake.
+    pub dials_started: u64,
+    /// Dials answered with an error (including refusals before any packet).
+    pub dials_failed: u64,
+    /// Incoming connections refused or whose handshake failed.
+    pub incoming_refused: u64,
+    /// Connections closed as duplicates by this side.
+    pub duplicates_closed: u64,
+    /// Connections replaced after their peer restarted.
+    pub replaced: u64,
+    /// UDP payload bytes sent, on every connection since start.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received, on every connection since start.
+    pub bytes_received: u64,
+    /// Handshakes quinn refused or ignored before they reached us (e.g. when closing).
+    pub handshakes_refused_by_quinn: u64,
+}
+
 /// Receive `PeerUp` and `PeerDown`. A new subscriber first gets a `PeerUp` for every peer
 /// that is already up.
 #[derive(Debug, Message)]

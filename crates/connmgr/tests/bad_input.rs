@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
 use rand::{Rng, RngCore, SeedableRng};
-use replic8_connmgr::{Identity, Peers, RefusedReason, DEFAULT_ALPN};
+use replic8_connmgr::{Identity, Peers, RefusedReason, Stats, DEFAULT_ALPN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
@@ -185,6 +185,8 @@ fn client_without_a_key_is_refused() {
             "server must refuse a client without a key"
         );
         let refused = pair.b.refused().await;
+        let stats = pair.b.handle.addr().send(Stats).await.expect("stats");
+        assert_eq!((stats.incoming_refused, stats.peers), (1, 1));
         assert_eq!(refused.key, None);
         assert!(
             matches!(refused.reason, RefusedReason::Handshake(_)),

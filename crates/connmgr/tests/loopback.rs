@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use replic8_connmgr::{
     tls, Ban, Close, DialError, DownReason, Identity, Initiator, Peers, RefuseReason,
-    RefusedReason, Shutdown, CLOSE_SHUTDOWN,
+    RefusedReason, Shutdown, Stats, CLOSE_SHUTDOWN,
 };
 use util::*;
 
@@ -39,6 +39,12 @@ fn mutual_auth_learns_the_key_both_ways() {
         // Dialing a connected key again makes no new connection.
         assert_eq!(a.dial(b.addr(), Some(b.key())).await, Ok(b.key()));
         assert_eq!(a.handle.addr().send(Peers).await.expect("peers").len(), 1);
+        let stats = a.handle.addr().send(Stats).await.expect("stats");
+        assert_eq!(
+            (stats.peers, stats.dials_started, stats.dials_failed),
+            (1, 1, 0)
+        );
+        assert!(stats.bytes_sent >= peers[0].bytes_sent && stats.bytes_received > 0);
         drop((up_a, up_b));
         a.close().await;
         b.close().await;
