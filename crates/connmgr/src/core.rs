@@ -370,11 +370,12 @@ impl ConnCore {
             None => {}
         }
         self.prune(now);
-        // Join an unpinned dial already in flight to the same address.
+        // Join a dial already in flight to the same address with the same pin (or none):
+        // its answer is then exactly the answer this dial would get.
         let same_addr = self.conns.iter().find_map(|(id, c)| {
             (c.addr == addr
                 && c.initiator == Initiator::Local
-                && matches!(c.phase, Phase::Handshaking { expected: e } if e.is_none() || e == expected))
+                && c.phase == Phase::Handshaking { expected })
             .then_some(*id)
         });
         if let Some(in_flight) = same_addr {

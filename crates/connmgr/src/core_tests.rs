@@ -721,3 +721,35 @@ fn redial_of_a_connected_address_reuses_the_connection() {
         "{evs:?}"
     );
 }
+
+#[test]
+fn a_pinned_dial_does_not_join_an_unpinned_one_to_the_same_address() {
+    let t0 = Instant::now();
+    let mut core = ConnCore::new(key(50), config());
+    let unpinned = dial(&mut core, 1, None, t0);
+    // Pinned: a dial of its own (the pin must be checked in its handshake).
+    let pinned = dial(&mut core, 1, Some(key(60)), t0);
+    // Unpinned: joins the unpinned one in flight.
+    let Ok(DialStart::Wait(joined)) = core.handle_dial(addr(1), None, t0) else {
+        panic!("an unpinned dial joins the unpinned one in flight");
+    };
+    core.handle_established(unpinned, key(40), t0);
+    core.handle_handshake_failed(
+        pinned,
+        DialError::KeyMismatch(crate::tls::KeyMismatch {
+            expected: key(60),
+            actual: key(40),
+        }),
+        t0,
+    );
+    let evs = events(&mut core);
+    assert!(
+        evs.contains(&CoreEvent::DialDone {
+            dial: joined,
+            result: Ok(key(40))
+        }),
+        "{evs:?}"
+    );
+    assert!(evs.iter().any(|e| matches!(e,
+        CoreEvent::DialDone { dial, result: Err(DialError::KeyMismatch(_)) } if *dial == pinned)));
+}
