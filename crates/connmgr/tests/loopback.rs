@@ -481,3 +481,26 @@ fn late_duplicate_replaces_the_settled_connection_and_streams_retry_on_the_survi
         b.close().await;
     });
 }
+
+#[test]
+fn an_unreachable_address_times_out_then_backs_off() {
+    run(|| async {
+        let a = Node::spawn_with("a", Identity::generate(), |c| {
+            c.handshake_timeout = Duration::from_millis(300);
+        })
+        .await;
+        // A socket that never answers.
+        let silent = std::net::UdpSocket::bind(loopback()).expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        assert_eq!(a.dial(addr, None).await, Err(DialError::Timeout));
+        match a.dial(addr, None).await {
+            Err(DialError::Backoff { retry_in }) => {
+                assert!(retry_in <= Duration::from_millis(1200), "{retry_in:?}")
+            }
+            other => panic!("expected backoff, got {other:?}"),
+        }
+        let stats = a.handle.addr().send(Stats).await.expect("stats");
+        assert_eq!((stats.dials_started, stats.dials_failed), (1, 2));
+        a.close().await;
+    });
+}
