@@ -80,6 +80,13 @@ pub enum SessionCommand {
         /// The stream.
         id: StreamId,
     },
+    /// The peer broke the store's protocol on a feed stream: end the session.
+    FeedFailed {
+        /// The feed.
+        feed: FeedKey,
+        /// What the peer did wrong.
+        reason: String,
+    },
     /// Serve one more namespace on this session.
     Register(NamespaceEntry),
     /// End the session.
@@ -409,6 +416,9 @@ pub async fn run(
                 Some(SessionCommand::StreamEnded { feed, id }) => {
                     attached.remove(&id);
                     session.handle_stream_closed(&feed, id);
+                }
+                Some(SessionCommand::FeedFailed { feed, reason }) => {
+                    session.handle_feed_failed(&feed, &reason);
                 }
                 Some(SessionCommand::Register(entry)) => {
                     match session.handle_register_namespace(&entry.name, entry.secret.clone()) {

@@ -1,8 +1,11 @@
 //! Keys, namespace ids and the connection-bound proofs of the session protocol.
 //!
-//! Feed keys, discovery keys and peer keys are plain 32-byte newtypes here, so that the
-//! session layer does not depend on the feed store's types; the integration converts at
-//! the edge (`FeedKey` ⇄ the store's public key type).
+//! Feed keys, discovery keys and peer keys are plain 32-byte newtypes here: the session
+//! layer carries keys of any store, and a custom store's feed need not be an ed25519
+//! log. The default feed store converts at the edge, losslessly: every
+//! [`replic8_store::FeedKey`] is a [`FeedKey`] with the same bytes (`From`), and a
+//! [`FeedKey`] is a [`replic8_store::FeedKey`] when its bytes are a valid ed25519 point
+//! (`TryFrom`). Discovery keys are the same bytes on both sides, computed the same way.
 //!
 //! Every proof is a BLAKE2b-256 MAC over the connection's TLS exporter value (see
 //! [`EXPORTER_LABEL`]) and the role of the side that proves, so a proof is valid only on
@@ -132,6 +135,33 @@ impl FeedKey {
     }
 }
 
+impl From<replic8_store::FeedKey> for FeedKey {
+    fn from(key: replic8_store::FeedKey) -> FeedKey {
+        FeedKey(*key.as_bytes())
+    }
+}
+
+impl TryFrom<FeedKey> for replic8_store::FeedKey {
+    type Error = replic8_store::KeyError;
+
+    /// Fails when the 32 bytes are not an ed25519 public key.
+    fn try_from(key: FeedKey) -> Result<replic8_store::FeedKey, replic8_store::KeyError> {
+        replic8_store::FeedKey::from_bytes(&key.0)
+    }
+}
+
+impl From<replic8_store::DiscoveryKey> for DiscoveryKey {
+    fn from(key: replic8_store::DiscoveryKey) -> DiscoveryKey {
+        DiscoveryKey(key.0)
+    }
+}
+
+impl From<DiscoveryKey> for replic8_store::DiscoveryKey {
+    fn from(key: DiscoveryKey) -> replic8_store::DiscoveryKey {
+        replic8_store::DiscoveryKey(key.0)
+    }
+}
+
 impl NamespaceId {
     /// The id of the namespace called `name` (the empty name is the public namespace).
     pub fn from_name(name: &str) -> NamespaceId {
@@ -222,6 +252,25 @@ fn verify(key: &[u8; 32], parts: &[&[u8]], tag: &[u8; 32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_keys_convert_losslessly_and_agree_on_discovery_keys() {
+        let store_key = replic8_store::FeedSecret::from_bytes(&[9; 32]).key();
+        let ours = FeedKey::from(store_key);
+        assert_eq!(&ours.0, store_key.as_bytes());
+        assert_eq!(replic8_store::FeedKey::try_from(ours).unwrap(), store_key);
+        let dk = ours.discovery_key();
+        assert_eq!(dk, DiscoveryKey::from(store_key.discovery_key()));
+        assert_eq!(
+            replic8_store::DiscoveryKey::from(dk),
+            store_key.discovery_key()
+        );
+        // Not every 32 bytes are an ed25519 point: the conversion says so.
+        let not_a_point = (0u8..=255)
+            .map(|b| FeedKey([b; 32]))
+            .find(|k| replic8_store::FeedKey::try_from(*k).is_err());
+        assert!(not_a_point.is_some());
+    }
 
     fn hex32(s: &str) -> [u8; 32] {
         let mut out = [0u8; 32];

@@ -15,10 +15,13 @@
 //! - [`session`]: the session core without I/O: hello, proofs, offers, streams, end.
 //! - [`store`]: the store interface, as actix messages.
 //! - [`driver`]: runs one session over a `quinn::Connection` (tokio tasks, no actor).
+//! - [`feed_store`]: [`feed_store::FeedStore`], the default store: feeds of
+//!   `replic8-store` replicated with its verified sync core on feed streams.
 //! - [`actor`]: `SessionsActor`, the store registry and one driver per connection.
 
 pub mod actor;
 pub mod driver;
+pub mod feed_store;
 pub mod frame;
 pub mod keys;
 pub mod message;

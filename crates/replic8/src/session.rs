@@ -879,6 +879,16 @@ impl Session {
         }
     }
 
+    /// Our store found the peer breaking its protocol on `feed`'s stream (for a feed
+    /// store: a block or proof that does not verify). The session ends with
+    /// [`CloseCode::PROTOCOL`] and a reason that names the feed.
+    pub fn handle_feed_failed(&mut self, feed: &FeedKey, reason: &str) {
+        self.fail(
+            CloseCode::PROTOCOL,
+            format!("feed {}: {reason}", feed.fmt_short()),
+        );
+    }
+
     /// The connection went away: closed by the peer with `code` and `reason` (an
     /// application close), or lost (`code` is `None`).
     pub fn handle_connection_lost(&mut self, code: Option<CloseCode>, mut reason: String) {

@@ -3,7 +3,7 @@
 //! Any actor that handles [`Shares`], [`KnownFeeds`], [`Offer`], [`Attach`] and
 //! [`Detach`] is a store. It registers for one or more namespaces with [`RegisterStore`]
 //! (sent to the session layer's actor), and tells the session layer about its feeds with
-//! [`Share`], [`FeedSynced`], [`FeedUpdated`] and [`StreamEnded`].
+//! [`Share`], [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`] and [`FeedFailed`].
 //!
 //! The session layer asks, the store decides: what to share ([`Shares`]), which feeds it
 //! holds for all-to-all replication ([`KnownFeeds`]), which offered feeds to accept
@@ -272,4 +272,19 @@ pub struct StreamEnded {
     pub peer: PeerKey,
     /// The stream, as named in its [`Attach`].
     pub id: StreamId,
+}
+
+/// Store → session layer: the peer broke the store's protocol on `feed`'s stream (for a
+/// feed store: it sent a block or proof that does not verify). The session with `peer`
+/// ends with [`crate::message::CloseCode::PROTOCOL`] and a reason naming the feed; the
+/// store keeps nothing from the failed message.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct FeedFailed {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The peer.
+    pub peer: PeerKey,
+    /// What was wrong, in words.
+    pub reason: String,
 }

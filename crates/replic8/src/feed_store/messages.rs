@@ -1,0 +1,199 @@
+//! The messages the node sends to [`super::FeedStore`], one struct each, and their errors.
+
+use actix::Message;
+use replic8_store::{
+    storage::StorageError, AppendError, KeyError, OpenError, ReadError, SignedHead,
+};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::keys::{FeedKey, PeerKey};
+use crate::message::{HeaderError, Headers};
+
+/// Why a feed store operation failed.
+#[derive(Debug, Error)]
+pub enum FeedStoreError {
+    /// The store holds no feed with this key.
+    #[error("no feed {0}")]
+    NotFound(String),
+    /// The key is not an ed25519 public key.
+    #[error("bad feed key: {0}")]
+    BadKey(#[from] KeyError),
+    /// The feed could not be opened or created.
+    #[error("open: {0}")]
+    Open(#[from] OpenError),
+    /// The append failed (not writable, block too large, storage).
+    #[error("append: {0}")]
+    Append(#[from] AppendError),
+    /// The read failed (missing block, storage).
+    #[error("read: {0}")]
+    Read(#[from] ReadError),
+    /// The storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The headers are over a bound.
+    #[error("headers: {0}")]
+    Headers(#[from] HeaderError),
+    /// The session layer refused the share.
+    #[error("share: {0}")]
+    Share(#[from] crate::store::ShareError),
+    /// A worker thread of the store failed (panicked or was cancelled).
+    #[error("worker failed: {0}")]
+    Worker(String),
+}
+
+/// A feed's length and stored block count, as published to subscribers and to the
+/// feed's other sync cores after every change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedState {
+    /// Blocks covered by the verified signed head.
+    pub length: u64,
+    /// Blocks stored here.
+    pub stored: u64,
+    /// Bumped on every change, including a sync core giving back the blocks it claimed.
+    pub version: u64,
+}
+
+/// What the store knows of one feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedInfo {
+    /// The feed's public key.
+    pub key: FeedKey,
+    /// Whether this store holds the secret key and can append.
+    pub writable: bool,
+    /// Blocks covered by the verified head.
+    pub length: u64,
+    /// Blocks stored here.
+    pub stored: u64,
+    /// Bytes of the blocks covered by the head.
+    pub byte_length: u64,
+    /// The verified signed head.
+    pub head: Option<SignedHead>,
+}
+
+/// Counters of the store, over every feed and peer since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStoreStats {
+    /// Blocks received from peers, verified and stored.
+    pub blocks_in: u64,
+    /// Bytes of those blocks.
+    pub bytes_in: u64,
+    /// Blocks sent to peers.
+    pub blocks_out: u64,
+    /// Bytes of those blocks.
+    pub bytes_out: u64,
+    /// Feed streams that ran or run.
+    pub streams: u64,
+    /// Feed streams that ended because the peer broke the sync protocol.
+    pub streams_failed: u64,
+}
+
+/// What the store reports as it works (sent to the events channel given to
+/// [`super::FeedStore::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedStoreEvent {
+    /// An offered feed was accepted (and created here as a replica if it was new).
+    Accepted {
+        /// The namespace.
+        namespace: String,
+        /// The feed.
+        feed: FeedKey,
+        /// Who offered it.
+        peer: PeerKey,
+        /// Whether the store did not hold it before.
+        new: bool,
+    },
+    /// Blocks from `peer` were verified and stored (since the previous such event for
+    /// this stream).
+    Downloaded {
+        /// The feed.
+        feed: FeedKey,
+        /// The peer.
+        peer: PeerKey,
+        /// Blocks.
+        blocks: u64,
+        /// Bytes.
+        bytes: u64,
+    },
+    /// The feed is in sync with `peer`: every block up to `length` is here.
+    FeedSynced {
+        /// The feed.
+        feed: FeedKey,
+        /// The peer.
+        peer: PeerKey,
+        /// The feed's length.
+        length: u64,
+    },
+    /// The peer broke the sync protocol on the feed's stream; its session ends.
+    SyncFailed {
+        /// The feed.
+        feed: FeedKey,
+        /// The peer.
+        peer: PeerKey,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Creates a new writable feed with a fresh key pair; replies with its key.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<FeedKey, FeedStoreError>")]
+pub struct CreateFeed;
+
+/// Opens a feed the store holds (from storage if it is not open yet).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<FeedInfo, FeedStoreError>")]
+pub struct OpenFeed {
+    /// The feed.
+    pub feed: FeedKey,
+}
+
+/// Appends blocks to a writable feed in one signed, durable batch; replies with the new
+/// length. Sessions replicating the feed get the new blocks (live).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<u64, FeedStoreError>")]
+pub struct Append {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The blocks.
+    pub blocks: Vec<Vec<u8>>,
+}
+
+/// Reads blocks `[start, end)`; each must be stored here.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<Vec<u8>>, FeedStoreError>")]
+pub struct ReadRange {
+    /// The feed.
+    pub feed: FeedKey,
+    /// First block.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+}
+
+/// Subscribes to a feed's changes (appends here, blocks downloaded from peers).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<watch::Receiver<FeedState>, FeedStoreError>")]
+pub struct Subscribe {
+    /// The feed.
+    pub feed: FeedKey,
+}
+
+/// Shares a feed the store holds in `namespace` with `headers`: offered on every
+/// session now (live) and on every session that starts later. Replies with how many
+/// peers' sessions offered it now.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<usize, FeedStoreError>")]
+pub struct ShareFeed {
+    /// The namespace (registered with the session layer for this store).
+    pub namespace: String,
+    /// The feed.
+    pub feed: FeedKey,
+    /// Headers sent with the offer.
+    pub headers: Headers,
+}
+
+/// The store's counters.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "FeedStoreStats")]
+pub struct GetStats;

@@ -1,0 +1,426 @@
+//! One feed stream: a [`FeedSync`] core for one (feed, peer), driven over a QUIC stream.
+//!
+//! Three tokio tasks per stream: a reader that cuts frames (bounded by
+//! [`replic8_store::MAX_MESSAGE_SIZE`]) and hands them over a bounded channel, so a slow
+//! verifier pushes back on the peer through QUIC flow control; a writer that writes the
+//! frames it is given; and the driver, which owns the core. Every call into the core
+//! (verifying, hashing, storage) runs on tokio's blocking pool with the feed's mutex
+//! held, never on the task's thread; the core is moved into the blocking call and back.
+//! The driver asks the core for messages only while the writer holds less than
+//! [`MAX_QUEUED_BYTES`], so what waits to be sent stays bounded.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use replic8_store::storage::FeedStorage;
+use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::debug;
+
+use super::{FeedEntry, Shared};
+use crate::frame::{self, FrameError};
+use crate::keys::{FeedKey, PeerKey};
+use crate::session::StreamId;
+use crate::store::{FeedFailed, FeedStream, FeedSynced, FeedUpdated, StreamEnded};
+
+/// Most encoded bytes waiting for the writer before the core is asked for more. Two
+/// data messages at the core's default `max_data_bytes`: enough to keep the stream busy.
+pub(crate) const MAX_QUEUED_BYTES: usize = 2 << 20;
+/// Frames the reader may hand over before it stops reading (QUIC then stops the peer).
+const READ_QUEUE: usize = 64;
+/// Most frames handled in one blocking call.
+const BATCH: usize = 64;
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Who the stream is with, and where its reports go.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamContext {
+    pub(crate) feed: FeedKey,
+    pub(crate) peer: PeerKey,
+    pub(crate) id: StreamId,
+    pub(crate) config: SyncConfig,
+}
+
+enum Input {
+    Start,
+    Frames(Vec<Vec<u8>>),
+    Update,
+    Timeout,
+    Transmit,
+}
+
+enum Read {
+    Frame(Vec<u8>),
+    Bad(FrameError),
+}
+
+/// What one blocking call produced.
+#[derive(Default)]
+struct Step {
+    frames: Vec<Vec<u8>>,
+    /// The core may have more to send: ask again when the writer has room.
+    more: bool,
+    /// The core is synced and the feed holds every block to this length.
+    synced: Option<u64>,
+    /// The feed's length moved to this.
+    length_moved: Option<u64>,
+    /// The feed state version this call published, if it published one.
+    published: Option<u64>,
+    blocks_in: u64,
+    bytes_in: u64,
+    blocks_out: u64,
+    bytes_out: u64,
+    deadline: Option<Instant>,
+    error: Option<SyncError>,
+}
+
+/// Why the stream ended.
+enum End {
+    Detached,
+    PeerFinished,
+    Failed(String),
+    Local(String),
+}
+
+/// Runs the stream until it ends, is detached (`stop`), or fails.
+pub(crate) async fn run<F: FeedStorage>(
+    entry: Arc<FeedEntry<F>>,
+    stream: FeedStream,
+    ctx: StreamContext,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let FeedStream { send, recv } = stream;
+    let (read_tx, mut reads) = mpsc::channel::<Read>(READ_QUEUE);
+    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, read_tx)));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let room = Arc::new(Notify::new());
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(write_frames(send, write_rx, queued.clone(), room.clone()));
+    let mut updates = entry.state.subscribe();
+    updates.borrow_and_update();
+
+    let mut core = Some(Box::new(FeedSync::new(ctx.config.clone())));
+    let mut input = Some(Input::Start);
+    let mut more = false;
+    let mut deadline: Option<Instant> = None;
+    let mut reported: Option<u64> = None;
+    let end = loop {
+        let next = match input.take() {
+            Some(i) => i,
+            None => tokio::select! {
+                biased;
+                _ = &mut stop => break End::Detached,
+                read = reads.recv() => match read {
+                    Some(Read::Frame(f)) => {
+                        let mut batch = vec![f];
+                        let mut bad = None;
+                        while batch.len() < BATCH {
+                            match reads.try_recv() {
+                                Ok(Read::Frame(f)) => batch.push(f),
+                                Ok(Read::Bad(e)) => { bad = Some(e); break; }
+                                Err(_) => break,
+                            }
+                        }
+                        if let Some(e) = bad {
+                            break End::Failed(e.to_string());
+                        }
+                        Input::Frames(batch)
+                    }
+                    Some(Read::Bad(e)) => break End::Failed(e.to_string()),
+                    None => break End::PeerFinished,
+                },
+                changed = updates.changed() => match changed {
+                    Ok(()) => Input::Update,
+                    Err(_) => break End::Local("feed closed".into()),
+                },
+                () = room.notified(), if more => Input::Transmit,
+                () = sleep_until(deadline) => Input::Timeout,
+            },
+        };
+        let step =
+            match step_and_report(&entry, &mut core, Some(next), &ctx, &shared, &queued).await {
+                Ok(step) => step,
+                Err(reason) => break End::Local(reason),
+            };
+        if let Some(version) = step.published {
+            // Our own change needs no feed update from us; a later one of others does.
+            if updates.borrow().version == version {
+                updates.borrow_and_update();
+            }
+        }
+        for frame in step.frames {
+            queued.fetch_add(frame.len(), Ordering::Relaxed);
+            if write_tx.send(frame).is_err() {
+                break;
+            }
+        }
+        more = step.more;
+        deadline = step.deadline;
+        if let Some(error) = step.error {
+            break match error {
+                SyncError::Storage(e) => End::Local(format!("storage: {e}")),
+                other => End::Failed(other.to_string()),
+            };
+        }
+        if let Some(length) = step.length_moved {
+            shared.sessions.do_send(FeedUpdated {
+                feed: ctx.feed,
+                length,
+            });
+        }
+        if let Some(length) = step.synced {
+            if reported != Some(length) {
+                reported = Some(length);
+                shared.sessions.do_send(FeedSynced {
+                    feed: ctx.feed,
+                    peer: ctx.peer,
+                    length,
+                });
+                shared.event(super::FeedStoreEvent::FeedSynced {
+                    feed: ctx.feed,
+                    peer: ctx.peer,
+                    length,
+                });
+            }
+        }
+    };
+
+    // Give back what the core was fetching, and wake the feed's other cores.
+    if let Some(mut c) = core.take() {
+        let entry = entry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut feed = entry.lock();
+            c.close(&mut feed);
+            entry.publish(&feed);
+        })
+        .await;
+    }
+    drop(reader);
+    drop(write_tx);
+    match &end {
+        End::Failed(reason) => {
+            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, "peer broke the feed sync");
+            writer.abort();
+            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            shared.event(super::FeedStoreEvent::SyncFailed {
+                feed: ctx.feed,
+                peer: ctx.peer,
+                reason: reason.clone(),
+            });
+            shared.sessions.do_send(FeedFailed {
+                feed: ctx.feed,
+                peer: ctx.peer,
+                reason: reason.clone(),
+            });
+        }
+        End::Local(reason) => {
+            debug!(feed = %ctx.feed.fmt_short(), %reason, "feed stream given up");
+            writer.abort();
+        }
+        // The writer finishes our half once it has written what is queued.
+        End::Detached | End::PeerFinished => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        }
+    }
+    if !matches!(end, End::Detached) {
+        shared.sessions.do_send(StreamEnded {
+            feed: ctx.feed,
+            peer: ctx.peer,
+            id: ctx.id,
+        });
+    }
+    shared.stream_done(ctx.peer, ctx.id);
+}
+
+/// Runs one input through the core on the blocking pool; counts and reports progress.
+async fn step_and_report<F: FeedStorage>(
+    entry: &Arc<FeedEntry<F>>,
+    core: &mut Option<Box<FeedSync>>,
+    input: Option<Input>,
+    ctx: &StreamContext,
+    shared: &Arc<Shared>,
+    queued: &Arc<AtomicUsize>,
+) -> Result<Step, String> {
+    let Some(input) = input else {
+        return Ok(Step::default());
+    };
+    let Some(mut c) = core.take() else {
+        return Err("sync core lost".into());
+    };
+    let budget = MAX_QUEUED_BYTES.saturating_sub(queued.load(Ordering::Relaxed));
+    let e = entry.clone();
+    let (c, step) = tokio::task::spawn_blocking(move || {
+        let step = step(&e, &mut c, input, budget);
+        (c, step)
+    })
+    .await
+    .map_err(|e| format!("sync worker failed: {e}"))?;
+    *core = Some(c);
+    let s = &shared.stats;
+    s.blocks_in.fetch_add(step.blocks_in, Ordering::Relaxed);
+    s.bytes_in.fetch_add(step.bytes_in, Ordering::Relaxed);
+    s.blocks_out.fetch_add(step.blocks_out, Ordering::Relaxed);
+    s.bytes_out.fetch_add(step.bytes_out, Ordering::Relaxed);
+    if step.blocks_in > 0 {
+        shared.event(super::FeedStoreEvent::Downloaded {
+            feed: ctx.feed,
+            peer: ctx.peer,
+            blocks: step.blocks_in,
+            bytes: step.bytes_in,
+        });
+    }
+    Ok(step)
+}
+
+/// The blocking part: feed the input to the core, then take what it has to send.
+fn step<F: FeedStorage>(
+    entry: &FeedEntry<F>,
+    core: &mut FeedSync,
+    input: Input,
+    budget: usize,
+) -> Step {
+    let mut out = Step::default();
+    let mut feed = entry.lock();
+    let before = (feed.length(), feed.stored_count());
+    let stats_before = core.stats();
+    let now = Instant::now();
+    let result = match input {
+        Input::Start => {
+            core.handle_start(&mut feed, now);
+            Ok(())
+        }
+        Input::Frames(frames) => frames
+            .iter()
+            .try_for_each(|f| core.handle_bytes(&mut feed, f, now)),
+        Input::Update => {
+            core.handle_feed_update(&mut feed, now);
+            Ok(())
+        }
+        Input::Timeout => core.handle_timeout(now),
+        Input::Transmit => Ok(()),
+    };
+    if let Err(e) = result {
+        out.error = Some(e);
+    } else {
+        let mut bytes = 0usize;
+        while bytes < budget {
+            match core.poll_transmit(&mut feed) {
+                Ok(Some(message)) => match replic8_store::encode(&message) {
+                    Ok(payload) => {
+                        let mut framed = Vec::with_capacity(payload.len() + frame::PREFIX_LEN);
+                        if let Err(e) = frame::encode(&payload, MAX_MESSAGE_SIZE, &mut framed) {
+                            out.error = Some(SyncError::Storage(
+                                replic8_store::storage::StorageError::Corrupt(e.to_string()),
+                            ));
+                            break;
+                        }
+                        bytes += framed.len();
+                        out.frames.push(framed);
+                    }
+                    Err(e) => {
+                        out.error = Some(SyncError::Storage(
+                            replic8_store::storage::StorageError::Corrupt(e.to_string()),
+                        ));
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+        out.more = bytes >= budget;
+    }
+    // Progress is counted from the core's stats below; sync state from `is_synced`.
+    while core.poll_event().is_some() {}
+    let stats = core.stats();
+    out.blocks_in = stats.blocks_in - stats_before.blocks_in;
+    out.bytes_in = stats.bytes_in - stats_before.bytes_in;
+    out.blocks_out = stats.blocks_out - stats_before.blocks_out;
+    out.bytes_out = stats.bytes_out - stats_before.bytes_out;
+    let after = (feed.length(), feed.stored_count());
+    if after != before {
+        out.published = Some(entry.publish(&feed));
+        if after.0 != before.0 {
+            out.length_moved = Some(after.0);
+        }
+    }
+    if out.error.is_none() && core.is_synced() && after.1 == after.0 {
+        out.synced = Some(after.0);
+    }
+    out.deadline = core.poll_timeout();
+    out
+}
+
+async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                if let Err(e) = frame::check_end(&buf, MAX_MESSAGE_SIZE) {
+                    let _ = tx.send(Read::Bad(e)).await;
+                }
+                return;
+            }
+            // Reset by the peer, or the connection is gone: the stream just ends.
+            Err(_) => return,
+        }
+        let mut used = 0;
+        loop {
+            match frame::parse(&buf[used..], MAX_MESSAGE_SIZE) {
+                Ok(Some((payload, n))) => {
+                    let payload = payload.to_vec();
+                    used += n;
+                    if tx.send(Read::Frame(payload)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Read::Bad(e)).await;
+                    return;
+                }
+            }
+        }
+        buf.drain(..used);
+    }
+}
+
+async fn write_frames(
+    mut send: quinn::SendStream,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    room: Arc<Notify>,
+) {
+    while let Some(frame) = frames.recv().await {
+        let len = frame.len();
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+        queued.fetch_sub(len, Ordering::Relaxed);
+        room.notify_one();
+    }
+    let _ = send.finish();
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

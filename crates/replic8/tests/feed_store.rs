@@ -1,0 +1,625 @@
+//! The default feed store over real QUIC on loopback: offers with headers, verified
+//! replication, live appends, one-shot sessions, forwarding in a triangle, a hostile
+//! peer sending blocks that do not verify, and disk storage.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    missing_docs
+)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Context, Handler};
+use replic8::actor::{PeerEvent, SessionsActor, StartSession};
+use replic8::feed_store::*;
+use replic8::frame;
+use replic8::keys::{FeedKey, PeerKey, Role};
+use replic8::message::{CloseCode, Headers};
+use replic8::session::{Mode, SessionConfig, SessionEvent, Side};
+use replic8::store::*;
+use replic8_store::storage::{DiskStorage, MemoryStorage, Storage};
+use replic8_store::{Feed, FeedSecret, FeedSync, Message, SyncConfig, Want, MAX_MESSAGE_SIZE};
+use tokio::sync::mpsc;
+
+mod tls;
+use tls::{client_endpoint, connect, server_endpoint};
+
+const GUARD: Duration = Duration::from_secs(30);
+const NS: &str = "photos";
+
+#[derive(Debug)]
+enum Ev {
+    Store(u8, FeedStoreEvent),
+    Session(u8, PeerEvent),
+}
+
+struct Node<St: Storage> {
+    n: u8,
+    key: PeerKey,
+    sessions: Addr<SessionsActor>,
+    store: Addr<FeedStore<St>>,
+    server: quinn::Endpoint,
+    client: quinn::Endpoint,
+}
+
+fn session_config(mode: Mode) -> SessionConfig {
+    SessionConfig {
+        mode,
+        ..SessionConfig::default()
+    }
+}
+
+/// Starts a node's session layer and feed store, wiring their events to `events`.
+async fn node<St: Storage>(
+    n: u8,
+    storage: St,
+    config: FeedStoreConfig,
+    mode: Mode,
+    events: &mpsc::UnboundedSender<Ev>,
+) -> Node<St> {
+    let (stx, mut srx) = mpsc::unbounded_channel::<PeerEvent>();
+    let (ftx, mut frx) = mpsc::unbounded_channel::<FeedStoreEvent>();
+    let (e1, e2) = (events.clone(), events.clone());
+    tokio::spawn(async move {
+        while let Some(e) = srx.recv().await {
+            let _ = e1.send(Ev::Session(n, e));
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(e) = frx.recv().await {
+            let _ = e2.send(Ev::Store(n, e));
+        }
+    });
+    let sessions = SessionsActor::new(session_config(mode), Some(stx)).start();
+    let store = FeedStore::new(storage, config, sessions.clone(), Some(ftx))
+        .unwrap()
+        .start();
+    sessions
+        .send(RegisterStore {
+            namespaces: vec![(NS.into(), None)],
+            store: StoreRecipients::of(&store),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    Node {
+        n,
+        key: PeerKey([n; 32]),
+        sessions,
+        store,
+        server: server_endpoint(),
+        client: client_endpoint(),
+    }
+}
+
+async fn link<A: Storage, B: Storage>(dialer: &Node<A>, acceptor: &Node<B>) {
+    link_raw(dialer.key, &dialer.client, &dialer.sessions, acceptor).await;
+}
+
+async fn link_raw<B: Storage>(
+    key: PeerKey,
+    client: &quinn::Endpoint,
+    sessions: &Addr<SessionsActor>,
+    acceptor: &Node<B>,
+) {
+    let (dialed, accepted) = connect(client, &acceptor.server).await;
+    sessions
+        .send(StartSession {
+            peer: acceptor.key,
+            connection: dialed,
+            role: Role::Dialer,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    acceptor
+        .sessions
+        .send(StartSession {
+            peer: key,
+            connection: accepted,
+            role: Role::Acceptor,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn headers(kind: &str) -> Headers {
+    let mut h = Headers::new();
+    h.insert("kind", kind.as_bytes().to_vec()).unwrap();
+    h.insert("title", b"holiday 2026".to_vec()).unwrap();
+    h
+}
+
+fn block(feed: u8, i: u64) -> Vec<u8> {
+    // Varied sizes and contents, so a misplaced block would not read back the same.
+    let len = 100 + (i as usize * 37) % 3000;
+    (0..len)
+        .map(|j| (i as usize * 31 + j + feed as usize) as u8)
+        .collect()
+}
+
+/// Creates a feed on `node` with `blocks` blocks and shares it with `kind` headers.
+async fn writer_feed<St: Storage>(node: &Node<St>, tag: u8, blocks: u64, kind: &str) -> FeedKey {
+    let feed = node.store.send(CreateFeed).await.unwrap().unwrap();
+    let data: Vec<Vec<u8>> = (0..blocks).map(|i| block(tag, i)).collect();
+    for chunk in data.chunks(100) {
+        node.store
+            .send(Append {
+                feed,
+                blocks: chunk.to_vec(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    node.store
+        .send(ShareFeed {
+            namespace: NS.into(),
+            feed,
+            headers: headers(kind),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    feed
+}
+
+/// Waits for an event matching `want`; panics on a guard timeout with what was seen.
+async fn wait_for(
+    events: &mut mpsc::UnboundedReceiver<Ev>,
+    what: &str,
+    mut want: impl FnMut(&Ev) -> bool,
+) -> Vec<Ev> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(GUARD, async {
+        while let Some(e) = events.recv().await {
+            let hit = want(&e);
+            seen.push(e);
+            if hit {
+                return;
+            }
+        }
+    })
+    .await;
+    if found.is_err() {
+        panic!("timed out waiting for {what}; saw: {seen:#?}");
+    }
+    seen
+}
+
+fn is_synced(e: &Ev, node: u8, feed: FeedKey, length: u64) -> bool {
+    matches!(e, Ev::Store(n, FeedStoreEvent::FeedSynced { feed: f, length: l, .. })
+        if *n == node && *f == feed && *l == length)
+}
+
+/// B's copy reads back byte-identical and carries A's verified signed head.
+async fn assert_same<A: Storage, B: Storage>(a: &Node<A>, b: &Node<B>, feed: FeedKey, length: u64) {
+    let ours = a
+        .store
+        .send(ReadRange {
+            feed,
+            start: 0,
+            end: length,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let theirs = b
+        .store
+        .send(ReadRange {
+            feed,
+            start: 0,
+            end: length,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ours.len() as u64, length);
+    assert!(
+        ours == theirs,
+        "node {}: blocks differ from node {}",
+        b.n,
+        a.n
+    );
+    let a_info = a.store.send(OpenFeed { feed }).await.unwrap().unwrap();
+    let b_info = b.store.send(OpenFeed { feed }).await.unwrap().unwrap();
+    assert!(a_info.writable && !b_info.writable);
+    assert_eq!((b_info.length, b_info.stored), (length, length));
+    let head = b_info.head.expect("replica has a head");
+    assert_eq!(Some(head), a_info.head);
+    let key = replic8_store::FeedKey::try_from(feed).unwrap();
+    assert!(key.verify_head(&head), "node {}: head does not verify", b.n);
+}
+
+fn photos_only() -> FeedStoreConfig {
+    FeedStoreConfig {
+        accept: AcceptPolicy::Headers(std::sync::Arc::new(|h: &Headers| {
+            h.get("kind") == Some(b"photos")
+        })),
+        ..FeedStoreConfig::default()
+    }
+}
+
+async fn two_nodes_replicate<B: Storage>(b_storage: B) {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let a = node(
+        1,
+        MemoryStorage::new(),
+        FeedStoreConfig::default(),
+        Mode::Live,
+        &tx,
+    )
+    .await;
+    let b = node(2, b_storage, photos_only(), Mode::Live, &tx).await;
+    let photos = writer_feed(&a, 1, 300, "photos").await;
+    let junk = writer_feed(&a, 2, 50, "junk").await;
+    link(&a, &b).await;
+
+    let mut seen = wait_for(&mut events, "B synced the photos feed", |e| {
+        is_synced(e, 2, photos, 300)
+    })
+    .await;
+    assert_same(&a, &b, photos, 300).await;
+
+    // Headers arrived intact; only the photos feed was accepted.
+    let offered: Vec<(FeedKey, Headers)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Session(
+                2,
+                PeerEvent {
+                    event: SessionEvent::Offered { feeds, .. },
+                    ..
+                },
+            ) => Some(feeds.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        offered.contains(&(photos, headers("photos"))),
+        "{offered:?}"
+    );
+    assert!(offered.contains(&(junk, headers("junk"))), "{offered:?}");
+
+    // Live: blocks appended after the sync arrive.
+    let more: Vec<Vec<u8>> = (300..310).map(|i| block(1, i)).collect();
+    a.store
+        .send(Append {
+            feed: photos,
+            blocks: more,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    seen.extend(
+        wait_for(&mut events, "B synced the appended blocks", |e| {
+            is_synced(e, 2, photos, 310)
+        })
+        .await,
+    );
+    assert_same(&a, &b, photos, 310).await;
+
+    // The rejected feed was never streamed nor stored.
+    let accepted: Vec<FeedKey> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Session(
+                1,
+                PeerEvent {
+                    event: SessionEvent::Accepted { feeds, .. },
+                    ..
+                },
+            ) => Some(feeds.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(accepted, vec![photos]);
+    assert!(matches!(
+        b.store.send(OpenFeed { feed: junk }).await.unwrap(),
+        Err(FeedStoreError::NotFound(_))
+    ));
+    let stats = b.store.send(GetStats).await.unwrap();
+    assert_eq!(stats.blocks_in, 310);
+    assert_eq!(stats.streams_failed, 0);
+    let a_stats = a.store.send(GetStats).await.unwrap();
+    assert_eq!(a_stats.blocks_out, 310);
+}
+
+#[test]
+fn two_nodes_replicate_an_accepted_feed_verified_and_live_in_memory() {
+    actix::System::new().block_on(two_nodes_replicate(MemoryStorage::new()));
+}
+
+#[test]
+fn two_nodes_replicate_to_disk_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = DiskStorage::open(dir.path()).unwrap();
+    actix::System::new().block_on(two_nodes_replicate(storage));
+}
+
+#[test]
+fn a_one_shot_session_ends_synced() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(
+            2,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let f1 = writer_feed(&a, 1, 200, "photos").await;
+        let f2 = writer_feed(&a, 2, 120, "photos").await;
+        link(&a, &b).await;
+        let mut ended = HashMap::new();
+        wait_for(&mut events, "both sessions to end", |e| {
+            if let Ev::Session(
+                n,
+                PeerEvent {
+                    event: SessionEvent::SessionEnded { reason },
+                    ..
+                },
+            ) = e
+            {
+                ended.insert(*n, reason.clone());
+            }
+            ended.len() == 2
+        })
+        .await;
+        for (n, reason) in &ended {
+            assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
+        }
+        assert_same(&a, &b, f1, 200).await;
+        assert_same(&a, &b, f2, 120).await;
+    });
+}
+
+#[test]
+fn a_triangle_replicates_a_feed_to_everyone_without_offer_loops() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let cfg = FeedStoreConfig::default;
+        let a = node(1, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
+        let b = node(2, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
+        let c = node(3, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
+        let feed = writer_feed(&a, 7, 250, "photos").await;
+        link(&a, &b).await;
+        link(&b, &c).await;
+        link(&c, &a).await;
+        let mut done = std::collections::HashSet::new();
+        let mut seen = wait_for(&mut events, "B and C synced", |e| {
+            for n in [2, 3] {
+                if is_synced(e, n, feed, 250) {
+                    done.insert(n);
+                }
+            }
+            done.len() == 2
+        })
+        .await;
+        assert_same(&a, &b, feed, 250).await;
+        assert_same(&a, &c, feed, 250).await;
+        // Let any late offers arrive: a live append goes around once more.
+        a.store
+            .send(Append {
+                feed,
+                blocks: vec![b"one more".to_vec()],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut done = std::collections::HashSet::new();
+        seen.extend(
+            wait_for(&mut events, "B and C synced the append", |e| {
+                for n in [2, 3] {
+                    if is_synced(e, n, feed, 251) {
+                        done.insert(n);
+                    }
+                }
+                done.len() == 2
+            })
+            .await,
+        );
+        while let Ok(e) = events.try_recv() {
+            seen.push(e);
+        }
+        let mut offered: HashMap<(u8, PeerKey), usize> = HashMap::new();
+        for e in &seen {
+            if let Ev::Session(
+                n,
+                PeerEvent {
+                    peer,
+                    event: SessionEvent::Offered { feeds, .. },
+                },
+            ) = e
+            {
+                if feeds.iter().any(|(k, _)| *k == feed) {
+                    *offered.entry((*n, *peer)).or_default() += 1;
+                }
+            }
+            if let Ev::Session(
+                n,
+                PeerEvent {
+                    event: SessionEvent::SessionEnded { reason },
+                    ..
+                },
+            ) = e
+            {
+                panic!("node {n}: {reason}");
+            }
+        }
+        assert!(
+            offered.values().all(|n| *n == 1),
+            "an offer repeated: {offered:?}"
+        );
+        assert!(offered.len() <= 4, "offers went around: {offered:?}");
+        // Forwarded: the accepted feed was created as a replica on both.
+        for n in [&b, &c] {
+            let info = n.store.send(OpenFeed { feed }).await.unwrap().unwrap();
+            assert!(!info.writable);
+        }
+    });
+}
+
+/// A hostile store: holds a real writer feed and runs the real sync core, but flips a
+/// byte in every block it sends.
+#[derive(Debug)]
+struct TamperingStore {
+    feed: FeedKey,
+    storage: MemoryStorage,
+}
+
+impl Actor for TamperingStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<Shares> for TamperingStore {
+    type Result = Result<Vec<SharedFeed>, StoreError>;
+    fn handle(&mut self, _: Shares, _: &mut Context<Self>) -> Self::Result {
+        Ok(vec![SharedFeed {
+            key: self.feed,
+            headers: headers("photos"),
+        }])
+    }
+}
+
+impl Handler<KnownFeeds> for TamperingStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, _: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
+impl Handler<Offer> for TamperingStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, _: Offer, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
+impl Handler<Detach> for TamperingStore {
+    type Result = ();
+    fn handle(&mut self, _: Detach, _: &mut Context<Self>) {}
+}
+
+impl Handler<Attach> for TamperingStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
+        let key = replic8_store::FeedKey::try_from(self.feed).unwrap();
+        let mut feed = Feed::open(&self.storage, &key).unwrap().unwrap();
+        let FeedStream { mut send, mut recv } = msg.stream;
+        tokio::spawn(async move {
+            let mut core = FeedSync::new(SyncConfig {
+                want: Want::Nothing,
+                ..SyncConfig::default()
+            });
+            core.handle_start(&mut feed, Instant::now());
+            let mut buf = Vec::new();
+            loop {
+                while let Some(mut m) = core.poll_transmit(&mut feed).unwrap() {
+                    if let Message::Data(data) = &mut m {
+                        for b in &mut data.blocks {
+                            b[0] ^= 1;
+                        }
+                    }
+                    let mut out = Vec::new();
+                    let payload = replic8_store::encode(&m).unwrap();
+                    frame::encode(&payload, MAX_MESSAGE_SIZE, &mut out).unwrap();
+                    if send.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+                match recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                    _ => return,
+                }
+                while let Some((payload, n)) = frame::parse(&buf, MAX_MESSAGE_SIZE).unwrap() {
+                    let payload = payload.to_vec();
+                    buf.drain(..n);
+                    if core
+                        .handle_bytes(&mut feed, &payload, Instant::now())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+#[test]
+fn a_peer_sending_bad_blocks_loses_its_session_and_nothing_is_stored() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let b = node(2, MemoryStorage::new(), FeedStoreConfig::default(), Mode::Live, &tx).await;
+        // An honest writer A shares with B too; its session must carry on.
+        let a = node(1, MemoryStorage::new(), FeedStoreConfig::default(), Mode::Live, &tx).await;
+        let honest = writer_feed(&a, 1, 100, "photos").await;
+
+        // The hostile node X: a real feed of 100 blocks, a store that corrupts them.
+        let storage = MemoryStorage::new();
+        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
+        let data: Vec<Vec<u8>> = (0..100).map(|i| block(9, i)).collect();
+        writer.append_batch(&data).unwrap();
+        let bad_feed = FeedKey::from(*writer.key());
+        drop(writer);
+        let x_key = PeerKey([9; 32]);
+        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
+        let x_store = TamperingStore {
+            feed: bad_feed,
+            storage,
+        }
+        .start();
+        x_sessions
+            .send(RegisterStore {
+                namespaces: vec![(NS.into(), None)],
+                store: StoreRecipients::of(&x_store),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let x_client = client_endpoint();
+        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        link(&a, &b).await;
+
+        let seen = wait_for(&mut events, "B to end X's session", |e| {
+            matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
+        })
+        .await;
+        let Some(Ev::Session(_, PeerEvent { event: SessionEvent::SessionEnded { reason }, .. })) =
+            seen.last()
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason.code, CloseCode::PROTOCOL, "{reason}");
+        assert_eq!(reason.by, Side::Local, "{reason}");
+        assert!(reason.reason.contains(&bad_feed.fmt_short()), "{reason}");
+        assert!(
+            seen.iter().any(|e| matches!(e, Ev::Store(2, FeedStoreEvent::SyncFailed { feed, .. }) if *feed == bad_feed)),
+            "{seen:#?}"
+        );
+        let info = b.store.send(OpenFeed { feed: bad_feed }).await.unwrap().unwrap();
+        assert_eq!(info.stored, 0, "a block from the hostile peer was kept");
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.streams_failed, 1);
+
+        // The honest session carries on.
+        wait_for(&mut events, "B synced A's feed", |e| is_synced(e, 2, honest, 100)).await;
+        assert_same(&a, &b, honest, 100).await;
+    });
+}
