@@ -8,7 +8,9 @@
 //! Durability contract: [`FeedStorage::write`] applies a batch so that, after a crash, the
 //! feed reopens with the batch either wholly present or wholly absent, never torn, and the
 //! head never covers a block or node that is not there. A batch is durable once
-//! [`FeedStorage::sync`] returns (implementations may also sync inside `write`).
+//! [`FeedStorage::sync`] returns (implementations may also sync inside `write`). A feed
+//! made by [`Storage::create`] is durable with its first `sync` (so creating many feeds
+//! costs no fsync each); a crash before that may leave it absent, never half made.
 
 use std::fmt;
 
@@ -79,6 +81,10 @@ pub enum StorageError {
     /// A feed with this key already exists.
     #[error("feed already exists in storage")]
     Exists,
+    /// A batch is beyond what this storage holds (a record over its size limit, or a
+    /// block or node index out of its range); nothing of it was written.
+    #[error("storage limit: {0}")]
+    Limit(String),
 }
 
 /// The stored state of one feed.
