@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use replic8_store::storage::{
@@ -21,7 +21,7 @@ fn feed_dir(root: &Path, key: &[u8; 32]) -> PathBuf {
 
 fn block(index: u64, len: usize) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u64).wrapping_mul(131).wrapping_add(index * 7) as u8)
+        .map(|i| (i as u64).wrapping_mul(131).wrapping_add(index.wrapping_mul(7)) as u8)
         .collect()
 }
 
@@ -31,7 +31,7 @@ fn node(index: u64) -> StoredNode {
     StoredNode {
         index,
         hash,
-        size: index + 1,
+        size: index.wrapping_add(1),
     }
 }
 
@@ -440,4 +440,68 @@ fn ten_thousand_feeds_with_bounded_file_handles() {
         live.push(f);
     }
     assert!(s.open_files() <= MAX_OPEN);
+}
+
+#[test]
+fn meta_with_the_secret_key_is_readable_by_its_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = DiskStorage::open(dir.path()).unwrap();
+    let key = [0x33; 32];
+    drop(storage.create(key, Some([0x44; 32])).unwrap());
+    let meta = feed_dir(dir.path(), &key).join("meta");
+    let mode = fs::metadata(&meta).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} has mode {mode:o}", meta.display());
+}
+
+/// A sparse replica holding blocks far apart costs what it stores, and indices past the
+/// storage's range are refused with nothing written.
+#[test]
+fn sparse_far_blocks_and_the_index_limit() {
+    use replic8_store::storage::disk::{MAX_BLOCK_INDEX, MAX_NODE_INDEX};
+    let dir = tempfile::tempdir().unwrap();
+    let key = [11u8; 32];
+    let far = MAX_BLOCK_INDEX - 1;
+    {
+        let s = DiskStorage::open_with(dir.path(), small_checkpoints()).unwrap();
+        let mut f = s.create(key, None).unwrap();
+        f.write(WriteBatch {
+            blocks: vec![(3, block(3, 10)), (far, block(far, 10))],
+            nodes: vec![node(6), node(MAX_NODE_INDEX - 1)],
+            head: Some(head(MAX_BLOCK_INDEX)),
+        })
+        .unwrap();
+        f.sync().unwrap();
+        for (blocks, nodes) in [
+            (vec![(MAX_BLOCK_INDEX, block(0, 1))], vec![]),
+            (vec![], vec![node(MAX_NODE_INDEX)]),
+            (vec![(u64::MAX, block(0, 1))], vec![node(u64::MAX)]),
+        ] {
+            let r = f.write(WriteBatch {
+                blocks,
+                nodes,
+                head: Some(head(1)),
+            });
+            assert!(matches!(r, Err(StorageError::Limit(_))), "{r:?}");
+        }
+        assert_eq!(
+            f.head(),
+            Some(head(MAX_BLOCK_INDEX)),
+            "refused batches change nothing"
+        );
+    }
+    let fd = feed_dir(dir.path(), &key);
+    // Two bitfield pages, not a bitfield of 2^36 bits.
+    assert!(fs::metadata(fd.join("state")).unwrap().len() < 2048);
+    let s = DiskStorage::open(dir.path()).unwrap();
+    let mut f = s.open(&key).unwrap().unwrap();
+    assert_eq!(f.head(), Some(head(MAX_BLOCK_INDEX)));
+    assert!(f.has_block(3) && f.has_block(far) && !f.has_block(4) && !f.has_block(far - 1));
+    assert_eq!(f.block(far).unwrap(), Some(block(far, 10)));
+    assert_eq!(
+        f.node(MAX_NODE_INDEX - 1).unwrap(),
+        Some(node(MAX_NODE_INDEX - 1))
+    );
+    assert_eq!(f.node(MAX_NODE_INDEX).unwrap(), None);
+    assert_eq!(f.node(u64::MAX).unwrap(), None);
+    assert_eq!(f.block(u64::MAX).unwrap(), None);
 }

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -53,11 +53,24 @@ const META_LEN: usize = 84;
 
 /// Magic of `state`; its size is bounded by [`MAX_STATE_BYTES`].
 const STATE_MAGIC: &[u8; 8] = b"R8FSTAT1";
-/// Fixed part of `state` before the bitfield words: magic, applied offset, head flag,
-/// padding, head, word count.
+/// Fixed part of `state` before the bitfield pages: magic, applied offset, head flag,
+/// padding, head, page count.
 const STATE_FIXED_LEN: usize = 8 + 8 + 8 + 104 + 8;
+/// One bitfield page in `state`: page number, then its words.
+const STATE_PAGE_LEN: usize = 8 + 8 * PAGE_WORDS;
 /// Largest `state` file accepted (a bitfield of about 4 billion blocks).
 const MAX_STATE_BYTES: u64 = 512 << 20;
+/// Words in one bitfield page (4096 blocks a page).
+const PAGE_WORDS: usize = 64;
+/// Blocks in one bitfield page.
+const PAGE_BITS: u64 = 64 * PAGE_WORDS as u64;
+
+/// Highest block index this storage holds (exclusive): 2^36 blocks, 64 TiB of 1 KiB
+/// blocks. The slot files are arrays indexed by block and node, so the bound keeps their
+/// offsets inside what a file system allows (ext4: 16 TiB per file).
+pub const MAX_BLOCK_INDEX: u64 = 1 << 36;
+/// Highest tree-node (flat-tree) index this storage holds (exclusive).
+pub const MAX_NODE_INDEX: u64 = 2 * MAX_BLOCK_INDEX;
 
 /// Size of one slot in `tree`: hash, size, crc, padding.
 const TREE_SLOT: u64 = 48;
@@ -178,13 +191,6 @@ fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
     StorageError::Corrupt(format!("{}: offset {offset}: {what}", path.display()))
 }
 
-fn invalid_input(what: &str) -> StorageError {
-    StorageError::Io(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        what.to_string(),
-    ))
-}
-
 fn hex(key: &[u8; 32]) -> String {
     let mut s = String::with_capacity(64);
     for b in key {
@@ -252,26 +258,24 @@ fn decode_head(b: &[u8]) -> Option<Option<StoredHead>> {
     }
 }
 
-/// Which blocks a feed stores, one bit each.
+/// Which blocks a feed stores, one bit each, in pages of 4096 blocks allocated only where
+/// a block is stored (a sparse replica of a long feed costs what it stores).
 #[derive(Debug, Default, Clone)]
 struct Bitfield {
-    words: Vec<u64>,
+    pages: BTreeMap<u64, [u64; PAGE_WORDS]>,
 }
 
 impl Bitfield {
     fn get(&self, i: u64) -> bool {
-        let w = (i / 64) as usize;
-        self.words
-            .get(w)
-            .is_some_and(|word| word & (1 << (i % 64)) != 0)
+        let word = ((i % PAGE_BITS) / 64) as usize;
+        self.pages
+            .get(&(i / PAGE_BITS))
+            .is_some_and(|page| page[word] & (1 << (i % 64)) != 0)
     }
 
     fn set(&mut self, i: u64) {
-        let w = (i / 64) as usize;
-        if w >= self.words.len() {
-            self.words.resize(w + 1, 0);
-        }
-        self.words[w] |= 1 << (i % 64);
+        let word = ((i % PAGE_BITS) / 64) as usize;
+        self.pages.entry(i / PAGE_BITS).or_insert([0; PAGE_WORDS])[word] |= 1 << (i % 64);
     }
 }
 
@@ -454,7 +458,13 @@ impl Storage for DiskStorage {
         meta.extend_from_slice(&secret_key.unwrap_or([0; 32]));
         let crc = crc32fast::hash(&meta);
         meta.extend_from_slice(&crc.to_le_bytes());
-        fs::write(tmp.join("meta"), &meta)?;
+        // `meta` holds a writable feed's secret key: only its owner may read it.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp.join("meta"))?
+            .write_all(&meta)?;
         if let Err(e) = fs::rename(&tmp, &dir) {
             let _ = fs::remove_dir_all(&tmp);
             return Err(if dir.exists() {
@@ -615,6 +625,9 @@ fn read_record(file: &File, at: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<
         let e = RECORD_HEAD_LEN as usize + k * RECORD_BLOCK_LEN as usize;
         let index = u64_at(buf, e);
         let block_len = u32_at(buf, e + 8);
+        if index >= MAX_BLOCK_INDEX {
+            return Ok(Invalid("record block index out of range"));
+        }
         if offset + u64::from(block_len) > end {
             return Ok(Invalid("record blocks overrun its length"));
         }
@@ -635,10 +648,14 @@ fn read_record(file: &File, at: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<
     let mut nodes = Vec::with_capacity(n_nodes as usize);
     for k in 0..n_nodes as usize {
         let e = node_base + k * RECORD_NODE_LEN as usize;
+        let index = u64_at(buf, e);
+        if index >= MAX_NODE_INDEX {
+            return Ok(Invalid("record node index out of range"));
+        }
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&buf[e + 8..e + 40]);
         nodes.push(StoredNode {
-            index: u64_at(buf, e),
+            index,
             hash,
             size: u64_at(buf, e + 40),
         });
@@ -783,20 +800,33 @@ impl FeedInner {
         }
         let applied = u64_at(s, 8);
         let head = decode_head(&s[16..128]).ok_or_else(|| corrupt(path, 16, "bad head flag"))?;
-        let words = u64_at(s, 128);
-        if words.checked_mul(8) != Some((body.len() - STATE_FIXED_LEN) as u64) {
+        let pages = u64_at(s, 128);
+        if pages.checked_mul(STATE_PAGE_LEN as u64) != Some((body.len() - STATE_FIXED_LEN) as u64) {
             return Err(corrupt(
                 path,
                 128,
                 "bitfield length does not match the file",
             ));
         }
+        let mut bitfield = Bitfield::default();
+        for (k, page) in body[STATE_FIXED_LEN..]
+            .chunks_exact(STATE_PAGE_LEN)
+            .enumerate()
+        {
+            let number = u64_at(page, 0);
+            if number >= MAX_BLOCK_INDEX / PAGE_BITS {
+                let at = (STATE_FIXED_LEN + k * STATE_PAGE_LEN) as u64;
+                return Err(corrupt(path, at, "bitfield page out of range"));
+            }
+            let mut words = [0u64; PAGE_WORDS];
+            for (w, bytes) in words.iter_mut().zip(page[8..].chunks_exact(8)) {
+                *w = u64_at(bytes, 0);
+            }
+            bitfield.pages.insert(number, words);
+        }
         self.applied = applied.max(LOG_HEADER_LEN);
         self.head = head;
-        self.bitfield.words = body[STATE_FIXED_LEN..]
-            .chunks_exact(8)
-            .map(|w| u64_at(w, 0))
-            .collect();
+        self.bitfield = bitfield;
         Ok(())
     }
 
@@ -820,19 +850,31 @@ impl FeedInner {
             )));
         }
         let n_blocks = u32::try_from(batch.blocks.len())
-            .map_err(|_| invalid_input("too many blocks in one batch"))?;
+            .map_err(|_| StorageError::Limit("too many blocks in one batch".into()))?;
         let n_nodes = u32::try_from(batch.nodes.len())
-            .map_err(|_| invalid_input("too many nodes in one batch"))?;
+            .map_err(|_| StorageError::Limit("too many nodes in one batch".into()))?;
         let meta_len = RECORD_HEAD_LEN
             + u64::from(n_blocks) * RECORD_BLOCK_LEN
             + u64::from(n_nodes) * RECORD_NODE_LEN;
         let mut body_len = meta_len;
-        for (_, data) in &batch.blocks {
-            u32::try_from(data.len()).map_err(|_| invalid_input("block over 4 GiB"))?;
-            body_len += data.len() as u64;
+        for (index, data) in &batch.blocks {
+            if *index >= MAX_BLOCK_INDEX {
+                return Err(StorageError::Limit(format!(
+                    "block index {index} is not below {MAX_BLOCK_INDEX}"
+                )));
+            }
+            body_len = body_len.saturating_add(data.len() as u64);
+        }
+        if let Some(node) = batch.nodes.iter().find(|n| n.index >= MAX_NODE_INDEX) {
+            return Err(StorageError::Limit(format!(
+                "node index {} is not below {MAX_NODE_INDEX}",
+                node.index
+            )));
         }
         if body_len > MAX_RECORD_BYTES {
-            return Err(invalid_input("batch over the record size limit"));
+            return Err(StorageError::Limit(format!(
+                "batch of {body_len} bytes is over {MAX_RECORD_BYTES}"
+            )));
         }
         let log = self.log()?;
         if self.log_len == 0 {
@@ -958,13 +1000,17 @@ impl FeedInner {
             write_slots(&tree, TREE_SLOT, &slots)?;
             tree.sync_data()?;
         }
-        let mut state = Vec::with_capacity(STATE_FIXED_LEN + 8 * self.bitfield.words.len() + 4);
+        let pages = &self.bitfield.pages;
+        let mut state = Vec::with_capacity(STATE_FIXED_LEN + STATE_PAGE_LEN * pages.len() + 4);
         state.extend_from_slice(STATE_MAGIC);
         state.extend_from_slice(&self.log_len.to_le_bytes());
         encode_head(&mut state, self.head.as_ref());
-        state.extend_from_slice(&(self.bitfield.words.len() as u64).to_le_bytes());
-        for w in &self.bitfield.words {
-            state.extend_from_slice(&w.to_le_bytes());
+        state.extend_from_slice(&(pages.len() as u64).to_le_bytes());
+        for (number, words) in pages {
+            state.extend_from_slice(&number.to_le_bytes());
+            for w in words {
+                state.extend_from_slice(&w.to_le_bytes());
+            }
         }
         let crc = crc32fast::hash(&state);
         state.extend_from_slice(&crc.to_le_bytes());
@@ -1052,9 +1098,10 @@ impl FeedInner {
             return Ok(None);
         };
         let path = self.path(FileKind::Tree);
-        let Some(at) = index.checked_mul(TREE_SLOT) else {
+        if index >= MAX_NODE_INDEX {
             return Ok(None);
-        };
+        }
+        let at = index * TREE_SLOT;
         let mut slot = [0u8; TREE_SLOT as usize];
         read_slot(&tree, at, &mut slot)?;
         if slot == [0u8; TREE_SLOT as usize] {
