@@ -21,7 +21,11 @@ fn feed_dir(root: &Path, key: &[u8; 32]) -> PathBuf {
 
 fn block(index: u64, len: usize) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u64).wrapping_mul(131).wrapping_add(index.wrapping_mul(7)) as u8)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(131)
+                .wrapping_add(index.wrapping_mul(7)) as u8
+        })
         .collect()
 }
 
@@ -504,4 +508,26 @@ fn sparse_far_blocks_and_the_index_limit() {
     assert_eq!(f.node(MAX_NODE_INDEX).unwrap(), None);
     assert_eq!(f.node(u64::MAX).unwrap(), None);
     assert_eq!(f.block(u64::MAX).unwrap(), None);
+}
+
+/// A writer that never calls `sync` still gets checkpoints, so its in-memory index of
+/// recent records stays bounded.
+#[test]
+fn writes_without_sync_still_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig {
+        checkpoint_entries: 30,
+        ..DiskConfig::default()
+    };
+    let s = DiskStorage::open_with(dir.path(), config).unwrap();
+    let mut f = s.create([12; 32], None).unwrap();
+    let state = feed_dir(dir.path(), &[12; 32]).join("state");
+    for i in 0..40 {
+        f.write(append(i, 8)).unwrap();
+    }
+    assert!(
+        state.exists(),
+        "no checkpoint after 120 entries without a sync"
+    );
+    check_prefix(&mut f, 40, 8);
 }

@@ -945,7 +945,19 @@ impl FeedInner {
             blocks: locs,
             nodes: batch.nodes,
         });
+        // A writer that never syncs (a replica between flushes) would grow the in-memory
+        // index without bound: past twice the checkpoint thresholds, sync and checkpoint.
+        if self.over_checkpoint_threshold(2) {
+            self.sync()?;
+        }
         Ok(())
+    }
+
+    fn over_checkpoint_threshold(&self, factor: u64) -> bool {
+        let config = &self.shared.config;
+        self.log_len.saturating_sub(self.applied) >= config.checkpoint_bytes.saturating_mul(factor)
+            || (self.recent_blocks.len() + self.recent_nodes.len()) as u64
+                >= (config.checkpoint_entries as u64).saturating_mul(factor)
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
@@ -962,10 +974,7 @@ impl FeedInner {
             sync_dir(&self.shared.feeds_dir)?;
             self.needs_dir_sync = false;
         }
-        let config = &self.shared.config;
-        if self.log_len.saturating_sub(self.applied) >= config.checkpoint_bytes
-            || self.recent_blocks.len() + self.recent_nodes.len() >= config.checkpoint_entries
-        {
+        if self.over_checkpoint_threshold(1) {
             self.checkpoint()?;
         }
         Ok(())
