@@ -174,12 +174,13 @@ pub(crate) async fn run<F: FeedStorage>(
         if let Some(length) = step.synced {
             if reported != Some(length) {
                 reported = Some(length);
-                shared.sessions.do_send(FeedSynced {
+                // The event first: whoever sees the session end has seen it.
+                shared.event(super::FeedStoreEvent::FeedSynced {
                     feed: ctx.feed,
                     peer: ctx.peer,
                     length,
                 });
-                shared.event(super::FeedStoreEvent::FeedSynced {
+                shared.sessions.do_send(FeedSynced {
                     feed: ctx.feed,
                     peer: ctx.peer,
                     length,

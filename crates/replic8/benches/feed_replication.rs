@@ -1,0 +1,257 @@
+//! The default feed store over real QUIC on loopback: a writer process shares N feeds
+//! of B blocks; this process (the reader) accepts them all, replicates and verifies
+//! every block with the real `FeedStore`, in a one-shot session over one connection,
+//! and reports the time from connect to the session's end (every feed in sync both
+//! ways), the throughput, and the reader's peak RSS (the writer is a child process, so
+//! its feeds do not count).
+//!
+//! `cargo bench -p replic8 --bench feed_replication -- [feeds] [blocks] [block_bytes] [memory|disk]`
+//! (defaults 1000 100 1024 memory). `disk` stores the reader's feeds in a temporary
+//! directory under `$TMPDIR` (the writer always keeps its feeds in memory).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/tls/mod.rs"]
+mod tls;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use actix::Actor;
+use replic8::actor::{PeerEvent, SessionsActor, StartSession};
+use replic8::feed_store::*;
+use replic8::keys::{PeerKey, Role};
+use replic8::message::{CloseCode, Headers};
+use replic8::session::{Mode, SessionConfig, SessionEvent};
+use replic8::store::{RegisterStore, StoreRecipients};
+use replic8_store::storage::{DiskStorage, MemoryStorage, Storage};
+use tokio::sync::mpsc;
+
+const WRITER_ENV: &str = "REPLIC8_BENCH_WRITER";
+const NS: &str = "";
+
+struct Args {
+    feeds: u64,
+    blocks: u64,
+    block_bytes: usize,
+    disk: bool,
+}
+
+fn args() -> Args {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let num = |i: usize, d: u64| words.get(i).and_then(|w| w.parse().ok()).unwrap_or(d);
+    Args {
+        feeds: num(0, 1000),
+        blocks: num(1, 100),
+        block_bytes: num(2, 1024) as usize,
+        disk: words.get(3).is_some_and(|w| w == "disk"),
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
+        })
+        .unwrap_or(0)
+}
+
+fn config(mode: Mode) -> SessionConfig {
+    SessionConfig {
+        mode,
+        ..SessionConfig::default()
+    }
+}
+
+fn runtime() -> actix::SystemRunner {
+    actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// The child: builds the feeds, prints its address, serves one session until it ends.
+fn writer(args: Args) {
+    runtime().block_on(async move {
+        let (tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
+        let sessions = SessionsActor::new(config(Mode::OneShot), Some(tx)).start();
+        let store =
+            FeedStore::in_memory(FeedStoreConfig::default(), sessions.clone(), None).start();
+        sessions
+            .send(RegisterStore {
+                namespaces: vec![(NS.into(), None)],
+                store: StoreRecipients::of(&store),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let block = vec![0x5a; args.block_bytes];
+        let per_append = ((16 << 20) / args.block_bytes).max(1) as u64;
+        for _ in 0..args.feeds {
+            let feed = store.send(CreateFeed).await.unwrap().unwrap();
+            let mut left = args.blocks;
+            while left > 0 {
+                let n = left.min(per_append);
+                let blocks = (0..n).map(|_| block.clone()).collect();
+                store.send(Append { feed, blocks }).await.unwrap().unwrap();
+                left -= n;
+            }
+            store
+                .send(ShareFeed {
+                    namespace: NS.into(),
+                    feed,
+                    headers: Headers::new(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let server = tls::server_endpoint();
+        println!("ADDR {}", server.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        let connection = server.accept().await.unwrap().await.unwrap();
+        sessions
+            .send(StartSession {
+                peer: PeerKey([2; 32]),
+                connection,
+                role: Role::Acceptor,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        while let Some(e) = events.recv().await {
+            if let SessionEvent::SessionEnded { reason } = e.event {
+                assert_eq!(reason.code, CloseCode::DONE, "writer: {reason}");
+                break;
+            }
+        }
+        actix::System::current().stop();
+    });
+}
+
+async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAddr) {
+    let (tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
+    let (ftx, mut fevents) = mpsc::unbounded_channel::<FeedStoreEvent>();
+    let sessions = SessionsActor::new(config(Mode::OneShot), Some(tx)).start();
+    let store = FeedStore::new(
+        storage,
+        FeedStoreConfig::default(),
+        sessions.clone(),
+        Some(ftx),
+    )
+    .unwrap()
+    .start();
+    sessions
+        .send(RegisterStore {
+            namespaces: vec![(NS.into(), None)],
+            store: StoreRecipients::of(&store),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let client = tls::client_endpoint();
+    let rss_before = peak_rss_kib();
+    let start = Instant::now();
+    let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
+    sessions
+        .send(StartSession {
+            peer: PeerKey([1; 32]),
+            connection,
+            role: Role::Dialer,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut synced = HashSet::new();
+    let mut last_synced = start.elapsed();
+    loop {
+        tokio::select! {
+            Some(e) = fevents.recv() => {
+                if let FeedStoreEvent::FeedSynced { feed, length, .. } = e {
+                    if length == args.blocks && synced.insert(feed) {
+                        last_synced = start.elapsed();
+                    }
+                }
+            }
+            Some(e) = events.recv() => {
+                if let SessionEvent::SessionEnded { reason } = e.event {
+                    assert_eq!(reason.code, CloseCode::DONE, "reader: {reason}");
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    while let Ok(e) = fevents.try_recv() {
+        if let FeedStoreEvent::FeedSynced { feed, length, .. } = e {
+            if length == args.blocks {
+                synced.insert(feed);
+            }
+        }
+    }
+    let stats = store.send(GetStats).await.unwrap();
+    let total = args.feeds * args.blocks;
+    assert_eq!(synced.len() as u64, args.feeds, "feeds synced");
+    assert_eq!(stats.blocks_in, total, "blocks verified and stored");
+    assert_eq!(stats.streams_failed, 0);
+    for feed in synced.iter().take(10) {
+        let info = store.send(OpenFeed { feed: *feed }).await.unwrap().unwrap();
+        assert_eq!((info.length, info.stored), (args.blocks, args.blocks));
+    }
+    println!(
+        "feed store: {} feeds x {} blocks x {} B ({}): all synced {:.3} s, session done {:.3} s, \
+         {:.1} MiB/s verified, reader peak RSS {} MiB (before connect {} MiB)",
+        args.feeds,
+        args.blocks,
+        args.block_bytes,
+        if args.disk { "disk" } else { "memory" },
+        last_synced.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        stats.bytes_in as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
+        peak_rss_kib() / 1024,
+        rss_before / 1024,
+    );
+}
+
+fn main() {
+    let args = args();
+    if std::env::var_os(WRITER_ENV).is_some() {
+        return writer(args);
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(std::env::args().skip(1))
+        .env(WRITER_ENV, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("ADDR ")
+        .expect("writer address")
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        if args.disk {
+            reader(&args, DiskStorage::open(dir.path()).unwrap(), addr).await;
+        } else {
+            reader(&args, MemoryStorage::new(), addr).await;
+        }
+        actix::System::current().stop();
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success(), "writer: {status}");
+}
