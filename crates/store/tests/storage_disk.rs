@@ -531,3 +531,15 @@ fn writes_without_sync_still_checkpoint() {
     );
     check_prefix(&mut f, 40, 8);
 }
+
+/// `meta` holds a writable feed's secret key: only the owner may read it.
+#[test]
+fn meta_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    let _f = s.create([13; 32], Some([14; 32])).unwrap();
+    let meta = feed_dir(dir.path(), &[13; 32]).join("meta");
+    let mode = fs::metadata(meta).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "meta mode {mode:o}");
+}
