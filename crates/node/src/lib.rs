@@ -2,13 +2,48 @@
 //! actors, owns the configuration and the data directory, and offers the embedding API
 //! and the `replic8` binary. It is the only crate that knows all the others.
 //!
+//! ```no_run
+//! use replic8_node::{JoinOptions, Node, NodeEvent, Topic};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = Node::builder().in_memory().spawn().await?;
+//! let mut events = node.subscribe();
+//! node.join(Topic([7; 32]), JoinOptions::default()).await?;
+//! while let Ok(event) = events.recv().await {
+//!     if let NodeEvent::PeerUp { key, addr, .. } = event {
+//!         println!("connected to {} at {addr}", key.fmt_short());
+//!         break;
+//!     }
+//! }
+//! node.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Modules:
+//! - [`node`]: [`Node::builder`], [`NodeHandle`] (join, leave, flushed, peers, events,
+//!   stores, close);
+//! - [`events`]: the events of [`NodeEvent`];
+//! - `wiring`: the actor between discovery, connections and sessions;
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
 //! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
 
 pub mod config;
+pub mod events;
 pub mod import;
 pub mod metrics;
+pub mod node;
 pub mod persist;
+mod wiring;
+
+pub use crate::events::NodeEvent;
+pub use crate::node::{
+    AddStoreError, ConnectError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
+    NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
+};
+pub use replic8::keys::{FeedKey, NamespaceSecret};
+pub use replic8::message::Headers;
+pub use replic8_connmgr::{Identity, PeerKey};
+pub use replic8_discovery::{JoinReport, Topic, TopicStatus};

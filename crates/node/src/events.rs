@@ -1,0 +1,72 @@
+//! [`NodeEvent`]: what a node reports to its subscribers (`NodeHandle::subscribe`).
+
+use std::net::SocketAddr;
+
+use replic8::keys::FeedKey;
+use replic8::message::Headers;
+use replic8_connmgr::{DownReason, Initiator, PeerKey};
+
+/// Something that happened in the node. Events go to every subscriber through a bounded
+/// broadcast channel ([`EVENT_CAPACITY`]); a subscriber that falls behind misses the
+/// oldest ones and is told how many (`RecvError::Lagged`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A connection to `key` is up (the only one for that key); a session starts on it.
+    PeerUp {
+        /// The peer.
+        key: PeerKey,
+        /// Its address on this connection.
+        addr: SocketAddr,
+        /// Who dialed.
+        initiator: Initiator,
+    },
+    /// The connection to `key` is gone.
+    PeerDown {
+        /// The peer.
+        key: PeerKey,
+        /// Why.
+        reason: DownReason,
+    },
+    /// The session with `peer` exchanged hellos and is replicating.
+    SessionUp {
+        /// The peer.
+        peer: PeerKey,
+    },
+    /// `peer` offered feeds in a namespace; the namespace's store decides what to accept.
+    Offered {
+        /// The peer.
+        peer: PeerKey,
+        /// The namespace.
+        namespace: String,
+        /// The feeds with their headers.
+        feeds: Vec<(FeedKey, Headers)>,
+    },
+    /// `peer` accepted these feeds of ours; they are replicated to it.
+    Accepted {
+        /// The peer.
+        peer: PeerKey,
+        /// The namespace.
+        namespace: String,
+        /// The feeds.
+        feeds: Vec<FeedKey>,
+    },
+    /// `feed` is in sync with `peer` at `length`, both ways.
+    FeedSynced {
+        /// The peer.
+        peer: PeerKey,
+        /// The feed.
+        feed: FeedKey,
+        /// The length both sides hold.
+        length: u64,
+    },
+    /// The session with `peer` ended.
+    SessionEnded {
+        /// The peer.
+        peer: PeerKey,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// How many events a subscriber may fall behind before it misses some.
+pub const EVENT_CAPACITY: usize = 4096;

@@ -1,0 +1,953 @@
+//! [`Node::builder`] → [`NodeBuilder::spawn`] → [`NodeHandle`]: the embedding API.
+//!
+//! The node runs its actors (discovery, connection manager, sessions, stores and the
+//! wiring between them) in an actix `System` on a multi-thread tokio runtime, in a thread
+//! of its own. The handle talks to the actors through their addresses, whose futures are
+//! `Send`, so it works from any async code (`#[tokio::main]`, a test, another runtime).
+//! [`NodeHandle::close`] shuts everything down in order and waits for the thread to end:
+//! no task of the node outlives it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use replic8::actor::{ListSessions, PeerEvent, SessionsActor, StopSession};
+use replic8::keys::NamespaceSecret;
+use replic8::message::CloseCode;
+use replic8::session::{SessionConfig, SessionEvent};
+use replic8::store::{
+    Attach, Detach, KnownFeeds, Offer, RegisterError, RegisterStore, Shares, StoreRecipients,
+};
+use replic8_connmgr::{
+    ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, PeerKey, PeerStats, PolicyConfig,
+};
+use replic8_discovery::{
+    Bootstrap, DhtConfig, DhtMode, DiscoveryActor, DiscoveryConfig, JoinReport, LanConfig, Timing,
+    Topic, TopicError,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, LimitsSection, NodeConfig};
+use crate::events::{NodeEvent, EVENT_CAPACITY};
+use crate::metrics::{Counters, MetricsEndpoint};
+use crate::persist::{self, PersistError, PersistedJoin, PersistedState};
+use crate::wiring::{BeginClose, Wiring};
+
+/// How long `close` lets sessions send their close before it moves on. The session layer
+/// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
+const SESSION_CLOSE_GUARD: Duration = Duration::from_secs(3);
+
+/// Quinn's default `max_concurrent_bidi_streams`: the connection manager keeps it, so a
+/// session may open at most this many streams, the control stream included.
+const QUIC_BIDI_STREAMS: u32 = 100;
+
+/// Entry point: `Node::builder()`.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// A builder with the defaults: data in the platform's data directory, a new or
+    /// persisted identity, QUIC on all IPv4 interfaces on a free port, the public DHT in
+    /// client mode, LAN discovery on, no metrics endpoint.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+}
+
+/// Where the node keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Storage {
+    /// The platform's data directory.
+    Default,
+    /// This directory.
+    Dir(PathBuf),
+    /// Nothing on disk.
+    Memory,
+}
+
+/// Options of a node; see [`Node::builder`].
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    storage: Storage,
+    identity: Option<Identity>,
+    listen: SocketAddr,
+    dht: Option<DhtConfig>,
+    lan: bool,
+    static_peers: Vec<SocketAddr>,
+    timing: Timing,
+    limits: LimitsSection,
+    metrics: Option<SocketAddr>,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        NodeBuilder {
+            storage: Storage::Default,
+            identity: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            dht: Some(DhtConfig::default()),
+            lan: true,
+            static_peers: Vec::new(),
+            timing: Timing::default(),
+            limits: LimitsSection::default(),
+            metrics: None,
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// A builder with every option of a validated [`NodeConfig`].
+    pub fn from_config(config: &NodeConfig) -> Result<NodeBuilder, ConfigError> {
+        config.validate()?;
+        let d = &config.discovery;
+        let dht = d.dht.then(|| DhtConfig {
+            mode: if d.dht_server {
+                DhtMode::Server
+            } else {
+                DhtMode::Client
+            },
+            bootstrap: match &d.bootstrap {
+                None => Bootstrap::Public,
+                Some(list) if list.is_empty() => Bootstrap::None,
+                Some(list) => Bootstrap::Nodes(list.clone()),
+            },
+            ..DhtConfig::default()
+        });
+        let timing = Timing {
+            announce_interval: Duration::from_secs(d.announce_interval_secs),
+            lookup_interval: (
+                Duration::from_secs(d.lookup_interval_secs),
+                Duration::from_secs(d.lookup_interval_secs.saturating_mul(2)),
+            ),
+            ..Timing::default()
+        };
+        Ok(NodeBuilder {
+            storage: if config.in_memory {
+                Storage::Memory
+            } else {
+                match &config.data_dir {
+                    Some(dir) => Storage::Dir(dir.clone()),
+                    None => Storage::Default,
+                }
+            },
+            identity: None,
+            listen: config.listen,
+            dht,
+            lan: d.lan,
+            static_peers: d.static_peers.clone(),
+            timing,
+            limits: config.limits.clone(),
+            metrics: config.metrics.listen,
+        })
+    }
+
+    /// Keep the identity, feeds, joins and shares in `dir` (created 0700 if missing).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = Storage::Dir(dir.into());
+        self
+    }
+
+    /// Keep nothing on disk: a new identity unless one is given, nothing resumed.
+    pub fn in_memory(mut self) -> Self {
+        self.storage = Storage::Memory;
+        self
+    }
+
+    /// Use this identity instead of the persisted (or a new) one.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The UDP address of the QUIC endpoint (port 0: any free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Bootstrap the DHT from these `host:port` nodes instead of the public ones.
+    pub fn bootstrap(mut self, nodes: Vec<String>) -> Self {
+        let dht = self.dht.get_or_insert_with(DhtConfig::default);
+        dht.bootstrap = Bootstrap::Nodes(nodes);
+        self
+    }
+
+    /// Use a private DHT (a `mainline::Testnet` on loopback) with these bootstrap nodes:
+    /// the DHT binds 127.0.0.1 and uses short request timeouts (`DhtConfig::testnet`).
+    pub fn testnet(mut self, bootstrap: &[String]) -> Self {
+        self.dht = Some(DhtConfig::testnet(bootstrap));
+        self
+    }
+
+    /// The DHT backend's whole configuration.
+    pub fn dht_config(mut self, config: DhtConfig) -> Self {
+        self.dht = Some(config);
+        self
+    }
+
+    /// Use the Mainline DHT (on by default).
+    pub fn dht(mut self, on: bool) -> Self {
+        self.dht = if on {
+            Some(self.dht.unwrap_or_default())
+        } else {
+            None
+        };
+        self
+    }
+
+    /// Use mDNS on the local network (on by default).
+    pub fn lan(mut self, on: bool) -> Self {
+        self.lan = on;
+        self
+    }
+
+    /// Addresses tried for every joined topic.
+    pub fn static_peers(mut self, peers: Vec<SocketAddr>) -> Self {
+        self.static_peers = peers;
+        self
+    }
+
+    /// Announce and lookup timers.
+    pub fn discovery_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// Connection and stream limits.
+    pub fn limits(mut self, limits: LimitsSection) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serve the counters in Prometheus text format on this HTTP address.
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
+    /// Start the node: load or create the identity, start the actors in their own thread,
+    /// resume the persisted joins. Call from any async context.
+    pub async fn spawn(self) -> Result<NodeHandle, SpawnError> {
+        let data_dir = match &self.storage {
+            Storage::Memory => None,
+            Storage::Dir(dir) => Some(dir.clone()),
+            Storage::Default => Some(NodeConfig::default().resolve_data_dir()?),
+        };
+        let prepared = {
+            let data_dir = data_dir.clone();
+            let identity = self.identity.clone();
+            tokio::task::spawn_blocking(move || prepare(data_dir.as_deref(), identity))
+                .await
+                .map_err(|e| SpawnError::Thread(e.to_string()))??
+        };
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (exited_tx, exited_rx) = oneshot::channel();
+        let (run_tx, run_rx) = mpsc::unbounded_channel::<SystemJob>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let builder = self;
+        std::thread::Builder::new()
+            .name("replic8-node".into())
+            .spawn(move || {
+                let system = System::with_tokio_rt(|| {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .enable_all()
+                        .thread_name("replic8-rt")
+                        .build()
+                        .unwrap_or_else(|e| {
+                            // Without a runtime there is no node: say why where it is seen.
+                            panic!("cannot build the node's tokio runtime: {e}")
+                        })
+                });
+                system.block_on(async move {
+                    match start(builder, prepared, data_dir).await {
+                        Ok(started) => {
+                            let _ = ready_tx.send(Ok(started));
+                            run_jobs(run_rx, stop_rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+                System::current().stop();
+                drop(system);
+                let _ = exited_tx.send(());
+            })
+            .map_err(|e| SpawnError::Thread(e.to_string()))?;
+        let started = ready_rx
+            .await
+            .map_err(|_| SpawnError::Thread("the node thread ended while starting".into()))??;
+        Ok(NodeHandle {
+            inner: Arc::new(Inner {
+                started,
+                run: run_tx,
+                stop: Mutex::new(Some(stop_tx)),
+                exited: tokio::sync::Mutex::new(Some(exited_rx)),
+                join_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// What starting a node can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The configuration is invalid or names no data directory.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The identity or state file could not be loaded.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The QUIC endpoint could not start (e.g. the address is in use).
+    #[error("connections: {0}")]
+    Connections(#[from] replic8_connmgr::SpawnError),
+    /// Discovery could not start (e.g. a bad bootstrap entry).
+    #[error("discovery: {0}")]
+    Discovery(#[from] replic8_discovery::SpawnError),
+    /// The metrics endpoint could not bind its address.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node's thread could not start or died while starting.
+    #[error("node thread: {0}")]
+    Thread(String),
+}
+
+/// The identity and state, loaded off the async runtime.
+#[derive(Debug)]
+struct Prepared {
+    identity: Identity,
+    state: PersistedState,
+}
+
+fn prepare(data_dir: Option<&Path>, identity: Option<Identity>) -> Result<Prepared, PersistError> {
+    let Some(dir) = data_dir else {
+        return Ok(Prepared {
+            identity: identity.unwrap_or_else(Identity::generate),
+            state: PersistedState::default(),
+        });
+    };
+    persist::ensure_dir(dir)?;
+    let identity = match identity {
+        Some(identity) => identity,
+        None => Identity::from_secret_bytes(persist::load_or_create_identity(dir)?.to_bytes()),
+    };
+    Ok(Prepared {
+        identity,
+        state: PersistedState::load(dir)?,
+    })
+}
+
+/// A closure run inside the node's actix system (to start actors there).
+type SystemJob = Box<dyn FnOnce() + Send>;
+
+async fn run_jobs(mut jobs: mpsc::UnboundedReceiver<SystemJob>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            job = jobs.recv() => match job {
+                Some(job) => job(),
+                None => return,
+            },
+        }
+    }
+}
+
+/// The running node's parts, shared by every clone of the handle.
+#[derive(Debug)]
+struct Started {
+    conn: ConnManagerHandle,
+    discovery: Addr<DiscoveryActor>,
+    sessions: Addr<SessionsActor>,
+    wiring: Addr<Wiring>,
+    events: broadcast::Sender<NodeEvent>,
+    counters: Arc<Counters>,
+    data_dir: Option<PathBuf>,
+    state: tokio::sync::Mutex<PersistedState>,
+    metrics: Mutex<Option<MetricsEndpoint>>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Runs inside the system: start every actor and wire them.
+async fn start(
+    builder: NodeBuilder,
+    prepared: Prepared,
+    data_dir: Option<PathBuf>,
+) -> Result<Started, SpawnError> {
+    let counters = Arc::new(Counters::default());
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let max_streams = u32::try_from(builder.limits.max_feed_streams)
+        .unwrap_or(u32::MAX)
+        .clamp(1, QUIC_BIDI_STREAMS - 1);
+    let session_config = SessionConfig {
+        max_streams,
+        ..SessionConfig::default()
+    };
+    let conn_config = ConnManagerConfig {
+        policy: PolicyConfig {
+            max_peers: builder.limits.max_peers,
+            max_pending_dials: builder.limits.max_pending_dials,
+            ..PolicyConfig::default()
+        },
+        ..ConnManagerConfig::new(prepared.identity)
+            .with_listen(builder.listen)
+            .with_alpn(vec![replic8::message::ALPN.to_vec()])
+    };
+    let conn = ConnManager::spawn(conn_config)?;
+    let local = conn.local_addr();
+    let discovery_config = DiscoveryConfig {
+        quic_port: local.port(),
+        dht: builder.dht.clone(),
+        lan: builder.lan.then(LanConfig::default),
+        static_peers: builder.static_peers.clone(),
+        timing: builder.timing.clone(),
+    };
+    let discovery = match DiscoveryActor::spawn(discovery_config).await {
+        Ok(d) => d,
+        Err(e) => {
+            conn.close().await;
+            return Err(e.into());
+        }
+    };
+    let (session_tx, session_rx) = mpsc::unbounded_channel();
+    let sessions = SessionsActor::new(session_config, Some(session_tx)).start();
+    let wiring = Wiring {
+        conn: conn.addr().clone(),
+        discovery: discovery.clone(),
+        sessions: sessions.clone(),
+        events: events.clone(),
+        counters: counters.clone(),
+        local,
+        up: Default::default(),
+        closing: false,
+    }
+    .start();
+    actix::spawn(forward_session_events(
+        session_rx,
+        events.clone(),
+        counters.clone(),
+    ));
+    // Subscriptions are FIFO with every later message, so nothing found or connected
+    // after this point is missed.
+    let _ = discovery
+        .send(replic8_discovery::Subscribe(wiring.clone().recipient()))
+        .await;
+    let _ = conn
+        .addr()
+        .send(replic8_connmgr::Subscribe {
+            peer_up: wiring.clone().recipient(),
+            peer_down: wiring.clone().recipient(),
+        })
+        .await;
+    let metrics = match builder.metrics {
+        Some(addr) => match MetricsEndpoint::bind(addr, counters.clone()).await {
+            Ok(m) => Some(m),
+            Err(source) => {
+                let _ = discovery.send(replic8_discovery::Close).await;
+                conn.close().await;
+                return Err(SpawnError::Metrics { addr, source });
+            }
+        },
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(MetricsEndpoint::local_addr);
+    // Resume what was joined before the restart. Joins are queued in the actor's mailbox
+    // now (so `joined` answers true at once); their first rounds run in the background.
+    for join in &prepared.state.joins {
+        let request = discovery.send(replic8_discovery::Join {
+            topic: Topic(join.topic),
+            announce: join.announce,
+            lookup: join.lookup,
+        });
+        let topic = Topic(join.topic);
+        actix::spawn(async move {
+            match request.await {
+                Ok(Ok(report)) => info!(topic = %topic.fmt_short(), ?report, "resumed join"),
+                Ok(Err(e)) => warn!(topic = %topic.fmt_short(), error = %e, "resumed join failed"),
+                Err(_) => {}
+            }
+        });
+    }
+    counters.topics.set(prepared.state.joins.len() as u64);
+    info!(
+        me = %conn.key().fmt_short(),
+        quic = %local,
+        resumed = prepared.state.joins.len(),
+        "node started"
+    );
+    Ok(Started {
+        conn,
+        discovery,
+        sessions,
+        wiring,
+        events,
+        counters,
+        data_dir,
+        state: tokio::sync::Mutex::new(prepared.state),
+        metrics: Mutex::new(metrics),
+        metrics_addr,
+    })
+}
+
+/// Turns session events into node events and counters.
+async fn forward_session_events(
+    mut rx: mpsc::UnboundedReceiver<PeerEvent>,
+    events: broadcast::Sender<NodeEvent>,
+    counters: Arc<Counters>,
+) {
+    let mut established = std::collections::HashMap::<PeerKey, u64>::new();
+    while let Some(PeerEvent { peer, event }) = rx.recv().await {
+        let peer = PeerKey::from_bytes(peer.0);
+        let event = match event {
+            SessionEvent::Established => {
+                *established.entry(peer).or_default() += 1;
+                counters.sessions.add(1);
+                NodeEvent::SessionUp { peer }
+            }
+            SessionEvent::NamespaceProven { .. } => continue,
+            SessionEvent::Offered {
+                namespace, feeds, ..
+            } => NodeEvent::Offered {
+                peer,
+                namespace,
+                feeds,
+            },
+            SessionEvent::Accepted { namespace, feeds } => NodeEvent::Accepted {
+                peer,
+                namespace,
+                feeds,
+            },
+            SessionEvent::FeedSynced { feed, length } => {
+                NodeEvent::FeedSynced { peer, feed, length }
+            }
+            SessionEvent::SessionEnded { reason } => {
+                if let Some(n) = established.get_mut(&peer).filter(|n| **n > 0) {
+                    *n -= 1;
+                    counters.sessions.sub(1);
+                }
+                let clean = [CloseCode::DONE, CloseCode::CLOSED].contains(&reason.code);
+                if !clean && reason.by == replic8::session::Side::Local {
+                    counters.sessions_failed.add(1);
+                }
+                NodeEvent::SessionEnded {
+                    peer,
+                    reason: reason.to_string(),
+                }
+            }
+        };
+        let _ = events.send(event);
+    }
+}
+
+/// How to join a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// Announce ourselves for the topic so that others find us.
+    pub announce: bool,
+    /// Look up the topic's peers and connect to them.
+    pub lookup: bool,
+}
+
+impl Default for JoinOptions {
+    /// Both.
+    fn default() -> Self {
+        JoinOptions {
+            announce: true,
+            lookup: true,
+        }
+    }
+}
+
+/// The node is closed (or its thread died).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node is closed")]
+pub struct NodeClosed;
+
+/// What `join` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// Discovery refused the join.
+    #[error(transparent)]
+    Discovery(#[from] replic8_discovery::JoinError),
+    /// The join could not be persisted (it is active until the node stops).
+    #[error("join not persisted: {0}")]
+    Persist(#[from] PersistError),
+}
+
+/// What `leave` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaveError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// The topic was not joined.
+    #[error(transparent)]
+    Discovery(#[from] TopicError),
+    /// The leave could not be persisted (the topic would be joined again after a restart).
+    #[error("leave not persisted: {0}")]
+    Persist(#[from] PersistError),
+}
+
+/// What `flushed` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushedError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// The topic is not joined (or was left while waiting).
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+}
+
+/// What `add_store` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AddStoreError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// A namespace is served by another store already.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// A connected peer, as `peers` lists it.
+pub type PeerInfo = PeerStats;
+
+/// What a store constructor gets from [`NodeHandle::add_store`].
+#[derive(Debug, Clone)]
+pub struct StoreContext {
+    /// The session layer, for the store's `Share`, `FeedSynced`, `FeedUpdated` and
+    /// `StreamEnded` messages.
+    pub sessions: Addr<SessionsActor>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    started: Started,
+    run: mpsc::UnboundedSender<SystemJob>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    exited: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Serialises joins and leaves, so the persisted state follows their order.
+    join_lock: tokio::sync::Mutex<()>,
+}
+
+/// A running node. Cheap to clone; every clone drives the same node. Dropping the last
+/// clone without [`close`](Self::close) stops the node abruptly (connections time out
+/// on the peers' side instead of closing).
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut stop) = self.stop.lock() {
+            if let Some(stop) = stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+impl NodeHandle {
+    fn s(&self) -> &Started {
+        &self.inner.started
+    }
+
+    /// This node's public key: what peers know it by.
+    pub fn key(&self) -> PeerKey {
+        self.s().conn.key()
+    }
+
+    /// The address the QUIC endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.s().conn.local_addr()
+    }
+
+    /// The address the metrics endpoint listens on, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.s().metrics_addr
+    }
+
+    /// The data directory, unless the node is in memory.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.s().data_dir.as_deref()
+    }
+
+    /// The node's counters (also served by the metrics endpoint, if enabled).
+    pub fn counters(&self) -> &Counters {
+        &self.s().counters
+    }
+
+    /// Every event from now on: peers up and down, sessions, offers, synced feeds.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.s().events.subscribe()
+    }
+
+    /// Join `topic`: announce and/or look it up. Resolves once the first announce and
+    /// the first lookup round finished (see `JoinReport`). The join is persisted in the
+    /// data directory and resumed after a restart.
+    pub async fn join(
+        &self,
+        topic: impl Into<Topic>,
+        options: JoinOptions,
+    ) -> Result<JoinReport, JoinError> {
+        let topic = topic.into();
+        let _order = self.inner.join_lock.lock().await;
+        let request = self.s().discovery.send(replic8_discovery::Join {
+            topic,
+            announce: options.announce,
+            lookup: options.lookup,
+        });
+        let report = request.await.map_err(|_| NodeClosed)??;
+        self.persist(|state| {
+            state.join(PersistedJoin {
+                topic: topic.0,
+                announce: options.announce,
+                lookup: options.lookup,
+            })
+        })
+        .await?;
+        self.refresh_topics().await;
+        Ok(report)
+    }
+
+    /// Leave `topic`: stop announcing and looking it up (resolves once that is done) and
+    /// forget it in the persisted state. Connections to its peers stay up.
+    pub async fn leave(&self, topic: impl Into<Topic>) -> Result<(), LeaveError> {
+        let topic = topic.into();
+        let _order = self.inner.join_lock.lock().await;
+        self.persist(|state| state.leave(&topic.0)).await?;
+        self.s()
+            .discovery
+            .send(replic8_discovery::Leave { topic })
+            .await
+            .map_err(|_| NodeClosed)??;
+        self.refresh_topics().await;
+        Ok(())
+    }
+
+    /// Whether `topic` is joined.
+    pub async fn joined(&self, topic: impl Into<Topic>) -> Result<bool, NodeClosed> {
+        self.s()
+            .discovery
+            .send(replic8_discovery::Joined {
+                topic: topic.into(),
+            })
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
+    /// Resolves when every peer found for `topic` since the join was tried (and a lookup
+    /// round completed on every backend).
+    pub async fn flushed(&self, topic: impl Into<Topic>) -> Result<(), FlushedError> {
+        self.s()
+            .discovery
+            .send(replic8_discovery::WaitFlushed {
+                topic: topic.into(),
+            })
+            .await
+            .map_err(|_| NodeClosed)??;
+        Ok(())
+    }
+
+    /// The joined topics with their state.
+    pub async fn topics(&self) -> Result<Vec<replic8_discovery::TopicStatus>, NodeClosed> {
+        self.s()
+            .discovery
+            .send(replic8_discovery::Topics)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeClosed> {
+        self.s()
+            .conn
+            .addr()
+            .send(replic8_connmgr::Peers)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
+    /// Connect to the node at `addr` (with its key pinned if given); resolves with its
+    /// key once the connection is up.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected_key: Option<PeerKey>,
+    ) -> Result<PeerKey, ConnectError> {
+        Ok(self
+            .s()
+            .conn
+            .addr()
+            .send(replic8_connmgr::Dial { addr, expected_key })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// The session layer's actor, for stores started elsewhere.
+    pub fn sessions(&self) -> &Addr<SessionsActor> {
+        &self.s().sessions
+    }
+
+    /// Start a custom store inside the node's actor system and register it for
+    /// `namespaces` (each with an optional pre-shared secret). `make` runs on the node's
+    /// thread and builds the actor; the store's address is returned.
+    pub async fn add_store<A, F>(
+        &self,
+        namespaces: Vec<(String, Option<NamespaceSecret>)>,
+        make: F,
+    ) -> Result<Addr<A>, AddStoreError>
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<Shares>
+            + Handler<KnownFeeds>
+            + Handler<Offer>
+            + Handler<Attach>
+            + Handler<Detach>,
+        F: FnOnce(StoreContext) -> A + Send + 'static,
+    {
+        let context = StoreContext {
+            sessions: self.s().sessions.clone(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let job: SystemJob = Box::new(move || {
+            let _ = tx.send(make(context).start());
+        });
+        self.inner.run.send(job).map_err(|_| NodeClosed)?;
+        let addr = rx.await.map_err(|_| NodeClosed)?;
+        self.register_store(namespaces, StoreRecipients::of(&addr))
+            .await?;
+        Ok(addr)
+    }
+
+    /// Register a store that is already running, by its recipients.
+    pub async fn register_store(
+        &self,
+        namespaces: Vec<(String, Option<NamespaceSecret>)>,
+        store: StoreRecipients,
+    ) -> Result<(), AddStoreError> {
+        self.s()
+            .sessions
+            .send(RegisterStore { namespaces, store })
+            .await
+            .map_err(|_| NodeClosed)??;
+        Ok(())
+    }
+
+    /// How many of the connection manager's tasks are alive: 0 after `close`.
+    pub fn live_tasks(&self) -> usize {
+        self.s().conn.live_tasks()
+    }
+
+    /// Shut the node down, in order: stop dialing and accepting; end every session
+    /// (each peer is told why); leave every topic (LAN advertisements withdrawn, DHT
+    /// work cancelled); close every connection and the QUIC endpoint; stop the metrics
+    /// endpoint; stop the actor system and wait for its thread to end. Closing a closed
+    /// node does nothing. Persisted joins stay: a restart resumes them.
+    pub async fn close(&self) {
+        let mut exited = self.inner.exited.lock().await;
+        let Some(exited_rx) = exited.take() else {
+            return;
+        };
+        let s = self.s();
+        let mut events = s.events.subscribe();
+        let _ = s.wiring.send(BeginClose).await;
+        // Sessions first, so each peer hears why.
+        if let Ok(peers) = s.sessions.send(ListSessions).await {
+            let mut open: std::collections::HashSet<PeerKey> =
+                peers.iter().map(|p| PeerKey::from_bytes(p.0)).collect();
+            for peer in peers {
+                s.sessions.do_send(StopSession {
+                    peer,
+                    reason: "node closing".into(),
+                });
+            }
+            let wait = async {
+                while !open.is_empty() {
+                    match events.recv().await {
+                        Ok(NodeEvent::SessionEnded { peer, .. }) => {
+                            open.remove(&peer);
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            };
+            if tokio::time::timeout(SESSION_CLOSE_GUARD, wait)
+                .await
+                .is_err()
+            {
+                warn!("sessions did not end in time; closing their connections");
+            }
+        }
+        let _ = s.discovery.send(replic8_discovery::Close).await;
+        s.conn.close().await;
+        if let Ok(mut metrics) = s.metrics.lock() {
+            if let Some(m) = metrics.take() {
+                m.close();
+            }
+        }
+        if let Ok(mut stop) = self.inner.stop.lock() {
+            if let Some(stop) = stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        let _ = exited_rx.await;
+        info!(me = %self.key().fmt_short(), "node closed");
+    }
+
+    /// Apply `change` to the persisted state and save it if it changed (no-op in memory).
+    async fn persist(
+        &self,
+        change: impl FnOnce(&mut PersistedState) -> bool,
+    ) -> Result<(), PersistError> {
+        let mut state = self.s().state.lock().await;
+        if !change(&mut state) {
+            return Ok(());
+        }
+        let Some(dir) = self.s().data_dir.clone() else {
+            return Ok(());
+        };
+        let snapshot = state.clone();
+        tokio::task::spawn_blocking(move || snapshot.save(&dir))
+            .await
+            .map_err(|e| PersistError::Io {
+                path: PathBuf::from(persist::STATE_FILE),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
+    async fn refresh_topics(&self) {
+        if let Ok(topics) = self.topics().await {
+            self.s().counters.topics.set(topics.len() as u64);
+        }
+    }
+
+    /// The persisted joins (what a restart resumes).
+    pub async fn persisted(&self) -> PersistedState {
+        self.s().state.lock().await.clone()
+    }
+}
+
+/// What `connect` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// The dial failed.
+    #[error(transparent)]
+    Dial(#[from] replic8_connmgr::DialError),
+}

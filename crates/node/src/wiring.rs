@@ -1,0 +1,167 @@
+//! `Wiring`: the actor that connects discovery, the connection manager and the sessions.
+//!
+//! A thin shell with no protocol of its own:
+//! - Discovery's `PeerFound` becomes a connection manager `Dial` (no pinned key: the DHT
+//!   carries none, and the connection manager deduplicates by key), and the dial's end
+//!   goes back to discovery as `PeerTried`, which is what `flushed` waits for;
+//! - the connection manager's `PeerUp` starts a session on the connection (we dialed ↔
+//!   `Role::Dialer`), and `PeerDown` of the connection that session runs on stops it;
+//! - the node's counters and events follow.
+//!
+//! Once closing, found peers are no longer dialed and new connections are closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use replic8::actor::{SessionsActor, StartSession, StopSession};
+use replic8::keys::Role;
+use replic8_connmgr::{ConnManager, Dial, Initiator, PeerDown, PeerKey, PeerUp};
+use replic8_discovery::{DiscoveryActor, PeerFound, PeerTried};
+use tokio::sync::broadcast;
+use tracing::debug;
+
+use crate::events::NodeEvent;
+use crate::metrics::Counters;
+
+/// How often the byte counters are refreshed from the connection manager.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The wiring actor. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Wiring {
+    pub(crate) conn: Addr<ConnManager>,
+    pub(crate) discovery: Addr<DiscoveryActor>,
+    pub(crate) sessions: Addr<SessionsActor>,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    pub(crate) counters: Arc<Counters>,
+    /// Our QUIC address: a found peer at this address is ourselves.
+    pub(crate) local: SocketAddr,
+    /// Peers up now, with the `stable_id` of the connection their session runs on.
+    pub(crate) up: HashMap<PeerKey, usize>,
+    pub(crate) closing: bool,
+}
+
+impl Wiring {
+    fn is_self(&self, addr: SocketAddr) -> bool {
+        addr == self.local
+            || (addr.port() == self.local.port()
+                && (addr.ip().is_loopback() || addr.ip() == self.local.ip()))
+    }
+}
+
+impl Actor for Wiring {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(STATS_INTERVAL, |this, ctx| {
+            let counters = this.counters.clone();
+            let stats = this.conn.send(replic8_connmgr::Stats);
+            ctx.spawn(
+                async move {
+                    if let Ok(stats) = stats.await {
+                        counters.bytes_in.set(stats.bytes_received);
+                        counters.bytes_out.set(stats.bytes_sent);
+                    }
+                }
+                .into_actor(this),
+            );
+        });
+    }
+}
+
+/// Node → wiring: stop dialing and accepting; replies with the peers up now.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<PeerKey>")]
+pub(crate) struct BeginClose;
+
+impl Handler<BeginClose> for Wiring {
+    type Result = Vec<PeerKey>;
+
+    fn handle(&mut self, _: BeginClose, _: &mut Context<Self>) -> Vec<PeerKey> {
+        self.closing = true;
+        self.up.keys().copied().collect()
+    }
+}
+
+impl Handler<PeerFound> for Wiring {
+    type Result = ();
+
+    fn handle(&mut self, found: PeerFound, ctx: &mut Context<Self>) {
+        let tried = PeerTried {
+            topic: found.topic,
+            addr: found.addr,
+        };
+        if self.closing || self.is_self(found.addr) {
+            self.discovery.do_send(tried);
+            return;
+        }
+        let dial = self.conn.send(Dial {
+            addr: found.addr,
+            expected_key: None,
+        });
+        let discovery = self.discovery.clone();
+        ctx.spawn(
+            async move {
+                match dial.await {
+                    Ok(Ok(key)) => debug!(addr = %tried.addr, peer = %key.fmt_short(), "dialed"),
+                    Ok(Err(e)) => debug!(addr = %tried.addr, error = %e, "dial failed"),
+                    Err(_) => {}
+                }
+                discovery.do_send(tried);
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<PeerUp> for Wiring {
+    type Result = ();
+
+    fn handle(&mut self, up: PeerUp, _: &mut Context<Self>) {
+        if self.closing {
+            self.conn.do_send(replic8_connmgr::Close { key: up.key });
+            return;
+        }
+        self.up.insert(up.key, up.connection.stable_id());
+        self.counters.peers.set(self.up.len() as u64);
+        let role = match up.initiator {
+            Initiator::Local => Role::Dialer,
+            Initiator::Remote => Role::Acceptor,
+        };
+        self.sessions.do_send(StartSession {
+            peer: replic8::keys::PeerKey(*up.key.as_bytes()),
+            connection: up.connection,
+            role,
+        });
+        let _ = self.events.send(NodeEvent::PeerUp {
+            key: up.key,
+            addr: up.addr,
+            initiator: up.initiator,
+        });
+    }
+}
+
+impl Handler<PeerDown> for Wiring {
+    type Result = ();
+
+    fn handle(&mut self, down: PeerDown, _: &mut Context<Self>) {
+        // A PeerDown for a connection that a newer one already replaced: the session
+        // was replaced with it, and the peer is still up.
+        if self.up.get(&down.key) != Some(&down.connection_id) {
+            return;
+        }
+        self.up.remove(&down.key);
+        self.counters.peers.set(self.up.len() as u64);
+        self.sessions.do_send(StopSession {
+            peer: replic8::keys::PeerKey(*down.key.as_bytes()),
+            reason: down.reason.to_string(),
+        });
+        let _ = self.events.send(NodeEvent::PeerDown {
+            key: down.key,
+            reason: down.reason,
+        });
+    }
+}

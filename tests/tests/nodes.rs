@@ -1,0 +1,196 @@
+//! Several nodes on loopback with a private Mainline DHT: discovery, connections,
+//! sessions with a custom store, restarts and clean shutdown.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use replic8::keys::FeedKey;
+use replic8_node::{JoinOptions, NodeEvent, NodeHandle, Topic};
+use replic8_tests::*;
+
+fn topic(n: u8) -> Topic {
+    Topic([n; 32])
+}
+
+async fn add_counter_store(node: &NodeHandle, values: &[(FeedKey, u64)]) -> Counters {
+    let counters: Counters = Arc::new(Mutex::new(
+        values.iter().copied().collect::<HashMap<_, _>>(),
+    ));
+    let shared = counters.clone();
+    node.add_store(vec![("counters".into(), None)], move |ctx| CounterStore {
+        values: shared,
+        sessions: ctx.sessions,
+    })
+    .await
+    .unwrap();
+    counters
+}
+
+#[tokio::test]
+async fn two_nodes_discover_each_other_and_a_custom_store_replicates() {
+    init_tracing();
+    let net = testnet(5);
+    let a = loopback_node(&net).spawn().await.unwrap();
+    let b = loopback_node(&net).spawn().await.unwrap();
+    let feed = FeedKey([42; 32]);
+    add_counter_store(&a, &[(feed, 17)]).await;
+    let b_values = add_counter_store(&b, &[]).await;
+    let (mut a_events, mut b_events) = (a.subscribe(), b.subscribe());
+
+    let t = topic(1);
+    a.join(t, JoinOptions::default()).await.unwrap();
+    b.join(t, JoinOptions::default()).await.unwrap();
+    assert!(a.joined(t).await.unwrap() && b.joined(t).await.unwrap());
+
+    wait_peer_up(&mut a_events, "a", &b).await;
+    wait_peer_up(&mut b_events, "b", &a).await;
+    let a_key = a.key();
+    // b is offered a's counter with its headers, accepts it, and ends in sync with a.
+    let offered = recv_until(&mut b_events, "b: offer of the counter", |e| match e {
+        NodeEvent::Offered {
+            peer,
+            namespace,
+            feeds,
+        } if *peer == a_key => Some((namespace.clone(), feeds.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        offered,
+        ("counters".to_string(), vec![(feed, counter_headers())])
+    );
+    let length = recv_until(&mut b_events, "b: counter synced with a", |e| match e {
+        NodeEvent::FeedSynced {
+            peer,
+            feed: f,
+            length,
+        } if *peer == a_key && *f == feed => Some(*length),
+        _ => None,
+    })
+    .await;
+    assert_eq!(length, 17);
+    assert_eq!(b_values.lock().unwrap().get(&feed), Some(&17));
+
+    // Both list each other; flushed resolves once every found peer was tried.
+    assert!(a.peers().await.unwrap().iter().any(|p| p.key == b.key()));
+    assert!(b.peers().await.unwrap().iter().any(|p| p.key == a.key()));
+    b.flushed(t).await.unwrap();
+    assert!(a.counters().peers.get() >= 1);
+
+    a.close().await;
+    b.close().await;
+    assert_eq!((a.live_tasks(), b.live_tasks()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_restarted_node_resumes_its_joins_and_identity() {
+    init_tracing();
+    let net = testnet(5);
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = || loopback_node(&net).data_dir(dir.path());
+    let t = topic(2);
+
+    let first = on_disk().spawn().await.unwrap();
+    let key = first.key();
+    first.join(t, JoinOptions::default()).await.unwrap();
+    first.close().await;
+
+    // b announces the topic; the restarted node looks it up without being asked.
+    let b = loopback_node(&net).spawn().await.unwrap();
+    let mut b_events = b.subscribe();
+    b.join(
+        t,
+        JoinOptions {
+            announce: true,
+            lookup: false,
+        },
+    )
+    .await
+    .unwrap();
+
+    let again = on_disk().spawn().await.unwrap();
+    assert_eq!(
+        again.key(),
+        key,
+        "identity reloaded from the data directory"
+    );
+    assert!(again.joined(t).await.unwrap(), "join resumed");
+    assert_eq!(again.persisted().await.joins.len(), 1);
+    wait_peer_up(&mut b_events, "b: PeerUp from the restarted node", &again).await;
+
+    again.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn leave_is_persisted_and_close_is_clean() {
+    init_tracing();
+    let net = testnet(5);
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic(3);
+    let a = loopback_node(&net)
+        .data_dir(dir.path())
+        .spawn()
+        .await
+        .unwrap();
+    let b = loopback_node(&net).spawn().await.unwrap();
+    let (mut a_events, mut b_events) = (a.subscribe(), b.subscribe());
+    a.join(t, JoinOptions::default()).await.unwrap();
+    b.join(t, JoinOptions::default()).await.unwrap();
+    wait_peer_up(&mut a_events, "a", &b).await;
+    recv_until(&mut b_events, "b: session with a", |e| {
+        matches!(e, NodeEvent::SessionUp { peer } if *peer == a.key()).then_some(())
+    })
+    .await;
+
+    a.leave(t).await.unwrap();
+    assert!(!a.joined(t).await.unwrap());
+    assert!(a.persisted().await.joins.is_empty());
+    assert_eq!(a.counters().topics.get(), 0);
+
+    // Closing a tells b why its session ended, then closes the connection.
+    let a_key = a.key();
+    a.close().await;
+    assert_eq!(
+        a.live_tasks(),
+        0,
+        "connection manager tasks left after close"
+    );
+    // Both arrive, in either order: they come from the session and connection layers.
+    let (mut reason, mut down) = (None, false);
+    while reason.is_none() || !down {
+        recv_until(
+            &mut b_events,
+            "b: a's session ends and a goes down",
+            |e| match e {
+                NodeEvent::SessionEnded { peer, reason: r } if *peer == a_key => {
+                    reason = Some(r.clone());
+                    Some(())
+                }
+                NodeEvent::PeerDown { key, .. } if *key == a_key => {
+                    down = true;
+                    Some(())
+                }
+                _ => None,
+            },
+        )
+        .await;
+    }
+    let reason = reason.unwrap();
+    assert!(reason.contains("node closing"), "{reason}");
+    // A closed node answers with an error, and closing again does nothing.
+    assert!(a.join(t, JoinOptions::default()).await.is_err());
+    a.close().await;
+
+    // The leave survived: a restart does not join the topic again.
+    let again = loopback_node(&net)
+        .data_dir(dir.path())
+        .spawn()
+        .await
+        .unwrap();
+    assert!(!again.joined(t).await.unwrap());
+    again.close().await;
+    b.close().await;
+    assert_eq!(b.live_tasks(), 0);
+}
