@@ -152,7 +152,8 @@ struct FeedInner {
     unsynced: bool,
     /// The directories and `meta` must be synced (after create or open).
     needs_dir_sync: bool,
-    /// A write failed half way; the feed refuses writes until it is reopened.
+    /// A write failed half way, or a sync failed; the feed refuses writes and syncs
+    /// until it is reopened.
     failed: bool,
     /// Scratch buffer for record headers and entries.
     scratch: Vec<u8>,
@@ -844,11 +845,7 @@ impl FeedInner {
     }
 
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
-        if self.failed {
-            return Err(StorageError::Io(io::Error::other(
-                "an earlier write failed; reopen the feed",
-            )));
-        }
+        self.check_failed()?;
         let n_blocks = u32::try_from(batch.blocks.len())
             .map_err(|_| StorageError::Limit("too many blocks in one batch".into()))?;
         let n_nodes = u32::try_from(batch.nodes.len())
@@ -960,9 +957,25 @@ impl FeedInner {
                 >= (config.checkpoint_entries as u64).saturating_mul(factor)
     }
 
+    fn check_failed(&self) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Io(io::Error::other(
+                "an earlier write or sync failed; drop every handle and open the feed again",
+            )));
+        }
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
         if self.unsynced {
-            self.log()?.sync_data()?;
+            if let Err(e) = self.log()?.sync_data() {
+                // After a failed fsync the kernel may have dropped the dirty pages and a
+                // later fsync may succeed without them: never report this feed durable
+                // again until a reopen has re-read what the log really holds.
+                self.failed = true;
+                return Err(e.into());
+            }
             self.unsynced = false;
         }
         if self.needs_dir_sync {
