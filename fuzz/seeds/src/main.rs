@@ -258,14 +258,15 @@ fn sync_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 fn proof_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut writer = fx::writer(fx::BLOCKS);
-    let mut seeds = Vec::new();
     // Mutate mode: [held, mode 0, writer_len - 1, base, length bit, start, end offset, ops..]
-    seeds.push(("mutate-full", vec![0, 0, 23, 0, 0, 0, 24]));
-    seeds.push(("mutate-upgrade", vec![3, 0, 23, 8, 0, 8, 0]));
-    seeds.push(("mutate-data", vec![4, 0, 12, 13, 1, 2, 5]));
-    seeds.push(("mutate-flip-node", vec![2, 0, 23, 3, 0, 4, 6, 0, 1, 7]));
-    seeds.push(("mutate-swap-head", vec![1, 0, 20, 1, 0, 1, 5, 9, 0, 9]));
-    seeds.push(("mutate-drop-node", vec![0, 0, 15, 0, 0, 3, 2, 3, 0, 0]));
+    let mut seeds = vec![
+        ("mutate-full", vec![0, 0, 23, 0, 0, 0, 24]),
+        ("mutate-upgrade", vec![3, 0, 23, 8, 0, 8, 0]),
+        ("mutate-data", vec![4, 0, 12, 13, 1, 2, 5]),
+        ("mutate-flip-node", vec![2, 0, 23, 3, 0, 4, 6, 0, 1, 7]),
+        ("mutate-swap-head", vec![1, 0, 20, 1, 0, 1, 5, 9, 0, 9]),
+        ("mutate-drop-node", vec![0, 0, 15, 0, 0, 3, 2, 3, 0, 0]),
+    ];
     // Raw mode: [held, mode 1] + a sync message.
     let full = writer.proof(0, fx::BLOCKS, 2, 6).expect("proof");
     let data = SyncMessage::Data(Data {
