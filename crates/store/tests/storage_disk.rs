@@ -543,3 +543,37 @@ fn meta_is_readable_by_its_owner_only() {
     let mode = fs::metadata(meta).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "meta mode {mode:o}");
 }
+
+/// Replay checks records whose blocks straddle its 1 MiB read chunks.
+#[test]
+fn replay_of_large_and_mixed_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [(5 << 20) / 2, 10, 0, (3 << 20) / 2, 1];
+    {
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let mut f = s.create([15; 32], None).unwrap();
+        f.write(WriteBatch {
+            blocks: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| (i as u64, block(i as u64, len)))
+                .collect(),
+            nodes: vec![node(0)],
+            head: Some(head(sizes.len() as u64)),
+        })
+        .unwrap();
+        f.write(append(5, 7)).unwrap();
+        f.sync().unwrap();
+    }
+    let s = DiskStorage::open(dir.path()).unwrap();
+    let mut f = s.open(&[15; 32]).unwrap().unwrap();
+    for (i, &len) in sizes.iter().enumerate() {
+        assert_eq!(
+            f.block(i as u64).unwrap(),
+            Some(block(i as u64, len)),
+            "block {i}"
+        );
+    }
+    assert_eq!(f.block(5).unwrap(), Some(block(5, 7)));
+    assert_eq!(f.head(), Some(head(6)));
+}

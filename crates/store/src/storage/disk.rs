@@ -47,6 +47,9 @@ const RECORD_NODE_LEN: u64 = 48;
 /// batch may not exceed it.
 pub const MAX_RECORD_BYTES: u64 = 1 << 30;
 
+/// Bytes read at once while checking records on open.
+const READ_CHUNK: usize = 1 << 20;
+
 /// Magic and size of `meta`.
 const META_MAGIC: &[u8; 8] = b"R8FMETA1";
 const META_LEN: usize = 84;
@@ -584,7 +587,13 @@ struct Record {
 
 /// Read and check the record at `at`, with the log `len` bytes long. I/O errors are
 /// errors; anything wrong with the bytes is `Invalid`.
-fn read_record(file: &File, at: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<RecordRead> {
+fn read_record(
+    file: &File,
+    at: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+    chunk: &mut Vec<u8>,
+) -> io::Result<RecordRead> {
     use RecordRead::Invalid;
     let remaining = len - at;
     if remaining < RECORD_HEADER_LEN {
@@ -661,16 +670,24 @@ fn read_record(file: &File, at: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<
             size: u64_at(buf, e + 40),
         });
     }
-    // Payloads: per-block checksums, combined into the record's.
-    let mut chunk = vec![0u8; 1 << 20];
+    // Payloads, contiguous after the entries, read in chunks of up to `READ_CHUNK`:
+    // per-block checksums, combined into the record's.
+    let payload_start = at + RECORD_HEADER_LEN + meta_len;
+    chunk.resize(((end - payload_start) as usize).min(READ_CHUNK), 0);
+    let mut window = (payload_start, payload_start); // bytes of the log in `chunk`
     for (_, loc) in blocks.iter_mut() {
         let mut h = crc32fast::Hasher::new();
-        let mut done = 0u64;
-        while done < u64::from(loc.len) {
-            let n = (u64::from(loc.len) - done).min(chunk.len() as u64) as usize;
-            file.read_exact_at(&mut chunk[..n], loc.offset + done)?;
-            h.update(&chunk[..n]);
-            done += n as u64;
+        let (mut pos, block_end) = (loc.offset, loc.offset + u64::from(loc.len));
+        while pos < block_end {
+            if pos >= window.1 {
+                let n = (end - pos).min(chunk.len() as u64) as usize;
+                file.read_exact_at(&mut chunk[..n], pos)?;
+                window = (pos, pos + n as u64);
+            }
+            let from = (pos - window.0) as usize;
+            let to = (block_end.min(window.1) - window.0) as usize;
+            h.update(&chunk[from..to]);
+            pos = window.0 + to as u64;
         }
         loc.crc = h.clone().finalize();
         hasher.combine(&h);
@@ -762,9 +779,9 @@ impl FeedInner {
             return Err(corrupt(&log_path, len, "log shorter than its checkpoint"));
         }
         let mut at = self.applied;
-        let mut buf = Vec::new();
+        let (mut buf, mut chunk) = (Vec::new(), Vec::new());
         while at < len {
-            match read_record(&log, at, len, &mut buf)? {
+            match read_record(&log, at, len, &mut buf, &mut chunk)? {
                 RecordRead::Valid(record) => {
                     self.apply(&record);
                     at = record.end;
@@ -1166,8 +1183,8 @@ fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
 /// Scan for a valid record starting anywhere in `[from, len)`.
 fn find_valid_record(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
     let magic = RECORD_MAGIC.to_le_bytes();
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let (mut buf, mut record_chunk) = (Vec::new(), Vec::new());
     let mut pos = from;
     while pos + RECORD_HEADER_LEN <= len {
         let n = (len - pos).min(chunk.len() as u64) as usize;
@@ -1175,7 +1192,9 @@ fn find_valid_record(file: &File, from: u64, len: u64) -> io::Result<Option<u64>
         for i in 0..n.saturating_sub(3) {
             if chunk[i..i + 4] == magic {
                 let at = pos + i as u64;
-                if let RecordRead::Valid(_) = read_record(file, at, len, &mut buf)? {
+                if let RecordRead::Valid(_) =
+                    read_record(file, at, len, &mut buf, &mut record_chunk)?
+                {
                     return Ok(Some(at));
                 }
             }
