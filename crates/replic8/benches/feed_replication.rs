@@ -63,6 +63,19 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU seconds this process used so far (all threads).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): utime is the 12th,
+    // stime the 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|w| w.parse().unwrap_or(0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
 fn config(mode: Mode) -> SessionConfig {
     SessionConfig {
         mode,
@@ -160,6 +173,7 @@ async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAdd
         .unwrap();
     let client = tls::client_endpoint();
     let rss_before = peak_rss_kib();
+    let cpu_before = cpu_seconds();
     let start = Instant::now();
     let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
     sessions
@@ -191,6 +205,7 @@ async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAdd
         }
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
     while let Ok(e) = fevents.try_recv() {
         if let FeedStoreEvent::FeedSynced { feed, length, .. } = e {
             if length == args.blocks {
@@ -209,7 +224,7 @@ async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAdd
     }
     println!(
         "feed store: {} feeds x {} blocks x {} B ({}): all synced {:.3} s, session done {:.3} s, \
-         {:.1} MiB/s verified, reader peak RSS {} MiB (before connect {} MiB)",
+         {:.1} MiB/s verified, reader CPU {:.2} s, reader peak RSS {} MiB (before connect {} MiB)",
         args.feeds,
         args.blocks,
         args.block_bytes,
@@ -217,6 +232,7 @@ async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAdd
         last_synced.as_secs_f64(),
         elapsed.as_secs_f64(),
         stats.bytes_in as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
+        cpu,
         peak_rss_kib() / 1024,
         rss_before / 1024,
     );

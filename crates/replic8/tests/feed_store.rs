@@ -623,3 +623,39 @@ fn a_peer_sending_bad_blocks_loses_its_session_and_nothing_is_stored() {
         assert_same(&a, &b, honest, 100).await;
     });
 }
+
+#[test]
+fn a_chain_forwards_a_feed_through_the_middle_node() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let cfg = FeedStoreConfig::default;
+        let a = node(1, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
+        let b = node(2, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
+        let c = node(3, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
+        // C is linked to B first, so B forwards the feed to C while it is still
+        // downloading it: B's stream to C must stay open until B has every block.
+        link(&b, &c).await;
+        let feed = writer_feed(&a, 5, 400, "photos").await;
+        link(&a, &b).await;
+        wait_for(&mut events, "C synced via B", |e| {
+            is_synced(e, 3, feed, 400)
+        })
+        .await;
+        assert_same(&a, &c, feed, 400).await;
+        assert_same(&a, &b, feed, 400).await;
+        // Live through the middle: an append on A reaches C.
+        a.store
+            .send(Append {
+                feed,
+                blocks: vec![b"late".to_vec(); 3],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        wait_for(&mut events, "C synced the append via B", |e| {
+            is_synced(e, 3, feed, 403)
+        })
+        .await;
+        assert_same(&a, &c, feed, 403).await;
+    });
+}

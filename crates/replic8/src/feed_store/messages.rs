@@ -92,7 +92,8 @@ pub struct FeedStoreStats {
 /// [`super::FeedStore::new`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedStoreEvent {
-    /// An offered feed was accepted (and created here as a replica if it was new).
+    /// An offered feed the store did not hold was accepted; it is created here as a
+    /// replica and forwarded to the namespace's other sessions.
     Accepted {
         /// The namespace.
         namespace: String,
@@ -100,8 +101,6 @@ pub enum FeedStoreEvent {
         feed: FeedKey,
         /// Who offered it.
         peer: PeerKey,
-        /// Whether the store did not hold it before.
-        new: bool,
     },
     /// Blocks from `peer` were verified and stored (since the previous such event for
     /// this stream).

@@ -34,9 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use actix::{
     Actor, ActorFutureExt, Addr, Context, Handler, ResponseActFuture, ResponseFuture, WrapFuture,
 };
-use replic8_store::storage::{DiskStorage, FeedStorage, MemoryStorage, Storage};
-use replic8_store::{Feed, FeedSecret, SyncConfig};
+use replic8_store::storage::{DiskStorage, FeedStorage, MemoryStorage, Storage, StorageError};
+use replic8_store::{Feed, FeedSecret, OpenError, SyncConfig};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
 
 pub use messages::*;
 
@@ -173,28 +174,41 @@ struct Registry<St: Storage> {
 
 impl<St: Storage> Registry<St> {
     /// The feed `key`, opened from storage if needed; with `replica`, created empty if
-    /// the storage does not hold it.
+    /// the storage does not hold it. Storage work runs without the map's lock, so feeds
+    /// open in parallel; when two callers race, both get the entry that went in first.
     fn get(&self, key: FeedKey, replica: bool) -> Result<Arc<FeedEntry<St::Feed>>, FeedStoreError> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = open.get(&key) {
+        if let Some(entry) = self.lock_open().get(&key) {
             return Ok(entry.clone());
         }
         let store_key = replic8_store::FeedKey::try_from(key)?;
         let feed = match Feed::open(&self.storage, &store_key)? {
             Some(feed) => feed,
-            None if replica => Feed::create_replica(&self.storage, store_key)?,
+            None if replica => match Feed::create_replica(&self.storage, store_key) {
+                Ok(feed) => feed,
+                // Created by a racing caller meanwhile.
+                Err(OpenError::Storage(StorageError::Exists)) => {
+                    Feed::open(&self.storage, &store_key)?
+                        .ok_or_else(|| FeedStoreError::NotFound(key.fmt_short()))?
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => return Err(FeedStoreError::NotFound(key.fmt_short())),
         };
-        let entry = Arc::new(FeedEntry::new(feed));
-        open.insert(key, entry.clone());
-        Ok(entry)
+        Ok(self
+            .lock_open()
+            .entry(key)
+            .or_insert_with(|| Arc::new(FeedEntry::new(feed)))
+            .clone())
+    }
+
+    fn lock_open(&self) -> MutexGuard<'_, HashMap<FeedKey, Arc<FeedEntry<St::Feed>>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn create(&self) -> Result<FeedKey, FeedStoreError> {
         let feed = Feed::create(&self.storage, FeedSecret::generate())?;
         let key = FeedKey::from(*feed.key());
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.insert(key, Arc::new(FeedEntry::new(feed)));
+        self.lock_open().insert(key, Arc::new(FeedEntry::new(feed)));
         Ok(key)
     }
 }
@@ -389,65 +403,60 @@ impl<St: Storage> Handler<KnownFeeds> for FeedStore<St> {
 }
 
 impl<St: Storage> Handler<Offer> for FeedStore<St> {
-    type Result = ResponseActFuture<Self, Result<Vec<FeedKey>, StoreError>>;
+    type Result = Result<Vec<FeedKey>, StoreError>;
 
+    /// Answers at once: new feeds are created as replicas on the blocking pool, in the
+    /// background (and by their first stream, whichever comes first), so creating a
+    /// thousand feeds on disk does not hold up the answer.
     fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
         let Offer {
             peer,
             namespace,
             feeds,
         } = msg;
-        let mut held = Vec::new();
-        let mut new = Vec::new();
+        let ns = self.namespaces.entry(namespace.clone()).or_default();
+        let mut accepted = Vec::with_capacity(feeds.len());
+        let mut forward = Vec::new();
         for feed in feeds {
-            if self.held.contains(&feed.key) {
-                held.push(feed);
-            } else if replic8_store::FeedKey::try_from(feed.key).is_ok()
-                && self.config.accept.accepts(&peer, &namespace, &feed)
+            let held = self.held.contains(&feed.key);
+            if !held
+                && (replic8_store::FeedKey::try_from(feed.key).is_err()
+                    || !self.config.accept.accepts(&peer, &namespace, &feed))
             {
-                new.push(feed);
+                continue;
             }
-        }
-        let keys: Vec<FeedKey> = new.iter().map(|f| f.key).collect();
-        let create = self.blocking(move |registry| {
-            keys.into_iter()
-                .map(|key| registry.get(key, true).map(|_| key))
-                .collect::<Result<Vec<_>, _>>()
-        });
-        Box::pin(create.into_actor(self).map(move |created, act, _| {
-            created.map_err(|e| StoreError::Failed(e.to_string()))?;
-            let ns = act.namespaces.entry(namespace.clone()).or_default();
-            let mut accepted = Vec::with_capacity(held.len() + new.len());
-            for feed in &held {
-                ns.entry(feed.key).or_insert_with(|| feed.headers.clone());
-                accepted.push(feed.key);
-            }
-            // A feed another offer created meanwhile is not new here: not forwarded twice.
-            let mut forward = Vec::new();
-            for feed in new {
-                let fresh = act.held.insert(feed.key);
-                ns.entry(feed.key).or_insert_with(|| feed.headers.clone());
-                accepted.push(feed.key);
-                act.shared.event(FeedStoreEvent::Accepted {
+            ns.entry(feed.key).or_insert_with(|| feed.headers.clone());
+            accepted.push(feed.key);
+            if !held {
+                self.held.insert(feed.key);
+                self.shared.event(FeedStoreEvent::Accepted {
                     namespace: namespace.clone(),
                     feed: feed.key,
                     peer,
-                    new: fresh,
                 });
-                if fresh {
-                    forward.push(feed);
+                forward.push(feed);
+            }
+        }
+        if !forward.is_empty() {
+            let keys: Vec<FeedKey> = forward.iter().map(|f| f.key).collect();
+            let registry = self.registry.clone();
+            tokio::task::spawn_blocking(move || {
+                for key in keys {
+                    if let Err(e) = registry.get(key, true) {
+                        warn!(feed = %key.fmt_short(), error = %e, "could not create replica");
+                    }
                 }
-            }
-            if act.config.forward && !forward.is_empty() {
-                act.shared.sessions.do_send(Share {
-                    namespace,
-                    feeds: forward,
-                    peers: None,
-                    except: Some(peer),
-                });
-            }
-            Ok(accepted)
-        }))
+            });
+        }
+        if self.config.forward && !forward.is_empty() {
+            self.shared.sessions.do_send(Share {
+                namespace,
+                feeds: forward,
+                peers: None,
+                except: Some(peer),
+            });
+        }
+        Ok(accepted)
     }
 }
 
@@ -484,7 +493,7 @@ impl<St: Storage> Handler<Attach> for FeedStore<St> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let task = tokio::spawn(async move {
-            let opened = tokio::task::spawn_blocking(move || registry.get(feed, false)).await;
+            let opened = tokio::task::spawn_blocking(move || registry.get(feed, true)).await;
             match opened {
                 Ok(Ok(entry)) => stream::run(entry, stream, ctx, shared, stop).await,
                 _ => {
