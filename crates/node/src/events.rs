@@ -59,6 +59,37 @@ pub enum NodeEvent {
         /// The length both sides hold.
         length: u64,
     },
+    /// The default store accepted a feed it did not hold, offered by `peer`; it is
+    /// created here as a replica and downloaded.
+    FeedAccepted {
+        /// The peer.
+        peer: PeerKey,
+        /// The namespace.
+        namespace: String,
+        /// The feed.
+        feed: FeedKey,
+    },
+    /// Blocks of `feed` from `peer` were verified and stored.
+    Downloaded {
+        /// The peer.
+        peer: PeerKey,
+        /// The feed.
+        feed: FeedKey,
+        /// Blocks since the previous such event of this stream.
+        blocks: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// `peer` sent something on `feed`'s stream that did not verify; its session ends
+    /// and nothing of the failed message was stored.
+    SyncFailed {
+        /// The peer.
+        peer: PeerKey,
+        /// The feed.
+        feed: FeedKey,
+        /// What was wrong.
+        reason: String,
+    },
     /// The session with `peer` ended.
     SessionEnded {
         /// The peer.

@@ -32,6 +32,7 @@
 
 pub mod config;
 pub mod events;
+mod feeds;
 pub mod import;
 pub mod metrics;
 pub mod node;
@@ -40,9 +41,10 @@ mod wiring;
 
 pub use crate::events::NodeEvent;
 pub use crate::node::{
-    AddStoreError, ConnectError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
+    AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
     NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
 };
+pub use replic8::feed_store::{AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats};
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::Headers;
 pub use replic8_connmgr::{Identity, PeerKey};

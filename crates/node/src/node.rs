@@ -14,8 +14,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use replic8::actor::{ListSessions, PeerEvent, SessionsActor, StopSession};
-use replic8::keys::NamespaceSecret;
+use replic8::feed_store::{
+    Append, FeedInfo, FeedState, FeedStoreConfig, FeedStoreError, FeedStoreEvent, FeedStoreStats,
+    GetStats, OpenFeed, ReadRange, ShareFeed,
+};
+use replic8::keys::{FeedKey, NamespaceSecret};
 use replic8::message::CloseCode;
+use replic8::message::Headers;
 use replic8::session::{SessionConfig, SessionEvent};
 use replic8::store::{
     Attach, Detach, KnownFeeds, Offer, RegisterError, RegisterStore, Shares, StoreRecipients,
@@ -27,13 +32,14 @@ use replic8_discovery::{
     Bootstrap, DhtConfig, DhtMode, DiscoveryActor, DiscoveryConfig, JoinReport, LanConfig, Timing,
     Topic, TopicError,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, LimitsSection, NodeConfig};
 use crate::events::{NodeEvent, EVENT_CAPACITY};
+use crate::feeds::{self, FeedStoreRecipients};
 use crate::metrics::{Counters, MetricsEndpoint};
-use crate::persist::{self, PersistError, PersistedJoin, PersistedState};
+use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, PersistedState};
 use crate::wiring::{BeginClose, Wiring};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
@@ -80,6 +86,7 @@ pub struct NodeBuilder {
     timing: Timing,
     limits: LimitsSection,
     metrics: Option<SocketAddr>,
+    feed_store: FeedStoreConfig,
 }
 
 impl Default for NodeBuilder {
@@ -94,6 +101,7 @@ impl Default for NodeBuilder {
             timing: Timing::default(),
             limits: LimitsSection::default(),
             metrics: None,
+            feed_store: FeedStoreConfig::default(),
         }
     }
 }
@@ -141,6 +149,7 @@ impl NodeBuilder {
             timing,
             limits: config.limits.clone(),
             metrics: config.metrics.listen,
+            feed_store: FeedStoreConfig::default(),
         })
     }
 
@@ -219,6 +228,12 @@ impl NodeBuilder {
     /// Connection and stream limits.
     pub fn limits(mut self, limits: LimitsSection) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// How the default feed store syncs and which offers it accepts (all, by default).
+    pub fn feed_store(mut self, config: FeedStoreConfig) -> Self {
+        self.feed_store = config;
         self
     }
 
@@ -307,6 +322,12 @@ pub enum SpawnError {
     /// Discovery could not start (e.g. a bad bootstrap entry).
     #[error("discovery: {0}")]
     Discovery(#[from] replic8_discovery::SpawnError),
+    /// The feed store could not open its storage.
+    #[error("feed store: {0}")]
+    Feeds(#[from] FeedStoreError),
+    /// The feed store could not be registered for a persisted namespace.
+    #[error("feed store: {0}")]
+    Register(#[from] RegisterError),
     /// The metrics endpoint could not bind its address.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -367,6 +388,9 @@ struct Started {
     discovery: Addr<DiscoveryActor>,
     sessions: Addr<SessionsActor>,
     wiring: Addr<Wiring>,
+    feeds: FeedStoreRecipients,
+    /// Namespaces the feed store is registered for.
+    namespaces: tokio::sync::Mutex<std::collections::HashSet<String>>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     data_dir: Option<PathBuf>,
@@ -418,6 +442,67 @@ async fn start(
     };
     let (session_tx, session_rx) = mpsc::unbounded_channel();
     let sessions = SessionsActor::new(session_config, Some(session_tx)).start();
+    let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+    let feeds = match feeds::start(
+        data_dir.as_deref(),
+        builder.feed_store.clone(),
+        sessions.clone(),
+        feed_tx,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = discovery.send(replic8_discovery::Close).await;
+            conn.close().await;
+            return Err(e.into());
+        }
+    };
+    actix::spawn(forward_feed_events(
+        feed_rx,
+        events.clone(),
+        counters.clone(),
+    ));
+    // The public namespace, every persisted one and those of the shares.
+    let mut namespaces = std::collections::HashSet::new();
+    let wanted = std::iter::once(String::new())
+        .chain(prepared.state.namespaces.iter().cloned())
+        .chain(prepared.state.shares.iter().map(|s| s.namespace.clone()));
+    for name in wanted {
+        if namespaces.insert(name.clone()) {
+            let registered = sessions
+                .send(RegisterStore {
+                    namespaces: vec![(name, None)],
+                    store: feeds.store.clone(),
+                })
+                .await;
+            if let Ok(Err(e)) = registered {
+                let _ = discovery.send(replic8_discovery::Close).await;
+                conn.close().await;
+                return Err(e.into());
+            }
+        }
+    }
+    for share in &prepared.state.shares {
+        let headers = match Headers::try_from(share.headers.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(feed = %hex::encode(&share.feed[..5]), error = %e, "persisted share skipped");
+                continue;
+            }
+        };
+        let request = feeds.share.send(ShareFeed {
+            namespace: share.namespace.clone(),
+            feed: FeedKey(share.feed),
+            headers,
+        });
+        let feed = FeedKey(share.feed);
+        actix::spawn(async move {
+            if let Ok(Err(e)) = request.await {
+                warn!(feed = %feed.fmt_short(), error = %e, "resumed share failed");
+            }
+        });
+    }
     let wiring = Wiring {
         conn: conn.addr().clone(),
         discovery: discovery.clone(),
@@ -487,6 +572,8 @@ async fn start(
         discovery,
         sessions,
         wiring,
+        feeds,
+        namespaces: tokio::sync::Mutex::new(namespaces),
         events,
         counters,
         data_dir,
@@ -539,6 +626,53 @@ async fn forward_session_events(
                 NodeEvent::SessionEnded {
                     peer,
                     reason: reason.to_string(),
+                }
+            }
+        };
+        let _ = events.send(event);
+    }
+}
+
+/// Turns feed store events into node events and counters.
+async fn forward_feed_events(
+    mut rx: mpsc::UnboundedReceiver<FeedStoreEvent>,
+    events: broadcast::Sender<NodeEvent>,
+    counters: Arc<Counters>,
+) {
+    let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
+    while let Some(event) = rx.recv().await {
+        let event = match event {
+            FeedStoreEvent::Accepted {
+                namespace,
+                feed,
+                peer,
+                ..
+            } => NodeEvent::FeedAccepted {
+                peer: key(peer),
+                namespace,
+                feed,
+            },
+            FeedStoreEvent::Downloaded {
+                feed,
+                peer,
+                blocks,
+                bytes,
+            } => {
+                counters.blocks_verified.add(blocks);
+                NodeEvent::Downloaded {
+                    peer: key(peer),
+                    feed,
+                    blocks,
+                    bytes,
+                }
+            }
+            FeedStoreEvent::FeedSynced { .. } => continue,
+            FeedStoreEvent::SyncFailed { feed, peer, reason } => {
+                counters.verify_failures.add(1);
+                NodeEvent::SyncFailed {
+                    peer: key(peer),
+                    feed,
+                    reason,
                 }
             }
         };
@@ -846,6 +980,166 @@ impl NodeHandle {
         Ok(())
     }
 
+    /// Create a new writable feed (a fresh key pair) in the default store.
+    pub async fn create_feed(&self) -> Result<FeedKey, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .create
+            .send(replic8::feed_store::CreateFeed)
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// Open a feed the store holds, by key: its length, head and whether we can append.
+    pub async fn open_feed(&self, feed: FeedKey) -> Result<FeedInfo, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .open
+            .send(OpenFeed { feed })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// Append blocks to a writable feed in one signed, durable batch; resolves with the
+    /// new length. Peers replicating the feed live get the blocks.
+    pub async fn append(&self, feed: FeedKey, blocks: Vec<Vec<u8>>) -> Result<u64, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .append
+            .send(Append { feed, blocks })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// Read blocks `range.start..range.end` (each must be stored here).
+    pub async fn read(
+        &self,
+        feed: FeedKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<Vec<u8>>, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .read
+            .send(ReadRange {
+                feed,
+                start: range.start,
+                end: range.end,
+            })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// Follow a feed's length and stored blocks: appends here and blocks downloaded from
+    /// peers.
+    pub async fn subscribe_feed(
+        &self,
+        feed: FeedKey,
+    ) -> Result<watch::Receiver<FeedState>, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .subscribe
+            .send(replic8::feed_store::Subscribe { feed })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// Serve `namespace` with the default feed store: accept feeds offered in it (by the
+    /// store's accept policy) and offer what is shared in it. Persisted. A namespace
+    /// with a secret is offered only to peers that prove they know it; secrets are not
+    /// persisted, so such a namespace must be opened again after a restart.
+    pub async fn open_namespace(
+        &self,
+        namespace: &str,
+        secret: Option<NamespaceSecret>,
+    ) -> Result<(), FeedError> {
+        let public = secret.is_none();
+        let mut open = self.s().namespaces.lock().await;
+        if !open.contains(namespace) {
+            self.s()
+                .sessions
+                .send(RegisterStore {
+                    namespaces: vec![(namespace.to_owned(), secret)],
+                    store: self.s().feeds.store.clone(),
+                })
+                .await
+                .map_err(|_| NodeClosed)??;
+            open.insert(namespace.to_owned());
+        }
+        drop(open);
+        if public {
+            self.persist(|state| state.namespace(namespace)).await?;
+        }
+        Ok(())
+    }
+
+    /// Share a feed the store holds in `namespace` with `headers`: offered to every
+    /// connected peer now and to every later one. Persisted: a restart shares it again.
+    pub async fn share(
+        &self,
+        namespace: &str,
+        feed: FeedKey,
+        headers: Headers,
+    ) -> Result<usize, FeedError> {
+        {
+            let open = self.s().namespaces.lock().await.contains(namespace);
+            if !open {
+                self.open_namespace(namespace, None).await?;
+            }
+        }
+        let offered = self
+            .s()
+            .feeds
+            .share
+            .send(ShareFeed {
+                namespace: namespace.to_owned(),
+                feed,
+                headers: headers.clone(),
+            })
+            .await
+            .map_err(|_| NodeClosed)??;
+        self.persist(|state| {
+            state.share(PersistedShare {
+                namespace: namespace.to_owned(),
+                feed: feed.0,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect(),
+            })
+        })
+        .await?;
+        Ok(offered)
+    }
+
+    /// Join a feed's discovery key (what goes on the DHT reveals nothing of the key).
+    pub async fn join_feed(
+        &self,
+        feed: FeedKey,
+        options: JoinOptions,
+    ) -> Result<JoinReport, JoinError> {
+        self.join(Topic(feed.discovery_key().0), options).await
+    }
+
+    /// Leave a feed's discovery key.
+    pub async fn leave_feed(&self, feed: FeedKey) -> Result<(), LeaveError> {
+        self.leave(Topic(feed.discovery_key().0)).await
+    }
+
+    /// The default store's counters (blocks and bytes in and out, streams).
+    pub async fn feed_stats(&self) -> Result<FeedStoreStats, NodeClosed> {
+        self.s()
+            .feeds
+            .stats
+            .send(GetStats)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
     /// How many of the connection manager's tasks are alive: 0 after `close`.
     pub fn live_tasks(&self) -> usize {
         self.s().conn.live_tasks()
@@ -939,6 +1233,23 @@ impl NodeHandle {
     pub async fn persisted(&self) -> PersistedState {
         self.s().state.lock().await.clone()
     }
+}
+
+/// What a feed operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// The feed store failed or refused (no such feed, not writable, storage, ...).
+    #[error(transparent)]
+    Store(#[from] FeedStoreError),
+    /// The namespace is served by another (custom) store.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The share could not be persisted (it is active until the node stops).
+    #[error("share not persisted: {0}")]
+    Persist(#[from] PersistError),
 }
 
 /// What `connect` can fail with.

@@ -138,8 +138,8 @@ pub struct PersistedShare {
     /// The feed's public key, hex.
     #[serde(with = "hex_32")]
     pub feed: [u8; 32],
-    /// The headers the feed is offered with.
-    pub headers: BTreeMap<String, String>,
+    /// The headers the feed is offered with (values are bytes).
+    pub headers: BTreeMap<String, Vec<u8>>,
 }
 
 /// Everything the node resumes after a restart.
@@ -150,6 +150,10 @@ pub struct PersistedState {
     pub joins: Vec<PersistedJoin>,
     /// Shared feeds, in the order they were shared.
     pub shares: Vec<PersistedShare>,
+    /// Namespaces the default feed store serves (accepts offers in), besides the public
+    /// one and those of the shares.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 impl PersistedState {
@@ -197,6 +201,15 @@ impl PersistedState {
                 true
             }
         }
+    }
+
+    /// Record a namespace. Returns whether it was new.
+    pub fn namespace(&mut self, name: &str) -> bool {
+        if self.namespaces.iter().any(|n| n == name) {
+            return false;
+        }
+        self.namespaces.push(name.to_owned());
+        true
     }
 
     /// Forget a join. Returns whether it was there.
@@ -300,10 +313,12 @@ mod tests {
         let share = PersistedShare {
             namespace: "photos".into(),
             feed: [9; 32],
-            headers: BTreeMap::from([("name".into(), "holiday".into())]),
+            headers: BTreeMap::from([("name".into(), b"holiday".to_vec())]),
         };
         assert!(state.share(share.clone()));
         assert!(!state.share(share));
+        assert!(state.namespace("photos"));
+        assert!(!state.namespace("photos"));
         state.save(dir.path()).unwrap();
         let loaded = PersistedState::load(dir.path()).unwrap();
         assert_eq!(loaded, state);

@@ -1,0 +1,71 @@
+//! The node's default store: a [`FeedStore`] on disk (in `<data dir>/feeds`) or in
+//! memory, reached through the recipients of its messages so that the handle does not
+//! depend on the storage type.
+
+use std::path::Path;
+
+use actix::prelude::*;
+use replic8::actor::SessionsActor;
+use replic8::feed_store::{
+    Append, CreateFeed, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent, GetStats,
+    OpenFeed, ReadRange, ShareFeed, Subscribe,
+};
+use replic8::store::StoreRecipients;
+use tokio::sync::mpsc;
+
+/// The feed store's messages, as recipients.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedStoreRecipients {
+    pub(crate) create: Recipient<CreateFeed>,
+    pub(crate) open: Recipient<OpenFeed>,
+    pub(crate) append: Recipient<Append>,
+    pub(crate) read: Recipient<ReadRange>,
+    pub(crate) subscribe: Recipient<Subscribe>,
+    pub(crate) share: Recipient<ShareFeed>,
+    pub(crate) stats: Recipient<GetStats>,
+    /// What the session layer needs to register the store for a namespace.
+    pub(crate) store: StoreRecipients,
+}
+
+impl FeedStoreRecipients {
+    fn of<St: replic8_store::storage::Storage>(addr: &Addr<FeedStore<St>>) -> Self {
+        FeedStoreRecipients {
+            create: addr.clone().recipient(),
+            open: addr.clone().recipient(),
+            append: addr.clone().recipient(),
+            read: addr.clone().recipient(),
+            subscribe: addr.clone().recipient(),
+            share: addr.clone().recipient(),
+            stats: addr.clone().recipient(),
+            store: StoreRecipients::of(addr),
+        }
+    }
+}
+
+/// Name of the feeds directory inside the data directory.
+pub(crate) const FEEDS_DIR: &str = "feeds";
+
+/// Starts the feed store: on disk under `data_dir/feeds`, or in memory without one.
+/// Listing the feeds on disk runs on the blocking pool.
+pub(crate) async fn start(
+    data_dir: Option<&Path>,
+    config: FeedStoreConfig,
+    sessions: Addr<SessionsActor>,
+    events: mpsc::UnboundedSender<FeedStoreEvent>,
+) -> Result<FeedStoreRecipients, FeedStoreError> {
+    match data_dir {
+        None => {
+            let addr = FeedStore::in_memory(config, sessions, Some(events)).start();
+            Ok(FeedStoreRecipients::of(&addr))
+        }
+        Some(dir) => {
+            let dir = dir.join(FEEDS_DIR);
+            let store = tokio::task::spawn_blocking(move || {
+                FeedStore::open_disk(dir, config, sessions, Some(events))
+            })
+            .await
+            .map_err(|e| FeedStoreError::Worker(e.to_string()))??;
+            Ok(FeedStoreRecipients::of(&store.start()))
+        }
+    }
+}

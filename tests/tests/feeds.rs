@@ -1,0 +1,152 @@
+//! Feeds end to end between nodes on loopback with a private Mainline DHT: a feed written
+//! on one node, shared in a namespace with headers, discovered by its discovery key,
+//! accepted, replicated verified and live, and resumed after a restart.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use replic8_node::{FeedKey, Headers, JoinOptions, NodeEvent, NodeHandle};
+use replic8_tests::*;
+
+fn blocks(n: usize, seed: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| (0..1024).map(|j| (i * 31 + j * 7) as u8 ^ seed).collect())
+        .collect()
+}
+
+fn headers(title: &str) -> Headers {
+    let mut h = Headers::new();
+    h.insert("title", title.as_bytes().to_vec()).unwrap();
+    h
+}
+
+/// Waits until `node` reports `feed` in sync with someone at `length`.
+async fn wait_synced(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    node: &str,
+    feed: FeedKey,
+    length: u64,
+) {
+    recv_until(
+        events,
+        &format!("{node}: feed {} synced at {length}", feed.fmt_short()),
+        |e| {
+            matches!(e, NodeEvent::FeedSynced { feed: f, length: l, .. } if *f == feed && *l == length)
+                .then_some(())
+        },
+    )
+    .await
+}
+
+async fn verify_copy(node: &NodeHandle, feed: FeedKey, data: &[Vec<u8>]) {
+    let info = node.open_feed(feed).await.unwrap();
+    assert_eq!(info.length, data.len() as u64);
+    assert_eq!(info.stored, data.len() as u64);
+    assert!(!info.writable, "a replica cannot append");
+    let got = node.read(feed, 0..data.len() as u64).await.unwrap();
+    assert!(
+        got == data,
+        "replicated blocks differ from the written ones"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_feed_is_discovered_accepted_and_replicated_verified_and_live() {
+    init_tracing();
+    let net = testnet(5);
+    let a = loopback_node(&net).spawn().await.unwrap();
+    let b = loopback_node(&net).spawn().await.unwrap();
+    let mut b_events = b.subscribe();
+
+    let feed = a.create_feed().await.unwrap();
+    let data = blocks(300, 1);
+    assert_eq!(a.append(feed, data.clone()).await.unwrap(), 300);
+    a.share("photos", feed, headers("holiday")).await.unwrap();
+    b.open_namespace("photos", None).await.unwrap();
+
+    a.join_feed(feed, JoinOptions::default()).await.unwrap();
+    b.join_feed(feed, JoinOptions::default()).await.unwrap();
+
+    let a_key = a.key();
+    let offered = recv_until(&mut b_events, "b: offer of the feed", |e| match e {
+        NodeEvent::Offered {
+            peer,
+            namespace,
+            feeds,
+        } if *peer == a_key => Some((namespace.clone(), feeds.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        offered,
+        ("photos".to_string(), vec![(feed, headers("holiday"))])
+    );
+    wait_synced(&mut b_events, "b", feed, 300).await;
+    verify_copy(&b, feed, &data).await;
+    assert!(b.counters().blocks_verified.get() >= 300);
+
+    // Live: a new block on a reaches b.
+    let mut follow = b.subscribe_feed(feed).await.unwrap();
+    a.append(feed, vec![b"one more".to_vec()]).await.unwrap();
+    tokio::time::timeout(
+        GUARD,
+        follow.wait_for(|s| s.length == 301 && s.stored == 301),
+    )
+    .await
+    .expect("b follows a's append")
+    .unwrap();
+    assert_eq!(
+        b.read(feed, 300..301).await.unwrap(),
+        vec![b"one more".to_vec()]
+    );
+
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_shares_its_feeds_again() {
+    init_tracing();
+    let net = testnet(5);
+    let dir = tempfile::tempdir().unwrap();
+    let data = blocks(50, 2);
+    let feed = {
+        let a = loopback_node(&net)
+            .data_dir(dir.path())
+            .spawn()
+            .await
+            .unwrap();
+        let feed = a.create_feed().await.unwrap();
+        a.append(feed, data.clone()).await.unwrap();
+        a.share("docs", feed, headers("manual")).await.unwrap();
+        a.join_feed(feed, JoinOptions::default()).await.unwrap();
+        a.close().await;
+        feed
+    };
+
+    // c announces the feed's topic first; the restarted a finds it, connects and offers
+    // the feed it shared before the restart, from disk, without being asked again.
+    let c = loopback_node(&net).spawn().await.unwrap();
+    let mut c_events = c.subscribe();
+    c.open_namespace("docs", None).await.unwrap();
+    c.join_feed(
+        feed,
+        JoinOptions {
+            announce: true,
+            lookup: false,
+        },
+    )
+    .await
+    .unwrap();
+    let a = loopback_node(&net)
+        .data_dir(dir.path())
+        .spawn()
+        .await
+        .unwrap();
+    let state = a.persisted().await;
+    assert_eq!((state.joins.len(), state.shares.len()), (1, 1));
+    assert!(a.open_feed(feed).await.unwrap().writable);
+
+    wait_synced(&mut c_events, "c", feed, 50).await;
+    verify_copy(&c, feed, &data).await;
+    a.close().await;
+    c.close().await;
+}
