@@ -10,6 +10,8 @@
 //! Each sample writes to a fresh directory (under `BENCH_DIR`, default the system temp
 //! dir), removed after it, so disk use stays bounded.
 //!
+//! `open/replay` times opening a feed whose whole log must be replayed (no checkpoint).
+//!
 //! Run: `cargo bench -p replic8-store --bench append`
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -207,5 +209,42 @@ fn feed_level(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, storage_level, feed_level);
+/// Opening a feed replays the log written since its last checkpoint: the worst case is
+/// just under the checkpoint thresholds (page cache warm, as after a process crash).
+fn open_replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("open/replay");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    // 60 MiB of 64 KiB blocks; 40,000 records of 1 KiB (120,000 entries).
+    for (size, n) in [(64 << 10, 960), (1 << 10, 40_000)] {
+        let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+        {
+            let storage = DiskStorage::open(dir.path()).unwrap();
+            let mut feed = storage.create([1; 32], None).unwrap();
+            let data = blocks(size, 1);
+            for i in 0..n {
+                feed.write(batch(i, &data)).unwrap();
+            }
+            // No sync: a sync past 65,536 entries would checkpoint.
+            assert!(!dir.path().join("feeds/01").read_dir().unwrap().any(|e| e
+                .unwrap()
+                .path()
+                .join("state")
+                .exists()));
+        }
+        g.throughput(Throughput::Elements(n));
+        let id = BenchmarkId::new(format!("{}KiB", size >> 10), format!("{n}_records"));
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                let storage = DiskStorage::open(dir.path()).unwrap();
+                let feed = storage.open(&[1; 32]).unwrap().unwrap();
+                assert!(feed.has_block(n - 1));
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, storage_level, feed_level, open_replay);
 criterion_main!(benches);
