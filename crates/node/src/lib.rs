@@ -28,9 +28,11 @@
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
+//! - [`demo`]: `replic8 demo`, the whole mission offline on one machine;
 //! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
 
 pub mod config;
+pub mod demo;
 pub mod events;
 mod feeds;
 pub mod import;

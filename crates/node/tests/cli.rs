@@ -44,3 +44,25 @@ fn errors_are_one_line_with_a_nonzero_exit() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn demo_replicates_to_two_readers_verified_and_exits_0() {
+    let out = replic8()
+        .args(["demo", "--size-mb", "1", "--block-size", "16384", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["blocks"], 64, "{v}");
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{v}");
+    for reader in &nodes[1..] {
+        assert!(reader["bytes_in"].as_u64().unwrap() >= 1 << 20, "{v}");
+        assert!(reader["peers"].as_u64().unwrap() >= 1, "{v}");
+    }
+}
