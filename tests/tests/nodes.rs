@@ -9,6 +9,17 @@ use replic8::keys::FeedKey;
 use replic8_node::{JoinOptions, NodeEvent, NodeHandle, Topic};
 use replic8_tests::*;
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 fn topic(n: u8) -> Topic {
     Topic([n; 32])
 }
@@ -31,7 +42,11 @@ async fn add_counter_store(node: &NodeHandle, values: &[(FeedKey, u64)]) -> Coun
 async fn two_nodes_discover_each_other_and_a_custom_store_replicates() {
     init_tracing();
     let net = testnet(5);
-    let a = loopback_node(&net).spawn().await.unwrap();
+    let a = loopback_node(&net)
+        .metrics("127.0.0.1:0".parse().unwrap())
+        .spawn()
+        .await
+        .unwrap();
     let b = loopback_node(&net).spawn().await.unwrap();
     let feed = FeedKey([42; 32]);
     add_counter_store(&a, &[(feed, 17)]).await;
@@ -76,7 +91,16 @@ async fn two_nodes_discover_each_other_and_a_custom_store_replicates() {
     assert!(a.peers().await.unwrap().iter().any(|p| p.key == b.key()));
     assert!(b.peers().await.unwrap().iter().any(|p| p.key == a.key()));
     b.flushed(t).await.unwrap();
-    assert!(a.counters().peers.get() >= 1);
+
+    // The counters, as a scraper reads them.
+    let metrics = http_get(a.metrics_addr().unwrap(), "/metrics").await;
+    for line in [
+        "replic8_peers 1\n",
+        "replic8_topics 1\n",
+        "replic8_sessions 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in:\n{metrics}");
+    }
 
     a.close().await;
     b.close().await;
