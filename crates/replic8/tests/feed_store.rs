@@ -365,16 +365,23 @@ fn a_one_shot_session_ends_synced() {
             &tx,
         )
         .await;
-        let b = node(
-            2,
-            MemoryStorage::new(),
-            FeedStoreConfig::default(),
-            Mode::OneShot,
-            &tx,
-        )
-        .await;
+        // B decides by callback: everything but feeds of kind "skip me".
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let policy = AcceptPolicy::Callback(std::sync::Arc::new(
+            move |peer: &PeerKey, ns: &str, feed: &SharedFeed| {
+                log.lock().unwrap().push((*peer, ns.to_string(), feed.key));
+                feed.headers.get("kind") != Some(b"skip me")
+            },
+        ));
+        let b_config = FeedStoreConfig {
+            accept: policy,
+            ..FeedStoreConfig::default()
+        };
+        let b = node(2, MemoryStorage::new(), b_config, Mode::OneShot, &tx).await;
         let f1 = writer_feed(&a, 1, 200, "photos").await;
         let f2 = writer_feed(&a, 2, 120, "photos").await;
+        let skipped = writer_feed(&a, 3, 10, "skip me").await;
         link(&a, &b).await;
         let mut ended = HashMap::new();
         wait_for(&mut events, "both sessions to end", |e| {
@@ -396,6 +403,23 @@ fn a_one_shot_session_ends_synced() {
         }
         assert_same(&a, &b, f1, 200).await;
         assert_same(&a, &b, f2, 120).await;
+        let mut asked: Vec<FeedKey> = asked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, ns, k)| {
+                assert_eq!((*p, ns.as_str()), (a.key, NS));
+                *k
+            })
+            .collect();
+        asked.sort();
+        let mut offered = vec![f1, f2, skipped];
+        offered.sort();
+        assert_eq!(asked, offered);
+        assert!(matches!(
+            b.store.send(OpenFeed { feed: skipped }).await.unwrap(),
+            Err(FeedStoreError::NotFound(_))
+        ));
     });
 }
 
@@ -491,6 +515,8 @@ fn a_triangle_replicates_a_feed_to_everyone_without_offer_loops() {
 struct TamperingStore {
     feed: FeedKey,
     storage: MemoryStorage,
+    /// Instead of flipping bits, announce a frame over the feed stream's limit.
+    oversize: bool,
 }
 
 impl Actor for TamperingStore {
@@ -532,7 +558,15 @@ impl Handler<Attach> for TamperingStore {
         let key = replic8_store::FeedKey::try_from(self.feed).unwrap();
         let mut feed = Feed::open(&self.storage, &key).unwrap().unwrap();
         let FeedStream { mut send, mut recv } = msg.stream;
+        let oversize = self.oversize;
         tokio::spawn(async move {
+            if oversize {
+                let prefix = (MAX_MESSAGE_SIZE as u32 + 1).to_be_bytes();
+                let _ = send.write_all(&prefix).await;
+                let _ = send.write_all(&[0u8; 4096]).await;
+                let _ = recv.read_to_end(1 << 20).await;
+                return;
+            }
             let mut core = FeedSync::new(SyncConfig {
                 want: Want::Nothing,
                 ..SyncConfig::default()
@@ -575,11 +609,34 @@ impl Handler<Attach> for TamperingStore {
 
 #[test]
 fn a_peer_sending_bad_blocks_loses_its_session_and_nothing_is_stored() {
-    actix::System::new().block_on(async {
+    actix::System::new().block_on(hostile_peer(false, "does not verify"));
+}
+
+#[test]
+fn a_peer_sending_an_oversize_feed_frame_loses_its_session() {
+    actix::System::new().block_on(hostile_peer(true, "frame"));
+}
+
+async fn hostile_peer(oversize: bool, expect: &str) {
+    {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let b = node(2, MemoryStorage::new(), FeedStoreConfig::default(), Mode::Live, &tx).await;
+        let b = node(
+            2,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::Live,
+            &tx,
+        )
+        .await;
         // An honest writer A shares with B too; its session must carry on.
-        let a = node(1, MemoryStorage::new(), FeedStoreConfig::default(), Mode::Live, &tx).await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::Live,
+            &tx,
+        )
+        .await;
         let honest = writer_feed(&a, 1, 100, "photos").await;
 
         // The hostile node X: a real feed of 100 blocks, a store that corrupts them.
@@ -594,6 +651,7 @@ fn a_peer_sending_bad_blocks_loses_its_session_and_nothing_is_stored() {
         let x_store = TamperingStore {
             feed: bad_feed,
             storage,
+            oversize,
         }
         .start();
         x_sessions
@@ -612,29 +670,43 @@ fn a_peer_sending_bad_blocks_loses_its_session_and_nothing_is_stored() {
             matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
         })
         .await;
-        let Some(Ev::Session(_, PeerEvent { event: SessionEvent::SessionEnded { reason }, .. })) =
-            seen.last()
+        let Some(Ev::Session(
+            _,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        )) = seen.last()
         else {
             unreachable!()
         };
         assert_eq!(reason.code, CloseCode::PROTOCOL, "{reason}");
         assert_eq!(reason.by, Side::Local, "{reason}");
         assert!(reason.reason.contains(&bad_feed.fmt_short()), "{reason}");
+        assert!(reason.reason.contains(expect), "{reason}");
         assert!(
             seen.iter().any(|e| matches!(e, Ev::Store(2, FeedStoreEvent::SyncFailed { feed, .. }) if *feed == bad_feed)),
             "{seen:#?}"
         );
-        let info = b.store.send(OpenFeed { feed: bad_feed }).await.unwrap().unwrap();
+        let info = b
+            .store
+            .send(OpenFeed { feed: bad_feed })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(info.stored, 0, "a block from the hostile peer was kept");
         let stats = b.store.send(GetStats).await.unwrap();
         assert_eq!(stats.streams_failed, 1);
 
         // The honest session carries on (it may have synced already).
         if !seen.iter().any(|e| is_synced(e, 2, honest, 100)) {
-            wait_for(&mut events, "B synced A's feed", |e| is_synced(e, 2, honest, 100)).await;
+            wait_for(&mut events, "B synced A's feed", |e| {
+                is_synced(e, 2, honest, 100)
+            })
+            .await;
         }
         assert_same(&a, &b, honest, 100).await;
-    });
+    }
 }
 
 #[test]
@@ -670,5 +742,76 @@ fn a_chain_forwards_a_feed_through_the_middle_node() {
         })
         .await;
         assert_same(&a, &c, feed, 403).await;
+    });
+}
+
+#[test]
+fn the_store_api_reports_what_was_wrong() {
+    actix::System::new().block_on(async {
+        let (tx, _events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::Live,
+            &tx,
+        )
+        .await;
+        let feed = writer_feed(&a, 1, 5, "photos").await;
+        let unknown = FeedKey::from(FeedSecret::generate().key());
+        let err = a
+            .store
+            .send(OpenFeed { feed: unknown })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, FeedStoreError::NotFound(_)), "{err}");
+        let err = a
+            .store
+            .send(ReadRange {
+                feed,
+                start: 3,
+                end: 9,
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, FeedStoreError::Read(_)), "{err}");
+        let err = a
+            .store
+            .send(ShareFeed {
+                namespace: NS.into(),
+                feed: unknown,
+                headers: Headers::new(),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, FeedStoreError::NotFound(_)), "{err}");
+        let too_big = vec![0u8; replic8_store::MAX_BLOCK_SIZE + 1];
+        let err = a
+            .store
+            .send(Append {
+                feed,
+                blocks: vec![too_big],
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, FeedStoreError::Append(_)), "{err}");
+        // The failed append left the feed as it was.
+        let info = a.store.send(OpenFeed { feed }).await.unwrap().unwrap();
+        assert_eq!((info.length, info.stored, info.writable), (5, 5, true));
+        assert_eq!(
+            a.store
+                .send(Append {
+                    feed,
+                    blocks: vec![b"six".to_vec()]
+                })
+                .await
+                .unwrap()
+                .unwrap(),
+            6
+        );
     });
 }
