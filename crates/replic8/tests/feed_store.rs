@@ -75,14 +75,8 @@ async fn node<St: Storage>(
     let sessions = SessionsActor::new(session_config(mode), Some(stx)).start();
     let store = FeedStore::new(storage, config, sessions.clone(), Some(ftx))
         .unwrap()
-        .start();
-    sessions
-        .send(RegisterStore {
-            namespaces: vec![(NS.into(), None)],
-            store: StoreRecipients::of(&store),
-        })
+        .start_registered(vec![(NS.into(), None)])
         .await
-        .unwrap()
         .unwrap();
     Node {
         n,

@@ -16,7 +16,7 @@
 //!   of a feed's length or stored blocks, the feed's other cores get
 //!   `handle_feed_update` (through [`FeedState`] on a `watch` channel), and the session
 //!   layer gets [`FeedUpdated`] when the length moved (it reopens closed streams);
-//! - a stream reports [`FeedSynced`] only when its core is synced and the feed holds
+//! - a stream reports [`FeedSynced`](crate::store::FeedSynced) only when its core is synced and the feed holds
 //!   every block up to its length, so a stream to a peer that lacks blocks another peer
 //!   is still bringing stays open until they are here;
 //! - a peer that sends anything that does not verify ends its session
@@ -42,11 +42,12 @@ use tracing::warn;
 pub use messages::*;
 
 use crate::actor::SessionsActor;
-use crate::keys::{FeedKey, PeerKey};
+use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
 use crate::message::Headers;
 use crate::session::StreamId;
 use crate::store::{
-    Attach, Detach, FeedUpdated, KnownFeeds, Offer, Share, SharedFeed, Shares, StoreError,
+    Attach, Detach, FeedUpdated, KnownFeeds, Offer, RegisterError, RegisterStore, Share,
+    SharedFeed, Shares, StoreError, StoreRecipients,
 };
 
 /// A callback deciding an offered feed, given the peer, the namespace and the feed.
@@ -298,8 +299,8 @@ impl FeedStore<MemoryStorage> {
 impl<St: Storage> FeedStore<St> {
     /// A store over `storage`, reporting to the session layer `sessions`; its events go
     /// to `events`, if given. Lists the feeds the storage holds (this blocks: call it
-    /// before starting the actor, not in a handler). Register it for namespaces with
-    /// [`crate::store::RegisterStore`] and [`crate::store::StoreRecipients::of`].
+    /// before starting the actor, not in a handler). Start and register it with
+    /// [`FeedStore::start_registered`] (or send [`RegisterStore`] yourself).
     pub fn new(
         storage: St,
         config: FeedStoreConfig,
@@ -334,6 +335,24 @@ impl<St: Storage> FeedStore<St> {
             namespaces: HashMap::new(),
             held,
         }
+    }
+
+    /// Starts the store and registers it with its session layer for `namespaces` (each
+    /// with its secret, if any).
+    pub async fn start_registered(
+        self,
+        namespaces: Vec<(String, Option<NamespaceSecret>)>,
+    ) -> Result<Addr<Self>, RegisterError> {
+        let sessions = self.shared.sessions.clone();
+        let addr = self.start();
+        sessions
+            .send(RegisterStore {
+                namespaces,
+                store: StoreRecipients::of(&addr),
+            })
+            .await
+            .map_err(|_| RegisterError::Closing)??;
+        Ok(addr)
     }
 
     /// Runs `f` with the registry on the blocking pool.
