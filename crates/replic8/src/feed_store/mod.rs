@@ -16,9 +16,9 @@
 //!   of a feed's length or stored blocks, the feed's other cores get
 //!   `handle_feed_update` (through [`FeedState`] on a `watch` channel), and the session
 //!   layer gets [`FeedUpdated`] when the length moved (it reopens closed streams);
-//! - a stream reports [`FeedSynced`](crate::store::FeedSynced) only when its core is synced and the feed holds
-//!   every block up to its length, so a stream to a peer that lacks blocks another peer
-//!   is still bringing stays open until they are here;
+//! - a stream reports [`FeedSynced`](crate::store::FeedSynced) only when its core is
+//!   synced and the feed holds every block up to its length, so a stream to a peer that
+//!   lacks blocks another peer is still bringing stays open until they are here;
 //! - a peer that sends anything that does not verify ends its session
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
