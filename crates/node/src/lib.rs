@@ -28,10 +28,12 @@
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
+//! - [`control`]: the daemon's control socket (0600 Unix socket, JSON lines);
 //! - [`demo`]: `replic8 demo`, the whole mission offline on one machine;
 //! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
 
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod events;
 mod feeds;

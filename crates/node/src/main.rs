@@ -1,22 +1,35 @@
 //! The `replic8` command.
 //!
 //! `demo` runs the whole mission offline (a local DHT and three nodes in a temporary
-//! directory); `feed import --only-hash` needs no daemon. The daemon and its client
-//! commands are not there yet. Logs go to stderr, filtered by `RUST_LOG` (default
-//! `warn`). Errors are one line on stderr and a non-zero exit, never a backtrace.
+//! directory). `daemon` runs a node and serves the client commands (`feed ...`, `share`,
+//! `join`, `leave`, `peers`, `status`) on a 0600 Unix socket in the data directory.
+//! `feed import --only-hash` needs no daemon. Logs go to stderr, filtered by `RUST_LOG`
+//! (default `warn`). Errors are one line on stderr and a non-zero exit, never a
+//! backtrace.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use replic8_node::{demo, import};
+use replic8_node::config::NodeConfig;
+use replic8_node::control::{self, Request};
+use replic8_node::{demo, import, NodeBuilder};
+use serde_json::Value;
 
 /// replic8: peer-to-peer replication of signed append-only feeds over QUIC.
 #[derive(Debug, Parser)]
 #[command(name = "replic8", version, about)]
 struct Cli {
+    /// The data directory (identity, feeds, joins, shares, the control socket). Default:
+    /// the config's, else `$XDG_DATA_HOME/replic8`.
+    #[arg(long, global = true, env = "REPLIC8_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML config file (see `replic8_node::config::NodeConfig`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,13 +53,107 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a node until interrupted, serving the client commands on the control socket.
+    Daemon {
+        /// The QUIC address (overrides the config).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// DHT bootstrap nodes as host:port (overrides the config; repeat for several).
+        #[arg(long)]
+        bootstrap: Vec<String>,
+        /// No DHT.
+        #[arg(long)]
+        no_dht: bool,
+        /// No LAN discovery.
+        #[arg(long)]
+        no_lan: bool,
+        /// Serve Prometheus counters on this HTTP address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+    },
     /// Work with feeds.
     #[command(subcommand)]
     Feed(FeedCommand),
+    /// Share a feed in a namespace with headers (persisted by the daemon).
+    Share {
+        /// The namespace.
+        namespace: String,
+        /// The feed's key, hex.
+        key: String,
+        /// A header `k=v` (repeat for several).
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
+    /// Join a topic, or a feed's discovery key when the daemon holds that feed.
+    Join {
+        /// 64 hex digits: a topic or a feed key.
+        target: String,
+        /// Do not announce (only look up).
+        #[arg(long)]
+        no_announce: bool,
+        /// Do not look up (only announce).
+        #[arg(long)]
+        no_lookup: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave a topic (or a held feed's discovery key).
+    Leave {
+        /// 64 hex digits: a topic or a feed key.
+        target: String,
+    },
+    /// The connected peers.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Topics, peers, bytes in and out, replication counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum FeedCommand {
+    /// Create a writable feed; prints its key.
+    New {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append a file (or standard input) to a feed, split into blocks.
+    Append {
+        /// The feed's key, hex.
+        key: String,
+        /// The file; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+        /// Bytes per block.
+        #[arg(long, default_value_t = 64 * 1024)]
+        block_size: usize,
+    },
+    /// Write blocks of a feed to standard output.
+    Cat {
+        /// The feed's key, hex.
+        key: String,
+        /// First block.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End block (exclusive); default the feed's length.
+        #[arg(long)]
+        end: Option<u64>,
+    },
+    /// A feed's length, bytes, tree hash and whether it is writable.
+    Info {
+        /// The feed's key, hex.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Split a file into blocks and print the feed's key, length and tree hash.
     Import {
         /// The file to import; `-` reads standard input.
@@ -61,6 +168,13 @@ enum FeedCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not k=v"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn main() -> ExitCode {
@@ -81,7 +195,75 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start a runtime")
+}
+
+/// The config file (or the defaults) with `--data-dir` applied.
+fn load_config(cli_config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<NodeConfig> {
+    let mut config = match cli_config {
+        Some(path) => NodeConfig::from_file(path)?,
+        None => NodeConfig::default(),
+    };
+    if data_dir.is_some() {
+        config.data_dir = data_dir;
+    }
+    Ok(config)
+}
+
+/// Sends `req` to the daemon of the data directory.
+fn ask(config: &NodeConfig, req: &Request) -> anyhow::Result<Value> {
+    let socket = config.resolve_data_dir()?.join(control::SOCKET_FILE);
+    Ok(runtime()?.block_on(control::request(&socket, req))?)
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    match file {
+        None => std::io::stdin().lock().read_to_end(&mut data)?,
+        Some(p) if p.as_os_str() == "-" => std::io::stdin().lock().read_to_end(&mut data)?,
+        Some(p) => std::fs::File::open(p)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .with_context(|| format!("cannot read {}", p.display()))?,
+    };
+    Ok(data)
+}
+
+/// Appends `data` in blocks of `block_size`, a request per 8 MiB; the final length.
+fn append_blocks(
+    config: &NodeConfig,
+    key: &str,
+    data: &[u8],
+    block_size: usize,
+) -> anyhow::Result<u64> {
+    if block_size == 0 || block_size > replic8_store::MAX_BLOCK_SIZE {
+        bail!("--block-size must be 1..={}", replic8_store::MAX_BLOCK_SIZE);
+    }
+    let per_request = ((8 << 20) / block_size).max(1);
+    let mut length = 0;
+    let blocks: Vec<&[u8]> = data.chunks(block_size).collect();
+    for batch in blocks.chunks(per_request) {
+        let reply = ask(
+            config,
+            &Request::FeedAppend {
+                key: key.to_owned(),
+                blocks: batch.iter().map(hex::encode).collect(),
+            },
+        )?;
+        length = reply["length"].as_u64().unwrap_or_default();
+    }
+    Ok(length)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_deref(), cli.data_dir.clone())?;
     match cli.command {
         Command::Demo {
             size_mb,
@@ -96,8 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 block_size,
                 progress: !no_progress && !json,
             };
-            let runtime = tokio::runtime::Runtime::new().context("cannot start a runtime")?;
-            let summary = runtime.block_on(demo::run(options))?;
+            let summary = runtime()?.block_on(demo::run(options))?;
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer(&mut out, &summary)?;
@@ -107,15 +288,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Daemon {
+            listen,
+            bootstrap,
+            no_dht,
+            no_lan,
+            metrics,
+        } => {
+            let mut config = config;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if !bootstrap.is_empty() {
+                config.discovery.bootstrap = Some(bootstrap);
+            }
+            if no_dht {
+                config.discovery.dht = false;
+            }
+            if no_lan {
+                config.discovery.lan = false;
+            }
+            if metrics.is_some() {
+                config.metrics.listen = metrics;
+            }
+            runtime()?.block_on(daemon(config))
+        }
+        Command::Feed(FeedCommand::New { json }) => {
+            let v = ask(&config, &Request::FeedNew)?;
+            if json {
+                print_json(&v)
+            } else {
+                println!("{}", v["key"].as_str().unwrap_or_default());
+                Ok(())
+            }
+        }
+        Command::Feed(FeedCommand::Append {
+            key,
+            file,
+            block_size,
+        }) => {
+            let data = read_input(file.as_deref())?;
+            let length = append_blocks(&config, &key, &data, block_size)?;
+            println!("{length}");
+            Ok(())
+        }
+        Command::Feed(FeedCommand::Cat { key, start, end }) => {
+            let v = ask(&config, &Request::FeedCat { key, start, end })?;
+            let mut out = std::io::stdout().lock();
+            for block in v["blocks"].as_array().into_iter().flatten() {
+                out.write_all(&hex::decode(block.as_str().unwrap_or_default())?)?;
+            }
+            Ok(())
+        }
+        Command::Feed(FeedCommand::Info { key, json }) => {
+            let v = ask(&config, &Request::FeedInfo { key })?;
+            if json {
+                return print_json(&v);
+            }
+            for field in [
+                "key",
+                "discovery_key",
+                "writable",
+                "length",
+                "stored",
+                "byte_length",
+                "tree_hash",
+            ] {
+                println!("{field:<14} {}", v[field]);
+            }
+            Ok(())
+        }
         Command::Feed(FeedCommand::Import {
             file,
             block_size,
             only_hash,
             json,
         }) => {
-            if !only_hash {
-                bail!("importing into a running daemon is not available yet; use --only-hash");
-            }
             let summary = if file.as_os_str() == "-" {
                 import::hash_only(std::io::stdin().lock(), block_size)?
             } else {
@@ -125,18 +373,174 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| file.display().to_string())?
             };
             let mut out = std::io::stdout().lock();
+            if only_hash {
+                if json {
+                    serde_json::to_writer(&mut out, &summary)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "tree_hash  {}", summary.tree_hash)?;
+                    writeln!(out, "length     {}", summary.length)?;
+                    writeln!(out, "bytes      {}", summary.bytes)?;
+                    writeln!(out, "block_size {}", summary.block_size)?;
+                }
+                return Ok(());
+            }
+            if file.as_os_str() == "-" {
+                bail!("importing standard input into the daemon is not supported; use feed new and feed append");
+            }
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let key = ask(&config, &Request::FeedNew)?["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let length = append_blocks(&config, &key, &data, block_size)?;
+            let info = ask(&config, &Request::FeedInfo { key: key.clone() })?;
+            let v = serde_json::json!({
+                "key": key,
+                "length": length,
+                "tree_hash": info["tree_hash"],
+                "bytes": data.len(),
+            });
             if json {
-                serde_json::to_writer(&mut out, &summary)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "tree_hash  {}", summary.tree_hash)?;
-                writeln!(out, "length     {}", summary.length)?;
-                writeln!(out, "bytes      {}", summary.bytes)?;
-                writeln!(out, "block_size {}", summary.block_size)?;
+                return print_json(&v);
+            }
+            writeln!(out, "key        {key}")?;
+            writeln!(out, "length     {length}")?;
+            writeln!(
+                out,
+                "tree_hash  {}",
+                info["tree_hash"].as_str().unwrap_or_default()
+            )?;
+            Ok(())
+        }
+        Command::Share {
+            namespace,
+            key,
+            headers,
+        } => {
+            let v = ask(
+                &config,
+                &Request::Share {
+                    namespace,
+                    key,
+                    headers,
+                },
+            )?;
+            println!("offered to {} peer(s) now", v["offered_to"]);
+            Ok(())
+        }
+        Command::Join {
+            target,
+            no_announce,
+            no_lookup,
+            json,
+        } => {
+            let v = ask(
+                &config,
+                &Request::Join {
+                    target,
+                    announce: !no_announce,
+                    lookup: !no_lookup,
+                },
+            )?;
+            if json {
+                return print_json(&v);
+            }
+            println!(
+                "joined {}{}: {} peer(s) found in the first round",
+                v["topic"].as_str().unwrap_or_default(),
+                if v["feed"] == true {
+                    " (the feed's discovery key)"
+                } else {
+                    ""
+                },
+                v["peers_found"]
+            );
+            Ok(())
+        }
+        Command::Leave { target } => {
+            let v = ask(&config, &Request::Leave { target })?;
+            println!("left {}", v["topic"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Peers { json } => {
+            let v = ask(&config, &Request::Peers)?;
+            if json {
+                return print_json(&v);
+            }
+            for p in v.as_array().into_iter().flatten() {
+                println!(
+                    "{} {} {} rtt {:.1} ms",
+                    p["key"].as_str().unwrap_or_default(),
+                    p["addr"].as_str().unwrap_or_default(),
+                    p["initiator"].as_str().unwrap_or_default(),
+                    p["rtt_ms"].as_f64().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let v = ask(&config, &Request::Status)?;
+            if json {
+                return print_json(&v);
+            }
+            println!("key       {}", v["key"].as_str().unwrap_or_default());
+            println!("listen    {}", v["listen"].as_str().unwrap_or_default());
+            println!("peers     {}   sessions {}", v["peers"], v["sessions"]);
+            println!("bytes     in {}   out {}", v["bytes_in"], v["bytes_out"]);
+            println!(
+                "blocks    verified {}   sent {}",
+                v["blocks_verified"], v["feed_blocks_out"]
+            );
+            for t in v["topics"].as_array().into_iter().flatten() {
+                println!(
+                    "topic     {} announce={} lookup={} flushed={} peers_found={}",
+                    t["topic"].as_str().unwrap_or_default(),
+                    t["announce"],
+                    t["lookup"],
+                    t["flushed"],
+                    t["peers_found"]
+                );
             }
             Ok(())
         }
     }
+}
+
+/// Runs a node and its control socket until SIGINT or SIGTERM, then closes both.
+async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
+    let data_dir = config.resolve_data_dir()?;
+    let mut builder = NodeBuilder::from_config(&config)?.data_dir(&data_dir);
+    let node = match builder.clone().spawn().await {
+        Ok(node) => node,
+        Err(replic8_node::SpawnError::Discovery(e)) if config.discovery.dht => {
+            eprintln!("replic8: the DHT is unreachable ({e}); serving LAN and static peers only");
+            builder = builder.dht(false);
+            builder.spawn().await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let server = control::ControlServer::bind(&data_dir, node.clone())
+        .await
+        .with_context(|| format!("control socket in {}", data_dir.display()))?;
+    eprintln!(
+        "replic8 daemon: key {} quic {} control {}{}",
+        hex::encode(node.key().as_bytes()),
+        node.local_addr(),
+        server.path().display(),
+        node.metrics_addr()
+            .map(|a| format!(" metrics http://{a}/metrics"))
+            .unwrap_or_default()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.close();
+    node.close().await;
+    Ok(())
 }
 
 fn print_summary(out: &mut impl Write, s: &demo::DemoSummary) -> std::io::Result<()> {
