@@ -3,6 +3,9 @@
 //!
 //! - `sync_each`: every append is synced before the next (each block durable on return);
 //! - `batch_N`: N blocks per batch, one sync per batch (durable per batch);
+//! - `deferred_B_xK`: K batches of B blocks through `Feed::append_batch_deferred` (each
+//!   returns after its write, its sync started in the background), then `Feed::flush`:
+//!   durable per flush, i.e. per K × B blocks, with hashing overlapping the syncs;
 //! - `nosync`: writes only, one sync at the end of the sample (page-cache speed; what a
 //!   downloading replica sees, since `Feed::ingest` leaves syncing to `Feed::flush`).
 //!
@@ -70,6 +73,7 @@ fn batch(start: u64, data: &[Vec<u8>]) -> WriteBatch {
 enum Policy {
     SyncEach,
     Batch(usize),
+    Deferred(usize, usize),
     NoSync,
 }
 
@@ -78,6 +82,7 @@ impl Policy {
         match self {
             Policy::SyncEach => "sync_each".into(),
             Policy::Batch(n) => format!("batch_{n}"),
+            Policy::Deferred(b, k) => format!("deferred_{b}_x{k}"),
             Policy::NoSync => "nosync".into(),
         }
     }
@@ -85,6 +90,7 @@ impl Policy {
     fn per_iter(self) -> usize {
         match self {
             Policy::Batch(n) => n,
+            Policy::Deferred(b, k) => b * k,
             Policy::SyncEach | Policy::NoSync => 1,
         }
     }
@@ -147,7 +153,14 @@ fn feed_level(c: &mut Criterion) {
     for (size, policies) in [
         (
             64 << 10,
-            &[Policy::SyncEach, Policy::Batch(16), Policy::Batch(64)][..],
+            &[
+                Policy::SyncEach,
+                Policy::Batch(16),
+                Policy::Batch(64),
+                Policy::Deferred(16, 4),
+                Policy::Batch(256),
+                Policy::Deferred(16, 16),
+            ][..],
         ),
         (1 << 10, &[Policy::SyncEach, Policy::Batch(256)][..]),
     ] {
@@ -163,7 +176,14 @@ fn feed_level(c: &mut Criterion) {
                     feed.flush().unwrap();
                     let start = Instant::now();
                     for _ in 0..iters {
-                        feed.append_batch(&data).unwrap();
+                        if let Policy::Deferred(b, _) = policy {
+                            for part in data.chunks(b) {
+                                feed.append_batch_deferred(part).unwrap();
+                            }
+                            feed.flush().unwrap();
+                        } else {
+                            feed.append_batch(&data).unwrap();
+                        }
                     }
                     start.elapsed()
                 });

@@ -294,6 +294,32 @@ impl<S: FeedStorage> Feed<S> {
         &mut self,
         blocks: &[B],
     ) -> Result<u64, AppendError> {
+        self.append_inner(blocks, true)
+    }
+
+    /// Append blocks in one signed, atomic batch, like [`Feed::append_batch`], but return
+    /// once the batch is written, before it is durable; returns the new length. The
+    /// storage starts syncing in the background ([`FeedStorage::sync_start`]), so hashing
+    /// the next batch overlaps this one's sync. Every batch appended so far is durable
+    /// once a later [`Feed::flush`] or [`Feed::append_batch`] returns; a crash before that
+    /// may lose whole batches from the end (never tear one, never lose one before a
+    /// batch that survived).
+    ///
+    /// Until that flush, the new head must not be shared with peers: if a crash lost it,
+    /// the writer would sign a different tree at the same length. For bulk writers that
+    /// flush before they announce; the node's feed store uses [`Feed::append_batch`].
+    pub fn append_batch_deferred<B: AsRef<[u8]> + Sync>(
+        &mut self,
+        blocks: &[B],
+    ) -> Result<u64, AppendError> {
+        self.append_inner(blocks, false)
+    }
+
+    fn append_inner<B: AsRef<[u8]> + Sync>(
+        &mut self,
+        blocks: &[B],
+        durable: bool,
+    ) -> Result<u64, AppendError> {
         let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
         if let Some(b) = blocks.iter().find(|b| b.as_ref().len() > MAX_BLOCK_SIZE) {
             return Err(AppendError::BlockTooLarge {
@@ -302,6 +328,9 @@ impl<S: FeedStorage> Feed<S> {
             });
         }
         if blocks.is_empty() {
+            if durable {
+                self.storage.sync()?;
+            }
             return Ok(self.length());
         }
         let start = self.length();
@@ -334,7 +363,11 @@ impl<S: FeedStorage> Feed<S> {
             head: Some(head.into()),
         };
         self.storage.write(batch)?;
-        self.storage.sync()?;
+        if durable {
+            self.storage.sync()?;
+        } else {
+            self.storage.sync_start()?;
+        }
         self.set_head(head, roots);
         self.add_run(start, length);
         Ok(length)

@@ -2,11 +2,13 @@
 //!
 //! The test binary re-executes itself as the child (`crash_child_process`, selected by
 //! name with `--exact`, active only when `REPLIC8_CRASH_CHILD` names a directory). The
-//! child appends to one feed in a loop through `Feed::append`/`Feed::append_batch` and
-//! prints `ack <length>` after each returns. The parent kills it with SIGKILL at random
-//! moments, reopens the feed, and checks that every acknowledged block is there, has the
-//! bytes the child wrote, and verifies up to a signed head (a fresh replica ingests a
-//! proof of the whole feed, which checks every hash and the signature).
+//! child appends to one feed in a loop through `Feed::append`/`Feed::append_batch`
+//! (durable on return) and `Feed::append_batch_deferred` followed by `Feed::flush`
+//! (durable once the flush returns), and prints `ack <length>` after each durable point.
+//! The parent kills it with SIGKILL at random moments, reopens the feed, and checks that
+//! every acknowledged block is there, has the bytes the child wrote, and verifies up to a
+//! signed head (a fresh replica ingests a proof of the whole feed, which checks every hash
+//! and the signature).
 //!
 //! Reproduce a run: `REPLIC8_CRASH_SEED=<seed printed on failure> cargo test -p
 //! replic8-store --test crash`.
@@ -63,11 +65,22 @@ fn crash_child_process() {
     let mut out = std::io::stdout().lock();
     loop {
         let start = feed.length();
-        let length = if start % 5 == 3 {
-            let blocks: Vec<Vec<u8>> = (start..start + 4).map(block).collect();
-            feed.append_batch(&blocks).unwrap()
-        } else {
-            feed.append(&block(start)).unwrap()
+        let length = match start % 5 {
+            3 => {
+                let blocks: Vec<Vec<u8>> = (start..start + 4).map(block).collect();
+                feed.append_batch(&blocks).unwrap()
+            }
+            // Deferred batches (synced in the background) are acknowledged only once
+            // the flush after them returns.
+            1 => {
+                let first: Vec<Vec<u8>> = (start..start + 2).map(block).collect();
+                let second: Vec<Vec<u8>> = (start + 2..start + 5).map(block).collect();
+                feed.append_batch_deferred(&first).unwrap();
+                let length = feed.append_batch_deferred(&second).unwrap();
+                feed.flush().unwrap();
+                length
+            }
+            _ => feed.append(&block(start)).unwrap(),
         };
         // One write per line: a kill leaves either the whole line or none of it.
         out.write_all(format!("ack {length}\n").as_bytes()).unwrap();

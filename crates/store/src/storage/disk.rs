@@ -160,6 +160,17 @@ struct FeedInner {
     failed: bool,
     /// Scratch buffer for record headers and entries.
     scratch: Vec<u8>,
+    /// A log sync running on its own thread, started by `sync_start`.
+    pending: Option<PendingSync>,
+}
+
+/// An `fdatasync` of the log on a helper thread ([`FeedStorage::sync_start`]).
+#[derive(Debug)]
+struct PendingSync {
+    /// The log's length when the sync started: everything before it is durable once
+    /// the sync returns Ok.
+    upto: u64,
+    done: std::thread::JoinHandle<io::Result<()>>,
 }
 
 /// Where a block's bytes are in `log`.
@@ -429,6 +440,7 @@ impl DiskStorage {
             needs_dir_sync: true,
             failed: false,
             scratch: Vec::new(),
+            pending: None,
         }))
     }
 }
@@ -983,8 +995,53 @@ impl FeedInner {
         Ok(())
     }
 
+    /// Collect the background sync if it has ended (or, with `wait`, once it ends). A
+    /// failed one fails the feed, as a failed `sync` does.
+    fn finish_pending(&mut self, wait: bool) -> Result<(), StorageError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        if !wait && !p.done.is_finished() {
+            self.pending = Some(p);
+            return Ok(());
+        }
+        let result = p
+            .done
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("log sync thread panicked")));
+        if let Err(e) = result {
+            self.failed = true;
+            return Err(e.into());
+        }
+        if p.upto == self.log_len {
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn sync_start(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        self.finish_pending(false)?;
+        if self.pending.is_some() || !self.unsynced {
+            return Ok(()); // The next `sync_start` or `sync` covers what follows.
+        }
+        let log = self.log()?;
+        let spawned = std::thread::Builder::new()
+            .name("replic8-log-sync".into())
+            .spawn(move || log.sync_data());
+        // Without a thread, `sync` does it all later.
+        if let Ok(done) = spawned {
+            self.pending = Some(PendingSync {
+                upto: self.log_len,
+                done,
+            });
+        }
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         self.check_failed()?;
+        self.finish_pending(true)?;
         if self.unsynced {
             if let Err(e) = self.log()?.sync_data() {
                 // After a failed fsync the kernel may have dropped the dirty pages and a
@@ -1299,6 +1356,10 @@ impl FeedStorage for DiskFeed {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         lock(&self.inner).sync()
+    }
+
+    fn sync_start(&mut self) -> Result<(), StorageError> {
+        lock(&self.inner).sync_start()
     }
 
     fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {

@@ -93,6 +93,13 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError>;
     /// Make every batch written so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
+    /// Start making every batch written so far durable without waiting for it (a sync
+    /// on another thread, overlapping what the caller does next). Nothing is promised
+    /// durable until a later [`FeedStorage::sync`] returns; that call waits for it. The
+    /// default does nothing and leaves all the work to `sync`.
+    fn sync_start(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// The block at `index`, if stored.
     fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError>;
     /// Whether the block at `index` is stored (answered from memory, no I/O).
