@@ -132,6 +132,7 @@ fn writer(args: Args) {
         println!("ADDR {}", server.local_addr().unwrap());
         std::io::stdout().flush().unwrap();
         let connection = server.accept().await.unwrap().await.unwrap();
+        let cpu_before = cpu_seconds();
         sessions
             .send(StartSession {
                 peer: PeerKey([2; 32]),
@@ -144,6 +145,7 @@ fn writer(args: Args) {
         while let Some(e) = events.recv().await {
             if let SessionEvent::SessionEnded { reason } = e.event {
                 assert_eq!(reason.code, CloseCode::DONE, "writer: {reason}");
+                println!("writer CPU {:.2} s", cpu_seconds() - cpu_before);
                 break;
             }
         }
@@ -249,10 +251,8 @@ fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
     let addr = line
         .trim()
         .strip_prefix("ADDR ")
@@ -268,6 +268,9 @@ fn main() {
         }
         actix::System::current().stop();
     });
+    for line in lines.map_while(Result::ok) {
+        println!("{line}");
+    }
     let status = child.wait().unwrap();
     assert!(status.success(), "writer: {status}");
 }

@@ -359,10 +359,11 @@ fn step<F: FeedStorage>(
 }
 
 async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
+    // Bytes of a frame that straddles chunks; whole frames are cut from the chunk itself.
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        match recv.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+        let chunk = match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => {
                 if let Err(e) = frame::check_end(&buf, MAX_MESSAGE_SIZE) {
                     let _ = tx.send(Read::Bad(e)).await;
@@ -371,25 +372,43 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
             }
             // Reset by the peer, or the connection is gone: the stream just ends.
             Err(_) => return,
+        };
+        let cut = if buf.is_empty() {
+            let cut = cut_frames(&chunk, &tx).await;
+            if let Some(used) = cut {
+                buf.extend_from_slice(&chunk[used..]);
+            }
+            cut
+        } else {
+            buf.extend_from_slice(&chunk);
+            let cut = cut_frames(&buf, &tx).await;
+            if let Some(used) = cut {
+                buf.drain(..used);
+            }
+            cut
+        };
+        if cut.is_none() {
+            return;
         }
-        let mut used = 0;
-        loop {
-            match frame::parse(&buf[used..], MAX_MESSAGE_SIZE) {
-                Ok(Some((payload, n))) => {
-                    let payload = payload.to_vec();
-                    used += n;
-                    if tx.send(Read::Frame(payload)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Read::Bad(e)).await;
-                    return;
-                }
+    }
+}
+
+/// Hands over every whole frame at the start of `data`; returns how many bytes they
+/// used, or `None` if reading must stop (a bad frame, or the driver is gone).
+async fn cut_frames(data: &[u8], tx: &mpsc::Sender<Read>) -> Option<usize> {
+    let mut used = 0;
+    loop {
+        match frame::parse(&data[used..], MAX_MESSAGE_SIZE) {
+            Ok(Some((payload, n))) => {
+                used += n;
+                tx.send(Read::Frame(payload.to_vec())).await.ok()?;
+            }
+            Ok(None) => return Some(used),
+            Err(e) => {
+                let _ = tx.send(Read::Bad(e)).await;
+                return None;
             }
         }
-        buf.drain(..used);
     }
 }
 
