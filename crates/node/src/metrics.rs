@@ -67,9 +67,10 @@ impl Metric {
 /// The node's counters, shared by every part of the node that updates them.
 #[derive(Debug)]
 pub struct Counters {
-    /// Bytes received from peers on QUIC streams.
+    /// UDP payload bytes received from peers on QUIC connections (all streams, acks and
+    /// handshakes included), as the connection manager counts them.
     pub bytes_in: Metric,
-    /// Bytes sent to peers on QUIC streams.
+    /// UDP payload bytes sent to peers on QUIC connections.
     pub bytes_out: Metric,
     /// Blocks received from peers that verified and were stored.
     pub blocks_verified: Metric,
@@ -90,12 +91,12 @@ impl Default for Counters {
         Self {
             bytes_in: Metric::new(
                 "replic8_bytes_in_total",
-                "Bytes received from peers on replication streams.",
+                "UDP payload bytes received from peers on QUIC connections.",
                 "counter",
             ),
             bytes_out: Metric::new(
                 "replic8_bytes_out_total",
-                "Bytes sent to peers on replication streams.",
+                "UDP payload bytes sent to peers on QUIC connections.",
                 "counter",
             ),
             blocks_verified: Metric::new(
