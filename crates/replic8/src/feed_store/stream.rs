@@ -140,11 +140,10 @@ pub(crate) async fn run<F: FeedStorage>(
                 () = sleep_until(deadline) => Input::Timeout,
             },
         };
-        let step =
-            match step_and_report(&entry, &mut core, Some(next), &ctx, &shared, &queued).await {
-                Ok(step) => step,
-                Err(reason) => break End::Local(reason),
-            };
+        let step = match step_and_report(&entry, &mut core, next, &ctx, &shared, &queued).await {
+            Ok(step) => step,
+            Err(reason) => break End::Local(reason),
+        };
         if let Some(version) = step.published {
             // Our own change needs no feed update from us; a later one of others does.
             if updates.borrow().version == version {
@@ -159,17 +158,18 @@ pub(crate) async fn run<F: FeedStorage>(
         }
         more = step.more;
         deadline = step.deadline;
-        if let Some(error) = step.error {
-            break match error {
-                SyncError::Storage(e) => End::Local(format!("storage: {e}")),
-                other => End::Failed(other.to_string()),
-            };
-        }
+        // Blocks of earlier messages in a failed batch verified and stay: tell sessions.
         if let Some(length) = step.length_moved {
             shared.sessions.do_send(FeedUpdated {
                 feed: ctx.feed,
                 length,
             });
+        }
+        if let Some(error) = step.error {
+            break match error {
+                SyncError::Storage(e) => End::Local(format!("storage: {e}")),
+                other => End::Failed(other.to_string()),
+            };
         }
         if let Some(length) = step.synced {
             if reported != Some(length) {
@@ -240,14 +240,11 @@ pub(crate) async fn run<F: FeedStorage>(
 async fn step_and_report<F: FeedStorage>(
     entry: &Arc<FeedEntry<F>>,
     core: &mut Option<Box<FeedSync>>,
-    input: Option<Input>,
+    input: Input,
     ctx: &StreamContext,
     shared: &Arc<Shared>,
     queued: &Arc<AtomicUsize>,
 ) -> Result<Step, String> {
-    let Some(input) = input else {
-        return Ok(Step::default());
-    };
     let Some(mut c) = core.take() else {
         return Err("sync core lost".into());
     };
