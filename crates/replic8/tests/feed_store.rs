@@ -47,8 +47,15 @@ struct Node<St: Storage> {
 fn session_config(mode: Mode) -> SessionConfig {
     SessionConfig {
         mode,
+        max_streams: MAX_STREAMS.with(|m| m.get()),
         ..SessionConfig::default()
     }
+}
+
+thread_local! {
+    /// `max_streams` for nodes made on this thread (each test runs on its own thread).
+    static MAX_STREAMS: std::cell::Cell<u32> =
+        std::cell::Cell::new(SessionConfig::default().max_streams);
 }
 
 /// Starts a node's session layer and feed store, wiring their events to `events`.
@@ -807,5 +814,43 @@ fn the_store_api_reports_what_was_wrong() {
                 .unwrap(),
             6
         );
+    });
+}
+
+#[test]
+fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
+    MAX_STREAMS.with(|m| m.set(3));
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let cfg = FeedStoreConfig::default;
+        let a = node(1, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
+        let b = node(2, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
+        let mut feeds = Vec::new();
+        for i in 0..30u8 {
+            feeds.push(writer_feed(&a, i, 20 + u64::from(i), "photos").await);
+        }
+        // B dials: the dialer opens at most 3 feed streams at once.
+        link(&b, &a).await;
+        let mut ended = 0;
+        wait_for(&mut events, "both one-shot sessions to end", |e| {
+            if let Ev::Session(
+                n,
+                PeerEvent {
+                    event: SessionEvent::SessionEnded { reason },
+                    ..
+                },
+            ) = e
+            {
+                assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
+                ended += 1;
+            }
+            ended == 2
+        })
+        .await;
+        for (i, feed) in feeds.iter().enumerate() {
+            assert_same(&a, &b, *feed, 20 + i as u64).await;
+        }
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.streams, 30, "one stream per feed: {stats:?}");
     });
 }
