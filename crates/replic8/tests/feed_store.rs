@@ -854,3 +854,80 @@ fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
         assert_eq!(stats.streams, 30, "one stream per feed: {stats:?}");
     });
 }
+
+#[test]
+fn a_reader_restarted_from_disk_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_storage = MemoryStorage::new();
+    // Run 1: B replicates 100 blocks to disk, then both nodes go away.
+    let feed = actix::System::new().block_on({
+        let (a_storage, path) = (a_storage.clone(), dir.path().to_path_buf());
+        async move {
+            let (tx, mut events) = mpsc::unbounded_channel();
+            let a = node(1, a_storage, FeedStoreConfig::default(), Mode::Live, &tx).await;
+            let b = node(
+                2,
+                DiskStorage::open(&path).unwrap(),
+                photos_only(),
+                Mode::Live,
+                &tx,
+            )
+            .await;
+            let feed = writer_feed(&a, 4, 100, "photos").await;
+            link(&a, &b).await;
+            wait_for(&mut events, "B synced run 1", |e| {
+                is_synced(e, 2, feed, 100)
+            })
+            .await;
+            assert_same(&a, &b, feed, 100).await;
+            feed
+        }
+    });
+    // Run 2: A appended while B was away; B's store reopens its disk storage, finds the
+    // feed it holds, and takes only the new blocks.
+    actix::System::new().block_on(async move {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(1, a_storage, FeedStoreConfig::default(), Mode::Live, &tx).await;
+        // B now accepts nothing new: the feed is accepted because B holds it.
+        let held_only = FeedStoreConfig {
+            accept: AcceptPolicy::HeldOnly,
+            ..FeedStoreConfig::default()
+        };
+        let b = node(
+            2,
+            DiskStorage::open(dir.path()).unwrap(),
+            held_only,
+            Mode::Live,
+            &tx,
+        )
+        .await;
+        let info = b.store.send(OpenFeed { feed }).await.unwrap().unwrap();
+        assert_eq!((info.length, info.stored), (100, 100));
+        let more: Vec<Vec<u8>> = (100..150).map(|i| block(4, i)).collect();
+        a.store
+            .send(Append { feed, blocks: more })
+            .await
+            .unwrap()
+            .unwrap();
+        a.store
+            .send(ShareFeed {
+                namespace: NS.into(),
+                feed,
+                headers: headers("photos"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        link(&a, &b).await;
+        wait_for(&mut events, "B synced run 2", |e| {
+            is_synced(e, 2, feed, 150)
+        })
+        .await;
+        assert_same(&a, &b, feed, 150).await;
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(
+            stats.blocks_in, 50,
+            "only the new blocks crossed: {stats:?}"
+        );
+    });
+}
