@@ -160,7 +160,12 @@ async fn leave_is_persisted_and_close_is_clean() {
         .unwrap();
     let b = loopback_node(&net).spawn().await.unwrap();
     let (mut a_events, mut b_events) = (a.subscribe(), b.subscribe());
-    a.join(t, JoinOptions::default()).await.unwrap();
+    // a only announces, so b dials it: leaving does not close a connection the peer made.
+    let announce_only = JoinOptions {
+        announce: true,
+        lookup: false,
+    };
+    a.join(t, announce_only).await.unwrap();
     b.join(t, JoinOptions::default()).await.unwrap();
     wait_peer_up(&mut a_events, "a", &b).await;
     recv_until(&mut b_events, "b: session with a", |e| {
@@ -172,6 +177,7 @@ async fn leave_is_persisted_and_close_is_clean() {
     assert!(!a.joined(t).await.unwrap());
     assert!(a.persisted().await.joins.is_empty());
     assert_eq!(a.counters().topics.get(), 0);
+    assert!(a.peers().await.unwrap().iter().any(|p| p.key == b.key()));
 
     // Closing a tells b why its session ended, then closes the connection.
     let a_key = a.key();
@@ -217,4 +223,48 @@ async fn leave_is_persisted_and_close_is_clean() {
     again.close().await;
     b.close().await;
     assert_eq!(b.live_tasks(), 0);
+}
+
+#[tokio::test]
+async fn leaving_the_last_topic_that_found_a_peer_closes_the_connection_we_dialed() {
+    init_tracing();
+    let net = testnet(5);
+    let a = loopback_node(&net).spawn().await.unwrap();
+    let b = loopback_node(&net).spawn().await.unwrap();
+    let (mut a_events, mut b_events) = (a.subscribe(), b.subscribe());
+    let (t1, t2) = (topic(4), topic(5));
+    let announce_only = JoinOptions {
+        announce: true,
+        lookup: false,
+    };
+    b.join(t1, announce_only).await.unwrap();
+    b.join(t2, announce_only).await.unwrap();
+    // a looks both up, finds b through each and dials it (one connection).
+    a.join(t1, JoinOptions::default()).await.unwrap();
+    a.join(t2, JoinOptions::default()).await.unwrap();
+    wait_peer_up(&mut a_events, "a", &b).await;
+    a.flushed(t1).await.unwrap();
+    a.flushed(t2).await.unwrap();
+
+    // t2 still needs the connection.
+    a.leave(t1).await.unwrap();
+    assert!(
+        a.peers().await.unwrap().iter().any(|p| p.key == b.key()),
+        "the connection is still needed by t2"
+    );
+    // Nothing needs it now: a closes it, and both sides see it go.
+    a.leave(t2).await.unwrap();
+    let (a_key, b_key) = (a.key(), b.key());
+    recv_until(&mut a_events, "a: PeerDown of b after leaving", |e| {
+        matches!(e, NodeEvent::PeerDown { key, .. } if *key == b_key).then_some(())
+    })
+    .await;
+    recv_until(&mut b_events, "b: PeerDown of a after a left", |e| {
+        matches!(e, NodeEvent::PeerDown { key, .. } if *key == a_key).then_some(())
+    })
+    .await;
+    // b's topics are untouched: it still announces them.
+    assert!(b.joined(t1).await.unwrap() && b.joined(t2).await.unwrap());
+    a.close().await;
+    b.close().await;
 }

@@ -40,7 +40,7 @@ use crate::events::{NodeEvent, EVENT_CAPACITY};
 use crate::feeds::{self, FeedStoreRecipients};
 use crate::metrics::{Counters, MetricsEndpoint};
 use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, PersistedState};
-use crate::wiring::{BeginClose, Wiring};
+use crate::wiring::{BeginClose, Requested, TopicLeft, Wiring};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -511,6 +511,7 @@ async fn start(
         counters: counters.clone(),
         local,
         up: Default::default(),
+        early: Default::default(),
         closing: false,
     }
     .start();
@@ -857,7 +858,9 @@ impl NodeHandle {
     }
 
     /// Leave `topic`: stop announcing and looking it up (resolves once that is done) and
-    /// forget it in the persisted state. Connections to its peers stay up.
+    /// forget it in the persisted state. Connections that we dialed because this topic's
+    /// lookups found them, and that no other joined topic found, are closed; connections
+    /// the peers initiated, and those made with [`connect`](Self::connect), stay.
     pub async fn leave(&self, topic: impl Into<Topic>) -> Result<(), LeaveError> {
         let topic = topic.into();
         let _order = self.inner.join_lock.lock().await;
@@ -867,6 +870,7 @@ impl NodeHandle {
             .send(replic8_discovery::Leave { topic })
             .await
             .map_err(|_| NodeClosed)??;
+        let _ = self.s().wiring.send(TopicLeft(topic)).await;
         self.refresh_topics().await;
         Ok(())
     }
@@ -915,19 +919,21 @@ impl NodeHandle {
     }
 
     /// Connect to the node at `addr` (with its key pinned if given); resolves with its
-    /// key once the connection is up.
+    /// key once the connection is up. Leaving topics does not close it.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         expected_key: Option<PeerKey>,
     ) -> Result<PeerKey, ConnectError> {
-        Ok(self
+        let key = self
             .s()
             .conn
             .addr()
             .send(replic8_connmgr::Dial { addr, expected_key })
             .await
-            .map_err(|_| NodeClosed)??)
+            .map_err(|_| NodeClosed)??;
+        let _ = self.s().wiring.send(Requested(key)).await;
+        Ok(key)
     }
 
     /// The session layer's actor, for stores started elsewhere.

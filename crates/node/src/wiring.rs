@@ -9,8 +9,13 @@
 //! - the node's counters and events follow.
 //!
 //! Once closing, found peers are no longer dialed and new connections are closed.
+//!
+//! It also remembers, per connected peer, the topics whose lookups led us to dial it.
+//! When a topic is left ([`TopicLeft`]), a connection that we initiated and that no
+//! other joined topic found is closed: it was only there for that topic. Connections
+//! the peer initiated, and peers dialed on request (`connect`), stay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use actix::prelude::*;
 use replic8::actor::{SessionsActor, StartSession, StopSession};
 use replic8::keys::Role;
 use replic8_connmgr::{ConnManager, Dial, Initiator, PeerDown, PeerKey, PeerUp};
-use replic8_discovery::{DiscoveryActor, PeerFound, PeerTried};
+use replic8_discovery::{DiscoveryActor, PeerFound, PeerTried, Topic};
 use tokio::sync::broadcast;
 use tracing::debug;
 
@@ -40,8 +45,24 @@ pub(crate) struct Wiring {
     /// Our QUIC address: a found peer at this address is ourselves.
     pub(crate) local: SocketAddr,
     /// Peers up now, with the `stable_id` of the connection their session runs on.
-    pub(crate) up: HashMap<PeerKey, usize>,
+    pub(crate) up: HashMap<PeerKey, Up>,
+    /// Topics and requests for peers whose dial answered before their `PeerUp` arrived
+    /// (the two messages travel separately); merged into `up` at the `PeerUp`.
+    pub(crate) early: HashMap<PeerKey, Up>,
     pub(crate) closing: bool,
+}
+
+/// A peer that is up.
+#[derive(Debug)]
+pub(crate) struct Up {
+    /// `stable_id` of the connection its session runs on.
+    connection: usize,
+    /// Who dialed that connection.
+    initiator: Initiator,
+    /// Topics whose lookups found and dialed it.
+    topics: HashSet<Topic>,
+    /// Dialed on request (`connect`): not closed when a topic is left.
+    requested: bool,
 }
 
 impl Wiring {
@@ -49,6 +70,21 @@ impl Wiring {
         addr == self.local
             || (addr.port() == self.local.port()
                 && (addr.ip().is_loopback() || addr.ip() == self.local.ip()))
+    }
+}
+
+impl Wiring {
+    /// The entry of a peer that is up, or the early entry of one about to be.
+    fn entry(&mut self, key: PeerKey) -> &mut Up {
+        match self.up.get_mut(&key) {
+            Some(up) => up,
+            None => self.early.entry(key).or_insert_with(|| Up {
+                connection: 0,
+                initiator: Initiator::Local,
+                topics: HashSet::new(),
+                requested: false,
+            }),
+        }
     }
 }
 
@@ -86,6 +122,42 @@ impl Handler<BeginClose> for Wiring {
     }
 }
 
+/// Node → wiring: `topic` was left; close the connections only it needed. Replies with
+/// the peers closed.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<PeerKey>")]
+pub(crate) struct TopicLeft(pub(crate) Topic);
+
+impl Handler<TopicLeft> for Wiring {
+    type Result = Vec<PeerKey>;
+
+    fn handle(&mut self, msg: TopicLeft, _: &mut Context<Self>) -> Vec<PeerKey> {
+        let mut closed = Vec::new();
+        for (key, up) in &mut self.up {
+            let found = up.topics.remove(&msg.0);
+            if found && up.topics.is_empty() && !up.requested && up.initiator == Initiator::Local {
+                debug!(peer = %key.fmt_short(), topic = %msg.0.fmt_short(), "closing: only the left topic needed it");
+                self.conn.do_send(replic8_connmgr::Close { key: *key });
+                closed.push(*key);
+            }
+        }
+        closed
+    }
+}
+
+/// Node → wiring: `key` was dialed on request; keep its connection when topics are left.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Requested(pub(crate) PeerKey);
+
+impl Handler<Requested> for Wiring {
+    type Result = ();
+
+    fn handle(&mut self, msg: Requested, _: &mut Context<Self>) {
+        self.entry(msg.0).requested = true;
+    }
+}
+
 impl Handler<PeerFound> for Wiring {
     type Result = ();
 
@@ -103,17 +175,17 @@ impl Handler<PeerFound> for Wiring {
             expected_key: None,
         });
         let discovery = self.discovery.clone();
-        ctx.spawn(
-            async move {
-                match dial.await {
-                    Ok(Ok(key)) => debug!(addr = %tried.addr, peer = %key.fmt_short(), "dialed"),
-                    Ok(Err(e)) => debug!(addr = %tried.addr, error = %e, "dial failed"),
-                    Err(_) => {}
+        ctx.spawn(dial.into_actor(self).map(move |result, this, _| {
+            match result {
+                Ok(Ok(key)) => {
+                    debug!(addr = %tried.addr, peer = %key.fmt_short(), "dialed");
+                    this.entry(key).topics.insert(tried.topic);
                 }
-                discovery.do_send(tried);
+                Ok(Err(e)) => debug!(addr = %tried.addr, error = %e, "dial failed"),
+                Err(_) => {}
             }
-            .into_actor(self),
-        );
+            discovery.do_send(tried);
+        }));
     }
 }
 
@@ -125,7 +197,25 @@ impl Handler<PeerUp> for Wiring {
             self.conn.do_send(replic8_connmgr::Close { key: up.key });
             return;
         }
-        self.up.insert(up.key, up.connection.stable_id());
+        // A replaced connection keeps what its predecessor was for.
+        let mut topics = HashSet::new();
+        let mut requested = false;
+        for old in [self.up.remove(&up.key), self.early.remove(&up.key)]
+            .into_iter()
+            .flatten()
+        {
+            topics.extend(old.topics);
+            requested |= old.requested;
+        }
+        self.up.insert(
+            up.key,
+            Up {
+                connection: up.connection.stable_id(),
+                initiator: up.initiator,
+                topics,
+                requested,
+            },
+        );
         self.counters.peers.set(self.up.len() as u64);
         let role = match up.initiator {
             Initiator::Local => Role::Dialer,
@@ -150,10 +240,11 @@ impl Handler<PeerDown> for Wiring {
     fn handle(&mut self, down: PeerDown, _: &mut Context<Self>) {
         // A PeerDown for a connection that a newer one already replaced: the session
         // was replaced with it, and the peer is still up.
-        if self.up.get(&down.key) != Some(&down.connection_id) {
+        if self.up.get(&down.key).map(|u| u.connection) != Some(down.connection_id) {
             return;
         }
         self.up.remove(&down.key);
+        self.early.remove(&down.key);
         self.counters.peers.set(self.up.len() as u64);
         self.sessions.do_send(StopSession {
             peer: replic8::keys::PeerKey(*down.key.as_bytes()),
