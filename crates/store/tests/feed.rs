@@ -220,7 +220,7 @@ fn feeds_on_disk_reopen_with_their_blocks() {
     }
 }
 
-/// Deferred appends on disk: each returns after its write with the sync started in the
+/// Deferred and owned appends on disk: each deferred one returns after its write with the sync started in the
 /// background; after `flush` every one of them is there on reopen, with the same head
 /// as a feed that appended the same blocks durably, and a checkpoint along the way does
 /// not lose anything.
@@ -263,11 +263,21 @@ fn deferred_appends_are_durable_after_flush() {
     let mut f = Feed::open(&storage, &key).expect("open").expect("exists");
     assert_eq!(f.head(), Some(&head));
     assert_eq!(f.get_range(0, 400).expect("read"), blocks);
-    // A deferred append then a durable one: both survive.
+    // A deferred append, then a durable one and an owned one: all survive.
     f.append_batch_deferred(&[b"deferred"]).expect("deferred");
     f.append(b"durable").expect("durable");
+    let owned = vec![b"owned one".to_vec(), Vec::new(), vec![7; 70_000]];
+    assert_eq!(f.append_batch_owned(owned.clone()).expect("owned"), 405);
+    let head = *f.head().expect("head");
     drop(f);
     let mut f = Feed::open(&storage, &key).expect("open").expect("exists");
-    assert_eq!(f.length(), 402);
+    assert_eq!(f.head(), Some(&head));
     assert_eq!(f.get(400).expect("get"), Some(b"deferred".to_vec()));
+    assert_eq!(f.get_range(402, 405).expect("read"), owned);
+    // The owned append hashed and signed what a borrowed one would have.
+    durable
+        .append_batch(&[&b"deferred"[..], b"durable"])
+        .expect("append");
+    durable.append_batch(&owned).expect("append");
+    assert_eq!(durable.head().map(|h| h.tree_hash), Some(head.tree_hash));
 }
