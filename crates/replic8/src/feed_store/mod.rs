@@ -422,60 +422,78 @@ impl<St: Storage> Handler<KnownFeeds> for FeedStore<St> {
 }
 
 impl<St: Storage> Handler<Offer> for FeedStore<St> {
-    type Result = Result<Vec<FeedKey>, StoreError>;
+    type Result = ResponseActFuture<Self, Result<Vec<FeedKey>, StoreError>>;
 
-    /// Answers at once: new feeds are created as replicas on the blocking pool, in the
-    /// background (and by their first stream, whichever comes first), so creating a
-    /// thousand feeds on disk does not hold up the answer.
+    /// Feeds held here are accepted; others go through the policy, then their keys are
+    /// checked to be ed25519 points on the blocking pool. New feeds are created as
+    /// replicas in the background (or by their first stream, whichever comes first), so
+    /// creating a thousand feeds on disk does not hold up the answer.
     fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
         let Offer {
             peer,
             namespace,
             feeds,
         } = msg;
-        let ns = self.namespaces.entry(namespace.clone()).or_default();
-        let mut accepted = Vec::with_capacity(feeds.len());
-        let mut forward = Vec::new();
-        for feed in feeds {
-            let held = self.held.contains(&feed.key);
-            if !held
-                && (replic8_store::FeedKey::try_from(feed.key).is_err()
-                    || !self.config.accept.accepts(&peer, &namespace, &feed))
-            {
-                continue;
+        let (held, candidates): (Vec<SharedFeed>, Vec<SharedFeed>) =
+            feeds.into_iter().partition(|f| self.held.contains(&f.key));
+        let candidates: Vec<SharedFeed> = candidates
+            .into_iter()
+            .filter(|f| self.config.accept.accepts(&peer, &namespace, f))
+            .collect();
+        let checked = async move {
+            if candidates.is_empty() {
+                return candidates;
             }
-            ns.entry(feed.key).or_insert_with(|| feed.headers.clone());
-            accepted.push(feed.key);
-            if !held {
-                self.held.insert(feed.key);
-                self.shared.event(FeedStoreEvent::Accepted {
-                    namespace: namespace.clone(),
-                    feed: feed.key,
-                    peer,
-                });
-                forward.push(feed);
+            let checking = tokio::task::spawn_blocking(move || {
+                candidates
+                    .into_iter()
+                    .filter(|f| replic8_store::FeedKey::try_from(f.key).is_ok())
+                    .collect::<Vec<_>>()
+            });
+            checking.await.unwrap_or_default()
+        };
+        Box::pin(checked.into_actor(self).map(move |new, act, _| {
+            let ns = act.namespaces.entry(namespace.clone()).or_default();
+            let mut accepted = Vec::with_capacity(held.len() + new.len());
+            let mut forward = Vec::new();
+            for feed in held {
+                ns.entry(feed.key).or_insert(feed.headers);
+                accepted.push(feed.key);
             }
-        }
-        if !forward.is_empty() {
-            let keys: Vec<FeedKey> = forward.iter().map(|f| f.key).collect();
-            let registry = self.registry.clone();
-            tokio::task::spawn_blocking(move || {
-                for key in keys {
-                    if let Err(e) = registry.get(key, true) {
-                        warn!(feed = %key.fmt_short(), error = %e, "could not create replica");
-                    }
+            for feed in new {
+                ns.entry(feed.key).or_insert_with(|| feed.headers.clone());
+                accepted.push(feed.key);
+                // Another offer may have brought it meanwhile: forward it once.
+                if act.held.insert(feed.key) {
+                    act.shared.event(FeedStoreEvent::Accepted {
+                        namespace: namespace.clone(),
+                        feed: feed.key,
+                        peer,
+                    });
+                    forward.push(feed);
                 }
-            });
-        }
-        if self.config.forward && !forward.is_empty() {
-            self.shared.sessions.do_send(Share {
-                namespace,
-                feeds: forward,
-                peers: None,
-                except: Some(peer),
-            });
-        }
-        Ok(accepted)
+            }
+            if !forward.is_empty() {
+                let keys: Vec<FeedKey> = forward.iter().map(|f| f.key).collect();
+                let registry = act.registry.clone();
+                tokio::task::spawn_blocking(move || {
+                    for key in keys {
+                        if let Err(e) = registry.get(key, true) {
+                            warn!(feed = %key.fmt_short(), error = %e, "could not create replica");
+                        }
+                    }
+                });
+            }
+            if act.config.forward && !forward.is_empty() {
+                act.shared.sessions.do_send(Share {
+                    namespace,
+                    feeds: forward,
+                    peers: None,
+                    except: Some(peer),
+                });
+            }
+            Ok(accepted)
+        }))
     }
 }
 
