@@ -852,6 +852,7 @@ fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
         }
         let stats = b.store.send(GetStats).await.unwrap();
         assert_eq!(stats.streams, 30, "one stream per feed: {stats:?}");
+        assert!(stats.open_streams <= 3, "{stats:?}");
     });
 }
 

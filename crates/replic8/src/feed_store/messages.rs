@@ -84,6 +84,8 @@ pub struct FeedStoreStats {
     pub bytes_out: u64,
     /// Feed streams that ran or run.
     pub streams: u64,
+    /// Feed streams running now.
+    pub open_streams: u64,
     /// Feed streams that ended because the peer broke the sync protocol.
     pub streams_failed: u64,
 }

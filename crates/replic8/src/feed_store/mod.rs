@@ -682,6 +682,12 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             blocks_out: s.blocks_out.load(Ordering::Relaxed),
             bytes_out: s.bytes_out.load(Ordering::Relaxed),
             streams: s.streams.load(Ordering::Relaxed),
+            open_streams: self
+                .shared
+                .streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u64,
             streams_failed: s.streams_failed.load(Ordering::Relaxed),
         })
     }
