@@ -268,3 +268,38 @@ async fn leaving_the_last_topic_that_found_a_peer_closes_the_connection_we_diale
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn bad_setups_fail_to_spawn_with_one_clear_line() {
+    use std::os::unix::fs::PermissionsExt;
+    init_tracing();
+    let net = testnet(3);
+    // The QUIC address is taken.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let err = loopback_node(&net)
+        .listen(taken.local_addr().unwrap())
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, replic8_node::SpawnError::Connections(_)),
+        "{err}"
+    );
+    // An identity key other users can read.
+    let dir = tempfile::tempdir().unwrap();
+    let node = loopback_node(&net)
+        .data_dir(dir.path())
+        .spawn()
+        .await
+        .unwrap();
+    node.close().await;
+    let key_file = dir.path().join(replic8_node::persist::IDENTITY_FILE);
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = loopback_node(&net)
+        .data_dir(dir.path())
+        .spawn()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("chmod 600") && !msg.contains('\n'), "{msg}");
+}

@@ -266,16 +266,21 @@ impl NodeBuilder {
         std::thread::Builder::new()
             .name("replic8-node".into())
             .spawn(move || {
-                let system = System::with_tokio_rt(|| {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .enable_all()
-                        .thread_name("replic8-rt")
-                        .build()
-                        .unwrap_or_else(|e| {
-                            // Without a runtime there is no node: say why where it is seen.
-                            panic!("cannot build the node's tokio runtime: {e}")
-                        })
-                });
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("replic8-rt")
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(SpawnError::Thread(format!(
+                            "cannot build the node's runtime: {e}"
+                        ))));
+                        let _ = exited_tx.send(());
+                        return;
+                    }
+                };
+                let system = System::with_tokio_rt(move || runtime);
                 system.block_on(async move {
                     match start(builder, prepared, data_dir).await {
                         Ok(started) => {
