@@ -225,6 +225,8 @@ pub struct FeedSync {
     peer_follows: bool,
     /// The peer's head length when it last answered `NoUpgrade`.
     upgrade_refused: Option<u64>,
+    /// A `Have` from the peer arrived, with or without a head: we know what it holds.
+    peer_seen: bool,
     synced: bool,
     synced_once: bool,
     transmit: VecDeque<Message>,
@@ -253,6 +255,7 @@ impl FeedSync {
             sent_stored: 0,
             peer_follows: false,
             upgrade_refused: None,
+            peer_seen: false,
             synced: false,
             synced_once: false,
             transmit: VecDeque::new(),
@@ -447,6 +450,7 @@ impl FeedSync {
     }
 
     fn on_have<S: FeedStorage>(&mut self, feed: &mut Feed<S>, have: Have) -> Result<(), SyncError> {
+        self.peer_seen = true;
         let Some(head) = have.head else {
             return Ok(());
         };
@@ -760,7 +764,9 @@ impl FeedSync {
             && self.outstanding.is_empty()
             && self.upgrade.is_none()
             && !self.wants_upgrade(length);
-        if done && !self.synced && self.peer_head.is_some() {
+        // A peer with an empty feed sends a `Have` without a head: once that arrived,
+        // two empty feeds are in sync too.
+        if done && !self.synced && self.peer_seen {
             self.synced = true;
             self.synced_once = true;
             self.events.push_back(SyncEvent::Synced { length });

@@ -616,3 +616,32 @@ fn live_append_arrives_after_three_one_way_trips() {
         link.run(&mut sides, |_| false).expect("settle");
     }
 }
+
+/// Regression: an empty feed's `Have` carries no head, and a core used to wait for a head
+/// before it reported `Synced`, so a one-shot session over a feed empty on both sides
+/// never ended.
+#[test]
+fn empty_feeds_on_both_sides_report_synced() {
+    let w = writer(0);
+    let key = *w.key();
+    let config = SyncConfig {
+        want: Want::All,
+        live: false,
+        ..SyncConfig::default()
+    };
+    let mut sides = [side(w, config.clone()), side(replica(key), config)];
+    let mut link = Link::new(7, 0);
+    start(&mut sides, &link);
+    link.run(&mut sides, |s| {
+        s[0].sync.is_synced() && s[1].sync.is_synced()
+    })
+    .expect("sync");
+    for s in &sides {
+        assert!(
+            s.events.contains(&SyncEvent::Synced { length: 0 }),
+            "{:?}",
+            s.events
+        );
+        assert_eq!(s.feed.length(), 0);
+    }
+}
