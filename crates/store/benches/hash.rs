@@ -1,8 +1,7 @@
 //! Leaf hashing, the bulk of an append's CPU: RustCrypto `blake2` 0.10 one leaf at a
 //! time (what the tree used before), `blake2b_simd` one leaf at a time (`tree::leaf`), and
-//! `tree::hash_leaves` (blake2b_simd's `many`: four leaves per AVX2 pass; two threads for
-//! batches of 4 MiB or more, against `hash_leaves_1MiB_calls`: the same 4 MiB in calls
-//! below that threshold, one thread). All give the same bytes (checked before timing).
+//! `tree::hash_leaves` (blake2b_simd's `many`: four leaves per AVX2 pass, one thread). All
+//! give the same bytes (checked before timing).
 //!
 //! Run: `cargo bench -p replic8-store --bench hash`
 
@@ -53,17 +52,6 @@ fn leaves(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("hash_leaves", &label), |b| {
             b.iter(|| tree::hash_leaves(0, &data))
         });
-        if size * n >= 4 << 20 {
-            // The same batch in 1 MiB calls: each below the two-thread threshold.
-            g.bench_function(BenchmarkId::new("hash_leaves_1MiB_calls", &label), |b| {
-                b.iter(|| {
-                    data.chunks((1 << 20) / size)
-                        .enumerate()
-                        .flat_map(|(i, c)| tree::hash_leaves((i * c.len()) as u64, c))
-                        .collect::<Vec<_>>()
-                })
-            });
-        }
     }
     g.finish();
 }

@@ -295,8 +295,7 @@ impl<S: FeedStorage> Feed<S> {
         self.append_batch(&[block])
     }
 
-    /// Append blocks in one signed, atomic, durable batch; returns the new length. Leaves
-    /// of a large batch are hashed on two threads.
+    /// Append blocks in one signed, atomic, durable batch; returns the new length.
     pub fn append_batch<B: AsRef<[u8]> + Sync>(
         &mut self,
         blocks: &[B],

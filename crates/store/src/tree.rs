@@ -129,37 +129,14 @@ pub fn full_roots(length: u64) -> Vec<u64> {
     roots
 }
 
-/// Hash `blocks` into leaves, on two threads when the batch is large enough for that to
-/// pay (the threshold is about where thread start-up stopped costing more than it saved
-/// in the append benchmark).
+/// Hash `blocks` into leaves, four at a time (SIMD lanes), on the calling thread.
+///
+/// Not split over two threads: with this hasher one thread does ~1.1 GiB/s, over twice
+/// what the disk syncs, and on this shared 2-core machine a second thread made appends
+/// slower (`append/feed/64KiB/batch_64` on tmpfs: 372–396 MiB/s with two threads for
+/// 4 MiB batches, 456–562 MiB/s with one; `PERFORMANCE.md`, "store: append").
 pub fn hash_leaves<B: AsRef<[u8]> + Sync>(first_block: u64, blocks: &[B]) -> Vec<Node> {
-    const PARALLEL_BYTES: usize = 4 * 1024 * 1024;
-    let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
-    let leaves = leaves_many::<B>;
-    if total < PARALLEL_BYTES || blocks.len() < 2 {
-        return leaves(first_block, blocks);
-    }
-    // Split where half the bytes are.
-    let mut acc = 0usize;
-    let mut split = blocks.len() / 2;
-    for (i, b) in blocks.iter().enumerate() {
-        acc += b.as_ref().len();
-        if acc * 2 >= total {
-            split = (i + 1).min(blocks.len() - 1);
-            break;
-        }
-    }
-    let (a, b) = blocks.split_at(split);
-    std::thread::scope(|s| {
-        let second = s.spawn(|| leaves(first_block + split as u64, b));
-        let mut out = leaves(first_block, a);
-        match second.join() {
-            Ok(rest) => out.extend(rest),
-            // Hashing does not panic; if it somehow did, redo it here.
-            Err(_) => out.extend(leaves(first_block + split as u64, b)),
-        }
-        out
-    })
+    leaves_many(first_block, blocks)
 }
 
 /// Hash `part` into leaves starting at block `first`, several leaves at once (SIMD lanes).
@@ -256,8 +233,13 @@ mod tests {
     }
 
     #[test]
-    fn parallel_leaves_equal_serial() {
-        let blocks: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 8 * 1024]).collect();
+    fn many_leaves_equal_one_at_a_time() {
+        // Sizes around blake2b's 128-byte block and the 9-byte prefix, empty, and large.
+        let blocks: Vec<Vec<u8>> = (0..100u8)
+            .map(|i| {
+                vec![i; [0, 1, 118, 119, 120, 127, 128, 129, 8 * 1024, 65_536][i as usize % 10]]
+            })
+            .collect();
         let par = hash_leaves(10, &blocks);
         let ser: Vec<Node> = blocks
             .iter()
@@ -265,5 +247,15 @@ mod tests {
             .map(|(i, b)| leaf(10 + i as u64, b))
             .collect();
         assert_eq!(par, ser);
+        // And both equal an independent BLAKE2b-256 (RustCrypto).
+        use blake2::digest::consts::U32;
+        use blake2::{Blake2b, Digest};
+        for (b, node) in blocks.iter().zip(&par) {
+            let mut h = Blake2b::<U32>::new();
+            h.update([0u8]);
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+            assert_eq!(node.hash, <[u8; 32]>::from(h.finalize()));
+        }
     }
 }
