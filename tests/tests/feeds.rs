@@ -150,3 +150,40 @@ async fn a_restarted_node_shares_its_feeds_again() {
     a.close().await;
     c.close().await;
 }
+
+#[tokio::test]
+async fn a_restarted_writer_is_found_again_and_its_new_blocks_reach_the_reader() {
+    init_tracing();
+    let net = testnet(5);
+    let dir = tempfile::tempdir().unwrap();
+    let writer = || loopback_node(&net).data_dir(dir.path());
+    let data = blocks(400, 3);
+    let w = writer().spawn().await.unwrap();
+    let feed = w.create_feed().await.unwrap();
+    w.append(feed, data[..200].to_vec()).await.unwrap();
+    w.share("log", feed, headers("log")).await.unwrap();
+    w.join_feed(feed, JoinOptions::default()).await.unwrap();
+
+    let r = loopback_node(&net).spawn().await.unwrap();
+    let mut r_events = r.subscribe();
+    r.open_namespace("log", None).await.unwrap();
+    r.join_feed(feed, JoinOptions::default()).await.unwrap();
+    wait_synced(&mut r_events, "r: first half", feed, 200).await;
+    let w_key = w.key();
+    w.close().await;
+    recv_until(&mut r_events, "r: the writer goes down", |e| {
+        matches!(e, NodeEvent::PeerDown { key, .. } if *key == w_key).then_some(())
+    })
+    .await;
+
+    // Restarted from its directory, the writer resumes its join and share, finds the
+    // reader again, and what it appends now reaches the reader, verified.
+    let w = writer().spawn().await.unwrap();
+    assert_eq!(w.key(), w_key);
+    wait_peer_up(&mut r_events, "r: the restarted writer", &w).await;
+    w.append(feed, data[200..].to_vec()).await.unwrap();
+    wait_synced(&mut r_events, "r: second half", feed, 400).await;
+    verify_copy(&r, feed, &data).await;
+    w.close().await;
+    r.close().await;
+}

@@ -239,9 +239,12 @@ async fn leaving_the_last_topic_that_found_a_peer_closes_the_connection_we_diale
     };
     b.join(t1, announce_only).await.unwrap();
     b.join(t2, announce_only).await.unwrap();
-    // a looks both up, finds b through each and dials it (one connection).
+    // a looks both up and finds b through each (the DHT's first round may miss a fresh
+    // record, so b's address is also given for both), and dials it: one connection.
     a.join(t1, JoinOptions::default()).await.unwrap();
     a.join(t2, JoinOptions::default()).await.unwrap();
+    a.lookup_at(t1, b.local_addr()).await.unwrap();
+    a.lookup_at(t2, b.local_addr()).await.unwrap();
     wait_peer_up(&mut a_events, "a", &b).await;
     a.flushed(t1).await.unwrap();
     a.flushed(t2).await.unwrap();

@@ -880,6 +880,25 @@ impl NodeHandle {
         Ok(())
     }
 
+    /// Look for `topic`'s peers at `addr` too: tried now and in every later lookup round
+    /// while the topic stays joined (with lookup). For networks with neither DHT nor
+    /// multicast, and for tests.
+    pub async fn lookup_at(
+        &self,
+        topic: impl Into<Topic>,
+        addr: SocketAddr,
+    ) -> Result<(), FlushedError> {
+        self.s()
+            .discovery
+            .send(replic8_discovery::LookupAt {
+                topic: topic.into(),
+                addr,
+            })
+            .await
+            .map_err(|_| NodeClosed)??;
+        Ok(())
+    }
+
     /// Whether `topic` is joined.
     pub async fn joined(&self, topic: impl Into<Topic>) -> Result<bool, NodeClosed> {
         self.s()
