@@ -207,8 +207,13 @@ async fn leave_is_persisted_and_close_is_clean() {
         )
         .await;
     }
+    // The session's close says "node closing"; on a machine so loaded that the sessions
+    // did not end within close's grace, the connection manager's close says "shutdown".
     let reason = reason.unwrap();
-    assert!(reason.contains("node closing"), "{reason}");
+    assert!(
+        reason.contains("node closing") || reason.contains("shutdown"),
+        "b is told why: {reason}"
+    );
     // A closed node answers with an error, and closing again does nothing.
     assert!(a.join(t, JoinOptions::default()).await.is_err());
     a.close().await;
