@@ -170,6 +170,9 @@ enum FeedCommand {
     },
 }
 
+/// Blocks per `feed cat` request: at most 64 MiB of 1 MiB blocks per answer.
+const CAT_BATCH: u64 = 64;
+
 fn parse_header(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
@@ -333,10 +336,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Feed(FeedCommand::Cat { key, start, end }) => {
-            let v = ask(&config, &Request::FeedCat { key, start, end })?;
+            let end = match end {
+                Some(end) => end,
+                None => ask(&config, &Request::FeedInfo { key: key.clone() })?["length"]
+                    .as_u64()
+                    .unwrap_or_default(),
+            };
+            if start > end {
+                bail!("--start {start} is past --end {end}");
+            }
+            // A request per CAT_BATCH blocks, so a large feed streams out in bounded
+            // pieces instead of one answer holding all of it.
             let mut out = std::io::stdout().lock();
-            for block in v["blocks"].as_array().into_iter().flatten() {
-                out.write_all(&hex::decode(block.as_str().unwrap_or_default())?)?;
+            let mut at = start;
+            while at < end {
+                let to = end.min(at + CAT_BATCH);
+                let v = ask(
+                    &config,
+                    &Request::FeedCat {
+                        key: key.clone(),
+                        start: at,
+                        end: Some(to),
+                    },
+                )?;
+                for block in v["blocks"].as_array().into_iter().flatten() {
+                    out.write_all(&hex::decode(block.as_str().unwrap_or_default())?)?;
+                }
+                at = to;
             }
             Ok(())
         }

@@ -156,6 +156,16 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
         .output()
         .unwrap();
     assert!(cat.stdout == bytes, "feed cat returns what was appended");
+    let part = replic8()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["feed", "cat", &key, "--start", "1", "--end", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        part.stdout == bytes[65536..3 * 65536],
+        "feed cat of blocks 1..3"
+    );
     let info: serde_json::Value =
         serde_json::from_str(&client(&data, &["feed", "info", &key, "--json"])).unwrap();
     let expected = replic8_node::import::hash_only(&bytes[..], 65536).unwrap();
