@@ -152,8 +152,17 @@ impl PeerVerifier {
         }
     }
 
-    /// Accepts an ed25519 key (and, when pinned, only the pinned one).
-    fn check_key(&self, end_entity: &CertificateDer<'_>) -> Result<PeerKey, rustls::Error> {
+    /// Accepts a lone raw ed25519 key, no chain (and, when pinned, only the pinned one).
+    fn check_key(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<PeerKey, rustls::Error> {
+        if !intermediates.is_empty() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
+        }
         let key = PeerKey::from_spki(end_entity.as_ref()).map_err(|e| {
             rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
                 Arc::new(e),
@@ -206,12 +215,7 @@ impl ServerCertVerifier for PeerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !intermediates.is_empty() {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::BadEncoding,
-            ));
-        }
-        self.check_key(end_entity)?;
+        self.check_key(end_entity, intermediates)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -261,12 +265,7 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if !intermediates.is_empty() {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::BadEncoding,
-            ));
-        }
-        self.check_key(end_entity)?;
+        self.check_key(end_entity, intermediates)?;
         Ok(ClientCertVerified::assertion())
     }
 
