@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use replic8_store::tree::{self, flat, Node};
+use replic8_store::tree::{self, Node};
 use replic8_store::MAX_BLOCK_SIZE;
 use serde::Serialize;
 
@@ -54,11 +54,7 @@ pub fn hash_only(mut input: impl Read, block_size: usize) -> Result<TreeSummary,
         if n == 0 {
             break;
         }
-        let mut node = tree::leaf(length, &block[..n]);
-        while let Some(left) = roots.pop_if(|r| r.index == flat::sibling(node.index)) {
-            node = tree::parent(&left, &node);
-        }
-        roots.push(node);
+        tree::push_leaf(&mut roots, tree::leaf(length, &block[..n]), |_| {});
         length += 1;
         bytes += n as u64;
         if n < block_size {

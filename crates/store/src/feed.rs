@@ -17,7 +17,7 @@ use std::time::Instant;
 use crate::keys::{DiscoveryKey, FeedKey, FeedSecret, SignedHead};
 use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
 use crate::storage::{FeedStorage, Storage, StorageError, StoredNode, WriteBatch};
-use crate::tree::{self, flat, full_roots, Node};
+use crate::tree::{self, full_roots, Node};
 
 /// Largest block a feed accepts (1 MiB), so that one block always fits in one sync
 /// message ([`crate::message::MAX_MESSAGE_SIZE`]) and a peer can make us buffer little.
@@ -378,18 +378,7 @@ impl<S: FeedStorage> Feed<S> {
         let mut nodes: Vec<StoredNode> = Vec::with_capacity(2 * leaves.len());
         let mut roots = self.roots.clone();
         for leaf in leaves {
-            nodes.push(leaf.into());
-            let mut node = leaf;
-            while roots
-                .last()
-                .is_some_and(|r| r.index == flat::sibling(node.index))
-            {
-                if let Some(left) = roots.pop() {
-                    node = tree::parent(&left, &node);
-                    nodes.push(node.into());
-                }
-            }
-            roots.push(node);
+            tree::push_leaf(&mut roots, leaf, |n| nodes.push(n.into()));
         }
         let length = start + blocks.len() as u64;
         let head = secret.sign_head(length, tree::tree_hash(&roots));

@@ -101,6 +101,19 @@ pub fn parent(a: &Node, b: &Node) -> Node {
     }
 }
 
+/// Add the next `leaf` to a tree whose full roots are `roots`: merge it with every root
+/// it completes a parent with, leaving `roots` the full roots of the longer tree. Every
+/// new node (the leaf, then each parent made) is handed to `new_node`, in that order.
+pub fn push_leaf(roots: &mut Vec<Node>, leaf: Node, mut new_node: impl FnMut(Node)) {
+    new_node(leaf);
+    let mut node = leaf;
+    while let Some(left) = roots.pop_if(|r| r.index == flat::sibling(node.index)) {
+        node = parent(&left, &node);
+        new_node(node);
+    }
+    roots.push(node);
+}
+
 /// The tree hash over a tree's full roots (in flat-tree order).
 pub fn tree_hash(roots: &[Node]) -> [u8; 32] {
     let mut h = hasher();
