@@ -89,6 +89,13 @@ pub const MAX_UNMATCHED_HAVE: usize = 100_000;
 pub const MAX_PEER_FEEDS: usize = 1_000_000;
 /// Most proofs kept for namespaces we have not registered (yet).
 pub const MAX_UNMATCHED_PROOFS: usize = 1024;
+/// The reason when the peer's control stream ends without a close message. Not counted
+/// as misbehaviour: a peer whose session task was cut short (its node stopping after
+/// the close grace) ends the stream this way.
+const CONTROL_END_WITHOUT_CLOSE: &str = "control stream ended without a close message";
+/// How the reason starts when we could not encode our own message (a bug of ours, not
+/// the peer's misbehaviour).
+const ENCODE_FAILED: &str = "could not encode";
 /// Room left in a frame for an offer's own fields when packing feeds into it.
 const OFFER_SLACK: usize = 128;
 
@@ -112,6 +119,10 @@ pub struct SessionConfig {
     pub max_streams: u32,
     /// How long the peer has to say hello.
     pub hello_timeout: Duration,
+    /// How long one control frame may take to arrive once its first byte did; a peer
+    /// that starts a frame and never finishes it (a slowloris) ends the session with
+    /// `timeout`. What it can make us buffer meanwhile is one frame (`MAX_FRAME_LEN`).
+    pub stall_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -122,6 +133,10 @@ impl Default for SessionConfig {
             // to keep a link busy, far below QUIC's own limits on idle state.
             max_streams: 128,
             hello_timeout: Duration::from_secs(10),
+            // A control frame is at most 1 MiB: 30 s is 35 KB/s, far below any link a
+            // replica can sync over, and short enough that a stalled peer does not hold
+            // a connection slot for long.
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -153,6 +168,30 @@ pub struct EndReason {
     pub by: Side,
     /// What happened, in words.
     pub reason: String,
+}
+
+impl EndReason {
+    /// Whether the session ended because the peer broke the protocol: we ended it
+    /// with a bad frame, an oversize frame, an undecodable or out-of-bounds message, a
+    /// message out of order, a bad namespace proof, a bad capability, a refused feed
+    /// stream, or a feed stream whose data did not verify (`FeedFailed`). The node bans
+    /// such a peer for a while. A version mismatch, a timeout (hello or a stalled frame),
+    /// a close by either side, a lost connection, a store's refusal of an offer, a
+    /// control stream that ends without a close message, and our own encoding failure
+    /// are not misbehaviour.
+    pub fn is_misbehaviour(&self) -> bool {
+        self.by == Side::Local
+            && [
+                CloseCode::PROTOCOL,
+                CloseCode::FRAME_TOO_LARGE,
+                CloseCode::BAD_PROOF,
+                CloseCode::BAD_CAPABILITY,
+                CloseCode::REFUSED_STREAM,
+            ]
+            .contains(&self.code)
+            && self.reason != CONTROL_END_WITHOUT_CLOSE
+            && !self.reason.starts_with(ENCODE_FAILED)
+    }
 }
 
 impl std::fmt::Display for EndReason {
@@ -370,6 +409,13 @@ pub struct Session {
     role: Role,
     exporter: ExporterSecret,
     hello_deadline: Option<Instant>,
+    /// The latest time we were given.
+    last_now: Instant,
+    /// Control frames parsed so far, to tell one partial frame from the next.
+    frames_parsed: u64,
+    /// A partial control frame is buffered: which one, and since when (unknown until
+    /// the next `handle_timeout`, which `poll_timeout` then asks for at once).
+    stall: Option<(u64, Option<Instant>)>,
     peer_max_streams: Option<u32>,
     ended: Option<EndReason>,
     read_buf: Vec<u8>,
@@ -430,6 +476,9 @@ impl Session {
         };
         Session {
             hello_deadline: Some(now + config.hello_timeout),
+            last_now: now,
+            frames_parsed: 0,
+            stall: None,
             config,
             role,
             exporter,
@@ -523,6 +572,7 @@ impl Session {
                 Ok(Some((payload, used))) => {
                     let decoded = message::decode(payload);
                     start += used;
+                    self.frames_parsed += 1;
                     match decoded {
                         Ok(message) => self.handle_message(message),
                         Err(e) => self.fail(CloseCode::PROTOCOL, e.to_string()),
@@ -533,6 +583,11 @@ impl Session {
             }
         }
         self.read_buf.drain(..start.min(self.read_buf.len()));
+        self.stall = match self.stall {
+            _ if self.read_buf.is_empty() => None,
+            Some((frame, since)) if frame == self.frames_parsed => Some((frame, since)),
+            _ => Some((self.frames_parsed, None)),
+        };
     }
 
     /// The control stream ended (the peer finished it, or it was reset).
@@ -542,10 +597,7 @@ impl Session {
         }
         match frame::check_end(&self.read_buf, MAX_FRAME_LEN) {
             Err(e) => self.fail_frame(e),
-            Ok(()) => self.fail(
-                CloseCode::PROTOCOL,
-                "control stream ended without a close message".into(),
-            ),
+            Ok(()) => self.fail(CloseCode::PROTOCOL, CONTROL_END_WITHOUT_CLOSE.into()),
         }
     }
 
@@ -652,8 +704,31 @@ impl Session {
         }
     }
 
-    /// Time passed: fires the hello timeout.
+    /// Time passed: fires the hello timeout and the stall timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if self.ended.is_some() {
+            return;
+        }
+        if let Some((frame, since)) = self.stall {
+            let since = since.unwrap_or(now);
+            self.stall = Some((frame, Some(since)));
+            if now.saturating_duration_since(since) >= self.config.stall_timeout {
+                let announced = self
+                    .read_buf
+                    .get(..frame::PREFIX_LEN)
+                    .and_then(|p| <[u8; 4]>::try_from(p).ok())
+                    .map_or_else(|| "?".to_string(), |p| u32::from_be_bytes(p).to_string());
+                return self.fail(
+                    CloseCode::TIMEOUT,
+                    format!(
+                        "control frame stalled: {} of {announced} bytes in {:?}",
+                        self.read_buf.len().saturating_sub(frame::PREFIX_LEN),
+                        self.config.stall_timeout
+                    ),
+                );
+            }
+        }
         if let Some(deadline) = self.hello_deadline {
             if now >= deadline && !self.is_established() {
                 self.hello_deadline = None;
@@ -927,7 +1002,7 @@ impl Session {
                 tracing::error!(message = message.name(), error = %e, "could not encode");
                 self.fail(
                     CloseCode::PROTOCOL,
-                    format!("could not encode {}: {e}", message.name()),
+                    format!("{ENCODE_FAILED} {}: {e}", message.name()),
                 );
                 self.poll_transmit()
             }
@@ -946,11 +1021,16 @@ impl Session {
 
     /// When to call [`Session::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.ended.is_some() || self.is_established() {
-            None
-        } else {
-            self.hello_deadline
+        if self.ended.is_some() {
+            return None;
         }
+        let hello = self.hello_deadline.filter(|_| !self.is_established());
+        let stall = self.stall.map(|(_, since)| match since {
+            Some(since) => since + self.config.stall_timeout,
+            // Unknown start: ask for a timeout call at once to learn the time.
+            None => self.last_now,
+        });
+        hello.into_iter().chain(stall).min()
     }
 
     // ---- internals ----

@@ -1271,3 +1271,122 @@ fn random_late_registrations_and_shares_converge() {
         );
     }
 }
+
+fn encoded(message: &Message) -> Vec<u8> {
+    let mut wire = Vec::new();
+    message::encode(message, &mut wire).unwrap();
+    wire
+}
+
+#[test]
+fn a_control_frame_that_never_completes_ends_the_session_after_the_stall_timeout() {
+    let t0 = std::time::Instant::now();
+    let stall = live().stall_timeout;
+    let (mut s, _) = established_acceptor([7; 32]);
+    while s.poll_event().is_some() {}
+    assert_eq!(s.poll_timeout(), None, "an idle session has no timer");
+    // Half a `Ready` frame, then a byte at a time, each within the timeout: the frame
+    // as a whole still may not take longer than one stall timeout.
+    let frame = encoded(&Message::Ready);
+    s.handle_control_bytes(&frame[..2]);
+    let asked = s.poll_timeout().expect("a partial frame arms a timer");
+    assert!(
+        asked <= t0 + Duration::from_millis(100),
+        "the start is learned at once"
+    );
+    s.handle_timeout(t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + stall));
+    s.handle_control_bytes(&frame[2..3]);
+    s.handle_timeout(t0 + stall / 2);
+    assert_eq!(s.end_reason(), None);
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0 + stall),
+        "the same frame keeps its start"
+    );
+    s.handle_timeout(t0 + stall);
+    let reason = ended_event(&mut s);
+    assert_eq!(reason.code, CloseCode::TIMEOUT);
+    assert!(reason.reason.contains("stalled"), "{reason}");
+    assert!(!reason.is_misbehaviour(), "a stall is a timeout, not a ban");
+    assert_eq!(close_sent(&mut s).map(|c| c.0), Some(CloseCode::TIMEOUT));
+}
+
+#[test]
+fn frames_that_complete_keep_the_session_and_disarm_the_stall_timer() {
+    let t0 = std::time::Instant::now();
+    let stall = live().stall_timeout;
+    let (mut s, _) = established_acceptor([7; 32]);
+    let frame = encoded(&Message::Ready);
+    // The frame completes just within the timeout.
+    s.handle_control_bytes(&frame[..1]);
+    s.handle_timeout(t0);
+    s.handle_timeout(t0 + stall - Duration::from_millis(1));
+    s.handle_control_bytes(&frame[1..]);
+    assert_eq!(s.end_reason(), None);
+    assert_eq!(s.poll_timeout(), None);
+    let ready_then_partial = [encoded(&Message::Ready), frame[..1].to_vec()].concat();
+    s.handle_control_bytes(&ready_then_partial);
+    // (A second ready is a protocol error: the peer misbehaved.)
+    let reason = s.end_reason().cloned().unwrap();
+    assert_eq!(reason.code, CloseCode::PROTOCOL);
+    assert!(reason.is_misbehaviour());
+    assert_eq!(s.poll_timeout(), None, "an ended session has no timer");
+}
+
+#[test]
+fn only_the_peers_protocol_violations_count_as_misbehaviour() {
+    use replic8::session::EndReason;
+    let reason = |code, by| EndReason {
+        code,
+        by,
+        reason: "x".into(),
+    };
+    for code in [
+        CloseCode::PROTOCOL,
+        CloseCode::FRAME_TOO_LARGE,
+        CloseCode::BAD_PROOF,
+        CloseCode::BAD_CAPABILITY,
+        CloseCode::REFUSED_STREAM,
+    ] {
+        assert!(reason(code, Side::Local).is_misbehaviour(), "{code}");
+        // The peer closing with that code says it thinks *we* misbehaved.
+        assert!(!reason(code, Side::Remote).is_misbehaviour(), "{code}");
+    }
+    for code in [
+        CloseCode::DONE,
+        CloseCode::CLOSED,
+        CloseCode::VERSION_MISMATCH,
+        CloseCode::ACCEPT_FAILED,
+        CloseCode::TIMEOUT,
+    ] {
+        assert!(!reason(code, Side::Local).is_misbehaviour(), "{code}");
+    }
+    // A version mismatch from a real hello: no ban.
+    let mut s = Session::new(
+        live(),
+        Role::Acceptor,
+        ExporterSecret([7; 32]),
+        std::time::Instant::now(),
+    );
+    s.handle_control_bytes(&encoded(&Message::Hello {
+        version: message::PROTOCOL_VERSION + 1,
+        dialect: message::DIALECT.into(),
+        max_streams: 8,
+    }));
+    let reason = ended_event(&mut s);
+    assert_eq!(reason.code, CloseCode::VERSION_MISMATCH);
+    assert!(!reason.is_misbehaviour());
+    // A control stream that ends without a close: no ban (a peer cut short does this).
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_control_end();
+    let reason = ended_event(&mut s);
+    assert_eq!(reason.code, CloseCode::PROTOCOL);
+    assert!(!reason.is_misbehaviour(), "{reason}");
+    // A frame that ends with the stream: misbehaviour.
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_control_bytes(&encoded(&Message::Ready)[..2]);
+    s.handle_control_end();
+    let reason = ended_event(&mut s);
+    assert!(reason.is_misbehaviour(), "{reason}");
+}
