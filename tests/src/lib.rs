@@ -2,7 +2,10 @@
 //!
 //! The scenarios live in `tests/tests/*.rs`; this library holds the helpers they share:
 //! a private DHT ([`testnet`]), node builders that use it ([`loopback_node`]), waiting for
-//! a node event ([`recv_until`]) and a small custom store ([`CounterStore`]).
+//! a node event ([`recv_until`]), a small custom store ([`CounterStore`]) and a hostile
+//! peer built from the project's own pieces ([`hostile`]).
+
+pub mod hostile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -114,6 +114,12 @@ pub struct LimitsSection {
     pub max_pending_dials: usize,
     /// Most feed streams open at once on one connection.
     pub max_feed_streams: usize,
+    /// Seconds a peer is banned (refused, dialing and accepting) after its session ended
+    /// because it broke the protocol (`EndReason::is_misbehaviour`); 0 bans no one.
+    pub ban_secs: u64,
+    /// Seconds one control frame may take to arrive once it started; a peer that
+    /// stalls longer has its session ended with `timeout` (not banned).
+    pub stall_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -122,6 +128,11 @@ impl Default for LimitsSection {
             max_peers: 128,
             max_pending_dials: 32,
             max_feed_streams: 256,
+            // Long enough that a misbehaving peer's redials cost it nothing but a
+            // refused handshake for a while, short enough that a peer with a bug that
+            // was fixed (or a mistaken ban) is back soon without an operator.
+            ban_secs: 10 * 60,
+            stall_timeout_secs: 30,
         }
     }
 }
@@ -176,6 +187,9 @@ impl NodeConfig {
         }
         if self.limits.max_feed_streams == 0 {
             return invalid("limits.max_feed_streams", "must be at least 1");
+        }
+        if self.limits.stall_timeout_secs == 0 {
+            return invalid("limits.stall_timeout_secs", "must be at least 1");
         }
         if self.discovery.announce_interval_secs < 10 {
             return invalid(
@@ -249,6 +263,8 @@ mod tests {
         config.discovery.static_peers = vec!["10.0.0.1:4433".parse().unwrap()];
         config.discovery.lan = false;
         config.limits.max_peers = 7;
+        config.limits.ban_secs = 0;
+        config.limits.stall_timeout_secs = 5;
         config.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
@@ -272,6 +288,10 @@ mod tests {
     fn bad_values_name_the_option() {
         let cases = [
             ("[limits]\nmax_peers = 0\n", "limits.max_peers"),
+            (
+                "[limits]\nstall_timeout_secs = 0\n",
+                "limits.stall_timeout_secs",
+            ),
             (
                 "[discovery]\nannounce_interval_secs = 1\n",
                 "discovery.announce_interval_secs",

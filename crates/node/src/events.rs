@@ -97,6 +97,16 @@ pub enum NodeEvent {
         /// Why, in words.
         reason: String,
     },
+    /// `peer` broke the protocol: it is banned (its connection closed, its dials and
+    /// connections refused) for `duration`.
+    PeerBanned {
+        /// The peer.
+        peer: PeerKey,
+        /// What it did, as its session's end reason says.
+        reason: String,
+        /// How long.
+        duration: std::time::Duration,
+    },
 }
 
 /// How many events a subscriber may fall behind before it misses some.

@@ -84,6 +84,8 @@ pub struct Counters {
     pub sessions: Metric,
     /// Sessions that ended because the peer broke the protocol.
     pub sessions_failed: Metric,
+    /// Peers banned for misbehaving (`EndReason::is_misbehaviour`).
+    pub bans: Metric,
 }
 
 impl Default for Counters {
@@ -121,13 +123,18 @@ impl Default for Counters {
                 "Sessions ended because the peer broke the protocol.",
                 "counter",
             ),
+            bans: Metric::new(
+                "replic8_bans_total",
+                "Peers banned for breaking the protocol.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 8] {
+    pub fn all(&self) -> [&Metric; 9] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -137,6 +144,7 @@ impl Counters {
             &self.topics,
             &self.sessions,
             &self.sessions_failed,
+            &self.bans,
         ]
     }
 

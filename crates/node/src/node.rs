@@ -40,7 +40,7 @@ use crate::events::{NodeEvent, EVENT_CAPACITY};
 use crate::feeds::{self, FeedStoreRecipients};
 use crate::metrics::{Counters, MetricsEndpoint};
 use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, PersistedState};
-use crate::wiring::{BeginClose, Requested, TopicLeft, Wiring};
+use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -417,6 +417,7 @@ async fn start(
         .clamp(1, QUIC_BIDI_STREAMS - 1);
     let session_config = SessionConfig {
         max_streams,
+        stall_timeout: Duration::from_secs(builder.limits.stall_timeout_secs.max(1)),
         ..SessionConfig::default()
     };
     let conn_config = ConnManagerConfig {
@@ -518,12 +519,14 @@ async fn start(
         up: Default::default(),
         early: Default::default(),
         closing: false,
+        ban_for: Duration::from_secs(builder.limits.ban_secs),
     }
     .start();
     actix::spawn(forward_session_events(
         session_rx,
         events.clone(),
         counters.clone(),
+        wiring.clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.
@@ -594,6 +597,7 @@ async fn forward_session_events(
     mut rx: mpsc::UnboundedReceiver<PeerEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    wiring: Addr<Wiring>,
 ) {
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
     while let Some(PeerEvent { peer, event }) = rx.recv().await {
@@ -629,10 +633,9 @@ async fn forward_session_events(
                 if !clean && reason.by == replic8::session::Side::Local {
                     counters.sessions_failed.add(1);
                 }
-                NodeEvent::SessionEnded {
-                    peer,
-                    reason: reason.to_string(),
-                }
+                let text = reason.to_string();
+                wiring.do_send(SessionOver { peer, reason });
+                NodeEvent::SessionEnded { peer, reason: text }
             }
         };
         let _ = events.send(event);

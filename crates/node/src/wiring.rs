@@ -6,6 +6,10 @@
 //!   goes back to discovery as `PeerTried`, which is what `flushed` waits for;
 //! - the connection manager's `PeerUp` starts a session on the connection (we dialed ↔
 //!   `Role::Dialer`), and `PeerDown` of the connection that session runs on stops it;
+//! - a session that ended because the peer broke the protocol
+//!   (`EndReason::is_misbehaviour`, sent here as [`SessionOver`]) bans the peer's key in
+//!   the connection manager for `limits.ban_secs` (which also closes its connection), and
+//!   is counted (`bans`), logged once and reported (`NodeEvent::PeerBanned`);
 //! - the node's counters and events follow.
 //!
 //! Once closing, found peers are no longer dialed and new connections are closed.
@@ -23,10 +27,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use replic8::actor::{SessionsActor, StartSession, StopSession};
 use replic8::keys::Role;
-use replic8_connmgr::{ConnManager, Dial, Initiator, PeerDown, PeerKey, PeerUp};
+use replic8::session::EndReason;
+use replic8_connmgr::{Ban, ConnManager, Dial, Initiator, PeerDown, PeerKey, PeerUp};
 use replic8_discovery::{DiscoveryActor, PeerFound, PeerTried, Topic};
 use tokio::sync::broadcast;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::events::NodeEvent;
 use crate::metrics::Counters;
@@ -50,6 +55,8 @@ pub(crate) struct Wiring {
     /// (the two messages travel separately); merged into `up` at the `PeerUp`.
     pub(crate) early: HashMap<PeerKey, Up>,
     pub(crate) closing: bool,
+    /// How long a misbehaving peer is banned; zero bans no one.
+    pub(crate) ban_for: Duration,
 }
 
 /// A peer that is up.
@@ -254,5 +261,46 @@ impl Handler<PeerDown> for Wiring {
             key: down.key,
             reason: down.reason,
         });
+    }
+}
+
+/// Node → wiring: the session with `peer` ended with `reason`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SessionOver {
+    /// The peer.
+    pub(crate) peer: PeerKey,
+    /// Why the session ended.
+    pub(crate) reason: EndReason,
+}
+
+impl Handler<SessionOver> for Wiring {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionOver, ctx: &mut Context<Self>) {
+        if !msg.reason.is_misbehaviour() || self.ban_for.is_zero() {
+            return;
+        }
+        warn!(peer = %msg.peer.fmt_short(), reason = %msg.reason, ban = ?self.ban_for, "peer banned");
+        self.counters.bans.add(1);
+        let duration = self.ban_for;
+        let ban = self.conn.send(Ban {
+            key: msg.peer,
+            duration,
+        });
+        // The event once the connection manager holds the ban: from then on the peer
+        // is refused.
+        let events = self.events.clone();
+        ctx.spawn(
+            async move {
+                let _ = ban.await;
+                let _ = events.send(NodeEvent::PeerBanned {
+                    peer: msg.peer,
+                    reason: msg.reason.to_string(),
+                    duration,
+                });
+            }
+            .into_actor(self),
+        );
     }
 }
