@@ -80,6 +80,26 @@ struct Live {
     initiator: Initiator,
     /// Reports the close to the actor, which then forgets this entry.
     watch: Task,
+    /// Waits for the peer's confirmation (connections we initiated to a greater key,
+    /// until they are up).
+    confirm: Option<Task>,
+}
+
+/// The datagram by which the greater key confirms a connection that the smaller key
+/// initiated (`docs/PROTOCOL.md`, connmgr). Any other datagram is not a confirmation.
+const CONFIRM_DATAGRAM: &[u8] = b"replic8-connmgr/confirm";
+
+/// Reads datagrams on `conn` until the peer's confirmation; `false` if it closed first.
+/// Runs only until the connection is up, so it never competes with a protocol's reads.
+async fn await_confirm(conn: &quinn::Connection) -> bool {
+    loop {
+        match conn.read_datagram().await {
+            Ok(datagram) if datagram[..] == *CONFIRM_DATAGRAM => return true,
+            // An empty liveness probe, or anything else: not for us.
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The handle returned by `ConnManager::spawn`.
@@ -277,9 +297,12 @@ impl ConnManager {
         while let Some(event) = self.core.poll_event() {
             match event {
                 CoreEvent::PeerUp { conn, key } => {
-                    let Some(live) = self.live.get(&conn) else {
+                    let Some(live) = self.live.get_mut(&conn) else {
                         continue;
                     };
+                    // Up: datagrams from now on belong to the protocols.
+                    live.confirm = None;
+                    let live = &self.live[&conn];
                     info!(parent: &self.span, peer = %key.fmt_short(), addr = %live.addr,
                         initiator = ?live.initiator, conn = %conn, "peer up");
                     let up = PeerUp {
@@ -320,6 +343,17 @@ impl ConnManager {
                         debug!(parent: &self.span, peer = %live.key.fmt_short(), conn = %conn,
                             reason = ?reason, "closing connection");
                         live.conn.close(code, text);
+                    }
+                }
+                CoreEvent::Confirm { conn } => {
+                    if let Some(live) = self.live.get(&conn) {
+                        // A peer with datagrams off cannot get it, and falls back to its
+                        // settle window.
+                        let sent = live
+                            .conn
+                            .send_datagram(bytes::Bytes::from_static(CONFIRM_DATAGRAM));
+                        debug!(parent: &self.span, peer = %live.key.fmt_short(), conn = %conn,
+                            sent = sent.is_ok(), "confirming");
                     }
                 }
                 CoreEvent::Probe { conn } => {
@@ -473,6 +507,13 @@ struct ConnClosed {
     error: quinn::ConnectionError,
 }
 
+/// The peer confirmed a connection we initiated.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Confirmed {
+    id: ConnId,
+}
+
 /// A probe answered.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -545,6 +586,15 @@ impl Handler<HandshakeDone> for ConnManager {
                     let error = watched.closed().await;
                     me.do_send(ConnClosed { id, error });
                 });
+                let confirm = (msg.initiator == Initiator::Local && key > self.me).then(|| {
+                    let me = ctx.address();
+                    let conn = conn.clone();
+                    spawn_task(&self.tasks, async move {
+                        if await_confirm(&conn).await {
+                            me.do_send(Confirmed { id });
+                        }
+                    })
+                });
                 debug!(parent: &self.span, peer = %key.fmt_short(), addr = %msg.addr,
                     conn = %msg.id, initiator = ?msg.initiator, "handshake done");
                 self.live.insert(
@@ -555,6 +605,7 @@ impl Handler<HandshakeDone> for ConnManager {
                         key,
                         initiator: msg.initiator,
                         watch,
+                        confirm,
                     },
                 );
                 self.core.handle_established(msg.id, key, now);
@@ -626,6 +677,19 @@ impl Handler<ProbeDone> for ConnManager {
         debug!(parent: &self.span, conn = %msg.id, alive = msg.alive, "probe answered");
         self.core
             .handle_probe_result(msg.id, msg.alive, Instant::now());
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Confirmed> for ConnManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Confirmed, ctx: &mut Self::Context) {
+        debug!(parent: &self.span, conn = %msg.id, "confirmed by the peer");
+        if let Some(live) = self.live.get_mut(&msg.id) {
+            live.confirm = None;
+        }
+        self.core.handle_confirmed(msg.id, Instant::now());
         self.drain(ctx);
     }
 }
@@ -770,7 +834,10 @@ impl Handler<Shutdown> for ConnManager {
         let mut tasks: Vec<Task> = self.accept.take().into_iter().collect();
         tasks.extend(self.handshakes.drain().map(|(_, t)| t));
         tasks.extend(self.probes.drain().map(|(_, t)| t));
-        tasks.extend(self.live.drain().map(|(_, l)| l.watch));
+        for (_, live) in self.live.drain() {
+            tasks.push(live.watch);
+            tasks.extend(live.confirm);
+        }
         // Anything the core did not know about yet (handshakes) goes with the endpoint.
         self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
         let endpoint = self.endpoint.clone();

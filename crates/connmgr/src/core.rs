@@ -2,10 +2,10 @@
 //!
 //! `ConnCore` is told what happened (`handle_dial`, `handle_incoming`,
 //! `handle_established`, `handle_handshake_failed`, `handle_probe_result`,
-//! `handle_closed`, `handle_timeout`, `close`, `ban`, `shutdown`) with the current time,
-//! and says what to do through `poll_event` (`CoreEvent`: close this connection, probe
-//! that one, this peer is up or down, this dial is done) and `poll_timeout` (when to call
-//! `handle_timeout` next). It never reads a clock, never touches a socket, and draws its
+//! `handle_confirmed`, `handle_closed`, `handle_timeout`, `close`, `ban`, `shutdown`)
+//! with the current time, and says what to do through `poll_event` (`CoreEvent`: close
+//! this connection, probe that one, confirm that one to the peer, this peer is up or
+//! down, this dial is done) and `poll_timeout` (when to call `handle_timeout` next). It never reads a clock, never touches a socket, and draws its
 //! jitter from a seeded RNG when asked to.
 //!
 //! # Rules
@@ -17,9 +17,22 @@
 //!   peer that restarted. The current connection is probed; if it is dead, the newcomer
 //!   replaces it at once, otherwise the newcomer is closed as a duplicate.
 //! - A connection initiated by the greater key can never lose the key rule, so it is up
-//!   at once. One initiated by the smaller key is *held* for `settle_window` before
-//!   `PeerUp`: when both sides dial at the same time, the winning connection arrives in
-//!   that window and the held one is closed before anybody used it.
+//!   at once.
+//! - A connection initiated by the smaller key is decided by the greater side, which
+//!   knows whether a dial of its own (the connection that would win) is under way. With
+//!   none to that key or address, it *commits*: the connection is up at once, and it says
+//!   so to the peer (`CoreEvent::Confirm`, a datagram on that connection). Its later
+//!   dials to that key or address answer with that connection. With one under way, it
+//!   holds the newcomer for `settle_window` and its own dial wins meanwhile.
+//! - The smaller side *holds* the connections it initiated until the greater side
+//!   confirms one (`handle_confirmed`): that one goes up, any other it initiated is
+//!   closed. Only if no confirmation comes within `settle_window` (a peer without the
+//!   rule, a lost datagram) does the held one go up on its own, as before the rule. While
+//!   one is held, a second one it initiated waits as a *candidate* for the verdict
+//!   instead of being closed, so both sides keep the one the greater side committed to.
+//! - A confirmation of a connection we hold as a challenger (the peer restarted and we
+//!   are probing the old one) means the peer has dropped the old one: the confirmed one
+//!   replaces it at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -74,7 +87,9 @@ pub struct PolicyConfig {
     pub jitter: f64,
     /// How long a dropped address is refused.
     pub drop_for: Duration,
-    /// How long a connection initiated by the smaller key is held before `PeerUp`.
+    /// How long a connection initiated by the smaller key is held before `PeerUp` when the
+    /// greater key does not confirm it sooner (a peer without confirmations, a lost
+    /// datagram), or while a dial of ours to that peer is under way.
     pub settle_window: Duration,
     /// How long a dial that waits for another connection to the same key (one in flight,
     /// or the peer's own dial that beat ours) waits before it fails with `Timeout`.
@@ -99,7 +114,7 @@ impl Default for PolicyConfig {
             jitter: 0.2,
             drop_for: Duration::from_secs(600),
             // A few loopback or LAN round trips plus scheduling slack on a loaded machine;
-            // only connections initiated by the smaller key pay it.
+            // only connections initiated by the smaller key and not confirmed pay it.
             settle_window: Duration::from_millis(250),
             // A handshake timeout plus the settle window.
             dial_wait: Duration::from_secs(11),
@@ -157,6 +172,12 @@ pub enum CoreEvent {
         /// The connection.
         conn: ConnId,
     },
+    /// Tell the peer (the smaller key, which initiated this connection) that we committed
+    /// to it: it may report it up without waiting for `settle_window`.
+    Confirm {
+        /// The connection.
+        conn: ConnId,
+    },
     /// A connection was refused by policy after its handshake (log it once).
     Refused {
         /// The connection.
@@ -190,10 +211,18 @@ pub enum DialStart {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Handshaking { expected: Option<PeerKey> },
-    Held { until: Instant },
+    Handshaking {
+        expected: Option<PeerKey>,
+    },
+    Held {
+        until: Instant,
+    },
     Up,
+    /// Loses or ties against an up connection, which is being probed.
     Challenger,
+    /// Initiated by us (the smaller key) while another one we initiated is held: waits for
+    /// the peer's confirmation of one of the two.
+    Candidate,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +241,7 @@ struct AddrBackoff {
 }
 
 /// The dedup and dial policy state machine. See the module doc.
+#[cfg_attr(test, derive(Clone))]
 pub struct ConnCore {
     me: PeerKey,
     config: PolicyConfig,
@@ -448,6 +478,29 @@ impl ConnCore {
                     self.resolve_key_waiters(key, Err(error));
                 }
             }
+            self.commit_held();
+        }
+    }
+
+    /// Connections the smaller key initiated that we hold only because a dial of ours was
+    /// under way: with that dial gone, we commit to them now.
+    fn commit_held(&mut self) {
+        let ready: Vec<(ConnId, PeerKey)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| match (c.phase, c.key) {
+                (Phase::Held { .. }, Some(key))
+                    if c.initiator == Initiator::Remote
+                        && key < self.me
+                        && !self.dial_pending_to(key, c.addr) =>
+                {
+                    Some((*id, key))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, key) in ready {
+            self.settle(id, key);
         }
     }
 
@@ -565,6 +618,17 @@ impl ConnCore {
                     }
                     self.challenger.insert(key, conn);
                     self.events.push_back(CoreEvent::Probe { conn: old });
+                } else if matches!(old_phase, Some(Phase::Held { .. }))
+                    && key > self.me
+                    && initiator == Initiator::Local
+                    && !self.challenger.contains_key(&key)
+                {
+                    // Two of ours to the greater key: it decides which one it keeps, and
+                    // confirms that one.
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.phase = Phase::Candidate;
+                    }
+                    self.challenger.insert(key, conn);
                 } else {
                     // The current one is fresh (held) or being probed already.
                     self.drop_conn(conn, key, CloseReason::Duplicate, DownReason::Duplicate);
@@ -597,6 +661,42 @@ impl ConnCore {
         let _ = now;
     }
 
+    /// The peer confirmed `conn`: it has the greater key, we initiated `conn`, and the
+    /// peer committed to it (see the module doc). Anything else is ignored.
+    pub fn handle_confirmed(&mut self, conn: ConnId, now: Instant) {
+        let _ = now;
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(key) = c.key else {
+            return;
+        };
+        if c.initiator != Initiator::Local || key < self.me {
+            return;
+        }
+        match c.phase {
+            Phase::Held { .. } => self.settle(conn, key),
+            Phase::Candidate | Phase::Challenger => {
+                self.challenger.remove(&key);
+                if let Some(old) = self.current.get(&key).copied() {
+                    // Held: the peer kept the other one of ours. Up: the peer dropped the
+                    // old one (it restarted, or found it dead).
+                    let (close, down) = if self.conns.get(&old).map(|o| o.phase) == Some(Phase::Up)
+                    {
+                        (CloseReason::Replaced, DownReason::Replaced)
+                    } else {
+                        (CloseReason::Duplicate, DownReason::Duplicate)
+                    };
+                    self.drop_conn(old, key, close, down);
+                }
+                self.current.insert(key, conn);
+                self.set_up(conn, key);
+                self.resolve_key_waiters(key, Ok(key));
+            }
+            Phase::Handshaking { .. } | Phase::Up => {}
+        }
+    }
+
     /// `conn` closed (by the peer, by idle timeout, or after we closed it).
     pub fn handle_closed(&mut self, conn: ConnId, error: quinn::ConnectionError, now: Instant) {
         let Some(c) = self.conns.remove(&conn) else {
@@ -610,7 +710,7 @@ impl ConnCore {
         };
         match c.phase {
             Phase::Handshaking { .. } => {}
-            Phase::Challenger => {
+            Phase::Challenger | Phase::Candidate => {
                 self.challenger.remove(&key);
             }
             Phase::Held { .. } | Phase::Up => {
@@ -670,8 +770,8 @@ impl ConnCore {
             })
             .collect();
         for (id, key) in due {
-            self.set_up(id, key);
-            self.resolve_key_waiters(key, Ok(key));
+            // No confirmation came (a peer without it, or a lost datagram): as if it had.
+            self.settle(id, key);
         }
         let mut expired = Vec::new();
         for waiters in self.key_waiters.values_mut() {
@@ -769,7 +869,12 @@ impl ConnCore {
 
     fn install(&mut self, conn: ConnId, key: PeerKey, now: Instant) {
         self.current.insert(key, conn);
-        if self.initiator_key(conn, key) == self.me.max(key) {
+        let commit = key < self.me
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| !self.dial_pending_to(key, c.addr));
+        if self.initiator_key(conn, key) == self.me.max(key) || commit {
             self.set_up(conn, key);
         } else if let Some(c) = self.conns.get_mut(&conn) {
             c.phase = Phase::Held {
@@ -778,10 +883,48 @@ impl ConnCore {
         }
     }
 
+    /// Whether a dial of ours that could reach `key` is in its handshake: pinned to
+    /// `key`, or to `addr` (where `key` reached us: one socket per node, so its address).
+    fn dial_pending_to(&self, key: PeerKey, addr: SocketAddr) -> bool {
+        self.conns.values().any(|c| {
+            c.initiator == Initiator::Local
+                && match c.phase {
+                    Phase::Handshaking { expected } => {
+                        expected == Some(key) || (expected.is_none() && c.addr == addr)
+                    }
+                    _ => false,
+                }
+        })
+    }
+
+    /// `conn` goes up. When the peer has the smaller key and initiated it, we commit to it
+    /// and tell the peer first.
     fn set_up(&mut self, conn: ConnId, key: PeerKey) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.phase = Phase::Up;
+            if c.initiator == Initiator::Remote && key < self.me {
+                self.events.push_back(CoreEvent::Confirm { conn });
+            }
             self.events.push_back(CoreEvent::PeerUp { conn, key });
+        }
+    }
+
+    /// The held `conn` is the one for `key`: up, and a candidate beside it is closed.
+    fn settle(&mut self, conn: ConnId, key: PeerKey) {
+        self.set_up(conn, key);
+        self.drop_candidate(key);
+        self.resolve_key_waiters(key, Ok(key));
+    }
+
+    fn drop_candidate(&mut self, key: PeerKey) {
+        let candidate = self.challenger.get(&key).copied().filter(|ch| {
+            self.conns
+                .get(ch)
+                .is_some_and(|c| c.phase == Phase::Candidate)
+        });
+        if let Some(ch) = candidate {
+            self.challenger.remove(&key);
+            self.drop_conn(ch, key, CloseReason::Duplicate, DownReason::Duplicate);
         }
     }
 

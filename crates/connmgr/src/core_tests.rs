@@ -280,6 +280,8 @@ fn restarted_peer_replaces_a_dead_connection_at_once() {
                 conn: old,
                 reason: CloseReason::Replaced
             },
+            // We (9) commit to the connection 4 initiated, and tell it.
+            CoreEvent::Confirm { conn: new },
             CoreEvent::PeerUp {
                 conn: new,
                 key: key(4)
@@ -342,6 +344,7 @@ fn probed_connection_that_dies_hands_over_to_the_challenger() {
                 key: key(4),
                 reason: DownReason::Lost(ConnectionError::TimedOut)
             },
+            CoreEvent::Confirm { conn: new },
             CoreEvent::PeerUp {
                 conn: new,
                 key: key(4)
@@ -752,4 +755,566 @@ fn a_pinned_dial_does_not_join_an_unpinned_one_to_the_same_address() {
     );
     assert!(evs.iter().any(|e| matches!(e,
         CoreEvent::DialDone { dial, result: Err(DialError::KeyMismatch(_)) } if *dial == pinned)));
+}
+
+// ---- Confirmation by the greater key: the two cores of a pair, every interleaving ----
+
+/// One side of the simulated pair: the smaller key or the greater key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Small,
+    Great,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Small => Side::Great,
+            Side::Great => Side::Small,
+        }
+    }
+    fn ix(self) -> usize {
+        self as usize
+    }
+}
+
+/// What travels between the two cores (in any order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// A close of connection `p` (`dup`: as a duplicate) reaches `to`.
+    Close { p: usize, to: Side, dup: bool },
+    /// The greater side's confirmation of `p` reaches the smaller side.
+    Confirm { p: usize },
+    /// The answer to `side`'s probe of `p`.
+    ProbeAnswer { p: usize, side: Side },
+}
+
+/// A planned `Dial` (issued at any point of the interleaving).
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    from: Side,
+    port: u16,
+    pinned: bool,
+}
+
+/// One physical connection: its id on each side, who initiated it, how far it got.
+#[derive(Clone, Debug)]
+struct Phys {
+    initiator: Side,
+    ids: [ConnId; 2],
+    established: [bool; 2],
+    /// Gone on that side (closed, or its handshake ended).
+    gone: [bool; 2],
+    /// Closed by this side (its close is on the wire or delivered).
+    closed_by: Option<Side>,
+}
+
+#[derive(Clone)]
+struct World {
+    cores: [ConnCore; 2],
+    keys: [PeerKey; 2],
+    phys: Vec<Phys>,
+    wire: Vec<Wire>,
+    plans: Vec<Option<Plan>>,
+    ups: Vec<(Side, usize)>,
+    downs: Vec<(Side, usize)>,
+    timed_out: bool,
+    /// Both sides were up before any settle window ended.
+    fast: bool,
+    now: Instant,
+    trace: Vec<String>,
+}
+
+/// The port each side listens on (one socket per node); the greater side has a second
+/// address, `GREAT_OTHER`.
+fn port_of(side: Side) -> u16 {
+    match side {
+        Side::Small => 1,
+        Side::Great => 2,
+    }
+}
+const GREAT_OTHER: u16 = 3;
+
+impl World {
+    fn new(plans: &[Plan]) -> World {
+        let keys = [key(1), key(2)];
+        World {
+            cores: [
+                ConnCore::new(keys[0], config()),
+                ConnCore::new(keys[1], config()),
+            ],
+            keys,
+            phys: Vec::new(),
+            wire: Vec::new(),
+            plans: plans.iter().copied().map(Some).collect(),
+            ups: Vec::new(),
+            downs: Vec::new(),
+            timed_out: false,
+            fast: false,
+            now: Instant::now(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn phys_of(&self, side: Side, id: ConnId) -> usize {
+        self.phys
+            .iter()
+            .position(|p| p.ids[side.ix()] == id)
+            .unwrap_or_else(|| panic!("no connection {id} on {side:?}: {:?}", self.trace))
+    }
+
+    /// Every action possible now: (description, action).
+    fn actions(&self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (i, plan) in self.plans.iter().enumerate() {
+            if plan.is_some() {
+                out.push(Action::Dial(i));
+            }
+        }
+        for (p, phys) in self.phys.iter().enumerate() {
+            for side in [Side::Small, Side::Great] {
+                // The client finishes its handshake first; the server after it.
+                let client_first = side == phys.initiator || phys.established[phys.initiator.ix()];
+                if !phys.established[side.ix()] && !phys.gone[side.ix()] && client_first {
+                    out.push(Action::Establish(p, side));
+                }
+            }
+        }
+        for (i, wire) in self.wire.iter().enumerate() {
+            let ready = match *wire {
+                // A datagram is read once the handshake is done on the smaller side.
+                Wire::Confirm { p } => self.phys[p].established[Side::Small.ix()],
+                _ => true,
+            };
+            if ready {
+                out.push(Action::Deliver(i));
+            }
+        }
+        if out.is_empty() && !self.timed_out {
+            // The network is faster than the settle window: the windows end only when
+            // nothing else can happen.
+            out.push(Action::Timeout);
+        }
+        out
+    }
+
+    fn apply(&mut self, action: Action) {
+        self.trace.push(format!("{action:?}"));
+        match action {
+            Action::Dial(i) => {
+                let plan = self.plans[i].take().expect("planned");
+                let to = if plan.from == Side::Small {
+                    Side::Great
+                } else {
+                    Side::Small
+                };
+                let pin = plan.pinned.then_some(self.keys[to.ix()]);
+                let now = self.now;
+                match self.cores[plan.from.ix()].handle_dial(addr(plan.port), pin, now) {
+                    Ok(DialStart::Dial(id)) => {
+                        let accept = self.cores[to.ix()]
+                            .handle_incoming(addr(port_of(plan.from)))
+                            .expect("accept");
+                        let mut ids = [id, id];
+                        ids[to.ix()] = accept;
+                        self.phys.push(Phys {
+                            initiator: plan.from,
+                            ids,
+                            established: [false; 2],
+                            gone: [false; 2],
+                            closed_by: None,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("dial refused: {e} in {:?}", self.trace),
+                }
+                self.drain(plan.from);
+            }
+            Action::Establish(p, side) => {
+                self.phys[p].established[side.ix()] = true;
+                let (id, remote) = (self.phys[p].ids[side.ix()], self.keys[side.other().ix()]);
+                let now = self.now;
+                self.cores[side.ix()].handle_established(id, remote, now);
+                self.drain(side);
+            }
+            Action::Deliver(i) => {
+                let wire = self.wire.remove(i);
+                let now = self.now;
+                match wire {
+                    Wire::Close { p, to, dup } => {
+                        if self.phys[p].gone[to.ix()] {
+                            return;
+                        }
+                        self.phys[p].gone[to.ix()] = true;
+                        let id = self.phys[p].ids[to.ix()];
+                        let error = if dup {
+                            dup_close()
+                        } else {
+                            ConnectionError::ApplicationClosed(ApplicationClose {
+                                error_code: crate::error::CLOSE_REPLACED,
+                                reason: b"replaced".to_vec().into(),
+                            })
+                        };
+                        let core = &mut self.cores[to.ix()];
+                        if self.phys[p].established[to.ix()] {
+                            core.handle_closed(id, error, now);
+                        } else if to == self.phys[p].initiator && dup {
+                            let remote = self.keys[to.other().ix()];
+                            core.handle_handshake_duplicate(id, Some(remote), error, now);
+                        } else {
+                            core.handle_handshake_failed(id, DialError::Connection(error), now);
+                        }
+                        self.drain(to);
+                    }
+                    Wire::Confirm { p } => {
+                        let id = self.phys[p].ids[Side::Small.ix()];
+                        self.cores[Side::Small.ix()].handle_confirmed(id, now);
+                        self.drain(Side::Small);
+                    }
+                    Wire::ProbeAnswer { p, side } => {
+                        let alive = self.phys[p].closed_by != Some(side.other());
+                        let id = self.phys[p].ids[side.ix()];
+                        self.cores[side.ix()].handle_probe_result(id, alive, now);
+                        self.drain(side);
+                    }
+                }
+            }
+            Action::Timeout => {
+                self.timed_out = true;
+                let k = self.keys;
+                self.fast = self.cores[0].up(&k[1]).is_some() && self.cores[1].up(&k[0]).is_some();
+                let later = self.now + config().settle_window;
+                for side in [Side::Small, Side::Great] {
+                    self.cores[side.ix()].handle_timeout(later);
+                    self.drain(side);
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, side: Side) {
+        while let Some(ev) = self.cores[side.ix()].poll_event() {
+            match ev {
+                CoreEvent::PeerUp { conn, .. } => {
+                    let p = self.phys_of(side, conn);
+                    self.ups.push((side, p));
+                }
+                CoreEvent::PeerDown { conn, .. } => {
+                    let p = self.phys_of(side, conn);
+                    self.downs.push((side, p));
+                }
+                CoreEvent::Close { conn, reason } => {
+                    let p = self.phys_of(side, conn);
+                    self.phys[p].gone[side.ix()] = true;
+                    self.phys[p].closed_by.get_or_insert(side);
+                    let dup = reason == CloseReason::Duplicate;
+                    self.wire.push(Wire::Close {
+                        p,
+                        to: side.other(),
+                        dup,
+                    });
+                }
+                CoreEvent::Confirm { conn } => {
+                    assert_eq!(side, Side::Great, "only the greater key confirms");
+                    let p = self.phys_of(side, conn);
+                    assert_eq!(self.phys[p].initiator, Side::Small);
+                    self.wire.push(Wire::Confirm { p });
+                }
+                CoreEvent::Probe { conn } => {
+                    let p = self.phys_of(side, conn);
+                    self.wire.push(Wire::ProbeAnswer { p, side });
+                }
+                CoreEvent::Refused { .. } => panic!("refused in {:?}", self.trace),
+                CoreEvent::DialDone { result, .. } => {
+                    assert!(result.is_ok(), "dial failed {result:?} in {:?}", self.trace);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Dial(usize),
+    Establish(usize, Side),
+    Deliver(usize),
+    Timeout,
+}
+
+/// Runs every interleaving of `plans` (dials issued at any moment, handshakes finishing,
+/// closes, confirmations and probe answers arriving in any order; settle windows ending
+/// only when nothing else can happen) and checks each end state: both sides have the same
+/// one connection up, no other connection was ever up on either side, no `PeerDown`, and,
+/// when `fast`, both were up before any settle window ended. Returns how many end states
+/// were checked.
+fn check_every_order(plans: &[Plan], fast: bool) -> usize {
+    fn walk(world: World, fast: bool, ends: &mut usize) {
+        let actions = world.actions();
+        if actions.is_empty() {
+            *ends += 1;
+            let (s, g) = (&world.cores[0], &world.cores[1]);
+            let up_s = s.up(&world.keys[1]).expect("small side up");
+            let up_g = g.up(&world.keys[0]).expect("great side up");
+            let p = world.phys_of(Side::Small, up_s);
+            assert_eq!(world.phys_of(Side::Great, up_g), p, "{:?}", world.trace);
+            assert!(
+                world.ups.iter().all(|(_, q)| *q == p),
+                "a loser went up: {:?} in {:?}",
+                world.ups,
+                world.trace
+            );
+            assert_eq!(world.ups.len(), 2, "{:?}", world.trace);
+            assert_eq!(world.downs, vec![], "{:?}", world.trace);
+            if fast {
+                assert!(
+                    world.fast,
+                    "waited for the settle window: {:?}",
+                    world.trace
+                );
+            }
+            return;
+        }
+        for action in actions {
+            let mut next = world.clone();
+            next.apply(action);
+            walk(next, fast, ends);
+        }
+    }
+    let mut ends = 0;
+    walk(World::new(plans), fast, &mut ends);
+    ends
+}
+
+#[test]
+fn smaller_key_dialing_alone_is_confirmed_without_the_settle_window() {
+    let ends = check_every_order(
+        &[Plan {
+            from: Side::Small,
+            port: 2,
+            pinned: false,
+        }],
+        true,
+    );
+    assert!(ends > 0);
+}
+
+#[test]
+fn greater_key_dialing_alone_is_up_at_once() {
+    check_every_order(
+        &[Plan {
+            from: Side::Great,
+            port: 1,
+            pinned: false,
+        }],
+        true,
+    );
+}
+
+/// Both sides dial (the greater side's dial issued before, during or after the smaller
+/// side's handshake), pinned or not: one connection, the same on both sides, never a
+/// loser up, and no settle window waited for.
+#[test]
+fn both_dialing_converge_without_the_settle_window_in_every_order() {
+    for (pin_s, pin_g) in [(false, false), (true, true), (false, true), (true, false)] {
+        let ends = check_every_order(
+            &[
+                Plan {
+                    from: Side::Small,
+                    port: 2,
+                    pinned: pin_s,
+                },
+                Plan {
+                    from: Side::Great,
+                    port: 1,
+                    pinned: pin_g,
+                },
+            ],
+            true,
+        );
+        assert!(ends > 24, "{ends} end states");
+    }
+}
+
+/// The smaller side dials two addresses of the greater one at once: the greater side
+/// keeps the first it sees and confirms it; the smaller keeps that one too.
+#[test]
+fn two_dials_of_the_smaller_key_keep_the_one_the_greater_confirmed() {
+    check_every_order(
+        &[
+            Plan {
+                from: Side::Small,
+                port: 2,
+                pinned: false,
+            },
+            Plan {
+                from: Side::Small,
+                port: GREAT_OTHER,
+                pinned: false,
+            },
+        ],
+        true,
+    );
+}
+
+#[test]
+fn greater_side_commits_and_confirms_only_without_a_dial_of_its_own() {
+    let t0 = Instant::now();
+    let mut g = ConnCore::new(key(9), config());
+    // 4 dials us; we dial nobody: committed, confirmed, up.
+    let i = g.handle_incoming(addr(1)).expect("accept");
+    g.handle_established(i, key(4), t0);
+    assert_eq!(
+        events(&mut g),
+        vec![
+            CoreEvent::Confirm { conn: i },
+            CoreEvent::PeerUp {
+                conn: i,
+                key: key(4)
+            }
+        ]
+    );
+    // Committed: a later dial to its key or address uses it.
+    assert_eq!(
+        g.handle_dial(addr(1), None, t0),
+        Ok(DialStart::Connected(key(4)))
+    );
+    assert_eq!(
+        g.handle_dial(addr(7), Some(key(4)), t0),
+        Ok(DialStart::Connected(key(4)))
+    );
+    // 5 dials us while our dial to its address is in flight: held, no confirmation.
+    let d = dial(&mut g, 2, None, t0);
+    let j = g.handle_incoming(addr(2)).expect("accept");
+    g.handle_established(j, key(5), t0);
+    assert_eq!(events(&mut g), vec![]);
+    // Our dial fails: nothing of ours can win any more, so we commit at once.
+    g.handle_handshake_failed(d, DialError::Timeout, t0);
+    let evs = events(&mut g);
+    assert!(evs.contains(&CoreEvent::Confirm { conn: j }), "{evs:?}");
+    assert!(
+        evs.contains(&CoreEvent::PeerUp {
+            conn: j,
+            key: key(5)
+        }),
+        "{evs:?}"
+    );
+    // 6 dials us while our dial pinned to 6 (another address) is in flight: held.
+    let _pinned = dial(&mut g, 8, Some(key(6)), t0);
+    let k = g.handle_incoming(addr(3)).expect("accept");
+    g.handle_established(k, key(6), t0);
+    assert_eq!(events(&mut g), vec![]);
+    // The settle window ends first: up, and confirmed (the peer may still be holding).
+    g.handle_timeout(t0 + config().settle_window);
+    let evs = events(&mut g);
+    assert_eq!(
+        &evs[..2],
+        &[
+            CoreEvent::Confirm { conn: k },
+            CoreEvent::PeerUp {
+                conn: k,
+                key: key(6)
+            }
+        ]
+    );
+}
+
+#[test]
+fn smaller_side_falls_back_to_the_settle_window_without_confirmation() {
+    let t0 = Instant::now();
+    let mut s = ConnCore::new(key(1), config());
+    let d = dial(&mut s, 2, None, t0);
+    s.handle_established(d, key(2), t0);
+    assert_eq!(events(&mut s), vec![]);
+    // A peer without the rule (or a lost datagram): up when the window ends.
+    let settle = config().settle_window;
+    assert_eq!(s.poll_timeout(), Some(t0 + settle));
+    s.handle_timeout(t0 + settle);
+    assert_eq!(
+        events(&mut s),
+        vec![
+            CoreEvent::PeerUp {
+                conn: d,
+                key: key(2)
+            },
+            CoreEvent::DialDone {
+                dial: d,
+                result: Ok(key(2))
+            },
+        ]
+    );
+    // A confirmation that arrives late changes nothing.
+    s.handle_confirmed(d, t0 + settle * 2);
+    assert_eq!(events(&mut s), vec![]);
+}
+
+#[test]
+fn confirmations_that_do_not_apply_are_ignored() {
+    let t0 = Instant::now();
+    // From a smaller key: it is not the one that decides.
+    let mut g = ConnCore::new(key(9), config());
+    let d = dial(&mut g, 1, None, t0);
+    g.handle_established(d, key(4), t0);
+    events(&mut g);
+    g.handle_confirmed(d, t0);
+    assert_eq!(events(&mut g), vec![]);
+    // On a connection the greater key initiated (up already) or still in its handshake.
+    let mut s = ConnCore::new(key(1), config());
+    let i = s.handle_incoming(addr(2)).expect("accept");
+    s.handle_established(i, key(2), t0);
+    events(&mut s);
+    s.handle_confirmed(i, t0);
+    let h = dial(&mut s, 3, None, t0);
+    s.handle_confirmed(h, t0);
+    s.handle_confirmed(ConnId(999), t0);
+    assert_eq!(events(&mut s), vec![]);
+    assert_eq!(s.up(&key(2)), Some(i));
+}
+
+/// The greater peer restarted: we (smaller) still hold the old connection up and dial
+/// its new address; the restarted peer has no connection to us, commits to the new one
+/// and confirms it, which replaces the old one at once, without waiting for our probe.
+#[test]
+fn confirmation_of_a_challenger_replaces_the_old_connection_at_once() {
+    let t0 = Instant::now();
+    let mut s = ConnCore::new(key(1), config());
+    let old = dial(&mut s, 2, None, t0);
+    s.handle_established(old, key(2), t0);
+    s.handle_confirmed(old, t0);
+    events(&mut s);
+    let new = dial(&mut s, 5, None, t0);
+    s.handle_established(new, key(2), t0);
+    assert_eq!(
+        events(&mut s),
+        vec![
+            CoreEvent::Probe { conn: old },
+            // The key is up: the dial has its answer.
+            CoreEvent::DialDone {
+                dial: new,
+                result: Ok(key(2))
+            },
+        ]
+    );
+    s.handle_confirmed(new, t0);
+    assert_eq!(
+        events(&mut s),
+        vec![
+            CoreEvent::PeerDown {
+                conn: old,
+                key: key(2),
+                reason: DownReason::Replaced
+            },
+            CoreEvent::Close {
+                conn: old,
+                reason: CloseReason::Replaced
+            },
+            CoreEvent::PeerUp {
+                conn: new,
+                key: key(2)
+            },
+        ]
+    );
+    // The probe's answer comes later: nothing more happens.
+    s.handle_probe_result(old, false, t0);
+    assert_eq!(events(&mut s), vec![]);
+    assert_eq!(s.up(&key(2)), Some(new));
 }

@@ -127,7 +127,8 @@ pub struct Shutdown;
 
 /// A connection to `key` is settled (the only one for that key): open and accept
 /// streams on it. The connection manager sends empty QUIC datagrams on it as liveness
-/// probes; a protocol that uses datagrams ignores empty ones.
+/// probes, and the greater key one confirmation datagram (`replic8-connmgr/confirm`) when
+/// the smaller key initiated it; a protocol that uses datagrams ignores both.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct PeerUp {

@@ -1,0 +1,112 @@
+//! The greater key's confirmation over real loopback sockets: a connection initiated by
+//! the smaller key goes up on the confirmation, not after the settle window, and without
+//! a confirmation (a peer that does not send one) the settle window still applies.
+
+mod util;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replic8_connmgr::{tls, Initiator, Peers, PolicyConfig, Stats, DEFAULT_ALPN};
+use util::*;
+
+/// Longer than every wait of the tests (`GUARD`): a connection held for it can only go up
+/// in time through the confirmation.
+const NEVER: Duration = Duration::from_secs(600);
+
+fn settle_never(config: &mut replic8_connmgr::ConnManagerConfig) {
+    config.policy = PolicyConfig {
+        settle_window: NEVER,
+        dial_wait: NEVER,
+        ..PolicyConfig::default()
+    };
+}
+
+#[test]
+fn smaller_key_dial_goes_up_on_the_greater_keys_confirmation() {
+    run(|| async {
+        for round in 0..10 {
+            let (gi, si) = ordered_pair();
+            let mut g = Node::spawn_with(&format!("great#{round}"), gi, settle_never).await;
+            let mut s = Node::spawn_with(&format!("small#{round}"), si, settle_never).await;
+            // A `Dial` answers when the key is up: with the windows at 10 min, only the
+            // confirmation can make that happen within the guard.
+            assert_eq!(s.dial(g.addr(), None).await, Ok(g.key()), "round {round}");
+            let up_s = s.peer_up(g.key()).await;
+            let up_g = g.peer_up(s.key()).await;
+            assert_eq!(up_s.initiator, Initiator::Local, "round {round}");
+            assert_eq!(up_g.initiator, Initiator::Remote, "round {round}");
+            send_uni(&up_s.connection, b"from small")
+                .await
+                .expect("send");
+            assert_eq!(
+                recv_uni(&up_g.connection).await.as_deref(),
+                Ok(&b"from small"[..])
+            );
+            send_uni(&up_g.connection, b"from great")
+                .await
+                .expect("send");
+            assert_eq!(
+                recv_uni(&up_s.connection).await.as_deref(),
+                Ok(&b"from great"[..])
+            );
+            // The greater side committed: its own dial to that address is answered by the
+            // connection it has, and no second one is made.
+            assert_eq!(g.dial(s.addr(), None).await, Ok(s.key()), "round {round}");
+            assert_eq!(g.dial(s.addr(), Some(s.key())).await, Ok(s.key()));
+            let stats = g.handle.addr().send(Stats).await.expect("stats");
+            assert_eq!(stats.dials_started, 0, "round {round}");
+            assert_eq!(g.handle.addr().send(Peers).await.expect("peers").len(), 1);
+            assert_eq!(s.handle.addr().send(Peers).await.expect("peers").len(), 1);
+            for ev in g.pending_events().into_iter().chain(s.pending_events()) {
+                assert!(
+                    !matches!(ev, Ev::Down(_) | Ev::Up(_)),
+                    "round {round}: extra {ev:?}"
+                );
+            }
+            drop((up_s, up_g));
+            tokio::join!(g.close(), s.close());
+        }
+    });
+}
+
+/// A peer with the greater key that never confirms (an implementation without the rule:
+/// here a bare quinn endpoint with the same TLS): the smaller side holds its connection
+/// for the whole settle window, then goes up as before.
+#[test]
+fn without_a_confirmation_the_settle_window_applies() {
+    run(|| async {
+        let (gi, si) = ordered_pair();
+        let server = quinn::ServerConfig::with_crypto(Arc::new(
+            tls::server_config(&gi, &[DEFAULT_ALPN.to_vec()]).expect("tls"),
+        ));
+        let endpoint = quinn::Endpoint::server(server, loopback()).expect("bare endpoint binds");
+        let accept = {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let incoming = endpoint.accept().await.expect("incoming");
+                incoming.await.expect("handshake")
+            })
+        };
+        let settle = PolicyConfig::default().settle_window;
+        let mut s = Node::spawn("small", si).await;
+        let started = Instant::now();
+        assert_eq!(
+            s.dial(endpoint.local_addr().expect("addr"), Some(gi.key()))
+                .await,
+            Ok(gi.key())
+        );
+        let up = s.peer_up(gi.key()).await;
+        // Held until the window ended (a lower bound: it cannot be earlier).
+        assert!(started.elapsed() >= settle, "{:?}", started.elapsed());
+        let conn = accept.await.expect("accept task");
+        send_uni(&up.connection, b"late but fine")
+            .await
+            .expect("send");
+        assert_eq!(recv_uni(&conn).await.as_deref(), Ok(&b"late but fine"[..]));
+        drop((up, conn));
+        s.close().await;
+        endpoint.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    });
+}
