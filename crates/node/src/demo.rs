@@ -116,24 +116,40 @@ pub enum DemoError {
     Options(String),
 }
 
-/// The demo's data: deterministic, not compressible.
+/// Deterministic, incompressible bytes (xorshift64), block after block: the demo's data
+/// and `replic8 bench`'s.
+#[derive(Debug, Clone)]
+pub(crate) struct Pattern(u64);
+
+impl Pattern {
+    pub(crate) fn new() -> Self {
+        Pattern(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The next `n` bytes.
+    pub(crate) fn block(&mut self, n: usize) -> Vec<u8> {
+        let mut block = Vec::with_capacity(n);
+        while block.len() < n {
+            // xorshift64
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let word = self.0.to_le_bytes();
+            let take = (n - block.len()).min(8);
+            block.extend_from_slice(&word[..take]);
+        }
+        block
+    }
+}
+
+/// The demo's data: `bytes` in blocks of `block_size` (the last may be shorter).
 fn make_blocks(bytes: usize, block_size: usize) -> Vec<Vec<u8>> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut pattern = Pattern::new();
     let mut out = Vec::with_capacity(bytes.div_ceil(block_size));
     let mut left = bytes;
     while left > 0 {
         let n = left.min(block_size);
-        let mut block = Vec::with_capacity(n);
-        while block.len() < n {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let word = state.to_le_bytes();
-            let take = (n - block.len()).min(8);
-            block.extend_from_slice(&word[..take]);
-        }
-        out.push(block);
+        out.push(pattern.block(n));
         left -= n;
     }
     out

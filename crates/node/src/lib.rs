@@ -30,8 +30,10 @@
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
 //! - [`control`]: the daemon's control socket (0600 Unix socket, JSON lines);
 //! - [`demo`]: `replic8 demo`, the whole mission offline on one machine;
+//! - [`bench`]: `replic8 bench`, throughput, memory and discovery latency of this machine;
 //! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod demo;

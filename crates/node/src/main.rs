@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use replic8_node::config::NodeConfig;
 use replic8_node::control::{self, Request};
-use replic8_node::{demo, import, NodeBuilder};
+use replic8_node::{bench, demo, import, NodeBuilder};
 use serde_json::Value;
 
 /// replic8: peer-to-peer replication of signed append-only feeds over QUIC.
@@ -52,6 +52,73 @@ enum Command {
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Measure this machine: replication throughput, memory, appends, discovery latency.
+    ///
+    /// Each scenario prints a table row (or, with --json, one JSON object per line) with
+    /// scenario, bytes, blocks, seconds, mb_per_s, blocks_per_s and peak_rss_bytes, plus
+    /// its own fields. MB is 10^6 bytes; sizes take K/KiB/M/MiB/G/GiB (powers of 1024) or
+    /// KB/MB/GB (powers of 1000). Temporary data goes under --dir (default $TMPDIR) and
+    /// is removed afterwards.
+    Bench {
+        /// raw: QUIC alone (one connection, one stream); bulk: a feed of 64 KiB blocks
+        /// replicated disk to disk between two processes and verified (also runs raw:
+        /// raw_quic_mb_per_s, ratio); small: the same with 1 KiB blocks; many-feeds:
+        /// 1000 feeds x 100 x 1 KiB over one connection; append: durable appends, 64 KiB
+        /// and 1 KiB blocks; discovery: join to connected on a local 20-node DHT; all.
+        #[arg(value_enum)]
+        scenario: bench::Scenario,
+        /// Bytes to move (raw, bulk, small: default 256MiB) or to append per block size
+        /// (append: 256MiB).
+        #[arg(long, value_parser = bench::parse_size)]
+        size: Option<u64>,
+        /// Bytes per block (bulk 64KiB, small and many-feeds 1KiB; append runs 64KiB and
+        /// 1KiB unless given).
+        #[arg(long, value_parser = bench::parse_size)]
+        block_size: Option<u64>,
+        /// Feeds (many-feeds; default 1000).
+        #[arg(long)]
+        feeds: Option<u64>,
+        /// Blocks per feed (many-feeds; default 100).
+        #[arg(long)]
+        blocks: Option<u64>,
+        /// Directory for the temporary data directories (default $TMPDIR).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Append path (append).
+        #[arg(long, value_enum, default_value_t = bench::append::AppendPath::Deferred)]
+        append_path: bench::append::AppendPath,
+        /// Rounds of each discovery case (default 20).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// DHT nodes of the local testnet (discovery; default 20).
+        #[arg(long)]
+        testnet_nodes: Option<usize>,
+        /// Seconds a discovery round may take to connect (default 30).
+        #[arg(long)]
+        guard_secs: Option<u64>,
+        /// Discovery rounds in flight at once (default 5).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The writer process of `bench` (started by it).
+    #[command(hide = true)]
+    BenchPeer {
+        /// The writer's data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Feeds to write.
+        #[arg(long)]
+        feeds: u64,
+        /// Bytes per feed.
+        #[arg(long)]
+        bytes_per_feed: u64,
+        /// Bytes per block.
+        #[arg(long)]
+        block_size: usize,
     },
     /// Run a node until interrupted, serving the client commands on the control socket.
     Daemon {
@@ -202,6 +269,42 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start a runtime")
 }
 
+/// An actix system on a multi-threaded runtime (the raw bench starts actors in it).
+fn actix_runtime() -> anyhow::Result<actix::SystemRunner> {
+    let rt = runtime()?;
+    Ok(actix::System::with_tokio_rt(move || rt))
+}
+
+/// Runs the bench, printing each row as it comes (a header first for the table).
+fn run_bench(
+    scenario: bench::Scenario,
+    options: &bench::BenchOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut failed = None;
+    let mut emit = |row: &bench::Row| {
+        let mut out = std::io::stdout().lock();
+        let written = if json {
+            serde_json::to_writer(&mut out, &row.0)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
+        } else {
+            writeln!(out, "{}", row.table_line())
+        };
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            failed.get_or_insert(e);
+        }
+    };
+    if !json {
+        println!("{}", bench::Row::table_header());
+    }
+    actix_runtime()?.block_on(bench::run(scenario, options, &mut emit))?;
+    match failed {
+        Some(e) => Err(e).context("cannot write the results"),
+        None => Ok(()),
+    }
+}
+
 /// The config file (or the defaults) with `--data-dir` applied.
 fn load_config(cli_config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<NodeConfig> {
     let mut config = match cli_config {
@@ -289,6 +392,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print_summary(&mut out, &summary)?;
             }
+            Ok(())
+        }
+        Command::Bench {
+            scenario,
+            size,
+            block_size,
+            feeds,
+            blocks,
+            dir,
+            append_path,
+            rounds,
+            testnet_nodes,
+            guard_secs,
+            parallel,
+            json,
+        } => {
+            let options = bench::BenchOptions {
+                size,
+                block_size: block_size
+                    .map(usize::try_from)
+                    .transpose()
+                    .context("--block-size is too large")?,
+                feeds,
+                blocks,
+                dir,
+                append_path,
+                rounds,
+                testnet_nodes,
+                guard: guard_secs.map(std::time::Duration::from_secs),
+                parallel,
+                peer_exe: None,
+            };
+            run_bench(scenario, &options, json)
+        }
+        Command::BenchPeer {
+            dir,
+            feeds,
+            bytes_per_feed,
+            block_size,
+        } => {
+            let options = bench::replicate::PeerOptions {
+                feeds,
+                bytes_per_feed,
+                block_size,
+            };
+            actix_runtime()?.block_on(bench::replicate::serve(&dir, options))?;
             Ok(())
         }
         Command::Daemon {

@@ -1,0 +1,173 @@
+//! `discovery`: join to connected on a private Mainline DHT (`mainline::Testnet`, 20
+//! nodes on 127.0.0.1), with pairs of nodes built like any node (`.testnet(..)`, LAN off,
+//! in memory, a fresh pair and a fresh random topic per round). Rounds run
+//! `--parallel` at a time (default 5): a round is almost all waiting (the whole scenario
+//! uses well under a CPU-second), and one after the other 20 rounds of both cases took
+//! 70 s.
+//!
+//! - announce-then-join: A joins and its join resolves (first announce stored, first
+//!   lookup done); then B joins. Measured: from B's join call to B's `PeerUp` for A.
+//! - both-at-once: A and B join at the same instant. Measured: from the joins to the
+//!   first `PeerUp` between them (on either side).
+//!
+//! A round that does not connect within the guard (default 30 s) counts as not connected;
+//! median and max are over the connected rounds.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, Semaphore};
+
+use super::{median_max, peak_rss_bytes, reset_peak_rss, round, BenchError, BenchOptions, Row};
+use crate::{JoinOptions, Node, NodeEvent, NodeHandle, PeerKey, Topic};
+
+/// Rounds of each case.
+pub const DEFAULT_ROUNDS: usize = 20;
+/// DHT nodes in the testnet.
+pub const DEFAULT_TESTNET_NODES: usize = 20;
+/// How long a round may take to connect.
+pub const DEFAULT_GUARD: Duration = Duration::from_secs(30);
+/// Rounds in flight at once.
+pub const DEFAULT_PARALLEL: usize = 5;
+
+async fn spawn(bootstrap: &[String]) -> Result<NodeHandle, BenchError> {
+    Ok(Node::builder()
+        .in_memory()
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .testnet(bootstrap)
+        .lan(false)
+        .spawn()
+        .await?)
+}
+
+/// Waits for a `PeerUp` for `key`; the instant it was seen, or `None` on the guard.
+async fn peer_up(
+    mut events: broadcast::Receiver<NodeEvent>,
+    key: PeerKey,
+    guard: Duration,
+) -> Option<Instant> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::PeerUp { key: k, .. }) if k == key => return Some(Instant::now()),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(guard, wait).await.ok().flatten()
+}
+
+fn fresh_topic() -> Topic {
+    Topic(rand::random())
+}
+
+/// One announce-then-join round: milliseconds from B's join to B's `PeerUp` for A.
+async fn announce_then_join(
+    bootstrap: &[String],
+    guard: Duration,
+) -> Result<Option<f64>, BenchError> {
+    let (a, b) = (spawn(bootstrap).await?, spawn(bootstrap).await?);
+    let topic = fresh_topic();
+    let result = async {
+        a.join(topic, JoinOptions::default()).await?;
+        let up = peer_up(b.subscribe(), a.key(), guard);
+        let start = Instant::now();
+        let (joined, up) = tokio::join!(b.join(topic, JoinOptions::default()), up);
+        joined?;
+        Ok::<_, BenchError>(up.map(|t| t.duration_since(start).as_secs_f64() * 1e3))
+    }
+    .await;
+    tokio::join!(a.close(), b.close());
+    result
+}
+
+/// One both-at-once round: milliseconds from the joins to the first `PeerUp` between A
+/// and B.
+async fn both_at_once(bootstrap: &[String], guard: Duration) -> Result<Option<f64>, BenchError> {
+    let (a, b) = (spawn(bootstrap).await?, spawn(bootstrap).await?);
+    let topic = fresh_topic();
+    let result = async {
+        let up_a = peer_up(a.subscribe(), b.key(), guard);
+        let up_b = peer_up(b.subscribe(), a.key(), guard);
+        let first = async {
+            tokio::select! {
+                t = up_a => t,
+                t = up_b => t,
+            }
+        };
+        let start = Instant::now();
+        let (ja, jb, up) = tokio::join!(
+            a.join(topic, JoinOptions::default()),
+            b.join(topic, JoinOptions::default()),
+            first
+        );
+        ja?;
+        jb?;
+        Ok::<_, BenchError>(up.map(|t| t.duration_since(start).as_secs_f64() * 1e3))
+    }
+    .await;
+    tokio::join!(a.close(), b.close());
+    result
+}
+
+/// Runs the scenario.
+pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
+    let rounds = options.rounds.unwrap_or(DEFAULT_ROUNDS);
+    let nodes = options.testnet_nodes.unwrap_or(DEFAULT_TESTNET_NODES);
+    let guard = options.guard.unwrap_or(DEFAULT_GUARD);
+    if rounds == 0 || nodes == 0 {
+        return Err(BenchError::Options(
+            "discovery: rounds and testnet nodes must be more than 0".into(),
+        ));
+    }
+    reset_peak_rss();
+    let testnet = tokio::task::spawn_blocking(move || mainline::Testnet::builder(nodes).build())
+        .await
+        .map_err(|e| BenchError::Options(e.to_string()))?
+        .map_err(BenchError::io("testnet"))?;
+    let parallel = options.parallel.unwrap_or(DEFAULT_PARALLEL).max(1);
+    let start = Instant::now();
+    let permits = Arc::new(Semaphore::new(parallel));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..rounds {
+        let (permits, bootstrap) = (permits.clone(), testnet.bootstrap.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let a = announce_then_join(&bootstrap, guard).await?;
+            let b = both_at_once(&bootstrap, guard).await?;
+            Ok::<_, BenchError>((a, b))
+        });
+    }
+    let mut sequential = Vec::new();
+    let mut together = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (a, b) = done.map_err(|e| BenchError::Options(format!("a discovery round: {e}")))??;
+        sequential.extend(a);
+        together.extend(b);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(testnet);
+    let mut row = Row::new("discovery", 0, 0, seconds, peak_rss_bytes(None))
+        .with("rounds", rounds)
+        .with("testnet_nodes", nodes)
+        .with("parallel", parallel)
+        .with("guard_seconds", guard.as_secs_f64());
+    for (name, ms) in [
+        ("announce_then_join", &mut sequential),
+        ("both_at_once", &mut together),
+    ] {
+        let connected = ms.len();
+        let (median, max) = match median_max(ms) {
+            Some((m, x)) => (Some(round(m, 1)), Some(round(x, 1))),
+            None => (None, None),
+        };
+        row = row
+            .with(&format!("{name}_median_ms"), median)
+            .with(&format!("{name}_max_ms"), max)
+            .with(&format!("{name}_connected"), connected);
+    }
+    Ok(row)
+}

@@ -1,0 +1,375 @@
+//! `replic8 bench`: measure this machine. Each scenario yields one or more [`Row`]s, printed
+//! as a table or as JSON lines by the binary.
+//!
+//! Scenarios (each in its own module):
+//! - [`raw`]: QUIC alone, the node's transport settings, one connection, one stream;
+//! - [`replicate`]: `bulk`, `small` and `many-feeds`: a writer process (this binary
+//!   re-executed as the hidden `bench-peer`) serves feeds from disk, this process replicates
+//!   them to disk over one connection on loopback and verifies them;
+//! - [`append`]: durable appends to a feed on disk;
+//! - [`discovery`]: join to connected on a private 20-node DHT.
+//!
+//! Every row has `scenario`, `bytes`, `blocks`, `seconds`, `mb_per_s`, `blocks_per_s` (MB
+//! = 10^6 bytes) and `peak_rss_bytes` (the peak resident set of this process during the
+//! scenario, reset before it starts; `null` where the OS does not tell), plus the
+//! scenario's own fields.
+
+pub mod append;
+pub mod discovery;
+pub mod raw;
+pub mod replicate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// A scenario of `replic8 bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// QUIC alone: one connection, one stream (the reference for `bulk`).
+    Raw,
+    /// A feed of 64 KiB blocks, disk to disk between two processes, verified.
+    Bulk,
+    /// Like `bulk` with 1 KiB blocks.
+    Small,
+    /// Many small feeds over one connection.
+    ManyFeeds,
+    /// Durable appends to a feed on disk, 64 KiB and 1 KiB blocks.
+    Append,
+    /// Join to connected on a private local DHT.
+    Discovery,
+    /// Every scenario above, one after the other.
+    All,
+}
+
+impl Scenario {
+    /// Every single scenario, in the order `all` runs them.
+    pub const EACH: [Scenario; 6] = [
+        Scenario::Raw,
+        Scenario::Bulk,
+        Scenario::Small,
+        Scenario::ManyFeeds,
+        Scenario::Append,
+        Scenario::Discovery,
+    ];
+
+    /// The name on the command line and in the rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Raw => "raw",
+            Scenario::Bulk => "bulk",
+            Scenario::Small => "small",
+            Scenario::ManyFeeds => "many-feeds",
+            Scenario::Append => "append",
+            Scenario::Discovery => "discovery",
+            Scenario::All => "all",
+        }
+    }
+}
+
+/// Sizes and knobs; `None` takes the scenario's default.
+#[derive(Debug, Clone, Default)]
+pub struct BenchOptions {
+    /// Bytes to move (raw, bulk, small) or to append (append, per block size).
+    pub size: Option<u64>,
+    /// Bytes per block (bulk, small, many-feeds; append runs only this size if given).
+    pub block_size: Option<usize>,
+    /// Feeds (many-feeds).
+    pub feeds: Option<u64>,
+    /// Blocks per feed (many-feeds).
+    pub blocks: Option<u64>,
+    /// Where temporary data directories go (default `$TMPDIR`).
+    pub dir: Option<PathBuf>,
+    /// Append path (append): owned 4 MiB batches or deferred 1 MiB batches.
+    pub append_path: append::AppendPath,
+    /// Rounds of each discovery case.
+    pub rounds: Option<usize>,
+    /// DHT nodes in the discovery testnet.
+    pub testnet_nodes: Option<usize>,
+    /// Discovery rounds in flight at once.
+    pub parallel: Option<usize>,
+    /// How long one discovery round may take before it counts as not connected.
+    pub guard: Option<Duration>,
+    /// The `replic8` executable to start as the writer (default: this one).
+    pub peer_exe: Option<PathBuf>,
+}
+
+/// What a benchmark can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A temporary directory or file could not be made or used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A node could not start.
+    #[error("node: {0}")]
+    Spawn(#[from] crate::node::SpawnError),
+    /// A feed operation on a node failed.
+    #[error("feed: {0}")]
+    Feed(#[from] crate::node::FeedError),
+    /// A join failed.
+    #[error("join: {0}")]
+    Join(#[from] crate::node::JoinError),
+    /// Connecting to the writer failed.
+    #[error("connect: {0}")]
+    Connect(#[from] crate::node::ConnectError),
+    /// The raw QUIC transfer failed.
+    #[error("raw transfer: {0}")]
+    Raw(#[from] replic8_connmgr::bench::BenchError),
+    /// Opening or appending to a feed on disk failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// The writer process failed or said something unexpected.
+    #[error("writer process: {0}")]
+    Peer(String),
+    /// Replication did not finish within its guard.
+    #[error("{0}")]
+    Timeout(String),
+    /// The replica differs from what the writer holds.
+    #[error("replica differs: {0}")]
+    Mismatch(String),
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+}
+
+impl BenchError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Io { what, source }
+    }
+}
+
+/// One result line: the common fields first, then the scenario's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(pub Map<String, Value>);
+
+impl Row {
+    /// A row with the common fields; `mb_per_s` and `blocks_per_s` are derived.
+    pub fn new(
+        scenario: &str,
+        bytes: u64,
+        blocks: u64,
+        seconds: f64,
+        peak_rss_bytes: Option<u64>,
+    ) -> Row {
+        let secs = seconds.max(1e-9);
+        let mut map = Map::new();
+        map.insert("scenario".into(), scenario.into());
+        map.insert("bytes".into(), bytes.into());
+        map.insert("blocks".into(), blocks.into());
+        map.insert("seconds".into(), round(seconds, 6).into());
+        map.insert(
+            "mb_per_s".into(),
+            round(bytes as f64 / 1e6 / secs, 3).into(),
+        );
+        map.insert("blocks_per_s".into(), round(blocks as f64 / secs, 1).into());
+        map.insert("peak_rss_bytes".into(), peak_rss_bytes.into());
+        Row(map)
+    }
+
+    /// Adds a scenario field.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Row {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// A field, as a number.
+    pub fn f64(&self, key: &str) -> f64 {
+        self.0.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+    }
+
+    /// The table's header line.
+    pub fn table_header() -> String {
+        format!(
+            "{:<11} {:>12} {:>9} {:>9} {:>10} {:>12} {:>9}  {}",
+            "scenario", "bytes", "blocks", "seconds", "MB/s", "blocks/s", "RSS MiB", "more"
+        )
+    }
+
+    /// The row as a table line; the scenario's own fields go last as `key=value`.
+    pub fn table_line(&self) -> String {
+        let get = |k: &str| self.0.get(k).cloned().unwrap_or(Value::Null);
+        let rss = match get("peak_rss_bytes").as_u64() {
+            Some(b) => format!("{:.1}", b as f64 / (1 << 20) as f64),
+            None => "-".into(),
+        };
+        let more: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(k, _)| !COMMON.contains(&k.as_str()))
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                v => format!("{k}={v}"),
+            })
+            .collect();
+        format!(
+            "{:<11} {:>12} {:>9} {:>9.3} {:>10.1} {:>12.0} {:>9}  {}",
+            get("scenario").as_str().unwrap_or_default(),
+            get("bytes").to_string(),
+            get("blocks").to_string(),
+            self.f64("seconds"),
+            self.f64("mb_per_s"),
+            self.f64("blocks_per_s"),
+            rss,
+            more.join(" ")
+        )
+    }
+}
+
+const COMMON: [&str; 7] = [
+    "scenario",
+    "bytes",
+    "blocks",
+    "seconds",
+    "mb_per_s",
+    "blocks_per_s",
+    "peak_rss_bytes",
+];
+
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+/// Runs `scenario` (every one for [`Scenario::All`]), handing each row to `emit` as soon
+/// as it is measured. Must run inside an actix system (`raw` starts actors in it).
+pub async fn run(
+    scenario: Scenario,
+    options: &BenchOptions,
+    emit: &mut dyn FnMut(&Row),
+) -> Result<(), BenchError> {
+    let list: Vec<Scenario> = if scenario == Scenario::All {
+        Scenario::EACH.to_vec()
+    } else {
+        vec![scenario]
+    };
+    for s in list {
+        match s {
+            Scenario::Raw => emit(&raw::run(options).await?),
+            Scenario::Bulk | Scenario::Small | Scenario::ManyFeeds => {
+                emit(&replicate::run(s, options).await?)
+            }
+            Scenario::Append => {
+                for row in append::run(options).await? {
+                    emit(&row);
+                }
+            }
+            Scenario::Discovery => emit(&discovery::run(options).await?),
+            Scenario::All => {}
+        }
+    }
+    Ok(())
+}
+
+/// The peak resident set (`VmHWM`) of process `pid`, or of this process for `None`, in
+/// bytes; `None` where `/proc` does not tell.
+pub fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets this process's peak resident set to its current one (Linux `clear_refs` 5), so
+/// that the next [`peak_rss_bytes`] covers only what follows. Does nothing elsewhere.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", b"5");
+}
+
+/// Parses a size: a number of bytes with an optional suffix `K`, `KiB`, `M`, `MiB`, `G`,
+/// `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 256MiB, 64KiB, 1000)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A temporary directory under `options.dir` or `$TMPDIR`.
+pub(crate) fn temp_dir(
+    options: &BenchOptions,
+    prefix: &str,
+) -> Result<tempfile::TempDir, BenchError> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    match &options.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(BenchError::io(format!("{}", dir.display())))?;
+            builder.tempdir_in(dir)
+        }
+        None => builder.tempdir(),
+    }
+    .map_err(BenchError::io("temporary directory"))
+}
+
+/// Median and max of `ms` (sorted in place); `None` if empty.
+pub(crate) fn median_max(ms: &mut [f64]) -> Option<(f64, f64)> {
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
+    Some((median, ms[n - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn rows_derive_the_rates() {
+        let row = Row::new("x", 2_000_000, 40, 2.0, Some(1 << 20)).with("ratio", 0.5);
+        assert_eq!(row.f64("mb_per_s"), 1.0);
+        assert_eq!(row.f64("blocks_per_s"), 20.0);
+        assert!(row.table_line().contains("ratio=0.5"));
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median_max(&mut [3.0, 1.0, 2.0]), Some((2.0, 3.0)));
+        assert_eq!(median_max(&mut [4.0, 1.0, 2.0, 3.0]), Some((2.5, 4.0)));
+        assert_eq!(median_max(&mut []), None);
+    }
+}

@@ -1,0 +1,508 @@
+//! `bulk`, `small`, `many-feeds`: replication disk to disk between two processes on
+//! loopback, verified.
+//!
+//! The writer is this binary re-executed as the hidden `replic8 bench-peer` ([`serve`]).
+//! Untimed, it writes its feeds straight into `<data dir>/feeds` with the store's owned
+//! batches, starts a node on that directory (no DHT, no LAN), shares every feed in
+//! [`NAMESPACE`] and prints one JSON line ([`PeerReady`]: address, key, each feed's length
+//! and signed tree hash); it serves until its standard input closes.
+//!
+//! The reader is this process: a fresh node on disk that opens the namespace (accepting
+//! everything offered) and connects to the writer's address with its key pinned. The
+//! clock runs from the connect call until every feed has been reported synced at its full
+//! length (every block verified against the signed head and stored). Then the replica is
+//! checked: each feed's length, stored count and signed tree hash equal the writer's,
+//! and its blocks, read back from disk, hash to that same tree.
+//!
+//! `peak_rss_bytes` is the reader's (this process, reset before the node starts);
+//! `writer_peak_rss_bytes` the writer's while serving (it resets its own after writing).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use replic8_store::storage::DiskStorage;
+use replic8_store::tree::{self, Node as TreeNode};
+use replic8_store::{Feed, FeedSecret};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{
+    peak_rss_bytes, reset_peak_rss, round, temp_dir, BenchError, BenchOptions, Row, Scenario,
+};
+use crate::demo::Pattern;
+use crate::{FeedKey, Headers, Node, NodeEvent, NodeHandle, PeerKey};
+
+/// The namespace the writer shares its feeds in.
+pub const NAMESPACE: &str = "replic8-bench";
+/// How long replication may take before the bench gives up.
+const SYNC_GUARD: Duration = Duration::from_secs(600);
+/// Bytes per owned batch when the writer fills its feeds.
+const PREP_BATCH: usize = 4 << 20;
+/// Blocks per read when the replica is read back.
+const READ_BATCH: u64 = 256;
+/// How often the reader re-checks the store's counters when it missed events.
+const RECHECK: Duration = Duration::from_millis(20);
+
+/// What the writer process builds and serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// Feeds.
+    pub feeds: u64,
+    /// Bytes per feed.
+    pub bytes_per_feed: u64,
+    /// Bytes per block (the last block of a feed may be shorter).
+    pub block_size: usize,
+}
+
+/// One feed the writer serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFeed {
+    /// The feed key, hex.
+    pub key: String,
+    /// Blocks.
+    pub length: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// The signed head's tree hash, hex.
+    pub tree_hash: String,
+}
+
+/// The writer's line on standard output once it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerReady {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its node key, hex.
+    pub key: String,
+    /// Seconds the writer took to write its feeds (untimed by the bench).
+    pub prep_seconds: f64,
+    /// The feeds, each shared in [`NAMESPACE`].
+    pub feeds: Vec<PeerFeed>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Store(e.to_string())
+}
+
+/// Writes the feeds into `feeds_dir` (a node's `<data dir>/feeds`) with owned batches.
+fn write_feeds(feeds_dir: &Path, options: PeerOptions) -> Result<Vec<PeerFeed>, BenchError> {
+    let storage = DiskStorage::open(feeds_dir).map_err(store_err)?;
+    let mut pattern = Pattern::new();
+    let per_batch = (PREP_BATCH / options.block_size).max(1);
+    let mut out = Vec::new();
+    for _ in 0..options.feeds {
+        let mut feed = Feed::create(&storage, FeedSecret::generate()).map_err(store_err)?;
+        let mut left = options.bytes_per_feed;
+        while left > 0 {
+            let mut batch = Vec::with_capacity(per_batch);
+            while batch.len() < per_batch && left > 0 {
+                let n = left.min(options.block_size as u64) as usize;
+                batch.push(pattern.block(n));
+                left -= n as u64;
+            }
+            feed.append_batch_owned(batch).map_err(store_err)?;
+        }
+        let head = feed
+            .head()
+            .ok_or_else(|| BenchError::Store("a written feed has no head".into()))?;
+        out.push(PeerFeed {
+            key: hex::encode(feed.key().as_bytes()),
+            length: feed.length(),
+            bytes: feed.byte_length(),
+            tree_hash: hex::encode(head.tree_hash),
+        });
+    }
+    Ok(out)
+}
+
+/// The writer (`replic8 bench-peer`): writes the feeds under `dir`, serves them on
+/// 127.0.0.1 and prints a [`PeerReady`] line; returns when standard input closes.
+pub async fn serve(dir: &Path, options: PeerOptions) -> Result<(), BenchError> {
+    if options.block_size == 0 || options.block_size > replic8_store::MAX_BLOCK_SIZE {
+        return Err(BenchError::Options(format!(
+            "block size must be 1..={}",
+            replic8_store::MAX_BLOCK_SIZE
+        )));
+    }
+    let start = Instant::now();
+    let feeds_dir = dir.join(crate::feeds::FEEDS_DIR);
+    let feeds = tokio::task::spawn_blocking(move || write_feeds(&feeds_dir, options))
+        .await
+        .map_err(|e| BenchError::Peer(e.to_string()))??;
+    let prep_seconds = start.elapsed().as_secs_f64();
+    reset_peak_rss();
+    let node = Node::builder()
+        .data_dir(dir)
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .dht(false)
+        .lan(false)
+        .spawn()
+        .await?;
+    let served = async {
+        for f in &feeds {
+            node.share(NAMESPACE, parse_feed(&f.key)?, Headers::new())
+                .await?;
+        }
+        let ready = PeerReady {
+            addr: node.local_addr(),
+            key: node.key().to_string(),
+            prep_seconds: round(prep_seconds, 3),
+            feeds,
+        };
+        let line = serde_json::to_string(&ready).map_err(|e| BenchError::Peer(e.to_string()))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(BenchError::io("stdout"))?;
+        drop(out);
+        // Serve until the reader closes our standard input.
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut sink)
+        })
+        .await
+        .map_err(|e| BenchError::Peer(e.to_string()))?
+        .map_err(BenchError::io("stdin"))?;
+        Ok::<_, BenchError>(())
+    }
+    .await;
+    node.close().await;
+    served
+}
+
+fn parse_feed(hex_key: &str) -> Result<FeedKey, BenchError> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut key)
+        .map_err(|_| BenchError::Peer(format!("bad feed key {hex_key:?}")))?;
+    Ok(FeedKey(key))
+}
+
+/// The writer process; killed if dropped before it was waited for.
+struct Writer {
+    child: Child,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn start_writer(
+    exe: &Path,
+    dir: &Path,
+    options: PeerOptions,
+) -> Result<(Writer, PeerReady), BenchError> {
+    let child = Command::new(exe)
+        .arg("bench-peer")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--feeds")
+        .arg(options.feeds.to_string())
+        .arg("--bytes-per-feed")
+        .arg(options.bytes_per_feed.to_string())
+        .arg("--block-size")
+        .arg(options.block_size.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(BenchError::io(format!("cannot start {}", exe.display())))?;
+    let mut writer = Writer { child };
+    let stdout = writer
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Peer("no stdout".into()))?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(BenchError::io("reading the writer's address"))?;
+    if line.trim().is_empty() {
+        let status = writer.child.wait().map_err(BenchError::io("writer"))?;
+        return Err(BenchError::Peer(format!(
+            "exited ({status}) before serving"
+        )));
+    }
+    let ready: PeerReady = serde_json::from_str(line.trim())
+        .map_err(|e| BenchError::Peer(format!("bad ready line {:?}: {e}", line.trim())))?;
+    Ok((writer, ready))
+}
+
+/// What one replication measured.
+#[derive(Debug, Clone)]
+pub struct Replicated {
+    /// Seconds from connect to every feed synced at full length.
+    pub seconds: f64,
+    /// Bytes replicated.
+    pub bytes: u64,
+    /// Blocks replicated.
+    pub blocks: u64,
+    /// The reader's peak RSS (this process, from the reader node's start).
+    pub reader_peak_rss: Option<u64>,
+    /// The writer's peak RSS while serving.
+    pub writer_peak_rss: Option<u64>,
+    /// The writer's untimed preparation.
+    pub prep_seconds: f64,
+}
+
+/// Starts a writer with `options` under `dir`, replicates everything it serves into a
+/// fresh node under `dir`, verifies the replica, stops the writer.
+pub async fn replicate(
+    exe: &Path,
+    dir: &Path,
+    options: PeerOptions,
+) -> Result<Replicated, BenchError> {
+    let writer_dir = dir.join("writer");
+    let (exe2, wd) = (exe.to_owned(), writer_dir.clone());
+    let (mut writer, ready) =
+        tokio::task::spawn_blocking(move || start_writer(&exe2, &wd, options))
+            .await
+            .map_err(|e| BenchError::Peer(e.to_string()))??;
+    let writer_key: PeerKey = ready
+        .key
+        .parse()
+        .map_err(|_| BenchError::Peer(format!("bad node key {:?}", ready.key)))?;
+    let mut expected: HashMap<FeedKey, &PeerFeed> = HashMap::new();
+    for f in &ready.feeds {
+        expected.insert(parse_feed(&f.key)?, f);
+    }
+    let bytes: u64 = ready.feeds.iter().map(|f| f.bytes).sum();
+    let blocks: u64 = ready.feeds.iter().map(|f| f.length).sum();
+
+    reset_peak_rss();
+    let reader = Node::builder()
+        .data_dir(dir.join("reader"))
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .dht(false)
+        .lan(false)
+        .spawn()
+        .await?;
+    let result = async {
+        reader.open_namespace(NAMESPACE, None).await?;
+        let events = reader.subscribe();
+        let start = Instant::now();
+        reader.connect(ready.addr, Some(writer_key)).await?;
+        tokio::time::timeout(SYNC_GUARD, wait_synced(&reader, events, &expected, blocks))
+            .await
+            .map_err(|_| {
+                BenchError::Timeout(format!("replication did not finish within {SYNC_GUARD:?}"))
+            })??;
+        let seconds = start.elapsed().as_secs_f64();
+        let reader_peak_rss = peak_rss_bytes(None);
+        let writer_peak_rss = peak_rss_bytes(Some(writer.child.id()));
+        verify(&reader, &expected).await?;
+        Ok::<_, BenchError>(Replicated {
+            seconds,
+            bytes,
+            blocks,
+            reader_peak_rss,
+            writer_peak_rss,
+            prep_seconds: ready.prep_seconds,
+        })
+    }
+    .await;
+    reader.close().await;
+    // Closing its standard input tells the writer to stop.
+    drop(writer.child.stdin.take());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = writer.child.wait();
+        drop(writer);
+        status
+    })
+    .await
+    .map_err(|e| BenchError::Peer(e.to_string()))?
+    .map_err(BenchError::io("waiting for the writer"))?;
+    let replicated = result?;
+    if !status.success() {
+        return Err(BenchError::Peer(format!("exited with {status}")));
+    }
+    Ok(replicated)
+}
+
+/// Waits until every expected feed was reported synced at its full length. If events
+/// were missed (a lagging subscriber), falls back to the store's counters and then checks
+/// each feed.
+async fn wait_synced(
+    node: &NodeHandle,
+    mut events: broadcast::Receiver<NodeEvent>,
+    expected: &HashMap<FeedKey, &PeerFeed>,
+    blocks: u64,
+) -> Result<(), BenchError> {
+    let mut synced = HashSet::new();
+    let mut lagged = false;
+    let mut recheck = tokio::time::interval(RECHECK);
+    while synced.len() < expected.len() {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(NodeEvent::FeedSynced { feed, length, .. }) => {
+                    if expected.get(&feed).is_some_and(|f| f.length == length) {
+                        synced.insert(feed);
+                    }
+                }
+                Ok(NodeEvent::SyncFailed { peer, feed, reason }) => {
+                    return Err(BenchError::Mismatch(format!(
+                        "{} sent a block of {} that did not verify: {reason}",
+                        peer.fmt_short(),
+                        hex::encode(&feed.0[..4])
+                    )));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(BenchError::Peer("the reader node closed".into()));
+                }
+            },
+            _ = recheck.tick(), if lagged => {
+                let stats = node.feed_stats().await.map_err(crate::node::FeedError::from)?;
+                if stats.blocks_in >= blocks && all_held(node, expected).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn all_held(
+    node: &NodeHandle,
+    expected: &HashMap<FeedKey, &PeerFeed>,
+) -> Result<bool, BenchError> {
+    for (key, f) in expected {
+        match node.open_feed(*key).await {
+            Ok(info) if info.length == f.length && info.stored == f.length => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Checks every feed of the replica: length, stored blocks and signed tree hash equal the
+/// writer's, and the blocks read back hash to that tree.
+async fn verify(
+    node: &NodeHandle,
+    expected: &HashMap<FeedKey, &PeerFeed>,
+) -> Result<(), BenchError> {
+    for (key, f) in expected {
+        let name = &f.key[..8];
+        let info = node.open_feed(*key).await?;
+        let head_hash = info.head.as_ref().map(|h| hex::encode(h.tree_hash));
+        if info.length != f.length
+            || info.stored != f.length
+            || head_hash.as_deref() != Some(f.tree_hash.as_str())
+        {
+            return Err(BenchError::Mismatch(format!(
+                "feed {name}: length {} stored {} head {:?}; the writer has length {} head {}",
+                info.length, info.stored, head_hash, f.length, f.tree_hash
+            )));
+        }
+        let mut roots: Vec<TreeNode> = Vec::with_capacity(64);
+        let (mut at, mut bytes) = (0u64, 0u64);
+        while at < f.length {
+            let end = (at + READ_BATCH).min(f.length);
+            for (i, block) in node.read(*key, at..end).await?.iter().enumerate() {
+                tree::push_leaf(&mut roots, tree::leaf(at + i as u64, block), |_| {});
+                bytes += block.len() as u64;
+            }
+            at = end;
+        }
+        let read_hash = hex::encode(tree::tree_hash(&roots));
+        if read_hash != f.tree_hash || bytes != f.bytes {
+            return Err(BenchError::Mismatch(format!(
+                "feed {name}: its {bytes} bytes read back hash to {read_hash}, not {}",
+                f.tree_hash
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The scenario's defaults: (feeds, bytes per feed, block size).
+fn shape(scenario: Scenario, options: &BenchOptions) -> Result<PeerOptions, BenchError> {
+    let (feeds, bytes_per_feed, block_size) = match scenario {
+        Scenario::Bulk => (
+            1,
+            options.size.unwrap_or(256 << 20),
+            options.block_size.unwrap_or(64 << 10),
+        ),
+        Scenario::Small => (
+            1,
+            options.size.unwrap_or(256 << 20),
+            options.block_size.unwrap_or(1 << 10),
+        ),
+        Scenario::ManyFeeds => {
+            let block_size = options.block_size.unwrap_or(1 << 10);
+            let blocks = options.blocks.unwrap_or(100);
+            (
+                options.feeds.unwrap_or(1000),
+                blocks * block_size as u64,
+                block_size,
+            )
+        }
+        other => {
+            return Err(BenchError::Options(format!(
+                "{} is not a replication scenario",
+                other.name()
+            )))
+        }
+    };
+    if feeds == 0 || bytes_per_feed == 0 {
+        return Err(BenchError::Options(format!(
+            "{}: feeds and size must be more than 0",
+            scenario.name()
+        )));
+    }
+    Ok(PeerOptions {
+        feeds,
+        bytes_per_feed,
+        block_size,
+    })
+}
+
+fn peer_exe(options: &BenchOptions) -> Result<PathBuf, BenchError> {
+    match &options.peer_exe {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().map_err(BenchError::io("this executable's path")),
+    }
+}
+
+/// Runs `bulk`, `small` or `many-feeds`. `bulk` also runs `raw` first with the same byte
+/// count and reports `raw_quic_mb_per_s` and `ratio`.
+pub async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Row, BenchError> {
+    let shape = shape(scenario, options)?;
+    let raw = if scenario == Scenario::Bulk {
+        Some(super::raw::transfer(shape.bytes_per_feed).await?)
+    } else {
+        None
+    };
+    let exe = peer_exe(options)?;
+    let dir = temp_dir(options, &format!("replic8-bench-{}-", scenario.name()))?;
+    let r = replicate(&exe, dir.path(), shape).await?;
+    let mut row = Row::new(
+        scenario.name(),
+        r.bytes,
+        r.blocks,
+        r.seconds,
+        r.reader_peak_rss,
+    )
+    .with("writer_peak_rss_bytes", r.writer_peak_rss)
+    .with("feeds", shape.feeds)
+    .with("block_size", shape.block_size)
+    .with("verified", true)
+    .with("prep_seconds", r.prep_seconds);
+    if let Some(raw) = raw {
+        let raw_mb = raw.mb_per_s();
+        let mb = row.f64("mb_per_s");
+        row = row
+            .with("raw_quic_mb_per_s", round(raw_mb, 3))
+            .with("ratio", round(mb / raw_mb.max(1e-9), 4));
+    }
+    Ok(row)
+}
