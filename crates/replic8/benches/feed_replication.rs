@@ -5,9 +5,12 @@
 //! ways), the throughput, and the reader's peak RSS (the writer is a child process, so
 //! its feeds do not count).
 //!
-//! `cargo bench -p replic8 --bench feed_replication -- [feeds] [blocks] [block_bytes] [memory|disk]`
+//! `cargo bench -p replic8 --bench feed_replication -- [feeds] [blocks] [block_bytes] [memory|disk|disk-disk|raw]`
 //! (defaults 1000 100 1024 memory). `disk` stores the reader's feeds in a temporary
-//! directory under `$TMPDIR` (the writer always keeps its feeds in memory).
+//! directory under `$TMPDIR`; `disk-disk` the writer's too (the bulk case: disk
+//! to disk; the writer appends its feeds through its feed store before it listens). `raw` is the
+//! reference: the same endpoints and processes, one QUIC stream carrying
+//! feeds × blocks × block_bytes in chunks of block_bytes, no feed store at all.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/tls/mod.rs"]
@@ -35,7 +38,12 @@ struct Args {
     feeds: u64,
     blocks: u64,
     block_bytes: usize,
+    /// The reader stores on disk.
     disk: bool,
+    /// The writer stores on disk too.
+    writer_disk: bool,
+    /// Raw QUIC, one stream, no feed store.
+    raw: bool,
 }
 
 fn args() -> Args {
@@ -48,7 +56,11 @@ fn args() -> Args {
         feeds: num(0, 1000),
         blocks: num(1, 100),
         block_bytes: num(2, 1024) as usize,
-        disk: words.get(3).is_some_and(|w| w == "disk"),
+        disk: words
+            .get(3)
+            .is_some_and(|w| w == "disk" || w == "disk-disk"),
+        writer_disk: words.get(3).is_some_and(|w| w == "disk-disk"),
+        raw: words.get(3).is_some_and(|w| w == "raw"),
     }
 }
 
@@ -94,63 +106,115 @@ fn runtime() -> actix::SystemRunner {
 
 /// The child: builds the feeds, prints its address, serves one session until it ends.
 fn writer(args: Args) {
+    let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async move {
-        let (tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
-        let sessions = SessionsActor::new(config(Mode::OneShot), Some(tx)).start();
-        let store =
-            FeedStore::in_memory(FeedStoreConfig::default(), sessions.clone(), None).start();
-        sessions
-            .send(RegisterStore {
-                namespaces: vec![(NS.into(), None)],
-                store: StoreRecipients::of(&store),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let block = vec![0x5a; args.block_bytes];
-        let per_append = ((16 << 20) / args.block_bytes).max(1) as u64;
-        for _ in 0..args.feeds {
-            let feed = store.send(CreateFeed).await.unwrap().unwrap();
-            let mut left = args.blocks;
-            while left > 0 {
-                let n = left.min(per_append);
-                let blocks = (0..n).map(|_| block.clone()).collect();
-                store.send(Append { feed, blocks }).await.unwrap().unwrap();
-                left -= n;
-            }
-            store
-                .send(ShareFeed {
-                    namespace: NS.into(),
-                    feed,
-                    headers: Headers::new(),
-                })
-                .await
-                .unwrap()
-                .unwrap();
-        }
-        let server = tls::server_endpoint();
-        println!("ADDR {}", server.local_addr().unwrap());
-        std::io::stdout().flush().unwrap();
-        let connection = server.accept().await.unwrap().await.unwrap();
-        let cpu_before = cpu_seconds();
-        sessions
-            .send(StartSession {
-                peer: PeerKey([2; 32]),
-                connection,
-                role: Role::Acceptor,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        while let Some(e) = events.recv().await {
-            if let SessionEvent::SessionEnded { reason } = e.event {
-                assert_eq!(reason.code, CloseCode::DONE, "writer: {reason}");
-                println!("writer CPU {:.2} s", cpu_seconds() - cpu_before);
-                break;
-            }
+        if args.raw {
+            raw_writer(&args).await;
+        } else if args.writer_disk {
+            serve(&args, DiskStorage::open(dir.path()).unwrap()).await;
+        } else {
+            serve(&args, MemoryStorage::new()).await;
         }
         actix::System::current().stop();
     });
+}
+
+/// Writes feeds × blocks × block_bytes on one stream, then waits for the reader to close.
+async fn raw_writer(args: &Args) {
+    let server = tls::server_endpoint();
+    println!("ADDR {}", server.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    let connection = server.accept().await.unwrap().await.unwrap();
+    let cpu_before = cpu_seconds();
+    let mut send = connection.open_uni().await.unwrap();
+    let chunk = bytes::Bytes::from(vec![0x5a; args.block_bytes]);
+    for _ in 0..args.feeds * args.blocks {
+        send.write_chunk(chunk.clone()).await.unwrap();
+    }
+    send.finish().unwrap();
+    let _ = connection.closed().await;
+    println!("writer CPU {:.2} s", cpu_seconds() - cpu_before);
+}
+
+async fn serve<St: Storage>(args: &Args, storage: St) {
+    let (tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
+    let sessions = SessionsActor::new(config(Mode::OneShot), Some(tx)).start();
+    let store = FeedStore::new(storage, FeedStoreConfig::default(), sessions.clone(), None)
+        .unwrap()
+        .start();
+    sessions
+        .send(RegisterStore {
+            namespaces: vec![(NS.into(), None)],
+            store: StoreRecipients::of(&store),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let block = vec![0x5a; args.block_bytes];
+    let per_append = ((16 << 20) / args.block_bytes).max(1) as u64;
+    for _ in 0..args.feeds {
+        let feed = store.send(CreateFeed).await.unwrap().unwrap();
+        let mut left = args.blocks;
+        while left > 0 {
+            let n = left.min(per_append);
+            let blocks = (0..n).map(|_| block.clone()).collect();
+            store.send(Append { feed, blocks }).await.unwrap().unwrap();
+            left -= n;
+        }
+        store
+            .send(ShareFeed {
+                namespace: NS.into(),
+                feed,
+                headers: Headers::new(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let server = tls::server_endpoint();
+    println!("ADDR {}", server.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    let connection = server.accept().await.unwrap().await.unwrap();
+    let cpu_before = cpu_seconds();
+    sessions
+        .send(StartSession {
+            peer: PeerKey([2; 32]),
+            connection,
+            role: Role::Acceptor,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    while let Some(e) = events.recv().await {
+        if let SessionEvent::SessionEnded { reason } = e.event {
+            assert_eq!(reason.code, CloseCode::DONE, "writer: {reason}");
+            println!("writer CPU {:.2} s", cpu_seconds() - cpu_before);
+            break;
+        }
+    }
+}
+
+/// Reads the raw stream to its end and reports like the feed store reader does.
+async fn raw_reader(args: &Args, addr: std::net::SocketAddr) {
+    let client = tls::client_endpoint();
+    let cpu_before = cpu_seconds();
+    let start = Instant::now();
+    let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
+    let mut recv = connection.accept_uni().await.unwrap();
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(256 * 1024, true).await.unwrap() {
+        total += chunk.bytes.len() as u64;
+    }
+    let elapsed = start.elapsed();
+    connection.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    assert_eq!(total, args.feeds * args.blocks * args.block_bytes as u64);
+    println!(
+        "raw quic: {total} bytes on one stream in {:.3} s, {:.1} MiB/s, reader CPU {:.2} s",
+        elapsed.as_secs_f64(),
+        total as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
+        cpu_seconds() - cpu_before,
+    );
 }
 
 async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAddr) {
@@ -230,7 +294,11 @@ async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAdd
         args.feeds,
         args.blocks,
         args.block_bytes,
-        if args.disk { "disk" } else { "memory" },
+        match (args.disk, args.writer_disk) {
+            (true, true) => "disk to disk",
+            (true, false) => "reader on disk",
+            _ => "memory",
+        },
         last_synced.as_secs_f64(),
         elapsed.as_secs_f64(),
         stats.bytes_in as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
@@ -238,6 +306,8 @@ async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAdd
         peak_rss_kib() / 1024,
         rss_before / 1024,
     );
+    // Let the close reach the writer before this process stops.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.wait_idle()).await;
 }
 
 fn main() {
@@ -261,7 +331,9 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        if args.disk {
+        if args.raw {
+            raw_reader(&args, addr).await;
+        } else if args.disk {
             reader(&args, DiskStorage::open(dir.path()).unwrap(), addr).await;
         } else {
             reader(&args, MemoryStorage::new(), addr).await;

@@ -61,6 +61,22 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameErro
     Ok(check(buf, max)?.map(|total| (&buf[PREFIX_LEN..total], total)))
 }
 
+/// The whole length (prefix included) of the frame `buf` starts with, as soon as its
+/// prefix is there: `Ok(None)` before that, an error if the prefix is over `max`. Lets a
+/// reader allocate the frame once, at its final size.
+pub fn announced(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    let Some(prefix) = buf.get(..PREFIX_LEN) else {
+        return Ok(None);
+    };
+    let mut len = [0u8; PREFIX_LEN];
+    len.copy_from_slice(prefix);
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::Oversize { len, max });
+    }
+    Ok(Some(PREFIX_LEN + len))
+}
+
 /// Called when the stream ended with `buf` left unparsed: an error unless it is empty.
 pub fn check_end(buf: &[u8], max: usize) -> Result<(), FrameError> {
     if buf.is_empty() {
@@ -91,6 +107,26 @@ pub fn encode(payload: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), Frame
     out.reserve(PREFIX_LEN + len);
     out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Writes the length prefix of a frame built in place: `frame` is [`PREFIX_LEN`] bytes of
+/// room followed by the payload (so the payload is never copied into a second buffer).
+/// An error, with `frame` untouched, if the payload is over `max` or `frame` is shorter
+/// than the prefix.
+pub fn seal(frame: &mut [u8], max: usize) -> Result<(), FrameError> {
+    let len = frame.len().saturating_sub(PREFIX_LEN);
+    if frame.len() < PREFIX_LEN {
+        return Err(FrameError::Truncated {
+            need: PREFIX_LEN,
+            have: frame.len(),
+        });
+    }
+    let prefix = u32::try_from(len)
+        .ok()
+        .filter(|_| len <= max)
+        .ok_or(FrameError::Oversize { len, max })?;
+    frame[..PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
     Ok(())
 }
 
@@ -154,6 +190,30 @@ mod tests {
         assert!(out.is_empty());
         let msg = FrameError::Oversize { len: 17, max: 16 }.to_string();
         assert!(msg.contains("17") && msg.contains("16"), "{msg}");
+    }
+
+    #[test]
+    fn sealed_in_place_equals_encoded() {
+        let payload: Vec<u8> = (0..=255).collect();
+        let mut wire = Vec::new();
+        encode(&payload, MAX_FRAME_LEN, &mut wire).unwrap();
+        let mut built = vec![0u8; PREFIX_LEN];
+        built.extend_from_slice(&payload);
+        seal(&mut built, MAX_FRAME_LEN).unwrap();
+        assert_eq!(built, wire);
+        assert_eq!(announced(&wire[..3], MAX_FRAME_LEN), Ok(None));
+        assert_eq!(announced(&wire[..4], MAX_FRAME_LEN), Ok(Some(wire.len())));
+        let mut big = vec![0u8; PREFIX_LEN + 17];
+        assert_eq!(
+            seal(&mut big, 16),
+            Err(FrameError::Oversize { len: 17, max: 16 })
+        );
+        assert_eq!(big, vec![0u8; PREFIX_LEN + 17]);
+        assert!(seal(&mut [0u8; 3], 16).is_err());
+        assert_eq!(
+            announced(&wire[..4], 16),
+            Err(FrameError::Oversize { len: 256, max: 16 })
+        );
     }
 
     #[test]

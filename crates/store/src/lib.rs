@@ -56,7 +56,9 @@ pub mod tree;
 
 pub use feed::{AppendError, Feed, IngestError, Ingested, OpenError, ReadError, MAX_BLOCK_SIZE};
 pub use keys::{DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
-pub use message::{decode, encode, DecodeError, EncodeError, Message, MAX_MESSAGE_SIZE};
+pub use message::{
+    decode, encode, encode_into, DecodeError, EncodeError, Message, MAX_MESSAGE_SIZE,
+};
 pub use proof::{Proof, ProofError, VerifiedProof, VerifyError};
 pub use sync::{FeedSync, SyncConfig, SyncError, SyncEvent, SyncStats, Want};
 pub use tree::Node;

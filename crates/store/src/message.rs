@@ -155,6 +155,25 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, EncodeError> {
     })
 }
 
+/// Encode one message at the end of `out` (after whatever the caller put there, such as
+/// room for a frame prefix), growing it once to the exact size; on error `out` is left
+/// as it was. Saves the copy [`encode`] plus framing would make.
+pub fn encode_into(message: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let map = |e: bincode::Error| match *e {
+        bincode::ErrorKind::SizeLimit => EncodeError::Oversize {
+            max: MAX_MESSAGE_SIZE,
+        },
+        other => EncodeError::Bincode(other.to_string()),
+    };
+    let size = options().serialized_size(message).map_err(map)?;
+    let before = out.len();
+    out.reserve_exact(size as usize);
+    options().serialize_into(&mut *out, message).map_err(|e| {
+        out.truncate(before);
+        map(e)
+    })
+}
+
 /// Decode one message (a whole frame), bounded and checked.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
@@ -263,6 +282,9 @@ mod tests {
         });
         let bytes = encode(&m).unwrap();
         assert_eq!(decode(&bytes).unwrap(), m);
+        let mut out = vec![7u8; 4];
+        encode_into(&m, &mut out).unwrap();
+        assert_eq!((&out[..4], &out[4..]), (&[7u8; 4][..], &bytes[..]));
         assert_eq!(
             decode(&bytes[..bytes.len() - 1]),
             Err(DecodeError::Truncated)
@@ -303,5 +325,11 @@ mod tests {
             blocks,
         });
         assert!(matches!(encode(&m), Err(EncodeError::Oversize { .. })));
+        let mut out = vec![1, 2];
+        assert!(matches!(
+            encode_into(&m, &mut out),
+            Err(EncodeError::Oversize { .. })
+        ));
+        assert_eq!(out, [1, 2]);
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Buf, Bytes, BytesMut};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -45,21 +46,20 @@ pub(crate) struct StreamContext {
 
 enum Input {
     Start,
-    Frames(Vec<Vec<u8>>),
+    Frames(Vec<Bytes>),
     Update,
     Timeout,
     Transmit,
 }
 
 enum Read {
-    Frame(Vec<u8>),
+    Frame(Bytes),
     Bad(FrameError),
 }
 
 /// What one blocking call produced.
 #[derive(Default)]
 struct Step {
-    frames: Vec<Vec<u8>>,
     /// The core may have more to send: ask again when the writer has room.
     more: bool,
     /// The core is synced and the feed holds every block to this length.
@@ -97,8 +97,12 @@ pub(crate) async fn run<F: FeedStorage>(
     let reader = AbortOnDrop(tokio::spawn(read_frames(recv, read_tx)));
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
-    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
     let writer = tokio::spawn(write_frames(send, write_rx, queued.clone(), room.clone()));
+    let outbox = Outbox {
+        tx: write_tx,
+        queued,
+    };
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
@@ -140,7 +144,7 @@ pub(crate) async fn run<F: FeedStorage>(
                 () = sleep_until(deadline) => Input::Timeout,
             },
         };
-        let step = match step_and_report(&entry, &mut core, next, &ctx, &shared, &queued).await {
+        let step = match step_and_report(&entry, &mut core, next, &ctx, &shared, &outbox).await {
             Ok(step) => step,
             Err(reason) => break End::Local(reason),
         };
@@ -148,12 +152,6 @@ pub(crate) async fn run<F: FeedStorage>(
             // Our own change needs no feed update from us; a later one of others does.
             if updates.borrow().version == version {
                 updates.borrow_and_update();
-            }
-        }
-        for frame in step.frames {
-            queued.fetch_add(frame.len(), Ordering::Relaxed);
-            if write_tx.send(frame).is_err() {
-                break;
             }
         }
         more = step.more;
@@ -200,7 +198,7 @@ pub(crate) async fn run<F: FeedStorage>(
         .await;
     }
     drop(reader);
-    drop(write_tx);
+    drop(outbox);
     match &end {
         End::Failed(reason) => {
             debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, "peer broke the feed sync");
@@ -243,15 +241,15 @@ async fn step_and_report<F: FeedStorage>(
     input: Input,
     ctx: &StreamContext,
     shared: &Arc<Shared>,
-    queued: &Arc<AtomicUsize>,
+    outbox: &Outbox,
 ) -> Result<Step, String> {
     let Some(mut c) = core.take() else {
         return Err("sync core lost".into());
     };
-    let budget = MAX_QUEUED_BYTES.saturating_sub(queued.load(Ordering::Relaxed));
     let e = entry.clone();
+    let o = outbox.clone();
     let (c, step) = tokio::task::spawn_blocking(move || {
-        let step = step(&e, &mut c, input, budget);
+        let step = step(&e, &mut c, input, &o);
         (c, step)
     })
     .await
@@ -273,12 +271,53 @@ async fn step_and_report<F: FeedStorage>(
     Ok(step)
 }
 
-/// The blocking part: feed the input to the core, then take what it has to send.
+/// Where a stream's frames go: the writer task's queue, and the bytes waiting in it.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) < MAX_QUEUED_BYTES
+    }
+
+    fn push(&self, frame: Bytes) {
+        self.queued.fetch_add(frame.len(), Ordering::Relaxed);
+        // A gone writer means the stream is ending; the driver learns it elsewhere.
+        let _ = self.tx.send(frame);
+    }
+}
+
+/// Sends what the core has while the writer has room; `Ok(true)` if it stopped for
+/// room (ask again when the writer drains).
+fn transmit<F: FeedStorage>(
+    core: &mut FeedSync,
+    feed: &mut replic8_store::Feed<F>,
+    outbox: &Outbox,
+) -> Result<bool, SyncError> {
+    while outbox.has_room() {
+        match core.poll_transmit(feed)? {
+            // Encoded in place after room for the prefix: one buffer, handed to QUIC as
+            // it is.
+            Some(message) => outbox.push(encode_frame(&message).map_err(|e| {
+                SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
+            })?),
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// The blocking part: feed the input to the core, sending what it has to send after
+/// each frame (so new requests leave while the rest of a batch is being verified, and
+/// the peer never waits on a whole batch).
 fn step<F: FeedStorage>(
     entry: &FeedEntry<F>,
     core: &mut FeedSync,
     input: Input,
-    budget: usize,
+    outbox: &Outbox,
 ) -> Step {
     let mut out = Step::default();
     let mut feed = entry.lock();
@@ -290,9 +329,10 @@ fn step<F: FeedStorage>(
             core.handle_start(&mut feed, now);
             Ok(())
         }
-        Input::Frames(frames) => frames
-            .iter()
-            .try_for_each(|f| core.handle_bytes(&mut feed, f, now)),
+        Input::Frames(frames) => frames.iter().try_for_each(|f| {
+            core.handle_bytes(&mut feed, f, now)?;
+            transmit(core, &mut feed, outbox).map(|_| ())
+        }),
         Input::Update => {
             core.handle_feed_update(&mut feed, now);
             Ok(())
@@ -300,39 +340,9 @@ fn step<F: FeedStorage>(
         Input::Timeout => core.handle_timeout(now),
         Input::Transmit => Ok(()),
     };
-    if let Err(e) = result {
-        out.error = Some(e);
-    } else {
-        let mut bytes = 0usize;
-        while bytes < budget {
-            match core.poll_transmit(&mut feed) {
-                Ok(Some(message)) => match replic8_store::encode(&message) {
-                    Ok(payload) => {
-                        let mut framed = Vec::with_capacity(payload.len() + frame::PREFIX_LEN);
-                        if let Err(e) = frame::encode(&payload, MAX_MESSAGE_SIZE, &mut framed) {
-                            out.error = Some(SyncError::Storage(
-                                replic8_store::storage::StorageError::Corrupt(e.to_string()),
-                            ));
-                            break;
-                        }
-                        bytes += framed.len();
-                        out.frames.push(framed);
-                    }
-                    Err(e) => {
-                        out.error = Some(SyncError::Storage(
-                            replic8_store::storage::StorageError::Corrupt(e.to_string()),
-                        ));
-                        break;
-                    }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    out.error = Some(e);
-                    break;
-                }
-            }
-        }
-        out.more = bytes >= budget;
+    match result.and_then(|()| transmit(core, &mut feed, outbox)) {
+        Ok(more) => out.more = more,
+        Err(e) => out.error = Some(e),
     }
     // Progress is counted from the core's stats below; sync state from `is_synced`.
     while core.poll_event().is_some() {}
@@ -355,14 +365,24 @@ fn step<F: FeedStorage>(
     out
 }
 
+/// One frame, its payload encoded after room for the prefix, then sealed.
+fn encode_frame(message: &replic8_store::Message) -> Result<Bytes, String> {
+    let mut framed = vec![0u8; frame::PREFIX_LEN];
+    replic8_store::encode_into(message, &mut framed).map_err(|e| e.to_string())?;
+    frame::seal(&mut framed, MAX_MESSAGE_SIZE).map_err(|e| e.to_string())?;
+    Ok(Bytes::from(framed))
+}
+
+/// Cuts the stream into frames. A frame inside one QUIC chunk is handed over as a slice
+/// of it (no copy); one that straddles chunks is gathered into a buffer allocated once
+/// at the frame's announced size (checked against the limit first).
 async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
-    // Bytes of a frame that straddles chunks; whole frames are cut from the chunk itself.
-    let mut buf: Vec<u8> = Vec::new();
+    let mut partial = BytesMut::new();
     loop {
-        let chunk = match recv.read_chunk(READ_CHUNK, true).await {
+        let mut data = match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => {
-                if let Err(e) = frame::check_end(&buf, MAX_MESSAGE_SIZE) {
+                if let Err(e) = frame::check_end(&partial, MAX_MESSAGE_SIZE) {
                     let _ = tx.send(Read::Bad(e)).await;
                 }
                 return;
@@ -370,54 +390,79 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
             // Reset by the peer, or the connection is gone: the stream just ends.
             Err(_) => return,
         };
-        let cut = if buf.is_empty() {
-            let cut = cut_frames(&chunk, &tx).await;
-            if let Some(used) = cut {
-                buf.extend_from_slice(&chunk[used..]);
+        while !data.is_empty() {
+            let cut = if partial.is_empty() {
+                cut_whole(&mut data, &mut partial)
+            } else {
+                fill_partial(&mut data, &mut partial)
+            };
+            let sent = match cut {
+                Ok(Some(payload)) => tx.send(Read::Frame(payload)).await.is_ok(),
+                Ok(None) => true,
+                Err(e) => {
+                    let _ = tx.send(Read::Bad(e)).await;
+                    false
+                }
+            };
+            if !sent {
+                return;
             }
-            cut
-        } else {
-            buf.extend_from_slice(&chunk);
-            let cut = cut_frames(&buf, &tx).await;
-            if let Some(used) = cut {
-                buf.drain(..used);
-            }
-            cut
-        };
-        if cut.is_none() {
-            return;
         }
     }
 }
 
-/// Hands over every whole frame at the start of `data`; returns how many bytes they
-/// used, or `None` if reading must stop (a bad frame, or the driver is gone).
-async fn cut_frames(data: &[u8], tx: &mpsc::Sender<Read>) -> Option<usize> {
-    let mut used = 0;
-    loop {
-        match frame::parse(&data[used..], MAX_MESSAGE_SIZE) {
-            Ok(Some((payload, n))) => {
-                used += n;
-                tx.send(Read::Frame(payload.to_vec())).await.ok()?;
+/// Takes the frame at the start of `data` if it is whole there (a slice, no copy);
+/// otherwise moves the rest of `data` into `partial`.
+fn cut_whole(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    match frame::check(data, MAX_MESSAGE_SIZE)? {
+        Some(total) => {
+            let payload = data.slice(frame::PREFIX_LEN..total);
+            data.advance(total);
+            Ok(Some(payload))
+        }
+        None => {
+            if let Some(total) = frame::announced(data, MAX_MESSAGE_SIZE)? {
+                partial.reserve(total);
             }
-            Ok(None) => return Some(used),
-            Err(e) => {
-                let _ = tx.send(Read::Bad(e)).await;
-                return None;
-            }
+            partial.extend_from_slice(data);
+            data.clear();
+            Ok(None)
         }
     }
+}
+
+/// Moves bytes of `data` into the frame gathered in `partial`, up to its end; returns
+/// the payload once it is whole.
+fn fill_partial(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    if partial.len() < frame::PREFIX_LEN {
+        let take = (frame::PREFIX_LEN - partial.len()).min(data.len());
+        partial.extend_from_slice(&data[..take]);
+        data.advance(take);
+    }
+    let Some(total) = frame::announced(partial, MAX_MESSAGE_SIZE)? else {
+        return Ok(None);
+    };
+    partial.reserve(total - partial.len());
+    let take = (total - partial.len()).min(data.len());
+    partial.extend_from_slice(&data[..take]);
+    data.advance(take);
+    if partial.len() < total {
+        return Ok(None);
+    }
+    let mut whole = partial.split().freeze();
+    whole.advance(frame::PREFIX_LEN);
+    Ok(Some(whole))
 }
 
 async fn write_frames(
     mut send: quinn::SendStream,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
     room: Arc<Notify>,
 ) {
     while let Some(frame) = frames.recv().await {
         let len = frame.len();
-        if send.write_all(&frame).await.is_err() {
+        if send.write_chunk(frame).await.is_err() {
             return;
         }
         queued.fetch_sub(len, Ordering::Relaxed);
