@@ -101,6 +101,12 @@ impl World {
         }
     }
 
+    /// Replaces the hostile peer with a fresh identity (the old one may be banned).
+    async fn new_identity(&mut self) {
+        let old = std::mem::replace(&mut self.hostile, HostilePeer::spawn().await);
+        old.close().await;
+    }
+
     async fn dial(&mut self) -> RawSession {
         let connection = self
             .hostile
@@ -355,6 +361,14 @@ fn random_bytes_end_the_session_and_ban() {
         noise.extend((0..4096).map(|_| rng.gen::<u8>()));
         s.send_bytes(&noise).await;
         w.expect_end(&["protocol error"], true).await;
+        // Random bytes from the first byte on (no hello), from another identity.
+        w.new_identity().await;
+        let connection = w.hostile.dial(w.victim.local_addr()).await.unwrap();
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        let noise: Vec<u8> = (0..4096).map(|_| rng.gen::<u8>()).collect();
+        let _ = send.write_all(&noise).await;
+        w.expect_end(&["frame too large", "protocol error"], true)
+            .await;
         w.still_serving().await;
         w.close().await;
     });
@@ -410,7 +424,7 @@ fn a_wrong_namespace_proof_ends_the_session_and_bans() {
 }
 
 #[test]
-fn a_stream_for_a_feed_never_offered_ends_the_session_and_bans() {
+fn a_stream_for_a_feed_never_offered_or_with_a_wrong_capability_ends_the_session_and_bans() {
     run(async {
         let mut w = World::new().await;
         let s = w.dial().await;
@@ -426,6 +440,27 @@ fn a_stream_for_a_feed_never_offered_ends_the_session_and_bans() {
             })
             .await;
         w.expect_end(&["refused stream"], true).await;
+        // A stream naming the good feed (which the victim holds) by its discovery key,
+        // with a capability made for another connection, from another identity.
+        w.new_identity().await;
+        let s = w.dial().await;
+        let hostile = w.hostile.key();
+        recv_until(&mut w.events, "victim: second hostile session up", |e| {
+            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
+        })
+        .await;
+        let capability = replic8::keys::capability(
+            &w.feed,
+            &replic8::keys::ExporterSecret([1; 32]),
+            Role::Dialer,
+        );
+        let _stream = s
+            .open_feed_stream(&FeedStreamHeader::Known {
+                discovery_key: w.feed.discovery_key(),
+                capability,
+            })
+            .await;
+        w.expect_end(&["bad capability"], true).await;
         w.still_serving().await;
         w.close().await;
     });
