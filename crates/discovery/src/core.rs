@@ -152,6 +152,11 @@ struct TopicState {
     lookup: bool,
     announces: Vec<AnnounceSlot>,
     next_lookup: Option<Instant>,
+    /// Our first DHT announce was stored while a round ran: the next round starts as soon
+    /// as that one ends.
+    lookup_after_announce: bool,
+    /// Rounds started because our first DHT announce was stored (outside the schedule).
+    extra_rounds: u32,
     /// Backends still running the current lookup round.
     lookup_inflight: Vec<PeerSource>,
     rounds: u32,
@@ -235,6 +240,8 @@ impl DiscoveryCore {
                 lookup,
                 announces,
                 next_lookup: lookup.then_some(now),
+                lookup_after_announce: false,
+                extra_rounds: 0,
                 lookup_inflight: Vec::new(),
                 rounds: 0,
                 round_seen: HashSet::new(),
@@ -293,10 +300,24 @@ impl DiscoveryCore {
             }
             (Err(_), _) => Some(now + jitter(&mut self.rng, timing.announce_retry, timing.jitter)),
         };
+        let first_stored = slot.first.is_none() && result.is_ok() && backend == PeerSource::Dht;
         if slot.first.is_none() {
             slot.first = Some(result);
         }
+        if first_stored && state.lookup {
+            // `mainline` runs one query per target, so our first lookup shared its query
+            // with our announce and was over before a peer that joined at the same moment
+            // had stored its record. Now that ours is stored, so is most likely theirs: a
+            // lookup now is the first that can find them.
+            if state.lookup_inflight.is_empty() {
+                state.extra_rounds += 1;
+                state.next_lookup = Some(now);
+            } else {
+                state.lookup_after_announce = true;
+            }
+        }
         self.check(topic);
+        self.handle_timeout(now);
     }
 
     /// `backend` found these peers for `topic`. Each address is reported at most once
@@ -485,9 +506,15 @@ impl DiscoveryCore {
         if state.rounds == 1 {
             state.first_round_found = state.round_seen.len();
         }
+        if std::mem::take(&mut state.lookup_after_announce) {
+            state.extra_rounds += 1;
+            state.next_lookup = Some(now);
+            return;
+        }
+        let scheduled = state.rounds.saturating_sub(state.extra_rounds).max(1);
         let fast = timing
             .join_lookup_delays
-            .get(state.rounds as usize - 1)
+            .get(scheduled as usize - 1)
             .copied();
         let delay = match fast {
             Some(delay) => jitter(&mut self.rng, delay, timing.jitter),

@@ -434,3 +434,49 @@ fn peers_per_topic_are_bounded() {
     core.handle_peers(t, join, PeerSource::Dht, many[..10].to_vec());
     assert_eq!(found(&drain(&mut core)).len(), 10);
 }
+
+#[test]
+fn a_lookup_follows_our_first_dht_announce_at_once() {
+    // The announce is stored after the first round ended: a round starts at once.
+    let mut core = core(true, false, vec![]);
+    let now = Instant::now();
+    let t = topic(1);
+    let join = core.handle_join(t, true, true, now);
+    assert_eq!(lookups(&drain(&mut core)), vec![PeerSource::Dht]);
+    core.handle_lookup_done(t, join, PeerSource::Dht, now + S / 2);
+    drain(&mut core);
+    let stored = now + S / 2 + S / 100;
+    core.handle_announce_done(t, join, PeerSource::Dht, Ok(()), stored);
+    assert_eq!(lookups(&drain(&mut core)), vec![PeerSource::Dht]);
+    // After that extra round the schedule goes on where it was: 1 s ± 10 %.
+    core.handle_lookup_done(t, join, PeerSource::Dht, stored);
+    drain(&mut core);
+    let next = core.poll_timeout().expect("next round") - stored;
+    assert!(next >= S * 9 / 10 && next <= S * 11 / 10, "{next:?}");
+
+    // Stored while the first round runs: the next round starts when that one ends.
+    let t = topic(2);
+    let join = core.handle_join(t, true, true, now);
+    drain(&mut core);
+    core.handle_announce_done(t, join, PeerSource::Dht, Ok(()), now);
+    assert_eq!(lookups(&drain(&mut core)), vec![], "one round at a time");
+    core.handle_lookup_done(t, join, PeerSource::Dht, now + S / 2);
+    drain(&mut core);
+    assert_eq!(core.poll_timeout(), Some(now + S / 2), "due at once");
+    core.handle_timeout(now + S / 2);
+    assert_eq!(lookups(&drain(&mut core)), vec![PeerSource::Dht]);
+
+    // A failed announce, a refresh, or a join without lookup: no extra round.
+    let t = topic(3);
+    let join = core.handle_join(t, true, true, now);
+    drain(&mut core);
+    core.handle_lookup_done(t, join, PeerSource::Dht, now);
+    drain(&mut core);
+    core.handle_announce_done(t, join, PeerSource::Dht, Err("timeout".into()), now);
+    assert_eq!(lookups(&drain(&mut core)), vec![]);
+    let t = topic(4);
+    let join = core.handle_join(t, true, false, now);
+    drain(&mut core);
+    core.handle_announce_done(t, join, PeerSource::Dht, Ok(()), now);
+    assert_eq!(lookups(&drain(&mut core)), vec![]);
+}
