@@ -155,6 +155,19 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, EncodeError> {
     })
 }
 
+/// How many bytes [`encode`] makes of `message` (a walk over it, no copy).
+pub fn encoded_len(message: &Message) -> Result<usize, EncodeError> {
+    options()
+        .serialized_size(message)
+        .map(|n| n as usize)
+        .map_err(|e| match *e {
+            bincode::ErrorKind::SizeLimit => EncodeError::Oversize {
+                max: MAX_MESSAGE_SIZE,
+            },
+            other => EncodeError::Bincode(other.to_string()),
+        })
+}
+
 /// Encode one message at the end of `out` (after whatever the caller put there, such as
 /// room for a frame prefix), growing it once to the exact size; on error `out` is left
 /// as it was. Saves the copy [`encode`] plus framing would make.
@@ -285,6 +298,7 @@ mod tests {
         let mut out = vec![7u8; 4];
         encode_into(&m, &mut out).unwrap();
         assert_eq!((&out[..4], &out[4..]), (&[7u8; 4][..], &bytes[..]));
+        assert_eq!(encoded_len(&m).unwrap(), bytes.len());
         assert_eq!(
             decode(&bytes[..bytes.len() - 1]),
             Err(DecodeError::Truncated)

@@ -24,6 +24,7 @@
 //!   stored (the feed verifies before it writes).
 
 mod messages;
+mod pool;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -238,6 +239,8 @@ pub(crate) struct Shared {
     events: Option<mpsc::UnboundedSender<FeedStoreEvent>>,
     stats: Counters,
     streams: Mutex<HashMap<(PeerKey, StreamId), StreamHandle>>,
+    /// Frame buffers every stream of this store reuses.
+    pool: Arc<pool::BufferPool>,
 }
 
 impl Shared {
@@ -330,6 +333,7 @@ impl<St: Storage> FeedStore<St> {
                 events,
                 stats: Counters::default(),
                 streams: Mutex::new(HashMap::new()),
+                pool: Arc::default(),
             }),
             config,
             namespaces: HashMap::new(),

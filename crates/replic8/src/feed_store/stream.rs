@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 
+use super::pool::BufferPool;
 use super::{FeedEntry, Shared};
 use crate::frame::{self, FrameError};
 use crate::keys::{FeedKey, PeerKey};
@@ -94,7 +95,11 @@ pub(crate) async fn run<F: FeedStorage>(
 ) {
     let FeedStream { send, recv } = stream;
     let (read_tx, mut reads) = mpsc::channel::<Read>(READ_QUEUE);
-    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, read_tx)));
+    let reader = AbortOnDrop(tokio::spawn(read_frames(
+        recv,
+        read_tx,
+        shared.pool.clone(),
+    )));
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
@@ -102,6 +107,7 @@ pub(crate) async fn run<F: FeedStorage>(
     let outbox = Outbox {
         tx: write_tx,
         queued,
+        pool: shared.pool.clone(),
     };
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
@@ -276,6 +282,7 @@ async fn step_and_report<F: FeedStorage>(
 struct Outbox {
     tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
+    pool: Arc<BufferPool>,
 }
 
 impl Outbox {
@@ -301,7 +308,7 @@ fn transmit<F: FeedStorage>(
         match core.poll_transmit(feed)? {
             // Encoded in place after room for the prefix: one buffer, handed to QUIC as
             // it is.
-            Some(message) => outbox.push(encode_frame(&message).map_err(|e| {
+            Some(message) => outbox.push(encode_frame(&outbox.pool, &message).map_err(|e| {
                 SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
             })?),
             None => return Ok(false),
@@ -366,18 +373,20 @@ fn step<F: FeedStorage>(
 }
 
 /// One frame, its payload encoded after room for the prefix, then sealed.
-fn encode_frame(message: &replic8_store::Message) -> Result<Bytes, String> {
-    let mut framed = vec![0u8; frame::PREFIX_LEN];
+fn encode_frame(pool: &Arc<BufferPool>, message: &replic8_store::Message) -> Result<Bytes, String> {
+    let len = replic8_store::message::encoded_len(message).map_err(|e| e.to_string())?;
+    let mut framed = pool.take(frame::PREFIX_LEN + len);
+    framed.extend_from_slice(&[0u8; frame::PREFIX_LEN]);
     replic8_store::encode_into(message, &mut framed).map_err(|e| e.to_string())?;
     frame::seal(&mut framed, MAX_MESSAGE_SIZE).map_err(|e| e.to_string())?;
-    Ok(Bytes::from(framed))
+    Ok(pool.freeze(framed))
 }
 
 /// Cuts the stream into frames. A frame inside one QUIC chunk is handed over as a slice
 /// of it (no copy); one that straddles chunks is gathered into a buffer allocated once
-/// at the frame's announced size (checked against the limit first).
-async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
-    let mut partial = BytesMut::new();
+/// at the frame's announced size (checked against the limit first), from the pool.
+async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: Arc<BufferPool>) {
+    let mut partial = Vec::new();
     loop {
         let mut data = match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => chunk.bytes,
@@ -392,9 +401,9 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
         };
         while !data.is_empty() {
             let cut = if partial.is_empty() {
-                cut_whole(&mut data, &mut partial)
+                cut_whole(&mut data, &mut partial, &pool)
             } else {
-                fill_partial(&mut data, &mut partial)
+                fill_partial(&mut data, &mut partial, &pool)
             };
             let sent = match cut {
                 Ok(Some(payload)) => tx.send(Read::Frame(payload)).await.is_ok(),
@@ -413,7 +422,11 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>) {
 
 /// Takes the frame at the start of `data` if it is whole there (a slice, no copy);
 /// otherwise moves the rest of `data` into `partial`.
-fn cut_whole(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+fn cut_whole(
+    data: &mut Bytes,
+    partial: &mut Vec<u8>,
+    pool: &BufferPool,
+) -> Result<Option<Bytes>, FrameError> {
     match frame::check(data, MAX_MESSAGE_SIZE)? {
         Some(total) => {
             let payload = data.slice(frame::PREFIX_LEN..total);
@@ -422,7 +435,7 @@ fn cut_whole(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes>, 
         }
         None => {
             if let Some(total) = frame::announced(data, MAX_MESSAGE_SIZE)? {
-                partial.reserve(total);
+                *partial = pool.take(total);
             }
             partial.extend_from_slice(data);
             data.clear();
@@ -433,7 +446,11 @@ fn cut_whole(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes>, 
 
 /// Moves bytes of `data` into the frame gathered in `partial`, up to its end; returns
 /// the payload once it is whole.
-fn fill_partial(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+fn fill_partial(
+    data: &mut Bytes,
+    partial: &mut Vec<u8>,
+    pool: &Arc<BufferPool>,
+) -> Result<Option<Bytes>, FrameError> {
     if partial.len() < frame::PREFIX_LEN {
         let take = (frame::PREFIX_LEN - partial.len()).min(data.len());
         partial.extend_from_slice(&data[..take]);
@@ -442,14 +459,19 @@ fn fill_partial(data: &mut Bytes, partial: &mut BytesMut) -> Result<Option<Bytes
     let Some(total) = frame::announced(partial, MAX_MESSAGE_SIZE)? else {
         return Ok(None);
     };
-    partial.reserve(total - partial.len());
+    if partial.capacity() < total {
+        // The prefix arrived in pieces: move what is there into a buffer of the frame's size.
+        let mut whole = pool.take(total);
+        whole.extend_from_slice(partial);
+        *partial = whole;
+    }
     let take = (total - partial.len()).min(data.len());
     partial.extend_from_slice(&data[..take]);
     data.advance(take);
     if partial.len() < total {
         return Ok(None);
     }
-    let mut whole = partial.split().freeze();
+    let mut whole = pool.freeze(std::mem::take(partial));
     whole.advance(frame::PREFIX_LEN);
     Ok(Some(whole))
 }
