@@ -689,3 +689,27 @@ fn a_thousand_connect_disconnect_cycles_leave_memory_tasks_and_peers_flat() {
         w.close().await;
     });
 }
+
+#[test]
+fn a_version_mismatch_ends_the_session_without_a_ban() {
+    run(async {
+        let mut w = World::new().await;
+        let connection = w.hostile.dial(w.victim.local_addr()).await.unwrap();
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        let mut hello = Vec::new();
+        replic8::message::encode(
+            &Message::Hello {
+                version: replic8::message::PROTOCOL_VERSION + 1,
+                dialect: replic8::message::DIALECT.into(),
+                max_streams: 16,
+            },
+            &mut hello,
+        )
+        .unwrap();
+        send.write_all(&hello).await.unwrap();
+        // Not misbehaviour: the peer speaks another version; a redial gets a session.
+        w.expect_end(&["version mismatch"], false).await;
+        w.still_serving().await;
+        w.close().await;
+    });
+}
