@@ -126,6 +126,12 @@ impl Pattern {
         Pattern(0x9e37_79b9_7f4a_7c15)
     }
 
+    /// Another stream of bytes for each `seed`.
+    pub(crate) fn seeded(seed: u64) -> Self {
+        // Never 0, where xorshift would stay.
+        Pattern(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1)
+    }
+
     /// The next `n` bytes.
     pub(crate) fn block(&mut self, n: usize) -> Vec<u8> {
         let mut block = Vec::with_capacity(n);
