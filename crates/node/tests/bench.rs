@@ -197,3 +197,43 @@ fn a_bad_size_is_one_line_and_a_nonzero_exit() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("replic8: "), "{err}");
 }
+
+#[test]
+fn all_runs_every_scenario_in_order_with_the_flags_given() {
+    let rows = bench(&[
+        "all",
+        "--size",
+        "256KiB",
+        "--feeds",
+        "3",
+        "--blocks",
+        "4",
+        "--rounds",
+        "1",
+        "--testnet-nodes",
+        "5",
+    ]);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "raw",
+            "bulk",
+            "small",
+            "many-feeds",
+            "append",
+            "append",
+            "discovery"
+        ]
+    );
+    check_common(&rows[0], "raw", 256 << 10, 0);
+    check_common(&rows[1], "bulk", 256 << 10, 4);
+    check_common(&rows[2], "small", 256 << 10, 256);
+    check_common(&rows[3], "many-feeds", 3 * 4 * 1024, 12);
+    check_common(&rows[4], "append", 256 << 10, 4);
+    check_common(&rows[5], "append", 256 << 10, 256);
+    assert_eq!(u(&rows[6], "rounds"), 1);
+}

@@ -41,7 +41,8 @@ pub enum AppendPath {
 }
 
 impl AppendPath {
-    fn name(self) -> &'static str {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
         match self {
             AppendPath::Deferred => "deferred",
             AppendPath::Owned => "owned",

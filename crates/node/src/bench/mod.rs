@@ -237,34 +237,91 @@ pub(crate) fn round(x: f64, digits: i32) -> f64 {
     (x * p).round() / p
 }
 
-/// Runs `scenario` (every one for [`Scenario::All`]), handing each row to `emit` as soon
-/// as it is measured. Must run inside an actix system (`raw` starts actors in it).
+/// Runs `scenario`, handing each row to `emit` as soon as it is measured. Must run
+/// inside an actix system (`raw` starts actors in it). [`Scenario::All`] runs each
+/// scenario in a child process of its own ([`run_in_child`]), so that none inherits
+/// another's heap (a process keeps freed small blocks, and its resident set with them).
 pub async fn run(
     scenario: Scenario,
     options: &BenchOptions,
     emit: &mut dyn FnMut(&Row),
 ) -> Result<(), BenchError> {
-    let list: Vec<Scenario> = if scenario == Scenario::All {
-        Scenario::EACH.to_vec()
-    } else {
-        vec![scenario]
-    };
-    for s in list {
-        match s {
-            Scenario::Raw => emit(&raw::run(options).await?),
-            Scenario::Bulk | Scenario::Small | Scenario::ManyFeeds => {
-                emit(&replicate::run(s, options).await?)
+    if scenario == Scenario::All {
+        for s in Scenario::EACH {
+            let options = options.clone();
+            let rows = tokio::task::spawn_blocking(move || run_in_child(s, &options))
+                .await
+                .map_err(|e| BenchError::Peer(e.to_string()))??;
+            for row in &rows {
+                emit(row);
             }
-            Scenario::Append => {
-                for row in append::run(options).await? {
-                    emit(&row);
-                }
-            }
-            Scenario::Discovery => emit(&discovery::run(options).await?),
-            Scenario::All => {}
         }
+        return Ok(());
+    }
+    match scenario {
+        Scenario::Raw => emit(&raw::run(options).await?),
+        Scenario::Bulk | Scenario::Small | Scenario::ManyFeeds => {
+            emit(&replicate::run(scenario, options).await?)
+        }
+        Scenario::Append => {
+            for row in append::run(options).await? {
+                emit(&row);
+            }
+        }
+        Scenario::Discovery => emit(&discovery::run(options).await?),
+        Scenario::All => {}
     }
     Ok(())
+}
+
+/// Runs `replic8 bench <scenario> --json` with `options` as a child process (the
+/// executable of `options.peer_exe`, else this one); its rows.
+pub fn run_in_child(scenario: Scenario, options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let exe = match &options.peer_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(BenchError::io("this executable's path"))?,
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("bench").arg(scenario.name()).arg("--json");
+    let numbers = [
+        ("--size", options.size),
+        ("--block-size", options.block_size.map(|b| b as u64)),
+        ("--feeds", options.feeds),
+        ("--blocks", options.blocks),
+        ("--rounds", options.rounds.map(|r| r as u64)),
+        ("--testnet-nodes", options.testnet_nodes.map(|n| n as u64)),
+        ("--guard-secs", options.guard.map(|g| g.as_secs())),
+        ("--parallel", options.parallel.map(|p| p as u64)),
+    ];
+    for (flag, value) in numbers {
+        if let Some(v) = value {
+            cmd.arg(flag).arg(v.to_string());
+        }
+    }
+    if let Some(dir) = &options.dir {
+        cmd.arg("--dir").arg(dir);
+    }
+    if scenario == Scenario::Append {
+        cmd.arg("--append-path").arg(options.append_path.name());
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(BenchError::io(format!("cannot start {}", exe.display())))?;
+    if !out.status.success() {
+        return Err(BenchError::Peer(format!(
+            "bench {} exited with {}",
+            scenario.name(),
+            out.status
+        )));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(map)) => Ok(Row(map)),
+            _ => Err(BenchError::Peer(format!("bad row {line:?}"))),
+        })
+        .collect()
 }
 
 /// The peak resident set (`VmHWM`) of process `pid`, or of this process for `None`, in
