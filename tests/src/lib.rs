@@ -5,6 +5,7 @@
 //! a node event ([`recv_until`]), a small custom store ([`CounterStore`]) and a hostile
 //! peer built from the project's own pieces ([`hostile`]).
 
+pub mod fault;
 pub mod hostile;
 
 use std::collections::HashMap;

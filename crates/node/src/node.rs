@@ -27,6 +27,7 @@ use replic8::store::{
 };
 use replic8_connmgr::{
     ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, PeerKey, PeerStats, PolicyConfig,
+    TransportTuning,
 };
 use replic8_discovery::{
     Bootstrap, DhtConfig, DhtMode, DiscoveryActor, DiscoveryConfig, JoinReport, LanConfig, Timing,
@@ -40,7 +41,10 @@ use crate::events::{NodeEvent, EVENT_CAPACITY};
 use crate::feeds::{self, FeedStoreRecipients};
 use crate::metrics::{Counters, MetricsEndpoint};
 use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, PersistedState};
+
+mod redial;
 use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
+use redial::{Redialer, StopRedials};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -87,6 +91,7 @@ pub struct NodeBuilder {
     limits: LimitsSection,
     metrics: Option<SocketAddr>,
     feed_store: FeedStoreConfig,
+    transport: TransportTuning,
 }
 
 impl Default for NodeBuilder {
@@ -102,6 +107,7 @@ impl Default for NodeBuilder {
             limits: LimitsSection::default(),
             metrics: None,
             feed_store: FeedStoreConfig::default(),
+            transport: TransportTuning::default(),
         }
     }
 }
@@ -150,6 +156,7 @@ impl NodeBuilder {
             limits: config.limits.clone(),
             metrics: config.metrics.listen,
             feed_store: FeedStoreConfig::default(),
+            transport: TransportTuning::default(),
         })
     }
 
@@ -234,6 +241,13 @@ impl NodeBuilder {
     /// How the default feed store syncs and which offers it accepts (all, by default).
     pub fn feed_store(mut self, config: FeedStoreConfig) -> Self {
         self.feed_store = config;
+        self
+    }
+
+    /// QUIC transport settings (windows, keep-alive, idle timeout). Tests shorten the
+    /// idle timeout so that a cut connection is noticed in a second or two.
+    pub fn transport(mut self, tuning: TransportTuning) -> Self {
+        self.transport = tuning;
         self
     }
 
@@ -393,6 +407,7 @@ struct Started {
     discovery: Addr<DiscoveryActor>,
     sessions: Addr<SessionsActor>,
     wiring: Addr<Wiring>,
+    redialer: Addr<Redialer>,
     feeds: FeedStoreRecipients,
     /// Namespaces the feed store is registered for.
     namespaces: tokio::sync::Mutex<std::collections::HashSet<String>>,
@@ -426,6 +441,7 @@ async fn start(
             max_pending_dials: builder.limits.max_pending_dials,
             ..PolicyConfig::default()
         },
+        transport: builder.transport.clone(),
         ..ConnManagerConfig::new(prepared.identity)
             .with_listen(builder.listen)
             .with_alpn(vec![replic8::message::ALPN.to_vec()])
@@ -540,6 +556,14 @@ async fn start(
             peer_down: wiring.clone().recipient(),
         })
         .await;
+    let redialer = Redialer::new(conn.addr().clone()).start();
+    let _ = conn
+        .addr()
+        .send(replic8_connmgr::Subscribe {
+            peer_up: redialer.clone().recipient(),
+            peer_down: redialer.clone().recipient(),
+        })
+        .await;
     let metrics = match builder.metrics {
         Some(addr) => match MetricsEndpoint::bind(addr, counters.clone()).await {
             Ok(m) => Some(m),
@@ -581,6 +605,7 @@ async fn start(
         discovery,
         sessions,
         wiring,
+        redialer,
         feeds,
         namespaces: tokio::sync::Mutex::new(namespaces),
         events,
@@ -963,6 +988,19 @@ impl NodeHandle {
         Ok(key)
     }
 
+    /// Close the connection to `peer` (close code `CLOSE_REQUESTED`); its session ends.
+    /// The peer, if it dialed that connection, treats this like a cut connection and
+    /// dials again (see `node/redial.rs`); ban it to keep it away.
+    pub async fn disconnect(&self, peer: PeerKey) -> Result<(), DisconnectError> {
+        self.s()
+            .conn
+            .addr()
+            .send(replic8_connmgr::Close { key: peer })
+            .await
+            .map_err(|_| NodeClosed)??;
+        Ok(())
+    }
+
     /// The session layer's actor, for stores started elsewhere.
     pub fn sessions(&self) -> &Addr<SessionsActor> {
         &self.s().sessions
@@ -1190,6 +1228,7 @@ impl NodeHandle {
         };
         let s = self.s();
         let mut events = s.events.subscribe();
+        let _ = s.redialer.send(StopRedials).await;
         let _ = s.wiring.send(BeginClose).await;
         // Sessions first, so each peer hears why.
         if let Ok(peers) = s.sessions.send(ListSessions).await {
@@ -1283,6 +1322,17 @@ pub enum FeedError {
     /// The share could not be persisted (it is active until the node stops).
     #[error("share not persisted: {0}")]
     Persist(#[from] PersistError),
+}
+
+/// What `disconnect` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DisconnectError {
+    /// The node is closed.
+    #[error(transparent)]
+    Closed(#[from] NodeClosed),
+    /// There is no connection to that peer.
+    #[error(transparent)]
+    NotConnected(#[from] replic8_connmgr::CloseError),
 }
 
 /// What `connect` can fail with.
