@@ -15,8 +15,8 @@
 //!   connected when both sides report `PeerUp` within 10 s.
 //!
 //! Run: `cargo run --release -p replic8-discovery --example join_connect -- [nodes]
-//! [rounds] [client|server] [request_timeout_ms]` (defaults 20, 20, client, 500: the
-//! `DhtConfig::testnet` settings). `server` runs our two DHT nodes in server mode.
+//! [rounds] [server|client] [request_timeout_ms]` (defaults 20, 20, server, 500: the
+//! `DhtConfig::testnet` settings). `client` runs our two DHT nodes in client mode.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -169,8 +169,8 @@ impl Node {
     }
 
     /// Forgets what was reported so far; closes a connection to `peer` that a late
-    /// `PeerFound` of an earlier round may have made, so that each round starts apart.
-    async fn settle(&mut self, peer: PeerKey) {
+    /// `PeerFound` of an earlier round may have made. Returns whether there was one.
+    async fn settle(&mut self, peer: PeerKey) -> bool {
         // Every `PeerFound` of the left topic handled, every dial it made answered.
         self.wiring.send(Barrier).await.expect("wiring alive");
         while self.dialing.load(Ordering::SeqCst) > 0 {
@@ -183,7 +183,8 @@ impl Node {
             .send(replic8_connmgr::Peers)
             .await
             .expect("alive");
-        if peers.iter().any(|p| p.key == peer) {
+        let connected = peers.iter().any(|p| p.key == peer);
+        if connected {
             let _ = self
                 .conn
                 .addr()
@@ -191,6 +192,7 @@ impl Node {
                 .await;
             self.until_down(peer).await;
         }
+        connected
     }
 
     async fn until_down(&mut self, key: PeerKey) {
@@ -201,6 +203,19 @@ impl Node {
                 Ok(Some(Seen::Down(k))) if k == key => return,
                 Ok(Some(_)) => {}
             }
+        }
+    }
+}
+
+/// Until neither node has a connection to the other, nor a dial under way, nor an event
+/// not yet read: each round starts apart.
+async fn apart(a: &mut Node, b: &mut Node) {
+    let (ka, kb) = (a.conn.key(), b.conn.key());
+    loop {
+        let was_a = a.settle(kb).await;
+        let was_b = b.settle(ka).await;
+        if !was_a && !was_b {
+            return;
         }
     }
 }
@@ -237,18 +252,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let nodes: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
     let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
-    let server = args.get(3).is_some_and(|m| m == "server");
+    let client = args.get(3).is_some_and(|m| m == "client");
     let timeout_ms: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(500);
     let testnet = Testnet::builder(nodes).build()?;
     println!(
         "testnet: {nodes} nodes on 127.0.0.1; {rounds} rounds per case; our DHT nodes in {} \
          mode, request timeout {timeout_ms} ms",
-        if server { "server" } else { "client" }
+        if client { "client" } else { "server" }
     );
     let mut dht = DhtConfig::testnet(&testnet.bootstrap);
     dht.request_timeout = Some(Duration::from_millis(timeout_ms));
-    if server {
-        dht.mode = DhtMode::Server;
+    if client {
+        dht.mode = DhtMode::Client;
     }
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -270,8 +285,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (&mut y, &mut x)
             };
             let topic = Topic(rand::random());
-            announcer.settle(joiner.conn.key()).await;
-            joiner.settle(announcer.conn.key()).await;
+            apart(announcer, joiner).await;
             announcer
                 .discovery
                 .send(Join {
@@ -323,8 +337,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut connected = 0;
         for _ in 0..rounds {
             let topic = Topic(rand::random());
-            x.settle(y.conn.key()).await;
-            y.settle(x.conn.key()).await;
+            apart(&mut x, &mut y).await;
             let start = Instant::now();
             let join = |node: &Node| {
                 node.discovery.send(Join {

@@ -47,7 +47,8 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
         let testnet = Testnet::builder(size).build().expect("testnet");
         run(|| async {
             let a = start(dht_only(41001, &testnet, Timing::default())).await;
-            // On the small net, the looking-up side runs in server mode: both modes work.
+            // On the small net, the looking-up side runs in client mode (the default on
+            // the public DHT; `DhtConfig::testnet` is a server): both modes work.
             // b's second round comes late, so that what b reported is the first round's.
             let slow_second_round = Timing {
                 join_lookup_delays: vec![Duration::from_secs(60)],
@@ -55,7 +56,7 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
             };
             let mut b_config = dht_only(41002, &testnet, slow_second_round);
             if size == 2 {
-                b_config.dht.as_mut().expect("dht").mode = DhtMode::Server;
+                b_config.dht.as_mut().expect("dht").mode = DhtMode::Client;
             }
             let b = start(b_config).await;
             let mut found_b = subscribe("b", &b, false).await;
