@@ -418,6 +418,23 @@ impl<S: FeedStorage> Feed<S> {
         self.storage.block(index)
     }
 
+    /// The stored blocks from `start` on, at most up to `end` (and this feed's length),
+    /// stopping before the first missing one and before the one that would take the
+    /// total over `max_bytes` (the first comes whatever its size): what one answer to a
+    /// request carries, read in one storage call.
+    pub fn get_blocks(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let end = end.min(self.length());
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.storage.blocks(start, end, max_bytes)
+    }
+
     /// Blocks `[start, end)`; fails with [`ReadError::Missing`] if one is not stored.
     pub fn get_range(&mut self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, ReadError> {
         let mut out = Vec::with_capacity(end.saturating_sub(start).min(4096) as usize);

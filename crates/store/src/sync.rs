@@ -525,22 +525,11 @@ impl FeedSync {
         };
         let Request { start, end, length } = r;
         let max_bytes = self.config.max_data_bytes.min(MAX_DATA_BYTES);
-        let mut blocks = Vec::new();
-        let mut bytes = 0usize;
-        let mut stop = start;
-        while stop < end && stop - start < MAX_BLOCKS_PER_MESSAGE {
-            match feed.get(stop)? {
-                Some(b) => {
-                    if !blocks.is_empty() && bytes + b.len() > max_bytes {
-                        break;
-                    }
-                    bytes += b.len();
-                    blocks.push(ByteBuf::from(b));
-                    stop += 1;
-                }
-                None => break,
-            }
-        }
+        let limit = end.min(start.saturating_add(MAX_BLOCKS_PER_MESSAGE));
+        let read = feed.get_blocks(start, limit, max_bytes)?;
+        let bytes: usize = read.iter().map(Vec::len).sum();
+        let stop = start + read.len() as u64;
+        let blocks: Vec<ByteBuf> = read.into_iter().map(ByteBuf::from).collect();
         if blocks.is_empty() {
             return Ok(Message::NoData { start, end });
         }

@@ -53,6 +53,47 @@ pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn F
     reopen_sees_synced_batches(new, reopen);
     sparse_blocks(new());
     empty_and_large_blocks(new());
+    range_reads(new(), reopen);
+}
+
+/// `blocks` returns what `block` does, run by run, and stops where it must.
+fn range_reads<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
+    let mut f = s.create([6; 32], None).unwrap();
+    // Small blocks back to back, then large ones, then a gap at 40..45, then more.
+    f.write(append_batch(0, 20, 100)).unwrap();
+    f.write(append_batch(20, 30, 20_000)).unwrap();
+    f.write(append_batch(30, 40, 7)).unwrap();
+    f.write(append_batch(45, 50, 3)).unwrap();
+    f.sync().unwrap();
+    drop(f);
+    let check = |f: &mut S::Feed| {
+        let all = f.blocks(0, 60, usize::MAX).unwrap();
+        assert_eq!(all.len(), 40, "stops before the gap");
+        for (i, b) in all.iter().enumerate() {
+            assert_eq!(Some(b.clone()), f.block(i as u64).unwrap(), "block {i}");
+        }
+        // The byte limit: 10 blocks of 100 fit in 1,000; the first always comes.
+        assert_eq!(f.blocks(0, 20, 1_000).unwrap().len(), 10);
+        assert_eq!(f.blocks(0, 20, 1_050).unwrap().len(), 10);
+        assert_eq!(f.blocks(20, 30, 1).unwrap().len(), 1);
+        assert_eq!(f.blocks(15, 25, 45_000).unwrap().len(), 7);
+        assert!(f.blocks(40, 50, usize::MAX).unwrap().is_empty());
+        assert_eq!(
+            f.blocks(45, 60, usize::MAX).unwrap(),
+            (45..50).map(|i| block(i, 3)).collect::<Vec<_>>()
+        );
+        assert_eq!(f.blocks(38, 39, usize::MAX).unwrap(), vec![block(38, 7)]);
+    };
+    let s = reopen(s);
+    let mut f = s.open(&[6; 32]).unwrap().unwrap();
+    check(&mut f);
+    // Newly written blocks (not checkpointed yet) too.
+    f.write(append_batch(60, 65, 9)).unwrap();
+    assert_eq!(
+        f.blocks(60, 70, usize::MAX).unwrap(),
+        (60..65).map(|i| block(i, 9)).collect::<Vec<_>>()
+    );
+    check(&mut f);
 }
 
 fn create_open_list<S: Storage>(s: S) {

@@ -115,6 +115,27 @@ impl FeedStorage for MemoryFeed {
         Ok(lock(&self.state).blocks.get(&index).cloned())
     }
 
+    fn blocks(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let state = lock(&self.state);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for index in start..end {
+            match state.blocks.get(&index) {
+                Some(b) if out.is_empty() || bytes + b.len() <= max_bytes => {
+                    bytes += b.len();
+                    out.push(b.clone());
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     fn has_block(&self, index: u64) -> bool {
         lock(&self.state).blocks.contains_key(&index)
     }

@@ -102,6 +102,29 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
     }
     /// The block at `index`, if stored.
     fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError>;
+    /// The stored blocks from `start` on, in order: at most `end - start` of them,
+    /// stopping before the first one not stored and before the one that would take the
+    /// total over `max_bytes` (the first block comes whatever its size). For serving a
+    /// range in one call; the default reads block by block.
+    fn blocks(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for index in start..end {
+            match self.block(index)? {
+                Some(b) if out.is_empty() || bytes + b.len() <= max_bytes => {
+                    bytes += b.len();
+                    out.push(b);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
     /// Whether the block at `index` is stored (answered from memory, no I/O).
     fn has_block(&self, index: u64) -> bool;
     /// The tree node at flat-tree `index`, if stored.
