@@ -123,6 +123,12 @@ async fn a_reader_killed_20_times_mid_sync_converges_without_fetching_held_block
     let kill_at: Vec<u64> = (0..KILLS as u64)
         .map(|k| k * slice + rng.gen_range(1..=slice))
         .collect();
+    // And a delay after that line, up to one data message's time at RATE (16 ms), so
+    // that kills land anywhere in receiving, verifying and writing a message, not only
+    // just after one was stored. A randomiser, not a wait for anything.
+    let delay: Vec<Duration> = (0..KILLS)
+        .map(|_| Duration::from_micros(rng.gen_range(0..16_000)))
+        .collect();
 
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (w, feed) = writer(disk_node(dirs.0.path()), seed, BLOCKS, SIZE).await;
@@ -179,6 +185,7 @@ async fn a_reader_killed_20_times_mid_sync_converges_without_fetching_held_block
                     );
                     this.last = Some((stored, received));
                     if this.kill_at.is_some_and(|k| stored >= k) {
+                        tokio::time::sleep(delay[run]).await;
                         child.start_kill().unwrap();
                         let status = child.wait().await.unwrap();
                         assert_eq!(status.signal(), Some(9), "run {run}: {status:?}");
@@ -220,10 +227,11 @@ async fn a_reader_killed_20_times_mid_sync_converges_without_fetching_held_block
             _ => 0,
         };
         println!(
-            "run {i:2}: held {:4} at start, kill at {:>4}, last line stored/received {:?}, \
-             lost in flight {lost}",
+            "run {i:2}: held {:4} at start, kill at {:>4} + {:?}, last line stored/received \
+             {:?}, lost in flight {lost}",
             r.held,
             r.kill_at.map_or("-".into(), |k| k.to_string()),
+            delay.get(i).copied().unwrap_or_default(),
             r.last
         );
     }
