@@ -82,6 +82,7 @@ fn bulk_replicates_verifies_and_compares_with_raw() {
     assert_eq!(row["verified"], true);
     assert_eq!(u(row, "block_size"), 64 << 10);
     assert!(u(row, "writer_peak_rss_bytes") > 1 << 20, "{row}");
+    assert!(f(row, "reader_cpu_seconds") >= 0.0 && f(row, "writer_cpu_seconds") >= 0.0);
     let raw = f(row, "raw_quic_mb_per_s");
     assert!(raw > 0.0, "{row}");
     let ratio = f(row, "mb_per_s") / raw;

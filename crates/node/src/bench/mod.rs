@@ -337,6 +337,23 @@ pub fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// User plus system CPU seconds of process `pid` (all threads), or of this process for
+/// `None`, from `/proc/<pid>/stat`; `None` where `/proc` does not tell.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // After the command name (in parentheses, may hold spaces): utime and stime are the
+    // 12th and 13th fields, in USER_HZ ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Resets this process's peak resident set to its current one (Linux `clear_refs` 5), so
 /// that the next [`peak_rss_bytes`] covers only what follows. Does nothing elsewhere.
 pub fn reset_peak_rss() {

@@ -15,7 +15,9 @@
 //! and its blocks, read back from disk, hash to that same tree.
 //!
 //! `peak_rss_bytes` is the reader's (this process, reset before the node starts);
-//! `writer_peak_rss_bytes` the writer's while serving (it resets its own after writing).
+//! `writer_peak_rss_bytes` the writer's while serving (it resets its own after writing);
+//! `reader_cpu_seconds` and `writer_cpu_seconds` the CPU time each used while the clock
+//! ran (all threads; on 2 cores, their sum near 2 × `seconds` means CPU-bound).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::{
-    peak_rss_bytes, reset_peak_rss, round, temp_dir, BenchError, BenchOptions, Row, Scenario,
+    cpu_seconds, peak_rss_bytes, reset_peak_rss, round, temp_dir, BenchError, BenchOptions, Row,
+    Scenario,
 };
 use crate::demo::Pattern;
 use crate::persist::{PersistedShare, PersistedState};
@@ -298,6 +301,10 @@ pub struct Replicated {
     pub reader_peak_rss: Option<u64>,
     /// The writer's peak RSS while serving.
     pub writer_peak_rss: Option<u64>,
+    /// CPU seconds the reader used meanwhile (all its threads).
+    pub reader_cpu: Option<f64>,
+    /// CPU seconds the writer used meanwhile.
+    pub writer_cpu: Option<f64>,
     /// The writer's untimed preparation.
     pub prep_seconds: f64,
 }
@@ -337,6 +344,8 @@ pub async fn replicate(
     let result = async {
         reader.open_namespace(NAMESPACE, None).await?;
         let events = reader.subscribe();
+        let writer_pid = writer.child.id();
+        let cpu_before = (cpu_seconds(None), cpu_seconds(Some(writer_pid)));
         let start = Instant::now();
         reader.connect(ready.addr, Some(writer_key)).await?;
         tokio::time::timeout(SYNC_GUARD, wait_synced(&reader, events, &expected, blocks))
@@ -345,8 +354,11 @@ pub async fn replicate(
                 BenchError::Timeout(format!("replication did not finish within {SYNC_GUARD:?}"))
             })??;
         let seconds = start.elapsed().as_secs_f64();
+        let since = |before: Option<f64>, now: Option<f64>| Some(now? - before?);
+        let reader_cpu = since(cpu_before.0, cpu_seconds(None));
+        let writer_cpu = since(cpu_before.1, cpu_seconds(Some(writer_pid)));
         let reader_peak_rss = peak_rss_bytes(None);
-        let writer_peak_rss = peak_rss_bytes(Some(writer.child.id()));
+        let writer_peak_rss = peak_rss_bytes(Some(writer_pid));
         verify(&reader, &expected).await?;
         Ok::<_, BenchError>(Replicated {
             seconds,
@@ -354,6 +366,8 @@ pub async fn replicate(
             blocks,
             reader_peak_rss,
             writer_peak_rss,
+            reader_cpu,
+            writer_cpu,
             prep_seconds: ready.prep_seconds,
         })
     }
@@ -542,6 +556,8 @@ pub async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Row, Benc
         r.reader_peak_rss,
     )
     .with("writer_peak_rss_bytes", r.writer_peak_rss)
+    .with("reader_cpu_seconds", r.reader_cpu.map(|c| round(c, 2)))
+    .with("writer_cpu_seconds", r.writer_cpu.map(|c| round(c, 2)))
     .with("feeds", shape.feeds)
     .with("block_size", shape.block_size)
     .with("verified", true)
