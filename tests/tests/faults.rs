@@ -185,7 +185,7 @@ async fn a_reader_killed_20_times_mid_sync_converges_without_fetching_held_block
                     );
                     this.last = Some((stored, received));
                     if this.kill_at.is_some_and(|k| stored >= k) {
-                        tokio::time::sleep(delay[run]).await;
+                        tokio::time::sleep(delay.get(run).copied().unwrap_or_default()).await;
                         child.start_kill().unwrap();
                         let status = child.wait().await.unwrap();
                         assert_eq!(status.signal(), Some(9), "run {run}: {status:?}");
