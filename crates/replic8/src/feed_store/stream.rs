@@ -7,7 +7,16 @@
 //! (verifying, hashing, storage) runs on tokio's blocking pool with the feed's mutex
 //! held, never on the task's thread; the core is moved into the blocking call and back.
 //! The driver asks the core for messages only while the writer holds less than
-//! [`MAX_QUEUED_BYTES`], so what waits to be sent stays bounded.
+//! [`MAX_QUEUED_BYTES`], so what waits to be sent stays bounded; within a batch it asks
+//! after every frame, so the requests freed by one verified answer leave before the
+//! rest of the batch is verified and the peer always has the full window to serve.
+//!
+//! Bytes are copied as little as the layers allow: a frame is encoded once, in place
+//! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
+//! to QUIC as [`Bytes`] (`write_chunk`, no copy); on receipt a frame inside one QUIC
+//! chunk is a slice of it, and one that straddles chunks is gathered once into a pooled
+//! buffer of its announced size (checked against [`MAX_MESSAGE_SIZE`] first). Pooled
+//! buffers return to the pool when the last slice of them is dropped.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

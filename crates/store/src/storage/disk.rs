@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use super::IndexMap;
 use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
 
 /// Magic at the start of `log`.
@@ -150,9 +151,9 @@ struct FeedInner {
     /// Log offset up to which the slot files hold every record (the checkpoint).
     applied: u64,
     /// Blocks of records after `applied`, not yet in `index`.
-    recent_blocks: HashMap<u64, BlockLoc>,
+    recent_blocks: IndexMap<BlockLoc>,
     /// Nodes of records after `applied`, not yet in `tree`.
-    recent_nodes: HashMap<u64, StoredNode>,
+    recent_nodes: IndexMap<StoredNode>,
     /// Records were written after the last `sync`.
     unsynced: bool,
     /// The directories and `meta` must be synced (after create or open).
@@ -436,8 +437,8 @@ impl DiskStorage {
             bitfield: Bitfield::default(),
             log_len: 0,
             applied: LOG_HEADER_LEN,
-            recent_blocks: HashMap::new(),
-            recent_nodes: HashMap::new(),
+            recent_blocks: IndexMap::default(),
+            recent_nodes: IndexMap::default(),
             unsynced: false,
             needs_dir_sync: true,
             failed: false,

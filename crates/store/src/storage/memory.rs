@@ -29,7 +29,7 @@ type SharedState = Arc<Mutex<FeedState>>;
 struct FeedState {
     secret_key: Option<[u8; 32]>,
     blocks: BTreeMap<u64, Vec<u8>>,
-    nodes: HashMap<u64, StoredNode>,
+    nodes: super::IndexMap<StoredNode>,
     head: Option<StoredHead>,
 }
 
