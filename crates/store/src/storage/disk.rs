@@ -976,8 +976,12 @@ impl FeedInner {
         });
         // A writer that never syncs (a replica between flushes) would grow the in-memory
         // index without bound: past twice the checkpoint thresholds, sync and checkpoint.
+        // From once the thresholds on, the log is synced on another thread meanwhile, so
+        // that sync (on the caller's thread) finds little left to write back.
         if self.over_checkpoint_threshold(2) {
             self.sync()?;
+        } else if self.over_checkpoint_threshold(1) {
+            self.sync_start()?;
         }
         Ok(())
     }
