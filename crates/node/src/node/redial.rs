@@ -12,6 +12,13 @@
 //! stops when the peer is up again (by any path), when the connection manager gives up
 //! on the address or refuses the dial, and when the node closes.
 //!
+//! A peer that accepts and then drops us again and again (a flapping link, or a peer
+//! that closes every connection) would make that a loop at handshake speed, since a
+//! dial that succeeds resets the connection manager's backoff. So the redialer keeps
+//! its own count of losses of connections that lasted less than [`STABLE`]: the first
+//! is redialed at once, the next ones after 1 s, 2 s, 4 s, ... up to [`MAX_DELAY`]
+//! ([`redial_delay`]).
+//!
 //! What is not redialed, by [`redial_after`]: connections the peer dialed (it knows
 //! where we are and redials itself), connections we closed (`Close`, a left topic, a
 //! ban, shutdown), duplicates and replaced connections (a newer one is up), refusals,
@@ -20,13 +27,29 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use replic8_connmgr::{
     ConnManager, Dial, DialError, DownReason, Initiator, PeerDown, PeerKey, PeerUp, CLOSE_REQUESTED,
 };
 use tracing::{debug, info};
+
+/// A connection that lasted this long was not flapping: its loss is redialed at once.
+pub(crate) const STABLE: Duration = Duration::from_secs(30);
+
+/// The longest wait before redialing a peer whose connections keep dropping: about
+/// what discovery's later lookup rounds would give anyway.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// How long to wait before redialing after `short_losses` losses in a row of
+/// connections that lasted less than [`STABLE`] (this one included).
+pub(crate) fn redial_delay(short_losses: u32) -> Duration {
+    match short_losses {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(6)).min(MAX_DELAY),
+    }
+}
 
 /// Whether a connection that went down for `reason`, dialed by `initiator`, is dialed
 /// again. See the module documentation.
@@ -82,12 +105,27 @@ pub(crate) fn next_after(result: &Result<PeerKey, DialError>) -> Next {
     }
 }
 
+/// A connection that is up, as the redialer remembers it.
+#[derive(Debug, Clone, Copy)]
+struct UpEntry {
+    /// `stable_id` of the connection.
+    connection: usize,
+    /// The peer's address.
+    addr: SocketAddr,
+    /// Who dialed.
+    initiator: Initiator,
+    /// When it came up.
+    since: Instant,
+}
+
 /// The redialer. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Redialer {
     conn: Addr<ConnManager>,
-    /// Peers up now: the connection's `stable_id`, the peer's address, who dialed.
-    up: HashMap<PeerKey, (usize, SocketAddr, Initiator)>,
+    /// Peers up now.
+    up: HashMap<PeerKey, UpEntry>,
+    /// Losses in a row of short-lived connections, per peer we redial.
+    short_losses: HashMap<PeerKey, u32>,
     /// Peers being redialed, with the attempt's generation (a stale timer finds another).
     pending: HashMap<PeerKey, u64>,
     generation: u64,
@@ -99,6 +137,7 @@ impl Redialer {
         Redialer {
             conn,
             up: HashMap::new(),
+            short_losses: HashMap::new(),
             pending: HashMap::new(),
             generation: 0,
             closing: false,
@@ -149,8 +188,15 @@ impl Handler<PeerUp> for Redialer {
 
     fn handle(&mut self, up: PeerUp, _: &mut Context<Self>) {
         self.pending.remove(&up.key);
-        self.up
-            .insert(up.key, (up.connection.stable_id(), up.addr, up.initiator));
+        self.up.insert(
+            up.key,
+            UpEntry {
+                connection: up.connection.stable_id(),
+                addr: up.addr,
+                initiator: up.initiator,
+                since: Instant::now(),
+            },
+        );
     }
 }
 
@@ -159,21 +205,34 @@ impl Handler<PeerDown> for Redialer {
 
     fn handle(&mut self, down: PeerDown, ctx: &mut Context<Self>) {
         // A connection that a newer one replaced: the peer is still up.
-        let Some(&(id, addr, initiator)) = self.up.get(&down.key) else {
+        let Some(&up) = self.up.get(&down.key) else {
             return;
         };
-        if id != down.connection_id {
+        if up.connection != down.connection_id {
             return;
         }
         self.up.remove(&down.key);
-        if self.closing || !redial_after(initiator, &down.reason) {
+        if self.closing || !redial_after(up.initiator, &down.reason) {
+            self.short_losses.remove(&down.key);
             return;
         }
-        info!(peer = %down.key.fmt_short(), %addr, reason = %down.reason, "connection lost: redialing");
+        let losses = if up.since.elapsed() < STABLE {
+            self.short_losses.get(&down.key).copied().unwrap_or(0) + 1
+        } else {
+            1
+        };
+        self.short_losses.insert(down.key, losses);
+        let wait = redial_delay(losses);
+        let (key, addr) = (down.key, up.addr);
+        info!(peer = %key.fmt_short(), %addr, reason = %down.reason, ?wait, "connection lost: redialing");
         self.generation += 1;
         let generation = self.generation;
-        self.pending.insert(down.key, generation);
-        self.dial(down.key, addr, generation, ctx);
+        self.pending.insert(key, generation);
+        ctx.run_later(wait, move |this, ctx| {
+            if !this.closing && this.pending.get(&key) == Some(&generation) {
+                this.dial(key, addr, generation, ctx);
+            }
+        });
     }
 }
 
@@ -232,6 +291,12 @@ mod tests {
                 "{final_reason:?} must not be redialed"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_whose_connections_keep_dropping_is_redialed_ever_more_slowly() {
+        let waits: Vec<u64> = (1..=10).map(|n| redial_delay(n).as_secs()).collect();
+        assert_eq!(waits, [0, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 
     #[test]
