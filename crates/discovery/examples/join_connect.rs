@@ -249,6 +249,9 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let nodes: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
     let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
