@@ -409,12 +409,7 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: 
             Err(_) => return,
         };
         while !data.is_empty() {
-            let cut = if partial.is_empty() {
-                cut_whole(&mut data, &mut partial, &pool)
-            } else {
-                fill_partial(&mut data, &mut partial, &pool)
-            };
-            let sent = match cut {
+            let sent = match next_frame(&mut data, &mut partial, &pool) {
                 Ok(Some(payload)) => tx.send(Read::Frame(payload)).await.is_ok(),
                 Ok(None) => true,
                 Err(e) => {
@@ -426,6 +421,20 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: 
                 return;
             }
         }
+    }
+}
+
+/// Consumes bytes of `data` (a chunk as QUIC gave it) into the frame being read; the
+/// payload once a frame is whole (call again while `data` is not empty).
+fn next_frame(
+    data: &mut Bytes,
+    partial: &mut Vec<u8>,
+    pool: &Arc<BufferPool>,
+) -> Result<Option<Bytes>, FrameError> {
+    if partial.is_empty() {
+        cut_whole(data, partial, pool)
+    } else {
+        fill_partial(data, partial, pool)
     }
 }
 
@@ -515,5 +524,83 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Cuts `wire` delivered in the given chunk sizes, as `read_frames` does.
+    fn cut_all(wire: &Bytes, sizes: &mut dyn FnMut() -> usize) -> Result<Vec<Bytes>, FrameError> {
+        let pool = Arc::new(BufferPool::default());
+        let mut partial = Vec::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let n = sizes().clamp(1, wire.len() - at);
+            let mut data = wire.slice(at..at + n);
+            at += n;
+            while !data.is_empty() {
+                if let Some(f) = next_frame(&mut data, &mut partial, &pool)? {
+                    out.push(f);
+                }
+            }
+        }
+        frame::check_end(&partial, MAX_MESSAGE_SIZE)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn frames_are_cut_the_same_whatever_the_chunks() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let sizes = [0usize, 1, 3, 1000, 70_000, 300_000, MAX_MESSAGE_SIZE];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.gen()).collect())
+            .collect();
+        let mut wire = Vec::new();
+        for p in &payloads {
+            frame::encode(p, MAX_MESSAGE_SIZE, &mut wire).unwrap();
+        }
+        let wire = Bytes::from(wire);
+        for max_chunk in [1usize, 2, 5, 1200, 1452, 65_536, 2 << 20] {
+            // Single-byte chunks over a 1 MiB frame are slow in debug builds: use them
+            // only on the small frames.
+            let wire = if max_chunk < 1000 {
+                wire.slice(..4 * 4 + 1 + 3 + 1000)
+            } else {
+                wire.clone()
+            };
+            let got = cut_all(&wire, &mut || rng.gen_range(1..=max_chunk)).unwrap();
+            let want = if max_chunk < 1000 {
+                &payloads[..4]
+            } else {
+                &payloads[..]
+            };
+            assert_eq!(got.len(), want.len(), "chunks up to {max_chunk}");
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(&g[..], &w[..], "chunks up to {max_chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversize_prefix_fails_before_its_bytes_arrive() {
+        let mut wire = ((MAX_MESSAGE_SIZE + 1) as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[0; 100]);
+        for chunk in [1usize, 3, 104] {
+            let err = cut_all(&Bytes::from(wire.clone()), &mut || chunk).unwrap_err();
+            assert!(matches!(err, FrameError::Oversize { .. }), "{err}");
+        }
+        // A stream that ends inside a frame is truncated, however it was chunked.
+        let mut wire = Vec::new();
+        frame::encode(&[1; 5000], MAX_MESSAGE_SIZE, &mut wire).unwrap();
+        wire.truncate(3000);
+        for chunk in [2usize, 1452] {
+            let err = cut_all(&Bytes::from(wire.clone()), &mut || chunk).unwrap_err();
+            assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
+        }
     }
 }
