@@ -175,8 +175,11 @@ async fn a_reader_killed_20_times_mid_sync_converges_without_fetching_held_block
         loop {
             match next_report(&mut lines, run).await {
                 Report::Progress { stored, received } => {
-                    // Nothing held at this run's start came again: each received block
-                    // is a newly stored one (received is read before stored).
+                    // While no block comes twice, every received block is a newly
+                    // stored one, and `received` is read before `stored`: so this holds.
+                    // A held block fetched again breaks it unless blocks stored in the
+                    // meantime hide it (the last run's check below is exact).
+                    assert!(stored >= held, "run {run}: {stored} stored, {held} held");
                     assert!(
                         received <= stored - held,
                         "run {run}: received {received} blocks but stored only {} new \
