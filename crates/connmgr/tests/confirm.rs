@@ -110,3 +110,56 @@ fn without_a_confirmation_the_settle_window_applies() {
         endpoint.wait_idle().await;
     });
 }
+
+/// Both sides dial each other without a pinned key, as the node does on `PeerFound`,
+/// sometimes at the same moment, sometimes one a little after the other: both end up on
+/// one connection (a stream sent on each side's `PeerUp` connection arrives on the
+/// other's), and a close on one side is seen on the other.
+#[test]
+fn unpinned_dials_from_both_sides_end_on_one_connection() {
+    run(|| async {
+        for round in 0..30u64 {
+            let (gi, si) = ordered_pair();
+            let mut g = Node::spawn(&format!("great#{round}"), gi).await;
+            let mut s = Node::spawn(&format!("small#{round}"), si).await;
+            // Rounds alternate who starts, and how far ahead (0 to 4 ms).
+            let lead = Duration::from_millis(round % 5);
+            let (first, second) = if round % 2 == 0 { (&g, &s) } else { (&s, &g) };
+            let (r1, r2) = tokio::join!(first.dial(second.addr(), None), async {
+                tokio::time::sleep(lead).await;
+                second.dial(first.addr(), None).await
+            });
+            assert_eq!(r1, Ok(second.key()), "round {round}");
+            assert_eq!(r2, Ok(first.key()), "round {round}");
+            let up_g = g.peer_up(s.key()).await;
+            let up_s = s.peer_up(g.key()).await;
+            send_uni(&up_g.connection, b"g").await.expect("send");
+            send_uni(&up_s.connection, b"s").await.expect("send");
+            assert_eq!(recv_uni(&up_s.connection).await.as_deref(), Ok(&b"g"[..]));
+            assert_eq!(recv_uni(&up_g.connection).await.as_deref(), Ok(&b"s"[..]));
+            for ev in g.pending_events().into_iter().chain(s.pending_events()) {
+                assert!(
+                    !matches!(ev, Ev::Down(_) | Ev::Up(_)),
+                    "round {round}: extra {ev:?}"
+                );
+            }
+            let (closer, other) = if round % 2 == 0 {
+                (&mut g, &mut s)
+            } else {
+                (&mut s, &mut g)
+            };
+            let other_key = other.key();
+            closer
+                .handle
+                .addr()
+                .send(replic8_connmgr::Close { key: other_key })
+                .await
+                .expect("alive")
+                .expect("connected");
+            let closer_key = closer.key();
+            other.peer_down(closer_key).await;
+            drop((up_g, up_s));
+            tokio::join!(g.close(), s.close());
+        }
+    });
+}
