@@ -61,11 +61,7 @@ enum Command {
     /// KB/MB/GB (powers of 1000). Temporary data goes under --dir (default $TMPDIR) and
     /// is removed afterwards.
     Bench {
-        /// raw: QUIC alone (one connection, one stream); bulk: a feed of 64 KiB blocks
-        /// replicated disk to disk between two processes and verified (also runs raw:
-        /// raw_quic_mb_per_s, ratio); small: the same with 1 KiB blocks; many-feeds:
-        /// 1000 feeds x 100 x 1 KiB over one connection; append: durable appends, 64 KiB
-        /// and 1 KiB blocks; discovery: join to connected on a local 20-node DHT; all.
+        /// What to measure.
         #[arg(value_enum)]
         scenario: bench::Scenario,
         /// Bytes to move (raw, bulk, small: default 256MiB) or to append per block size
