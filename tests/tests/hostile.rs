@@ -476,10 +476,7 @@ fn a_slowloris_is_timed_out_without_a_ban() {
             matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
         })
         .await;
-        // A feed stream whose header never completes, and a control frame that never
-        // does; we never read anything the victim sends.
-        let (mut feed_send, _feed_recv) = s.connection.open_bi().await.unwrap();
-        feed_send.write_all(&[0, 0, 0, 40, 1]).await.unwrap();
+        // A control frame that never completes; we never read anything the victim sends.
         let mut partial = 1000u32.to_be_bytes().to_vec();
         partial.extend([0u8; 10]);
         s.send_bytes(&partial).await;
@@ -489,6 +486,32 @@ fn a_slowloris_is_timed_out_without_a_ban() {
             .await;
         assert!(reason.contains("timeout"), "{reason}");
         // A guard against a timer that never fires early, not a timing check.
+        assert!(
+            started.elapsed() >= Duration::from_secs(STALL_SECS),
+            "{reason}"
+        );
+        w.still_serving().await;
+        w.close().await;
+    });
+}
+
+#[test]
+fn a_feed_stream_header_that_never_completes_is_timed_out_without_a_ban() {
+    run(async {
+        let mut w = World::new().await;
+        let s = w.dial().await;
+        let hostile = w.hostile.key();
+        recv_until(&mut w.events, "victim: hostile session up", |e| {
+            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
+        })
+        .await;
+        // A feed stream announcing a 40-byte header and sending one byte of it; the
+        // control stream stays quiet and whole, so only the header's timer can fire.
+        let (mut feed_send, _feed_recv) = s.connection.open_bi().await.unwrap();
+        feed_send.write_all(&[0, 0, 0, 40, 1]).await.unwrap();
+        let started = std::time::Instant::now();
+        let reason = w.expect_end(&["feed stream header stalled"], false).await;
+        assert!(reason.contains("timeout"), "{reason}");
         assert!(
             started.elapsed() >= Duration::from_secs(STALL_SECS),
             "{reason}"

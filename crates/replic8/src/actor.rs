@@ -3,7 +3,7 @@
 //! A thin shell (STYLE.md §2): it keeps which store serves which namespace, starts
 //! [`driver::run`] for each connection it is given ([`StartSession`], sent by the node
 //! on the connection manager's `PeerUp`), and routes the stores' messages ([`Share`],
-//! [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`], [`FeedFailed`]) to the sessions they concern. All
+//! [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`], [`FeedFailed`], [`FeedStalled`]) to the sessions they concern. All
 //! protocol decisions are in the session core.
 
 use std::collections::HashMap;
@@ -17,8 +17,8 @@ use crate::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
 use crate::keys::{PeerKey, Role};
 use crate::session::{CommandError, EndReason, SessionConfig, SessionEvent};
 use crate::store::{
-    FeedFailed, FeedSynced, FeedUpdated, RegisterError, RegisterStore, Share, ShareError,
-    StreamEnded, UnregisterStore,
+    FeedFailed, FeedStalled, FeedSynced, FeedUpdated, RegisterError, RegisterStore, Share,
+    ShareError, StreamEnded, UnregisterStore,
 };
 
 /// An event of the session with `peer`.
@@ -216,7 +216,12 @@ impl Handler<StartSession> for SessionsActor {
             connection,
             role,
             peer,
-            config: self.config.clone(),
+            // Stream ids unique per peer across sessions: the old session's detaches
+            // must not hit the new one's streams.
+            config: SessionConfig {
+                first_stream_id: generation << 32,
+                ..self.config.clone()
+            },
             namespaces: self.stores.values().cloned().collect(),
         };
         let (addr, events) = (ctx.address(), self.events.clone());
@@ -373,6 +378,19 @@ impl Handler<StreamEnded> for SessionsActor {
             let _ = running.commands.send(SessionCommand::StreamEnded {
                 feed: msg.feed,
                 id: msg.id,
+            });
+        }
+    }
+}
+
+impl Handler<FeedStalled> for SessionsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FeedStalled, _: &mut Context<Self>) {
+        if let Some(running) = self.sessions.get(&msg.peer) {
+            let _ = running.commands.send(SessionCommand::FeedStalled {
+                feed: msg.feed,
+                reason: msg.reason,
             });
         }
     }

@@ -87,6 +87,14 @@ pub enum SessionCommand {
         /// What the peer did wrong.
         reason: String,
     },
+    /// The peer left a request on one of `feed`'s streams unanswered too long: end the
+    /// session with a timeout.
+    FeedStalled {
+        /// The feed.
+        feed: FeedKey,
+        /// What was left unanswered.
+        reason: String,
+    },
     /// Serve one more namespace on this session.
     Register(NamespaceEntry),
     /// End the session.
@@ -118,6 +126,8 @@ enum Input {
     ControlBytes(Vec<u8>),
     ControlEnd,
     Incoming(Result<IncomingStream, CodecError>),
+    /// A feed stream's header did not arrive within the stall timeout.
+    HeaderStalled,
     Shares(String, Result<Vec<SharedFeed>, String>),
     Known(String, Result<Vec<FeedKey>, String>),
     Answer(u64, Result<Vec<FeedKey>, String>),
@@ -151,6 +161,7 @@ pub async fn run(
             return reason;
         }
     };
+    let stall = config.stall_timeout;
     let mut session = Session::new(config, role, exporter, Instant::now());
     let mut stores: HashMap<String, StoreRecipients> = namespaces
         .iter()
@@ -179,7 +190,7 @@ pub async fn run(
             match opened {
                 Ok((send, recv)) => {
                     let _ = tx.send(Input::ControlStream(send, recv));
-                    accept_feed_streams(connection, tx).await;
+                    accept_feed_streams(connection, tx, stall).await;
                 }
                 Err(e) => {
                     let _ = tx.send(Input::Lost(e));
@@ -367,6 +378,7 @@ pub async fn run(
                         }
                     }
                     Input::Incoming(Err(e)) => session.handle_incoming_stream_error(e),
+                    Input::HeaderStalled => session.handle_stream_header_stalled(),
                     Input::Shares(namespace, result) => {
                         match result {
                             Ok(feeds) => {
@@ -419,6 +431,9 @@ pub async fn run(
                 }
                 Some(SessionCommand::FeedFailed { feed, reason }) => {
                     session.handle_feed_failed(&feed, &reason);
+                }
+                Some(SessionCommand::FeedStalled { feed, reason }) => {
+                    session.handle_feed_stalled(&feed, &reason);
                 }
                 Some(SessionCommand::Register(entry)) => {
                     match session.handle_register_namespace(&entry.name, entry.secret.clone()) {
@@ -533,20 +548,31 @@ async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::UnboundedSender<Inp
 }
 
 /// Takes the peer's feed streams and reads their header frames, several at a time, so
-/// a stream whose header never comes does not hold up the others.
-async fn accept_feed_streams(connection: quinn::Connection, tx: mpsc::UnboundedSender<Input>) {
+/// a stream whose header never comes does not hold up the others. A header that is not
+/// complete within `stall` of the stream's arrival ends the session (a slowloris would
+/// otherwise hold the stream slot for as long as the connection lives).
+async fn accept_feed_streams(
+    connection: quinn::Connection,
+    tx: mpsc::UnboundedSender<Input>,
+    stall: Duration,
+) {
     let mut readers = JoinSet::new();
     loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    readers.spawn(read_stream_header(send, recv));
+                    readers.spawn(async move {
+                        match tokio::time::timeout(stall, read_stream_header(send, recv)).await {
+                            Ok(read) => read.map(Input::Incoming),
+                            Err(_) => Some(Input::HeaderStalled),
+                        }
+                    });
                 }
                 Err(_) => return,
             },
             Some(read) = readers.join_next() => {
-                if let Ok(Some(result)) = read {
-                    if tx.send(Input::Incoming(result)).is_err() {
+                if let Ok(Some(input)) = read {
+                    if tx.send(input).is_err() {
                         return;
                     }
                 }

@@ -123,6 +123,11 @@ pub struct SessionConfig {
     /// that starts a frame and never finishes it (a slowloris) ends the session with
     /// `timeout`. What it can make us buffer meanwhile is one frame (`MAX_FRAME_LEN`).
     pub stall_timeout: Duration,
+    /// The first [`StreamId`] this session gives. Stores name a feed stream by (peer,
+    /// id), and a peer's new session can attach streams before its old one detached
+    /// them (a restarted peer), so the session layer starts each session of a peer at
+    /// its own value (`SessionsActor`: the session's generation << 32).
+    pub first_stream_id: u64,
 }
 
 impl Default for SessionConfig {
@@ -137,6 +142,7 @@ impl Default for SessionConfig {
             // replica can sync over, and short enough that a stalled peer does not hold
             // a connection slot for long.
             stall_timeout: Duration::from_secs(30),
+            first_stream_id: 0,
         }
     }
 }
@@ -474,6 +480,7 @@ impl Session {
             dialect: DIALECT.to_string(),
             max_streams: config.max_streams,
         };
+        let first_stream = config.first_stream_id;
         Session {
             hello_deadline: Some(now + config.hello_timeout),
             last_now: now,
@@ -508,7 +515,7 @@ impl Session {
             by_offer_id: HashMap::new(),
             open_queue: VecDeque::new(),
             open_streams: 0,
-            next_stream: 0,
+            next_stream: first_stream,
             local_ready: false,
             peer_ready: false,
             settled_sent: false,
@@ -961,6 +968,28 @@ impl Session {
         self.fail(
             CloseCode::PROTOCOL,
             format!("feed {}: {reason}", feed.fmt_short()),
+        );
+    }
+
+    /// A store gave up waiting for the peer on `feed`'s stream: the session ends with
+    /// [`CloseCode::TIMEOUT`], which is not misbehaviour (a slow peer is not banned).
+    pub fn handle_feed_stalled(&mut self, feed: &FeedKey, reason: &str) {
+        self.fail(
+            CloseCode::TIMEOUT,
+            format!("feed {}: {reason}", feed.fmt_short()),
+        );
+    }
+
+    /// A peer's feed stream did not deliver its header within the stall timeout: the
+    /// session ends with [`CloseCode::TIMEOUT`] (not misbehaviour, as for a stalled
+    /// control frame), which frees the stream slot it held.
+    pub fn handle_stream_header_stalled(&mut self) {
+        self.fail(
+            CloseCode::TIMEOUT,
+            format!(
+                "feed stream header stalled: not complete within {:?}",
+                self.config.stall_timeout
+            ),
         );
     }
 

@@ -274,6 +274,20 @@ pub struct StreamEnded {
     pub id: StreamId,
 }
 
+/// Store → session layer: the peer left a request on `feed`'s stream unanswered for
+/// longer than the store waits. Slowness is not misbehaviour: the session with `peer`
+/// ends with [`crate::message::CloseCode::TIMEOUT`] and the peer is not banned.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct FeedStalled {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The peer.
+    pub peer: PeerKey,
+    /// What was left unanswered, in words.
+    pub reason: String,
+}
+
 /// Store → session layer: the peer broke the store's protocol on `feed`'s stream (for a
 /// feed store: it sent a block or proof that does not verify). The session with `peer`
 /// ends with [`crate::message::CloseCode::PROTOCOL`] and a reason naming the feed; the

@@ -1390,3 +1390,27 @@ fn only_the_peers_protocol_violations_count_as_misbehaviour() {
     let reason = ended_event(&mut s);
     assert!(reason.is_misbehaviour(), "{reason}");
 }
+
+#[test]
+fn a_stalled_feed_or_stream_header_ends_the_session_without_a_ban_a_failed_feed_with_one() {
+    let feed = FeedKey([3; 32]);
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_feed_stalled(&feed, "request for blocks 0..64 timed out");
+    let reason = ended_event(&mut s);
+    assert_eq!(reason.code, CloseCode::TIMEOUT);
+    assert!(reason.reason.contains("timed out"), "{reason}");
+    assert!(!reason.is_misbehaviour(), "a slow peer is not banned");
+
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_stream_header_stalled();
+    let reason = ended_event(&mut s);
+    assert_eq!(reason.code, CloseCode::TIMEOUT);
+    assert!(reason.reason.contains("header stalled"), "{reason}");
+    assert!(!reason.is_misbehaviour());
+
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_feed_failed(&feed, "block 3 does not verify");
+    let reason = ended_event(&mut s);
+    assert_eq!(reason.code, CloseCode::PROTOCOL);
+    assert!(reason.is_misbehaviour(), "{reason}");
+}

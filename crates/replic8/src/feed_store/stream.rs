@@ -33,7 +33,7 @@ use super::{FeedEntry, Shared};
 use crate::frame::{self, FrameError};
 use crate::keys::{FeedKey, PeerKey};
 use crate::session::StreamId;
-use crate::store::{FeedFailed, FeedStream, FeedSynced, FeedUpdated, StreamEnded};
+use crate::store::{FeedFailed, FeedStalled, FeedStream, FeedSynced, FeedUpdated, StreamEnded};
 
 /// Most encoded bytes waiting for the writer before the core is asked for more. Two
 /// data messages at the core's default `max_data_bytes`: enough to keep the stream busy.
@@ -90,7 +90,10 @@ struct Step {
 enum End {
     Detached,
     PeerFinished,
+    /// The peer broke the sync protocol: the session ends and the peer is banned.
     Failed(String),
+    /// The peer left a request unanswered too long: the session ends, no ban.
+    Stalled(String),
     Local(String),
 }
 
@@ -181,6 +184,7 @@ pub(crate) async fn run<F: FeedStorage>(
         if let Some(error) = step.error {
             break match error {
                 SyncError::Storage(e) => End::Local(format!("storage: {e}")),
+                e @ SyncError::Timeout { .. } => End::Stalled(e.to_string()),
                 other => End::Failed(other.to_string()),
             };
         }
@@ -225,6 +229,21 @@ pub(crate) async fn run<F: FeedStorage>(
                 reason: reason.clone(),
             });
             shared.sessions.do_send(FeedFailed {
+                feed: ctx.feed,
+                peer: ctx.peer,
+                reason: reason.clone(),
+            });
+        }
+        End::Stalled(reason) => {
+            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, "peer stalled the feed sync");
+            writer.abort();
+            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            shared.event(super::FeedStoreEvent::SyncFailed {
+                feed: ctx.feed,
+                peer: ctx.peer,
+                reason: reason.clone(),
+            });
+            shared.sessions.do_send(FeedStalled {
                 feed: ctx.feed,
                 peer: ctx.peer,
                 reason: reason.clone(),
