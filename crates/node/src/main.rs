@@ -281,7 +281,7 @@ fn run_bench(
     let mut emit = |row: &bench::Row| {
         let mut out = std::io::stdout().lock();
         let written = if json {
-            serde_json::to_writer(&mut out, &row.0)
+            serde_json::to_writer(&mut out, row)
                 .map_err(std::io::Error::from)
                 .and_then(|()| writeln!(out))
         } else {

@@ -223,6 +223,23 @@ impl Row {
     }
 }
 
+/// As a JSON object with the common fields first, in [`COMMON`]'s order.
+impl serde::Serialize for Row {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for key in COMMON {
+            if let Some(v) = self.0.get(key) {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        for (k, v) in self.0.iter().filter(|(k, _)| !COMMON.contains(&k.as_str())) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 const COMMON: [&str; 7] = [
     "scenario",
     "bytes",
@@ -437,6 +454,15 @@ mod tests {
     fn rows_derive_the_rates() {
         let row = Row::new("x", 2_000_000, 40, 2.0, Some(1 << 20)).with("ratio", 0.5);
         assert_eq!(row.f64("mb_per_s"), 1.0);
+        let json = serde_json::to_string(&row).unwrap_or_default();
+        assert!(
+            json.starts_with(r#"{"scenario":"x","bytes":2000000,"blocks":40,"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#""peak_rss_bytes":1048576,"ratio":0.5}"#),
+            "{json}"
+        );
         assert_eq!(row.f64("blocks_per_s"), 20.0);
         assert!(row.table_line().contains("ratio=0.5"));
     }
