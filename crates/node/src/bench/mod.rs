@@ -164,7 +164,7 @@ impl Row {
         map.insert("scenario".into(), scenario.into());
         map.insert("bytes".into(), bytes.into());
         map.insert("blocks".into(), blocks.into());
-        map.insert("seconds".into(), round(seconds, 6).into());
+        map.insert("seconds".into(), round(seconds, 9).into());
         map.insert(
             "mb_per_s".into(),
             round(bytes as f64 / 1e6 / secs, 3).into(),
