@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 enum Seen {
     Found(Topic, Instant),
     Up(PeerKey, Instant),
-    Down(PeerKey),
+    Down(PeerKey, Instant),
 }
 
 /// The node's wiring, reduced to what the path needs: `PeerFound` → `Dial` → `PeerTried`.
@@ -88,7 +88,7 @@ impl Handler<PeerUp> for Wiring {
 impl Handler<PeerDown> for Wiring {
     type Result = ();
     fn handle(&mut self, down: PeerDown, _ctx: &mut Context<Self>) {
-        let _ = self.events.send(Seen::Down(down.key));
+        let _ = self.events.send(Seen::Down(down.key, Instant::now()));
     }
 }
 
@@ -154,15 +154,22 @@ impl Node {
         }
     }
 
-    /// Waits for `PeerUp` of `key`; also returns when `topic`'s first `PeerFound` came.
-    async fn until_up(&mut self, key: PeerKey, topic: Topic) -> (Option<Instant>, Instant) {
+    /// Waits for `PeerUp` of `key` after `since` (an earlier one, of a connection that a
+    /// late dial of the last round made and `apart` closed, does not count); also
+    /// returns when `topic`'s first `PeerFound` came.
+    async fn until_up(
+        &mut self,
+        key: PeerKey,
+        topic: Topic,
+        since: Instant,
+    ) -> (Option<Instant>, Instant) {
         let mut found = None;
         loop {
             match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
                 Err(_) => panic!("no PeerUp for {} within 10 s", key.fmt_short()),
                 Ok(None) => panic!("wiring gone"),
                 Ok(Some(Seen::Found(t, at))) if t == topic && found.is_none() => found = Some(at),
-                Ok(Some(Seen::Up(k, at))) if k == key => return (found, at),
+                Ok(Some(Seen::Up(k, at))) if k == key && at >= since => return (found, at),
                 Ok(Some(_)) => {}
             }
         }
@@ -185,22 +192,28 @@ impl Node {
             .expect("alive");
         let connected = peers.iter().any(|p| p.key == peer);
         if connected {
-            let _ = self
+            let since = Instant::now();
+            let closed = self
                 .conn
                 .addr()
                 .send(replic8_connmgr::Close { key: peer })
-                .await;
-            self.until_down(peer).await;
+                .await
+                .expect("alive");
+            // Err: it went down on its own meanwhile (its `PeerDown` came before `since`).
+            if closed.is_ok() {
+                self.until_down(peer, since).await;
+            }
         }
         connected
     }
 
-    async fn until_down(&mut self, key: PeerKey) {
+    /// Waits for `PeerDown` of `key` after `since`.
+    async fn until_down(&mut self, key: PeerKey, since: Instant) {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
                 Err(_) => panic!("no PeerDown for {} within 10 s", key.fmt_short()),
                 Ok(None) => panic!("wiring gone"),
-                Ok(Some(Seen::Down(k))) if k == key => return,
+                Ok(Some(Seen::Down(k, at))) if k == key && at >= since => return,
                 Ok(Some(_)) => {}
             }
         }
@@ -211,26 +224,37 @@ impl Node {
 /// not yet read: each round starts apart.
 async fn apart(a: &mut Node, b: &mut Node) {
     let (ka, kb) = (a.conn.key(), b.conn.key());
+    let mut quiet_once = false;
     loop {
         let was_a = a.settle(kb).await;
         let was_b = b.settle(ka).await;
-        if !was_a && !was_b {
+        if was_a || was_b {
+            quiet_once = false;
+            continue;
+        }
+        if quiet_once {
             return;
         }
+        // A handshake that a dial of the last round started may still be finishing on
+        // its server side, which reports nothing until then: give it time to show up (a
+        // loopback handshake takes ~1 ms), then look again.
+        quiet_once = true;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
 /// Closes the connection between `a` and `b` and waits until both saw it go.
 async fn disconnect(a: &mut Node, b: &mut Node) {
     let (ka, kb) = (a.conn.key(), b.conn.key());
+    let since = Instant::now();
     a.conn
         .addr()
         .send(replic8_connmgr::Close { key: kb })
         .await
         .expect("alive")
         .expect("was connected");
-    a.until_down(kb).await;
-    b.until_down(ka).await;
+    a.until_down(kb, since).await;
+    b.until_down(ka, since).await;
 }
 
 fn summary(name: &str, mut samples: Vec<Duration>) {
@@ -306,7 +330,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 lookup: true,
             });
             let join = tokio::spawn(join);
-            let (at_found, at_up) = joiner.until_up(announcer.conn.key(), topic).await;
+            let (at_found, at_up) = joiner.until_up(announcer.conn.key(), topic, start).await;
             if let Some(at) = at_found {
                 found.push(at - start);
             }
@@ -319,7 +343,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .expect("join task")
                 .expect("alive")
                 .expect("joined");
-            announcer.until_up(joiner.conn.key(), topic).await;
+            announcer.until_up(joiner.conn.key(), topic, start).await;
             for node in [&*announcer, &*joiner] {
                 node.discovery
                     .send(Leave { topic })
@@ -352,7 +376,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (ja, jb) = (join(&x), join(&y));
             let (kx, ky) = (x.conn.key(), y.conn.key());
             let ((_, at_x), (_, at_y)) =
-                futures::join!(x.until_up(ky, topic), y.until_up(kx, topic));
+                futures::join!(x.until_up(ky, topic, start), y.until_up(kx, topic, start));
             connected += 1;
             both.push(at_x - start);
             both.push(at_y - start);
