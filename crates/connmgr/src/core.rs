@@ -12,7 +12,7 @@
 //! - At most one connection per remote key is *current* (held or up). A second one is
 //!   decided at once by the key rule: the connection initiated by the greater key wins.
 //!   Both sides see the same two connections with the same initiators, so they pick the
-//!   same survivor without talking. The loser is closed with `CLOSE_DUPLICATE`.
+//!   same survivor. The loser is closed with `CLOSE_DUPLICATE`.
 //! - A newcomer that loses by the key rule (or ties: same initiator) may come from a
 //!   peer that restarted. The current connection is probed; if it is dead, the newcomer
 //!   replaces it at once, otherwise the newcomer is closed as a duplicate.

@@ -2,7 +2,8 @@
 //!
 //! It owns the node's only `quinn::Endpoint` (server and client on one UDP socket).
 //! Peers authenticate with TLS 1.3 raw public keys; when two connections to the same key
-//! exist, both sides keep the same one without talking. `Dial`, `Close` and `Ban` come in;
+//! exist, both sides keep the same one: the one the greater key initiated, or the one it
+//! confirmed (a datagram) when the smaller key dialed. `Dial`, `Close` and `Ban` come in;
 //! `PeerUp` and `PeerDown` go out to subscribers. The dedup and dial policy is a core
 //! without I/O.
 //!
