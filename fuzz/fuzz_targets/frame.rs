@@ -4,7 +4,8 @@
 //! Properties: parsing never panics; every frame is within the limit and uses exactly
 //! its prefix plus payload; re-encoding the frames gives back the bytes they came from;
 //! a stream that ends with bytes left over is an error unless they form whole frames;
-//! an accepted stream header re-encodes to the same header.
+//! an accepted stream header re-encodes to the same header; `announced` agrees with
+//! `check` and `seal` with `encode`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -75,6 +76,29 @@ fuzz_target!(|data: &[u8]| {
         frame::encode(p, max, &mut wire).expect("a parsed frame re-encodes");
     }
     assert_eq!(wire, &data[..consumed]);
+
+    // `announced` (the feed stream's frame cutter sizes its buffer with it) agrees with
+    // `check` on every prefix of the input: the same limit error, and the same length
+    // once the frame is whole.
+    for cut in [0, PREFIX_LEN.min(data.len()), split, data.len()] {
+        let head = &data[..cut];
+        match (frame::announced(head, max), frame::check(head, max)) {
+            (Err(a), Err(c)) => assert_eq!(a, c),
+            (Ok(None), Ok(None)) => assert!(head.len() < PREFIX_LEN),
+            (Ok(Some(total)), Ok(None)) => assert!(total > head.len()),
+            (Ok(Some(total)), Ok(Some(whole))) => assert_eq!(total, whole),
+            (a, c) => panic!("announced {a:?} but check {c:?} on {} bytes", head.len()),
+        }
+    }
+    // A frame sealed in place equals the encoded one.
+    for p in &payloads {
+        let mut sealed = vec![0u8; PREFIX_LEN];
+        sealed.extend_from_slice(p);
+        frame::seal(&mut sealed, max).expect("a parsed frame seals");
+        let mut encoded = Vec::new();
+        frame::encode(p, max, &mut encoded).expect("a parsed frame re-encodes");
+        assert_eq!(sealed, encoded);
+    }
 
     // A feed stream's first frame.
     if let Ok(Some((header, used))) = message::parse_stream_header(data) {
