@@ -163,3 +163,61 @@ fn unpinned_dials_from_both_sides_end_on_one_connection() {
         }
     });
 }
+
+/// The smaller key reaches the greater one at two addresses at once (here: directly and
+/// through a UDP relay), as a node may when discovery finds a peer on the DHT and on the
+/// LAN. The greater side keeps the first it sees and confirms it; the smaller side waits
+/// for that verdict with the other one as a candidate: both keep the same one, neither
+/// ever reports the other up, and the windows (10 min here) are never waited for.
+#[test]
+fn two_addresses_of_one_peer_end_on_the_connection_the_greater_key_confirmed() {
+    run(|| async {
+        for round in 0..10 {
+            let (gi, si) = ordered_pair();
+            let mut g = Node::spawn_with(&format!("great#{round}"), gi, settle_never).await;
+            let mut s = Node::spawn_with(&format!("small#{round}"), si, settle_never).await;
+            let relay = Relay::start(g.addr(), false).await;
+            let (direct, relayed) = tokio::join!(s.dial(g.addr(), None), s.dial(relay.addr, None));
+            assert_eq!(direct, Ok(g.key()), "round {round}");
+            assert_eq!(relayed, Ok(g.key()), "round {round}");
+            let up_s = s.peer_up(g.key()).await;
+            let up_g = g.peer_up(s.key()).await;
+            send_uni(&up_s.connection, b"one").await.expect("send");
+            assert_eq!(
+                recv_uni(&up_g.connection).await.as_deref(),
+                Ok(&b"one"[..]),
+                "round {round}: not the same connection"
+            );
+            assert_eq!(s.handle.addr().send(Peers).await.expect("peers").len(), 1);
+            assert_eq!(g.handle.addr().send(Peers).await.expect("peers").len(), 1);
+            // Two connections were made; wait until the other one is closed as a
+            // duplicate (the greater side probes the one it has first).
+            let deadline = Instant::now() + GUARD;
+            loop {
+                let stats_s = s.handle.addr().send(Stats).await.expect("stats");
+                let stats_g = g.handle.addr().send(Stats).await.expect("stats");
+                assert_eq!(stats_s.dials_started, 2, "round {round}");
+                if stats_s.duplicates_closed + stats_g.duplicates_closed >= 1 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: no duplicate closed: {stats_s:?} {stats_g:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(s.handle.addr().send(Peers).await.expect("peers").len(), 1);
+            assert_eq!(g.handle.addr().send(Peers).await.expect("peers").len(), 1);
+            for ev in g.pending_events().into_iter().chain(s.pending_events()) {
+                assert!(
+                    !matches!(ev, Ev::Down(_) | Ev::Up(_)),
+                    "round {round}: extra {ev:?}"
+                );
+            }
+            drop((up_s, up_g));
+            // The relay outlives the close, so that the close reaches the relayed side.
+            tokio::join!(g.close(), s.close());
+            drop(relay);
+        }
+    });
+}
