@@ -116,6 +116,17 @@ impl World {
         RawSession::open(connection).await
     }
 
+    /// [`World::dial`], then waits until the victim reports the session up.
+    async fn dial_until_up(&mut self) -> RawSession {
+        let session = self.dial().await;
+        let hostile = self.hostile.key();
+        recv_until(&mut self.events, "victim: hostile session up", |e| {
+            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
+        })
+        .await;
+        session
+    }
+
     /// Waits for the victim to end the hostile peer's session; checks the reason names
     /// `what`, and that the peer was banned (`ban`) or not.
     async fn expect_end(&mut self, what: &[&str], ban: bool) -> String {
@@ -427,12 +438,7 @@ fn a_wrong_namespace_proof_ends_the_session_and_bans() {
 fn a_stream_for_a_feed_never_offered_or_with_a_wrong_capability_ends_the_session_and_bans() {
     run(async {
         let mut w = World::new().await;
-        let s = w.dial().await;
-        let hostile = w.hostile.key();
-        recv_until(&mut w.events, "victim: hostile session up", |e| {
-            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
-        })
-        .await;
+        let s = w.dial_until_up().await;
         let _stream = s
             .open_feed_stream(&FeedStreamHeader::Offered {
                 by: Role::Dialer,
@@ -470,12 +476,7 @@ fn a_stream_for_a_feed_never_offered_or_with_a_wrong_capability_ends_the_session
 fn a_slowloris_is_timed_out_without_a_ban() {
     run(async {
         let mut w = World::new().await;
-        let mut s = w.dial().await;
-        let hostile = w.hostile.key();
-        recv_until(&mut w.events, "victim: hostile session up", |e| {
-            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
-        })
-        .await;
+        let mut s = w.dial_until_up().await;
         // A control frame that never completes; we never read anything the victim sends.
         let mut partial = 1000u32.to_be_bytes().to_vec();
         partial.extend([0u8; 10]);
@@ -499,12 +500,7 @@ fn a_slowloris_is_timed_out_without_a_ban() {
 fn a_feed_stream_header_that_never_completes_is_timed_out_without_a_ban() {
     run(async {
         let mut w = World::new().await;
-        let s = w.dial().await;
-        let hostile = w.hostile.key();
-        recv_until(&mut w.events, "victim: hostile session up", |e| {
-            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
-        })
-        .await;
+        let s = w.dial_until_up().await;
         // A feed stream announcing a 40-byte header and sending one byte of it; the
         // control stream stays quiet and whole, so only the header's timer can fire.
         let (mut feed_send, _feed_recv) = s.connection.open_bi().await.unwrap();

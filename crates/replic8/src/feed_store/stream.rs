@@ -219,8 +219,9 @@ pub(crate) async fn run<F: FeedStorage>(
     drop(reader);
     drop(outbox);
     match &end {
-        End::Failed(reason) => {
-            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, "peer broke the feed sync");
+        End::Failed(reason) | End::Stalled(reason) => {
+            let stalled = matches!(end, End::Stalled(_));
+            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, stalled, "peer broke or stalled the feed sync");
             writer.abort();
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             shared.event(super::FeedStoreEvent::SyncFailed {
@@ -228,26 +229,12 @@ pub(crate) async fn run<F: FeedStorage>(
                 peer: ctx.peer,
                 reason: reason.clone(),
             });
-            shared.sessions.do_send(FeedFailed {
-                feed: ctx.feed,
-                peer: ctx.peer,
-                reason: reason.clone(),
-            });
-        }
-        End::Stalled(reason) => {
-            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, "peer stalled the feed sync");
-            writer.abort();
-            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
-            shared.event(super::FeedStoreEvent::SyncFailed {
-                feed: ctx.feed,
-                peer: ctx.peer,
-                reason: reason.clone(),
-            });
-            shared.sessions.do_send(FeedStalled {
-                feed: ctx.feed,
-                peer: ctx.peer,
-                reason: reason.clone(),
-            });
+            let (feed, peer, reason) = (ctx.feed, ctx.peer, reason.clone());
+            if stalled {
+                shared.sessions.do_send(FeedStalled { feed, peer, reason });
+            } else {
+                shared.sessions.do_send(FeedFailed { feed, peer, reason });
+            }
         }
         End::Local(reason) => {
             debug!(feed = %ctx.feed.fmt_short(), %reason, "feed stream given up");
