@@ -156,6 +156,8 @@ pub async fn run(
                 code: CloseCode::PROTOCOL,
                 by: Side::Local,
                 reason: format!("no tls exporter value: {e:?}"),
+                // Our TLS stack's failure, not the peer's.
+                peer_at_fault: false,
             };
             connection.close(close_code(reason.code), reason.reason.as_bytes());
             return reason;

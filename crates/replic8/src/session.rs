@@ -174,7 +174,19 @@ pub struct EndReason {
     pub by: Side,
     /// What happened, in words.
     pub reason: String,
+    /// Whether the peer broke the protocol: set where the session failed, true only for
+    /// a violation of the peer's (never for our own failure, a timeout or a close).
+    pub peer_at_fault: bool,
 }
+
+/// The close codes a peer's protocol violation ends a session with.
+const VIOLATIONS: [CloseCode; 5] = [
+    CloseCode::PROTOCOL,
+    CloseCode::FRAME_TOO_LARGE,
+    CloseCode::BAD_PROOF,
+    CloseCode::BAD_CAPABILITY,
+    CloseCode::REFUSED_STREAM,
+];
 
 impl EndReason {
     /// Whether the session ended because the peer broke the protocol: we ended it
@@ -186,17 +198,7 @@ impl EndReason {
     /// control stream that ends without a close message, and our own encoding failure
     /// are not misbehaviour.
     pub fn is_misbehaviour(&self) -> bool {
-        self.by == Side::Local
-            && [
-                CloseCode::PROTOCOL,
-                CloseCode::FRAME_TOO_LARGE,
-                CloseCode::BAD_PROOF,
-                CloseCode::BAD_CAPABILITY,
-                CloseCode::REFUSED_STREAM,
-            ]
-            .contains(&self.code)
-            && self.reason != CONTROL_END_WITHOUT_CLOSE
-            && !self.reason.starts_with(ENCODE_FAILED)
+        self.by == Side::Local && self.peer_at_fault
     }
 }
 
@@ -604,7 +606,9 @@ impl Session {
         }
         match frame::check_end(&self.read_buf, MAX_FRAME_LEN) {
             Err(e) => self.fail_frame(e),
-            Ok(()) => self.fail(CloseCode::PROTOCOL, CONTROL_END_WITHOUT_CLOSE.into()),
+            Ok(()) => {
+                self.fail_not_peers_fault(CloseCode::PROTOCOL, CONTROL_END_WITHOUT_CLOSE.into())
+            }
         }
     }
 
@@ -681,6 +685,7 @@ impl Session {
                         code,
                         by: Side::Local,
                         reason: String::new(),
+                        peer_at_fault: VIOLATIONS.contains(&code),
                     }
                 })))
             }
@@ -1004,13 +1009,20 @@ impl Session {
                 format!("connection lost: {reason}"),
                 Side::Remote,
                 false,
+                false,
             ),
         }
     }
 
     /// Ends the session with [`CloseCode::CLOSED`].
     pub fn handle_close(&mut self, reason: &str) {
-        self.end(CloseCode::CLOSED, reason.to_string(), Side::Local, true);
+        self.end(
+            CloseCode::CLOSED,
+            reason.to_string(),
+            Side::Local,
+            true,
+            false,
+        );
     }
 
     // ---- outputs ----
@@ -1029,7 +1041,7 @@ impl Session {
             Err(e) => {
                 // Every message is built within the bounds, so this is a bug of ours.
                 tracing::error!(message = message.name(), error = %e, "could not encode");
-                self.fail(
+                self.fail_not_peers_fault(
                     CloseCode::PROTOCOL,
                     format!("{ENCODE_FAILED} {}: {e}", message.name()),
                 );
@@ -1085,7 +1097,14 @@ impl Session {
 
     fn fail(&mut self, code: CloseCode, reason: String) {
         debug!(%code, %reason, "session ends");
-        self.end(code, reason, Side::Local, true);
+        self.end(code, reason, Side::Local, true, VIOLATIONS.contains(&code));
+    }
+
+    /// Ends the session for a failure that is not the peer's fault (ours, or an end
+    /// an honest peer can cause), whatever the code says.
+    fn fail_not_peers_fault(&mut self, code: CloseCode, reason: String) {
+        debug!(%code, %reason, "session ends");
+        self.end(code, reason, Side::Local, true, false);
     }
 
     fn fail_frame(&mut self, error: FrameError) {
@@ -1096,7 +1115,14 @@ impl Session {
         self.fail(code, error.to_string());
     }
 
-    fn end(&mut self, code: CloseCode, mut reason: String, by: Side, tell_peer: bool) {
+    fn end(
+        &mut self,
+        code: CloseCode,
+        mut reason: String,
+        by: Side,
+        tell_peer: bool,
+        peer_at_fault: bool,
+    ) {
         if self.ended.is_some() {
             return;
         }
@@ -1111,13 +1137,18 @@ impl Session {
         self.held.clear();
         self.open_queue.clear();
         self.streams.clear();
-        let reason = EndReason { code, by, reason };
+        let reason = EndReason {
+            code,
+            by,
+            reason,
+            peer_at_fault,
+        };
         self.ended = Some(reason.clone());
         self.events.push_back(SessionEvent::SessionEnded { reason });
     }
 
     fn on_close(&mut self, code: CloseCode, reason: String) {
-        self.end(code, reason, Side::Remote, false);
+        self.end(code, reason, Side::Remote, false, false);
     }
 
     fn on_hello(&mut self, version: u32, dialect: &str, max_streams: u32) {
@@ -1727,6 +1758,7 @@ impl Session {
                 format!("all {n} feeds in sync both ways"),
                 Side::Local,
                 true,
+                false,
             );
         }
     }

@@ -1337,31 +1337,39 @@ fn frames_that_complete_keep_the_session_and_disarm_the_stall_timer() {
 #[test]
 fn only_the_peers_protocol_violations_count_as_misbehaviour() {
     use replic8::session::EndReason;
-    let reason = |code, by| EndReason {
+    let reason = |code, by, peer_at_fault| EndReason {
         code,
         by,
         reason: "x".into(),
+        peer_at_fault,
     };
-    for code in [
-        CloseCode::PROTOCOL,
-        CloseCode::FRAME_TOO_LARGE,
-        CloseCode::BAD_PROOF,
-        CloseCode::BAD_CAPABILITY,
-        CloseCode::REFUSED_STREAM,
-    ] {
-        assert!(reason(code, Side::Local).is_misbehaviour(), "{code}");
-        // The peer closing with that code says it thinks *we* misbehaved.
-        assert!(!reason(code, Side::Remote).is_misbehaviour(), "{code}");
+    // Only our own end, set as the peer's fault, counts; the peer closing with any code
+    // says it thinks *we* misbehaved.
+    for code in [CloseCode::PROTOCOL, CloseCode::BAD_PROOF] {
+        assert!(reason(code, Side::Local, true).is_misbehaviour(), "{code}");
+        assert!(
+            !reason(code, Side::Local, false).is_misbehaviour(),
+            "{code}"
+        );
+        assert!(
+            !reason(code, Side::Remote, true).is_misbehaviour(),
+            "{code}"
+        );
     }
-    for code in [
-        CloseCode::DONE,
-        CloseCode::CLOSED,
-        CloseCode::VERSION_MISMATCH,
-        CloseCode::ACCEPT_FAILED,
-        CloseCode::TIMEOUT,
-    ] {
-        assert!(!reason(code, Side::Local).is_misbehaviour(), "{code}");
-    }
+    // Real ends: the peer's violations are its fault, timeouts and closes are not.
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_control_bytes(&[0xff; 8]);
+    let end = ended_event(&mut s);
+    assert_eq!(end.code, CloseCode::FRAME_TOO_LARGE);
+    assert!(end.is_misbehaviour(), "{end}");
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_close("bye");
+    assert!(!ended_event(&mut s).is_misbehaviour());
+    let (mut s, _) = established_acceptor([7; 32]);
+    s.handle_connection_lost(Some(CloseCode::PROTOCOL), "you broke it".into());
+    let end = ended_event(&mut s);
+    assert_eq!(end.by, Side::Remote);
+    assert!(!end.is_misbehaviour(), "{end}");
     // A version mismatch from a real hello: no ban.
     let mut s = Session::new(
         live(),
