@@ -430,6 +430,12 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: 
     }
 }
 
+/// How much of a frame must have arrived before a buffer of its announced size is
+/// reserved: a bare 4-byte prefix does not pin a megabyte (a peer that stalls inside a
+/// frame holds at most this much per stream beyond what it really sent). Costs one copy
+/// of this many bytes per large frame that arrives in small chunks.
+const RESERVE_AFTER: usize = 16 * 1024;
+
 /// Consumes bytes of `data` (a chunk as QUIC gave it) into the frame being read; the
 /// payload once a frame is whole (call again while `data` is not empty).
 fn next_frame(
@@ -459,7 +465,11 @@ fn cut_whole(
         }
         None => {
             if let Some(total) = frame::announced(data, MAX_MESSAGE_SIZE)? {
-                *partial = pool.take(total);
+                *partial = if data.len() >= total.min(RESERVE_AFTER) {
+                    pool.take(total)
+                } else {
+                    Vec::with_capacity(total.min(RESERVE_AFTER))
+                };
             }
             partial.extend_from_slice(data);
             data.clear();
@@ -483,8 +493,9 @@ fn fill_partial(
     let Some(total) = frame::announced(partial, MAX_MESSAGE_SIZE)? else {
         return Ok(None);
     };
-    if partial.capacity() < total {
-        // The prefix arrived in pieces: move what is there into a buffer of the frame's size.
+    if partial.capacity() < total && partial.len() + data.len() >= total.min(RESERVE_AFTER) {
+        // Enough of the frame is here (or the prefix arrived in pieces): move what is
+        // there into a buffer of the frame's size.
         let mut whole = pool.take(total);
         whole.extend_from_slice(partial);
         *partial = whole;
@@ -608,5 +619,37 @@ mod tests {
             let err = cut_all(&Bytes::from(wire.clone()), &mut || chunk).unwrap_err();
             assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn a_bare_prefix_does_not_reserve_the_announced_size() {
+        let pool = Arc::new(BufferPool::default());
+        // A pooled megabyte is idle: a bare prefix must still not take it.
+        drop(pool.freeze(pool.take(MAX_MESSAGE_SIZE + frame::PREFIX_LEN)));
+        let mut partial = Vec::new();
+        let mut prefix = Bytes::from((MAX_MESSAGE_SIZE as u32).to_be_bytes().to_vec());
+        assert!(next_frame(&mut prefix, &mut partial, &pool)
+            .unwrap()
+            .is_none());
+        assert!(
+            partial.capacity() <= RESERVE_AFTER,
+            "{}",
+            partial.capacity()
+        );
+        // Bytes trickling in stay under the bound until RESERVE_AFTER of them arrived.
+        let mut trickle = Bytes::from(vec![7u8; RESERVE_AFTER / 2]);
+        assert!(next_frame(&mut trickle, &mut partial, &pool)
+            .unwrap()
+            .is_none());
+        assert!(
+            partial.capacity() <= RESERVE_AFTER,
+            "{}",
+            partial.capacity()
+        );
+        let mut more = Bytes::from(vec![7u8; RESERVE_AFTER]);
+        assert!(next_frame(&mut more, &mut partial, &pool)
+            .unwrap()
+            .is_none());
+        assert!(partial.capacity() >= MAX_MESSAGE_SIZE + frame::PREFIX_LEN);
     }
 }
