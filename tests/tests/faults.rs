@@ -277,7 +277,11 @@ async fn cut_mid_sync(cut: Cut) {
         SIZE,
     )
     .await;
-    let relay = UdpRelay::start(w.local_addr(), None).await.unwrap();
+    // Paced (32 MiB at 8 MiB/s, ~4 s) so the cut lands mid-sync however loaded the
+    // machine is: unpaced, loopback moves the whole feed in a fraction of a second.
+    let relay = UdpRelay::start(w.local_addr(), Some(8 << 20))
+        .await
+        .unwrap();
     let r = disk_node(dirs.1.path())
         .transport(tuning)
         .spawn()
