@@ -349,13 +349,12 @@ impl<S: FeedStorage> Feed<S> {
             }
             return Ok(self.length());
         };
-        let start = self.length();
-        let blocks = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (start + i as u64, b.as_ref().to_vec()))
-            .collect();
-        self.commit_append(prepared, blocks, durable)
+        let (start, length) = (self.length(), prepared.head.length);
+        let slices: Vec<&[u8]> = blocks.iter().map(AsRef::as_ref).collect();
+        self.storage
+            .write_append(start, &slices, prepared.nodes, prepared.head.into())?;
+        self.finish_append(prepared.head, prepared.roots, durable)?;
+        Ok(length)
     }
 
     /// Check, hash and sign an append of `blocks` (`None` for no blocks); changes nothing.
@@ -375,11 +374,11 @@ impl<S: FeedStorage> Feed<S> {
         }
         let start = self.length();
         let leaves = tree::hash_leaves(start, blocks);
-        let mut nodes: Vec<StoredNode> = Vec::with_capacity(2 * leaves.len());
         let mut roots = self.roots.clone();
-        for leaf in leaves {
-            tree::push_leaf(&mut roots, leaf, |n| nodes.push(n.into()));
-        }
+        let nodes = tree::append_leaves(&mut roots, leaves)
+            .into_iter()
+            .map(StoredNode::from)
+            .collect();
         let length = start + blocks.len() as u64;
         let head = secret.sign_head(length, tree::tree_hash(&roots));
         Ok(Some(PreparedAppend { nodes, roots, head }))
@@ -393,21 +392,34 @@ impl<S: FeedStorage> Feed<S> {
         blocks: Vec<(u64, Vec<u8>)>,
         durable: bool,
     ) -> Result<u64, AppendError> {
-        let (start, length) = (self.length(), prepared.head.length);
+        let length = prepared.head.length;
         let batch = WriteBatch {
             blocks,
             nodes: prepared.nodes,
             head: Some(prepared.head.into()),
         };
         self.storage.write(batch)?;
+        self.finish_append(prepared.head, prepared.roots, durable)?;
+        Ok(length)
+    }
+
+    /// After an append's write: sync it (`durable`) or start syncing it, then take its
+    /// head and roots.
+    fn finish_append(
+        &mut self,
+        head: SignedHead,
+        roots: Vec<Node>,
+        durable: bool,
+    ) -> Result<(), AppendError> {
         if durable {
             self.storage.sync()?;
         } else {
             self.storage.sync_start()?;
         }
-        self.set_head(prepared.head, prepared.roots);
-        self.add_run(start, length);
-        Ok(length)
+        let start = self.length();
+        self.set_head(head, roots);
+        self.add_run(start, head.length);
+        Ok(())
     }
 
     /// Block `index`, or `Ok(None)` if it is not stored here.

@@ -91,6 +91,23 @@ pub enum StorageError {
 pub trait FeedStorage: Send + fmt::Debug + 'static {
     /// Apply a batch atomically (see the module's durability contract).
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError>;
+    /// Apply an append atomically: like [`FeedStorage::write`] of a batch of `blocks` at
+    /// indices `start..`, `nodes` and `head`, with the blocks borrowed, so the caller
+    /// keeps them and storage that writes them straight out copies nothing. The default
+    /// copies them into a [`WriteBatch`].
+    fn write_append(
+        &mut self,
+        start: u64,
+        blocks: &[&[u8]],
+        nodes: Vec<StoredNode>,
+        head: StoredHead,
+    ) -> Result<(), StorageError> {
+        self.write(WriteBatch {
+            blocks: (start..).zip(blocks.iter().map(|b| b.to_vec())).collect(),
+            nodes,
+            head: Some(head),
+        })
+    }
     /// Make every batch written so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
     /// Start making every batch written so far durable without waiting for it (a sync
