@@ -42,9 +42,9 @@ use crate::feeds::{self, FeedStoreRecipients};
 use crate::metrics::{Counters, MetricsEndpoint};
 use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, PersistedState};
 
-mod redial;
+pub(crate) mod redial;
 use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
-use redial::{Redialer, StopRedials};
+use redial::{CancelRedial, Redialer, SessionEnd, StopRedials};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -525,10 +525,12 @@ async fn start(
             }
         });
     }
+    let redialer = Redialer::new(conn.addr().clone()).start();
     let wiring = Wiring {
         conn: conn.addr().clone(),
         discovery: discovery.clone(),
         sessions: sessions.clone(),
+        redialer: redialer.clone().recipient(),
         events: events.clone(),
         counters: counters.clone(),
         local,
@@ -543,6 +545,7 @@ async fn start(
         events.clone(),
         counters.clone(),
         wiring.clone(),
+        redialer.clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.
@@ -556,7 +559,6 @@ async fn start(
             peer_down: wiring.clone().recipient(),
         })
         .await;
-    let redialer = Redialer::new(conn.addr().clone()).start();
     let _ = conn
         .addr()
         .send(replic8_connmgr::Subscribe {
@@ -623,6 +625,7 @@ async fn forward_session_events(
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     wiring: Addr<Wiring>,
+    redialer: Addr<Redialer>,
 ) {
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
     while let Some(PeerEvent { peer, event }) = rx.recv().await {
@@ -659,6 +662,10 @@ async fn forward_session_events(
                     counters.sessions_failed.add(1);
                 }
                 let text = reason.to_string();
+                redialer.do_send(SessionEnd {
+                    peer,
+                    reason: reason.clone(),
+                });
                 wiring.do_send(SessionOver { peer, reason });
                 NodeEvent::SessionEnded { peer, reason: text }
             }
@@ -903,7 +910,11 @@ impl NodeHandle {
             .send(replic8_discovery::Leave { topic })
             .await
             .map_err(|_| NodeClosed)??;
-        let _ = self.s().wiring.send(TopicLeft(topic)).await;
+        if let Ok(closed) = self.s().wiring.send(TopicLeft(topic)).await {
+            for key in closed {
+                self.s().redialer.do_send(CancelRedial { key });
+            }
+        }
         self.refresh_topics().await;
         Ok(())
     }
@@ -989,9 +1000,16 @@ impl NodeHandle {
     }
 
     /// Close the connection to `peer` (close code `CLOSE_REQUESTED`); its session ends.
-    /// The peer, if it dialed that connection, treats this like a cut connection and
-    /// dials again (see `node/redial.rs`); ban it to keep it away.
+    /// We do not redial it (a pending redial is cancelled, even when the peer is not
+    /// connected now). The peer, if it dialed that connection, treats this like a cut
+    /// connection and dials again (see `node/redial.rs`); ban it to keep it away.
     pub async fn disconnect(&self, peer: PeerKey) -> Result<(), DisconnectError> {
+        // First, so that the close below is not followed by a redial.
+        self.s()
+            .redialer
+            .send(CancelRedial { key: peer })
+            .await
+            .map_err(|_| NodeClosed)?;
         self.s()
             .conn
             .addr()

@@ -9,7 +9,8 @@
 //! - a session that ended because the peer broke the protocol
 //!   (`EndReason::is_misbehaviour`, sent here as [`SessionOver`]) bans the peer's key in
 //!   the connection manager for `limits.ban_secs` (which also closes its connection), and
-//!   is counted (`bans`), logged once and reported (`NodeEvent::PeerBanned`);
+//!   is counted (`bans`), logged once and reported (`NodeEvent::PeerBanned`); a pending
+//!   redial of it is cancelled;
 //! - the node's counters and events follow.
 //!
 //! Once closing, found peers are no longer dialed and new connections are closed.
@@ -35,6 +36,7 @@ use tracing::{debug, warn};
 
 use crate::events::NodeEvent;
 use crate::metrics::Counters;
+use crate::node::redial::CancelRedial;
 
 /// How often the byte counters are refreshed from the connection manager.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +47,8 @@ pub(crate) struct Wiring {
     pub(crate) conn: Addr<ConnManager>,
     pub(crate) discovery: Addr<DiscoveryActor>,
     pub(crate) sessions: Addr<SessionsActor>,
+    /// The redialer: a banned peer is not redialed.
+    pub(crate) redialer: Recipient<CancelRedial>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) counters: Arc<Counters>,
     /// Our QUIC address: a found peer at this address is ourselves.
@@ -283,6 +287,7 @@ impl Handler<SessionOver> for Wiring {
         }
         warn!(peer = %msg.peer.fmt_short(), reason = %msg.reason, ban = ?self.ban_for, "peer banned");
         self.counters.bans.add(1);
+        self.redialer.do_send(CancelRedial { key: msg.peer });
         let duration = self.ban_for;
         let ban = self.conn.send(Ban {
             key: msg.peer,

@@ -19,19 +19,33 @@
 //! is redialed at once, the next ones after 1 s, 2 s, 4 s, ... up to [`MAX_DELAY`]
 //! ([`redial_delay`]).
 //!
-//! What is not redialed, by [`redial_after`]: connections the peer dialed (it knows
+//! A session that ended with `timeout` (a feed request, a control frame or a feed stream
+//! header left unanswered for the stall timeout) is no misbehaviour, only slowness: a
+//! connection we dialed is redialed after it, with the same backoff, whichever side
+//! timed out. When the peer ended it we see its close code (`ApplicationClosed(9)`); when
+//! our session ended it the connection manager only sees `LocallyClosed`, so the node
+//! also sends the redialer every session end ([`SessionEnd`]) and the two are matched,
+//! in whichever order they arrive ([`after_down`], [`after_our_end`]).
+//!
+//! What is not redialed, by [`after_down`]: connections the peer dialed (it knows
 //! where we are and redials itself), connections we closed (`Close`, a left topic, a
-//! ban, shutdown), duplicates and replaced connections (a newer one is up), refusals,
-//! and sessions the peer ended with a session close code (done, closed by the
-//! application, or our protocol error: redialing would only repeat it).
+//! ban, shutdown, a session we ended for any reason but `timeout`), duplicates and
+//! replaced connections (a newer one is up), refusals, and sessions the peer ended
+//! with another session close code (done, closed by the application, or our protocol
+//! error: redialing would only repeat it). [`CancelRedial`] (sent by `disconnect`, a
+//! ban and a left topic) drops a pending redial, and closes the connection again if a
+//! dial of it was in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use replic8::message::CloseCode;
+use replic8::session::{EndReason, Side};
 use replic8_connmgr::{
-    ConnManager, Dial, DialError, DownReason, Initiator, PeerDown, PeerKey, PeerUp, CLOSE_REQUESTED,
+    ConnManager, Dial, DialError, DownReason, Initiator, PeerDown, PeerKey, PeerUp, RefuseReason,
+    CLOSE_REQUESTED,
 };
 use tracing::{debug, info};
 
@@ -51,29 +65,63 @@ pub(crate) fn redial_delay(short_losses: u32) -> Duration {
     }
 }
 
-/// Whether a connection that went down for `reason`, dialed by `initiator`, is dialed
-/// again. See the module documentation.
-pub(crate) fn redial_after(initiator: Initiator, reason: &DownReason) -> bool {
+/// What a `PeerDown` of a connection means for a redial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterDown {
+    /// Dial it again.
+    Redial,
+    /// Do not.
+    Never,
+    /// Our own session closed it: redial if that session ended with `timeout`
+    /// ([`after_our_end`]).
+    AskSession,
+}
+
+/// What to do about a connection that went down for `reason`, dialed by `initiator`.
+/// See the module documentation.
+pub(crate) fn after_down(initiator: Initiator, reason: &DownReason) -> AfterDown {
     use quinn::ConnectionError as E;
     if initiator != Initiator::Local {
-        return false;
+        return AfterDown::Never;
     }
+    let redial = |yes: bool| {
+        if yes {
+            AfterDown::Redial
+        } else {
+            AfterDown::Never
+        }
+    };
     match reason {
         DownReason::Lost(e) => match e {
-            E::TimedOut | E::Reset | E::TransportError(_) | E::ConnectionClosed(_) => true,
+            E::TimedOut | E::Reset | E::TransportError(_) | E::ConnectionClosed(_) => {
+                AfterDown::Redial
+            }
             // The peer's connection manager closed it without a session reason (an
-            // operator's cut): like a lost connection. A peer that does not want us
+            // operator's cut): like a lost connection. The peer's session timed out
+            // waiting for us: slowness, not a refusal. A peer that does not want us
             // refuses or bans, which is final.
-            E::ApplicationClosed(close) => close.error_code == CLOSE_REQUESTED,
-            E::VersionMismatch | E::LocallyClosed | E::CidsExhausted => false,
+            E::ApplicationClosed(close) => redial(
+                close.error_code == CLOSE_REQUESTED
+                    || close.error_code == quinn::VarInt::from_u32(CloseCode::TIMEOUT.0),
+            ),
+            // Our session closed it (a `Close` or a ban is `Closed`/`Banned`).
+            E::LocallyClosed => AfterDown::AskSession,
+            E::VersionMismatch | E::CidsExhausted => AfterDown::Never,
         },
         DownReason::Closed
         | DownReason::Shutdown
         | DownReason::Duplicate
         | DownReason::Replaced
         | DownReason::Banned
-        | DownReason::RefusedByPeer(_) => false,
+        | DownReason::RefusedByPeer(_) => AfterDown::Never,
     }
+}
+
+/// Whether a connection our own session closed is redialed, given how that session
+/// ended: only after our `timeout` (the peer was slow), never after a misbehaviour, a
+/// close or our own failure.
+pub(crate) fn after_our_end(end: &EndReason) -> bool {
+    end.by == Side::Local && end.code == CloseCode::TIMEOUT && !end.is_misbehaviour()
 }
 
 /// What to do after a redial's `Dial` answered.
@@ -83,18 +131,25 @@ pub(crate) enum Next {
     Done,
     /// Dial again after this long.
     RetryIn(Duration),
-    /// Stop: the address was dropped or the dial is refused.
+    /// Stop: the address was dropped, the dial is refused or the node is closing.
     Stop,
 }
 
-/// What a redial does after its dial answered `result`.
-pub(crate) fn next_after(result: &Result<PeerKey, DialError>) -> Next {
+/// What a redial does after its dial answered `result`; `limited` is how many times
+/// this redial was refused by our own limits before.
+pub(crate) fn next_after(result: &Result<PeerKey, DialError>, limited: u32) -> Next {
     match result {
         Ok(_) => Next::Done,
         Err(DialError::Backoff { retry_in }) => Next::RetryIn(*retry_in),
+        // Our connection manager is closing: it aborts waiting dials this way.
+        Err(DialError::Connection(quinn::ConnectionError::LocallyClosed)) => Next::Stop,
         // The failure was recorded in the address's backoff: the next dial answers
         // `Backoff` with the wait.
         Err(DialError::Connection(_)) | Err(DialError::Timeout) => Next::RetryIn(Duration::ZERO),
+        // A momentary limit of ours: wait 1 s, 2 s, 4 s, ... up to a minute.
+        Err(DialError::Refused(
+            RefuseReason::TooManyPending(_) | RefuseReason::TooManyPeers(_),
+        )) => Next::RetryIn(redial_delay(limited.saturating_add(2))),
         Err(DialError::GaveUp { .. })
         | Err(DialError::Refused(_))
         | Err(DialError::RefusedByPeer(_))
@@ -116,6 +171,20 @@ struct UpEntry {
     initiator: Initiator,
     /// When it came up.
     since: Instant,
+    /// How its session ended, if that arrived before its `PeerDown`: whether it is
+    /// redialed after our own close ([`after_our_end`]).
+    ended: Option<bool>,
+}
+
+/// A redial under way.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The attempt's generation: a stale timer or answer finds another.
+    generation: u64,
+    /// A `Dial` is in flight.
+    dialing: bool,
+    /// How many times our own limits refused it.
+    limited: u32,
 }
 
 /// The redialer. See the module documentation.
@@ -126,8 +195,14 @@ pub(crate) struct Redialer {
     up: HashMap<PeerKey, UpEntry>,
     /// Losses in a row of short-lived connections, per peer we redial.
     short_losses: HashMap<PeerKey, u32>,
-    /// Peers being redialed, with the attempt's generation (a stale timer finds another).
-    pending: HashMap<PeerKey, u64>,
+    /// Peers being redialed.
+    pending: HashMap<PeerKey, Pending>,
+    /// Connections we dialed that our own session closed, until that session's end
+    /// arrives (or the peer is up again, or the redial is cancelled).
+    closed_here: HashMap<PeerKey, UpEntry>,
+    /// Generations cancelled while their dial was in flight: a connection it brings up
+    /// is closed.
+    cancelled: HashSet<u64>,
     generation: u64,
     closing: bool,
 }
@@ -139,36 +214,97 @@ impl Redialer {
             up: HashMap::new(),
             short_losses: HashMap::new(),
             pending: HashMap::new(),
+            closed_here: HashMap::new(),
+            cancelled: HashSet::new(),
             generation: 0,
             closing: false,
         }
     }
 
+    /// Whether `generation` is still the redial of `key` (and the node is not closing).
+    fn current(&self, key: &PeerKey, generation: u64) -> bool {
+        !self.closing && self.pending.get(key).map(|p| p.generation) == Some(generation)
+    }
+
+    /// Start redialing `key`, whose connection `up` went down (`why`, for the log).
+    fn schedule(&mut self, key: PeerKey, up: UpEntry, why: &str, ctx: &mut Context<Self>) {
+        let losses = if up.since.elapsed() < STABLE {
+            self.short_losses.get(&key).copied().unwrap_or(0) + 1
+        } else {
+            1
+        };
+        self.short_losses.insert(key, losses);
+        let wait = redial_delay(losses);
+        let addr = up.addr;
+        info!(peer = %key.fmt_short(), %addr, reason = why, ?wait, "connection lost: redialing");
+        self.generation += 1;
+        let generation = self.generation;
+        self.pending.insert(
+            key,
+            Pending {
+                generation,
+                dialing: false,
+                limited: 0,
+            },
+        );
+        self.dial_later(key, addr, generation, wait, ctx);
+    }
+
+    fn dial_later(
+        &mut self,
+        key: PeerKey,
+        addr: SocketAddr,
+        generation: u64,
+        wait: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        ctx.run_later(wait, move |this, ctx| {
+            if this.current(&key, generation) {
+                this.dial(key, addr, generation, ctx);
+            }
+        });
+    }
+
     fn dial(&mut self, key: PeerKey, addr: SocketAddr, generation: u64, ctx: &mut Context<Self>) {
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.dialing = true;
+        }
         let dial = self.conn.send(Dial {
             addr,
             expected_key: Some(key),
         });
         ctx.spawn(dial.into_actor(self).map(move |result, this, ctx| {
-            if this.closing || this.pending.get(&key) != Some(&generation) {
+            if this.cancelled.remove(&generation) {
+                // Cancelled (`disconnect`, a ban, a left topic) while the dial was in
+                // flight: what it brought up goes again.
+                if let Ok(Ok(key)) = result {
+                    info!(peer = %key.fmt_short(), %addr, "redial cancelled: closing");
+                    this.conn.do_send(replic8_connmgr::Close { key });
+                }
+                return;
+            }
+            if !this.current(&key, generation) {
                 return;
             }
             let Ok(result) = result else {
                 this.pending.remove(&key);
                 return;
             };
-            match next_after(&result) {
+            let limited = this.pending.get(&key).map_or(0, |p| p.limited);
+            match next_after(&result, limited) {
                 Next::Done => {
                     info!(peer = %key.fmt_short(), %addr, "redialed");
                     this.pending.remove(&key);
                 }
                 Next::RetryIn(wait) => {
                     debug!(peer = %key.fmt_short(), %addr, ?wait, "redial: retrying");
-                    ctx.run_later(wait, move |this, ctx| {
-                        if !this.closing && this.pending.get(&key) == Some(&generation) {
-                            this.dial(key, addr, generation, ctx);
+                    if let Some(p) = this.pending.get_mut(&key) {
+                        p.dialing = false;
+                        if matches!(result, Err(DialError::Refused(_))) {
+                            p.limited = p.limited.saturating_add(1);
                         }
-                    });
+                    }
+                    this.dial_later(key, addr, generation, wait, ctx);
                 }
                 Next::Stop => {
                     info!(peer = %key.fmt_short(), %addr, error = ?result.err(), "redial: giving up");
@@ -188,6 +324,7 @@ impl Handler<PeerUp> for Redialer {
 
     fn handle(&mut self, up: PeerUp, _: &mut Context<Self>) {
         self.pending.remove(&up.key);
+        self.closed_here.remove(&up.key);
         self.up.insert(
             up.key,
             UpEntry {
@@ -195,6 +332,7 @@ impl Handler<PeerUp> for Redialer {
                 addr: up.addr,
                 initiator: up.initiator,
                 since: Instant::now(),
+                ended: None,
             },
         );
     }
@@ -212,27 +350,80 @@ impl Handler<PeerDown> for Redialer {
             return;
         }
         self.up.remove(&down.key);
-        if self.closing || !redial_after(up.initiator, &down.reason) {
-            self.short_losses.remove(&down.key);
+        if self.closing {
             return;
         }
-        let losses = if up.since.elapsed() < STABLE {
-            self.short_losses.get(&down.key).copied().unwrap_or(0) + 1
-        } else {
-            1
-        };
-        self.short_losses.insert(down.key, losses);
-        let wait = redial_delay(losses);
-        let (key, addr) = (down.key, up.addr);
-        info!(peer = %key.fmt_short(), %addr, reason = %down.reason, ?wait, "connection lost: redialing");
-        self.generation += 1;
-        let generation = self.generation;
-        self.pending.insert(key, generation);
-        ctx.run_later(wait, move |this, ctx| {
-            if !this.closing && this.pending.get(&key) == Some(&generation) {
-                this.dial(key, addr, generation, ctx);
+        let redial = match (after_down(up.initiator, &down.reason), up.ended) {
+            (AfterDown::Redial, _) | (AfterDown::AskSession, Some(true)) => true,
+            (AfterDown::AskSession, None) => {
+                // The session's end is still on its way.
+                self.closed_here.insert(down.key, up);
+                return;
             }
-        });
+            (AfterDown::Never, _) | (AfterDown::AskSession, Some(false)) => false,
+        };
+        if redial {
+            self.schedule(down.key, up, &down.reason.to_string(), ctx);
+        } else {
+            self.short_losses.remove(&down.key);
+        }
+    }
+}
+
+/// Node → redialer: the session with `peer` ended with `reason` (every end, in the
+/// order the sessions report them).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SessionEnd {
+    /// The peer.
+    pub(crate) peer: PeerKey,
+    /// Why the session ended.
+    pub(crate) reason: EndReason,
+}
+
+impl Handler<SessionEnd> for Redialer {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionEnd, ctx: &mut Context<Self>) {
+        let redial = after_our_end(&msg.reason);
+        if let Some(up) = self.closed_here.remove(&msg.peer) {
+            // Its connection went down first.
+            if redial && !self.closing {
+                self.schedule(msg.peer, up, &msg.reason.to_string(), ctx);
+            } else {
+                self.short_losses.remove(&msg.peer);
+            }
+        } else if let Some(up) = self.up.get_mut(&msg.peer) {
+            up.ended = Some(redial);
+        }
+    }
+}
+
+/// Node → redialer: do not redial `key` (it was disconnected, banned, or its topic
+/// left). A dial of it in flight is closed once it is up.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct CancelRedial {
+    /// The peer.
+    pub(crate) key: PeerKey,
+}
+
+impl Handler<CancelRedial> for Redialer {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelRedial, _: &mut Context<Self>) {
+        self.closed_here.remove(&msg.key);
+        self.short_losses.remove(&msg.key);
+        if let Some(up) = self.up.get_mut(&msg.key) {
+            // Its session may end with `timeout` before the close lands.
+            up.ended = Some(false);
+        }
+        if let Some(p) = self.pending.remove(&msg.key) {
+            info!(peer = %msg.key.fmt_short(), "redial cancelled");
+            if p.dialing {
+                self.cancelled.insert(p.generation);
+            }
+        }
     }
 }
 
@@ -247,6 +438,7 @@ impl Handler<StopRedials> for Redialer {
     fn handle(&mut self, _: StopRedials, _: &mut Context<Self>) {
         self.closing = true;
         self.pending.clear();
+        self.closed_here.clear();
     }
 }
 
@@ -264,21 +456,39 @@ mod tests {
     }
 
     #[test]
-    fn only_connections_we_dialed_and_lost_by_the_network_or_a_bare_close_are_redialed() {
+    fn only_connections_we_dialed_and_lost_by_the_network_a_bare_close_or_a_timeout_are_redialed() {
         let lost = DownReason::Lost(quinn::ConnectionError::TimedOut);
-        assert!(redial_after(Initiator::Local, &lost));
-        assert!(!redial_after(Initiator::Remote, &lost));
-        assert!(redial_after(
-            Initiator::Local,
-            &DownReason::Lost(quinn::ConnectionError::Reset)
-        ));
-        assert!(redial_after(Initiator::Local, &app_close(CLOSE_REQUESTED)));
+        assert_eq!(after_down(Initiator::Local, &lost), AfterDown::Redial);
+        assert_eq!(after_down(Initiator::Remote, &lost), AfterDown::Never);
+        assert_eq!(
+            after_down(
+                Initiator::Local,
+                &DownReason::Lost(quinn::ConnectionError::Reset)
+            ),
+            AfterDown::Redial
+        );
+        assert_eq!(
+            after_down(Initiator::Local, &app_close(CLOSE_REQUESTED)),
+            AfterDown::Redial
+        );
+        // The peer's session timed out waiting for us.
+        assert_eq!(
+            after_down(Initiator::Local, &app_close(quinn::VarInt::from_u32(9))),
+            AfterDown::Redial
+        );
+        assert_eq!(
+            after_down(Initiator::Remote, &app_close(quinn::VarInt::from_u32(9))),
+            AfterDown::Never
+        );
+        // Our own session closed it: its end reason decides.
+        let ours = DownReason::Lost(quinn::ConnectionError::LocallyClosed);
+        assert_eq!(after_down(Initiator::Local, &ours), AfterDown::AskSession);
+        assert_eq!(after_down(Initiator::Remote, &ours), AfterDown::Never);
         for final_reason in [
             app_close(quinn::VarInt::from_u32(0)), // session done
             app_close(quinn::VarInt::from_u32(1)), // session closed by the application
             app_close(quinn::VarInt::from_u32(3)), // our protocol error
             app_close(replic8_connmgr::CLOSE_SHUTDOWN),
-            DownReason::Lost(quinn::ConnectionError::LocallyClosed),
             DownReason::Closed,
             DownReason::Shutdown,
             DownReason::Duplicate,
@@ -286,10 +496,43 @@ mod tests {
             DownReason::Banned,
             DownReason::RefusedByPeer("banned".into()),
         ] {
-            assert!(
-                !redial_after(Initiator::Local, &final_reason),
+            assert_eq!(
+                after_down(Initiator::Local, &final_reason),
+                AfterDown::Never,
                 "{final_reason:?} must not be redialed"
             );
+        }
+    }
+
+    fn end(code: CloseCode, by: Side, peer_at_fault: bool) -> EndReason {
+        EndReason {
+            code,
+            by,
+            reason: "test".into(),
+            peer_at_fault,
+        }
+    }
+
+    #[test]
+    fn after_our_own_close_only_a_timeout_is_redialed_never_a_misbehaviour() {
+        assert!(after_our_end(&end(CloseCode::TIMEOUT, Side::Local, false)));
+        // A timeout flagged as the peer's fault would be banned: never redialed.
+        assert!(!after_our_end(&end(CloseCode::TIMEOUT, Side::Local, true)));
+        // The peer's timeout arrives as its close code (`after_down`).
+        assert!(!after_our_end(&end(
+            CloseCode::TIMEOUT,
+            Side::Remote,
+            false
+        )));
+        for code in [
+            CloseCode::DONE,
+            CloseCode::CLOSED,
+            CloseCode::PROTOCOL,
+            CloseCode::FRAME_TOO_LARGE,
+            CloseCode::BAD_PROOF,
+        ] {
+            assert!(!after_our_end(&end(code, Side::Local, false)), "{code}");
+            assert!(!after_our_end(&end(code, Side::Local, true)), "{code}");
         }
     }
 
@@ -300,26 +543,60 @@ mod tests {
     }
 
     #[test]
-    fn a_redial_waits_out_the_backoff_and_stops_when_the_address_is_dropped() {
+    fn a_redial_waits_out_the_backoff_and_our_limits_and_stops_when_dropped_or_closing() {
         let key = replic8_connmgr::Identity::generate().key();
-        assert_eq!(next_after(&Ok(key)), Next::Done);
+        assert_eq!(next_after(&Ok(key), 0), Next::Done);
         let wait = Duration::from_millis(1200);
         assert_eq!(
-            next_after(&Err(DialError::Backoff { retry_in: wait })),
+            next_after(&Err(DialError::Backoff { retry_in: wait }), 0),
             Next::RetryIn(wait)
         );
         assert_eq!(
-            next_after(&Err(DialError::Timeout)),
+            next_after(&Err(DialError::Timeout), 0),
             Next::RetryIn(Duration::ZERO)
         );
         assert_eq!(
-            next_after(&Err(DialError::GaveUp {
-                retry_in: Duration::from_secs(600)
-            })),
+            next_after(
+                &Err(DialError::GaveUp {
+                    retry_in: Duration::from_secs(600)
+                }),
+                0
+            ),
             Next::Stop
         );
         assert_eq!(
-            next_after(&Err(DialError::RefusedByPeer("banned".into()))),
+            next_after(&Err(DialError::RefusedByPeer("banned".into())), 0),
+            Next::Stop
+        );
+        // A dial waiting for its handshake when our connection manager closes.
+        assert_eq!(
+            next_after(
+                &Err(DialError::Connection(quinn::ConnectionError::LocallyClosed)),
+                0
+            ),
+            Next::Stop
+        );
+        assert_eq!(
+            next_after(
+                &Err(DialError::Connection(quinn::ConnectionError::Reset)),
+                0
+            ),
+            Next::RetryIn(Duration::ZERO)
+        );
+        // Our own limits are momentary: retried ever more slowly, never given up on.
+        let limits = [
+            RefuseReason::TooManyPending(8),
+            RefuseReason::TooManyPeers(64),
+        ];
+        for reason in limits {
+            let waits: Vec<Next> = (0..8)
+                .map(|n| next_after(&Err(DialError::Refused(reason.clone())), n))
+                .collect();
+            let secs = |s| Next::RetryIn(Duration::from_secs(s));
+            assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60].map(secs), "{reason:?}");
+        }
+        assert_eq!(
+            next_after(&Err(DialError::Refused(RefuseReason::Banned(key))), 0),
             Next::Stop
         );
     }
