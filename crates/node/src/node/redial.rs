@@ -204,6 +204,8 @@ pub(crate) struct Redialer {
     /// is closed.
     cancelled: HashSet<u64>,
     generation: u64,
+    /// Redials started so far.
+    started: u64,
     closing: bool,
 }
 
@@ -217,6 +219,7 @@ impl Redialer {
             closed_here: HashMap::new(),
             cancelled: HashSet::new(),
             generation: 0,
+            started: 0,
             closing: false,
         }
     }
@@ -238,6 +241,7 @@ impl Redialer {
         let addr = up.addr;
         info!(peer = %key.fmt_short(), %addr, reason = why, ?wait, "connection lost: redialing");
         self.generation += 1;
+        self.started += 1;
         let generation = self.generation;
         self.pending.insert(
             key,
@@ -427,6 +431,21 @@ impl Handler<CancelRedial> for Redialer {
     }
 }
 
+/// Test → redialer: how many redials were started so far.
+#[cfg(test)]
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub(crate) struct RedialsStarted;
+
+#[cfg(test)]
+impl Handler<RedialsStarted> for Redialer {
+    type Result = u64;
+
+    fn handle(&mut self, _: RedialsStarted, _: &mut Context<Self>) -> u64 {
+        self.started
+    }
+}
+
 /// Node → redialer: the node is closing; start no more dials.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -599,5 +618,68 @@ mod tests {
             next_after(&Err(DialError::Refused(RefuseReason::Banned(key))), 0),
             Next::Stop
         );
+    }
+
+    async fn loopback_node() -> crate::NodeHandle {
+        crate::Node::builder()
+            .in_memory()
+            .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .dht(false)
+            .lan(false)
+            .spawn()
+            .await
+            .unwrap()
+    }
+
+    /// Waits for the first event of `events` that `want` accepts (a guard of 30 s).
+    async fn wait_for(
+        events: &mut tokio::sync::broadcast::Receiver<crate::NodeEvent>,
+        what: &str,
+        want: impl Fn(&crate::NodeEvent) -> bool,
+    ) {
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if want(&event) => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within 30 s"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_closed_our_connection_is_redialed_one_we_disconnected_is_not() {
+        let (a, b) = (loopback_node().await, loopback_node().await);
+        let mut events = a.subscribe();
+        let bk = b.key();
+        let up = |e: &crate::NodeEvent| matches!(e, crate::NodeEvent::PeerUp { key, initiator: Initiator::Local, .. } if *key == bk);
+        let down = |e: &crate::NodeEvent| matches!(e, crate::NodeEvent::PeerDown { key, .. } if *key == bk);
+        let redials = || a.s().redialer.send(RedialsStarted);
+        a.connect(b.local_addr(), Some(bk)).await.unwrap();
+        wait_for(&mut events, "a: b up", up).await;
+
+        // The peer's bare close (`CLOSE_REQUESTED`): a cut, redialed by a.
+        b.disconnect(a.key()).await.unwrap();
+        wait_for(&mut events, "a: b down after b's close", down).await;
+        wait_for(&mut events, "a: b redialed", up).await;
+        assert_eq!(redials().await.unwrap(), 1);
+
+        // Our own `disconnect`: not redialed. The connection manager hands a `PeerDown`
+        // to the wiring (whose event we saw) and the redialer in one go, so the
+        // redialer has decided by the time it answers.
+        a.disconnect(bk).await.unwrap();
+        wait_for(&mut events, "a: b down after our disconnect", down).await;
+        assert_eq!(
+            redials().await.unwrap(),
+            1,
+            "a disconnected peer was redialed"
+        );
+        assert!(a.peers().await.unwrap().is_empty());
+        a.close().await;
+        b.close().await;
     }
 }
