@@ -165,6 +165,9 @@ struct FeedInner {
     scratch: Vec<u8>,
     /// A log sync running on its own thread, started by `sync_start`.
     pending: Option<PendingSync>,
+    /// The sync of the feed directory after the last checkpoint's rename of `state`, on
+    /// a helper thread; waited for before the next rename.
+    state_dir_sync: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 /// An `fdatasync` of the log on a helper thread ([`FeedStorage::sync_start`]).
@@ -575,6 +578,7 @@ impl DiskStorage {
             failed: false,
             scratch: Vec::new(),
             pending: None,
+            state_dir_sync: None,
         }))
     }
 }
@@ -1133,6 +1137,17 @@ impl FeedInner {
         Ok(())
     }
 
+    /// Wait for the directory sync of the last checkpoint, if one is running.
+    fn wait_state_dir_sync(&mut self) -> Result<(), StorageError> {
+        match self.state_dir_sync.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("state sync thread panicked")))
+                .map_err(Into::into),
+            None => Ok(()),
+        }
+    }
+
     fn over_checkpoint_threshold(&self, factor: u64) -> bool {
         let config = &self.shared.config;
         self.log_len.saturating_sub(self.applied) >= config.checkpoint_bytes.saturating_mul(factor)
@@ -1224,7 +1239,11 @@ impl FeedInner {
     /// Write the unindexed entries into the slot files, sync them, then record the new
     /// checkpoint in `state`. Called only when the log is synced.
     fn checkpoint(&mut self) -> Result<(), StorageError> {
+        // A slot file made by this checkpoint must be in the directory before a `state`
+        // that relies on it is.
+        let mut created = false;
         if !self.recent_blocks.is_empty() {
+            created |= !self.path(FileKind::Index).exists();
             let index = self
                 .file(FileKind::Index, true)?
                 .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?;
@@ -1238,6 +1257,7 @@ impl FeedInner {
             index.sync_data()?;
         }
         if !self.recent_nodes.is_empty() {
+            created |= !self.path(FileKind::Tree).exists();
             let tree = self
                 .file(FileKind::Tree, true)?
                 .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?;
@@ -1270,8 +1290,23 @@ impl FeedInner {
             f.write_all(&state)?;
             f.sync_data()?;
         }
+        if created {
+            sync_dir(&self.dir)?;
+        }
+        self.wait_state_dir_sync()?;
         fs::rename(&tmp, self.dir.join("state"))?;
-        sync_dir(&self.dir)?;
+        // The rename's own durability only shortens the replay on open (until it is
+        // durable, a crash finds the previous `state`, as after a crash mid-checkpoint),
+        // so the directory is synced on a helper thread, not on the appending one (an
+        // ext4 directory fsync took ~7 ms here, 12 of them per 256 MiB of 1 KiB blocks).
+        let dir = self.dir.clone();
+        match std::thread::Builder::new()
+            .name("replic8-state-sync".into())
+            .spawn(move || sync_dir(&dir))
+        {
+            Ok(handle) => self.state_dir_sync = Some(handle),
+            Err(_) => sync_dir(&self.dir)?,
+        }
         self.applied = self.log_len;
         self.recent_blocks.clear();
         self.recent_nodes.clear();
@@ -1492,6 +1527,7 @@ impl FeedInner {
 
 impl Drop for FeedInner {
     fn drop(&mut self) {
+        let _ = self.wait_state_dir_sync();
         lock(&self.shared.files).remove_feed(self.id);
         let mut live = lock(&self.shared.live);
         if live.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
@@ -1610,11 +1646,13 @@ impl DiskFeed {
     }
 
     /// Write the in-memory index of recent records to the slot files now (normally done
-    /// by [`FeedStorage::sync`] every [`DiskConfig::checkpoint_bytes`]). Syncs first.
+    /// by [`FeedStorage::sync`] every [`DiskConfig::checkpoint_bytes`]). Syncs first;
+    /// the new checkpoint is durable when this returns.
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         let mut inner = lock(&self.inner);
         inner.sync()?;
-        inner.checkpoint()
+        inner.checkpoint()?;
+        inner.wait_state_dir_sync()
     }
 }
 
