@@ -171,9 +171,9 @@ struct UpEntry {
     initiator: Initiator,
     /// When it came up.
     since: Instant,
-    /// How its session ended, if that arrived before its `PeerDown`: whether it is
-    /// redialed after our own close ([`after_our_end`]).
-    ended: Option<bool>,
+    /// Its session ended with our `timeout` ([`after_our_end`]) before its `PeerDown`
+    /// arrived (the last session end reported wins).
+    timed_out: bool,
 }
 
 /// A redial under way.
@@ -336,7 +336,7 @@ impl Handler<PeerUp> for Redialer {
                 addr: up.addr,
                 initiator: up.initiator,
                 since: Instant::now(),
-                ended: None,
+                timed_out: false,
             },
         );
     }
@@ -357,14 +357,16 @@ impl Handler<PeerDown> for Redialer {
         if self.closing {
             return;
         }
-        let redial = match (after_down(up.initiator, &down.reason), up.ended) {
-            (AfterDown::Redial, _) | (AfterDown::AskSession, Some(true)) => true,
-            (AfterDown::AskSession, None) => {
-                // The session's end is still on its way.
+        let redial = match (after_down(up.initiator, &down.reason), up.timed_out) {
+            (AfterDown::Redial, _) | (AfterDown::AskSession, true) => true,
+            (AfterDown::AskSession, false) => {
+                // The session's end may still be on its way (an end seen already may
+                // be that of a session the connection replaced): wait for it, until
+                // the peer is up again or the redial is cancelled.
                 self.closed_here.insert(down.key, up);
                 return;
             }
-            (AfterDown::Never, _) | (AfterDown::AskSession, Some(false)) => false,
+            (AfterDown::Never, _) => false,
         };
         if redial {
             self.schedule(down.key, up, &down.reason.to_string(), ctx);
@@ -398,7 +400,7 @@ impl Handler<SessionEnd> for Redialer {
                 self.short_losses.remove(&msg.peer);
             }
         } else if let Some(up) = self.up.get_mut(&msg.peer) {
-            up.ended = Some(redial);
+            up.timed_out = redial;
         }
     }
 }
@@ -420,7 +422,7 @@ impl Handler<CancelRedial> for Redialer {
         self.short_losses.remove(&msg.key);
         if let Some(up) = self.up.get_mut(&msg.key) {
             // Its session may end with `timeout` before the close lands.
-            up.ended = Some(false);
+            up.timed_out = false;
         }
         if let Some(p) = self.pending.remove(&msg.key) {
             info!(peer = %msg.key.fmt_short(), "redial cancelled");
@@ -659,11 +661,20 @@ mod tests {
         let up = |e: &crate::NodeEvent| matches!(e, crate::NodeEvent::PeerUp { key, initiator: Initiator::Local, .. } if *key == bk);
         let down = |e: &crate::NodeEvent| matches!(e, crate::NodeEvent::PeerDown { key, .. } if *key == bk);
         let redials = || a.s().redialer.send(RedialsStarted);
+        let mut b_events = b.subscribe();
+        let ak = a.key();
         a.connect(b.local_addr(), Some(bk)).await.unwrap();
         wait_for(&mut events, "a: b up", up).await;
+        // b settles the connection on its own time: close it once b has it.
+        wait_for(
+            &mut b_events,
+            "b: a up",
+            |e| matches!(e, crate::NodeEvent::PeerUp { key, .. } if *key == ak),
+        )
+        .await;
 
         // The peer's bare close (`CLOSE_REQUESTED`): a cut, redialed by a.
-        b.disconnect(a.key()).await.unwrap();
+        b.disconnect(ak).await.unwrap();
         wait_for(&mut events, "a: b down after b's close", down).await;
         wait_for(&mut events, "a: b redialed", up).await;
         assert_eq!(redials().await.unwrap(), 1);
