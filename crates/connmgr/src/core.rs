@@ -27,9 +27,13 @@
 //! - The smaller side *holds* the connections it initiated until the greater side
 //!   confirms one (`handle_confirmed`): that one goes up, any other it initiated is
 //!   closed. Only if no confirmation comes within `settle_window` (a peer without the
-//!   rule, a lost datagram) does the held one go up on its own, as before the rule. While
-//!   one is held, a second one it initiated waits as a *candidate* for the verdict
-//!   instead of being closed, so both sides keep the one the greater side committed to.
+//!   rule, lost datagrams) does the held one go up on its own, as before the rule. While
+//!   one is held or up, a second one it initiated waits as a *candidate* for the verdict
+//!   instead of being closed or probed: the greater side decides between two of ours.
+//!   A confirmation of the candidate switches to it; the peer's close of either one
+//!   leaves us on the other (the window may have ended with the peer's confirmation of
+//!   the candidate lost, the peer then closes the one we put up); a candidate neither
+//!   confirmed nor closed within `dial_wait` is closed as a duplicate.
 //! - A confirmation of a connection we hold as a challenger (the peer restarted and we
 //!   are probing the old one) means the peer has dropped the old one: the confirmed one
 //!   replaces it at once.
@@ -221,8 +225,11 @@ enum Phase {
     /// Loses or ties against an up connection, which is being probed.
     Challenger,
     /// Initiated by us (the smaller key) while another one we initiated is held: waits for
-    /// the peer's confirmation of one of the two.
-    Candidate,
+    /// the peer's confirmation of one of the two, or for the peer to close one of them.
+    /// Closed as a duplicate at `until` (`dial_wait`) if neither happened.
+    Candidate {
+        until: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -307,7 +314,7 @@ impl ConnCore {
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let held = self.conns.values().filter_map(|c| match c.phase {
-            Phase::Held { until } => Some(until),
+            Phase::Held { until } | Phase::Candidate { until } => Some(until),
             _ => None,
         });
         let waits = self.key_waiters.values().flatten().map(|(_, at)| *at);
@@ -500,7 +507,7 @@ impl ConnCore {
             })
             .collect();
         for (id, key) in ready {
-            self.settle(id, key);
+            self.settle(id, key, false);
         }
     }
 
@@ -611,6 +618,20 @@ impl ConnCore {
                         self.drop_conn(ch, key, CloseReason::Duplicate, DownReason::Duplicate);
                     }
                     self.install(conn, key, now);
+                } else if matches!(old_phase, Some(Phase::Held { .. } | Phase::Up))
+                    && key > self.me
+                    && initiator == Initiator::Local
+                    && self.conns.get(&old).map(|o| o.initiator) == Some(Initiator::Local)
+                    && !self.challenger.contains_key(&key)
+                {
+                    // Two of ours to the greater key: it decides which one it keeps, and
+                    // confirms that one or closes the other (its confirmation may be
+                    // lost, and our window may have ended: the first one may be up).
+                    let until = now + self.config.dial_wait;
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.phase = Phase::Candidate { until };
+                    }
+                    self.challenger.insert(key, conn);
                 } else if old_phase == Some(Phase::Up) && !self.challenger.contains_key(&key) {
                     // Loses or ties by keys: the peer may have restarted. Probe the old one.
                     if let Some(c) = self.conns.get_mut(&conn) {
@@ -618,17 +639,6 @@ impl ConnCore {
                     }
                     self.challenger.insert(key, conn);
                     self.events.push_back(CoreEvent::Probe { conn: old });
-                } else if matches!(old_phase, Some(Phase::Held { .. }))
-                    && key > self.me
-                    && initiator == Initiator::Local
-                    && !self.challenger.contains_key(&key)
-                {
-                    // Two of ours to the greater key: it decides which one it keeps, and
-                    // confirms that one.
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.phase = Phase::Candidate;
-                    }
-                    self.challenger.insert(key, conn);
                 } else {
                     // The current one is fresh (held) or being probed already.
                     self.drop_conn(conn, key, CloseReason::Duplicate, DownReason::Duplicate);
@@ -675,8 +685,8 @@ impl ConnCore {
             return;
         }
         match c.phase {
-            Phase::Held { .. } => self.settle(conn, key),
-            Phase::Candidate | Phase::Challenger => {
+            Phase::Held { .. } => self.settle(conn, key, false),
+            Phase::Candidate { .. } | Phase::Challenger => {
                 self.challenger.remove(&key);
                 if let Some(old) = self.current.get(&key).copied() {
                     // Held: the peer kept the other one of ours. Up: the peer dropped the
@@ -710,7 +720,7 @@ impl ConnCore {
         };
         match c.phase {
             Phase::Handshaking { .. } => {}
-            Phase::Challenger | Phase::Candidate => {
+            Phase::Challenger | Phase::Candidate { .. } => {
                 self.challenger.remove(&key);
             }
             Phase::Held { .. } | Phase::Up => {
@@ -770,8 +780,24 @@ impl ConnCore {
             })
             .collect();
         for (id, key) in due {
-            // No confirmation came (a peer without it, or a lost datagram): as if it had.
-            self.settle(id, key);
+            // No confirmation came (a peer without it, or a lost datagram): as if it had,
+            // but a candidate beside it stays (see `settle`).
+            self.settle(id, key, true);
+        }
+        let stale: Vec<(ConnId, PeerKey)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| match (c.phase, c.key) {
+                (Phase::Candidate { until }, Some(key)) if until <= now => Some((*id, key)),
+                _ => None,
+            })
+            .collect();
+        for (id, key) in stale {
+            // The peer kept both for `dial_wait` (it would have closed one): ours decides.
+            if self.challenger.get(&key) == Some(&id) {
+                self.challenger.remove(&key);
+            }
+            self.drop_conn(id, key, CloseReason::Duplicate, DownReason::Duplicate);
         }
         let mut expired = Vec::new();
         for waiters in self.key_waiters.values_mut() {
@@ -909,10 +935,17 @@ impl ConnCore {
         }
     }
 
-    /// The held `conn` is the one for `key`: up, and a candidate beside it is closed.
-    fn settle(&mut self, conn: ConnId, key: PeerKey) {
+    /// The held `conn` is the one for `key`: up. A candidate beside it is closed when the
+    /// peer confirmed `conn`; when the window ended without a confirmation (`unconfirmed`)
+    /// the peer may have committed to the candidate (its confirmation lost) and be about
+    /// to close `conn` as a duplicate, so the candidate stays as the challenger: whichever
+    /// of the two the peer closes, `handle_closed` leaves us on the other one, and a late
+    /// confirmation of the candidate switches to it (`handle_confirmed`).
+    fn settle(&mut self, conn: ConnId, key: PeerKey, unconfirmed: bool) {
         self.set_up(conn, key);
-        self.drop_candidate(key);
+        if !unconfirmed {
+            self.drop_candidate(key);
+        }
         self.resolve_key_waiters(key, Ok(key));
     }
 
@@ -920,7 +953,7 @@ impl ConnCore {
         let candidate = self.challenger.get(&key).copied().filter(|ch| {
             self.conns
                 .get(ch)
-                .is_some_and(|c| c.phase == Phase::Candidate)
+                .is_some_and(|c| matches!(c.phase, Phase::Candidate { .. }))
         });
         if let Some(ch) = candidate {
             self.challenger.remove(&key);
