@@ -10,7 +10,8 @@
 //! jitter, then the address is dropped for 10 min): a failed redial makes the next
 //! `Dial` answer `Backoff { retry_in }`, and the redialer asks again after that long. It
 //! stops when the peer is up again (by any path), when the connection manager gives up
-//! on the address or refuses the dial, and when the node closes.
+//! on the address or refuses the dial, and when the node closes. Our own limits
+//! (`TooManyPending`, `TooManyPeers`) are momentary: retried after 1 s, 2 s, ... 60 s.
 //!
 //! A peer that accepts and then drops us again and again (a flapping link, or a peer
 //! that closes every connection) would make that a loop at handshake speed, since a
@@ -19,8 +20,8 @@
 //! is redialed at once, the next ones after 1 s, 2 s, 4 s, ... up to [`MAX_DELAY`]
 //! ([`redial_delay`]).
 //!
-//! A session that ended with `timeout` (a feed request, a control frame or a feed stream
-//! header left unanswered for the stall timeout) is no misbehaviour, only slowness: a
+//! A session that ended with `timeout` (no hello, or a feed request, a control frame or
+//! a feed stream header left unanswered for the stall timeout) is no misbehaviour, only slowness: a
 //! connection we dialed is redialed after it, with the same backoff, whichever side
 //! timed out. When the peer ended it we see its close code (`ApplicationClosed(9)`); when
 //! our session ended it the connection manager only sees `LocallyClosed`, so the node
