@@ -83,6 +83,31 @@ struct Live {
     /// Waits for the peer's confirmation (connections we initiated to a greater key,
     /// until they are up).
     confirm: Option<Task>,
+    /// Sends our confirmation again (connections the smaller key initiated that we
+    /// committed to): datagrams are not retransmitted.
+    resend: Option<Task>,
+}
+
+/// How many times a confirmation is sent again after the first, one step apart.
+const CONFIRM_RESENDS: u32 = 2;
+/// The step between two sends of a confirmation is the round trip time, within these
+/// bounds: all three land within the default settle window (250 ms) of the peer.
+const CONFIRM_STEP: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(80));
+
+/// Sends the confirmation `CONFIRM_RESENDS` more times, one round trip apart (within
+/// `CONFIRM_STEP`), unless the connection closed. The peer ignores repeats.
+async fn resend_confirm(conn: quinn::Connection) {
+    let step = conn.rtt().clamp(CONFIRM_STEP.0, CONFIRM_STEP.1);
+    for _ in 0..CONFIRM_RESENDS {
+        tokio::time::sleep(step).await;
+        if conn.close_reason().is_some()
+            || conn
+                .send_datagram(bytes::Bytes::from_static(CONFIRM_DATAGRAM))
+                .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// The datagram by which the greater key confirms a connection that the smaller key
@@ -346,14 +371,22 @@ impl ConnManager {
                     }
                 }
                 CoreEvent::Confirm { conn } => {
-                    if let Some(live) = self.live.get(&conn) {
-                        // A peer with datagrams off cannot get it, and falls back to its
-                        // settle window.
-                        let sent = live
-                            .conn
-                            .send_datagram(bytes::Bytes::from_static(CONFIRM_DATAGRAM));
-                        debug!(parent: &self.span, peer = %live.key.fmt_short(), conn = %conn,
-                            sent = sent.is_ok(), "confirming");
+                    let Some(live) = self.live.get(&conn) else {
+                        continue;
+                    };
+                    // A peer with datagrams off cannot get it, and falls back to its settle
+                    // window. Sent again twice: a lost one must not leave the peer to its
+                    // window (the core copes with all of them lost).
+                    let sent = live
+                        .conn
+                        .send_datagram(bytes::Bytes::from_static(CONFIRM_DATAGRAM));
+                    debug!(parent: &self.span, peer = %live.key.fmt_short(), conn = %conn,
+                        sent = sent.is_ok(), "confirming");
+                    if sent.is_ok() {
+                        let task = spawn_task(&self.tasks, resend_confirm(live.conn.clone()));
+                        if let Some(live) = self.live.get_mut(&conn) {
+                            live.resend = Some(task);
+                        }
                     }
                 }
                 CoreEvent::Probe { conn } => {
@@ -606,6 +639,7 @@ impl Handler<HandshakeDone> for ConnManager {
                         initiator: msg.initiator,
                         watch,
                         confirm,
+                        resend: None,
                     },
                 );
                 self.core.handle_established(msg.id, key, now);
@@ -837,6 +871,7 @@ impl Handler<Shutdown> for ConnManager {
         for (_, live) in self.live.drain() {
             tasks.push(live.watch);
             tasks.extend(live.confirm);
+            tasks.extend(live.resend);
         }
         // Anything the core did not know about yet (handshakes) goes with the endpoint.
         self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
