@@ -64,6 +64,7 @@ fn range_reads<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
     f.write(append_batch(20, 30, 20_000)).unwrap();
     f.write(append_batch(30, 40, 7)).unwrap();
     f.write(append_batch(45, 50, 3)).unwrap();
+    f.write(append_batch(100, 5_100, 1)).unwrap();
     f.sync().unwrap();
     drop(f);
     let check = |f: &mut S::Feed| {
@@ -83,6 +84,13 @@ fn range_reads<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
             (45..50).map(|i| block(i, 3)).collect::<Vec<_>>()
         );
         assert_eq!(f.blocks(38, 39, usize::MAX).unwrap(), vec![block(38, 7)]);
+        // A huge end sizes nothing: the read stops at the gap.
+        assert_eq!(f.blocks(0, u64::MAX / 2, usize::MAX).unwrap().len(), 40);
+        // A run longer than one read-ahead of index slots.
+        assert_eq!(
+            f.blocks(100, 10_000, usize::MAX).unwrap(),
+            (100..5_100).map(|i| block(i, 1)).collect::<Vec<_>>()
+        );
     };
     let s = reopen(s);
     let mut f = s.open(&[6; 32]).unwrap().unwrap();

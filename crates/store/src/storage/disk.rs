@@ -80,6 +80,9 @@ pub const MAX_NODE_INDEX: u64 = 2 * MAX_BLOCK_INDEX;
 const TREE_SLOT: u64 = 48;
 /// Size of one slot in `index`: log offset, length, data crc, slot crc, padding.
 const INDEX_SLOT: u64 = 24;
+/// Most index slots one range read takes at a time (96 KiB): a sync answer asks for at
+/// most 4,096 blocks, and a larger `end` from a caller must not size an allocation.
+const SLOTS_PER_READ: u64 = 4096;
 /// Blocks smaller than this that lie back to back in the log are read in one call.
 const RUN_BLOCK_MAX: u32 = 16 * 1024;
 
@@ -1353,21 +1356,22 @@ impl FeedInner {
     ) -> Result<Vec<Vec<u8>>, StorageError> {
         let mut locs: Vec<(u64, BlockLoc)> = Vec::new();
         let mut bytes = 0usize;
-        let mut slots: Option<Vec<u8>> = None;
+        // Index slots read ahead, for `slots_from..slots_to`.
+        let (mut slots, mut slots_from, mut slots_to) = (Vec::new(), 0u64, 0u64);
         let mut index = start;
         while index < end && self.bitfield.get(index) {
             let loc = match self.recent_blocks.get(index) {
                 Some(loc) => *loc,
                 None => {
-                    if slots.is_none() {
-                        slots = Some(self.read_slots(index, end)?);
+                    if !(slots_from..slots_to).contains(&index) {
+                        // Bounded, so a caller's huge `end` cannot size the read.
+                        slots_to = end.min(index.saturating_add(SLOTS_PER_READ));
+                        slots = self.read_slots(index, slots_to)?;
+                        slots_from = index;
                     }
-                    let all = slots.as_deref().unwrap_or_default();
-                    // Slots were read from `first`, the first index not in `recent`.
-                    let first = end - (all.len() as u64 / INDEX_SLOT);
-                    let i = ((index - first) * INDEX_SLOT) as usize;
+                    let i = ((index - slots_from) * INDEX_SLOT) as usize;
                     let mut slot = [0u8; INDEX_SLOT as usize];
-                    slot.copy_from_slice(&all[i..i + INDEX_SLOT as usize]);
+                    slot.copy_from_slice(&slots[i..i + INDEX_SLOT as usize]);
                     self.check_slot(index, &slot)?
                 }
             };
