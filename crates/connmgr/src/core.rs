@@ -22,7 +22,8 @@
 //!   knows whether a dial of its own (the connection that would win) is under way. With
 //!   none to that key or address, it *commits*: the connection is up at once, and it says
 //!   so to the peer (`CoreEvent::Confirm`, a datagram on that connection). Its later
-//!   dials to that key or address answer with that connection. With one under way, it
+//!   dials to that key or address answer with that connection (an unpinned dial to
+//!   another address of the peer cannot be matched before its handshake, and wins). With one under way, it
 //!   holds the newcomer for `settle_window` and its own dial wins meanwhile.
 //! - The smaller side *holds* the connections it initiated until the greater side
 //!   confirms one (`handle_confirmed`): that one goes up, any other it initiated is
