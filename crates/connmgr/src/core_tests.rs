@@ -1187,6 +1187,7 @@ fn lost_confirmations_and_early_windows_still_converge() {
         vec![s(2, false), g(true)],
         vec![s(2, true), g(false)],
         vec![s(2, false), s(GREAT_OTHER, false)],
+        vec![s(2, true), s(GREAT_OTHER, false)],
     ];
     for plans in sets {
         let ends = check_converges_when_lossy(&plans);
