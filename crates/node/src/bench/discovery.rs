@@ -1,9 +1,11 @@
 //! `discovery`: join to connected on a private Mainline DHT (`mainline::Testnet`, 20
 //! nodes on 127.0.0.1), with pairs of nodes built like any node (`.testnet(..)`, LAN off,
-//! in memory, a fresh pair and a fresh random topic per round). Rounds run
-//! `--parallel` at a time (default 5): a round is almost all waiting (the whole scenario
-//! uses well under a CPU-second), and one after the other 20 rounds of both cases took
-//! 70 s.
+//! in memory, a pair of its own and a fresh random topic per round and case). Every
+//! node is spawned, untimed, before the first round and closed after the last: a node
+//! closed mid-run stays in the testnet nodes' routing tables, and the next rounds'
+//! queries waited out the 500 ms request timeout on it (both-at-once median ~570 ms
+//! when each round spawned and closed its own pair; ~30 ms with every node alive).
+//! Rounds run `--parallel` at a time (default 5): a round is almost all waiting.
 //!
 //! - announce-then-join: A joins and its join resolves (first announce stored, first
 //!   lookup done); then B joins. Measured: from B's join call to B's `PeerUp` for A.
@@ -66,10 +68,9 @@ fn fresh_topic() -> Topic {
 
 /// One announce-then-join round: milliseconds from B's join to B's `PeerUp` for A.
 async fn announce_then_join(
-    bootstrap: &[String],
+    (a, b): (NodeHandle, NodeHandle),
     guard: Duration,
 ) -> Result<Option<f64>, BenchError> {
-    let (a, b) = (spawn(bootstrap).await?, spawn(bootstrap).await?);
     let topic = fresh_topic();
     let result = async {
         a.join(topic, JoinOptions::default()).await?;
@@ -80,14 +81,15 @@ async fn announce_then_join(
         Ok::<_, BenchError>(up.map(|t| t.duration_since(start).as_secs_f64() * 1e3))
     }
     .await;
-    tokio::join!(a.close(), b.close());
     result
 }
 
 /// One both-at-once round: milliseconds from the joins to the first `PeerUp` between A
 /// and B.
-async fn both_at_once(bootstrap: &[String], guard: Duration) -> Result<Option<f64>, BenchError> {
-    let (a, b) = (spawn(bootstrap).await?, spawn(bootstrap).await?);
+async fn both_at_once(
+    (a, b): (NodeHandle, NodeHandle),
+    guard: Duration,
+) -> Result<Option<f64>, BenchError> {
     let topic = fresh_topic();
     let result = async {
         let up_a = peer_up(a.subscribe(), b.key(), guard);
@@ -109,7 +111,6 @@ async fn both_at_once(bootstrap: &[String], guard: Duration) -> Result<Option<f6
         Ok::<_, BenchError>(up.map(|t| t.duration_since(start).as_secs_f64() * 1e3))
     }
     .await;
-    tokio::join!(a.close(), b.close());
     result
 }
 
@@ -129,26 +130,55 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         .map_err(|e| BenchError::Options(e.to_string()))?
         .map_err(BenchError::io("testnet"))?;
     let parallel = options.parallel.unwrap_or(DEFAULT_PARALLEL).max(1);
+    // Every node of every round is up before the first round and stays up until the
+    // last: a node closed mid-run stays in the testnet's routing tables, and queries
+    // to it wait out the request timeout (500 ms), which measures the dead node rather
+    // than the join. Two pairs per round (one for each case), spawned untimed.
+    let mut pairs = Vec::with_capacity(rounds * 2);
+    for _ in 0..rounds * 2 {
+        pairs.push((
+            spawn(&testnet.bootstrap).await?,
+            spawn(&testnet.bootstrap).await?,
+        ));
+    }
+    let all: Vec<NodeHandle> = pairs
+        .iter()
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
     let start = Instant::now();
     let permits = Arc::new(Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..rounds {
-        let (permits, bootstrap) = (permits.clone(), testnet.bootstrap.clone());
+    let mut pairs = pairs.into_iter();
+    while let (Some(first), Some(second)) = (pairs.next(), pairs.next()) {
+        let permits = permits.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let a = announce_then_join(&bootstrap, guard).await?;
-            let b = both_at_once(&bootstrap, guard).await?;
+            let a = announce_then_join(first, guard).await?;
+            let b = both_at_once(second, guard).await?;
             Ok::<_, BenchError>((a, b))
         });
     }
     let mut sequential = Vec::new();
     let mut together = Vec::new();
+    let mut failed = None;
     while let Some(done) = tasks.join_next().await {
-        let (a, b) = done.map_err(|e| BenchError::Options(format!("a discovery round: {e}")))??;
-        sequential.extend(a);
-        together.extend(b);
+        match done.map_err(|e| BenchError::Options(format!("a discovery round: {e}"))) {
+            Ok(Ok((a, b))) => {
+                sequential.extend(a);
+                together.extend(b);
+            }
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let mut closing = tokio::task::JoinSet::new();
+    for node in all {
+        closing.spawn(async move { node.close().await });
+    }
+    while closing.join_next().await.is_some() {}
+    if let Some(e) = failed {
+        return Err(e);
+    }
     drop(testnet);
     let mut row = Row::new("discovery", 0, 0, seconds, peak_rss_bytes(None))
         .with("rounds", rounds)
