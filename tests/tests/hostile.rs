@@ -127,6 +127,21 @@ impl World {
         session
     }
 
+    /// The stall just started: waits for the victim to end the session with `timeout`
+    /// naming `what`, not before the stall timeout and without a ban, then checks the
+    /// good peer is still served.
+    async fn expect_stall_end(&mut self, what: &str) {
+        let started = std::time::Instant::now();
+        let reason = self.expect_end(&[what], false).await;
+        assert!(reason.contains("timeout"), "{reason}");
+        // A guard against a timer that fires early, not a timing check.
+        assert!(
+            started.elapsed() >= Duration::from_secs(STALL_SECS),
+            "{reason}"
+        );
+        self.still_serving().await;
+    }
+
     /// Waits for the victim to end the hostile peer's session; checks the reason names
     /// `what`, and that the peer was banned (`ban`) or not.
     async fn expect_end(&mut self, what: &[&str], ban: bool) -> String {
@@ -481,17 +496,8 @@ fn a_slowloris_is_timed_out_without_a_ban() {
         let mut partial = 1000u32.to_be_bytes().to_vec();
         partial.extend([0u8; 10]);
         s.send_bytes(&partial).await;
-        let started = std::time::Instant::now();
-        let reason = w
-            .expect_end(&["control frame stalled: 10 of 1000 bytes"], false)
+        w.expect_stall_end("control frame stalled: 10 of 1000 bytes")
             .await;
-        assert!(reason.contains("timeout"), "{reason}");
-        // A guard against a timer that never fires early, not a timing check.
-        assert!(
-            started.elapsed() >= Duration::from_secs(STALL_SECS),
-            "{reason}"
-        );
-        w.still_serving().await;
         w.close().await;
     });
 }
@@ -505,14 +511,7 @@ fn a_feed_stream_header_that_never_completes_is_timed_out_without_a_ban() {
         // control stream stays quiet and whole, so only the header's timer can fire.
         let (mut feed_send, _feed_recv) = s.connection.open_bi().await.unwrap();
         feed_send.write_all(&[0, 0, 0, 40, 1]).await.unwrap();
-        let started = std::time::Instant::now();
-        let reason = w.expect_end(&["feed stream header stalled"], false).await;
-        assert!(reason.contains("timeout"), "{reason}");
-        assert!(
-            started.elapsed() >= Duration::from_secs(STALL_SECS),
-            "{reason}"
-        );
-        w.still_serving().await;
+        w.expect_stall_end("feed stream header stalled").await;
         w.close().await;
     });
 }

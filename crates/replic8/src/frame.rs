@@ -42,17 +42,7 @@ pub enum FrameError {
 /// bytes (prefix included), `Ok(None)` if more bytes are needed, an error if the length
 /// prefix is over `max`.
 pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
-    let Some(prefix) = buf.get(..PREFIX_LEN) else {
-        return Ok(None);
-    };
-    let mut len = [0u8; PREFIX_LEN];
-    len.copy_from_slice(prefix);
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(FrameError::Oversize { len, max });
-    }
-    let total = PREFIX_LEN + len;
-    Ok((buf.len() >= total).then_some(total))
+    Ok(announced(buf, max)?.filter(|&total| buf.len() >= total))
 }
 
 /// Takes the first frame of `buf`: `Ok(Some((payload, consumed)))`, where `consumed` is
