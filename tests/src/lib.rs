@@ -2,7 +2,7 @@
 //!
 //! The scenarios live in `tests/tests/*.rs`; this library holds the helpers they share:
 //! a private DHT ([`testnet`]), node builders that use it ([`loopback_node`]), waiting for
-//! a node event ([`recv_until`]), a small custom store ([`CounterStore`]) and a hostile
+//! a node event ([`recv_until`]) or a condition ([`wait_until`]), a small custom store ([`CounterStore`]) and a hostile
 //! peer built from the project's own pieces ([`hostile`]).
 
 pub mod fault;
@@ -81,6 +81,22 @@ pub async fn recv_until<T>(
     match tokio::time::timeout(GUARD, wait).await {
         Ok(out) => out,
         Err(_) => panic!("{what}: not within {GUARD:?}; seen: {seen:#?}"),
+    }
+}
+
+/// Waits until `holds()` is true, checking every few milliseconds, for state that no
+/// event announces (a task count that drops just after the event that ended its work);
+/// panics with `what` and the last value `holds` described if [`GUARD`] passes.
+pub async fn wait_until(what: &str, mut holds: impl FnMut() -> Result<(), String>) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        match holds() {
+            Ok(()) => return,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {GUARD:?}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
 }
 

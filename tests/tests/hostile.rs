@@ -463,13 +463,21 @@ fn a_stream_for_a_feed_never_offered_or_with_a_wrong_capability_ends_the_session
         w.expect_end(&["refused stream"], true).await;
         // A stream naming the good feed (which the victim holds) by its discovery key,
         // with a capability made for another connection, from another identity.
+        // Waits for the victim's `Have` naming that feed: before it, the victim refuses
+        // the stream as one for a feed it did not announce, which is a different check.
         w.new_identity().await;
-        let s = w.dial().await;
-        let hostile = w.hostile.key();
-        recv_until(&mut w.events, "victim: second hostile session up", |e| {
-            matches!(e, NodeEvent::SessionUp { peer } if *peer == hostile).then_some(())
-        })
-        .await;
+        let mut s = w.dial().await;
+        let discovery_key = w.feed.discovery_key();
+        let announced = s
+            .recv_message(|m| match m {
+                Message::Have { feeds, .. } => feeds
+                    .iter()
+                    .any(|f| f.discovery_key == discovery_key)
+                    .then_some(()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(announced, Some(()), "the victim announces the good feed");
         let capability = replic8::keys::capability(
             &w.feed,
             &replic8::keys::ExporterSecret([1; 32]),
@@ -477,7 +485,7 @@ fn a_stream_for_a_feed_never_offered_or_with_a_wrong_capability_ends_the_session
         );
         let _stream = s
             .open_feed_stream(&FeedStreamHeader::Known {
-                discovery_key: w.feed.discovery_key(),
+                discovery_key,
                 capability,
             })
             .await;
@@ -683,7 +691,15 @@ fn a_thousand_connect_disconnect_cycles_leave_memory_tasks_and_peers_flat() {
             (end - warm) / 1024,
             RSS_MARGIN / 1024
         );
-        assert_eq!(w.victim.live_tasks(), tasks, "connection manager tasks");
+        // A connection's tasks end just after the events that report its end.
+        let victim = &w.victim;
+        wait_until("victim: connection manager tasks back to baseline", || {
+            let live = victim.live_tasks();
+            (live == tasks)
+                .then_some(())
+                .ok_or(format!("{live} live, {tasks} before"))
+        })
+        .await;
         let peers: Vec<_> = w
             .victim
             .peers()
