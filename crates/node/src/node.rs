@@ -44,7 +44,7 @@ use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, Persiste
 
 pub(crate) mod redial;
 use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
-use redial::{CancelRedial, Redialer, SessionEnd, StopRedials};
+use redial::{CancelRedial, Redialer, Redialing, SessionEnd, StopRedials};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -525,8 +525,11 @@ async fn start(
             }
         });
     }
-    let redialer = Redialer::new(conn.addr().clone()).start();
-    let wiring = Wiring {
+    // The wiring and the redialer talk both ways: the wiring's address first.
+    let wiring_context = Context::<Wiring>::new();
+    let wiring = wiring_context.address();
+    let redialer = Redialer::new(conn.addr().clone(), wiring.clone().recipient()).start();
+    wiring_context.run(Wiring {
         conn: conn.addr().clone(),
         discovery: discovery.clone(),
         sessions: sessions.clone(),
@@ -536,10 +539,10 @@ async fn start(
         local,
         up: Default::default(),
         early: Default::default(),
+        lost: Default::default(),
         closing: false,
         ban_for: Duration::from_secs(builder.limits.ban_secs),
-    }
-    .start();
+    });
     actix::spawn(forward_session_events(
         session_rx,
         events.clone(),
@@ -899,8 +902,10 @@ impl NodeHandle {
 
     /// Leave `topic`: stop announcing and looking it up (resolves once that is done) and
     /// forget it in the persisted state. Connections that we dialed because this topic's
-    /// lookups found them, and that no other joined topic found, are closed; connections
-    /// the peers initiated, and those made with [`connect`](Self::connect), stay.
+    /// lookups found them, and that no other joined topic found, are closed (a connection
+    /// redialed after a loss counts as the one it replaces, and a redial still pending
+    /// for such a peer is cancelled); connections the peers initiated, and those made
+    /// with [`connect`](Self::connect), stay.
     pub async fn leave(&self, topic: impl Into<Topic>) -> Result<(), LeaveError> {
         let topic = topic.into();
         let _order = self.inner.join_lock.lock().await;
@@ -1017,6 +1022,16 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeClosed)??;
         Ok(())
+    }
+
+    /// The peers whose connection we dialed and lost and that we are dialing again now
+    /// (about to dial, dialing, or waiting out a backoff); see `node/redial.rs`.
+    pub async fn redialing(&self) -> Result<Vec<PeerKey>, NodeClosed> {
+        self.s()
+            .redialer
+            .send(Redialing)
+            .await
+            .map_err(|_| NodeClosed)
     }
 
     /// The session layer's actor, for stores started elsewhere.

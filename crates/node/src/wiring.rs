@@ -19,6 +19,12 @@
 //! When a topic is left ([`TopicLeft`]), a connection that we initiated and that no
 //! other joined topic found is closed: it was only there for that topic. Connections
 //! the peer initiated, and peers dialed on request (`connect`), stay.
+//!
+//! A connection we dialed and lost keeps what it was for (its topics, `connect`) while
+//! the redialer may dial it again ([`Wiring::lost`]): the redialed connection's
+//! `PeerUp` takes them over, so a later leave closes it as it would have closed the
+//! lost one, and a leave while the redial is pending returns the peer so that the node
+//! cancels that redial. The redialer says when it stops trying ([`RedialOver`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -58,6 +64,9 @@ pub(crate) struct Wiring {
     /// Topics and requests for peers whose dial answered before their `PeerUp` arrived
     /// (the two messages travel separately); merged into `up` at the `PeerUp`.
     pub(crate) early: HashMap<PeerKey, Up>,
+    /// Connections we dialed that went down while some topic or a `connect` needed
+    /// them, by peer, until the peer is up again or the redialer stops ([`RedialOver`]).
+    pub(crate) lost: HashMap<PeerKey, Up>,
     pub(crate) closing: bool,
     /// How long a misbehaving peer is banned; zero bans no one.
     pub(crate) ban_for: Duration,
@@ -129,12 +138,13 @@ impl Handler<BeginClose> for Wiring {
 
     fn handle(&mut self, _: BeginClose, _: &mut Context<Self>) -> Vec<PeerKey> {
         self.closing = true;
+        self.lost.clear();
         self.up.keys().copied().collect()
     }
 }
 
 /// Node → wiring: `topic` was left; close the connections only it needed. Replies with
-/// the peers closed.
+/// the peers closed and the lost ones only it needed (their redial must be cancelled).
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<PeerKey>")]
 pub(crate) struct TopicLeft(pub(crate) Topic);
@@ -152,6 +162,15 @@ impl Handler<TopicLeft> for Wiring {
                 closed.push(*key);
             }
         }
+        self.lost.retain(|key, lost| {
+            let found = lost.topics.remove(&msg.0);
+            let needed = !lost.topics.is_empty() || lost.requested;
+            if found && !needed {
+                debug!(peer = %key.fmt_short(), topic = %msg.0.fmt_short(), "not redialing: only the left topic needed it");
+                closed.push(*key);
+            }
+            needed
+        });
         closed
     }
 }
@@ -211,9 +230,13 @@ impl Handler<PeerUp> for Wiring {
         // A replaced connection keeps what its predecessor was for.
         let mut topics = HashSet::new();
         let mut requested = false;
-        for old in [self.up.remove(&up.key), self.early.remove(&up.key)]
-            .into_iter()
-            .flatten()
+        for old in [
+            self.up.remove(&up.key),
+            self.early.remove(&up.key),
+            self.lost.remove(&up.key),
+        ]
+        .into_iter()
+        .flatten()
         {
             topics.extend(old.topics);
             requested |= old.requested;
@@ -254,8 +277,16 @@ impl Handler<PeerDown> for Wiring {
         if self.up.get(&down.key).map(|u| u.connection) != Some(down.connection_id) {
             return;
         }
-        self.up.remove(&down.key);
+        let gone = self.up.remove(&down.key);
         self.early.remove(&down.key);
+        // The redialer may bring it back: what it was for goes with it.
+        if let Some(gone) = gone.filter(|g| {
+            !self.closing
+                && g.initiator == Initiator::Local
+                && (!g.topics.is_empty() || g.requested)
+        }) {
+            self.lost.insert(down.key, gone);
+        }
         self.counters.peers.set(self.up.len() as u64);
         self.sessions.do_send(StopSession {
             peer: replic8::keys::PeerKey(*down.key.as_bytes()),
@@ -265,6 +296,27 @@ impl Handler<PeerDown> for Wiring {
             key: down.key,
             reason: down.reason,
         });
+    }
+}
+
+/// Redialer → wiring: the lost connection `connection` to `key` is not (or no longer)
+/// redialed; forget what it was for.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RedialOver {
+    /// The peer.
+    pub(crate) key: PeerKey,
+    /// `stable_id` of the connection that was lost.
+    pub(crate) connection: usize,
+}
+
+impl Handler<RedialOver> for Wiring {
+    type Result = ();
+
+    fn handle(&mut self, msg: RedialOver, _: &mut Context<Self>) {
+        if self.lost.get(&msg.key).map(|l| l.connection) == Some(msg.connection) {
+            self.lost.remove(&msg.key);
+        }
     }
 }
 

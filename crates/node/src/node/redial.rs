@@ -36,6 +36,11 @@
 //! error: redialing would only repeat it). [`CancelRedial`] (sent by `disconnect`, a
 //! ban and a left topic) drops a pending redial, and closes the connection again if a
 //! dial of it was in flight.
+//!
+//! A redialed connection is for what the lost one was for: the wiring keeps the lost
+//! connection's topics (and whether it was `connect`ed) until the peer is up again, and
+//! the redialer tells it ([`RedialOver`]) when it decides not to redial, gives up or is
+//! cancelled, so that nothing is kept for a peer no one dials.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -49,6 +54,8 @@ use replic8_connmgr::{
     CLOSE_REQUESTED,
 };
 use tracing::{debug, info};
+
+use crate::wiring::RedialOver;
 
 /// A connection that lasted this long was not flapping: its loss is redialed at once.
 pub(crate) const STABLE: Duration = Duration::from_secs(30);
@@ -182,6 +189,8 @@ struct UpEntry {
 struct Pending {
     /// The attempt's generation: a stale timer or answer finds another.
     generation: u64,
+    /// `stable_id` of the connection that was lost.
+    connection: usize,
     /// A `Dial` is in flight.
     dialing: bool,
     /// How many times our own limits refused it.
@@ -192,6 +201,8 @@ struct Pending {
 #[derive(Debug)]
 pub(crate) struct Redialer {
     conn: Addr<ConnManager>,
+    /// Told when a lost connection is not (or no longer) redialed.
+    wiring: Recipient<RedialOver>,
     /// Peers up now.
     up: HashMap<PeerKey, UpEntry>,
     /// Losses in a row of short-lived connections, per peer we redial.
@@ -211,9 +222,10 @@ pub(crate) struct Redialer {
 }
 
 impl Redialer {
-    pub(crate) fn new(conn: Addr<ConnManager>) -> Self {
+    pub(crate) fn new(conn: Addr<ConnManager>, wiring: Recipient<RedialOver>) -> Self {
         Redialer {
             conn,
+            wiring,
             up: HashMap::new(),
             short_losses: HashMap::new(),
             pending: HashMap::new(),
@@ -222,6 +234,18 @@ impl Redialer {
             generation: 0,
             started: 0,
             closing: false,
+        }
+    }
+
+    /// Tell the wiring that the lost `connection` to `key` is not redialed.
+    fn over(&self, key: PeerKey, connection: usize) {
+        self.wiring.do_send(RedialOver { key, connection });
+    }
+
+    /// Stop redialing `key`.
+    fn stop(&mut self, key: &PeerKey) {
+        if let Some(p) = self.pending.remove(key) {
+            self.over(*key, p.connection);
         }
     }
 
@@ -248,6 +272,7 @@ impl Redialer {
             key,
             Pending {
                 generation,
+                connection: up.connection,
                 dialing: false,
                 limited: 0,
             },
@@ -292,7 +317,7 @@ impl Redialer {
                 return;
             }
             let Ok(result) = result else {
-                this.pending.remove(&key);
+                this.stop(&key);
                 return;
             };
             let limited = this.pending.get(&key).map_or(0, |p| p.limited);
@@ -313,7 +338,7 @@ impl Redialer {
                 }
                 Next::Stop => {
                     info!(peer = %key.fmt_short(), %addr, error = ?result.err(), "redial: giving up");
-                    this.pending.remove(&key);
+                    this.stop(&key);
                 }
             }
         }));
@@ -373,6 +398,7 @@ impl Handler<PeerDown> for Redialer {
             self.schedule(down.key, up, &down.reason.to_string(), ctx);
         } else {
             self.short_losses.remove(&down.key);
+            self.over(down.key, up.connection);
         }
     }
 }
@@ -399,6 +425,7 @@ impl Handler<SessionEnd> for Redialer {
                 self.schedule(msg.peer, up, &msg.reason.to_string(), ctx);
             } else {
                 self.short_losses.remove(&msg.peer);
+                self.over(msg.peer, up.connection);
             }
         } else if let Some(up) = self.up.get_mut(&msg.peer) {
             up.timed_out = redial;
@@ -419,7 +446,9 @@ impl Handler<CancelRedial> for Redialer {
     type Result = ();
 
     fn handle(&mut self, msg: CancelRedial, _: &mut Context<Self>) {
-        self.closed_here.remove(&msg.key);
+        if let Some(up) = self.closed_here.remove(&msg.key) {
+            self.over(msg.key, up.connection);
+        }
         self.short_losses.remove(&msg.key);
         if let Some(up) = self.up.get_mut(&msg.key) {
             // Its session may end with `timeout` before the close lands.
@@ -427,10 +456,25 @@ impl Handler<CancelRedial> for Redialer {
         }
         if let Some(p) = self.pending.remove(&msg.key) {
             info!(peer = %msg.key.fmt_short(), "redial cancelled");
+            self.over(msg.key, p.connection);
             if p.dialing {
                 self.cancelled.insert(p.generation);
             }
         }
+    }
+}
+
+/// Node → redialer: the peers being redialed now (waiting to dial, dialing, or waiting
+/// out a backoff), for [`NodeHandle::redialing`](crate::NodeHandle::redialing).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<PeerKey>")]
+pub(crate) struct Redialing;
+
+impl Handler<Redialing> for Redialer {
+    type Result = Vec<PeerKey>;
+
+    fn handle(&mut self, _: Redialing, _: &mut Context<Self>) -> Vec<PeerKey> {
+        self.pending.keys().copied().collect()
     }
 }
 
