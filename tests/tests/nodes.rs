@@ -92,7 +92,13 @@ async fn two_nodes_discover_each_other_and_a_custom_store_replicates() {
     assert!(b.peers().await.unwrap().iter().any(|p| p.key == a.key()));
     b.flushed(t).await.unwrap();
 
-    // The counters, as a scraper reads them.
+    // The counters, as a scraper reads them (a counts the session when it reports it
+    // up, which nothing orders before b's sync).
+    let b_key = b.key();
+    recv_until(&mut a_events, "a: session with b up", |e| {
+        matches!(e, NodeEvent::SessionUp { peer } if *peer == b_key).then_some(())
+    })
+    .await;
     let metrics = http_get(a.metrics_addr().unwrap(), "/metrics").await;
     for line in [
         "replic8_peers 1\n",

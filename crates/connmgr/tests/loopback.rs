@@ -227,18 +227,20 @@ fn banned_key_is_closed_and_refused_until_the_ban_expires() {
     run(|| async {
         let (ai, bi) = ordered_pair();
         let mut a = Node::spawn("a", ai).await;
-        let mut b = Node::spawn("b", bi.clone()).await;
+        // b's backoff after a failure (30 s) and the first ban (60 s) outlast any stall of
+        // a loaded machine, so the refusals below cannot race their expiry.
+        let mut b = Node::spawn_with("b", bi.clone(), |c| {
+            c.policy.backoff = vec![Duration::from_secs(30)];
+        })
+        .await;
         assert_eq!(b.dial(a.addr(), None).await, Ok(a.key()));
         a.peer_up(b.key()).await;
-        assert!(a
-            .handle
-            .addr()
-            .send(Ban {
-                key: b.key(),
-                duration: Duration::from_secs(2)
-            })
-            .await
-            .expect("ban"));
+        let b_key = b.key();
+        let ban = move |secs| Ban {
+            key: b_key,
+            duration: Duration::from_secs(secs),
+        };
+        assert!(a.handle.addr().send(ban(60)).await.expect("ban"));
         assert_eq!(a.peer_down(b.key()).await.reason, DownReason::Banned);
         let down = b.peer_down(a.key()).await;
         assert!(
@@ -264,7 +266,10 @@ fn banned_key_is_closed_and_refused_until_the_ban_expires() {
             refused.reason,
             RefusedReason::Policy(RefuseReason::Banned(b.key()))
         );
-        // After the ban expires (2 s; backoff after a refusal is at most 1.2 s), b gets in.
+        // A new ban replaces the old one; after it expires (1 s; b2's backoff after a
+        // refusal is at most 1.2 s), b gets in.
+        let closed = a.handle.addr().send(ban(1)).await.expect("re-ban");
+        assert!(!closed, "no connection of b's key is up to close");
         let deadline = tokio::time::Instant::now() + GUARD;
         loop {
             match b2.dial(a.addr(), Some(a.key())).await {

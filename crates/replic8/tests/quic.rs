@@ -336,10 +336,14 @@ fn hostile_peers_lose_their_session_with_a_reason_and_the_node_carries_on() {
             ),
         ];
         for (i, (name, bytes, stream, code, words)) in attacks.into_iter().enumerate() {
-            let (dialed, accepted, mut control, _recv) = raw_peer(&server).await;
+            let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
             let (end, _events) = start(&b, accepted, Role::Acceptor, PeerKey([i as u8; 32]));
             control.write_all(&bytes()).await.unwrap();
             if let Some(header) = stream {
+                // B's `Ready` follows its processing of our hello: a stream opened before
+                // it could be refused as one "before hello" (control bytes and feed
+                // streams reach the session on separate tasks).
+                read_until(&mut recv, |m| *m == Message::Ready).await;
                 let (mut send, _recv) = dialed.open_bi().await.unwrap();
                 let mut w = Vec::new();
                 message::encode_stream_header(&header, &mut w).unwrap();
