@@ -115,6 +115,34 @@ struct PreparedAppend {
     head: SignedHead,
 }
 
+/// Hash and sign an append of `blocks` (at least one, each checked) to a tree of `start`
+/// blocks whose full roots are `roots`.
+fn prepare<B: AsRef<[u8]> + Sync>(
+    secret: &FeedSecret,
+    roots: &[Node],
+    start: u64,
+    blocks: &[B],
+) -> PreparedAppend {
+    let leaves = tree::hash_leaves(start, blocks);
+    let mut roots = roots.to_vec();
+    let nodes = tree::append_leaves(&mut roots, leaves)
+        .into_iter()
+        .map(StoredNode::from)
+        .collect();
+    let length = start + blocks.len() as u64;
+    let head = secret.sign_head(length, tree::tree_hash(&roots));
+    PreparedAppend { nodes, roots, head }
+}
+
+/// How many tree nodes appending `count` blocks to a tree of `start` blocks makes: the
+/// leaves, and a parent for every trailing zero bit of each new length (`1..=m` have
+/// `m - popcount(m)` trailing zeros in all).
+fn new_node_count(start: u64, count: u64) -> usize {
+    let zeros = |m: u64| m - u64::from(m.count_ones());
+    let end = start.saturating_add(count);
+    usize::try_from(count + zeros(end) - zeros(start)).unwrap_or(usize::MAX)
+}
+
 /// A range of blocks one sync core is downloading.
 #[derive(Debug, Clone, Copy)]
 struct Claim {
@@ -343,18 +371,52 @@ impl<S: FeedStorage> Feed<S> {
         blocks: &[B],
         durable: bool,
     ) -> Result<u64, AppendError> {
-        let Some(prepared) = self.prepare_append(blocks)? else {
+        self.check_append(blocks)?;
+        let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
+        if blocks.is_empty() {
             if durable {
                 self.storage.sync()?;
             }
             return Ok(self.length());
-        };
-        let (start, length) = (self.length(), prepared.head.length);
+        }
+        let start = self.length();
         let slices: Vec<&[u8]> = blocks.iter().map(AsRef::as_ref).collect();
+        // The storage may write the blocks out while they are hashed (disk: on a helper
+        // thread); the nodes and head are made here, on this thread.
+        let roots = &self.roots;
+        let mut made = None;
+        let mut hash = || {
+            let prepared = prepare(secret, roots, start, blocks);
+            let head = prepared.head;
+            made = Some((prepared.head, prepared.roots));
+            (prepared.nodes, head.into())
+        };
+        let node_count = new_node_count(start, blocks.len() as u64);
         self.storage
-            .write_append(start, &slices, prepared.nodes, prepared.head.into())?;
-        self.finish_append(prepared.head, prepared.roots, durable)?;
+            .write_append_hashing(start, &slices, node_count, &mut hash)?;
+        let Some((head, roots)) = made else {
+            // Storage must call `hash`; one that did not wrote nothing of ours.
+            return Err(AppendError::Storage(StorageError::Limit(
+                "storage wrote an append without its nodes".into(),
+            )));
+        };
+        let length = head.length;
+        self.finish_append(head, roots, durable)?;
         Ok(length)
+    }
+
+    /// Check that this feed may append `blocks`.
+    fn check_append<B: AsRef<[u8]>>(&self, blocks: &[B]) -> Result<(), AppendError> {
+        if self.secret.is_none() {
+            return Err(AppendError::NotWritable);
+        }
+        if let Some(b) = blocks.iter().find(|b| b.as_ref().len() > MAX_BLOCK_SIZE) {
+            return Err(AppendError::BlockTooLarge {
+                size: b.as_ref().len(),
+                max: MAX_BLOCK_SIZE,
+            });
+        }
+        Ok(())
     }
 
     /// Check, hash and sign an append of `blocks` (`None` for no blocks); changes nothing.
@@ -362,26 +424,12 @@ impl<S: FeedStorage> Feed<S> {
         &self,
         blocks: &[B],
     ) -> Result<Option<PreparedAppend>, AppendError> {
+        self.check_append(blocks)?;
         let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
-        if let Some(b) = blocks.iter().find(|b| b.as_ref().len() > MAX_BLOCK_SIZE) {
-            return Err(AppendError::BlockTooLarge {
-                size: b.as_ref().len(),
-                max: MAX_BLOCK_SIZE,
-            });
-        }
         if blocks.is_empty() {
             return Ok(None);
         }
-        let start = self.length();
-        let leaves = tree::hash_leaves(start, blocks);
-        let mut roots = self.roots.clone();
-        let nodes = tree::append_leaves(&mut roots, leaves)
-            .into_iter()
-            .map(StoredNode::from)
-            .collect();
-        let length = start + blocks.len() as u64;
-        let head = secret.sign_head(length, tree::tree_hash(&roots));
-        Ok(Some(PreparedAppend { nodes, roots, head }))
+        Ok(Some(prepare(secret, &self.roots, self.length(), blocks)))
     }
 
     /// Write a prepared append with its blocks (indexed), then sync it (`durable`) or
@@ -683,6 +731,54 @@ mod tests {
         send::<Feed<crate::storage::MemoryFeed>>();
         send::<Feed<crate::storage::DiskFeed>>();
         send::<crate::sync::FeedSync>();
+    }
+
+    #[test]
+    fn new_node_count_is_what_append_leaves_makes() {
+        let mut roots = Vec::new();
+        let mut length = 0u64;
+        for count in [1u64, 1, 2, 3, 5, 8, 13, 64, 1, 100, 1000, 7] {
+            let blocks: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8; 3]).collect();
+            let leaves = tree::hash_leaves(length, &blocks);
+            let made = tree::append_leaves(&mut roots, leaves).len();
+            assert_eq!(
+                new_node_count(length, count),
+                made,
+                "{count} after {length}"
+            );
+            length += count;
+        }
+    }
+
+    /// Appends large enough for the disk storage's overlapped write, reopened: the same
+    /// tree as appends one block at a time.
+    #[test]
+    fn large_appends_on_disk_reopen_with_the_same_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = FeedSecret::generate();
+        let blocks: Vec<Vec<u8>> = (0..700u32).map(|i| i.to_le_bytes().repeat(256)).collect();
+        let storage = crate::storage::DiskStorage::open(dir.path()).unwrap();
+        let mut feed = Feed::create(&storage, secret.clone()).unwrap();
+        feed.append_batch(&blocks[..300]).unwrap();
+        feed.append_batch_deferred(&blocks[300..699]).unwrap();
+        feed.append(&blocks[699]).unwrap();
+        let head = *feed.head().unwrap();
+        let key = *feed.key();
+        drop(feed);
+        drop(storage);
+
+        let memory = MemoryStorage::new();
+        let mut one_by_one = Feed::create(&memory, secret).unwrap();
+        for b in &blocks {
+            one_by_one.append(b).unwrap();
+        }
+        assert_eq!(one_by_one.roots(), {
+            let storage = crate::storage::DiskStorage::open(dir.path()).unwrap();
+            let mut feed = Feed::open(&storage, &key).unwrap().unwrap();
+            assert_eq!(feed.head(), Some(&head));
+            assert_eq!(feed.get(555).unwrap(), Some(blocks[555].clone()));
+            feed.roots().to_vec()
+        });
     }
 
     #[test]

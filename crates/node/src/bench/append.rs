@@ -9,13 +9,18 @@
 //!   `Feed::flush` every 16 MiB and at the end (the next batch is hashed while the previous
 //!   one syncs);
 //! - `owned`: 4 MiB batches with `Feed::append_batch_owned`, each durable on return.
+//!
+//! `cpu_seconds` is the process's CPU time (user and system, every thread) while the
+//! clock ran: less sensitive to a loaded machine than the wall time.
 
 use std::time::Instant;
 
 use replic8_store::storage::DiskStorage;
 use replic8_store::{Feed, FeedSecret};
 
-use super::{peak_rss_bytes, reset_peak_rss, temp_dir, BenchError, BenchOptions, Row};
+use super::{
+    cpu_seconds, peak_rss_bytes, reset_peak_rss, round, temp_dir, BenchError, BenchOptions, Row,
+};
 use crate::demo::Pattern;
 
 /// Default bytes per block size.
@@ -122,6 +127,7 @@ fn once(
     let storage = DiskStorage::open(root).map_err(store_err)?;
     let mut feed = Feed::create(&storage, FeedSecret::generate()).map_err(store_err)?;
 
+    let cpu_before = cpu_seconds(None);
     let start = Instant::now();
     match path {
         AppendPath::Owned => {
@@ -143,6 +149,9 @@ fn once(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(None)
+        .zip(cpu_before)
+        .map(|(after, before)| round(after - before, 2));
     if feed.length() != count as u64 || feed.byte_length() != size {
         return Err(BenchError::Mismatch(format!(
             "append: the feed holds {} blocks, {} bytes; {count} blocks, {size} bytes were appended",
@@ -158,6 +167,7 @@ fn once(
                 "durable_every_bytes",
                 path.durable_every().min(size as usize),
             )
-            .with("dir", root.display().to_string()),
+            .with("dir", root.display().to_string())
+            .with("cpu_seconds", cpu),
     )
 }

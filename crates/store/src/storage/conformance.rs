@@ -54,6 +54,52 @@ pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn F
     sparse_blocks(new());
     empty_and_large_blocks(new());
     range_reads(new(), reopen);
+    append_while_hashing(new(), reopen);
+}
+
+/// `write_append_hashing`: appends small and large (a disk storage writes 64 KiB and up
+/// while hashing), with the node count right and wrong, then reopened.
+fn append_while_hashing<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
+    let mut f = s.create([8; 32], Some([9; 32])).unwrap();
+    // (first block, blocks, block size, node count the storage is told)
+    let appends = [
+        (0u64, 3u64, 100usize, 6usize),
+        (3, 300, 1024, 600),
+        (303, 40, 4000, 80),
+        (343, 70, 1024, 1), // told the wrong count: still written whole
+        (413, 2, 70_000, 4),
+    ];
+    for (first, count, len, node_count) in appends {
+        let data: Vec<Vec<u8>> = (first..first + count).map(|i| block(i, len)).collect();
+        let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut calls = 0;
+        f.write_append_hashing(first, &slices, node_count, &mut || {
+            calls += 1;
+            let nodes = (first..first + count)
+                .flat_map(|i| [node(2 * i), node(2 * i + 1)])
+                .collect();
+            (nodes, head(first + count))
+        })
+        .unwrap();
+        assert_eq!(calls, 1, "hash is called once");
+        assert_eq!(f.head(), Some(head(first + count)));
+        f.sync().unwrap();
+    }
+    let check = |f: &mut S::Feed| {
+        for (first, count, len, _) in appends {
+            for i in first..first + count {
+                assert_eq!(f.block(i).unwrap(), Some(block(i, len)), "block {i}");
+                assert_eq!(f.node(2 * i + 1).unwrap(), Some(node(2 * i + 1)));
+            }
+        }
+        assert!(!f.has_block(415));
+        assert_eq!(f.head(), Some(head(415)));
+    };
+    check(&mut f);
+    drop(f);
+    let s = reopen(s);
+    let mut f = s.open(&[8; 32]).unwrap().unwrap();
+    check(&mut f);
 }
 
 /// `blocks` returns what `block` does, run by run, and stops where it must.

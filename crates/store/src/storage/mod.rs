@@ -108,6 +108,23 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
             head: Some(head),
         })
     }
+    /// Like [`FeedStorage::write_append`], with the nodes and head made by `hash` (called
+    /// exactly once, on the calling thread) while storage may already be writing the
+    /// blocks, e.g. on a helper thread. `node_count` is how many nodes `hash` returns;
+    /// if it returns another number the append is still written whole, only without the
+    /// overlap. As atomic as `write_append`. The default calls `hash`, then
+    /// `write_append`.
+    fn write_append_hashing(
+        &mut self,
+        start: u64,
+        blocks: &[&[u8]],
+        node_count: usize,
+        hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
+    ) -> Result<(), StorageError> {
+        let _ = node_count;
+        let (nodes, head) = hash();
+        self.write_append(start, blocks, nodes, head)
+    }
     /// Make every batch written so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
     /// Start making every batch written so far durable without waiting for it (a sync
