@@ -42,6 +42,16 @@ impl Lan {
     pub(crate) fn start(config: &LanConfig, port: u16, node_id: u64) -> Result<Lan, SpawnError> {
         let daemon = ServiceDaemon::new_with_port(config.mdns_port)
             .map_err(|e| SpawnError::Mdns(e.to_string()))?;
+        // mdns-sd answers a subtype query with the service type's PTR (the subtype's PTR
+        // goes in the additional section), and by default its querier keeps only answers
+        // whose PTR names a type it browses, or records it already caches. So our subtype
+        // browse dropped every answer to its own queries: a node found peers only from
+        // their unsolicited announcements, or by chance of its own cache (a lookup-only
+        // join never found a peer that announced before it; a rejoin found none whose
+        // type PTR was still cached). Caching every response makes the answers count.
+        daemon
+            .accept_unsolicited(true)
+            .map_err(|e| SpawnError::Mdns(e.to_string()))?;
         Ok(Lan {
             daemon,
             node: format!("{node_id:016x}"),

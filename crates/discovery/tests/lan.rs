@@ -28,6 +28,8 @@ fn lan_child_process_entry() {
     let mut parts = spec.split(',');
     let topic = Topic::from_hex(parts.next().expect("topic")).expect("topic hex");
     let port: u16 = parts.next().expect("port").parse().expect("port number");
+    // `lookup-only`: the child does not announce the topic.
+    let announce = parts.next() != Some("lookup-only");
     init_tracing();
     run(|| async move {
         let config = DiscoveryConfig {
@@ -47,7 +49,7 @@ fn lan_child_process_entry() {
         let start = Instant::now();
         let join = d.send(Join {
             topic,
-            announce: true,
+            announce,
             lookup: true,
         });
         // Report found peers while the join is still running.
@@ -121,6 +123,11 @@ fn ip(args: &[&str]) {
 struct Netns {
     names: [String; 2],
     children: Vec<Child>,
+    /// Every line each child printed, with the milliseconds since the test started:
+    /// printed if the test fails (the waits consume lines as they go), or always with
+    /// `REPLIC8_LAN_TRANSCRIPT` set.
+    transcripts: Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    started: Instant,
 }
 
 impl Netns {
@@ -136,6 +143,8 @@ impl Netns {
         let ns = Netns {
             names: names.clone(),
             children: Vec::new(),
+            transcripts: Vec::new(),
+            started: Instant::now(),
         };
         for name in &names {
             ip(&["netns", "add", name]);
@@ -155,6 +164,17 @@ impl Netns {
 
     /// Starts a child in namespace `i` and returns a channel of its stdout lines.
     fn spawn_child(&mut self, i: usize, topic: Topic, port: u16) -> mpsc::Receiver<String> {
+        self.spawn_child_with(i, topic, port, "")
+    }
+
+    /// [`Netns::spawn_child`] with `extra` appended to the child's spec (`,lookup-only`).
+    fn spawn_child_with(
+        &mut self,
+        i: usize,
+        topic: Topic,
+        port: u16,
+        extra: &str,
+    ) -> mpsc::Receiver<String> {
         assert_eq!(self.children.len(), i, "children start in order");
         let exe = std::env::current_exe().expect("test binary");
         let mut child = Command::new("ip")
@@ -166,7 +186,7 @@ impl Netns {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, format!("{},{port}", topic.to_hex()))
+            .env(CHILD_ENV, format!("{},{port}{extra}", topic.to_hex()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -175,11 +195,16 @@ impl Netns {
         let stdout = child.stdout.take().expect("stdout");
         self.children.push(child);
         let (tx, rx) = mpsc::channel();
+        let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.transcripts.push(transcript.clone());
+        let started = self.started;
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+                if let Ok(mut t) = transcript.lock() {
+                    t.push(format!("{:6} {line}", started.elapsed().as_millis()));
                 }
+                // The receiver is gone once the test ended; the transcript goes on.
+                let _ = tx.send(line);
             }
         });
         rx
@@ -196,6 +221,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("REPLIC8_LAN_TRANSCRIPT").is_some() {
+            for (i, transcript) in self.transcripts.iter().enumerate() {
+                let lines = transcript.lock().map(|t| t.clone()).unwrap_or_default();
+                eprintln!(
+                    "--- child {i} ({}), ms since the test started:",
+                    self.names[i]
+                );
+                for line in lines {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
@@ -323,4 +360,29 @@ fn lan_leave_withdraws_the_advertisement_and_rejoin_restores_it() {
     ns.tell(0, "join");
     wait_found("b", &b_lines, a_addr, Duration::from_secs(30));
     wait_found("a", &a_lines, b_addr, Duration::from_secs(30));
+}
+
+#[test]
+fn lan_a_lookup_only_join_finds_a_peer_that_announced_long_before() {
+    if !is_root() {
+        println!("skipped: creating network namespaces needs root, and loopback has no multicast");
+        return;
+    }
+    // mdns-sd answers a subtype query with the service type's PTR, and its querier keeps
+    // only answers to its own questions (or records it already caches): a node that
+    // does not announce, browsing after the peer's own announcements are over, dropped
+    // every answer and never found it. b joins once a's rounds show a has been joined
+    // for seconds (its announcement is sent twice, 1 s apart, after ~0.75 s of probing).
+    let subnet = (std::process::id() % 250) as u8 + 1;
+    let subnet = subnet.wrapping_add(2).max(1);
+    let mut ns = Netns::new_named(subnet, "o");
+    let t = topic();
+    let a_lines = ns.spawn_child(0, t, 47021);
+    let a_addr: SocketAddr = format!("10.213.{subnet}.1:47021").parse().expect("addr");
+    wait_line("a", &a_lines, Duration::from_secs(30), |l| {
+        l.contains("ROUND 3")
+    });
+    let b_lines = ns.spawn_child_with(1, t, 47022, ",lookup-only");
+    let b_ms = wait_found("b", &b_lines, a_addr, Duration::from_secs(30));
+    println!("a lookup-only join found a peer announced long before in {b_ms} ms");
 }
