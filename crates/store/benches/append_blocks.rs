@@ -2,7 +2,8 @@
 //! feed on disk per path and block size, the blocks made before the clock starts, the
 //! clock over the appends and the last sync (every byte counted is durable). Prints one
 //! line per row. For profiling (`perf record`) and quick before/after checks; the
-//! user-facing numbers come from `replic8 bench append`.
+//! user-facing numbers come from `replic8 bench append`. `cpu` is the process's CPU time
+//! (user + system, every thread) while the clock ran.
 //!
 //! Run: `BENCH_DIR=/work cargo bench -p replic8-store --bench append_blocks [-- MiB [block sizes...]]`
 
@@ -16,6 +17,16 @@ use replic8_store::{Feed, FeedSecret};
 
 fn bench_dir() -> PathBuf {
     std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// CPU time (user and system, all threads) this process has used, from `/proc/self/stat`
+/// (in clock ticks of 10 ms); `None` where `/proc` does not tell.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn blocks(size: usize, count: usize, per_batch: usize) -> Vec<Vec<Vec<u8>>> {
@@ -75,6 +86,7 @@ fn main() {
             }
             let storage = DiskStorage::open_with(dir.path(), config).unwrap();
             let mut feed = Feed::create(&storage, FeedSecret::generate()).unwrap();
+            let cpu_before = cpu_seconds();
             let start = Instant::now();
             if path == "owned" {
                 for b in batches {
@@ -93,12 +105,16 @@ fn main() {
                 feed.flush().unwrap();
             }
             let s = start.elapsed().as_secs_f64();
+            let cpu = cpu_seconds()
+                .zip(cpu_before)
+                .map_or(f64::NAN, |(a, b)| a - b);
             assert_eq!(feed.length(), count as u64);
             println!(
-                "{path:>8} {:>3} KiB: {:7.1} MB/s {:9.0} blocks/s ({s:.3} s)",
+                "{path:>8} {:>3} KiB: {:7.1} MB/s {:9.0} blocks/s ({s:.3} s, cpu {cpu:.2} s, {:.2} us/block)",
                 size >> 10,
                 (mib << 20) as f64 / s / 1e6,
-                count as f64 / s
+                count as f64 / s,
+                cpu * 1e6 / count as f64
             );
         }
     }

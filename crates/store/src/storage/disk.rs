@@ -170,6 +170,9 @@ struct FeedInner {
     pending: Option<PendingSync>,
     /// A checkpoint being written on a helper thread.
     checkpointing: Option<Checkpointing>,
+    /// The emptied entry stores of the last checkpoint, reused by the next one (so the
+    /// recent index does not grow its window from nothing after every checkpoint).
+    spare: Option<(Recent<BlockLoc>, Recent<StoredNode>)>,
 }
 
 /// A checkpoint written on a helper thread ([`FeedInner::checkpoint_start`]): the slot
@@ -451,7 +454,6 @@ impl<V: Copy> Recent<V> {
             .chain(self.sparse.iter().map(|(&i, v)| (i, v)))
     }
 
-    #[cfg(test)]
     fn clear(&mut self) {
         self.dense.clear();
         self.sparse.clear();
@@ -612,6 +614,7 @@ impl DiskStorage {
             scratch: Vec::new(),
             pending: None,
             checkpointing: None,
+            spare: None,
         }))
     }
 }
@@ -1296,6 +1299,14 @@ impl FeedInner {
         match result {
             Ok(()) => {
                 self.applied = c.upto;
+                // The thread has ended: its handles are gone, so these are the last.
+                if let (Ok(mut blocks), Ok(mut nodes)) =
+                    (Arc::try_unwrap(c.blocks), Arc::try_unwrap(c.nodes))
+                {
+                    blocks.clear();
+                    nodes.clear();
+                    self.spare = Some((blocks, nodes));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -1461,8 +1472,9 @@ impl FeedInner {
                     .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?,
             )
         };
-        let blocks = Arc::new(std::mem::take(&mut self.recent_blocks));
-        let nodes = Arc::new(std::mem::take(&mut self.recent_nodes));
+        let (spare_blocks, spare_nodes) = self.spare.take().unwrap_or_default();
+        let blocks = Arc::new(std::mem::replace(&mut self.recent_blocks, spare_blocks));
+        let nodes = Arc::new(std::mem::replace(&mut self.recent_nodes, spare_nodes));
         let job = || CheckpointJob {
             index: index.clone(),
             tree: tree.clone(),
