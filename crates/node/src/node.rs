@@ -640,6 +640,10 @@ async fn forward_session_events(
                 NodeEvent::SessionUp { peer }
             }
             SessionEvent::NamespaceProven { .. } => continue,
+            SessionEvent::FeedStopped { feed, reason } => {
+                warn!(peer = %peer.fmt_short(), feed = %feed.fmt_short(), %reason, "feed stopped on this session");
+                continue;
+            }
             SessionEvent::Offered {
                 namespace, feeds, ..
             } => NodeEvent::Offered {

@@ -17,7 +17,13 @@
 //! - at most `min(ours, peer's)` feed streams open at once, opened lazily and closed
 //!   once a feed is in sync both ways;
 //! - a feed is offered to a peer at most once per session, and never to a peer known to
-//!   have it, so forwarding between sessions does not loop.
+//!   have it, so forwarding between sessions does not loop;
+//! - a feed stream that ends before its feed is in sync both ways (its store gave it up,
+//!   the peer's store finished it, or it could not be opened) is reopened by the dialer
+//!   after 1 s, 2 s, 4 s, ... up to [`MAX_REOPEN_DELAY`]; after [`MAX_STREAM_REOPENS`]
+//!   such ends in a row the feed is stopped on this session ([`SessionEvent::FeedStopped`])
+//!   until a `Notice` or a local change, and a one-shot session, which could then never
+//!   be done, ends.
 //!
 //! Driving two sessions by hand, as the session actor does over QUIC:
 //!
@@ -98,6 +104,22 @@ const CONTROL_END_WITHOUT_CLOSE: &str = "control stream ended without a close me
 const ENCODE_FAILED: &str = "could not encode";
 /// Room left in a frame for an offer's own fields when packing feeds into it.
 const OFFER_SLACK: usize = 128;
+/// Most ends in a row of a feed's stream before the feed was in sync both ways that the
+/// dialer answers with a reopen; the next one stops the feed on the session. With
+/// [`reopen_delay`] that is about three minutes of trying, at most nine streams.
+pub const MAX_STREAM_REOPENS: u32 = 8;
+/// The longest wait before reopening a feed stream that keeps ending early.
+pub const MAX_REOPEN_DELAY: Duration = Duration::from_secs(60);
+
+/// How long the dialer waits before reopening a feed stream after `ends` ends in a row
+/// before the feed was in sync (this one included): 1 s, 2 s, 4 s, ... up to
+/// [`MAX_REOPEN_DELAY`]. Never zero: a store whose protocol ends the stream itself once
+/// it is done (before the peer's `Synced` arrived) costs no extra stream, since that
+/// `Synced` cancels the reopen; and nothing loops at handshake speed.
+pub fn reopen_delay(ends: u32) -> Duration {
+    let doubling = ends.saturating_sub(1).min(6);
+    Duration::from_secs(1u64 << doubling).min(MAX_REOPEN_DELAY)
+}
 
 /// Whether a session ends by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +268,15 @@ pub enum SessionEvent {
         /// The length both sides hold.
         length: u64,
     },
+    /// The dialer stopped reopening `feed`'s stream on this session: it ended
+    /// [`MAX_STREAM_REOPENS`] + 1 times in a row before the feed was in sync. It resumes
+    /// on the peer's `Notice` or a change of our copy; a one-shot session ends.
+    FeedStopped {
+        /// The feed.
+        feed: FeedKey,
+        /// Why, in words.
+        reason: String,
+    },
     /// The session ended; nothing more will happen.
     SessionEnded {
         /// Why.
@@ -380,6 +411,8 @@ struct Replicated {
     local_synced: Option<u64>,
     remote_synced: Option<u64>,
     reported: Option<u64>,
+    /// Ends in a row of its stream before the feed was in sync both ways (dialer).
+    early_ends: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -459,6 +492,9 @@ pub struct Session {
     open_queue: VecDeque<FeedKey>,
     open_streams: usize,
     next_stream: u64,
+    /// Feeds whose stream ended early, waiting to be reopened (dialer): when, or `None`
+    /// until the next `handle_timeout` tells the time.
+    reopens: HashMap<FeedKey, Option<Instant>>,
 
     local_ready: bool,
     peer_ready: bool,
@@ -517,6 +553,7 @@ impl Session {
             by_offer_id: HashMap::new(),
             open_queue: VecDeque::new(),
             open_streams: 0,
+            reopens: HashMap::new(),
             next_stream: first_stream,
             local_ready: false,
             peer_ready: false,
@@ -700,8 +737,10 @@ impl Session {
         }
     }
 
-    /// A feed stream ended (finished or reset by either side, or its store detached).
-    /// A stream that was replaced or closed by the session already is ignored.
+    /// A feed stream ended (finished or reset by either side, or its store detached),
+    /// or could not be opened or attached. A stream that was replaced or closed by the
+    /// session already is ignored. On the dialer, a feed that is not in sync both ways
+    /// is reopened after [`reopen_delay`] (see the module documentation).
     pub fn handle_stream_closed(&mut self, feed: &FeedKey, stream: StreamId) {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
@@ -711,12 +750,18 @@ impl Session {
             state.token = None;
             if self.role == Role::Dialer {
                 self.open_streams = self.open_streams.saturating_sub(1);
+                let in_sync =
+                    state.local_synced.is_some() && state.local_synced == state.remote_synced;
+                if !in_sync && self.ended.is_none() {
+                    self.stream_ended_early(*feed);
+                }
                 self.pump_opens();
             }
         }
     }
 
-    /// Time passed: fires the hello timeout and the stall timeout.
+    /// Time passed: fires the hello timeout, the stall timeout and due feed stream
+    /// reopens.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         if self.ended.is_some() {
@@ -744,11 +789,14 @@ impl Session {
         if let Some(deadline) = self.hello_deadline {
             if now >= deadline && !self.is_established() {
                 self.hello_deadline = None;
-                self.fail(
+                return self.fail(
                     CloseCode::TIMEOUT,
                     format!("no hello within {:?}", self.config.hello_timeout),
                 );
             }
+        }
+        if !self.reopens.is_empty() {
+            self.fire_reopens(now);
         }
     }
 
@@ -934,6 +982,7 @@ impl Session {
             return;
         }
         state.local_synced = Some(length);
+        state.early_ends = 0;
         let dk = state.discovery_key;
         self.send(Message::Synced { feed: dk, length });
         self.check_synced(feed);
@@ -956,6 +1005,7 @@ impl Session {
         // stream (or end a one-shot session) on a stale length.
         let retract = state.local_synced.take().is_some();
         state.reported = None;
+        state.early_ends = 0;
         let dk = state.discovery_key;
         let closed = state.stream == StreamState::Closed;
         if retract || (self.role == Role::Acceptor && closed) {
@@ -1071,7 +1121,8 @@ impl Session {
             // Unknown start: ask for a timeout call at once to learn the time.
             None => self.last_now,
         });
-        hello.into_iter().chain(stall).min()
+        let reopens = self.reopens.values().map(|at| at.unwrap_or(self.last_now));
+        hello.into_iter().chain(stall).chain(reopens).min()
     }
 
     // ---- internals ----
@@ -1397,6 +1448,7 @@ impl Session {
         };
         state.remote_synced = None;
         state.reported = None;
+        state.early_ends = 0;
         if self.role == Role::Dialer && state.stream == StreamState::Closed {
             self.queue_open(feed);
         }
@@ -1413,7 +1465,10 @@ impl Session {
             );
         };
         if let Some(state) = self.feeds.get_mut(&feed) {
-            state.remote_synced = Some(length);
+            if state.remote_synced != Some(length) {
+                state.remote_synced = Some(length);
+                state.early_ends = 0;
+            }
         }
         self.check_synced(&feed);
     }
@@ -1641,6 +1696,7 @@ impl Session {
                 local_synced: None,
                 remote_synced: None,
                 reported: None,
+                early_ends: 0,
             },
         );
         if self.role == Role::Dialer {
@@ -1649,6 +1705,7 @@ impl Session {
     }
 
     fn queue_open(&mut self, feed: FeedKey) {
+        self.reopens.remove(&feed);
         if let Some(state) = self.feeds.get_mut(&feed) {
             if state.stream == StreamState::Closed {
                 state.stream = StreamState::Queued;
@@ -1715,6 +1772,9 @@ impl Session {
             return;
         }
         state.reported = Some(local);
+        state.early_ends = 0;
+        // In sync: a reopen waiting since an early end is not needed.
+        self.reopens.remove(feed);
         self.events.push_back(SessionEvent::FeedSynced {
             feed: *feed,
             length: local,
@@ -1736,6 +1796,52 @@ impl Session {
             self.pump_opens();
         }
         self.check_done();
+    }
+
+    /// The dialer's stream of `feed` ended before the feed was in sync both ways.
+    fn stream_ended_early(&mut self, feed: FeedKey) {
+        let Some(state) = self.feeds.get_mut(&feed) else {
+            return;
+        };
+        state.early_ends = state.early_ends.saturating_add(1);
+        let ends = state.early_ends;
+        if ends > MAX_STREAM_REOPENS {
+            let reason = format!("its stream ended {ends} times in a row before it was in sync");
+            debug!(feed = %feed.fmt_short(), %reason, "feed stopped");
+            self.events.push_back(SessionEvent::FeedStopped {
+                feed,
+                reason: reason.clone(),
+            });
+            if self.config.mode == Mode::OneShot {
+                self.fail_not_peers_fault(
+                    CloseCode::CLOSED,
+                    format!("feed {}: {reason}", feed.fmt_short()),
+                );
+            }
+            return;
+        }
+        debug!(feed = %feed.fmt_short(), ends, wait = ?reopen_delay(ends), "feed stream ended early: reopening");
+        // The wait starts at the next `handle_timeout`, which `poll_timeout` asks for at once.
+        self.reopens.insert(feed, None);
+    }
+
+    /// Reopens the feeds whose wait is over, and starts the waits that began since the
+    /// last call.
+    fn fire_reopens(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (feed, at) in &mut self.reopens {
+            match at {
+                None => {
+                    let ends = self.feeds.get(feed).map_or(1, |s| s.early_ends);
+                    *at = Some(now + reopen_delay(ends));
+                }
+                Some(at) if now >= *at => due.push(*feed),
+                Some(_) => {}
+            }
+        }
+        for feed in due {
+            self.queue_open(feed);
+        }
     }
 
     fn check_done(&mut self) {
