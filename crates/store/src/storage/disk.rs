@@ -1160,6 +1160,10 @@ impl FeedInner {
         let start = self.log_len;
         let data_at = start + RECORD_HEADER_LEN + meta_len;
 
+        // Should `hash` panic, the blocks may be in the log past `log_len`, where the next
+        // record would not start: the feed stays failed (writes refused until a reopen
+        // cuts the torn record) unless the scope returns.
+        self.failed = true;
         let (made, written) = std::thread::scope(|scope| {
             let writer = std::thread::Builder::new()
                 .name("replic8-log-write".into())
@@ -1175,6 +1179,7 @@ impl FeedInner {
             };
             (made, written)
         });
+        self.failed = false;
         let (nodes, head) = made;
         let (crcs, data_crc) = match written {
             Some(Ok(done)) if nodes.len() == node_count => done,
@@ -2229,6 +2234,36 @@ mod tests {
             assert!(!f.has_block(count), "{lose} lost");
             assert_eq!(lock(&f.inner).log_len, first_end, "the torn record is cut");
         }
+    }
+
+    /// A `hash` that panics mid-append (the blocks possibly written past the log's end)
+    /// leaves the feed refusing writes; reopened, it is as before the append.
+    #[test]
+    fn panic_while_hashing_fails_the_feed_until_reopened() {
+        use conformance::{block, head, node};
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let mut f = s.create([5; 32], Some([6; 32])).unwrap();
+        f.write(conformance::append_batch(0, 3, 100)).unwrap();
+        f.sync().unwrap();
+        let data: Vec<Vec<u8>> = (3..203).map(|i| block(i, 1024)).collect();
+        let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f.write_append_hashing(3, &slices, 400, &mut || panic!("hash fails"))
+        }));
+        assert!(panicked.is_err());
+        assert!(f.write(conformance::append_batch(3, 4, 100)).is_err());
+        assert!(f.sync().is_err());
+        drop(f);
+        drop(s);
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let mut f = s.open(&[5; 32]).unwrap().unwrap();
+        assert_eq!(f.head(), Some(head(3)));
+        assert!(!f.has_block(3));
+        f.write(conformance::append_batch(3, 4, 100)).unwrap();
+        f.sync().unwrap();
+        assert_eq!(f.block(3).unwrap(), Some(block(3, 100)));
+        assert_eq!(f.node(7).unwrap(), Some(node(7)));
     }
 
     #[test]
