@@ -1830,8 +1830,9 @@ fn write_blocks_at(file: &File, at: u64, blocks: &[&[u8]]) -> io::Result<(Vec<u3
     let mut all = Crc::new();
     let mut file = file;
     file.seek(SeekFrom::Start(at))?;
-    // A group at a time, so the bytes just checksummed are still in cache when written.
-    for group in blocks.chunks(64) {
+    // Up to 1,024 blocks (the most one `writev` takes) a group: a 1 MiB batch of 1 KiB
+    // blocks is one system call, and its bytes are still in cache when written.
+    for group in blocks.chunks(1024) {
         for data in group {
             let crc = crc32fast::hash(data);
             all.push(crc, data.len() as u64);
