@@ -108,9 +108,9 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
             head: Some(head),
         })
     }
-    /// Like [`FeedStorage::write_append`], with the nodes and head made by `hash` (called
-    /// exactly once, on the calling thread) while storage may already be writing the
-    /// blocks, e.g. on a helper thread. `node_count` is how many nodes `hash` returns;
+    /// Like [`FeedStorage::write_append`], with the nodes and head made by `hash` (on the
+    /// calling thread; once if this returns Ok, at most once if it fails) while storage
+    /// may already be writing the blocks, e.g. on a helper thread. `node_count` is how many nodes `hash` returns;
     /// if it returns another number the append is still written whole, only without the
     /// overlap. As atomic as `write_append`. The default calls `hash`, then
     /// `write_append`.
