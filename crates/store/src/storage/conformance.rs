@@ -58,7 +58,8 @@ pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn F
 }
 
 /// `write_append_hashing`: appends small and large (a disk storage writes 64 KiB and up
-/// while hashing), with the node count right and wrong, then reopened.
+/// of blocks averaging 16 KiB or less while hashing), with the node count right and
+/// wrong, then reopened.
 fn append_while_hashing<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
     let mut f = s.create([8; 32], Some([9; 32])).unwrap();
     // (first block, blocks, block size, node count the storage is told)

@@ -1124,7 +1124,8 @@ impl FeedInner {
     /// offset); then the record's header and entries go in front of them. Until both
     /// parts are written and checksum together the record is torn, as a record cut
     /// short by a crash is, and is cut on open. Small appends (under
-    /// [`OVERLAP_MIN_BYTES`]), a `hash` that returns another number of nodes than
+    /// [`OVERLAP_MIN_BYTES`]), large blocks (over [`OVERLAP_MAX_AVG_BLOCK`] on average),
+    /// a `hash` that returns another number of nodes than
     /// `node_count`, or no thread: hashed first, then [`FeedInner::write_parts`].
     fn write_append_hashing(
         &mut self,
@@ -1141,7 +1142,9 @@ impl FeedInner {
         let data_len = blocks
             .iter()
             .fold(0u64, |n, d| n.saturating_add(d.len() as u64));
-        if data_len < OVERLAP_MIN_BYTES {
+        if data_len < OVERLAP_MIN_BYTES
+            || data_len > OVERLAP_MAX_AVG_BLOCK.saturating_mul(blocks.len() as u64)
+        {
             return sequential(self, hash);
         }
         self.check_failed()?;
@@ -1753,6 +1756,11 @@ impl Drop for FeedInner {
 /// Appends at least this many bytes of blocks are written on a helper thread while
 /// they are hashed; below it the thread costs more than the overlap saves.
 const OVERLAP_MIN_BYTES: u64 = 64 << 10;
+/// ... if their blocks average at most this size. Small blocks cost the most CPU per
+/// byte (a prefix copy and a parent per block) and gain the most; 64 KiB appends met
+/// their target without the overlap and, alternated at load 3, were as often slower
+/// with it as faster (`PERFORMANCE.md`, "store: append, fourth round").
+const OVERLAP_MAX_AVG_BLOCK: u64 = 16 << 10;
 
 /// A record's entry and body lengths for `blocks` blocks of `data_len` bytes in all and
 /// `nodes` nodes, checked against the limits.
@@ -2103,8 +2111,9 @@ impl FeedStorage for DiskFeed {
         lock(&self.inner).write_parts(&blocks, nodes, Some(head))
     }
 
-    /// Blocks of 64 KiB or more are checksummed and written on a helper thread while
-    /// `hash` runs here (the feed's lock is held meanwhile).
+    /// Blocks of 64 KiB or more in all, averaging at most 16 KiB, are checksummed and
+    /// written on a helper thread while `hash` runs here (the feed's lock is held
+    /// meanwhile).
     fn write_append_hashing(
         &mut self,
         start: u64,
