@@ -695,6 +695,11 @@ async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
     let server = control::ControlServer::bind(&data_dir, node.clone())
         .await
         .with_context(|| format!("control socket in {}", data_dir.display()))?;
+    // The handlers exist before the line that tells a supervisor (or a test) we are up:
+    // a SIGTERM right after it must close us cleanly, not kill us.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     eprintln!(
         "replic8 daemon: key {} quic {} control {}{}",
         hex::encode(node.key().as_bytes()),
@@ -704,9 +709,8 @@ async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
             .map(|a| format!(" metrics http://{a}/metrics"))
             .unwrap_or_default()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
     }
     server.close();
