@@ -38,7 +38,10 @@ fn lan_child_process_entry() {
             lan: Some(LanConfig::default()),
             static_peers: Vec::new(),
             timing: Timing {
+                // Rounds every ~1.5 s for as long as the test runs (after the join's
+                // delays the default waits minutes, and a slow test would run out).
                 join_lookup_delays: vec![Duration::from_millis(500); 8],
+                lookup_interval: (Duration::from_millis(500), Duration::from_millis(500)),
                 ..Timing::default()
             },
         };
@@ -329,17 +332,24 @@ fn lan_leave_withdraws_the_advertisement_and_rejoin_restores_it() {
     wait_line("a", &a_lines, Duration::from_secs(10), |l| {
         l.contains("LEFT")
     });
-    // b's rounds go on (every ~1.5 s). Take the round b is in when a has left; two round
-    // ends later, the round in between started after a's goodbye was sent: it must not
-    // report a.
-    let (round_line, _) = wait_line("b", &b_lines, Duration::from_secs(10), |l| {
-        l.contains("ROUND ")
-    });
-    let n: u32 = round_line
-        .split("ROUND ")
-        .nth(1)
-        .and_then(|r| r.trim().parse().ok())
-        .expect("round number");
+    // b's rounds go on (every ~1.5 s). `n` is the last round b ended before now (lines
+    // it printed before a left are still queued: read them all), or the first to end
+    // after; round n + 1 may have begun before a's goodbye, round n + 2 began after it
+    // (after n + 1 ended): it must not report a.
+    let round_of = |line: &str| -> Option<u32> {
+        line.split("ROUND ")
+            .nth(1)
+            .and_then(|r| r.trim().parse().ok())
+    };
+    let n: u32 = match b_lines.try_iter().filter_map(|l| round_of(&l)).max() {
+        Some(n) => n,
+        None => {
+            let (line, _) = wait_line("b", &b_lines, Duration::from_secs(10), |l| {
+                l.contains("ROUND ")
+            });
+            round_of(&line).expect("round number")
+        }
+    };
     wait_line("b", &b_lines, Duration::from_secs(10), |l| {
         l.contains(&format!("ROUND {}", n + 1))
     });
