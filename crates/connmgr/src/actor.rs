@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::config::ConnManagerConfig;
-use crate::core::{ConnCore, ConnId, CoreEvent, DialStart, Initiator};
+use crate::core::{ConnCore, ConnId, CoreEvent, DialStart, IncomingStart, Initiator};
 use crate::error::{
     CloseReason, DialError, SpawnError, CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_SHUTDOWN,
 };
@@ -359,6 +359,7 @@ impl ConnManager {
                     match reason {
                         CloseReason::Duplicate => self.counters.duplicates_closed += 1,
                         CloseReason::Replaced => self.counters.replaced += 1,
+                        CloseReason::Evicted => self.counters.evictions += 1,
                         _ => {}
                     }
                     self.probes.remove(&conn);
@@ -433,6 +434,9 @@ impl ConnManager {
         let peer = refused.key.map(|k| k.fmt_short()).unwrap_or_default();
         if refused.initiator == Initiator::Remote {
             self.counters.incoming_refused += 1;
+            if matches!(&refused.reason, RefusedReason::Policy(r) if r.is_per_ip()) {
+                self.counters.refused_per_ip += 1;
+            }
         }
         match refused.initiator {
             Initiator::Remote => info!(parent: &self.span, addr = %refused.addr, %peer,
@@ -561,8 +565,23 @@ impl Handler<IncomingConn> for ConnManager {
     fn handle(&mut self, msg: IncomingConn, ctx: &mut Self::Context) {
         let incoming = msg.0;
         let addr = incoming.remote_address();
-        let id = match self.core.handle_incoming(addr) {
-            Ok(id) => id,
+        let id = match self
+            .core
+            .handle_incoming(addr, incoming.remote_address_validated())
+        {
+            Ok(IncomingStart::Accept(id)) => id,
+            Ok(IncomingStart::Retry) => {
+                // Not validated, so quinn allows a retry; should it not, refusing is the
+                // stateless answer that is left.
+                match incoming.retry() {
+                    Ok(()) => {
+                        self.counters.retries_sent += 1;
+                        debug!(parent: &self.span, %addr, "address validation: retry sent");
+                    }
+                    Err(e) => e.into_incoming().refuse(),
+                }
+                return;
+            }
             Err(reason) => {
                 incoming.refuse();
                 self.report_refused(ConnRefused {
@@ -783,6 +802,23 @@ impl Handler<Ban> for ConnManager {
         self.core.ban(msg.key, msg.duration, Instant::now());
         self.drain(ctx);
         had
+    }
+}
+
+impl Handler<PeerActivity> for ConnManager {
+    type Result = Result<(), ActivityError>;
+
+    fn handle(&mut self, msg: PeerActivity, _ctx: &mut Self::Context) -> Self::Result {
+        debug!(parent: &self.span, peer = %msg.key.fmt_short(), active = msg.active,
+            "peer activity");
+        if self
+            .core
+            .handle_activity(msg.key, msg.active, Instant::now())
+        {
+            Ok(())
+        } else {
+            Err(ActivityError::NotConnected(msg.key))
+        }
     }
 }
 

@@ -41,7 +41,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{
     is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, CLOSE_DUPLICATE,
-    CLOSE_REFUSED,
+    CLOSE_EVICTED, CLOSE_REFUSED,
 };
 use crate::key::PeerKey;
 
@@ -79,12 +79,32 @@ pub enum Initiator {
 /// Limits and timings of the policy.
 #[derive(Clone)]
 pub struct PolicyConfig {
-    /// Most peers connected at once (held or up).
+    /// Most peers connected at once (held or up). Our own dials may use all of them;
+    /// inbound peers at most `max_peers - reserved_outbound`.
     pub max_peers: usize,
+    /// Slots of `max_peers` that inbound peers may not take: kept for the peers we dial
+    /// (a user's `connect`, static peers, peers found for a joined topic). At most half of
+    /// `max_peers` is reserved, whatever this says, so a small table still takes inbound
+    /// peers.
+    pub reserved_outbound: usize,
+    /// Most inbound peers (held or up) from one IPv4 address or one IPv6 /64.
+    pub max_peers_per_ip: usize,
     /// Most dials in their handshake at once.
     pub max_pending_dials: usize,
     /// Most incoming handshakes at once.
     pub max_pending_accepts: usize,
+    /// Most incoming handshakes at once from one IPv4 address or one IPv6 /64 whose
+    /// address is validated; one more from an address that is not validated is answered
+    /// with a QUIC retry instead.
+    pub max_pending_per_ip: usize,
+    /// From this many incoming handshakes in progress on, a handshake from an address that
+    /// is not validated is answered with a stateless QUIC retry (address validation)
+    /// instead of being accepted.
+    pub retry_above: usize,
+    /// An inbound peer that is not marked active (`handle_activity`) may be evicted to
+    /// free a slot once it has been connected this long: time to say hello and prove a
+    /// namespace first.
+    pub eviction_grace: Duration,
     /// Wait after the 1st, 2nd, ... consecutive failure of an address; after the last
     /// one the address is dropped for `drop_for`.
     pub backoff: Vec<Duration>,
@@ -109,8 +129,25 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             max_peers: 128,
+            // A quarter of the table: as many as the dials a node makes at once
+            // (`max_pending_dials`), so a burst of our own dials always finds slots.
+            reserved_outbound: 32,
+            // Many honest peers can share one NAT address, and tests run many nodes on
+            // 127.0.0.1: a quarter of the table, so one address never fills it alone.
+            max_peers_per_ip: 32,
             max_pending_dials: 32,
             max_pending_accepts: 64,
+            // An eighth of the pending accepts: a handshake takes one round trip or two,
+            // so more than a few from one address at once is not one honest node.
+            max_pending_per_ip: 8,
+            // A quarter of `max_pending_accepts`: below it a handshake costs no extra
+            // round trip; above it, spoofed or stalled Initials (each holds a slot for the
+            // handshake timeout) cannot fill the rest, since a retry holds no state.
+            retry_above: 16,
+            // Enough for a hello and a namespace proof on a slow path (a few round trips
+            // and the session layer's store calls); short enough that a table filled with
+            // idle keys frees a slot within seconds.
+            eviction_grace: Duration::from_secs(10),
             backoff: vec![
                 Duration::from_secs(1),
                 Duration::from_secs(5),
@@ -133,8 +170,13 @@ impl fmt::Debug for PolicyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyConfig")
             .field("max_peers", &self.max_peers)
+            .field("reserved_outbound", &self.reserved_outbound)
+            .field("max_peers_per_ip", &self.max_peers_per_ip)
             .field("max_pending_dials", &self.max_pending_dials)
             .field("max_pending_accepts", &self.max_pending_accepts)
+            .field("max_pending_per_ip", &self.max_pending_per_ip)
+            .field("retry_above", &self.retry_above)
+            .field("eviction_grace", &self.eviction_grace)
             .field("backoff", &self.backoff)
             .field("jitter", &self.jitter)
             .field("drop_for", &self.drop_for)
@@ -201,6 +243,17 @@ pub enum CoreEvent {
     },
 }
 
+/// What `handle_incoming` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingStart {
+    /// Accept the handshake; its outcome goes to `handle_established` or
+    /// `handle_handshake_failed` with this id.
+    Accept(ConnId),
+    /// Answer with a stateless QUIC retry: the peer must prove it receives at its address
+    /// (it comes back validated). Nothing is kept.
+    Retry,
+}
+
 /// What `handle_dial` decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialStart {
@@ -239,6 +292,43 @@ struct Conn {
     initiator: Initiator,
     key: Option<PeerKey>,
     phase: Phase,
+    /// The peer proved it receives at `addr` (QUIC address validation); always true for
+    /// our dials.
+    validated: bool,
+    /// When the handshake finished (the eviction grace period counts from here).
+    since: Option<Instant>,
+}
+
+/// What the layer above said about a peer (`handle_activity`).
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    active: bool,
+    /// When it was last marked idle.
+    idle_since: Instant,
+}
+
+/// Connections are grouped by source for the per-address caps: one IPv4 address, or one
+/// IPv6 /64 (what one host or one site usually gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum IpGroup {
+    V4(Ipv4Addr),
+    V6([u8; 8]),
+}
+
+impl IpGroup {
+    fn of(addr: SocketAddr) -> IpGroup {
+        match addr.ip() {
+            IpAddr::V4(v4) => IpGroup::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpGroup::V4(v4),
+                None => {
+                    let mut prefix = [0u8; 8];
+                    prefix.copy_from_slice(&v6.octets()[..8]);
+                    IpGroup::V6(prefix)
+                }
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +354,9 @@ pub struct ConnCore {
     joined: HashMap<ConnId, Vec<ConnId>>,
     backoff: HashMap<SocketAddr, AddrBackoff>,
     bans: HashMap<PeerKey, Instant>,
+    /// Marks from `handle_activity`, for keys that are current; a key without one was
+    /// never marked (idle since its handshake).
+    activity: HashMap<PeerKey, Activity>,
     events: VecDeque<CoreEvent>,
     shut_down: bool,
 }
@@ -297,6 +390,7 @@ impl ConnCore {
             joined: HashMap::new(),
             backoff: HashMap::new(),
             bans: HashMap::new(),
+            activity: HashMap::new(),
             events: VecDeque::new(),
             shut_down: false,
         }
@@ -425,7 +519,11 @@ impl ConnCore {
         if self.handshaking_dials() >= self.config.max_pending_dials {
             return Err(RefuseReason::TooManyPending(self.config.max_pending_dials).into());
         }
-        if self.current.len() + self.handshaking_dials() >= self.config.max_peers {
+        // Every dial of ours is wanted: an idle inbound peer makes room for it when its
+        // handshake is done (`handle_established`).
+        if self.current.len() + self.handshaking_dials()
+            >= self.config.max_peers + self.evictable(now).len()
+        {
             return Err(RefuseReason::TooManyPeers(self.config.max_peers).into());
         }
         let id = self.new_id();
@@ -436,23 +534,52 @@ impl ConnCore {
                 initiator: Initiator::Local,
                 key: None,
                 phase: Phase::Handshaking { expected },
+                validated: true,
+                since: None,
             },
         );
         Ok(DialStart::Dial(id))
     }
 
-    /// A peer at `addr` started a handshake with us. Refused when too many are pending.
-    pub fn handle_incoming(&mut self, addr: SocketAddr) -> Result<ConnId, RefuseReason> {
-        let pending = self
-            .conns
-            .values()
-            .filter(|c| {
-                c.initiator == Initiator::Remote && matches!(c.phase, Phase::Handshaking { .. })
-            })
-            .count();
-        if self.shut_down || pending >= self.config.max_pending_accepts {
-            return Err(RefuseReason::TooManyPending(
-                self.config.max_pending_accepts,
+    /// A peer at `addr` started a handshake with us; `validated` says whether it proved
+    /// it receives at `addr` (quinn's `Incoming::remote_address_validated`: a retry token).
+    ///
+    /// Not validated: answered with a retry when `retry_above` handshakes are in
+    /// progress, or when `max_pending_per_ip` from its address are (the address may be
+    /// spoofed: only a validated one is refused for its address). Validated: refused when
+    /// `max_pending_accepts` are in progress, or `max_pending_per_ip` validated ones from
+    /// its address.
+    pub fn handle_incoming(
+        &mut self,
+        addr: SocketAddr,
+        validated: bool,
+    ) -> Result<IncomingStart, RefuseReason> {
+        let max_pending = self.config.max_pending_accepts;
+        if self.shut_down {
+            return Err(RefuseReason::TooManyPending(max_pending));
+        }
+        let group = IpGroup::of(addr);
+        let (mut pending, mut from_ip, mut validated_from_ip) = (0, 0, 0);
+        for c in self.conns.values() {
+            if c.initiator == Initiator::Remote && matches!(c.phase, Phase::Handshaking { .. }) {
+                pending += 1;
+                if IpGroup::of(c.addr) == group {
+                    from_ip += 1;
+                    validated_from_ip += usize::from(c.validated);
+                }
+            }
+        }
+        if !validated
+            && (pending >= self.config.retry_above || from_ip >= self.config.max_pending_per_ip)
+        {
+            return Ok(IncomingStart::Retry);
+        }
+        if pending >= max_pending {
+            return Err(RefuseReason::TooManyPending(max_pending));
+        }
+        if validated && validated_from_ip >= self.config.max_pending_per_ip {
+            return Err(RefuseReason::TooManyPendingFromIp(
+                self.config.max_pending_per_ip,
             ));
         }
         let id = self.new_id();
@@ -463,9 +590,134 @@ impl ConnCore {
                 initiator: Initiator::Remote,
                 key: None,
                 phase: Phase::Handshaking { expected: None },
+                validated,
+                since: None,
             },
         );
-        Ok(id)
+        Ok(IncomingStart::Accept(id))
+    }
+
+    /// The layer above says whether the peer `key` is active (shares a namespace with us,
+    /// or moves feed traffic) or idle. An inbound peer that is not active, connected for
+    /// longer than `eviction_grace`, may be evicted when a slot is needed, the one idle
+    /// longest first. Returns whether `key` has a connection (held or up).
+    pub fn handle_activity(&mut self, key: PeerKey, active: bool, now: Instant) -> bool {
+        if !self.current.contains_key(&key) {
+            return false;
+        }
+        match self.activity.get_mut(&key) {
+            Some(a) if a.active == active => {}
+            Some(a) => {
+                a.active = active;
+                a.idle_since = now;
+            }
+            None => {
+                self.activity.insert(
+                    key,
+                    Activity {
+                        active,
+                        idle_since: now,
+                    },
+                );
+            }
+        }
+        true
+    }
+
+    /// Inbound peers that may be evicted at `now`, the one idle longest first: up, not
+    /// marked active, connected for `eviction_grace` at least, and not being probed
+    /// against a newcomer of the same key.
+    fn evictable(&self, now: Instant) -> Vec<(Instant, ConnId, PeerKey)> {
+        let grace = self.config.eviction_grace;
+        let mut idle: Vec<(Instant, ConnId, PeerKey)> = self
+            .current
+            .iter()
+            .filter_map(|(key, id)| {
+                let c = self.conns.get(id)?;
+                let since = c.since?;
+                if c.initiator != Initiator::Remote
+                    || c.phase != Phase::Up
+                    || since + grace > now
+                    || self.challenger.contains_key(key)
+                {
+                    return None;
+                }
+                match self.activity.get(key) {
+                    Some(a) if a.active => None,
+                    Some(a) => Some((a.idle_since.max(since), *id, *key)),
+                    None => Some((since, *id, *key)),
+                }
+            })
+            .collect();
+        idle.sort();
+        idle
+    }
+
+    /// Evicts the inbound peer idle longest, if one may be; returns whether one was.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        let Some((_, conn, key)) = self.evictable(now).first().copied() else {
+            return false;
+        };
+        self.drop_conn(conn, key, CloseReason::Evicted, DownReason::Evicted);
+        self.activity.remove(&key);
+        true
+    }
+
+    /// Inbound connections (held or up) now, in total and from `group`.
+    fn inbound(&self, group: IpGroup) -> (usize, usize) {
+        let mut total = 0;
+        let mut from_ip = 0;
+        for id in self.current.values() {
+            if let Some(c) = self.conns.get(id) {
+                if c.initiator == Initiator::Remote {
+                    total += 1;
+                    from_ip += usize::from(IpGroup::of(c.addr) == group);
+                }
+            }
+        }
+        (total, from_ip)
+    }
+
+    /// How many inbound peers may be connected: `max_peers` less the reserved slots (at
+    /// most half of them).
+    fn inbound_limit(&self) -> usize {
+        let max = self.config.max_peers;
+        max - self.config.reserved_outbound.min(max / 2)
+    }
+
+    /// Whether a new peer (a key not current) on `conn` gets a slot, evicting an idle
+    /// inbound peer if it must; the refusal if not.
+    fn take_slot(
+        &mut self,
+        addr: SocketAddr,
+        initiator: Initiator,
+        now: Instant,
+    ) -> Option<RefuseReason> {
+        let max = self.config.max_peers;
+        if initiator == Initiator::Local {
+            if self.current.len() >= max && !self.evict_one(now) {
+                return Some(RefuseReason::TooManyPeers(max));
+            }
+            return None;
+        }
+        let (inbound, from_ip) = self.inbound(IpGroup::of(addr));
+        if from_ip >= self.config.max_peers_per_ip {
+            return Some(RefuseReason::TooManyPeersFromIp(
+                self.config.max_peers_per_ip,
+            ));
+        }
+        let limit = self.inbound_limit();
+        let full = if self.current.len() >= max {
+            Some(RefuseReason::TooManyPeers(max))
+        } else if inbound >= limit {
+            Some(RefuseReason::TooManyInbound(limit))
+        } else {
+            None
+        };
+        match full {
+            Some(reason) if !self.evict_one(now) => Some(reason),
+            _ => None,
+        }
     }
 
     /// The handshake of `conn` failed (or timed out) with `error`.
@@ -569,6 +821,7 @@ impl ConnCore {
             return;
         }
         c.key = Some(key);
+        c.since = Some(now);
         let addr = c.addr;
         let initiator = c.initiator;
         if initiator == Initiator::Local {
@@ -586,8 +839,8 @@ impl ConnCore {
             .is_some_and(|allow| !allow(&key, addr))
         {
             Some(RefuseReason::Firewall)
-        } else if !self.current.contains_key(&key) && self.current.len() >= self.config.max_peers {
-            Some(RefuseReason::TooManyPeers(self.config.max_peers))
+        } else if !self.current.contains_key(&key) {
+            self.take_slot(addr, initiator, now)
         } else {
             None
         };
@@ -728,9 +981,12 @@ impl ConnCore {
                 if self.current.get(&key) == Some(&conn) {
                     self.current.remove(&key);
                 }
+                // An eviction is the peer's refusal to keep us: the same for us (back
+                // off, no redial), with its own text.
                 let refused_by_peer = match &error {
                     quinn::ConnectionError::ApplicationClosed(close)
-                        if close.error_code == CLOSE_REFUSED =>
+                        if close.error_code == CLOSE_REFUSED
+                            || close.error_code == CLOSE_EVICTED =>
                     {
                         Some(String::from_utf8_lossy(&close.reason).into_owned())
                     }
@@ -765,6 +1021,9 @@ impl ConnCore {
                         None => DialError::Connection(error.clone()),
                     };
                     self.resolve_key_waiters(key, Err(result));
+                }
+                if !self.current.contains_key(&key) {
+                    self.activity.remove(&key);
                 }
             }
         }
@@ -832,6 +1091,7 @@ impl ConnCore {
             key,
             Err(DialError::Connection(quinn::ConnectionError::LocallyClosed)),
         );
+        self.activity.remove(&key);
         any
     }
 
@@ -846,6 +1106,7 @@ impl ConnCore {
             self.drop_conn(cur, key, reason, DownReason::Banned);
         }
         self.resolve_key_waiters(key, Err(RefuseReason::Banned(key).into()));
+        self.activity.remove(&key);
     }
 
     /// Close everything; every later dial or accept is refused.
@@ -885,6 +1146,7 @@ impl ConnCore {
             });
         }
         self.conns.clear();
+        self.activity.clear();
     }
 
     fn initiator_key(&self, conn: ConnId, remote: PeerKey) -> PeerKey {
@@ -1004,6 +1266,8 @@ impl ConnCore {
     fn prune(&mut self, now: Instant) {
         let keep_for = self.config.drop_for;
         self.bans.retain(|_, until| *until > now);
+        let current = &self.current;
+        self.activity.retain(|key, _| current.contains_key(key));
         self.backoff.retain(|_, b| {
             if b.dropped {
                 b.retry_at > now

@@ -35,6 +35,14 @@ fn dup_close() -> ConnectionError {
     })
 }
 
+/// An incoming handshake from a validated address, which must be accepted.
+fn accept(core: &mut ConnCore, from: SocketAddr) -> ConnId {
+    match core.handle_incoming(from, true) {
+        Ok(IncomingStart::Accept(id)) => id,
+        other => panic!("expected {from} to be accepted, got {other:?}"),
+    }
+}
+
 fn dial(core: &mut ConnCore, port: u16, expected: Option<PeerKey>, now: Instant) -> ConnId {
     match core.handle_dial(addr(port), expected, now) {
         Ok(DialStart::Dial(id)) => id,
@@ -63,7 +71,7 @@ fn greater_initiator_is_up_at_once_smaller_is_held_for_the_settle_window() {
         ]
     );
     // 9 dials us: initiated by the greater key (9), up at once.
-    let i = core.handle_incoming(addr(2)).expect("accept");
+    let i = accept(&mut core, addr(2));
     core.handle_established(i, key(9), t0);
     assert_eq!(
         events(&mut core),
@@ -147,8 +155,8 @@ fn simultaneous_dial_converges_in_every_order() {
         // Each side: its own dial and its accept.
         let s_x = dial(&mut s, 2, Some(great), t0);
         let g_y = dial(&mut g, 1, Some(small), t0);
-        let s_y = s.handle_incoming(addr(2)).expect("accept");
-        let g_x = g.handle_incoming(addr(1)).expect("accept");
+        let s_y = accept(&mut s, addr(2));
+        let g_x = accept(&mut g, addr(1));
         let id_of = |on_small: bool, p: Phys| match (on_small, p) {
             (true, Phys::X) => s_x,
             (true, Phys::Y) => s_y,
@@ -233,7 +241,7 @@ fn late_duplicate_replaces_a_settled_connection_and_says_duplicate() {
     core.handle_established(d, key(2), t0);
     core.handle_timeout(t0 + Duration::from_secs(1));
     events(&mut core);
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, key(2), t0 + Duration::from_secs(2));
     assert_eq!(
         events(&mut core),
@@ -264,7 +272,7 @@ fn restarted_peer_replaces_a_dead_connection_at_once() {
     core.handle_established(old, key(4), t0);
     events(&mut core);
     // 4 restarted and dials us: loses by keys (4 < 9), so the old one is probed.
-    let new = core.handle_incoming(addr(5)).expect("accept");
+    let new = accept(&mut core, addr(5));
     core.handle_established(new, key(4), t0);
     assert_eq!(events(&mut core), vec![CoreEvent::Probe { conn: old }]);
     core.handle_probe_result(old, false, t0);
@@ -301,11 +309,11 @@ fn probe_that_answers_keeps_the_old_connection() {
     let old = dial(&mut core, 1, None, t0);
     core.handle_established(old, key(4), t0);
     events(&mut core);
-    let new = core.handle_incoming(addr(5)).expect("accept");
+    let new = accept(&mut core, addr(5));
     core.handle_established(new, key(4), t0);
     events(&mut core);
     // A third one while the probe runs is closed at once.
-    let third = core.handle_incoming(addr(6)).expect("accept");
+    let third = accept(&mut core, addr(6));
     core.handle_established(third, key(4), t0);
     assert_eq!(
         events(&mut core),
@@ -332,7 +340,7 @@ fn probed_connection_that_dies_hands_over_to_the_challenger() {
     let old = dial(&mut core, 1, None, t0);
     core.handle_established(old, key(4), t0);
     events(&mut core);
-    let new = core.handle_incoming(addr(5)).expect("accept");
+    let new = accept(&mut core, addr(5));
     core.handle_established(new, key(4), t0);
     events(&mut core);
     core.handle_closed(old, ConnectionError::TimedOut, t0);
@@ -366,7 +374,7 @@ fn self_connections_are_refused() {
     );
     // Unpinned dial to our own address: both halves are refused after the handshake.
     let d = dial(&mut core, 1, None, t0);
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, me, t0);
     core.handle_established(d, me, t0);
     let evs = events(&mut core);
@@ -409,14 +417,14 @@ fn limits_refuse_with_their_reason() {
         Err(DialError::Refused(RefuseReason::TooManyPending(1)))
     );
     core.handle_established(d, key(1), t0);
-    let i = core.handle_incoming(addr(3)).expect("accept");
+    let i = accept(&mut core, addr(3));
     core.handle_established(i, key(60), t0);
     events(&mut core);
     assert_eq!(
         core.handle_dial(addr(4), None, t0),
         Err(DialError::Refused(RefuseReason::TooManyPeers(2)))
     );
-    let third = core.handle_incoming(addr(5)).expect("accept");
+    let third = accept(&mut core, addr(5));
     core.handle_established(third, key(70), t0);
     assert_eq!(
         events(&mut core),
@@ -433,7 +441,7 @@ fn limits_refuse_with_their_reason() {
         ]
     );
     // A duplicate of a connected key is not refused by the limit: it is deduplicated.
-    let dup = core.handle_incoming(addr(6)).expect("accept");
+    let dup = accept(&mut core, addr(6));
     core.handle_established(dup, key(60), t0);
     assert_eq!(events(&mut core), vec![CoreEvent::Probe { conn: i }]);
 }
@@ -442,7 +450,7 @@ fn limits_refuse_with_their_reason() {
 fn bans_close_refuse_and_expire() {
     let t0 = Instant::now();
     let mut core = ConnCore::new(key(50), config());
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, key(60), t0);
     events(&mut core);
     core.ban(key(60), Duration::from_secs(10), t0);
@@ -464,7 +472,7 @@ fn bans_close_refuse_and_expire() {
         core.handle_dial(addr(1), Some(key(60)), t0),
         Err(DialError::Refused(RefuseReason::Banned(key(60))))
     );
-    let again = core.handle_incoming(addr(1)).expect("accept");
+    let again = accept(&mut core, addr(1));
     core.handle_established(again, key(60), t0 + Duration::from_secs(9));
     assert!(matches!(
         events(&mut core).first(),
@@ -475,7 +483,7 @@ fn bans_close_refuse_and_expire() {
     ));
     let later = t0 + Duration::from_secs(11);
     core.handle_timeout(later);
-    let after = core.handle_incoming(addr(1)).expect("accept");
+    let after = accept(&mut core, addr(1));
     core.handle_established(after, key(60), later);
     assert_eq!(
         events(&mut core),
@@ -499,7 +507,7 @@ fn firewall_sees_key_and_address() {
         },
     );
     for (port, k, allowed) in [(1, 66, false), (666, 60, false), (2, 61, true)] {
-        let i = core.handle_incoming(addr(port)).expect("accept");
+        let i = accept(&mut core, addr(port));
         core.handle_established(i, key(k), t0);
         let evs = events(&mut core);
         if allowed {
@@ -610,7 +618,7 @@ fn success_resets_backoff_and_waiters_share_the_outcome() {
 fn remote_duplicate_close_of_an_up_connection_is_not_a_failure() {
     let t0 = Instant::now();
     let mut core = ConnCore::new(key(50), config());
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, key(60), t0);
     events(&mut core);
     core.handle_closed(i, dup_close(), t0);
@@ -628,7 +636,7 @@ fn remote_duplicate_close_of_an_up_connection_is_not_a_failure() {
 fn shutdown_closes_everything_and_answers_every_dial() {
     let t0 = Instant::now();
     let mut core = ConnCore::new(key(50), config());
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, key(60), t0);
     let d = dial(&mut core, 2, None, t0);
     events(&mut core);
@@ -646,7 +654,7 @@ fn shutdown_closes_everything_and_answers_every_dial() {
         core.handle_dial(addr(3), None, t0),
         Err(DialError::Shutdown)
     );
-    assert!(core.handle_incoming(addr(3)).is_err());
+    assert!(core.handle_incoming(addr(3), true).is_err());
 }
 
 #[test]
@@ -657,7 +665,7 @@ fn dial_closed_as_duplicate_in_its_handshake_waits_for_the_peers_connection() {
     core.handle_handshake_duplicate(d, Some(key(2)), dup_close(), t0);
     assert_eq!(events(&mut core), vec![]);
     assert_eq!(core.backoff.len(), 0, "a duplicate is not a failure");
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, key(2), t0);
     assert_eq!(
         events(&mut core),
@@ -692,7 +700,7 @@ fn redial_of_a_connected_address_reuses_the_connection() {
     let t0 = Instant::now();
     let mut core = ConnCore::new(key(50), config());
     // 90 dialed us from its one socket (port 1); discovery then finds port 1 again.
-    let i = core.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut core, addr(1));
     core.handle_established(i, key(90), t0);
     events(&mut core);
     assert_eq!(
@@ -935,9 +943,7 @@ impl World {
                 let now = self.now;
                 match self.cores[plan.from.ix()].handle_dial(addr(plan.port), pin, now) {
                     Ok(DialStart::Dial(id)) => {
-                        let accept = self.cores[to.ix()]
-                            .handle_incoming(addr(port_of(plan.from)))
-                            .expect("accept");
+                        let accept = accept(&mut self.cores[to.ix()], addr(port_of(plan.from)));
                         let mut ids = [id, id];
                         ids[to.ix()] = accept;
                         self.phys.push(Phys {
@@ -1271,7 +1277,7 @@ fn greater_side_commits_and_confirms_only_without_a_dial_of_its_own() {
     let t0 = Instant::now();
     let mut g = ConnCore::new(key(9), config());
     // 4 dials us; we dial nobody: committed, confirmed, up.
-    let i = g.handle_incoming(addr(1)).expect("accept");
+    let i = accept(&mut g, addr(1));
     g.handle_established(i, key(4), t0);
     assert_eq!(
         events(&mut g),
@@ -1294,7 +1300,7 @@ fn greater_side_commits_and_confirms_only_without_a_dial_of_its_own() {
     );
     // 5 dials us while our dial to its address is in flight: held, no confirmation.
     let d = dial(&mut g, 2, None, t0);
-    let j = g.handle_incoming(addr(2)).expect("accept");
+    let j = accept(&mut g, addr(2));
     g.handle_established(j, key(5), t0);
     assert_eq!(events(&mut g), vec![]);
     // Our dial fails: nothing of ours can win any more, so we commit at once.
@@ -1310,7 +1316,7 @@ fn greater_side_commits_and_confirms_only_without_a_dial_of_its_own() {
     );
     // 6 dials us while our dial pinned to 6 (another address) is in flight: held.
     let _pinned = dial(&mut g, 8, Some(key(6)), t0);
-    let k = g.handle_incoming(addr(3)).expect("accept");
+    let k = accept(&mut g, addr(3));
     g.handle_established(k, key(6), t0);
     assert_eq!(events(&mut g), vec![]);
     // The settle window ends first: up, and confirmed (the peer may still be holding).
@@ -1369,7 +1375,7 @@ fn confirmations_that_do_not_apply_are_ignored() {
     assert_eq!(events(&mut g), vec![]);
     // On a connection the greater key initiated (up already) or still in its handshake.
     let mut s = ConnCore::new(key(1), config());
-    let i = s.handle_incoming(addr(2)).expect("accept");
+    let i = accept(&mut s, addr(2));
     s.handle_established(i, key(2), t0);
     events(&mut s);
     s.handle_confirmed(i, t0);
@@ -1495,4 +1501,388 @@ fn unconfirmed_window_keeps_the_candidate_until_the_peer_decides() {
     );
     assert_eq!(s.up(&key(2)), Some(held));
     assert_eq!(s.poll_timeout(), None);
+}
+
+// Slot exhaustion on the open network: address validation, per-address caps, slots
+// reserved for our dials, eviction of idle inbound peers.
+
+fn at(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+fn at6(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ipv6"), port)
+}
+
+/// An inbound peer `key` from `from`, accepted and established at `now`: up at once
+/// (every test key of an inbound peer is greater than ours, `key(50)`).
+fn inbound_up(core: &mut ConnCore, from: SocketAddr, peer: PeerKey, now: Instant) -> ConnId {
+    let id = accept(core, from);
+    core.handle_established(id, peer, now);
+    assert_eq!(
+        events(core),
+        vec![CoreEvent::PeerUp {
+            conn: id,
+            key: peer
+        }],
+        "inbound {} from {from}",
+        peer.fmt_short()
+    );
+    id
+}
+
+fn evicted(conn: ConnId, peer: PeerKey) -> [CoreEvent; 2] {
+    [
+        CoreEvent::PeerDown {
+            conn,
+            key: peer,
+            reason: DownReason::Evicted,
+        },
+        CoreEvent::Close {
+            conn,
+            reason: CloseReason::Evicted,
+        },
+    ]
+}
+
+fn slots(max_peers: usize, reserved_outbound: usize) -> PolicyConfig {
+    PolicyConfig {
+        max_peers,
+        reserved_outbound,
+        eviction_grace: Duration::from_secs(10),
+        ..config()
+    }
+}
+
+#[test]
+fn unvalidated_handshakes_are_retried_only_above_the_threshold() {
+    let mut core = ConnCore::new(
+        key(50),
+        PolicyConfig {
+            retry_above: 2,
+            max_pending_accepts: 4,
+            ..config()
+        },
+    );
+    // Below the threshold no retry: it would cost an honest peer a round trip.
+    for port in 1..=2 {
+        assert!(matches!(
+            core.handle_incoming(at([10, 0, 0, port as u8], port), false),
+            Ok(IncomingStart::Accept(_))
+        ));
+    }
+    // At the threshold: retried, and nothing is kept for it.
+    assert_eq!(
+        core.handle_incoming(at([10, 0, 0, 3], 3), false),
+        Ok(IncomingStart::Retry)
+    );
+    // The same peer back with its retry token (validated) is accepted, up to the cap.
+    accept(&mut core, at([10, 0, 0, 3], 3));
+    accept(&mut core, at([10, 0, 0, 4], 4));
+    assert_eq!(
+        core.handle_incoming(at([10, 0, 0, 5], 5), true),
+        Err(RefuseReason::TooManyPending(4))
+    );
+    // An unvalidated one is still only retried (a retry holds nothing).
+    assert_eq!(
+        core.handle_incoming(at([10, 0, 0, 5], 5), false),
+        Ok(IncomingStart::Retry)
+    );
+}
+
+#[test]
+fn pending_handshakes_are_capped_per_address_and_ipv6_per_64() {
+    let mut core = ConnCore::new(
+        key(50),
+        PolicyConfig {
+            max_pending_per_ip: 2,
+            ..config()
+        },
+    );
+    let a = [192, 0, 2, 1];
+    accept(&mut core, at(a, 1));
+    accept(&mut core, at(a, 2));
+    assert_eq!(
+        core.handle_incoming(at(a, 3), true),
+        Err(RefuseReason::TooManyPendingFromIp(2))
+    );
+    // Not validated: the address may be spoofed, so it is asked to prove it instead of
+    // being refused in the name of whoever holds it.
+    assert_eq!(
+        core.handle_incoming(at(a, 3), false),
+        Ok(IncomingStart::Retry)
+    );
+    // Another address is not affected.
+    accept(&mut core, at([192, 0, 2, 2], 1));
+    // IPv6: one /64 is one group; the next /64 is another; a v4-mapped address is its
+    // IPv4 address.
+    accept(&mut core, at6("2001:db8:0:1::1", 1));
+    accept(&mut core, at6("2001:db8:0:1:ffff::2", 1));
+    assert_eq!(
+        core.handle_incoming(at6("2001:db8:0:1:1:2:3:4", 1), true),
+        Err(RefuseReason::TooManyPendingFromIp(2))
+    );
+    accept(&mut core, at6("2001:db8:0:2::1", 1));
+    assert_eq!(
+        core.handle_incoming(at6("::ffff:192.0.2.1", 9), true),
+        Err(RefuseReason::TooManyPendingFromIp(2))
+    );
+    // Unvalidated handshakes from one address count too, and past the cap are retried:
+    // validated ones are refused only for validated ones.
+    let b = [198, 51, 100, 7];
+    assert!(matches!(
+        core.handle_incoming(at(b, 1), false),
+        Ok(IncomingStart::Accept(_))
+    ));
+    assert!(matches!(
+        core.handle_incoming(at(b, 2), false),
+        Ok(IncomingStart::Accept(_))
+    ));
+    assert_eq!(
+        core.handle_incoming(at(b, 3), false),
+        Ok(IncomingStart::Retry)
+    );
+    accept(&mut core, at(b, 3));
+}
+
+#[test]
+fn inbound_peers_are_capped_per_address_our_dials_are_not() {
+    let t0 = Instant::now();
+    let mut core = ConnCore::new(
+        key(50),
+        PolicyConfig {
+            max_peers_per_ip: 2,
+            ..config()
+        },
+    );
+    let a = [192, 0, 2, 1];
+    inbound_up(&mut core, at(a, 1), key(60), t0);
+    inbound_up(&mut core, at(a, 2), key(61), t0);
+    let third = accept(&mut core, at(a, 3));
+    core.handle_established(third, key(62), t0);
+    let reason = RefuseReason::TooManyPeersFromIp(2);
+    assert_eq!(
+        events(&mut core),
+        vec![
+            CoreEvent::Refused {
+                conn: third,
+                key: key(62),
+                reason: reason.clone()
+            },
+            CoreEvent::Close {
+                conn: third,
+                reason: CloseReason::Refused(reason)
+            },
+        ]
+    );
+    assert_eq!(
+        reason_text(&RefuseReason::TooManyPeersFromIp(2)),
+        "too many peers from address"
+    );
+    // Another address is not affected, and neither is our dial to the full one.
+    inbound_up(&mut core, at([192, 0, 2, 2], 1), key(63), t0);
+    let d = match core.handle_dial(at(a, 4), None, t0) {
+        Ok(DialStart::Dial(id)) => id,
+        other => panic!("dial refused: {other:?}"),
+    };
+    core.handle_established(d, key(1), t0);
+    assert!(core.up(&key(1)).is_some());
+}
+
+fn reason_text(reason: &RefuseReason) -> String {
+    let (_, text) = CloseReason::Refused(reason.clone()).code_and_text();
+    String::from_utf8_lossy(text).into_owned()
+}
+
+#[test]
+fn inbound_peers_leave_the_reserved_slots_to_our_dials() {
+    let t0 = Instant::now();
+    let mut core = ConnCore::new(key(50), slots(4, 2));
+    inbound_up(&mut core, addr(1), key(60), t0);
+    inbound_up(&mut core, addr(2), key(61), t0);
+    // Within the grace period nobody is evictable: the third inbound peer is refused.
+    let third = accept(&mut core, addr(3));
+    core.handle_established(third, key(62), t0);
+    assert_eq!(
+        events(&mut core)[0],
+        CoreEvent::Refused {
+            conn: third,
+            key: key(62),
+            reason: RefuseReason::TooManyInbound(2)
+        }
+    );
+    assert_eq!(
+        reason_text(&RefuseReason::TooManyInbound(2)),
+        "too many peers"
+    );
+    // Our dials take the two reserved slots; a third finds the table full.
+    for (port, peer) in [(10, key(1)), (11, key(2))] {
+        let d = dial(&mut core, port, None, t0);
+        core.handle_established(d, peer, t0);
+        assert!(core.up(&peer).is_some());
+    }
+    events(&mut core);
+    assert_eq!(
+        core.handle_dial(addr(12), None, t0),
+        Err(DialError::Refused(RefuseReason::TooManyPeers(4)))
+    );
+    // At most half the table is reserved, whatever the configuration says.
+    let mut small = ConnCore::new(key(50), slots(4, 100));
+    inbound_up(&mut small, addr(1), key(60), t0);
+    inbound_up(&mut small, addr(2), key(61), t0);
+    let third = accept(&mut small, addr(3));
+    small.handle_established(third, key(62), t0);
+    assert!(matches!(
+        events(&mut small)[0],
+        CoreEvent::Refused {
+            reason: RefuseReason::TooManyInbound(2),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn idle_inbound_peers_are_evicted_after_the_grace_period_longest_idle_first() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs(1);
+    // Three inbound slots (one reserved of four).
+    let mut core = ConnCore::new(key(50), slots(4, 1));
+    let a = inbound_up(&mut core, addr(1), key(60), t0);
+    let b = inbound_up(&mut core, addr(2), key(61), t0 + s);
+    let c = inbound_up(&mut core, addr(3), key(62), t0 + 2 * s);
+    assert!(core.handle_activity(key(60), true, t0 + 3 * s));
+    // Within everyone's grace period: a newcomer is refused, nobody is evicted.
+    let d = accept(&mut core, addr(4));
+    core.handle_established(d, key(63), t0 + 5 * s);
+    assert!(matches!(
+        events(&mut core)[0],
+        CoreEvent::Refused {
+            reason: RefuseReason::TooManyInbound(3),
+            ..
+        }
+    ));
+    // b's grace ends at 11 s, c's at 12 s; a is active. At 11 s only b may go.
+    let d = accept(&mut core, addr(4));
+    core.handle_established(d, key(63), t0 + 11 * s);
+    let mut want = evicted(b, key(61)).to_vec();
+    want.push(CoreEvent::PeerUp {
+        conn: d,
+        key: key(63),
+    });
+    assert_eq!(events(&mut core), want);
+    assert_eq!(core.up(&key(61)), None);
+    // a marked idle at 13 s has been idle for less time than c (idle since 2 s): c goes.
+    assert!(core.handle_activity(key(60), false, t0 + 13 * s));
+    let e = accept(&mut core, addr(5));
+    core.handle_established(e, key(64), t0 + 14 * s);
+    assert_eq!(events(&mut core)[..2], evicted(c, key(62)));
+    // Then a (d and e are in their grace period).
+    let f = accept(&mut core, addr(6));
+    core.handle_established(f, key(65), t0 + 15 * s);
+    assert_eq!(events(&mut core)[..2], evicted(a, key(60)));
+    assert!(core.up(&key(63)).is_some() && core.up(&key(64)).is_some());
+    // Marking a peer that is not connected says so.
+    assert!(!core.handle_activity(key(60), true, t0 + 16 * s));
+}
+
+#[test]
+fn our_dial_evicts_an_idle_inbound_peer_when_the_table_is_full() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs(1);
+    let mut core = ConnCore::new(key(50), slots(3, 1));
+    let a = inbound_up(&mut core, addr(1), key(60), t0);
+    inbound_up(&mut core, addr(2), key(61), t0 + s);
+    let x = dial(&mut core, 10, None, t0);
+    core.handle_established(x, key(1), t0);
+    events(&mut core);
+    // Full, and nobody past the grace period: our dial is refused before any packet.
+    assert_eq!(
+        core.handle_dial(addr(11), None, t0 + 2 * s),
+        Err(DialError::Refused(RefuseReason::TooManyPeers(3)))
+    );
+    // b is active; a is idle past its grace period: one dial may go, not two.
+    assert!(core.handle_activity(key(61), true, t0 + 2 * s));
+    let y = dial(&mut core, 11, None, t0 + 11 * s);
+    assert_eq!(
+        core.handle_dial(addr(12), None, t0 + 11 * s),
+        Err(DialError::Refused(RefuseReason::TooManyPeers(3)))
+    );
+    core.handle_established(y, key(2), t0 + 11 * s);
+    let mut want = evicted(a, key(60)).to_vec();
+    want.extend([
+        CoreEvent::PeerUp {
+            conn: y,
+            key: key(2),
+        },
+        CoreEvent::DialDone {
+            dial: y,
+            result: Ok(key(2)),
+        },
+    ]);
+    assert_eq!(events(&mut core), want);
+    // Our own connections are never evicted: the table is full of them and an active
+    // peer, and the next dial is refused.
+    assert_eq!(
+        core.handle_dial(addr(12), None, t0 + 100 * s),
+        Err(DialError::Refused(RefuseReason::TooManyPeers(3)))
+    );
+}
+
+#[test]
+fn a_reconnected_peer_starts_idle() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs(1);
+    let mut core = ConnCore::new(key(50), slots(2, 1));
+    let a = inbound_up(&mut core, addr(1), key(60), t0);
+    assert!(core.handle_activity(key(60), true, t0));
+    core.handle_closed(a, ConnectionError::TimedOut, t0 + s);
+    events(&mut core);
+    // Back on a new connection: not active until the layer above says so again.
+    inbound_up(&mut core, addr(1), key(60), t0 + 2 * s);
+    let b = accept(&mut core, addr(2));
+    core.handle_established(b, key(61), t0 + 13 * s);
+    let evicted_a = events(&mut core);
+    assert!(
+        matches!(
+            evicted_a[0],
+            CoreEvent::PeerDown {
+                reason: DownReason::Evicted,
+                key: k,
+                ..
+            } if k == key(60)
+        ),
+        "{evicted_a:?}"
+    );
+}
+
+#[test]
+fn an_evicted_peer_sees_a_refusal_and_backs_off() {
+    let t0 = Instant::now();
+    let mut core = ConnCore::new(key(50), config());
+    // We (50) dial 40: we initiated with the greater key, up at once.
+    let d = dial(&mut core, 1, None, t0);
+    core.handle_established(d, key(40), t0);
+    events(&mut core);
+    let (code, text) = CloseReason::Evicted.code_and_text();
+    assert_eq!(text, b"evicted: peer table full");
+    core.handle_closed(
+        d,
+        ConnectionError::ApplicationClosed(ApplicationClose {
+            error_code: code,
+            reason: text.to_vec().into(),
+        }),
+        t0,
+    );
+    assert_eq!(
+        events(&mut core),
+        vec![CoreEvent::PeerDown {
+            conn: d,
+            key: key(40),
+            reason: DownReason::RefusedByPeer("evicted: peer table full".into()),
+        }]
+    );
+    assert!(matches!(
+        core.handle_dial(addr(1), None, t0),
+        Err(DialError::Backoff { .. })
+    ));
 }

@@ -22,6 +22,14 @@ pub const CLOSE_REQUESTED: VarInt = VarInt::from_u32(0x7238_0003);
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0x7238_0004);
 /// Close code: the connection was refused by policy; the reason text says which.
 pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(0x7238_0005);
+/// Close code: the peer was idle (no shared namespace, no feed traffic) when the peer
+/// table was full and a slot was needed; the reason text is `evicted: peer table full`.
+/// Not misbehaviour: the evicted side backs off that address and does not redial.
+pub const CLOSE_EVICTED: VarInt = VarInt::from_u32(0x7238_0006);
+
+/// The reason text of `CLOSE_EVICTED`; the evicted side reports
+/// `DownReason::RefusedByPeer` with it.
+pub const EVICTED_TEXT: &[u8] = b"evicted: peer table full";
 
 /// True if the peer closed the connection as a duplicate (`error` from a stream or from
 /// `Connection::closed`): the session layer retries what it was doing on the surviving
@@ -50,6 +58,18 @@ pub enum RefuseReason {
     /// As many dials (or incoming handshakes) as allowed are in flight.
     #[error("too many pending connections (max {0})")]
     TooManyPending(usize),
+    /// As many inbound peers as allowed are connected (`max_peers` less the slots
+    /// reserved for our own dials) and none is idle enough to evict.
+    #[error("too many inbound peers (max {0})")]
+    TooManyInbound(usize),
+    /// As many inbound peers from this address (IPv4) or /64 (IPv6) as allowed are
+    /// connected.
+    #[error("too many peers from one address (max {0})")]
+    TooManyPeersFromIp(usize),
+    /// As many validated incoming handshakes from this address (IPv4) or /64 (IPv6) as
+    /// allowed are in flight.
+    #[error("too many pending connections from one address (max {0})")]
+    TooManyPendingFromIp(usize),
 }
 
 impl RefuseReason {
@@ -61,7 +81,19 @@ impl RefuseReason {
             RefuseReason::Firewall => b"firewall",
             RefuseReason::TooManyPeers(_) => b"too many peers",
             RefuseReason::TooManyPending(_) => b"too many pending",
+            // The same words as a full table: the peer learns nothing about the split.
+            RefuseReason::TooManyInbound(_) => b"too many peers",
+            RefuseReason::TooManyPeersFromIp(_) => b"too many peers from address",
+            RefuseReason::TooManyPendingFromIp(_) => b"too many pending from address",
         }
+    }
+
+    /// Whether this refusal is one of the per-address caps (`ConnStats::refused_per_ip`).
+    pub fn is_per_ip(&self) -> bool {
+        matches!(
+            self,
+            RefuseReason::TooManyPeersFromIp(_) | RefuseReason::TooManyPendingFromIp(_)
+        )
     }
 }
 
@@ -129,6 +161,11 @@ pub enum DownReason {
     /// text is its reason. The address is backed off as after a failed dial.
     #[error("refused by the peer: {0}")]
     RefusedByPeer(String),
+    /// We closed it to free a slot: the peer was inbound, idle (never marked active by
+    /// `PeerActivity`, or marked idle) past the grace period, and the peer table was full.
+    /// Not a failure and not misbehaviour: do not redial, do not ban.
+    #[error("evicted: peer table full")]
+    Evicted,
     /// The connection was lost or closed by the peer.
     #[error("connection lost: {0}")]
     Lost(quinn::ConnectionError),
@@ -147,6 +184,8 @@ pub enum CloseReason {
     Shutdown,
     /// Refused by policy.
     Refused(RefuseReason),
+    /// An idle inbound peer evicted to free a slot.
+    Evicted,
 }
 
 impl CloseReason {
@@ -158,6 +197,7 @@ impl CloseReason {
             CloseReason::Requested => (CLOSE_REQUESTED, b"closed"),
             CloseReason::Shutdown => (CLOSE_SHUTDOWN, b"shutdown"),
             CloseReason::Refused(reason) => (CLOSE_REFUSED, reason.wire_text()),
+            CloseReason::Evicted => (CLOSE_EVICTED, EVICTED_TEXT),
         }
     }
 }

@@ -5,7 +5,9 @@
 //! exist, both sides keep the same one: the one the greater key initiated, or the one it
 //! confirmed (a datagram) when the smaller key dialed. `Dial`, `Close` and `Ban` come in;
 //! `PeerUp` and `PeerDown` go out to subscribers. The dedup and dial policy is a core
-//! without I/O.
+//! without I/O, and so are the limits that keep the peer table open to honest peers on
+//! the open network: QUIC retry when incoming handshakes run high, per-address caps,
+//! slots reserved for our own dials, and eviction of idle inbound peers (`PeerActivity`).
 //!
 //! Modules:
 //! - `key`: `Identity` (the node's key pair) and `PeerKey` (a peer's public key);
@@ -69,12 +71,13 @@ pub use crate::config::{ConnManagerConfig, DEFAULT_ALPN};
 pub use crate::core::{ConnId, Firewall, Initiator, PolicyConfig};
 pub use crate::error::{
     is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, SpawnError,
-    CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_REPLACED, CLOSE_REQUESTED, CLOSE_SHUTDOWN,
+    CLOSE_DUPLICATE, CLOSE_EVICTED, CLOSE_REFUSED, CLOSE_REPLACED, CLOSE_REQUESTED, CLOSE_SHUTDOWN,
+    EVICTED_TEXT,
 };
 pub use crate::key::{Identity, KeyError, PeerKey};
 pub use crate::messages::{
-    Ban, Close, CloseError, ConnRefused, ConnStats, Dial, PeerDown, PeerStats, PeerUp, Peers,
-    RefusedReason, Shutdown, Stats, Subscribe, SubscribeRefused,
+    ActivityError, Ban, Close, CloseError, ConnRefused, ConnStats, Dial, PeerActivity, PeerDown,
+    PeerStats, PeerUp, Peers, RefusedReason, Shutdown, Stats, Subscribe, SubscribeRefused,
 };
 pub use crate::transport::{
     default_transport_config, transport_config, Congestion, TransportTuning,

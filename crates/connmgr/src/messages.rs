@@ -1,5 +1,5 @@
-//! The messages of the `ConnManager` actor: requests (`Dial`, `Close`, `Ban`, `Peers`,
-//! `Subscribe`, `SubscribeRefused`, `Shutdown`) and the events it sends to subscribers
+//! The messages of the `ConnManager` actor: requests (`Dial`, `Close`, `Ban`,
+//! `PeerActivity`, `Peers`, `Stats`, `Subscribe`, `SubscribeRefused`, `Shutdown`) and the events it sends to subscribers
 //! (`PeerUp`, `PeerDown`, `ConnRefused`).
 
 use std::net::SocketAddr;
@@ -49,6 +49,28 @@ pub struct Ban {
     pub key: PeerKey,
     /// How long.
     pub duration: Duration,
+}
+
+/// Marks the peer `key` active (it shares a namespace with us, or moves feed traffic) or
+/// idle. When the peer table is full, an inbound peer that is not active and has been
+/// connected for longer than `PolicyConfig::eviction_grace` may be evicted (closed with
+/// `CLOSE_EVICTED`, `PeerDown{reason: Evicted}`) to make room, the one idle longest first.
+/// Peers we dialed are never evicted. A peer starts idle on every new connection.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(), ActivityError>")]
+pub struct PeerActivity {
+    /// The peer.
+    pub key: PeerKey,
+    /// Active (`true`) or idle (`false`).
+    pub active: bool,
+}
+
+/// Why `PeerActivity` did nothing.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ActivityError {
+    /// There is no connection to that key.
+    #[error("not connected to {}", .0.fmt_short())]
+    NotConnected(PeerKey),
 }
 
 /// The peers that are up, with per-connection stats.
@@ -101,6 +123,13 @@ pub struct ConnStats {
     pub bytes_received: u64,
     /// Handshakes quinn refused or ignored before they reached us (e.g. when closing).
     pub handshakes_refused_by_quinn: u64,
+    /// Incoming handshakes answered with a QUIC retry (address validation).
+    pub retries_sent: u64,
+    /// Incoming connections refused by a per-address cap (`max_pending_per_ip`,
+    /// `max_peers_per_ip`); also counted in `incoming_refused`.
+    pub refused_per_ip: u64,
+    /// Idle inbound peers evicted to make room (`DownReason::Evicted`).
+    pub evictions: u64,
 }
 
 /// Receive `PeerUp` and `PeerDown`. A new subscriber first gets a `PeerUp` for every peer
