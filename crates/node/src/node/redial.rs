@@ -121,6 +121,7 @@ pub(crate) fn after_down(initiator: Initiator, reason: &DownReason) -> AfterDown
         | DownReason::Duplicate
         | DownReason::Replaced
         | DownReason::Banned
+        | DownReason::Evicted
         | DownReason::RefusedByPeer(_) => AfterDown::Never,
     }
 }
