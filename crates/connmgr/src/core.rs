@@ -2,7 +2,8 @@
 //!
 //! `ConnCore` is told what happened (`handle_dial`, `handle_incoming`,
 //! `handle_established`, `handle_handshake_failed`, `handle_probe_result`,
-//! `handle_confirmed`, `handle_closed`, `handle_timeout`, `close`, `ban`, `shutdown`)
+//! `handle_confirmed`, `handle_closed`, `handle_activity`, `handle_timeout`, `close`,
+//! `ban`, `shutdown`)
 //! with the current time, and says what to do through `poll_event` (`CoreEvent`: close
 //! this connection, probe that one, confirm that one to the peer, this peer is up or
 //! down, this dial is done) and `poll_timeout` (when to call `handle_timeout` next). It never reads a clock, never touches a socket, and draws its
@@ -38,6 +39,20 @@
 //! - A confirmation of a connection we hold as a challenger (the peer restarted and we
 //!   are probing the old one) means the peer has dropped the old one: the confirmed one
 //!   replaces it at once.
+//!
+//! # Protected slots
+//! - Our dials may use all `max_peers` slots, inbound peers all but `reserved_outbound`
+//!   (at most half). Inbound peers are also capped per address (`max_peers_per_ip`; an
+//!   IPv4 address or an IPv6 /64), and so are validated incoming handshakes
+//!   (`max_pending_per_ip`).
+//! - An unvalidated incoming handshake is answered with a stateless retry
+//!   (`IncomingStart::Retry`) once `retry_above` are in progress, or `max_pending_per_ip`
+//!   from its address: it is never refused for an address it may have spoofed.
+//! - When a new peer needs a slot (our dial in a full table, an inbound peer past the
+//!   inbound limit), the inbound peer idle longest is evicted if one is evictable: up,
+//!   not marked active (`handle_activity`), connected for `eviction_grace`. Otherwise
+//!   the newcomer is refused. A dial is refused up front only when even evicting every
+//!   evictable peer would leave no slot for it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
