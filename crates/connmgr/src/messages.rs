@@ -180,7 +180,7 @@ pub struct PeerDown {
     /// `Connection::stable_id` of the connection that went down (a `PeerUp` for a newer
     /// connection to the same key may already have been sent, when it replaced this one).
     pub connection_id: usize,
-    /// Why. `Duplicate` is not a failure: do not redial.
+    /// Why. `Duplicate` and `Evicted` are not failures: do not redial, do not ban.
     pub reason: DownReason,
 }
 
