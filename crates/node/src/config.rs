@@ -120,6 +120,17 @@ pub struct LimitsSection {
     /// Seconds one control frame may take to arrive once it started; a peer that
     /// stalls longer has its session ended with `timeout` (not banned).
     pub stall_timeout_secs: u64,
+    /// Peer slots kept for peers we dial (a `connect`, a static peer, a peer found for
+    /// a joined topic): inbound peers get at most `max_peers` minus this (and at least
+    /// half of `max_peers`).
+    pub reserved_outbound: usize,
+    /// Most inbound peers from one IPv4 address or IPv6 /64.
+    pub max_peers_per_ip: usize,
+    /// Most incoming handshakes in progress from one IPv4 address or IPv6 /64.
+    pub max_pending_per_ip: usize,
+    /// Incoming handshakes in progress above which a new one must first prove its
+    /// address (a QUIC retry, one extra round trip).
+    pub retry_above: usize,
 }
 
 impl Default for LimitsSection {
@@ -133,6 +144,12 @@ impl Default for LimitsSection {
             // was fixed (or a mistaken ban) is back soon without an operator.
             ban_secs: 10 * 60,
             stall_timeout_secs: 30,
+            // The connection manager's defaults; their reasons are in
+            // `replic8_connmgr::PolicyConfig` and docs/SECURITY.md.
+            reserved_outbound: 32,
+            max_peers_per_ip: 32,
+            max_pending_per_ip: 8,
+            retry_above: 16,
         }
     }
 }
@@ -187,6 +204,12 @@ impl NodeConfig {
         }
         if self.limits.max_feed_streams == 0 {
             return invalid("limits.max_feed_streams", "must be at least 1");
+        }
+        if self.limits.max_peers_per_ip == 0 {
+            return invalid("limits.max_peers_per_ip", "must be at least 1");
+        }
+        if self.limits.max_pending_per_ip == 0 {
+            return invalid("limits.max_pending_per_ip", "must be at least 1");
         }
         if self.limits.stall_timeout_secs == 0 {
             return invalid("limits.stall_timeout_secs", "must be at least 1");

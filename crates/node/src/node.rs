@@ -26,8 +26,8 @@ use replic8::store::{
     Attach, Detach, KnownFeeds, Offer, RegisterError, RegisterStore, Shares, StoreRecipients,
 };
 use replic8_connmgr::{
-    ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, PeerKey, PeerStats, PolicyConfig,
-    TransportTuning,
+    ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, PeerActivity, PeerKey, PeerStats,
+    PolicyConfig, TransportTuning,
 };
 use replic8_discovery::{
     Bootstrap, DhtConfig, DhtMode, DiscoveryActor, DiscoveryConfig, JoinReport, LanConfig, Timing,
@@ -439,6 +439,10 @@ async fn start(
         policy: PolicyConfig {
             max_peers: builder.limits.max_peers,
             max_pending_dials: builder.limits.max_pending_dials,
+            reserved_outbound: builder.limits.reserved_outbound,
+            max_peers_per_ip: builder.limits.max_peers_per_ip,
+            max_pending_per_ip: builder.limits.max_pending_per_ip,
+            retry_above: builder.limits.retry_above,
             ..PolicyConfig::default()
         },
         transport: builder.transport.clone(),
@@ -484,6 +488,7 @@ async fn start(
         feed_rx,
         events.clone(),
         counters.clone(),
+        conn.addr().clone(),
     ));
     // The public namespace, every persisted one and those of the shares.
     let mut namespaces = std::collections::HashSet::new();
@@ -549,6 +554,7 @@ async fn start(
         counters.clone(),
         wiring.clone(),
         redialer.clone(),
+        conn.addr().clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.
@@ -622,17 +628,66 @@ async fn start(
     })
 }
 
-/// Turns session events into node events and counters.
+/// How often at most one forwarder tells the connection manager that a peer is active:
+/// well under the connection manager's eviction grace (10 s), so a peer that reconnected
+/// (its new connection starts idle) is marked again before it could be evicted.
+const MARK_EVERY: Duration = Duration::from_secs(3);
+
+/// Most peers a forwarder remembers marking; past it the memory starts over (a bound:
+/// forgetting costs one repeated message).
+const MARKED_CAP: usize = 4096;
+
+/// Peers a forwarder marked active, and when.
+#[derive(Debug, Default)]
+struct Marked(std::collections::HashMap<PeerKey, std::time::Instant>);
+
+impl Marked {
+    /// Tells the connection manager that `peer` is worth its slot (it proved a
+    /// namespace of ours, accepted or sent feeds, or synced one), at most every
+    /// [`MARK_EVERY`]. Inbound peers never marked are the first evicted when the peer
+    /// table is full.
+    fn mark(&mut self, conn: &Addr<ConnManager>, peer: PeerKey) {
+        let now = std::time::Instant::now();
+        if self
+            .0
+            .get(&peer)
+            .is_some_and(|at| now.duration_since(*at) < MARK_EVERY)
+        {
+            return;
+        }
+        if self.0.len() >= MARKED_CAP {
+            self.0.clear();
+        }
+        self.0.insert(peer, now);
+        conn.do_send(PeerActivity {
+            key: peer,
+            active: true,
+        });
+    }
+}
+
+/// Turns session events into node events and counters, and marks peers that do
+/// something useful as active ([`Marked::mark`]).
 async fn forward_session_events(
     mut rx: mpsc::UnboundedReceiver<PeerEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     wiring: Addr<Wiring>,
     redialer: Addr<Redialer>,
+    conn: Addr<ConnManager>,
 ) {
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
+    let mut marked = Marked::default();
     while let Some(PeerEvent { peer, event }) = rx.recv().await {
         let peer = PeerKey::from_bytes(peer.0);
+        if matches!(
+            event,
+            SessionEvent::NamespaceProven { .. }
+                | SessionEvent::Accepted { .. }
+                | SessionEvent::FeedSynced { .. }
+        ) {
+            marked.mark(&conn, peer);
+        }
         let event = match event {
             SessionEvent::Established => {
                 *established.entry(peer).or_default() += 1;
@@ -660,6 +715,8 @@ async fn forward_session_events(
                 NodeEvent::FeedSynced { peer, feed, length }
             }
             SessionEvent::SessionEnded { reason } => {
+                // A new connection of the peer starts idle in the connection manager.
+                marked.0.remove(&peer);
                 if let Some(n) = established.get_mut(&peer).filter(|n| **n > 0) {
                     *n -= 1;
                     counters.sessions.sub(1);
@@ -681,14 +738,22 @@ async fn forward_session_events(
     }
 }
 
-/// Turns feed store events into node events and counters.
+/// Turns feed store events into node events and counters; a peer whose feed we
+/// accepted or that sent us verified blocks is marked active ([`Marked::mark`]).
 async fn forward_feed_events(
     mut rx: mpsc::UnboundedReceiver<FeedStoreEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    conn: Addr<ConnManager>,
 ) {
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
+    let mut marked = Marked::default();
     while let Some(event) = rx.recv().await {
+        if let FeedStoreEvent::Accepted { peer, .. } | FeedStoreEvent::Downloaded { peer, .. } =
+            &event
+        {
+            marked.mark(&conn, key(*peer));
+        }
         let event = match event {
             FeedStoreEvent::Accepted {
                 namespace,
