@@ -1,0 +1,102 @@
+//! `announce_peer` tokens (BEP 5): a keyed hash of the querier's IP under a secret that
+//! changes every 5 minutes; a token is accepted under the current and the previous
+//! secret, so it lives 5 to 10 minutes, and only from the IP it was given to.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::hash::siphash24;
+
+/// How often the secret changes (BEP 5: "every five minutes").
+pub const ROTATE_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Length of our tokens. 8 bytes of a keyed PRF: guessing one is a 2^-64 chance.
+pub const TOKEN_LEN: usize = 8;
+
+/// Issues and checks tokens.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    current: [u8; 16],
+    previous: [u8; 16],
+    next_rotation: Instant,
+}
+
+impl Tokens {
+    /// Fresh secrets; the first rotation is [`ROTATE_EVERY`] after `now`.
+    pub fn new(rng: &mut impl Rng, now: Instant) -> Tokens {
+        Tokens {
+            current: rng.gen(),
+            previous: rng.gen(),
+            next_rotation: now + ROTATE_EVERY,
+        }
+    }
+
+    /// When [`Tokens::handle_timeout`] must next run.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_rotation
+    }
+
+    /// Rotates the secret if it is time (once per elapsed period; after a long gap both
+    /// secrets are fresh, so no old token survives it).
+    pub fn handle_timeout(&mut self, now: Instant, rng: &mut impl Rng) {
+        if now < self.next_rotation {
+            return;
+        }
+        if now >= self.next_rotation + ROTATE_EVERY {
+            self.previous = rng.gen();
+        } else {
+            self.previous = self.current;
+        }
+        self.current = rng.gen();
+        self.next_rotation = now + ROTATE_EVERY;
+    }
+
+    /// The token for a querier at `ip`.
+    pub fn issue(&self, ip: IpAddr) -> [u8; TOKEN_LEN] {
+        make(&self.current, ip)
+    }
+
+    /// `token` was issued to `ip` under the current or the previous secret.
+    pub fn check(&self, ip: IpAddr, token: &[u8]) -> bool {
+        token == make(&self.current, ip) || token == make(&self.previous, ip)
+    }
+}
+
+fn make(secret: &[u8; 16], ip: IpAddr) -> [u8; TOKEN_LEN] {
+    let hash = match ip {
+        IpAddr::V4(v4) => siphash24(secret, &v4.octets()),
+        IpAddr::V6(v6) => siphash24(secret, &v6.octets()),
+    };
+    hash.to_le_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn tokens_rotate_and_expire() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let mut tokens = Tokens::new(&mut rng, t0);
+        let a: IpAddr = "1.2.3.4".parse().expect("ip");
+        let b: IpAddr = "1.2.3.5".parse().expect("ip");
+        let tok = tokens.issue(a);
+        assert!(tokens.check(a, &tok));
+        assert!(!tokens.check(b, &tok), "bound to the querier's ip");
+        assert!(!tokens.check(a, &tok[..4]));
+        tokens.handle_timeout(t0 + ROTATE_EVERY, &mut rng);
+        assert!(tokens.check(a, &tok), "previous secret still accepted");
+        assert_ne!(tokens.issue(a), tok);
+        tokens.handle_timeout(t0 + ROTATE_EVERY * 2, &mut rng);
+        assert!(!tokens.check(a, &tok), "two rotations later it is gone");
+        // A gap of two periods with no timer forgets both secrets at once.
+        let tok = tokens.issue(a);
+        tokens.handle_timeout(t0 + ROTATE_EVERY * 5, &mut rng);
+        assert!(!tokens.check(a, &tok));
+    }
+}
