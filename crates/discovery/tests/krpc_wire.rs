@@ -61,6 +61,24 @@ fn answer_to(core: &mut DhtCore, to: SocketAddr) -> Message {
     replies.into_iter().next().unwrap_or_else(|| unreachable!())
 }
 
+/// Offers `peer` (with `id`) to the core's table: a ping, and its answer after `rtt`.
+fn admit(core: &mut DhtCore, peer: SocketAddr, id: Id, now: Instant, rtt: Duration) {
+    assert!(core.ping(peer, now), "ping {peer}");
+    let out = sent(core);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let pong = Message {
+        tid: decoded(&out[0]).tid,
+        body: Body::Response(Response {
+            id,
+            ..Response::default()
+        }),
+        read_only: false,
+        ip: None,
+        version: None,
+    };
+    core.handle_datagram(peer, &pong.encode(), now + rtt);
+}
+
 fn response_of(msg: &Message) -> &Response {
     match &msg.body {
         Body::Response(r) => r,
@@ -410,6 +428,149 @@ fn a_bep42_id_once_enough_nodes_agree_on_a_public_address() {
     assert_eq!(core.table(false).own_id(), id);
     assert_eq!(core.table(false).len(), 4, "the table survived the new id");
     assert_eq!(core.external_ip(false), Some(public));
+}
+
+#[test]
+fn the_largest_responses_fit_one_unfragmented_ipv6_datagram() {
+    let t0 = Instant::now();
+    let mut core = core(DhtCoreConfig::default(), t0);
+    for i in 0..40u8 {
+        let mut id = [i; 20];
+        id[0] = i.wrapping_mul(37);
+        admit(
+            &mut core,
+            SocketAddr::new(IpAddr::from([10, 11, 0, i]), 6881),
+            Id(id),
+            t0,
+            Duration::ZERO,
+        );
+        let v6 = SocketAddr::new(
+            IpAddr::V6(format!("fd00::11:{i:x}").parse().expect("v6")),
+            6881,
+        );
+        admit(&mut core, v6, Id(id), t0, Duration::ZERO);
+    }
+    assert!(core.table(false).len() >= 8 && core.table(true).len() >= 8);
+    let info_hash = Id([0x99; 20]);
+    // 100 peers of each family announce.
+    for i in 0..100u16 {
+        let v4 = SocketAddr::new(IpAddr::from([10, 12, (i >> 8) as u8, i as u8]), 6881);
+        let v6 = SocketAddr::new(
+            IpAddr::V6(format!("fd00::12:{i:x}").parse().expect("v6")),
+            6881,
+        );
+        for from in [v4, v6] {
+            let get = query(
+                b"g",
+                Query::GetPeers {
+                    info_hash,
+                    want: None,
+                },
+                true,
+            );
+            core.handle_datagram(from, &get, t0);
+            let token = response_of(&answer_to(&mut core, from))
+                .token
+                .clone()
+                .expect("token");
+            let announce = query(
+                b"a",
+                Query::AnnouncePeer {
+                    info_hash,
+                    port: 7000,
+                    implied_port: false,
+                    token,
+                },
+                true,
+            );
+            core.handle_datagram(from, &announce, t0);
+            response_of(&answer_to(&mut core, from));
+        }
+    }
+    let both = Some(replic8_discovery::krpc::message::Want { v4: true, v6: true });
+    for (from, values) in [
+        (addr("10.13.0.1:6881"), 50),
+        (addr("[fd00::13:1]:6881"), 25),
+    ] {
+        let get = query(
+            b"gg",
+            Query::GetPeers {
+                info_hash,
+                want: both,
+            },
+            true,
+        );
+        core.handle_datagram(from, &get, t0);
+        let out = sent(&mut core);
+        assert_eq!(out.len(), 1);
+        let reply = decoded(&out[0]);
+        let r = response_of(&reply);
+        assert_eq!(
+            (r.values.len(), r.nodes.len(), r.nodes6.len()),
+            (values, 8, 8),
+            "to {from}"
+        );
+        // IPv6's minimum MTU (1,280) less the IPv6 and UDP headers.
+        assert!(
+            out[0].payload.len() <= 1232,
+            "{} bytes to {from}",
+            out[0].payload.len()
+        );
+    }
+}
+
+#[test]
+fn a_late_answer_from_a_slow_node_still_counts() {
+    let t0 = Instant::now();
+    let mut core = core(DhtCoreConfig::default(), t0);
+    let node = addr("10.14.0.1:6881");
+    admit(&mut core, node, THEM, t0, Duration::from_millis(10));
+    assert!(core.table(false).get(node).is_some());
+    let info_hash = Id([0x98; 20]);
+    let lookup = core.get_peers(info_hash, t0).expect("starts");
+    let out = sent(&mut core);
+    assert_eq!(out.len(), 1);
+    let tid = decoded(&out[0]).tid;
+    // Past its timeout (50 ms, the floor) the query is slow, but it is all there is:
+    // the lookup waits.
+    let t1 = t0 + Duration::from_millis(60);
+    assert!(core.poll_timeout().is_some_and(|t| t <= t1));
+    core.handle_timeout(t1);
+    assert_eq!(core.poll_event(), None);
+    let peer = addr("10.15.0.1:7000");
+    let answer = Message {
+        tid,
+        body: Body::Response(Response {
+            id: THEM,
+            values: vec![peer],
+            token: Some(vec![1; 4]),
+            ..Response::default()
+        }),
+        read_only: false,
+        ip: None,
+        version: None,
+    };
+    let t2 = t0 + Duration::from_millis(400);
+    core.handle_datagram(node, &answer.encode(), t2);
+    assert_eq!(
+        core.poll_event(),
+        Some(DhtEvent::Peers {
+            lookup,
+            info_hash,
+            peers: vec![peer]
+        })
+    );
+    assert!(
+        matches!(core.poll_event(), Some(DhtEvent::LookupDone { lookup: l, .. }) if l == lookup)
+    );
+    // The slow answer fed the estimate: this node's next timeout is longer.
+    let srtt = core
+        .table(false)
+        .get(node)
+        .and_then(|e| e.rtt.srtt())
+        .expect("measured");
+    assert!(srtt > Duration::from_millis(50), "{srtt:?}");
+    assert_eq!(core.stats().timeouts, 0);
 }
 
 /// Valid datagrams of every kind, then mutated (bit flips, truncation, splices,

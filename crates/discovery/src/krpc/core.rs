@@ -875,9 +875,7 @@ impl DhtCore {
                 for part in &mut search.parts {
                     if part.is_v6() == v6 {
                         if seed {
-                            if !pending.soft_fired {
-                                part.seed_done();
-                            }
+                            part.seed_done(pending.soft_fired);
                             part.absorb(&response);
                         } else {
                             part.handle_response(from, &response);
@@ -928,9 +926,7 @@ impl DhtCore {
             Purpose::Search { id, seed } => {
                 if let Some(part) = self.part_mut(id, pending.to.is_ipv6()) {
                     if seed {
-                        if !pending.soft_fired {
-                            part.seed_done();
-                        }
+                        part.seed_done(pending.soft_fired);
                     } else {
                         part.handle_failure(pending.to);
                     }
@@ -1027,7 +1023,7 @@ impl DhtCore {
             if let Purpose::Search { id, seed } = pending.purpose {
                 if let Some(part) = self.part_mut(id, pending.to.is_ipv6()) {
                     if seed {
-                        part.seed_done();
+                        part.seed_slow();
                     } else {
                         part.handle_slow(pending.to);
                     }

@@ -44,8 +44,11 @@ pub struct Lookup {
     target: Id,
     v6: bool,
     candidates: Vec<Candidate>,
-    /// Queries sent to addresses whose id we do not know (bootstrap nodes).
+    /// Queries sent to addresses whose id we do not know (bootstrap nodes), within
+    /// their timeout.
     seeds_in_flight: usize,
+    /// Seed queries past their timeout, not given up yet.
+    seeds_slow: usize,
     queried: usize,
 }
 
@@ -57,6 +60,7 @@ impl Lookup {
             v6,
             candidates: Vec::new(),
             seeds_in_flight: 0,
+            seeds_slow: 0,
             queried: 0,
         };
         for node in start {
@@ -121,9 +125,19 @@ impl Lookup {
         self.queried += 1;
     }
 
-    /// A seed query ended (answered or not).
-    pub fn seed_done(&mut self) {
+    /// A seed query is past its timeout: it frees its slot.
+    pub fn seed_slow(&mut self) {
         self.seeds_in_flight = self.seeds_in_flight.saturating_sub(1);
+        self.seeds_slow += 1;
+    }
+
+    /// A seed query ended (answered or given up); `slow`: it was past its timeout.
+    pub fn seed_done(&mut self, slow: bool) {
+        if slow {
+            self.seeds_slow = self.seeds_slow.saturating_sub(1);
+        } else {
+            self.seeds_in_flight = self.seeds_in_flight.saturating_sub(1);
+        }
     }
 
     /// The [`K`] closest candidates that have not failed and are not slow.
@@ -214,15 +228,19 @@ impl Lookup {
         }
     }
 
-    /// The K closest candidates seen that did not fail have all answered (or nothing is
-    /// left to ask and nothing is in flight).
+    /// The K closest candidates seen that did not fail and are not slow have all
+    /// answered. Slow queries are waited for only when nothing else is left: no
+    /// candidate answered and none is within its timeout.
     pub fn is_done(&self) -> bool {
         if self.seeds_in_flight > 0 {
             return false;
         }
-        // An empty window (every candidate failed or is slow) is done too: no one is
-        // left to wait for within a timeout.
-        self.window().all(|c| matches!(c.state, State::Answered(_)))
+        let mut window = self.window().peekable();
+        if window.peek().is_none() {
+            let slow = self.candidates.iter().any(|c| c.state == State::Slow);
+            return !slow && self.seeds_slow == 0;
+        }
+        window.all(|c| matches!(c.state, State::Answered(_)))
     }
 
     /// The closest nodes that answered, with their tokens, at most `n`.
@@ -303,5 +321,29 @@ mod tests {
         assert_eq!(lookup.next_queries(3), vec![close]);
         lookup.handle_failure(close.addr);
         assert!(lookup.is_done(), "only the far one is left and it answered");
+    }
+
+    #[test]
+    fn waits_for_slow_queries_only_when_nothing_else_is_left() {
+        let target = Id([0; 20]);
+        let (a, b) = (node(1, 1), node(2, 1));
+        let mut lookup = Lookup::new(target, false, [a, b]);
+        assert_eq!(lookup.next_queries(3).len(), 2);
+        lookup.handle_slow(a.addr);
+        lookup.handle_slow(b.addr);
+        assert!(!lookup.is_done(), "both slow, nothing answered: wait");
+        lookup.handle_response(b.addr, &response(b.id, vec![]));
+        assert!(
+            lookup.is_done(),
+            "b answered late; a slow one is not waited for"
+        );
+        // Seeds: the same.
+        let mut lookup = Lookup::new(target, false, []);
+        lookup.seed_sent();
+        assert!(!lookup.is_done());
+        lookup.seed_slow();
+        assert!(!lookup.is_done(), "a slow seed is all there is");
+        lookup.seed_done(true);
+        assert!(lookup.is_done());
     }
 }
