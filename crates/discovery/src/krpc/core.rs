@@ -450,20 +450,25 @@ impl DhtCore {
                 max: self.config.max_lookups,
             });
         }
+        // One part per enabled family, even one with no node yet: answers on the other
+        // family bring it nodes (BEP 32 `want`), and then it runs too.
         let mut parts = Vec::new();
+        let mut any_node = false;
         for v6 in [false, true] {
             let enabled = if v6 {
                 self.config.ipv6
             } else {
                 self.config.ipv4
             };
+            if !enabled {
+                continue;
+            }
             let has_seed = seeds.iter().any(|s| s.is_ipv6() == v6);
             let start = self.table(v6).closest(&target, 2 * K, now);
-            if enabled && (has_seed || !start.is_empty()) {
-                parts.push(Lookup::new(target, v6, start));
-            }
+            any_node |= has_seed || !start.is_empty();
+            parts.push(Lookup::new(target, self.id, v6, start));
         }
-        if parts.is_empty() {
+        if !any_node {
             return Err(StartError::NoNodes);
         }
         let id = LookupId(self.next_lookup);
@@ -1036,6 +1041,9 @@ impl DhtCore {
             self.next_maintenance = now + MAINTENANCE_EVERY;
             self.peers.expire(now);
             for v6 in [false, true] {
+                if (v6 && !self.config.ipv6) || (!v6 && !self.config.ipv4) {
+                    continue;
+                }
                 for prefix in self.table_mut(v6).take_stale_buckets(now) {
                     let target = self.id.random_at_prefix(prefix, &mut self.rng);
                     // A refresh that cannot start (no nodes, too many lookups) waits for

@@ -42,6 +42,8 @@ struct Candidate {
 #[derive(Debug, Clone)]
 pub struct Lookup {
     target: Id,
+    /// Our own id: never a candidate.
+    own: Id,
     v6: bool,
     candidates: Vec<Candidate>,
     /// Queries sent to addresses whose id we do not know (bootstrap nodes), within
@@ -53,10 +55,12 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// A lookup for `target` among nodes of one family, starting from `start`.
-    pub fn new(target: Id, v6: bool, start: impl IntoIterator<Item = NodeInfo>) -> Lookup {
+    /// A lookup for `target` among nodes of one family, starting from `start`; `own`
+    /// (our id) is never queried.
+    pub fn new(target: Id, own: Id, v6: bool, start: impl IntoIterator<Item = NodeInfo>) -> Lookup {
         let mut lookup = Lookup {
             target,
+            own,
             v6,
             candidates: Vec::new(),
             seeds_in_flight: 0,
@@ -87,6 +91,7 @@ impl Lookup {
     /// Adds a candidate (nodes of the other family, or already known, are ignored).
     pub fn add(&mut self, node: NodeInfo) {
         if node.addr.is_ipv6() != self.v6
+            || node.id == self.own
             || self
                 .candidates
                 .iter()
@@ -282,7 +287,7 @@ mod tests {
         let target = Id([0; 20]);
         // Twelve candidates at increasing distance.
         let nodes: Vec<NodeInfo> = (1..=12).map(|i| node(i, 1)).collect();
-        let mut lookup = Lookup::new(target, false, nodes.clone());
+        let mut lookup = Lookup::new(target, Id([0xff; 20]), false, nodes.clone());
         let first = lookup.next_queries(3);
         assert_eq!(first, nodes[..3].to_vec());
         assert!(lookup.next_queries(3).is_empty(), "alpha bounds the flight");
@@ -310,7 +315,7 @@ mod tests {
     fn learns_closer_nodes_and_drops_other_families() {
         let target = Id([0; 20]);
         let far = node(200, 1);
-        let mut lookup = Lookup::new(target, false, [far]);
+        let mut lookup = Lookup::new(target, Id([0xff; 20]), false, [far]);
         assert_eq!(lookup.next_queries(3), vec![far]);
         let v6 = NodeInfo {
             id: Id([1; 20]),
@@ -327,7 +332,7 @@ mod tests {
     fn waits_for_slow_queries_only_when_nothing_else_is_left() {
         let target = Id([0; 20]);
         let (a, b) = (node(1, 1), node(2, 1));
-        let mut lookup = Lookup::new(target, false, [a, b]);
+        let mut lookup = Lookup::new(target, Id([0xff; 20]), false, [a, b]);
         assert_eq!(lookup.next_queries(3).len(), 2);
         lookup.handle_slow(a.addr);
         lookup.handle_slow(b.addr);
@@ -338,7 +343,7 @@ mod tests {
             "b answered late; a slow one is not waited for"
         );
         // Seeds: the same.
-        let mut lookup = Lookup::new(target, false, []);
+        let mut lookup = Lookup::new(target, Id([0xff; 20]), false, []);
         lookup.seed_sent();
         assert!(!lookup.is_done());
         lookup.seed_slow();
