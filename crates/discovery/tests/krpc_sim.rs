@@ -548,4 +548,30 @@ fn dual_stack_announces_are_found_on_each_family() {
         found.sort();
         assert_eq!(found, want, "node {seeker}");
     }
+    // A dual-stack node that restarts with an empty table and only an IPv4 seed
+    // learns IPv6 nodes from the nodes6 of IPv4 answers (BEP 32 want), and queries them.
+    let late = 42;
+    assert_eq!(late % 3, 0, "dual");
+    let now = net.now;
+    net.nodes[late].core = DhtCore::new(DhtCoreConfig::default(), Id([0x42; 20]), 42, now);
+    // The new core numbers its lookups from 1 again: forget the old one's events.
+    net.events.retain(|(i, ..)| *i != late);
+    let seed = [v4(0)];
+    let boot = net.nodes[late]
+        .core
+        .bootstrap(&seed, now)
+        .expect("bootstrap");
+    net.run_until(Duration::from_secs(10), "ipv4-seeded bootstrap", |n| {
+        n.done_event(late, boot).is_some()
+    });
+    let (n4, n6) = (
+        net.nodes[late].core.table(false).len(),
+        net.nodes[late].core.table(true).len(),
+    );
+    assert!(
+        n4 >= 8 && n6 >= 8,
+        "{n4} v4, {n6} v6; {:?}; {:?}",
+        net.nodes[late].core.stats(),
+        net.done_event(late, boot)
+    );
 }
