@@ -163,7 +163,7 @@ fn get_peers_and_announce_with_a_two_byte_tid_and_implied_port() {
 }
 
 #[test]
-fn tokens_are_bound_to_the_ip_rotate_and_expire() {
+fn tokens_are_bound_to_the_ip_and_infohash_rotate_and_expire() {
     let t0 = Instant::now();
     let mut core = core(DhtCoreConfig::default(), t0);
     let from = addr("10.1.1.4:6881");
@@ -199,6 +199,19 @@ fn tokens_are_bound_to_the_ip_rotate_and_expire() {
     let thief = addr("10.1.1.5:6881");
     core.handle_datagram(thief, &announce(&token), t0);
     assert!(is_bad_token(&answer_to(&mut core, thief)));
+    // For another infohash it is refused too.
+    let elsewhere = query(
+        b"a2",
+        Query::AnnouncePeer {
+            info_hash: Id([0x44; 20]),
+            port: 7000,
+            implied_port: false,
+            token: token.clone(),
+        },
+        false,
+    );
+    core.handle_datagram(from, &elsewhere, t0);
+    assert!(is_bad_token(&answer_to(&mut core, from)));
     // One rotation later it is still good (the previous secret).
     let t1 = t0 + ROTATE_EVERY + Duration::from_secs(1);
     core.handle_timeout(t1);
@@ -209,7 +222,7 @@ fn tokens_are_bound_to_the_ip_rotate_and_expire() {
     core.handle_timeout(t2);
     core.handle_datagram(from, &announce(&token), t2);
     assert!(is_bad_token(&answer_to(&mut core, from)));
-    assert_eq!(core.stats().bad_tokens, 2);
+    assert_eq!(core.stats().bad_tokens, 3);
     assert_eq!(core.stats().announces_stored, 1);
 }
 
@@ -314,6 +327,35 @@ fn read_only_queriers_are_not_pinged_nor_added_others_are_after_they_answer() {
     core.handle_datagram(spoof, &pong.encode(), t0);
     assert!(core.table(false).get(spoof).is_none());
     assert_eq!(core.stats().unsolicited_in, 1);
+}
+
+#[test]
+fn pings_to_verify_queriers_are_bounded() {
+    let t0 = Instant::now();
+    let mut core = core(DhtCoreConfig::default(), t0);
+    let mut pings = 0;
+    for i in 0..200u8 {
+        let from = SocketAddr::new(IpAddr::from([10, 16, 0, i]), 6881);
+        let mut id = [i; 20];
+        id[0] = i;
+        let q = Message {
+            tid: TxId::new(b"q").unwrap_or_else(|| unreachable!()),
+            body: Body::Query {
+                id: Id(id),
+                query: Query::Ping,
+            },
+            read_only: false,
+            ip: None,
+            version: None,
+        };
+        core.handle_datagram(from, &q.encode(), t0);
+        pings += sent(&mut core)
+            .iter()
+            .filter(|t| matches!(decoded(t).body, Body::Query { .. }))
+            .count();
+    }
+    assert_eq!(pings, replic8_discovery::krpc::core::MAX_VERIFY_PINGS);
+    assert_eq!(core.pending(), pings);
 }
 
 #[test]
@@ -445,7 +487,7 @@ fn the_largest_responses_fit_one_unfragmented_ipv6_datagram() {
             Duration::ZERO,
         );
         let v6 = SocketAddr::new(
-            IpAddr::V6(format!("fd00::11:{i:x}").parse().expect("v6")),
+            IpAddr::V6(format!("fd00:11:{i:x}::1").parse().expect("v6")),
             6881,
         );
         admit(&mut core, v6, Id(id), t0, Duration::ZERO);
@@ -456,7 +498,7 @@ fn the_largest_responses_fit_one_unfragmented_ipv6_datagram() {
     for i in 0..100u16 {
         let v4 = SocketAddr::new(IpAddr::from([10, 12, (i >> 8) as u8, i as u8]), 6881);
         let v6 = SocketAddr::new(
-            IpAddr::V6(format!("fd00::12:{i:x}").parse().expect("v6")),
+            IpAddr::V6(format!("fd00:{i:x}::12").parse().expect("v6")),
             6881,
         );
         for from in [v4, v6] {

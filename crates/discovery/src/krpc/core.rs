@@ -46,6 +46,11 @@ pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 /// larger than this is beyond what one node dials.
 pub const MAX_PEERS_PER_LOOKUP: usize = 1024;
 
+/// Pings in flight to verify nodes that queried us. Anyone can query us from any
+/// (spoofed) address; without this bound, a flood of queriers would fill our pending
+/// queries and starve our own lookups.
+pub const MAX_VERIFY_PINGS: usize = 64;
+
 /// `ip` votes remembered (one per voter IP, the most recent ones).
 const MAX_VOTES: usize = 32;
 
@@ -750,7 +755,7 @@ impl DhtCore {
                 self.fill_nodes(&mut response, &target, from, want, now)
             }
             Query::GetPeers { info_hash, want } => {
-                response.token = Some(self.tokens.issue(from.ip()).to_vec());
+                response.token = Some(self.tokens.issue(from.ip(), &info_hash).to_vec());
                 response.values = self
                     .peers
                     .get(&info_hash, from.is_ipv6(), now, &mut self.rng);
@@ -762,7 +767,7 @@ impl DhtCore {
                 implied_port,
                 token,
             } => {
-                if !self.tokens.check(from.ip(), &token) {
+                if !self.tokens.check(from.ip(), &info_hash, &token) {
                     self.stats.bad_tokens += 1;
                     let body = Body::Error {
                         code: ERROR_PROTOCOL,
@@ -772,12 +777,9 @@ impl DhtCore {
                     return;
                 }
                 let port = if implied_port { from.port() } else { port };
-                if self
-                    .peers
-                    .insert(info_hash, SocketAddr::new(from.ip(), port), now)
-                {
-                    self.stats.announces_stored += 1;
-                }
+                self.peers
+                    .insert(info_hash, SocketAddr::new(from.ip(), port), now);
+                self.stats.announces_stored += 1;
             }
         }
         self.reply(from, tid, Body::Response(response));
@@ -816,8 +818,13 @@ impl DhtCore {
                 self.table_mut(v6).insert(node, None, now);
             }
             _ => {
-                let pinging = self.pending.values().any(|p| p.to == node.addr);
-                if !pinging && self.table(v6).would_add(&node, now) {
+                let mut pings = 0;
+                let mut pinging = false;
+                for p in self.pending.values() {
+                    pings += usize::from(p.purpose == Purpose::Ping);
+                    pinging |= p.to == node.addr;
+                }
+                if !pinging && pings < MAX_VERIFY_PINGS && self.table(v6).would_add(&node, now) {
                     self.send_query(node.addr, Query::Ping, Purpose::Ping, now);
                 }
             }

@@ -1,5 +1,6 @@
-//! The rate limit on queries answered, per source IP: a token bucket each, in a table of
-//! bounded size, so that one address cannot make us its amplifier or eat our upload.
+//! The rate limit on queries answered, per source: a token bucket each, in a table of
+//! bounded size, so that one address cannot make us its amplifier or eat our upload. A
+//! source is an IPv4 address or an IPv6 /64 (one host usually holds a whole /64).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,8 +53,9 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip`; false if its bucket is empty (drop the query).
+    /// Takes one token for `ip`'s source; false if its bucket is empty (drop the query).
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ip = source(ip);
         let config = self.config;
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= config.max_sources {
             self.evict(now);
@@ -102,6 +104,18 @@ impl RateLimiter {
     }
 }
 
+/// The key of a source: the IPv4 address, or the IPv6 address cut to its /64.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +139,14 @@ mod tests {
             assert!(limiter.allow(ip, t0 + Duration::from_millis(200)));
             assert!(limiter.len() <= 3);
         }
+        // One IPv6 /64 is one source.
+        let t1 = t0 + Duration::from_secs(10);
+        let allowed = (0..20u16)
+            .filter(|i| {
+                let ip: IpAddr = format!("2001:db8::{i:x}").parse().expect("v6");
+                limiter.allow(ip, t1)
+            })
+            .count();
+        assert_eq!(allowed, 5);
     }
 }

@@ -15,7 +15,9 @@ use super::id::Id;
 pub struct PeerStoreConfig {
     /// Most peers kept per infohash; when full, the oldest announce is replaced.
     pub max_per_info_hash: usize,
-    /// Most infohashes kept; when full, announces for new ones are refused.
+    /// Most infohashes kept; when full, the one with the fewest peers makes room (an
+    /// attacker who announces many infohashes once each displaces its own entries
+    /// before any real swarm's).
     pub max_info_hashes: usize,
     /// How long an announce is kept. BEP 5 peers re-announce every 15-30 min; 30 min is
     /// what libtorrent keeps them.
@@ -55,15 +57,21 @@ impl PeerStore {
         }
     }
 
-    /// Records that `peer` is in the swarm of `info_hash`, until `now + ttl`. False if
-    /// the store holds the maximum of infohashes and this is a new one.
-    pub fn insert(&mut self, info_hash: Id, peer: SocketAddr, now: Instant) -> bool {
+    /// Records that `peer` is in the swarm of `info_hash`, until `now + ttl`.
+    pub fn insert(&mut self, info_hash: Id, peer: SocketAddr, now: Instant) {
         let expires = now + self.config.ttl;
         if !self.swarms.contains_key(&info_hash) && self.swarms.len() >= self.config.max_info_hashes
         {
             self.expire(now);
             if self.swarms.len() >= self.config.max_info_hashes {
-                return false;
+                let smallest = self
+                    .swarms
+                    .iter()
+                    .min_by_key(|(id, swarm)| (swarm.len(), **id))
+                    .map(|(id, _)| *id);
+                if let Some(id) = smallest {
+                    self.swarms.remove(&id);
+                }
             }
         }
         let swarm = self.swarms.entry(info_hash).or_default();
@@ -74,7 +82,6 @@ impl PeerStore {
         } else if let Some(oldest) = swarm.iter_mut().min_by_key(|(_, e)| *e) {
             *oldest = (peer, expires);
         }
-        true
     }
 
     /// Up to `max_returned` (IPv6: half that) unexpired peers of `info_hash` whose
@@ -149,16 +156,21 @@ mod tests {
         let t0 = Instant::now();
         let ih = Id([1; 20]);
         for port in 1..=10u16 {
-            assert!(store.insert(ih, SocketAddr::from(([10, 0, 0, 1], port)), t0));
+            store.insert(ih, SocketAddr::from(([10, 0, 0, 1], port)), t0);
         }
         assert_eq!(store.len(), 3);
         assert_eq!(store.get(&ih, false, t0, &mut rng).len(), 2);
         assert!(store.get(&ih, true, t0, &mut rng).is_empty());
-        assert!(store.insert(Id([2; 20]), SocketAddr::from(([10, 0, 0, 2], 1)), t0));
-        assert!(!store.insert(Id([3; 20]), SocketAddr::from(([10, 0, 0, 3], 1)), t0));
+        // Full of infohashes: the smallest swarm makes room, the big one stays.
+        store.insert(Id([2; 20]), SocketAddr::from(([10, 0, 0, 2], 1)), t0);
+        store.insert(Id([3; 20]), SocketAddr::from(([10, 0, 0, 3], 1)), t0);
+        assert_eq!(store.info_hashes(), 2);
+        assert_eq!(store.get(&ih, false, t0, &mut rng).len(), 2);
+        assert!(store.get(&Id([2; 20]), false, t0, &mut rng).is_empty());
+        assert_eq!(store.get(&Id([3; 20]), false, t0, &mut rng).len(), 1);
         let later = t0 + Duration::from_secs(61);
         assert!(store.get(&ih, false, later, &mut rng).is_empty());
-        assert!(store.insert(Id([3; 20]), SocketAddr::from(([10, 0, 0, 3], 1)), later));
-        assert_eq!(store.info_hashes(), 1);
+        store.insert(Id([4; 20]), SocketAddr::from(([10, 0, 0, 4], 1)), later);
+        assert_eq!(store.info_hashes(), 1, "expired swarms go first");
     }
 }

@@ -1,6 +1,8 @@
-//! `announce_peer` tokens (BEP 5): a keyed hash of the querier's IP under a secret that
-//! changes every 5 minutes; a token is accepted under the current and the previous
-//! secret, so it lives 5 to 10 minutes, and only from the IP it was given to.
+//! `announce_peer` tokens (BEP 5): a keyed hash of the querier's IP and the infohash
+//! under a secret that changes every 5 minutes; a token is accepted under the current and
+//! the previous secret, so it lives 5 to 10 minutes, only from the IP it was given to and
+//! only for the infohash it was asked for (as libtorrent does: one `get_peers` does not
+//! open every swarm to an announce).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::hash::siphash24;
+use super::id::Id;
 
 /// How often the secret changes (BEP 5: "every five minutes").
 pub const ROTATE_EVERY: Duration = Duration::from_secs(5 * 60);
@@ -53,23 +56,32 @@ impl Tokens {
         self.next_rotation = now + ROTATE_EVERY;
     }
 
-    /// The token for a querier at `ip`.
-    pub fn issue(&self, ip: IpAddr) -> [u8; TOKEN_LEN] {
-        make(&self.current, ip)
+    /// The token for a querier at `ip` asking for `info_hash`.
+    pub fn issue(&self, ip: IpAddr, info_hash: &Id) -> [u8; TOKEN_LEN] {
+        make(&self.current, ip, info_hash)
     }
 
-    /// `token` was issued to `ip` under the current or the previous secret.
-    pub fn check(&self, ip: IpAddr, token: &[u8]) -> bool {
-        token == make(&self.current, ip) || token == make(&self.previous, ip)
+    /// `token` was issued to `ip` for `info_hash` under the current or the previous
+    /// secret.
+    pub fn check(&self, ip: IpAddr, info_hash: &Id, token: &[u8]) -> bool {
+        token == make(&self.current, ip, info_hash) || token == make(&self.previous, ip, info_hash)
     }
 }
 
-fn make(secret: &[u8; 16], ip: IpAddr) -> [u8; TOKEN_LEN] {
-    let hash = match ip {
-        IpAddr::V4(v4) => siphash24(secret, &v4.octets()),
-        IpAddr::V6(v6) => siphash24(secret, &v6.octets()),
+fn make(secret: &[u8; 16], ip: IpAddr, info_hash: &Id) -> [u8; TOKEN_LEN] {
+    let mut input = [0u8; 36];
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            input[..4].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            input[..16].copy_from_slice(&v6.octets());
+            16
+        }
     };
-    hash.to_le_bytes()
+    input[len..len + 20].copy_from_slice(&info_hash.0);
+    siphash24(secret, &input[..len + 20]).to_le_bytes()
 }
 
 #[cfg(test)]
@@ -85,18 +97,26 @@ mod tests {
         let mut tokens = Tokens::new(&mut rng, t0);
         let a: IpAddr = "1.2.3.4".parse().expect("ip");
         let b: IpAddr = "1.2.3.5".parse().expect("ip");
-        let tok = tokens.issue(a);
-        assert!(tokens.check(a, &tok));
-        assert!(!tokens.check(b, &tok), "bound to the querier's ip");
-        assert!(!tokens.check(a, &tok[..4]));
+        let ih = Id([1; 20]);
+        let tok = tokens.issue(a, &ih);
+        assert!(tokens.check(a, &ih, &tok));
+        assert!(!tokens.check(b, &ih, &tok), "bound to the querier's ip");
+        assert!(
+            !tokens.check(a, &Id([2; 20]), &tok),
+            "bound to the infohash"
+        );
+        assert!(!tokens.check(a, &ih, &tok[..4]));
         tokens.handle_timeout(t0 + ROTATE_EVERY, &mut rng);
-        assert!(tokens.check(a, &tok), "previous secret still accepted");
-        assert_ne!(tokens.issue(a), tok);
+        assert!(tokens.check(a, &ih, &tok), "previous secret still accepted");
+        assert_ne!(tokens.issue(a, &ih), tok);
         tokens.handle_timeout(t0 + ROTATE_EVERY * 2, &mut rng);
-        assert!(!tokens.check(a, &tok), "two rotations later it is gone");
+        assert!(
+            !tokens.check(a, &ih, &tok),
+            "two rotations later it is gone"
+        );
         // A gap of two periods with no timer forgets both secrets at once.
-        let tok = tokens.issue(a);
+        let tok = tokens.issue(a, &ih);
         tokens.handle_timeout(t0 + ROTATE_EVERY * 5, &mut rng);
-        assert!(!tokens.check(a, &tok));
+        assert!(!tokens.check(a, &ih, &tok));
     }
 }
