@@ -491,6 +491,22 @@ impl DhtCore {
                 announced: 0,
             },
         );
+        if kind != LookupKind::FindNode {
+            // What was announced to us is found at once (in a small network we may be
+            // the node closest to the infohash).
+            let mut local = self.peers.get(&target, false, now, &mut self.rng);
+            local.extend(self.peers.get(&target, true, now, &mut self.rng));
+            if let Some(search) = self.searches.get_mut(&id) {
+                local.retain(|peer| search.seen.insert(*peer));
+            }
+            if !local.is_empty() {
+                self.events.push_back(DhtEvent::Peers {
+                    lookup: id,
+                    info_hash: target,
+                    peers: local,
+                });
+            }
+        }
         for seed in seeds {
             if !self.family_enabled(seed) {
                 continue;
