@@ -430,6 +430,11 @@ fn find_node_answers_with_the_families_wanted() {
             addr: addr("[fd00::1]:6881")
         }]
     );
+    // A querier is not sent back to itself.
+    let known = addr("10.7.0.1:6881");
+    core.handle_datagram(known, &find(None), t0);
+    let r = answer_to(&mut core, known);
+    assert!(response_of(&r).nodes.is_empty(), "{r:?}");
 }
 
 #[test]

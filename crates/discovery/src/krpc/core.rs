@@ -815,10 +815,10 @@ impl DhtCore {
             v6: from.is_ipv6(),
         });
         if want.v4 && self.config.ipv4 {
-            response.nodes = self.v4.closest(target, K, now);
+            response.nodes = closest_but(&self.v4, target, from, now);
         }
         if want.v6 && self.config.ipv6 {
-            response.nodes6 = self.v6.closest(target, K, now);
+            response.nodes6 = closest_but(&self.v6, target, from, now);
         }
     }
 
@@ -1076,4 +1076,17 @@ impl DhtCore {
             }
         }
     }
+}
+
+/// The K nodes of `table` closest to `target`, without the querier itself.
+fn closest_but(
+    table: &RoutingTable,
+    target: &Id,
+    querier: SocketAddr,
+    now: Instant,
+) -> Vec<NodeInfo> {
+    let mut nodes = table.closest(target, K + 1, now);
+    nodes.retain(|n| n.addr != querier);
+    nodes.truncate(K);
+    nodes
 }
