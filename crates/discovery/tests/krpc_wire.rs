@@ -620,6 +620,57 @@ fn a_late_answer_from_a_slow_node_still_counts() {
     assert_eq!(core.stats().timeouts, 0);
 }
 
+#[test]
+fn with_bep42_enforced_only_nodes_with_valid_ids_enter_the_table() {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    let t0 = Instant::now();
+    let mut core = core(
+        DhtCoreConfig {
+            enforce_bep42: true,
+            ..DhtCoreConfig::default()
+        },
+        t0,
+    );
+    let mut rng = StdRng::seed_from_u64(42);
+    let public: IpAddr = "198.51.100.20".parse().expect("ip");
+    let other: IpAddr = "198.51.100.21".parse().expect("ip");
+    let private: IpAddr = "10.20.0.1".parse().expect("ip");
+    let valid = Id::bep42(public, 3, &mut rng);
+    let invalid = Id::bep42(other, 3, &mut rng);
+    assert!(!invalid.is_bep42_valid_for(public));
+    admit(
+        &mut core,
+        SocketAddr::new(public, 6881),
+        invalid,
+        t0,
+        Duration::ZERO,
+    );
+    assert!(
+        core.table(false).is_empty(),
+        "an id made for another IP is refused"
+    );
+    admit(
+        &mut core,
+        SocketAddr::new(public, 6882),
+        valid,
+        t0,
+        Duration::ZERO,
+    );
+    admit(
+        &mut core,
+        SocketAddr::new(private, 6881),
+        invalid,
+        t0,
+        Duration::ZERO,
+    );
+    let ids: Vec<Id> = core.table(false).entries().map(|e| e.node.id).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&valid), "a valid id is taken");
+    assert!(ids.contains(&invalid), "private addresses are exempt");
+}
+
 /// Valid datagrams of every kind, then mutated (bit flips, truncation, splices,
 /// duplicated spans, random bytes) with a seeded generator: the decoder and the core
 /// take all of it without a panic, and never answer what is not KRPC.
