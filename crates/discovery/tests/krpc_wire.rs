@@ -671,6 +671,52 @@ fn with_bep42_enforced_only_nodes_with_valid_ids_enter_the_table() {
     assert!(ids.contains(&invalid), "private addresses are exempt");
 }
 
+#[test]
+fn a_lookup_stalled_by_a_full_pending_table_resumes_when_slots_free() {
+    let t0 = Instant::now();
+    let mut core = core(
+        DhtCoreConfig {
+            max_pending: 4,
+            ..DhtCoreConfig::default()
+        },
+        t0,
+    );
+    for i in 0..8u8 {
+        let mut id = [i; 20];
+        id[0] = i.wrapping_mul(31);
+        admit(
+            &mut core,
+            SocketAddr::new(IpAddr::from([10, 21, 0, i]), 6881),
+            Id(id),
+            t0,
+            Duration::ZERO,
+        );
+    }
+    assert_eq!(core.table(false).len(), 8);
+    // Four pings to silent addresses take every pending slot.
+    for i in 0..4u8 {
+        assert!(core.ping(SocketAddr::new(IpAddr::from([10, 22, 0, i]), 6881), t0));
+    }
+    sent(&mut core);
+    let lookup = core.get_peers(Id([0x21; 20]), t0).expect("starts");
+    assert!(sent(&mut core).is_empty(), "no slot to send from");
+    // The pings time out; the lookup gets their slots.
+    let t1 = t0 + Duration::from_secs(3);
+    core.handle_timeout(t1);
+    let queries: Vec<Message> = sent(&mut core).iter().map(decoded).collect();
+    assert!(
+        queries.iter().any(|m| matches!(
+            &m.body,
+            Body::Query {
+                query: Query::GetPeers { .. },
+                ..
+            }
+        )),
+        "the lookup resumed: {queries:?}"
+    );
+    assert!(core.lookups() == 1, "{lookup:?} still running");
+}
+
 /// Valid datagrams of every kind, then mutated (bit flips, truncation, splices,
 /// duplicated spans, random bytes) with a seeded generator: the decoder and the core
 /// take all of it without a panic, and never answer what is not KRPC.

@@ -1059,6 +1059,12 @@ impl DhtCore {
                 self.drive(id, now);
             }
         }
+        // A lookup whose queries could not be sent (every pending slot taken) has no
+        // answer or timeout of its own to wake it: every timer gives it another chance.
+        let ids: Vec<LookupId> = self.searches.keys().copied().collect();
+        for id in ids {
+            self.drive(id, now);
+        }
         self.tokens.handle_timeout(now, &mut self.rng);
         if now >= self.next_maintenance {
             self.next_maintenance = now + MAINTENANCE_EVERY;
