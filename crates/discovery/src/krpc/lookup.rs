@@ -329,6 +329,32 @@ mod tests {
     }
 
     #[test]
+    fn candidates_are_bounded_and_our_id_is_never_one() {
+        let target = Id([0; 20]);
+        let own = Id([0xee; 20]);
+        let mut lookup = Lookup::new(target, own, false, []);
+        for i in 0..=255u8 {
+            for j in 1..=2u8 {
+                let mut id = [i; 20];
+                id[19] = j;
+                lookup.add(NodeInfo {
+                    id: Id(id),
+                    addr: SocketAddr::from(([10, j, i, 1], 6881)),
+                });
+            }
+        }
+        lookup.add(NodeInfo {
+            id: own,
+            addr: SocketAddr::from(([10, 9, 9, 9], 6881)),
+        });
+        assert_eq!(lookup.candidates.len(), MAX_CANDIDATES);
+        assert!(lookup.candidates.iter().all(|c| c.node.id != own));
+        // The closest were kept.
+        assert_eq!(lookup.candidates[0].node.id.0[0], 0);
+        assert!(lookup.candidates.iter().all(|c| c.node.id.0[0] < 60));
+    }
+
+    #[test]
     fn waits_for_slow_queries_only_when_nothing_else_is_left() {
         let target = Id([0; 20]);
         let (a, b) = (node(1, 1), node(2, 1));
