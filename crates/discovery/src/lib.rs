@@ -51,6 +51,7 @@ pub mod config;
 pub mod core;
 pub mod dht;
 pub mod error;
+pub mod krpc;
 mod lan;
 pub mod messages;
 pub mod topic;
