@@ -98,7 +98,12 @@ enum Command {
         /// Discovery rounds in flight at once (default 5).
         #[arg(long)]
         parallel: Option<usize>,
-
+        /// Attacker tasks (flood; default 200).
+        #[arg(long)]
+        attackers: Option<usize>,
+        /// Seconds of attack (flood; default 60).
+        #[arg(long)]
+        seconds: Option<u64>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -412,6 +417,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             testnet_nodes,
             guard_secs,
             parallel,
+            attackers,
+            seconds,
             json,
         } => {
             let options = bench::BenchOptions {
@@ -428,6 +435,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 testnet_nodes,
                 guard: guard_secs.map(std::time::Duration::from_secs),
                 parallel,
+                attackers,
+                seconds,
                 peer_exe: None,
             };
             run_bench(scenario, &options, json)
