@@ -7,7 +7,9 @@
 //! runs from the connects until the victim holds every block (each verified against A's
 //! signed head on arrival); the victim's copy is then checked against A's head.
 //!
-//! The run is made twice: first alone, then while attackers flood the victim for
+//! The victim dials A (and B dials A and the victim) until the connection is up: a table
+//! filled by attackers refuses those dials, and an honest node dials again
+//! (`victim_dials_to_a` counts them). The run is made twice: first alone, then while attackers flood the victim for
 //! `--seconds` (default 60). The attackers are `--attackers` tasks (default 200), each a
 //! real connection manager on 127.0.0.1 speaking the replic8 ALPN, in four kinds by
 //! index: *handshake* (a fresh identity per connection: connect, drop, again),
@@ -300,6 +302,7 @@ async fn drive(kind: Kind, connection: quinn::Connection, tally: &Tally) -> Opti
 struct Run {
     seconds: f64,
     b_seconds: f64,
+    victim_dials: u64,
     victim_alive: bool,
     honest_connected: bool,
 }
@@ -310,6 +313,29 @@ fn node_builder() -> crate::NodeBuilder {
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .dht(false)
         .lan(false)
+}
+
+/// Dials `addr` from `node` until a connection is up (an honest node keeps dialing a
+/// peer it was told to reach; a flooded table refuses it meanwhile) or `until`; how many
+/// dials it took.
+async fn connect_retrying(
+    node: &NodeHandle,
+    addr: SocketAddr,
+    key: crate::PeerKey,
+    until: Instant,
+) -> Result<u64, BenchError> {
+    let mut dials = 0;
+    loop {
+        dials += 1;
+        match node.connect(addr, Some(key)).await {
+            Ok(_) => return Ok(dials),
+            Err(e) if Instant::now() >= until => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "flood: an honest dial failed; dialing again");
+                tokio::time::sleep(REDIAL_PAUSE).await;
+            }
+        }
+    }
 }
 
 /// Waits until `node` holds `length` blocks of `feed`; seconds since `start`.
@@ -379,9 +405,15 @@ async fn run_once(
         }
 
         let start = Instant::now();
-        victim.connect(a.local_addr(), Some(a.key())).await?;
-        b.connect(a.local_addr(), Some(a.key())).await?;
-        b.connect(victim.local_addr(), Some(victim.key())).await?;
+        let until = start + SYNC_GUARD;
+        // B's connection to the victim is inbound there, where the attackers compete for
+        // the same slots: it is dialed in the background, and only reported.
+        let b_to_victim = actix::spawn({
+            let (b, addr, key) = (b.clone(), victim.local_addr(), victim.key());
+            async move { connect_retrying(&b, addr, key, until).await }
+        });
+        let victim_dials = connect_retrying(&victim, a.local_addr(), a.key(), until).await?;
+        connect_retrying(&b, a.local_addr(), a.key(), until).await?;
         let length = written.length;
         let both = async {
             let v = held(&victim, feed, length, start).await;
@@ -413,6 +445,7 @@ async fn run_once(
         for task in attackers {
             let _ = task.await;
         }
+        let _ = b_to_victim.await;
         let (victim_alive, honest_connected) = match victim.peers().await {
             Ok(peers) => {
                 let keys: Vec<_> = peers.iter().map(|p| p.key).collect();
@@ -423,6 +456,7 @@ async fn run_once(
         Ok(Run {
             seconds,
             b_seconds,
+            victim_dials,
             victim_alive,
             honest_connected,
         })
@@ -465,6 +499,7 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         .with("baseline_mb_per_s", round(baseline_mb, 3))
         .with("ratio", round(attacked_mb / baseline_mb.max(1e-9), 4))
         .with("honest_b_seconds", round(attacked.b_seconds, 3))
+        .with("victim_dials_to_a", attacked.victim_dials)
         .with("block_size", block_size)
         .with("verified", true)
         .with("attackers", attackers)
