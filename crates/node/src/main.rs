@@ -66,8 +66,8 @@ enum Command {
         /// What to measure.
         #[arg(value_enum)]
         scenario: bench::Scenario,
-        /// Bytes to move (raw, bulk, small: default 256MiB) or to append per block size
-        /// (append: 256MiB).
+        /// Bytes to move (raw, bulk, small: default 256MiB; flood: 64MiB) or to append per
+        /// block size (append: 256MiB).
         #[arg(long, value_parser = bench::parse_size)]
         size: Option<u64>,
         /// Bytes per block (bulk 64KiB, small and many-feeds 1KiB; append runs 64KiB and

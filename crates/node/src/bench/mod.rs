@@ -7,7 +7,9 @@
 //!   re-executed as the hidden `bench-peer`) serves feeds from disk, this process replicates
 //!   them to disk over one connection on loopback and verifies them;
 //! - [`append`]: durable appends to a feed on disk;
-//! - [`discovery`]: join to connected on a private 20-node DHT.
+//! - [`discovery`]: join to connected on a private 20-node DHT;
+//! - [`flood`]: replication to a node flooded by attacker identities, against the same
+//!   run without the flood.
 //!
 //! Every row has `scenario`, `bytes`, `blocks`, `seconds`, `mb_per_s`, `blocks_per_s` (MB
 //! = 10^6 bytes) and `peak_rss_bytes` (the peak resident set of this process during the
