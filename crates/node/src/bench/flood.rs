@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Context, Handler};
 use replic8::keys::{exporter_secret, DiscoveryKey, FeedKey as WireFeedKey, Role};
 use replic8::message::{self, FeedStreamHeader};
-use replic8::session::{Session, SessionConfig};
+use replic8::session::{Session, SessionConfig, SessionEvent};
 use replic8_connmgr::{
     ConnManager, ConnManagerConfig, ConnManagerHandle, Dial, Identity, PeerUp, PolicyConfig,
     Subscribe,
@@ -273,7 +273,13 @@ async fn drive(kind: Kind, connection: quinn::Connection, tally: &Tally) -> Opti
         while let Some(frame) = session.poll_transmit() {
             send.write_all(&frame).await.ok()?;
         }
-        while session.poll_event().is_some() {}
+        // Offers the victim makes (it forwards what other attackers offered) are
+        // answered with nothing accepted, as a peer that wants none of them would.
+        while let Some(event) = session.poll_event() {
+            if let SessionEvent::Offered { offer, .. } = event {
+                let _ = session.handle_offer_answer(offer, Ok(Vec::new()));
+            }
+        }
         while session.poll_stream().is_some() {}
         // Read what the victim says (and notice when it closes on us); an idle
         // attacker only waits for that.
