@@ -25,6 +25,8 @@
 //! least 0.5); `peak_rss_bytes` is this whole process's peak (victim, honest nodes and
 //! attackers together: `rss_scope`) during the attacked run; `attacker_connections_*`
 //! count dials attempted, connections established and dials refused or failed;
+//! `finished_during_attack` is false when the honest feed completed only after the
+//! attack stopped (the ratio then flatters the victim);
 //! `victim_alive` says the victim still answered after the attack and `honest_connected`
 //! that A and B were still among its peers.
 
@@ -309,6 +311,7 @@ struct Run {
     seconds: f64,
     b_seconds: f64,
     victim_dials: u64,
+    during_attack: bool,
     victim_alive: bool,
     honest_connected: bool,
 }
@@ -437,6 +440,7 @@ async fn run_once(
                 "the honest feed did not replicate".into(),
             ));
         };
+        let during_attack = attack_end.is_some_and(|end| Instant::now() <= end);
         let copy = victim.open_feed(feed).await?;
         let want = written.head.as_ref().map(|h| h.tree_hash);
         if copy.head.as_ref().map(|h| h.tree_hash) != want || copy.stored != length {
@@ -463,6 +467,7 @@ async fn run_once(
             seconds,
             b_seconds,
             victim_dials,
+            during_attack,
             victim_alive,
             honest_connected,
         })
@@ -506,6 +511,7 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         .with("ratio", round(attacked_mb / baseline_mb.max(1e-9), 4))
         .with("honest_b_seconds", round(attacked.b_seconds, 3))
         .with("victim_dials_to_a", attacked.victim_dials)
+        .with("finished_during_attack", attacked.during_attack)
         .with("block_size", block_size)
         .with("verified", true)
         .with("attackers", attackers)
