@@ -2,7 +2,9 @@
 //!
 //! `demo` runs the whole mission offline (a local DHT and three nodes in a temporary
 //! directory). `daemon` runs a node and serves the client commands (`feed ...`, `share`,
-//! `join`, `leave`, `peers`, `status`) on a 0600 Unix socket in the data directory.
+//! `join`, `leave`, `peers`, `status`) on a Unix socket in a 0700 directory of the data
+//! directory, to the daemon's own user only. Every command that uses a data directory
+//! refuses one that others can write to or another user owns.
 //! `feed import --only-hash` needs no daemon. Logs go to stderr, filtered by `RUST_LOG`
 //! (default `warn`). Errors are one line on stderr and a non-zero exit, never a
 //! backtrace.
@@ -16,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use replic8_node::config::NodeConfig;
 use replic8_node::control::{self, Request};
-use replic8_node::{bench, demo, import, NodeBuilder};
+use replic8_node::{bench, demo, import, persist, NodeBuilder};
 use serde_json::Value;
 
 /// replic8: peer-to-peer replication of signed append-only feeds over QUIC.
@@ -64,8 +66,8 @@ enum Command {
         /// What to measure.
         #[arg(value_enum)]
         scenario: bench::Scenario,
-        /// Bytes to move (raw, bulk, small: default 256MiB) or to append per block size
-        /// (append: 256MiB).
+        /// Bytes to move (raw, bulk, small: default 256MiB; flood: 64MiB) or to append per
+        /// block size (append: 256MiB).
         #[arg(long, value_parser = bench::parse_size)]
         size: Option<u64>,
         /// Bytes per block (bulk 64KiB, small and many-feeds 1KiB; append runs 64KiB and
@@ -96,6 +98,12 @@ enum Command {
         /// Discovery rounds in flight at once (default 5).
         #[arg(long)]
         parallel: Option<usize>,
+        /// Attacker tasks (flood; default 200).
+        #[arg(long)]
+        attackers: Option<usize>,
+        /// Seconds of attack (flood; default 60).
+        #[arg(long)]
+        seconds: Option<u64>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -313,9 +321,16 @@ fn load_config(cli_config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::
     Ok(config)
 }
 
-/// Sends `req` to the daemon of the data directory.
+/// Sends `req` to the daemon of the data directory, after checking that directory (a
+/// missing one is left to the connect, which says there is no daemon).
 fn ask(config: &NodeConfig, req: &Request) -> anyhow::Result<Value> {
-    let socket = config.resolve_data_dir()?.join(control::SOCKET_FILE);
+    let data_dir = config.resolve_data_dir()?;
+    match persist::check_dir(&data_dir) {
+        Err(persist::PersistError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        checked => checked?,
+    }
+    let socket = control::socket_path(&data_dir);
     Ok(runtime()?.block_on(control::request(&socket, req))?)
 }
 
@@ -402,6 +417,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             testnet_nodes,
             guard_secs,
             parallel,
+            attackers,
+            seconds,
             json,
         } => {
             let options = bench::BenchOptions {
@@ -418,6 +435,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 testnet_nodes,
                 guard: guard_secs.map(std::time::Duration::from_secs),
                 parallel,
+                attackers,
+                seconds,
                 peer_exe: None,
             };
             run_bench(scenario, &options, json)
@@ -682,6 +701,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Runs a node and its control socket until SIGINT or SIGTERM, then closes both.
 async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.resolve_data_dir()?;
+    // Refused before anything starts (the node checks it again when it opens it).
+    persist::ensure_dir(&data_dir)?;
     let mut builder = NodeBuilder::from_config(&config)?.data_dir(&data_dir);
     let node = match builder.clone().spawn().await {
         Ok(node) => node,
