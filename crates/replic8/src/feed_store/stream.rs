@@ -18,7 +18,7 @@
 //! buffer of its announced size (checked against [`MAX_MESSAGE_SIZE`] first). Pooled
 //! buffers return to the pool when the last slice of them is dropped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +40,11 @@ use crate::store::{FeedFailed, FeedStalled, FeedStream, FeedSynced, FeedUpdated,
 pub(crate) const MAX_QUEUED_BYTES: usize = 2 << 20;
 /// Frames the reader may hand over before it stops reading (QUIC then stops the peer).
 const READ_QUEUE: usize = 64;
+/// Frames the writer may hold. With [`MAX_QUEUED_BYTES`] it bounds the queue in both
+/// frames and bytes; the core is asked for more only while both have room, so the
+/// queue never refuses a frame. Requests are ~50 bytes: 1024 of them fill a window of
+/// requests many times over.
+const WRITE_QUEUE: usize = 1024;
 /// Most frames handled in one blocking call.
 const BATCH: usize = 64;
 /// Bytes asked of the stream per read.
@@ -107,15 +112,22 @@ pub(crate) async fn run<F: FeedStorage>(
 ) {
     let FeedStream { send, recv } = stream;
     let (read_tx, mut reads) = mpsc::channel::<Read>(READ_QUEUE);
-    let reader = AbortOnDrop(tokio::spawn(read_frames(
-        recv,
-        read_tx,
-        shared.pool.clone(),
-    )));
+    let guard = shared.task_guard();
+    let pool = shared.pool.clone();
+    let reader = AbortOnDrop::new(tokio::spawn(async move {
+        let _guard = guard;
+        read_frames(recv, read_tx, pool).await;
+    }));
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
-    let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(write_frames(send, write_rx, queued.clone(), room.clone()));
+    let (write_tx, write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let guard = shared.task_guard();
+    let (q, r) = (queued.clone(), room.clone());
+    // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
+    let mut writer = AbortOnDrop::new(tokio::spawn(async move {
+        let _guard = guard;
+        write_frames(send, write_rx, q, r).await;
+    }));
     let outbox = Outbox {
         tx: write_tx,
         queued,
@@ -222,7 +234,7 @@ pub(crate) async fn run<F: FeedStorage>(
         End::Failed(reason) | End::Stalled(reason) => {
             let stalled = matches!(end, End::Stalled(_));
             debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, stalled, "peer broke or stalled the feed sync");
-            writer.abort();
+            drop(std::mem::replace(&mut writer, AbortOnDrop(None)));
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             shared.event(super::FeedStoreEvent::SyncFailed {
                 feed: ctx.feed,
@@ -238,11 +250,12 @@ pub(crate) async fn run<F: FeedStorage>(
         }
         End::Local(reason) => {
             debug!(feed = %ctx.feed.fmt_short(), %reason, "feed stream given up");
-            writer.abort();
+            drop(std::mem::replace(&mut writer, AbortOnDrop(None)));
         }
-        // The writer finishes our half once it has written what is queued.
+        // The writer finishes our half once it has written what is queued; a peer that
+        // does not read it within the flush timeout loses it (dropping aborts).
         End::Detached | End::PeerFinished => {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+            writer.wait(shared.flush_timeout).await;
         }
     }
     if !matches!(end, End::Detached) {
@@ -252,6 +265,7 @@ pub(crate) async fn run<F: FeedStorage>(
             id: ctx.id,
         });
     }
+    drop(writer);
     shared.stream_done(ctx.peer, ctx.id);
 }
 
@@ -295,20 +309,26 @@ async fn step_and_report<F: FeedStorage>(
 /// Where a stream's frames go: the writer task's queue, and the bytes waiting in it.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::Sender<Bytes>,
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
 }
 
 impl Outbox {
+    /// Room for one more frame, in bytes and in frames (one driver pushes, so room seen
+    /// here is still there at the push).
     fn has_room(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) < MAX_QUEUED_BYTES
+        self.queued.load(Ordering::Relaxed) < MAX_QUEUED_BYTES && self.tx.capacity() > 0
     }
 
     fn push(&self, frame: Bytes) {
-        self.queued.fetch_add(frame.len(), Ordering::Relaxed);
-        // A gone writer means the stream is ending; the driver learns it elsewhere.
-        let _ = self.tx.send(frame);
+        let len = frame.len();
+        // A gone writer means the stream is ending; the driver learns it elsewhere. A
+        // full queue cannot happen after `has_room`; the frame would be lost and the
+        // peer's core would time out on it, which ends only this stream.
+        if self.tx.try_send(frame).is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+        }
     }
 }
 
@@ -513,7 +533,7 @@ fn fill_partial(
 
 async fn write_frames(
     mut send: quinn::SendStream,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut frames: mpsc::Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
     room: Arc<Notify>,
 ) {
@@ -536,11 +556,51 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// A task that is aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        AbortOnDrop(Some(task))
+    }
+
+    /// Lets the task run on without this handle (called by the task itself, which is
+    /// about to return).
+    pub(crate) fn forget(mut self) {
+        self.0.take();
+    }
+
+    /// Waits up to `limit` for the task to end by itself.
+    async fn wait(&mut self, limit: std::time::Duration) {
+        if let Some(task) = self.0.as_mut() {
+            let _ = tokio::time::timeout(limit, task).await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Counts one live stream task (driver, reader or writer) until dropped: dropped when
+/// the task ends, and when it is aborted.
+#[derive(Debug)]
+pub(crate) struct TaskGuard(Arc<AtomicU64>);
+
+impl TaskGuard {
+    pub(crate) fn new(count: Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        TaskGuard(count)
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
