@@ -112,6 +112,18 @@ pub struct FeedStoreStats {
     pub stream_tasks: u64,
 }
 
+/// How many feeds of one offer were refused, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// New to the store, and the namespace's policy did not take them (or their key is
+    /// not an ed25519 public key).
+    pub policy: u64,
+    /// Held here only in other namespaces.
+    pub elsewhere: u64,
+    /// Past a quota (per peer, or in total).
+    pub quota: u64,
+}
+
 /// What the store reports as it works (sent to the events channel given to
 /// [`super::FeedStore::new`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +137,16 @@ pub enum FeedStoreEvent {
         feed: FeedKey,
         /// Who offered it.
         peer: PeerKey,
+    },
+    /// Feeds of one offer of `peer` were refused: not accepted, politely (the session
+    /// goes on).
+    Refused {
+        /// The namespace.
+        namespace: String,
+        /// Who offered them.
+        peer: PeerKey,
+        /// How many, and why.
+        refused: Refusals,
     },
     /// Blocks from `peer` were verified and stored (since the previous such event for
     /// this stream).

@@ -480,6 +480,7 @@ impl<St: Storage> FeedStore<St> {
         namespace: &str,
         new: Vec<SharedFeed>,
         policy: &NamespacePolicy,
+        refused: &mut Refusals,
     ) -> Vec<FeedKey> {
         let mut accepted = Vec::with_capacity(new.len());
         let mut candidates = Vec::with_capacity(new.len());
@@ -487,20 +488,12 @@ impl<St: Storage> FeedStore<St> {
             // Another offer may have brought it meanwhile.
             match self.members.get(&feed.key) {
                 Some(m) if m.is_in(namespace) => accepted.push(feed.key),
-                Some(m) if m.in_any() => {
-                    self.shared
-                        .stats
-                        .refused_namespace
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                Some(m) if m.in_any() => refused.elsewhere += 1,
                 _ => candidates.push(feed),
             }
         }
-        let (admitted, refused) = self.quotas.admit(peer, candidates, Instant::now());
-        self.shared
-            .stats
-            .refused_quota
-            .fetch_add(refused, Ordering::Relaxed);
+        let (admitted, over) = self.quotas.admit(peer, candidates, Instant::now());
+        refused.quota += over;
         let mut forward = Vec::new();
         let mut create = Vec::new();
         for feed in admitted {
@@ -541,6 +534,26 @@ impl<St: Storage> FeedStore<St> {
             });
         }
         accepted
+    }
+}
+
+impl<St: Storage> FeedStore<St> {
+    /// Counts and reports the feeds of one offer that were refused.
+    fn refused(&self, peer: PeerKey, namespace: String, refused: Refusals) {
+        if refused == Refusals::default() {
+            return;
+        }
+        let s = &self.shared.stats;
+        s.refused_policy
+            .fetch_add(refused.policy, Ordering::Relaxed);
+        s.refused_namespace
+            .fetch_add(refused.elsewhere, Ordering::Relaxed);
+        s.refused_quota.fetch_add(refused.quota, Ordering::Relaxed);
+        self.shared.event(FeedStoreEvent::Refused {
+            namespace,
+            peer,
+            refused,
+        });
     }
 }
 
@@ -619,21 +632,17 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
         let policy = self.policy(&namespace);
         let mut held = Vec::new();
         let mut candidates = Vec::new();
-        let (mut refused_namespace, mut refused_policy) = (0, 0);
+        let mut refused = Refusals::default();
         for feed in feeds {
             match self.members.get(&feed.key) {
                 Some(m) if m.is_in(&namespace) => held.push(feed.key),
                 // A peer never widens who a feed is served to.
-                Some(m) if m.in_any() => refused_namespace += 1,
+                Some(m) if m.in_any() => refused.elsewhere += 1,
                 _ if policy.accept.accepts(&peer, &namespace, &feed) => candidates.push(feed),
-                _ => refused_policy += 1,
+                _ => refused.policy += 1,
             }
         }
-        let s = &self.shared.stats;
-        s.refused_namespace
-            .fetch_add(refused_namespace, Ordering::Relaxed);
-        s.refused_policy
-            .fetch_add(refused_policy, Ordering::Relaxed);
+        let checking = candidates.len() as u64;
         let checked = async move {
             if candidates.is_empty() {
                 return candidates;
@@ -648,12 +657,15 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
         };
         Box::pin(checked.into_actor(self).then(move |new, act, _| {
             let mut accepted = held;
+            // Keys that are not ed25519 points count with the policy's refusals.
+            refused.policy += checking - new.len() as u64;
             let persist = if new.is_empty() {
                 None
             } else {
-                accepted.extend(act.admit(peer, &namespace, new, &policy));
+                accepted.extend(act.admit(peer, &namespace, new, &policy, &mut refused));
                 Some(act.persist())
             };
+            act.refused(peer, namespace, refused);
             async move {
                 if let Some(persist) = persist {
                     persist.await;
