@@ -3,12 +3,20 @@
 //! it.
 //!
 //! The actor is a thin shell (STYLE.md §2). It keeps what is shared in which namespace
-//! (with headers), decides offers by its [`AcceptPolicy`] (a new accepted feed is
-//! created here as a replica and forwarded: shared with the namespace's other sessions,
-//! except the peer it came from; the session layer skips peers known to have it), and
-//! starts one stream driver per [`Attach`] (see `stream.rs`).
+//! (with headers) and which namespaces each feed belongs to (`membership.rs`), decides
+//! offers by the namespace's [`NamespacePolicy`] and the [`FeedStoreLimits`] quotas
+//! (`policy.rs`; a new accepted feed is created here as a replica and, under a
+//! forwarding policy, shared with the namespace's other sessions except the peer it
+//! came from; the session layer skips peers known to have it), and starts one stream
+//! driver per [`Attach`] (see `stream.rs`).
 //!
 //! Invariants:
+//! - a feed is accepted, announced ([`KnownFeeds`]), offered ([`Shares`]) and served
+//!   ([`Attach`]) in a namespace only if it belongs to that namespace here; a peer's offer
+//!   never adds a namespace to a feed held here;
+//! - the public namespace `""` accepts only feeds that belong to it and forwards
+//!   nothing, whatever the config says; a refused offer is left out of the answer, never
+//!   an error;
 //! - no handler hashes, verifies or touches storage: feed opening, appends, reads and
 //!   every call into a sync core run on tokio's blocking pool, with the feed behind its
 //!   own mutex, so the feeds of one store replicate on every core;
@@ -19,6 +27,8 @@
 //! - a stream reports [`FeedSynced`](crate::store::FeedSynced) only when its core is
 //!   synced and the feed holds every block up to its length, so a stream to a peer that
 //!   lacks blocks another peer is still bringing stays open until they are here;
+//! - every task of a stream is owned and aborted when the stream ends, is replaced or
+//!   the store stops; every queue of a stream is bounded;
 //! - a peer that sends anything that does not verify ends its session
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
