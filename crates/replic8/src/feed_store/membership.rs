@@ -14,6 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -70,11 +71,13 @@ impl Member {
     }
 
     /// Shared in `namespace`: a member of it, and public only if shared in `""`.
-    pub(crate) fn share(&mut self, namespace: &str) {
+    /// Returns whether anything changed.
+    pub(crate) fn share(&mut self, namespace: &str) -> bool {
+        let was_public = self.implicit_public;
         if !namespace.is_empty() {
             self.implicit_public = false;
         }
-        self.namespaces.insert(namespace.to_owned());
+        self.namespaces.insert(namespace.to_owned()) || was_public != self.implicit_public
     }
 }
 
@@ -192,10 +195,12 @@ impl MembershipFile {
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
+    // Feed keys are read capabilities: only the owner may read the file.
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -212,10 +217,11 @@ mod tests {
     fn sharing_in_a_named_namespace_ends_implicit_public_membership() {
         let mut m = Member::created();
         assert!(m.is_in("") && !m.is_in("team"));
-        m.share("team");
+        assert!(m.share("team"));
         assert!(!m.is_in("") && m.is_in("team"));
-        m.share("");
-        m.share("other");
+        assert!(!m.share("team"), "sharing again changes nothing");
+        assert!(m.share(""));
+        assert!(m.share("other"));
         assert!(m.is_in("") && m.is_in("team") && m.is_in("other"));
         let r = Member::accepted("photos");
         assert!(r.is_in("photos") && !r.is_in("") && r.in_any());
@@ -235,6 +241,13 @@ mod tests {
         file.write(1, &encode(&HashMap::new()).unwrap()).unwrap();
         assert_eq!(file.load().unwrap(), map);
         assert!(!dir.path().join("namespaces.tmp").exists());
+        let mode = fs::metadata(dir.path().join(MEMBERSHIP_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
 
         let bytes = encode(&map).unwrap();
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());

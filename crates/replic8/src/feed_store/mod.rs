@@ -301,6 +301,8 @@ pub struct FeedStore<St: Storage> {
     membership_file: Option<Arc<MembershipFile>>,
     /// Snapshots of `members` taken so far.
     generation: u64,
+    /// Changes of `members` so far (to tell whether an offer changed anything).
+    member_changes: u64,
     quotas: Quotas,
 }
 
@@ -399,6 +401,7 @@ impl<St: Storage> FeedStore<St> {
             members,
             membership_file,
             generation: 0,
+            member_changes: 0,
         }
     }
 
@@ -509,6 +512,7 @@ impl<St: Storage> FeedStore<St> {
         for feed in admitted {
             accepted.push(feed.key);
             self.members.insert(feed.key, Member::accepted(namespace));
+            self.member_changes += 1;
             if self.held.insert(feed.key) {
                 create.push(feed.key);
             }
@@ -669,12 +673,11 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
             let mut accepted = held;
             // Keys that are not ed25519 points count with the policy's refusals.
             refused.policy += checking - new.len() as u64;
-            let persist = if new.is_empty() {
-                None
-            } else {
+            let before = act.member_changes;
+            if !new.is_empty() {
                 accepted.extend(act.admit(peer, &namespace, new, &policy, &mut refused));
-                Some(act.persist())
-            };
+            }
+            let persist = (act.member_changes != before).then(|| act.persist());
             act.refused(peer, namespace, refused);
             async move {
                 if let Some(persist) = persist {
@@ -855,11 +858,13 @@ impl<St: Storage> Handler<ShareFeed> for FeedStore<St> {
             .entry(msg.namespace.clone())
             .or_default()
             .insert(msg.feed, msg.headers.clone());
-        self.members
+        // Sharing again (the node does at every start) writes nothing.
+        let changed = self
+            .members
             .entry(msg.feed)
             .or_default()
             .share(&msg.namespace);
-        let persist = self.persist();
+        let persist = changed.then(|| self.persist());
         let share = self.shared.sessions.send(Share {
             namespace: msg.namespace,
             feeds: vec![SharedFeed {
@@ -870,7 +875,9 @@ impl<St: Storage> Handler<ShareFeed> for FeedStore<St> {
             except: None,
         });
         Box::pin(async move {
-            persist.await;
+            if let Some(persist) = persist {
+                persist.await;
+            }
             match share.await {
                 Ok(Ok(n)) => Ok(n),
                 Ok(Err(e)) => Err(FeedStoreError::Share(e)),
