@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::pool::BufferPool;
@@ -40,6 +40,13 @@ use crate::store::{FeedFailed, FeedStalled, FeedStream, FeedSynced, FeedUpdated,
 pub(crate) const MAX_QUEUED_BYTES: usize = 2 << 20;
 /// Frames the reader may hand over before it stops reading (QUIC then stops the peer).
 const READ_QUEUE: usize = 64;
+/// Most bytes of received frames a stream holds before they are verified (handed over
+/// by the reader, or in the batch being verified); past it the reader stops reading and
+/// QUIC stops the peer. An honest peer sends at most what our core asked for, 16
+/// requests ([`SyncConfig::max_outstanding`]) of at most 1 MiB (`max_data_bytes`): this
+/// never slows it, and caps what any peer pins per stream (64 frames of up to
+/// [`MAX_MESSAGE_SIZE`] each before).
+const READ_QUEUE_BYTES: usize = 17 << 20;
 /// Frames the writer may hold. With [`MAX_QUEUED_BYTES`] it bounds the queue in both
 /// frames and bytes; the core is asked for more only while both have room, so the
 /// queue never refuses a frame. Requests are ~50 bytes: 1024 of them fill a window of
@@ -68,7 +75,8 @@ enum Input {
 }
 
 enum Read {
-    Frame(Bytes),
+    /// A frame, with its share of the read budget (given back when it is dropped).
+    Frame(Bytes, OwnedSemaphorePermit),
     Bad(FrameError),
 }
 
@@ -114,9 +122,10 @@ pub(crate) async fn run<F: FeedStorage>(
     let (read_tx, mut reads) = mpsc::channel::<Read>(READ_QUEUE);
     let guard = shared.task_guard();
     let pool = shared.pool.clone();
+    let budget = Arc::new(Semaphore::new(READ_QUEUE_BYTES));
     let reader = AbortOnDrop::new(tokio::spawn(async move {
         let _guard = guard;
-        read_frames(recv, read_tx, pool).await;
+        read_frames(recv, read_tx, pool, budget).await;
     }));
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
@@ -142,18 +151,24 @@ pub(crate) async fn run<F: FeedStorage>(
     let mut deadline: Option<Instant> = None;
     let mut reported: Option<u64> = None;
     let end = loop {
+        // The read budget of the frames being verified, given back after the step.
+        let mut permits = Vec::new();
         let next = match input.take() {
             Some(i) => i,
             None => tokio::select! {
                 biased;
                 _ = &mut stop => break End::Detached,
                 read = reads.recv() => match read {
-                    Some(Read::Frame(f)) => {
+                    Some(Read::Frame(f, permit)) => {
                         let mut batch = vec![f];
+                        permits.push(permit);
                         let mut bad = None;
                         while batch.len() < BATCH {
                             match reads.try_recv() {
-                                Ok(Read::Frame(f)) => batch.push(f),
+                                Ok(Read::Frame(f, permit)) => {
+                                    batch.push(f);
+                                    permits.push(permit);
+                                }
                                 Ok(Read::Bad(e)) => { bad = Some(e); break; }
                                 Err(_) => break,
                             }
@@ -178,6 +193,7 @@ pub(crate) async fn run<F: FeedStorage>(
             Ok(step) => step,
             Err(reason) => break End::Local(reason),
         };
+        drop(permits);
         if let Some(version) = step.published {
             // Our own change needs no feed update from us; a later one of others does.
             if updates.borrow().version == version {
@@ -420,7 +436,12 @@ fn encode_frame(pool: &Arc<BufferPool>, message: &replic8_store::Message) -> Res
 /// Cuts the stream into frames. A frame inside one QUIC chunk is handed over as a slice
 /// of it (no copy); one that straddles chunks is gathered into a buffer allocated once
 /// at the frame's announced size (checked against the limit first), from the pool.
-async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: Arc<BufferPool>) {
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Read>,
+    pool: Arc<BufferPool>,
+    budget: Arc<Semaphore>,
+) {
     let mut partial = Vec::new();
     loop {
         let mut data = match recv.read_chunk(READ_CHUNK, true).await {
@@ -436,7 +457,14 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: 
         };
         while !data.is_empty() {
             let sent = match next_frame(&mut data, &mut partial, &pool) {
-                Ok(Some(payload)) => tx.send(Read::Frame(payload)).await.is_ok(),
+                Ok(Some(payload)) => {
+                    // A frame is at most MAX_MESSAGE_SIZE, well within the budget.
+                    let cost = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
+                    match budget.clone().acquire_many_owned(cost).await {
+                        Ok(permit) => tx.send(Read::Frame(payload, permit)).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
                 Ok(None) => true,
                 Err(e) => {
                     let _ = tx.send(Read::Bad(e)).await;
