@@ -1,9 +1,13 @@
 //! One feed stream: a [`FeedSync`] core for one (feed, peer), driven over a QUIC stream.
 //!
 //! Three tokio tasks per stream: a reader that cuts frames (bounded by
-//! [`replic8_store::MAX_MESSAGE_SIZE`]) and hands them over a bounded channel, so a slow
-//! verifier pushes back on the peer through QUIC flow control; a writer that writes the
-//! frames it is given; and the driver, which owns the core. Every call into the core
+//! [`replic8_store::MAX_MESSAGE_SIZE`]) and hands them over a channel bounded in frames
+//! and bytes, so a slow verifier pushes back on the peer through QUIC flow control; a
+//! writer that writes the frames it is given, from a queue bounded in frames and bytes;
+//! and the driver, which owns the core and the other two tasks (aborted when it ends,
+//! after a detached stream's queue had [`super::FeedStoreLimits::flush_timeout`] to
+//! leave; the driver itself is aborted when its handle in the store is dropped). Every
+//! call into the core
 //! (verifying, hashing, storage) runs on tokio's blocking pool with the feed's mutex
 //! held, never on the task's thread; the core is moved into the blocking call and back.
 //! The driver asks the core for messages only while the writer holds less than
@@ -250,7 +254,7 @@ pub(crate) async fn run<F: FeedStorage>(
         End::Failed(reason) | End::Stalled(reason) => {
             let stalled = matches!(end, End::Stalled(_));
             debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, stalled, "peer broke or stalled the feed sync");
-            drop(std::mem::replace(&mut writer, AbortOnDrop(None)));
+            writer.abort();
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             shared.event(super::FeedStoreEvent::SyncFailed {
                 feed: ctx.feed,
@@ -266,7 +270,7 @@ pub(crate) async fn run<F: FeedStorage>(
         }
         End::Local(reason) => {
             debug!(feed = %ctx.feed.fmt_short(), %reason, "feed stream given up");
-            drop(std::mem::replace(&mut writer, AbortOnDrop(None)));
+            writer.abort();
         }
         // The writer finishes our half once it has written what is queued; a peer that
         // does not read it within the flush timeout loses it (dropping aborts).
@@ -596,6 +600,13 @@ impl AbortOnDrop {
     /// about to return).
     pub(crate) fn forget(mut self) {
         self.0.take();
+    }
+
+    /// Aborts the task now.
+    fn abort(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 
     /// Waits up to `limit` for the task to end by itself.
