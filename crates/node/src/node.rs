@@ -779,7 +779,7 @@ async fn forward_feed_events(
                     bytes,
                 }
             }
-            FeedStoreEvent::FeedSynced { .. } => continue,
+            FeedStoreEvent::FeedSynced { .. } | FeedStoreEvent::Refused { .. } => continue,
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);
                 NodeEvent::SyncFailed {

@@ -59,7 +59,7 @@ thread_local! {
 }
 
 /// Starts a node's session layer and feed store, wiring their events to `events`.
-async fn node<St: Storage>(
+async fn node<St: Storage + MembershipHome>(
     n: u8,
     storage: St,
     config: FeedStoreConfig,
@@ -235,6 +235,15 @@ async fn assert_same<A: Storage, B: Storage>(a: &Node<A>, b: &Node<B>, feed: Fee
     assert!(key.verify_head(&head), "node {}: head does not verify", b.n);
 }
 
+/// Accepts every feed offered in `NS` and forwards it.
+fn accept_all() -> FeedStoreConfig {
+    FeedStoreConfig {
+        accept: AcceptPolicy::All,
+        forward: true,
+        ..FeedStoreConfig::default()
+    }
+}
+
 fn photos_only() -> FeedStoreConfig {
     FeedStoreConfig {
         accept: AcceptPolicy::Headers(std::sync::Arc::new(|h: &Headers| {
@@ -244,7 +253,7 @@ fn photos_only() -> FeedStoreConfig {
     }
 }
 
-async fn two_nodes_replicate<B: Storage>(b_storage: B) {
+async fn two_nodes_replicate<B: Storage + MembershipHome>(b_storage: B) {
     let (tx, mut events) = mpsc::unbounded_channel();
     let a = node(
         1,
@@ -428,7 +437,7 @@ fn a_one_shot_session_ends_synced() {
 fn a_triangle_replicates_a_feed_to_everyone_without_offer_loops() {
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let cfg = FeedStoreConfig::default;
+        let cfg = accept_all;
         let a = node(1, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
         let b = node(2, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
         let c = node(3, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
@@ -621,14 +630,7 @@ fn a_peer_sending_an_oversize_feed_frame_loses_its_session() {
 async fn hostile_peer(oversize: bool, expect: &str) {
     {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let b = node(
-            2,
-            MemoryStorage::new(),
-            FeedStoreConfig::default(),
-            Mode::Live,
-            &tx,
-        )
-        .await;
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
         // An honest writer A shares with B too; its session must carry on.
         let a = node(
             1,
@@ -714,7 +716,7 @@ async fn hostile_peer(oversize: bool, expect: &str) {
 fn a_chain_forwards_a_feed_through_the_middle_node() {
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let cfg = FeedStoreConfig::default;
+        let cfg = accept_all;
         let a = node(1, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
         let b = node(2, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
         let c = node(3, MemoryStorage::new(), cfg(), Mode::Live, &tx).await;
@@ -822,7 +824,7 @@ fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
     MAX_STREAMS.with(|m| m.set(3));
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let cfg = FeedStoreConfig::default;
+        let cfg = accept_all;
         let a = node(1, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
         let b = node(2, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
         let mut feeds = Vec::new();
