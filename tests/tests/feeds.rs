@@ -60,7 +60,9 @@ async fn a_shared_feed_is_discovered_accepted_and_replicated_verified_and_live()
     let data = blocks(300, 1);
     assert_eq!(a.append(feed, data.clone()).await.unwrap(), 300);
     a.share("photos", feed, headers("holiday")).await.unwrap();
-    b.open_namespace("photos", None).await.unwrap();
+    b.open_namespace("photos", None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
 
     a.join_feed(feed, JoinOptions::default()).await.unwrap();
     b.join_feed(feed, JoinOptions::default()).await.unwrap();
@@ -126,7 +128,9 @@ async fn a_restarted_node_shares_its_feeds_again() {
     // the feed it shared before the restart, from disk, without being asked again.
     let c = loopback_node(&net).spawn().await.unwrap();
     let mut c_events = c.subscribe();
-    c.open_namespace("docs", None).await.unwrap();
+    c.open_namespace("docs", None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
     c.join_feed(
         feed,
         JoinOptions {
@@ -166,7 +170,9 @@ async fn a_restarted_writer_is_found_again_and_its_new_blocks_reach_the_reader()
 
     let r = loopback_node(&net).spawn().await.unwrap();
     let mut r_events = r.subscribe();
-    r.open_namespace("log", None).await.unwrap();
+    r.open_namespace("log", None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
     r.join_feed(feed, JoinOptions::default()).await.unwrap();
     wait_synced(&mut r_events, "r: first half", feed, 200).await;
     let w_key = w.key();

@@ -67,7 +67,11 @@ impl World {
             .await
             .unwrap();
         victim
-            .open_namespace("team", Some(TEAM_SECRET))
+            .open_namespace(
+                "team",
+                Some(TEAM_SECRET),
+                replic8_node::NamespacePolicy::accept_all(),
+            )
             .await
             .unwrap();
         let good = Node::builder()

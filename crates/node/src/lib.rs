@@ -50,7 +50,9 @@ pub use crate::node::{
     AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
     NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
 };
-pub use replic8::feed_store::{AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats};
+pub use replic8::feed_store::{
+    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, NamespacePolicy,
+};
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::Headers;
 pub use replic8_connmgr::{Identity, PeerKey};

@@ -227,6 +227,22 @@ pub struct PersistedState {
     /// one and those of the shares.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// What the store accepts in each namespace that the user opened with a policy
+    /// other than held-only (a missing entry is held-only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policies: BTreeMap<String, PersistedPolicy>,
+}
+
+/// A namespace's accept policy, as persisted: the kinds that can be written down (a
+/// header predicate or a callback lives in the embedding program, which opens the
+/// namespace again after a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedPolicy {
+    /// Accept every offered feed (else only feeds held in the namespace).
+    pub accept_all: bool,
+    /// Share accepted feeds with the namespace's other peers.
+    pub forward: bool,
 }
 
 impl PersistedState {
@@ -283,6 +299,15 @@ impl PersistedState {
         }
         self.namespaces.push(name.to_owned());
         true
+    }
+
+    /// Record a namespace's policy (`None`: held-only, the default). Returns whether it
+    /// changed.
+    pub fn policy(&mut self, name: &str, policy: Option<PersistedPolicy>) -> bool {
+        match policy {
+            Some(p) => self.policies.insert(name.to_owned(), p) != Some(p),
+            None => self.policies.remove(name).is_some(),
+        }
     }
 
     /// Forget a join. Returns whether it was there.

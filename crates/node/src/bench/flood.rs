@@ -385,8 +385,11 @@ async fn run_once(
         }
         let written = a.open_feed(feed).await?;
         a.share(NAMESPACE, feed, Headers::new()).await?;
-        victim.open_namespace(NAMESPACE, None).await?;
-        b.open_namespace(NAMESPACE, None).await?;
+        victim
+            .open_namespace(NAMESPACE, None, crate::NamespacePolicy::accept_all())
+            .await?;
+        b.open_namespace(NAMESPACE, None, crate::NamespacePolicy::accept_all())
+            .await?;
 
         let mut attackers = Vec::new();
         let mut attack_end = None;
