@@ -18,7 +18,7 @@ use actix::{Actor, Context, Handler};
 use replic8::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
 use replic8::frame::MAX_FRAME_LEN;
 use replic8::keys::{
-    ExporterSecret, FeedKey, NamespaceId, NamespaceSecret, PeerKey, Role, EXPORTER_CONTEXT,
+    ExporterSecret, FeedKey, NamespaceKey, NamespaceSecret, PeerKey, Role, EXPORTER_CONTEXT,
     EXPORTER_LABEL,
 };
 use replic8::message::{self, CloseCode, FeedStreamHeader, Headers, Message};
@@ -404,15 +404,24 @@ fn exporter(connection: &quinn::Connection) -> ExporterSecret {
 }
 
 #[test]
-fn a_secret_namespace_sends_zero_keys_over_quic_and_a_replayed_proof_fails() {
+fn a_secret_namespace_reveals_nothing_over_quic_to_a_peer_without_the_key() {
+    // Fails on the old code: B sent its proof and the namespace's stable id to every
+    // peer before it proved anything, and a replayed proof ended the session with a
+    // reason naming the namespace.
     actix::System::new().block_on(async {
         let secret = NamespaceSecret([0x5e; 32]);
-        let ns = NamespaceId::from_name("team");
+        let key = NamespaceKey::new("team", Some(&secret));
         let b = node(&[(counter(4), 3, "counter"), (counter(5), 1, "counter")]);
         let server = server_endpoint();
+        let revealing = |m: &Message| {
+            matches!(
+                m,
+                Message::Tag { .. } | Message::Offer { .. } | Message::Have { .. }
+            )
+        };
 
-        // A peer without the secret: says hello, proves nothing, reads everything B
-        // sends up to B's `Ready` (after which B only answers what the peer does).
+        // A peer without the key: says hello, reads everything B sends up to B's
+        // `Ready`, then replays a tag recorded on another connection.
         let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
         let (end, _events) = start_in(
             &b,
@@ -426,71 +435,72 @@ fn a_secret_namespace_sends_zero_keys_over_quic_and_a_replayed_proof_fails() {
             .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
             .await
             .unwrap();
-        let seen = read_until(&mut recv, |m| *m == Message::Ready).await;
+        let mut seen = read_until(&mut recv, |m| *m == Message::Ready).await;
         assert!(matches!(seen[0], Message::Hello { .. }), "{seen:?}");
-        assert!(
-            seen.iter().any(|m| matches!(m, Message::Proof { .. })),
-            "B proves its side: {seen:?}"
-        );
-        assert!(
-            !seen
-                .iter()
-                .any(|m| matches!(m, Message::Offer { .. } | Message::Have { .. })),
-            "keys crossed the wire to a peer without the secret: {seen:?}"
-        );
-        // It then presents a proof recorded on another connection (computed here for
-        // that connection's exporter value, as the honest peer there would have sent it).
         let (other, _other_accepted, _c, _r) = raw_peer(&server).await;
-        let replayed = secret.proof(&exporter(&other), Role::Dialer, &ns);
-        control
-            .write_all(&frame(&Message::Proof {
-                namespace: ns,
-                tag: replayed,
-            }))
-            .await
-            .unwrap();
-        let (code, reason) = closed_with(&dialed).await;
-        assert_eq!(code, u64::from(CloseCode::BAD_PROOF.0), "{reason}");
-        assert!(reason.contains("team"), "{reason}");
-        assert_eq!(
-            tokio::time::timeout(GUARD, end)
-                .await
-                .unwrap()
-                .unwrap()
-                .code,
-            CloseCode::BAD_PROOF
+        let replayed = key.tag(&exporter(&other), Role::Dialer);
+        let mut wire = frame(&Message::Tag {
+            handle: 1,
+            tag: replayed,
+        });
+        wire.extend(frame(&Message::Ready));
+        control.write_all(&wire).await.unwrap();
+        seen.extend(read_until(&mut recv, |m| *m == Message::Settled).await);
+        assert!(
+            !seen.iter().any(revealing),
+            "B revealed something to a peer without the key: {seen:?}"
         );
+        assert!(
+            !end.is_finished(),
+            "a tag that matches nothing ends nothing"
+        );
+        drop(dialed);
 
-        // The same proof made for this connection is accepted, and the offer follows.
-        let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
-        let (_end, _events) = start_in(
-            &b,
-            accepted,
-            Role::Acceptor,
-            PeerKey([2; 32]),
-            "team",
-            Some(secret.clone()),
-        );
-        let honest = secret.proof(&exporter(&dialed), Role::Dialer, &ns);
-        let mut first = frame(&hello(message::PROTOCOL_VERSION));
-        first.extend(frame(&Message::Proof {
-            namespace: ns,
-            tag: honest,
-        }));
-        control.write_all(&first).await.unwrap();
-        // B's ready may come before or after its offer, which waits for our proof.
-        let seen = read_until(&mut recv, |m| matches!(m, Message::Offer { .. })).await;
-        let offered: Vec<FeedKey> = seen
-            .iter()
-            .filter_map(|m| match m {
-                Message::Offer { feeds, .. } => {
-                    Some(feeds.iter().map(|f| f.key).collect::<Vec<_>>())
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(offered.len(), 2, "{seen:?}");
+        // Peers with the key, on two connections: B answers each with its own tag, and
+        // the offer follows. The tags of the two connections are unrelated.
+        let mut answers = Vec::new();
+        for peer in [2u8, 3] {
+            let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
+            let (_end, _events) = start_in(
+                &b,
+                accepted,
+                Role::Acceptor,
+                PeerKey([peer; 32]),
+                "team",
+                Some(secret.clone()),
+            );
+            let ours = key.tag(&exporter(&dialed), Role::Dialer);
+            let mut first = frame(&hello(message::PROTOCOL_VERSION));
+            first.extend(frame(&Message::Tag {
+                handle: 1,
+                tag: ours,
+            }));
+            control.write_all(&first).await.unwrap();
+            let seen = read_until(&mut recv, |m| matches!(m, Message::Offer { .. })).await;
+            let answer = seen
+                .iter()
+                .find_map(|m| match m {
+                    Message::Tag { handle: 1, tag } => Some(*tag),
+                    _ => None,
+                })
+                .expect("B answers a matching tag");
+            assert_eq!(answer, key.tag(&exporter(&dialed), Role::Acceptor));
+            answers.push((ours, answer));
+            let offered: usize = seen
+                .iter()
+                .map(|m| match m {
+                    Message::Offer {
+                        namespace: 1,
+                        feeds,
+                        ..
+                    } => feeds.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(offered, 2, "{seen:?}");
+        }
+        assert_ne!(answers[0].0, answers[1].0);
+        assert_ne!(answers[0].1, answers[1].1);
     });
 }
 
@@ -501,15 +511,16 @@ fn a_wrong_capability_over_quic_ends_the_session() {
         let server = server_endpoint();
         let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
         let (end, _events) = start(&b, accepted, Role::Acceptor, PeerKey([1; 32]));
-        control
-            .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
-            .await
-            .unwrap();
-        // B announces what it holds (discovery key and its capability, no key) before
-        // its ready.
-        let seen = read_until(&mut recv, |m| *m == Message::Ready).await;
+        // The named namespace without a secret is matched by a tag of its name's key.
+        let tag = NamespaceKey::new("counters", None).tag(&exporter(&dialed), Role::Dialer);
+        let mut first = frame(&hello(message::PROTOCOL_VERSION));
+        first.extend(frame(&Message::Tag { handle: 1, tag }));
+        control.write_all(&first).await.unwrap();
+        // B announces what it holds (discovery key and its capability, no key).
         let dk = counter(4).discovery_key();
-        assert!(seen.iter().any(|m| matches!(m, Message::Have { feeds, .. } if feeds.iter().any(|f| f.discovery_key == dk))));
+        let has = |m: &Message| matches!(m, Message::Have { feeds, .. } if feeds.iter().any(|f| f.discovery_key == dk));
+        let seen = read_until(&mut recv, has).await;
+        assert!(seen.iter().any(has));
         // A stream for that feed with a capability made for another connection.
         let (other, _a, _c, _r) = raw_peer(&server).await;
         let cap = replic8::keys::capability(&counter(4), &exporter(&other), Role::Dialer);
