@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use replic8::frame::MAX_FRAME_LEN;
-use replic8::keys::{NamespaceId, NamespaceSecret, Role};
+use replic8::keys::{NamespaceKey, NamespaceSecret, Role};
 use replic8::message::{CloseCode, FeedStreamHeader, Message, OfferedFeed};
 use replic8_node::config::LimitsSection;
 use replic8_node::{FeedKey, Headers, Node, NodeEvent, NodeHandle};
@@ -259,7 +259,7 @@ impl World {
         let mut s = self.dial().await;
         let mut feed = HostileFeed::new(8);
         s.send_message(&Message::Offer {
-            namespace: NamespaceId::from_name(""),
+            namespace: replic8::message::PUBLIC_HANDLE,
             offer: 0,
             feeds: vec![OfferedFeed {
                 id: 0,
@@ -437,14 +437,18 @@ fn a_truncated_frame_then_the_end_of_the_stream_ends_the_session_and_bans() {
 }
 
 #[test]
-fn a_wrong_namespace_proof_ends_the_session_and_bans() {
+fn namespace_tags_out_of_order_end_the_session_and_ban() {
+    // replic8/2: a wrong tag is only unanswered (no end, no ban: see
+    // crates/replic8/tests/session.rs); a handle that does not increase is a frame no
+    // honest dialer sends.
     run(async {
         let mut w = World::new().await;
         let mut s = w.dial().await;
-        let namespace = NamespaceId::from_name("team");
-        let tag = NamespaceSecret([8; 32]).proof(&s.exporter, Role::Dialer, &namespace);
-        s.send_message(&Message::Proof { namespace, tag }).await;
-        w.expect_end(&["bad proof"], true).await;
+        let tag = NamespaceKey::new("team", Some(&NamespaceSecret([8; 32])))
+            .tag(&s.exporter, Role::Dialer);
+        s.send_message(&Message::Tag { handle: 2, tag }).await;
+        s.send_message(&Message::Tag { handle: 2, tag }).await;
+        w.expect_end(&["does not increase"], true).await;
         w.still_serving().await;
         w.close().await;
     });

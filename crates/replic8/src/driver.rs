@@ -24,7 +24,8 @@ use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
-    CommandError, EndReason, Session, SessionConfig, SessionEvent, Side, StreamCommand, StreamId,
+    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side,
+    StreamCommand, StreamId,
 };
 use crate::store::{
     Attach, Detach, DetachReason, FeedStream, KnownFeeds, Offer, SharedFeed, Shares, StoreError,
@@ -99,6 +100,11 @@ pub enum SessionCommand {
     },
     /// Serve one more namespace on this session.
     Register(NamespaceEntry),
+    /// The session's counters now (queued control bytes included).
+    Stats {
+        /// Where the answer goes.
+        reply: oneshot::Sender<SessionStats>,
+    },
     /// End the session.
     Close {
         /// Why, sent to the peer.
@@ -467,6 +473,9 @@ pub async fn run(
                         }
                         Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
                     }
+                }
+                Some(SessionCommand::Stats { reply }) => {
+                    let _ = reply.send(session.stats());
                 }
                 Some(SessionCommand::Close { reason }) => session.handle_close(&reason),
                 None => session.handle_close("session handle dropped"),

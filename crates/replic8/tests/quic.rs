@@ -579,3 +579,88 @@ fn a_peer_that_never_says_hello_times_out() {
         );
     });
 }
+
+#[test]
+fn a_peer_that_sends_offers_and_never_reads_meets_backpressure_our_queue_stays_bounded() {
+    // Fails on the old code: the driver queued every answer in an unbounded channel
+    // while the reader kept reading, so the queue grew with what the peer sent.
+    use replic8::session::{SessionStats, MAX_QUEUED_CONTROL_BYTES};
+    actix::System::new().block_on(async {
+        let b = node(&[(counter(4), 3, "counter")]);
+        let server = server_endpoint();
+        let (dialed, accepted, mut control, _recv_never_read) = raw_peer(&server).await;
+        let peer = PeerKey([7; 32]);
+        let (end, _events) = start(&b, accepted, Role::Acceptor, peer);
+        let commands = b.sessions.lock().unwrap().get(&peer).cloned().unwrap();
+        control
+            .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
+            .await
+            .unwrap();
+        // Offers in a namespace B does not have: each is answered at once (15 bytes
+        // with a large offer id), so B's output grows with what we send. We send up to
+        // 40 MB and read nothing.
+        let (progress_tx, progress) = tokio::sync::watch::channel(0usize);
+        let writer = tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut n = 0u64;
+            while sent < 40 << 20 {
+                let mut batch = Vec::new();
+                for _ in 0..1000 {
+                    let mut key = [0u8; 32];
+                    key[..8].copy_from_slice(&n.to_le_bytes());
+                    batch.extend(frame(&Message::Offer {
+                        namespace: 77,
+                        offer: (1 << 60) + n,
+                        feeds: vec![message::OfferedFeed {
+                            id: (1 << 60) + n,
+                            key: FeedKey(key),
+                            headers: Headers::new(),
+                        }],
+                    }));
+                    n += 1;
+                }
+                if control.write_all(&batch).await.is_err() {
+                    return;
+                }
+                sent += batch.len();
+                let _ = progress_tx.send(sent);
+            }
+        });
+        let stats = || async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            commands.send(SessionCommand::Stats { reply: tx }).unwrap();
+            rx.await.unwrap()
+        };
+        // Wait until B stopped reading: its output reached the bound, and our writer is
+        // held by flow control (no progress between two of B's answers to a query).
+        let blocked: SessionStats = tokio::time::timeout(GUARD, async {
+            loop {
+                let before = *progress.borrow();
+                let s = stats().await;
+                if s.peak_queued_bytes >= MAX_QUEUED_CONTROL_BYTES as u64 {
+                    tokio::task::yield_now().await;
+                    let again = stats().await;
+                    if *progress.borrow() == before && again.bytes_in == s.bytes_in {
+                        return again;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("B's output never reached its bound");
+        let bound = (MAX_QUEUED_CONTROL_BYTES + MAX_FRAME_LEN) as u64;
+        assert!(blocked.queued_bytes <= bound, "{blocked:?}");
+        assert!(blocked.peak_queued_bytes <= bound, "{blocked:?}");
+        assert!(
+            *progress.borrow() < 40 << 20,
+            "the peer was never held back: {blocked:?}"
+        );
+        assert!(
+            !end.is_finished(),
+            "a slow reader ends nothing before the stall timeout"
+        );
+        writer.abort();
+        drop(dialed);
+    });
+}
