@@ -9,8 +9,17 @@
 //!
 //! What the core enforces:
 //! - the first message is a hello with our version and dialect, within the hello timeout;
-//! - offers and `have` lists in a secret namespace go out only after the peer proved the
-//!   namespace's secret on this connection;
+//! - namespaces are matched by connection-bound tags (the dialer shows its tag, the
+//!   acceptor answers only a match) and named on the wire by connection-local handles,
+//!   never by a stable id; offers and `have` lists in a namespace other than the public
+//!   one go out only after the match, and no reason sent to the peer names a namespace;
+//! - a limit an honest peer can reach refuses or drops, never ends the session; only
+//!   frames an honest peer never sends are violations ([`EndReason::is_misbehaviour`]);
+//! - a fault in one feed (a store's `FeedFailed`) stops that feed on this session, not
+//!   the session;
+//! - our control output is bounded: while over [`MAX_QUEUED_CONTROL_BYTES`] we read no
+//!   more of the peer's control stream, and a peer that keeps us blocked for the stall
+//!   timeout ends with `timeout`;
 //! - only feeds offered and accepted, or held by both sides and proven by capability, get
 //!   a stream; any other stream ends the session;
 //! - header and message bounds (checked by [`crate::message`]);
@@ -108,9 +117,11 @@ pub const MAX_PEER_FEEDS: usize = 1_000_000;
 pub const MAX_UNMATCHED_TAGS: usize = 1024;
 /// Most bytes of control frames queued for the wire (not yet written to the QUIC
 /// stream) before we stop reading the peer's control stream: a peer that sends and
-/// never reads then meets QUIC flow control instead of growing our queue. At most one
-/// message's output more than this is ever queued (see `SessionStats::queued_bytes`).
-/// One frame's worth: enough that a peer that reads normally never stalls our reader.
+/// never reads then meets QUIC flow control instead of growing our queue, and one that
+/// takes nothing for the stall timeout ends with `timeout`. What is queued stays under
+/// this plus the answer to the last message read (at most a frame) plus our stores'
+/// answers to offers already in their hands (see `SessionStats::queued_bytes`). One
+/// frame's worth: a peer that reads at all never stalls our reader for long.
 pub const MAX_QUEUED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
 /// The reason when the peer's control stream ends without a close message. Not counted
 /// as misbehaviour: a peer whose session task was cut short (its node stopping after
@@ -259,7 +270,7 @@ impl std::fmt::Display for EndReason {
 pub enum SessionEvent {
     /// Hellos were exchanged; the session is up.
     Established,
-    /// The peer proved it knows a namespace's secret.
+    /// The peer showed it knows a namespace's key (tags matched); local only.
     NamespaceProven {
         /// The namespace.
         namespace: String,
@@ -426,9 +437,9 @@ struct Namespace {
     handle: Option<u32>,
     /// The peer showed it knows the key (always true for the public namespace).
     peer_proven: bool,
-    /// Shares waiting for the peer's proof.
+    /// Shares waiting for the namespace's match.
     pending_offers: Vec<OfferedFeed>,
-    /// Known feeds waiting for the peer's proof.
+    /// Known feeds waiting for the namespace's match.
     pending_have: Vec<DiscoveryKey>,
 }
 
@@ -520,7 +531,8 @@ pub struct Session {
     /// Bytes given out by `poll_transmit` and not yet reported written.
     in_flight: usize,
     /// Our output is over [`MAX_QUEUED_CONTROL_BYTES`] and we stopped reading: since
-    /// when (unknown until the next `handle_timeout`).
+    /// when, or since the peer last took some of it (unknown until the next
+    /// `handle_timeout`).
     blocked: Option<Option<Instant>>,
     /// Messages that wait for the peer's hello.
     held: Vec<Message>,
@@ -720,6 +732,10 @@ impl Session {
     /// stream (the peer's flow control took them).
     pub fn handle_control_written(&mut self, bytes: usize) {
         self.in_flight = self.in_flight.saturating_sub(bytes);
+        if bytes > 0 && self.blocked.is_some() {
+            // The peer reads, if slowly: the stall timeout counts from its last progress.
+            self.blocked = Some(None);
+        }
         self.update_blocked();
         if self.ended.is_none() && !self.read_buf.is_empty() && !self.over_queue_bound() {
             self.read_frames();
@@ -891,7 +907,7 @@ impl Session {
                 return self.fail_not_peers_fault(
                     CloseCode::TIMEOUT,
                     format!(
-                        "the peer read none of our {} queued control bytes in {:?}",
+                        "the peer read none of our {} queued control bytes for {:?}",
                         self.queued_bytes(),
                         self.config.stall_timeout
                     ),
@@ -1002,7 +1018,7 @@ impl Session {
     }
 
     /// Shares feeds in a namespace: offers the peer those it was not offered already and
-    /// is not known to have. In a secret namespace the offer waits for the peer's proof.
+    /// is not known to have. In a namespace not matched yet the offer waits for the match.
     /// Returns how many feeds were offered or queued.
     pub fn handle_share(
         &mut self,
@@ -1024,7 +1040,7 @@ impl Session {
             if self.peer_has.contains(&key) || !self.offered.insert(key) {
                 continue;
             }
-            // The id is given when the offer is sent: offers waiting for a proof may go
+            // The id is given when the offer is sent: offers waiting for a match may go
             // out after later ones, and ids must increase on the wire.
             new.push(OfferedFeed {
                 id: 0,

@@ -1816,10 +1816,19 @@ fn a_peer_that_does_not_read_stops_our_reading_then_ends_with_a_timeout_not_a_ba
     let stall = SessionConfig::default().stall_timeout;
     s.handle_timeout(at + stall - Duration::from_millis(1));
     assert!(s.end_reason().is_none());
+    // A write (the peer took a little) restarts the wait.
+    let first = s.poll_transmit().unwrap();
+    s.handle_control_written(first.len());
+    assert!(!s.wants_control_bytes());
+    let at = at + stall - Duration::from_millis(1);
+    s.handle_timeout(at);
+    s.handle_timeout(at + stall - Duration::from_millis(1));
+    assert!(s.end_reason().is_none());
     s.handle_timeout(at + stall);
     let reason = s.end_reason().unwrap();
     assert_eq!(reason.code, CloseCode::TIMEOUT, "{reason}");
     assert!(!reason.is_misbehaviour());
+    assert!(reason.reason.contains("read none"), "{reason}");
 }
 
 #[test]
