@@ -562,6 +562,9 @@ pub struct Session {
     /// Feeds shared in proven namespaces, waiting to go out in an offer (handle, feed):
     /// at most [`MAX_PENDING_PEER_OFFERS`] of our offers wait for answers at once.
     share_queue: VecDeque<(u32, OfferedFeed)>,
+    /// Our `have` entries waiting to go out (handle, entry), sent while our output is
+    /// under [`MAX_QUEUED_CONTROL_BYTES`].
+    have_queue: VecDeque<(u32, KnownFeed)>,
     peer_offered: HashSet<FeedKey>,
     /// Feeds we offered (or queued to offer) to this peer.
     offered: HashSet<FeedKey>,
@@ -637,6 +640,7 @@ impl Session {
             peer_offers: HashMap::new(),
             peer_offer_bytes: 0,
             share_queue: VecDeque::new(),
+            have_queue: VecDeque::new(),
             peer_offered: HashSet::new(),
             offered: HashSet::new(),
             peer_has: HashSet::new(),
@@ -1156,7 +1160,11 @@ impl Session {
     /// acceptor's answers to the dialer's tags, so the offers those answers unlocked
     /// precede the dialer's `Settled`.
     fn maybe_settle(&mut self) {
-        if self.settled_sent || !self.peer_ready || !self.share_queue.is_empty() {
+        if self.settled_sent
+            || !self.peer_ready
+            || !self.share_queue.is_empty()
+            || !self.have_queue.is_empty()
+        {
             return;
         }
         if self.role == Role::Dialer && !self.peer_settled {
@@ -1457,6 +1465,7 @@ impl Session {
         self.open_queue.clear();
         self.streams.clear();
         self.share_queue.clear();
+        self.have_queue.clear();
         let reason = EndReason {
             code,
             by,
@@ -2008,11 +2017,34 @@ impl Session {
         self.pump_offers();
     }
 
-    /// Sends offers from the share queue while fewer than [`MAX_PENDING_PEER_OFFERS`]
+    /// Sends our queued `have` lists while our output is under
+    /// [`MAX_QUEUED_CONTROL_BYTES`], then offers from the share queue while fewer than
+    /// [`MAX_PENDING_PEER_OFFERS`]
     /// of ours wait for answers (so we never cross the peer's limit) and our output is
     /// under [`MAX_QUEUED_CONTROL_BYTES`]. Each offer takes feeds of one namespace, at
     /// most [`MAX_FEEDS_PER_MESSAGE`] and one frame.
     fn pump_offers(&mut self) {
+        // Our `have` lists first, under the same bound: they are our own output too.
+        while self.ended.is_none() && self.is_established() && !self.over_queue_bound() {
+            let Some(&(handle, _)) = self.have_queue.front() else {
+                break;
+            };
+            let mut feeds = Vec::new();
+            while feeds.len() < MAX_FEEDS_PER_MESSAGE {
+                match self.have_queue.front() {
+                    Some((h, _)) if *h == handle => {}
+                    _ => break,
+                }
+                let Some((_, entry)) = self.have_queue.pop_front() else {
+                    break;
+                };
+                feeds.push(entry);
+            }
+            self.send(Message::Have {
+                namespace: handle,
+                feeds,
+            });
+        }
         while self.ended.is_none()
             && self.is_established()
             && self.our_offers.len() < MAX_PENDING_PEER_OFFERS
@@ -2043,7 +2075,7 @@ impl Session {
             }
             self.send_offer(handle, batch);
         }
-        if self.share_queue.is_empty() {
+        if self.share_queue.is_empty() && self.have_queue.is_empty() {
             self.maybe_settle();
         }
     }
@@ -2092,12 +2124,9 @@ impl Session {
                 }
             }
         }
-        for chunk in entries.chunks(MAX_FEEDS_PER_MESSAGE) {
-            self.send(Message::Have {
-                namespace: handle,
-                feeds: chunk.to_vec(),
-            });
-        }
+        self.have_queue
+            .extend(entries.into_iter().map(|entry| (handle, entry)));
+        self.pump_offers();
         for (dk, key, cap) in matched {
             self.unmatched_have.remove(&dk);
             if !verify_capability(&key, &self.exporter, self.role.peer(), &cap) {
@@ -2274,6 +2303,7 @@ impl Session {
             || !self.our_offers.is_empty()
             || !self.peer_offers.is_empty()
             || !self.share_queue.is_empty()
+            || !self.have_queue.is_empty()
         {
             return;
         }
