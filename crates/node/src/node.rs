@@ -735,7 +735,7 @@ async fn forward_session_events(
             SessionEvent::NamespaceProven { .. } => continue,
             SessionEvent::FeedStopped { feed, reason } => {
                 warn!(peer = %peer.fmt_short(), feed = %feed.fmt_short(), %reason, "feed stopped on this session");
-                continue;
+                NodeEvent::FeedStopped { peer, feed, reason }
             }
             SessionEvent::Offered {
                 namespace, feeds, ..
