@@ -21,6 +21,12 @@ use replic8_tests::*;
 use tokio::sync::broadcast;
 
 const TEAM_SECRET: NamespaceSecret = NamespaceSecret([9; 32]);
+/// The named namespace without a secret that the victim opened to every feed: the good
+/// feed and the hostile peer's feeds are offered in it (the public namespace `""`
+/// accepts only feeds the victim already holds).
+const OPEN: &str = "open";
+/// The handle the hostile peer gives [`OPEN`] on its connections.
+const OPEN_HANDLE: u32 = 1;
 /// The victim's stall timeout in these tests (the default is 30 s).
 const STALL_SECS: u64 = 1;
 
@@ -74,6 +80,10 @@ impl World {
             )
             .await
             .unwrap();
+        victim
+            .open_namespace(OPEN, None, replic8_node::NamespacePolicy::accept_all())
+            .await
+            .unwrap();
         let good = Node::builder()
             .in_memory()
             .listen(lo())
@@ -84,7 +94,7 @@ impl World {
             .unwrap();
         let feed = good.create_feed().await.unwrap();
         good.append(feed, blocks(20, 1)).await.unwrap();
-        good.share("", feed, Headers::new()).await.unwrap();
+        good.share(OPEN, feed, Headers::new()).await.unwrap();
         let mut events = victim.subscribe();
         victim
             .connect(good.local_addr(), Some(good.key()))
@@ -118,6 +128,24 @@ impl World {
             .await
             .unwrap_or_else(|e| panic!("hostile dial refused: {e}"));
         RawSession::open(connection).await
+    }
+
+    /// Shows the victim that `s` knows [`OPEN`] (our tag on [`OPEN_HANDLE`]) and waits
+    /// for its answer tag, after which offers and `Have`s in it flow both ways.
+    async fn join_open(s: &mut RawSession) {
+        let tag = NamespaceKey::new(OPEN, None).tag(&s.exporter, Role::Dialer);
+        s.send_message(&Message::Tag {
+            handle: OPEN_HANDLE,
+            tag,
+        })
+        .await;
+        let answered = s
+            .recv_message(|m| match m {
+                Message::Tag { handle, .. } if *handle == OPEN_HANDLE => Some(()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(answered, Some(()), "the victim answers the tag of {OPEN:?}");
     }
 
     /// [`World::dial`], then waits until the victim reports the session up.
@@ -273,7 +301,7 @@ impl World {
         assert_eq!(feed_dirs(self.dir.path()), expected);
     }
 
-    /// The hostile peer offers its 8-block feed in the public namespace, waits for the
+    /// The hostile peer offers its 8-block feed in [`OPEN`], waits for the
     /// victim to accept it, opens its stream and serves it: `first` goes out unasked,
     /// then the real sync core answers with each message passed through `tamper`.
     /// Returns the feed once the victim ended the stream.
@@ -283,9 +311,10 @@ impl World {
         tamper: impl FnMut(&mut SyncMessage),
     ) -> HostileFeed {
         let mut s = self.dial().await;
+        World::join_open(&mut s).await;
         let mut feed = HostileFeed::new(8);
         s.send_message(&Message::Offer {
-            namespace: replic8::message::PUBLIC_HANDLE,
+            namespace: OPEN_HANDLE,
             offer: 0,
             feeds: vec![OfferedFeed {
                 id: 0,
@@ -498,6 +527,7 @@ fn a_stream_for_a_feed_never_offered_or_with_a_wrong_capability_ends_the_session
         // the stream as one for a feed it did not announce, which is a different check.
         w.new_identity().await;
         let mut s = w.dial().await;
+        World::join_open(&mut s).await;
         let discovery_key = w.feed.discovery_key();
         let announced = s
             .recv_message(|m| match m {
