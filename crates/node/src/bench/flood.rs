@@ -11,7 +11,8 @@
 //! filled by attackers refuses those dials, and an honest node dials again
 //! (`victim_dials_to_a` counts them). The run is made twice: first alone, then while attackers flood the victim for
 //! `--seconds` (default 60). The attackers are `--attackers` tasks (default 200), each a
-//! real connection manager on 127.0.0.1 speaking the replic8 ALPN, in four kinds by
+//! real connection manager on a loopback address of its own (127.0.1.1, 127.0.1.2, ...;
+//! the honest nodes are on 127.0.0.1) speaking the replic8 ALPN, in four kinds by
 //! index: *handshake* (a fresh identity per connection: connect, drop, again),
 //! *junk offers* (a real [`Session`] core on the connection sharing fresh random feed
 //! keys in the public namespace `""`, [`JUNK_PER_OFFER`] per offer, as fast as the
@@ -134,7 +135,8 @@ struct Attacker {
 }
 
 impl Attacker {
-    async fn spawn() -> Result<Attacker, String> {
+    /// An attacker endpoint bound to `ip` (a loopback address of its own).
+    async fn spawn(ip: std::net::Ipv4Addr) -> Result<Attacker, String> {
         let config = ConnManagerConfig {
             policy: PolicyConfig {
                 backoff: vec![Duration::ZERO],
@@ -143,7 +145,7 @@ impl Attacker {
                 ..PolicyConfig::default()
             },
             ..ConnManagerConfig::new(Identity::generate())
-                .with_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .with_listen(SocketAddr::from((ip, 0)))
                 .with_alpn(vec![message::ALPN.to_vec()])
         };
         let handle = ConnManager::spawn(config).map_err(|e| e.to_string())?;
@@ -188,8 +190,23 @@ impl Attacker {
     }
 }
 
+/// The loopback address of attacker `index`: one of its own (127.0.1.1, 127.0.1.2, ...,
+/// 250 per /24), as a botnet's would be, so the victim's per-address caps do not do
+/// the defence's work alone and the honest nodes on 127.0.0.1 share no cap with them.
+fn attacker_ip(index: usize) -> std::net::Ipv4Addr {
+    let third = 1 + (index / 250) % 250;
+    let fourth = 1 + index % 250;
+    std::net::Ipv4Addr::new(127, 0, third as u8, fourth as u8)
+}
+
 /// One attacker task until `deadline`.
-async fn attacker_task(kind: Kind, victim: SocketAddr, deadline: Instant, tally: Rc<Tally>) {
+async fn attacker_task(
+    kind: Kind,
+    ip: std::net::Ipv4Addr,
+    victim: SocketAddr,
+    deadline: Instant,
+    tally: Rc<Tally>,
+) {
     let deadline = tokio::time::Instant::from_std(deadline);
     let mut attacker: Option<Attacker> = None;
     while tokio::time::Instant::now() < deadline {
@@ -197,7 +214,7 @@ async fn attacker_task(kind: Kind, victim: SocketAddr, deadline: Instant, tally:
             if let Some(old) = attacker.take() {
                 old.handle.close().await;
             }
-            match Attacker::spawn().await {
+            match Attacker::spawn(ip).await {
                 Ok(a) => attacker = Some(a),
                 Err(e) => {
                     tracing::warn!(error = %e, "flood: an attacker could not start");
@@ -400,6 +417,7 @@ async fn run_once(
                 let tally = tally.clone();
                 attackers.push(actix::spawn(attacker_task(
                     Kind::of(i),
+                    attacker_ip(i),
                     victim.local_addr(),
                     deadline,
                     tally,
