@@ -38,6 +38,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Namespaces: `new-secret` prints a fresh secret.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// Run the whole mission offline: a local DHT on 127.0.0.1 and three nodes on disk in
     /// a temporary directory; a feed written on one, shared with headers, discovered,
     /// accepted, replicated to the other two and verified.
@@ -186,6 +189,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespaceCommand {
+    /// Print a new namespace secret: 32 random bytes from the OS, as 64 hex digits. A
+    /// namespace's secret is never a passphrase: a tag it keys can be tested offline by
+    /// whoever saw it, so only a random secret keeps the namespace unguessable.
+    NewSecret,
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,8 +391,15 @@ fn append_blocks(
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Namespace(NamespaceCommand::NewSecret) = cli.command {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        println!("{}", hex::encode(secret));
+        return Ok(());
+    }
     let config = load_config(cli.config.as_deref(), cli.data_dir.clone())?;
     match cli.command {
+        Command::Namespace(NamespaceCommand::NewSecret) => Ok(()),
         Command::Demo {
             size_mb,
             block_size,

@@ -33,6 +33,25 @@ fn only_hash_prints_json_with_the_tree_hash() {
 }
 
 #[test]
+fn namespace_new_secret_prints_32_random_bytes_in_hex() {
+    let secret = |_| {
+        let out = replic8()
+            .args(["namespace", "new-secret"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text.trim_end().to_owned();
+        assert_eq!(text, format!("{line}\n"), "one line");
+        assert_eq!(line.len(), 64, "{line}");
+        assert!(line.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+        line
+    };
+    let (a, b) = (secret(0), secret(1));
+    assert_ne!(a, b, "each secret is new");
+}
+
+#[test]
 fn errors_are_one_line_with_a_nonzero_exit() {
     for args in [
         &["feed", "import", "/nonexistent/file", "--only-hash"][..],
