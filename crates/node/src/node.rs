@@ -474,7 +474,7 @@ async fn start(
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
     let feeds = match feeds::start(
         data_dir.as_deref(),
-        builder.feed_store.clone(),
+        feed_store_config(&builder.feed_store, &builder.limits),
         sessions.clone(),
         feed_tx,
     )
@@ -638,6 +638,18 @@ async fn start(
         metrics: Mutex::new(metrics),
         metrics_addr,
     })
+}
+
+/// The feed store's settings: the builder's, with the quotas that `[limits]` sets.
+fn feed_store_config(config: &FeedStoreConfig, limits: &LimitsSection) -> FeedStoreConfig {
+    let mut config = config.clone();
+    if let Some(n) = limits.new_feeds_per_peer {
+        config.limits.new_feeds_per_peer = n;
+    }
+    if let Some(n) = limits.max_replicas {
+        config.limits.max_replicas = n;
+    }
+    config
 }
 
 /// The store policy of a persisted one.
