@@ -29,7 +29,7 @@ use replic8_connmgr::DownReason;
 use replic8_node::config::LimitsSection;
 use replic8_node::{FeedKey, Headers, NamespacePolicy, Node, NodeEvent, NodeHandle, PeerKey};
 use replic8_tests::hostile::{HostileFeed, HostilePeer, RawSession};
-use replic8_tests::{init_tracing, GUARD};
+use replic8_tests::{init_tracing, wait_until, GUARD};
 use tokio::sync::broadcast;
 
 /// The honest peers' namespace: no secret, opened accept-all by the victim and the
@@ -454,6 +454,15 @@ fn a_junk_feed_flood_creates_no_replica_and_reaches_no_honest_peer() {
         assert!(s.connection.close_reason().is_none());
         let stats = w.victim.feed_stats().await.unwrap();
         assert_eq!(stats.refused_policy, flooded, "{stats:?}");
+        // A user sees the refusals in the node's counters (and `/metrics`).
+        let counters = w.victim.counters();
+        wait_until("victim: offers_refused counter", || {
+            let n = counters.offers_refused.get();
+            (n == flooded)
+                .then_some(())
+                .ok_or(format!("{n} of {flooded}"))
+        })
+        .await;
         assert_eq!(
             stats.replicas, 1,
             "only the honest feed is a replica: {stats:?}"

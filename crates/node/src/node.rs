@@ -829,7 +829,13 @@ async fn forward_feed_events(
                     bytes,
                 }
             }
-            FeedStoreEvent::FeedSynced { .. } | FeedStoreEvent::Refused { .. } => continue,
+            FeedStoreEvent::Refused { refused, .. } => {
+                counters
+                    .offers_refused
+                    .add(refused.policy + refused.elsewhere + refused.quota);
+                continue;
+            }
+            FeedStoreEvent::FeedSynced { .. } => continue,
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);
                 NodeEvent::SyncFailed {
