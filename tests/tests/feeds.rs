@@ -193,3 +193,30 @@ async fn a_restarted_writer_is_found_again_and_its_new_blocks_reach_the_reader()
     w.close().await;
     r.close().await;
 }
+
+/// A share of a feed the node does not hold fails and changes nothing: the namespace it
+/// named is neither persisted nor served (before, the namespace was registered and
+/// persisted although the share failed).
+#[tokio::test]
+async fn a_share_of_a_feed_not_held_fails_and_changes_nothing() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = replic8_node::Node::builder()
+        .data_dir(dir.path())
+        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .dht(false)
+        .lan(false)
+        .spawn()
+        .await
+        .unwrap();
+    let unknown = FeedKey([7; 32]);
+    let err = node
+        .share("photos", unknown, headers("none"))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    let state = replic8_node::persist::PersistedState::load(dir.path()).unwrap();
+    assert!(state.namespaces.is_empty(), "{state:?}");
+    assert!(state.shares.is_empty(), "{state:?}");
+    node.close().await;
+}

@@ -1339,6 +1339,9 @@ impl NodeHandle {
         feed: FeedKey,
         headers: Headers,
     ) -> Result<usize, FeedError> {
+        // A feed the store does not hold fails here, before anything is registered or
+        // persisted: a failed share changes nothing.
+        self.open_feed(feed).await?;
         {
             let open = self.s().namespaces.lock().await.contains(namespace);
             if !open {
