@@ -51,6 +51,36 @@ fn namespace_new_secret_prints_32_random_bytes_in_hex() {
     assert_ne!(a, b, "each secret is new");
 }
 
+/// A log that goes to a pipe or a file carries no colour codes (before, every line of a
+/// redirected daemon log was wrapped in ANSI escapes).
+#[test]
+fn a_redirected_log_has_no_colour_codes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = replic8()
+        .args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let ready = line.starts_with("replic8 daemon: key ");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.len() > 1, "info lines before the ready line: {seen:?}");
+    assert!(seen.iter().all(|l| !l.contains('\x1b')), "{seen:?}");
+}
+
 #[test]
 fn errors_are_one_line_with_a_nonzero_exit() {
     for args in [
