@@ -276,10 +276,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("replic8: {e:#}");
+            eprintln!("replic8: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many of our errors already
+/// print their source in their own message (`feeds: {0}`), so a cause whose text the
+/// line holds already is skipped instead of repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text.trim());
+    }
+    line
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -719,12 +737,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Runs a node and its control socket until SIGINT or SIGTERM, then closes both.
+/// How long a starting daemon waits for another process to let go of the data
+/// directory's feeds: a daemon closes within a few seconds of SIGTERM (its sessions get a
+/// close grace), so a restart right after a stop waits instead of failing.
+const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a starting daemon waits for the control socket of a daemon that was just
+/// stopped to go away before it says another daemon runs.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether spawning failed because another process holds the feed store's lock.
+fn held_by_another(error: &replic8_node::SpawnError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::WouldBlock {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
 async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.resolve_data_dir()?;
     // Refused before anything starts (the node checks it again when it opens it).
     persist::ensure_dir(&data_dir)?;
+    let socket = control::socket_path(&data_dir);
+    // A daemon that got SIGTERM stops answering at once; one that still answers after a
+    // moment runs.
+    let answers_until = std::time::Instant::now() + ANSWER_WAIT;
+    while tokio::net::UnixStream::connect(&socket).await.is_ok()
+        && std::time::Instant::now() < answers_until
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        bail!(
+            "another daemon runs on {} (its control socket answers); stop it first",
+            data_dir.display()
+        );
+    }
     let mut builder = NodeBuilder::from_config(&config)?.data_dir(&data_dir);
-    let node = match builder.clone().spawn().await {
+    // A daemon that was just stopped may still be closing (sessions, then the feeds'
+    // lock): wait for it, bounded, rather than fail a restart.
+    let give_up = std::time::Instant::now() + HELD_WAIT;
+    let spawned = loop {
+        match builder.clone().spawn().await {
+            Err(e) if held_by_another(&e) && std::time::Instant::now() < give_up => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) if held_by_another(&e) => bail!(
+                "another process holds {} (a daemon still closing, or a program embedding \
+                 the node); gave up after {} s",
+                data_dir.display(),
+                HELD_WAIT.as_secs()
+            ),
+            other => break other,
+        }
+    };
+    let node = match spawned {
         Ok(node) => node,
         Err(replic8_node::SpawnError::Discovery(e)) if config.discovery.dht => {
             eprintln!("replic8: the DHT is unreachable ({e}); serving LAN and static peers only");

@@ -520,3 +520,31 @@ fn the_daemon_refuses_a_connection_from_another_uid() {
     assert!(status["key"].as_str().is_some(), "{status}");
     daemon.stop();
 }
+
+/// A second daemon on a data directory whose daemon runs is refused in one line, and a
+/// daemon started right after the previous one got SIGTERM comes up (before, the restart
+/// failed with the feed store's lock error, its cause chain printed four times).
+#[test]
+fn a_second_daemon_is_refused_and_a_restart_right_after_sigterm_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start_private(dir.path(), None);
+    let out = replic8()
+        .args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("another daemon runs on"), "{err}");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // At once, while the first may still be closing.
+    let second = Daemon::start_private(dir.path(), None);
+    drop(first);
+    drop(second);
+}
