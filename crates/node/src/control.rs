@@ -75,7 +75,7 @@ pub enum Request {
         /// Headers.
         headers: Vec<(String, String)>,
     },
-    /// Join a topic, or a feed's discovery key if the store holds a feed with that key.
+    /// Join a held feed's discovery key, or with `topic` a raw 32-byte topic.
     Join {
         /// Topic or feed key, hex.
         target: String,
@@ -83,6 +83,9 @@ pub enum Request {
         announce: bool,
         /// Look up.
         lookup: bool,
+        /// `target` is a topic, not a feed key.
+        #[serde(default)]
+        topic: bool,
     },
     /// Leave a topic (or a held feed's discovery key).
     Leave {
@@ -373,8 +376,22 @@ async fn handle(node: &NodeHandle, req: Request) -> Result<serde_json::Value, St
             target,
             announce,
             lookup,
+            topic,
         } => {
-            let (topic, feed) = target_topic(node, &target).await?;
+            let (topic, feed) = if topic {
+                (Topic(parse_key(&target)?), false)
+            } else {
+                match target_topic(node, &target).await? {
+                    (topic, true) => (topic, true),
+                    (_, false) => {
+                        return Err(format!(
+                            "no feed {} is held here, so its discovery key is unknown; to \
+                             join these 64 hex digits as a topic, add --topic",
+                            &target[..10.min(target.len())]
+                        ))
+                    }
+                }
+            };
             let report = node
                 .join(topic, JoinOptions { announce, lookup })
                 .await

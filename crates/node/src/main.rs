@@ -160,8 +160,12 @@ enum Command {
     },
     /// Join a topic, or a feed's discovery key when the daemon holds that feed.
     Join {
-        /// 64 hex digits: a topic or a feed key.
+        /// 64 hex digits: a held feed's key (joins its discovery key), or with --topic a
+        /// topic.
         target: String,
+        /// TARGET is a raw topic, not a feed key.
+        #[arg(long)]
+        topic: bool,
         /// Do not announce (only look up).
         #[arg(long)]
         no_announce: bool,
@@ -660,6 +664,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Join {
             target,
+            topic,
             no_announce,
             no_lookup,
             json,
@@ -670,6 +675,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     target,
                     announce: !no_announce,
                     lookup: !no_lookup,
+                    topic,
                 },
             )?;
             if json {

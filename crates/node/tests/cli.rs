@@ -280,6 +280,15 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
         joined["feed"], true,
         "a held feed's key joins its discovery key"
     );
+    // A key not held is refused with a hint, unless it is meant as a topic.
+    let unknown = "ab".repeat(32);
+    let refused = client_refused(&data, &["join", &unknown]);
+    assert!(refused.contains("add --topic"), "{refused}");
+    let as_topic: serde_json::Value =
+        serde_json::from_str(&client(&data, &["join", &unknown, "--topic", "--json"])).unwrap();
+    assert_eq!(as_topic["feed"], false);
+    assert_eq!(as_topic["topic"], unknown.as_str());
+    client(&data, &["leave", &unknown]);
     let peers: serde_json::Value =
         serde_json::from_str(&client(&data, &["peers", "--json"])).unwrap();
     assert_eq!(peers, serde_json::json!([]));
