@@ -220,3 +220,50 @@ async fn a_share_of_a_feed_not_held_fails_and_changes_nothing() {
     assert!(state.shares.is_empty(), "{state:?}");
     node.close().await;
 }
+
+/// A namespace opened while a session is up gets the offers its peer made in it: the
+/// reader opens "late" only after it is connected to the writer, once as the dialer
+/// and once as the acceptor of the connection (before, such a namespace never got the
+/// offers its peer had already made, until a restart).
+#[tokio::test]
+async fn a_namespace_opened_while_connected_gets_the_offers_already_made() {
+    init_tracing();
+    for reader_dials in [true, false] {
+        let node = || {
+            replic8_node::Node::builder()
+                .in_memory()
+                .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                .dht(false)
+                .lan(false)
+                .spawn()
+        };
+        let (writer, reader) = (node().await.unwrap(), node().await.unwrap());
+        let feed = writer.create_feed().await.unwrap();
+        let data = blocks(10, 3);
+        writer.append(feed, data.clone()).await.unwrap();
+        writer.share("late", feed, headers("late")).await.unwrap();
+        let mut events = reader.subscribe();
+        let (dialer, acceptor) = if reader_dials {
+            (&reader, &writer)
+        } else {
+            (&writer, &reader)
+        };
+        dialer
+            .connect(acceptor.local_addr(), Some(acceptor.key()))
+            .await
+            .unwrap();
+        let writer_key = writer.key();
+        recv_until(&mut events, "reader: session with the writer up", |e| {
+            matches!(e, NodeEvent::SessionUp { peer } if *peer == writer_key).then_some(())
+        })
+        .await;
+        reader
+            .open_namespace("late", None, replic8_node::NamespacePolicy::accept_all())
+            .await
+            .unwrap();
+        wait_synced(&mut events, "reader", feed, 10).await;
+        verify_copy(&reader, feed, &data).await;
+        reader.close().await;
+        writer.close().await;
+    }
+}
