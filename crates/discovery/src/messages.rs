@@ -120,8 +120,11 @@ pub struct DiscoveryStats {
     pub dht_lookups: u64,
     /// `PeerFound` messages sent.
     pub peers_reported: u64,
-    /// The DHT socket's local address, if the DHT is enabled.
+    /// The DHT socket's local address (the IPv4 one if there are two), if the DHT is
+    /// enabled.
     pub dht_addr: Option<SocketAddr>,
+    /// Every DHT socket's local address.
+    pub dht_addrs: Vec<SocketAddr>,
 }
 
 /// Leave every topic, withdraw the LAN advertisements, stop the backends and the actor.

@@ -1,4 +1,5 @@
-//! The actor on a local Mainline testnet (127.0.0.1 only; never the public DHT).
+//! The actor on a private DHT of our own nodes (`KrpcTestnet`, 127.0.0.1 or ::1 only;
+//! never the public DHT).
 
 mod common;
 
@@ -7,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use common::*;
-use mainline::Testnet;
 use replic8_discovery::*;
 
 /// Guard for "finds the peer": generous on a loaded 2-core machine.
 const GUARD: Duration = Duration::from_secs(15);
 
-fn dht_only(quic_port: u16, testnet: &Testnet, timing: Timing) -> DiscoveryConfig {
+fn dht_only(quic_port: u16, testnet: &KrpcTestnet, timing: Timing) -> DiscoveryConfig {
     DiscoveryConfig {
         quic_port,
         dht: Some(DhtConfig::testnet(&testnet.bootstrap)),
@@ -44,11 +44,12 @@ async fn join(d: &Addr<DiscoveryActor>, topic: Topic, announce: bool, lookup: bo
 fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
     init_tracing();
     for size in [2, 50] {
-        let testnet = Testnet::builder(size).build().expect("testnet");
+        let testnet = KrpcTestnet::new(size).expect("testnet");
         run(|| async {
             let a = start(dht_only(41001, &testnet, Timing::default())).await;
-            // On the small net, the looking-up side runs in client mode (the default on
-            // the public DHT; `DhtConfig::testnet` is a server): both modes work.
+            // On the small net, the looking-up side runs in auto mode (the default on the
+            // public DHT, read-only until reached; `DhtConfig::testnet` is a server):
+            // both modes work.
             // b's second round comes late, so that what b reported is the first round's.
             let slow_second_round = Timing {
                 join_lookup_delays: vec![Duration::from_secs(60)],
@@ -56,7 +57,7 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
             };
             let mut b_config = dht_only(41002, &testnet, slow_second_round);
             if size == 2 {
-                b_config.dht.as_mut().expect("dht").mode = DhtMode::Client;
+                b_config.dht.as_mut().expect("dht").mode = DhtMode::Auto;
             }
             let b = start(b_config).await;
             let mut found_b = subscribe("b", &b, false).await;
@@ -109,7 +110,7 @@ async fn each_found(
 #[test]
 fn two_nodes_joining_at_once_find_each_other_20_of_20() {
     init_tracing();
-    let testnet = Testnet::builder(10).build().expect("testnet");
+    let testnet = KrpcTestnet::new(10).expect("testnet");
     run(|| async {
         // Default timers: the fast re-lookups after a join are what make this pass.
         let a = start(dht_only(42001, &testnet, Timing::default())).await;
@@ -172,7 +173,7 @@ fn two_nodes_joining_at_once_find_each_other_20_of_20() {
 #[test]
 fn leave_stops_refreshing_and_reporting_but_the_record_outlives_it() {
     init_tracing();
-    let testnet = Testnet::builder(8).build().expect("testnet");
+    let testnet = KrpcTestnet::new(8).expect("testnet");
     run(|| async {
         let a = start(dht_only(43001, &testnet, fast_timing())).await;
         let b = start(dht_only(43002, &testnet, fast_timing())).await;
@@ -227,7 +228,7 @@ fn leave_stops_refreshing_and_reporting_but_the_record_outlives_it() {
 #[test]
 fn flushed_after_every_found_peer_is_tried_and_reset_by_leave() {
     init_tracing();
-    let testnet = Testnet::builder(5).build().expect("testnet");
+    let testnet = KrpcTestnet::new(5).expect("testnet");
     run(|| async {
         let a = start(dht_only(44001, &testnet, Timing::default())).await;
         let b = start(dht_only(44002, &testnet, Timing::default())).await;

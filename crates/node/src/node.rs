@@ -121,7 +121,7 @@ impl NodeBuilder {
             mode: if d.dht_server {
                 DhtMode::Server
             } else {
-                DhtMode::Client
+                DhtMode::Auto
             },
             bootstrap: match &d.bootstrap {
                 None => Bootstrap::Public,
