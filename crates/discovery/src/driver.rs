@@ -390,7 +390,7 @@ impl Driver {
             let mut moved = false;
             while let Some(transmit) = self.core.poll_transmit() {
                 moved = true;
-                if self.core.config().read_only {
+                if self.mode == DhtMode::Auto && self.core.config().read_only {
                     self.note_contacted(transmit.to);
                 }
                 let socket = if transmit.to.is_ipv6() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use common::*;
-use replic8_discovery::krpc::message::{Body, Message, Query};
+use replic8_discovery::krpc::message::{Body, Message, Query, Response};
 use replic8_discovery::krpc::{Id, TxId};
 use replic8_discovery::*;
 
@@ -293,5 +293,115 @@ fn our_node_in_a_mainline_testnet_finds_a_mainline_announce_and_back() {
             .recv_until(GUARD, |f| f.topic == t && f.addr == loopback(46201))
             .await;
         assert_eq!(f.source, PeerSource::Dht);
+    });
+}
+
+/// The next query on `socket` (guarded), with its sender.
+fn next_query(socket: &UdpSocket) -> (Message, SocketAddr) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let (len, from) = socket
+            .recv_from(&mut buf)
+            .expect("a query within the guard");
+        let msg = Message::decode(&buf[..len]).expect("krpc");
+        if matches!(msg.body, Body::Query { .. }) {
+            return (msg, from);
+        }
+    }
+}
+
+fn respond(socket: &UdpSocket, to: SocketAddr, query: &Message, response: Response) {
+    let msg = Message {
+        tid: query.tid,
+        body: Body::Response(response),
+        read_only: false,
+        ip: None,
+        version: None,
+    };
+    socket.send_to(&msg.encode(), to).expect("send");
+}
+
+#[test]
+fn a_lookup_with_no_node_waits_for_a_bootstrap_that_tries_the_seeds_again() {
+    init_tracing();
+    let seed = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    seed.set_read_timeout(Some(GUARD)).expect("timeout");
+    run(|| async {
+        let node = KrpcDht::spawn(&DhtConfig::testnet(&[seed
+            .local_addr()
+            .expect("addr")
+            .to_string()]))
+        .await
+        .expect("spawn");
+        let seed_id = Id([0x5e; 20]);
+        // The first bootstrap query goes unanswered: the seed is down.
+        let (first, _) = next_query(&seed);
+        assert!(matches!(
+            &first.body,
+            Body::Query {
+                query: Query::FindNode { .. },
+                ..
+            }
+        ));
+        // A lookup now finds no node; it waits for that bootstrap to end (at the
+        // query's last timeout), then starts another that tries the seed again.
+        let (ih, peer) = ([0x42; 20], loopback(47001));
+        let lookup = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut found = Vec::new();
+                let mut stream = node.lookup(ih);
+                while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+                    found.extend(batch);
+                }
+                found
+            })
+        };
+        let (second, from) = next_query(&seed);
+        assert!(
+            matches!(
+                &second.body,
+                Body::Query {
+                    query: Query::FindNode { .. },
+                    ..
+                }
+            ),
+            "{second:?}"
+        );
+        assert_ne!(second.tid, first.tid);
+        respond(
+            &seed,
+            from,
+            &second,
+            Response {
+                id: seed_id,
+                ..Response::default()
+            },
+        );
+        // With the seed in its table, the held lookup runs.
+        let (get_peers, from) = next_query(&seed);
+        assert!(
+            matches!(&get_peers.body, Body::Query { query: Query::GetPeers { info_hash, .. }, .. } if *info_hash == Id(ih)),
+            "{get_peers:?}"
+        );
+        respond(
+            &seed,
+            from,
+            &get_peers,
+            Response {
+                id: seed_id,
+                values: vec![peer],
+                token: Some(vec![1, 2, 3, 4]),
+                ..Response::default()
+            },
+        );
+        let found = tokio::time::timeout(GUARD, lookup)
+            .await
+            .expect("lookup ends")
+            .expect("task");
+        assert_eq!(found, vec![peer]);
+        let status = node.status().await.expect("running");
+        assert_eq!(status.bootstraps, 2, "{status:?}");
+        assert_eq!(status.peers_found, vec![(ih, 1)], "{status:?}");
     });
 }
