@@ -112,6 +112,22 @@ impl Default for NodeBuilder {
     }
 }
 
+/// The default DHT config with the sockets `bind` names (both families when empty).
+fn dht_bind(bind: &[std::net::IpAddr]) -> DhtConfig {
+    let mut dht = DhtConfig::default();
+    if !bind.is_empty() {
+        dht.bind = bind.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(*v4),
+            std::net::IpAddr::V6(_) => None,
+        });
+        dht.bind_v6 = bind.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => Some(*v6),
+            std::net::IpAddr::V4(_) => None,
+        });
+    }
+    dht
+}
+
 impl NodeBuilder {
     /// A builder with every option of a validated [`NodeConfig`].
     pub fn from_config(config: &NodeConfig) -> Result<NodeBuilder, ConfigError> {
@@ -128,7 +144,8 @@ impl NodeBuilder {
                 Some(list) if list.is_empty() => Bootstrap::None,
                 Some(list) => Bootstrap::Nodes(list.clone()),
             },
-            ..DhtConfig::default()
+            port: d.dht_port,
+            ..dht_bind(&d.dht_bind)
         });
         let timing = Timing {
             announce_interval: Duration::from_secs(d.announce_interval_secs),
@@ -452,9 +469,16 @@ async fn start(
     };
     let conn = ConnManager::spawn(conn_config)?;
     let local = conn.local_addr();
+    // The DHT node id lives beside the identity, unless one was configured.
+    let dht = builder.dht.clone().map(|mut dht| {
+        if dht.id_file.is_none() && dht.node_id.is_none() {
+            dht.id_file = data_dir.as_ref().map(|dir| dir.join("dht-id"));
+        }
+        dht
+    });
     let discovery_config = DiscoveryConfig {
         quic_port: local.port(),
-        dht: builder.dht.clone(),
+        dht,
         lan: builder.lan.then(LanConfig::default),
         static_peers: builder.static_peers.clone(),
         timing: builder.timing.clone(),
