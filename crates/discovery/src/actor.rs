@@ -22,7 +22,7 @@ use crate::core::{
     CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
 };
 use crate::dht::{DhtBackend, MainlineDht};
-use crate::driver::KrpcDht;
+use crate::driver::{DhtStatus, KrpcDht};
 use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 use crate::lan::Lan;
 use crate::messages::*;
@@ -486,6 +486,17 @@ impl Handler<Stats> for DiscoveryActor {
         let mut stats = self.stats.clone();
         stats.topics = self.core.topics().len();
         MessageResult(stats)
+    }
+}
+
+impl Handler<DhtInfo> for DiscoveryActor {
+    type Result = ResponseFuture<Option<DhtStatus>>;
+
+    fn handle(&mut self, _msg: DhtInfo, _ctx: &mut Context<Self>) -> Self::Result {
+        match &self.dht {
+            Some(dht) => dht.status(),
+            None => Box::pin(async { None }),
+        }
     }
 }
 

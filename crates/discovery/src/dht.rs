@@ -18,6 +18,7 @@ use mainline::async_dht::AsyncDht;
 use mainline::{Dht, Id};
 
 use crate::config::{Bootstrap, DhtConfig, DhtMode};
+use crate::driver::DhtStatus;
 use crate::error::{BackendError, SpawnError};
 
 /// A boxed, sendable future.
@@ -40,6 +41,10 @@ pub trait DhtBackend: Send + Sync + fmt::Debug + 'static {
     /// The local addresses of every DHT socket.
     fn local_addrs(&self) -> Vec<SocketAddr> {
         vec![self.local_addr()]
+    }
+    /// The node's counters and tables, if the implementation keeps them.
+    fn status(&self) -> BoxFuture<Option<DhtStatus>> {
+        Box::pin(async { None })
     }
 }
 

@@ -297,6 +297,11 @@ impl DhtBackend for KrpcDht {
     fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
     }
+
+    fn status(&self) -> BoxFuture<Option<DhtStatus>> {
+        let dht = self.clone();
+        Box::pin(async move { KrpcDht::status(&dht).await })
+    }
 }
 
 /// The task: the core, its sockets, and what its lookups are for.

@@ -74,8 +74,8 @@ pub use crate::dht::{DhtBackend, MainlineDht};
 pub use crate::driver::{DhtStatus, KrpcDht};
 pub use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 pub use crate::messages::{
-    Close, DiscoveryStats, Flushed, Join, Joined, Leave, LookupAt, PeerFound, PeerTried, Stats,
-    Subscribe, Topics, WaitFlushed,
+    Close, DhtInfo, DiscoveryStats, Flushed, Join, Joined, Leave, LookupAt, PeerFound, PeerTried,
+    Stats, Subscribe, Topics, WaitFlushed,
 };
 pub use crate::testnet::KrpcTestnet;
 pub use crate::topic::Topic;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use actix::{Message, Recipient};
 
 use crate::core::{JoinReport, PeerSource, TopicStatus};
+use crate::driver::DhtStatus;
 use crate::error::{JoinError, TopicError};
 use crate::topic::Topic;
 
@@ -126,6 +127,12 @@ pub struct DiscoveryStats {
     /// Every DHT socket's local address.
     pub dht_addrs: Vec<SocketAddr>,
 }
+
+/// The DHT node's counters, tables and peers found per infohash; `None` without a DHT
+/// or with a backend that keeps none (`mainline`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Option<DhtStatus>")]
+pub struct DhtInfo;
 
 /// Leave every topic, withdraw the LAN advertisements, stop the backends and the actor.
 /// Resolves when that is done.

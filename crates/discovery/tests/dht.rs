@@ -82,6 +82,22 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
             // Several DHT nodes returned a's record; b reported it once in that round.
             let stats = b.send(Stats).await.expect("alive");
             assert_eq!(stats.peers_reported, 1, "{size} nodes: {stats:?}");
+            // The DHT node's own counters.
+            let dht = b
+                .send(DhtInfo)
+                .await
+                .expect("alive")
+                .expect("our node keeps them");
+            assert!(
+                dht.nodes_v4 > 0 && dht.stats.queries_out > 0,
+                "{size} nodes: {dht:?}"
+            );
+            assert!(
+                dht.peers_found
+                    .iter()
+                    .any(|(ih, n)| *ih == t.infohash() && *n >= 1),
+                "{size} nodes: {dht:?}"
+            );
             a.send(Close).await.expect("close a");
             b.send(Close).await.expect("close b");
         });
