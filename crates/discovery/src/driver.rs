@@ -112,6 +112,9 @@ enum Command {
     Status {
         reply: oneshot::Sender<DhtStatus>,
     },
+    Bootstrapped {
+        reply: oneshot::Sender<usize>,
+    },
     Seeds(Vec<SocketAddr>),
 }
 
@@ -225,6 +228,7 @@ impl KrpcDht {
             ops: HashMap::new(),
             waiting: VecDeque::new(),
             bootstrapping: None,
+            bootstrap_waiters: Vec::new(),
             bootstraps: 0,
             next_check: now,
             rebootstrap_wait: REBOOTSTRAP_MIN,
@@ -251,6 +255,17 @@ impl KrpcDht {
     pub async fn status(&self) -> Option<DhtStatus> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Status { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Resolves once no bootstrap is running (the first one ended), with the number of
+    /// nodes in the tables then; `None` if the task stopped.
+    pub async fn bootstrapped(&self) -> Option<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Bootstrapped { reply })
+            .await
+            .ok()?;
         rx.await.ok()
     }
 
@@ -321,6 +336,8 @@ struct Driver {
     /// Commands that found no node while a bootstrap ran, or no free lookup slot.
     waiting: VecDeque<Command>,
     bootstrapping: Option<LookupId>,
+    /// Waiting for the running bootstrap to end.
+    bootstrap_waiters: Vec<oneshot::Sender<usize>>,
     bootstraps: u64,
     next_check: Instant,
     rebootstrap_wait: Duration,
@@ -469,6 +486,9 @@ impl Driver {
                         if nodes >= LOW_WATER {
                             self.rebootstrap_wait = REBOOTSTRAP_MIN;
                         }
+                        for waiter in self.bootstrap_waiters.drain(..) {
+                            let _ = waiter.send(nodes);
+                        }
                     }
                     None => {}
                 }
@@ -514,6 +534,13 @@ impl Driver {
         match command {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::Bootstrapped { reply } => {
+                if self.bootstrapping.is_some() {
+                    self.bootstrap_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.nodes());
+                }
             }
             Command::Seeds(seeds) => {
                 if !seeds.is_empty() {

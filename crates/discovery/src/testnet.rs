@@ -29,28 +29,42 @@ pub struct KrpcTestnet {
 impl KrpcTestnet {
     /// `n` nodes on 127.0.0.1.
     pub fn new(n: usize) -> io::Result<KrpcTestnet> {
-        KrpcTestnet::on(IpAddr::V4(Ipv4Addr::LOCALHOST), n)
+        KrpcTestnet::on(IpAddr::V4(Ipv4Addr::LOCALHOST), n, 0)
     }
 
     /// `n` nodes on `::1`.
     pub fn new_v6(n: usize) -> io::Result<KrpcTestnet> {
-        KrpcTestnet::on(IpAddr::V6(Ipv6Addr::LOCALHOST), n)
+        KrpcTestnet::on(IpAddr::V6(Ipv6Addr::LOCALHOST), n, 0)
     }
 
-    fn on(ip: IpAddr, n: usize) -> io::Result<KrpcTestnet> {
+    /// `n` live nodes on 127.0.0.1, plus `dead` nodes that bootstrap with them, get into
+    /// their routing tables, and then stop answering (their sockets stay bound and are
+    /// never read, as a node that vanished behind a NAT). `bootstrap` and `nodes` list
+    /// the live nodes only: the dead ones are found only in the tables.
+    pub fn with_dead(n: usize, dead: usize) -> io::Result<KrpcTestnet> {
+        KrpcTestnet::on(IpAddr::V4(Ipv4Addr::LOCALHOST), n, dead)
+    }
+
+    fn on(ip: IpAddr, n: usize, dead: usize) -> io::Result<KrpcTestnet> {
         if !ip.is_loopback() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a testnet binds loopback only",
             ));
         }
-        let sockets = (0..n)
+        let sockets = (0..n + dead)
             .map(|_| UdpSocket::bind(SocketAddr::new(ip, 0)))
             .collect::<io::Result<Vec<_>>>()?;
-        let nodes = sockets
+        // Kept bound, never read: datagrams to a dead node vanish.
+        let graves = sockets[n..]
+            .iter()
+            .map(UdpSocket::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
+        let all = sockets
             .iter()
             .map(UdpSocket::local_addr)
             .collect::<io::Result<Vec<_>>>()?;
+        let nodes = all[..n].to_vec();
         let bootstrap: Vec<String> = nodes.iter().map(ToString::to_string).collect();
         let config = match ip {
             IpAddr::V4(_) => DhtConfig::testnet(&[]),
@@ -58,7 +72,6 @@ impl KrpcTestnet {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready) = std::sync::mpsc::channel::<io::Result<()>>();
-        let all = nodes.clone();
         let thread = std::thread::Builder::new()
             .name("krpc-testnet".into())
             .spawn(move || {
@@ -90,9 +103,15 @@ impl KrpcTestnet {
                             }
                         }
                     }
+                    for handle in &handles {
+                        handle.bootstrapped().await;
+                    }
+                    // The dead nodes stop; their sockets stay bound in `graves`.
+                    handles.truncate(n);
                     let _ = ready_tx.send(Ok(()));
                     let _ = stopped.await;
                     drop(handles);
+                    drop(graves);
                 });
             })?;
         ready
