@@ -1069,6 +1069,16 @@ impl NodeHandle {
             .map_err(|_| NodeClosed)
     }
 
+    /// The DHT node's counters, tables and peers found per infohash; `None` without a
+    /// DHT or with the `mainline` backend.
+    pub async fn dht_status(&self) -> Result<Option<replic8_discovery::DhtStatus>, NodeClosed> {
+        self.s()
+            .discovery
+            .send(replic8_discovery::DhtInfo)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
     /// The connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeClosed> {
         self.s()
