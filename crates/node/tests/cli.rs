@@ -90,6 +90,7 @@ impl Daemon {
         let mut lines = std::io::BufReader::new(stderr).lines();
         let first = lines.next().unwrap().unwrap();
         assert!(first.starts_with("replic8 daemon: key "), "{first}");
+        assert!(first.contains(" dht "), "the DHT addresses: {first}");
         std::thread::spawn(move || for _ in lines {});
         Daemon { child }
     }
