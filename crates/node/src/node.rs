@@ -599,8 +599,27 @@ async fn start(
             peer_down: redialer.clone().recipient(),
         })
         .await;
+    // The DHT node keeps its own counters: copied into ours at each scrape.
+    let refresh: crate::metrics::Refresh = {
+        let (discovery, counters) = (discovery.clone(), counters.clone());
+        Arc::new(move || {
+            let (discovery, counters) = (discovery.clone(), counters.clone());
+            Box::pin(async move {
+                if let Ok(Some(dht)) = discovery.send(replic8_discovery::DhtInfo).await {
+                    counters.dht_nodes.set((dht.nodes_v4 + dht.nodes_v6) as u64);
+                    counters.dht_queries_in.set(dht.stats.queries_in);
+                    counters.dht_queries_out.set(dht.stats.queries_out);
+                    counters.dht_timeouts.set(dht.stats.timeouts);
+                    counters
+                        .dht_announces_stored
+                        .set(dht.stats.announces_stored);
+                }
+            })
+        })
+    };
     let metrics = match builder.metrics {
-        Some(addr) => match MetricsEndpoint::bind(addr, counters.clone()).await {
+        Some(addr) => match MetricsEndpoint::bind_with(addr, counters.clone(), Some(refresh)).await
+        {
             Ok(m) => Some(m),
             Err(source) => {
                 let _ = discovery.send(replic8_discovery::Close).await;
