@@ -105,6 +105,11 @@ pub struct DhtConfig {
     /// created or changes (a BEP 42 id once the external address is known). The node
     /// keeps it in its data directory. `None`: not persisted.
     pub id_file: Option<PathBuf>,
+    /// Where the routing tables' node addresses are saved (one a line): written after
+    /// the first bootstrap and every [`crate::driver::SAVE_EVERY`], read at start and
+    /// queried first when bootstrapping, so a restarted node finds its old neighbours
+    /// without the public bootstrap nodes. `None`: not saved.
+    pub nodes_file: Option<PathBuf>,
     /// At most one routing table entry per IP address. A loopback network, where every
     /// node has the same IP, turns it off.
     pub restrict_ips: bool,
@@ -126,6 +131,7 @@ impl Default for DhtConfig {
             port: None,
             node_id: None,
             id_file: None,
+            nodes_file: None,
             restrict_ips: true,
             rate_limit: RateLimitConfig::default(),
             request_timeout: None,

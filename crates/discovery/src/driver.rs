@@ -47,6 +47,13 @@ pub const REBOOTSTRAP_MIN: Duration = Duration::from_secs(5);
 /// Longest wait between two bootstraps while the tables stay low.
 pub const REBOOTSTRAP_MAX: Duration = Duration::from_secs(300);
 
+/// How often the routing tables are saved to `DhtConfig::nodes_file`.
+pub const SAVE_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Most node addresses saved and read back: a full table of a node in a large network
+/// holds about 20 buckets of 8 per family.
+pub const MAX_SAVED_NODES: usize = 400;
+
 /// Commands queued by the handles; a full queue fails the command at once.
 const COMMAND_QUEUE: usize = 1024;
 
@@ -115,6 +122,9 @@ enum Command {
     Bootstrapped {
         reply: oneshot::Sender<usize>,
     },
+    SaveNodes {
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
     Seeds(Vec<SocketAddr>),
 }
 
@@ -158,6 +168,14 @@ impl KrpcDht {
                 resolve_bootstrap(entries, v4.is_some(), v6.is_some()).await?
             }
         };
+        let mut seeds = seeds;
+        if let Some(path) = &config.nodes_file {
+            // Saved neighbours first; a missing or unreadable file is no error.
+            let mut saved = read_nodes(path, v4.is_some(), v6.is_some()).await;
+            saved.retain(|a| !seeds.contains(a));
+            saved.extend(seeds);
+            seeds = saved;
+        }
         let id = match (config.node_id, &config.id_file) {
             (Some(id), Some(path)) => {
                 write_id(path, Id(id)).await?;
@@ -225,6 +243,8 @@ impl KrpcDht {
             bootstrap: config.bootstrap.clone(),
             seeds,
             id_file: config.id_file.clone(),
+            nodes_file: config.nodes_file.clone(),
+            next_save: None,
             ops: HashMap::new(),
             waiting: VecDeque::new(),
             bootstrapping: None,
@@ -267,6 +287,18 @@ impl KrpcDht {
             .await
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Saves the routing tables' addresses to `DhtConfig::nodes_file` now (as the node
+    /// does after its first bootstrap and every [`SAVE_EVERY`]); resolves with the number
+    /// saved once written. Without a file, or with empty tables, nothing is written.
+    pub async fn save_nodes(&self) -> Result<usize, String> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SaveNodes { reply })
+            .await
+            .map_err(|_| "dht node stopped".to_string())?;
+        rx.await.map_err(|_| "dht node stopped".to_string())?
     }
 
     /// Announces `port` for `info_hash`; resolves with the number of nodes that stored
@@ -332,6 +364,9 @@ struct Driver {
     bootstrap: Bootstrap,
     seeds: Vec<SocketAddr>,
     id_file: Option<PathBuf>,
+    nodes_file: Option<PathBuf>,
+    /// When the tables are saved next; `None` until the first bootstrap ended.
+    next_save: Option<Instant>,
     ops: HashMap<LookupId, Op>,
     /// Commands that found no node while a bootstrap ran, or no free lookup slot.
     waiting: VecDeque<Command>,
@@ -489,6 +524,9 @@ impl Driver {
                         for waiter in self.bootstrap_waiters.drain(..) {
                             let _ = waiter.send(nodes);
                         }
+                        if self.next_save.is_none() {
+                            self.save_nodes(Instant::now(), None);
+                        }
                     }
                     None => {}
                 }
@@ -542,6 +580,7 @@ impl Driver {
                     let _ = reply.send(self.nodes());
                 }
             }
+            Command::SaveNodes { reply } => self.save_nodes(now, Some(reply)),
             Command::Seeds(seeds) => {
                 if !seeds.is_empty() {
                     self.seeds = seeds;
@@ -632,6 +671,9 @@ impl Driver {
     /// bootstrap names when no seed is left.
     fn check(&mut self, now: Instant) {
         self.next_check = now + CHECK_EVERY;
+        if self.next_save.is_some_and(|at| now >= at) {
+            self.save_nodes(now, None);
+        }
         if self.nodes() >= LOW_WATER || self.bootstrapping.is_some() || now < self.next_bootstrap {
             return;
         }
@@ -641,7 +683,10 @@ impl Driver {
             nodes = self.nodes(),
             "routing tables low: bootstrapping again"
         );
-        if self.seeds.is_empty() && self.bootstrap == Bootstrap::Public {
+        self.start_bootstrap(now);
+        if self.bootstrap == Bootstrap::Public {
+            // The names may point elsewhere now, or resolve at last (offline at start):
+            // the next bootstrap uses what they resolve to.
             let (v4, v6) = (self.v4.is_some(), self.v6.is_some());
             let handle = self.handle.clone();
             tokio::spawn(async move {
@@ -650,9 +695,34 @@ impl Driver {
                     let _ = handle.send(Command::Seeds(seeds)).await;
                 }
             });
-            return;
         }
-        self.start_bootstrap(now);
+    }
+
+    /// Writes the tables' addresses to `nodes_file` (in a task: file I/O stays off the
+    /// loop), if there is one and the tables are not empty.
+    fn save_nodes(&mut self, now: Instant, reply: Option<oneshot::Sender<Result<usize, String>>>) {
+        self.next_save = Some(now + SAVE_EVERY);
+        let addrs: Vec<SocketAddr> = [false, true]
+            .into_iter()
+            .flat_map(|v6| self.core.table(v6).entries().map(|e| e.node.addr))
+            .take(MAX_SAVED_NODES)
+            .collect();
+        let Some(path) = self.nodes_file.clone().filter(|_| !addrs.is_empty()) else {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(0));
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let text: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+            let result = write_atomic(&path, text).await;
+            if let Err(error) = &result {
+                warn!(%error, path = %path.display(), "cannot save the dht nodes");
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map(|()| addrs.len()).map_err(|e| e.to_string()));
+            }
+        });
     }
 
     fn status(&self) -> DhtStatus {
@@ -832,17 +902,39 @@ async fn read_id(path: &Path) -> Result<Option<Id>, SpawnError> {
     Ok(Some(Id(id)))
 }
 
-/// Writes the node id to `path` (through a temporary file, so a crash leaves the old or
-/// the new id, never half of one).
+/// Writes the node id to `path`.
 async fn write_id(path: &Path, id: Id) -> Result<(), SpawnError> {
-    let bad = |e: io::Error| SpawnError::DhtIdFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    write_atomic(path, format!("{}\n", hex::encode(id.0)))
+        .await
+        .map_err(|e| SpawnError::DhtIdFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// Writes `text` to `path` through a temporary file, so a crash leaves the old or the
+/// new content, never half of one.
+async fn write_atomic(path: &Path, text: String) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    tokio::fs::write(&tmp, format!("{}\n", hex::encode(id.0)))
-        .await
-        .map_err(bad)?;
-    tokio::fs::rename(&tmp, path).await.map_err(bad)
+    tokio::fs::write(&tmp, text).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// The saved node addresses of the families we run (at most [`MAX_SAVED_NODES`]); lines
+/// that are not socket addresses are skipped, a missing file is an empty list.
+async fn read_nodes(path: &Path, v4: bool, v6: bool) -> Vec<SocketAddr> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(error) => {
+            warn!(%error, path = %path.display(), "cannot read the saved dht nodes");
+            return Vec::new();
+        }
+    };
+    text.lines()
+        .filter_map(|line| line.trim().parse::<SocketAddr>().ok())
+        .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
+        .take(MAX_SAVED_NODES)
+        .collect()
 }

@@ -405,3 +405,37 @@ fn a_lookup_with_no_node_waits_for_a_bootstrap_that_tries_the_seeds_again() {
         assert_eq!(status.peers_found, vec![(ih, 1)], "{status:?}");
     });
 }
+
+#[test]
+fn a_restarted_node_bootstraps_from_its_saved_nodes() {
+    init_tracing();
+    let testnet = KrpcTestnet::new(6).expect("testnet");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dht-nodes");
+    run(|| async {
+        let first = KrpcDht::spawn(&DhtConfig {
+            nodes_file: Some(path.clone()),
+            ..DhtConfig::testnet(&testnet.bootstrap)
+        })
+        .await
+        .expect("spawn");
+        assert!(first.bootstrapped().await.expect("running") > 0);
+        let saved = first.save_nodes().await.expect("saved");
+        assert!(saved > 0);
+        let text = std::fs::read_to_string(&path).expect("nodes file");
+        assert_eq!(text.lines().count(), saved, "{text}");
+        drop(first);
+        // No bootstrap list at all: the saved nodes are enough.
+        let again = KrpcDht::spawn(&DhtConfig {
+            bootstrap: Bootstrap::None,
+            nodes_file: Some(path.clone()),
+            ..DhtConfig::testnet(&[])
+        })
+        .await
+        .expect("spawn again");
+        let nodes = again.bootstrapped().await.expect("running");
+        assert!(nodes > 0, "bootstrapped from the saved nodes");
+        let status = again.status().await.expect("running");
+        assert_eq!(status.bootstraps, 1, "{status:?}");
+    });
+}
