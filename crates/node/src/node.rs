@@ -469,10 +469,13 @@ async fn start(
     };
     let conn = ConnManager::spawn(conn_config)?;
     let local = conn.local_addr();
-    // The DHT node id lives beside the identity, unless one was configured.
+    // The DHT node id and its neighbours live beside the identity, unless configured.
     let dht = builder.dht.clone().map(|mut dht| {
         if dht.id_file.is_none() && dht.node_id.is_none() {
             dht.id_file = data_dir.as_ref().map(|dir| dir.join("dht-id"));
+        }
+        if dht.nodes_file.is_none() {
+            dht.nodes_file = data_dir.as_ref().map(|dir| dir.join("dht-nodes"));
         }
         dht
     });
