@@ -316,8 +316,11 @@ impl KrpcDht {
                 reply,
             })
             .map_err(|e| BackendError::Announce(format!("dht node busy or stopped: {e}")))?;
-        rx.await
-            .unwrap_or_else(|_| Err(BackendError::Announce("dht node stopped".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(BackendError::Announce(
+                "dht node stopped or too busy".into(),
+            ))
+        })
     }
 }
 
@@ -595,6 +598,14 @@ impl Driver {
                 if reply.is_closed() {
                     return;
                 }
+                if self.first_bootstrap_running() {
+                    self.hold_for_bootstrap(Command::Announce {
+                        info_hash,
+                        port,
+                        reply,
+                    });
+                    return;
+                }
                 match self.core.announce(info_hash, Some(port), now) {
                     Ok(id) => {
                         self.count_found(info_hash, 0);
@@ -618,6 +629,10 @@ impl Driver {
                 if peers.is_closed() {
                     return;
                 }
+                if self.first_bootstrap_running() {
+                    self.hold_for_bootstrap(Command::Lookup { info_hash, peers });
+                    return;
+                }
                 match self.core.get_peers(info_hash, now) {
                     Ok(id) => {
                         self.count_found(info_hash, 0);
@@ -629,6 +644,21 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the bootstrap at start still runs. Lookups wait for it: started on the
+    /// first answers, a lookup would miss the nodes still coming (a dual-stack node would
+    /// announce on the family whose seeds answered first only).
+    fn first_bootstrap_running(&self) -> bool {
+        self.bootstraps == 1 && self.bootstrapping.is_some()
+    }
+
+    /// Holds a command until the running bootstrap ends (dropped, so failed or ended
+    /// empty, when too many wait).
+    fn hold_for_bootstrap(&mut self, command: Command) {
+        if self.waiting.len() < MAX_WAITING {
+            self.waiting.push_back(command);
         }
     }
 
@@ -915,8 +945,9 @@ async fn write_id(path: &Path, id: Id) -> Result<(), SpawnError> {
 /// Writes `text` to `path` through a temporary file, so a crash leaves the old or the
 /// new content, never half of one.
 async fn write_atomic(path: &Path, text: String) -> io::Result<()> {
+    // A name of its own per write: two writes at once must not rename each other's.
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{:08x}.tmp", rand::random::<u32>()));
     tokio::fs::write(&tmp, text).await?;
     tokio::fs::rename(&tmp, path).await
 }
