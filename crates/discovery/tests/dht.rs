@@ -82,6 +82,12 @@ fn lookup_after_announce_finds_the_peer_on_2_and_50_nodes() {
             // Several DHT nodes returned a's record; b reported it once in that round.
             let stats = b.send(Stats).await.expect("alive");
             assert_eq!(stats.peers_reported, 1, "{size} nodes: {stats:?}");
+            let topics = b.send(Topics).await.expect("alive");
+            assert_eq!(
+                topics[0].peers,
+                vec![loopback(41001)],
+                "{size} nodes: {topics:?}"
+            );
             // The DHT node's own counters.
             let dht = b
                 .send(DhtInfo)
