@@ -359,6 +359,7 @@ async fn handle(node: &NodeHandle, req: Request) -> Result<serde_json::Value, St
                     "lookup": t.lookup,
                     "flushed": t.flushed,
                     "peers_found": t.peers_found,
+                    "peers": t.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "peers": peers.len(),
                 "sessions": c.sessions.get(),
