@@ -54,6 +54,9 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(5 * 60);
 /// holds about 20 buckets of 8 per family.
 pub const MAX_SAVED_NODES: usize = 400;
 
+/// How long resolving one public bootstrap name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Commands queued by the handles; a full queue fails the command at once.
 const COMMAND_QUEUE: usize = 1024;
 
@@ -162,7 +165,8 @@ impl KrpcDht {
     pub async fn spawn(config: &DhtConfig) -> Result<KrpcDht, SpawnError> {
         let (v4, v6) = bind(config)?;
         let seeds = match &config.bootstrap {
-            Bootstrap::Public => resolve_public(v4.is_some(), v6.is_some()).await,
+            // Resolved by the task: a host without DNS must not hold up the start.
+            Bootstrap::Public => Vec::new(),
             Bootstrap::None => Vec::new(),
             Bootstrap::Nodes(entries) => {
                 resolve_bootstrap(entries, v4.is_some(), v6.is_some()).await?
@@ -248,6 +252,7 @@ impl KrpcDht {
             ops: HashMap::new(),
             waiting: VecDeque::new(),
             bootstrapping: None,
+            resolving: config.bootstrap == Bootstrap::Public,
             bootstrap_waiters: Vec::new(),
             bootstraps: 0,
             next_check: now,
@@ -374,6 +379,8 @@ struct Driver {
     /// Commands that found no node while a bootstrap ran, or no free lookup slot.
     waiting: VecDeque<Command>,
     bootstrapping: Option<LookupId>,
+    /// The public bootstrap names are being resolved for the first bootstrap.
+    resolving: bool,
     /// Waiting for the running bootstrap to end.
     bootstrap_waiters: Vec<oneshot::Sender<usize>>,
     bootstraps: u64,
@@ -390,6 +397,10 @@ impl Driver {
     async fn run(mut self) {
         let mut buf4 = vec![0u8; RECV_BUFFER];
         let mut buf6 = vec![0u8; RECV_BUFFER];
+        if self.resolving {
+            // Saved neighbours (if any) start the bootstrap while the names resolve.
+            self.resolve_public();
+        }
         self.start_bootstrap(Instant::now());
         loop {
             self.flush().await;
@@ -577,7 +588,7 @@ impl Driver {
                 let _ = reply.send(self.status());
             }
             Command::Bootstrapped { reply } => {
-                if self.bootstrapping.is_some() {
+                if self.bootstrapping.is_some() || self.resolving {
                     self.bootstrap_waiters.push(reply);
                 } else {
                     let _ = reply.send(self.nodes());
@@ -585,9 +596,23 @@ impl Driver {
             }
             Command::SaveNodes { reply } => self.save_nodes(now, Some(reply)),
             Command::Seeds(seeds) => {
+                let first = std::mem::take(&mut self.resolving);
                 if !seeds.is_empty() {
-                    self.seeds = seeds;
+                    for seed in seeds {
+                        if !self.seeds.contains(&seed) {
+                            self.seeds.push(seed);
+                        }
+                    }
                     self.start_bootstrap(now);
+                }
+                if first && self.bootstrapping.is_none() {
+                    // Nothing to bootstrap from: what waited for it fails or ends now.
+                    for waiter in self.bootstrap_waiters.drain(..) {
+                        let _ = waiter.send(0);
+                    }
+                    for command in std::mem::take(&mut self.waiting) {
+                        self.command(command, now);
+                    }
                 }
             }
             Command::Announce {
@@ -651,7 +676,7 @@ impl Driver {
     /// first answers, a lookup would miss the nodes still coming (a dual-stack node would
     /// announce on the family whose seeds answered first only).
     fn first_bootstrap_running(&self) -> bool {
-        self.bootstraps == 1 && self.bootstrapping.is_some()
+        self.resolving || (self.bootstraps == 1 && self.bootstrapping.is_some())
     }
 
     /// Holds a command until the running bootstrap ends (dropped, so failed or ended
@@ -715,17 +740,21 @@ impl Driver {
         );
         self.start_bootstrap(now);
         if self.bootstrap == Bootstrap::Public {
-            // The names may point elsewhere now, or resolve at last (offline at start):
-            // the next bootstrap uses what they resolve to.
-            let (v4, v6) = (self.v4.is_some(), self.v6.is_some());
-            let handle = self.handle.clone();
-            tokio::spawn(async move {
-                let seeds = resolve_public(v4, v6).await;
-                if let Some(handle) = handle.upgrade() {
-                    let _ = handle.send(Command::Seeds(seeds)).await;
-                }
-            });
+            // The names may point elsewhere now, or resolve at last (offline at start).
+            self.resolve_public();
         }
+    }
+
+    /// Resolves the public bootstrap names in a task, which sends them back as seeds.
+    fn resolve_public(&self) {
+        let (v4, v6) = (self.v4.is_some(), self.v6.is_some());
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let seeds = resolve_public(v4, v6).await;
+            if let Some(handle) = handle.upgrade() {
+                let _ = handle.send(Command::Seeds(seeds)).await;
+            }
+        });
     }
 
     /// Writes the tables' addresses to `nodes_file` (in a task: file I/O stays off the
@@ -904,11 +933,18 @@ pub(crate) async fn resolve_bootstrap(
 /// The public bootstrap nodes that resolve now (none when offline: the node then
 /// tries again when it checks its tables).
 async fn resolve_public(v4: bool, v6: bool) -> Vec<SocketAddr> {
+    let all = futures::future::join_all(PUBLIC_BOOTSTRAP.iter().map(|entry| async move {
+        let entries = [entry.to_string()];
+        // Bounded: a resolver that hangs must not keep the node from its saved nodes.
+        tokio::time::timeout(RESOLVE_TIMEOUT, resolve_bootstrap(&entries, v4, v6)).await
+    }))
+    .await;
     let mut out = Vec::new();
-    for entry in PUBLIC_BOOTSTRAP {
-        match resolve_bootstrap(&[entry.to_string()], v4, v6).await {
-            Ok(addrs) => out.extend(addrs),
-            Err(error) => debug!(%error, "public bootstrap node"),
+    for result in all {
+        match result {
+            Ok(Ok(addrs)) => out.extend(addrs),
+            Ok(Err(error)) => debug!(%error, "public bootstrap node"),
+            Err(_) => debug!("public bootstrap node: resolving timed out"),
         }
     }
     out
