@@ -6,9 +6,10 @@
 //!   survives decode → encode → decode unchanged (bytes may differ: bincode accepts
 //!   non-minimal varints, we always write minimal ones); the same for a stream header;
 //! - as control stream bytes after a valid hello, against an acceptor session with a
-//!   public and a secret namespace: the core never panics, every frame it sends decodes,
-//!   it never opens more streams than both sides allow, and the stream's end always
-//!   ends the session with a reason.
+//!   public and a secret namespace (matched by a dialer tag with handle 1): the core
+//!   never panics, every frame it sends decodes, it never opens more streams than both
+//!   sides allow, its queued output stays bounded, and the stream's end always ends
+//!   the session with a reason.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -80,6 +81,7 @@ fn drain(s: &mut Session) {
         let mut progress = false;
         while let Some(wire) = s.poll_transmit() {
             progress = true;
+            s.handle_control_written(wire.len());
             let mut rest = &wire[..];
             while !rest.is_empty() {
                 let (payload, used) = frame::parse(rest, MAX_FRAME_LEN)
@@ -105,6 +107,11 @@ fn drain(s: &mut Session) {
             }
         }
         assert!(s.open_streams() <= 16, "more streams than the peer allows");
+        assert!(
+            s.stats().peak_queued_bytes
+                <= (replic8::session::MAX_QUEUED_CONTROL_BYTES + 2 * MAX_FRAME_LEN) as u64,
+            "queued control output over its bound"
+        );
         if !progress {
             return;
         }

@@ -1,5 +1,5 @@
 //! A hostile peer built from the project's own pieces: a real connection manager (its own
-//! ed25519 identity, TLS with raw public keys, the `replic8/1` ALPN) whose connections
+//! ed25519 identity, TLS with raw public keys, the `replic8/2` ALPN) whose connections
 //! are driven by hand with the real frame and message encoders, so it can send exactly
 //! what an honest session never would.
 //!
@@ -186,23 +186,35 @@ pub struct RawSession {
     pub exporter: ExporterSecret,
     /// Control bytes read from the victim and not parsed yet.
     inbox: Vec<u8>,
+    /// Every control byte read from the victim so far, parsed or not.
+    received: Vec<u8>,
 }
 
 impl RawSession {
     /// Opens the control stream and writes an honest hello.
     pub async fn open(connection: quinn::Connection) -> RawSession {
-        let exporter = exporter_secret(&connection)
-            .unwrap_or_else(|e| panic!("hostile peer: exporter value: {e:?}"));
+        match RawSession::try_open(connection).await {
+            Ok(session) => session,
+            Err(e) => panic!("hostile peer: {e}"),
+        }
+    }
+
+    /// As [`RawSession::open`], or why the control stream could not be opened (the
+    /// victim closed the connection already, e.g. it refused us after the handshake).
+    pub async fn try_open(connection: quinn::Connection) -> Result<RawSession, String> {
+        let exporter =
+            exporter_secret(&connection).map_err(|e| format!("exporter value: {e:?}"))?;
         let (send, recv) = connection
             .open_bi()
             .await
-            .unwrap_or_else(|e| panic!("hostile peer: open control stream: {e}"));
+            .map_err(|e| format!("open control stream: {e}"))?;
         let mut session = RawSession {
             connection,
             send,
             recv,
             exporter,
             inbox: Vec::new(),
+            received: Vec::new(),
         };
         session
             .send_message(&Message::Hello {
@@ -211,7 +223,13 @@ impl RawSession {
                 max_streams: 16,
             })
             .await;
-        session
+        Ok(session)
+    }
+
+    /// Every control byte read from the victim so far (by [`RawSession::recv_message`]),
+    /// for checks on what the victim revealed.
+    pub fn received(&self) -> &[u8] {
+        &self.received
     }
 
     /// Writes one message as a frame on the control stream. A write error (the victim
@@ -241,7 +259,10 @@ impl RawSession {
                     }
                 }
                 match self.recv.read_chunk(64 * 1024, true).await {
-                    Ok(Some(chunk)) => self.inbox.extend_from_slice(&chunk.bytes),
+                    Ok(Some(chunk)) => {
+                        self.received.extend_from_slice(&chunk.bytes);
+                        self.inbox.extend_from_slice(&chunk.bytes);
+                    }
                     _ => return None,
                 }
             }
@@ -279,11 +300,17 @@ pub struct HostileFeed {
 impl HostileFeed {
     /// A new feed with `n` blocks of 1 KiB.
     pub fn new(n: usize) -> HostileFeed {
-        let storage = MemoryStorage::new();
-        let mut feed = Feed::create(&storage, FeedSecret::generate())
-            .unwrap_or_else(|e| panic!("hostile feed: create: {e}"));
         let blocks: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 1024]).collect();
-        feed.append_batch(&blocks)
+        HostileFeed::with_blocks(FeedSecret::generate(), &blocks)
+    }
+
+    /// A feed written with `secret` holding `blocks`. Two of them with one secret and
+    /// different blocks are a writer's fork: two validly signed trees for one key.
+    pub fn with_blocks(secret: FeedSecret, blocks: &[Vec<u8>]) -> HostileFeed {
+        let storage = MemoryStorage::new();
+        let mut feed =
+            Feed::create(&storage, secret).unwrap_or_else(|e| panic!("hostile feed: create: {e}"));
+        feed.append_batch(blocks)
             .unwrap_or_else(|e| panic!("hostile feed: append: {e}"));
         HostileFeed { feed }
     }

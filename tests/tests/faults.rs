@@ -288,7 +288,9 @@ async fn cut_mid_sync(cut: Cut) {
         .await
         .unwrap();
     let mut events = r.subscribe();
-    r.open_namespace(NAMESPACE, None).await.unwrap();
+    r.open_namespace(NAMESPACE, None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
     r.connect(relay.addr(), Some(w.key())).await.unwrap();
 
     recv_until(&mut events, "r: first blocks", |e| {

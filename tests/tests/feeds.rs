@@ -60,7 +60,9 @@ async fn a_shared_feed_is_discovered_accepted_and_replicated_verified_and_live()
     let data = blocks(300, 1);
     assert_eq!(a.append(feed, data.clone()).await.unwrap(), 300);
     a.share("photos", feed, headers("holiday")).await.unwrap();
-    b.open_namespace("photos", None).await.unwrap();
+    b.open_namespace("photos", None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
 
     a.join_feed(feed, JoinOptions::default()).await.unwrap();
     b.join_feed(feed, JoinOptions::default()).await.unwrap();
@@ -126,7 +128,9 @@ async fn a_restarted_node_shares_its_feeds_again() {
     // the feed it shared before the restart, from disk, without being asked again.
     let c = loopback_node(&net).spawn().await.unwrap();
     let mut c_events = c.subscribe();
-    c.open_namespace("docs", None).await.unwrap();
+    c.open_namespace("docs", None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
     c.join_feed(
         feed,
         JoinOptions {
@@ -166,7 +170,9 @@ async fn a_restarted_writer_is_found_again_and_its_new_blocks_reach_the_reader()
 
     let r = loopback_node(&net).spawn().await.unwrap();
     let mut r_events = r.subscribe();
-    r.open_namespace("log", None).await.unwrap();
+    r.open_namespace("log", None, replic8_node::NamespacePolicy::accept_all())
+        .await
+        .unwrap();
     r.join_feed(feed, JoinOptions::default()).await.unwrap();
     wait_synced(&mut r_events, "r: first half", feed, 200).await;
     let w_key = w.key();
@@ -186,4 +192,31 @@ async fn a_restarted_writer_is_found_again_and_its_new_blocks_reach_the_reader()
     verify_copy(&r, feed, &data).await;
     w.close().await;
     r.close().await;
+}
+
+/// A share of a feed the node does not hold fails and changes nothing: the namespace it
+/// named is neither persisted nor served (before, the namespace was registered and
+/// persisted although the share failed).
+#[tokio::test]
+async fn a_share_of_a_feed_not_held_fails_and_changes_nothing() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = replic8_node::Node::builder()
+        .data_dir(dir.path())
+        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .dht(false)
+        .lan(false)
+        .spawn()
+        .await
+        .unwrap();
+    let unknown = FeedKey([7; 32]);
+    let err = node
+        .share("photos", unknown, headers("none"))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    let state = replic8_node::persist::PersistedState::load(dir.path()).unwrap();
+    assert!(state.namespaces.is_empty(), "{state:?}");
+    assert!(state.shares.is_empty(), "{state:?}");
+    node.close().await;
 }

@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run -p replic8-node --example embed`
 
-use replic8_node::{Headers, JoinOptions, Node, NodeEvent};
+use replic8_node::{Headers, JoinOptions, NamespacePolicy, Node, NodeEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,7 +25,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut headers = Headers::new();
     headers.insert("title", b"greetings".to_vec())?;
     writer.share("examples", feed, headers).await?;
-    reader.open_namespace("examples", None).await?;
+    reader
+        .open_namespace("examples", None, NamespacePolicy::accept_all())
+        .await?;
 
     let mut events = reader.subscribe();
     writer.join_feed(feed, JoinOptions::default()).await?;

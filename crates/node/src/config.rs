@@ -140,6 +140,11 @@ pub struct LimitsSection {
     /// Incoming handshakes in progress above which a new one must first prove its
     /// address (a QUIC retry, one extra round trip).
     pub retry_above: usize,
+    /// Most feeds new to the store accepted from one peer per hour, in namespaces
+    /// opened to new feeds; unset: the store's default (1,024).
+    pub new_feeds_per_peer: Option<u32>,
+    /// Most replicas created from offers, in total; unset: the store's default (16,384).
+    pub max_replicas: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -159,6 +164,8 @@ impl Default for LimitsSection {
             max_peers_per_ip: 32,
             max_pending_per_ip: 8,
             retry_above: 16,
+            new_feeds_per_peer: None,
+            max_replicas: None,
         }
     }
 }
@@ -216,6 +223,13 @@ impl NodeConfig {
         }
         if self.limits.max_peers_per_ip == 0 {
             return invalid("limits.max_peers_per_ip", "must be at least 1");
+        }
+        // A namespace that should accept no new feed says so with its policy.
+        if self.limits.new_feeds_per_peer == Some(0) {
+            return invalid("limits.new_feeds_per_peer", "must be at least 1");
+        }
+        if self.limits.max_replicas == Some(0) {
+            return invalid("limits.max_replicas", "must be at least 1");
         }
         if self.limits.max_pending_per_ip == 0 {
             return invalid("limits.max_pending_per_ip", "must be at least 1");
@@ -331,6 +345,15 @@ mod tests {
     fn bad_values_name_the_option() {
         let cases = [
             ("[limits]\nmax_peers = 0\n", "limits.max_peers"),
+            ("[limits]\nmax_replicas = 0\n", "limits.max_replicas"),
+            (
+                "[limits]\nnew_feeds_per_peer = 0\n",
+                "limits.new_feeds_per_peer",
+            ),
+            (
+                "[limits]\nmax_peers_per_ip = 0\n",
+                "limits.max_peers_per_ip",
+            ),
             (
                 "[limits]\nstall_timeout_secs = 0\n",
                 "limits.stall_timeout_secs",

@@ -1,6 +1,13 @@
-//! The daemon's control socket: a Unix socket in the data directory (`control.sock`,
-//! mode 0600 in a 0700 directory, so only the daemon's user can open it) that the
-//! `replic8` client commands talk to.
+//! The daemon's control socket: a Unix socket that the `replic8` client commands talk to,
+//! `run/control.sock` in the data directory ([`socket_path`]).
+//!
+//! Only the daemon's own user may use it, checked twice. The socket is bound inside
+//! `run/`, a directory created with mode 0700 and checked (owned by the daemon's uid, no
+//! access for group or others) before the bind, so the socket is never reachable by
+//! another user, not even for the moment between the bind and its chmod to 0600. And
+//! every accepted connection's peer credentials (`SO_PEERCRED`) must carry the daemon's
+//! uid, root included: any other uid gets one error line and the connection is closed.
+//! The data directory itself is checked first ([`crate::persist::check_dir`]).
 //!
 //! The protocol is one JSON [`Request`] per line and one JSON [`Response`] line per
 //! request. A request line is at most [`MAX_REQUEST`] bytes; a longer one ends the
@@ -14,10 +21,21 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::node::{JoinOptions, NodeHandle};
+use crate::persist::{self, PersistError};
 use crate::{FeedKey, Headers, Topic};
 
-/// File name of the control socket inside the data directory.
+/// The private directory inside the data directory that holds the socket (mode 0700).
+pub const RUN_DIR: &str = "run";
+/// File name of the control socket inside [`RUN_DIR`].
 pub const SOCKET_FILE: &str = "control.sock";
+/// How long a refused client has to finish sending before its connection is closed: we
+/// read what it sent before closing, so that it reads our error line and not a reset.
+const REFUSED_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The control socket of the daemon whose data directory is `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(RUN_DIR).join(SOCKET_FILE)
+}
 /// Largest request line: 64 MiB of hex, 32 MiB of blocks per append request.
 pub const MAX_REQUEST: usize = 64 << 20;
 
@@ -109,6 +127,26 @@ pub enum ControlError {
     Daemon(String),
 }
 
+/// What binding the control socket can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The data directory or `run/` is unsafe (others can write to it, or another user
+    /// owns it) or cannot be read.
+    #[error(transparent)]
+    Dir(#[from] PersistError),
+    /// Another daemon answers on the socket.
+    #[error("a daemon already listens on {0}")]
+    InUse(PathBuf),
+    /// Creating `run/`, removing a stale socket or binding failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
 /// Send one request to the daemon whose socket is `path`; its `ok` value.
 pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
     let mut stream = UnixStream::connect(path)
@@ -138,27 +176,54 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Bind `dir/control.sock` (replacing a stale socket no daemon answers on) with mode
-    /// 0600, and serve `node`'s requests on it.
-    pub async fn bind(dir: &Path, node: NodeHandle) -> std::io::Result<ControlServer> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(SOCKET_FILE);
-        if path.exists() {
-            if UnixStream::connect(&path).await.is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("a daemon already listens on {}", path.display()),
-                ));
-            }
-            std::fs::remove_file(&path)?;
+    /// Check the data directory `dir`, create (or check) `dir/run` with mode 0700, bind
+    /// `dir/run/control.sock` there (replacing a stale socket no daemon answers on) with
+    /// mode 0600, and serve `node`'s requests to connections of this process's uid.
+    pub async fn bind(dir: &Path, node: NodeHandle) -> Result<ControlServer, BindError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BindError::Io { path, source }
+        };
+        persist::check_dir(dir)?;
+        let run = dir.join(RUN_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&run) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(&run)(e)),
         }
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Nobody but us may even look inside: the socket is reachable only through here.
+        persist::check_dir_mode(&run, 0o077)?;
+        let uid = persist::current_uid()?;
+        let path = run.join(SOCKET_FILE);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            if UnixStream::connect(&path).await.is_ok() {
+                return Err(BindError::InUse(path));
+            }
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        let listener = UnixListener::bind(&path).map_err(io(&path))?;
+        // Not what keeps others out (`run/` does); it keeps the file honest if the
+        // directory is ever loosened by hand.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(&path))?;
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let node = node.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, &node).await {
+                    let result = match stream.peer_cred() {
+                        Ok(cred) if cred.uid() == uid => serve(stream, &node).await,
+                        Ok(cred) => {
+                            tracing::warn!(
+                                peer_uid = cred.uid(),
+                                peer_pid = cred.pid(),
+                                "control connection refused: not the daemon's uid {uid}"
+                            );
+                            refuse(stream, cred.uid(), uid).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "control connection failed");
                     }
                 });
@@ -183,6 +248,26 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Tells a client of another uid that it may not use this socket, in one line, and
+/// closes the connection once it stopped sending (bounded in bytes and time).
+async fn refuse(stream: UnixStream, peer: u32, uid: u32) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let response = Response::Error(format!(
+        "uid {peer} may not use this control socket: only uid {uid}, the daemon's, may"
+    ));
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    let mut rest = read.take(MAX_REQUEST as u64);
+    let _ = tokio::time::timeout(
+        REFUSED_DRAIN,
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+    )
+    .await;
+    Ok(())
 }
 
 async fn serve(stream: UnixStream, node: &NodeHandle) -> std::io::Result<()> {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::node::{FeedError, JoinError, JoinOptions, Node, NodeHandle, SpawnError};
-use crate::{AcceptPolicy, FeedKey, FeedStoreConfig, Headers, NodeEvent};
+use crate::{AcceptPolicy, FeedKey, Headers, NamespacePolicy, NodeEvent};
 
 /// The namespace the demo feed is shared in.
 pub const NAMESPACE: &str = "replic8-demo";
@@ -161,23 +161,14 @@ fn make_blocks(bytes: usize, block_size: usize) -> Vec<Vec<u8>> {
     out
 }
 
-async fn spawn_node(
-    dir: &Path,
-    bootstrap: &[String],
-    accept: Option<AcceptPolicy>,
-) -> Result<NodeHandle, SpawnError> {
-    let mut builder = Node::builder()
+async fn spawn_node(dir: &Path, bootstrap: &[String]) -> Result<NodeHandle, SpawnError> {
+    Node::builder()
         .data_dir(dir)
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .testnet(bootstrap)
-        .lan(false);
-    if let Some(accept) = accept {
-        builder = builder.feed_store(FeedStoreConfig {
-            accept,
-            ..FeedStoreConfig::default()
-        });
-    }
-    builder.spawn().await
+        .lan(false)
+        .spawn()
+        .await
 }
 
 fn bar(multi: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
@@ -289,19 +280,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     let demo_only: AcceptPolicy = AcceptPolicy::Headers(Arc::new(|h: &Headers| {
         h.get("app") == Some(b"replic8".as_slice())
     }));
-    let writer = spawn_node(&tmp.path().join("writer"), &testnet.bootstrap, None).await?;
-    let reader1 = spawn_node(
-        &tmp.path().join("reader-1"),
-        &testnet.bootstrap,
-        Some(demo_only.clone()),
-    )
-    .await?;
-    let reader2 = spawn_node(
-        &tmp.path().join("reader-2"),
-        &testnet.bootstrap,
-        Some(demo_only),
-    )
-    .await?;
+    let writer = spawn_node(&tmp.path().join("writer"), &testnet.bootstrap).await?;
+    let reader1 = spawn_node(&tmp.path().join("reader-1"), &testnet.bootstrap).await?;
+    let reader2 = spawn_node(&tmp.path().join("reader-2"), &testnet.bootstrap).await?;
 
     // Write.
     let data = make_blocks(options.bytes, options.block_size);
@@ -325,8 +306,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
             .map_err(|e| DemoError::Options(e.to_string()))?;
     }
     writer.share(NAMESPACE, feed, headers).await?;
-    reader1.open_namespace(NAMESPACE, None).await?;
-    reader2.open_namespace(NAMESPACE, None).await?;
+    let policy = NamespacePolicy {
+        accept: demo_only,
+        forward: true,
+    };
+    reader1
+        .open_namespace(NAMESPACE, None, policy.clone())
+        .await?;
+    reader2.open_namespace(NAMESPACE, None, policy).await?;
 
     // Discover and replicate.
     let blocks = data.len() as u64;

@@ -80,14 +80,28 @@ pub enum NodeEvent {
         /// Their bytes.
         bytes: u64,
     },
-    /// `peer` sent something on `feed`'s stream that did not verify; its session ends
-    /// and nothing of the failed message was stored.
+    /// `peer` sent something on `feed`'s stream that did not verify (a writer's fork, a
+    /// block or proof that fails against our tree, an undecodable message); nothing of the
+    /// failed message was stored, and the feed stops on that session (its other feeds go
+    /// on, and the peer is not banned: an honest relay can pass a writer's fault on).
     SyncFailed {
         /// The peer.
         peer: PeerKey,
         /// The feed.
         feed: FeedKey,
         /// What was wrong.
+        reason: String,
+    },
+    /// `feed` stopped on the session with `peer` until that session ends: a fault in it
+    /// (either side found one: see [`NodeEvent::SyncFailed`]), or its stream ended too
+    /// often in a row before it was in sync (it resumes on the peer's notice or a change
+    /// of ours).
+    FeedStopped {
+        /// The peer.
+        peer: PeerKey,
+        /// The feed.
+        feed: FeedKey,
+        /// Why, in words.
         reason: String,
     },
     /// The session with `peer` ended.

@@ -8,9 +8,8 @@ use actix::prelude::*;
 use replic8::actor::SessionsActor;
 use replic8::feed_store::{
     Append, CreateFeed, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent, GetStats,
-    OpenFeed, ReadRange, ShareFeed, Subscribe,
+    OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed, Subscribe,
 };
-use replic8::store::StoreRecipients;
 use tokio::sync::mpsc;
 
 /// The feed store's messages, as recipients.
@@ -23,8 +22,10 @@ pub(crate) struct FeedStoreRecipients {
     pub(crate) subscribe: Recipient<Subscribe>,
     pub(crate) share: Recipient<ShareFeed>,
     pub(crate) stats: Recipient<GetStats>,
-    /// What the session layer needs to register the store for a namespace.
-    pub(crate) store: StoreRecipients,
+    /// Sets a namespace's policy and registers the store for it with the sessions.
+    pub(crate) serve: Recipient<ServeNamespace>,
+    /// Replaces a served namespace's policy.
+    pub(crate) set_policy: Recipient<SetNamespacePolicy>,
 }
 
 impl FeedStoreRecipients {
@@ -37,7 +38,8 @@ impl FeedStoreRecipients {
             subscribe: addr.clone().recipient(),
             share: addr.clone().recipient(),
             stats: addr.clone().recipient(),
-            store: StoreRecipients::of(addr),
+            serve: addr.clone().recipient(),
+            set_policy: addr.clone().recipient(),
         }
     }
 }

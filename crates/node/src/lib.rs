@@ -28,7 +28,8 @@
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
-//! - [`control`]: the daemon's control socket (0600 Unix socket, JSON lines);
+//! - [`control`]: the daemon's control socket (a Unix socket in a private `run/`
+//!   directory, for the daemon's uid only; JSON lines);
 //! - [`demo`]: `replic8 demo`, the whole mission offline on one machine;
 //! - [`bench`]: `replic8 bench`, throughput, memory and discovery latency of this machine;
 //! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
@@ -50,7 +51,9 @@ pub use crate::node::{
     AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
     NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
 };
-pub use replic8::feed_store::{AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats};
+pub use replic8::feed_store::{
+    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, NamespacePolicy,
+};
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::Headers;
 pub use replic8_connmgr::{Identity, PeerKey};

@@ -2,7 +2,9 @@
 //!
 //! `demo` runs the whole mission offline (a local DHT and three nodes in a temporary
 //! directory). `daemon` runs a node and serves the client commands (`feed ...`, `share`,
-//! `join`, `leave`, `peers`, `status`) on a 0600 Unix socket in the data directory.
+//! `join`, `leave`, `peers`, `status`) on a Unix socket in a 0700 directory of the data
+//! directory, to the daemon's own user only. Every command that uses a data directory
+//! refuses one that others can write to or another user owns.
 //! `feed import --only-hash` needs no daemon. Logs go to stderr, filtered by `RUST_LOG`
 //! (default `warn`). Errors are one line on stderr and a non-zero exit, never a
 //! backtrace.
@@ -16,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use replic8_node::config::NodeConfig;
 use replic8_node::control::{self, Request};
-use replic8_node::{bench, demo, import, NodeBuilder};
+use replic8_node::{bench, demo, import, persist, NodeBuilder};
 use serde_json::Value;
 
 /// replic8: peer-to-peer replication of signed append-only feeds over QUIC.
@@ -36,6 +38,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Namespaces: `new-secret` prints a fresh secret.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// Run the whole mission offline: a local DHT on 127.0.0.1 and three nodes on disk in
     /// a temporary directory; a feed written on one, shared with headers, discovered,
     /// accepted, replicated to the other two and verified.
@@ -64,8 +69,8 @@ enum Command {
         /// What to measure.
         #[arg(value_enum)]
         scenario: bench::Scenario,
-        /// Bytes to move (raw, bulk, small: default 256MiB) or to append per block size
-        /// (append: 256MiB).
+        /// Bytes to move (raw, bulk, small: default 256MiB; flood: 64MiB) or to append per
+        /// block size (append: 256MiB).
         #[arg(long, value_parser = bench::parse_size)]
         size: Option<u64>,
         /// Bytes per block (bulk 64KiB, small and many-feeds 1KiB; append runs 64KiB and
@@ -96,6 +101,12 @@ enum Command {
         /// Discovery rounds in flight at once (default 5).
         #[arg(long)]
         parallel: Option<usize>,
+        /// Attacker tasks (flood; default 200).
+        #[arg(long)]
+        attackers: Option<usize>,
+        /// Seconds of attack (flood; default 60).
+        #[arg(long)]
+        seconds: Option<u64>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -181,6 +192,14 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum NamespaceCommand {
+    /// Print a new namespace secret: 32 random bytes from the OS, as 64 hex digits. A
+    /// namespace's secret is never a passphrase: a tag it keys can be tested offline by
+    /// whoever saw it, so only a random secret keeps the namespace unguessable.
+    NewSecret,
+}
+
+#[derive(Debug, Subcommand)]
 enum FeedCommand {
     /// Create a writable feed; prints its key.
     New {
@@ -251,14 +270,34 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log redirected to a file or a pipe stays plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("replic8: {e:#}");
+            eprintln!("replic8: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many of our errors already
+/// print their source in their own message (`feeds: {0}`), so a cause whose text the
+/// line holds already is skipped instead of repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text.trim());
+    }
+    line
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -313,9 +352,16 @@ fn load_config(cli_config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::
     Ok(config)
 }
 
-/// Sends `req` to the daemon of the data directory.
+/// Sends `req` to the daemon of the data directory, after checking that directory (a
+/// missing one is left to the connect, which says there is no daemon).
 fn ask(config: &NodeConfig, req: &Request) -> anyhow::Result<Value> {
-    let socket = config.resolve_data_dir()?.join(control::SOCKET_FILE);
+    let data_dir = config.resolve_data_dir()?;
+    match persist::check_dir(&data_dir) {
+        Err(persist::PersistError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        checked => checked?,
+    }
+    let socket = control::socket_path(&data_dir);
     Ok(runtime()?.block_on(control::request(&socket, req))?)
 }
 
@@ -365,8 +411,15 @@ fn append_blocks(
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Namespace(NamespaceCommand::NewSecret) = cli.command {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        println!("{}", hex::encode(secret));
+        return Ok(());
+    }
     let config = load_config(cli.config.as_deref(), cli.data_dir.clone())?;
     match cli.command {
+        Command::Namespace(NamespaceCommand::NewSecret) => Ok(()),
         Command::Demo {
             size_mb,
             block_size,
@@ -402,6 +455,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             testnet_nodes,
             guard_secs,
             parallel,
+            attackers,
+            seconds,
             json,
         } => {
             let options = bench::BenchOptions {
@@ -418,6 +473,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 testnet_nodes,
                 guard: guard_secs.map(std::time::Duration::from_secs),
                 parallel,
+                attackers,
+                seconds,
                 peer_exe: None,
             };
             run_bench(scenario, &options, json)
@@ -680,10 +737,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Runs a node and its control socket until SIGINT or SIGTERM, then closes both.
+/// How long a starting daemon waits for another process to let go of the data
+/// directory's feeds: a daemon closes within a few seconds of SIGTERM (its sessions get a
+/// close grace), so a restart right after a stop waits instead of failing.
+const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a starting daemon waits for the control socket of a daemon that was just
+/// stopped to go away before it says another daemon runs.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether spawning failed because another process holds the feed store's lock.
+fn held_by_another(error: &replic8_node::SpawnError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::WouldBlock {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
 async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.resolve_data_dir()?;
+    // Refused before anything starts (the node checks it again when it opens it).
+    persist::ensure_dir(&data_dir)?;
+    let socket = control::socket_path(&data_dir);
+    // A daemon that got SIGTERM stops answering at once; one that still answers after a
+    // moment runs.
+    let answers_until = std::time::Instant::now() + ANSWER_WAIT;
+    while tokio::net::UnixStream::connect(&socket).await.is_ok()
+        && std::time::Instant::now() < answers_until
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        bail!(
+            "another daemon runs on {} (its control socket answers); stop it first",
+            data_dir.display()
+        );
+    }
     let mut builder = NodeBuilder::from_config(&config)?.data_dir(&data_dir);
-    let node = match builder.clone().spawn().await {
+    // A daemon that was just stopped may still be closing (sessions, then the feeds'
+    // lock): wait for it, bounded, rather than fail a restart.
+    let give_up = std::time::Instant::now() + HELD_WAIT;
+    let spawned = loop {
+        match builder.clone().spawn().await {
+            Err(e) if held_by_another(&e) && std::time::Instant::now() < give_up => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) if held_by_another(&e) => bail!(
+                "another process holds {} (a daemon still closing, or a program embedding \
+                 the node); gave up after {} s",
+                data_dir.display(),
+                HELD_WAIT.as_secs()
+            ),
+            other => break other,
+        }
+    };
+    let node = match spawned {
         Ok(node) => node,
         Err(replic8_node::SpawnError::Discovery(e)) if config.discovery.dht => {
             eprintln!("replic8: the DHT is unreachable ({e}); serving LAN and static peers only");

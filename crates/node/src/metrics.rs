@@ -86,6 +86,14 @@ pub struct Counters {
     pub sessions_failed: Metric,
     /// Peers banned for misbehaving (`EndReason::is_misbehaviour`).
     pub bans: Metric,
+    /// Idle inbound peers closed to make room when the peer table was full.
+    pub evictions: Metric,
+    /// Incoming handshakes asked to prove their address first (QUIC retries sent).
+    pub retries: Metric,
+    /// Incoming connections refused (peer table full, per-address caps, bans, ...).
+    pub refused: Metric,
+    /// Feeds offered by peers that the store refused (policy, another namespace, quota).
+    pub offers_refused: Metric,
     /// Nodes in the DHT routing tables (both families), read at each scrape.
     pub dht_nodes: Metric,
     /// DHT queries received from other nodes.
@@ -138,6 +146,26 @@ impl Default for Counters {
                 "Peers banned for breaking the protocol.",
                 "counter",
             ),
+            evictions: Metric::new(
+                "replic8_evictions_total",
+                "Idle inbound peers closed to make room in a full peer table.",
+                "counter",
+            ),
+            retries: Metric::new(
+                "replic8_retries_total",
+                "Incoming handshakes asked to prove their address (QUIC retries).",
+                "counter",
+            ),
+            refused: Metric::new(
+                "replic8_connections_refused_total",
+                "Incoming connections refused (table full, per-address caps, bans).",
+                "counter",
+            ),
+            offers_refused: Metric::new(
+                "replic8_offers_refused_total",
+                "Offered feeds the store refused (policy, another namespace, quota).",
+                "counter",
+            ),
             dht_nodes: Metric::new(
                 "replic8_dht_nodes",
                 "Nodes in the DHT routing tables.",
@@ -169,7 +197,7 @@ impl Default for Counters {
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 14] {
+    pub fn all(&self) -> [&Metric; 18] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -180,6 +208,10 @@ impl Counters {
             &self.sessions,
             &self.sessions_failed,
             &self.bans,
+            &self.evictions,
+            &self.retries,
+            &self.refused,
+            &self.offers_refused,
             &self.dht_nodes,
             &self.dht_queries_in,
             &self.dht_queries_out,

@@ -15,8 +15,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use replic8::actor::{ListSessions, PeerEvent, SessionsActor, StopSession};
 use replic8::feed_store::{
-    Append, FeedInfo, FeedState, FeedStoreConfig, FeedStoreError, FeedStoreEvent, FeedStoreStats,
-    GetStats, OpenFeed, ReadRange, ShareFeed,
+    AcceptPolicy, Append, FeedInfo, FeedState, FeedStoreConfig, FeedStoreError, FeedStoreEvent,
+    FeedStoreStats, GetStats, NamespacePolicy, OpenFeed, ReadRange, ServeNamespace,
+    SetNamespacePolicy, ShareFeed,
 };
 use replic8::keys::{FeedKey, NamespaceSecret};
 use replic8::message::CloseCode;
@@ -40,7 +41,9 @@ use crate::config::{ConfigError, LimitsSection, NodeConfig};
 use crate::events::{NodeEvent, EVENT_CAPACITY};
 use crate::feeds::{self, FeedStoreRecipients};
 use crate::metrics::{Counters, MetricsEndpoint};
-use crate::persist::{self, PersistError, PersistedJoin, PersistedShare, PersistedState};
+use crate::persist::{
+    self, PersistError, PersistedJoin, PersistedPolicy, PersistedShare, PersistedState,
+};
 
 pub(crate) mod redial;
 use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
@@ -498,7 +501,7 @@ async fn start(
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
     let feeds = match feeds::start(
         data_dir.as_deref(),
-        builder.feed_store.clone(),
+        feed_store_config(&builder.feed_store, &builder.limits),
         sessions.clone(),
         feed_tx,
     )
@@ -517,20 +520,29 @@ async fn start(
         counters.clone(),
         conn.addr().clone(),
     ));
-    // The public namespace, every persisted one and those of the shares.
+    // The public namespace, every persisted one and those of the shares, each with its
+    // persisted policy (held-only unless the user opened it with another).
     let mut namespaces = std::collections::HashSet::new();
     let wanted = std::iter::once(String::new())
         .chain(prepared.state.namespaces.iter().cloned())
         .chain(prepared.state.shares.iter().map(|s| s.namespace.clone()));
     for name in wanted {
         if namespaces.insert(name.clone()) {
-            let registered = sessions
-                .send(RegisterStore {
-                    namespaces: vec![(name, None)],
-                    store: feeds.store.clone(),
+            let policy = prepared
+                .state
+                .policies
+                .get(&name)
+                .filter(|_| !name.is_empty())
+                .map_or_else(NamespacePolicy::held_only, |p| policy_of(*p));
+            let served = feeds
+                .serve
+                .send(ServeNamespace {
+                    namespace: name,
+                    secret: None,
+                    policy,
                 })
                 .await;
-            if let Ok(Err(e)) = registered {
+            if let Ok(Err(e)) = served {
                 let _ = discovery.send(replic8_discovery::Close).await;
                 conn.close().await;
                 return Err(e.into());
@@ -674,6 +686,44 @@ async fn start(
     })
 }
 
+/// The feed store's settings: the builder's, with the quotas that `[limits]` sets.
+fn feed_store_config(config: &FeedStoreConfig, limits: &LimitsSection) -> FeedStoreConfig {
+    let mut config = config.clone();
+    if let Some(n) = limits.new_feeds_per_peer {
+        config.limits.new_feeds_per_peer = n;
+    }
+    if let Some(n) = limits.max_replicas {
+        config.limits.max_replicas = n;
+    }
+    config
+}
+
+/// The store policy of a persisted one.
+fn policy_of(p: PersistedPolicy) -> NamespacePolicy {
+    NamespacePolicy {
+        accept: if p.accept_all {
+            AcceptPolicy::All
+        } else {
+            AcceptPolicy::HeldOnly
+        },
+        forward: p.forward,
+    }
+}
+
+/// What of `policy` can be persisted: `None` for held-only without forwarding (the
+/// default) and for the kinds that live in the program (a predicate, a callback).
+fn persisted_policy(policy: &NamespacePolicy) -> Option<PersistedPolicy> {
+    let accept_all = match policy.accept {
+        AcceptPolicy::All => true,
+        AcceptPolicy::HeldOnly => false,
+        AcceptPolicy::Headers(_) | AcceptPolicy::Callback(_) => return None,
+    };
+    (accept_all || policy.forward).then_some(PersistedPolicy {
+        accept_all,
+        forward: policy.forward,
+    })
+}
+
 /// How often at most one forwarder tells the connection manager that a peer is active:
 /// well under the connection manager's eviction grace (10 s), so a peer that reconnected
 /// (its new connection starts idle) is marked again before it could be evicted.
@@ -743,7 +793,7 @@ async fn forward_session_events(
             SessionEvent::NamespaceProven { .. } => continue,
             SessionEvent::FeedStopped { feed, reason } => {
                 warn!(peer = %peer.fmt_short(), feed = %feed.fmt_short(), %reason, "feed stopped on this session");
-                continue;
+                NodeEvent::FeedStopped { peer, feed, reason }
             }
             SessionEvent::Offered {
                 namespace, feeds, ..
@@ -824,6 +874,12 @@ async fn forward_feed_events(
                     blocks,
                     bytes,
                 }
+            }
+            FeedStoreEvent::Refused { refused, .. } => {
+                counters
+                    .offers_refused
+                    .add(refused.policy + refused.elsewhere + refused.quota);
+                continue;
             }
             FeedStoreEvent::FeedSynced { .. } => continue,
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
@@ -1277,23 +1333,44 @@ impl NodeHandle {
             .map_err(|_| NodeClosed)??)
     }
 
-    /// Serve `namespace` with the default feed store: accept feeds offered in it (by the
-    /// store's accept policy) and offer what is shared in it. Persisted. A namespace
-    /// with a secret is offered only to peers that prove they know it; secrets are not
-    /// persisted, so such a namespace must be opened again after a restart.
+    /// Serve `namespace` with the default feed store: offer what is shared in it, and
+    /// accept what peers offer in it as `policy` says (`NamespacePolicy::held_only()`:
+    /// only feeds the store holds in it already; `accept_all()`: every feed, forwarded
+    /// to the namespace's other peers). The public namespace `""` is always held-only.
+    /// Persisted with its policy (a header predicate or a callback is not: the program
+    /// opens the namespace again after a restart). A namespace with a secret is offered
+    /// only to peers that prove they know it; secrets are not persisted, so such a
+    /// namespace must be opened again after a restart. Opening an open namespace again
+    /// replaces its policy.
     pub async fn open_namespace(
         &self,
         namespace: &str,
         secret: Option<NamespaceSecret>,
+        policy: NamespacePolicy,
     ) -> Result<(), FeedError> {
         let public = secret.is_none();
+        let persisted = persisted_policy(&policy);
         let mut open = self.s().namespaces.lock().await;
-        if !open.contains(namespace) {
+        if open.contains(namespace) {
+            if !namespace.is_empty() {
+                self.s()
+                    .feeds
+                    .set_policy
+                    .send(SetNamespacePolicy {
+                        namespace: namespace.to_owned(),
+                        policy,
+                    })
+                    .await
+                    .map_err(|_| NodeClosed)??;
+            }
+        } else {
             self.s()
-                .sessions
-                .send(RegisterStore {
-                    namespaces: vec![(namespace.to_owned(), secret)],
-                    store: self.s().feeds.store.clone(),
+                .feeds
+                .serve
+                .send(ServeNamespace {
+                    namespace: namespace.to_owned(),
+                    secret,
+                    policy,
                 })
                 .await
                 .map_err(|_| NodeClosed)??;
@@ -1301,7 +1378,11 @@ impl NodeHandle {
         }
         drop(open);
         if public {
-            self.persist(|state| state.namespace(namespace)).await?;
+            self.persist(|state| {
+                let new = state.namespace(namespace);
+                state.policy(namespace, persisted) || new
+            })
+            .await?;
         }
         Ok(())
     }
@@ -1314,10 +1395,14 @@ impl NodeHandle {
         feed: FeedKey,
         headers: Headers,
     ) -> Result<usize, FeedError> {
+        // A feed the store does not hold fails here, before anything is registered or
+        // persisted: a failed share changes nothing.
+        self.open_feed(feed).await?;
         {
             let open = self.s().namespaces.lock().await.contains(namespace);
             if !open {
-                self.open_namespace(namespace, None).await?;
+                self.open_namespace(namespace, None, NamespacePolicy::held_only())
+                    .await?;
             }
         }
         let offered = self

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -46,6 +46,34 @@ pub enum PersistError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The data directory can be written by other users, who could replace the identity,
+    /// the state or the control socket.
+    #[error("{path}: writable by group or others (mode {mode:o}); run: chmod 700 {path}")]
+    DirPermissions {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The data directory belongs to another user, who could replace anything in it.
+    #[error(
+        "{path}: owned by uid {owner}, not by uid {uid} who runs replic8; \
+         run replic8 as uid {owner}, or: chown {uid} {path}"
+    )]
+    DirOwner {
+        /// The directory.
+        path: PathBuf,
+        /// The directory's owner.
+        owner: u32,
+        /// The user running this process.
+        uid: u32,
+    },
+    /// The path of the data directory is not a directory.
+    #[error("{path}: not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// The state file does not parse.
     #[error("{path}: corrupt state file: {message}")]
     BadState {
@@ -63,13 +91,58 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
     }
 }
 
-/// Create `dir` (and its parents) with mode 0700 if it does not exist.
+/// Create `dir` (and its parents) with mode 0700 if it does not exist, then check it
+/// with [`check_dir`]: a directory others can write to, or that another user owns, is
+/// refused before anything is read from or written into it.
 pub fn ensure_dir(dir: &Path) -> Result<(), PersistError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io_err(dir))
+        .map_err(io_err(dir))?;
+    check_dir(dir)
+}
+
+/// The effective uid of this process: the owner of `/proc/self` (Linux gives that
+/// directory the process's effective uid; the workspace links no libc binding of its own).
+pub fn current_uid() -> Result<u32, PersistError> {
+    let proc_self = Path::new("/proc/self");
+    Ok(fs::metadata(proc_self).map_err(io_err(proc_self))?.uid())
+}
+
+/// Checks that `dir` is a directory owned by the user running this process and not
+/// writable by group or others. Root gets no exception: a root process working in a
+/// directory another user owns would write root-owned files there, and that user could
+/// swap what root then reads.
+pub fn check_dir(dir: &Path) -> Result<(), PersistError> {
+    check_dir_mode(dir, 0o022)
+}
+
+/// [`check_dir`] with the permission bits that are refused (`0o022`: writable by group
+/// or others; `0o077`: any access by group or others).
+pub(crate) fn check_dir_mode(dir: &Path, refused: u32) -> Result<(), PersistError> {
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    if !meta.is_dir() {
+        return Err(PersistError::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
+    let uid = current_uid()?;
+    if meta.uid() != uid {
+        return Err(PersistError::DirOwner {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & refused != 0 {
+        return Err(PersistError::DirPermissions {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Replace `path` with `bytes` atomically and durably, with the given permission bits.
@@ -154,6 +227,22 @@ pub struct PersistedState {
     /// one and those of the shares.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// What the store accepts in each namespace that the user opened with a policy
+    /// other than held-only (a missing entry is held-only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policies: BTreeMap<String, PersistedPolicy>,
+}
+
+/// A namespace's accept policy, as persisted: the kinds that can be written down (a
+/// header predicate or a callback lives in the embedding program, which opens the
+/// namespace again after a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedPolicy {
+    /// Accept every offered feed (else only feeds held in the namespace).
+    pub accept_all: bool,
+    /// Share accepted feeds with the namespace's other peers.
+    pub forward: bool,
 }
 
 impl PersistedState {
@@ -210,6 +299,15 @@ impl PersistedState {
         }
         self.namespaces.push(name.to_owned());
         true
+    }
+
+    /// Record a namespace's policy (`None`: held-only, the default). Returns whether it
+    /// changed.
+    pub fn policy(&mut self, name: &str, policy: Option<PersistedPolicy>) -> bool {
+        match policy {
+            Some(p) => self.policies.insert(name.to_owned(), p) != Some(p),
+            None => self.policies.remove(name).is_some(),
+        }
     }
 
     /// Forget a join. Returns whether it was there.
@@ -293,6 +391,29 @@ mod tests {
         write_atomic(&dir.path().join(IDENTITY_FILE), b"not a key\n", 0o600).unwrap();
         let err = load_or_create_identity(dir.path()).unwrap_err();
         assert!(matches!(err, PersistError::BadIdentity { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_data_dir_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ensure_dir(&data).unwrap();
+        for mode in [0o770, 0o707, 0o777, 0o1777] {
+            fs::set_permissions(&data, fs::Permissions::from_mode(mode)).unwrap();
+            let err = ensure_dir(&data).unwrap_err();
+            assert!(matches!(err, PersistError::DirPermissions { .. }), "{err}");
+            assert!(err.to_string().contains("chmod 700"), "{err}");
+        }
+        // Readable by others is allowed (the identity and state files are 0600 each).
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_dir(&data).unwrap();
+        assert!(check_dir_mode(&data, 0o077).is_err());
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            check_dir(&file),
+            Err(PersistError::NotADirectory { .. })
+        ));
     }
 
     #[test]

@@ -120,6 +120,9 @@ impl Actor for Wiring {
                     if let Ok(stats) = stats.await {
                         counters.bytes_in.set(stats.bytes_received);
                         counters.bytes_out.set(stats.bytes_sent);
+                        counters.evictions.set(stats.evictions);
+                        counters.retries.set(stats.retries_sent);
+                        counters.refused.set(stats.incoming_refused);
                     }
                 }
                 .into_actor(this),

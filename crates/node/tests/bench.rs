@@ -244,3 +244,38 @@ fn all_runs_every_scenario_in_order_with_the_flags_given() {
     check_common(&rows[5], "append", 256 << 10, 256);
     assert_eq!(u(&rows[6], "rounds"), 1);
 }
+
+#[test]
+fn flood_replicates_the_honest_feed_verified_and_the_victim_survives() {
+    // The small variant: 20 attackers for 5 s around an 8 MiB feed. Only the outcome is
+    // asserted (the feed arrived verified, the victim answers, A and B are still its
+    // peers, the attack happened), never a speed.
+    let rows = bench(&[
+        "flood",
+        "--attackers",
+        "20",
+        "--seconds",
+        "5",
+        "--size",
+        "8MiB",
+    ]);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    check_common(row, "flood", 8 << 20, 128);
+    assert_eq!(row["verified"], true, "{row}");
+    assert_eq!(row["victim_alive"], true, "{row}");
+    assert_eq!(row["honest_connected"], true, "{row}");
+    assert!(f(row, "ratio") > 0.0, "{row}");
+    assert!(f(row, "baseline_mb_per_s") > 0.0, "{row}");
+    assert_eq!(u(row, "attackers"), 20, "{row}");
+    let attempted = u(row, "attacker_connections_attempted");
+    assert!(
+        attempted >= 20,
+        "every attacker dialed at least once: {row}"
+    );
+    assert_eq!(
+        attempted,
+        u(row, "attacker_connections_established") + u(row, "attacker_connections_refused"),
+        "{row}"
+    );
+}

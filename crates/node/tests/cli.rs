@@ -1,6 +1,7 @@
 //! The `replic8` binary, spawned as a user would run it.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 fn replic8() -> Command {
@@ -29,6 +30,55 @@ fn only_hash_prints_json_with_the_tree_hash() {
     assert_eq!(v["tree_hash"], expected.tree_hash.as_str());
     assert_eq!(v["length"], 5);
     assert_eq!(v["bytes"], 300_000);
+}
+
+#[test]
+fn namespace_new_secret_prints_32_random_bytes_in_hex() {
+    let secret = |_| {
+        let out = replic8()
+            .args(["namespace", "new-secret"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text.trim_end().to_owned();
+        assert_eq!(text, format!("{line}\n"), "one line");
+        assert_eq!(line.len(), 64, "{line}");
+        assert!(line.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+        line
+    };
+    let (a, b) = (secret(0), secret(1));
+    assert_ne!(a, b, "each secret is new");
+}
+
+/// A log that goes to a pipe or a file carries no colour codes (before, every line of a
+/// redirected daemon log was wrapped in ANSI escapes).
+#[test]
+fn a_redirected_log_has_no_colour_codes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = replic8()
+        .args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let ready = line.starts_with("replic8 daemon: key ");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.len() > 1, "info lines before the ready line: {seen:?}");
+    assert!(seen.iter().all(|l| !l.contains('\x1b')), "{seen:?}");
 }
 
 #[test]
@@ -95,6 +145,27 @@ impl Daemon {
         Daemon { child }
     }
 
+    /// A daemon without DHT or LAN on `data`, run as `uid` (and its gid) if given.
+    fn start_private(data: &std::path::Path, uid: Option<u32>) -> Daemon {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = replic8();
+        cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+            .arg("--data-dir")
+            .arg(data)
+            .stderr(std::process::Stdio::piped());
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.starts_with("replic8 daemon: key "), "{first}");
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child }
+    }
+
     fn stop(mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
@@ -104,6 +175,16 @@ impl Daemon {
             .success());
         let status = self.child.wait().unwrap();
         assert!(status.success(), "daemon exit: {status}");
+    }
+}
+
+/// A daemon left by a failing test is killed, so that it does not outlive the test run.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -129,7 +210,7 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = Daemon::start(&data, &testnet.bootstrap);
-    let socket = data.join(replic8_node::control::SOCKET_FILE);
+    let socket = replic8_node::control::socket_path(&data);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "control socket mode");
 
@@ -243,4 +324,242 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
         serde_json::from_str(&client(&data, &["feed", "info", &key, "--json"])).unwrap();
     assert_eq!(info["length"], 4);
     daemon.stop();
+}
+
+// Case 7 of issue 12: the data directory and the control socket belong to the daemon's
+// user alone. Each test below fails on the code before it: the daemon used any existing
+// directory as it was, bound `control.sock` straight in the data directory and then
+// chmod'ed it, and served every uid that could open the socket.
+
+/// The uid tests use as "another user" (`nobody` on Debian).
+const OTHER_UID: u32 = 65534;
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Starts `replic8 daemon` on `data` (no DHT, no LAN) and expects it to refuse: its first
+/// stderr line is the error (not the ready banner), it exits non-zero, and that line is
+/// all it printed. Returns the line.
+fn daemon_refuses(data: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut child = replic8()
+        .args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(&mut stderr);
+        reader.read_line(&mut first).unwrap();
+        if first.starts_with("replic8 daemon: key ") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon started on {}: {first}", data.display());
+        }
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).unwrap();
+        assert!(rest.is_empty(), "more than one line: {first}{rest}");
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "daemon exit {status}: {first}");
+    assert!(first.starts_with("replic8: "), "{first}");
+    first
+}
+
+/// Runs a client command on `data`; expects a one-line error and a non-zero exit.
+fn client_refused(data: &std::path::Path, args: &[&str]) -> String {
+    let out = replic8()
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{args:?} should fail: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    err
+}
+
+#[test]
+fn a_data_dir_others_can_write_is_refused_and_left_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    for mode in [0o777, 0o770, 0o702, 0o1777] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let line = daemon_refuses(&data);
+        assert!(
+            line.contains("writable by group or others"),
+            "mode {mode:o}: {line}"
+        );
+        assert!(
+            line.contains(&format!("chmod 700 {}", data.display())),
+            "mode {mode:o}: {line}"
+        );
+        let err = client_refused(&data, &["feed", "new"]);
+        assert!(err.contains("chmod 700"), "mode {mode:o}: {err}");
+        assert!(
+            entries(&data).is_empty(),
+            "mode {mode:o}: {:?}",
+            entries(&data)
+        );
+        assert_eq!(mode_of(&data), mode, "the mode is the user's to fix");
+    }
+}
+
+#[test]
+fn a_data_dir_another_user_owns_is_refused_even_for_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&data, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    assert_ne!(me, OTHER_UID, "the test must not run as uid {OTHER_UID}");
+    let line = daemon_refuses(&data);
+    assert!(
+        line.contains(&format!("owned by uid {OTHER_UID}, not by uid {me}")),
+        "{line}"
+    );
+    let err = client_refused(&data, &["status"]);
+    assert!(err.contains(&format!("owned by uid {OTHER_UID}")), "{err}");
+    assert!(entries(&data).is_empty(), "{:?}", entries(&data));
+}
+
+#[test]
+fn the_control_socket_is_bound_in_a_private_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start_private(&data, None);
+    let socket = replic8_node::control::socket_path(&data);
+    let run = socket.parent().unwrap();
+    assert_eq!(run.parent().unwrap(), data);
+    assert_eq!(mode_of(run), 0o700, "run directory mode");
+    assert_eq!(
+        mode_of(&socket) & 0o177,
+        0,
+        "socket mode {:o}",
+        mode_of(&socket)
+    );
+    assert!(
+        !data.join(replic8_node::control::SOCKET_FILE).exists(),
+        "no socket directly in the data directory"
+    );
+    // A client of another uid is refused by its own check of the directory...
+    let out = replic8()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("status")
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not by uid 65534"), "{err}");
+    // ...and the socket cannot be reached by that uid at all: even with the directories
+    // above made searchable for it, `run/` is not (`setpriv` is util-linux's).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let seen = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["test", "-e"])
+        .arg(&socket)
+        .status()
+        .unwrap();
+    assert!(!seen.success(), "uid 65534 can see {}", socket.display());
+    daemon.stop();
+}
+
+#[test]
+fn the_daemon_refuses_a_connection_from_another_uid() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    // The daemon runs as the other uid in a directory it owns; this test process (root,
+    // which the directory's mode does not stop) connects to its socket and must be
+    // refused by the credentials check alone.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&data, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    let daemon = Daemon::start_private(&data, Some(OTHER_UID));
+    let socket = replic8_node::control::socket_path(&data);
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut line)
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let error = answer["error"].as_str().unwrap_or_else(|| panic!("{line}"));
+    assert!(error.contains(&format!("only uid {OTHER_UID}")), "{error}");
+    assert!(!line.contains("\"ok\""), "{line}");
+
+    // The daemon's own uid is served.
+    let out = replic8()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["status", "--json"])
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["key"].as_str().is_some(), "{status}");
+    daemon.stop();
+}
+
+/// A second daemon on a data directory whose daemon runs is refused in one line, and a
+/// daemon started right after the previous one got SIGTERM comes up (before, the restart
+/// failed with the feed store's lock error, its cause chain printed four times).
+#[test]
+fn a_second_daemon_is_refused_and_a_restart_right_after_sigterm_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start_private(dir.path(), None);
+    let out = replic8()
+        .args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("another daemon runs on"), "{err}");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // At once, while the first may still be closing.
+    let second = Daemon::start_private(dir.path(), None);
+    drop(first);
+    drop(second);
 }

@@ -136,7 +136,7 @@ async fn raw_writer(args: &Args) {
     println!("writer CPU {:.2} s", cpu_seconds() - cpu_before);
 }
 
-async fn serve<St: Storage>(args: &Args, storage: St) {
+async fn serve<St: Storage + MembershipHome>(args: &Args, storage: St) {
     let (tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
     let sessions = SessionsActor::new(config(Mode::OneShot), Some(tx)).start();
     let store = FeedStore::new(storage, FeedStoreConfig::default(), sessions.clone(), None)
@@ -217,18 +217,22 @@ async fn raw_reader(args: &Args, addr: std::net::SocketAddr) {
     );
 }
 
-async fn reader<St: Storage>(args: &Args, storage: St, addr: std::net::SocketAddr) {
+async fn reader<St: Storage + MembershipHome>(
+    args: &Args,
+    storage: St,
+    addr: std::net::SocketAddr,
+) {
     let (tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
     let (ftx, mut fevents) = mpsc::unbounded_channel::<FeedStoreEvent>();
     let sessions = SessionsActor::new(config(Mode::OneShot), Some(tx)).start();
-    let store = FeedStore::new(
-        storage,
-        FeedStoreConfig::default(),
-        sessions.clone(),
-        Some(ftx),
-    )
-    .unwrap()
-    .start();
+    // The reader takes the feed the writer offers.
+    let accept_all = FeedStoreConfig {
+        accept: AcceptPolicy::All,
+        ..FeedStoreConfig::default()
+    };
+    let store = FeedStore::new(storage, accept_all, sessions.clone(), Some(ftx))
+        .unwrap()
+        .start();
     sessions
         .send(RegisterStore {
             namespaces: vec![(NS.into(), None)],

@@ -42,7 +42,7 @@ fn codec() {
         })
         .collect();
     let offer = Message::Offer {
-        namespace: replic8::keys::NamespaceId::from_name(""),
+        namespace: replic8::message::PUBLIC_HANDLE,
         offer: 1,
         feeds,
     };

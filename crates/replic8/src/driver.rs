@@ -1,8 +1,10 @@
 //! Runs one session over a QUIC connection: the I/O around a [`Session`] core.
 //!
 //! [`run`] owns the core. Small tokio tasks do the I/O and report back on one channel:
-//! a reader for the control stream, a writer fed by a channel (so a slow peer never
-//! stalls the core), an accept loop for the peer's feed streams (each header read with
+//! a reader for the control stream, which reads the next chunk only when given a
+//! credit (the core wants bytes while its queued output is under its bound, so a peer
+//! that sends and never reads meets QUIC flow control), a writer fed by a channel that
+//! reports what it wrote (its queue counts in the core's bound), an accept loop for the peer's feed streams (each header read with
 //! exact reads, so no byte of the store's protocol is consumed), and one task per feed
 //! stream to open. Store calls are actix messages sent from those tasks; the core sees
 //! the answers as inputs. Every task is owned by [`run`] and aborted when it returns.
@@ -22,7 +24,8 @@ use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
-    CommandError, EndReason, Session, SessionConfig, SessionEvent, Side, StreamCommand, StreamId,
+    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side,
+    StreamCommand, StreamId,
 };
 use crate::store::{
     Attach, Detach, DetachReason, FeedStream, KnownFeeds, Offer, SharedFeed, Shares, StoreError,
@@ -80,11 +83,11 @@ pub enum SessionCommand {
         /// The stream.
         id: StreamId,
     },
-    /// The peer broke the store's protocol on a feed stream: end the session.
+    /// The store found a fault in a feed on its stream: stop that feed on the session.
     FeedFailed {
         /// The feed.
         feed: FeedKey,
-        /// What the peer did wrong.
+        /// What was wrong.
         reason: String,
     },
     /// The peer left a request on one of `feed`'s streams unanswered too long: end the
@@ -97,6 +100,11 @@ pub enum SessionCommand {
     },
     /// Serve one more namespace on this session.
     Register(NamespaceEntry),
+    /// The session's counters now (queued control bytes included).
+    Stats {
+        /// Where the answer goes.
+        reply: oneshot::Sender<SessionStats>,
+    },
     /// End the session.
     Close {
         /// Why, sent to the peer.
@@ -124,6 +132,8 @@ type IncomingStream = (FeedStreamHeader, quinn::SendStream, quinn::RecvStream);
 enum Input {
     ControlStream(quinn::SendStream, quinn::RecvStream),
     ControlBytes(Vec<u8>),
+    /// The writer wrote this many bytes of control frames.
+    Written(usize),
     ControlEnd,
     Incoming(Result<IncomingStream, CodecError>),
     /// A feed stream's header did not arrive within the stall timeout.
@@ -174,8 +184,15 @@ pub async fn run(
 
     let (input_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
     let mut tasks = JoinSet::new();
+    // Unbounded as a channel, bounded by the core: what it holds counts in the core's
+    // queued bytes until the writer reports it written.
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut write_rx = Some(write_rx);
+    // One credit lets the reader read one more chunk.
+    let (credit_tx, credit_rx) = mpsc::channel::<()>(1);
+    let mut credit_rx = Some(credit_rx);
+    // The reader sent a chunk and waits for a credit.
+    let mut reader_waiting = false;
     // The writer is kept apart from `tasks` so that it can flush the close frame.
     let mut writer: Option<AbortOnDrop> = None;
 
@@ -219,6 +236,9 @@ pub async fn run(
         // Carry out everything the core wants.
         while let Some(frame) = session.poll_transmit() {
             let _ = write_tx.send(frame);
+        }
+        if reader_waiting && session.wants_control_bytes() && credit_tx.try_send(()).is_ok() {
+            reader_waiting = false;
         }
         while let Some(command) = session.poll_stream() {
             match command {
@@ -339,11 +359,18 @@ pub async fn run(
                 match input {
                     Input::ControlStream(send, recv) => {
                         if let Some(rx) = write_rx.take() {
-                            writer = Some(AbortOnDrop(tokio::spawn(write_control(send, rx))));
+                            let tx = input_tx.clone();
+                            writer = Some(AbortOnDrop(tokio::spawn(write_control(send, rx, tx))));
                         }
-                        tasks.spawn(read_control(recv, input_tx.clone()));
+                        if let Some(credits) = credit_rx.take() {
+                            tasks.spawn(read_control(recv, input_tx.clone(), credits));
+                        }
                     }
-                    Input::ControlBytes(bytes) => session.handle_control_bytes(&bytes),
+                    Input::ControlBytes(bytes) => {
+                        reader_waiting = true;
+                        session.handle_control_bytes(&bytes);
+                    }
+                    Input::Written(bytes) => session.handle_control_written(bytes),
                     Input::ControlEnd => session.handle_control_end(),
                     Input::Incoming(Ok((header, send, recv))) => {
                         if let Ok(incoming) = session.handle_incoming_stream(header) {
@@ -447,6 +474,9 @@ pub async fn run(
                         Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
                     }
                 }
+                Some(SessionCommand::Stats { reply }) => {
+                    let _ = reply.send(session.stats());
+                }
                 Some(SessionCommand::Close { reason }) => session.handle_close(&reason),
                 None => session.handle_close("session handle dropped"),
             },
@@ -522,20 +552,34 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn write_control(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_control(
+    mut send: quinn::SendStream,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    written: mpsc::UnboundedSender<Input>,
+) {
     while let Some(frame) = frames.recv().await {
         if send.write_all(&frame).await.is_err() {
             return;
         }
+        let _ = written.send(Input::Written(frame.len()));
     }
     let _ = send.finish();
 }
 
-async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::UnboundedSender<Input>) {
+/// Reads the control stream one chunk per credit: without a credit nothing more is
+/// read, so QUIC's flow control stops the peer once its window is used.
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::UnboundedSender<Input>,
+    mut credits: mpsc::Receiver<()>,
+) {
     loop {
         match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => {
                 if tx.send(Input::ControlBytes(chunk.bytes.to_vec())).is_err() {
+                    return;
+                }
+                if credits.recv().await.is_none() {
                     return;
                 }
             }

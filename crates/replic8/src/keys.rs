@@ -1,4 +1,5 @@
-//! Keys, namespace ids and the connection-bound proofs of the session protocol.
+//! Keys, namespace keys and the connection-bound tags and capabilities of the session
+//! protocol.
 //!
 //! Feed keys, discovery keys and peer keys are plain 32-byte newtypes here: the session
 //! layer carries keys of any store, and a custom store's feed need not be an ed25519
@@ -7,9 +8,10 @@
 //! [`FeedKey`] is a [`replic8_store::FeedKey`] when its bytes are a valid ed25519 point
 //! (`TryFrom`). Discovery keys are the same bytes on both sides, computed the same way.
 //!
-//! Every proof is a BLAKE2b-256 MAC over the connection's TLS exporter value (see
-//! [`EXPORTER_LABEL`]) and the role of the side that proves, so a proof is valid only on
-//! the connection it was made for and cannot be reflected back to its maker.
+//! Every namespace tag and feed capability is a BLAKE2b-256 MAC over the connection's TLS
+//! exporter value (see [`EXPORTER_LABEL`]) and the role of the side that makes it, so it
+//! is valid only on the connection it was made for, cannot be reflected back to its
+//! maker, and does not link the namespace (or its members) across connections.
 
 use std::fmt;
 
@@ -19,18 +21,18 @@ use blake2::{Blake2b, Blake2bMac};
 use serde::{Deserialize, Serialize};
 
 /// TLS exporter label (RFC 5705 / RFC 8446 §7.5) for the session's exporter value.
-pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-replic8/1 session";
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-replic8/2 session";
 /// TLS exporter context for the session's exporter value: empty.
 pub const EXPORTER_CONTEXT: &[u8] = b"";
 /// Length in bytes of the exporter value both sides derive for a connection.
 pub const EXPORTER_LEN: usize = 32;
 
-/// Domain prefix of a namespace id hash.
+/// Domain prefix of the key of a named namespace without a secret.
 const NAMESPACE_DOMAIN: &[u8] = b"replic8 namespace\0";
-/// Domain prefix of a namespace proof.
-const PROOF_DOMAIN: &[u8] = b"replic8/1 namespace proof\0";
+/// Domain prefix of a namespace tag.
+const TAG_DOMAIN: &[u8] = b"replic8/2 namespace tag\0";
 /// Domain prefix of a feed capability.
-const CAPABILITY_DOMAIN: &[u8] = b"replic8/1 feed capability\0";
+const CAPABILITY_DOMAIN: &[u8] = b"replic8/2 feed capability\0";
 /// The message hypercore hashes, keyed with the public key, into the discovery key.
 const DISCOVERY_MESSAGE: &[u8] = b"hypercore";
 
@@ -123,10 +125,6 @@ key32!(
     /// A peer's ed25519 public key, as the connection manager learned it from TLS.
     PeerKey
 );
-key32!(
-    /// The wire id of a namespace: BLAKE2b-256 of a domain prefix and the name.
-    NamespaceId
-);
 
 impl FeedKey {
     /// The feed's discovery key, computed as hypercore-crypto's `discoveryKey`.
@@ -162,17 +160,7 @@ impl From<DiscoveryKey> for replic8_store::DiscoveryKey {
     }
 }
 
-impl NamespaceId {
-    /// The id of the namespace called `name` (the empty name is the public namespace).
-    pub fn from_name(name: &str) -> NamespaceId {
-        let mut hasher = Blake2b::<U32>::new();
-        hasher.update(NAMESPACE_DOMAIN);
-        hasher.update(name.as_bytes());
-        NamespaceId(hasher.finalize().into())
-    }
-}
-
-/// A namespace's pre-shared secret.
+/// A namespace's pre-shared secret: 32 random bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NamespaceSecret(pub [u8; 32]);
 
@@ -182,33 +170,42 @@ impl fmt::Debug for NamespaceSecret {
     }
 }
 
-impl NamespaceSecret {
-    /// The proof that `prover` knows this secret for `namespace` on this connection.
-    pub fn proof(
-        &self,
-        exporter: &ExporterSecret,
-        prover: Role,
-        namespace: &NamespaceId,
-    ) -> [u8; 32] {
-        mac(
-            &self.0,
-            &[PROOF_DOMAIN, &[prover.byte()], &exporter.0, &namespace.0],
-        )
+/// The key a namespace's tags are made with: its secret, or for a named namespace
+/// without one, `BLAKE2b-256("replic8 namespace\0" ‖ name)` (guessable by whoever
+/// guesses the name, by design; still never a stable value on the wire).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamespaceKey([u8; 32]);
+
+impl fmt::Debug for NamespaceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NamespaceKey(..)")
+    }
+}
+
+impl NamespaceKey {
+    /// The key of namespace `name` with `secret`: the secret itself if there is one
+    /// (the name is then local only), else the hash of the name.
+    pub fn new(name: &str, secret: Option<&NamespaceSecret>) -> NamespaceKey {
+        match secret {
+            Some(secret) => NamespaceKey(secret.0),
+            None => {
+                let mut hasher = Blake2b::<U32>::new();
+                hasher.update(NAMESPACE_DOMAIN);
+                hasher.update(name.as_bytes());
+                NamespaceKey(hasher.finalize().into())
+            }
+        }
     }
 
-    /// Whether `tag` is `prover`'s proof for `namespace` on this connection (constant time).
-    pub fn verify(
-        &self,
-        exporter: &ExporterSecret,
-        prover: Role,
-        namespace: &NamespaceId,
-        tag: &[u8; 32],
-    ) -> bool {
-        verify(
-            &self.0,
-            &[PROOF_DOMAIN, &[prover.byte()], &exporter.0, &namespace.0],
-            tag,
-        )
+    /// The tag by which side `role` shows it knows this key on this connection:
+    /// `BLAKE2b-256(key = k, "replic8/2 namespace tag\0" ‖ role ‖ exporter)`.
+    pub fn tag(&self, exporter: &ExporterSecret, role: Role) -> [u8; 32] {
+        mac(&self.0, &[TAG_DOMAIN, &[role.byte()], &exporter.0])
+    }
+
+    /// Whether `tag` is `role`'s tag for this key on this connection (constant time).
+    pub fn verify(&self, exporter: &ExporterSecret, role: Role, tag: &[u8; 32]) -> bool {
+        verify(&self.0, &[TAG_DOMAIN, &[role.byte()], &exporter.0], tag)
     }
 }
 
@@ -307,24 +304,29 @@ mod tests {
     #[test]
     fn derivations_match_the_protocol_document_vectors() {
         // docs/PROTOCOL.md, "Test vectors"; computed independently with Python's hashlib.
+        let exporter = ExporterSecret([0x22; 32]);
+        let secret = NamespaceKey::new("ignored", Some(&NamespaceSecret([0x11; 32])));
         assert_eq!(
-            NamespaceId::from_name("").0,
-            hex32("bf512e4b9261b9f9a685254e99c2ebae3a44cb6d2302e3a9fd0b35abc21b561a")
+            secret.tag(&exporter, Role::Dialer),
+            hex32("91757cad7d93e7f68a836f63e0fc9203b4620907dfbe4c1c6177961b89636750")
         );
-        let team = NamespaceId::from_name("team");
+        assert_eq!(
+            secret.tag(&exporter, Role::Acceptor),
+            hex32("2a6df4459344072a9719e33fc616b8fd1736c947b28f5fb8302aa15e8739ac78")
+        );
+        let team = NamespaceKey::new("team", None);
         assert_eq!(
             team.0,
             hex32("11627b3f9d5e5f72d4ad4dc226b3836eae2002a510d31d876301c7799d85cb64")
         );
-        let exporter = ExporterSecret([0x22; 32]);
         assert_eq!(
-            NamespaceSecret([0x11; 32]).proof(&exporter, Role::Dialer, &team),
-            hex32("133e0943c158c833748f2884b07e6089f338af382e22cf98dd6b44c942468d72")
+            team.tag(&exporter, Role::Acceptor),
+            hex32("d941da6a3b11a325a0179ebf0752cf7cac4239cac6f415b4cb6037973a7dc8d5")
         );
         let feed = FeedKey([0x33; 32]);
         assert_eq!(
             capability(&feed, &exporter, Role::Acceptor),
-            hex32("b62c7ac6f9f1a8b45ca6d900aa3b71ad660bd909e58d1a02830f5aeaed27e685")
+            hex32("c8c70e1ca104f594b5261c1d3456f30ff37eb6a2494b0f83efb283e08009b25e")
         );
         assert_eq!(
             feed.discovery_key().0,
@@ -333,28 +335,41 @@ mod tests {
     }
 
     #[test]
-    fn proofs_are_bound_to_connection_role_and_namespace() {
-        let secret = NamespaceSecret([7; 32]);
-        let ns = NamespaceId::from_name("team");
+    fn tags_are_bound_to_connection_role_and_key() {
+        let key = NamespaceKey::new("team", Some(&NamespaceSecret([7; 32])));
         let conn_a = ExporterSecret([1; 32]);
         let conn_b = ExporterSecret([2; 32]);
-        let tag = secret.proof(&conn_a, Role::Dialer, &ns);
-        assert!(secret.verify(&conn_a, Role::Dialer, &ns, &tag));
+        let tag = key.tag(&conn_a, Role::Dialer);
+        assert!(key.verify(&conn_a, Role::Dialer, &tag));
+        assert_ne!(
+            tag,
+            key.tag(&conn_b, Role::Dialer),
+            "linkable across connections"
+        );
         assert!(
-            !secret.verify(&conn_b, Role::Dialer, &ns, &tag),
+            !key.verify(&conn_b, Role::Dialer, &tag),
             "replayed on another connection"
         );
         assert!(
-            !secret.verify(&conn_a, Role::Acceptor, &ns, &tag),
+            !key.verify(&conn_a, Role::Acceptor, &tag),
             "reflected to its maker"
         );
-        assert!(!secret.verify(
-            &conn_a,
-            Role::Dialer,
-            &NamespaceId::from_name("other"),
-            &tag
-        ));
-        assert!(!NamespaceSecret([8; 32]).verify(&conn_a, Role::Dialer, &ns, &tag));
+        assert!(
+            !NamespaceKey::new("team", Some(&NamespaceSecret([8; 32]))).verify(
+                &conn_a,
+                Role::Dialer,
+                &tag
+            )
+        );
+        // The name of a secret namespace is local: only the secret counts.
+        assert_eq!(
+            key,
+            NamespaceKey::new("other", Some(&NamespaceSecret([7; 32])))
+        );
+        assert_ne!(
+            NamespaceKey::new("team", None),
+            NamespaceKey::new("teams", None)
+        );
     }
 
     #[test]

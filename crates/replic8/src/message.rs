@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::frame::MAX_FRAME_LEN;
-use crate::keys::{DiscoveryKey, FeedKey, NamespaceId, Role};
+use crate::keys::{DiscoveryKey, FeedKey, Role};
 
 /// The session protocol's version, carried in the ALPN and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The ALPN of the session protocol; it names the version.
-pub const ALPN: &[u8] = b"replic8/1";
+pub const ALPN: &[u8] = b"replic8/2";
 /// This implementation's dialect: the message encoding family spoken on the wire.
 pub const DIALECT: &str = "bincode1-varint";
 /// Most entries in one feed's headers.
@@ -31,6 +31,8 @@ pub const MAX_HEADER_BYTES: usize = 4096;
 pub const MAX_FEEDS_PER_MESSAGE: usize = 4096;
 /// Most bytes in a dialect name.
 pub const MAX_DIALECT_LEN: usize = 64;
+/// The connection-local handle of the public namespace `""`, which needs no tag.
+pub const PUBLIC_HANDLE: u32 = 0;
 /// Most bytes in a close reason; a longer local reason is cut at a character boundary.
 pub const MAX_REASON_LEN: usize = 1024;
 
@@ -167,7 +169,7 @@ impl CloseCode {
     pub const PROTOCOL: CloseCode = CloseCode(3);
     /// A frame's length prefix was over the limit.
     pub const FRAME_TOO_LARGE: CloseCode = CloseCode(4);
-    /// A namespace proof did not check.
+    /// A namespace tag did not check, or answered no tag of ours.
     pub const BAD_PROOF: CloseCode = CloseCode(5);
     /// A feed capability did not check.
     pub const BAD_CAPABILITY: CloseCode = CloseCode(6);
@@ -175,7 +177,8 @@ impl CloseCode {
     pub const REFUSED_STREAM: CloseCode = CloseCode(7);
     /// The store's accept handler failed; the reason is its error.
     pub const ACCEPT_FAILED: CloseCode = CloseCode(8);
-    /// The peer did not say hello in time.
+    /// The peer did not say hello in time, a frame stalled, or the peer kept our
+    /// control output blocked (it does not read) longer than the stall timeout.
     pub const TIMEOUT: CloseCode = CloseCode(9);
 
     /// The code's name, or `unknown`.
@@ -234,17 +237,21 @@ pub enum Message {
         /// How many feed streams the sender lets the peer keep open at once.
         max_streams: u32,
     },
-    /// The sender knows the secret of a namespace.
-    Proof {
-        /// The namespace.
-        namespace: NamespaceId,
-        /// Keyed BLAKE2b over the exporter value, see `NamespaceSecret::proof`.
+    /// The sender knows a namespace's key. From the dialer: its tag for one of its
+    /// namespaces, with the connection-local handle it gives that namespace. From the
+    /// acceptor: the answer to a dialer's tag that matched one of its namespaces.
+    Tag {
+        /// The dialer's handle for the namespace on this connection (never
+        /// [`PUBLIC_HANDLE`]).
+        handle: u32,
+        /// Keyed BLAKE2b of the namespace key over the exporter value and the sender's
+        /// role, see `NamespaceKey::tag`.
         tag: [u8; 32],
     },
     /// Feeds the sender shares in a namespace.
     Offer {
-        /// The namespace.
-        namespace: NamespaceId,
+        /// The namespace's handle on this connection.
+        namespace: u32,
         /// The sender's id for this offer; ids strictly increase.
         offer: u64,
         /// The feeds, at most [`MAX_FEEDS_PER_MESSAGE`].
@@ -259,8 +266,8 @@ pub enum Message {
     },
     /// Feeds the sender holds in a namespace, by discovery key and capability (all-to-all).
     Have {
-        /// The namespace.
-        namespace: NamespaceId,
+        /// The namespace's handle on this connection.
+        namespace: u32,
         /// The feeds, at most [`MAX_FEEDS_PER_MESSAGE`].
         feeds: Vec<KnownFeed>,
     },
@@ -289,6 +296,12 @@ pub enum Message {
         code: CloseCode,
         /// Human-readable detail, at most [`MAX_REASON_LEN`] bytes.
         reason: String,
+    },
+    /// The sender stopped a replicated feed on this session (a fault in that feed): no
+    /// stream is opened for it again on this session.
+    Stopped {
+        /// The feed.
+        feed: DiscoveryKey,
     },
 }
 
@@ -383,7 +396,8 @@ impl Message {
             Message::Answer { accepted, .. } => feeds(accepted.len()),
             Message::Have { feeds: list, .. } => feeds(list.len()),
             Message::Close { reason, .. } => text("reason", reason.len(), MAX_REASON_LEN),
-            Message::Proof { .. }
+            Message::Tag { .. }
+            | Message::Stopped { .. }
             | Message::Ready
             | Message::Settled
             | Message::Notice { .. }
@@ -395,7 +409,7 @@ impl Message {
     pub fn name(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "hello",
-            Message::Proof { .. } => "proof",
+            Message::Tag { .. } => "tag",
             Message::Offer { .. } => "offer",
             Message::Answer { .. } => "answer",
             Message::Have { .. } => "have",
@@ -404,6 +418,7 @@ impl Message {
             Message::Notice { .. } => "notice",
             Message::Synced { .. } => "synced",
             Message::Close { .. } => "close",
+            Message::Stopped { .. } => "stopped",
         }
     }
 }

@@ -9,8 +9,17 @@
 //!
 //! What the core enforces:
 //! - the first message is a hello with our version and dialect, within the hello timeout;
-//! - offers and `have` lists in a secret namespace go out only after the peer proved the
-//!   namespace's secret on this connection;
+//! - namespaces are matched by connection-bound tags (the dialer shows its tag, the
+//!   acceptor answers only a match) and named on the wire by connection-local handles,
+//!   never by a stable id; offers and `have` lists in a namespace other than the public
+//!   one go out only after the match, and no reason sent to the peer names a namespace;
+//! - a limit an honest peer can reach refuses or drops, never ends the session; only
+//!   frames an honest peer never sends are violations ([`EndReason::is_misbehaviour`]);
+//! - a fault in one feed (a store's `FeedFailed`) stops that feed on this session, not
+//!   the session;
+//! - our control output is bounded: while over [`MAX_QUEUED_CONTROL_BYTES`] we read no
+//!   more of the peer's control stream, and a peer that keeps us blocked for the stall
+//!   timeout ends with `timeout`;
 //! - only feeds offered and accepted, or held by both sides and proven by capability, get
 //!   a stream; any other stream ends the session;
 //! - header and message bounds (checked by [`crate::message`]);
@@ -77,24 +86,43 @@ use tracing::debug;
 
 use crate::frame::{self, FrameError, MAX_FRAME_LEN};
 use crate::keys::{
-    capability, verify_capability, DiscoveryKey, ExporterSecret, FeedKey, NamespaceId,
+    capability, verify_capability, DiscoveryKey, ExporterSecret, FeedKey, NamespaceKey,
     NamespaceSecret, Role,
 };
 use crate::message::{
     self, CloseCode, FeedStreamHeader, HeaderError, Headers, KnownFeed, Message, OfferedFeed,
-    DIALECT, MAX_FEEDS_PER_MESSAGE, MAX_REASON_LEN, PROTOCOL_VERSION,
+    DIALECT, MAX_FEEDS_PER_MESSAGE, MAX_REASON_LEN, PROTOCOL_VERSION, PUBLIC_HANDLE,
 };
 
 /// Most offers of the peer that our stores may have unanswered at once; more is a
-/// protocol error. Bounds the memory a peer can pin with offers we have not answered.
+/// protocol error. Our own sender never has more than this many offers unanswered
+/// (the rest of a share waits), so only a peer that breaks the rule crosses it.
 pub const MAX_PENDING_PEER_OFFERS: usize = 256;
-/// Most entries of the peer's `have` lists kept for feeds we do not hold (yet).
+/// Most bytes of the peer's offers (encoded feeds with their headers) waiting for our
+/// stores' answers at once. An offer that would go over is answered at once with
+/// nothing accepted (a polite refusal, not misbehaviour): four full frames, so an
+/// honest share of 10,000 feeds with 100 bytes of headers each (about 1.5 MB) is never
+/// refused, while 128 sessions pin at most 512 MiB of offers.
+pub const MAX_PENDING_OFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Most entries of the peer's `have` lists kept for feeds we do not hold (yet); more
+/// are dropped silently (an honest peer that holds many feeds we lack can send more).
 pub const MAX_UNMATCHED_HAVE: usize = 100_000;
-/// Most feeds a peer may offer in one session; more is a protocol error. Bounds the
+/// Most feeds the peer's offers may name in one session; an offer past it is answered
+/// at once with nothing accepted (an honest forwarding peer can reach it). Bounds the
 /// memory a peer can pin with offers (about 100 bytes a feed).
 pub const MAX_PEER_FEEDS: usize = 1_000_000;
-/// Most proofs kept for namespaces we have not registered (yet).
-pub const MAX_UNMATCHED_PROOFS: usize = 1024;
+/// Most dialer tags kept (acceptor side) that matched none of our namespaces, in case
+/// we register the namespace later; more are dropped silently (an honest dialer may be
+/// in many namespaces we are not in). 36 bytes each.
+pub const MAX_UNMATCHED_TAGS: usize = 1024;
+/// Most bytes of control frames queued for the wire (not yet written to the QUIC
+/// stream) before we stop reading the peer's control stream: a peer that sends and
+/// never reads then meets QUIC flow control instead of growing our queue, and one that
+/// takes nothing for the stall timeout ends with `timeout`. What is queued stays under
+/// this plus the answer to the last message read (at most a frame) plus our stores'
+/// answers to offers already in their hands (see `SessionStats::queued_bytes`). One
+/// frame's worth: a peer that reads at all never stalls our reader for long.
+pub const MAX_QUEUED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
 /// The reason when the peer's control stream ends without a close message. Not counted
 /// as misbehaviour: a peer whose session task was cut short (its node stopping after
 /// the close grace) ends the stream this way.
@@ -211,14 +239,17 @@ const VIOLATIONS: [CloseCode; 5] = [
 ];
 
 impl EndReason {
-    /// Whether the session ended because the peer broke the protocol: we ended it
-    /// with a bad frame, an oversize frame, an undecodable or out-of-bounds message, a
-    /// message out of order, a bad namespace proof, a bad capability, a refused feed
-    /// stream, or a feed stream whose data did not verify (`FeedFailed`). The node bans
-    /// such a peer for a while. A version mismatch, a timeout (hello or a stalled frame),
-    /// a close by either side, a lost connection, a store's refusal of an offer, a
-    /// control stream that ends without a close message, and our own encoding failure
-    /// are not misbehaviour.
+    /// Whether the session ended because the peer provably broke the protocol: we
+    /// ended it for a frame an honest implementation never sends (an oversize frame, an
+    /// undecodable or out-of-bounds message, a message out of order, an acceptor's
+    /// namespace tag that does not check or answers no tag of ours, a bad capability, a
+    /// refused feed stream, more unanswered offers than allowed). The node bans such a
+    /// peer for a while; this is the one predicate it bans on. Never misbehaviour: a
+    /// version mismatch, a timeout (hello, a stalled frame, a peer that does not read),
+    /// a close by either side, a lost connection, a store's error answering an offer, a
+    /// control stream that ends without a close message, our own encoding failure, a
+    /// limit an honest peer can reach (those refuse or drop, and end nothing), and a
+    /// fault in one feed (that feed stops, see [`SessionEvent::FeedStopped`]).
     pub fn is_misbehaviour(&self) -> bool {
         self.by == Side::Local && self.peer_at_fault
     }
@@ -239,7 +270,7 @@ impl std::fmt::Display for EndReason {
 pub enum SessionEvent {
     /// Hellos were exchanged; the session is up.
     Established,
-    /// The peer proved it knows a namespace's secret.
+    /// The peer showed it knows a namespace's key (tags matched); local only.
     NamespaceProven {
         /// The namespace.
         namespace: String,
@@ -268,9 +299,12 @@ pub enum SessionEvent {
         /// The length both sides hold.
         length: u64,
     },
-    /// The dialer stopped reopening `feed`'s stream on this session: it ended
-    /// [`MAX_STREAM_REOPENS`] + 1 times in a row before the feed was in sync. It resumes
-    /// on the peer's `Notice` or a change of our copy; a one-shot session ends.
+    /// `feed` is stopped on this session; the other feeds go on. Either its stream
+    /// ended [`MAX_STREAM_REOPENS`] + 1 times in a row before the feed was in sync (the
+    /// dialer stops reopening it until the peer's `Notice` or a change of our copy), or
+    /// a side's store found a fault in it ([`Session::handle_feed_failed`], or the
+    /// peer's `Stopped`): then it is never reopened on this session. A one-shot session
+    /// gives the feed up and ends once the other feeds are in sync.
     FeedStopped {
         /// The feed.
         feed: FeedKey,
@@ -334,6 +368,15 @@ pub struct SessionStats {
     pub feeds_replicated: u64,
     /// Feed streams opened (by us as dialer, or taken from the peer as acceptor).
     pub streams_opened: u64,
+    /// Control-stream bytes queued for the wire now: frames not yet given out by
+    /// `poll_transmit`, plus those given out and not yet reported written
+    /// ([`Session::handle_control_written`]). While it is at least
+    /// [`MAX_QUEUED_CONTROL_BYTES`] we read nothing more from the peer.
+    pub queued_bytes: u64,
+    /// The most `queued_bytes` ever was in this session.
+    pub peak_queued_bytes: u64,
+    /// Feeds stopped on this session by a fault (ours or the peer's report).
+    pub feeds_faulted: u64,
 }
 
 /// A feed stream of the peer that we took: attach it to the namespace's store.
@@ -356,9 +399,13 @@ pub enum CommandError {
     /// The namespace was not registered on this session.
     #[error("namespace {0:?} is not registered")]
     UnknownNamespace(String),
-    /// The namespace is registered already, with a different secret.
-    #[error("namespace {0:?} is registered already with another secret")]
+    /// The namespace is registered already with a different secret, or another
+    /// namespace has the same key (the same secret).
+    #[error("namespace {0:?} is registered already with another secret, or its key is another namespace's")]
     NamespaceConflict(String),
+    /// Every namespace handle of this connection is used.
+    #[error("no namespace handle left on this session")]
+    NoHandleLeft,
     /// A feed's headers are over a bound.
     #[error("feed {feed:?}: {source}")]
     Headers {
@@ -382,13 +429,17 @@ pub struct StreamRefused(pub EndReason);
 
 #[derive(Debug)]
 struct Namespace {
-    name: String,
     secret: Option<NamespaceSecret>,
-    /// The peer proved the secret (always true for a public namespace).
+    /// The key of its tags; `None` for the public namespace, which needs no tag.
+    key: Option<NamespaceKey>,
+    /// Its handle on this connection: the public one, the one we gave it (dialer), or
+    /// the dialer's whose tag matched it (acceptor).
+    handle: Option<u32>,
+    /// The peer showed it knows the key (always true for the public namespace).
     peer_proven: bool,
-    /// Shares waiting for the peer's proof.
+    /// Shares waiting for the namespace's match.
     pending_offers: Vec<OfferedFeed>,
-    /// Known feeds waiting for the peer's proof.
+    /// Known feeds waiting for the namespace's match.
     pending_have: Vec<DiscoveryKey>,
 }
 
@@ -399,9 +450,18 @@ enum StreamState {
     Open,
 }
 
+/// Why a replicated feed is stopped on this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    /// Its stream kept ending before it was in sync; a notice or a change resumes it.
+    Exhausted(String),
+    /// A fault in the feed (ours or the peer's report): stopped for the session.
+    Fault(String),
+}
+
 #[derive(Debug)]
 struct Replicated {
-    namespace: NamespaceId,
+    namespace: String,
     discovery_key: DiscoveryKey,
     /// How the dialer names the feed when it opens its stream.
     route: Route,
@@ -413,6 +473,8 @@ struct Replicated {
     reported: Option<u64>,
     /// Ends in a row of its stream before the feed was in sync both ways (dialer).
     early_ends: u32,
+    /// Stopped on this session, and why.
+    stopped: Option<Stop>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -423,7 +485,7 @@ enum Route {
 
 #[derive(Debug)]
 struct OurOffer {
-    namespace: NamespaceId,
+    namespace: String,
     feeds: HashMap<u64, FeedKey>,
     /// Feeds whose stream arrived before the answer: the answer must accept them.
     early: HashSet<u64>,
@@ -431,14 +493,16 @@ struct OurOffer {
 
 #[derive(Debug)]
 struct PeerOffer {
-    namespace: NamespaceId,
+    namespace: String,
     feeds: Vec<(u64, FeedKey)>,
+    /// What it counts against [`MAX_PENDING_OFFER_BYTES`].
+    bytes: usize,
 }
 
 #[derive(Debug)]
 struct Known {
     key: FeedKey,
-    namespace: NamespaceId,
+    namespace: String,
     /// Our `have` entry was sent.
     announced: bool,
 }
@@ -460,14 +524,30 @@ pub struct Session {
     peer_max_streams: Option<u32>,
     ended: Option<EndReason>,
     read_buf: Vec<u8>,
-    outbox: VecDeque<Message>,
+    /// Encoded control frames to give out.
+    outbox: VecDeque<Vec<u8>>,
+    /// Bytes in `outbox`.
+    outbox_bytes: usize,
+    /// Bytes given out by `poll_transmit` and not yet reported written.
+    in_flight: usize,
+    /// Our output is over [`MAX_QUEUED_CONTROL_BYTES`] and we stopped reading: since
+    /// when, or since the peer last took some of it (unknown until the next
+    /// `handle_timeout`).
+    blocked: Option<Option<Instant>>,
     /// Messages that wait for the peer's hello.
     held: Vec<Message>,
     events: VecDeque<SessionEvent>,
     streams: VecDeque<StreamCommand>,
 
-    namespaces: HashMap<NamespaceId, Namespace>,
-    unmatched_proofs: HashMap<NamespaceId, [u8; 32]>,
+    namespaces: HashMap<String, Namespace>,
+    /// Namespace handles in use on this connection, to their namespace.
+    handles: HashMap<u32, String>,
+    /// The next handle we give (dialer).
+    next_handle: u32,
+    /// The dialer's last handle (acceptor): handles strictly increase.
+    last_peer_handle: Option<u32>,
+    /// Dialer tags that matched none of our namespaces (acceptor), bounded.
+    unmatched_tags: Vec<(u32, [u8; 32])>,
 
     next_offer: u64,
     next_feed_id: u64,
@@ -477,6 +557,14 @@ pub struct Session {
     last_peer_offer: Option<u64>,
     last_peer_feed_id: Option<u64>,
     peer_offers: HashMap<u64, PeerOffer>,
+    /// Bytes of `peer_offers`.
+    peer_offer_bytes: usize,
+    /// Feeds shared in proven namespaces, waiting to go out in an offer (handle, feed):
+    /// at most [`MAX_PENDING_PEER_OFFERS`] of our offers wait for answers at once.
+    share_queue: VecDeque<(u32, OfferedFeed)>,
+    /// Our `have` entries waiting to go out (handle, entry), sent while our output is
+    /// under [`MAX_QUEUED_CONTROL_BYTES`].
+    have_queue: VecDeque<(u32, KnownFeed)>,
     peer_offered: HashSet<FeedKey>,
     /// Feeds we offered (or queued to offer) to this peer.
     offered: HashSet<FeedKey>,
@@ -484,7 +572,8 @@ pub struct Session {
     peer_has: HashSet<FeedKey>,
 
     known: HashMap<DiscoveryKey, Known>,
-    unmatched_have: HashMap<DiscoveryKey, (NamespaceId, [u8; 32])>,
+    /// The peer's `have` entries for feeds we do not hold (yet): (handle, capability).
+    unmatched_have: HashMap<DiscoveryKey, (u32, [u8; 32])>,
 
     feeds: HashMap<FeedKey, Replicated>,
     by_discovery: HashMap<DiscoveryKey, FeedKey>,
@@ -519,7 +608,7 @@ impl Session {
             max_streams: config.max_streams,
         };
         let first_stream = config.first_stream_id;
-        Session {
+        let mut session = Session {
             hello_deadline: Some(now + config.hello_timeout),
             last_now: now,
             frames_parsed: 0,
@@ -530,12 +619,18 @@ impl Session {
             peer_max_streams: None,
             ended: None,
             read_buf: Vec::new(),
-            outbox: VecDeque::from([hello]),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            in_flight: 0,
+            blocked: None,
             held: Vec::new(),
             events: VecDeque::new(),
             streams: VecDeque::new(),
             namespaces: HashMap::new(),
-            unmatched_proofs: HashMap::new(),
+            handles: HashMap::new(),
+            next_handle: 1,
+            last_peer_handle: None,
+            unmatched_tags: Vec::new(),
             next_offer: 0,
             next_feed_id: 0,
             our_offers: HashMap::new(),
@@ -543,6 +638,9 @@ impl Session {
             last_peer_offer: None,
             last_peer_feed_id: None,
             peer_offers: HashMap::new(),
+            peer_offer_bytes: 0,
+            share_queue: VecDeque::new(),
+            have_queue: VecDeque::new(),
             peer_offered: HashSet::new(),
             offered: HashSet::new(),
             peer_has: HashSet::new(),
@@ -560,7 +658,9 @@ impl Session {
             settled_sent: false,
             peer_settled: false,
             stats: SessionStats::default(),
-        }
+        };
+        session.push_frame(&hello);
+        session
     }
 
     /// Our role on the connection.
@@ -595,7 +695,22 @@ impl Session {
 
     /// The session's counters.
     pub fn stats(&self) -> SessionStats {
-        self.stats
+        let mut stats = self.stats;
+        stats.queued_bytes = self.queued_bytes() as u64;
+        stats
+    }
+
+    /// Control-stream bytes queued for the wire: not yet given out, or given out and
+    /// not yet reported written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox_bytes + self.in_flight
+    }
+
+    /// Whether the driver should read more of the peer's control stream: false while
+    /// our queued output is at [`MAX_QUEUED_CONTROL_BYTES`] or more (the peer does not
+    /// read what we send), so QUIC flow control pushes back on the peer.
+    pub fn wants_control_bytes(&self) -> bool {
+        self.ended.is_none() && !self.over_queue_bound()
     }
 
     /// Feed streams we opened and have not closed.
@@ -605,15 +720,36 @@ impl Session {
 
     // ---- inputs from the peer ----
 
-    /// Bytes that arrived on the control stream.
+    /// Bytes that arrived on the control stream. While our queued output is over
+    /// [`MAX_QUEUED_CONTROL_BYTES`] whole frames stay buffered unread, and are read
+    /// once [`Session::handle_control_written`] brings it back under.
     pub fn handle_control_bytes(&mut self, bytes: &[u8]) {
         if self.ended.is_some() {
             return;
         }
         self.stats.bytes_in += bytes.len() as u64;
         self.read_buf.extend_from_slice(bytes);
+        self.read_frames();
+    }
+
+    /// The driver wrote `bytes` of the frames `poll_transmit` gave out to the control
+    /// stream (the peer's flow control took them).
+    pub fn handle_control_written(&mut self, bytes: usize) {
+        self.in_flight = self.in_flight.saturating_sub(bytes);
+        if bytes > 0 && self.blocked.is_some() {
+            // The peer reads, if slowly: the stall timeout counts from its last progress.
+            self.blocked = Some(None);
+        }
+        self.update_blocked();
+        if self.ended.is_none() && !self.read_buf.is_empty() && !self.over_queue_bound() {
+            self.read_frames();
+        }
+        self.pump_offers();
+    }
+
+    fn read_frames(&mut self) {
         let mut start = 0;
-        while self.ended.is_none() {
+        while self.ended.is_none() && !self.over_queue_bound() {
             match frame::parse(&self.read_buf[start..], MAX_FRAME_LEN) {
                 Ok(Some((payload, used))) => {
                     let decoded = message::decode(payload);
@@ -634,6 +770,7 @@ impl Session {
             Some((frame, since)) if frame == self.frames_parsed => Some((frame, since)),
             _ => Some((self.frames_parsed, None)),
         };
+        self.update_blocked();
     }
 
     /// The control stream ended (the peer finished it, or it was reset).
@@ -674,7 +811,7 @@ impl Session {
         }
         match message {
             Message::Hello { .. } => self.fail(CloseCode::PROTOCOL, "second hello".into()),
-            Message::Proof { namespace, tag } => self.on_proof(namespace, tag),
+            Message::Tag { handle, tag } => self.on_tag(handle, tag),
             Message::Offer {
                 namespace,
                 offer,
@@ -686,20 +823,19 @@ impl Session {
                 if std::mem::replace(&mut self.peer_ready, true) {
                     return self.fail(CloseCode::PROTOCOL, "second ready".into());
                 }
-                // Every proof of the peer came before its ready, so every offer they
-                // unlocked is sent by now: say so.
-                self.send(Message::Settled);
-                self.settled_sent = true;
+                self.maybe_settle();
                 self.check_done();
             }
             Message::Settled => {
                 if !self.local_ready || std::mem::replace(&mut self.peer_settled, true) {
                     return self.fail(CloseCode::PROTOCOL, "unexpected settled".into());
                 }
+                self.maybe_settle();
                 self.check_done();
             }
             Message::Notice { feed, length } => self.on_notice(feed, length),
             Message::Synced { feed, length } => self.on_synced(feed, length),
+            Message::Stopped { feed } => self.on_stopped(feed),
             Message::Close { code, reason } => self.on_close(code, reason),
         }
     }
@@ -752,7 +888,7 @@ impl Session {
                 self.open_streams = self.open_streams.saturating_sub(1);
                 let in_sync =
                     state.local_synced.is_some() && state.local_synced == state.remote_synced;
-                if !in_sync && self.ended.is_none() {
+                if !in_sync && self.ended.is_none() && state.stopped.is_none() {
                     self.stream_ended_early(*feed);
                 }
                 self.pump_opens();
@@ -760,14 +896,30 @@ impl Session {
         }
     }
 
-    /// Time passed: fires the hello timeout, the stall timeout and due feed stream
-    /// reopens.
+    /// Time passed: fires the hello timeout, the stall timeouts (a partial frame, a
+    /// peer that keeps our output blocked) and due feed stream reopens.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         if self.ended.is_some() {
             return;
         }
-        if let Some((frame, since)) = self.stall {
+        if let Some(since) = self.blocked {
+            let since = since.unwrap_or(now);
+            self.blocked = Some(Some(since));
+            if now.saturating_duration_since(since) >= self.config.stall_timeout {
+                // Not misbehaviour: a slow reader is not a liar.
+                return self.fail_not_peers_fault(
+                    CloseCode::TIMEOUT,
+                    format!(
+                        "the peer read none of our {} queued control bytes for {:?}",
+                        self.queued_bytes(),
+                        self.config.stall_timeout
+                    ),
+                );
+            }
+        }
+        // While we do not read, a partial frame is ours to wait for, not the peer's.
+        if let Some((frame, since)) = self.stall.filter(|_| self.blocked.is_none()) {
             let since = since.unwrap_or(now);
             self.stall = Some((frame, Some(since)));
             if now.saturating_duration_since(since) >= self.config.stall_timeout {
@@ -802,46 +954,75 @@ impl Session {
 
     // ---- local commands ----
 
-    /// Registers a namespace with an optional secret; with a secret, our proof goes out
-    /// once hellos are exchanged. Registering the same namespace again is a no-op.
+    /// Registers a namespace with an optional secret. Every namespace but the public
+    /// one (`""` without a secret) is matched by tags: the dialer sends its tag (once
+    /// hellos are exchanged), the acceptor answers a matching tag with its own.
+    /// Registering the same namespace again is a no-op.
     pub fn handle_register_namespace(
         &mut self,
         name: &str,
         secret: Option<NamespaceSecret>,
     ) -> Result<(), CommandError> {
         self.alive()?;
-        let id = NamespaceId::from_name(name);
-        if let Some(existing) = self.namespaces.get(&id) {
+        if let Some(existing) = self.namespaces.get(name) {
             return if existing.secret == secret {
                 Ok(())
             } else {
                 Err(CommandError::NamespaceConflict(name.to_string()))
             };
         }
-        let proof = secret
-            .as_ref()
-            .map(|s| s.proof(&self.exporter, self.role, &id));
+        let public = name.is_empty() && secret.is_none();
+        let key = (!public).then(|| NamespaceKey::new(name, secret.as_ref()));
+        if key.is_some() && self.namespaces.values().any(|ns| ns.key == key) {
+            // One key, two namespaces: a tag could not say which.
+            return Err(CommandError::NamespaceConflict(name.to_string()));
+        }
+        let mut handle = public.then_some(PUBLIC_HANDLE);
+        if self.role == Role::Dialer && !public {
+            let next = self.next_handle;
+            self.next_handle = next.checked_add(1).ok_or(CommandError::NoHandleLeft)?;
+            handle = Some(next);
+        }
+        if let Some(h) = handle {
+            self.handles.insert(h, name.to_string());
+        }
         self.namespaces.insert(
-            id,
+            name.to_string(),
             Namespace {
-                name: name.to_string(),
-                peer_proven: secret.is_none(),
                 secret,
+                key: key.clone(),
+                handle,
+                peer_proven: public,
                 pending_offers: Vec::new(),
                 pending_have: Vec::new(),
             },
         );
-        if let Some(tag) = proof {
-            self.send(Message::Proof { namespace: id, tag });
-        }
-        if let Some(tag) = self.unmatched_proofs.remove(&id) {
-            self.on_proof(id, tag);
+        match (self.role, key) {
+            (Role::Dialer, Some(key)) => {
+                let tag = key.tag(&self.exporter, self.role);
+                self.send(Message::Tag {
+                    handle: handle.unwrap_or(PUBLIC_HANDLE),
+                    tag,
+                });
+            }
+            (Role::Acceptor, Some(key)) => {
+                // A dialer tag kept from before may be for this namespace.
+                let found = self
+                    .unmatched_tags
+                    .iter()
+                    .position(|(_, tag)| key.verify(&self.exporter, Role::Dialer, tag));
+                if let Some(i) = found {
+                    let (h, _) = self.unmatched_tags.swap_remove(i);
+                    self.match_namespace(name, h);
+                }
+            }
+            (_, None) => {}
         }
         Ok(())
     }
 
     /// Shares feeds in a namespace: offers the peer those it was not offered already and
-    /// is not known to have. In a secret namespace the offer waits for the peer's proof.
+    /// is not known to have. In a namespace not matched yet the offer waits for the match.
     /// Returns how many feeds were offered or queued.
     pub fn handle_share(
         &mut self,
@@ -849,8 +1030,7 @@ impl Session {
         feeds: Vec<(FeedKey, Headers)>,
     ) -> Result<usize, CommandError> {
         self.alive()?;
-        let id = NamespaceId::from_name(namespace);
-        if !self.namespaces.contains_key(&id) {
+        if !self.namespaces.contains_key(namespace) {
             return Err(CommandError::UnknownNamespace(namespace.to_string()));
         }
         for (feed, headers) in &feeds {
@@ -864,7 +1044,7 @@ impl Session {
             if self.peer_has.contains(&key) || !self.offered.insert(key) {
                 continue;
             }
-            // The id is given when the offer is sent: offers waiting for a proof may go
+            // The id is given when the offer is sent: offers waiting for a match may go
             // out after later ones, and ids must increase on the wire.
             new.push(OfferedFeed {
                 id: 0,
@@ -873,11 +1053,13 @@ impl Session {
             });
         }
         let count = new.len();
-        let ns = self.namespaces.get_mut(&id).ok_or(CommandError::Ended)?;
-        if ns.peer_proven {
-            self.send_offers(id, new);
-        } else {
-            ns.pending_offers.extend(new);
+        let ns = self
+            .namespaces
+            .get_mut(namespace)
+            .ok_or(CommandError::Ended)?;
+        match ns.handle.filter(|_| ns.peer_proven) {
+            Some(handle) => self.queue_offers(handle, new),
+            None => ns.pending_offers.extend(new),
         }
         Ok(count)
     }
@@ -891,8 +1073,7 @@ impl Session {
         feeds: Vec<FeedKey>,
     ) -> Result<(), CommandError> {
         self.alive()?;
-        let id = NamespaceId::from_name(namespace);
-        let Some(ns) = self.namespaces.get(&id) else {
+        let Some(ns) = self.namespaces.get(namespace) else {
             return Err(CommandError::UnknownNamespace(namespace.to_string()));
         };
         let sendable = ns.peer_proven;
@@ -906,15 +1087,15 @@ impl Session {
                 dk,
                 Known {
                     key,
-                    namespace: id,
+                    namespace: namespace.to_string(),
                     announced: false,
                 },
             );
             new.push(dk);
         }
         if sendable {
-            self.announce(id, new);
-        } else if let Some(ns) = self.namespaces.get_mut(&id) {
+            self.announce(namespace, new);
+        } else if let Some(ns) = self.namespaces.get_mut(namespace) {
             ns.pending_have.extend(new);
         }
         Ok(())
@@ -931,12 +1112,16 @@ impl Session {
         let Some(pending) = self.peer_offers.remove(&offer) else {
             return Err(CommandError::UnknownOffer(offer));
         };
+        self.peer_offer_bytes = self.peer_offer_bytes.saturating_sub(pending.bytes);
         let accepted_keys: HashSet<FeedKey> = match answer {
             Ok(keys) => keys.into_iter().collect(),
             Err(reason) => {
-                self.fail(
+                // The store's words may name the namespace: they stay here.
+                debug!(offer, %reason, "store failed to answer an offer");
+                self.end_with_peer_reason(
                     CloseCode::ACCEPT_FAILED,
                     format!("store refused offer {offer}: {reason}"),
+                    format!("store refused offer {offer}"),
                 );
                 return Ok(());
             }
@@ -953,7 +1138,7 @@ impl Session {
         });
         let peer = self.role.peer();
         for (id, key) in accepted {
-            self.replicate(key, pending.namespace, Route::Offered { by: peer, id });
+            self.replicate(key, &pending.namespace, Route::Offered { by: peer, id });
         }
         self.check_done();
         Ok(())
@@ -967,6 +1152,26 @@ impl Session {
             self.send(Message::Ready);
         }
         Ok(())
+    }
+
+    /// Sends our `Settled` once every offer the peer's initial tags unlocked is out:
+    /// the peer's `Ready` arrived (its tags precede it) and our share queue is empty.
+    /// The dialer also waits for the acceptor's `Settled`, which follows the
+    /// acceptor's answers to the dialer's tags, so the offers those answers unlocked
+    /// precede the dialer's `Settled`.
+    fn maybe_settle(&mut self) {
+        if self.settled_sent
+            || !self.peer_ready
+            || !self.share_queue.is_empty()
+            || !self.have_queue.is_empty()
+        {
+            return;
+        }
+        if self.role == Role::Dialer && !self.peer_settled {
+            return;
+        }
+        self.send(Message::Settled);
+        self.settled_sent = true;
     }
 
     /// Our store's sync of `feed` with this peer reached `length` and has nothing more
@@ -1001,6 +1206,12 @@ impl Session {
         if state.local_synced == Some(length) {
             return;
         }
+        match state.stopped {
+            // Stopped for the session: the peer is not told of changes either.
+            Some(Stop::Fault(_)) => return,
+            Some(Stop::Exhausted(_)) => state.stopped = None,
+            None => {}
+        }
         // A `Synced` we sent is no longer true: retract it, or the peer could close the
         // stream (or end a one-shot session) on a stale length.
         let retract = state.local_synced.take().is_some();
@@ -1016,14 +1227,25 @@ impl Session {
         }
     }
 
-    /// Our store found the peer breaking its protocol on `feed`'s stream (for a feed
-    /// store: a block or proof that does not verify). The session ends with
-    /// [`CloseCode::PROTOCOL`] and a reason that names the feed.
+    /// Our store found a fault in `feed` on its stream (for a feed store: data that
+    /// does not verify, a fork, an undecodable feed message). An honest relay can pass
+    /// a writer's fault on, so this stops that feed on this session only, never the
+    /// session and never grounds for a ban: its stream is closed (by the dialer), the
+    /// peer is told with `Stopped`, [`SessionEvent::FeedStopped`] reports it, and it is
+    /// never reopened on this session. A one-shot session gives it up.
     pub fn handle_feed_failed(&mut self, feed: &FeedKey, reason: &str) {
-        self.fail(
-            CloseCode::PROTOCOL,
-            format!("feed {}: {reason}", feed.fmt_short()),
-        );
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(state) = self.feeds.get(feed) else {
+            debug!(feed = %feed.fmt_short(), %reason, "fault reported for a feed not replicated here");
+            return;
+        };
+        let dk = state.discovery_key;
+        if self.stop_feed(feed, Stop::Fault(format!("fault: {reason}"))) {
+            self.send(Message::Stopped { feed: dk });
+        }
+        self.check_done();
     }
 
     /// A store gave up waiting for the peer on `feed`'s stream: the session ends with
@@ -1058,7 +1280,7 @@ impl Session {
                 CloseCode::CLOSED,
                 format!("connection lost: {reason}"),
                 Side::Remote,
-                false,
+                None,
                 false,
             ),
         }
@@ -1070,7 +1292,7 @@ impl Session {
             CloseCode::CLOSED,
             reason.to_string(),
             Side::Local,
-            true,
+            Some(reason.to_string()),
             false,
         );
     }
@@ -1078,26 +1300,16 @@ impl Session {
     // ---- outputs ----
 
     /// The next frame to write on the control stream. After the close message, the
-    /// driver finishes the stream and closes the connection with the close code.
+    /// driver finishes the stream and closes the connection with the close code. The
+    /// frame counts as queued until [`Session::handle_control_written`] reports it
+    /// written.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let message = self.outbox.pop_front()?;
-        let mut out = Vec::new();
-        match message::encode(&message, &mut out) {
-            Ok(()) => {
-                self.stats.messages_out += 1;
-                self.stats.bytes_out += out.len() as u64;
-                Some(out)
-            }
-            Err(e) => {
-                // Every message is built within the bounds, so this is a bug of ours.
-                tracing::error!(message = message.name(), error = %e, "could not encode");
-                self.fail_not_peers_fault(
-                    CloseCode::PROTOCOL,
-                    format!("{ENCODE_FAILED} {}: {e}", message.name()),
-                );
-                self.poll_transmit()
-            }
-        }
+        let frame = self.outbox.pop_front()?;
+        self.outbox_bytes = self.outbox_bytes.saturating_sub(frame.len());
+        self.in_flight += frame.len();
+        self.stats.messages_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        Some(frame)
     }
 
     /// The next feed stream to open or close.
@@ -1121,8 +1333,17 @@ impl Session {
             // Unknown start: ask for a timeout call at once to learn the time.
             None => self.last_now,
         });
+        let stall = stall.filter(|_| self.blocked.is_none());
+        let blocked = self
+            .blocked
+            .map(|since| since.map_or(self.last_now, |at| at + self.config.stall_timeout));
         let reopens = self.reopens.values().map(|at| at.unwrap_or(self.last_now));
-        hello.into_iter().chain(stall).chain(reopens).min()
+        hello
+            .into_iter()
+            .chain(stall)
+            .chain(blocked)
+            .chain(reopens)
+            .min()
     }
 
     // ---- internals ----
@@ -1140,22 +1361,76 @@ impl Session {
             return;
         }
         if self.is_established() {
-            self.outbox.push_back(message);
+            self.push_frame(&message);
         } else {
             self.held.push(message);
         }
     }
 
+    /// Encodes `message` into the outbox.
+    fn push_frame(&mut self, message: &Message) {
+        let mut frame = Vec::new();
+        match message::encode(message, &mut frame) {
+            Ok(()) => {
+                self.outbox_bytes += frame.len();
+                self.outbox.push_back(frame);
+                self.update_blocked();
+            }
+            Err(e) => {
+                // Every message is built within the bounds, so this is a bug of ours.
+                tracing::error!(message = message.name(), error = %e, "could not encode");
+                self.fail_not_peers_fault(
+                    CloseCode::PROTOCOL,
+                    format!("{ENCODE_FAILED} {}: {e}", message.name()),
+                );
+            }
+        }
+    }
+
+    fn over_queue_bound(&self) -> bool {
+        self.queued_bytes() >= MAX_QUEUED_CONTROL_BYTES
+    }
+
+    /// Starts or stops the blocked-output timer after the queue changed.
+    fn update_blocked(&mut self) {
+        let queued = self.queued_bytes() as u64;
+        self.stats.peak_queued_bytes = self.stats.peak_queued_bytes.max(queued);
+        match (self.over_queue_bound(), self.blocked) {
+            (true, None) => self.blocked = Some(None),
+            (false, Some(_)) => {
+                self.blocked = None;
+                // A partial frame's wait starts again now that we read again.
+                self.stall = self.stall.map(|(frame, _)| (frame, None));
+            }
+            _ => {}
+        }
+    }
+
     fn fail(&mut self, code: CloseCode, reason: String) {
         debug!(%code, %reason, "session ends");
-        self.end(code, reason, Side::Local, true, VIOLATIONS.contains(&code));
+        let told = reason.clone();
+        self.end(
+            code,
+            reason,
+            Side::Local,
+            Some(told),
+            VIOLATIONS.contains(&code),
+        );
     }
 
     /// Ends the session for a failure that is not the peer's fault (ours, or an end
     /// an honest peer can cause), whatever the code says.
     fn fail_not_peers_fault(&mut self, code: CloseCode, reason: String) {
         debug!(%code, %reason, "session ends");
-        self.end(code, reason, Side::Local, true, false);
+        let told = reason.clone();
+        self.end(code, reason, Side::Local, Some(told), false);
+    }
+
+    /// Ends the session, not for the peer's fault, telling the peer `told` rather than
+    /// the local `reason` (which may name a namespace).
+    fn end_with_peer_reason(&mut self, code: CloseCode, reason: String, told: String) {
+        debug!(%code, %reason, "session ends");
+        self.end(code, reason, Side::Local, Some(told), false);
     }
 
     fn fail_frame(&mut self, error: FrameError) {
@@ -1166,28 +1441,31 @@ impl Session {
         self.fail(code, error.to_string());
     }
 
+    /// Ends the session. `tell_peer` is the reason sent in our `Close` (none for an
+    /// end the peer caused with its own close, or a lost connection): the same words as
+    /// `reason`, except where those could name a namespace.
     fn end(
         &mut self,
         code: CloseCode,
         mut reason: String,
         by: Side,
-        tell_peer: bool,
+        tell_peer: Option<String>,
         peer_at_fault: bool,
     ) {
         if self.ended.is_some() {
             return;
         }
         truncate(&mut reason, MAX_REASON_LEN);
-        if tell_peer {
+        if let Some(mut told) = tell_peer {
+            truncate(&mut told, MAX_REASON_LEN);
             // The close goes out even before hellos were exchanged: it is the last frame.
-            self.outbox.push_back(Message::Close {
-                code,
-                reason: reason.clone(),
-            });
+            self.push_frame(&Message::Close { code, reason: told });
         }
         self.held.clear();
         self.open_queue.clear();
         self.streams.clear();
+        self.share_queue.clear();
+        self.have_queue.clear();
         let reason = EndReason {
             code,
             by,
@@ -1199,7 +1477,7 @@ impl Session {
     }
 
     fn on_close(&mut self, code: CloseCode, reason: String) {
-        self.end(code, reason, Side::Remote, false, false);
+        self.end(code, reason, Side::Remote, None, false);
     }
 
     fn on_hello(&mut self, version: u32, dialect: &str, max_streams: u32) {
@@ -1217,51 +1495,120 @@ impl Session {
         }
         self.peer_max_streams = Some(max_streams);
         self.hello_deadline = None;
-        self.outbox.extend(self.held.drain(..));
+        for message in std::mem::take(&mut self.held) {
+            self.push_frame(&message);
+        }
         self.events.push_back(SessionEvent::Established);
+        self.pump_offers();
     }
 
-    fn on_proof(&mut self, namespace: NamespaceId, tag: [u8; 32]) {
-        let Some(ns) = self.namespaces.get_mut(&namespace) else {
-            if self.unmatched_proofs.len() >= MAX_UNMATCHED_PROOFS
-                && !self.unmatched_proofs.contains_key(&namespace)
-            {
-                return self.fail(
-                    CloseCode::PROTOCOL,
-                    format!("more than {MAX_UNMATCHED_PROOFS} proofs for unknown namespaces"),
-                );
-            }
-            self.unmatched_proofs.insert(namespace, tag);
-            return;
-        };
-        let Some(secret) = &ns.secret else {
-            // Public here: nothing to prove.
-            return;
-        };
-        if ns.peer_proven {
-            return;
+    fn on_tag(&mut self, handle: u32, tag: [u8; 32]) {
+        match self.role {
+            Role::Acceptor => self.on_dialer_tag(handle, tag),
+            Role::Dialer => self.on_acceptor_tag(handle, tag),
         }
-        if !secret.verify(&self.exporter, self.role.peer(), &namespace, &tag) {
-            let name = ns.name.clone();
+    }
+
+    /// A dialer's tag: answered only if it matches one of our namespaces, so a peer
+    /// that does not know the key learns nothing from us.
+    fn on_dialer_tag(&mut self, handle: u32, tag: [u8; 32]) {
+        if handle == PUBLIC_HANDLE {
+            return self.fail(CloseCode::PROTOCOL, "tag for the public handle".into());
+        }
+        if self.last_peer_handle.is_some_and(|last| handle <= last) {
             return self.fail(
-                CloseCode::BAD_PROOF,
-                format!("bad proof for namespace {name:?}"),
+                CloseCode::PROTOCOL,
+                format!("namespace handle {handle} does not increase"),
             );
         }
-        ns.peer_proven = true;
-        let name = ns.name.clone();
-        let offers = std::mem::take(&mut ns.pending_offers);
-        let have = std::mem::take(&mut ns.pending_have);
-        self.events
-            .push_back(SessionEvent::NamespaceProven { namespace: name });
-        self.send_offers(namespace, offers);
-        self.announce(namespace, have);
+        self.last_peer_handle = Some(handle);
+        // Every namespace not matched yet is checked, each in constant time.
+        let found = self
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| ns.handle.is_none())
+            .find(|(_, ns)| {
+                ns.key
+                    .as_ref()
+                    .is_some_and(|key| key.verify(&self.exporter, Role::Dialer, &tag))
+            })
+            .map(|(name, _)| name.clone());
+        match found {
+            Some(name) => self.match_namespace(&name, handle),
+            // Kept in case we register the namespace later; past the bound, dropped:
+            // an honest dialer may be in many namespaces we are not in.
+            None if self.unmatched_tags.len() < MAX_UNMATCHED_TAGS => {
+                self.unmatched_tags.push((handle, tag))
+            }
+            None => {}
+        }
     }
 
-    fn on_offer(&mut self, namespace: NamespaceId, offer: u64, feeds: Vec<OfferedFeed>) {
-        // Every offer costs us an answer; an empty one would let a peer that never reads
-        // make us queue answers without end. With at least one new feed per offer, the
-        // answers are bounded by `MAX_PEER_FEEDS`.
+    /// The acceptor's answer to our tag for `handle`.
+    fn on_acceptor_tag(&mut self, handle: u32, tag: [u8; 32]) {
+        let ns = self
+            .handles
+            .get(&handle)
+            .and_then(|name| self.namespaces.get(name).map(|ns| (name, ns)))
+            .filter(|(_, ns)| !ns.peer_proven);
+        let Some((name, ns)) = ns else {
+            // An honest acceptor answers only our tags, once each.
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!("tag for namespace handle {handle}, which awaits no answer"),
+            );
+        };
+        let checks = ns
+            .key
+            .as_ref()
+            .is_some_and(|key| key.verify(&self.exporter, Role::Acceptor, &tag));
+        if !checks {
+            // It answers only a tag of ours that matched its key, so its own checks.
+            return self.fail(
+                CloseCode::BAD_PROOF,
+                format!("bad tag for namespace handle {handle}"),
+            );
+        }
+        let name = name.clone();
+        self.namespace_proven(&name);
+    }
+
+    /// Acceptor: the dialer's tag `handle` matched namespace `name`: answer with our tag.
+    fn match_namespace(&mut self, name: &str, handle: u32) {
+        let Some(ns) = self.namespaces.get_mut(name) else {
+            return;
+        };
+        ns.handle = Some(handle);
+        let tag = ns
+            .key
+            .as_ref()
+            .map(|key| key.tag(&self.exporter, self.role));
+        self.handles.insert(handle, name.to_string());
+        if let Some(tag) = tag {
+            self.send(Message::Tag { handle, tag });
+        }
+        self.namespace_proven(name);
+    }
+
+    /// The peer showed it knows `name`'s key: its shares and `have`s may go out.
+    fn namespace_proven(&mut self, name: &str) {
+        let Some(ns) = self.namespaces.get_mut(name) else {
+            return;
+        };
+        ns.peer_proven = true;
+        let handle = ns.handle.unwrap_or(PUBLIC_HANDLE);
+        let offers = std::mem::take(&mut ns.pending_offers);
+        let have = std::mem::take(&mut ns.pending_have);
+        self.events.push_back(SessionEvent::NamespaceProven {
+            namespace: name.to_string(),
+        });
+        self.queue_offers(handle, offers);
+        self.announce(name, have);
+    }
+
+    fn on_offer(&mut self, handle: u32, offer: u64, feeds: Vec<OfferedFeed>) {
+        // Every offer costs us an answer; an empty one would let a peer make us answer
+        // without end (our sender never sends one).
         if feeds.is_empty() {
             return self.fail(CloseCode::PROTOCOL, format!("offer {offer} has no feeds"));
         }
@@ -1280,12 +1627,14 @@ impl Session {
                 );
             }
             self.last_peer_feed_id = Some(feed.id);
-            if self.peer_offered.len() >= MAX_PEER_FEEDS {
-                return self.fail(
-                    CloseCode::PROTOCOL,
-                    format!("more than {MAX_PEER_FEEDS} feeds offered"),
-                );
-            }
+        }
+        self.stats.feeds_offered_to_us += feeds.len() as u64;
+        if self.peer_offered.len() + feeds.len() > MAX_PEER_FEEDS {
+            // An honest forwarding peer can get here: refuse, politely and at once,
+            // without remembering the feeds.
+            return self.refuse_offer(offer);
+        }
+        for feed in &feeds {
             if !self.peer_offered.insert(feed.key) {
                 return self.fail(
                     CloseCode::PROTOCOL,
@@ -1294,38 +1643,55 @@ impl Session {
             }
             self.peer_has.insert(feed.key);
         }
-        self.stats.feeds_offered_to_us += feeds.len() as u64;
         let usable = self
-            .namespaces
-            .get(&namespace)
-            .filter(|ns| ns.peer_proven)
-            .map(|ns| ns.name.clone());
+            .handles
+            .get(&handle)
+            .filter(|name| self.namespaces.get(*name).is_some_and(|ns| ns.peer_proven))
+            .cloned();
         let Some(name) = usable else {
-            // Not a namespace of ours, or a secret one the peer did not prove: accept
+            // Not a namespace of ours, or one the peer did not show it knows: accept
             // nothing.
-            self.send(Message::Answer {
-                offer,
-                accepted: Vec::new(),
-            });
-            return;
+            return self.refuse_offer(offer);
         };
         if self.peer_offers.len() >= MAX_PENDING_PEER_OFFERS {
+            // Our sender never has more unanswered: only a peer that breaks the rule.
             return self.fail(
                 CloseCode::PROTOCOL,
                 format!("more than {MAX_PENDING_PEER_OFFERS} offers wait for an answer"),
             );
         }
+        let bytes = message::encoded_len(&feeds).unwrap_or(MAX_FRAME_LEN);
+        if self.peer_offer_bytes + bytes > MAX_PENDING_OFFER_BYTES {
+            // Over the budget of offers in our stores' hands: refused, not misbehaviour.
+            debug!(
+                offer,
+                bytes,
+                pending = self.peer_offer_bytes,
+                "offer refused: pending offers over budget"
+            );
+            return self.refuse_offer(offer);
+        }
+        self.peer_offer_bytes += bytes;
         self.peer_offers.insert(
             offer,
             PeerOffer {
-                namespace,
+                namespace: name.clone(),
                 feeds: feeds.iter().map(|f| (f.id, f.key)).collect(),
+                bytes,
             },
         );
         self.events.push_back(SessionEvent::Offered {
             namespace: name,
             offer,
             feeds: feeds.into_iter().map(|f| (f.key, f.headers)).collect(),
+        });
+    }
+
+    /// Answers `offer` at once with nothing accepted.
+    fn refuse_offer(&mut self, offer: u64) {
+        self.send(Message::Answer {
+            offer,
+            accepted: Vec::new(),
         });
     }
 
@@ -1366,7 +1732,7 @@ impl Session {
             self.peer_has.insert(*key);
             self.replicate(
                 *key,
-                ours.namespace,
+                &ours.namespace,
                 Route::Offered {
                     by: self.role,
                     id: *id,
@@ -1374,27 +1740,24 @@ impl Session {
             );
         }
         if !keys.is_empty() {
-            let namespace = self
-                .namespaces
-                .get(&ours.namespace)
-                .map(|ns| ns.name.clone())
-                .unwrap_or_default();
             self.events.push_back(SessionEvent::Accepted {
-                namespace,
+                namespace: ours.namespace,
                 feeds: keys,
             });
         }
+        self.pump_offers();
         self.check_done();
     }
 
-    fn on_have(&mut self, namespace: NamespaceId, feeds: Vec<KnownFeed>) {
-        if !self
-            .namespaces
-            .get(&namespace)
-            .is_some_and(|ns| ns.peer_proven)
-        {
+    fn on_have(&mut self, handle: u32, feeds: Vec<KnownFeed>) {
+        let usable = self
+            .handles
+            .get(&handle)
+            .filter(|name| self.namespaces.get(*name).is_some_and(|ns| ns.peer_proven))
+            .cloned();
+        let Some(namespace) = usable else {
             return;
-        }
+        };
         for feed in feeds {
             let dk = feed.discovery_key;
             match self.known.get(&dk) {
@@ -1413,21 +1776,19 @@ impl Session {
                     if known.announced {
                         let key = known.key;
                         self.peer_has.insert(key);
-                        self.replicate(key, namespace, Route::Known);
+                        self.replicate(key, &namespace, Route::Known);
                     } else {
-                        self.unmatched_have.insert(dk, (namespace, feed.capability));
+                        self.unmatched_have.insert(dk, (handle, feed.capability));
                     }
                 }
                 _ => {
-                    if self.unmatched_have.len() >= MAX_UNMATCHED_HAVE
-                        && !self.unmatched_have.contains_key(&dk)
+                    // Kept in case we add the feed later; past the bound, dropped: an
+                    // honest peer may hold many feeds we do not.
+                    if self.unmatched_have.len() < MAX_UNMATCHED_HAVE
+                        || self.unmatched_have.contains_key(&dk)
                     {
-                        return self.fail(
-                            CloseCode::PROTOCOL,
-                            format!("more than {MAX_UNMATCHED_HAVE} unmatched have entries"),
-                        );
+                        self.unmatched_have.insert(dk, (handle, feed.capability));
                     }
-                    self.unmatched_have.insert(dk, (namespace, feed.capability));
                 }
             }
         }
@@ -1449,9 +1810,71 @@ impl Session {
         state.remote_synced = None;
         state.reported = None;
         state.early_ends = 0;
+        match state.stopped {
+            Some(Stop::Fault(_)) => return,
+            Some(Stop::Exhausted(_)) => state.stopped = None,
+            None => {}
+        }
         if self.role == Role::Dialer && state.stream == StreamState::Closed {
             self.queue_open(feed);
         }
+    }
+
+    /// The peer stopped a replicated feed for a fault it found: we stop it too.
+    fn on_stopped(&mut self, dk: DiscoveryKey) {
+        let Some(feed) = self.by_discovery.get(&dk).copied() else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!(
+                    "stopped for feed {}, which is not replicated",
+                    dk.fmt_short()
+                ),
+            );
+        };
+        self.stop_feed(
+            &feed,
+            Stop::Fault("the peer stopped it after a fault".into()),
+        );
+        self.check_done();
+    }
+
+    /// Stops `feed` on this session: no reopen, its stream closed by the dialer.
+    /// Returns whether it was not stopped for a fault already.
+    fn stop_feed(&mut self, feed: &FeedKey, stop: Stop) -> bool {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return false;
+        };
+        if matches!(state.stopped, Some(Stop::Fault(_))) {
+            return false;
+        }
+        let reason = match &stop {
+            Stop::Exhausted(r) | Stop::Fault(r) => r.clone(),
+        };
+        if matches!(stop, Stop::Fault(_)) {
+            self.stats.feeds_faulted += 1;
+        }
+        state.stopped = Some(stop);
+        self.reopens.remove(feed);
+        if state.stream == StreamState::Queued {
+            state.stream = StreamState::Closed;
+        }
+        if self.role == Role::Dialer && state.stream == StreamState::Open {
+            let stream = state.token.take().unwrap_or(StreamId(u64::MAX));
+            state.stream = StreamState::Closed;
+            self.open_streams = self.open_streams.saturating_sub(1);
+            self.streams.push_back(StreamCommand::Close {
+                feed: *feed,
+                namespace: state.namespace.clone(),
+                stream,
+            });
+            self.pump_opens();
+        }
+        debug!(feed = %feed.fmt_short(), %reason, "feed stopped");
+        self.events.push_back(SessionEvent::FeedStopped {
+            feed: *feed,
+            reason,
+        });
+        true
     }
 
     fn on_synced(&mut self, dk: DiscoveryKey, length: u64) {
@@ -1510,7 +1933,7 @@ impl Session {
                         ),
                     ));
                 }
-                let (key, namespace) = (known.key, known.namespace);
+                let (key, namespace) = (known.key, known.namespace.clone());
                 if !self
                     .namespaces
                     .get(&namespace)
@@ -1525,7 +1948,7 @@ impl Session {
                     ));
                 }
                 self.peer_has.insert(key);
-                self.replicate(key, namespace, Route::Known);
+                self.replicate(key, &namespace, Route::Known);
                 key
             }
         };
@@ -1548,11 +1971,7 @@ impl Session {
         self.stats.streams_opened += 1;
         state.stream = StreamState::Open;
         state.token = Some(stream);
-        let namespace = self
-            .namespaces
-            .get(&state.namespace)
-            .map(|ns| ns.name.clone())
-            .unwrap_or_default();
+        let namespace = state.namespace.clone();
         Ok(IncomingFeed {
             feed,
             namespace,
@@ -1573,9 +1992,9 @@ impl Session {
                 if let Some(ours) = self.our_offers.get_mut(&offer) {
                     if let Some(key) = ours.feeds.get(&id).copied() {
                         ours.early.insert(id);
-                        let namespace = ours.namespace;
+                        let namespace = ours.namespace.clone();
                         self.peer_has.insert(key);
-                        self.replicate(key, namespace, Route::Offered { by, id });
+                        self.replicate(key, &namespace, Route::Offered { by, id });
                         return Ok(key);
                     }
                 }
@@ -1591,36 +2010,84 @@ impl Session {
         ))
     }
 
-    fn send_offers(&mut self, namespace: NamespaceId, feeds: Vec<OfferedFeed>) {
-        let mut batch: Vec<OfferedFeed> = Vec::new();
-        let mut size = 0;
-        for mut feed in feeds {
-            feed.id = self.next_feed_id;
-            self.next_feed_id += 1;
-            // Bounded by the header limits, so this cannot fail for a checked feed.
-            let len = message::encoded_len(&feed).unwrap_or(MAX_FRAME_LEN);
-            if !batch.is_empty()
-                && (batch.len() >= MAX_FEEDS_PER_MESSAGE
-                    || size + len > MAX_FRAME_LEN - OFFER_SLACK)
-            {
-                self.send_offer(namespace, std::mem::take(&mut batch));
-                size = 0;
+    /// Queues feeds of a proven namespace (by its handle) to be offered.
+    fn queue_offers(&mut self, handle: u32, feeds: Vec<OfferedFeed>) {
+        self.share_queue
+            .extend(feeds.into_iter().map(|feed| (handle, feed)));
+        self.pump_offers();
+    }
+
+    /// Sends our queued `have` lists while our output is under
+    /// [`MAX_QUEUED_CONTROL_BYTES`], then offers from the share queue while fewer than
+    /// [`MAX_PENDING_PEER_OFFERS`]
+    /// of ours wait for answers (so we never cross the peer's limit) and our output is
+    /// under [`MAX_QUEUED_CONTROL_BYTES`]. Each offer takes feeds of one namespace, at
+    /// most [`MAX_FEEDS_PER_MESSAGE`] and one frame.
+    fn pump_offers(&mut self) {
+        // Our `have` lists first, under the same bound: they are our own output too.
+        while self.ended.is_none() && self.is_established() && !self.over_queue_bound() {
+            let Some(&(handle, _)) = self.have_queue.front() else {
+                break;
+            };
+            let mut feeds = Vec::new();
+            while feeds.len() < MAX_FEEDS_PER_MESSAGE {
+                match self.have_queue.front() {
+                    Some((h, _)) if *h == handle => {}
+                    _ => break,
+                }
+                let Some((_, entry)) = self.have_queue.pop_front() else {
+                    break;
+                };
+                feeds.push(entry);
             }
-            size += len;
-            batch.push(feed);
+            self.send(Message::Have {
+                namespace: handle,
+                feeds,
+            });
         }
-        if !batch.is_empty() {
-            self.send_offer(namespace, batch);
+        while self.ended.is_none()
+            && self.is_established()
+            && self.our_offers.len() < MAX_PENDING_PEER_OFFERS
+            && !self.over_queue_bound()
+        {
+            let Some(&(handle, _)) = self.share_queue.front() else {
+                break;
+            };
+            let mut batch: Vec<OfferedFeed> = Vec::new();
+            let mut size = 0;
+            while let Some((h, feed)) = self.share_queue.front() {
+                if *h != handle || batch.len() >= MAX_FEEDS_PER_MESSAGE {
+                    break;
+                }
+                // Bounded by the header limits, so this cannot fail for a checked feed.
+                let len = message::encoded_len(feed).unwrap_or(MAX_FRAME_LEN);
+                if !batch.is_empty() && size + len > MAX_FRAME_LEN - OFFER_SLACK {
+                    break;
+                }
+                let Some((_, mut feed)) = self.share_queue.pop_front() else {
+                    break;
+                };
+                // The id is given when the offer is sent, so ids increase on the wire.
+                feed.id = self.next_feed_id;
+                self.next_feed_id += 1;
+                size += len;
+                batch.push(feed);
+            }
+            self.send_offer(handle, batch);
+        }
+        if self.share_queue.is_empty() && self.have_queue.is_empty() {
+            self.maybe_settle();
         }
     }
 
-    fn send_offer(&mut self, namespace: NamespaceId, feeds: Vec<OfferedFeed>) {
+    fn send_offer(&mut self, handle: u32, feeds: Vec<OfferedFeed>) {
         let offer = self.next_offer;
         self.next_offer += 1;
         for feed in &feeds {
             self.our_pending_ids.insert(feed.id, offer);
         }
         self.stats.feeds_offered += feeds.len() as u64;
+        let namespace = self.handles.get(&handle).cloned().unwrap_or_default();
         self.our_offers.insert(
             offer,
             OurOffer {
@@ -1630,13 +2097,16 @@ impl Session {
             },
         );
         self.send(Message::Offer {
-            namespace,
+            namespace: handle,
             offer,
             feeds,
         });
     }
 
-    fn announce(&mut self, namespace: NamespaceId, feeds: Vec<DiscoveryKey>) {
+    fn announce(&mut self, namespace: &str, feeds: Vec<DiscoveryKey>) {
+        let Some(handle) = self.namespaces.get(namespace).and_then(|ns| ns.handle) else {
+            return;
+        };
         let mut entries = Vec::with_capacity(feeds.len());
         let mut matched = Vec::new();
         for dk in feeds {
@@ -1648,18 +2118,15 @@ impl Session {
                 discovery_key: dk,
                 capability: capability(&known.key, &self.exporter, self.role),
             });
-            if let Some((ns, cap)) = self.unmatched_have.get(&dk) {
-                if *ns == namespace {
+            if let Some((h, cap)) = self.unmatched_have.get(&dk) {
+                if *h == handle {
                     matched.push((dk, known.key, *cap));
                 }
             }
         }
-        for chunk in entries.chunks(MAX_FEEDS_PER_MESSAGE) {
-            self.send(Message::Have {
-                namespace,
-                feeds: chunk.to_vec(),
-            });
-        }
+        self.have_queue
+            .extend(entries.into_iter().map(|entry| (handle, entry)));
+        self.pump_offers();
         for (dk, key, cap) in matched {
             self.unmatched_have.remove(&dk);
             if !verify_capability(&key, &self.exporter, self.role.peer(), &cap) {
@@ -1673,7 +2140,7 @@ impl Session {
         }
     }
 
-    fn replicate(&mut self, key: FeedKey, namespace: NamespaceId, route: Route) {
+    fn replicate(&mut self, key: FeedKey, namespace: &str, route: Route) {
         // Every offer id of the feed stays valid for its stream: the two sides may have
         // learned of the feed by different routes first.
         if let Route::Offered { by, id } = route {
@@ -1688,7 +2155,7 @@ impl Session {
         self.feeds.insert(
             key,
             Replicated {
-                namespace,
+                namespace: namespace.to_string(),
                 discovery_key,
                 route,
                 stream: StreamState::Closed,
@@ -1697,6 +2164,7 @@ impl Session {
                 remote_synced: None,
                 reported: None,
                 early_ends: 0,
+                stopped: None,
             },
         );
         if self.role == Role::Dialer {
@@ -1707,7 +2175,7 @@ impl Session {
     fn queue_open(&mut self, feed: FeedKey) {
         self.reopens.remove(&feed);
         if let Some(state) = self.feeds.get_mut(&feed) {
-            if state.stream == StreamState::Closed {
+            if state.stream == StreamState::Closed && state.stopped.is_none() {
                 state.stream = StreamState::Queued;
                 self.open_queue.push_back(feed);
                 self.pump_opens();
@@ -1746,11 +2214,7 @@ impl Session {
                     capability: capability(&feed, &self.exporter, self.role),
                 },
             };
-            let namespace = self
-                .namespaces
-                .get(&state.namespace)
-                .map(|ns| ns.name.clone())
-                .unwrap_or_default();
+            let namespace = state.namespace.clone();
             self.open_streams += 1;
             self.streams.push_back(StreamCommand::Open {
                 feed,
@@ -1783,11 +2247,7 @@ impl Session {
             let stream = state.token.take().unwrap_or(StreamId(u64::MAX));
             state.stream = StreamState::Closed;
             self.open_streams = self.open_streams.saturating_sub(1);
-            let namespace = self
-                .namespaces
-                .get(&state.namespace)
-                .map(|ns| ns.name.clone())
-                .unwrap_or_default();
+            let namespace = state.namespace.clone();
             self.streams.push_back(StreamCommand::Close {
                 feed: *feed,
                 namespace,
@@ -1807,18 +2267,8 @@ impl Session {
         let ends = state.early_ends;
         if ends > MAX_STREAM_REOPENS {
             let reason = format!("its stream ended {ends} times in a row before it was in sync");
-            debug!(feed = %feed.fmt_short(), %reason, "feed stopped");
-            self.events.push_back(SessionEvent::FeedStopped {
-                feed,
-                reason: reason.clone(),
-            });
-            if self.config.mode == Mode::OneShot {
-                self.fail_not_peers_fault(
-                    CloseCode::CLOSED,
-                    format!("feed {}: {reason}", feed.fmt_short()),
-                );
-            }
-            return;
+            self.stop_feed(&feed, Stop::Exhausted(reason));
+            return self.check_done();
         }
         debug!(feed = %feed.fmt_short(), ends, wait = ?reopen_delay(ends), "feed stream ended early: reopening");
         // The wait starts at the next `handle_timeout`, which `poll_timeout` asks for at once.
@@ -1849,23 +2299,53 @@ impl Session {
             return;
         }
         let ready = self.local_ready && self.peer_ready && self.settled_sent && self.peer_settled;
-        if !ready || !self.our_offers.is_empty() || !self.peer_offers.is_empty() {
+        if !ready
+            || !self.our_offers.is_empty()
+            || !self.peer_offers.is_empty()
+            || !self.share_queue.is_empty()
+            || !self.have_queue.is_empty()
+        {
             return;
         }
-        let all_synced = self.feeds.values().all(|f| {
-            f.reported.is_some()
-                && f.reported == f.local_synced
-                && f.local_synced == f.remote_synced
-        });
-        if all_synced {
-            let n = self.feeds.len();
-            self.end(
+        // A stopped feed is given up: the session ends once the others are in sync.
+        let all_synced = self
+            .feeds
+            .values()
+            .filter(|f| f.stopped.is_none())
+            .all(|f| {
+                f.reported.is_some()
+                    && f.reported == f.local_synced
+                    && f.local_synced == f.remote_synced
+            });
+        if !all_synced {
+            return;
+        }
+        let mut stopped: Vec<(FeedKey, String)> = self
+            .feeds
+            .iter()
+            .filter_map(|(key, f)| match &f.stopped {
+                Some(Stop::Exhausted(r) | Stop::Fault(r)) => Some((*key, r.clone())),
+                None => None,
+            })
+            .collect();
+        stopped.sort();
+        let n = self.feeds.len() - stopped.len();
+        match stopped.first() {
+            None => self.end(
                 CloseCode::DONE,
                 format!("all {n} feeds in sync both ways"),
                 Side::Local,
-                true,
+                Some(format!("all {n} feeds in sync both ways")),
                 false,
-            );
+            ),
+            Some((feed, reason)) => self.fail_not_peers_fault(
+                CloseCode::CLOSED,
+                format!(
+                    "{n} feeds in sync both ways, {} given up: feed {}: {reason}",
+                    stopped.len(),
+                    feed.fmt_short()
+                ),
+            ),
         }
     }
 }

@@ -289,9 +289,10 @@ pub struct FeedStalled {
 }
 
 /// Store → session layer: the peer broke the store's protocol on `feed`'s stream (for a
-/// feed store: it sent a block or proof that does not verify). The session with `peer`
-/// ends with [`crate::message::CloseCode::PROTOCOL`] and a reason naming the feed; the
-/// store keeps nothing from the failed message.
+/// feed store: it sent a block or proof that does not verify, or a fork). The feed stops
+/// on that session (`SessionEvent::FeedStopped`, the peer is told with `Stopped`), never
+/// the session, and it is no ground for a ban: an honest relay can pass on a writer's
+/// fault. The store keeps nothing from the failed message.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct FeedFailed {

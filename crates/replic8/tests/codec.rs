@@ -3,7 +3,7 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use replic8::frame::{self, FrameError, MAX_FRAME_LEN};
-use replic8::keys::{DiscoveryKey, FeedKey, NamespaceId, Role};
+use replic8::keys::{DiscoveryKey, FeedKey, Role};
 use replic8::message::*;
 
 fn random_headers(rng: &mut StdRng) -> Headers {
@@ -17,18 +17,18 @@ fn random_headers(rng: &mut StdRng) -> Headers {
 
 fn random_message(rng: &mut StdRng) -> Message {
     let key = |rng: &mut StdRng| rng.gen::<[u8; 32]>();
-    match rng.gen_range(0..10) {
+    match rng.gen_range(0..11) {
         0 => Message::Hello {
             version: rng.gen(),
             dialect: "x".repeat(rng.gen_range(0..=MAX_DIALECT_LEN)),
             max_streams: rng.gen(),
         },
-        1 => Message::Proof {
-            namespace: NamespaceId(key(rng)),
+        1 => Message::Tag {
+            handle: rng.gen(),
             tag: key(rng),
         },
         2 => Message::Offer {
-            namespace: NamespaceId(key(rng)),
+            namespace: rng.gen(),
             offer: rng.gen(),
             feeds: (0..rng.gen_range(0..20))
                 .map(|_| OfferedFeed {
@@ -43,7 +43,7 @@ fn random_message(rng: &mut StdRng) -> Message {
             accepted: (0..rng.gen_range(0..50)).map(|_| rng.gen()).collect(),
         },
         4 => Message::Have {
-            namespace: NamespaceId(key(rng)),
+            namespace: rng.gen(),
             feeds: (0..rng.gen_range(0..20))
                 .map(|_| KnownFeed {
                     discovery_key: DiscoveryKey(key(rng)),
@@ -60,6 +60,9 @@ fn random_message(rng: &mut StdRng) -> Message {
         7 => Message::Synced {
             feed: DiscoveryKey(key(rng)),
             length: rng.gen(),
+        },
+        10 => Message::Stopped {
+            feed: DiscoveryKey(key(rng)),
         },
         _ => Message::Close {
             code: CloseCode(rng.gen()),
@@ -122,7 +125,7 @@ fn every_message_kind_has_a_distinct_name() {
     for _ in 0..1000 {
         names.insert(random_message(&mut rng).name());
     }
-    assert_eq!(names.len(), 10, "{names:?}");
+    assert_eq!(names.len(), 11, "{names:?}");
 }
 
 #[test]
@@ -211,9 +214,9 @@ fn over_bound_headers_are_refused_on_both_ends() {
     #[derive(serde::Serialize)]
     enum Raw {
         _Hello,
-        _Proof,
+        _Tag,
         Offer {
-            namespace: [u8; 32],
+            namespace: u32,
             offer: u64,
             feeds: Vec<RawFeed>,
         },
@@ -221,7 +224,7 @@ fn over_bound_headers_are_refused_on_both_ends() {
     use bincode::Options;
     let payload = options()
         .serialize(&Raw::Offer {
-            namespace: [0; 32],
+            namespace: 0,
             offer: 0,
             feeds: vec![(7, [1; 32], map)],
         })
@@ -249,7 +252,7 @@ fn too_many_feeds_are_refused_on_both_ends() {
         MAX_FEEDS_PER_MESSAGE + 1
     ];
     let message = Message::Have {
-        namespace: NamespaceId([0; 32]),
+        namespace: 1,
         feeds,
     };
     assert!(matches!(
@@ -290,12 +293,55 @@ fn hello_bytes_match_the_protocol_document() {
     .unwrap();
     let mut expected = vec![0, 0, 0, 21]; // length prefix, big endian
     expected.push(0); // variant 0: Hello
-    expected.push(1); // version 1, one-byte varint
+    expected.push(2); // version 2, one-byte varint
     expected.push(15); // dialect length
     expected.extend_from_slice(b"bincode1-varint");
     expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian
     assert_eq!(wire, expected);
-    assert_eq!(ALPN, b"replic8/1");
+    assert_eq!(ALPN, b"replic8/2");
+
+    // docs/PROTOCOL.md, "Messages": a tag, an offer and `Stopped`, byte for byte.
+    let mut wire = Vec::new();
+    encode(
+        &Message::Tag {
+            handle: 1,
+            tag: [0xab; 32],
+        },
+        &mut wire,
+    )
+    .unwrap();
+    let mut expected = vec![0, 0, 0, 34, 1, 1];
+    expected.extend_from_slice(&[0xab; 32]);
+    assert_eq!(wire, expected);
+    let mut wire = Vec::new();
+    encode(
+        &Message::Offer {
+            namespace: 3,
+            offer: 0,
+            feeds: vec![OfferedFeed {
+                id: 5,
+                key: FeedKey([0x11; 32]),
+                headers: Headers::new(),
+            }],
+        },
+        &mut wire,
+    )
+    .unwrap();
+    let mut expected = vec![0, 0, 0, 38, 2, 3, 0, 1, 5];
+    expected.extend_from_slice(&[0x11; 32]);
+    expected.push(0); // no headers
+    assert_eq!(wire, expected);
+    let mut wire = Vec::new();
+    encode(
+        &Message::Stopped {
+            feed: DiscoveryKey([0x22; 32]),
+        },
+        &mut wire,
+    )
+    .unwrap();
+    let mut expected = vec![0, 0, 0, 33, 10];
+    expected.extend_from_slice(&[0x22; 32]);
+    assert_eq!(wire, expected);
 
     let mut wire = Vec::new();
     encode_stream_header(

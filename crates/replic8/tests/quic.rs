@@ -18,7 +18,7 @@ use actix::{Actor, Context, Handler};
 use replic8::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
 use replic8::frame::MAX_FRAME_LEN;
 use replic8::keys::{
-    ExporterSecret, FeedKey, NamespaceId, NamespaceSecret, PeerKey, Role, EXPORTER_CONTEXT,
+    ExporterSecret, FeedKey, NamespaceKey, NamespaceSecret, PeerKey, Role, EXPORTER_CONTEXT,
     EXPORTER_LABEL,
 };
 use replic8::message::{self, CloseCode, FeedStreamHeader, Headers, Message};
@@ -404,15 +404,24 @@ fn exporter(connection: &quinn::Connection) -> ExporterSecret {
 }
 
 #[test]
-fn a_secret_namespace_sends_zero_keys_over_quic_and_a_replayed_proof_fails() {
+fn a_secret_namespace_reveals_nothing_over_quic_to_a_peer_without_the_key() {
+    // Fails on the old code: B sent its proof and the namespace's stable id to every
+    // peer before it proved anything, and a replayed proof ended the session with a
+    // reason naming the namespace.
     actix::System::new().block_on(async {
         let secret = NamespaceSecret([0x5e; 32]);
-        let ns = NamespaceId::from_name("team");
+        let key = NamespaceKey::new("team", Some(&secret));
         let b = node(&[(counter(4), 3, "counter"), (counter(5), 1, "counter")]);
         let server = server_endpoint();
+        let revealing = |m: &Message| {
+            matches!(
+                m,
+                Message::Tag { .. } | Message::Offer { .. } | Message::Have { .. }
+            )
+        };
 
-        // A peer without the secret: says hello, proves nothing, reads everything B
-        // sends up to B's `Ready` (after which B only answers what the peer does).
+        // A peer without the key: says hello, reads everything B sends up to B's
+        // `Ready`, then replays a tag recorded on another connection.
         let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
         let (end, _events) = start_in(
             &b,
@@ -426,71 +435,72 @@ fn a_secret_namespace_sends_zero_keys_over_quic_and_a_replayed_proof_fails() {
             .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
             .await
             .unwrap();
-        let seen = read_until(&mut recv, |m| *m == Message::Ready).await;
+        let mut seen = read_until(&mut recv, |m| *m == Message::Ready).await;
         assert!(matches!(seen[0], Message::Hello { .. }), "{seen:?}");
-        assert!(
-            seen.iter().any(|m| matches!(m, Message::Proof { .. })),
-            "B proves its side: {seen:?}"
-        );
-        assert!(
-            !seen
-                .iter()
-                .any(|m| matches!(m, Message::Offer { .. } | Message::Have { .. })),
-            "keys crossed the wire to a peer without the secret: {seen:?}"
-        );
-        // It then presents a proof recorded on another connection (computed here for
-        // that connection's exporter value, as the honest peer there would have sent it).
         let (other, _other_accepted, _c, _r) = raw_peer(&server).await;
-        let replayed = secret.proof(&exporter(&other), Role::Dialer, &ns);
-        control
-            .write_all(&frame(&Message::Proof {
-                namespace: ns,
-                tag: replayed,
-            }))
-            .await
-            .unwrap();
-        let (code, reason) = closed_with(&dialed).await;
-        assert_eq!(code, u64::from(CloseCode::BAD_PROOF.0), "{reason}");
-        assert!(reason.contains("team"), "{reason}");
-        assert_eq!(
-            tokio::time::timeout(GUARD, end)
-                .await
-                .unwrap()
-                .unwrap()
-                .code,
-            CloseCode::BAD_PROOF
+        let replayed = key.tag(&exporter(&other), Role::Dialer);
+        let mut wire = frame(&Message::Tag {
+            handle: 1,
+            tag: replayed,
+        });
+        wire.extend(frame(&Message::Ready));
+        control.write_all(&wire).await.unwrap();
+        seen.extend(read_until(&mut recv, |m| *m == Message::Settled).await);
+        assert!(
+            !seen.iter().any(revealing),
+            "B revealed something to a peer without the key: {seen:?}"
         );
+        assert!(
+            !end.is_finished(),
+            "a tag that matches nothing ends nothing"
+        );
+        drop(dialed);
 
-        // The same proof made for this connection is accepted, and the offer follows.
-        let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
-        let (_end, _events) = start_in(
-            &b,
-            accepted,
-            Role::Acceptor,
-            PeerKey([2; 32]),
-            "team",
-            Some(secret.clone()),
-        );
-        let honest = secret.proof(&exporter(&dialed), Role::Dialer, &ns);
-        let mut first = frame(&hello(message::PROTOCOL_VERSION));
-        first.extend(frame(&Message::Proof {
-            namespace: ns,
-            tag: honest,
-        }));
-        control.write_all(&first).await.unwrap();
-        // B's ready may come before or after its offer, which waits for our proof.
-        let seen = read_until(&mut recv, |m| matches!(m, Message::Offer { .. })).await;
-        let offered: Vec<FeedKey> = seen
-            .iter()
-            .filter_map(|m| match m {
-                Message::Offer { feeds, .. } => {
-                    Some(feeds.iter().map(|f| f.key).collect::<Vec<_>>())
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(offered.len(), 2, "{seen:?}");
+        // Peers with the key, on two connections: B answers each with its own tag, and
+        // the offer follows. The tags of the two connections are unrelated.
+        let mut answers = Vec::new();
+        for peer in [2u8, 3] {
+            let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
+            let (_end, _events) = start_in(
+                &b,
+                accepted,
+                Role::Acceptor,
+                PeerKey([peer; 32]),
+                "team",
+                Some(secret.clone()),
+            );
+            let ours = key.tag(&exporter(&dialed), Role::Dialer);
+            let mut first = frame(&hello(message::PROTOCOL_VERSION));
+            first.extend(frame(&Message::Tag {
+                handle: 1,
+                tag: ours,
+            }));
+            control.write_all(&first).await.unwrap();
+            let seen = read_until(&mut recv, |m| matches!(m, Message::Offer { .. })).await;
+            let answer = seen
+                .iter()
+                .find_map(|m| match m {
+                    Message::Tag { handle: 1, tag } => Some(*tag),
+                    _ => None,
+                })
+                .expect("B answers a matching tag");
+            assert_eq!(answer, key.tag(&exporter(&dialed), Role::Acceptor));
+            answers.push((ours, answer));
+            let offered: usize = seen
+                .iter()
+                .map(|m| match m {
+                    Message::Offer {
+                        namespace: 1,
+                        feeds,
+                        ..
+                    } => feeds.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(offered, 2, "{seen:?}");
+        }
+        assert_ne!(answers[0].0, answers[1].0);
+        assert_ne!(answers[0].1, answers[1].1);
     });
 }
 
@@ -501,15 +511,16 @@ fn a_wrong_capability_over_quic_ends_the_session() {
         let server = server_endpoint();
         let (dialed, accepted, mut control, mut recv) = raw_peer(&server).await;
         let (end, _events) = start(&b, accepted, Role::Acceptor, PeerKey([1; 32]));
-        control
-            .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
-            .await
-            .unwrap();
-        // B announces what it holds (discovery key and its capability, no key) before
-        // its ready.
-        let seen = read_until(&mut recv, |m| *m == Message::Ready).await;
+        // The named namespace without a secret is matched by a tag of its name's key.
+        let tag = NamespaceKey::new("counters", None).tag(&exporter(&dialed), Role::Dialer);
+        let mut first = frame(&hello(message::PROTOCOL_VERSION));
+        first.extend(frame(&Message::Tag { handle: 1, tag }));
+        control.write_all(&first).await.unwrap();
+        // B announces what it holds (discovery key and its capability, no key).
         let dk = counter(4).discovery_key();
-        assert!(seen.iter().any(|m| matches!(m, Message::Have { feeds, .. } if feeds.iter().any(|f| f.discovery_key == dk))));
+        let has = |m: &Message| matches!(m, Message::Have { feeds, .. } if feeds.iter().any(|f| f.discovery_key == dk));
+        let seen = read_until(&mut recv, has).await;
+        assert!(seen.iter().any(has));
         // A stream for that feed with a capability made for another connection.
         let (other, _a, _c, _r) = raw_peer(&server).await;
         let cap = replic8::keys::capability(&counter(4), &exporter(&other), Role::Dialer);
@@ -566,5 +577,90 @@ fn a_peer_that_never_says_hello_times_out() {
                 .code,
             CloseCode::TIMEOUT
         );
+    });
+}
+
+#[test]
+fn a_peer_that_sends_offers_and_never_reads_meets_backpressure_our_queue_stays_bounded() {
+    // Fails on the old code: the driver queued every answer in an unbounded channel
+    // while the reader kept reading, so the queue grew with what the peer sent.
+    use replic8::session::{SessionStats, MAX_QUEUED_CONTROL_BYTES};
+    actix::System::new().block_on(async {
+        let b = node(&[(counter(4), 3, "counter")]);
+        let server = server_endpoint();
+        let (dialed, accepted, mut control, _recv_never_read) = raw_peer(&server).await;
+        let peer = PeerKey([7; 32]);
+        let (end, _events) = start(&b, accepted, Role::Acceptor, peer);
+        let commands = b.sessions.lock().unwrap().get(&peer).cloned().unwrap();
+        control
+            .write_all(&frame(&hello(message::PROTOCOL_VERSION)))
+            .await
+            .unwrap();
+        // Offers in a namespace B does not have: each is answered at once (15 bytes
+        // with a large offer id), so B's output grows with what we send. We send up to
+        // 40 MB and read nothing.
+        let (progress_tx, progress) = tokio::sync::watch::channel(0usize);
+        let writer = tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut n = 0u64;
+            while sent < 40 << 20 {
+                let mut batch = Vec::new();
+                for _ in 0..1000 {
+                    let mut key = [0u8; 32];
+                    key[..8].copy_from_slice(&n.to_le_bytes());
+                    batch.extend(frame(&Message::Offer {
+                        namespace: 77,
+                        offer: (1 << 60) + n,
+                        feeds: vec![message::OfferedFeed {
+                            id: (1 << 60) + n,
+                            key: FeedKey(key),
+                            headers: Headers::new(),
+                        }],
+                    }));
+                    n += 1;
+                }
+                if control.write_all(&batch).await.is_err() {
+                    return;
+                }
+                sent += batch.len();
+                let _ = progress_tx.send(sent);
+            }
+        });
+        let stats = || async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            commands.send(SessionCommand::Stats { reply: tx }).unwrap();
+            rx.await.unwrap()
+        };
+        // Wait until B stopped reading: its output reached the bound, and our writer is
+        // held by flow control (no progress between two of B's answers to a query).
+        let blocked: SessionStats = tokio::time::timeout(GUARD, async {
+            loop {
+                let before = *progress.borrow();
+                let s = stats().await;
+                if s.peak_queued_bytes >= MAX_QUEUED_CONTROL_BYTES as u64 {
+                    tokio::task::yield_now().await;
+                    let again = stats().await;
+                    if *progress.borrow() == before && again.bytes_in == s.bytes_in {
+                        return again;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("B's output never reached its bound");
+        let bound = (MAX_QUEUED_CONTROL_BYTES + MAX_FRAME_LEN) as u64;
+        assert!(blocked.queued_bytes <= bound, "{blocked:?}");
+        assert!(blocked.peak_queued_bytes <= bound, "{blocked:?}");
+        assert!(
+            *progress.borrow() < 40 << 20,
+            "the peer was never held back: {blocked:?}"
+        );
+        assert!(
+            !end.is_finished(),
+            "a slow reader ends nothing before the stall timeout"
+        );
+        writer.abort();
+        drop(dialed);
     });
 }

@@ -6,9 +6,12 @@ mod util;
 use std::time::Duration;
 
 use replic8::frame::MAX_FRAME_LEN;
-use replic8::keys::{ExporterSecret, FeedKey, NamespaceId, NamespaceSecret, Role};
+use replic8::keys::{ExporterSecret, FeedKey, NamespaceKey, NamespaceSecret, Role};
 use replic8::message::{self, CloseCode, FeedStreamHeader, KnownFeed, Message, OfferedFeed};
-use replic8::session::{Mode, Session, SessionConfig, SessionEvent, Side, StreamCommand};
+use replic8::session::{
+    Mode, Session, SessionConfig, SessionEvent, Side, StreamCommand, MAX_PEER_FEEDS,
+    MAX_PENDING_PEER_OFFERS, MAX_QUEUED_CONTROL_BYTES, MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
+};
 use util::*;
 
 const A: usize = 0;
@@ -23,7 +26,7 @@ fn two(policy_b: Policy) -> Net {
     net
 }
 
-fn offers_sent(end: &End) -> Vec<(NamespaceId, Vec<OfferedFeed>)> {
+fn offers_sent(end: &End) -> Vec<(u32, Vec<OfferedFeed>)> {
     end.sent
         .iter()
         .filter_map(|m| match m {
@@ -203,73 +206,38 @@ fn a_secret_namespace_sends_zero_keys_to_a_peer_without_the_secret() {
 }
 
 #[test]
-fn a_wrong_secret_ends_the_session_and_gets_no_keys() {
+fn a_wrong_secret_gets_no_answer_no_keys_and_no_end() {
+    // Fails on the old code: a mismatching proof ended the session with `bad proof`
+    // (naming the namespace) and the node banned the peer.
     let mut net = two(accept_all());
     net.create(A, &[(feed(1), 4, headers(&[]))]);
     net.register(0, A, "team", Some([1; 32]));
     net.register(0, B, "team", Some([2; 32]));
     net.share(0, A, "team", &[feed(1)]);
+    net.share(0, B, "team", &[]);
     net.drive();
     for side in 0..2 {
-        let reason = net.ended(0, side).unwrap();
-        assert_eq!(reason.code, CloseCode::BAD_PROOF, "{reason}");
+        assert!(net.ended(0, side).is_none(), "{:?}", net.ended(0, side));
+        let end = &net.links[0].ends[side];
+        assert!(!end
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::NamespaceProven { .. })));
     }
+    // The dialer sent its tag; the acceptor, whose key differs, answered nothing.
+    let tags = |side: usize| {
+        net.links[0].ends[side]
+            .sent
+            .iter()
+            .filter(|m| matches!(m, Message::Tag { .. }))
+            .count()
+    };
+    assert_eq!((tags(0), tags(1)), (1, 0));
     assert!(!contains_key(&net.links[0].ends[0].wire, &feed(1)));
+    assert!(!contains_key(&net.links[0].ends[1].wire, &feed(1)));
 }
 
-#[test]
-fn a_proof_replayed_from_another_connection_fails() {
-    let secret = NamespaceSecret([9; 32]);
-    // Connection 1: the honest peer proves the namespace; the attacker records it.
-    let ns = NamespaceId::from_name("team");
-    let recorded = secret.proof(&ExporterSecret([1; 32]), Role::Dialer, &ns);
-    // Connection 2, another exporter value: the attacker dials and replays it.
-    let mut victim = Session::new(
-        live(),
-        Role::Acceptor,
-        ExporterSecret([2; 32]),
-        std::time::Instant::now(),
-    );
-    victim
-        .handle_register_namespace("team", Some(secret.clone()))
-        .unwrap();
-    victim
-        .handle_share("team", vec![(feed(1), headers(&[]))])
-        .unwrap();
-    let mut wire = Vec::new();
-    for m in [
-        Message::Hello {
-            version: message::PROTOCOL_VERSION,
-            dialect: message::DIALECT.into(),
-            max_streams: 8,
-        },
-        Message::Proof {
-            namespace: ns,
-            tag: recorded,
-        },
-    ] {
-        message::encode(&m, &mut wire).unwrap();
-    }
-    victim.handle_control_bytes(&wire);
-    let reason = victim.end_reason().unwrap();
-    assert_eq!(reason.code, CloseCode::BAD_PROOF, "{reason}");
-    assert!(reason.reason.contains("team"), "{reason}");
-    let mut sent = Vec::new();
-    while let Some(frame) = victim.poll_transmit() {
-        sent.extend(frame);
-    }
-    assert!(!contains_key(&sent, &feed(1)), "the victim sent the key");
-    // Our own proof reflected back at us fails too (it is bound to our role).
-    let mut reflect = Session::new(
-        live(),
-        Role::Acceptor,
-        ExporterSecret([2; 32]),
-        std::time::Instant::now(),
-    );
-    reflect
-        .handle_register_namespace("team", Some(secret.clone()))
-        .unwrap();
-    let own = secret.proof(&ExporterSecret([2; 32]), Role::Acceptor, &ns);
+fn hello_frame() -> Vec<u8> {
     let mut wire = Vec::new();
     message::encode(
         &Message::Hello {
@@ -280,16 +248,226 @@ fn a_proof_replayed_from_another_connection_fails() {
         &mut wire,
     )
     .unwrap();
-    message::encode(
-        &Message::Proof {
-            namespace: ns,
-            tag: own,
-        },
-        &mut wire,
-    )
-    .unwrap();
-    reflect.handle_control_bytes(&wire);
-    assert_eq!(reflect.end_reason().unwrap().code, CloseCode::BAD_PROOF);
+    wire
+}
+
+fn frames(messages: &[Message]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for m in messages {
+        message::encode(m, &mut wire).unwrap();
+    }
+    wire
+}
+
+/// Everything `s` has to send, decoded.
+fn take_sent(s: &mut Session) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Some(frame) = s.poll_transmit() {
+        s.handle_control_written(frame.len());
+        let mut rest = &frame[..];
+        while let Some((payload, used)) = replic8::frame::parse(rest, MAX_FRAME_LEN).unwrap() {
+            out.push(message::decode(payload).unwrap());
+            rest = &rest[used..];
+        }
+    }
+    out
+}
+
+fn acceptor_with(exporter: [u8; 32], namespaces: &[(&str, Option<[u8; 32]>)]) -> Session {
+    let mut s = Session::new(
+        live(),
+        Role::Acceptor,
+        ExporterSecret(exporter),
+        std::time::Instant::now(),
+    );
+    for (name, secret) in namespaces {
+        s.handle_register_namespace(name, secret.map(NamespaceSecret))
+            .unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_tag_replayed_from_another_connection_gets_no_answer_no_keys_and_no_end() {
+    // Fails on the old code: the victim sent its proof and the stable namespace id to
+    // anyone, before the peer proved anything, and a replayed proof ended the session
+    // with a reason naming the namespace.
+    let secret = [9; 32];
+    let key = NamespaceKey::new("team", Some(&NamespaceSecret(secret)));
+    // Connection 1: the honest peer's tag; the attacker records it.
+    let recorded = key.tag(&ExporterSecret([1; 32]), Role::Dialer);
+    // Connection 2, another exporter value: the attacker dials and replays it.
+    let mut victim = acceptor_with([2; 32], &[("team", Some(secret))]);
+    victim
+        .handle_share("team", vec![(feed(1), headers(&[]))])
+        .unwrap();
+    victim.handle_control_bytes(&hello_frame());
+    victim.handle_control_bytes(&frames(&[Message::Tag {
+        handle: 1,
+        tag: recorded,
+    }]));
+    // Our own tag reflected back at us matches nothing either (it is bound to our role).
+    let own = key.tag(&ExporterSecret([2; 32]), Role::Acceptor);
+    victim.handle_control_bytes(&frames(&[Message::Tag {
+        handle: 2,
+        tag: own,
+    }]));
+    assert!(victim.end_reason().is_none(), "{:?}", victim.end_reason());
+    let sent = take_sent(&mut victim);
+    assert!(
+        sent.iter().all(|m| matches!(m, Message::Hello { .. })),
+        "the victim revealed something: {sent:?}"
+    );
+    let wire = frames(&sent);
+    assert!(!contains_key(&wire, &feed(1)), "the victim sent the key");
+
+    // The honest tag for this connection is answered, and the offer follows.
+    let honest = key.tag(&ExporterSecret([2; 32]), Role::Dialer);
+    victim.handle_control_bytes(&frames(&[Message::Tag {
+        handle: 3,
+        tag: honest,
+    }]));
+    let sent = take_sent(&mut victim);
+    let answer = key.tag(&ExporterSecret([2; 32]), Role::Acceptor);
+    assert_eq!(
+        sent[0],
+        Message::Tag {
+            handle: 3,
+            tag: answer
+        }
+    );
+    assert!(
+        matches!(&sent[1], Message::Offer { namespace: 3, feeds, .. } if feeds[0].key == feed(1)),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_dialer_tag_for_a_namespace_registered_later_is_answered_then() {
+    let secret = [4; 32];
+    let key = NamespaceKey::new("x", Some(&NamespaceSecret(secret)));
+    let mut acceptor = acceptor_with([6; 32], &[]);
+    acceptor.handle_control_bytes(&hello_frame());
+    let tag = key.tag(&ExporterSecret([6; 32]), Role::Dialer);
+    acceptor.handle_control_bytes(&frames(&[Message::Tag { handle: 7, tag }]));
+    assert!(take_sent(&mut acceptor)
+        .iter()
+        .all(|m| matches!(m, Message::Hello { .. })));
+    // Registered under another local name: only the secret counts.
+    acceptor
+        .handle_register_namespace("local-name", Some(NamespaceSecret(secret)))
+        .unwrap();
+    assert_eq!(
+        take_sent(&mut acceptor),
+        vec![Message::Tag {
+            handle: 7,
+            tag: key.tag(&ExporterSecret([6; 32]), Role::Acceptor)
+        }]
+    );
+    assert!(acceptor
+        .poll_event()
+        .into_iter()
+        .chain(std::iter::from_fn(|| acceptor.poll_event()))
+        .any(|e| e
+            == SessionEvent::NamespaceProven {
+                namespace: "local-name".into()
+            }));
+}
+
+#[test]
+fn unmatched_tags_past_the_bound_are_dropped_without_ending_the_session() {
+    // Fails on the old code: more than 1,024 proofs for unknown namespaces ended the
+    // session as a protocol error (an honest dialer in many namespaces could do that).
+    let mut acceptor = acceptor_with([6; 32], &[]);
+    acceptor.handle_control_bytes(&hello_frame());
+    let many: Vec<Message> = (1..=(MAX_UNMATCHED_TAGS as u32 + 500))
+        .map(|handle| Message::Tag {
+            handle,
+            tag: [handle as u8; 32],
+        })
+        .collect();
+    acceptor.handle_control_bytes(&frames(&many));
+    assert!(
+        acceptor.end_reason().is_none(),
+        "{:?}",
+        acceptor.end_reason()
+    );
+}
+
+#[test]
+fn an_acceptor_tag_that_answers_none_of_ours_or_does_not_check_is_misbehaviour() {
+    let make = || {
+        let mut dialer = Session::new(
+            live(),
+            Role::Dialer,
+            ExporterSecret([3; 32]),
+            std::time::Instant::now(),
+        );
+        dialer
+            .handle_register_namespace("team", Some(NamespaceSecret([5; 32])))
+            .unwrap();
+        dialer.handle_control_bytes(&hello_frame());
+        let sent = take_sent(&mut dialer);
+        let handle = sent
+            .iter()
+            .find_map(|m| match m {
+                Message::Tag { handle, .. } => Some(*handle),
+                _ => None,
+            })
+            .unwrap();
+        (dialer, handle)
+    };
+    // A tag for a handle we never sent.
+    let (mut dialer, handle) = make();
+    dialer.handle_control_bytes(&frames(&[Message::Tag {
+        handle: handle + 1,
+        tag: [0; 32],
+    }]));
+    let reason = dialer.end_reason().unwrap();
+    assert_eq!(reason.code, CloseCode::PROTOCOL, "{reason}");
+    assert!(reason.is_misbehaviour());
+    assert!(!reason.reason.contains("team"), "{reason}");
+    // A tag for our handle that does not check.
+    let (mut dialer, handle) = make();
+    dialer.handle_control_bytes(&frames(&[Message::Tag {
+        handle,
+        tag: [0; 32],
+    }]));
+    let reason = dialer.end_reason().unwrap();
+    assert_eq!(reason.code, CloseCode::BAD_PROOF, "{reason}");
+    assert!(reason.is_misbehaviour());
+    assert!(!reason.reason.contains("team"), "{reason}");
+}
+
+#[test]
+fn two_connections_of_the_same_members_show_unrelated_tags() {
+    let tags = |exporter: [u8; 32]| {
+        let mut net = Net::new(live());
+        net.add_store("a", accept_all());
+        net.add_store("b", accept_all());
+        net.connect(A, B, exporter);
+        net.register(0, A, "team", Some([8; 32]));
+        net.register(0, B, "team", Some([8; 32]));
+        net.share(0, A, "team", &[]);
+        net.share(0, B, "team", &[]);
+        net.drive();
+        let tag = |side: usize| {
+            net.links[0].ends[side]
+                .sent
+                .iter()
+                .find_map(|m| match m {
+                    Message::Tag { tag, .. } => Some(*tag),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        (tag(0), tag(1))
+    };
+    let (d1, a1) = tags([1; 32]);
+    let (d2, a2) = tags([2; 32]);
+    assert_ne!(d1, d2);
+    assert_ne!(a1, a2);
+    assert_ne!(d1, a1, "the roles' tags differ");
 }
 
 #[test]
@@ -409,7 +587,7 @@ fn a_wrong_capability_ends_the_session() {
     let (mut s, _) = established_acceptor([7; 32]);
     s.handle_known_feeds("", vec![feed(1)]).unwrap();
     s.handle_message(Message::Have {
-        namespace: NamespaceId::from_name(""),
+        namespace: message::PUBLIC_HANDLE,
         feeds: vec![KnownFeed {
             discovery_key: feed(1).discovery_key(),
             capability: [0; 32],
@@ -449,7 +627,7 @@ fn hostile_inputs_end_the_session_with_a_reason() {
             true,
             Box::new(move |s| {
                 s.handle_message(Message::Offer {
-                    namespace: NamespaceId::from_name(""),
+                    namespace: message::PUBLIC_HANDLE,
                     offer: 0,
                     feeds: vec![OfferedFeed {
                         id: 0,
@@ -489,9 +667,9 @@ fn hostile_inputs_end_the_session_with_a_reason() {
         (
             "version mismatch",
             false,
-            Box::new(move |s| s.handle_message(hello(2))),
+            Box::new(move |s| s.handle_message(hello(3))),
             CloseCode::VERSION_MISMATCH,
-            "we speak replic8/1 dialect \"bincode1-varint\", the peer speaks replic8/2",
+            "we speak replic8/2 dialect \"bincode1-varint\", the peer speaks replic8/3",
         ),
         (
             "answer to an offer never made",
@@ -511,7 +689,7 @@ fn hostile_inputs_end_the_session_with_a_reason() {
             Box::new(|s| {
                 for offer in 0..2 {
                     s.handle_message(Message::Offer {
-                        namespace: NamespaceId::from_name("elsewhere"),
+                        namespace: 77,
                         offer,
                         feeds: vec![OfferedFeed {
                             id: offer,
@@ -532,9 +710,9 @@ fn hostile_inputs_end_the_session_with_a_reason() {
                 #[derive(serde::Serialize)]
                 enum Raw {
                     _Hello,
-                    _Proof,
+                    _Tag,
                     Offer {
-                        namespace: [u8; 32],
+                        namespace: u32,
                         offer: u64,
                         feeds: Vec<(u64, [u8; 32], Vec<(String, Vec<u8>)>)>,
                     },
@@ -542,7 +720,7 @@ fn hostile_inputs_end_the_session_with_a_reason() {
                 use bincode::Options;
                 let payload = message::options()
                     .serialize(&Raw::Offer {
-                        namespace: NamespaceId::from_name("").0,
+                        namespace: 0u32,
                         offer: 0,
                         feeds: vec![(
                             0,
@@ -563,7 +741,7 @@ fn hostile_inputs_end_the_session_with_a_reason() {
             true,
             Box::new(|s| {
                 s.handle_message(Message::Offer {
-                    namespace: NamespaceId::from_name(""),
+                    namespace: message::PUBLIC_HANDLE,
                     offer: 0,
                     feeds: vec![],
                 })
@@ -630,7 +808,7 @@ fn hostile_inputs_end_the_session_with_a_reason() {
 }
 
 #[test]
-fn a_store_error_ends_the_session_and_the_peer_learns_why() {
+fn a_store_error_ends_the_session_and_the_peer_learns_which_offer() {
     let mut net = two(Box::new(|_, _| Err("disk full".into())));
     net.create(A, &[(feed(1), 1, headers(&[]))]);
     net.register(0, A, "", None);
@@ -642,8 +820,14 @@ fn a_store_error_ends_the_session_and_the_peer_learns_why() {
         (at_a.code, at_a.by),
         (CloseCode::ACCEPT_FAILED, Side::Remote)
     );
-    assert!(at_a.reason.contains("disk full"), "{at_a}");
-    assert_eq!(net.ended(0, 1).unwrap().by, Side::Local);
+    // The store's words stay local (they may name the namespace); the peer learns
+    // which offer failed.
+    assert!(at_a.reason.contains("store refused offer 0"), "{at_a}");
+    assert!(!at_a.reason.contains("disk full"), "{at_a}");
+    let at_b = net.ended(0, 1).unwrap();
+    assert_eq!(at_b.by, Side::Local);
+    assert!(at_b.reason.contains("disk full"), "{at_b}");
+    assert!(!at_b.is_misbehaviour());
     assert!(net.links[0].ends[0].ever_attached.is_empty());
 }
 
@@ -834,6 +1018,7 @@ fn stream_commands_name_the_namespace_store() {
             let [a, b] = &mut net.links[0].ends;
             let (from, to) = if side == 0 { (a, b) } else { (b, a) };
             while let Some(f) = from.session.poll_transmit() {
+                from.session.handle_control_written(f.len());
                 to.session.handle_control_bytes(&f);
             }
             while let Some(e) = from.session.poll_event() {
@@ -1119,7 +1304,7 @@ fn an_offer_in_a_secret_namespace_from_a_peer_that_did_not_prove_it_is_not_accep
     s.handle_register_namespace("team", Some(NamespaceSecret([1; 32])))
         .unwrap();
     s.handle_message(Message::Offer {
-        namespace: NamespaceId::from_name("team"),
+        namespace: 1,
         offer: 0,
         feeds: vec![OfferedFeed {
             id: 0,
@@ -1399,7 +1584,7 @@ fn only_the_peers_protocol_violations_count_as_misbehaviour() {
 }
 
 #[test]
-fn a_stalled_feed_or_stream_header_ends_the_session_without_a_ban_a_failed_feed_with_one() {
+fn a_stalled_feed_or_stream_header_ends_the_session_without_a_ban() {
     let feed = FeedKey([3; 32]);
     let (mut s, _) = established_acceptor([7; 32]);
     s.handle_feed_stalled(&feed, "request for blocks 0..64 timed out");
@@ -1415,9 +1600,274 @@ fn a_stalled_feed_or_stream_header_ends_the_session_without_a_ban_a_failed_feed_
     assert!(reason.reason.contains("header stalled"), "{reason}");
     assert!(!reason.is_misbehaviour());
 
+    // A fault in a feed the session does not replicate ends nothing.
     let (mut s, _) = established_acceptor([7; 32]);
     s.handle_feed_failed(&feed, "block 3 does not verify");
-    let reason = ended_event(&mut s);
-    assert_eq!(reason.code, CloseCode::PROTOCOL);
-    assert!(reason.is_misbehaviour(), "{reason}");
+    assert!(s.end_reason().is_none());
+}
+
+// ---- issue 12: honest limits, feed faults, bounded output ----
+
+fn offer(
+    handle: u32,
+    offer: u64,
+    first_id: u64,
+    keys: &[FeedKey],
+    h: &message::Headers,
+) -> Message {
+    Message::Offer {
+        namespace: handle,
+        offer,
+        feeds: keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| OfferedFeed {
+                id: first_id + i as u64,
+                key: *key,
+                headers: h.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn fresh_key(n: u64) -> FeedKey {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&n.to_le_bytes());
+    k[8] = 0xfe;
+    FeedKey(k)
+}
+
+#[test]
+fn haves_past_the_unmatched_bound_are_dropped_not_misbehaviour() {
+    // Fails on the old code: more than 100,000 unmatched `have` entries ended the
+    // session as a protocol error, and an honest peer holding many feeds we lack
+    // sends that many.
+    let (mut s, _) = established_acceptor([7; 32]);
+    let total = MAX_UNMATCHED_HAVE + 5_000;
+    let mut n = 0u64;
+    while (n as usize) < total {
+        let feeds = (0..message::MAX_FEEDS_PER_MESSAGE)
+            .map(|i| KnownFeed {
+                discovery_key: fresh_key(n + i as u64).discovery_key(),
+                capability: [1; 32],
+            })
+            .collect();
+        s.handle_message(Message::Have {
+            namespace: message::PUBLIC_HANDLE,
+            feeds,
+        });
+        n += message::MAX_FEEDS_PER_MESSAGE as u64;
+    }
+    assert!(s.end_reason().is_none(), "{:?}", s.end_reason());
+}
+
+#[test]
+fn offers_past_the_peer_feed_bound_are_refused_at_once_not_misbehaviour() {
+    // Fails on the old code: more than 1M offered feeds ended the session as a
+    // protocol error; an honest forwarding peer can offer that many.
+    let (mut s, _) = established_acceptor([7; 32]);
+    take_sent(&mut s);
+    let per = message::MAX_FEEDS_PER_MESSAGE;
+    let offers = MAX_PEER_FEEDS / per + 2;
+    let none = headers(&[]);
+    for o in 0..offers as u64 {
+        let keys: Vec<FeedKey> = (0..per as u64)
+            .map(|i| fresh_key(o * per as u64 + i))
+            .collect();
+        // A namespace we do not have: answered at once, but the feeds count.
+        s.handle_message(offer(77, o, o * per as u64, &keys, &none));
+    }
+    assert!(s.end_reason().is_none(), "{:?}", s.end_reason());
+    let answers: Vec<Message> = take_sent(&mut s);
+    assert_eq!(answers.len(), offers, "every offer is answered");
+    assert!(answers
+        .iter()
+        .all(|m| matches!(m, Message::Answer { accepted, .. } if accepted.is_empty())));
+    assert_eq!(s.stats().feeds_offered_to_us, (offers * per) as u64);
+}
+
+#[test]
+fn an_offer_over_the_pending_bytes_budget_is_refused_at_once_not_misbehaviour() {
+    // Fails on the old code: every offer went to the store, without a byte budget.
+    let (mut s, _) = established_acceptor([7; 32]);
+    take_sent(&mut s);
+    let big = headers(&[("blob", &[7u8; 4000])]);
+    // About 1 MiB per offer: four fit in the budget, the fifth does not.
+    let per = 250u64;
+    for o in 0..5u64 {
+        let keys: Vec<FeedKey> = (0..per).map(|i| fresh_key(o * per + i)).collect();
+        s.handle_message(offer(message::PUBLIC_HANDLE, o, o * per, &keys, &big));
+    }
+    assert!(s.end_reason().is_none(), "{:?}", s.end_reason());
+    let mut offered = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let SessionEvent::Offered { offer, .. } = e {
+            offered.push(offer);
+        }
+    }
+    assert_eq!(offered, vec![0, 1, 2, 3], "held for the store");
+    assert_eq!(
+        take_sent(&mut s),
+        vec![Message::Answer {
+            offer: 4,
+            accepted: vec![]
+        }],
+        "the fifth is refused at once"
+    );
+    // Once the store answers, room is made again.
+    s.handle_offer_answer(0, Ok(vec![])).unwrap();
+    let keys: Vec<FeedKey> = (0..per).map(|i| fresh_key(5 * per + i)).collect();
+    s.handle_message(offer(message::PUBLIC_HANDLE, 5, 5 * per, &keys, &big));
+    assert!(std::iter::from_fn(|| s.poll_event())
+        .any(|e| matches!(e, SessionEvent::Offered { offer: 5, .. })));
+}
+
+#[test]
+fn our_sender_never_has_more_offers_unanswered_than_the_peer_allows() {
+    // Fails on the old code: 300 shares sent 300 offers at once, and the peer ended
+    // the session as misbehaviour past 256.
+    let mut s = Session::new(
+        live(),
+        Role::Dialer,
+        ExporterSecret([1; 32]),
+        std::time::Instant::now(),
+    );
+    s.handle_register_namespace("", None).unwrap();
+    s.handle_control_bytes(&hello_frame());
+    for n in 0..300u64 {
+        s.handle_share("", vec![(fresh_key(n), headers(&[]))])
+            .unwrap();
+    }
+    let offers = |sent: &[Message]| {
+        sent.iter()
+            .filter_map(|m| match m {
+                Message::Offer { offer, feeds, .. } => Some((*offer, feeds.len())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = offers(&take_sent(&mut s));
+    assert_eq!(first.len(), MAX_PENDING_PEER_OFFERS);
+    // An answer makes room: the 44 waiting feeds go out in one offer.
+    s.handle_message(Message::Answer {
+        offer: 0,
+        accepted: vec![],
+    });
+    assert_eq!(offers(&take_sent(&mut s)), vec![(256, 44)]);
+    assert!(s.end_reason().is_none());
+}
+
+#[test]
+fn a_peer_that_does_not_read_stops_our_reading_then_ends_with_a_timeout_not_a_ban() {
+    // Fails on the old code: nothing bounded our queued output and nothing stopped
+    // reading (the driver's queue grew without limit).
+    let start = std::time::Instant::now();
+    let mut s = Session::new(live(), Role::Acceptor, ExporterSecret([1; 32]), start);
+    s.handle_register_namespace("", None).unwrap();
+    s.handle_control_bytes(&hello_frame());
+    // Our own output: 20,000 `have` entries, about 1.3 MB, none of it written yet.
+    let keys: Vec<FeedKey> = (0..20_000).map(fresh_key).collect();
+    s.handle_known_feeds("", keys).unwrap();
+    let mut given = Vec::new();
+    while let Some(frame) = s.poll_transmit() {
+        given.push(frame);
+    }
+    let queued = s.queued_bytes();
+    assert!(queued >= MAX_QUEUED_CONTROL_BYTES, "{queued}");
+    assert_eq!(s.stats().queued_bytes, queued as u64);
+    assert!(!s.wants_control_bytes());
+    // The peer keeps sending offers: none is read, so nothing more is queued.
+    let none = headers(&[]);
+    let mut wire = Vec::new();
+    for o in 0..1000u64 {
+        message::encode(
+            &offer(77, o, o, &[fresh_key(100_000 + o)], &none),
+            &mut wire,
+        )
+        .unwrap();
+    }
+    s.handle_control_bytes(&wire);
+    assert!(s.poll_transmit().is_none(), "an offer was answered");
+    assert_eq!(s.queued_bytes(), queued);
+    // The writer gets some of it out: below the bound, the buffered offers are read.
+    let mut written = 0;
+    for frame in &given {
+        if s.queued_bytes() < MAX_QUEUED_CONTROL_BYTES {
+            break;
+        }
+        s.handle_control_written(frame.len());
+        written += 1;
+    }
+    assert!(written > 0);
+    assert!(
+        s.poll_transmit().is_some(),
+        "the offers are read and answered"
+    );
+    assert!(s.stats().peak_queued_bytes <= (MAX_QUEUED_CONTROL_BYTES + MAX_FRAME_LEN) as u64);
+
+    // A peer that keeps us blocked past the stall timeout: `timeout`, no ban.
+    let mut s = Session::new(live(), Role::Acceptor, ExporterSecret([1; 32]), start);
+    s.handle_register_namespace("", None).unwrap();
+    s.handle_control_bytes(&hello_frame());
+    s.handle_known_feeds("", (0..20_000).map(fresh_key).collect())
+        .unwrap();
+    let at = s.poll_timeout().unwrap();
+    s.handle_timeout(at);
+    let stall = SessionConfig::default().stall_timeout;
+    s.handle_timeout(at + stall - Duration::from_millis(1));
+    assert!(s.end_reason().is_none());
+    // A write (the peer took a little) restarts the wait.
+    let first = s.poll_transmit().unwrap();
+    s.handle_control_written(first.len());
+    assert!(!s.wants_control_bytes());
+    let at = at + stall - Duration::from_millis(1);
+    s.handle_timeout(at);
+    s.handle_timeout(at + stall - Duration::from_millis(1));
+    assert!(s.end_reason().is_none());
+    s.handle_timeout(at + stall);
+    let reason = s.end_reason().unwrap();
+    assert_eq!(reason.code, CloseCode::TIMEOUT, "{reason}");
+    assert!(!reason.is_misbehaviour());
+    assert!(reason.reason.contains("read none"), "{reason}");
+}
+
+#[test]
+fn a_fault_in_one_feed_stops_that_feed_on_both_sides_and_the_others_go_on() {
+    // Fails on the old code: a store's `FeedFailed` ended the whole session with
+    // `protocol error`, and the node banned the peer (an honest relay of a fork).
+    let mut net = two(accept_all());
+    net.create(A, &[(feed(1), 4, headers(&[])), (feed(2), 3, headers(&[]))]);
+    net.register(0, A, "", None);
+    net.register(0, B, "", None);
+    net.share(0, A, "", &[feed(1), feed(2)]);
+    net.drive();
+    assert_eq!(net.stores[B].lengths[&feed(1)], 4);
+    // B's store finds a fork in feed 1.
+    net.end(0, B)
+        .session
+        .handle_feed_failed(&feed(1), "fork at length 4");
+    net.drive();
+    net.append(A, feed(1), 2);
+    net.append(A, feed(2), 2);
+    net.drive();
+    for side in 0..2 {
+        assert!(net.ended(0, side).is_none(), "{:?}", net.ended(0, side));
+        let stops: Vec<&SessionEvent> = net.links[0].ends[side]
+            .events
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::FeedStopped { feed: f, .. } if *f == feed(1)))
+            .collect();
+        assert_eq!(stops.len(), 1, "side {side}: {stops:?}");
+    }
+    assert!(matches!(
+        &net.links[0].ends[1].events.iter().find(|e| matches!(e, SessionEvent::FeedStopped { .. })),
+        Some(SessionEvent::FeedStopped { reason, .. }) if reason.contains("fault: fork")
+    ));
+    assert_eq!(net.stores[B].lengths[&feed(2)], 5, "the other feed goes on");
+    assert_eq!(
+        net.stores[B].lengths[&feed(1)],
+        4,
+        "the stopped feed is not reopened"
+    );
+    assert_eq!(net.end(0, B).session.stats().feeds_faulted, 1);
 }

@@ -79,10 +79,12 @@ impl Pair {
         loop {
             let mut moved = false;
             while let Some(frame) = self.dialer.poll_transmit() {
+                self.dialer.handle_control_written(frame.len());
                 self.acceptor.handle_control_bytes(&frame);
                 moved = true;
             }
             while let Some(frame) = self.acceptor.poll_transmit() {
+                self.acceptor.handle_control_written(frame.len());
                 self.dialer.handle_control_bytes(&frame);
                 moved = true;
             }
@@ -335,6 +337,53 @@ fn a_one_shot_session_whose_feed_stopped_ends_closed_not_done() {
     // The peer hears why.
     let peer = pair.acceptor.end_reason().cloned().unwrap();
     assert_eq!((peer.code, peer.by), (CloseCode::CLOSED, Side::Remote));
+}
+
+#[test]
+fn a_fault_found_by_the_acceptor_stops_the_feed_on_both_sides_for_good_without_a_ban() {
+    // Fails on the old code: `handle_feed_failed` ended the session with `protocol
+    // error`, counted as misbehaviour (the node banned the peer).
+    let mut pair = Pair::new(Mode::Live);
+    let (d, _, _) = pair.opened[0].clone();
+    pair.acceptor
+        .handle_feed_failed(&FEED, "two signed heads at length 5");
+    pair.drive();
+    assert!(pair.dialer.end_reason().is_none());
+    assert!(pair.acceptor.end_reason().is_none());
+    assert_eq!(pair.closed, vec![d], "the dialer closes the feed's stream");
+    for side in 0..2 {
+        assert!(
+            pair.events[side]
+                .iter()
+                .any(|e| matches!(e, SessionEvent::FeedStopped { feed, .. } if *feed == FEED)),
+            "side {side}: {:?}",
+            pair.events[side]
+        );
+    }
+    // Its end reaches both; nothing is reopened, whatever happens later.
+    pair.end_current_stream();
+    pair.advance(MAX_REOPEN_DELAY * 2);
+    pair.dialer.handle_feed_updated(&FEED, 9);
+    pair.acceptor.handle_feed_updated(&FEED, 9);
+    pair.drive();
+    pair.advance(MAX_REOPEN_DELAY * 2);
+    assert_eq!(pair.opened.len(), 1, "a stopped feed was reopened");
+    assert!(pair.dialer.end_reason().is_none());
+}
+
+#[test]
+fn a_one_shot_session_gives_a_faulted_feed_up_and_ends_closed_without_a_ban() {
+    let mut pair = Pair::new(Mode::OneShot);
+    pair.dialer
+        .handle_feed_failed(&FEED, "block 3 does not verify");
+    pair.drive();
+    let reason = pair.dialer.end_reason().cloned().unwrap();
+    assert_eq!(reason.code, CloseCode::CLOSED, "{reason}");
+    assert!(!reason.is_misbehaviour(), "{reason}");
+    assert!(reason.reason.contains("given up"), "{reason}");
+    assert!(reason.reason.contains(&FEED.fmt_short()), "{reason}");
+    let peer = pair.acceptor.end_reason().cloned().unwrap();
+    assert!(!peer.is_misbehaviour(), "{peer}");
 }
 
 /// A counter store (both sides send their value and keep the larger one) that gives up

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use replic8::keys::{capability, FeedKey, NamespaceId, Role};
+use replic8::keys::{capability, FeedKey, NamespaceKey, Role};
 use replic8::message::{
     self, CloseCode, FeedStreamHeader, Headers, KnownFeed, Message, OfferedFeed,
 };
@@ -54,17 +54,19 @@ fn header_payload(h: &FeedStreamHeader) -> Vec<u8> {
 
 /// The peer's (dialer's) messages against the fixture session, in a sensible order.
 fn peer_messages() -> Vec<(&'static str, Message)> {
-    let team = NamespaceId::from_name(fx::SECRET_NAMESPACE);
+    // The dialer's handle for the secret namespace, matched by its tag.
+    let team = 1;
+    let key = NamespaceKey::new(fx::SECRET_NAMESPACE, Some(&fx::NAMESPACE_SECRET));
     let mut headers = Headers::new();
     headers.insert("name", b"photos".to_vec()).expect("header");
     headers.insert("type", b"dir".to_vec()).expect("header");
     let known = fx::KNOWN_FEED;
     vec![
         (
-            "proof",
-            Message::Proof {
-                namespace: team,
-                tag: fx::NAMESPACE_SECRET.proof(&fx::EXPORTER, Role::Dialer, &team),
+            "tag",
+            Message::Tag {
+                handle: team,
+                tag: key.tag(&fx::EXPORTER, Role::Dialer),
             },
         ),
         (
@@ -80,7 +82,7 @@ fn peer_messages() -> Vec<(&'static str, Message)> {
         (
             "offer",
             Message::Offer {
-                namespace: NamespaceId::from_name(""),
+                namespace: message::PUBLIC_HANDLE,
                 offer: 0,
                 feeds: vec![
                     OfferedFeed {
@@ -117,6 +119,12 @@ fn peer_messages() -> Vec<(&'static str, Message)> {
             Message::Synced {
                 feed: fx::SHARED_FEED.discovery_key(),
                 length: 10,
+            },
+        ),
+        (
+            "stopped",
+            Message::Stopped {
+                feed: fx::SHARED_FEED.discovery_key(),
             },
         ),
         (
@@ -180,7 +188,7 @@ fn session_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let all: Vec<Message> = messages.into_iter().map(|(_, m)| m).collect();
     seeds.push(("stream-all", framed(&all)));
     seeds.push((
-        "stream-proof-have-ready",
+        "stream-tag-have-ready",
         framed(&[all[0].clone(), all[1].clone(), all[4].clone()]),
     ));
     seeds.push((

@@ -70,9 +70,13 @@ async fn run(args: &ReaderArgs, writer_key: PeerKey, feed: FeedKey) -> Result<()
     println!("{}", held(&node, feed, args).await?);
 
     let mut events = node.subscribe();
-    node.open_namespace(&args.namespace, None)
-        .await
-        .map_err(|e| format!("namespace: {e}"))?;
+    node.open_namespace(
+        &args.namespace,
+        None,
+        replic8_node::NamespacePolicy::accept_all(),
+    )
+    .await
+    .map_err(|e| format!("namespace: {e}"))?;
     node.connect(args.writer, Some(writer_key))
         .await
         .map_err(|e| format!("connect to {}: {e}", args.writer))?;

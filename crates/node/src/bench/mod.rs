@@ -7,7 +7,9 @@
 //!   re-executed as the hidden `bench-peer`) serves feeds from disk, this process replicates
 //!   them to disk over one connection on loopback and verifies them;
 //! - [`append`]: durable appends to a feed on disk;
-//! - [`discovery`]: join to connected on a private 20-node DHT.
+//! - [`discovery`]: join to connected on a private 20-node DHT;
+//! - [`flood`]: replication to a node flooded by attacker identities, against the same
+//!   run without the flood.
 //!
 //! Every row has `scenario`, `bytes`, `blocks`, `seconds`, `mb_per_s`, `blocks_per_s` (MB
 //! = 10^6 bytes) and `peak_rss_bytes` (the peak resident set of this process during the
@@ -16,6 +18,7 @@
 
 pub mod append;
 pub mod discovery;
+pub mod flood;
 pub mod raw;
 pub mod replicate;
 
@@ -40,7 +43,11 @@ pub enum Scenario {
     Append,
     /// Join to connected on a private local 20-node DHT, two cases, 20 rounds each.
     Discovery,
-    /// Every scenario above, one after the other, each in a process of its own.
+    /// A 64 MiB feed replicated to a node flooded by 200 attacker identities for 60 s,
+    /// as a ratio to the same run without the flood.
+    Flood,
+    /// Every scenario above but `flood`, one after the other, each in a process of its
+    /// own.
     All,
 }
 
@@ -64,6 +71,7 @@ impl Scenario {
             Scenario::ManyFeeds => "many-feeds",
             Scenario::Append => "append",
             Scenario::Discovery => "discovery",
+            Scenario::Flood => "flood",
             Scenario::All => "all",
         }
     }
@@ -92,6 +100,10 @@ pub struct BenchOptions {
     pub parallel: Option<usize>,
     /// How long one discovery round may take before it counts as not connected.
     pub guard: Option<Duration>,
+    /// Attacker tasks (flood).
+    pub attackers: Option<usize>,
+    /// Seconds of attack (flood).
+    pub seconds: Option<u64>,
     /// The `replic8` executable to start as the writer (default: this one).
     pub peer_exe: Option<PathBuf>,
 }
@@ -287,6 +299,7 @@ pub async fn run(
             }
         }
         Scenario::Discovery => emit(&discovery::run(options).await?),
+        Scenario::Flood => emit(&flood::run(options).await?),
         Scenario::All => {}
     }
     Ok(())

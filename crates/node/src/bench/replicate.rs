@@ -342,7 +342,9 @@ pub async fn replicate(
         .spawn()
         .await?;
     let result = async {
-        reader.open_namespace(NAMESPACE, None).await?;
+        reader
+            .open_namespace(NAMESPACE, None, crate::NamespacePolicy::accept_all())
+            .await?;
         let events = reader.subscribe();
         let writer_pid = writer.child.id();
         let cpu_before = (cpu_seconds(None), cpu_seconds(Some(writer_pid)));

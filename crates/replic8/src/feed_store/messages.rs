@@ -7,7 +7,8 @@ use replic8_store::{
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::keys::{FeedKey, PeerKey};
+use super::NamespacePolicy;
+use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
 use crate::message::{HeaderError, Headers};
 
 /// Why a feed store operation failed.
@@ -40,6 +41,15 @@ pub enum FeedStoreError {
     /// A worker thread of the store failed (panicked or was cancelled).
     #[error("worker failed: {0}")]
     Worker(String),
+    /// The public namespace accepts only feeds held in it: no other policy is taken.
+    #[error("the public namespace accepts only feeds held in it")]
+    PublicPolicy,
+    /// The session layer did not register the namespace.
+    #[error("register: {0}")]
+    Register(#[from] crate::store::RegisterError),
+    /// The file of the feeds' namespaces could not be read.
+    #[error("feed namespaces: {0}")]
+    Membership(#[from] super::MembershipError),
 }
 
 /// A feed's length and stored block count, as published to subscribers and to the
@@ -88,6 +98,30 @@ pub struct FeedStoreStats {
     pub open_streams: u64,
     /// Feed streams that ended because the peer broke the sync protocol.
     pub streams_failed: u64,
+    /// Offered feeds refused by the namespace's policy (new to the store, and the
+    /// policy did not take them).
+    pub refused_policy: u64,
+    /// Offered feeds refused because the store holds them only in other namespaces.
+    pub refused_namespace: u64,
+    /// Offered feeds the policy took but a quota refused (per peer, or in total).
+    pub refused_quota: u64,
+    /// Replicas created from offers, over the store's life (counted against
+    /// [`super::FeedStoreLimits::max_replicas`]).
+    pub replicas: u64,
+    /// Tasks of feed streams alive now (each stream runs up to three).
+    pub stream_tasks: u64,
+}
+
+/// How many feeds of one offer were refused, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// New to the store, and the namespace's policy did not take them (or their key is
+    /// not an ed25519 public key).
+    pub policy: u64,
+    /// Held here only in other namespaces.
+    pub elsewhere: u64,
+    /// Past a quota (per peer, or in total).
+    pub quota: u64,
 }
 
 /// What the store reports as it works (sent to the events channel given to
@@ -103,6 +137,16 @@ pub enum FeedStoreEvent {
         feed: FeedKey,
         /// Who offered it.
         peer: PeerKey,
+    },
+    /// Feeds of one offer of `peer` were refused: not accepted, politely (the session
+    /// goes on).
+    Refused {
+        /// The namespace.
+        namespace: String,
+        /// Who offered them.
+        peer: PeerKey,
+        /// How many, and why.
+        refused: Refusals,
     },
     /// Blocks from `peer` were verified and stored (since the previous such event for
     /// this stream).
@@ -198,3 +242,29 @@ pub struct ShareFeed {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "FeedStoreStats")]
 pub struct GetStats;
+
+/// Serves `namespace` (with its secret, if any) under `policy`: sets the policy, then
+/// registers the store for the namespace with its session layer. The public namespace
+/// `""` takes only a held-only policy ([`FeedStoreError::PublicPolicy`] otherwise).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), FeedStoreError>")]
+pub struct ServeNamespace {
+    /// The namespace.
+    pub namespace: String,
+    /// Its pre-shared secret, if any.
+    pub secret: Option<NamespaceSecret>,
+    /// What the store accepts and forwards in it.
+    pub policy: NamespacePolicy,
+}
+
+/// Sets the policy of `namespace` (registered with the session layer by whoever
+/// registers the store), for offers answered from now on. The public namespace `""`
+/// takes only a held-only policy ([`FeedStoreError::PublicPolicy`] otherwise).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), FeedStoreError>")]
+pub struct SetNamespacePolicy {
+    /// The namespace.
+    pub namespace: String,
+    /// What the store accepts and forwards in it.
+    pub policy: NamespacePolicy,
+}

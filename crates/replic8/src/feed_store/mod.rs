@@ -3,12 +3,20 @@
 //! it.
 //!
 //! The actor is a thin shell (STYLE.md §2). It keeps what is shared in which namespace
-//! (with headers), decides offers by its [`AcceptPolicy`] (a new accepted feed is
-//! created here as a replica and forwarded: shared with the namespace's other sessions,
-//! except the peer it came from; the session layer skips peers known to have it), and
-//! starts one stream driver per [`Attach`] (see `stream.rs`).
+//! (with headers) and which namespaces each feed belongs to (`membership.rs`), decides
+//! offers by the namespace's [`NamespacePolicy`] and the [`FeedStoreLimits`] quotas
+//! (`policy.rs`; a new accepted feed is created here as a replica and, under a
+//! forwarding policy, shared with the namespace's other sessions except the peer it
+//! came from; the session layer skips peers known to have it), and starts one stream
+//! driver per [`Attach`] (see `stream.rs`).
 //!
 //! Invariants:
+//! - a feed is accepted, announced ([`KnownFeeds`]), offered ([`Shares`]) and served
+//!   ([`Attach`]) in a namespace only if it belongs to that namespace here; a peer's offer
+//!   never adds a namespace to a feed held here;
+//! - the public namespace `""` accepts only feeds that belong to it and forwards
+//!   nothing, whatever the config says; a refused offer is left out of the answer, never
+//!   an error;
 //! - no handler hashes, verifies or touches storage: feed opening, appends, reads and
 //!   every call into a sync core run on tokio's blocking pool, with the feed behind its
 //!   own mutex, so the feeds of one store replicate on every core;
@@ -19,28 +27,36 @@
 //! - a stream reports [`FeedSynced`](crate::store::FeedSynced) only when its core is
 //!   synced and the feed holds every block up to its length, so a stream to a peer that
 //!   lacks blocks another peer is still bringing stays open until they are here;
+//! - every task of a stream is owned and aborted when the stream ends, is replaced or
+//!   the store stops; every queue of a stream is bounded;
 //! - a peer that sends anything that does not verify ends its session
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
 
+mod membership;
 mod messages;
+mod policy;
 mod pool;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use actix::{
-    Actor, ActorFutureExt, Addr, Context, Handler, ResponseActFuture, ResponseFuture, WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseActFuture, ResponseFuture,
+    WrapFuture,
 };
 use replic8_store::storage::{DiskStorage, FeedStorage, MemoryStorage, Storage, StorageError};
 use replic8_store::{Feed, FeedSecret, OpenError, SyncConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
+pub use membership::{MembershipError, MEMBERSHIP_FILE};
 pub use messages::*;
+pub use policy::*;
 
 use crate::actor::SessionsActor;
 use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
@@ -50,47 +66,7 @@ use crate::store::{
     Attach, Detach, FeedUpdated, KnownFeeds, Offer, RegisterError, RegisterStore, Share,
     SharedFeed, Shares, StoreError, StoreRecipients,
 };
-
-/// A callback deciding an offered feed, given the peer, the namespace and the feed.
-pub type AcceptFn = dyn Fn(&PeerKey, &str, &SharedFeed) -> bool + Send + Sync;
-/// A predicate on an offered feed's headers.
-pub type HeadersFn = dyn Fn(&Headers) -> bool + Send + Sync;
-
-/// Which offered feeds the store accepts (feeds it holds already are always accepted).
-#[derive(Clone, Default)]
-pub enum AcceptPolicy {
-    /// Every offered feed.
-    #[default]
-    All,
-    /// None that the store does not hold already.
-    HeldOnly,
-    /// Those whose headers pass the predicate.
-    Headers(Arc<HeadersFn>),
-    /// Those the callback accepts, given the peer, the namespace and the feed.
-    Callback(Arc<AcceptFn>),
-}
-
-impl std::fmt::Debug for AcceptPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AcceptPolicy::All => "All",
-            AcceptPolicy::HeldOnly => "HeldOnly",
-            AcceptPolicy::Headers(_) => "Headers(..)",
-            AcceptPolicy::Callback(_) => "Callback(..)",
-        })
-    }
-}
-
-impl AcceptPolicy {
-    fn accepts(&self, peer: &PeerKey, namespace: &str, feed: &SharedFeed) -> bool {
-        match self {
-            AcceptPolicy::All => true,
-            AcceptPolicy::HeldOnly => false,
-            AcceptPolicy::Headers(p) => p(&feed.headers),
-            AcceptPolicy::Callback(c) => c(peer, namespace, feed),
-        }
-    }
-}
+use membership::{Member, MembershipFile};
 
 /// How a [`FeedStore`] behaves.
 #[derive(Debug, Clone)]
@@ -98,18 +74,28 @@ pub struct FeedStoreConfig {
     /// The sync core's settings for every feed stream (want everything, live, by
     /// default).
     pub sync: SyncConfig,
-    /// Which offers to accept.
+    /// Which offers to accept in a namespace with no policy of its own (in
+    /// [`Self::namespaces`] or given by [`ServeNamespace`]). Default: only feeds held in
+    /// the namespace. Never applies to the public namespace `""`.
     pub accept: AcceptPolicy,
-    /// Share feeds accepted from one peer with the namespace's other sessions.
+    /// Whether feeds accepted in a namespace with no policy of its own are forwarded.
+    /// Default: no.
     pub forward: bool,
+    /// The policy of each namespace that has its own. An entry for `""` is ignored: the
+    /// public namespace accepts only feeds held in it and forwards nothing.
+    pub namespaces: HashMap<String, NamespacePolicy>,
+    /// Quotas and bounds.
+    pub limits: FeedStoreLimits,
 }
 
 impl Default for FeedStoreConfig {
     fn default() -> Self {
         FeedStoreConfig {
             sync: SyncConfig::default(),
-            accept: AcceptPolicy::All,
-            forward: true,
+            accept: AcceptPolicy::HeldOnly,
+            forward: false,
+            namespaces: HashMap::new(),
+            limits: FeedStoreLimits::default(),
         }
     }
 }
@@ -215,11 +201,12 @@ impl<St: Storage> Registry<St> {
     }
 }
 
-/// A running feed stream: how to stop it, and its task.
+/// A running feed stream: how to stop it, and its task (aborted when the handle is
+/// dropped, so a stream replaced or forgotten frees what it held).
 #[derive(Debug)]
 struct StreamHandle {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: stream::AbortOnDrop,
 }
 
 #[derive(Debug, Default)]
@@ -230,6 +217,11 @@ struct Counters {
     bytes_out: AtomicU64,
     streams: AtomicU64,
     streams_failed: AtomicU64,
+    refused_policy: AtomicU64,
+    refused_namespace: AtomicU64,
+    refused_quota: AtomicU64,
+    /// Stream tasks alive (drivers, readers, writers).
+    tasks: Arc<AtomicU64>,
 }
 
 /// What the stream tasks share with the actor.
@@ -241,6 +233,8 @@ pub(crate) struct Shared {
     streams: Mutex<HashMap<(PeerKey, StreamId), StreamHandle>>,
     /// Frame buffers every stream of this store reuses.
     pool: Arc<pool::BufferPool>,
+    /// How long a detached stream may take to send what it queued.
+    flush_timeout: std::time::Duration,
 }
 
 impl Shared {
@@ -251,10 +245,40 @@ impl Shared {
     }
 
     fn stream_done(&self, peer: PeerKey, id: StreamId) {
-        self.streams
+        let done = self
+            .streams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&(peer, id));
+        // The caller is that stream's own task, about to return: do not abort it.
+        if let Some(handle) = done {
+            handle.task.forget();
+        }
+    }
+
+    /// A guard counting one live stream task until it is dropped.
+    fn task_guard(&self) -> stream::TaskGuard {
+        stream::TaskGuard::new(self.stats.tasks.clone())
+    }
+}
+
+/// Where a storage lets its feed store keep the namespaces of its feeds.
+pub trait MembershipHome {
+    /// The membership file's path, or `None` to keep membership in memory only.
+    fn membership_path(&self) -> Option<PathBuf>;
+}
+
+impl MembershipHome for DiskStorage {
+    /// A file next to the feeds, in the storage's directory.
+    fn membership_path(&self) -> Option<PathBuf> {
+        Some(self.root().join(membership::MEMBERSHIP_FILE))
+    }
+}
+
+impl MembershipHome for MemoryStorage {
+    /// In memory, with the feeds.
+    fn membership_path(&self) -> Option<PathBuf> {
+        None
     }
 }
 
@@ -264,10 +288,22 @@ pub struct FeedStore<St: Storage> {
     registry: Arc<Registry<St>>,
     shared: Arc<Shared>,
     config: FeedStoreConfig,
-    /// Per namespace: the feeds shared or accepted there, with their headers.
+    /// Per namespace: what is offered there to every session, with headers (the feeds
+    /// shared there, and those accepted there under a policy that forwards).
     namespaces: HashMap<String, BTreeMap<FeedKey, Headers>>,
+    /// Per namespace: the policies given by [`ServeNamespace`] or [`SetNamespacePolicy`].
+    policies: HashMap<String, NamespacePolicy>,
     /// Every feed the storage holds.
     held: HashSet<FeedKey>,
+    /// The namespaces of the held feeds (a held feed without an entry is in none).
+    members: HashMap<FeedKey, Member>,
+    /// Where `members` is kept, for a disk store.
+    membership_file: Option<Arc<MembershipFile>>,
+    /// Snapshots of `members` taken so far.
+    generation: u64,
+    /// Changes of `members` so far (to tell whether an offer changed anything).
+    member_changes: u64,
+    quotas: Quotas,
 }
 
 impl FeedStore<DiskStorage> {
@@ -292,6 +328,8 @@ impl FeedStore<MemoryStorage> {
         FeedStore::with_feeds(
             MemoryStorage::new(),
             HashSet::new(),
+            HashMap::new(),
+            None,
             config,
             sessions,
             events,
@@ -301,28 +339,47 @@ impl FeedStore<MemoryStorage> {
 
 impl<St: Storage> FeedStore<St> {
     /// A store over `storage`, reporting to the session layer `sessions`; its events go
-    /// to `events`, if given. Lists the feeds the storage holds (this blocks: call it
-    /// before starting the actor, not in a handler). Start and register it with
-    /// [`FeedStore::start_registered`] (or send [`RegisterStore`] yourself).
+    /// to `events`, if given. Lists the feeds the storage holds and reads their
+    /// namespaces (this blocks: call it before starting the actor, not in a handler).
+    /// Start and register it with [`FeedStore::start_registered`] (or send
+    /// [`ServeNamespace`] for each namespace).
     pub fn new(
         storage: St,
         config: FeedStoreConfig,
         sessions: Addr<SessionsActor>,
         events: Option<mpsc::UnboundedSender<FeedStoreEvent>>,
-    ) -> Result<Self, FeedStoreError> {
-        let held = storage.list()?.into_iter().map(FeedKey).collect();
+    ) -> Result<Self, FeedStoreError>
+    where
+        St: MembershipHome,
+    {
+        let held: HashSet<FeedKey> = storage.list()?.into_iter().map(FeedKey).collect();
+        let file = storage
+            .membership_path()
+            .map(|p| Arc::new(MembershipFile::new(p)));
+        let mut members = match &file {
+            Some(f) => f.load()?,
+            None => HashMap::new(),
+        };
+        // A feed whose replica creation was cut short is not held: forget it.
+        members.retain(|key, _| held.contains(key));
         Ok(FeedStore::with_feeds(
-            storage, held, config, sessions, events,
+            storage, held, members, file, config, sessions, events,
         ))
     }
 
     fn with_feeds(
         storage: St,
         held: HashSet<FeedKey>,
+        members: HashMap<FeedKey, Member>,
+        membership_file: Option<Arc<MembershipFile>>,
         config: FeedStoreConfig,
         sessions: Addr<SessionsActor>,
         events: Option<mpsc::UnboundedSender<FeedStoreEvent>>,
     ) -> Self {
+        if config.namespaces.contains_key("") {
+            warn!("a policy for the public namespace is ignored: it accepts only held feeds");
+        }
+        let replicas = members.values().filter(|m| m.replica).count() as u64;
         FeedStore {
             registry: Arc::new(Registry {
                 storage,
@@ -334,15 +391,22 @@ impl<St: Storage> FeedStore<St> {
                 stats: Counters::default(),
                 streams: Mutex::new(HashMap::new()),
                 pool: Arc::default(),
+                flush_timeout: config.limits.flush_timeout,
             }),
+            quotas: Quotas::new(config.limits.clone(), replicas),
             config,
             namespaces: HashMap::new(),
+            policies: HashMap::new(),
             held,
+            members,
+            membership_file,
+            generation: 0,
+            member_changes: 0,
         }
     }
 
     /// Starts the store and registers it with its session layer for `namespaces` (each
-    /// with its secret, if any).
+    /// with its secret, if any), each under its policy in the config.
     pub async fn start_registered(
         self,
         namespaces: Vec<(String, Option<NamespaceSecret>)>,
@@ -359,6 +423,53 @@ impl<St: Storage> FeedStore<St> {
         Ok(addr)
     }
 
+    /// The policy of `namespace`: its own, else the config's default; always held-only
+    /// for the public namespace.
+    fn policy(&self, namespace: &str) -> NamespacePolicy {
+        if namespace.is_empty() {
+            return NamespacePolicy::held_only();
+        }
+        self.policies
+            .get(namespace)
+            .or_else(|| self.config.namespaces.get(namespace))
+            .cloned()
+            .unwrap_or_else(|| NamespacePolicy {
+                accept: self.config.accept.clone(),
+                forward: self.config.forward,
+            })
+    }
+
+    /// Whether `feed` belongs to `namespace` here.
+    fn is_member(&self, feed: &FeedKey, namespace: &str) -> bool {
+        self.members.get(feed).is_some_and(|m| m.is_in(namespace))
+    }
+
+    /// Writes the current membership (a disk store; nothing otherwise). Resolves once
+    /// it is durable; a failure is logged (the feeds then keep their namespaces until
+    /// the store stops).
+    fn persist(&mut self) -> impl std::future::Future<Output = ()> + 'static {
+        let job = self.membership_file.clone().map(|file| {
+            self.generation += 1;
+            (file, self.generation, self.members.clone())
+        });
+        async move {
+            let Some((file, generation, snapshot)) = job else {
+                return;
+            };
+            let written = tokio::task::spawn_blocking(move || {
+                let bytes = membership::encode(&snapshot)
+                    .map_err(|what| format!("could not encode: {what}"))?;
+                file.write(generation, &bytes).map_err(|e| e.to_string())
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "feed namespaces not saved"),
+                Err(e) => warn!(error = %e, "feed namespaces not saved"),
+            }
+        }
+    }
+
     /// Runs `f` with the registry on the blocking pool.
     fn blocking<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T, FeedStoreError>>
     where
@@ -372,6 +483,92 @@ impl<St: Storage> FeedStore<St> {
                 .map_err(|e| FeedStoreError::Worker(e.to_string()))?
         }
     }
+
+    /// Decides the feeds of an offer that are new in `namespace`, after their keys were
+    /// checked: within the quotas they become replicas, members of the namespace, and
+    /// (under a forwarding policy) are forwarded. Returns the accepted keys.
+    fn admit(
+        &mut self,
+        peer: PeerKey,
+        namespace: &str,
+        new: Vec<SharedFeed>,
+        policy: &NamespacePolicy,
+        refused: &mut Refusals,
+    ) -> Vec<FeedKey> {
+        let mut accepted = Vec::with_capacity(new.len());
+        let mut candidates = Vec::with_capacity(new.len());
+        for feed in new {
+            // Another offer may have brought it meanwhile.
+            match self.members.get(&feed.key) {
+                Some(m) if m.is_in(namespace) => accepted.push(feed.key),
+                Some(m) if m.in_any() => refused.elsewhere += 1,
+                _ => candidates.push(feed),
+            }
+        }
+        let (admitted, over) = self.quotas.admit(peer, candidates, Instant::now());
+        refused.quota += over;
+        let mut forward = Vec::new();
+        let mut create = Vec::new();
+        for feed in admitted {
+            accepted.push(feed.key);
+            self.members.insert(feed.key, Member::accepted(namespace));
+            self.member_changes += 1;
+            if self.held.insert(feed.key) {
+                create.push(feed.key);
+            }
+            self.shared.event(FeedStoreEvent::Accepted {
+                namespace: namespace.to_owned(),
+                feed: feed.key,
+                peer,
+            });
+            if policy.forward {
+                self.namespaces
+                    .entry(namespace.to_owned())
+                    .or_default()
+                    .insert(feed.key, feed.headers.clone());
+                forward.push(feed);
+            }
+        }
+        if !create.is_empty() {
+            let registry = self.registry.clone();
+            tokio::task::spawn_blocking(move || {
+                for key in create {
+                    if let Err(e) = registry.get(key, true) {
+                        warn!(feed = %key.fmt_short(), error = %e, "could not create replica");
+                    }
+                }
+            });
+        }
+        if !forward.is_empty() {
+            self.shared.sessions.do_send(Share {
+                namespace: namespace.to_owned(),
+                feeds: forward,
+                peers: None,
+                except: Some(peer),
+            });
+        }
+        accepted
+    }
+}
+
+impl<St: Storage> FeedStore<St> {
+    /// Counts and reports the feeds of one offer that were refused.
+    fn refused(&self, peer: PeerKey, namespace: String, refused: Refusals) {
+        if refused == Refusals::default() {
+            return;
+        }
+        let s = &self.shared.stats;
+        s.refused_policy
+            .fetch_add(refused.policy, Ordering::Relaxed);
+        s.refused_namespace
+            .fetch_add(refused.elsewhere, Ordering::Relaxed);
+        s.refused_quota.fetch_add(refused.quota, Ordering::Relaxed);
+        self.shared.event(FeedStoreEvent::Refused {
+            namespace,
+            peer,
+            refused,
+        });
+    }
 }
 
 impl<St: Storage> Actor for FeedStore<St> {
@@ -379,22 +576,22 @@ impl<St: Storage> Actor for FeedStore<St> {
 
     /// Stops every feed stream.
     fn stopped(&mut self, _: &mut Context<Self>) {
-        let streams = std::mem::take(
+        // Dropping the handles aborts the tasks.
+        drop(std::mem::take(
             &mut *self
                 .shared
                 .streams
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
-        );
-        for (_, handle) in streams {
-            handle.task.abort();
-        }
+        ));
     }
 }
 
 impl<St: Storage> Handler<Shares> for FeedStore<St> {
     type Result = Result<Vec<SharedFeed>, StoreError>;
 
+    /// The feeds shared in the namespace, and those accepted there under a policy that
+    /// forwards.
     fn handle(&mut self, msg: Shares, _: &mut Context<Self>) -> Self::Result {
         Ok(self
             .namespaces
@@ -402,6 +599,7 @@ impl<St: Storage> Handler<Shares> for FeedStore<St> {
             .map(|feeds| {
                 feeds
                     .iter()
+                    .filter(|(key, _)| self.is_member(key, &msg.namespace))
                     .map(|(key, headers)| SharedFeed {
                         key: *key,
                         headers: headers.clone(),
@@ -415,35 +613,50 @@ impl<St: Storage> Handler<Shares> for FeedStore<St> {
 impl<St: Storage> Handler<KnownFeeds> for FeedStore<St> {
     type Result = Result<Vec<FeedKey>, StoreError>;
 
-    /// The feeds of the namespace, for all-to-all replication with peers that hold them.
+    /// The feeds that belong to the namespace, for all-to-all replication with peers
+    /// that hold them.
     fn handle(&mut self, msg: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
-        Ok(self
-            .namespaces
-            .get(&msg.namespace)
-            .map(|feeds| feeds.keys().copied().collect())
-            .unwrap_or_default())
+        let mut known: Vec<FeedKey> = self
+            .members
+            .iter()
+            .filter(|(key, m)| m.is_in(&msg.namespace) && self.held.contains(key))
+            .map(|(key, _)| *key)
+            .collect();
+        known.sort_unstable_by_key(|k| k.0);
+        Ok(known)
     }
 }
 
 impl<St: Storage> Handler<Offer> for FeedStore<St> {
     type Result = ResponseActFuture<Self, Result<Vec<FeedKey>, StoreError>>;
 
-    /// Feeds held here are accepted; others go through the policy, then their keys are
-    /// checked to be ed25519 points on the blocking pool. New feeds are created as
-    /// replicas in the background (or by their first stream, whichever comes first), so
-    /// creating a thousand feeds on disk does not hold up the answer.
+    /// Feeds that belong to the namespace are accepted; feeds held only in other
+    /// namespaces are refused; others go through the namespace's policy, then their keys
+    /// are checked to be ed25519 points on the blocking pool, then the quotas. Refusing
+    /// is not an error: the answer just leaves the feed out. The answer waits until the
+    /// new feeds' namespaces are durable; their replicas are created in the background
+    /// (or by their first stream, whichever comes first), so creating a thousand feeds
+    /// on disk does not hold it up.
     fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
         let Offer {
             peer,
             namespace,
             feeds,
         } = msg;
-        let (held, candidates): (Vec<SharedFeed>, Vec<SharedFeed>) =
-            feeds.into_iter().partition(|f| self.held.contains(&f.key));
-        let candidates: Vec<SharedFeed> = candidates
-            .into_iter()
-            .filter(|f| self.config.accept.accepts(&peer, &namespace, f))
-            .collect();
+        let policy = self.policy(&namespace);
+        let mut held = Vec::new();
+        let mut candidates = Vec::new();
+        let mut refused = Refusals::default();
+        for feed in feeds {
+            match self.members.get(&feed.key) {
+                Some(m) if m.is_in(&namespace) => held.push(feed.key),
+                // A peer never widens who a feed is served to.
+                Some(m) if m.in_any() => refused.elsewhere += 1,
+                _ if policy.accept.accepts(&peer, &namespace, &feed) => candidates.push(feed),
+                _ => refused.policy += 1,
+            }
+        }
+        let checking = candidates.len() as u64;
         let checked = async move {
             if candidates.is_empty() {
                 return candidates;
@@ -456,47 +669,23 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
             });
             checking.await.unwrap_or_default()
         };
-        Box::pin(checked.into_actor(self).map(move |new, act, _| {
-            let ns = act.namespaces.entry(namespace.clone()).or_default();
-            let mut accepted = Vec::with_capacity(held.len() + new.len());
-            let mut forward = Vec::new();
-            for feed in held {
-                ns.entry(feed.key).or_insert(feed.headers);
-                accepted.push(feed.key);
+        Box::pin(checked.into_actor(self).then(move |new, act, _| {
+            let mut accepted = held;
+            // Keys that are not ed25519 points count with the policy's refusals.
+            refused.policy += checking - new.len() as u64;
+            let before = act.member_changes;
+            if !new.is_empty() {
+                accepted.extend(act.admit(peer, &namespace, new, &policy, &mut refused));
             }
-            for feed in new {
-                ns.entry(feed.key).or_insert_with(|| feed.headers.clone());
-                accepted.push(feed.key);
-                // Another offer may have brought it meanwhile: forward it once.
-                if act.held.insert(feed.key) {
-                    act.shared.event(FeedStoreEvent::Accepted {
-                        namespace: namespace.clone(),
-                        feed: feed.key,
-                        peer,
-                    });
-                    forward.push(feed);
+            let persist = (act.member_changes != before).then(|| act.persist());
+            act.refused(peer, namespace, refused);
+            async move {
+                if let Some(persist) = persist {
+                    persist.await;
                 }
+                Ok(accepted)
             }
-            if !forward.is_empty() {
-                let keys: Vec<FeedKey> = forward.iter().map(|f| f.key).collect();
-                let registry = act.registry.clone();
-                tokio::task::spawn_blocking(move || {
-                    for key in keys {
-                        if let Err(e) = registry.get(key, true) {
-                            warn!(feed = %key.fmt_short(), error = %e, "could not create replica");
-                        }
-                    }
-                });
-            }
-            if act.config.forward && !forward.is_empty() {
-                act.shared.sessions.do_send(Share {
-                    namespace,
-                    feeds: forward,
-                    peers: None,
-                    except: Some(peer),
-                });
-            }
-            Ok(accepted)
+            .into_actor(act)
         }))
     }
 }
@@ -504,10 +693,11 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
 impl<St: Storage> Handler<Attach> for FeedStore<St> {
     type Result = Result<(), StoreError>;
 
+    /// Runs the stream if the feed belongs to the stream's namespace here.
     fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
-        if !self.held.contains(&msg.feed) {
+        if !self.held.contains(&msg.feed) || !self.is_member(&msg.feed, &msg.namespace) {
             return Err(StoreError::Failed(format!(
-                "feed {} is not held here",
+                "feed {} is not held in this namespace",
                 msg.feed.fmt_short()
             )));
         }
@@ -533,7 +723,9 @@ impl<St: Storage> Handler<Attach> for FeedStore<St> {
             .streams
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let guard = self.shared.task_guard();
         let task = tokio::spawn(async move {
+            let _guard = guard;
             let opened = tokio::task::spawn_blocking(move || registry.get(feed, true)).await;
             match opened {
                 Ok(Ok(entry)) => stream::run(entry, stream, ctx, shared, stop).await,
@@ -545,11 +737,12 @@ impl<St: Storage> Handler<Attach> for FeedStore<St> {
                 }
             }
         });
+        // A stream of the same name replaced here is aborted with its handle.
         streams.insert(
             (peer, id),
             StreamHandle {
                 stop: Some(stop_tx),
-                task,
+                task: stream::AbortOnDrop::new(task),
             },
         );
         Ok(())
@@ -581,10 +774,19 @@ impl<St: Storage> Handler<CreateFeed> for FeedStore<St> {
         Box::pin(
             self.blocking(|registry| registry.create())
                 .into_actor(self)
-                .map(|created, act, _| {
-                    let key = created?;
-                    act.held.insert(key);
-                    Ok(key)
+                .then(|created, act, _| {
+                    let persist = created.as_ref().ok().map(|key| {
+                        act.held.insert(*key);
+                        act.members.insert(*key, Member::created());
+                        act.persist()
+                    });
+                    async move {
+                        if let Some(persist) = persist {
+                            persist.await;
+                        }
+                        created
+                    }
+                    .into_actor(act)
                 }),
         )
     }
@@ -656,6 +858,13 @@ impl<St: Storage> Handler<ShareFeed> for FeedStore<St> {
             .entry(msg.namespace.clone())
             .or_default()
             .insert(msg.feed, msg.headers.clone());
+        // Sharing again (the node does at every start) writes nothing.
+        let changed = self
+            .members
+            .entry(msg.feed)
+            .or_default()
+            .share(&msg.namespace);
+        let persist = changed.then(|| self.persist());
         let share = self.shared.sessions.send(Share {
             namespace: msg.namespace,
             feeds: vec![SharedFeed {
@@ -666,6 +875,9 @@ impl<St: Storage> Handler<ShareFeed> for FeedStore<St> {
             except: None,
         });
         Box::pin(async move {
+            if let Some(persist) = persist {
+                persist.await;
+            }
             match share.await {
                 Ok(Ok(n)) => Ok(n),
                 Ok(Err(e)) => Err(FeedStoreError::Share(e)),
@@ -693,6 +905,58 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .len() as u64,
             streams_failed: s.streams_failed.load(Ordering::Relaxed),
+            refused_policy: s.refused_policy.load(Ordering::Relaxed),
+            refused_namespace: s.refused_namespace.load(Ordering::Relaxed),
+            refused_quota: s.refused_quota.load(Ordering::Relaxed),
+            replicas: self.quotas.replicas(),
+            stream_tasks: s.tasks.load(Ordering::Relaxed),
         })
+    }
+}
+
+impl<St: Storage> Handler<SetNamespacePolicy> for FeedStore<St> {
+    type Result = Result<(), FeedStoreError>;
+
+    /// Takes effect for offers answered from now on.
+    fn handle(&mut self, msg: SetNamespacePolicy, _: &mut Context<Self>) -> Self::Result {
+        if msg.namespace.is_empty() && msg.policy.accept.accepts_new() {
+            return Err(FeedStoreError::PublicPolicy);
+        }
+        self.policies.insert(msg.namespace, msg.policy);
+        Ok(())
+    }
+}
+
+impl<St: Storage> Handler<ServeNamespace> for FeedStore<St> {
+    type Result = ResponseActFuture<Self, Result<(), FeedStoreError>>;
+
+    /// Sets the policy first, so that no offer is answered under another one.
+    fn handle(&mut self, msg: ServeNamespace, ctx: &mut Context<Self>) -> Self::Result {
+        let ServeNamespace {
+            namespace,
+            secret,
+            policy,
+        } = msg;
+        if namespace.is_empty() && policy.accept.accepts_new() {
+            return Box::pin(actix::fut::ready(Err(FeedStoreError::PublicPolicy)));
+        }
+        let before = self.policies.insert(namespace.clone(), policy);
+        let register = self.shared.sessions.send(RegisterStore {
+            namespaces: vec![(namespace.clone(), secret)],
+            store: StoreRecipients::of(&ctx.address()),
+        });
+        Box::pin(
+            async move { register.await.map_err(|_| RegisterError::Closing)? }
+                .into_actor(self)
+                .map(move |registered: Result<(), RegisterError>, act, _| {
+                    if registered.is_err() {
+                        match before {
+                            Some(p) => act.policies.insert(namespace, p),
+                            None => act.policies.remove(&namespace),
+                        };
+                    }
+                    Ok(registered?)
+                }),
+        )
     }
 }

@@ -1,9 +1,13 @@
 //! One feed stream: a [`FeedSync`] core for one (feed, peer), driven over a QUIC stream.
 //!
 //! Three tokio tasks per stream: a reader that cuts frames (bounded by
-//! [`replic8_store::MAX_MESSAGE_SIZE`]) and hands them over a bounded channel, so a slow
-//! verifier pushes back on the peer through QUIC flow control; a writer that writes the
-//! frames it is given; and the driver, which owns the core. Every call into the core
+//! [`replic8_store::MAX_MESSAGE_SIZE`]) and hands them over a channel bounded in frames
+//! and bytes, so a slow verifier pushes back on the peer through QUIC flow control; a
+//! writer that writes the frames it is given, from a queue bounded in frames and bytes;
+//! and the driver, which owns the core and the other two tasks (aborted when it ends,
+//! after a detached stream's queue had [`super::FeedStoreLimits::flush_timeout`] to
+//! leave; the driver itself is aborted when its handle in the store is dropped). Every
+//! call into the core
 //! (verifying, hashing, storage) runs on tokio's blocking pool with the feed's mutex
 //! held, never on the task's thread; the core is moved into the blocking call and back.
 //! The driver asks the core for messages only while the writer holds less than
@@ -18,14 +22,14 @@
 //! buffer of its announced size (checked against [`MAX_MESSAGE_SIZE`] first). Pooled
 //! buffers return to the pool when the last slice of them is dropped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::pool::BufferPool;
@@ -40,6 +44,18 @@ use crate::store::{FeedFailed, FeedStalled, FeedStream, FeedSynced, FeedUpdated,
 pub(crate) const MAX_QUEUED_BYTES: usize = 2 << 20;
 /// Frames the reader may hand over before it stops reading (QUIC then stops the peer).
 const READ_QUEUE: usize = 64;
+/// Most bytes of received frames a stream holds before they are verified (handed over
+/// by the reader, or in the batch being verified); past it the reader stops reading and
+/// QUIC stops the peer. An honest peer sends at most what our core asked for, 16
+/// requests ([`SyncConfig::max_outstanding`]) of at most 1 MiB (`max_data_bytes`): this
+/// never slows it, and caps what any peer pins per stream (64 frames of up to
+/// [`MAX_MESSAGE_SIZE`] each before).
+const READ_QUEUE_BYTES: usize = 17 << 20;
+/// Frames the writer may hold. With [`MAX_QUEUED_BYTES`] it bounds the queue in both
+/// frames and bytes; the core is asked for more only while both have room, so the
+/// queue never refuses a frame. Requests are ~50 bytes: 1024 of them fill a window of
+/// requests many times over.
+const WRITE_QUEUE: usize = 1024;
 /// Most frames handled in one blocking call.
 const BATCH: usize = 64;
 /// Bytes asked of the stream per read.
@@ -63,7 +79,8 @@ enum Input {
 }
 
 enum Read {
-    Frame(Bytes),
+    /// A frame, with its share of the read budget (given back when it is dropped).
+    Frame(Bytes, OwnedSemaphorePermit),
     Bad(FrameError),
 }
 
@@ -107,15 +124,23 @@ pub(crate) async fn run<F: FeedStorage>(
 ) {
     let FeedStream { send, recv } = stream;
     let (read_tx, mut reads) = mpsc::channel::<Read>(READ_QUEUE);
-    let reader = AbortOnDrop(tokio::spawn(read_frames(
-        recv,
-        read_tx,
-        shared.pool.clone(),
-    )));
+    let guard = shared.task_guard();
+    let pool = shared.pool.clone();
+    let budget = Arc::new(Semaphore::new(READ_QUEUE_BYTES));
+    let reader = AbortOnDrop::new(tokio::spawn(async move {
+        let _guard = guard;
+        read_frames(recv, read_tx, pool, budget).await;
+    }));
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
-    let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(write_frames(send, write_rx, queued.clone(), room.clone()));
+    let (write_tx, write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let guard = shared.task_guard();
+    let (q, r) = (queued.clone(), room.clone());
+    // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
+    let mut writer = AbortOnDrop::new(tokio::spawn(async move {
+        let _guard = guard;
+        write_frames(send, write_rx, q, r).await;
+    }));
     let outbox = Outbox {
         tx: write_tx,
         queued,
@@ -130,18 +155,24 @@ pub(crate) async fn run<F: FeedStorage>(
     let mut deadline: Option<Instant> = None;
     let mut reported: Option<u64> = None;
     let end = loop {
+        // The read budget of the frames being verified, given back after the step.
+        let mut permits = Vec::new();
         let next = match input.take() {
             Some(i) => i,
             None => tokio::select! {
                 biased;
                 _ = &mut stop => break End::Detached,
                 read = reads.recv() => match read {
-                    Some(Read::Frame(f)) => {
+                    Some(Read::Frame(f, permit)) => {
                         let mut batch = vec![f];
+                        permits.push(permit);
                         let mut bad = None;
                         while batch.len() < BATCH {
                             match reads.try_recv() {
-                                Ok(Read::Frame(f)) => batch.push(f),
+                                Ok(Read::Frame(f, permit)) => {
+                                    batch.push(f);
+                                    permits.push(permit);
+                                }
                                 Ok(Read::Bad(e)) => { bad = Some(e); break; }
                                 Err(_) => break,
                             }
@@ -166,6 +197,7 @@ pub(crate) async fn run<F: FeedStorage>(
             Ok(step) => step,
             Err(reason) => break End::Local(reason),
         };
+        drop(permits);
         if let Some(version) = step.published {
             // Our own change needs no feed update from us; a later one of others does.
             if updates.borrow().version == version {
@@ -240,9 +272,10 @@ pub(crate) async fn run<F: FeedStorage>(
             debug!(feed = %ctx.feed.fmt_short(), %reason, "feed stream given up");
             writer.abort();
         }
-        // The writer finishes our half once it has written what is queued.
+        // The writer finishes our half once it has written what is queued; a peer that
+        // does not read it within the flush timeout loses it (dropping aborts).
         End::Detached | End::PeerFinished => {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+            writer.wait(shared.flush_timeout).await;
         }
     }
     if !matches!(end, End::Detached) {
@@ -252,6 +285,7 @@ pub(crate) async fn run<F: FeedStorage>(
             id: ctx.id,
         });
     }
+    drop(writer);
     shared.stream_done(ctx.peer, ctx.id);
 }
 
@@ -295,20 +329,26 @@ async fn step_and_report<F: FeedStorage>(
 /// Where a stream's frames go: the writer task's queue, and the bytes waiting in it.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::Sender<Bytes>,
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
 }
 
 impl Outbox {
+    /// Room for one more frame, in bytes and in frames (one driver pushes, so room seen
+    /// here is still there at the push).
     fn has_room(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) < MAX_QUEUED_BYTES
+        self.queued.load(Ordering::Relaxed) < MAX_QUEUED_BYTES && self.tx.capacity() > 0
     }
 
     fn push(&self, frame: Bytes) {
-        self.queued.fetch_add(frame.len(), Ordering::Relaxed);
-        // A gone writer means the stream is ending; the driver learns it elsewhere.
-        let _ = self.tx.send(frame);
+        let len = frame.len();
+        // A gone writer means the stream is ending; the driver learns it elsewhere. A
+        // full queue cannot happen after `has_room`; the frame would be lost and the
+        // peer's core would time out on it, which ends only this stream.
+        if self.tx.try_send(frame).is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+        }
     }
 }
 
@@ -400,7 +440,12 @@ fn encode_frame(pool: &Arc<BufferPool>, message: &replic8_store::Message) -> Res
 /// Cuts the stream into frames. A frame inside one QUIC chunk is handed over as a slice
 /// of it (no copy); one that straddles chunks is gathered into a buffer allocated once
 /// at the frame's announced size (checked against the limit first), from the pool.
-async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: Arc<BufferPool>) {
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Read>,
+    pool: Arc<BufferPool>,
+    budget: Arc<Semaphore>,
+) {
     let mut partial = Vec::new();
     loop {
         let mut data = match recv.read_chunk(READ_CHUNK, true).await {
@@ -416,7 +461,14 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, pool: 
         };
         while !data.is_empty() {
             let sent = match next_frame(&mut data, &mut partial, &pool) {
-                Ok(Some(payload)) => tx.send(Read::Frame(payload)).await.is_ok(),
+                Ok(Some(payload)) => {
+                    // A frame is at most MAX_MESSAGE_SIZE, well within the budget.
+                    let cost = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
+                    match budget.clone().acquire_many_owned(cost).await {
+                        Ok(permit) => tx.send(Read::Frame(payload, permit)).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
                 Ok(None) => true,
                 Err(e) => {
                     let _ = tx.send(Read::Bad(e)).await;
@@ -513,7 +565,7 @@ fn fill_partial(
 
 async fn write_frames(
     mut send: quinn::SendStream,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut frames: mpsc::Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
     room: Arc<Notify>,
 ) {
@@ -536,11 +588,58 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// A task that is aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        AbortOnDrop(Some(task))
+    }
+
+    /// Lets the task run on without this handle (called by the task itself, which is
+    /// about to return).
+    pub(crate) fn forget(mut self) {
+        self.0.take();
+    }
+
+    /// Aborts the task now.
+    fn abort(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+
+    /// Waits up to `limit` for the task to end by itself.
+    async fn wait(&mut self, limit: std::time::Duration) {
+        if let Some(task) = self.0.as_mut() {
+            let _ = tokio::time::timeout(limit, task).await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Counts one live stream task (driver, reader or writer) until dropped: dropped when
+/// the task ends, and when it is aborted.
+#[derive(Debug)]
+pub(crate) struct TaskGuard(Arc<AtomicU64>);
+
+impl TaskGuard {
+    pub(crate) fn new(count: Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        TaskGuard(count)
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -389,6 +389,10 @@ impl Net {
         match action {
             Action::Control(side) => {
                 let bytes = self.links[l].control[side].pop_front().unwrap();
+                // The writer wrote it: it no longer counts as queued on the sender.
+                self.links[l].ends[side]
+                    .session
+                    .handle_control_written(bytes.len());
                 let to = &mut self.links[l].ends[1 - side].session;
                 // Deliver in two pieces to exercise the reader's buffering.
                 let cut = bytes.len() / 2;

@@ -1,0 +1,260 @@
+//! Which namespaces each feed of a store belongs to, and the file that keeps it.
+//!
+//! A feed belongs to the namespaces it was shared in ([`super::ShareFeed`]) or accepted
+//! in (from an offer). A feed created here and never shared belongs to the public
+//! namespace `""` (so peers that know its key replicate it by discovery key); sharing it
+//! in any namespace other than `""` ends that implicit public membership, so a feed
+//! shared only in a secret namespace is private. Sharing it in `""` makes it public for
+//! good.
+//!
+//! On disk the map is one small file in the storage's directory, replaced atomically
+//! (a temporary file written and fsynced, renamed over the old one, the directory
+//! fsynced); writes carry a generation so an older snapshot never replaces a newer one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::FeedKey;
+
+/// The file's name inside the storage's directory.
+pub const MEMBERSHIP_FILE: &str = "namespaces";
+/// What the file starts with: its format and version.
+const MAGIC: &[u8; 8] = b"r8ns\0\0\0\x01";
+/// Most bytes the file may have: a million feeds in a few namespaces each. The decoder
+/// allocates no more than this.
+const MAX_FILE_LEN: u64 = 256 << 20;
+
+/// The namespaces of one feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Member {
+    /// In `""` because it was created here and was not shared in a namespace since.
+    pub(crate) implicit_public: bool,
+    /// Created from an offer (counted against the replica quota).
+    pub(crate) replica: bool,
+    /// The namespaces it was shared or accepted in.
+    pub(crate) namespaces: BTreeSet<String>,
+}
+
+impl Member {
+    /// A feed created here.
+    pub(crate) fn created() -> Self {
+        Member {
+            implicit_public: true,
+            ..Member::default()
+        }
+    }
+
+    /// A replica accepted in `namespace`.
+    pub(crate) fn accepted(namespace: &str) -> Self {
+        Member {
+            implicit_public: false,
+            replica: true,
+            namespaces: BTreeSet::from([namespace.to_owned()]),
+        }
+    }
+
+    /// Whether the feed belongs to `namespace`.
+    pub(crate) fn is_in(&self, namespace: &str) -> bool {
+        (namespace.is_empty() && self.implicit_public) || self.namespaces.contains(namespace)
+    }
+
+    /// Whether the feed belongs to any namespace.
+    pub(crate) fn in_any(&self) -> bool {
+        self.implicit_public || !self.namespaces.is_empty()
+    }
+
+    /// Shared in `namespace`: a member of it, and public only if shared in `""`.
+    /// Returns whether anything changed.
+    pub(crate) fn share(&mut self, namespace: &str) -> bool {
+        let was_public = self.implicit_public;
+        if !namespace.is_empty() {
+            self.implicit_public = false;
+        }
+        self.namespaces.insert(namespace.to_owned()) || was_public != self.implicit_public
+    }
+}
+
+/// Why the membership file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The file is not a membership file of this version, or is damaged.
+    #[error("{path}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The persisted form.
+type Entries = Vec<(FeedKey, Member)>;
+
+fn options() -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+        .with_limit(MAX_FILE_LEN)
+        .with_little_endian()
+        .with_varint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// The map as the file holds it (sorted, so equal maps give equal files).
+pub(crate) fn encode(map: &HashMap<FeedKey, Member>) -> Result<Vec<u8>, String> {
+    let mut entries: Vec<(&FeedKey, &Member)> = map.iter().collect();
+    entries.sort_unstable_by_key(|(k, _)| k.0);
+    let mut out = MAGIC.to_vec();
+    options()
+        .serialize_into(&mut out, &entries)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The map from the file's bytes; allocates at most what the bytes can fill.
+pub(crate) fn decode(bytes: &[u8]) -> Result<HashMap<FeedKey, Member>, String> {
+    let body = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or("not a membership file of this version")?;
+    let entries: Entries = options().deserialize(body).map_err(|e| e.to_string())?;
+    Ok(entries.into_iter().collect())
+}
+
+/// The membership file of a disk store.
+#[derive(Debug)]
+pub(crate) struct MembershipFile {
+    path: PathBuf,
+    /// The generation last written; writes are serialised through it.
+    written: Mutex<u64>,
+}
+
+impl MembershipFile {
+    /// The file at `path` (not read yet).
+    pub(crate) fn new(path: PathBuf) -> Self {
+        MembershipFile {
+            path,
+            written: Mutex::new(0),
+        }
+    }
+
+    /// The map the file holds; empty if there is no file. Blocks.
+    pub(crate) fn load(&self) -> Result<HashMap<FeedKey, Member>, MembershipError> {
+        let io_err = |source| MembershipError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) => return Err(io_err(e)),
+        };
+        let len = file.metadata().map_err(io_err)?.len();
+        if len > MAX_FILE_LEN {
+            return Err(MembershipError::Corrupt {
+                path: self.path.clone(),
+                what: format!("{len} bytes, more than {MAX_FILE_LEN}"),
+            });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes).map_err(io_err)?;
+        decode(&bytes).map_err(|what| MembershipError::Corrupt {
+            path: self.path.clone(),
+            what,
+        })
+    }
+
+    /// Replaces the file with `bytes`, snapshot number `generation`, atomically and
+    /// durably; a snapshot older than the last one written is skipped. Blocks.
+    pub(crate) fn write(&self, generation: u64, bytes: &[u8]) -> Result<(), MembershipError> {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if generation <= *written {
+            return Ok(());
+        }
+        write_atomic(&self.path, bytes).map_err(|source| MembershipError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        *written = generation;
+        Ok(())
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    // Feed keys are read capabilities: only the owner may read the file.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_in_a_named_namespace_ends_implicit_public_membership() {
+        let mut m = Member::created();
+        assert!(m.is_in("") && !m.is_in("team"));
+        assert!(m.share("team"));
+        assert!(!m.is_in("") && m.is_in("team"));
+        assert!(!m.share("team"), "sharing again changes nothing");
+        assert!(m.share(""));
+        assert!(m.share("other"));
+        assert!(m.is_in("") && m.is_in("team") && m.is_in("other"));
+        let r = Member::accepted("photos");
+        assert!(r.is_in("photos") && !r.is_in("") && r.in_any());
+        assert!(!Member::default().in_any());
+    }
+
+    #[test]
+    fn the_file_round_trips_is_replaced_atomically_and_rejects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = MembershipFile::new(dir.path().join(MEMBERSHIP_FILE));
+        assert!(file.load().unwrap().is_empty());
+        let mut map = HashMap::new();
+        map.insert(FeedKey([1; 32]), Member::accepted("photos"));
+        map.insert(FeedKey([2; 32]), Member::created());
+        file.write(2, &encode(&map).unwrap()).unwrap();
+        // An older snapshot arriving late does not replace the newer one.
+        file.write(1, &encode(&HashMap::new()).unwrap()).unwrap();
+        assert_eq!(file.load().unwrap(), map);
+        assert!(!dir.path().join("namespaces.tmp").exists());
+        let mode = fs::metadata(dir.path().join(MEMBERSHIP_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+
+        let bytes = encode(&map).unwrap();
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode(b"r8ns\0\0\0\x02").is_err());
+        // A length prefix claiming more entries than bytes allocates nothing up front.
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode(&huge).is_err());
+    }
+}

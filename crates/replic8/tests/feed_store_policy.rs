@@ -1,0 +1,836 @@
+//! The default feed store on the open network, over real QUIC on loopback: what it
+//! accepts in which namespace, what it forwards, its quotas, the namespaces of its feeds
+//! (kept over a restart), and the tasks of a detached stream.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    missing_docs
+)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Context, Handler};
+use replic8::actor::{ListSessions, PeerEvent, SessionsActor, StartSession};
+use replic8::feed_store::*;
+use replic8::frame;
+use replic8::keys::{FeedKey, NamespaceSecret, PeerKey, Role};
+use replic8::message::Headers;
+use replic8::session::{Mode, SessionConfig, SessionEvent, StreamId};
+use replic8::store::*;
+use replic8_store::storage::{DiskStorage, MemoryFeed, MemoryStorage, Storage};
+use replic8_store::{Feed, FeedSecret, FeedSync, SyncConfig, MAX_MESSAGE_SIZE};
+use tokio::sync::mpsc;
+
+mod tls;
+use tls::{client_endpoint, connect, server_endpoint};
+
+const GUARD: Duration = Duration::from_secs(30);
+const OPEN: &str = "open";
+const TEAM: &str = "team";
+const TEAM_SECRET: NamespaceSecret = NamespaceSecret([42; 32]);
+
+#[derive(Debug)]
+enum Ev {
+    Store(u8, FeedStoreEvent),
+    Session(u8, PeerEvent),
+    /// A test store was given a stream for this feed.
+    Attached(u8, FeedKey),
+}
+
+struct Node<St: Storage> {
+    key: PeerKey,
+    sessions: Addr<SessionsActor>,
+    store: Addr<FeedStore<St>>,
+    server: quinn::Endpoint,
+    client: quinn::Endpoint,
+}
+
+/// Forwards a node's session events to the test's channel.
+fn session_layer(n: u8, events: &mpsc::UnboundedSender<Ev>) -> Addr<SessionsActor> {
+    let (stx, mut srx) = mpsc::unbounded_channel::<PeerEvent>();
+    let e = events.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = srx.recv().await {
+            let _ = e.send(Ev::Session(n, ev));
+        }
+    });
+    let config = SessionConfig {
+        mode: Mode::Live,
+        ..SessionConfig::default()
+    };
+    SessionsActor::new(config, Some(stx)).start()
+}
+
+/// A node with a feed store serving `namespaces` (each with its secret and policy).
+async fn node<St: Storage + MembershipHome>(
+    n: u8,
+    storage: St,
+    config: FeedStoreConfig,
+    namespaces: Vec<(&str, Option<NamespaceSecret>, NamespacePolicy)>,
+    events: &mpsc::UnboundedSender<Ev>,
+) -> Node<St> {
+    let sessions = session_layer(n, events);
+    let (ftx, mut frx) = mpsc::unbounded_channel::<FeedStoreEvent>();
+    let e = events.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = frx.recv().await {
+            let _ = e.send(Ev::Store(n, ev));
+        }
+    });
+    let store = FeedStore::new(storage, config, sessions.clone(), Some(ftx))
+        .unwrap()
+        .start();
+    for (name, secret, policy) in namespaces {
+        store
+            .send(ServeNamespace {
+                namespace: name.into(),
+                secret,
+                policy,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    Node {
+        key: PeerKey([n; 32]),
+        sessions,
+        store,
+        server: server_endpoint(),
+        client: client_endpoint(),
+    }
+}
+
+/// Starts a session between a dialer (its key, endpoint and session layer) and a node.
+async fn link_raw<B: Storage>(
+    key: PeerKey,
+    client: &quinn::Endpoint,
+    sessions: &Addr<SessionsActor>,
+    acceptor: &Node<B>,
+) {
+    let (dialed, accepted) = connect(client, &acceptor.server).await;
+    sessions
+        .send(StartSession {
+            peer: acceptor.key,
+            connection: dialed,
+            role: Role::Dialer,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    acceptor
+        .sessions
+        .send(StartSession {
+            peer: key,
+            connection: accepted,
+            role: Role::Acceptor,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn link<A: Storage, B: Storage>(dialer: &Node<A>, acceptor: &Node<B>) {
+    link_raw(dialer.key, &dialer.client, &dialer.sessions, acceptor).await;
+}
+
+/// Waits for an event matching `want`; panics on a guard timeout with what was seen.
+async fn wait_for(
+    events: &mut mpsc::UnboundedReceiver<Ev>,
+    what: &str,
+    mut want: impl FnMut(&Ev) -> bool,
+) -> Vec<Ev> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(GUARD, async {
+        while let Some(e) = events.recv().await {
+            let hit = want(&e);
+            seen.push(e);
+            if hit {
+                return;
+            }
+        }
+    })
+    .await;
+    if found.is_err() {
+        panic!("timed out waiting for {what}; saw: {seen:#?}");
+    }
+    seen
+}
+
+/// Panics if any session in `seen` ended.
+fn assert_no_end(seen: &[Ev]) {
+    for e in seen {
+        if let Ev::Session(
+            n,
+            PeerEvent {
+                peer,
+                event: SessionEvent::SessionEnded { reason },
+            },
+        ) = e
+        {
+            panic!(
+                "node {n}: session with {} ended: {reason}",
+                peer.fmt_short()
+            );
+        }
+    }
+}
+
+/// A feed on `node` with `blocks` blocks of `size` bytes, shared in `namespace`.
+async fn shared_feed<St: Storage>(
+    node: &Node<St>,
+    namespace: &str,
+    blocks: usize,
+    size: usize,
+) -> FeedKey {
+    let feed = node.store.send(CreateFeed).await.unwrap().unwrap();
+    if blocks > 0 {
+        let data: Vec<Vec<u8>> = (0..blocks).map(|i| vec![i as u8; size]).collect();
+        node.store
+            .send(Append { feed, blocks: data })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    node.store
+        .send(ShareFeed {
+            namespace: namespace.into(),
+            feed,
+            headers: Headers::new(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    feed
+}
+
+fn fresh_keys(n: usize) -> Vec<FeedKey> {
+    (0..n)
+        .map(|_| FeedKey::from(FeedSecret::generate().key()))
+        .collect()
+}
+
+/// A hostile store: offers `offers` and announces `known` in the public namespace only
+/// (feed keys it need not hold), accepts everything in every namespace, and reports
+/// each stream it is given, holding it open without a word.
+#[derive(Debug)]
+struct HostileStore {
+    n: u8,
+    offers: Vec<FeedKey>,
+    known: Vec<FeedKey>,
+    events: mpsc::UnboundedSender<Ev>,
+    held: Vec<FeedStream>,
+}
+
+impl Actor for HostileStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<Shares> for HostileStore {
+    type Result = Result<Vec<SharedFeed>, StoreError>;
+    fn handle(&mut self, msg: Shares, _: &mut Context<Self>) -> Self::Result {
+        if !msg.namespace.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .offers
+            .iter()
+            .map(|key| SharedFeed {
+                key: *key,
+                headers: Headers::new(),
+            })
+            .collect())
+    }
+}
+
+impl Handler<KnownFeeds> for HostileStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, msg: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
+        if !msg.namespace.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.known.clone())
+    }
+}
+
+impl Handler<Offer> for HostileStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
+        Ok(msg.feeds.iter().map(|f| f.key).collect())
+    }
+}
+
+impl Handler<Detach> for HostileStore {
+    type Result = ();
+    fn handle(&mut self, _: Detach, _: &mut Context<Self>) {}
+}
+
+impl Handler<Attach> for HostileStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: Attach, _: &mut Context<Self>) -> Self::Result {
+        let _ = self.events.send(Ev::Attached(self.n, msg.feed));
+        self.held.push(msg.stream);
+        Ok(())
+    }
+}
+
+/// The hostile peer `n`: its key, client endpoint and session layer, serving `""`.
+async fn hostile(
+    n: u8,
+    offers: Vec<FeedKey>,
+    known: Vec<FeedKey>,
+    events: &mpsc::UnboundedSender<Ev>,
+) -> (PeerKey, quinn::Endpoint, Addr<SessionsActor>) {
+    let sessions = session_layer(n, events);
+    let store = HostileStore {
+        n,
+        offers,
+        known,
+        events: events.clone(),
+        held: Vec::new(),
+    }
+    .start();
+    sessions
+        .send(RegisterStore {
+            namespaces: vec![(String::new(), None), (OPEN.into(), None)],
+            store: StoreRecipients::of(&store),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    (PeerKey([n; 32]), client_endpoint(), sessions)
+}
+
+/// Sums the refusals the store of node `n` reports until `done` holds.
+async fn wait_refused(
+    events: &mut mpsc::UnboundedReceiver<Ev>,
+    n: u8,
+    what: &str,
+    done: impl Fn(&Refusals) -> bool,
+) -> (Refusals, Vec<Ev>) {
+    let mut total = Refusals::default();
+    let seen = wait_for(events, what, |e| {
+        if let Ev::Store(m, FeedStoreEvent::Refused { refused, .. }) = e {
+            if *m == n {
+                total.policy += refused.policy;
+                total.elsewhere += refused.elsewhere;
+                total.quota += refused.quota;
+            }
+        }
+        done(&total)
+    })
+    .await;
+    (total, seen)
+}
+
+fn replica_dirs(root: &std::path::Path) -> usize {
+    let feeds = root.join("feeds");
+    std::fs::read_dir(feeds)
+        .unwrap()
+        .map(|fan| std::fs::read_dir(fan.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+/// Case 1 of issue 12. On the code before it, B accepted all 4,096 keys (the default
+/// policy accepted everything), created 4,096 replica directories and offered them to
+/// C: no refusal was ever reported and this test timed out.
+#[test]
+fn fresh_keys_offered_in_the_public_namespace_create_nothing_and_reach_no_third_peer() {
+    actix::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        // Even a config that asks to accept everything in "" does not open it.
+        let mut config = FeedStoreConfig::default();
+        config
+            .namespaces
+            .insert(String::new(), NamespacePolicy::accept_all());
+        let b = node(
+            2,
+            DiskStorage::open(dir.path()).unwrap(),
+            config,
+            vec![
+                ("", None, NamespacePolicy::held_only()),
+                (OPEN, None, NamespacePolicy::accept_all()),
+            ],
+            &tx,
+        )
+        .await;
+        let c = node(
+            3,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            vec![
+                ("", None, NamespacePolicy::held_only()),
+                (OPEN, None, NamespacePolicy::accept_all()),
+            ],
+            &tx,
+        )
+        .await;
+        assert!(matches!(
+            b.store
+                .send(SetNamespacePolicy {
+                    namespace: String::new(),
+                    policy: NamespacePolicy::accept_all(),
+                })
+                .await
+                .unwrap(),
+            Err(FeedStoreError::PublicPolicy)
+        ));
+        const FLOOD: usize = 4096;
+        let junk = fresh_keys(FLOOD);
+        let (x_key, x_client, x_sessions) = hostile(9, junk.clone(), Vec::new(), &tx).await;
+        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        let (refused, seen) = wait_refused(&mut events, 2, "B refuses the flood", |r| {
+            r.policy >= FLOOD as u64
+        })
+        .await;
+        assert_eq!(refused.policy, FLOOD as u64);
+        assert_no_end(&seen);
+        assert_eq!(replica_dirs(dir.path()), 0, "a replica directory was made");
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!((stats.replicas, stats.refused_policy), (0, FLOOD as u64));
+
+        // C connects afterwards; B offers it a real feed in OPEN, and nothing in "".
+        link(&c, &b).await;
+        let real = shared_feed(&b, OPEN, 3, 100).await;
+        let seen = wait_for(&mut events, "C is offered B's real feed", |e| {
+            matches!(e, Ev::Session(3, PeerEvent { event: SessionEvent::Offered { feeds, .. }, .. })
+                if feeds.iter().any(|(k, _)| *k == real))
+        })
+        .await;
+        let junk: HashSet<FeedKey> = junk.into_iter().collect();
+        for e in &seen {
+            if let Ev::Session(
+                3,
+                PeerEvent {
+                    event: SessionEvent::Offered { feeds, .. },
+                    ..
+                },
+            ) = e
+            {
+                assert!(
+                    !feeds.iter().any(|(k, _)| junk.contains(k)),
+                    "a flooded key reached C"
+                );
+            }
+        }
+        assert_no_end(&seen);
+        // The flooder is still connected: a refusal ends nothing.
+        let peers = b.sessions.send(ListSessions).await.unwrap();
+        assert!(peers.contains(&x_key), "{peers:?}");
+    });
+}
+
+/// On the code before issue 12 there was no per-namespace policy (`ServeNamespace` did
+/// not exist, every namespace accepted everything): the refusal in `closed` was never
+/// reported and this test timed out.
+#[test]
+fn a_namespace_opened_to_all_accepts_and_forwards_and_another_accepts_nothing_new() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let both = || {
+            vec![
+                (OPEN, None, NamespacePolicy::accept_all()),
+                ("closed", None, NamespacePolicy::held_only()),
+            ]
+        };
+        let a = node(1, MemoryStorage::new(), FeedStoreConfig::default(), both(), &tx).await;
+        let b = node(2, MemoryStorage::new(), FeedStoreConfig::default(), both(), &tx).await;
+        let c = node(3, MemoryStorage::new(), FeedStoreConfig::default(), both(), &tx).await;
+        let open = shared_feed(&a, OPEN, 20, 1000).await;
+        let closed = shared_feed(&a, "closed", 20, 1000).await;
+        link(&b, &c).await;
+        link(&a, &b).await;
+        // C gets A's feed through B, which accepted and forwarded it.
+        let seen = wait_for(&mut events, "C synced A's open feed via B", |e| {
+            matches!(e, Ev::Store(3, FeedStoreEvent::FeedSynced { feed, length: 20, .. }) if *feed == open)
+        })
+        .await;
+        assert_no_end(&seen);
+        let seen2 = if seen
+            .iter()
+            .any(|e| matches!(e, Ev::Store(2, FeedStoreEvent::Refused { namespace, refused, .. }) if namespace == "closed" && refused.policy == 1))
+        {
+            Vec::new()
+        } else {
+            wait_refused(&mut events, 2, "B refuses the closed feed", |r| r.policy >= 1)
+                .await
+                .1
+        };
+        assert_no_end(&seen2);
+        for n in [&b, &c] {
+            assert!(matches!(
+                n.store.send(OpenFeed { feed: closed }).await.unwrap(),
+                Err(FeedStoreError::NotFound(_))
+            ));
+        }
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!((stats.replicas, stats.refused_policy), (1, 1), "{stats:?}");
+    });
+}
+
+/// Cases 1 and 4 of issue 12. On the code before it there was no quota: all 20 feeds
+/// were accepted and this test timed out waiting for the refusal.
+#[test]
+fn a_quota_stops_acceptance_at_the_limit_and_the_session_goes_on() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let config = FeedStoreConfig {
+            limits: FeedStoreLimits {
+                new_feeds_per_peer: 5,
+                ..FeedStoreLimits::default()
+            },
+            ..FeedStoreConfig::default()
+        };
+        let b = node(
+            2,
+            MemoryStorage::new(),
+            config,
+            vec![(OPEN, None, NamespacePolicy::accept_all())],
+            &tx,
+        )
+        .await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            vec![(OPEN, None, NamespacePolicy::held_only())],
+            &tx,
+        )
+        .await;
+        let mut feeds = Vec::new();
+        for _ in 0..20 {
+            feeds.push(shared_feed(&a, OPEN, 1, 10).await);
+        }
+        link(&a, &b).await;
+        let (refused, seen) =
+            wait_refused(&mut events, 2, "B's quota refuses 15", |r| r.quota >= 15).await;
+        assert_eq!(
+            refused,
+            Refusals {
+                quota: 15,
+                ..Refusals::default()
+            }
+        );
+        assert_no_end(&seen);
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!((stats.replicas, stats.refused_quota), (5, 15), "{stats:?}");
+        // The session goes on: the five accepted feeds replicate over it.
+        let mut synced = HashSet::new();
+        let seen = wait_for(&mut events, "B synced the 5 accepted feeds", |e| {
+            if let Ev::Store(
+                2,
+                FeedStoreEvent::FeedSynced {
+                    feed, length: 1, ..
+                },
+            ) = e
+            {
+                synced.insert(*feed);
+            }
+            synced.len() == 5
+        })
+        .await;
+        assert_no_end(&seen);
+        assert!(b
+            .sessions
+            .send(ListSessions)
+            .await
+            .unwrap()
+            .contains(&a.key));
+    });
+}
+
+/// Case 6 of issue 12. On the code before it, B accepted X's offer of the team feed in
+/// `""` (it held the feed) and served its blocks: no refusal was reported and this test
+/// timed out (and B's `blocks_out` was 50).
+#[test]
+fn a_feed_held_only_in_a_secret_namespace_is_refused_and_not_served_in_the_public_one() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let b = node(
+            2,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            vec![
+                ("", None, NamespacePolicy::held_only()),
+                (TEAM, Some(TEAM_SECRET), NamespacePolicy::held_only()),
+            ],
+            &tx,
+        )
+        .await;
+        let secret_feed = shared_feed(&b, TEAM, 50, 1000).await;
+        // X knows the key (leaked, or guessed from elsewhere) but not the secret: it
+        // offers the feed in "" and announces it by discovery key.
+        let (x_key, x_client, x_sessions) =
+            hostile(9, vec![secret_feed], vec![secret_feed], &tx).await;
+        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        let (refused, seen) =
+            wait_refused(&mut events, 2, "B refuses the team feed in \"\"", |r| {
+                r.elsewhere >= 1
+            })
+            .await;
+        assert_eq!(
+            refused,
+            Refusals {
+                elsewhere: 1,
+                ..Refusals::default()
+            }
+        );
+        assert_no_end(&seen);
+        // A public feed of B afterwards: X accepts it and gets its stream, which orders
+        // it after X's `have` of the team feed on the control stream.
+        let public = b.store.send(CreateFeed).await.unwrap().unwrap();
+        b.store
+            .send(ShareFeed {
+                namespace: String::new(),
+                feed: public,
+                headers: Headers::new(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let seen = wait_for(
+            &mut events,
+            "X gets the public feed's stream",
+            |e| matches!(e, Ev::Attached(9, f) if *f == public),
+        )
+        .await;
+        assert_no_end(&seen);
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e, Ev::Attached(9, f) if *f == secret_feed)),
+            "X got a stream of the team feed"
+        );
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(
+            stats.blocks_out, 0,
+            "a block of the team feed was served: {stats:?}"
+        );
+        // In its own namespace the feed is known; in "" it is not.
+        let known = |namespace: &str| KnownFeeds {
+            peer: x_key,
+            namespace: namespace.into(),
+        };
+        assert_eq!(
+            b.store.send(known(TEAM)).await.unwrap().unwrap(),
+            vec![secret_feed]
+        );
+        assert_eq!(
+            b.store.send(known("")).await.unwrap().unwrap(),
+            vec![public]
+        );
+    });
+}
+
+/// On the code before issue 12 membership did not exist: the restarted B accepted the
+/// replica in `""` because it held it, and this test failed at that answer.
+#[test]
+fn replica_membership_survives_a_restart_of_the_store_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = actix::System::new().block_on({
+        let path = dir.path().to_path_buf();
+        async move {
+            let (tx, mut events) = mpsc::unbounded_channel();
+            let a = node(
+                1,
+                MemoryStorage::new(),
+                FeedStoreConfig::default(),
+                vec![(OPEN, None, NamespacePolicy::held_only())],
+                &tx,
+            )
+            .await;
+            let b = node(
+                2,
+                DiskStorage::open(&path).unwrap(),
+                FeedStoreConfig::default(),
+                vec![
+                    ("", None, NamespacePolicy::held_only()),
+                    (OPEN, None, NamespacePolicy::accept_all()),
+                ],
+                &tx,
+            )
+            .await;
+            let feed = shared_feed(&a, OPEN, 10, 100).await;
+            link(&a, &b).await;
+            wait_for(&mut events, "B synced run 1", |e| {
+                matches!(e, Ev::Store(2, FeedStoreEvent::FeedSynced { feed: f, length: 10, .. }) if *f == feed)
+            })
+            .await;
+            feed
+        }
+    });
+    assert!(dir.path().join(MEMBERSHIP_FILE).exists());
+    actix::System::new().block_on(async move {
+        let (tx, _events) = mpsc::unbounded_channel();
+        // Restarted with no policy of its own for OPEN: it accepts only what it holds
+        // there, and the replica is held there.
+        let b = node(
+            2,
+            DiskStorage::open(dir.path()).unwrap(),
+            FeedStoreConfig::default(),
+            vec![("", None, NamespacePolicy::held_only())],
+            &tx,
+        )
+        .await;
+        let peer = PeerKey([1; 32]);
+        let offer = |namespace: &str| Offer {
+            peer,
+            namespace: namespace.into(),
+            feeds: vec![SharedFeed {
+                key: feed,
+                headers: Headers::new(),
+            }],
+        };
+        assert_eq!(
+            b.store.send(offer(OPEN)).await.unwrap().unwrap(),
+            vec![feed]
+        );
+        assert_eq!(b.store.send(offer("")).await.unwrap().unwrap(), vec![]);
+        assert_eq!(b.store.send(offer("other")).await.unwrap().unwrap(), vec![]);
+        let known = |namespace: &str| KnownFeeds {
+            peer,
+            namespace: namespace.into(),
+        };
+        assert_eq!(
+            b.store.send(known(OPEN)).await.unwrap().unwrap(),
+            vec![feed]
+        );
+        assert!(b.store.send(known("")).await.unwrap().unwrap().is_empty());
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(
+            (stats.replicas, stats.refused_namespace),
+            (1, 2),
+            "{stats:?}"
+        );
+    });
+}
+
+/// The frames a sync core has to send.
+fn transmit_all(core: &mut FeedSync, replica: &mut Feed<MemoryFeed>) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(m) = core.poll_transmit(replica).unwrap() {
+        let payload = replic8_store::encode(&m).unwrap();
+        frame::encode(&payload, MAX_MESSAGE_SIZE, &mut out).unwrap();
+    }
+    out
+}
+
+/// Case 4 of issue 12. On the code before it the writer of a detached stream was
+/// dropped, not aborted: blocked on a peer that does not read, it lived on with its
+/// queue (and the stream tasks were not counted).
+#[test]
+fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
+    actix::System::new().block_on(async {
+        let (tx, _events) = mpsc::unbounded_channel();
+        let config = FeedStoreConfig {
+            limits: FeedStoreLimits {
+                flush_timeout: Duration::from_millis(200),
+                ..FeedStoreLimits::default()
+            },
+            ..FeedStoreConfig::default()
+        };
+        let b = node(
+            2,
+            MemoryStorage::new(),
+            config,
+            vec![(OPEN, None, NamespacePolicy::held_only())],
+            &tx,
+        )
+        .await;
+        // 6 MiB: more than the peer's stream window and B's write queue together.
+        let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
+        let client = client_endpoint();
+        let (dialed, accepted) = connect(&client, &b.server).await;
+
+        // The peer: a reader core that asks for everything, then stops reading.
+        let storage = MemoryStorage::new();
+        let key = replic8_store::FeedKey::try_from(feed).unwrap();
+        let mut replica = Feed::create_replica(&storage, key).unwrap();
+        let mut core = FeedSync::new(SyncConfig::default());
+        let (mut send, mut recv) = dialed.open_bi().await.unwrap();
+        core.handle_start(&mut replica, Instant::now());
+        let first = transmit_all(&mut core, &mut replica);
+        send.write_all(&first).await.unwrap();
+        let (b_send, b_recv) = accepted.accept_bi().await.unwrap();
+        b.store
+            .send(Attach {
+                feed,
+                namespace: OPEN.into(),
+                peer: PeerKey([7; 32]),
+                id: StreamId(1),
+                stream: FeedStream {
+                    send: b_send,
+                    recv: b_recv,
+                },
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        // Read and answer until the first data arrives: the requests are out.
+        let mut buf = Vec::new();
+        while core.stats().blocks_in == 0 {
+            let chunk = tokio::time::timeout(GUARD, recv.read_chunk(64 * 1024, true))
+                .await
+                .expect("B sends")
+                .unwrap()
+                .expect("B's stream open");
+            buf.extend_from_slice(&chunk.bytes);
+            while let Some((payload, n)) = frame::parse(&buf, MAX_MESSAGE_SIZE).unwrap() {
+                let payload = payload.to_vec();
+                buf.drain(..n);
+                core.handle_bytes(&mut replica, &payload, Instant::now())
+                    .unwrap();
+            }
+            let out = transmit_all(&mut core, &mut replica);
+            if !out.is_empty() {
+                send.write_all(&out).await.unwrap();
+            }
+        }
+        // Now the peer reads no more. B sends what the peer's stream window takes
+        // (1.25 MB) and queues up to 2 MiB more: past 3 MiB its writer is blocked.
+        // No event marks it: the counters are polled, under the guard.
+        let deadline = Instant::now() + GUARD;
+        let stats = loop {
+            let stats = b.store.send(GetStats).await.unwrap();
+            if stats.bytes_out >= 3 << 20 {
+                break stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "B's writer never filled: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            (stats.open_streams, stats.stream_tasks),
+            (1, 3),
+            "{stats:?}"
+        );
+        b.store
+            .send(Detach {
+                feed,
+                peer: PeerKey([7; 32]),
+                id: StreamId(1),
+                reason: DetachReason::Synced,
+            })
+            .await
+            .unwrap();
+        // The flush timeout passes; every task of the stream ends. No event marks a
+        // task's end: the counter is polled, under the guard.
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let stats = b.store.send(GetStats).await.unwrap();
+            if stats.stream_tasks == 0 && stats.open_streams == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream tasks still alive: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop((recv, send));
+    });
+}
