@@ -290,7 +290,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut dht = DhtConfig::testnet(&testnet.bootstrap);
     dht.request_timeout = Some(Duration::from_millis(timeout_ms));
     if client {
-        dht.mode = DhtMode::Client;
+        dht.mode = DhtMode::Auto;
     }
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()

@@ -17,11 +17,12 @@ use rand::Rng;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::config::DiscoveryConfig;
+use crate::config::{DhtImpl, DiscoveryConfig};
 use crate::core::{
     CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
 };
 use crate::dht::{DhtBackend, MainlineDht};
+use crate::driver::{DhtStatus, KrpcDht};
 use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 use crate::lan::Lan;
 use crate::messages::*;
@@ -51,7 +52,8 @@ pub struct DiscoveryActor {
     core: DiscoveryCore,
     quic_port: u16,
     dht: Option<Arc<dyn DhtBackend>>,
-    dht_bind: Option<IpAddr>,
+    /// The DHT sockets' bind addresses (our own announces come back with them).
+    dht_bind: Vec<IpAddr>,
     lan: Option<Lan>,
     lan_round: Duration,
     /// Per topic, the LAN instances resolved now (full name → addresses).
@@ -75,6 +77,9 @@ impl DiscoveryActor {
     /// entry or a port in use is a [`SpawnError`]. Call inside an actix `System`.
     pub async fn spawn(config: DiscoveryConfig) -> Result<Addr<DiscoveryActor>, SpawnError> {
         let dht: Option<Arc<dyn DhtBackend>> = match config.dht.clone() {
+            Some(dht_config) if dht_config.implementation == DhtImpl::Krpc => {
+                Some(Arc::new(KrpcDht::spawn(&dht_config).await?))
+            }
             Some(dht_config) => {
                 let dht = tokio::task::spawn_blocking(move || MainlineDht::start(&dht_config))
                     .await
@@ -108,15 +113,19 @@ impl DiscoveryActor {
         };
         let stats = DiscoveryStats {
             dht_addr: dht.as_ref().map(|d| d.local_addr()),
+            dht_addrs: dht.as_ref().map(|d| d.local_addrs()).unwrap_or_default(),
             ..DiscoveryStats::default()
         };
-        if let Some(addr) = stats.dht_addr {
-            info!(dht = %addr, quic_port = config.quic_port, "discovery starting");
+        if !stats.dht_addrs.is_empty() {
+            info!(dht = ?stats.dht_addrs, quic_port = config.quic_port, "discovery starting");
         }
         let actor = DiscoveryActor {
             core: DiscoveryCore::new(settings, rng.gen()),
             quic_port: config.quic_port,
-            dht_bind: config.dht.as_ref().map(|d| IpAddr::V4(d.bind)),
+            dht_bind: dht
+                .as_ref()
+                .map(|d| d.local_addrs().iter().map(|a| a.ip()).collect())
+                .unwrap_or_default(),
             dht,
             lan,
             lan_round: config.lan.as_ref().map(|l| l.round).unwrap_or_default(),
@@ -140,7 +149,7 @@ impl DiscoveryActor {
         addr.port() == self.quic_port
             && (addr.ip().is_loopback()
                 || addr.ip().is_unspecified()
-                || Some(addr.ip()) == self.dht_bind)
+                || self.dht_bind.contains(&addr.ip()))
     }
 
     /// Carries out every pending core event, then re-arms the timer.
@@ -477,6 +486,17 @@ impl Handler<Stats> for DiscoveryActor {
         let mut stats = self.stats.clone();
         stats.topics = self.core.topics().len();
         MessageResult(stats)
+    }
+}
+
+impl Handler<DhtInfo> for DiscoveryActor {
+    type Result = ResponseFuture<Option<DhtStatus>>;
+
+    fn handle(&mut self, _msg: DhtInfo, _ctx: &mut Context<Self>) -> Self::Result {
+        match &self.dht {
+            Some(dht) => dht.status(),
+            None => Box::pin(async { None }),
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 //! `DiscoveryConfig`: which backends run, where they bootstrap, and the timers.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::krpc::limit::RateLimitConfig;
 
 /// Configuration of the `Discovery` actor.
 #[derive(Debug, Clone)]
@@ -34,73 +37,147 @@ impl DiscoveryConfig {
 /// Where the DHT node finds its first nodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Bootstrap {
-    /// The public bootstrap nodes that `mainline` ships with.
+    /// The public bootstrap nodes ([`PUBLIC_BOOTSTRAP`]).
     #[default]
     Public,
-    /// These `host:port` entries, resolved when the actor starts (IPv4 only).
+    /// These `host:port` entries, resolved when the actor starts.
     Nodes(Vec<String>),
     /// None: the first node of a new network.
     None,
 }
 
+/// The public Mainline bootstrap nodes (the list `mainline` and libtorrent ship with).
+pub const PUBLIC_BOOTSTRAP: &[&str] = &[
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "dht.libtorrent.org:25401",
+    "router.utorrent.com:6881",
+];
+
 /// Whether the DHT node answers queries from other nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DhtMode {
-    /// `mainline`'s adaptive mode: a read-only client (BEP 43) that switches itself to
-    /// server after 15 minutes if it sees that it is reachable. See ARCHITECTURE.md for
-    /// why this is the default.
+    /// Read-only (BEP 43) until the network shows that it reaches us: the first query
+    /// from an address we never sent to (a NAT or firewall would have dropped it) turns
+    /// the node into a server for good. See ARCHITECTURE.md for why this is the default.
+    /// With the `mainline` backend: its adaptive mode (read-only, server after 15 min
+    /// of proven reachability).
     #[default]
-    Client,
+    Auto,
     /// Answer queries from the start (for testnets and well-connected long-running nodes).
     Server,
+    /// Never answer queries; send `ro = 1` with ours (a node behind a NAT, or a client
+    /// that must not be in others' tables).
+    ReadOnly,
+}
+
+/// Which implementation runs the DHT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DhtImpl {
+    /// Our own node (`krpc::DhtCore` on `KrpcDht`): IPv4 and IPv6, any transaction id.
+    #[default]
+    Krpc,
+    /// The `mainline` crate (IPv4 only); kept selectable until it is removed.
+    Mainline,
 }
 
 /// Configuration of the Mainline DHT backend.
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
-    /// Client or server.
+    /// The implementation.
+    pub implementation: DhtImpl,
+    /// Auto, server or read-only.
     pub mode: DhtMode,
     /// Bootstrap nodes.
     pub bootstrap: Bootstrap,
-    /// IPv4 address to bind the DHT's UDP socket to (`mainline` is IPv4 only).
-    pub bind: Ipv4Addr,
-    /// UDP port; `None` lets `mainline` try 6881 and fall back to any free port.
+    /// IPv4 address of the DHT's IPv4 socket; `None`: no IPv4 socket.
+    pub bind: Option<Ipv4Addr>,
+    /// IPv6 address of the DHT's IPv6 socket; `None`: no IPv6 socket (and `mainline`
+    /// ignores it). When it is the unspecified address `::` and the host has no IPv6,
+    /// the node runs on IPv4 alone (with a warning) instead of failing.
+    pub bind_v6: Option<Ipv6Addr>,
+    /// UDP port of both sockets; `None`: 6881 if free, else any free port (each family
+    /// falls back on its own). `Some(0)`: any free port.
     pub port: Option<u16>,
-    /// Per-request timeout; `None` keeps `mainline`'s 2 s.
+    /// Our node id; `None`: read from `id_file`, else random.
+    pub node_id: Option<[u8; 20]>,
+    /// Where the node id is kept (40 hex digits): read at start, written when it is
+    /// created or changes (a BEP 42 id once the external address is known). The node
+    /// keeps it in its data directory. `None`: not persisted.
+    pub id_file: Option<PathBuf>,
+    /// Where the routing tables' node addresses are saved (one a line): written after
+    /// the first bootstrap and every [`crate::driver::SAVE_EVERY`], read at start and
+    /// queried first when bootstrapping, so a restarted node finds its old neighbours
+    /// without the public bootstrap nodes. `None`: not saved.
+    pub nodes_file: Option<PathBuf>,
+    /// At most one routing table entry per IP address. A loopback network, where every
+    /// node has the same IP, turns it off.
+    pub restrict_ips: bool,
+    /// Queries answered per source address.
+    pub rate_limit: RateLimitConfig,
+    /// Per-request timeout of the `mainline` backend; `None` keeps its 2 s. Ours
+    /// derives timeouts from measured round trips.
     pub request_timeout: Option<Duration>,
 }
 
 impl Default for DhtConfig {
     fn default() -> Self {
         DhtConfig {
-            mode: DhtMode::Client,
+            implementation: DhtImpl::default(),
+            mode: DhtMode::Auto,
             bootstrap: Bootstrap::Public,
-            bind: Ipv4Addr::UNSPECIFIED,
+            bind: Some(Ipv4Addr::UNSPECIFIED),
+            bind_v6: Some(Ipv6Addr::UNSPECIFIED),
             port: None,
+            node_id: None,
+            id_file: None,
+            nodes_file: None,
+            restrict_ips: true,
+            rate_limit: RateLimitConfig::default(),
             request_timeout: None,
         }
     }
 }
 
 impl DhtConfig {
-    /// A node of a private network (a `mainline::Testnet`), on loopback and any port, in
-    /// server mode. Testnet nodes have no bootstrap list, and `mainline` then puts every
-    /// node that sends them `find_node` in their routing tables, read-only clients
-    /// included, which never answer: a client's lookups and announces waited out one
-    /// request timeout each (join → connected with both nodes joining at once: ~590 ms
-    /// as clients, ~60 ms as servers, `docs/PERFORMANCE.md`). On a network of our own
-    /// there is nobody to be a bad citizen towards (see `DhtMode`). The request timeout
-    /// is 500 ms: a loopback node answers in well under a millisecond.
+    /// A node of a private network on 127.0.0.1 (a `KrpcTestnet` or `mainline::Testnet`),
+    /// on any port, in server mode (on a network of our own there is nobody to be a bad
+    /// citizen towards), IPv4 only. Every node there has the same IP, so one entry per
+    /// IP is off and the per-source rate limit is raised. `mainline`'s request timeout
+    /// is 500 ms: a loopback node answers in well under a millisecond (its testnet nodes
+    /// put read-only clients in their tables, which never answer, see
+    /// `docs/PERFORMANCE.md`).
     pub fn testnet(bootstrap: &[String]) -> Self {
         DhtConfig {
             mode: DhtMode::Server,
             bootstrap: Bootstrap::Nodes(bootstrap.to_vec()),
-            bind: Ipv4Addr::LOCALHOST,
+            bind: Some(Ipv4Addr::LOCALHOST),
+            bind_v6: None,
             port: Some(0),
+            restrict_ips: false,
+            rate_limit: TESTNET_RATE_LIMIT,
             request_timeout: Some(Duration::from_millis(500)),
+            ..DhtConfig::default()
+        }
+    }
+
+    /// Like [`DhtConfig::testnet`], on `::1` only.
+    pub fn testnet_v6(bootstrap: &[String]) -> Self {
+        DhtConfig {
+            bind: None,
+            bind_v6: Some(Ipv6Addr::LOCALHOST),
+            ..DhtConfig::testnet(bootstrap)
         }
     }
 }
+
+/// The rate limit of a loopback test network: every node shares one source IP, so the
+/// public limit (20/s per IP) would starve a 50-node network bootstrapping at once.
+pub const TESTNET_RATE_LIMIT: RateLimitConfig = RateLimitConfig {
+    per_second: 100_000.0,
+    burst: 100_000.0,
+    max_sources: 64,
+};
 
 /// Configuration of the LAN (mDNS) backend.
 #[derive(Debug, Clone)]

@@ -83,6 +83,8 @@ pub struct TopicStatus {
     pub peers_tried: usize,
     /// New addresses ignored because `MAX_PEERS_PER_TOPIC` were already tracked.
     pub peers_dropped: u64,
+    /// The peers found since the join (at most `MAX_PEERS_PER_TOPIC`), sorted.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// What the core asks its driver to do or report.
@@ -491,6 +493,11 @@ impl DiscoveryCore {
                 peers_found: s.found.len(),
                 peers_tried: s.tried.len(),
                 peers_dropped: s.dropped,
+                peers: {
+                    let mut peers: Vec<SocketAddr> = s.found.iter().copied().collect();
+                    peers.sort();
+                    peers
+                },
             })
             .collect();
         out.sort_by_key(|s| s.topic);

@@ -1,9 +1,10 @@
 //! The DHT backend: a narrow trait, and its implementation on the `mainline` crate.
 //!
 //! The actor needs two operations from a DHT: store "this port is in the swarm of this
-//! infohash" and stream the peers stored for an infohash. Everything `mainline`-specific
-//! (builder, bootstrap resolution, mode) stays in this file, so another DHT
-//! implementation can replace it by implementing [`DhtBackend`].
+//! infohash" and stream the peers stored for an infohash. Our own node implements it in
+//! `driver` ([`crate::KrpcDht`], the default); everything `mainline`-specific (builder,
+//! bootstrap resolution, mode) stays in this file ([`MainlineDht`], selectable with
+//! `DhtImpl::Mainline` until it is removed).
 
 use std::fmt;
 use std::future::Future;
@@ -17,6 +18,7 @@ use mainline::async_dht::AsyncDht;
 use mainline::{Dht, Id};
 
 use crate::config::{Bootstrap, DhtConfig, DhtMode};
+use crate::driver::DhtStatus;
 use crate::error::{BackendError, SpawnError};
 
 /// A boxed, sendable future.
@@ -34,8 +36,16 @@ pub trait DhtBackend: Send + Sync + fmt::Debug + 'static {
     fn announce(&self, infohash: [u8; 20], port: u16) -> BoxFuture<Result<(), BackendError>>;
     /// Look up the peers stored for `infohash`.
     fn lookup(&self, infohash: [u8; 20]) -> PeerStream;
-    /// The local address of the DHT socket.
+    /// The local address of the DHT socket (the IPv4 one if there are two).
     fn local_addr(&self) -> SocketAddr;
+    /// The local addresses of every DHT socket.
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.local_addr()]
+    }
+    /// The node's counters and tables, if the implementation keeps them.
+    fn status(&self) -> BoxFuture<Option<DhtStatus>> {
+        Box::pin(async { None })
+    }
 }
 
 /// [`DhtBackend`] on `mainline` 8 (BEP 5 over IPv4; one thread per node).
@@ -81,6 +91,7 @@ impl MainlineDht {
     /// Resolves the bootstrap list and binds the DHT socket. Blocking (DNS and the
     /// node's start-up handshake): call it from `spawn_blocking`.
     pub fn start(config: &DhtConfig) -> Result<Self, SpawnError> {
+        let bind = config.bind.ok_or(SpawnError::DhtNoSocket)?;
         let mut builder = Dht::builder();
         if config.mode == DhtMode::Server {
             builder.server_mode();
@@ -95,14 +106,14 @@ impl MainlineDht {
                 builder.bootstrap(&addrs);
             }
         }
-        builder.bind_address(config.bind);
+        builder.bind_address(bind);
         if let Some(port) = config.port {
             builder.port(port);
         }
         if let Some(timeout) = config.request_timeout {
             builder.request_timeout(timeout);
         }
-        let addr = SocketAddr::from((config.bind, config.port.unwrap_or(0)));
+        let addr = SocketAddr::from((bind, config.port.unwrap_or(0)));
         // `mainline` panics instead of failing when its thread exits (a port in use)
         // before its first message: the same error either way.
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.build()))

@@ -28,6 +28,23 @@ pub enum SpawnError {
         /// The entry as configured.
         entry: String,
     },
+    /// A bootstrap host resolved to no address of a family the DHT runs on.
+    #[error("bootstrap host {entry:?} has no address of the dht's address families")]
+    BootstrapNoAddress {
+        /// The entry as configured.
+        entry: String,
+    },
+    /// The DHT config binds neither an IPv4 nor an IPv6 socket.
+    #[error("the dht binds no socket: set an IPv4 or IPv6 address")]
+    DhtNoSocket,
+    /// The node id file could not be read or written, or does not hold 40 hex digits.
+    #[error("dht node id file {path}: {reason}")]
+    DhtIdFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// The DHT's UDP socket could not be bound (for example, the port is in use).
     #[error("cannot bind the dht socket to {addr}: {source}")]
     DhtBind {

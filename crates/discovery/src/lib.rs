@@ -43,6 +43,9 @@
 //! - `messages`: the actor's messages and their replies;
 //! - `actor`: [`DiscoveryActor`], the thin actix shell that runs the backends;
 //! - `dht`: the [`DhtBackend`] trait and [`MainlineDht`];
+//! - `krpc`: [`krpc::DhtCore`], our Mainline DHT node without I/O;
+//! - `driver`: [`KrpcDht`], the UDP driver of that core and the default [`DhtBackend`];
+//! - `testnet`: [`KrpcTestnet`], a private DHT of our nodes on loopback for tests;
 //! - `lan`: mDNS advertisement and browsing;
 //! - `error`: one error enum per operation.
 
@@ -50,22 +53,29 @@ pub mod actor;
 pub mod config;
 pub mod core;
 pub mod dht;
+pub mod driver;
 pub mod error;
 pub mod krpc;
 mod lan;
 pub mod messages;
+pub mod testnet;
 pub mod topic;
 
 pub use crate::actor::DiscoveryActor;
-pub use crate::config::{Bootstrap, DhtConfig, DhtMode, DiscoveryConfig, LanConfig, Timing};
+pub use crate::config::{
+    Bootstrap, DhtConfig, DhtImpl, DhtMode, DiscoveryConfig, LanConfig, Timing, PUBLIC_BOOTSTRAP,
+    TESTNET_RATE_LIMIT,
+};
 pub use crate::core::{
     CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
     MAX_PEERS_PER_TOPIC,
 };
 pub use crate::dht::{DhtBackend, MainlineDht};
+pub use crate::driver::{DhtStatus, KrpcDht};
 pub use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 pub use crate::messages::{
-    Close, DiscoveryStats, Flushed, Join, Joined, Leave, LookupAt, PeerFound, PeerTried, Stats,
-    Subscribe, Topics, WaitFlushed,
+    Close, DhtInfo, DiscoveryStats, Flushed, Join, Joined, Leave, LookupAt, PeerFound, PeerTried,
+    Stats, Subscribe, Topics, WaitFlushed,
 };
+pub use crate::testnet::KrpcTestnet;
 pub use crate::topic::Topic;

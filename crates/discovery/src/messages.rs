@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use actix::{Message, Recipient};
 
 use crate::core::{JoinReport, PeerSource, TopicStatus};
+use crate::driver::DhtStatus;
 use crate::error::{JoinError, TopicError};
 use crate::topic::Topic;
 
@@ -120,9 +121,18 @@ pub struct DiscoveryStats {
     pub dht_lookups: u64,
     /// `PeerFound` messages sent.
     pub peers_reported: u64,
-    /// The DHT socket's local address, if the DHT is enabled.
+    /// The DHT socket's local address (the IPv4 one if there are two), if the DHT is
+    /// enabled.
     pub dht_addr: Option<SocketAddr>,
+    /// Every DHT socket's local address.
+    pub dht_addrs: Vec<SocketAddr>,
 }
+
+/// The DHT node's counters, tables and peers found per infohash; `None` without a DHT
+/// or with a backend that keeps none (`mainline`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Option<DhtStatus>")]
+pub struct DhtInfo;
 
 /// Leave every topic, withdraw the LAN advertisements, stop the backends and the actor.
 /// Resolves when that is done.

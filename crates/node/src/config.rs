@@ -1,6 +1,6 @@
 //! Node configuration: every option, readable from a TOML file, validated with clear errors.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,8 +78,15 @@ pub struct DiscoverySection {
     /// DHT bootstrap nodes as `host:port`. `None`: the public bootstrap nodes; an empty
     /// list: none (a node that only serves others who bootstrap from it).
     pub bootstrap: Option<Vec<String>>,
-    /// Run the DHT node in server mode (answer other nodes' queries).
+    /// Run the DHT node in server mode (answer other nodes' queries) from the start;
+    /// otherwise it is read-only until a query from a node it never contacted shows
+    /// that others reach it.
     pub dht_server: bool,
+    /// UDP port of the DHT sockets. Omitted: 6881 if free, else any free port.
+    pub dht_port: Option<u16>,
+    /// Addresses of the DHT sockets, at most one IPv4 and one IPv6. Empty: `0.0.0.0`
+    /// and `::` (IPv4 alone on a host without IPv6).
+    pub dht_bind: Vec<IpAddr>,
     /// Use mDNS on the local network.
     pub lan: bool,
     /// Peers to try for every joined topic, as `ip:port`.
@@ -96,6 +103,8 @@ impl Default for DiscoverySection {
             dht: true,
             bootstrap: None,
             dht_server: false,
+            dht_port: None,
+            dht_bind: Vec::new(),
             lan: true,
             static_peers: Vec::new(),
             announce_interval_secs: 15 * 60,
@@ -247,6 +256,15 @@ impl NodeConfig {
                 }
             }
         }
+        let d = &self.discovery;
+        if d.dht_bind.iter().filter(|ip| ip.is_ipv4()).count() > 1
+            || d.dht_bind.iter().filter(|ip| ip.is_ipv6()).count() > 1
+        {
+            return invalid(
+                "discovery.dht_bind",
+                "at most one IPv4 and one IPv6 address",
+            );
+        }
         if self.in_memory && self.data_dir.is_some() {
             return invalid(
                 "in_memory",
@@ -299,6 +317,8 @@ mod tests {
         config.discovery.bootstrap = Some(vec!["router.example:6881".into(), "[::1]:7".into()]);
         config.discovery.static_peers = vec!["10.0.0.1:4433".parse().unwrap()];
         config.discovery.lan = false;
+        config.discovery.dht_port = Some(6882);
+        config.discovery.dht_bind = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         config.limits.max_peers = 7;
         config.limits.ban_secs = 0;
         config.limits.stall_timeout_secs = 5;
@@ -349,6 +369,10 @@ mod tests {
             (
                 "[discovery]\nbootstrap = [\":80\"]\n",
                 "discovery.bootstrap",
+            ),
+            (
+                "[discovery]\ndht_bind = [\"127.0.0.1\", \"0.0.0.0\"]\n",
+                "discovery.dht_bind",
             ),
             ("in_memory = true\ndata_dir = \"/x\"\n", "in_memory"),
         ];

@@ -431,8 +431,28 @@ async fn handle(node: &NodeHandle, req: Request) -> Result<serde_json::Value, St
             let topics = node.topics().await.map_err(|x| e(&x))?;
             let peers = node.peers().await.map_err(|x| e(&x))?;
             let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
+            let dht = node.dht_status().await.map_err(|x| e(&x))?;
             let c = node.counters();
             json!({
+                "dht": dht.map(|d| json!({
+                    "id": hex::encode(d.id.0),
+                    "addrs": d.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "server": d.server,
+                    "nodes_v4": d.nodes_v4,
+                    "nodes_v6": d.nodes_v6,
+                    "queries_in": d.stats.queries_in,
+                    "queries_answered": d.stats.queries_answered,
+                    "queries_rate_limited": d.stats.queries_rate_limited,
+                    "queries_out": d.stats.queries_out,
+                    "responses_in": d.stats.responses_in,
+                    "timeouts": d.stats.timeouts,
+                    "announces_stored": d.stats.announces_stored,
+                    "peers_stored": d.peers_stored,
+                    "peers_found": d.peers_found.iter().map(|(ih, n)| json!({
+                        "infohash": hex::encode(ih),
+                        "peers": n,
+                    })).collect::<Vec<_>>(),
+                })),
                 "key": hex::encode(node.key().as_bytes()),
                 "listen": node.local_addr().to_string(),
                 "topics": topics.iter().map(|t| json!({
@@ -441,6 +461,7 @@ async fn handle(node: &NodeHandle, req: Request) -> Result<serde_json::Value, St
                     "lookup": t.lookup,
                     "flushed": t.flushed,
                     "peers_found": t.peers_found,
+                    "peers": t.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "peers": peers.len(),
                 "sessions": c.sessions.get(),

@@ -820,8 +820,15 @@ async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let dht = match node.dht_status().await {
+        Ok(Some(dht)) => {
+            let addrs: Vec<String> = dht.addrs.iter().map(ToString::to_string).collect();
+            format!(" dht {}", addrs.join(","))
+        }
+        _ => String::new(),
+    };
     eprintln!(
-        "replic8 daemon: key {} quic {} control {}{}",
+        "replic8 daemon: key {} quic {}{dht} control {}{}",
         hex::encode(node.key().as_bytes()),
         node.local_addr(),
         server.path().display(),

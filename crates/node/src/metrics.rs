@@ -94,6 +94,16 @@ pub struct Counters {
     pub refused: Metric,
     /// Feeds offered by peers that the store refused (policy, another namespace, quota).
     pub offers_refused: Metric,
+    /// Nodes in the DHT routing tables (both families), read at each scrape.
+    pub dht_nodes: Metric,
+    /// DHT queries received from other nodes.
+    pub dht_queries_in: Metric,
+    /// DHT queries we sent.
+    pub dht_queries_out: Metric,
+    /// DHT queries of ours that got no answer in time.
+    pub dht_timeouts: Metric,
+    /// Announces other nodes stored with our DHT node.
+    pub dht_announces_stored: Metric,
 }
 
 impl Default for Counters {
@@ -156,13 +166,38 @@ impl Default for Counters {
                 "Offered feeds the store refused (policy, another namespace, quota).",
                 "counter",
             ),
+            dht_nodes: Metric::new(
+                "replic8_dht_nodes",
+                "Nodes in the DHT routing tables.",
+                "gauge",
+            ),
+            dht_queries_in: Metric::new(
+                "replic8_dht_queries_in_total",
+                "DHT queries received from other nodes.",
+                "counter",
+            ),
+            dht_queries_out: Metric::new(
+                "replic8_dht_queries_out_total",
+                "DHT queries sent.",
+                "counter",
+            ),
+            dht_timeouts: Metric::new(
+                "replic8_dht_timeouts_total",
+                "DHT queries sent that got no answer in time.",
+                "counter",
+            ),
+            dht_announces_stored: Metric::new(
+                "replic8_dht_announces_stored_total",
+                "Announces other nodes stored with our DHT node.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 13] {
+    pub fn all(&self) -> [&Metric; 18] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -177,6 +212,11 @@ impl Counters {
             &self.retries,
             &self.refused,
             &self.offers_refused,
+            &self.dht_nodes,
+            &self.dht_queries_in,
+            &self.dht_queries_out,
+            &self.dht_timeouts,
+            &self.dht_announces_stored,
         ]
     }
 
@@ -192,6 +232,10 @@ impl Counters {
     }
 }
 
+/// Brings counters kept elsewhere (the DHT node's) up to date before a scrape is served.
+pub type Refresh =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 /// A running metrics endpoint; dropping it stops the endpoint.
 #[derive(Debug)]
 #[must_use = "dropping the endpoint stops it"]
@@ -203,6 +247,15 @@ pub struct MetricsEndpoint {
 impl MetricsEndpoint {
     /// Bind `addr` and serve `counters` until the endpoint is dropped or closed.
     pub async fn bind(addr: SocketAddr, counters: Arc<Counters>) -> std::io::Result<Self> {
+        Self::bind_with(addr, counters, None).await
+    }
+
+    /// Like [`bind`](Self::bind), running `refresh` before each scrape is answered.
+    pub async fn bind_with(
+        addr: SocketAddr,
+        counters: Arc<Counters>,
+        refresh: Option<Refresh>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -211,8 +264,9 @@ impl MetricsEndpoint {
                     continue;
                 };
                 let counters = counters.clone();
+                let refresh = refresh.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, &counters).await {
+                    if let Err(e) = serve_one(stream, &counters, refresh).await {
                         tracing::debug!(error = %e, "metrics request failed");
                     }
                 });
@@ -238,7 +292,11 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn serve_one(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()> {
+async fn serve_one(
+    mut stream: TcpStream,
+    counters: &Counters,
+    refresh: Option<Refresh>,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let read_head = async {
@@ -265,6 +323,9 @@ async fn serve_one(mut stream: TcpStream, counters: &Counters) -> std::io::Resul
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let (status, body) = match line {
         b"GET /metrics HTTP/1.1" | b"GET /metrics HTTP/1.0" | b"GET / HTTP/1.1" => {
+            if let Some(refresh) = refresh {
+                refresh().await;
+            }
             ("200 OK", counters.render())
         }
         _ => ("404 Not Found", "not found\n".to_owned()),
@@ -289,6 +350,35 @@ mod tests {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
         String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refresh_runs_before_each_scrape() {
+        let counters = Arc::new(Counters::default());
+        let refresh: Refresh = {
+            let counters = counters.clone();
+            Arc::new(move || {
+                let counters = counters.clone();
+                Box::pin(async move { counters.dht_queries_out.add(5) })
+            })
+        };
+        let ep = MetricsEndpoint::bind_with(
+            "127.0.0.1:0".parse().unwrap(),
+            counters.clone(),
+            Some(refresh),
+        )
+        .await
+        .unwrap();
+        let resp = get(ep.local_addr(), "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            resp.contains("\nreplic8_dht_queries_out_total 5\n"),
+            "{resp}"
+        );
+        let resp = get(ep.local_addr(), "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            resp.contains("\nreplic8_dht_queries_out_total 10\n"),
+            "{resp}"
+        );
     }
 
     #[tokio::test]

@@ -115,6 +115,22 @@ impl Default for NodeBuilder {
     }
 }
 
+/// The default DHT config with the sockets `bind` names (both families when empty).
+fn dht_bind(bind: &[std::net::IpAddr]) -> DhtConfig {
+    let mut dht = DhtConfig::default();
+    if !bind.is_empty() {
+        dht.bind = bind.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(*v4),
+            std::net::IpAddr::V6(_) => None,
+        });
+        dht.bind_v6 = bind.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => Some(*v6),
+            std::net::IpAddr::V4(_) => None,
+        });
+    }
+    dht
+}
+
 impl NodeBuilder {
     /// A builder with every option of a validated [`NodeConfig`].
     pub fn from_config(config: &NodeConfig) -> Result<NodeBuilder, ConfigError> {
@@ -124,14 +140,15 @@ impl NodeBuilder {
             mode: if d.dht_server {
                 DhtMode::Server
             } else {
-                DhtMode::Client
+                DhtMode::Auto
             },
             bootstrap: match &d.bootstrap {
                 None => Bootstrap::Public,
                 Some(list) if list.is_empty() => Bootstrap::None,
                 Some(list) => Bootstrap::Nodes(list.clone()),
             },
-            ..DhtConfig::default()
+            port: d.dht_port,
+            ..dht_bind(&d.dht_bind)
         });
         let timing = Timing {
             announce_interval: Duration::from_secs(d.announce_interval_secs),
@@ -455,9 +472,19 @@ async fn start(
     };
     let conn = ConnManager::spawn(conn_config)?;
     let local = conn.local_addr();
+    // The DHT node id and its neighbours live beside the identity, unless configured.
+    let dht = builder.dht.clone().map(|mut dht| {
+        if dht.id_file.is_none() && dht.node_id.is_none() {
+            dht.id_file = data_dir.as_ref().map(|dir| dir.join("dht-id"));
+        }
+        if dht.nodes_file.is_none() {
+            dht.nodes_file = data_dir.as_ref().map(|dir| dir.join("dht-nodes"));
+        }
+        dht
+    });
     let discovery_config = DiscoveryConfig {
         quic_port: local.port(),
-        dht: builder.dht.clone(),
+        dht,
         lan: builder.lan.then(LanConfig::default),
         static_peers: builder.static_peers.clone(),
         timing: builder.timing.clone(),
@@ -587,8 +614,27 @@ async fn start(
             peer_down: redialer.clone().recipient(),
         })
         .await;
+    // The DHT node keeps its own counters: copied into ours at each scrape.
+    let refresh: crate::metrics::Refresh = {
+        let (discovery, counters) = (discovery.clone(), counters.clone());
+        Arc::new(move || {
+            let (discovery, counters) = (discovery.clone(), counters.clone());
+            Box::pin(async move {
+                if let Ok(Some(dht)) = discovery.send(replic8_discovery::DhtInfo).await {
+                    counters.dht_nodes.set((dht.nodes_v4 + dht.nodes_v6) as u64);
+                    counters.dht_queries_in.set(dht.stats.queries_in);
+                    counters.dht_queries_out.set(dht.stats.queries_out);
+                    counters.dht_timeouts.set(dht.stats.timeouts);
+                    counters
+                        .dht_announces_stored
+                        .set(dht.stats.announces_stored);
+                }
+            })
+        })
+    };
     let metrics = match builder.metrics {
-        Some(addr) => match MetricsEndpoint::bind(addr, counters.clone()).await {
+        Some(addr) => match MetricsEndpoint::bind_with(addr, counters.clone(), Some(refresh)).await
+        {
             Ok(m) => Some(m),
             Err(source) => {
                 let _ = discovery.send(replic8_discovery::Close).await;
@@ -1097,6 +1143,16 @@ impl NodeHandle {
         self.s()
             .discovery
             .send(replic8_discovery::Topics)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
+    /// The DHT node's counters, tables and peers found per infohash; `None` without a
+    /// DHT or with the `mainline` backend.
+    pub async fn dht_status(&self) -> Result<Option<replic8_discovery::DhtStatus>, NodeClosed> {
+        self.s()
+            .discovery
+            .send(replic8_discovery::DhtInfo)
             .await
             .map_err(|_| NodeClosed)
     }

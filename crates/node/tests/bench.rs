@@ -154,6 +154,12 @@ fn discovery_connects_every_round_on_a_local_dht() {
         let max = f(row, &format!("{case}_max_ms"));
         assert!(median > 0.0 && median <= max, "{row}");
     }
+    assert_eq!(u(row, "dead_entries_connected"), 2, "{row}");
+    for case in ["dead_entries_join", "dead_entries_connected"] {
+        let median = f(row, &format!("{case}_median_ms"));
+        let max = f(row, &format!("{case}_max_ms"));
+        assert!(median > 0.0 && median <= max, "{row}");
+    }
 }
 
 #[test]

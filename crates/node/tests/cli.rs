@@ -140,6 +140,7 @@ impl Daemon {
         let mut lines = std::io::BufReader::new(stderr).lines();
         let first = lines.next().unwrap().unwrap();
         assert!(first.starts_with("replic8 daemon: key "), "{first}");
+        assert!(first.contains(" dht "), "the DHT addresses: {first}");
         std::thread::spawn(move || for _ in lines {});
         Daemon { child }
     }
@@ -292,6 +293,15 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     let peers: serde_json::Value =
         serde_json::from_str(&client(&data, &["peers", "--json"])).unwrap();
     assert_eq!(peers, serde_json::json!([]));
+    // The DHT node's id and counters; the id is kept in the data directory.
+    let status: serde_json::Value =
+        serde_json::from_str(&client(&data, &["status", "--json"])).unwrap();
+    let dht_id = status["dht"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(dht_id.len(), 40, "{status}");
+    assert!(
+        status["dht"]["queries_out"].as_u64().unwrap() > 0,
+        "{status}"
+    );
     daemon.stop();
     assert!(!socket.exists(), "socket removed on exit");
 
@@ -314,6 +324,11 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     let topics = status["topics"].as_array().unwrap();
     assert_eq!(topics.len(), 1, "{status}");
     assert_eq!(topics[0]["topic"], joined["topic"], "{status}");
+    assert_eq!(
+        status["dht"]["id"],
+        dht_id.as_str(),
+        "same DHT node id: {status}"
+    );
     let info: serde_json::Value =
         serde_json::from_str(&client(&data, &["feed", "info", &key, "--json"])).unwrap();
     assert_eq!(info["length"], 4);

@@ -320,6 +320,12 @@ impl DhtCore {
         &self.config
     }
 
+    /// Leaves or enters read-only mode (BEP 43): a driver that starts read-only and finds
+    /// that others reach it switches to answering queries.
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.config.read_only = read_only;
+    }
+
     /// The routing table of one family.
     pub fn table(&self, v6: bool) -> &RoutingTable {
         if v6 {

@@ -12,6 +12,11 @@
 //! - both-at-once: A and B join at the same instant. Measured: from the joins to the
 //!   first `PeerUp` between them (on either side).
 //!
+//! - dead-entries: on a second private DHT of our own nodes (`KrpcTestnet::with_dead`:
+//!   the same number of live nodes plus a quarter as many that entered every routing
+//!   table and then went silent), A joins, then B. Measured: B's join resolving (first
+//!   lookup round done) and B's `PeerUp` for A, each from B's join call.
+//!
 //! A round that does not connect within the guard (default 30 s) counts as not connected;
 //! median and max are over the connected rounds.
 
@@ -114,6 +119,82 @@ async fn both_at_once(
     result
 }
 
+/// One dead-entries round: milliseconds from B's join call to its join resolving and to
+/// B's `PeerUp` for A.
+async fn dead_entries(
+    (a, b): (NodeHandle, NodeHandle),
+    guard: Duration,
+) -> Result<Option<(f64, f64)>, BenchError> {
+    let topic = fresh_topic();
+    a.join(topic, JoinOptions::default()).await?;
+    let up = peer_up(b.subscribe(), a.key(), guard);
+    let start = Instant::now();
+    let joined = async {
+        let joined = b.join(topic, JoinOptions::default()).await;
+        (joined, start.elapsed().as_secs_f64() * 1e3)
+    };
+    let ((joined, join_ms), up) = tokio::join!(joined, up);
+    joined?;
+    Ok(up.map(|t| (join_ms, t.duration_since(start).as_secs_f64() * 1e3)))
+}
+
+/// The dead-entries case: join-resolved and connected times of the rounds that connected.
+async fn run_dead_entries(
+    rounds: usize,
+    nodes: usize,
+    parallel: usize,
+    guard: Duration,
+) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
+    let dead = (nodes / 4).max(1);
+    let testnet =
+        tokio::task::spawn_blocking(move || replic8_discovery::KrpcTestnet::with_dead(nodes, dead))
+            .await
+            .map_err(|e| BenchError::Options(e.to_string()))?
+            .map_err(BenchError::io("testnet"))?;
+    let mut pairs = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        pairs.push((
+            spawn(&testnet.bootstrap).await?,
+            spawn(&testnet.bootstrap).await?,
+        ));
+    }
+    let all: Vec<NodeHandle> = pairs
+        .iter()
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
+    let permits = Arc::new(Semaphore::new(parallel));
+    let mut tasks = tokio::task::JoinSet::new();
+    for pair in pairs {
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            dead_entries(pair, guard).await
+        });
+    }
+    let (mut joined, mut connected) = (Vec::new(), Vec::new());
+    let mut failed = None;
+    while let Some(done) = tasks.join_next().await {
+        match done.map_err(|e| BenchError::Options(format!("a discovery round: {e}"))) {
+            Ok(Ok(Some((j, c)))) => {
+                joined.push(j);
+                connected.push(c);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    let mut closing = tokio::task::JoinSet::new();
+    for node in all {
+        closing.spawn(async move { node.close().await });
+    }
+    while closing.join_next().await.is_some() {}
+    drop(testnet);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((joined, connected)),
+    }
+}
+
 /// Runs the scenario.
 pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let rounds = options.rounds.unwrap_or(DEFAULT_ROUNDS);
@@ -180,11 +261,27 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         return Err(e);
     }
     drop(testnet);
+    let (mut dead_joined, mut dead_connected) =
+        run_dead_entries(rounds, nodes, parallel, guard).await?;
     let mut row = Row::new("discovery", 0, 0, seconds, peak_rss_bytes(None))
         .with("rounds", rounds)
         .with("testnet_nodes", nodes)
         .with("parallel", parallel)
         .with("guard_seconds", guard.as_secs_f64());
+    let dead_rounds = dead_connected.len();
+    for (name, ms) in [
+        ("dead_entries_join", &mut dead_joined),
+        ("dead_entries_connected", &mut dead_connected),
+    ] {
+        let (median, max) = match median_max(ms) {
+            Some((m, x)) => (Some(round(m, 1)), Some(round(x, 1))),
+            None => (None, None),
+        };
+        row = row
+            .with(&format!("{name}_median_ms"), median)
+            .with(&format!("{name}_max_ms"), max);
+    }
+    row = row.with("dead_entries_connected", dead_rounds);
     for (name, ms) in [
         ("announce_then_join", &mut sequential),
         ("both_at_once", &mut together),
