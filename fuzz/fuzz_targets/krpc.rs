@@ -13,8 +13,9 @@
 //!   (read-only, IP restriction, BEP 42 enforcement, families, votes needed, small
 //!   pending/lookup limits); then each chunk is `[op][len: u16 BE][len bytes]`, where
 //!   `op` picks the source (bits 0-2: one of 8 fixed IPv4/IPv6 addresses, or with bit 3
-//!   the destination of one of the last 8 queries the core sent, whose transaction id
-//!   then replaces the first `TTTT` in the datagram), the virtual time that passes
+//!   the destination of one of the last 8 queries the core sent that this input has
+//!   not answered yet, whose transaction id then replaces the first `TTTT` in the
+//!   datagram), the virtual time that passes
 //!   before it (bits 4-5: 0, 300 ms, 3.5 s, 61 s) and a command run first (bits 6-7:
 //!   none, bootstrap through the 8 addresses, get_peers, announce). The first
 //!   `KKKKKKKK` in a datagram becomes the last token the core gave the source's IP.
@@ -131,12 +132,15 @@ fuzz_target!(|data: &[u8]| {
         h.step(now);
 
         let from = if op & 8 != 0 {
-            // An answer to one of the last queries: from where it went, with its tid.
-            let Some((to, tid)) = h.queries.iter().rev().nth(pick % h.queries.len().max(1)) else {
+            // An answer to one of the last queries not answered yet: from where it went,
+            // with its tid.
+            if h.queries.is_empty() {
                 continue;
-            };
-            replace(&mut datagram, b"TTTT", tid);
-            *to
+            }
+            let index = h.queries.len() - 1 - pick % h.queries.len();
+            let (to, tid) = h.queries.remove(index);
+            replace(&mut datagram, b"TTTT", &tid);
+            to
         } else {
             addrs[pick]
         };
@@ -181,7 +185,8 @@ fn config(byte: u8) -> DhtCoreConfig {
 struct Harness {
     core: DhtCore,
     config: DhtCoreConfig,
-    /// The last queries the core sent: destination and transaction id.
+    /// The last queries the core sent and the input has not answered: destination and
+    /// transaction id.
     queries: Vec<(SocketAddr, Vec<u8>)>,
     /// The last tokens the core handed out, by the IP they are bound to.
     tokens: Vec<(std::net::IpAddr, Vec<u8>)>,

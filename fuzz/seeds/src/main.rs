@@ -322,8 +322,8 @@ fn krpc_query(tid: &[u8], query: Query) -> Vec<u8> {
     krpc(tid, Body::Query { id, query }, None)
 }
 
-/// A `find_node`/`get_peers` answer with two IPv4 and two IPv6 nodes (the target's
-/// fixed addresses and new ones), peers and a token; `TTTT` stands for the tid the
+/// A `find_node`/`get_peers` answer with two IPv4 and two IPv6 nodes (one of the
+/// target's fixed addresses and one new per responder each), peers and a token; `TTTT` stands for the tid the
 /// target fills in.
 fn krpc_answer(responder: u8, values: bool) -> Vec<u8> {
     let node = |i: u8, addr: &str| NodeInfo {
@@ -332,10 +332,13 @@ fn krpc_answer(responder: u8, values: bool) -> Vec<u8> {
     };
     let response = Response {
         id: Id([responder; 20]),
-        nodes: vec![node(0x21, "10.0.0.2:6881"), node(0x22, "10.9.0.1:6881")],
+        nodes: vec![
+            node(0x21, "10.0.0.2:6881"),
+            node(responder ^ 0x80, &format!("10.9.{responder}.1:6881")),
+        ],
         nodes6: vec![
             node(0x23, "[2001:db8::2]:6881"),
-            node(0x24, "[2001:db8::9]:6881"),
+            node(responder ^ 0xc0, &format!("[2001:db8::{responder:x}]:6881")),
         ],
         values: if values {
             vec![
@@ -412,7 +415,35 @@ fn krpc_seeds() -> Vec<(&'static str, Vec<u8>)> {
         );
     }
     chunk(&mut lookups, 0x30, b"");
+    // A table filled by answers to a bootstrap (from one IP or many), then served:
+    // find_node and get_peers with nodes of both families, an announce, and a KRPC
+    // error in answer to one of our queries.
+    let mut table = vec![0x02];
+    chunk(&mut table, 0x40, b"");
+    for i in 0..9 {
+        chunk(&mut table, 0x08, &krpc_answer(0x60 + i, i % 3 == 0));
+    }
+    let error = Body::Error {
+        code: ERROR_PROTOCOL,
+        message: "bad token".into(),
+    };
+    chunk(&mut table, 0x08, &krpc(b"TTTT", error, None));
+    for from in [0, 3, 4, 7] {
+        chunk(&mut table, from, &find_node);
+    }
+    chunk(&mut table, 0x02, &get_peers);
+    chunk(&mut table, 0x02, &announce);
+    chunk(&mut table, 0x06, &get_peers);
+    chunk(&mut table, 0x16, &get_peers);
+    // One source over a rate limit of 3 queries in a burst, then 3.5 s later.
+    let mut flood = vec![0x80];
+    for _ in 0..6 {
+        chunk(&mut flood, 0x03, &krpc_query(b"pp", Query::Ping));
+    }
+    chunk(&mut flood, 0x23, &find_node);
     vec![
+        ("sequence-table-serve", table),
+        ("sequence-rate-limit", flood),
         (
             "ping-tid2",
             b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:v4:LT\x02\x001:y1:qe".to_vec(),
