@@ -11,6 +11,8 @@ use replic8::message::{
     self, CloseCode, FeedStreamHeader, Headers, KnownFeed, Message, OfferedFeed,
 };
 use replic8_connmgr::Identity;
+use replic8_discovery::krpc::message::{Body, Query, Response, Want as KrpcWant, ERROR_PROTOCOL};
+use replic8_discovery::krpc::{Id, Message as Krpc, NodeInfo, TxId};
 use replic8_fuzz_fixtures as fx;
 use replic8_store::message::Data;
 use replic8_store::{encode, FeedSync, Message as SyncMessage, SyncConfig, Want};
@@ -22,6 +24,7 @@ fn main() {
     write(root, "sync_message", sync_seeds());
     write(root, "proof_verify", proof_seeds());
     write(root, "peer_key", peer_key_seeds());
+    write(root, "krpc", krpc_seeds());
 }
 
 fn write(root: &Path, target: &str, seeds: Vec<(&str, Vec<u8>)>) {
@@ -301,4 +304,165 @@ fn peer_key_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut wrong = spki.clone();
     wrong[5] ^= 1;
     vec![("valid", spki), ("wrong-oid", wrong)]
+}
+
+fn krpc(tid: &[u8], body: Body, ip: Option<&str>) -> Vec<u8> {
+    Krpc {
+        tid: TxId::new(tid).expect("short tid"),
+        body,
+        read_only: false,
+        ip: ip.map(|a| a.parse().expect("address")),
+        version: Some(*b"LT\x02\x00"),
+    }
+    .encode()
+}
+
+fn krpc_query(tid: &[u8], query: Query) -> Vec<u8> {
+    let id = Id(*b"abcdefghij0123456789");
+    krpc(tid, Body::Query { id, query }, None)
+}
+
+/// A `find_node`/`get_peers` answer with two IPv4 and two IPv6 nodes (one of the
+/// target's fixed addresses and one new per responder each), peers and a token; `TTTT` stands for the tid the
+/// target fills in.
+fn krpc_answer(responder: u8, values: bool) -> Vec<u8> {
+    let node = |i: u8, addr: &str| NodeInfo {
+        id: Id([i; 20]),
+        addr: addr.parse().expect("address"),
+    };
+    let response = Response {
+        id: Id([responder; 20]),
+        nodes: vec![
+            node(0x21, "10.0.0.2:6881"),
+            node(responder ^ 0x80, &format!("10.9.{responder}.1:6881")),
+        ],
+        nodes6: vec![
+            node(0x23, "[2001:db8::2]:6881"),
+            node(responder ^ 0xc0, &format!("[2001:db8::{responder:x}]:6881")),
+        ],
+        values: if values {
+            vec![
+                "10.7.7.7:4000".parse().expect("address"),
+                "[2001:db8::7]:4000".parse().expect("address"),
+            ]
+        } else {
+            Vec::new()
+        },
+        token: values.then(|| b"tok1".to_vec()),
+    };
+    krpc(b"TTTT", Body::Response(response), Some("81.2.3.4:6881"))
+}
+
+/// One chunk of the target's datagram sequence: `[op][len: u16 BE][datagram]`.
+fn chunk(out: &mut Vec<u8>, op: u8, datagram: &[u8]) {
+    out.push(op);
+    out.extend_from_slice(&u16::try_from(datagram.len()).expect("short").to_be_bytes());
+    out.extend_from_slice(datagram);
+}
+
+fn krpc_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let info_hash = Id([0x42; 20]);
+    let want = Some(KrpcWant { v4: true, v6: true });
+    let get_peers = krpc_query(b"gp", Query::GetPeers { info_hash, want });
+    let announce = krpc_query(
+        b"an",
+        Query::AnnouncePeer {
+            info_hash,
+            port: 0,
+            implied_port: true,
+            token: b"KKKKKKKK".to_vec(),
+        },
+    );
+    let find_node = krpc_query(
+        b"fn",
+        Query::FindNode {
+            target: Id([0x33; 20]),
+            want,
+        },
+    );
+    // Serving others: a querier gets a token, announces with it, another finds it.
+    let mut serve = vec![0];
+    chunk(&mut serve, 0x00, &get_peers);
+    chunk(&mut serve, 0x00, &announce);
+    chunk(&mut serve, 0x01, &get_peers);
+    chunk(&mut serve, 0x04, &find_node);
+    chunk(&mut serve, 0x15, &krpc_query(b"p", Query::Ping));
+    // Our lookups: bootstrap through the fixed addresses, answers to the latest
+    // queries, then a get_peers and an announce lookup, answered, with time passing.
+    // One vote is enough here, so the external address and a BEP 42 id follow.
+    let mut lookups = vec![0x20];
+    chunk(&mut lookups, 0x40, b"");
+    for pick in 0..4 {
+        chunk(&mut lookups, 0x08 | pick, &krpc_answer(0x60 + pick, false));
+    }
+    chunk(&mut lookups, 0xa0, b"");
+    for pick in 0..3 {
+        chunk(&mut lookups, 0x08 | pick, &krpc_answer(0x70 + pick, true));
+    }
+    chunk(&mut lookups, 0xe0, b"");
+    for pick in 0..3 {
+        chunk(&mut lookups, 0x08 | pick, &krpc_answer(0x70 + pick, true));
+    }
+    for pick in 0..3 {
+        let ack = Response {
+            id: Id([0x70 + pick; 20]),
+            ..Response::default()
+        };
+        chunk(
+            &mut lookups,
+            0x08 | pick,
+            &krpc(b"TTTT", Body::Response(ack), None),
+        );
+    }
+    chunk(&mut lookups, 0x30, b"");
+    // A table filled by answers to a bootstrap (from one IP or many), then served:
+    // find_node and get_peers with nodes of both families, an announce, and a KRPC
+    // error in answer to one of our queries.
+    let mut table = vec![0x02];
+    chunk(&mut table, 0x40, b"");
+    for i in 0..9 {
+        chunk(&mut table, 0x08, &krpc_answer(0x60 + i, i % 3 == 0));
+    }
+    let error = Body::Error {
+        code: ERROR_PROTOCOL,
+        message: "bad token".into(),
+    };
+    chunk(&mut table, 0x08, &krpc(b"TTTT", error, None));
+    for from in [0, 3, 4, 7] {
+        chunk(&mut table, from, &find_node);
+    }
+    chunk(&mut table, 0x02, &get_peers);
+    chunk(&mut table, 0x02, &announce);
+    chunk(&mut table, 0x06, &get_peers);
+    chunk(&mut table, 0x16, &get_peers);
+    // One source over a rate limit of 3 queries in a burst, then 3.5 s later.
+    let mut flood = vec![0x80];
+    for _ in 0..6 {
+        chunk(&mut flood, 0x03, &krpc_query(b"pp", Query::Ping));
+    }
+    chunk(&mut flood, 0x23, &find_node);
+    vec![
+        ("sequence-table-serve", table),
+        ("sequence-rate-limit", flood),
+        (
+            "ping-tid2",
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:v4:LT\x02\x001:y1:qe".to_vec(),
+        ),
+        ("get-peers", get_peers),
+        ("announce-implied-port", announce),
+        ("find-node-response", krpc_answer(0x61, false)),
+        (
+            "error",
+            krpc(
+                b"ee",
+                Body::Error {
+                    code: ERROR_PROTOCOL,
+                    message: "bad token".into(),
+                },
+                None,
+            ),
+        ),
+        ("sequence-serve", serve),
+        ("sequence-lookups", lookups),
+    ]
 }
