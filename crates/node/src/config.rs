@@ -82,6 +82,9 @@ pub struct DiscoverySection {
     /// otherwise it is read-only until a query from a node it never contacted shows
     /// that others reach it.
     pub dht_server: bool,
+    /// Keep the DHT node read-only (BEP 43: it never answers queries) whatever the
+    /// network shows, e.g. on a metered link. Cannot be combined with `dht_server`.
+    pub dht_read_only: bool,
     /// UDP port of the DHT sockets. Omitted: 6881 if free, else any free port.
     pub dht_port: Option<u16>,
     /// Addresses of the DHT sockets, at most one IPv4 and one IPv6. Empty: `0.0.0.0`
@@ -103,6 +106,7 @@ impl Default for DiscoverySection {
             dht: true,
             bootstrap: None,
             dht_server: false,
+            dht_read_only: false,
             dht_port: None,
             dht_bind: Vec::new(),
             lan: true,
@@ -257,6 +261,12 @@ impl NodeConfig {
             }
         }
         let d = &self.discovery;
+        if d.dht_server && d.dht_read_only {
+            return invalid(
+                "discovery.dht_read_only",
+                "cannot be combined with discovery.dht_server",
+            );
+        }
         if d.dht_bind.iter().filter(|ip| ip.is_ipv4()).count() > 1
             || d.dht_bind.iter().filter(|ip| ip.is_ipv6()).count() > 1
         {
@@ -346,6 +356,10 @@ mod tests {
         let cases = [
             ("[limits]\nmax_peers = 0\n", "limits.max_peers"),
             ("[limits]\nmax_replicas = 0\n", "limits.max_replicas"),
+            (
+                "[discovery]\ndht_server = true\ndht_read_only = true\n",
+                "discovery.dht_read_only",
+            ),
             (
                 "[limits]\nnew_feeds_per_peer = 0\n",
                 "limits.new_feeds_per_peer",

@@ -139,6 +139,8 @@ impl NodeBuilder {
         let dht = d.dht.then(|| DhtConfig {
             mode: if d.dht_server {
                 DhtMode::Server
+            } else if d.dht_read_only {
+                DhtMode::ReadOnly
             } else {
                 DhtMode::Auto
             },
