@@ -1590,3 +1590,24 @@ pub enum ConnectError {
     #[error(transparent)]
     Dial(#[from] replic8_connmgr::DialError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[discovery] dht_server` and `dht_read_only` choose the DHT node's mode; neither
+    /// leaves it to the network (auto).
+    #[test]
+    fn the_dht_mode_follows_the_config() {
+        let mode = |toml: &str| {
+            let config = NodeConfig::from_toml(toml).unwrap();
+            NodeBuilder::from_config(&config).unwrap().dht.unwrap().mode
+        };
+        assert_eq!(mode(""), DhtMode::Auto);
+        assert_eq!(mode("[discovery]\ndht_server = true\n"), DhtMode::Server);
+        assert_eq!(
+            mode("[discovery]\ndht_read_only = true\n"),
+            DhtMode::ReadOnly
+        );
+    }
+}
