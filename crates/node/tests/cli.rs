@@ -8,6 +8,29 @@ fn replic8() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replic8"))
 }
 
+/// The binary run as `uid` (and its gid). The build directory may sit in a directory
+/// only we can enter (a clone in a `mktemp -d`), so another uid runs a copy of the
+/// binary placed in a directory every user can enter.
+fn replic8_as(uid: u32) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let path = COPY.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("replic8-bin")
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("replic8");
+        std::fs::copy(env!("CARGO_BIN_EXE_replic8"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    });
+    let mut cmd = Command::new(path);
+    cmd.uid(uid).gid(uid);
+    cmd
+}
+
 #[test]
 fn only_hash_prints_json_with_the_tree_hash() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,15 +171,14 @@ impl Daemon {
     /// A daemon without DHT or LAN on `data`, run as `uid` (and its gid) if given.
     fn start_private(data: &std::path::Path, uid: Option<u32>) -> Daemon {
         use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-        let mut cmd = replic8();
+        let mut cmd = match uid {
+            Some(uid) => replic8_as(uid),
+            None => replic8(),
+        };
         cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
             .arg("--data-dir")
             .arg(data)
             .stderr(std::process::Stdio::piped());
-        if let Some(uid) = uid {
-            cmd.uid(uid).gid(uid);
-        }
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = std::io::BufReader::new(stderr).lines();
@@ -472,12 +494,10 @@ fn the_control_socket_is_bound_in_a_private_directory() {
         "no socket directly in the data directory"
     );
     // A client of another uid is refused by its own check of the directory...
-    let out = replic8()
+    let out = replic8_as(OTHER_UID)
         .arg("--data-dir")
         .arg(&data)
         .arg("status")
-        .uid(OTHER_UID)
-        .gid(OTHER_UID)
         .output()
         .unwrap();
     let err = String::from_utf8(out.stderr).unwrap();
@@ -527,12 +547,10 @@ fn the_daemon_refuses_a_connection_from_another_uid() {
     assert!(!line.contains("\"ok\""), "{line}");
 
     // The daemon's own uid is served.
-    let out = replic8()
+    let out = replic8_as(OTHER_UID)
         .arg("--data-dir")
         .arg(&data)
         .args(["status", "--json"])
-        .uid(OTHER_UID)
-        .gid(OTHER_UID)
         .output()
         .unwrap();
     assert!(
