@@ -1,0 +1,225 @@
+//! `replic8 feed ...`: create, append, read, inspect and import feeds.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use replic8_node::config::NodeConfig;
+use replic8_node::control::Request;
+use replic8_node::import;
+
+use crate::client::{ask, print_json, read_input};
+
+/// Work with feeds.
+#[derive(Debug, Subcommand)]
+pub(crate) enum FeedCommand {
+    /// Create a writable feed; prints its key.
+    New {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append a file (or standard input) to a feed, split into blocks.
+    Append {
+        /// The feed's key, hex.
+        key: String,
+        /// The file; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+        /// Bytes per block.
+        #[arg(long, default_value_t = 64 * 1024)]
+        block_size: usize,
+    },
+    /// Write blocks of a feed to standard output.
+    Cat {
+        /// The feed's key, hex.
+        key: String,
+        /// First block.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End block (exclusive); default the feed's length.
+        #[arg(long)]
+        end: Option<u64>,
+    },
+    /// A feed's length, bytes, tree hash and whether it is writable.
+    Info {
+        /// The feed's key, hex.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Split a file into blocks and print the feed's key, length and tree hash.
+    Import {
+        /// The file to import; `-` reads standard input.
+        file: PathBuf,
+        /// Bytes per block (the last block may be shorter).
+        #[arg(long, default_value_t = 64 * 1024)]
+        block_size: usize,
+        /// Only compute the tree hash the feed would have: no key, nothing stored, no daemon.
+        #[arg(long)]
+        only_hash: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Blocks per `feed cat` request: at most 64 MiB of 1 MiB blocks per answer.
+const CAT_BATCH: u64 = 64;
+
+/// Runs a `feed` command.
+pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<()> {
+    match command {
+        FeedCommand::New { json } => {
+            let v = ask(config, &Request::FeedNew)?;
+            if json {
+                print_json(&v)
+            } else {
+                println!("{}", v["key"].as_str().unwrap_or_default());
+                Ok(())
+            }
+        }
+        FeedCommand::Append {
+            key,
+            file,
+            block_size,
+        } => {
+            let data = read_input(file.as_deref())?;
+            let length = append_blocks(config, &key, &data, block_size)?;
+            println!("{length}");
+            Ok(())
+        }
+        FeedCommand::Cat { key, start, end } => {
+            let end = match end {
+                Some(end) => end,
+                None => ask(config, &Request::FeedInfo { key: key.clone() })?["length"]
+                    .as_u64()
+                    .unwrap_or_default(),
+            };
+            if start > end {
+                bail!("--start {start} is past --end {end}");
+            }
+            // A request per CAT_BATCH blocks, so a large feed streams out in bounded
+            // pieces instead of one answer holding all of it.
+            let mut out = std::io::stdout().lock();
+            let mut at = start;
+            while at < end {
+                let to = end.min(at + CAT_BATCH);
+                let v = ask(
+                    config,
+                    &Request::FeedCat {
+                        key: key.clone(),
+                        start: at,
+                        end: Some(to),
+                    },
+                )?;
+                for block in v["blocks"].as_array().into_iter().flatten() {
+                    out.write_all(&hex::decode(block.as_str().unwrap_or_default())?)?;
+                }
+                at = to;
+            }
+            Ok(())
+        }
+        FeedCommand::Info { key, json } => {
+            let v = ask(config, &Request::FeedInfo { key })?;
+            if json {
+                return print_json(&v);
+            }
+            for field in [
+                "key",
+                "discovery_key",
+                "writable",
+                "length",
+                "stored",
+                "byte_length",
+                "tree_hash",
+            ] {
+                println!("{field:<14} {}", v[field]);
+            }
+            Ok(())
+        }
+        FeedCommand::Import {
+            file,
+            block_size,
+            only_hash,
+            json,
+        } => {
+            let summary = if file.as_os_str() == "-" {
+                import::hash_only(std::io::stdin().lock(), block_size)?
+            } else {
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?;
+                import::hash_only(std::io::BufReader::with_capacity(1 << 20, f), block_size)
+                    .with_context(|| file.display().to_string())?
+            };
+            let mut out = std::io::stdout().lock();
+            if only_hash {
+                if json {
+                    serde_json::to_writer(&mut out, &summary)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "tree_hash  {}", summary.tree_hash)?;
+                    writeln!(out, "length     {}", summary.length)?;
+                    writeln!(out, "bytes      {}", summary.bytes)?;
+                    writeln!(out, "block_size {}", summary.block_size)?;
+                }
+                return Ok(());
+            }
+            if file.as_os_str() == "-" {
+                bail!("importing standard input into the daemon is not supported; use feed new and feed append");
+            }
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let key = ask(config, &Request::FeedNew)?["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let length = append_blocks(config, &key, &data, block_size)?;
+            let info = ask(config, &Request::FeedInfo { key: key.clone() })?;
+            let v = serde_json::json!({
+                "key": key,
+                "length": length,
+                "tree_hash": info["tree_hash"],
+                "bytes": data.len(),
+            });
+            if json {
+                return print_json(&v);
+            }
+            writeln!(out, "key        {key}")?;
+            writeln!(out, "length     {length}")?;
+            writeln!(
+                out,
+                "tree_hash  {}",
+                info["tree_hash"].as_str().unwrap_or_default()
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Appends `data` in blocks of `block_size`, a request per 8 MiB; the final length.
+fn append_blocks(
+    config: &NodeConfig,
+    key: &str,
+    data: &[u8],
+    block_size: usize,
+) -> anyhow::Result<u64> {
+    if block_size == 0 || block_size > replic8_store::MAX_BLOCK_SIZE {
+        bail!("--block-size must be 1..={}", replic8_store::MAX_BLOCK_SIZE);
+    }
+    let per_request = ((8 << 20) / block_size).max(1);
+    let mut length = 0;
+    let blocks: Vec<&[u8]> = data.chunks(block_size).collect();
+    for batch in blocks.chunks(per_request) {
+        let reply = ask(
+            config,
+            &Request::FeedAppend {
+                key: key.to_owned(),
+                blocks: batch.iter().map(hex::encode).collect(),
+            },
+        )?;
+        length = reply["length"].as_u64().unwrap_or_default();
+    }
+    Ok(length)
+}

@@ -1,0 +1,51 @@
+//! `replic8 peers` and `replic8 status`: what a running daemon sees.
+
+use replic8_node::config::NodeConfig;
+use replic8_node::control::Request;
+
+use crate::client::{ask, print_json};
+
+/// Runs `replic8 peers`.
+pub(crate) fn peers(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
+    let v = ask(config, &Request::Peers)?;
+    if json {
+        return print_json(&v);
+    }
+    for p in v.as_array().into_iter().flatten() {
+        println!(
+            "{} {} {} rtt {:.1} ms",
+            p["key"].as_str().unwrap_or_default(),
+            p["addr"].as_str().unwrap_or_default(),
+            p["initiator"].as_str().unwrap_or_default(),
+            p["rtt_ms"].as_f64().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `replic8 status`.
+pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
+    let v = ask(config, &Request::Status)?;
+    if json {
+        return print_json(&v);
+    }
+    println!("key       {}", v["key"].as_str().unwrap_or_default());
+    println!("listen    {}", v["listen"].as_str().unwrap_or_default());
+    println!("peers     {}   sessions {}", v["peers"], v["sessions"]);
+    println!("bytes     in {}   out {}", v["bytes_in"], v["bytes_out"]);
+    println!(
+        "blocks    verified {}   sent {}",
+        v["blocks_verified"], v["feed_blocks_out"]
+    );
+    for t in v["topics"].as_array().into_iter().flatten() {
+        println!(
+            "topic     {} announce={} lookup={} flushed={} peers_found={}",
+            t["topic"].as_str().unwrap_or_default(),
+            t["announce"],
+            t["lookup"],
+            t["flushed"],
+            t["peers_found"]
+        );
+    }
+    Ok(())
+}
