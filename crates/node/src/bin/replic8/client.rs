@@ -9,6 +9,7 @@ use replic8_node::control::{self, Request};
 use replic8_node::persist;
 use serde_json::Value;
 
+/// A header given as `k=v`.
 pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
@@ -16,6 +17,7 @@ pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
+/// A multi-threaded tokio runtime.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start a runtime")
 }
@@ -44,16 +46,34 @@ pub(crate) fn load_config(
 /// Sends `req` to the daemon of the data directory, after checking that directory (a
 /// missing one is left to the connect, which says there is no daemon).
 pub(crate) fn ask(config: &NodeConfig, req: &Request) -> anyhow::Result<Value> {
+    let socket = control::socket_path(&checked_data_dir(config)?);
+    Ok(runtime()?.block_on(control::request(&socket, req))?)
+}
+
+/// The config's data directory, refused if it is unsafe (a missing one is left to the
+/// connect, which says there is no daemon).
+fn checked_data_dir(config: &NodeConfig) -> anyhow::Result<PathBuf> {
     let data_dir = config.resolve_data_dir()?;
     match persist::check_dir(&data_dir) {
         Err(persist::PersistError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound => {}
         checked => checked?,
     }
-    let socket = control::socket_path(&data_dir);
-    Ok(runtime()?.block_on(control::request(&socket, req))?)
+    Ok(data_dir)
 }
 
+/// Sends `req` to the daemon and hands each line of its streamed answer to `each`,
+/// until `each` breaks or the daemon ends the stream.
+pub(crate) fn follow(
+    config: &NodeConfig,
+    req: &Request,
+    each: impl FnMut(Value) -> std::io::Result<std::ops::ControlFlow<()>>,
+) -> anyhow::Result<()> {
+    let socket = control::socket_path(&checked_data_dir(config)?);
+    Ok(runtime()?.block_on(control::request_stream(&socket, req, each))?)
+}
+
+/// Prints `value` as one JSON line.
 pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
@@ -61,6 +81,7 @@ pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file, or standard input for `-` or none.
 pub(crate) fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     let mut data = Vec::new();
     match file {

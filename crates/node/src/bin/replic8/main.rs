@@ -13,6 +13,7 @@ mod bench;
 mod client;
 mod daemon;
 mod demo;
+mod events;
 mod feed;
 mod namespace;
 mod status;
@@ -84,6 +85,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon's events as they happen (peers, sessions, offers, feeds), a line each,
+    /// until interrupted.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -148,5 +156,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leave { target } => topics::leave(&config, target),
         Command::Peers { json } => status::peers(&config, json),
         Command::Status { json } => status::status(&config, json),
+        Command::Events { json } => events::run(&config, json),
     }
 }

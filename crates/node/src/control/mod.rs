@@ -9,20 +9,29 @@
 //! uid, root included: any other uid gets one error line and the connection is closed.
 //! The data directory itself is checked first ([`crate::persist::check_dir`]).
 //!
-//! The protocol is one JSON [`Request`] per line and one JSON [`Response`] line per
-//! request. A request line is at most [`MAX_REQUEST`] bytes; a longer one ends the
-//! connection with an error. Block data travels as hex.
+//! The protocol is one JSON [`Request`] line per connection, answered by one JSON
+//! [`Response`] line, or, for a request that follows something live (`events`, ...), by
+//! a [`Response`] line per item until the daemon has no more or the client hangs up
+//! ([`request_stream`]). A request line is at most [`MAX_REQUEST`] bytes; a longer one
+//! ends the connection with an error. Block data travels as hex.
+//!
+//! Modules: `handle` answers each request from the node's handle; `events` turns
+//! [`NodeEvent`](crate::NodeEvent)s into JSON lines.
 
+mod events;
+mod handle;
+
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::node::{JoinOptions, NodeHandle};
+use crate::node::NodeHandle;
 use crate::persist::{self, PersistError};
-use crate::{FeedKey, Headers, Topic};
 
 /// The private directory inside the data directory that holds the socket (mode 0700).
 pub const RUN_DIR: &str = "run";
@@ -96,6 +105,9 @@ pub enum Request {
     Peers,
     /// Topics, peers and counters.
     Status,
+    /// The node's events as they happen, one JSON object per line, until the client
+    /// hangs up.
+    Events,
 }
 
 /// The daemon's answer: `{"ok": ...}` or `{"error": "..."}`.
@@ -168,6 +180,52 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Co
         Response::Error(e) => Err(ControlError::Daemon(e)),
     }
 }
+
+/// Send one request whose answer is a stream of lines (`events`, ...) to the daemon
+/// whose socket is `path`, and hand each line's `ok` value to `each` until it breaks,
+/// the daemon ends the stream, or the daemon answers an error.
+pub async fn request_stream(
+    path: &Path,
+    req: &Request,
+    mut each: impl FnMut(serde_json::Value) -> std::io::Result<ControlFlow<()>>,
+) -> Result<(), ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str(&line)? {
+            Response::Ok(v) => {
+                if each(v)?.is_break() {
+                    break;
+                }
+            }
+            Response::Error(e) => return Err(ControlError::Daemon(e)),
+        }
+    }
+    Ok(())
+}
+
+/// What the daemon answers a request with: one value, or a stream of items (each an
+/// `ok` line, or an `error` line that ends it).
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// One answer line.
+    One(serde_json::Value),
+    /// A line per item until the sender is dropped (or sends an error).
+    Stream(mpsc::Receiver<Result<serde_json::Value, String>>),
+}
+
+/// Items a streamed answer may queue for a client that reads slowly; a producer that
+/// finds the queue full waits (events) or drops what it cannot hold (and says so).
+pub(crate) const STREAM_QUEUE: usize = 256;
 
 /// A listening control socket; dropping it stops accepting (the file stays until
 /// [`ControlServer::close`]).
@@ -278,200 +336,44 @@ async fn serve(stream: UnixStream, node: &NodeHandle) -> std::io::Result<()> {
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
     reader.read_until(b'\n', &mut line).await?;
-    let response = if line.len() > MAX_REQUEST {
-        Response::Error(format!("request over {MAX_REQUEST} bytes"))
+    let answer = if line.len() > MAX_REQUEST {
+        Err(format!("request over {MAX_REQUEST} bytes"))
     } else {
         match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => match handle(node, req).await {
-                Ok(v) => Response::Ok(v),
-                Err(e) => Response::Error(e),
-            },
-            Err(e) => Response::Error(format!("bad request: {e}")),
+            Ok(req) => handle::handle(node, req).await,
+            Err(e) => Err(format!("bad request: {e}")),
         }
     };
-    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
+    match answer {
+        Ok(Answer::One(v)) => write_line(&mut write, &Response::Ok(v)).await?,
+        Err(e) => write_line(&mut write, &Response::Error(e)).await?,
+        Ok(Answer::Stream(mut items)) => {
+            // The client sends nothing after its request: a read that returns means it
+            // hung up, and the stream (and whatever feeds it) stops.
+            let mut rest = [0u8; 64];
+            loop {
+                tokio::select! {
+                    item = items.recv() => match item {
+                        Some(Ok(v)) => write_line(&mut write, &Response::Ok(v)).await?,
+                        Some(Err(e)) => {
+                            write_line(&mut write, &Response::Error(e)).await?;
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = reader.read(&mut rest) => break,
+                }
+            }
+        }
+    }
     write.shutdown().await
 }
 
-fn parse_key(text: &str) -> Result<[u8; 32], String> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out)
-        .map_err(|_| format!("{text:?} is not 64 hex digits"))?;
-    Ok(out)
-}
-
-/// A topic for `join`/`leave`: a held feed's discovery key, else the bytes as a topic.
-async fn target_topic(node: &NodeHandle, text: &str) -> Result<(Topic, bool), String> {
-    let bytes = parse_key(text)?;
-    let feed = FeedKey(bytes);
-    if node.open_feed(feed).await.is_ok() {
-        Ok((Topic(feed.discovery_key().0), true))
-    } else {
-        Ok((Topic(bytes), false))
-    }
-}
-
-async fn handle(node: &NodeHandle, req: Request) -> Result<serde_json::Value, String> {
-    use serde_json::json;
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    Ok(match req {
-        Request::FeedNew => {
-            let key = node.create_feed().await.map_err(|x| e(&x))?;
-            json!({ "key": hex::encode(key.0) })
-        }
-        Request::FeedAppend { key, blocks } => {
-            let feed = FeedKey(parse_key(&key)?);
-            let blocks = blocks
-                .iter()
-                .map(|b| hex::decode(b).map_err(|_| "a block is not hex".to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let length = node.append(feed, blocks).await.map_err(|x| e(&x))?;
-            json!({ "length": length })
-        }
-        Request::FeedCat { key, start, end } => {
-            let feed = FeedKey(parse_key(&key)?);
-            let end = match end {
-                Some(end) => end,
-                None => node.open_feed(feed).await.map_err(|x| e(&x))?.length,
-            };
-            if start > end {
-                return Err(format!("start {start} is past end {end}"));
-            }
-            let blocks = node.read(feed, start..end).await.map_err(|x| e(&x))?;
-            json!({ "blocks": blocks.iter().map(hex::encode).collect::<Vec<_>>() })
-        }
-        Request::FeedInfo { key } => {
-            let info = node
-                .open_feed(FeedKey(parse_key(&key)?))
-                .await
-                .map_err(|x| e(&x))?;
-            json!({
-                "key": hex::encode(info.key.0),
-                "writable": info.writable,
-                "length": info.length,
-                "stored": info.stored,
-                "byte_length": info.byte_length,
-                "tree_hash": info.head.as_ref().map(|h| hex::encode(h.tree_hash)),
-                "discovery_key": hex::encode(info.key.discovery_key().0),
-            })
-        }
-        Request::Share {
-            namespace,
-            key,
-            headers,
-        } => {
-            let mut h = Headers::new();
-            for (k, v) in headers {
-                h.insert(k, v.into_bytes()).map_err(|x| e(&x))?;
-            }
-            let offered = node
-                .share(&namespace, FeedKey(parse_key(&key)?), h)
-                .await
-                .map_err(|x| e(&x))?;
-            json!({ "offered_to": offered })
-        }
-        Request::Join {
-            target,
-            announce,
-            lookup,
-            topic,
-        } => {
-            let (topic, feed) = if topic {
-                (Topic(parse_key(&target)?), false)
-            } else {
-                match target_topic(node, &target).await? {
-                    (topic, true) => (topic, true),
-                    (_, false) => {
-                        return Err(format!(
-                            "no feed {} is held here, so its discovery key is unknown; to \
-                             join these 64 hex digits as a topic, add --topic",
-                            &target[..10.min(target.len())]
-                        ))
-                    }
-                }
-            };
-            let report = node
-                .join(topic, JoinOptions { announce, lookup })
-                .await
-                .map_err(|x| e(&x))?;
-            json!({
-                "topic": topic.to_hex(),
-                "feed": feed,
-                "announced": report.announced.len(),
-                "announce_failed": report.announce_failed.iter().map(|(_, why)| why.clone()).collect::<Vec<_>>(),
-                "peers_found": report.peers_found,
-            })
-        }
-        Request::Leave { target } => {
-            let (topic, feed) = target_topic(node, &target).await?;
-            node.leave(topic).await.map_err(|x| e(&x))?;
-            json!({ "topic": topic.to_hex(), "feed": feed })
-        }
-        Request::Peers => {
-            let peers = node.peers().await.map_err(|x| e(&x))?;
-            serde_json::Value::Array(
-                peers
-                    .iter()
-                    .map(|p| {
-                        json!({
-                            "key": hex::encode(p.key.as_bytes()),
-                            "addr": p.addr.to_string(),
-                            "initiator": format!("{:?}", p.initiator).to_lowercase(),
-                            "rtt_ms": p.rtt.as_secs_f64() * 1e3,
-                            "bytes_sent": p.bytes_sent,
-                            "bytes_received": p.bytes_received,
-                        })
-                    })
-                    .collect(),
-            )
-        }
-        Request::Status => {
-            let topics = node.topics().await.map_err(|x| e(&x))?;
-            let peers = node.peers().await.map_err(|x| e(&x))?;
-            let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
-            let dht = node.dht_status().await.map_err(|x| e(&x))?;
-            let c = node.counters();
-            json!({
-                "dht": dht.map(|d| json!({
-                    "id": hex::encode(d.id.0),
-                    "addrs": d.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "server": d.server,
-                    "nodes_v4": d.nodes_v4,
-                    "nodes_v6": d.nodes_v6,
-                    "queries_in": d.stats.queries_in,
-                    "queries_answered": d.stats.queries_answered,
-                    "queries_rate_limited": d.stats.queries_rate_limited,
-                    "queries_out": d.stats.queries_out,
-                    "responses_in": d.stats.responses_in,
-                    "timeouts": d.stats.timeouts,
-                    "announces_stored": d.stats.announces_stored,
-                    "peers_stored": d.peers_stored,
-                    "peers_found": d.peers_found.iter().map(|(ih, n)| json!({
-                        "infohash": hex::encode(ih),
-                        "peers": n,
-                    })).collect::<Vec<_>>(),
-                })),
-                "key": hex::encode(node.key().as_bytes()),
-                "listen": node.local_addr().to_string(),
-                "topics": topics.iter().map(|t| json!({
-                    "topic": t.topic.to_hex(),
-                    "announce": t.announce,
-                    "lookup": t.lookup,
-                    "flushed": t.flushed,
-                    "peers_found": t.peers_found,
-                    "peers": t.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "peers": peers.len(),
-                "sessions": c.sessions.get(),
-                "bytes_in": c.bytes_in.get(),
-                "bytes_out": c.bytes_out.get(),
-                "blocks_verified": c.blocks_verified.get(),
-                "feed_blocks_in": feeds.blocks_in,
-                "feed_blocks_out": feeds.blocks_out,
-                "feed_streams": feeds.streams,
-            })
-        }
-    })
+async fn write_line(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
 }

@@ -1,0 +1,155 @@
+//! `events`: the node's [`NodeEvent`]s as JSON lines, as they happen.
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Answer, STREAM_QUEUE};
+use crate::node::NodeHandle;
+use crate::NodeEvent;
+
+/// A stream of the node's events from now on. A client that reads too slowly for the
+/// node's event buffer gets a `lagged` line saying how many it missed, then the rest.
+pub(super) fn stream(node: &NodeHandle) -> Answer {
+    let mut events = node.subscribe();
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let line = match events.recv().await {
+                Ok(event) => to_json(&event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    json!({ "event": "lagged", "missed": missed })
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
+            // The client hung up (the server dropped the receiver): stop.
+            if tx.send(Ok(line)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Answer::Stream(rx)
+}
+
+fn key(bytes: &[u8; 32]) -> String {
+    hex::encode(bytes)
+}
+
+/// One event as a JSON object: `event` names it (snake case), keys are hex, reasons
+/// are the text the node logs.
+pub(crate) fn to_json(event: &NodeEvent) -> Value {
+    match event {
+        NodeEvent::PeerUp {
+            key: peer,
+            addr,
+            initiator,
+        } => json!({
+            "event": "peer_up",
+            "peer": key(peer.as_bytes()),
+            "addr": addr.to_string(),
+            "initiator": format!("{initiator:?}").to_lowercase(),
+        }),
+        NodeEvent::PeerDown { key: peer, reason } => json!({
+            "event": "peer_down",
+            "peer": key(peer.as_bytes()),
+            "reason": reason.to_string(),
+        }),
+        NodeEvent::SessionUp { peer } => json!({
+            "event": "session_up",
+            "peer": key(peer.as_bytes()),
+        }),
+        NodeEvent::Offered {
+            peer,
+            namespace,
+            feeds,
+        } => json!({
+            "event": "offered",
+            "peer": key(peer.as_bytes()),
+            "namespace": namespace,
+            "feeds": feeds.iter().map(|(feed, headers)| json!({
+                "feed": key(&feed.0),
+                "headers": headers_json(headers),
+            })).collect::<Vec<_>>(),
+        }),
+        NodeEvent::Accepted {
+            peer,
+            namespace,
+            feeds,
+        } => json!({
+            "event": "accepted",
+            "peer": key(peer.as_bytes()),
+            "namespace": namespace,
+            "feeds": feeds.iter().map(|f| key(&f.0)).collect::<Vec<_>>(),
+        }),
+        NodeEvent::FeedSynced { peer, feed, length } => json!({
+            "event": "feed_synced",
+            "peer": key(peer.as_bytes()),
+            "feed": key(&feed.0),
+            "length": length,
+        }),
+        NodeEvent::FeedAccepted {
+            peer,
+            namespace,
+            feed,
+        } => json!({
+            "event": "feed_accepted",
+            "peer": key(peer.as_bytes()),
+            "namespace": namespace,
+            "feed": key(&feed.0),
+        }),
+        NodeEvent::Downloaded {
+            peer,
+            feed,
+            blocks,
+            bytes,
+        } => json!({
+            "event": "downloaded",
+            "peer": key(peer.as_bytes()),
+            "feed": key(&feed.0),
+            "blocks": blocks,
+            "bytes": bytes,
+        }),
+        NodeEvent::SyncFailed { peer, feed, reason } => json!({
+            "event": "sync_failed",
+            "peer": key(peer.as_bytes()),
+            "feed": key(&feed.0),
+            "reason": reason,
+        }),
+        NodeEvent::FeedStopped { peer, feed, reason } => json!({
+            "event": "feed_stopped",
+            "peer": key(peer.as_bytes()),
+            "feed": key(&feed.0),
+            "reason": reason,
+        }),
+        NodeEvent::SessionEnded { peer, reason } => json!({
+            "event": "session_ended",
+            "peer": key(peer.as_bytes()),
+            "reason": reason,
+        }),
+        NodeEvent::PeerBanned {
+            peer,
+            reason,
+            duration,
+        } => json!({
+            "event": "peer_banned",
+            "peer": key(peer.as_bytes()),
+            "reason": reason,
+            "seconds": duration.as_secs(),
+        }),
+    }
+}
+
+/// Headers as a JSON object; a value that is not UTF-8 is given as `hex:...`.
+pub(crate) fn headers_json(headers: &crate::Headers) -> Value {
+    Value::Object(
+        headers
+            .iter()
+            .map(|(k, v)| {
+                let text = match std::str::from_utf8(v) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => format!("hex:{}", hex::encode(v)),
+                };
+                (k.to_owned(), Value::String(text))
+            })
+            .collect(),
+    )
+}

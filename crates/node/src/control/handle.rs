@@ -1,0 +1,190 @@
+//! The answers to each [`Request`]: the node's handle turned into JSON.
+
+use serde_json::{json, Value};
+
+use super::{Answer, Request};
+use crate::node::{JoinOptions, NodeHandle};
+use crate::{FeedKey, Headers, Topic};
+
+/// 64 hex digits as 32 bytes.
+pub(super) fn parse_key(text: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| format!("{text:?} is not 64 hex digits"))?;
+    Ok(out)
+}
+
+/// A topic for `join`/`leave`: a held feed's discovery key, else the bytes as a topic.
+async fn target_topic(node: &NodeHandle, text: &str) -> Result<(Topic, bool), String> {
+    let bytes = parse_key(text)?;
+    let feed = FeedKey(bytes);
+    if node.open_feed(feed).await.is_ok() {
+        Ok((Topic(feed.discovery_key().0), true))
+    } else {
+        Ok((Topic(bytes), false))
+    }
+}
+
+/// Answers `req`.
+pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    Ok(Answer::One(match req {
+        Request::Events => return Ok(super::events::stream(node)),
+        Request::FeedNew => {
+            let key = node.create_feed().await.map_err(|x| e(&x))?;
+            json!({ "key": hex::encode(key.0) })
+        }
+        Request::FeedAppend { key, blocks } => {
+            let feed = FeedKey(parse_key(&key)?);
+            let blocks = blocks
+                .iter()
+                .map(|b| hex::decode(b).map_err(|_| "a block is not hex".to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let length = node.append(feed, blocks).await.map_err(|x| e(&x))?;
+            json!({ "length": length })
+        }
+        Request::FeedCat { key, start, end } => {
+            let feed = FeedKey(parse_key(&key)?);
+            let end = match end {
+                Some(end) => end,
+                None => node.open_feed(feed).await.map_err(|x| e(&x))?.length,
+            };
+            if start > end {
+                return Err(format!("start {start} is past end {end}"));
+            }
+            let blocks = node.read(feed, start..end).await.map_err(|x| e(&x))?;
+            json!({ "blocks": blocks.iter().map(hex::encode).collect::<Vec<_>>() })
+        }
+        Request::FeedInfo { key } => {
+            let info = node
+                .open_feed(FeedKey(parse_key(&key)?))
+                .await
+                .map_err(|x| e(&x))?;
+            json!({
+                "key": hex::encode(info.key.0),
+                "writable": info.writable,
+                "length": info.length,
+                "stored": info.stored,
+                "byte_length": info.byte_length,
+                "tree_hash": info.head.as_ref().map(|h| hex::encode(h.tree_hash)),
+                "discovery_key": hex::encode(info.key.discovery_key().0),
+            })
+        }
+        Request::Share {
+            namespace,
+            key,
+            headers,
+        } => {
+            let mut h = Headers::new();
+            for (k, v) in headers {
+                h.insert(k, v.into_bytes()).map_err(|x| e(&x))?;
+            }
+            let offered = node
+                .share(&namespace, FeedKey(parse_key(&key)?), h)
+                .await
+                .map_err(|x| e(&x))?;
+            json!({ "offered_to": offered })
+        }
+        Request::Join {
+            target,
+            announce,
+            lookup,
+            topic,
+        } => {
+            let (topic, feed) = if topic {
+                (Topic(parse_key(&target)?), false)
+            } else {
+                match target_topic(node, &target).await? {
+                    (topic, true) => (topic, true),
+                    (_, false) => {
+                        return Err(format!(
+                            "no feed {} is held here, so its discovery key is unknown; to \
+                             join these 64 hex digits as a topic, add --topic",
+                            &target[..10.min(target.len())]
+                        ))
+                    }
+                }
+            };
+            let report = node
+                .join(topic, JoinOptions { announce, lookup })
+                .await
+                .map_err(|x| e(&x))?;
+            json!({
+                "topic": topic.to_hex(),
+                "feed": feed,
+                "announced": report.announced.len(),
+                "announce_failed": report.announce_failed.iter().map(|(_, why)| why.clone()).collect::<Vec<_>>(),
+                "peers_found": report.peers_found,
+            })
+        }
+        Request::Leave { target } => {
+            let (topic, feed) = target_topic(node, &target).await?;
+            node.leave(topic).await.map_err(|x| e(&x))?;
+            json!({ "topic": topic.to_hex(), "feed": feed })
+        }
+        Request::Peers => {
+            let peers = node.peers().await.map_err(|x| e(&x))?;
+            Value::Array(
+                peers
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "key": hex::encode(p.key.as_bytes()),
+                            "addr": p.addr.to_string(),
+                            "initiator": format!("{:?}", p.initiator).to_lowercase(),
+                            "rtt_ms": p.rtt.as_secs_f64() * 1e3,
+                            "bytes_sent": p.bytes_sent,
+                            "bytes_received": p.bytes_received,
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        Request::Status => {
+            let topics = node.topics().await.map_err(|x| e(&x))?;
+            let peers = node.peers().await.map_err(|x| e(&x))?;
+            let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
+            let dht = node.dht_status().await.map_err(|x| e(&x))?;
+            let c = node.counters();
+            json!({
+                "dht": dht.map(|d| json!({
+                    "id": hex::encode(d.id.0),
+                    "addrs": d.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "server": d.server,
+                    "nodes_v4": d.nodes_v4,
+                    "nodes_v6": d.nodes_v6,
+                    "queries_in": d.stats.queries_in,
+                    "queries_answered": d.stats.queries_answered,
+                    "queries_rate_limited": d.stats.queries_rate_limited,
+                    "queries_out": d.stats.queries_out,
+                    "responses_in": d.stats.responses_in,
+                    "timeouts": d.stats.timeouts,
+                    "announces_stored": d.stats.announces_stored,
+                    "peers_stored": d.peers_stored,
+                    "peers_found": d.peers_found.iter().map(|(ih, n)| json!({
+                        "infohash": hex::encode(ih),
+                        "peers": n,
+                    })).collect::<Vec<_>>(),
+                })),
+                "key": hex::encode(node.key().as_bytes()),
+                "listen": node.local_addr().to_string(),
+                "topics": topics.iter().map(|t| json!({
+                    "topic": t.topic.to_hex(),
+                    "announce": t.announce,
+                    "lookup": t.lookup,
+                    "flushed": t.flushed,
+                    "peers_found": t.peers_found,
+                    "peers": t.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "peers": peers.len(),
+                "sessions": c.sessions.get(),
+                "bytes_in": c.bytes_in.get(),
+                "bytes_out": c.bytes_out.get(),
+                "blocks_verified": c.blocks_verified.get(),
+                "feed_blocks_in": feeds.blocks_in,
+                "feed_blocks_out": feeds.blocks_out,
+                "feed_streams": feeds.streams,
+            })
+        }
+    }))
+}
