@@ -15,6 +15,7 @@ use futures::StreamExt;
 use mdns_sd::ServiceEvent;
 use rand::Rng;
 use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{DhtImpl, DiscoveryConfig};
@@ -35,16 +36,6 @@ const MAX_LAN_INSTANCES_PER_TOPIC: usize = 256;
 /// How long `Leave` and `Close` wait for the mDNS daemon to confirm a withdrawal.
 const UNREGISTER_WAIT: Duration = Duration::from_secs(2);
 
-/// A task handle that aborts the task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The `Discovery` actor. Start it with [`DiscoveryActor::spawn`] inside an actix
 /// `System`; talk to it with the messages in [`crate::messages`].
 #[derive(Debug)]
@@ -58,10 +49,10 @@ pub struct DiscoveryActor {
     lan_round: Duration,
     /// Per topic, the LAN instances resolved now (full name → addresses).
     lan_known: HashMap<Topic, HashMap<String, Vec<SocketAddr>>>,
-    lan_browse: HashMap<Topic, AbortOnDrop>,
+    lan_browse: HashMap<Topic, AbortOnDropHandle<()>>,
     lan_registered: HashSet<Topic>,
     unregistering: Vec<mdns_sd::Receiver<mdns_sd::UnregisterStatus>>,
-    dht_tasks: HashMap<Topic, Vec<AbortOnDrop>>,
+    dht_tasks: HashMap<Topic, Vec<AbortOnDropHandle<()>>>,
     subscribers: Vec<Recipient<PeerFound>>,
     join_waiters: HashMap<Topic, Vec<oneshot::Sender<Result<JoinReport, JoinError>>>>,
     flush_waiters: HashMap<Topic, Vec<oneshot::Sender<Result<(), TopicError>>>>,
@@ -273,7 +264,7 @@ impl DiscoveryActor {
                                     me.do_send(LanEvent { topic, event });
                                 }
                             });
-                            self.lan_browse.insert(topic, AbortOnDrop(task));
+                            self.lan_browse.insert(topic, AbortOnDropHandle::new(task));
                         }
                         Some(Err(error)) => {
                             warn!(topic = %topic.fmt_short(), %error, "mdns browse failed")
@@ -325,8 +316,8 @@ impl DiscoveryActor {
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let tasks = self.dht_tasks.entry(topic).or_default();
-        tasks.retain(|t| !t.0.is_finished());
-        tasks.push(AbortOnDrop(tokio::spawn(work)));
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(work)));
     }
 
     /// Fails the waiters of `topic` (on leave, re-join or stop).

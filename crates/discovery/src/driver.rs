@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Bootstrap, DhtConfig, DhtMode, PUBLIC_BOOTSTRAP};
@@ -145,17 +146,7 @@ enum Op {
 pub struct KrpcDht {
     commands: mpsc::Sender<Command>,
     addrs: Vec<SocketAddr>,
-    _task: Arc<AbortOnDrop>,
-}
-
-/// A task handle that aborts the task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _task: Arc<AbortOnDropHandle<()>>,
 }
 
 impl KrpcDht {
@@ -267,7 +258,7 @@ impl KrpcDht {
         Ok(KrpcDht {
             commands,
             addrs,
-            _task: Arc::new(AbortOnDrop(task)),
+            _task: Arc::new(AbortOnDropHandle::new(task)),
         })
     }
 

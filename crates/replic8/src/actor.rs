@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseFuture};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info_span, Instrument};
 
 use crate::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
@@ -83,16 +84,7 @@ struct Running {
     generation: u64,
     commands: mpsc::UnboundedSender<SessionCommand>,
     /// Held so that dropping the entry stops the task.
-    _task: AbortOnDrop,
-}
-
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _task: AbortOnDropHandle<()>,
 }
 
 /// The store registry and the running sessions. See the module documentation.
@@ -249,7 +241,7 @@ impl Handler<StartSession> for SessionsActor {
             Running {
                 generation,
                 commands,
-                _task: AbortOnDrop(task),
+                _task: AbortOnDropHandle::new(task),
             },
         );
         Ok(())

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use crate::frame::{FrameError, PREFIX_LEN};
@@ -194,7 +195,7 @@ pub async fn run(
     // The reader sent a chunk and waits for a credit.
     let mut reader_waiting = false;
     // The writer is kept apart from `tasks` so that it can flush the close frame.
-    let mut writer: Option<AbortOnDrop> = None;
+    let mut writer: Option<AbortOnDropHandle<()>> = None;
 
     // The control stream: the dialer opens it, the acceptor takes the first stream.
     // Streams after it are feed streams (the core refuses any the acceptor opens).
@@ -333,7 +334,7 @@ pub async fn run(
             }
             drop(write_tx);
             if let Some(mut handle) = writer.take() {
-                let _ = tokio::time::timeout(CLOSE_FLUSH, &mut handle.0).await;
+                let _ = tokio::time::timeout(CLOSE_FLUSH, &mut handle).await;
             }
             connection.close(close_code(reason.code), reason.reason.as_bytes());
             for (id, (feed, namespace)) in attached.drain() {
@@ -360,7 +361,7 @@ pub async fn run(
                     Input::ControlStream(send, recv) => {
                         if let Some(rx) = write_rx.take() {
                             let tx = input_tx.clone();
-                            writer = Some(AbortOnDrop(tokio::spawn(write_control(send, rx, tx))));
+                            writer = Some(AbortOnDropHandle::new(tokio::spawn(write_control(send, rx, tx))));
                         }
                         if let Some(credits) = credit_rx.take() {
                             tasks.spawn(read_control(recv, input_tx.clone(), credits));
@@ -508,15 +509,6 @@ fn ask_store(
         });
         let _ = tx.send(Input::Known(name, flatten(known.await)));
     });
-}
-
-/// A task that is aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn close_code(code: CloseCode) -> quinn::VarInt {

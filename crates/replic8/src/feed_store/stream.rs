@@ -30,6 +30,7 @@ use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::pool::BufferPool;
@@ -127,7 +128,7 @@ pub(crate) async fn run<F: FeedStorage>(
     let guard = shared.task_guard();
     let pool = shared.pool.clone();
     let budget = Arc::new(Semaphore::new(READ_QUEUE_BYTES));
-    let reader = AbortOnDrop::new(tokio::spawn(async move {
+    let reader = AbortOnDropHandle::new(tokio::spawn(async move {
         let _guard = guard;
         read_frames(recv, read_tx, pool, budget).await;
     }));
@@ -137,7 +138,7 @@ pub(crate) async fn run<F: FeedStorage>(
     let guard = shared.task_guard();
     let (q, r) = (queued.clone(), room.clone());
     // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
-    let mut writer = AbortOnDrop::new(tokio::spawn(async move {
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let _guard = guard;
         write_frames(send, write_rx, q, r).await;
     }));
@@ -275,7 +276,7 @@ pub(crate) async fn run<F: FeedStorage>(
         // The writer finishes our half once it has written what is queued; a peer that
         // does not read it within the flush timeout loses it (dropping aborts).
         End::Detached | End::PeerFinished => {
-            writer.wait(shared.flush_timeout).await;
+            let _ = tokio::time::timeout(shared.flush_timeout, &mut writer).await;
         }
     }
     if !matches!(end, End::Detached) {
@@ -584,44 +585,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A task that is aborted when this is dropped.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl AbortOnDrop {
-    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
-        AbortOnDrop(Some(task))
-    }
-
-    /// Lets the task run on without this handle (called by the task itself, which is
-    /// about to return).
-    pub(crate) fn forget(mut self) {
-        self.0.take();
-    }
-
-    /// Aborts the task now.
-    fn abort(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
-
-    /// Waits up to `limit` for the task to end by itself.
-    async fn wait(&mut self, limit: std::time::Duration) {
-        if let Some(task) = self.0.as_mut() {
-            let _ = tokio::time::timeout(limit, task).await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
     }
 }
 
