@@ -29,7 +29,7 @@ use crate::key::{Identity, KeyError, PeerKey};
 
 /// The server name a client puts in its handshake. Raw public keys carry no names, so it
 /// is a fixed placeholder that no verifier looks at.
-pub(crate) const SERVER_NAME: &str = "replic8";
+pub const SERVER_NAME: &str = "replic8";
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, Error)]
@@ -293,6 +293,35 @@ impl ClientCertVerifier for PeerVerifier {
 
     fn requires_raw_public_keys(&self) -> bool {
         true
+    }
+}
+
+/// The real TLS pieces for tests that build their own endpoints or hostile clients
+/// (feature `test-support`): the same verifier and configurations the connection
+/// manager uses, so a test cannot drift from what the node checks.
+#[cfg(feature = "test-support")]
+pub mod test_support {
+    use std::sync::Arc;
+
+    use super::{client_config, provider, PeerVerifier, TlsError};
+    use crate::key::{Identity, PeerKey};
+
+    /// The verifier of a server's key a dial uses: a lone raw ed25519 key, the pinned
+    /// one if `expected` is given.
+    pub fn server_verifier(
+        expected: Option<PeerKey>,
+    ) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+        Arc::new(PeerVerifier::new(&provider(), expected))
+    }
+
+    /// The quinn client configuration a dial uses, for `identity`, pinning `expected`.
+    pub fn quinn_client_config(
+        identity: &Identity,
+        alpn: &[Vec<u8>],
+        expected: Option<PeerKey>,
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        let transport = Arc::new(quinn::TransportConfig::default());
+        Ok(client_config(identity, alpn, expected, transport)?.config)
     }
 }
 

@@ -9,12 +9,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicClientConfig;
 use rand::{Rng, RngCore, SeedableRng};
 use replic8_connmgr::{Identity, Peers, RefusedReason, Stats, DEFAULT_ALPN};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
-    UnixTime,
-};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use util::*;
 
 /// Two connected nodes and their streams, to check that bad input leaves them alone.
@@ -68,51 +63,6 @@ impl Pair {
     }
 }
 
-/// Accepts any raw public key from the server (the hostile clients below are testing the
-/// server, not the other way round).
-#[derive(Debug)]
-struct AnyRawKey;
-
-impl ServerCertVerifier for AnyRawKey {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("no tls 1.2".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(cert.as_ref()),
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-    fn requires_raw_public_keys(&self) -> bool {
-        true
-    }
-}
-
 /// A plain quinn client with the given rustls config; returns the client's outcome.
 async fn hostile_dial(
     config: rustls::ClientConfig,
@@ -140,7 +90,9 @@ fn client_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::clien
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyRawKey))
+        // The node's own verifier with no pinned key: any raw ed25519 key from the server
+        // (the hostile clients below are testing the server, not the other way round).
+        .with_custom_certificate_verifier(replic8_connmgr::tls::test_support::server_verifier(None))
 }
 
 #[test]
