@@ -49,9 +49,11 @@ use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseActFuture, ResponseFuture,
     WrapFuture,
 };
+use dashmap::DashMap;
 use replic8_store::storage::{DiskStorage, FeedStorage, MemoryStorage, Storage, StorageError};
 use replic8_store::{Feed, FeedSecret, OpenError, SyncConfig};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 
 pub use membership::{MembershipError, MEMBERSHIP_FILE};
@@ -153,11 +155,12 @@ impl<F: FeedStorage> FeedEntry<F> {
 }
 
 /// The open feeds of a storage. Its methods block (storage I/O): call them on the
-/// blocking pool.
+/// blocking pool. Every stream task and the actor look feeds up here at once, so the
+/// map is sharded (`DashMap`): lookups of different feeds do not wait on one lock.
 #[derive(Debug)]
 struct Registry<St: Storage> {
     storage: St,
-    open: Mutex<HashMap<FeedKey, Arc<FeedEntry<St::Feed>>>>,
+    open: DashMap<FeedKey, Arc<FeedEntry<St::Feed>>>,
 }
 
 impl<St: Storage> Registry<St> {
@@ -165,7 +168,7 @@ impl<St: Storage> Registry<St> {
     /// the storage does not hold it. Storage work runs without the map's lock, so feeds
     /// open in parallel; when two callers race, both get the entry that went in first.
     fn get(&self, key: FeedKey, replica: bool) -> Result<Arc<FeedEntry<St::Feed>>, FeedStoreError> {
-        if let Some(entry) = self.lock_open().get(&key) {
+        if let Some(entry) = self.open.get(&key) {
             return Ok(entry.clone());
         }
         let store_key = replic8_store::FeedKey::try_from(key)?;
@@ -183,20 +186,16 @@ impl<St: Storage> Registry<St> {
             None => return Err(FeedStoreError::NotFound(key.fmt_short())),
         };
         Ok(self
-            .lock_open()
+            .open
             .entry(key)
             .or_insert_with(|| Arc::new(FeedEntry::new(feed)))
             .clone())
     }
 
-    fn lock_open(&self) -> MutexGuard<'_, HashMap<FeedKey, Arc<FeedEntry<St::Feed>>>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn create(&self) -> Result<FeedKey, FeedStoreError> {
         let feed = Feed::create(&self.storage, FeedSecret::generate())?;
         let key = FeedKey::from(*feed.key());
-        self.lock_open().insert(key, Arc::new(FeedEntry::new(feed)));
+        self.open.insert(key, Arc::new(FeedEntry::new(feed)));
         Ok(key)
     }
 }
@@ -206,7 +205,7 @@ impl<St: Storage> Registry<St> {
 #[derive(Debug)]
 struct StreamHandle {
     stop: Option<oneshot::Sender<()>>,
-    task: stream::AbortOnDrop,
+    task: AbortOnDropHandle<()>,
 }
 
 #[derive(Debug, Default)]
@@ -252,7 +251,7 @@ impl Shared {
             .remove(&(peer, id));
         // The caller is that stream's own task, about to return: do not abort it.
         if let Some(handle) = done {
-            handle.task.forget();
+            drop(handle.task.detach());
         }
     }
 
@@ -383,7 +382,7 @@ impl<St: Storage> FeedStore<St> {
         FeedStore {
             registry: Arc::new(Registry {
                 storage,
-                open: Mutex::new(HashMap::new()),
+                open: DashMap::new(),
             }),
             shared: Arc::new(Shared {
                 sessions,
@@ -742,7 +741,7 @@ impl<St: Storage> Handler<Attach> for FeedStore<St> {
             (peer, id),
             StreamHandle {
                 stop: Some(stop_tx),
-                task: stream::AbortOnDrop::new(task),
+                task: AbortOnDropHandle::new(task),
             },
         );
         Ok(())
