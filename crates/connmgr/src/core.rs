@@ -1,4 +1,4 @@
-//! The dedup and dial policy, without I/O (STYLE.md §1).
+//! The dedup and dial policy, without I/O.
 //!
 //! `ConnCore` is told what happened (`handle_dial`, `handle_incoming`,
 //! `handle_established`, `handle_handshake_failed`, `handle_probe_result`,

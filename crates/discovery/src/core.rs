@@ -1,4 +1,4 @@
-//! The discovery core: per-topic bookkeeping without I/O (STYLE.md §1).
+//! The discovery core: per-topic bookkeeping without I/O.
 //!
 //! The core decides when to announce and when to look up, deduplicates what the backends
 //! find, and keeps the `flushed` state. It never touches a socket or a clock: time comes

@@ -1,6 +1,6 @@
 //! `SessionsActor`: the store registry and one running session per peer connection.
 //!
-//! A thin shell (STYLE.md §2): it keeps which store serves which namespace, starts
+//! A thin shell: it keeps which store serves which namespace, starts
 //! [`driver::run`] for each connection it is given ([`StartSession`], sent by the node
 //! on the connection manager's `PeerUp`), and routes the stores' messages ([`Share`],
 //! [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`], [`FeedFailed`], [`FeedStalled`]) to the sessions they concern. All

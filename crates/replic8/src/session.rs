@@ -1,4 +1,4 @@
-//! The session core: one per connection, no I/O (STYLE.md §1).
+//! The session core: one per connection, no I/O.
 //!
 //! Inputs are `handle_*` calls: bytes that arrived on the control stream, feed streams
 //! the peer opened, local commands (register a namespace, share, announce known feeds,

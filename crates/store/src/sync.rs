@@ -1,6 +1,6 @@
 //! The feed sync core: one [`FeedSync`] per (feed, peer), with no I/O and no clock.
 //!
-//! The owner of a feed (a store actor) drives one core per peer (STYLE.md §1):
+//! The owner of a feed (a store actor) drives one core per peer:
 //! - inputs: [`FeedSync::handle_start`] once, [`FeedSync::handle_message`] (or
 //!   [`FeedSync::handle_bytes`]) for each message from the peer,
 //!   [`FeedSync::handle_feed_update`] on every other core of the feed whenever a call

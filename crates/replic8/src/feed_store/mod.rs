@@ -2,7 +2,7 @@
 //! and replicating them with its sync core on the feed streams the session layer hands
 //! it.
 //!
-//! The actor is a thin shell (STYLE.md §2). It keeps what is shared in which namespace
+//! The actor is a thin shell. It keeps what is shared in which namespace
 //! (with headers) and which namespaces each feed belongs to (`membership.rs`), decides
 //! offers by the namespace's [`NamespacePolicy`] and the [`FeedStoreLimits`] quotas
 //! (`policy.rs`; a new accepted feed is created here as a replica and, under a
