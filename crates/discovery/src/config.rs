@@ -59,7 +59,8 @@ pub const PUBLIC_BOOTSTRAP: &[&str] = &[
 pub enum DhtMode {
     /// Read-only (BEP 43) until the network shows that it reaches us: the first query
     /// from an address we never sent to (a NAT or firewall would have dropped it) turns
-    /// the node into a server for good. See ARCHITECTURE.md for why this is the default.
+    /// the node into a server for good. Why this is the default:
+    /// `docs/decisions/051-dht-driver-default-backend.md`.
     /// With the `mainline` backend: its adaptive mode (read-only, server after 15 min
     /// of proven reachability).
     #[default]

@@ -1,7 +1,7 @@
 //! [`DiskStorage`]: feeds in a directory, crash safe. The default storage.
 //!
-//! Layout (the full description, with the recovery steps and the fsync order, is in
-//! `docs/ARCHITECTURE.md`, "store: on-disk layout"):
+//! Layout (why this shape, with the recovery steps and the fsync order:
+//! `docs/decisions/100-storage-per-feed-log.md`):
 //!
 //! ```text
 //! <root>/LOCK                       held with an exclusive file lock while open
