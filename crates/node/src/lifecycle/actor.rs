@@ -31,8 +31,8 @@ pub(crate) struct LifecycleActor {
     sessions: Addr<SessionsActor>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
-    /// Fires at the core's `poll_timeout`.
-    timer: Option<SpawnHandle>,
+    /// Fires at the core's `poll_timeout`: that deadline, and the timer.
+    timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl LifecycleActor {
@@ -117,17 +117,28 @@ impl LifecycleActor {
             }
         }
         self.counters.peers.set(self.core.peers_up() as u64);
-        if let Some(timer) = self.timer.take() {
+        self.arm(ctx);
+    }
+
+    /// Arms the timer for the core's next deadline, unless it is armed for it already.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.core.poll_timeout();
+        if self.timer.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, timer)) = self.timer.take() {
             ctx.cancel_future(timer);
         }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_duration_since(Instant::now());
-            self.timer = Some(ctx.run_later(delay, |this, ctx| {
-                this.timer = None;
-                this.core.handle_timeout(Instant::now());
-                this.drive(ctx);
-            }));
-        }
+        let Some(at) = next else {
+            return;
+        };
+        let fire = move |this: &mut Self, ctx: &mut Context<Self>| {
+            this.timer = None;
+            this.core.handle_timeout(Instant::now());
+            this.drive(ctx);
+        };
+        let timer = ctx.run_later(at.saturating_duration_since(Instant::now()), fire);
+        self.timer = Some((at, timer));
     }
 }
 

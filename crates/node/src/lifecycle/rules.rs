@@ -130,6 +130,7 @@ pub(crate) fn next_after(result: &Result<PeerKey, DialError>) -> Next {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::tests::end;
 
     fn app_close(code: quinn::VarInt) -> DownReason {
         DownReason::Lost(quinn::ConnectionError::ApplicationClosed(
@@ -187,15 +188,6 @@ mod tests {
                 AfterDown::Never,
                 "{final_reason:?} must not be redialed"
             );
-        }
-    }
-
-    fn end(code: CloseCode, by: Side, peer_at_fault: bool) -> EndReason {
-        EndReason {
-            code,
-            by,
-            reason: "test".into(),
-            peer_at_fault,
         }
     }
 

@@ -55,7 +55,8 @@ fn locally_closed() -> DownReason {
     DownReason::Lost(quinn::ConnectionError::LocallyClosed)
 }
 
-fn end(code: CloseCode, by: Side, peer_at_fault: bool) -> EndReason {
+/// A session end with `code`, by `by`, the peer at fault or not.
+pub(super) fn end(code: CloseCode, by: Side, peer_at_fault: bool) -> EndReason {
     EndReason {
         code,
         by,
