@@ -13,7 +13,9 @@ use replic8_connmgr::{DialError, DownReason, Initiator, PeerKey};
 use replic8_discovery::Topic;
 use tracing::{debug, info, warn};
 
-use super::rules::{after_down, after_our_end, next_after, redial_delay, AfterDown, Next, STABLE};
+use super::rules::{
+    after_down, after_session_end, next_after, redial_delay, AfterDown, Next, STABLE,
+};
 use crate::events::NodeEvent;
 
 /// Each of our own redial waits is multiplied by a factor drawn from `1 ± REDIAL_JITTER`,
@@ -139,9 +141,13 @@ struct Up {
     initiator: Initiator,
     /// When it came up.
     since: Instant,
-    /// Its session ended with our `timeout` ([`after_our_end`]) before its `PeerDown`
-    /// arrived (the last session end reported wins).
-    timed_out: bool,
+    /// Its session ended in a way that redials ([`after_session_end`]: our `timeout`, the
+    /// peer's bare close or `timeout`) before its `PeerDown` arrived (the last session
+    /// end reported wins).
+    end_redials: bool,
+    /// Its redial was cancelled (`disconnect`, a ban, a left topic) while it was up: its
+    /// loss is not redialed, whatever its session's end says.
+    cancelled: bool,
     purpose: Purpose,
 }
 
@@ -348,7 +354,8 @@ impl<C> PeerLifecycle<C> {
                 addr,
                 initiator,
                 since: now,
-                timed_out: false,
+                end_redials: false,
+                cancelled: false,
                 purpose,
             },
         );
@@ -389,7 +396,11 @@ impl<C> PeerLifecycle<C> {
             reason: reason.to_string(),
         });
         let why = reason.to_string();
-        let after = after_down(gone.initiator, &reason);
+        let after = if gone.cancelled {
+            AfterDown::Never
+        } else {
+            after_down(gone.initiator, &reason)
+        };
         self.actions
             .push_back(Action::Event(NodeEvent::PeerDown { key, reason }));
         if self.closing {
@@ -401,7 +412,7 @@ impl<C> PeerLifecycle<C> {
             purpose: gone.purpose,
             state: Redial::AwaitEnd,
         };
-        match (after, gone.timed_out) {
+        match (after, gone.end_redials) {
             (AfterDown::Redial, _) | (AfterDown::AskSession, true) => {
                 self.schedule(key, lost, &why, now)
             }
@@ -415,10 +426,10 @@ impl<C> PeerLifecycle<C> {
     }
 
     /// The session with `peer` ended with `reason` (every end, in the order the
-    /// sessions report them). Our own `timeout` redials a connection we dialed; a
-    /// misbehaviour bans the peer.
+    /// sessions report them). Our own `timeout` (or the peer's close that our session saw
+    /// first) redials a connection we dialed; a misbehaviour bans the peer.
     pub(crate) fn handle_session_ended(&mut self, peer: PeerKey, reason: &EndReason, now: Instant) {
-        let redial = after_our_end(reason);
+        let redial = after_session_end(reason);
         match self.lost.get(&peer).map(|l| l.state) {
             // Its connection went down first.
             Some(Redial::AwaitEnd) => {
@@ -434,7 +445,7 @@ impl<C> PeerLifecycle<C> {
             Some(_) => {}
             None => {
                 if let Some(up) = self.up.get_mut(&peer) {
-                    up.timed_out = redial;
+                    up.end_redials = redial;
                 }
             }
         }
@@ -476,12 +487,13 @@ impl<C> PeerLifecycle<C> {
     }
 
     /// Do not redial `key` (it was disconnected, banned, or its topic left): a pending
-    /// redial is dropped, a dial of it in flight is closed once up, and a session end
-    /// with `timeout` before the close lands does not bring it back.
+    /// redial is dropped, a dial of it in flight is closed once up, and the loss of its
+    /// connection up now is not redialed (its session may end with `timeout` before
+    /// the close lands).
     pub(crate) fn cancel(&mut self, key: PeerKey) {
         self.short_losses.remove(&key);
         if let Some(up) = self.up.get_mut(&key) {
-            up.timed_out = false;
+            up.cancelled = true;
         }
         if let Some(lost) = self.lost.remove(&key) {
             info!(peer = %key.fmt_short(), "redial cancelled");

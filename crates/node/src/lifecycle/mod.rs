@@ -28,8 +28,9 @@
 //! - A connection we dialed and lost is redialed, with the peer's key pinned
 //!   ([`rules::after_down`]): after a timeout, reset, transport error, the peer's bare
 //!   close or its session `timeout`; after our own session's close only if that session
-//!   ended with our `timeout` ([`rules::after_our_end`]), matched in whichever order the
-//!   `PeerDown` and the session's end arrive. Never after our own `Close`, a ban,
+//!   ended with our `timeout`, or because it saw the peer's bare close or `timeout` first
+//!   ([`rules::after_session_end`]), matched in whichever order the `PeerDown` and the
+//!   session's end arrive. Never after our own `Close`, a ban,
 //!   shutdown, a duplicate, a replacement, an eviction or a refusal.
 //! - The redialed connection is for what the lost one was for: leaving its last topic
 //!   closes it, and leaving it while the redial is pending cancels the redial.

@@ -32,8 +32,8 @@ pub(crate) enum AfterDown {
     Redial,
     /// Do not.
     Never,
-    /// Our own session closed it: redial if that session ended with `timeout`
-    /// ([`after_our_end`]).
+    /// Our own session closed it: that session's end decides
+    /// ([`after_session_end`]).
     AskSession,
 }
 
@@ -83,10 +83,18 @@ pub(crate) fn after_down(initiator: Initiator, reason: &DownReason) -> AfterDown
 }
 
 /// Whether a connection our own session closed is redialed, given how that session
-/// ended: only after our `timeout` (the peer was slow), never after a misbehaviour, a
-/// close or our own failure.
-pub(crate) fn after_our_end(end: &EndReason) -> bool {
-    end.by == Side::Local && end.code == CloseCode::TIMEOUT && !end.is_misbehaviour()
+/// ended: after our `timeout` (the peer was slow), never after a misbehaviour, a close
+/// or our own failure. A session also closes the connection when it sees the peer's
+/// close, and may do so before the connection manager sees that close (its `PeerDown`
+/// then says `LocallyClosed`): the peer's code then decides, as in [`after_down`] (its
+/// bare close or its `timeout` is redialed).
+pub(crate) fn after_session_end(end: &EndReason) -> bool {
+    match end.by {
+        Side::Local => end.code == CloseCode::TIMEOUT && !end.is_misbehaviour(),
+        Side::Remote => {
+            end.code == CloseCode::TIMEOUT || u64::from(end.code.0) == CLOSE_REQUESTED.into_inner()
+        }
+    }
 }
 
 /// What to do after a redial's `Dial` answered.
@@ -193,14 +201,16 @@ mod tests {
 
     #[test]
     fn after_our_own_close_only_a_timeout_is_redialed_never_a_misbehaviour() {
-        assert!(after_our_end(&end(CloseCode::TIMEOUT, Side::Local, false)));
-        // A timeout flagged as the peer's fault would be banned: never redialed.
-        assert!(!after_our_end(&end(CloseCode::TIMEOUT, Side::Local, true)));
-        // The peer's timeout arrives as its close code (`after_down`).
-        assert!(!after_our_end(&end(
+        assert!(after_session_end(&end(
             CloseCode::TIMEOUT,
-            Side::Remote,
+            Side::Local,
             false
+        )));
+        // A timeout flagged as the peer's fault would be banned: never redialed.
+        assert!(!after_session_end(&end(
+            CloseCode::TIMEOUT,
+            Side::Local,
+            true
         )));
         for code in [
             CloseCode::DONE,
@@ -209,8 +219,32 @@ mod tests {
             CloseCode::FRAME_TOO_LARGE,
             CloseCode::BAD_PROOF,
         ] {
-            assert!(!after_our_end(&end(code, Side::Local, false)), "{code}");
-            assert!(!after_our_end(&end(code, Side::Local, true)), "{code}");
+            assert!(!after_session_end(&end(code, Side::Local, false)), "{code}");
+            assert!(!after_session_end(&end(code, Side::Local, true)), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_session_that_closed_after_the_peers_close_is_redialed_as_that_close_would_be() {
+        let requested = CloseCode(u32::try_from(CLOSE_REQUESTED.into_inner()).unwrap());
+        assert!(after_session_end(&end(requested, Side::Remote, false)));
+        assert!(after_session_end(&end(
+            CloseCode::TIMEOUT,
+            Side::Remote,
+            false
+        )));
+        let shutdown =
+            CloseCode(u32::try_from(replic8_connmgr::CLOSE_SHUTDOWN.into_inner()).unwrap());
+        for code in [
+            CloseCode::DONE,
+            CloseCode::CLOSED,
+            CloseCode::PROTOCOL,
+            shutdown,
+        ] {
+            assert!(
+                !after_session_end(&end(code, Side::Remote, false)),
+                "{code}"
+            );
         }
     }
 
