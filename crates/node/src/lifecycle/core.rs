@@ -237,7 +237,9 @@ impl<C> PeerLifecycle<C> {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next: the earliest redial
-    /// waiting to be dialed.
+    /// waiting to be dialed. Every redial is dialed from `handle_timeout`, also one due
+    /// at once (its deadline is the instant it was decided), so that a cancel handled
+    /// before the driver's timer fires (a `leave` right after the loss) sends no dial.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.lost
             .values()
@@ -552,7 +554,8 @@ impl<C> PeerLifecycle<C> {
         d.mul_f64(self.rng.gen_range(1.0 - j..1.0 + j))
     }
 
-    /// Start redialing `key`, whose connection `lost` went down (`why`, for the log).
+    /// Start redialing `key`, whose connection `lost` went down (`why`, for the log): it
+    /// is dialed by `handle_timeout` once its wait is over (at once for a first loss).
     fn schedule(&mut self, key: PeerKey, mut lost: Lost, why: &str, now: Instant) {
         let losses = if now.saturating_duration_since(lost.since) < STABLE {
             self.short_losses.get(&key).copied().unwrap_or(0) + 1
@@ -568,9 +571,6 @@ impl<C> PeerLifecycle<C> {
             limited: 0,
         };
         self.lost.insert(key, lost);
-        if wait.is_zero() {
-            self.dial_now(key);
-        }
     }
 
     fn dial_now(&mut self, key: PeerKey) {
@@ -636,9 +636,6 @@ impl<C> PeerLifecycle<C> {
                 at: now + wait,
                 limited,
             };
-        }
-        if wait.is_zero() {
-            self.dial_now(key);
         }
     }
 }

@@ -43,6 +43,13 @@ fn actions(core: &mut Core) -> Vec<Action<usize>> {
     std::iter::from_fn(|| core.poll_action()).collect()
 }
 
+/// The actions after the timer due at `now` (if any) fired, as the driver's timer does
+/// on its next turn: a redial due at once is dialed.
+fn settle(core: &mut Core, now: Instant) -> Vec<Action<usize>> {
+    core.handle_timeout(now);
+    actions(core)
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -135,7 +142,7 @@ fn down(
     now: Instant,
 ) -> Option<DialId> {
     core.handle_down(peer, conn, reason, now);
-    let actions = actions(core);
+    let actions = settle(core, now);
     let dials: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
@@ -344,7 +351,8 @@ fn a_lost_connection_we_dialed_is_redialed_at_once_pinned_and_the_peer_up_ends_i
         up(&mut core, key(2), n, 2, Initiator::Local, now);
         now += secs(60);
         core.handle_down(key(2), n, reason.clone(), now);
-        let acts = actions(&mut core);
+        assert_eq!(core.poll_timeout(), Some(now), "{reason}: due at once");
+        let acts = settle(&mut core, now);
         let (id, a, pinned) = the_dial(&acts);
         assert_eq!((a, pinned), (addr(2), Some(key(2))), "{reason}");
         assert_eq!(core.redialing(), vec![key(2)]);
@@ -398,14 +406,14 @@ fn our_session_timeout_redials_a_connection_we_dialed_in_whichever_order_they_ar
     assert_eq!(down(&mut core, key(2), 1, locally_closed(), t0), None);
     assert!(core.redialing().is_empty(), "not decided yet");
     core.handle_session_ended(key(2), &our_timeout(), t0);
-    let (_, _, pinned) = the_dial(&actions(&mut core));
+    let (_, _, pinned) = the_dial(&settle(&mut core, t0));
     assert_eq!(pinned, Some(key(2)));
     assert_eq!(core.redialing(), vec![key(2)]);
     up(&mut core, key(2), 2, 2, Initiator::Local, t0 + secs(60));
 
     // The end first.
     core.handle_session_ended(key(2), &our_timeout(), t0 + secs(100));
-    assert_eq!(actions(&mut core), vec![]);
+    assert_eq!(settle(&mut core, t0 + secs(100)), vec![]);
     assert!(
         down(&mut core, key(2), 2, locally_closed(), t0 + secs(100)).is_some(),
         "the end seen first is remembered"
@@ -434,7 +442,7 @@ fn our_session_timeout_redials_a_connection_we_dialed_in_whichever_order_they_ar
         &end(CloseCode::DONE, Side::Local, false),
         t0 + secs(300),
     );
-    assert_eq!(actions(&mut core), vec![]);
+    assert_eq!(settle(&mut core, t0 + secs(300)), vec![]);
     assert!(core.redialing().is_empty());
     // The peer's close that ends nothing of ours: not redialed either.
     up(&mut core, key(2), 5, 2, Initiator::Local, t0 + secs(400));
@@ -443,7 +451,7 @@ fn our_session_timeout_redials_a_connection_we_dialed_in_whichever_order_they_ar
         None
     );
     core.handle_session_ended(key(2), &end(CloseCode::CLOSED, Side::Remote, false), t0);
-    assert_eq!(actions(&mut core), vec![]);
+    assert_eq!(settle(&mut core, t0 + secs(400)), vec![]);
     assert!(core.redialing().is_empty());
     assert_eq!(core.redials_started(), 2);
 }
@@ -466,7 +474,7 @@ fn the_peers_close_seen_first_by_our_session_is_redialed_in_either_order() {
         now += secs(60);
         assert_eq!(down(&mut core, key(2), 1, locally_closed(), now), None);
         core.handle_session_ended(key(2), &peers_close, now);
-        the_dial(&actions(&mut core));
+        the_dial(&settle(&mut core, now));
         up(&mut core, key(2), 2, 2, Initiator::Local, now);
         now += secs(60);
         core.handle_session_ended(key(2), &peers_close, now);
@@ -481,7 +489,7 @@ fn the_peers_close_seen_first_by_our_session_is_redialed_in_either_order() {
         core.cancel(key(2));
         assert_eq!(down(&mut core, key(2), 3, locally_closed(), now), None);
         core.handle_session_ended(key(2), &peers_close, now);
-        assert_eq!(actions(&mut core), vec![]);
+        assert_eq!(settle(&mut core, now), vec![]);
         up(&mut core, key(2), 4, 2, Initiator::Local, now);
         core.handle_down(key(2), 4, DownReason::Closed, now);
         actions(&mut core);
@@ -543,7 +551,7 @@ fn disconnect_cancels_a_pending_redial_and_closes_a_dial_of_it_in_flight() {
     down(&mut core, key(2), 1, locally_closed(), t0);
     core.cancel(key(2));
     core.handle_session_ended(key(2), &our_timeout(), t0);
-    assert_eq!(actions(&mut core), vec![]);
+    assert_eq!(settle(&mut core, t0), vec![]);
     assert!(core.redialing().is_empty());
     // Dialing.
     up(&mut core, key(2), 2, 2, Initiator::Local, t0);
@@ -634,7 +642,7 @@ fn a_redial_waits_out_the_connection_managers_backoff_and_stops_when_it_gives_up
     let t1 = t0 + secs(60);
     core.handle_dialed(dial, Err(DialError::Timeout), t1);
     // A failed dial: asked again at once, the connection manager answers its backoff.
-    let (dial, _, _) = the_dial(&actions(&mut core));
+    let (dial, _, _) = the_dial(&settle(&mut core, t1));
     let wait = Duration::from_millis(1234);
     core.handle_dialed(dial, Err(DialError::Backoff { retry_in: wait }), t1);
     assert_eq!(actions(&mut core), vec![]);
@@ -671,7 +679,7 @@ fn a_redial_waits_out_the_connection_managers_backoff_and_stops_when_it_gives_up
         up(&mut core, key(2), 10 + n, 2, Initiator::Local, now);
         let dial = down(&mut core, key(2), 10 + n, timed_out(), now + secs(60)).expect("redialed");
         core.handle_dialed(dial, Err(error.clone()), now + secs(60));
-        assert_eq!(actions(&mut core), vec![], "{error}");
+        assert_eq!(settle(&mut core, now + secs(60)), vec![], "{error}");
         assert!(core.redialing().is_empty(), "{error}");
     }
 }
@@ -827,5 +835,21 @@ fn a_redial_in_flight_when_closing_is_left_alone() {
     let dial = down(&mut core, key(2), 1, timed_out(), t0).expect("redialed");
     core.close();
     core.handle_dialed(dial, Err(DialError::Timeout), t0);
-    assert_eq!(actions(&mut core), vec![]);
+    assert_eq!(settle(&mut core, t0), vec![]);
+}
+
+#[test]
+fn a_redial_cancelled_before_the_timer_fires_sends_no_dial() {
+    let t0 = Instant::now();
+    let mut core = core();
+    let t = Topic([1; 32]);
+    found_and_up(&mut core, t, key(2), 1, 2, t0);
+    core.handle_down(key(2), 1, timed_out(), t0);
+    no_dial(&actions(&mut core), "a redial is dialed by the timer");
+    assert_eq!(core.redialing(), vec![key(2)]);
+    // The leave is handled before the timer's turn.
+    core.handle_topic_left(t);
+    assert_eq!(settle(&mut core, t0), vec![]);
+    assert!(core.redialing().is_empty());
+    assert_eq!(core.poll_timeout(), None);
 }
