@@ -30,8 +30,9 @@
 //!   close or its session `timeout`; after our own session's close only if that session
 //!   ended with our `timeout`, or because it saw the peer's bare close or `timeout` first
 //!   ([`rules::after_session_end`]), matched in whichever order the `PeerDown` and the
-//!   session's end arrive. Never after our own `Close`, a ban,
-//!   shutdown, a duplicate, a replacement, an eviction or a refusal.
+//!   session's end arrive. Never after our own `Close`, a ban, shutdown, a duplicate,
+//!   a replacement, an eviction or a refusal. A redial is dialed from `handle_timeout`,
+//!   also one due at once.
 //! - The redialed connection is for what the lost one was for: leaving its last topic
 //!   closes it, and leaving it while the redial is pending cancels the redial.
 //! - The backoff is the connection manager's (a failed dial makes the next answer
@@ -44,8 +45,9 @@
 //!   resets the connection manager's backoff, so a flapping peer would otherwise be
 //!   redialed at handshake speed); a longer-lived connection's loss is redialed at once.
 //! - A session that ended by the peer's misbehaviour bans the peer for `ban_for` (none
-//!   when zero) and cancels its redial. `disconnect` cancels a redial too; a redial's
-//!   dial in flight when cancelled is closed again once it answers.
+//!   when zero) and cancels its redial. `disconnect` and a left topic cancel a redial
+//!   too; a redial's dial in flight when cancelled is closed again once it answers, and
+//!   the loss of a connection that was up when cancelled is not redialed.
 //! - Closing stops every redial and every new dial.
 
 mod actor;
