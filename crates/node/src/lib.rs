@@ -24,7 +24,8 @@
 //! - [`node`]: [`Node::builder`], [`NodeHandle`] (join, leave, flushed, peers, events,
 //!   stores, close);
 //! - [`events`]: the events of [`NodeEvent`];
-//! - `wiring`: the actor between discovery, connections and sessions;
+//! - `lifecycle`: each peer from found to dialed, up, down and redialed (a sans-I/O
+//!   core and the actor that drives it between discovery, connections and sessions);
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
@@ -41,10 +42,10 @@ pub mod demo;
 pub mod events;
 mod feeds;
 pub mod import;
+mod lifecycle;
 pub mod metrics;
 pub mod node;
 pub mod persist;
-mod wiring;
 
 pub use crate::events::NodeEvent;
 pub use crate::node::{

@@ -45,9 +45,12 @@ use crate::persist::{
     self, PersistError, PersistedJoin, PersistedPolicy, PersistedShare, PersistedState,
 };
 
-pub(crate) mod redial;
-use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
-use redial::{CancelRedial, Redialer, Redialing, SessionEnd, StopRedials};
+use crate::lifecycle::{
+    BeginClose, CancelRedial, LifecycleActor, LifecycleConfig, Redialing, Requested, SessionEnded,
+    TopicLeft,
+};
+#[cfg(test)]
+mod lifecycle_tests;
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -428,8 +431,7 @@ struct Started {
     conn: ConnManagerHandle,
     discovery: Addr<DiscoveryActor>,
     sessions: Addr<SessionsActor>,
-    wiring: Addr<Wiring>,
-    redialer: Addr<Redialer>,
+    lifecycle: Addr<LifecycleActor>,
     feeds: FeedStoreRecipients,
     /// Namespaces the feed store is registered for.
     namespaces: tokio::sync::Mutex<std::collections::HashSet<String>>,
@@ -571,49 +573,32 @@ async fn start(
             }
         });
     }
-    // The wiring and the redialer talk both ways: the wiring's address first.
-    let wiring_context = Context::<Wiring>::new();
-    let wiring = wiring_context.address();
-    let redialer = Redialer::new(conn.addr().clone(), wiring.clone().recipient()).start();
-    wiring_context.run(Wiring {
-        conn: conn.addr().clone(),
-        discovery: discovery.clone(),
-        sessions: sessions.clone(),
-        redialer: redialer.clone().recipient(),
-        events: events.clone(),
-        counters: counters.clone(),
-        local,
-        up: Default::default(),
-        early: Default::default(),
-        lost: Default::default(),
-        closing: false,
-        ban_for: Duration::from_secs(builder.limits.ban_secs),
-    });
+    let lifecycle = LifecycleActor::new(
+        LifecycleConfig::new(local, Duration::from_secs(builder.limits.ban_secs)),
+        conn.addr().clone(),
+        discovery.clone(),
+        sessions.clone(),
+        events.clone(),
+        counters.clone(),
+    )
+    .start();
     actix::spawn(forward_session_events(
         session_rx,
         events.clone(),
         counters.clone(),
-        wiring.clone(),
-        redialer.clone(),
+        lifecycle.clone(),
         conn.addr().clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.
     let _ = discovery
-        .send(replic8_discovery::Subscribe(wiring.clone().recipient()))
+        .send(replic8_discovery::Subscribe(lifecycle.clone().recipient()))
         .await;
     let _ = conn
         .addr()
         .send(replic8_connmgr::Subscribe {
-            peer_up: wiring.clone().recipient(),
-            peer_down: wiring.clone().recipient(),
-        })
-        .await;
-    let _ = conn
-        .addr()
-        .send(replic8_connmgr::Subscribe {
-            peer_up: redialer.clone().recipient(),
-            peer_down: redialer.clone().recipient(),
+            peer_up: lifecycle.clone().recipient(),
+            peer_down: lifecycle.clone().recipient(),
         })
         .await;
     // The DHT node keeps its own counters: copied into ours at each scrape.
@@ -675,8 +660,7 @@ async fn start(
         conn,
         discovery,
         sessions,
-        wiring,
-        redialer,
+        lifecycle,
         feeds,
         namespaces: tokio::sync::Mutex::new(namespaces),
         events,
@@ -770,8 +754,7 @@ async fn forward_session_events(
     mut rx: mpsc::UnboundedReceiver<PeerEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
-    wiring: Addr<Wiring>,
-    redialer: Addr<Redialer>,
+    lifecycle: Addr<LifecycleActor>,
     conn: Addr<ConnManager>,
 ) {
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
@@ -824,11 +807,7 @@ async fn forward_session_events(
                     counters.sessions_failed.add(1);
                 }
                 let text = reason.to_string();
-                redialer.do_send(SessionEnd {
-                    peer,
-                    reason: reason.clone(),
-                });
-                wiring.do_send(SessionOver { peer, reason });
+                lifecycle.do_send(SessionEnded { peer, reason });
                 NodeEvent::SessionEnded { peer, reason: text }
             }
         };
@@ -1088,11 +1067,7 @@ impl NodeHandle {
             .send(replic8_discovery::Leave { topic })
             .await
             .map_err(|_| NodeClosed)??;
-        if let Ok(closed) = self.s().wiring.send(TopicLeft(topic)).await {
-            for key in closed {
-                self.s().redialer.do_send(CancelRedial { key });
-            }
-        }
+        let _ = self.s().lifecycle.send(TopicLeft(topic)).await;
         self.refresh_topics().await;
         Ok(())
     }
@@ -1183,18 +1158,18 @@ impl NodeHandle {
             .send(replic8_connmgr::Dial { addr, expected_key })
             .await
             .map_err(|_| NodeClosed)??;
-        let _ = self.s().wiring.send(Requested(key)).await;
+        let _ = self.s().lifecycle.send(Requested(key)).await;
         Ok(key)
     }
 
     /// Close the connection to `peer` (close code `CLOSE_REQUESTED`); its session ends.
     /// We do not redial it (a pending redial is cancelled, even when the peer is not
     /// connected now). The peer, if it dialed that connection, treats this like a cut
-    /// connection and dials again (see `node/redial.rs`); ban it to keep it away.
+    /// connection and dials again (see `lifecycle/`); ban it to keep it away.
     pub async fn disconnect(&self, peer: PeerKey) -> Result<(), DisconnectError> {
         // First, so that the close below is not followed by a redial.
         self.s()
-            .redialer
+            .lifecycle
             .send(CancelRedial { key: peer })
             .await
             .map_err(|_| NodeClosed)?;
@@ -1208,10 +1183,10 @@ impl NodeHandle {
     }
 
     /// The peers whose connection we dialed and lost and that we are dialing again now
-    /// (about to dial, dialing, or waiting out a backoff); see `node/redial.rs`.
+    /// (about to dial, dialing, or waiting out a backoff); see `lifecycle/`.
     pub async fn redialing(&self) -> Result<Vec<PeerKey>, NodeClosed> {
         self.s()
-            .redialer
+            .lifecycle
             .send(Redialing)
             .await
             .map_err(|_| NodeClosed)
@@ -1473,8 +1448,7 @@ impl NodeHandle {
         };
         let s = self.s();
         let mut events = s.events.subscribe();
-        let _ = s.redialer.send(StopRedials).await;
-        let _ = s.wiring.send(BeginClose).await;
+        let _ = s.lifecycle.send(BeginClose).await;
         // Sessions first, so each peer hears why.
         if let Ok(peers) = s.sessions.send(ListSessions).await {
             let mut open: std::collections::HashSet<PeerKey> =
