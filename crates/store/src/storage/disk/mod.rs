@@ -27,12 +27,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::IndexMap;
 use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
 
+mod bitfield;
 mod crc;
+mod index;
 
+use bitfield::{Bitfield, PAGE_BITS, PAGE_WORDS};
 use crc::Crc;
+use index::Recent;
 
 /// Magic at the start of `log`.
 const LOG_MAGIC: &[u8; 8] = b"R8FLOG01";
@@ -68,10 +71,6 @@ const STATE_FIXED_LEN: usize = 8 + 8 + 8 + 104 + 8;
 const STATE_PAGE_LEN: usize = 8 + 8 * PAGE_WORDS;
 /// Largest `state` file accepted (a bitfield of about 4 billion blocks).
 const MAX_STATE_BYTES: u64 = 512 << 20;
-/// Words in one bitfield page (4096 blocks a page).
-const PAGE_WORDS: usize = 64;
-/// Blocks in one bitfield page.
-const PAGE_BITS: u64 = 64 * PAGE_WORDS as u64;
 
 /// Highest block index this storage holds (exclusive): 2^36 blocks, 64 TiB of 1 KiB
 /// blocks. The slot files are arrays indexed by block and node, so the bound keeps their
@@ -310,158 +309,6 @@ fn decode_head(b: &[u8]) -> Option<Option<StoredHead>> {
             }))
         }
         _ => None,
-    }
-}
-
-/// Which blocks a feed stores, one bit each, in pages of 4096 blocks allocated only where
-/// a block is stored (a sparse replica of a long feed costs what it stores).
-#[derive(Debug, Default, Clone)]
-struct Bitfield {
-    pages: BTreeMap<u64, [u64; PAGE_WORDS]>,
-}
-
-impl Bitfield {
-    fn get(&self, i: u64) -> bool {
-        let word = ((i % PAGE_BITS) / 64) as usize;
-        self.pages
-            .get(&(i / PAGE_BITS))
-            .is_some_and(|page| page[word] & (1 << (i % 64)) != 0)
-    }
-
-    /// Set the bit of each index: one page lookup per run of indices in a page.
-    fn set_all(&mut self, indices: impl Iterator<Item = u64>) {
-        let mut page: Option<(u64, [u64; PAGE_WORDS])> = None;
-        for i in indices {
-            let number = i / PAGE_BITS;
-            if page.is_none_or(|(n, _)| n != number) {
-                if let Some((n, words)) = page {
-                    self.pages.insert(n, words);
-                }
-                let words = self.pages.get(&number).copied().unwrap_or([0; PAGE_WORDS]);
-                page = Some((number, words));
-            }
-            if let Some((_, words)) = page.as_mut() {
-                words[((i % PAGE_BITS) / 64) as usize] |= 1 << (i % 64);
-            }
-        }
-        if let Some((n, words)) = page {
-            self.pages.insert(n, words);
-        }
-    }
-}
-
-/// How far past the end of [`Recent`]'s dense window an index may land and still
-/// extend it (the window is also kept at most about twice as long as its entries).
-const DENSE_GAP: u64 = 4096;
-
-/// Entries of the records after the checkpoint, by block or node index. The indices
-/// appends write (a window of nearly consecutive ones after the first index stored since
-/// the last clear) go into a vector, the rest (a replica's scattered downloads, the few
-/// parents left of the window) into a map: a writer's 1 KiB appends store three entries
-/// per block, and map inserts were ~7 % of their CPU.
-///
-/// Invariant: an index is in at most one of `dense` (at `index - base`) and `sparse`;
-/// `len` counts the entries of both; `dense.len() <= 2 * len + DENSE_GAP`.
-#[derive(Debug)]
-struct Recent<V> {
-    base: u64,
-    dense: Vec<Option<V>>,
-    sparse: IndexMap<V>,
-    /// The largest index in `sparse` (meaningful only when it is not empty).
-    sparse_max: u64,
-    len: usize,
-}
-
-impl<V> Default for Recent<V> {
-    fn default() -> Self {
-        Self {
-            base: 0,
-            dense: Vec::new(),
-            sparse: IndexMap::default(),
-            sparse_max: 0,
-            len: 0,
-        }
-    }
-}
-
-impl<V: Copy> Recent<V> {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn get(&self, index: u64) -> Option<&V> {
-        if let Some(Some(v)) = index
-            .checked_sub(self.base)
-            .and_then(|d| usize::try_from(d).ok())
-            .and_then(|d| self.dense.get(d))
-        {
-            return Some(v);
-        }
-        self.sparse.get(&index)
-    }
-
-    fn insert(&mut self, index: u64, value: V) {
-        if self.len == 0 {
-            self.base = index;
-        }
-        let window = self.dense.len() as u64;
-        let fits = index >= self.base && {
-            let d = index - self.base;
-            d < window || (d <= window + DENSE_GAP && d < 2 * self.len as u64 + DENSE_GAP)
-        };
-        if !fits {
-            if self.sparse.insert(index, value).is_none() {
-                self.len += 1;
-            }
-            self.sparse_max = if self.sparse.len() == 1 {
-                index
-            } else {
-                self.sparse_max.max(index)
-            };
-            return;
-        }
-        let d = (index - self.base) as usize;
-        if d >= self.dense.len() {
-            let old_end = self.base + window;
-            self.dense.resize(d + 1, None);
-            if !self.sparse.is_empty() && self.sparse_max >= old_end {
-                // Entries stored in the map before the window reached them move in.
-                let end = self.base + self.dense.len() as u64;
-                let (base, dense) = (self.base, &mut self.dense);
-                self.sparse.retain(|&i, v| {
-                    if i >= old_end && i < end {
-                        dense[(i - base) as usize] = Some(*v);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                self.sparse_max = self.sparse.keys().copied().max().unwrap_or(0);
-            }
-        }
-        if self.dense[d].replace(value).is_none() {
-            self.len += 1;
-        }
-    }
-
-    /// Every entry, in no particular order.
-    fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
-        let base = self.base;
-        self.dense
-            .iter()
-            .enumerate()
-            .filter_map(move |(d, v)| v.as_ref().map(|v| (base + d as u64, v)))
-            .chain(self.sparse.iter().map(|(&i, v)| (i, v)))
-    }
-
-    fn clear(&mut self) {
-        self.dense.clear();
-        self.sparse.clear();
-        self.len = 0;
     }
 }
 
@@ -1032,7 +879,7 @@ impl FeedInner {
             for (w, bytes) in words.iter_mut().zip(page[8..].chunks_exact(8)) {
                 *w = u64_at(bytes, 0);
             }
-            bitfield.pages.insert(number, words);
+            bitfield.insert_page(number, words);
         }
         self.applied = applied.max(LOG_HEADER_LEN);
         self.head = head;
@@ -1516,7 +1363,7 @@ impl FeedInner {
 
     /// `state` for a checkpoint at `log_len`: offset, head, the bitfield, a crc.
     fn encode_state(&self) -> Vec<u8> {
-        let pages = &self.bitfield.pages;
+        let pages = self.bitfield.pages();
         let mut state = Vec::with_capacity(STATE_FIXED_LEN + STATE_PAGE_LEN * pages.len() + 4);
         state.extend_from_slice(STATE_MAGIC);
         state.extend_from_slice(&self.log_len.to_le_bytes());
@@ -2176,49 +2023,6 @@ mod tests {
         f.sync().unwrap();
         assert_eq!(f.block(3).unwrap(), Some(block(3, 100)));
         assert_eq!(f.node(7).unwrap(), Some(node(7)));
-    }
-
-    #[test]
-    fn recent_matches_a_map() {
-        // Appends (a dense run with parents left of it), replica jumps far ahead and
-        // back, overwrites, and map entries the growing window later covers.
-        let mut x = 7u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for round in 0..8u64 {
-            let mut recent = Recent::default();
-            let mut model = std::collections::HashMap::new();
-            let mut at = round * 1000;
-            for k in 0..20_000u64 {
-                let index = match next() % 10 {
-                    0 => at.saturating_sub(next() % 64),
-                    1 => at + next() % 20_000,
-                    2 => next() % 100_000,
-                    _ => {
-                        at += 1;
-                        at
-                    }
-                };
-                recent.insert(index, k);
-                model.insert(index, k);
-                assert_eq!(recent.len(), model.len());
-                assert!(recent.dense.len() <= 2 * recent.len() + DENSE_GAP as usize);
-            }
-            for i in 0..150_000u64 {
-                assert_eq!(recent.get(i), model.get(&i), "index {i}");
-            }
-            let mut all: Vec<(u64, u64)> = recent.iter().map(|(i, v)| (i, *v)).collect();
-            all.sort_unstable();
-            let mut want: Vec<(u64, u64)> = model.into_iter().collect();
-            want.sort_unstable();
-            assert_eq!(all, want);
-            recent.clear();
-            assert!(recent.is_empty() && recent.get(at).is_none());
-        }
     }
 
     fn reopen(s: DiskStorage) -> DiskStorage {
