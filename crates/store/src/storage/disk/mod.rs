@@ -19,22 +19,26 @@
 //! are a derived index written only at checkpoints, after the log is synced; records
 //! after the last checkpoint are replayed into memory on open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
 
 mod bitfield;
+mod cache;
 mod crc;
+mod files;
 mod index;
 
 use bitfield::{Bitfield, PAGE_BITS, PAGE_WORDS};
+use cache::{FileCache, FileKind};
 use crc::Crc;
+use files::{corrupt, lock, read_bounded, read_slot, sync_dir, write_all_vectored, write_slots};
 use index::Recent;
 
 /// Magic at the start of `log`.
@@ -216,35 +220,6 @@ struct BlockLoc {
     crc: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum FileKind {
-    /// The log, opened to append.
-    Log,
-    /// The log again, opened to write at an offset (the blocks of an append written
-    /// while they are hashed, [`FeedInner::write_append_hashing`]).
-    LogAt,
-    Tree,
-    Index,
-}
-
-impl FileKind {
-    fn name(self) -> &'static str {
-        match self {
-            FileKind::Log | FileKind::LogAt => "log",
-            FileKind::Tree => "tree",
-            FileKind::Index => "index",
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
-    StorageError::Corrupt(format!("{}: offset {offset}: {what}", path.display()))
-}
-
 fn hex(key: &[u8; 32]) -> String {
     let mut s = String::with_capacity(64);
     for b in key {
@@ -262,10 +237,6 @@ fn parse_hex(name: &str) -> Option<[u8; 32]> {
         *k = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(key)
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -309,53 +280,6 @@ fn decode_head(b: &[u8]) -> Option<Option<StoredHead>> {
             }))
         }
         _ => None,
-    }
-}
-
-/// Open file handles, bounded, least recently used closed first.
-#[derive(Debug, Default)]
-struct FileCache {
-    entries: HashMap<(u64, FileKind), (Arc<File>, u64)>,
-    by_use: BTreeMap<u64, (u64, FileKind)>,
-    tick: u64,
-}
-
-impl FileCache {
-    fn get(&mut self, key: (u64, FileKind)) -> Option<Arc<File>> {
-        self.tick += 1;
-        let tick = self.tick;
-        let (file, used) = self.entries.get_mut(&key)?;
-        self.by_use.remove(used);
-        *used = tick;
-        self.by_use.insert(tick, key);
-        Some(Arc::clone(file))
-    }
-
-    fn insert(&mut self, key: (u64, FileKind), file: Arc<File>, max: usize) {
-        self.tick += 1;
-        if let Some((_, used)) = self.entries.insert(key, (file, self.tick)) {
-            self.by_use.remove(&used);
-        }
-        self.by_use.insert(self.tick, key);
-        while self.entries.len() > max.max(1) {
-            let Some((_, oldest)) = self.by_use.pop_first() else {
-                break;
-            };
-            self.entries.remove(&oldest);
-        }
-    }
-
-    fn remove_feed(&mut self, id: u64) {
-        for kind in [
-            FileKind::Log,
-            FileKind::LogAt,
-            FileKind::Tree,
-            FileKind::Index,
-        ] {
-            if let Some((_, used)) = self.entries.remove(&(id, kind)) {
-                self.by_use.remove(&used);
-            }
-        }
     }
 }
 
@@ -416,7 +340,7 @@ impl DiskStorage {
     /// Number of file handles held open right now (at most
     /// [`DiskConfig::max_open_files`], plus those in use by a running operation).
     pub fn open_files(&self) -> usize {
-        lock(&self.shared.files).entries.len()
+        lock(&self.shared.files).len()
     }
 
     fn feed_dir(&self, key: &[u8; 32]) -> PathBuf {
@@ -561,24 +485,6 @@ impl Storage for DiskStorage {
         keys.sort_unstable();
         Ok(keys)
     }
-}
-
-/// Read a whole file of at most `max` bytes.
-fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{}: {len} bytes, more than the {max} allowed",
-                path.display()
-            ),
-        ));
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    file.take(max).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 fn decode_meta(meta: &[u8], key: &[u8; 32]) -> Result<Option<[u8; 32]>, &'static str> {
@@ -750,24 +656,16 @@ impl FeedInner {
     /// The handle for one of this feed's files; `None` if it does not exist and
     /// `create` is false.
     fn file(&self, kind: FileKind, create: bool) -> Result<Option<Arc<File>>, StorageError> {
-        let key = (self.id, kind);
-        if let Some(f) = lock(&self.shared.files).get(key) {
-            return Ok(Some(f));
-        }
-        let mut options = OpenOptions::new();
-        options.read(true);
-        match kind {
-            FileKind::Log => options.append(true),
-            FileKind::LogAt | FileKind::Tree | FileKind::Index => options.write(true),
-        };
-        options.create(create);
-        let file = match options.open(self.path(kind)) {
-            Ok(f) => Arc::new(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        lock(&self.shared.files).insert(key, Arc::clone(&file), self.shared.config.max_open_files);
-        Ok(Some(file))
+        let max = self.shared.config.max_open_files;
+        let path = self.path(kind);
+        Ok(cache::open(
+            &self.shared.files,
+            self.id,
+            kind,
+            &path,
+            create,
+            max,
+        )?)
     }
 
     fn log(&self) -> Result<Arc<File>, StorageError> {
@@ -1780,55 +1678,6 @@ fn find_valid_record(file: &File, from: u64, len: u64) -> io::Result<Option<u64>
         pos += (n as u64).saturating_sub(3).max(1);
     }
     Ok(None)
-}
-
-fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !slices.is_empty() {
-        match file.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Read a slot; bytes past the end of the file read as zero (an absent slot).
-fn read_slot(file: &File, at: u64, slot: &mut [u8]) -> io::Result<()> {
-    slot.fill(0);
-    let mut done = 0;
-    while done < slot.len() {
-        match file.read_at(&mut slot[done..], at + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Write sorted slots, one `write_all_at` per run of consecutive indices.
-fn write_slots<const N: usize>(file: &File, size: u64, slots: &[(u64, [u8; N])]) -> io::Result<()> {
-    let mut run = Vec::new();
-    let mut run_start = 0u64;
-    let mut next = None;
-    for (index, slot) in slots {
-        if next != Some(*index) {
-            if !run.is_empty() {
-                file.write_all_at(&run, run_start * size)?;
-                run.clear();
-            }
-            run_start = *index;
-        }
-        run.extend_from_slice(slot);
-        next = index.checked_add(1);
-    }
-    if !run.is_empty() {
-        file.write_all_at(&run, run_start * size)?;
-    }
-    Ok(())
 }
 
 fn encode_index_slot(index: u64, loc: &BlockLoc) -> [u8; INDEX_SLOT as usize] {
