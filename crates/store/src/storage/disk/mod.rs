@@ -33,60 +33,20 @@ mod bitfield;
 mod cache;
 mod crc;
 mod files;
+mod format;
 mod index;
 
-use bitfield::{Bitfield, PAGE_BITS, PAGE_WORDS};
+use bitfield::Bitfield;
 use cache::{FileCache, FileKind};
 use crc::Crc;
 use files::{corrupt, lock, read_bounded, read_slot, sync_dir, write_all_vectored, write_slots};
+use format::*;
+pub use format::{MAX_BLOCK_INDEX, MAX_NODE_INDEX, MAX_RECORD_BYTES};
 use index::Recent;
-
-/// Magic at the start of `log`.
-const LOG_MAGIC: &[u8; 8] = b"R8FLOG01";
-/// Length of the `log` file header (magic plus reserved bytes).
-const LOG_HEADER_LEN: u64 = 16;
-/// Magic at the start of every log record.
-const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"R8BR");
-/// Record header: magic, crc, body length, block count, node count.
-const RECORD_HEADER_LEN: u64 = 24;
-/// Fixed part of a record body: head flag, padding, head.
-const RECORD_HEAD_LEN: u64 = 112;
-/// One block entry in a record: index, length, padding.
-const RECORD_BLOCK_LEN: u64 = 16;
-/// One node entry in a record: index, hash, size.
-const RECORD_NODE_LEN: u64 = 48;
-/// Largest record body accepted on read or write. Bounds what replay allocates; one
-/// batch may not exceed it.
-pub const MAX_RECORD_BYTES: u64 = 1 << 30;
 
 /// Bytes read at once while checking records on open.
 const READ_CHUNK: usize = 1 << 20;
 
-/// Magic and size of `meta`.
-const META_MAGIC: &[u8; 8] = b"R8FMETA1";
-const META_LEN: usize = 84;
-
-/// Magic of `state`; its size is bounded by [`MAX_STATE_BYTES`].
-const STATE_MAGIC: &[u8; 8] = b"R8FSTAT1";
-/// Fixed part of `state` before the bitfield pages: magic, applied offset, head flag,
-/// padding, head, page count.
-const STATE_FIXED_LEN: usize = 8 + 8 + 8 + 104 + 8;
-/// One bitfield page in `state`: page number, then its words.
-const STATE_PAGE_LEN: usize = 8 + 8 * PAGE_WORDS;
-/// Largest `state` file accepted (a bitfield of about 4 billion blocks).
-const MAX_STATE_BYTES: u64 = 512 << 20;
-
-/// Highest block index this storage holds (exclusive): 2^36 blocks, 64 TiB of 1 KiB
-/// blocks. The slot files are arrays indexed by block and node, so the bound keeps their
-/// offsets inside what a file system allows (ext4: 16 TiB per file).
-pub const MAX_BLOCK_INDEX: u64 = 1 << 36;
-/// Highest tree-node (flat-tree) index this storage holds (exclusive).
-pub const MAX_NODE_INDEX: u64 = 2 * MAX_BLOCK_INDEX;
-
-/// Size of one slot in `tree`: hash, size, crc, padding.
-const TREE_SLOT: u64 = 48;
-/// Size of one slot in `index`: log offset, length, data crc, slot crc, padding.
-const INDEX_SLOT: u64 = 24;
 /// Most index slots one range read takes at a time (96 KiB): a sync answer asks for at
 /// most 4,096 blocks, and a larger `end` from a caller must not size an allocation.
 const SLOTS_PER_READ: u64 = 4096;
@@ -212,14 +172,6 @@ struct PendingSync {
     done: std::thread::JoinHandle<io::Result<()>>,
 }
 
-/// Where a block's bytes are in `log`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BlockLoc {
-    offset: u64,
-    len: u32,
-    crc: u32,
-}
-
 fn hex(key: &[u8; 32]) -> String {
     let mut s = String::with_capacity(64);
     for b in key {
@@ -237,50 +189,6 @@ fn parse_hex(name: &str) -> Option<[u8; 32]> {
         *k = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(key)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn encode_head(out: &mut Vec<u8>, head: Option<&StoredHead>) {
-    match head {
-        Some(h) => {
-            out.push(1);
-            out.extend_from_slice(&[0u8; 7]);
-            out.extend_from_slice(&h.length.to_le_bytes());
-            out.extend_from_slice(&h.tree_hash);
-            out.extend_from_slice(&h.signature);
-        }
-        None => out.extend_from_slice(&[0u8; 112]),
-    }
-}
-
-/// Decode the 112-byte head field; `None` for a bad flag.
-fn decode_head(b: &[u8]) -> Option<Option<StoredHead>> {
-    match b[0] {
-        0 => Some(None),
-        1 => {
-            let mut tree_hash = [0u8; 32];
-            tree_hash.copy_from_slice(&b[16..48]);
-            let mut signature = [0u8; 64];
-            signature.copy_from_slice(&b[48..112]);
-            Some(Some(StoredHead {
-                length: u64_at(b, 8),
-                tree_hash,
-                signature,
-            }))
-        }
-        _ => None,
-    }
 }
 
 impl DiskStorage {
@@ -415,14 +323,7 @@ impl Storage for DiskStorage {
         let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let tmp = fan.join(format!(".tmp-{}-{}-{n}", hex(&key), std::process::id()));
         fs::create_dir(&tmp)?;
-        let mut meta = Vec::with_capacity(META_LEN);
-        meta.extend_from_slice(META_MAGIC);
-        meta.extend_from_slice(&1u32.to_le_bytes());
-        meta.extend_from_slice(&u32::from(secret_key.is_some()).to_le_bytes());
-        meta.extend_from_slice(&key);
-        meta.extend_from_slice(&secret_key.unwrap_or([0; 32]));
-        let crc = crc32fast::hash(&meta);
-        meta.extend_from_slice(&crc.to_le_bytes());
+        let meta = encode_meta(&key, secret_key.as_ref());
         // `meta` holds a writable feed's secret key: only its owner may read it.
         OpenOptions::new()
             .write(true)
@@ -487,45 +388,12 @@ impl Storage for DiskStorage {
     }
 }
 
-fn decode_meta(meta: &[u8], key: &[u8; 32]) -> Result<Option<[u8; 32]>, &'static str> {
-    if meta.len() != META_LEN {
-        return Err("meta has the wrong size");
-    }
-    if &meta[..8] != META_MAGIC {
-        return Err("meta has a bad magic");
-    }
-    if crc32fast::hash(&meta[..80]) != u32_at(meta, 80) {
-        return Err("meta fails its checksum");
-    }
-    if u32_at(meta, 8) != 1 {
-        return Err("meta has an unknown version");
-    }
-    if meta[16..48] != key[..] {
-        return Err("meta names another key");
-    }
-    let mut secret = [0u8; 32];
-    secret.copy_from_slice(&meta[48..80]);
-    match u32_at(meta, 12) {
-        0 => Ok(None),
-        1 => Ok(Some(secret)),
-        _ => Err("meta has unknown flags"),
-    }
-}
-
 /// What reading one log record found.
 enum RecordRead {
     /// A whole record that passes its checksum.
     Valid(Record),
     /// The bytes at this offset are not a whole, valid record.
     Invalid(&'static str),
-}
-
-/// A decoded record (payloads stay in the log).
-struct Record {
-    end: u64,
-    head: Option<StoredHead>,
-    blocks: Vec<(u64, BlockLoc)>,
-    nodes: Vec<StoredNode>,
 }
 
 /// Read and check the record at `at`, with the log `len` bytes long. I/O errors are
@@ -677,7 +545,12 @@ impl FeedInner {
     fn load(&mut self) -> Result<(), StorageError> {
         let state_path = self.dir.join("state");
         match read_bounded(&state_path, MAX_STATE_BYTES) {
-            Ok(state) => self.decode_state(&state, &state_path)?,
+            Ok(state) => {
+                let state = decode_state(&state, &state_path)?;
+                self.applied = state.applied.max(LOG_HEADER_LEN);
+                self.head = state.head;
+                self.bitfield = state.bitfield;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 return Err(corrupt(&state_path, 0, "state larger than allowed"))
@@ -739,49 +612,6 @@ impl FeedInner {
             }
         }
         self.log_len = at;
-        Ok(())
-    }
-
-    fn decode_state(&mut self, s: &[u8], path: &Path) -> Result<(), StorageError> {
-        if s.len() < STATE_FIXED_LEN + 4 {
-            return Err(corrupt(path, 0, "state too short"));
-        }
-        let body = &s[..s.len() - 4];
-        if crc32fast::hash(body) != u32_at(s, s.len() - 4) {
-            return Err(corrupt(path, 0, "state fails its checksum"));
-        }
-        if &s[..8] != STATE_MAGIC {
-            return Err(corrupt(path, 0, "bad state magic"));
-        }
-        let applied = u64_at(s, 8);
-        let head = decode_head(&s[16..128]).ok_or_else(|| corrupt(path, 16, "bad head flag"))?;
-        let pages = u64_at(s, 128);
-        if pages.checked_mul(STATE_PAGE_LEN as u64) != Some((body.len() - STATE_FIXED_LEN) as u64) {
-            return Err(corrupt(
-                path,
-                128,
-                "bitfield length does not match the file",
-            ));
-        }
-        let mut bitfield = Bitfield::default();
-        for (k, page) in body[STATE_FIXED_LEN..]
-            .chunks_exact(STATE_PAGE_LEN)
-            .enumerate()
-        {
-            let number = u64_at(page, 0);
-            if number >= MAX_BLOCK_INDEX / PAGE_BITS {
-                let at = (STATE_FIXED_LEN + k * STATE_PAGE_LEN) as u64;
-                return Err(corrupt(path, at, "bitfield page out of range"));
-            }
-            let mut words = [0u64; PAGE_WORDS];
-            for (w, bytes) in words.iter_mut().zip(page[8..].chunks_exact(8)) {
-                *w = u64_at(bytes, 0);
-            }
-            bitfield.insert_page(number, words);
-        }
-        self.applied = applied.max(LOG_HEADER_LEN);
-        self.head = head;
-        self.bitfield = bitfield;
         Ok(())
     }
 
@@ -1237,7 +1067,7 @@ impl FeedInner {
             tree: tree.clone(),
             blocks: Arc::clone(&blocks),
             nodes: Arc::clone(&nodes),
-            state: self.encode_state(),
+            state: encode_state(self.log_len, self.head.as_ref(), &self.bitfield),
             dir: self.dir.clone(),
             created,
         };
@@ -1257,25 +1087,6 @@ impl FeedInner {
             done,
         });
         Ok(())
-    }
-
-    /// `state` for a checkpoint at `log_len`: offset, head, the bitfield, a crc.
-    fn encode_state(&self) -> Vec<u8> {
-        let pages = self.bitfield.pages();
-        let mut state = Vec::with_capacity(STATE_FIXED_LEN + STATE_PAGE_LEN * pages.len() + 4);
-        state.extend_from_slice(STATE_MAGIC);
-        state.extend_from_slice(&self.log_len.to_le_bytes());
-        encode_head(&mut state, self.head.as_ref());
-        state.extend_from_slice(&(pages.len() as u64).to_le_bytes());
-        for (number, words) in pages {
-            state.extend_from_slice(&number.to_le_bytes());
-            for w in words {
-                state.extend_from_slice(&w.to_le_bytes());
-            }
-        }
-        let crc = crc32fast::hash(&state);
-        state.extend_from_slice(&crc.to_le_bytes());
-        state
     }
 
     fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
@@ -1434,11 +1245,7 @@ impl FeedInner {
         let path = self.path(FileKind::Index);
         let at = index.saturating_mul(INDEX_SLOT);
         let slot = *slot;
-        let loc = BlockLoc {
-            offset: u64_at(&slot, 0),
-            len: u32_at(&slot, 8),
-            crc: u32_at(&slot, 12),
-        };
+        let loc = decode_index_slot(&slot);
         if slot == [0u8; INDEX_SLOT as usize] {
             return Err(corrupt(
                 &path,
@@ -1473,13 +1280,7 @@ impl FeedInner {
         if slot == [0u8; TREE_SLOT as usize] {
             return Ok(None);
         }
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&slot[..32]);
-        let node = StoredNode {
-            index,
-            hash,
-            size: u64_at(&slot, 32),
-        };
+        let node = decode_tree_slot(index, &slot);
         if encode_tree_slot(&node) != slot {
             return Err(corrupt(
                 &path,
@@ -1510,73 +1311,6 @@ const OVERLAP_MIN_BYTES: u64 = 64 << 10;
 /// their target without the overlap and, alternated at load 3, were as often slower
 /// with it as faster (`PERFORMANCE.md`, "store: append, fourth round").
 const OVERLAP_MAX_AVG_BLOCK: u64 = 16 << 10;
-
-/// A record's entry and body lengths for `blocks` blocks of `data_len` bytes in all and
-/// `nodes` nodes, checked against the limits.
-fn record_size(blocks: usize, nodes: usize, data_len: u64) -> Result<(u64, u64), StorageError> {
-    if u32::try_from(blocks).is_err() {
-        return Err(StorageError::Limit("too many blocks in one batch".into()));
-    }
-    if u32::try_from(nodes).is_err() {
-        return Err(StorageError::Limit("too many nodes in one batch".into()));
-    }
-    let meta_len =
-        RECORD_HEAD_LEN + blocks as u64 * RECORD_BLOCK_LEN + nodes as u64 * RECORD_NODE_LEN;
-    let body_len = meta_len.saturating_add(data_len);
-    if body_len > MAX_RECORD_BYTES {
-        return Err(StorageError::Limit(format!(
-            "batch of {body_len} bytes is over {MAX_RECORD_BYTES}"
-        )));
-    }
-    Ok((meta_len, body_len))
-}
-
-fn check_node_indices(nodes: &[StoredNode]) -> Result<(), StorageError> {
-    match nodes.iter().find(|n| n.index >= MAX_NODE_INDEX) {
-        Some(node) => Err(StorageError::Limit(format!(
-            "node index {} is not below {MAX_NODE_INDEX}",
-            node.index
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Encode a record's header (checksum left zero) and entries into `out`; the counts
-/// are within [`record_size`]'s limits.
-fn encode_record_meta(
-    out: &mut Vec<u8>,
-    blocks: impl ExactSizeIterator<Item = (u64, usize)>,
-    nodes: &[StoredNode],
-    head: Option<&StoredHead>,
-    body_len: u64,
-) {
-    out.clear();
-    out.resize(RECORD_HEADER_LEN as usize, 0);
-    out[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out[8..16].copy_from_slice(&body_len.to_le_bytes());
-    out[16..20].copy_from_slice(&(blocks.len() as u32).to_le_bytes());
-    out[20..24].copy_from_slice(&(nodes.len() as u32).to_le_bytes());
-    encode_head(out, head);
-    for (index, len) in blocks {
-        out.extend_from_slice(&index.to_le_bytes());
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]);
-    }
-    for node in nodes {
-        out.extend_from_slice(&node.index.to_le_bytes());
-        out.extend_from_slice(&node.hash);
-        out.extend_from_slice(&node.size.to_le_bytes());
-    }
-}
-
-/// Set the checksum of the record header and entries in `meta`, followed in the log by
-/// blocks whose checksum is `data`.
-fn seal_record(meta: &mut [u8], data: Crc) {
-    let mut crc = Crc::new();
-    crc.push(crc32fast::hash(&meta[8..]), meta.len() as u64 - 8);
-    crc.append(data);
-    meta[4..8].copy_from_slice(&crc.value().to_le_bytes());
-}
 
 /// Checksum `blocks` and write them, back to back, at offset `at` through `file` (a
 /// handle of its own, not opened to append: this moves its cursor). Returns each
@@ -1649,12 +1383,6 @@ impl CheckpointJob {
     }
 }
 
-fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
-    let mut h = [0u8; LOG_HEADER_LEN as usize];
-    h[..8].copy_from_slice(LOG_MAGIC);
-    h
-}
-
 /// Scan for a valid record starting anywhere in `[from, len)`.
 fn find_valid_record(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
     let magic = RECORD_MAGIC.to_le_bytes();
@@ -1678,29 +1406,6 @@ fn find_valid_record(file: &File, from: u64, len: u64) -> io::Result<Option<u64>
         pos += (n as u64).saturating_sub(3).max(1);
     }
     Ok(None)
-}
-
-fn encode_index_slot(index: u64, loc: &BlockLoc) -> [u8; INDEX_SLOT as usize] {
-    let mut s = [0u8; INDEX_SLOT as usize];
-    s[0..8].copy_from_slice(&loc.offset.to_le_bytes());
-    s[8..12].copy_from_slice(&loc.len.to_le_bytes());
-    s[12..16].copy_from_slice(&loc.crc.to_le_bytes());
-    let mut h = crc32fast::Hasher::new();
-    h.update(&index.to_le_bytes());
-    h.update(&s[..16]);
-    s[16..20].copy_from_slice(&h.finalize().to_le_bytes());
-    s
-}
-
-fn encode_tree_slot(node: &StoredNode) -> [u8; TREE_SLOT as usize] {
-    let mut s = [0u8; TREE_SLOT as usize];
-    s[0..32].copy_from_slice(&node.hash);
-    s[32..40].copy_from_slice(&node.size.to_le_bytes());
-    let mut h = crc32fast::Hasher::new();
-    h.update(&node.index.to_le_bytes());
-    h.update(&s[..40]);
-    s[40..44].copy_from_slice(&h.finalize().to_le_bytes());
-    s
 }
 
 impl DiskFeed {
