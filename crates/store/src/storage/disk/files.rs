@@ -1,7 +1,7 @@
 //! Small file helpers: bounded reads, whole vectored writes, slot reads and writes,
 //! directory syncs, and the error that names a damaged file.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -91,6 +91,25 @@ pub(super) fn write_slots<const N: usize>(
     }
     if !run.is_empty() {
         file.write_all_at(&run, run_start * size)?;
+    }
+    Ok(())
+}
+
+/// Call `f` with each entry of each sub-directory of `dir` (the feed directories and
+/// leftovers under their two-hex-digit fan directories); other files in `dir` are
+/// passed over.
+pub(super) fn for_each_in_subdirs(
+    dir: &Path,
+    mut f: impl FnMut(fs::DirEntry) -> io::Result<()>,
+) -> io::Result<()> {
+    for sub in fs::read_dir(dir)? {
+        let sub = sub?;
+        if !sub.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(sub.path())? {
+            f(entry?)?;
+        }
     }
     Ok(())
 }
