@@ -31,6 +31,7 @@ use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBat
 
 mod bitfield;
 mod cache;
+mod checkpoint;
 mod crc;
 mod files;
 mod format;
@@ -39,14 +40,13 @@ mod recovery;
 
 use bitfield::Bitfield;
 use cache::{FileCache, FileKind};
+use checkpoint::{SlotFiles, Unindexed};
 use crc::Crc;
 use files::{
     corrupt, for_each_in_subdirs, lock, read_bounded, read_slot, sync_dir, write_all_vectored,
-    write_slots,
 };
 use format::*;
 pub use format::{MAX_BLOCK_INDEX, MAX_NODE_INDEX, MAX_RECORD_BYTES};
-use index::Recent;
 
 /// Most index slots one range read takes at a time (96 KiB): a sync answer asks for at
 /// most 4,096 blocks, and a larger `end` from a caller must not size an allocation.
@@ -121,10 +121,9 @@ struct FeedInner {
     log_len: u64,
     /// Log offset up to which the slot files hold every record (the checkpoint).
     applied: u64,
-    /// Blocks of records after `applied`, not yet in `index`.
-    recent_blocks: Recent<BlockLoc>,
-    /// Nodes of records after `applied`, not yet in `tree`.
-    recent_nodes: Recent<StoredNode>,
+    /// Blocks and nodes of records after `applied`, not yet in `index` and `tree`, and
+    /// the checkpoint being written, if any.
+    unindexed: Unindexed,
     /// Records were written after the last `sync`.
     unsynced: bool,
     /// The directories and `meta` must be synced (after create or open).
@@ -136,32 +135,6 @@ struct FeedInner {
     scratch: Vec<u8>,
     /// A log sync running on its own thread, started by `sync_start`.
     pending: Option<PendingSync>,
-    /// A checkpoint being written on a helper thread.
-    checkpointing: Option<Checkpointing>,
-    /// The emptied entry stores of the last checkpoint, reused by the next one (so the
-    /// recent index does not grow its window from nothing after every checkpoint).
-    spare: Option<(Recent<BlockLoc>, Recent<StoredNode>)>,
-}
-
-/// A checkpoint written on a helper thread ([`FeedInner::checkpoint_start`]): the slot
-/// files, `state`, the directory, each synced in that order. Until it is collected,
-/// `applied` stays the previous checkpoint's and reads find its entries here.
-#[derive(Debug)]
-struct Checkpointing {
-    /// The log offset it covers (`applied` once it is done).
-    upto: u64,
-    /// The entries it writes to `index` and `tree`.
-    blocks: Arc<Recent<BlockLoc>>,
-    nodes: Arc<Recent<StoredNode>>,
-    done: CheckpointDone,
-}
-
-/// A checkpoint's thread, or the result of one written without a thread.
-#[derive(Debug)]
-enum CheckpointDone {
-    /// Returns Ok once the checkpoint is durable.
-    Running(std::thread::JoinHandle<io::Result<()>>),
-    Ran(io::Result<()>),
 }
 
 /// An `fdatasync` of the log on a helper thread ([`FeedStorage::sync_start`]).
@@ -273,15 +246,12 @@ impl DiskStorage {
             bitfield: Bitfield::default(),
             log_len: 0,
             applied: LOG_HEADER_LEN,
-            recent_blocks: Recent::default(),
-            recent_nodes: Recent::default(),
+            unindexed: Unindexed::default(),
             unsynced: false,
             needs_dir_sync: true,
             failed: false,
             scratch: Vec::new(),
             pending: None,
-            checkpointing: None,
-            spare: None,
         }))
     }
 }
@@ -386,19 +356,19 @@ impl FeedInner {
         )?)
     }
 
-    fn log(&self) -> Result<Arc<File>, StorageError> {
-        self.file(FileKind::Log, true)?
+    /// The handle for one of this feed's files, created if it does not exist.
+    fn open_file(&self, kind: FileKind) -> Result<Arc<File>, StorageError> {
+        self.file(kind, true)?
             .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))
+    }
+
+    fn log(&self) -> Result<Arc<File>, StorageError> {
+        self.open_file(FileKind::Log)
     }
 
     fn apply(&mut self, record: &Record) {
         self.bitfield.set_all(record.blocks.iter().map(|(i, _)| *i));
-        for (index, loc) in &record.blocks {
-            self.recent_blocks.insert(*index, *loc);
-        }
-        for node in &record.nodes {
-            self.recent_nodes.insert(node.index, *node);
-        }
+        self.unindexed.insert(record);
         if let Some(head) = record.head {
             self.head = Some(head);
         }
@@ -512,9 +482,7 @@ impl FeedInner {
         }
         let (meta_len, body_len) = record_size(blocks.len(), node_count, data_len)?;
         let log = self.open_log_for_write()?;
-        let at = self
-            .file(FileKind::LogAt, true)?
-            .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?;
+        let at = self.open_file(FileKind::LogAt)?;
         let start = self.log_len;
         let data_at = start + RECORD_HEADER_LEN + meta_len;
 
@@ -647,74 +615,24 @@ impl FeedInner {
     }
 
     /// Wait for the checkpoint running on a helper thread, if any, and take its result:
-    /// on success its offset becomes `applied`; on failure its entries go back to the
-    /// recent ones (the previous checkpoint and the log still hold everything).
+    /// on success its offset becomes `applied` ([`Unindexed::wait`]).
     fn checkpoint_wait(&mut self) -> Result<(), StorageError> {
-        let Some(c) = self.checkpointing.take() else {
-            return Ok(());
-        };
-        let result = match c.done {
-            CheckpointDone::Running(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("checkpoint thread panicked"))),
-            CheckpointDone::Ran(result) => result,
-        };
-        match result {
-            Ok(()) => {
-                self.applied = c.upto;
-                // The thread has ended: its handles are gone, so these are the last.
-                if let (Ok(mut blocks), Ok(mut nodes)) =
-                    (Arc::try_unwrap(c.blocks), Arc::try_unwrap(c.nodes))
-                {
-                    blocks.clear();
-                    nodes.clear();
-                    self.spare = Some((blocks, nodes));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Older than anything recent: only where recent has nothing newer.
-                for (i, loc) in c.blocks.iter() {
-                    if self.recent_blocks.get(i).is_none() {
-                        self.recent_blocks.insert(i, *loc);
-                    }
-                }
-                for (i, node) in c.nodes.iter() {
-                    if self.recent_nodes.get(i).is_none() {
-                        self.recent_nodes.insert(i, *node);
-                    }
-                }
-                Err(e.into())
-            }
+        if let Some(upto) = self.unindexed.wait()? {
+            self.applied = upto;
         }
+        Ok(())
     }
 
     /// The log offset up to which a checkpoint holds or will hold every record.
     fn checkpointed(&self) -> u64 {
-        self.checkpointing.as_ref().map_or(self.applied, |c| c.upto)
-    }
-
-    /// Where block `index` is, if a record after the checkpoint holds it.
-    fn recent_block(&self, index: u64) -> Option<BlockLoc> {
-        match self.recent_blocks.get(index) {
-            Some(loc) => Some(*loc),
-            None => self.checkpointing.as_ref()?.blocks.get(index).copied(),
-        }
-    }
-
-    /// Node `index`, if a record after the checkpoint holds it.
-    fn recent_node(&self, index: u64) -> Option<StoredNode> {
-        match self.recent_nodes.get(index) {
-            Some(node) => Some(*node),
-            None => self.checkpointing.as_ref()?.nodes.get(index).copied(),
-        }
+        self.unindexed.running_upto().unwrap_or(self.applied)
     }
 
     fn over_checkpoint_threshold(&self, factor: u64) -> bool {
         let config = &self.shared.config;
         self.log_len.saturating_sub(self.checkpointed())
             >= config.checkpoint_bytes.saturating_mul(factor)
-            || (self.recent_blocks.len() + self.recent_nodes.len()) as u64
+            || self.unindexed.recent_len() as u64
                 >= (config.checkpoint_entries as u64).saturating_mul(factor)
     }
 
@@ -793,11 +711,7 @@ impl FeedInner {
             sync_dir(&self.shared.feeds_dir)?;
             self.needs_dir_sync = false;
         }
-        if self
-            .checkpointing
-            .as_ref()
-            .is_some_and(|c| !matches!(&c.done, CheckpointDone::Running(h) if !h.is_finished()))
-        {
+        if self.unindexed.finished() {
             self.checkpoint_wait()?;
         }
         if self.over_checkpoint_threshold(1) {
@@ -817,51 +731,26 @@ impl FeedInner {
         // A slot file made by this checkpoint must be in the directory before a `state`
         // that relies on it is.
         let mut created = false;
-        let index = if self.recent_blocks.is_empty() {
-            None
-        } else {
+        let index = if self.unindexed.has_blocks() {
             created |= !self.path(FileKind::Index).exists();
-            Some(
-                self.file(FileKind::Index, true)?
-                    .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?,
-            )
-        };
-        let tree = if self.recent_nodes.is_empty() {
-            None
+            Some(self.open_file(FileKind::Index)?)
         } else {
-            created |= !self.path(FileKind::Tree).exists();
-            Some(
-                self.file(FileKind::Tree, true)?
-                    .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))?,
-            )
+            None
         };
-        let (spare_blocks, spare_nodes) = self.spare.take().unwrap_or_default();
-        let blocks = Arc::new(std::mem::replace(&mut self.recent_blocks, spare_blocks));
-        let nodes = Arc::new(std::mem::replace(&mut self.recent_nodes, spare_nodes));
-        let job = || CheckpointJob {
-            index: index.clone(),
-            tree: tree.clone(),
-            blocks: Arc::clone(&blocks),
-            nodes: Arc::clone(&nodes),
-            state: encode_state(self.log_len, self.head.as_ref(), &self.bitfield),
-            dir: self.dir.clone(),
+        let tree = if self.unindexed.has_nodes() {
+            created |= !self.path(FileKind::Tree).exists();
+            Some(self.open_file(FileKind::Tree)?)
+        } else {
+            None
+        };
+        let state = encode_state(self.log_len, self.head.as_ref(), &self.bitfield);
+        let files = SlotFiles {
+            index,
+            tree,
             created,
         };
-        let thread_job = job();
-        let done = match std::thread::Builder::new()
-            .name("replic8-checkpoint".into())
-            .spawn(move || thread_job.run())
-        {
-            Ok(handle) => CheckpointDone::Running(handle),
-            // No thread: the same work here, now.
-            Err(_) => CheckpointDone::Ran(job().run()),
-        };
-        self.checkpointing = Some(Checkpointing {
-            upto: self.log_len,
-            blocks,
-            nodes,
-            done,
-        });
+        self.unindexed
+            .start(self.log_len, files, state, self.dir.clone());
         Ok(())
     }
 
@@ -869,7 +758,7 @@ impl FeedInner {
         if !self.bitfield.get(index) {
             return Ok(None);
         }
-        let loc = match self.recent_block(index) {
+        let loc = match self.unindexed.block(index) {
             Some(loc) => loc,
             None => self.index_slot(index)?,
         };
@@ -909,7 +798,7 @@ impl FeedInner {
         let (mut slots, mut slots_from, mut slots_to) = (Vec::new(), 0u64, 0u64);
         let mut index = start;
         while index < end && self.bitfield.get(index) {
-            let loc = match self.recent_block(index) {
+            let loc = match self.unindexed.block(index) {
                 Some(loc) => loc,
                 None => {
                     if !(slots_from..slots_to).contains(&index) {
@@ -1040,7 +929,7 @@ impl FeedInner {
     }
 
     fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError> {
-        if let Some(node) = self.recent_node(index) {
+        if let Some(node) = self.unindexed.node(index) {
             return Ok(Some(node));
         }
         let Some(tree) = self.file(FileKind::Tree, false)? else {
@@ -1109,54 +998,6 @@ fn write_blocks_at(file: &File, at: u64, blocks: &[&[u8]]) -> io::Result<(Vec<u3
         write_all_vectored(file, &mut slices)?;
     }
     Ok((crcs, all))
-}
-
-/// What a checkpoint writes ([`FeedInner::checkpoint_start`]), for its helper thread.
-struct CheckpointJob {
-    index: Option<Arc<File>>,
-    tree: Option<Arc<File>>,
-    blocks: Arc<Recent<BlockLoc>>,
-    nodes: Arc<Recent<StoredNode>>,
-    state: Vec<u8>,
-    dir: PathBuf,
-    /// A slot file was created: sync the directory before `state` relies on it.
-    created: bool,
-}
-
-impl CheckpointJob {
-    fn run(self) -> io::Result<()> {
-        if let Some(index) = &self.index {
-            let mut slots: Vec<(u64, [u8; INDEX_SLOT as usize])> = self
-                .blocks
-                .iter()
-                .map(|(i, loc)| (i, encode_index_slot(i, loc)))
-                .collect();
-            slots.sort_unstable_by_key(|(i, _)| *i);
-            write_slots(index, INDEX_SLOT, &slots)?;
-            index.sync_data()?;
-        }
-        if let Some(tree) = &self.tree {
-            let mut slots: Vec<(u64, [u8; TREE_SLOT as usize])> = self
-                .nodes
-                .iter()
-                .map(|(_, n)| (n.index, encode_tree_slot(n)))
-                .collect();
-            slots.sort_unstable_by_key(|(i, _)| *i);
-            write_slots(tree, TREE_SLOT, &slots)?;
-            tree.sync_data()?;
-        }
-        let tmp = self.dir.join("state.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&self.state)?;
-            f.sync_data()?;
-        }
-        if self.created {
-            sync_dir(&self.dir)?;
-        }
-        fs::rename(&tmp, self.dir.join("state"))?;
-        sync_dir(&self.dir)
-    }
 }
 
 impl DiskFeed {
