@@ -39,6 +39,12 @@ pub(super) struct FileCache {
 }
 
 impl FileCache {
+    /// Whether the handle of `key` is held.
+    #[cfg(test)]
+    pub(super) fn holds(&self, key: (u64, FileKind)) -> bool {
+        self.entries.contains_key(&key)
+    }
+
     /// Number of handles held.
     pub(super) fn len(&self) -> usize {
         self.entries.len()

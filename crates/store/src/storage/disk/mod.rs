@@ -525,6 +525,24 @@ impl DiskFeed {
         lock(&self.inner).key
     }
 
+    /// Like [`FeedStorage::write_append`], with the nodes and head made by `hash` (on the
+    /// calling thread; once if this returns Ok, at most once if it fails) while the
+    /// blocks may already be written: blocks of 64 KiB or more in all, averaging at
+    /// most 16 KiB, are checksummed and written on a helper thread while `hash` runs
+    /// here (the feed's lock is held meanwhile). `node_count` is how many nodes `hash`
+    /// returns; if it returns another number the append is still written whole, only
+    /// without the overlap. As atomic as `write_append`. Every [`Feed`](crate::Feed)
+    /// append on a disk feed comes through here.
+    pub fn write_append_hashing(
+        &mut self,
+        start: u64,
+        blocks: &[&[u8]],
+        node_count: usize,
+        hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
+    ) -> Result<(), StorageError> {
+        lock(&self.inner).write_append_hashing(start, blocks, node_count, hash)
+    }
+
     /// Write the in-memory index of recent records to the slot files now (normally done
     /// by [`FeedStorage::sync`] every [`DiskConfig::checkpoint_bytes`]). Syncs first;
     /// the new checkpoint is durable when this returns.
@@ -550,19 +568,6 @@ impl FeedStorage for DiskFeed {
     ) -> Result<(), StorageError> {
         let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
         lock(&self.inner).write_parts(&blocks, nodes, Some(head))
-    }
-
-    /// Blocks of 64 KiB or more in all, averaging at most 16 KiB, are checksummed and
-    /// written on a helper thread while `hash` runs here (the feed's lock is held
-    /// meanwhile).
-    fn write_append_hashing(
-        &mut self,
-        start: u64,
-        blocks: &[&[u8]],
-        node_count: usize,
-        hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
-    ) -> Result<(), StorageError> {
-        lock(&self.inner).write_append_hashing(start, blocks, node_count, hash)
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {

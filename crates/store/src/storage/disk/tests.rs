@@ -4,11 +4,13 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
+use super::cache::FileKind;
 use super::files::lock;
 use super::format::{RECORD_BLOCK_LEN, RECORD_HEADER_LEN, RECORD_HEAD_LEN, RECORD_NODE_LEN};
 use super::{DiskConfig, DiskFeed, DiskStorage};
 use crate::storage::conformance;
 use crate::storage::{FeedStorage, Storage};
+use crate::{Feed, FeedSecret};
 
 /// A large append is written in two parts (blocks first, on a helper thread, then
 /// the header and entries in front): with either part missing, as after a crash
@@ -133,4 +135,25 @@ fn disk_conformance_with_checkpoints() {
             DiskStorage::open_with(root, config).unwrap()
         },
     );
+}
+
+/// A `Feed` on a disk feed appends through its overlapped fast path (chosen by type in
+/// `storage::write_append_hashing`, not by a trait method): a large append opens the
+/// log's second, write-at-offset handle, which only that path uses; a small one does not.
+#[test]
+fn feed_appends_take_the_disk_fast_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    let mut feed = Feed::create(&s, FeedSecret::generate()).unwrap();
+    let id = lock(&feed.storage().inner).id;
+    let overlapped = || lock(&s.shared.files).holds((id, FileKind::LogAt));
+    feed.append_batch(&[b"small".as_slice()]).unwrap();
+    assert!(!overlapped(), "a small append is written in one piece");
+    let blocks: Vec<Vec<u8>> = (1..201).map(|i| conformance::block(i, 1024)).collect();
+    assert_eq!(feed.append_batch(&blocks).unwrap(), 201);
+    assert!(
+        overlapped(),
+        "a 200 KiB append of 1 KiB blocks is overlapped"
+    );
+    assert_eq!(feed.get(200).unwrap(), Some(conformance::block(200, 1024)));
 }
