@@ -1,6 +1,7 @@
 //! Writing batches: each one a checksummed log record, written with one vectored write,
 //! or, for a large append, with its blocks written on a helper thread while the caller
-//! hashes them (the overlapped write of [`DiskFeed::write_append_hashing`]).
+//! hashes them (the overlapped write of
+//! [`DiskFeed::write_append_hashing`](super::DiskFeed::write_append_hashing)).
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -14,8 +15,6 @@ use super::format::{
     check_node_indices, encode_record_meta, log_header, record_size, seal_record, BlockLoc, Record,
     LOG_HEADER_LEN, MAX_BLOCK_INDEX, RECORD_HEADER_LEN,
 };
-#[cfg(doc)]
-use super::DiskFeed;
 use super::FeedInner;
 use crate::storage::{StorageError, StoredHead, StoredNode, WriteBatch};
 

@@ -9,14 +9,18 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::storage::StorageError;
 
+/// Lock `m`, also after a panic in another holder (what it guards holds its invariants
+/// between calls).
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The error for damaged bytes in `path` at `offset`.
 pub(super) fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
     StorageError::Corrupt(format!("{}: offset {offset}: {what}", path.display()))
 }
 
+/// Make the entries of directory `path` durable.
 pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }

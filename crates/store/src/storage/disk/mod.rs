@@ -18,6 +18,20 @@
 //! or nothing and the head (inside the record) never covers absent data. The slot files
 //! are a derived index written only at checkpoints, after the log is synced; records
 //! after the last checkpoint are replayed into memory on open.
+//!
+//! Files, lower layers first (each imports only those above it, and the feed type
+//! `FeedInner` for the last four, which add its methods):
+//! - `crc`: CRC-32 of bytes given as pieces with known checksums.
+//! - `bitfield`: which blocks a feed stores.
+//! - `index`: the recent-record index (`Recent`), by block or node index.
+//! - `files`: small file helpers (bounded read, vectored write, slots, directory sync).
+//! - `cache`: the open-file cache shared by all feeds.
+//! - `format`: the byte layout of `meta`, `log` records, slots and `state`.
+//! - `checkpoint`: the unindexed entries and the checkpoint thread.
+//! - `recovery`: open (load `state`, replay the log, cut a torn tail).
+//! - `append`: writes, among them the overlapped append.
+//! - `read`: block, range and node reads.
+//! - this file: [`DiskStorage`], [`DiskFeed`] and the feed's sync.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -29,7 +43,6 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
 
-mod append;
 mod bitfield;
 mod cache;
 mod checkpoint;
@@ -37,6 +50,8 @@ mod crc;
 mod files;
 mod format;
 mod index;
+
+mod append;
 mod read;
 mod recovery;
 
