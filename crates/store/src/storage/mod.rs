@@ -130,18 +130,7 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for index in start..end {
-            match self.block(index)? {
-                Some(b) if out.is_empty() || bytes + b.len() <= max_bytes => {
-                    bytes += b.len();
-                    out.push(b);
-                }
-                _ => break,
-            }
-        }
-        Ok(out)
+        take_range(start, end, max_bytes, |index| self.block(index))
     }
     /// Whether the block at `index` is stored (answered from memory, no I/O).
     fn has_block(&self, index: u64) -> bool;
@@ -186,6 +175,29 @@ pub(crate) fn write_append_hashing<F: FeedStorage>(
     }
     let (nodes, head) = hash();
     feed.write_append(start, blocks, nodes, head)
+}
+
+/// The blocks [`FeedStorage::blocks`] answers, looked up by `block`: those from `start`
+/// on, at most `end - start`, stopping before the first one not stored and before the one
+/// that would take the total over `max_bytes` (the first comes whatever its size).
+pub(crate) fn take_range<B: AsRef<[u8]>>(
+    start: u64,
+    end: u64,
+    max_bytes: usize,
+    mut block: impl FnMut(u64) -> Result<Option<B>, StorageError>,
+) -> Result<Vec<B>, StorageError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for index in start..end {
+        match block(index)? {
+            Some(b) if out.is_empty() || bytes + b.as_ref().len() <= max_bytes => {
+                bytes += b.as_ref().len();
+                out.push(b);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 /// A map keyed by block or node index. Every block and node written goes through one
