@@ -15,12 +15,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
-use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
-use replic8_store::storage::{DiskConfig, DiskStorage};
-use replic8_store::{Feed, FeedSecret};
-use util::{CrashChild, XorShift};
+use replic8_store::storage::DiskConfig;
+use replic8_store::FeedSecret;
+use util::{CrashChild, Kills};
 
 mod util;
 
@@ -63,12 +63,7 @@ fn crash_child_process() {
         checkpoint_bytes: 256 << 10,
         ..DiskConfig::default()
     };
-    let storage = DiskStorage::open_with(&dir, config).unwrap();
-    let secret = FeedSecret::from_bytes(&SECRET);
-    let mut feed = match Feed::open(&storage, &secret.key()).unwrap() {
-        Some(feed) => feed,
-        None => Feed::create(&storage, secret).unwrap(),
-    };
+    let mut feed = CHILD.open_feed(Path::new(&dir), config);
     let mut out = std::io::stdout().lock();
     loop {
         let start = feed.length();
@@ -89,9 +84,7 @@ fn crash_child_process() {
             }
             _ => feed.append(&block(start)).unwrap(),
         };
-        // One write per line: a kill leaves either the whole line or none of it.
-        out.write_all(format!("ack {length}\n").as_bytes()).unwrap();
-        out.flush().unwrap();
+        CHILD.ack(&mut out, length);
     }
 }
 
@@ -100,27 +93,20 @@ fn killed_writer_keeps_every_acknowledged_block() {
     if CHILD.is_child() {
         return;
     }
-    let seed = util::seed();
-    let mut rng = XorShift(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut acked = 0u64;
-    let mut acks_seen = 0usize;
-    for kill in 0..KILLS {
-        let delay = Duration::from_micros(rng.next() % 20_000);
-        let wait_for_ack = kill % 2 == 0;
-        if let Some(n) = CHILD.run_and_kill(dir.path(), wait_for_ack, delay) {
-            assert!(
-                n >= acked,
-                "seed {seed}: acknowledged length went back to {n}"
-            );
-            acked = n;
-            acks_seen += 1;
-        }
-        let ctx = format!("seed {seed}, after kill {kill}, acknowledged length {acked}");
-        CHILD.check_feed(dir.path(), acked, &ctx);
-    }
-    // The test means something only if the child got to append between kills.
-    eprintln!("seed {seed}: {KILLS} kills, {acks_seen} runs acknowledged, final length {acked}");
+    let run = CHILD.kill_repeatedly(
+        dir.path(),
+        KILLS,
+        Duration::from_millis(20),
+        |kill| kill % 2 == 0,
+        |_, _| {},
+    );
+    let Kills {
+        seed,
+        acks_seen,
+        acked,
+        ..
+    } = run;
     // The child's small checkpoints ran too, so kills could land inside them.
     let key = FeedSecret::from_bytes(&SECRET).key();
     let state = util::feed_dir(dir.path(), key.as_bytes()).join("state");

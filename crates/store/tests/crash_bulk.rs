@@ -14,12 +14,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
-use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
-use replic8_store::storage::{DiskConfig, DiskStorage};
-use replic8_store::{Feed, FeedSecret};
-use util::{CrashChild, XorShift};
+use replic8_store::storage::DiskConfig;
+use util::{CrashChild, Kills};
 
 mod util;
 
@@ -54,12 +53,7 @@ fn crash_bulk_child_process() {
         checkpoint_entries: 1024,
         ..DiskConfig::default()
     };
-    let storage = DiskStorage::open_with(&dir, config).unwrap();
-    let secret = FeedSecret::from_bytes(&SECRET);
-    let mut feed = match Feed::open(&storage, &secret.key()).unwrap() {
-        Some(feed) => feed,
-        None => Feed::create(&storage, secret).unwrap(),
-    };
+    let mut feed = CHILD.open_feed(Path::new(&dir), config);
     let mut out = std::io::stdout().lock();
     loop {
         for _ in 0..4 {
@@ -68,10 +62,7 @@ fn crash_bulk_child_process() {
             feed.append_batch_deferred(&blocks).unwrap();
         }
         feed.flush().unwrap();
-        // One write per line: a kill leaves either the whole line or none of it.
-        out.write_all(format!("ack {}\n", feed.length()).as_bytes())
-            .unwrap();
-        out.flush().unwrap();
+        CHILD.ack(&mut out, feed.length());
     }
 }
 
@@ -80,28 +71,20 @@ fn killed_bulk_writer_keeps_every_flushed_batch() {
     if CHILD.is_child() {
         return;
     }
-    let seed = util::seed();
-    let mut rng = XorShift(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut acked = 0u64;
-    let mut acks_seen = 0usize;
-    let mut reopened = 0u64;
-    for kill in 0..KILLS {
-        let delay = Duration::from_micros(rng.next() % 15_000);
-        let wait_for_ack = kill % 4 != 3;
-        if let Some(n) = CHILD.run_and_kill(dir.path(), wait_for_ack, delay) {
-            assert!(
-                n >= acked,
-                "seed {seed}: acknowledged length went back to {n}"
-            );
-            acked = n;
-            acks_seen += 1;
-        }
-        let ctx = format!("seed {seed}, after kill {kill}, acknowledged length {acked}");
-        reopened = CHILD.check_feed(dir.path(), acked, &ctx);
-        assert_eq!(reopened % PER_BATCH, 0, "{ctx}: a batch was torn");
-    }
-    eprintln!("seed {seed}: {KILLS} kills, {acks_seen} runs acknowledged, final length {reopened}");
+    let run = CHILD.kill_repeatedly(
+        dir.path(),
+        KILLS,
+        Duration::from_millis(15),
+        |kill| kill % 4 != 3,
+        |reopened, ctx| assert_eq!(reopened % PER_BATCH, 0, "{ctx}: a batch was torn"),
+    );
+    let Kills {
+        seed,
+        acks_seen,
+        reopened,
+        ..
+    } = run;
     // The test means something only if the child appended between kills, past many
     // checkpoints (one per 1,024 entries, ~340 blocks).
     assert!(

@@ -4,13 +4,13 @@
 #![allow(dead_code)] // each test binary uses a part of this module
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use replic8_store::storage::{DiskStorage, MemoryStorage};
+use replic8_store::storage::{DiskConfig, DiskFeed, DiskStorage, MemoryStorage};
 use replic8_store::{Feed, FeedSecret};
 
 /// The directory of the feed with public key `key` in the disk storage at `root`.
@@ -62,7 +62,83 @@ pub(crate) struct CrashChild {
     pub(crate) block: fn(u64) -> Vec<u8>,
 }
 
+/// What a series of kills saw.
+#[derive(Debug)]
+pub(crate) struct Kills {
+    /// The run's seed (print it: `REPLIC8_CRASH_SEED` reproduces the run).
+    pub(crate) seed: u64,
+    /// How many runs of the child acknowledged anything.
+    pub(crate) acks_seen: usize,
+    /// The largest length acknowledged.
+    pub(crate) acked: u64,
+    /// The feed's length when reopened after the last kill.
+    pub(crate) reopened: u64,
+}
+
 impl CrashChild {
+    /// In the child: the feed in `dir`, opened with `config`, or created.
+    pub(crate) fn open_feed(&self, dir: &Path, config: DiskConfig) -> Feed<DiskFeed> {
+        let storage = DiskStorage::open_with(dir, config).unwrap();
+        let secret = FeedSecret::from_bytes(&self.secret);
+        match Feed::open(&storage, &secret.key()).unwrap() {
+            Some(feed) => feed,
+            None => Feed::create(&storage, secret).unwrap(),
+        }
+    }
+
+    /// In the child: tell the parent that `length` blocks are durable.
+    pub(crate) fn ack(&self, out: &mut impl Write, length: u64) {
+        // One write per line: a kill leaves either the whole line or none of it.
+        out.write_all(format!("ack {length}\n").as_bytes()).unwrap();
+        out.flush().unwrap();
+    }
+
+    /// Run the child and kill it `kills` times in `dir`, each after a random delay below
+    /// `max_delay` (counted from its first acknowledgement where `wait_for_ack(kill)`);
+    /// after each kill, check that the acknowledged length never went back and that the
+    /// reopened feed holds it ([`CrashChild::check_feed`]), then `check` the reopened
+    /// length (given with the context to name in a failure).
+    pub(crate) fn kill_repeatedly(
+        &self,
+        dir: &Path,
+        kills: usize,
+        max_delay: Duration,
+        wait_for_ack: impl Fn(usize) -> bool,
+        mut check: impl FnMut(u64, &str),
+    ) -> Kills {
+        let seed = seed();
+        let mut rng = XorShift(seed);
+        let mut run = Kills {
+            seed,
+            acks_seen: 0,
+            acked: 0,
+            reopened: 0,
+        };
+        let max_us = max_delay.as_micros() as u64;
+        for kill in 0..kills {
+            let delay = Duration::from_micros(rng.next() % max_us.max(1));
+            if let Some(n) = self.run_and_kill(dir, wait_for_ack(kill), delay) {
+                assert!(
+                    n >= run.acked,
+                    "seed {seed}: acknowledged length went back to {n}"
+                );
+                run.acked = n;
+                run.acks_seen += 1;
+            }
+            let ctx = format!(
+                "seed {seed}, after kill {kill}, acknowledged length {}",
+                run.acked
+            );
+            run.reopened = self.check_feed(dir, run.acked, &ctx);
+            check(run.reopened, &ctx);
+        }
+        eprintln!(
+            "seed {seed}: {kills} kills, {} runs acknowledged, final length {}",
+            run.acks_seen, run.reopened
+        );
+        run
+    }
+
     /// Whether this process is the child (the parent's test then returns at once).
     pub(crate) fn is_child(&self) -> bool {
         std::env::var_os(self.env).is_some()
