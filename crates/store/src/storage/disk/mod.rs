@@ -20,7 +20,7 @@
 //! after the last checkpoint are replayed into memory on open.
 //!
 //! Files, lower layers first (each imports only those above it, and the feed type
-//! `FeedInner` for the last four, which add its methods):
+//! `FeedInner` for the last three, which add its methods):
 //! - `crc`: CRC-32 of bytes given as pieces with known checksums.
 //! - `bitfield`: which blocks a feed stores.
 //! - `index`: the recent-record index (`Recent`), by block or node index.
