@@ -80,6 +80,11 @@ pub(crate) fn to_json(event: &NodeEvent) -> Value {
             "namespace": namespace,
             "feeds": feeds.iter().map(|f| key(&f.0)).collect::<Vec<_>>(),
         }),
+        NodeEvent::OfferDecided(record) => {
+            let mut line = super::namespaces::offer_json(record);
+            line["event"] = json!("offer_decided");
+            line
+        }
         NodeEvent::FeedSynced { peer, feed, length } => json!({
             "event": "feed_synced",
             "peer": key(peer.as_bytes()),
