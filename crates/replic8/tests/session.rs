@@ -1876,12 +1876,7 @@ fn a_fault_in_one_feed_stops_that_feed_on_both_sides_and_the_others_go_on() {
 fn a_namespace_unregistered_then_registered_with_another_secret_starts_over() {
     let exporter = ExporterSecret([3; 32]);
     let (old, new) = (NamespaceSecret([5; 32]), NamespaceSecret([6; 32]));
-    let mut dialer = Session::new(
-        live(),
-        Role::Dialer,
-        exporter.clone(),
-        std::time::Instant::now(),
-    );
+    let mut dialer = Session::new(live(), Role::Dialer, exporter, std::time::Instant::now());
     dialer
         .handle_register_namespace("team", Some(old.clone()))
         .unwrap();
