@@ -146,6 +146,28 @@ impl Daemon {
             .map(|o| o["decision"].as_str().unwrap().to_owned())
     }
 
+    /// Starts a client command that streams JSON lines.
+    fn follow(&self, args: &[&str]) -> Follow {
+        let mut child = Command::new(binary())
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follow { child, lines }
+    }
+
     fn cat(&self, feed: &str) -> Vec<u8> {
         let out = Command::new(binary())
             .arg("--data-dir")
@@ -181,6 +203,36 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A client command streaming JSON lines; killed when dropped.
+struct Follow {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follow {
+    /// Reads lines until one satisfies `want`.
+    fn wait_line(&self, what: &str, want: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("timed out waiting for {what}: {e}"));
+            if want(&serde_json::from_str(&line).unwrap()) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -277,8 +329,14 @@ fn three_daemons_do_the_mission_through_the_command_line() {
     assert_eq!(b.decision("team", &photo).as_deref(), Some("accepted"));
     assert_eq!(b.length(&video), None, "a refused feed is not held");
 
-    // A manual namespace holds the offer until `replic8 accept`.
+    // A manual namespace holds the offer until `replic8 accept`; `offers --follow`
+    // shows it as it happens.
+    let follow = b.follow(&["offers", "--follow", "--json"]);
     b.run(&["namespace", "open", "inbox", "--accept", "manual"]);
+    follow.wait_line("the note waiting, followed", |o| {
+        o["feed"] == note.as_str() && o["decision"] == "waiting"
+    });
+    drop(follow);
     b.wait("the note waiting for a decision", |b| {
         b.decision("inbox", &note).as_deref() == Some("waiting")
     });

@@ -1440,14 +1440,7 @@ impl NodeHandle {
         let mut open = self.s().namespaces.lock().await;
         if open.get(namespace).is_some_and(|old| *old != secret) {
             // Another secret replaces the old one on every session, running or later.
-            self.s()
-                .sessions
-                .send(replic8::store::UnregisterStore {
-                    namespaces: vec![namespace.to_owned()],
-                })
-                .await
-                .map_err(|_| NodeClosed)?;
-            open.remove(namespace);
+            self.unserve(&mut open, namespace).await?;
         }
         if open.contains_key(namespace) {
             if !namespace.is_empty() {

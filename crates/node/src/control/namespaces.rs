@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc};
 
 use super::events::headers_json;
 use super::handle::parse_key;
-use super::{Answer, Request, STREAM_QUEUE};
+use super::{Answer, Request};
 use crate::node::{parse_secret, AcceptMode, NamespaceSpec, NodeHandle, OfferRecord};
 use crate::{FeedKey, NodeEvent};
 
@@ -94,33 +93,18 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
     }))
 }
 
-/// The log, then each decision as it happens. Subscribed before the log is read, so
-/// nothing falls between (a decision may show twice, never not at all).
+/// The log, then each decision as it happens (a decision may show twice, never not at
+/// all).
 fn follow_offers(node: &NodeHandle) -> Answer {
-    let mut events = node.subscribe();
-    let log = node.offers();
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(async move {
-        for record in &log {
-            if tx.send(Ok(offer_json(record))).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            let line = match events.recv().await {
-                Ok(NodeEvent::OfferDecided(record)) => offer_json(&record),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    json!({ "event": "lagged", "missed": missed })
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            };
-            if tx.send(Ok(line)).await.is_err() {
-                break;
-            }
-        }
-    });
-    Answer::Stream(rx)
+    let log = node.clone();
+    super::events::stream_with(
+        node,
+        move || log.offers().iter().map(offer_json).collect(),
+        |event| match event {
+            NodeEvent::OfferDecided(record) => Some(offer_json(record)),
+            _ => None,
+        },
+    )
 }
 
 /// A namespace's policy as JSON (`null`: one that cannot be written down).

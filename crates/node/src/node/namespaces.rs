@@ -291,14 +291,7 @@ impl NodeHandle {
             Some(old) if *old != secret => {
                 // Another secret replaces the old one on every session, running or
                 // later: never kept silently.
-                self.s()
-                    .sessions
-                    .send(UnregisterStore {
-                        namespaces: vec![name.to_owned()],
-                    })
-                    .await
-                    .map_err(|_| NodeClosed)?;
-                open.remove(name);
+                self.unserve(&mut open, name).await?;
                 self.serve_spec(&mut open, name, secret, spec).await
             }
             Some(_) => {
@@ -377,6 +370,17 @@ impl NodeHandle {
             })
             .await
             .map_err(|_| NodeClosed)??;
+        self.unserve(&mut open, name).await?;
+        Ok(())
+    }
+
+    /// Stops serving `name` on every session, running or later, and forgets it in
+    /// `open`.
+    pub(crate) async fn unserve(
+        &self,
+        open: &mut std::collections::HashMap<String, Option<NamespaceSecret>>,
+        name: &str,
+    ) -> Result<(), NodeClosed> {
         self.s()
             .sessions
             .send(UnregisterStore {
