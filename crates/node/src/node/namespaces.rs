@@ -263,17 +263,34 @@ impl NodeHandle {
         secret: Option<NamespaceSecret>,
         spec: NamespaceSpec,
     ) -> Result<(), NamespaceError> {
-        self.open_spec(name, secret.clone(), spec.clone()).await?;
-        let saved = self
-            .persist(|state| {
-                let entry = PersistedNamespace {
-                    secret: secret.as_ref().map(|s| hex::encode(s.0)),
-                    spec,
-                };
-                state.opened.insert(name.to_owned(), entry.clone()) != Some(entry)
-            })
-            .await;
-        Ok(saved?)
+        if name.is_empty() {
+            return Err(NamespaceError::Public);
+        }
+        // Persisted first: a namespace that could not be written down is not opened;
+        // one that could not be opened is put back as it was.
+        let entry = PersistedNamespace {
+            secret: secret.as_ref().map(|s| hex::encode(s.0)),
+            spec: spec.clone(),
+        };
+        let mut before = None;
+        self.persist(|state| {
+            before = state.opened.insert(name.to_owned(), entry.clone());
+            before.as_ref() != Some(&entry)
+        })
+        .await?;
+        let opened = self.open_spec(name, secret, spec).await;
+        if opened.is_err() {
+            let restored = self
+                .persist(|state| match before {
+                    Some(old) => state.opened.insert(name.to_owned(), old.clone()) != Some(old),
+                    None => state.opened.remove(name).is_some(),
+                })
+                .await;
+            if let Err(e) = restored {
+                tracing::warn!(namespace = %name, error = %e, "failed open not undone on disk");
+            }
+        }
+        opened
     }
 
     /// Opens `name` (served by the default feed store), without persisting it.
