@@ -41,10 +41,6 @@ pub enum NodeEvent {
         /// The feeds with their headers.
         feeds: Vec<(FeedKey, Headers)>,
     },
-    /// What became of a feed a peer offered (accepted, refused and why, waiting for the
-    /// user's decision, ...); also kept in the node's offer log
-    /// ([`NodeHandle::offers`](crate::NodeHandle::offers)).
-    OfferDecided(crate::node::OfferRecord),
     /// `peer` accepted these feeds of ours; they are replicated to it.
     Accepted {
         /// The peer.

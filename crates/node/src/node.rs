@@ -459,6 +459,8 @@ struct Started {
     config_namespaces: std::collections::HashMap<String, NamespaceSpec>,
     /// The recent offers of peers.
     offers: Arc<Mutex<namespaces::OfferLog>>,
+    /// Each offered feed's decision as it happens.
+    offer_events: broadcast::Sender<OfferRecord>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     data_dir: Option<PathBuf>,
@@ -543,12 +545,14 @@ async fn start(
         }
     };
     let offers = Arc::new(Mutex::new(namespaces::OfferLog::default()));
+    let (offer_events, _) = broadcast::channel(OFFER_LOG);
     actix::spawn(forward_feed_events(
         feed_rx,
         events.clone(),
         counters.clone(),
         conn.addr().clone(),
         offers.clone(),
+        offer_events.clone(),
     ));
     // The config's namespaces, then those the user opened (persisted with their secret
     // and policy), each with its secret and policy.
@@ -747,6 +751,7 @@ async fn start(
         namespaces: tokio::sync::Mutex::new(namespaces),
         config_namespaces,
         offers,
+        offer_events,
         events,
         counters,
         data_dir,
@@ -917,6 +922,7 @@ async fn forward_feed_events(
     counters: Arc<Counters>,
     conn: Addr<ConnManager>,
     offers: Arc<Mutex<namespaces::OfferLog>>,
+    offer_events: broadcast::Sender<OfferRecord>,
 ) {
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
     let mut marked = Marked::default();
@@ -958,15 +964,17 @@ async fn forward_feed_events(
                 continue;
             }
             FeedStoreEvent::FeedSynced { .. } => continue,
+            // Per feed, so a flood of offers makes many: they go to the offer log and
+            // its own channel, never to the node's events (whose subscribers would lag).
             FeedStoreEvent::OfferDecided { .. } => {
                 let record = offers
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .record(&event);
-                match record {
-                    Some(record) => NodeEvent::OfferDecided(record),
-                    None => continue,
+                if let Some(record) = record {
+                    let _ = offer_events.send(record);
                 }
+                continue;
             }
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);

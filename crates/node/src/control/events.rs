@@ -10,19 +10,17 @@ use crate::NodeEvent;
 /// A stream of the node's events from now on. A client that reads too slowly for the
 /// node's event buffer gets a `lagged` line saying how many it missed, then the rest.
 pub(super) fn stream(node: &NodeHandle) -> Answer {
-    stream_with(node, Vec::new, |event| Some(to_json(event)))
+    stream_with(node.subscribe(), Vec::new(), |event| Some(to_json(event)))
 }
 
-/// A stream of what `first` gives, then of the node's events from now on that `line`
-/// turns into a line. `first` runs once the events are subscribed, so nothing falls
-/// between (an item may show in both, never in neither).
-pub(super) fn stream_with(
-    node: &NodeHandle,
-    first: impl FnOnce() -> Vec<Value>,
-    line: impl Fn(&NodeEvent) -> Option<Value> + Send + 'static,
+/// A stream of `first`, then of what arrives on `events` that `line` turns into a line.
+/// Subscribe before taking `first`, so that nothing falls between (an item may show in
+/// both, never in neither).
+pub(super) fn stream_with<T: Clone + Send + 'static>(
+    mut events: broadcast::Receiver<T>,
+    first: Vec<Value>,
+    line: impl Fn(&T) -> Option<Value> + Send + 'static,
 ) -> Answer {
-    let mut events = node.subscribe();
-    let first = first();
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     tokio::spawn(async move {
         for item in first {
@@ -100,11 +98,6 @@ pub(crate) fn to_json(event: &NodeEvent) -> Value {
             "namespace": namespace,
             "feeds": feeds.iter().map(|f| key(&f.0)).collect::<Vec<_>>(),
         }),
-        NodeEvent::OfferDecided(record) => {
-            let mut line = super::namespaces::offer_json(record);
-            line["event"] = json!("offer_decided");
-            line
-        }
         NodeEvent::FeedSynced { peer, feed, length } => json!({
             "event": "feed_synced",
             "peer": key(peer.as_bytes()),

@@ -9,7 +9,7 @@ use super::events::headers_json;
 use super::handle::parse_key;
 use super::{Answer, Request};
 use crate::node::{parse_secret, AcceptMode, NamespaceSpec, NodeHandle, OfferRecord};
-use crate::{FeedKey, NodeEvent};
+use crate::FeedKey;
 
 /// Answers the namespace and offer requests.
 pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, String> {
@@ -96,15 +96,9 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
 /// The log, then each decision as it happens (a decision may show twice, never not at
 /// all).
 fn follow_offers(node: &NodeHandle) -> Answer {
-    let log = node.clone();
-    super::events::stream_with(
-        node,
-        move || log.offers().iter().map(offer_json).collect(),
-        |event| match event {
-            NodeEvent::OfferDecided(record) => Some(offer_json(record)),
-            _ => None,
-        },
-    )
+    let decisions = node.subscribe_offers();
+    let log = node.offers().iter().map(offer_json).collect();
+    super::events::stream_with(decisions, log, |record| Some(offer_json(record)))
 }
 
 /// A namespace's policy as JSON (`null`: one that cannot be written down).

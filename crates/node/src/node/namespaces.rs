@@ -462,6 +462,12 @@ impl NodeHandle {
             .map_err(|_| NodeClosed)??)
     }
 
+    /// Each offered feed's decision from now on, as it happens (a subscriber that falls
+    /// more than [`OFFER_LOG`] behind misses the oldest and is told how many).
+    pub fn subscribe_offers(&self) -> tokio::sync::broadcast::Receiver<OfferRecord> {
+        self.s().offer_events.subscribe()
+    }
+
     /// The recent offers of peers (at most [`OFFER_LOG`] feeds), oldest first.
     pub fn offers(&self) -> Vec<OfferRecord> {
         self.s()
