@@ -184,6 +184,17 @@ async fn shared_feed<St: Storage>(
     blocks: usize,
     size: usize,
 ) -> FeedKey {
+    shared_feed_with(node, namespace, blocks, size, &[]).await
+}
+
+/// [`shared_feed`] with headers.
+async fn shared_feed_with<St: Storage>(
+    node: &Node<St>,
+    namespace: &str,
+    blocks: usize,
+    size: usize,
+    headers: &[(&str, &str)],
+) -> FeedKey {
     let feed = node.store.send(CreateFeed).await.unwrap().unwrap();
     if blocks > 0 {
         let data: Vec<Vec<u8>> = (0..blocks).map(|i| vec![i as u8; size]).collect();
@@ -193,11 +204,15 @@ async fn shared_feed<St: Storage>(
             .unwrap()
             .unwrap();
     }
+    let mut h = Headers::new();
+    for (k, v) in headers {
+        h.insert(*k, v.as_bytes().to_vec()).unwrap();
+    }
     node.store
         .send(ShareFeed {
             namespace: namespace.into(),
             feed,
-            headers: Headers::new(),
+            headers: h,
         })
         .await
         .unwrap()
@@ -835,33 +850,13 @@ fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
     });
 }
 
-/// A feed on `node` with 3 blocks, shared in `namespace` with `headers`.
+/// A feed on `node` with 3 blocks of 100 bytes, shared in `namespace` with `headers`.
 async fn shared_with<St: Storage>(
     node: &Node<St>,
     namespace: &str,
     headers: &[(&str, &str)],
 ) -> FeedKey {
-    let feed = node.store.send(CreateFeed).await.unwrap().unwrap();
-    let data: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8; 100]).collect();
-    node.store
-        .send(Append { feed, blocks: data })
-        .await
-        .unwrap()
-        .unwrap();
-    let mut h = Headers::new();
-    for (k, v) in headers {
-        h.insert(*k, v.as_bytes().to_vec()).unwrap();
-    }
-    node.store
-        .send(ShareFeed {
-            namespace: namespace.into(),
-            feed,
-            headers: h,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    feed
+    shared_feed_with(node, namespace, 3, 100, headers).await
 }
 
 /// The decisions node `n`'s store reported in `seen`, by feed, latest last.
