@@ -72,11 +72,13 @@ pub mod store {
 
 pub use crate::events::NodeEvent;
 pub use crate::node::{
-    AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
-    NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
+    AcceptMode, AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions,
+    LeaveError, NamespaceError, NamespaceSpec, NamespaceStatus, Node, NodeBuilder, NodeClosed,
+    NodeHandle, OfferRecord, PeerInfo, SpawnError, StoreContext,
 };
 pub use replic8::feed_store::{
     AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, NamespacePolicy,
+    OfferDecision,
 };
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::{HeaderError, Headers};

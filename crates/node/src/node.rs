@@ -51,6 +51,11 @@ use crate::lifecycle::{
 };
 #[cfg(test)]
 mod lifecycle_tests;
+mod namespaces;
+pub use namespaces::{
+    parse_secret, AcceptMode, NamespaceError, NamespaceSpec, NamespaceStatus, OfferRecord,
+    OFFER_LOG,
+};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -98,6 +103,8 @@ pub struct NodeBuilder {
     metrics: Option<SocketAddr>,
     feed_store: FeedStoreConfig,
     transport: TransportTuning,
+    /// Namespaces opened at every start, not persisted (the config's `[[namespace]]`).
+    namespaces: Vec<(String, Option<NamespaceSecret>, NamespaceSpec)>,
 }
 
 impl Default for NodeBuilder {
@@ -114,6 +121,7 @@ impl Default for NodeBuilder {
             metrics: None,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -182,7 +190,21 @@ impl NodeBuilder {
             metrics: config.metrics.listen,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            namespaces: config.open_namespaces()?,
         })
+    }
+
+    /// Open `name` at every start with `secret` (if any) under `spec`, without
+    /// persisting it (as the config's `[[namespace]]` does). It takes precedence over a
+    /// namespace of that name opened and persisted before.
+    pub fn namespace(
+        mut self,
+        name: impl Into<String>,
+        secret: Option<NamespaceSecret>,
+        spec: NamespaceSpec,
+    ) -> Self {
+        self.namespaces.push((name.into(), secret, spec));
+        self
     }
 
     /// Keep the identity, feeds, joins and shares in `dir` (created 0700 if missing).
@@ -433,8 +455,14 @@ struct Started {
     sessions: Addr<SessionsActor>,
     lifecycle: Addr<LifecycleActor>,
     feeds: FeedStoreRecipients,
-    /// Namespaces the feed store is registered for.
-    namespaces: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// Namespaces the feed store is registered for, with their secret.
+    namespaces: tokio::sync::Mutex<std::collections::HashMap<String, Option<NamespaceSecret>>>,
+    /// The policies of the namespaces the builder (the config) opens at every start.
+    config_namespaces: std::collections::HashMap<String, NamespaceSpec>,
+    /// The recent offers of peers.
+    offers: Arc<Mutex<namespaces::OfferLog>>,
+    /// Each offered feed's decision as it happens.
+    offer_events: broadcast::Sender<OfferRecord>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     data_dir: Option<PathBuf>,
@@ -518,20 +546,62 @@ async fn start(
             return Err(e.into());
         }
     };
+    let offers = Arc::new(Mutex::new(namespaces::OfferLog::default()));
+    let (offer_events, _) = broadcast::channel(OFFER_LOG);
     actix::spawn(forward_feed_events(
         feed_rx,
         events.clone(),
         counters.clone(),
         conn.addr().clone(),
+        offers.clone(),
+        offer_events.clone(),
     ));
-    // The public namespace, every persisted one and those of the shares, each with its
-    // persisted policy (held-only unless the user opened it with another).
-    let mut namespaces = std::collections::HashSet::new();
+    // The config's namespaces, then those the user opened (persisted with their secret
+    // and policy), each with its secret and policy.
+    let mut namespaces = std::collections::HashMap::new();
+    let config_namespaces: std::collections::HashMap<String, NamespaceSpec> = builder
+        .namespaces
+        .iter()
+        .map(|(name, _, spec)| (name.clone(), spec.clone()))
+        .collect();
+    let opened = prepared.state.opened.iter().filter_map(|(name, p)| {
+        let secret = match p.secret.as_deref().map(parse_secret).transpose() {
+            Ok(secret) => secret,
+            Err(e) => {
+                warn!(namespace = %name, error = %e, "persisted namespace skipped");
+                return None;
+            }
+        };
+        Some((name.clone(), secret, p.spec.clone()))
+    });
+    let wanted_specs: Vec<_> = builder.namespaces.iter().cloned().chain(opened).collect();
+    for (name, secret, spec) in wanted_specs {
+        if name.is_empty() || namespaces.contains_key(&name) {
+            continue;
+        }
+        let served = feeds
+            .serve
+            .send(ServeNamespace {
+                namespace: name.clone(),
+                secret: secret.clone(),
+                policy: spec.policy(),
+            })
+            .await;
+        if let Ok(Err(e)) = served {
+            let _ = discovery.send(replic8_discovery::Close).await;
+            conn.close().await;
+            return Err(e.into());
+        }
+        namespaces.insert(name, secret);
+    }
+    // The public namespace, every other persisted one and those of the shares, each with
+    // its persisted policy (held-only unless the user opened it with another).
     let wanted = std::iter::once(String::new())
         .chain(prepared.state.namespaces.iter().cloned())
         .chain(prepared.state.shares.iter().map(|s| s.namespace.clone()));
     for name in wanted {
-        if namespaces.insert(name.clone()) {
+        if !namespaces.contains_key(&name) {
+            namespaces.insert(name.clone(), None);
             let policy = prepared
                 .state
                 .policies
@@ -663,6 +733,9 @@ async fn start(
         lifecycle,
         feeds,
         namespaces: tokio::sync::Mutex::new(namespaces),
+        config_namespaces,
+        offers,
+        offer_events,
         events,
         counters,
         data_dir,
@@ -702,7 +775,12 @@ fn persisted_policy(policy: &NamespacePolicy) -> Option<PersistedPolicy> {
     let accept_all = match policy.accept {
         AcceptPolicy::All => true,
         AcceptPolicy::HeldOnly => false,
-        AcceptPolicy::Headers(_) | AcceptPolicy::Callback(_) => return None,
+        // A manual, headers-match or none policy is persisted by `open_namespace_spec`.
+        AcceptPolicy::None
+        | AcceptPolicy::HeadersMatch(_)
+        | AcceptPolicy::Manual
+        | AcceptPolicy::Headers(_)
+        | AcceptPolicy::Callback(_) => return None,
     };
     (accept_all || policy.forward).then_some(PersistedPolicy {
         accept_all,
@@ -822,6 +900,8 @@ async fn forward_feed_events(
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     conn: Addr<ConnManager>,
+    offers: Arc<Mutex<namespaces::OfferLog>>,
+    offer_events: broadcast::Sender<OfferRecord>,
 ) {
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
     let mut marked = Marked::default();
@@ -863,6 +943,18 @@ async fn forward_feed_events(
                 continue;
             }
             FeedStoreEvent::FeedSynced { .. } => continue,
+            // Per feed, so a flood of offers makes many: they go to the offer log and
+            // its own channel, never to the node's events (whose subscribers would lag).
+            FeedStoreEvent::OfferDecided { .. } => {
+                let record = offers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(&event);
+                if let Some(record) = record {
+                    let _ = offer_events.send(record);
+                }
+                continue;
+            }
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);
                 NodeEvent::SyncFailed {
@@ -1318,7 +1410,8 @@ impl NodeHandle {
     /// opens the namespace again after a restart). A namespace with a secret is offered
     /// only to peers that prove they know it; secrets are not persisted, so such a
     /// namespace must be opened again after a restart. Opening an open namespace again
-    /// replaces its policy.
+    /// replaces its policy, and its secret if another is given (on running sessions
+    /// too).
     pub async fn open_namespace(
         &self,
         namespace: &str,
@@ -1328,7 +1421,11 @@ impl NodeHandle {
         let public = secret.is_none();
         let persisted = persisted_policy(&policy);
         let mut open = self.s().namespaces.lock().await;
-        if open.contains(namespace) {
+        if open.get(namespace).is_some_and(|old| *old != secret) {
+            // Another secret replaces the old one on every session, running or later.
+            self.unserve(&mut open, namespace).await?;
+        }
+        if open.contains_key(namespace) {
             if !namespace.is_empty() {
                 self.s()
                     .feeds
@@ -1346,12 +1443,12 @@ impl NodeHandle {
                 .serve
                 .send(ServeNamespace {
                     namespace: namespace.to_owned(),
-                    secret,
+                    secret: secret.clone(),
                     policy,
                 })
                 .await
                 .map_err(|_| NodeClosed)??;
-            open.insert(namespace.to_owned());
+            open.insert(namespace.to_owned(), secret);
         }
         drop(open);
         if public {
@@ -1376,7 +1473,7 @@ impl NodeHandle {
         // persisted: a failed share changes nothing.
         self.open_feed(feed).await?;
         {
-            let open = self.s().namespaces.lock().await.contains(namespace);
+            let open = self.s().namespaces.lock().await.contains_key(namespace);
             if !open {
                 self.open_namespace(namespace, None, NamespacePolicy::held_only())
                     .await?;

@@ -179,10 +179,16 @@ impl Handler<RegisterStore> for SessionsActor {
 impl Handler<UnregisterStore> for SessionsActor {
     type Result = ();
 
-    /// Takes effect for sessions started afterwards.
+    /// Sessions started afterwards do not serve the namespaces; running sessions stop
+    /// serving them (feeds replicating in them go on until the session ends).
     fn handle(&mut self, msg: UnregisterStore, _: &mut Context<Self>) {
         for name in msg.namespaces {
             self.stores.remove(&name);
+            for running in self.sessions.values() {
+                let _ = running
+                    .commands
+                    .send(SessionCommand::Unregister(name.clone()));
+            }
         }
     }
 }

@@ -548,6 +548,10 @@ pub struct Session {
     last_peer_handle: Option<u32>,
     /// Dialer tags that matched none of our namespaces (acceptor), bounded.
     unmatched_tags: Vec<(u32, [u8; 32])>,
+    /// Handles we gave namespaces we unregistered since (dialer): the acceptor's answer
+    /// to their tag may still be on its way, and is ignored. At most one per
+    /// registration we made, a local action.
+    retired_handles: HashSet<u32>,
 
     next_offer: u64,
     next_feed_id: u64,
@@ -631,6 +635,7 @@ impl Session {
             next_handle: 1,
             last_peer_handle: None,
             unmatched_tags: Vec::new(),
+            retired_handles: HashSet::new(),
             next_offer: 0,
             next_feed_id: 0,
             our_offers: HashMap::new(),
@@ -1017,6 +1022,29 @@ impl Session {
                 }
             }
             (_, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Stops serving a namespace on this session: the peer's offers and `Have`s under its
+    /// handle are answered with nothing accepted (or ignored) from now on, what we had
+    /// queued for it is dropped, and feeds already replicated in it go on. Registering
+    /// it again (with another secret, say) starts over: the dialer sends a tag under a
+    /// new handle; an acceptor matches only a tag the dialer sends later. Unregistering
+    /// a namespace that is not registered, or the public one, is a no-op.
+    pub fn handle_unregister_namespace(&mut self, name: &str) -> Result<(), CommandError> {
+        self.alive()?;
+        if name.is_empty() {
+            return Ok(());
+        }
+        let Some(ns) = self.namespaces.remove(name) else {
+            return Ok(());
+        };
+        if let Some(handle) = ns.handle {
+            self.handles.remove(&handle);
+            if self.role == Role::Dialer && !ns.peer_proven {
+                self.retired_handles.insert(handle);
+            }
         }
         Ok(())
     }
@@ -1546,6 +1574,10 @@ impl Session {
 
     /// The acceptor's answer to our tag for `handle`.
     fn on_acceptor_tag(&mut self, handle: u32, tag: [u8; 32]) {
+        // The answer to a tag of a namespace we unregistered meanwhile.
+        if self.retired_handles.remove(&handle) {
+            return;
+        }
         let ns = self
             .handles
             .get(&handle)
