@@ -1,6 +1,7 @@
 //! Tests of `ConnCore` with virtual time: no sockets, no clock, seeded jitter.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::{ApplicationClose, ConnectionError};

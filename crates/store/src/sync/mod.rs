@@ -41,6 +41,10 @@ use crate::message::{
 use crate::proof::{ProofError, VerifyError};
 use crate::storage::{FeedStorage, StorageError};
 
+use self::ranges::{remove_range, union_ranges};
+
+mod ranges;
+
 /// New blocks stored since our last `Have` after which we send another even though our
 /// length did not move (a `Have` is also sent when we hold every block, and when a round
 /// of downloads completes). At 1 KiB blocks that costs well under 1 % of the data bytes.
@@ -769,85 +773,5 @@ impl FeedSync {
     }
 }
 
-/// The union of two lists of sorted, disjoint ranges, merged where they touch.
-fn union_ranges(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
-    all.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-    for (s, e) in all {
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
-}
-
-/// Remove `[start, end)` from sorted disjoint ranges.
-fn remove_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
-    let mut out = Vec::with_capacity(ranges.len() + 1);
-    for &(s, e) in ranges.iter() {
-        if e <= start || s >= end {
-            out.push((s, e));
-            continue;
-        }
-        if s < start {
-            out.push((s, start));
-        }
-        if e > end {
-            out.push((end, e));
-        }
-    }
-    *ranges = out;
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_releases_claims() {
-        use crate::keys::{FeedSecret, SignedHead};
-        use crate::storage::MemoryStorage;
-        let secret = FeedSecret::from_bytes(&[2; 32]);
-        let mut w = Feed::create(&MemoryStorage::new(), secret).unwrap();
-        let blocks: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i]).collect();
-        w.append_batch(&blocks).unwrap();
-        let mut r = Feed::create_replica(&MemoryStorage::new(), *w.key()).unwrap();
-        r.ingest(&w.proof(0, 100, 0, 0).unwrap(), vec![]).unwrap();
-        let now = Instant::now();
-        let head: SignedHead = *w.head().unwrap();
-        let have = Message::Have(Have {
-            head: Some(head),
-            ranges: vec![(0, 100)],
-        });
-        let mut a = FeedSync::new(SyncConfig::default());
-        a.handle_start(&mut r, now);
-        a.handle_message(&mut r, have, now).unwrap();
-        assert!(a.outstanding() > 0);
-        let other = a.id + 1_000_000;
-        assert!(
-            r.claimed_by_other(0, other, now).is_some(),
-            "a claimed block 0"
-        );
-        a.close(&mut r);
-        assert_eq!(r.claimed_by_other(0, other, now), None, "close released it");
-        assert_eq!(a.outstanding(), 0);
-    }
-
-    #[test]
-    fn union_merges() {
-        assert_eq!(
-            union_ranges(&[(0, 5), (10, 20)], &[(3, 8), (20, 25), (30, 31)]),
-            vec![(0, 8), (10, 25), (30, 31)]
-        );
-        assert_eq!(union_ranges(&[], &[(1, 2)]), vec![(1, 2)]);
-    }
-
-    #[test]
-    fn remove_range_splits() {
-        let mut r = vec![(0, 10), (20, 30)];
-        remove_range(&mut r, 5, 25);
-        assert_eq!(r, vec![(0, 5), (25, 30)]);
-    }
-}
+mod tests;
