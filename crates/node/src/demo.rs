@@ -3,7 +3,7 @@
 //!
 //! Built only with the `cli` feature (the default), for the `replic8` binary.
 //!
-//! A private Mainline DHT (`mainline::Testnet`, 127.0.0.1 only) and three nodes with
+//! A private Mainline DHT (`KrpcTestnet`: our own DHT nodes on 127.0.0.1 only) and three nodes with
 //! on-disk storage in a temporary directory: the writer and two readers. The writer
 //! creates two feeds, `photos` (the data) and `videos` (a few blocks), and shares both
 //! with headers (`type=photos`, `type=videos`) in the secret namespace [`NAMESPACE`].
@@ -812,10 +812,11 @@ pub async fn run(
     if options.bytes == 0 {
         return Err(DemoError::Options("size must be more than 0".into()));
     }
-    let testnet = tokio::task::spawn_blocking(|| mainline::Testnet::builder(TESTNET_NODES).build())
-        .await
-        .map_err(|e| DemoError::Testnet(std::io::Error::other(e.to_string())))?
-        .map_err(DemoError::Testnet)?;
+    let testnet =
+        tokio::task::spawn_blocking(|| replic8_discovery::KrpcTestnet::new(TESTNET_NODES))
+            .await
+            .map_err(|e| DemoError::Testnet(std::io::Error::other(e.to_string())))?
+            .map_err(DemoError::Testnet)?;
     let tmp = tempfile::Builder::new()
         .prefix("replic8-demo-")
         .tempdir()

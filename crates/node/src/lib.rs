@@ -84,7 +84,7 @@ pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::{HeaderError, Headers};
 pub use replic8::store::SharedFeed;
 pub use replic8_connmgr::{Identity, PeerKey, TransportTuning};
-pub use replic8_discovery::{DhtConfig, JoinReport, Timing, Topic, TopicStatus};
+pub use replic8_discovery::{DhtConfig, JoinReport, KrpcTestnet, Timing, Topic, TopicStatus};
 
 pub use crate::config::{ConfigError, LimitsSection, NodeConfig};
 

@@ -238,7 +238,7 @@ impl NodeBuilder {
         self
     }
 
-    /// Use a private DHT (a `mainline::Testnet` on loopback) with these bootstrap nodes:
+    /// Use a private DHT (a `KrpcTestnet` on loopback) with these bootstrap nodes:
     /// the DHT binds 127.0.0.1 and uses short request timeouts (`DhtConfig::testnet`).
     pub fn testnet(mut self, bootstrap: &[String]) -> Self {
         self.dht = Some(DhtConfig::testnet(bootstrap));

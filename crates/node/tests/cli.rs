@@ -290,7 +290,7 @@ fn client(data: &std::path::Path, args: &[&str]) -> String {
 #[test]
 fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     use std::os::unix::fs::PermissionsExt;
-    let testnet = mainline::Testnet::builder(3).build().unwrap();
+    let testnet = replic8_node::KrpcTestnet::new(3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = Daemon::start(&data, &testnet.bootstrap);
