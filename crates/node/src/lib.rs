@@ -24,6 +24,7 @@
 //! - [`node`]: [`Node::builder`], [`NodeHandle`] (join, leave, flushed, peers, events,
 //!   stores, close);
 //! - [`events`]: the events of [`NodeEvent`];
+//! - [`feed_peers`]: which peers have each feed and how far (bounded);
 //! - `wiring`: the actor between discovery, connections and sessions;
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
@@ -39,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+pub mod feed_peers;
 mod feeds;
 pub mod import;
 pub mod metrics;
@@ -47,12 +49,15 @@ pub mod persist;
 mod wiring;
 
 pub use crate::events::NodeEvent;
+pub use crate::feed_peers::FeedPeer;
+pub use crate::node::GotFeed;
 pub use crate::node::{
     AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
     NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
 };
 pub use replic8::feed_store::{
-    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, NamespacePolicy,
+    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, FeedSummary,
+    NamespacePolicy,
 };
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::Headers;

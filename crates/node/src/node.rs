@@ -39,14 +39,17 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, LimitsSection, NodeConfig};
 use crate::events::{NodeEvent, EVENT_CAPACITY};
-use crate::feeds::{self, FeedStoreRecipients};
+use crate::feed_peers::FeedPeers;
+use crate::feeds::FeedStoreRecipients;
 use crate::metrics::{Counters, MetricsEndpoint};
 use crate::persist::{
     self, PersistError, PersistedJoin, PersistedPolicy, PersistedShare, PersistedState,
 };
 
+mod feeds;
 pub(crate) mod redial;
 use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
+pub use feeds::GotFeed;
 use redial::{CancelRedial, Redialer, Redialing, SessionEnd, StopRedials};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
@@ -435,6 +438,8 @@ struct Started {
     namespaces: tokio::sync::Mutex<std::collections::HashSet<String>>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    /// Which peers have each feed, and how far.
+    feed_peers: Arc<Mutex<FeedPeers>>,
     data_dir: Option<PathBuf>,
     state: tokio::sync::Mutex<PersistedState>,
     metrics: Mutex<Option<MetricsEndpoint>>,
@@ -501,7 +506,7 @@ async fn start(
     let (session_tx, session_rx) = mpsc::unbounded_channel();
     let sessions = SessionsActor::new(session_config, Some(session_tx)).start();
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
-    let feeds = match feeds::start(
+    let feeds = match crate::feeds::start(
         data_dir.as_deref(),
         feed_store_config(&builder.feed_store, &builder.limits),
         sessions.clone(),
@@ -516,10 +521,12 @@ async fn start(
             return Err(e.into());
         }
     };
+    let feed_peers = Arc::new(Mutex::new(FeedPeers::default()));
     actix::spawn(forward_feed_events(
         feed_rx,
         events.clone(),
         counters.clone(),
+        feed_peers.clone(),
         conn.addr().clone(),
     ));
     // The public namespace, every persisted one and those of the shares, each with its
@@ -681,6 +688,7 @@ async fn start(
         namespaces: tokio::sync::Mutex::new(namespaces),
         events,
         counters,
+        feed_peers,
         data_dir,
         state: tokio::sync::Mutex::new(prepared.state),
         metrics: Mutex::new(metrics),
@@ -836,17 +844,43 @@ async fn forward_session_events(
     }
 }
 
-/// Turns feed store events into node events and counters; a peer whose feed we
-/// accepted or that sent us verified blocks is marked active ([`Marked::mark`]).
+/// Turns feed store events into node events and counters, and keeps the table of
+/// which peers have each feed; a peer whose feed we accepted or that sent us verified
+/// blocks is marked active ([`Marked::mark`]).
 async fn forward_feed_events(
     mut rx: mpsc::UnboundedReceiver<FeedStoreEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    feed_peers: Arc<Mutex<FeedPeers>>,
     conn: Addr<ConnManager>,
 ) {
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
     let mut marked = Marked::default();
     while let Some(event) = rx.recv().await {
+        let report = match &event {
+            FeedStoreEvent::PeerHead { feed, peer, length }
+            | FeedStoreEvent::FeedSynced { feed, peer, length } => {
+                Some((*feed, *peer, Some(*length), (0, 0)))
+            }
+            FeedStoreEvent::Downloaded {
+                feed,
+                peer,
+                blocks,
+                bytes,
+            } => Some((*feed, *peer, None, (*blocks, *bytes))),
+            _ => None,
+        };
+        if let Some((feed, peer, length, downloaded)) = report {
+            if let Ok(mut table) = feed_peers.lock() {
+                table.report(
+                    feed,
+                    key(peer),
+                    length,
+                    downloaded,
+                    std::time::Instant::now(),
+                );
+            }
+        }
         if let FeedStoreEvent::Accepted { peer, .. } | FeedStoreEvent::Downloaded { peer, .. } =
             &event
         {
@@ -883,7 +917,7 @@ async fn forward_feed_events(
                     .add(refused.policy + refused.elsewhere + refused.quota);
                 continue;
             }
-            FeedStoreEvent::FeedSynced { .. } => continue,
+            FeedStoreEvent::FeedSynced { .. } | FeedStoreEvent::PeerHead { .. } => continue,
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);
                 NodeEvent::SyncFailed {
@@ -1567,6 +1601,9 @@ pub enum FeedError {
     /// The share could not be persisted (it is active until the node stops).
     #[error("share not persisted: {0}")]
     Persist(#[from] PersistError),
+    /// Discovery refused to join the feed's discovery key.
+    #[error(transparent)]
+    Join(replic8_discovery::JoinError),
 }
 
 /// What `disconnect` can fail with.

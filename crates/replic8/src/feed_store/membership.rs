@@ -60,6 +60,25 @@ impl Member {
         }
     }
 
+    /// A replica asked for by key ([`super::GetFeed`]): public for good, like a feed
+    /// shared in `""`, and not counted against the replica quota of offers.
+    pub(crate) fn wanted() -> Self {
+        Member {
+            implicit_public: false,
+            replica: false,
+            namespaces: BTreeSet::from([String::new()]),
+        }
+    }
+
+    /// The namespaces the feed belongs to, `""` included when it is public.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.namespaces.iter().cloned().collect();
+        if self.implicit_public && !self.namespaces.contains("") {
+            names.insert(0, String::new());
+        }
+        names
+    }
+
     /// Whether the feed belongs to `namespace`.
     pub(crate) fn is_in(&self, namespace: &str) -> bool {
         (namespace.is_empty() && self.implicit_public) || self.namespaces.contains(namespace)
@@ -226,6 +245,9 @@ mod tests {
         let r = Member::accepted("photos");
         assert!(r.is_in("photos") && !r.is_in("") && r.in_any());
         assert!(!Member::default().in_any());
+        let w = Member::wanted();
+        assert!(w.is_in("") && !w.replica && w.names() == vec![String::new()]);
+        assert_eq!(Member::created().names(), vec![String::new()]);
     }
 
     #[test]

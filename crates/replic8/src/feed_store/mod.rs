@@ -38,6 +38,7 @@ mod messages;
 mod policy;
 mod pool;
 mod stream;
+mod wanted;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -146,6 +147,7 @@ impl<F: FeedStorage> FeedEntry<F> {
             writable: feed.is_writable(),
             length: feed.length(),
             stored: feed.stored_count(),
+            contiguous_length: feed.contiguous_length(),
             byte_length: feed.byte_length(),
             head: feed.head().copied(),
         }
