@@ -11,7 +11,7 @@
 //! (a temporary file written and fsynced, renamed over the old one, the directory
 //! fsynced); writes carry a generation so an older snapshot never replaces a newer one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,8 +25,11 @@ use crate::keys::FeedKey;
 
 /// The file's name inside the storage's directory.
 pub const MEMBERSHIP_FILE: &str = "namespaces";
-/// What the file starts with: its format and version.
-const MAGIC: &[u8; 8] = b"r8ns\0\0\0\x01";
+/// What the file starts with: its format and version (2: with the headers of forwarded
+/// replicas).
+const MAGIC: &[u8; 8] = b"r8ns\0\0\0\x02";
+/// Version 1, without headers: still read.
+const MAGIC_V1: &[u8; 8] = b"r8ns\0\0\0\x01";
 /// Most bytes the file may have: a million feeds in a few namespaces each. The decoder
 /// allocates no more than this.
 const MAX_FILE_LEN: u64 = 256 << 20;
@@ -40,6 +43,17 @@ pub(crate) struct Member {
     pub(crate) replica: bool,
     /// The namespaces it was shared or accepted in.
     pub(crate) namespaces: BTreeSet<String>,
+    /// Per namespace where it was accepted under a forwarding policy: the headers it
+    /// was offered with, so that it is offered again with them after a restart.
+    pub(crate) forwarded: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// A member as version 1 of the file holds it.
+#[derive(Debug, Deserialize)]
+struct MemberV1 {
+    implicit_public: bool,
+    replica: bool,
+    namespaces: BTreeSet<String>,
 }
 
 impl Member {
@@ -57,6 +71,7 @@ impl Member {
             implicit_public: false,
             replica: true,
             namespaces: BTreeSet::from([namespace.to_owned()]),
+            forwarded: BTreeMap::new(),
         }
     }
 
@@ -67,6 +82,7 @@ impl Member {
             implicit_public: false,
             replica: false,
             namespaces: BTreeSet::from([String::new()]),
+            forwarded: BTreeMap::new(),
         }
     }
 
@@ -145,6 +161,22 @@ pub(crate) fn encode(map: &HashMap<FeedKey, Member>) -> Result<Vec<u8>, String> 
 
 /// The map from the file's bytes; allocates at most what the bytes can fill.
 pub(crate) fn decode(bytes: &[u8]) -> Result<HashMap<FeedKey, Member>, String> {
+    if let Some(body) = bytes.strip_prefix(MAGIC_V1.as_slice()) {
+        let entries: Vec<(FeedKey, MemberV1)> =
+            options().deserialize(body).map_err(|e| e.to_string())?;
+        return Ok(entries
+            .into_iter()
+            .map(|(key, m)| {
+                let member = Member {
+                    implicit_public: m.implicit_public,
+                    replica: m.replica,
+                    namespaces: m.namespaces,
+                    forwarded: BTreeMap::new(),
+                };
+                (key, member)
+            })
+            .collect());
+    }
     let body = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or("not a membership file of this version")?;
@@ -273,7 +305,18 @@ mod tests {
 
         let bytes = encode(&map).unwrap();
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(decode(b"r8ns\0\0\0\x02").is_err());
+        assert!(decode(b"r8ns\0\0\0\x03").is_err());
+        // Version 1 (no headers) still reads.
+        let mut v1 = MAGIC_V1.to_vec();
+        let old: Vec<(FeedKey, (bool, bool, BTreeSet<String>))> = vec![(
+            FeedKey([3; 32]),
+            (false, true, BTreeSet::from(["x".to_owned()])),
+        )];
+        options().serialize_into(&mut v1, &old).unwrap();
+        assert_eq!(
+            decode(&v1).unwrap(),
+            HashMap::from([(FeedKey([3; 32]), Member::accepted("x"))])
+        );
         // A length prefix claiming more entries than bytes allocates nothing up front.
         let mut huge = MAGIC.to_vec();
         huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
