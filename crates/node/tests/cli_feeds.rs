@@ -134,6 +134,28 @@ impl Running {
         got
     }
 
+    /// Reads JSON lines until one matches `want`, within the deadline; returns it.
+    fn read_line_until(&self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&got);
+            let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
+            let hit = complete
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| want(v));
+            if let Some(v) = hit {
+                return v;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(chunk) => got.extend(chunk),
+                Err(e) => panic!("{what}: {e}; got {}", String::from_utf8_lossy(&got)),
+            }
+        }
+    }
+
     /// Everything printed so far (after it was stopped).
     fn stop(mut self) -> Vec<u8> {
         let _ = self.child.kill();
@@ -273,9 +295,11 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
         .collect();
     assert!(names.contains(&&serde_json::json!(["photos"])), "{on_a}");
 
-    // A live tail on B prints what A appends later.
+    // A live tail on B prints what A appends later, and a following get reports it.
     let tail = Running::start(&b_data, &["feed", "cat", &public, "--follow"]);
     assert_eq!(tail.read_exact(data.len(), "the tail's first part"), data);
+    let following = Running::start(&b_data, &["feed", "get", &public, "--follow"]);
+    following.read_line_until("the following get's first sync", |v| v["in_sync"] == true);
     let more: Vec<u8> = (0..40_000u32).map(|i| (i % 13) as u8).collect();
     let more_file = write_file(dir.path(), "more.bin", &more);
     run(
@@ -291,6 +315,15 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     );
     assert_eq!(tail.read_exact(more.len(), "the appended blocks"), more);
     drop(tail);
+    let at_22 = following.read_line_until("the following get in sync at 22", |v| {
+        v["in_sync"] == true && v["length"] == 22
+    });
+    assert_eq!(
+        (&at_22["remote_length"], &at_22["stored"]),
+        (&22.into(), &22.into()),
+        "{at_22}"
+    );
+    drop(following);
 
     // Restarted, B knows at once what it stores, then hears from A again.
     b.stop();

@@ -298,7 +298,7 @@ fn a_replica_reopens_with_its_stored_count_across_checkpoints() {
     w.append_batch(&blocks).expect("append");
     let key = *w.key();
     {
-        let rs = DiskStorage::open_with(dir.path(), config.clone()).expect("disk");
+        let rs = DiskStorage::open_with(dir.path(), config).expect("disk");
         let mut r = Feed::create_replica(&rs, key).expect("replica");
         r.ingest(&w.proof(0, 9000, 0, 0).expect("upgrade"), vec![])
             .expect("upgrade");

@@ -7,6 +7,9 @@
 //! shared only in a secret namespace is private. Sharing it in `""` makes it public for
 //! good.
 //!
+//! A replica accepted under a forwarding policy also keeps the headers it was offered
+//! with, so that it is offered again, with them, after a restart.
+//!
 //! On disk the map is one small file in the storage's directory, replaced atomically
 //! (a temporary file written and fsynced, renamed over the old one, the directory
 //! fsynced); writes carry a generation so an older snapshot never replaces a newer one.
@@ -308,7 +311,9 @@ mod tests {
         assert!(decode(b"r8ns\0\0\0\x03").is_err());
         // Version 1 (no headers) still reads.
         let mut v1 = MAGIC_V1.to_vec();
-        let old: Vec<(FeedKey, (bool, bool, BTreeSet<String>))> = vec![(
+        // Its fields in order: implicit_public, replica, namespaces.
+        type V1 = (bool, bool, BTreeSet<String>);
+        let old: Vec<(FeedKey, V1)> = vec![(
             FeedKey([3; 32]),
             (false, true, BTreeSet::from(["x".to_owned()])),
         )];
