@@ -3,72 +3,31 @@
 //! a static peer in its TOML config.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{replic8, Daemon};
+
+mod support;
 
 /// The guard on every wait: far above what each step takes on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn replic8() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_replic8"))
-}
-
-/// A daemon on loopback, started as a user would; killed if a test fails.
-struct Daemon {
-    child: Child,
-    quic: String,
-}
-
-impl Daemon {
-    /// Starts `replic8 daemon` on `data` (with `config`, if given) and waits for its
-    /// ready line, which names its QUIC address.
-    fn start(data: &Path, config: Option<&Path>) -> Daemon {
-        let mut cmd = replic8();
-        cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
-            .arg("--data-dir")
-            .arg(data)
-            .stderr(Stdio::piped());
-        if let Some(config) = config {
-            cmd.arg("--config").arg(config);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        assert!(first.starts_with("replic8 daemon: key "), "{first}");
-        let quic = first
-            .split_whitespace()
-            .skip_while(|w| *w != "quic")
-            .nth(1)
-            .unwrap()
-            .to_owned();
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child, quic }
+/// A daemon on loopback (no DHT, no LAN) on `data`, with `config` if given.
+fn start_daemon(data: &Path, config: Option<&Path>) -> Daemon {
+    let mut cmd = replic8();
+    cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(Stdio::piped());
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
     }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "daemon exit: {status}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    Daemon::spawn(&mut cmd)
 }
 
 /// A client command on `data` that must succeed; its standard output.
@@ -156,6 +115,22 @@ impl Running {
         }
     }
 
+    /// Waits, within the deadline, for the command to end by itself; its exit status
+    /// and all it printed.
+    fn finish(mut self, what: &str) -> (std::process::ExitStatus, Vec<u8>) {
+        let until = Instant::now() + DEADLINE;
+        let mut all = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(chunk) => all.extend(chunk),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("{what}: {e}; got {}", String::from_utf8_lossy(&all)),
+            }
+        }
+        (self.child.wait().unwrap(), all)
+    }
+
     /// Everything printed so far (after it was stopped).
     fn stop(mut self) -> Vec<u8> {
         let _ = self.child.kill();
@@ -197,7 +172,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Daemon::start(&a_data, None);
+    let a = start_daemon(&a_data, None);
 
     // On A: a public feed (created, never shared in a named namespace) and a private
     // one (shared in `photos` only).
@@ -224,14 +199,16 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     let config = write_file(
         dir.path(),
         "b.toml",
-        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic).as_bytes(),
+        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
     );
-    let mut b = Daemon::start(&b_data, Some(&config));
+    let mut b = start_daemon(&b_data, Some(&config));
 
     // The private feed first: its `Have` reaches A before the public one's, and A never
     // answers it (A holds it only in `photos`).
     let refused = Running::start(&b_data, &["feed", "get", &private]);
-    let got = run(&b_data, &["feed", "get", &public]);
+    let (status, got) =
+        Running::start(&b_data, &["feed", "get", &public]).finish("feed get of the public feed");
+    assert!(status.success(), "{status}");
     let lines: Vec<Value> = got
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -327,7 +304,7 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
 
     // Restarted, B knows at once what it stores, then hears from A again.
     b.stop();
-    b = Daemon::start(&b_data, Some(&config));
+    b = start_daemon(&b_data, Some(&config));
     let info = json(&b_data, &["feed", "info", &public, "--json"]);
     assert_eq!((&info["length"], &info["stored"]), (&22.into(), &22.into()));
     let status = json(&b_data, &["status", "--json"]);
