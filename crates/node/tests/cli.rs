@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 mod support;
-use support::{replic8, Daemon};
+use support::{private_daemon, replic8, run, Daemon};
 
 /// The binary run as `uid` (and its gid). The build directory may sit in a directory
 /// only we can enter (a clone in a `mktemp -d`), so another uid runs a copy of the
@@ -173,27 +173,12 @@ impl Start for Daemon {
             Some(uid) => replic8_as(uid),
             None => replic8(),
         };
-        cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
-            .arg("--data-dir")
-            .arg(data)
-            .stderr(std::process::Stdio::piped());
-        Daemon::spawn(&mut cmd)
+        Daemon::spawn(private_daemon(&mut cmd, data))
     }
 }
 
 fn client(data: &std::path::Path, args: &[&str]) -> String {
-    let out = replic8()
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(run(data, args)).unwrap()
 }
 
 #[test]

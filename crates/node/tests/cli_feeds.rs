@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{replic8, Daemon};
+use support::{private_daemon, replic8, run, Daemon};
 
 mod support;
 
@@ -20,30 +20,11 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// A daemon on loopback (no DHT, no LAN) on `data`, with `config` if given.
 fn start_daemon(data: &Path, config: Option<&Path>) -> Daemon {
     let mut cmd = replic8();
-    cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
-        .arg("--data-dir")
-        .arg(data)
-        .stderr(Stdio::piped());
+    private_daemon(&mut cmd, data);
     if let Some(config) = config {
         cmd.arg("--config").arg(config);
     }
     Daemon::spawn(&mut cmd)
-}
-
-/// A client command on `data` that must succeed; its standard output.
-fn run(data: &Path, args: &[&str]) -> Vec<u8> {
-    let out = replic8()
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 fn json(data: &Path, args: &[&str]) -> Value {

@@ -10,6 +10,15 @@ pub(crate) fn replic8() -> Command {
     Command::new(env!("CARGO_BIN_EXE_replic8"))
 }
 
+/// `cmd` made a `replic8 daemon` on loopback without DHT or LAN, on `data`, its stderr
+/// piped for [`Daemon::spawn`].
+pub(crate) fn private_daemon<'a>(cmd: &'a mut Command, data: &std::path::Path) -> &'a mut Command {
+    cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(std::process::Stdio::piped())
+}
+
 /// A running `replic8 daemon`.
 pub(crate) struct Daemon {
     pub(crate) child: Child,
@@ -61,4 +70,20 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A client command on `data` that must succeed; its standard output.
+pub(crate) fn run(data: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = replic8()
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
