@@ -8,7 +8,8 @@ use actix::prelude::*;
 use replic8::actor::SessionsActor;
 use replic8::feed_store::{
     Append, CreateFeed, DecideOffers, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent,
-    GetStats, OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed, Subscribe,
+    GetFeed, GetStats, ListFeeds, OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy,
+    ShareFeed, Subscribe,
 };
 use tokio::sync::mpsc;
 
@@ -17,6 +18,9 @@ use tokio::sync::mpsc;
 pub(crate) struct FeedStoreRecipients {
     pub(crate) create: Recipient<CreateFeed>,
     pub(crate) open: Recipient<OpenFeed>,
+    /// Opens a feed by key, creating a public replica if it is not held.
+    pub(crate) get: Recipient<GetFeed>,
+    pub(crate) list: Recipient<ListFeeds>,
     pub(crate) append: Recipient<Append>,
     pub(crate) read: Recipient<ReadRange>,
     pub(crate) subscribe: Recipient<Subscribe>,
@@ -35,6 +39,8 @@ impl FeedStoreRecipients {
         FeedStoreRecipients {
             create: addr.clone().recipient(),
             open: addr.clone().recipient(),
+            get: addr.clone().recipient(),
+            list: addr.clone().recipient(),
             append: addr.clone().recipient(),
             read: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),

@@ -26,6 +26,7 @@
 //! - [`events`]: the events of [`NodeEvent`];
 //! - `lifecycle`: each peer from found to dialed, up, down and redialed (a sans-I/O
 //!   core and the actor that drives it between discovery, connections and sessions);
+//! - [`feed_peers`]: which peers have each feed and how far (bounded);
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
@@ -52,6 +53,7 @@ pub mod control;
 #[cfg(feature = "cli")]
 pub mod demo;
 pub mod events;
+pub mod feed_peers;
 mod feeds;
 #[cfg(feature = "cli")]
 pub mod import;
@@ -71,14 +73,16 @@ pub mod store {
 }
 
 pub use crate::events::NodeEvent;
+pub use crate::feed_peers::FeedPeer;
+pub use crate::node::GotFeed;
 pub use crate::node::{
     AcceptMode, AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions,
     LeaveError, NamespaceError, NamespaceSpec, NamespaceStatus, Node, NodeBuilder, NodeClosed,
     NodeHandle, OfferRecord, PeerInfo, SpawnError, StoreContext,
 };
 pub use replic8::feed_store::{
-    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, NamespacePolicy,
-    OfferDecision,
+    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, FeedSummary,
+    NamespacePolicy, OfferDecision,
 };
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::{HeaderError, Headers};

@@ -39,7 +39,8 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, LimitsSection, NodeConfig};
 use crate::events::{NodeEvent, EVENT_CAPACITY};
-use crate::feeds::{self, FeedStoreRecipients};
+use crate::feed_peers::FeedPeers;
+use crate::feeds::FeedStoreRecipients;
 use crate::metrics::{Counters, MetricsEndpoint};
 use crate::persist::{
     self, PersistError, PersistedJoin, PersistedPolicy, PersistedShare, PersistedState,
@@ -56,6 +57,8 @@ pub use namespaces::{
     parse_secret, AcceptMode, NamespaceError, NamespaceSpec, NamespaceStatus, OfferRecord,
     OFFER_LOG,
 };
+mod feeds;
+pub use feeds::GotFeed;
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -465,6 +468,8 @@ struct Started {
     offer_events: broadcast::Sender<OfferRecord>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    /// Which peers have each feed, and how far.
+    feed_peers: Arc<Mutex<FeedPeers>>,
     data_dir: Option<PathBuf>,
     state: tokio::sync::Mutex<PersistedState>,
     metrics: Mutex<Option<MetricsEndpoint>>,
@@ -531,7 +536,7 @@ async fn start(
     let (session_tx, session_rx) = mpsc::unbounded_channel();
     let sessions = SessionsActor::new(session_config, Some(session_tx)).start();
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
-    let feeds = match feeds::start(
+    let feeds = match crate::feeds::start(
         data_dir.as_deref(),
         feed_store_config(&builder.feed_store, &builder.limits),
         sessions.clone(),
@@ -548,10 +553,12 @@ async fn start(
     };
     let offers = Arc::new(Mutex::new(namespaces::OfferLog::default()));
     let (offer_events, _) = broadcast::channel(OFFER_LOG);
+    let feed_peers = Arc::new(Mutex::new(FeedPeers::default()));
     actix::spawn(forward_feed_events(
         feed_rx,
         events.clone(),
         counters.clone(),
+        feed_peers.clone(),
         conn.addr().clone(),
         offers.clone(),
         offer_events.clone(),
@@ -738,6 +745,7 @@ async fn start(
         offer_events,
         events,
         counters,
+        feed_peers,
         data_dir,
         state: tokio::sync::Mutex::new(prepared.state),
         metrics: Mutex::new(metrics),
@@ -893,12 +901,14 @@ async fn forward_session_events(
     }
 }
 
-/// Turns feed store events into node events and counters; a peer whose feed we
-/// accepted or that sent us verified blocks is marked active ([`Marked::mark`]).
+/// Turns feed store events into node events and counters, and keeps the table of
+/// which peers have each feed; a peer whose feed we accepted or that sent us verified
+/// blocks is marked active ([`Marked::mark`]).
 async fn forward_feed_events(
     mut rx: mpsc::UnboundedReceiver<FeedStoreEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    feed_peers: Arc<Mutex<FeedPeers>>,
     conn: Addr<ConnManager>,
     offers: Arc<Mutex<namespaces::OfferLog>>,
     offer_events: broadcast::Sender<OfferRecord>,
@@ -906,6 +916,30 @@ async fn forward_feed_events(
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
     let mut marked = Marked::default();
     while let Some(event) = rx.recv().await {
+        let report = match &event {
+            FeedStoreEvent::PeerHead { feed, peer, length }
+            | FeedStoreEvent::FeedSynced { feed, peer, length } => {
+                Some((*feed, *peer, Some(*length), (0, 0)))
+            }
+            FeedStoreEvent::Downloaded {
+                feed,
+                peer,
+                blocks,
+                bytes,
+            } => Some((*feed, *peer, None, (*blocks, *bytes))),
+            _ => None,
+        };
+        if let Some((feed, peer, length, downloaded)) = report {
+            if let Ok(mut table) = feed_peers.lock() {
+                table.report(
+                    feed,
+                    key(peer),
+                    length,
+                    downloaded,
+                    std::time::Instant::now(),
+                );
+            }
+        }
         if let FeedStoreEvent::Accepted { peer, .. } | FeedStoreEvent::Downloaded { peer, .. } =
             &event
         {
@@ -942,7 +976,7 @@ async fn forward_feed_events(
                     .add(refused.policy + refused.elsewhere + refused.quota);
                 continue;
             }
-            FeedStoreEvent::FeedSynced { .. } => continue,
+            FeedStoreEvent::FeedSynced { .. } | FeedStoreEvent::PeerHead { .. } => continue,
             // Per feed, so a flood of offers makes many: they go to the offer log and
             // its own channel, never to the node's events (whose subscribers would lag).
             FeedStoreEvent::OfferDecided { .. } => {
@@ -1638,6 +1672,9 @@ pub enum FeedError {
     /// The share could not be persisted (it is active until the node stops).
     #[error("share not persisted: {0}")]
     Persist(#[from] PersistError),
+    /// Discovery refused to join the feed's discovery key.
+    #[error(transparent)]
+    Join(replic8_discovery::JoinError),
 }
 
 /// What `disconnect` can fail with.

@@ -4,9 +4,8 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-fn replic8() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_replic8"))
-}
+mod support;
+use support::{private_daemon, replic8, run, Daemon};
 
 /// The binary run as `uid` (and its gid). The build directory may sit in a directory
 /// only we can enter (a clone in a `mktemp -d`), so another uid runs a copy of the
@@ -203,14 +202,15 @@ fn demo_replicates_to_two_readers_verified_and_exits_0() {
     assert_eq!(steps[verified_2]["tree_hash"], v["tree_hash"], "{stdout}");
 }
 
-/// A daemon spawned as a user would, on loopback with a private DHT.
-struct Daemon {
-    child: std::process::Child,
+/// Daemons spawned as a user would.
+trait Start {
+    fn start(data: &std::path::Path, bootstrap: &[String]) -> Daemon;
+    fn start_private(data: &std::path::Path, uid: Option<u32>) -> Daemon;
 }
 
-impl Daemon {
+impl Start for Daemon {
+    /// On loopback with a private DHT.
     fn start(data: &std::path::Path, bootstrap: &[String]) -> Daemon {
-        use std::io::BufRead;
         let mut cmd = replic8();
         cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-lan"])
             .arg("--data-dir")
@@ -219,72 +219,28 @@ impl Daemon {
         for b in bootstrap {
             cmd.args(["--bootstrap", b]);
         }
-        let mut child = cmd.spawn().unwrap();
         // Ready when it prints its banner (the socket is bound before that line).
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let first = lines.next().unwrap().unwrap();
-        assert!(first.starts_with("replic8 daemon: key "), "{first}");
-        assert!(first.contains(" dht "), "the DHT addresses: {first}");
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child }
+        let daemon = Daemon::spawn(&mut cmd);
+        assert!(
+            daemon.banner.contains(" dht "),
+            "the DHT addresses: {}",
+            daemon.banner
+        );
+        daemon
     }
 
-    /// A daemon without DHT or LAN on `data`, run as `uid` (and its gid) if given.
+    /// Without DHT or LAN on `data`, run as `uid` (and its gid) if given.
     fn start_private(data: &std::path::Path, uid: Option<u32>) -> Daemon {
-        use std::io::BufRead;
         let mut cmd = match uid {
             Some(uid) => replic8_as(uid),
             None => replic8(),
         };
-        cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
-            .arg("--data-dir")
-            .arg(data)
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let first = lines.next().unwrap().unwrap();
-        assert!(first.starts_with("replic8 daemon: key "), "{first}");
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child }
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "daemon exit: {status}");
-    }
-}
-
-/// A daemon left by a failing test is killed, so that it does not outlive the test run.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        Daemon::spawn(private_daemon(&mut cmd, data))
     }
 }
 
 fn client(data: &std::path::Path, args: &[&str]) -> String {
-    let out = replic8()
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(run(data, args)).unwrap()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! A thin shell: it keeps which store serves which namespace, starts
 //! [`driver::run`] for each connection it is given ([`StartSession`], sent by the node
-//! on the connection manager's `PeerUp`), and routes the stores' messages ([`Share`],
+//! on the connection manager's `PeerUp`), and routes the stores' messages ([`Share`], [`Announce`],
 //! [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`], [`FeedFailed`], [`FeedStalled`]) to the sessions they concern. All
 //! protocol decisions are in the session core.
 
@@ -18,8 +18,8 @@ use crate::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
 use crate::keys::{PeerKey, Role};
 use crate::session::{CommandError, EndReason, SessionConfig, SessionEvent};
 use crate::store::{
-    FeedFailed, FeedStalled, FeedSynced, FeedUpdated, RegisterError, RegisterStore, Share,
-    ShareError, StreamEnded, UnregisterStore,
+    Announce, FeedFailed, FeedStalled, FeedSynced, FeedUpdated, RegisterError, RegisterStore,
+    Share, ShareError, StreamEnded, UnregisterStore,
 };
 
 /// An event of the session with `peer`.
@@ -339,6 +339,19 @@ impl Handler<Share> for SessionsActor {
             }
             Ok(offered)
         })
+    }
+}
+
+impl Handler<Announce> for SessionsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Announce, _: &mut Context<Self>) {
+        for running in self.sessions.values() {
+            let _ = running.commands.send(SessionCommand::Known {
+                namespace: msg.namespace.clone(),
+                feeds: msg.feeds.clone(),
+            });
+        }
     }
 }
 

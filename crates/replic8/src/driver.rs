@@ -63,6 +63,13 @@ pub enum SessionCommand {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<usize, CommandError>>,
     },
+    /// The store holds these feeds in `namespace` now: announce them with `Have`.
+    Known {
+        /// The namespace.
+        namespace: String,
+        /// The feeds.
+        feeds: Vec<FeedKey>,
+    },
     /// The store's sync of a feed with this peer is done at `length`.
     FeedSynced {
         /// The feed.
@@ -454,6 +461,13 @@ pub async fn run(
                 Some(SessionCommand::Share { namespace, feeds, reply }) => {
                     let list = feeds.into_iter().map(|f| (f.key, f.headers)).collect();
                     let _ = reply.send(session.handle_share(&namespace, list));
+                }
+                Some(SessionCommand::Known { namespace, feeds }) => {
+                    // A session without the namespace (not proven yet, or the peer
+                    // lacks it) learns of these feeds from the store when it is.
+                    if let Err(e) = session.handle_known_feeds(&namespace, feeds) {
+                        tracing::debug!(%namespace, error = %e, "announce skipped");
+                    }
                 }
                 Some(SessionCommand::FeedSynced { feed, length }) => session.handle_feed_synced(&feed, length),
                 Some(SessionCommand::FeedUpdated { feed, length }) => session.handle_feed_updated(&feed, length),

@@ -3,7 +3,7 @@
 //! Any actor that handles [`Shares`], [`KnownFeeds`], [`Offer`], [`Attach`] and
 //! [`Detach`] is a store. It registers for one or more namespaces with [`RegisterStore`]
 //! (sent to the session layer's actor), and tells the session layer about its feeds with
-//! [`Share`], [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`] and [`FeedFailed`].
+//! [`Share`], [`Announce`], [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`] and [`FeedFailed`].
 //!
 //! The session layer asks, the store decides: what to share ([`Shares`]), which feeds it
 //! holds for all-to-all replication ([`KnownFeeds`]), which offered feeds to accept
@@ -230,6 +230,19 @@ pub struct Share {
     pub peers: Option<Vec<PeerKey>>,
     /// Never this peer (the one the feeds came from, when forwarding).
     pub except: Option<PeerKey>,
+}
+
+/// Store → session layer: the store now holds these feeds in `namespace` for all-to-all
+/// replication (what [`KnownFeeds`] answers at a session's start): announced on every
+/// running session by discovery key, and replicated with each peer that announces them
+/// too. Feeds announced on a session already are skipped.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Announce {
+    /// The namespace.
+    pub namespace: String,
+    /// The feeds.
+    pub feeds: Vec<FeedKey>,
 }
 
 /// Store → session layer: the store's sync of `feed` with `peer` has nothing more to

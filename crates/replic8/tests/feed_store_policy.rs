@@ -1027,3 +1027,92 @@ fn a_header_match_takes_only_matching_feeds_and_none_takes_nothing() {
         assert_eq!((stats.replicas, stats.refused_policy), (1, 3), "{stats:?}");
     });
 }
+
+/// A replica accepted under a forwarding policy is offered again, with the headers it
+/// came with, once the store restarts and serves the namespace under that policy (before,
+/// only shares were resumed: accepted replicas were offered to nobody after a restart).
+#[test]
+fn a_forwarded_replica_is_offered_again_with_its_headers_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut headers = Headers::new();
+    headers.insert("title", b"holiday".to_vec()).unwrap();
+    let feed = actix::System::new().block_on({
+        let (path, headers) = (dir.path().to_path_buf(), headers.clone());
+        async move {
+            let (tx, mut events) = mpsc::unbounded_channel();
+            let a = node(
+                1,
+                MemoryStorage::new(),
+                FeedStoreConfig::default(),
+                vec![(OPEN, None, NamespacePolicy::held_only())],
+                &tx,
+            )
+            .await;
+            let b = node(
+                2,
+                DiskStorage::open(&path).unwrap(),
+                FeedStoreConfig::default(),
+                vec![(OPEN, None, NamespacePolicy::accept_all())],
+                &tx,
+            )
+            .await;
+            let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
+            a.store
+                .send(Append {
+                    feed,
+                    blocks: vec![vec![1; 100]; 5],
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            a.store
+                .send(ShareFeed {
+                    namespace: OPEN.into(),
+                    feed,
+                    headers,
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            link(&a, &b).await;
+            wait_for(&mut events, "B synced the feed", |e| {
+                matches!(e, Ev::Store(2, FeedStoreEvent::FeedSynced { feed: f, length: 5, .. }) if *f == feed)
+            })
+            .await;
+            feed
+        }
+    });
+    let restarted = |policy: NamespacePolicy| {
+        let path = dir.path().to_path_buf();
+        actix::System::new().block_on(async move {
+            let (tx, _events) = mpsc::unbounded_channel();
+            let b = node(
+                2,
+                DiskStorage::open(&path).unwrap(),
+                FeedStoreConfig::default(),
+                vec![(OPEN, None, policy)],
+                &tx,
+            )
+            .await;
+            b.store
+                .send(Shares {
+                    peer: PeerKey([9; 32]),
+                    namespace: OPEN.into(),
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    assert!(
+        restarted(NamespacePolicy::held_only()).is_empty(),
+        "not offered under a policy that does not forward"
+    );
+    assert_eq!(
+        restarted(NamespacePolicy::accept_all()),
+        vec![SharedFeed {
+            key: feed,
+            headers: headers.clone()
+        }]
+    );
+}

@@ -303,6 +303,25 @@ impl<S: FeedStorage> Feed<S> {
         self.stored
     }
 
+    /// Bytes of the blocks stored here: the byte length when every block is here,
+    /// otherwise the sizes of the stored blocks' leaves, read from storage (one node
+    /// read per stored block: meant for reports, not for a hot path).
+    pub fn stored_bytes(&mut self) -> Result<u64, StorageError> {
+        if self.stored == self.length() {
+            return Ok(self.byte_length());
+        }
+        let runs: Vec<(u64, u64)> = self.runs.iter().map(|(&s, &e)| (s, e)).collect();
+        let mut bytes = 0;
+        for (start, end) in runs {
+            for index in start..end {
+                if let Some(leaf) = self.storage.node(2 * index)? {
+                    bytes += leaf.size;
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
     /// The stored blocks below the head, as sorted ranges, at most `max_ranges` of them
     /// (the rest is left out).
     pub fn stored_ranges(&self, max_ranges: usize) -> Vec<(u64, u64)> {

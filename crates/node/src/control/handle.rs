@@ -35,46 +35,17 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
         | Request::NamespaceClose { .. }
         | Request::Decide { .. }
         | Request::Offers { .. } => return super::namespaces::handle(node, req).await,
-        Request::FeedNew => {
-            let key = node.create_feed().await.map_err(|x| e(&x))?;
-            json!({ "key": hex::encode(key.0) })
-        }
+        Request::FeedNew => return super::feeds::new(node).await,
         Request::FeedAppend { key, blocks } => {
-            let feed = FeedKey(parse_key(&key)?);
-            let blocks = blocks
-                .iter()
-                .map(|b| hex::decode(b).map_err(|_| "a block is not hex".to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let length = node.append(feed, blocks).await.map_err(|x| e(&x))?;
-            json!({ "length": length })
+            return super::feeds::append(node, &key, &blocks).await
         }
         Request::FeedCat { key, start, end } => {
-            let feed = FeedKey(parse_key(&key)?);
-            let end = match end {
-                Some(end) => end,
-                None => node.open_feed(feed).await.map_err(|x| e(&x))?.length,
-            };
-            if start > end {
-                return Err(format!("start {start} is past end {end}"));
-            }
-            let blocks = node.read(feed, start..end).await.map_err(|x| e(&x))?;
-            json!({ "blocks": blocks.iter().map(hex::encode).collect::<Vec<_>>() })
+            return super::feeds::cat(node, &key, start, end).await
         }
-        Request::FeedInfo { key } => {
-            let info = node
-                .open_feed(FeedKey(parse_key(&key)?))
-                .await
-                .map_err(|x| e(&x))?;
-            json!({
-                "key": hex::encode(info.key.0),
-                "writable": info.writable,
-                "length": info.length,
-                "stored": info.stored,
-                "byte_length": info.byte_length,
-                "tree_hash": info.head.as_ref().map(|h| hex::encode(h.tree_hash)),
-                "discovery_key": hex::encode(info.key.discovery_key().0),
-            })
-        }
+        Request::FeedInfo { key } => return super::feeds::info(node, &key).await,
+        Request::FeedList => return super::feeds::list(node).await,
+        Request::FeedGet { key, follow } => return super::feeds::get(node, &key, follow).await,
+        Request::FeedTail { key, start } => return super::feeds::tail(node, &key, start).await,
         Request::Share {
             namespace,
             key,
@@ -149,6 +120,7 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
             let topics = node.topics().await.map_err(|x| e(&x))?;
             let peers = node.peers().await.map_err(|x| e(&x))?;
             let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
+            let held = node.list_feeds().await.map_err(|x| e(&x))?;
             let dht = node.dht_status().await.map_err(|x| e(&x))?;
             let c = node.counters();
             json!({
@@ -189,6 +161,11 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                 "feed_blocks_in": feeds.blocks_in,
                 "feed_blocks_out": feeds.blocks_out,
                 "feed_streams": feeds.streams,
+                "feeds_held": held.len(),
+                "blocks_stored": held.iter().map(|f| f.info.stored).sum::<u64>(),
+                "bytes_stored": held.iter().map(|f| f.stored_bytes).sum::<u64>(),
+                "feed_bytes_in": feeds.bytes_in,
+                "feed_bytes_out": feeds.bytes_out,
             })
         }
     }))

@@ -15,11 +15,13 @@
 //! ([`request_stream`]). A request line is at most [`MAX_REQUEST`] bytes; a longer one
 //! ends the connection with an error. Block data travels as hex.
 //!
-//! Modules: `handle` answers each request from the node's handle; `events` turns
-//! [`NodeEvent`](crate::NodeEvent)s into JSON lines; `namespaces` opens, lists and
-//! closes namespaces and lists and answers offers.
+//! Modules: `handle` answers each request from the node's handle; `feeds` the feed
+//! requests (get with progress, list, tail); `namespaces` opens, lists and closes
+//! namespaces and lists and answers offers; `events` turns
+//! [`NodeEvent`](crate::NodeEvent)s into JSON lines.
 
 mod events;
+mod feeds;
 mod handle;
 mod namespaces;
 
@@ -76,6 +78,27 @@ pub enum Request {
     FeedInfo {
         /// The feed, hex.
         key: String,
+    },
+    /// Open a feed by key (a public replica if not held), join its discovery key, and
+    /// stream progress lines until it is in sync with a peer that has it (or, with
+    /// `follow`, until the client hangs up).
+    FeedGet {
+        /// The feed, hex.
+        key: String,
+        /// Keep following after the first sync.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Every held feed: key, writable, length, stored blocks and bytes, namespaces.
+    FeedList,
+    /// Blocks from `start` on as they are stored here, a line each, in order, until the
+    /// client hangs up.
+    FeedTail {
+        /// The feed, hex.
+        key: String,
+        /// First block.
+        #[serde(default)]
+        start: u64,
     },
     /// Share a feed in a namespace with headers.
     Share {

@@ -7,11 +7,14 @@
 //! shared only in a secret namespace is private. Sharing it in `""` makes it public for
 //! good.
 //!
+//! A replica accepted under a forwarding policy also keeps the headers it was offered
+//! with, so that it is offered again, with them, after a restart.
+//!
 //! On disk the map is one small file in the storage's directory, replaced atomically
 //! (a temporary file written and fsynced, renamed over the old one, the directory
 //! fsynced); writes carry a generation so an older snapshot never replaces a newer one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,8 +28,11 @@ use crate::keys::FeedKey;
 
 /// The file's name inside the storage's directory.
 pub const MEMBERSHIP_FILE: &str = "namespaces";
-/// What the file starts with: its format and version.
-const MAGIC: &[u8; 8] = b"r8ns\0\0\0\x01";
+/// What the file starts with: its format and version (2: with the headers of forwarded
+/// replicas).
+const MAGIC: &[u8; 8] = b"r8ns\0\0\0\x02";
+/// Version 1, without headers: still read.
+const MAGIC_V1: &[u8; 8] = b"r8ns\0\0\0\x01";
 /// Most bytes the file may have: a million feeds in a few namespaces each. The decoder
 /// allocates no more than this.
 const MAX_FILE_LEN: u64 = 256 << 20;
@@ -40,6 +46,17 @@ pub(crate) struct Member {
     pub(crate) replica: bool,
     /// The namespaces it was shared or accepted in.
     pub(crate) namespaces: BTreeSet<String>,
+    /// Per namespace where it was accepted under a forwarding policy: the headers it
+    /// was offered with, so that it is offered again with them after a restart.
+    pub(crate) forwarded: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+/// A member as version 1 of the file holds it.
+#[derive(Debug, Deserialize)]
+struct MemberV1 {
+    implicit_public: bool,
+    replica: bool,
+    namespaces: BTreeSet<String>,
 }
 
 impl Member {
@@ -57,7 +74,28 @@ impl Member {
             implicit_public: false,
             replica: true,
             namespaces: BTreeSet::from([namespace.to_owned()]),
+            forwarded: BTreeMap::new(),
         }
+    }
+
+    /// A replica asked for by key ([`super::GetFeed`]): public for good, like a feed
+    /// shared in `""`, and not counted against the replica quota of offers.
+    pub(crate) fn wanted() -> Self {
+        Member {
+            implicit_public: false,
+            replica: false,
+            namespaces: BTreeSet::from([String::new()]),
+            forwarded: BTreeMap::new(),
+        }
+    }
+
+    /// The namespaces the feed belongs to, `""` included when it is public.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.namespaces.iter().cloned().collect();
+        if self.implicit_public && !self.namespaces.contains("") {
+            names.insert(0, String::new());
+        }
+        names
     }
 
     /// Whether the feed belongs to `namespace`.
@@ -126,6 +164,22 @@ pub(crate) fn encode(map: &HashMap<FeedKey, Member>) -> Result<Vec<u8>, String> 
 
 /// The map from the file's bytes; allocates at most what the bytes can fill.
 pub(crate) fn decode(bytes: &[u8]) -> Result<HashMap<FeedKey, Member>, String> {
+    if let Some(body) = bytes.strip_prefix(MAGIC_V1.as_slice()) {
+        let entries: Vec<(FeedKey, MemberV1)> =
+            options().deserialize(body).map_err(|e| e.to_string())?;
+        return Ok(entries
+            .into_iter()
+            .map(|(key, m)| {
+                let member = Member {
+                    implicit_public: m.implicit_public,
+                    replica: m.replica,
+                    namespaces: m.namespaces,
+                    forwarded: BTreeMap::new(),
+                };
+                (key, member)
+            })
+            .collect());
+    }
     let body = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or("not a membership file of this version")?;
@@ -226,6 +280,9 @@ mod tests {
         let r = Member::accepted("photos");
         assert!(r.is_in("photos") && !r.is_in("") && r.in_any());
         assert!(!Member::default().in_any());
+        let w = Member::wanted();
+        assert!(w.is_in("") && !w.replica && w.names() == vec![String::new()]);
+        assert_eq!(Member::created().names(), vec![String::new()]);
     }
 
     #[test]
@@ -251,7 +308,20 @@ mod tests {
 
         let bytes = encode(&map).unwrap();
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(decode(b"r8ns\0\0\0\x02").is_err());
+        assert!(decode(b"r8ns\0\0\0\x03").is_err());
+        // Version 1 (no headers) still reads.
+        let mut v1 = MAGIC_V1.to_vec();
+        // Its fields in order: implicit_public, replica, namespaces.
+        type V1 = (bool, bool, BTreeSet<String>);
+        let old: Vec<(FeedKey, V1)> = vec![(
+            FeedKey([3; 32]),
+            (false, true, BTreeSet::from(["x".to_owned()])),
+        )];
+        options().serialize_into(&mut v1, &old).unwrap();
+        assert_eq!(
+            decode(&v1).unwrap(),
+            HashMap::from([(FeedKey([3; 32]), Member::accepted("x"))])
+        );
         // A length prefix claiming more entries than bytes allocates nothing up front.
         let mut huge = MAGIC.to_vec();
         huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);

@@ -78,6 +78,9 @@ pub struct FeedInfo {
     pub length: u64,
     /// Blocks stored here.
     pub stored: u64,
+    /// Blocks `0..contiguous_length` are all stored here (what a reader can read in
+    /// order).
+    pub contiguous_length: u64,
     /// Bytes of the blocks covered by the head.
     pub byte_length: u64,
     /// The verified signed head.
@@ -216,6 +219,16 @@ pub enum FeedStoreEvent {
         /// Bytes.
         bytes: u64,
     },
+    /// `peer` announced a signed head of `length` blocks for the feed (its signature
+    /// checked): how far the peer has it.
+    PeerHead {
+        /// The feed.
+        feed: FeedKey,
+        /// The peer.
+        peer: PeerKey,
+        /// The peer's signed length.
+        length: u64,
+    },
     /// The feed is in sync with `peer`: every block up to `length` is here.
     FeedSynced {
         /// The feed.
@@ -339,3 +352,31 @@ pub struct DecideOffers {
     /// Accept (else reject).
     pub accept: bool,
 }
+
+/// Opens a feed by its public key, known out of band: a feed the store holds is left as
+/// it is (its namespaces unchanged); otherwise an empty replica is created in the public
+/// namespace `""` and announced on every session for all-to-all replication, so peers
+/// that hold the feed publicly replicate it to us. Replies with the feed and whether the
+/// replica is new.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(FeedInfo, bool), FeedStoreError>")]
+pub struct GetFeed {
+    /// The feed.
+    pub feed: FeedKey,
+}
+
+/// One held feed, as [`ListFeeds`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSummary {
+    /// Length, stored blocks, head.
+    pub info: FeedInfo,
+    /// Bytes of the blocks stored here.
+    pub stored_bytes: u64,
+    /// The namespaces the feed belongs to (`""`: public).
+    pub namespaces: Vec<String>,
+}
+
+/// Every feed the store holds, sorted by key. Opens each (on the blocking pool).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<FeedSummary>, FeedStoreError>")]
+pub struct ListFeeds;

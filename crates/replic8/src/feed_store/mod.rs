@@ -39,6 +39,7 @@ mod messages;
 mod policy;
 mod pool;
 mod stream;
+mod wanted;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -149,6 +150,7 @@ impl<F: FeedStorage> FeedEntry<F> {
             writable: feed.is_writable(),
             length: feed.length(),
             stored: feed.stored_count(),
+            contiguous_length: feed.contiguous_length(),
             byte_length: feed.byte_length(),
             head: feed.head().copied(),
         }
@@ -490,6 +492,31 @@ impl<St: Storage> FeedStore<St> {
         }
     }
 
+    /// Under a forwarding policy for `namespace`: puts the replicas accepted there with
+    /// forwarding (before a restart, say) back among what is offered there, with the
+    /// headers they came with; returns those that were not offered yet.
+    fn offer_forwarded(&mut self, namespace: &str) -> Vec<SharedFeed> {
+        if namespace.is_empty() || !self.policy(namespace).forward {
+            return Vec::new();
+        }
+        let offered = self.namespaces.entry(namespace.to_owned()).or_default();
+        let mut added = Vec::new();
+        for (key, member) in &self.members {
+            let Some(headers) = member.forwarded.get(namespace) else {
+                continue;
+            };
+            if offered.contains_key(key) || !member.is_in(namespace) || !self.held.contains(key) {
+                continue;
+            }
+            let Ok(headers) = Headers::try_from(headers.clone()) else {
+                continue;
+            };
+            offered.insert(*key, headers.clone());
+            added.push(SharedFeed { key: *key, headers });
+        }
+        added
+    }
+
     /// Decides the feeds of an offer that are new in `namespace`, after their keys were
     /// checked: within the quotas they become replicas, members of the namespace, and
     /// (under a forwarding policy) are forwarded. Returns the accepted keys.
@@ -531,7 +558,14 @@ impl<St: Storage> FeedStore<St> {
         for feed in admitted {
             self.decided(peer, namespace, &feed, OfferDecision::Accepted);
             accepted.push(feed.key);
-            self.members.insert(feed.key, Member::accepted(namespace));
+            let mut member = Member::accepted(namespace);
+            if policy.forward {
+                let headers = feed.headers.iter().map(|(k, v)| (k.to_owned(), v.to_vec()));
+                member
+                    .forwarded
+                    .insert(namespace.to_owned(), headers.collect());
+            }
+            self.members.insert(feed.key, member);
             self.member_changes += 1;
             if self.held.insert(feed.key) {
                 create.push(feed.key);
@@ -1060,7 +1094,17 @@ impl<St: Storage> Handler<SetNamespacePolicy> for FeedStore<St> {
         if msg.namespace.is_empty() && msg.policy.accept.accepts_new() {
             return Err(FeedStoreError::PublicPolicy);
         }
+        let namespace = msg.namespace.clone();
         self.policies.insert(msg.namespace, msg.policy);
+        let again = self.offer_forwarded(&namespace);
+        if !again.is_empty() {
+            self.shared.sessions.do_send(Share {
+                namespace,
+                feeds: again,
+                peers: None,
+                except: None,
+            });
+        }
         Ok(())
     }
 }
@@ -1079,6 +1123,8 @@ impl<St: Storage> Handler<ServeNamespace> for FeedStore<St> {
             return Box::pin(actix::fut::ready(Err(FeedStoreError::PublicPolicy)));
         }
         let before = self.policies.insert(namespace.clone(), policy);
+        // Offered to each session by `Shares` once the namespace is registered.
+        self.offer_forwarded(&namespace);
         let register = self.shared.sessions.send(RegisterStore {
             namespaces: vec![(namespace.clone(), secret)],
             store: StoreRecipients::of(&ctx.address()),

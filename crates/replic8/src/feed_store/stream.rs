@@ -96,6 +96,8 @@ struct Step {
     length_moved: Option<u64>,
     /// The feed state version this call published, if it published one.
     published: Option<u64>,
+    /// The longest signed length the peer announced in this call.
+    peer_length: Option<u64>,
     blocks_in: u64,
     bytes_in: u64,
     blocks_out: u64,
@@ -316,6 +318,13 @@ async fn step_and_report<F: FeedStorage>(
     s.bytes_in.fetch_add(step.bytes_in, Ordering::Relaxed);
     s.blocks_out.fetch_add(step.blocks_out, Ordering::Relaxed);
     s.bytes_out.fetch_add(step.bytes_out, Ordering::Relaxed);
+    if let Some(length) = step.peer_length {
+        shared.event(super::FeedStoreEvent::PeerHead {
+            feed: ctx.feed,
+            peer: ctx.peer,
+            length,
+        });
+    }
     if step.blocks_in > 0 {
         shared.event(super::FeedStoreEvent::Downloaded {
             feed: ctx.feed,
@@ -407,8 +416,13 @@ fn step<F: FeedStorage>(
         Ok(more) => out.more = more,
         Err(e) => out.error = Some(e),
     }
-    // Progress is counted from the core's stats below; sync state from `is_synced`.
-    while core.poll_event().is_some() {}
+    // Progress is counted from the core's stats below; sync state from `is_synced`;
+    // of the events only the peer's head is reported (who has the feed, how far).
+    while let Some(event) = core.poll_event() {
+        if let replic8_store::SyncEvent::PeerHead { length } = event {
+            out.peer_length = out.peer_length.max(Some(length));
+        }
+    }
     let stats = core.stats();
     out.blocks_in = stats.blocks_in - stats_before.blocks_in;
     out.bytes_in = stats.bytes_in - stats_before.bytes_in;

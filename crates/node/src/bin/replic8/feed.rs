@@ -1,6 +1,8 @@
-//! `replic8 feed ...`: create, append, read, inspect and import feeds.
+//! `replic8 feed ...`: create, append, read (and tail), inspect, list, get by key and
+//! import feeds.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -8,8 +10,9 @@ use clap::Subcommand;
 use replic8_node::config::NodeConfig;
 use replic8_node::control::Request;
 use replic8_node::import;
+use serde_json::Value;
 
-use crate::client::{ask, print_json, read_input};
+use crate::client::{ask, follow as follow_stream, print_json, read_input};
 
 /// Work with feeds.
 #[derive(Debug, Subcommand)]
@@ -38,10 +41,39 @@ pub(crate) enum FeedCommand {
         #[arg(long, default_value_t = 0)]
         start: u64,
         /// End block (exclusive); default the feed's length.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         end: Option<u64>,
+        /// Keep writing blocks as they are appended here or arrive from peers, until
+        /// interrupted.
+        #[arg(long)]
+        follow: bool,
     },
-    /// A feed's length, bytes, tree hash and whether it is writable.
+    /// Fetch a feed known by its key: replicate it, verified, from any peer that holds
+    /// it publicly (not only in a named namespace), and exit once in sync with one.
+    ///
+    /// The key is the read capability: the daemon keeps a replica in the public
+    /// namespace and joins the feed's discovery key (both persisted: a restart resumes
+    /// the download). On a terminal a progress bar; otherwise one JSON line per
+    /// progress step (`event` progress, then synced).
+    Get {
+        /// The feed's key, hex.
+        key: String,
+        /// Keep following live appends after the first sync, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// JSON progress lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every feed the daemon holds: key, writable, length, stored blocks and bytes,
+    /// namespaces.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A feed's length, bytes, tree hash, whether it is writable, and which peers have
+    /// it and how far.
     Info {
         /// The feed's key, hex.
         key: String,
@@ -90,7 +122,17 @@ pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<(
             println!("{length}");
             Ok(())
         }
-        FeedCommand::Cat { key, start, end } => {
+        FeedCommand::Cat {
+            key,
+            start,
+            follow: true,
+            ..
+        } => tail(config, key, start),
+        FeedCommand::Get { key, follow, json } => get(config, key, follow, json),
+        FeedCommand::List { json } => list(config, json),
+        FeedCommand::Cat {
+            key, start, end, ..
+        } => {
             let end = match end {
                 Some(end) => end,
                 None => ask(config, &Request::FeedInfo { key: key.clone() })?["length"]
@@ -132,10 +174,21 @@ pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<(
                 "writable",
                 "length",
                 "stored",
+                "contiguous",
                 "byte_length",
                 "tree_hash",
             ] {
-                println!("{field:<14} {}", v[field]);
+                println!("{field:<14} {}", plain(&v[field]));
+            }
+            for p in v["peers"].as_array().into_iter().flatten() {
+                println!(
+                    "peer           {} length {} received {} blocks ({} bytes), heard {} s ago",
+                    plain(&p["peer"]),
+                    p["length"],
+                    p["blocks_in"],
+                    p["bytes_in"],
+                    p["seen_secs_ago"]
+                );
             }
             Ok(())
         }
@@ -222,4 +275,119 @@ fn append_blocks(
         length = reply["length"].as_u64().unwrap_or_default();
     }
     Ok(length)
+}
+
+/// A JSON value as text: strings without quotes.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `feed cat --follow`: the blocks from `start` on, written as they are stored, until
+/// interrupted (or the daemon stops).
+fn tail(config: &NodeConfig, key: String, start: u64) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    follow_stream(config, &Request::FeedTail { key, start }, |line| {
+        let block = hex::decode(line["block"].as_str().unwrap_or_default())
+            .map_err(std::io::Error::other)?;
+        out.write_all(&block)?;
+        out.flush()?;
+        Ok(ControlFlow::Continue(()))
+    })
+}
+
+/// `feed get`: progress as a bar on a terminal, else as JSON lines; fails if the daemon
+/// ends the stream before the feed is in sync.
+fn get(config: &NodeConfig, key: String, follow: bool, json: bool) -> anyhow::Result<()> {
+    let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} blocks  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut synced = false;
+    let request = Request::FeedGet {
+        key: key.clone(),
+        follow,
+    };
+    follow_stream(config, &request, |line| {
+        synced = line["in_sync"] == true;
+        match &bar {
+            None => {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer(&mut out, &line)?;
+                writeln!(out)?;
+                out.flush()?;
+            }
+            Some(bar) if line["event"] == "get" => {
+                bar.set_message(format!("joined {}", &plain(&line["discovery_key"])[..10]))
+            }
+            Some(bar) => {
+                bar.set_length(line["length"].as_u64().unwrap_or_default());
+                bar.set_position(line["stored"].as_u64().unwrap_or_default());
+                bar.set_message(format!(
+                    "{} of {}  {}/s  {} peer(s){}",
+                    indicatif::HumanBytes(line["bytes_in"].as_u64().unwrap_or_default()),
+                    indicatif::HumanBytes(line["byte_length"].as_u64().unwrap_or_default()),
+                    indicatif::HumanBytes(line["bytes_per_s"].as_f64().unwrap_or_default() as u64),
+                    line["peers"],
+                    if synced { "  in sync" } else { "" }
+                ));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    if !synced {
+        bail!("the daemon ended the download of {key} before it was in sync");
+    }
+    Ok(())
+}
+
+/// `feed list`: a line per held feed.
+fn list(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
+    let v = ask(config, &Request::FeedList)?;
+    if json {
+        return print_json(&v);
+    }
+    let mut out = std::io::stdout().lock();
+    for f in v.as_array().into_iter().flatten() {
+        let namespaces: Vec<String> = f["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| match n.as_str() {
+                Some("") => "(public)".to_owned(),
+                _ => plain(n),
+            })
+            .collect();
+        writeln!(
+            out,
+            "{} {} length {} stored {} ({}) namespaces {}",
+            plain(&f["key"]),
+            if f["writable"] == true {
+                "writable"
+            } else {
+                "replica "
+            },
+            f["length"],
+            f["stored"],
+            indicatif::HumanBytes(f["stored_bytes"].as_u64().unwrap_or_default()),
+            if namespaces.is_empty() {
+                "-".to_owned()
+            } else {
+                namespaces.join(",")
+            }
+        )?;
+    }
+    Ok(())
 }

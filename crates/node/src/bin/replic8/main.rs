@@ -81,7 +81,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Topics, peers, bytes in and out, replication counters.
+    /// Topics, peers, what is stored (feeds, blocks, bytes), and the traffic and
+    /// replication counters since the daemon started.
     Status {
         /// Print JSON.
         #[arg(long)]

@@ -32,9 +32,16 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
     println!("key       {}", v["key"].as_str().unwrap_or_default());
     println!("listen    {}", v["listen"].as_str().unwrap_or_default());
     println!("peers     {}   sessions {}", v["peers"], v["sessions"]);
-    println!("bytes     in {}   out {}", v["bytes_in"], v["bytes_out"]);
     println!(
-        "blocks    verified {}   sent {}",
+        "stored    {} feed(s), {} blocks, {} bytes",
+        v["feeds_held"], v["blocks_stored"], v["bytes_stored"]
+    );
+    println!(
+        "traffic   since start: {} bytes in, {} bytes out",
+        v["bytes_in"], v["bytes_out"]
+    );
+    println!(
+        "blocks    since start: {} received and verified, {} sent",
         v["blocks_verified"], v["feed_blocks_out"]
     );
     for t in v["topics"].as_array().into_iter().flatten() {

@@ -1,0 +1,257 @@
+//! The feed requests: create, append, read, inspect, list, get by key with progress, and
+//! tail.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::handle::parse_key;
+use super::{Answer, STREAM_QUEUE};
+use crate::feed_peers::FeedPeer;
+use crate::node::NodeHandle;
+use crate::FeedKey;
+
+/// How often at most `feed get` sends a progress line while blocks arrive: a bar
+/// redrawn four times a second looks live without flooding a pipe.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Blocks per read while tailing: at most 16 MiB of 1 MiB blocks in memory at once.
+const TAIL_BATCH: u64 = 16;
+
+/// Lines a tail may queue for a slow client: each may be a 1 MiB block (2 MiB of hex).
+const TAIL_QUEUE: usize = 8;
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+pub(super) async fn new(node: &NodeHandle) -> Result<Answer, String> {
+    let key = node.create_feed().await.map_err(text)?;
+    Ok(Answer::One(json!({ "key": hex::encode(key.0) })))
+}
+
+pub(super) async fn append(
+    node: &NodeHandle,
+    key: &str,
+    blocks: &[String],
+) -> Result<Answer, String> {
+    let feed = FeedKey(parse_key(key)?);
+    let blocks = blocks
+        .iter()
+        .map(|b| hex::decode(b).map_err(|_| "a block is not hex".to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let length = node.append(feed, blocks).await.map_err(text)?;
+    Ok(Answer::One(json!({ "length": length })))
+}
+
+pub(super) async fn cat(
+    node: &NodeHandle,
+    key: &str,
+    start: u64,
+    end: Option<u64>,
+) -> Result<Answer, String> {
+    let feed = FeedKey(parse_key(key)?);
+    let end = match end {
+        Some(end) => end,
+        None => node.open_feed(feed).await.map_err(text)?.length,
+    };
+    if start > end {
+        return Err(format!("start {start} is past end {end}"));
+    }
+    let blocks = node.read(feed, start..end).await.map_err(text)?;
+    Ok(Answer::One(
+        json!({ "blocks": blocks.iter().map(hex::encode).collect::<Vec<_>>() }),
+    ))
+}
+
+/// A peer of a feed as JSON.
+fn peer_json(p: &FeedPeer, now: Instant) -> Value {
+    json!({
+        "peer": hex::encode(p.peer.as_bytes()),
+        "length": p.length,
+        "blocks_in": p.blocks_in,
+        "bytes_in": p.bytes_in,
+        "seen_secs_ago": now.saturating_duration_since(p.seen).as_secs(),
+    })
+}
+
+pub(super) async fn info(node: &NodeHandle, key: &str) -> Result<Answer, String> {
+    let feed = FeedKey(parse_key(key)?);
+    let info = node.open_feed(feed).await.map_err(text)?;
+    let now = Instant::now();
+    Ok(Answer::One(json!({
+        "key": hex::encode(info.key.0),
+        "writable": info.writable,
+        "length": info.length,
+        "stored": info.stored,
+        "contiguous": info.contiguous_length,
+        "byte_length": info.byte_length,
+        "tree_hash": info.head.as_ref().map(|h| hex::encode(h.tree_hash)),
+        "discovery_key": hex::encode(info.key.discovery_key().0),
+        "peers": node.feed_peers(&feed).iter().map(|p| peer_json(p, now)).collect::<Vec<_>>(),
+    })))
+}
+
+pub(super) async fn list(node: &NodeHandle) -> Result<Answer, String> {
+    let feeds = node.list_feeds().await.map_err(text)?;
+    Ok(Answer::One(Value::Array(
+        feeds
+            .iter()
+            .map(|f| {
+                json!({
+                    "key": hex::encode(f.info.key.0),
+                    "writable": f.info.writable,
+                    "length": f.info.length,
+                    "stored": f.info.stored,
+                    "byte_length": f.info.byte_length,
+                    "stored_bytes": f.stored_bytes,
+                    "namespaces": f.namespaces,
+                })
+            })
+            .collect(),
+    )))
+}
+
+/// Where a `feed get` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    length: u64,
+    stored: u64,
+    /// The longest signed length a peer reported, if any peer reported one.
+    remote: Option<u64>,
+    /// Peers that reported a signed length.
+    peers: usize,
+    /// Bytes downloaded since the `get` began.
+    bytes: u64,
+}
+
+impl Progress {
+    /// In sync: a peer that has the feed reported its signed length, ours is at least
+    /// that, and every block up to ours is stored here.
+    fn in_sync(&self) -> bool {
+        self.remote.is_some_and(|r| self.length >= r) && self.stored == self.length
+    }
+}
+
+fn downloaded(peers: &[FeedPeer]) -> u64 {
+    peers.iter().map(|p| p.bytes_in).sum()
+}
+
+/// `feed get`: the replica (created if needed), the join, then a progress line at each
+/// change (at most every [`PROGRESS_EVERY`]) until in sync, or for ever with `follow`.
+pub(super) async fn get(node: &NodeHandle, key: &str, follow: bool) -> Result<Answer, String> {
+    let feed = FeedKey(parse_key(key)?);
+    let got = node.get_feed(feed).await.map_err(text)?;
+    let mut state = node.subscribe_feed(feed).await.map_err(text)?;
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let first = json!({
+        "event": "get",
+        "key": hex::encode(feed.0),
+        "created": got.created,
+        "discovery_key": hex::encode(feed.discovery_key().0),
+        "peers_found": got.join.peers_found,
+    });
+    let node = node.clone();
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let started = Instant::now();
+        let base = downloaded(&node.feed_peers(&feed));
+        let mut byte_length = got.info.byte_length;
+        let mut last: Option<Progress> = None;
+        let mut sent: Option<Instant> = None;
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            let s = *state.borrow_and_update();
+            let peers = node.feed_peers(&feed);
+            let now = Progress {
+                length: s.length,
+                stored: s.stored,
+                remote: peers.iter().map(|p| p.length).max().filter(|l| *l > 0),
+                peers: peers.iter().filter(|p| p.length > 0).count(),
+                bytes: downloaded(&peers).saturating_sub(base),
+            };
+            if last.is_none_or(|l| l.length != now.length) {
+                if let Ok(info) = node.open_feed(feed).await {
+                    byte_length = info.byte_length;
+                }
+            }
+            let done = now.in_sync() && !follow;
+            let due = sent.is_none_or(|at: Instant| at.elapsed() >= PROGRESS_EVERY);
+            if (last != Some(now) && (due || now.in_sync())) || done {
+                last = Some(now);
+                sent = Some(Instant::now());
+                let seconds = started.elapsed().as_secs_f64();
+                let line = json!({
+                    "event": if now.in_sync() { "synced" } else { "progress" },
+                    "length": now.length,
+                    "stored": now.stored,
+                    "byte_length": byte_length,
+                    "remote_length": now.remote,
+                    "peers": now.peers,
+                    "bytes_in": now.bytes,
+                    "seconds": seconds,
+                    "bytes_per_s": if seconds > 0.0 { now.bytes as f64 / seconds } else { 0.0 },
+                    "in_sync": now.in_sync(),
+                });
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                return;
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Ok(Answer::Stream(rx))
+}
+
+/// `feed cat --follow`: the blocks from `start` on, in order, as they are stored here.
+pub(super) async fn tail(node: &NodeHandle, key: &str, start: u64) -> Result<Answer, String> {
+    let feed = FeedKey(parse_key(key)?);
+    let mut state = node.subscribe_feed(feed).await.map_err(text)?;
+    let (tx, rx) = mpsc::channel(TAIL_QUEUE);
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut at = start;
+        loop {
+            state.borrow_and_update();
+            let end = match node.open_feed(feed).await {
+                Ok(info) => info.contiguous_length,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            while at < end {
+                let to = end.min(at + TAIL_BATCH);
+                let blocks = match node.read(feed, at..to).await {
+                    Ok(blocks) => blocks,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        return;
+                    }
+                };
+                for block in blocks {
+                    let line = json!({ "index": at, "block": hex::encode(block) });
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                    at += 1;
+                }
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Ok(Answer::Stream(rx))
+}

@@ -1,0 +1,157 @@
+//! Which peers have each feed and how far: the signed lengths they announced, what we
+//! downloaded from them, and when they last said anything about the feed.
+//!
+//! Fed from the feed store's events (`PeerHead`, `FeedSynced`, `Downloaded`); read by
+//! [`NodeHandle::feed_peers`](crate::NodeHandle::feed_peers). Bounded per feed and in
+//! total: the least recently heard peer (or feed) makes room for a new one.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use replic8::keys::FeedKey;
+use replic8_connmgr::PeerKey;
+
+/// Most peers remembered per feed: enough to show where a feed comes from; a swarm's
+/// long tail is not worth the memory.
+pub const PEERS_PER_FEED: usize = 32;
+/// Most (feed, peer) entries in all: 64 K entries of ~100 bytes, a few MB at most.
+pub const MAX_ENTRIES: usize = 65_536;
+
+/// What one peer told us about one feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPeer {
+    /// The peer.
+    pub peer: PeerKey,
+    /// The longest signed length the peer announced (or agreed on in sync); 0 if it
+    /// announced none yet.
+    pub length: u64,
+    /// Blocks downloaded from this peer, verified, since the node started.
+    pub blocks_in: u64,
+    /// Bytes of those blocks.
+    pub bytes_in: u64,
+    /// When the peer last reported anything about the feed.
+    pub seen: Instant,
+}
+
+/// The bounded table.
+#[derive(Debug, Default)]
+pub(crate) struct FeedPeers {
+    feeds: HashMap<FeedKey, Vec<FeedPeer>>,
+    entries: usize,
+}
+
+impl FeedPeers {
+    /// Records what `peer` reported about `feed`: a signed length, and/or downloaded
+    /// blocks and bytes.
+    pub(crate) fn report(
+        &mut self,
+        feed: FeedKey,
+        peer: PeerKey,
+        length: Option<u64>,
+        downloaded: (u64, u64),
+        now: Instant,
+    ) {
+        let known = self
+            .feeds
+            .get(&feed)
+            .is_some_and(|peers| peers.iter().any(|p| p.peer == peer));
+        if !known && self.entries >= MAX_ENTRIES {
+            self.evict_feed();
+        }
+        let peers = self.feeds.entry(feed).or_default();
+        let entry = match peers.iter().position(|p| p.peer == peer) {
+            Some(i) => &mut peers[i],
+            None => {
+                if peers.len() >= PEERS_PER_FEED {
+                    if let Some(oldest) = (0..peers.len()).min_by_key(|&i| peers[i].seen) {
+                        peers.swap_remove(oldest);
+                        self.entries -= 1;
+                    }
+                }
+                peers.push(FeedPeer {
+                    peer,
+                    length: 0,
+                    blocks_in: 0,
+                    bytes_in: 0,
+                    seen: now,
+                });
+                self.entries += 1;
+                let last = peers.len() - 1;
+                &mut peers[last]
+            }
+        };
+        if let Some(length) = length {
+            entry.length = entry.length.max(length);
+        }
+        entry.blocks_in += downloaded.0;
+        entry.bytes_in += downloaded.1;
+        entry.seen = now;
+    }
+
+    /// The peers that reported about `feed`, longest length first.
+    pub(crate) fn peers(&self, feed: &FeedKey) -> Vec<FeedPeer> {
+        let mut peers = self.feeds.get(feed).cloned().unwrap_or_default();
+        peers.sort_by(|a, b| b.length.cmp(&a.length).then(b.seen.cmp(&a.seen)));
+        peers
+    }
+
+    /// Drops the table of the feed heard from least recently.
+    fn evict_feed(&mut self) {
+        let oldest = self
+            .feeds
+            .iter()
+            .min_by_key(|(_, peers)| peers.iter().map(|p| p.seen).max())
+            .map(|(feed, _)| *feed);
+        if let Some(feed) = oldest {
+            if let Some(peers) = self.feeds.remove(&feed) {
+                self.entries -= peers.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn peer(n: u8) -> PeerKey {
+        PeerKey::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn lengths_only_grow_downloads_add_up_and_the_table_stays_bounded() {
+        let mut t = FeedPeers::default();
+        let now = Instant::now();
+        let feed = FeedKey([1; 32]);
+        t.report(feed, peer(1), Some(10), (0, 0), now);
+        t.report(feed, peer(1), Some(7), (3, 300), now);
+        t.report(feed, peer(2), None, (1, 100), now);
+        let peers = t.peers(&feed);
+        assert_eq!(peers.len(), 2);
+        assert_eq!((peers[0].peer, peers[0].length), (peer(1), 10));
+        assert_eq!((peers[0].blocks_in, peers[0].bytes_in), (3, 300));
+        assert_eq!(peers[1].length, 0);
+        // Per feed: the least recently heard peer makes room.
+        for n in 0..PEERS_PER_FEED as u8 + 5 {
+            let at = now + Duration::from_secs(u64::from(n) + 1);
+            t.report(feed, peer(10 + n), Some(1), (0, 0), at);
+        }
+        let peers = t.peers(&feed);
+        assert_eq!(peers.len(), PEERS_PER_FEED);
+        assert!(peers.iter().all(|p| p.peer != peer(1) && p.peer != peer(2)));
+        // In total: the feed heard from least recently goes.
+        let mut t = FeedPeers::default();
+        for i in 0..MAX_ENTRIES + 3 {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let at = now + Duration::from_millis(i as u64);
+            t.report(FeedKey(key), peer(1), Some(1), (0, 0), at);
+        }
+        assert_eq!(t.entries, MAX_ENTRIES);
+        assert!(
+            t.peers(&FeedKey([0; 32])).is_empty(),
+            "the oldest feed went"
+        );
+    }
+}

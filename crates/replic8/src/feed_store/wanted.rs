@@ -1,0 +1,114 @@
+//! Feeds asked for by key ([`GetFeed`]) and the list of held feeds ([`ListFeeds`]).
+//!
+//! Knowing a feed's public key is the capability to read it, as in hypercore: a replica
+//! asked for by key belongs to the public namespace `""`, so it is announced by
+//! discovery key on every session and replicated with each peer that holds the feed
+//! publicly (a feed created there and never shared in a named namespace, or shared in
+//! `""`). A feed held only in named namespaces is never served this way, on either side:
+//! asking for it by key changes nothing of where it belongs.
+
+use actix::{ActorFutureExt, Context, Handler, ResponseActFuture, WrapFuture};
+use replic8_store::storage::Storage;
+use tracing::warn;
+
+use super::membership::Member;
+use super::{FeedInfo, FeedStore, FeedStoreError, FeedSummary, GetFeed, ListFeeds};
+use crate::keys::FeedKey;
+use crate::store::Announce;
+
+impl<St: Storage> Handler<GetFeed> for FeedStore<St> {
+    type Result = ResponseActFuture<Self, Result<(FeedInfo, bool), FeedStoreError>>;
+
+    /// A held feed is opened as it is. A new one is checked to be an ed25519 key, made a
+    /// member of `""` (durably) before its replica is created, so a crash in between
+    /// leaves no feed in no namespace; then it is announced.
+    fn handle(&mut self, msg: GetFeed, _: &mut Context<Self>) -> Self::Result {
+        let feed = msg.feed;
+        if self.held.contains(&feed) {
+            return Box::pin(
+                self.blocking(move |registry| Ok((registry.get(feed, false)?.info(), false)))
+                    .into_actor(self),
+            );
+        }
+        let checked = async move {
+            tokio::task::spawn_blocking(move || replic8_store::FeedKey::try_from(feed))
+                .await
+                .map_err(|e| FeedStoreError::Worker(e.to_string()))?
+                .map_err(FeedStoreError::from)
+        };
+        Box::pin(checked.into_actor(self).then(move |checked, act, _| {
+            let persist = checked.is_ok().then(|| {
+                act.members.entry(feed).or_insert_with(Member::wanted);
+                act.member_changes += 1;
+                act.persist()
+            });
+            let create = act.blocking(move |registry| Ok(registry.get(feed, true)?.info()));
+            async move {
+                checked?;
+                if let Some(persist) = persist {
+                    persist.await;
+                }
+                create.await
+            }
+            .into_actor(act)
+            .map(move |created, act, _| {
+                match &created {
+                    Ok(_) => {
+                        act.held.insert(feed);
+                        act.shared.sessions.do_send(Announce {
+                            namespace: String::new(),
+                            feeds: vec![feed],
+                        });
+                    }
+                    Err(_) => {
+                        // Not held: the membership goes with the feed it was for.
+                        act.members.remove(&feed);
+                        act.member_changes += 1;
+                        actix::spawn(act.persist());
+                    }
+                }
+                Ok((created?, true))
+            })
+        }))
+    }
+}
+
+impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
+    type Result = ResponseActFuture<Self, Result<Vec<FeedSummary>, FeedStoreError>>;
+
+    fn handle(&mut self, _: ListFeeds, _: &mut Context<Self>) -> Self::Result {
+        let mut keys: Vec<(FeedKey, Vec<String>)> = self
+            .held
+            .iter()
+            .map(|key| {
+                let names = self.members.get(key).map(Member::names).unwrap_or_default();
+                (*key, names)
+            })
+            .collect();
+        keys.sort_unstable_by_key(|(k, _)| k.0);
+        Box::pin(
+            self.blocking(move |registry| {
+                let mut list = Vec::with_capacity(keys.len());
+                for (key, namespaces) in keys {
+                    let opened = registry.get(key, false).and_then(|entry| {
+                        let info = entry.info();
+                        let stored_bytes = entry.lock().stored_bytes()?;
+                        Ok((info, stored_bytes))
+                    });
+                    match opened {
+                        Ok((info, stored_bytes)) => list.push(FeedSummary {
+                            info,
+                            stored_bytes,
+                            namespaces,
+                        }),
+                        Err(e) => {
+                            warn!(feed = %key.fmt_short(), error = %e, "feed left out of the list")
+                        }
+                    }
+                }
+                Ok(list)
+            })
+            .into_actor(self),
+        )
+    }
+}
