@@ -1,6 +1,10 @@
 //! Runs one session over a QUIC connection: the I/O around a [`Session`] core.
 //!
-//! [`run`] owns the core. Small tokio tasks do the I/O and report back on one channel:
+//! [`run`] owns the core and is a plain loop: it feeds the core its inputs (control bytes
+//! read, feed streams taken, store answers, commands, the time) and carries out its
+//! outputs (frames to write, feed streams to open or close, calls to stores, events).
+//! The protocol's bookkeeping (readiness, the streams stores hold) is the core's.
+//! Small tokio tasks do the I/O and report back on one channel:
 //! a reader for the control stream, which reads the next chunk only when given a
 //! credit (the core wants bytes while its queued output is under its bound, so a peer
 //! that sends and never reads meets QUIC flow control), a writer fed by a channel that
@@ -25,7 +29,7 @@ use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
-    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side,
+    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side, StoreCall,
     StreamCommand, StreamId,
 };
 use crate::store::{
@@ -37,6 +41,9 @@ use crate::store::{
 const MAX_STREAM_HEADER: usize = 256;
 /// Bytes asked of the control stream per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// The answer to a store call for a namespace no store serves (never expected: the
+/// driver registers a namespace in the core only with its store).
+const NO_STORE: &str = "no store serves the namespace";
 /// How long the writer may take to flush the close frame before the connection closes.
 const CLOSE_FLUSH: Duration = Duration::from_millis(250);
 
@@ -180,8 +187,6 @@ pub async fn run(
         .iter()
         .map(|n| (n.name.clone(), n.store.clone()))
         .collect();
-    // Streams handed to stores, to detach them when the session ends.
-    let mut attached: HashMap<StreamId, (FeedKey, String)> = HashMap::new();
 
     let (input_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
     let mut tasks = JoinSet::new();
@@ -219,19 +224,13 @@ pub async fn run(
         });
     }
 
-    // Ask every store what it shares and holds; we are ready once all answered.
-    let mut initial = 0usize;
+    // Every store is asked what it shares and holds; the core is ready once all answered.
     for entry in &namespaces {
-        if let Err(e) = session.handle_register_namespace(&entry.name, entry.secret.clone()) {
+        if let Err(e) = session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
             warn!(namespace = %entry.name, error = %e, "namespace not registered");
-            continue;
         }
-        initial += 2;
-        ask_store(&mut tasks, entry, peer, input_tx.clone());
     }
-    if initial == 0 {
-        let _ = session.handle_ready();
-    }
+    let _ = session.handle_ready();
 
     loop {
         // Carry out everything the core wants.
@@ -253,7 +252,6 @@ pub async fn run(
                         session.handle_stream_closed(&feed, stream);
                         continue;
                     };
-                    attached.insert(stream, (feed, namespace.clone()));
                     let (connection, tx) = (connection.clone(), input_tx.clone());
                     tasks.spawn(async move {
                         let opened = open_feed_stream(&connection, &header).await;
@@ -280,7 +278,6 @@ pub async fn run(
                     namespace,
                     stream,
                 } => {
-                    attached.remove(&stream);
                     if let Some(store) = stores.get(&namespace) {
                         store.detach.do_send(Detach {
                             feed,
@@ -290,6 +287,43 @@ pub async fn run(
                         });
                     }
                 }
+            }
+        }
+        // After the end, the only calls are detaches, made once the connection is closed.
+        while session.end_reason().is_none() {
+            let Some(call) = session.poll_store() else {
+                break;
+            };
+            match call {
+                StoreCall::Shares { namespace } => match stores.get(&namespace).cloned() {
+                    Some(store) => {
+                        let tx = input_tx.clone();
+                        tasks.spawn(async move {
+                            let msg = Shares {
+                                peer,
+                                namespace: namespace.clone(),
+                            };
+                            let answer = flatten(store.shares.send(msg).await);
+                            let _ = tx.send(Input::Shares(namespace, answer));
+                        });
+                    }
+                    None => session.handle_shares(&namespace, Err(NO_STORE.into())),
+                },
+                StoreCall::Known { namespace } => match stores.get(&namespace).cloned() {
+                    Some(store) => {
+                        let tx = input_tx.clone();
+                        tasks.spawn(async move {
+                            let msg = KnownFeeds {
+                                peer,
+                                namespace: namespace.clone(),
+                            };
+                            let answer = flatten(store.known.send(msg).await);
+                            let _ = tx.send(Input::Known(namespace, answer));
+                        });
+                    }
+                    None => session.handle_known(&namespace, Err(NO_STORE.into())),
+                },
+                StoreCall::Detach { .. } => {}
             }
         }
         let mut ended = None;
@@ -337,14 +371,21 @@ pub async fn run(
                 let _ = tokio::time::timeout(CLOSE_FLUSH, &mut handle).await;
             }
             connection.close(close_code(reason.code), reason.reason.as_bytes());
-            for (id, (feed, namespace)) in attached.drain() {
-                if let Some(store) = stores.get(&namespace) {
-                    store.detach.do_send(Detach {
-                        feed,
-                        peer,
-                        id,
-                        reason: DetachReason::SessionEnded(reason.to_string()),
-                    });
+            while let Some(call) = session.poll_store() {
+                if let StoreCall::Detach {
+                    feed,
+                    namespace,
+                    stream,
+                } = call
+                {
+                    if let Some(store) = stores.get(&namespace) {
+                        store.detach.do_send(Detach {
+                            feed,
+                            peer,
+                            id: stream,
+                            reason: DetachReason::SessionEnded(reason.to_string()),
+                        });
+                    }
                 }
             }
             debug!(%reason, "session ended");
@@ -379,7 +420,6 @@ pub async fn run(
                             match stores.get(&incoming.namespace).cloned() {
                                 Some(store) => {
                                     if let Some(old) = incoming.replaces {
-                                        attached.remove(&old);
                                         store.detach.do_send(Detach {
                                             feed,
                                             peer,
@@ -387,7 +427,6 @@ pub async fn run(
                                             reason: DetachReason::Synced,
                                         });
                                     }
-                                    attached.insert(id, (feed, incoming.namespace.clone()));
                                     let msg = Attach {
                                         feed,
                                         namespace: incoming.namespace,
@@ -409,42 +448,15 @@ pub async fn run(
                     }
                     Input::Incoming(Err(e)) => session.handle_incoming_stream_error(e),
                     Input::HeaderStalled => session.handle_stream_header_stalled(),
-                    Input::Shares(namespace, result) => {
-                        match result {
-                            Ok(feeds) => {
-                                let list = feeds.into_iter().map(|f| (f.key, f.headers)).collect();
-                                if let Err(e) = session.handle_share(&namespace, list) {
-                                    warn!(%namespace, error = %e, "share refused");
-                                }
-                            }
-                            Err(e) => warn!(%namespace, error = %e, "store did not say what it shares"),
-                        }
-                        initial = initial.saturating_sub(1);
-                        if initial == 0 {
-                            let _ = session.handle_ready();
-                        }
+                    Input::Shares(namespace, answer) => {
+                        let list = answer.map(|feeds| feeds.into_iter().map(|f| (f.key, f.headers)).collect());
+                        session.handle_shares(&namespace, list);
                     }
-                    Input::Known(namespace, result) => {
-                        match result {
-                            Ok(feeds) => {
-                                if let Err(e) = session.handle_known_feeds(&namespace, feeds) {
-                                    warn!(%namespace, error = %e, "known feeds refused");
-                                }
-                            }
-                            Err(e) => warn!(%namespace, error = %e, "store did not say what it holds"),
-                        }
-                        initial = initial.saturating_sub(1);
-                        if initial == 0 {
-                            let _ = session.handle_ready();
-                        }
-                    }
+                    Input::Known(namespace, answer) => session.handle_known(&namespace, answer),
                     Input::Answer(offer, answer) => {
                         let _ = session.handle_offer_answer(offer, answer);
                     }
-                    Input::OpenFailed(feed, stream) => {
-                        attached.remove(&stream);
-                        session.handle_stream_closed(&feed, stream);
-                    }
+                    Input::OpenFailed(feed, stream) => session.handle_stream_closed(&feed, stream),
                     Input::Lost(error) => lost(&mut session, error),
                 }
             }
@@ -455,10 +467,7 @@ pub async fn run(
                 }
                 Some(SessionCommand::FeedSynced { feed, length }) => session.handle_feed_synced(&feed, length),
                 Some(SessionCommand::FeedUpdated { feed, length }) => session.handle_feed_updated(&feed, length),
-                Some(SessionCommand::StreamEnded { feed, id }) => {
-                    attached.remove(&id);
-                    session.handle_stream_closed(&feed, id);
-                }
+                Some(SessionCommand::StreamEnded { feed, id }) => session.handle_stream_closed(&feed, id),
                 Some(SessionCommand::FeedFailed { feed, reason }) => {
                     session.handle_feed_failed(&feed, &reason);
                 }
@@ -466,11 +475,9 @@ pub async fn run(
                     session.handle_feed_stalled(&feed, &reason);
                 }
                 Some(SessionCommand::Register(entry)) => {
-                    match session.handle_register_namespace(&entry.name, entry.secret.clone()) {
+                    match session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
                         Ok(()) => {
-                            stores.insert(entry.name.clone(), entry.store.clone());
-                            initial += 2;
-                            ask_store(&mut tasks, &entry, peer, input_tx.clone());
+                            stores.insert(entry.name, entry.store);
                         }
                         Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
                     }
@@ -487,28 +494,6 @@ pub async fn run(
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
     }
-}
-
-/// Asks a namespace's store what it shares and holds; the answers come back as inputs.
-fn ask_store(
-    tasks: &mut JoinSet<()>,
-    entry: &NamespaceEntry,
-    peer: PeerKey,
-    tx: mpsc::UnboundedSender<Input>,
-) {
-    let (store, name) = (entry.store.clone(), entry.name.clone());
-    tasks.spawn(async move {
-        let shares = store.shares.send(Shares {
-            peer,
-            namespace: name.clone(),
-        });
-        let _ = tx.send(Input::Shares(name.clone(), flatten(shares.await)));
-        let known = store.known.send(KnownFeeds {
-            peer,
-            namespace: name.clone(),
-        });
-        let _ = tx.send(Input::Known(name, flatten(known.await)));
-    });
 }
 
 fn close_code(code: CloseCode) -> quinn::VarInt {

@@ -3,7 +3,7 @@
 
 use super::config::Mode;
 use super::state::Stop;
-use super::types::{EndReason, SessionEvent, Side, VIOLATIONS};
+use super::types::{EndReason, SessionEvent, Side, StoreCall, VIOLATIONS};
 use crate::frame::FrameError;
 use crate::keys::FeedKey;
 use crate::message::{CloseCode, Message, MAX_REASON_LEN};
@@ -121,6 +121,15 @@ impl Session {
         self.streams.clear();
         self.share_queue.clear();
         self.have_queue.clear();
+        // Questions to stores are moot; every stream a store holds is taken back.
+        self.store_calls.clear();
+        for (stream, (feed, namespace)) in std::mem::take(&mut self.attached) {
+            self.store_calls.push_back(StoreCall::Detach {
+                feed,
+                namespace,
+                stream,
+            });
+        }
         let reason = EndReason {
             code,
             by,

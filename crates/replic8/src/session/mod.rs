@@ -88,6 +88,8 @@
 //! - `offers.rs`: our shares and offers, the peer's offers and answers, readiness;
 //! - `have.rs`: all-to-all replication by `have` lists;
 //! - `streams.rs`: feed streams: opening, taking, closing, reopening;
+//! - `stores.rs`: the driver's store calls: what a served namespace's store shares and
+//!   holds (our `Ready` waits for it), and the streams stores hold, detached at the end;
 //! - `feeds.rs`: a replicated feed's sync state, notices and faults;
 //! - `end.rs`: how a session ends, and misbehaviour.
 
@@ -99,10 +101,11 @@ mod have;
 mod namespaces;
 mod offers;
 mod state;
+mod stores;
 mod streams;
 mod types;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::keys::{DiscoveryKey, ExporterSecret, FeedKey, Role};
@@ -115,8 +118,8 @@ pub use config::{
 };
 use state::{Known, Namespace, OurOffer, PeerOffer, Replicated};
 pub use types::{
-    CommandError, EndReason, IncomingFeed, SessionEvent, SessionStats, Side, StreamCommand,
-    StreamId, StreamRefused,
+    CommandError, EndReason, IncomingFeed, SessionEvent, SessionStats, Side, StoreCall,
+    StreamCommand, StreamId, StreamRefused,
 };
 
 /// The session core. See the module documentation.
@@ -197,6 +200,16 @@ pub struct Session {
     /// until the next `handle_timeout` tells the time.
     reopens: HashMap<FeedKey, Option<Instant>>,
 
+    /// Streams given to stores (opened by us, or taken from the peer) and not taken back,
+    /// to their feed and namespace: detached when the session ends.
+    attached: BTreeMap<StreamId, (FeedKey, String)>,
+    /// Calls to stores for the driver to make.
+    store_calls: VecDeque<StoreCall>,
+    /// Served namespaces whose store has not yet said what it shares and holds.
+    store_asks: usize,
+    /// [`Session::handle_ready`] was called: `Ready` goes out once `store_asks` is zero.
+    ready_wanted: bool,
+    /// Our `Ready` was sent.
     local_ready: bool,
     peer_ready: bool,
     settled_sent: bool,
@@ -265,6 +278,10 @@ impl Session {
             open_streams: 0,
             reopens: HashMap::new(),
             next_stream: first_stream,
+            attached: BTreeMap::new(),
+            store_calls: VecDeque::new(),
+            store_asks: 0,
+            ready_wanted: false,
             local_ready: false,
             peer_ready: false,
             settled_sent: false,

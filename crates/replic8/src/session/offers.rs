@@ -104,12 +104,22 @@ impl Session {
 
     /// We made our initial shares and announcements; a one-shot session may end once
     /// both sides are ready and everything is in sync.
+    ///
+    /// Namespaces served with [`Session::handle_serve_namespace`] are part of the start:
+    /// `Ready` waits until their stores said what they share and hold.
     pub fn handle_ready(&mut self) -> Result<(), CommandError> {
         self.alive()?;
-        if !std::mem::replace(&mut self.local_ready, true) {
+        self.ready_wanted = true;
+        self.maybe_ready();
+        Ok(())
+    }
+
+    /// Sends our `Ready` once it is wanted and no store question is outstanding.
+    pub(super) fn maybe_ready(&mut self) {
+        if self.ready_wanted && self.store_asks == 0 && !self.local_ready {
+            self.local_ready = true;
             self.send(Message::Ready);
         }
-        Ok(())
     }
 
     /// Sends our `Settled` once every offer the peer's initial tags unlocked is out:

@@ -24,7 +24,15 @@ impl Session {
             return Err(StreamRefused(reason.clone()));
         }
         match self.take_incoming(header) {
-            Ok(incoming) => Ok(incoming),
+            Ok(incoming) => {
+                // The driver gives it to the store, or reports it closed at once.
+                if let Some(old) = incoming.replaces {
+                    self.attached.remove(&old);
+                }
+                self.attached
+                    .insert(incoming.stream, (incoming.feed, incoming.namespace.clone()));
+                Ok(incoming)
+            }
             Err((code, reason)) => {
                 self.fail(code, reason);
                 Err(StreamRefused(self.ended.clone().unwrap_or_else(|| {
@@ -166,6 +174,7 @@ impl Session {
     /// session already is ignored. On the dialer, a feed that is not in sync both ways
     /// is reopened after [`reopen_delay`] (see the module documentation).
     pub fn handle_stream_closed(&mut self, feed: &FeedKey, stream: StreamId) {
+        self.attached.remove(&stream);
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
@@ -185,8 +194,24 @@ impl Session {
     }
 
     /// The next feed stream to open or close.
+    /// An opened stream counts as given to its store from here, a closed one as taken
+    /// back (see [`StoreCall::Detach`](super::StoreCall::Detach)).
     pub fn poll_stream(&mut self) -> Option<StreamCommand> {
-        self.streams.pop_front()
+        let command = self.streams.pop_front()?;
+        match &command {
+            StreamCommand::Open {
+                feed,
+                namespace,
+                stream,
+                ..
+            } => {
+                self.attached.insert(*stream, (*feed, namespace.clone()));
+            }
+            StreamCommand::Close { stream, .. } => {
+                self.attached.remove(stream);
+            }
+        }
+        Some(command)
     }
 
     pub(super) fn replicate(&mut self, key: FeedKey, namespace: &str, route: Route) {

@@ -149,6 +149,33 @@ pub enum StreamCommand {
     },
 }
 
+/// A call for the driver to make to a namespace's store. Answers come back as inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreCall {
+    /// Ask the store which feeds it shares with the peer; answer with
+    /// [`Session::handle_shares`](super::Session::handle_shares).
+    Shares {
+        /// The namespace.
+        namespace: String,
+    },
+    /// Ask the store which feeds it holds for all-to-all replication; answer with
+    /// [`Session::handle_known`](super::Session::handle_known).
+    Known {
+        /// The namespace.
+        namespace: String,
+    },
+    /// The session ended: take back a stream the store was given (after the connection
+    /// is closed), with the session's end reason.
+    Detach {
+        /// The feed.
+        feed: FeedKey,
+        /// The namespace whose store has the stream.
+        namespace: String,
+        /// The stream.
+        stream: StreamId,
+    },
+}
+
 /// Counters of one session, for status views and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
