@@ -4,14 +4,16 @@
 //! read, feed streams taken, store answers, commands, the time) and carries out its
 //! outputs (frames to write, feed streams to open or close, calls to stores, events).
 //! The protocol's bookkeeping (readiness, the streams stores hold) is the core's.
-//! Small tokio tasks do the I/O and report back on one channel:
-//! a reader for the control stream, which reads the next chunk only when given a
-//! credit (the core wants bytes while its queued output is under its bound, so a peer
-//! that sends and never reads meets QUIC flow control), a writer fed by a channel that
-//! reports what it wrote (its queue counts in the core's bound), an accept loop for the peer's feed streams (each header read with
-//! exact reads, so no byte of the store's protocol is consumed), and one task per feed
-//! stream to open. Store calls are actix messages sent from those tasks; the core sees
-//! the answers as inputs. Every task is owned by [`run`] and aborted when it returns.
+//!
+//! Small tokio tasks do the I/O and report back on one channel: a reader for the
+//! control stream, which reads the next chunk only when given a credit (the core wants
+//! bytes while its queued output is under its bound, so a peer that sends and never
+//! reads meets QUIC flow control), a writer fed by a channel that reports what it wrote
+//! (its queue counts in the core's bound), an accept loop for the peer's feed streams
+//! (each header read with exact reads, so no byte of the store's protocol is consumed),
+//! and one task per feed stream to open. Store calls are actix messages sent from
+//! those tasks; the core sees the answers as inputs. Every task is owned by [`run`]
+//! and aborted when it returns.
 //!
 //! The connection is closed when the session ends, with the close code as the QUIC
 //! application error code and the reason as the reason phrase, so the peer learns why
@@ -294,37 +296,18 @@ pub async fn run(
             let Some(call) = session.poll_store() else {
                 break;
             };
-            match call {
-                StoreCall::Shares { namespace } => match stores.get(&namespace).cloned() {
-                    Some(store) => {
-                        let tx = input_tx.clone();
-                        tasks.spawn(async move {
-                            let msg = Shares {
-                                peer,
-                                namespace: namespace.clone(),
-                            };
-                            let answer = flatten(store.shares.send(msg).await);
-                            let _ = tx.send(Input::Shares(namespace, answer));
-                        });
-                    }
-                    None => session.handle_shares(&namespace, Err(NO_STORE.into())),
-                },
-                StoreCall::Known { namespace } => match stores.get(&namespace).cloned() {
-                    Some(store) => {
-                        let tx = input_tx.clone();
-                        tasks.spawn(async move {
-                            let msg = KnownFeeds {
-                                peer,
-                                namespace: namespace.clone(),
-                            };
-                            let answer = flatten(store.known.send(msg).await);
-                            let _ = tx.send(Input::Known(namespace, answer));
-                        });
-                    }
-                    None => session.handle_known(&namespace, Err(NO_STORE.into())),
-                },
-                StoreCall::Detach { .. } => {}
-            }
+            let namespace = match &call {
+                StoreCall::Shares { namespace }
+                | StoreCall::Known { namespace }
+                | StoreCall::Detach { namespace, .. } => namespace,
+            };
+            let store = stores.get(namespace).cloned();
+            let tx = input_tx.clone();
+            tasks.spawn(async move {
+                if let Some(answer) = ask_store(store, peer, call).await {
+                    let _ = tx.send(answer);
+                }
+            });
         }
         let mut ended = None;
         while let Some(event) = session.poll_event() {
@@ -493,6 +476,42 @@ pub async fn run(
             Some(_) = tasks.join_next() => {}
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
+    }
+}
+
+/// Asks a store what the core wants to know; the answer is the core's next input. A
+/// namespace without a store (never expected: the driver serves a namespace only with
+/// its store) answers with an error.
+async fn ask_store(
+    store: Option<StoreRecipients>,
+    peer: PeerKey,
+    call: StoreCall,
+) -> Option<Input> {
+    match call {
+        StoreCall::Shares { namespace } => {
+            let msg = Shares {
+                peer,
+                namespace: namespace.clone(),
+            };
+            let answer = match store {
+                Some(store) => flatten(store.shares.send(msg).await),
+                None => Err(NO_STORE.to_string()),
+            };
+            Some(Input::Shares(namespace, answer))
+        }
+        StoreCall::Known { namespace } => {
+            let msg = KnownFeeds {
+                peer,
+                namespace: namespace.clone(),
+            };
+            let answer = match store {
+                Some(store) => flatten(store.known.send(msg).await),
+                None => Err(NO_STORE.to_string()),
+            };
+            Some(Input::Known(namespace, answer))
+        }
+        // Made by `run` once the connection is closed.
+        StoreCall::Detach { .. } => None,
     }
 }
 

@@ -1,11 +1,12 @@
-//! The session core: one per connection, no I/O (STYLE.md §1).
+//! The session core: one per connection, no I/O.
 //!
 //! Inputs are `handle_*` calls: bytes that arrived on the control stream, feed streams
-//! the peer opened, local commands (register a namespace, share, announce known feeds,
-//! the store's answer to an offer, a feed's sync state) and the time. Outputs are
-//! `poll_*` calls: frames to write on the control stream, feed streams to open or close,
-//! events, and the next timer. The actor that drives a session over QUIC calls the
-//! `poll_*` methods after every input until they return `None`.
+//! the peer opened, local commands (register or serve a namespace, share, announce known
+//! feeds, a feed's sync state), the stores' answers (to an offer, to what they share and
+//! hold) and the time. Outputs are `poll_*` calls: frames to write on the control stream,
+//! feed streams to open or close, calls to stores, events, and the next timer. The
+//! driver that runs a session over QUIC calls the `poll_*` methods after every input
+//! until they return `None`.
 //!
 //! What the core enforces:
 //! - the first message is a hello with our version and dialect, within the hello timeout;
