@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
@@ -38,6 +39,7 @@ use crate::store::{
     Attach, Detach, DetachReason, FeedStream, KnownFeeds, Offer, SharedFeed, Shares, StoreError,
     StoreRecipients,
 };
+use crate::stream_io::{sleep_until, write_frames};
 
 /// Most bytes in a feed stream header frame's payload: a header is at most 75 bytes.
 const MAX_STREAM_HEADER: usize = 256;
@@ -194,7 +196,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     // Unbounded as a channel, bounded by the core: what it holds counts in the core's
     // queued bytes until the writer reports it written.
-    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut write_rx = Some(write_rx);
     // One credit lets the reader read one more chunk.
     let (credit_tx, credit_rx) = mpsc::channel::<()>(1);
@@ -237,7 +239,7 @@ pub async fn run(
     loop {
         // Carry out everything the core wants.
         while let Some(frame) = session.poll_transmit() {
-            let _ = write_tx.send(frame);
+            let _ = write_tx.send(Bytes::from(frame));
         }
         if reader_waiting && session.wants_control_bytes() && credit_tx.try_send(()).is_ok() {
             reader_waiting = false;
@@ -347,7 +349,7 @@ pub async fn run(
         if let Some(reason) = ended {
             // Flush the close frame, then close the connection with the same code.
             while let Some(frame) = session.poll_transmit() {
-                let _ = write_tx.send(frame);
+                let _ = write_tx.send(Bytes::from(frame));
             }
             drop(write_tx);
             if let Some(mut handle) = writer.take() {
@@ -376,7 +378,7 @@ pub async fn run(
             return reason;
         }
 
-        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = session.poll_timeout();
         tokio::select! {
             input = inputs.recv() => {
                 // `input_tx` lives here, so the channel never closes while we run.
@@ -385,7 +387,8 @@ pub async fn run(
                     Input::ControlStream(send, recv) => {
                         if let Some(rx) = write_rx.take() {
                             let tx = input_tx.clone();
-                            writer = Some(AbortOnDropHandle::new(tokio::spawn(write_control(send, rx, tx))));
+                            let written = move |len| { let _ = tx.send(Input::Written(len)); };
+                            writer = Some(AbortOnDropHandle::new(tokio::spawn(write_frames(send, rx, written))));
                         }
                         if let Some(credits) = credit_rx.take() {
                             tasks.spawn(read_control(recv, input_tx.clone(), credits));
@@ -539,27 +542,6 @@ fn lost(session: &mut Session, error: quinn::ConnectionError) {
         quinn::ConnectionError::LocallyClosed => {}
         other => session.handle_connection_lost(None, other.to_string()),
     }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn write_control(
-    mut send: quinn::SendStream,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
-    written: mpsc::UnboundedSender<Input>,
-) {
-    while let Some(frame) = frames.recv().await {
-        if send.write_all(&frame).await.is_err() {
-            return;
-        }
-        let _ = written.send(Input::Written(frame.len()));
-    }
-    let _ = send.finish();
 }
 
 /// Reads the control stream one chunk per credit: without a credit nothing more is
