@@ -21,7 +21,7 @@ use replic8::store::{
     Attach, Detach, FeedStream, FeedSynced, FeedUpdated, KnownFeeds, Offer, SharedFeed, Shares,
     StoreError, StreamEnded,
 };
-use replic8_node::{Node, NodeBuilder, NodeEvent, NodeHandle};
+use replic8_node::{KrpcTestnet, Node, NodeBuilder, NodeEvent, NodeHandle};
 use tokio::sync::broadcast;
 
 /// Guard on any one wait: generous for a loaded 2-core machine, never the check itself.
@@ -36,14 +36,12 @@ pub fn init_tracing() {
 }
 
 /// A private Mainline DHT of `n` nodes on 127.0.0.1 (never the public DHT).
-pub fn testnet(n: usize) -> mainline::Testnet {
-    mainline::Testnet::builder(n)
-        .build()
-        .unwrap_or_else(|e| panic!("cannot start a {n}-node testnet: {e}"))
+pub fn testnet(n: usize) -> KrpcTestnet {
+    KrpcTestnet::new(n).unwrap_or_else(|e| panic!("cannot start a {n}-node testnet: {e}"))
 }
 
 /// A node on 127.0.0.1 that uses only `testnet` for discovery (no LAN), in memory.
-pub fn loopback_node(testnet: &mainline::Testnet) -> NodeBuilder {
+pub fn loopback_node(testnet: &KrpcTestnet) -> NodeBuilder {
     Node::builder()
         .in_memory()
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))

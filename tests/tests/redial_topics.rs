@@ -1,7 +1,7 @@
 //! A connection redialed after a loss belongs to the topics the lost one belonged to:
 //! leaving the last of them closes it, and cancels a redial still pending. Two nodes on
 //! loopback with a private Mainline DHT; the looking-up node's later lookup rounds are
-//! 10 minutes away, so its redialer is the only thing that dials again in the test.
+//! 10 minutes away, so its redial is the only thing that dials again in the test.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
@@ -134,8 +134,8 @@ async fn leaving_the_topic_of_a_peer_being_redialed_cancels_the_redial() {
     // through the relay, which drops everything.
     relay.set_forwarding(false);
     wait_down(&mut a_events, "a: b down after the blackhole", &b).await;
-    // The connection manager hands the `PeerDown` to the wiring (whose event we saw)
-    // and to the redialer in one go: the redialer has decided by the time it answers.
+    // The node's lifecycle actor decides while it handles the `PeerDown` whose event we
+    // saw: it has decided by the time it answers.
     assert_eq!(
         a.redialing().await.unwrap(),
         vec![b.key()],

@@ -18,11 +18,11 @@ use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::{DhtImpl, DiscoveryConfig};
+use crate::config::DiscoveryConfig;
 use crate::core::{
     CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
 };
-use crate::dht::{DhtBackend, MainlineDht};
+use crate::dht::DhtBackend;
 use crate::driver::{DhtStatus, KrpcDht};
 use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 use crate::lan::Lan;
@@ -68,15 +68,7 @@ impl DiscoveryActor {
     /// entry or a port in use is a [`SpawnError`]. Call inside an actix `System`.
     pub async fn spawn(config: DiscoveryConfig) -> Result<Addr<DiscoveryActor>, SpawnError> {
         let dht: Option<Arc<dyn DhtBackend>> = match config.dht.clone() {
-            Some(dht_config) if dht_config.implementation == DhtImpl::Krpc => {
-                Some(Arc::new(KrpcDht::spawn(&dht_config).await?))
-            }
-            Some(dht_config) => {
-                let dht = tokio::task::spawn_blocking(move || MainlineDht::start(&dht_config))
-                    .await
-                    .map_err(|e| SpawnError::Task(e.to_string()))??;
-                Some(Arc::new(dht))
-            }
+            Some(dht_config) => Some(Arc::new(KrpcDht::spawn(&dht_config).await?)),
             None => None,
         };
         Self::spawn_with_dht(config, dht)

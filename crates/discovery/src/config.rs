@@ -59,9 +59,8 @@ pub const PUBLIC_BOOTSTRAP: &[&str] = &[
 pub enum DhtMode {
     /// Read-only (BEP 43) until the network shows that it reaches us: the first query
     /// from an address we never sent to (a NAT or firewall would have dropped it) turns
-    /// the node into a server for good. See ARCHITECTURE.md for why this is the default.
-    /// With the `mainline` backend: its adaptive mode (read-only, server after 15 min
-    /// of proven reachability).
+    /// the node into a server for good. Why this is the default:
+    /// `docs/decisions/051-dht-driver-default-backend.md`.
     #[default]
     Auto,
     /// Answer queries from the start (for testnets and well-connected long-running nodes).
@@ -71,29 +70,16 @@ pub enum DhtMode {
     ReadOnly,
 }
 
-/// Which implementation runs the DHT.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DhtImpl {
-    /// Our own node (`krpc::DhtCore` on `KrpcDht`): IPv4 and IPv6, any transaction id.
-    #[default]
-    Krpc,
-    /// The `mainline` crate (IPv4 only); kept selectable until it is removed.
-    Mainline,
-}
-
 /// Configuration of the Mainline DHT backend.
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
-    /// The implementation.
-    pub implementation: DhtImpl,
     /// Auto, server or read-only.
     pub mode: DhtMode,
     /// Bootstrap nodes.
     pub bootstrap: Bootstrap,
     /// IPv4 address of the DHT's IPv4 socket; `None`: no IPv4 socket.
     pub bind: Option<Ipv4Addr>,
-    /// IPv6 address of the DHT's IPv6 socket; `None`: no IPv6 socket (and `mainline`
-    /// ignores it). When it is the unspecified address `::` and the host has no IPv6,
+    /// IPv6 address of the DHT's IPv6 socket; `None`: no IPv6 socket. When it is the unspecified address `::` and the host has no IPv6,
     /// the node runs on IPv4 alone (with a warning) instead of failing.
     pub bind_v6: Option<Ipv6Addr>,
     /// UDP port of both sockets; `None`: 6881 if free, else any free port (each family
@@ -115,15 +101,11 @@ pub struct DhtConfig {
     pub restrict_ips: bool,
     /// Queries answered per source address.
     pub rate_limit: RateLimitConfig,
-    /// Per-request timeout of the `mainline` backend; `None` keeps its 2 s. Ours
-    /// derives timeouts from measured round trips.
-    pub request_timeout: Option<Duration>,
 }
 
 impl Default for DhtConfig {
     fn default() -> Self {
         DhtConfig {
-            implementation: DhtImpl::default(),
             mode: DhtMode::Auto,
             bootstrap: Bootstrap::Public,
             bind: Some(Ipv4Addr::UNSPECIFIED),
@@ -134,19 +116,15 @@ impl Default for DhtConfig {
             nodes_file: None,
             restrict_ips: true,
             rate_limit: RateLimitConfig::default(),
-            request_timeout: None,
         }
     }
 }
 
 impl DhtConfig {
-    /// A node of a private network on 127.0.0.1 (a `KrpcTestnet` or `mainline::Testnet`),
+    /// A node of a private network on 127.0.0.1 (a `KrpcTestnet`),
     /// on any port, in server mode (on a network of our own there is nobody to be a bad
     /// citizen towards), IPv4 only. Every node there has the same IP, so one entry per
-    /// IP is off and the per-source rate limit is raised. `mainline`'s request timeout
-    /// is 500 ms: a loopback node answers in well under a millisecond (its testnet nodes
-    /// put read-only clients in their tables, which never answer, see
-    /// `docs/PERFORMANCE.md`).
+    /// IP is off and the per-source rate limit is raised.
     pub fn testnet(bootstrap: &[String]) -> Self {
         DhtConfig {
             mode: DhtMode::Server,
@@ -156,7 +134,6 @@ impl DhtConfig {
             port: Some(0),
             restrict_ips: false,
             rate_limit: TESTNET_RATE_LIMIT,
-            request_timeout: Some(Duration::from_millis(500)),
             ..DhtConfig::default()
         }
     }

@@ -1,4 +1,4 @@
-//! The discovery core: per-topic bookkeeping without I/O (STYLE.md §1).
+//! The discovery core: per-topic bookkeeping without I/O.
 //!
 //! The core decides when to announce and when to look up, deduplicates what the backends
 //! find, and keeps the `flushed` state. It never touches a socket or a clock: time comes
@@ -307,10 +307,10 @@ impl DiscoveryCore {
             slot.first = Some(result);
         }
         if first_stored && state.lookup {
-            // `mainline` runs one query per target, so our first lookup shared its query
-            // with our announce and was over before a peer that joined at the same moment
-            // had stored its record. Now that ours is stored, so is most likely theirs: a
-            // lookup now is the first that can find them.
+            // Our first lookup ran alongside our announce and may have been over before a
+            // peer that joined at the same moment had stored its record. Now that ours is
+            // stored, so is most likely theirs: a lookup now is the first that can find
+            // them.
             if state.lookup_inflight.is_empty() {
                 state.extra_rounds += 1;
                 state.next_lookup = Some(now);

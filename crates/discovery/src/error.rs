@@ -22,12 +22,6 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
-    /// A bootstrap host resolved to IPv6 addresses only; `mainline` is IPv4 only.
-    #[error("bootstrap host {entry:?} has no IPv4 address")]
-    BootstrapNotIpv4 {
-        /// The entry as configured.
-        entry: String,
-    },
     /// A bootstrap host resolved to no address of a family the DHT runs on.
     #[error("bootstrap host {entry:?} has no address of the dht's address families")]
     BootstrapNoAddress {

@@ -42,7 +42,7 @@
 //! - `core`: [`DiscoveryCore`], the bookkeeping without I/O, tested with virtual time;
 //! - `messages`: the actor's messages and their replies;
 //! - `actor`: [`DiscoveryActor`], the thin actix shell that runs the backends;
-//! - `dht`: the [`DhtBackend`] trait and [`MainlineDht`];
+//! - `dht`: the [`DhtBackend`] trait (our node, [`KrpcDht`], implements it);
 //! - `krpc`: [`krpc::DhtCore`], our Mainline DHT node without I/O;
 //! - `driver`: [`KrpcDht`], the UDP driver of that core and the default [`DhtBackend`];
 //! - `testnet`: [`KrpcTestnet`], a private DHT of our nodes on loopback for tests;
@@ -63,14 +63,14 @@ pub mod topic;
 
 pub use crate::actor::DiscoveryActor;
 pub use crate::config::{
-    Bootstrap, DhtConfig, DhtImpl, DhtMode, DiscoveryConfig, LanConfig, Timing, PUBLIC_BOOTSTRAP,
+    Bootstrap, DhtConfig, DhtMode, DiscoveryConfig, LanConfig, Timing, PUBLIC_BOOTSTRAP,
     TESTNET_RATE_LIMIT,
 };
 pub use crate::core::{
     CoreEvent, CoreSettings, DiscoveryCore, JoinId, JoinReport, PeerSource, TopicStatus,
     MAX_PEERS_PER_TOPIC,
 };
-pub use crate::dht::{DhtBackend, MainlineDht};
+pub use crate::dht::DhtBackend;
 pub use crate::driver::{DhtStatus, KrpcDht};
 pub use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 pub use crate::messages::{

@@ -129,7 +129,7 @@ pub struct DiscoveryStats {
 }
 
 /// The DHT node's counters, tables and peers found per infohash; `None` without a DHT
-/// or with a backend that keeps none (`mainline`).
+/// or with a backend that keeps none.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Option<DhtStatus>")]
 pub struct DhtInfo;

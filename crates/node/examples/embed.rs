@@ -7,7 +7,7 @@ use replic8_node::{Headers, JoinOptions, NamespacePolicy, Node, NodeEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let testnet = mainline::Testnet::builder(4).build()?;
+    let testnet = replic8_node::KrpcTestnet::new(4)?;
     let node = || {
         Node::builder()
             .in_memory()

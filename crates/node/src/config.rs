@@ -1,8 +1,10 @@
 //! Node configuration: every option, readable from a TOML file, validated with clear errors.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use replic8::keys::NamespaceSecret;
 use serde::{Deserialize, Serialize};
 
 /// What reading or validating a configuration can fail with.
@@ -54,6 +56,34 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     /// Counters in Prometheus text format over HTTP, off unless an address is given.
     pub metrics: MetricsSection,
+    /// Namespaces opened at every start (`[[namespace]]` entries), not persisted: the
+    /// file is their record.
+    #[serde(rename = "namespace", skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceSection>,
+}
+
+/// A `[[namespace]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSection {
+    /// The namespace's name (not empty: the public namespace is always open).
+    pub name: String,
+    /// A file holding the namespace's secret as 64 hex digits (`replic8 namespace
+    /// new-secret > FILE`), read at start. None: a named namespace without a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Which new feeds to accept: `all`, `held`, `none` or `manual`. Default: `all` with
+    /// `accept_header`, else `held`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept: Option<crate::node::AcceptMode>,
+    /// With `accept = "all"`: accept only feeds whose headers hold each key with this
+    /// value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accept_header: BTreeMap<String, String>,
+    /// Offer accepted feeds to the namespace's other peers. Default: whether the
+    /// namespace accepts new feeds (`all`, `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<bool>,
 }
 
 impl Default for NodeConfig {
@@ -65,6 +95,7 @@ impl Default for NodeConfig {
             discovery: DiscoverySection::default(),
             limits: LimitsSection::default(),
             metrics: MetricsSection::default(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -275,6 +306,29 @@ impl NodeConfig {
                 "at most one IPv4 and one IPv6 address",
             );
         }
+        let mut names = std::collections::HashSet::new();
+        for ns in &self.namespaces {
+            if ns.name.is_empty() {
+                return invalid(
+                    "namespace.name",
+                    "must not be empty (the public namespace is always open)",
+                );
+            }
+            if !names.insert(ns.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    option: "namespace.name",
+                    reason: format!("{:?} is given twice", ns.name),
+                });
+            }
+            if let Err(e) =
+                crate::node::NamespaceSpec::new(ns.accept, ns.accept_header.clone(), ns.forward)
+            {
+                return Err(ConfigError::Invalid {
+                    option: "namespace.accept_header",
+                    reason: format!("namespace {:?}: {e}", ns.name),
+                });
+            }
+        }
         if self.in_memory && self.data_dir.is_some() {
             return invalid(
                 "in_memory",
@@ -282,6 +336,40 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+
+    /// The `[[namespace]]` entries with their secrets read from their files.
+    pub fn open_namespaces(
+        &self,
+    ) -> Result<Vec<(String, Option<NamespaceSecret>, crate::node::NamespaceSpec)>, ConfigError>
+    {
+        self.namespaces
+            .iter()
+            .map(|ns| {
+                let bad = |reason: String| ConfigError::Invalid {
+                    option: "namespace.secret_file",
+                    reason: format!("namespace {:?}: {reason}", ns.name),
+                };
+                let secret = match &ns.secret_file {
+                    None => None,
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                        Some(
+                            crate::node::parse_secret(&text)
+                                .map_err(|e| bad(format!("{}: {e}", path.display())))?,
+                        )
+                    }
+                };
+                let spec = crate::node::NamespaceSpec::new(
+                    ns.accept,
+                    ns.accept_header.clone(),
+                    ns.forward,
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                Ok((ns.name.clone(), secret, spec))
+            })
+            .collect()
     }
 
     /// The data directory: the configured one, or the platform default.
@@ -395,6 +483,79 @@ mod tests {
                 Err(ConfigError::Invalid { option: o, .. }) => assert_eq!(o, option, "{text}"),
                 other => panic!("{text}: expected Invalid({option}), got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn namespaces_parse_with_their_policy_and_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("team.secret");
+        std::fs::write(&secret, format!("{}\n", "cd".repeat(32))).unwrap();
+        let text = format!(
+            "[[namespace]]\nname = \"team\"\nsecret_file = {:?}\n\
+             [namespace.accept_header]\nkind = \"photo\"\n\n\
+             [[namespace]]\nname = \"inbox\"\naccept = \"manual\"\nforward = false\n",
+            secret.display().to_string()
+        );
+        let config = NodeConfig::from_toml(&text).unwrap();
+        let open = config.open_namespaces().unwrap();
+        assert_eq!(open.len(), 2);
+        let (name, key, spec) = &open[0];
+        assert_eq!(name, "team");
+        assert_eq!(key.as_ref().unwrap().0, [0xcd; 32]);
+        assert_eq!(spec.accept, crate::node::AcceptMode::All);
+        assert_eq!(spec.accept_headers["kind"], "photo");
+        assert!(spec.forward);
+        let (name, key, spec) = &open[1];
+        assert_eq!((name.as_str(), key.is_none()), ("inbox", true));
+        assert_eq!(spec.accept, crate::node::AcceptMode::Manual);
+        assert!(!spec.forward);
+        assert_eq!(
+            NodeConfig::from_toml(&toml::to_string(&config).unwrap()).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn bad_namespaces_are_one_line_errors_naming_the_option() {
+        let cases = [
+            ("[[namespace]]\nname = \"\"\n", "namespace.name"),
+            (
+                "[[namespace]]\nname = \"a\"\n[[namespace]]\nname = \"a\"\n",
+                "namespace.name",
+            ),
+            (
+                "[[namespace]]\nname = \"a\"\naccept = \"held\"\naccept_header = { k = \"v\" }\n",
+                "namespace.accept_header",
+            ),
+        ];
+        for (text, option) in cases {
+            match NodeConfig::from_toml(text) {
+                Err(ConfigError::Invalid { option: o, .. }) => assert_eq!(o, option, "{text}"),
+                other => panic!("{text}: expected Invalid({option}), got {other:?}"),
+            }
+        }
+        let err =
+            NodeConfig::from_toml("[[namespace]]\nname = \"a\"\naccept = \"some\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        // A missing or malformed secret file names the namespace and the file, in one line.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.secret");
+        std::fs::write(&bad, "not hex\n").unwrap();
+        for file in [dir.path().join("missing"), bad] {
+            let text = format!(
+                "[[namespace]]\nname = \"team\"\nsecret_file = {:?}\n",
+                file.display().to_string()
+            );
+            let err = NodeConfig::from_toml(&text)
+                .unwrap()
+                .open_namespaces()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("namespace.secret_file"), "{err}");
+            assert!(err.contains("\"team\""), "{err}");
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(!err.contains('\n'), "{err}");
         }
     }
 

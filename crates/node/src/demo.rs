@@ -1,34 +1,56 @@
-//! `replic8 demo`: the whole mission offline on one machine.
+//! `replic8 demo`: the whole mission offline on one machine, told step by step as it
+//! happens.
 //!
-//! A private Mainline DHT (`mainline::Testnet`, 127.0.0.1 only) and three nodes with
-//! on-disk storage in a temporary directory. The writer creates a feed, appends the
-//! data and shares it in the namespace [`NAMESPACE`] with headers; every node joins the
-//! feed's discovery key; the two readers find the writer (and each other) on the DHT,
-//! connect, are offered the feed, accept it because its headers say it is the demo's
-//! (their accept policy looks at the headers), and replicate it, every block verified
-//! against the writer's signed head before it is stored. Finally each reader's copy is
-//! read back and compared with what was written.
+//! Built only with the `cli` feature (the default), for the `replic8` binary.
+//!
+//! A private Mainline DHT (`KrpcTestnet`: our own DHT nodes on 127.0.0.1 only) and three nodes with
+//! on-disk storage in a temporary directory: the writer and two readers. The writer
+//! creates two feeds, `photos` (the data) and `videos` (a few blocks), and shares both
+//! with headers (`type=photos`, `type=videos`) in the secret namespace [`NAMESPACE`].
+//! Both readers open that namespace with its secret and a header policy that accepts
+//! only `type=photos` and forwards what it accepts.
+//!
+//! The topology is writer ↔ reader-1 ↔ reader-2: the writer and reader-1 join the
+//! photos feed's discovery key; reader-1 also joins a relay topic, and reader-2 joins
+//! only that topic, so it never learns the writer's address. reader-1 is offered both
+//! feeds, its policy refuses `videos` and accepts `photos`, which it replicates
+//! (every block verified against the writer's signed head before it is stored) and
+//! forwards to reader-2. The run ends when both readers hold every block; then each
+//! copy is read back, compared with what was written and hashed into the feed's tree,
+//! whose hash must equal the one the writer signed.
+//!
+//! The story is told from the nodes' own events ([`NodeHandle::subscribe`]) and the
+//! readers' accept policy as it decides: each [`Step`] goes to the caller's callback
+//! when it happens, never before.
 
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
+use crate::import::TreeHasher;
 use crate::node::{FeedError, JoinError, JoinOptions, Node, NodeHandle, SpawnError};
-use crate::{AcceptPolicy, FeedKey, Headers, NamespacePolicy, NodeEvent};
+use crate::{AcceptPolicy, FeedKey, Headers, NamespacePolicy, NamespaceSecret, NodeEvent, Topic};
 
-/// The namespace the demo feed is shared in.
+/// The namespace the demo's feeds are shared in (with a fresh secret each run).
 pub const NAMESPACE: &str = "replic8-demo";
 /// DHT nodes in the demo's private network: enough that records spread over several.
 const TESTNET_NODES: usize = 8;
 /// Blocks per append batch (one signature per batch).
 const APPEND_BATCH: usize = 64;
-/// How long the readers get to find the writer and download everything.
+/// Blocks of the `videos` feed, the one the readers' policy refuses: its size does not
+/// matter, only that it is offered.
+const REFUSED_BLOCKS: usize = 4;
+/// How long the readers get to find their peers and download everything.
 const SYNC_GUARD: Duration = Duration::from_secs(180);
+/// The header the readers' policy looks at, and the value it accepts.
+const POLICY_HEADER: (&str, &str) = ("type", "photos");
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -37,8 +59,6 @@ pub struct DemoOptions {
     pub bytes: usize,
     /// Bytes per block.
     pub block_size: usize,
-    /// Draw progress bars (on stderr, only if it is a terminal).
-    pub progress: bool,
 }
 
 impl Default for DemoOptions {
@@ -46,7 +66,295 @@ impl Default for DemoOptions {
         DemoOptions {
             bytes: 32 << 20,
             block_size: 64 << 10,
-            progress: true,
+        }
+    }
+}
+
+/// A feed as a step shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepFeed {
+    /// Its public key, hex.
+    pub feed: String,
+    /// Its headers (values as text, lossily).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One step of the story, as it happened. Serialized as one JSON object with `"step"`
+/// naming the variant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// The private DHT is up.
+    Dht {
+        /// Its nodes.
+        nodes: usize,
+        /// Their addresses, the bootstrap list every demo node uses.
+        bootstrap: Vec<String>,
+        /// The temporary data directory.
+        dir: String,
+    },
+    /// A node is up.
+    Node {
+        /// `writer`, `reader-1`, `reader-2`.
+        name: String,
+        /// Its public key, hex.
+        key: String,
+        /// Its QUIC address.
+        addr: SocketAddr,
+    },
+    /// The writer wrote and shared a feed.
+    Shared {
+        /// Who.
+        node: String,
+        /// The namespace.
+        namespace: String,
+        /// Whether the namespace has a secret (it is offered only to peers that prove it).
+        secret: bool,
+        /// The feed and the headers it is offered with.
+        feed: StepFeed,
+        /// Its blocks.
+        blocks: u64,
+        /// Its bytes.
+        bytes: u64,
+    },
+    /// A reader opened the namespace.
+    NamespaceOpened {
+        /// Who.
+        node: String,
+        /// The namespace.
+        namespace: String,
+        /// Opened with the namespace's secret.
+        secret: bool,
+        /// Its accept policy, in words.
+        policy: String,
+    },
+    /// A node joined a topic on the DHT.
+    Joined {
+        /// Who.
+        node: String,
+        /// The topic, hex.
+        topic: String,
+        /// What the topic is.
+        what: String,
+    },
+    /// A connection is up.
+    Connected {
+        /// Who reports it.
+        node: String,
+        /// The peer, by name.
+        peer: String,
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+    /// A peer offered feeds, as the node sees the offer.
+    Offer {
+        /// Who was offered.
+        node: String,
+        /// By whom.
+        peer: String,
+        /// The namespace.
+        namespace: String,
+        /// The feeds with their headers.
+        feeds: Vec<StepFeed>,
+    },
+    /// A reader's accept policy decided an offered feed.
+    Decision {
+        /// Whose policy.
+        node: String,
+        /// The feed (by the headers the policy saw).
+        feed: StepFeed,
+        /// Accepted or refused.
+        accepted: bool,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A node's store accepted a feed it did not hold: a replica is created.
+    Accepted {
+        /// Who.
+        node: String,
+        /// From whom.
+        peer: String,
+        /// The namespace.
+        namespace: String,
+        /// The feed, hex.
+        feed: String,
+        /// The peer is not the writer: the feed was forwarded.
+        forwarded: bool,
+    },
+    /// Verified blocks arrived (emitted on every `Downloaded` event; the binary prints
+    /// some of them).
+    Progress {
+        /// Who.
+        node: String,
+        /// From whom.
+        peer: String,
+        /// The feed, hex.
+        feed: String,
+        /// Bytes of the feed stored by this node so far (all peers).
+        bytes: u64,
+        /// The feed's bytes.
+        total: u64,
+    },
+    /// A node is in sync with a peer on the feed at its full length.
+    Synced {
+        /// Who.
+        node: String,
+        /// With whom.
+        peer: String,
+        /// The feed, hex.
+        feed: String,
+        /// The length both hold.
+        length: u64,
+    },
+    /// A reader's copy was read back and checked.
+    Verified {
+        /// Whose copy.
+        node: String,
+        /// The feed, hex.
+        feed: String,
+        /// Blocks read back equal to what was written.
+        blocks: u64,
+        /// The tree hash of the blocks read back, equal to the one the writer signed.
+        tree_hash: String,
+        /// The refused feed is not held by this node.
+        refused_absent: bool,
+        /// The peers this node was ever connected to, by name.
+        peers: Vec<String>,
+    },
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..8).unwrap_or(hex)
+}
+
+fn fmt_headers(headers: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(" ")
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Dht {
+                nodes,
+                bootstrap,
+                dir,
+            } => write!(
+                f,
+                "local DHT up: {nodes} nodes on {} ...; data in {dir}",
+                bootstrap.first().map(String::as_str).unwrap_or("?")
+            ),
+            Step::Node { name, key, addr } => {
+                write!(f, "{name:<8} up: key {} at {addr}", short(key))
+            }
+            Step::Shared {
+                node,
+                namespace,
+                secret,
+                feed,
+                blocks,
+                bytes,
+            } => write!(
+                f,
+                "{node:<8} shares feed {} ({blocks} blocks, {bytes} bytes) in {}namespace {namespace:?} with headers {}",
+                short(&feed.feed),
+                if *secret { "secret " } else { "" },
+                fmt_headers(&feed.headers)
+            ),
+            Step::NamespaceOpened {
+                node,
+                namespace,
+                secret,
+                policy,
+            } => write!(
+                f,
+                "{node:<8} opens namespace {namespace:?}{}: {policy}",
+                if *secret { " with its secret" } else { "" }
+            ),
+            Step::Joined { node, topic, what } => {
+                write!(f, "{node:<8} joins {what} {} on the DHT", short(topic))
+            }
+            Step::Connected { node, peer, addr } => {
+                write!(f, "{node:<8} connected to {peer} at {addr}")
+            }
+            Step::Offer {
+                node,
+                peer,
+                namespace,
+                feeds,
+            } => {
+                write!(f, "{node:<8} is offered by {peer} in {namespace:?}:")?;
+                for feed in feeds {
+                    write!(f, " [{} {}]", short(&feed.feed), fmt_headers(&feed.headers))?;
+                }
+                Ok(())
+            }
+            Step::Decision {
+                node,
+                feed,
+                accepted,
+                reason,
+            } => write!(
+                f,
+                "{node:<8} {} feed {} ({reason})",
+                if *accepted { "accepts" } else { "REFUSES" },
+                short(&feed.feed)
+            ),
+            Step::Accepted {
+                node,
+                peer,
+                feed,
+                forwarded,
+                ..
+            } => write!(
+                f,
+                "{node:<8} replicates feed {} from {peer}{}",
+                short(feed),
+                if *forwarded {
+                    " (forwarded: it has no connection to the writer)"
+                } else {
+                    ""
+                }
+            ),
+            Step::Progress {
+                node,
+                peer,
+                feed,
+                bytes,
+                total,
+            } => write!(
+                f,
+                "{node:<8} holds {bytes} of {total} bytes of feed {} (last from {peer})",
+                short(feed)
+            ),
+            Step::Synced {
+                node,
+                peer,
+                feed,
+                length,
+            } => write!(
+                f,
+                "{node:<8} in sync with {peer} on feed {} at {length} blocks",
+                short(feed)
+            ),
+            Step::Verified {
+                node,
+                blocks,
+                tree_hash,
+                refused_absent,
+                peers,
+                ..
+            } => write!(
+                f,
+                "{node:<8} verified: {blocks} blocks read back equal, tree hash {} as signed{}; connected to {}",
+                short(tree_hash),
+                if *refused_absent {
+                    ", refused feed not held"
+                } else {
+                    ""
+                },
+                peers.join(", ")
+            ),
         }
     }
 }
@@ -66,15 +374,20 @@ pub struct DemoNode {
     pub bytes_out: u64,
 }
 
-/// The demo's outcome.
+/// The demo's outcome: the last JSON line of `replic8 demo --json` (with
+/// `"step": "summary"`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoSummary {
-    /// The feed's public key, hex.
+    /// The replicated feed's public key, hex.
     pub feed: String,
     /// Blocks in the feed.
     pub blocks: u64,
     /// Bytes in the feed.
     pub bytes: u64,
+    /// The tree hash the writer signed and both readers' copies hash to, hex.
+    pub tree_hash: String,
+    /// The feed the readers' policy refused, hex.
+    pub refused_feed: String,
     /// Each node.
     pub nodes: Vec<DemoNode>,
     /// Seconds from the joins to both readers holding every block.
@@ -83,7 +396,9 @@ pub struct DemoSummary {
     /// (10^6 bytes). A reader may receive some blocks twice (from the writer and from
     /// the other reader); `bytes_in` counts those, this does not.
     pub mb_per_s: f64,
-    /// Both readers' copies were read back and equal what the writer wrote.
+    /// Both readers' copies were read back equal to what the writer wrote and hash to
+    /// the signed tree hash; neither holds the refused feed; reader-2 received the feed
+    /// through reader-1 without a connection to the writer.
     pub verified: bool,
 }
 
@@ -108,7 +423,8 @@ pub enum DemoError {
     /// A reader did not hold the whole feed in time.
     #[error("{0} did not replicate the feed within {SYNC_GUARD:?}")]
     Timeout(String),
-    /// A reader's copy differs from what was written.
+    /// A reader's copy differs from what was written, or the story went otherwise
+    /// than it must (a refused feed held, reader-2 connected to the writer).
     #[error("{0}")]
     Mismatch(String),
     /// Bad options.
@@ -148,9 +464,9 @@ impl Pattern {
     }
 }
 
-/// The demo's data: `bytes` in blocks of `block_size` (the last may be shorter).
-fn make_blocks(bytes: usize, block_size: usize) -> Vec<Vec<u8>> {
-    let mut pattern = Pattern::new();
+/// The demo's data: `bytes` in blocks of `block_size` (the last may be shorter), from
+/// `pattern`.
+fn make_blocks_from(mut pattern: Pattern, bytes: usize, block_size: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.div_ceil(block_size));
     let mut left = bytes;
     while left > 0 {
@@ -159,6 +475,11 @@ fn make_blocks(bytes: usize, block_size: usize) -> Vec<Vec<u8>> {
         left -= n;
     }
     out
+}
+
+/// The demo's main data: `bytes` in blocks of `block_size`.
+fn make_blocks(bytes: usize, block_size: usize) -> Vec<Vec<u8>> {
+    make_blocks_from(Pattern::new(), bytes, block_size)
 }
 
 async fn spawn_node(dir: &Path, bootstrap: &[String]) -> Result<NodeHandle, SpawnError> {
@@ -171,58 +492,272 @@ async fn spawn_node(dir: &Path, bootstrap: &[String]) -> Result<NodeHandle, Spaw
         .await
 }
 
-fn bar(multi: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
-    let bar = multi.add(ProgressBar::new(len));
-    let style = ProgressStyle::with_template(
-        "{prefix:>9} [{bar:36.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(prefix.to_owned());
-    bar
+/// The nodes, by index in every array of the story.
+const NAMES: [&str; 3] = ["writer", "reader-1", "reader-2"];
+const WRITER: usize = 0;
+const READER_1: usize = 1;
+const READER_2: usize = 2;
+
+/// What the story is told from.
+#[derive(Debug)]
+enum Input {
+    /// An event of node `.0`.
+    Event(usize, NodeEvent),
+    /// The accept policy of node `.0` decided a feed with these headers.
+    Decision(usize, Headers, bool),
 }
 
-/// Waits until the reader holds every block of `feed`, advancing `bar` as blocks come.
-async fn follow(
-    name: &str,
-    mut events: broadcast::Receiver<NodeEvent>,
+fn step_feed(feed: &FeedKey, headers: &Headers) -> StepFeed {
+    StepFeed {
+        feed: hex::encode(feed.0),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect(),
+    }
+}
+
+fn headers(entries: &[(&str, String)]) -> Result<Headers, DemoError> {
+    let mut headers = Headers::new();
+    for (k, v) in entries {
+        headers
+            .insert(*k, v.clone().into_bytes())
+            .map_err(|e| DemoError::Options(e.to_string()))?;
+    }
+    Ok(headers)
+}
+
+/// A reader's policy in the namespace: accept only feeds whose headers say
+/// `type=photos`, forward what it accepts; every decision is reported on `tx` as it is
+/// made.
+fn reader_policy(node: usize, tx: mpsc::UnboundedSender<Input>) -> NamespacePolicy {
+    let accept = AcceptPolicy::Headers(Arc::new(move |h: &Headers| {
+        let ok = h.get(POLICY_HEADER.0) == Some(POLICY_HEADER.1.as_bytes());
+        let _ = tx.send(Input::Decision(node, h.clone(), ok));
+        ok
+    }));
+    NamespacePolicy {
+        accept,
+        forward: true,
+    }
+}
+
+/// The narrator: turns the nodes' events into steps, and knows when the story is done.
+struct Story<F> {
+    on_step: F,
+    keys: [crate::PeerKey; 3],
+    /// The feed the readers accept, its blocks and bytes.
     feed: FeedKey,
     blocks: u64,
-    bar: ProgressBar,
-) -> Result<(), DemoError> {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(NodeEvent::FeedAccepted { peer, .. }) => {
-                    bar.set_message(format!("accepted from {}", peer.fmt_short()));
-                }
-                Ok(NodeEvent::Downloaded { bytes, feed: f, .. }) if f == feed => bar.inc(bytes),
-                Ok(NodeEvent::FeedSynced {
-                    feed: f, length, ..
-                }) if f == feed && length == blocks => {
-                    return;
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    };
-    tokio::time::timeout(SYNC_GUARD, wait)
-        .await
-        .map_err(|_| DemoError::Timeout(name.to_owned()))?;
-    bar.set_position(bar.length().unwrap_or(0));
-    bar.finish_with_message("synced");
-    Ok(())
+    bytes: u64,
+    /// What the writer shared, to name the feed a policy decided by its headers.
+    shared: Vec<(FeedKey, Headers)>,
+    /// Bytes of `feed` each node received.
+    received: [u64; 3],
+    /// Each reader is in sync at the feed's full length.
+    synced: [bool; 3],
+    /// The nodes each node was ever connected to.
+    connected: [HashSet<usize>; 3],
+    /// Steps told once only (a connection both sides report, a repeated decision).
+    told: HashSet<String>,
+    /// The feeds whose offer each node was told to have received.
+    offered: HashSet<(usize, FeedKey)>,
+    /// Steps about a feed at a node whose offer event has not come yet: the policy
+    /// decides (and the store accepts and downloads) before the session layer's
+    /// `Offered` event reaches the subscriber, so these wait for it to be told in the
+    /// order they happened in.
+    waiting: Vec<(usize, FeedKey, Step)>,
 }
 
-/// Reads the reader's copy back and compares it with `data`.
+impl<F: FnMut(&Step)> Story<F> {
+    fn tell(&mut self, step: Step) {
+        (self.on_step)(&step);
+    }
+
+    fn once(&mut self, key: String, step: Step) {
+        if self.told.insert(key) {
+            self.tell(step);
+        }
+    }
+
+    /// Tells a step about `feed` at `node` once its offer was told.
+    fn after_offer(&mut self, node: usize, feed: FeedKey, step: Step) {
+        if self.offered.contains(&(node, feed)) {
+            self.tell(step);
+        } else {
+            self.waiting.push((node, feed, step));
+        }
+    }
+
+    /// Tells the waiting steps whose offer was told (every one with `all`).
+    fn flush(&mut self, all: bool) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (node, feed, step) in waiting {
+            self.after_offer(node, feed, step);
+        }
+        if all {
+            for (_, _, step) in std::mem::take(&mut self.waiting) {
+                self.tell(step);
+            }
+        }
+    }
+
+    fn index(&self, key: &crate::PeerKey) -> Option<usize> {
+        self.keys.iter().position(|k| k == key)
+    }
+
+    fn name(&self, key: &crate::PeerKey) -> String {
+        match self.index(key) {
+            Some(i) => NAMES[i].to_owned(),
+            None => format!("peer {}", key.fmt_short()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.synced[READER_1] && self.synced[READER_2]
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Decision(node, headers, accepted) => {
+                let feed = self
+                    .shared
+                    .iter()
+                    .find(|(_, h)| *h == headers)
+                    .map(|(key, _)| *key)
+                    .unwrap_or(FeedKey([0; 32]));
+                let value = String::from_utf8_lossy(headers.get(POLICY_HEADER.0).unwrap_or(b""))
+                    .into_owned();
+                let (want_key, want_value) = POLICY_HEADER;
+                let reason = if accepted {
+                    format!("{want_key}={value}: the policy accepts {want_key}={want_value}")
+                } else {
+                    format!("{want_key}={value}: the policy accepts only {want_key}={want_value}")
+                };
+                if self
+                    .told
+                    .insert(format!("decision {node} {feed:?} {accepted}"))
+                {
+                    let step = Step::Decision {
+                        node: NAMES[node].to_owned(),
+                        feed: step_feed(&feed, &headers),
+                        accepted,
+                        reason,
+                    };
+                    self.after_offer(node, feed, step);
+                }
+            }
+            Input::Event(node, event) => self.handle_event(node, event),
+        }
+    }
+
+    fn handle_event(&mut self, node: usize, event: NodeEvent) {
+        let who = NAMES[node].to_owned();
+        match event {
+            NodeEvent::PeerUp { key, addr, .. } => {
+                let other = self.index(&key);
+                if let Some(other) = other {
+                    self.connected[node].insert(other);
+                }
+                let pair = match other {
+                    Some(o) => format!("up {} {}", node.min(o), node.max(o)),
+                    None => format!("up {node} {key}"),
+                };
+                let peer = self.name(&key);
+                self.once(
+                    pair,
+                    Step::Connected {
+                        node: who,
+                        peer,
+                        addr,
+                    },
+                );
+            }
+            NodeEvent::Offered {
+                peer,
+                namespace,
+                feeds,
+            } => {
+                let peer = self.name(&peer);
+                let told = feeds.iter().map(|(k, h)| step_feed(k, h)).collect();
+                self.tell(Step::Offer {
+                    node: who,
+                    peer,
+                    namespace,
+                    feeds: told,
+                });
+                self.offered
+                    .extend(feeds.iter().map(|(key, _)| (node, *key)));
+                self.flush(false);
+            }
+            NodeEvent::FeedAccepted {
+                peer,
+                namespace,
+                feed,
+            } => {
+                let forwarded = self.index(&peer) != Some(WRITER);
+                let peer = self.name(&peer);
+                let step = Step::Accepted {
+                    node: who,
+                    peer,
+                    namespace,
+                    feed: hex::encode(feed.0),
+                    forwarded,
+                };
+                self.after_offer(node, feed, step);
+            }
+            NodeEvent::Downloaded {
+                peer, feed, bytes, ..
+            } if feed == self.feed => {
+                self.received[node] = (self.received[node] + bytes).min(self.bytes);
+                let peer = self.name(&peer);
+                let step = Step::Progress {
+                    node: who,
+                    peer,
+                    feed: hex::encode(feed.0),
+                    bytes: self.received[node],
+                    total: self.bytes,
+                };
+                self.after_offer(node, feed, step);
+            }
+            NodeEvent::FeedSynced { peer, feed, length }
+                if feed == self.feed && length == self.blocks && node != WRITER =>
+            {
+                self.synced[node] = true;
+                let peer_name = self.name(&peer);
+                if self.told.insert(format!("synced {node} {peer}")) {
+                    let step = Step::Synced {
+                        node: who,
+                        peer: peer_name,
+                        feed: hex::encode(feed.0),
+                        length,
+                    };
+                    self.after_offer(node, feed, step);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes `blocks` into a new feed of `node` in signed batches.
+async fn write_feed(node: &NodeHandle, blocks: &[Vec<u8>]) -> Result<FeedKey, DemoError> {
+    let feed = node.create_feed().await?;
+    for batch in blocks.chunks(APPEND_BATCH) {
+        node.append(feed, batch.to_vec()).await?;
+    }
+    Ok(feed)
+}
+
+/// Reads the reader's copy back, compares it with `data` and hashes it into the feed's
+/// tree; returns the tree hash, which must be the one the writer signed.
 async fn verify(
     name: &str,
     node: &NodeHandle,
     feed: FeedKey,
     data: &[Vec<u8>],
-) -> Result<(), DemoError> {
+    signed: [u8; 32],
+) -> Result<[u8; 32], DemoError> {
     let info = node.open_feed(feed).await?;
     let n = data.len() as u64;
     if info.length != n || info.stored != n || info.writable {
@@ -231,6 +766,12 @@ async fn verify(
             info.stored, n, info.length, info.writable
         )));
     }
+    if info.head.map(|h| h.tree_hash) != Some(signed) {
+        return Err(DemoError::Mismatch(format!(
+            "{name}: its head's tree hash is not the one the writer signed"
+        )));
+    }
+    let mut hasher = TreeHasher::new();
     let mut start = 0u64;
     while start < n {
         let end = (start + 256).min(n);
@@ -241,13 +782,27 @@ async fn verify(
                 "{name}: blocks {start}..{end} differ from what the writer wrote"
             )));
         }
+        for block in &got {
+            hasher.push(block);
+        }
         start = end;
     }
-    Ok(())
+    let hash = hasher.tree_hash();
+    if hash != signed {
+        return Err(DemoError::Mismatch(format!(
+            "{name}: the blocks read back hash to {}, not to the signed tree hash {}",
+            hex::encode(hash),
+            hex::encode(signed)
+        )));
+    }
+    Ok(hash)
 }
 
-/// Runs the demo.
-pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
+/// Runs the demo; `on_step` gets each step as it happens.
+pub async fn run(
+    options: DemoOptions,
+    on_step: impl FnMut(&Step),
+) -> Result<DemoSummary, DemoError> {
     if options.block_size == 0 || options.block_size > replic8_store::MAX_BLOCK_SIZE {
         return Err(DemoError::Options(format!(
             "block size must be 1..={} bytes",
@@ -257,111 +812,235 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     if options.bytes == 0 {
         return Err(DemoError::Options("size must be more than 0".into()));
     }
-    let multi = MultiProgress::with_draw_target(if options.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let testnet = tokio::task::spawn_blocking(|| mainline::Testnet::builder(TESTNET_NODES).build())
-        .await
-        .map_err(|e| DemoError::Testnet(std::io::Error::other(e.to_string())))?
-        .map_err(DemoError::Testnet)?;
+    let testnet =
+        tokio::task::spawn_blocking(|| replic8_discovery::KrpcTestnet::new(TESTNET_NODES))
+            .await
+            .map_err(|e| DemoError::Testnet(std::io::Error::other(e.to_string())))?
+            .map_err(DemoError::Testnet)?;
     let tmp = tempfile::Builder::new()
         .prefix("replic8-demo-")
         .tempdir()
         .map_err(DemoError::TempDir)?;
-    let _ = multi.println(format!(
-        "local DHT: {} nodes on 127.0.0.1; data in {}",
-        TESTNET_NODES,
-        tmp.path().display()
-    ));
-
-    // The readers accept only feeds whose headers say they are the demo's.
-    let demo_only: AcceptPolicy = AcceptPolicy::Headers(Arc::new(|h: &Headers| {
-        h.get("app") == Some(b"replic8".as_slice())
-    }));
-    let writer = spawn_node(&tmp.path().join("writer"), &testnet.bootstrap).await?;
-    let reader1 = spawn_node(&tmp.path().join("reader-1"), &testnet.bootstrap).await?;
-    let reader2 = spawn_node(&tmp.path().join("reader-2"), &testnet.bootstrap).await?;
-
-    // Write.
-    let data = make_blocks(options.bytes, options.block_size);
-    let total = options.bytes as u64;
-    let feed = writer.create_feed().await?;
-    let write_bar = bar(&multi, total, "write");
-    for batch in data.chunks(APPEND_BATCH) {
-        writer.append(feed, batch.to_vec()).await?;
-        write_bar.inc(batch.iter().map(|b| b.len() as u64).sum());
-    }
-    write_bar.finish_with_message("signed");
-    let mut headers = Headers::new();
-    let entries = [
-        ("app", "replic8".to_string()),
-        ("title", "demo feed".to_string()),
-        ("blocks", data.len().to_string()),
-    ];
-    for (k, v) in entries {
-        headers
-            .insert(k, v.into_bytes())
-            .map_err(|e| DemoError::Options(e.to_string()))?;
-    }
-    writer.share(NAMESPACE, feed, headers).await?;
-    let policy = NamespacePolicy {
-        accept: demo_only,
-        forward: true,
+    let mut story = Story {
+        on_step,
+        keys: [crate::PeerKey::from_bytes([0; 32]); 3],
+        feed: FeedKey([0; 32]),
+        blocks: 0,
+        bytes: options.bytes as u64,
+        shared: Vec::new(),
+        received: [0; 3],
+        synced: [false; 3],
+        connected: Default::default(),
+        told: HashSet::new(),
+        offered: HashSet::new(),
+        waiting: Vec::new(),
     };
-    reader1
-        .open_namespace(NAMESPACE, None, policy.clone())
-        .await?;
-    reader2.open_namespace(NAMESPACE, None, policy).await?;
+    story.tell(Step::Dht {
+        nodes: TESTNET_NODES,
+        bootstrap: testnet.bootstrap.clone(),
+        dir: tmp.path().display().to_string(),
+    });
 
-    // Discover and replicate.
-    let blocks = data.len() as u64;
-    let bars = [
-        bar(&multi, total, "reader-1"),
-        bar(&multi, total, "reader-2"),
-    ];
-    let follow1 = follow(
-        "reader-1",
-        reader1.subscribe(),
-        feed,
-        blocks,
-        bars[0].clone(),
-    );
-    let follow2 = follow(
-        "reader-2",
-        reader2.subscribe(),
-        feed,
-        blocks,
-        bars[1].clone(),
-    );
-    let start = Instant::now();
-    let join = JoinOptions::default();
-    let (w, r1, r2) = tokio::join!(
-        writer.join_feed(feed, join),
-        reader1.join_feed(feed, join),
-        reader2.join_feed(feed, join)
-    );
-    w?;
-    r1?;
-    r2?;
-    let (f1, f2) = tokio::join!(follow1, follow2);
-    f1?;
-    f2?;
-    let seconds = start.elapsed().as_secs_f64();
-
-    verify("reader-1", &reader1, feed, &data).await?;
-    verify("reader-2", &reader2, feed, &data).await?;
-
-    let mut nodes = Vec::new();
-    for (name, node) in [
-        ("writer", &writer),
-        ("reader-1", &reader1),
-        ("reader-2", &reader2),
-    ] {
-        let stats = node.feed_stats().await.unwrap_or_default();
-        nodes.push(DemoNode {
+    let mut nodes = Vec::with_capacity(NAMES.len());
+    for name in NAMES {
+        let node = spawn_node(&tmp.path().join(name), &testnet.bootstrap).await?;
+        story.tell(Step::Node {
             name: name.to_owned(),
+            key: node.key().to_string(),
+            addr: node.local_addr(),
+        });
+        nodes.push(node);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        story.keys[i] = node.key();
+    }
+    // Every event of every node, from now on, tagged with the node's index.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut forwarders = JoinSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut events = node.subscribe();
+        let tx = tx.clone();
+        forwarders.spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        if tx.send(Input::Event(i, event)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    // The writer: two feeds with headers in a secret namespace.
+    let secret = NamespaceSecret(rand::random());
+    let (writer, reader1, reader2) = (&nodes[WRITER], &nodes[READER_1], &nodes[READER_2]);
+    writer
+        .open_namespace(
+            NAMESPACE,
+            Some(secret.clone()),
+            NamespacePolicy::held_only(),
+        )
+        .await?;
+    let data = make_blocks(options.bytes, options.block_size);
+    let refused_data = make_blocks_from(
+        Pattern::seeded(1),
+        REFUSED_BLOCKS * options.block_size,
+        options.block_size,
+    );
+    let feed = write_feed(writer, &data).await?;
+    let refused = write_feed(writer, &refused_data).await?;
+    story.feed = feed;
+    story.blocks = data.len() as u64;
+    for (key, blocks, kind, title) in [
+        (feed, &data, "photos", "holiday photos"),
+        (refused, &refused_data, "videos", "holiday videos"),
+    ] {
+        let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+        let h = headers(&[
+            ("type", kind.to_owned()),
+            ("title", title.to_owned()),
+            ("blocks", blocks.len().to_string()),
+        ])?;
+        writer.share(NAMESPACE, key, h.clone()).await?;
+        story.shared.push((key, h.clone()));
+        story.tell(Step::Shared {
+            node: NAMES[WRITER].to_owned(),
+            namespace: NAMESPACE.to_owned(),
+            secret: true,
+            feed: step_feed(&key, &h),
+            blocks: blocks.len() as u64,
+            bytes,
+        });
+    }
+
+    // The readers: the namespace with its secret and a header policy.
+    for (i, reader) in [(READER_1, reader1), (READER_2, reader2)] {
+        reader
+            .open_namespace(
+                NAMESPACE,
+                Some(secret.clone()),
+                reader_policy(i, tx.clone()),
+            )
+            .await?;
+        story.tell(Step::NamespaceOpened {
+            node: NAMES[i].to_owned(),
+            namespace: NAMESPACE.to_owned(),
+            secret: true,
+            policy: format!(
+                "accepts only feeds with {}={}, forwards them",
+                POLICY_HEADER.0, POLICY_HEADER.1
+            ),
+        });
+    }
+    drop(tx);
+
+    // Discovery: writer and reader-1 meet on the feed's discovery key; reader-2 knows
+    // only a relay topic that reader-1 announces, never the writer's.
+    let relay = Topic(rand::random());
+    let feed_topic = Topic(feed.discovery_key().0);
+    let joins = [
+        (WRITER, feed_topic, "the photos feed's discovery key"),
+        (READER_1, feed_topic, "the photos feed's discovery key"),
+        (READER_1, relay, "the relay topic"),
+        (READER_2, relay, "the relay topic (only)"),
+    ];
+    for (i, topic, what) in joins {
+        story.tell(Step::Joined {
+            node: NAMES[i].to_owned(),
+            topic: hex::encode(topic.0),
+            what: what.to_owned(),
+        });
+    }
+    let start = Instant::now();
+    let join_all = async {
+        let options = JoinOptions::default();
+        let (a, b, c, d) = tokio::join!(
+            writer.join(feed_topic, options),
+            reader1.join(feed_topic, options),
+            reader1.join(relay, options),
+            reader2.join(relay, options),
+        );
+        a?;
+        b?;
+        c?;
+        d?;
+        Ok::<(), DemoError>(())
+    };
+    let narrate = async {
+        while !story.done() {
+            match rx.recv().await {
+                Some(input) => story.handle(input),
+                None => break,
+            }
+        }
+        Ok::<(), DemoError>(())
+    };
+    let told = tokio::time::timeout(SYNC_GUARD, async {
+        tokio::try_join!(join_all, narrate).map(|_| ())
+    })
+    .await;
+    match told {
+        Ok(result) => result?,
+        Err(_) => {
+            let late = [READER_1, READER_2]
+                .into_iter()
+                .find(|&i| !story.synced[i])
+                .unwrap_or(READER_1);
+            return Err(DemoError::Timeout(NAMES[late].to_owned()));
+        }
+    }
+    if !story.done() {
+        return Err(DemoError::Mismatch(
+            "the nodes' events ended before both readers were in sync".into(),
+        ));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    forwarders.abort_all();
+    // An offer event a lagging subscriber missed holds nothing back.
+    story.flush(true);
+
+    // Verification.
+    let signed = writer
+        .open_feed(feed)
+        .await?
+        .head
+        .map(|h| h.tree_hash)
+        .ok_or_else(|| DemoError::Mismatch("writer: the feed has no signed head".into()))?;
+    for (i, reader) in [(READER_1, reader1), (READER_2, reader2)] {
+        let hash = verify(NAMES[i], reader, feed, &data, signed).await?;
+        let refused_absent = reader.open_feed(refused).await.is_err();
+        if !refused_absent {
+            return Err(DemoError::Mismatch(format!(
+                "{}: holds the feed its policy refused",
+                NAMES[i]
+            )));
+        }
+        let mut peers: Vec<usize> = story.connected[i].iter().copied().collect();
+        peers.sort_unstable();
+        story.tell(Step::Verified {
+            node: NAMES[i].to_owned(),
+            feed: hex::encode(feed.0),
+            blocks: data.len() as u64,
+            tree_hash: hex::encode(hash),
+            refused_absent,
+            peers: peers.into_iter().map(|p| NAMES[p].to_owned()).collect(),
+        });
+    }
+    if story.connected[READER_2].contains(&WRITER) {
+        return Err(DemoError::Mismatch(
+            "reader-2 connected to the writer: the feed was not only forwarded".into(),
+        ));
+    }
+
+    let mut summary_nodes = Vec::new();
+    for (name, node) in NAMES.iter().zip(&nodes) {
+        let stats = node.feed_stats().await.unwrap_or_default();
+        summary_nodes.push(DemoNode {
+            name: (*name).to_owned(),
             key: node.key().fmt_short(),
             peers: node.peers().await.map(|p| p.len()).unwrap_or(0),
             bytes_in: stats.bytes_in,
@@ -370,11 +1049,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     }
     let _ = tokio::join!(writer.close(), reader1.close(), reader2.close());
     drop(testnet);
+    let total = options.bytes as u64;
     Ok(DemoSummary {
         feed: hex::encode(feed.0),
-        blocks,
+        blocks: data.len() as u64,
         bytes: total,
-        nodes,
+        tree_hash: hex::encode(signed),
+        refused_feed: hex::encode(refused.0),
+        nodes: summary_nodes,
         seconds,
         mb_per_s: (2 * total) as f64 / 1e6 / seconds.max(1e-9),
         verified: true,
@@ -392,5 +1074,23 @@ mod tests {
         assert_eq!(blocks.iter().map(Vec::len).sum::<usize>(), 100_000);
         assert_eq!(blocks[24].len(), 100_000 - 24 * 4096);
         assert_ne!(blocks[0], blocks[1]);
+    }
+
+    #[test]
+    fn steps_are_json_objects_named_by_step() {
+        let step = Step::Decision {
+            node: "reader-1".into(),
+            feed: StepFeed {
+                feed: "00".repeat(32),
+                headers: [("type".to_owned(), "videos".to_owned())].into(),
+            },
+            accepted: false,
+            reason: "type=videos".into(),
+        };
+        let v = serde_json::to_value(&step).unwrap();
+        assert_eq!(v["step"], "decision");
+        assert_eq!(v["accepted"], false);
+        assert_eq!(v["feed"]["headers"]["type"], "videos");
+        assert!(step.to_string().contains("REFUSES"), "{step}");
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use actix::prelude::*;
 use replic8::actor::SessionsActor;
 use replic8::feed_store::{
-    Append, CreateFeed, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent, GetStats,
-    OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed, Subscribe,
+    Append, CreateFeed, DecideOffers, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent,
+    GetStats, OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed, Subscribe,
 };
 use tokio::sync::mpsc;
 
@@ -26,6 +26,8 @@ pub(crate) struct FeedStoreRecipients {
     pub(crate) serve: Recipient<ServeNamespace>,
     /// Replaces a served namespace's policy.
     pub(crate) set_policy: Recipient<SetNamespacePolicy>,
+    /// The user's decision on offers waiting in a manual namespace.
+    pub(crate) decide: Recipient<DecideOffers>,
 }
 
 impl FeedStoreRecipients {
@@ -40,6 +42,7 @@ impl FeedStoreRecipients {
             stats: addr.clone().recipient(),
             serve: addr.clone().recipient(),
             set_policy: addr.clone().recipient(),
+            decide: addr.clone().recipient(),
         }
     }
 }

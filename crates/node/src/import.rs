@@ -1,5 +1,7 @@
 //! Hashing a file as a feed would hold it, without storing anything or needing a key:
 //! `replic8 feed import FILE --block-size N --only-hash`.
+//!
+//! Built only with the `cli` feature (the default), for the `replic8` binary.
 
 use std::io::Read;
 
@@ -36,6 +38,44 @@ pub struct TreeSummary {
     pub block_size: usize,
 }
 
+/// The tree hash of blocks pushed one after the other, as a feed holding them would sign
+/// it. Memory use is one root per bit of the length.
+#[derive(Debug, Clone, Default)]
+pub struct TreeHasher {
+    roots: Vec<Node>,
+    length: u64,
+    bytes: u64,
+}
+
+impl TreeHasher {
+    /// No blocks yet.
+    pub fn new() -> Self {
+        TreeHasher::default()
+    }
+
+    /// The next block.
+    pub fn push(&mut self, block: &[u8]) {
+        tree::push_leaf(&mut self.roots, tree::leaf(self.length, block), |_| {});
+        self.length += 1;
+        self.bytes += block.len() as u64;
+    }
+
+    /// Blocks pushed.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Bytes pushed.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The tree hash of the blocks pushed so far.
+    pub fn tree_hash(&self) -> [u8; 32] {
+        tree::tree_hash(&self.roots)
+    }
+}
+
 /// Split `input` into blocks of `block_size` bytes and compute the feed's tree hash.
 ///
 /// Memory use is one block plus one root per bit of the length, whatever the input's size.
@@ -46,25 +86,22 @@ pub fn hash_only(mut input: impl Read, block_size: usize) -> Result<TreeSummary,
             max: MAX_BLOCK_SIZE,
         });
     }
-    let mut roots: Vec<Node> = Vec::with_capacity(64);
+    let mut hasher = TreeHasher::new();
     let mut block = vec![0u8; block_size];
-    let (mut length, mut bytes) = (0u64, 0u64);
     loop {
         let n = read_full(&mut input, &mut block)?;
         if n == 0 {
             break;
         }
-        tree::push_leaf(&mut roots, tree::leaf(length, &block[..n]), |_| {});
-        length += 1;
-        bytes += n as u64;
+        hasher.push(&block[..n]);
         if n < block_size {
             break;
         }
     }
     Ok(TreeSummary {
-        tree_hash: hex::encode(tree::tree_hash(&roots)),
-        length,
-        bytes,
+        tree_hash: hex::encode(hasher.tree_hash()),
+        length: hasher.length(),
+        bytes: hasher.bytes(),
         block_size,
     })
 }

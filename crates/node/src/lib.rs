@@ -24,37 +24,73 @@
 //! - [`node`]: [`Node::builder`], [`NodeHandle`] (join, leave, flushed, peers, events,
 //!   stores, close);
 //! - [`events`]: the events of [`NodeEvent`];
-//! - `wiring`: the actor between discovery, connections and sessions;
+//! - `lifecycle`: each peer from found to dialed, up, down and redialed (a sans-I/O
+//!   core and the actor that drives it between discovery, connections and sessions);
 //! - [`config`]: every option, from a TOML file, validated;
 //! - [`persist`]: the identity key and the persisted joins and shares in the data directory;
 //! - [`metrics`]: counters, and the opt-in Prometheus endpoint that serves them;
-//! - [`control`]: the daemon's control socket (a Unix socket in a private `run/`
+//! - [`store`]: the store interface, re-exported for store authors, with the guide to
+//!   writing a store actor (`docs/STORES.md`).
+//!
+//! With the default `cli` feature only (the `replic8` binary and what it alone uses; an
+//! embedder may leave it out with `default-features = false`):
+//! - `control`: the daemon's control socket (a Unix socket in a private `run/`
 //!   directory, for the daemon's uid only; JSON lines);
-//! - [`demo`]: `replic8 demo`, the whole mission offline on one machine;
-//! - [`bench`]: `replic8 bench`, throughput, memory and discovery latency of this machine;
-//! - [`import`]: hashing a file as a feed would hold it (`feed import --only-hash`).
+//! - `demo`: `replic8 demo`, the whole mission offline on one machine, told step by step;
+//! - `bench`: `replic8 bench`, throughput, memory and discovery latency of this machine;
+//! - `import`: hashing a file as a feed would hold it (`feed import --only-hash`).
+//!
+//! A store author depends on this crate alone: [`actix`], [`tokio`] and [`quinn`] (whose
+//! streams a store is given) are re-exported, and so is everything the store interface
+//! names.
 
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod config;
+#[cfg(feature = "cli")]
 pub mod control;
+#[cfg(feature = "cli")]
 pub mod demo;
 pub mod events;
 mod feeds;
+#[cfg(feature = "cli")]
 pub mod import;
+mod lifecycle;
 pub mod metrics;
 pub mod node;
 pub mod persist;
-mod wiring;
+
+#[doc = include_str!("../../../docs/STORES.md")]
+pub mod store {
+    pub use replic8::actor::SessionsActor;
+    /// A peer's key as the session layer names it in the store messages (the same 32
+    /// bytes as the node's [`crate::PeerKey`]).
+    pub use replic8::keys::PeerKey;
+    pub use replic8::session::StreamId;
+    pub use replic8::store::*;
+}
 
 pub use crate::events::NodeEvent;
 pub use crate::node::{
-    AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions, LeaveError, Node,
-    NodeBuilder, NodeClosed, NodeHandle, PeerInfo, SpawnError, StoreContext,
+    AcceptMode, AddStoreError, ConnectError, FeedError, FlushedError, JoinError, JoinOptions,
+    LeaveError, NamespaceError, NamespaceSpec, NamespaceStatus, Node, NodeBuilder, NodeClosed,
+    NodeHandle, OfferRecord, PeerInfo, SpawnError, StoreContext,
 };
 pub use replic8::feed_store::{
     AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, NamespacePolicy,
+    OfferDecision,
 };
 pub use replic8::keys::{FeedKey, NamespaceSecret};
-pub use replic8::message::Headers;
-pub use replic8_connmgr::{Identity, PeerKey};
-pub use replic8_discovery::{JoinReport, Topic, TopicStatus};
+pub use replic8::message::{HeaderError, Headers};
+pub use replic8::store::SharedFeed;
+pub use replic8_connmgr::{Identity, PeerKey, TransportTuning};
+pub use replic8_discovery::{DhtConfig, JoinReport, KrpcTestnet, Timing, Topic, TopicStatus};
+
+pub use crate::config::{ConfigError, LimitsSection, NodeConfig};
+
+/// The actor framework stores are written in.
+pub use actix;
+/// The QUIC implementation: a store's streams are `quinn` streams.
+pub use quinn;
+/// The async runtime the node and a store's stream tasks run on.
+pub use tokio;

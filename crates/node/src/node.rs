@@ -45,9 +45,17 @@ use crate::persist::{
     self, PersistError, PersistedJoin, PersistedPolicy, PersistedShare, PersistedState,
 };
 
-pub(crate) mod redial;
-use crate::wiring::{BeginClose, Requested, SessionOver, TopicLeft, Wiring};
-use redial::{CancelRedial, Redialer, Redialing, SessionEnd, StopRedials};
+use crate::lifecycle::{
+    BeginClose, CancelRedial, LifecycleActor, LifecycleConfig, Redialing, Requested, SessionEnded,
+    TopicLeft,
+};
+#[cfg(test)]
+mod lifecycle_tests;
+mod namespaces;
+pub use namespaces::{
+    parse_secret, AcceptMode, NamespaceError, NamespaceSpec, NamespaceStatus, OfferRecord,
+    OFFER_LOG,
+};
 
 /// How long `close` lets sessions send their close before it moves on. The session layer
 /// itself gives up after 2 s (`SessionsActor`'s grace period); this is a guard above it.
@@ -95,6 +103,8 @@ pub struct NodeBuilder {
     metrics: Option<SocketAddr>,
     feed_store: FeedStoreConfig,
     transport: TransportTuning,
+    /// Namespaces opened at every start, not persisted (the config's `[[namespace]]`).
+    namespaces: Vec<(String, Option<NamespaceSecret>, NamespaceSpec)>,
 }
 
 impl Default for NodeBuilder {
@@ -111,6 +121,7 @@ impl Default for NodeBuilder {
             metrics: None,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -179,7 +190,21 @@ impl NodeBuilder {
             metrics: config.metrics.listen,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            namespaces: config.open_namespaces()?,
         })
+    }
+
+    /// Open `name` at every start with `secret` (if any) under `spec`, without
+    /// persisting it (as the config's `[[namespace]]` does). It takes precedence over a
+    /// namespace of that name opened and persisted before.
+    pub fn namespace(
+        mut self,
+        name: impl Into<String>,
+        secret: Option<NamespaceSecret>,
+        spec: NamespaceSpec,
+    ) -> Self {
+        self.namespaces.push((name.into(), secret, spec));
+        self
     }
 
     /// Keep the identity, feeds, joins and shares in `dir` (created 0700 if missing).
@@ -213,7 +238,7 @@ impl NodeBuilder {
         self
     }
 
-    /// Use a private DHT (a `mainline::Testnet` on loopback) with these bootstrap nodes:
+    /// Use a private DHT (a `KrpcTestnet` on loopback) with these bootstrap nodes:
     /// the DHT binds 127.0.0.1 and uses short request timeouts (`DhtConfig::testnet`).
     pub fn testnet(mut self, bootstrap: &[String]) -> Self {
         self.dht = Some(DhtConfig::testnet(bootstrap));
@@ -428,11 +453,16 @@ struct Started {
     conn: ConnManagerHandle,
     discovery: Addr<DiscoveryActor>,
     sessions: Addr<SessionsActor>,
-    wiring: Addr<Wiring>,
-    redialer: Addr<Redialer>,
+    lifecycle: Addr<LifecycleActor>,
     feeds: FeedStoreRecipients,
-    /// Namespaces the feed store is registered for.
-    namespaces: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// Namespaces the feed store is registered for, with their secret.
+    namespaces: tokio::sync::Mutex<std::collections::HashMap<String, Option<NamespaceSecret>>>,
+    /// The policies of the namespaces the builder (the config) opens at every start.
+    config_namespaces: std::collections::HashMap<String, NamespaceSpec>,
+    /// The recent offers of peers.
+    offers: Arc<Mutex<namespaces::OfferLog>>,
+    /// Each offered feed's decision as it happens.
+    offer_events: broadcast::Sender<OfferRecord>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     data_dir: Option<PathBuf>,
@@ -516,20 +546,62 @@ async fn start(
             return Err(e.into());
         }
     };
+    let offers = Arc::new(Mutex::new(namespaces::OfferLog::default()));
+    let (offer_events, _) = broadcast::channel(OFFER_LOG);
     actix::spawn(forward_feed_events(
         feed_rx,
         events.clone(),
         counters.clone(),
         conn.addr().clone(),
+        offers.clone(),
+        offer_events.clone(),
     ));
-    // The public namespace, every persisted one and those of the shares, each with its
-    // persisted policy (held-only unless the user opened it with another).
-    let mut namespaces = std::collections::HashSet::new();
+    // The config's namespaces, then those the user opened (persisted with their secret
+    // and policy), each with its secret and policy.
+    let mut namespaces = std::collections::HashMap::new();
+    let config_namespaces: std::collections::HashMap<String, NamespaceSpec> = builder
+        .namespaces
+        .iter()
+        .map(|(name, _, spec)| (name.clone(), spec.clone()))
+        .collect();
+    let opened = prepared.state.opened.iter().filter_map(|(name, p)| {
+        let secret = match p.secret.as_deref().map(parse_secret).transpose() {
+            Ok(secret) => secret,
+            Err(e) => {
+                warn!(namespace = %name, error = %e, "persisted namespace skipped");
+                return None;
+            }
+        };
+        Some((name.clone(), secret, p.spec.clone()))
+    });
+    let wanted_specs: Vec<_> = builder.namespaces.iter().cloned().chain(opened).collect();
+    for (name, secret, spec) in wanted_specs {
+        if name.is_empty() || namespaces.contains_key(&name) {
+            continue;
+        }
+        let served = feeds
+            .serve
+            .send(ServeNamespace {
+                namespace: name.clone(),
+                secret: secret.clone(),
+                policy: spec.policy(),
+            })
+            .await;
+        if let Ok(Err(e)) = served {
+            let _ = discovery.send(replic8_discovery::Close).await;
+            conn.close().await;
+            return Err(e.into());
+        }
+        namespaces.insert(name, secret);
+    }
+    // The public namespace, every other persisted one and those of the shares, each with
+    // its persisted policy (held-only unless the user opened it with another).
     let wanted = std::iter::once(String::new())
         .chain(prepared.state.namespaces.iter().cloned())
         .chain(prepared.state.shares.iter().map(|s| s.namespace.clone()));
     for name in wanted {
-        if namespaces.insert(name.clone()) {
+        if !namespaces.contains_key(&name) {
+            namespaces.insert(name.clone(), None);
             let policy = prepared
                 .state
                 .policies
@@ -571,49 +643,32 @@ async fn start(
             }
         });
     }
-    // The wiring and the redialer talk both ways: the wiring's address first.
-    let wiring_context = Context::<Wiring>::new();
-    let wiring = wiring_context.address();
-    let redialer = Redialer::new(conn.addr().clone(), wiring.clone().recipient()).start();
-    wiring_context.run(Wiring {
-        conn: conn.addr().clone(),
-        discovery: discovery.clone(),
-        sessions: sessions.clone(),
-        redialer: redialer.clone().recipient(),
-        events: events.clone(),
-        counters: counters.clone(),
-        local,
-        up: Default::default(),
-        early: Default::default(),
-        lost: Default::default(),
-        closing: false,
-        ban_for: Duration::from_secs(builder.limits.ban_secs),
-    });
+    let lifecycle = LifecycleActor::new(
+        LifecycleConfig::new(local, Duration::from_secs(builder.limits.ban_secs)),
+        conn.addr().clone(),
+        discovery.clone(),
+        sessions.clone(),
+        events.clone(),
+        counters.clone(),
+    )
+    .start();
     actix::spawn(forward_session_events(
         session_rx,
         events.clone(),
         counters.clone(),
-        wiring.clone(),
-        redialer.clone(),
+        lifecycle.clone(),
         conn.addr().clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.
     let _ = discovery
-        .send(replic8_discovery::Subscribe(wiring.clone().recipient()))
+        .send(replic8_discovery::Subscribe(lifecycle.clone().recipient()))
         .await;
     let _ = conn
         .addr()
         .send(replic8_connmgr::Subscribe {
-            peer_up: wiring.clone().recipient(),
-            peer_down: wiring.clone().recipient(),
-        })
-        .await;
-    let _ = conn
-        .addr()
-        .send(replic8_connmgr::Subscribe {
-            peer_up: redialer.clone().recipient(),
-            peer_down: redialer.clone().recipient(),
+            peer_up: lifecycle.clone().recipient(),
+            peer_down: lifecycle.clone().recipient(),
         })
         .await;
     // The DHT node keeps its own counters: copied into ours at each scrape.
@@ -675,10 +730,12 @@ async fn start(
         conn,
         discovery,
         sessions,
-        wiring,
-        redialer,
+        lifecycle,
         feeds,
         namespaces: tokio::sync::Mutex::new(namespaces),
+        config_namespaces,
+        offers,
+        offer_events,
         events,
         counters,
         data_dir,
@@ -718,7 +775,12 @@ fn persisted_policy(policy: &NamespacePolicy) -> Option<PersistedPolicy> {
     let accept_all = match policy.accept {
         AcceptPolicy::All => true,
         AcceptPolicy::HeldOnly => false,
-        AcceptPolicy::Headers(_) | AcceptPolicy::Callback(_) => return None,
+        // A manual, headers-match or none policy is persisted by `open_namespace_spec`.
+        AcceptPolicy::None
+        | AcceptPolicy::HeadersMatch(_)
+        | AcceptPolicy::Manual
+        | AcceptPolicy::Headers(_)
+        | AcceptPolicy::Callback(_) => return None,
     };
     (accept_all || policy.forward).then_some(PersistedPolicy {
         accept_all,
@@ -770,8 +832,7 @@ async fn forward_session_events(
     mut rx: mpsc::UnboundedReceiver<PeerEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
-    wiring: Addr<Wiring>,
-    redialer: Addr<Redialer>,
+    lifecycle: Addr<LifecycleActor>,
     conn: Addr<ConnManager>,
 ) {
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
@@ -824,11 +885,7 @@ async fn forward_session_events(
                     counters.sessions_failed.add(1);
                 }
                 let text = reason.to_string();
-                redialer.do_send(SessionEnd {
-                    peer,
-                    reason: reason.clone(),
-                });
-                wiring.do_send(SessionOver { peer, reason });
+                lifecycle.do_send(SessionEnded { peer, reason });
                 NodeEvent::SessionEnded { peer, reason: text }
             }
         };
@@ -843,6 +900,8 @@ async fn forward_feed_events(
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     conn: Addr<ConnManager>,
+    offers: Arc<Mutex<namespaces::OfferLog>>,
+    offer_events: broadcast::Sender<OfferRecord>,
 ) {
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
     let mut marked = Marked::default();
@@ -884,6 +943,18 @@ async fn forward_feed_events(
                 continue;
             }
             FeedStoreEvent::FeedSynced { .. } => continue,
+            // Per feed, so a flood of offers makes many: they go to the offer log and
+            // its own channel, never to the node's events (whose subscribers would lag).
+            FeedStoreEvent::OfferDecided { .. } => {
+                let record = offers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(&event);
+                if let Some(record) = record {
+                    let _ = offer_events.send(record);
+                }
+                continue;
+            }
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);
                 NodeEvent::SyncFailed {
@@ -1088,11 +1159,7 @@ impl NodeHandle {
             .send(replic8_discovery::Leave { topic })
             .await
             .map_err(|_| NodeClosed)??;
-        if let Ok(closed) = self.s().wiring.send(TopicLeft(topic)).await {
-            for key in closed {
-                self.s().redialer.do_send(CancelRedial { key });
-            }
-        }
+        let _ = self.s().lifecycle.send(TopicLeft(topic)).await;
         self.refresh_topics().await;
         Ok(())
     }
@@ -1183,18 +1250,18 @@ impl NodeHandle {
             .send(replic8_connmgr::Dial { addr, expected_key })
             .await
             .map_err(|_| NodeClosed)??;
-        let _ = self.s().wiring.send(Requested(key)).await;
+        let _ = self.s().lifecycle.send(Requested(key)).await;
         Ok(key)
     }
 
     /// Close the connection to `peer` (close code `CLOSE_REQUESTED`); its session ends.
     /// We do not redial it (a pending redial is cancelled, even when the peer is not
     /// connected now). The peer, if it dialed that connection, treats this like a cut
-    /// connection and dials again (see `node/redial.rs`); ban it to keep it away.
+    /// connection and dials again (see `lifecycle/`); ban it to keep it away.
     pub async fn disconnect(&self, peer: PeerKey) -> Result<(), DisconnectError> {
         // First, so that the close below is not followed by a redial.
         self.s()
-            .redialer
+            .lifecycle
             .send(CancelRedial { key: peer })
             .await
             .map_err(|_| NodeClosed)?;
@@ -1208,10 +1275,10 @@ impl NodeHandle {
     }
 
     /// The peers whose connection we dialed and lost and that we are dialing again now
-    /// (about to dial, dialing, or waiting out a backoff); see `node/redial.rs`.
+    /// (about to dial, dialing, or waiting out a backoff); see `lifecycle/`.
     pub async fn redialing(&self) -> Result<Vec<PeerKey>, NodeClosed> {
         self.s()
-            .redialer
+            .lifecycle
             .send(Redialing)
             .await
             .map_err(|_| NodeClosed)
@@ -1343,7 +1410,8 @@ impl NodeHandle {
     /// opens the namespace again after a restart). A namespace with a secret is offered
     /// only to peers that prove they know it; secrets are not persisted, so such a
     /// namespace must be opened again after a restart. Opening an open namespace again
-    /// replaces its policy.
+    /// replaces its policy, and its secret if another is given (on running sessions
+    /// too).
     pub async fn open_namespace(
         &self,
         namespace: &str,
@@ -1353,7 +1421,11 @@ impl NodeHandle {
         let public = secret.is_none();
         let persisted = persisted_policy(&policy);
         let mut open = self.s().namespaces.lock().await;
-        if open.contains(namespace) {
+        if open.get(namespace).is_some_and(|old| *old != secret) {
+            // Another secret replaces the old one on every session, running or later.
+            self.unserve(&mut open, namespace).await?;
+        }
+        if open.contains_key(namespace) {
             if !namespace.is_empty() {
                 self.s()
                     .feeds
@@ -1371,12 +1443,12 @@ impl NodeHandle {
                 .serve
                 .send(ServeNamespace {
                     namespace: namespace.to_owned(),
-                    secret,
+                    secret: secret.clone(),
                     policy,
                 })
                 .await
                 .map_err(|_| NodeClosed)??;
-            open.insert(namespace.to_owned());
+            open.insert(namespace.to_owned(), secret);
         }
         drop(open);
         if public {
@@ -1401,7 +1473,7 @@ impl NodeHandle {
         // persisted: a failed share changes nothing.
         self.open_feed(feed).await?;
         {
-            let open = self.s().namespaces.lock().await.contains(namespace);
+            let open = self.s().namespaces.lock().await.contains_key(namespace);
             if !open {
                 self.open_namespace(namespace, None, NamespacePolicy::held_only())
                     .await?;
@@ -1473,8 +1545,7 @@ impl NodeHandle {
         };
         let s = self.s();
         let mut events = s.events.subscribe();
-        let _ = s.redialer.send(StopRedials).await;
-        let _ = s.wiring.send(BeginClose).await;
+        let _ = s.lifecycle.send(BeginClose).await;
         // Sessions first, so each peer hears why.
         if let Ok(peers) = s.sessions.send(ListSessions).await {
             let mut open: std::collections::HashSet<PeerKey> =

@@ -231,6 +231,22 @@ pub struct PersistedState {
     /// other than held-only (a missing entry is held-only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub policies: BTreeMap<String, PersistedPolicy>,
+    /// Namespaces the user opened with a policy that can be written down (the CLI's
+    /// `namespace open`), with their secret; served at start with both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub opened: BTreeMap<String, PersistedNamespace>,
+}
+
+/// A namespace the user opened, as persisted. The secret is kept here, in the state
+/// file (mode 0600, in the data directory that only its owner may write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedNamespace {
+    /// The secret as 64 hex digits, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The policy.
+    pub spec: crate::node::NamespaceSpec,
 }
 
 /// A namespace's accept policy, as persisted: the kinds that can be written down (a
@@ -440,9 +456,26 @@ mod tests {
         assert!(!state.share(share));
         assert!(state.namespace("photos"));
         assert!(!state.namespace("photos"));
+        state.opened.insert(
+            "team".into(),
+            PersistedNamespace {
+                secret: Some("ab".repeat(32)),
+                spec: crate::node::NamespaceSpec::new(
+                    None,
+                    BTreeMap::from([("kind".into(), "photo".into())]),
+                    Some(false),
+                )
+                .unwrap(),
+            },
+        );
         state.save(dir.path()).unwrap();
         let loaded = PersistedState::load(dir.path()).unwrap();
         assert_eq!(loaded, state);
+        let mode = fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the state file holds secrets");
         let mut left = loaded;
         assert!(left.leave(&[7; 32]));
         assert!(!left.leave(&[7; 32]));

@@ -130,7 +130,22 @@ fn demo_replicates_to_two_readers_verified_and_exits_0() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kind = |v: &serde_json::Value| v["step"].as_str().unwrap_or_default().to_owned();
+    assert!(steps.iter().all(|v| !kind(v).is_empty()), "{stdout}");
+    assert_eq!(kind(&steps[0]), "dht", "{stdout}");
+    assert!(steps[0]["bootstrap"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+
+    // The summary, last, with the fields `--json` always had.
+    let v = steps.last().unwrap();
+    assert_eq!(kind(v), "summary", "{stdout}");
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(v["blocks"], 64, "{v}");
     let nodes = v["nodes"].as_array().unwrap();
@@ -139,6 +154,53 @@ fn demo_replicates_to_two_readers_verified_and_exits_0() {
         assert!(reader["bytes_in"].as_u64().unwrap() >= 1 << 20, "{v}");
         assert!(reader["peers"].as_u64().unwrap() >= 1, "{v}");
     }
+    let feed = v["feed"].as_str().unwrap();
+    let refused = v["refused_feed"].as_str().unwrap();
+
+    // The story: reader-1 sees both feeds offered with their headers, its policy
+    // refuses the videos feed, reader-2 gets the photos feed forwarded by reader-1, and
+    // both copies are verified.
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        steps
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("no such step in:\n{stdout}"))
+    };
+    let offer = find(&|s| {
+        kind(s) == "offer"
+            && s["node"] == "reader-1"
+            && s["peer"] == "writer"
+            && s["feeds"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|f| f["feed"] == refused && f["headers"]["type"] == "videos")
+            })
+    });
+    let refusal = find(&|s| {
+        kind(s) == "decision"
+            && s["node"] == "reader-1"
+            && s["accepted"] == false
+            && s["feed"]["feed"] == refused
+    });
+    let forwarded = find(&|s| {
+        kind(s) == "accepted"
+            && s["node"] == "reader-2"
+            && s["peer"] == "reader-1"
+            && s["forwarded"] == true
+            && s["feed"] == feed
+    });
+    let synced = find(&|s| kind(s) == "synced" && s["node"] == "reader-2");
+    let verified_2 = find(&|s| kind(s) == "verified" && s["node"] == "reader-2");
+    find(&|s| kind(s) == "verified" && s["node"] == "reader-1");
+    assert!(
+        offer < refusal && forwarded < synced && synced < verified_2,
+        "{stdout}"
+    );
+    assert_eq!(
+        steps[verified_2]["peers"],
+        serde_json::json!(["reader-1"]),
+        "reader-2 never connected to the writer: {stdout}"
+    );
+    assert_eq!(steps[verified_2]["tree_hash"], v["tree_hash"], "{stdout}");
 }
 
 /// A daemon spawned as a user would, on loopback with a private DHT.
@@ -228,7 +290,7 @@ fn client(data: &std::path::Path, args: &[&str]) -> String {
 #[test]
 fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     use std::os::unix::fs::PermissionsExt;
-    let testnet = mainline::Testnet::builder(3).build().unwrap();
+    let testnet = replic8_node::KrpcTestnet::new(3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = Daemon::start(&data, &testnet.bootstrap);

@@ -1,6 +1,6 @@
 //! `SessionsActor`: the store registry and one running session per peer connection.
 //!
-//! A thin shell (STYLE.md §2): it keeps which store serves which namespace, starts
+//! A thin shell: it keeps which store serves which namespace, starts
 //! [`driver::run`] for each connection it is given ([`StartSession`], sent by the node
 //! on the connection manager's `PeerUp`), and routes the stores' messages ([`Share`],
 //! [`FeedSynced`], [`FeedUpdated`], [`StreamEnded`], [`FeedFailed`], [`FeedStalled`]) to the sessions they concern. All
@@ -179,10 +179,16 @@ impl Handler<RegisterStore> for SessionsActor {
 impl Handler<UnregisterStore> for SessionsActor {
     type Result = ();
 
-    /// Takes effect for sessions started afterwards.
+    /// Sessions started afterwards do not serve the namespaces; running sessions stop
+    /// serving them (feeds replicating in them go on until the session ends).
     fn handle(&mut self, msg: UnregisterStore, _: &mut Context<Self>) {
         for name in msg.namespaces {
             self.stores.remove(&name);
+            for running in self.sessions.values() {
+                let _ = running
+                    .commands
+                    .send(SessionCommand::Unregister(name.clone()));
+            }
         }
     }
 }

@@ -112,6 +112,8 @@ pub enum SessionCommand {
     },
     /// Serve one more namespace on this session.
     Register(NamespaceEntry),
+    /// Stop serving a namespace on this session.
+    Unregister(String),
     /// The session's counters now (queued control bytes included).
     Stats {
         /// Where the answer goes.
@@ -467,6 +469,10 @@ pub async fn run(
                         }
                         Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
                     }
+                }
+                // The store stays known: streams of feeds replicated in the namespace go on.
+                Some(SessionCommand::Unregister(name)) => {
+                    let _ = session.handle_unregister_namespace(&name);
                 }
                 Some(SessionCommand::Stats { reply }) => {
                     let _ = reply.send(session.stats());

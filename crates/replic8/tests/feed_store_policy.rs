@@ -184,6 +184,17 @@ async fn shared_feed<St: Storage>(
     blocks: usize,
     size: usize,
 ) -> FeedKey {
+    shared_feed_with(node, namespace, blocks, size, &[]).await
+}
+
+/// [`shared_feed`] with headers.
+async fn shared_feed_with<St: Storage>(
+    node: &Node<St>,
+    namespace: &str,
+    blocks: usize,
+    size: usize,
+    headers: &[(&str, &str)],
+) -> FeedKey {
     let feed = node.store.send(CreateFeed).await.unwrap().unwrap();
     if blocks > 0 {
         let data: Vec<Vec<u8>> = (0..blocks).map(|i| vec![i as u8; size]).collect();
@@ -193,11 +204,15 @@ async fn shared_feed<St: Storage>(
             .unwrap()
             .unwrap();
     }
+    let mut h = Headers::new();
+    for (k, v) in headers {
+        h.insert(*k, v.as_bytes().to_vec()).unwrap();
+    }
     node.store
         .send(ShareFeed {
             namespace: namespace.into(),
             feed,
-            headers: Headers::new(),
+            headers: h,
         })
         .await
         .unwrap()
@@ -832,5 +847,183 @@ fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drop((recv, send));
+    });
+}
+
+/// A feed on `node` with 3 blocks of 100 bytes, shared in `namespace` with `headers`.
+async fn shared_with<St: Storage>(
+    node: &Node<St>,
+    namespace: &str,
+    headers: &[(&str, &str)],
+) -> FeedKey {
+    shared_feed_with(node, namespace, 3, 100, headers).await
+}
+
+/// The decisions node `n`'s store reported in `seen`, by feed, latest last.
+fn decisions(seen: &[Ev], n: u8) -> Vec<(FeedKey, OfferDecision)> {
+    seen.iter()
+        .filter_map(|e| match e {
+            Ev::Store(m, FeedStoreEvent::OfferDecided { feed, decision, .. }) if *m == n => {
+                Some((*feed, *decision))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The manual policy: a new feed's offer waits for the user; accepted, it replicates
+/// from the peer that offered it; rejected, it is refused; past the per-peer bound it is
+/// refused at once; undecided, it expires and the offer is answered.
+#[test]
+fn a_manual_namespace_holds_offers_until_the_user_decides_within_its_bounds() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            vec![(OPEN, None, NamespacePolicy::held_only())],
+            &tx,
+        )
+        .await;
+        let config = FeedStoreConfig {
+            limits: FeedStoreLimits {
+                manual_waiting_per_peer: 2,
+                manual_wait: Duration::from_secs(3),
+                ..FeedStoreLimits::default()
+            },
+            ..FeedStoreConfig::default()
+        };
+        let manual = NamespacePolicy {
+            accept: AcceptPolicy::Manual,
+            forward: false,
+        };
+        let b = node(2, MemoryStorage::new(), config, vec![(OPEN, None, manual)], &tx).await;
+        for _ in 0..3 {
+            shared_with(&a, OPEN, &[]).await;
+        }
+        link(&a, &b).await;
+        let mut waiting = Vec::new();
+        let mut over = 0;
+        let seen = wait_for(&mut events, "two feeds waiting and one refused", |e| {
+            if let Ev::Store(2, FeedStoreEvent::OfferDecided { feed, decision, .. }) = e {
+                match decision {
+                    OfferDecision::Waiting => waiting.push(*feed),
+                    OfferDecision::RefusedQuota => over += 1,
+                    other => panic!("unexpected decision {other:?}"),
+                }
+            }
+            waiting.len() == 2 && over == 1
+        })
+        .await;
+        assert_no_end(&seen);
+        assert_eq!(b.store.send(GetStats).await.unwrap().offers_waiting, 2);
+        let (yes, no) = (waiting[0], waiting[1]);
+        // Not a manual namespace: refused, nothing decided.
+        assert!(matches!(
+            b.store
+                .send(DecideOffers {
+                    namespace: String::new(),
+                    feeds: vec![yes],
+                    accept: true,
+                })
+                .await
+                .unwrap(),
+            Err(FeedStoreError::NotManual(_))
+        ));
+        let decide = |feed, accept| DecideOffers {
+            namespace: OPEN.into(),
+            feeds: vec![feed],
+            accept,
+        };
+        assert_eq!(b.store.send(decide(yes, true)).await.unwrap().unwrap(), [1]);
+        assert_eq!(b.store.send(decide(no, false)).await.unwrap().unwrap(), [1]);
+        let seen = wait_for(&mut events, "the accepted feed synced from A", |e| {
+            matches!(e, Ev::Store(2, FeedStoreEvent::FeedSynced { feed, length: 3, .. }) if *feed == yes)
+        })
+        .await;
+        assert_no_end(&seen);
+        let decided = decisions(&seen, 2);
+        assert!(decided.contains(&(yes, OfferDecision::Accepted)), "{decided:?}");
+        assert!(decided.contains(&(no, OfferDecision::Rejected)), "{decided:?}");
+        assert!(matches!(
+            b.store.send(OpenFeed { feed: no }).await.unwrap(),
+            Err(FeedStoreError::NotFound(_))
+        ));
+        // A feed shared later waits in its own offer, and expires undecided.
+        let late = shared_with(&a, OPEN, &[]).await;
+        let seen = wait_for(&mut events, "the late feed expired", |e| {
+            matches!(e, Ev::Store(2, FeedStoreEvent::OfferDecided { feed, decision: OfferDecision::Expired, .. }) if *feed == late)
+        })
+        .await;
+        assert_no_end(&seen);
+        assert!(decisions(&seen, 2).contains(&(late, OfferDecision::Waiting)));
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!((stats.offers_waiting, stats.replicas), (0, 1), "{stats:?}");
+        // A decision with no offer waiting is remembered for the next one.
+        assert_eq!(b.store.send(decide(late, true)).await.unwrap().unwrap(), [0]);
+    });
+}
+
+/// A header policy written as data accepts the feeds whose headers hold every given
+/// value; a namespace that accepts nothing refuses every offer.
+#[test]
+fn a_header_match_takes_only_matching_feeds_and_none_takes_nothing() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let held = || NamespacePolicy::held_only();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            vec![(OPEN, None, held()), ("out", None, held())],
+            &tx,
+        )
+        .await;
+        let photos = NamespacePolicy {
+            accept: AcceptPolicy::HeadersMatch(vec![
+                ("kind".into(), b"photo".to_vec()),
+                ("year".into(), b"2026".to_vec()),
+            ]),
+            forward: false,
+        };
+        let nothing = NamespacePolicy {
+            accept: AcceptPolicy::None,
+            forward: false,
+        };
+        let b = node(
+            2,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            vec![(OPEN, None, photos), ("out", None, nothing)],
+            &tx,
+        )
+        .await;
+        let wanted =
+            shared_with(&a, OPEN, &[("kind", "photo"), ("year", "2026"), ("x", "y")]).await;
+        let other_year = shared_with(&a, OPEN, &[("kind", "photo"), ("year", "2025")]).await;
+        let bare = shared_with(&a, OPEN, &[]).await;
+        let out = shared_with(&a, "out", &[]).await;
+        link(&a, &b).await;
+        let mut decided = Vec::new();
+        let seen = wait_for(&mut events, "B decided A's three feeds", |e| {
+            if let Ev::Store(2, FeedStoreEvent::OfferDecided { feed, decision, .. }) = e {
+                decided.push((*feed, *decision));
+            }
+            decided.len() == 4
+        })
+        .await;
+        assert_no_end(&seen);
+        decided.sort_by_key(|(f, _)| f.0);
+        let mut expected = vec![
+            (wanted, OfferDecision::Accepted),
+            (other_year, OfferDecision::RefusedPolicy),
+            (bare, OfferDecision::RefusedPolicy),
+            (out, OfferDecision::RefusedPolicy),
+        ];
+        expected.sort_by_key(|(f, _)| f.0);
+        assert_eq!(decided, expected);
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!((stats.replicas, stats.refused_policy), (1, 3), "{stats:?}");
     });
 }

@@ -2097,3 +2097,71 @@ fn streams_closed_in_sync_or_refused_by_the_driver_are_not_detached_at_the_end()
     acceptor.handle_connection_lost(None, "gone".into());
     assert_eq!(detached(&mut acceptor), vec![(one.0, one.3)]);
 }
+
+#[test]
+fn a_namespace_unregistered_then_registered_with_another_secret_starts_over() {
+    let exporter = ExporterSecret([3; 32]);
+    let (old, new) = (NamespaceSecret([5; 32]), NamespaceSecret([6; 32]));
+    let mut dialer = Session::new(live(), Role::Dialer, exporter, std::time::Instant::now());
+    dialer
+        .handle_register_namespace("team", Some(old.clone()))
+        .unwrap();
+    dialer.handle_control_bytes(&hello_frame());
+    let tags = |sent: &[Message]| -> Vec<u32> {
+        sent.iter()
+            .filter_map(|m| match m {
+                Message::Tag { handle, .. } => Some(*handle),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = tags(&take_sent(&mut dialer));
+    assert_eq!(first.len(), 1);
+    // Another secret on a running session: unregister, then register again.
+    dialer.handle_unregister_namespace("team").unwrap();
+    dialer
+        .handle_register_namespace("team", Some(new.clone()))
+        .unwrap();
+    let sent = take_sent(&mut dialer);
+    let second = tags(&sent);
+    assert_eq!(second.len(), 1);
+    assert!(second[0] > first[0], "a new handle: {first:?} {second:?}");
+    let key = NamespaceKey::new("team", Some(&new));
+    assert!(sent.contains(&Message::Tag {
+        handle: second[0],
+        tag: key.tag(&exporter, Role::Dialer)
+    }));
+    // The acceptor's late answer to the old tag is ignored, not misbehaviour.
+    let old_key = NamespaceKey::new("team", Some(&old));
+    dialer.handle_control_bytes(&frames(&[Message::Tag {
+        handle: first[0],
+        tag: old_key.tag(&exporter, Role::Acceptor),
+    }]));
+    assert!(dialer.end_reason().is_none(), "{:?}", dialer.end_reason());
+    // The answer under the new handle proves the namespace with the new secret.
+    dialer.handle_control_bytes(&frames(&[Message::Tag {
+        handle: second[0],
+        tag: key.tag(&exporter, Role::Acceptor),
+    }]));
+    assert!(dialer.end_reason().is_none(), "{:?}", dialer.end_reason());
+    assert!(std::iter::from_fn(|| dialer.poll_event()).any(|e| e
+        == SessionEvent::NamespaceProven {
+            namespace: "team".into()
+        }));
+    // Unregistered once proven: the peer's offers under its handle get nothing accepted.
+    dialer.handle_unregister_namespace("team").unwrap();
+    dialer.handle_control_bytes(&frames(&[Message::Offer {
+        namespace: second[0],
+        offer: 0,
+        feeds: vec![OfferedFeed {
+            id: 0,
+            key: feed(1),
+            headers: headers(&[]),
+        }],
+    }]));
+    assert!(dialer.end_reason().is_none(), "{:?}", dialer.end_reason());
+    assert!(take_sent(&mut dialer).contains(&Message::Answer {
+        offer: 0,
+        accepted: vec![]
+    }));
+}

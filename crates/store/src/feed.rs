@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::keys::{DiscoveryKey, FeedKey, FeedSecret, SignedHead};
 use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
-use crate::storage::{FeedStorage, Storage, StorageError, StoredNode, WriteBatch};
+use crate::storage::{self, FeedStorage, Storage, StorageError, StoredNode, WriteBatch};
 use crate::tree::{self, full_roots, Node};
 
 /// Largest block a feed accepts (1 MiB), so that one block always fits in one sync
@@ -392,8 +392,7 @@ impl<S: FeedStorage> Feed<S> {
             (prepared.nodes, head.into())
         };
         let node_count = new_node_count(start, blocks.len() as u64);
-        self.storage
-            .write_append_hashing(start, &slices, node_count, &mut hash)?;
+        storage::write_append_hashing(&mut self.storage, start, &slices, node_count, &mut hash)?;
         let Some((head, roots)) = made else {
             // Storage must call `hash`; one that did not wrote nothing of ours.
             return Err(AppendError::Storage(StorageError::Limit(

@@ -4,20 +4,13 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 
 use replic8_store::storage::{
     DiskConfig, DiskStorage, FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch,
 };
+use util::{feed_dir, XorShift};
 
-fn hex(key: &[u8; 32]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn feed_dir(root: &Path, key: &[u8; 32]) -> PathBuf {
-    let h = hex(key);
-    root.join("feeds").join(&h[..2]).join(h)
-}
+mod util;
 
 fn block(index: u64, len: usize) -> Vec<u8> {
     (0..len)
@@ -252,18 +245,6 @@ fn corrupt_meta_state_and_log_header_are_reported() {
             Err(StorageError::Corrupt(what)) => assert!(what.contains(file), "{what}"),
             other => panic!("{file}: expected corrupt, got {other:?}"),
         }
-    }
-}
-
-/// Tiny deterministic generator for the damage test.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 

@@ -149,12 +149,23 @@ fn start(sides: &mut [Side; 2], link: &Link) {
     }
 }
 
-fn serve_only() -> SyncConfig {
+/// Sync settings that want `want` and stop once they have it (not live).
+fn once(want: Want) -> SyncConfig {
     SyncConfig {
-        want: Want::Nothing,
+        want,
         live: false,
         ..SyncConfig::default()
     }
+}
+
+fn serve_only() -> SyncConfig {
+    once(Want::Nothing)
+}
+
+/// The writer `w`, serving only, and a fresh replica of it with `config`.
+fn writer_and_replica(w: Feed<MemoryFeed>, config: SyncConfig) -> [Side; 2] {
+    let key = *w.key();
+    [side(w, serve_only()), side(replica(key), config)]
 }
 
 fn check_replica(w: &mut Feed<MemoryFeed>, r: &mut Feed<MemoryFeed>, range: std::ops::Range<u64>) {
@@ -166,15 +177,12 @@ fn check_replica(w: &mut Feed<MemoryFeed>, r: &mut Feed<MemoryFeed>, range: std:
 #[test]
 fn download_all_with_pipelining() {
     let w = writer(1000);
-    let key = *w.key();
     let config = SyncConfig {
-        want: Want::All,
-        live: false,
         max_outstanding: 4,
         blocks_per_message: 16,
-        ..SyncConfig::default()
+        ..once(Want::All)
     };
-    let mut sides = [side(w, serve_only()), side(replica(key), config)];
+    let mut sides = writer_and_replica(w, config);
     let mut link = Link::new(1, 0);
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].sync.is_synced())
@@ -201,15 +209,12 @@ fn download_all_with_pipelining() {
 fn download_all_under_reordering() {
     for seed in 0..8 {
         let w = writer(300);
-        let key = *w.key();
         let config = SyncConfig {
-            want: Want::All,
-            live: false,
             max_outstanding: 8,
             blocks_per_message: 7,
-            ..SyncConfig::default()
+            ..once(Want::All)
         };
-        let mut sides = [side(w, serve_only()), side(replica(key), config)];
+        let mut sides = writer_and_replica(w, config);
         let mut link = Link::new(seed, 40);
         start(&mut sides, &link);
         link.run(&mut sides, |s| s[1].sync.is_synced())
@@ -223,16 +228,11 @@ fn download_all_under_reordering() {
 #[test]
 fn sparse_range_downloads_only_that_range() {
     let w = writer(500);
-    let key = *w.key();
-    let config = SyncConfig {
-        want: Want::Range {
-            start: 100,
-            end: 150,
-        },
-        live: false,
-        ..SyncConfig::default()
-    };
-    let mut sides = [side(w, serve_only()), side(replica(key), config)];
+    let config = once(Want::Range {
+        start: 100,
+        end: 150,
+    });
+    let mut sides = writer_and_replica(w, config);
     let mut link = Link::new(2, 10);
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].sync.is_synced())
@@ -247,13 +247,12 @@ fn sparse_range_downloads_only_that_range() {
 #[test]
 fn live_follow_gets_new_appends() {
     let w = writer(10);
-    let key = *w.key();
     let config = SyncConfig {
         want: Want::All,
         live: true,
         ..SyncConfig::default()
     };
-    let mut sides = [side(w, serve_only()), side(replica(key), config)];
+    let mut sides = writer_and_replica(w, config);
     let mut link = Link::new(3, 20);
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].feed.contiguous_length() == 10)
@@ -280,12 +279,8 @@ fn live_follow_gets_new_appends() {
 fn replica_serves_a_third_feed() {
     let w = writer(200);
     let key = *w.key();
-    let all = SyncConfig {
-        want: Want::All,
-        live: false,
-        ..SyncConfig::default()
-    };
-    let mut sides = [side(w, serve_only()), side(replica(key), all.clone())];
+    let all = once(Want::All);
+    let mut sides = writer_and_replica(w, all.clone());
     let mut link = Link::new(4, 10);
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].sync.is_synced())
@@ -304,14 +299,11 @@ fn replica_serves_a_third_feed() {
 /// from an honest writer.
 fn bad_peer(tamper: impl FnMut(&mut Message) + 'static, check: impl Fn(&SyncError) -> bool) {
     let w = writer(100);
-    let key = *w.key();
     let config = SyncConfig {
-        want: Want::All,
-        live: false,
         blocks_per_message: 10,
-        ..SyncConfig::default()
+        ..once(Want::All)
     };
-    let mut sides = [side(w, serve_only()), side(replica(key), config.clone())];
+    let mut sides = writer_and_replica(w, config.clone());
     let mut link = Link::new(5, 0);
     link.tamper = Some(Box::new(tamper));
     start(&mut sides, &link);
@@ -520,14 +512,9 @@ fn silent_peer_times_out() {
 #[test]
 fn peer_behind_us_is_not_asked() {
     let mut w = writer(50);
-    let key = *w.key();
-    let all = SyncConfig {
-        want: Want::All,
-        live: false,
-        ..SyncConfig::default()
-    };
+    let all = once(Want::All);
     // `behind` syncs everything at length 50.
-    let mut sides = [side(w, serve_only()), side(replica(key), all.clone())];
+    let mut sides = writer_and_replica(w, all.clone());
     let mut link = Link::new(7, 5);
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].sync.is_synced())
@@ -537,12 +524,8 @@ fn peer_behind_us_is_not_asked() {
     let blocks: Vec<Vec<u8>> = (50..100).map(block).collect();
     w.append_batch(&blocks).expect("append");
     // `ahead` takes the head at 100 and blocks 0..10 only.
-    let range = SyncConfig {
-        want: Want::Range { start: 0, end: 10 },
-        live: false,
-        ..SyncConfig::default()
-    };
-    let mut sides = [side(w, serve_only()), side(replica(key), range)];
+    let range = once(Want::Range { start: 0, end: 10 });
+    let mut sides = writer_and_replica(w, range);
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].sync.is_synced())
         .expect("range sync");
@@ -593,13 +576,12 @@ fn request_flood_is_bounded() {
 #[test]
 fn live_append_arrives_after_three_one_way_trips() {
     let w = writer(10);
-    let key = *w.key();
     let config = SyncConfig {
         want: Want::All,
         live: true,
         ..SyncConfig::default()
     };
-    let mut sides = [side(w, serve_only()), side(replica(key), config)];
+    let mut sides = writer_and_replica(w, config);
     let mut link = Link::new(9, 0); // every message takes exactly 5 ms
     start(&mut sides, &link);
     link.run(&mut sides, |s| s[1].feed.contiguous_length() == 10)
@@ -624,11 +606,7 @@ fn live_append_arrives_after_three_one_way_trips() {
 fn empty_feeds_on_both_sides_report_synced() {
     let w = writer(0);
     let key = *w.key();
-    let config = SyncConfig {
-        want: Want::All,
-        live: false,
-        ..SyncConfig::default()
-    };
+    let config = once(Want::All);
     let mut sides = [side(w, config.clone()), side(replica(key), config)];
     let mut link = Link::new(7, 0);
     start(&mut sides, &link);

@@ -1,4 +1,4 @@
-//! `discovery`: join to connected on a private Mainline DHT (`mainline::Testnet`, 20
+//! `discovery`: join to connected on a private Mainline DHT (`KrpcTestnet`, 20
 //! nodes on 127.0.0.1), with pairs of nodes built like any node (`.testnet(..)`, LAN off,
 //! in memory, a pair of its own and a fresh random topic per round and case). Every
 //! node is spawned, untimed, before the first round and closed after the last: a node
@@ -206,7 +206,7 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         ));
     }
     reset_peak_rss();
-    let testnet = tokio::task::spawn_blocking(move || mainline::Testnet::builder(nodes).build())
+    let testnet = tokio::task::spawn_blocking(move || replic8_discovery::KrpcTestnet::new(nodes))
         .await
         .map_err(|e| BenchError::Options(e.to_string()))?
         .map_err(BenchError::io("testnet"))?;

@@ -1,6 +1,8 @@
 //! `replic8 bench`: measure this machine. Each scenario yields one or more [`Row`]s, printed
 //! as a table or as JSON lines by the binary.
 //!
+//! Built only with the `cli` feature (the default), for the `replic8` binary.
+//!
 //! Scenarios (each in its own module):
 //! - [`raw`]: QUIC alone, the node's transport settings, one connection, one stream;
 //! - [`replicate`]: `bulk`, `small` and `many-feeds`: a writer process (this binary

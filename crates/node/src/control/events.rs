@@ -10,12 +10,30 @@ use crate::NodeEvent;
 /// A stream of the node's events from now on. A client that reads too slowly for the
 /// node's event buffer gets a `lagged` line saying how many it missed, then the rest.
 pub(super) fn stream(node: &NodeHandle) -> Answer {
-    let mut events = node.subscribe();
+    stream_with(node.subscribe(), Vec::new(), |event| Some(to_json(event)))
+}
+
+/// A stream of `first`, then of what arrives on `events` that `line` turns into a line.
+/// Subscribe before taking `first`, so that nothing falls between (an item may show in
+/// both, never in neither).
+pub(super) fn stream_with<T: Clone + Send + 'static>(
+    mut events: broadcast::Receiver<T>,
+    first: Vec<Value>,
+    line: impl Fn(&T) -> Option<Value> + Send + 'static,
+) -> Answer {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     tokio::spawn(async move {
+        for item in first {
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
         loop {
             let line = match events.recv().await {
-                Ok(event) => to_json(&event),
+                Ok(event) => match line(&event) {
+                    Some(line) => line,
+                    None => continue,
+                },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     json!({ "event": "lagged", "missed": missed })
                 }

@@ -30,6 +30,11 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
     let e = |e: &dyn std::fmt::Display| e.to_string();
     Ok(Answer::One(match req {
         Request::Events => return Ok(super::events::stream(node)),
+        Request::NamespaceOpen { .. }
+        | Request::NamespaceList
+        | Request::NamespaceClose { .. }
+        | Request::Decide { .. }
+        | Request::Offers { .. } => return super::namespaces::handle(node, req).await,
         Request::FeedNew => {
             let key = node.create_feed().await.map_err(|x| e(&x))?;
             json!({ "key": hex::encode(key.0) })

@@ -16,10 +16,12 @@
 //! ends the connection with an error. Block data travels as hex.
 //!
 //! Modules: `handle` answers each request from the node's handle; `events` turns
-//! [`NodeEvent`](crate::NodeEvent)s into JSON lines.
+//! [`NodeEvent`](crate::NodeEvent)s into JSON lines; `namespaces` opens, lists and
+//! closes namespaces and lists and answers offers.
 
 mod events;
 mod handle;
+mod namespaces;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -108,6 +110,41 @@ pub enum Request {
     /// The node's events as they happen, one JSON object per line, until the client
     /// hangs up.
     Events,
+    /// Open a namespace (or change the policy of an open one) and persist it.
+    NamespaceOpen {
+        /// The name.
+        name: String,
+        /// The secret, 64 hex digits (the client read it from a file or stdin).
+        secret: Option<String>,
+        /// `all`, `held`, `none` or `manual`; `None`: the default.
+        accept: Option<String>,
+        /// Accept only feeds with each of these headers (`accept` all).
+        headers: Vec<(String, String)>,
+        /// Forward accepted feeds; `None`: the default.
+        forward: Option<bool>,
+    },
+    /// The open namespaces (never their secrets).
+    NamespaceList,
+    /// Close a namespace.
+    NamespaceClose {
+        /// The name.
+        name: String,
+    },
+    /// Accept or reject feeds offered in a manual namespace.
+    Decide {
+        /// The namespace.
+        namespace: String,
+        /// The feeds, hex.
+        keys: Vec<String>,
+        /// Accept (else reject).
+        accept: bool,
+    },
+    /// The recent offers; with `follow`, then each new decision as it happens, until
+    /// the client hangs up.
+    Offers {
+        /// Stream new decisions after the log.
+        follow: bool,
+    },
 }
 
 /// The daemon's answer: `{"ok": ...}` or `{"error": "..."}`.

@@ -50,6 +50,9 @@ pub enum FeedStoreError {
     /// The file of the feeds' namespaces could not be read.
     #[error("feed namespaces: {0}")]
     Membership(#[from] super::MembershipError),
+    /// Offers in this namespace are not decided by hand (its policy is not manual).
+    #[error("namespace {0:?} does not take offers by hand (open it with the manual policy)")]
+    NotManual(String),
 }
 
 /// A feed's length and stored block count, as published to subscribers and to the
@@ -110,6 +113,8 @@ pub struct FeedStoreStats {
     pub replicas: u64,
     /// Tasks of feed streams alive now (each stream runs up to three).
     pub stream_tasks: u64,
+    /// Offered feeds waiting for the user's decision now (manual namespaces).
+    pub offers_waiting: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.
@@ -122,6 +127,43 @@ pub struct Refusals {
     pub elsewhere: u64,
     /// Past a quota (per peer, or in total).
     pub quota: u64,
+}
+
+/// What became of one feed of an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferDecision {
+    /// Accepted: the store holds it in the namespace already.
+    Held,
+    /// Accepted as a new replica.
+    Accepted,
+    /// Refused by the namespace's policy (or its key is not an ed25519 public key).
+    RefusedPolicy,
+    /// Refused: held here only in other namespaces.
+    RefusedElsewhere,
+    /// Refused: past a quota (per peer, in total, or of feeds waiting for a decision).
+    RefusedQuota,
+    /// Waiting for the user's decision ([`DecideOffers`]).
+    Waiting,
+    /// Refused by the user.
+    Rejected,
+    /// Refused: no decision came within [`super::FeedStoreLimits::manual_wait`].
+    Expired,
+}
+
+impl OfferDecision {
+    /// The decision as a word for people and JSON (`accepted`, `refused-policy`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfferDecision::Held => "held",
+            OfferDecision::Accepted => "accepted",
+            OfferDecision::RefusedPolicy => "refused-policy",
+            OfferDecision::RefusedElsewhere => "refused-elsewhere",
+            OfferDecision::RefusedQuota => "refused-quota",
+            OfferDecision::Waiting => "waiting",
+            OfferDecision::Rejected => "rejected",
+            OfferDecision::Expired => "expired",
+        }
+    }
 }
 
 /// What the store reports as it works (sent to the events channel given to
@@ -147,6 +189,20 @@ pub enum FeedStoreEvent {
         peer: PeerKey,
         /// How many, and why.
         refused: Refusals,
+    },
+    /// What became of one feed of `peer`'s offer (a feed waiting for the user's
+    /// decision is reported again once decided).
+    OfferDecided {
+        /// The namespace.
+        namespace: String,
+        /// Who offered it.
+        peer: PeerKey,
+        /// The feed.
+        feed: FeedKey,
+        /// The headers it was offered with.
+        headers: Headers,
+        /// What became of it.
+        decision: OfferDecision,
     },
     /// Blocks from `peer` were verified and stored (since the previous such event for
     /// this stream).
@@ -267,4 +323,19 @@ pub struct SetNamespacePolicy {
     pub namespace: String,
     /// What the store accepts and forwards in it.
     pub policy: NamespacePolicy,
+}
+
+/// The user's decision on feeds offered in a namespace with the manual policy: each
+/// waiting offer of them is answered (accepted feeds become replicas, within the
+/// quotas), and the decision is remembered for offers of them made later. Replies with,
+/// per feed, how many waiting offers got the decision.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<usize>, FeedStoreError>")]
+pub struct DecideOffers {
+    /// The namespace.
+    pub namespace: String,
+    /// The feeds.
+    pub feeds: Vec<FeedKey>,
+    /// Accept (else reject).
+    pub accept: bool,
 }

@@ -2,7 +2,7 @@
 //! and replicating them with its sync core on the feed streams the session layer hands
 //! it.
 //!
-//! The actor is a thin shell (STYLE.md §2). It keeps what is shared in which namespace
+//! The actor is a thin shell. It keeps what is shared in which namespace
 //! (with headers) and which namespaces each feed belongs to (`membership.rs`), decides
 //! offers by the namespace's [`NamespacePolicy`] and the [`FeedStoreLimits`] quotas
 //! (`policy.rs`; a new accepted feed is created here as a replica and, under a
@@ -33,6 +33,7 @@
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
 
+mod manual;
 mod membership;
 mod messages;
 mod policy;
@@ -303,6 +304,8 @@ pub struct FeedStore<St: Storage> {
     /// Changes of `members` so far (to tell whether an offer changed anything).
     member_changes: u64,
     quotas: Quotas,
+    /// Feeds waiting for the user's decision, and decisions remembered.
+    manual: manual::ManualQueue,
 }
 
 impl FeedStore<DiskStorage> {
@@ -393,6 +396,10 @@ impl<St: Storage> FeedStore<St> {
                 flush_timeout: config.limits.flush_timeout,
             }),
             quotas: Quotas::new(config.limits.clone(), replicas),
+            manual: manual::ManualQueue::new(
+                config.limits.manual_waiting_per_peer,
+                config.limits.manual_waiting,
+            ),
             config,
             namespaces: HashMap::new(),
             policies: HashMap::new(),
@@ -499,16 +506,30 @@ impl<St: Storage> FeedStore<St> {
         for feed in new {
             // Another offer may have brought it meanwhile.
             match self.members.get(&feed.key) {
-                Some(m) if m.is_in(namespace) => accepted.push(feed.key),
-                Some(m) if m.in_any() => refused.elsewhere += 1,
+                Some(m) if m.is_in(namespace) => {
+                    self.decided(peer, namespace, &feed, OfferDecision::Held);
+                    accepted.push(feed.key);
+                }
+                Some(m) if m.in_any() => {
+                    self.decided(peer, namespace, &feed, OfferDecision::RefusedElsewhere);
+                    refused.elsewhere += 1;
+                }
                 _ => candidates.push(feed),
             }
         }
+        let offered = candidates.clone();
         let (admitted, over) = self.quotas.admit(peer, candidates, Instant::now());
         refused.quota += over;
+        if over > 0 {
+            let taken: HashSet<FeedKey> = admitted.iter().map(|f| f.key).collect();
+            for feed in offered.iter().filter(|f| !taken.contains(&f.key)) {
+                self.decided(peer, namespace, feed, OfferDecision::RefusedQuota);
+            }
+        }
         let mut forward = Vec::new();
         let mut create = Vec::new();
         for feed in admitted {
+            self.decided(peer, namespace, &feed, OfferDecision::Accepted);
             accepted.push(feed.key);
             self.members.insert(feed.key, Member::accepted(namespace));
             self.member_changes += 1;
@@ -551,6 +572,52 @@ impl<St: Storage> FeedStore<St> {
 }
 
 impl<St: Storage> FeedStore<St> {
+    /// Reports what became of one offered feed.
+    fn decided(&self, peer: PeerKey, namespace: &str, feed: &SharedFeed, decision: OfferDecision) {
+        self.shared.event(FeedStoreEvent::OfferDecided {
+            namespace: namespace.to_owned(),
+            peer,
+            feed: feed.key,
+            headers: feed.headers.clone(),
+            decision,
+        });
+    }
+
+    /// Splits the new feeds of an offer in a namespace with the manual policy: those
+    /// the user decided already (accepted ones are returned, rejected ones refused),
+    /// and the others, put to the user (within the bounds; past them, refused). Returns
+    /// the accepted feeds and the waits.
+    fn put_to_user(
+        &mut self,
+        peer: PeerKey,
+        namespace: &str,
+        new: Vec<SharedFeed>,
+        refused: &mut Refusals,
+    ) -> (Vec<SharedFeed>, Vec<(SharedFeed, manual::Wait)>) {
+        let mut now = Vec::new();
+        let mut waits = Vec::new();
+        for feed in new {
+            match self.manual.decided(namespace, &feed.key) {
+                Some(true) => now.push(feed),
+                Some(false) => {
+                    self.decided(peer, namespace, &feed, OfferDecision::Rejected);
+                    refused.policy += 1;
+                }
+                None => match self.manual.wait(peer, namespace, feed.key) {
+                    Some(wait) => {
+                        self.decided(peer, namespace, &feed, OfferDecision::Waiting);
+                        waits.push((feed, wait));
+                    }
+                    None => {
+                        self.decided(peer, namespace, &feed, OfferDecision::RefusedQuota);
+                        refused.quota += 1;
+                    }
+                },
+            }
+        }
+        (now, waits)
+    }
+
     /// Counts and reports the feeds of one offer that were refused.
     fn refused(&self, peer: PeerKey, namespace: String, refused: Refusals) {
         if refused == Refusals::default() {
@@ -631,11 +698,12 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
 
     /// Feeds that belong to the namespace are accepted; feeds held only in other
     /// namespaces are refused; others go through the namespace's policy, then their keys
-    /// are checked to be ed25519 points on the blocking pool, then the quotas. Refusing
-    /// is not an error: the answer just leaves the feed out. The answer waits until the
-    /// new feeds' namespaces are durable; their replicas are created in the background
-    /// (or by their first stream, whichever comes first), so creating a thousand feeds
-    /// on disk does not hold it up.
+    /// are checked to be ed25519 points on the blocking pool, then (under the manual
+    /// policy) wait for the user's decision, then the quotas. Refusing is not an error:
+    /// the answer just leaves the feed out. The answer waits until the new feeds'
+    /// namespaces are durable; their replicas are created in the background (or by
+    /// their first stream, whichever comes first), so creating a thousand feeds on disk
+    /// does not hold it up.
     fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
         let Offer {
             peer,
@@ -647,45 +715,115 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
         let mut candidates = Vec::new();
         let mut refused = Refusals::default();
         for feed in feeds {
-            match self.members.get(&feed.key) {
-                Some(m) if m.is_in(&namespace) => held.push(feed.key),
+            let decision = match self.members.get(&feed.key) {
+                _ if matches!(policy.accept, AcceptPolicy::None) => OfferDecision::RefusedPolicy,
+                Some(m) if m.is_in(&namespace) => OfferDecision::Held,
                 // A peer never widens who a feed is served to.
-                Some(m) if m.in_any() => refused.elsewhere += 1,
-                _ if policy.accept.accepts(&peer, &namespace, &feed) => candidates.push(feed),
+                Some(m) if m.in_any() => OfferDecision::RefusedElsewhere,
+                _ if policy.accept.accepts(&peer, &namespace, &feed) => {
+                    candidates.push(feed);
+                    continue;
+                }
+                _ => OfferDecision::RefusedPolicy,
+            };
+            match decision {
+                OfferDecision::Held => held.push(feed.key),
+                OfferDecision::RefusedElsewhere => refused.elsewhere += 1,
                 _ => refused.policy += 1,
             }
+            self.decided(peer, &namespace, &feed, decision);
         }
-        let checking = candidates.len() as u64;
+        let checking = candidates.clone();
         let checked = async move {
-            if candidates.is_empty() {
-                return candidates;
+            if checking.is_empty() {
+                return Vec::new();
             }
             let checking = tokio::task::spawn_blocking(move || {
-                candidates
+                checking
                     .into_iter()
-                    .filter(|f| replic8_store::FeedKey::try_from(f.key).is_ok())
+                    .map(|f| replic8_store::FeedKey::try_from(f.key).is_ok())
                     .collect::<Vec<_>>()
             });
             checking.await.unwrap_or_default()
         };
-        Box::pin(checked.into_actor(self).then(move |new, act, _| {
-            let mut accepted = held;
-            // Keys that are not ed25519 points count with the policy's refusals.
-            refused.policy += checking - new.len() as u64;
-            let before = act.member_changes;
-            if !new.is_empty() {
-                accepted.extend(act.admit(peer, &namespace, new, &policy, &mut refused));
-            }
-            let persist = (act.member_changes != before).then(|| act.persist());
-            act.refused(peer, namespace, refused);
-            async move {
-                if let Some(persist) = persist {
-                    persist.await;
+        let manual_wait = self.config.limits.manual_wait;
+        Box::pin(checked.into_actor(self).then(move |valid, act, _| {
+            let mut new = Vec::with_capacity(candidates.len());
+            for (i, feed) in candidates.into_iter().enumerate() {
+                if valid.get(i).copied().unwrap_or(false) {
+                    new.push(feed);
+                } else {
+                    // Keys that are not ed25519 points count with the policy's refusals.
+                    refused.policy += 1;
+                    act.decided(peer, &namespace, &feed, OfferDecision::RefusedPolicy);
                 }
-                Ok(accepted)
             }
-            .into_actor(act)
+            let (now, waits) = if matches!(policy.accept, AcceptPolicy::Manual) {
+                act.put_to_user(peer, &namespace, new, &mut refused)
+            } else {
+                (new, Vec::new())
+            };
+            let deadline = tokio::time::Instant::now() + manual_wait;
+            let waited = async move {
+                let mut decided = Vec::with_capacity(waits.len());
+                for (feed, (id, rx)) in waits {
+                    let decision = match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(true)) => Some(true),
+                        Ok(Ok(false)) => Some(false),
+                        Ok(Err(_)) | Err(_) => None,
+                    };
+                    decided.push((feed, id, decision));
+                }
+                decided
+            };
+            waited.into_actor(act).then(move |decided, act, _| {
+                let mut new = now;
+                for (feed, id, decision) in decided {
+                    match decision {
+                        Some(true) => new.push(feed),
+                        Some(false) => {
+                            refused.policy += 1;
+                            act.decided(peer, &namespace, &feed, OfferDecision::Rejected);
+                        }
+                        None => {
+                            act.manual.expire(&namespace, &feed.key, id);
+                            refused.policy += 1;
+                            act.decided(peer, &namespace, &feed, OfferDecision::Expired);
+                        }
+                    }
+                }
+                let mut accepted = held;
+                let before = act.member_changes;
+                if !new.is_empty() {
+                    accepted.extend(act.admit(peer, &namespace, new, &policy, &mut refused));
+                }
+                let persist = (act.member_changes != before).then(|| act.persist());
+                act.refused(peer, namespace, refused);
+                async move {
+                    if let Some(persist) = persist {
+                        persist.await;
+                    }
+                    Ok(accepted)
+                }
+                .into_actor(act)
+            })
         }))
+    }
+}
+
+impl<St: Storage> Handler<DecideOffers> for FeedStore<St> {
+    type Result = Result<Vec<usize>, FeedStoreError>;
+
+    /// Only in a namespace whose policy is manual.
+    fn handle(&mut self, msg: DecideOffers, _: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.policy(&msg.namespace).accept, AcceptPolicy::Manual) {
+            return Err(FeedStoreError::NotManual(msg.namespace));
+        }
+        Ok(msg
+            .feeds
+            .iter()
+            .map(|feed| self.manual.decide(&msg.namespace, *feed, msg.accept))
+            .collect())
     }
 }
 
@@ -909,6 +1047,7 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             refused_quota: s.refused_quota.load(Ordering::Relaxed),
             replicas: self.quotas.replicas(),
             stream_tasks: s.tasks.load(Ordering::Relaxed),
+            offers_waiting: self.manual.waiting() as u64,
         })
     }
 }

@@ -25,6 +25,20 @@ pub enum AcceptPolicy {
     /// None that the store does not hold in the namespace already.
     #[default]
     HeldOnly,
+    /// None at all: every offer in the namespace is refused, even of feeds held in it
+    /// (a namespace that only shares).
+    None,
+    /// Those whose headers hold every given key with the given value (within the
+    /// quotas). A data form of [`AcceptPolicy::Headers`], so that it can be written down
+    /// and restored after a restart.
+    HeadersMatch(Vec<(String, Vec<u8>)>),
+    /// Each feed new to the store waits for the user's decision ([`DecideOffers`]),
+    /// within the bounds of [`FeedStoreLimits::manual_waiting_per_peer`],
+    /// [`FeedStoreLimits::manual_waiting`] and [`FeedStoreLimits::manual_wait`]; the
+    /// answer to the offer waits with it (see `manual.rs`).
+    ///
+    /// [`DecideOffers`]: super::DecideOffers
+    Manual,
     /// Those whose headers pass the predicate (within the quotas).
     Headers(Arc<HeadersFn>),
     /// Those the callback accepts, given the peer, the namespace and the feed (within
@@ -37,6 +51,9 @@ impl std::fmt::Debug for AcceptPolicy {
         f.write_str(match self {
             AcceptPolicy::All => "All",
             AcceptPolicy::HeldOnly => "HeldOnly",
+            AcceptPolicy::None => "None",
+            AcceptPolicy::HeadersMatch(_) => "HeadersMatch(..)",
+            AcceptPolicy::Manual => "Manual",
             AcceptPolicy::Headers(_) => "Headers(..)",
             AcceptPolicy::Callback(_) => "Callback(..)",
         })
@@ -44,11 +61,15 @@ impl std::fmt::Debug for AcceptPolicy {
 }
 
 impl AcceptPolicy {
-    /// Whether a feed new to the store passes the policy.
+    /// Whether a feed new to the store passes the policy (for [`AcceptPolicy::Manual`]:
+    /// may be put to the user).
     pub(crate) fn accepts(&self, peer: &PeerKey, namespace: &str, feed: &SharedFeed) -> bool {
         match self {
-            AcceptPolicy::All => true,
-            AcceptPolicy::HeldOnly => false,
+            AcceptPolicy::All | AcceptPolicy::Manual => true,
+            AcceptPolicy::HeldOnly | AcceptPolicy::None => false,
+            AcceptPolicy::HeadersMatch(wanted) => wanted
+                .iter()
+                .all(|(k, v)| feed.headers.get(k) == Some(v.as_slice())),
             AcceptPolicy::Headers(p) => p(&feed.headers),
             AcceptPolicy::Callback(c) => c(peer, namespace, feed),
         }
@@ -56,7 +77,7 @@ impl AcceptPolicy {
 
     /// Whether the policy can accept a feed new to the store.
     pub fn accepts_new(&self) -> bool {
-        !matches!(self, AcceptPolicy::HeldOnly)
+        !matches!(self, AcceptPolicy::HeldOnly | AcceptPolicy::None)
     }
 }
 
@@ -109,6 +130,18 @@ pub const DEFAULT_MAX_REPLICAS: u64 = 16_384;
 /// a peer that stops reading loses the stream's tasks and their queue after it.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default of [`FeedStoreLimits::manual_wait`]: long enough for a user to look at
+/// `replic8 offers` and answer; an offer waiting holds one of the 256 offers a peer may
+/// have waiting for our answers, and its held feeds wait with it.
+pub const DEFAULT_MANUAL_WAIT: Duration = Duration::from_secs(600);
+/// Default of [`FeedStoreLimits::manual_waiting_per_peer`]: more feeds than a user reads
+/// through at once; a peer offering more gets the rest refused (it offers them again on
+/// its next session).
+pub const DEFAULT_MANUAL_WAITING_PER_PEER: usize = 256;
+/// Default of [`FeedStoreLimits::manual_waiting`]: sixteen peers' worth of waiting
+/// feeds; each costs an entry of about 200 bytes.
+pub const DEFAULT_MANUAL_WAITING: usize = 4096;
+
 /// The store's quotas and bounds. Past a quota, offered feeds are refused politely (not
 /// accepted; the session goes on) and counted in
 /// [`FeedStoreStats`](super::FeedStoreStats).
@@ -127,6 +160,13 @@ pub struct FeedStoreLimits {
     /// How long a detached feed stream may take to send what it has queued before its
     /// tasks are aborted and the queue freed.
     pub flush_timeout: Duration,
+    /// How long an offer in a namespace with [`AcceptPolicy::Manual`] waits for the
+    /// user's decision; undecided feeds are then refused (the offer is answered).
+    pub manual_wait: Duration,
+    /// Most feeds of one peer waiting for the user's decision; past it, refused.
+    pub manual_waiting_per_peer: usize,
+    /// Most feeds waiting for the user's decision, over all peers; past it, refused.
+    pub manual_waiting: usize,
 }
 
 impl Default for FeedStoreLimits {
@@ -137,6 +177,9 @@ impl Default for FeedStoreLimits {
             peer_window: DEFAULT_PEER_WINDOW,
             max_replicas: DEFAULT_MAX_REPLICAS,
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            manual_wait: DEFAULT_MANUAL_WAIT,
+            manual_waiting_per_peer: DEFAULT_MANUAL_WAITING_PER_PEER,
+            manual_waiting: DEFAULT_MANUAL_WAITING,
         }
     }
 }

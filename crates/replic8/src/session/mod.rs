@@ -164,6 +164,10 @@ pub struct Session {
     last_peer_handle: Option<u32>,
     /// Dialer tags that matched none of our namespaces (acceptor), bounded.
     unmatched_tags: Vec<(u32, [u8; 32])>,
+    /// Handles we gave namespaces we unregistered since (dialer): the acceptor's answer
+    /// to their tag may still be on its way, and is ignored. At most one per
+    /// registration we made, a local action.
+    retired_handles: HashSet<u32>,
 
     next_offer: u64,
     next_feed_id: u64,
@@ -257,6 +261,7 @@ impl Session {
             next_handle: 1,
             last_peer_handle: None,
             unmatched_tags: Vec::new(),
+            retired_handles: HashSet::new(),
             next_offer: 0,
             next_feed_id: 0,
             our_offers: HashMap::new(),

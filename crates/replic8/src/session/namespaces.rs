@@ -119,8 +119,35 @@ impl Session {
         }
     }
 
+    /// Stops serving a namespace on this session: the peer's offers and `Have`s under its
+    /// handle are answered with nothing accepted (or ignored) from now on, what we had
+    /// queued for it is dropped, and feeds already replicated in it go on. Registering
+    /// it again (with another secret, say) starts over: the dialer sends a tag under a
+    /// new handle; an acceptor matches only a tag the dialer sends later. Unregistering
+    /// a namespace that is not registered, or the public one, is a no-op.
+    pub fn handle_unregister_namespace(&mut self, name: &str) -> Result<(), CommandError> {
+        self.alive()?;
+        if name.is_empty() {
+            return Ok(());
+        }
+        let Some(ns) = self.namespaces.remove(name) else {
+            return Ok(());
+        };
+        if let Some(handle) = ns.handle {
+            self.handles.remove(&handle);
+            if self.role == Role::Dialer && !ns.peer_proven {
+                self.retired_handles.insert(handle);
+            }
+        }
+        Ok(())
+    }
+
     /// The acceptor's answer to our tag for `handle`.
     fn on_acceptor_tag(&mut self, handle: u32, tag: [u8; 32]) {
+        // The answer to a tag of a namespace we unregistered meanwhile.
+        if self.retired_handles.remove(&handle) {
+            return;
+        }
         let ns = self
             .handles
             .get(&handle)

@@ -57,9 +57,9 @@ pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn F
     append_while_hashing(new(), reopen);
 }
 
-/// `write_append_hashing`: appends small and large (a disk storage writes 64 KiB and up
-/// of blocks averaging 16 KiB or less while hashing), with the node count right and
-/// wrong, then reopened.
+/// [`super::write_append_hashing`] (how a feed appends): appends small and large (a
+/// disk feed writes 64 KiB and up of blocks averaging 16 KiB or less while hashing),
+/// with the node count right and wrong, then reopened.
 fn append_while_hashing<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
     let mut f = s.create([8; 32], Some([9; 32])).unwrap();
     // (first block, blocks, block size, node count the storage is told)
@@ -74,7 +74,7 @@ fn append_while_hashing<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
         let data: Vec<Vec<u8>> = (first..first + count).map(|i| block(i, len)).collect();
         let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
         let mut calls = 0;
-        f.write_append_hashing(first, &slices, node_count, &mut || {
+        super::write_append_hashing(&mut f, first, &slices, node_count, &mut || {
             calls += 1;
             let nodes = (first..first + count)
                 .flat_map(|i| [node(2 * i), node(2 * i + 1)])

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
+use super::{take_range, FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
 
 /// Feeds kept in memory. Cheap to clone; clones share the same feeds.
 #[derive(Debug, Clone, Default)]
@@ -122,18 +122,8 @@ impl FeedStorage for MemoryFeed {
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
         let state = lock(&self.state);
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for index in start..end {
-            match state.blocks.get(&index) {
-                Some(b) if out.is_empty() || bytes + b.len() <= max_bytes => {
-                    bytes += b.len();
-                    out.push(b.clone());
-                }
-                _ => break,
-            }
-        }
-        Ok(out)
+        let found = take_range(start, end, max_bytes, |index| Ok(state.blocks.get(&index)))?;
+        Ok(found.into_iter().cloned().collect())
     }
 
     fn has_block(&self, index: u64) -> bool {

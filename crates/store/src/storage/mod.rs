@@ -12,6 +12,7 @@
 //! made by [`Storage::create`] is durable with its first `sync` (so creating many feeds
 //! costs no fsync each); a crash before that may leave it absent, never half made.
 
+use std::any::Any;
 use std::fmt;
 
 pub mod disk;
@@ -108,23 +109,6 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
             head: Some(head),
         })
     }
-    /// Like [`FeedStorage::write_append`], with the nodes and head made by `hash` (on the
-    /// calling thread; once if this returns Ok, at most once if it fails) while storage
-    /// may already be writing the blocks, e.g. on a helper thread. `node_count` is how many nodes `hash` returns;
-    /// if it returns another number the append is still written whole, only without the
-    /// overlap. As atomic as `write_append`. The default calls `hash`, then
-    /// `write_append`.
-    fn write_append_hashing(
-        &mut self,
-        start: u64,
-        blocks: &[&[u8]],
-        node_count: usize,
-        hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
-    ) -> Result<(), StorageError> {
-        let _ = node_count;
-        let (nodes, head) = hash();
-        self.write_append(start, blocks, nodes, head)
-    }
     /// Make every batch written so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
     /// Start making every batch written so far durable without waiting for it (a sync
@@ -146,18 +130,7 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for index in start..end {
-            match self.block(index)? {
-                Some(b) if out.is_empty() || bytes + b.len() <= max_bytes => {
-                    bytes += b.len();
-                    out.push(b);
-                }
-                _ => break,
-            }
-        }
-        Ok(out)
+        take_range(start, end, max_bytes, |index| self.block(index))
     }
     /// Whether the block at `index` is stored (answered from memory, no I/O).
     fn has_block(&self, index: u64) -> bool;
@@ -183,6 +156,48 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn open(&self, key: &[u8; 32]) -> Result<Option<Self::Feed>, StorageError>;
     /// The keys of every feed in this storage.
     fn list(&self) -> Result<Vec<[u8; 32]>, StorageError>;
+}
+
+/// Write an append of `blocks` at indices `start..`, with its `node_count` nodes and its
+/// head made by `hash` (once if this returns Ok): on a [`DiskFeed`], its fast path
+/// [`DiskFeed::write_append_hashing`], which writes the blocks while `hash` runs; on any
+/// other storage, `hash`, then [`FeedStorage::write_append`]. The choice is made by type
+/// at compile time, so the trait carries no disk-only method.
+pub(crate) fn write_append_hashing<F: FeedStorage>(
+    feed: &mut F,
+    start: u64,
+    blocks: &[&[u8]],
+    node_count: usize,
+    hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
+) -> Result<(), StorageError> {
+    if let Some(disk) = (feed as &mut dyn Any).downcast_mut::<DiskFeed>() {
+        return disk.write_append_hashing(start, blocks, node_count, hash);
+    }
+    let (nodes, head) = hash();
+    feed.write_append(start, blocks, nodes, head)
+}
+
+/// The blocks [`FeedStorage::blocks`] answers, looked up by `block`: those from `start`
+/// on, at most `end - start`, stopping before the first one not stored and before the one
+/// that would take the total over `max_bytes` (the first comes whatever its size).
+pub(crate) fn take_range<B: AsRef<[u8]>>(
+    start: u64,
+    end: u64,
+    max_bytes: usize,
+    mut block: impl FnMut(u64) -> Result<Option<B>, StorageError>,
+) -> Result<Vec<B>, StorageError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for index in start..end {
+        match block(index)? {
+            Some(b) if out.is_empty() || bytes + b.as_ref().len() <= max_bytes => {
+                bytes += b.as_ref().len();
+                out.push(b);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 /// A map keyed by block or node index. Every block and node written goes through one

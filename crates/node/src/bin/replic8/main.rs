@@ -16,6 +16,7 @@ mod demo;
 mod events;
 mod feed;
 mod namespace;
+mod offers;
 mod status;
 mod topics;
 
@@ -41,7 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Namespaces: `new-secret` prints a fresh secret.
+    /// Namespaces: open (with a secret and an accept policy), list, close; `new-secret`
+    /// prints a fresh secret.
     #[command(subcommand)]
     Namespace(namespace::NamespaceCommand),
     /// Run the whole mission offline: a local DHT on 127.0.0.1 and three nodes on disk in
@@ -85,6 +87,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The feeds peers offered recently (peer, namespace, feed, headers, decision).
+    Offers(offers::OffersArgs),
+    /// Accept feeds waiting in a namespace opened with --accept manual.
+    Accept(offers::DecideArgs),
+    /// Reject feeds waiting in a namespace opened with --accept manual.
+    Reject(offers::DecideArgs),
     /// The daemon's events as they happen (peers, sessions, offers, feeds), a line each,
     /// until interrupted.
     Events {
@@ -146,9 +154,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = client::load_config(cli.config.as_deref(), cli.data_dir.clone())?;
     match cli.command {
-        Command::Namespace(_) | Command::Demo(_) | Command::Bench(_) | Command::BenchPeer(_) => {
-            Ok(())
-        }
+        Command::Namespace(command) => namespace::run(&config, command),
+        Command::Demo(_) | Command::Bench(_) | Command::BenchPeer(_) => Ok(()),
+        Command::Offers(args) => offers::run(&config, args),
+        Command::Accept(args) => offers::decide(&config, args, true),
+        Command::Reject(args) => offers::decide(&config, args, false),
         Command::Daemon(args) => daemon::run(config, args),
         Command::Feed(command) => feed::run(&config, command),
         Command::Share(args) => namespace::share(&config, args),

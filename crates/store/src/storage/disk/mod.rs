@@ -1,0 +1,627 @@
+//! [`DiskStorage`]: feeds in a directory, crash safe. The default storage.
+//!
+//! Layout (why this shape, with the recovery steps and the fsync order:
+//! `docs/decisions/100-storage-per-feed-log.md`):
+//!
+//! ```text
+//! <root>/LOCK                       held with an exclusive file lock while open
+//! <root>/feeds/<hh>/<key hex>/meta  public key, secret key (written once, at create)
+//!                             log   append-only batch records: the source of truth
+//!                             tree  tree-node slots, 48 bytes per flat-tree index
+//!                             index block slots, 24 bytes per block index
+//!                             state checkpoint: log offset applied to the slot files,
+//!                                   head, bitfield of stored blocks
+//! ```
+//!
+//! Every [`WriteBatch`] becomes one checksummed record appended to `log`; a crash leaves
+//! a record whole or torn, and a torn record at the tail is cut on open, so a batch is all
+//! or nothing and the head (inside the record) never covers absent data. The slot files
+//! are a derived index written only at checkpoints, after the log is synced; records
+//! after the last checkpoint are replayed into memory on open.
+//!
+//! Files, lower layers first (each imports only those above it, and the feed type
+//! `FeedInner` for the last three, which add its methods):
+//! - `crc`: CRC-32 of bytes given as pieces with known checksums.
+//! - `bitfield`: which blocks a feed stores.
+//! - `index`: the recent-record index (`Recent`), by block or node index.
+//! - `files`: small file helpers (bounded read, vectored write, slots, directory sync).
+//! - `cache`: the open-file cache shared by all feeds.
+//! - `format`: the byte layout of `meta`, `log` records, slots and `state`.
+//! - `checkpoint`: the unindexed entries and the checkpoint thread.
+//! - `recovery`: open (load `state`, replay the log, cut a torn tail).
+//! - `append`: writes, among them the overlapped append.
+//! - `read`: block, range and node reads.
+//! - this file: [`DiskStorage`], [`DiskFeed`] and the feed's sync.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
+
+mod bitfield;
+mod cache;
+mod checkpoint;
+mod crc;
+mod files;
+mod format;
+mod index;
+
+mod append;
+mod read;
+mod recovery;
+
+use bitfield::Bitfield;
+use cache::{FileCache, FileKind};
+use checkpoint::{SlotFiles, Unindexed};
+use files::{corrupt, for_each_in_subdirs, lock, read_bounded, sync_dir};
+use format::{decode_meta, encode_meta, encode_state, Record, LOG_HEADER_LEN, META_LEN};
+pub use format::{MAX_BLOCK_INDEX, MAX_NODE_INDEX, MAX_RECORD_BYTES};
+
+/// Tuning for a [`DiskStorage`].
+#[derive(Debug, Clone, Copy)]
+pub struct DiskConfig {
+    /// Most file handles kept open at once across all feeds (least recently used are
+    /// closed first). Each active feed uses up to three (log, tree, index).
+    pub max_open_files: usize,
+    /// Log bytes after which a `sync` also checkpoints the slot files, bounding both the
+    /// memory a feed holds for unindexed records and the replay on open.
+    pub checkpoint_bytes: u64,
+    /// Unindexed blocks plus nodes after which a `sync` also checkpoints.
+    pub checkpoint_entries: usize,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            // Well under the usual soft limit of 1024 descriptors, leaving room for sockets.
+            max_open_files: 256,
+            // Replaying 64 MiB on open takes well under a second; checkpoint cost (five
+            // fsyncs) is then a small fraction of the time spent writing that much.
+            checkpoint_bytes: 64 << 20,
+            // About 6 MB of in-memory index per active feed at most.
+            checkpoint_entries: 1 << 16,
+        }
+    }
+}
+
+/// Feeds stored in a directory, one sub-directory per feed.
+///
+/// Cheap to clone; clones share the open-file cache and the feeds. Only one
+/// `DiskStorage` (in any process) may have a directory open at a time: the second gets
+/// an error (`LOCK` is held with an exclusive lock).
+#[derive(Debug, Clone)]
+pub struct DiskStorage {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    root: PathBuf,
+    feeds_dir: PathBuf,
+    config: DiskConfig,
+    _lock: File,
+    files: Mutex<FileCache>,
+    live: Mutex<HashMap<[u8; 32], Weak<Mutex<FeedInner>>>>,
+    next_id: AtomicU64,
+}
+
+/// One feed of a [`DiskStorage`]. Handles to the same feed share its state.
+#[derive(Debug, Clone)]
+pub struct DiskFeed {
+    inner: Arc<Mutex<FeedInner>>,
+}
+
+#[derive(Debug)]
+struct FeedInner {
+    shared: Arc<Shared>,
+    id: u64,
+    key: [u8; 32],
+    dir: PathBuf,
+    secret_key: Option<[u8; 32]>,
+    head: Option<StoredHead>,
+    bitfield: Bitfield,
+    /// End of the log (where the next record goes); 0 until the log exists.
+    log_len: u64,
+    /// Log offset up to which the slot files hold every record (the checkpoint).
+    applied: u64,
+    /// Blocks and nodes of records after `applied`, not yet in `index` and `tree`, and
+    /// the checkpoint being written, if any.
+    unindexed: Unindexed,
+    /// Records were written after the last `sync`.
+    unsynced: bool,
+    /// The directories and `meta` must be synced (after create or open).
+    needs_dir_sync: bool,
+    /// A write failed half way, or a sync failed; the feed refuses writes and syncs
+    /// until it is reopened.
+    failed: bool,
+    /// Scratch buffer for record headers and entries.
+    scratch: Vec<u8>,
+    /// A log sync running on its own thread, started by `sync_start`.
+    pending: Option<PendingSync>,
+}
+
+/// An `fdatasync` of the log on a helper thread ([`FeedStorage::sync_start`]).
+#[derive(Debug)]
+struct PendingSync {
+    /// The log's length when the sync started: everything before it is durable once
+    /// the sync returns Ok.
+    upto: u64,
+    done: std::thread::JoinHandle<io::Result<()>>,
+}
+
+fn hex(key: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for b in key {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_hex(name: &str) -> Option<[u8; 32]> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+impl DiskStorage {
+    /// Open (creating if needed) the storage in directory `root`, with default tuning.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with(root, DiskConfig::default())
+    }
+
+    /// Open (creating if needed) the storage in directory `root`.
+    pub fn open_with(root: impl AsRef<Path>, config: DiskConfig) -> Result<Self, StorageError> {
+        let root = root.as_ref().to_path_buf();
+        let feeds_dir = root.join("feeds");
+        let fresh = !feeds_dir.exists();
+        fs::create_dir_all(&feeds_dir)?;
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join("LOCK"))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Io(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another storage", root.display()),
+                )))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        if fresh {
+            sync_dir(&root)?;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let storage = Self {
+            shared: Arc::new(Shared {
+                root,
+                feeds_dir,
+                config,
+                _lock: lock_file,
+                files: Mutex::new(FileCache::default()),
+                live: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        };
+        recovery::remove_leftovers(&storage.shared.feeds_dir)?;
+        Ok(storage)
+    }
+
+    /// The directory this storage lives in.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Number of file handles held open right now (at most
+    /// [`DiskConfig::max_open_files`], plus those in use by a running operation).
+    pub fn open_files(&self) -> usize {
+        lock(&self.shared.files).len()
+    }
+
+    fn feed_dir(&self, key: &[u8; 32]) -> PathBuf {
+        let h = hex(key);
+        self.shared.feeds_dir.join(&h[..2]).join(h)
+    }
+
+    fn new_inner(
+        &self,
+        key: [u8; 32],
+        dir: PathBuf,
+        secret_key: Option<[u8; 32]>,
+    ) -> Arc<Mutex<FeedInner>> {
+        Arc::new(Mutex::new(FeedInner {
+            shared: Arc::clone(&self.shared),
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            key,
+            dir,
+            secret_key,
+            head: None,
+            bitfield: Bitfield::default(),
+            log_len: 0,
+            applied: LOG_HEADER_LEN,
+            unindexed: Unindexed::default(),
+            unsynced: false,
+            needs_dir_sync: true,
+            failed: false,
+            scratch: Vec::new(),
+            pending: None,
+        }))
+    }
+}
+
+impl Storage for DiskStorage {
+    type Feed = DiskFeed;
+
+    fn create(
+        &self,
+        key: [u8; 32],
+        secret_key: Option<[u8; 32]>,
+    ) -> Result<DiskFeed, StorageError> {
+        let mut live = lock(&self.shared.live);
+        if live.get(&key).is_some_and(|w| w.strong_count() > 0) {
+            return Err(StorageError::Exists);
+        }
+        let dir = self.feed_dir(&key);
+        if dir.exists() {
+            return Err(StorageError::Exists);
+        }
+        let fan = dir.parent().unwrap_or(&self.shared.feeds_dir).to_path_buf();
+        fs::create_dir_all(&fan)?;
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = fan.join(format!(".tmp-{}-{}-{n}", hex(&key), std::process::id()));
+        fs::create_dir(&tmp)?;
+        let meta = encode_meta(&key, secret_key.as_ref());
+        // `meta` holds a writable feed's secret key: only its owner may read it.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp.join("meta"))?
+            .write_all(&meta)?;
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(if dir.exists() {
+                StorageError::Exists
+            } else {
+                e.into()
+            });
+        }
+        let inner = self.new_inner(key, dir, secret_key);
+        live.insert(key, Arc::downgrade(&inner));
+        Ok(DiskFeed { inner })
+    }
+
+    fn open(&self, key: &[u8; 32]) -> Result<Option<DiskFeed>, StorageError> {
+        let mut live = lock(&self.shared.live);
+        if let Some(inner) = live.get(key).and_then(Weak::upgrade) {
+            return Ok(Some(DiskFeed { inner }));
+        }
+        let dir = self.feed_dir(key);
+        let meta_path = dir.join("meta");
+        let meta = match read_bounded(&meta_path, META_LEN as u64) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let secret_key = decode_meta(&meta, key).map_err(|what| corrupt(&meta_path, 0, what))?;
+        let inner = self.new_inner(*key, dir, secret_key);
+        let loaded = lock(&inner).load();
+        if let Err(e) = loaded {
+            // Dropping `inner` takes the `live` lock (see `Drop`): release it first.
+            drop(live);
+            drop(inner);
+            return Err(e);
+        }
+        live.insert(*key, Arc::downgrade(&inner));
+        Ok(Some(DiskFeed { inner }))
+    }
+
+    fn list(&self) -> Result<Vec<[u8; 32]>, StorageError> {
+        let mut keys = Vec::new();
+        for_each_in_subdirs(&self.shared.feeds_dir, |entry| {
+            if let Some(key) = entry.file_name().to_str().and_then(parse_hex) {
+                keys.push(key);
+            }
+            Ok(())
+        })?;
+        keys.sort_unstable();
+        Ok(keys)
+    }
+}
+
+impl FeedInner {
+    fn path(&self, kind: FileKind) -> PathBuf {
+        self.dir.join(kind.name())
+    }
+
+    /// The handle for one of this feed's files; `None` if it does not exist and
+    /// `create` is false.
+    fn file(&self, kind: FileKind, create: bool) -> Result<Option<Arc<File>>, StorageError> {
+        let max = self.shared.config.max_open_files;
+        let path = self.path(kind);
+        Ok(cache::open(
+            &self.shared.files,
+            self.id,
+            kind,
+            &path,
+            create,
+            max,
+        )?)
+    }
+
+    /// The handle for one of this feed's files, created if it does not exist.
+    fn open_file(&self, kind: FileKind) -> Result<Arc<File>, StorageError> {
+        self.file(kind, true)?
+            .ok_or_else(|| StorageError::Io(io::ErrorKind::NotFound.into()))
+    }
+
+    fn log(&self) -> Result<Arc<File>, StorageError> {
+        self.open_file(FileKind::Log)
+    }
+
+    fn apply(&mut self, record: &Record) {
+        self.bitfield.set_all(record.blocks.iter().map(|(i, _)| *i));
+        self.unindexed.insert(record);
+        if let Some(head) = record.head {
+            self.head = Some(head);
+        }
+    }
+
+    /// Wait for the checkpoint running on a helper thread, if any, and take its result:
+    /// on success its offset becomes `applied` ([`Unindexed::wait`]).
+    fn checkpoint_wait(&mut self) -> Result<(), StorageError> {
+        if let Some(upto) = self.unindexed.wait()? {
+            self.applied = upto;
+        }
+        Ok(())
+    }
+
+    /// The log offset up to which a checkpoint holds or will hold every record.
+    fn checkpointed(&self) -> u64 {
+        self.unindexed.running_upto().unwrap_or(self.applied)
+    }
+
+    fn over_checkpoint_threshold(&self, factor: u64) -> bool {
+        let config = &self.shared.config;
+        self.log_len.saturating_sub(self.checkpointed())
+            >= config.checkpoint_bytes.saturating_mul(factor)
+            || self.unindexed.recent_len() as u64
+                >= (config.checkpoint_entries as u64).saturating_mul(factor)
+    }
+
+    fn check_failed(&self) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Io(io::Error::other(
+                "an earlier write or sync failed; drop every handle and open the feed again",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Collect the background sync if it has ended (or, with `wait`, once it ends). A
+    /// failed one fails the feed, as a failed `sync` does.
+    fn finish_pending(&mut self, wait: bool) -> Result<(), StorageError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        if !wait && !p.done.is_finished() {
+            self.pending = Some(p);
+            return Ok(());
+        }
+        let result = p
+            .done
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("log sync thread panicked")));
+        if let Err(e) = result {
+            self.failed = true;
+            return Err(e.into());
+        }
+        if p.upto == self.log_len {
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn sync_start(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        self.finish_pending(false)?;
+        if self.pending.is_some() || !self.unsynced {
+            return Ok(()); // The next `sync_start` or `sync` covers what follows.
+        }
+        let log = self.log()?;
+        let spawned = std::thread::Builder::new()
+            .name("replic8-log-sync".into())
+            .spawn(move || log.sync_data());
+        // Without a thread, `sync` does it all later.
+        if let Ok(done) = spawned {
+            self.pending = Some(PendingSync {
+                upto: self.log_len,
+                done,
+            });
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        self.finish_pending(true)?;
+        if self.unsynced {
+            if let Err(e) = self.log()?.sync_data() {
+                // After a failed fsync the kernel may have dropped the dirty pages and a
+                // later fsync may succeed without them: never report this feed durable
+                // again until a reopen has re-read what the log really holds.
+                self.failed = true;
+                return Err(e.into());
+            }
+            self.unsynced = false;
+        }
+        if self.needs_dir_sync {
+            File::open(self.dir.join("meta"))?.sync_all()?;
+            sync_dir(&self.dir)?;
+            if let Some(fan) = self.dir.parent() {
+                sync_dir(fan)?;
+            }
+            sync_dir(&self.shared.feeds_dir)?;
+            self.needs_dir_sync = false;
+        }
+        if self.unindexed.finished() {
+            self.checkpoint_wait()?;
+        }
+        if self.over_checkpoint_threshold(1) {
+            self.checkpoint_start()?;
+        }
+        Ok(())
+    }
+
+    /// Start a checkpoint (after waiting for the one before): the entries of the
+    /// records so far go to the slot files, which are synced, then `state` records the
+    /// new checkpoint (written to `state.tmp`, synced, renamed, the directory synced), all
+    /// on a helper thread, so the appending thread does none of those writes and
+    /// fsyncs. Called only when the log is synced up to `log_len`; a crash at any point
+    /// finds the previous `state` or the new one, each with the log it needs.
+    fn checkpoint_start(&mut self) -> Result<(), StorageError> {
+        self.checkpoint_wait()?;
+        // A slot file made by this checkpoint must be in the directory before a `state`
+        // that relies on it is.
+        let mut created = false;
+        let index = if self.unindexed.has_blocks() {
+            created |= !self.path(FileKind::Index).exists();
+            Some(self.open_file(FileKind::Index)?)
+        } else {
+            None
+        };
+        let tree = if self.unindexed.has_nodes() {
+            created |= !self.path(FileKind::Tree).exists();
+            Some(self.open_file(FileKind::Tree)?)
+        } else {
+            None
+        };
+        let state = encode_state(self.log_len, self.head.as_ref(), &self.bitfield);
+        let files = SlotFiles {
+            index,
+            tree,
+            created,
+        };
+        self.unindexed
+            .start(self.log_len, files, state, self.dir.clone());
+        Ok(())
+    }
+}
+
+impl Drop for FeedInner {
+    fn drop(&mut self) {
+        let _ = self.checkpoint_wait();
+        lock(&self.shared.files).remove_feed(self.id);
+        let mut live = lock(&self.shared.live);
+        if live.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            live.remove(&self.key);
+        }
+    }
+}
+
+impl DiskFeed {
+    /// The feed's public key.
+    pub fn key(&self) -> [u8; 32] {
+        lock(&self.inner).key
+    }
+
+    /// Like [`FeedStorage::write_append`], with the nodes and head made by `hash` (on the
+    /// calling thread; once if this returns Ok, at most once if it fails) while the
+    /// blocks may already be written: blocks of 64 KiB or more in all, averaging at
+    /// most 16 KiB, are checksummed and written on a helper thread while `hash` runs
+    /// here (the feed's lock is held meanwhile). `node_count` is how many nodes `hash`
+    /// returns; if it returns another number the append is still written whole, only
+    /// without the overlap. As atomic as `write_append`. Every [`Feed`](crate::Feed)
+    /// append on a disk feed comes through here.
+    pub fn write_append_hashing(
+        &mut self,
+        start: u64,
+        blocks: &[&[u8]],
+        node_count: usize,
+        hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
+    ) -> Result<(), StorageError> {
+        lock(&self.inner).write_append_hashing(start, blocks, node_count, hash)
+    }
+
+    /// Write the in-memory index of recent records to the slot files now (normally done
+    /// by [`FeedStorage::sync`] every [`DiskConfig::checkpoint_bytes`]). Syncs first;
+    /// the new checkpoint is durable when this returns.
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.sync()?;
+        inner.checkpoint_start()?;
+        inner.checkpoint_wait()
+    }
+}
+
+impl FeedStorage for DiskFeed {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        lock(&self.inner).write(batch)
+    }
+
+    fn write_append(
+        &mut self,
+        start: u64,
+        blocks: &[&[u8]],
+        nodes: Vec<StoredNode>,
+        head: StoredHead,
+    ) -> Result<(), StorageError> {
+        let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
+        lock(&self.inner).write_parts(&blocks, nodes, Some(head))
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        lock(&self.inner).sync()
+    }
+
+    fn sync_start(&mut self) -> Result<(), StorageError> {
+        lock(&self.inner).sync_start()
+    }
+
+    fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        lock(&self.inner).block(index)
+    }
+
+    fn blocks(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        lock(&self.inner).blocks(start, end, max_bytes)
+    }
+
+    fn has_block(&self, index: u64) -> bool {
+        lock(&self.inner).bitfield.get(index)
+    }
+
+    fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError> {
+        lock(&self.inner).node(index)
+    }
+
+    fn head(&self) -> Option<StoredHead> {
+        lock(&self.inner).head
+    }
+
+    fn secret_key(&self) -> Option<[u8; 32]> {
+        lock(&self.inner).secret_key
+    }
+}
+
+#[cfg(test)]
+mod tests;
