@@ -1,13 +1,19 @@
 //! Runs one session over a QUIC connection: the I/O around a [`Session`] core.
 //!
-//! [`run`] owns the core. Small tokio tasks do the I/O and report back on one channel:
-//! a reader for the control stream, which reads the next chunk only when given a
-//! credit (the core wants bytes while its queued output is under its bound, so a peer
-//! that sends and never reads meets QUIC flow control), a writer fed by a channel that
-//! reports what it wrote (its queue counts in the core's bound), an accept loop for the peer's feed streams (each header read with
-//! exact reads, so no byte of the store's protocol is consumed), and one task per feed
-//! stream to open. Store calls are actix messages sent from those tasks; the core sees
-//! the answers as inputs. Every task is owned by [`run`] and aborted when it returns.
+//! [`run`] owns the core and is a plain loop: it feeds the core its inputs (control bytes
+//! read, feed streams taken, store answers, commands, the time) and carries out its
+//! outputs (frames to write, feed streams to open or close, calls to stores, events).
+//! The protocol's bookkeeping (readiness, the streams stores hold) is the core's.
+//!
+//! Small tokio tasks do the I/O and report back on one channel: a reader for the
+//! control stream, which reads the next chunk only when given a credit (the core wants
+//! bytes while its queued output is under its bound, so a peer that sends and never
+//! reads meets QUIC flow control), a writer fed by a channel that reports what it wrote
+//! (its queue counts in the core's bound), an accept loop for the peer's feed streams
+//! (each header read with exact reads, so no byte of the store's protocol is consumed),
+//! and one task per feed stream to open. Store calls are actix messages sent from
+//! those tasks; the core sees the answers as inputs. Every task is owned by [`run`]
+//! and aborted when it returns.
 //!
 //! The connection is closed when the session ends, with the close code as the QUIC
 //! application error code and the reason as the reason phrase, so the peer learns why
@@ -16,6 +22,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
@@ -25,18 +32,22 @@ use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
-    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side,
+    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side, StoreCall,
     StreamCommand, StreamId,
 };
 use crate::store::{
     Attach, Detach, DetachReason, FeedStream, KnownFeeds, Offer, SharedFeed, Shares, StoreError,
     StoreRecipients,
 };
+use crate::stream_io::{sleep_until, write_frames};
 
 /// Most bytes in a feed stream header frame's payload: a header is at most 75 bytes.
 const MAX_STREAM_HEADER: usize = 256;
 /// Bytes asked of the control stream per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// The answer to a store call for a namespace no store serves (never expected: the
+/// driver registers a namespace in the core only with its store).
+const NO_STORE: &str = "no store serves the namespace";
 /// How long the writer may take to flush the close frame before the connection closes.
 const CLOSE_FLUSH: Duration = Duration::from_millis(250);
 
@@ -189,14 +200,12 @@ pub async fn run(
         .iter()
         .map(|n| (n.name.clone(), n.store.clone()))
         .collect();
-    // Streams handed to stores, to detach them when the session ends.
-    let mut attached: HashMap<StreamId, (FeedKey, String)> = HashMap::new();
 
     let (input_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
     let mut tasks = JoinSet::new();
     // Unbounded as a channel, bounded by the core: what it holds counts in the core's
     // queued bytes until the writer reports it written.
-    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut write_rx = Some(write_rx);
     // One credit lets the reader read one more chunk.
     let (credit_tx, credit_rx) = mpsc::channel::<()>(1);
@@ -228,24 +237,18 @@ pub async fn run(
         });
     }
 
-    // Ask every store what it shares and holds; we are ready once all answered.
-    let mut initial = 0usize;
+    // Every store is asked what it shares and holds; the core is ready once all answered.
     for entry in &namespaces {
-        if let Err(e) = session.handle_register_namespace(&entry.name, entry.secret.clone()) {
+        if let Err(e) = session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
             warn!(namespace = %entry.name, error = %e, "namespace not registered");
-            continue;
         }
-        initial += 2;
-        ask_store(&mut tasks, entry, peer, input_tx.clone());
     }
-    if initial == 0 {
-        let _ = session.handle_ready();
-    }
+    let _ = session.handle_ready();
 
     loop {
         // Carry out everything the core wants.
         while let Some(frame) = session.poll_transmit() {
-            let _ = write_tx.send(frame);
+            let _ = write_tx.send(Bytes::from(frame));
         }
         if reader_waiting && session.wants_control_bytes() && credit_tx.try_send(()).is_ok() {
             reader_waiting = false;
@@ -262,7 +265,6 @@ pub async fn run(
                         session.handle_stream_closed(&feed, stream);
                         continue;
                     };
-                    attached.insert(stream, (feed, namespace.clone()));
                     let (connection, tx) = (connection.clone(), input_tx.clone());
                     tasks.spawn(async move {
                         let opened = open_feed_stream(&connection, &header).await;
@@ -289,7 +291,6 @@ pub async fn run(
                     namespace,
                     stream,
                 } => {
-                    attached.remove(&stream);
                     if let Some(store) = stores.get(&namespace) {
                         store.detach.do_send(Detach {
                             feed,
@@ -300,6 +301,24 @@ pub async fn run(
                     }
                 }
             }
+        }
+        // After the end, the only calls are detaches, made once the connection is closed.
+        while session.end_reason().is_none() {
+            let Some(call) = session.poll_store() else {
+                break;
+            };
+            let namespace = match &call {
+                StoreCall::Shares { namespace }
+                | StoreCall::Known { namespace }
+                | StoreCall::Detach { namespace, .. } => namespace,
+            };
+            let store = stores.get(namespace).cloned();
+            let tx = input_tx.clone();
+            tasks.spawn(async move {
+                if let Some(answer) = ask_store(store, peer, call).await {
+                    let _ = tx.send(answer);
+                }
+            });
         }
         let mut ended = None;
         while let Some(event) = session.poll_event() {
@@ -339,21 +358,28 @@ pub async fn run(
         if let Some(reason) = ended {
             // Flush the close frame, then close the connection with the same code.
             while let Some(frame) = session.poll_transmit() {
-                let _ = write_tx.send(frame);
+                let _ = write_tx.send(Bytes::from(frame));
             }
             drop(write_tx);
             if let Some(mut handle) = writer.take() {
                 let _ = tokio::time::timeout(CLOSE_FLUSH, &mut handle).await;
             }
             connection.close(close_code(reason.code), reason.reason.as_bytes());
-            for (id, (feed, namespace)) in attached.drain() {
-                if let Some(store) = stores.get(&namespace) {
-                    store.detach.do_send(Detach {
-                        feed,
-                        peer,
-                        id,
-                        reason: DetachReason::SessionEnded(reason.to_string()),
-                    });
+            while let Some(call) = session.poll_store() {
+                if let StoreCall::Detach {
+                    feed,
+                    namespace,
+                    stream,
+                } = call
+                {
+                    if let Some(store) = stores.get(&namespace) {
+                        store.detach.do_send(Detach {
+                            feed,
+                            peer,
+                            id: stream,
+                            reason: DetachReason::SessionEnded(reason.to_string()),
+                        });
+                    }
                 }
             }
             debug!(%reason, "session ended");
@@ -361,7 +387,7 @@ pub async fn run(
             return reason;
         }
 
-        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = session.poll_timeout();
         tokio::select! {
             input = inputs.recv() => {
                 // `input_tx` lives here, so the channel never closes while we run.
@@ -370,7 +396,8 @@ pub async fn run(
                     Input::ControlStream(send, recv) => {
                         if let Some(rx) = write_rx.take() {
                             let tx = input_tx.clone();
-                            writer = Some(AbortOnDropHandle::new(tokio::spawn(write_control(send, rx, tx))));
+                            let written = move |len| { let _ = tx.send(Input::Written(len)); };
+                            writer = Some(AbortOnDropHandle::new(tokio::spawn(write_frames(send, rx, written))));
                         }
                         if let Some(credits) = credit_rx.take() {
                             tasks.spawn(read_control(recv, input_tx.clone(), credits));
@@ -388,7 +415,6 @@ pub async fn run(
                             match stores.get(&incoming.namespace).cloned() {
                                 Some(store) => {
                                     if let Some(old) = incoming.replaces {
-                                        attached.remove(&old);
                                         store.detach.do_send(Detach {
                                             feed,
                                             peer,
@@ -396,7 +422,6 @@ pub async fn run(
                                             reason: DetachReason::Synced,
                                         });
                                     }
-                                    attached.insert(id, (feed, incoming.namespace.clone()));
                                     let msg = Attach {
                                         feed,
                                         namespace: incoming.namespace,
@@ -418,42 +443,15 @@ pub async fn run(
                     }
                     Input::Incoming(Err(e)) => session.handle_incoming_stream_error(e),
                     Input::HeaderStalled => session.handle_stream_header_stalled(),
-                    Input::Shares(namespace, result) => {
-                        match result {
-                            Ok(feeds) => {
-                                let list = feeds.into_iter().map(|f| (f.key, f.headers)).collect();
-                                if let Err(e) = session.handle_share(&namespace, list) {
-                                    warn!(%namespace, error = %e, "share refused");
-                                }
-                            }
-                            Err(e) => warn!(%namespace, error = %e, "store did not say what it shares"),
-                        }
-                        initial = initial.saturating_sub(1);
-                        if initial == 0 {
-                            let _ = session.handle_ready();
-                        }
+                    Input::Shares(namespace, answer) => {
+                        let list = answer.map(|feeds| feeds.into_iter().map(|f| (f.key, f.headers)).collect());
+                        session.handle_shares(&namespace, list);
                     }
-                    Input::Known(namespace, result) => {
-                        match result {
-                            Ok(feeds) => {
-                                if let Err(e) = session.handle_known_feeds(&namespace, feeds) {
-                                    warn!(%namespace, error = %e, "known feeds refused");
-                                }
-                            }
-                            Err(e) => warn!(%namespace, error = %e, "store did not say what it holds"),
-                        }
-                        initial = initial.saturating_sub(1);
-                        if initial == 0 {
-                            let _ = session.handle_ready();
-                        }
-                    }
+                    Input::Known(namespace, answer) => session.handle_known(&namespace, answer),
                     Input::Answer(offer, answer) => {
                         let _ = session.handle_offer_answer(offer, answer);
                     }
-                    Input::OpenFailed(feed, stream) => {
-                        attached.remove(&stream);
-                        session.handle_stream_closed(&feed, stream);
-                    }
+                    Input::OpenFailed(feed, stream) => session.handle_stream_closed(&feed, stream),
                     Input::Lost(error) => lost(&mut session, error),
                 }
             }
@@ -471,10 +469,7 @@ pub async fn run(
                 }
                 Some(SessionCommand::FeedSynced { feed, length }) => session.handle_feed_synced(&feed, length),
                 Some(SessionCommand::FeedUpdated { feed, length }) => session.handle_feed_updated(&feed, length),
-                Some(SessionCommand::StreamEnded { feed, id }) => {
-                    attached.remove(&id);
-                    session.handle_stream_closed(&feed, id);
-                }
+                Some(SessionCommand::StreamEnded { feed, id }) => session.handle_stream_closed(&feed, id),
                 Some(SessionCommand::FeedFailed { feed, reason }) => {
                     session.handle_feed_failed(&feed, &reason);
                 }
@@ -482,11 +477,9 @@ pub async fn run(
                     session.handle_feed_stalled(&feed, &reason);
                 }
                 Some(SessionCommand::Register(entry)) => {
-                    match session.handle_register_namespace(&entry.name, entry.secret.clone()) {
+                    match session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
                         Ok(()) => {
-                            stores.insert(entry.name.clone(), entry.store.clone());
-                            initial += 2;
-                            ask_store(&mut tasks, &entry, peer, input_tx.clone());
+                            stores.insert(entry.name, entry.store);
                         }
                         Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
                     }
@@ -509,26 +502,40 @@ pub async fn run(
     }
 }
 
-/// Asks a namespace's store what it shares and holds; the answers come back as inputs.
-fn ask_store(
-    tasks: &mut JoinSet<()>,
-    entry: &NamespaceEntry,
+/// Asks a store what the core wants to know; the answer is the core's next input. A
+/// namespace without a store (never expected: the driver serves a namespace only with
+/// its store) answers with an error.
+async fn ask_store(
+    store: Option<StoreRecipients>,
     peer: PeerKey,
-    tx: mpsc::UnboundedSender<Input>,
-) {
-    let (store, name) = (entry.store.clone(), entry.name.clone());
-    tasks.spawn(async move {
-        let shares = store.shares.send(Shares {
-            peer,
-            namespace: name.clone(),
-        });
-        let _ = tx.send(Input::Shares(name.clone(), flatten(shares.await)));
-        let known = store.known.send(KnownFeeds {
-            peer,
-            namespace: name.clone(),
-        });
-        let _ = tx.send(Input::Known(name, flatten(known.await)));
-    });
+    call: StoreCall,
+) -> Option<Input> {
+    match call {
+        StoreCall::Shares { namespace } => {
+            let msg = Shares {
+                peer,
+                namespace: namespace.clone(),
+            };
+            let answer = match store {
+                Some(store) => flatten(store.shares.send(msg).await),
+                None => Err(NO_STORE.to_string()),
+            };
+            Some(Input::Shares(namespace, answer))
+        }
+        StoreCall::Known { namespace } => {
+            let msg = KnownFeeds {
+                peer,
+                namespace: namespace.clone(),
+            };
+            let answer = match store {
+                Some(store) => flatten(store.known.send(msg).await),
+                None => Err(NO_STORE.to_string()),
+            };
+            Some(Input::Known(namespace, answer))
+        }
+        // Made by `run` once the connection is closed.
+        StoreCall::Detach { .. } => None,
+    }
 }
 
 fn close_code(code: CloseCode) -> quinn::VarInt {
@@ -555,27 +562,6 @@ fn lost(session: &mut Session, error: quinn::ConnectionError) {
         quinn::ConnectionError::LocallyClosed => {}
         other => session.handle_connection_lost(None, other.to_string()),
     }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn write_control(
-    mut send: quinn::SendStream,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
-    written: mpsc::UnboundedSender<Input>,
-) {
-    while let Some(frame) = frames.recv().await {
-        if send.write_all(&frame).await.is_err() {
-            return;
-        }
-        let _ = written.send(Input::Written(frame.len()));
-    }
-    let _ = send.finish();
 }
 
 /// Reads the control stream one chunk per credit: without a credit nothing more is

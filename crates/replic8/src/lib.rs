@@ -17,6 +17,8 @@
 //! - [`driver`]: runs one session over a `quinn::Connection` (tokio tasks, no actor).
 //! - [`feed_store`]: [`feed_store::FeedStore`], the default store: feeds of
 //!   `replic8-store` replicated with its verified sync core on feed streams.
+//! - `stream_io`: the frame writer task and deadline sleep shared by the driver and
+//!   the feed streams.
 //! - [`actor`]: `SessionsActor`, the store registry and one driver per connection.
 
 pub mod actor;
@@ -27,3 +29,4 @@ pub mod keys;
 pub mod message;
 pub mod session;
 pub mod store;
+mod stream_io;

@@ -9,8 +9,9 @@ use replic8::frame::MAX_FRAME_LEN;
 use replic8::keys::{ExporterSecret, FeedKey, NamespaceKey, NamespaceSecret, Role};
 use replic8::message::{self, CloseCode, FeedStreamHeader, KnownFeed, Message, OfferedFeed};
 use replic8::session::{
-    Mode, Session, SessionConfig, SessionEvent, Side, StreamCommand, MAX_PEER_FEEDS,
-    MAX_PENDING_PEER_OFFERS, MAX_QUEUED_CONTROL_BYTES, MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
+    Mode, Session, SessionConfig, SessionEvent, Side, StoreCall, StreamCommand, StreamId,
+    MAX_PEER_FEEDS, MAX_PENDING_PEER_OFFERS, MAX_QUEUED_CONTROL_BYTES, MAX_UNMATCHED_HAVE,
+    MAX_UNMATCHED_TAGS,
 };
 use util::*;
 
@@ -1870,6 +1871,231 @@ fn a_fault_in_one_feed_stops_that_feed_on_both_sides_and_the_others_go_on() {
         "the stopped feed is not reopened"
     );
     assert_eq!(net.end(0, B).session.stats().feeds_faulted, 1);
+}
+
+// ---- the driver's bookkeeping, held by the core: readiness and the streams stores hold ----
+
+fn session(role: Role) -> Session {
+    Session::new(
+        live(),
+        role,
+        ExporterSecret([3; 32]),
+        std::time::Instant::now(),
+    )
+}
+
+fn store_calls(s: &mut Session) -> Vec<StoreCall> {
+    std::iter::from_fn(|| s.poll_store()).collect()
+}
+
+fn shares(namespace: &str) -> StoreCall {
+    StoreCall::Shares {
+        namespace: namespace.into(),
+    }
+}
+
+fn known(namespace: &str) -> StoreCall {
+    StoreCall::Known {
+        namespace: namespace.into(),
+    }
+}
+
+/// Moves control frames both ways and accepts every offer, until nothing moves.
+fn exchange(dialer: &mut Session, acceptor: &mut Session) {
+    loop {
+        let mut moved = false;
+        for side in 0..2 {
+            let (from, to) = if side == 0 {
+                (&mut *dialer, &mut *acceptor)
+            } else {
+                (&mut *acceptor, &mut *dialer)
+            };
+            while let Some(frame) = from.poll_transmit() {
+                moved = true;
+                from.handle_control_written(frame.len());
+                to.handle_control_bytes(&frame);
+            }
+            while let Some(event) = from.poll_event() {
+                if let SessionEvent::Offered { offer, feeds, .. } = event {
+                    moved = true;
+                    let keys = feeds.into_iter().map(|(key, _)| key).collect();
+                    from.handle_offer_answer(offer, Ok(keys)).unwrap();
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// A dialer with `n` feed streams open (the acceptor took them all), from the
+/// acceptor's share of `feed(1)..=feed(n)`: (dialer, acceptor, opens as (feed, header,
+/// dialer's stream id, acceptor's stream id)).
+fn streams_open(
+    n: u32,
+) -> (
+    Session,
+    Session,
+    Vec<(FeedKey, FeedStreamHeader, StreamId, StreamId)>,
+) {
+    let (mut dialer, mut acceptor) = (session(Role::Dialer), session(Role::Acceptor));
+    for s in [&mut dialer, &mut acceptor] {
+        s.handle_register_namespace("", None).unwrap();
+    }
+    let list = (1..=n).map(|i| (feed(i), headers(&[]))).collect();
+    acceptor.handle_share("", list).unwrap();
+    exchange(&mut dialer, &mut acceptor);
+    let mut opens = Vec::new();
+    while let Some(command) = dialer.poll_stream() {
+        let StreamCommand::Open {
+            feed,
+            header,
+            stream,
+            ..
+        } = command
+        else {
+            panic!("expected opens only, got {command:?}");
+        };
+        let incoming = acceptor.handle_incoming_stream(header.clone()).unwrap();
+        assert_eq!(incoming.replaces, None);
+        opens.push((feed, header, stream, incoming.stream));
+    }
+    assert_eq!(opens.len(), n as usize, "{opens:?}");
+    (dialer, acceptor, opens)
+}
+
+fn detached(s: &mut Session) -> Vec<(FeedKey, StreamId)> {
+    store_calls(s)
+        .into_iter()
+        .map(|call| match call {
+            StoreCall::Detach {
+                feed,
+                namespace,
+                stream,
+            } => {
+                assert_eq!(namespace, "");
+                (feed, stream)
+            }
+            other => panic!("expected only detaches after the end, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn ready_waits_until_every_served_store_said_what_it_shares_and_holds() {
+    let mut s = session(Role::Acceptor);
+    s.handle_control_bytes(&hello_frame());
+    s.handle_serve_namespace("", None).unwrap();
+    s.handle_serve_namespace("photos", None).unwrap();
+    // A namespace that cannot be registered asks no store and holds nothing up.
+    let taken = s.handle_serve_namespace("photos", Some(NamespaceSecret([1; 32])));
+    assert!(taken.is_err());
+    s.handle_ready().unwrap();
+    assert_eq!(store_calls(&mut s), vec![shares(""), shares("photos")]);
+
+    // Each store is asked what it holds only once it said what it shares.
+    s.handle_shares("", Ok(vec![(feed(1), headers(&[]))]));
+    assert_eq!(store_calls(&mut s), vec![known("")]);
+    s.handle_known("", Ok(vec![feed(2)]));
+    let sent = take_sent(&mut s);
+    assert!(sent.iter().any(|m| matches!(m, Message::Offer { .. })));
+    assert!(
+        !sent.contains(&Message::Ready),
+        "ready before photos answered: {sent:?}"
+    );
+
+    // A store that cannot answer shares and holds nothing, and still counts as answered.
+    s.handle_shares("photos", Err("disk gone".into()));
+    assert_eq!(store_calls(&mut s), vec![known("photos")]);
+    assert!(!take_sent(&mut s).contains(&Message::Ready));
+    s.handle_known("photos", Err("disk gone".into()));
+    assert_eq!(take_sent(&mut s), vec![Message::Ready]);
+    assert!(store_calls(&mut s).is_empty());
+    assert_eq!(s.end_reason(), None);
+
+    // A namespace served after the start asks its store; `Ready` is not sent again.
+    s.handle_serve_namespace("music", None).unwrap();
+    s.handle_shares("music", Ok(Vec::new()));
+    s.handle_known("music", Ok(Vec::new()));
+    assert_eq!(store_calls(&mut s), vec![shares("music"), known("music")]);
+    assert!(!take_sent(&mut s).contains(&Message::Ready));
+}
+
+#[test]
+fn with_no_served_namespace_ready_goes_out_at_once() {
+    let mut s = session(Role::Dialer);
+    s.handle_ready().unwrap();
+    s.handle_control_bytes(&hello_frame());
+    let sent = take_sent(&mut s);
+    assert_eq!(sent.last(), Some(&Message::Ready), "{sent:?}");
+    assert!(store_calls(&mut s).is_empty());
+}
+
+#[test]
+fn the_end_detaches_exactly_the_streams_stores_still_hold() {
+    let (mut dialer, mut acceptor, opens) = streams_open(4);
+    let [one, two, three, four] = [0, 1, 2, 3].map(|i| opens[i].clone());
+
+    // Feed 1's stream ended (its store reported it): taken back already, on both sides.
+    dialer.handle_stream_closed(&one.0, one.2);
+    acceptor.handle_stream_closed(&one.0, one.3);
+    // Feed 2's stream is replaced on the acceptor by a new one (the old end not seen yet).
+    let again = acceptor.handle_incoming_stream(two.1.clone()).unwrap();
+    assert_eq!(again.replaces, Some(two.3));
+    // Feed 3 stops on a fault: the dialer closes its stream, but the session ends
+    // before that close is carried out, so the store still holds the stream.
+    dialer.handle_feed_failed(&three.0, "bad block");
+    assert!(
+        store_calls(&mut dialer).is_empty(),
+        "no detach before the end"
+    );
+
+    dialer.handle_close("bye");
+    assert_eq!(
+        dialer.poll_stream(),
+        None,
+        "nothing is opened or closed after the end"
+    );
+    assert_eq!(
+        detached(&mut dialer),
+        vec![(two.0, two.2), (three.0, three.2), (four.0, four.2)]
+    );
+    assert!(
+        store_calls(&mut dialer).is_empty(),
+        "each stream is detached once"
+    );
+
+    acceptor.handle_connection_lost(None, "gone".into());
+    assert_eq!(
+        detached(&mut acceptor),
+        vec![(three.0, three.3), (four.0, four.3), (two.0, again.stream)]
+    );
+}
+
+#[test]
+fn streams_closed_in_sync_or_refused_by_the_driver_are_not_detached_at_the_end() {
+    let (mut dialer, mut acceptor, opens) = streams_open(2);
+    let (one, two) = (opens[0].clone(), opens[1].clone());
+    // Feed 1 is in sync both ways: the dialer closes its stream (carried out here).
+    for s in [&mut dialer, &mut acceptor] {
+        s.handle_feed_synced(&one.0, 0);
+    }
+    exchange(&mut dialer, &mut acceptor);
+    match dialer.poll_stream() {
+        Some(StreamCommand::Close { feed, stream, .. }) => {
+            assert_eq!((feed, stream), (one.0, one.2))
+        }
+        other => panic!("expected feed 1's close, got {other:?}"),
+    }
+    // The acceptor's store no longer serves the namespace: the driver drops feed 2's
+    // stream at once and tells the core.
+    acceptor.handle_stream_closed(&two.0, two.3);
+
+    dialer.handle_close("bye");
+    assert_eq!(detached(&mut dialer), vec![(two.0, two.2)]);
+    acceptor.handle_connection_lost(None, "gone".into());
+    assert_eq!(detached(&mut acceptor), vec![(one.0, one.3)]);
 }
 
 #[test]

@@ -39,6 +39,7 @@ use crate::frame::{self, FrameError};
 use crate::keys::{FeedKey, PeerKey};
 use crate::session::StreamId;
 use crate::store::{FeedFailed, FeedStalled, FeedStream, FeedSynced, FeedUpdated, StreamEnded};
+use crate::stream_io::{sleep_until, write_frames};
 
 /// Most encoded bytes waiting for the writer before the core is asked for more. Two
 /// data messages at the core's default `max_data_bytes`: enough to keep the stream busy.
@@ -142,7 +143,11 @@ pub(crate) async fn run<F: FeedStorage>(
     // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
     let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let _guard = guard;
-        write_frames(send, write_rx, q, r).await;
+        let written = move |len| {
+            q.fetch_sub(len, Ordering::Relaxed);
+            r.notify_one();
+        };
+        write_frames(send, write_rx, written).await;
     }));
     let outbox = Outbox {
         tx: write_tx,
@@ -576,30 +581,6 @@ fn fill_partial(
     let mut whole = pool.freeze(std::mem::take(partial));
     whole.advance(frame::PREFIX_LEN);
     Ok(Some(whole))
-}
-
-async fn write_frames(
-    mut send: quinn::SendStream,
-    mut frames: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    room: Arc<Notify>,
-) {
-    while let Some(frame) = frames.recv().await {
-        let len = frame.len();
-        if send.write_chunk(frame).await.is_err() {
-            return;
-        }
-        queued.fetch_sub(len, Ordering::Relaxed);
-        room.notify_one();
-    }
-    let _ = send.finish();
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Counts one live stream task (driver, reader or writer) until dropped: dropped when

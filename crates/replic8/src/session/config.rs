@@ -1,0 +1,109 @@
+//! The session's limits and settings: bounds on what a peer can make us hold, the
+//! feed stream reopen schedule, and [`SessionConfig`].
+
+use std::time::Duration;
+
+use crate::frame::MAX_FRAME_LEN;
+
+/// Most offers of the peer that our stores may have unanswered at once; more is a
+/// protocol error. Our own sender never has more than this many offers unanswered
+/// (the rest of a share waits), so only a peer that breaks the rule crosses it.
+pub const MAX_PENDING_PEER_OFFERS: usize = 256;
+/// Most bytes of the peer's offers (encoded feeds with their headers) waiting for our
+/// stores' answers at once. An offer that would go over is answered at once with
+/// nothing accepted (a polite refusal, not misbehaviour): four full frames, so an
+/// honest share of 10,000 feeds with 100 bytes of headers each (about 1.5 MB) is never
+/// refused, while 128 sessions pin at most 512 MiB of offers.
+pub const MAX_PENDING_OFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Most entries of the peer's `have` lists kept for feeds we do not hold (yet); more
+/// are dropped silently (an honest peer that holds many feeds we lack can send more).
+pub const MAX_UNMATCHED_HAVE: usize = 100_000;
+/// Most feeds the peer's offers may name in one session; an offer past it is answered
+/// at once with nothing accepted (an honest forwarding peer can reach it). Bounds the
+/// memory a peer can pin with offers (about 100 bytes a feed).
+pub const MAX_PEER_FEEDS: usize = 1_000_000;
+/// Most dialer tags kept (acceptor side) that matched none of our namespaces, in case
+/// we register the namespace later; more are dropped silently (an honest dialer may be
+/// in many namespaces we are not in). 36 bytes each.
+pub const MAX_UNMATCHED_TAGS: usize = 1024;
+/// Most bytes of control frames queued for the wire (not yet written to the QUIC
+/// stream) before we stop reading the peer's control stream: a peer that sends and
+/// never reads then meets QUIC flow control instead of growing our queue, and one that
+/// takes nothing for the stall timeout ends with `timeout`. What is queued stays under
+/// this plus the answer to the last message read (at most a frame) plus our stores'
+/// answers to offers already in their hands (see `SessionStats::queued_bytes`). One
+/// frame's worth: a peer that reads at all never stalls our reader for long.
+pub const MAX_QUEUED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
+/// Most ends in a row of a feed's stream before the feed was in sync both ways that the
+/// dialer answers with a reopen; the next one stops the feed on the session. With
+/// [`reopen_delay`] that is about three minutes of trying, at most nine streams.
+pub const MAX_STREAM_REOPENS: u32 = 8;
+/// The longest wait before reopening a feed stream that keeps ending early.
+pub const MAX_REOPEN_DELAY: Duration = Duration::from_secs(60);
+
+/// How long the dialer waits before reopening a feed stream after `ends` ends in a row
+/// before the feed was in sync (this one included): 1 s, 2 s, 4 s, ... up to
+/// [`MAX_REOPEN_DELAY`]. Never zero: a store whose protocol ends the stream itself once
+/// it is done (before the peer's `Synced` arrived) costs no extra stream, since that
+/// `Synced` cancels the reopen; and nothing loops at handshake speed.
+pub fn reopen_delay(ends: u32) -> Duration {
+    let doubling = ends.saturating_sub(1).min(6);
+    Duration::from_secs(1u64 << doubling).min(MAX_REOPEN_DELAY)
+}
+
+/// Whether a session ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep replicating until closed.
+    Live,
+    /// End once both sides are ready, no offer is unanswered and every replicated feed is
+    /// in sync both ways.
+    OneShot,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Live or one-shot.
+    pub mode: Mode,
+    /// Most feed streams open at once on this connection (we tell the peer; the dialer
+    /// opens at most the smaller of both sides' values).
+    pub max_streams: u32,
+    /// How long the peer has to say hello.
+    pub hello_timeout: Duration,
+    /// How long one control frame may take to arrive once its first byte did; a peer
+    /// that starts a frame and never finishes it (a slowloris) ends the session with
+    /// `timeout`. What it can make us buffer meanwhile is one frame (`MAX_FRAME_LEN`).
+    pub stall_timeout: Duration,
+    /// The first [`StreamId`](super::StreamId) this session gives. Stores name a feed stream by (peer,
+    /// id), and a peer's new session can attach streams before its old one detached
+    /// them (a restarted peer), so the session layer starts each session of a peer at
+    /// its own value (`SessionsActor`: the session's generation << 32).
+    pub first_stream_id: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            mode: Mode::Live,
+            // A starting value, to be tuned by the replication benchmark: enough streams
+            // to keep a link busy, far below QUIC's own limits on idle state.
+            max_streams: 128,
+            hello_timeout: Duration::from_secs(10),
+            // A control frame is at most 1 MiB: 30 s is 35 KB/s, far below any link a
+            // replica can sync over, and short enough that a stalled peer does not hold
+            // a connection slot for long.
+            stall_timeout: Duration::from_secs(30),
+            first_stream_id: 0,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The value for quinn's `TransportConfig::max_concurrent_bidi_streams` on the
+    /// acceptor: the feed streams plus the control stream. QUIC enforces the stream limit
+    /// for the receiving side; the core enforces it for the opening side.
+    pub fn quic_stream_limit(&self) -> u32 {
+        self.max_streams.saturating_add(1)
+    }
+}

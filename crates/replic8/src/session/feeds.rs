@@ -1,0 +1,221 @@
+//! A replicated feed's sync state: `Synced` and `Notice` both ways, changes of our
+//! copy, and faults that stop a feed on this session.
+
+use super::state::{Stop, StreamState};
+use super::types::{SessionEvent, StreamCommand, StreamId};
+use crate::keys::{DiscoveryKey, FeedKey, Role};
+use crate::message::{CloseCode, Message};
+use tracing::debug;
+
+use super::Session;
+
+impl Session {
+    /// Our store's sync of `feed` with this peer reached `length` and has nothing more
+    /// to send or fetch.
+    pub fn handle_feed_synced(&mut self, feed: &FeedKey, length: u64) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if state.local_synced == Some(length) {
+            return;
+        }
+        state.local_synced = Some(length);
+        state.early_ends = 0;
+        let dk = state.discovery_key;
+        self.send(Message::Synced { feed: dk, length });
+        self.check_synced(feed);
+    }
+
+    /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed
+    /// needs a stream again. The dialer reopens it; the acceptor sends a notice, and so
+    /// does either side that had reported the feed synced.
+    pub fn handle_feed_updated(&mut self, feed: &FeedKey, length: u64) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if state.local_synced == Some(length) {
+            return;
+        }
+        match state.stopped {
+            // Stopped for the session: the peer is not told of changes either.
+            Some(Stop::Fault(_)) => return,
+            Some(Stop::Exhausted(_)) => state.stopped = None,
+            None => {}
+        }
+        // A `Synced` we sent is no longer true: retract it, or the peer could close the
+        // stream (or end a one-shot session) on a stale length.
+        let retract = state.local_synced.take().is_some();
+        state.reported = None;
+        state.early_ends = 0;
+        let dk = state.discovery_key;
+        let closed = state.stream == StreamState::Closed;
+        if retract || (self.role == Role::Acceptor && closed) {
+            self.send(Message::Notice { feed: dk, length });
+        }
+        if self.role == Role::Dialer && closed {
+            self.queue_open(*feed);
+        }
+    }
+
+    /// Our store found a fault in `feed` on its stream (for a feed store: data that
+    /// does not verify, a fork, an undecodable feed message). An honest relay can pass
+    /// a writer's fault on, so this stops that feed on this session only, never the
+    /// session and never grounds for a ban: its stream is closed (by the dialer), the
+    /// peer is told with `Stopped`, [`SessionEvent::FeedStopped`] reports it, and it is
+    /// never reopened on this session. A one-shot session gives it up.
+    pub fn handle_feed_failed(&mut self, feed: &FeedKey, reason: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(state) = self.feeds.get(feed) else {
+            debug!(feed = %feed.fmt_short(), %reason, "fault reported for a feed not replicated here");
+            return;
+        };
+        let dk = state.discovery_key;
+        if self.stop_feed(feed, Stop::Fault(format!("fault: {reason}"))) {
+            self.send(Message::Stopped { feed: dk });
+        }
+        self.check_done();
+    }
+
+    pub(super) fn on_notice(&mut self, dk: DiscoveryKey, _length: u64) {
+        let Some(feed) = self.by_discovery.get(&dk).copied() else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!(
+                    "notice for feed {}, which is not replicated",
+                    dk.fmt_short()
+                ),
+            );
+        };
+        let Some(state) = self.feeds.get_mut(&feed) else {
+            return;
+        };
+        state.remote_synced = None;
+        state.reported = None;
+        state.early_ends = 0;
+        match state.stopped {
+            Some(Stop::Fault(_)) => return,
+            Some(Stop::Exhausted(_)) => state.stopped = None,
+            None => {}
+        }
+        if self.role == Role::Dialer && state.stream == StreamState::Closed {
+            self.queue_open(feed);
+        }
+    }
+
+    pub(super) fn on_synced(&mut self, dk: DiscoveryKey, length: u64) {
+        let Some(feed) = self.by_discovery.get(&dk).copied() else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!(
+                    "synced for feed {}, which is not replicated",
+                    dk.fmt_short()
+                ),
+            );
+        };
+        if let Some(state) = self.feeds.get_mut(&feed) {
+            if state.remote_synced != Some(length) {
+                state.remote_synced = Some(length);
+                state.early_ends = 0;
+            }
+        }
+        self.check_synced(&feed);
+    }
+
+    /// The peer stopped a replicated feed for a fault it found: we stop it too.
+    pub(super) fn on_stopped(&mut self, dk: DiscoveryKey) {
+        let Some(feed) = self.by_discovery.get(&dk).copied() else {
+            return self.fail(
+                CloseCode::PROTOCOL,
+                format!(
+                    "stopped for feed {}, which is not replicated",
+                    dk.fmt_short()
+                ),
+            );
+        };
+        self.stop_feed(
+            &feed,
+            Stop::Fault("the peer stopped it after a fault".into()),
+        );
+        self.check_done();
+    }
+
+    /// Stops `feed` on this session: no reopen, its stream closed by the dialer.
+    /// Returns whether it was not stopped for a fault already.
+    pub(super) fn stop_feed(&mut self, feed: &FeedKey, stop: Stop) -> bool {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return false;
+        };
+        if matches!(state.stopped, Some(Stop::Fault(_))) {
+            return false;
+        }
+        let reason = match &stop {
+            Stop::Exhausted(r) | Stop::Fault(r) => r.clone(),
+        };
+        if matches!(stop, Stop::Fault(_)) {
+            self.stats.feeds_faulted += 1;
+        }
+        state.stopped = Some(stop);
+        self.reopens.remove(feed);
+        if state.stream == StreamState::Queued {
+            state.stream = StreamState::Closed;
+        }
+        if self.role == Role::Dialer && state.stream == StreamState::Open {
+            let stream = state.token.take().unwrap_or(StreamId(u64::MAX));
+            state.stream = StreamState::Closed;
+            self.open_streams = self.open_streams.saturating_sub(1);
+            self.streams.push_back(StreamCommand::Close {
+                feed: *feed,
+                namespace: state.namespace.clone(),
+                stream,
+            });
+            self.pump_opens();
+        }
+        debug!(feed = %feed.fmt_short(), %reason, "feed stopped");
+        self.events.push_back(SessionEvent::FeedStopped {
+            feed: *feed,
+            reason,
+        });
+        true
+    }
+
+    fn check_synced(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        let (Some(local), Some(remote)) = (state.local_synced, state.remote_synced) else {
+            return;
+        };
+        if local != remote || state.reported == Some(local) {
+            return;
+        }
+        state.reported = Some(local);
+        state.early_ends = 0;
+        // In sync: a reopen waiting since an early end is not needed.
+        self.reopens.remove(feed);
+        self.events.push_back(SessionEvent::FeedSynced {
+            feed: *feed,
+            length: local,
+        });
+        if self.role == Role::Dialer && state.stream == StreamState::Open {
+            let stream = state.token.take().unwrap_or(StreamId(u64::MAX));
+            state.stream = StreamState::Closed;
+            self.open_streams = self.open_streams.saturating_sub(1);
+            let namespace = state.namespace.clone();
+            self.streams.push_back(StreamCommand::Close {
+                feed: *feed,
+                namespace,
+                stream,
+            });
+            self.pump_opens();
+        }
+        self.check_done();
+    }
+}

@@ -1,0 +1,88 @@
+//! The session's records of namespaces, offers, known feeds and replicated feeds.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::keys::{DiscoveryKey, FeedKey, NamespaceKey, NamespaceSecret, Role};
+use crate::message::OfferedFeed;
+
+use super::types::StreamId;
+
+#[derive(Debug)]
+pub(super) struct Namespace {
+    pub(super) secret: Option<NamespaceSecret>,
+    /// The key of its tags; `None` for the public namespace, which needs no tag.
+    pub(super) key: Option<NamespaceKey>,
+    /// Its handle on this connection: the public one, the one we gave it (dialer), or
+    /// the dialer's whose tag matched it (acceptor).
+    pub(super) handle: Option<u32>,
+    /// The peer showed it knows the key (always true for the public namespace).
+    pub(super) peer_proven: bool,
+    /// Shares waiting for the namespace's match.
+    pub(super) pending_offers: Vec<OfferedFeed>,
+    /// Known feeds waiting for the namespace's match.
+    pub(super) pending_have: Vec<DiscoveryKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamState {
+    Closed,
+    Queued,
+    Open,
+}
+
+/// Why a replicated feed is stopped on this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// Its stream kept ending before it was in sync; a notice or a change resumes it.
+    Exhausted(String),
+    /// A fault in the feed (ours or the peer's report): stopped for the session.
+    Fault(String),
+}
+
+#[derive(Debug)]
+pub(super) struct Replicated {
+    pub(super) namespace: String,
+    pub(super) discovery_key: DiscoveryKey,
+    /// How the dialer names the feed when it opens its stream.
+    pub(super) route: Route,
+    pub(super) stream: StreamState,
+    /// The current stream, while `stream` is `Open`.
+    pub(super) token: Option<StreamId>,
+    pub(super) local_synced: Option<u64>,
+    pub(super) remote_synced: Option<u64>,
+    pub(super) reported: Option<u64>,
+    /// Ends in a row of its stream before the feed was in sync both ways (dialer).
+    pub(super) early_ends: u32,
+    /// Stopped on this session, and why.
+    pub(super) stopped: Option<Stop>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route {
+    Offered { by: Role, id: u64 },
+    Known,
+}
+
+#[derive(Debug)]
+pub(super) struct OurOffer {
+    pub(super) namespace: String,
+    pub(super) feeds: HashMap<u64, FeedKey>,
+    /// Feeds whose stream arrived before the answer: the answer must accept them.
+    pub(super) early: HashSet<u64>,
+}
+
+#[derive(Debug)]
+pub(super) struct PeerOffer {
+    pub(super) namespace: String,
+    pub(super) feeds: Vec<(u64, FeedKey)>,
+    /// What it counts against [`MAX_PENDING_OFFER_BYTES`](super::MAX_PENDING_OFFER_BYTES).
+    pub(super) bytes: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Known {
+    pub(super) key: FeedKey,
+    pub(super) namespace: String,
+    /// Our `have` entry was sent.
+    pub(super) announced: bool,
+}
