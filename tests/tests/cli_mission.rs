@@ -283,6 +283,8 @@ fn three_daemons_do_the_mission_through_the_command_line() {
     let (photo, photo_bytes) = feed_with(&a, dir.path(), 3);
     let (video, _) = feed_with(&a, dir.path(), 2);
     let (note, note_bytes) = feed_with(&a, dir.path(), 4);
+    // And one never shared in a named namespace: whoever knows its key may read it.
+    let (public, public_bytes) = feed_with(&a, dir.path(), 2);
     let team_secret = path("team.secret");
     let secret_file = team_secret.to_str().unwrap();
     a.run(&["namespace", "open", "team", "--secret-file", secret_file]);
@@ -430,12 +432,22 @@ fn three_daemons_do_the_mission_through_the_command_line() {
         b.length(&photo) == Some(3)
     });
 
+    // A feed known out of band, by its key alone, comes with `feed get` (knowing the key
+    // is the read capability); it exits once in sync.
+    let progress = b.run(&["feed", "get", &public, "--json"]);
+    assert!(
+        progress.contains(r#""in_sync":true"#),
+        "feed get: {progress}"
+    );
+    assert_eq!(b.length(&public), Some(2));
+
     // Every copy reads back equal.
     for (node, feed, bytes) in [
         (&b, &photo, &photo_bytes),
         (&c, &photo, &photo_bytes),
         (&b, &note, &note_bytes),
         (&c, &note, &note_bytes),
+        (&b, &public, &public_bytes),
     ] {
         assert!(node.cat(feed) == *bytes, "{}: {feed} differs", node.name);
     }
