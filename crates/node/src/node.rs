@@ -18,8 +18,9 @@ use std::time::Duration;
 
 #[cfg(test)]
 mod lifecycle_tests;
+mod namespace_types;
 mod namespaces;
-pub use namespaces::{
+pub use namespace_types::{
     parse_secret, AcceptMode, NamespaceError, NamespaceSpec, NamespaceStatus, OfferRecord,
     OFFER_LOG,
 };

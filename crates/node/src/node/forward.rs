@@ -17,7 +17,7 @@ use crate::events::NodeEvent;
 use crate::feed_peers::FeedPeers;
 use crate::metrics::Counters;
 
-use super::namespaces::{self, OfferRecord};
+use super::namespace_types::{self, OfferRecord};
 use crate::lifecycle::{LifecycleActor, SessionEnded};
 
 /// How often at most one forwarder tells the connection manager that a peer is active:
@@ -134,7 +134,7 @@ pub(super) async fn forward_feed_events(
     counters: Arc<Counters>,
     feed_peers: Arc<Mutex<FeedPeers>>,
     conn: Addr<ConnManager>,
-    offers: Arc<Mutex<namespaces::OfferLog>>,
+    offers: Arc<Mutex<namespace_types::OfferLog>>,
     offer_events: broadcast::Sender<OfferRecord>,
 ) {
     let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);

@@ -30,7 +30,7 @@ use super::errors::{
     AddStoreError, ConnectError, DisconnectError, FeedError, FlushedError, JoinError, LeaveError,
     NodeClosed, PeerInfo,
 };
-use super::namespaces::{self, NamespaceSpec, OfferRecord};
+use super::namespace_types::{self, NamespaceSpec, OfferRecord};
 use super::SESSION_CLOSE_GUARD;
 use crate::lifecycle::{BeginClose, CancelRedial, LifecycleActor, Redialing, Requested, TopicLeft};
 
@@ -648,7 +648,7 @@ pub(super) struct Started {
     /// The policies of the namespaces the builder (the config) opens at every start.
     pub(super) config_namespaces: std::collections::HashMap<String, NamespaceSpec>,
     /// The recent offers of peers.
-    pub(super) offers: Arc<Mutex<namespaces::OfferLog>>,
+    pub(super) offers: Arc<Mutex<namespace_types::OfferLog>>,
     /// Each offered feed's decision as it happens.
     pub(super) offer_events: broadcast::Sender<OfferRecord>,
     pub(super) events: broadcast::Sender<NodeEvent>,

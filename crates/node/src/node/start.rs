@@ -25,7 +25,7 @@ use crate::persist::{self, PersistError, PersistedState};
 use super::builder::{NodeBuilder, SpawnError, Storage};
 use super::forward::{forward_feed_events, forward_session_events};
 use super::handle::{policy_of, Inner, NodeHandle, Started, SystemJob};
-use super::namespaces::{self, parse_secret, NamespaceSpec, OFFER_LOG};
+use super::namespace_types::{self, parse_secret, NamespaceSpec, OFFER_LOG};
 use super::QUIC_BIDI_STREAMS;
 use crate::lifecycle::{LifecycleActor, LifecycleConfig};
 
@@ -147,7 +147,7 @@ pub(super) async fn start(
             return Err(e.into());
         }
     };
-    let offers = Arc::new(Mutex::new(namespaces::OfferLog::default()));
+    let offers = Arc::new(Mutex::new(namespace_types::OfferLog::default()));
     let (offer_events, _) = broadcast::channel(OFFER_LOG);
     let feed_peers = Arc::new(Mutex::new(FeedPeers::default()));
     actix::spawn(forward_feed_events(
