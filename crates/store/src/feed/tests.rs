@@ -1,0 +1,83 @@
+//! Unit tests of `Feed`.
+
+use super::*;
+use crate::storage::MemoryStorage;
+
+#[test]
+fn feeds_and_cores_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<Feed<crate::storage::MemoryFeed>>();
+    send::<Feed<crate::storage::DiskFeed>>();
+    send::<crate::sync::FeedSync>();
+}
+
+#[test]
+fn new_node_count_is_what_append_leaves_makes() {
+    let mut roots = Vec::new();
+    let mut length = 0u64;
+    for count in [1u64, 1, 2, 3, 5, 8, 13, 64, 1, 100, 1000, 7] {
+        let blocks: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8; 3]).collect();
+        let leaves = tree::hash_leaves(length, &blocks);
+        let made = tree::append_leaves(&mut roots, leaves).len();
+        assert_eq!(
+            new_node_count(length, count),
+            made,
+            "{count} after {length}"
+        );
+        length += count;
+    }
+}
+
+/// Appends large enough for the disk storage's overlapped write, reopened: the same
+/// tree as appends one block at a time.
+#[test]
+fn large_appends_on_disk_reopen_with_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = FeedSecret::generate();
+    let blocks: Vec<Vec<u8>> = (0..700u32).map(|i| i.to_le_bytes().repeat(256)).collect();
+    let storage = crate::storage::DiskStorage::open(dir.path()).unwrap();
+    let mut feed = Feed::create(&storage, secret.clone()).unwrap();
+    feed.append_batch(&blocks[..300]).unwrap();
+    feed.append_batch_deferred(&blocks[300..699]).unwrap();
+    feed.append(&blocks[699]).unwrap();
+    let head = *feed.head().unwrap();
+    let key = *feed.key();
+    drop(feed);
+    drop(storage);
+
+    let memory = MemoryStorage::new();
+    let mut one_by_one = Feed::create(&memory, secret).unwrap();
+    for b in &blocks {
+        one_by_one.append(b).unwrap();
+    }
+    assert_eq!(one_by_one.roots(), {
+        let storage = crate::storage::DiskStorage::open(dir.path()).unwrap();
+        let mut feed = Feed::open(&storage, &key).unwrap().unwrap();
+        assert_eq!(feed.head(), Some(&head));
+        assert_eq!(feed.get(555).unwrap(), Some(blocks[555].clone()));
+        feed.roots().to_vec()
+    });
+}
+
+#[test]
+fn runs_merge_and_count() {
+    let key = FeedSecret::from_bytes(&[1; 32]).key();
+    let mut f = Feed::create_replica(&MemoryStorage::new(), key).unwrap();
+    f.add_run(10, 20);
+    f.add_run(30, 40);
+    f.add_run(15, 25);
+    assert_eq!(f.stored_ranges(10), vec![(10, 25), (30, 40)]);
+    assert_eq!(f.stored_count(), 25);
+    f.add_run(25, 30);
+    assert_eq!(f.stored_ranges(10), vec![(10, 40)]);
+    assert_eq!(f.stored_count(), 30);
+    f.add_run(0, 10);
+    f.add_run(5, 8);
+    assert_eq!(f.stored_ranges(10), vec![(0, 40)]);
+    assert_eq!(f.stored_count(), 40);
+    assert_eq!(f.contiguous_length(), 40);
+    assert!(f.has(39) && !f.has(40));
+    f.add_run(50, 51);
+    assert_eq!(f.stored_ranges(1), vec![(0, 40)]);
+    assert_eq!(f.stored_count(), 41);
+}
