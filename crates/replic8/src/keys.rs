@@ -33,8 +33,6 @@ const NAMESPACE_DOMAIN: &[u8] = b"replic8 namespace\0";
 const TAG_DOMAIN: &[u8] = b"replic8/2 namespace tag\0";
 /// Domain prefix of a feed capability.
 const CAPABILITY_DOMAIN: &[u8] = b"replic8/2 feed capability\0";
-/// The message hypercore hashes, keyed with the public key, into the discovery key.
-const DISCOVERY_MESSAGE: &[u8] = b"hypercore";
 
 /// Which side of the QUIC connection a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,10 +115,9 @@ key32!(
     /// A feed's ed25519 public key (32 bytes).
     FeedKey
 );
-key32!(
-    /// A feed's discovery key: BLAKE2b-256 of `hypercore` keyed with the public key.
-    DiscoveryKey
-);
+/// A feed's discovery key: BLAKE2b-256 of `hypercore` keyed with the public key (the
+/// store's type: one type for one concept).
+pub use replic8_store::DiscoveryKey;
 key32!(
     /// A peer's ed25519 public key, as the connection manager learned it from TLS.
     PeerKey
@@ -129,7 +126,7 @@ key32!(
 impl FeedKey {
     /// The feed's discovery key, computed as hypercore-crypto's `discoveryKey`.
     pub fn discovery_key(&self) -> DiscoveryKey {
-        DiscoveryKey(mac(&self.0, &[DISCOVERY_MESSAGE]))
+        DiscoveryKey::of(&self.0)
     }
 }
 
@@ -145,18 +142,6 @@ impl TryFrom<FeedKey> for replic8_store::FeedKey {
     /// Fails when the 32 bytes are not an ed25519 public key.
     fn try_from(key: FeedKey) -> Result<replic8_store::FeedKey, replic8_store::KeyError> {
         replic8_store::FeedKey::from_bytes(&key.0)
-    }
-}
-
-impl From<replic8_store::DiscoveryKey> for DiscoveryKey {
-    fn from(key: replic8_store::DiscoveryKey) -> DiscoveryKey {
-        DiscoveryKey(key.0)
-    }
-}
-
-impl From<DiscoveryKey> for replic8_store::DiscoveryKey {
-    fn from(key: DiscoveryKey) -> replic8_store::DiscoveryKey {
-        replic8_store::DiscoveryKey(key.0)
     }
 }
 
@@ -257,11 +242,7 @@ mod tests {
         assert_eq!(&ours.0, store_key.as_bytes());
         assert_eq!(replic8_store::FeedKey::try_from(ours).unwrap(), store_key);
         let dk = ours.discovery_key();
-        assert_eq!(dk, DiscoveryKey::from(store_key.discovery_key()));
-        assert_eq!(
-            replic8_store::DiscoveryKey::from(dk),
-            store_key.discovery_key()
-        );
+        assert_eq!(dk, store_key.discovery_key());
         // Not every 32 bytes are an ed25519 point: the conversion says so.
         let not_a_point = (0u8..=255)
             .map(|b| FeedKey([b; 32]))
