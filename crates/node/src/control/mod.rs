@@ -284,7 +284,9 @@ pub(crate) enum Answer {
 }
 
 /// Items a streamed answer may queue for a client that reads slowly; a producer that
-/// finds the queue full waits (events) or drops what it cannot hold (and says so).
+/// finds the queue full waits. What it follows (the node's event or offer channels) keeps
+/// its own bounded buffer: what a slow client made it drop is reported as a `lagged`
+/// line.
 pub(crate) const STREAM_QUEUE: usize = 256;
 
 /// A listening control socket; dropping it stops accepting (the file stays until
