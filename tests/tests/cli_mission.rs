@@ -6,235 +6,11 @@
 //! user would type, and every wait polls a command's output with a generous deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use replic8_tests::daemon::Daemon;
 use serde_json::Value;
-
-/// How long any one step may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(90);
-
-/// The `replic8` binary of this build: next to the test executable's directory
-/// (`target/debug/deps/..`), which `cargo test` builds before it runs any test.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("replic8");
-    assert!(
-        bin.exists(),
-        "no replic8 binary at {}: build it first (cargo build -p replic8-node --bin replic8)",
-        bin.display()
-    );
-    bin
-}
-
-/// A daemon spawned as a user would: loopback, no DHT, no LAN.
-struct Daemon {
-    name: &'static str,
-    data: PathBuf,
-    config: Option<PathBuf>,
-    child: Child,
-    quic: SocketAddr,
-}
-
-impl Daemon {
-    fn start(name: &'static str, data: &Path, config: Option<&Path>) -> Daemon {
-        let mut cmd = Command::new(binary());
-        cmd.arg("--data-dir").arg(data);
-        if let Some(config) = config {
-            cmd.arg("--config").arg(config);
-        }
-        cmd.args(["daemon", "--listen", "127.0.0.1:0", "--no-dht", "--no-lan"])
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        // The banner: `replic8 daemon: key K quic ADDR control ...`.
-        let first = lines.next().unwrap().unwrap();
-        assert!(
-            first.starts_with("replic8 daemon: key "),
-            "daemon {name}: {first}"
-        );
-        let quic = first
-            .split_whitespace()
-            .skip_while(|w| *w != "quic")
-            .nth(1)
-            .unwrap_or_else(|| panic!("daemon {name}: no quic address in {first}"))
-            .parse()
-            .unwrap();
-        std::thread::spawn(move || for _ in lines {});
-        Daemon {
-            name,
-            data: data.to_owned(),
-            config: config.map(Path::to_owned),
-            child,
-            quic,
-        }
-    }
-
-    /// Stops the daemon with SIGTERM and checks it exits cleanly.
-    fn stop(mut self) -> (PathBuf, Option<PathBuf>) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "daemon {} exit: {status}", self.name);
-        (self.data.clone(), self.config.clone())
-    }
-
-    /// Runs a client command; its stdout, or its stderr as the error.
-    fn try_run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(binary())
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(args)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8(out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8(out.stderr).unwrap())
-        }
-    }
-
-    /// Runs a client command that must succeed.
-    fn run(&self, args: &[&str]) -> String {
-        self.try_run(args)
-            .unwrap_or_else(|e| panic!("daemon {}: {args:?} failed: {e}", self.name))
-    }
-
-    /// Runs a client command that must fail; its one-line error.
-    fn fails(&self, args: &[&str]) -> String {
-        match self.try_run(args) {
-            Ok(out) => panic!("daemon {}: {args:?} succeeded: {out}", self.name),
-            Err(e) => {
-                assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
-                e
-            }
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.run(args)).unwrap()
-    }
-
-    /// The length of a feed held here (None: not held).
-    fn length(&self, feed: &str) -> Option<u64> {
-        let info = self.try_run(&["feed", "info", feed, "--json"]).ok()?;
-        serde_json::from_str::<Value>(&info).unwrap()["length"].as_u64()
-    }
-
-    /// The offers of peers as `replic8 offers --json` lists them.
-    fn offers(&self) -> Vec<Value> {
-        self.run(&["offers", "--json"])
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// The decision of the latest offer of `feed` in `namespace`.
-    fn decision(&self, namespace: &str, feed: &str) -> Option<String> {
-        self.offers()
-            .iter()
-            .rev()
-            .find(|o| o["namespace"] == namespace && o["feed"] == feed)
-            .map(|o| o["decision"].as_str().unwrap().to_owned())
-    }
-
-    /// Starts a client command that streams JSON lines.
-    fn follow(&self, args: &[&str]) -> Follow {
-        let mut child = Command::new(binary())
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Follow { child, lines }
-    }
-
-    fn cat(&self, feed: &str) -> Vec<u8> {
-        let out = Command::new(binary())
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["feed", "cat", feed])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "daemon {}: feed cat {feed}",
-            self.name
-        );
-        out.stdout
-    }
-
-    fn wait(&self, what: &str, mut done: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + DEADLINE;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "daemon {}: timed out waiting for {what}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// A daemon left by a failing test is killed, so that it does not outlive the run.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A client command streaming JSON lines; killed when dropped.
-struct Follow {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Follow {
-    /// Reads lines until one satisfies `want`.
-    fn wait_line(&self, what: &str, want: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("timed out waiting for {what}: {e}"));
-            if want(&serde_json::from_str(&line).unwrap()) {
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A feed on `node` holding `blocks` blocks of distinct bytes; its key.
 fn feed_with(node: &Daemon, dir: &Path, blocks: u8) -> (String, Vec<u8>) {
@@ -406,8 +182,8 @@ fn three_daemons_do_the_mission_through_the_command_line() {
     assert_eq!(origins, [("inbox", "config"), ("team", "opened")]);
 
     // Restarting B keeps its namespaces (secret and policy) and its replicas.
-    let (b_data, b_config) = b.stop();
-    let b = Daemon::start("B", &b_data, b_config.as_deref());
+    let b_data = b.data().to_owned();
+    let b = b.stop().start();
     let listed = b.json(&["namespace", "list", "--json"]);
     let team = listed
         .as_array()
@@ -449,7 +225,7 @@ fn three_daemons_do_the_mission_through_the_command_line() {
         (&c, &note, &note_bytes),
         (&b, &public, &public_bytes),
     ] {
-        assert!(node.cat(feed) == *bytes, "{}: {feed} differs", node.name);
+        assert!(node.cat(feed) == *bytes, "{}: {feed} differs", node.name());
     }
     assert!(a.cat(&photo) == photo_bytes);
 
