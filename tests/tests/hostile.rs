@@ -756,7 +756,7 @@ fn a_thousand_connect_disconnect_cycles_leave_memory_tasks_and_peers_flat() {
         // sessions actor forgets a session when its task has flushed and closed, after
         // `PeerDown` went out on another path: the state is polled until it settles.
         // (`<=`: the baseline may have caught a good-peer task that ended since.)
-        let good_session = replic8::keys::PeerKey(*good.as_bytes());
+        let good_session = good;
         let deadline = tokio::time::Instant::now() + GUARD;
         loop {
             let live = w.victim.live_tasks();

@@ -22,7 +22,10 @@ const ED25519_SPKI_LEN: usize = ED25519_SPKI_PREFIX.len() + 32;
 /// Ordered bytewise; the dedup rule ("keep the connection initiated by the greater key")
 /// uses this order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerKey([u8; 32]);
+pub struct PeerKey(
+    /// The 32 key bytes (a valid point once the TLS handshake has proven them).
+    pub [u8; 32],
+);
 
 impl PeerKey {
     /// Wraps 32 bytes. They are checked to be a valid ed25519 point only when used to

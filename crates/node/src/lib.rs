@@ -65,8 +65,7 @@ pub mod persist;
 #[doc = include_str!("../../../docs/STORES.md")]
 pub mod store {
     pub use replic8::actor::SessionsActor;
-    /// A peer's key as the session layer names it in the store messages (the same 32
-    /// bytes as the node's [`crate::PeerKey`]).
+    /// A peer's key in the store messages: the node's [`crate::PeerKey`] (one type).
     pub use replic8::keys::PeerKey;
     pub use replic8::session::StreamId;
     pub use replic8::store::*;

@@ -1,9 +1,10 @@
 //! Keys, namespace keys and the connection-bound tags and capabilities of the session
 //! protocol.
 //!
-//! Feed keys, discovery keys and peer keys are plain 32-byte newtypes here: the session
-//! layer carries keys of any store, and a custom store's feed need not be an ed25519
-//! log. The default feed store converts at the edge, losslessly: every
+//! A peer's key is the connection manager's ([`PeerKey`], proven by the TLS handshake)
+//! and a discovery key the store's ([`DiscoveryKey`]): one type for each concept. Feed
+//! keys are a plain 32-byte newtype here: the session layer carries keys of any store,
+//! and a custom store's feed need not be an ed25519 log. The default feed store converts at the edge, losslessly: every
 //! [`replic8_store::FeedKey`] is a [`FeedKey`] with the same bytes (`From`), and a
 //! [`FeedKey`] is a [`replic8_store::FeedKey`] when its bytes are a valid ed25519 point
 //! (`TryFrom`). Discovery keys are the same bytes on both sides, computed the same way.
@@ -115,13 +116,12 @@ key32!(
     /// A feed's ed25519 public key (32 bytes).
     FeedKey
 );
+/// A peer's ed25519 public key, as the connection manager learned it from TLS (its type:
+/// one type for one concept).
+pub use replic8_connmgr::PeerKey;
 /// A feed's discovery key: BLAKE2b-256 of `hypercore` keyed with the public key (the
 /// store's type: one type for one concept).
 pub use replic8_store::DiscoveryKey;
-key32!(
-    /// A peer's ed25519 public key, as the connection manager learned it from TLS.
-    PeerKey
-);
 
 impl FeedKey {
     /// The feed's discovery key, computed as hypercore-crypto's `discoveryKey`.

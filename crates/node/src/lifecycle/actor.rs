@@ -100,14 +100,13 @@ impl LifecycleActor {
                     connection,
                     role,
                 } => self.sessions.do_send(StartSession {
-                    peer: replic8::keys::PeerKey(*peer.as_bytes()),
+                    peer,
                     connection,
                     role,
                 }),
-                Action::StopSession { peer, reason } => self.sessions.do_send(StopSession {
-                    peer: replic8::keys::PeerKey(*peer.as_bytes()),
-                    reason,
-                }),
+                Action::StopSession { peer, reason } => {
+                    self.sessions.do_send(StopSession { peer, reason })
+                }
                 Action::PeerTried { topic, addr } => {
                     self.discovery.do_send(PeerTried { topic, addr })
                 }

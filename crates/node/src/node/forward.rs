@@ -70,7 +70,6 @@ pub(super) async fn forward_session_events(
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
     let mut marked = Marked::default();
     while let Some(PeerEvent { peer, event }) = rx.recv().await {
-        let peer = PeerKey::from_bytes(peer.0);
         if matches!(
             event,
             SessionEvent::NamespaceProven { .. }
@@ -137,7 +136,6 @@ pub(super) async fn forward_feed_events(
     offers: Arc<Mutex<namespace_types::OfferLog>>,
     offer_events: broadcast::Sender<OfferRecord>,
 ) {
-    let key = |p: replic8::keys::PeerKey| PeerKey::from_bytes(p.0);
     let mut marked = Marked::default();
     while let Some(event) = rx.recv().await {
         let report = match &event {
@@ -155,19 +153,13 @@ pub(super) async fn forward_feed_events(
         };
         if let Some((feed, peer, length, downloaded)) = report {
             if let Ok(mut table) = feed_peers.lock() {
-                table.report(
-                    feed,
-                    key(peer),
-                    length,
-                    downloaded,
-                    std::time::Instant::now(),
-                );
+                table.report(feed, peer, length, downloaded, std::time::Instant::now());
             }
         }
         if let FeedStoreEvent::Accepted { peer, .. } | FeedStoreEvent::Downloaded { peer, .. } =
             &event
         {
-            marked.mark(&conn, key(*peer));
+            marked.mark(&conn, *peer);
         }
         let event = match event {
             FeedStoreEvent::Accepted {
@@ -176,7 +168,7 @@ pub(super) async fn forward_feed_events(
                 peer,
                 ..
             } => NodeEvent::FeedAccepted {
-                peer: key(peer),
+                peer,
                 namespace,
                 feed,
             },
@@ -188,7 +180,7 @@ pub(super) async fn forward_feed_events(
             } => {
                 counters.blocks_verified.add(blocks);
                 NodeEvent::Downloaded {
-                    peer: key(peer),
+                    peer,
                     feed,
                     blocks,
                     bytes,
@@ -215,11 +207,7 @@ pub(super) async fn forward_feed_events(
             }
             FeedStoreEvent::SyncFailed { feed, peer, reason } => {
                 counters.verify_failures.add(1);
-                NodeEvent::SyncFailed {
-                    peer: key(peer),
-                    feed,
-                    reason,
-                }
+                NodeEvent::SyncFailed { peer, feed, reason }
             }
         };
         let _ = events.send(event);

@@ -556,8 +556,7 @@ impl NodeHandle {
         let _ = s.lifecycle.send(BeginClose).await;
         // Sessions first, so each peer hears why.
         if let Ok(peers) = s.sessions.send(ListSessions).await {
-            let mut open: std::collections::HashSet<PeerKey> =
-                peers.iter().map(|p| PeerKey::from_bytes(p.0)).collect();
+            let mut open: std::collections::HashSet<PeerKey> = peers.iter().copied().collect();
             for peer in peers {
                 s.sessions.do_send(StopSession {
                     peer,

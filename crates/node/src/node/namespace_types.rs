@@ -218,7 +218,7 @@ impl OfferLog {
             at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            peer: PeerKey::from_bytes(peer.0),
+            peer: *peer,
             namespace: namespace.clone(),
             feed: *feed,
             headers: headers.clone(),
