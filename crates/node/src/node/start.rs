@@ -11,7 +11,7 @@ use replic8::feed_store::{FeedStoreConfig, NamespacePolicy, ServeNamespace, Shar
 use replic8::keys::FeedKey;
 use replic8::message::Headers;
 use replic8::session::SessionConfig;
-use replic8_connmgr::{ConnManager, ConnManagerConfig, Identity, PolicyConfig};
+use replic8_connmgr::{ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, PolicyConfig};
 use replic8_discovery::{DiscoveryActor, DiscoveryConfig, LanConfig, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
@@ -72,11 +72,46 @@ pub(super) async fn run_jobs(
     }
 }
 
-/// Runs inside the system: start every actor and wire them.
+/// What a start has brought up so far that must be stopped if a later step fails, in
+/// reverse order: the one teardown path of a failed start. (The actors without sockets
+/// or tasks of their own stop with the system.)
+#[derive(Default)]
+struct Undo {
+    conn: Option<ConnManagerHandle>,
+    discovery: Option<Addr<DiscoveryActor>>,
+}
+
+impl Undo {
+    async fn run(self) {
+        if let Some(discovery) = self.discovery {
+            let _ = discovery.send(replic8_discovery::Close).await;
+        }
+        if let Some(conn) = self.conn {
+            conn.close().await;
+        }
+    }
+}
+
+/// Runs inside the system: start every actor and wire them; on a failure, stop what was
+/// started.
 pub(super) async fn start(
     builder: NodeBuilder,
     prepared: Prepared,
     data_dir: Option<PathBuf>,
+) -> Result<Started, SpawnError> {
+    let mut undo = Undo::default();
+    let started = assemble(builder, prepared, data_dir, &mut undo).await;
+    if started.is_err() {
+        undo.run().await;
+    }
+    started
+}
+
+async fn assemble(
+    builder: NodeBuilder,
+    prepared: Prepared,
+    data_dir: Option<PathBuf>,
+    undo: &mut Undo,
 ) -> Result<Started, SpawnError> {
     let counters = Arc::new(Counters::default());
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
@@ -104,6 +139,7 @@ pub(super) async fn start(
             .with_alpn(vec![replic8::message::ALPN.to_vec()])
     };
     let conn = ConnManager::spawn(conn_config)?;
+    undo.conn = Some(conn.clone());
     let local = conn.local_addr();
     // The DHT node id and its neighbours live beside the identity, unless configured.
     let dht = builder.dht.clone().map(|mut dht| {
@@ -122,31 +158,18 @@ pub(super) async fn start(
         static_peers: builder.static_peers.clone(),
         timing: builder.timing.clone(),
     };
-    let discovery = match DiscoveryActor::spawn(discovery_config).await {
-        Ok(d) => d,
-        Err(e) => {
-            conn.close().await;
-            return Err(e.into());
-        }
-    };
+    let discovery = DiscoveryActor::spawn(discovery_config).await?;
+    undo.discovery = Some(discovery.clone());
     let (session_tx, session_rx) = mpsc::unbounded_channel();
     let sessions = SessionsActor::new(session_config, Some(session_tx)).start();
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
-    let feeds = match crate::feeds::start(
+    let feeds = crate::feeds::start(
         data_dir.as_deref(),
         feed_store_config(&builder.feed_store, &builder.limits),
         sessions.clone(),
         feed_tx,
     )
-    .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = discovery.send(replic8_discovery::Close).await;
-            conn.close().await;
-            return Err(e.into());
-        }
-    };
+    .await?;
     let offers = Arc::new(Mutex::new(namespace_types::OfferLog::default()));
     let (offer_events, _) = broadcast::channel(OFFER_LOG);
     let feed_peers = Arc::new(Mutex::new(FeedPeers::default()));
@@ -191,8 +214,6 @@ pub(super) async fn start(
             })
             .await;
         if let Ok(Err(e)) = served {
-            let _ = discovery.send(replic8_discovery::Close).await;
-            conn.close().await;
             return Err(e.into());
         }
         namespaces.insert(name, secret);
@@ -220,8 +241,6 @@ pub(super) async fn start(
                 })
                 .await;
             if let Ok(Err(e)) = served {
-                let _ = discovery.send(replic8_discovery::Close).await;
-                conn.close().await;
                 return Err(e.into());
             }
         }
@@ -296,11 +315,7 @@ pub(super) async fn start(
         Some(addr) => match MetricsEndpoint::bind_with(addr, counters.clone(), Some(refresh)).await
         {
             Ok(m) => Some(m),
-            Err(source) => {
-                let _ = discovery.send(replic8_discovery::Close).await;
-                conn.close().await;
-                return Err(SpawnError::Metrics { addr, source });
-            }
+            Err(source) => return Err(SpawnError::Metrics { addr, source }),
         },
         None => None,
     };
