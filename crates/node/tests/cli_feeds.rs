@@ -1,6 +1,7 @@
-//! Feeds by key, live tails, lists and numbers after a restart, through the `replic8`
-//! command only: daemons on loopback (no DHT, no LAN), the reader given the writer as
-//! a static peer in its TOML config.
+//! Feeds by key, live tails, lists and numbers after a restart, and blocks streamed to
+//! and from the daemon (append, import, cat, and what a failed one leaves), through the
+//! `replic8` command only: daemons on loopback (no DHT, no LAN), the reader given the
+//! writer as a static peer in its TOML config.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;

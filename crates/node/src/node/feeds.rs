@@ -106,6 +106,16 @@ impl NodeHandle {
         if !joined {
             return Err(NodeClosed.into());
         }
+        self.persist_join(topic, options).await
+    }
+
+    /// Records a join that discovery took in the persisted state (resumed after a
+    /// restart) and in the topic counter. Called with the join lock held.
+    pub(super) async fn persist_join(
+        &self,
+        topic: Topic,
+        options: JoinOptions,
+    ) -> Result<(), JoinError> {
         self.persist(|state| {
             state.join(PersistedJoin {
                 topic: topic.0,
