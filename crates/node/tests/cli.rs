@@ -416,6 +416,42 @@ fn join_answers_once_joined_and_watch_reports_peers_as_they_arrive() {
     a.stop();
 }
 
+#[test]
+fn bench_cli_append_measures_the_command_against_the_store_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = replic8()
+        .args(["bench", "cli-append", "--json", "--size", "2MiB", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli-append", "cli-cat"], "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["bytes"], 2 << 20, "{row}");
+        assert_eq!(row["blocks"], 32, "{row}");
+        assert!(
+            row["store_append_mb_per_s"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Its temporary directories are gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 // Case 7 of issue 12: the data directory and the control socket belong to the daemon's
 // user alone. Each test below fails on the code before it: the daemon used any existing
 // directory as it was, bound `control.sock` straight in the data directory and then
