@@ -33,7 +33,8 @@ pub(crate) enum FeedCommand {
         #[arg(long, default_value_t = 64 * 1024)]
         block_size: usize,
     },
-    /// Write blocks of a feed to standard output.
+    /// Write blocks of a feed to standard output, as raw bytes, each as it comes from the
+    /// daemon.
     Cat {
         /// The feed's key, hex.
         key: String,
