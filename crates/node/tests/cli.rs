@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 mod support;
-use support::{private_daemon, replic8, run, Daemon};
+use support::{private_daemon, replic8, run, Daemon, Running};
 
 /// The binary run as `uid` (and its gid). The build directory may sit in a directory
 /// only we can enter (a clone in a `mktemp -d`), so another uid runs a copy of the
@@ -373,6 +373,83 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
         serde_json::from_str(&client(&data, &["feed", "info", &key, "--json"])).unwrap();
     assert_eq!(info["length"], 4);
     daemon.stop();
+}
+
+#[test]
+fn join_answers_once_joined_and_watch_reports_peers_as_they_arrive() {
+    let testnet = replic8_node::KrpcTestnet::new(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let a = Daemon::start(&a_data, &testnet.bootstrap);
+    let b = Daemon::start(&b_data, &testnet.bootstrap);
+    let topic = "cd".repeat(32);
+    let a_key = serde_json::from_str::<serde_json::Value>(&client(&a_data, &["status", "--json"]))
+        .unwrap()["key"]
+        .clone();
+
+    // A's join answers with the join alone: the first round's outcome is not waited for.
+    let joined: serde_json::Value =
+        serde_json::from_str(&client(&a_data, &["join", &topic, "--topic", "--json"])).unwrap();
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["topic"], topic.as_str(), "{joined}");
+    assert!(joined.get("peers_found").is_none(), "{joined}");
+
+    // B watches: the join first, then A as it connects and the first round's end (in
+    // whichever order they happen).
+    let watch = Running::start(&b_data, &["join", &topic, "--topic", "--watch", "--json"]);
+    let first = watch.next_line("the watch's first line");
+    assert_eq!(first["event"], "joined", "{first}");
+    let mut seen_a = false;
+    let mut round_done = false;
+    while !(seen_a && round_done) {
+        let line = watch.next_line("A's connection and the end of B's first round");
+        match line["event"].as_str() {
+            Some("peer_up") => seen_a |= line["peer"] == a_key,
+            Some("lookup_done") => round_done = true,
+            _ => {}
+        }
+    }
+    let text = String::from_utf8(run(&b_data, &["join", &topic, "--topic"])).unwrap();
+    assert!(text.starts_with("joined "), "{text}");
+    drop(watch);
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn bench_cli_append_measures_the_command_against_the_store_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "cli-append",
+        "--json",
+        "--size",
+        "2MiB",
+        "--dir",
+        tmp,
+    ];
+    // `run` names a data directory too; the bench makes its own under --dir.
+    let rows: Vec<serde_json::Value> = client(&dir.path().join("unused"), &args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli-append", "cli-cat"], "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["bytes"], 2 << 20, "{row}");
+        assert_eq!(row["blocks"], 32, "{row}");
+        assert!(
+            row["store_append_mb_per_s"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Its temporary directories are gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 // Case 7 of issue 12: the data directory and the control socket belong to the daemon's

@@ -1,21 +1,17 @@
-//! Feeds by key, live tails, lists and numbers after a restart, through the `replic8`
-//! command only: daemons on loopback (no DHT, no LAN), the reader given the writer as
-//! a static peer in its TOML config.
+//! Feeds by key, live tails, lists and numbers after a restart, and blocks streamed to
+//! and from the daemon (append, import, cat, and what a failed one leaves), through the
+//! `replic8` command only: daemons on loopback (no DHT, no LAN), the reader given the
+//! writer as a static peer in its TOML config.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{private_daemon, replic8, run, Daemon};
+use support::{private_daemon, replic8, run, Daemon, Running, DEADLINE};
 
 mod support;
-
-/// The guard on every wait: far above what each step takes on a loaded machine.
-const DEADLINE: Duration = Duration::from_secs(90);
 
 /// A daemon on loopback (no DHT, no LAN) on `data`, with `config` if given.
 fn start_daemon(data: &Path, config: Option<&Path>) -> Daemon {
@@ -29,106 +25,6 @@ fn start_daemon(data: &Path, config: Option<&Path>) -> Daemon {
 
 fn json(data: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&run(data, args)).unwrap()
-}
-
-/// A client command left running (`--follow`), its output read on a thread.
-struct Running {
-    child: Child,
-    out: mpsc::Receiver<Vec<u8>>,
-}
-
-impl Running {
-    fn start(data: &Path, args: &[&str]) -> Running {
-        let mut child = replic8()
-            .arg("--data-dir")
-            .arg(data)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let (tx, out) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1 << 16];
-            while let Ok(n @ 1..) = stdout.read(&mut buf) {
-                if tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, out }
-    }
-
-    /// Reads until `want` bytes came, within the deadline.
-    fn read_exact(&self, want: usize, what: &str) -> Vec<u8> {
-        let until = Instant::now() + DEADLINE;
-        let mut got = Vec::new();
-        while got.len() < want {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(chunk) => got.extend(chunk),
-                Err(e) => panic!("{what}: {} of {want} bytes, then {e}", got.len()),
-            }
-        }
-        got
-    }
-
-    /// Reads JSON lines until one matches `want`, within the deadline; returns it.
-    fn read_line_until(&self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let until = Instant::now() + DEADLINE;
-        let mut got = Vec::new();
-        loop {
-            let text = String::from_utf8_lossy(&got);
-            let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
-            let hit = complete
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| want(v));
-            if let Some(v) = hit {
-                return v;
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(chunk) => got.extend(chunk),
-                Err(e) => panic!("{what}: {e}; got {}", String::from_utf8_lossy(&got)),
-            }
-        }
-    }
-
-    /// Waits, within the deadline, for the command to end by itself; its exit status
-    /// and all it printed.
-    fn finish(mut self, what: &str) -> (std::process::ExitStatus, Vec<u8>) {
-        let until = Instant::now() + DEADLINE;
-        let mut all = Vec::new();
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(chunk) => all.extend(chunk),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(e) => panic!("{what}: {e}; got {}", String::from_utf8_lossy(&all)),
-            }
-        }
-        (self.child.wait().unwrap(), all)
-    }
-
-    /// Everything printed so far (after it was stopped).
-    fn stop(mut self) -> Vec<u8> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut all = Vec::new();
-        while let Ok(chunk) = self.out.recv_timeout(Duration::from_secs(5)) {
-            all.extend(chunk);
-        }
-        all
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Polls `check` until it returns `Some`, within the deadline.
@@ -305,4 +201,162 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     );
     b.stop();
     a.stop();
+}
+
+/// 64 hex digits of the feed `replic8 feed new` made on `data`.
+fn new_feed(data: &Path) -> String {
+    String::from_utf8(run(data, &["feed", "new"]))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn append_cat_and_import_stream_blocks_through_the_daemon_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let daemon = start_daemon(&d, None);
+    let key = new_feed(&d);
+    // 5 MiB and a part: 80 blocks of 64 KiB and a last one of 1234 bytes.
+    let data: Vec<u8> = (0..(5u32 << 20) + 1234)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let file = write_file(dir.path(), "big.bin", &data);
+    let file = file.to_str().unwrap();
+    let length = run(&d, &["feed", "append", &key, file]);
+    assert_eq!(String::from_utf8(length).unwrap().trim(), "81");
+    // Every block boundary where --only-hash cuts: the same tree hash.
+    let expected = replic8_node::import::hash_only(&data[..], 65536).unwrap();
+    let info = json(&d, &["feed", "info", &key, "--json"]);
+    assert_eq!(info["tree_hash"], expected.tree_hash.as_str(), "{info}");
+    assert_eq!(info["byte_length"], data.len(), "{info}");
+    let block = |i: usize| &data[i * 65536..((i + 1) * 65536).min(data.len())];
+    assert!(run(&d, &["feed", "cat", &key, "--start", "40", "--end", "41"]) == block(40));
+    assert!(run(&d, &["feed", "cat", &key, "--start", "80"]) == block(80));
+    let all = run(&d, &["feed", "cat", &key]);
+    assert!(
+        all == data,
+        "feed cat gives the file back ({} of {} bytes)",
+        all.len(),
+        data.len()
+    );
+
+    // A follower gets what is stored, then each append as it is stored; standard input
+    // is cut into blocks like a file.
+    let tail = Running::start(&d, &["feed", "cat", &key, "--follow", "--start", "80"]);
+    assert!(tail.read_exact(1234, "the last block") == block(80));
+    let more: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let (status, out, err) = support::run_with_input(
+        &d,
+        &["feed", "append", &key, "-", "--block-size", "4096"],
+        &more,
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim(),
+        "106",
+        "81 + 25 blocks"
+    );
+    assert!(tail.read_exact(more.len(), "the appended input") == more);
+    drop(tail);
+    let more_hash = replic8_node::import::hash_only(&more[..], 4096).unwrap();
+
+    // Import: a file and standard input, each a new feed cut as --only-hash cuts it.
+    let imported = json(&d, &["feed", "import", file, "--json"]);
+    assert_eq!(
+        imported["tree_hash"],
+        expected.tree_hash.as_str(),
+        "{imported}"
+    );
+    assert_eq!(
+        (&imported["length"], &imported["bytes"]),
+        (&81.into(), &data.len().into())
+    );
+    let (status, out, err) = support::run_with_input(
+        &d,
+        &["feed", "import", "-", "--block-size", "4096", "--json"],
+        &more,
+    );
+    assert!(status.success(), "{err}");
+    let from_stdin: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(from_stdin["tree_hash"], more_hash.tree_hash.as_str());
+    assert!(run(&d, &["feed", "cat", from_stdin["key"].as_str().unwrap()]) == more);
+    daemon.stop();
+}
+
+#[test]
+fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
+    use replic8_node::control::frames::{Frame, MAX_BLOCK_FRAME};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let daemon = start_daemon(&d, None);
+    let key = new_feed(&d);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let file = write_file(dir.path(), "data.bin", &data);
+    let file = file.to_str().unwrap();
+    run(&d, &["feed", "append", &key, file]);
+    let before = json(&d, &["feed", "info", &key, "--json"]);
+    assert_eq!(before["length"], 4);
+
+    let err = support::run_fails(&d, &["feed", "append", "not-a-key", file]);
+    assert!(err.contains("not 64 hex digits"), "{err}");
+    let not_held = "ab".repeat(32);
+    support::run_fails(&d, &["feed", "append", &not_held, file]);
+    for size in ["0", "2097152"] {
+        let err = support::run_fails(&d, &["feed", "append", &key, file, "--block-size", size]);
+        assert!(err.contains("--block-size"), "{err}");
+        let err = support::run_fails(&d, &["feed", "import", file, "--block-size", size]);
+        assert!(err.contains("--block-size"), "{err}");
+    }
+    let err = support::run_fails(&d, &["feed", "append", &key, "/nonexistent/file"]);
+    assert!(err.contains("cannot read"), "{err}");
+    let err = support::run_fails(&d, &["feed", "cat", &key, "--start", "3", "--end", "1"]);
+    assert!(err.contains("past"), "{err}");
+    let err = support::run_fails(&d, &["feed", "cat", &key, "--end", "9"]);
+    assert!(err.contains("past the feed's length"), "{err}");
+
+    // A frame over the limit, straight on the socket: one error line, nothing appended.
+    let socket = replic8_node::control::socket_path(&d);
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let request = serde_json::json!({ "cmd": "feed_append_blocks", "key": key });
+    writeln!(conn, "{request}").unwrap();
+    let mut answers = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut ready = String::new();
+    answers.read_line(&mut ready).unwrap();
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["ok"]["length"], 4, "{ready}");
+    conn.write_all(&Frame::block_header(MAX_BLOCK_FRAME + 1))
+        .unwrap();
+    let mut answer = String::new();
+    answers.read_line(&mut answer).unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let why = answer["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(why.contains("over the limit"), "{why}");
+    assert!(why.contains("0 block(s) appended"), "{why}");
+    // A good block then a bad frame kind in one write: the block is dropped with it.
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(replic8_node::control::socket_path(&d)).unwrap();
+    writeln!(conn, "{request}").unwrap();
+    let mut answers = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut ready = String::new();
+    answers.read_line(&mut ready).unwrap();
+    let mut frames = Frame::Block(vec![1; 100]).to_bytes();
+    frames.extend_from_slice(&[9, 0, 0, 0, 0]);
+    conn.write_all(&frames).unwrap();
+    let mut answer = String::new();
+    answers.read_line(&mut answer).unwrap();
+    assert!(answer.contains("unknown frame kind 9"), "{answer}");
+
+    let after = json(&d, &["feed", "info", &key, "--json"]);
+    assert_eq!(after, before, "the feed is as it was");
+    let list = json(&d, &["feed", "list", "--json"]);
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "no feed was created: {list}"
+    );
+    daemon.stop();
 }

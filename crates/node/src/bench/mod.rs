@@ -11,7 +11,8 @@
 //! - [`append`]: durable appends to a feed on disk;
 //! - [`discovery`]: join to connected on a private 20-node DHT;
 //! - [`flood`]: replication to a node flooded by attacker identities, against the same
-//!   run without the flood.
+//!   run without the flood;
+//! - [`cli`]: `cli-append`, the `replic8` command's data path through a daemon.
 //!
 //! Every row has `scenario`, `bytes`, `blocks`, `seconds`, `mb_per_s`, `blocks_per_s` (MB
 //! = 10^6 bytes) and `peak_rss_bytes` (the peak resident set of this process during the
@@ -19,6 +20,7 @@
 //! scenario's own fields.
 
 pub mod append;
+pub mod cli;
 pub mod discovery;
 pub mod flood;
 pub mod raw;
@@ -48,7 +50,10 @@ pub enum Scenario {
     /// A 64 MiB feed replicated to a node flooded by 200 attacker identities for 60 s,
     /// as a ratio to the same run without the flood.
     Flood,
-    /// Every scenario above but `flood`, one after the other, each in a process of its
+    /// `replic8 feed append` of a file and `feed cat` of it through a daemon, against the
+    /// store's own append in the same run.
+    CliAppend,
+    /// Every scenario above but `flood` and `cli-append`, one after the other, each in a process of its
     /// own.
     All,
 }
@@ -74,6 +79,7 @@ impl Scenario {
             Scenario::Append => "append",
             Scenario::Discovery => "discovery",
             Scenario::Flood => "flood",
+            Scenario::CliAppend => "cli-append",
             Scenario::All => "all",
         }
     }
@@ -302,6 +308,11 @@ pub async fn run(
         }
         Scenario::Discovery => emit(&discovery::run(options).await?),
         Scenario::Flood => emit(&flood::run(options).await?),
+        Scenario::CliAppend => {
+            for row in cli::run(options).await? {
+                emit(&row);
+            }
+        }
         Scenario::All => {}
     }
     Ok(())

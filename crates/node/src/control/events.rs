@@ -5,7 +5,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{Answer, STREAM_QUEUE};
 use crate::node::NodeHandle;
-use crate::NodeEvent;
+use crate::{NodeEvent, Topic};
 
 /// A stream of the node's events from now on. A client that reads too slowly for the
 /// node's event buffer gets a `lagged` line saying how many it missed, then the rest.
@@ -42,6 +42,61 @@ pub(super) fn stream_with<T: Clone + Send + 'static>(
             // The client hung up (the server dropped the receiver): stop.
             if tx.send(Ok(line)).await.is_err() {
                 break;
+            }
+        }
+    });
+    Answer::Stream(rx)
+}
+
+/// `join --watch`: `joined`, then a `peer_up` or `peer_down` line per connection that
+/// comes up or goes down, and a `lookup_done` line (with the peers found for the topic)
+/// once the first announce and lookup round finished, until the client hangs up or the
+/// topic is left.
+pub(super) fn watch_join(
+    node: &NodeHandle,
+    topic: Topic,
+    mut events: broadcast::Receiver<NodeEvent>,
+    joined: Value,
+) -> Answer {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let node = node.clone();
+    tokio::spawn(async move {
+        if tx.send(Ok(joined)).await.is_err() {
+            return;
+        }
+        let flushed = node.flushed(topic);
+        tokio::pin!(flushed);
+        let mut round_done = false;
+        loop {
+            let line = tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event @ (NodeEvent::PeerUp { .. } | NodeEvent::PeerDown { .. })) => {
+                        to_json(&event)
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        json!({ "event": "lagged", "missed": missed })
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                done = &mut flushed, if !round_done => {
+                    round_done = true;
+                    if let Err(e) = done {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        return;
+                    }
+                    let found = node
+                        .topics()
+                        .await
+                        .ok()
+                        .and_then(|topics| topics.into_iter().find(|t| t.topic == topic))
+                        .map_or(0, |t| t.peers_found);
+                    json!({ "event": "lookup_done", "topic": topic.to_hex(), "peers_found": found })
+                }
+                () = tx.closed() => return,
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
             }
         }
     });

@@ -1,5 +1,5 @@
-//! The feed requests: create, append, read, inspect, list, get by key with progress, and
-//! tail.
+//! The feed requests that answer in JSON: create, inspect, list, get by key with
+//! progress (blocks themselves travel in the binary mode, `blocks.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,6 @@ use crate::FeedKey;
 /// redrawn four times a second looks live without flooding a pipe.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// Blocks per read while tailing: at most 16 MiB of 1 MiB blocks in memory at once.
-const TAIL_BATCH: u64 = 16;
-
-/// Lines a tail may queue for a slow client: each may be a 1 MiB block (2 MiB of hex).
-const TAIL_QUEUE: usize = 8;
-
 fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -29,40 +23,6 @@ fn text(e: impl std::fmt::Display) -> String {
 pub(super) async fn new(node: &NodeHandle) -> Result<Answer, String> {
     let key = node.create_feed().await.map_err(text)?;
     Ok(Answer::One(json!({ "key": hex::encode(key.0) })))
-}
-
-pub(super) async fn append(
-    node: &NodeHandle,
-    key: &str,
-    blocks: &[String],
-) -> Result<Answer, String> {
-    let feed = FeedKey(parse_key(key)?);
-    let blocks = blocks
-        .iter()
-        .map(|b| hex::decode(b).map_err(|_| "a block is not hex".to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let length = node.append(feed, blocks).await.map_err(text)?;
-    Ok(Answer::One(json!({ "length": length })))
-}
-
-pub(super) async fn cat(
-    node: &NodeHandle,
-    key: &str,
-    start: u64,
-    end: Option<u64>,
-) -> Result<Answer, String> {
-    let feed = FeedKey(parse_key(key)?);
-    let end = match end {
-        Some(end) => end,
-        None => node.open_feed(feed).await.map_err(text)?.length,
-    };
-    if start > end {
-        return Err(format!("start {start} is past end {end}"));
-    }
-    let blocks = node.read(feed, start..end).await.map_err(text)?;
-    Ok(Answer::One(
-        json!({ "blocks": blocks.iter().map(hex::encode).collect::<Vec<_>>() }),
-    ))
 }
 
 /// A peer of a feed as JSON.
@@ -206,49 +166,6 @@ pub(super) async fn get(node: &NodeHandle, key: &str, follow: bool) -> Result<An
             tokio::select! {
                 changed = state.changed() => if changed.is_err() { return },
                 _ = tick.tick() => {}
-                () = tx.closed() => return,
-            }
-        }
-    });
-    Ok(Answer::Stream(rx))
-}
-
-/// `feed cat --follow`: the blocks from `start` on, in order, as they are stored here.
-pub(super) async fn tail(node: &NodeHandle, key: &str, start: u64) -> Result<Answer, String> {
-    let feed = FeedKey(parse_key(key)?);
-    let mut state = node.subscribe_feed(feed).await.map_err(text)?;
-    let (tx, rx) = mpsc::channel(TAIL_QUEUE);
-    let node = node.clone();
-    tokio::spawn(async move {
-        let mut at = start;
-        loop {
-            state.borrow_and_update();
-            let end = match node.open_feed(feed).await {
-                Ok(info) => info.contiguous_length,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string())).await;
-                    return;
-                }
-            };
-            while at < end {
-                let to = end.min(at + TAIL_BATCH);
-                let blocks = match node.read(feed, at..to).await {
-                    Ok(blocks) => blocks,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
-                        return;
-                    }
-                };
-                for block in blocks {
-                    let line = json!({ "index": at, "block": hex::encode(block) });
-                    if tx.send(Ok(line)).await.is_err() {
-                        return;
-                    }
-                    at += 1;
-                }
-            }
-            tokio::select! {
-                changed = state.changed() => if changed.is_err() { return },
                 () = tx.closed() => return,
             }
         }

@@ -36,16 +36,12 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
         | Request::Decide { .. }
         | Request::Offers { .. } => return super::namespaces::handle(node, req).await,
         Request::FeedNew => return super::feeds::new(node).await,
-        Request::FeedAppend { key, blocks } => {
-            return super::feeds::append(node, &key, &blocks).await
-        }
-        Request::FeedCat { key, start, end } => {
-            return super::feeds::cat(node, &key, start, end).await
+        Request::FeedAppendBlocks { .. } | Request::FeedReadBlocks { .. } => {
+            return Err("a binary-mode request is served by the connection itself".into())
         }
         Request::FeedInfo { key } => return super::feeds::info(node, &key).await,
         Request::FeedList => return super::feeds::list(node).await,
         Request::FeedGet { key, follow } => return super::feeds::get(node, &key, follow).await,
-        Request::FeedTail { key, start } => return super::feeds::tail(node, &key, start).await,
         Request::Share {
             namespace,
             key,
@@ -66,6 +62,7 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
             announce,
             lookup,
             topic,
+            watch,
         } => {
             let (topic, feed) = if topic {
                 (Topic(parse_key(&target)?), false)
@@ -81,17 +78,16 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                     }
                 }
             };
-            let report = node
-                .join(topic, JoinOptions { announce, lookup })
+            // Subscribed before the join, so that no peer it finds falls before the watch.
+            let events = watch.then(|| node.subscribe());
+            node.join_in_background(topic, JoinOptions { announce, lookup })
                 .await
                 .map_err(|x| e(&x))?;
-            json!({
-                "topic": topic.to_hex(),
-                "feed": feed,
-                "announced": report.announced.len(),
-                "announce_failed": report.announce_failed.iter().map(|(_, why)| why.clone()).collect::<Vec<_>>(),
-                "peers_found": report.peers_found,
-            })
+            let joined = json!({ "event": "joined", "topic": topic.to_hex(), "feed": feed });
+            match events {
+                Some(events) => return Ok(super::events::watch_join(node, topic, events, joined)),
+                None => joined,
+            }
         }
         Request::Leave { target } => {
             let (topic, feed) = target_topic(node, &target).await?;

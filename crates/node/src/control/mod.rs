@@ -13,17 +13,37 @@
 //! [`Response`] line, or, for a request that follows something live (`events`, ...), by
 //! a [`Response`] line per item until the daemon has no more or the client hangs up
 //! ([`request_stream`]). A request line is at most [`MAX_REQUEST`] bytes; a longer one
-//! ends the connection with an error. Block data travels as hex.
+//! ends the connection with an error.
+//!
+//! Blocks never travel in JSON. Two requests switch the connection into the binary
+//! mode after the daemon's first answer line: `feed_append_blocks` (the client sends
+//! block frames, then an end frame; the daemon answers one final JSON line) and
+//! `feed_read_blocks` (the daemon sends block frames, then an end frame or an error
+//! frame). A frame is a kind byte, a big-endian `u32` length and the payload; a block
+//! frame holds one block of at most the store's largest block size, and a frame over
+//! its limit ends the request with an error before its payload is read ([`frames`]).
+//! The first answer line comes only after the daemon checked the key, the feed and the
+//! range, so a request that cannot succeed fails before any block moves. Both sides
+//! hold at most a few MiB: the daemon appends in batches of about 8 MiB with one more
+//! filling while one is stored, and reads ahead at most two batches while sending; the
+//! socket's own flow control holds back a sender that outruns them
+//! ([`append_blocks`], [`read_blocks`] are the client's side).
 //!
 //! Modules: `handle` answers each request from the node's handle; `feeds` the feed
-//! requests (get with progress, list, tail); `namespaces` opens, lists and closes
-//! namespaces and lists and answers offers; `events` turns
+//! requests (get with progress, list, info); `frames` the binary mode's frames; `blocks`
+//! the daemon's side and `stream` the client's side of the binary mode; `namespaces`
+//! opens, lists and closes namespaces and lists and answers offers; `events` turns
 //! [`NodeEvent`](crate::NodeEvent)s into JSON lines.
 
+mod blocks;
 mod events;
 mod feeds;
+pub mod frames;
 mod handle;
 mod namespaces;
+mod stream;
+
+pub use stream::{append_blocks, read_blocks};
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -49,8 +69,9 @@ const REFUSED_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(RUN_DIR).join(SOCKET_FILE)
 }
-/// Largest request line: 64 MiB of hex, 32 MiB of blocks per append request.
-pub const MAX_REQUEST: usize = 64 << 20;
+/// Largest request line: requests carry keys, names and headers, never blocks (those
+/// travel in the binary mode's frames), so 1 MiB leaves room for thousands of keys.
+pub const MAX_REQUEST: usize = 1 << 20;
 
 /// A client's request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,21 +79,30 @@ pub const MAX_REQUEST: usize = 64 << 20;
 pub enum Request {
     /// Create a writable feed.
     FeedNew,
-    /// Append blocks (hex) to a feed.
-    FeedAppend {
+    /// Append blocks in the binary mode: the daemon checks that the feed is held and
+    /// writable and answers a ready line (`length`, `max_block`); the client then sends
+    /// block frames and an end frame, and the daemon answers one final line (`length`,
+    /// `blocks`, `bytes`) or an error (see [`frames`]).
+    FeedAppendBlocks {
         /// The feed, hex.
         key: String,
-        /// The blocks, hex.
-        blocks: Vec<String>,
     },
-    /// Read blocks `start..end` (end `None`: the feed's length).
-    FeedCat {
+    /// Read blocks `start..end` in the binary mode: the daemon checks the feed and the
+    /// range and answers a ready line (`start`, `end`), then sends a block frame per
+    /// block and an end frame; with `follow`, each block as it is stored here, until the
+    /// client hangs up (see [`frames`]).
+    FeedReadBlocks {
         /// The feed, hex.
         key: String,
         /// First block.
+        #[serde(default)]
         start: u64,
-        /// End, exclusive.
+        /// End, exclusive; `None`: the feed's length (or, with `follow`, no end).
+        #[serde(default)]
         end: Option<u64>,
+        /// Keep sending blocks as they are stored here.
+        #[serde(default)]
+        follow: bool,
     },
     /// A feed's length, head and whether it is writable.
     FeedInfo {
@@ -91,15 +121,6 @@ pub enum Request {
     },
     /// Every held feed: key, writable, length, stored blocks and bytes, namespaces.
     FeedList,
-    /// Blocks from `start` on as they are stored here, a line each, in order, until the
-    /// client hangs up.
-    FeedTail {
-        /// The feed, hex.
-        key: String,
-        /// First block.
-        #[serde(default)]
-        start: u64,
-    },
     /// Share a feed in a namespace with headers.
     Share {
         /// The namespace.
@@ -109,7 +130,10 @@ pub enum Request {
         /// Headers.
         headers: Vec<(String, String)>,
     },
-    /// Join a held feed's discovery key, or with `topic` a raw 32-byte topic.
+    /// Join a held feed's discovery key, or with `topic` a raw 32-byte topic. Answered
+    /// as soon as the topic is joined (announcing and looking up go on in the
+    /// background); with `watch`, a line per peer that comes up or goes down and one when
+    /// the first lookup round is done, until the client hangs up.
     Join {
         /// Topic or feed key, hex.
         target: String,
@@ -120,6 +144,9 @@ pub enum Request {
         /// `target` is a topic, not a feed key.
         #[serde(default)]
         topic: bool,
+        /// Stream the peers as they arrive.
+        #[serde(default)]
+        watch: bool,
     },
     /// Leave a topic (or a held feed's discovery key).
     Leave {
@@ -200,6 +227,21 @@ pub enum ControlError {
     /// The daemon refused or failed the request.
     #[error("{0}")]
     Daemon(String),
+    /// A block size the binary mode cannot carry.
+    #[error("block size {0} is not in 1..={max}", max = frames::MAX_BLOCK_FRAME)]
+    BlockSize(usize),
+    /// The daemon sent a frame that fails its checks.
+    #[error("bad frame from the daemon: {0}")]
+    Frame(#[from] frames::FrameError),
+    /// The daemon closed the connection before its answer or end frame.
+    #[error("the daemon closed the connection before the end of its answer")]
+    Unfinished,
+    /// Reading what was to be appended failed.
+    #[error("reading the input: {0}")]
+    Input(std::io::Error),
+    /// Writing the blocks out failed.
+    #[error("writing the output: {0}")]
+    Output(std::io::Error),
 }
 
 /// What binding the control socket can fail with.
@@ -222,8 +264,8 @@ pub enum BindError {
     },
 }
 
-/// Send one request to the daemon whose socket is `path`; its `ok` value.
-pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
+/// Connects to the daemon whose socket is `path` and sends `req`'s line.
+async fn open(path: &Path, req: &Request) -> Result<UnixStream, ControlError> {
     let mut stream = UnixStream::connect(path)
         .await
         .map_err(|source| ControlError::Connect {
@@ -233,6 +275,12 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Co
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
+    Ok(stream)
+}
+
+/// Send one request to the daemon whose socket is `path`; its `ok` value.
+pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
+    let mut stream = open(path, req).await?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
     match serde_json::from_slice(&answer)? {
@@ -249,16 +297,8 @@ pub async fn request_stream(
     req: &Request,
     mut each: impl FnMut(serde_json::Value) -> std::io::Result<ControlFlow<()>>,
 ) -> Result<(), ControlError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ControlError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
+    // The write half stays open: the daemon takes its closing for a hang-up.
+    let (read, _write) = open(path, req).await?.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         match serde_json::from_str(&line)? {
@@ -288,6 +328,10 @@ pub(crate) enum Answer {
 /// its own bounded buffer: what a slow client made it drop is reported as a `lagged`
 /// line.
 pub(crate) const STREAM_QUEUE: usize = 256;
+
+/// The daemon's read buffer on a connection: whole block frames of the usual 64 KiB
+/// blocks arrive in a few reads.
+const READ_BUFFER: usize = 256 << 10;
 
 /// A listening control socket; dropping it stops accepting (the file stays until
 /// [`ControlServer::close`]).
@@ -395,13 +439,27 @@ async fn refuse(stream: UnixStream, peer: u32, uid: u32) -> std::io::Result<()> 
 
 async fn serve(stream: UnixStream, node: &NodeHandle) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
     reader.read_until(b'\n', &mut line).await?;
     let answer = if line.len() > MAX_REQUEST {
         Err(format!("request over {MAX_REQUEST} bytes"))
     } else {
         match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::FeedAppendBlocks { key }) => {
+                blocks::append(node, &key, reader.into_inner(), &mut write).await?;
+                return write.shutdown().await;
+            }
+            Ok(Request::FeedReadBlocks {
+                key,
+                start,
+                end,
+                follow,
+            }) => {
+                let range = blocks::ReadRange { start, end, follow };
+                blocks::read(node, &key, range, reader.into_inner(), &mut write).await?;
+                return write.shutdown().await;
+            }
             Ok(req) => handle::handle(node, req).await,
             Err(e) => Err(format!("bad request: {e}")),
         }
@@ -432,7 +490,7 @@ async fn serve(stream: UnixStream, node: &NodeHandle) -> std::io::Result<()> {
 }
 
 async fn write_line(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
     response: &Response,
 ) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;

@@ -3,10 +3,11 @@
 
 use replic8::feed_store::{FeedInfo, FeedSummary, GetFeed, ListFeeds};
 use replic8::keys::FeedKey;
-use replic8_discovery::JoinReport;
+use replic8_discovery::{JoinReport, Topic};
 
-use super::{FeedError, JoinOptions, NodeClosed, NodeHandle};
+use super::{FeedError, JoinError, JoinOptions, NodeClosed, NodeHandle};
 use crate::feed_peers::FeedPeer;
+use crate::persist::PersistedJoin;
 
 /// What [`NodeHandle::get_feed`] did.
 #[derive(Debug, Clone)]
@@ -72,5 +73,58 @@ impl NodeHandle {
             .lock()
             .map(|table| table.peers(feed))
             .unwrap_or_default()
+    }
+
+    /// Join `topic` as [`join`](Self::join) does, but resolve as soon as discovery has
+    /// taken the topic and the join is persisted: the first announce and lookup round
+    /// go on in the background (peers found connect as they come: follow
+    /// [`subscribe`](Self::subscribe); [`flushed`](Self::flushed) resolves when the
+    /// round is done).
+    pub async fn join_in_background(
+        &self,
+        topic: impl Into<Topic>,
+        options: JoinOptions,
+    ) -> Result<(), JoinError> {
+        let topic = topic.into();
+        if !options.announce && !options.lookup {
+            return Err(replic8_discovery::JoinError::NothingToDo.into());
+        }
+        let _order = self.inner.join_lock.lock().await;
+        let discovery = &self.s().discovery;
+        // `do_send` queues even into a full mailbox, so discovery takes the join before
+        // it answers the `Joined` sent next. The join's own answer (its first round's
+        // report) is not awaited.
+        discovery.do_send(replic8_discovery::Join {
+            topic,
+            announce: options.announce,
+            lookup: options.lookup,
+        });
+        let joined = discovery
+            .send(replic8_discovery::Joined { topic })
+            .await
+            .map_err(|_| NodeClosed)?;
+        if !joined {
+            return Err(NodeClosed.into());
+        }
+        self.persist_join(topic, options).await
+    }
+
+    /// Records a join that discovery took in the persisted state (resumed after a
+    /// restart) and in the topic counter. Called with the join lock held.
+    pub(super) async fn persist_join(
+        &self,
+        topic: Topic,
+        options: JoinOptions,
+    ) -> Result<(), JoinError> {
+        self.persist(|state| {
+            state.join(PersistedJoin {
+                topic: topic.0,
+                announce: options.announce,
+                lookup: options.lookup,
+            })
+        })
+        .await?;
+        self.refresh_topics().await;
+        Ok(())
     }
 }

@@ -22,9 +22,7 @@ use crate::events::NodeEvent;
 use crate::feed_peers::FeedPeers;
 use crate::feeds::FeedStoreRecipients;
 use crate::metrics::{Counters, MetricsEndpoint};
-use crate::persist::{
-    self, PersistError, PersistedJoin, PersistedPolicy, PersistedShare, PersistedState,
-};
+use crate::persist::{self, PersistError, PersistedPolicy, PersistedShare, PersistedState};
 
 use super::errors::{
     AddStoreError, ConnectError, DisconnectError, FeedError, FlushedError, JoinError, LeaveError,
@@ -140,15 +138,7 @@ impl NodeHandle {
             lookup: options.lookup,
         });
         let report = request.await.map_err(|_| NodeClosed)??;
-        self.persist(|state| {
-            state.join(PersistedJoin {
-                topic: topic.0,
-                announce: options.announce,
-                lookup: options.lookup,
-            })
-        })
-        .await?;
-        self.refresh_topics().await;
+        self.persist_join(topic, options).await?;
         Ok(report)
     }
 

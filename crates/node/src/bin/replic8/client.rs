@@ -1,6 +1,6 @@
 //! What every client command shares: the runtime, the config, the daemon request.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -81,15 +81,54 @@ pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A file, or standard input for `-` or none.
-pub(crate) fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    match file {
-        None => std::io::stdin().lock().read_to_end(&mut data)?,
-        Some(p) if p.as_os_str() == "-" => std::io::stdin().lock().read_to_end(&mut data)?,
-        Some(p) => std::fs::File::open(p)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .with_context(|| format!("cannot read {}", p.display()))?,
-    };
-    Ok(data)
+/// Where the blocks to append come from: a file (opened now, so that a missing one
+/// fails before the daemon is asked anything), or standard input for `-` or none.
+pub(crate) fn open_input(
+    file: Option<&Path>,
+) -> anyhow::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+    Ok(match file {
+        Some(p) if p.as_os_str() != "-" => {
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+            Box::new(tokio::fs::File::from_std(f))
+        }
+        _ => Box::new(tokio::io::stdin()),
+    })
 }
+
+/// Appends `input` to the feed `key` in the binary mode, cut into blocks of
+/// `block_size`; the daemon's final answer (`length`, `blocks`, `bytes`).
+pub(crate) fn append(
+    config: &NodeConfig,
+    key: &str,
+    input: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    block_size: usize,
+) -> anyhow::Result<Value> {
+    let socket = control::socket_path(&checked_data_dir(config)?);
+    Ok(runtime()?.block_on(control::append_blocks(&socket, key, input, block_size))?)
+}
+
+/// Writes the feed `key`'s blocks from `start` (to `end`, or with `follow` for ever) to
+/// standard output as raw bytes, as they come. A reader that stops reading (`| head`)
+/// ends the command quietly.
+pub(crate) fn cat(
+    config: &NodeConfig,
+    key: &str,
+    start: u64,
+    end: Option<u64>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let socket = control::socket_path(&checked_data_dir(config)?);
+    let mut out = std::io::BufWriter::with_capacity(STDOUT_BUFFER, std::io::stdout().lock());
+    let read = control::read_blocks(&socket, key, start, end, follow, &mut out);
+    match runtime()?.block_on(read) {
+        Err(control::ControlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(())
+        }
+        done => Ok(done.map(|_| ())?),
+    }
+}
+
+/// Standard output's buffer for `feed cat`: blocks leave in large writes, and whenever
+/// no more has arrived from the daemon.
+const STDOUT_BUFFER: usize = 1 << 20;

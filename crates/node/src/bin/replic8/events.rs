@@ -25,7 +25,7 @@ pub(crate) fn run(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
 }
 
 /// An event as one line: its name, then its fields as `name=value`.
-fn text(event: &Value) -> String {
+pub(crate) fn text(event: &Value) -> String {
     let mut line = event["event"].as_str().unwrap_or("event").to_owned();
     for (name, value) in event.as_object().into_iter().flatten() {
         if name == "event" {

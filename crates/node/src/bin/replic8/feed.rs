@@ -12,7 +12,7 @@ use replic8_node::control::Request;
 use replic8_node::import;
 use serde_json::Value;
 
-use crate::client::{ask, follow as follow_stream, print_json, read_input};
+use crate::client::{append, ask, cat, follow as follow_stream, open_input, print_json};
 
 /// Work with feeds.
 #[derive(Debug, Subcommand)]
@@ -33,7 +33,8 @@ pub(crate) enum FeedCommand {
         #[arg(long, default_value_t = 64 * 1024)]
         block_size: usize,
     },
-    /// Write blocks of a feed to standard output.
+    /// Write blocks of a feed to standard output, as raw bytes, each as it comes from the
+    /// daemon.
     Cat {
         /// The feed's key, hex.
         key: String,
@@ -81,7 +82,8 @@ pub(crate) enum FeedCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Split a file into blocks and print the feed's key, length and tree hash.
+    /// Split a file (or standard input) into blocks in a new feed and print the feed's
+    /// key, length and tree hash.
     Import {
         /// The file to import; `-` reads standard input.
         file: PathBuf,
@@ -96,9 +98,6 @@ pub(crate) enum FeedCommand {
         json: bool,
     },
 }
-
-/// Blocks per `feed cat` request: at most 64 MiB of 1 MiB blocks per answer.
-const CAT_BATCH: u64 = 64;
 
 /// Runs a `feed` command.
 pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<()> {
@@ -117,52 +116,20 @@ pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<(
             file,
             block_size,
         } => {
-            let data = read_input(file.as_deref())?;
-            let length = append_blocks(config, &key, &data, block_size)?;
-            println!("{length}");
+            check_block_size(block_size)?;
+            let input = open_input(file.as_deref())?;
+            let v = append(config, &key, input, block_size)?;
+            println!("{}", v["length"]);
             Ok(())
         }
-        FeedCommand::Cat {
-            key,
-            start,
-            follow: true,
-            ..
-        } => tail(config, key, start),
         FeedCommand::Get { key, follow, json } => get(config, key, follow, json),
         FeedCommand::List { json } => list(config, json),
         FeedCommand::Cat {
-            key, start, end, ..
-        } => {
-            let end = match end {
-                Some(end) => end,
-                None => ask(config, &Request::FeedInfo { key: key.clone() })?["length"]
-                    .as_u64()
-                    .unwrap_or_default(),
-            };
-            if start > end {
-                bail!("--start {start} is past --end {end}");
-            }
-            // A request per CAT_BATCH blocks, so a large feed streams out in bounded
-            // pieces instead of one answer holding all of it.
-            let mut out = std::io::stdout().lock();
-            let mut at = start;
-            while at < end {
-                let to = end.min(at + CAT_BATCH);
-                let v = ask(
-                    config,
-                    &Request::FeedCat {
-                        key: key.clone(),
-                        start: at,
-                        end: Some(to),
-                    },
-                )?;
-                for block in v["blocks"].as_array().into_iter().flatten() {
-                    out.write_all(&hex::decode(block.as_str().unwrap_or_default())?)?;
-                }
-                at = to;
-            }
-            Ok(())
-        }
+            key,
+            start,
+            end,
+            follow,
+        } => cat(config, &key, start, end, follow),
         FeedCommand::Info { key, json } => {
             let v = ask(config, &Request::FeedInfo { key })?;
             if json {
@@ -198,16 +165,16 @@ pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<(
             only_hash,
             json,
         } => {
-            let summary = if file.as_os_str() == "-" {
-                import::hash_only(std::io::stdin().lock(), block_size)?
-            } else {
-                let f = std::fs::File::open(&file)
-                    .with_context(|| format!("cannot open {}", file.display()))?;
-                import::hash_only(std::io::BufReader::with_capacity(1 << 20, f), block_size)
-                    .with_context(|| file.display().to_string())?
-            };
             let mut out = std::io::stdout().lock();
             if only_hash {
+                let summary = if file.as_os_str() == "-" {
+                    import::hash_only(std::io::stdin().lock(), block_size)?
+                } else {
+                    let f = std::fs::File::open(&file)
+                        .with_context(|| format!("cannot open {}", file.display()))?;
+                    import::hash_only(std::io::BufReader::with_capacity(1 << 20, f), block_size)
+                        .with_context(|| file.display().to_string())?
+                };
                 if json {
                     serde_json::to_writer(&mut out, &summary)?;
                     writeln!(out)?;
@@ -219,22 +186,21 @@ pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<(
                 }
                 return Ok(());
             }
-            if file.as_os_str() == "-" {
-                bail!("importing standard input into the daemon is not supported; use feed new and feed append");
-            }
-            let data =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Everything that can fail before the feed exists is checked first.
+            check_block_size(block_size)?;
+            let input = open_input(Some(&file))?;
             let key = ask(config, &Request::FeedNew)?["key"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            let length = append_blocks(config, &key, &data, block_size)?;
+            let appended = append(config, &key, input, block_size)?;
+            let length = appended["length"].as_u64().unwrap_or_default();
             let info = ask(config, &Request::FeedInfo { key: key.clone() })?;
             let v = serde_json::json!({
                 "key": key,
                 "length": length,
                 "tree_hash": info["tree_hash"],
-                "bytes": data.len(),
+                "bytes": appended["bytes"],
             });
             if json {
                 return print_json(&v);
@@ -251,30 +217,12 @@ pub(crate) fn run(config: &NodeConfig, command: FeedCommand) -> anyhow::Result<(
     }
 }
 
-/// Appends `data` in blocks of `block_size`, a request per 8 MiB; the final length.
-fn append_blocks(
-    config: &NodeConfig,
-    key: &str,
-    data: &[u8],
-    block_size: usize,
-) -> anyhow::Result<u64> {
+/// A block size the store takes, checked before anything is created or sent.
+fn check_block_size(block_size: usize) -> anyhow::Result<()> {
     if block_size == 0 || block_size > replic8_store::MAX_BLOCK_SIZE {
         bail!("--block-size must be 1..={}", replic8_store::MAX_BLOCK_SIZE);
     }
-    let per_request = ((8 << 20) / block_size).max(1);
-    let mut length = 0;
-    let blocks: Vec<&[u8]> = data.chunks(block_size).collect();
-    for batch in blocks.chunks(per_request) {
-        let reply = ask(
-            config,
-            &Request::FeedAppend {
-                key: key.to_owned(),
-                blocks: batch.iter().map(hex::encode).collect(),
-            },
-        )?;
-        length = reply["length"].as_u64().unwrap_or_default();
-    }
-    Ok(length)
+    Ok(())
 }
 
 /// A JSON value as text: strings without quotes.
@@ -283,19 +231,6 @@ fn plain(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// `feed cat --follow`: the blocks from `start` on, written as they are stored, until
-/// interrupted (or the daemon stops).
-fn tail(config: &NodeConfig, key: String, start: u64) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    follow_stream(config, &Request::FeedTail { key, start }, |line| {
-        let block = hex::decode(line["block"].as_str().unwrap_or_default())
-            .map_err(std::io::Error::other)?;
-        out.write_all(&block)?;
-        out.flush()?;
-        Ok(ControlFlow::Continue(()))
-    })
 }
 
 /// `feed get`: progress as a bar on a terminal, else as JSON lines; fails if the daemon
