@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::core::PolicyConfig;
 use crate::key::Identity;
+use crate::nat::NatConfig;
 use crate::transport::TransportTuning;
 
 /// The ALPN used when the configuration names none. The session layer sets its own
@@ -29,6 +30,8 @@ pub struct ConnManagerConfig {
     /// How long the liveness probe of an old connection waits for an acknowledgement,
     /// at least (3 × its RTT).
     pub probe_timeout: Duration,
+    /// Observed addresses, reachability checks and their limits.
+    pub nat: NatConfig,
 }
 
 impl ConnManagerConfig {
@@ -45,6 +48,7 @@ impl ConnManagerConfig {
             handshake_timeout: Duration::from_secs(10),
             // A live peer answers in one RTT plus its ack delay (25 ms by default).
             probe_timeout: Duration::from_millis(500),
+            nat: NatConfig::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The messages of the `ConnManager` actor: requests (`Dial`, `Close`, `Ban`,
-//! `PeerActivity`, `Peers`, `Stats`, `Subscribe`, `SubscribeRefused`, `Shutdown`) and the events it sends to subscribers
-//! (`PeerUp`, `PeerDown`, `ConnRefused`).
+//! `PeerActivity`, `Peers`, `Stats`, `Subscribe`, `SubscribeRefused`, `NatState`,
+//! `SubscribeNat`, `Shutdown`) and the events it sends to subscribers (`PeerUp`,
+//! `PeerDown`, `ConnRefused`, `NatEvent`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use thiserror::Error;
 use crate::core::Initiator;
 use crate::error::{DialError, DownReason, RefuseReason};
 use crate::key::{KeyError, PeerKey};
+use crate::nat::{NatEvent, NatStatus};
 
 /// Connect to the peer at `addr`; replies with its key once a connection to it is up
 /// (at once if one already is). `expected_key` pins the key: any other fails the
@@ -130,6 +132,14 @@ pub struct ConnStats {
     pub refused_per_ip: u64,
     /// Idle inbound peers evicted to make room (`DownReason::Evicted`).
     pub evictions: u64,
+    /// Messages received on peers' NAT control channels.
+    pub nat_messages_received: u64,
+    /// Dial-backs we asked peers for (reachability checks).
+    pub dial_backs_asked: u64,
+    /// Dial-backs we made on peers' requests.
+    pub dial_backs_served: u64,
+    /// Dial-back handshakes that reached us.
+    pub dial_backs_received: u64,
 }
 
 /// Receive `PeerUp` and `PeerDown`. A new subscriber first gets a `PeerUp` for every peer
@@ -147,6 +157,17 @@ pub struct Subscribe {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct SubscribeRefused(pub Recipient<ConnRefused>);
+
+/// Where we stand behind NATs: public addresses, mapping type, reachability.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "NatStatus")]
+pub struct NatState;
+
+/// Receive every `NatEvent`; replies with the status now, so that nothing is missed
+/// between the two.
+#[derive(Debug, Message)]
+#[rtype(result = "NatStatus")]
+pub struct SubscribeNat(pub Recipient<NatEvent>);
 
 /// Close every connection (close code `CLOSE_SHUTDOWN`), wait for the endpoint to drain,
 /// and stop the actor. Replies when it is done.

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     /// Counters in Prometheus text format over HTTP, off unless an address is given.
     pub metrics: MetricsSection,
+    /// NAT traversal: observed addresses and reachability checks.
+    pub nat: NatSection,
     /// Namespaces opened at every start (`[[namespace]]` entries), not persisted: the
     /// file is their record.
     #[serde(rename = "namespace", skip_serializing_if = "Vec::is_empty")]
@@ -95,6 +97,7 @@ impl Default for NodeConfig {
             discovery: DiscoverySection::default(),
             limits: LimitsSection::default(),
             metrics: MetricsSection::default(),
+            nat: NatSection::default(),
             namespaces: Vec::new(),
         }
     }
@@ -201,6 +204,28 @@ impl Default for LimitsSection {
             retry_above: 16,
             new_feeds_per_peer: None,
             max_replicas: None,
+        }
+    }
+}
+
+/// The `[nat]` section: what the node learns about its NATs, and what it does for peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatSection {
+    /// Tell each peer the address we see it at, and learn our public address and the
+    /// NAT's mapping type from what peers tell us.
+    pub observe: bool,
+    /// Ask peers to dial us back from another port (are we reachable?), and dial peers
+    /// back when they ask (rate-limited, only to the address we see them at).
+    pub dial_back: bool,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        // Both cost a few small messages per connection and a handshake now and then.
+        Self {
+            observe: true,
+            dial_back: true,
         }
     }
 }
@@ -421,6 +446,8 @@ mod tests {
         config.limits.ban_secs = 0;
         config.limits.stall_timeout_secs = 5;
         config.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
+        config.nat.observe = false;
+        config.nat.dial_back = false;
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
     }

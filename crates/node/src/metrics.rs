@@ -104,6 +104,13 @@ pub struct Counters {
     pub dht_timeouts: Metric,
     /// Announces other nodes stored with our DHT node.
     pub dht_announces_stored: Metric,
+    /// Reachability as the last dial-back showed it: 0 unknown, 1 reachable, 2
+    /// unreachable.
+    pub nat_reachability: Metric,
+    /// Dial-backs we asked peers for (reachability checks).
+    pub nat_dial_backs_asked: Metric,
+    /// Dial-backs we made on peers' requests.
+    pub nat_dial_backs_served: Metric,
 }
 
 impl Default for Counters {
@@ -191,13 +198,28 @@ impl Default for Counters {
                 "Announces other nodes stored with our DHT node.",
                 "counter",
             ),
+            nat_reachability: Metric::new(
+                "replic8_nat_reachability",
+                "Reachability by dial-back: 0 unknown, 1 reachable, 2 unreachable.",
+                "gauge",
+            ),
+            nat_dial_backs_asked: Metric::new(
+                "replic8_nat_dial_backs_asked_total",
+                "Dial-backs asked of peers (reachability checks).",
+                "counter",
+            ),
+            nat_dial_backs_served: Metric::new(
+                "replic8_nat_dial_backs_served_total",
+                "Dial-backs made on peers' requests.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 18] {
+    pub fn all(&self) -> [&Metric; 21] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -217,6 +239,9 @@ impl Counters {
             &self.dht_queries_out,
             &self.dht_timeouts,
             &self.dht_announces_stored,
+            &self.nat_reachability,
+            &self.nat_dial_backs_asked,
+            &self.nat_dial_backs_served,
         ]
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use self::datagrams::{probe, resend_confirm, CONFIRM_DATAGRAM};
+use self::netctl::{NatCounters, NatLink, DIAL_BACK_ALPN};
 use self::reports::{IncomingConn, ProbeDone};
 use self::tasks::{spawn_task, Task};
 use crate::config::ConnManagerConfig;
@@ -23,6 +24,7 @@ use crate::core::{ConnCore, ConnId, CoreEvent, Initiator};
 use crate::error::{CloseReason, DialError, SpawnError, CLOSE_SHUTDOWN};
 use crate::key::{Identity, PeerKey};
 use crate::messages::*;
+use crate::nat::{NatCore, NatEvent};
 use crate::tls;
 use crate::transport;
 
@@ -30,6 +32,7 @@ mod accept;
 mod conn;
 mod datagrams;
 mod dial;
+mod netctl;
 mod reports;
 mod requests;
 mod tasks;
@@ -110,6 +113,16 @@ pub struct ConnManager {
     tasks: Arc<AtomicUsize>,
     /// Counters for `Stats`; bytes of connections that are gone.
     counters: ConnStats,
+    /// Observed addresses and reachability.
+    nat: NatCore,
+    /// The NAT control channel of each up connection.
+    nat_links: HashMap<PeerKey, NatLink>,
+    nat_timer: Option<SpawnHandle>,
+    nat_subs: Vec<Recipient<NatEvent>>,
+    /// Dial-backs we are making for peers, by sequence number.
+    dial_backs: HashMap<u64, Task>,
+    next_dial_back: u64,
+    nat_counters: NatCounters,
     span: tracing::Span,
 }
 
@@ -128,9 +141,14 @@ impl ConnManager {
     pub fn spawn(config: ConnManagerConfig) -> Result<ConnManagerHandle, SpawnError> {
         let me = config.identity.key();
         let transport = Arc::new(transport::transport_config(&config.transport));
+        // Dial-back handshakes use their own ALPN; they are closed once done (`netctl`).
+        let mut server_alpn = config.alpn.clone();
+        if config.nat.dial_back {
+            server_alpn.push(DIAL_BACK_ALPN.to_vec());
+        }
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(
             &config.identity,
-            &config.alpn,
+            &server_alpn,
         )?));
         server.transport_config(transport.clone());
         let socket = transport::bind_udp(config.listen, config.transport.socket_buffer)?;
@@ -163,6 +181,13 @@ impl ConnManager {
             timer: None,
             tasks: tasks.clone(),
             counters: ConnStats::default(),
+            nat: NatCore::new(config.nat, netctl::nonce_seed()),
+            nat_links: HashMap::new(),
+            nat_timer: None,
+            nat_subs: Vec::new(),
+            dial_backs: HashMap::new(),
+            next_dial_back: 0,
+            nat_counters: NatCounters::default(),
             span,
         };
         let addr = actor.start();
@@ -197,6 +222,7 @@ impl ConnManager {
                     for sub in &self.up_subs {
                         sub.do_send(up.clone());
                     }
+                    self.nat_peer_up(conn, key, ctx);
                 }
                 CoreEvent::PeerDown { conn, key, reason } => {
                     let connection_id = self.live.get(&conn).map_or(0, |l| l.conn.stable_id());
@@ -211,6 +237,7 @@ impl ConnManager {
                     for sub in &self.down_subs {
                         sub.do_send(down.clone());
                     }
+                    self.nat_peer_down(conn, key, ctx);
                 }
                 CoreEvent::Close { conn, reason } => {
                     match reason {
@@ -347,5 +374,7 @@ impl Actor for ConnManager {
         self.handshakes.clear();
         self.probes.clear();
         self.live.clear();
+        self.nat_links.clear();
+        self.dial_backs.clear();
     }
 }

@@ -132,6 +132,18 @@ impl ConnCore {
         }
     }
 
+    /// The accepted handshake `conn` is not a peer connection (a dial-back, which the
+    /// driver closes): forget it, freeing its pending slot.
+    pub fn handle_not_a_peer(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.initiator == Initiator::Remote)
+        {
+            self.conns.remove(&conn);
+        }
+    }
+
     /// The handshake of dial `conn` ended because the peer closed it as a duplicate: the
     /// peer has another connection to us (it dialed us at the same time). Not a failure:
     /// the dial waits for `key` (pinned, or seen in the handshake) to come up.

@@ -40,6 +40,8 @@ pub struct NodeBuilder {
     pub(super) metrics: Option<SocketAddr>,
     pub(super) feed_store: FeedStoreConfig,
     pub(super) transport: TransportTuning,
+    /// NAT traversal switches (the config's `[nat]`).
+    pub(super) nat: crate::config::NatSection,
     /// Namespaces opened at every start, not persisted (the config's `[[namespace]]`).
     pub(super) namespaces: Vec<(String, Option<NamespaceSecret>, NamespaceSpec)>,
 }
@@ -58,6 +60,7 @@ impl Default for NodeBuilder {
             metrics: None,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            nat: crate::config::NatSection::default(),
             namespaces: Vec::new(),
         }
     }
@@ -127,6 +130,7 @@ impl NodeBuilder {
             metrics: config.metrics.listen,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            nat: config.nat.clone(),
             namespaces: config.open_namespaces()?,
         })
     }
@@ -225,6 +229,12 @@ impl NodeBuilder {
     /// How the default feed store syncs and which offers it accepts (all, by default).
     pub fn feed_store(mut self, config: FeedStoreConfig) -> Self {
         self.feed_store = config;
+        self
+    }
+
+    /// NAT traversal switches (observed addresses, dial-backs).
+    pub fn nat(mut self, nat: crate::config::NatSection) -> Self {
+        self.nat = nat;
         self
     }
 

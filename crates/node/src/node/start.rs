@@ -11,7 +11,7 @@ use replic8::feed_store::{FeedStoreConfig, NamespacePolicy, ServeNamespace, Shar
 use replic8::keys::FeedKey;
 use replic8::message::Headers;
 use replic8::session::SessionConfig;
-use replic8_connmgr::{ConnManager, ConnManagerConfig, Identity, PolicyConfig};
+use replic8_connmgr::{ConnManager, ConnManagerConfig, Identity, NatConfig, PolicyConfig};
 use replic8_discovery::{DiscoveryActor, DiscoveryConfig, LanConfig, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
@@ -99,6 +99,11 @@ pub(super) async fn start(
             ..PolicyConfig::default()
         },
         transport: builder.transport.clone(),
+        nat: NatConfig {
+            observe: builder.nat.observe,
+            dial_back: builder.nat.dial_back,
+            ..NatConfig::default()
+        },
         ..ConnManagerConfig::new(prepared.identity)
             .with_listen(builder.listen)
             .with_alpn(vec![replic8::message::ALPN.to_vec()])
@@ -273,6 +278,15 @@ pub(super) async fn start(
             peer_up: lifecycle.clone().recipient(),
             peer_down: lifecycle.clone().recipient(),
         })
+        .await;
+    let nat = super::nat::NatForwarder {
+        events: events.clone(),
+        counters: counters.clone(),
+    }
+    .start();
+    let _ = conn
+        .addr()
+        .send(replic8_connmgr::SubscribeNat(nat.recipient()))
         .await;
     // The DHT node keeps its own counters: copied into ours at each scrape.
     let refresh: crate::metrics::Refresh = {
