@@ -29,6 +29,10 @@ pub struct ConnManagerConfig {
     /// How long the liveness probe of an old connection waits for an acknowledgement,
     /// at least (3 × its RTT).
     pub probe_timeout: Duration,
+    /// Keep the KRPC (DHT) datagrams that arrive on the socket for
+    /// `ConnManagerHandle::take_krpc`, so a DHT node can share the socket; off, they are
+    /// dropped.
+    pub share_krpc: bool,
 }
 
 impl ConnManagerConfig {
@@ -45,6 +49,7 @@ impl ConnManagerConfig {
             handshake_timeout: Duration::from_secs(10),
             // A live peer answers in one RTT plus its ack delay (25 ms by default).
             probe_timeout: Duration::from_millis(500),
+            share_krpc: false,
         }
     }
 

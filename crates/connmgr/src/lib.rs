@@ -13,6 +13,7 @@
 //! - `key`: `Identity` (the node's key pair) and `PeerKey` (a peer's public key);
 //! - `tls`: rustls configuration for raw public keys, both directions verified;
 //! - `transport`: QUIC transport defaults and the UDP socket (`transport_config`);
+//! - `socket`: what shares the endpoint's socket (`VirtualPaths`: relay circuits);
 //! - `core`: `ConnCore`, the dedup and dial policy without I/O;
 //! - `messages`: the actor's messages and events;
 //! - `actor`: `ConnManager`, the thin actor around the core;
@@ -63,6 +64,7 @@ pub mod core;
 mod error;
 mod key;
 pub mod messages;
+pub mod socket;
 pub mod tls;
 pub mod transport;
 
