@@ -32,6 +32,10 @@ pub struct ConnManagerConfig {
     pub probe_timeout: Duration,
     /// Observed addresses, reachability checks and their limits.
     pub nat: NatConfig,
+    /// Keep the KRPC (DHT) datagrams that arrive on the socket for
+    /// `ConnManagerHandle::take_krpc`, so a DHT node can share the socket; off, they are
+    /// dropped.
+    pub share_krpc: bool,
 }
 
 impl ConnManagerConfig {
@@ -49,6 +53,7 @@ impl ConnManagerConfig {
             // A live peer answers in one RTT plus its ack delay (25 ms by default).
             probe_timeout: Duration::from_millis(500),
             nat: NatConfig::default(),
+            share_krpc: false,
         }
     }
 

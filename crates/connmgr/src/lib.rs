@@ -13,6 +13,7 @@
 //! - `key`: `Identity` (the node's key pair) and `PeerKey` (a peer's public key);
 //! - `tls`: rustls configuration for raw public keys, both directions verified;
 //! - `transport`: QUIC transport defaults and the UDP socket (`transport_config`);
+//! - `socket`: what shares the endpoint's socket (`VirtualPaths`: relay circuits);
 //! - `core`: `ConnCore`, the dedup and dial policy without I/O;
 //! - `nat`: `NatCore`, observed addresses, the NAT mapping type and reachability
 //!   (dial-back) without I/O, and the NAT control channel's wire format;
@@ -66,6 +67,7 @@ mod error;
 mod key;
 pub mod messages;
 pub mod nat;
+pub mod socket;
 pub mod tls;
 pub mod transport;
 

@@ -119,10 +119,17 @@ pub struct DiscoverySection {
     /// Keep the DHT node read-only (BEP 43: it never answers queries) whatever the
     /// network shows, e.g. on a metered link. Cannot be combined with `dht_server`.
     pub dht_read_only: bool,
-    /// UDP port of the DHT sockets. Omitted: 6881 if free, else any free port.
+    /// Run the DHT on the QUIC socket (`listen`), so that the port the DHT announces is
+    /// the one peers dial and the NAT mapping its traffic opens is the one QUIC uses. It
+    /// then runs on the address families that socket carries (narrowed by `dht_bind`).
+    /// Off: the DHT has sockets of its own (`dht_port`, `dht_bind`).
+    pub share_socket: bool,
+    /// UDP port of the DHT's own sockets (only with `share_socket = false`). Omitted:
+    /// 6881 if free, else any free port.
     pub dht_port: Option<u16>,
-    /// Addresses of the DHT sockets, at most one IPv4 and one IPv6. Empty: `0.0.0.0`
-    /// and `::` (IPv4 alone on a host without IPv6).
+    /// Addresses of the DHT's own sockets, at most one IPv4 and one IPv6. Empty:
+    /// `0.0.0.0` and `::` (IPv4 alone on a host without IPv6). With `share_socket`, only
+    /// the families named count (IPv4 only, say), not the addresses.
     pub dht_bind: Vec<IpAddr>,
     /// Use mDNS on the local network.
     pub lan: bool,
@@ -141,6 +148,7 @@ impl Default for DiscoverySection {
             bootstrap: None,
             dht_server: false,
             dht_read_only: false,
+            share_socket: true,
             dht_port: None,
             dht_bind: Vec::new(),
             lan: true,
@@ -323,6 +331,12 @@ impl NodeConfig {
                 "cannot be combined with discovery.dht_server",
             );
         }
+        if d.share_socket && d.dht_port.is_some() {
+            return invalid(
+                "discovery.dht_port",
+                "the dht uses the QUIC port while share_socket = true (the default)",
+            );
+        }
         if d.dht_bind.iter().filter(|ip| ip.is_ipv4()).count() > 1
             || d.dht_bind.iter().filter(|ip| ip.is_ipv6()).count() > 1
         {
@@ -440,6 +454,7 @@ mod tests {
         config.discovery.bootstrap = Some(vec!["router.example:6881".into(), "[::1]:7".into()]);
         config.discovery.static_peers = vec!["10.0.0.1:4433".parse().unwrap()];
         config.discovery.lan = false;
+        config.discovery.share_socket = false;
         config.discovery.dht_port = Some(6882);
         config.discovery.dht_bind = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         config.limits.max_peers = 7;

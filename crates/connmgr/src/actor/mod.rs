@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -25,6 +25,7 @@ use crate::error::{CloseReason, DialError, SpawnError, CLOSE_SHUTDOWN};
 use crate::key::{Identity, PeerKey};
 use crate::messages::*;
 use crate::nat::{NatCore, NatEvent};
+use crate::socket::{self, KrpcPort, NodeSocket, VirtualPaths};
 use crate::tls;
 use crate::transport;
 
@@ -36,6 +37,11 @@ mod netctl;
 mod reports;
 mod requests;
 mod tasks;
+
+/// Packets queued each way between the endpoint and the relay circuits: one
+/// congestion window's worth of full-size packets (~1.8 MB), so a relayed connection is
+/// not held back by the queue while one stuck circuit cannot pile up more.
+const VIRTUAL_QUEUE: usize = 1024;
 
 /// A connection whose handshake finished.
 #[derive(Debug)]
@@ -61,6 +67,8 @@ pub struct ConnManagerHandle {
     local_addr: SocketAddr,
     key: PeerKey,
     tasks: Arc<AtomicUsize>,
+    paths: VirtualPaths,
+    krpc: Arc<Mutex<Option<KrpcPort>>>,
 }
 
 impl ConnManagerHandle {
@@ -77,6 +85,20 @@ impl ConnManagerHandle {
     /// This node's key.
     pub fn key(&self) -> PeerKey {
         self.key
+    }
+
+    /// The endpoint's relay queues: packets to and from virtual addresses.
+    pub fn virtual_paths(&self) -> &VirtualPaths {
+        &self.paths
+    }
+
+    /// The DHT's side of the endpoint's socket, once (`None` after the first call, and
+    /// always without `ConnManagerConfig::share_krpc`).
+    pub fn take_krpc(&self) -> Option<KrpcPort> {
+        self.krpc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// How many of the actor's tokio tasks are alive (0 after `close`).
@@ -101,6 +123,9 @@ pub struct ConnManager {
     probe_timeout: Duration,
     core: ConnCore,
     endpoint: quinn::Endpoint,
+    /// The endpoint's relay queues (packets to and from virtual addresses).
+    #[allow(dead_code)] // read by the relay circuits
+    paths: VirtualPaths,
     live: HashMap<ConnId, Live>,
     handshakes: HashMap<ConnId, Task>,
     probes: HashMap<ConnId, Task>,
@@ -152,13 +177,15 @@ impl ConnManager {
         )?));
         server.transport_config(transport.clone());
         let socket = transport::bind_udp(config.listen, config.transport.socket_buffer)?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+        let paths = VirtualPaths::new(VIRTUAL_QUEUE, VIRTUAL_QUEUE);
+        let (socket, krpc) = NodeSocket::new(socket, paths.clone(), config.share_krpc)?;
+        let local_addr = socket.real_addr();
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            socket::endpoint_config(),
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        let local_addr = endpoint.local_addr()?;
         let tasks = Arc::new(AtomicUsize::new(0));
         let span = tracing::info_span!("connmgr", me = %me.fmt_short());
         let actor = ConnManager {
@@ -170,6 +197,7 @@ impl ConnManager {
             probe_timeout: config.probe_timeout,
             core: ConnCore::new(me, config.policy),
             endpoint,
+            paths: paths.clone(),
             live: HashMap::new(),
             handshakes: HashMap::new(),
             probes: HashMap::new(),
@@ -196,6 +224,8 @@ impl ConnManager {
             local_addr,
             key: me,
             tasks,
+            paths,
+            krpc: Arc::new(Mutex::new(krpc)),
         })
     }
 

@@ -77,7 +77,7 @@ impl ConnManager {
             return;
         };
         let connection = live.conn.clone();
-        let remote = connection.remote_address();
+        let remote = live.addr;
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         let writer = spawn_task(&self.tasks, write_control(connection.clone(), rx));
         let reader = spawn_task(

@@ -33,6 +33,8 @@ pub struct NodeBuilder {
     pub(super) identity: Option<Identity>,
     pub(super) listen: SocketAddr,
     pub(super) dht: Option<DhtConfig>,
+    /// The DHT runs on the QUIC socket (`[discovery] share_socket`).
+    pub(super) share_socket: bool,
     pub(super) lan: bool,
     pub(super) static_peers: Vec<SocketAddr>,
     pub(super) timing: Timing,
@@ -53,6 +55,7 @@ impl Default for NodeBuilder {
             identity: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             dht: Some(DhtConfig::default()),
+            share_socket: true,
             lan: true,
             static_peers: Vec::new(),
             timing: Timing::default(),
@@ -123,6 +126,7 @@ impl NodeBuilder {
             identity: None,
             listen: config.listen,
             dht,
+            share_socket: d.share_socket,
             lan: d.lan,
             static_peers: d.static_peers.clone(),
             timing,
@@ -189,6 +193,13 @@ impl NodeBuilder {
     /// The DHT backend's whole configuration.
     pub fn dht_config(mut self, config: DhtConfig) -> Self {
         self.dht = Some(config);
+        self
+    }
+
+    /// Run the DHT on the QUIC socket (on by default; see `[discovery] share_socket`),
+    /// or, off, on sockets of its own as the DHT config says.
+    pub fn share_socket(mut self, on: bool) -> Self {
+        self.share_socket = on;
         self
     }
 
