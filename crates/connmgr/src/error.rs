@@ -104,6 +104,9 @@ impl RefuseReason {
 /// Why a `Dial` failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DialError {
+    /// The relay circuit for a relayed dial failed or was refused.
+    #[error("relay circuit: {0}")]
+    Circuit(crate::nat::CircuitEnd),
     /// The policy refused it (self, banned, firewall, limits).
     #[error("refused: {0}")]
     Refused(#[from] RefuseReason),

@@ -81,11 +81,13 @@ pub use crate::error::{
 };
 pub use crate::key::{Identity, KeyError, PeerKey};
 pub use crate::messages::{
-    ActivityError, Ban, Close, CloseError, ConnRefused, ConnStats, Dial, NatState, PeerActivity,
-    PeerDown, PeerStats, PeerUp, Peers, RefusedReason, Shutdown, Stats, Subscribe, SubscribeNat,
-    SubscribeRefused,
+    ActivityError, Ban, Close, CloseError, ConnRefused, ConnStats, Dial, DialRelayed, NatState,
+    PeerActivity, PeerDown, PeerStats, PeerUp, Peers, RefusedReason, Shutdown, Stats, Subscribe,
+    SubscribeNat, SubscribeRefused,
 };
-pub use crate::nat::{NatConfig, NatEvent, NatStatus, NatType, Reachability};
+pub use crate::nat::{
+    CircuitEnd, NatConfig, NatEvent, NatStatus, NatType, Reachability, RelayConfig,
+};
 pub use crate::transport::{
     default_transport_config, transport_config, Congestion, TransportTuning,
 };

@@ -26,6 +26,19 @@ pub struct Dial {
     pub expected_key: Option<PeerKey>,
 }
 
+/// Connect to `key` through a circuit of `relay` (a connected peer that relays, see
+/// `RelayConfig`); replies with the key once the relayed connection is up (at once if a
+/// connection to `key` already is). The relayed connection is end-to-end QUIC with `key`
+/// pinned, at a virtual address (`VirtualPaths`): the relay forwards ciphertext only.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<PeerKey, DialError>")]
+pub struct DialRelayed {
+    /// The relay.
+    pub relay: PeerKey,
+    /// The peer to reach.
+    pub key: PeerKey,
+}
+
 /// Close the connection to `key` (close code `CLOSE_REQUESTED`).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), CloseError>")]
@@ -97,6 +110,8 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// quinn's `Connection::stable_id`, as in `PeerDown`.
     pub connection_id: usize,
+    /// Whether the connection runs through a relay (`addr` is a virtual address).
+    pub relayed: bool,
 }
 
 /// Counters since start, for status views.
@@ -140,6 +155,10 @@ pub struct ConnStats {
     pub dial_backs_served: u64,
     /// Dial-back handshakes that reached us.
     pub dial_backs_received: u64,
+    /// Circuits we relayed for others since start.
+    pub circuits_relayed: u64,
+    /// Bytes we forwarded on others' circuits since start.
+    pub relayed_bytes: u64,
 }
 
 /// Receive `PeerUp` and `PeerDown`. A new subscriber first gets a `PeerUp` for every peer

@@ -226,14 +226,34 @@ pub struct NatSection {
     /// Ask peers to dial us back from another port (are we reachable?), and dial peers
     /// back when they ask (rate-limited, only to the address we see them at).
     pub dial_back: bool,
+    /// Relay connections between two of our peers that cannot reach each other (spends
+    /// our bandwidth on their traffic; they stay end-to-end encrypted).
+    pub relay: bool,
+    /// Most circuits relayed at once.
+    pub relay_max_circuits: usize,
+    /// Most circuits relayed at once with one peer as either end.
+    pub relay_max_circuits_per_peer: usize,
+    /// Most bytes one relayed circuit carries before it is closed.
+    pub relay_max_circuit_bytes: u64,
+    /// Seconds one relayed circuit may stay open.
+    pub relay_circuit_secs: u64,
 }
 
 impl Default for NatSection {
     fn default() -> Self {
         // Both cost a few small messages per connection and a handshake now and then.
+        let relay = replic8_connmgr::RelayConfig::default();
         Self {
             observe: true,
             dial_back: true,
+            // Off: relaying spends our bandwidth on others' traffic; an operator opts in.
+            relay: false,
+            // The connection manager's defaults; their reasons are in
+            // `replic8_connmgr::RelayConfig`.
+            relay_max_circuits: relay.max_circuits,
+            relay_max_circuits_per_peer: relay.max_circuits_per_peer,
+            relay_max_circuit_bytes: relay.max_circuit_bytes,
+            relay_circuit_secs: relay.circuit_lifetime.as_secs(),
         }
     }
 }
@@ -463,6 +483,8 @@ mod tests {
         config.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
         config.nat.observe = false;
         config.nat.dial_back = false;
+        config.nat.relay = true;
+        config.nat.relay_max_circuits = 3;
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
     }

@@ -111,6 +111,10 @@ pub struct Counters {
     pub nat_dial_backs_asked: Metric,
     /// Dial-backs we made on peers' requests.
     pub nat_dial_backs_served: Metric,
+    /// Relay circuits that end here now (peers we reach only through a relay).
+    pub nat_circuits: Metric,
+    /// Circuits we relayed for other peers.
+    pub nat_circuits_relayed: Metric,
 }
 
 impl Default for Counters {
@@ -213,13 +217,23 @@ impl Default for Counters {
                 "Dial-backs made on peers' requests.",
                 "counter",
             ),
+            nat_circuits: Metric::new(
+                "replic8_nat_circuits",
+                "Relay circuits that end here now.",
+                "gauge",
+            ),
+            nat_circuits_relayed: Metric::new(
+                "replic8_nat_circuits_relayed_total",
+                "Circuits relayed for other peers.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 21] {
+    pub fn all(&self) -> [&Metric; 23] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -242,6 +256,8 @@ impl Counters {
             &self.nat_reachability,
             &self.nat_dial_backs_asked,
             &self.nat_dial_backs_served,
+            &self.nat_circuits,
+            &self.nat_circuits_relayed,
         ]
     }
 

@@ -30,6 +30,7 @@ use crate::tls;
 use crate::transport;
 
 mod accept;
+mod circuits;
 mod conn;
 mod datagrams;
 mod dial;
@@ -124,8 +125,9 @@ pub struct ConnManager {
     core: ConnCore,
     endpoint: quinn::Endpoint,
     /// The endpoint's relay queues (packets to and from virtual addresses).
-    #[allow(dead_code)] // read by the relay circuits
     paths: VirtualPaths,
+    /// Relay circuits: forwarding for others, and those that end here.
+    circuits: self::circuits::Circuits,
     live: HashMap<ConnId, Live>,
     handshakes: HashMap<ConnId, Task>,
     probes: HashMap<ConnId, Task>,
@@ -198,6 +200,7 @@ impl ConnManager {
             core: ConnCore::new(me, config.policy),
             endpoint,
             paths: paths.clone(),
+            circuits: Default::default(),
             live: HashMap::new(),
             handshakes: HashMap::new(),
             probes: HashMap::new(),
@@ -209,7 +212,7 @@ impl ConnManager {
             timer: None,
             tasks: tasks.clone(),
             counters: ConnStats::default(),
-            nat: NatCore::new(config.nat, netctl::nonce_seed()),
+            nat: NatCore::new(me, config.nat, netctl::nonce_seed()),
             nat_links: HashMap::new(),
             nat_timer: None,
             nat_subs: Vec::new(),
@@ -267,7 +270,8 @@ impl ConnManager {
                     for sub in &self.down_subs {
                         sub.do_send(down.clone());
                     }
-                    self.nat_peer_down(conn, key, ctx);
+                    let addr = self.live.get(&conn).map(|l| l.addr);
+                    self.nat_peer_down(conn, key, addr, ctx);
                 }
                 CoreEvent::Close { conn, reason } => {
                     match reason {
@@ -383,6 +387,7 @@ impl Actor for ConnManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.start_pump();
         let endpoint = self.endpoint.clone();
         let me = ctx.address();
         self.accept = Some(spawn_task(&self.tasks, async move {
@@ -406,5 +411,6 @@ impl Actor for ConnManager {
         self.live.clear();
         self.nat_links.clear();
         self.dial_backs.clear();
+        self.circuits.drain_tasks();
     }
 }

@@ -11,14 +11,18 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::circuits::CircuitStream;
 use super::tasks::{spawn_task, Task};
 use super::ConnManager;
 use crate::core::ConnId;
 use crate::error::CLOSE_DIAL_BACK;
 use crate::key::{Identity, PeerKey};
 use crate::messages::{NatState, SubscribeNat};
-use crate::nat::wire::{self, CONTROL_RATE_WINDOW, MAX_CONTROL_MESSAGES, STREAM_CONTROL};
+use crate::nat::wire::{
+    self, CONTROL_RATE_WINDOW, MAX_CONTROL_MESSAGES, STREAM_CIRCUIT, STREAM_CONTROL,
+};
 use crate::nat::{NatEvent, NatMessage, NatOutput, NatStatus};
+use crate::socket::VirtualPaths;
 use crate::tls;
 
 /// The ALPN of a dial-back handshake. The side it reaches closes it at once
@@ -33,6 +37,8 @@ const STOP_UNKNOWN: quinn::VarInt = quinn::VarInt::from_u32(1);
 /// How long a dial-back endpoint may drain after its report (the close of a reached
 /// peer is one packet; a failed attempt drains for a few PTOs).
 const DIAL_BACK_DRAIN: Duration = Duration::from_secs(1);
+/// How long a circuit stream's 8-byte header may take to arrive.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The control channel of the up connection to one peer.
 #[derive(Debug)]
@@ -98,7 +104,18 @@ impl ConnManager {
     }
 
     /// The connection `conn` to `key` went down.
-    pub(super) fn nat_peer_down(&mut self, conn: ConnId, key: PeerKey, ctx: &mut Context<Self>) {
+    pub(super) fn nat_peer_down(
+        &mut self,
+        conn: ConnId,
+        key: PeerKey,
+        addr: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) {
+        // A relayed connection's circuit is not needed any more.
+        if let Some(local) = addr.and_then(|a| VirtualPaths::circuit(&a)) {
+            self.nat.close_circuit(local);
+            self.drain_nat(ctx);
+        }
         if self.nat_links.get(&key).is_some_and(|l| l.conn == conn) {
             self.nat_links.remove(&key);
             self.nat.handle_peer_down(key, Instant::now());
@@ -153,6 +170,20 @@ impl ConnManager {
                     });
                     self.dial_backs.insert(seq, task);
                 }
+                NatOutput::Splice {
+                    opener,
+                    target,
+                    budget,
+                } => self.splice(opener, target, budget),
+                NatOutput::Unsplice { opener, target } => self.unsplice(opener, target),
+                NatOutput::CircuitUp {
+                    local,
+                    relay,
+                    wire,
+                    peer,
+                    opener,
+                } => self.circuit_up(local, relay, wire, peer, opener, ctx),
+                NatOutput::CircuitDown { local, reason, .. } => self.circuit_down(local, reason),
                 NatOutput::Event(event) => {
                     match &event {
                         NatEvent::DialBackAsked { .. } => self.nat_counters.dial_backs_asked += 1,
@@ -165,6 +196,18 @@ impl ConnManager {
                         }
                         NatEvent::PublicAddrs { addrs } => {
                             info!(parent: &self.span, ?addrs, "public addresses")
+                        }
+                        NatEvent::CircuitUp { peer, relay } => {
+                            info!(parent: &self.span, peer = %peer.fmt_short(),
+                                relay = %relay.fmt_short(), "relay circuit up")
+                        }
+                        NatEvent::CircuitDown { peer, reason } => {
+                            info!(parent: &self.span, peer = %peer.fmt_short(), %reason,
+                                "relay circuit down")
+                        }
+                        NatEvent::Relaying { opener, target } => {
+                            info!(parent: &self.span, opener = %opener.fmt_short(),
+                                target = %target.fmt_short(), "relaying a circuit")
                         }
                         NatEvent::DialBackServed { .. } => {}
                     }
@@ -269,12 +312,11 @@ async fn write_control(conn: quinn::Connection, mut rx: mpsc::Receiver<NatMessag
     let _ = send.finish();
 }
 
-/// Accepts the peer's unidirectional streams on `conn`: control streams are read frame by
-/// frame and each message goes to the actor; anything else is stopped. A peer past
-/// `MAX_CONTROL_MESSAGES` per `CONTROL_RATE_WINDOW`, or one that sends a bad frame, is not
-/// read any more (its connection stays: the session layer does not depend on this).
+/// Accepts the peer's unidirectional streams on `conn`: its control stream is read
+/// frame by frame (in a task owned by this one) and each message goes to the actor; a
+/// circuit stream goes to the actor after its header; anything else is stopped.
 async fn read_control(conn: quinn::Connection, key: PeerKey, id: ConnId, me: Addr<ConnManager>) {
-    let mut window = (tokio::time::Instant::now(), 0u32);
+    let mut control: Option<AbortOnDrop> = None;
     loop {
         let Ok(mut recv) = conn.accept_uni().await else {
             return;
@@ -283,47 +325,79 @@ async fn read_control(conn: quinn::Connection, key: PeerKey, id: ConnId, me: Add
         if recv.read_exact(&mut kind).await.is_err() {
             continue;
         }
-        if kind[0] != STREAM_CONTROL {
-            let _ = recv.stop(STOP_UNKNOWN);
-            continue;
-        }
-        loop {
-            let mut header = [0u8; 2];
-            if recv.read_exact(&mut header).await.is_err() {
-                break;
+        match kind[0] {
+            STREAM_CONTROL if control.is_none() => {
+                let me = me.clone();
+                control = Some(AbortOnDrop(tokio::spawn(read_frames(recv, key, id, me))));
             }
-            let Ok(len) = wire::frame_len(header) else {
-                let _ = recv.stop(STOP_UNKNOWN);
-                return;
-            };
-            let mut body = vec![0u8; len];
-            if recv.read_exact(&mut body).await.is_err() {
-                break;
-            }
-            let Ok(message) = wire::decode(&body) else {
-                let _ = recv.stop(STOP_UNKNOWN);
-                return;
-            };
-            let now = tokio::time::Instant::now();
-            if now >= window.0 + CONTROL_RATE_WINDOW {
-                window = (now, 0);
-            }
-            window.1 += 1;
-            if window.1 > MAX_CONTROL_MESSAGES {
-                let _ = recv.stop(STOP_UNKNOWN);
-                return;
-            }
-            if me
-                .send(NatInbound {
+            STREAM_CIRCUIT => {
+                let mut wire = [0u8; 8];
+                let header = tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut wire));
+                if !matches!(header.await, Ok(Ok(()))) {
+                    let _ = recv.stop(STOP_UNKNOWN);
+                    continue;
+                }
+                me.do_send(CircuitStream {
                     key,
-                    conn: id,
-                    message,
-                })
-                .await
-                .is_err()
-            {
-                return;
+                    wire: u64::from_be_bytes(wire),
+                    recv,
+                });
             }
+            _ => {
+                let _ = recv.stop(STOP_UNKNOWN);
+            }
+        }
+    }
+}
+
+/// A tokio task aborted when this is dropped (the control stream's reader, owned by the
+/// stream acceptor's task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the peer's control stream. A peer past `MAX_CONTROL_MESSAGES` per
+/// `CONTROL_RATE_WINDOW`, or one that sends a bad frame, is not read any more (its
+/// connection stays: the session layer does not depend on this).
+async fn read_frames(mut recv: quinn::RecvStream, key: PeerKey, id: ConnId, me: Addr<ConnManager>) {
+    let mut window = (tokio::time::Instant::now(), 0u32);
+    loop {
+        let mut header = [0u8; 2];
+        if recv.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let Ok(len) = wire::frame_len(header) else {
+            let _ = recv.stop(STOP_UNKNOWN);
+            return;
+        };
+        let mut body = vec![0u8; len];
+        if recv.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let Ok(message) = wire::decode(&body) else {
+            let _ = recv.stop(STOP_UNKNOWN);
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if now >= window.0 + CONTROL_RATE_WINDOW {
+            window = (now, 0);
+        }
+        window.1 += 1;
+        if window.1 > MAX_CONTROL_MESSAGES {
+            let _ = recv.stop(STOP_UNKNOWN);
+            return;
+        }
+        let inbound = NatInbound {
+            key,
+            conn: id,
+            message,
+        };
+        if me.send(inbound).await.is_err() {
+            return;
         }
     }
 }

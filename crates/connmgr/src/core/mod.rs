@@ -74,8 +74,8 @@ use crate::error::{CloseReason, DialError, DownReason, RefuseReason};
 use crate::key::PeerKey;
 
 pub use self::config::{Firewall, PolicyConfig};
+pub use self::state::{is_relayed, ConnId, Initiator};
 use self::state::{Activity, AddrBackoff, Conn, Phase};
-pub use self::state::{ConnId, Initiator};
 
 mod close;
 mod config;

@@ -18,7 +18,7 @@ impl fmt::Display for ConnId {
 
 /// Whether `addr` is the virtual address of a relay circuit (`VirtualPaths`): a
 /// connection there runs through a relay.
-pub(crate) fn is_relayed(addr: &SocketAddr) -> bool {
+pub fn is_relayed(addr: &SocketAddr) -> bool {
     crate::socket::VirtualPaths::is_virtual(addr)
 }
 

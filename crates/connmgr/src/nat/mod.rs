@@ -34,7 +34,10 @@ use std::time::{Duration, Instant};
 
 use crate::key::PeerKey;
 
+use self::circuit::{CircuitEnds, EndAction};
 pub use self::observed::{NatType, ObservedAddrs, MAX_PUBLIC_ADDRS, MAX_REPORTERS};
+pub use self::relay::{CircuitEnd, RelayConfig};
+use self::relay::{Leg, RelayAction, RelayTable, WireIds};
 pub use self::wire::{NatMessage, WireError, MAX_NAT_FRAME};
 
 pub mod circuit;
@@ -57,6 +60,8 @@ pub struct NatConfig {
     pub dial_back_peer_interval: Duration,
     /// Most dial-backs we serve per minute, to all peers together.
     pub max_dial_backs_per_minute: u32,
+    /// Relaying for peers, and circuits that end here.
+    pub relay: RelayConfig,
 }
 
 impl Default for NatConfig {
@@ -75,6 +80,7 @@ impl Default for NatConfig {
             // A few honest peers checking at once; bounds what a crowd of peers can make
             // us send.
             max_dial_backs_per_minute: 8,
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -127,6 +133,27 @@ pub enum NatEvent {
         /// The peer that dialed back (or tried).
         peer: PeerKey,
     },
+    /// A circuit to `peer` through `relay` carries packets now.
+    CircuitUp {
+        /// The peer at the other end.
+        peer: PeerKey,
+        /// The relay.
+        relay: PeerKey,
+    },
+    /// A circuit to `peer` is gone.
+    CircuitDown {
+        /// The peer at the other end.
+        peer: PeerKey,
+        /// Why.
+        reason: CircuitEnd,
+    },
+    /// We relay a circuit between `opener` and `target` now.
+    Relaying {
+        /// The peer that opened it.
+        opener: PeerKey,
+        /// The peer it reaches.
+        target: PeerKey,
+    },
     /// We dialed `peer` back at `addr` on its request.
     DialBackServed {
         /// The peer.
@@ -160,6 +187,46 @@ pub enum NatOutput {
     },
     /// Report this.
     Event(NatEvent),
+    /// Relay: forward packets between the legs (both ways), at most `budget` bytes.
+    Splice {
+        /// The opener's leg (peer, circuit id on its connection).
+        opener: Leg,
+        /// The target's leg.
+        target: Leg,
+        /// Bytes the circuit may carry.
+        budget: u64,
+    },
+    /// Relay: stop forwarding between the legs.
+    Unsplice {
+        /// The opener's leg.
+        opener: Leg,
+        /// The target's leg.
+        target: Leg,
+    },
+    /// End: circuit `local` carries packets to and from `peer` through `relay` (the
+    /// circuit id on its connection is `wire`); the opener dials `peer` at its virtual
+    /// address.
+    CircuitUp {
+        /// Our id (names the virtual path).
+        local: u64,
+        /// The relay.
+        relay: PeerKey,
+        /// The id on the relay's connection.
+        wire: u64,
+        /// The peer at the other end.
+        peer: PeerKey,
+        /// Whether we opened it.
+        opener: bool,
+    },
+    /// End: circuit `local` is gone.
+    CircuitDown {
+        /// Our id.
+        local: u64,
+        /// The peer at the other end.
+        peer: PeerKey,
+        /// Why.
+        reason: CircuitEnd,
+    },
 }
 
 /// What `NatCore::status` returns.
@@ -202,14 +269,20 @@ pub struct NatCore {
     /// Dial-backs served in the current minute: (window start, count).
     served_window: (Option<Instant>, u32),
     next_nonce: u64,
+    relay: RelayTable,
+    ends: CircuitEnds,
+    ids: WireIds,
     outputs: VecDeque<NatOutput>,
 }
 
 impl NatCore {
-    /// A core with `config`; `nonce_seed` starts the dial-back nonces (random in the
-    /// actor, fixed in tests).
-    pub fn new(config: NatConfig, nonce_seed: u64) -> Self {
+    /// A core for the node `me` with `config`; `nonce_seed` starts the dial-back nonces
+    /// (random in the actor, fixed in tests).
+    pub fn new(me: PeerKey, config: NatConfig, nonce_seed: u64) -> Self {
         Self {
+            relay: RelayTable::new(me, config.relay.clone()),
+            ends: CircuitEnds::new(config.relay.clone()),
+            ids: WireIds::new(me),
             config,
             observed: ObservedAddrs::default(),
             peers: HashMap::new(),
@@ -250,7 +323,12 @@ impl NatCore {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let asked = self.asked.map(|a| a.until);
         let check = self.next_check.filter(|_| self.config.dial_back);
-        asked.into_iter().chain(check).min()
+        asked
+            .into_iter()
+            .chain(check)
+            .chain(self.relay.poll_timeout())
+            .chain(self.ends.poll_timeout())
+            .min()
     }
 
     /// A connection to `key` came up; we see the peer at `remote`.
@@ -265,6 +343,13 @@ impl NatCore {
     /// The connection to `key` is gone.
     pub fn handle_peer_down(&mut self, key: PeerKey, now: Instant) {
         self.peers.remove(&key);
+        let mut out = Vec::new();
+        self.relay.handle_peer_down(key, &mut out);
+        self.relay_actions(out);
+        let mut out = Vec::new();
+        self.ends.handle_peer_down(key, &mut out);
+        self.end_actions(out);
+        self.ids.forget(&key);
         if self.asked.is_some_and(|a| a.peer == key) {
             self.asked = None;
             self.skipped.insert(key);
@@ -315,6 +400,208 @@ impl NatCore {
                     self.maybe_ask(now);
                 }
             }
+            NatMessage::CircuitOpen { circuit, target } => {
+                let target = PeerKey::from_bytes(target);
+                let willing = self.reachability != Reachability::Unreachable;
+                let connected = self.peers.contains_key(&target);
+                let mut out = Vec::new();
+                self.relay.handle_open(
+                    (from, circuit),
+                    target,
+                    willing,
+                    connected,
+                    &mut self.ids,
+                    now,
+                    &mut out,
+                );
+                self.relay_actions(out);
+            }
+            NatMessage::CircuitIncoming {
+                circuit,
+                from: opener,
+            } => {
+                let mut out = Vec::new();
+                self.ends
+                    .handle_incoming(from, circuit, PeerKey::from_bytes(opener), &mut out);
+                self.end_actions(out);
+            }
+            NatMessage::CircuitAccept { circuit } => {
+                // Ids are unique per connection: one of the two knows it.
+                let mut out = Vec::new();
+                self.relay.handle_accept((from, circuit), now, &mut out);
+                self.relay_actions(out);
+                let mut out = Vec::new();
+                self.ends.handle_accept(from, circuit, &mut out);
+                self.end_actions(out);
+            }
+            NatMessage::CircuitClose { circuit, reason } => {
+                let mut out = Vec::new();
+                self.relay.handle_close((from, circuit), reason, &mut out);
+                self.relay_actions(out);
+                let mut out = Vec::new();
+                self.ends.handle_close(from, circuit, reason, &mut out);
+                self.end_actions(out);
+            }
+        }
+    }
+
+    /// Open a circuit through `relay` to `target`; its local id, or why not now.
+    pub fn open_circuit(
+        &mut self,
+        relay: PeerKey,
+        target: PeerKey,
+        now: Instant,
+    ) -> Result<u64, CircuitEnd> {
+        if !self.peers.contains_key(&relay) {
+            return Err(CircuitEnd::NotConnected);
+        }
+        let mut out = Vec::new();
+        let local = self
+            .ends
+            .open(relay, target, &mut self.ids, now, &mut out)
+            .ok_or(CircuitEnd::Limit)?;
+        self.end_actions(out);
+        Ok(local)
+    }
+
+    /// We close circuit `local` (its connection is gone).
+    pub fn close_circuit(&mut self, local: u64) {
+        let mut out = Vec::new();
+        self.ends.close(local, &mut out);
+        self.end_actions(out);
+    }
+
+    /// The local id of circuit `wire` on the connection to `relay`, if it ends here.
+    pub fn circuit_local(&self, relay: PeerKey, wire: u64) -> Option<u64> {
+        self.ends.local(relay, wire)
+    }
+
+    /// The relay leg of circuit `local`: (relay, circuit id on its connection).
+    pub fn circuit_leg(&self, local: u64) -> Option<Leg> {
+        self.ends.leg(local)
+    }
+
+    /// Relay: the circuit with `leg` carried its byte budget.
+    pub fn handle_circuit_exhausted(&mut self, leg: Leg) {
+        let mut out = Vec::new();
+        self.relay.handle_exhausted(leg, &mut out);
+        self.relay_actions(out);
+    }
+
+    /// Circuits relayed since start.
+    pub fn circuits_relayed(&self) -> u64 {
+        self.relay.relayed
+    }
+
+    fn relay_actions(&mut self, out: Vec<RelayAction>) {
+        for action in out {
+            match action {
+                RelayAction::Incoming { target, from } => self.send(
+                    target.0,
+                    NatMessage::CircuitIncoming {
+                        circuit: target.1,
+                        from: *from.as_bytes(),
+                    },
+                ),
+                RelayAction::Accepted { opener } => {
+                    self.send(opener.0, NatMessage::CircuitAccept { circuit: opener.1 })
+                }
+                RelayAction::Close { leg, reason } => {
+                    if self.peers.contains_key(&leg.0) {
+                        self.send(
+                            leg.0,
+                            NatMessage::CircuitClose {
+                                circuit: leg.1,
+                                reason,
+                            },
+                        );
+                    }
+                }
+                RelayAction::Splice {
+                    opener,
+                    target,
+                    budget,
+                } => {
+                    self.outputs.push_back(NatOutput::Splice {
+                        opener,
+                        target,
+                        budget,
+                    });
+                    self.outputs.push_back(NatOutput::Event(NatEvent::Relaying {
+                        opener: opener.0,
+                        target: target.0,
+                    }));
+                }
+                RelayAction::Unsplice { opener, target } => self
+                    .outputs
+                    .push_back(NatOutput::Unsplice { opener, target }),
+            }
+        }
+    }
+
+    fn end_actions(&mut self, out: Vec<EndAction>) {
+        for action in out {
+            match action {
+                EndAction::Open {
+                    relay,
+                    wire,
+                    target,
+                } => self.send(
+                    relay,
+                    NatMessage::CircuitOpen {
+                        circuit: wire,
+                        target: *target.as_bytes(),
+                    },
+                ),
+                EndAction::Accept { relay, wire } => {
+                    self.send(relay, NatMessage::CircuitAccept { circuit: wire })
+                }
+                EndAction::Close {
+                    relay,
+                    wire,
+                    reason,
+                } => {
+                    if self.peers.contains_key(&relay) {
+                        self.send(
+                            relay,
+                            NatMessage::CircuitClose {
+                                circuit: wire,
+                                reason,
+                            },
+                        );
+                    }
+                }
+                EndAction::Up {
+                    local,
+                    relay,
+                    wire,
+                    peer,
+                    opener,
+                } => {
+                    self.outputs.push_back(NatOutput::CircuitUp {
+                        local,
+                        relay,
+                        wire,
+                        peer,
+                        opener,
+                    });
+                    self.outputs
+                        .push_back(NatOutput::Event(NatEvent::CircuitUp { peer, relay }));
+                }
+                EndAction::Down {
+                    local,
+                    peer,
+                    reason,
+                } => {
+                    self.outputs.push_back(NatOutput::CircuitDown {
+                        local,
+                        peer,
+                        reason,
+                    });
+                    self.outputs
+                        .push_back(NatOutput::Event(NatEvent::CircuitDown { peer, reason }));
+                }
+            }
         }
     }
 
@@ -355,6 +642,12 @@ impl NatCore {
 
     /// Time passed: an unanswered dial-back request is given up, a due check starts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        self.relay.handle_timeout(now, &mut out);
+        self.relay_actions(out);
+        let mut out = Vec::new();
+        self.ends.handle_timeout(now, &mut out);
+        self.end_actions(out);
         if let Some(asked) = self.asked.filter(|a| a.until <= now) {
             self.asked = None;
             self.skipped.insert(asked.peer);

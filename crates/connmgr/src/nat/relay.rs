@@ -16,23 +16,31 @@ use serde::{Deserialize, Serialize};
 use crate::key::PeerKey;
 
 /// Why a circuit ended or was refused (carried in `CircuitClose`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum CircuitEnd {
     /// The relay does not relay (switched off, or it is not reachable itself).
+    #[error("the relay does not relay")]
     NotRelaying,
     /// The relay has no connection to the target.
+    #[error("the relay has no connection to the target")]
     NotConnected,
     /// A limit of the relay (circuits in all, or per peer) is reached.
+    #[error("a relay limit is reached")]
     Limit,
     /// The target refused the circuit.
+    #[error("the target refused the circuit")]
     Refused,
     /// The circuit carried its byte budget.
+    #[error("the circuit carried its byte budget")]
     ByteLimit,
     /// The circuit reached its lifetime.
+    #[error("the circuit reached its lifetime")]
     Expired,
     /// The target did not answer in time.
+    #[error("the target did not answer in time")]
     Timeout,
     /// An end closed it (or its connection to the relay went down).
+    #[error("closed")]
     Closed,
 }
 

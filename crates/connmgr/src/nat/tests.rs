@@ -45,7 +45,7 @@ fn observe_only() -> NatConfig {
 #[test]
 fn each_side_reports_where_it_sees_the_other_when_a_connection_comes_up() {
     let now = Instant::now();
-    let mut core = NatCore::new(observe_only(), 0);
+    let mut core = NatCore::new(key(1), observe_only(), 0);
     core.handle_peer_up(key(2), addr("198.51.100.2:5000"), now);
     let outs = outputs(&mut core);
     assert_eq!(
@@ -58,7 +58,7 @@ fn each_side_reports_where_it_sees_the_other_when_a_connection_comes_up() {
         observe: false,
         ..observe_only()
     };
-    let mut core = NatCore::new(off, 0);
+    let mut core = NatCore::new(key(1), off, 0);
     core.handle_peer_up(key(2), addr("198.51.100.2:5000"), now);
     assert!(
         outputs(&mut core).is_empty(),
@@ -69,7 +69,7 @@ fn each_side_reports_where_it_sees_the_other_when_a_connection_comes_up() {
 #[test]
 fn the_mapping_type_needs_two_reporters_at_distinct_addresses() {
     let now = Instant::now();
-    let mut core = NatCore::new(observe_only(), 0);
+    let mut core = NatCore::new(key(1), observe_only(), 0);
     // Two peers behind the same address: still unknown.
     core.handle_peer_up(key(2), addr("198.51.100.2:5000"), now);
     core.handle_peer_up(key(3), addr("198.51.100.2:5001"), now);
@@ -101,7 +101,7 @@ fn the_mapping_type_needs_two_reporters_at_distinct_addresses() {
 #[test]
 fn different_ports_seen_from_different_addresses_is_endpoint_dependent() {
     let now = Instant::now();
-    let mut core = NatCore::new(observe_only(), 0);
+    let mut core = NatCore::new(key(1), observe_only(), 0);
     core.handle_peer_up(key(2), addr("198.51.100.2:5000"), now);
     core.handle_peer_up(key(4), addr("192.0.2.4:6000"), now);
     core.handle_message(
@@ -125,7 +125,7 @@ fn different_ports_seen_from_different_addresses_is_endpoint_dependent() {
 #[test]
 fn reports_from_strangers_are_ignored_and_reporters_are_bounded() {
     let now = Instant::now();
-    let mut core = NatCore::new(observe_only(), 0);
+    let mut core = NatCore::new(key(1), observe_only(), 0);
     core.handle_message(
         key(9),
         NatMessage::Observed {
@@ -166,8 +166,8 @@ const B: u8 = 2;
 impl Pair {
     fn new(a_reachable: bool, b_reachable: bool) -> Self {
         Self {
-            a: NatCore::new(NatConfig::default(), 100),
-            b: NatCore::new(NatConfig::default(), 200),
+            a: NatCore::new(key(A), NatConfig::default(), 100),
+            b: NatCore::new(key(B), NatConfig::default(), 200),
             a_reachable,
             b_reachable,
             log: Vec::new(),
@@ -205,6 +205,7 @@ impl Pair {
                             from.handle_dial_back_done(peer, addr, nonce, reachable_peer, now);
                         }
                         NatOutput::Event(e) => self.log.push((side, e)),
+                        other => panic!("no circuits here: {other:?}"),
                     }
                 }
             }
@@ -238,7 +239,7 @@ fn a_dial_back_tells_each_side_whether_it_is_reachable() {
 #[test]
 fn a_silent_peer_is_skipped_after_the_timeout_and_the_next_one_asked() {
     let now = Instant::now();
-    let mut core = NatCore::new(NatConfig::default(), 5);
+    let mut core = NatCore::new(key(1), NatConfig::default(), 5);
     core.handle_peer_up(key(2), addr("198.51.100.2:5000"), now);
     core.handle_peer_up(key(3), addr("192.0.2.3:5000"), now);
     core.handle_message(
@@ -301,7 +302,7 @@ fn dial_backs_go_only_to_the_requester_and_are_rate_limited() {
         ..NatConfig::default()
     };
     let interval = config.dial_back_peer_interval;
-    let mut core = NatCore::new(config, 0);
+    let mut core = NatCore::new(key(1), config, 0);
     for n in 2..=4 {
         core.handle_peer_up(key(n), SocketAddr::from(([192, 0, 2, n], 5000)), now);
     }

@@ -12,8 +12,17 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::relay::CircuitEnd;
+
 /// The first byte of the unidirectional stream that carries `NatMessage` frames.
 pub const STREAM_CONTROL: u8 = 0;
+/// The first byte of a unidirectional stream that carries one circuit's packets; an
+/// 8-byte big-endian circuit id follows, then frames of a 2-byte big-endian length and
+/// one packet (1 to `MAX_RELAYED_PACKET` bytes).
+pub const STREAM_CIRCUIT: u8 = 1;
+/// Largest packet a circuit carries: a QUIC packet of the largest UDP payload quinn's
+/// path MTU discovery tries (1452), with room to spare.
+pub const MAX_RELAYED_PACKET: usize = 1500;
 /// Largest encoded message. Every message today is a few dozen bytes; the margin is for
 /// lists (addresses a relay can reach) without a format change.
 pub const MAX_NAT_FRAME: usize = 1024;
@@ -52,6 +61,32 @@ pub enum NatMessage {
     DialBackRefused {
         /// The request's nonce.
         nonce: u64,
+    },
+    /// Open a circuit through the receiver (a relay) to `target`.
+    CircuitOpen {
+        /// The sender's id for it on this connection.
+        circuit: u64,
+        /// The key of the peer to reach.
+        target: [u8; 32],
+    },
+    /// The relay asks the receiver to accept a circuit from `from`.
+    CircuitIncoming {
+        /// The relay's id for it on this connection.
+        circuit: u64,
+        /// The key of the peer that opens it.
+        from: [u8; 32],
+    },
+    /// The circuit is accepted (the target to the relay, the relay to the opener).
+    CircuitAccept {
+        /// Its id on this connection.
+        circuit: u64,
+    },
+    /// The circuit is refused or closed, at any hop.
+    CircuitClose {
+        /// Its id on this connection.
+        circuit: u64,
+        /// Why.
+        reason: CircuitEnd,
     },
 }
 
@@ -120,6 +155,19 @@ mod tests {
                 reached: true,
             },
             NatMessage::DialBackRefused { nonce: 1 },
+            NatMessage::CircuitOpen {
+                circuit: 2,
+                target: [7; 32],
+            },
+            NatMessage::CircuitIncoming {
+                circuit: 3,
+                from: [9; 32],
+            },
+            NatMessage::CircuitAccept { circuit: 3 },
+            NatMessage::CircuitClose {
+                circuit: 3,
+                reason: CircuitEnd::Limit,
+            },
         ] {
             let frame = encode_frame(&m).unwrap();
             let len = frame_len([frame[0], frame[1]]).unwrap();

@@ -159,7 +159,8 @@ pub(crate) fn to_json(event: &NodeEvent) -> Value {
 }
 
 /// A NAT event as a JSON object (`event`: `nat_public_addrs`, `nat_type`,
-/// `nat_dial_back_asked`, `nat_reachability`, `nat_dial_back_served`).
+/// `nat_dial_back_asked`, `nat_reachability`, `nat_dial_back_served`, `nat_circuit_up`,
+/// `nat_circuit_down`, `nat_relaying`).
 fn nat_json(event: &NatEvent) -> Value {
     match event {
         NatEvent::PublicAddrs { addrs } => json!({
@@ -178,6 +179,21 @@ fn nat_json(event: &NatEvent) -> Value {
             "event": "nat_reachability",
             "reachability": reachability.to_string(),
             "peer": key(peer.as_bytes()),
+        }),
+        NatEvent::CircuitUp { peer, relay } => json!({
+            "event": "nat_circuit_up",
+            "peer": key(peer.as_bytes()),
+            "relay": key(relay.as_bytes()),
+        }),
+        NatEvent::CircuitDown { peer, reason } => json!({
+            "event": "nat_circuit_down",
+            "peer": key(peer.as_bytes()),
+            "reason": reason.to_string(),
+        }),
+        NatEvent::Relaying { opener, target } => json!({
+            "event": "nat_relaying",
+            "opener": key(opener.as_bytes()),
+            "target": key(target.as_bytes()),
         }),
         NatEvent::DialBackServed {
             peer,

@@ -108,6 +108,7 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                             "key": hex::encode(p.key.as_bytes()),
                             "addr": p.addr.to_string(),
                             "initiator": format!("{:?}", p.initiator).to_lowercase(),
+                            "path": if p.relayed { "relayed" } else { "direct" },
                             "rtt_ms": p.rtt.as_secs_f64() * 1e3,
                             "bytes_sent": p.bytes_sent,
                             "bytes_received": p.bytes_received,

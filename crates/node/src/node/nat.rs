@@ -34,6 +34,9 @@ impl Handler<NatEvent> for NatForwarder {
             }
             NatEvent::DialBackAsked { .. } => self.counters.nat_dial_backs_asked.add(1),
             NatEvent::DialBackServed { .. } => self.counters.nat_dial_backs_served.add(1),
+            NatEvent::Relaying { .. } => self.counters.nat_circuits_relayed.add(1),
+            NatEvent::CircuitUp { .. } => self.counters.nat_circuits.add(1),
+            NatEvent::CircuitDown { .. } => self.counters.nat_circuits.sub(1),
             NatEvent::PublicAddrs { .. } | NatEvent::NatType { .. } => {}
         }
         // Nobody subscribed is not an error.

@@ -14,6 +14,7 @@ use replic8::session::SessionConfig;
 use replic8_connmgr::socket::KrpcSender;
 use replic8_connmgr::{
     ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, NatConfig, PolicyConfig,
+    RelayConfig,
 };
 use replic8_discovery::driver::SendFuture;
 use replic8_discovery::{
@@ -108,6 +109,14 @@ pub(super) async fn start(
         nat: NatConfig {
             observe: builder.nat.observe,
             dial_back: builder.nat.dial_back,
+            relay: RelayConfig {
+                enabled: builder.nat.relay,
+                max_circuits: builder.nat.relay_max_circuits,
+                max_circuits_per_peer: builder.nat.relay_max_circuits_per_peer,
+                max_circuit_bytes: builder.nat.relay_max_circuit_bytes,
+                circuit_lifetime: Duration::from_secs(builder.nat.relay_circuit_secs.max(1)),
+                ..RelayConfig::default()
+            },
             ..NatConfig::default()
         },
         share_krpc: builder.share_socket && builder.dht.is_some(),

@@ -13,10 +13,11 @@ pub(crate) fn peers(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
     }
     for p in v.as_array().into_iter().flatten() {
         println!(
-            "{} {} {} rtt {:.1} ms",
+            "{} {} {} {} rtt {:.1} ms",
             p["key"].as_str().unwrap_or_default(),
             p["addr"].as_str().unwrap_or_default(),
             p["initiator"].as_str().unwrap_or_default(),
+            p["path"].as_str().unwrap_or("direct"),
             p["rtt_ms"].as_f64().unwrap_or_default()
         );
     }
