@@ -155,6 +155,10 @@ pub struct ConnStats {
     pub dial_backs_served: u64,
     /// Dial-back handshakes that reached us.
     pub dial_backs_received: u64,
+    /// Direct dials made to punch through NATs (one per address tried).
+    pub punches: u64,
+    /// Punch dials that connected.
+    pub punches_ok: u64,
     /// Circuits we relayed for others since start.
     pub circuits_relayed: u64,
     /// Bytes we forwarded on others' circuits since start.

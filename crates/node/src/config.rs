@@ -226,6 +226,10 @@ pub struct NatSection {
     /// Ask peers to dial us back from another port (are we reachable?), and dial peers
     /// back when they ask (rate-limited, only to the address we see them at).
     pub dial_back: bool,
+    /// Over a connection relayed for us, exchange public addresses with the peer and
+    /// both dial direct at once (hole punching); a direct connection replaces the
+    /// relayed one.
+    pub punch: bool,
     /// Relay connections between two of our peers that cannot reach each other (spends
     /// our bandwidth on their traffic; they stay end-to-end encrypted).
     pub relay: bool,
@@ -246,6 +250,7 @@ impl Default for NatSection {
         Self {
             observe: true,
             dial_back: true,
+            punch: true,
             // Off: relaying spends our bandwidth on others' traffic; an operator opts in.
             relay: false,
             // The connection manager's defaults; their reasons are in
@@ -484,6 +489,7 @@ mod tests {
         config.nat.observe = false;
         config.nat.dial_back = false;
         config.nat.relay = true;
+        config.nat.punch = false;
         config.nat.relay_max_circuits = 3;
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);

@@ -115,6 +115,8 @@ pub struct Counters {
     pub nat_circuits: Metric,
     /// Circuits we relayed for other peers.
     pub nat_circuits_relayed: Metric,
+    /// Punches that opened a direct connection to a peer reached through a relay.
+    pub nat_punches_ok: Metric,
 }
 
 impl Default for Counters {
@@ -227,13 +229,18 @@ impl Default for Counters {
                 "Circuits relayed for other peers.",
                 "counter",
             ),
+            nat_punches_ok: Metric::new(
+                "replic8_nat_punches_ok_total",
+                "Punch dials that opened a direct connection.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 23] {
+    pub fn all(&self) -> [&Metric; 24] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -258,6 +265,7 @@ impl Counters {
             &self.nat_dial_backs_served,
             &self.nat_circuits,
             &self.nat_circuits_relayed,
+            &self.nat_punches_ok,
         ]
     }
 

@@ -170,6 +170,11 @@ impl ConnManager {
                     });
                     self.dial_backs.insert(seq, task);
                 }
+                NatOutput::Punch {
+                    peer,
+                    addrs,
+                    wait_half_rtt,
+                } => self.punch(peer, addrs, wait_half_rtt, ctx),
                 NatOutput::Splice {
                     opener,
                     target,
@@ -209,6 +214,10 @@ impl ConnManager {
                             info!(parent: &self.span, opener = %opener.fmt_short(),
                                 target = %target.fmt_short(), "relaying a circuit")
                         }
+                        NatEvent::Punched { peer, addr, ok } => {
+                            info!(parent: &self.span, peer = %peer.fmt_short(), %addr, ok,
+                                "punch")
+                        }
                         NatEvent::DialBackServed { .. } => {}
                     }
                     self.nat_subs.retain(|s| s.connected());
@@ -228,6 +237,88 @@ impl ConnManager {
                 act.nat.handle_timeout(Instant::now());
                 act.drain_nat(ctx);
             }));
+        }
+    }
+}
+
+impl ConnManager {
+    /// Dials `peer` at each of `addrs`, after half a round trip of its (relayed)
+    /// connection if `wait_half_rtt`; each outcome is reported as `NatEvent::Punched`.
+    fn punch(
+        &mut self,
+        peer: PeerKey,
+        addrs: Vec<SocketAddr>,
+        wait_half_rtt: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let rtt = self
+            .core
+            .up(&peer)
+            .and_then(|id| self.live.get(&id))
+            .map(|l| l.conn.rtt())
+            .unwrap_or_default();
+        let wait = if wait_half_rtt {
+            rtt / 2
+        } else {
+            Duration::ZERO
+        };
+        let me = ctx.address();
+        let seq = self.next_dial_back;
+        self.next_dial_back += 1;
+        debug!(parent: &self.span, peer = %peer.fmt_short(), ?addrs, ?wait, "punching");
+        let task = spawn_task(&self.tasks, async move {
+            tokio::time::sleep(wait).await;
+            let count = addrs.len();
+            for (i, addr) in addrs.into_iter().enumerate() {
+                let dial = crate::messages::Dial {
+                    addr,
+                    expected_key: Some(peer),
+                };
+                let ok = matches!(me.send(dial).await, Ok(Ok(_)));
+                let last = (i + 1 == count).then_some(seq);
+                me.do_send(Punched {
+                    peer,
+                    addr,
+                    ok,
+                    last,
+                });
+            }
+        });
+        // Owned with the dial-backs: both are short dials of ours for the NAT.
+        self.dial_backs.insert(seq, task);
+    }
+}
+
+/// A punch's dial ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Punched {
+    peer: PeerKey,
+    addr: SocketAddr,
+    ok: bool,
+    /// The punch's task id, on its last dial.
+    last: Option<u64>,
+}
+
+impl Handler<Punched> for ConnManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Punched, _ctx: &mut Self::Context) {
+        if let Some(seq) = msg.last {
+            self.dial_backs.remove(&seq);
+        }
+        self.nat_counters.punches += 1;
+        if msg.ok {
+            self.nat_counters.punches_ok += 1;
+        }
+        self.nat_subs.retain(|s| s.connected());
+        let event = NatEvent::Punched {
+            peer: msg.peer,
+            addr: msg.addr,
+            ok: msg.ok,
+        };
+        for sub in &self.nat_subs {
+            sub.do_send(event.clone());
         }
     }
 }
@@ -440,6 +531,8 @@ pub(super) struct NatCounters {
     pub(super) dial_backs_asked: u64,
     pub(super) dial_backs_served: u64,
     pub(super) dial_backs_received: u64,
+    pub(super) punches: u64,
+    pub(super) punches_ok: u64,
 }
 
 /// A nonce seed for the core: distinct per run so that a late result of an earlier run

@@ -97,6 +97,8 @@ impl Handler<Stats> for ConnManager {
         stats.dial_backs_asked = self.nat_counters.dial_backs_asked;
         stats.dial_backs_served = self.nat_counters.dial_backs_served;
         stats.dial_backs_received = self.nat_counters.dial_backs_received;
+        stats.punches = self.nat_counters.punches;
+        stats.punches_ok = self.nat_counters.punches_ok;
         stats.circuits_relayed = self.nat.circuits_relayed();
         stats.relayed_bytes = self
             .circuits

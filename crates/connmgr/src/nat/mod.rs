@@ -32,6 +32,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::core::is_relayed;
 use crate::key::PeerKey;
 
 use self::circuit::{CircuitEnds, EndAction};
@@ -52,6 +53,9 @@ pub struct NatConfig {
     pub observe: bool,
     /// Ask peers to dial us back, and serve their dial-back requests.
     pub dial_back: bool,
+    /// Over a relayed connection, exchange public addresses and both dial direct at once
+    /// (hole punching); the direct connection replaces the relayed one.
+    pub punch: bool,
     /// How long a dial-back (ours to a peer, or the answer we wait for) may take.
     pub dial_back_timeout: Duration,
     /// How long a reachability verdict stands before it is checked again.
@@ -69,6 +73,7 @@ impl Default for NatConfig {
         Self {
             observe: true,
             dial_back: true,
+            punch: true,
             // A handshake over a slow path with a lost packet, and the result's way back.
             dial_back_timeout: Duration::from_secs(5),
             // Home routers drop or renumber mappings within minutes to hours; ten minutes
@@ -154,6 +159,15 @@ pub enum NatEvent {
         /// The peer it reaches.
         target: PeerKey,
     },
+    /// A punch's direct dial to `peer` at `addr` ended (`ok`: a direct connection is up).
+    Punched {
+        /// The peer.
+        peer: PeerKey,
+        /// The address dialed.
+        addr: SocketAddr,
+        /// Whether it connected.
+        ok: bool,
+    },
     /// We dialed `peer` back at `addr` on its request.
     DialBackServed {
         /// The peer.
@@ -187,6 +201,16 @@ pub enum NatOutput {
     },
     /// Report this.
     Event(NatEvent),
+    /// Dial `peer` directly at each of `addrs` (its key pinned), after half the relayed
+    /// connection's round trip if `wait_half_rtt`: the punch.
+    Punch {
+        /// The peer.
+        peer: PeerKey,
+        /// Its public addresses.
+        addrs: Vec<SocketAddr>,
+        /// Wait half a round trip first.
+        wait_half_rtt: bool,
+    },
     /// Relay: forward packets between the legs (both ways), at most `budget` bytes.
     Splice {
         /// The opener's leg (peer, circuit id on its connection).
@@ -252,6 +276,7 @@ struct Asked {
 /// The NAT state machine. See the module doc.
 #[derive(Debug)]
 pub struct NatCore {
+    me: PeerKey,
     config: NatConfig,
     observed: ObservedAddrs,
     /// Connected peers and where we see them.
@@ -280,6 +305,7 @@ impl NatCore {
     /// (random in the actor, fixed in tests).
     pub fn new(me: PeerKey, config: NatConfig, nonce_seed: u64) -> Self {
         Self {
+            me,
             relay: RelayTable::new(me, config.relay.clone()),
             ends: CircuitEnds::new(config.relay.clone()),
             ids: WireIds::new(me),
@@ -334,6 +360,15 @@ impl NatCore {
     /// A connection to `key` came up; we see the peer at `remote`.
     pub fn handle_peer_up(&mut self, key: PeerKey, remote: SocketAddr, now: Instant) {
         self.peers.insert(key, remote);
+        if is_relayed(&remote) {
+            // A virtual address says nothing about the peer's NAT; the greater key starts
+            // the punch (one side, so that one offer meets one answer).
+            if self.config.punch && self.me > key && !self.public.is_empty() {
+                let addrs = self.public.clone();
+                self.send(key, NatMessage::PunchOffer { addrs });
+            }
+            return;
+        }
         if self.config.observe {
             self.send(key, NatMessage::Observed { addr: remote });
         }
@@ -362,9 +397,10 @@ impl NatCore {
         let Some(remote) = self.peers.get(&from).copied() else {
             return;
         };
+        let relayed = is_relayed(&remote);
         match message {
             NatMessage::Observed { addr } => {
-                if !self.config.observe {
+                if !self.config.observe || relayed || is_relayed(&addr) {
                     return;
                 }
                 self.observed.record(from, remote.ip(), addr, now);
@@ -372,7 +408,7 @@ impl NatCore {
                 self.maybe_ask(now);
             }
             NatMessage::DialBack { nonce } => {
-                if self.may_serve(from, now) {
+                if !relayed && self.may_serve(from, now) {
                     self.outputs.push_back(NatOutput::DialBack {
                         to: from,
                         addr: remote,
@@ -398,6 +434,18 @@ impl NatCore {
                     self.asked = None;
                     self.skipped.insert(from);
                     self.maybe_ask(now);
+                }
+            }
+            NatMessage::PunchOffer { addrs } => {
+                if self.config.punch && relayed {
+                    let ours = self.public.clone();
+                    self.send(from, NatMessage::PunchAnswer { addrs: ours });
+                    self.punch(from, addrs, true);
+                }
+            }
+            NatMessage::PunchAnswer { addrs } => {
+                if self.config.punch && relayed {
+                    self.punch(from, addrs, false);
                 }
             }
             NatMessage::CircuitOpen { circuit, target } => {
@@ -442,6 +490,24 @@ impl NatCore {
                 self.ends.handle_close(from, circuit, reason, &mut out);
                 self.end_actions(out);
             }
+        }
+    }
+
+    /// Both sides dial `peer` at its public addresses (at most `MAX_PUBLIC_ADDRS`, never a
+    /// virtual one); the side that answered the offer first waits half a round trip, so
+    /// that both sides' first packets cross.
+    fn punch(&mut self, peer: PeerKey, addrs: Vec<SocketAddr>, wait_half_rtt: bool) {
+        let addrs: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| !is_relayed(a))
+            .take(MAX_PUBLIC_ADDRS)
+            .collect();
+        if !addrs.is_empty() {
+            self.outputs.push_back(NatOutput::Punch {
+                peer,
+                addrs,
+                wait_half_rtt,
+            });
         }
     }
 

@@ -370,3 +370,80 @@ fn a_new_public_address_checks_reachability_again() {
         .log
         .contains(&('a', NatEvent::DialBackAsked { peer: key(B) })));
 }
+
+#[test]
+fn over_a_relayed_connection_the_greater_key_offers_a_punch_and_both_dial() {
+    let now = Instant::now();
+    let virt = crate::socket::VirtualPaths::address(3);
+    let mut great = NatCore::new(key(9), NatConfig::default(), 0);
+    let mut small = NatCore::new(key(1), NatConfig::default(), 0);
+    // Each learned its public address from a direct peer first.
+    for (core, public) in [
+        (&mut great, "203.0.113.9:9000"),
+        (&mut small, "198.51.100.1:1000"),
+    ] {
+        core.handle_peer_up(key(5), addr("192.0.2.5:5000"), now);
+        core.handle_message(key(5), NatMessage::Observed { addr: addr(public) }, now);
+        outputs(core);
+    }
+    great.handle_peer_up(key(1), virt, now);
+    small.handle_peer_up(key(9), virt, now);
+    let from_great = outputs(&mut great);
+    assert_eq!(
+        sent_to(&from_great, key(1)),
+        vec![NatMessage::PunchOffer {
+            addrs: vec![addr("203.0.113.9:9000")]
+        }],
+        "no Observed on a relayed connection, one offer"
+    );
+    assert!(
+        sent_to(&outputs(&mut small), key(9)).is_empty(),
+        "the smaller key waits"
+    );
+    small.handle_message(
+        key(9),
+        NatMessage::PunchOffer {
+            addrs: vec![addr("203.0.113.9:9000"), virt],
+        },
+        now,
+    );
+    let outs = outputs(&mut small);
+    assert!(outs.contains(&NatOutput::Send {
+        to: key(9),
+        message: NatMessage::PunchAnswer {
+            addrs: vec![addr("198.51.100.1:1000")]
+        }
+    }));
+    assert!(
+        outs.contains(&NatOutput::Punch {
+            peer: key(9),
+            addrs: vec![addr("203.0.113.9:9000")],
+            wait_half_rtt: true
+        }),
+        "virtual addresses are never dialed: {outs:?}"
+    );
+    great.handle_message(
+        key(1),
+        NatMessage::PunchAnswer {
+            addrs: vec![addr("198.51.100.1:1000")],
+        },
+        now,
+    );
+    assert_eq!(
+        outputs(&mut great),
+        vec![NatOutput::Punch {
+            peer: key(1),
+            addrs: vec![addr("198.51.100.1:1000")],
+            wait_half_rtt: false
+        }]
+    );
+    // A relayed peer's report of our address is ignored, and it gets no dial-back.
+    great.handle_message(key(1), NatMessage::Observed { addr: virt }, now);
+    great.handle_message(key(1), NatMessage::DialBack { nonce: 4 }, now);
+    let outs = outputs(&mut great);
+    assert_eq!(
+        sent_to(&outs, key(1)),
+        vec![NatMessage::DialBackRefused { nonce: 4 }]
+    );
+    assert_eq!(great.status().reporters, 1);
+}

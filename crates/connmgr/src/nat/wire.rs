@@ -62,6 +62,17 @@ pub enum NatMessage {
         /// The request's nonce.
         nonce: u64,
     },
+    /// Over a relayed connection: my public addresses; let us both dial direct. The
+    /// receiver answers with `PunchAnswer` and dials half a round trip later.
+    PunchOffer {
+        /// The sender's public addresses (at most 4 are used).
+        addrs: Vec<SocketAddr>,
+    },
+    /// The answer to `PunchOffer`: my public addresses; the receiver dials at once.
+    PunchAnswer {
+        /// The sender's public addresses (at most 4 are used).
+        addrs: Vec<SocketAddr>,
+    },
     /// Open a circuit through the receiver (a relay) to `target`.
     CircuitOpen {
         /// The sender's id for it on this connection.
@@ -164,6 +175,10 @@ mod tests {
                 from: [9; 32],
             },
             NatMessage::CircuitAccept { circuit: 3 },
+            NatMessage::PunchOffer {
+                addrs: vec![addr, v6],
+            },
+            NatMessage::PunchAnswer { addrs: vec![] },
             NatMessage::CircuitClose {
                 circuit: 3,
                 reason: CircuitEnd::Limit,

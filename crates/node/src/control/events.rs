@@ -160,7 +160,7 @@ pub(crate) fn to_json(event: &NodeEvent) -> Value {
 
 /// A NAT event as a JSON object (`event`: `nat_public_addrs`, `nat_type`,
 /// `nat_dial_back_asked`, `nat_reachability`, `nat_dial_back_served`, `nat_circuit_up`,
-/// `nat_circuit_down`, `nat_relaying`).
+/// `nat_circuit_down`, `nat_relaying`, `nat_punched`).
 fn nat_json(event: &NatEvent) -> Value {
     match event {
         NatEvent::PublicAddrs { addrs } => json!({
@@ -189,6 +189,12 @@ fn nat_json(event: &NatEvent) -> Value {
             "event": "nat_circuit_down",
             "peer": key(peer.as_bytes()),
             "reason": reason.to_string(),
+        }),
+        NatEvent::Punched { peer, addr, ok } => json!({
+            "event": "nat_punched",
+            "peer": key(peer.as_bytes()),
+            "addr": addr.to_string(),
+            "ok": ok,
         }),
         NatEvent::Relaying { opener, target } => json!({
             "event": "nat_relaying",

@@ -37,7 +37,10 @@ impl Handler<NatEvent> for NatForwarder {
             NatEvent::Relaying { .. } => self.counters.nat_circuits_relayed.add(1),
             NatEvent::CircuitUp { .. } => self.counters.nat_circuits.add(1),
             NatEvent::CircuitDown { .. } => self.counters.nat_circuits.sub(1),
-            NatEvent::PublicAddrs { .. } | NatEvent::NatType { .. } => {}
+            NatEvent::Punched { ok: true, .. } => self.counters.nat_punches_ok.add(1),
+            NatEvent::Punched { ok: false, .. }
+            | NatEvent::PublicAddrs { .. }
+            | NatEvent::NatType { .. } => {}
         }
         // Nobody subscribed is not an error.
         let _ = self.events.send(NodeEvent::Nat(event));

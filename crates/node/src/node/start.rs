@@ -109,6 +109,7 @@ pub(super) async fn start(
         nat: NatConfig {
             observe: builder.nat.observe,
             dial_back: builder.nat.dial_back,
+            punch: builder.nat.punch,
             relay: RelayConfig {
                 enabled: builder.nat.relay,
                 max_circuits: builder.nat.relay_max_circuits,
