@@ -21,7 +21,7 @@ use crate::messages::{NatState, SubscribeNat};
 use crate::nat::wire::{
     self, CONTROL_RATE_WINDOW, MAX_CONTROL_MESSAGES, STREAM_CIRCUIT, STREAM_CONTROL,
 };
-use crate::nat::{NatEvent, NatMessage, NatOutput, NatStatus};
+use crate::nat::{NatEvent, NatMessage, NatOutput, NatStatus, RelayAction};
 use crate::socket::VirtualPaths;
 use crate::tls;
 
@@ -175,12 +175,16 @@ impl ConnManager {
                     addrs,
                     wait_half_rtt,
                 } => self.punch(peer, addrs, wait_half_rtt, ctx),
-                NatOutput::Splice {
+                NatOutput::Relay(RelayAction::Splice {
                     opener,
                     target,
                     budget,
-                } => self.splice(opener, target, budget),
-                NatOutput::Unsplice { opener, target } => self.unsplice(opener, target),
+                }) => self.splice(opener, target, budget),
+                NatOutput::Relay(RelayAction::Unsplice { opener, target }) => {
+                    self.unsplice(opener, target)
+                }
+                // The core sends the relay's messages itself.
+                NatOutput::Relay(_) => {}
                 NatOutput::CircuitUp {
                     local,
                     relay,

@@ -4,33 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::tests::{accept, config, events, key};
 use super::*;
 use crate::socket::VirtualPaths;
 
-fn key(n: u8) -> PeerKey {
-    PeerKey::from_bytes([n; 32])
-}
-
 fn real(port: u16) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 1], port))
-}
-
-fn config() -> PolicyConfig {
-    PolicyConfig {
-        rng_seed: Some(7),
-        ..PolicyConfig::default()
-    }
-}
-
-fn events(core: &mut ConnCore) -> Vec<CoreEvent> {
-    std::iter::from_fn(|| core.poll_event()).collect()
-}
-
-fn accept(core: &mut ConnCore, from: SocketAddr) -> ConnId {
-    match core.handle_incoming(from, true) {
-        Ok(IncomingStart::Accept(id)) => id,
-        other => panic!("expected {from} to be accepted, got {other:?}"),
-    }
 }
 
 fn dial(core: &mut ConnCore, to: SocketAddr, expected: PeerKey, now: Instant) -> ConnId {

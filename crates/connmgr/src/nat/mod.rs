@@ -37,8 +37,8 @@ use crate::key::PeerKey;
 
 use self::circuit::{CircuitEnds, EndAction};
 pub use self::observed::{NatType, ObservedAddrs, MAX_PUBLIC_ADDRS, MAX_REPORTERS};
-pub use self::relay::{CircuitEnd, RelayConfig};
-use self::relay::{Leg, RelayAction, RelayTable, WireIds};
+pub use self::relay::{CircuitEnd, RelayAction, RelayConfig};
+use self::relay::{Leg, RelayTable, WireIds};
 pub use self::wire::{NatMessage, WireError, MAX_NAT_FRAME};
 
 pub mod circuit;
@@ -211,22 +211,9 @@ pub enum NatOutput {
         /// Wait half a round trip first.
         wait_half_rtt: bool,
     },
-    /// Relay: forward packets between the legs (both ways), at most `budget` bytes.
-    Splice {
-        /// The opener's leg (peer, circuit id on its connection).
-        opener: Leg,
-        /// The target's leg.
-        target: Leg,
-        /// Bytes the circuit may carry.
-        budget: u64,
-    },
-    /// Relay: stop forwarding between the legs.
-    Unsplice {
-        /// The opener's leg.
-        opener: Leg,
-        /// The target's leg.
-        target: Leg,
-    },
+    /// Relay: start or stop forwarding between two legs (`RelayAction::Splice` and
+    /// `RelayAction::Unsplice` only: the core sends the relay's messages itself).
+    Relay(RelayAction),
     /// End: circuit `local` carries packets to and from `peer` through `relay` (the
     /// circuit id on its connection is `wire`); the opener dials `peer` at its virtual
     /// address.
@@ -583,24 +570,14 @@ impl NatCore {
                         );
                     }
                 }
-                RelayAction::Splice {
-                    opener,
-                    target,
-                    budget,
-                } => {
-                    self.outputs.push_back(NatOutput::Splice {
-                        opener,
-                        target,
-                        budget,
-                    });
+                RelayAction::Splice { opener, target, .. } => {
+                    self.outputs.push_back(NatOutput::Relay(action));
                     self.outputs.push_back(NatOutput::Event(NatEvent::Relaying {
                         opener: opener.0,
                         target: target.0,
                     }));
                 }
-                RelayAction::Unsplice { opener, target } => self
-                    .outputs
-                    .push_back(NatOutput::Unsplice { opener, target }),
+                RelayAction::Unsplice { .. } => self.outputs.push_back(NatOutput::Relay(action)),
             }
         }
     }
