@@ -150,6 +150,9 @@ pub struct ConnManager {
     dial_backs: HashMap<u64, Task>,
     next_dial_back: u64,
     nat_counters: NatCounters,
+    /// Set by `Shutdown`: the NAT machinery starts nothing new (dial-backs, punches,
+    /// circuits) while the endpoint drains.
+    nat_stopped: bool,
     span: tracing::Span,
 }
 
@@ -219,6 +222,7 @@ impl ConnManager {
             dial_backs: HashMap::new(),
             next_dial_back: 0,
             nat_counters: NatCounters::default(),
+            nat_stopped: false,
             span,
         };
         let addr = actor.start();

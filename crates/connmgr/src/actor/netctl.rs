@@ -79,6 +79,9 @@ pub(super) struct DialBackDone {
 impl ConnManager {
     /// The connection `conn` to `key` is up: open its control channel and tell the core.
     pub(super) fn nat_peer_up(&mut self, conn: ConnId, key: PeerKey, ctx: &mut Context<Self>) {
+        if self.nat_stopped {
+            return;
+        }
         let Some(live) = self.live.get(&conn) else {
             return;
         };
@@ -132,6 +135,11 @@ impl ConnManager {
 
     /// Carries out what the NAT core asks, then re-arms its timer.
     pub(super) fn drain_nat(&mut self, ctx: &mut Context<Self>) {
+        if self.nat_stopped {
+            // Shutting down: whatever the core asks now would outlive the endpoint.
+            while self.nat.poll_output().is_some() {}
+            return;
+        }
         while let Some(output) = self.nat.poll_output() {
             match output {
                 NatOutput::Send { to, message } => {

@@ -142,6 +142,7 @@ impl Handler<Shutdown> for ConnManager {
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         info!(parent: &self.span, "shutting down");
+        self.nat_stopped = true;
         self.core.shutdown();
         self.drain(ctx);
         // Every task is aborted and joined before the reply, so none outlives `close`.
