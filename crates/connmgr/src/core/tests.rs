@@ -10,7 +10,7 @@ use super::*;
 use crate::error::CLOSE_DUPLICATE;
 use crate::key::Identity;
 
-fn key(n: u8) -> PeerKey {
+pub(super) fn key(n: u8) -> PeerKey {
     PeerKey::from_bytes([n; 32])
 }
 
@@ -18,14 +18,14 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn config() -> PolicyConfig {
+pub(super) fn config() -> PolicyConfig {
     PolicyConfig {
         rng_seed: Some(7),
         ..PolicyConfig::default()
     }
 }
 
-fn events(core: &mut ConnCore) -> Vec<CoreEvent> {
+pub(super) fn events(core: &mut ConnCore) -> Vec<CoreEvent> {
     std::iter::from_fn(|| core.poll_event()).collect()
 }
 
@@ -37,7 +37,7 @@ fn dup_close() -> ConnectionError {
 }
 
 /// An incoming handshake from a validated address, which must be accepted.
-fn accept(core: &mut ConnCore, from: SocketAddr) -> ConnId {
+pub(super) fn accept(core: &mut ConnCore, from: SocketAddr) -> ConnId {
     match core.handle_incoming(from, true) {
         Ok(IncomingStart::Accept(id)) => id,
         other => panic!("expected {from} to be accepted, got {other:?}"),
