@@ -12,12 +12,12 @@
 //! Nothing can leave the machine: no interface is ever created in the machine's own
 //! namespace (each veth is created with both ends already inside test namespaces), no
 //! namespace has a default route, and the only routes are the two test ranges. Names are
-//! `r8nat-PID-N-ROLE`, unique per process and topology; [`Topology::new`] first removes the
+//! `r8nat-PID-N-ROLE`, unique per process and topology; [`Topology::create`] first removes the
 //! namespaces of runs that died without cleaning up (their PID is gone), and dropping a
 //! [`Topology`], also while a test panics, kills what still runs in its namespaces and
 //! deletes them.
 //!
-//! Needs root and the `ip` (iproute2) and `nft` (nftables) tools; [`Topology::new`]
+//! Needs root and the `ip` (iproute2) and `nft` (nftables) tools; [`Topology::create`]
 //! panics with one line saying which is missing.
 
 use std::cell::RefCell;
@@ -91,7 +91,7 @@ struct State {
 impl Topology {
     /// An empty public segment. Panics with one line if not root or a tool is missing,
     /// or with the failed command if the kernel refuses.
-    pub fn new() -> Topology {
+    pub fn create() -> Topology {
         require();
         remove_stale();
         let id = format!(

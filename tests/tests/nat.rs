@@ -25,10 +25,7 @@ use serde_json::Value;
 /// How long any one step may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// The DHT port of every node (each host is a namespace: no two nodes share a port space).
-const DHT_PORT: u16 = 6881;
-
-/// The QUIC port of every node.
+/// The QUIC port of every node (each host is a namespace: no two share a port space).
 const QUIC_PORT: u16 = 4433;
 
 /// The port of the UDP echo hosts in the NAT probe.
@@ -122,7 +119,7 @@ fn seen_from(host: &Host, a: &Host, b: &Host) -> (SocketAddrV4, SocketAddrV4) {
 #[test]
 fn the_topology_is_closed_and_its_nats_map_as_named() {
     let before = own_interfaces();
-    let net = Topology::new();
+    let net = Topology::create();
     let boot = net.public_host("boot");
     let relay = net.public_host("relay");
     let eim = net.home("nat-eim", Nat::EndpointIndependent);
@@ -227,24 +224,28 @@ struct Node {
     data: PathBuf,
     child: Child,
     key: String,
+    /// Its DHT address on its host, from its banner.
+    dht: Option<SocketAddrV4>,
     events: Events,
 }
 
 /// A DHT bootstrap node on the public segment: a server from the start, with no
-/// bootstrap of its own.
+/// bootstrap of its own. Its DHT port is the daemon's choice (its banner says it).
 fn bootstrap_config() -> String {
     format!(
         "listen = \"0.0.0.0:{QUIC_PORT}\"\n[discovery]\nbootstrap = []\ndht_server = true\n\
-         dht_port = {DHT_PORT}\ndht_bind = [\"0.0.0.0\"]\nlan = false\n"
+         dht_bind = [\"0.0.0.0\"]\nlan = false\n"
     )
 }
 
 /// A node that bootstraps from `boot`; `extra` is appended (more TOML sections).
-fn node_config(boot: &Host, extra: &str) -> String {
+fn node_config(boot: &Node, extra: &str) -> String {
+    let dht = boot
+        .dht
+        .unwrap_or_else(|| panic!("{} runs no DHT", boot.name));
     format!(
-        "listen = \"0.0.0.0:{QUIC_PORT}\"\n[discovery]\nbootstrap = [\"{}:{DHT_PORT}\"]\n\
-         dht_port = {DHT_PORT}\ndht_bind = [\"0.0.0.0\"]\nlan = false\n{extra}",
-        boot.addr
+        "listen = \"0.0.0.0:{QUIC_PORT}\"\n[discovery]\nbootstrap = [\"{dht}\"]\n\
+         dht_bind = [\"0.0.0.0\"]\nlan = false\n{extra}"
     )
 }
 
@@ -275,6 +276,17 @@ impl Node {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("{name}: {banner}"))
             .to_owned();
+        // `... dht 0.0.0.0:6881,[::]:6881 control ...`: the IPv4 port, on our address.
+        let dht = banner
+            .split(" dht ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addrs| {
+                addrs
+                    .split(',')
+                    .find_map(|a| a.parse::<SocketAddrV4>().ok())
+            })
+            .map(|a| SocketAddrV4::new(host.addr, a.port()));
         // The rest of its log goes to our stderr, shown if the test fails.
         let tag = name.clone();
         std::thread::spawn(move || {
@@ -288,6 +300,7 @@ impl Node {
             data,
             child,
             key,
+            dht,
             events,
         }
     }
@@ -429,7 +442,14 @@ impl Timing {
 
 /// `node` downloads `feed` (`bytes`, `blocks` blocks) from `source` by key alone with
 /// `replic8 feed get`, verified by reading it back.
-fn get_by_key(node: &Node, source: &Node, feed: &str, bytes: &[u8], blocks: u64) -> Timing {
+/// `then` runs once `feed get` was started. The timing, and the address `node` reached
+/// `source` at.
+fn get_by_key(
+    node: &Node,
+    source: &Node,
+    (feed, bytes, blocks): (&str, &[u8], u64),
+    then: impl FnOnce(),
+) -> (Timing, SocketAddrV4) {
     let asked = Instant::now();
     let mut get = node
         .client()
@@ -437,6 +457,7 @@ fn get_by_key(node: &Node, source: &Node, feed: &str, bytes: &[u8], blocks: u64)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    then();
     let peer = source.key.as_str();
     let (connected, up) = node
         .events
@@ -469,46 +490,51 @@ fn get_by_key(node: &Node, source: &Node, feed: &str, bytes: &[u8], blocks: u64)
         "{}: the copy differs",
         node.name
     );
-    eprintln!(
-        "{}: connected to {} at {}",
-        node.name, source.name, up["addr"]
-    );
-    Timing {
+    let addr = up["addr"].as_str().unwrap().parse().unwrap();
+    eprintln!("{}: connected to {} at {addr}", node.name, source.name);
+    let timing = Timing {
         asked,
         connected,
         first_block,
         synced,
-    }
+    };
+    (timing, addr)
 }
 
-/// The public segment with a bootstrap node and a public node, and a home behind each
-/// kind of NAT with one host.
+/// The public segment with a bootstrap node and a public node; two homes behind
+/// endpoint-independent NATs (alice, carol) and one behind a symmetric NAT (bob).
 struct World {
     net: Topology,
     boot: Host,
     public: Host,
     eim: Home,
+    eim2: Home,
     sym: Home,
     alice: Host,
     bob: Host,
+    carol: Host,
 }
 
 fn world() -> World {
-    let net = Topology::new();
+    let net = Topology::create();
     let boot = net.public_host("boot");
     let public = net.public_host("public");
     let eim = net.home("nat-eim", Nat::EndpointIndependent);
     let sym = net.home("nat-sym", Nat::EndpointDependent);
+    let eim2 = net.home("nat-eim2", Nat::EndpointIndependent);
     let alice = net.home_host(&eim, "alice");
     let bob = net.home_host(&sym, "bob");
+    let carol = net.home_host(&eim2, "carol");
     World {
         net,
         boot,
         public,
         eim,
+        eim2,
         sym,
         alice,
         bob,
+        carol,
     }
 }
 
@@ -517,16 +543,19 @@ fn nodes_behind_each_nat_find_a_public_node_on_the_dht_and_replicate_from_it() {
     let w = world();
     let dir = tempfile::tempdir().unwrap();
     let boot = Node::start(&w.boot, dir.path(), &bootstrap_config());
-    let public = Node::start(&w.public, dir.path(), &node_config(&w.boot, ""));
+    let public = Node::start(&w.public, dir.path(), &node_config(&boot, ""));
     let (feed, bytes) = public.feed(dir.path(), 20);
     public.run(&["join", &feed]);
-    let alice = Node::start(&w.alice, dir.path(), &node_config(&w.boot, ""));
-    let bob = Node::start(&w.bob, dir.path(), &node_config(&w.boot, ""));
+    let alice = Node::start(&w.alice, dir.path(), &node_config(&boot, ""));
+    let bob = Node::start(&w.bob, dir.path(), &node_config(&boot, ""));
 
-    let a = get_by_key(&alice, &public, &feed, &bytes, 20);
+    let (a, at) = get_by_key(&alice, &public, (&feed, &bytes, 20), || {});
     a.report("endpoint-independent NAT, from a public node");
-    let b = get_by_key(&bob, &public, &feed, &bytes, 20);
+    let (b, bt) = get_by_key(&bob, &public, (&feed, &bytes, 20), || {});
     b.report("symmetric NAT, from a public node");
+    for addr in [at, bt] {
+        assert_eq!(addr, SocketAddrV4::new(w.public.addr, QUIC_PORT));
+    }
 
     // The public node saw each at its NAT's address.
     let peers: Value = serde_json::from_str(&public.run(&["peers", "--json"])).unwrap();
@@ -543,4 +572,32 @@ fn nodes_behind_each_nat_find_a_public_node_on_the_dht_and_replicate_from_it() {
     }
     drop((bob, alice, public, boot));
     drop(w.net);
+}
+
+#[test]
+fn nodes_behind_two_endpoint_independent_nats_connect_directly_when_both_look_up() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = Node::start(&w.boot, dir.path(), &bootstrap_config());
+    let alice = Node::start(&w.alice, dir.path(), &node_config(&boot, ""));
+    let carol = Node::start(&w.carol, dir.path(), &node_config(&boot, ""));
+    let (feed, bytes) = alice.feed(dir.path(), 20);
+    // Carol asks by key (announce and look up) and alice joins the feed's key at the same
+    // time: each one's lookups find the other's announce, each one's dial opens its own
+    // NAT for the other's (an endpoint-independent NAT keeps the QUIC port), and the
+    // dials meet. No relay exists here: the connection is direct, NAT to NAT.
+    let (timing, addr) = get_by_key(&carol, &alice, (&feed, &bytes, 20), || {
+        alice.run(&["join", &feed]);
+    });
+    timing.report("two endpoint-independent NATs, joined at once");
+    assert_eq!(
+        addr,
+        SocketAddrV4::new(w.eim.nat.addr, QUIC_PORT),
+        "carol reached alice's NAT"
+    );
+    let (_, up) = alice.events.wait("a connection to carol", |e| {
+        e["event"] == "peer_up" && e["peer"] == carol.key.as_str()
+    });
+    let seen: SocketAddrV4 = up["addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(*seen.ip(), w.eim2.nat.addr, "alice reached carol's NAT");
 }
