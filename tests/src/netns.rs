@@ -159,36 +159,15 @@ impl Topology {
             *count
         };
         let addr = Ipv4Addr::new(192, 168, home.lan, 1 + n);
-        let ns = self.namespace(role);
-        let port = format!("h{n}");
-        veth(&ns, "eth0", &home.nat.netns, &port);
-        ip(&["-n", &home.nat.netns, "link", "set", &port, "master", "lan"]);
-        ip(&["-n", &home.nat.netns, "link", "set", &port, "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
+        let host = self.plug(
+            role,
             "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        let gateway = format!("192.168.{}.1", home.lan);
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            &format!("{PUBLIC_NET}/24"),
-            "via",
-            &gateway,
-        ]);
-        Host {
-            role: role.to_owned(),
-            netns: ns,
             addr,
-        }
+            (&home.nat.netns, "lan", &format!("h{n}")),
+        );
+        let gateway = format!("192.168.{}.1", home.lan);
+        host.ip(&["route", "add", &format!("{PUBLIC_NET}/24"), "via", &gateway]);
+        host
     }
 
     /// The names of this topology's namespaces.
@@ -196,30 +175,34 @@ impl Topology {
         self.state.borrow().namespaces.clone()
     }
 
-    /// A host on the public segment at `addr` with interface `ifname`.
+    /// A host on the public segment at `addr` with interface `ifname`; its bridge port
+    /// is named for the role (15 bytes at most: IFNAMSIZ).
     fn on_public(&self, role: &str, ifname: &str, addr: Ipv4Addr) -> Host {
-        let wire = self.wire();
-        let ns = self.namespace(role);
-        // The bridge port is named for the role; 15 bytes at most (IFNAMSIZ).
         let port: String = role.chars().take(15).collect();
-        veth(&ns, ifname, &wire, &port);
-        ip(&["-n", &wire, "link", "set", &port, "master", "br0"]);
-        ip(&["-n", &wire, "link", "set", &port, "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            ifname,
-        ]);
-        ip(&["-n", &ns, "link", "set", ifname, "up"]);
-        Host {
+        self.plug(role, ifname, addr, (&self.wire(), "br0", &port))
+    }
+
+    /// A new host namespace `role` whose interface `ifname` has `addr`/24 and is plugged
+    /// into `bridge` in namespace `switch` as port `port`.
+    fn plug(
+        &self,
+        role: &str,
+        ifname: &str,
+        addr: Ipv4Addr,
+        (switch, bridge, port): (&str, &str, &str),
+    ) -> Host {
+        let ns = self.namespace(role);
+        veth(&ns, ifname, switch, port);
+        ip(&["-n", switch, "link", "set", port, "master", bridge]);
+        ip(&["-n", switch, "link", "set", port, "up"]);
+        let host = Host {
             role: role.to_owned(),
             netns: ns,
             addr,
-        }
+        };
+        host.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
+        host.ip(&["link", "set", ifname, "up"]);
+        host
     }
 
     fn wire(&self) -> String {

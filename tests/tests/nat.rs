@@ -323,6 +323,17 @@ impl Node {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `peer`'s entry in `replic8 peers --json`, if connected.
+    fn peer(&self, peer: &Node) -> Option<Value> {
+        let peers: Value = serde_json::from_str(&self.run(&["peers", "--json"])).unwrap();
+        let found = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == peer.key.as_str());
+        found.cloned()
+    }
+
     /// A new feed of `blocks` blocks of 1000 distinct bytes; its key and bytes.
     fn feed(&self, dir: &Path, blocks: u32) -> (String, Vec<u8>) {
         let key = self.run(&["feed", "new"]).trim().to_owned();
@@ -504,7 +515,8 @@ fn get_by_key(
 /// The public segment with a bootstrap node and a public node; two homes behind
 /// endpoint-independent NATs (alice, carol) and one behind a symmetric NAT (bob).
 struct World {
-    net: Topology,
+    /// Kept for its drop, which removes the namespaces after the nodes.
+    _net: Topology,
     boot: Host,
     public: Host,
     eim: Home,
@@ -526,7 +538,7 @@ fn world() -> World {
     let bob = net.home_host(&sym, "bob");
     let carol = net.home_host(&eim2, "carol");
     World {
-        net,
+        _net: net,
         boot,
         public,
         eim,
@@ -558,20 +570,13 @@ fn nodes_behind_each_nat_find_a_public_node_on_the_dht_and_replicate_from_it() {
     }
 
     // The public node saw each at its NAT's address.
-    let peers: Value = serde_json::from_str(&public.run(&["peers", "--json"])).unwrap();
     for (node, home) in [(&alice, &w.eim), (&bob, &w.sym)] {
-        let addr = peers
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["key"] == node.key.as_str())
-            .map(|p| p["addr"].as_str().unwrap().to_owned())
-            .unwrap_or_else(|| panic!("public has no session with {}: {peers}", node.name));
-        let addr: SocketAddrV4 = addr.parse().unwrap();
+        let entry = public
+            .peer(node)
+            .unwrap_or_else(|| panic!("public has no session with {}", node.name));
+        let addr: SocketAddrV4 = entry["addr"].as_str().unwrap().parse().unwrap();
         assert_eq!(*addr.ip(), home.nat.addr, "{} seen at {addr}", node.name);
     }
-    drop((bob, alice, public, boot));
-    drop(w.net);
 }
 
 #[test]
