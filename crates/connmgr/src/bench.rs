@@ -160,7 +160,8 @@ pub async fn loopback_transfer(
         let send_side = conn_send.clone();
         let sender = tokio::spawn(async move {
             let chunk = bytes::Bytes::from(vec![0x5a_u8; 1 << 20]);
-            let mut send = send_side.open_uni().await?;
+            // Bidirectional: the connection manager owns the unidirectional streams.
+            let (mut send, _recv) = send_side.open_bi().await?;
             let mut left = bytes;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
@@ -172,7 +173,7 @@ pub async fn loopback_transfer(
             let _ = send.stopped().await;
             Ok::<_, BenchError>(())
         });
-        let mut recv = conn_recv.accept_uni().await?;
+        let (_send, mut recv) = conn_recv.accept_bi().await?;
         let start = Instant::now();
         let cpu_start = cpu_time();
         let mut got = 0u64;

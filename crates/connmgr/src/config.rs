@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::core::PolicyConfig;
 use crate::key::Identity;
+use crate::nat::NatConfig;
 use crate::transport::TransportTuning;
 
 /// The ALPN used when the configuration names none. The session layer sets its own
@@ -29,6 +30,12 @@ pub struct ConnManagerConfig {
     /// How long the liveness probe of an old connection waits for an acknowledgement,
     /// at least (3 × its RTT).
     pub probe_timeout: Duration,
+    /// Observed addresses, reachability checks and their limits.
+    pub nat: NatConfig,
+    /// Keep the KRPC (DHT) datagrams that arrive on the socket for
+    /// `ConnManagerHandle::take_krpc`, so a DHT node can share the socket; off, they are
+    /// dropped.
+    pub share_krpc: bool,
 }
 
 impl ConnManagerConfig {
@@ -45,6 +52,8 @@ impl ConnManagerConfig {
             handshake_timeout: Duration::from_secs(10),
             // A live peer answers in one RTT plus its ack delay (25 ms by default).
             probe_timeout: Duration::from_millis(500),
+            nat: NatConfig::default(),
+            share_krpc: false,
         }
     }
 

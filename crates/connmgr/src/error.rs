@@ -27,6 +27,10 @@ pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(0x7238_0005);
 /// Not misbehaviour: the evicted side backs off that address and does not redial.
 pub const CLOSE_EVICTED: VarInt = VarInt::from_u32(0x7238_0006);
 
+/// Close code: a dial-back handshake (`replic8-connmgr/dialback`) reached us; it proved
+/// what it had to by completing, and is never a peer connection.
+pub const CLOSE_DIAL_BACK: VarInt = VarInt::from_u32(0x7238_0007);
+
 /// The reason text of `CLOSE_EVICTED`; the evicted side reports
 /// `DownReason::RefusedByPeer` with it.
 pub const EVICTED_TEXT: &[u8] = b"evicted: peer table full";
@@ -100,6 +104,9 @@ impl RefuseReason {
 /// Why a `Dial` failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DialError {
+    /// The relay circuit for a relayed dial failed or was refused.
+    #[error("relay circuit: {0}")]
+    Circuit(crate::nat::CircuitEnd),
     /// The policy refused it (self, banned, firewall, limits).
     #[error("refused: {0}")]
     Refused(#[from] RefuseReason),

@@ -13,7 +13,10 @@
 //! - `key`: `Identity` (the node's key pair) and `PeerKey` (a peer's public key);
 //! - `tls`: rustls configuration for raw public keys, both directions verified;
 //! - `transport`: QUIC transport defaults and the UDP socket (`transport_config`);
+//! - `socket`: what shares the endpoint's socket (`VirtualPaths`: relay circuits);
 //! - `core`: `ConnCore`, the dedup and dial policy without I/O;
+//! - `nat`: `NatCore`, observed addresses, the NAT mapping type and reachability
+//!   (dial-back) without I/O, and the NAT control channel's wire format;
 //! - `messages`: the actor's messages and events;
 //! - `actor`: `ConnManager`, the thin actor around the core;
 //! - `error`: errors, reasons and close codes;
@@ -63,6 +66,8 @@ pub mod core;
 mod error;
 mod key;
 pub mod messages;
+pub mod nat;
+pub mod socket;
 pub mod tls;
 pub mod transport;
 
@@ -71,13 +76,17 @@ pub use crate::config::{ConnManagerConfig, DEFAULT_ALPN};
 pub use crate::core::{ConnId, Firewall, Initiator, PolicyConfig};
 pub use crate::error::{
     is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, SpawnError,
-    CLOSE_DUPLICATE, CLOSE_EVICTED, CLOSE_REFUSED, CLOSE_REPLACED, CLOSE_REQUESTED, CLOSE_SHUTDOWN,
-    EVICTED_TEXT,
+    CLOSE_DIAL_BACK, CLOSE_DUPLICATE, CLOSE_EVICTED, CLOSE_REFUSED, CLOSE_REPLACED,
+    CLOSE_REQUESTED, CLOSE_SHUTDOWN, EVICTED_TEXT,
 };
 pub use crate::key::{Identity, KeyError, PeerKey};
 pub use crate::messages::{
-    ActivityError, Ban, Close, CloseError, ConnRefused, ConnStats, Dial, PeerActivity, PeerDown,
-    PeerStats, PeerUp, Peers, RefusedReason, Shutdown, Stats, Subscribe, SubscribeRefused,
+    ActivityError, Ban, Close, CloseError, ConnRefused, ConnStats, Dial, DialRelayed, NatState,
+    PeerActivity, PeerDown, PeerStats, PeerUp, Peers, RefusedReason, Shutdown, Stats, Subscribe,
+    SubscribeNat, SubscribeRefused,
+};
+pub use crate::nat::{
+    CircuitEnd, NatConfig, NatEvent, NatStatus, NatType, Reachability, RelayConfig,
 };
 pub use crate::transport::{
     default_transport_config, transport_config, Congestion, TransportTuning,

@@ -1,6 +1,7 @@
 //! The messages of the `ConnManager` actor: requests (`Dial`, `Close`, `Ban`,
-//! `PeerActivity`, `Peers`, `Stats`, `Subscribe`, `SubscribeRefused`, `Shutdown`) and the events it sends to subscribers
-//! (`PeerUp`, `PeerDown`, `ConnRefused`).
+//! `PeerActivity`, `Peers`, `Stats`, `Subscribe`, `SubscribeRefused`, `NatState`,
+//! `SubscribeNat`, `Shutdown`) and the events it sends to subscribers (`PeerUp`,
+//! `PeerDown`, `ConnRefused`, `NatEvent`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use thiserror::Error;
 use crate::core::Initiator;
 use crate::error::{DialError, DownReason, RefuseReason};
 use crate::key::{KeyError, PeerKey};
+use crate::nat::{NatEvent, NatStatus};
 
 /// Connect to the peer at `addr`; replies with its key once a connection to it is up
 /// (at once if one already is). `expected_key` pins the key: any other fails the
@@ -22,6 +24,19 @@ pub struct Dial {
     pub addr: SocketAddr,
     /// The key the peer must have, if known.
     pub expected_key: Option<PeerKey>,
+}
+
+/// Connect to `key` through a circuit of `relay` (a connected peer that relays, see
+/// `RelayConfig`); replies with the key once the relayed connection is up (at once if a
+/// connection to `key` already is). The relayed connection is end-to-end QUIC with `key`
+/// pinned, at a virtual address (`VirtualPaths`): the relay forwards ciphertext only.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<PeerKey, DialError>")]
+pub struct DialRelayed {
+    /// The relay.
+    pub relay: PeerKey,
+    /// The peer to reach.
+    pub key: PeerKey,
 }
 
 /// Close the connection to `key` (close code `CLOSE_REQUESTED`).
@@ -95,6 +110,8 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// quinn's `Connection::stable_id`, as in `PeerDown`.
     pub connection_id: usize,
+    /// Whether the connection runs through a relay (`addr` is a virtual address).
+    pub relayed: bool,
 }
 
 /// Counters since start, for status views.
@@ -130,6 +147,22 @@ pub struct ConnStats {
     pub refused_per_ip: u64,
     /// Idle inbound peers evicted to make room (`DownReason::Evicted`).
     pub evictions: u64,
+    /// Messages received on peers' NAT control channels.
+    pub nat_messages_received: u64,
+    /// Dial-backs we asked peers for (reachability checks).
+    pub dial_backs_asked: u64,
+    /// Dial-backs we made on peers' requests.
+    pub dial_backs_served: u64,
+    /// Dial-back handshakes that reached us.
+    pub dial_backs_received: u64,
+    /// Direct dials made to punch through NATs (one per address tried).
+    pub punches: u64,
+    /// Punch dials that connected.
+    pub punches_ok: u64,
+    /// Circuits we relayed for others since start.
+    pub circuits_relayed: u64,
+    /// Bytes we forwarded on others' circuits since start.
+    pub relayed_bytes: u64,
 }
 
 /// Receive `PeerUp` and `PeerDown`. A new subscriber first gets a `PeerUp` for every peer
@@ -147,6 +180,17 @@ pub struct Subscribe {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct SubscribeRefused(pub Recipient<ConnRefused>);
+
+/// Where we stand behind NATs: public addresses, mapping type, reachability.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "NatStatus")]
+pub struct NatState;
+
+/// Receive every `NatEvent`; replies with the status now, so that nothing is missed
+/// between the two.
+#[derive(Debug, Message)]
+#[rtype(result = "NatStatus")]
+pub struct SubscribeNat(pub Recipient<NatEvent>);
 
 /// Close every connection (close code `CLOSE_SHUTDOWN`), wait for the endpoint to drain,
 /// and stop the actor. Replies when it is done.

@@ -44,7 +44,8 @@
 //! - `actor`: [`DiscoveryActor`], the thin actix shell that runs the backends;
 //! - `dht`: the [`DhtBackend`] trait (our node, [`KrpcDht`], implements it);
 //! - `krpc`: [`krpc::DhtCore`], our Mainline DHT node without I/O;
-//! - `driver`: [`KrpcDht`], the UDP driver of that core and the default [`DhtBackend`];
+//! - `driver`: [`KrpcDht`], the UDP driver of that core and the default [`DhtBackend`],
+//!   on its own sockets or a [`SharedPort`] (the node's QUIC socket);
 //! - `testnet`: [`KrpcTestnet`], a private DHT of our nodes on loopback for tests;
 //! - `lan`: mDNS advertisement and browsing;
 //! - `error`: one error enum per operation.
@@ -71,7 +72,7 @@ pub use crate::core::{
     MAX_PEERS_PER_TOPIC,
 };
 pub use crate::dht::DhtBackend;
-pub use crate::driver::{DhtStatus, KrpcDht};
+pub use crate::driver::{DatagramSend, DhtStatus, KrpcDht, SharedPort};
 pub use crate::error::{BackendError, JoinError, SpawnError, TopicError};
 pub use crate::messages::{
     Close, DhtInfo, DiscoveryStats, Flushed, Join, Joined, Leave, LookupAt, PeerFound, PeerTried,

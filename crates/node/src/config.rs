@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     /// Counters in Prometheus text format over HTTP, off unless an address is given.
     pub metrics: MetricsSection,
+    /// NAT traversal: observed addresses and reachability checks.
+    pub nat: NatSection,
     /// Namespaces opened at every start (`[[namespace]]` entries), not persisted: the
     /// file is their record.
     #[serde(rename = "namespace", skip_serializing_if = "Vec::is_empty")]
@@ -95,6 +97,7 @@ impl Default for NodeConfig {
             discovery: DiscoverySection::default(),
             limits: LimitsSection::default(),
             metrics: MetricsSection::default(),
+            nat: NatSection::default(),
             namespaces: Vec::new(),
         }
     }
@@ -116,10 +119,17 @@ pub struct DiscoverySection {
     /// Keep the DHT node read-only (BEP 43: it never answers queries) whatever the
     /// network shows, e.g. on a metered link. Cannot be combined with `dht_server`.
     pub dht_read_only: bool,
-    /// UDP port of the DHT sockets. Omitted: 6881 if free, else any free port.
+    /// Run the DHT on the QUIC socket (`listen`), so that the port the DHT announces is
+    /// the one peers dial and the NAT mapping its traffic opens is the one QUIC uses. It
+    /// then runs on the address families that socket carries (narrowed by `dht_bind`).
+    /// Off: the DHT has sockets of its own (`dht_port`, `dht_bind`).
+    pub share_socket: bool,
+    /// UDP port of the DHT's own sockets (only with `share_socket = false`). Omitted:
+    /// 6881 if free, else any free port.
     pub dht_port: Option<u16>,
-    /// Addresses of the DHT sockets, at most one IPv4 and one IPv6. Empty: `0.0.0.0`
-    /// and `::` (IPv4 alone on a host without IPv6).
+    /// Addresses of the DHT's own sockets, at most one IPv4 and one IPv6. Empty:
+    /// `0.0.0.0` and `::` (IPv4 alone on a host without IPv6). With `share_socket`, only
+    /// the families named count (IPv4 only, say), not the addresses.
     pub dht_bind: Vec<IpAddr>,
     /// Use mDNS on the local network.
     pub lan: bool,
@@ -138,6 +148,7 @@ impl Default for DiscoverySection {
             bootstrap: None,
             dht_server: false,
             dht_read_only: false,
+            share_socket: true,
             dht_port: None,
             dht_bind: Vec::new(),
             lan: true,
@@ -201,6 +212,53 @@ impl Default for LimitsSection {
             retry_above: 16,
             new_feeds_per_peer: None,
             max_replicas: None,
+        }
+    }
+}
+
+/// The `[nat]` section: what the node learns about its NATs, and what it does for peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatSection {
+    /// Tell each peer the address we see it at, and learn our public address and the
+    /// NAT's mapping type from what peers tell us.
+    pub observe: bool,
+    /// Ask peers to dial us back from another port (are we reachable?), and dial peers
+    /// back when they ask (rate-limited, only to the address we see them at).
+    pub dial_back: bool,
+    /// Over a connection relayed for us, exchange public addresses with the peer and
+    /// both dial direct at once (hole punching); a direct connection replaces the
+    /// relayed one.
+    pub punch: bool,
+    /// Relay connections between two of our peers that cannot reach each other (spends
+    /// our bandwidth on their traffic; they stay end-to-end encrypted).
+    pub relay: bool,
+    /// Most circuits relayed at once.
+    pub relay_max_circuits: usize,
+    /// Most circuits relayed at once with one peer as either end.
+    pub relay_max_circuits_per_peer: usize,
+    /// Most bytes one relayed circuit carries before it is closed.
+    pub relay_max_circuit_bytes: u64,
+    /// Seconds one relayed circuit may stay open.
+    pub relay_circuit_secs: u64,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        // Both cost a few small messages per connection and a handshake now and then.
+        let relay = replic8_connmgr::RelayConfig::default();
+        Self {
+            observe: true,
+            dial_back: true,
+            punch: true,
+            // Off: relaying spends our bandwidth on others' traffic; an operator opts in.
+            relay: false,
+            // The connection manager's defaults; their reasons are in
+            // `replic8_connmgr::RelayConfig`.
+            relay_max_circuits: relay.max_circuits,
+            relay_max_circuits_per_peer: relay.max_circuits_per_peer,
+            relay_max_circuit_bytes: relay.max_circuit_bytes,
+            relay_circuit_secs: relay.circuit_lifetime.as_secs(),
         }
     }
 }
@@ -296,6 +354,12 @@ impl NodeConfig {
             return invalid(
                 "discovery.dht_read_only",
                 "cannot be combined with discovery.dht_server",
+            );
+        }
+        if d.share_socket && d.dht_port.is_some() {
+            return invalid(
+                "discovery.dht_port",
+                "the dht uses the QUIC port while share_socket = true (the default)",
             );
         }
         if d.dht_bind.iter().filter(|ip| ip.is_ipv4()).count() > 1
@@ -415,12 +479,18 @@ mod tests {
         config.discovery.bootstrap = Some(vec!["router.example:6881".into(), "[::1]:7".into()]);
         config.discovery.static_peers = vec!["10.0.0.1:4433".parse().unwrap()];
         config.discovery.lan = false;
+        config.discovery.share_socket = false;
         config.discovery.dht_port = Some(6882);
         config.discovery.dht_bind = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         config.limits.max_peers = 7;
         config.limits.ban_secs = 0;
         config.limits.stall_timeout_secs = 5;
         config.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
+        config.nat.observe = false;
+        config.nat.dial_back = false;
+        config.nat.relay = true;
+        config.nat.punch = false;
+        config.nat.relay_max_circuits = 3;
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
     }

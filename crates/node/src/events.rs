@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use replic8::keys::FeedKey;
 use replic8::message::Headers;
-use replic8_connmgr::{DownReason, Initiator, PeerKey};
+use replic8_connmgr::{DownReason, Initiator, NatEvent, PeerKey};
 
 /// Something that happened in the node. Events go to every subscriber through a bounded
 /// broadcast channel ([`EVENT_CAPACITY`]); a subscriber that falls behind misses the
@@ -121,6 +121,9 @@ pub enum NodeEvent {
         /// How long.
         duration: std::time::Duration,
     },
+    /// A step of NAT traversal: our public addresses or the NAT's mapping type as peers
+    /// report them, a reachability check asked or its verdict, a dial-back we made.
+    Nat(NatEvent),
 }
 
 /// How many events a subscriber may fall behind before it misses some.

@@ -104,6 +104,19 @@ pub struct Counters {
     pub dht_timeouts: Metric,
     /// Announces other nodes stored with our DHT node.
     pub dht_announces_stored: Metric,
+    /// Reachability as the last dial-back showed it: 0 unknown, 1 reachable, 2
+    /// unreachable.
+    pub nat_reachability: Metric,
+    /// Dial-backs we asked peers for (reachability checks).
+    pub nat_dial_backs_asked: Metric,
+    /// Dial-backs we made on peers' requests.
+    pub nat_dial_backs_served: Metric,
+    /// Relay circuits that end here now (peers we reach only through a relay).
+    pub nat_circuits: Metric,
+    /// Circuits we relayed for other peers.
+    pub nat_circuits_relayed: Metric,
+    /// Punches that opened a direct connection to a peer reached through a relay.
+    pub nat_punches_ok: Metric,
 }
 
 impl Default for Counters {
@@ -191,13 +204,43 @@ impl Default for Counters {
                 "Announces other nodes stored with our DHT node.",
                 "counter",
             ),
+            nat_reachability: Metric::new(
+                "replic8_nat_reachability",
+                "Reachability by dial-back: 0 unknown, 1 reachable, 2 unreachable.",
+                "gauge",
+            ),
+            nat_dial_backs_asked: Metric::new(
+                "replic8_nat_dial_backs_asked_total",
+                "Dial-backs asked of peers (reachability checks).",
+                "counter",
+            ),
+            nat_dial_backs_served: Metric::new(
+                "replic8_nat_dial_backs_served_total",
+                "Dial-backs made on peers' requests.",
+                "counter",
+            ),
+            nat_circuits: Metric::new(
+                "replic8_nat_circuits",
+                "Relay circuits that end here now.",
+                "gauge",
+            ),
+            nat_circuits_relayed: Metric::new(
+                "replic8_nat_circuits_relayed_total",
+                "Circuits relayed for other peers.",
+                "counter",
+            ),
+            nat_punches_ok: Metric::new(
+                "replic8_nat_punches_ok_total",
+                "Punch dials that opened a direct connection.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 18] {
+    pub fn all(&self) -> [&Metric; 24] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -217,6 +260,12 @@ impl Counters {
             &self.dht_queries_out,
             &self.dht_timeouts,
             &self.dht_announces_stored,
+            &self.nat_reachability,
+            &self.nat_dial_backs_asked,
+            &self.nat_dial_backs_served,
+            &self.nat_circuits,
+            &self.nat_circuits_relayed,
+            &self.nat_punches_ok,
         ]
     }
 

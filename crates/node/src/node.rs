@@ -10,7 +10,8 @@
 //! Files: `builder.rs` every option (`NodeBuilder`, `SpawnError`); `start.rs` the runtime
 //! assembly (`NodeBuilder::spawn`: the thread, the actix system, every actor, in order);
 //! `forward.rs` the session layer's and the feed store's events turned into node events
-//! and counters; `handle.rs` the `NodeHandle` and what it holds; `errors.rs` what its
+//! and counters; `nat.rs` the connection manager's NAT events turned into node events;
+//! `handle.rs` the `NodeHandle` and what it holds; `errors.rs` what its
 //! operations fail with; `namespaces.rs` and `feeds.rs` the handle's namespace, offer
 //! and feed-by-key operations.
 
@@ -31,6 +32,7 @@ mod builder;
 mod errors;
 mod forward;
 mod handle;
+mod nat;
 mod start;
 
 pub use builder::{NodeBuilder, SpawnError};

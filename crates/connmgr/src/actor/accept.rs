@@ -16,7 +16,8 @@ impl Handler<IncomingConn> for ConnManager {
 
     fn handle(&mut self, msg: IncomingConn, ctx: &mut Self::Context) {
         let incoming = msg.0;
-        let addr = incoming.remote_address();
+        // quinn sees IPv4 peers IPv4-mapped (`NodeSocket`); the rest of us, plain.
+        let addr = crate::socket::unmap(incoming.remote_address());
         let id = match self
             .core
             .handle_incoming(addr, incoming.remote_address_validated())

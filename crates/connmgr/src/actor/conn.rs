@@ -6,6 +6,7 @@ use actix::prelude::*;
 use tracing::debug;
 
 use super::datagrams::await_confirm;
+use super::netctl;
 use super::reports::{Confirmed, ConnClosed, HandshakeDone, ProbeDone};
 use super::tasks::spawn_task;
 use super::{ConnManager, Live};
@@ -23,6 +24,15 @@ impl Handler<HandshakeDone> for ConnManager {
             Ok((conn, _)) if !self.core.is_handshaking(msg.id) => {
                 // The core gave up on it meanwhile (shutdown): nobody will use it.
                 conn.close(CLOSE_SHUTDOWN, b"shutdown");
+            }
+            Ok((conn, key))
+                if msg.initiator == Initiator::Remote && netctl::is_dial_back(&conn) =>
+            {
+                debug!(parent: &self.span, peer = %key.fmt_short(), addr = %msg.addr,
+                    "dial-back reached us");
+                netctl::close_dial_back(&conn);
+                self.core.handle_not_a_peer(msg.id);
+                self.nat_dial_back_arrived(key, ctx);
             }
             Ok((conn, key)) => {
                 let me = ctx.address();

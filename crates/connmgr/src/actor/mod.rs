@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use self::datagrams::{probe, resend_confirm, CONFIRM_DATAGRAM};
+use self::netctl::{NatCounters, NatLink, DIAL_BACK_ALPN};
 use self::reports::{IncomingConn, ProbeDone};
 use self::tasks::{spawn_task, Task};
 use crate::config::ConnManagerConfig;
@@ -23,16 +24,25 @@ use crate::core::{ConnCore, ConnId, CoreEvent, Initiator};
 use crate::error::{CloseReason, DialError, SpawnError, CLOSE_SHUTDOWN};
 use crate::key::{Identity, PeerKey};
 use crate::messages::*;
+use crate::nat::{NatCore, NatEvent};
+use crate::socket::{self, KrpcPort, NodeSocket, VirtualPaths};
 use crate::tls;
 use crate::transport;
 
 mod accept;
+mod circuits;
 mod conn;
 mod datagrams;
 mod dial;
+mod netctl;
 mod reports;
 mod requests;
 mod tasks;
+
+/// Packets queued each way between the endpoint and the relay circuits: one
+/// congestion window's worth of full-size packets (~1.8 MB), so a relayed connection is
+/// not held back by the queue while one stuck circuit cannot pile up more.
+const VIRTUAL_QUEUE: usize = 1024;
 
 /// A connection whose handshake finished.
 #[derive(Debug)]
@@ -58,6 +68,8 @@ pub struct ConnManagerHandle {
     local_addr: SocketAddr,
     key: PeerKey,
     tasks: Arc<AtomicUsize>,
+    paths: VirtualPaths,
+    krpc: Arc<Mutex<Option<KrpcPort>>>,
 }
 
 impl ConnManagerHandle {
@@ -74,6 +86,20 @@ impl ConnManagerHandle {
     /// This node's key.
     pub fn key(&self) -> PeerKey {
         self.key
+    }
+
+    /// The endpoint's relay queues: packets to and from virtual addresses.
+    pub fn virtual_paths(&self) -> &VirtualPaths {
+        &self.paths
+    }
+
+    /// The DHT's side of the endpoint's socket, once (`None` after the first call, and
+    /// always without `ConnManagerConfig::share_krpc`).
+    pub fn take_krpc(&self) -> Option<KrpcPort> {
+        self.krpc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// How many of the actor's tokio tasks are alive (0 after `close`).
@@ -98,6 +124,10 @@ pub struct ConnManager {
     probe_timeout: Duration,
     core: ConnCore,
     endpoint: quinn::Endpoint,
+    /// The endpoint's relay queues (packets to and from virtual addresses).
+    paths: VirtualPaths,
+    /// Relay circuits: forwarding for others, and those that end here.
+    circuits: self::circuits::Circuits,
     live: HashMap<ConnId, Live>,
     handshakes: HashMap<ConnId, Task>,
     probes: HashMap<ConnId, Task>,
@@ -110,6 +140,16 @@ pub struct ConnManager {
     tasks: Arc<AtomicUsize>,
     /// Counters for `Stats`; bytes of connections that are gone.
     counters: ConnStats,
+    /// Observed addresses and reachability.
+    nat: NatCore,
+    /// The NAT control channel of each up connection.
+    nat_links: HashMap<PeerKey, NatLink>,
+    nat_timer: Option<SpawnHandle>,
+    nat_subs: Vec<Recipient<NatEvent>>,
+    /// Dial-backs we are making for peers, by sequence number.
+    dial_backs: HashMap<u64, Task>,
+    next_dial_back: u64,
+    nat_counters: NatCounters,
     span: tracing::Span,
 }
 
@@ -128,19 +168,26 @@ impl ConnManager {
     pub fn spawn(config: ConnManagerConfig) -> Result<ConnManagerHandle, SpawnError> {
         let me = config.identity.key();
         let transport = Arc::new(transport::transport_config(&config.transport));
+        // Dial-back handshakes use their own ALPN; they are closed once done (`netctl`).
+        let mut server_alpn = config.alpn.clone();
+        if config.nat.dial_back {
+            server_alpn.push(DIAL_BACK_ALPN.to_vec());
+        }
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(
             &config.identity,
-            &config.alpn,
+            &server_alpn,
         )?));
         server.transport_config(transport.clone());
         let socket = transport::bind_udp(config.listen, config.transport.socket_buffer)?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+        let paths = VirtualPaths::new(VIRTUAL_QUEUE, VIRTUAL_QUEUE);
+        let (socket, krpc) = NodeSocket::new(socket, paths.clone(), config.share_krpc)?;
+        let local_addr = socket.real_addr();
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            socket::endpoint_config(),
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        let local_addr = endpoint.local_addr()?;
         let tasks = Arc::new(AtomicUsize::new(0));
         let span = tracing::info_span!("connmgr", me = %me.fmt_short());
         let actor = ConnManager {
@@ -152,6 +199,8 @@ impl ConnManager {
             probe_timeout: config.probe_timeout,
             core: ConnCore::new(me, config.policy),
             endpoint,
+            paths: paths.clone(),
+            circuits: Default::default(),
             live: HashMap::new(),
             handshakes: HashMap::new(),
             probes: HashMap::new(),
@@ -163,6 +212,13 @@ impl ConnManager {
             timer: None,
             tasks: tasks.clone(),
             counters: ConnStats::default(),
+            nat: NatCore::new(me, config.nat, netctl::nonce_seed()),
+            nat_links: HashMap::new(),
+            nat_timer: None,
+            nat_subs: Vec::new(),
+            dial_backs: HashMap::new(),
+            next_dial_back: 0,
+            nat_counters: NatCounters::default(),
             span,
         };
         let addr = actor.start();
@@ -171,6 +227,8 @@ impl ConnManager {
             local_addr,
             key: me,
             tasks,
+            paths,
+            krpc: Arc::new(Mutex::new(krpc)),
         })
     }
 
@@ -197,6 +255,7 @@ impl ConnManager {
                     for sub in &self.up_subs {
                         sub.do_send(up.clone());
                     }
+                    self.nat_peer_up(conn, key, ctx);
                 }
                 CoreEvent::PeerDown { conn, key, reason } => {
                     let connection_id = self.live.get(&conn).map_or(0, |l| l.conn.stable_id());
@@ -211,6 +270,8 @@ impl ConnManager {
                     for sub in &self.down_subs {
                         sub.do_send(down.clone());
                     }
+                    let addr = self.live.get(&conn).map(|l| l.addr);
+                    self.nat_peer_down(conn, key, addr, ctx);
                 }
                 CoreEvent::Close { conn, reason } => {
                     match reason {
@@ -326,6 +387,7 @@ impl Actor for ConnManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.start_pump();
         let endpoint = self.endpoint.clone();
         let me = ctx.address();
         self.accept = Some(spawn_task(&self.tasks, async move {
@@ -347,5 +409,8 @@ impl Actor for ConnManager {
         self.handshakes.clear();
         self.probes.clear();
         self.live.clear();
+        self.nat_links.clear();
+        self.dial_backs.clear();
+        self.circuits.drain_tasks();
     }
 }

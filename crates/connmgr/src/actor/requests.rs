@@ -72,6 +72,7 @@ impl Handler<Peers> for ConnManager {
                     bytes_sent: stats.udp_tx.bytes,
                     bytes_received: stats.udp_rx.bytes,
                     connection_id: live.conn.stable_id(),
+                    relayed: crate::core::is_relayed(&addr),
                 })
             })
             .collect();
@@ -92,6 +93,17 @@ impl Handler<Stats> for ConnManager {
             stats.bytes_received += conn.udp_rx.bytes;
         }
         let endpoint = self.endpoint.stats();
+        stats.nat_messages_received = self.nat_counters.control_messages_received;
+        stats.dial_backs_asked = self.nat_counters.dial_backs_asked;
+        stats.dial_backs_served = self.nat_counters.dial_backs_served;
+        stats.dial_backs_received = self.nat_counters.dial_backs_received;
+        stats.punches = self.nat_counters.punches;
+        stats.punches_ok = self.nat_counters.punches_ok;
+        stats.circuits_relayed = self.nat.circuits_relayed();
+        stats.relayed_bytes = self
+            .circuits
+            .relayed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
         stats.handshakes_refused_by_quinn =
             endpoint.refused_handshakes + endpoint.ignored_handshakes;
         MessageResult(stats)
@@ -136,6 +148,9 @@ impl Handler<Shutdown> for ConnManager {
         let mut tasks: Vec<Task> = self.accept.take().into_iter().collect();
         tasks.extend(self.handshakes.drain().map(|(_, t)| t));
         tasks.extend(self.probes.drain().map(|(_, t)| t));
+        tasks.extend(self.nat_links.drain().flat_map(|(_, l)| l.into_tasks()));
+        tasks.extend(self.dial_backs.drain().map(|(_, t)| t));
+        tasks.extend(self.circuits.drain_tasks());
         for (_, live) in self.live.drain() {
             tasks.push(live.watch);
             tasks.extend(live.confirm);

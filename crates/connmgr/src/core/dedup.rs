@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::state::{Initiator, Phase};
+use super::state::{is_relayed, Initiator, Phase};
 use super::{ConnCore, ConnId, CoreEvent};
 use crate::error::{CloseReason, DownReason, RefuseReason};
 use crate::key::PeerKey;
@@ -64,7 +64,14 @@ impl ConnCore {
             None => self.install(conn, key, now),
             Some(old) => {
                 let old_phase = self.conns.get(&old).map(|c| c.phase);
-                if self.initiator_key(conn, key) > self.initiator_key(old, key) {
+                // A direct connection beats a relayed one whoever dialed: both sides see
+                // the same path kind on the same connection, so they agree unasked.
+                let (new_relayed, old_relayed) = (self.conn_relayed(conn), self.conn_relayed(old));
+                if new_relayed && !old_relayed {
+                    self.drop_conn(conn, key, CloseReason::Duplicate, DownReason::Duplicate);
+                } else if (old_relayed && !new_relayed)
+                    || self.initiator_key(conn, key) > self.initiator_key(old, key)
+                {
                     self.drop_conn(old, key, CloseReason::Duplicate, DownReason::Duplicate);
                     if let Some(ch) = self.challenger.remove(&key) {
                         self.drop_conn(ch, key, CloseReason::Duplicate, DownReason::Duplicate);
@@ -179,6 +186,18 @@ impl ConnCore {
         for (id, key) in ready {
             self.settle(id, key, false);
         }
+    }
+
+    /// Whether `conn` runs through a relay (its address is a virtual one).
+    fn conn_relayed(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| is_relayed(&c.addr))
+    }
+
+    /// Whether the connection that is current for `key` runs through a relay.
+    pub(super) fn relayed_only(&self, key: &PeerKey) -> bool {
+        self.current
+            .get(key)
+            .is_some_and(|id| self.conn_relayed(*id))
     }
 
     fn initiator_key(&self, conn: ConnId, remote: PeerKey) -> PeerKey {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use super::state::{AddrBackoff, Conn, Initiator, Phase};
+use super::state::{is_relayed, AddrBackoff, Conn, Initiator, Phase};
 use super::{ConnCore, ConnId, CoreEvent, DialStart};
 use crate::error::{DialError, RefuseReason};
 use crate::key::PeerKey;
@@ -37,7 +37,10 @@ impl ConnCore {
             if self.is_banned(&key, now) {
                 return Err(RefuseReason::Banned(key).into());
             }
-            if self.up(&key).is_some() {
+            // A direct dial to a peer we reach only through a relay goes ahead: the
+            // direct connection replaces the relayed one (`handle_established`).
+            let upgrade = !is_relayed(&addr) && self.relayed_only(&key);
+            if self.up(&key).is_some() && !upgrade {
                 return Ok(DialStart::Connected(key));
             }
             let dialing = self.conns.values().any(|c| {
@@ -47,7 +50,7 @@ impl ConnCore {
                     }
                     || (c.key == Some(key) && c.phase != Phase::Up)
             });
-            if dialing || self.current.contains_key(&key) {
+            if dialing || (self.current.contains_key(&key) && !upgrade) {
                 let id = self.new_id();
                 self.wait_for_key(key, id, now);
                 return Ok(DialStart::Wait(id));
@@ -129,6 +132,18 @@ impl ConnCore {
                 }
             }
             self.commit_held();
+        }
+    }
+
+    /// The accepted handshake `conn` is not a peer connection (a dial-back, which the
+    /// driver closes): forget it, freeing its pending slot.
+    pub fn handle_not_a_peer(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.initiator == Initiator::Remote)
+        {
+            self.conns.remove(&conn);
         }
     }
 

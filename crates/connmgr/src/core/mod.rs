@@ -40,6 +40,14 @@
 //!   are probing the old one) means the peer has dropped the old one: the confirmed one
 //!   replaces it at once.
 //!
+//! - A direct connection beats a relayed one (its address is a relay circuit's virtual
+//!   address, `VirtualPaths`), whoever initiated either: the relayed one is closed as a
+//!   duplicate, and a relayed newcomer loses to a direct current one at once. Both sides
+//!   see the same path kind on the same connection, so they agree without a message. A
+//!   direct dial to a peer we reach only through a relay goes ahead (it is not answered
+//!   with the relayed connection); between two connections of one kind the key rule
+//!   decides.
+//!
 //! # Protected slots
 //! - Our dials may use all `max_peers` slots, inbound peers all but `reserved_outbound`
 //!   (at most half). Inbound peers are also capped per address (`max_peers_per_ip`; an
@@ -66,8 +74,8 @@ use crate::error::{CloseReason, DialError, DownReason, RefuseReason};
 use crate::key::PeerKey;
 
 pub use self::config::{Firewall, PolicyConfig};
+pub use self::state::{is_relayed, ConnId, Initiator};
 use self::state::{Activity, AddrBackoff, Conn, Phase};
-pub use self::state::{ConnId, Initiator};
 
 mod close;
 mod config;
@@ -324,5 +332,7 @@ impl ConnCore {
     }
 }
 
+#[cfg(test)]
+mod path_tests;
 #[cfg(test)]
 mod tests;

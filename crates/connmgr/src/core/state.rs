@@ -16,6 +16,12 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Whether `addr` is the virtual address of a relay circuit (`VirtualPaths`): a
+/// connection there runs through a relay.
+pub fn is_relayed(addr: &SocketAddr) -> bool {
+    crate::socket::VirtualPaths::is_virtual(addr)
+}
+
 /// Which side opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initiator {

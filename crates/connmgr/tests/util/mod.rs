@@ -237,17 +237,18 @@ impl Handler<StopRecorder> for Recorder {
     }
 }
 
-/// Sends `data` on a new uni stream of `conn` and finishes it.
+/// Sends `data` on a new stream of `conn` and finishes it. A bidirectional one: the
+/// connection manager owns the unidirectional streams (its NAT control channel).
 pub async fn send_uni(conn: &quinn::Connection, data: &[u8]) -> Result<(), String> {
-    let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+    let (mut send, _recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(data).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     Ok(())
 }
 
-/// Accepts the next uni stream of `conn` and reads it to the end.
+/// Accepts the next stream `send_uni` opened on `conn` and reads it to the end.
 pub async fn recv_uni(conn: &quinn::Connection) -> Result<Vec<u8>, String> {
-    let mut recv = tokio::time::timeout(GUARD, conn.accept_uni())
+    let (_send, mut recv) = tokio::time::timeout(GUARD, conn.accept_bi())
         .await
         .map_err(|_| "no stream".to_string())?
         .map_err(|e| e.to_string())?;

@@ -1,6 +1,7 @@
 //! [`KrpcDht`]: the UDP driver of [`DhtCore`], and the [`DhtBackend`] on it.
 //!
-//! One UDP socket per address family, one tokio task that owns them and the core. The
+//! One UDP socket per address family, or a [`SharedPort`] on a socket another protocol
+//! owns (the node's QUIC socket), and one tokio task that owns them and the core. The
 //! task waits for whichever comes first: a datagram (`handle_datagram`), a command from
 //! a [`KrpcDht`] handle, or the core's next timer (`poll_timeout`, no polling floor);
 //! after each it sends what the core wants sent (`poll_transmit`) and carries out its
@@ -14,7 +15,7 @@
 //!
 //! Files: `mod.rs` the handle ([`KrpcDht`]) and its start; `task.rs` the task's loop
 //! (the `Driver`); `command.rs` what a handle asks the task; `socket.rs` binding and
-//! receiving; `resolve.rs` the bootstrap names; `files.rs` the id and nodes files.
+//! receiving; `port.rs` the shared port and where datagrams come from and go; `resolve.rs` the bootstrap names; `files.rs` the id and nodes files.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -28,9 +29,10 @@ use tracing::info;
 
 use self::command::Command;
 use self::files::{read_id, read_nodes, write_id};
+use self::port::DriverIo;
 use self::resolve::resolve_bootstrap;
 use self::socket::bind;
-use self::task::Driver;
+use self::task::{Driver, RECV_BUFFER};
 use crate::config::{Bootstrap, DhtConfig, DhtMode};
 use crate::dht::{BoxFuture, DhtBackend, PeerStream};
 use crate::error::{BackendError, SpawnError};
@@ -38,11 +40,13 @@ use crate::krpc::{DhtCore, DhtCoreConfig, Id};
 
 pub use self::command::DhtStatus;
 pub use self::files::MAX_SAVED_NODES;
+pub use self::port::{DatagramSend, SendFuture, SharedPort};
 pub use self::socket::DEFAULT_PORT;
 pub use self::task::{CHECK_EVERY, LOW_WATER, REBOOTSTRAP_MAX, REBOOTSTRAP_MIN, SAVE_EVERY};
 
 mod command;
 mod files;
+mod port;
 mod resolve;
 mod socket;
 mod task;
@@ -65,39 +69,24 @@ impl KrpcDht {
     /// port in use or an unreadable id file is a [`SpawnError`].
     pub async fn spawn(config: &DhtConfig) -> Result<KrpcDht, SpawnError> {
         let (v4, v6) = bind(config)?;
-        let seeds = match &config.bootstrap {
-            // Resolved by the task: a host without DNS must not hold up the start.
-            Bootstrap::Public => Vec::new(),
-            Bootstrap::None => Vec::new(),
-            Bootstrap::Nodes(entries) => {
-                resolve_bootstrap(entries, v4.is_some(), v6.is_some()).await?
-            }
-        };
-        let mut seeds = seeds;
-        if let Some(path) = &config.nodes_file {
-            // Saved neighbours first; a missing or unreadable file is no error.
-            let mut saved = read_nodes(path, v4.is_some(), v6.is_some()).await;
-            saved.retain(|a| !seeds.contains(a));
-            saved.extend(seeds);
-            seeds = saved;
-        }
-        let id = match (config.node_id, &config.id_file) {
-            (Some(id), Some(path)) => {
-                write_id(path, Id(id)).await?;
-                Id(id)
-            }
-            (Some(id), None) => Id(id),
-            (None, Some(path)) => match read_id(path).await? {
-                Some(id) => id,
-                None => {
-                    let id = Id(rand::random());
-                    write_id(path, id).await?;
-                    id
-                }
-            },
-            (None, None) => Id(rand::random()),
-        };
+        let (seeds, id) = prepare(config, v4.is_some(), v6.is_some()).await?;
         Self::start_on(config, v4, v6, seeds, id)
+    }
+
+    /// Like [`spawn`](Self::spawn), on a socket shared with another protocol instead of
+    /// sockets of its own. The node runs on the families the port carries and the config
+    /// enables (`bind`, `bind_v6` set); the config's addresses and port are not used.
+    /// With no family left it is [`SpawnError::DhtNoSocket`].
+    pub async fn spawn_shared(config: &DhtConfig, port: SharedPort) -> Result<KrpcDht, SpawnError> {
+        let ipv4 = port.ipv4 && config.bind.is_some();
+        let ipv6 = port.ipv6 && config.bind_v6.is_some();
+        if !ipv4 && !ipv6 {
+            return Err(SpawnError::DhtNoSocket);
+        }
+        let (seeds, id) = prepare(config, ipv4, ipv6).await?;
+        let addrs = vec![port.local_addr];
+        let io = DriverIo::Shared { port, ipv4, ipv6 };
+        Ok(Self::start_io(config, io, addrs, seeds, id))
     }
 
     /// Starts the task on sockets bound already (a test network binds all of them
@@ -123,12 +112,25 @@ impl KrpcDht {
         let v4 = v4.map(into_tokio).transpose()?;
         let v6 = v6.map(into_tokio).transpose()?;
         let addrs: Vec<SocketAddr> = v4.iter().chain(v6.iter()).map(|(_, a)| *a).collect();
+        let io = DriverIo::own(v4.map(|(s, _)| s), v6.map(|(s, _)| s), RECV_BUFFER);
+        Ok(Self::start_io(config, io, addrs, seeds, id))
+    }
+
+    /// Starts the task on `io`, whose addresses are `addrs`.
+    fn start_io(
+        config: &DhtConfig,
+        io: DriverIo,
+        addrs: Vec<SocketAddr>,
+        seeds: Vec<SocketAddr>,
+        id: Id,
+    ) -> KrpcDht {
+        let (ipv4, ipv6) = io.families();
         let server = config.mode == DhtMode::Server;
         let now = Instant::now();
         let core_config = DhtCoreConfig {
             read_only: !server,
-            ipv4: v4.is_some(),
-            ipv6: v6.is_some(),
+            ipv4,
+            ipv6,
             restrict_ips: config.restrict_ips,
             rate_limit: config.rate_limit,
             ..DhtCoreConfig::default()
@@ -136,11 +138,11 @@ impl KrpcDht {
         let core = DhtCore::new(core_config, id, rand::random(), now);
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let span = tracing::info_span!("dht", me = %addrs.first().map(|a| a.port()).unwrap_or(0));
-        info!(parent: &span, id = %id.fmt_short(), ?addrs, mode = ?config.mode, seeds = seeds.len(), "dht node starting");
+        let shared = matches!(io, DriverIo::Shared { .. });
+        info!(parent: &span, id = %id.fmt_short(), ?addrs, shared, mode = ?config.mode, seeds = seeds.len(), "dht node starting");
         let driver = Driver {
             core,
-            v4: v4.map(|(s, _)| s),
-            v6: v6.map(|(s, _)| s),
+            io,
             addrs: addrs.clone(),
             commands: rx,
             handle: commands.downgrade(),
@@ -165,11 +167,11 @@ impl KrpcDht {
             found_order: VecDeque::new(),
         };
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
-        Ok(KrpcDht {
+        KrpcDht {
             commands,
             addrs,
             _task: Arc::new(AbortOnDropHandle::new(task)),
-        })
+        }
     }
 
     /// The local addresses of the sockets (IPv4 first).
@@ -228,6 +230,45 @@ impl KrpcDht {
             ))
         })
     }
+}
+
+/// Resolves the bootstrap list (plus the saved neighbours) for the families the node
+/// runs on, and reads or creates the node id.
+async fn prepare(
+    config: &DhtConfig,
+    v4: bool,
+    v6: bool,
+) -> Result<(Vec<SocketAddr>, Id), SpawnError> {
+    let mut seeds = match &config.bootstrap {
+        // Resolved by the task: a host without DNS must not hold up the start.
+        Bootstrap::Public => Vec::new(),
+        Bootstrap::None => Vec::new(),
+        Bootstrap::Nodes(entries) => resolve_bootstrap(entries, v4, v6).await?,
+    };
+    if let Some(path) = &config.nodes_file {
+        // Saved neighbours first; a missing or unreadable file is no error.
+        let mut saved = read_nodes(path, v4, v6).await;
+        saved.retain(|a| !seeds.contains(a));
+        saved.extend(seeds);
+        seeds = saved;
+    }
+    let id = match (config.node_id, &config.id_file) {
+        (Some(id), Some(path)) => {
+            write_id(path, Id(id)).await?;
+            Id(id)
+        }
+        (Some(id), None) => Id(id),
+        (None, Some(path)) => match read_id(path).await? {
+            Some(id) => id,
+            None => {
+                let id = Id(rand::random());
+                write_id(path, id).await?;
+                id
+            }
+        },
+        (None, None) => Id(rand::random()),
+    };
+    Ok((seeds, id))
 }
 
 impl DhtBackend for KrpcDht {

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::command::{Command, DhtStatus, MAX_COUNTED_INFOHASHES};
 use super::files::{write_atomic, write_id, MAX_SAVED_NODES};
+use super::port::DriverIo;
 use super::resolve::resolve_public;
-use super::socket::{recv, unmap};
+use super::socket::unmap;
 use crate::config::{Bootstrap, DhtMode};
 use crate::error::BackendError;
 use crate::krpc::routing::K;
@@ -49,7 +49,7 @@ const MAX_CONTACTED: usize = 8192;
 const PINHOLE: Duration = Duration::from_secs(300);
 
 /// Largest datagram read; the KRPC decoder refuses more than 4 KiB anyway.
-const RECV_BUFFER: usize = 4096;
+pub(super) const RECV_BUFFER: usize = 4096;
 
 /// What a running lookup is for.
 #[derive(Debug)]
@@ -62,8 +62,7 @@ pub(super) enum Op {
 /// The task: the core, its sockets, and what its lookups are for.
 pub(super) struct Driver {
     pub(super) core: DhtCore,
-    pub(super) v4: Option<UdpSocket>,
-    pub(super) v6: Option<UdpSocket>,
+    pub(super) io: DriverIo,
     pub(super) addrs: Vec<SocketAddr>,
     pub(super) commands: mpsc::Receiver<Command>,
     /// To send resolved seeds back to ourselves without keeping the task alive.
@@ -95,8 +94,6 @@ pub(super) struct Driver {
 
 impl Driver {
     pub(super) async fn run(mut self) {
-        let mut buf4 = vec![0u8; RECV_BUFFER];
-        let mut buf6 = vec![0u8; RECV_BUFFER];
         if self.resolving {
             // Saved neighbours (if any) start the bootstrap while the names resolve.
             self.resolve_public();
@@ -110,8 +107,7 @@ impl Driver {
                 .map_or(self.next_check, |t| t.min(self.next_check));
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
             tokio::select! {
-                received = recv(self.v4.as_ref(), &mut buf4) => self.received(received, &buf4),
-                received = recv(self.v6.as_ref(), &mut buf6) => self.received(received, &buf6),
+                received = self.io.recv() => self.received(received),
                 command = self.commands.recv() => match command {
                     Some(command) => self.command(command, Instant::now()),
                     None => break,
@@ -128,8 +124,8 @@ impl Driver {
         debug!("dht node stopped");
     }
 
-    fn received(&mut self, received: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
-        let (len, from) = match received {
+    fn received(&mut self, received: io::Result<(bytes::Bytes, SocketAddr)>) {
+        let (datagram, from) = match received {
             Ok(r) => r,
             Err(error) => {
                 // ICMP port unreachable surfaces here on some systems: not fatal.
@@ -139,7 +135,7 @@ impl Driver {
         };
         let from = unmap(from);
         let before = self.core.stats().queries_in;
-        self.core.handle_datagram(from, &buf[..len], Instant::now());
+        self.core.handle_datagram(from, &datagram, Instant::now());
         if self.mode == DhtMode::Auto
             && self.core.config().read_only
             && self.core.stats().queries_in > before
@@ -164,13 +160,7 @@ impl Driver {
                 if self.mode == DhtMode::Auto && self.core.config().read_only {
                     self.note_contacted(transmit.to);
                 }
-                let socket = if transmit.to.is_ipv6() {
-                    self.v6.as_ref()
-                } else {
-                    self.v4.as_ref()
-                };
-                let Some(socket) = socket else { continue };
-                if let Err(error) = socket.send_to(&transmit.payload, transmit.to).await {
+                if let Err(error) = self.io.send(&transmit.payload, transmit.to).await {
                     self.send_errors += 1;
                     debug!(to = %transmit.to, %error, "dht send");
                 }
@@ -331,7 +321,10 @@ impl Driver {
                     });
                     return;
                 }
-                match self.core.announce(info_hash, Some(port), now) {
+                match self
+                    .core
+                    .announce(info_hash, self.io.announced_port(port), now)
+                {
                     Ok(id) => {
                         self.count_found(info_hash, 0);
                         self.ops.insert(id, Op::Announce(reply));
@@ -447,7 +440,7 @@ impl Driver {
 
     /// Resolves the public bootstrap names in a task, which sends them back as seeds.
     fn resolve_public(&self) {
-        let (v4, v6) = (self.v4.is_some(), self.v6.is_some());
+        let (v4, v6) = self.io.families();
         let handle = self.handle.clone();
         tokio::spawn(async move {
             let seeds = resolve_public(v4, v6).await;

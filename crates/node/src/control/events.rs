@@ -1,5 +1,6 @@
 //! `events`: the node's [`NodeEvent`]s as JSON lines, as they happen.
 
+use replic8_connmgr::NatEvent;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
@@ -152,6 +153,63 @@ pub(crate) fn to_json(event: &NodeEvent) -> Value {
             "peer": key(peer.as_bytes()),
             "reason": reason,
             "seconds": duration.as_secs(),
+        }),
+        NodeEvent::Nat(nat) => nat_json(nat),
+    }
+}
+
+/// A NAT event as a JSON object (`event`: `nat_public_addrs`, `nat_type`,
+/// `nat_dial_back_asked`, `nat_reachability`, `nat_dial_back_served`, `nat_circuit_up`,
+/// `nat_circuit_down`, `nat_relaying`, `nat_punched`).
+fn nat_json(event: &NatEvent) -> Value {
+    match event {
+        NatEvent::PublicAddrs { addrs } => json!({
+            "event": "nat_public_addrs",
+            "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        NatEvent::NatType { nat_type } => json!({
+            "event": "nat_type",
+            "nat_type": nat_type.to_string(),
+        }),
+        NatEvent::DialBackAsked { peer } => json!({
+            "event": "nat_dial_back_asked",
+            "peer": key(peer.as_bytes()),
+        }),
+        NatEvent::Reachability { reachability, peer } => json!({
+            "event": "nat_reachability",
+            "reachability": reachability.to_string(),
+            "peer": key(peer.as_bytes()),
+        }),
+        NatEvent::CircuitUp { peer, relay } => json!({
+            "event": "nat_circuit_up",
+            "peer": key(peer.as_bytes()),
+            "relay": key(relay.as_bytes()),
+        }),
+        NatEvent::CircuitDown { peer, reason } => json!({
+            "event": "nat_circuit_down",
+            "peer": key(peer.as_bytes()),
+            "reason": reason.to_string(),
+        }),
+        NatEvent::Punched { peer, addr, ok } => json!({
+            "event": "nat_punched",
+            "peer": key(peer.as_bytes()),
+            "addr": addr.to_string(),
+            "ok": ok,
+        }),
+        NatEvent::Relaying { opener, target } => json!({
+            "event": "nat_relaying",
+            "opener": key(opener.as_bytes()),
+            "target": key(target.as_bytes()),
+        }),
+        NatEvent::DialBackServed {
+            peer,
+            addr,
+            reached,
+        } => json!({
+            "event": "nat_dial_back_served",
+            "peer": key(peer.as_bytes()),
+            "addr": addr.to_string(),
+            "reached": reached,
         }),
     }
 }

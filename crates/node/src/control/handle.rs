@@ -108,6 +108,7 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                             "key": hex::encode(p.key.as_bytes()),
                             "addr": p.addr.to_string(),
                             "initiator": format!("{:?}", p.initiator).to_lowercase(),
+                            "path": if p.relayed { "relayed" } else { "direct" },
                             "rtt_ms": p.rtt.as_secs_f64() * 1e3,
                             "bytes_sent": p.bytes_sent,
                             "bytes_received": p.bytes_received,
@@ -122,8 +123,15 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
             let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
             let held = node.list_feeds().await.map_err(|x| e(&x))?;
             let dht = node.dht_status().await.map_err(|x| e(&x))?;
+            let nat = node.nat_status().await.map_err(|x| e(&x))?;
             let c = node.counters();
             json!({
+                "nat": {
+                    "public_addrs": nat.public_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "nat_type": nat.nat_type.to_string(),
+                    "reachability": nat.reachability.to_string(),
+                    "reporters": nat.reporters,
+                },
                 "dht": dht.map(|d| json!({
                     "id": hex::encode(d.id.0),
                     "addrs": d.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),

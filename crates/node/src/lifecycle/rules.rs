@@ -125,6 +125,8 @@ pub(crate) fn next_after(result: &Result<PeerKey, DialError>) -> Next {
         Err(DialError::Refused(
             RefuseReason::TooManyPending(_) | RefuseReason::TooManyPeers(_),
         )) => Next::Limited,
+        // A relay's circuit failed (its limits, the target gone): like a momentary limit.
+        Err(DialError::Circuit(_)) => Next::Limited,
         Err(DialError::GaveUp { .. })
         | Err(DialError::Refused(_))
         | Err(DialError::RefusedByPeer(_))

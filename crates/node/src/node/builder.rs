@@ -33,6 +33,8 @@ pub struct NodeBuilder {
     pub(super) identity: Option<Identity>,
     pub(super) listen: SocketAddr,
     pub(super) dht: Option<DhtConfig>,
+    /// The DHT runs on the QUIC socket (`[discovery] share_socket`).
+    pub(super) share_socket: bool,
     pub(super) lan: bool,
     pub(super) static_peers: Vec<SocketAddr>,
     pub(super) timing: Timing,
@@ -40,6 +42,8 @@ pub struct NodeBuilder {
     pub(super) metrics: Option<SocketAddr>,
     pub(super) feed_store: FeedStoreConfig,
     pub(super) transport: TransportTuning,
+    /// NAT traversal switches (the config's `[nat]`).
+    pub(super) nat: crate::config::NatSection,
     /// Namespaces opened at every start, not persisted (the config's `[[namespace]]`).
     pub(super) namespaces: Vec<(String, Option<NamespaceSecret>, NamespaceSpec)>,
 }
@@ -51,6 +55,7 @@ impl Default for NodeBuilder {
             identity: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             dht: Some(DhtConfig::default()),
+            share_socket: true,
             lan: true,
             static_peers: Vec::new(),
             timing: Timing::default(),
@@ -58,6 +63,7 @@ impl Default for NodeBuilder {
             metrics: None,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            nat: crate::config::NatSection::default(),
             namespaces: Vec::new(),
         }
     }
@@ -120,6 +126,7 @@ impl NodeBuilder {
             identity: None,
             listen: config.listen,
             dht,
+            share_socket: d.share_socket,
             lan: d.lan,
             static_peers: d.static_peers.clone(),
             timing,
@@ -127,6 +134,7 @@ impl NodeBuilder {
             metrics: config.metrics.listen,
             feed_store: FeedStoreConfig::default(),
             transport: TransportTuning::default(),
+            nat: config.nat.clone(),
             namespaces: config.open_namespaces()?,
         })
     }
@@ -188,6 +196,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Run the DHT on the QUIC socket (on by default; see `[discovery] share_socket`),
+    /// or, off, on sockets of its own as the DHT config says.
+    pub fn share_socket(mut self, on: bool) -> Self {
+        self.share_socket = on;
+        self
+    }
+
     /// Use the Mainline DHT (on by default).
     pub fn dht(mut self, on: bool) -> Self {
         self.dht = if on {
@@ -225,6 +240,12 @@ impl NodeBuilder {
     /// How the default feed store syncs and which offers it accepts (all, by default).
     pub fn feed_store(mut self, config: FeedStoreConfig) -> Self {
         self.feed_store = config;
+        self
+    }
+
+    /// NAT traversal switches (observed addresses, dial-backs).
+    pub fn nat(mut self, nat: crate::config::NatSection) -> Self {
+        self.nat = nat;
         self
     }
 

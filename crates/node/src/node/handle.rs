@@ -234,6 +234,17 @@ impl NodeHandle {
             .map_err(|_| NodeClosed)
     }
 
+    /// Where the node stands behind NATs: public addresses as peers report them, the
+    /// NAT's mapping type, reachability by dial-back.
+    pub async fn nat_status(&self) -> Result<replic8_connmgr::NatStatus, NodeClosed> {
+        self.s()
+            .conn
+            .addr()
+            .send(replic8_connmgr::NatState)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
     /// The connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeClosed> {
         self.s()

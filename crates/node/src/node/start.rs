@@ -11,8 +11,15 @@ use replic8::feed_store::{FeedStoreConfig, NamespacePolicy, ServeNamespace, Shar
 use replic8::keys::FeedKey;
 use replic8::message::Headers;
 use replic8::session::SessionConfig;
-use replic8_connmgr::{ConnManager, ConnManagerConfig, Identity, PolicyConfig};
-use replic8_discovery::{DiscoveryActor, DiscoveryConfig, LanConfig, Topic};
+use replic8_connmgr::socket::KrpcSender;
+use replic8_connmgr::{
+    ConnManager, ConnManagerConfig, ConnManagerHandle, Identity, NatConfig, PolicyConfig,
+    RelayConfig,
+};
+use replic8_discovery::driver::SendFuture;
+use replic8_discovery::{
+    DatagramSend, DiscoveryActor, DiscoveryConfig, KrpcDht, LanConfig, SharedPort, Topic,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -99,6 +106,21 @@ pub(super) async fn start(
             ..PolicyConfig::default()
         },
         transport: builder.transport.clone(),
+        nat: NatConfig {
+            observe: builder.nat.observe,
+            dial_back: builder.nat.dial_back,
+            punch: builder.nat.punch,
+            relay: RelayConfig {
+                enabled: builder.nat.relay,
+                max_circuits: builder.nat.relay_max_circuits,
+                max_circuits_per_peer: builder.nat.relay_max_circuits_per_peer,
+                max_circuit_bytes: builder.nat.relay_max_circuit_bytes,
+                circuit_lifetime: Duration::from_secs(builder.nat.relay_circuit_secs.max(1)),
+                ..RelayConfig::default()
+            },
+            ..NatConfig::default()
+        },
+        share_krpc: builder.share_socket && builder.dht.is_some(),
         ..ConnManagerConfig::new(prepared.identity)
             .with_listen(builder.listen)
             .with_alpn(vec![replic8::message::ALPN.to_vec()])
@@ -122,7 +144,7 @@ pub(super) async fn start(
         static_peers: builder.static_peers.clone(),
         timing: builder.timing.clone(),
     };
-    let discovery = match DiscoveryActor::spawn(discovery_config).await {
+    let discovery = match spawn_discovery(discovery_config, &conn).await {
         Ok(d) => d,
         Err(e) => {
             conn.close().await;
@@ -274,6 +296,15 @@ pub(super) async fn start(
             peer_down: lifecycle.clone().recipient(),
         })
         .await;
+    let nat = super::nat::NatForwarder {
+        events: events.clone(),
+        counters: counters.clone(),
+    }
+    .start();
+    let _ = conn
+        .addr()
+        .send(replic8_connmgr::SubscribeNat(nat.recipient()))
+        .await;
     // The DHT node keeps its own counters: copied into ours at each scrape.
     let refresh: crate::metrics::Refresh = {
         let (discovery, counters) = (discovery.clone(), counters.clone());
@@ -347,6 +378,36 @@ pub(super) async fn start(
         metrics: Mutex::new(metrics),
         metrics_addr,
     })
+}
+
+/// Starts discovery; its DHT node on the QUIC socket when the connection manager shares
+/// it (`ConnManagerConfig::share_krpc`), else on sockets of its own.
+async fn spawn_discovery(
+    config: DiscoveryConfig,
+    conn: &ConnManagerHandle,
+) -> Result<Addr<DiscoveryActor>, replic8_discovery::SpawnError> {
+    let (Some(dht_config), Some(krpc)) = (config.dht.clone(), conn.take_krpc()) else {
+        return DiscoveryActor::spawn(config).await;
+    };
+    let port = SharedPort {
+        local_addr: krpc.sender.local_addr(),
+        ipv4: krpc.sender.ipv4(),
+        ipv6: krpc.sender.ipv6(),
+        sender: Arc::new(QuicSocketSend(krpc.sender)),
+        incoming: krpc.incoming,
+    };
+    let dht = KrpcDht::spawn_shared(&dht_config, port).await?;
+    DiscoveryActor::spawn_with_dht(config, Some(Arc::new(dht)))
+}
+
+/// The DHT's sends on the QUIC socket.
+#[derive(Debug)]
+struct QuicSocketSend(KrpcSender);
+
+impl DatagramSend for QuicSocketSend {
+    fn send_to<'a>(&'a self, payload: &'a [u8], to: std::net::SocketAddr) -> SendFuture<'a> {
+        Box::pin(self.0.send_to(payload, to))
+    }
 }
 
 /// The feed store's settings: the builder's, with the quotas that `[limits]` sets.

@@ -13,10 +13,11 @@ pub(crate) fn peers(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
     }
     for p in v.as_array().into_iter().flatten() {
         println!(
-            "{} {} {} rtt {:.1} ms",
+            "{} {} {} {} rtt {:.1} ms",
             p["key"].as_str().unwrap_or_default(),
             p["addr"].as_str().unwrap_or_default(),
             p["initiator"].as_str().unwrap_or_default(),
+            p["path"].as_str().unwrap_or("direct"),
             p["rtt_ms"].as_f64().unwrap_or_default()
         );
     }
@@ -32,6 +33,24 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
     println!("key       {}", v["key"].as_str().unwrap_or_default());
     println!("listen    {}", v["listen"].as_str().unwrap_or_default());
     println!("peers     {}   sessions {}", v["peers"], v["sessions"]);
+    let nat = &v["nat"];
+    let public: Vec<&str> = nat["public_addrs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    println!(
+        "nat       public {}   mapping {}   reachability {} ({} peer report(s))",
+        if public.is_empty() {
+            "unknown".to_owned()
+        } else {
+            public.join(" ")
+        },
+        nat["nat_type"].as_str().unwrap_or("unknown"),
+        nat["reachability"].as_str().unwrap_or("unknown"),
+        nat["reporters"]
+    );
     println!(
         "stored    {} feed(s), {} blocks, {} bytes",
         v["feeds_held"], v["blocks_stored"], v["bytes_stored"]
