@@ -606,3 +606,61 @@ fn nodes_behind_two_endpoint_independent_nats_connect_directly_when_both_look_up
     let seen: SocketAddrV4 = up["addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(*seen.ip(), w.eim2.nat.addr, "alice reached carol's NAT");
 }
+
+// What the nodes learn about their NATs (issue 16).
+
+/// `[discovery]` static peers (relays, or any public node) for a node's config: dialed for
+/// every topic looked up, so that the node keeps a connection to each.
+fn with_relays(relays: &[&Host]) -> String {
+    let list: Vec<String> = relays
+        .iter()
+        .map(|r| format!("\"{}:{QUIC_PORT}\"", r.addr))
+        .collect();
+    format!("static_peers = [{}]\n", list.join(", "))
+}
+
+#[test]
+fn status_shows_each_nodes_mapping_and_reachability() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = Node::start(&w.boot, dir.path(), &bootstrap_config());
+    let public = Node::start(&w.public, dir.path(), &node_config(&boot, ""));
+    let w2 = w._net.public_host("public2");
+    let public2 = Node::start(&w2, dir.path(), &node_config(&boot, ""));
+    let home = node_config(&boot, &with_relays(&[&w.public, &w2]));
+    let alice = Node::start(&w.alice, dir.path(), &home);
+    let bob = Node::start(&w.bob, dir.path(), &home);
+    // A topic looked up makes each home node dial its static peers, the two public ones.
+    for node in [&alice, &bob] {
+        node.run(&["join", "--topic", &"6".repeat(64)]);
+    }
+    for (node, nat_type, home) in [
+        (&alice, "endpoint-independent", &w.eim),
+        (&bob, "endpoint-dependent", &w.sym),
+    ] {
+        node.events.wait(&format!("the mapping {nat_type}"), |e| {
+            e["event"] == "nat_type" && e["nat_type"] == nat_type
+        });
+        node.events.wait("unreachable", |e| {
+            e["event"] == "nat_reachability" && e["reachability"] == "unreachable"
+        });
+        let status: Value = serde_json::from_str(&node.run(&["status", "--json"])).unwrap();
+        let nat = &status["nat"];
+        assert_eq!(nat["nat_type"], nat_type, "{}: {nat}", node.name);
+        assert_eq!(nat["reachability"], "unreachable", "{}: {nat}", node.name);
+        let public_addrs = nat["public_addrs"].as_array().unwrap();
+        assert!(
+            public_addrs.iter().all(|a| a
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", home.nat.addr))),
+            "{}: {nat}",
+            node.name
+        );
+    }
+    for node in [&public, &public2] {
+        node.events.wait("reachable", |e| {
+            e["event"] == "nat_reachability" && e["reachability"] == "reachable"
+        });
+    }
+}
