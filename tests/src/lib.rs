@@ -2,13 +2,15 @@
 //!
 //! The scenarios live in `tests/tests/*.rs`; this library holds the helpers they share:
 //! a private DHT ([`testnet`]), node builders that use it ([`loopback_node`]), waiting for
-//! a node event ([`recv_until`]) or a condition ([`wait_until`]), a small custom store ([`CounterStore`]), a hostile
-//! peer built from the project's own pieces ([`hostile`]), and `replic8` daemons driven
-//! through the command line ([`daemon`]).
+//! a node event ([`recv_until`]) or a condition ([`wait_until`]), a small custom store
+//! ([`CounterStore`]), a hostile peer built from the project's own pieces ([`hostile`]),
+//! `replic8` daemons driven through the command line ([`daemon`]), and network namespaces
+//! wired into a public segment and homes behind NATs ([`netns`]).
 
 pub mod daemon;
 pub mod fault;
 pub mod hostile;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
