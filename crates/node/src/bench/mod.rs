@@ -11,7 +11,9 @@
 //! - [`append`]: durable appends to a feed on disk;
 //! - [`discovery`]: join to connected on a private 20-node DHT;
 //! - [`flood`]: replication to a node flooded by attacker identities, against the same
-//!   run without the flood.
+//!   run without the flood;
+//! - [`swarm`]: 100 node processes on a private DHT, one feed fetched by key by all
+//!   but its writer.
 //!
 //! Every row has `scenario`, `bytes`, `blocks`, `seconds`, `mb_per_s`, `blocks_per_s` (MB
 //! = 10^6 bytes) and `peak_rss_bytes` (the peak resident set of this process during the
@@ -23,6 +25,7 @@ pub mod discovery;
 pub mod flood;
 pub mod raw;
 pub mod replicate;
+pub mod swarm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,7 +51,10 @@ pub enum Scenario {
     /// A 64 MiB feed replicated to a node flooded by 200 attacker identities for 60 s,
     /// as a ratio to the same run without the flood.
     Flood,
-    /// Every scenario above but `flood`, one after the other, each in a process of its
+    /// 100 nodes, a process each, on a private DHT: one writes a 16 MiB feed, the others
+    /// get it by key; time to all in sync, RSS and connections per node.
+    Swarm,
+    /// Every scenario above but `flood` and `swarm`, one after the other, each in a process of its
     /// own.
     All,
 }
@@ -74,6 +80,7 @@ impl Scenario {
             Scenario::Append => "append",
             Scenario::Discovery => "discovery",
             Scenario::Flood => "flood",
+            Scenario::Swarm => "swarm",
             Scenario::All => "all",
         }
     }
@@ -108,6 +115,10 @@ pub struct BenchOptions {
     pub seconds: Option<u64>,
     /// The `replic8` executable to start as the writer (default: this one).
     pub peer_exe: Option<PathBuf>,
+    /// Nodes (swarm).
+    pub nodes: Option<usize>,
+    /// Each node's `limits.max_peers_per_topic` (swarm; default: the node's default).
+    pub max_peers_per_topic: Option<usize>,
 }
 
 /// What a benchmark can fail with.
@@ -302,6 +313,7 @@ pub async fn run(
         }
         Scenario::Discovery => emit(&discovery::run(options).await?),
         Scenario::Flood => emit(&flood::run(options).await?),
+        Scenario::Swarm => emit(&swarm::run(options).await?),
         Scenario::All => {}
     }
     Ok(())

@@ -247,7 +247,7 @@ pub(super) async fn start(
         });
     }
     let lifecycle = LifecycleActor::new(
-        LifecycleConfig::new(local, Duration::from_secs(builder.limits.ban_secs)),
+        LifecycleConfig::new(local, &builder.limits),
         conn.addr().clone(),
         discovery.clone(),
         sessions.clone(),
