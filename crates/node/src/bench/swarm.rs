@@ -25,7 +25,8 @@
 //! readers); `peak_rss_bytes` is the largest peak of one node; per node the median and
 //! max of peak RSS, RSS at the end, connections and threads; the sums over all nodes;
 //! the split of each reader's time into connect (to its first peer) and data (from there
-//! to sync), median and max; the node's limits (`max_peers`, `max_peers_per_topic`).
+//! to sync), median and max; the CPU seconds of all nodes since they started; the
+//! node's limits (`max_peers`, `max_peers_per_topic`, `max_peers_per_ip`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -42,7 +43,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::replicate::{parse_feed, wait_synced, BenchChild, PeerFeed};
-use super::{median_max, round, temp_dir, BenchError, BenchOptions, Row};
+use super::{cpu_seconds, median_max, round, temp_dir, BenchError, BenchOptions, Row};
 use crate::config::LimitsSection;
 use crate::demo::Pattern;
 use crate::{FeedKey, JoinOptions, KrpcTestnet, Node, NodeEvent, NodeHandle};
@@ -333,8 +334,11 @@ impl Member {
     }
 }
 
+/// Every further line of the node processes, as (node index, line).
+type Lines = mpsc::UnboundedReceiver<(usize, String)>;
+
 /// Starts `count` node processes (`write` bytes on the first if given), reads each ready
-/// line, then forwards every further line of each into one channel as (index, line).
+/// line, then forwards every further line of each into one channel.
 fn start_members(
     exe: &Path,
     dir: &Path,
@@ -342,14 +346,7 @@ fn start_members(
     count: usize,
     write: Option<u64>,
     max_peers_per_topic: Option<usize>,
-) -> Result<
-    (
-        Vec<Member>,
-        Vec<NodeLine>,
-        mpsc::UnboundedReceiver<(usize, String)>,
-    ),
-    BenchError,
-> {
+) -> Result<(Vec<Member>, Vec<NodeLine>, Lines), BenchError> {
     let mut started = Vec::with_capacity(count);
     for i in 0..count {
         let mut args: Vec<OsString> = vec![
@@ -413,7 +410,7 @@ fn forward_lines(
 /// Waits until `want` took a line from every node in `from`, or `guard` passed; the
 /// nodes it took one from. A `Failed` line or a line that does not parse is an error.
 async fn collect<T>(
-    rx: &mut mpsc::UnboundedReceiver<(usize, String)>,
+    rx: &mut Lines,
     from: &[usize],
     guard: Duration,
     mut want: impl FnMut(usize, NodeLine) -> Option<T>,
@@ -465,6 +462,7 @@ struct Measured {
     peers_max: Vec<u64>,
     inbound_max: u64,
     refused: u64,
+    cpu_seconds: f64,
 }
 
 /// Runs the scenario.
@@ -573,6 +571,7 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     )
     .with("inbound_max", m.inbound_max)
     .with("refused", m.refused)
+    .with("total_cpu_seconds", round(m.cpu_seconds, 2))
     .with("max_peers", limits.max_peers)
     .with(
         "max_peers_per_topic",
@@ -588,7 +587,7 @@ pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
 async fn measure(
     members: &mut [Member],
     ready: &[NodeLine],
-    rx: &mut mpsc::UnboundedReceiver<(usize, String)>,
+    rx: &mut Lines,
     guard: Duration,
 ) -> Result<Measured, BenchError> {
     let feed = match ready.first() {
@@ -668,5 +667,9 @@ async fn measure(
         peers_max: reports.values().map(|r| r.2).collect(),
         inbound_max: reports.values().map(|r| r.1).max().unwrap_or(0),
         refused: reports.values().map(|r| r.3).sum(),
+        cpu_seconds: members
+            .iter()
+            .filter_map(|m| cpu_seconds(Some(m.pid)))
+            .sum(),
     })
 }
