@@ -167,6 +167,10 @@ pub struct LimitsSection {
     pub max_peers: usize,
     /// Most dials in flight at once.
     pub max_pending_dials: usize,
+    /// Most peers a node dials for one joined topic (counting the dials in flight and
+    /// the peers being redialed); further peers discovery finds for it are not dialed.
+    /// Peers that dial us are not refused by it: `max_peers` bounds those.
+    pub max_peers_per_topic: usize,
     /// Most feed streams open at once on one connection.
     pub max_feed_streams: usize,
     /// Seconds a peer is banned (refused, dialing and accepting) after its session ended
@@ -198,6 +202,11 @@ impl Default for LimitsSection {
         Self {
             max_peers: 128,
             max_pending_dials: 32,
+            // Enough that the peers of a topic, each dialing this many found at random,
+            // form one connected swarm a few hops across (decision 175); few enough that
+            // a topic of hundreds of peers costs each of them tens of connections, not
+            // hundreds.
+            max_peers_per_topic: 8,
             max_feed_streams: 256,
             // Long enough that a misbehaving peer's redials cost it nothing but a
             // refused handshake for a while, short enough that a peer with a bug that
@@ -310,6 +319,9 @@ impl NodeConfig {
         }
         if self.limits.max_pending_dials == 0 {
             return invalid("limits.max_pending_dials", "must be at least 1");
+        }
+        if self.limits.max_peers_per_topic == 0 {
+            return invalid("limits.max_peers_per_topic", "must be at least 1");
         }
         if self.limits.max_feed_streams == 0 {
             return invalid("limits.max_feed_streams", "must be at least 1");
@@ -483,6 +495,7 @@ mod tests {
         config.discovery.dht_port = Some(6882);
         config.discovery.dht_bind = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         config.limits.max_peers = 7;
+        config.limits.max_peers_per_topic = 3;
         config.limits.ban_secs = 0;
         config.limits.stall_timeout_secs = 5;
         config.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
@@ -514,6 +527,10 @@ mod tests {
         let cases = [
             ("[limits]\nmax_peers = 0\n", "limits.max_peers"),
             ("[limits]\nmax_replicas = 0\n", "limits.max_replicas"),
+            (
+                "[limits]\nmax_peers_per_topic = 0\n",
+                "limits.max_peers_per_topic",
+            ),
             (
                 "[discovery]\ndht_server = true\ndht_read_only = true\n",
                 "discovery.dht_read_only",

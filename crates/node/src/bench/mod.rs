@@ -13,6 +13,8 @@
 //! - [`flood`]: replication to a node flooded by attacker identities, against the same
 //!   run without the flood;
 //! - [`cli`]: `cli-append`, the `replic8` command's data path through a daemon.
+//! - [`swarm`]: 100 node processes on a private DHT, one feed fetched by key by all
+//!   but its writer.
 //!
 //! Every row has `scenario`, `bytes`, `blocks`, `seconds`, `mb_per_s`, `blocks_per_s` (MB
 //! = 10^6 bytes) and `peak_rss_bytes` (the peak resident set of this process during the
@@ -25,6 +27,7 @@ pub mod discovery;
 pub mod flood;
 pub mod raw;
 pub mod replicate;
+pub mod swarm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,7 +56,10 @@ pub enum Scenario {
     /// `replic8 feed append` of a file and `feed cat` of it through a daemon, against the
     /// store's own append in the same run.
     CliAppend,
-    /// Every scenario above but `flood` and `cli-append`, one after the other, each in a process of its
+    /// 100 nodes, a process each, on a private DHT: one writes a 16 MiB feed, the others
+    /// get it by key; time to all in sync, RSS and connections per node.
+    Swarm,
+    /// Every scenario above but `flood`, `cli-append` and `swarm`, one after the other, each in a process of its
     /// own.
     All,
 }
@@ -80,6 +86,7 @@ impl Scenario {
             Scenario::Discovery => "discovery",
             Scenario::Flood => "flood",
             Scenario::CliAppend => "cli-append",
+            Scenario::Swarm => "swarm",
             Scenario::All => "all",
         }
     }
@@ -114,6 +121,10 @@ pub struct BenchOptions {
     pub seconds: Option<u64>,
     /// The `replic8` executable to start as the writer (default: this one).
     pub peer_exe: Option<PathBuf>,
+    /// Nodes (swarm).
+    pub nodes: Option<usize>,
+    /// Each node's `limits.max_peers_per_topic` (swarm; default: the node's default).
+    pub max_peers_per_topic: Option<usize>,
 }
 
 /// What a benchmark can fail with.
@@ -313,6 +324,7 @@ pub async fn run(
                 emit(&row);
             }
         }
+        Scenario::Swarm => emit(&swarm::run(options).await?),
         Scenario::All => {}
     }
     Ok(())

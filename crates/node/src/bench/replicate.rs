@@ -20,10 +20,11 @@
 //! ran (all threads; on 2 cores, their sum near 2 × `seconds` means CPU-bound).
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use replic8_store::storage::DiskStorage;
@@ -226,19 +227,69 @@ pub async fn serve(dir: &Path, options: PeerOptions) -> Result<(), BenchError> {
     served
 }
 
-fn parse_feed(hex_key: &str) -> Result<FeedKey, BenchError> {
+pub(crate) fn parse_feed(hex_key: &str) -> Result<FeedKey, BenchError> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(hex_key, &mut key)
         .map_err(|_| BenchError::Peer(format!("bad feed key {hex_key:?}")))?;
     Ok(FeedKey(key))
 }
 
-/// The writer process; killed if dropped before it was waited for.
-struct Writer {
-    child: Child,
+/// A child process of the bench (this binary re-executed), its standard input and
+/// output piped; killed if dropped before it was waited for.
+pub(crate) struct BenchChild {
+    pub(crate) child: Child,
 }
 
-impl Drop for Writer {
+impl BenchChild {
+    /// Starts `exe` with `args` (standard error inherited); the child and its standard
+    /// output, read line by line.
+    pub(crate) fn spawn(
+        exe: &Path,
+        args: &[OsString],
+    ) -> Result<(BenchChild, BufReader<ChildStdout>), BenchError> {
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(BenchError::io(format!("cannot start {}", exe.display())))?;
+        let mut child = BenchChild { child };
+        let stdout = child
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Peer("no stdout".into()))?;
+        Ok((child, BufReader::new(stdout)))
+    }
+
+    /// Its first line (what it prints once it serves), trimmed; an error naming its exit
+    /// status if it ends before.
+    pub(crate) fn ready_line(
+        &mut self,
+        stdout: &mut BufReader<ChildStdout>,
+    ) -> Result<String, BenchError> {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .map_err(BenchError::io("reading a child's ready line"))?;
+        if line.trim().is_empty() {
+            let status = self.child.wait().map_err(BenchError::io("child"))?;
+            return Err(BenchError::Peer(format!(
+                "exited ({status}) before serving"
+            )));
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+impl std::fmt::Debug for BenchChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BenchChild({})", self.child.id())
+    }
+}
+
+impl Drop for BenchChild {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
@@ -251,40 +302,22 @@ fn start_writer(
     exe: &Path,
     dir: &Path,
     options: PeerOptions,
-) -> Result<(Writer, PeerReady), BenchError> {
-    let child = Command::new(exe)
-        .arg("bench-peer")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--feeds")
-        .arg(options.feeds.to_string())
-        .arg("--bytes-per-feed")
-        .arg(options.bytes_per_feed.to_string())
-        .arg("--block-size")
-        .arg(options.block_size.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(BenchError::io(format!("cannot start {}", exe.display())))?;
-    let mut writer = Writer { child };
-    let stdout = writer
-        .child
-        .stdout
-        .take()
-        .ok_or_else(|| BenchError::Peer("no stdout".into()))?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(BenchError::io("reading the writer's address"))?;
-    if line.trim().is_empty() {
-        let status = writer.child.wait().map_err(BenchError::io("writer"))?;
-        return Err(BenchError::Peer(format!(
-            "exited ({status}) before serving"
-        )));
-    }
-    let ready: PeerReady = serde_json::from_str(line.trim())
-        .map_err(|e| BenchError::Peer(format!("bad ready line {:?}: {e}", line.trim())))?;
+) -> Result<(BenchChild, PeerReady), BenchError> {
+    let args: Vec<OsString> = vec![
+        "bench-peer".into(),
+        "--dir".into(),
+        dir.into(),
+        "--feeds".into(),
+        options.feeds.to_string().into(),
+        "--bytes-per-feed".into(),
+        options.bytes_per_feed.to_string().into(),
+        "--block-size".into(),
+        options.block_size.to_string().into(),
+    ];
+    let (mut writer, mut stdout) = BenchChild::spawn(exe, &args)?;
+    let line = writer.ready_line(&mut stdout)?;
+    let ready: PeerReady = serde_json::from_str(&line)
+        .map_err(|e| BenchError::Peer(format!("bad ready line {line:?}: {e}")))?;
     Ok((writer, ready))
 }
 
@@ -395,7 +428,7 @@ pub async fn replicate(
 /// Waits until every expected feed was reported synced at its full length. If events
 /// were missed (a lagging subscriber), falls back to the store's counters and then checks
 /// each feed.
-async fn wait_synced(
+pub(crate) async fn wait_synced(
     node: &NodeHandle,
     mut events: broadcast::Receiver<NodeEvent>,
     expected: &HashMap<FeedKey, &PeerFeed>,

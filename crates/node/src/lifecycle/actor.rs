@@ -168,7 +168,8 @@ impl Handler<PeerFound> for LifecycleActor {
     type Result = ();
 
     fn handle(&mut self, found: PeerFound, ctx: &mut Context<Self>) {
-        self.core.handle_found(found.topic, found.addr);
+        self.core
+            .handle_found(found.topic, found.addr, found.source);
         self.drive(ctx);
     }
 }

@@ -10,12 +10,13 @@ use rand::{Rng, SeedableRng};
 use replic8::keys::Role;
 use replic8::session::EndReason;
 use replic8_connmgr::{DialError, DownReason, Initiator, PeerKey};
-use replic8_discovery::Topic;
+use replic8_discovery::{PeerSource, Topic};
 use tracing::{debug, info, warn};
 
 use super::rules::{
     after_down, after_session_end, next_after, redial_delay, AfterDown, Next, STABLE,
 };
+use crate::config::LimitsSection;
 use crate::events::NodeEvent;
 
 /// Each of our own redial waits is multiplied by a factor drawn from `1 ± REDIAL_JITTER`,
@@ -34,17 +35,22 @@ pub(crate) struct LifecycleConfig {
     pub(crate) jitter: f64,
     /// Seed for the jitter (tests); `None` seeds from the OS.
     pub(crate) rng_seed: Option<u64>,
+    /// Most peers kept for one topic: those up or redialed for it and the dials in
+    /// flight for it (`limits.max_peers_per_topic`). A peer found beyond that is
+    /// reported tried without a dial.
+    pub(crate) max_per_topic: usize,
 }
 
 impl LifecycleConfig {
-    /// The node's settings: our address `local`, bans of `ban_for`, [`REDIAL_JITTER`]
-    /// drawn from an RNG seeded by the OS.
-    pub(crate) fn new(local: SocketAddr, ban_for: Duration) -> Self {
+    /// The node's settings: our address `local`, bans and the per-topic bound from
+    /// `limits`, [`REDIAL_JITTER`] drawn from an RNG seeded by the OS.
+    pub(crate) fn new(local: SocketAddr, limits: &LimitsSection) -> Self {
         LifecycleConfig {
             local,
-            ban_for,
+            ban_for: Duration::from_secs(limits.ban_secs),
             jitter: REDIAL_JITTER,
             rng_seed: None,
+            max_per_topic: limits.max_peers_per_topic,
         }
     }
 }
@@ -272,10 +278,19 @@ impl<C> PeerLifecycle<C> {
     }
 
     /// Discovery found a peer at `addr` for `topic`: dial it (no pinned key: discovery
-    /// carries none, and the connection manager deduplicates by key), unless it is
-    /// ourselves or the node is closing.
-    pub(crate) fn handle_found(&mut self, topic: Topic, addr: SocketAddr) {
+    /// carries none, and the connection manager deduplicates by key and address), unless
+    /// it is ourselves, the node is closing, or the topic has its
+    /// [`max_per_topic`](LifecycleConfig::max_per_topic) peers already and the peer is
+    /// not one the user named (`PeerSource::Static`: the config's static peers,
+    /// `lookup_at`), which is dialed whatever the cap.
+    pub(crate) fn handle_found(&mut self, topic: Topic, addr: SocketAddr, source: PeerSource) {
         if self.closing || self.is_self(addr) {
+            self.actions.push_back(Action::PeerTried { topic, addr });
+            return;
+        }
+        let held = self.topic_peers(topic);
+        if held >= self.config.max_per_topic && source != PeerSource::Static {
+            debug!(%addr, topic = %topic.fmt_short(), held, "not dialed: the topic has its peers");
             self.actions.push_back(Action::PeerTried { topic, addr });
             return;
         }
@@ -522,6 +537,25 @@ impl<C> PeerLifecycle<C> {
         for key in due {
             self.dial_now(key);
         }
+    }
+
+    /// The peers held for `topic`: up (or about to be, their dial answered) or being
+    /// redialed with `topic` among what they are for, and dials in flight for it.
+    fn topic_peers(&self, topic: Topic) -> usize {
+        let up = self
+            .up
+            .values()
+            .filter(|u| u.purpose.topics.contains(&topic));
+        let early = self.early.values().filter(|p| p.topics.contains(&topic));
+        let lost = self
+            .lost
+            .values()
+            .filter(|l| l.purpose.topics.contains(&topic));
+        let dialing = self
+            .dials
+            .values()
+            .filter(|d| matches!(d, DialFor::Found { topic: t, .. } if *t == topic));
+        up.count() + early.count() + lost.count() + dialing.count()
     }
 
     /// Whether `addr` is ours: our address, or our port on loopback or our listen IP.

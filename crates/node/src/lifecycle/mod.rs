@@ -17,6 +17,13 @@
 //!   `PeerTried` (what `flushed` waits for). An address of ours (our port on loopback
 //!   or on our listen IP) is reported tried without a dial; so is every peer once the
 //!   node is closing.
+//! - A topic keeps at most `max_peers_per_topic` peers (`[limits]`): those up or being
+//!   redialed with the topic among what they are for, and the dials in flight for it.
+//!   A peer found beyond that is reported tried without a dial, unless the user named
+//!   it (a static peer, `lookup_at`: dialed whatever the cap); a failed dial, a left
+//!   topic or a peer gone for good makes room for the next one found (lookups repeat).
+//!   Peers that dial us are not refused by it (`max_peers` bounds them); one that is
+//!   found for the topic while there is room counts (its dial is answered with its key).
 //! - A connection that is up gets a session (we dialed ↔ `Role::Dialer`) and a
 //!   `PeerUp` event; its `PeerDown` stops the session and sends a `PeerDown` event,
 //!   unless a newer connection of the peer replaced it (then nothing changes: the peer

@@ -8,7 +8,7 @@ use replic8::keys::Role;
 use replic8::message::CloseCode;
 use replic8::session::{EndReason, Side};
 use replic8_connmgr::{DialError, DownReason, Initiator, PeerKey, RefuseReason};
-use replic8_discovery::Topic;
+use replic8_discovery::{PeerSource, Topic};
 
 use super::core::{Action, DialId, LifecycleConfig, PeerLifecycle};
 use crate::events::NodeEvent;
@@ -17,6 +17,9 @@ use crate::events::NodeEvent;
 type Core = PeerLifecycle<usize>;
 
 const LOCAL_PORT: u16 = 9000;
+
+/// Where most found peers come from.
+const DHT: PeerSource = PeerSource::Dht;
 
 fn key(n: u8) -> PeerKey {
     PeerKey::from_bytes([n; 32])
@@ -32,6 +35,7 @@ fn config() -> LifecycleConfig {
         ban_for: Duration::from_secs(600),
         jitter: 0.0,
         rng_seed: Some(7),
+        max_per_topic: 8,
     }
 }
 
@@ -120,7 +124,7 @@ fn found_and_up(
     port: u16,
     now: Instant,
 ) {
-    core.handle_found(topic, addr(port));
+    core.handle_found(topic, addr(port), DHT);
     let (id, _, _) = the_dial(&actions(core));
     up(core, peer, conn, port, Initiator::Local, now);
     core.handle_dialed(id, Ok(peer), now);
@@ -173,7 +177,7 @@ fn a_found_peer_is_dialed_unpinned_and_reported_tried_when_its_dial_answers() {
     let mut core = core();
     let t = Topic([1; 32]);
     for result in [Ok(key(2)), Err(DialError::Timeout)] {
-        core.handle_found(t, addr(1));
+        core.handle_found(t, addr(1), DHT);
         let dial = actions(&mut core);
         assert_eq!(the_dial(&dial).1, addr(1));
         assert_eq!(the_dial(&dial).2, None, "a found peer's key is unknown");
@@ -199,7 +203,7 @@ fn an_address_of_ours_is_reported_tried_without_a_dial() {
         SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], LOCAL_PORT)),
     ];
     for a in ours {
-        core.handle_found(t, a);
+        core.handle_found(t, a, DHT);
         assert_eq!(
             actions(&mut core),
             vec![Action::PeerTried { topic: t, addr: a }],
@@ -211,7 +215,7 @@ fn an_address_of_ours_is_reported_tried_without_a_dial() {
         SocketAddr::from(([10, 0, 0, 9], LOCAL_PORT)),
         SocketAddr::from(([127, 0, 0, 1], LOCAL_PORT + 1)),
     ] {
-        core.handle_found(t, a);
+        core.handle_found(t, a, DHT);
         assert_eq!(the_dial(&actions(&mut core)).1, a);
     }
 }
@@ -293,7 +297,7 @@ fn leaving_a_topic_closes_only_the_connections_we_dialed_that_nothing_else_needs
     found_and_up(&mut core, t, key(4), 12, 4, t0);
     core.handle_requested(key(4));
     up(&mut core, key(5), 13, 5, Initiator::Remote, t0);
-    core.handle_found(t, addr(5));
+    core.handle_found(t, addr(5), DHT);
     let (id, _, _) = the_dial(&actions(&mut core));
     core.handle_dialed(id, Ok(key(5)), t0);
     actions(&mut core);
@@ -312,7 +316,7 @@ fn a_dial_answer_before_its_peer_up_is_kept_for_it() {
     let t0 = Instant::now();
     let mut core = core();
     let t = Topic([1; 32]);
-    core.handle_found(t, addr(2));
+    core.handle_found(t, addr(2), DHT);
     let (id, _, _) = the_dial(&actions(&mut core));
     // The answer comes first; so does a `connect` of another peer.
     core.handle_dialed(id, Ok(key(2)), t0);
@@ -812,7 +816,7 @@ fn closing_stops_every_dial_and_redial_and_closes_new_connections() {
     no_dial(&acts, "closing");
     assert_eq!(acts.len(), 2, "{acts:?}");
     // Found peers are only reported tried; a late connection is closed.
-    core.handle_found(t, addr(4));
+    core.handle_found(t, addr(4), DHT);
     assert_eq!(
         actions(&mut core),
         vec![Action::PeerTried {
@@ -852,4 +856,141 @@ fn a_redial_cancelled_before_the_timer_fires_sends_no_dial() {
     assert_eq!(settle(&mut core, t0), vec![]);
     assert!(core.redialing().is_empty());
     assert_eq!(core.poll_timeout(), None);
+}
+
+/// A core that keeps at most `cap` peers per topic.
+fn capped(cap: usize) -> Core {
+    PeerLifecycle::new(LifecycleConfig {
+        max_per_topic: cap,
+        ..config()
+    })
+}
+
+/// The addresses of the dials among `actions`.
+fn dialed(actions: &[Action<usize>]) -> Vec<SocketAddr> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dial { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `addr(port)` found for `t` at cap: reported tried at once, not dialed.
+fn found_beyond_cap(core: &mut Core, t: Topic, port: u16) {
+    core.handle_found(t, addr(port), DHT);
+    assert_eq!(
+        actions(core),
+        vec![Action::PeerTried {
+            topic: t,
+            addr: addr(port)
+        }],
+        "port {port} is beyond the cap"
+    );
+}
+
+#[test]
+fn a_topic_dials_at_most_its_cap_and_reports_the_rest_tried_at_once() {
+    let t0 = Instant::now();
+    let mut core = capped(3);
+    let t = Topic([1; 32]);
+    // Three dials in flight fill the topic: the fourth and fifth peers are not dialed.
+    let mut ids = Vec::new();
+    for port in 2..5 {
+        core.handle_found(t, addr(port), DHT);
+        ids.push(the_dial(&actions(&mut core)).0);
+    }
+    found_beyond_cap(&mut core, t, 5);
+    found_beyond_cap(&mut core, t, 6);
+    // Up, the three still fill it.
+    for (n, id) in ids.into_iter().enumerate() {
+        let peer = key(2 + n as u8);
+        up(&mut core, peer, 10 + n, 2 + n as u16, Initiator::Local, t0);
+        core.handle_dialed(id, Ok(peer), t0);
+        actions(&mut core);
+    }
+    found_beyond_cap(&mut core, t, 7);
+    assert_eq!(core.peers_up(), 3);
+}
+
+#[test]
+fn a_failed_dial_or_a_peer_gone_for_good_frees_its_place_and_one_being_redialed_keeps_it() {
+    let t0 = Instant::now();
+    let mut core = capped(2);
+    let t = Topic([1; 32]);
+    found_and_up(&mut core, t, key(2), 10, 2, t0);
+    core.handle_found(t, addr(3), DHT);
+    let (id, _, _) = the_dial(&actions(&mut core));
+    found_beyond_cap(&mut core, t, 4);
+    // The dial fails: the next peer found takes its place.
+    core.handle_dialed(id, Err(DialError::Timeout), t0);
+    actions(&mut core);
+    core.handle_found(t, addr(4), DHT);
+    let (id, _, _) = the_dial(&actions(&mut core));
+    up(&mut core, key(4), 11, 4, Initiator::Local, t0);
+    core.handle_dialed(id, Ok(key(4)), t0);
+    actions(&mut core);
+    found_beyond_cap(&mut core, t, 5);
+    // Lost and redialed, 2 keeps its place, also while its redial waits out a backoff.
+    let redial = down(&mut core, key(2), 10, timed_out(), t0).expect("2 is redialed");
+    found_beyond_cap(&mut core, t, 5);
+    core.handle_dialed(redial, Err(DialError::Backoff { retry_in: secs(5) }), t0);
+    actions(&mut core);
+    found_beyond_cap(&mut core, t, 5);
+    // Closed by the peer for good (not redialed), 4 frees its place.
+    assert_eq!(down(&mut core, key(4), 11, DownReason::Evicted, t0), None);
+    core.handle_found(t, addr(5), DHT);
+    assert_eq!(dialed(&actions(&mut core)), vec![addr(5)]);
+}
+
+#[test]
+fn the_cap_is_per_topic_and_a_peer_of_two_topics_counts_in_each() {
+    let t0 = Instant::now();
+    let mut core = capped(2);
+    let (t, u) = (Topic([1; 32]), Topic([2; 32]));
+    found_and_up(&mut core, t, key(2), 10, 2, t0);
+    found_and_up(&mut core, t, key(3), 11, 3, t0);
+    found_beyond_cap(&mut core, t, 4);
+    // u has room: its first peer is one t holds already (the connection manager answers
+    // a dial of a connected address with its key), its second a new one.
+    found_and_up(&mut core, u, key(3), 11, 3, t0);
+    core.handle_found(u, addr(4), DHT);
+    assert_eq!(dialed(&actions(&mut core)), vec![addr(4)]);
+    found_beyond_cap(&mut core, u, 5);
+    // Leaving t closes 2 (only t needed it) and frees t's places, not u's.
+    core.handle_topic_left(t);
+    assert_eq!(closes(&actions(&mut core)), vec![key(2)]);
+    found_beyond_cap(&mut core, u, 6);
+}
+
+#[test]
+fn a_peer_that_dialed_us_counts_once_it_is_found_for_the_topic() {
+    let t0 = Instant::now();
+    let mut core = capped(1);
+    let t = Topic([1; 32]);
+    // Peers that dial us are not refused: the cap bounds what we dial.
+    up(&mut core, key(2), 10, 2, Initiator::Remote, t0);
+    up(&mut core, key(3), 11, 3, Initiator::Remote, t0);
+    assert_eq!(core.peers_up(), 2);
+    // Found for t, 2 is "dialed" (answered with its key at once) and fills t.
+    core.handle_found(t, addr(2), DHT);
+    let (id, _, _) = the_dial(&actions(&mut core));
+    core.handle_dialed(id, Ok(key(2)), t0);
+    actions(&mut core);
+    found_beyond_cap(&mut core, t, 3);
+    found_beyond_cap(&mut core, t, 4);
+}
+
+#[test]
+fn a_static_peer_is_dialed_beyond_the_cap_and_counts_in_it() {
+    let t0 = Instant::now();
+    let mut core = capped(1);
+    let t = Topic([1; 32]);
+    found_and_up(&mut core, t, key(2), 10, 2, t0);
+    found_beyond_cap(&mut core, t, 3);
+    // A peer the user named (config or `lookup_at`) is dialed whatever the cap.
+    core.handle_found(t, addr(4), PeerSource::Static);
+    assert_eq!(dialed(&actions(&mut core)), vec![addr(4)]);
+    found_beyond_cap(&mut core, t, 3);
 }

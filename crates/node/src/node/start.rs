@@ -288,7 +288,7 @@ async fn assemble(
         });
     }
     let lifecycle = LifecycleActor::new(
-        LifecycleConfig::new(local, Duration::from_secs(builder.limits.ban_secs)),
+        LifecycleConfig::new(local, &builder.limits),
         conn.addr().clone(),
         discovery.clone(),
         sessions.clone(),

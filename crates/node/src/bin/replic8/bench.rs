@@ -53,6 +53,12 @@ pub(crate) struct BenchArgs {
     /// Seconds of attack (flood; default 60).
     #[arg(long)]
     pub(crate) seconds: Option<u64>,
+    /// Nodes (swarm; default 100).
+    #[arg(long)]
+    pub(crate) nodes: Option<usize>,
+    /// Each node's limits.max_peers_per_topic (swarm; default: the node's).
+    #[arg(long)]
+    pub(crate) max_peers_per_topic: Option<usize>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -91,6 +97,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         parallel,
         attackers,
         seconds,
+        nodes,
+        max_peers_per_topic,
         json,
     } = args;
     let options = bench::BenchOptions {
@@ -110,6 +118,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         attackers,
         seconds,
         peer_exe: None,
+        nodes,
+        max_peers_per_topic,
     };
     run_bench(scenario, &options, json)
 }

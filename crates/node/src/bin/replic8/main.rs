@@ -61,6 +61,9 @@ enum Command {
     /// The writer process of `bench` (started by it).
     #[command(hide = true)]
     BenchPeer(bench::BenchPeerArgs),
+    /// A node process of `bench swarm` (started by it).
+    #[command(hide = true)]
+    BenchSwarmNode(replic8_node::bench::swarm::SwarmNodeArgs),
     /// Run a node until interrupted, serving the client commands on the control socket.
     Daemon(daemon::DaemonArgs),
     /// Work with feeds.
@@ -151,12 +154,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => return demo::run(args),
         Command::Bench(args) => return bench::run(args),
         Command::BenchPeer(args) => return bench::run_peer(args),
+        Command::BenchSwarmNode(args) => return Ok(replic8_node::bench::swarm::node_main(args)?),
         _ => {}
     }
     let config = client::load_config(cli.config.as_deref(), cli.data_dir.clone())?;
     match cli.command {
         Command::Namespace(command) => namespace::run(&config, command),
-        Command::Demo(_) | Command::Bench(_) | Command::BenchPeer(_) => Ok(()),
+        Command::Demo(_)
+        | Command::Bench(_)
+        | Command::BenchPeer(_)
+        | Command::BenchSwarmNode(_) => Ok(()),
         Command::Offers(args) => offers::run(&config, args),
         Command::Accept(args) => offers::decide(&config, args, true),
         Command::Reject(args) => offers::decide(&config, args, false),

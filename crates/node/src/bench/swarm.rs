@@ -1,0 +1,675 @@
+//! `swarm`: many nodes on loopback, one feed fetched by key by all but its writer.
+//!
+//! Each node is a process of its own (this binary re-executed as the hidden
+//! `replic8 bench-swarm-node`, [`node_main`]), so that its resident set is its own: a
+//! node on disk under a temporary directory, listening on 127.0.0.1, discovering through
+//! a private DHT ([`KrpcTestnet`], run by this process; never the public DHT, no LAN),
+//! with the node's default limits (`--max-peers-per-topic` only for tests). Untimed, the
+//! writer appends `--size` bytes in 64 KiB blocks to a new feed and joins its discovery
+//! key; every other node starts and says it is ready.
+//!
+//! The clock starts when this process tells every reader `get KEY LENGTH` at once: each
+//! one does what `replic8 feed get KEY` does (`NodeHandle::get_feed`: a replica in the
+//! public namespace, the discovery key joined, announce and look up) and reports when it
+//! holds every block verified (`FeedSynced` at full length), with the milliseconds to its
+//! first connected peer (discovery and connect) and to sync, and its signed tree hash,
+//! checked against the writer's. A reader that got the feed serves it on to the peers
+//! that ask by discovery key (decision 085), which is what lets the feed reach every node
+//! when each dials only `max_peers_per_topic` of the others.
+//!
+//! Once all are in sync (or the guard passes: an error naming how many were), every node
+//! reports its connections (now, in and out, and the most it had at once) and this
+//! process reads each one's peak and current resident set and thread count from `/proc`.
+//!
+//! The row: `seconds` to all in sync, `bytes` and `blocks` delivered (the feed times the
+//! readers); `peak_rss_bytes` is the largest peak of one node; per node the median and
+//! max of peak RSS, RSS at the end, connections and threads; the sums over all nodes;
+//! the split of each reader's time into connect (to its first peer) and data (from there
+//! to sync), median and max; the CPU seconds of all nodes since they started; the
+//! node's limits (`max_peers`, `max_peers_per_topic`, `max_peers_per_ip`).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ChildStdout;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{broadcast, mpsc};
+
+use super::replicate::{parse_feed, wait_synced, BenchChild, PeerFeed};
+use super::{cpu_seconds, median_max, round, temp_dir, BenchError, BenchOptions, Row};
+use crate::config::LimitsSection;
+use crate::demo::Pattern;
+use crate::{FeedKey, JoinOptions, KrpcTestnet, Node, NodeEvent, NodeHandle};
+
+/// Nodes, the writer included.
+pub const DEFAULT_NODES: usize = 100;
+/// Bytes of the feed.
+pub const DEFAULT_SIZE: u64 = 16 << 20;
+/// DHT nodes of the private testnet the nodes bootstrap from (they join it as DHT
+/// servers themselves).
+pub const DEFAULT_TESTNET_NODES: usize = 20;
+/// How long the swarm may take to be in sync.
+pub const DEFAULT_GUARD: Duration = Duration::from_secs(180);
+/// Bytes per block of the writer's feed (the bulk scenario's).
+const BLOCK_SIZE: usize = 64 << 10;
+/// Blocks per append call of the writer.
+const APPEND_BATCH: usize = 64;
+/// How long the nodes may take to report and to exit once told.
+const REPORT_GUARD: Duration = Duration::from_secs(30);
+/// How often a node samples its connection count for its maximum.
+const PEER_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The options of one node process (`replic8 bench-swarm-node`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwarmNodeArgs {
+    /// The node's data directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// DHT bootstrap nodes (`host:port`, comma-separated): the bench's private testnet.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub bootstrap: Vec<String>,
+    /// Write a feed of this many bytes and serve it (the writer); otherwise wait for
+    /// `get` on standard input (a reader).
+    #[arg(long)]
+    pub write: Option<u64>,
+    /// The node's `limits.max_peers_per_topic` (default: the node's default).
+    #[arg(long)]
+    pub max_peers_per_topic: Option<usize>,
+}
+
+/// What a node process prints, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NodeLine {
+    /// Started (and, for the writer, written and joined).
+    Ready {
+        /// Its QUIC address.
+        addr: SocketAddr,
+        /// The writer's feed.
+        feed: Option<PeerFeed>,
+    },
+    /// Holds the whole feed, verified.
+    Synced {
+        /// Milliseconds from `get` to its first connected peer (none if no peer came up).
+        first_peer_ms: Option<f64>,
+        /// Milliseconds from `get` to in sync.
+        synced_ms: f64,
+        /// The signed tree hash it holds, hex.
+        tree_hash: String,
+    },
+    /// Its connections now.
+    Report {
+        /// Peers connected now.
+        peers: usize,
+        /// Of those, dialed by them.
+        inbound: usize,
+        /// The most peers it had at once (sampled every 100 ms and at each report).
+        peers_max: u64,
+        /// Incoming connections it refused (its limits).
+        refused: u64,
+    },
+    /// Something failed; the node exits.
+    Failed {
+        /// What.
+        error: String,
+    },
+}
+
+fn print_line(line: &NodeLine) {
+    if let Ok(text) = serde_json::to_string(line) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    }
+}
+
+/// The node process: runs until its standard input closes. A current-thread runtime
+/// drives it (the node has its own thread and runtime), so that the process holds
+/// little beside the node.
+pub fn node_main(args: SwarmNodeArgs) -> Result<(), BenchError> {
+    let result = actix::System::new().block_on(run_node(args));
+    if let Err(e) = &result {
+        print_line(&NodeLine::Failed {
+            error: e.to_string(),
+        });
+    }
+    result
+}
+
+async fn run_node(args: SwarmNodeArgs) -> Result<(), BenchError> {
+    let mut limits = LimitsSection::default();
+    if let Some(cap) = args.max_peers_per_topic {
+        limits.max_peers_per_topic = cap;
+    }
+    let node = Node::builder()
+        .data_dir(&args.dir)
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .testnet(&args.bootstrap)
+        .lan(false)
+        .limits(limits)
+        .spawn()
+        .await?;
+    let result = serve_node(&node, &args).await;
+    node.close().await;
+    result
+}
+
+async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), BenchError> {
+    let feed = match args.write {
+        Some(bytes) => Some(write_feed(node, bytes).await?),
+        None => None,
+    };
+    let peers_max = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (node, peers_max) = (node.clone(), peers_max.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PEER_SAMPLE);
+            loop {
+                tick.tick().await;
+                peers_max.fetch_max(node.counters().peers.get(), Ordering::Relaxed);
+            }
+        })
+    };
+    print_line(&NodeLine::Ready {
+        addr: node.local_addr(),
+        feed,
+    });
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut getting: Option<tokio::task::JoinHandle<()>> = None;
+    let result = loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(BenchError::io("stdin")(e)),
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            ["get", key, length] => {
+                let feed = parse_feed(key)?;
+                let length: u64 = length
+                    .parse()
+                    .map_err(|_| BenchError::Peer(format!("bad length in {line:?}")))?;
+                let node = node.clone();
+                getting = Some(tokio::spawn(async move {
+                    match get(&node, feed, length).await {
+                        Ok(synced) => print_line(&synced),
+                        Err(e) => print_line(&NodeLine::Failed {
+                            error: e.to_string(),
+                        }),
+                    }
+                }));
+            }
+            ["report"] => {
+                let peers = node.peers().await.map_err(crate::node::FeedError::from)?;
+                let now = peers.len() as u64;
+                print_line(&NodeLine::Report {
+                    peers: peers.len(),
+                    inbound: peers
+                        .iter()
+                        .filter(|p| p.initiator == replic8_connmgr::Initiator::Remote)
+                        .count(),
+                    peers_max: peers_max.fetch_max(now, Ordering::Relaxed).max(now),
+                    refused: node.counters().refused.get(),
+                });
+            }
+            _ => break Err(BenchError::Peer(format!("unknown command {line:?}"))),
+        }
+    };
+    sampler.abort();
+    if let Some(getting) = getting {
+        getting.abort();
+    }
+    result
+}
+
+/// The writer: a new feed of `bytes` bytes in [`BLOCK_SIZE`] blocks, its discovery key
+/// joined (announced and looked up once).
+async fn write_feed(node: &NodeHandle, bytes: u64) -> Result<PeerFeed, BenchError> {
+    let feed = node.create_feed().await?;
+    let mut pattern = Pattern::seeded(1);
+    let mut left = bytes;
+    while left > 0 {
+        let mut batch = Vec::with_capacity(APPEND_BATCH);
+        while batch.len() < APPEND_BATCH && left > 0 {
+            let n = left.min(BLOCK_SIZE as u64) as usize;
+            batch.push(pattern.block(n));
+            left -= n as u64;
+        }
+        node.append(feed, batch).await?;
+    }
+    node.join_feed(feed, JoinOptions::default()).await?;
+    let info = node.open_feed(feed).await?;
+    let head = info
+        .head
+        .ok_or_else(|| BenchError::Store("the written feed has no head".into()))?;
+    Ok(PeerFeed {
+        key: hex::encode(feed.0),
+        length: info.length,
+        bytes,
+        tree_hash: hex::encode(head.tree_hash),
+    })
+}
+
+/// A reader's `get`: the feed by key, until it holds all `length` blocks verified.
+async fn get(node: &NodeHandle, feed: FeedKey, length: u64) -> Result<NodeLine, BenchError> {
+    let start = Instant::now();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_peer = {
+        let mut events = node.subscribe();
+        let up = async move {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::PeerUp { .. }) => return Some(start.elapsed()),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        async move {
+            // A `PeerUp` already queued when the sync is done still counts.
+            tokio::select! {
+                biased;
+                up = up => up,
+                _ = done_rx => None,
+            }
+        }
+    };
+    let synced = async {
+        let events = node.subscribe();
+        let result = async {
+            node.get_feed(feed).await?;
+            let expected = PeerFeed {
+                key: hex::encode(feed.0),
+                length,
+                bytes: 0,
+                tree_hash: String::new(),
+            };
+            let expected: HashMap<FeedKey, &PeerFeed> = HashMap::from([(feed, &expected)]);
+            wait_synced(node, events, &expected, length).await?;
+            Ok::<_, BenchError>(start.elapsed())
+        }
+        .await;
+        let _ = done_tx.send(());
+        result
+    };
+    let (first_peer, synced) = tokio::join!(first_peer, synced);
+    let synced_at = synced?;
+    let info = node.open_feed(feed).await?;
+    let tree_hash = info
+        .head
+        .map(|h| hex::encode(h.tree_hash))
+        .unwrap_or_default();
+    let ms = |d: Duration| round(d.as_secs_f64() * 1e3, 1);
+    Ok(NodeLine::Synced {
+        first_peer_ms: first_peer.map(ms),
+        synced_ms: ms(synced_at),
+        tree_hash,
+    })
+}
+
+/// A node process as this process sees it.
+#[derive(Debug)]
+struct Member {
+    child: BenchChild,
+    pid: u32,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Member {
+    /// Sends one command line; an error names the node.
+    fn send(&mut self, index: usize, command: &str) -> Result<(), BenchError> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| BenchError::Peer(format!("node {index}: standard input closed")))?;
+        writeln!(stdin, "{command}")
+            .and_then(|()| stdin.flush())
+            .map_err(BenchError::io(format!("node {index}: {command}")))
+    }
+}
+
+/// Every further line of the node processes, as (node index, line).
+type Lines = mpsc::UnboundedReceiver<(usize, String)>;
+
+/// Starts `count` node processes (`write` bytes on the first if given), reads each ready
+/// line, then forwards every further line of each into one channel.
+fn start_members(
+    exe: &Path,
+    dir: &Path,
+    bootstrap: &[String],
+    count: usize,
+    write: Option<u64>,
+    max_peers_per_topic: Option<usize>,
+) -> Result<(Vec<Member>, Vec<NodeLine>, Lines), BenchError> {
+    let mut started = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut args: Vec<OsString> = vec![
+            "bench-swarm-node".into(),
+            "--dir".into(),
+            dir.join(format!("node-{i}")).into(),
+            "--bootstrap".into(),
+            bootstrap.join(",").into(),
+        ];
+        if let (0, Some(bytes)) = (i, write) {
+            args.extend(["--write".into(), bytes.to_string().into()]);
+        }
+        if let Some(cap) = max_peers_per_topic {
+            args.extend(["--max-peers-per-topic".into(), cap.to_string().into()]);
+        }
+        started.push(BenchChild::spawn(exe, &args)?);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut members = Vec::with_capacity(count);
+    let mut ready = Vec::with_capacity(count);
+    for (i, (mut child, mut stdout)) in started.into_iter().enumerate() {
+        let line = child
+            .ready_line(&mut stdout)
+            .map_err(|e| BenchError::Peer(format!("node {i}: {e}")))?;
+        let parsed: NodeLine = serde_json::from_str(&line)
+            .map_err(|e| BenchError::Peer(format!("node {i}: bad line {line:?}: {e}")))?;
+        if let NodeLine::Failed { error } = parsed {
+            return Err(BenchError::Peer(format!("node {i}: {error}")));
+        }
+        ready.push(parsed);
+        forward_lines(i, stdout, tx.clone());
+        let pid = child.child.id();
+        let stdin = child.child.stdin.take();
+        members.push(Member { child, pid, stdin });
+    }
+    Ok((members, ready, rx))
+}
+
+/// A thread that sends each line of `stdout` to `tx` as (`index`, line) until it ends.
+fn forward_lines(
+    index: usize,
+    stdout: BufReader<ChildStdout>,
+    tx: mpsc::UnboundedSender<(usize, String)>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("swarm-node-{index}"))
+        .stack_size(64 << 10)
+        .spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if tx.send((index, line)).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(index, error = %e, "cannot read a node's output");
+    }
+}
+
+/// Waits until `want` took a line from every node in `from`, or `guard` passed; the
+/// nodes it took one from. A `Failed` line or a line that does not parse is an error.
+async fn collect<T>(
+    rx: &mut Lines,
+    from: &[usize],
+    guard: Duration,
+    mut want: impl FnMut(usize, NodeLine) -> Option<T>,
+) -> Result<HashMap<usize, T>, BenchError> {
+    let mut got = HashMap::new();
+    let deadline = tokio::time::Instant::now() + guard;
+    while got.len() < from.len() {
+        let next = tokio::time::timeout_at(deadline, rx.recv()).await;
+        let Ok(Some((i, line))) = next else {
+            break;
+        };
+        let parsed: NodeLine = serde_json::from_str(&line)
+            .map_err(|e| BenchError::Peer(format!("node {i}: bad line {line:?}: {e}")))?;
+        if let NodeLine::Failed { error } = &parsed {
+            return Err(BenchError::Peer(format!("node {i}: {error}")));
+        }
+        if from.contains(&i) && !got.contains_key(&i) {
+            if let Some(t) = want(i, parsed) {
+                got.insert(i, t);
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM`, `VmRSS`) or as a count (`Threads`).
+fn status_number(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Median and max of whole numbers, as f64; zeros if empty.
+fn spread(values: impl IntoIterator<Item = u64>) -> (f64, f64) {
+    let mut v: Vec<f64> = values.into_iter().map(|x| x as f64).collect();
+    median_max(&mut v).unwrap_or((0.0, 0.0))
+}
+
+/// What the swarm measured.
+#[derive(Debug, Clone)]
+struct Measured {
+    seconds: f64,
+    connect_ms: Vec<f64>,
+    data_ms: Vec<f64>,
+    peak_rss: Vec<u64>,
+    end_rss: Vec<u64>,
+    threads: Vec<u64>,
+    peers: Vec<u64>,
+    peers_max: Vec<u64>,
+    inbound_max: u64,
+    refused: u64,
+    cpu_seconds: f64,
+}
+
+/// Runs the scenario.
+pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
+    let nodes = options.nodes.unwrap_or(DEFAULT_NODES);
+    let size = options.size.unwrap_or(DEFAULT_SIZE);
+    if nodes < 2 || size == 0 {
+        return Err(BenchError::Options(
+            "swarm: at least 2 nodes and a size above 0".into(),
+        ));
+    }
+    let testnet_nodes = options
+        .testnet_nodes
+        .unwrap_or(DEFAULT_TESTNET_NODES)
+        .max(1);
+    let guard = options.guard.unwrap_or(DEFAULT_GUARD);
+    let exe = match &options.peer_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(BenchError::io("this executable's path"))?,
+    };
+    let dir = temp_dir(options, "replic8-bench-swarm-")?;
+    let testnet = tokio::task::spawn_blocking(move || KrpcTestnet::new(testnet_nodes))
+        .await
+        .map_err(|e| BenchError::Peer(e.to_string()))?
+        .map_err(BenchError::io("testnet"))?;
+    let (dir_path, bootstrap) = (dir.path().to_owned(), testnet.bootstrap.clone());
+    let cap = options.max_peers_per_topic;
+    let (mut members, ready, mut rx) = tokio::task::spawn_blocking(move || {
+        start_members(&exe, &dir_path, &bootstrap, nodes, Some(size), cap)
+    })
+    .await
+    .map_err(|e| BenchError::Peer(e.to_string()))??;
+    let result = measure(&mut members, &ready, &mut rx, guard).await;
+    // Closing their standard input stops the nodes; wait for them (killed if they hang).
+    for m in &mut members {
+        drop(m.stdin.take());
+    }
+    let stopped = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + REPORT_GUARD;
+        for m in &mut members {
+            while let Ok(None) = m.child.child.try_wait() {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        drop(members);
+    })
+    .await;
+    drop(testnet);
+    let m = result?;
+    stopped.map_err(|e| BenchError::Peer(e.to_string()))?;
+    let feed = match &ready[0] {
+        NodeLine::Ready {
+            feed: Some(feed), ..
+        } => feed.clone(),
+        _ => return Err(BenchError::Peer("the writer named no feed".into())),
+    };
+    let readers = (nodes - 1) as u64;
+    let limits = LimitsSection::default();
+    let mib = |b: f64| round(b / (1 << 20) as f64, 1);
+    let (peak_med, peak_max) = spread(m.peak_rss.iter().copied());
+    let (end_med, end_max) = spread(m.end_rss.iter().copied());
+    let (conn_med, conn_max) = spread(m.peers.iter().copied());
+    let (connect_med, connect_max) = median_max(&mut m.connect_ms.clone()).unwrap_or_default();
+    let (data_med, data_max) = median_max(&mut m.data_ms.clone()).unwrap_or_default();
+    let (threads_med, threads_max) = spread(m.threads.iter().copied());
+    Ok(Row::new(
+        "swarm",
+        feed.bytes * readers,
+        feed.length * readers,
+        m.seconds,
+        Some(peak_max as u64),
+    )
+    .with("nodes", nodes)
+    .with("feed_bytes", feed.bytes)
+    .with("verified", true)
+    .with("connect_seconds_median", round(connect_med / 1e3, 3))
+    .with("connect_seconds_max", round(connect_max / 1e3, 3))
+    .with("data_seconds_median", round(data_med / 1e3, 3))
+    .with("data_seconds_max", round(data_max / 1e3, 3))
+    .with("node_peak_rss_mib_median", mib(peak_med))
+    .with("node_peak_rss_mib_max", mib(peak_max))
+    .with("node_end_rss_mib_median", mib(end_med))
+    .with("node_end_rss_mib_max", mib(end_max))
+    .with(
+        "total_peak_rss_mib",
+        mib(m.peak_rss.iter().sum::<u64>() as f64),
+    )
+    .with(
+        "total_end_rss_mib",
+        mib(m.end_rss.iter().sum::<u64>() as f64),
+    )
+    .with("node_threads_median", threads_med)
+    .with("node_threads_max", threads_max)
+    .with(
+        "connections_min",
+        m.peers.iter().min().copied().unwrap_or(0),
+    )
+    .with("connections_median", conn_med)
+    .with("connections_max", conn_max)
+    .with(
+        "connections_peak_max",
+        m.peers_max.iter().max().copied().unwrap_or(0),
+    )
+    .with("inbound_max", m.inbound_max)
+    .with("refused", m.refused)
+    .with("total_cpu_seconds", round(m.cpu_seconds, 2))
+    .with("max_peers", limits.max_peers)
+    .with(
+        "max_peers_per_topic",
+        options
+            .max_peers_per_topic
+            .unwrap_or(limits.max_peers_per_topic),
+    )
+    .with("max_peers_per_ip", limits.max_peers_per_ip))
+}
+
+/// The timed part: `get` to every reader, their sync, then every node's report and
+/// resident set.
+async fn measure(
+    members: &mut [Member],
+    ready: &[NodeLine],
+    rx: &mut Lines,
+    guard: Duration,
+) -> Result<Measured, BenchError> {
+    let feed = match ready.first() {
+        Some(NodeLine::Ready {
+            feed: Some(feed), ..
+        }) => feed.clone(),
+        _ => return Err(BenchError::Peer("the writer named no feed".into())),
+    };
+    let readers: Vec<usize> = (1..members.len()).collect();
+    let start = Instant::now();
+    let get = format!("get {} {}", feed.key, feed.length);
+    for (i, m) in members.iter_mut().enumerate().skip(1) {
+        m.send(i, &get)?;
+    }
+    let synced = collect(rx, &readers, guard, |_, line| match line {
+        NodeLine::Synced {
+            first_peer_ms,
+            synced_ms,
+            tree_hash,
+        } => Some((first_peer_ms, synced_ms, tree_hash)),
+        _ => None,
+    })
+    .await?;
+    let seconds = start.elapsed().as_secs_f64();
+    if synced.len() < readers.len() {
+        return Err(BenchError::Timeout(format!(
+            "{} of {} readers in sync within {guard:?}",
+            synced.len(),
+            readers.len()
+        )));
+    }
+    let (mut connect_ms, mut data_ms) = (Vec::new(), Vec::new());
+    for (i, (first, synced_ms, tree_hash)) in &synced {
+        if *tree_hash != feed.tree_hash {
+            return Err(BenchError::Mismatch(format!(
+                "node {i} holds tree {tree_hash}, the writer {}",
+                feed.tree_hash
+            )));
+        }
+        let first = first.unwrap_or(0.0);
+        connect_ms.push(first);
+        data_ms.push(synced_ms - first);
+    }
+    let all: Vec<usize> = (0..members.len()).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        m.send(i, "report")?;
+    }
+    let reports = collect(rx, &all, REPORT_GUARD, |_, line| match line {
+        NodeLine::Report {
+            peers,
+            inbound,
+            peers_max,
+            refused,
+        } => Some((peers as u64, inbound as u64, peers_max, refused)),
+        _ => None,
+    })
+    .await?;
+    if reports.len() < all.len() {
+        return Err(BenchError::Timeout(format!(
+            "{} of {} nodes reported within {REPORT_GUARD:?}",
+            reports.len(),
+            all.len()
+        )));
+    }
+    let kib = |pid, field| status_number(pid, field).map_or(0, |k| k * 1024);
+    Ok(Measured {
+        seconds,
+        connect_ms,
+        data_ms,
+        peak_rss: members.iter().map(|m| kib(m.pid, "VmHWM:")).collect(),
+        end_rss: members.iter().map(|m| kib(m.pid, "VmRSS:")).collect(),
+        threads: members
+            .iter()
+            .map(|m| status_number(m.pid, "Threads:").unwrap_or(0))
+            .collect(),
+        peers: reports.values().map(|r| r.0).collect(),
+        peers_max: reports.values().map(|r| r.2).collect(),
+        inbound_max: reports.values().map(|r| r.1).max().unwrap_or(0),
+        refused: reports.values().map(|r| r.3).sum(),
+        cpu_seconds: members
+            .iter()
+            .filter_map(|m| cpu_seconds(Some(m.pid)))
+            .sum(),
+    })
+}

@@ -1,0 +1,64 @@
+//! `replic8 bench swarm`, run as a user would with a tiny swarm: every node gets the feed,
+//! the row parses and its numbers agree with each other. Nothing about speed is asserted.
+#![cfg(feature = "cli")]
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// A number of the row (whole numbers too, exactly up to 2^53).
+fn num(row: &Value, key: &str) -> f64 {
+    match row[key].as_f64() {
+        Some(x) => x,
+        None => panic!("no number {key} in {row}"),
+    }
+}
+
+#[test]
+fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_replic8"))
+        .args(["bench", "swarm", "--nodes", "5", "--size", "256KiB"])
+        .args(["--max-peers-per-topic", "2", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench swarm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    let row = &rows[0];
+    assert_eq!(row["scenario"], "swarm", "{row}");
+    assert_eq!(row["verified"], true, "{row}");
+    assert_eq!(num(row, "nodes"), 5.0, "{row}");
+    // Four readers got the whole feed: 256 KiB in 64 KiB blocks each.
+    assert_eq!(num(row, "feed_bytes"), 262_144.0, "{row}");
+    assert_eq!(num(row, "bytes"), 4.0 * 262_144.0, "{row}");
+    assert_eq!(num(row, "blocks"), 16.0, "{row}");
+    assert_eq!(num(row, "max_peers_per_topic"), 2.0, "{row}");
+    // Every node had a peer; none more than the others could give it.
+    assert!(num(row, "connections_min") >= 1.0, "{row}");
+    assert!(num(row, "connections_max") <= 4.0, "{row}");
+    assert!(num(row, "connections_peak_max") <= 4.0, "{row}");
+    // The time splits into connect and data; a live process holds at least a MiB.
+    let seconds = num(row, "seconds");
+    assert!(seconds > 0.0, "{row}");
+    assert!(num(row, "connect_seconds_max") <= seconds, "{row}");
+    assert!(num(row, "data_seconds_max") <= seconds, "{row}");
+    assert!(num(row, "node_peak_rss_mib_median") >= 1.0, "{row}");
+    assert!(
+        num(row, "total_peak_rss_mib") >= num(row, "node_peak_rss_mib_max"),
+        "{row}"
+    );
+    assert!(num(row, "node_threads_median") >= 2.0, "{row}");
+    // The nodes' data directories are removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
