@@ -114,11 +114,18 @@ impl DaemonSpec {
             .unwrap_or_else(|| panic!("daemon {name}: no quic address in {first}"))
             .parse()
             .unwrap();
-        std::thread::spawn(move || for _ in lines {});
+        // The rest of its log goes to the test's output, shown if the test fails.
+        let tag = name.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+            }
+        });
         Daemon {
             spec: self,
             child,
             quic,
+            banner: first,
         }
     }
 }
@@ -130,12 +137,22 @@ pub struct Daemon {
     child: Child,
     /// The QUIC address its ready line names.
     pub quic: SocketAddr,
+    /// Its ready line (`replic8 daemon: key K quic ADDR ...`).
+    pub banner: String,
 }
 
 impl Daemon {
     /// Starts a daemon on loopback with neither DHT nor LAN, reading `config` if given.
     pub fn start(name: &str, data: &Path, config: Option<&Path>) -> Daemon {
         DaemonSpec::loopback(name, data).config(config).start()
+    }
+
+    /// Its key, in hex, as its ready line names it.
+    pub fn key(&self) -> &str {
+        self.banner
+            .strip_prefix("replic8 daemon: key ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("daemon {}: {}", self.name(), self.banner))
     }
 
     /// Its name in failure messages.
@@ -173,7 +190,8 @@ impl Daemon {
             .success());
     }
 
-    fn client(&self) -> Command {
+    /// A client command on this daemon's data directory (`replic8 --data-dir DIR`).
+    pub fn client(&self) -> Command {
         let mut cmd = Command::new(binary());
         cmd.arg("--data-dir").arg(&self.spec.data);
         cmd

@@ -19,29 +19,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use replic8_tests::daemon::{binary, Daemon, DaemonSpec, DEADLINE};
 use replic8_tests::netns::{Home, Host, Nat, Topology};
 use serde_json::Value;
-
-/// How long any one step may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(90);
 
 /// The QUIC port of every node (each host is a namespace: no two share a port space).
 const QUIC_PORT: u16 = 4433;
 
 /// The port of the UDP echo hosts in the NAT probe.
 const ECHO_PORT: u16 = 7000;
-
-/// The `replic8` binary of this build, next to the test executable's directory.
-fn replic8() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("replic8");
-    assert!(
-        bin.exists(),
-        "no replic8 binary at {}: build it first (cargo build -p replic8-node --bin replic8)",
-        bin.display()
-    );
-    bin
-}
 
 /// The interfaces of the machine's own namespace (the one the test runs in).
 fn own_interfaces() -> BTreeSet<String> {
@@ -220,9 +206,8 @@ fn the_topology_is_closed_and_its_nats_map_as_named() {
 /// A `replic8 daemon` on a host of the topology, with its events followed from the
 /// machine's own namespace through the control socket.
 struct Node {
+    daemon: Daemon,
     name: String,
-    data: PathBuf,
-    child: Child,
     key: String,
     /// Its DHT address on its host, from its banner.
     dht: Option<SocketAddrV4>,
@@ -256,28 +241,14 @@ impl Node {
         std::fs::create_dir_all(&data).unwrap();
         let config_file = dir.join(format!("{name}.toml"));
         std::fs::write(&config_file, config).unwrap();
-        let mut child = host
-            .command(replic8())
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config_file)
-            .arg("daemon")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let banner = lines
-            .next()
-            .unwrap_or_else(|| panic!("{name}: the daemon ended before its banner"))
-            .unwrap();
-        let key = banner
-            .strip_prefix("replic8 daemon: key ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{name}: {banner}"))
-            .to_owned();
+        let daemon = DaemonSpec::with_args(&name, &data, &[])
+            .config(Some(&config_file))
+            .launcher(&["ip", "netns", "exec", &host.netns])
+            .start();
+        let key = daemon.key().to_owned();
         // `... dht 0.0.0.0:6881,[::]:6881 control ...`: the IPv4 port, on our address.
-        let dht = banner
+        let dht = daemon
+            .banner
             .split(" dht ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
@@ -287,40 +258,23 @@ impl Node {
                     .find_map(|a| a.parse::<SocketAddrV4>().ok())
             })
             .map(|a| SocketAddrV4::new(host.addr, a.port()));
-        // The rest of its log goes to our stderr, shown if the test fails.
-        let tag = name.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-            }
-        });
         let events = Events::follow(&name, &data);
         Node {
+            daemon,
             name,
-            data,
-            child,
             key,
             dht,
             events,
         }
     }
 
-    fn client(&self) -> Command {
-        let mut cmd = Command::new(replic8());
-        cmd.arg("--data-dir").arg(&self.data);
-        cmd
-    }
-
     /// Runs a client command that must succeed; its stdout.
     fn run(&self, args: &[&str]) -> String {
-        let out = self.client().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.daemon.run(args)
+    }
+
+    fn client(&self) -> Command {
+        self.daemon.client()
     }
 
     /// `peer`'s entry in `replic8 peers --json`, if connected.
@@ -346,13 +300,6 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `replic8 events --json` of one daemon: each line with the moment it arrived.
 struct Events {
     name: String,
@@ -363,7 +310,7 @@ struct Events {
 
 impl Events {
     fn follow(name: &str, data: &Path) -> Events {
-        let mut child = Command::new(replic8())
+        let mut child = Command::new(binary())
             .arg("--data-dir")
             .arg(data)
             .args(["events", "--json"])
