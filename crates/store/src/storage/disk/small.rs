@@ -1,0 +1,393 @@
+//! The shared database of small feeds (`<root>/small.redb`): every feed whose blocks and
+//! nodes take at most [`DiskConfig::small_feed_bytes`](super::DiskConfig) lives here
+//! rather than in a directory of its own (`docs/decisions/165-small-feeds-share-a-database.md`).
+//!
+//! Tables, each keyed by the feed's public key first, so one feed's rows are adjacent:
+//!
+//! ```text
+//! feeds   key            -> meta (as the `meta` file, 84 B) | head field (as in a log record, 112 B)
+//! blocks  (key, index)   -> block bytes
+//! nodes   (key, index)   -> tree slot (as in the `tree` file, 48 B, with its checksum)
+//! ```
+//!
+//! Each write is one redb transaction committed without an fsync (`Durability::None`):
+//! all of it or none of it survives a crash. A feed's `sync` commits with
+//! `Durability::Immediate` (one fsync) unless a durable commit already came after its last
+//! write; that commit makes every feed's earlier writes durable, so feeds written one
+//! after another and synced together share it.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+
+use super::files::lock;
+use super::format::{
+    decode_head, decode_meta, decode_tree_slot, encode_head, encode_meta, encode_tree_slot,
+    META_LEN, RECORD_HEAD_LEN, TREE_SLOT,
+};
+use crate::storage::{StorageError, StoredHead, StoredNode};
+
+const FEEDS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("feeds");
+const BLOCKS: TableDefinition<([u8; 32], u64), &[u8]> = TableDefinition::new("blocks");
+const NODES: TableDefinition<([u8; 32], u64), [u8; TREE_SLOT as usize]> =
+    TableDefinition::new("nodes");
+
+/// The database's page cache. redb's default (1 GiB) would make a daemon with many
+/// feeds as large as its data; small feeds are read rarely and the kernel's page cache
+/// holds the file anyway.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// The file name of the shared database under the storage root.
+pub(super) const FILE_NAME: &str = "small.redb";
+
+/// The shared database and its commit bookkeeping.
+#[derive(Debug)]
+pub(super) struct SmallFeeds {
+    db: Database,
+    /// Held across each write transaction, so commit numbers follow commit order.
+    commits: Mutex<Commits>,
+}
+
+#[derive(Debug, Default)]
+struct Commits {
+    /// Number of the last commit (each write transaction takes the next).
+    last: u64,
+    /// Number of the last commit made with `Durability::Immediate`: every commit up to
+    /// it is durable.
+    durable: u64,
+}
+
+/// What opening a small feed reads: its meta, head, which blocks it holds and how many
+/// bytes it takes.
+#[derive(Debug)]
+pub(super) struct Loaded {
+    pub(super) secret_key: Option<[u8; 32]>,
+    pub(super) head: Option<StoredHead>,
+    pub(super) blocks: Vec<u64>,
+    pub(super) bytes: u64,
+}
+
+/// Everything a small feed holds, to move it into a directory of its own.
+#[derive(Debug)]
+pub(super) struct Contents {
+    pub(super) blocks: Vec<(u64, Vec<u8>)>,
+    pub(super) nodes: Vec<StoredNode>,
+}
+
+/// The bytes a feed's rows count against [`DiskConfig::small_feed_bytes`](super::DiskConfig):
+/// its block bytes plus a tree slot per node.
+pub(super) fn stored_bytes<'a>(blocks: impl IntoIterator<Item = &'a [u8]>, nodes: usize) -> u64 {
+    blocks
+        .into_iter()
+        .fold(0u64, |n, b| n.saturating_add(b.len() as u64))
+        .saturating_add(nodes as u64 * TREE_SLOT)
+}
+
+fn db_error(e: impl Into<redb::Error>) -> StorageError {
+    match e.into() {
+        redb::Error::Io(e) => StorageError::Io(e),
+        redb::Error::Corrupted(what) => StorageError::Corrupt(format!("{FILE_NAME}: {what}")),
+        other => StorageError::Io(std::io::Error::other(format!("{FILE_NAME}: {other}"))),
+    }
+}
+
+fn corrupt(key: &[u8; 32], what: &str) -> StorageError {
+    StorageError::Corrupt(format!("{FILE_NAME}: feed {}: {what}", super::hex(key)))
+}
+
+/// The range of rows of feed `key` in `blocks` or `nodes`.
+fn rows(key: &[u8; 32]) -> std::ops::RangeInclusive<([u8; 32], u64)> {
+    (*key, 0)..=(*key, u64::MAX)
+}
+
+impl SmallFeeds {
+    /// Open (creating if needed) the database at `path`. After a crash redb checks the
+    /// file and rebuilds its allocator state before this returns.
+    pub(super) fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(db_error)?;
+        let this = Self {
+            db,
+            commits: Mutex::new(Commits::default()),
+        };
+        // Make the tables, so reads find them; durable at once, as a fresh storage root is.
+        this.transaction(true, |tx| {
+            tx.open_table(FEEDS).map_err(db_error)?;
+            tx.open_table(BLOCKS).map_err(db_error)?;
+            tx.open_table(NODES).map_err(db_error)?;
+            Ok(())
+        })?;
+        Ok(this)
+    }
+
+    /// Run `f` in a write transaction and commit it, with an fsync if `durable`;
+    /// returns the commit's number.
+    fn transaction(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+    ) -> Result<u64, StorageError> {
+        let mut commits = lock(&self.commits);
+        Self::commit(&self.db, &mut commits, durable, f)
+    }
+
+    fn commit(
+        db: &Database,
+        commits: &mut Commits,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+    ) -> Result<u64, StorageError> {
+        let mut tx = db.begin_write().map_err(db_error)?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        tx.set_durability(durability).map_err(db_error)?;
+        f(&tx)?;
+        tx.commit().map_err(db_error)?;
+        commits.last += 1;
+        if durable {
+            commits.durable = commits.last;
+        }
+        Ok(commits.last)
+    }
+
+    /// Number of the last durable commit.
+    #[cfg(test)]
+    pub(super) fn durable_commit(&self) -> u64 {
+        lock(&self.commits).durable
+    }
+
+    /// Whether feed `key` has a row here.
+    pub(super) fn contains(&self, key: &[u8; 32]) -> Result<bool, StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        Ok(feeds.get(key).map_err(db_error)?.is_some())
+    }
+
+    /// Add feed `key` (not yet durable); [`StorageError::Exists`] if it is here already.
+    pub(super) fn create(
+        &self,
+        key: &[u8; 32],
+        secret_key: Option<&[u8; 32]>,
+    ) -> Result<u64, StorageError> {
+        let mut row = encode_meta(key, secret_key);
+        encode_head(&mut row, None);
+        self.transaction(false, |tx| {
+            let mut feeds = tx.open_table(FEEDS).map_err(db_error)?;
+            if feeds.get(key).map_err(db_error)?.is_some() {
+                return Err(StorageError::Exists);
+            }
+            feeds.insert(key, row.as_slice()).map_err(db_error)?;
+            Ok(())
+        })
+    }
+
+    /// The keys of every feed here, added to `out`.
+    pub(super) fn list(&self, out: &mut Vec<[u8; 32]>) -> Result<(), StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        for row in feeds.iter().map_err(db_error)? {
+            out.push(row.map_err(db_error)?.0.value());
+        }
+        Ok(())
+    }
+
+    /// Feed `key`'s meta, head and stored blocks, or `None` if it is not here.
+    pub(super) fn load(&self, key: &[u8; 32]) -> Result<Option<Loaded>, StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        let Some(row) = feeds.get(key).map_err(db_error)? else {
+            return Ok(None);
+        };
+        let (secret_key, head) = decode_row(key, row.value())?;
+        let mut loaded = Loaded {
+            secret_key,
+            head,
+            blocks: Vec::new(),
+            bytes: 0,
+        };
+        let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
+        for entry in blocks.range(rows(key)).map_err(db_error)? {
+            let (k, v) = entry.map_err(db_error)?;
+            loaded.blocks.push(k.value().1);
+            loaded.bytes = loaded.bytes.saturating_add(v.value().len() as u64);
+        }
+        let nodes = tx.open_table(NODES).map_err(db_error)?;
+        let node_count = nodes.range(rows(key)).map_err(db_error)?.count();
+        loaded.bytes = loaded.bytes.saturating_add(stored_bytes([], node_count));
+        Ok(Some(loaded))
+    }
+
+    /// Write blocks, nodes and head of feed `key` in one transaction (not yet durable);
+    /// returns the commit's number.
+    pub(super) fn write(
+        &self,
+        key: &[u8; 32],
+        blocks: &[(u64, &[u8])],
+        nodes: &[StoredNode],
+        head: Option<&StoredHead>,
+    ) -> Result<u64, StorageError> {
+        self.transaction(false, |tx| {
+            let mut table = tx.open_table(BLOCKS).map_err(db_error)?;
+            for (index, data) in blocks {
+                table.insert((*key, *index), *data).map_err(db_error)?;
+            }
+            let mut table = tx.open_table(NODES).map_err(db_error)?;
+            for node in nodes {
+                table
+                    .insert((*key, node.index), encode_tree_slot(node))
+                    .map_err(db_error)?;
+            }
+            if let Some(head) = head {
+                let mut feeds = tx.open_table(FEEDS).map_err(db_error)?;
+                let mut row = feeds
+                    .get(key)
+                    .map_err(db_error)?
+                    .ok_or_else(|| corrupt(key, "written but not created"))?
+                    .value()
+                    .to_vec();
+                row.truncate(META_LEN);
+                encode_head(&mut row, Some(head));
+                feeds.insert(key, row.as_slice()).map_err(db_error)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Make every commit up to number `upto` durable: one durable commit, unless one
+    /// came after it already (also while this call waited for another's to end).
+    pub(super) fn sync(&self, upto: u64) -> Result<(), StorageError> {
+        let mut commits = lock(&self.commits);
+        if commits.durable >= upto {
+            return Ok(());
+        }
+        Self::commit(&self.db, &mut commits, true, |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// The block at `index` of feed `key`.
+    pub(super) fn block(
+        &self,
+        key: &[u8; 32],
+        index: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
+        Ok(blocks
+            .get((*key, index))
+            .map_err(db_error)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// The blocks of feed `key` from `start` on, as [`FeedStorage::blocks`](crate::storage::FeedStorage::blocks)
+    /// answers them.
+    pub(super) fn blocks(
+        &self,
+        key: &[u8; 32],
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let table = tx.open_table(BLOCKS).map_err(db_error)?;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut range = table.range((*key, start)..(*key, end)).map_err(db_error)?;
+        crate::storage::take_range(start, end, max_bytes, |index| {
+            // Rows come in index order: the next one is block `index` or a gap.
+            match range.next() {
+                Some(entry) => {
+                    let (k, v) = entry.map_err(db_error)?;
+                    Ok((k.value().1 == index).then(|| v.value().to_vec()))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The tree node at `index` of feed `key`.
+    pub(super) fn node(
+        &self,
+        key: &[u8; 32],
+        index: u64,
+    ) -> Result<Option<StoredNode>, StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let nodes = tx.open_table(NODES).map_err(db_error)?;
+        let Some(slot) = nodes.get((*key, index)).map_err(db_error)? else {
+            return Ok(None);
+        };
+        let slot = slot.value();
+        let node = decode_tree_slot(index, &slot);
+        if encode_tree_slot(&node) != slot {
+            return Err(corrupt(key, &format!("node {index} fails its checksum")));
+        }
+        Ok(Some(node))
+    }
+
+    /// Every block and node of feed `key`.
+    pub(super) fn contents(&self, key: &[u8; 32]) -> Result<Contents, StorageError> {
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
+        let mut out = Contents {
+            blocks: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for entry in blocks.range(rows(key)).map_err(db_error)? {
+            let (k, v) = entry.map_err(db_error)?;
+            out.blocks.push((k.value().1, v.value().to_vec()));
+        }
+        let nodes = tx.open_table(NODES).map_err(db_error)?;
+        for entry in nodes.range(rows(key)).map_err(db_error)? {
+            let (k, v) = entry.map_err(db_error)?;
+            let index = k.value().1;
+            let slot = v.value();
+            let node = decode_tree_slot(index, &slot);
+            if encode_tree_slot(&node) != slot {
+                return Err(corrupt(key, &format!("node {index} fails its checksum")));
+            }
+            out.nodes.push(node);
+        }
+        Ok(out)
+    }
+
+    /// Remove feed `key` and all its rows, durably.
+    pub(super) fn remove(&self, key: &[u8; 32]) -> Result<(), StorageError> {
+        self.transaction(true, |tx| {
+            tx.open_table(FEEDS)
+                .map_err(db_error)?
+                .remove(key)
+                .map_err(db_error)?;
+            tx.open_table(BLOCKS)
+                .map_err(db_error)?
+                .retain_in(rows(key), |_, _| false)
+                .map_err(db_error)?;
+            tx.open_table(NODES)
+                .map_err(db_error)?
+                .retain_in(rows(key), |_, _| false)
+                .map_err(db_error)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+/// A feed row's secret key and head.
+fn decode_row(
+    key: &[u8; 32],
+    row: &[u8],
+) -> Result<(Option<[u8; 32]>, Option<StoredHead>), StorageError> {
+    if row.len() != META_LEN + RECORD_HEAD_LEN as usize {
+        return Err(corrupt(key, "feed row of the wrong length"));
+    }
+    let secret_key = decode_meta(&row[..META_LEN], key).map_err(|what| corrupt(key, what))?;
+    let head = decode_head(&row[META_LEN..]).ok_or_else(|| corrupt(key, "bad head flag"))?;
+    Ok((secret_key, head))
+}
