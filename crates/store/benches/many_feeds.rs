@@ -2,9 +2,10 @@
 //! to reopen. Not a criterion benchmark: it prints one line per phase.
 //!
 //! `create`: for each of N feeds, `Storage::create`, one `write` of what a replica's first
-//! block writes (one 1 KiB block, its leaf node, a head), `sync` (durable on return, as
-//! the feed store does), drop. Then the files and directories under the root, the bytes
-//! they take on disk, and the process's peak RSS.
+//! block writes (one 1 KiB block, its leaf node, a head), then with `sync` a `sync` (the
+//! writer: `Feed::append` is durable on return) or with `nosync` none (a replica:
+//! `Feed::ingest` leaves syncing to `Feed::flush`), drop. Then the files and directories
+//! under the root, the bytes they take on disk, and the process's peak RSS.
 //! `reopen` (a fresh process, so its RSS is its own): `DiskStorage::open` and `list`
 //! (what a daemon does before it is ready), one feed opened and its block read, then
 //! every feed opened and its head read.
@@ -13,7 +14,8 @@
 //! `per-feed` (`DiskConfig::small_feed_bytes` 0: a directory and file set per feed, the
 //! layout of decision 100).
 //!
-//! Run: `cargo bench -p replic8-store --bench many_feeds -- <shared|per-feed> <feeds>`
+//! Run: `cargo bench -p replic8-store --bench many_feeds -- <shared|per-feed> <feeds>
+//! [sync|nosync]`
 //! (the directory is made under `BENCH_DIR`, default the system temp dir, and removed).
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -102,7 +104,7 @@ fn disk_use(dir: &Path) -> (u64, u64, u64) {
     (files, dirs, bytes)
 }
 
-fn create(layout: &str, n: u64) {
+fn create(layout: &str, n: u64, sync: bool) {
     let tmp = tempfile::tempdir_in(bench_dir()).unwrap();
     let started = Instant::now();
     {
@@ -110,14 +112,17 @@ fn create(layout: &str, n: u64) {
         for i in 0..n {
             let mut feed = storage.create(key(i), Some([1; 32])).unwrap();
             feed.write(first_block(i)).unwrap();
-            feed.sync().unwrap();
+            if sync {
+                feed.sync().unwrap();
+            }
         }
     }
     let secs = started.elapsed().as_secs_f64();
     let (hwm, rss) = rss_mib();
     let (files, dirs, bytes) = disk_use(tmp.path());
+    let mode = if sync { "sync" } else { "nosync" };
     println!(
-        "{layout} create {n} feeds: {secs:.2} s ({:.1} us/feed), peak RSS {hwm:.0} MiB \
+        "{layout} create {n} feeds, {mode}: {secs:.2} s ({:.1} us/feed), peak RSS {hwm:.0} MiB \
          (now {rss:.0}), {files} files + {dirs} dirs ({:.2} per feed), {:.1} MiB on disk \
          ({:.1} KiB per feed)",
         secs * 1e6 / n as f64,
@@ -170,11 +175,12 @@ fn main() {
         [flag, layout, n, dir] if flag == "--reopen" => {
             reopen(layout, n.parse().unwrap(), Path::new(dir))
         }
-        [layout, n] => create(layout, n.parse().unwrap()),
+        [layout, n] => create(layout, n.parse().unwrap(), true),
+        [layout, n, mode] => create(layout, n.parse().unwrap(), mode == "sync"),
         _ => {
             for n in [1_000, 10_000] {
-                create("per-feed", n);
-                create("shared", n);
+                create("per-feed", n, false);
+                create("shared", n, false);
             }
         }
     }

@@ -10,12 +10,16 @@
 //! nodes   (key, index)   -> tree slot (as in the `tree` file, 48 B, with its checksum)
 //! ```
 //!
-//! Each write is one redb transaction committed without an fsync (`Durability::None`):
-//! all of it or none of it survives a crash. A feed's `sync` commits with
-//! `Durability::Immediate` (one fsync) unless a durable commit already came after its last
-//! write; that commit makes every feed's earlier writes durable, so feeds written one
-//! after another and synced together share it.
+//! Creates and writes are queued in memory and applied in order by the next commit, one
+//! redb transaction: a crash keeps all of a commit or none of it, so each write is whole
+//! or absent and none is kept without those before it. A commit happens when a feed
+//! syncs (`Durability::Immediate`: one fsync), when the queue is long
+//! ([`PENDING_OPS`], [`PENDING_BYTES`]; `Durability::None`), or before a read of a feed
+//! with queued writes. A sync after a durable commit that came after the feed's last
+//! write costs nothing, so feeds written one after another and synced together share
+//! one fsync.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -43,21 +47,170 @@ const CACHE_BYTES: usize = 16 << 20;
 /// The file name of the shared database under the storage root.
 pub(super) const FILE_NAME: &str = "small.redb";
 
-/// The shared database and its commit bookkeeping.
+/// The shared database, its commit bookkeeping and the writes not yet committed.
 #[derive(Debug)]
 pub(super) struct SmallFeeds {
     db: Database,
     /// Held across each write transaction, so commit numbers follow commit order.
-    commits: Mutex<Commits>,
+    state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
-struct Commits {
-    /// Number of the last commit (each write transaction takes the next).
+struct State {
+    /// Number of the last commit.
     last: u64,
     /// Number of the last commit made with `Durability::Immediate`: every commit up to
     /// it is durable.
     durable: u64,
+    /// Creates and writes not yet committed, in order; the next commit holds them all.
+    pending: Vec<Op>,
+    /// Bytes of blocks in `pending`.
+    pending_bytes: usize,
+    /// The feeds `pending` creates or writes.
+    touched: HashSet<[u8; 32]>,
+    /// A commit failed: what it held is lost, so no later sync may report success.
+    broken: bool,
+}
+
+/// One create or write, waiting for the next commit.
+#[derive(Debug)]
+enum Op {
+    Create {
+        key: [u8; 32],
+        row: Vec<u8>,
+    },
+    Write {
+        key: [u8; 32],
+        blocks: Vec<(u64, Vec<u8>)>,
+        nodes: Vec<StoredNode>,
+        head: Option<StoredHead>,
+    },
+}
+
+/// Pending creates and writes after which they are committed (without an fsync) even
+/// if no feed syncs: bounds the memory they hold, and makes each commit's cost (a walk
+/// down each table's B-tree, a page write per touched page) shared by many writes.
+const PENDING_OPS: usize = 1024;
+/// Pending block bytes after which they are committed, as [`PENDING_OPS`].
+const PENDING_BYTES: usize = 4 << 20;
+
+impl State {
+    fn check(&self) -> Result<(), StorageError> {
+        if self.broken {
+            return Err(StorageError::Io(std::io::Error::other(format!(
+                "an earlier commit of {FILE_NAME} failed; open the storage again"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Queue `op`; returns the number of the commit that will hold it.
+    fn push(
+        &mut self,
+        db: &Database,
+        key: [u8; 32],
+        bytes: usize,
+        op: Op,
+    ) -> Result<u64, StorageError> {
+        self.check()?;
+        self.touched.insert(key);
+        self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+        self.pending.push(op);
+        let number = self.last + 1;
+        if self.pending.len() >= PENDING_OPS || self.pending_bytes >= PENDING_BYTES {
+            self.commit(db, false, |_| Ok(()))?;
+        }
+        Ok(number)
+    }
+
+    /// Commit what is pending and `f`, with an fsync if `durable`; returns the commit's
+    /// number.
+    fn commit(
+        &mut self,
+        db: &Database,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+    ) -> Result<u64, StorageError> {
+        self.check()?;
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.touched.clear();
+        let result = (|| {
+            let mut tx = db.begin_write().map_err(db_error)?;
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            tx.set_durability(durability).map_err(db_error)?;
+            apply(&tx, pending)?;
+            f(&tx)?;
+            tx.commit().map_err(db_error)
+        })();
+        if let Err(e) = result {
+            self.broken = true;
+            return Err(e);
+        }
+        self.last += 1;
+        if durable {
+            self.durable = self.last;
+        }
+        Ok(self.last)
+    }
+
+    /// Commit what is pending if it touches feed `key` (before reading it).
+    fn settle(&mut self, db: &Database, key: &[u8; 32]) -> Result<(), StorageError> {
+        if self.touched.contains(key) {
+            self.commit(db, false, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Apply queued creates and writes in a write transaction.
+fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut feeds = tx.open_table(FEEDS).map_err(db_error)?;
+    let mut block_rows = tx.open_table(BLOCKS).map_err(db_error)?;
+    let mut node_rows = tx.open_table(NODES).map_err(db_error)?;
+    for op in ops {
+        match op {
+            Op::Create { key, row } => {
+                feeds.insert(key, row.as_slice()).map_err(db_error)?;
+            }
+            Op::Write {
+                key,
+                blocks,
+                nodes,
+                head,
+            } => {
+                for (index, data) in &blocks {
+                    block_rows
+                        .insert((key, *index), data.as_slice())
+                        .map_err(db_error)?;
+                }
+                for node in &nodes {
+                    node_rows
+                        .insert((key, node.index), encode_tree_slot(node))
+                        .map_err(db_error)?;
+                }
+                if let Some(head) = head {
+                    let mut row = feeds
+                        .get(key)
+                        .map_err(db_error)?
+                        .ok_or_else(|| corrupt(&key, "written but not created"))?
+                        .value()
+                        .to_vec();
+                    row.truncate(META_LEN);
+                    encode_head(&mut row, Some(&head));
+                    feeds.insert(key, row.as_slice()).map_err(db_error)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What opening a small feed reads: its meta, head, which blocks it holds and how many
@@ -113,10 +266,10 @@ impl SmallFeeds {
             .map_err(db_error)?;
         let this = Self {
             db,
-            commits: Mutex::new(Commits::default()),
+            state: Mutex::new(State::default()),
         };
         // Make the tables, so reads find them; durable at once, as a fresh storage root is.
-        this.transaction(true, |tx| {
+        this.commit(true, |tx| {
             tx.open_table(FEEDS).map_err(db_error)?;
             tx.open_table(BLOCKS).map_err(db_error)?;
             tx.open_table(NODES).map_err(db_error)?;
@@ -125,72 +278,59 @@ impl SmallFeeds {
         Ok(this)
     }
 
-    /// Run `f` in a write transaction and commit it, with an fsync if `durable`;
-    /// returns the commit's number.
-    fn transaction(
+    fn commit(
         &self,
         durable: bool,
         f: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
     ) -> Result<u64, StorageError> {
-        let mut commits = lock(&self.commits);
-        Self::commit(&self.db, &mut commits, durable, f)
+        lock(&self.state).commit(&self.db, durable, f)
     }
 
-    fn commit(
-        db: &Database,
-        commits: &mut Commits,
-        durable: bool,
-        f: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
-    ) -> Result<u64, StorageError> {
-        let mut tx = db.begin_write().map_err(db_error)?;
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        tx.set_durability(durability).map_err(db_error)?;
-        f(&tx)?;
-        tx.commit().map_err(db_error)?;
-        commits.last += 1;
-        if durable {
-            commits.durable = commits.last;
-        }
-        Ok(commits.last)
+    /// Commit what is pending if it touches feed `key`, so reads of it see it.
+    fn settle(&self, key: &[u8; 32]) -> Result<(), StorageError> {
+        lock(&self.state).settle(&self.db, key)
     }
 
     /// Number of the last durable commit.
     #[cfg(test)]
     pub(super) fn durable_commit(&self) -> u64 {
-        lock(&self.commits).durable
+        lock(&self.state).durable
     }
 
     /// Whether feed `key` has a row here.
     pub(super) fn contains(&self, key: &[u8; 32]) -> Result<bool, StorageError> {
+        if lock(&self.state).touched.contains(key) {
+            return Ok(true); // Only an existing feed is created or written.
+        }
         let tx = self.db.begin_read().map_err(db_error)?;
         let feeds = tx.open_table(FEEDS).map_err(db_error)?;
         Ok(feeds.get(key).map_err(db_error)?.is_some())
     }
 
-    /// Add feed `key` (not yet durable); [`StorageError::Exists`] if it is here already.
+    /// Add feed `key` (committed with the next commit); [`StorageError::Exists`] if it
+    /// is here already.
     pub(super) fn create(
         &self,
         key: &[u8; 32],
         secret_key: Option<&[u8; 32]>,
     ) -> Result<u64, StorageError> {
+        if self.contains(key)? {
+            return Err(StorageError::Exists);
+        }
         let mut row = encode_meta(key, secret_key);
         encode_head(&mut row, None);
-        self.transaction(false, |tx| {
-            let mut feeds = tx.open_table(FEEDS).map_err(db_error)?;
-            if feeds.get(key).map_err(db_error)?.is_some() {
-                return Err(StorageError::Exists);
-            }
-            feeds.insert(key, row.as_slice()).map_err(db_error)?;
-            Ok(())
-        })
+        let op = Op::Create { key: *key, row };
+        lock(&self.state).push(&self.db, *key, 0, op)
     }
 
     /// The keys of every feed here, added to `out`.
     pub(super) fn list(&self, out: &mut Vec<[u8; 32]>) -> Result<(), StorageError> {
+        {
+            let mut state = lock(&self.state);
+            if !state.pending.is_empty() {
+                state.commit(&self.db, false, |_| Ok(()))?;
+            }
+        }
         let tx = self.db.begin_read().map_err(db_error)?;
         let feeds = tx.open_table(FEEDS).map_err(db_error)?;
         for row in feeds.iter().map_err(db_error)? {
@@ -201,6 +341,7 @@ impl SmallFeeds {
 
     /// Feed `key`'s meta, head and stored blocks, or `None` if it is not here.
     pub(super) fn load(&self, key: &[u8; 32]) -> Result<Option<Loaded>, StorageError> {
+        self.settle(key)?;
         let tx = self.db.begin_read().map_err(db_error)?;
         let feeds = tx.open_table(FEEDS).map_err(db_error)?;
         let Some(row) = feeds.get(key).map_err(db_error)? else {
@@ -225,8 +366,8 @@ impl SmallFeeds {
         Ok(Some(loaded))
     }
 
-    /// Write blocks, nodes and head of feed `key` in one transaction (not yet durable);
-    /// returns the commit's number.
+    /// Write blocks, nodes and head of feed `key` (all committed with the next
+    /// commit); returns that commit's number.
     pub(super) fn write(
         &self,
         key: &[u8; 32],
@@ -234,41 +375,26 @@ impl SmallFeeds {
         nodes: &[StoredNode],
         head: Option<&StoredHead>,
     ) -> Result<u64, StorageError> {
-        self.transaction(false, |tx| {
-            let mut table = tx.open_table(BLOCKS).map_err(db_error)?;
-            for (index, data) in blocks {
-                table.insert((*key, *index), *data).map_err(db_error)?;
-            }
-            let mut table = tx.open_table(NODES).map_err(db_error)?;
-            for node in nodes {
-                table
-                    .insert((*key, node.index), encode_tree_slot(node))
-                    .map_err(db_error)?;
-            }
-            if let Some(head) = head {
-                let mut feeds = tx.open_table(FEEDS).map_err(db_error)?;
-                let mut row = feeds
-                    .get(key)
-                    .map_err(db_error)?
-                    .ok_or_else(|| corrupt(key, "written but not created"))?
-                    .value()
-                    .to_vec();
-                row.truncate(META_LEN);
-                encode_head(&mut row, Some(head));
-                feeds.insert(key, row.as_slice()).map_err(db_error)?;
-            }
-            Ok(())
-        })
+        let bytes = blocks.iter().map(|(_, d)| d.len()).sum();
+        let op = Op::Write {
+            key: *key,
+            blocks: blocks.iter().map(|(i, d)| (*i, d.to_vec())).collect(),
+            nodes: nodes.to_vec(),
+            head: head.copied(),
+        };
+        lock(&self.state).push(&self.db, *key, bytes, op)
     }
 
-    /// Make every commit up to number `upto` durable: one durable commit, unless one
-    /// came after it already (also while this call waited for another's to end).
+    /// Make every commit up to number `upto` durable: one durable commit (with what
+    /// is pending), unless one came after it already (also while this call waited for
+    /// another's to end).
     pub(super) fn sync(&self, upto: u64) -> Result<(), StorageError> {
-        let mut commits = lock(&self.commits);
-        if commits.durable >= upto {
+        let mut state = lock(&self.state);
+        state.check()?;
+        if state.durable >= upto {
             return Ok(());
         }
-        Self::commit(&self.db, &mut commits, true, |_| Ok(()))?;
+        state.commit(&self.db, true, |_| Ok(()))?;
         Ok(())
     }
 
@@ -278,6 +404,7 @@ impl SmallFeeds {
         key: &[u8; 32],
         index: u64,
     ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.settle(key)?;
         let tx = self.db.begin_read().map_err(db_error)?;
         let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
         Ok(blocks
@@ -295,6 +422,7 @@ impl SmallFeeds {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.settle(key)?;
         let tx = self.db.begin_read().map_err(db_error)?;
         let table = tx.open_table(BLOCKS).map_err(db_error)?;
         if start >= end {
@@ -319,6 +447,7 @@ impl SmallFeeds {
         key: &[u8; 32],
         index: u64,
     ) -> Result<Option<StoredNode>, StorageError> {
+        self.settle(key)?;
         let tx = self.db.begin_read().map_err(db_error)?;
         let nodes = tx.open_table(NODES).map_err(db_error)?;
         let Some(slot) = nodes.get((*key, index)).map_err(db_error)? else {
@@ -334,6 +463,7 @@ impl SmallFeeds {
 
     /// Every block and node of feed `key`.
     pub(super) fn contents(&self, key: &[u8; 32]) -> Result<Contents, StorageError> {
+        self.settle(key)?;
         let tx = self.db.begin_read().map_err(db_error)?;
         let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
         let mut out = Contents {
@@ -360,7 +490,7 @@ impl SmallFeeds {
 
     /// Remove feed `key` and all its rows, durably.
     pub(super) fn remove(&self, key: &[u8; 32]) -> Result<(), StorageError> {
-        self.transaction(true, |tx| {
+        self.commit(true, |tx| {
             tx.open_table(FEEDS)
                 .map_err(db_error)?
                 .remove(key)
@@ -390,4 +520,15 @@ fn decode_row(
     let secret_key = decode_meta(&row[..META_LEN], key).map_err(|what| corrupt(key, what))?;
     let head = decode_head(&row[META_LEN..]).ok_or_else(|| corrupt(key, "bad head flag"))?;
     Ok((secret_key, head))
+}
+
+impl Drop for SmallFeeds {
+    /// Commit what is pending, durably, as a per-feed log's unsynced writes reach the
+    /// file at close too (a failure here is found by the next open: they are lost).
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !state.pending.is_empty() && !state.broken {
+            let _ = state.commit(&self.db, true, |_| Ok(()));
+        }
+    }
 }
