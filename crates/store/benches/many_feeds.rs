@@ -83,6 +83,22 @@ fn rss_mib() -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU seconds (user + system) this process has used.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): utime is the 12th,
+    // stime the 13th, in clock ticks of 1/100 s.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// Files, directories and bytes allocated on disk under `dir`.
 fn disk_use(dir: &Path) -> (u64, u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -118,11 +134,12 @@ fn create(layout: &str, n: u64, sync: bool) {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs();
     let (hwm, rss) = rss_mib();
     let (files, dirs, bytes) = disk_use(tmp.path());
     let mode = if sync { "sync" } else { "nosync" };
     println!(
-        "{layout} create {n} feeds, {mode}: {secs:.2} s ({:.1} us/feed), peak RSS {hwm:.0} MiB \
+        "{layout} create {n} feeds, {mode}: {secs:.2} s ({:.1} us/feed, {cpu:.2} CPU-s), peak RSS {hwm:.0} MiB \
          (now {rss:.0}), {files} files + {dirs} dirs ({:.2} per feed), {:.1} MiB on disk \
          ({:.1} KiB per feed)",
         secs * 1e6 / n as f64,
