@@ -396,7 +396,7 @@ fn fresh_keys_offered_in_the_public_namespace_create_nothing_and_reach_no_third_
         .await;
         assert_eq!(refused.policy, FLOOD as u64);
         assert_no_end(&seen);
-        assert_eq!(b_storage.list().unwrap(), vec![], "a replica was made");
+        assert!(b_storage.list().unwrap().is_empty(), "a replica was made");
         let stats = b.store.send(GetStats).await.unwrap();
         assert_eq!((stats.replicas, stats.refused_policy), (0, FLOOD as u64));
 

@@ -85,6 +85,9 @@ enum Op {
         nodes: Vec<StoredNode>,
         head: Option<StoredHead>,
     },
+    Remove {
+        key: [u8; 32],
+    },
 }
 
 /// Pending creates and writes after which they are committed (without an fsync) even
@@ -177,6 +180,15 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
     let mut node_rows = tx.open_table(NODES).map_err(db_error)?;
     for op in ops {
         match op {
+            Op::Remove { key } => {
+                feeds.remove(key).map_err(db_error)?;
+                block_rows
+                    .retain_in(rows(&key), |_, _| false)
+                    .map_err(db_error)?;
+                node_rows
+                    .retain_in(rows(&key), |_, _| false)
+                    .map_err(db_error)?;
+            }
             Op::Create { key, row } => {
                 feeds.insert(key, row.as_slice()).map_err(db_error)?;
             }
@@ -299,9 +311,7 @@ impl SmallFeeds {
 
     /// Whether feed `key` has a row here.
     pub(super) fn contains(&self, key: &[u8; 32]) -> Result<bool, StorageError> {
-        if lock(&self.state).touched.contains(key) {
-            return Ok(true); // Only an existing feed is created or written.
-        }
+        self.settle(key)?;
         let tx = self.db.begin_read().map_err(db_error)?;
         let feeds = tx.open_table(FEEDS).map_err(db_error)?;
         Ok(feeds.get(key).map_err(db_error)?.is_some())
@@ -488,23 +498,17 @@ impl SmallFeeds {
         Ok(out)
     }
 
+    /// Remove feed `key` and all its rows with the next commit.
+    pub(super) fn remove_later(&self, key: &[u8; 32]) -> Result<(), StorageError> {
+        lock(&self.state).push(&self.db, *key, 0, Op::Remove { key: *key })?;
+        Ok(())
+    }
+
     /// Remove feed `key` and all its rows, durably.
     pub(super) fn remove(&self, key: &[u8; 32]) -> Result<(), StorageError> {
-        self.commit(true, |tx| {
-            tx.open_table(FEEDS)
-                .map_err(db_error)?
-                .remove(key)
-                .map_err(db_error)?;
-            tx.open_table(BLOCKS)
-                .map_err(db_error)?
-                .retain_in(rows(key), |_, _| false)
-                .map_err(db_error)?;
-            tx.open_table(NODES)
-                .map_err(db_error)?
-                .retain_in(rows(key), |_, _| false)
-                .map_err(db_error)?;
-            Ok(())
-        })?;
+        let mut state = lock(&self.state);
+        state.push(&self.db, *key, 0, Op::Remove { key: *key })?;
+        state.commit(&self.db, true, |_| Ok(()))?;
         Ok(())
     }
 }

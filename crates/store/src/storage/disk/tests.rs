@@ -256,10 +256,26 @@ fn small_feed_moves_out_past_the_threshold() {
     let s = reopen_with(s, config);
     check_small_feed(&s, [1; 32], 21);
     // An append too large for a small feed moves an empty one out before it is written.
+    // Its row goes once its first sync has made the directory durable.
     let mut g = s.create([2; 32], None).unwrap();
     g.write(conformance::append_batch(0, 50, 100)).unwrap();
     assert!(!lock(&g.inner).small);
     assert_eq!(g.block(49).unwrap(), Some(conformance::block(49, 100)));
+    assert!(s.shared.small.contains(&[2; 32]).unwrap());
+    g.sync().unwrap();
+    assert!(!s.shared.small.contains(&[2; 32]).unwrap());
+    drop(g);
+    // Both left (a crash before that sync): the directory wins.
+    let mut h = s.create([3; 32], None).unwrap();
+    h.write(conformance::append_batch(0, 50, 100)).unwrap();
+    drop(h);
+    assert!(s.shared.small.contains(&[3; 32]).unwrap());
+    let s = reopen_with(s, config);
+    assert_eq!(s.list().unwrap(), vec![[1; 32], [2; 32], [3; 32]]);
+    let mut h = s.open(&[3; 32]).unwrap().unwrap();
+    assert!(!lock(&h.inner).small);
+    assert_eq!(h.block(49).unwrap(), Some(conformance::block(49, 100)));
+    assert!(!s.shared.small.contains(&[3; 32]).unwrap());
 }
 
 fn reopen_with(s: DiskStorage, config: DiskConfig) -> DiskStorage {
