@@ -95,12 +95,6 @@ fn panic_while_hashing_fails_the_feed_until_reopened() {
     assert_eq!(f.node(7).unwrap(), Some(node(7)));
 }
 
-fn reopen(s: DiskStorage) -> DiskStorage {
-    let root = s.root().to_path_buf();
-    drop(s);
-    DiskStorage::open(root).unwrap()
-}
-
 /// The conformance cases with `config`, each storage in a fresh directory.
 fn conformance_with(config: DiskConfig) {
     let mut dirs = Vec::new();
@@ -111,11 +105,7 @@ fn conformance_with(config: DiskConfig) {
             dirs.push(dir);
             s
         },
-        &mut |s| {
-            let root = s.root().to_path_buf();
-            drop(s);
-            DiskStorage::open_with(root, config).unwrap()
-        },
+        &mut |s| reopen_with(s, config),
     );
 }
 
@@ -149,39 +139,16 @@ fn per_feed() -> DiskConfig {
 /// large feeds move them out half way.
 #[test]
 fn disk_conformance() {
-    let mut dirs = Vec::new();
-    conformance::run_all(
-        &mut || {
-            let dir = tempfile::tempdir().unwrap();
-            let s = DiskStorage::open(dir.path()).unwrap();
-            dirs.push(dir);
-            s
-        },
-        &mut reopen,
-    );
+    conformance_with(DiskConfig::default());
 }
 
 /// The same cases with a checkpoint at every sync, so reads go through the slot files.
 #[test]
 fn disk_conformance_with_checkpoints() {
-    let config = DiskConfig {
+    conformance_with(DiskConfig {
         checkpoint_bytes: 1,
         ..DiskConfig::default()
-    };
-    let mut dirs = Vec::new();
-    conformance::run_all(
-        &mut || {
-            let dir = tempfile::tempdir().unwrap();
-            let s = DiskStorage::open_with(dir.path(), config).unwrap();
-            dirs.push(dir);
-            s
-        },
-        &mut |s| {
-            let root = s.root().to_path_buf();
-            drop(s);
-            DiskStorage::open_with(root, config).unwrap()
-        },
-    );
+    });
 }
 
 /// A `Feed` on a disk feed appends through its overlapped fast path (chosen by type in
