@@ -42,7 +42,8 @@ fn blocks(n: usize, seed: u8) -> Vec<Vec<u8>> {
 /// The victim (disk storage) replicating `feed` from the good peer, plus a hostile peer.
 struct World {
     victim: NodeHandle,
-    dir: tempfile::TempDir,
+    /// The victim's data directory, removed when the world is dropped.
+    _dir: tempfile::TempDir,
     good: NodeHandle,
     feed: FeedKey,
     length: u64,
@@ -103,7 +104,7 @@ impl World {
         let hostile = HostilePeer::spawn().await;
         World {
             victim,
-            dir,
+            _dir: dir,
             good,
             feed,
             length: 20,

@@ -205,7 +205,8 @@ impl Log {
 /// [`OPEN`]; the honest node dials the victim, which accepts and replicates the feed.
 struct World {
     victim: NodeHandle,
-    dir: tempfile::TempDir,
+    /// The victim's data directory, removed when the world is dropped.
+    _dir: tempfile::TempDir,
     v: Log,
     honest: NodeHandle,
     h: Log,
@@ -246,7 +247,7 @@ impl World {
             v: Log::new("victim", &victim),
             h: Log::new("honest", &honest),
             victim,
-            dir,
+            _dir: dir,
             honest,
             feed,
             length: 20,
