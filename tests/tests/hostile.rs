@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -43,7 +42,8 @@ fn blocks(n: usize, seed: u8) -> Vec<Vec<u8>> {
 /// The victim (disk storage) replicating `feed` from the good peer, plus a hostile peer.
 struct World {
     victim: NodeHandle,
-    dir: tempfile::TempDir,
+    /// The victim's data directory, removed when the world is dropped.
+    _dir: tempfile::TempDir,
     good: NodeHandle,
     feed: FeedKey,
     length: u64,
@@ -104,7 +104,7 @@ impl World {
         let hostile = HostilePeer::spawn().await;
         World {
             victim,
-            dir,
+            _dir: dir,
             good,
             feed,
             length: 20,
@@ -298,7 +298,7 @@ impl World {
         assert_eq!((info.length, info.stored), (self.length, self.length));
         let mut expected: Vec<String> = replicas.iter().chain([&self.feed]).map(hex).collect();
         expected.sort();
-        assert_eq!(feed_dirs(self.dir.path()), expected);
+        assert_eq!(stored_feeds(&self.victim).await, expected);
     }
 
     /// The hostile peer offers its 8-block feed in [`OPEN`], waits for the
@@ -369,29 +369,16 @@ fn hex(feed: &FeedKey) -> String {
     feed.0.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The feed directories in a node's disk store (`feeds/<hh>/<key hex>`).
-fn feed_dirs(data_dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let walk = |p: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(p)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for root in walk(data_dir) {
-        for fan in walk(&root.join("feeds")).into_iter().chain(walk(&root)) {
-            for feed in walk(&fan) {
-                let name = feed.file_name().unwrap().to_string_lossy().into_owned();
-                if name.len() == 64 && !found.contains(&name) {
-                    found.push(name);
-                }
-            }
-        }
-    }
+/// The feeds in a node's store, as hex keys, sorted (small feeds share one database
+/// file, so the store is asked rather than its directory read).
+async fn stored_feeds(node: &NodeHandle) -> Vec<String> {
+    let mut found: Vec<String> = node
+        .list_feeds()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| hex(&f.info.key))
+        .collect();
     found.sort();
     found
 }

@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,29 +96,16 @@ fn hex(feed: &FeedKey) -> String {
     feed.0.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The feed directories in a node's disk store (`feeds/<hh>/<key hex>`).
-fn feed_dirs(data_dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let walk = |p: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(p)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for root in walk(data_dir) {
-        for fan in walk(&root.join("feeds")).into_iter().chain(walk(&root)) {
-            for feed in walk(&fan) {
-                let name = feed.file_name().unwrap().to_string_lossy().into_owned();
-                if name.len() == 64 && !found.contains(&name) {
-                    found.push(name);
-                }
-            }
-        }
-    }
+/// The feeds in a node's store, as hex keys, sorted (small feeds share one database
+/// file, so the store is asked rather than its directory read).
+async fn stored_feeds(node: &NodeHandle) -> Vec<String> {
+    let mut found: Vec<String> = node
+        .list_feeds()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| hex(&f.info.key))
+        .collect();
     found.sort();
     found
 }
@@ -219,7 +205,8 @@ impl Log {
 /// [`OPEN`]; the honest node dials the victim, which accepts and replicates the feed.
 struct World {
     victim: NodeHandle,
-    dir: tempfile::TempDir,
+    /// The victim's data directory, removed when the world is dropped.
+    _dir: tempfile::TempDir,
     v: Log,
     honest: NodeHandle,
     h: Log,
@@ -260,7 +247,7 @@ impl World {
             v: Log::new("victim", &victim),
             h: Log::new("honest", &honest),
             victim,
-            dir,
+            _dir: dir,
             honest,
             feed,
             length: 20,
@@ -468,9 +455,9 @@ fn a_junk_feed_flood_creates_no_replica_and_reaches_no_honest_peer() {
             "only the honest feed is a replica: {stats:?}"
         );
         assert_eq!(
-            feed_dirs(w.dir.path()),
+            stored_feeds(&w.victim).await,
             vec![hex(&w.feed)],
-            "replica directories"
+            "feeds in the victim's store"
         );
         // A feed the victim shares afterwards reaches the honest node; no junk key did.
         let later = w.victim.create_feed().await.unwrap();

@@ -1,4 +1,6 @@
-//! `DiskStorage` on real files: torn tails, corruption, checkpoints, many feeds.
+//! `DiskStorage` on real files: torn tails, corruption, checkpoints, many feeds; every
+//! feed in its own directory (`DiskConfig::small_feed_bytes` 0), whose files the tests
+//! damage. The shared database of small feeds: `storage_small.rs`.
 
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
@@ -67,9 +69,21 @@ fn check_prefix(f: &mut impl FeedStorage, n: u64, len: usize) {
     );
 }
 
+/// The storage at `dir` with every new feed in its own directory.
+fn open_per_feed(dir: impl AsRef<std::path::Path>) -> Result<DiskStorage, StorageError> {
+    DiskStorage::open_with(
+        dir,
+        DiskConfig {
+            small_feed_bytes: 0,
+            ..DiskConfig::default()
+        },
+    )
+}
+
 fn small_checkpoints() -> DiskConfig {
     DiskConfig {
         checkpoint_bytes: 1,
+        small_feed_bytes: 0,
         ..DiskConfig::default()
     }
 }
@@ -79,7 +93,7 @@ fn torn_tail_is_cut_on_open_at_every_cut_point() {
     let dir = tempfile::tempdir().unwrap();
     let key = [1u8; 32];
     let (good_len, full_len) = {
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         let mut f = s.create(key, Some([2; 32])).unwrap();
         for i in 0..3 {
             f.write(append(i, 300)).unwrap();
@@ -96,7 +110,7 @@ fn torn_tail_is_cut_on_open_at_every_cut_point() {
     // Every length strictly between the two records' ends is a torn fourth record.
     for cut in (good_len + 1..full_len).step_by(7).chain([full_len - 1]) {
         fs::write(&log, &full[..cut as usize]).unwrap();
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         let mut f = s.open(&key).unwrap().unwrap();
         check_prefix(&mut f, 3, 300);
         assert_eq!(fs::metadata(&log).unwrap().len(), good_len, "cut at {cut}");
@@ -105,7 +119,7 @@ fn torn_tail_is_cut_on_open_at_every_cut_point() {
         f.sync().unwrap();
         drop(f);
         drop(s);
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         check_prefix(&mut s.open(&key).unwrap().unwrap(), 4, 300);
     }
 }
@@ -115,7 +129,7 @@ fn zeroed_tail_is_cut_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let key = [3u8; 32];
     {
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         let mut f = s.create(key, None).unwrap();
         f.write(append(0, 10)).unwrap();
         f.sync().unwrap();
@@ -129,7 +143,7 @@ fn zeroed_tail_is_cut_on_open() {
         .unwrap()
         .set_len(len + 4096)
         .unwrap();
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     check_prefix(&mut s.open(&key).unwrap().unwrap(), 1, 10);
     assert_eq!(fs::metadata(&log).unwrap().len(), len);
 }
@@ -139,7 +153,7 @@ fn damaged_record_before_a_valid_one_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let key = [4u8; 32];
     {
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         let mut f = s.create(key, None).unwrap();
         for i in 0..3 {
             f.write(append(i, 200)).unwrap();
@@ -153,7 +167,7 @@ fn damaged_record_before_a_valid_one_is_corrupt() {
     let at = 16 + 24 + 112 + 16 + 96 + 5;
     bytes[at] ^= 0x40;
     fs::write(&log, &bytes).unwrap();
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     match s.open(&key) {
         Err(StorageError::Corrupt(what)) => {
             assert!(what.contains("log"), "{what}");
@@ -196,7 +210,7 @@ fn corrupt_checkpointed_block_and_node_are_reported() {
         .unwrap();
     tree.write_all_at(&[0xee], 5 * 48 + 1).unwrap();
 
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     let mut f = s.open(&key).unwrap().unwrap();
     assert_eq!(f.block(1).unwrap(), Some(block(1, 100)));
     match f.block(2) {
@@ -240,7 +254,7 @@ fn corrupt_meta_state_and_log_header_are_reported() {
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         match s.open(&key) {
             Err(StorageError::Corrupt(what)) => assert!(what.contains(file), "{what}"),
             other => panic!("{file}: expected corrupt, got {other:?}"),
@@ -259,6 +273,7 @@ fn random_damage_never_panics_or_returns_wrong_bytes() {
             dir.path(),
             DiskConfig {
                 checkpoint_entries: 12,
+                small_feed_bytes: 0,
                 ..DiskConfig::default()
             },
         )
@@ -293,7 +308,7 @@ fn random_damage_never_panics_or_returns_wrong_bytes() {
             _ => damaged.truncate((rng.next() % damaged.len() as u64) as usize),
         }
         fs::write(fd.join(name), &damaged).unwrap();
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         if let Ok(Some(mut f)) = s.open(&key) {
             for i in 0..12 {
                 if let Ok(Some(data)) = f.block(i) {
@@ -316,6 +331,7 @@ fn checkpointed_and_replayed_feeds_agree() {
     let dir = tempfile::tempdir().unwrap();
     let config = DiskConfig {
         checkpoint_entries: 7,
+        small_feed_bytes: 0,
         ..DiskConfig::default()
     };
     {
@@ -341,19 +357,19 @@ fn checkpointed_and_replayed_feeds_agree() {
 #[test]
 fn a_directory_is_opened_by_one_storage_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let s = DiskStorage::open(dir.path()).unwrap();
-    match DiskStorage::open(dir.path()) {
+    let s = open_per_feed(dir.path()).unwrap();
+    match open_per_feed(dir.path()) {
         Err(StorageError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
         other => panic!("expected the lock to be held, got {other:?}"),
     }
     drop(s);
-    DiskStorage::open(dir.path()).unwrap();
+    open_per_feed(dir.path()).unwrap();
 }
 
 #[test]
 fn two_handles_to_one_feed_share_it() {
     let dir = tempfile::tempdir().unwrap();
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     let mut a = s.create([9; 32], None).unwrap();
     let mut b = s.open(&[9; 32]).unwrap().unwrap();
     a.write(append(0, 5)).unwrap();
@@ -382,6 +398,7 @@ fn ten_thousand_feeds_with_bounded_file_handles() {
         .unwrap();
     let config = DiskConfig {
         max_open_files: MAX_OPEN,
+        small_feed_bytes: 0,
         ..DiskConfig::default()
     };
     let key = |n: u32| {
@@ -430,7 +447,7 @@ fn ten_thousand_feeds_with_bounded_file_handles() {
 #[test]
 fn meta_with_the_secret_key_is_readable_by_its_owner_only() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = DiskStorage::open(dir.path()).unwrap();
+    let storage = open_per_feed(dir.path()).unwrap();
     let key = [0x33; 32];
     drop(storage.create(key, Some([0x44; 32])).unwrap());
     let meta = feed_dir(dir.path(), &key).join("meta");
@@ -477,7 +494,7 @@ fn sparse_far_blocks_and_the_index_limit() {
     let fd = feed_dir(dir.path(), &key);
     // Two bitfield pages, not a bitfield of 2^36 bits.
     assert!(fs::metadata(fd.join("state")).unwrap().len() < 2048);
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     let mut f = s.open(&key).unwrap().unwrap();
     assert_eq!(f.head(), Some(head(MAX_BLOCK_INDEX)));
     assert!(f.has_block(3) && f.has_block(far) && !f.has_block(4) && !f.has_block(far - 1));
@@ -498,6 +515,7 @@ fn writes_without_sync_still_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let config = DiskConfig {
         checkpoint_entries: 30,
+        small_feed_bytes: 0,
         ..DiskConfig::default()
     };
     let s = DiskStorage::open_with(dir.path(), config).unwrap();
@@ -518,7 +536,7 @@ fn writes_without_sync_still_checkpoint() {
 fn meta_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     let _f = s.create([13; 32], Some([14; 32])).unwrap();
     let meta = feed_dir(dir.path(), &[13; 32]).join("meta");
     let mode = fs::metadata(meta).unwrap().permissions().mode();
@@ -531,7 +549,7 @@ fn replay_of_large_and_mixed_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let sizes = [(5 << 20) / 2, 10, 0, (3 << 20) / 2, 1];
     {
-        let s = DiskStorage::open(dir.path()).unwrap();
+        let s = open_per_feed(dir.path()).unwrap();
         let mut f = s.create([15; 32], None).unwrap();
         f.write(WriteBatch {
             blocks: sizes
@@ -546,7 +564,7 @@ fn replay_of_large_and_mixed_blocks() {
         f.write(append(5, 7)).unwrap();
         f.sync().unwrap();
     }
-    let s = DiskStorage::open(dir.path()).unwrap();
+    let s = open_per_feed(dir.path()).unwrap();
     let mut f = s.open(&[15; 32]).unwrap().unwrap();
     for (i, &len) in sizes.iter().enumerate() {
         assert_eq!(

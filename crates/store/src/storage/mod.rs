@@ -21,7 +21,7 @@ pub mod memory;
 #[cfg(test)]
 pub(crate) mod conformance;
 
-pub use disk::{DiskConfig, DiskFeed, DiskStorage};
+pub use disk::{DiskConfig, DiskFeed, DiskStorage, SMALL_FEED_BYTES};
 pub use memory::{MemoryFeed, MemoryStorage};
 
 /// One node of a feed's Merkle tree, as stored.

@@ -1,10 +1,15 @@
 //! [`DiskStorage`]: feeds in a directory, crash safe. The default storage.
 //!
-//! Layout (why this shape, with the recovery steps and the fsync order:
+//! Small feeds (up to [`DiskConfig::small_feed_bytes`] of blocks and nodes) live
+//! together in one database, `small.redb` (`small`, and
+//! `docs/decisions/165-small-feeds-share-a-database.md`); a write that would take a feed
+//! past that first moves it into a directory of its own, laid out as below (why this
+//! shape, with the recovery steps and the fsync order:
 //! `docs/decisions/100-storage-per-feed-log.md`):
 //!
 //! ```text
 //! <root>/LOCK                       held with an exclusive file lock while open
+//! <root>/small.redb                 the small feeds (meta, head, blocks, nodes)
 //! <root>/feeds/<hh>/<key hex>/meta  public key, secret key (written once, at create)
 //!                             log   append-only batch records: the source of truth
 //!                             tree  tree-node slots, 48 bytes per flat-tree index
@@ -31,7 +36,9 @@
 //! - `recovery`: open (load `state`, replay the log, cut a torn tail).
 //! - `append`: writes, among them the overlapped append.
 //! - `read`: block, range and node reads.
-//! - this file: [`DiskStorage`], [`DiskFeed`] and the feed's sync.
+//! - `small`: the shared database of small feeds.
+//! - this file: [`DiskStorage`], [`DiskFeed`], the feed's sync, and which of the two
+//!   layouts each call goes to (a small feed moves out here too).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -54,13 +61,18 @@ mod index;
 mod append;
 mod read;
 mod recovery;
+mod small;
 
 use bitfield::Bitfield;
 use cache::{FileCache, FileKind};
 use checkpoint::{SlotFiles, Unindexed};
 use files::{corrupt, for_each_in_subdirs, lock, read_bounded, sync_dir};
-use format::{decode_meta, encode_meta, encode_state, Record, LOG_HEADER_LEN, META_LEN};
+use format::{
+    check_node_indices, decode_meta, encode_meta, encode_state, record_size, Record,
+    LOG_HEADER_LEN, META_LEN,
+};
 pub use format::{MAX_BLOCK_INDEX, MAX_NODE_INDEX, MAX_RECORD_BYTES};
+use small::SmallFeeds;
 
 /// Tuning for a [`DiskStorage`].
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +85,11 @@ pub struct DiskConfig {
     pub checkpoint_bytes: u64,
     /// Unindexed blocks plus nodes after which a `sync` also checkpoints.
     pub checkpoint_entries: usize,
+    /// Bytes of blocks (plus 48 per tree node) up to which a feed lives in the shared
+    /// database rather than in a directory of its own; a write that would take it past
+    /// this moves it out first. 0 gives every new feed its own directory (the layout
+    /// before the shared one). Feeds already stored open where they are whatever this is.
+    pub small_feed_bytes: u64,
 }
 
 impl Default for DiskConfig {
@@ -85,9 +102,16 @@ impl Default for DiskConfig {
             checkpoint_bytes: 64 << 20,
             // About 6 MB of in-memory index per active feed at most.
             checkpoint_entries: 1 << 16,
+            small_feed_bytes: SMALL_FEED_BYTES,
         }
     }
 }
+
+/// The default [`DiskConfig::small_feed_bytes`]: 64 KiB, where appends start to be
+/// written on a helper thread while they are hashed (the bulk path), and where a feed's
+/// own file set (a directory and up to five files of at least one 4 KiB filesystem block
+/// each) stops costing as much as its data.
+pub const SMALL_FEED_BYTES: u64 = 64 << 10;
 
 /// Feeds stored in a directory, one sub-directory per feed.
 ///
@@ -108,6 +132,7 @@ struct Shared {
     files: Mutex<FileCache>,
     live: Mutex<HashMap<[u8; 32], Weak<Mutex<FeedInner>>>>,
     next_id: AtomicU64,
+    small: SmallFeeds,
 }
 
 /// One feed of a [`DiskStorage`]. Handles to the same feed share its state.
@@ -143,6 +168,15 @@ struct FeedInner {
     scratch: Vec<u8>,
     /// A log sync running on its own thread, started by `sync_start`.
     pending: Option<PendingSync>,
+    /// The feed lives in the shared database (`small`), not in `dir`.
+    small: bool,
+    /// Bytes the feed takes in the shared database ([`small::stored_bytes`]).
+    small_bytes: u64,
+    /// The shared database's commit that holds the feed's last write.
+    small_commit: u64,
+    /// The feed moved out of the shared database holding nothing and its row is still
+    /// there, to be removed once its directory is durable.
+    rows_left: bool,
 }
 
 /// An `fdatasync` of the log on a helper thread ([`FeedStorage::sync_start`]).
@@ -207,6 +241,9 @@ impl DiskStorage {
                 sync_dir(parent)?;
             }
         }
+        // Opened after the lock is held: redb takes its own lock too, and the first
+        // storage's error should be the one above.
+        let small = SmallFeeds::open(&root.join(small::FILE_NAME))?;
         let storage = Self {
             shared: Arc::new(Shared {
                 root,
@@ -216,6 +253,7 @@ impl DiskStorage {
                 files: Mutex::new(FileCache::default()),
                 live: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                small,
             }),
         };
         recovery::remove_leftovers(&storage.shared.feeds_dir)?;
@@ -234,8 +272,7 @@ impl DiskStorage {
     }
 
     fn feed_dir(&self, key: &[u8; 32]) -> PathBuf {
-        let h = hex(key);
-        self.shared.feeds_dir.join(&h[..2]).join(h)
+        self.shared.feed_dir(key)
     }
 
     fn new_inner(
@@ -244,23 +281,65 @@ impl DiskStorage {
         dir: PathBuf,
         secret_key: Option<[u8; 32]>,
     ) -> Arc<Mutex<FeedInner>> {
-        Arc::new(Mutex::new(FeedInner {
-            shared: Arc::clone(&self.shared),
-            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+        Arc::new(Mutex::new(FeedInner::new(
+            &self.shared,
             key,
             dir,
             secret_key,
-            head: None,
-            bitfield: Bitfield::default(),
-            log_len: 0,
-            applied: LOG_HEADER_LEN,
-            unindexed: Unindexed::default(),
-            unsynced: false,
-            needs_dir_sync: true,
-            failed: false,
-            scratch: Vec::new(),
-            pending: None,
-        }))
+        )))
+    }
+}
+
+impl Shared {
+    fn feed_dir(&self, key: &[u8; 32]) -> PathBuf {
+        let h = hex(key);
+        self.feeds_dir.join(&h[..2]).join(h)
+    }
+
+    /// Make the directory of a new feed: under a temporary name, with `meta`, and with
+    /// `fill` run on it (which must leave what it writes synced), then
+    /// renamed into place: a crash leaves the directory whole or absent (temporary
+    /// ones are removed on open). [`StorageError::Exists`] if the feed's directory is
+    /// there already.
+    fn make_feed_dir(
+        self: &Arc<Self>,
+        key: &[u8; 32],
+        secret_key: Option<&[u8; 32]>,
+        fill: impl FnOnce(&Path) -> Result<(), StorageError>,
+    ) -> Result<PathBuf, StorageError> {
+        let dir = self.feed_dir(key);
+        if dir.exists() {
+            return Err(StorageError::Exists);
+        }
+        let fan = dir.parent().unwrap_or(&self.feeds_dir).to_path_buf();
+        fs::create_dir_all(&fan)?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = fan.join(format!(".tmp-{}-{}-{n}", hex(key), std::process::id()));
+        fs::create_dir(&tmp)?;
+        let made = (|| {
+            let meta = encode_meta(key, secret_key);
+            // `meta` holds a writable feed's secret key: only its owner may read it.
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp.join("meta"))?
+                .write_all(&meta)?;
+            fill(&tmp)
+        })();
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(if dir.exists() {
+                StorageError::Exists
+            } else {
+                e.into()
+            });
+        }
+        Ok(dir)
     }
 }
 
@@ -277,31 +356,29 @@ impl Storage for DiskStorage {
             return Err(StorageError::Exists);
         }
         let dir = self.feed_dir(&key);
-        if dir.exists() {
-            return Err(StorageError::Exists);
-        }
-        let fan = dir.parent().unwrap_or(&self.shared.feeds_dir).to_path_buf();
-        fs::create_dir_all(&fan)?;
-        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let tmp = fan.join(format!(".tmp-{}-{}-{n}", hex(&key), std::process::id()));
-        fs::create_dir(&tmp)?;
-        let meta = encode_meta(&key, secret_key.as_ref());
-        // `meta` holds a writable feed's secret key: only its owner may read it.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(tmp.join("meta"))?
-            .write_all(&meta)?;
-        if let Err(e) = fs::rename(&tmp, &dir) {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(if dir.exists() {
-                StorageError::Exists
-            } else {
-                e.into()
-            });
-        }
-        let inner = self.new_inner(key, dir, secret_key);
+        let small = &self.shared.small;
+        let inner = if self.shared.config.small_feed_bytes > 0 {
+            if dir.exists() {
+                return Err(StorageError::Exists);
+            }
+            let commit = small.create(&key, secret_key.as_ref())?;
+            let inner = self.new_inner(key, dir, secret_key);
+            {
+                let mut i = lock(&inner);
+                i.small = true;
+                i.small_commit = commit;
+                i.needs_dir_sync = false;
+            }
+            inner
+        } else {
+            if small.contains(&key)? {
+                return Err(StorageError::Exists);
+            }
+            let dir = self
+                .shared
+                .make_feed_dir(&key, secret_key.as_ref(), |_| Ok(()))?;
+            self.new_inner(key, dir, secret_key)
+        };
         live.insert(key, Arc::downgrade(&inner));
         Ok(DiskFeed { inner })
     }
@@ -315,9 +392,33 @@ impl Storage for DiskStorage {
         let meta_path = dir.join("meta");
         let meta = match read_bounded(&meta_path, META_LEN as u64) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let Some(loaded) = self.shared.small.load(key)? else {
+                    return Ok(None);
+                };
+                let inner = self.new_inner(*key, dir, loaded.secret_key);
+                {
+                    let mut i = lock(&inner);
+                    i.small = true;
+                    i.small_bytes = loaded.bytes;
+                    i.head = loaded.head;
+                    i.bitfield.set_all(loaded.blocks.into_iter());
+                    i.needs_dir_sync = false;
+                }
+                live.insert(*key, Arc::downgrade(&inner));
+                return Ok(Some(DiskFeed { inner }));
+            }
             Err(e) => return Err(e.into()),
         };
+        // A crash after a small feed moved into its directory and before its rows were
+        // removed leaves both: the directory has everything (it was synced before it
+        // was renamed into place).
+        if self.shared.small.contains(key)? {
+            File::open(&meta_path)?.sync_all()?;
+            sync_dir(&dir)?;
+            sync_dir(dir.parent().unwrap_or(&self.shared.feeds_dir))?;
+            self.shared.small.remove(key)?;
+        }
         let secret_key = decode_meta(&meta, key).map_err(|what| corrupt(&meta_path, 0, what))?;
         let inner = self.new_inner(*key, dir, secret_key);
         let loaded = lock(&inner).load();
@@ -333,6 +434,7 @@ impl Storage for DiskStorage {
 
     fn list(&self) -> Result<Vec<[u8; 32]>, StorageError> {
         let mut keys = Vec::new();
+        self.shared.small.list(&mut keys)?;
         for_each_in_subdirs(&self.shared.feeds_dir, |entry| {
             if let Some(key) = entry.file_name().to_str().and_then(parse_hex) {
                 keys.push(key);
@@ -340,11 +442,144 @@ impl Storage for DiskStorage {
             Ok(())
         })?;
         keys.sort_unstable();
+        keys.dedup();
         Ok(keys)
     }
 }
 
 impl FeedInner {
+    fn new(
+        shared: &Arc<Shared>,
+        key: [u8; 32],
+        dir: PathBuf,
+        secret_key: Option<[u8; 32]>,
+    ) -> Self {
+        FeedInner {
+            shared: Arc::clone(shared),
+            id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+            key,
+            dir,
+            secret_key,
+            head: None,
+            bitfield: Bitfield::default(),
+            log_len: 0,
+            applied: LOG_HEADER_LEN,
+            unindexed: Unindexed::default(),
+            unsynced: false,
+            needs_dir_sync: true,
+            failed: false,
+            scratch: Vec::new(),
+            pending: None,
+            small: false,
+            small_bytes: 0,
+            small_commit: 0,
+            rows_left: false,
+        }
+    }
+
+    /// Whether a write of `blocks` and `node_count` nodes goes to the shared database:
+    /// the feed is there and stays within [`DiskConfig::small_feed_bytes`] with it. A
+    /// feed there that would not is moved into its own directory first. Limits are
+    /// checked first, as the log checks them, so a write refused for them moves nothing.
+    fn stays_small<'a>(
+        &mut self,
+        blocks: impl Iterator<Item = (u64, &'a [u8])> + Clone,
+        node_count: usize,
+    ) -> Result<bool, StorageError> {
+        if !self.small {
+            return Ok(false);
+        }
+        self.check_failed()?;
+        if let Some((index, _)) = blocks.clone().find(|(i, _)| *i >= MAX_BLOCK_INDEX) {
+            return Err(StorageError::Limit(format!(
+                "block index {index} is not below {MAX_BLOCK_INDEX}"
+            )));
+        }
+        let count = blocks.clone().count();
+        let data_len = small::stored_bytes(blocks.clone().map(|(_, d)| d), 0);
+        record_size(count, node_count, data_len)?;
+        let adding = small::stored_bytes(blocks.map(|(_, d)| d), node_count);
+        if self.small_bytes.saturating_add(adding) <= self.shared.config.small_feed_bytes {
+            return Ok(true);
+        }
+        self.move_out()?;
+        Ok(false)
+    }
+
+    /// Write to the shared database (the feed is there: [`FeedInner::stays_small`]).
+    fn small_write(
+        &mut self,
+        blocks: &[(u64, &[u8])],
+        nodes: &[StoredNode],
+        head: Option<StoredHead>,
+    ) -> Result<(), StorageError> {
+        check_node_indices(nodes)?;
+        let commit = self
+            .shared
+            .small
+            .write(&self.key, blocks, nodes, head.as_ref())?;
+        self.small_commit = commit;
+        self.small_bytes = self.small_bytes.saturating_add(small::stored_bytes(
+            blocks.iter().map(|(_, d)| *d),
+            nodes.len(),
+        ));
+        self.bitfield.set_all(blocks.iter().map(|(i, _)| *i));
+        if head.is_some() {
+            self.head = head;
+        }
+        Ok(())
+    }
+
+    /// Move a small feed into a directory of its own: everything it holds is written
+    /// there as one log record and synced before the directory is renamed into place,
+    /// then its rows are removed from the shared database. A crash before the rename
+    /// leaves the feed in the database (the temporary directory is removed on open);
+    /// after it, the directory wins and `open` removes the rows.
+    fn move_out(&mut self) -> Result<(), StorageError> {
+        let contents = self.shared.small.contents(&self.key)?;
+        if contents.blocks.is_empty() && contents.nodes.is_empty() && self.head.is_none() {
+            return self.move_out_empty();
+        }
+        let blocks: Vec<(u64, &[u8])> = contents
+            .blocks
+            .iter()
+            .map(|(i, d)| (*i, d.as_slice()))
+            .collect();
+        let (shared, key, secret_key, head) = (&self.shared, self.key, self.secret_key, self.head);
+        let dir = shared.make_feed_dir(&key, secret_key.as_ref(), |tmp| {
+            let mut staged = FeedInner::new(shared, key, tmp.to_path_buf(), secret_key);
+            staged.write_parts(&blocks, contents.nodes, head)?;
+            staged.sync()
+        })?;
+        let fan = dir.parent().unwrap_or(&self.shared.feeds_dir);
+        sync_dir(fan)?;
+        self.small = false;
+        self.small_bytes = 0;
+        self.dir = dir;
+        self.needs_dir_sync = false;
+        self.bitfield = Bitfield::default();
+        self.load()?;
+        self.shared.small.remove(&self.key)
+    }
+
+    /// Move a feed that holds nothing into a directory of its own, with no fsync (a
+    /// feed that goes straight to bulk appends, as every `bench append` feed does, would
+    /// otherwise pay five): the directory, holding nothing more than the row did, wins
+    /// over the row wherever both survive a crash, and the row is removed only once the
+    /// feed's first sync has made the directory durable (`rows_left`), so no crash
+    /// loses both.
+    fn move_out_empty(&mut self) -> Result<(), StorageError> {
+        let dir = self
+            .shared
+            .make_feed_dir(&self.key, self.secret_key.as_ref(), |_| Ok(()))?;
+        self.small = false;
+        self.small_bytes = 0;
+        self.dir = dir;
+        self.needs_dir_sync = true;
+        self.rows_left = true;
+        Ok(())
+    }
+
     fn path(&self, kind: FileKind) -> PathBuf {
         self.dir.join(kind.name())
     }
@@ -439,6 +674,9 @@ impl FeedInner {
 
     fn sync_start(&mut self) -> Result<(), StorageError> {
         self.check_failed()?;
+        if self.small {
+            return Ok(()); // `sync` shares one commit among the feeds waiting for it.
+        }
         self.finish_pending(false)?;
         if self.pending.is_some() || !self.unsynced {
             return Ok(()); // The next `sync_start` or `sync` covers what follows.
@@ -459,6 +697,13 @@ impl FeedInner {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.check_failed()?;
+        if self.small {
+            if let Err(e) = self.shared.small.sync(self.small_commit) {
+                self.failed = true;
+                return Err(e);
+            }
+            return Ok(());
+        }
         self.finish_pending(true)?;
         if self.unsynced {
             if let Err(e) = self.log()?.sync_data() {
@@ -478,6 +723,10 @@ impl FeedInner {
             }
             sync_dir(&self.shared.feeds_dir)?;
             self.needs_dir_sync = false;
+        }
+        if self.rows_left {
+            self.shared.small.remove_later(&self.key)?;
+            self.rows_left = false;
         }
         if self.unindexed.finished() {
             self.checkpoint_wait()?;
@@ -555,7 +804,15 @@ impl DiskFeed {
         node_count: usize,
         hash: &mut dyn FnMut() -> (Vec<StoredNode>, StoredHead),
     ) -> Result<(), StorageError> {
-        lock(&self.inner).write_append_hashing(start, blocks, node_count, hash)
+        let mut inner = lock(&self.inner);
+        // Nodes count against the small feed's size too: `node_count` until `hash` has
+        // made them.
+        if inner.stays_small((start..).zip(blocks.iter().copied()), node_count)? {
+            let (nodes, head) = hash();
+            let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
+            return inner.small_write(&blocks, &nodes, Some(head));
+        }
+        inner.write_append_hashing(start, blocks, node_count, hash)
     }
 
     /// Write the in-memory index of recent records to the slot files now (normally done
@@ -564,6 +821,9 @@ impl DiskFeed {
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         let mut inner = lock(&self.inner);
         inner.sync()?;
+        if inner.small {
+            return Ok(()); // The database is its own index.
+        }
         inner.checkpoint_start()?;
         inner.checkpoint_wait()
     }
@@ -571,7 +831,13 @@ impl DiskFeed {
 
 impl FeedStorage for DiskFeed {
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
-        lock(&self.inner).write(batch)
+        let mut inner = lock(&self.inner);
+        let blocks = batch.blocks.iter().map(|(i, d)| (*i, d.as_slice()));
+        if inner.stays_small(blocks.clone(), batch.nodes.len())? {
+            let blocks: Vec<(u64, &[u8])> = blocks.collect();
+            return inner.small_write(&blocks, &batch.nodes, batch.head);
+        }
+        inner.write(batch)
     }
 
     fn write_append(
@@ -582,7 +848,11 @@ impl FeedStorage for DiskFeed {
         head: StoredHead,
     ) -> Result<(), StorageError> {
         let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
-        lock(&self.inner).write_parts(&blocks, nodes, Some(head))
+        let mut inner = lock(&self.inner);
+        if inner.stays_small(blocks.iter().copied(), nodes.len())? {
+            return inner.small_write(&blocks, &nodes, Some(head));
+        }
+        inner.write_parts(&blocks, nodes, Some(head))
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
@@ -594,7 +864,14 @@ impl FeedStorage for DiskFeed {
     }
 
     fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        lock(&self.inner).block(index)
+        let mut inner = lock(&self.inner);
+        if inner.small {
+            if !inner.bitfield.get(index) {
+                return Ok(None);
+            }
+            return inner.shared.small.block(&inner.key, index);
+        }
+        inner.block(index)
     }
 
     fn blocks(
@@ -603,7 +880,11 @@ impl FeedStorage for DiskFeed {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
-        lock(&self.inner).blocks(start, end, max_bytes)
+        let mut inner = lock(&self.inner);
+        if inner.small {
+            return inner.shared.small.blocks(&inner.key, start, end, max_bytes);
+        }
+        inner.blocks(start, end, max_bytes)
     }
 
     fn has_block(&self, index: u64) -> bool {
@@ -611,7 +892,11 @@ impl FeedStorage for DiskFeed {
     }
 
     fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError> {
-        lock(&self.inner).node(index)
+        let mut inner = lock(&self.inner);
+        if inner.small {
+            return inner.shared.small.node(&inner.key, index);
+        }
+        inner.node(index)
     }
 
     fn head(&self) -> Option<StoredHead> {

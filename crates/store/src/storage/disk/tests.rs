@@ -7,10 +7,11 @@ use std::os::unix::fs::FileExt;
 use super::cache::FileKind;
 use super::files::lock;
 use super::format::{RECORD_BLOCK_LEN, RECORD_HEADER_LEN, RECORD_HEAD_LEN, RECORD_NODE_LEN};
-use super::{DiskConfig, DiskFeed, DiskStorage};
+use super::{DiskConfig, DiskFeed, DiskStorage, FeedInner};
 use crate::storage::conformance;
 use crate::storage::{FeedStorage, Storage};
 use crate::{Feed, FeedSecret};
+use std::sync::Arc;
 
 /// A large append is written in two parts (blocks first, on a helper thread, then
 /// the header and entries in front): with either part missing, as after a crash
@@ -94,33 +95,8 @@ fn panic_while_hashing_fails_the_feed_until_reopened() {
     assert_eq!(f.node(7).unwrap(), Some(node(7)));
 }
 
-fn reopen(s: DiskStorage) -> DiskStorage {
-    let root = s.root().to_path_buf();
-    drop(s);
-    DiskStorage::open(root).unwrap()
-}
-
-#[test]
-fn disk_conformance() {
-    let mut dirs = Vec::new();
-    conformance::run_all(
-        &mut || {
-            let dir = tempfile::tempdir().unwrap();
-            let s = DiskStorage::open(dir.path()).unwrap();
-            dirs.push(dir);
-            s
-        },
-        &mut reopen,
-    );
-}
-
-/// The same cases with a checkpoint at every sync, so reads go through the slot files.
-#[test]
-fn disk_conformance_with_checkpoints() {
-    let config = DiskConfig {
-        checkpoint_bytes: 1,
-        ..DiskConfig::default()
-    };
+/// The conformance cases with `config`, each storage in a fresh directory.
+fn conformance_with(config: DiskConfig) {
     let mut dirs = Vec::new();
     conformance::run_all(
         &mut || {
@@ -129,12 +105,50 @@ fn disk_conformance_with_checkpoints() {
             dirs.push(dir);
             s
         },
-        &mut |s| {
-            let root = s.root().to_path_buf();
-            drop(s);
-            DiskStorage::open_with(root, config).unwrap()
-        },
+        &mut |s| reopen_with(s, config),
     );
+}
+
+/// Every feed stays in the shared database, whatever it holds.
+#[test]
+fn disk_conformance_all_small() {
+    conformance_with(all_small());
+}
+
+/// Every feed has its own directory (the layout before the shared database).
+#[test]
+fn disk_conformance_per_feed() {
+    conformance_with(per_feed());
+}
+
+fn all_small() -> DiskConfig {
+    DiskConfig {
+        small_feed_bytes: u64::MAX,
+        ..DiskConfig::default()
+    }
+}
+
+fn per_feed() -> DiskConfig {
+    DiskConfig {
+        small_feed_bytes: 0,
+        ..DiskConfig::default()
+    }
+}
+
+/// With the default config (small feeds shared, moved out past 64 KiB): the cases with
+/// large feeds move them out half way.
+#[test]
+fn disk_conformance() {
+    conformance_with(DiskConfig::default());
+}
+
+/// The same cases with a checkpoint at every sync, so reads go through the slot files.
+#[test]
+fn disk_conformance_with_checkpoints() {
+    conformance_with(DiskConfig {
+        checkpoint_bytes: 1,
+        ..DiskConfig::default()
+    });
 }
 
 /// A `Feed` on a disk feed appends through its overlapped fast path (chosen by type in
@@ -156,4 +170,192 @@ fn feed_appends_take_the_disk_fast_path() {
         "a 200 KiB append of 1 KiB blocks is overlapped"
     );
     assert_eq!(feed.get(200).unwrap(), Some(conformance::block(200, 1024)));
+}
+
+/// Feed `key` as the conformance cases write it: blocks 0..n of 100 bytes.
+fn small_feed(s: &DiskStorage, key: [u8; 32], n: u64) {
+    let mut f = s.create(key, Some([4; 32])).unwrap();
+    f.write(conformance::append_batch(0, n, 100)).unwrap();
+    f.sync().unwrap();
+}
+
+fn check_small_feed(s: &DiskStorage, key: [u8; 32], n: u64) {
+    let mut f = s.open(&key).unwrap().expect("feed opens");
+    assert_eq!(f.secret_key(), Some([4; 32]));
+    assert_eq!(f.head(), Some(conformance::head(n)));
+    for i in 0..n {
+        assert_eq!(
+            f.block(i).unwrap(),
+            Some(conformance::block(i, 100)),
+            "block {i}"
+        );
+        assert_eq!(
+            f.node(2 * i + 1).unwrap(),
+            Some(conformance::node(2 * i + 1))
+        );
+    }
+    assert!(!f.has_block(n));
+}
+
+/// A small feed has no directory; past the threshold it moves into one, with all it
+/// held, its rows leave the database, and it goes on there after a reopen.
+#[test]
+fn small_feed_moves_out_past_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig {
+        small_feed_bytes: 4096,
+        ..DiskConfig::default()
+    };
+    let s = DiskStorage::open_with(dir.path(), config).unwrap();
+    small_feed(&s, [1; 32], 10); // 1,000 bytes of blocks, 20 nodes: 1,960 bytes
+    let mut f = s.open(&[1; 32]).unwrap().unwrap();
+    assert!(lock(&f.inner).small);
+    assert!(!s.feed_dir(&[1; 32]).exists());
+    f.write(conformance::append_batch(10, 20, 100)).unwrap(); // 3,920: stays
+    assert!(lock(&f.inner).small);
+    f.write(conformance::append_batch(20, 21, 100)).unwrap(); // 4,116: moves out
+    assert!(!lock(&f.inner).small);
+    assert!(s.feed_dir(&[1; 32]).join("log").exists());
+    assert!(!s.shared.small.contains(&[1; 32]).unwrap());
+    f.sync().unwrap();
+    drop(f);
+    assert_eq!(s.list().unwrap(), vec![[1; 32]]);
+    let s = reopen_with(s, config);
+    check_small_feed(&s, [1; 32], 21);
+    // An append too large for a small feed moves an empty one out before it is written.
+    // Its row goes once its first sync has made the directory durable.
+    let mut g = s.create([2; 32], None).unwrap();
+    g.write(conformance::append_batch(0, 50, 100)).unwrap();
+    assert!(!lock(&g.inner).small);
+    assert_eq!(g.block(49).unwrap(), Some(conformance::block(49, 100)));
+    assert!(s.shared.small.contains(&[2; 32]).unwrap());
+    g.sync().unwrap();
+    assert!(!s.shared.small.contains(&[2; 32]).unwrap());
+    drop(g);
+    // Both left (a crash before that sync): the directory wins.
+    let mut h = s.create([3; 32], None).unwrap();
+    h.write(conformance::append_batch(0, 50, 100)).unwrap();
+    drop(h);
+    assert!(s.shared.small.contains(&[3; 32]).unwrap());
+    let s = reopen_with(s, config);
+    assert_eq!(s.list().unwrap(), vec![[1; 32], [2; 32], [3; 32]]);
+    let mut h = s.open(&[3; 32]).unwrap().unwrap();
+    assert!(!lock(&h.inner).small);
+    assert_eq!(h.block(49).unwrap(), Some(conformance::block(49, 100)));
+    assert!(!s.shared.small.contains(&[3; 32]).unwrap());
+}
+
+fn reopen_with(s: DiskStorage, config: DiskConfig) -> DiskStorage {
+    let root = s.root().to_path_buf();
+    drop(s);
+    DiskStorage::open_with(root, config).unwrap()
+}
+
+/// The two moments a crash can split a move out: before the directory is renamed
+/// into place (a temporary directory is left: removed on open, the feed is still in
+/// the database), and after it, before the rows are removed (both hold the feed: the
+/// directory wins and the rows go).
+#[test]
+fn a_move_out_cut_by_a_crash_leaves_one_whole_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    small_feed(&s, [1; 32], 5);
+    small_feed(&s, [2; 32], 5);
+    // Feed 1: cut before the rename.
+    let contents = s.shared.small.contents(&[1; 32]).unwrap();
+    let fan = s.feed_dir(&[1; 32]).parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(fan.join(".tmp-cut")).unwrap();
+    std::fs::write(fan.join(".tmp-cut").join("meta"), b"half").unwrap();
+    // Feed 2: the directory made whole, the rows left.
+    let contents2 = s.shared.small.contents(&[2; 32]).unwrap();
+    let blocks: Vec<(u64, &[u8])> = contents2
+        .blocks
+        .iter()
+        .map(|(i, d)| (*i, d.as_slice()))
+        .collect();
+    let shared = Arc::clone(&s.shared);
+    shared
+        .make_feed_dir(&[2; 32], Some(&[4; 32]), |tmp| {
+            let mut staged = FeedInner::new(&shared, [2; 32], tmp.to_path_buf(), Some([4; 32]));
+            staged.write_parts(&blocks, contents2.nodes, Some(conformance::head(5)))?;
+            staged.sync()
+        })
+        .unwrap();
+    drop(shared);
+    assert_eq!(contents.blocks.len(), 5);
+    let s = reopen_with(s, DiskConfig::default());
+    assert!(
+        !fan.join(".tmp-cut").exists(),
+        "the interrupted move is removed"
+    );
+    assert_eq!(s.list().unwrap(), vec![[1; 32], [2; 32]]);
+    check_small_feed(&s, [1; 32], 5);
+    check_small_feed(&s, [2; 32], 5);
+    assert!(s.shared.small.contains(&[1; 32]).unwrap());
+    assert!(
+        !s.shared.small.contains(&[2; 32]).unwrap(),
+        "the directory won"
+    );
+    assert!(s.feed_dir(&[2; 32]).exists());
+}
+
+/// A data directory of the layout before the shared database (every feed in its own
+/// directory, no `small.redb`) opens with the default config; its feeds stay where
+/// they are and new feeds go to the shared database.
+#[test]
+fn a_per_feed_data_directory_opens_and_new_feeds_share() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = DiskStorage::open_with(dir.path(), per_feed()).unwrap();
+        small_feed(&s, [1; 32], 3);
+        small_feed(&s, [2; 32], 7);
+    }
+    std::fs::remove_file(dir.path().join(super::small::FILE_NAME)).unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    assert_eq!(s.list().unwrap(), vec![[1; 32], [2; 32]]);
+    check_small_feed(&s, [1; 32], 3);
+    check_small_feed(&s, [2; 32], 7);
+    small_feed(&s, [3; 32], 4);
+    assert!(!s.feed_dir(&[3; 32]).exists());
+    // An old feed goes on in its directory.
+    let mut f = s.open(&[1; 32]).unwrap().unwrap();
+    assert!(!lock(&f.inner).small);
+    f.write(conformance::append_batch(3, 4, 100)).unwrap();
+    f.sync().unwrap();
+    drop(f);
+    let s = reopen_with(s, DiskConfig::default());
+    assert_eq!(s.list().unwrap(), vec![[1; 32], [2; 32], [3; 32]]);
+    check_small_feed(&s, [1; 32], 4);
+    check_small_feed(&s, [3; 32], 4);
+    assert!(matches!(
+        s.create([1; 32], None),
+        Err(crate::storage::StorageError::Exists)
+    ));
+    assert!(matches!(
+        s.create([3; 32], None),
+        Err(crate::storage::StorageError::Exists)
+    ));
+}
+
+/// A sync after another feed's sync that came after this feed's write costs nothing:
+/// one durable commit covers every feed written before it.
+#[test]
+fn one_durable_commit_covers_every_small_feed_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    let mut feeds: Vec<DiskFeed> = (0..3u8)
+        .map(|k| {
+            let mut f = s.create([k; 32], None).unwrap();
+            f.write(conformance::append_batch(0, 1, 10)).unwrap();
+            f
+        })
+        .collect();
+    let durable = || s.shared.small.durable_commit();
+    let before = durable();
+    feeds[2].sync().unwrap();
+    let after = durable();
+    assert!(after > before);
+    feeds[0].sync().unwrap();
+    feeds[1].sync().unwrap();
+    assert_eq!(durable(), after, "no further durable commit");
 }
