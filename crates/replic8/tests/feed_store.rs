@@ -950,8 +950,24 @@ fn only_the_feeds_in_use_stay_open() {
             c.limits.open_feeds = 0;
             c
         };
-        let a = node(1, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
-        let b = node(2, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
+        // Both on disk: a feed closed and opened again reads its files back.
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = node(
+            1,
+            DiskStorage::open(dir_a.path()).unwrap(),
+            cfg(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(
+            2,
+            DiskStorage::open(dir_b.path()).unwrap(),
+            cfg(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
         let mut feeds = Vec::new();
         for i in 0..40u8 {
             feeds.push(writer_feed(&a, i, 3, "photos").await);

@@ -261,6 +261,7 @@ pub(super) async fn start(
         counters.clone(),
         lifecycle.clone(),
         conn.addr().clone(),
+        feed_peers.clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.

@@ -125,11 +125,11 @@ pub const DEFAULT_PEER_WINDOW: Duration = Duration::from_secs(3600);
 /// small files on disk and about a kilobyte of memory while open; 16,384 of them is tens
 /// of megabytes, well within a small machine, and sixteen peers' full hourly quota.
 pub const DEFAULT_MAX_REPLICAS: u64 = 16_384;
-/// Default of [`FeedStoreLimits::open_feeds`]: an open feed of a few blocks costs a
-/// few KiB and two or three file handles; 1,024 of them stay within a few MiB and far
-/// below a default limit of open files, and cover every stream of a session at the
-/// default stream limit many times over.
-pub const DEFAULT_OPEN_FEEDS: usize = 1024;
+/// Default of [`FeedStoreLimits::open_feeds`]: an open small feed costs some KiB and a
+/// few file handles. Set high (65,536) until a stall seen once in the many-feeds bench
+/// with 3,000 feeds and a bound of 1,024 is explained (see decision 170): a store
+/// below it never closes an unused feed except when idle.
+pub const DEFAULT_OPEN_FEEDS: usize = 65_536;
 /// Default of [`FeedStoreLimits::idle_close`]: long enough that a feed read in a burst
 /// of commands (`feed info`, then `feed cat`) opens once, short enough that a daemon
 /// back from a busy minute returns to its idle size within a minute.
