@@ -168,6 +168,26 @@ async fn writer_feed<St: Storage>(node: &Node<St>, tag: u8, blocks: u64, kind: &
     feed
 }
 
+/// Waits until both one-shot sessions ended, each with `done`.
+async fn wait_both_done(events: &mut mpsc::UnboundedReceiver<Ev>) {
+    let mut ended = 0;
+    wait_for(events, "both one-shot sessions to end", |e| {
+        if let Ev::Session(
+            n,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        ) = e
+        {
+            assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
+            ended += 1;
+        }
+        ended == 2
+    })
+    .await;
+}
+
 /// Waits for an event matching `want`; panics on a guard timeout with what was seen.
 async fn wait_for(
     events: &mut mpsc::UnboundedReceiver<Ev>,
@@ -837,22 +857,7 @@ fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
         }
         // B dials: the dialer opens at most 3 feed streams at once.
         link(&b, &a).await;
-        let mut ended = 0;
-        wait_for(&mut events, "both one-shot sessions to end", |e| {
-            if let Ev::Session(
-                n,
-                PeerEvent {
-                    event: SessionEvent::SessionEnded { reason },
-                    ..
-                },
-            ) = e
-            {
-                assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
-                ended += 1;
-            }
-            ended == 2
-        })
-        .await;
+        wait_both_done(&mut events).await;
         for (i, feed) in feeds.iter().enumerate() {
             assert_same(&a, &b, *feed, 20 + i as u64).await;
         }
@@ -983,22 +988,7 @@ fn only_the_feeds_in_use_stay_open() {
             .unwrap()
             .unwrap();
         link(&b, &a).await;
-        let mut ended = 0;
-        wait_for(&mut events, "both one-shot sessions to end", |e| {
-            if let Ev::Session(
-                n,
-                PeerEvent {
-                    event: SessionEvent::SessionEnded { reason },
-                    ..
-                },
-            ) = e
-            {
-                assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
-                ended += 1;
-            }
-            ended == 2
-        })
-        .await;
+        wait_both_done(&mut events).await;
         for store in [&a.store, &b.store] {
             let open_guard = Instant::now() + GUARD;
             // Stream tasks drop their feeds as they end, just after the session's end.
