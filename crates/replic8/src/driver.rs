@@ -36,8 +36,8 @@ use crate::session::{
     StreamCommand, StreamId,
 };
 use crate::store::{
-    Attach, Detach, DetachReason, FeedStream, KnownFeeds, Offer, SharedFeed, Shares, StoreError,
-    StoreRecipients,
+    Attach, Detach, DetachReason, FeedHeads, FeedStream, KnownFeeds, Offer, SharedFeed, Shares,
+    StoreError, StoreRecipients,
 };
 use crate::stream_io::{sleep_until, write_frames};
 
@@ -161,6 +161,7 @@ enum Input {
     HeaderStalled,
     Shares(String, Result<Vec<SharedFeed>, String>),
     Known(String, Result<Vec<FeedKey>, String>),
+    Heads(Vec<FeedKey>, Result<Vec<Option<u64>>, String>),
     Answer(u64, Result<Vec<FeedKey>, String>),
     /// A feed stream could not be opened, or its store did not take it.
     OpenFailed(FeedKey, StreamId),
@@ -310,6 +311,7 @@ pub async fn run(
             let namespace = match &call {
                 StoreCall::Shares { namespace }
                 | StoreCall::Known { namespace }
+                | StoreCall::Heads { namespace, .. }
                 | StoreCall::Detach { namespace, .. } => namespace,
             };
             let store = stores.get(namespace).cloned();
@@ -448,6 +450,7 @@ pub async fn run(
                         session.handle_shares(&namespace, list);
                     }
                     Input::Known(namespace, answer) => session.handle_known(&namespace, answer),
+                    Input::Heads(feeds, answer) => session.handle_heads(&feeds, answer),
                     Input::Answer(offer, answer) => {
                         let _ = session.handle_offer_answer(offer, answer);
                     }
@@ -532,6 +535,21 @@ async fn ask_store(
                 None => Err(NO_STORE.to_string()),
             };
             Some(Input::Known(namespace, answer))
+        }
+        StoreCall::Heads { namespace, feeds } => {
+            // A store that cannot say gets a stream for every feed.
+            let answer = match store.and_then(|s| s.heads) {
+                Some(heads) => {
+                    let msg = FeedHeads {
+                        peer,
+                        namespace,
+                        feeds: feeds.clone(),
+                    };
+                    flatten(heads.send(msg).await)
+                }
+                None => Ok(vec![None; feeds.len()]),
+            };
+            Some(Input::Heads(feeds, answer))
         }
         // Made by `run` once the connection is closed.
         StoreCall::Detach { .. } => None,

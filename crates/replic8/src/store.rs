@@ -65,6 +65,23 @@ pub struct KnownFeeds {
     pub namespace: String,
 }
 
+/// Session → store: for each of these feeds replicated with `peer` in `namespace`, the
+/// length up to which the store holds every block of the feed's signed head, if it
+/// does (and the head is not empty); `None` when it lacks blocks or cannot say. The
+/// session tells the peer before any stream opens, and a feed both sides hold
+/// complete at one length gets no stream. Optional: a store without it (see
+/// [`StoreRecipients::with_heads`]) gets a stream for every replicated feed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<Option<u64>>, StoreError>")]
+pub struct FeedHeads {
+    /// The peer the session is with.
+    pub peer: PeerKey,
+    /// The namespace.
+    pub namespace: String,
+    /// The feeds, each answered in order.
+    pub feeds: Vec<FeedKey>,
+}
+
 /// Session → store: `peer` offers these feeds in `namespace`; answer with the keys the
 /// store accepts (a subset). An error ends the session and is sent to the peer.
 #[derive(Debug, Clone, Message)]
@@ -144,6 +161,8 @@ pub struct StoreRecipients {
     pub attach: Recipient<Attach>,
     /// Takes [`Detach`].
     pub detach: Recipient<Detach>,
+    /// Answers [`FeedHeads`], if the store can.
+    pub heads: Option<Recipient<FeedHeads>>,
 }
 
 impl StoreRecipients {
@@ -163,7 +182,14 @@ impl StoreRecipients {
             offer: addr.clone().recipient(),
             attach: addr.clone().recipient(),
             detach: addr.clone().recipient(),
+            heads: None,
         }
+    }
+
+    /// These recipients, with the store's answer to [`FeedHeads`].
+    pub fn with_heads(mut self, heads: Recipient<FeedHeads>) -> StoreRecipients {
+        self.heads = Some(heads);
+        self
     }
 }
 

@@ -168,6 +168,26 @@ async fn writer_feed<St: Storage>(node: &Node<St>, tag: u8, blocks: u64, kind: &
     feed
 }
 
+/// Waits until both one-shot sessions ended, each with `done`.
+async fn wait_both_done(events: &mut mpsc::UnboundedReceiver<Ev>) {
+    let mut ended = 0;
+    wait_for(events, "both one-shot sessions to end", |e| {
+        if let Ev::Session(
+            n,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        ) = e
+        {
+            assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
+            ended += 1;
+        }
+        ended == 2
+    })
+    .await;
+}
+
 /// Waits for an event matching `want`; panics on a guard timeout with what was seen.
 async fn wait_for(
     events: &mut mpsc::UnboundedReceiver<Ev>,
@@ -837,22 +857,7 @@ fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
         }
         // B dials: the dialer opens at most 3 feed streams at once.
         link(&b, &a).await;
-        let mut ended = 0;
-        wait_for(&mut events, "both one-shot sessions to end", |e| {
-            if let Ev::Session(
-                n,
-                PeerEvent {
-                    event: SessionEvent::SessionEnded { reason },
-                    ..
-                },
-            ) = e
-            {
-                assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
-                ended += 1;
-            }
-            ended == 2
-        })
-        .await;
+        wait_both_done(&mut events).await;
         for (i, feed) in feeds.iter().enumerate() {
             assert_same(&a, &b, *feed, 20 + i as u64).await;
         }
@@ -936,5 +941,93 @@ fn a_reader_restarted_from_disk_resumes_where_it_stopped() {
             stats.blocks_in, 50,
             "only the new blocks crossed: {stats:?}"
         );
+    });
+}
+
+#[test]
+fn only_the_feeds_in_use_stay_open() {
+    MAX_STREAMS.with(|m| m.set(3));
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        // Nothing is kept open past its use.
+        let cfg = || {
+            let mut c = accept_all();
+            c.limits.open_feeds = 0;
+            c
+        };
+        // Both on disk: a feed closed and opened again reads its files back.
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = node(
+            1,
+            DiskStorage::open(dir_a.path()).unwrap(),
+            cfg(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(
+            2,
+            DiskStorage::open(dir_b.path()).unwrap(),
+            cfg(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let mut feeds = Vec::new();
+        for i in 0..40u8 {
+            feeds.push(writer_feed(&a, i, 3, "photos").await);
+        }
+        let stats = a.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.feeds_held, 40, "{stats:?}");
+        assert!(stats.feeds_open <= 1, "only the last feed used: {stats:?}");
+        // A subscriber keeps its feed open while others open and close.
+        let watched = a
+            .store
+            .send(Subscribe { feed: feeds[7] })
+            .await
+            .unwrap()
+            .unwrap();
+        link(&b, &a).await;
+        wait_both_done(&mut events).await;
+        for store in [&a.store, &b.store] {
+            let open_guard = Instant::now() + GUARD;
+            // Stream tasks drop their feeds as they end, just after the session's end.
+            loop {
+                let stats = store.send(GetStats).await.unwrap();
+                assert!(stats.feeds_opened >= 40, "{stats:?}");
+                if stats.stream_tasks == 0 {
+                    // Nothing uses a feed but the subscriber: at most it and the last
+                    // feed looked up are open.
+                    store
+                        .send(OpenFeed { feed: feeds[0] })
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let stats = store.send(GetStats).await.unwrap();
+                    assert!(stats.feeds_open <= 2, "{stats:?}");
+                    assert!(stats.feeds_closed >= 38, "{stats:?}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < open_guard,
+                    "streams still running: {stats:?}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        // Listing reads the index, with every feed's length, and the lengths hold.
+        let list = b.store.send(ListFeeds).await.unwrap().unwrap();
+        assert_eq!(list.len(), 40);
+        assert!(list
+            .iter()
+            .all(|f| f.info.length == 3 && f.info.stored == 3));
+        assert!(watched.borrow().length == 3);
+        let before = b.store.send(GetStats).await.unwrap().feeds_opened;
+        b.store.send(ListFeeds).await.unwrap().unwrap();
+        let after = b.store.send(GetStats).await.unwrap().feeds_opened;
+        assert_eq!(before, after, "a listing of known feeds opens none");
+        for feed in feeds.iter().take(3) {
+            assert_same(&a, &b, *feed, 3).await;
+        }
     });
 }

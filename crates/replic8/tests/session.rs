@@ -3,6 +3,7 @@
 
 mod util;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use replic8::frame::MAX_FRAME_LEN;
@@ -1029,6 +1030,7 @@ fn stream_commands_name_the_namespace_store() {
                         .unwrap();
                 }
             }
+            answer_heads(&mut from.session);
         }
     }
     match net.links[0].ends[0].session.poll_stream() {
@@ -1922,11 +1924,26 @@ fn exchange(dialer: &mut Session, acceptor: &mut Session) {
                     from.handle_offer_answer(offer, Ok(keys)).unwrap();
                 }
             }
+            moved |= answer_heads(from);
         }
         if !moved {
             return;
         }
     }
+}
+
+/// Answers the session's store calls, all `Heads` here, with "not complete": every
+/// replicated feed then gets a stream. Returns whether there was any.
+fn answer_heads(s: &mut Session) -> bool {
+    let mut any = false;
+    while let Some(call) = s.poll_store() {
+        let StoreCall::Heads { feeds, .. } = call else {
+            panic!("expected a heads call, got {call:?}");
+        };
+        s.handle_heads(&feeds, Ok(vec![None; feeds.len()]));
+        any = true;
+    }
+    any
 }
 
 /// A dialer with `n` feed streams open (the acceptor took them all), from the
@@ -2164,4 +2181,55 @@ fn a_namespace_unregistered_then_registered_with_another_secret_starts_over() {
         offer: 0,
         accepted: vec![]
     }));
+}
+
+#[test]
+fn feeds_held_complete_at_one_length_on_both_sides_open_no_stream() {
+    for dialer_first in [true, false] {
+        let mut net = Net::new(one_shot());
+        net.add_store("a", accept_all());
+        net.add_store("b", accept_all());
+        let l = net.connect(A, B, [6; 32]);
+        // 1..=100 in sync; 101 behind on the dialer; 102 behind on the acceptor.
+        let mut a: Vec<(FeedKey, u64, message::Headers)> =
+            (1..=100).map(|n| (feed(n), 5, headers(&[]))).collect();
+        let mut b = a.clone();
+        a.push((feed(101), 2, headers(&[])));
+        b.push((feed(101), 7, headers(&[])));
+        a.push((feed(102), 9, headers(&[])));
+        b.push((feed(102), 3, headers(&[])));
+        net.create(A, &a);
+        net.create(B, &b);
+        for node in [A, B] {
+            net.register(l, node, "", None);
+        }
+        let keys: Vec<FeedKey> = (1..=102).map(feed).collect();
+        let order = if dialer_first { [A, B] } else { [B, A] };
+        for node in order {
+            net.end(l, node)
+                .session
+                .handle_known_feeds("", keys.clone())
+                .unwrap();
+            net.drive();
+        }
+        for node in [A, B] {
+            net.end(l, node).session.handle_ready().unwrap();
+        }
+        net.drive();
+        let streamed = &net.links[l].ends[0].ever_attached;
+        let expected: HashSet<FeedKey> = [feed(101), feed(102)].into_iter().collect();
+        assert_eq!(streamed, &expected, "dialer first: {dialer_first}");
+        assert_eq!(net.stores[A].lengths[&feed(101)], 7);
+        assert_eq!(net.stores[B].lengths[&feed(102)], 9);
+        for side in [A, B] {
+            let synced = net.links[l].ends[side]
+                .events
+                .iter()
+                .filter(|e| matches!(e, SessionEvent::FeedSynced { .. }))
+                .count();
+            assert_eq!(synced, 102, "side {side}: every feed in sync both ways");
+            let reason = net.ended(l, side).expect("the one-shot session ended");
+            assert_eq!(reason.code, CloseCode::DONE, "side {side}: {reason}");
+        }
+    }
 }

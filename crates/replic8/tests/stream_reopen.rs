@@ -17,8 +17,8 @@ use replic8::actor::{PeerEvent, SessionsActor, StartSession};
 use replic8::keys::{ExporterSecret, FeedKey, PeerKey, Role};
 use replic8::message::{CloseCode, FeedStreamHeader, Headers};
 use replic8::session::{
-    reopen_delay, Mode, Session, SessionConfig, SessionEvent, Side, StreamCommand, StreamId,
-    MAX_REOPEN_DELAY, MAX_STREAM_REOPENS,
+    reopen_delay, Mode, Session, SessionConfig, SessionEvent, Side, StoreCall, StreamCommand,
+    StreamId, MAX_REOPEN_DELAY, MAX_STREAM_REOPENS,
 };
 use replic8::store::{
     Attach, Detach, FeedStream, FeedSynced, KnownFeeds, Offer, RegisterStore, SharedFeed, Shares,
@@ -94,6 +94,13 @@ impl Pair {
                 } else {
                     &mut self.acceptor
                 };
+                // The tests' stores hold no feed complete: every feed needs a stream.
+                while let Some(call) = session.poll_store() {
+                    if let StoreCall::Heads { feeds, .. } = call {
+                        session.handle_heads(&feeds, Ok(vec![None; feeds.len()]));
+                        moved = true;
+                    }
+                }
                 while let Some(event) = session.poll_event() {
                     if let SessionEvent::Offered { offer, feeds, .. } = &event {
                         let keys = feeds.iter().map(|(k, _)| *k).collect();

@@ -53,7 +53,8 @@ impl NodeHandle {
     }
 
     /// Every feed the default store holds, sorted by key: length, stored blocks and
-    /// bytes, namespaces. Opens each feed.
+    /// bytes, namespaces. Read from the store's index of feeds; a feed not opened since
+    /// the node started is opened once (and closed again when unused).
     pub async fn list_feeds(&self) -> Result<Vec<FeedSummary>, FeedError> {
         Ok(self
             .s()

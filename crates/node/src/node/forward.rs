@@ -58,14 +58,16 @@ impl Marked {
     }
 }
 
-/// Turns session events into node events and counters, and marks peers that do
-/// something useful as active ([`Marked::mark`]).
+/// Turns session events into node events and counters, reports feeds in sync to the
+/// table of which peers have each feed, and marks peers that do something useful as
+/// active ([`Marked::mark`]).
 pub(super) async fn forward_session_events(
     mut rx: mpsc::UnboundedReceiver<PeerEvent>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     lifecycle: Addr<LifecycleActor>,
     conn: Addr<ConnManager>,
+    feed_peers: Arc<Mutex<FeedPeers>>,
 ) {
     let mut established = std::collections::HashMap::<PeerKey, u64>::new();
     let mut marked = Marked::default();
@@ -102,6 +104,11 @@ pub(super) async fn forward_session_events(
                 feeds,
             },
             SessionEvent::FeedSynced { feed, length } => {
+                // In sync both ways: the peer has it at `length` (a feed in sync from
+                // the first words has no stream to report it).
+                if let Ok(mut table) = feed_peers.lock() {
+                    table.report(feed, peer, Some(length), (0, 0), std::time::Instant::now());
+                }
                 NodeEvent::FeedSynced { peer, feed, length }
             }
             SessionEvent::SessionEnded { reason } => {

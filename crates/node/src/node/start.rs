@@ -302,6 +302,7 @@ async fn assemble(
         counters.clone(),
         lifecycle.clone(),
         conn.addr().clone(),
+        feed_peers.clone(),
     ));
     // Subscriptions are FIFO with every later message, so nothing found or connected
     // after this point is missed.

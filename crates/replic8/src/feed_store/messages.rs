@@ -118,6 +118,15 @@ pub struct FeedStoreStats {
     pub stream_tasks: u64,
     /// Offered feeds waiting for the user's decision now (manual namespaces).
     pub offers_waiting: u64,
+    /// Feeds the store holds.
+    pub feeds_held: u64,
+    /// Feeds open now (in use, or kept for reuse within
+    /// [`super::FeedStoreLimits::open_feeds`]).
+    pub feeds_open: u64,
+    /// Feeds opened from storage (or created) since the store started.
+    pub feeds_opened: u64,
+    /// Feeds closed since the store started (unused past the bound, or idle).
+    pub feeds_closed: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.
@@ -376,7 +385,9 @@ pub struct FeedSummary {
     pub namespaces: Vec<String>,
 }
 
-/// Every feed the store holds, sorted by key. Opens each (on the blocking pool).
+/// Every feed the store holds, sorted by key. A feed opened since the store started is
+/// listed from the store's index; the others are opened (on the blocking pool, one at a
+/// time, and closed again as any unused feed).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Vec<FeedSummary>, FeedStoreError>")]
 pub struct ListFeeds;

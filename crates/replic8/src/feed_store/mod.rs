@@ -41,6 +41,7 @@ mod messages;
 mod node_api;
 mod policy;
 mod pool;
+mod registry;
 mod session_api;
 mod stream;
 mod wanted;
@@ -48,16 +49,15 @@ mod wanted;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseActFuture, ResponseFuture,
     WrapFuture,
 };
-use dashmap::DashMap;
-use replic8_store::storage::{DiskStorage, FeedStorage, MemoryStorage, Storage, StorageError};
-use replic8_store::{Feed, FeedSecret, OpenError, SyncConfig};
+use replic8_store::storage::{DiskStorage, MemoryStorage, Storage};
+use replic8_store::SyncConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
@@ -71,10 +71,17 @@ use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
 use crate::message::Headers;
 use crate::session::StreamId;
 use crate::store::{
-    Attach, Detach, FeedUpdated, KnownFeeds, Offer, RegisterError, RegisterStore, Share,
+    Attach, Detach, FeedHeads, FeedUpdated, KnownFeeds, Offer, RegisterError, RegisterStore, Share,
     SharedFeed, Shares, StoreError, StoreRecipients,
 };
 use membership::{Member, MembershipFile};
+pub(crate) use registry::FeedEntry;
+use registry::{OpenLimits, Registry};
+
+/// How often the store closes feeds idle past
+/// [`FeedStoreLimits::idle_close`]: a tenth of the default idle time, so a feed closes
+/// at most 10% later than its limit.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How a [`FeedStore`] behaves.
 #[derive(Debug, Clone)]
@@ -105,105 +112,6 @@ impl Default for FeedStoreConfig {
             namespaces: HashMap::new(),
             limits: FeedStoreLimits::default(),
         }
-    }
-}
-
-/// One open feed, shared by the actor, its sync cores and the blocking pool.
-#[derive(Debug)]
-pub(crate) struct FeedEntry<F: FeedStorage> {
-    feed: Mutex<Feed<F>>,
-    state: watch::Sender<FeedState>,
-}
-
-impl<F: FeedStorage> FeedEntry<F> {
-    fn new(feed: Feed<F>) -> Self {
-        let state = FeedState {
-            length: feed.length(),
-            stored: feed.stored_count(),
-            version: 0,
-        };
-        FeedEntry {
-            feed: Mutex::new(feed),
-            state: watch::Sender::new(state),
-        }
-    }
-
-    /// The feed; a panic in another holder leaves it usable (the feed's invariants
-    /// hold between its calls).
-    fn lock(&self) -> MutexGuard<'_, Feed<F>> {
-        self.feed.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Tells subscribers and the feed's other cores that it changed; returns the new
-    /// version.
-    fn publish(&self, feed: &Feed<F>) -> u64 {
-        let mut version = 0;
-        self.state.send_modify(|s| {
-            s.length = feed.length();
-            s.stored = feed.stored_count();
-            s.version += 1;
-            version = s.version;
-        });
-        version
-    }
-
-    fn info(&self) -> FeedInfo {
-        let feed = self.lock();
-        FeedInfo {
-            key: FeedKey::from(*feed.key()),
-            writable: feed.is_writable(),
-            length: feed.length(),
-            stored: feed.stored_count(),
-            contiguous_length: feed.contiguous_length(),
-            byte_length: feed.byte_length(),
-            head: feed.head().copied(),
-        }
-    }
-}
-
-/// The open feeds of a storage. Its methods block (storage I/O): call them on the
-/// blocking pool. Every stream task and the actor look feeds up here at once, so the
-/// map is sharded (`DashMap`): lookups of different feeds do not wait on one lock.
-#[derive(Debug)]
-struct Registry<St: Storage> {
-    storage: St,
-    open: DashMap<FeedKey, Arc<FeedEntry<St::Feed>>>,
-}
-
-impl<St: Storage> Registry<St> {
-    /// The feed `key`, opened from storage if needed; with `replica`, created empty if
-    /// the storage does not hold it. Storage work runs without the map's lock, so feeds
-    /// open in parallel; when two callers race, both get the entry that went in first.
-    fn get(&self, key: FeedKey, replica: bool) -> Result<Arc<FeedEntry<St::Feed>>, FeedStoreError> {
-        if let Some(entry) = self.open.get(&key) {
-            return Ok(entry.clone());
-        }
-        let store_key = replic8_store::FeedKey::try_from(key)?;
-        let feed = match Feed::open(&self.storage, &store_key)? {
-            Some(feed) => feed,
-            None if replica => match Feed::create_replica(&self.storage, store_key) {
-                Ok(feed) => feed,
-                // Created by a racing caller meanwhile.
-                Err(OpenError::Storage(StorageError::Exists)) => {
-                    Feed::open(&self.storage, &store_key)?
-                        .ok_or_else(|| FeedStoreError::NotFound(key.fmt_short()))?
-                }
-                Err(e) => return Err(e.into()),
-            },
-            None => return Err(FeedStoreError::NotFound(key.fmt_short())),
-        };
-        Ok(self
-            .open
-            .entry(key)
-            .or_insert_with(|| Arc::new(FeedEntry::new(feed)))
-            .clone())
-    }
-
-    fn create(&self) -> Result<FeedKey, FeedStoreError> {
-        let feed = Feed::create(&self.storage, FeedSecret::generate())?;
-        let key = FeedKey::from(*feed.key());
-        self.open.insert(key, Arc::new(FeedEntry::new(feed)));
-        Ok(key)
     }
 }
 
@@ -389,10 +297,13 @@ impl<St: Storage> FeedStore<St> {
         }
         let replicas = members.values().filter(|m| m.replica).count() as u64;
         FeedStore {
-            registry: Arc::new(Registry {
+            registry: Arc::new(Registry::new(
                 storage,
-                open: DashMap::new(),
-            }),
+                OpenLimits {
+                    keep: config.limits.open_feeds,
+                    idle: config.limits.idle_close,
+                },
+            )),
             shared: Arc::new(Shared {
                 sessions,
                 events,
@@ -428,11 +339,18 @@ impl<St: Storage> FeedStore<St> {
         sessions
             .send(RegisterStore {
                 namespaces,
-                store: StoreRecipients::of(&addr),
+                store: Self::recipients(&addr),
             })
             .await
             .map_err(|_| RegisterError::Closing)??;
         Ok(addr)
+    }
+
+    /// The recipients the session layer calls, with the store's answer to
+    /// [`FeedHeads`](crate::store::FeedHeads) (so feeds held complete on both sides
+    /// get no stream).
+    pub fn recipients(addr: &Addr<Self>) -> StoreRecipients {
+        StoreRecipients::of(addr).with_heads(addr.clone().recipient())
     }
 
     /// The policy of `namespace`: its own, else the config's default; always held-only
@@ -572,6 +490,7 @@ impl<St: Storage> FeedStore<St> {
             self.members.insert(feed.key, member);
             self.member_changes += 1;
             if self.held.insert(feed.key) {
+                self.registry.note_empty(feed.key);
                 create.push(feed.key);
             }
             self.shared.event(FeedStoreEvent::Accepted {
@@ -677,6 +596,14 @@ impl<St: Storage> FeedStore<St> {
 
 impl<St: Storage> Actor for FeedStore<St> {
     type Context = Context<Self>;
+
+    /// Sweeps idle feeds closed every [`SWEEP_EVERY`], on the blocking pool.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(SWEEP_EVERY, |act, _| {
+            let registry = act.registry.clone();
+            tokio::task::spawn_blocking(move || registry.sweep());
+        });
+    }
 
     /// Stops every feed stream.
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -147,6 +147,10 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             replicas: self.quotas.replicas(),
             stream_tasks: s.tasks.load(Ordering::Relaxed),
             offers_waiting: self.manual.waiting() as u64,
+            feeds_held: self.held.len() as u64,
+            feeds_open: self.registry.open_count() as u64,
+            feeds_opened: self.registry.counts().0,
+            feeds_closed: self.registry.counts().1,
         })
     }
 }
@@ -192,7 +196,7 @@ impl<St: Storage> Handler<ServeNamespace> for FeedStore<St> {
         self.offer_forwarded(&namespace);
         let register = self.shared.sessions.send(RegisterStore {
             namespaces: vec![(namespace.clone(), secret)],
-            store: StoreRecipients::of(&ctx.address()),
+            store: Self::recipients(&ctx.address()),
         });
         Box::pin(
             async move { register.await.map_err(|_| RegisterError::Closing)? }

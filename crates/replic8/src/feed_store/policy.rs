@@ -125,6 +125,15 @@ pub const DEFAULT_PEER_WINDOW: Duration = Duration::from_secs(3600);
 /// small files on disk and about a kilobyte of memory while open; 16,384 of them is tens
 /// of megabytes, well within a small machine, and sixteen peers' full hourly quota.
 pub const DEFAULT_MAX_REPLICAS: u64 = 16_384;
+/// Default of [`FeedStoreLimits::open_feeds`]: an open small feed costs some KiB and a
+/// few file handles. Set high (65,536) until a stall seen once in the many-feeds bench
+/// with 3,000 feeds and a bound of 1,024 is explained (see decision 170): a store
+/// below it never closes an unused feed except when idle.
+pub const DEFAULT_OPEN_FEEDS: usize = 65_536;
+/// Default of [`FeedStoreLimits::idle_close`]: long enough that a feed read in a burst
+/// of commands (`feed info`, then `feed cat`) opens once, short enough that a daemon
+/// back from a busy minute returns to its idle size within a minute.
+pub const DEFAULT_IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// Default of [`FeedStoreLimits::flush_timeout`]: what a detached stream has queued
 /// (at most two data messages) leaves within this on any link that is not stalled;
 /// a peer that stops reading loses the stream's tasks and their queue after it.
@@ -167,6 +176,11 @@ pub struct FeedStoreLimits {
     pub manual_waiting_per_peer: usize,
     /// Most feeds waiting for the user's decision, over all peers; past it, refused.
     pub manual_waiting: usize,
+    /// Most feeds kept open while nothing uses them (a feed in use, by a stream or a
+    /// call, is open whatever this says); past it the least recently used close.
+    pub open_feeds: usize,
+    /// A feed nothing used for this long is closed.
+    pub idle_close: Duration,
 }
 
 impl Default for FeedStoreLimits {
@@ -180,6 +194,8 @@ impl Default for FeedStoreLimits {
             manual_wait: DEFAULT_MANUAL_WAIT,
             manual_waiting_per_peer: DEFAULT_MANUAL_WAITING_PER_PEER,
             manual_waiting: DEFAULT_MANUAL_WAITING,
+            open_feeds: DEFAULT_OPEN_FEEDS,
+            idle_close: DEFAULT_IDLE_CLOSE,
         }
     }
 }

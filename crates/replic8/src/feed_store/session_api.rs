@@ -44,6 +44,31 @@ impl<St: Storage> Handler<KnownFeeds> for FeedStore<St> {
     }
 }
 
+impl<St: Storage> Handler<FeedHeads> for FeedStore<St> {
+    type Result = ResponseFuture<Result<Vec<Option<u64>>, StoreError>>;
+
+    /// From the index of feed summaries; a feed not opened since the store started is
+    /// opened on the blocking pool to learn it (and closed again when unused). A feed
+    /// that does not belong to the namespace here counts as incomplete.
+    fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
+        let feeds: Vec<FeedKey> = msg.feeds;
+        let member: Vec<bool> = feeds
+            .iter()
+            .map(|f| self.held.contains(f) && self.is_member(f, &msg.namespace))
+            .collect();
+        let lengths = self.blocking(move |registry| {
+            let mut lengths = registry.complete_lengths(&feeds);
+            for (length, member) in lengths.iter_mut().zip(member) {
+                if !member {
+                    *length = None;
+                }
+            }
+            Ok(lengths)
+        });
+        Box::pin(async move { lengths.await.map_err(|e| StoreError::Failed(e.to_string())) })
+    }
+}
+
 impl<St: Storage> Handler<Offer> for FeedStore<St> {
     type Result = ResponseActFuture<Self, Result<Vec<FeedKey>, StoreError>>;
 

@@ -90,12 +90,7 @@ impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
             self.blocking(move |registry| {
                 let mut list = Vec::with_capacity(keys.len());
                 for (key, namespaces) in keys {
-                    let opened = registry.get(key, false).and_then(|entry| {
-                        let info = entry.info();
-                        let stored_bytes = entry.lock().stored_bytes()?;
-                        Ok((info, stored_bytes))
-                    });
-                    match opened {
+                    match registry.summary(key) {
                         Ok((info, stored_bytes)) => list.push(FeedSummary {
                             info,
                             stored_bytes,

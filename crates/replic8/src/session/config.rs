@@ -34,6 +34,9 @@ pub const MAX_UNMATCHED_TAGS: usize = 1024;
 /// answers to offers already in their hands (see `SessionStats::queued_bytes`). One
 /// frame's worth: a peer that reads at all never stalls our reader for long.
 pub const MAX_QUEUED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
+/// Most feeds in one [`StoreCall::Heads`](super::StoreCall::Heads): a store answers a
+/// batch on its blocking pool, and a session start with 100,000 feeds makes 25 calls.
+pub const MAX_HEADS_PER_CALL: usize = 4096;
 /// Most ends in a row of a feed's stream before the feed was in sync both ways that the
 /// dialer answers with a reopen; the next one stops the feed on the session. With
 /// [`reopen_delay`] that is about three minutes of trying, at most nine streams.

@@ -1,7 +1,7 @@
 //! A replicated feed's sync state: `Synced` and `Notice` both ways, changes of our
 //! copy, and faults that stop a feed on this session.
 
-use super::state::{Stop, StreamState};
+use super::state::{FirstWord, Stop, StreamState};
 use super::types::{SessionEvent, StreamCommand, StreamId};
 use crate::keys::{DiscoveryKey, FeedKey, Role};
 use crate::message::{CloseCode, Message};
@@ -19,6 +19,9 @@ impl Session {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
+        // A store reports this from a stream, which exists only once both sides
+        // replicate the feed: this is our first word if none went out yet.
+        state.first_word = FirstWord::Sent;
         if state.local_synced == Some(length) {
             return;
         }
@@ -27,6 +30,42 @@ impl Session {
         let dk = state.discovery_key;
         self.send(Message::Synced { feed: dk, length });
         self.check_synced(feed);
+    }
+
+    /// Sends our first word on `feed`, decided by its store's answer: `Synced` if it
+    /// holds every block up to its length, else `Notice`. The dialer then opens the
+    /// feed's stream if we lack blocks, or if the peer spoke and is not in sync with us.
+    pub(super) fn send_first_word(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        let FirstWord::Queued(word) = state.first_word else {
+            return;
+        };
+        state.first_word = FirstWord::Sent;
+        if matches!(state.stopped, Some(Stop::Fault(_))) {
+            return;
+        }
+        let dk = state.discovery_key;
+        match word {
+            Some(length) => {
+                state.local_synced = Some(length);
+                let peer_spoke = state.peer_spoke;
+                self.send(Message::Synced { feed: dk, length });
+                self.check_synced(feed);
+                if peer_spoke {
+                    self.open_unless_synced(feed);
+                }
+            }
+            None => {
+                // How far we hold it does not matter to the peer: a stream will tell.
+                self.send(Message::Notice {
+                    feed: dk,
+                    length: 0,
+                });
+                self.open_unless_synced(feed);
+            }
+        }
     }
 
     /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed
@@ -41,6 +80,18 @@ impl Session {
         };
         if state.local_synced == Some(length) {
             return;
+        }
+        match state.first_word {
+            FirstWord::Sent => {}
+            // Our first word, still to go, says it: a stream is needed.
+            FirstWord::Asking { .. } => {
+                state.first_word = FirstWord::Asking { changed: true };
+                return;
+            }
+            FirstWord::Queued(_) => {
+                state.first_word = FirstWord::Queued(None);
+                return;
+            }
         }
         match state.stopped {
             // Stopped for the session: the peer is not told of changes either.
@@ -100,6 +151,7 @@ impl Session {
         state.remote_synced = None;
         state.reported = None;
         state.early_ends = 0;
+        state.peer_spoke = true;
         match state.stopped {
             Some(Stop::Fault(_)) => return,
             Some(Stop::Exhausted(_)) => state.stopped = None,
@@ -120,13 +172,20 @@ impl Session {
                 ),
             );
         };
+        let mut first = false;
         if let Some(state) = self.feeds.get_mut(&feed) {
             if state.remote_synced != Some(length) {
                 state.remote_synced = Some(length);
                 state.early_ends = 0;
             }
+            // The peer's first word: the dialer waited for it (and for ours).
+            first = !state.peer_spoke && state.first_word == FirstWord::Sent;
+            state.peer_spoke = true;
         }
         self.check_synced(&feed);
+        if first {
+            self.open_unless_synced(&feed);
+        }
     }
 
     /// The peer stopped a replicated feed for a fault it found: we stop it too.

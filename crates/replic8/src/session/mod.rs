@@ -26,6 +26,10 @@
 //! - header and message bounds (checked by [`crate::message`]);
 //! - at most `min(ours, peer's)` feed streams open at once, opened lazily and closed
 //!   once a feed is in sync both ways;
+//! - a replicated feed gets a stream only if a side lacks something: each side's first
+//!   word on it (`Synced` at the length it holds complete, or `Notice`) goes out after
+//!   its `have` entries, and the dialer opens no stream for a feed both sides hold
+//!   complete at one length;
 //! - a feed is offered to a peer at most once per session, and never to a peer known to
 //!   have it, so forwarding between sessions does not loop;
 //! - a feed stream that ends before its feed is in sync both ways (its store gave it up,
@@ -41,7 +45,7 @@
 //! use std::time::Instant;
 //! use replic8::keys::{ExporterSecret, FeedKey, Role};
 //! use replic8::message::Headers;
-//! use replic8::session::{Session, SessionConfig, SessionEvent, StreamCommand};
+//! use replic8::session::{Session, SessionConfig, SessionEvent, StoreCall, StreamCommand};
 //!
 //! let exporter = ExporterSecret([7; 32]); // from `keys::exporter_secret(&connection)`
 //! let now = Instant::now();
@@ -54,7 +58,7 @@
 //! acceptor.handle_share("", vec![(feed, Headers::new())]).unwrap();
 //!
 //! let mut opened = None;
-//! for _ in 0..4 {
+//! for _ in 0..6 {
 //!     // Control frames go both ways (the actor writes them to the control stream).
 //!     while let Some(frame) = dialer.poll_transmit() {
 //!         acceptor.handle_control_bytes(&frame);
@@ -67,6 +71,15 @@
 //!         if let SessionEvent::Offered { offer, feeds, .. } = event {
 //!             let keys = feeds.into_iter().map(|(key, _)| key).collect();
 //!             dialer.handle_offer_answer(offer, Ok(keys)).unwrap();
+//!         }
+//!     }
+//!     // Stores say how far they hold replicated feeds (not at all, here): each side's
+//!     // first word then tells the dialer a stream is needed.
+//!     for s in [&mut dialer, &mut acceptor] {
+//!         while let Some(call) = s.poll_store() {
+//!             if let StoreCall::Heads { feeds, .. } = call {
+//!                 s.handle_heads(&feeds, Ok(vec![None; feeds.len()]));
+//!             }
 //!         }
 //!     }
 //!     // The dialer opens feed streams; the acceptor checks their header.
@@ -113,7 +126,7 @@ use crate::keys::{DiscoveryKey, ExporterSecret, FeedKey, Role};
 use crate::message::{KnownFeed, Message, OfferedFeed, DIALECT, PROTOCOL_VERSION};
 
 pub use config::{
-    reopen_delay, Mode, SessionConfig, MAX_PEER_FEEDS, MAX_PENDING_OFFER_BYTES,
+    reopen_delay, Mode, SessionConfig, MAX_HEADS_PER_CALL, MAX_PEER_FEEDS, MAX_PENDING_OFFER_BYTES,
     MAX_PENDING_PEER_OFFERS, MAX_QUEUED_CONTROL_BYTES, MAX_REOPEN_DELAY, MAX_STREAM_REOPENS,
     MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
 };
@@ -210,6 +223,12 @@ pub struct Session {
     attached: BTreeMap<StreamId, (FeedKey, String)>,
     /// Calls to stores for the driver to make.
     store_calls: VecDeque<StoreCall>,
+    /// Replicated feeds whose store we have yet to ask how far it holds them
+    /// (namespace, feed), asked in batches by [`Session::poll_store`].
+    head_asks: VecDeque<(String, FeedKey)>,
+    /// Replicated feeds whose first word is decided, sent once our `have` entries are
+    /// out.
+    first_words: VecDeque<FeedKey>,
     /// Served namespaces whose store has not yet said what it shares and holds.
     store_asks: usize,
     /// [`Session::handle_ready`] was called: `Ready` goes out once `store_asks` is zero.
@@ -286,6 +305,8 @@ impl Session {
             next_stream: first_stream,
             attached: BTreeMap::new(),
             store_calls: VecDeque::new(),
+            head_asks: VecDeque::new(),
+            first_words: VecDeque::new(),
             store_asks: 0,
             ready_wanted: false,
             local_ready: false,

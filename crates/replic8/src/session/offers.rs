@@ -320,6 +320,18 @@ impl Session {
                 feeds,
             });
         }
+        // First words follow every `have` entry queued before them: the peer has
+        // replicated the feed when one arrives.
+        while self.ended.is_none()
+            && self.is_established()
+            && self.have_queue.is_empty()
+            && !self.over_queue_bound()
+        {
+            let Some(feed) = self.first_words.pop_front() else {
+                break;
+            };
+            self.send_first_word(&feed);
+        }
         while self.ended.is_none()
             && self.is_established()
             && self.our_offers.len() < MAX_PENDING_PEER_OFFERS

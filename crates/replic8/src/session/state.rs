@@ -55,6 +55,27 @@ pub(super) struct Replicated {
     pub(super) early_ends: u32,
     /// Stopped on this session, and why.
     pub(super) stopped: Option<Stop>,
+    /// Our first word on the feed (see [`FirstWord`]).
+    pub(super) first_word: FirstWord,
+    /// The peer's first word (`Synced` or `Notice`) arrived: the dialer opens no stream
+    /// for the feed before it did, or before ours says we lack blocks.
+    pub(super) peer_spoke: bool,
+}
+
+/// Our first word on a replicated feed: `Synced{length}` if our store holds every block
+/// of its head at `length`, else `Notice` (we need a stream). Sent once per session,
+/// after our own `Have` entries, so the peer has replicated the feed when it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FirstWord {
+    /// Waiting for our store's answer ([`StoreCall::Heads`](super::StoreCall::Heads)).
+    Asking {
+        /// Our copy changed meanwhile: the answer may be stale, say `Notice`.
+        changed: bool,
+    },
+    /// Decided, waiting for our `Have`s to go out: complete at this length, or not.
+    Queued(Option<u64>),
+    /// Sent.
+    Sent,
 }
 
 #[derive(Debug, Clone, Copy)]

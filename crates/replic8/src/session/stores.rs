@@ -8,6 +8,8 @@ use tracing::warn;
 use crate::keys::{FeedKey, NamespaceSecret};
 use crate::message::Headers;
 
+use super::config::MAX_HEADS_PER_CALL;
+use super::state::FirstWord;
 use super::types::{CommandError, StoreCall};
 use super::Session;
 
@@ -70,8 +72,45 @@ impl Session {
         }
     }
 
+    /// The store's answer to [`StoreCall::Heads`]: for each of `feeds`, the length up
+    /// to which it holds every block, if it does; or why it could not say (then every
+    /// feed gets a stream). Decides our first word on each feed: `Synced` at that
+    /// length, or `Notice` (also when our copy changed while the store was asked).
+    pub fn handle_heads(&mut self, feeds: &[FeedKey], answer: Result<Vec<Option<u64>>, String>) {
+        let lengths = answer.unwrap_or_else(|e| {
+            warn!(error = %e, "store did not say how far it holds its feeds");
+            Vec::new()
+        });
+        for (i, feed) in feeds.iter().enumerate() {
+            let Some(state) = self.feeds.get_mut(feed) else {
+                continue;
+            };
+            let FirstWord::Asking { changed } = state.first_word else {
+                continue;
+            };
+            let length = lengths.get(i).copied().flatten().filter(|_| !changed);
+            state.first_word = FirstWord::Queued(length);
+            self.first_words.push_back(*feed);
+        }
+        self.pump_offers();
+    }
+
     /// The next call to a store.
     pub fn poll_store(&mut self) -> Option<StoreCall> {
-        self.store_calls.pop_front()
+        if let Some(call) = self.store_calls.pop_front() {
+            return Some(call);
+        }
+        let (namespace, first) = self.head_asks.pop_front()?;
+        let mut feeds = vec![first];
+        while feeds.len() < MAX_HEADS_PER_CALL {
+            match self.head_asks.front() {
+                Some((n, _)) if *n == namespace => {}
+                _ => break,
+            }
+            if let Some((_, feed)) = self.head_asks.pop_front() {
+                feeds.push(feed);
+            }
+        }
+        Some(StoreCall::Heads { namespace, feeds })
     }
 }

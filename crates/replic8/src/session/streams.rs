@@ -2,7 +2,7 @@
 //! taking the peer's, closing, and reopening those that end early.
 
 use super::config::{reopen_delay, MAX_STREAM_REOPENS};
-use super::state::{Replicated, Route, Stop, StreamState};
+use super::state::{FirstWord, Replicated, Route, Stop, StreamState};
 use super::types::{
     EndReason, IncomingFeed, Side, StreamCommand, StreamId, StreamRefused, VIOLATIONS,
 };
@@ -239,10 +239,22 @@ impl Session {
                 reported: None,
                 early_ends: 0,
                 stopped: None,
+                first_word: FirstWord::Asking { changed: false },
+                peer_spoke: false,
             },
         );
-        if self.role == Role::Dialer {
-            self.queue_open(key);
+        // The dialer opens its stream once the first words show a side lacks something.
+        self.head_asks.push_back((namespace.to_string(), key));
+    }
+
+    /// The dialer opens the feed's stream unless it is in sync both ways.
+    pub(super) fn open_unless_synced(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get(feed) else {
+            return;
+        };
+        let in_sync = state.local_synced.is_some() && state.local_synced == state.remote_synced;
+        if self.role == Role::Dialer && !in_sync {
+            self.queue_open(*feed);
         }
     }
 

@@ -164,6 +164,14 @@ pub enum StoreCall {
         /// The namespace.
         namespace: String,
     },
+    /// Ask the store how far it holds these replicated feeds (each complete up to a
+    /// length, or not); answer with [`Session::handle_heads`](super::Session::handle_heads).
+    Heads {
+        /// The namespace.
+        namespace: String,
+        /// The feeds.
+        feeds: Vec<FeedKey>,
+    },
     /// The session ended: take back a stream the store was given (after the connection
     /// is closed), with the session's end reason.
     Detach {

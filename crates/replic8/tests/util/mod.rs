@@ -21,7 +21,7 @@ use replic8::frame::{self, MAX_FRAME_LEN};
 use replic8::keys::{ExporterSecret, FeedKey, NamespaceSecret, Role};
 use replic8::message::{self, Headers, Message};
 use replic8::session::{
-    EndReason, Mode, Session, SessionConfig, SessionEvent, StreamCommand, StreamId,
+    EndReason, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand, StreamId,
 };
 
 pub type Policy = Box<dyn FnMut(&str, &[(FeedKey, Headers)]) -> Result<Vec<FeedKey>, String>>;
@@ -334,6 +334,18 @@ impl Net {
                                 .expect("close of an unknown stream");
                             s.fin = true;
                         }
+                    }
+                }
+                // The toy store holds every block of its feeds: complete at its length.
+                let store = &self.stores[end.node];
+                while let Some(call) = end.session.poll_store() {
+                    moved = true;
+                    if let StoreCall::Heads { feeds, .. } = call {
+                        let lengths = feeds
+                            .iter()
+                            .map(|f| store.lengths.get(f).copied().filter(|l| *l > 0))
+                            .collect();
+                        end.session.handle_heads(&feeds, Ok(lengths));
                     }
                 }
                 moved |= self.handle_events(l, side);

@@ -1,0 +1,478 @@
+//! The feeds of a storage that are open now, and the index of what is known about every
+//! held feed without opening it.
+//!
+//! A held feed is opened on demand (a stream, an API call) and closed again once nothing
+//! uses it: an open feed holds its storage's files, its tree roots and its map of stored
+//! blocks in memory, so a store holding 100,000 feeds cannot keep them all open
+//! (decision 170). Rules:
+//! - an entry is **pinned** while anything outside the registry holds it (a stream's
+//!   driver, an API call on the blocking pool) or a subscriber follows its state; a
+//!   pinned entry is never closed;
+//! - at most [`FeedStoreLimits::open_feeds`](super::FeedStoreLimits::open_feeds) entries
+//!   stay open past their use: when more are open, the least recently looked up
+//!   unpinned ones are closed (in a batch, so the cost of the choice is shared by
+//!   many opens);
+//! - an unpinned entry not looked up for
+//!   [`FeedStoreLimits::idle_close`](super::FeedStoreLimits::idle_close) is closed by the
+//!   store's periodic sweep, whatever the count;
+//! - one key has at most one open [`Feed`] at a time: closing removes the entry under
+//!   the map's lock only if it is still unpinned, and a lookup clones it under that
+//!   same lock;
+//! - the [`FeedIndex`] holds every held feed's summary (length, stored blocks, bytes,
+//!   head) that was opened since the store started; every change a feed publishes
+//!   updates it, so listing feeds opens only those never opened yet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use replic8_store::storage::{FeedStorage, Storage, StorageError};
+use replic8_store::{Feed, FeedSecret, OpenError};
+use tokio::sync::watch;
+
+use super::{FeedInfo, FeedState, FeedStoreError};
+use crate::keys::FeedKey;
+
+/// What is known of one feed without opening it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// Length, stored blocks, bytes, head.
+    pub(crate) info: FeedInfo,
+    /// Bytes of the blocks stored here, once known (right away for a feed that holds
+    /// every block; counted by a listing otherwise).
+    pub(crate) stored_bytes: Option<u64>,
+}
+
+impl Summary {
+    fn of<F: FeedStorage>(feed: &Feed<F>) -> Summary {
+        let complete = feed.stored_count() == feed.length();
+        Summary {
+            info: FeedInfo {
+                key: FeedKey::from(*feed.key()),
+                writable: feed.is_writable(),
+                length: feed.length(),
+                stored: feed.stored_count(),
+                contiguous_length: feed.contiguous_length(),
+                byte_length: feed.byte_length(),
+                head: feed.head().copied(),
+            },
+            stored_bytes: complete.then(|| feed.byte_length()),
+        }
+    }
+
+    /// The length up to which the feed holds every block, if it holds every block of
+    /// its signed length.
+    pub(crate) fn complete_length(&self) -> Option<u64> {
+        let i = &self.info;
+        (i.length > 0 && i.stored == i.length && i.contiguous_length == i.length)
+            .then_some(i.length)
+    }
+}
+
+/// Per held feed, its [`Summary`]; shared by the registry and every open entry.
+pub(crate) type FeedIndex = DashMap<FeedKey, Summary>;
+
+/// One open feed, shared by the actor, its sync cores and the blocking pool.
+#[derive(Debug)]
+pub(crate) struct FeedEntry<F: FeedStorage> {
+    feed: Mutex<Feed<F>>,
+    pub(super) state: watch::Sender<FeedState>,
+    /// Milliseconds since the registry's start when it was last looked up.
+    last_used: AtomicU64,
+    index: Arc<FeedIndex>,
+}
+
+impl<F: FeedStorage> FeedEntry<F> {
+    fn new(feed: Feed<F>, index: Arc<FeedIndex>, now: u64) -> Self {
+        let state = FeedState {
+            length: feed.length(),
+            stored: feed.stored_count(),
+            version: 0,
+        };
+        index.insert(FeedKey::from(*feed.key()), Summary::of(&feed));
+        FeedEntry {
+            feed: Mutex::new(feed),
+            state: watch::Sender::new(state),
+            last_used: AtomicU64::new(now),
+            index,
+        }
+    }
+
+    /// The feed; a panic in another holder leaves it usable (the feed's invariants
+    /// hold between its calls).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Feed<F>> {
+        self.feed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells subscribers, the feed's other cores and the index that it changed;
+    /// returns the new version.
+    pub(crate) fn publish(&self, feed: &Feed<F>) -> u64 {
+        let mut version = 0;
+        self.state.send_modify(|s| {
+            s.length = feed.length();
+            s.stored = feed.stored_count();
+            s.version += 1;
+            version = s.version;
+        });
+        self.index
+            .insert(FeedKey::from(*feed.key()), Summary::of(feed));
+        version
+    }
+
+    pub(crate) fn info(&self) -> FeedInfo {
+        Summary::of(&*self.lock()).info
+    }
+
+    /// Whether something outside the registry uses it: a holder of the entry (the
+    /// registry's own reference is one) or a subscriber of its state.
+    fn pinned(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > 1 || self.state.receiver_count() > 0
+    }
+}
+
+/// An open entry as [`pick_closes`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    /// The feed.
+    pub(crate) key: FeedKey,
+    /// When it was last looked up (milliseconds on the registry's clock).
+    pub(crate) last_used: u64,
+    /// Whether something uses it now.
+    pub(crate) pinned: bool,
+}
+
+/// Which open feeds to close: every unpinned one last used before `idle_before`, then,
+/// while more than `keep` would stay open, the least recently used unpinned ones.
+/// Pinned feeds are never picked (and count against `keep`).
+pub(crate) fn pick_closes(
+    mut open: Vec<Candidate>,
+    keep: usize,
+    idle_before: Option<u64>,
+) -> Vec<FeedKey> {
+    let total = open.len();
+    open.retain(|c| !c.pinned);
+    open.sort_unstable_by_key(|c| (c.last_used, c.key.0));
+    let over = total.saturating_sub(keep);
+    open.iter()
+        .enumerate()
+        .take_while(|(i, c)| *i < over || idle_before.is_some_and(|t| c.last_used < t))
+        .map(|(_, c)| c.key)
+        .collect()
+}
+
+/// How many feeds stay open, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenLimits {
+    /// Most unused feeds kept open.
+    pub(crate) keep: usize,
+    /// An unused feed not looked up for this long is closed by the sweep.
+    pub(crate) idle: Duration,
+}
+
+/// The open feeds of a storage. Its methods block (storage I/O): call them on the
+/// blocking pool. Every stream task and the actor look feeds up here at once, so the
+/// map is sharded (`DashMap`): lookups of different feeds do not wait on one lock.
+#[derive(Debug)]
+pub(crate) struct Registry<St: Storage> {
+    storage: St,
+    open: DashMap<FeedKey, Arc<FeedEntry<St::Feed>>>,
+    index: Arc<FeedIndex>,
+    limits: OpenLimits,
+    /// The registry's clock starts here.
+    epoch: Instant,
+    /// Feeds opened from storage (or created) so far.
+    opened: AtomicU64,
+    /// Feeds closed so far.
+    closed: AtomicU64,
+}
+
+impl<St: Storage> Registry<St> {
+    pub(crate) fn new(storage: St, limits: OpenLimits) -> Self {
+        Registry {
+            storage,
+            open: DashMap::new(),
+            index: Arc::new(FeedIndex::new()),
+            limits,
+            epoch: Instant::now(),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The index of feed summaries.
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> &FeedIndex {
+        &self.index
+    }
+
+    /// Feeds open now.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether `key` is open now.
+    #[cfg(test)]
+    pub(crate) fn is_open(&self, key: &FeedKey) -> bool {
+        self.open.contains_key(key)
+    }
+
+    /// Feeds opened and closed since the store started.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.closed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The feed `key`, opened from storage if needed; with `replica`, created empty if
+    /// the storage does not hold it. Storage work runs without the map's lock, so feeds
+    /// open in parallel; when two callers race, both get the entry that went in first.
+    pub(crate) fn get(
+        &self,
+        key: FeedKey,
+        replica: bool,
+    ) -> Result<Arc<FeedEntry<St::Feed>>, FeedStoreError> {
+        let now = self.now();
+        let found = self.open.get(&key).map(|entry| {
+            entry.last_used.store(now, Ordering::Relaxed);
+            entry.clone()
+        });
+        if let Some(entry) = found {
+            self.trim_if_over();
+            return Ok(entry);
+        }
+        let store_key = replic8_store::FeedKey::try_from(key)?;
+        let feed = match Feed::open(&self.storage, &store_key)? {
+            Some(feed) => feed,
+            None if replica => match Feed::create_replica(&self.storage, store_key) {
+                Ok(feed) => feed,
+                // Created by a racing caller meanwhile.
+                Err(OpenError::Storage(StorageError::Exists)) => {
+                    Feed::open(&self.storage, &store_key)?
+                        .ok_or_else(|| FeedStoreError::NotFound(key.fmt_short()))?
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => return Err(FeedStoreError::NotFound(key.fmt_short())),
+        };
+        let entry = self
+            .open
+            .entry(key)
+            .or_insert_with(|| {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                Arc::new(FeedEntry::new(feed, self.index.clone(), now))
+            })
+            .clone();
+        self.trim_if_over();
+        Ok(entry)
+    }
+
+    /// The summary of a held feed and the bytes it stores: from the index, or, for a
+    /// feed not opened since the store started (or a partial one whose stored bytes
+    /// were never counted), from the feed, opened for it (and closed again as any
+    /// unused feed). The index keeps what was counted.
+    pub(crate) fn summary(&self, key: FeedKey) -> Result<(FeedInfo, u64), FeedStoreError> {
+        if let Some(s) = self.index.get(&key) {
+            if let Some(bytes) = s.stored_bytes {
+                return Ok((s.info.clone(), bytes));
+            }
+        }
+        let entry = self.get(key, false)?;
+        let mut feed = entry.lock();
+        let bytes = feed.stored_bytes()?;
+        let mut summary = Summary::of(&feed);
+        summary.stored_bytes = Some(bytes);
+        let info = summary.info.clone();
+        self.index.insert(key, summary);
+        Ok((info, bytes))
+    }
+
+    /// Notes in the index a replica about to be created (so nothing opens it to learn
+    /// that it is empty); a summary there already stays.
+    pub(crate) fn note_empty(&self, key: FeedKey) {
+        self.index.entry(key).or_insert_with(|| Summary {
+            info: FeedInfo {
+                key,
+                writable: false,
+                length: 0,
+                stored: 0,
+                contiguous_length: 0,
+                byte_length: 0,
+                head: None,
+            },
+            stored_bytes: Some(0),
+        });
+    }
+
+    /// For each feed, the length up to which it holds every block, if it does and its
+    /// head is not empty: from the index, else from the feed, opened for it (and closed
+    /// again as any unused feed). A feed it cannot open counts as incomplete.
+    pub(crate) fn complete_lengths(&self, feeds: &[FeedKey]) -> Vec<Option<u64>> {
+        feeds
+            .iter()
+            .map(|key| {
+                let known = self.index.get(key).map(|s| s.complete_length());
+                match known {
+                    Some(length) => length,
+                    None => self
+                        .get(*key, false)
+                        .ok()
+                        .and_then(|_| self.index.get(key).and_then(|s| s.complete_length())),
+                }
+            })
+            .collect()
+    }
+
+    /// Creates a new writable feed; returns its key.
+    pub(crate) fn create(&self) -> Result<FeedKey, FeedStoreError> {
+        let feed = Feed::create(&self.storage, FeedSecret::generate())?;
+        let key = FeedKey::from(*feed.key());
+        let entry = Arc::new(FeedEntry::new(feed, self.index.clone(), self.now()));
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.insert(key, entry);
+        self.trim_if_over();
+        Ok(key)
+    }
+
+    /// Closes down to the bound once an eighth over it, so one choice serves many opens.
+    fn trim_if_over(&self) {
+        let keep = self.limits.keep;
+        if self.open.len() > keep + keep / 8 {
+            self.close(keep, None);
+        }
+    }
+
+    /// Closes the unpinned feeds idle past the limit, and any over the bound.
+    pub(crate) fn sweep(&self) -> usize {
+        let idle = u64::try_from(self.limits.idle.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = self.now().checked_sub(idle);
+        self.close(self.limits.keep, cutoff)
+    }
+
+    /// Closes what [`pick_closes`] picks; returns how many closed.
+    fn close(&self, keep: usize, idle_before: Option<u64>) -> usize {
+        let candidates: Vec<Candidate> = self
+            .open
+            .iter()
+            .map(|e| Candidate {
+                key: *e.key(),
+                last_used: e.value().last_used.load(Ordering::Relaxed),
+                pinned: e.value().pinned(),
+            })
+            .collect();
+        let mut closed = 0;
+        for key in pick_closes(candidates, keep, idle_before) {
+            // Still unpinned under the shard's lock: nobody can clone it meanwhile. The
+            // feed is dropped (its files closed) after the lock is released.
+            if self
+                .open
+                .remove_if(&key, |_, entry| !entry.pinned())
+                .is_some()
+            {
+                closed += 1;
+            }
+        }
+        self.closed.fetch_add(closed as u64, Ordering::Relaxed);
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replic8_store::storage::MemoryStorage;
+
+    fn candidate(n: u8, last_used: u64, pinned: bool) -> Candidate {
+        Candidate {
+            key: FeedKey([n; 32]),
+            last_used,
+            pinned,
+        }
+    }
+
+    #[test]
+    fn the_least_recently_used_unpinned_feeds_close_down_to_the_bound() {
+        let open = vec![
+            candidate(1, 10, false),
+            candidate(2, 5, true),
+            candidate(3, 30, false),
+            candidate(4, 20, false),
+            candidate(5, 1, false),
+        ];
+        let closes = pick_closes(open, 2, None);
+        assert_eq!(
+            closes,
+            vec![FeedKey([5; 32]), FeedKey([1; 32]), FeedKey([4; 32])]
+        );
+    }
+
+    #[test]
+    fn pinned_feeds_never_close_even_over_the_bound() {
+        let open = vec![candidate(1, 1, true), candidate(2, 2, true)];
+        assert!(pick_closes(open, 0, Some(100)).is_empty());
+    }
+
+    #[test]
+    fn idle_feeds_close_under_the_bound_and_recent_ones_stay() {
+        let open = vec![
+            candidate(1, 10, false),
+            candidate(2, 50, false),
+            candidate(3, 5, true),
+        ];
+        let closes = pick_closes(open, 100, Some(20));
+        assert_eq!(closes, vec![FeedKey([1; 32])]);
+    }
+
+    fn registry(keep: usize) -> Registry<MemoryStorage> {
+        let limits = OpenLimits {
+            keep,
+            idle: Duration::from_secs(3600),
+        };
+        Registry::new(MemoryStorage::new(), limits)
+    }
+
+    #[test]
+    fn a_feed_in_use_stays_open_and_unused_ones_close_past_the_bound() {
+        let registry = registry(4);
+        let keys: Vec<FeedKey> = (0..20).map(|_| registry.create().unwrap()).collect();
+        // Past the bound and its slack, the registry trimmed itself.
+        assert!(registry.open_count() <= 4, "{}", registry.open_count());
+        let held = registry.get(keys[0], false).unwrap();
+        let watched = registry.get(keys[1], false).unwrap().state.subscribe();
+        let unused = registry.open_count() - 2;
+        assert_eq!(registry.close(0, None), unused);
+        assert!(registry.is_open(&keys[0]) && registry.is_open(&keys[1]));
+        assert_eq!(registry.open_count(), 2);
+        drop((held, watched));
+        registry.close(0, None);
+        assert_eq!(registry.open_count(), 0);
+        // A closed feed opens again, with the same state, and its summary stayed.
+        let info = registry.get(keys[3], false).unwrap().info();
+        assert_eq!(info.key, keys[3]);
+        assert_eq!(registry.index().len(), 20);
+    }
+
+    #[test]
+    fn appends_reach_the_index_and_outlive_closing() {
+        let registry = registry(1);
+        let key = registry.create().unwrap();
+        {
+            let entry = registry.get(key, false).unwrap();
+            let mut feed = entry.lock();
+            feed.append_batch(&[b"one".to_vec(), b"two!".to_vec()])
+                .unwrap();
+            entry.publish(&feed);
+        }
+        registry.close(0, None);
+        assert!(!registry.is_open(&key));
+        let summary = registry.index().get(&key).map(|s| s.clone()).unwrap();
+        assert_eq!(summary.info.length, 2);
+        assert_eq!(summary.stored_bytes, Some(7));
+        assert_eq!(summary.complete_length(), Some(2));
+    }
+}
