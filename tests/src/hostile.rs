@@ -1,5 +1,5 @@
 //! A hostile peer built from the project's own pieces: a real connection manager (its own
-//! ed25519 identity, TLS with raw public keys, the `replic8/2` ALPN) whose connections
+//! ed25519 identity, TLS with raw public keys, the session ALPN) whose connections
 //! are driven by hand with the real frame and message encoders, so it can send exactly
 //! what an honest session never would.
 //!

@@ -16,9 +16,9 @@ use crate::frame::MAX_FRAME_LEN;
 use crate::keys::{DiscoveryKey, FeedKey, Role};
 
 /// The session protocol's version, carried in the ALPN and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The ALPN of the session protocol; it names the version.
-pub const ALPN: &[u8] = b"replic8/2";
+pub const ALPN: &[u8] = b"replic8/3";
 /// This implementation's dialect: the message encoding family spoken on the wire.
 pub const DIALECT: &str = "bincode1-varint";
 /// Most entries in one feed's headers.

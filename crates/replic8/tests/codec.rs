@@ -298,7 +298,7 @@ fn hello_bytes_match_the_protocol_document() {
     expected.extend_from_slice(b"bincode1-varint");
     expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian
     assert_eq!(wire, expected);
-    assert_eq!(ALPN, b"replic8/2");
+    assert_eq!(ALPN, b"replic8/3");
 
     // docs/PROTOCOL.md, "Messages": a tag, an offer and `Stopped`, byte for byte.
     let mut wire = Vec::new();

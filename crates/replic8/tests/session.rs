@@ -669,9 +669,9 @@ fn hostile_inputs_end_the_session_with_a_reason() {
         (
             "version mismatch",
             false,
-            Box::new(move |s| s.handle_message(hello(3))),
+            Box::new(move |s| s.handle_message(hello(4))),
             CloseCode::VERSION_MISMATCH,
-            "we speak replic8/2 dialect \"bincode1-varint\", the peer speaks replic8/3",
+            "we speak replic8/3 dialect \"bincode1-varint\", the peer speaks replic8/4",
         ),
         (
             "answer to an offer never made",
