@@ -585,6 +585,15 @@ impl FeedStorage for DiskFeed {
         lock(&self.inner).write_parts(&blocks, nodes, Some(head))
     }
 
+    fn write_borrowed(
+        &mut self,
+        blocks: &[(u64, &[u8])],
+        nodes: Vec<StoredNode>,
+        head: Option<StoredHead>,
+    ) -> Result<(), StorageError> {
+        lock(&self.inner).write_parts(blocks, nodes, head)
+    }
+
     fn sync(&mut self) -> Result<(), StorageError> {
         lock(&self.inner).sync()
     }
@@ -603,7 +612,17 @@ impl FeedStorage for DiskFeed {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
-        lock(&self.inner).blocks(start, end, max_bytes)
+        lock(&self.inner).blocks(start, end, max_bytes, &mut Vec::with_capacity)
+    }
+
+    fn blocks_into(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        lock(&self.inner).blocks(start, end, max_bytes, buffer)
     }
 
     fn has_block(&self, index: u64) -> bool {
