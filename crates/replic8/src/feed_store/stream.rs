@@ -17,10 +17,13 @@
 //!
 //! Bytes are copied as little as the layers allow: a frame is encoded once, in place
 //! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
-//! to QUIC as [`Bytes`] (`write_chunk`, no copy); on receipt a frame inside one QUIC
-//! chunk is a slice of it, and one that straddles chunks is gathered once into a pooled
-//! buffer of its announced size (checked against [`MAX_MESSAGE_SIZE`] first). Pooled
-//! buffers return to the pool when the last slice of them is dropped.
+//! to QUIC as [`Bytes`] (no copy), except a data message's large blocks, which storage
+//! read into pooled buffers and which go to QUIC as they are, between the bytes that
+//! frame them (one frame, several chunks). On receipt a frame inside one QUIC chunk is a
+//! slice of it, and one that straddles chunks is gathered once into a pooled buffer of
+//! its announced size (checked against [`MAX_MESSAGE_SIZE`] first); the core verifies
+//! and stores a data message's blocks from that frame. Pooled buffers return to the
+//! pool when the last slice of them is dropped.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -507,7 +510,9 @@ fn encode_frame(
         chunks.push(pool.freeze(block));
         from = at;
     }
-    chunks.push(glue.slice(from..));
+    if from < glue.len() {
+        chunks.push(glue.slice(from..));
+    }
     Ok(chunks)
 }
 
