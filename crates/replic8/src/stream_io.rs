@@ -7,36 +7,71 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+/// One encoded frame as QUIC takes it: one chunk, or several written back to back (a
+/// data message's blocks as storage read them, between the bytes that frame them).
+pub(crate) trait OutFrame: Send {
+    /// Bytes in the frame.
+    fn len(&self) -> usize;
+    /// The frame's chunks, in order.
+    fn chunks(&mut self) -> &mut [Bytes];
+}
+
+impl OutFrame for Bytes {
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
+
+    fn chunks(&mut self) -> &mut [Bytes] {
+        std::slice::from_mut(self)
+    }
+}
+
+impl OutFrame for Vec<Bytes> {
+    fn len(&self) -> usize {
+        self.iter().map(Bytes::len).sum()
+    }
+
+    fn chunks(&mut self) -> &mut [Bytes] {
+        self
+    }
+}
+
 /// A writer's queue of encoded frames: a channel, bounded or not (the control stream's
 /// is bounded by the session core's queued bytes, a feed stream's by its own size).
 pub(crate) trait FrameQueue: Send {
+    /// What the queue holds.
+    type Frame: OutFrame;
     /// The next frame; `None` once every sender is gone.
-    fn next_frame(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+    fn next_frame(&mut self) -> impl Future<Output = Option<Self::Frame>> + Send;
 }
 
-impl FrameQueue for mpsc::Receiver<Bytes> {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+impl<T: OutFrame> FrameQueue for mpsc::Receiver<T> {
+    type Frame = T;
+
+    async fn next_frame(&mut self) -> Option<T> {
         self.recv().await
     }
 }
 
-impl FrameQueue for mpsc::UnboundedReceiver<Bytes> {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+impl<T: OutFrame> FrameQueue for mpsc::UnboundedReceiver<T> {
+    type Frame = T;
+
+    async fn next_frame(&mut self) -> Option<T> {
         self.recv().await
     }
 }
 
-/// Writes the queued frames to `send` in order, each as one chunk (no copy), and calls
-/// `written` with a frame's length once QUIC took it. Finishes the stream when the queue
-/// closes; stops at the first write error (the stream or connection is gone).
+/// Writes the queued frames to `send` in order, their chunks as they are (no copy), and
+/// calls `written` with a frame's length once QUIC took it. Finishes the stream when the
+/// queue closes; stops at the first write error (the stream or connection is gone).
 pub(crate) async fn write_frames(
     mut send: quinn::SendStream,
     mut frames: impl FrameQueue,
     mut written: impl FnMut(usize) + Send,
 ) {
-    while let Some(frame) = frames.next_frame().await {
+    while let Some(mut frame) = frames.next_frame().await {
         let len = frame.len();
-        if send.write_chunk(frame).await.is_err() {
+        if send.write_all_chunks(frame.chunks()).await.is_err() {
             return;
         }
         written(len);

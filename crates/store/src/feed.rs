@@ -506,11 +506,24 @@ impl<S: FeedStorage> Feed<S> {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.get_blocks_into(start, end, max_bytes, &mut Vec::with_capacity)
+    }
+
+    /// [`Feed::get_blocks`], each block read into a buffer from `buffer` (called with the
+    /// block's length), for a caller that recycles buffers
+    /// ([`FeedStorage::blocks_into`]).
+    pub fn get_blocks_into(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
         let end = end.min(self.length());
         if start >= end {
             return Ok(Vec::new());
         }
-        self.storage.blocks(start, end, max_bytes)
+        self.storage.blocks_into(start, end, max_bytes, buffer)
     }
 
     /// Blocks `[start, end)`; fails with [`ReadError::Missing`] if one is not stored.
@@ -605,12 +618,7 @@ impl<S: FeedStorage> Feed<S> {
     /// store the blocks, the nodes and any new head in one atomic batch. The batch is
     /// not synced: call [`Feed::flush`] for durability of downloads.
     pub fn ingest(&mut self, proof: &Proof, blocks: Vec<Vec<u8>>) -> Result<Ingested, IngestError> {
-        let verified = self.verify(proof, &blocks)?;
-        let upgraded = verified.length > self.length();
-        let head = if upgraded { verified.head } else { None };
-        if upgraded && head.is_none() {
-            return Err(VerifyError::Malformed("upgrade without a signed head").into());
-        }
+        let (verified, head) = self.verify_ingest(proof, &blocks)?;
         let batch = WriteBatch {
             blocks: blocks
                 .into_iter()
@@ -622,14 +630,59 @@ impl<S: FeedStorage> Feed<S> {
             head: head.map(Into::into),
         };
         self.storage.write(batch)?;
+        Ok(self.ingested(proof, verified, head))
+    }
+
+    /// [`Feed::ingest`] with the blocks borrowed: verified where they are (in the frame
+    /// they arrived in) and handed to storage as slices
+    /// ([`FeedStorage::write_borrowed`]), so disk storage writes them without a copy.
+    pub fn ingest_borrowed(
+        &mut self,
+        proof: &Proof,
+        blocks: &[&[u8]],
+    ) -> Result<Ingested, IngestError> {
+        let (verified, head) = self.verify_ingest(proof, blocks)?;
+        let new: Vec<(u64, &[u8])> = (proof.start..)
+            .zip(blocks.iter().copied())
+            .filter(|(i, _)| !self.has(*i))
+            .collect();
+        let nodes = verified.nodes.iter().map(|&n| n.into()).collect();
+        self.storage
+            .write_borrowed(&new, nodes, head.map(Into::into))?;
+        Ok(self.ingested(proof, verified, head))
+    }
+
+    /// What [`Feed::ingest`] checks before it writes: the proof verifies, and an upgrade
+    /// comes with its signed head (returned).
+    fn verify_ingest<B: AsRef<[u8]> + Sync>(
+        &mut self,
+        proof: &Proof,
+        blocks: &[B],
+    ) -> Result<(VerifiedProof, Option<SignedHead>), IngestError> {
+        let verified = self.verify(proof, blocks)?;
+        let upgraded = verified.length > self.length();
+        let head = if upgraded { verified.head } else { None };
+        if upgraded && head.is_none() {
+            return Err(VerifyError::Malformed("upgrade without a signed head").into());
+        }
+        Ok((verified, head))
+    }
+
+    /// After an ingest's write: take its head and roots, and its blocks as stored.
+    fn ingested(
+        &mut self,
+        proof: &Proof,
+        verified: VerifiedProof,
+        head: Option<SignedHead>,
+    ) -> Ingested {
         if let Some(h) = head {
             self.set_head(h, verified.roots);
         }
         self.add_run(proof.start, proof.end);
-        Ok(Ingested {
+        Ingested {
             blocks: proof.start..proof.end,
             upgraded: head.map(|h| h.length),
-        })
+        }
     }
 
     /// Make everything written so far durable.

@@ -189,24 +189,78 @@ pub fn encode_into(message: &Message, out: &mut Vec<u8>) -> Result<(), EncodeErr
 
 /// Decode one message (a whole frame), bounded and checked.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    check_size(bytes)?;
+    let message: Message = options()
+        .deserialize(bytes)
+        .map_err(|e| decode_error(*e, bytes.len()))?;
+    check(&message)?;
+    Ok(message)
+}
+
+/// The tag a [`Message::Data`] starts with when encoded: its variant index (5) as a
+/// one-byte varint.
+const DATA_TAG: u8 = 5;
+
+/// A data message decoded in place: its blocks are slices of the bytes it was decoded
+/// from, not copies.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DataRef<'a> {
+    /// The proof for `[proof.start, proof.end)`.
+    pub proof: Proof,
+    /// The blocks, in order.
+    #[serde(borrow)]
+    pub blocks: Vec<&'a [u8]>,
+}
+
+/// A message decoded for handling: a data message borrows its blocks from the frame (see
+/// [`decode_in_place`]); any other message is owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A data message, its blocks borrowed.
+    Data(DataRef<'a>),
+    /// Any other message.
+    Other(Message),
+}
+
+/// Decode one message like [`decode`] (same bounds and checks), leaving a data
+/// message's blocks in `bytes`: the receiver hashes and stores them from the frame they
+/// arrived in. The only allocation a data message costs is its proof's nodes and the
+/// list of block slices, both bounded like [`decode`]'s.
+pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    check_size(bytes)?;
+    match bytes.split_first() {
+        Some((&DATA_TAG, body)) => {
+            let data: DataRef<'_> = options()
+                .deserialize(body)
+                .map_err(|e| decode_error(*e, bytes.len()))?;
+            check_data(&data.proof, data.blocks.iter().map(|b| b.len()))?;
+            Ok(Decoded::Data(data))
+        }
+        _ => decode(bytes).map(Decoded::Other),
+    }
+}
+
+fn check_size(bytes: &[u8]) -> Result<(), DecodeError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
         return Err(DecodeError::Oversize {
             len: bytes.len(),
             max: MAX_MESSAGE_SIZE,
         });
     }
-    let message: Message = options().deserialize(bytes).map_err(|e| match *e {
+    Ok(())
+}
+
+fn decode_error(e: bincode::ErrorKind, len: usize) -> DecodeError {
+    match e {
         bincode::ErrorKind::SizeLimit => DecodeError::Oversize {
-            len: bytes.len(),
+            len,
             max: MAX_MESSAGE_SIZE,
         },
         bincode::ErrorKind::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             DecodeError::Truncated
         }
         other => DecodeError::Malformed(other.to_string()),
-    })?;
-    check(&message)?;
-    Ok(message)
+    }
 }
 
 fn check(message: &Message) -> Result<(), DecodeError> {
@@ -244,17 +298,7 @@ fn check(message: &Message) -> Result<(), DecodeError> {
                 return Err(DecodeError::Invalid("request range"));
             }
         }
-        Message::Data(data) => {
-            check_proof(&data.proof)?;
-            let n = data.proof.end - data.proof.start;
-            if n == 0 || n > MAX_BLOCKS_PER_MESSAGE || n != data.blocks.len() as u64 {
-                return Err(DecodeError::Invalid("block count does not match the proof"));
-            }
-            let bytes: usize = data.blocks.iter().map(|b| b.len()).sum();
-            if bytes > MAX_DATA_BYTES {
-                return Err(DecodeError::Invalid("blocks over the data size limit"));
-            }
-        }
+        Message::Data(data) => check_data(&data.proof, data.blocks.iter().map(|b| b.len()))?,
         Message::NoData { start, end } => {
             if start >= end {
                 return Err(DecodeError::Invalid("empty range"));
@@ -265,6 +309,23 @@ fn check(message: &Message) -> Result<(), DecodeError> {
                 return Err(DecodeError::Invalid("length over the limit"));
             }
         }
+    }
+    Ok(())
+}
+
+/// The checks of a data message, given its proof and its blocks' lengths.
+fn check_data(
+    proof: &Proof,
+    block_lens: impl ExactSizeIterator<Item = usize>,
+) -> Result<(), DecodeError> {
+    check_proof(proof)?;
+    let n = proof.end - proof.start;
+    if n == 0 || n > MAX_BLOCKS_PER_MESSAGE || n != block_lens.len() as u64 {
+        return Err(DecodeError::Invalid("block count does not match the proof"));
+    }
+    let bytes: usize = block_lens.sum();
+    if bytes > MAX_DATA_BYTES {
+        return Err(DecodeError::Invalid("blocks over the data size limit"));
     }
     Ok(())
 }
@@ -322,6 +383,90 @@ mod tests {
             decode(&encode(&bad).unwrap()),
             Err(DecodeError::Invalid("request range"))
         );
+    }
+
+    #[test]
+    fn data_decodes_in_place_as_it_decodes_owned() {
+        let blocks: Vec<ByteBuf> = [0usize, 1, 300, 70_000]
+            .iter()
+            .map(|&n| ByteBuf::from(vec![n as u8; n]))
+            .collect();
+        let proof = Proof {
+            base: 9,
+            length: 9,
+            start: 2,
+            end: 6,
+            nodes: vec![],
+            head: None,
+        };
+        let data = Message::Data(Data {
+            proof: proof.clone(),
+            blocks: blocks.clone(),
+        });
+        let bytes = encode(&data).unwrap();
+        assert_eq!(bytes[0], DATA_TAG);
+        let Decoded::Data(got) = decode_in_place(&bytes).unwrap() else {
+            panic!("a data message decoded as another");
+        };
+        assert_eq!(got.proof, proof);
+        let want: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
+        assert_eq!(got.blocks, want);
+        // The blocks are the frame's own bytes, not copies.
+        let frame = bytes.as_ptr_range();
+        assert!(got
+            .blocks
+            .iter()
+            .all(|b| frame.contains(&b.as_ptr()) || b.is_empty()));
+        // Other messages decode owned, as with `decode`.
+        let request = Message::Request(Request {
+            start: 1,
+            end: 5,
+            length: 9,
+        });
+        assert_eq!(
+            decode_in_place(&encode(&request).unwrap()).unwrap(),
+            Decoded::Other(request)
+        );
+        // The same bounds and checks: truncated, trailing bytes, a count that does not
+        // match the proof, blocks over the data limit.
+        assert_eq!(
+            decode_in_place(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_in_place(&long),
+            Err(DecodeError::Malformed(_))
+        ));
+        let short = Message::Data(Data {
+            proof: Proof {
+                end: 5,
+                ..proof.clone()
+            },
+            blocks: blocks.clone(),
+        });
+        assert_eq!(
+            decode_in_place(&encode(&short).unwrap()),
+            Err(DecodeError::Invalid("block count does not match the proof"))
+        );
+        let big = Message::Data(Data {
+            proof: Proof {
+                end: 4,
+                ..proof.clone()
+            },
+            blocks: vec![ByteBuf::from(vec![1u8; MAX_DATA_BYTES / 2 + 1]); 2],
+        });
+        assert_eq!(
+            decode_in_place(&encode(&big).unwrap()),
+            Err(DecodeError::Invalid("blocks over the data size limit"))
+        );
+        // A count of 2^63 - 1 blocks fails on the size limit, before allocating for it.
+        let mut claim = vec![DATA_TAG];
+        claim.extend_from_slice(&options().serialize(&proof).unwrap());
+        claim.push(253);
+        claim.extend_from_slice(&(u64::MAX >> 1).to_le_bytes());
+        assert!(decode_in_place(&claim).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Frame buffers reused across messages.
+//! Frame and block buffers reused across messages.
 //!
 //! A data message is up to 1 MiB. Allocated fresh for each message, such buffers come
 //! from and go back to the operating system (the allocator maps and unmaps them, and
@@ -6,8 +6,9 @@
 //! CPU of each side. Buffers here are handed out as plain `Vec`s and frozen into
 //! [`Bytes`] whose owner puts the buffer back when the last reference is dropped (after
 //! QUIC has sent it, or after the frame was decoded), so the same few buffers carry the
-//! whole transfer. The pool keeps at most [`MAX_POOLED_BYTES`] of idle capacity; what
-//! does not fit is freed as usual.
+//! whole transfer. The serving side reads the blocks of its data answers into buffers
+//! from here too (they go to QUIC as they are, and come back once sent). The pool keeps
+//! at most [`MAX_POOLED_BYTES`] of idle capacity; what does not fit is freed as usual.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,11 +32,20 @@ struct Idle {
 }
 
 impl BufferPool {
-    /// An empty buffer with room for at least `capacity` bytes.
+    /// An empty buffer with room for at least `capacity` bytes: the smallest idle one
+    /// that fits (a 64 KiB block read on the serving side does not take a 1 MiB frame
+    /// buffer the receiving side then has to allocate again).
     pub(crate) fn take(&self, capacity: usize) -> Vec<u8> {
         if capacity >= MIN_POOLED {
             let mut idle = self.lock();
-            if let Some(i) = idle.buffers.iter().position(|b| b.capacity() >= capacity) {
+            let fits = idle
+                .buffers
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= capacity)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = fits {
                 let buf = idle.buffers.swap_remove(i);
                 idle.bytes -= buf.capacity();
                 return buf;

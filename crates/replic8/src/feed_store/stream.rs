@@ -17,15 +17,19 @@
 //!
 //! Bytes are copied as little as the layers allow: a frame is encoded once, in place
 //! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
-//! to QUIC as [`Bytes`] (`write_chunk`, no copy); on receipt a frame inside one QUIC
-//! chunk is a slice of it, and one that straddles chunks is gathered once into a pooled
-//! buffer of its announced size (checked against [`MAX_MESSAGE_SIZE`] first). Pooled
-//! buffers return to the pool when the last slice of them is dropped.
+//! to QUIC as [`Bytes`] (no copy), except a data message's large blocks, which storage
+//! read into pooled buffers and which go to QUIC as they are, between the bytes that
+//! frame them (one frame, several chunks). On receipt a frame inside one QUIC chunk is a
+//! slice of it, and one that straddles chunks is gathered once into a pooled buffer of
+//! its announced size (checked against [`MAX_MESSAGE_SIZE`] first); the core verifies
+//! and stores a data message's blocks from that frame. Pooled buffers return to the
+//! pool when the last slice of them is dropped.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bincode::Options;
 use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
@@ -137,7 +141,7 @@ pub(crate) async fn run<F: FeedStorage>(
     }));
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
-    let (write_tx, write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let (write_tx, write_rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
     let guard = shared.task_guard();
     let (q, r) = (queued.clone(), room.clone());
     // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
@@ -344,7 +348,7 @@ async fn step_and_report<F: FeedStorage>(
 /// Where a stream's frames go: the writer task's queue, and the bytes waiting in it.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Vec<Bytes>>,
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
 }
@@ -356,8 +360,8 @@ impl Outbox {
         self.queued.load(Ordering::Relaxed) < MAX_QUEUED_BYTES && self.tx.capacity() > 0
     }
 
-    fn push(&self, frame: Bytes) {
-        let len = frame.len();
+    fn push(&self, frame: Vec<Bytes>) {
+        let len = frame.iter().map(Bytes::len).sum();
         // A gone writer means the stream is ending; the driver learns it elsewhere. A
         // full queue cannot happen after `has_room`; the frame would be lost and the
         // peer's core would time out on it, which ends only this stream.
@@ -374,11 +378,12 @@ fn transmit<F: FeedStorage>(
     feed: &mut replic8_store::Feed<F>,
     outbox: &Outbox,
 ) -> Result<bool, SyncError> {
+    // A data answer's blocks are read into pooled buffers, which come back to the pool
+    // once QUIC has sent them (`encode_frame` hands them over as they are).
+    let mut buffer = |len| outbox.pool.take(len);
     while outbox.has_room() {
-        match core.poll_transmit(feed)? {
-            // Encoded in place after room for the prefix: one buffer, handed to QUIC as
-            // it is.
-            Some(message) => outbox.push(encode_frame(&outbox.pool, &message).map_err(|e| {
+        match core.poll_transmit_into(feed, &mut buffer)? {
+            Some(message) => outbox.push(encode_frame(&outbox.pool, message).map_err(|e| {
                 SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
             })?),
             None => return Ok(false),
@@ -447,14 +452,96 @@ fn step<F: FeedStorage>(
     out
 }
 
-/// One frame, its payload encoded after room for the prefix, then sealed.
-fn encode_frame(pool: &Arc<BufferPool>, message: &replic8_store::Message) -> Result<Bytes, String> {
-    let len = replic8_store::message::encoded_len(message).map_err(|e| e.to_string())?;
-    let mut framed = pool.take(frame::PREFIX_LEN + len);
-    framed.extend_from_slice(&[0u8; frame::PREFIX_LEN]);
-    replic8_store::encode_into(message, &mut framed).map_err(|e| e.to_string())?;
-    frame::seal(&mut framed, MAX_MESSAGE_SIZE).map_err(|e| e.to_string())?;
-    Ok(pool.freeze(framed))
+/// One frame, as the chunks QUIC is handed. The payload is encoded after room for the
+/// prefix into one pooled buffer, except a data message's blocks of at least
+/// [`SEND_IN_PLACE`] bytes: those go as the buffers storage read them into, and the
+/// buffer holds only the bytes around them (the message's header, each block's length).
+fn encode_frame(
+    pool: &Arc<BufferPool>,
+    message: replic8_store::Message,
+) -> Result<Vec<Bytes>, String> {
+    let len = replic8_store::message::encoded_len(&message).map_err(|e| e.to_string())?;
+    let prefix = u32::try_from(len)
+        .ok()
+        .filter(|_| len <= MAX_MESSAGE_SIZE)
+        .ok_or_else(|| format!("message of {len} bytes is over the frame limit"))?;
+    let in_place: Vec<&[u8]> = match &message {
+        replic8_store::Message::Data(data) => data
+            .blocks
+            .iter()
+            .map(|b| b.as_slice())
+            .filter(|b| b.len() >= SEND_IN_PLACE)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let kept: usize = in_place.iter().map(|b| b.len()).sum();
+    let mut gather = Gather {
+        in_place: &in_place,
+        glue: pool.take(frame::PREFIX_LEN + len - kept),
+        cuts: Vec::with_capacity(in_place.len()),
+    };
+    gather.glue.extend_from_slice(&prefix.to_be_bytes());
+    replic8_store::message::options()
+        .serialize_into(&mut gather, &message)
+        .map_err(|e| e.to_string())?;
+    let Gather { glue, cuts, .. } = gather;
+    if cuts.len() != in_place.len() {
+        // The encoder wrote a block in pieces (not as one slice of it): send it whole.
+        let mut framed = glue;
+        framed.truncate(frame::PREFIX_LEN);
+        replic8_store::encode_into(&message, &mut framed).map_err(|e| e.to_string())?;
+        return Ok(vec![pool.freeze(framed)]);
+    }
+    let glue = pool.freeze(glue);
+    let replic8_store::Message::Data(data) = message else {
+        return Ok(vec![glue]);
+    };
+    let blocks = data
+        .blocks
+        .into_iter()
+        .map(|b| b.into_vec())
+        .filter(|b| b.len() >= SEND_IN_PLACE);
+    let mut chunks = Vec::with_capacity(2 * cuts.len() + 1);
+    let mut from = 0;
+    for (at, block) in cuts.into_iter().zip(blocks) {
+        if at > from {
+            chunks.push(glue.slice(from..at));
+        }
+        chunks.push(pool.freeze(block));
+        from = at;
+    }
+    if from < glue.len() {
+        chunks.push(glue.slice(from..));
+    }
+    Ok(chunks)
+}
+
+/// Blocks at least this large go to QUIC as storage read them rather than copied into
+/// the frame: below it, the copy costs less than QUIC's bookkeeping of one more chunk.
+const SEND_IN_PLACE: usize = 4 * 1024;
+
+/// The writer a message is encoded through when blocks stay out of the frame's buffer:
+/// bytes go into `glue`, except each of `in_place`, recognised by address (the encoder
+/// writes a block's bytes with one call, on the block itself), whose place in `glue` is
+/// noted in `cuts` instead.
+struct Gather<'a> {
+    in_place: &'a [&'a [u8]],
+    glue: Vec<u8>,
+    cuts: Vec<usize>,
+}
+
+impl std::io::Write for Gather<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.in_place.get(self.cuts.len()) {
+            Some(block) if std::ptr::eq(*block, buf) => self.cuts.push(self.glue.len()),
+            _ => self.glue.extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Cuts the stream into frames. A frame inside one QUIC chunk is handed over as a slice
@@ -658,6 +745,67 @@ mod tests {
                 assert_eq!(&g[..], &w[..], "chunks up to {max_chunk}");
             }
         }
+    }
+
+    #[test]
+    fn a_data_frame_sends_its_large_blocks_in_place() {
+        use replic8_store::message::Data;
+        use replic8_store::{Message, Proof};
+        let pool = Arc::new(BufferPool::default());
+        let sizes = [
+            0usize,
+            10,
+            SEND_IN_PLACE - 1,
+            SEND_IN_PLACE,
+            65_536,
+            3,
+            65_536,
+        ];
+        let blocks: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![n as u8; n]).collect();
+        let message = Message::Data(Data {
+            proof: Proof {
+                base: 20,
+                length: 20,
+                start: 3,
+                end: 3 + sizes.len() as u64,
+                nodes: vec![],
+                head: None,
+            },
+            blocks: blocks.iter().cloned().map(Into::into).collect(),
+        });
+        let mut want = Vec::new();
+        let payload = replic8_store::encode(&message).unwrap();
+        frame::encode(&payload, MAX_MESSAGE_SIZE, &mut want).unwrap();
+        let Message::Data(data) = &message else {
+            unreachable!()
+        };
+        let large: Vec<*const u8> = data
+            .blocks
+            .iter()
+            .filter(|b| b.len() >= SEND_IN_PLACE)
+            .map(|b| b.as_ptr())
+            .collect();
+        let chunks = encode_frame(&pool, message).unwrap();
+        assert_eq!(chunks.concat(), want);
+        // Each large block is a chunk of its own, the very buffer the message held.
+        let sent: Vec<*const u8> = chunks
+            .iter()
+            .map(|c| c.as_ptr())
+            .filter(|p| large.contains(p))
+            .collect();
+        assert_eq!(sent, large);
+        // Other messages are one chunk.
+        let request = Message::NoData { start: 1, end: 2 };
+        let chunks = encode_frame(&pool, request.clone()).unwrap();
+        assert_eq!(chunks.len(), 1);
+        let mut want = Vec::new();
+        frame::encode(
+            &replic8_store::encode(&request).unwrap(),
+            MAX_MESSAGE_SIZE,
+            &mut want,
+        )
+        .unwrap();
+        assert_eq!(chunks[0], want);
     }
 
     #[test]

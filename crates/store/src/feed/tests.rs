@@ -81,3 +81,55 @@ fn runs_merge_and_count() {
     assert_eq!(f.stored_ranges(1), vec![(0, 40)]);
     assert_eq!(f.stored_count(), 41);
 }
+
+/// Blocks read into the caller's buffers (small ones read as a run, large ones one by
+/// one) are the blocks, in the buffers given; ingesting borrowed blocks stores what
+/// ingesting owned ones does.
+#[test]
+fn blocks_read_into_given_buffers_and_ingested_borrowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::storage::DiskStorage::open(dir.path()).unwrap();
+    let mut w = Feed::create(&storage, FeedSecret::generate()).unwrap();
+    let blocks: Vec<Vec<u8>> = [100usize, 200, 70_000, 30, 20_000, 5]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| vec![i as u8 + 1; n])
+        .collect();
+    w.append_batch(&blocks).unwrap();
+    let mut given = Vec::new();
+    let mut buffer = |len: usize| {
+        let b = Vec::with_capacity(len + 7);
+        given.push(b.as_ptr());
+        b
+    };
+    let read = w.get_blocks_into(0, 6, usize::MAX, &mut buffer).unwrap();
+    assert_eq!(read, blocks);
+    let used: Vec<*const u8> = read.iter().map(|b| b.as_ptr()).collect();
+    assert_eq!(used, given, "each block in the buffer given for it");
+    assert_eq!(w.get_blocks(0, 6, usize::MAX).unwrap(), blocks);
+
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replicas = crate::storage::DiskStorage::open(replica_dir.path()).unwrap();
+    let mut r = Feed::create_replica(&replicas, *w.key()).unwrap();
+    r.ingest(&w.proof(0, 6, 0, 0).unwrap(), vec![]).unwrap();
+    let slices: Vec<&[u8]> = blocks[1..4].iter().map(Vec::as_slice).collect();
+    let done = r
+        .ingest_borrowed(&w.proof(6, 6, 1, 4).unwrap(), &slices)
+        .unwrap();
+    assert_eq!(done.blocks, 1..4);
+    // Already stored blocks in a later proof are not written again.
+    let slices: Vec<&[u8]> = blocks[..5].iter().map(Vec::as_slice).collect();
+    r.ingest_borrowed(&w.proof(6, 6, 0, 5).unwrap(), &slices)
+        .unwrap();
+    assert_eq!(r.stored_count(), 5);
+    assert_eq!(r.get_range(0, 5).unwrap(), blocks[..5]);
+    // A block that does not verify stores nothing.
+    let bad: Vec<&[u8]> = vec![&blocks[4]];
+    assert!(r
+        .ingest_borrowed(&w.proof(6, 6, 5, 6).unwrap(), &bad)
+        .is_err());
+    assert!(!r.has(5));
+    drop(r);
+    let r = Feed::open(&replicas, w.key()).unwrap().unwrap();
+    assert_eq!(r.stored_count(), 5);
+}

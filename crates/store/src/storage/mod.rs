@@ -109,6 +109,21 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
             head: Some(head),
         })
     }
+    /// Apply a batch like [`FeedStorage::write`] with its blocks borrowed (by index), so
+    /// storage that writes them straight out copies nothing: a verified download is
+    /// stored from the frame it arrived in. The default copies them into a [`WriteBatch`].
+    fn write_borrowed(
+        &mut self,
+        blocks: &[(u64, &[u8])],
+        nodes: Vec<StoredNode>,
+        head: Option<StoredHead>,
+    ) -> Result<(), StorageError> {
+        self.write(WriteBatch {
+            blocks: blocks.iter().map(|&(i, b)| (i, b.to_vec())).collect(),
+            nodes,
+            head,
+        })
+    }
     /// Make every batch written so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
     /// Start making every batch written so far durable without waiting for it (a sync
@@ -131,6 +146,20 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
         take_range(start, end, max_bytes, |index| self.block(index))
+    }
+    /// [`FeedStorage::blocks`], each block read into the buffer `buffer` gives for its
+    /// length (cleared first), so a caller that recycles the buffers it is done with
+    /// spares an allocation per block, and the page faults of fresh memory. The default
+    /// reads with `blocks` and leaves `buffer` unused.
+    fn blocks_into(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let _ = buffer;
+        self.blocks(start, end, max_bytes)
     }
     /// Whether the block at `index` is stored (answered from memory, no I/O).
     fn has_block(&self, index: u64) -> bool;

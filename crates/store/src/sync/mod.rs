@@ -35,10 +35,10 @@ use serde_bytes::ByteBuf;
 use crate::feed::{Feed, IngestError};
 use crate::keys::SignedHead;
 use crate::message::{
-    self, Data, DecodeError, Have, Message, Request, MAX_BLOCKS_PER_MESSAGE, MAX_DATA_BYTES,
-    MAX_HAVE_RANGES, MAX_OUTSTANDING_REQUESTS,
+    self, Data, DecodeError, Decoded, Have, Message, Request, MAX_BLOCKS_PER_MESSAGE,
+    MAX_DATA_BYTES, MAX_HAVE_RANGES, MAX_OUTSTANDING_REQUESTS,
 };
-use crate::proof::{ProofError, VerifyError};
+use crate::proof::{Proof, ProofError, VerifyError};
 use crate::storage::{FeedStorage, StorageError};
 
 use self::ranges::{remove_range, union_ranges};
@@ -293,15 +293,23 @@ impl FeedSync {
         self.schedule(feed, now);
     }
 
-    /// Decode one frame from the peer and handle it.
+    /// Decode one frame from the peer and handle it. A data message's blocks are
+    /// verified and stored from `bytes` as they are ([`message::decode_in_place`]), not
+    /// copied out first.
     pub fn handle_bytes<S: FeedStorage>(
         &mut self,
         feed: &mut Feed<S>,
         bytes: &[u8],
         now: Instant,
     ) -> Result<(), SyncError> {
-        let message = message::decode(bytes)?;
-        self.handle_message(feed, message, now)
+        match message::decode_in_place(bytes)? {
+            Decoded::Data(data) => {
+                self.on_data(feed, &data.proof, &data.blocks)?;
+                self.schedule(feed, now);
+                Ok(())
+            }
+            Decoded::Other(message) => self.handle_message(feed, message, now),
+        }
     }
 
     /// Handle one message from the peer.
@@ -343,7 +351,10 @@ impl FeedSync {
                 }
             }
             Message::Request(r) => self.on_request(feed, r)?,
-            Message::Data(data) => self.on_data(feed, data)?,
+            Message::Data(data) => {
+                let blocks: Vec<&[u8]> = data.blocks.iter().map(|b| b.as_slice()).collect();
+                self.on_data(feed, &data.proof, &blocks)?
+            }
             Message::NoData { start, end } => {
                 match self.outstanding.get(&start) {
                     Some(o) if o.end == end => {}
@@ -399,11 +410,22 @@ impl FeedSync {
         &mut self,
         feed: &mut Feed<S>,
     ) -> Result<Option<Message>, SyncError> {
+        self.poll_transmit_into(feed, &mut Vec::with_capacity)
+    }
+
+    /// [`FeedSync::poll_transmit`], reading the blocks of a data answer into buffers from
+    /// `buffer` (called with each block's length; see [`Feed::get_blocks_into`]), for a
+    /// caller that recycles the buffers of the messages it has sent.
+    pub fn poll_transmit_into<S: FeedStorage>(
+        &mut self,
+        feed: &mut Feed<S>,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<Option<Message>, SyncError> {
         if let Some(m) = self.transmit.pop_front() {
             return Ok(Some(m));
         }
         match self.pending.pop_front() {
-            Some(serve) => self.serve(feed, serve).map(Some),
+            Some(serve) => self.serve(feed, serve, buffer).map(Some),
             None => Ok(None),
         }
     }
@@ -510,6 +532,7 @@ impl FeedSync {
         &mut self,
         feed: &mut Feed<S>,
         serve: Serve,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
     ) -> Result<Message, SyncError> {
         let r = match serve {
             Serve::Upgrade(from) => {
@@ -530,7 +553,7 @@ impl FeedSync {
         let Request { start, end, length } = r;
         let max_bytes = self.config.max_data_bytes.min(MAX_DATA_BYTES);
         let limit = end.min(start.saturating_add(MAX_BLOCKS_PER_MESSAGE));
-        let read = feed.get_blocks(start, limit, max_bytes)?;
+        let read = feed.get_blocks_into(start, limit, max_bytes, buffer)?;
         let bytes: usize = read.iter().map(Vec::len).sum();
         let stop = start + read.len() as u64;
         let blocks: Vec<ByteBuf> = read.into_iter().map(ByteBuf::from).collect();
@@ -550,23 +573,27 @@ impl FeedSync {
         }
     }
 
-    fn on_data<S: FeedStorage>(&mut self, feed: &mut Feed<S>, data: Data) -> Result<(), SyncError> {
-        let (start, end) = (data.proof.start, data.proof.end);
+    fn on_data<S: FeedStorage>(
+        &mut self,
+        feed: &mut Feed<S>,
+        proof: &Proof,
+        blocks: &[&[u8]],
+    ) -> Result<(), SyncError> {
+        let (start, end) = (proof.start, proof.end);
         let o = match self.outstanding.get(&start) {
             Some(o)
                 if end > start
                     && end <= o.end
-                    && data.proof.length == o.length
-                    && data.proof.base == o.length =>
+                    && proof.length == o.length
+                    && proof.base == o.length =>
             {
                 *o
             }
             _ => return Err(SyncError::Unrequested { start, end }),
         };
         feed.release(start, self.id);
-        let blocks: Vec<Vec<u8>> = data.blocks.into_iter().map(ByteBuf::into_vec).collect();
-        let bytes: usize = blocks.iter().map(Vec::len).sum();
-        feed.ingest(&data.proof, blocks)?;
+        let bytes: usize = blocks.iter().map(|b| b.len()).sum();
+        feed.ingest_borrowed(proof, blocks)?;
         self.outstanding.remove(&start);
         if end < o.end {
             self.cursor = self.cursor.min(end); // the rest is asked for again
@@ -714,7 +741,9 @@ impl FeedSync {
         if from >= feed.length() {
             return;
         }
-        if let Ok(m @ Message::Upgrade { .. }) = self.serve(feed, Serve::Upgrade(from)) {
+        if let Ok(m @ Message::Upgrade { .. }) =
+            self.serve(feed, Serve::Upgrade(from), &mut Vec::with_capacity)
+        {
             self.transmit.push_back(m);
         }
     }

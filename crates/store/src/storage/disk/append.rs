@@ -16,7 +16,7 @@ use super::format::{
     LOG_HEADER_LEN, MAX_BLOCK_INDEX, RECORD_HEADER_LEN,
 };
 use super::FeedInner;
-use crate::storage::{StorageError, StoredHead, StoredNode, WriteBatch};
+use crate::storage::{StorageError, StoredHead, StoredNode};
 
 /// Appends at least this many bytes of blocks are written on a helper thread while
 /// they are hashed; below it the thread costs more than the overlap saves.
@@ -51,17 +51,8 @@ fn write_blocks_at(file: &File, at: u64, blocks: &[&[u8]]) -> io::Result<(Vec<u3
 }
 
 impl FeedInner {
-    pub(super) fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
-        let blocks: Vec<(u64, &[u8])> = batch
-            .blocks
-            .iter()
-            .map(|(i, d)| (*i, d.as_slice()))
-            .collect();
-        self.write_parts(&blocks, batch.nodes, batch.head)
-    }
-
-    /// [`FeedInner::write`] of a batch of `blocks`, `nodes` and `head`, with the blocks
-    /// borrowed: one log record, written with one vectored write.
+    /// Writes a batch of `blocks`, `nodes` and `head` to the feed's own files, with the
+    /// blocks borrowed: one log record, written with one vectored write.
     pub(super) fn write_parts(
         &mut self,
         blocks: &[(u64, &[u8])],

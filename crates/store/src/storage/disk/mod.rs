@@ -831,13 +831,12 @@ impl DiskFeed {
 
 impl FeedStorage for DiskFeed {
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
-        let mut inner = lock(&self.inner);
-        let blocks = batch.blocks.iter().map(|(i, d)| (*i, d.as_slice()));
-        if inner.stays_small(blocks.clone(), batch.nodes.len())? {
-            let blocks: Vec<(u64, &[u8])> = blocks.collect();
-            return inner.small_write(&blocks, &batch.nodes, batch.head);
-        }
-        inner.write(batch)
+        let blocks: Vec<(u64, &[u8])> = batch
+            .blocks
+            .iter()
+            .map(|(i, d)| (*i, d.as_slice()))
+            .collect();
+        self.write_borrowed(&blocks, batch.nodes, batch.head)
     }
 
     fn write_append(
@@ -848,11 +847,22 @@ impl FeedStorage for DiskFeed {
         head: StoredHead,
     ) -> Result<(), StorageError> {
         let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
+        self.write_borrowed(&blocks, nodes, Some(head))
+    }
+
+    fn write_borrowed(
+        &mut self,
+        blocks: &[(u64, &[u8])],
+        nodes: Vec<StoredNode>,
+        head: Option<StoredHead>,
+    ) -> Result<(), StorageError> {
+        // The one place a write picks its layout: the shared database while the feed
+        // stays small, else (after moving it out) its own directory.
         let mut inner = lock(&self.inner);
         if inner.stays_small(blocks.iter().copied(), nodes.len())? {
-            return inner.small_write(&blocks, &nodes, Some(head));
+            return inner.small_write(blocks, &nodes, head);
         }
-        inner.write_parts(&blocks, nodes, Some(head))
+        inner.write_parts(blocks, nodes, head)
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
@@ -884,7 +894,22 @@ impl FeedStorage for DiskFeed {
         if inner.small {
             return inner.shared.small.blocks(&inner.key, start, end, max_bytes);
         }
-        inner.blocks(start, end, max_bytes)
+        inner.blocks(start, end, max_bytes, &mut Vec::with_capacity)
+    }
+
+    fn blocks_into(
+        &mut self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut inner = lock(&self.inner);
+        if inner.small {
+            // The shared database hands out its own copies; small feeds are small.
+            return inner.shared.small.blocks(&inner.key, start, end, max_bytes);
+        }
+        inner.blocks(start, end, max_bytes, buffer)
     }
 
     fn has_block(&self, index: u64) -> bool {

@@ -50,12 +50,14 @@ impl FeedInner {
 
     /// See [`FeedStorage::blocks`]: one read of the index slots for the range, and one
     /// log read per run of small blocks that lie back to back in the log (a 64-block
-    /// answer of 1 KiB blocks is two reads instead of 128).
+    /// answer of 1 KiB blocks is two reads instead of 128). Each block goes into a buffer
+    /// from `buffer` (see [`FeedStorage::blocks_into`](crate::storage::FeedStorage::blocks_into)).
     pub(super) fn blocks(
         &mut self,
         start: u64,
         end: u64,
         max_bytes: usize,
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
     ) -> Result<Vec<Vec<u8>>, StorageError> {
         let mut locs: Vec<(u64, BlockLoc)> = Vec::new();
         let mut bytes = 0usize;
@@ -111,7 +113,9 @@ impl FeedInner {
                 ));
             }
             if stop == at + 1 {
-                let mut data = vec![0u8; first.len as usize];
+                let mut data = buffer(first.len as usize);
+                data.clear();
+                data.resize(first.len as usize, 0);
                 log.read_exact_at(&mut data, first.offset)?;
                 out.push(data);
             } else {
@@ -120,7 +124,10 @@ impl FeedInner {
                 log.read_exact_at(&mut run, first.offset)?;
                 let mut from = 0usize;
                 for (_, loc) in &locs[at..stop] {
-                    out.push(run[from..from + loc.len as usize].to_vec());
+                    let mut data = buffer(loc.len as usize);
+                    data.clear();
+                    data.extend_from_slice(&run[from..from + loc.len as usize]);
+                    out.push(data);
                     from += loc.len as usize;
                 }
             }
