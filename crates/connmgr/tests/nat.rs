@@ -126,12 +126,20 @@ fn peers_report_our_address_and_a_dial_back_proves_we_are_reachable() {
         assert_eq!(st.reachability, Reachability::Reachable);
         assert_eq!(st.reporters, 2);
         // The dial-back was never a peer connection: each side still has one per key.
-        let stats = a
-            .handle
-            .addr()
-            .send(replic8_connmgr::Stats)
-            .await
-            .expect("stats");
+        // (The peer's report can arrive before our accept path has counted its dial.)
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let stats = loop {
+            let stats = a
+                .handle
+                .addr()
+                .send(replic8_connmgr::Stats)
+                .await
+                .expect("stats");
+            if stats.dial_backs_received >= 1 || tokio::time::Instant::now() > deadline {
+                break stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
         assert_eq!(stats.peers, 2, "a: {stats:?}");
         assert!(stats.dial_backs_received >= 1, "a: {stats:?}");
         assert_eq!(stats.incoming_refused, 0, "a: {stats:?}");

@@ -13,6 +13,8 @@ use replic8::feed_store::{
 };
 use tokio::sync::mpsc;
 
+use crate::persist::FEEDS_DIR;
+
 /// The feed store's messages, as recipients.
 #[derive(Debug, Clone)]
 pub(crate) struct FeedStoreRecipients {
@@ -52,9 +54,6 @@ impl FeedStoreRecipients {
         }
     }
 }
-
-/// Name of the feeds directory inside the data directory.
-pub(crate) const FEEDS_DIR: &str = "feeds";
 
 /// Starts the feed store: on disk under `data_dir/feeds`, or in memory without one.
 /// Listing the feeds on disk runs on the blocking pool.

@@ -33,30 +33,17 @@
 //! - [`store`]: the store interface, re-exported for store authors, with the guide to
 //!   writing a store actor (`docs/STORES.md`).
 //!
-//! With the default `cli` feature only (the `replic8` binary and what it alone uses; an
-//! embedder may leave it out with `default-features = false`):
-//! - `control`: the daemon's control socket (a Unix socket in a private `run/`
-//!   directory, for the daemon's uid only; JSON lines);
-//! - `demo`: `replic8 demo`, the whole mission offline on one machine, told step by step;
-//! - `bench`: `replic8 bench`, throughput, memory and discovery latency of this machine;
-//! - `import`: hashing a file as a feed would hold it (`feed import --only-hash`).
+//! The `replic8` binary (the default `cli` feature) is built on this API alone: its
+//! control socket, demo, benchmarks and import live in the binary, not here.
 //!
 //! A store author depends on this crate alone: [`actix`], [`tokio`] and [`quinn`] (whose
 //! streams a store is given) are re-exported, and so is everything the store interface
 //! names.
 
-#[cfg(feature = "cli")]
-pub mod bench;
 pub mod config;
-#[cfg(feature = "cli")]
-pub mod control;
-#[cfg(feature = "cli")]
-pub mod demo;
 pub mod events;
 pub mod feed_peers;
 mod feeds;
-#[cfg(feature = "cli")]
-pub mod import;
 mod lifecycle;
 pub mod metrics;
 pub mod node;

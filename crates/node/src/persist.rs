@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// File name of the node's identity key inside the data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
+/// Name of the feed store's directory inside the data directory (a program may prepare
+/// feeds there before the node starts, as `replic8 bench` does).
+pub const FEEDS_DIR: &str = "feeds";
 /// File name of the persisted joins and shares inside the data directory.
 pub const STATE_FILE: &str = "state.json";
 /// Largest state file we read; far above any real one (a join is ~100 bytes), so a
@@ -120,7 +123,7 @@ pub fn check_dir(dir: &Path) -> Result<(), PersistError> {
 
 /// [`check_dir`] with the permission bits that are refused (`0o022`: writable by group
 /// or others; `0o077`: any access by group or others).
-pub(crate) fn check_dir_mode(dir: &Path, refused: u32) -> Result<(), PersistError> {
+pub fn check_dir_mode(dir: &Path, refused: u32) -> Result<(), PersistError> {
     let meta = fs::metadata(dir).map_err(io_err(dir))?;
     if !meta.is_dir() {
         return Err(PersistError::NotADirectory {

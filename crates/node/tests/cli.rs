@@ -48,8 +48,8 @@ fn only_hash_prints_json_with_the_tree_hash() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let expected = replic8_node::import::hash_only(&data[..], 65536).unwrap();
-    assert_eq!(v["tree_hash"], expected.tree_hash.as_str());
+    let expected = support::tree_hash(&data, 65536);
+    assert_eq!(v["tree_hash"], expected.as_str());
     assert_eq!(v["length"], 5);
     assert_eq!(v["bytes"], 300_000);
 }
@@ -250,7 +250,7 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = Daemon::start(&data, &testnet.bootstrap);
-    let socket = replic8_node::control::socket_path(&data);
+    let socket = support::socket_path(&data);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "control socket mode");
 
@@ -290,12 +290,12 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
     );
     let info: serde_json::Value =
         serde_json::from_str(&client(&data, &["feed", "info", &key, "--json"])).unwrap();
-    let expected = replic8_node::import::hash_only(&bytes[..], 65536).unwrap();
+    let expected = support::tree_hash(&bytes, 65536);
     assert_eq!(info["length"], 4);
     assert_eq!(info["writable"], true);
     assert_eq!(
         info["tree_hash"],
-        expected.tree_hash.as_str(),
+        expected.as_str(),
         "same tree hash as --only-hash"
     );
 
@@ -311,7 +311,7 @@ fn client_commands_drive_a_daemon_and_its_joins_survive_a_restart() {
         ],
     ))
     .unwrap();
-    assert_eq!(imported["tree_hash"], expected.tree_hash.as_str());
+    assert_eq!(imported["tree_hash"], expected.as_str());
     assert_eq!(imported["length"], 4);
 
     client(&data, &["share", "docs", &key, "--header", "title=input"]);
@@ -574,7 +574,7 @@ fn the_control_socket_is_bound_in_a_private_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = Daemon::start_private(&data, None);
-    let socket = replic8_node::control::socket_path(&data);
+    let socket = support::socket_path(&data);
     let run = socket.parent().unwrap();
     assert_eq!(run.parent().unwrap(), data);
     assert_eq!(mode_of(run), 0o700, "run directory mode");
@@ -585,7 +585,7 @@ fn the_control_socket_is_bound_in_a_private_directory() {
         mode_of(&socket)
     );
     assert!(
-        !data.join(replic8_node::control::SOCKET_FILE).exists(),
+        !support::socket_path(&data).exists(),
         "no socket directly in the data directory"
     );
     // A client of another uid is refused by its own check of the directory...
@@ -628,7 +628,7 @@ fn the_daemon_refuses_a_connection_from_another_uid() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(&data, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
     let daemon = Daemon::start_private(&data, Some(OTHER_UID));
-    let socket = replic8_node::control::socket_path(&data);
+    let socket = support::socket_path(&data);
 
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     stream.write_all(b"{\"cmd\":\"status\"}\n").unwrap();

@@ -226,9 +226,9 @@ fn append_cat_and_import_stream_blocks_through_the_daemon_byte_for_byte() {
     let length = run(&d, &["feed", "append", &key, file]);
     assert_eq!(String::from_utf8(length).unwrap().trim(), "81");
     // Every block boundary where --only-hash cuts: the same tree hash.
-    let expected = replic8_node::import::hash_only(&data[..], 65536).unwrap();
+    let expected = support::tree_hash(&data, 65536);
     let info = json(&d, &["feed", "info", &key, "--json"]);
-    assert_eq!(info["tree_hash"], expected.tree_hash.as_str(), "{info}");
+    assert_eq!(info["tree_hash"], expected.as_str(), "{info}");
     assert_eq!(info["byte_length"], data.len(), "{info}");
     let block = |i: usize| &data[i * 65536..((i + 1) * 65536).min(data.len())];
     assert!(run(&d, &["feed", "cat", &key, "--start", "40", "--end", "41"]) == block(40));
@@ -259,15 +259,11 @@ fn append_cat_and_import_stream_blocks_through_the_daemon_byte_for_byte() {
     );
     assert!(tail.read_exact(more.len(), "the appended input") == more);
     drop(tail);
-    let more_hash = replic8_node::import::hash_only(&more[..], 4096).unwrap();
+    let more_hash = support::tree_hash(&more, 4096);
 
     // Import: a file and standard input, each a new feed cut as --only-hash cuts it.
     let imported = json(&d, &["feed", "import", file, "--json"]);
-    assert_eq!(
-        imported["tree_hash"],
-        expected.tree_hash.as_str(),
-        "{imported}"
-    );
+    assert_eq!(imported["tree_hash"], expected.as_str(), "{imported}");
     assert_eq!(
         (&imported["length"], &imported["bytes"]),
         (&81.into(), &data.len().into())
@@ -279,14 +275,13 @@ fn append_cat_and_import_stream_blocks_through_the_daemon_byte_for_byte() {
     );
     assert!(status.success(), "{err}");
     let from_stdin: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(from_stdin["tree_hash"], more_hash.tree_hash.as_str());
+    assert_eq!(from_stdin["tree_hash"], more_hash.as_str());
     assert!(run(&d, &["feed", "cat", from_stdin["key"].as_str().unwrap()]) == more);
     daemon.stop();
 }
 
 #[test]
 fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
-    use replic8_node::control::frames::{Frame, MAX_BLOCK_FRAME};
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("d");
@@ -317,7 +312,7 @@ fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
     assert!(err.contains("past the feed's length"), "{err}");
 
     // A frame over the limit, straight on the socket: one error line, nothing appended.
-    let socket = replic8_node::control::socket_path(&d);
+    let socket = support::socket_path(&d);
     let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
     let request = serde_json::json!({ "cmd": "feed_append_blocks", "key": key });
     writeln!(conn, "{request}").unwrap();
@@ -326,7 +321,7 @@ fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
     answers.read_line(&mut ready).unwrap();
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ok"]["length"], 4, "{ready}");
-    conn.write_all(&Frame::block_header(MAX_BLOCK_FRAME + 1))
+    conn.write_all(&support::frame_header(0, (1 << 20) + 1))
         .unwrap();
     let mut answer = String::new();
     answers.read_line(&mut answer).unwrap();
@@ -337,13 +332,13 @@ fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
     assert!(why.contains("over the limit"), "{why}");
     assert!(why.contains("0 block(s) appended"), "{why}");
     // A good block then a bad frame kind in one write: the block is dropped with it.
-    let mut conn =
-        std::os::unix::net::UnixStream::connect(replic8_node::control::socket_path(&d)).unwrap();
+    let mut conn = std::os::unix::net::UnixStream::connect(support::socket_path(&d)).unwrap();
     writeln!(conn, "{request}").unwrap();
     let mut answers = std::io::BufReader::new(conn.try_clone().unwrap());
     let mut ready = String::new();
     answers.read_line(&mut ready).unwrap();
-    let mut frames = Frame::Block(vec![1; 100]).to_bytes();
+    let mut frames = support::frame_header(0, 100);
+    frames.extend_from_slice(&[1; 100]);
     frames.extend_from_slice(&[9, 0, 0, 0, 0]);
     conn.write_all(&frames).unwrap();
     let mut answer = String::new();

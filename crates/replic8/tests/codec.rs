@@ -293,7 +293,7 @@ fn hello_bytes_match_the_protocol_document() {
     .unwrap();
     let mut expected = vec![0, 0, 0, 21]; // length prefix, big endian
     expected.push(0); // variant 0: Hello
-    expected.push(2); // version 2, one-byte varint
+    expected.push(3); // version 3, one-byte varint
     expected.push(15); // dialect length
     expected.extend_from_slice(b"bincode1-varint");
     expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian

@@ -250,3 +250,30 @@ pub(crate) fn run_fails(data: &Path, args: &[&str]) -> String {
     assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
     err
 }
+
+/// The control socket of the daemon on `data` (`DATA/run/control.sock`).
+pub(crate) fn socket_path(data: &std::path::Path) -> std::path::PathBuf {
+    data.join("run").join("control.sock")
+}
+
+/// The tree hash, in hex, of `data` cut into blocks of `block_size` bytes, computed with
+/// the store's tree functions: what a feed holding those blocks must report.
+pub(crate) fn tree_hash(data: &[u8], block_size: usize) -> String {
+    let mut roots = Vec::new();
+    for (index, block) in data.chunks(block_size).enumerate() {
+        replic8_store::tree::push_leaf(
+            &mut roots,
+            replic8_store::tree::leaf(index as u64, block),
+            |_| {},
+        );
+    }
+    hex::encode(replic8_store::tree::tree_hash(&roots))
+}
+
+/// A binary-mode frame header of the control socket: a kind byte, then the payload's
+/// length as a big-endian `u32`.
+pub(crate) fn frame_header(kind: u8, len: usize) -> Vec<u8> {
+    let mut header = vec![kind];
+    header.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    header
+}

@@ -32,9 +32,10 @@ impl Session {
         self.check_synced(feed);
     }
 
-    /// Sends our first word on `feed`, decided by its store's answer: `Synced` if it
-    /// holds every block up to its length, else `Notice`. The dialer then opens the
-    /// feed's stream if we lack blocks, or if the peer spoke and is not in sync with us.
+    /// Sends our first word on `feed`: a `Notice` with the length its store holds. The
+    /// dialer then opens the feed's stream. Two copies at one length may still be two
+    /// trees (a forked writer signed both), which only the signed heads on a stream tell
+    /// apart, so a first word never makes a feed in sync by itself (decision 172).
     pub(super) fn send_first_word(&mut self, feed: &FeedKey) {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
@@ -47,25 +48,11 @@ impl Session {
             return;
         }
         let dk = state.discovery_key;
-        match word {
-            Some(length) => {
-                state.local_synced = Some(length);
-                let peer_spoke = state.peer_spoke;
-                self.send(Message::Synced { feed: dk, length });
-                self.check_synced(feed);
-                if peer_spoke {
-                    self.open_unless_synced(feed);
-                }
-            }
-            None => {
-                // How far we hold it does not matter to the peer: a stream will tell.
-                self.send(Message::Notice {
-                    feed: dk,
-                    length: 0,
-                });
-                self.open_unless_synced(feed);
-            }
-        }
+        self.send(Message::Notice {
+            feed: dk,
+            length: word.unwrap_or(0),
+        });
+        self.open_unless_synced(feed);
     }
 
     /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed

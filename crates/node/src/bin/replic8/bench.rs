@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::app::bench;
 use anyhow::Context;
 use clap::Args;
-use replic8_node::bench;
 
 use crate::client::actix_runtime;
 

@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::app::control::{self, Request};
 use anyhow::Context;
 use replic8_node::config::NodeConfig;
-use replic8_node::control::{self, Request};
 use replic8_node::persist;
 use serde_json::Value;
 

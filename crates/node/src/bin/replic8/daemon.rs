@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 
+use crate::app::control;
 use anyhow::{bail, Context};
 use clap::Args;
 use replic8_node::config::NodeConfig;
-use replic8_node::{control, persist, NodeBuilder};
+use replic8_node::{persist, NodeBuilder};
 
 use crate::client::runtime;
 

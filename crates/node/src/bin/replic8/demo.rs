@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 
+use crate::app::demo::{self, Step};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use replic8_node::demo::{self, Step};
 
 use crate::client::runtime;
 

@@ -5,11 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use crate::app::control::Request;
+use crate::app::import;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use replic8_node::config::NodeConfig;
-use replic8_node::control::Request;
-use replic8_node::import;
 use serde_json::Value;
 
 use crate::client::{append, ask, cat, follow as follow_stream, open_input, print_json};

@@ -9,6 +9,7 @@
 //! (default `warn`). Errors are one line on stderr and a non-zero exit, never a
 //! backtrace.
 
+mod app;
 mod bench;
 mod client;
 mod daemon;
@@ -63,7 +64,7 @@ enum Command {
     BenchPeer(bench::BenchPeerArgs),
     /// A node process of `bench swarm` (started by it).
     #[command(hide = true)]
-    BenchSwarmNode(replic8_node::bench::swarm::SwarmNodeArgs),
+    BenchSwarmNode(crate::app::bench::swarm::SwarmNodeArgs),
     /// Run a node until interrupted, serving the client commands on the control socket.
     Daemon(daemon::DaemonArgs),
     /// Work with feeds.
@@ -154,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => return demo::run(args),
         Command::Bench(args) => return bench::run(args),
         Command::BenchPeer(args) => return bench::run_peer(args),
-        Command::BenchSwarmNode(args) => return Ok(replic8_node::bench::swarm::node_main(args)?),
+        Command::BenchSwarmNode(args) => return Ok(crate::app::bench::swarm::node_main(args)?),
         _ => {}
     }
     let config = client::load_config(cli.config.as_deref(), cli.data_dir.clone())?;

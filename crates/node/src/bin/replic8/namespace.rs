@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::PathBuf;
 
+use crate::app::control::Request;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use replic8_node::config::NodeConfig;
-use replic8_node::control::Request;
 use replic8_node::node::parse_secret;
 use serde_json::Value;
 

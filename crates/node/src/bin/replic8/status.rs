@@ -1,7 +1,7 @@
 //! `replic8 peers` and `replic8 status`: what a running daemon sees.
 
+use crate::app::control::Request;
 use replic8_node::config::NodeConfig;
-use replic8_node::control::Request;
 
 use crate::client::{ask, print_json};
 

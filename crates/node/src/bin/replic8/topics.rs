@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
+use crate::app::control::Request;
 use clap::Args;
 use replic8_node::config::NodeConfig;
-use replic8_node::control::Request;
 use serde_json::Value;
 
 use crate::client::{ask, follow, print_json};

@@ -44,19 +44,19 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::replicate::{parse_feed, wait_synced, BenchChild, PeerFeed};
 use super::{cpu_seconds, median_max, round, temp_dir, BenchError, BenchOptions, Row};
-use crate::config::LimitsSection;
-use crate::demo::Pattern;
-use crate::{FeedKey, JoinOptions, KrpcTestnet, Node, NodeEvent, NodeHandle};
+use crate::app::demo::Pattern;
+use replic8_node::config::LimitsSection;
+use replic8_node::{FeedKey, JoinOptions, KrpcTestnet, Node, NodeEvent, NodeHandle};
 
 /// Nodes, the writer included.
-pub const DEFAULT_NODES: usize = 100;
+pub(crate) const DEFAULT_NODES: usize = 100;
 /// Bytes of the feed.
-pub const DEFAULT_SIZE: u64 = 16 << 20;
+pub(crate) const DEFAULT_SIZE: u64 = 16 << 20;
 /// DHT nodes of the private testnet the nodes bootstrap from (they join it as DHT
 /// servers themselves).
-pub const DEFAULT_TESTNET_NODES: usize = 20;
+pub(crate) const DEFAULT_TESTNET_NODES: usize = 20;
 /// How long the swarm may take to be in sync.
-pub const DEFAULT_GUARD: Duration = Duration::from_secs(180);
+pub(crate) const DEFAULT_GUARD: Duration = Duration::from_secs(180);
 /// Bytes per block of the writer's feed (the bulk scenario's).
 const BLOCK_SIZE: usize = 64 << 10;
 /// Blocks per append call of the writer.
@@ -68,26 +68,26 @@ const PEER_SAMPLE: Duration = Duration::from_millis(100);
 
 /// The options of one node process (`replic8 bench-swarm-node`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct SwarmNodeArgs {
+pub(crate) struct SwarmNodeArgs {
     /// The node's data directory.
     #[arg(long)]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// DHT bootstrap nodes (`host:port`, comma-separated): the bench's private testnet.
     #[arg(long, value_delimiter = ',', required = true)]
-    pub bootstrap: Vec<String>,
+    pub(crate) bootstrap: Vec<String>,
     /// Write a feed of this many bytes and serve it (the writer); otherwise wait for
     /// `get` on standard input (a reader).
     #[arg(long)]
-    pub write: Option<u64>,
+    pub(crate) write: Option<u64>,
     /// The node's `limits.max_peers_per_topic` (default: the node's default).
     #[arg(long)]
-    pub max_peers_per_topic: Option<usize>,
+    pub(crate) max_peers_per_topic: Option<usize>,
 }
 
 /// What a node process prints, one JSON object per line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum NodeLine {
+pub(crate) enum NodeLine {
     /// Started (and, for the writer, written and joined).
     Ready {
         /// Its QUIC address.
@@ -132,7 +132,7 @@ fn print_line(line: &NodeLine) {
 /// The node process: runs until its standard input closes. A current-thread runtime
 /// drives it (the node has its own thread and runtime), so that the process holds
 /// little beside the node.
-pub fn node_main(args: SwarmNodeArgs) -> Result<(), BenchError> {
+pub(crate) fn node_main(args: SwarmNodeArgs) -> Result<(), BenchError> {
     let result = actix::System::new().block_on(run_node(args));
     if let Err(e) = &result {
         print_line(&NodeLine::Failed {
@@ -206,7 +206,10 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                 }));
             }
             ["report"] => {
-                let peers = node.peers().await.map_err(crate::node::FeedError::from)?;
+                let peers = node
+                    .peers()
+                    .await
+                    .map_err(replic8_node::node::FeedError::from)?;
                 let now = peers.len() as u64;
                 print_line(&NodeLine::Report {
                     peers: peers.len(),
@@ -466,7 +469,7 @@ struct Measured {
 }
 
 /// Runs the scenario.
-pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let nodes = options.nodes.unwrap_or(DEFAULT_NODES);
     let size = options.size.unwrap_or(DEFAULT_SIZE);
     if nodes < 2 || size == 0 {

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use super::events::headers_json;
 use super::handle::parse_key;
 use super::{Answer, Request};
-use crate::node::{parse_secret, AcceptMode, NamespaceSpec, NodeHandle, OfferRecord};
-use crate::FeedKey;
+use replic8_node::node::{parse_secret, AcceptMode, NamespaceSpec, NodeHandle, OfferRecord};
+use replic8_node::FeedKey;
 
 /// Answers the namespace and offer requests.
 pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, String> {

@@ -35,12 +35,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::import::TreeHasher;
-use crate::node::{FeedError, JoinError, JoinOptions, Node, NodeHandle, SpawnError};
-use crate::{FeedKey, NamespacePolicy, NamespaceSecret, Topic};
+use crate::app::import::TreeHasher;
+use replic8_node::node::{FeedError, JoinError, JoinOptions, Node, NodeHandle, SpawnError};
+use replic8_node::{FeedKey, NamespacePolicy, NamespaceSecret, Topic};
 
 /// The namespace the demo's feeds are shared in (with a fresh secret each run).
-pub const NAMESPACE: &str = "replic8-demo";
+pub(crate) const NAMESPACE: &str = "replic8-demo";
 /// DHT nodes in the demo's private network: enough that records spread over several.
 const TESTNET_NODES: usize = 8;
 /// Blocks per append batch (one signature per batch).
@@ -55,11 +55,11 @@ const POLICY_HEADER: (&str, &str) = ("type", "photos");
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Bytes of feed data to write and replicate.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
     /// Bytes per block.
-    pub block_size: usize,
+    pub(crate) block_size: usize,
 }
 
 impl Default for DemoOptions {
@@ -74,55 +74,55 @@ impl Default for DemoOptions {
 mod steps;
 mod story;
 
-pub use steps::{Step, StepFeed};
+pub(crate) use steps::Step;
 use story::{headers, reader_policy, step_feed, Input, Story};
 
 /// What one node did.
 #[derive(Debug, Clone, Serialize)]
-pub struct DemoNode {
+pub(crate) struct DemoNode {
     /// `writer`, `reader-1`, `reader-2`.
-    pub name: String,
+    pub(crate) name: String,
     /// Its key, short form.
-    pub key: String,
+    pub(crate) key: String,
     /// Peers connected at the end.
-    pub peers: usize,
+    pub(crate) peers: usize,
     /// Feed bytes received, verified and stored.
-    pub bytes_in: u64,
+    pub(crate) bytes_in: u64,
     /// Feed bytes sent.
-    pub bytes_out: u64,
+    pub(crate) bytes_out: u64,
 }
 
 /// The demo's outcome: the last JSON line of `replic8 demo --json` (with
 /// `"step": "summary"`).
 #[derive(Debug, Clone, Serialize)]
-pub struct DemoSummary {
+pub(crate) struct DemoSummary {
     /// The replicated feed's public key, hex.
-    pub feed: String,
+    pub(crate) feed: String,
     /// Blocks in the feed.
-    pub blocks: u64,
+    pub(crate) blocks: u64,
     /// Bytes in the feed.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// The tree hash the writer signed and both readers' copies hash to, hex.
-    pub tree_hash: String,
+    pub(crate) tree_hash: String,
     /// The feed the readers' policy refused, hex.
-    pub refused_feed: String,
+    pub(crate) refused_feed: String,
     /// Each node.
-    pub nodes: Vec<DemoNode>,
+    pub(crate) nodes: Vec<DemoNode>,
     /// Seconds from the joins to both readers holding every block.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// The feed's bytes delivered to the two readers, per second of `seconds`, in MB
     /// (10^6 bytes). A reader may receive some blocks twice (from the writer and from
     /// the other reader); `bytes_in` counts those, this does not.
-    pub mb_per_s: f64,
+    pub(crate) mb_per_s: f64,
     /// Both readers' copies were read back equal to what the writer wrote and hash to
     /// the signed tree hash; neither holds the refused feed; reader-2 received the feed
     /// through reader-1 without a connection to the writer.
-    pub verified: bool,
+    pub(crate) verified: bool,
 }
 
 /// What the demo can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// The private DHT could not start.
     #[error("testnet: {0}")]
     Testnet(std::io::Error),
@@ -275,7 +275,7 @@ async fn verify(
 }
 
 /// Runs the demo; `on_step` gets each step as it happens.
-pub async fn run(
+pub(crate) async fn run(
     options: DemoOptions,
     on_step: impl FnMut(&Step),
 ) -> Result<DemoSummary, DemoError> {
@@ -299,7 +299,7 @@ pub async fn run(
         .map_err(DemoError::TempDir)?;
     let mut story = Story {
         on_step,
-        keys: [crate::PeerKey::from_bytes([0; 32]); 3],
+        keys: [replic8_node::PeerKey::from_bytes([0; 32]); 3],
         feed: FeedKey([0; 32]),
         blocks: 0,
         bytes: options.bytes as u64,
@@ -556,7 +556,7 @@ mod tests {
     fn steps_are_json_objects_named_by_step() {
         let step = Step::Decision {
             node: "reader-1".into(),
-            feed: StepFeed {
+            feed: steps::StepFeed {
                 feed: "00".repeat(32),
                 headers: [("type".to_owned(), "videos".to_owned())].into(),
             },

@@ -7,7 +7,7 @@
 //! another user, not even for the moment between the bind and its chmod to 0600. And
 //! every accepted connection's peer credentials (`SO_PEERCRED`) must carry the daemon's
 //! uid, root included: any other uid gets one error line and the connection is closed.
-//! The data directory itself is checked first ([`crate::persist::check_dir`]).
+//! The data directory itself is checked first ([`replic8_node::persist::check_dir`]).
 //!
 //! The protocol is one JSON [`Request`] line per connection, answered by one JSON
 //! [`Response`] line, or, for a request that follows something live (`events`, ...), by
@@ -33,17 +33,17 @@
 //! requests (get with progress, list, info); `frames` the binary mode's frames; `blocks`
 //! the daemon's side and `stream` the client's side of the binary mode; `namespaces`
 //! opens, lists and closes namespaces and lists and answers offers; `events` turns
-//! [`NodeEvent`](crate::NodeEvent)s into JSON lines.
+//! [`NodeEvent`](replic8_node::NodeEvent)s into JSON lines.
 
 mod blocks;
 mod events;
 mod feeds;
-pub mod frames;
+pub(crate) mod frames;
 mod handle;
 mod namespaces;
 mod stream;
 
-pub use stream::{append_blocks, read_blocks};
+pub(crate) use stream::{append_blocks, read_blocks};
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -54,29 +54,29 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::node::NodeHandle;
-use crate::persist::{self, PersistError};
+use replic8_node::node::NodeHandle;
+use replic8_node::persist::{self, PersistError};
 
 /// The private directory inside the data directory that holds the socket (mode 0700).
-pub const RUN_DIR: &str = "run";
+pub(crate) const RUN_DIR: &str = "run";
 /// File name of the control socket inside [`RUN_DIR`].
-pub const SOCKET_FILE: &str = "control.sock";
+pub(crate) const SOCKET_FILE: &str = "control.sock";
 /// How long a refused client has to finish sending before its connection is closed: we
 /// read what it sent before closing, so that it reads our error line and not a reset.
 const REFUSED_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The control socket of the daemon whose data directory is `data_dir`.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(RUN_DIR).join(SOCKET_FILE)
 }
 /// Largest request line: requests carry keys, names and headers, never blocks (those
 /// travel in the binary mode's frames), so 1 MiB leaves room for thousands of keys.
-pub const MAX_REQUEST: usize = 1 << 20;
+pub(crate) const MAX_REQUEST: usize = 1 << 20;
 
 /// A client's request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
+pub(crate) enum Request {
     /// Create a writable feed.
     FeedNew,
     /// Append blocks in the binary mode: the daemon checks that the feed is held and
@@ -200,7 +200,7 @@ pub enum Request {
 /// The daemon's answer: `{"ok": ...}` or `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Response {
+pub(crate) enum Response {
     /// It worked; the value depends on the request.
     Ok(serde_json::Value),
     /// It failed; one line saying why.
@@ -209,7 +209,7 @@ pub enum Response {
 
 /// What talking to the daemon can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     /// No daemon listens on the socket.
     #[error("no daemon at {path} ({source}); start one with: replic8 daemon")]
     Connect {
@@ -246,7 +246,7 @@ pub enum ControlError {
 
 /// What binding the control socket can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
+pub(crate) enum BindError {
     /// The data directory or `run/` is unsafe (others can write to it, or another user
     /// owns it) or cannot be read.
     #[error(transparent)]
@@ -279,7 +279,7 @@ async fn open(path: &Path, req: &Request) -> Result<UnixStream, ControlError> {
 }
 
 /// Send one request to the daemon whose socket is `path`; its `ok` value.
-pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
+pub(crate) async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
     let mut stream = open(path, req).await?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
@@ -292,7 +292,7 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Co
 /// Send one request whose answer is a stream of lines (`events`, ...) to the daemon
 /// whose socket is `path`, and hand each line's `ok` value to `each` until it breaks,
 /// the daemon ends the stream, or the daemon answers an error.
-pub async fn request_stream(
+pub(crate) async fn request_stream(
     path: &Path,
     req: &Request,
     mut each: impl FnMut(serde_json::Value) -> std::io::Result<ControlFlow<()>>,
@@ -337,7 +337,7 @@ const READ_BUFFER: usize = 256 << 10;
 /// [`ControlServer::close`]).
 #[derive(Debug)]
 #[must_use = "dropping the server stops it"]
-pub struct ControlServer {
+pub(crate) struct ControlServer {
     path: PathBuf,
     task: JoinHandle<()>,
 }
@@ -346,7 +346,7 @@ impl ControlServer {
     /// Check the data directory `dir`, create (or check) `dir/run` with mode 0700, bind
     /// `dir/run/control.sock` there (replacing a stale socket no daemon answers on) with
     /// mode 0600, and serve `node`'s requests to connections of this process's uid.
-    pub async fn bind(dir: &Path, node: NodeHandle) -> Result<ControlServer, BindError> {
+    pub(crate) async fn bind(dir: &Path, node: NodeHandle) -> Result<ControlServer, BindError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -400,12 +400,12 @@ impl ControlServer {
     }
 
     /// The socket's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Stop accepting and remove the socket file.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
     }

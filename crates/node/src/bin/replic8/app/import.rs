@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// What hashing a file as a feed can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum ImportError {
+pub(crate) enum ImportError {
     /// The block size is zero or larger than a feed accepts.
     #[error("block size {size} is out of range (1 to {max} bytes)")]
     BlockSize {
@@ -27,21 +27,21 @@ pub enum ImportError {
 
 /// The tree a feed holding the input's bytes would have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TreeSummary {
+pub(crate) struct TreeSummary {
     /// The tree hash (hex), as a feed's signed head would carry it.
-    pub tree_hash: String,
+    pub(crate) tree_hash: String,
     /// Number of blocks.
-    pub length: u64,
+    pub(crate) length: u64,
     /// Number of bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// The block size the input was split with (the last block may be shorter).
-    pub block_size: usize,
+    pub(crate) block_size: usize,
 }
 
 /// The tree hash of blocks pushed one after the other, as a feed holding them would sign
 /// it. Memory use is one root per bit of the length.
 #[derive(Debug, Clone, Default)]
-pub struct TreeHasher {
+pub(crate) struct TreeHasher {
     roots: Vec<Node>,
     length: u64,
     bytes: u64,
@@ -49,29 +49,29 @@ pub struct TreeHasher {
 
 impl TreeHasher {
     /// No blocks yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         TreeHasher::default()
     }
 
     /// The next block.
-    pub fn push(&mut self, block: &[u8]) {
+    pub(crate) fn push(&mut self, block: &[u8]) {
         tree::push_leaf(&mut self.roots, tree::leaf(self.length, block), |_| {});
         self.length += 1;
         self.bytes += block.len() as u64;
     }
 
     /// Blocks pushed.
-    pub fn length(&self) -> u64 {
+    pub(crate) fn length(&self) -> u64 {
         self.length
     }
 
     /// Bytes pushed.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
     /// The tree hash of the blocks pushed so far.
-    pub fn tree_hash(&self) -> [u8; 32] {
+    pub(crate) fn tree_hash(&self) -> [u8; 32] {
         tree::tree_hash(&self.roots)
     }
 }
@@ -79,7 +79,10 @@ impl TreeHasher {
 /// Split `input` into blocks of `block_size` bytes and compute the feed's tree hash.
 ///
 /// Memory use is one block plus one root per bit of the length, whatever the input's size.
-pub fn hash_only(mut input: impl Read, block_size: usize) -> Result<TreeSummary, ImportError> {
+pub(crate) fn hash_only(
+    mut input: impl Read,
+    block_size: usize,
+) -> Result<TreeSummary, ImportError> {
     if block_size == 0 || block_size > MAX_BLOCK_SIZE {
         return Err(ImportError::BlockSize {
             size: block_size,

@@ -8,10 +8,12 @@ use replic8_connmgr::transport::TransportTuning;
 use super::{peak_rss_bytes, reset_peak_rss, round, BenchError, BenchOptions, Row};
 
 /// Default bytes: as much as `bulk` moves.
-pub const DEFAULT_SIZE: u64 = 256 << 20;
+pub(crate) const DEFAULT_SIZE: u64 = 256 << 20;
 
 /// Moves `bytes` over one stream; the transfer's report.
-pub async fn transfer(bytes: u64) -> Result<replic8_connmgr::bench::TransportReport, BenchError> {
+pub(crate) async fn transfer(
+    bytes: u64,
+) -> Result<replic8_connmgr::bench::TransportReport, BenchError> {
     if bytes == 0 {
         return Err(BenchError::Options("raw: size must be more than 0".into()));
     }
@@ -19,7 +21,7 @@ pub async fn transfer(bytes: u64) -> Result<replic8_connmgr::bench::TransportRep
 }
 
 /// Runs the scenario.
-pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let bytes = options.size.unwrap_or(DEFAULT_SIZE);
     reset_peak_rss();
     let report = transfer(bytes).await?;

@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use super::{append, cpu_seconds, peak_rss_bytes, round, temp_dir, BenchError, BenchOptions, Row};
-use crate::control::{self, Request};
-use crate::demo::Pattern;
+use crate::app::control::{self, Request};
+use crate::app::demo::Pattern;
 
 /// Bytes per block when `--block-size` is not given: the `append` scenario's headline
 /// size.
@@ -98,7 +98,7 @@ fn prepare(path: &Path, size: u64) -> Result<(), BenchError> {
 }
 
 /// Runs the scenario: `cli-append`, then `cli-cat`.
-pub async fn run(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     let size = options.size.unwrap_or(append::DEFAULT_SIZE);
     let block_size = options.block_size.unwrap_or(DEFAULT_BLOCK);
     if block_size == 0 || block_size > replic8_store::MAX_BLOCK_SIZE {

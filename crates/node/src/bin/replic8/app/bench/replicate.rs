@@ -37,12 +37,12 @@ use super::{
     cpu_seconds, peak_rss_bytes, reset_peak_rss, round, temp_dir, BenchError, BenchOptions, Row,
     Scenario,
 };
-use crate::demo::Pattern;
-use crate::persist::{PersistedShare, PersistedState};
-use crate::{FeedKey, Headers, Node, NodeEvent, NodeHandle, PeerKey};
+use crate::app::demo::Pattern;
+use replic8_node::persist::{PersistedShare, PersistedState};
+use replic8_node::{FeedKey, Headers, Node, NodeEvent, NodeHandle, PeerKey};
 
 /// The namespace the writer shares its feeds in.
-pub const NAMESPACE: &str = "replic8-bench";
+pub(crate) const NAMESPACE: &str = "replic8-bench";
 /// How long replication may take before the bench gives up.
 const SYNC_GUARD: Duration = Duration::from_secs(600);
 /// Bytes per owned batch when the writer fills its feeds.
@@ -57,39 +57,39 @@ const RECHECK: Duration = Duration::from_millis(20);
 
 /// What the writer process builds and serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerOptions {
+pub(crate) struct PeerOptions {
     /// Feeds.
-    pub feeds: u64,
+    pub(crate) feeds: u64,
     /// Bytes per feed.
-    pub bytes_per_feed: u64,
+    pub(crate) bytes_per_feed: u64,
     /// Bytes per block (the last block of a feed may be shorter).
-    pub block_size: usize,
+    pub(crate) block_size: usize,
 }
 
 /// One feed the writer serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerFeed {
+pub(crate) struct PeerFeed {
     /// The feed key, hex.
-    pub key: String,
+    pub(crate) key: String,
     /// Blocks.
-    pub length: u64,
+    pub(crate) length: u64,
     /// Bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// The signed head's tree hash, hex.
-    pub tree_hash: String,
+    pub(crate) tree_hash: String,
 }
 
 /// The writer's line on standard output once it serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerReady {
+pub(crate) struct PeerReady {
     /// Its QUIC address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Its node key, hex.
-    pub key: String,
+    pub(crate) key: String,
     /// Seconds the writer took to write its feeds (untimed by the bench).
-    pub prep_seconds: f64,
+    pub(crate) prep_seconds: f64,
     /// The feeds, each shared in [`NAMESPACE`].
-    pub feeds: Vec<PeerFeed>,
+    pub(crate) feeds: Vec<PeerFeed>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> BenchError {
@@ -158,7 +158,7 @@ fn write_feed(
 
 /// The writer (`replic8 bench-peer`): writes the feeds under `dir`, serves them on
 /// 127.0.0.1 and prints a [`PeerReady`] line; returns when standard input closes.
-pub async fn serve(dir: &Path, options: PeerOptions) -> Result<(), BenchError> {
+pub(crate) async fn serve(dir: &Path, options: PeerOptions) -> Result<(), BenchError> {
     if options.block_size == 0 || options.block_size > replic8_store::MAX_BLOCK_SIZE {
         return Err(BenchError::Options(format!(
             "block size must be 1..={}",
@@ -166,7 +166,7 @@ pub async fn serve(dir: &Path, options: PeerOptions) -> Result<(), BenchError> {
         )));
     }
     let start = Instant::now();
-    let feeds_dir = dir.join(crate::feeds::FEEDS_DIR);
+    let feeds_dir = dir.join(replic8_node::persist::FEEDS_DIR);
     let feeds = tokio::task::spawn_blocking(move || write_feeds(&feeds_dir, options))
         .await
         .map_err(|e| BenchError::Peer(e.to_string()))??;
@@ -323,28 +323,28 @@ fn start_writer(
 
 /// What one replication measured.
 #[derive(Debug, Clone)]
-pub struct Replicated {
+pub(crate) struct Replicated {
     /// Seconds from connect to every feed synced at full length.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// Bytes replicated.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Blocks replicated.
-    pub blocks: u64,
+    pub(crate) blocks: u64,
     /// The reader's peak RSS (this process, from the reader node's start).
-    pub reader_peak_rss: Option<u64>,
+    pub(crate) reader_peak_rss: Option<u64>,
     /// The writer's peak RSS while serving.
-    pub writer_peak_rss: Option<u64>,
+    pub(crate) writer_peak_rss: Option<u64>,
     /// CPU seconds the reader used meanwhile (all its threads).
-    pub reader_cpu: Option<f64>,
+    pub(crate) reader_cpu: Option<f64>,
     /// CPU seconds the writer used meanwhile.
-    pub writer_cpu: Option<f64>,
+    pub(crate) writer_cpu: Option<f64>,
     /// The writer's untimed preparation.
-    pub prep_seconds: f64,
+    pub(crate) prep_seconds: f64,
 }
 
 /// Starts a writer with `options` under `dir`, replicates everything it serves into a
 /// fresh node under `dir`, verifies the replica, stops the writer.
-pub async fn replicate(
+pub(crate) async fn replicate(
     exe: &Path,
     dir: &Path,
     options: PeerOptions,
@@ -376,7 +376,7 @@ pub async fn replicate(
         .await?;
     let result = async {
         reader
-            .open_namespace(NAMESPACE, None, crate::NamespacePolicy::accept_all())
+            .open_namespace(NAMESPACE, None, replic8_node::NamespacePolicy::accept_all())
             .await?;
         let events = reader.subscribe();
         let writer_pid = writer.child.id();
@@ -459,7 +459,7 @@ pub(crate) async fn wait_synced(
                 }
             },
             _ = recheck.tick(), if lagged => {
-                let stats = node.feed_stats().await.map_err(crate::node::FeedError::from)?;
+                let stats = node.feed_stats().await.map_err(replic8_node::node::FeedError::from)?;
                 if stats.blocks_in >= blocks && all_held(node, expected).await? {
                     return Ok(());
                 }
@@ -573,7 +573,7 @@ fn peer_exe(options: &BenchOptions) -> Result<PathBuf, BenchError> {
 
 /// Runs `bulk`, `small` or `many-feeds`. `bulk` also runs `raw` first with the same byte
 /// count and reports `raw_quic_mb_per_s` and `ratio`.
-pub async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Row, BenchError> {
+pub(crate) async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Row, BenchError> {
     let shape = shape(scenario, options)?;
     let raw = if scenario == Scenario::Bulk {
         Some(super::raw::transfer(shape.bytes_per_feed).await?)

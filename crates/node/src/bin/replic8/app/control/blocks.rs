@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use super::frames::{read_frame, Frame, MAX_BLOCK_FRAME};
 use super::handle::parse_key;
 use super::{write_line, Response};
-use crate::node::NodeHandle;
-use crate::FeedKey;
+use replic8_node::node::NodeHandle;
+use replic8_node::FeedKey;
 
 /// An append batch is handed to the store once it holds this many bytes (or sooner, when
 /// the store is free and nothing more has arrived): large enough that signing and the

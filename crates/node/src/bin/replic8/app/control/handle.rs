@@ -3,8 +3,8 @@
 use serde_json::{json, Value};
 
 use super::{Answer, Request};
-use crate::node::{JoinOptions, NodeHandle};
-use crate::{FeedKey, Headers, Topic};
+use replic8_node::node::{JoinOptions, NodeHandle};
+use replic8_node::{FeedKey, Headers, Topic};
 
 /// 64 hex digits as 32 bytes.
 pub(super) fn parse_key(text: &str) -> Result<[u8; 32], String> {

@@ -8,18 +8,18 @@ use serde::Serialize;
 
 /// A feed as a step shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StepFeed {
+pub(crate) struct StepFeed {
     /// Its public key, hex.
-    pub feed: String,
+    pub(crate) feed: String,
     /// Its headers (values as text, lossily).
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
 }
 
 /// One step of the story, as it happened. Serialized as one JSON object with `"step"`
 /// naming the variant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
-pub enum Step {
+pub(crate) enum Step {
     /// The private DHT is up.
     Dht {
         /// Its nodes.

@@ -28,16 +28,16 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, Semaphore};
 
 use super::{median_max, peak_rss_bytes, reset_peak_rss, round, BenchError, BenchOptions, Row};
-use crate::{JoinOptions, Node, NodeEvent, NodeHandle, PeerKey, Topic};
+use replic8_node::{JoinOptions, Node, NodeEvent, NodeHandle, PeerKey, Topic};
 
 /// Rounds of each case.
-pub const DEFAULT_ROUNDS: usize = 20;
+pub(crate) const DEFAULT_ROUNDS: usize = 20;
 /// DHT nodes in the testnet.
-pub const DEFAULT_TESTNET_NODES: usize = 20;
+pub(crate) const DEFAULT_TESTNET_NODES: usize = 20;
 /// How long a round may take to connect.
-pub const DEFAULT_GUARD: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_GUARD: Duration = Duration::from_secs(30);
 /// Rounds in flight at once.
-pub const DEFAULT_PARALLEL: usize = 5;
+pub(crate) const DEFAULT_PARALLEL: usize = 5;
 
 async fn spawn(bootstrap: &[String]) -> Result<NodeHandle, BenchError> {
     Ok(Node::builder()
@@ -196,7 +196,7 @@ async fn run_dead_entries(
 }
 
 /// Runs the scenario.
-pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let rounds = options.rounds.unwrap_or(DEFAULT_ROUNDS);
     let nodes = options.testnet_nodes.unwrap_or(DEFAULT_TESTNET_NODES);
     let guard = options.guard.unwrap_or(DEFAULT_GUARD);

@@ -47,11 +47,11 @@ use replic8_connmgr::{
 use tokio::sync::mpsc;
 
 use super::{peak_rss_bytes, reset_peak_rss, round, BenchError, BenchOptions, Row};
-use crate::demo::Pattern;
-use crate::{FeedKey, Headers, Node, NodeHandle};
+use crate::app::demo::Pattern;
+use replic8_node::{FeedKey, Headers, Node, NodeHandle};
 
 /// The namespace A shares its feed in.
-pub const NAMESPACE: &str = "replic8-flood";
+pub(crate) const NAMESPACE: &str = "replic8-flood";
 /// Bytes of the honest feed unless `--size` says otherwise (the 64 MiB).
 const DEFAULT_SIZE: u64 = 64 << 20;
 /// Bytes per block of the honest feed unless `--block-size` says otherwise.
@@ -333,7 +333,7 @@ struct Run {
     honest_connected: bool,
 }
 
-fn node_builder() -> crate::NodeBuilder {
+fn node_builder() -> replic8_node::NodeBuilder {
     Node::builder()
         .in_memory()
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -347,7 +347,7 @@ fn node_builder() -> crate::NodeBuilder {
 async fn connect_retrying(
     node: &NodeHandle,
     addr: SocketAddr,
-    key: crate::PeerKey,
+    key: replic8_node::PeerKey,
     until: Instant,
 ) -> Result<u64, BenchError> {
     let mut dials = 0;
@@ -403,9 +403,9 @@ async fn run_once(
         let written = a.open_feed(feed).await?;
         a.share(NAMESPACE, feed, Headers::new()).await?;
         victim
-            .open_namespace(NAMESPACE, None, crate::NamespacePolicy::accept_all())
+            .open_namespace(NAMESPACE, None, replic8_node::NamespacePolicy::accept_all())
             .await?;
-        b.open_namespace(NAMESPACE, None, crate::NamespacePolicy::accept_all())
+        b.open_namespace(NAMESPACE, None, replic8_node::NamespacePolicy::accept_all())
             .await?;
 
         let mut attackers = Vec::new();
@@ -501,7 +501,7 @@ async fn run_once(
 }
 
 /// Runs `flood`: the honest run alone, then under attack; one row.
-pub async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let size = options.size.unwrap_or(DEFAULT_SIZE);
     let block_size = options.block_size.unwrap_or(DEFAULT_BLOCK);
     let attackers = options.attackers.unwrap_or(DEFAULT_ATTACKERS);

@@ -86,7 +86,7 @@ async fn send_all(
 /// the daemon's final answer (`length`, `blocks`, `bytes`). Nothing is sent unless the
 /// daemon holds the feed writable; if the input fails to read, the daemon drops the
 /// blocks it has not yet stored and the answer says how far the feed got.
-pub async fn append_blocks(
+pub(crate) async fn append_blocks(
     path: &Path,
     key: &str,
     mut input: impl AsyncRead + Unpin,
@@ -126,7 +126,7 @@ pub async fn append_blocks(
 /// Writes blocks `start..end` of the feed `key` (end `None`: the feed's length; with
 /// `follow`, no end: each block as soon as the daemon stores it, until the daemon stops)
 /// to `out`, flushing whenever no more has arrived; the count of blocks written.
-pub async fn read_blocks(
+pub(crate) async fn read_blocks(
     path: &Path,
     key: &str,
     start: u64,

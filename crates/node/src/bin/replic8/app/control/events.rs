@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Answer, STREAM_QUEUE};
-use crate::node::NodeHandle;
-use crate::{NodeEvent, Topic};
+use replic8_node::node::NodeHandle;
+use replic8_node::{NodeEvent, Topic};
 
 /// A stream of the node's events from now on. A client that reads too slowly for the
 /// node's event buffer gets a `lagged` line saying how many it missed, then the rest.
@@ -270,7 +270,7 @@ fn nat_json(event: &NatEvent) -> Value {
 }
 
 /// Headers as a JSON object; a value that is not UTF-8 is given as `hex:...`.
-pub(crate) fn headers_json(headers: &crate::Headers) -> Value {
+pub(crate) fn headers_json(headers: &replic8_node::Headers) -> Value {
     Value::Object(
         headers
             .iter()

@@ -13,11 +13,11 @@
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The largest block frame's payload: the store's largest block.
-pub const MAX_BLOCK_FRAME: usize = replic8_store::MAX_BLOCK_SIZE;
+pub(crate) const MAX_BLOCK_FRAME: usize = replic8_store::MAX_BLOCK_SIZE;
 /// The largest error frame's payload: a reason is one line, never a document.
-pub const MAX_ERROR_FRAME: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_FRAME: usize = 64 * 1024;
 /// Bytes in a frame header.
-pub const HEADER: usize = 5;
+pub(crate) const HEADER: usize = 5;
 
 const BLOCK: u8 = 0;
 const END: u8 = 1;
@@ -25,7 +25,7 @@ const ERROR: u8 = 2;
 
 /// One frame of the binary mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// One block.
     Block(Vec<u8>),
     /// The sender has no more blocks.
@@ -36,7 +36,7 @@ pub enum Frame {
 
 /// What reading a frame can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The header names no kind of frame.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
@@ -67,12 +67,12 @@ pub enum FrameError {
 
 impl Frame {
     /// The header of a block frame of `len` bytes.
-    pub fn block_header(len: usize) -> [u8; HEADER] {
+    pub(crate) fn block_header(len: usize) -> [u8; HEADER] {
         header(BLOCK, len)
     }
 
     /// Appends the frame's bytes to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let (kind, payload): (u8, &[u8]) = match self {
             Frame::Block(b) => (BLOCK, b),
             Frame::End => (END, &[]),
@@ -90,7 +90,7 @@ impl Frame {
     }
 
     /// The frame's bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode(&mut out);
         out
@@ -128,7 +128,9 @@ fn parse_header(h: [u8; HEADER]) -> Result<(u8, usize), FrameError> {
 
 /// Reads one frame; `Ok(None)` if the stream ended cleanly before a frame began. The
 /// payload is allocated only once its header passed the limits.
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Frame>, FrameError> {
+pub(crate) async fn read_frame(
+    r: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<Frame>, FrameError> {
     let mut h = [0u8; HEADER];
     let mut got = 0;
     while got < HEADER {

@@ -21,12 +21,12 @@ use replic8_store::{Feed, FeedSecret};
 use super::{
     cpu_seconds, peak_rss_bytes, reset_peak_rss, round, temp_dir, BenchError, BenchOptions, Row,
 };
-use crate::demo::Pattern;
+use crate::app::demo::Pattern;
 
 /// Default bytes per block size.
-pub const DEFAULT_SIZE: u64 = 256 << 20;
+pub(crate) const DEFAULT_SIZE: u64 = 256 << 20;
 /// The block sizes run when `--block-size` is not given.
-pub const BLOCK_SIZES: [usize; 2] = [64 << 10, 1 << 10];
+pub(crate) const BLOCK_SIZES: [usize; 2] = [64 << 10, 1 << 10];
 /// Bytes per `append_batch_deferred` call.
 const DEFERRED_BATCH: usize = 1 << 20;
 /// Bytes between two flushes of the deferred path: the best sync size measured in the
@@ -37,7 +37,7 @@ const OWNED_BATCH: usize = 4 << 20;
 
 /// Which append path to measure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum AppendPath {
+pub(crate) enum AppendPath {
     /// 1 MiB `append_batch_deferred` batches, flushed every 16 MiB and at the end.
     #[default]
     Deferred,
@@ -47,7 +47,7 @@ pub enum AppendPath {
 
 impl AppendPath {
     /// The name on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             AppendPath::Deferred => "deferred",
             AppendPath::Owned => "owned",
@@ -64,7 +64,7 @@ impl AppendPath {
 }
 
 /// Runs the scenario: a row per block size.
-pub async fn run(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     let size = options.size.unwrap_or(DEFAULT_SIZE);
     let sizes = match options.block_size {
         Some(b) => vec![b],

@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 
 use super::handle::parse_key;
 use super::{Answer, STREAM_QUEUE};
-use crate::feed_peers::FeedPeer;
-use crate::node::NodeHandle;
-use crate::FeedKey;
+use replic8_node::feed_peers::FeedPeer;
+use replic8_node::node::NodeHandle;
+use replic8_node::FeedKey;
 
 /// How often at most `feed get` sends a progress line while blocks arrive: a bar
 /// redrawn four times a second looks live without flooding a pipe.

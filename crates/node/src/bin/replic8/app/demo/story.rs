@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::steps::{Step, StepFeed};
 use super::{DemoError, NAMES, POLICY_HEADER, READER_1, READER_2, WRITER};
-use crate::{AcceptPolicy, FeedKey, Headers, NamespacePolicy, NodeEvent};
+use replic8_node::{AcceptPolicy, FeedKey, Headers, NamespacePolicy, NodeEvent};
 
 /// What the story is told from.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub(super) fn reader_policy(node: usize, tx: mpsc::UnboundedSender<Input>) -> Na
 /// The narrator: turns the nodes' events into steps, and knows when the story is done.
 pub(super) struct Story<F> {
     pub(super) on_step: F,
-    pub(super) keys: [crate::PeerKey; 3],
+    pub(super) keys: [replic8_node::PeerKey; 3],
     /// The feed the readers accept, its blocks and bytes.
     pub(super) feed: FeedKey,
     pub(super) blocks: u64,
@@ -114,11 +114,11 @@ impl<F: FnMut(&Step)> Story<F> {
         }
     }
 
-    pub(super) fn index(&self, key: &crate::PeerKey) -> Option<usize> {
+    pub(super) fn index(&self, key: &replic8_node::PeerKey) -> Option<usize> {
         self.keys.iter().position(|k| k == key)
     }
 
-    pub(super) fn name(&self, key: &crate::PeerKey) -> String {
+    pub(super) fn name(&self, key: &replic8_node::PeerKey) -> String {
         match self.index(key) {
             Some(i) => NAMES[i].to_owned(),
             None => format!("peer {}", key.fmt_short()),

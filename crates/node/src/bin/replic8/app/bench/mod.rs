@@ -21,13 +21,13 @@
 //! scenario, reset before it starts; `null` where the OS does not tell), plus the
 //! scenario's own fields.
 
-pub mod append;
-pub mod cli;
-pub mod discovery;
-pub mod flood;
-pub mod raw;
-pub mod replicate;
-pub mod swarm;
+pub(crate) mod append;
+pub(crate) mod cli;
+pub(crate) mod discovery;
+pub(crate) mod flood;
+pub(crate) mod raw;
+pub(crate) mod replicate;
+pub(crate) mod swarm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,7 +36,7 @@ use serde_json::{Map, Value};
 
 /// A scenario of `replic8 bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// QUIC alone: one connection, one stream (the reference for `bulk`).
     Raw,
     /// A feed of 64 KiB blocks, disk to disk between two processes, verified; also runs
@@ -66,7 +66,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every single scenario, in the order `all` runs them.
-    pub const EACH: [Scenario; 6] = [
+    pub(crate) const EACH: [Scenario; 6] = [
         Scenario::Raw,
         Scenario::Bulk,
         Scenario::Small,
@@ -76,7 +76,7 @@ impl Scenario {
     ];
 
     /// The name on the command line and in the rows.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Raw => "raw",
             Scenario::Bulk => "bulk",
@@ -94,42 +94,42 @@ impl Scenario {
 
 /// Sizes and knobs; `None` takes the scenario's default.
 #[derive(Debug, Clone, Default)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// Bytes to move (raw, bulk, small) or to append (append, per block size).
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// Bytes per block (bulk, small, many-feeds; append runs only this size if given).
-    pub block_size: Option<usize>,
+    pub(crate) block_size: Option<usize>,
     /// Feeds (many-feeds).
-    pub feeds: Option<u64>,
+    pub(crate) feeds: Option<u64>,
     /// Blocks per feed (many-feeds).
-    pub blocks: Option<u64>,
+    pub(crate) blocks: Option<u64>,
     /// Where temporary data directories go (default `$TMPDIR`).
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// Append path (append): owned 4 MiB batches or deferred 1 MiB batches.
-    pub append_path: append::AppendPath,
+    pub(crate) append_path: append::AppendPath,
     /// Rounds of each discovery case.
-    pub rounds: Option<usize>,
+    pub(crate) rounds: Option<usize>,
     /// DHT nodes in the discovery testnet.
-    pub testnet_nodes: Option<usize>,
+    pub(crate) testnet_nodes: Option<usize>,
     /// Discovery rounds in flight at once.
-    pub parallel: Option<usize>,
+    pub(crate) parallel: Option<usize>,
     /// How long one discovery round may take before it counts as not connected.
-    pub guard: Option<Duration>,
+    pub(crate) guard: Option<Duration>,
     /// Attacker tasks (flood).
-    pub attackers: Option<usize>,
+    pub(crate) attackers: Option<usize>,
     /// Seconds of attack (flood).
-    pub seconds: Option<u64>,
+    pub(crate) seconds: Option<u64>,
     /// The `replic8` executable to start as the writer (default: this one).
-    pub peer_exe: Option<PathBuf>,
+    pub(crate) peer_exe: Option<PathBuf>,
     /// Nodes (swarm).
-    pub nodes: Option<usize>,
+    pub(crate) nodes: Option<usize>,
     /// Each node's `limits.max_peers_per_topic` (swarm; default: the node's default).
-    pub max_peers_per_topic: Option<usize>,
+    pub(crate) max_peers_per_topic: Option<usize>,
 }
 
 /// What a benchmark can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     /// A temporary directory or file could not be made or used.
     #[error("{what}: {source}")]
     Io {
@@ -140,16 +140,16 @@ pub enum BenchError {
     },
     /// A node could not start.
     #[error("node: {0}")]
-    Spawn(#[from] crate::node::SpawnError),
+    Spawn(#[from] replic8_node::node::SpawnError),
     /// A feed operation on a node failed.
     #[error("feed: {0}")]
-    Feed(#[from] crate::node::FeedError),
+    Feed(#[from] replic8_node::node::FeedError),
     /// A join failed.
     #[error("join: {0}")]
-    Join(#[from] crate::node::JoinError),
+    Join(#[from] replic8_node::node::JoinError),
     /// Connecting to the writer failed.
     #[error("connect: {0}")]
-    Connect(#[from] crate::node::ConnectError),
+    Connect(#[from] replic8_node::node::ConnectError),
     /// The raw QUIC transfer failed.
     #[error("raw transfer: {0}")]
     Raw(#[from] replic8_connmgr::bench::BenchError),
@@ -179,11 +179,11 @@ impl BenchError {
 
 /// One result line: the common fields first, then the scenario's own.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row(pub Map<String, Value>);
+pub(crate) struct Row(pub(crate) Map<String, Value>);
 
 impl Row {
     /// A row with the common fields; `mb_per_s` and `blocks_per_s` are derived.
-    pub fn new(
+    pub(crate) fn new(
         scenario: &str,
         bytes: u64,
         blocks: u64,
@@ -206,18 +206,18 @@ impl Row {
     }
 
     /// Adds a scenario field.
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Row {
+    pub(crate) fn with(mut self, key: &str, value: impl Into<Value>) -> Row {
         self.0.insert(key.into(), value.into());
         self
     }
 
     /// A field, as a number.
-    pub fn f64(&self, key: &str) -> f64 {
+    pub(crate) fn f64(&self, key: &str) -> f64 {
         self.0.get(key).and_then(Value::as_f64).unwrap_or(0.0)
     }
 
     /// The table's header line.
-    pub fn table_header() -> String {
+    pub(crate) fn table_header() -> String {
         format!(
             "{:<11} {:>12} {:>9} {:>9} {:>10} {:>12} {:>9}  {}",
             "scenario", "bytes", "blocks", "seconds", "MB/s", "blocks/s", "RSS MiB", "more"
@@ -225,7 +225,7 @@ impl Row {
     }
 
     /// The row as a table line; the scenario's own fields go last as `key=value`.
-    pub fn table_line(&self) -> String {
+    pub(crate) fn table_line(&self) -> String {
         let get = |k: &str| self.0.get(k).cloned().unwrap_or(Value::Null);
         let rss = match get("peak_rss_bytes").as_u64() {
             Some(b) => format!("{:.1}", b as f64 / (1 << 20) as f64),
@@ -290,7 +290,7 @@ pub(crate) fn round(x: f64, digits: i32) -> f64 {
 /// inside an actix system (`raw` starts actors in it). [`Scenario::All`] runs each
 /// scenario in a child process of its own ([`run_in_child`]), so that none inherits
 /// another's heap (a process keeps freed small blocks, and its resident set with them).
-pub async fn run(
+pub(crate) async fn run(
     scenario: Scenario,
     options: &BenchOptions,
     emit: &mut dyn FnMut(&Row),
@@ -332,7 +332,10 @@ pub async fn run(
 
 /// Runs `replic8 bench <scenario> --json` with `options` as a child process (the
 /// executable of `options.peer_exe`, else this one); its rows.
-pub fn run_in_child(scenario: Scenario, options: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+pub(crate) fn run_in_child(
+    scenario: Scenario,
+    options: &BenchOptions,
+) -> Result<Vec<Row>, BenchError> {
     let exe = match &options.peer_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(BenchError::io("this executable's path"))?,
@@ -382,7 +385,7 @@ pub fn run_in_child(scenario: Scenario, options: &BenchOptions) -> Result<Vec<Ro
 
 /// The peak resident set (`VmHWM`) of process `pid`, or of this process for `None`, in
 /// bytes; `None` where `/proc` does not tell.
-pub fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
+pub(crate) fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_owned(),
@@ -395,7 +398,7 @@ pub fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
 
 /// User plus system CPU seconds of process `pid` (all threads), or of this process for
 /// `None`, from `/proc/<pid>/stat`; `None` where `/proc` does not tell.
-pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -412,13 +415,13 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 
 /// Resets this process's peak resident set to its current one (Linux `clear_refs` 5), so
 /// that the next [`peak_rss_bytes`] covers only what follows. Does nothing elsewhere.
-pub fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", b"5");
 }
 
 /// Parses a size: a number of bytes with an optional suffix `K`, `KiB`, `M`, `MiB`, `G`,
 /// `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '_')
