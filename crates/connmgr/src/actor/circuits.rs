@@ -47,6 +47,9 @@ pub(super) struct Circuits {
     pub(super) splices: HashMap<Leg, (Leg, Arc<AtomicU64>)>,
     /// At a relay: the forwarding tasks of each leg's incoming stream.
     pub(super) forwards: HashMap<Leg, Task>,
+    /// At a relay: a leg's stream that arrived before its circuit was spliced (the
+    /// target's stream can overtake its `CircuitAccept`); one per pending leg.
+    pub(super) waiting: HashMap<Leg, quinn::RecvStream>,
     /// Bytes forwarded for others since start.
     pub(super) relayed_bytes: Arc<AtomicU64>,
     /// Reads the endpoint's packets to virtual addresses.
@@ -105,12 +108,23 @@ impl ConnManager {
     }
 
     /// Relay: forward between `opener` and `target`, at most `budget` bytes.
-    pub(super) fn splice(&mut self, opener: Leg, target: Leg, budget: u64) {
+    pub(super) fn splice(
+        &mut self,
+        opener: Leg,
+        target: Leg,
+        budget: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let budget = Arc::new(AtomicU64::new(budget));
         self.circuits
             .splices
             .insert(opener, (target, budget.clone()));
         self.circuits.splices.insert(target, (opener, budget));
+        for leg in [opener, target] {
+            if let Some(recv) = self.circuits.waiting.remove(&leg) {
+                self.forward_leg(leg, recv, ctx);
+            }
+        }
     }
 
     /// Relay: stop forwarding between the legs.
@@ -118,7 +132,26 @@ impl ConnManager {
         for leg in [opener, target] {
             self.circuits.splices.remove(&leg);
             self.circuits.forwards.remove(&leg);
+            self.circuits.waiting.remove(&leg);
         }
+    }
+
+    /// Relay: forwards what arrives on `leg`'s stream to the other leg of its splice.
+    fn forward_leg(&mut self, leg: Leg, recv: quinn::RecvStream, ctx: &mut Context<Self>) {
+        let Some((other, budget)) = self.circuits.splices.get(&leg).cloned() else {
+            return;
+        };
+        let Some(conn) = self.nat_connection(other.0) else {
+            return;
+        };
+        let me = ctx.address();
+        let counter = self.circuits.relayed_bytes.clone();
+        let task = spawn_task(&self.tasks, async move {
+            if !forward(recv, conn, other.1, &budget, &counter).await {
+                me.do_send(CircuitExhausted(leg));
+            }
+        });
+        self.circuits.forwards.insert(leg, task);
     }
 
     /// End: circuit `local` carries packets through `relay` (`wire` on its connection).
@@ -188,18 +221,11 @@ impl Handler<CircuitStream> for ConnManager {
 
     fn handle(&mut self, msg: CircuitStream, ctx: &mut Self::Context) {
         let leg = (msg.key, msg.wire);
-        if let Some((other, budget)) = self.circuits.splices.get(&leg).cloned() {
-            let Some(conn) = self.nat_connection(other.0) else {
-                return;
-            };
-            let me = ctx.address();
-            let counter = self.circuits.relayed_bytes.clone();
-            let task = spawn_task(&self.tasks, async move {
-                if !forward(msg.recv, conn, other.1, &budget, &counter).await {
-                    me.do_send(CircuitExhausted(leg));
-                }
-            });
-            self.circuits.forwards.insert(leg, task);
+        if self.circuits.splices.contains_key(&leg) {
+            self.forward_leg(leg, msg.recv, ctx);
+        } else if self.nat.relay_leg_pending(msg.key, msg.wire) {
+            // Spliced when the target's accept arrives; dropped with the circuit.
+            self.circuits.waiting.insert(leg, msg.recv);
         } else if let Some(local) = self.nat.circuit_local(msg.key, msg.wire) {
             let paths = self.paths.clone();
             let task = spawn_task(&self.tasks, inject_circuit(msg.recv, local, paths));

@@ -187,9 +187,13 @@ impl ConnManager {
                     opener,
                     target,
                     budget,
-                }) => self.splice(opener, target, budget),
+                }) => self.splice(opener, target, budget, ctx),
                 NatOutput::Relay(RelayAction::Unsplice { opener, target }) => {
                     self.unsplice(opener, target)
+                }
+                // A closed leg's early stream goes with it.
+                NatOutput::Relay(RelayAction::Close { leg, .. }) => {
+                    self.circuits.waiting.remove(&leg);
                 }
                 // The core sends the relay's messages itself.
                 NatOutput::Relay(_) => {}

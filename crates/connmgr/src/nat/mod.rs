@@ -524,6 +524,12 @@ impl NatCore {
         self.end_actions(out);
     }
 
+    /// Relay: whether circuit `wire` on the connection to `peer` waits for its target's
+    /// accept (its stream may arrive before the accept: two streams are not ordered).
+    pub fn relay_leg_pending(&self, peer: PeerKey, wire: u64) -> bool {
+        self.relay.is_pending((peer, wire))
+    }
+
     /// The local id of circuit `wire` on the connection to `relay`, if it ends here.
     pub fn circuit_local(&self, relay: PeerKey, wire: u64) -> Option<u64> {
         self.ends.local(relay, wire)

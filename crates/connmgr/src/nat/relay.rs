@@ -267,6 +267,13 @@ impl RelayTable {
         });
     }
 
+    /// Whether `leg` belongs to a circuit whose target has not accepted yet.
+    pub fn is_pending(&self, leg: Leg) -> bool {
+        self.splices
+            .iter()
+            .any(|s| !s.open && (s.opener == leg || s.target == leg))
+    }
+
     /// The target accepted the circuit `leg`.
     pub fn handle_accept(&mut self, leg: Leg, now: Instant, out: &mut Vec<RelayAction>) {
         let lifetime = self.config.circuit_lifetime;
