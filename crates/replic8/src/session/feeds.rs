@@ -19,6 +19,11 @@ impl Session {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
+        if length < state.updated {
+            // Stale: our copy grew since the stream's core decided; it goes on and
+            // reports again at the new length.
+            return;
+        }
         // A store reports this from a stream, which exists only once both sides
         // replicate the feed: this is our first word if none went out yet.
         state.first_word = FirstWord::Sent;
@@ -65,6 +70,7 @@ impl Session {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
+        state.updated = state.updated.max(length);
         if state.local_synced == Some(length) {
             return;
         }

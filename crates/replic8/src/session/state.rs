@@ -60,6 +60,10 @@ pub(super) struct Replicated {
     /// The peer's first word (`Synced` or `Notice`) arrived: the dialer opens no stream
     /// for the feed before it did, or before ours says we lack blocks.
     pub(super) peer_spoke: bool,
+    /// The longest our copy was reported to be (`handle_feed_updated`): a stream's
+    /// report of being in sync at less is stale (its core had not seen the change yet)
+    /// and must not close the stream before it serves the change.
+    pub(super) updated: u64,
 }
 
 /// Our first word on a replicated feed: `Synced{length}` if our store holds every block

@@ -241,6 +241,7 @@ impl Session {
                 stopped: None,
                 first_word: FirstWord::Asking { changed: false },
                 peer_spoke: false,
+                updated: 0,
             },
         );
         // The dialer opens its stream once the first words show a side lacks something.
