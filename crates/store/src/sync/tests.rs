@@ -96,3 +96,38 @@ fn a_request_asks_for_at_most_one_data_message_of_blocks() {
     }
     assert_eq!(asked, vec![(0, 16), (16, 32), (32, 48), (48, 64)]);
 }
+
+#[test]
+fn a_partial_copy_is_announced_every_mib() {
+    use crate::keys::FeedSecret;
+    use crate::storage::MemoryStorage;
+    // 64 blocks of 64 KiB: a MiB is 16 blocks, far below `HAVE_EVERY_BLOCKS`.
+    let mut w = Feed::create(&MemoryStorage::new(), FeedSecret::from_bytes(&[2; 32])).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 64 << 10]).collect();
+    w.append_batch(&blocks).unwrap();
+    let mut r = Feed::create_replica(&MemoryStorage::new(), *w.key()).unwrap();
+    r.ingest(&w.proof(0, 64, 0, 0).unwrap(), vec![]).unwrap();
+    let now = Instant::now();
+    let mut a = FeedSync::new(SyncConfig::default());
+    a.handle_start(&mut r, now);
+    let haves = |a: &mut FeedSync, r: &mut Feed<crate::storage::MemoryFeed>| {
+        let mut out = Vec::new();
+        while let Some(m) = a.poll_transmit(r).unwrap() {
+            if let Message::Have(h) = m {
+                out.push(h.ranges);
+            }
+        }
+        out
+    };
+    assert_eq!(haves(&mut a, &mut r), vec![Vec::<(u64, u64)>::new()]);
+    // Another core stores 15 blocks: under a MiB, nothing to tell.
+    r.ingest(&w.proof(64, 64, 0, 15).unwrap(), blocks[..15].to_vec())
+        .unwrap();
+    a.handle_feed_update(&mut r, now);
+    assert!(haves(&mut a, &mut r).is_empty());
+    // The 16th makes a MiB: the peer hears of the partial copy.
+    r.ingest(&w.proof(64, 64, 15, 16).unwrap(), blocks[15..16].to_vec())
+        .unwrap();
+    a.handle_feed_update(&mut r, now);
+    assert_eq!(haves(&mut a, &mut r), vec![vec![(0, 16)]]);
+}
