@@ -59,6 +59,16 @@ fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
         "{row}"
     );
     assert!(num(row, "node_threads_median") >= 2.0, "{row}");
+    // Where the blocks came from: every reader got them from someone, the writer's
+    // share is a share, and every needed byte was served and stored.
+    assert!(num(row, "first_block_seconds_max") <= seconds, "{row}");
+    assert!(num(row, "sources_per_reader_median") >= 1.0, "{row}");
+    let share = num(row, "from_writer_share");
+    assert!((0.0..=1.0).contains(&share) && share > 0.0, "{row}");
+    assert!(num(row, "readers_fed_by_writer") >= 1.0, "{row}");
+    assert!(num(row, "served_bytes_per_feed_byte") >= 1.0, "{row}");
+    assert!(num(row, "stored_bytes_per_feed_byte") >= 1.0, "{row}");
+    assert!(num(row, "writer_cpu_seconds") >= 0.0, "{row}");
     // The nodes' data directories are removed.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -148,6 +148,8 @@ fn new_node_count(start: u64, count: u64) -> usize {
 struct Claim {
     end: u64,
     owner: u64,
+    /// When it was made, or its owner last stored data ([`Feed::refresh_claims`]).
+    since: Instant,
     expires: Instant,
 }
 
@@ -709,17 +711,37 @@ impl<S: FeedStorage> Feed<S> {
 
     /// If block `index` is being downloaded by a sync core other than `owner` (and that
     /// claim has not expired), the end of its claim.
+    #[cfg(test)]
     pub(crate) fn claimed_by_other(&self, index: u64, owner: u64, now: Instant) -> Option<u64> {
+        self.other_claim(index, owner, now).map(|(end, _)| end)
+    }
+
+    /// If block `index` is being downloaded by a sync core other than `owner` (and that
+    /// claim has not expired), the end of its claim and when its owner last made
+    /// progress.
+    pub(crate) fn other_claim(
+        &self,
+        index: u64,
+        owner: u64,
+        now: Instant,
+    ) -> Option<(u64, Instant)> {
         self.claims
             .range(..=index)
             .next_back()
             .filter(|(_, c)| c.end > index && c.owner != owner && c.expires > now)
-            .map(|(_, c)| c.end)
+            .map(|(_, c)| (c.end, c.since))
     }
 
-    /// Claim `[start, end)` for the sync core `owner` until `expires`, replacing any
-    /// claim it overlaps (only expired ones or the owner's own can overlap).
-    pub(crate) fn claim(&mut self, start: u64, end: u64, owner: u64, expires: Instant) {
+    /// Claim `[start, end)` for the sync core `owner` from `now` until `expires`,
+    /// replacing any claim it overlaps (only expired ones or the owner's own can overlap).
+    pub(crate) fn claim(
+        &mut self,
+        start: u64,
+        end: u64,
+        owner: u64,
+        now: Instant,
+        expires: Instant,
+    ) {
         let overlapping: Vec<u64> = self
             .claims
             .range(..end)
@@ -735,9 +757,17 @@ impl<S: FeedStorage> Feed<S> {
             Claim {
                 end,
                 owner,
+                since: now,
                 expires,
             },
         );
+    }
+
+    /// `owner` stored data at `now`: its claims count as alive from then.
+    pub(crate) fn refresh_claims(&mut self, owner: u64, now: Instant) {
+        for claim in self.claims.values_mut().filter(|c| c.owner == owner) {
+            claim.since = now;
+        }
     }
 
     /// Drop `owner`'s claim that starts at `start`, if any.

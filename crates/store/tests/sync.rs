@@ -312,7 +312,10 @@ fn bad_peer(tamper: impl FnMut(&mut Message) + 'static, check: impl Fn(&SyncErro
         .expect_err("the bad peer must be caught");
     assert_eq!(err.0, 1, "the receiving side reports it: {}", err.1);
     assert!(check(&err.1), "unexpected error: {}", err.1);
-    let [_, r] = sides;
+    let [_, mut r] = sides;
+    // As the stream's owner does when a call failed: the blocks its core was fetching go
+    // back to the feed's other cores (they take claims over only from a stalled core).
+    r.sync.close(&mut r.feed);
     // Exactly the blocks reported as downloaded before the bad message are stored.
     let downloaded: u64 = r
         .events

@@ -21,14 +21,15 @@
 //! [`SyncConfig::blocks_per_message`] blocks each, proven against its own length, so data
 //! proofs need no signature at all. The cores of one feed claim the blocks they request
 //! in the [`Feed`], so each peer is asked for different blocks; a core with nothing left
-//! to ask duplicates others' requests (endgame) rather than wait on a slow peer. A side
+//! to ask duplicates others' requests once they are [`ENDGAME_AFTER`] old (endgame)
+//! rather than wait on a slow peer. A side
 //! answers requests from its feed, building each answer only when polled. Every error
 //! returned by a `handle_*` method is the peer's fault or a storage failure; the caller
 //! ends this peer's stream. Nothing from a failed message was stored.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
@@ -52,6 +53,25 @@ mod types;
 /// length did not move (a `Have` is also sent when we hold every block, and when a round
 /// of downloads completes). At 1 KiB blocks that costs well under 1 % of the data bytes.
 const HAVE_EVERY_BLOCKS: u64 = 1024;
+
+/// New bytes stored since our last `Have` (estimated from the feed's mean block size)
+/// after which we send another: with large blocks [`HAVE_EVERY_BLOCKS`] alone would hold
+/// a replica's partial copy back from its peers until it had 64 MiB more (at 64 KiB
+/// blocks), so a feed spread through a swarm of readers would travel a whole copy per
+/// hop. A `Have` of a contiguous copy is about 150 bytes: one per MiB is 0.015 %.
+const HAVE_EVERY_BYTES: u64 = 1 << 20;
+
+/// In the endgame a core asks for blocks another core claimed only once that core got
+/// no data for this long (its peer is slow or stalled): a core whose peer holds nothing
+/// unclaimed would otherwise duplicate every request in flight at once. With a reader
+/// fetching from a dozen peers in a swarm (each a source for the blocks it announced),
+/// every block then crossed the wire 3-4 times; counting from the request instead of
+/// the owner's last data still did (the last of 16 pipelined requests waits for the 15
+/// before it on a busy peer). 10 s: at 2 s, peers serving dozens of readers on a
+/// loaded machine still left gaps that long and each block crossed the wire 3 times; at
+/// 10 s, once. A stalled peer delays the blocks it claimed by that much, well under
+/// `request_timeout`.
+const ENDGAME_AFTER: Duration = Duration::from_secs(10);
 
 /// A request of the peer's, waiting to be answered.
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +181,7 @@ impl FeedSync {
     ) -> Result<(), SyncError> {
         match message::decode_in_place(bytes)? {
             Decoded::Data(data) => {
-                self.on_data(feed, &data.proof, &data.blocks)?;
+                self.on_data(feed, &data.proof, &data.blocks, now)?;
                 self.schedule(feed, now);
                 Ok(())
             }
@@ -210,7 +230,7 @@ impl FeedSync {
             Message::Request(r) => self.on_request(feed, r)?,
             Message::Data(data) => {
                 let blocks: Vec<&[u8]> = data.blocks.iter().map(|b| b.as_slice()).collect();
-                self.on_data(feed, &data.proof, &blocks)?
+                self.on_data(feed, &data.proof, &blocks, now)?
             }
             Message::NoData { start, end } => {
                 match self.outstanding.get(&start) {
@@ -435,6 +455,7 @@ impl FeedSync {
         feed: &mut Feed<S>,
         proof: &Proof,
         blocks: &[&[u8]],
+        now: Instant,
     ) -> Result<(), SyncError> {
         let (start, end) = (proof.start, proof.end);
         let o = match self.outstanding.get(&start) {
@@ -451,6 +472,8 @@ impl FeedSync {
         feed.release(start, self.id);
         let bytes: usize = blocks.iter().map(|b| b.len()).sum();
         feed.ingest_borrowed(proof, blocks)?;
+        // The peer delivers: its other claims are not stale (see [`ENDGAME_AFTER`]).
+        feed.refresh_claims(self.id, now);
         self.outstanding.remove(&start);
         if end < o.end {
             self.cursor = self.cursor.min(end); // the rest is asked for again
@@ -515,7 +538,8 @@ impl FeedSync {
     }
 
     /// Request missing blocks below `hi` from the cursor on, up to the window. Blocks
-    /// another core has claimed are skipped unless `endgame`. Returns where the scan
+    /// another core has claimed are skipped unless `endgame` and the claim is
+    /// [`ENDGAME_AFTER`] old. Returns where the scan
     /// stopped and the first block skipped for another core's claim.
     fn fill<S: FeedStorage>(
         &mut self,
@@ -524,16 +548,34 @@ impl FeedSync {
         endgame: bool,
         now: Instant,
     ) -> (u64, Option<u64>) {
+        // At most what one data message carries (`max_data_bytes`, from the mean block
+        // size): a request of 64 blocks of 64 KiB claimed 4 MiB for one peer, so a reader's
+        // first peer claimed a whole feed of 16 MiB in its window and its other peers had
+        // nothing left to fetch.
+        let mean_block = feed.byte_length().checked_div(feed.length()).unwrap_or(0);
+        let per_message = (self.config.max_data_bytes as u64)
+            .checked_div(mean_block)
+            .unwrap_or(u64::MAX)
+            .max(1);
         let per = self
             .config
             .blocks_per_message
+            .min(per_message)
             .clamp(1, MAX_BLOCKS_PER_MESSAGE);
         let max_outstanding = self
             .config
             .max_outstanding
             .clamp(1, MAX_OUTSTANDING_REQUESTS - 1);
         let id = self.id;
-        let free = |feed: &Feed<S>, j: u64| endgame || feed.claimed_by_other(j, id, now).is_none();
+        // A claim of another core stands, except in the endgame once it is old.
+        let taken = |feed: &Feed<S>, j: u64| match feed.other_claim(j, id, now) {
+            Some((_, since))
+                if endgame && now.saturating_duration_since(since) >= ENDGAME_AFTER =>
+            {
+                None
+            }
+            claim => claim.map(|(end, _)| end),
+        };
         let mut skipped = None;
         let mut i = self.cursor.max(self.range_start());
         while i < hi && self.outstanding.len() < max_outstanding {
@@ -553,20 +595,22 @@ impl FeedSync {
                 i = self.next_peer_start(i).unwrap_or(hi);
                 continue;
             };
-            if !endgame {
-                if let Some(e) = feed.claimed_by_other(i, id, now) {
-                    skipped.get_or_insert(i);
-                    i = e;
-                    continue;
-                }
+            if let Some(e) = taken(feed, i) {
+                skipped.get_or_insert(i);
+                i = e;
+                continue;
             }
             let limit = hi.min(peer_end).min(i + per);
             let mut j = i + 1;
-            while j < limit && !feed.has(j) && !self.outstanding.contains_key(&j) && free(feed, j) {
+            while j < limit
+                && !feed.has(j)
+                && !self.outstanding.contains_key(&j)
+                && taken(feed, j).is_none()
+            {
                 j += 1;
             }
             if !endgame {
-                feed.claim(i, j, id, now + self.config.request_timeout);
+                feed.claim(i, j, id, now, now + self.config.request_timeout);
             }
             self.outstanding.insert(
                 i,
@@ -611,8 +655,14 @@ impl FeedSync {
         if self.sent_length.is_some_and(|sent| sent < length) {
             self.push_upgrade(feed);
         }
+        let grown_bytes = (grown as u128 * u128::from(feed.byte_length()))
+            .checked_div(u128::from(length))
+            .unwrap_or(0);
         if self.sent_length != Some(length)
-            || (grown > 0 && (grown >= HAVE_EVERY_BLOCKS || feed.stored_count() >= length))
+            || (grown > 0
+                && (grown >= HAVE_EVERY_BLOCKS
+                    || grown_bytes >= u128::from(HAVE_EVERY_BYTES)
+                    || feed.stored_count() >= length))
         {
             self.send_have(feed);
         }

@@ -31,3 +31,103 @@ fn close_releases_claims() {
     assert_eq!(r.claimed_by_other(0, other, now), None, "close released it");
     assert_eq!(a.outstanding(), 0);
 }
+
+/// A replica of `n` blocks of `size` bytes with the writer's head (no block stored),
+/// and a `Have` of the writer holding them all.
+fn replica_and_have(n: u8, size: usize) -> (Feed<crate::storage::MemoryFeed>, Message) {
+    use crate::keys::FeedSecret;
+    use crate::storage::MemoryStorage;
+    let secret = FeedSecret::from_bytes(&[2; 32]);
+    let mut w = Feed::create(&MemoryStorage::new(), secret).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..n).map(|i| vec![i; size]).collect();
+    w.append_batch(&blocks).unwrap();
+    let mut r = Feed::create_replica(&MemoryStorage::new(), *w.key()).unwrap();
+    r.ingest(&w.proof(0, u64::from(n), 0, 0).unwrap(), vec![])
+        .unwrap();
+    let have = Message::Have(Have {
+        head: Some(*w.head().unwrap()),
+        ranges: vec![(0, u64::from(n))],
+    });
+    (r, have)
+}
+
+#[test]
+fn the_endgame_takes_over_only_the_claims_of_a_core_that_stopped_getting_data() {
+    let (mut r, have) = replica_and_have(100, 1);
+    let now = Instant::now();
+    // `a` claims every block (two requests of 64); `b`'s peer has nothing else.
+    let mut a = FeedSync::new(SyncConfig::default());
+    a.handle_start(&mut r, now);
+    a.handle_message(&mut r, have.clone(), now).unwrap();
+    let mut b = FeedSync::new(SyncConfig::default());
+    b.handle_start(&mut r, now);
+    b.handle_message(&mut r, have, now).unwrap();
+    assert_eq!(b.outstanding(), 0, "b leaves a's fresh claims alone");
+    // `a` got data 5 s in: its claims are alive until 5 s + ENDGAME_AFTER.
+    let progress = now + Duration::from_secs(5);
+    r.refresh_claims(a.id, progress);
+    b.handle_feed_update(&mut r, now + ENDGAME_AFTER);
+    assert_eq!(b.outstanding(), 0, "a delivers: not stalled");
+    b.handle_feed_update(&mut r, progress + ENDGAME_AFTER - Duration::from_millis(1));
+    assert_eq!(
+        b.outstanding(),
+        0,
+        "a's last data is not ENDGAME_AFTER old yet"
+    );
+    b.handle_feed_update(&mut r, progress + ENDGAME_AFTER);
+    assert!(b.outstanding() > 0, "a stalled: b asks for its blocks too");
+}
+
+#[test]
+fn a_request_asks_for_at_most_one_data_message_of_blocks() {
+    // 64 blocks of 64 KiB: 4 MiB, above `max_data_bytes` (1 MiB), so 16 blocks each.
+    let (mut r, have) = replica_and_have(64, 64 << 10);
+    let now = Instant::now();
+    let config = SyncConfig::default();
+    assert_eq!(config.max_data_bytes, 1 << 20);
+    let mut a = FeedSync::new(config);
+    a.handle_start(&mut r, now);
+    a.handle_message(&mut r, have, now).unwrap();
+    let mut asked = Vec::new();
+    while let Some(m) = a.poll_transmit(&mut r).unwrap() {
+        if let Message::Request(q) = m {
+            asked.push((q.start, q.end));
+        }
+    }
+    assert_eq!(asked, vec![(0, 16), (16, 32), (32, 48), (48, 64)]);
+}
+
+#[test]
+fn a_partial_copy_is_announced_every_mib() {
+    use crate::keys::FeedSecret;
+    use crate::storage::MemoryStorage;
+    // 64 blocks of 64 KiB: a MiB is 16 blocks, far below `HAVE_EVERY_BLOCKS`.
+    let mut w = Feed::create(&MemoryStorage::new(), FeedSecret::from_bytes(&[2; 32])).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 64 << 10]).collect();
+    w.append_batch(&blocks).unwrap();
+    let mut r = Feed::create_replica(&MemoryStorage::new(), *w.key()).unwrap();
+    r.ingest(&w.proof(0, 64, 0, 0).unwrap(), vec![]).unwrap();
+    let now = Instant::now();
+    let mut a = FeedSync::new(SyncConfig::default());
+    a.handle_start(&mut r, now);
+    let haves = |a: &mut FeedSync, r: &mut Feed<crate::storage::MemoryFeed>| {
+        let mut out = Vec::new();
+        while let Some(m) = a.poll_transmit(r).unwrap() {
+            if let Message::Have(h) = m {
+                out.push(h.ranges);
+            }
+        }
+        out
+    };
+    assert_eq!(haves(&mut a, &mut r), vec![Vec::<(u64, u64)>::new()]);
+    // Another core stores 15 blocks: under a MiB, nothing to tell.
+    r.ingest(&w.proof(64, 64, 0, 15).unwrap(), blocks[..15].to_vec())
+        .unwrap();
+    a.handle_feed_update(&mut r, now);
+    assert!(haves(&mut a, &mut r).is_empty());
+    // The 16th makes a MiB: the peer hears of the partial copy.
+    r.ingest(&w.proof(64, 64, 15, 16).unwrap(), blocks[15..16].to_vec())
+        .unwrap();
+    a.handle_feed_update(&mut r, now);
+    assert_eq!(haves(&mut a, &mut r), vec![vec![(0, 16)]]);
+}

@@ -10,6 +10,7 @@
 //! backtrace.
 
 mod app;
+mod arenas;
 mod bench;
 mod client;
 mod daemon;
@@ -108,6 +109,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    arenas::cap();
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

@@ -12,8 +12,10 @@
 //! one does what `replic8 feed get KEY` does (`NodeHandle::get_feed`: a replica in the
 //! public namespace, the discovery key joined, announce and look up) and reports when it
 //! holds every block verified (`FeedSynced` at full length), with the milliseconds to its
-//! first connected peer (discovery and connect) and to sync, and its signed tree hash,
-//! checked against the writer's. A reader that got the feed serves it on to the peers
+//! first connected peer (discovery and connect), to its first verified block and to
+//! sync, the blocks it verified from each peer, and its signed tree hash, checked
+//! against the writer's. The swarm's time is the latest of the readers' syncs, each
+//! from the moment it was told. A reader that got the feed serves it on to the peers
 //! that ask by discovery key (decision 085), which is what lets the feed reach every node
 //! when each dials only `max_peers_per_topic` of the others.
 //!
@@ -25,10 +27,14 @@
 //! readers); `peak_rss_bytes` is the largest peak of one node; per node the median and
 //! max of peak RSS, RSS at the end, connections and threads; the sums over all nodes;
 //! the split of each reader's time into connect (to its first peer) and data (from there
-//! to sync), median and max; the CPU seconds of all nodes since they started; the
+//! to sync), median and max, with the time to its first verified block and the median
+//! time to sync; where the blocks came from (the share the writer sent, how many readers
+//! got any from it, how many peers fed each reader, the block bytes all nodes sent per
+//! byte the readers needed); DHT queries per node; the CPU seconds of all nodes since
+//! they started, and per node from `get` to the reports (median, max, the writer's); the
 //! node's limits (`max_peers`, `max_peers_per_topic`, `max_peers_per_ip`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -92,6 +98,8 @@ pub(crate) enum NodeLine {
     Ready {
         /// Its QUIC address.
         addr: SocketAddr,
+        /// Its peer key, hex.
+        key: String,
         /// The writer's feed.
         feed: Option<PeerFeed>,
     },
@@ -99,10 +107,14 @@ pub(crate) enum NodeLine {
     Synced {
         /// Milliseconds from `get` to its first connected peer (none if no peer came up).
         first_peer_ms: Option<f64>,
+        /// Milliseconds from `get` to its first verified block of the feed.
+        first_block_ms: Option<f64>,
         /// Milliseconds from `get` to in sync.
         synced_ms: f64,
         /// The signed tree hash it holds, hex.
         tree_hash: String,
+        /// Blocks of the feed it verified from each peer (the peer's key, hex).
+        blocks_from: BTreeMap<String, u64>,
     },
     /// Its connections now.
     Report {
@@ -114,6 +126,12 @@ pub(crate) enum NodeLine {
         peers_max: u64,
         /// Incoming connections it refused (its limits).
         refused: u64,
+        /// Block bytes it sent to peers (its feed store's count).
+        bytes_served: u64,
+        /// Block bytes it received, verified and stored.
+        bytes_stored: u64,
+        /// DHT queries it sent and answered.
+        dht_queries: u64,
     },
     /// Something failed; the node exits.
     Failed {
@@ -178,6 +196,7 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
     };
     print_line(&NodeLine::Ready {
         addr: node.local_addr(),
+        key: node.key().to_string(),
         feed,
     });
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -206,6 +225,10 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                 }));
             }
             ["report"] => {
+                let stats = node
+                    .feed_stats()
+                    .await
+                    .map_err(replic8_node::node::FeedError::from)?;
                 let peers = node
                     .peers()
                     .await
@@ -219,6 +242,13 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                         .count(),
                     peers_max: peers_max.fetch_max(now, Ordering::Relaxed).max(now),
                     refused: node.counters().refused.get(),
+                    bytes_served: stats.bytes_out,
+                    bytes_stored: stats.bytes_in,
+                    dht_queries: node
+                        .dht_status()
+                        .await
+                        .map_err(replic8_node::node::FeedError::from)?
+                        .map_or(0, |d| d.stats.queries_out + d.stats.queries_in),
                 });
             }
             _ => break Err(BenchError::Peer(format!("unknown command {line:?}"))),
@@ -259,30 +289,74 @@ async fn write_feed(node: &NodeHandle, bytes: u64) -> Result<PeerFeed, BenchErro
     })
 }
 
+/// What a reader saw of its peers while it got the feed.
+#[derive(Debug, Default)]
+struct Seen {
+    /// When its first peer came up.
+    first_peer: Option<Duration>,
+    /// When its first verified block of the feed was stored.
+    first_block: Option<Duration>,
+    /// Blocks of the feed verified from each peer (its key, hex).
+    blocks_from: BTreeMap<String, u64>,
+}
+
+/// How long a reader's count of blocks per peer may trail its sync: a feed store's
+/// `Downloaded` travels apart from the session's `FeedSynced` and may come after it.
+const COUNT_GRACE: Duration = Duration::from_secs(2);
+
+/// Follows `events` from `start`: the first peer, the first block of `feed` and where
+/// its blocks came from, until `done` fired and the counts reach `length` blocks (or
+/// [`COUNT_GRACE`] passed since `done`).
+async fn watch(
+    mut events: broadcast::Receiver<NodeEvent>,
+    feed: FeedKey,
+    length: u64,
+    start: Instant,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut counted = 0;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if deadline.is_some() && counted >= length {
+            return seen;
+        }
+        let event = tokio::select! {
+            biased;
+            event = events.recv() => event,
+            _ = &mut done, if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + COUNT_GRACE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline.is_some() => return seen,
+        };
+        match event {
+            Ok(NodeEvent::PeerUp { .. }) => {
+                seen.first_peer.get_or_insert_with(|| start.elapsed());
+            }
+            Ok(NodeEvent::Downloaded {
+                peer,
+                feed: f,
+                blocks,
+                ..
+            }) if f == feed => {
+                seen.first_block.get_or_insert_with(|| start.elapsed());
+                *seen.blocks_from.entry(peer.to_string()).or_default() += blocks;
+                counted += blocks;
+            }
+            // Lagged: some events are lost (the counts say less than they could).
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return seen,
+        }
+    }
+}
+
 /// A reader's `get`: the feed by key, until it holds all `length` blocks verified.
 async fn get(node: &NodeHandle, feed: FeedKey, length: u64) -> Result<NodeLine, BenchError> {
     let start = Instant::now();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let first_peer = {
-        let mut events = node.subscribe();
-        let up = async move {
-            loop {
-                match events.recv().await {
-                    Ok(NodeEvent::PeerUp { .. }) => return Some(start.elapsed()),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        };
-        async move {
-            // A `PeerUp` already queued when the sync is done still counts.
-            tokio::select! {
-                biased;
-                up = up => up,
-                _ = done_rx => None,
-            }
-        }
-    };
+    let watched = watch(node.subscribe(), feed, length, start, done_rx);
     let synced = async {
         let events = node.subscribe();
         let result = async {
@@ -301,7 +375,7 @@ async fn get(node: &NodeHandle, feed: FeedKey, length: u64) -> Result<NodeLine, 
         let _ = done_tx.send(());
         result
     };
-    let (first_peer, synced) = tokio::join!(first_peer, synced);
+    let (seen, synced) = tokio::join!(watched, synced);
     let synced_at = synced?;
     let info = node.open_feed(feed).await?;
     let tree_hash = info
@@ -310,9 +384,11 @@ async fn get(node: &NodeHandle, feed: FeedKey, length: u64) -> Result<NodeLine, 
         .unwrap_or_default();
     let ms = |d: Duration| round(d.as_secs_f64() * 1e3, 1);
     Ok(NodeLine::Synced {
-        first_peer_ms: first_peer.map(ms),
+        first_peer_ms: seen.first_peer.map(ms),
+        first_block_ms: seen.first_block.map(ms),
         synced_ms: ms(synced_at),
         tree_hash,
+        blocks_from: seen.blocks_from,
     })
 }
 
@@ -457,7 +533,16 @@ fn spread(values: impl IntoIterator<Item = u64>) -> (f64, f64) {
 struct Measured {
     seconds: f64,
     connect_ms: Vec<f64>,
+    first_block_ms: Vec<f64>,
+    synced_ms: Vec<f64>,
     data_ms: Vec<f64>,
+    /// Blocks the readers verified from the writer, and from anyone.
+    blocks_from_writer: u64,
+    blocks_total: u64,
+    /// Readers that got at least one block from the writer.
+    fed_by_writer: usize,
+    /// Per reader, how many peers gave it blocks.
+    sources: Vec<u64>,
     peak_rss: Vec<u64>,
     end_rss: Vec<u64>,
     threads: Vec<u64>,
@@ -465,7 +550,14 @@ struct Measured {
     peers_max: Vec<u64>,
     inbound_max: u64,
     refused: u64,
+    /// Block bytes all nodes sent, and DHT queries each sent and answered.
+    bytes_served: u64,
+    /// Block bytes all nodes received and stored.
+    bytes_stored: u64,
+    dht_queries: Vec<u64>,
     cpu_seconds: f64,
+    /// Per node, CPU seconds from `get` to the reports; the writer's first.
+    timed_cpu: Vec<f64>,
 }
 
 /// Runs the scenario.
@@ -533,7 +625,11 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let (conn_med, conn_max) = spread(m.peers.iter().copied());
     let (connect_med, connect_max) = median_max(&mut m.connect_ms.clone()).unwrap_or_default();
     let (data_med, data_max) = median_max(&mut m.data_ms.clone()).unwrap_or_default();
+    let (block_med, block_max) = median_max(&mut m.first_block_ms.clone()).unwrap_or_default();
+    let (synced_med, _) = median_max(&mut m.synced_ms.clone()).unwrap_or_default();
     let (threads_med, threads_max) = spread(m.threads.iter().copied());
+    let (sources_med, sources_max) = spread(m.sources.iter().copied());
+    let (cpu_med, cpu_max) = median_max(&mut m.timed_cpu.clone()).unwrap_or_default();
     Ok(Row::new(
         "swarm",
         feed.bytes * readers,
@@ -548,6 +644,25 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     .with("connect_seconds_max", round(connect_max / 1e3, 3))
     .with("data_seconds_median", round(data_med / 1e3, 3))
     .with("data_seconds_max", round(data_max / 1e3, 3))
+    .with("first_block_seconds_median", round(block_med / 1e3, 3))
+    .with("first_block_seconds_max", round(block_max / 1e3, 3))
+    .with("synced_seconds_median", round(synced_med / 1e3, 3))
+    .with(
+        "from_writer_share",
+        round(
+            m.blocks_from_writer as f64 / m.blocks_total.max(1) as f64,
+            3,
+        ),
+    )
+    .with("readers_fed_by_writer", m.fed_by_writer)
+    .with("sources_per_reader_median", sources_med)
+    .with("sources_per_reader_max", sources_max)
+    .with("node_cpu_seconds_median", round(cpu_med, 2))
+    .with("node_cpu_seconds_max", round(cpu_max, 2))
+    .with(
+        "writer_cpu_seconds",
+        round(m.timed_cpu.first().copied().unwrap_or(0.0), 2),
+    )
     .with("node_peak_rss_mib_median", mib(peak_med))
     .with("node_peak_rss_mib_max", mib(peak_max))
     .with("node_end_rss_mib_median", mib(end_med))
@@ -574,6 +689,24 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     )
     .with("inbound_max", m.inbound_max)
     .with("refused", m.refused)
+    .with(
+        "served_bytes_per_feed_byte",
+        round(
+            m.bytes_served as f64 / (feed.bytes * readers).max(1) as f64,
+            3,
+        ),
+    )
+    .with(
+        "stored_bytes_per_feed_byte",
+        round(
+            m.bytes_stored as f64 / (feed.bytes * readers).max(1) as f64,
+            3,
+        ),
+    )
+    .with(
+        "node_dht_queries_median",
+        spread(m.dht_queries.iter().copied()).0,
+    )
     .with("total_cpu_seconds", round(m.cpu_seconds, 2))
     .with("max_peers", limits.max_peers)
     .with(
@@ -600,21 +733,31 @@ async fn measure(
         _ => return Err(BenchError::Peer("the writer named no feed".into())),
     };
     let readers: Vec<usize> = (1..members.len()).collect();
+    let cpu_start: Vec<f64> = members
+        .iter()
+        .map(|m| cpu_seconds(Some(m.pid)).unwrap_or(0.0))
+        .collect();
     let start = Instant::now();
     let get = format!("get {} {}", feed.key, feed.length);
+    // When each reader was told, from `start`: its sync is that plus its `synced_ms`
+    // (its line may come later: it waits for its counts of blocks per peer).
+    let mut told = vec![0.0; members.len()];
     for (i, m) in members.iter_mut().enumerate().skip(1) {
         m.send(i, &get)?;
+        told[i] = start.elapsed().as_secs_f64();
     }
     let synced = collect(rx, &readers, guard, |_, line| match line {
-        NodeLine::Synced {
-            first_peer_ms,
-            synced_ms,
-            tree_hash,
-        } => Some((first_peer_ms, synced_ms, tree_hash)),
+        line @ NodeLine::Synced { .. } => Some(line),
         _ => None,
     })
     .await?;
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = synced
+        .iter()
+        .filter_map(|(i, line)| match line {
+            NodeLine::Synced { synced_ms, .. } => Some(told[*i] + synced_ms / 1e3),
+            _ => None,
+        })
+        .fold(0.0, f64::max);
     if synced.len() < readers.len() {
         return Err(BenchError::Timeout(format!(
             "{} of {} readers in sync within {guard:?}",
@@ -622,17 +765,71 @@ async fn measure(
             readers.len()
         )));
     }
-    let (mut connect_ms, mut data_ms) = (Vec::new(), Vec::new());
-    for (i, (first, synced_ms, tree_hash)) in &synced {
+    let writer_key = match ready.first() {
+        Some(NodeLine::Ready { key, .. }) => key.clone(),
+        _ => String::new(),
+    };
+    let mut m = Measured {
+        seconds,
+        connect_ms: Vec::new(),
+        first_block_ms: Vec::new(),
+        synced_ms: Vec::new(),
+        data_ms: Vec::new(),
+        blocks_from_writer: 0,
+        blocks_total: 0,
+        fed_by_writer: 0,
+        sources: Vec::new(),
+        peak_rss: Vec::new(),
+        end_rss: Vec::new(),
+        threads: Vec::new(),
+        peers: Vec::new(),
+        peers_max: Vec::new(),
+        inbound_max: 0,
+        refused: 0,
+        bytes_served: 0,
+        bytes_stored: 0,
+        dht_queries: Vec::new(),
+        cpu_seconds: 0.0,
+        timed_cpu: Vec::new(),
+    };
+    for (i, line) in &synced {
+        let NodeLine::Synced {
+            first_peer_ms,
+            first_block_ms,
+            synced_ms,
+            tree_hash,
+            blocks_from,
+        } = line
+        else {
+            continue;
+        };
         if *tree_hash != feed.tree_hash {
             return Err(BenchError::Mismatch(format!(
                 "node {i} holds tree {tree_hash}, the writer {}",
                 feed.tree_hash
             )));
         }
-        let first = first.unwrap_or(0.0);
-        connect_ms.push(first);
-        data_ms.push(synced_ms - first);
+        let first = first_peer_ms.unwrap_or(0.0);
+        tracing::debug!(
+            target: "swarm",
+            node = i,
+            first_peer_ms,
+            first_block_ms,
+            synced_ms,
+            from_writer = blocks_from.get(&writer_key).copied().unwrap_or(0),
+            sources = blocks_from.len(),
+            "reader in sync"
+        );
+        m.connect_ms.push(first);
+        m.first_block_ms.push(first_block_ms.unwrap_or(*synced_ms));
+        m.synced_ms.push(*synced_ms);
+        m.data_ms.push(synced_ms - first);
+        let from_writer = blocks_from.get(&writer_key).copied().unwrap_or(0);
+        m.blocks_from_writer += from_writer;
+        m.blocks_total += blocks_from.values().sum::<u64>();
+        m.fed_by_writer += usize::from(from_writer > 0);
+        m.sources
+            .push(blocks_from.values().filter(|b| **b > 0).count() as u64);
     }
     let all: Vec<usize> = (0..members.len()).collect();
     for (i, m) in members.iter_mut().enumerate() {
@@ -644,7 +841,18 @@ async fn measure(
             inbound,
             peers_max,
             refused,
-        } => Some((peers as u64, inbound as u64, peers_max, refused)),
+            bytes_served,
+            bytes_stored,
+            dht_queries,
+        } => Some((
+            peers as u64,
+            inbound as u64,
+            peers_max,
+            refused,
+            bytes_served,
+            dht_queries,
+            bytes_stored,
+        )),
         _ => None,
     })
     .await?;
@@ -656,23 +864,28 @@ async fn measure(
         )));
     }
     let kib = |pid, field| status_number(pid, field).map_or(0, |k| k * 1024);
-    Ok(Measured {
-        seconds,
-        connect_ms,
-        data_ms,
-        peak_rss: members.iter().map(|m| kib(m.pid, "VmHWM:")).collect(),
-        end_rss: members.iter().map(|m| kib(m.pid, "VmRSS:")).collect(),
-        threads: members
-            .iter()
-            .map(|m| status_number(m.pid, "Threads:").unwrap_or(0))
-            .collect(),
-        peers: reports.values().map(|r| r.0).collect(),
-        peers_max: reports.values().map(|r| r.2).collect(),
-        inbound_max: reports.values().map(|r| r.1).max().unwrap_or(0),
-        refused: reports.values().map(|r| r.3).sum(),
-        cpu_seconds: members
-            .iter()
-            .filter_map(|m| cpu_seconds(Some(m.pid)))
-            .sum(),
-    })
+    m.peak_rss = members.iter().map(|m| kib(m.pid, "VmHWM:")).collect();
+    m.end_rss = members.iter().map(|m| kib(m.pid, "VmRSS:")).collect();
+    m.threads = members
+        .iter()
+        .map(|m| status_number(m.pid, "Threads:").unwrap_or(0))
+        .collect();
+    m.peers = reports.values().map(|r| r.0).collect();
+    m.peers_max = reports.values().map(|r| r.2).collect();
+    m.inbound_max = reports.values().map(|r| r.1).max().unwrap_or(0);
+    m.refused = reports.values().map(|r| r.3).sum();
+    m.bytes_served = reports.values().map(|r| r.4).sum();
+    m.bytes_stored = reports.values().map(|r| r.6).sum();
+    m.dht_queries = reports.values().map(|r| r.5).collect();
+    let cpu_end: Vec<f64> = members
+        .iter()
+        .map(|m| cpu_seconds(Some(m.pid)).unwrap_or(0.0))
+        .collect();
+    m.cpu_seconds = cpu_end.iter().sum();
+    m.timed_cpu = cpu_end
+        .iter()
+        .zip(&cpu_start)
+        .map(|(end, start)| end - start)
+        .collect();
+    Ok(m)
 }
