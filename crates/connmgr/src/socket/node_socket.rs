@@ -42,8 +42,8 @@ pub struct NodeSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     /// The real socket is IPv4 (quinn still sees IPv6, mapped).
     v4_socket: bool,
-    /// The real socket also carries IPv4 (an IPv4 socket, or a dual-stack IPv6 one).
-    carries_v4: bool,
+    /// The families the real socket sends to.
+    families: Families,
     /// The real socket's address.
     real_addr: SocketAddr,
     paths: VirtualPaths,
@@ -145,7 +145,7 @@ impl NodeSocket {
     ) -> io::Result<(Arc<NodeSocket>, Option<KrpcPort>)> {
         let real_addr = socket.local_addr()?;
         let v4_socket = real_addr.is_ipv4();
-        let carries_v4 = v4_socket || !socket2::SockRef::from(&socket).only_v6()?;
+        let families = Families::of(&socket, real_addr)?;
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
         let (tx, rx) = match krpc {
             true => {
@@ -157,7 +157,7 @@ impl NodeSocket {
         let socket = Arc::new(NodeSocket {
             inner,
             v4_socket,
-            carries_v4,
+            families,
             real_addr,
             paths,
             krpc: tx,
@@ -169,8 +169,8 @@ impl NodeSocket {
             sender: KrpcSender {
                 socket: Arc::downgrade(&socket),
                 local_addr: real_addr,
-                ipv4: carries_v4,
-                ipv6: !v4_socket,
+                ipv4: socket.families().ipv4,
+                ipv6: socket.families().ipv6,
             },
         });
         Ok((socket, port))
@@ -196,15 +196,22 @@ impl NodeSocket {
         }
     }
 
+    /// The address families the real socket carries.
+    pub fn families(&self) -> Families {
+        self.families
+    }
+
     /// `to` as the real socket takes it, or `None` if it cannot carry that family.
     fn wire_destination(&self, to: SocketAddr) -> Option<SocketAddr> {
         let plain = unmap(to);
-        match (plain, self.v4_socket) {
-            (SocketAddr::V4(_), true) => Some(plain),
-            (SocketAddr::V4(_), false) => self.carries_v4.then(|| Self::quinn_addr(plain)),
-            (SocketAddr::V6(_), true) => None,
-            (SocketAddr::V6(_), false) => Some(plain),
+        if !self.families().carries(plain) {
+            return None;
         }
+        Some(match (plain, self.v4_socket) {
+            // A dual-stack IPv6 socket takes IPv4 peers IPv4-mapped.
+            (SocketAddr::V4(_), false) => Self::quinn_addr(plain),
+            _ => plain,
+        })
     }
 
     /// Hands one KRPC datagram to the DHT, or counts it dropped.
@@ -292,6 +299,42 @@ impl NodeSocket {
             let _ = self
                 .paths
                 .try_send_outgoing(transmit.destination, Bytes::copy_from_slice(packet));
+        }
+    }
+}
+
+/// The address families a `NodeSocket` can send to: an IPv4 socket carries IPv4 only, an
+/// IPv6 one IPv6 and, unless it is IPv6-only, IPv4 too (IPv4-mapped on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// IPv4 destinations (plain or IPv4-mapped).
+    pub ipv4: bool,
+    /// IPv6 destinations other than IPv4-mapped ones.
+    pub ipv6: bool,
+}
+
+impl Families {
+    /// What `socket`, bound to `addr`, sends to. An IPv6 socket carries IPv4 only when it
+    /// is dual-stack and bound to `::` (one bound to an IPv6 address has no IPv4 source).
+    fn of(socket: &std::net::UdpSocket, addr: SocketAddr) -> io::Result<Families> {
+        Ok(match addr {
+            SocketAddr::V4(_) => Families {
+                ipv4: true,
+                ipv6: false,
+            },
+            SocketAddr::V6(v6) => Families {
+                ipv4: v6.ip().is_unspecified() && !socket2::SockRef::from(socket).only_v6()?,
+                ipv6: true,
+            },
+        })
+    }
+
+    /// Whether a packet to `to` can leave the real socket. Virtual addresses do not use
+    /// the real socket: ask `VirtualPaths::is_virtual` first.
+    pub fn carries(&self, to: SocketAddr) -> bool {
+        match unmap(to) {
+            SocketAddr::V4(_) => self.ipv4,
+            SocketAddr::V6(_) => self.ipv6,
         }
     }
 }
