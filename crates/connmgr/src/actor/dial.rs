@@ -22,7 +22,7 @@ impl ConnManager {
     /// records it: quinn sees only IPv6 (decision 143) and would wait for its handshake
     /// timeout while the socket drops every packet.
     fn check_family(&self, addr: SocketAddr) -> Result<(), DialError> {
-        if VirtualPaths::is_virtual(&addr) || self.families.carries(addr) {
+        if VirtualPaths::is_virtual(&addr) || self.socket.families().carries(addr) {
             return Ok(());
         }
         let family = match crate::socket::unmap(addr) {
@@ -31,7 +31,7 @@ impl ConnManager {
         };
         Err(DialError::AddressFamily {
             addr,
-            local: self.local_addr,
+            local: self.socket.real_addr(),
             family,
         })
     }

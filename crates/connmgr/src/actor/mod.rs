@@ -126,9 +126,9 @@ pub struct ConnManager {
     endpoint: quinn::Endpoint,
     /// The endpoint's relay queues (packets to and from virtual addresses).
     paths: VirtualPaths,
-    /// The address families the socket sends to, and its address (`dial::check_family`).
-    families: socket::Families,
-    local_addr: SocketAddr,
+    /// The endpoint's socket: its address families (`dial::check_family`), and `shut`
+    /// at the end of a shutdown whose drain was cut short.
+    socket: Arc<NodeSocket>,
     /// Relay circuits: forwarding for others, and those that end here.
     circuits: self::circuits::Circuits,
     live: HashMap<ConnId, Live>,
@@ -188,11 +188,10 @@ impl ConnManager {
         let paths = VirtualPaths::new(VIRTUAL_QUEUE, VIRTUAL_QUEUE);
         let (socket, krpc) = NodeSocket::new(socket, paths.clone(), config.share_krpc)?;
         let local_addr = socket.real_addr();
-        let families = socket.families();
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             socket::endpoint_config(),
             Some(server),
-            socket,
+            socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )?;
         let tasks = Arc::new(AtomicUsize::new(0));
@@ -207,8 +206,7 @@ impl ConnManager {
             core: ConnCore::new(me, config.policy),
             endpoint,
             paths: paths.clone(),
-            families,
-            local_addr,
+            socket,
             circuits: Default::default(),
             live: HashMap::new(),
             handshakes: HashMap::new(),

@@ -5,8 +5,8 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
@@ -54,6 +54,10 @@ pub struct NodeSocket {
     injected_first: AtomicBool,
     /// KRPC datagrams dropped: nobody takes them, or the queue was full.
     krpc_dropped: AtomicU64,
+    /// Set by `shut`: nothing is sent any more, and receiving fails.
+    shut: AtomicBool,
+    /// The task waiting in `poll_recv` (quinn's endpoint driver), woken by `shut`.
+    recv_waker: Mutex<Option<Waker>>,
 }
 
 impl fmt::Debug for NodeSocket {
@@ -163,6 +167,8 @@ impl NodeSocket {
             krpc: tx,
             injected_first: AtomicBool::new(false),
             krpc_dropped: AtomicU64::new(0),
+            shut: AtomicBool::new(false),
+            recv_waker: Mutex::new(None),
         });
         let port = rx.map(|incoming| KrpcPort {
             incoming,
@@ -179,6 +185,23 @@ impl NodeSocket {
     /// The real socket's address (IPv4 for an IPv4 socket, unlike `local_addr`).
     pub fn real_addr(&self) -> SocketAddr {
         self.real_addr
+    }
+
+    /// Ends the endpoint on this socket for good: nothing is sent any more and the next
+    /// receive fails, which stops quinn's endpoint driver; the connections still draining
+    /// end with it and the socket closes once quinn drops them. For the end of a shutdown
+    /// whose drain was cut short (decision 156): a connection quinn never drains would
+    /// otherwise keep the driver, and the port, until its idle timeout.
+    pub fn shut(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        let waker = self
+            .recv_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// KRPC datagrams dropped so far (nobody took them, or the DHT's queue was full).
@@ -356,6 +379,9 @@ impl AsyncUdpSocket for NodeSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if self.shut.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if VirtualPaths::is_virtual(&transmit.destination) {
             self.send_virtual(transmit);
             return Ok(());
@@ -379,6 +405,12 @@ impl AsyncUdpSocket for NodeSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        if self.shut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "socket shut at the end of a shutdown whose drain was cut short",
+            )));
+        }
         let injected_first = self.injected_first.fetch_xor(true, Ordering::Relaxed);
         if injected_first {
             if let Poll::Ready(n) = self.poll_injected(cx, bufs, meta) {
@@ -402,6 +434,18 @@ impl AsyncUdpSocket for NodeSocket {
             if let Poll::Ready(n) = self.poll_injected(cx, bufs, meta) {
                 return Poll::Ready(Ok(n));
             }
+        }
+        let mut waker = self
+            .recv_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        drop(waker);
+        // `shut` may have run since the check above: it found no waker, or the old one.
+        if self.shut.load(Ordering::SeqCst) {
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }
