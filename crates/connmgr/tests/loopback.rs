@@ -325,14 +325,7 @@ fn close_on_request_and_shutdown_leave_no_task_and_no_socket() {
         assert_eq!(handle.live_tasks(), 0, "tasks left after close");
         assert!(handle.addr().send(Shutdown).await.is_err(), "actor stopped");
         // The socket is released once quinn's driver has seen the last handle go.
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while std::net::UdpSocket::bind(local).is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "socket {local} still bound"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_unbound(local).await;
         b.close().await;
         c.close().await;
     });
@@ -555,13 +548,18 @@ fn a_peer_that_closes_before_its_first_packet_holds_neither_close_nor_the_socket
         assert_eq!(refused.initiator, Initiator::Remote, "{refused:?}");
         let handle = x.close().await;
         assert_eq!(handle.live_tasks(), 0, "tasks left after close");
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while std::net::UdpSocket::bind(local).is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "socket {local} still bound"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_unbound(local).await;
     });
+}
+
+/// Waits until `local` can be bound again (the closed manager's socket is gone).
+async fn wait_until_unbound(local: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while std::net::UdpSocket::bind(local).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socket {local} still bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
