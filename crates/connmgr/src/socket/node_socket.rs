@@ -327,7 +327,8 @@ impl NodeSocket {
 }
 
 /// The address families a `NodeSocket` can send to: an IPv4 socket carries IPv4 only, an
-/// IPv6 one IPv6 and, unless it is IPv6-only, IPv4 too (IPv4-mapped on the wire).
+/// IPv6 one IPv6 and, when dual-stack and bound to `::`, IPv4 too (IPv4-mapped on the
+/// wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Families {
     /// IPv4 destinations (plain or IPv4-mapped).
