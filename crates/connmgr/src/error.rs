@@ -128,6 +128,18 @@ pub enum DialError {
     /// quinn refused to start the dial (bad address, endpoint closing).
     #[error("cannot dial: {0}")]
     Connect(#[from] quinn::ConnectError),
+    /// The endpoint's socket cannot send to the address's family: an IPv6 address from an
+    /// IPv4 socket, or an IPv4 one from an IPv6-only socket. Nothing was sent, and the
+    /// address is not backed off (it is not the peer's failure).
+    #[error("cannot dial {addr}: the socket at {local} does not carry {family}")]
+    AddressFamily {
+        /// The address dialed.
+        addr: std::net::SocketAddr,
+        /// The socket's address.
+        local: std::net::SocketAddr,
+        /// The family it lacks: `IPv4` or `IPv6`.
+        family: &'static str,
+    },
     /// The handshake failed or the connection died before it was settled.
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),

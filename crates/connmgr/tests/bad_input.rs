@@ -248,3 +248,46 @@ fn stalled_handshake_times_out() {
         pair.still_fine().await;
     });
 }
+
+#[test]
+fn a_dial_to_an_address_family_the_socket_cannot_carry_fails_at_once() {
+    run(|| async {
+        // Long handshakes: a dial that went out would answer `Timeout` only after the
+        // guard, so an answer within it is the family check's.
+        let slow = |c: &mut replic8_connmgr::ConnManagerConfig| {
+            c.handshake_timeout = Duration::from_secs(120);
+        };
+        let v4 = Node::spawn_with("v4", Identity::generate(), slow).await;
+        let v6 = Node::spawn_with("v6", Identity::generate(), |c| {
+            slow(c);
+            c.listen = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        })
+        .await;
+        let cases = [
+            (&v4, v6.addr(), "IPv6"),
+            // An IPv4 address IPv4-mapped is still IPv4.
+            (&v6, "[::ffff:127.0.0.1]:9".parse().expect("addr"), "IPv4"),
+            (&v6, v4.addr(), "IPv4"),
+        ];
+        for (node, to, family) in cases {
+            // Twice: the refusal records nothing, so the second is not `Backoff`.
+            for _ in 0..2 {
+                let err = node.dial(to, None).await.expect_err("family check");
+                assert_eq!(
+                    err,
+                    replic8_connmgr::DialError::AddressFamily {
+                        addr: to,
+                        local: node.addr(),
+                        family,
+                    },
+                    "{to}"
+                );
+                assert!(err.to_string().contains(family), "{err}");
+            }
+        }
+        let stats = v4.handle.addr().send(Stats).await.expect("stats");
+        assert_eq!(stats.dials_started, 0, "nothing was sent: {stats:?}");
+        v4.close().await;
+        v6.close().await;
+    });
+}

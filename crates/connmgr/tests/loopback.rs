@@ -325,14 +325,7 @@ fn close_on_request_and_shutdown_leave_no_task_and_no_socket() {
         assert_eq!(handle.live_tasks(), 0, "tasks left after close");
         assert!(handle.addr().send(Shutdown).await.is_err(), "actor stopped");
         // The socket is released once quinn's driver has seen the last handle go.
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while std::net::UdpSocket::bind(local).is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "socket {local} still bound"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_unbound(local).await;
         b.close().await;
         c.close().await;
     });
@@ -508,4 +501,65 @@ fn an_unreachable_address_times_out_then_backs_off() {
         assert_eq!((stats.dials_started, stats.dials_failed), (1, 2));
         a.close().await;
     });
+}
+
+/// A client that closes its connection before sending anything: its first packet is the
+/// CONNECTION_CLOSE, in an Initial packet. The dial runs on a current-thread runtime of
+/// its own, so quinn's driver cannot send the real Initial before the close is queued.
+fn dial_closed_before_the_first_packet(target: std::net::SocketAddr) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let endpoint = quinn::Endpoint::client(loopback()).expect("client endpoint");
+            let config = tls::test_support::quinn_client_config(
+                &Identity::generate(),
+                &[replic8_connmgr::DEFAULT_ALPN.to_vec()],
+                None,
+            )
+            .expect("client config");
+            let connecting = endpoint
+                .connect_with(config, target, tls::SERVER_NAME)
+                .expect("connect");
+            endpoint.close(0u32.into(), b"gone");
+            drop(connecting);
+            // Lets the driver send the close; the client's own drain is not our concern.
+            let _ = tokio::time::timeout(GUARD, endpoint.wait_idle()).await;
+        });
+    })
+    .join()
+    .expect("client thread");
+}
+
+#[test]
+fn a_peer_that_closes_before_its_first_packet_holds_neither_close_nor_the_socket() {
+    run(|| async {
+        // quinn keeps such a connection until the idle timeout (decision 156): a long one
+        // makes a close that waited for it fail the guard.
+        let mut x = Node::spawn_with("x", Identity::generate(), |c| {
+            c.transport.idle_timeout = Duration::from_secs(600);
+        })
+        .await;
+        let local = x.addr();
+        dial_closed_before_the_first_packet(local);
+        let refused = x.refused().await;
+        assert_eq!(refused.initiator, Initiator::Remote, "{refused:?}");
+        let handle = x.close().await;
+        assert_eq!(handle.live_tasks(), 0, "tasks left after close");
+        wait_until_unbound(local).await;
+    });
+}
+
+/// Waits until `local` can be bound again (the closed manager's socket is gone).
+async fn wait_until_unbound(local: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while std::net::UdpSocket::bind(local).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socket {local} still bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -282,3 +282,23 @@ async fn quic_and_krpc_share_one_port_at_once() {
     dialed.close(0u32.into(), b"done");
     within("idle", client.wait_idle()).await;
 }
+
+#[tokio::test]
+async fn a_socket_carries_the_families_its_address_allows() {
+    let families = |addr: SocketAddr| {
+        let socket = transport::bind_udp(addr, None).expect("bind");
+        let (socket, _) = NodeSocket::new(socket, VirtualPaths::new(1, 1), false).expect("socket");
+        socket.families()
+    };
+    let v4 = families((Ipv4Addr::LOCALHOST, 0).into());
+    assert!(v4.ipv4 && !v4.ipv6, "{v4:?}");
+    // An IPv6 address as a source has no IPv4 counterpart.
+    let v6 = families((std::net::Ipv6Addr::LOCALHOST, 0).into());
+    assert!(!v6.ipv4 && v6.ipv6, "{v6:?}");
+    // `bind_udp` makes `::` dual-stack where the OS allows it (Linux does by default).
+    let dual = families((std::net::Ipv6Addr::UNSPECIFIED, 0).into());
+    assert!(dual.ipv6, "{dual:?}");
+    let mapped: SocketAddr = "[::ffff:10.0.0.1]:5".parse().expect("addr");
+    assert!(v4.carries(mapped) && !v6.carries(mapped));
+    assert!(dual.carries(mapped) == dual.ipv4);
+}

@@ -14,9 +14,28 @@ use crate::core::{ConnId, DialStart, Initiator};
 use crate::error::DialError;
 use crate::key::PeerKey;
 use crate::messages::{Dial, RefusedReason};
+use crate::socket::VirtualPaths;
 use crate::tls;
 
 impl ConnManager {
+    /// Fails a dial to an address family the socket cannot send to, before the core
+    /// records it: quinn sees only IPv6 (decision 143) and would wait for its handshake
+    /// timeout while the socket drops every packet.
+    fn check_family(&self, addr: SocketAddr) -> Result<(), DialError> {
+        if VirtualPaths::is_virtual(&addr) || self.socket.families().carries(addr) {
+            return Ok(());
+        }
+        let family = match crate::socket::unmap(addr) {
+            SocketAddr::V4(_) => "IPv4",
+            SocketAddr::V6(_) => "IPv6",
+        };
+        Err(DialError::AddressFamily {
+            addr,
+            local: self.socket.real_addr(),
+            family,
+        })
+    }
+
     /// Starts the handshake of dial `id`.
     fn start_dial(
         &mut self,
@@ -90,7 +109,9 @@ impl Handler<Dial> for ConnManager {
 
     fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) -> Self::Result {
         let now = Instant::now();
-        let decision = self.core.handle_dial(msg.addr, msg.expected_key, now);
+        let decision = self
+            .check_family(msg.addr)
+            .and_then(|()| self.core.handle_dial(msg.addr, msg.expected_key, now));
         let rx = match decision {
             Err(e) => {
                 self.counters.dials_failed += 1;

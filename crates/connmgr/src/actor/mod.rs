@@ -126,6 +126,9 @@ pub struct ConnManager {
     endpoint: quinn::Endpoint,
     /// The endpoint's relay queues (packets to and from virtual addresses).
     paths: VirtualPaths,
+    /// The endpoint's socket: its address families (`dial::check_family`), and `shut`
+    /// at the end of a shutdown whose drain was cut short.
+    socket: Arc<NodeSocket>,
     /// Relay circuits: forwarding for others, and those that end here.
     circuits: self::circuits::Circuits,
     live: HashMap<ConnId, Live>,
@@ -188,7 +191,7 @@ impl ConnManager {
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             socket::endpoint_config(),
             Some(server),
-            socket,
+            socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )?;
         let tasks = Arc::new(AtomicUsize::new(0));
@@ -203,6 +206,7 @@ impl ConnManager {
             core: ConnCore::new(me, config.policy),
             endpoint,
             paths: paths.clone(),
+            socket,
             circuits: Default::default(),
             live: HashMap::new(),
             handshakes: HashMap::new(),

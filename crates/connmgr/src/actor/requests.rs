@@ -164,6 +164,7 @@ impl Handler<Shutdown> for ConnManager {
         // Anything the core did not know about yet (handshakes) goes with the endpoint.
         self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
         let endpoint = self.endpoint.clone();
+        let socket = self.socket.clone();
         let span = self.span.clone();
         Box::pin(
             async move {
@@ -171,14 +172,17 @@ impl Handler<Shutdown> for ConnManager {
                     task.stop().await;
                 }
                 // Closed connections drain for three PTOs (well under a second on a
-                // live path). One that a dial-back's endpoint aborted mid-handshake was
-                // seen to keep `wait_idle` pending for good (cause not found yet), so
-                // the drain is bounded: what is left goes with the endpoint.
+                // live path). quinn never drains a connection whose first packet from
+                // the peer was its close (decision 156): that one stays until the idle
+                // timeout. So the drain is bounded, and what is left then ends with the
+                // socket (RFC 9000 10.2 lets a drain end early once the socket is closed).
                 if tokio::time::timeout(SHUTDOWN_DRAIN, endpoint.wait_idle())
                     .await
                     .is_err()
                 {
-                    debug!(parent: &span, "connections still draining at shutdown");
+                    debug!(parent: &span, open = endpoint.open_connections(),
+                        "connections still draining at shutdown: socket shut");
+                    socket.shut();
                 }
             }
             .into_actor(self)

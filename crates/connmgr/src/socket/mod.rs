@@ -12,7 +12,7 @@ mod demux;
 mod node_socket;
 mod virtual_paths;
 
-pub use node_socket::{unmap, KrpcPort, KrpcSender, NodeSocket, KRPC_QUEUE};
+pub use node_socket::{unmap, Families, KrpcPort, KrpcSender, NodeSocket, KRPC_QUEUE};
 pub use virtual_paths::VirtualPaths;
 
 /// The quinn `EndpointConfig` a `NodeSocket` needs: connection ids that never start with

@@ -5,8 +5,8 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
@@ -42,8 +42,8 @@ pub struct NodeSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     /// The real socket is IPv4 (quinn still sees IPv6, mapped).
     v4_socket: bool,
-    /// The real socket also carries IPv4 (an IPv4 socket, or a dual-stack IPv6 one).
-    carries_v4: bool,
+    /// The families the real socket sends to.
+    families: Families,
     /// The real socket's address.
     real_addr: SocketAddr,
     paths: VirtualPaths,
@@ -54,6 +54,10 @@ pub struct NodeSocket {
     injected_first: AtomicBool,
     /// KRPC datagrams dropped: nobody takes them, or the queue was full.
     krpc_dropped: AtomicU64,
+    /// Set by `shut`: nothing is sent any more, and receiving fails.
+    shut: AtomicBool,
+    /// The task waiting in `poll_recv` (quinn's endpoint driver), woken by `shut`.
+    recv_waker: Mutex<Option<Waker>>,
 }
 
 impl fmt::Debug for NodeSocket {
@@ -145,7 +149,7 @@ impl NodeSocket {
     ) -> io::Result<(Arc<NodeSocket>, Option<KrpcPort>)> {
         let real_addr = socket.local_addr()?;
         let v4_socket = real_addr.is_ipv4();
-        let carries_v4 = v4_socket || !socket2::SockRef::from(&socket).only_v6()?;
+        let families = Families::of(&socket, real_addr)?;
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
         let (tx, rx) = match krpc {
             true => {
@@ -157,20 +161,22 @@ impl NodeSocket {
         let socket = Arc::new(NodeSocket {
             inner,
             v4_socket,
-            carries_v4,
+            families,
             real_addr,
             paths,
             krpc: tx,
             injected_first: AtomicBool::new(false),
             krpc_dropped: AtomicU64::new(0),
+            shut: AtomicBool::new(false),
+            recv_waker: Mutex::new(None),
         });
         let port = rx.map(|incoming| KrpcPort {
             incoming,
             sender: KrpcSender {
                 socket: Arc::downgrade(&socket),
                 local_addr: real_addr,
-                ipv4: carries_v4,
-                ipv6: !v4_socket,
+                ipv4: socket.families().ipv4,
+                ipv6: socket.families().ipv6,
             },
         });
         Ok((socket, port))
@@ -179,6 +185,23 @@ impl NodeSocket {
     /// The real socket's address (IPv4 for an IPv4 socket, unlike `local_addr`).
     pub fn real_addr(&self) -> SocketAddr {
         self.real_addr
+    }
+
+    /// Ends the endpoint on this socket for good: nothing is sent any more and the next
+    /// receive fails, which stops quinn's endpoint driver; the connections still draining
+    /// end with it and the socket closes once quinn drops them. For the end of a shutdown
+    /// whose drain was cut short (decision 156): a connection quinn never drains would
+    /// otherwise keep the driver, and the port, until its idle timeout.
+    pub fn shut(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        let waker = self
+            .recv_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// KRPC datagrams dropped so far (nobody took them, or the DHT's queue was full).
@@ -196,15 +219,22 @@ impl NodeSocket {
         }
     }
 
+    /// The address families the real socket carries.
+    pub fn families(&self) -> Families {
+        self.families
+    }
+
     /// `to` as the real socket takes it, or `None` if it cannot carry that family.
     fn wire_destination(&self, to: SocketAddr) -> Option<SocketAddr> {
         let plain = unmap(to);
-        match (plain, self.v4_socket) {
-            (SocketAddr::V4(_), true) => Some(plain),
-            (SocketAddr::V4(_), false) => self.carries_v4.then(|| Self::quinn_addr(plain)),
-            (SocketAddr::V6(_), true) => None,
-            (SocketAddr::V6(_), false) => Some(plain),
+        if !self.families().carries(plain) {
+            return None;
         }
+        Some(match (plain, self.v4_socket) {
+            // A dual-stack IPv6 socket takes IPv4 peers IPv4-mapped.
+            (SocketAddr::V4(_), false) => Self::quinn_addr(plain),
+            _ => plain,
+        })
     }
 
     /// Hands one KRPC datagram to the DHT, or counts it dropped.
@@ -296,6 +326,43 @@ impl NodeSocket {
     }
 }
 
+/// The address families a `NodeSocket` can send to: an IPv4 socket carries IPv4 only, an
+/// IPv6 one IPv6 and, when dual-stack and bound to `::`, IPv4 too (IPv4-mapped on the
+/// wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// IPv4 destinations (plain or IPv4-mapped).
+    pub ipv4: bool,
+    /// IPv6 destinations other than IPv4-mapped ones.
+    pub ipv6: bool,
+}
+
+impl Families {
+    /// What `socket`, bound to `addr`, sends to. An IPv6 socket carries IPv4 only when it
+    /// is dual-stack and bound to `::` (one bound to an IPv6 address has no IPv4 source).
+    fn of(socket: &std::net::UdpSocket, addr: SocketAddr) -> io::Result<Families> {
+        Ok(match addr {
+            SocketAddr::V4(_) => Families {
+                ipv4: true,
+                ipv6: false,
+            },
+            SocketAddr::V6(v6) => Families {
+                ipv4: v6.ip().is_unspecified() && !socket2::SockRef::from(socket).only_v6()?,
+                ipv6: true,
+            },
+        })
+    }
+
+    /// Whether a packet to `to` can leave the real socket. Virtual addresses do not use
+    /// the real socket: ask `VirtualPaths::is_virtual` first.
+    pub fn carries(&self, to: SocketAddr) -> bool {
+        match unmap(to) {
+            SocketAddr::V4(_) => self.ipv4,
+            SocketAddr::V6(_) => self.ipv6,
+        }
+    }
+}
+
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
 pub fn unmap(addr: SocketAddr) -> SocketAddr {
     match addr {
@@ -313,6 +380,9 @@ impl AsyncUdpSocket for NodeSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if self.shut.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if VirtualPaths::is_virtual(&transmit.destination) {
             self.send_virtual(transmit);
             return Ok(());
@@ -336,6 +406,12 @@ impl AsyncUdpSocket for NodeSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        if self.shut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "socket shut at the end of a shutdown whose drain was cut short",
+            )));
+        }
         let injected_first = self.injected_first.fetch_xor(true, Ordering::Relaxed);
         if injected_first {
             if let Poll::Ready(n) = self.poll_injected(cx, bufs, meta) {
@@ -359,6 +435,18 @@ impl AsyncUdpSocket for NodeSocket {
             if let Poll::Ready(n) = self.poll_injected(cx, bufs, meta) {
                 return Poll::Ready(Ok(n));
             }
+        }
+        let mut waker = self
+            .recv_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        drop(waker);
+        // `shut` may have run since the check above: it found no waker, or the old one.
+        if self.shut.load(Ordering::SeqCst) {
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }

@@ -132,6 +132,7 @@ pub(crate) fn next_after(result: &Result<PeerKey, DialError>) -> Next {
         | Err(DialError::RefusedByPeer(_))
         | Err(DialError::KeyMismatch(_))
         | Err(DialError::Connect(_))
+        | Err(DialError::AddressFamily { .. })
         | Err(DialError::Shutdown)
         | Err(DialError::Tls(_)) => Next::Stop,
     }
