@@ -95,7 +95,7 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
     /// Apply an append atomically: like [`FeedStorage::write`] of a batch of `blocks` at
     /// indices `start..`, `nodes` and `head`, with the blocks borrowed, so the caller
     /// keeps them and storage that writes them straight out copies nothing. The default
-    /// copies them into a [`WriteBatch`].
+    /// is [`FeedStorage::write_borrowed`] of the blocks by index.
     fn write_append(
         &mut self,
         start: u64,
@@ -103,11 +103,8 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
         nodes: Vec<StoredNode>,
         head: StoredHead,
     ) -> Result<(), StorageError> {
-        self.write(WriteBatch {
-            blocks: (start..).zip(blocks.iter().map(|b| b.to_vec())).collect(),
-            nodes,
-            head: Some(head),
-        })
+        let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
+        self.write_borrowed(&blocks, nodes, Some(head))
     }
     /// Apply a batch like [`FeedStorage::write`] with its blocks borrowed (by index), so
     /// storage that writes them straight out copies nothing: a verified download is
