@@ -24,6 +24,28 @@ pub(crate) mod conformance;
 pub use disk::{DiskConfig, DiskFeed, DiskStorage, SMALL_FEED_BYTES};
 pub use memory::{MemoryFeed, MemoryStorage};
 
+/// Replace the file at `path` with `bytes`, atomically and durably: written to
+/// `<path>.tmp` with permission bits `mode`, synced, renamed over `path`, and the
+/// directory synced, so a crash leaves the old content or the new one. For a small file
+/// rewritten whole (a node's state, a store's membership list); one writer per path.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// One node of a feed's Merkle tree, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredNode {
