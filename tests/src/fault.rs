@@ -1,4 +1,4 @@
-//! Helpers of the fault tests (`tests/faults.rs`) and of the reader they kill
+//! Helpers of the fault tests (`tests/it/faults.rs`) and of the reader they kill
 //! (`src/bin/fault_reader.rs`): the feed's blocks as a function of a seed, the reader's
 //! arguments, and the lines it reports on stdout.
 //!

@@ -9,7 +9,7 @@
 //! tampering with what it sends. The tests observe the victim.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::{Actor, Context, Handler};
 use replic8::frame;
@@ -70,12 +70,7 @@ impl HostilePeer {
     pub async fn spawn() -> HostilePeer {
         let config = ConnManagerConfig {
             // Redial at once: the tests redial after the victim closed on us.
-            policy: PolicyConfig {
-                backoff: vec![Duration::ZERO],
-                jitter: 0.0,
-                drop_for: Duration::ZERO,
-                ..PolicyConfig::default()
-            },
+            policy: PolicyConfig::redial_at_once(),
             ..ConnManagerConfig::new(Identity::generate())
                 .with_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .with_alpn(vec![message::ALPN.to_vec()])

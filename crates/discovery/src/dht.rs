@@ -6,13 +6,44 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 
 use futures::Stream;
 
-use crate::driver::DhtStatus;
 use crate::error::BackendError;
+use crate::krpc::{DhtStats, Id};
+
+/// What a DHT node is and has done, from [`DhtBackend::status`] (our own node's:
+/// [`KrpcDht::status`](crate::KrpcDht::status)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtStatus {
+    /// Our node id.
+    pub id: Id,
+    /// The local addresses of the sockets.
+    pub addrs: Vec<SocketAddr>,
+    /// Answering queries (server), or read-only.
+    pub server: bool,
+    /// Our external IPs, once enough nodes agreed on them.
+    pub external: Vec<IpAddr>,
+    /// The core's counters.
+    pub stats: DhtStats,
+    /// Datagrams the sockets refused to send.
+    pub send_errors: u64,
+    /// Bootstraps started (the first included).
+    pub bootstraps: u64,
+    /// Nodes in the IPv4 routing table.
+    pub nodes_v4: usize,
+    /// Nodes in the IPv6 routing table.
+    pub nodes_v6: usize,
+    /// Peers others announced to us, over all infohashes.
+    pub peers_stored: usize,
+    /// Lookups running now.
+    pub lookups: usize,
+    /// Per infohash we looked up or announced: peers found (summed over lookups, each
+    /// peer once per lookup), for the most recent 1024 infohashes.
+    pub peers_found: Vec<([u8; 20], u64)>,
+}
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -5,9 +5,8 @@
 //! old one, fsync the directory): a crash leaves the old or the new version, never a mix.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -148,24 +147,10 @@ pub fn check_dir_mode(dir: &Path, refused: u32) -> Result<(), PersistError> {
     Ok(())
 }
 
-/// Replace `path` with `bytes` atomically and durably, with the given permission bits.
+/// Replace `path` with `bytes` atomically and durably, with the given permission bits
+/// ([`replic8_store::storage::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PersistError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    replic8_store::storage::write_atomic(path, bytes, mode).map_err(io_err(path))
 }
 
 /// Load the node's identity key from `dir`, creating and saving a new one if there is none.

@@ -1,4 +1,4 @@
-//! The reader that `tests/faults.rs` kills: a node on a disk data directory that
+//! The reader that `tests/it/faults.rs` kills: a node on a disk data directory that
 //! replicates one feed from a writer and reports on stdout (see `replic8_tests::fault`).
 //!
 //! `fault_reader <data dir> <writer addr> <writer key hex> <feed key hex> <namespace>

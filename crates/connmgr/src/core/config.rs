@@ -100,6 +100,20 @@ impl Default for PolicyConfig {
     }
 }
 
+impl PolicyConfig {
+    /// The default policy without backoff: a failed address may be dialed again at once
+    /// and is never dropped. For an endpoint that dials again as soon as it is closed on
+    /// (the attackers of `replic8 bench flood`, a test's hostile peer), never a node's.
+    pub fn redial_at_once() -> Self {
+        Self {
+            backoff: vec![Duration::ZERO],
+            jitter: 0.0,
+            drop_for: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+}
+
 impl fmt::Debug for PolicyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyConfig")

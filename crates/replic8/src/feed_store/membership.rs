@@ -15,16 +15,16 @@
 //! fsynced); writes carry a generation so an older snapshot never replaces a newer one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::FeedKey;
+use replic8_store::storage::write_atomic;
 
 /// The file's name inside the storage's directory.
 pub const MEMBERSHIP_FILE: &str = "namespaces";
@@ -237,30 +237,14 @@ impl MembershipFile {
         if generation <= *written {
             return Ok(());
         }
-        write_atomic(&self.path, bytes).map_err(|source| MembershipError::Io {
+        // Feed keys are read capabilities: only the owner may read the file.
+        write_atomic(&self.path, bytes, 0o600).map_err(|source| MembershipError::Io {
             path: self.path.clone(),
             source,
         })?;
         *written = generation;
         Ok(())
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    // Feed keys are read capabilities: only the owner may read the file.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -298,7 +282,7 @@ mod tests {
         file.write(1, &encode(&HashMap::new()).unwrap()).unwrap();
         assert_eq!(file.load().unwrap(), map);
         assert!(!dir.path().join("namespaces.tmp").exists());
-        let mode = fs::metadata(dir.path().join(MEMBERSHIP_FILE))
+        let mode = std::fs::metadata(dir.path().join(MEMBERSHIP_FILE))
             .unwrap()
             .permissions();
         assert_eq!(

@@ -24,6 +24,28 @@ pub(crate) mod conformance;
 pub use disk::{DiskConfig, DiskFeed, DiskStorage, SMALL_FEED_BYTES};
 pub use memory::{MemoryFeed, MemoryStorage};
 
+/// Replace the file at `path` with `bytes`, atomically and durably: written to
+/// `<path>.tmp` with permission bits `mode`, synced, renamed over `path`, and the
+/// directory synced, so a crash leaves the old content or the new one. For a small file
+/// rewritten whole (a node's state, a store's membership list); one writer per path.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// One node of a feed's Merkle tree, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredNode {
@@ -95,7 +117,7 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
     /// Apply an append atomically: like [`FeedStorage::write`] of a batch of `blocks` at
     /// indices `start..`, `nodes` and `head`, with the blocks borrowed, so the caller
     /// keeps them and storage that writes them straight out copies nothing. The default
-    /// copies them into a [`WriteBatch`].
+    /// is [`FeedStorage::write_borrowed`] of the blocks by index.
     fn write_append(
         &mut self,
         start: u64,
@@ -103,11 +125,8 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
         nodes: Vec<StoredNode>,
         head: StoredHead,
     ) -> Result<(), StorageError> {
-        self.write(WriteBatch {
-            blocks: (start..).zip(blocks.iter().map(|b| b.to_vec())).collect(),
-            nodes,
-            head: Some(head),
-        })
+        let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
+        self.write_borrowed(&blocks, nodes, Some(head))
     }
     /// Apply a batch like [`FeedStorage::write`] with its blocks borrowed (by index), so
     /// storage that writes them straight out copies nothing: a verified download is

@@ -52,7 +52,7 @@ pub(crate) fn seed() -> u64 {
 /// environment variable `env` and prints `ack <length>` after each durable point.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CrashChild {
-    /// The child test's name (run with `--exact`).
+    /// The child test's full name, module path included (run with `--exact`).
     pub(crate) test: &'static str,
     /// The environment variable that makes the child test run, naming the directory.
     pub(crate) env: &'static str,

@@ -15,50 +15,9 @@ pub(crate) struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub(crate) scenario: bench::Scenario,
-    /// Bytes to move (raw, bulk, small: default 256MiB; flood: 64MiB) or to append per
-    /// block size (append: 256MiB).
-    #[arg(long, value_parser = bench::parse_size)]
-    pub(crate) size: Option<u64>,
-    /// Bytes per block (bulk 64KiB, small and many-feeds 1KiB; append runs 64KiB and
-    /// 1KiB unless given).
-    #[arg(long, value_parser = bench::parse_size)]
-    pub(crate) block_size: Option<u64>,
-    /// Feeds (many-feeds; default 1000).
-    #[arg(long)]
-    pub(crate) feeds: Option<u64>,
-    /// Blocks per feed (many-feeds; default 100).
-    #[arg(long)]
-    pub(crate) blocks: Option<u64>,
-    /// Directory for the temporary data directories (default $TMPDIR).
-    #[arg(long)]
-    pub(crate) dir: Option<PathBuf>,
-    /// Append path (append).
-    #[arg(long, value_enum, default_value_t = bench::append::AppendPath::Deferred)]
-    pub(crate) append_path: bench::append::AppendPath,
-    /// Rounds of each discovery case (default 20).
-    #[arg(long)]
-    pub(crate) rounds: Option<usize>,
-    /// DHT nodes of the local testnet (discovery; default 20).
-    #[arg(long)]
-    pub(crate) testnet_nodes: Option<usize>,
-    /// Seconds a discovery round may take to connect (default 30).
-    #[arg(long)]
-    pub(crate) guard_secs: Option<u64>,
-    /// Discovery rounds in flight at once (default 5).
-    #[arg(long)]
-    pub(crate) parallel: Option<usize>,
-    /// Attacker tasks (flood; default 200).
-    #[arg(long)]
-    pub(crate) attackers: Option<usize>,
-    /// Seconds of attack (flood; default 60).
-    #[arg(long)]
-    pub(crate) seconds: Option<u64>,
-    /// Nodes (swarm; default 100).
-    #[arg(long)]
-    pub(crate) nodes: Option<usize>,
-    /// Each node's limits.max_peers_per_topic (swarm; default: the node's).
-    #[arg(long)]
-    pub(crate) max_peers_per_topic: Option<usize>,
+    /// Sizes and knobs of the scenarios.
+    #[command(flatten)]
+    pub(crate) options: bench::BenchOptions,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -83,45 +42,7 @@ pub(crate) struct BenchPeerArgs {
 
 /// Runs `replic8 bench`.
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchArgs {
-        scenario,
-        size,
-        block_size,
-        feeds,
-        blocks,
-        dir,
-        append_path,
-        rounds,
-        testnet_nodes,
-        guard_secs,
-        parallel,
-        attackers,
-        seconds,
-        nodes,
-        max_peers_per_topic,
-        json,
-    } = args;
-    let options = bench::BenchOptions {
-        size,
-        block_size: block_size
-            .map(usize::try_from)
-            .transpose()
-            .context("--block-size is too large")?,
-        feeds,
-        blocks,
-        dir,
-        append_path,
-        rounds,
-        testnet_nodes,
-        guard: guard_secs.map(std::time::Duration::from_secs),
-        parallel,
-        attackers,
-        seconds,
-        peer_exe: None,
-        nodes,
-        max_peers_per_topic,
-    };
-    run_bench(scenario, &options, json)
+    run_bench(args.scenario, &args.options, args.json)
 }
 
 /// Runs the writer process of `bench`.

@@ -25,7 +25,7 @@
 //! after the last checkpoint are replayed into memory on open.
 //!
 //! Files, lower layers first (each imports only those above it, and the feed type
-//! `FeedInner` for the last three, which add its methods):
+//! `FeedInner` for the last five, which add its methods):
 //! - `crc`: CRC-32 of bytes given as pieces with known checksums.
 //! - `bitfield`: which blocks a feed stores.
 //! - `index`: the recent-record index (`Recent`), by block or node index.
@@ -33,12 +33,15 @@
 //! - `cache`: the open-file cache shared by all feeds.
 //! - `format`: the byte layout of `meta`, `log` records, slots and `state`.
 //! - `checkpoint`: the unindexed entries and the checkpoint thread.
+//! - `small`: the shared database of small feeds.
 //! - `recovery`: open (load `state`, replay the log, cut a torn tail).
+//! - `sync`: the feed's sync (the log's fsync, in the background too) and when a
+//!   checkpoint starts.
 //! - `append`: writes, among them the overlapped append.
 //! - `read`: block, range and node reads.
-//! - `small`: the shared database of small feeds.
-//! - this file: [`DiskStorage`], [`DiskFeed`], the feed's sync, and which of the two
-//!   layouts each call goes to (a small feed moves out here too).
+//! - `layout`: which of the two layouts a write goes to; a small feed moving out.
+//! - this file: [`DiskStorage`], [`DiskFeed`], opening and creating feeds, and which
+//!   layout each read goes to.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -59,18 +62,17 @@ mod format;
 mod index;
 
 mod append;
+mod layout;
 mod read;
 mod recovery;
 mod small;
+mod sync;
 
 use bitfield::Bitfield;
 use cache::{FileCache, FileKind};
-use checkpoint::{SlotFiles, Unindexed};
+use checkpoint::Unindexed;
 use files::{corrupt, for_each_in_subdirs, lock, read_bounded, sync_dir};
-use format::{
-    check_node_indices, decode_meta, encode_meta, encode_state, record_size, Record,
-    LOG_HEADER_LEN, META_LEN,
-};
+use format::{decode_meta, encode_meta, Record, LOG_HEADER_LEN, META_LEN};
 pub use format::{MAX_BLOCK_INDEX, MAX_NODE_INDEX, MAX_RECORD_BYTES};
 use small::SmallFeeds;
 
@@ -167,7 +169,7 @@ struct FeedInner {
     /// Scratch buffer for record headers and entries.
     scratch: Vec<u8>,
     /// A log sync running on its own thread, started by `sync_start`.
-    pending: Option<PendingSync>,
+    pending: Option<sync::PendingSync>,
     /// The feed lives in the shared database (`small`), not in `dir`.
     small: bool,
     /// Bytes the feed takes in the shared database ([`small::stored_bytes`]).
@@ -177,15 +179,6 @@ struct FeedInner {
     /// The feed moved out of the shared database holding nothing and its row is still
     /// there, to be removed once its directory is durable.
     rows_left: bool,
-}
-
-/// An `fdatasync` of the log on a helper thread ([`FeedStorage::sync_start`]).
-#[derive(Debug)]
-struct PendingSync {
-    /// The log's length when the sync started: everything before it is durable once
-    /// the sync returns Ok.
-    upto: u64,
-    done: std::thread::JoinHandle<io::Result<()>>,
 }
 
 fn hex(key: &[u8; 32]) -> String {
@@ -477,109 +470,6 @@ impl FeedInner {
         }
     }
 
-    /// Whether a write of `blocks` and `node_count` nodes goes to the shared database:
-    /// the feed is there and stays within [`DiskConfig::small_feed_bytes`] with it. A
-    /// feed there that would not is moved into its own directory first. Limits are
-    /// checked first, as the log checks them, so a write refused for them moves nothing.
-    fn stays_small<'a>(
-        &mut self,
-        blocks: impl Iterator<Item = (u64, &'a [u8])> + Clone,
-        node_count: usize,
-    ) -> Result<bool, StorageError> {
-        if !self.small {
-            return Ok(false);
-        }
-        self.check_failed()?;
-        if let Some((index, _)) = blocks.clone().find(|(i, _)| *i >= MAX_BLOCK_INDEX) {
-            return Err(StorageError::Limit(format!(
-                "block index {index} is not below {MAX_BLOCK_INDEX}"
-            )));
-        }
-        let count = blocks.clone().count();
-        let data_len = small::stored_bytes(blocks.clone().map(|(_, d)| d), 0);
-        record_size(count, node_count, data_len)?;
-        let adding = small::stored_bytes(blocks.map(|(_, d)| d), node_count);
-        if self.small_bytes.saturating_add(adding) <= self.shared.config.small_feed_bytes {
-            return Ok(true);
-        }
-        self.move_out()?;
-        Ok(false)
-    }
-
-    /// Write to the shared database (the feed is there: [`FeedInner::stays_small`]).
-    fn small_write(
-        &mut self,
-        blocks: &[(u64, &[u8])],
-        nodes: &[StoredNode],
-        head: Option<StoredHead>,
-    ) -> Result<(), StorageError> {
-        check_node_indices(nodes)?;
-        let commit = self
-            .shared
-            .small
-            .write(&self.key, blocks, nodes, head.as_ref())?;
-        self.small_commit = commit;
-        self.small_bytes = self.small_bytes.saturating_add(small::stored_bytes(
-            blocks.iter().map(|(_, d)| *d),
-            nodes.len(),
-        ));
-        self.bitfield.set_all(blocks.iter().map(|(i, _)| *i));
-        if head.is_some() {
-            self.head = head;
-        }
-        Ok(())
-    }
-
-    /// Move a small feed into a directory of its own: everything it holds is written
-    /// there as one log record and synced before the directory is renamed into place,
-    /// then its rows are removed from the shared database. A crash before the rename
-    /// leaves the feed in the database (the temporary directory is removed on open);
-    /// after it, the directory wins and `open` removes the rows.
-    fn move_out(&mut self) -> Result<(), StorageError> {
-        let contents = self.shared.small.contents(&self.key)?;
-        if contents.blocks.is_empty() && contents.nodes.is_empty() && self.head.is_none() {
-            return self.move_out_empty();
-        }
-        let blocks: Vec<(u64, &[u8])> = contents
-            .blocks
-            .iter()
-            .map(|(i, d)| (*i, d.as_slice()))
-            .collect();
-        let (shared, key, secret_key, head) = (&self.shared, self.key, self.secret_key, self.head);
-        let dir = shared.make_feed_dir(&key, secret_key.as_ref(), |tmp| {
-            let mut staged = FeedInner::new(shared, key, tmp.to_path_buf(), secret_key);
-            staged.write_parts(&blocks, contents.nodes, head)?;
-            staged.sync()
-        })?;
-        let fan = dir.parent().unwrap_or(&self.shared.feeds_dir);
-        sync_dir(fan)?;
-        self.small = false;
-        self.small_bytes = 0;
-        self.dir = dir;
-        self.needs_dir_sync = false;
-        self.bitfield = Bitfield::default();
-        self.load()?;
-        self.shared.small.remove(&self.key)
-    }
-
-    /// Move a feed that holds nothing into a directory of its own, with no fsync (a
-    /// feed that goes straight to bulk appends, as every `bench append` feed does, would
-    /// otherwise pay five): the directory, holding nothing more than the row did, wins
-    /// over the row wherever both survive a crash, and the row is removed only once the
-    /// feed's first sync has made the directory durable (`rows_left`), so no crash
-    /// loses both.
-    fn move_out_empty(&mut self) -> Result<(), StorageError> {
-        let dir = self
-            .shared
-            .make_feed_dir(&self.key, self.secret_key.as_ref(), |_| Ok(()))?;
-        self.small = false;
-        self.small_bytes = 0;
-        self.dir = dir;
-        self.needs_dir_sync = true;
-        self.rows_left = true;
-        Ok(())
-    }
-
     fn path(&self, kind: FileKind) -> PathBuf {
         self.dir.join(kind.name())
     }
@@ -615,160 +505,6 @@ impl FeedInner {
         if let Some(head) = record.head {
             self.head = Some(head);
         }
-    }
-
-    /// Wait for the checkpoint running on a helper thread, if any, and take its result:
-    /// on success its offset becomes `applied` ([`Unindexed::wait`]).
-    fn checkpoint_wait(&mut self) -> Result<(), StorageError> {
-        if let Some(upto) = self.unindexed.wait()? {
-            self.applied = upto;
-        }
-        Ok(())
-    }
-
-    /// The log offset up to which a checkpoint holds or will hold every record.
-    fn checkpointed(&self) -> u64 {
-        self.unindexed.running_upto().unwrap_or(self.applied)
-    }
-
-    fn over_checkpoint_threshold(&self, factor: u64) -> bool {
-        let config = &self.shared.config;
-        self.log_len.saturating_sub(self.checkpointed())
-            >= config.checkpoint_bytes.saturating_mul(factor)
-            || self.unindexed.recent_len() as u64
-                >= (config.checkpoint_entries as u64).saturating_mul(factor)
-    }
-
-    fn check_failed(&self) -> Result<(), StorageError> {
-        if self.failed {
-            return Err(StorageError::Io(io::Error::other(
-                "an earlier write or sync failed; drop every handle and open the feed again",
-            )));
-        }
-        Ok(())
-    }
-
-    /// Collect the background sync if it has ended (or, with `wait`, once it ends). A
-    /// failed one fails the feed, as a failed `sync` does.
-    fn finish_pending(&mut self, wait: bool) -> Result<(), StorageError> {
-        let Some(p) = self.pending.take() else {
-            return Ok(());
-        };
-        if !wait && !p.done.is_finished() {
-            self.pending = Some(p);
-            return Ok(());
-        }
-        let result = p
-            .done
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("log sync thread panicked")));
-        if let Err(e) = result {
-            self.failed = true;
-            return Err(e.into());
-        }
-        if p.upto == self.log_len {
-            self.unsynced = false;
-        }
-        Ok(())
-    }
-
-    fn sync_start(&mut self) -> Result<(), StorageError> {
-        self.check_failed()?;
-        if self.small {
-            return Ok(()); // `sync` shares one commit among the feeds waiting for it.
-        }
-        self.finish_pending(false)?;
-        if self.pending.is_some() || !self.unsynced {
-            return Ok(()); // The next `sync_start` or `sync` covers what follows.
-        }
-        let log = self.log()?;
-        let spawned = std::thread::Builder::new()
-            .name("replic8-log-sync".into())
-            .spawn(move || log.sync_data());
-        // Without a thread, `sync` does it all later.
-        if let Ok(done) = spawned {
-            self.pending = Some(PendingSync {
-                upto: self.log_len,
-                done,
-            });
-        }
-        Ok(())
-    }
-
-    fn sync(&mut self) -> Result<(), StorageError> {
-        self.check_failed()?;
-        if self.small {
-            if let Err(e) = self.shared.small.sync(self.small_commit) {
-                self.failed = true;
-                return Err(e);
-            }
-            return Ok(());
-        }
-        self.finish_pending(true)?;
-        if self.unsynced {
-            if let Err(e) = self.log()?.sync_data() {
-                // After a failed fsync the kernel may have dropped the dirty pages and a
-                // later fsync may succeed without them: never report this feed durable
-                // again until a reopen has re-read what the log really holds.
-                self.failed = true;
-                return Err(e.into());
-            }
-            self.unsynced = false;
-        }
-        if self.needs_dir_sync {
-            File::open(self.dir.join("meta"))?.sync_all()?;
-            sync_dir(&self.dir)?;
-            if let Some(fan) = self.dir.parent() {
-                sync_dir(fan)?;
-            }
-            sync_dir(&self.shared.feeds_dir)?;
-            self.needs_dir_sync = false;
-        }
-        if self.rows_left {
-            self.shared.small.remove_later(&self.key)?;
-            self.rows_left = false;
-        }
-        if self.unindexed.finished() {
-            self.checkpoint_wait()?;
-        }
-        if self.over_checkpoint_threshold(1) {
-            self.checkpoint_start()?;
-        }
-        Ok(())
-    }
-
-    /// Start a checkpoint (after waiting for the one before): the entries of the
-    /// records so far go to the slot files, which are synced, then `state` records the
-    /// new checkpoint (written to `state.tmp`, synced, renamed, the directory synced), all
-    /// on a helper thread, so the appending thread does none of those writes and
-    /// fsyncs. Called only when the log is synced up to `log_len`; a crash at any point
-    /// finds the previous `state` or the new one, each with the log it needs.
-    fn checkpoint_start(&mut self) -> Result<(), StorageError> {
-        self.checkpoint_wait()?;
-        // A slot file made by this checkpoint must be in the directory before a `state`
-        // that relies on it is.
-        let mut created = false;
-        let index = if self.unindexed.has_blocks() {
-            created |= !self.path(FileKind::Index).exists();
-            Some(self.open_file(FileKind::Index)?)
-        } else {
-            None
-        };
-        let tree = if self.unindexed.has_nodes() {
-            created |= !self.path(FileKind::Tree).exists();
-            Some(self.open_file(FileKind::Tree)?)
-        } else {
-            None
-        };
-        let state = encode_state(self.log_len, self.head.as_ref(), &self.bitfield);
-        let files = SlotFiles {
-            index,
-            tree,
-            created,
-        };
-        self.unindexed
-            .start(self.log_len, files, state, self.dir.clone());
-        Ok(())
     }
 }
 
@@ -837,17 +573,6 @@ impl FeedStorage for DiskFeed {
             .map(|(i, d)| (*i, d.as_slice()))
             .collect();
         self.write_borrowed(&blocks, batch.nodes, batch.head)
-    }
-
-    fn write_append(
-        &mut self,
-        start: u64,
-        blocks: &[&[u8]],
-        nodes: Vec<StoredNode>,
-        head: StoredHead,
-    ) -> Result<(), StorageError> {
-        let blocks: Vec<(u64, &[u8])> = (start..).zip(blocks.iter().copied()).collect();
-        self.write_borrowed(&blocks, nodes, Some(head))
     }
 
     fn write_borrowed(

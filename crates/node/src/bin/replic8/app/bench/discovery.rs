@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, Semaphore};
 
 use super::{median_max, peak_rss_bytes, reset_peak_rss, round, BenchError, BenchOptions, Row};
+use replic8_discovery::KrpcTestnet;
 use replic8_node::{JoinOptions, Node, NodeEvent, NodeHandle, PeerKey, Topic};
 
 /// Rounds of each case.
@@ -47,6 +48,53 @@ async fn spawn(bootstrap: &[String]) -> Result<NodeHandle, BenchError> {
         .lan(false)
         .spawn()
         .await?)
+}
+
+/// A private DHT made by `make` (which blocks while it binds and fills routing tables).
+async fn testnet(
+    make: impl FnOnce() -> std::io::Result<KrpcTestnet> + Send + 'static,
+) -> Result<KrpcTestnet, BenchError> {
+    tokio::task::spawn_blocking(make)
+        .await
+        .map_err(|e| BenchError::Options(e.to_string()))?
+        .map_err(BenchError::io("testnet"))
+}
+
+/// `count` pairs of nodes on `testnet`, spawned one after the other.
+async fn spawn_pairs(
+    testnet: &KrpcTestnet,
+    count: usize,
+) -> Result<Vec<(NodeHandle, NodeHandle)>, BenchError> {
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..count {
+        pairs.push((
+            spawn(&testnet.bootstrap).await?,
+            spawn(&testnet.bootstrap).await?,
+        ));
+    }
+    Ok(pairs)
+}
+
+/// Every node of `pairs`, to close after the rounds.
+fn all_nodes(pairs: &[(NodeHandle, NodeHandle)]) -> Vec<NodeHandle> {
+    pairs
+        .iter()
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect()
+}
+
+/// Closes `nodes`, all at once.
+async fn close_all(nodes: Vec<NodeHandle>) {
+    let mut closing = tokio::task::JoinSet::new();
+    for node in nodes {
+        closing.spawn(async move { node.close().await });
+    }
+    while closing.join_next().await.is_some() {}
+}
+
+/// Milliseconds from `start` to `then`.
+fn ms_between(start: Instant, then: Instant) -> f64 {
+    then.duration_since(start).as_secs_f64() * 1e3
 }
 
 /// Waits for a `PeerUp` for `key`; the instant it was seen, or `None` on the guard.
@@ -77,16 +125,12 @@ async fn announce_then_join(
     guard: Duration,
 ) -> Result<Option<f64>, BenchError> {
     let topic = fresh_topic();
-    let result = async {
-        a.join(topic, JoinOptions::default()).await?;
-        let up = peer_up(b.subscribe(), a.key(), guard);
-        let start = Instant::now();
-        let (joined, up) = tokio::join!(b.join(topic, JoinOptions::default()), up);
-        joined?;
-        Ok::<_, BenchError>(up.map(|t| t.duration_since(start).as_secs_f64() * 1e3))
-    }
-    .await;
-    result
+    a.join(topic, JoinOptions::default()).await?;
+    let up = peer_up(b.subscribe(), a.key(), guard);
+    let start = Instant::now();
+    let (joined, up) = tokio::join!(b.join(topic, JoinOptions::default()), up);
+    joined?;
+    Ok(up.map(|t| ms_between(start, t)))
 }
 
 /// One both-at-once round: milliseconds from the joins to the first `PeerUp` between A
@@ -96,27 +140,23 @@ async fn both_at_once(
     guard: Duration,
 ) -> Result<Option<f64>, BenchError> {
     let topic = fresh_topic();
-    let result = async {
-        let up_a = peer_up(a.subscribe(), b.key(), guard);
-        let up_b = peer_up(b.subscribe(), a.key(), guard);
-        let first = async {
-            tokio::select! {
-                t = up_a => t,
-                t = up_b => t,
-            }
-        };
-        let start = Instant::now();
-        let (ja, jb, up) = tokio::join!(
-            a.join(topic, JoinOptions::default()),
-            b.join(topic, JoinOptions::default()),
-            first
-        );
-        ja?;
-        jb?;
-        Ok::<_, BenchError>(up.map(|t| t.duration_since(start).as_secs_f64() * 1e3))
-    }
-    .await;
-    result
+    let up_a = peer_up(a.subscribe(), b.key(), guard);
+    let up_b = peer_up(b.subscribe(), a.key(), guard);
+    let first = async {
+        tokio::select! {
+            t = up_a => t,
+            t = up_b => t,
+        }
+    };
+    let start = Instant::now();
+    let (ja, jb, up) = tokio::join!(
+        a.join(topic, JoinOptions::default()),
+        b.join(topic, JoinOptions::default()),
+        first
+    );
+    ja?;
+    jb?;
+    Ok(up.map(|t| ms_between(start, t)))
 }
 
 /// One dead-entries round: milliseconds from B's join call to its join resolving and to
@@ -131,11 +171,11 @@ async fn dead_entries(
     let start = Instant::now();
     let joined = async {
         let joined = b.join(topic, JoinOptions::default()).await;
-        (joined, start.elapsed().as_secs_f64() * 1e3)
+        (joined, ms_between(start, Instant::now()))
     };
     let ((joined, join_ms), up) = tokio::join!(joined, up);
     joined?;
-    Ok(up.map(|t| (join_ms, t.duration_since(start).as_secs_f64() * 1e3)))
+    Ok(up.map(|t| (join_ms, ms_between(start, t))))
 }
 
 /// The dead-entries case: join-resolved and connected times of the rounds that connected.
@@ -146,22 +186,9 @@ async fn run_dead_entries(
     guard: Duration,
 ) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
     let dead = (nodes / 4).max(1);
-    let testnet =
-        tokio::task::spawn_blocking(move || replic8_discovery::KrpcTestnet::with_dead(nodes, dead))
-            .await
-            .map_err(|e| BenchError::Options(e.to_string()))?
-            .map_err(BenchError::io("testnet"))?;
-    let mut pairs = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        pairs.push((
-            spawn(&testnet.bootstrap).await?,
-            spawn(&testnet.bootstrap).await?,
-        ));
-    }
-    let all: Vec<NodeHandle> = pairs
-        .iter()
-        .flat_map(|(a, b)| [a.clone(), b.clone()])
-        .collect();
+    let testnet = testnet(move || KrpcTestnet::with_dead(nodes, dead)).await?;
+    let pairs = spawn_pairs(&testnet, rounds).await?;
+    let all = all_nodes(&pairs);
     let permits = Arc::new(Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
     for pair in pairs {
@@ -183,11 +210,7 @@ async fn run_dead_entries(
             Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
         }
     }
-    let mut closing = tokio::task::JoinSet::new();
-    for node in all {
-        closing.spawn(async move { node.close().await });
-    }
-    while closing.join_next().await.is_some() {}
+    close_all(all).await;
     drop(testnet);
     match failed {
         Some(e) => Err(e),
@@ -206,26 +229,14 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         ));
     }
     reset_peak_rss();
-    let testnet = tokio::task::spawn_blocking(move || replic8_discovery::KrpcTestnet::new(nodes))
-        .await
-        .map_err(|e| BenchError::Options(e.to_string()))?
-        .map_err(BenchError::io("testnet"))?;
+    let testnet = testnet(move || KrpcTestnet::new(nodes)).await?;
     let parallel = options.parallel.unwrap_or(DEFAULT_PARALLEL).max(1);
     // Every node of every round is up before the first round and stays up until the
     // last: a node closed mid-run stays in the testnet's routing tables, and queries
     // to it wait out the request timeout (500 ms), which measures the dead node rather
     // than the join. Two pairs per round (one for each case), spawned untimed.
-    let mut pairs = Vec::with_capacity(rounds * 2);
-    for _ in 0..rounds * 2 {
-        pairs.push((
-            spawn(&testnet.bootstrap).await?,
-            spawn(&testnet.bootstrap).await?,
-        ));
-    }
-    let all: Vec<NodeHandle> = pairs
-        .iter()
-        .flat_map(|(a, b)| [a.clone(), b.clone()])
-        .collect();
+    let pairs = spawn_pairs(&testnet, rounds * 2).await?;
+    let all = all_nodes(&pairs);
     let start = Instant::now();
     let permits = Arc::new(Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
@@ -252,11 +263,7 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let mut closing = tokio::task::JoinSet::new();
-    for node in all {
-        closing.spawn(async move { node.close().await });
-    }
-    while closing.join_next().await.is_some() {}
+    close_all(all).await;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -273,13 +280,7 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         ("dead_entries_join", &mut dead_joined),
         ("dead_entries_connected", &mut dead_connected),
     ] {
-        let (median, max) = match median_max(ms) {
-            Some((m, x)) => (Some(round(m, 1)), Some(round(x, 1))),
-            None => (None, None),
-        };
-        row = row
-            .with(&format!("{name}_median_ms"), median)
-            .with(&format!("{name}_max_ms"), max);
+        row = with_median_max(row, name, ms);
     }
     row = row.with("dead_entries_connected", dead_rounds);
     for (name, ms) in [
@@ -287,14 +288,17 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         ("both_at_once", &mut together),
     ] {
         let connected = ms.len();
-        let (median, max) = match median_max(ms) {
-            Some((m, x)) => (Some(round(m, 1)), Some(round(x, 1))),
-            None => (None, None),
-        };
-        row = row
-            .with(&format!("{name}_median_ms"), median)
-            .with(&format!("{name}_max_ms"), max)
-            .with(&format!("{name}_connected"), connected);
+        row = with_median_max(row, name, ms).with(&format!("{name}_connected"), connected);
     }
     Ok(row)
+}
+
+/// `row` with `<name>_median_ms` and `<name>_max_ms` of `ms` (null where it is empty).
+fn with_median_max(row: Row, name: &str, ms: &mut [f64]) -> Row {
+    let (median, max) = match median_max(ms) {
+        Some((m, x)) => (Some(round(m, 1)), Some(round(x, 1))),
+        None => (None, None),
+    };
+    row.with(&format!("{name}_median_ms"), median)
+        .with(&format!("{name}_max_ms"), max)
 }

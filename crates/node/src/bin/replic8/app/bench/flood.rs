@@ -138,12 +138,7 @@ impl Attacker {
     /// An attacker endpoint bound to `ip` (a loopback address of its own).
     async fn spawn(ip: std::net::Ipv4Addr) -> Result<Attacker, String> {
         let config = ConnManagerConfig {
-            policy: PolicyConfig {
-                backoff: vec![Duration::ZERO],
-                jitter: 0.0,
-                drop_for: Duration::ZERO,
-                ..PolicyConfig::default()
-            },
+            policy: PolicyConfig::redial_at_once(),
             ..ConnManagerConfig::new(Identity::generate())
                 .with_listen(SocketAddr::from((ip, 0)))
                 .with_alpn(vec![message::ALPN.to_vec()])

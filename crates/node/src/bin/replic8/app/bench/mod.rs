@@ -92,38 +92,56 @@ impl Scenario {
     }
 }
 
-/// Sizes and knobs; `None` takes the scenario's default.
-#[derive(Debug, Clone, Default)]
+/// Sizes and knobs; `None` takes the scenario's default. Also the options of
+/// `replic8 bench` (their doc lines are its help).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct BenchOptions {
-    /// Bytes to move (raw, bulk, small) or to append (append, per block size).
+    /// Bytes to move (raw, bulk, small: default 256MiB; flood: 64MiB) or to append per
+    /// block size (append: 256MiB).
+    #[arg(long, value_parser = parse_size)]
     pub(crate) size: Option<u64>,
-    /// Bytes per block (bulk, small, many-feeds; append runs only this size if given).
+    /// Bytes per block (bulk 64KiB, small and many-feeds 1KiB; append runs 64KiB and
+    /// 1KiB unless given).
+    #[arg(long, value_parser = parse_block_size)]
     pub(crate) block_size: Option<usize>,
-    /// Feeds (many-feeds).
+    /// Feeds (many-feeds; default 1000).
+    #[arg(long)]
     pub(crate) feeds: Option<u64>,
-    /// Blocks per feed (many-feeds).
+    /// Blocks per feed (many-feeds; default 100).
+    #[arg(long)]
     pub(crate) blocks: Option<u64>,
-    /// Where temporary data directories go (default `$TMPDIR`).
+    /// Directory for the temporary data directories (default $TMPDIR).
+    #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
-    /// Append path (append): owned 4 MiB batches or deferred 1 MiB batches.
+    /// Append path (append).
+    #[arg(long, value_enum, default_value_t = append::AppendPath::Deferred)]
     pub(crate) append_path: append::AppendPath,
-    /// Rounds of each discovery case.
+    /// Rounds of each discovery case (default 20).
+    #[arg(long)]
     pub(crate) rounds: Option<usize>,
-    /// DHT nodes in the discovery testnet.
+    /// DHT nodes of the local testnet (discovery; default 20).
+    #[arg(long)]
     pub(crate) testnet_nodes: Option<usize>,
-    /// Discovery rounds in flight at once.
+    /// Discovery rounds in flight at once (default 5).
+    #[arg(long)]
     pub(crate) parallel: Option<usize>,
-    /// How long one discovery round may take before it counts as not connected.
+    /// Seconds a discovery round may take to connect (default 30).
+    #[arg(long = "guard-secs", value_name = "GUARD_SECS", value_parser = parse_secs)]
     pub(crate) guard: Option<Duration>,
-    /// Attacker tasks (flood).
+    /// Attacker tasks (flood; default 200).
+    #[arg(long)]
     pub(crate) attackers: Option<usize>,
-    /// Seconds of attack (flood).
+    /// Seconds of attack (flood; default 60).
+    #[arg(long)]
     pub(crate) seconds: Option<u64>,
-    /// The `replic8` executable to start as the writer (default: this one).
+    /// The `replic8` executable to start as the writer (default: this one; not an option).
+    #[arg(skip)]
     pub(crate) peer_exe: Option<PathBuf>,
-    /// Nodes (swarm).
+    /// Nodes (swarm; default 100).
+    #[arg(long)]
     pub(crate) nodes: Option<usize>,
-    /// Each node's `limits.max_peers_per_topic` (swarm; default: the node's default).
+    /// Each node's limits.max_peers_per_topic (swarm; default: the node's).
+    #[arg(long)]
     pub(crate) max_peers_per_topic: Option<usize>,
 }
 
@@ -443,6 +461,20 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// [`parse_size`] for a block size, which must fit in memory.
+fn parse_block_size(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_size(text)?).map_err(|_| format!("{text:?} is too large"))
+}
+
+/// Whole seconds, as for `--guard-secs`.
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 /// A temporary directory under `options.dir` or `$TMPDIR`.

@@ -10,7 +10,7 @@ use tokio::io::{
 use tokio::sync::mpsc;
 
 use super::frames::{read_frame, Frame, MAX_BLOCK_FRAME};
-use super::handle::parse_key;
+use super::parse_key;
 use super::{write_line, Response};
 use replic8_node::node::NodeHandle;
 use replic8_node::FeedKey;

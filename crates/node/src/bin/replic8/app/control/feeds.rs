@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::handle::parse_key;
+use super::parse_key;
 use super::{Answer, STREAM_QUEUE};
 use replic8_node::feed_peers::FeedPeer;
 use replic8_node::node::NodeHandle;

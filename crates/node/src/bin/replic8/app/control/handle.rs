@@ -2,17 +2,9 @@
 
 use serde_json::{json, Value};
 
-use super::{Answer, Request};
+use super::{parse_key, Answer, Request};
 use replic8_node::node::{JoinOptions, NodeHandle};
 use replic8_node::{FeedKey, Headers, Topic};
-
-/// 64 hex digits as 32 bytes.
-pub(super) fn parse_key(text: &str) -> Result<[u8; 32], String> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out)
-        .map_err(|_| format!("{text:?} is not 64 hex digits"))?;
-    Ok(out)
-}
 
 /// A topic for `join`/`leave`: a held feed's discovery key, else the bytes as a topic.
 async fn target_topic(node: &NodeHandle, text: &str) -> Result<(Topic, bool), String> {

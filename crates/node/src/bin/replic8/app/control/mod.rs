@@ -57,6 +57,14 @@ use tokio::task::JoinHandle;
 use replic8_node::node::NodeHandle;
 use replic8_node::persist::{self, PersistError};
 
+/// 64 hex digits as 32 bytes.
+fn parse_key(text: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| format!("{text:?} is not 64 hex digits"))?;
+    Ok(out)
+}
+
 /// The private directory inside the data directory that holds the socket (mode 0700).
 pub(crate) const RUN_DIR: &str = "run";
 /// File name of the control socket inside [`RUN_DIR`].

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::events::headers_json;
-use super::handle::parse_key;
+use super::parse_key;
 use super::{Answer, Request};
 use replic8_node::node::{parse_secret, AcceptMode, NamespaceSpec, NodeHandle, OfferRecord};
 use replic8_node::FeedKey;

@@ -1,6 +1,6 @@
 //! Static peers from config and `LookupAt`, with no DHT and no LAN.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! the actor, the node id file, auto mode turning server when reached, and a node of
 //! ours inside a `mainline` testnet.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;

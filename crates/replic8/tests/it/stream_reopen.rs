@@ -5,7 +5,7 @@
 //! whole path over real QUIC, with a store that gives up its first stream.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod tls;
+use crate::tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};

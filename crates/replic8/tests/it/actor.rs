@@ -19,7 +19,7 @@ use replic8::session::{SessionConfig, SessionEvent};
 use replic8::store::*;
 use tokio::sync::mpsc;
 
-mod tls;
+use crate::tls;
 use tls::{client_endpoint, connect, server_endpoint};
 
 const GUARD: Duration = Duration::from_secs(20);

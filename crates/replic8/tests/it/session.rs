@@ -1,7 +1,7 @@
 //! The session core, two or three cores wired together in one process under virtual time.
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
-mod util;
+use crate::util;
 
 use std::collections::HashSet;
 use std::time::Duration;

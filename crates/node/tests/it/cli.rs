@@ -4,7 +4,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-mod support;
+use crate::support;
 use support::{private_daemon, replic8, run, Daemon, Running};
 
 /// The binary run as `uid` (and its gid). The build directory may sit in a directory

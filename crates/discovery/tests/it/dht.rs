@@ -1,7 +1,7 @@
 //! The actor on a private DHT of our own nodes (`KrpcTestnet`, 127.0.0.1 or ::1 only;
 //! never the public DHT).
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@ use replic8_store::storage::{
 };
 use util::{feed_dir, XorShift};
 
-mod util;
+use crate::util;
 
 fn block(index: u64, len: usize) -> Vec<u8> {
     (0..len)

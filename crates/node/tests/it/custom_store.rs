@@ -4,12 +4,12 @@
 //! `CARGO_BIN_EXE_*` path.)
 
 #[allow(dead_code)]
-#[path = "../examples/custom_store.rs"]
-mod custom_store;
+#[path = "../../examples/custom_store.rs"]
+mod example;
 
 #[test]
 fn custom_store_example_ends_with_equal_maps() {
-    let report = custom_store::run().unwrap_or_else(|e| panic!("custom_store: {e}"));
+    let report = example::run().unwrap_or_else(|e| panic!("custom_store: {e}"));
     assert_eq!(report.map.len(), 4, "{report:?}");
     assert_eq!(report.map["apple"], b"red", "{report:?}");
     assert_eq!(

@@ -14,7 +14,7 @@
 //! and the signature).
 //!
 //! Reproduce a run: `REPLIC8_CRASH_SEED=<seed printed on failure> cargo test -p
-//! replic8-store --test crash <parent test name>`.
+//! replic8-store --test it crash::<parent test name>`.
 
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
@@ -25,7 +25,7 @@ use replic8_store::storage::DiskConfig;
 use replic8_store::FeedSecret;
 use util::{CrashChild, Kills};
 
-mod util;
+use crate::util;
 
 const SECRET: [u8; 32] = [0x42; 32];
 /// Kills per run; the issue asks for at least 50.
@@ -33,7 +33,7 @@ const KILLS: usize = 60;
 
 /// The child test, run by the parent test and killed.
 const CHILD: CrashChild = CrashChild {
-    test: "crash_child_process",
+    test: "crash::crash_child_process",
     env: "REPLIC8_CRASH_CHILD",
     secret: SECRET,
     block,
@@ -41,7 +41,7 @@ const CHILD: CrashChild = CrashChild {
 
 /// The child that stays small: its own variable, feed and blocks.
 const SMALL_CHILD: CrashChild = CrashChild {
-    test: "crash_small_child_process",
+    test: "crash::crash_small_child_process",
     env: "REPLIC8_CRASH_SMALL_CHILD",
     secret: [0x17; 32],
     block: small_block,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{private_daemon, replic8, run, Daemon, Running, DEADLINE};
 
-mod support;
+use crate::support;
 
 /// A daemon on loopback (no DHT, no LAN) on `data`, with `config` if given.
 fn start_daemon(data: &Path, config: Option<&Path>) -> Daemon {

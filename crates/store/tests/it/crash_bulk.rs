@@ -10,7 +10,7 @@
 //! with its bytes, and verifies up to the signed head.
 //!
 //! Reproduce a run: `REPLIC8_CRASH_SEED=<seed printed on failure> cargo test -p
-//! replic8-store --test crash_bulk`.
+//! replic8-store --test it crash_bulk::`.
 
 #![allow(clippy::unwrap_used)] // test helpers outside `#[test]` functions unwrap too
 
@@ -20,7 +20,7 @@ use std::time::Duration;
 use replic8_store::storage::DiskConfig;
 use util::{CrashChild, Kills};
 
-mod util;
+use crate::util;
 
 const SECRET: [u8; 32] = [0x24; 32];
 const KILLS: usize = 16;
@@ -29,7 +29,7 @@ const PER_BATCH: u64 = 128;
 
 /// The child test, run by the parent test and killed.
 const CHILD: CrashChild = CrashChild {
-    test: "crash_bulk_child_process",
+    test: "crash_bulk::crash_bulk_child_process",
     env: "REPLIC8_CRASH_BULK_CHILD",
     secret: SECRET,
     block,

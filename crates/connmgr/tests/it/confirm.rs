@@ -2,7 +2,7 @@
 //! the smaller key goes up on the confirmation, not after the settle window, and without
 //! a confirmation (a peer that does not send one) the settle window still applies.
 
-mod util;
+use crate::util;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

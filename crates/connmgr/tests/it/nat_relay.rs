@@ -2,7 +2,7 @@
 //! firewall refuses a's direct address), and a stream's bytes flow end to end while r
 //! forwards them without a key to read them.
 
-mod util;
+use crate::util;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! retry once incoming handshakes run high. Every test waits for the event (or the
 //! counter) that proves its step.
 
-mod util;
+use crate::util;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -23,7 +23,7 @@ use replic8_store::storage::{DiskStorage, MemoryStorage, Storage};
 use replic8_store::{Feed, FeedSecret, FeedSync, Message, SyncConfig, Want, MAX_MESSAGE_SIZE};
 use tokio::sync::mpsc;
 
-mod tls;
+use crate::tls;
 use tls::{client_endpoint, connect, server_endpoint};
 
 const GUARD: Duration = Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! `ConnManager` over real loopback sockets: authentication, dedup, restart, policy,
 //! shutdown. Every test waits for the event that proves its step.
 
-mod util;
+use crate::util;
 
 use std::time::Duration;
 

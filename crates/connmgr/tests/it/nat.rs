@@ -1,7 +1,7 @@
 //! The NAT control channel over loopback: observed addresses, the mapping type, and
 //! reachability through a peer's dial-back from another port.
 
-mod util;
+use crate::util;
 
 use std::net::SocketAddr;
 use std::time::Duration;

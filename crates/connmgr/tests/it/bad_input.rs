@@ -1,7 +1,7 @@
 //! Hostile or broken peers: each is refused and reported once, nothing panics, and the
 //! connections already up carry on.
 
-mod util;
+use crate::util;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! veth pair. Loopback has no multicast, so a single namespace cannot test this. Each
 //! side runs as a child process (this test binary, re-executed inside `ip netns exec`).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -185,7 +185,7 @@ impl Netns {
             .arg(exe)
             .args([
                 "--exact",
-                "lan_child_process_entry",
+                "lan::lan_child_process_entry",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -10,7 +10,7 @@ use replic8_store::storage::{
 use replic8_store::{Feed, FeedSecret};
 use util::feed_dir;
 
-mod util;
+use crate::util;
 
 fn key(n: u32) -> [u8; 32] {
     let mut k = [0u8; 32];

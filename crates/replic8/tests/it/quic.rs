@@ -26,7 +26,7 @@ use replic8::session::{EndReason, Mode, SessionConfig, SessionEvent};
 use replic8::store::*;
 use tokio::sync::mpsc;
 
-mod tls;
+use crate::tls;
 use tls::{client_endpoint, connect, server_endpoint};
 
 /// A guard, never the check: every wait below ends on an event long before this.
