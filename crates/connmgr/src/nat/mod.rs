@@ -23,12 +23,11 @@
 //!   connection (a peer cannot make us dial anyone else), at most once per
 //!   `dial_back_peer_interval` per peer and `max_dial_backs_per_minute` in all.
 //!
-//! Modules: `wire` (the channel's messages and frames), `observed` (reports, public
+//! Modules: `types` (the configuration, events and outputs), `wire` (the channel's messages and frames), `observed` (reports, public
 //! addresses, mapping type), `relay` (a relay's circuits and limits) and `circuit` (the
 //! circuits that end here).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,219 +38,14 @@ use self::circuit::{CircuitEnds, EndAction};
 pub use self::observed::{NatType, ObservedAddrs, MAX_PUBLIC_ADDRS, MAX_REPORTERS};
 pub use self::relay::{CircuitEnd, RelayAction, RelayConfig};
 use self::relay::{Leg, RelayTable, WireIds};
+pub use self::types::{NatConfig, NatEvent, NatOutput, NatStatus, Reachability};
 pub use self::wire::{NatMessage, WireError, MAX_NAT_FRAME};
 
 pub mod circuit;
 pub mod observed;
 pub mod relay;
+mod types;
 pub mod wire;
-
-/// The NAT features' switches and limits.
-#[derive(Debug, Clone)]
-pub struct NatConfig {
-    /// Exchange observed addresses on every connection (and learn the NAT type).
-    pub observe: bool,
-    /// Ask peers to dial us back, and serve their dial-back requests.
-    pub dial_back: bool,
-    /// Over a relayed connection, exchange public addresses and both dial direct at once
-    /// (hole punching); the direct connection replaces the relayed one.
-    pub punch: bool,
-    /// How long a dial-back (ours to a peer, or the answer we wait for) may take.
-    pub dial_back_timeout: Duration,
-    /// How long a reachability verdict stands before it is checked again.
-    pub recheck_after: Duration,
-    /// A peer gets at most one dial-back from us per this interval.
-    pub dial_back_peer_interval: Duration,
-    /// Most dial-backs we serve per minute, to all peers together.
-    pub max_dial_backs_per_minute: u32,
-    /// Relaying for peers, and circuits that end here.
-    pub relay: RelayConfig,
-}
-
-impl Default for NatConfig {
-    fn default() -> Self {
-        Self {
-            observe: true,
-            dial_back: true,
-            punch: true,
-            // A handshake over a slow path with a lost packet, and the result's way back.
-            dial_back_timeout: Duration::from_secs(5),
-            // Home routers drop or renumber mappings within minutes to hours; ten minutes
-            // notices that without costing a peer more than a handshake now and then.
-            recheck_after: Duration::from_secs(600),
-            // Long enough that a peer cannot use us as a handshake generator; an honest
-            // one asks once per `recheck_after`.
-            dial_back_peer_interval: Duration::from_secs(30),
-            // A few honest peers checking at once; bounds what a crowd of peers can make
-            // us send.
-            max_dial_backs_per_minute: 8,
-            relay: RelayConfig::default(),
-        }
-    }
-}
-
-/// Whether unsolicited connections reach us at our public address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reachability {
-    /// Not checked yet (no peer reported where it sees us, or none answered).
-    Unknown,
-    /// A peer's dial-back from a fresh port got through.
-    Reachable,
-    /// A peer's dial-back from a fresh port did not get through.
-    Unreachable,
-}
-
-impl fmt::Display for Reachability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Reachability::Unknown => "unknown",
-            Reachability::Reachable => "reachable",
-            Reachability::Unreachable => "unreachable",
-        })
-    }
-}
-
-/// Something about our NAT situation changed, or a step of it happened (sent to
-/// `SubscribeNat` subscribers).
-#[derive(Debug, Clone, PartialEq, Eq, actix::Message)]
-#[rtype(result = "()")]
-pub enum NatEvent {
-    /// Our public addresses as peers report them (most reported first).
-    PublicAddrs {
-        /// The addresses.
-        addrs: Vec<SocketAddr>,
-    },
-    /// The mapping type changed.
-    NatType {
-        /// The new type.
-        nat_type: NatType,
-    },
-    /// We asked `peer` to dial us back.
-    DialBackAsked {
-        /// The peer.
-        peer: PeerKey,
-    },
-    /// The reachability verdict, after `peer`'s dial-back.
-    Reachability {
-        /// The verdict.
-        reachability: Reachability,
-        /// The peer that dialed back (or tried).
-        peer: PeerKey,
-    },
-    /// A circuit to `peer` through `relay` carries packets now.
-    CircuitUp {
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// The relay.
-        relay: PeerKey,
-    },
-    /// A circuit to `peer` is gone.
-    CircuitDown {
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// Why.
-        reason: CircuitEnd,
-    },
-    /// We relay a circuit between `opener` and `target` now.
-    Relaying {
-        /// The peer that opened it.
-        opener: PeerKey,
-        /// The peer it reaches.
-        target: PeerKey,
-    },
-    /// A punch's direct dial to `peer` at `addr` ended (`ok`: a direct connection is up).
-    Punched {
-        /// The peer.
-        peer: PeerKey,
-        /// The address dialed.
-        addr: SocketAddr,
-        /// Whether it connected.
-        ok: bool,
-    },
-    /// We dialed `peer` back at `addr` on its request.
-    DialBackServed {
-        /// The peer.
-        peer: PeerKey,
-        /// The address dialed.
-        addr: SocketAddr,
-        /// Whether the handshake completed.
-        reached: bool,
-    },
-}
-
-/// What the core asks its driver to do or report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NatOutput {
-    /// Send `message` on the control channel of `to`'s connection.
-    Send {
-        /// The peer.
-        to: PeerKey,
-        /// The message.
-        message: NatMessage,
-    },
-    /// Dial `to` at `addr` from a fresh UDP port, its key pinned; report the outcome
-    /// with `handle_dial_back_done` within `dial_back_timeout`.
-    DialBack {
-        /// The peer that asked.
-        to: PeerKey,
-        /// Where we see it.
-        addr: SocketAddr,
-        /// Its request's nonce.
-        nonce: u64,
-    },
-    /// Report this.
-    Event(NatEvent),
-    /// Dial `peer` directly at each of `addrs` (its key pinned), after half the relayed
-    /// connection's round trip if `wait_half_rtt`: the punch.
-    Punch {
-        /// The peer.
-        peer: PeerKey,
-        /// Its public addresses.
-        addrs: Vec<SocketAddr>,
-        /// Wait half a round trip first.
-        wait_half_rtt: bool,
-    },
-    /// Relay: start or stop forwarding between two legs (`RelayAction::Splice` and
-    /// `RelayAction::Unsplice` only: the core sends the relay's messages itself).
-    Relay(RelayAction),
-    /// End: circuit `local` carries packets to and from `peer` through `relay` (the
-    /// circuit id on its connection is `wire`); the opener dials `peer` at its virtual
-    /// address.
-    CircuitUp {
-        /// Our id (names the virtual path).
-        local: u64,
-        /// The relay.
-        relay: PeerKey,
-        /// The id on the relay's connection.
-        wire: u64,
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// Whether we opened it.
-        opener: bool,
-    },
-    /// End: circuit `local` is gone.
-    CircuitDown {
-        /// Our id.
-        local: u64,
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// Why.
-        reason: CircuitEnd,
-    },
-}
-
-/// What `NatCore::status` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatStatus {
-    /// Our public addresses, most reported first.
-    pub public_addrs: Vec<SocketAddr>,
-    /// The mapping type.
-    pub nat_type: NatType,
-    /// The reachability verdict.
-    pub reachability: Reachability,
-    /// Peers whose report is kept.
-    pub reporters: usize,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Asked {
