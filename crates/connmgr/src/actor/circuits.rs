@@ -28,6 +28,9 @@ use crate::nat::wire::{MAX_RELAYED_PACKET, STREAM_CIRCUIT};
 use crate::nat::CircuitEnd;
 use crate::socket::VirtualPaths;
 
+/// The answer channel of a relayed dial.
+pub(super) type Reply = oneshot::Sender<Result<PeerKey, DialError>>;
+
 /// Packets queued for one circuit's stream; more are dropped, as UDP would.
 const CIRCUIT_QUEUE: usize = 256;
 
@@ -41,8 +44,9 @@ pub(super) struct Circuits {
     pub(super) queues: CircuitQueues,
     /// Per local circuit: its writer and reader tasks.
     pub(super) tasks: HashMap<u64, Vec<Task>>,
-    /// Relayed dials waiting for their circuit: local id → (peer, reply).
-    pub(super) dials: HashMap<u64, (PeerKey, oneshot::Sender<Result<PeerKey, DialError>>)>,
+    /// Relayed dials waiting for their circuit: local id → (peer, replies: the dial that
+    /// opened it and those of the same peer made meanwhile).
+    pub(super) dials: HashMap<u64, (PeerKey, Vec<Reply>)>,
     /// At a relay: each leg's other leg, and the circuit's remaining byte budget.
     pub(super) splices: HashMap<Leg, (Leg, Arc<AtomicU64>)>,
     /// At a relay: the forwarding tasks of each leg's incoming stream.
@@ -176,7 +180,7 @@ impl ConnManager {
         let writer = spawn_task(&self.tasks, write_circuit(conn, wire, rx));
         self.circuits.tasks.entry(local).or_default().push(writer);
         if opener {
-            if let Some((key, reply)) = self.circuits.dials.remove(&local) {
+            if let Some((key, replies)) = self.circuits.dials.remove(&local) {
                 let me = ctx.address();
                 let dial = Dial {
                     addr: VirtualPaths::address(local),
@@ -187,7 +191,9 @@ impl ConnManager {
                         Ok(result) => result,
                         Err(_) => Err(DialError::Shutdown),
                     };
-                    let _ = reply.send(result);
+                    for reply in replies {
+                        let _ = reply.send(result.clone());
+                    }
                 });
                 self.circuits.tasks.entry(local).or_default().push(task);
             }
@@ -196,16 +202,29 @@ impl ConnManager {
             local, opener, "circuit up");
     }
 
-    /// End: circuit `local` is gone.
-    pub(super) fn circuit_down(&mut self, local: u64, reason: CircuitEnd) {
+    /// End: circuit `local` is gone, and with it the connection relayed on it (closed
+    /// now as `DownReason::PathLost`, not left to its idle timeout).
+    pub(super) fn circuit_down(&mut self, local: u64, reason: CircuitEnd, ctx: &mut Context<Self>) {
         self.circuits
             .queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&local);
         self.circuits.tasks.remove(&local);
-        if let Some((_, reply)) = self.circuits.dials.remove(&local) {
-            let _ = reply.send(Err(DialError::Circuit(reason)));
+        if let Some((_, replies)) = self.circuits.dials.remove(&local) {
+            for reply in replies {
+                let _ = reply.send(Err(DialError::Circuit(reason)));
+            }
+        }
+        let addr = VirtualPaths::address(local);
+        let relayed = self
+            .live
+            .iter()
+            .find(|(_, l)| l.addr == addr)
+            .map(|(id, _)| *id);
+        if let Some(id) = relayed {
+            self.core.handle_path_lost(id, reason);
+            self.drain(ctx);
         }
     }
 
@@ -254,12 +273,22 @@ impl Handler<DialRelayed> for ConnManager {
             let key = msg.key;
             return Box::pin(async move { Ok(key) });
         }
+        // A relayed dial of this peer under way: its answer is ours.
+        let (tx, rx) = oneshot::channel();
+        if let Some((_, replies)) = self
+            .circuits
+            .dials
+            .values_mut()
+            .find(|(k, _)| *k == msg.key)
+        {
+            replies.push(tx);
+            return Box::pin(async move { rx.await.unwrap_or(Err(DialError::Shutdown)) });
+        }
         let local = match self.nat.open_circuit(msg.relay, msg.key, Instant::now()) {
             Ok(local) => local,
             Err(end) => return Box::pin(async move { Err(DialError::Circuit(end)) }),
         };
-        let (tx, rx) = oneshot::channel();
-        self.circuits.dials.insert(local, (msg.key, tx));
+        self.circuits.dials.insert(local, (msg.key, vec![tx]));
         self.drain_nat(ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(DialError::Shutdown)) })
     }

@@ -34,13 +34,15 @@ use std::time::{Duration, Instant};
 use crate::core::is_relayed;
 use crate::key::PeerKey;
 
+use self::advert::{Registry, Relays};
 use self::circuit::{CircuitEnds, EndAction};
 pub use self::observed::{NatType, ObservedAddrs, MAX_PUBLIC_ADDRS, MAX_REPORTERS};
 pub use self::relay::{CircuitEnd, RelayAction, RelayConfig};
 use self::relay::{Leg, RelayTable, WireIds};
 pub use self::types::{NatConfig, NatEvent, NatOutput, NatStatus, Reachability};
-pub use self::wire::{NatMessage, WireError, MAX_NAT_FRAME};
+pub use self::wire::{NatMessage, WireError, MAX_LOCATED, MAX_NAT_FRAME};
 
+pub mod advert;
 pub mod circuit;
 pub mod observed;
 pub mod relay;
@@ -78,6 +80,12 @@ pub struct NatCore {
     relay: RelayTable,
     ends: CircuitEnds,
     ids: WireIds,
+    /// At a relay: the peers registered with us to be found.
+    registry: Registry,
+    /// The connected peers that relay for us, and our registrations with them.
+    relays: Relays,
+    /// Whether we told our peers we relay (`RelayOffer`).
+    offering: bool,
     outputs: VecDeque<NatOutput>,
 }
 
@@ -90,6 +98,12 @@ impl NatCore {
             relay: RelayTable::new(me, config.relay.clone()),
             ends: CircuitEnds::new(config.relay.clone()),
             ids: WireIds::new(me),
+            registry: Registry::new(
+                config.relay.max_registrations,
+                config.relay.max_locates_per_minute,
+            ),
+            relays: Relays::default(),
+            offering: config.relay.enabled,
             config,
             observed: ObservedAddrs::default(),
             peers: HashMap::new(),
@@ -118,6 +132,9 @@ impl NatCore {
             nat_type: self.nat_type,
             reachability: self.reachability,
             reporters: self.observed.len(),
+            relays: self.relays.offered().count(),
+            registered_with: self.relays.registered(),
+            registered_here: self.registry.len(),
         }
     }
 
@@ -135,6 +152,7 @@ impl NatCore {
             .chain(check)
             .chain(self.relay.poll_timeout())
             .chain(self.ends.poll_timeout())
+            .chain(self.relays.poll_timeout())
             .min()
     }
 
@@ -153,6 +171,9 @@ impl NatCore {
         if self.config.observe {
             self.send(key, NatMessage::Observed { addr: remote });
         }
+        if self.offering {
+            self.send(key, NatMessage::RelayOffer { relaying: true });
+        }
         self.maybe_ask(now);
     }
 
@@ -166,6 +187,10 @@ impl NatCore {
         self.ends.handle_peer_down(key, &mut out);
         self.end_actions(out);
         self.ids.forget(&key);
+        self.registry.peer_down(&key);
+        for (query, addr) in self.relays.peer_down(&key) {
+            self.located(key, query, addr, Vec::new());
+        }
         if self.asked.is_some_and(|a| a.peer == key) {
             self.asked = None;
             self.skipped.insert(key);
@@ -271,6 +296,7 @@ impl NatCore {
                 self.ends.handle_close(from, circuit, reason, &mut out);
                 self.end_actions(out);
             }
+            message => self.handle_advert(from, remote, message, now),
         }
     }
 
@@ -491,6 +517,9 @@ impl NatCore {
         let mut out = Vec::new();
         self.ends.handle_timeout(now, &mut out);
         self.end_actions(out);
+        for (relay, query, addr) in self.relays.handle_timeout(now) {
+            self.located(relay, query, addr, Vec::new());
+        }
         if let Some(asked) = self.asked.filter(|a| a.until <= now) {
             self.asked = None;
             self.skipped.insert(asked.peer);
@@ -574,6 +603,8 @@ impl NatCore {
                 reachability: self.reachability,
                 peer,
             }));
+        self.sync_offering();
+        self.sync_registrations();
     }
 
     /// Whether we may dial `peer` back now (and count it if so).

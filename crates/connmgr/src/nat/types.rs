@@ -31,6 +31,12 @@ pub struct NatConfig {
     pub max_dial_backs_per_minute: u32,
     /// Relaying for peers, and circuits that end here.
     pub relay: RelayConfig,
+    /// How long a dial of an address waits for its direct handshake before it also asks
+    /// our relays who is at that address and dials them through the relay (the first
+    /// connection up answers the dial); `None`: never through a relay.
+    pub relayed_dial_after: Option<Duration>,
+    /// How long a relay may take to answer a `Locate`.
+    pub locate_timeout: Duration,
 }
 
 impl Default for NatConfig {
@@ -51,6 +57,12 @@ impl Default for NatConfig {
             // us send.
             max_dial_backs_per_minute: 8,
             relay: RelayConfig::default(),
+            // A handshake on a direct path answers within a few round trips (well under a
+            // second on most paths); a peer behind a NAT never answers, and waiting the
+            // whole handshake timeout (10 s) for that would be the dial's time to connect.
+            relayed_dial_after: Some(Duration::from_secs(1)),
+            // A round trip to the relay, with a lost packet.
+            locate_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -133,6 +145,34 @@ pub enum NatEvent {
         /// Whether it connected.
         ok: bool,
     },
+    /// A relay answered our registration (`accepted`: it answers `Locate` queries about
+    /// us now).
+    RelayRegistered {
+        /// The relay.
+        relay: PeerKey,
+        /// Whether it keeps the registration.
+        accepted: bool,
+    },
+    /// A relay answered who of its registered peers is at `addr` (nothing when it did not
+    /// answer in time).
+    Located {
+        /// The relay.
+        relay: PeerKey,
+        /// The address asked about.
+        addr: SocketAddr,
+        /// The peers there.
+        peers: Vec<PeerKey>,
+    },
+    /// A dial of ours through `relay` to `peer`, made because a direct dial did not
+    /// answer, ended (`ok`: the relayed connection is up).
+    RelayedDial {
+        /// The peer.
+        peer: PeerKey,
+        /// The relay.
+        relay: PeerKey,
+        /// Whether it connected.
+        ok: bool,
+    },
     /// We dialed `peer` back at `addr` on its request.
     DialBackServed {
         /// The peer.
@@ -194,6 +234,16 @@ pub enum NatOutput {
         /// Whether we opened it.
         opener: bool,
     },
+    /// The answer to our `Locate` query `query` from `relay` (empty if it did not answer
+    /// in time, or its connection went down).
+    Located {
+        /// The query.
+        query: u32,
+        /// The relay asked.
+        relay: PeerKey,
+        /// The peers it sees at the address.
+        keys: Vec<PeerKey>,
+    },
     /// End: circuit `local` is gone.
     CircuitDown {
         /// Our id.
@@ -216,4 +266,10 @@ pub struct NatStatus {
     pub reachability: Reachability,
     /// Peers whose report is kept.
     pub reporters: usize,
+    /// Connected peers that relay for us.
+    pub relays: usize,
+    /// Relays that hold our registration (they tell peers that ask where we are).
+    pub registered_with: usize,
+    /// Peers registered with us (we relay).
+    pub registered_here: usize,
 }
