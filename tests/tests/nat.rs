@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -208,6 +208,8 @@ fn the_topology_is_closed_and_its_nats_map_as_named() {
 struct Node {
     daemon: Daemon,
     name: String,
+    /// Its data directory.
+    data: PathBuf,
     key: String,
     /// Its DHT address on its host, from its banner.
     dht: Option<SocketAddrV4>,
@@ -262,6 +264,7 @@ impl Node {
         Node {
             daemon,
             name,
+            data,
             key,
             dht,
             events,
@@ -407,7 +410,7 @@ fn get_by_key(
     source: &Node,
     (feed, bytes, blocks): (&str, &[u8], u64),
     then: impl FnOnce(),
-) -> (Timing, SocketAddrV4) {
+) -> (Timing, SocketAddr) {
     let asked = Instant::now();
     let mut get = node
         .client()
@@ -513,7 +516,7 @@ fn nodes_behind_each_nat_find_a_public_node_on_the_dht_and_replicate_from_it() {
     let (b, bt) = get_by_key(&bob, &public, (&feed, &bytes, 20), || {});
     b.report("symmetric NAT, from a public node");
     for addr in [at, bt] {
-        assert_eq!(addr, SocketAddrV4::new(w.public.addr, QUIC_PORT));
+        assert_eq!(addr, SocketAddr::from((w.public.addr, QUIC_PORT)));
     }
 
     // The public node saw each at its NAT's address.
@@ -544,7 +547,7 @@ fn nodes_behind_two_endpoint_independent_nats_connect_directly_when_both_look_up
     timing.report("two endpoint-independent NATs, joined at once");
     assert_eq!(
         addr,
-        SocketAddrV4::new(w.eim.nat.addr, QUIC_PORT),
+        SocketAddr::from((w.eim.nat.addr, QUIC_PORT)),
         "carol reached alice's NAT"
     );
     let (_, up) = alice.events.wait("a connection to carol", |e| {
