@@ -642,3 +642,5 @@ impl NatCore {
 mod relay_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod advert_tests;
