@@ -132,7 +132,10 @@ fn registrations_queries_and_answers_are_bounded() {
         assert!(reg.register(key(n), addr(&format!("{ip}:{n}"))));
     }
     assert!(!reg.register(key(4), addr(&format!("{ip}:4"))), "the limit");
-    assert!(reg.register(key(2), addr(&format!("{ip}:22"))), "an update fits");
+    assert!(
+        reg.register(key(2), addr(&format!("{ip}:22"))),
+        "an update fits"
+    );
     assert_eq!(reg.len(), 3);
     // Five queries a minute per asker; the sixth gets nothing; a minute later, again.
     let somewhere = addr(&format!("{ip}:9"));

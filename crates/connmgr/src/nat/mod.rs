@@ -639,8 +639,8 @@ impl NatCore {
 }
 
 #[cfg(test)]
+mod advert_tests;
+#[cfg(test)]
 mod relay_tests;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod advert_tests;
