@@ -557,11 +557,9 @@ fn nodes_behind_two_endpoint_independent_nats_connect_directly_when_both_look_up
     assert_eq!(*seen.ip(), w.eim2.nat.addr, "alice reached carol's NAT");
 }
 
-// The issue's cases (issue 16, "What it must show"), against relays and hole punching.
-// PENDING: all three fail as of h16ctl 9077607: the node never dials a peer through a
-// relay when the direct dial fails (decision 147: `DialRelayed` takes the relay
-// explicitly; nobody announces "reachable through R"), so the two home nodes never
-// connect and each test times out waiting for that connection.
+// The issue's cases (issue 16, "What it must show"), against relays and hole punching:
+// the home nodes register with the relay, and a dial of a home node's address that gets
+// no answer asks the relay who is there (decision 151).
 
 /// `[discovery]` static peers (relays, or any public node) for a node's config: dialed for
 /// every topic looked up, so that the node keeps a connection to each.

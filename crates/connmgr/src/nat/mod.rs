@@ -23,9 +23,15 @@
 //!   connection (a peer cannot make us dial anyone else), at most once per
 //!   `dial_back_peer_interval` per peer and `max_dial_backs_per_minute` in all.
 //!
-//! Modules: `types` (the configuration, events and outputs), `wire` (the channel's messages and frames), `observed` (reports, public
-//! addresses, mapping type), `relay` (a relay's circuits and limits) and `circuit` (the
-//! circuits that end here).
+//! - Being found through relays (`advert`): a relay says so when a connection comes up
+//!   (`RelayOffer`); a node not known reachable registers with each relay (`Register`),
+//!   which keeps the address it sees it at and answers `Locate` queries about that
+//!   address (then its IP) from its other peers, within limits.
+//!
+//! Modules: `types` (the configuration, events and outputs), `wire` (the channel's
+//! messages and frames), `observed` (reports, public addresses, mapping type), `relay`
+//! (a relay's circuits and limits), `circuit` (the circuits that end here) and `advert`
+//! (registrations and `Locate`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
