@@ -309,14 +309,14 @@ impl NatCore {
                 self.send(from, NatMessage::Registered { accepted });
             }
             NatMessage::Unregister => self.registry.unregister(&from),
-            NatMessage::Registered { accepted } => {
-                if self.relays.handle_registered(from, accepted) {
-                    self.outputs
-                        .push_back(NatOutput::Event(NatEvent::RelayRegistered {
-                            relay: from,
-                            accepted,
-                        }));
-                }
+            NatMessage::Registered { accepted }
+                if self.relays.handle_registered(from, accepted) =>
+            {
+                self.outputs
+                    .push_back(NatOutput::Event(NatEvent::RelayRegistered {
+                        relay: from,
+                        accepted,
+                    }));
             }
             NatMessage::Locate { query, addr } => {
                 let keys = if self.offering {
