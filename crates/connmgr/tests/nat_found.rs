@@ -10,7 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use replic8_connmgr::core::is_relayed;
-use replic8_connmgr::{ConnManagerConfig, DownReason, Identity, NatState, Stats};
+use replic8_connmgr::{ConnManagerConfig, DownReason, Identity, NatState, PeerKey, PeerUp, Stats};
 use util::{run, Node, GUARD};
 
 /// Every node: on its own loopback host, no dial-back (on loopback everyone is
@@ -44,6 +44,15 @@ async fn registered(relay: &Node, count: usize) {
     }
 }
 
+/// `node`'s next `PeerUp` of `key`.
+async fn up_of(node: &mut Node, key: PeerKey) -> PeerUp {
+    node.recv_until("peer up", |e| match e {
+        util::Ev::Up(up) if up.key == key => Some(up.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// A UDP port on b's host that answers nothing (held open so that nobody takes it).
 fn silent_port(host: u8) -> UdpSocket {
     UdpSocket::bind(SocketAddr::from(([127, 0, 0, host], 0))).expect("bind")
@@ -66,13 +75,7 @@ fn a_dial_that_gets_no_answer_reaches_the_peer_through_a_relay_it_registered_wit
         let found = silent.local_addr().expect("addr");
         let answered = a.dial(found, None).await;
         assert_eq!(answered, Ok(b.key()), "a's dial of {found}");
-        let bk = b.key();
-        let up = a
-            .recv_until("b up", |e| match e {
-                util::Ev::Up(up) if up.key == bk => Some(up.clone()),
-                _ => None,
-            })
-            .await;
+        let up = up_of(&mut a, b.key()).await;
         assert!(is_relayed(&up.addr), "a reached b at {}", up.addr);
         let stats = r.handle.addr().send(Stats).await.expect("stats");
         assert_eq!(stats.circuits_relayed, 1, "r: {stats:?}");
@@ -105,12 +108,7 @@ fn when_its_relay_leaves_a_relayed_connection_is_lost_and_its_redial_takes_anoth
         let found = silent.local_addr().expect("addr");
         assert_eq!(a.dial(found, None).await, Ok(b.key()));
         let bk = b.key();
-        let up = a
-            .recv_until("b up", |e| match e {
-                util::Ev::Up(up) if up.key == bk => Some(up.clone()),
-                _ => None,
-            })
-            .await;
+        let up = up_of(&mut a, bk).await;
         // The relay that carries the circuit leaves.
         let relayed_by = |n: &Node| {
             let addr = n.handle.addr().clone();
@@ -131,12 +129,7 @@ fn when_its_relay_leaves_a_relayed_connection_is_lost_and_its_redial_takes_anoth
         // The redial (the lost connection's virtual address, b's key pinned) goes
         // through the relay left.
         assert_eq!(a.dial(up.addr, Some(bk)).await, Ok(bk));
-        let again = a
-            .recv_until("b up again", |e| match e {
-                util::Ev::Up(up) if up.key == bk => Some(up.clone()),
-                _ => None,
-            })
-            .await;
+        let again = up_of(&mut a, bk).await;
         assert!(is_relayed(&again.addr), "a reached b at {}", again.addr);
         assert_ne!(again.addr, up.addr, "a new circuit");
         let stats = stays.handle.addr().send(Stats).await.expect("stats");
