@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::tasks::{spawn_task, Task};
 use super::ConnManager;
@@ -30,6 +30,13 @@ use crate::socket::VirtualPaths;
 
 /// The answer channel of a relayed dial.
 pub(super) type Reply = oneshot::Sender<Result<PeerKey, DialError>>;
+
+/// How long the connection to a relay that carries circuits ending here may receive
+/// nothing before those circuits are given up: two keep-alive intervals. A live
+/// connection answers what we send with ACKs, and sends a keep-alive itself when idle.
+const RELAY_SILENCE: Duration = Duration::from_secs(10);
+/// How often the relay's silence is checked.
+const SILENCE_STEP: Duration = Duration::from_secs(1);
 
 /// Packets queued for one circuit's stream; more are dropped, as UDP would.
 const CIRCUIT_QUEUE: usize = 256;
@@ -54,6 +61,10 @@ pub(super) struct Circuits {
     /// At a relay: a leg's stream that arrived before its circuit was spliced (the
     /// target's stream can overtake its `CircuitAccept`); one per pending leg.
     pub(super) waiting: HashMap<Leg, quinn::RecvStream>,
+    /// Per relay carrying circuits that end here: the task that watches its connection
+    /// for silence (a relay that died without a close is otherwise noticed only at the
+    /// idle timeout).
+    pub(super) watchdogs: HashMap<PeerKey, Task>,
     /// Bytes forwarded for others since start.
     pub(super) relayed_bytes: Arc<AtomicU64>,
     /// Reads the endpoint's packets to virtual addresses.
@@ -65,6 +76,7 @@ impl Circuits {
     pub(super) fn drain_tasks(&mut self) -> Vec<Task> {
         let mut all: Vec<Task> = self.tasks.drain().flat_map(|(_, t)| t).collect();
         all.extend(self.forwards.drain().map(|(_, t)| t));
+        all.extend(self.watchdogs.drain().map(|(_, t)| t));
         all.extend(self.pump.take());
         all
     }
@@ -177,6 +189,11 @@ impl ConnManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(local, tx);
+        if !self.circuits.watchdogs.contains_key(&relay) {
+            let me = ctx.address();
+            let task = spawn_task(&self.tasks, watch_relay(conn.clone(), relay, me));
+            self.circuits.watchdogs.insert(relay, task);
+        }
         let writer = spawn_task(&self.tasks, write_circuit(conn, wire, rx));
         self.circuits.tasks.entry(local).or_default().push(writer);
         if opener {
@@ -252,6 +269,43 @@ impl Handler<CircuitStream> for ConnManager {
         } else {
             let mut recv = msg.recv;
             let _ = recv.stop(quinn::VarInt::from_u32(1));
+        }
+    }
+}
+
+/// The connection to a relay carrying circuits that end here received nothing for
+/// `RELAY_SILENCE`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RelaySilent(PeerKey);
+
+impl Handler<RelaySilent> for ConnManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelaySilent, ctx: &mut Self::Context) {
+        self.circuits.watchdogs.remove(&msg.0);
+        info!(parent: &self.span, relay = %msg.0.fmt_short(), "relay silent: its circuits end");
+        self.nat.handle_relay_silent(msg.0);
+        self.drain_nat(ctx);
+    }
+}
+
+/// Watches `conn`, to `relay`, until it receives nothing for `RELAY_SILENCE` (then tells
+/// the actor) or closes.
+async fn watch_relay(conn: quinn::Connection, relay: PeerKey, me: Addr<ConnManager>) {
+    let mut seen = conn.stats().udp_rx.datagrams;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(SILENCE_STEP).await;
+        if conn.close_reason().is_some() {
+            return;
+        }
+        let now = conn.stats().udp_rx.datagrams;
+        if now != seen {
+            (seen, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= RELAY_SILENCE {
+            me.do_send(RelaySilent(relay));
+            return;
         }
     }
 }

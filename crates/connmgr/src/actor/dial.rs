@@ -91,6 +91,9 @@ impl Handler<Dial> for ConnManager {
 
     fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) -> Self::Result {
         // Through our relays too, or only (`fallback`, decision 151).
+        if let Some(key) = self.relayed_at(msg.addr, msg.expected_key) {
+            return Box::pin(async move { Ok(key) });
+        }
         if self.is_stale_circuit(msg.addr) {
             return Box::pin(fallback::through_relays(
                 ctx.address(),

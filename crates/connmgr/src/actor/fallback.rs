@@ -30,12 +30,28 @@ type Answer = Result<PeerKey, DialError>;
 /// The `Locate` queries of ours waiting for an answer, by query id.
 pub(super) type Locates = HashMap<u32, oneshot::Sender<Vec<PeerKey>>>;
 
+/// Addresses whose dial a relay answered, and the key reached: a later dial of the
+/// address (a lookup's repeat) is answered at once while that key is up, without
+/// asking the relays again.
+pub(super) type RelayedAt = HashMap<SocketAddr, PeerKey>;
+
+/// Most entries of `RelayedAt`; past it, entries of keys not up are dropped first.
+const MAX_RELAYED_AT: usize = 256;
+
 /// Reach the peer at `addr` (pinned to `expected`) through our relays.
 #[derive(Message)]
 #[rtype(result = "Result<PeerKey, DialError>")]
 struct ThroughRelays {
     addr: SocketAddr,
     expected: Option<PeerKey>,
+}
+
+/// A dial of `addr` was answered through a relay with `key`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReachedThroughRelay {
+    addr: SocketAddr,
+    key: PeerKey,
 }
 
 /// A dial through a relay that a fallback made ended.
@@ -59,6 +75,21 @@ impl ConnManager {
         let after = self.nat.config().relayed_dial_after?;
         let up = expected.is_some_and(|k| self.core.up(&k).is_some());
         (!self.nat_stopped && !is_relayed(&addr) && !up).then_some(after)
+    }
+
+    /// The key a relay reached at `addr` earlier, if it is still up (for a dial with no
+    /// pinned key; a pinned one, a punch's, must dial).
+    pub(super) fn relayed_at(
+        &mut self,
+        addr: SocketAddr,
+        expected: Option<PeerKey>,
+    ) -> Option<PeerKey> {
+        let key = *self.relayed_at.get(&addr).filter(|_| expected.is_none())?;
+        if self.core.up(&key).is_some() {
+            return Some(key);
+        }
+        self.relayed_at.remove(&addr);
+        None
     }
 
     /// Whether `addr` is a virtual address whose circuit is gone (or never was ours).
@@ -166,8 +197,29 @@ impl Handler<ThroughRelays> for ConnManager {
                     }
                 }
             }
-            dial_each(me, candidates).await
+            let answer = dial_each(me.clone(), candidates).await;
+            if let Ok(key) = answer {
+                me.do_send(ReachedThroughRelay {
+                    addr: msg.addr,
+                    key,
+                });
+            }
+            answer
         })
+    }
+}
+
+impl Handler<ReachedThroughRelay> for ConnManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReachedThroughRelay, _ctx: &mut Self::Context) {
+        if self.relayed_at.len() >= MAX_RELAYED_AT {
+            let core = &self.core;
+            self.relayed_at.retain(|_, key| core.up(key).is_some());
+        }
+        if self.relayed_at.len() < MAX_RELAYED_AT {
+            self.relayed_at.insert(msg.addr, msg.key);
+        }
     }
 }
 

@@ -153,6 +153,8 @@ pub struct ConnManager {
     nat_counters: NatCounters,
     /// Our `Locate` queries waiting for their relay's answer (`fallback`).
     locates: self::fallback::Locates,
+    /// Addresses a relay answered a dial of, and the key it reached (`fallback`).
+    relayed_at: self::fallback::RelayedAt,
     /// Set by `Shutdown`: the NAT machinery starts nothing new (dial-backs, punches,
     /// circuits) while the endpoint drains.
     nat_stopped: bool,
@@ -226,6 +228,7 @@ impl ConnManager {
             next_dial_back: 0,
             nat_counters: NatCounters::default(),
             locates: HashMap::new(),
+            relayed_at: HashMap::new(),
             nat_stopped: false,
             span,
         };

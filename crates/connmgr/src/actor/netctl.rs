@@ -121,6 +121,7 @@ impl ConnManager {
         }
         if self.nat_links.get(&key).is_some_and(|l| l.conn == conn) {
             self.nat_links.remove(&key);
+            self.circuits.watchdogs.remove(&key);
             self.nat.handle_peer_down(key, Instant::now());
             self.drain_nat(ctx);
         }

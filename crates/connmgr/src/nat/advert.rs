@@ -366,6 +366,18 @@ impl NatCore {
         asked
     }
 
+    /// The connection to `relay` was silent for longer than a live one can be while
+    /// circuits end here: those circuits end now (their connections are lost, and
+    /// redialed through other relays), and `relay` relays for us no more.
+    pub fn handle_relay_silent(&mut self, relay: PeerKey) {
+        let mut out = Vec::new();
+        self.ends.handle_peer_down(relay, &mut out);
+        self.end_actions(out);
+        for (query, addr) in self.relays.peer_down(&relay) {
+            self.located(relay, query, addr, Vec::new());
+        }
+    }
+
     /// The connected peers that relay for us, smallest key first.
     pub fn relays(&self) -> Vec<PeerKey> {
         self.relays.offered().collect()
