@@ -72,7 +72,8 @@ impl Default for NatConfig {
 pub enum Reachability {
     /// Not checked yet (no peer reported where it sees us, or none answered).
     Unknown,
-    /// A peer's dial-back from a fresh port got through.
+    /// A peer's dial-back from a fresh port got through. It comes from the peer's IP, so
+    /// a NAT that filters by IP only passes it too (decision 157).
     Reachable,
     /// A peer's dial-back from a fresh port did not get through.
     Unreachable,
