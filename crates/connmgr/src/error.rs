@@ -31,6 +31,10 @@ pub const CLOSE_EVICTED: VarInt = VarInt::from_u32(0x7238_0006);
 /// what it had to by completing, and is never a peer connection.
 pub const CLOSE_DIAL_BACK: VarInt = VarInt::from_u32(0x7238_0007);
 
+/// Close code: the relay circuit that carried a relayed connection closed (the relay
+/// left, or a limit of it). The peer seldom gets it: the path is gone.
+pub const CLOSE_PATH_LOST: VarInt = VarInt::from_u32(0x7238_0008);
+
 /// The reason text of `CLOSE_EVICTED`; the evicted side reports
 /// `DownReason::RefusedByPeer` with it.
 pub const EVICTED_TEXT: &[u8] = b"evicted: peer table full";
@@ -188,6 +192,11 @@ pub enum DownReason {
     /// The connection was lost or closed by the peer.
     #[error("connection lost: {0}")]
     Lost(quinn::ConnectionError),
+    /// A relayed connection whose relay circuit closed (the relay left, or one of its
+    /// limits ended the circuit): lost, like a connection whose network went away, and
+    /// closed at once instead of by idle timeout.
+    #[error("relay circuit closed: {0}")]
+    PathLost(crate::nat::CircuitEnd),
 }
 
 /// Why the core closes a connection; decides the close code and reason text.
@@ -205,6 +214,8 @@ pub enum CloseReason {
     Refused(RefuseReason),
     /// An idle inbound peer evicted to free a slot.
     Evicted,
+    /// Its relay circuit closed.
+    PathLost,
 }
 
 impl CloseReason {
@@ -217,6 +228,7 @@ impl CloseReason {
             CloseReason::Shutdown => (CLOSE_SHUTDOWN, b"shutdown"),
             CloseReason::Refused(reason) => (CLOSE_REFUSED, reason.wire_text()),
             CloseReason::Evicted => (CLOSE_EVICTED, EVICTED_TEXT),
+            CloseReason::PathLost => (CLOSE_PATH_LOST, b"relay circuit closed"),
         }
     }
 }

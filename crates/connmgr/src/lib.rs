@@ -76,8 +76,8 @@ pub use crate::config::{ConnManagerConfig, DEFAULT_ALPN};
 pub use crate::core::{ConnId, Firewall, Initiator, PolicyConfig};
 pub use crate::error::{
     is_duplicate_close, CloseReason, DialError, DownReason, RefuseReason, SpawnError,
-    CLOSE_DIAL_BACK, CLOSE_DUPLICATE, CLOSE_EVICTED, CLOSE_REFUSED, CLOSE_REPLACED,
-    CLOSE_REQUESTED, CLOSE_SHUTDOWN, EVICTED_TEXT,
+    CLOSE_DIAL_BACK, CLOSE_DUPLICATE, CLOSE_EVICTED, CLOSE_PATH_LOST, CLOSE_REFUSED,
+    CLOSE_REPLACED, CLOSE_REQUESTED, CLOSE_SHUTDOWN, EVICTED_TEXT,
 };
 pub use crate::key::{Identity, KeyError, PeerKey};
 pub use crate::messages::{

@@ -250,6 +250,11 @@ pub struct NatSection {
     pub relay_max_circuit_bytes: u64,
     /// Seconds one relayed circuit may stay open.
     pub relay_circuit_secs: u64,
+    /// Most peers registered with us (as a relay) to be found through us.
+    pub relay_max_registrations: usize,
+    /// Milliseconds a dial waits for its direct handshake before it also asks our relays
+    /// who is at the address and dials through them; 0: never through a relay.
+    pub relayed_dial_ms: u64,
 }
 
 impl Default for NatSection {
@@ -268,6 +273,10 @@ impl Default for NatSection {
             relay_max_circuits_per_peer: relay.max_circuits_per_peer,
             relay_max_circuit_bytes: relay.max_circuit_bytes,
             relay_circuit_secs: relay.circuit_lifetime.as_secs(),
+            relay_max_registrations: relay.max_registrations,
+            relayed_dial_ms: replic8_connmgr::NatConfig::default()
+                .relayed_dial_after
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }
@@ -504,6 +513,8 @@ mod tests {
         config.nat.relay = true;
         config.nat.punch = false;
         config.nat.relay_max_circuits = 3;
+        config.nat.relay_max_registrations = 9;
+        config.nat.relayed_dial_ms = 0;
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
     }

@@ -117,6 +117,14 @@ pub struct Counters {
     pub nat_circuits_relayed: Metric,
     /// Punches that opened a direct connection to a peer reached through a relay.
     pub nat_punches_ok: Metric,
+    /// Registrations relays accepted from us (they tell peers who ask where we are).
+    pub nat_relay_registrations: Metric,
+    /// Relays' answers to our `Locate` queries (who is at an address we could not dial).
+    pub nat_locates: Metric,
+    /// Dials through a relay made because a direct dial did not answer.
+    pub nat_relayed_dials: Metric,
+    /// Those of them that connected.
+    pub nat_relayed_dials_ok: Metric,
 }
 
 impl Default for Counters {
@@ -234,13 +242,33 @@ impl Default for Counters {
                 "Punch dials that opened a direct connection.",
                 "counter",
             ),
+            nat_relay_registrations: Metric::new(
+                "replic8_nat_relay_registrations_total",
+                "Registrations relays accepted from us.",
+                "counter",
+            ),
+            nat_locates: Metric::new(
+                "replic8_nat_locates_total",
+                "Relays' answers to our queries about an address we could not dial.",
+                "counter",
+            ),
+            nat_relayed_dials: Metric::new(
+                "replic8_nat_relayed_dials_total",
+                "Dials through a relay after a direct dial did not answer.",
+                "counter",
+            ),
+            nat_relayed_dials_ok: Metric::new(
+                "replic8_nat_relayed_dials_ok_total",
+                "Dials through a relay that connected.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 24] {
+    pub fn all(&self) -> [&Metric; 28] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -266,6 +294,10 @@ impl Counters {
             &self.nat_circuits,
             &self.nat_circuits_relayed,
             &self.nat_punches_ok,
+            &self.nat_relay_registrations,
+            &self.nat_locates,
+            &self.nat_relayed_dials,
+            &self.nat_relayed_dials_ok,
         ]
     }
 

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -208,6 +208,8 @@ fn the_topology_is_closed_and_its_nats_map_as_named() {
 struct Node {
     daemon: Daemon,
     name: String,
+    /// Its data directory.
+    data: PathBuf,
     key: String,
     /// Its DHT address on its host, from its banner.
     dht: Option<SocketAddrV4>,
@@ -262,6 +264,7 @@ impl Node {
         Node {
             daemon,
             name,
+            data,
             key,
             dht,
             events,
@@ -407,7 +410,7 @@ fn get_by_key(
     source: &Node,
     (feed, bytes, blocks): (&str, &[u8], u64),
     then: impl FnOnce(),
-) -> (Timing, SocketAddrV4) {
+) -> (Timing, SocketAddr) {
     let asked = Instant::now();
     let mut get = node
         .client()
@@ -513,7 +516,7 @@ fn nodes_behind_each_nat_find_a_public_node_on_the_dht_and_replicate_from_it() {
     let (b, bt) = get_by_key(&bob, &public, (&feed, &bytes, 20), || {});
     b.report("symmetric NAT, from a public node");
     for addr in [at, bt] {
-        assert_eq!(addr, SocketAddrV4::new(w.public.addr, QUIC_PORT));
+        assert_eq!(addr, SocketAddr::from((w.public.addr, QUIC_PORT)));
     }
 
     // The public node saw each at its NAT's address.
@@ -544,7 +547,7 @@ fn nodes_behind_two_endpoint_independent_nats_connect_directly_when_both_look_up
     timing.report("two endpoint-independent NATs, joined at once");
     assert_eq!(
         addr,
-        SocketAddrV4::new(w.eim.nat.addr, QUIC_PORT),
+        SocketAddr::from((w.eim.nat.addr, QUIC_PORT)),
         "carol reached alice's NAT"
     );
     let (_, up) = alice.events.wait("a connection to carol", |e| {
@@ -554,7 +557,9 @@ fn nodes_behind_two_endpoint_independent_nats_connect_directly_when_both_look_up
     assert_eq!(*seen.ip(), w.eim2.nat.addr, "alice reached carol's NAT");
 }
 
-// What the nodes learn about their NATs (issue 16).
+// The issue's cases (issue 16, "What it must show"), against relays and hole punching:
+// the home nodes register with the relay, and a dial of a home node's address that gets
+// no answer asks the relay who is there (decision 151).
 
 /// `[discovery]` static peers (relays, or any public node) for a node's config: dialed for
 /// every topic looked up, so that the node keeps a connection to each.
@@ -564,6 +569,200 @@ fn with_relays(relays: &[&Host]) -> String {
         .map(|r| format!("\"{}:{QUIC_PORT}\"", r.addr))
         .collect();
     format!("static_peers = [{}]\n", list.join(", "))
+}
+
+/// The config of a relay on the public segment.
+const RELAY: &str = "[nat]\nrelay = true\n";
+
+/// A feed of `blocks` random blocks of 1000 bytes on `node` (random, so that a window of
+/// it found in a file can only be a copy).
+fn random_feed(node: &Node, dir: &Path, blocks: u32) -> (String, Vec<u8>) {
+    let key = node.run(&["feed", "new"]).trim().to_owned();
+    let bytes: Vec<u8> = (0..blocks * 1000).map(|_| rand::random::<u8>()).collect();
+    append(node, dir, &key, &bytes);
+    (key, bytes)
+}
+
+fn append(node: &Node, dir: &Path, key: &str, bytes: &[u8]) {
+    let file = dir.join(format!("{}-{key}-{}.bin", node.name, bytes.len()));
+    std::fs::write(&file, bytes).unwrap();
+    node.run(&[
+        "feed",
+        "append",
+        key,
+        file.to_str().unwrap(),
+        "--block-size",
+        "1000",
+    ]);
+}
+
+/// The `path` (`direct` or `relayed`) and address of `node`'s connection to `peer`.
+fn path_to(node: &Node, peer: &Node) -> Option<(String, String)> {
+    let entry = node.peer(peer)?;
+    let text = |field: &str| entry[field].as_str().unwrap_or("none").to_owned();
+    Some((text("path"), text("addr")))
+}
+
+/// Polls `node`'s peers until its connection to `peer` is on `path`.
+fn wait_path(node: &Node, peer: &Node, path: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = path_to(node, peer);
+        if let Some((p, addr)) = &now {
+            if p == path {
+                return addr.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: no {path} connection to {}; last: {now:?}",
+            node.name,
+            peer.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn holds(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = holds(&path, needle) {
+                return Some(found);
+            }
+        } else if let Ok(data) = std::fs::read(&path) {
+            if data.windows(needle.len()).any(|w| w == needle) {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn behind_two_endpoint_independent_nats_the_punch_gives_a_direct_connection() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = Node::start(&w.boot, dir.path(), &bootstrap_config());
+    let relay = Node::start(&w.public, dir.path(), &node_config(&boot, RELAY));
+    let home = node_config(&boot, &with_relays(&[&w.public]));
+    let alice = Node::start(&w.alice, dir.path(), &home);
+    let carol = Node::start(&w.carol, dir.path(), &home);
+    let (feed, bytes) = random_feed(&alice, dir.path(), 20);
+    // Alice only announces the feed: she never looks carol up nor dials her of her own
+    // accord, so only a punch coordinated through the relay can open her NAT for carol.
+    // She reaches the relay through a topic of her own (static peers are dialed for
+    // every topic looked up), which carol never joins.
+    alice.run(&["join", &feed, "--no-lookup"]);
+    alice.run(&["join", "--topic", &"5".repeat(64)]);
+    relay.events.wait("alice at the relay", |e| {
+        e["event"] == "peer_up" && e["peer"] == alice.key.as_str()
+    });
+    let (timing, _) = get_by_key(&carol, &alice, (&feed, &bytes, 20), || {});
+    timing.report("two endpoint-independent NATs, punched through a relay");
+    let addr = wait_path(&carol, &alice, "direct");
+    assert_eq!(addr, format!("{}:{QUIC_PORT}", w.eim.nat.addr));
+    let addr = wait_path(&alice, &carol, "direct");
+    assert_eq!(addr, format!("{}:{QUIC_PORT}", w.eim2.nat.addr));
+    // New blocks come over the direct connection.
+    append(&alice, dir.path(), &feed, &bytes[..5000]);
+    carol.events.wait("the new blocks", |e| {
+        e["event"] == "feed_synced" && e["feed"] == feed.as_str() && e["length"] == 25
+    });
+    assert_eq!(path_to(&carol, &alice).unwrap().0, "direct");
+}
+
+#[test]
+fn behind_a_symmetric_nat_a_node_replicates_through_a_relay_that_sees_only_ciphertext() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = Node::start(&w.boot, dir.path(), &bootstrap_config());
+    let relay = Node::start(&w.public, dir.path(), &node_config(&boot, RELAY));
+    let home = node_config(&boot, &with_relays(&[&w.public]));
+    let alice = Node::start(&w.alice, dir.path(), &home);
+    let bob = Node::start(&w.bob, dir.path(), &home);
+    let (feed, bytes) = random_feed(&alice, dir.path(), 50);
+    alice.run(&["join", &feed]);
+    relay.events.wait("alice at the relay", |e| {
+        e["event"] == "peer_up" && e["peer"] == alice.key.as_str()
+    });
+    let (timing, _) = get_by_key(&bob, &alice, (&feed, &bytes, 50), || {});
+    timing.report("symmetric NAT, through a relay");
+    // Still relayed: a punch cannot open a symmetric NAT.
+    wait_path(&bob, &alice, "relayed");
+    relay.events.wait("the relay relaying bob and alice", |e| {
+        e["event"] == "nat_relaying"
+            && [e["opener"].as_str(), e["target"].as_str()].contains(&Some(bob.key.as_str()))
+    });
+    // The relay carried the feed: its connections to alice and to bob each moved at
+    // least the feed's bytes (as ciphertext inside the circuit).
+    let size = bytes.len() as u64;
+    let from_alice = relay.peer(&alice).unwrap()["bytes_received"]
+        .as_u64()
+        .unwrap();
+    let to_bob = relay.peer(&bob).unwrap()["bytes_sent"].as_u64().unwrap();
+    assert!(
+        from_alice >= size && to_bob >= size,
+        "the relay moved {from_alice} bytes from alice, {to_bob} to bob, for a {size}-byte feed"
+    );
+    // Nothing of the feed reached the relay's disk: no 64-byte window of it.
+    for chunk in bytes.chunks(1000) {
+        assert_eq!(
+            holds(&relay.data, &chunk[..64]),
+            None,
+            "plaintext at the relay"
+        );
+    }
+}
+
+#[test]
+fn relayed_peers_reconnect_when_their_relay_leaves() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = Node::start(&w.boot, dir.path(), &bootstrap_config());
+    let first = Node::start(&w.public, dir.path(), &node_config(&boot, RELAY));
+    let w2 = w._net.public_host("relay2");
+    let second = Node::start(&w2, dir.path(), &node_config(&boot, RELAY));
+    let home = node_config(&boot, &with_relays(&[&w.public, &w2]));
+    let alice = Node::start(&w.alice, dir.path(), &home);
+    let bob = Node::start(&w.bob, dir.path(), &home);
+    let (feed, bytes) = random_feed(&alice, dir.path(), 20);
+    alice.run(&["join", &feed]);
+    for relay in [&first, &second] {
+        relay.events.wait("alice at the relay", |e| {
+            e["event"] == "peer_up" && e["peer"] == alice.key.as_str()
+        });
+    }
+    get_by_key(&bob, &alice, (&feed, &bytes, 20), || {});
+    let (_, circuit) = bob.events.wait("bob's circuit to alice", |e| {
+        e["event"] == "nat_circuit_up" && e["peer"] == alice.key.as_str()
+    });
+    let (gone, stays) = if circuit["relay"] == first.key.as_str() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let left = Instant::now();
+    drop(gone);
+    bob.events.wait("the circuit down", |e| {
+        e["event"] == "nat_circuit_down" && e["peer"] == alice.key.as_str()
+    });
+    let (back, _) = bob
+        .events
+        .wait("bob's circuit through the other relay", |e| {
+            e["event"] == "nat_circuit_up"
+                && e["peer"] == alice.key.as_str()
+                && e["relay"] == stays.key.as_str()
+        });
+    eprintln!(
+        "timing relay left: reconnected through the other relay in {} ms",
+        back.duration_since(left).as_millis()
+    );
+    append(&alice, dir.path(), &feed, &bytes[..5000]);
+    bob.events.wait("the new blocks", |e| {
+        e["event"] == "feed_synced" && e["feed"] == feed.as_str() && e["length"] == 25
+    });
 }
 
 #[test]

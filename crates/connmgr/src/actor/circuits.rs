@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::tasks::{spawn_task, Task};
 use super::ConnManager;
@@ -27,6 +27,16 @@ use crate::nat::relay::Leg;
 use crate::nat::wire::{MAX_RELAYED_PACKET, STREAM_CIRCUIT};
 use crate::nat::CircuitEnd;
 use crate::socket::VirtualPaths;
+
+/// The answer channel of a relayed dial.
+pub(super) type Reply = oneshot::Sender<Result<PeerKey, DialError>>;
+
+/// How long the connection to a relay that carries circuits ending here may receive
+/// nothing before those circuits are given up: two keep-alive intervals. A live
+/// connection answers what we send with ACKs, and sends a keep-alive itself when idle.
+const RELAY_SILENCE: Duration = Duration::from_secs(10);
+/// How often the relay's silence is checked.
+const SILENCE_STEP: Duration = Duration::from_secs(1);
 
 /// Packets queued for one circuit's stream; more are dropped, as UDP would.
 const CIRCUIT_QUEUE: usize = 256;
@@ -41,8 +51,9 @@ pub(super) struct Circuits {
     pub(super) queues: CircuitQueues,
     /// Per local circuit: its writer and reader tasks.
     pub(super) tasks: HashMap<u64, Vec<Task>>,
-    /// Relayed dials waiting for their circuit: local id → (peer, reply).
-    pub(super) dials: HashMap<u64, (PeerKey, oneshot::Sender<Result<PeerKey, DialError>>)>,
+    /// Relayed dials waiting for their circuit: local id → (peer, replies: the dial that
+    /// opened it and those of the same peer made meanwhile).
+    pub(super) dials: HashMap<u64, (PeerKey, Vec<Reply>)>,
     /// At a relay: each leg's other leg, and the circuit's remaining byte budget.
     pub(super) splices: HashMap<Leg, (Leg, Arc<AtomicU64>)>,
     /// At a relay: the forwarding tasks of each leg's incoming stream.
@@ -50,6 +61,10 @@ pub(super) struct Circuits {
     /// At a relay: a leg's stream that arrived before its circuit was spliced (the
     /// target's stream can overtake its `CircuitAccept`); one per pending leg.
     pub(super) waiting: HashMap<Leg, quinn::RecvStream>,
+    /// Per relay carrying circuits that end here: the task that watches its connection
+    /// for silence (a relay that died without a close is otherwise noticed only at the
+    /// idle timeout).
+    pub(super) watchdogs: HashMap<PeerKey, Task>,
     /// Bytes forwarded for others since start.
     pub(super) relayed_bytes: Arc<AtomicU64>,
     /// Reads the endpoint's packets to virtual addresses.
@@ -61,6 +76,7 @@ impl Circuits {
     pub(super) fn drain_tasks(&mut self) -> Vec<Task> {
         let mut all: Vec<Task> = self.tasks.drain().flat_map(|(_, t)| t).collect();
         all.extend(self.forwards.drain().map(|(_, t)| t));
+        all.extend(self.watchdogs.drain().map(|(_, t)| t));
         all.extend(self.pump.take());
         all
     }
@@ -173,10 +189,15 @@ impl ConnManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(local, tx);
+        if !self.circuits.watchdogs.contains_key(&relay) {
+            let me = ctx.address();
+            let task = spawn_task(&self.tasks, watch_relay(conn.clone(), relay, me));
+            self.circuits.watchdogs.insert(relay, task);
+        }
         let writer = spawn_task(&self.tasks, write_circuit(conn, wire, rx));
         self.circuits.tasks.entry(local).or_default().push(writer);
         if opener {
-            if let Some((key, reply)) = self.circuits.dials.remove(&local) {
+            if let Some((key, replies)) = self.circuits.dials.remove(&local) {
                 let me = ctx.address();
                 let dial = Dial {
                     addr: VirtualPaths::address(local),
@@ -187,7 +208,9 @@ impl ConnManager {
                         Ok(result) => result,
                         Err(_) => Err(DialError::Shutdown),
                     };
-                    let _ = reply.send(result);
+                    for reply in replies {
+                        let _ = reply.send(result.clone());
+                    }
                 });
                 self.circuits.tasks.entry(local).or_default().push(task);
             }
@@ -196,16 +219,29 @@ impl ConnManager {
             local, opener, "circuit up");
     }
 
-    /// End: circuit `local` is gone.
-    pub(super) fn circuit_down(&mut self, local: u64, reason: CircuitEnd) {
+    /// End: circuit `local` is gone, and with it the connection relayed on it (closed
+    /// now as `DownReason::PathLost`, not left to its idle timeout).
+    pub(super) fn circuit_down(&mut self, local: u64, reason: CircuitEnd, ctx: &mut Context<Self>) {
         self.circuits
             .queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&local);
         self.circuits.tasks.remove(&local);
-        if let Some((_, reply)) = self.circuits.dials.remove(&local) {
-            let _ = reply.send(Err(DialError::Circuit(reason)));
+        if let Some((_, replies)) = self.circuits.dials.remove(&local) {
+            for reply in replies {
+                let _ = reply.send(Err(DialError::Circuit(reason)));
+            }
+        }
+        let addr = VirtualPaths::address(local);
+        let relayed = self
+            .live
+            .iter()
+            .find(|(_, l)| l.addr == addr)
+            .map(|(id, _)| *id);
+        if let Some(id) = relayed {
+            self.core.handle_path_lost(id, reason);
+            self.drain(ctx);
         }
     }
 
@@ -237,6 +273,43 @@ impl Handler<CircuitStream> for ConnManager {
     }
 }
 
+/// The connection to a relay carrying circuits that end here received nothing for
+/// `RELAY_SILENCE`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RelaySilent(PeerKey);
+
+impl Handler<RelaySilent> for ConnManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelaySilent, ctx: &mut Self::Context) {
+        self.circuits.watchdogs.remove(&msg.0);
+        info!(parent: &self.span, relay = %msg.0.fmt_short(), "relay silent: its circuits end");
+        self.nat.handle_relay_silent(msg.0);
+        self.drain_nat(ctx);
+    }
+}
+
+/// Watches `conn`, to `relay`, until it receives nothing for `RELAY_SILENCE` (then tells
+/// the actor) or closes.
+async fn watch_relay(conn: quinn::Connection, relay: PeerKey, me: Addr<ConnManager>) {
+    let mut seen = conn.stats().udp_rx.datagrams;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(SILENCE_STEP).await;
+        if conn.close_reason().is_some() {
+            return;
+        }
+        let now = conn.stats().udp_rx.datagrams;
+        if now != seen {
+            (seen, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= RELAY_SILENCE {
+            me.do_send(RelaySilent(relay));
+            return;
+        }
+    }
+}
+
 impl Handler<CircuitExhausted> for ConnManager {
     type Result = ();
 
@@ -254,12 +327,22 @@ impl Handler<DialRelayed> for ConnManager {
             let key = msg.key;
             return Box::pin(async move { Ok(key) });
         }
+        // A relayed dial of this peer under way: its answer is ours.
+        let (tx, rx) = oneshot::channel();
+        if let Some((_, replies)) = self
+            .circuits
+            .dials
+            .values_mut()
+            .find(|(k, _)| *k == msg.key)
+        {
+            replies.push(tx);
+            return Box::pin(async move { rx.await.unwrap_or(Err(DialError::Shutdown)) });
+        }
         let local = match self.nat.open_circuit(msg.relay, msg.key, Instant::now()) {
             Ok(local) => local,
             Err(end) => return Box::pin(async move { Err(DialError::Circuit(end)) }),
         };
-        let (tx, rx) = oneshot::channel();
-        self.circuits.dials.insert(local, (msg.key, tx));
+        self.circuits.dials.insert(local, (msg.key, vec![tx]));
         self.drain_nat(ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(DialError::Shutdown)) })
     }

@@ -7,6 +7,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use super::fallback;
 use super::reports::HandshakeDone;
 use super::tasks::spawn_task;
 use super::ConnManager;
@@ -108,6 +109,34 @@ impl Handler<Dial> for ConnManager {
     type Result = ResponseFuture<Result<PeerKey, DialError>>;
 
     fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) -> Self::Result {
+        // Through our relays too, or only (`fallback`, decision 151).
+        if let Some(key) = self.relayed_at(msg.addr, msg.expected_key) {
+            return Box::pin(async move { Ok(key) });
+        }
+        if self.is_stale_circuit(msg.addr) {
+            return Box::pin(fallback::through_relays(
+                ctx.address(),
+                msg.addr,
+                msg.expected_key,
+            ));
+        }
+        let after = self.relayed_dial_after(msg.addr, msg.expected_key);
+        let (addr, expected) = (msg.addr, msg.expected_key);
+        let direct = self.dial_direct(msg, ctx);
+        match after {
+            Some(after) => Box::pin(fallback::race(direct, after, ctx.address(), addr, expected)),
+            None => direct,
+        }
+    }
+}
+
+impl ConnManager {
+    /// The direct dial of `msg`: the core's decision, and the handshake if it says so.
+    fn dial_direct(
+        &mut self,
+        msg: Dial,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<PeerKey, DialError>> {
         let now = Instant::now();
         let decision = self
             .check_family(msg.addr)

@@ -34,6 +34,7 @@ mod circuits;
 mod conn;
 mod datagrams;
 mod dial;
+mod fallback;
 mod netctl;
 mod reports;
 mod requests;
@@ -153,6 +154,10 @@ pub struct ConnManager {
     dial_backs: HashMap<u64, Task>,
     next_dial_back: u64,
     nat_counters: NatCounters,
+    /// Our `Locate` queries waiting for their relay's answer (`fallback`).
+    locates: self::fallback::Locates,
+    /// Addresses a relay answered a dial of, and the key it reached (`fallback`).
+    relayed_at: self::fallback::RelayedAt,
     /// Set by `Shutdown`: the NAT machinery starts nothing new (dial-backs, punches,
     /// circuits) while the endpoint drains.
     nat_stopped: bool,
@@ -226,6 +231,8 @@ impl ConnManager {
             dial_backs: HashMap::new(),
             next_dial_back: 0,
             nat_counters: NatCounters::default(),
+            locates: HashMap::new(),
+            relayed_at: HashMap::new(),
             nat_stopped: false,
             span,
         };

@@ -121,6 +121,7 @@ impl ConnManager {
         }
         if self.nat_links.get(&key).is_some_and(|l| l.conn == conn) {
             self.nat_links.remove(&key);
+            self.circuits.watchdogs.remove(&key);
             self.nat.handle_peer_down(key, Instant::now());
             self.drain_nat(ctx);
         }
@@ -204,7 +205,15 @@ impl ConnManager {
                     peer,
                     opener,
                 } => self.circuit_up(local, relay, wire, peer, opener, ctx),
-                NatOutput::CircuitDown { local, reason, .. } => self.circuit_down(local, reason),
+                NatOutput::CircuitDown { local, reason, .. } => {
+                    self.circuit_down(local, reason, ctx)
+                }
+                NatOutput::Located { query, keys, .. } => {
+                    if let Some(tx) = self.locates.remove(&query) {
+                        // The dial that asked may have been answered already.
+                        let _ = tx.send(keys);
+                    }
+                }
                 NatOutput::Event(event) => {
                     match &event {
                         NatEvent::DialBackAsked { .. } => self.nat_counters.dial_backs_asked += 1,
@@ -234,12 +243,17 @@ impl ConnManager {
                             info!(parent: &self.span, peer = %peer.fmt_short(), %addr, ok,
                                 "punch")
                         }
-                        NatEvent::DialBackServed { .. } => {}
+                        NatEvent::RelayRegistered { relay, accepted } => {
+                            info!(parent: &self.span, relay = %relay.fmt_short(), accepted,
+                                "registered with a relay")
+                        }
+                        NatEvent::Located { relay, addr, peers } => {
+                            debug!(parent: &self.span, relay = %relay.fmt_short(), %addr,
+                                found = peers.len(), "located")
+                        }
+                        NatEvent::DialBackServed { .. } | NatEvent::RelayedDial { .. } => {}
                     }
-                    self.nat_subs.retain(|s| s.connected());
-                    for sub in &self.nat_subs {
-                        sub.do_send(event.clone());
-                    }
+                    self.publish_nat(event);
                 }
             }
         }
@@ -258,6 +272,14 @@ impl ConnManager {
 }
 
 impl ConnManager {
+    /// Sends `event` to the `SubscribeNat` subscribers.
+    pub(super) fn publish_nat(&mut self, event: NatEvent) {
+        self.nat_subs.retain(|s| s.connected());
+        for sub in &self.nat_subs {
+            sub.do_send(event.clone());
+        }
+    }
+
     /// Dials `peer` at each of `addrs`, after half a round trip of its (relayed)
     /// connection if `wait_half_rtt`; each outcome is reported as `NatEvent::Punched`.
     fn punch(
@@ -327,15 +349,11 @@ impl Handler<Punched> for ConnManager {
         if msg.ok {
             self.nat_counters.punches_ok += 1;
         }
-        self.nat_subs.retain(|s| s.connected());
-        let event = NatEvent::Punched {
+        self.publish_nat(NatEvent::Punched {
             peer: msg.peer,
             addr: msg.addr,
             ok: msg.ok,
-        };
-        for sub in &self.nat_subs {
-            sub.do_send(event.clone());
-        }
+        });
     }
 }
 

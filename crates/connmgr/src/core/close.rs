@@ -99,6 +99,19 @@ impl ConnCore {
         any
     }
 
+    /// The path of `conn` is gone (the relay circuit of a relayed connection closed):
+    /// close it now, and report it down as lost (`DownReason::PathLost`), which a
+    /// dialer redials, instead of waiting for its idle timeout.
+    pub fn handle_path_lost(&mut self, conn: ConnId, end: crate::nat::CircuitEnd) {
+        let Some(key) = self.conns.get(&conn).and_then(|c| c.key) else {
+            return;
+        };
+        if self.challenger.get(&key) == Some(&conn) {
+            self.challenger.remove(&key);
+        }
+        self.drop_conn(conn, key, CloseReason::PathLost, DownReason::PathLost(end));
+    }
+
     /// Ban `key` until `now + duration`, closing its connections.
     pub fn ban(&mut self, key: PeerKey, duration: Duration, now: Instant) {
         self.bans.insert(key, now + duration);

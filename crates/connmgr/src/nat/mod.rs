@@ -23,236 +23,37 @@
 //!   connection (a peer cannot make us dial anyone else), at most once per
 //!   `dial_back_peer_interval` per peer and `max_dial_backs_per_minute` in all.
 //!
-//! Modules: `wire` (the channel's messages and frames), `observed` (reports, public
-//! addresses, mapping type), `relay` (a relay's circuits and limits) and `circuit` (the
-//! circuits that end here).
+//! - Being found through relays (`advert`): a relay says so when a connection comes up
+//!   (`RelayOffer`); a node not known reachable registers with each relay (`Register`),
+//!   which keeps the address it sees it at and answers `Locate` queries about that
+//!   address (then its IP) from its other peers, within limits.
+//!
+//! Modules: `types` (the configuration, events and outputs), `wire` (the channel's
+//! messages and frames), `observed` (reports, public addresses, mapping type), `relay`
+//! (a relay's circuits and limits), `circuit` (the circuits that end here) and `advert`
+//! (registrations and `Locate`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::core::is_relayed;
 use crate::key::PeerKey;
 
+use self::advert::{Registry, Relays};
 use self::circuit::{CircuitEnds, EndAction};
 pub use self::observed::{NatType, ObservedAddrs, MAX_PUBLIC_ADDRS, MAX_REPORTERS};
 pub use self::relay::{CircuitEnd, RelayAction, RelayConfig};
 use self::relay::{Leg, RelayTable, WireIds};
-pub use self::wire::{NatMessage, WireError, MAX_NAT_FRAME};
+pub use self::types::{NatConfig, NatEvent, NatOutput, NatStatus, Reachability};
+pub use self::wire::{NatMessage, WireError, MAX_LOCATED, MAX_NAT_FRAME};
 
+pub mod advert;
 pub mod circuit;
 pub mod observed;
 pub mod relay;
+mod types;
 pub mod wire;
-
-/// The NAT features' switches and limits.
-#[derive(Debug, Clone)]
-pub struct NatConfig {
-    /// Exchange observed addresses on every connection (and learn the NAT type).
-    pub observe: bool,
-    /// Ask peers to dial us back, and serve their dial-back requests.
-    pub dial_back: bool,
-    /// Over a relayed connection, exchange public addresses and both dial direct at once
-    /// (hole punching); the direct connection replaces the relayed one.
-    pub punch: bool,
-    /// How long a dial-back (ours to a peer, or the answer we wait for) may take.
-    pub dial_back_timeout: Duration,
-    /// How long a reachability verdict stands before it is checked again.
-    pub recheck_after: Duration,
-    /// A peer gets at most one dial-back from us per this interval.
-    pub dial_back_peer_interval: Duration,
-    /// Most dial-backs we serve per minute, to all peers together.
-    pub max_dial_backs_per_minute: u32,
-    /// Relaying for peers, and circuits that end here.
-    pub relay: RelayConfig,
-}
-
-impl Default for NatConfig {
-    fn default() -> Self {
-        Self {
-            observe: true,
-            dial_back: true,
-            punch: true,
-            // A handshake over a slow path with a lost packet, and the result's way back.
-            dial_back_timeout: Duration::from_secs(5),
-            // Home routers drop or renumber mappings within minutes to hours; ten minutes
-            // notices that without costing a peer more than a handshake now and then.
-            recheck_after: Duration::from_secs(600),
-            // Long enough that a peer cannot use us as a handshake generator; an honest
-            // one asks once per `recheck_after`.
-            dial_back_peer_interval: Duration::from_secs(30),
-            // A few honest peers checking at once; bounds what a crowd of peers can make
-            // us send.
-            max_dial_backs_per_minute: 8,
-            relay: RelayConfig::default(),
-        }
-    }
-}
-
-/// Whether unsolicited connections reach us at our public address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reachability {
-    /// Not checked yet (no peer reported where it sees us, or none answered).
-    Unknown,
-    /// A peer's dial-back from a fresh port got through. It comes from the peer's IP, so
-    /// a NAT that filters by IP only passes it too (decision 157).
-    Reachable,
-    /// A peer's dial-back from a fresh port did not get through.
-    Unreachable,
-}
-
-impl fmt::Display for Reachability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Reachability::Unknown => "unknown",
-            Reachability::Reachable => "reachable",
-            Reachability::Unreachable => "unreachable",
-        })
-    }
-}
-
-/// Something about our NAT situation changed, or a step of it happened (sent to
-/// `SubscribeNat` subscribers).
-#[derive(Debug, Clone, PartialEq, Eq, actix::Message)]
-#[rtype(result = "()")]
-pub enum NatEvent {
-    /// Our public addresses as peers report them (most reported first).
-    PublicAddrs {
-        /// The addresses.
-        addrs: Vec<SocketAddr>,
-    },
-    /// The mapping type changed.
-    NatType {
-        /// The new type.
-        nat_type: NatType,
-    },
-    /// We asked `peer` to dial us back.
-    DialBackAsked {
-        /// The peer.
-        peer: PeerKey,
-    },
-    /// The reachability verdict, after `peer`'s dial-back.
-    Reachability {
-        /// The verdict.
-        reachability: Reachability,
-        /// The peer that dialed back (or tried).
-        peer: PeerKey,
-    },
-    /// A circuit to `peer` through `relay` carries packets now.
-    CircuitUp {
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// The relay.
-        relay: PeerKey,
-    },
-    /// A circuit to `peer` is gone.
-    CircuitDown {
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// Why.
-        reason: CircuitEnd,
-    },
-    /// We relay a circuit between `opener` and `target` now.
-    Relaying {
-        /// The peer that opened it.
-        opener: PeerKey,
-        /// The peer it reaches.
-        target: PeerKey,
-    },
-    /// A punch's direct dial to `peer` at `addr` ended (`ok`: a direct connection is up).
-    Punched {
-        /// The peer.
-        peer: PeerKey,
-        /// The address dialed.
-        addr: SocketAddr,
-        /// Whether it connected.
-        ok: bool,
-    },
-    /// We dialed `peer` back at `addr` on its request.
-    DialBackServed {
-        /// The peer.
-        peer: PeerKey,
-        /// The address dialed.
-        addr: SocketAddr,
-        /// Whether the handshake completed.
-        reached: bool,
-    },
-}
-
-/// What the core asks its driver to do or report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NatOutput {
-    /// Send `message` on the control channel of `to`'s connection.
-    Send {
-        /// The peer.
-        to: PeerKey,
-        /// The message.
-        message: NatMessage,
-    },
-    /// Dial `to` at `addr` from a fresh UDP port, its key pinned; report the outcome
-    /// with `handle_dial_back_done` within `dial_back_timeout`.
-    DialBack {
-        /// The peer that asked.
-        to: PeerKey,
-        /// Where we see it.
-        addr: SocketAddr,
-        /// Its request's nonce.
-        nonce: u64,
-    },
-    /// Report this.
-    Event(NatEvent),
-    /// Dial `peer` directly at each of `addrs` (its key pinned), after half the relayed
-    /// connection's round trip if `wait_half_rtt`: the punch.
-    Punch {
-        /// The peer.
-        peer: PeerKey,
-        /// Its public addresses.
-        addrs: Vec<SocketAddr>,
-        /// Wait half a round trip first.
-        wait_half_rtt: bool,
-    },
-    /// Relay: start or stop forwarding between two legs (`RelayAction::Splice` and
-    /// `RelayAction::Unsplice` only: the core sends the relay's messages itself).
-    Relay(RelayAction),
-    /// End: circuit `local` carries packets to and from `peer` through `relay` (the
-    /// circuit id on its connection is `wire`); the opener dials `peer` at its virtual
-    /// address.
-    CircuitUp {
-        /// Our id (names the virtual path).
-        local: u64,
-        /// The relay.
-        relay: PeerKey,
-        /// The id on the relay's connection.
-        wire: u64,
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// Whether we opened it.
-        opener: bool,
-    },
-    /// End: circuit `local` is gone.
-    CircuitDown {
-        /// Our id.
-        local: u64,
-        /// The peer at the other end.
-        peer: PeerKey,
-        /// Why.
-        reason: CircuitEnd,
-    },
-}
-
-/// What `NatCore::status` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatStatus {
-    /// Our public addresses, most reported first.
-    pub public_addrs: Vec<SocketAddr>,
-    /// The mapping type.
-    pub nat_type: NatType,
-    /// The reachability verdict.
-    pub reachability: Reachability,
-    /// Peers whose report is kept.
-    pub reporters: usize,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Asked {
@@ -285,6 +86,12 @@ pub struct NatCore {
     relay: RelayTable,
     ends: CircuitEnds,
     ids: WireIds,
+    /// At a relay: the peers registered with us to be found.
+    registry: Registry,
+    /// The connected peers that relay for us, and our registrations with them.
+    relays: Relays,
+    /// Whether we told our peers we relay (`RelayOffer`).
+    offering: bool,
     outputs: VecDeque<NatOutput>,
 }
 
@@ -297,6 +104,12 @@ impl NatCore {
             relay: RelayTable::new(me, config.relay.clone()),
             ends: CircuitEnds::new(config.relay.clone()),
             ids: WireIds::new(me),
+            registry: Registry::new(
+                config.relay.max_registrations,
+                config.relay.max_locates_per_minute,
+            ),
+            relays: Relays::default(),
+            offering: config.relay.enabled,
             config,
             observed: ObservedAddrs::default(),
             peers: HashMap::new(),
@@ -325,6 +138,9 @@ impl NatCore {
             nat_type: self.nat_type,
             reachability: self.reachability,
             reporters: self.observed.len(),
+            relays: self.relays.offered().count(),
+            registered_with: self.relays.registered(),
+            registered_here: self.registry.len(),
         }
     }
 
@@ -342,6 +158,7 @@ impl NatCore {
             .chain(check)
             .chain(self.relay.poll_timeout())
             .chain(self.ends.poll_timeout())
+            .chain(self.relays.poll_timeout())
             .min()
     }
 
@@ -360,6 +177,9 @@ impl NatCore {
         if self.config.observe {
             self.send(key, NatMessage::Observed { addr: remote });
         }
+        if self.offering {
+            self.send(key, NatMessage::RelayOffer { relaying: true });
+        }
         self.maybe_ask(now);
     }
 
@@ -373,6 +193,10 @@ impl NatCore {
         self.ends.handle_peer_down(key, &mut out);
         self.end_actions(out);
         self.ids.forget(&key);
+        self.registry.peer_down(&key);
+        for (query, addr) in self.relays.peer_down(&key) {
+            self.located(key, query, addr, Vec::new());
+        }
         if self.asked.is_some_and(|a| a.peer == key) {
             self.asked = None;
             self.skipped.insert(key);
@@ -478,6 +302,7 @@ impl NatCore {
                 self.ends.handle_close(from, circuit, reason, &mut out);
                 self.end_actions(out);
             }
+            message => self.handle_advert(from, remote, message, now),
         }
     }
 
@@ -698,6 +523,9 @@ impl NatCore {
         let mut out = Vec::new();
         self.ends.handle_timeout(now, &mut out);
         self.end_actions(out);
+        for (relay, query, addr) in self.relays.handle_timeout(now) {
+            self.located(relay, query, addr, Vec::new());
+        }
         if let Some(asked) = self.asked.filter(|a| a.until <= now) {
             self.asked = None;
             self.skipped.insert(asked.peer);
@@ -781,6 +609,8 @@ impl NatCore {
                 reachability: self.reachability,
                 peer,
             }));
+        self.sync_offering();
+        self.sync_registrations();
     }
 
     /// Whether we may dial `peer` back now (and count it if so).
@@ -814,6 +644,8 @@ impl NatCore {
     }
 }
 
+#[cfg(test)]
+mod advert_tests;
 #[cfg(test)]
 mod relay_tests;
 #[cfg(test)]

@@ -64,6 +64,10 @@ pub struct RelayConfig {
     pub accept_circuits: bool,
     /// Most circuits at once that end here.
     pub max_end_circuits: usize,
+    /// Most peers registered with us to be found (`Locate`) at once.
+    pub max_registrations: usize,
+    /// Most `Locate` queries we answer per peer and minute.
+    pub max_locates_per_minute: u32,
 }
 
 impl Default for RelayConfig {
@@ -86,6 +90,12 @@ impl Default for RelayConfig {
             accept_timeout: Duration::from_secs(10),
             accept_circuits: true,
             max_end_circuits: 64,
+            // A registration is a key and an address (about 100 bytes); a few hundred
+            // home nodes is what one volunteer's circuit limits could serve anyway.
+            max_registrations: 512,
+            // A node dials a few addresses a minute that do not answer (DHT finds behind
+            // NATs, redials); more is a scan of who is registered with us.
+            max_locates_per_minute: 30,
         }
     }
 }

@@ -26,6 +26,8 @@ pub const MAX_RELAYED_PACKET: usize = 1500;
 /// Largest encoded message. Every message today is a few dozen bytes; the margin is for
 /// lists (addresses a relay can reach) without a format change.
 pub const MAX_NAT_FRAME: usize = 1024;
+/// Most keys in one `Located` answer (8 keys are 264 bytes, well inside a frame).
+pub const MAX_LOCATED: usize = 8;
 /// Most messages a peer may send on its control stream per `CONTROL_RATE_WINDOW`; one
 /// past it closes the stream's reader (the connection itself stays). An honest peer sends
 /// one `Observed` per connection and a dial-back exchange now and then.
@@ -98,6 +100,38 @@ pub enum NatMessage {
         circuit: u64,
         /// Why.
         reason: CircuitEnd,
+    },
+    /// From a node that relays: whether it relays for us now (sent when the connection
+    /// comes up if it does, and again when that changes).
+    RelayOffer {
+        /// It relays circuits between its peers.
+        relaying: bool,
+    },
+    /// To a relay: answer `Locate` queries about me (until this connection ends or
+    /// `Unregister`); the relay answers `Registered`.
+    Register,
+    /// To a relay: forget my registration.
+    Unregister,
+    /// The relay's answer to `Register`.
+    Registered {
+        /// Whether it keeps the registration (its limit, or it stopped relaying).
+        accepted: bool,
+    },
+    /// To a relay: which of the peers registered with you do you see at `addr` (or, if
+    /// none, at its IP)? The relay answers `Located`.
+    Locate {
+        /// Echoed in the answer.
+        query: u32,
+        /// The address we could not reach directly.
+        addr: SocketAddr,
+    },
+    /// The answer to `Locate`: the keys of registered peers the relay sees at the
+    /// address (exact matches first), at most `MAX_LOCATED`.
+    Located {
+        /// The query's id.
+        query: u32,
+        /// Their keys.
+        keys: Vec<[u8; 32]>,
     },
 }
 
@@ -182,6 +216,15 @@ mod tests {
             NatMessage::CircuitClose {
                 circuit: 3,
                 reason: CircuitEnd::Limit,
+            },
+            NatMessage::RelayOffer { relaying: true },
+            NatMessage::Register,
+            NatMessage::Unregister,
+            NatMessage::Registered { accepted: false },
+            NatMessage::Locate { query: 9, addr: v6 },
+            NatMessage::Located {
+                query: 9,
+                keys: vec![[3; 32]; MAX_LOCATED],
             },
         ] {
             let frame = encode_frame(&m).unwrap();

@@ -10,6 +10,7 @@ mod bad_input;
 mod confirm;
 mod loopback;
 mod nat;
+mod nat_found;
 mod nat_relay;
 mod node_socket;
 mod slots;

@@ -33,7 +33,8 @@
 //!   `PeerUp`: kept aside and merged then. Leaving a topic closes a connection we dialed
 //!   that nothing else needs; connections the peer dialed and requested ones stay.
 //! - A connection we dialed and lost is redialed, with the peer's key pinned
-//!   ([`rules::after_down`]): after a timeout, reset, transport error, the peer's bare
+//!   ([`rules::after_down`]): after a timeout, reset, transport error, the loss of its
+//!   relay circuit (`PathLost`: the redial goes through another relay), the peer's bare
 //!   close or its session `timeout`; after our own session's close only if that session
 //!   ended with our `timeout`, or because it saw the peer's bare close or `timeout` first
 //!   ([`rules::after_session_end`]), matched in whichever order the `PeerDown` and the

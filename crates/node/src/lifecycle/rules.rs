@@ -39,7 +39,8 @@ pub(crate) enum AfterDown {
 
 /// What to do about a connection that went down for `reason`, dialed by `initiator`.
 ///
-/// Redialed: connections we dialed and lost (idle timeout, reset, transport error), or
+/// Redialed: connections we dialed and lost (idle timeout, reset, transport error, the
+/// relay circuit a relayed one ran on), or
 /// that the peer's connection manager closed without a session reason (an operator's
 /// cut), or whose session the peer ended with `timeout` (we were slow). Never: the
 /// peer's connections (it redials itself), ours that we closed (`Close`, a ban,
@@ -72,6 +73,9 @@ pub(crate) fn after_down(initiator: Initiator, reason: &DownReason) -> AfterDown
             E::LocallyClosed => AfterDown::AskSession,
             E::VersionMismatch | E::CidsExhausted => AfterDown::Never,
         },
+        // Its relay circuit closed (the relay left): reached again through another
+        // relay, or directly.
+        DownReason::PathLost(_) => AfterDown::Redial,
         DownReason::Closed
         | DownReason::Shutdown
         | DownReason::Duplicate
@@ -168,6 +172,9 @@ mod tests {
             after_down(Initiator::Local, &app_close(CLOSE_REQUESTED)),
             AfterDown::Redial
         );
+        let path_lost = DownReason::PathLost(replic8_connmgr::CircuitEnd::Closed);
+        assert_eq!(after_down(Initiator::Local, &path_lost), AfterDown::Redial);
+        assert_eq!(after_down(Initiator::Remote, &path_lost), AfterDown::Never);
         // The peer's session timed out waiting for us.
         assert_eq!(
             after_down(Initiator::Local, &app_close(quinn::VarInt::from_u32(9))),

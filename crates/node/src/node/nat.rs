@@ -38,7 +38,20 @@ impl Handler<NatEvent> for NatForwarder {
             NatEvent::CircuitUp { .. } => self.counters.nat_circuits.add(1),
             NatEvent::CircuitDown { .. } => self.counters.nat_circuits.sub(1),
             NatEvent::Punched { ok: true, .. } => self.counters.nat_punches_ok.add(1),
-            NatEvent::Punched { ok: false, .. }
+            NatEvent::RelayRegistered { accepted: true, .. } => {
+                self.counters.nat_relay_registrations.add(1)
+            }
+            NatEvent::Located { .. } => self.counters.nat_locates.add(1),
+            NatEvent::RelayedDial { ok, .. } => {
+                self.counters.nat_relayed_dials.add(1);
+                if *ok {
+                    self.counters.nat_relayed_dials_ok.add(1);
+                }
+            }
+            NatEvent::RelayRegistered {
+                accepted: false, ..
+            }
+            | NatEvent::Punched { ok: false, .. }
             | NatEvent::PublicAddrs { .. }
             | NatEvent::NatType { .. } => {}
         }

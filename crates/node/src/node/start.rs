@@ -151,8 +151,11 @@ async fn assemble(
                 max_circuits_per_peer: builder.nat.relay_max_circuits_per_peer,
                 max_circuit_bytes: builder.nat.relay_max_circuit_bytes,
                 circuit_lifetime: Duration::from_secs(builder.nat.relay_circuit_secs.max(1)),
+                max_registrations: builder.nat.relay_max_registrations,
                 ..RelayConfig::default()
             },
+            relayed_dial_after: (builder.nat.relayed_dial_ms > 0)
+                .then(|| Duration::from_millis(builder.nat.relayed_dial_ms)),
             ..NatConfig::default()
         },
         share_krpc: builder.share_socket && builder.dht.is_some(),

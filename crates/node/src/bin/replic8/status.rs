@@ -52,6 +52,10 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
         nat["reporters"]
     );
     println!(
+        "relays    {} relay(s) for us, registered with {}; {} peer(s) registered here",
+        nat["relays"], nat["registered_with"], nat["registered_here"]
+    );
+    println!(
         "stored    {} feed(s), {} blocks, {} bytes",
         v["feeds_held"], v["blocks_stored"], v["bytes_stored"]
     );

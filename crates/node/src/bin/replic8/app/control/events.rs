@@ -215,7 +215,8 @@ pub(crate) fn to_json(event: &NodeEvent) -> Value {
 
 /// A NAT event as a JSON object (`event`: `nat_public_addrs`, `nat_type`,
 /// `nat_dial_back_asked`, `nat_reachability`, `nat_dial_back_served`, `nat_circuit_up`,
-/// `nat_circuit_down`, `nat_relaying`, `nat_punched`).
+/// `nat_circuit_down`, `nat_relaying`, `nat_punched`, `nat_relay_registered`,
+/// `nat_located`, `nat_relayed_dial`).
 fn nat_json(event: &NatEvent) -> Value {
     match event {
         NatEvent::PublicAddrs { addrs } => json!({
@@ -255,6 +256,23 @@ fn nat_json(event: &NatEvent) -> Value {
             "event": "nat_relaying",
             "opener": key(opener.as_bytes()),
             "target": key(target.as_bytes()),
+        }),
+        NatEvent::RelayRegistered { relay, accepted } => json!({
+            "event": "nat_relay_registered",
+            "relay": key(relay.as_bytes()),
+            "accepted": accepted,
+        }),
+        NatEvent::Located { relay, addr, peers } => json!({
+            "event": "nat_located",
+            "relay": key(relay.as_bytes()),
+            "addr": addr.to_string(),
+            "peers": peers.iter().map(|p| key(p.as_bytes())).collect::<Vec<_>>(),
+        }),
+        NatEvent::RelayedDial { peer, relay, ok } => json!({
+            "event": "nat_relayed_dial",
+            "peer": key(peer.as_bytes()),
+            "relay": key(relay.as_bytes()),
+            "ok": ok,
         }),
         NatEvent::DialBackServed {
             peer,

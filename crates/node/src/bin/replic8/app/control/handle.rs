@@ -119,6 +119,9 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                     "nat_type": nat.nat_type.to_string(),
                     "reachability": nat.reachability.to_string(),
                     "reporters": nat.reporters,
+                    "relays": nat.relays,
+                    "registered_with": nat.registered_with,
+                    "registered_here": nat.registered_here,
                 },
                 "dht": dht.map(|d| json!({
                     "id": hex::encode(d.id.0),
