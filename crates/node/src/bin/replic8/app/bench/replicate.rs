@@ -38,6 +38,7 @@ use super::{
     Scenario,
 };
 use crate::app::demo::Pattern;
+use replic8_node::config::LimitsSection;
 use replic8_node::persist::{PersistedShare, PersistedState};
 use replic8_node::{FeedKey, Headers, Node, NodeEvent, NodeHandle, PeerKey};
 
@@ -367,11 +368,19 @@ pub(crate) async fn replicate(
     let blocks: u64 = ready.feeds.iter().map(|f| f.length).sum();
 
     reset_peak_rss();
+    // The store's default quotas (1,024 new feeds per peer and hour) would refuse most
+    // of a many-feeds writer's offer: this reader takes everything it is offered.
+    let limits = LimitsSection {
+        new_feeds_per_peer: Some(u32::try_from(options.feeds).unwrap_or(u32::MAX)),
+        max_replicas: Some(options.feeds),
+        ..LimitsSection::default()
+    };
     let reader = Node::builder()
         .data_dir(dir.join("reader"))
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .dht(false)
         .lan(false)
+        .limits(limits)
         .spawn()
         .await?;
     let result = async {
