@@ -272,6 +272,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub(crate) struct MembershipWrites {
     /// A write runs.
     pub(crate) running: bool,
+    /// Writes started so far.
+    pub(crate) count: u64,
     /// The generation the last finished write covered (written, or failed and logged:
     /// those waiting are released either way, as they were before writes coalesced).
     done: watch::Sender<u64>,
@@ -281,6 +283,7 @@ impl Default for MembershipWrites {
     fn default() -> Self {
         MembershipWrites {
             running: false,
+            count: 0,
             done: watch::Sender::new(0),
         }
     }

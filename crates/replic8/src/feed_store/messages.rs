@@ -127,6 +127,8 @@ pub struct FeedStoreStats {
     pub feeds_opened: u64,
     /// Feeds closed since the store started (unused past the bound, or idle).
     pub feeds_closed: u64,
+    /// Writes of the membership file (changes made while one runs share the next).
+    pub membership_writes: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.

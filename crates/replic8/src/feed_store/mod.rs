@@ -407,6 +407,7 @@ impl<St: Storage> FeedStore<St> {
             return false;
         };
         self.writes.running = true;
+        self.writes.count += 1;
         let generation = self.generation;
         let snapshot = self.members.clone();
         actix::spawn(async move {

@@ -151,6 +151,7 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             feeds_open: self.registry.open_count() as u64,
             feeds_opened: self.registry.counts().0,
             feeds_closed: self.registry.counts().1,
+            membership_writes: self.writes.count,
         })
     }
 }
