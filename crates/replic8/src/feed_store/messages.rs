@@ -318,6 +318,18 @@ pub struct ShareFeed {
     pub headers: Headers,
 }
 
+/// Shares many feeds in one namespace at once, as [`ShareFeed`] does each (the node's
+/// start shares every persisted share this way): one membership write and one offer
+/// for all of them. Replies with the feeds that could not be shared, and why.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Vec<(FeedKey, FeedStoreError)>")]
+pub struct ShareFeeds {
+    /// The namespace (registered with the session layer for this store).
+    pub namespace: String,
+    /// The feeds, each with the headers sent with its offer.
+    pub feeds: Vec<(FeedKey, Headers)>,
+}
+
 /// The store's counters.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "FeedStoreStats")]

@@ -659,9 +659,10 @@ pub(crate) async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Ro
     .with("block_size", shape.block_size)
     .with("verified", true)
     .with("prep_seconds", r.prep_seconds)
+    .with("reader_files", r.reader_files)
     .with(
         "files_per_feed",
-        round(r.reader_files as f64 / shape.feeds as f64, 4),
+        round(r.reader_files as f64 / shape.feeds as f64, 6),
     );
     if let Some(raw) = raw {
         let raw_mb = raw.mb_per_s();
