@@ -9,7 +9,7 @@ use replic8::actor::SessionsActor;
 use replic8::feed_store::{
     Append, CreateFeed, DecideOffers, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent,
     GetFeed, GetStats, ListFeeds, OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy,
-    ShareFeed, Subscribe,
+    ShareFeed, ShareFeeds, Subscribe,
 };
 use tokio::sync::mpsc;
 
@@ -27,6 +27,8 @@ pub(crate) struct FeedStoreRecipients {
     pub(crate) read: Recipient<ReadRange>,
     pub(crate) subscribe: Recipient<Subscribe>,
     pub(crate) share: Recipient<ShareFeed>,
+    /// Shares many feeds of one namespace at once (the persisted shares, at start).
+    pub(crate) share_many: Recipient<ShareFeeds>,
     pub(crate) stats: Recipient<GetStats>,
     /// Sets a namespace's policy and registers the store for it with the sessions.
     pub(crate) serve: Recipient<ServeNamespace>,
@@ -47,6 +49,7 @@ impl FeedStoreRecipients {
             read: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
             share: addr.clone().recipient(),
+            share_many: addr.clone().recipient(),
             stats: addr.clone().recipient(),
             serve: addr.clone().recipient(),
             set_policy: addr.clone().recipient(),

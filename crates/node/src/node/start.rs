@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use replic8::actor::SessionsActor;
-use replic8::feed_store::{FeedStoreConfig, NamespacePolicy, ServeNamespace, ShareFeed};
+use replic8::feed_store::{FeedStoreConfig, NamespacePolicy, ServeNamespace, ShareFeeds};
 use replic8::keys::FeedKey;
 use replic8::message::Headers;
 use replic8::session::SessionConfig;
@@ -270,6 +270,9 @@ async fn assemble(
             }
         }
     }
+    // One message per namespace, in the order of the state file (a message per share
+    // held 100,000 requests and their tasks at once for a store of that many feeds).
+    let mut by_namespace: Vec<(String, Vec<(FeedKey, Headers)>)> = Vec::new();
     for share in &prepared.state.shares {
         let headers = match Headers::try_from(share.headers.clone()) {
             Ok(h) => h,
@@ -278,15 +281,22 @@ async fn assemble(
                 continue;
             }
         };
-        let request = feeds.share.send(ShareFeed {
-            namespace: share.namespace.clone(),
-            feed: FeedKey(share.feed),
-            headers,
+        let feed = (FeedKey(share.feed), headers);
+        match by_namespace.iter_mut().find(|(n, _)| *n == share.namespace) {
+            Some((_, shared)) => shared.push(feed),
+            None => by_namespace.push((share.namespace.clone(), vec![feed])),
+        }
+    }
+    for (namespace, shared) in by_namespace {
+        let request = feeds.share_many.send(ShareFeeds {
+            namespace,
+            feeds: shared,
         });
-        let feed = FeedKey(share.feed);
         actix::spawn(async move {
-            if let Ok(Err(e)) = request.await {
-                warn!(feed = %feed.fmt_short(), error = %e, "resumed share failed");
+            if let Ok(failed) = request.await {
+                for (feed, e) in failed {
+                    warn!(feed = %feed.fmt_short(), error = %e, "resumed share failed");
+                }
             }
         });
     }

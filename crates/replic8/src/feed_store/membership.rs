@@ -20,8 +20,10 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
+use actix::Message;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::keys::FeedKey;
 use replic8_store::storage::write_atomic;
@@ -245,6 +247,58 @@ impl MembershipFile {
         *written = generation;
         Ok(())
     }
+}
+
+/// The bookkeeping of the membership file's writes: whether one runs, and the
+/// generation (count of changes) the last finished one covered. The store starts a
+/// write only when none runs, so changes made meanwhile share the next write.
+#[derive(Debug)]
+pub(crate) struct MembershipWrites {
+    /// A write runs.
+    pub(crate) running: bool,
+    /// Writes started so far.
+    pub(crate) count: u64,
+    /// The generation the last finished write covered (written, or failed and logged:
+    /// those waiting are released either way, as they were before writes coalesced).
+    done: watch::Sender<u64>,
+}
+
+impl Default for MembershipWrites {
+    fn default() -> Self {
+        MembershipWrites {
+            running: false,
+            count: 0,
+            done: watch::Sender::new(0),
+        }
+    }
+}
+
+impl MembershipWrites {
+    /// Resolves once a write covering `generation` finished (or the store stopped).
+    pub(crate) fn wait(&self, generation: u64) -> impl std::future::Future<Output = ()> + 'static {
+        let mut done = self.done.subscribe();
+        async move {
+            let _ = done.wait_for(|g| *g >= generation).await;
+        }
+    }
+
+    /// The write of `generation` finished.
+    pub(crate) fn finished(&mut self, generation: u64) {
+        self.running = false;
+        self.done.send_if_modified(|g| {
+            let newer = generation > *g;
+            *g = (*g).max(generation);
+            newer
+        });
+    }
+}
+
+/// A write of the membership file finished (sent by its task to the store).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct MembersWritten {
+    /// The generation it wrote.
+    pub(crate) generation: u64,
 }
 
 #[cfg(test)]

@@ -127,6 +127,8 @@ pub struct FeedStoreStats {
     pub feeds_opened: u64,
     /// Feeds closed since the store started (unused past the bound, or idle).
     pub feeds_closed: u64,
+    /// Writes of the membership file (changes made while one runs share the next).
+    pub membership_writes: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.
@@ -314,6 +316,18 @@ pub struct ShareFeed {
     pub feed: FeedKey,
     /// Headers sent with the offer.
     pub headers: Headers,
+}
+
+/// Shares many feeds in one namespace at once, as [`ShareFeed`] does each (the node's
+/// start shares every persisted share this way): one membership write and one offer
+/// for all of them. Replies with the feeds that could not be shared, and why.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Vec<(FeedKey, FeedStoreError)>")]
+pub struct ShareFeeds {
+    /// The namespace (registered with the session layer for this store).
+    pub namespace: String,
+    /// The feeds, each with the headers sent with its offer.
+    pub feeds: Vec<(FeedKey, Headers)>,
 }
 
 /// The store's counters.

@@ -54,7 +54,7 @@ use std::time::Instant;
 
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseActFuture, ResponseFuture,
-    WrapFuture,
+    WeakAddr, WrapFuture,
 };
 use replic8_store::storage::{DiskStorage, MemoryStorage, Storage};
 use replic8_store::SyncConfig;
@@ -74,7 +74,7 @@ use crate::store::{
     Attach, Detach, FeedHeads, FeedUpdated, KnownFeeds, Offer, RegisterError, RegisterStore, Share,
     SharedFeed, Shares, StoreError, StoreRecipients,
 };
-use membership::{Member, MembershipFile};
+use membership::{Member, MembersWritten, MembershipFile, MembershipWrites};
 pub(crate) use registry::FeedEntry;
 use registry::{OpenLimits, Registry};
 
@@ -213,8 +213,13 @@ pub struct FeedStore<St: Storage> {
     members: HashMap<FeedKey, Member>,
     /// Where `members` is kept, for a disk store.
     membership_file: Option<Arc<MembershipFile>>,
-    /// Snapshots of `members` taken so far.
+    /// Changes of `members` to be written to the membership file so far.
     generation: u64,
+    /// The membership file's writes (at most one at a time).
+    writes: MembershipWrites,
+    /// This actor, for a finished write to report back (weak: it does not keep the
+    /// store running).
+    me: Option<WeakAddr<Self>>,
     /// Changes of `members` so far (to tell whether an offer changed anything).
     member_changes: u64,
     quotas: Quotas,
@@ -324,6 +329,8 @@ impl<St: Storage> FeedStore<St> {
             members,
             membership_file,
             generation: 0,
+            writes: MembershipWrites::default(),
+            me: None,
             member_changes: 0,
         }
     }
@@ -376,16 +383,34 @@ impl<St: Storage> FeedStore<St> {
 
     /// Writes the current membership (a disk store; nothing otherwise). Resolves once
     /// it is durable; a failure is logged (the feeds then keep their namespaces until
-    /// the store stops).
+    /// the store stops). Writes coalesce: while one runs, later changes wait for the
+    /// next, which writes the map as it is when it starts, so a burst of changes (a
+    /// hundred thousand shares at a node's start) costs a few snapshots, not one each.
     fn persist(&mut self) -> impl std::future::Future<Output = ()> + 'static {
-        let job = self.membership_file.clone().map(|file| {
+        let wait = self.membership_file.is_some().then(|| {
             self.generation += 1;
-            (file, self.generation, self.members.clone())
+            let started = self.writes.running || self.write_members();
+            started.then(|| self.writes.wait(self.generation))
         });
         async move {
-            let Some((file, generation, snapshot)) = job else {
-                return;
-            };
+            if let Some(Some(wait)) = wait {
+                wait.await;
+            }
+        }
+    }
+
+    /// Starts a write of the membership as it is now, on the blocking pool; its end is
+    /// reported to the actor ([`MembersWritten`]). Returns whether it started (not
+    /// before the actor did, nor for a store without a file).
+    fn write_members(&mut self) -> bool {
+        let (Some(file), Some(me)) = (self.membership_file.clone(), self.me.clone()) else {
+            return false;
+        };
+        self.writes.running = true;
+        self.writes.count += 1;
+        let generation = self.generation;
+        let snapshot = self.members.clone();
+        actix::spawn(async move {
             let written = tokio::task::spawn_blocking(move || {
                 let bytes = membership::encode(&snapshot)
                     .map_err(|what| format!("could not encode: {what}"))?;
@@ -397,7 +422,11 @@ impl<St: Storage> FeedStore<St> {
                 Ok(Err(e)) => warn!(error = %e, "feed namespaces not saved"),
                 Err(e) => warn!(error = %e, "feed namespaces not saved"),
             }
-        }
+            if let Some(me) = me.upgrade() {
+                me.do_send(MembersWritten { generation });
+            }
+        });
+        true
     }
 
     /// Runs `f` with the registry on the blocking pool.
@@ -599,6 +628,7 @@ impl<St: Storage> Actor for FeedStore<St> {
 
     /// Sweeps idle feeds closed every [`SWEEP_EVERY`], on the blocking pool.
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().downgrade());
         ctx.run_interval(SWEEP_EVERY, |act, _| {
             let registry = act.registry.clone();
             tokio::task::spawn_blocking(move || registry.sweep());
@@ -615,5 +645,18 @@ impl<St: Storage> Actor for FeedStore<St> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         ));
+    }
+}
+
+impl<St: Storage> Handler<MembersWritten> for FeedStore<St> {
+    type Result = ();
+
+    /// Releases those waiting for the write, and writes again if members changed
+    /// meanwhile.
+    fn handle(&mut self, msg: MembersWritten, _: &mut Context<Self>) {
+        self.writes.finished(msg.generation);
+        if self.generation > msg.generation {
+            self.write_members();
+        }
     }
 }

@@ -83,23 +83,10 @@ impl<St: Storage> Handler<ShareFeed> for FeedStore<St> {
     type Result = ResponseFuture<Result<usize, FeedStoreError>>;
 
     fn handle(&mut self, msg: ShareFeed, _: &mut Context<Self>) -> Self::Result {
-        if !self.held.contains(&msg.feed) {
-            let feed = msg.feed.fmt_short();
-            return Box::pin(async move { Err(FeedStoreError::NotFound(feed)) });
-        }
-        if let Err(e) = msg.headers.check() {
-            return Box::pin(async move { Err(e.into()) });
-        }
-        self.namespaces
-            .entry(msg.namespace.clone())
-            .or_default()
-            .insert(msg.feed, msg.headers.clone());
-        // Sharing again (the node does at every start) writes nothing.
-        let changed = self
-            .members
-            .entry(msg.feed)
-            .or_default()
-            .share(&msg.namespace);
+        let changed = match self.note_share(&msg.namespace, msg.feed, &msg.headers) {
+            Ok(changed) => changed,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let persist = changed.then(|| self.persist());
         let share = self.shared.sessions.send(Share {
             namespace: msg.namespace,
@@ -120,6 +107,67 @@ impl<St: Storage> Handler<ShareFeed> for FeedStore<St> {
                 Err(e) => Err(FeedStoreError::Worker(e.to_string())),
             }
         })
+    }
+}
+
+impl<St: Storage> Handler<ShareFeeds> for FeedStore<St> {
+    type Result = ResponseFuture<Vec<(FeedKey, FeedStoreError)>>;
+
+    fn handle(&mut self, msg: ShareFeeds, _: &mut Context<Self>) -> Self::Result {
+        let mut failed = Vec::new();
+        let mut shared = Vec::with_capacity(msg.feeds.len());
+        let mut changed = false;
+        for (feed, headers) in msg.feeds {
+            match self.note_share(&msg.namespace, feed, &headers) {
+                Ok(c) => {
+                    changed |= c;
+                    shared.push(SharedFeed { key: feed, headers });
+                }
+                Err(e) => failed.push((feed, e)),
+            }
+        }
+        let persist = changed.then(|| self.persist());
+        let share = (!shared.is_empty()).then(|| {
+            self.shared.sessions.send(Share {
+                namespace: msg.namespace,
+                feeds: shared,
+                peers: None,
+                except: None,
+            })
+        });
+        Box::pin(async move {
+            if let Some(persist) = persist {
+                persist.await;
+            }
+            if let Some(share) = share {
+                // The feeds are shared in the store whatever the sessions answer; a
+                // session that could not offer them now asks for them when it starts.
+                let _ = share.await;
+            }
+            failed
+        })
+    }
+}
+
+impl<St: Storage> FeedStore<St> {
+    /// Records `feed` as shared in `namespace` with `headers`; returns whether its
+    /// membership changed (sharing again, as the node does at every start, changes
+    /// nothing).
+    fn note_share(
+        &mut self,
+        namespace: &str,
+        feed: FeedKey,
+        headers: &Headers,
+    ) -> Result<bool, FeedStoreError> {
+        if !self.held.contains(&feed) {
+            return Err(FeedStoreError::NotFound(feed.fmt_short()));
+        }
+        headers.check()?;
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(feed, headers.clone());
+        Ok(self.members.entry(feed).or_default().share(namespace))
     }
 }
 
@@ -151,6 +199,7 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             feeds_open: self.registry.open_count() as u64,
             feeds_opened: self.registry.counts().0,
             feeds_closed: self.registry.counts().1,
+            membership_writes: self.writes.count,
         })
     }
 }

@@ -125,11 +125,11 @@ pub const DEFAULT_PEER_WINDOW: Duration = Duration::from_secs(3600);
 /// small files on disk and about a kilobyte of memory while open; 16,384 of them is tens
 /// of megabytes, well within a small machine, and sixteen peers' full hourly quota.
 pub const DEFAULT_MAX_REPLICAS: u64 = 16_384;
-/// Default of [`FeedStoreLimits::open_feeds`]: an open small feed costs some KiB and a
-/// few file handles. Set high (65,536) until a stall seen once in the many-feeds bench
-/// with 3,000 feeds and a bound of 1,024 is explained (see decision 170): a store
-/// below it never closes an unused feed except when idle.
-pub const DEFAULT_OPEN_FEEDS: usize = 65_536;
+/// Default of [`FeedStoreLimits::open_feeds`]: an open small feed costs a few KiB (its
+/// map of stored blocks is most of it), so 1,024 unused ones hold a few MiB whatever
+/// the store holds. The many-feeds bench closes and reopens feeds at this bound without
+/// slowing (3,000 feeds × 1 and × 100 blocks, 10,000 × 1; decision 170).
+pub const DEFAULT_OPEN_FEEDS: usize = 1_024;
 /// Default of [`FeedStoreLimits::idle_close`]: long enough that a feed read in a burst
 /// of commands (`feed info`, then `feed cat`) opens once, short enough that a daemon
 /// back from a busy minute returns to its idle size within a minute.

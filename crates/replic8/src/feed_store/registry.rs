@@ -458,6 +458,47 @@ mod tests {
     }
 
     #[test]
+    fn feeds_on_disk_close_and_reopen_under_concurrent_use_past_a_small_bound() {
+        use replic8_store::storage::DiskStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OpenLimits {
+            keep: 2,
+            idle: Duration::from_secs(3600),
+        };
+        let registry = Registry::new(DiskStorage::open(dir.path()).unwrap(), limits);
+        let keys: Vec<FeedKey> = (0..24).map(|_| registry.create().unwrap()).collect();
+        // Four threads append to every feed in turn, each holding its entry (a pin)
+        // while it appends, so feeds are closed and reopened throughout, some while
+        // another thread holds them.
+        std::thread::scope(|scope| {
+            for t in 0..4u8 {
+                let (registry, keys) = (&registry, &keys);
+                scope.spawn(move || {
+                    for round in 0..3u8 {
+                        for key in keys {
+                            let entry = registry.get(*key, false).unwrap();
+                            let mut feed = entry.lock();
+                            feed.append(&[t, round]).unwrap();
+                            entry.publish(&feed);
+                        }
+                    }
+                });
+            }
+        });
+        let (opened, closed) = registry.counts();
+        assert!(closed >= 20, "opened {opened}, closed {closed}");
+        registry.close(0, None);
+        assert_eq!(registry.open_count(), 0);
+        // Every append of every thread is there, in the index and on disk.
+        for key in &keys {
+            assert_eq!(registry.index().get(key).unwrap().info.length, 12);
+            let entry = registry.get(*key, false).unwrap();
+            assert_eq!(entry.info().length, 12);
+            assert_eq!(entry.lock().get_range(0, 12).unwrap().len(), 12);
+        }
+    }
+
+    #[test]
     fn appends_reach_the_index_and_outlive_closing() {
         let registry = registry(1);
         let key = registry.create().unwrap();

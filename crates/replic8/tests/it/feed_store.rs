@@ -1031,3 +1031,58 @@ fn only_the_feeds_in_use_stay_open() {
         }
     });
 }
+
+#[test]
+fn a_burst_of_shares_costs_a_few_membership_writes_not_one_each() {
+    actix::System::new().block_on(async {
+        let (tx, _events) = mpsc::unbounded_channel();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = DiskStorage::open(dir.path()).unwrap();
+        // Feeds the store finds on disk, in no namespace yet (as after a bulk import).
+        let keys: Vec<FeedKey> = (0..300)
+            .map(|_| {
+                let feed = Feed::create(&storage, FeedSecret::generate()).unwrap();
+                FeedKey(*feed.key().as_bytes())
+            })
+            .collect();
+        let a = node(1, storage, accept_all(), Mode::OneShot, &tx).await;
+        // Every share is queued before the first is handled (`do_send` queues past the
+        // mailbox's capacity; the mailbox is FIFO): each changes the membership, and the
+        // last answer waits until its change is durable.
+        let (last, rest) = keys.split_last().unwrap();
+        for feed in rest {
+            a.store.do_send(ShareFeed {
+                namespace: NS.into(),
+                feed: *feed,
+                headers: Headers::new(),
+            });
+        }
+        a.store
+            .send(ShareFeed {
+                namespace: NS.into(),
+                feed: *last,
+                headers: Headers::new(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let stats = a.store.send(GetStats).await.unwrap();
+        assert!(
+            // The first share's write, then one for the 299 made while it ran.
+            (1..=2).contains(&stats.membership_writes),
+            "300 shares took {} membership writes",
+            stats.membership_writes
+        );
+        let known = a
+            .store
+            .send(KnownFeeds {
+                peer: PeerKey([9; 32]),
+                namespace: NS.into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(known.len(), 300);
+        assert!(dir.path().join(MEMBERSHIP_FILE).exists());
+    });
+}
