@@ -32,8 +32,8 @@ use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
-    CommandError, EndReason, HeadCheck, Session, SessionConfig, SessionEvent, SessionStats, Side, StoreCall,
-    StreamCommand, StreamId,
+    CommandError, EndReason, HeadCheck, Session, SessionConfig, SessionEvent, SessionStats, Side,
+    StoreCall, StreamCommand, StreamId,
 };
 use crate::store::{
     Attach, Detach, DetachReason, FeedHeads, FeedStream, KnownFeeds, Offer, SharedFeed, Shares,

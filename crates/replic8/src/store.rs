@@ -17,8 +17,8 @@ use thiserror::Error;
 
 use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
 use crate::message::Headers;
-use replic8_store::SignedHead;
 use crate::session::StreamId;
+use replic8_store::SignedHead;
 
 /// Why a store could not do what the session layer asked.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -136,8 +136,8 @@ pub use config::{
 };
 use state::{Known, Namespace, OurOffer, PeerOffer, Replicated};
 pub use types::{
-    CommandError, EndReason, HeadCheck, IncomingFeed, SessionEvent, SessionStats, Side,
-    StoreCall, StreamCommand, StreamId, StreamRefused,
+    CommandError, EndReason, HeadCheck, IncomingFeed, SessionEvent, SessionStats, Side, StoreCall,
+    StreamCommand, StreamId, StreamRefused,
 };
 
 /// The session core. See the module documentation.
