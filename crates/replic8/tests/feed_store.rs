@@ -1031,3 +1031,180 @@ fn only_the_feeds_in_use_stay_open() {
         }
     });
 }
+
+#[test]
+/// Over QUIC with real signed heads: a second one-shot session between two stores that
+/// hold the same 100 feeds complete opens no feed stream; after one feed grows on the
+/// writer, the next opens exactly one, which syncs it.
+fn feeds_in_sync_open_no_stream_and_one_ahead_opens_one() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+        let mut feeds = Vec::new();
+        for tag in 0..100 {
+            feeds.push(writer_feed(&a, tag, 1, "photos").await);
+        }
+        let streams = || async { b.store.send(GetStats).await.unwrap().streams };
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let first = streams().await;
+        assert_eq!(first, 100, "the first session streams every feed");
+
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        assert_eq!(streams().await, first, "feeds in sync got a stream");
+
+        let grown = feeds[42];
+        a.store
+            .send(Append {
+                feed: grown,
+                blocks: vec![block(42, 1)],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        assert_eq!(streams().await, first + 1, "only the grown feed streams");
+        assert_same(&a, &b, grown, 2).await;
+    });
+}
+
+/// A store that shares one feed and answers `FeedHeads` with a head of it whose
+/// signature was altered after signing.
+#[derive(Debug)]
+struct ForgingStore {
+    feed: FeedKey,
+    head: replic8_store::SignedHead,
+}
+
+impl Actor for ForgingStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<Shares> for ForgingStore {
+    type Result = Result<Vec<SharedFeed>, StoreError>;
+    fn handle(&mut self, _: Shares, _: &mut Context<Self>) -> Self::Result {
+        Ok(vec![SharedFeed {
+            key: self.feed,
+            headers: headers("photos"),
+        }])
+    }
+}
+
+impl Handler<KnownFeeds> for ForgingStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, _: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
+impl Handler<Offer> for ForgingStore {
+    type Result = Result<Vec<FeedKey>, StoreError>;
+    fn handle(&mut self, _: Offer, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
+impl Handler<FeedHeads> for ForgingStore {
+    type Result = Result<Vec<Option<replic8_store::SignedHead>>, StoreError>;
+    fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
+        Ok(msg.feeds.iter().map(|_| Some(self.head)).collect())
+    }
+}
+
+impl Handler<Detach> for ForgingStore {
+    type Result = ();
+    fn handle(&mut self, _: Detach, _: &mut Context<Self>) {}
+}
+
+impl Handler<Attach> for ForgingStore {
+    type Result = Result<(), StoreError>;
+    /// Sends nothing on a stream (it is dropped).
+    fn handle(&mut self, _: Attach, _: &mut Context<Self>) -> Self::Result {
+        Ok(())
+    }
+}
+
+#[test]
+/// A first word whose signed head does not verify ends that session with `bad head`
+/// (the peer's violation, naming the feed); the honest store keeps no block of the
+/// feed, and its session with an honest writer carries on.
+fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::Live,
+            &tx,
+        )
+        .await;
+        let honest = writer_feed(&a, 1, 20, "photos").await;
+
+        let secret = FeedSecret::generate();
+        let forged_feed = FeedKey::from(secret.key());
+        let mut head = secret.sign_head(10, [7; 32]);
+        head.signature[50] ^= 0x10;
+        let x_key = PeerKey([9; 32]);
+        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
+        let x_store = ForgingStore {
+            feed: forged_feed,
+            head,
+        }
+        .start();
+        x_sessions
+            .send(RegisterStore {
+                namespaces: vec![(NS.into(), None)],
+                store: StoreRecipients::of(&x_store).with_heads(x_store.clone().recipient()),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let x_client = client_endpoint();
+        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        link(&a, &b).await;
+
+        let seen = wait_for(&mut events, "B to end X's session", |e| {
+            matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
+        })
+        .await;
+        let Some(Ev::Session(
+            _,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        )) = seen.last()
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason.code, CloseCode::BAD_HEAD, "{reason}");
+        assert!(reason.is_misbehaviour(), "{reason}");
+        assert!(reason.reason.contains(&forged_feed.fmt_short()), "{reason}");
+        let stored = match b.store.send(OpenFeed { feed: forged_feed }).await.unwrap() {
+            Ok(info) => info.stored,
+            Err(FeedStoreError::NotFound(_)) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(stored, 0, "a block of the forged feed was kept");
+
+        if !seen.iter().any(|e| is_synced(e, 2, honest, 20)) {
+            wait_for(&mut events, "B synced A's feed", |e| {
+                is_synced(e, 2, honest, 20)
+            })
+            .await;
+        }
+        assert_same(&a, &b, honest, 20).await;
+    });
+}
