@@ -2329,6 +2329,50 @@ fn a_forged_head_ends_the_session_with_bad_head() {
 }
 
 #[test]
+/// A first word made stale while its head is still being verified decides nothing: a
+/// side that appends right after its first word (its `Notice`, or its own change,
+/// overtakes the verification) still gets the feed's stream, and the feed syncs at the
+/// new length, never "in sync" at the old one.
+fn a_head_made_stale_during_its_verification_does_not_skip_the_stream() {
+    for (appender, dialer_first) in [(A, true), (B, true), (A, false), (B, false)] {
+        let feeds: Vec<(FeedKey, u64, u64)> = (1..=3).map(|n| (feed(n), 5, 5)).collect();
+        let (mut net, l) = first_words_net(live(), &feeds, dialer_first, |net| {
+            net.hold_checks = true;
+        });
+        let case = format!("appender {appender}, dialer first: {dialer_first}");
+        net.append(appender, feed(2), 1);
+        net.drive();
+        net.release_checks();
+        net.drive();
+        assert_eq!(
+            net.links[l].ends[0].ever_attached,
+            [feed(2)].into(),
+            "{case}"
+        );
+        for side in [A, B] {
+            let events = &net.links[l].ends[side].events;
+            assert!(
+                !events.contains(&SessionEvent::FeedSynced {
+                    feed: feed(2),
+                    length: 5
+                }),
+                "{case}, side {side}: in sync at a stale length"
+            );
+            assert!(
+                events.contains(&SessionEvent::FeedSynced {
+                    feed: feed(2),
+                    length: 6
+                }),
+                "{case}, side {side}"
+            );
+            let stats = net.links[l].ends[side].session.stats();
+            assert_eq!(stats.streams_skipped, 2, "{case}, side {side}");
+        }
+        assert_eq!(net.stores[1 - appender].lengths[&feed(2)], 6, "{case}");
+    }
+}
+
+#[test]
 /// A live session that found a feed in sync from the first words opens its stream when
 /// either side appends later, and the feed syncs.
 fn a_feed_in_sync_from_first_words_streams_when_a_side_appends() {

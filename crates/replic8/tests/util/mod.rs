@@ -21,7 +21,8 @@ use replic8::frame::{self, MAX_FRAME_LEN};
 use replic8::keys::{ExporterSecret, FeedKey, NamespaceSecret, Role};
 use replic8::message::{self, Headers, Message};
 use replic8::session::{
-    EndReason, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand, StreamId,
+    EndReason, HeadCheck, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand,
+    StreamId,
 };
 use replic8_store::SignedHead;
 
@@ -120,6 +121,21 @@ pub struct Net {
     pub links: Vec<Link>,
     pub now: Instant,
     pub config: SessionConfig,
+    /// Keep the sessions' head checks unanswered until [`Net::release_checks`].
+    pub hold_checks: bool,
+    /// Head checks kept: (link, side, check).
+    held_checks: Vec<(usize, usize, HeadCheck)>,
+}
+
+/// The simulated verifier: a toy signature verifies.
+fn toy_verify(check: &HeadCheck) -> Vec<usize> {
+    check
+        .heads
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, h))| h.signature != GOOD_SIGNATURE)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 impl Net {
@@ -129,6 +145,18 @@ impl Net {
             links: Vec::new(),
             now: Instant::now(),
             config,
+            hold_checks: false,
+            held_checks: Vec::new(),
+        }
+    }
+
+    /// Answers every head check kept so far (see [`Net::hold_checks`]).
+    pub fn release_checks(&mut self) {
+        for (l, side, check) in std::mem::take(&mut self.held_checks) {
+            let bad = toy_verify(&check);
+            self.links[l].ends[side]
+                .session
+                .handle_heads_verified(check, &bad);
         }
     }
 
@@ -383,17 +411,14 @@ impl Net {
                         end.session.handle_heads(&feeds, Ok(heads));
                     }
                 }
-                // The simulated verifier: a toy signature verifies.
                 while let Some(check) = end.session.poll_verify() {
                     moved = true;
-                    let bad: Vec<usize> = check
-                        .heads
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (_, h))| h.signature != GOOD_SIGNATURE)
-                        .map(|(i, _)| i)
-                        .collect();
-                    end.session.handle_heads_verified(check, &bad);
+                    if self.hold_checks {
+                        self.held_checks.push((l, side, check));
+                    } else {
+                        let bad = toy_verify(&check);
+                        end.session.handle_heads_verified(check, &bad);
+                    }
                 }
                 moved |= self.handle_events(l, side);
             }
