@@ -547,6 +547,15 @@ struct TamperingStore {
     storage: MemoryStorage,
     /// Instead of flipping bits, announce a frame over the feed stream's limit.
     oversize: bool,
+    /// Its answer to `FeedHeads` (when registered with it): a forged head.
+    head: Option<replic8_store::SignedHead>,
+}
+
+impl Handler<FeedHeads> for TamperingStore {
+    type Result = Result<Vec<Option<replic8_store::SignedHead>>, StoreError>;
+    fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
+        Ok(msg.feeds.iter().map(|_| self.head).collect())
+    }
 }
 
 impl Actor for TamperingStore {
@@ -675,6 +684,7 @@ async fn hostile_peer(oversize: bool, expect: &str) {
             feed: bad_feed,
             storage,
             oversize,
+            head: None,
         }
         .start();
         x_sessions
@@ -1078,62 +1088,6 @@ fn feeds_in_sync_open_no_stream_and_one_ahead_opens_one() {
     });
 }
 
-/// A store that shares one feed and answers `FeedHeads` with a head of it whose
-/// signature was altered after signing.
-#[derive(Debug)]
-struct ForgingStore {
-    feed: FeedKey,
-    head: replic8_store::SignedHead,
-}
-
-impl Actor for ForgingStore {
-    type Context = Context<Self>;
-}
-
-impl Handler<Shares> for ForgingStore {
-    type Result = Result<Vec<SharedFeed>, StoreError>;
-    fn handle(&mut self, _: Shares, _: &mut Context<Self>) -> Self::Result {
-        Ok(vec![SharedFeed {
-            key: self.feed,
-            headers: headers("photos"),
-        }])
-    }
-}
-
-impl Handler<KnownFeeds> for ForgingStore {
-    type Result = Result<Vec<FeedKey>, StoreError>;
-    fn handle(&mut self, _: KnownFeeds, _: &mut Context<Self>) -> Self::Result {
-        Ok(Vec::new())
-    }
-}
-
-impl Handler<Offer> for ForgingStore {
-    type Result = Result<Vec<FeedKey>, StoreError>;
-    fn handle(&mut self, _: Offer, _: &mut Context<Self>) -> Self::Result {
-        Ok(Vec::new())
-    }
-}
-
-impl Handler<FeedHeads> for ForgingStore {
-    type Result = Result<Vec<Option<replic8_store::SignedHead>>, StoreError>;
-    fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
-        Ok(msg.feeds.iter().map(|_| Some(self.head)).collect())
-    }
-}
-
-impl Handler<Detach> for ForgingStore {
-    type Result = ();
-    fn handle(&mut self, _: Detach, _: &mut Context<Self>) {}
-}
-
-impl Handler<Attach> for ForgingStore {
-    type Result = Result<(), StoreError>;
-    /// Sends nothing on a stream (it is dropped).
-    fn handle(&mut self, _: Attach, _: &mut Context<Self>) -> Self::Result {
-        Ok(())
-    }
-}
-
 #[test]
 /// A first word whose signed head does not verify ends that session with `bad head`
 /// (the peer's violation, naming the feed); the honest store keeps no block of the
@@ -1152,15 +1106,23 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
         .await;
         let honest = writer_feed(&a, 1, 20, "photos").await;
 
-        let secret = FeedSecret::generate();
-        let forged_feed = FeedKey::from(secret.key());
-        let mut head = secret.sign_head(10, [7; 32]);
+        // X holds a real feed, sends its head with one signature bit flipped, and
+        // would send flipped blocks on a stream.
+        let storage = MemoryStorage::new();
+        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
+        let data: Vec<Vec<u8>> = (0..10).map(|i| block(9, i)).collect();
+        writer.append_batch(&data).unwrap();
+        let forged_feed = FeedKey::from(*writer.key());
+        let mut head = *writer.head().unwrap();
         head.signature[50] ^= 0x10;
+        drop(writer);
         let x_key = PeerKey([9; 32]);
         let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
-        let x_store = ForgingStore {
+        let x_store = TamperingStore {
             feed: forged_feed,
-            head,
+            storage,
+            oversize: false,
+            head: Some(head),
         }
         .start();
         x_sessions
@@ -1206,5 +1168,51 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
             .await;
         }
         assert_same(&a, &b, honest, 20).await;
+    });
+}
+
+#[test]
+/// Measured: a one-shot session between two stores holding the same 1,000 feeds
+/// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the
+/// time of the first session (every feed streams) and of the one in sync
+/// (`cargo test -p replic8 --test feed_store measured -- --nocapture`).
+fn measured_a_session_between_stores_in_sync_opens_no_stream() {
+    let feeds: usize = std::env::var("REPLIC8_MEASURE_FEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+        for i in 0..feeds {
+            writer_feed(&a, i as u8, 1, "photos").await;
+        }
+        let streams = || async { b.store.send(GetStats).await.unwrap().streams };
+        let start = Instant::now();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let first = start.elapsed();
+        let streamed = streams().await;
+        let start = Instant::now();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let again = start.elapsed();
+        let in_sync = streams().await - streamed;
+        println!(
+            "{feeds} feeds: first session {} ms, {streamed} streams; session in sync {} ms, \
+             {in_sync} streams",
+            first.as_millis(),
+            again.as_millis()
+        );
+        assert_eq!(streamed, feeds as u64);
+        assert_eq!(in_sync, 0, "a feed in sync got a stream");
     });
 }
