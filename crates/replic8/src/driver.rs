@@ -32,14 +32,15 @@ use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
-    CommandError, EndReason, Session, SessionConfig, SessionEvent, SessionStats, Side, StoreCall,
-    StreamCommand, StreamId,
+    CommandError, EndReason, HeadCheck, Session, SessionConfig, SessionEvent, SessionStats, Side,
+    StoreCall, StreamCommand, StreamId,
 };
 use crate::store::{
     Attach, Detach, DetachReason, FeedHeads, FeedStream, KnownFeeds, Offer, SharedFeed, Shares,
     StoreError, StoreRecipients,
 };
 use crate::stream_io::{sleep_until, write_frames};
+use replic8_store::SignedHead;
 
 /// Most bytes in a feed stream header frame's payload: a header is at most 75 bytes.
 const MAX_STREAM_HEADER: usize = 256;
@@ -161,7 +162,9 @@ enum Input {
     HeaderStalled,
     Shares(String, Result<Vec<SharedFeed>, String>),
     Known(String, Result<Vec<FeedKey>, String>),
-    Heads(Vec<FeedKey>, Result<Vec<Option<u64>>, String>),
+    Heads(Vec<FeedKey>, Result<Vec<Option<SignedHead>>, String>),
+    /// The peer's heads of one message verified: the positions of those that did not.
+    Verified(HeadCheck, Vec<usize>),
     Answer(u64, Result<Vec<FeedKey>, String>),
     /// A feed stream could not be opened, or its store did not take it.
     OpenFailed(FeedKey, StreamId),
@@ -322,6 +325,16 @@ pub async fn run(
                 }
             });
         }
+        // The peer's heads are verified on the blocking pool, a batch at a time.
+        while let Some(check) = session.poll_verify() {
+            let tx = input_tx.clone();
+            tasks.spawn(async move {
+                let heads = check.heads.clone();
+                if let Ok(bad) = tokio::task::spawn_blocking(move || verify_heads(&heads)).await {
+                    let _ = tx.send(Input::Verified(check, bad));
+                }
+            });
+        }
         let mut ended = None;
         while let Some(event) = session.poll_event() {
             match &event {
@@ -451,6 +464,7 @@ pub async fn run(
                     }
                     Input::Known(namespace, answer) => session.handle_known(&namespace, answer),
                     Input::Heads(feeds, answer) => session.handle_heads(&feeds, answer),
+                    Input::Verified(check, bad) => session.handle_heads_verified(check, &bad),
                     Input::Answer(offer, answer) => {
                         let _ = session.handle_offer_answer(offer, answer);
                     }
@@ -554,6 +568,30 @@ async fn ask_store(
         // Made by `run` once the connection is closed.
         StoreCall::Detach { .. } => None,
     }
+}
+
+/// The positions in `heads` of those that do not verify: a key that is not an ed25519
+/// point, or a signature that does not check (many checked in one batch).
+fn verify_heads(heads: &[(FeedKey, SignedHead)]) -> Vec<usize> {
+    let mut bad = Vec::new();
+    let mut keyed = Vec::with_capacity(heads.len());
+    let mut positions = Vec::with_capacity(heads.len());
+    for (i, (feed, head)) in heads.iter().enumerate() {
+        match replic8_store::FeedKey::try_from(*feed) {
+            Ok(key) => {
+                keyed.push((key, *head));
+                positions.push(i);
+            }
+            Err(_) => bad.push(i),
+        }
+    }
+    bad.extend(
+        replic8_store::verify_heads(&keyed)
+            .into_iter()
+            .map(|i| positions[i]),
+    );
+    bad.sort_unstable();
+    bad
 }
 
 fn close_code(code: CloseCode) -> quinn::VarInt {

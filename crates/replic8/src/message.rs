@@ -14,11 +14,12 @@ use thiserror::Error;
 
 use crate::frame::MAX_FRAME_LEN;
 use crate::keys::{DiscoveryKey, FeedKey, Role};
+use replic8_store::SignedHead;
 
 /// The session protocol's version, carried in the ALPN and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The ALPN of the session protocol; it names the version.
-pub const ALPN: &[u8] = b"replic8/3";
+pub const ALPN: &[u8] = b"replic8/4";
 /// This implementation's dialect: the message encoding family spoken on the wire.
 pub const DIALECT: &str = "bincode1-varint";
 /// Most entries in one feed's headers.
@@ -29,6 +30,11 @@ pub const MAX_HEADER_BYTES: usize = 4096;
 /// larger share is split into several messages. With it, 10,000 feeds without headers
 /// take three offers of under 200 KiB each.
 pub const MAX_FEEDS_PER_MESSAGE: usize = 4096;
+/// Most first words in one [`Message::Heads`]. A first word is at most 140 bytes, so a
+/// full message is under 150 KiB; its heads are verified as one batch, and past a few
+/// hundred heads a larger batch gains little per head while a failed one costs more to
+/// search (`docs/perf-notes/h17heads.md`).
+pub const MAX_HEADS_PER_MESSAGE: usize = 1024;
 /// Most bytes in a dialect name.
 pub const MAX_DIALECT_LEN: usize = 64;
 /// The connection-local handle of the public namespace `""`, which needs no tag.
@@ -180,6 +186,8 @@ impl CloseCode {
     /// The peer did not say hello in time, a frame stalled, or the peer kept our
     /// control output blocked (it does not read) longer than the stall timeout.
     pub const TIMEOUT: CloseCode = CloseCode(9);
+    /// A signed head in a first word did not verify with its feed's key.
+    pub const BAD_HEAD: CloseCode = CloseCode(10);
 
     /// The code's name, or `unknown`.
     pub fn name(self) -> &'static str {
@@ -194,6 +202,7 @@ impl CloseCode {
             CloseCode::REFUSED_STREAM => "refused stream",
             CloseCode::ACCEPT_FAILED => "accept failed",
             CloseCode::TIMEOUT => "timeout",
+            CloseCode::BAD_HEAD => "bad head",
             _ => "unknown",
         }
     }
@@ -223,6 +232,16 @@ pub struct KnownFeed {
     pub discovery_key: DiscoveryKey,
     /// The sender's capability for the feed on this connection.
     pub capability: [u8; 32],
+}
+
+/// A first word on one replicated feed (in [`Message::Heads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstWord {
+    /// The feed.
+    pub feed: DiscoveryKey,
+    /// The writer's signed head of the sender's copy, when the sender holds every
+    /// block it covers; `None` when it lacks blocks or cannot say (a stream is needed).
+    pub head: Option<SignedHead>,
 }
 
 /// A message on the control stream.
@@ -302,6 +321,13 @@ pub enum Message {
     Stopped {
         /// The feed.
         feed: DiscoveryKey,
+    },
+    /// The sender's first words on replicated feeds, each once per session: the head it
+    /// holds complete, if any. A feed whose verified heads are equal on both sides gets
+    /// no stream.
+    Heads {
+        /// The first words, at most [`MAX_HEADS_PER_MESSAGE`].
+        feeds: Vec<FirstWord>,
     },
 }
 
@@ -395,6 +421,15 @@ impl Message {
             }
             Message::Answer { accepted, .. } => feeds(accepted.len()),
             Message::Have { feeds: list, .. } => feeds(list.len()),
+            Message::Heads { feeds: list } => {
+                if list.len() > MAX_HEADS_PER_MESSAGE {
+                    return Err(CodecError::TooManyFeeds {
+                        count: list.len(),
+                        max: MAX_HEADS_PER_MESSAGE,
+                    });
+                }
+                Ok(())
+            }
             Message::Close { reason, .. } => text("reason", reason.len(), MAX_REASON_LEN),
             Message::Tag { .. }
             | Message::Stopped { .. }
@@ -419,6 +454,7 @@ impl Message {
             Message::Synced { .. } => "synced",
             Message::Close { .. } => "close",
             Message::Stopped { .. } => "stopped",
+            Message::Heads { .. } => "heads",
         }
     }
 }

@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
 use crate::message::Headers;
 use crate::session::StreamId;
+use replic8_store::SignedHead;
 
 /// Why a store could not do what the session layer asked.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -66,13 +67,13 @@ pub struct KnownFeeds {
 }
 
 /// Session → store: for each of these feeds replicated with `peer` in `namespace`, the
-/// length up to which the store holds every block of the feed's signed head, if it
-/// does (and the head is not empty); `None` when it lacks blocks or cannot say. The
-/// session tells the peer before any stream opens, and a feed both sides hold
-/// complete at one length gets no stream. Optional: a store without it (see
-/// [`StoreRecipients::with_heads`]) gets a stream for every replicated feed.
+/// writer's signed head of the store's copy if the store holds every block it covers
+/// (and the head is not empty); `None` when it lacks blocks or cannot say. The session
+/// sends it to the peer before any stream opens (its first word), and a feed whose
+/// verified heads are equal on both sides gets no stream. Optional: a store without it
+/// (see [`StoreRecipients::with_heads`]) gets a stream for every replicated feed.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Vec<Option<u64>>, StoreError>")]
+#[rtype(result = "Result<Vec<Option<SignedHead>>, StoreError>")]
 pub struct FeedHeads {
     /// The peer the session is with.
     pub peer: PeerKey,

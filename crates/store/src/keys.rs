@@ -1,6 +1,10 @@
 //! Feed identity: [`FeedKey`] (the ed25519 public key), [`FeedSecret`] (the writer's
 //! secret key), [`DiscoveryKey`], and the [`SignedHead`] a writer signs.
 //!
+//! [`verify_heads`] checks many heads at once (ed25519 batch verification) and names
+//! the ones that do not verify; see decision 185 for how its strictness compares with
+//! [`FeedKey::verify_head`].
+//!
 //! The discovery key is BLAKE2b-256 of the bytes `hypercore`, keyed with the public key,
 //! exactly as hypercore-crypto's `discoveryKey`. A head signature covers
 //! [`HEAD_SIGNING_DOMAIN`] followed by the tree hash and the length (see `docs/PROTOCOL.md`,
@@ -65,6 +69,84 @@ impl FeedKey {
     pub fn fmt_short(&self) -> String {
         hex::encode(&self.as_bytes()[..4])
     }
+}
+
+/// Fewer heads than this are verified one by one: a batch's fixed cost (its transcript
+/// and the base point's term) is not repaid below it.
+const MIN_BATCH: usize = 4;
+
+/// Verifies many heads, each with its feed's key, and returns the positions in `heads`
+/// of those that do not verify (empty when all do).
+///
+/// The heads that pass [`FeedKey::verify_head`]'s point checks (the key and the
+/// signature's `R` are not of small order, `R` is canonically encoded; cheap next to a
+/// verification) are verified together with ed25519-dalek's `verify_batch`; when that
+/// fails, each is verified alone with [`FeedKey::verify_head`], so every bad head is
+/// named and none is blamed for another. A head refused by the point checks is one
+/// [`FeedKey::verify_head`] refuses too. The batch equation is the cofactorless one:
+/// a head that [`FeedKey::verify_head`] refuses passes it only if its writer built the
+/// signature with a small-order component on purpose, which needs the writer's secret
+/// key (decision 185).
+pub fn verify_heads(heads: &[(FeedKey, SignedHead)]) -> Vec<usize> {
+    let mut bad = Vec::new();
+    let mut batch = Vec::with_capacity(heads.len());
+    for (i, (key, head)) in heads.iter().enumerate() {
+        if passes_point_checks(key, head) {
+            batch.push(i);
+        } else {
+            bad.push(i);
+        }
+    }
+    let one_by_one = |bad: &mut Vec<usize>| {
+        for &i in &batch {
+            let (key, head) = &heads[i];
+            if !key.verify_head(head) {
+                bad.push(i);
+            }
+        }
+    };
+    if batch.len() < MIN_BATCH {
+        one_by_one(&mut bad);
+    } else {
+        let messages: Vec<[u8; 64]> = batch
+            .iter()
+            .map(|&i| head_signing_message(heads[i].1.length, &heads[i].1.tree_hash))
+            .collect();
+        let messages: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+        let signatures: Vec<Signature> = batch
+            .iter()
+            .map(|&i| Signature::from_bytes(&heads[i].1.signature))
+            .collect();
+        let keys: Vec<VerifyingKey> = batch.iter().map(|&i| heads[i].0 .0).collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_err() {
+            one_by_one(&mut bad);
+        }
+    }
+    bad.sort_unstable();
+    bad
+}
+
+/// The checks of `verify_strict` that the batch equation leaves out: the key and the
+/// signature's `R` are not of small order, and `R` is encoded canonically.
+fn passes_point_checks(key: &FeedKey, head: &SignedHead) -> bool {
+    if key.0.is_weak() {
+        return false;
+    }
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(&head.signature[..32]);
+    if !is_canonical_y(&r_bytes) {
+        return false;
+    }
+    // A `VerifyingKey` is a decompressed point with its encoding: here, `R`.
+    VerifyingKey::from_bytes(&r_bytes).is_ok_and(|r| !r.is_weak())
+}
+
+/// Whether a point encoding's `y` (the sign bit aside) is below the field prime
+/// 2^255 - 19. The only other non-canonical encodings, `x = 0` with the sign bit set, are
+/// of points of small order, which the small-order check refuses.
+fn is_canonical_y(bytes: &[u8; 32]) -> bool {
+    let top = bytes[31] & 0x7f;
+    !(top == 0x7f && bytes[1..31].iter().all(|&b| b == 0xff) && bytes[0] >= 0xed)
 }
 
 impl fmt::Debug for FeedKey {
@@ -244,6 +326,103 @@ mod tests {
         assert!(!key.verify_head(&other));
         let stranger = FeedSecret::from_bytes(&[8; 32]).key();
         assert!(!stranger.verify_head(&head));
+    }
+
+    fn signed(n: u8) -> (FeedKey, SignedHead) {
+        let secret = FeedSecret::from_bytes(&[n; 32]);
+        (secret.key(), secret.sign_head(u64::from(n) + 1, [n; 32]))
+    }
+
+    #[test]
+    fn batch_accepts_good_heads() {
+        for count in [0, 1, 3, 4, 100] {
+            let heads: Vec<_> = (0..count).map(signed).collect();
+            assert_eq!(verify_heads(&heads), Vec::<usize>::new(), "{count} heads");
+        }
+    }
+
+    #[test]
+    fn batch_names_the_one_bad_head_among_many() {
+        for bad_at in [0, 41, 99] {
+            let mut heads: Vec<_> = (0..100).map(signed).collect();
+            heads[bad_at].1.signature[40] ^= 1;
+            assert_eq!(verify_heads(&heads), vec![bad_at]);
+        }
+        // A head signed by another feed's key, and a changed length.
+        let mut heads: Vec<_> = (0..10).map(signed).collect();
+        heads[3].0 = heads[4].0;
+        heads[7].1.length += 1;
+        assert_eq!(verify_heads(&heads), vec![3, 7]);
+    }
+
+    #[test]
+    fn batch_refuses_what_verify_strict_refuses() {
+        let mut heads: Vec<_> = (0..8).map(signed).collect();
+        // `R` the identity point (small order).
+        heads[1].1.signature[..32].copy_from_slice(&{
+            let mut y = [0u8; 32];
+            y[0] = 1;
+            y
+        });
+        // `R` encoded non-canonically: y = p + 1, which decodes as y = 1.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        heads[2].1.signature[..32].copy_from_slice(&non_canonical);
+        // `R` non-canonical with a valid-looking y: y = p + 2 (only y < p is canonical).
+        assert!(!is_canonical_y(&{
+            let mut y = non_canonical;
+            y[0] = 0xef;
+            y
+        }));
+        assert!(is_canonical_y(&{
+            let mut y = non_canonical;
+            y[0] = 0xec;
+            y
+        }));
+        // `s` not reduced.
+        heads[5].1.signature[63] |= 0xe0;
+        // A small-order key (the identity).
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = FeedKey::from_bytes(&identity).unwrap();
+        heads[6].0 = weak;
+        for (i, (key, head)) in heads.iter().enumerate() {
+            let expected = ![1, 2, 5, 6].contains(&i);
+            assert_eq!(key.verify_head(head), expected, "head {i}");
+        }
+        assert_eq!(verify_heads(&heads), vec![1, 2, 5, 6]);
+    }
+
+    #[test]
+    /// Measured: heads verified one by one and in batches of several sizes, the best of
+    /// three rounds each (`cargo test -p replic8-store --lib measured -- --nocapture`).
+    fn measured_batches_verify_what_single_verification_does() {
+        const HEADS: usize = 2048;
+        let heads: Vec<_> = (0..HEADS)
+            .map(|i| {
+                let secret = FeedSecret::generate();
+                (secret.key(), secret.sign_head(i as u64 + 1, [i as u8; 32]))
+            })
+            .collect();
+        let best = |f: &dyn Fn() -> usize| {
+            let mut result = 0;
+            let mut best = std::time::Duration::MAX;
+            for _ in 0..3 {
+                let start = std::time::Instant::now();
+                result = f();
+                best = best.min(start.elapsed());
+            }
+            (result, HEADS as f64 / best.as_secs_f64())
+        };
+        let (good, rate) = best(&|| heads.iter().filter(|(k, h)| k.verify_head(h)).count());
+        println!("{HEADS} heads: one by one {rate:.0}/s");
+        assert_eq!(good, HEADS);
+        for batch in [16, 64, 256, 1024] {
+            let (bad, rate) = best(&|| heads.chunks(batch).map(|c| verify_heads(c).len()).sum());
+            println!("{HEADS} heads: in batches of {batch} {rate:.0}/s");
+            assert_eq!(bad, 0);
+        }
     }
 
     #[test]

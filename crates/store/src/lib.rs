@@ -55,7 +55,7 @@ pub mod sync;
 pub mod tree;
 
 pub use feed::{AppendError, Feed, IngestError, Ingested, OpenError, ReadError, MAX_BLOCK_SIZE};
-pub use keys::{DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
+pub use keys::{verify_heads, DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
 pub use message::{
     decode, encode, encode_into, DecodeError, EncodeError, Message, MAX_MESSAGE_SIZE,
 };

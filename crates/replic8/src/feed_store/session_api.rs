@@ -3,6 +3,7 @@
 //! detached.
 
 use super::*;
+use replic8_store::SignedHead;
 
 impl<St: Storage> Handler<Shares> for FeedStore<St> {
     type Result = Result<Vec<SharedFeed>, StoreError>;
@@ -45,7 +46,7 @@ impl<St: Storage> Handler<KnownFeeds> for FeedStore<St> {
 }
 
 impl<St: Storage> Handler<FeedHeads> for FeedStore<St> {
-    type Result = ResponseFuture<Result<Vec<Option<u64>>, StoreError>>;
+    type Result = ResponseFuture<Result<Vec<Option<SignedHead>>, StoreError>>;
 
     /// From the index of feed summaries; a feed not opened since the store started is
     /// opened on the blocking pool to learn it (and closed again when unused). A feed
@@ -56,16 +57,23 @@ impl<St: Storage> Handler<FeedHeads> for FeedStore<St> {
             .iter()
             .map(|f| self.held.contains(f) && self.is_member(f, &msg.namespace))
             .collect();
-        let lengths = self.blocking(move |registry| {
-            let mut lengths = registry.complete_lengths(&feeds);
-            for (length, member) in lengths.iter_mut().zip(member) {
-                if !member {
-                    *length = None;
-                }
-            }
-            Ok(lengths)
+        let heads = self.blocking(move |registry| {
+            let lengths = registry.complete_lengths(&feeds);
+            Ok(feeds
+                .iter()
+                .zip(lengths)
+                .zip(member)
+                .map(|((key, length), member)| {
+                    // The head the complete length was read from: a complete feed's
+                    // summary is in the index once its length is known.
+                    let length = length.filter(|_| member)?;
+                    let (info, _) = registry.summary(*key).ok()?;
+                    let head = info.head?;
+                    (head.length == length).then_some(head)
+                })
+                .collect())
         });
-        Box::pin(async move { lengths.await.map_err(|e| StoreError::Failed(e.to_string())) })
+        Box::pin(async move { heads.await.map_err(|e| StoreError::Failed(e.to_string())) })
     }
 }
 

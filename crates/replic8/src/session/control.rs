@@ -134,6 +134,7 @@ impl Session {
             Message::Notice { feed, length } => self.on_notice(feed, length),
             Message::Synced { feed, length } => self.on_synced(feed, length),
             Message::Stopped { feed } => self.on_stopped(feed),
+            Message::Heads { feeds } => self.on_heads(feeds),
             Message::Close { code, reason } => self.on_close(code, reason),
         }
     }

@@ -1,10 +1,11 @@
-//! A replicated feed's sync state: `Synced` and `Notice` both ways, changes of our
-//! copy, and faults that stop a feed on this session.
+//! A replicated feed's sync state: first words (signed heads, verified in batches off
+//! the core), `Synced` and `Notice` both ways, changes of our copy, and faults that stop
+//! a feed on this session.
 
-use super::state::{FirstWord, Stop, StreamState};
-use super::types::{SessionEvent, StreamCommand, StreamId};
+use super::state::{FirstWord, PeerHead, Stop, StreamState};
+use super::types::{HeadCheck, SessionEvent, StreamCommand, StreamId};
 use crate::keys::{DiscoveryKey, FeedKey, Role};
-use crate::message::{CloseCode, Message};
+use crate::message::{self, CloseCode, Message};
 use tracing::debug;
 
 use super::Session;
@@ -37,27 +38,136 @@ impl Session {
         self.check_synced(feed);
     }
 
-    /// Sends our first word on `feed`: a `Notice` with the length its store holds. The
-    /// dialer then opens the feed's stream. Two copies at one length may still be two
-    /// trees (a forked writer signed both), which only the signed heads on a stream tell
-    /// apart, so a first word never makes a feed in sync by itself (decision 172).
-    pub(super) fn send_first_word(&mut self, feed: &FeedKey) {
-        let Some(state) = self.feeds.get_mut(feed) else {
-            return;
-        };
-        let FirstWord::Queued(word) = state.first_word else {
-            return;
+    /// Takes our first word on `feed` for a [`Message::Heads`]: the head our store holds
+    /// complete, or none; `None` if the feed needs no first word any more (a stream's
+    /// `Synced` said it, or it stopped for a fault).
+    pub(super) fn take_first_word(&mut self, feed: &FeedKey) -> Option<message::FirstWord> {
+        let state = self.feeds.get_mut(feed)?;
+        let FirstWord::Queued(head) = state.first_word else {
+            return None;
         };
         state.first_word = FirstWord::Sent;
         if matches!(state.stopped, Some(Stop::Fault(_))) {
+            return None;
+        }
+        state.our_head = head;
+        Some(message::FirstWord {
+            feed: state.discovery_key,
+            head,
+        })
+    }
+
+    /// Called once our first word on `feed` is out and whenever the peer's becomes
+    /// known. Equal verified heads (one length, one tree hash) make the feed in sync
+    /// both ways without a stream. Anything else gets the dialer's stream: a side lacks
+    /// blocks, or the heads differ, and the stream's signed heads tell which (a fork,
+    /// two heads of one length that differ, is found there and stops the feed, as on
+    /// any stream). While our word has a head and the peer's is not known yet, the
+    /// dialer waits for it.
+    pub(super) fn first_words_met(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if state.first_word != FirstWord::Sent {
             return;
         }
-        let dk = state.discovery_key;
-        self.send(Message::Notice {
-            feed: dk,
-            length: word.unwrap_or(0),
-        });
-        self.open_unless_synced(feed);
+        let peer = match state.peer_head {
+            PeerHead::Unheard | PeerHead::Verifying(_) if state.our_head.is_some() => return,
+            PeerHead::Verified(head) => Some(head),
+            _ => None,
+        };
+        let same = match (state.our_head, peer) {
+            (Some(ours), Some(theirs)) => {
+                (ours.length, ours.tree_hash) == (theirs.length, theirs.tree_hash)
+            }
+            _ => false,
+        };
+        // Each word decides once.
+        state.our_head = None;
+        if matches!(state.peer_head, PeerHead::Verified(_)) {
+            state.peer_head = PeerHead::None;
+        }
+        if !same {
+            return self.open_unless_synced(feed);
+        }
+        if state.stopped.is_some() || state.stream != StreamState::Closed {
+            return;
+        }
+        let length = peer.map_or(0, |h| h.length);
+        state.local_synced = Some(length);
+        state.remote_synced = Some(length);
+        self.stats.streams_skipped += 1;
+        self.check_synced(feed);
+    }
+
+    /// The peer's first words: a word without a head asks for a stream, as a `Notice`
+    /// does; heads wait for [`Session::handle_heads_verified`] (given out as a
+    /// [`HeadCheck`] by [`Session::poll_verify`]).
+    pub(super) fn on_heads(&mut self, words: Vec<message::FirstWord>) {
+        let mut check = Vec::new();
+        for word in words {
+            let Some(feed) = self.by_discovery.get(&word.feed).copied() else {
+                return self.fail(
+                    CloseCode::PROTOCOL,
+                    format!(
+                        "first word for feed {}, which is not replicated",
+                        word.feed.fmt_short()
+                    ),
+                );
+            };
+            let Some(head) = word.head else {
+                self.on_notice(word.feed, 0);
+                continue;
+            };
+            // Every head is checked, even one that no longer decides anything.
+            check.push((feed, head));
+            if let Some(state) = self.feeds.get_mut(&feed) {
+                state.peer_spoke = true;
+                if state.peer_head == PeerHead::Unheard {
+                    state.peer_head = PeerHead::Verifying(head);
+                }
+            }
+        }
+        if !check.is_empty() {
+            self.head_checks.push_back(HeadCheck { heads: check });
+        }
+    }
+
+    /// The next batch of the peer's heads to verify.
+    pub fn poll_verify(&mut self) -> Option<HeadCheck> {
+        self.head_checks.pop_front()
+    }
+
+    /// The result of a [`HeadCheck`]: the positions in `check.heads` of the heads that
+    /// do not verify. One bad head is the peer's violation (`bad head`): it names the
+    /// feed, and the session ends. Verified heads decide their feeds' streams.
+    pub fn handle_heads_verified(&mut self, check: HeadCheck, bad: &[usize]) {
+        if self.ended.is_some() {
+            return;
+        }
+        if let Some((feed, head)) = bad.first().and_then(|&i| check.heads.get(i)) {
+            return self.fail(
+                CloseCode::BAD_HEAD,
+                format!(
+                    "the signed head of feed {} at length {} does not verify ({} of {} heads \
+                     in its message do not)",
+                    feed.fmt_short(),
+                    head.length,
+                    bad.len(),
+                    check.heads.len()
+                ),
+            );
+        }
+        self.stats.heads_verified += check.heads.len() as u64;
+        for (feed, head) in check.heads {
+            let Some(state) = self.feeds.get_mut(&feed) else {
+                continue;
+            };
+            if state.peer_head == PeerHead::Verifying(head) {
+                state.peer_head = PeerHead::Verified(head);
+                self.first_words_met(&feed);
+            }
+        }
     }
 
     /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed
@@ -71,6 +181,9 @@ impl Session {
             return;
         };
         state.updated = state.updated.max(length);
+        if state.our_head.is_some_and(|h| length > h.length) {
+            state.our_head = None;
+        }
         if state.local_synced == Some(length) {
             return;
         }
@@ -145,6 +258,7 @@ impl Session {
         state.reported = None;
         state.early_ends = 0;
         state.peer_spoke = true;
+        state.peer_head = PeerHead::None;
         match state.stopped {
             Some(Stop::Fault(_)) => return,
             Some(Stop::Exhausted(_)) => state.stopped = None,
@@ -174,6 +288,7 @@ impl Session {
             // The peer's first word: the dialer waited for it (and for ours).
             first = !state.peer_spoke && state.first_word == FirstWord::Sent;
             state.peer_spoke = true;
+            state.peer_head = PeerHead::None;
         }
         self.check_synced(&feed);
         if first {

@@ -26,10 +26,12 @@
 //! - header and message bounds (checked by [`crate::message`]);
 //! - at most `min(ours, peer's)` feed streams open at once, opened lazily and closed
 //!   once a feed is in sync both ways;
-//! - a replicated feed gets a stream only if a side lacks something: each side's first
-//!   word on it (`Synced` at the length it holds complete, or `Notice`) goes out after
-//!   its `have` entries, and the dialer opens no stream for a feed both sides hold
-//!   complete at one length;
+//! - a replicated feed gets a stream only if the sides differ: each side's first word on
+//!   it (the signed head it holds every block of, or none) goes out in a `Heads` message
+//!   after its `have` entries; the peer's heads are verified off the core in batches
+//!   ([`Session::poll_verify`], [`Session::handle_heads_verified`]), a head that does not
+//!   verify ends the session (`bad head`), and the dialer opens no stream for a feed
+//!   whose verified heads are equal on both sides (one length, one tree hash);
 //! - a feed is offered to a peer at most once per session, and never to a peer known to
 //!   have it, so forwarding between sessions does not loop;
 //! - a feed stream that ends before its feed is in sync both ways (its store gave it up,
@@ -73,8 +75,9 @@
 //!             dialer.handle_offer_answer(offer, Ok(keys)).unwrap();
 //!         }
 //!     }
-//!     // Stores say how far they hold replicated feeds (not at all, here): each side's
-//!     // first word then tells the dialer a stream is needed.
+//!     // Stores say which signed heads they hold complete (none, here): each side's
+//!     // first word then tells the dialer a stream is needed. (With heads, the driver
+//!     // would verify the peer's from `poll_verify` and answer `handle_heads_verified`.)
 //!     for s in [&mut dialer, &mut acceptor] {
 //!         while let Some(call) = s.poll_store() {
 //!             if let StoreCall::Heads { feeds, .. } = call {
@@ -104,7 +107,8 @@
 //! - `streams.rs`: feed streams: opening, taking, closing, reopening;
 //! - `stores.rs`: the driver's store calls: what a served namespace's store shares and
 //!   holds (our `Ready` waits for it), and the streams stores hold, detached at the end;
-//! - `feeds.rs`: a replicated feed's sync state, notices and faults;
+//! - `feeds.rs`: a replicated feed's sync state: first words and their heads, notices
+//!   and faults;
 //! - `end.rs`: how a session ends, and misbehaviour.
 
 mod config;
@@ -132,7 +136,7 @@ pub use config::{
 };
 use state::{Known, Namespace, OurOffer, PeerOffer, Replicated};
 pub use types::{
-    CommandError, EndReason, IncomingFeed, SessionEvent, SessionStats, Side, StoreCall,
+    CommandError, EndReason, HeadCheck, IncomingFeed, SessionEvent, SessionStats, Side, StoreCall,
     StreamCommand, StreamId, StreamRefused,
 };
 
@@ -229,6 +233,8 @@ pub struct Session {
     /// Replicated feeds whose first word is decided, sent once our `have` entries are
     /// out.
     first_words: VecDeque<FeedKey>,
+    /// The peer's heads to verify, one batch per `Heads` message received.
+    head_checks: VecDeque<HeadCheck>,
     /// Served namespaces whose store has not yet said what it shares and holds.
     store_asks: usize,
     /// [`Session::handle_ready`] was called: `Ready` goes out once `store_asks` is zero.
@@ -307,6 +313,7 @@ impl Session {
             store_calls: VecDeque::new(),
             head_asks: VecDeque::new(),
             first_words: VecDeque::new(),
+            head_checks: VecDeque::new(),
             store_asks: 0,
             ready_wanted: false,
             local_ready: false,

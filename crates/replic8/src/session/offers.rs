@@ -6,7 +6,9 @@ use super::state::{OurOffer, PeerOffer, Route};
 use super::types::{CommandError, SessionEvent};
 use crate::frame::MAX_FRAME_LEN;
 use crate::keys::{FeedKey, Role};
-use crate::message::{self, CloseCode, Headers, Message, OfferedFeed, MAX_FEEDS_PER_MESSAGE};
+use crate::message::{
+    self, CloseCode, Headers, Message, OfferedFeed, MAX_FEEDS_PER_MESSAGE, MAX_HEADS_PER_MESSAGE,
+};
 use std::collections::HashSet;
 use tracing::debug;
 
@@ -327,10 +329,26 @@ impl Session {
             && self.have_queue.is_empty()
             && !self.over_queue_bound()
         {
-            let Some(feed) = self.first_words.pop_front() else {
+            if self.first_words.is_empty() {
                 break;
-            };
-            self.send_first_word(&feed);
+            }
+            let mut words = Vec::new();
+            let mut said = Vec::new();
+            while words.len() < MAX_HEADS_PER_MESSAGE {
+                let Some(feed) = self.first_words.pop_front() else {
+                    break;
+                };
+                if let Some(word) = self.take_first_word(&feed) {
+                    words.push(word);
+                    said.push(feed);
+                }
+            }
+            if !words.is_empty() {
+                self.send(Message::Heads { feeds: words });
+            }
+            for feed in said {
+                self.first_words_met(&feed);
+            }
         }
         while self.ended.is_none()
             && self.is_established()

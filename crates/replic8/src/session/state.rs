@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::keys::{DiscoveryKey, FeedKey, NamespaceKey, NamespaceSecret, Role};
 use crate::message::OfferedFeed;
+use replic8_store::SignedHead;
 
 use super::types::StreamId;
 
@@ -57,29 +58,48 @@ pub(super) struct Replicated {
     pub(super) stopped: Option<Stop>,
     /// Our first word on the feed (see [`FirstWord`]).
     pub(super) first_word: FirstWord,
-    /// The peer's first word (`Synced` or `Notice`) arrived: the dialer opens no stream
-    /// for the feed before it did, or before ours says we lack blocks.
+    /// The peer said something about the feed (its first word, `Notice` or `Synced`):
+    /// the dialer opens no stream for the feed before it did, or before ours says we
+    /// lack blocks.
     pub(super) peer_spoke: bool,
+    /// The head our first word carried, while our copy is still at it.
+    pub(super) our_head: Option<SignedHead>,
+    /// The peer's first word, as far as it is known and still current.
+    pub(super) peer_head: PeerHead,
     /// The longest our copy was reported to be (`handle_feed_updated`): a stream's
     /// report of being in sync at less is stale (its core had not seen the change yet)
     /// and must not close the stream before it serves the change.
     pub(super) updated: u64,
 }
 
-/// Our first word on a replicated feed: `Synced{length}` if our store holds every block
-/// of its head at `length`, else `Notice` (we need a stream). Sent once per session,
-/// after our own `Have` entries, so the peer has replicated the feed when it arrives.
+/// Our first word on a replicated feed: the signed head our store holds every block
+/// of, or none (we need a stream). Sent once per session, after our own `Have` entries,
+/// so the peer has replicated the feed when it arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FirstWord {
     /// Waiting for our store's answer ([`StoreCall::Heads`](super::StoreCall::Heads)).
     Asking {
-        /// Our copy changed meanwhile: the answer may be stale, say `Notice`.
+        /// Our copy changed meanwhile: the answer may be stale, send no head.
         changed: bool,
     },
-    /// Decided, waiting for our `Have`s to go out: complete at this length, or not.
-    Queued(Option<u64>),
+    /// Decided, waiting for our `Have`s to go out: the head held complete, or none.
+    Queued(Option<SignedHead>),
     /// Sent.
     Sent,
+}
+
+/// The peer's first word on a replicated feed, as the first-word shortcut needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerHead {
+    /// Not arrived yet.
+    Unheard,
+    /// A head, being verified ([`HeadCheck`](super::HeadCheck)).
+    Verifying(SignedHead),
+    /// A head that verified.
+    Verified(SignedHead),
+    /// No head (the peer needs a stream), or something newer from the peer (a
+    /// `Notice` or `Synced`) made its first word stale.
+    None,
 }
 
 #[derive(Debug, Clone, Copy)]

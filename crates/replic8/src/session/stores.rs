@@ -7,6 +7,7 @@ use tracing::warn;
 
 use crate::keys::{FeedKey, NamespaceSecret};
 use crate::message::Headers;
+use replic8_store::SignedHead;
 
 use super::config::MAX_HEADS_PER_CALL;
 use super::state::FirstWord;
@@ -72,12 +73,16 @@ impl Session {
         }
     }
 
-    /// The store's answer to [`StoreCall::Heads`]: for each of `feeds`, the length up
-    /// to which it holds every block, if it does; or why it could not say (then every
-    /// feed gets a stream). Decides our first word on each feed: `Synced` at that
-    /// length, or `Notice` (also when our copy changed while the store was asked).
-    pub fn handle_heads(&mut self, feeds: &[FeedKey], answer: Result<Vec<Option<u64>>, String>) {
-        let lengths = answer.unwrap_or_else(|e| {
+    /// The store's answer to [`StoreCall::Heads`]: for each of `feeds`, the signed head
+    /// it holds every block of, if it does; or why it could not say (then every feed
+    /// gets a stream). Decides our first word on each feed: that head, or none (also
+    /// when our copy changed while the store was asked, or the head is empty).
+    pub fn handle_heads(
+        &mut self,
+        feeds: &[FeedKey],
+        answer: Result<Vec<Option<SignedHead>>, String>,
+    ) {
+        let heads = answer.unwrap_or_else(|e| {
             warn!(error = %e, "store did not say how far it holds its feeds");
             Vec::new()
         });
@@ -88,8 +93,12 @@ impl Session {
             let FirstWord::Asking { changed } = state.first_word else {
                 continue;
             };
-            let length = lengths.get(i).copied().flatten().filter(|_| !changed);
-            state.first_word = FirstWord::Queued(length);
+            let head = heads
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|h| !changed && h.length > 0);
+            state.first_word = FirstWord::Queued(head);
             self.first_words.push_back(*feed);
         }
         self.pump_offers();

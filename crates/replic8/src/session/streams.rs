@@ -2,7 +2,7 @@
 //! taking the peer's, closing, and reopening those that end early.
 
 use super::config::{reopen_delay, MAX_STREAM_REOPENS};
-use super::state::{FirstWord, Replicated, Route, Stop, StreamState};
+use super::state::{FirstWord, PeerHead, Replicated, Route, Stop, StreamState};
 use super::types::{
     EndReason, IncomingFeed, Side, StreamCommand, StreamId, StreamRefused, VIOLATIONS,
 };
@@ -241,6 +241,8 @@ impl Session {
                 stopped: None,
                 first_word: FirstWord::Asking { changed: false },
                 peer_spoke: false,
+                our_head: None,
+                peer_head: PeerHead::Unheard,
                 updated: 0,
             },
         );

@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use replic8_store::SignedHead;
+
 use crate::keys::FeedKey;
 use crate::message::{CloseCode, FeedStreamHeader, HeaderError, Headers};
 
@@ -30,8 +32,9 @@ pub struct EndReason {
 }
 
 /// The close codes a peer's protocol violation ends a session with.
-pub(super) const VIOLATIONS: [CloseCode; 5] = [
+pub(super) const VIOLATIONS: [CloseCode; 6] = [
     CloseCode::PROTOCOL,
+    CloseCode::BAD_HEAD,
     CloseCode::FRAME_TOO_LARGE,
     CloseCode::BAD_PROOF,
     CloseCode::BAD_CAPABILITY,
@@ -212,6 +215,20 @@ pub struct SessionStats {
     pub peak_queued_bytes: u64,
     /// Feeds stopped on this session by a fault (ours or the peer's report).
     pub feeds_faulted: u64,
+    /// The peer's signed heads in first words that verified.
+    pub heads_verified: u64,
+    /// Feeds found in sync by the first words (equal verified heads): no stream was
+    /// opened for them.
+    pub streams_skipped: u64,
+}
+
+/// The peer's signed heads from one [`Message::Heads`](crate::message::Message::Heads),
+/// to verify off the session's thread (hashing and signature checks are CPU work);
+/// answer with [`Session::handle_heads_verified`](super::Session::handle_heads_verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadCheck {
+    /// Each feed with the head the peer sent for it.
+    pub heads: Vec<(FeedKey, SignedHead)>,
 }
 
 /// A feed stream of the peer that we took: attach it to the namespace's store.

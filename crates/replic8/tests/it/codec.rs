@@ -1,10 +1,12 @@
 //! Round trips and hostile input for frames and session messages.
 #![allow(clippy::unwrap_used)]
 
+use bincode::Options;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use replic8::frame::{self, FrameError, MAX_FRAME_LEN};
 use replic8::keys::{DiscoveryKey, FeedKey, Role};
 use replic8::message::*;
+use replic8_store::SignedHead;
 
 fn random_headers(rng: &mut StdRng) -> Headers {
     let mut headers = Headers::new();
@@ -17,7 +19,7 @@ fn random_headers(rng: &mut StdRng) -> Headers {
 
 fn random_message(rng: &mut StdRng) -> Message {
     let key = |rng: &mut StdRng| rng.gen::<[u8; 32]>();
-    match rng.gen_range(0..11) {
+    match rng.gen_range(0..12) {
         0 => Message::Hello {
             version: rng.gen(),
             dialect: "x".repeat(rng.gen_range(0..=MAX_DIALECT_LEN)),
@@ -63,6 +65,18 @@ fn random_message(rng: &mut StdRng) -> Message {
         },
         10 => Message::Stopped {
             feed: DiscoveryKey(key(rng)),
+        },
+        11 => Message::Heads {
+            feeds: (0..rng.gen_range(0..20))
+                .map(|_| FirstWord {
+                    feed: DiscoveryKey(key(rng)),
+                    head: rng.gen::<bool>().then(|| SignedHead {
+                        length: rng.gen(),
+                        tree_hash: key(rng),
+                        signature: [rng.gen(); 64],
+                    }),
+                })
+                .collect(),
         },
         _ => Message::Close {
             code: CloseCode(rng.gen()),
@@ -125,7 +139,35 @@ fn every_message_kind_has_a_distinct_name() {
     for _ in 0..1000 {
         names.insert(random_message(&mut rng).name());
     }
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 12, "{names:?}");
+}
+
+#[test]
+/// A full `Heads` message of the largest first words fits in a frame; one word more is
+/// refused by the encoder and by the decoder.
+fn heads_messages_are_bounded() {
+    let word = FirstWord {
+        feed: DiscoveryKey([0xff; 32]),
+        head: Some(SignedHead {
+            length: u64::MAX,
+            tree_hash: [0xff; 32],
+            signature: [0xff; 64],
+        }),
+    };
+    let full = Message::Heads {
+        feeds: vec![word.clone(); MAX_HEADS_PER_MESSAGE],
+    };
+    let mut wire = Vec::new();
+    encode(&full, &mut wire).unwrap();
+    assert!(wire.len() < 150 * 1024, "{} bytes", wire.len());
+    assert_eq!(decode_frame(&wire).unwrap().unwrap().0, full);
+    let over = Message::Heads {
+        feeds: vec![word; MAX_HEADS_PER_MESSAGE + 1],
+    };
+    assert!(encode(&over, &mut Vec::new()).is_err());
+    let payload = options().serialize(&over).unwrap();
+    let err = decode(&payload).unwrap_err().to_string();
+    assert!(err.contains("over the limit of 1024"), "{err}");
 }
 
 #[test]
@@ -293,12 +335,12 @@ fn hello_bytes_match_the_protocol_document() {
     .unwrap();
     let mut expected = vec![0, 0, 0, 21]; // length prefix, big endian
     expected.push(0); // variant 0: Hello
-    expected.push(3); // version 3, one-byte varint
+    expected.push(4); // version 4, one-byte varint
     expected.push(15); // dialect length
     expected.extend_from_slice(b"bincode1-varint");
     expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian
     assert_eq!(wire, expected);
-    assert_eq!(ALPN, b"replic8/3");
+    assert_eq!(ALPN, b"replic8/4");
 
     // docs/PROTOCOL.md, "Messages": a tag, an offer and `Stopped`, byte for byte.
     let mut wire = Vec::new();

@@ -547,6 +547,15 @@ struct TamperingStore {
     storage: MemoryStorage,
     /// Instead of flipping bits, announce a frame over the feed stream's limit.
     oversize: bool,
+    /// Its answer to `FeedHeads` (when registered with it): a forged head.
+    head: Option<replic8_store::SignedHead>,
+}
+
+impl Handler<FeedHeads> for TamperingStore {
+    type Result = Result<Vec<Option<replic8_store::SignedHead>>, StoreError>;
+    fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
+        Ok(msg.feeds.iter().map(|_| self.head).collect())
+    }
 }
 
 impl Actor for TamperingStore {
@@ -675,6 +684,7 @@ async fn hostile_peer(oversize: bool, expect: &str) {
             feed: bad_feed,
             storage,
             oversize,
+            head: None,
         }
         .start();
         x_sessions
@@ -1084,5 +1094,180 @@ fn a_burst_of_shares_costs_a_few_membership_writes_not_one_each() {
             .unwrap();
         assert_eq!(known.len(), 300);
         assert!(dir.path().join(MEMBERSHIP_FILE).exists());
+    });
+}
+
+#[test]
+/// Over QUIC with real signed heads: a second one-shot session between two stores that
+/// hold the same 100 feeds complete opens no feed stream; after one feed grows on the
+/// writer, the next opens exactly one, which syncs it.
+fn feeds_in_sync_open_no_stream_and_one_ahead_opens_one() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+        let mut feeds = Vec::new();
+        for tag in 0..100 {
+            feeds.push(writer_feed(&a, tag, 1, "photos").await);
+        }
+        let streams = || async { b.store.send(GetStats).await.unwrap().streams };
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let first = streams().await;
+        assert_eq!(first, 100, "the first session streams every feed");
+
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        assert_eq!(streams().await, first, "feeds in sync got a stream");
+
+        let grown = feeds[42];
+        a.store
+            .send(Append {
+                feed: grown,
+                blocks: vec![block(42, 1)],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        assert_eq!(streams().await, first + 1, "only the grown feed streams");
+        assert_same(&a, &b, grown, 2).await;
+    });
+}
+
+#[test]
+/// A first word whose signed head does not verify ends that session with `bad head`
+/// (the peer's violation, naming the feed); the honest store keeps no block of the
+/// feed, and its session with an honest writer carries on.
+fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::Live,
+            &tx,
+        )
+        .await;
+        let honest = writer_feed(&a, 1, 20, "photos").await;
+
+        // X holds a real feed, sends its head with one signature bit flipped, and
+        // would send flipped blocks on a stream.
+        let storage = MemoryStorage::new();
+        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
+        let data: Vec<Vec<u8>> = (0..10).map(|i| block(9, i)).collect();
+        writer.append_batch(&data).unwrap();
+        let forged_feed = FeedKey::from(*writer.key());
+        let mut head = *writer.head().unwrap();
+        head.signature[50] ^= 0x10;
+        drop(writer);
+        let x_key = PeerKey([9; 32]);
+        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
+        let x_store = TamperingStore {
+            feed: forged_feed,
+            storage,
+            oversize: false,
+            head: Some(head),
+        }
+        .start();
+        x_sessions
+            .send(RegisterStore {
+                namespaces: vec![(NS.into(), None)],
+                store: StoreRecipients::of(&x_store).with_heads(x_store.clone().recipient()),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let x_client = client_endpoint();
+        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        link(&a, &b).await;
+
+        let seen = wait_for(&mut events, "B to end X's session", |e| {
+            matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
+        })
+        .await;
+        let Some(Ev::Session(
+            _,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        )) = seen.last()
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason.code, CloseCode::BAD_HEAD, "{reason}");
+        assert!(reason.is_misbehaviour(), "{reason}");
+        assert!(reason.reason.contains(&forged_feed.fmt_short()), "{reason}");
+        let stored = match b.store.send(OpenFeed { feed: forged_feed }).await.unwrap() {
+            Ok(info) => info.stored,
+            Err(FeedStoreError::NotFound(_)) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(stored, 0, "a block of the forged feed was kept");
+
+        if !seen.iter().any(|e| is_synced(e, 2, honest, 20)) {
+            wait_for(&mut events, "B synced A's feed", |e| {
+                is_synced(e, 2, honest, 20)
+            })
+            .await;
+        }
+        assert_same(&a, &b, honest, 20).await;
+    });
+}
+
+#[test]
+/// Measured: a one-shot session between two stores holding the same 1,000 feeds
+/// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the
+/// time of the first session (every feed streams) and of the one in sync
+/// (`cargo test -p replic8 --test feed_store measured -- --nocapture`).
+fn measured_a_session_between_stores_in_sync_opens_no_stream() {
+    let feeds: usize = std::env::var("REPLIC8_MEASURE_FEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+        for i in 0..feeds {
+            writer_feed(&a, i as u8, 1, "photos").await;
+        }
+        let streams = || async { b.store.send(GetStats).await.unwrap().streams };
+        let start = Instant::now();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let first = start.elapsed();
+        let streamed = streams().await;
+        let start = Instant::now();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let again = start.elapsed();
+        let in_sync = streams().await - streamed;
+        println!(
+            "{feeds} feeds: first session {} ms, {streamed} streams; session in sync {} ms, \
+             {in_sync} streams",
+            first.as_millis(),
+            again.as_millis()
+        );
+        assert_eq!(streamed, feeds as u64);
+        assert_eq!(in_sync, 0, "a feed in sync got a stream");
     });
 }

@@ -669,9 +669,9 @@ fn hostile_inputs_end_the_session_with_a_reason() {
         (
             "version mismatch",
             false,
-            Box::new(move |s| s.handle_message(hello(4))),
+            Box::new(move |s| s.handle_message(hello(5))),
             CloseCode::VERSION_MISMATCH,
-            "we speak replic8/3 dialect \"bincode1-varint\", the peer speaks replic8/4",
+            "we speak replic8/4 dialect \"bincode1-varint\", the peer speaks replic8/5",
         ),
         (
             "answer to an offer never made",
@@ -2183,57 +2183,225 @@ fn a_namespace_unregistered_then_registered_with_another_secret_starts_over() {
     }));
 }
 
-#[test]
-/// A first word says only a length, and a fork has the same length on both sides: every
-/// replicated feed still gets a stream (where the signed heads meet), and the one-shot
-/// session ends once all are in sync. (The first version skipped the stream for equal
-/// lengths, and two relays holding the two sides of a fork never found it.)
-fn feeds_at_one_length_on_both_sides_still_get_a_stream() {
-    for dialer_first in [true, false] {
-        let mut net = Net::new(one_shot());
-        net.add_store("a", accept_all());
-        net.add_store("b", accept_all());
-        let l = net.connect(A, B, [6; 32]);
-        // 1..=100 in sync; 101 behind on the dialer; 102 behind on the acceptor.
-        let mut a: Vec<(FeedKey, u64, message::Headers)> =
-            (1..=100).map(|n| (feed(n), 5, headers(&[]))).collect();
-        let mut b = a.clone();
-        a.push((feed(101), 2, headers(&[])));
-        b.push((feed(101), 7, headers(&[])));
-        a.push((feed(102), 9, headers(&[])));
-        b.push((feed(102), 3, headers(&[])));
-        net.create(A, &a);
-        net.create(B, &b);
-        for node in [A, B] {
-            net.register(l, node, "", None);
-        }
-        let keys: Vec<FeedKey> = (1..=102).map(feed).collect();
-        let order = if dialer_first { [A, B] } else { [B, A] };
-        for node in order {
+/// Two nodes holding `feeds` each (feed, dialer's length, acceptor's length), every
+/// feed known to both, toy heads on; the link is driven until it settles. The node that
+/// announces first alternates with `dialer_first`.
+fn first_words_net(
+    config: SessionConfig,
+    feeds: &[(FeedKey, u64, u64)],
+    dialer_first: bool,
+    setup: impl FnOnce(&mut Net),
+) -> (Net, usize) {
+    let mut net = Net::new(config);
+    net.add_store("a", accept_all());
+    net.add_store("b", accept_all());
+    let l = net.connect(A, B, [6; 32]);
+    let a: Vec<_> = feeds.iter().map(|f| (f.0, f.1, headers(&[]))).collect();
+    let b: Vec<_> = feeds.iter().map(|f| (f.0, f.2, headers(&[]))).collect();
+    net.create(A, &a);
+    net.create(B, &b);
+    for node in [A, B] {
+        net.stores[node].heads = true;
+        net.register(l, node, "", None);
+    }
+    setup(&mut net);
+    let keys: Vec<FeedKey> = feeds.iter().map(|f| f.0).collect();
+    let order = if dialer_first { [A, B] } else { [B, A] };
+    // A session ended by a bad head takes no more commands.
+    for node in order {
+        if net.ended(l, node).is_none() {
             net.end(l, node)
                 .session
                 .handle_known_feeds("", keys.clone())
                 .unwrap();
-            net.drive();
-        }
-        for node in [A, B] {
-            net.end(l, node).session.handle_ready().unwrap();
         }
         net.drive();
+    }
+    for node in [A, B] {
+        if net.ended(l, node).is_none() {
+            net.end(l, node).session.handle_ready().unwrap();
+        }
+    }
+    net.drive();
+    (net, l)
+}
+
+#[test]
+/// Feeds whose verified heads are equal on both sides get no stream: 100 in sync open
+/// none, and one feed ahead among them opens exactly one, which syncs. The one-shot
+/// session still ends once every feed is in sync both ways.
+fn feeds_with_equal_verified_heads_get_no_stream() {
+    for (ahead, dialer_first) in [(false, true), (false, false), (true, true), (true, false)] {
+        let mut feeds: Vec<(FeedKey, u64, u64)> = (1..=100).map(|n| (feed(n), 5, 5)).collect();
+        if ahead {
+            // Ahead on the acceptor, or on the dialer.
+            feeds[40].2 = 9;
+            feeds[41].1 = 8;
+        }
+        let (net, l) = first_words_net(one_shot(), &feeds, dialer_first, |_| {});
+        let case = format!("ahead: {ahead}, dialer first: {dialer_first}");
         let streamed = &net.links[l].ends[0].ever_attached;
-        let expected: HashSet<FeedKey> = keys.iter().copied().collect();
-        assert_eq!(streamed, &expected, "dialer first: {dialer_first}");
-        assert_eq!(net.stores[A].lengths[&feed(101)], 7);
-        assert_eq!(net.stores[B].lengths[&feed(102)], 9);
+        let expected: HashSet<FeedKey> = if ahead {
+            [feed(41), feed(42)].into()
+        } else {
+            HashSet::new()
+        };
+        assert_eq!(streamed, &expected, "{case}");
+        let dialer = net.links[l].ends[0].session.stats();
+        assert_eq!(dialer.streams_opened, expected.len() as u64, "{case}");
         for side in [A, B] {
+            let stats = net.links[l].ends[side].session.stats();
+            assert_eq!(stats.heads_verified, 100, "{case}, side {side}");
+            assert_eq!(
+                stats.streams_skipped,
+                100 - expected.len() as u64,
+                "{case}, side {side}"
+            );
             let synced = net.links[l].ends[side]
                 .events
                 .iter()
                 .filter(|e| matches!(e, SessionEvent::FeedSynced { .. }))
                 .count();
-            assert_eq!(synced, 102, "side {side}: every feed in sync both ways");
+            assert_eq!(
+                synced, 100,
+                "{case}, side {side}: every feed in sync both ways"
+            );
             let reason = net.ended(l, side).expect("the one-shot session ended");
-            assert_eq!(reason.code, CloseCode::DONE, "side {side}: {reason}");
+            assert_eq!(
+                reason.code,
+                CloseCode::DONE,
+                "{case}, side {side}: {reason}"
+            );
         }
+        if ahead {
+            assert_eq!(net.stores[A].lengths[&feed(41)], 9, "{case}");
+            assert_eq!(net.stores[B].lengths[&feed(42)], 8, "{case}");
+        }
+    }
+}
+
+#[test]
+/// A fork has the same length on both sides: its heads differ in the tree hash, so the
+/// feed gets a stream (where the store's fork rule stops it), while the feeds in sync
+/// around it get none. Two relays holding the two sides of a fork must meet on a stream.
+fn a_fork_at_one_length_still_gets_a_stream() {
+    for dialer_first in [true, false] {
+        let feeds: Vec<(FeedKey, u64, u64)> = (1..=10).map(|n| (feed(n), 5, 5)).collect();
+        let (net, l) = first_words_net(live(), &feeds, dialer_first, |net| {
+            net.stores[B].forked.insert(feed(3));
+        });
+        let streamed = &net.links[l].ends[0].ever_attached;
+        assert_eq!(streamed, &[feed(3)].into(), "dialer first: {dialer_first}");
+        for side in [A, B] {
+            let stats = net.links[l].ends[side].session.stats();
+            assert_eq!(stats.streams_skipped, 9, "side {side}");
+        }
+    }
+}
+
+#[test]
+/// A head whose signature does not verify is the sender's violation: the receiver ends
+/// the session with `bad head`, naming the feed, before any stream opens.
+fn a_forged_head_ends_the_session_with_bad_head() {
+    for (forger, dialer_first) in [(A, true), (A, false), (B, true), (B, false)] {
+        let feeds: Vec<(FeedKey, u64, u64)> = (1..=100).map(|n| (feed(n), 5, 5)).collect();
+        let (net, l) = first_words_net(live(), &feeds, dialer_first, |net| {
+            net.stores[forger].forged.insert(feed(77));
+        });
+        let case = format!("forger {forger}, dialer first: {dialer_first}");
+        let receiver = 1 - forger;
+        let reason = net
+            .ended(l, receiver)
+            .expect("the receiver ended the session");
+        assert_eq!(reason.code, CloseCode::BAD_HEAD, "{case}: {reason}");
+        assert!(reason.is_misbehaviour(), "{case}: {reason}");
+        assert!(
+            reason.reason.contains(&feed(77).fmt_short()),
+            "{case}: the reason names the feed: {reason}"
+        );
+        let told = net.ended(l, forger).expect("the forger was told");
+        assert_eq!(told.code, CloseCode::BAD_HEAD, "{case}: {told}");
+        assert!(
+            net.links[l].ends[0].ever_attached.is_empty(),
+            "{case}: no stream opened"
+        );
+    }
+}
+
+#[test]
+/// A first word made stale while its head is still being verified decides nothing: a
+/// side that appends right after its first word (its `Notice`, or its own change,
+/// overtakes the verification) still gets the feed's stream, and the feed syncs at the
+/// new length, never "in sync" at the old one.
+fn a_head_made_stale_during_its_verification_does_not_skip_the_stream() {
+    for (appender, dialer_first) in [(A, true), (B, true), (A, false), (B, false)] {
+        let feeds: Vec<(FeedKey, u64, u64)> = (1..=3).map(|n| (feed(n), 5, 5)).collect();
+        let (mut net, l) = first_words_net(live(), &feeds, dialer_first, |net| {
+            net.hold_checks = true;
+        });
+        let case = format!("appender {appender}, dialer first: {dialer_first}");
+        net.append(appender, feed(2), 1);
+        net.drive();
+        net.release_checks();
+        net.drive();
+        assert_eq!(
+            net.links[l].ends[0].ever_attached,
+            [feed(2)].into(),
+            "{case}"
+        );
+        for side in [A, B] {
+            let events = &net.links[l].ends[side].events;
+            assert!(
+                !events.contains(&SessionEvent::FeedSynced {
+                    feed: feed(2),
+                    length: 5
+                }),
+                "{case}, side {side}: in sync at a stale length"
+            );
+            assert!(
+                events.contains(&SessionEvent::FeedSynced {
+                    feed: feed(2),
+                    length: 6
+                }),
+                "{case}, side {side}"
+            );
+            let stats = net.links[l].ends[side].session.stats();
+            assert_eq!(stats.streams_skipped, 2, "{case}, side {side}");
+        }
+        assert_eq!(net.stores[1 - appender].lengths[&feed(2)], 6, "{case}");
+    }
+}
+
+#[test]
+/// A live session that found a feed in sync from the first words opens its stream when
+/// either side appends later, and the feed syncs.
+fn a_feed_in_sync_from_first_words_streams_when_a_side_appends() {
+    for (appender, dialer_first) in [(A, true), (B, true), (A, false), (B, false)] {
+        let feeds: Vec<(FeedKey, u64, u64)> = (1..=10).map(|n| (feed(n), 5, 5)).collect();
+        let (mut net, l) = first_words_net(live(), &feeds, dialer_first, |_| {});
+        let case = format!("appender {appender}, dialer first: {dialer_first}");
+        assert!(net.links[l].ends[0].ever_attached.is_empty(), "{case}");
+        net.append(appender, feed(4), 3);
+        net.drive();
+        assert_eq!(
+            net.links[l].ends[0].ever_attached,
+            [feed(4)].into(),
+            "{case}"
+        );
+        for node in [A, B] {
+            assert_eq!(net.stores[node].lengths[&feed(4)], 8, "{case}, node {node}");
+        }
+        for side in [A, B] {
+            assert!(
+                net.links[l].ends[side]
+                    .events
+                    .contains(&SessionEvent::FeedSynced {
+                        feed: feed(4),
+                        length: 8
+                    }),
+                "{case}, side {side}"
+            );
+        }
+        assert!(net.ended(l, A).is_none(), "{case}");
     }
 }

@@ -21,8 +21,10 @@ use replic8::frame::{self, MAX_FRAME_LEN};
 use replic8::keys::{ExporterSecret, FeedKey, NamespaceSecret, Role};
 use replic8::message::{self, Headers, Message};
 use replic8::session::{
-    EndReason, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand, StreamId,
+    EndReason, HeadCheck, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand,
+    StreamId,
 };
+use replic8_store::SignedHead;
 
 pub type Policy = Box<dyn FnMut(&str, &[(FeedKey, Headers)]) -> Result<Vec<FeedKey>, String>>;
 
@@ -46,6 +48,28 @@ pub struct Store {
     pub forward: bool,
     /// Every offer this store was asked about: (link, namespace, feeds).
     pub offers_seen: Vec<(usize, String, Vec<(FeedKey, Headers)>)>,
+    /// Answer the session's `Heads` calls with toy signed heads ([`toy_head`]); off,
+    /// every feed's first word has no head and every feed gets a stream.
+    pub heads: bool,
+    /// Feeds whose copy here is the other side of a fork: same length, other tree.
+    pub forked: HashSet<FeedKey>,
+    /// Feeds whose head this store sends with a signature that does not verify.
+    pub forged: HashSet<FeedKey>,
+}
+
+/// The toy signature the simulated verifier accepts.
+pub const GOOD_SIGNATURE: [u8; 64] = [0xaa; 64];
+
+/// A toy signed head of `length` blocks: the tree hash names the length and the side
+/// of a fork; the signature verifies unless `forged`.
+pub fn toy_head(length: u64, forked: bool, forged: bool) -> SignedHead {
+    let mut tree_hash = [u8::from(forked); 32];
+    tree_hash[..8].copy_from_slice(&length.to_le_bytes());
+    SignedHead {
+        length,
+        tree_hash,
+        signature: if forged { [0; 64] } else { GOOD_SIGNATURE },
+    }
 }
 
 pub struct End {
@@ -97,6 +121,21 @@ pub struct Net {
     pub links: Vec<Link>,
     pub now: Instant,
     pub config: SessionConfig,
+    /// Keep the sessions' head checks unanswered until [`Net::release_checks`].
+    pub hold_checks: bool,
+    /// Head checks kept: (link, side, check).
+    held_checks: Vec<(usize, usize, HeadCheck)>,
+}
+
+/// The simulated verifier: a toy signature verifies.
+fn toy_verify(check: &HeadCheck) -> Vec<usize> {
+    check
+        .heads
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, h))| h.signature != GOOD_SIGNATURE)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 impl Net {
@@ -106,6 +145,18 @@ impl Net {
             links: Vec::new(),
             now: Instant::now(),
             config,
+            hold_checks: false,
+            held_checks: Vec::new(),
+        }
+    }
+
+    /// Answers every head check kept so far (see [`Net::hold_checks`]).
+    pub fn release_checks(&mut self) {
+        for (l, side, check) in std::mem::take(&mut self.held_checks) {
+            let bad = toy_verify(&check);
+            self.links[l].ends[side]
+                .session
+                .handle_heads_verified(check, &bad);
         }
     }
 
@@ -117,6 +168,9 @@ impl Net {
             policy,
             forward: false,
             offers_seen: Vec::new(),
+            heads: false,
+            forked: HashSet::new(),
+            forged: HashSet::new(),
         });
         self.stores.len() - 1
     }
@@ -341,11 +395,29 @@ impl Net {
                 while let Some(call) = end.session.poll_store() {
                     moved = true;
                     if let StoreCall::Heads { feeds, .. } = call {
-                        let lengths = feeds
+                        let heads = feeds
                             .iter()
-                            .map(|f| store.lengths.get(f).copied().filter(|l| *l > 0))
+                            .map(|f| {
+                                let length = store.lengths.get(f).copied().filter(|l| *l > 0)?;
+                                store.heads.then(|| {
+                                    toy_head(
+                                        length,
+                                        store.forked.contains(f),
+                                        store.forged.contains(f),
+                                    )
+                                })
+                            })
                             .collect();
-                        end.session.handle_heads(&feeds, Ok(lengths));
+                        end.session.handle_heads(&feeds, Ok(heads));
+                    }
+                }
+                while let Some(check) = end.session.poll_verify() {
+                    moved = true;
+                    if self.hold_checks {
+                        self.held_checks.push((l, side, check));
+                    } else {
+                        let bad = toy_verify(&check);
+                        end.session.handle_heads_verified(check, &bad);
                     }
                 }
                 moved |= self.handle_events(l, side);
