@@ -185,7 +185,16 @@ pub(crate) struct Registry<St: Storage> {
     opened: AtomicU64,
     /// Feeds closed so far.
     closed: AtomicU64,
+    /// Per stripe of keys, held while a feed of it is opened from storage and put in
+    /// `open`, and while one is taken out and dropped: an open and a close of one feed
+    /// never overlap, so a feed is never opened from storage while another instance of
+    /// it lives (appends through both would write the same blocks twice).
+    opening: [Mutex<()>; OPEN_STRIPES],
 }
+
+/// Stripes of [`Registry::opening`]: enough that opens of different feeds rarely wait
+/// on each other with a few dozen blocking-pool threads.
+const OPEN_STRIPES: usize = 64;
 
 impl<St: Storage> Registry<St> {
     pub(crate) fn new(storage: St, limits: OpenLimits) -> Self {
@@ -197,7 +206,15 @@ impl<St: Storage> Registry<St> {
             epoch: Instant::now(),
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            opening: std::array::from_fn(|_| Mutex::new(())),
         }
+    }
+
+    /// The stripe lock of `key` (keys are uniformly random bytes).
+    fn stripe(&self, key: &FeedKey) -> MutexGuard<'_, ()> {
+        self.opening[usize::from(key.0[0]) % OPEN_STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn now(&self) -> u64 {
@@ -231,21 +248,42 @@ impl<St: Storage> Registry<St> {
 
     /// The feed `key`, opened from storage if needed; with `replica`, created empty if
     /// the storage does not hold it. Storage work runs without the map's lock, so feeds
-    /// open in parallel; when two callers race, both get the entry that went in first.
+    /// open in parallel, under the key's stripe lock, so one feed is opened once.
     pub(crate) fn get(
         &self,
         key: FeedKey,
         replica: bool,
     ) -> Result<Arc<FeedEntry<St::Feed>>, FeedStoreError> {
+        let entry = match self.lookup(&key) {
+            Some(entry) => entry,
+            None => {
+                let _stripe = self.stripe(&key);
+                match self.lookup(&key) {
+                    Some(entry) => entry,
+                    None => self.open_from_storage(key, replica)?,
+                }
+            }
+        };
+        self.trim_if_over();
+        Ok(entry)
+    }
+
+    /// The open entry of `key`, marked used now.
+    fn lookup(&self, key: &FeedKey) -> Option<Arc<FeedEntry<St::Feed>>> {
         let now = self.now();
-        let found = self.open.get(&key).map(|entry| {
+        self.open.get(key).map(|entry| {
             entry.last_used.store(now, Ordering::Relaxed);
             entry.clone()
-        });
-        if let Some(entry) = found {
-            self.trim_if_over();
-            return Ok(entry);
-        }
+        })
+    }
+
+    /// Opens `key` from storage and puts it in `open`; the caller holds its stripe lock.
+    fn open_from_storage(
+        &self,
+        key: FeedKey,
+        replica: bool,
+    ) -> Result<Arc<FeedEntry<St::Feed>>, FeedStoreError> {
+        let now = self.now();
         let store_key = replic8_store::FeedKey::try_from(key)?;
         let feed = match Feed::open(&self.storage, &store_key)? {
             Some(feed) => feed,
@@ -260,15 +298,9 @@ impl<St: Storage> Registry<St> {
             },
             None => return Err(FeedStoreError::NotFound(key.fmt_short())),
         };
-        let entry = self
-            .open
-            .entry(key)
-            .or_insert_with(|| {
-                self.opened.fetch_add(1, Ordering::Relaxed);
-                Arc::new(FeedEntry::new(feed, self.index.clone(), now))
-            })
-            .clone();
-        self.trim_if_over();
+        let entry = Arc::new(FeedEntry::new(feed, self.index.clone(), now));
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.insert(key, entry.clone());
         Ok(entry)
     }
 
@@ -368,12 +400,11 @@ impl<St: Storage> Registry<St> {
         let mut closed = 0;
         for key in pick_closes(candidates, keep, idle_before) {
             // Still unpinned under the shard's lock: nobody can clone it meanwhile. The
-            // feed is dropped (its files closed) after the lock is released.
-            if self
-                .open
-                .remove_if(&key, |_, entry| !entry.pinned())
-                .is_some()
-            {
+            // feed is dropped (its files closed) after the shard's lock is released and
+            // before the stripe's, so no open of it runs until it is gone.
+            let _stripe = self.stripe(&key);
+            if let Some(removed) = self.open.remove_if(&key, |_, entry| !entry.pinned()) {
+                drop(removed);
                 closed += 1;
             }
         }
