@@ -385,7 +385,9 @@ async fn get(node: &NodeHandle, feed: FeedKey, length: u64) -> Result<NodeLine, 
     let ms = |d: Duration| round(d.as_secs_f64() * 1e3, 1);
     Ok(NodeLine::Synced {
         first_peer_ms: seen.first_peer.map(ms),
-        first_block_ms: seen.first_block.map(ms),
+        // The watcher may see the first block's event after the sync was seen (both are
+        // polled in one task): the block came first, so its time is at most the sync's.
+        first_block_ms: seen.first_block.map(|d| ms(d.min(synced_at))),
         synced_ms: ms(synced_at),
         tree_hash,
         blocks_from: seen.blocks_from,
