@@ -130,11 +130,13 @@ struct Shared {
     root: PathBuf,
     feeds_dir: PathBuf,
     config: DiskConfig,
-    _lock: File,
     files: Mutex<FileCache>,
     live: Mutex<HashMap<[u8; 32], Weak<Mutex<FeedInner>>>>,
     next_id: AtomicU64,
     small: SmallFeeds,
+    /// Declared last, so dropped last: the next process that takes the lock finds every
+    /// file closed, the small-feed database's own lock included.
+    _lock: File,
 }
 
 /// One feed of a [`DiskStorage`]. Handles to the same feed share its state.
