@@ -77,7 +77,7 @@ pub struct NamespaceSection {
     /// Which new feeds to accept: `all`, `held`, `none` or `manual`. Default: `all` with
     /// `accept_header`, else `held`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept: Option<crate::node::AcceptMode>,
+    pub accept: Option<crate::node::namespace_spec::AcceptMode>,
     /// With `accept = "all"`: accept only feeds whose headers hold each key with this
     /// value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -405,9 +405,11 @@ impl NodeConfig {
                     reason: format!("{:?} is given twice", ns.name),
                 });
             }
-            if let Err(e) =
-                crate::node::NamespaceSpec::new(ns.accept, ns.accept_header.clone(), ns.forward)
-            {
+            if let Err(e) = crate::node::namespace_spec::NamespaceSpec::new(
+                ns.accept,
+                ns.accept_header.clone(),
+                ns.forward,
+            ) {
                 return Err(ConfigError::Invalid {
                     option: "namespace.accept_header",
                     reason: format!("namespace {:?}: {e}", ns.name),
@@ -426,8 +428,14 @@ impl NodeConfig {
     /// The `[[namespace]]` entries with their secrets read from their files.
     pub fn open_namespaces(
         &self,
-    ) -> Result<Vec<(String, Option<NamespaceSecret>, crate::node::NamespaceSpec)>, ConfigError>
-    {
+    ) -> Result<
+        Vec<(
+            String,
+            Option<NamespaceSecret>,
+            crate::node::namespace_spec::NamespaceSpec,
+        )>,
+        ConfigError,
+    > {
         self.namespaces
             .iter()
             .map(|ns| {
@@ -446,7 +454,7 @@ impl NodeConfig {
                         )
                     }
                 };
-                let spec = crate::node::NamespaceSpec::new(
+                let spec = crate::node::namespace_spec::NamespaceSpec::new(
                     ns.accept,
                     ns.accept_header.clone(),
                     ns.forward,
@@ -601,12 +609,12 @@ mod tests {
         let (name, key, spec) = &open[0];
         assert_eq!(name, "team");
         assert_eq!(key.as_ref().unwrap().0, [0xcd; 32]);
-        assert_eq!(spec.accept, crate::node::AcceptMode::All);
+        assert_eq!(spec.accept, crate::node::namespace_spec::AcceptMode::All);
         assert_eq!(spec.accept_headers["kind"], "photo");
         assert!(spec.forward);
         let (name, key, spec) = &open[1];
         assert_eq!((name.as_str(), key.is_none()), ("inbox", true));
-        assert_eq!(spec.accept, crate::node::AcceptMode::Manual);
+        assert_eq!(spec.accept, crate::node::namespace_spec::AcceptMode::Manual);
         assert!(!spec.forward);
         assert_eq!(
             NodeConfig::from_toml(&toml::to_string(&config).unwrap()).unwrap(),

@@ -19,12 +19,11 @@ use std::time::Duration;
 
 #[cfg(test)]
 mod lifecycle_tests;
+pub(crate) mod namespace_spec;
 mod namespace_types;
 mod namespaces;
-pub use namespace_types::{
-    parse_secret, AcceptMode, NamespaceError, NamespaceSpec, NamespaceStatus, OfferRecord,
-    OFFER_LOG,
-};
+pub use namespace_spec::{AcceptMode, NamespaceSpec, SpecError};
+pub use namespace_types::{parse_secret, NamespaceError, NamespaceStatus, OfferRecord, OFFER_LOG};
 mod feeds;
 pub use feeds::GotFeed;
 

@@ -234,7 +234,7 @@ pub struct PersistedNamespace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// The policy.
-    pub spec: crate::node::NamespaceSpec,
+    pub spec: crate::node::namespace_spec::NamespaceSpec,
 }
 
 /// A namespace's accept policy, as persisted: the kinds that can be written down (a
@@ -448,7 +448,7 @@ mod tests {
             "team".into(),
             PersistedNamespace {
                 secret: Some("ab".repeat(32)),
-                spec: crate::node::NamespaceSpec::new(
+                spec: crate::node::namespace_spec::NamespaceSpec::new(
                     None,
                     BTreeMap::from([("kind".into(), "photo".into())]),
                     Some(false),

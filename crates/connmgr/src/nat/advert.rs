@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::wire::{NatMessage, MAX_LOCATED};
 use super::{NatCore, NatEvent, NatOutput, Reachability};
-use crate::core::is_relayed;
 use crate::key::PeerKey;
+use crate::socket::VirtualPaths;
 
 /// Most relays asked about one address.
 pub const MAX_LOCATE_RELAYS: usize = 4;
@@ -296,7 +296,7 @@ impl NatCore {
         now: Instant,
     ) {
         // A relay through a relay is no help, and a virtual address says nothing.
-        if is_relayed(&remote) {
+        if VirtualPaths::is_virtual(&remote) {
             return;
         }
         match message {
@@ -429,7 +429,7 @@ impl NatCore {
         let direct: Vec<PeerKey> = self
             .peers
             .iter()
-            .filter(|(_, a)| !is_relayed(a))
+            .filter(|(_, a)| !VirtualPaths::is_virtual(a))
             .map(|(k, _)| *k)
             .collect();
         for key in direct {

@@ -37,8 +37,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::core::is_relayed;
 use crate::key::PeerKey;
+use crate::socket::VirtualPaths;
 
 use self::advert::{Registry, Relays};
 use self::circuit::{CircuitEnds, EndAction};
@@ -165,7 +165,7 @@ impl NatCore {
     /// A connection to `key` came up; we see the peer at `remote`.
     pub fn handle_peer_up(&mut self, key: PeerKey, remote: SocketAddr, now: Instant) {
         self.peers.insert(key, remote);
-        if is_relayed(&remote) {
+        if VirtualPaths::is_virtual(&remote) {
             // A virtual address says nothing about the peer's NAT; the greater key starts
             // the punch (one side, so that one offer meets one answer).
             if self.config.punch && self.me > key && !self.public.is_empty() {
@@ -209,10 +209,10 @@ impl NatCore {
         let Some(remote) = self.peers.get(&from).copied() else {
             return;
         };
-        let relayed = is_relayed(&remote);
+        let relayed = VirtualPaths::is_virtual(&remote);
         match message {
             NatMessage::Observed { addr } => {
-                if !self.config.observe || relayed || is_relayed(&addr) {
+                if !self.config.observe || relayed || VirtualPaths::is_virtual(&addr) {
                     return;
                 }
                 self.observed.record(from, remote.ip(), addr, now);
@@ -312,7 +312,7 @@ impl NatCore {
     fn punch(&mut self, peer: PeerKey, addrs: Vec<SocketAddr>, wait_half_rtt: bool) {
         let addrs: Vec<SocketAddr> = addrs
             .into_iter()
-            .filter(|a| !is_relayed(a))
+            .filter(|a| !VirtualPaths::is_virtual(a))
             .take(MAX_PUBLIC_ADDRS)
             .collect();
         if !addrs.is_empty() {

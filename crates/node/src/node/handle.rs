@@ -28,7 +28,8 @@ use super::errors::{
     AddStoreError, ConnectError, DisconnectError, FeedError, FlushedError, JoinError, LeaveError,
     NodeClosed, PeerInfo,
 };
-use super::namespace_types::{self, NamespaceSpec, OfferRecord};
+use super::namespace_spec::NamespaceSpec;
+use super::namespace_types::{self, OfferRecord};
 use super::SESSION_CLOSE_GUARD;
 use crate::lifecycle::{BeginClose, CancelRedial, LifecycleActor, Redialing, Requested, TopicLeft};
 

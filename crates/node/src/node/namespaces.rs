@@ -7,6 +7,7 @@ use replic8::feed_store::{DecideOffers, NamespacePolicy, ServeNamespace, SetName
 use replic8::keys::{FeedKey, NamespaceSecret};
 use replic8::store::UnregisterStore;
 
+use super::namespace_spec::NamespaceSpec;
 use super::namespace_types::*;
 use super::{NodeClosed, NodeHandle};
 use crate::persist::PersistedNamespace;

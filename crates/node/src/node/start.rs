@@ -32,7 +32,8 @@ use crate::persist::{self, PersistError, PersistedState};
 use super::builder::{NodeBuilder, SpawnError, Storage};
 use super::forward::{forward_feed_events, forward_session_events};
 use super::handle::{policy_of, Inner, NodeHandle, Started, SystemJob};
-use super::namespace_types::{self, parse_secret, NamespaceSpec, OFFER_LOG};
+use super::namespace_spec::NamespaceSpec;
+use super::namespace_types::{self, parse_secret, OFFER_LOG};
 use super::QUIC_BIDI_STREAMS;
 use crate::lifecycle::{LifecycleActor, LifecycleConfig};
 
