@@ -12,12 +12,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
-use std::time::Instant;
 
 use crate::keys::{DiscoveryKey, FeedKey, FeedSecret, SignedHead};
 use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
 use crate::storage::{self, FeedStorage, Storage, StorageError, StoredNode, WriteBatch};
 use crate::tree::{self, full_roots, Node};
+
+use self::claims::Claim;
+
+mod claims;
 
 /// Largest block a feed accepts (1 MiB), so that one block always fits in one sync
 /// message ([`crate::message::MAX_MESSAGE_SIZE`]) and a peer can make us buffer little.
@@ -141,16 +144,6 @@ fn new_node_count(start: u64, count: u64) -> usize {
     let zeros = |m: u64| m - u64::from(m.count_ones());
     let end = start.saturating_add(count);
     usize::try_from(count + zeros(end) - zeros(start)).unwrap_or(usize::MAX)
-}
-
-/// A range of blocks one sync core is downloading.
-#[derive(Debug, Clone, Copy)]
-struct Claim {
-    end: u64,
-    owner: u64,
-    /// When it was made, or its owner last stored data ([`Feed::refresh_claims`]).
-    since: Instant,
-    expires: Instant,
 }
 
 impl<S: FeedStorage> fmt::Debug for Feed<S> {
@@ -707,79 +700,6 @@ impl<S: FeedStorage> Feed<S> {
             }
         }
         Ok(roots)
-    }
-
-    /// If block `index` is being downloaded by a sync core other than `owner` (and that
-    /// claim has not expired), the end of its claim.
-    #[cfg(test)]
-    pub(crate) fn claimed_by_other(&self, index: u64, owner: u64, now: Instant) -> Option<u64> {
-        self.other_claim(index, owner, now).map(|(end, _)| end)
-    }
-
-    /// If block `index` is being downloaded by a sync core other than `owner` (and that
-    /// claim has not expired), the end of its claim and when its owner last made
-    /// progress.
-    pub(crate) fn other_claim(
-        &self,
-        index: u64,
-        owner: u64,
-        now: Instant,
-    ) -> Option<(u64, Instant)> {
-        self.claims
-            .range(..=index)
-            .next_back()
-            .filter(|(_, c)| c.end > index && c.owner != owner && c.expires > now)
-            .map(|(_, c)| (c.end, c.since))
-    }
-
-    /// Claim `[start, end)` for the sync core `owner` from `now` until `expires`,
-    /// replacing any claim it overlaps (only expired ones or the owner's own can overlap).
-    pub(crate) fn claim(
-        &mut self,
-        start: u64,
-        end: u64,
-        owner: u64,
-        now: Instant,
-        expires: Instant,
-    ) {
-        let overlapping: Vec<u64> = self
-            .claims
-            .range(..end)
-            .rev()
-            .take_while(|(_, c)| c.end > start)
-            .map(|(&s, _)| s)
-            .collect();
-        for s in overlapping {
-            self.claims.remove(&s);
-        }
-        self.claims.insert(
-            start,
-            Claim {
-                end,
-                owner,
-                since: now,
-                expires,
-            },
-        );
-    }
-
-    /// `owner` stored data at `now`: its claims count as alive from then.
-    pub(crate) fn refresh_claims(&mut self, owner: u64, now: Instant) {
-        for claim in self.claims.values_mut().filter(|c| c.owner == owner) {
-            claim.since = now;
-        }
-    }
-
-    /// Drop `owner`'s claim that starts at `start`, if any.
-    pub(crate) fn release(&mut self, start: u64, owner: u64) {
-        if self.claims.get(&start).is_some_and(|c| c.owner == owner) {
-            self.claims.remove(&start);
-        }
-    }
-
-    /// Drop every claim of `owner`.
-    pub(crate) fn release_all(&mut self, owner: u64) {
-        self.claims.retain(|_, c| c.owner != owner);
     }
 
     /// Record blocks `[start, end)` as stored, merging runs.
