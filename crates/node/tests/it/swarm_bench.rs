@@ -51,8 +51,11 @@ fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
     // The time splits into connect and data; a live process holds at least a MiB.
     let seconds = num(row, "seconds");
     assert!(seconds > 0.0, "{row}");
-    assert!(num(row, "connect_seconds_max") <= seconds, "{row}");
-    assert!(num(row, "data_seconds_max") <= seconds, "{row}");
+    // The split times are rounded to the millisecond, `seconds` is not: allow the
+    // rounding (a 63 ms first block against 62.7 ms in all failed CI once).
+    let within = |field: &str| num(row, field) <= seconds + 0.001;
+    assert!(within("connect_seconds_max"), "{row}");
+    assert!(within("data_seconds_max"), "{row}");
     assert!(num(row, "node_peak_rss_mib_median") >= 1.0, "{row}");
     assert!(
         num(row, "total_peak_rss_mib") >= num(row, "node_peak_rss_mib_max"),
@@ -61,7 +64,7 @@ fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
     assert!(num(row, "node_threads_median") >= 2.0, "{row}");
     // Where the blocks came from: every reader got them from someone, the writer's
     // share is a share, and every needed byte was served and stored.
-    assert!(num(row, "first_block_seconds_max") <= seconds, "{row}");
+    assert!(within("first_block_seconds_max"), "{row}");
     assert!(num(row, "sources_per_reader_median") >= 1.0, "{row}");
     let share = num(row, "from_writer_share");
     assert!((0.0..=1.0).contains(&share) && share > 0.0, "{row}");
