@@ -21,7 +21,7 @@ use crate::messages::{NatState, SubscribeNat};
 use crate::nat::wire::{
     self, CONTROL_RATE_WINDOW, MAX_CONTROL_MESSAGES, STREAM_CIRCUIT, STREAM_CONTROL,
 };
-use crate::nat::{NatEvent, NatMessage, NatOutput, NatStatus, RelayAction};
+use crate::nat::{FixedWindow, NatEvent, NatMessage, NatOutput, NatStatus, RelayAction};
 use crate::socket::VirtualPaths;
 use crate::tls;
 
@@ -489,7 +489,7 @@ impl Drop for AbortOnDrop {
 /// `CONTROL_RATE_WINDOW`, or one that sends a bad frame, is not read any more (its
 /// connection stays: the session layer does not depend on this).
 async fn read_frames(mut recv: quinn::RecvStream, key: PeerKey, id: ConnId, me: Addr<ConnManager>) {
-    let mut window = (tokio::time::Instant::now(), 0u32);
+    let mut window = FixedWindow::default();
     loop {
         let mut header = [0u8; 2];
         if recv.read_exact(&mut header).await.is_err() {
@@ -507,12 +507,8 @@ async fn read_frames(mut recv: quinn::RecvStream, key: PeerKey, id: ConnId, me: 
             let _ = recv.stop(STOP_UNKNOWN);
             return;
         };
-        let now = tokio::time::Instant::now();
-        if now >= window.0 + CONTROL_RATE_WINDOW {
-            window = (now, 0);
-        }
-        window.1 += 1;
-        if window.1 > MAX_CONTROL_MESSAGES {
+        let now = tokio::time::Instant::now().into_std();
+        if !window.try_count(now, CONTROL_RATE_WINDOW, MAX_CONTROL_MESSAGES) {
             let _ = recv.stop(STOP_UNKNOWN);
             return;
         }

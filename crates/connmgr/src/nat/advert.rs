@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::wire::{NatMessage, MAX_LOCATED};
+use super::FixedWindow;
 use super::{NatCore, NatEvent, NatOutput, Reachability};
 use crate::key::PeerKey;
 use crate::socket::VirtualPaths;
@@ -32,8 +33,8 @@ pub struct Registry {
     max: usize,
     per_minute: u32,
     registered: HashMap<PeerKey, SocketAddr>,
-    /// Per asker: (window start, queries in it).
-    windows: HashMap<PeerKey, (Instant, u32)>,
+    /// Per asker, its queries in the current minute.
+    windows: HashMap<PeerKey, FixedWindow>,
 }
 
 impl Registry {
@@ -89,14 +90,10 @@ impl Registry {
     /// asker different ports), smallest key first, never the asker, at most
     /// `MAX_LOCATED`. Empty past the asker's budget.
     pub fn locate(&mut self, asker: PeerKey, addr: SocketAddr, now: Instant) -> Vec<PeerKey> {
-        let window = self.windows.entry(asker).or_insert((now, 0));
-        if now >= window.0 + Duration::from_secs(60) {
-            *window = (now, 0);
-        }
-        if window.1 >= self.per_minute {
+        let window = self.windows.entry(asker).or_default();
+        if !window.try_count(now, Duration::from_secs(60), self.per_minute) {
             return Vec::new();
         }
-        window.1 += 1;
         let matching = |exact: bool| {
             let mut keys: Vec<PeerKey> = self
                 .registered

@@ -53,6 +53,8 @@ pub mod circuit;
 pub mod observed;
 pub mod relay;
 mod types;
+mod window;
+pub(crate) use self::window::FixedWindow;
 pub mod wire;
 
 #[derive(Debug, Clone, Copy)]
@@ -80,8 +82,8 @@ pub struct NatCore {
     next_check: Option<Instant>,
     /// When we last served each peer a dial-back.
     served: HashMap<PeerKey, Instant>,
-    /// Dial-backs served in the current minute: (window start, count).
-    served_window: (Option<Instant>, u32),
+    /// Dial-backs served in the current minute.
+    served_window: FixedWindow,
     next_nonce: u64,
     relay: RelayTable,
     ends: CircuitEnds,
@@ -120,7 +122,7 @@ impl NatCore {
             skipped: HashSet::new(),
             next_check: None,
             served: HashMap::new(),
-            served_window: (None, 0),
+            served_window: FixedWindow::default(),
             next_nonce: nonce_seed,
             outputs: VecDeque::new(),
         }
@@ -625,18 +627,13 @@ impl NatCore {
         {
             return false;
         }
-        let minute = Duration::from_secs(60);
-        if self
+        let max = self.config.max_dial_backs_per_minute;
+        if !self
             .served_window
-            .0
-            .is_none_or(|start| now >= start + minute)
+            .try_count(now, Duration::from_secs(60), max)
         {
-            self.served_window = (Some(now), 0);
-        }
-        if self.served_window.1 >= self.config.max_dial_backs_per_minute {
             return false;
         }
-        self.served_window.1 += 1;
         let interval = self.config.dial_back_peer_interval;
         self.served.retain(|_, at| now < *at + interval);
         self.served.insert(peer, now);
