@@ -129,6 +129,12 @@ pub struct FeedStoreStats {
     pub feeds_closed: u64,
     /// Writes of the membership file (changes made while one runs share the next).
     pub membership_writes: u64,
+    /// Bytes of data answers held for peers now: read from storage and not yet
+    /// acknowledged (queued for a stream, or in QUIC's send buffer). At most
+    /// [`super::FeedStoreLimits::serve_bytes_in_flight`].
+    pub serve_bytes_held: u64,
+    /// The most [`Self::serve_bytes_held`] ever was.
+    pub serve_bytes_peak: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.

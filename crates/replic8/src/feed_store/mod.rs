@@ -42,6 +42,7 @@ mod node_api;
 mod policy;
 mod pool;
 mod registry;
+mod serve_budget;
 mod session_api;
 mod stream;
 mod wanted;
@@ -149,6 +150,8 @@ pub(crate) struct Shared {
     pool: Arc<pool::BufferPool>,
     /// How long a detached stream may take to send what it queued.
     flush_timeout: std::time::Duration,
+    /// The bytes of data answers every stream of this store may hold at once.
+    serve: Arc<serve_budget::ServeBudget>,
 }
 
 impl Shared {
@@ -316,6 +319,9 @@ impl<St: Storage> FeedStore<St> {
                 streams: Mutex::new(HashMap::new()),
                 pool: Arc::default(),
                 flush_timeout: config.limits.flush_timeout,
+                serve: Arc::new(serve_budget::ServeBudget::new(
+                    config.limits.serve_bytes_in_flight,
+                )),
             }),
             quotas: Quotas::new(config.limits.clone(), replicas),
             manual: manual::ManualQueue::new(

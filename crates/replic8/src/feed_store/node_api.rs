@@ -200,6 +200,8 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             feeds_opened: self.registry.counts().0,
             feeds_closed: self.registry.counts().1,
             membership_writes: self.writes.count,
+            serve_bytes_held: self.shared.serve.held() as u64,
+            serve_bytes_peak: self.shared.serve.peak() as u64,
         })
     }
 }

@@ -138,6 +138,13 @@ pub const DEFAULT_IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// (at most two data messages) leaves within this on any link that is not stalled;
 /// a peer that stops reading loses the stream's tasks and their queue after it.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`FeedStoreLimits::serve_bytes_in_flight`]: 8 MiB. One stream holds at
+/// most its own queue (2 MiB) plus what QUIC has sent and not yet had acknowledged (up
+/// to the peer's stream window, quinn's default 1.25 MB), so a download from us by one
+/// or two peers never waits on the budget; 8 MiB in flight still carries ~80 MB/s to
+/// peers 100 ms away, and keeps a node serving a hundred peers at tens of MiB (at
+/// ~2.5 MiB per served peer without it, the swarm bench's writer reached 134 MiB).
+pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
 
 /// Default of [`FeedStoreLimits::manual_wait`]: long enough for a user to look at
 /// `replic8 offers` and answer; an offer waiting holds one of the 256 offers a peer may
@@ -181,6 +188,12 @@ pub struct FeedStoreLimits {
     pub open_feeds: usize,
     /// A feed nothing used for this long is closed.
     pub idle_close: Duration,
+    /// Most bytes of data answers held for peers at once, over every feed stream of the
+    /// store: read from storage and not yet acknowledged by the peer (queued for a
+    /// stream, or in QUIC's send buffer). A stream waits for room before it reads the
+    /// blocks of its next answer, and sends its other messages meanwhile. Below one
+    /// answer's largest frame (about 1.06 MiB) it counts as that.
+    pub serve_bytes_in_flight: usize,
 }
 
 impl Default for FeedStoreLimits {
@@ -196,6 +209,7 @@ impl Default for FeedStoreLimits {
             manual_waiting: DEFAULT_MANUAL_WAITING,
             open_feeds: DEFAULT_OPEN_FEEDS,
             idle_close: DEFAULT_IDLE_CLOSE,
+            serve_bytes_in_flight: DEFAULT_SERVE_BYTES_IN_FLIGHT,
         }
     }
 }

@@ -14,6 +14,9 @@
 //! [`MAX_QUEUED_BYTES`], so what waits to be sent stays bounded; within a batch it asks
 //! after every frame, so the requests freed by one verified answer leave before the
 //! rest of the batch is verified and the peer always has the full window to serve.
+//! Before it builds a data answer it also takes room in the store's
+//! [`ServeBudget`](super::serve_budget) (the bytes of answers in flight over all
+//! streams); without room it waits for some, sending its other messages meanwhile.
 //!
 //! Bytes are copied as little as the layers allow: a frame is encoded once, in place
 //! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
@@ -38,6 +41,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::pool::BufferPool;
+use super::serve_budget::{Reservation, Reserving, ServeBudget};
 use super::{FeedEntry, Shared};
 use crate::frame::{self, FrameError};
 use crate::keys::{FeedKey, PeerKey};
@@ -82,6 +86,8 @@ enum Input {
     Update,
     Timeout,
     Transmit,
+    /// Room in the serve budget for the data answer the core has next.
+    Reserved(Reservation),
 }
 
 enum Read {
@@ -95,6 +101,8 @@ enum Read {
 struct Step {
     /// The core may have more to send: ask again when the writer has room.
     more: bool,
+    /// The core has a data answer to send: ask again with room in the serve budget.
+    budget: bool,
     /// The core is synced and the feed holds every block to this length.
     synced: Option<u64>,
     /// The feed's length moved to this.
@@ -157,6 +165,7 @@ pub(crate) async fn run<F: FeedStorage>(
         tx: write_tx,
         queued,
         pool: shared.pool.clone(),
+        budget: shared.serve.clone(),
     };
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
@@ -164,6 +173,8 @@ pub(crate) async fn run<F: FeedStorage>(
     let mut core = Some(Box::new(FeedSync::new(ctx.config.clone())));
     let mut input = Some(Input::Start);
     let mut more = false;
+    // The wait for room in the serve budget, kept across inputs (its place in line).
+    let mut reserving: Option<Reserving> = None;
     let mut deadline: Option<Instant> = None;
     let mut reported: Option<u64> = None;
     let end = loop {
@@ -202,6 +213,15 @@ pub(crate) async fn run<F: FeedStorage>(
                     Err(_) => break End::Local("feed closed".into()),
                 },
                 () = room.notified(), if more => Input::Transmit,
+                r = async {
+                    match reserving.as_mut() {
+                        Some(wait) => wait.await,
+                        None => std::future::pending().await,
+                    }
+                }, if reserving.is_some() => {
+                    reserving = None;
+                    Input::Reserved(r)
+                }
                 () = sleep_until(deadline) => Input::Timeout,
             },
         };
@@ -217,6 +237,11 @@ pub(crate) async fn run<F: FeedStorage>(
             }
         }
         more = step.more;
+        match (step.budget, reserving.is_some()) {
+            (true, false) => reserving = Some(outbox.budget.reserve()),
+            (false, true) => reserving = None,
+            _ => {}
+        }
         deadline = step.deadline;
         // Blocks of earlier messages in a failed batch verified and stay: tell sessions.
         if let Some(length) = step.length_moved {
@@ -351,6 +376,7 @@ struct Outbox {
     tx: mpsc::Sender<Vec<Bytes>>,
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
+    budget: Arc<ServeBudget>,
 }
 
 impl Outbox {
@@ -371,25 +397,52 @@ impl Outbox {
     }
 }
 
-/// Sends what the core has while the writer has room; `Ok(true)` if it stopped for
-/// room (ask again when the writer drains).
+/// Why [`transmit`] stopped.
+#[derive(PartialEq, Eq)]
+enum Stopped {
+    /// The core has nothing more to send now.
+    Done,
+    /// The writer's queue is full: ask again when it drains.
+    Room,
+    /// The next message is a data answer and the serve budget is spent: ask again with
+    /// a reservation.
+    Budget,
+}
+
+/// Sends what the core has while the writer has room, a data answer only with room in
+/// the serve budget (`reserved`, or taken here).
 fn transmit<F: FeedStorage>(
     core: &mut FeedSync,
     feed: &mut replic8_store::Feed<F>,
     outbox: &Outbox,
-) -> Result<bool, SyncError> {
+    reserved: &mut Option<Reservation>,
+) -> Result<Stopped, SyncError> {
     // A data answer's blocks are read into pooled buffers, which come back to the pool
     // once QUIC has sent them (`encode_frame` hands them over as they are).
     let mut buffer = |len| outbox.pool.take(len);
     while outbox.has_room() {
+        let reservation = if core.serves_data_next() {
+            match reserved.take().or_else(|| outbox.budget.try_reserve()) {
+                Some(r) => Some(r),
+                None => return Ok(Stopped::Budget),
+            }
+        } else {
+            None
+        };
         match core.poll_transmit_into(feed, &mut buffer)? {
-            Some(message) => outbox.push(encode_frame(&outbox.pool, message).map_err(|e| {
-                SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
-            })?),
-            None => return Ok(false),
+            Some(message) => {
+                let frame = encode_frame(&outbox.pool, message).map_err(|e| {
+                    SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
+                })?;
+                outbox.push(match reservation {
+                    Some(r) => outbox.budget.charge(r, frame),
+                    None => frame,
+                });
+            }
+            None => return Ok(Stopped::Done),
         }
     }
-    Ok(true)
+    Ok(Stopped::Room)
 }
 
 /// The blocking part: feed the input to the core, sending what it has to send after
@@ -406,6 +459,7 @@ fn step<F: FeedStorage>(
     let before = (feed.length(), feed.stored_count());
     let stats_before = core.stats();
     let now = Instant::now();
+    let mut reserved = None;
     let result = match input {
         Input::Start => {
             core.handle_start(&mut feed, now);
@@ -413,7 +467,7 @@ fn step<F: FeedStorage>(
         }
         Input::Frames(frames) => frames.iter().try_for_each(|f| {
             core.handle_bytes(&mut feed, f, now)?;
-            transmit(core, &mut feed, outbox).map(|_| ())
+            transmit(core, &mut feed, outbox, &mut reserved).map(|_| ())
         }),
         Input::Update => {
             core.handle_feed_update(&mut feed, now);
@@ -421,9 +475,16 @@ fn step<F: FeedStorage>(
         }
         Input::Timeout => core.handle_timeout(now),
         Input::Transmit => Ok(()),
+        Input::Reserved(r) => {
+            reserved = Some(r);
+            Ok(())
+        }
     };
-    match result.and_then(|()| transmit(core, &mut feed, outbox)) {
-        Ok(more) => out.more = more,
+    match result.and_then(|()| transmit(core, &mut feed, outbox, &mut reserved)) {
+        Ok(stopped) => {
+            out.more = stopped == Stopped::Room;
+            out.budget = stopped == Stopped::Budget;
+        }
         Err(e) => out.error = Some(e),
     }
     // Progress is counted from the core's stats below; sync state from `is_synced`;

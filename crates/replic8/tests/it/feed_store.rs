@@ -1271,3 +1271,83 @@ fn measured_a_session_between_stores_in_sync_opens_no_stream() {
         assert_eq!(in_sync, 0, "a feed in sync got a stream");
     });
 }
+
+#[test]
+fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
+    // Six readers of a 6 MiB feed of 64 KiB blocks, all from one writer whose budget is
+    // under three data answers: unbounded, each serving stream would hold its 2 MiB
+    // queue plus QUIC's send buffer (about 19 MiB in all).
+    const READERS: u8 = 6;
+    const BLOCKS: u64 = 96;
+    let budget = 3 << 20;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let config = FeedStoreConfig {
+            limits: FeedStoreLimits {
+                serve_bytes_in_flight: budget,
+                ..FeedStoreLimits::default()
+            },
+            ..FeedStoreConfig::default()
+        };
+        let a = node(1, MemoryStorage::new(), config, Mode::Live, &tx).await;
+        let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
+        for i in 0..BLOCKS {
+            let blocks = vec![vec![i as u8; 64 << 10]];
+            a.store
+                .send(Append { feed, blocks })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        a.store
+            .send(ShareFeed {
+                namespace: NS.into(),
+                feed,
+                headers: headers("photos"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut readers = Vec::new();
+        for n in 2..2 + READERS {
+            let r = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
+            link(&r, &a).await;
+            readers.push(r);
+        }
+        let mut synced = std::collections::HashSet::new();
+        wait_for(&mut events, "every reader synced", |e| {
+            if let Some(n) = (2..2 + READERS).find(|&n| is_synced(e, n, feed, BLOCKS)) {
+                synced.insert(n);
+            }
+            synced.len() == usize::from(READERS)
+        })
+        .await;
+        for r in &readers {
+            assert_same(&a, r, feed, BLOCKS).await;
+        }
+        let stats = a.store.send(GetStats).await.unwrap();
+        let feed_bytes = BLOCKS * (64 << 10);
+        assert_eq!(stats.bytes_out, u64::from(READERS) * feed_bytes);
+        assert!(
+            stats.serve_bytes_peak <= budget as u64,
+            "held {} bytes of answers at once, over the budget of {budget}",
+            stats.serve_bytes_peak
+        );
+        // Every answer was counted while it was in flight (one is 16 blocks, 1 MiB).
+        assert!(
+            stats.serve_bytes_peak >= 1 << 20,
+            "peak {}",
+            stats.serve_bytes_peak
+        );
+        // Acknowledged answers give their bytes back.
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let held = a.store.send(GetStats).await.unwrap().serve_bytes_held;
+            if held == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{held} bytes still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}

@@ -307,6 +307,14 @@ impl FeedSync {
         }
     }
 
+    /// Whether the next [`FeedSync::poll_transmit`] builds a data answer (reads blocks
+    /// from storage, up to one data message of them) rather than sending a small message
+    /// already queued: a caller that bounds the bytes of answers in flight holds it back
+    /// while that budget is spent, and everything else still goes out.
+    pub fn serves_data_next(&self) -> bool {
+        self.transmit.is_empty() && matches!(self.pending.front(), Some(Serve::Data(_)))
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<SyncEvent> {
         self.events.pop_front()

@@ -131,3 +131,39 @@ fn a_partial_copy_is_announced_every_mib() {
     a.handle_feed_update(&mut r, now);
     assert_eq!(haves(&mut a, &mut r), vec![vec![(0, 16)]]);
 }
+
+#[test]
+fn a_data_answer_is_announced_before_it_is_built_and_small_messages_go_first() {
+    use crate::keys::FeedSecret;
+    use crate::storage::MemoryStorage;
+    let mut w = Feed::create(&MemoryStorage::new(), FeedSecret::from_bytes(&[2; 32])).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1000]).collect();
+    w.append_batch(&blocks).unwrap();
+    let now = Instant::now();
+    let mut s = FeedSync::new(SyncConfig::default());
+    s.handle_start(&mut w, now);
+    let request = |start, end| {
+        Message::Request(Request {
+            start,
+            end,
+            length: 8,
+        })
+    };
+    s.handle_message(&mut w, request(0, 4), now).unwrap();
+    s.handle_message(&mut w, request(4, 8), now).unwrap();
+    // Our `Have` is queued: it goes first, and no block is read for it.
+    assert!(!s.serves_data_next());
+    assert!(matches!(
+        s.poll_transmit(&mut w).unwrap(),
+        Some(Message::Have(_))
+    ));
+    for want in [(0, 4), (4, 8)] {
+        assert!(s.serves_data_next());
+        match s.poll_transmit(&mut w).unwrap() {
+            Some(Message::Data(d)) => assert_eq!((d.proof.start, d.proof.end), want),
+            other => panic!("expected data {want:?}, got {other:?}"),
+        }
+    }
+    assert!(!s.serves_data_next());
+    assert!(s.poll_transmit(&mut w).unwrap().is_none());
+}
