@@ -195,6 +195,10 @@ pub struct LimitsSection {
     pub new_feeds_per_peer: Option<u32>,
     /// Most replicas created from offers, in total; unset: the store's default (16,384).
     pub max_replicas: Option<u64>,
+    /// Most bytes of data answers held for peers at once, over all feeds and peers (read
+    /// from disk and not yet acknowledged); unset: the store's default (8 MiB). At least
+    /// one answer's largest frame (1,114,116 bytes).
+    pub serve_bytes_in_flight: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -221,6 +225,7 @@ impl Default for LimitsSection {
             retry_above: 16,
             new_feeds_per_peer: None,
             max_replicas: None,
+            serve_bytes_in_flight: None,
         }
     }
 }
@@ -344,6 +349,16 @@ impl NodeConfig {
         }
         if self.limits.max_replicas == Some(0) {
             return invalid("limits.max_replicas", "must be at least 1");
+        }
+        if self
+            .limits
+            .serve_bytes_in_flight
+            .is_some_and(|n| n < replic8::feed_store::MIN_SERVE_BYTES_IN_FLIGHT as u64)
+        {
+            return invalid(
+                "limits.serve_bytes_in_flight",
+                "must be at least 1114116 (one data answer's largest frame)",
+            );
         }
         if self.limits.max_pending_per_ip == 0 {
             return invalid("limits.max_pending_per_ip", "must be at least 1");
@@ -546,6 +561,10 @@ mod tests {
         let cases = [
             ("[limits]\nmax_peers = 0\n", "limits.max_peers"),
             ("[limits]\nmax_replicas = 0\n", "limits.max_replicas"),
+            (
+                "[limits]\nserve_bytes_in_flight = 1000000\n",
+                "limits.serve_bytes_in_flight",
+            ),
             (
                 "[limits]\nmax_peers_per_topic = 0\n",
                 "limits.max_peers_per_topic",

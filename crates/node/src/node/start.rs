@@ -452,6 +452,9 @@ pub(super) fn feed_store_config(
     if let Some(n) = limits.max_replicas {
         config.limits.max_replicas = n;
     }
+    if let Some(n) = limits.serve_bytes_in_flight {
+        config.limits.serve_bytes_in_flight = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     config
 }
 

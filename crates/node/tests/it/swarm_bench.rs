@@ -62,6 +62,13 @@ fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
         "{row}"
     );
     assert!(num(row, "node_threads_median") >= 2.0, "{row}");
+    assert!(
+        num(row, "writer_peak_rss_mib") <= num(row, "node_peak_rss_mib_max"),
+        "{row}"
+    );
+    // The writer served data answers, within its store's budget (8 MiB by default).
+    let served = num(row, "node_serve_peak_mib_max");
+    assert!(served > 0.0 && served <= 8.0, "{row}");
     // Where the blocks came from: every reader got them from someone, the writer's
     // share is a share, and every needed byte was served and stored.
     assert!(within("first_block_seconds_max"), "{row}");

@@ -145,6 +145,10 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// peers 100 ms away, and keeps a node serving a hundred peers at tens of MiB (at
 /// ~2.5 MiB per served peer without it, the swarm bench's writer reached 134 MiB).
 pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
+/// The least [`FeedStoreLimits::serve_bytes_in_flight`] means: one data answer's largest
+/// frame, which a stream reserves before it reads the answer's blocks.
+pub const MIN_SERVE_BYTES_IN_FLIGHT: usize =
+    crate::frame::PREFIX_LEN + replic8_store::MAX_MESSAGE_SIZE;
 
 /// Default of [`FeedStoreLimits::manual_wait`]: long enough for a user to look at
 /// `replic8 offers` and answer; an offer waiting holds one of the 256 offers a peer may
@@ -191,8 +195,8 @@ pub struct FeedStoreLimits {
     /// Most bytes of data answers held for peers at once, over every feed stream of the
     /// store: read from storage and not yet acknowledged by the peer (queued for a
     /// stream, or in QUIC's send buffer). A stream waits for room before it reads the
-    /// blocks of its next answer, and sends its other messages meanwhile. Below one
-    /// answer's largest frame (about 1.06 MiB) it counts as that.
+    /// blocks of its next answer, and sends its other messages meanwhile. Below
+    /// [`MIN_SERVE_BYTES_IN_FLIGHT`] it counts as that.
     pub serve_bytes_in_flight: usize,
 }
 

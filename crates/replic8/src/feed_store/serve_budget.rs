@@ -23,14 +23,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use replic8_store::MAX_MESSAGE_SIZE;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::frame;
 
 /// What one data answer reserves before its blocks are read: the largest frame a stream
 /// sends (a longer message is refused before it is framed).
-pub(crate) const ANSWER_RESERVE: usize = frame::PREFIX_LEN + MAX_MESSAGE_SIZE;
+pub(crate) const ANSWER_RESERVE: usize = super::MIN_SERVE_BYTES_IN_FLIGHT;
 
 /// Bytes of data answers the streams of one store may hold at once (see the module
 /// docs). Shared by every stream of the store.

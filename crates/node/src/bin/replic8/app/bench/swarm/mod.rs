@@ -26,6 +26,8 @@
 //! The row: `seconds` to all in sync, `bytes` and `blocks` delivered (the feed times the
 //! readers); `peak_rss_bytes` is the largest peak of one node; per node the median and
 //! max of peak RSS, RSS at the end, connections and threads; the sums over all nodes;
+//! the writer's peak RSS, and the most bytes of data answers one node held for peers at
+//! once (its feed store's `serve_bytes_peak`, bounded by `serve_bytes_in_flight`);
 //! the split of each reader's time into connect (to its first peer) and data (from there
 //! to sync), median and max, with the time to its first verified block and the median
 //! time to sync; where the blocks came from (the share the writer sent, how many readers
@@ -226,6 +228,8 @@ struct Measured {
     bytes_served: u64,
     /// Block bytes all nodes received and stored.
     bytes_stored: u64,
+    /// The most bytes of data answers one node held for peers at once.
+    serve_peak_max: u64,
     dht_queries: Vec<u64>,
     cpu_seconds: f64,
     /// Per node, CPU seconds from `get` to the reports; the writer's first.
@@ -337,6 +341,11 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     )
     .with("node_peak_rss_mib_median", mib(peak_med))
     .with("node_peak_rss_mib_max", mib(peak_max))
+    .with(
+        "writer_peak_rss_mib",
+        mib(m.peak_rss.first().copied().unwrap_or(0) as f64),
+    )
+    .with("node_serve_peak_mib_max", mib(m.serve_peak_max as f64))
     .with("node_end_rss_mib_median", mib(end_med))
     .with("node_end_rss_mib_max", mib(end_max))
     .with(
@@ -459,6 +468,7 @@ async fn measure(
         inbound_max: 0,
         refused: 0,
         bytes_served: 0,
+        serve_peak_max: 0,
         bytes_stored: 0,
         dht_queries: Vec::new(),
         cpu_seconds: 0.0,
@@ -515,6 +525,7 @@ async fn measure(
             refused,
             bytes_served,
             bytes_stored,
+            serve_bytes_peak,
             dht_queries,
         } => Some((
             peers as u64,
@@ -524,6 +535,7 @@ async fn measure(
             bytes_served,
             dht_queries,
             bytes_stored,
+            serve_bytes_peak,
         )),
         _ => None,
     })
@@ -548,6 +560,7 @@ async fn measure(
     m.refused = reports.values().map(|r| r.3).sum();
     m.bytes_served = reports.values().map(|r| r.4).sum();
     m.bytes_stored = reports.values().map(|r| r.6).sum();
+    m.serve_peak_max = reports.values().map(|r| r.7).max().unwrap_or(0);
     m.dht_queries = reports.values().map(|r| r.5).collect();
     let cpu_end: Vec<f64> = members
         .iter()

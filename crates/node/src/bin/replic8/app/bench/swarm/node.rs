@@ -84,6 +84,9 @@ pub(crate) enum NodeLine {
         bytes_served: u64,
         /// Block bytes it received, verified and stored.
         bytes_stored: u64,
+        /// The most bytes of data answers it held for peers at once (its feed store's
+        /// serve budget in use).
+        serve_bytes_peak: u64,
         /// DHT queries it sent and answered.
         dht_queries: u64,
     },
@@ -198,6 +201,7 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                     refused: node.counters().refused.get(),
                     bytes_served: stats.bytes_out,
                     bytes_stored: stats.bytes_in,
+                    serve_bytes_peak: stats.serve_bytes_peak,
                     dht_queries: node
                         .dht_status()
                         .await
