@@ -156,6 +156,12 @@ async fn writer_feed<St: Storage>(node: &Node<St>, tag: u8, blocks: u64, kind: &
             .unwrap()
             .unwrap();
     }
+    share(node, feed, kind).await;
+    feed
+}
+
+/// Shares `feed` of `node` in `NS` with `kind` headers.
+async fn share<St: Storage>(node: &Node<St>, feed: FeedKey, kind: &str) {
     node.store
         .send(ShareFeed {
             namespace: NS.into(),
@@ -165,7 +171,6 @@ async fn writer_feed<St: Storage>(node: &Node<St>, tag: u8, blocks: u64, kind: &
         .await
         .unwrap()
         .unwrap();
-    feed
 }
 
 /// Waits until both one-shot sessions ended, each with `done`.
@@ -931,15 +936,7 @@ fn a_reader_restarted_from_disk_resumes_where_it_stopped() {
             .await
             .unwrap()
             .unwrap();
-        a.store
-            .send(ShareFeed {
-                namespace: NS.into(),
-                feed,
-                headers: headers("photos"),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        share(&a, feed, "photos").await;
         link(&a, &b).await;
         wait_for(&mut events, "B synced run 2", |e| {
             is_synced(e, 2, feed, 150)
@@ -1299,15 +1296,7 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
                 .unwrap()
                 .unwrap();
         }
-        a.store
-            .send(ShareFeed {
-                namespace: NS.into(),
-                feed,
-                headers: headers("photos"),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        share(&a, feed, "photos").await;
         let mut readers = Vec::new();
         for n in 2..2 + READERS {
             let r = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
