@@ -188,7 +188,7 @@ pub(crate) async fn run<F: FeedStorage>(
             biased;
             _ = &mut stop, if idle => Wake::Stop,
             done = join_step(&mut running) => Wake::Stepped(done),
-            read = recv.read_chunks(&mut chunks), if inbox.has_room() => Wake::Read(read),
+            () = inbox.read(&mut recv, &mut chunks), if inbox.has_room() => Wake::Read,
             changed = updates.changed(), if idle => match changed {
                 Ok(()) => Wake::Input(Input::Update),
                 Err(_) => Wake::FeedClosed,
@@ -203,10 +203,7 @@ pub(crate) async fn run<F: FeedStorage>(
                 input = Some(i);
                 continue;
             }
-            Wake::Read(read) => {
-                inbox.take_read(read, &mut chunks);
-                continue;
-            }
+            Wake::Read => continue,
             Wake::Stepped(done) => match running.take() {
                 Some((_, held)) => (done, held),
                 None => break End::Local("sync step lost".into()),
@@ -317,7 +314,8 @@ pub(crate) async fn run<F: FeedStorage>(
 enum Wake {
     Stop,
     Stepped(Result<(Box<FeedSync>, Step), tokio::task::JoinError>),
-    Read(Result<Option<usize>, quinn::ReadError>),
+    /// A frame was cut, or reading stopped (budget, end, bad frame).
+    Read,
     Input(Input),
     FeedClosed,
 }
@@ -613,6 +611,17 @@ impl Inbox {
             && self.bad.is_none()
             && self.held < READ_QUEUE_BYTES
             && self.frames.len() < READ_QUEUE
+    }
+
+    /// Reads the stream until a frame is whole, or until reading must stop (the budget
+    /// is full, the stream ended or broke its framing), so the driver wakes per frame
+    /// rather than per QUIC packet. Cancel-safe: what was read is in the inbox.
+    async fn read(&mut self, recv: &mut quinn::RecvStream, chunks: &mut [Bytes]) {
+        let waiting = self.frames.len();
+        while self.has_room() && self.frames.len() == waiting {
+            let read = recv.read_chunks(chunks).await;
+            self.take_read(read, chunks);
+        }
     }
 
     /// Takes what one read of the stream gave: `n` chunks in `chunks`, the end of the
