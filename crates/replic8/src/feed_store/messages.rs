@@ -114,7 +114,7 @@ pub struct FeedStoreStats {
     /// Replicas created from offers, over the store's life (counted against
     /// [`super::FeedStoreLimits::max_replicas`]).
     pub replicas: u64,
-    /// Tasks of feed streams alive now (each stream runs up to three).
+    /// Tasks of feed streams alive now (each stream runs two: its driver and its writer).
     pub stream_tasks: u64,
     /// Offered feeds waiting for the user's decision now (manual namespaces).
     pub offers_waiting: u64,

@@ -1,15 +1,18 @@
 //! One feed stream: a [`FeedSync`] core for one (feed, peer), driven over a QUIC stream.
 //!
-//! Three tokio tasks per stream: a reader that cuts frames (bounded by
-//! [`replic8_store::MAX_MESSAGE_SIZE`]) and hands them over a channel bounded in frames
-//! and bytes, so a slow verifier pushes back on the peer through QUIC flow control; a
-//! writer that writes the frames it is given, from a queue bounded in frames and bytes;
-//! and the driver, which owns the core and the other two tasks (aborted when it ends,
-//! after a detached stream's queue had [`super::FeedStoreLimits::flush_timeout`] to
-//! leave; the driver itself is aborted when its handle in the store is dropped). Every
-//! call into the core
-//! (verifying, hashing, storage) runs on tokio's blocking pool with the feed's mutex
-//! held, never on the task's thread; the core is moved into the blocking call and back.
+//! Two tokio tasks per stream: the driver, which owns the core, reads the stream and cuts
+//! it into frames (bounded by [`replic8_store::MAX_MESSAGE_SIZE`]); and a writer that
+//! writes the frames it is given, from a queue bounded in frames and bytes (aborted
+//! when the driver ends, after a detached stream's queue had
+//! [`super::FeedStoreLimits::flush_timeout`] to leave; the driver itself is aborted when
+//! its handle in the store is dropped). Every call into the core (verifying, hashing,
+//! storage) runs on tokio's blocking pool with the feed's mutex held, never on the
+//! task's thread; the core is moved into the blocking call and back. While a step runs
+//! there, the driver goes on reading: frames wait in its inbox, bounded in frames and
+//! bytes (those being verified count too), and past the bound it stops reading, so a
+//! slow verifier pushes back on the peer through QUIC flow control. The next step takes
+//! every frame that waits (up to [`BATCH`]), so a verifier that falls behind catches up
+//! in fewer, larger steps.
 //! The driver asks the core for messages only while the writer holds less than
 //! [`MAX_QUEUED_BYTES`], so what waits to be sent stays bounded; within a batch it asks
 //! after every frame, so the requests freed by one verified answer leave before the
@@ -36,7 +39,7 @@ use bincode::Options;
 use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
 use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
@@ -52,11 +55,12 @@ use crate::stream_io::{sleep_until, write_frames};
 /// Most encoded bytes waiting for the writer before the core is asked for more. Two
 /// data messages at the core's default `max_data_bytes`: enough to keep the stream busy.
 pub(crate) const MAX_QUEUED_BYTES: usize = 2 << 20;
-/// Frames the reader may hand over before it stops reading (QUIC then stops the peer).
+/// Frames read and not yet verified before the driver stops reading (QUIC then stops
+/// the peer).
 const READ_QUEUE: usize = 64;
-/// Most bytes of received frames a stream holds before they are verified (handed over
-/// by the reader, or in the batch being verified); past it the reader stops reading and
-/// QUIC stops the peer. An honest peer sends at most what our core asked for, 16
+/// Most bytes of received frames a stream holds before they are verified (waiting, or in
+/// the batch being verified); past it the driver stops reading and QUIC stops the peer
+/// (it may pass the bound by the frames one read completes). An honest peer sends at most what our core asked for, 16
 /// requests ([`SyncConfig::max_outstanding`]) of at most 1 MiB (`max_data_bytes`): this
 /// never slows it, and caps what any peer pins per stream (64 frames of up to
 /// [`MAX_MESSAGE_SIZE`] each before).
@@ -68,8 +72,10 @@ const READ_QUEUE_BYTES: usize = 17 << 20;
 const WRITE_QUEUE: usize = 1024;
 /// Most frames handled in one blocking call.
 const BATCH: usize = 64;
-/// Bytes asked of the stream per read.
-const READ_CHUNK: usize = 256 * 1024;
+/// Chunks taken from the stream per read: each is what one QUIC packet carried (about
+/// 1.4 KB), and each read takes the connection's lock once, so a frame of 1 MiB is
+/// ~25 reads instead of ~750 when the reader is behind.
+const READ_CHUNKS: usize = 32;
 
 /// Who the stream is with, and where its reports go.
 #[derive(Debug, Clone)]
@@ -88,12 +94,6 @@ enum Input {
     Transmit,
     /// Room in the serve budget for the data answer the core has next.
     Reserved(Reservation),
-}
-
-enum Read {
-    /// A frame, with its share of the read budget (given back when it is dropped).
-    Frame(Bytes, OwnedSemaphorePermit),
-    Bad(FrameError),
 }
 
 /// What one blocking call produced.
@@ -138,15 +138,7 @@ pub(crate) async fn run<F: FeedStorage>(
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let FeedStream { send, recv } = stream;
-    let (read_tx, mut reads) = mpsc::channel::<Read>(READ_QUEUE);
-    let guard = shared.task_guard();
-    let pool = shared.pool.clone();
-    let budget = Arc::new(Semaphore::new(READ_QUEUE_BYTES));
-    let reader = AbortOnDropHandle::new(tokio::spawn(async move {
-        let _guard = guard;
-        read_frames(recv, read_tx, pool, budget).await;
-    }));
+    let FeedStream { send, mut recv } = stream;
     let queued = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
     let (write_tx, write_rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
@@ -170,66 +162,81 @@ pub(crate) async fn run<F: FeedStorage>(
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
+    let mut inbox = Inbox::new(shared.pool.clone());
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     let mut core = Some(Box::new(FeedSync::new(ctx.config.clone())));
     let mut input = Some(Input::Start);
+    // The step on the blocking pool, and the bytes of the frames it verifies.
+    let mut running: Option<(StepHandle, usize)> = None;
     let mut more = false;
     // The wait for room in the serve budget, kept across inputs (its place in line).
     let mut reserving: Option<Reserving> = None;
     let mut deadline: Option<Instant> = None;
     let mut reported: Option<u64> = None;
     let end = loop {
-        // The read budget of the frames being verified, given back after the step.
-        let mut permits = Vec::new();
-        let next = match input.take() {
-            Some(i) => i,
-            None => tokio::select! {
-                biased;
-                _ = &mut stop => break End::Detached,
-                read = reads.recv() => match read {
-                    Some(Read::Frame(f, permit)) => {
-                        let mut batch = vec![f];
-                        permits.push(permit);
-                        let mut bad = None;
-                        while batch.len() < BATCH {
-                            match reads.try_recv() {
-                                Ok(Read::Frame(f, permit)) => {
-                                    batch.push(f);
-                                    permits.push(permit);
-                                }
-                                Ok(Read::Bad(e)) => { bad = Some(e); break; }
-                                Err(_) => break,
-                            }
-                        }
-                        if let Some(e) = bad {
-                            break End::Failed(e.to_string());
-                        }
-                        Input::Frames(batch)
-                    }
-                    Some(Read::Bad(e)) => break End::Failed(e.to_string()),
-                    None => break End::PeerFinished,
-                },
-                changed = updates.changed() => match changed {
-                    Ok(()) => Input::Update,
-                    Err(_) => break End::Local("feed closed".into()),
-                },
-                () = room.notified(), if more => Input::Transmit,
-                r = async {
-                    match reserving.as_mut() {
-                        Some(wait) => wait.await,
-                        None => std::future::pending().await,
-                    }
-                }, if reserving.is_some() => {
-                    reserving = None;
-                    Input::Reserved(r)
+        if running.is_none() {
+            if let Some(e) = inbox.bad.take() {
+                break End::Failed(e.to_string());
+            }
+            let next = input.take().or_else(|| inbox.batch().map(Input::Frames));
+            match next {
+                Some(next) => {
+                    let Some(c) = core.take() else {
+                        break End::Local("sync core lost".into());
+                    };
+                    let held = match &next {
+                        Input::Frames(frames) => frames.iter().map(held_bytes).sum(),
+                        _ => 0,
+                    };
+                    running = Some((start_step(&entry, c, next, &outbox), held));
                 }
-                () = sleep_until(deadline) => Input::Timeout,
+                None if inbox.finished => break End::PeerFinished,
+                None => {}
+            }
+        }
+        let idle = running.is_none();
+        let wake = tokio::select! {
+            biased;
+            _ = &mut stop, if idle => Wake::Stop,
+            done = join_step(&mut running) => Wake::Stepped(done),
+            () = inbox.read(&mut recv, &mut chunks), if inbox.has_room() => Wake::Read,
+            changed = updates.changed(), if idle => match changed {
+                Ok(()) => Wake::Input(Input::Update),
+                Err(_) => Wake::FeedClosed,
+            },
+            () = room.notified(), if idle && more => Wake::Input(Input::Transmit),
+            r = async {
+                match reserving.as_mut() {
+                    Some(wait) => wait.await,
+                    None => std::future::pending().await,
+                }
+            }, if idle && reserving.is_some() => {
+                reserving = None;
+                Wake::Input(Input::Reserved(r))
+            }
+            () = sleep_until(deadline), if idle => Wake::Input(Input::Timeout),
+        };
+        let (done, held) = match wake {
+            Wake::Stop => break End::Detached,
+            Wake::FeedClosed => break End::Local("feed closed".into()),
+            Wake::Input(i) => {
+                input = Some(i);
+                continue;
+            }
+            Wake::Read => continue,
+            Wake::Stepped(done) => match running.take() {
+                Some((_, held)) => (done, held),
+                None => break End::Local("sync step lost".into()),
             },
         };
-        let step = match step_and_report(&entry, &mut core, next, &ctx, &shared, &outbox).await {
-            Ok(step) => step,
-            Err(reason) => break End::Local(reason),
+        // The verified frames' bytes leave the read budget: reading resumes.
+        inbox.held -= held;
+        let (c, step) = match done {
+            Ok(done) => done,
+            Err(e) => break End::Local(format!("sync worker failed: {e}")),
         };
-        drop(permits);
+        core = Some(c);
+        report_step(&step, &ctx, &shared);
         if let Some(version) = step.published {
             // Our own change needs no feed update from us; a later one of others does.
             if updates.borrow().version == version {
@@ -275,7 +282,8 @@ pub(crate) async fn run<F: FeedStorage>(
         }
     };
 
-    // Give back what the core was fetching, and wake the feed's other cores.
+    // Give back what the core was fetching, and wake the feed's other cores. (The loop
+    // ends only between steps: the core is here.)
     if let Some(mut c) = core.take() {
         let entry = entry.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -285,7 +293,8 @@ pub(crate) async fn run<F: FeedStorage>(
         })
         .await;
     }
-    drop(reader);
+    // Our receiving half goes first: QUIC tells the peer to stop sending.
+    drop(recv);
     drop(outbox);
     match &end {
         End::Failed(reason) | End::Stalled(reason) => {
@@ -326,27 +335,46 @@ pub(crate) async fn run<F: FeedStorage>(
     shared.stream_done(ctx.peer, ctx.id);
 }
 
-/// Runs one input through the core on the blocking pool; counts and reports progress.
-async fn step_and_report<F: FeedStorage>(
+/// What woke the driver.
+enum Wake {
+    Stop,
+    Stepped(Result<(Box<FeedSync>, Step), tokio::task::JoinError>),
+    /// A frame was cut, or reading stopped (budget, end, bad frame).
+    Read,
+    Input(Input),
+    FeedClosed,
+}
+
+/// A step running on the blocking pool; it gives the core back with what it produced.
+type StepHandle = tokio::task::JoinHandle<(Box<FeedSync>, Step)>;
+
+/// Runs one input through the core on the blocking pool.
+fn start_step<F: FeedStorage>(
     entry: &Arc<FeedEntry<F>>,
-    core: &mut Option<Box<FeedSync>>,
+    mut core: Box<FeedSync>,
     input: Input,
-    ctx: &StreamContext,
-    shared: &Arc<Shared>,
     outbox: &Outbox,
-) -> Result<Step, String> {
-    let Some(mut c) = core.take() else {
-        return Err("sync core lost".into());
-    };
+) -> StepHandle {
     let e = entry.clone();
     let o = outbox.clone();
-    let (c, step) = tokio::task::spawn_blocking(move || {
-        let step = step(&e, &mut c, input, &o);
-        (c, step)
+    tokio::task::spawn_blocking(move || {
+        let step = step(&e, &mut core, input, &o);
+        (core, step)
     })
-    .await
-    .map_err(|e| format!("sync worker failed: {e}"))?;
-    *core = Some(c);
+}
+
+/// The running step's result once it is done; pending forever without one.
+async fn join_step(
+    running: &mut Option<(StepHandle, usize)>,
+) -> Result<(Box<FeedSync>, Step), tokio::task::JoinError> {
+    match running {
+        Some((handle, _)) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts one step's progress and reports it.
+fn report_step(step: &Step, ctx: &StreamContext, shared: &Shared) {
     let s = &shared.stats;
     s.blocks_in.fetch_add(step.blocks_in, Ordering::Relaxed);
     s.bytes_in.fetch_add(step.bytes_in, Ordering::Relaxed);
@@ -367,7 +395,6 @@ async fn step_and_report<F: FeedStorage>(
             bytes: step.bytes_in,
         });
     }
-    Ok(step)
 }
 
 /// Where a stream's frames go: the writer task's queue, and the bytes waiting in it.
@@ -418,8 +445,10 @@ fn transmit<F: FeedStorage>(
     reserved: &mut Option<Reservation>,
 ) -> Result<Stopped, SyncError> {
     // A data answer's blocks are read into pooled buffers, which come back to the pool
-    // once QUIC has sent them (`encode_frame` hands them over as they are).
-    let mut buffer = |len| outbox.pool.take(len);
+    // once QUIC has sent them (`encode_frame` hands them over as they are). Storage
+    // overwrites every byte of a block it reads (or fails the read): the buffers come
+    // as they were left, not zeroed again.
+    let mut buffer = |len| outbox.pool.take_to_overwrite(len);
     while outbox.has_room() {
         let reservation = if core.serves_data_next() {
             match reserved.take().or_else(|| outbox.budget.try_reserve()) {
@@ -605,49 +634,105 @@ impl std::io::Write for Gather<'_> {
     }
 }
 
-/// Cuts the stream into frames. A frame inside one QUIC chunk is handed over as a slice
-/// of it (no copy); one that straddles chunks is gathered into a buffer allocated once
-/// at the frame's announced size (checked against the limit first), from the pool.
-async fn read_frames(
-    mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<Read>,
+/// The frames read from the stream and not yet verified, and the one being read.
+///
+/// The driver reads while the frames held (waiting here, or in the batch being
+/// verified) are under [`READ_QUEUE_BYTES`] and [`READ_QUEUE`]; past that it stops
+/// reading and QUIC stops the peer. A frame inside one QUIC chunk is kept as a slice of
+/// it (no copy); one that straddles chunks is gathered into a buffer allocated once at
+/// the frame's announced size (checked against the limit first), from the pool.
+struct Inbox {
+    frames: std::collections::VecDeque<Bytes>,
+    /// Bytes of the frames held, waiting or being verified (see [`held_bytes`]).
+    held: usize,
+    /// The frame being gathered.
+    partial: Vec<u8>,
     pool: Arc<BufferPool>,
-    budget: Arc<Semaphore>,
-) {
-    let mut partial = Vec::new();
-    loop {
-        let mut data = match recv.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) => {
-                if let Err(e) = frame::check_end(&partial, MAX_MESSAGE_SIZE) {
-                    let _ = tx.send(Read::Bad(e)).await;
-                }
-                return;
-            }
-            // Reset by the peer, or the connection is gone: the stream just ends.
-            Err(_) => return,
-        };
-        while !data.is_empty() {
-            let sent = match next_frame(&mut data, &mut partial, &pool) {
-                Ok(Some(payload)) => {
-                    // A frame is at most MAX_MESSAGE_SIZE, well within the budget.
-                    let cost = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
-                    match budget.clone().acquire_many_owned(cost).await {
-                        Ok(permit) => tx.send(Read::Frame(payload, permit)).await.is_ok(),
-                        Err(_) => false,
-                    }
-                }
-                Ok(None) => true,
-                Err(e) => {
-                    let _ = tx.send(Read::Bad(e)).await;
-                    false
-                }
-            };
-            if !sent {
-                return;
-            }
+    /// The peer broke the framing: the stream fails once the running step is done.
+    bad: Option<FrameError>,
+    /// Nothing more to read: the peer finished its half, or the stream is gone.
+    finished: bool,
+}
+
+impl Inbox {
+    fn new(pool: Arc<BufferPool>) -> Self {
+        Inbox {
+            frames: std::collections::VecDeque::new(),
+            held: 0,
+            partial: Vec::new(),
+            pool,
+            bad: None,
+            finished: false,
         }
     }
+
+    /// Whether to read more: within the budget, and the stream still has bytes to give.
+    fn has_room(&self) -> bool {
+        !self.finished
+            && self.bad.is_none()
+            && self.held < READ_QUEUE_BYTES
+            && self.frames.len() < READ_QUEUE
+    }
+
+    /// Reads the stream until a frame is whole, or until reading must stop (the budget
+    /// is full, the stream ended or broke its framing), so the driver wakes per frame
+    /// rather than per QUIC packet. Cancel-safe: what was read is in the inbox.
+    async fn read(&mut self, recv: &mut quinn::RecvStream, chunks: &mut [Bytes]) {
+        let waiting = self.frames.len();
+        while self.has_room() && self.frames.len() == waiting {
+            let read = recv.read_chunks(chunks).await;
+            self.take_read(read, chunks);
+        }
+    }
+
+    /// Takes what one read of the stream gave: `n` chunks in `chunks`, the end of the
+    /// stream, or its failure (reset by the peer, or the connection is gone: it just
+    /// ends).
+    fn take_read(&mut self, read: Result<Option<usize>, quinn::ReadError>, chunks: &mut [Bytes]) {
+        match read {
+            Ok(Some(n)) => {
+                for chunk in &mut chunks[..n] {
+                    if let Err(e) = self.cut(std::mem::take(chunk)) {
+                        self.bad = Some(e);
+                        return;
+                    }
+                }
+            }
+            Ok(None) => {
+                self.finished = true;
+                if let Err(e) = frame::check_end(&self.partial, MAX_MESSAGE_SIZE) {
+                    self.bad = Some(e);
+                }
+            }
+            Err(_) => self.finished = true,
+        }
+    }
+
+    /// Cuts the frames of one chunk as QUIC gave it.
+    fn cut(&mut self, mut data: Bytes) -> Result<(), FrameError> {
+        while !data.is_empty() {
+            if let Some(frame) = next_frame(&mut data, &mut self.partial, &self.pool)? {
+                self.held += held_bytes(&frame);
+                self.frames.push_back(frame);
+            }
+        }
+        Ok(())
+    }
+
+    /// The frames waiting, up to [`BATCH`] of them, for one step.
+    fn batch(&mut self) -> Option<Vec<Bytes>> {
+        if self.frames.is_empty() {
+            return None;
+        }
+        let n = self.frames.len().min(BATCH);
+        Some(self.frames.drain(..n).collect())
+    }
+}
+
+/// What a received frame counts against the read budget: its payload and its prefix
+/// (so that empty frames count too).
+fn held_bytes(frame: &Bytes) -> usize {
+    frame.len() + frame::PREFIX_LEN
 }
 
 /// How much of a frame must have arrived before a buffer of its announced size is
@@ -731,7 +816,7 @@ fn fill_partial(
     Ok(Some(whole))
 }
 
-/// Counts one live stream task (driver, reader or writer) until dropped: dropped when
+/// Counts one live stream task (driver or writer) until dropped: dropped when
 /// the task ends, and when it is aborted.
 #[derive(Debug)]
 pub(crate) struct TaskGuard(Arc<AtomicU64>);

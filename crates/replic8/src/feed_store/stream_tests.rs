@@ -167,3 +167,109 @@ fn a_bare_prefix_does_not_reserve_the_announced_size() {
         .is_none());
     assert!(partial.capacity() >= MAX_MESSAGE_SIZE + frame::PREFIX_LEN);
 }
+
+/// Hands `wire` to `inbox` as the driver does: reads of up to [`READ_CHUNKS`] chunks of
+/// `chunk` bytes, while the inbox has room; the bytes not taken.
+fn feed_inbox(inbox: &mut Inbox, wire: &Bytes, chunk: usize) -> Bytes {
+    let mut rest = wire.clone();
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    while !rest.is_empty() && inbox.has_room() {
+        let mut n = 0;
+        while n < READ_CHUNKS && !rest.is_empty() {
+            chunks[n] = rest.split_to(chunk.min(rest.len()));
+            n += 1;
+        }
+        inbox.take_read(Ok(Some(n)), &mut chunks);
+    }
+    rest
+}
+
+fn framed(payloads: &[Vec<u8>]) -> Bytes {
+    let mut wire = Vec::new();
+    for p in payloads {
+        frame::encode(p, MAX_MESSAGE_SIZE, &mut wire).unwrap();
+    }
+    Bytes::from(wire)
+}
+
+#[test]
+fn a_frame_at_the_size_limit_split_across_chunks_comes_out_whole() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let payloads: Vec<Vec<u8>> = [MAX_MESSAGE_SIZE, 0, 1000]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.gen()).collect())
+        .collect();
+    let wire = framed(&payloads);
+    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let rest = feed_inbox(&mut inbox, &wire, 1452);
+    assert!(rest.is_empty());
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    inbox.take_read(Ok(None), &mut chunks);
+    assert!(inbox.finished && inbox.bad.is_none());
+    let got = inbox.batch().unwrap();
+    assert_eq!(got.len(), 3);
+    for (g, w) in got.iter().zip(&payloads) {
+        assert_eq!(&g[..], &w[..]);
+    }
+    assert_eq!(
+        inbox.held,
+        payloads
+            .iter()
+            .map(|p| p.len() + frame::PREFIX_LEN)
+            .sum::<usize>(),
+        "the batch's bytes stay held until its step is done"
+    );
+    assert!(inbox.batch().is_none());
+}
+
+#[test]
+fn the_inbox_stops_reading_at_its_budget_and_batches_what_waits() {
+    // 1 MiB frames: the budget (17 MiB) fills after 17 of them, well before 40.
+    let payloads = vec![vec![5u8; 1 << 20]; 40];
+    let wire = framed(&payloads);
+    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let rest = feed_inbox(&mut inbox, &wire, 65_536);
+    assert!(!inbox.has_room());
+    assert!(
+        !rest.is_empty(),
+        "the peer is stopped before it sent everything"
+    );
+    let held = inbox.frames.len();
+    assert!((17..=18).contains(&held), "{held} frames held");
+    assert!(inbox.held <= READ_QUEUE_BYTES + READ_CHUNKS * 65_536);
+    // A verified batch gives its bytes back, and reading resumes.
+    let batch = inbox.batch().unwrap();
+    inbox.held -= batch.iter().map(held_bytes).sum::<usize>();
+    assert!(inbox.has_room());
+    // Small frames: the frame count bounds the queue too.
+    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let rest = feed_inbox(&mut inbox, &framed(&vec![vec![1u8; 10]; 1000]), 14);
+    assert!(!inbox.has_room() && !rest.is_empty());
+    assert_eq!(inbox.batch().unwrap().len(), BATCH);
+}
+
+#[test]
+fn a_bad_or_truncated_frame_is_a_typed_error_and_stops_reading() {
+    // Over the limit: refused from its prefix, the rest of the read is not cut.
+    let mut wire = ((MAX_MESSAGE_SIZE + 1) as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&[0; 3000]);
+    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    feed_inbox(&mut inbox, &Bytes::from(wire), 1452);
+    assert!(matches!(inbox.bad, Some(FrameError::Oversize { .. })));
+    assert!(!inbox.has_room() && inbox.frames.is_empty());
+    // The stream ends inside a frame: truncated, after the whole frames before it.
+    let mut wire = framed(&[vec![3u8; 100], vec![4u8; 5000]]).to_vec();
+    wire.truncate(wire.len() - 10);
+    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    feed_inbox(&mut inbox, &Bytes::from(wire), 1452);
+    assert!(inbox.bad.is_none());
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+    inbox.take_read(Ok(None), &mut chunks);
+    assert!(inbox.finished);
+    assert!(
+        matches!(inbox.bad, Some(FrameError::Truncated { .. })),
+        "{:?}",
+        inbox.bad
+    );
+    assert_eq!(inbox.frames.len(), 1);
+}

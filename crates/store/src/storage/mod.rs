@@ -167,9 +167,12 @@ pub trait FeedStorage: Send + fmt::Debug + 'static {
         take_range(start, end, max_bytes, |index| self.block(index))
     }
     /// [`FeedStorage::blocks`], each block read into the buffer `buffer` gives for its
-    /// length (cleared first), so a caller that recycles the buffers it is done with
-    /// spares an allocation per block, and the page faults of fresh memory. The default
-    /// reads with `blocks` and leaves `buffer` unused.
+    /// length, so a caller that recycles the buffers it is done with spares an
+    /// allocation per block, and the page faults of fresh memory. The buffer may hold
+    /// bytes of an earlier use: an implementation overwrites every byte up to the
+    /// block's length, or clears it first (a disk read resizes it to the block's length
+    /// and reads over it, so recycled bytes are not zeroed again). The default reads
+    /// with `blocks` and leaves `buffer` unused.
     fn blocks_into(
         &mut self,
         start: u64,

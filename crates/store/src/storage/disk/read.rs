@@ -113,8 +113,9 @@ impl FeedInner {
                 ));
             }
             if stop == at + 1 {
+                // Only bytes past the buffer's old length are zeroed: the read overwrites
+                // all of them, or fails and the buffer is dropped unsent.
                 let mut data = buffer(first.len as usize);
-                data.clear();
                 data.resize(first.len as usize, 0);
                 log.read_exact_at(&mut data, first.offset)?;
                 out.push(data);
