@@ -53,8 +53,10 @@ impl NodeHandle {
     }
 
     /// Every feed the default store holds, sorted by key: length, stored blocks and
-    /// bytes, namespaces. Read from the store's index of feeds; a feed not opened since
-    /// the node started is opened once (and closed again when unused).
+    /// bytes, namespaces. Read from the store's index of feeds, which the node's start
+    /// fills from one scan of the storage's small feeds (the first listing waits for
+    /// it); a feed neither opened since the start nor scanned is opened once (and closed
+    /// again when unused).
     pub async fn list_feeds(&self) -> Result<Vec<FeedSummary>, FeedError> {
         Ok(self
             .s()

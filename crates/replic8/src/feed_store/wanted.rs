@@ -88,6 +88,8 @@ impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
         keys.sort_unstable_by_key(|(k, _)| k.0);
         Box::pin(
             self.blocking(move |registry| {
+                // Right after a start, the scan that fills the index may still run.
+                registry.fill_index();
                 let mut list = Vec::with_capacity(keys.len());
                 for (key, namespaces) in keys {
                     match registry.summary(key) {
