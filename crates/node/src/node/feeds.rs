@@ -1,7 +1,7 @@
 //! Feeds by key, the list of held feeds and who has each: the handle's feed methods
 //! beyond create, append and read.
 
-use replic8::feed_store::{FeedInfo, FeedSummary, GetFeed, ListFeeds};
+use replic8::feed_store::{FeedInfo, FeedSummary, FeedTotals, GetFeed, GetFeedTotals, ListFeeds};
 use replic8::keys::FeedKey;
 use replic8_discovery::{JoinReport, Topic};
 
@@ -63,6 +63,18 @@ impl NodeHandle {
             .feeds
             .list
             .send(ListFeeds)
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// The sums over [`list_feeds`](Self::list_feeds): feeds, blocks and bytes stored,
+    /// read the same way, without building the list.
+    pub async fn feed_totals(&self) -> Result<FeedTotals, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .totals
+            .send(GetFeedTotals)
             .await
             .map_err(|_| NodeClosed)??)
     }

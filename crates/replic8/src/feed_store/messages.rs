@@ -408,3 +408,20 @@ pub struct FeedSummary {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Vec<FeedSummary>, FeedStoreError>")]
 pub struct ListFeeds;
+
+/// What [`GetFeedTotals`] sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedTotals {
+    /// Feeds listed.
+    pub feeds: u64,
+    /// Blocks stored here, over those feeds.
+    pub blocks_stored: u64,
+    /// Bytes of those blocks.
+    pub bytes_stored: u64,
+}
+
+/// The sums over what [`ListFeeds`] lists, read the same way, without building the list
+/// (for a status line over 100,000 feeds).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<FeedTotals, FeedStoreError>")]
+pub struct GetFeedTotals;

@@ -1272,9 +1272,10 @@ fn measured_a_session_between_stores_in_sync_opens_no_stream() {
     });
 }
 
-/// After a restart, a listing reads the small feeds from one scan of the storage and
-/// opens only the feed in a directory of its own; the totals are those of the feeds.
-/// A head sent to a peer in first words still comes from an opened (verified) feed.
+/// After a restart, the totals and a listing read the small feeds from one scan of the
+/// storage and open only the feed in a directory of its own; both are those of the
+/// feeds. A head sent to a peer in first words still comes from an opened (verified)
+/// feed.
 #[test]
 fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
     actix::System::new().block_on(async {
@@ -1319,6 +1320,15 @@ fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
             &tx,
         )
         .await;
+        // The totals of `status`, first thing after the start.
+        let totals = a.store.send(GetFeedTotals).await.unwrap().unwrap();
+        let sums = expected.values().fold((0, 0), |(b, n), (_, stored, bytes)| {
+            (b + stored, n + bytes)
+        });
+        assert_eq!(
+            (totals.feeds, totals.blocks_stored, totals.bytes_stored),
+            (32, sums.0, sums.1)
+        );
         let list = a.store.send(ListFeeds).await.unwrap().unwrap();
         let listed: HashMap<FeedKey, (u64, u64, u64)> = list
             .iter()
