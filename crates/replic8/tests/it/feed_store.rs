@@ -1322,9 +1322,9 @@ fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
         .await;
         // The totals of `status`, first thing after the start.
         let totals = a.store.send(GetFeedTotals).await.unwrap().unwrap();
-        let sums = expected.values().fold((0, 0), |(b, n), (_, stored, bytes)| {
-            (b + stored, n + bytes)
-        });
+        let sums = expected
+            .values()
+            .fold((0, 0), |(b, n), (_, stored, bytes)| (b + stored, n + bytes));
         assert_eq!(
             (totals.feeds, totals.blocks_stored, totals.bytes_stored),
             (32, sums.0, sums.1)
