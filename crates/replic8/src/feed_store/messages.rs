@@ -391,7 +391,8 @@ pub struct GetFeed {
 /// One held feed, as [`ListFeeds`] gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedSummary {
-    /// Length, stored blocks, head.
+    /// Length, stored blocks, head (of a feed known from the storage scan at the store's
+    /// start: the head as stored, its roots checked, its signature not checked again).
     pub info: FeedInfo,
     /// Bytes of the blocks stored here.
     pub stored_bytes: u64,
