@@ -258,6 +258,7 @@ impl<St: Storage> Registry<St> {
                 }
             });
             match scanned {
+                Ok(0) => {}
                 Ok(read) => info!(
                     read,
                     added,
