@@ -1227,51 +1227,6 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
 }
 
 #[test]
-/// Measured: a one-shot session between two stores holding the same 1,000 feeds
-/// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the
-/// time of the first session (every feed streams) and of the one in sync
-/// (`cargo test -p replic8 --test feed_store measured -- --nocapture`).
-fn measured_a_session_between_stores_in_sync_opens_no_stream() {
-    let feeds: usize = std::env::var("REPLIC8_MEASURE_FEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000);
-    actix::System::new().block_on(async {
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let a = node(
-            1,
-            MemoryStorage::new(),
-            FeedStoreConfig::default(),
-            Mode::OneShot,
-            &tx,
-        )
-        .await;
-        let b = node(2, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
-        for i in 0..feeds {
-            writer_feed(&a, i as u8, 1, "photos").await;
-        }
-        let streams = || async { b.store.send(GetStats).await.unwrap().streams };
-        let start = Instant::now();
-        link(&a, &b).await;
-        wait_both_done(&mut events).await;
-        let first = start.elapsed();
-        let streamed = streams().await;
-        let start = Instant::now();
-        link(&a, &b).await;
-        wait_both_done(&mut events).await;
-        let again = start.elapsed();
-        let in_sync = streams().await - streamed;
-        println!(
-            "{feeds} feeds: first session {} ms, {streamed} streams; session in sync {} ms, \
-             {in_sync} streams",
-            first.as_millis(),
-            again.as_millis()
-        );
-        assert_eq!(streamed, feeds as u64);
-        assert_eq!(in_sync, 0, "a feed in sync got a stream");
-    });
-}
-
 /// After a restart, the totals and a listing read the small feeds from one scan of the
 /// storage and open only the feed in a directory of its own; both are those of the
 /// feeds. A head sent to a peer in first words still comes from an opened (verified)
@@ -1372,5 +1327,50 @@ fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
             stats.feeds_opened, 2,
             "the head came from the feed: {stats:?}"
         );
+    });
+}
+
+/// Measured: a one-shot session between two stores holding the same 1,000 feeds
+/// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the
+/// time of the first session (every feed streams) and of the one in sync
+/// (`cargo test -p replic8 --test feed_store measured -- --nocapture`).
+fn measured_a_session_between_stores_in_sync_opens_no_stream() {
+    let feeds: usize = std::env::var("REPLIC8_MEASURE_FEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let b = node(2, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+        for i in 0..feeds {
+            writer_feed(&a, i as u8, 1, "photos").await;
+        }
+        let streams = || async { b.store.send(GetStats).await.unwrap().streams };
+        let start = Instant::now();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let first = start.elapsed();
+        let streamed = streams().await;
+        let start = Instant::now();
+        link(&a, &b).await;
+        wait_both_done(&mut events).await;
+        let again = start.elapsed();
+        let in_sync = streams().await - streamed;
+        println!(
+            "{feeds} feeds: first session {} ms, {streamed} streams; session in sync {} ms, \
+             {in_sync} streams",
+            first.as_millis(),
+            again.as_millis()
+        );
+        assert_eq!(streamed, feeds as u64);
+        assert_eq!(in_sync, 0, "a feed in sync got a stream");
     });
 }
