@@ -1226,7 +1226,6 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
     });
 }
 
-#[test]
 /// After a restart, the totals and a listing read the small feeds from one scan of the
 /// storage and open only the feed in a directory of its own; both are those of the
 /// feeds. A head sent to a peer in first words still comes from an opened (verified)
@@ -1330,6 +1329,7 @@ fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
     });
 }
 
+#[test]
 /// Measured: a one-shot session between two stores holding the same 1,000 feeds
 /// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the
 /// time of the first session (every feed streams) and of the one in sync
