@@ -8,8 +8,8 @@ use actix::prelude::*;
 use replic8::actor::SessionsActor;
 use replic8::feed_store::{
     Append, CreateFeed, DecideOffers, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent,
-    GetFeed, GetStats, ListFeeds, OpenFeed, ReadRange, ServeNamespace, SetNamespacePolicy,
-    ShareFeed, ShareFeeds, Subscribe,
+    GetFeed, GetFeedTotals, GetStats, ListFeeds, OpenFeed, ReadRange, ServeNamespace,
+    SetNamespacePolicy, ShareFeed, ShareFeeds, Subscribe,
 };
 use tokio::sync::mpsc;
 
@@ -23,6 +23,8 @@ pub(crate) struct FeedStoreRecipients {
     /// Opens a feed by key, creating a public replica if it is not held.
     pub(crate) get: Recipient<GetFeed>,
     pub(crate) list: Recipient<ListFeeds>,
+    /// The sums over the list (feeds, blocks and bytes stored).
+    pub(crate) totals: Recipient<GetFeedTotals>,
     pub(crate) append: Recipient<Append>,
     pub(crate) read: Recipient<ReadRange>,
     pub(crate) subscribe: Recipient<Subscribe>,
@@ -45,6 +47,7 @@ impl FeedStoreRecipients {
             open: addr.clone().recipient(),
             get: addr.clone().recipient(),
             list: addr.clone().recipient(),
+            totals: addr.clone().recipient(),
             append: addr.clone().recipient(),
             read: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),

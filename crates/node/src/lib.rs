@@ -67,7 +67,7 @@ pub use crate::node::{
     NodeHandle, OfferRecord, PeerInfo, SpawnError, StoreContext,
 };
 pub use replic8::feed_store::{
-    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, FeedSummary,
+    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, FeedSummary, FeedTotals,
     NamespacePolicy, OfferDecision,
 };
 pub use replic8::keys::{FeedKey, NamespaceSecret};

@@ -7,8 +7,9 @@
 //! `Feed::ingest` leaves syncing to `Feed::flush`), drop. Then the files and directories
 //! under the root, the bytes they take on disk, and the process's peak RSS.
 //! `reopen` (a fresh process, so its RSS is its own): `DiskStorage::open` and `list`
-//! (what a daemon does before it is ready), one feed opened and its block read, then
-//! every feed opened and its head read.
+//! (what a daemon does before it is ready), one scan of every feed's stored head and
+//! blocks (`Storage::scan_feeds`, what a feed store's start does to fill its index), one
+//! feed opened and its block read, then every feed opened and its head read.
 //!
 //! Layouts: `shared` (the default config: small feeds in the shared database) and
 //! `per-feed` (`DiskConfig::small_feed_bytes` 0: a directory and file set per feed, the
@@ -163,6 +164,18 @@ fn reopen(layout: &str, n: u64, dir: &Path) {
     assert_eq!(keys.len() as u64, n);
     let (ready_hwm, _) = rss_mib();
     let started = Instant::now();
+    let (mut scanned, mut blocks) = (0u64, 0u64);
+    storage
+        .scan_feeds(&mut |feed| {
+            scanned += 1;
+            blocks += feed.stored;
+        })
+        .unwrap();
+    let scan = started.elapsed().as_secs_f64();
+    if layout == "shared" {
+        assert_eq!((scanned, blocks), (n, n));
+    }
+    let started = Instant::now();
     let mut one = storage.open(&key(n / 2)).unwrap().unwrap();
     assert_eq!(one.block(0).unwrap().map(|b| b.len()), Some(1024));
     let one_us = started.elapsed().as_secs_f64() * 1e6;
@@ -176,7 +189,7 @@ fn reopen(layout: &str, n: u64, dir: &Path) {
     let (hwm, _) = rss_mib();
     println!(
         "{layout} reopen {n} feeds: open + list {ready:.3} s (peak RSS {ready_hwm:.0} MiB), \
-         one feed opened and read {one_us:.0} us, every feed opened in turn {all:.2} s \
+         scan {scan:.3} s ({scanned} feeds), one feed opened and read {one_us:.0} us, every feed opened in turn {all:.2} s \
          ({:.1} us/feed, peak RSS {hwm:.0} MiB)",
         all * 1e6 / n as f64
     );

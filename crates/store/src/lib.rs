@@ -11,6 +11,7 @@
 //! - [`tree`]: flat-tree indexing and the hypercore-crypto node hashes.
 //! - [`proof`]: [`Proof`] creation and verification for ranges and head upgrades.
 //! - [`feed`]: [`Feed`], a signed append-only log over a [`storage::FeedStorage`].
+//! - [`scan`]: [`scan_feeds`], what every feed holds, read without opening each.
 //! - [`message`]: the sync [`Message`]s and their bounded bincode [`encode`]/[`decode`].
 //! - [`sync`]: [`FeedSync`], the sync state machine for one feed and one peer.
 //! - [`storage`]: the [`storage::Storage`] and [`storage::FeedStorage`] traits, with memory
@@ -50,6 +51,7 @@ pub mod feed;
 pub mod keys;
 pub mod message;
 pub mod proof;
+pub mod scan;
 pub mod storage;
 pub mod sync;
 pub mod tree;
@@ -60,5 +62,6 @@ pub use message::{
     decode, encode, encode_into, DecodeError, EncodeError, Message, MAX_MESSAGE_SIZE,
 };
 pub use proof::{Proof, ProofError, VerifiedProof, VerifyError};
+pub use scan::{scan_feeds, ScannedFeed};
 pub use sync::{FeedSync, SyncConfig, SyncError, SyncEvent, SyncStats, Want};
 pub use tree::Node;

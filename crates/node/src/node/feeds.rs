@@ -1,7 +1,7 @@
 //! Feeds by key, the list of held feeds and who has each: the handle's feed methods
 //! beyond create, append and read.
 
-use replic8::feed_store::{FeedInfo, FeedSummary, GetFeed, ListFeeds};
+use replic8::feed_store::{FeedInfo, FeedSummary, FeedTotals, GetFeed, GetFeedTotals, ListFeeds};
 use replic8::keys::FeedKey;
 use replic8_discovery::{JoinReport, Topic};
 
@@ -53,14 +53,28 @@ impl NodeHandle {
     }
 
     /// Every feed the default store holds, sorted by key: length, stored blocks and
-    /// bytes, namespaces. Read from the store's index of feeds; a feed not opened since
-    /// the node started is opened once (and closed again when unused).
+    /// bytes, namespaces. Read from the store's index of feeds, which the node's start
+    /// fills from one scan of the storage's small feeds (the first listing waits for
+    /// it); a feed neither opened since the start nor scanned is opened once (and closed
+    /// again when unused).
     pub async fn list_feeds(&self) -> Result<Vec<FeedSummary>, FeedError> {
         Ok(self
             .s()
             .feeds
             .list
             .send(ListFeeds)
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// The sums over [`list_feeds`](Self::list_feeds): feeds, blocks and bytes stored,
+    /// read the same way, without building the list.
+    pub async fn feed_totals(&self) -> Result<FeedTotals, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .totals
+            .send(GetFeedTotals)
             .await
             .map_err(|_| NodeClosed)??)
     }

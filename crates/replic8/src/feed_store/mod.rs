@@ -632,9 +632,12 @@ impl<St: Storage> FeedStore<St> {
 impl<St: Storage> Actor for FeedStore<St> {
     type Context = Context<Self>;
 
-    /// Sweeps idle feeds closed every [`SWEEP_EVERY`], on the blocking pool.
+    /// Fills the index of feed summaries from one scan of the storage, and sweeps idle
+    /// feeds closed every [`SWEEP_EVERY`], both on the blocking pool.
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.me = Some(ctx.address().downgrade());
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || registry.fill_index());
         ctx.run_interval(SWEEP_EVERY, |act, _| {
             let registry = act.registry.clone();
             tokio::task::spawn_blocking(move || registry.sweep());

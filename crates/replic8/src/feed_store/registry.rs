@@ -19,17 +19,23 @@
 //!   the map's lock only if it is still unpinned, and a lookup clones it under that
 //!   same lock;
 //! - the [`FeedIndex`] holds every held feed's summary (length, stored blocks, bytes,
-//!   head) that was opened since the store started; every change a feed publishes
-//!   updates it, so listing feeds opens only those never opened yet.
+//!   head) that was opened since the store started, or read by the one scan of the
+//!   storage at the store's start ([`Registry::fill_index`]); every change a feed
+//!   publishes updates it, so listing feeds opens only those neither opened nor
+//!   scanned;
+//! - a scanned summary never replaces one from an open feed, and its head (signature
+//!   not checked) is only shown: what goes to a peer comes from a summary
+//!   [`Summary::verified`], which opening the feed makes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use replic8_store::storage::{FeedStorage, Storage, StorageError};
-use replic8_store::{Feed, FeedSecret, OpenError};
+use replic8_store::{scan_feeds, Feed, FeedSecret, OpenError, ScannedFeed};
 use tokio::sync::watch;
+use tracing::{info, warn};
 
 use super::{FeedInfo, FeedState, FeedStoreError};
 use crate::keys::FeedKey;
@@ -42,6 +48,10 @@ pub(crate) struct Summary {
     /// Bytes of the blocks stored here, once known (right away for a feed that holds
     /// every block; counted by a listing otherwise).
     pub(crate) stored_bytes: Option<u64>,
+    /// The head was verified (the feed was opened since the store started, or has no
+    /// head); false for a summary read by the storage scan, whose head's signature was
+    /// not checked.
+    pub(crate) verified: bool,
 }
 
 impl Summary {
@@ -58,6 +68,24 @@ impl Summary {
                 head: feed.head().copied(),
             },
             stored_bytes: complete.then(|| feed.byte_length()),
+            verified: true,
+        }
+    }
+
+    /// A feed as the storage scan read it.
+    fn scanned(feed: ScannedFeed) -> Summary {
+        Summary {
+            info: FeedInfo {
+                key: FeedKey(feed.key),
+                writable: feed.writable,
+                length: feed.length(),
+                stored: feed.stored,
+                contiguous_length: feed.contiguous_length,
+                byte_length: feed.byte_length,
+                head: feed.head,
+            },
+            stored_bytes: Some(feed.stored_bytes),
+            verified: feed.head.is_none(),
         }
     }
 
@@ -190,6 +218,8 @@ pub(crate) struct Registry<St: Storage> {
     /// never overlap, so a feed is never opened from storage while another instance of
     /// it lives (appends through both would write the same blocks twice).
     opening: [Mutex<()>; OPEN_STRIPES],
+    /// Set once the storage scan filled the index (or failed).
+    scanned: OnceLock<()>,
 }
 
 /// Stripes of [`Registry::opening`]: enough that opens of different feeds rarely wait
@@ -207,7 +237,37 @@ impl<St: Storage> Registry<St> {
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             opening: std::array::from_fn(|_| Mutex::new(())),
+            scanned: OnceLock::new(),
         }
+    }
+
+    /// Fills the index with what one scan of the storage reads of the feeds it can
+    /// describe without opening them ([`scan_feeds`]: on disk, every small feed), for
+    /// those not in it yet. Runs once per registry; a caller while it runs waits for it
+    /// (so a listing right after a start waits well under a second at 100,000 feeds
+    /// rather than opening each feed). A failed scan is logged and leaves the feeds to
+    /// be opened.
+    pub(crate) fn fill_index(&self) {
+        self.scanned.get_or_init(|| {
+            let started = Instant::now();
+            let mut added = 0u64;
+            let scanned = scan_feeds(&self.storage, |feed| {
+                if let dashmap::Entry::Vacant(e) = self.index.entry(FeedKey(feed.key)) {
+                    e.insert(Summary::scanned(feed));
+                    added += 1;
+                }
+            });
+            match scanned {
+                Ok(0) => {}
+                Ok(read) => info!(
+                    read,
+                    added,
+                    ms = started.elapsed().as_millis() as u64,
+                    "feed index filled from storage"
+                ),
+                Err(e) => warn!(error = %e, "feed index not filled from storage"),
+            }
+        });
     }
 
     /// The stripe lock of `key` (keys are uniformly random bytes).
@@ -338,6 +398,7 @@ impl<St: Storage> Registry<St> {
                 head: None,
             },
             stored_bytes: Some(0),
+            verified: true,
         });
     }
 
@@ -348,7 +409,12 @@ impl<St: Storage> Registry<St> {
         feeds
             .iter()
             .map(|key| {
-                let known = self.index.get(key).map(|s| s.complete_length());
+                // What goes to a peer comes from a verified summary only.
+                let known = self
+                    .index
+                    .get(key)
+                    .filter(|s| s.verified)
+                    .map(|s| s.complete_length());
                 match known {
                     Some(length) => length,
                     None => self

@@ -1,4 +1,5 @@
-//! Feeds asked for by key ([`GetFeed`]) and the list of held feeds ([`ListFeeds`]).
+//! Feeds asked for by key ([`GetFeed`]), the list of held feeds ([`ListFeeds`]) and its
+//! sums ([`GetFeedTotals`]).
 //!
 //! Knowing a feed's public key is the capability to read it, as in hypercore: a replica
 //! asked for by key belongs to the public namespace `""`, so it is announced by
@@ -12,7 +13,10 @@ use replic8_store::storage::Storage;
 use tracing::warn;
 
 use super::membership::Member;
-use super::{FeedInfo, FeedStore, FeedStoreError, FeedSummary, GetFeed, ListFeeds};
+use super::registry::Registry;
+use super::{
+    FeedInfo, FeedStore, FeedStoreError, FeedSummary, FeedTotals, GetFeed, GetFeedTotals, ListFeeds,
+};
 use crate::keys::FeedKey;
 use crate::store::Announce;
 
@@ -73,10 +77,9 @@ impl<St: Storage> Handler<GetFeed> for FeedStore<St> {
     }
 }
 
-impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
-    type Result = ResponseActFuture<Self, Result<Vec<FeedSummary>, FeedStoreError>>;
-
-    fn handle(&mut self, _: ListFeeds, _: &mut Context<Self>) -> Self::Result {
+impl<St: Storage> FeedStore<St> {
+    /// The held feeds in key order, each with its namespaces.
+    fn held_sorted(&self) -> Vec<(FeedKey, Vec<String>)> {
         let mut keys: Vec<(FeedKey, Vec<String>)> = self
             .held
             .iter()
@@ -86,22 +89,63 @@ impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
             })
             .collect();
         keys.sort_unstable_by_key(|(k, _)| k.0);
+        keys
+    }
+}
+
+/// Calls `each` with the summary and stored bytes of every feed of `keys`, from the
+/// index (after the start's scan of the storage has filled it; a listing right after a
+/// start waits for it), opening those it lacks; a feed that cannot be opened is left out.
+fn each_summary<St: Storage, T>(
+    registry: &Registry<St>,
+    keys: impl IntoIterator<Item = (FeedKey, T)>,
+    mut each: impl FnMut(FeedInfo, u64, T),
+) {
+    registry.fill_index();
+    for (key, extra) in keys {
+        match registry.summary(key) {
+            Ok((info, stored_bytes)) => each(info, stored_bytes, extra),
+            Err(e) => warn!(feed = %key.fmt_short(), error = %e, "feed left out of the list"),
+        }
+    }
+}
+
+impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
+    type Result = ResponseActFuture<Self, Result<Vec<FeedSummary>, FeedStoreError>>;
+
+    fn handle(&mut self, _: ListFeeds, _: &mut Context<Self>) -> Self::Result {
+        let keys = self.held_sorted();
         Box::pin(
             self.blocking(move |registry| {
                 let mut list = Vec::with_capacity(keys.len());
-                for (key, namespaces) in keys {
-                    match registry.summary(key) {
-                        Ok((info, stored_bytes)) => list.push(FeedSummary {
-                            info,
-                            stored_bytes,
-                            namespaces,
-                        }),
-                        Err(e) => {
-                            warn!(feed = %key.fmt_short(), error = %e, "feed left out of the list")
-                        }
-                    }
-                }
+                each_summary(registry, keys, |info, stored_bytes, namespaces| {
+                    list.push(FeedSummary {
+                        info,
+                        stored_bytes,
+                        namespaces,
+                    })
+                });
                 Ok(list)
+            })
+            .into_actor(self),
+        )
+    }
+}
+
+impl<St: Storage> Handler<GetFeedTotals> for FeedStore<St> {
+    type Result = ResponseActFuture<Self, Result<FeedTotals, FeedStoreError>>;
+
+    fn handle(&mut self, _: GetFeedTotals, _: &mut Context<Self>) -> Self::Result {
+        let keys: Vec<(FeedKey, ())> = self.held.iter().map(|k| (*k, ())).collect();
+        Box::pin(
+            self.blocking(move |registry| {
+                let mut totals = FeedTotals::default();
+                each_summary(registry, keys, |info, stored_bytes, ()| {
+                    totals.feeds += 1;
+                    totals.blocks_stored += info.stored;
+                    totals.bytes_stored += stored_bytes;
+                });
+                Ok(totals)
             })
             .into_actor(self),
         )

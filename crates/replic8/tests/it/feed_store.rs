@@ -1223,6 +1223,109 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
     });
 }
 
+/// After a restart, the totals and a listing read the small feeds from one scan of the
+/// storage and open only the feed in a directory of its own; both are those of the
+/// feeds. A head sent to a peer in first words still comes from an opened (verified)
+/// feed.
+#[test]
+fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
+    actix::System::new().block_on(async {
+        let (tx, _events) = mpsc::unbounded_channel();
+        let dir = tempfile::tempdir().unwrap();
+        // Feeds written before the store starts, as a previous run left them.
+        let mut expected: HashMap<FeedKey, (u64, u64, u64)> = HashMap::new();
+        {
+            let storage = DiskStorage::open(dir.path()).unwrap();
+            for n in 0..30u64 {
+                let mut feed = Feed::create(&storage, FeedSecret::generate()).unwrap();
+                let blocks: Vec<Vec<u8>> = (0..n % 5).map(|i| block(n as u8, i)).collect();
+                feed.append_batch(&blocks).unwrap();
+                let bytes = blocks.iter().map(|b| b.len() as u64).sum();
+                expected.insert(
+                    FeedKey(*feed.key().as_bytes()),
+                    (feed.length(), feed.length(), bytes),
+                );
+            }
+            // A sparse replica: blocks 1..3 of 4.
+            let mut writer = Feed::create(&MemoryStorage::new(), FeedSecret::generate()).unwrap();
+            let blocks: Vec<Vec<u8>> = (0..4).map(|i| block(99, i)).collect();
+            writer.append_batch(&blocks).unwrap();
+            let mut replica = Feed::create_replica(&storage, *writer.key()).unwrap();
+            let proof = writer.proof(0, 4, 1, 3).unwrap();
+            replica
+                .ingest(&proof, writer.get_range(1, 3).unwrap())
+                .unwrap();
+            replica.flush().unwrap();
+            let bytes = (blocks[1].len() + blocks[2].len()) as u64;
+            expected.insert(FeedKey(*writer.key().as_bytes()), (4, 2, bytes));
+            // A feed past the small-feed size: a directory of its own.
+            let mut large = Feed::create(&storage, FeedSecret::generate()).unwrap();
+            large.append_batch(&vec![vec![7u8; 4096]; 20]).unwrap();
+            expected.insert(FeedKey(*large.key().as_bytes()), (20, 20, 20 * 4096));
+        }
+        let a = node(
+            1,
+            DiskStorage::open(dir.path()).unwrap(),
+            FeedStoreConfig::default(),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        // The totals of `status`, first thing after the start.
+        let totals = a.store.send(GetFeedTotals).await.unwrap().unwrap();
+        let sums = expected
+            .values()
+            .fold((0, 0), |(b, n), (_, stored, bytes)| (b + stored, n + bytes));
+        assert_eq!(
+            (totals.feeds, totals.blocks_stored, totals.bytes_stored),
+            (32, sums.0, sums.1)
+        );
+        let list = a.store.send(ListFeeds).await.unwrap().unwrap();
+        let listed: HashMap<FeedKey, (u64, u64, u64)> = list
+            .iter()
+            .map(|f| (f.info.key, (f.info.length, f.info.stored, f.stored_bytes)))
+            .collect();
+        assert_eq!(listed, expected);
+        let stats = a.store.send(GetStats).await.unwrap();
+        assert_eq!(
+            stats.feeds_opened, 1,
+            "only the large feed opened: {stats:?}"
+        );
+        // First words: the head of a feed known only from the scan is read from the
+        // feed, opened (and verified) for it.
+        let (key, summary) = list
+            .iter()
+            .find(|f| f.info.length == 4 && f.info.stored == 4)
+            .map(|f| (f.info.key, f.info.clone()))
+            .unwrap();
+        a.store
+            .send(ShareFeed {
+                namespace: NS.into(),
+                feed: key,
+                headers: headers("photos"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let heads = a
+            .store
+            .send(FeedHeads {
+                peer: PeerKey([2; 32]),
+                namespace: NS.into(),
+                feeds: vec![key],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(heads, vec![summary.head]);
+        let stats = a.store.send(GetStats).await.unwrap();
+        assert_eq!(
+            stats.feeds_opened, 2,
+            "the head came from the feed: {stats:?}"
+        );
+    });
+}
+
 #[test]
 /// Measured: a one-shot session between two stores holding the same 1,000 feeds
 /// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the

@@ -88,6 +88,27 @@ pub struct WriteBatch {
     pub head: Option<StoredHead>,
 }
 
+/// What a storage holds of one feed, read without opening it ([`Storage::scan_feeds`]):
+/// bytes as stored, nothing hashed or verified here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFeed {
+    /// The feed's public key.
+    pub key: [u8; 32],
+    /// Whether a secret key is stored with it (not checked against the key).
+    pub writable: bool,
+    /// The latest head written, if any.
+    pub head: Option<StoredHead>,
+    /// The stored nodes at the head's full roots, in order, up to the first that is
+    /// missing or fails its checksum (so all of them when the feed is whole).
+    pub roots: Vec<StoredNode>,
+    /// Blocks below the head's length stored here.
+    pub stored: u64,
+    /// Blocks `0..contiguous` are all stored here.
+    pub contiguous: u64,
+    /// Bytes of the `stored` blocks.
+    pub stored_bytes: u64,
+}
+
 /// What a storage operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -207,6 +228,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn open(&self, key: &[u8; 32]) -> Result<Option<Self::Feed>, StorageError>;
     /// The keys of every feed in this storage.
     fn list(&self) -> Result<Vec<[u8; 32]>, StorageError>;
+    /// Calls `each` with what is stored of the feeds this storage can read in one pass,
+    /// without opening them: some or all of its feeds, each at most once; a feed left
+    /// out is learned by opening it. An unreadable feed is left out; an error is a
+    /// failure of the whole storage. The default leaves every feed out.
+    fn scan_feeds(&self, each: &mut dyn FnMut(StoredFeed)) -> Result<(), StorageError> {
+        let _ = each;
+        Ok(())
+    }
 }
 
 /// Write an append of `blocks` at indices `start..`, with its `node_count` nodes and its

@@ -115,3 +115,72 @@ fn a_growing_feed_moves_out_and_verifies() {
     replica.ingest(&proof, blocks).unwrap();
     assert_eq!(replica.head(), feed.head());
 }
+
+/// One pass over the shared database gives what opening each small feed gives (writable
+/// and empty, writable with blocks, a sparse replica), after a reopen; a feed in a
+/// directory of its own and a feed whose roots do not hash to its head are left out.
+#[test]
+fn a_scan_reads_every_small_feed_as_opening_it_would() {
+    use replic8_store::storage::MemoryStorage;
+    use replic8_store::{scan_feeds, ScannedFeed};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let (small, large, bad);
+    {
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let empty = Feed::create(&s, FeedSecret::generate()).unwrap();
+        let blocks: Vec<Vec<u8>> = (0..7u8)
+            .map(|i| vec![i; 100 + 50 * usize::from(i)])
+            .collect();
+        let mut written = Feed::create(&s, FeedSecret::generate()).unwrap();
+        written.append_batch(&blocks).unwrap();
+        // Blocks 0, 1 and 4..7 of another writer's 7, under its head of 7.
+        let elsewhere = MemoryStorage::new();
+        let mut w = Feed::create(&elsewhere, FeedSecret::generate()).unwrap();
+        w.append_batch(&blocks).unwrap();
+        let mut sparse = Feed::create_replica(&s, *w.key()).unwrap();
+        let p = w.proof(0, 7, 0, 2).unwrap();
+        sparse.ingest(&p, w.get_range(0, 2).unwrap()).unwrap();
+        let p = w.proof(7, 7, 4, 7).unwrap();
+        sparse.ingest(&p, w.get_range(4, 7).unwrap()).unwrap();
+        sparse.flush().unwrap();
+        assert_eq!((sparse.stored_count(), sparse.contiguous_length()), (5, 2));
+        small = [*empty.key(), *written.key(), *sparse.key()];
+        let mut d = Feed::create(&s, FeedSecret::generate()).unwrap();
+        d.append_batch(&vec![vec![9u8; 1024]; 80]).unwrap();
+        assert!(feed_dir(dir.path(), d.key().as_bytes()).exists());
+        large = *d.key();
+        bad = key(9);
+        let mut f = s.create(bad, None).unwrap();
+        f.write(first_block(9)).unwrap();
+        f.sync().unwrap();
+    }
+    let s = DiskStorage::open(dir.path()).unwrap();
+    assert_eq!(s.list().unwrap().len(), 5);
+    let mut scanned: BTreeMap<[u8; 32], ScannedFeed> = BTreeMap::new();
+    let given = scan_feeds(&s, |f| {
+        assert!(scanned.insert(f.key, f).is_none(), "a feed given twice");
+    })
+    .unwrap();
+    assert_eq!(given, 3);
+    let keys: Vec<[u8; 32]> = scanned.keys().copied().collect();
+    let mut expected: Vec<[u8; 32]> = small.iter().map(|k| *k.as_bytes()).collect();
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "large {large:?} and bad {bad:?} left out");
+    for key in &small {
+        let mut feed = Feed::open(&s, key).unwrap().unwrap();
+        let got = &scanned[key.as_bytes()];
+        let opened = ScannedFeed {
+            key: *key.as_bytes(),
+            writable: feed.is_writable(),
+            head: feed.head().copied(),
+            byte_length: feed.byte_length(),
+            stored: feed.stored_count(),
+            contiguous_length: feed.contiguous_length(),
+            stored_bytes: feed.stored_bytes().unwrap(),
+        };
+        assert_eq!(got, &opened);
+    }
+    let sparse = &scanned[small[2].as_bytes()];
+    assert!(!sparse.writable && sparse.length() == 7 && sparse.stored_bytes < sparse.byte_length);
+}

@@ -43,7 +43,7 @@
 //! - this file: [`DiskStorage`], [`DiskFeed`], opening and creating feeds, and which
 //!   layout each read goes to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
+use super::{FeedStorage, Storage, StorageError, StoredFeed, StoredHead, StoredNode, WriteBatch};
 
 mod bitfield;
 mod cache;
@@ -439,6 +439,20 @@ impl Storage for DiskStorage {
         keys.sort_unstable();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// The small feeds, from one read of the shared database; feeds in directories
+    /// of their own (large ones, and a small one whose move out a crash cut short) are
+    /// left out.
+    fn scan_feeds(&self, each: &mut dyn FnMut(StoredFeed)) -> Result<(), StorageError> {
+        let mut dirs = HashSet::new();
+        for_each_in_subdirs(&self.shared.feeds_dir, |entry| {
+            if let Some(key) = entry.file_name().to_str().and_then(parse_hex) {
+                dirs.insert(key);
+            }
+            Ok(())
+        })?;
+        self.shared.small.scan(&dirs, each)
     }
 }
 

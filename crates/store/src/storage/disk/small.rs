@@ -32,7 +32,8 @@ use super::format::{
     decode_head, decode_meta, decode_tree_slot, encode_head, encode_meta, encode_tree_slot,
     META_LEN, RECORD_HEAD_LEN, TREE_SLOT,
 };
-use crate::storage::{StorageError, StoredHead, StoredNode};
+use crate::storage::{StorageError, StoredFeed, StoredHead, StoredNode};
+use crate::tree::full_roots;
 
 const FEEDS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("feeds");
 const BLOCKS: TableDefinition<([u8; 32], u64), &[u8]> = TableDefinition::new("blocks");
@@ -345,6 +346,90 @@ impl SmallFeeds {
         let feeds = tx.open_table(FEEDS).map_err(db_error)?;
         for row in feeds.iter().map_err(db_error)? {
             out.push(row.map_err(db_error)?.0.value());
+        }
+        Ok(())
+    }
+
+    /// Calls `each` with what is stored of every feed here but those in `skip`, in one
+    /// read transaction: its row, its block rows (one pass over the blocks table,
+    /// alongside the feeds table: both are ordered by key) and its roots' node rows. A
+    /// feed whose row does not decode is left out (opening it reports why).
+    pub(super) fn scan(
+        &self,
+        skip: &HashSet<[u8; 32]>,
+        each: &mut dyn FnMut(StoredFeed),
+    ) -> Result<(), StorageError> {
+        {
+            let mut state = lock(&self.state);
+            if !state.pending.is_empty() {
+                state.commit(&self.db, false, |_| Ok(()))?;
+            }
+        }
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
+        let nodes = tx.open_table(NODES).map_err(db_error)?;
+        let mut block_rows = blocks.iter().map_err(db_error)?;
+        let mut next_block = || -> Result<Option<([u8; 32], u64, u64)>, StorageError> {
+            let Some(entry) = block_rows.next() else {
+                return Ok(None);
+            };
+            let (k, v) = entry.map_err(db_error)?;
+            let (key, index) = k.value();
+            Ok(Some((key, index, v.value().len() as u64)))
+        };
+        let mut ahead = next_block()?;
+        for row in feeds.iter().map_err(db_error)? {
+            let (k, v) = row.map_err(db_error)?;
+            let key = k.value();
+            let decoded = decode_row(&key, v.value());
+            let length = match &decoded {
+                Ok((_, head)) => head.map_or(0, |h| h.length),
+                Err(_) => 0,
+            };
+            let mut feed = StoredFeed {
+                key,
+                writable: false,
+                head: None,
+                roots: Vec::new(),
+                stored: 0,
+                contiguous: 0,
+                stored_bytes: 0,
+            };
+            // Rows of feeds before this one have no feed row: a removal cut short.
+            while let Some((block_key, index, len)) = ahead {
+                if block_key > key {
+                    break;
+                }
+                if block_key == key && index < length {
+                    feed.stored += 1;
+                    feed.stored_bytes = feed.stored_bytes.saturating_add(len);
+                    if index == feed.contiguous {
+                        feed.contiguous += 1;
+                    }
+                }
+                ahead = next_block()?;
+            }
+            let Ok((secret_key, head)) = decoded else {
+                continue;
+            };
+            if skip.contains(&key) {
+                continue;
+            }
+            for index in full_roots(length) {
+                let Some(slot) = nodes.get((key, index)).map_err(db_error)? else {
+                    break;
+                };
+                let slot = slot.value();
+                let node = decode_tree_slot(index, &slot);
+                if encode_tree_slot(&node) != slot {
+                    break;
+                }
+                feed.roots.push(node);
+            }
+            feed.writable = secret_key.is_some();
+            feed.head = head;
+            each(feed);
         }
         Ok(())
     }

@@ -109,7 +109,7 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
             let topics = node.topics().await.map_err(|x| e(&x))?;
             let peers = node.peers().await.map_err(|x| e(&x))?;
             let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
-            let held = node.list_feeds().await.map_err(|x| e(&x))?;
+            let held = node.feed_totals().await.map_err(|x| e(&x))?;
             let dht = node.dht_status().await.map_err(|x| e(&x))?;
             let nat = node.nat_status().await.map_err(|x| e(&x))?;
             let c = node.counters();
@@ -160,9 +160,9 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                 "feed_blocks_in": feeds.blocks_in,
                 "feed_blocks_out": feeds.blocks_out,
                 "feed_streams": feeds.streams,
-                "feeds_held": held.len(),
-                "blocks_stored": held.iter().map(|f| f.info.stored).sum::<u64>(),
-                "bytes_stored": held.iter().map(|f| f.stored_bytes).sum::<u64>(),
+                "feeds_held": held.feeds,
+                "blocks_stored": held.blocks_stored,
+                "bytes_stored": held.bytes_stored,
                 "feed_bytes_in": feeds.bytes_in,
                 "feed_bytes_out": feeds.bytes_out,
             })
