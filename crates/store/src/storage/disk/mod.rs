@@ -207,7 +207,7 @@ fn parse_hex(name: &str) -> Option<[u8; 32]> {
 /// a child forked by this process (its `Command`s included) holds a copy of every open
 /// file, the lock's too, until it runs its program; a storage dropped in another
 /// process that is exiting. Half a second covers those and still answers a second
-/// daemon on the same directory at once for a person.
+/// daemon on the same directory at once for a person (decision 196).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl DiskStorage {
