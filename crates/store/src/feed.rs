@@ -12,6 +12,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
+use std::sync::OnceLock;
+
+use zeroize::Zeroizing;
 
 use crate::keys::{DiscoveryKey, FeedKey, FeedSecret, SignedHead};
 use crate::proof::{Proof, ProofError, VerifiedProof, VerifyError};
@@ -36,10 +39,8 @@ pub enum OpenError {
     /// The storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The stored secret key does not belong to the feed key.
-    #[error("stored secret key does not match feed key {0}")]
-    KeyMismatch(String),
-    /// The stored head or roots do not check (bad signature, missing or wrong root).
+    /// The stored head and roots do not agree (a root is missing or they do not hash
+    /// to the head).
     #[error("stored head is invalid: {0}")]
     BadHead(&'static str),
 }
@@ -50,6 +51,10 @@ pub enum AppendError {
     /// The feed is a replica: it does not hold the secret key.
     #[error("feed is not writable (no secret key)")]
     NotWritable,
+    /// The stored secret key does not belong to the feed key (a damaged or altered
+    /// data directory), found at the first append since the feed was opened.
+    #[error("stored secret key does not match feed key {0}")]
+    KeyMismatch(String),
     /// A block is larger than [`MAX_BLOCK_SIZE`].
     #[error("block of {size} bytes is over the {max}-byte limit")]
     BlockTooLarge {
@@ -94,12 +99,52 @@ pub struct Ingested {
     pub upgraded: Option<u64>,
 }
 
+/// A writable feed's secret: the seed as stored, and the key pair made from it at the
+/// first signature. Making the pair costs a scalar multiplication, which only appending
+/// needs: a feed opened to be served or listed never pays it.
+struct WriterKey {
+    seed: Zeroizing<[u8; 32]>,
+    /// The pair, once made; `None` if the seed does not belong to the feed's key.
+    pair: OnceLock<Option<FeedSecret>>,
+}
+
+impl WriterKey {
+    fn new(seed: [u8; 32]) -> Self {
+        WriterKey {
+            seed: Zeroizing::new(seed),
+            pair: OnceLock::new(),
+        }
+    }
+
+    /// A pair made already (a feed created here).
+    fn made(secret: FeedSecret) -> Self {
+        WriterKey {
+            seed: Zeroizing::new(secret.to_bytes()),
+            pair: OnceLock::from(Some(secret)),
+        }
+    }
+
+    /// The key pair of the feed `key` whose writer key is `writer` (none for a replica),
+    /// made now if it was not yet.
+    fn of<'a>(writer: Option<&'a WriterKey>, key: &FeedKey) -> Result<&'a FeedSecret, AppendError> {
+        let writer = writer.ok_or(AppendError::NotWritable)?;
+        writer
+            .pair
+            .get_or_init(|| {
+                let secret = FeedSecret::from_bytes(&writer.seed);
+                (secret.key() == *key).then_some(secret)
+            })
+            .as_ref()
+            .ok_or_else(|| AppendError::KeyMismatch(key.fmt_short()))
+    }
+}
+
 /// One feed: its key, its verified head, and its storage.
 pub struct Feed<S: FeedStorage> {
     storage: S,
     key: FeedKey,
     discovery_key: DiscoveryKey,
-    secret: Option<FeedSecret>,
+    secret: Option<WriterKey>,
     head: Option<SignedHead>,
     roots: Vec<Node>,
     /// Stored blocks as disjoint runs `start -> end`, adjacent runs merged.
@@ -165,7 +210,9 @@ impl<S: FeedStorage> Feed<S> {
     ) -> Result<Self, OpenError> {
         let key = secret.key();
         let s = storage.create(*key.as_bytes(), Some(secret.to_bytes()))?;
-        Self::from_storage(key, s)
+        let mut feed = Self::from_storage(key, s)?;
+        feed.secret = Some(WriterKey::made(secret));
+        Ok(feed)
     }
 
     /// Create a new, empty replica of the feed `key` in `storage`.
@@ -188,18 +235,15 @@ impl<S: FeedStorage> Feed<S> {
         }
     }
 
-    /// Wrap an opened [`FeedStorage`], checking its head, roots and secret key.
+    /// Wrap an opened [`FeedStorage`], checking that its roots hash to its head.
+    ///
+    /// The stored head's signature is not checked again: a [`Feed`] stores only heads
+    /// it signed or verified, and storage keeps them whole (checksums, atomic commits).
+    /// Nor is the stored secret key checked against the feed key until the first
+    /// append needs it ([`AppendError::KeyMismatch`]). Opening thus costs storage reads
+    /// and a hash, no public-key operation (decision 195).
     pub fn from_storage(key: FeedKey, mut storage: S) -> Result<Self, OpenError> {
-        let secret = match storage.secret_key() {
-            Some(seed) => {
-                let secret = FeedSecret::from_bytes(&seed);
-                if secret.key() != key {
-                    return Err(OpenError::KeyMismatch(key.fmt_short()));
-                }
-                Some(secret)
-            }
-            None => None,
-        };
+        let secret = storage.secret_key().map(WriterKey::new);
         let head = storage.head().map(SignedHead::from);
         let mut roots = Vec::new();
         if let Some(h) = &head {
@@ -211,9 +255,6 @@ impl<S: FeedStorage> Feed<S> {
             }
             if tree::tree_hash(&roots) != h.tree_hash {
                 return Err(OpenError::BadHead("roots do not hash to the head"));
-            }
-            if !key.verify_head(h) {
-                return Err(OpenError::BadHead("signature does not verify"));
             }
         }
         let length = head.map_or(0, |h| h.length);
@@ -386,7 +427,7 @@ impl<S: FeedStorage> Feed<S> {
         durable: bool,
     ) -> Result<u64, AppendError> {
         self.check_append(blocks)?;
-        let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
+        let secret = WriterKey::of(self.secret.as_ref(), &self.key)?;
         if blocks.is_empty() {
             if durable {
                 self.storage.sync()?;
@@ -438,7 +479,7 @@ impl<S: FeedStorage> Feed<S> {
         blocks: &[B],
     ) -> Result<Option<PreparedAppend>, AppendError> {
         self.check_append(blocks)?;
-        let secret = self.secret.as_ref().ok_or(AppendError::NotWritable)?;
+        let secret = WriterKey::of(self.secret.as_ref(), &self.key)?;
         if blocks.is_empty() {
             return Ok(None);
         }

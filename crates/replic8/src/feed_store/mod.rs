@@ -518,9 +518,7 @@ impl<St: Storage> FeedStore<St> {
             let mut member = Member::accepted(namespace);
             if policy.forward {
                 let headers = feed.headers.iter().map(|(k, v)| (k.to_owned(), v.to_vec()));
-                member
-                    .forwarded
-                    .insert(namespace.to_owned(), headers.collect());
+                member.forwarded.insert(namespace, headers.collect());
             }
             self.members.insert(feed.key, member);
             self.member_changes += 1;

@@ -43,18 +43,22 @@ impl Session {
     /// `Synced` said it, or it stopped for a fault).
     pub(super) fn take_first_word(&mut self, feed: &FeedKey) -> Option<message::FirstWord> {
         let state = self.feeds.get_mut(feed)?;
-        let FirstWord::Queued(head) = state.first_word else {
+        if !matches!(state.first_word, FirstWord::Queued(_)) {
+            return None;
+        }
+        let FirstWord::Queued(head) = std::mem::replace(&mut state.first_word, FirstWord::Sent)
+        else {
             return None;
         };
-        state.first_word = FirstWord::Sent;
         if matches!(state.stopped, Some(Stop::Fault(_))) {
             return None;
         }
-        state.our_head = head;
-        Some(message::FirstWord {
+        let word = message::FirstWord {
             feed: state.discovery_key,
-            head,
-        })
+            head: head.as_deref().copied(),
+        };
+        state.our_head = head;
+        Some(word)
     }
 
     /// Called once our first word on `feed` is out and whenever the peer's becomes
@@ -71,12 +75,12 @@ impl Session {
         if state.first_word != FirstWord::Sent {
             return;
         }
-        let peer = match state.peer_head {
+        let peer = match &state.peer_head {
             PeerHead::Unheard | PeerHead::Verifying(_) if state.our_head.is_some() => return,
-            PeerHead::Verified(head) => Some(head),
+            PeerHead::Verified(head) => Some(**head),
             _ => None,
         };
-        let same = match (state.our_head, peer) {
+        let same = match (state.our_head.as_deref(), peer) {
             (Some(ours), Some(theirs)) => {
                 (ours.length, ours.tree_hash) == (theirs.length, theirs.tree_hash)
             }
@@ -124,7 +128,7 @@ impl Session {
             if let Some(state) = self.feeds.get_mut(&feed) {
                 state.peer_spoke = true;
                 if state.peer_head == PeerHead::Unheard {
-                    state.peer_head = PeerHead::Verifying(head);
+                    state.peer_head = PeerHead::Verifying(Box::new(head));
                 }
             }
         }
@@ -163,8 +167,8 @@ impl Session {
             let Some(state) = self.feeds.get_mut(&feed) else {
                 continue;
             };
-            if state.peer_head == PeerHead::Verifying(head) {
-                state.peer_head = PeerHead::Verified(head);
+            if matches!(&state.peer_head, PeerHead::Verifying(h) if **h == head) {
+                state.peer_head = PeerHead::Verified(Box::new(head));
                 self.first_words_met(&feed);
             }
         }
@@ -181,7 +185,7 @@ impl Session {
             return;
         };
         state.updated = state.updated.max(length);
-        if state.our_head.is_some_and(|h| length > h.length) {
+        if state.our_head.as_ref().is_some_and(|h| length > h.length) {
             state.our_head = None;
         }
         if state.local_synced == Some(length) {

@@ -63,7 +63,7 @@ pub(super) struct Replicated {
     /// lack blocks.
     pub(super) peer_spoke: bool,
     /// The head our first word carried, while our copy is still at it.
-    pub(super) our_head: Option<SignedHead>,
+    pub(super) our_head: Option<Box<SignedHead>>,
     /// The peer's first word, as far as it is known and still current.
     pub(super) peer_head: PeerHead,
     /// The longest our copy was reported to be (`handle_feed_updated`): a stream's
@@ -75,7 +75,11 @@ pub(super) struct Replicated {
 /// Our first word on a replicated feed: the signed head our store holds every block
 /// of, or none (we need a stream). Sent once per session, after our own `Have` entries,
 /// so the peer has replicated the feed when it arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Heads here and in [`PeerHead`] and `our_head` are boxed: they live only until the
+/// first words are decided, and a feed's [`Replicated`] stays for the whole session
+/// (104 bytes each inline, three times over, in a map of every replicated feed).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum FirstWord {
     /// Waiting for our store's answer ([`StoreCall::Heads`](super::StoreCall::Heads)).
     Asking {
@@ -83,20 +87,20 @@ pub(super) enum FirstWord {
         changed: bool,
     },
     /// Decided, waiting for our `Have`s to go out: the head held complete, or none.
-    Queued(Option<SignedHead>),
+    Queued(Option<Box<SignedHead>>),
     /// Sent.
     Sent,
 }
 
 /// The peer's first word on a replicated feed, as the first-word shortcut needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum PeerHead {
     /// Not arrived yet.
     Unheard,
     /// A head, being verified ([`HeadCheck`](super::HeadCheck)).
-    Verifying(SignedHead),
+    Verifying(Box<SignedHead>),
     /// A head that verified.
-    Verified(SignedHead),
+    Verified(Box<SignedHead>),
     /// No head (the peer needs a stream), or something newer from the peer (a
     /// `Notice` or `Synced`) made its first word stale.
     None,
@@ -130,4 +134,18 @@ pub(super) struct Known {
     pub(super) namespace: String,
     /// Our `have` entry was sent.
     pub(super) announced: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replicated_feed_holds_its_signed_heads_out_of_line() {
+        // One `Replicated` per feed for the whole session; the three heads of the first
+        // words (104 bytes each) are boxed while they live and gone after.
+        let size = std::mem::size_of::<Replicated>();
+        assert!(size <= 224, "Replicated is {size} bytes");
+        assert_eq!(std::mem::size_of::<PeerHead>(), 16);
+    }
 }

@@ -98,7 +98,7 @@ impl Session {
                 .copied()
                 .flatten()
                 .filter(|h| !changed && h.length > 0);
-            state.first_word = FirstWord::Queued(head);
+            state.first_word = FirstWord::Queued(head.map(Box::new));
             self.first_words.push_back(*feed);
         }
         self.pump_offers();

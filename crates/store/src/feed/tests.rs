@@ -133,3 +133,33 @@ fn blocks_read_into_given_buffers_and_ingested_borrowed() {
     let r = Feed::open(&replicas, w.key()).unwrap().unwrap();
     assert_eq!(r.stored_count(), 5);
 }
+
+#[test]
+fn a_stored_secret_key_of_another_feed_is_refused_at_the_first_append() {
+    // Opening does not check the stored secret key against the feed key (decision
+    // 195): a feed whose seed belongs to another key opens, as writable, and its first
+    // append is refused before anything is signed or written.
+    let storage = MemoryStorage::new();
+    let key = FeedSecret::from_bytes(&[1; 32]).key();
+    storage
+        .create(*key.as_bytes(), Some([2; 32]))
+        .expect("create with another feed's seed");
+    let mut feed = Feed::open(&storage, &key).expect("open").expect("exists");
+    assert!(feed.is_writable());
+    for _ in 0..2 {
+        assert!(matches!(
+            feed.append(b"x"),
+            Err(AppendError::KeyMismatch(_))
+        ));
+    }
+    assert_eq!(feed.length(), 0);
+    assert!(feed.storage().head().is_none());
+    // The feed's own seed appends, also after a reopen (the pair is made then).
+    let mut feed = Feed::create(&storage, FeedSecret::from_bytes(&[3; 32])).expect("create");
+    feed.append_batch(&[b"one", b"two"]).expect("append");
+    let key = *feed.key();
+    drop(feed);
+    let mut again = Feed::open(&storage, &key).expect("open").expect("exists");
+    assert_eq!(again.append(b"three").expect("append after reopen"), 3);
+    assert!(key.verify_head(again.head().expect("head")));
+}

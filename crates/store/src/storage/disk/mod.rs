@@ -202,6 +202,14 @@ fn parse_hex(name: &str) -> Option<[u8; 32]> {
     Some(key)
 }
 
+/// How long opening waits for the directory's lock before it reports the directory in
+/// use. A lock can be held for a moment by a process that does not use the directory:
+/// a child forked by this process (its `Command`s included) holds a copy of every open
+/// file, the lock's too, until it runs its program; a storage dropped in another
+/// process that is exiting. Half a second covers those and still answers a second
+/// daemon on the same directory at once for a person (decision 196).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl DiskStorage {
     /// Open (creating if needed) the storage in directory `root`, with default tuning.
     pub fn open(root: impl AsRef<Path>) -> Result<Self, StorageError> {
@@ -220,15 +228,21 @@ impl DiskStorage {
             .create(true)
             .truncate(false)
             .open(root.join("LOCK"))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StorageError::Io(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!("{} is in use by another storage", root.display()),
-                )))
+        let waited_since = std::time::Instant::now();
+        loop {
+            match lock_file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if waited_since.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_WAIT / 50);
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StorageError::Io(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{} is in use by another storage", root.display()),
+                    )))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(e.into()),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         if fresh {
             sync_dir(&root)?;
