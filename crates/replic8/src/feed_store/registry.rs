@@ -23,9 +23,9 @@
 //!   storage at the store's start ([`Registry::fill_index`]); every change a feed
 //!   publishes updates it, so listing feeds opens only those neither opened nor
 //!   scanned;
-//! - a scanned summary never replaces one from an open feed, and its head (signature
-//!   not checked) is only shown: what goes to a peer comes from a summary
-//!   [`Summary::verified`], which opening the feed makes.
+//! - a scanned summary never replaces one from an open feed; it is trusted as an open
+//!   feed is (the stored roots hash to the stored head, which was signed or verified
+//!   before it was written), so first words take heads from it without opening.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -48,10 +48,6 @@ pub(crate) struct Summary {
     /// Bytes of the blocks stored here, once known (right away for a feed that holds
     /// every block; counted by a listing otherwise).
     pub(crate) stored_bytes: Option<u64>,
-    /// The head was verified (the feed was opened since the store started, or has no
-    /// head); false for a summary read by the storage scan, whose head's signature was
-    /// not checked.
-    pub(crate) verified: bool,
 }
 
 impl Summary {
@@ -68,7 +64,6 @@ impl Summary {
                 head: feed.head().copied(),
             },
             stored_bytes: complete.then(|| feed.byte_length()),
-            verified: true,
         }
     }
 
@@ -85,7 +80,6 @@ impl Summary {
                 head: feed.head,
             },
             stored_bytes: Some(feed.stored_bytes),
-            verified: feed.head.is_none(),
         }
     }
 
@@ -398,7 +392,6 @@ impl<St: Storage> Registry<St> {
                 head: None,
             },
             stored_bytes: Some(0),
-            verified: true,
         });
     }
 
@@ -409,12 +402,7 @@ impl<St: Storage> Registry<St> {
         feeds
             .iter()
             .map(|key| {
-                // What goes to a peer comes from a verified summary only.
-                let known = self
-                    .index
-                    .get(key)
-                    .filter(|s| s.verified)
-                    .map(|s| s.complete_length());
+                let known = self.index.get(key).map(|s| s.complete_length());
                 match known {
                     Some(length) => length,
                     None => self

@@ -48,8 +48,8 @@ impl<St: Storage> Handler<KnownFeeds> for FeedStore<St> {
 impl<St: Storage> Handler<FeedHeads> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<Option<SignedHead>>, StoreError>>;
 
-    /// From the index of feed summaries; a feed not opened since the store started is
-    /// opened on the blocking pool to learn it (and closed again when unused). A feed
+    /// From the index of feed summaries; a feed neither opened nor read by the start's
+    /// scan is opened on the blocking pool to learn it (and closed again when unused). A feed
     /// that does not belong to the namespace here counts as incomplete.
     fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
         let feeds: Vec<FeedKey> = msg.feeds;
