@@ -145,6 +145,14 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// peers 100 ms away, and keeps a node serving a hundred peers at tens of MiB (at
 /// ~2.5 MiB per served peer without it, the swarm bench's writer reached 134 MiB).
 pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
+/// Default of [`FeedStoreLimits::serve_stall`]: 30 s. A stream's progress is seen per
+/// chunk given back after the peer's acknowledgement (a block of at least 4 KiB, or the
+/// bytes framing blocks) and per frame QUIC takes (at most ~1 MiB). A reader that reads
+/// at all takes one of them well within it: a frame of the largest data answer at
+/// 36 KB/s, a chunk of 64 KiB blocks at 2.2 KB/s. A peer that stopped reading holds its
+/// bytes (at most its 2 MiB queue plus its stream window) at most this long, so the
+/// streams of peers that do read wait on it at most this long.
+pub const DEFAULT_SERVE_STALL: Duration = Duration::from_secs(30);
 /// The least [`FeedStoreLimits::serve_bytes_in_flight`] means: one data answer's largest
 /// frame, which a stream reserves before it reads the answer's blocks.
 pub const MIN_SERVE_BYTES_IN_FLIGHT: usize =
@@ -198,6 +206,11 @@ pub struct FeedStoreLimits {
     /// blocks of its next answer, and sends its other messages meanwhile. Below
     /// [`MIN_SERVE_BYTES_IN_FLIGHT`] it counts as that.
     pub serve_bytes_in_flight: usize,
+    /// A feed stream that holds bytes of data answers and whose peer took none of them
+    /// (no chunk acknowledged, no frame taken by QUIC) for this long is ended: the peer
+    /// stopped reading, and its bytes go back to the serve budget. Only that stream ends
+    /// ([`FeedStoreEvent::ServeStalled`](super::FeedStoreEvent::ServeStalled)).
+    pub serve_stall: Duration,
 }
 
 impl Default for FeedStoreLimits {
@@ -214,6 +227,7 @@ impl Default for FeedStoreLimits {
             open_feeds: DEFAULT_OPEN_FEEDS,
             idle_close: DEFAULT_IDLE_CLOSE,
             serve_bytes_in_flight: DEFAULT_SERVE_BYTES_IN_FLIGHT,
+            serve_stall: DEFAULT_SERVE_STALL,
         }
     }
 }

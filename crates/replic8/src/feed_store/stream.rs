@@ -41,7 +41,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::pool::BufferPool;
-use super::serve_budget::{Reservation, Reserving, ServeBudget};
+use super::serve_budget::{Reservation, Reserving, ServeBudget, StreamHold};
 use super::{FeedEntry, Shared};
 use crate::frame::{self, FrameError};
 use crate::keys::{FeedKey, PeerKey};
@@ -127,6 +127,9 @@ enum End {
     Failed(String),
     /// The peer left a request unanswered too long: the session ends, no ban.
     Stalled(String),
+    /// The peer stopped reading our answers: the stream held this many bytes of the
+    /// serve budget without progress for the stall bound. Only the stream ends.
+    ServeStalled(usize),
     Local(String),
 }
 
@@ -151,13 +154,16 @@ pub(crate) async fn run<F: FeedStorage>(
     let room = Arc::new(Notify::new());
     let (write_tx, write_rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
     let guard = shared.task_guard();
-    let (q, r) = (queued.clone(), room.clone());
+    let hold = StreamHold::new();
+    let (q, r, h) = (queued.clone(), room.clone(), hold.clone());
     // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
     let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let _guard = guard;
         let written = move |len| {
             q.fetch_sub(len, Ordering::Relaxed);
             r.notify_one();
+            // QUIC took a frame: within the peer's window, so the peer reads.
+            h.progressed();
         };
         write_frames(send, write_rx, written).await;
     }));
@@ -166,7 +172,9 @@ pub(crate) async fn run<F: FeedStorage>(
         queued,
         pool: shared.pool.clone(),
         budget: shared.serve.clone(),
+        hold,
     };
+    let stall = shared.serve.stall();
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
@@ -223,6 +231,7 @@ pub(crate) async fn run<F: FeedStorage>(
                     Input::Reserved(r)
                 }
                 () = sleep_until(deadline) => Input::Timeout,
+                () = outbox.hold.stalled(stall) => break End::ServeStalled(outbox.hold.held()),
             },
         };
         let step = match step_and_report(&entry, &mut core, next, &ctx, &shared, &outbox).await {
@@ -288,6 +297,18 @@ pub(crate) async fn run<F: FeedStorage>(
     drop(reader);
     drop(outbox);
     match &end {
+        End::ServeStalled(held) => {
+            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), held, ?stall, "peer stopped reading our answers: stream ended");
+            // The queue and the frame being written go with the writer.
+            writer.abort();
+            shared.stats.serve_stalls.fetch_add(1, Ordering::Relaxed);
+            shared.event(super::FeedStoreEvent::ServeStalled {
+                feed: ctx.feed,
+                peer: ctx.peer,
+                held: u64::try_from(*held).unwrap_or(u64::MAX),
+                stall,
+            });
+        }
         End::Failed(reason) | End::Stalled(reason) => {
             let stalled = matches!(end, End::Stalled(_));
             debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, stalled, "peer broke or stalled the feed sync");
@@ -377,6 +398,8 @@ struct Outbox {
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
     budget: Arc<ServeBudget>,
+    /// What this stream's data answers hold of the budget.
+    hold: Arc<StreamHold>,
 }
 
 impl Outbox {
@@ -435,7 +458,7 @@ fn transmit<F: FeedStorage>(
                     SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
                 })?;
                 outbox.push(match reservation {
-                    Some(r) => outbox.budget.charge(r, frame),
+                    Some(r) => outbox.budget.charge(r, frame, &outbox.hold),
                     None => frame,
                 });
             }
