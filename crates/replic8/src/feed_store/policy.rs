@@ -145,13 +145,13 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// peers 100 ms away, and keeps a node serving a hundred peers at tens of MiB (at
 /// ~2.5 MiB per served peer without it, the swarm bench's writer reached 134 MiB).
 pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
-/// Default of [`FeedStoreLimits::serve_stall`]: 30 s. A stream's progress is seen per
-/// chunk given back after the peer's acknowledgement (a block of at least 4 KiB, or the
-/// bytes framing blocks) and per frame QUIC takes (at most ~1 MiB). A reader that reads
-/// at all takes one of them well within it: a frame of the largest data answer at
-/// 36 KB/s, a chunk of 64 KiB blocks at 2.2 KB/s. A peer that stopped reading holds its
-/// bytes (at most its 2 MiB queue plus its stream window) at most this long, so the
-/// streams of peers that do read wait on it at most this long.
+/// Default of [`FeedStoreLimits::serve_stall`]: 30 s. A stream's progress is seen each
+/// time the peer's acknowledgement gives back a piece of an answer (at most 64 KiB), or
+/// QUIC takes a frame. QUIC lets us send more only as the peer reads, in steps of an
+/// eighth of its stream window (156 KB with quinn's default): a reader that reads about
+/// 220 KB in 30 s (7.3 KB/s, a 60 kbit/s link) shows progress within it. A peer that
+/// stopped reading holds its bytes (its 2 MiB queue at most) at most this long, and the
+/// peers that do read wait on it at most this long, not until its session ends.
 pub const DEFAULT_SERVE_STALL: Duration = Duration::from_secs(30);
 /// The least [`FeedStoreLimits::serve_bytes_in_flight`] means: one data answer's largest
 /// frame, which a stream reserves before it reads the answer's blocks.
