@@ -17,6 +17,8 @@
 //! Before it builds a data answer it also takes room in the store's
 //! [`ServeBudget`](super::serve_budget) (the bytes of answers in flight over all
 //! streams); without room it waits for some, sending its other messages meanwhile.
+//! A stream that holds bytes of that budget and whose peer took none of them for
+//! [`super::FeedStoreLimits::serve_stall`] is ended (the peer stopped reading).
 //!
 //! Bytes are copied as little as the layers allow: a frame is encoded once, in place
 //! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
