@@ -199,6 +199,10 @@ pub struct LimitsSection {
     /// from disk and not yet acknowledged); unset: the store's default (8 MiB). At least
     /// one answer's largest frame (1,114,116 bytes).
     pub serve_bytes_in_flight: Option<u64>,
+    /// Seconds a feed stream may hold data answers its peer takes none of before it is
+    /// ended (the peer stopped reading; its answers go back to the budget above); unset:
+    /// the store's default (30). At least 1.
+    pub serve_stall_secs: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -226,6 +230,7 @@ impl Default for LimitsSection {
             new_feeds_per_peer: None,
             max_replicas: None,
             serve_bytes_in_flight: None,
+            serve_stall_secs: None,
         }
     }
 }
@@ -359,6 +364,9 @@ impl NodeConfig {
                 "limits.serve_bytes_in_flight",
                 "must be at least 1114116 (one data answer's largest frame)",
             );
+        }
+        if self.limits.serve_stall_secs == Some(0) {
+            return invalid("limits.serve_stall_secs", "must be at least 1");
         }
         if self.limits.max_pending_per_ip == 0 {
             return invalid("limits.max_pending_per_ip", "must be at least 1");
@@ -564,6 +572,10 @@ mod tests {
             (
                 "[limits]\nserve_bytes_in_flight = 1000000\n",
                 "limits.serve_bytes_in_flight",
+            ),
+            (
+                "[limits]\nserve_stall_secs = 0\n",
+                "limits.serve_stall_secs",
             ),
             (
                 "[limits]\nmax_peers_per_topic = 0\n",

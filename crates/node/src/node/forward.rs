@@ -199,7 +199,10 @@ pub(super) async fn forward_feed_events(
                     .add(refused.policy + refused.elsewhere + refused.quota);
                 continue;
             }
-            FeedStoreEvent::FeedSynced { .. } | FeedStoreEvent::PeerHead { .. } => continue,
+            // Per stream; counted in the store's stats (`serve_stalls`).
+            FeedStoreEvent::FeedSynced { .. }
+            | FeedStoreEvent::PeerHead { .. }
+            | FeedStoreEvent::ServeStalled { .. } => continue,
             // Per feed, so a flood of offers makes many: they go to the offer log and
             // its own channel, never to the node's events (whose subscribers would lag).
             FeedStoreEvent::OfferDecided { .. } => {

@@ -104,6 +104,10 @@ pub struct FeedStoreStats {
     pub open_streams: u64,
     /// Feed streams that ended because the peer broke the sync protocol.
     pub streams_failed: u64,
+    /// Feed streams ended because the peer stopped reading our data answers (held
+    /// bytes of the serve budget without progress for
+    /// [`super::FeedStoreLimits::serve_stall`]).
+    pub serve_stalls: u64,
     /// Offered feeds refused by the namespace's policy (new to the store, and the
     /// policy did not take them).
     pub refused_policy: u64,
@@ -263,6 +267,20 @@ pub enum FeedStoreEvent {
         peer: PeerKey,
         /// What was wrong.
         reason: String,
+    },
+    /// The peer stopped reading the feed's stream: it held `held` bytes of our data
+    /// answers and took none of them for `stall`
+    /// ([`super::FeedStoreLimits::serve_stall`]). The stream ended and gave them back
+    /// to the serve budget; the session and the peer's other streams go on.
+    ServeStalled {
+        /// The feed.
+        feed: FeedKey,
+        /// The peer.
+        peer: PeerKey,
+        /// Bytes of answers the stream held when it was ended.
+        held: u64,
+        /// How long it held them without progress.
+        stall: std::time::Duration,
     },
 }
 

@@ -132,6 +132,7 @@ struct Counters {
     bytes_out: AtomicU64,
     streams: AtomicU64,
     streams_failed: AtomicU64,
+    serve_stalls: AtomicU64,
     refused_policy: AtomicU64,
     refused_namespace: AtomicU64,
     refused_quota: AtomicU64,
@@ -321,6 +322,7 @@ impl<St: Storage> FeedStore<St> {
                 flush_timeout: config.limits.flush_timeout,
                 serve: Arc::new(serve_budget::ServeBudget::new(
                     config.limits.serve_bytes_in_flight,
+                    config.limits.serve_stall,
                 )),
             }),
             quotas: Quotas::new(config.limits.clone(), replicas),

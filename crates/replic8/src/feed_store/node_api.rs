@@ -189,6 +189,7 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .len() as u64,
             streams_failed: s.streams_failed.load(Ordering::Relaxed),
+            serve_stalls: s.serve_stalls.load(Ordering::Relaxed),
             refused_policy: s.refused_policy.load(Ordering::Relaxed),
             refused_namespace: s.refused_namespace.load(Ordering::Relaxed),
             refused_quota: s.refused_quota.load(Ordering::Relaxed),

@@ -145,6 +145,14 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// peers 100 ms away, and keeps a node serving a hundred peers at tens of MiB (at
 /// ~2.5 MiB per served peer without it, the swarm bench's writer reached 134 MiB).
 pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
+/// Default of [`FeedStoreLimits::serve_stall`]: 30 s. A stream's progress is seen each
+/// time the peer's acknowledgement gives back a piece of an answer (at most 64 KiB), or
+/// QUIC takes a frame. QUIC lets us send more only as the peer reads, in steps of an
+/// eighth of its stream window (156 KB with quinn's default): a reader that reads about
+/// 220 KB in 30 s (7.3 KB/s, a 60 kbit/s link) shows progress within it. A peer that
+/// stopped reading holds its bytes (its 2 MiB queue at most) at most this long, and the
+/// peers that do read wait on it at most this long, not until its session ends.
+pub const DEFAULT_SERVE_STALL: Duration = Duration::from_secs(30);
 /// The least [`FeedStoreLimits::serve_bytes_in_flight`] means: one data answer's largest
 /// frame, which a stream reserves before it reads the answer's blocks.
 pub const MIN_SERVE_BYTES_IN_FLIGHT: usize =
@@ -198,6 +206,11 @@ pub struct FeedStoreLimits {
     /// blocks of its next answer, and sends its other messages meanwhile. Below
     /// [`MIN_SERVE_BYTES_IN_FLIGHT`] it counts as that.
     pub serve_bytes_in_flight: usize,
+    /// A feed stream that holds bytes of data answers and whose peer took none of them
+    /// (no chunk acknowledged, no frame taken by QUIC) for this long is ended: the peer
+    /// stopped reading, and its bytes go back to the serve budget. Only that stream ends
+    /// ([`FeedStoreEvent::ServeStalled`](super::FeedStoreEvent::ServeStalled)).
+    pub serve_stall: Duration,
 }
 
 impl Default for FeedStoreLimits {
@@ -214,6 +227,7 @@ impl Default for FeedStoreLimits {
             open_feeds: DEFAULT_OPEN_FEEDS,
             idle_close: DEFAULT_IDLE_CLOSE,
             serve_bytes_in_flight: DEFAULT_SERVE_BYTES_IN_FLIGHT,
+            serve_stall: DEFAULT_SERVE_STALL,
         }
     }
 }

@@ -16,14 +16,24 @@
 //!
 //! [`ServeBudget::held`] counts the bytes of the charged chunks alive, independently of
 //! the reservations, so what the bound promises can be observed.
+//!
+//! A peer that asks for answers and then stops reading would pin what its stream holds
+//! until the stream ends, and a few such streams would hold the whole budget and stall
+//! serving to everyone else. So each stream's chunks also count in its [`StreamHold`]:
+//! the bytes it holds and when the peer last made progress on them (a chunk given back
+//! after its acknowledgement, or a frame taken by QUIC). A stream that holds bytes and
+//! made no progress for [`ServeBudget::stall`] is ended by its driver
+//! ([`StreamHold::stalled`]), which gives back everything it held.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// What one data answer reserves before its blocks are read: the largest frame a stream
 /// sends (a longer message is refused before it is framed).
@@ -35,6 +45,7 @@ pub(crate) const ANSWER_RESERVE: usize = super::MIN_SERVE_BYTES_IN_FLIGHT;
 pub(crate) struct ServeBudget {
     permits: Arc<Semaphore>,
     counts: Arc<Counts>,
+    stall: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -53,13 +64,19 @@ pub(crate) type Reserving = Pin<Box<dyn Future<Output = Reservation> + Send>>;
 
 impl ServeBudget {
     /// A budget of `limit` bytes, at least one [`ANSWER_RESERVE`] (below it no answer
-    /// could ever be sent).
-    pub(crate) fn new(limit: usize) -> Self {
+    /// could ever be sent), whose streams may hold bytes without progress for `stall`.
+    pub(crate) fn new(limit: usize, stall: Duration) -> Self {
         let limit = limit.clamp(ANSWER_RESERVE, Semaphore::MAX_PERMITS);
         ServeBudget {
             permits: Arc::new(Semaphore::new(limit)),
             counts: Arc::default(),
+            stall,
         }
+    }
+
+    /// How long a stream may hold bytes of answers without progress before it is ended.
+    pub(crate) fn stall(&self) -> Duration {
+        self.stall
     }
 
     /// A reservation if one is free now.
@@ -83,22 +100,33 @@ impl ServeBudget {
         })
     }
 
-    /// `frame` (one encoded data answer), each chunk holding its length of
+    /// `frame` (one encoded data answer of `stream`), each chunk holding its length of
     /// `reservation` until it is dropped; the rest of the reservation is given back.
-    pub(crate) fn charge(&self, reservation: Reservation, frame: Vec<Bytes>) -> Vec<Bytes> {
+    pub(crate) fn charge(
+        &self,
+        reservation: Reservation,
+        frame: Vec<Bytes>,
+        stream: &Arc<StreamHold>,
+    ) -> Vec<Bytes> {
         let Reservation(mut permit) = reservation;
         frame
             .into_iter()
+            .flat_map(pieces)
             .map(|bytes| {
                 let len = bytes.len();
                 // A frame is at most `ANSWER_RESERVE` bytes, so every split succeeds.
                 let permit = permit.split(len);
                 let now = self.counts.held.fetch_add(len, Ordering::Relaxed) + len;
                 self.counts.peak.fetch_max(now, Ordering::Relaxed);
+                if stream.held.fetch_add(len, Ordering::Relaxed) == 0 {
+                    // The stream starts holding bytes: its stall clock starts now.
+                    stream.progressed();
+                }
                 Bytes::from_owner(Charged {
                     bytes,
                     _permit: permit,
                     counts: self.counts.clone(),
+                    stream: stream.clone(),
                 })
             })
             .collect()
@@ -121,6 +149,75 @@ impl ServeBudget {
     }
 }
 
+/// The most bytes one charged chunk holds. A chunk is given back (progress seen) only
+/// once QUIC has the peer's acknowledgement of all of it, and a data answer of small
+/// blocks is one chunk of up to 1 MiB: cut into pieces, a reader on a slow link shows
+/// progress every 64 KiB it reads (plus QUIC's window step), not every megabyte. QUIC
+/// takes 16 chunks per MiB instead of one; the bytes are not copied.
+const PIECE: usize = 64 * 1024;
+
+/// `chunk` as slices of at most [`PIECE`] bytes (the same memory).
+fn pieces(chunk: Bytes) -> impl Iterator<Item = Bytes> {
+    let len = chunk.len();
+    (0..len.div_ceil(PIECE).max(1)).map(move |i| chunk.slice(i * PIECE..len.min((i + 1) * PIECE)))
+}
+
+/// What one stream's charged chunks hold, and when its peer last made progress on them.
+#[derive(Debug)]
+pub(crate) struct StreamHold {
+    held: AtomicUsize,
+    /// When the peer last made progress, in nanoseconds after `epoch`.
+    progress: AtomicU64,
+    epoch: Instant,
+}
+
+impl StreamHold {
+    /// A stream holding nothing.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(StreamHold {
+            held: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The peer took some of the stream's bytes (a chunk was acknowledged, or QUIC took
+    /// a frame): its stall clock starts again.
+    pub(crate) fn progressed(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.progress.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Bytes of the stream's charged chunks alive now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// When the stream counts as stalled: `stall` after the peer's last progress, while
+    /// the stream holds bytes of answers (`None` while it holds none).
+    fn stall_at(&self, stall: Duration) -> Option<Instant> {
+        if self.held() == 0 {
+            return None;
+        }
+        let last = self.epoch + Duration::from_nanos(self.progress.load(Ordering::Relaxed));
+        Some(last + stall)
+    }
+
+    /// Completes once the stream has held bytes of answers for `stall` without progress;
+    /// never while it holds none (it starts holding only in its driver's own step,
+    /// after which the driver asks again). One timer, moved on at each wake-up by the
+    /// progress made meanwhile: nothing is done per chunk but two atomic updates.
+    pub(crate) async fn stalled(&self, stall: Duration) {
+        loop {
+            match self.stall_at(stall) {
+                Some(at) if at <= Instant::now() => return,
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
+
 fn reserve_permits() -> u32 {
     // About 1.06 MiB: well within a u32.
     u32::try_from(ANSWER_RESERVE).unwrap_or(u32::MAX)
@@ -131,6 +228,7 @@ struct Charged {
     bytes: Bytes,
     _permit: Option<OwnedSemaphorePermit>,
     counts: Arc<Counts>,
+    stream: Arc<StreamHold>,
 }
 
 impl AsRef<[u8]> for Charged {
@@ -144,6 +242,11 @@ impl Drop for Charged {
         self.counts
             .held
             .fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        self.stream
+            .held
+            .fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        // Dropped once the peer acknowledged it, or with the stream: progress either way.
+        self.stream.progressed();
     }
 }
 
@@ -153,15 +256,17 @@ mod tests {
 
     #[test]
     fn a_charged_frame_holds_its_bytes_until_its_chunks_are_dropped() {
-        let budget = ServeBudget::new(2 * ANSWER_RESERVE);
+        let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
+        let stream = StreamHold::new();
         let a = budget.try_reserve().unwrap();
         let b = budget.try_reserve().unwrap();
         assert!(budget.try_reserve().is_none(), "two answers fill it");
         let frame = budget.charge(
             a,
             vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 24])],
+            &stream,
         );
-        assert_eq!(budget.held(), 1024);
+        assert_eq!((budget.held(), stream.held()), (1024, 1024));
         assert_eq!(&frame[1][..], &[2u8; 24]);
         // The rest of `a`'s reservation came back: not a whole answer while `b` is out.
         assert!(budget.try_reserve().is_none());
@@ -173,14 +278,75 @@ mod tests {
         assert_eq!(budget.held(), 1000, "a slice still holds its chunk");
         drop(tail);
         drop(c);
-        assert_eq!((budget.held(), budget.peak()), (0, 1024));
+        assert_eq!((budget.held(), budget.peak(), stream.held()), (0, 1024, 0));
         assert!(budget.try_reserve().is_some() && budget.try_reserve().is_some());
     }
 
     #[test]
     fn a_budget_below_one_answer_still_sends_one() {
-        let budget = ServeBudget::new(0);
+        let budget = ServeBudget::new(0, Duration::from_secs(30));
         assert_eq!(budget.available(), ANSWER_RESERVE);
         assert!(budget.try_reserve().is_some());
+    }
+
+    #[test]
+    fn a_large_chunk_is_charged_in_pieces_each_given_back_on_its_own() {
+        let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
+        let stream = StreamHold::new();
+        let big = Bytes::from((0..PIECE * 2 + 10).map(|i| i as u8).collect::<Vec<_>>());
+        let frame = budget.charge(
+            budget.try_reserve().unwrap(),
+            vec![Bytes::from_static(b"head"), big.clone()],
+            &stream,
+        );
+        let lens: Vec<usize> = frame.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [4, PIECE, PIECE, 10]);
+        assert_eq!(frame[1..].concat(), big[..]);
+        let mut frame = frame.into_iter();
+        drop(frame.next());
+        drop(frame.next());
+        assert_eq!(stream.held(), PIECE + 10, "a piece came back alone");
+        drop(frame);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_holding_bytes_without_progress_is_stalled_after_the_bound() {
+        const STALL: Duration = Duration::from_millis(200);
+        let budget = ServeBudget::new(2 * ANSWER_RESERVE, STALL);
+        let stream = StreamHold::new();
+        let guard = Duration::from_secs(10);
+        // Holding nothing, it never stalls.
+        assert!(
+            tokio::time::timeout(STALL * 2, stream.stalled(STALL))
+                .await
+                .is_err(),
+            "stalled while holding nothing"
+        );
+        let start = Instant::now();
+        let frame = budget.charge(
+            budget.try_reserve().unwrap(),
+            vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 24])],
+            &stream,
+        );
+        // One chunk given back halfway: the stall counts from it.
+        let mut frame = frame.into_iter();
+        let first = frame.next().unwrap();
+        let release = async {
+            tokio::time::sleep(STALL / 2).await;
+            drop(first);
+            Instant::now()
+        };
+        let (released, stalled) = tokio::join!(release, async {
+            tokio::time::timeout(guard, stream.stalled(STALL))
+                .await
+                .expect("stalled within the guard");
+            Instant::now()
+        });
+        assert!(stalled >= released + STALL, "cut before the bound");
+        assert!(stalled >= start + STALL + STALL / 2);
+        assert_eq!(stream.held(), 24);
+        drop(frame);
+        assert_eq!(stream.held(), 0);
     }
 }

@@ -20,6 +20,8 @@
 //! Before it builds a data answer it also takes room in the store's
 //! [`ServeBudget`](super::serve_budget) (the bytes of answers in flight over all
 //! streams); without room it waits for some, sending its other messages meanwhile.
+//! A stream that holds bytes of that budget and whose peer took none of them for
+//! [`super::FeedStoreLimits::serve_stall`] is ended (the peer stopped reading).
 //!
 //! Bytes are copied as little as the layers allow: a frame is encoded once, in place
 //! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
@@ -44,7 +46,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::pool::BufferPool;
-use super::serve_budget::{Reservation, Reserving, ServeBudget};
+use super::serve_budget::{Reservation, Reserving, ServeBudget, StreamHold};
 use super::{FeedEntry, Shared};
 use crate::frame::{self, FrameError};
 use crate::keys::{FeedKey, PeerKey};
@@ -127,6 +129,9 @@ enum End {
     Failed(String),
     /// The peer left a request unanswered too long: the session ends, no ban.
     Stalled(String),
+    /// The peer stopped reading our answers: the stream held this many bytes of the
+    /// serve budget without progress for the stall bound. Only the stream ends.
+    ServeStalled(usize),
     Local(String),
 }
 
@@ -143,13 +148,16 @@ pub(crate) async fn run<F: FeedStorage>(
     let room = Arc::new(Notify::new());
     let (write_tx, write_rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
     let guard = shared.task_guard();
-    let (q, r) = (queued.clone(), room.clone());
+    let hold = StreamHold::new();
+    let (q, r, h) = (queued.clone(), room.clone(), hold.clone());
     // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
     let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let _guard = guard;
         let written = move |len| {
             q.fetch_sub(len, Ordering::Relaxed);
             r.notify_one();
+            // QUIC took a frame: within the peer's window, so the peer reads.
+            h.progressed();
         };
         write_frames(send, write_rx, written).await;
     }));
@@ -158,7 +166,9 @@ pub(crate) async fn run<F: FeedStorage>(
         queued,
         pool: shared.pool.clone(),
         budget: shared.serve.clone(),
+        hold,
     };
+    let stall = shared.serve.stall();
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
@@ -215,10 +225,12 @@ pub(crate) async fn run<F: FeedStorage>(
                 Wake::Input(Input::Reserved(r))
             }
             () = sleep_until(deadline), if idle => Wake::Input(Input::Timeout),
+            () = outbox.hold.stalled(stall), if idle => Wake::ServeStalled,
         };
         let (done, held) = match wake {
             Wake::Stop => break End::Detached,
             Wake::FeedClosed => break End::Local("feed closed".into()),
+            Wake::ServeStalled => break End::ServeStalled(outbox.hold.held()),
             Wake::Input(i) => {
                 input = Some(i);
                 continue;
@@ -297,6 +309,18 @@ pub(crate) async fn run<F: FeedStorage>(
     drop(recv);
     drop(outbox);
     match &end {
+        End::ServeStalled(held) => {
+            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), held, ?stall, "peer stopped reading our answers: stream ended");
+            // The queue and the frame being written go with the writer.
+            writer.abort();
+            shared.stats.serve_stalls.fetch_add(1, Ordering::Relaxed);
+            shared.event(super::FeedStoreEvent::ServeStalled {
+                feed: ctx.feed,
+                peer: ctx.peer,
+                held: u64::try_from(*held).unwrap_or(u64::MAX),
+                stall,
+            });
+        }
         End::Failed(reason) | End::Stalled(reason) => {
             let stalled = matches!(end, End::Stalled(_));
             debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), %reason, stalled, "peer broke or stalled the feed sync");
@@ -343,6 +367,8 @@ enum Wake {
     Read,
     Input(Input),
     FeedClosed,
+    /// The peer took none of the serve budget's bytes this stream holds for the bound.
+    ServeStalled,
 }
 
 /// A step running on the blocking pool; it gives the core back with what it produced.
@@ -404,6 +430,8 @@ struct Outbox {
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
     budget: Arc<ServeBudget>,
+    /// What this stream's data answers hold of the budget.
+    hold: Arc<StreamHold>,
 }
 
 impl Outbox {
@@ -464,7 +492,7 @@ fn transmit<F: FeedStorage>(
                     SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
                 })?;
                 outbox.push(match reservation {
-                    Some(r) => outbox.budget.charge(r, frame),
+                    Some(r) => outbox.budget.charge(r, frame, &outbox.hold),
                     None => frame,
                 });
             }

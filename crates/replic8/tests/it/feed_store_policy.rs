@@ -24,7 +24,7 @@ use replic8_store::{Feed, FeedSecret, FeedSync, SyncConfig, MAX_MESSAGE_SIZE};
 use tokio::sync::mpsc;
 
 use crate::tls;
-use tls::{client_endpoint, connect, server_endpoint};
+use tls::{client_endpoint, client_endpoint_kept_alive, connect, server_endpoint};
 
 const GUARD: Duration = Duration::from_secs(30);
 const OPEN: &str = "open";
@@ -733,69 +733,21 @@ fn transmit_all(core: &mut FeedSync, replica: &mut Feed<MemoryFeed>) -> Vec<u8> 
 fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
     actix::System::new().block_on(async {
         let (tx, _events) = mpsc::unbounded_channel();
-        let config = FeedStoreConfig {
-            limits: FeedStoreLimits {
-                flush_timeout: Duration::from_millis(200),
-                ..FeedStoreLimits::default()
-            },
-            ..FeedStoreConfig::default()
+        let limits = FeedStoreLimits {
+            flush_timeout: Duration::from_millis(200),
+            ..FeedStoreLimits::default()
         };
-        let b = node(
-            2,
-            MemoryStorage::new(),
-            config,
-            vec![(OPEN, None, NamespacePolicy::held_only())],
-            &tx,
-        )
-        .await;
+        let b = serving_node(limits, &tx).await;
         // 6 MiB: more than the peer's stream window and B's write queue together.
         let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
-        let client = client_endpoint();
-        let (dialed, accepted) = connect(&client, &b.server).await;
-
         // The peer: a reader core that asks for everything, then stops reading.
-        let storage = MemoryStorage::new();
-        let key = replic8_store::FeedKey::try_from(feed).unwrap();
-        let mut replica = Feed::create_replica(&storage, key).unwrap();
-        let mut core = FeedSync::new(SyncConfig::default());
-        let (mut send, mut recv) = dialed.open_bi().await.unwrap();
-        core.handle_start(&mut replica, Instant::now());
-        let first = transmit_all(&mut core, &mut replica);
-        send.write_all(&first).await.unwrap();
-        let (b_send, b_recv) = accepted.accept_bi().await.unwrap();
-        b.store
-            .send(Attach {
-                feed,
-                namespace: OPEN.into(),
-                peer: PeerKey([7; 32]),
-                id: StreamId(1),
-                stream: FeedStream {
-                    send: b_send,
-                    recv: b_recv,
-                },
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let mut peer = RawReader::attach(&b, feed, PeerKey([7; 32])).await;
         // Read and answer until the first data arrives: the requests are out.
-        let mut buf = Vec::new();
-        while core.stats().blocks_in == 0 {
-            let chunk = tokio::time::timeout(GUARD, recv.read_chunk(64 * 1024, true))
-                .await
-                .expect("B sends")
-                .unwrap()
-                .expect("B's stream open");
-            buf.extend_from_slice(&chunk.bytes);
-            while let Some((payload, n)) = frame::parse(&buf, MAX_MESSAGE_SIZE).unwrap() {
-                let payload = payload.to_vec();
-                buf.drain(..n);
-                core.handle_bytes(&mut replica, &payload, Instant::now())
-                    .unwrap();
-            }
-            let out = transmit_all(&mut core, &mut replica);
-            if !out.is_empty() {
-                send.write_all(&out).await.unwrap();
-            }
+        while peer.core.stats().blocks_in == 0 {
+            assert!(
+                peer.read_some(64 * 1024).await.is_some(),
+                "B's stream ended"
+            );
         }
         // Now the peer reads no more. B sends what the peer's stream window takes
         // (1.25 MB) and queues up to 2 MiB more: past 3 MiB its writer is blocked.
@@ -841,7 +793,221 @@ fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop((recv, send));
+        drop(peer);
+    });
+}
+
+/// A peer's end of one feed stream of B, driven by a sync core in the test: it asks for
+/// all of the feed, and reads only when told to.
+struct RawReader {
+    core: FeedSync,
+    replica: Feed<MemoryFeed>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Bytes read and not yet cut into frames.
+    buf: Vec<u8>,
+    _connection: (quinn::Endpoint, quinn::Connection, quinn::Connection),
+}
+
+impl RawReader {
+    /// Connects to `b` as `peer`, opens a stream for `feed` and attaches B's end of it
+    /// to B's store; the core's first requests are sent. The connection is kept alive
+    /// as a session's is: it ends only when the test drops it.
+    async fn attach<St: Storage>(b: &Node<St>, feed: FeedKey, peer: PeerKey) -> RawReader {
+        let client = client_endpoint_kept_alive();
+        let (dialed, accepted) = connect(&client, &b.server).await;
+        let storage = MemoryStorage::new();
+        let key = replic8_store::FeedKey::try_from(feed).unwrap();
+        let mut replica = Feed::create_replica(&storage, key).unwrap();
+        let mut core = FeedSync::new(SyncConfig::default());
+        let (mut send, recv) = dialed.open_bi().await.unwrap();
+        core.handle_start(&mut replica, Instant::now());
+        let first = transmit_all(&mut core, &mut replica);
+        send.write_all(&first).await.unwrap();
+        let (b_send, b_recv) = accepted.accept_bi().await.unwrap();
+        b.store
+            .send(Attach {
+                feed,
+                namespace: OPEN.into(),
+                peer,
+                id: StreamId(1),
+                stream: FeedStream {
+                    send: b_send,
+                    recv: b_recv,
+                },
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        RawReader {
+            core,
+            replica,
+            send,
+            recv,
+            buf: Vec::new(),
+            _connection: (client, dialed, accepted),
+        }
+    }
+
+    /// Reads up to `max` bytes of B's stream, hands the whole frames to the core and
+    /// sends what it answers; the bytes read, `None` once B ended the stream.
+    async fn read_some(&mut self, max: usize) -> Option<usize> {
+        let read = tokio::time::timeout(GUARD, self.recv.read_chunk(max, true))
+            .await
+            .expect("B sends");
+        let Ok(Some(chunk)) = read else {
+            return None;
+        };
+        self.buf.extend_from_slice(&chunk.bytes);
+        while let Some((payload, n)) = frame::parse(&self.buf, MAX_MESSAGE_SIZE).unwrap() {
+            let payload = payload.to_vec();
+            self.buf.drain(..n);
+            self.core
+                .handle_bytes(&mut self.replica, &payload, Instant::now())
+                .unwrap();
+        }
+        let out = transmit_all(&mut self.core, &mut self.replica);
+        // B stopped reading: it ended the stream.
+        let sent = out.is_empty() || self.send.write_all(&out).await.is_ok();
+        sent.then_some(chunk.bytes.len())
+    }
+}
+
+/// A store serving `OPEN` with `limits`; node 2.
+async fn serving_node(
+    limits: FeedStoreLimits,
+    tx: &mpsc::UnboundedSender<Ev>,
+) -> Node<MemoryStorage> {
+    let config = FeedStoreConfig {
+        limits,
+        ..FeedStoreConfig::default()
+    };
+    let policy = NamespacePolicy::held_only();
+    node(
+        2,
+        MemoryStorage::new(),
+        config,
+        vec![(OPEN, None, policy)],
+        tx,
+    )
+    .await
+}
+
+/// A peer that asks for a feed and stops reading pinned the serve budget for as long as
+/// its stream lasted, so no other peer got any data. Now the stream is ended once it
+/// holds bytes without progress for the stall bound, and the other reader is served.
+#[test]
+fn a_reader_that_stops_reading_is_cut_after_the_stall_bound_and_frees_the_budget() {
+    const STALL: Duration = Duration::from_secs(1);
+    const BLOCKS: u64 = 96;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        // A budget of one answer: the stalled stream's unsent answer holds all of it.
+        let limits = FeedStoreLimits {
+            serve_bytes_in_flight: MIN_SERVE_BYTES_IN_FLIGHT,
+            serve_stall: STALL,
+            ..FeedStoreLimits::default()
+        };
+        let b = serving_node(limits, &tx).await;
+        // 6 MiB: more than the peer's stream window and B's write queue together.
+        let feed = shared_feed(&b, OPEN, BLOCKS as usize, 64 * 1024).await;
+        let hostile = PeerKey([7; 32]);
+        let mut stalled = RawReader::attach(&b, feed, hostile).await;
+        while stalled.core.stats().blocks_in == 0 {
+            assert!(
+                stalled.read_some(64 * 1024).await.is_some(),
+                "B's stream ended"
+            );
+        }
+        // It reads no more. B sends what its stream window takes and holds the next
+        // answer. No event marks it: the counters are polled, under the guard.
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let stats = b.store.send(GetStats).await.unwrap();
+            if stats.bytes_out >= 2 << 20 && stats.serve_bytes_held > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B never filled: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let honest = PeerKey([8; 32]);
+        let mut reader = RawReader::attach(&b, feed, honest).await;
+        // The other reader gets the whole feed (before, its first read waited for
+        // answers until the guard: the stalled stream held the budget for good).
+        while reader.core.stats().blocks_in < BLOCKS {
+            assert!(
+                reader.read_some(256 * 1024).await.is_some(),
+                "B's stream ended"
+            );
+        }
+        let seen = wait_for(&mut events, "the stalled stream ended", |e| {
+            matches!(e, Ev::Store(2, FeedStoreEvent::ServeStalled { .. }))
+        })
+        .await;
+        let Some(Ev::Store(
+            _,
+            FeedStoreEvent::ServeStalled {
+                peer, held, stall, ..
+            },
+        )) = seen.last()
+        else {
+            unreachable!()
+        };
+        assert_eq!((*peer, *stall), (hostile, STALL));
+        assert!(*held > 0, "ended holding nothing");
+        assert_eq!(reader.replica.stored_count(), BLOCKS);
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.serve_stalls, 1, "{stats:?}");
+        // Its bytes went back: nothing of the stalled stream is held any more.
+        let deadline = Instant::now() + GUARD;
+        while b.store.send(GetStats).await.unwrap().serve_bytes_held > 0 {
+            assert!(Instant::now() < deadline, "bytes still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(stalled);
+    });
+}
+
+/// A reader that takes much longer than the stall bound over the feed, but reads all the
+/// time, is not cut: the bound counts from its last progress. QUIC grants the writer
+/// more of the reader's window in steps of an eighth of it (156 KB), and progress is
+/// seen per chunk acknowledged: at 400 KB/s a step comes every 0.4 s, well within the
+/// 2 s bound (scaled down from 30 s, it is a 27 KB/s reader at the default).
+#[test]
+fn an_honest_slow_reader_is_not_cut_by_the_stall_bound() {
+    const STALL: Duration = Duration::from_secs(2);
+    const BLOCKS: u64 = 48;
+    const RATE: f64 = 400e3;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let limits = FeedStoreLimits {
+            serve_stall: STALL,
+            ..FeedStoreLimits::default()
+        };
+        let b = serving_node(limits, &tx).await;
+        // 3 MiB at 400 KB/s: four times the bound.
+        let feed = shared_feed(&b, OPEN, BLOCKS as usize, 64 * 1024).await;
+        let mut reader = RawReader::attach(&b, feed, PeerKey([8; 32])).await;
+        let start = tokio::time::Instant::now();
+        let mut read = 0;
+        while reader.core.stats().blocks_in < BLOCKS {
+            read += reader
+                .read_some(16 * 1024)
+                .await
+                .expect("B cut the slow reader");
+            // The pace of a slow link, not a check.
+            tokio::time::sleep_until(start + Duration::from_secs_f64(read as f64 / RATE)).await;
+        }
+        assert!(start.elapsed() > 2 * STALL, "not slower than the bound");
+        assert_eq!(reader.replica.stored_count(), BLOCKS);
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.serve_stalls, 0, "{stats:?}");
+        while let Ok(e) = events.try_recv() {
+            assert!(
+                !matches!(e, Ev::Store(_, FeedStoreEvent::ServeStalled { .. })),
+                "{e:?}"
+            );
+        }
     });
 }
 

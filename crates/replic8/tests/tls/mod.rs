@@ -31,6 +31,19 @@ pub fn client_endpoint() -> quinn::Endpoint {
     endpoint
 }
 
+/// [`client_endpoint`] whose connections send a PING every 5 s, as the node's do, so
+/// that a connection carrying nothing stays up (it never reaches its idle timeout).
+pub fn client_endpoint_kept_alive() -> quinn::Endpoint {
+    let mut config =
+        test_support::quinn_client_config(&Identity::generate(), &alpn(), None).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
 pub async fn connect(
     client: &quinn::Endpoint,
     server: &quinn::Endpoint,
