@@ -31,9 +31,18 @@ pub const MAX_UNMATCHED_TAGS: usize = 1024;
 /// never reads then meets QUIC flow control instead of growing our queue, and one that
 /// takes nothing for the stall timeout ends with `timeout`. What is queued stays under
 /// this plus the answer to the last message read (at most a frame) plus our stores'
-/// answers to offers already in their hands (see `SessionStats::queued_bytes`). One
-/// frame's worth: a peer that reads at all never stalls our reader for long.
-pub const MAX_QUEUED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
+/// answers to offers already in their hands (see `SessionStats::queued_bytes`).
+///
+/// Two frames' worth, so that our own output alone never reaches it: `have` lists,
+/// first words and offers go out only while the queue is under [`MAX_PUMPED_CONTROL_BYTES`]
+/// (one frame), and one message adds at most a frame. Were our own output to stop our
+/// reading, two peers with much to say (100,000 feeds each) would both stop reading
+/// with their queues full and wait for each other until the stall timeout, forever.
+pub const MAX_QUEUED_CONTROL_BYTES: usize = 2 * MAX_FRAME_LEN;
+/// Our own control output (`have` lists, first words, offers) is queued only while what
+/// is queued is under this: one frame's worth keeps the stream busy, and stays a frame
+/// below [`MAX_QUEUED_CONTROL_BYTES`], so only answers to the peer stop our reading.
+pub const MAX_PUMPED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
 /// Most feeds in one [`StoreCall::Heads`](super::StoreCall::Heads): a store answers a
 /// batch on its blocking pool, and a session start with 100,000 feeds makes 25 calls.
 pub const MAX_HEADS_PER_CALL: usize = 4096;

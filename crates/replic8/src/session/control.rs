@@ -1,7 +1,7 @@
 //! The control stream: frames in and out, the bound on our queued output (we stop
 //! reading while over it), the hello, and the timers.
 
-use super::config::MAX_QUEUED_CONTROL_BYTES;
+use super::config::{MAX_PUMPED_CONTROL_BYTES, MAX_QUEUED_CONTROL_BYTES};
 use super::types::SessionEvent;
 use crate::frame::{self, MAX_FRAME_LEN};
 use crate::message::{self, CloseCode, Message, DIALECT, PROTOCOL_VERSION};
@@ -287,6 +287,12 @@ impl Session {
 
     pub(super) fn over_queue_bound(&self) -> bool {
         self.queued_bytes() >= MAX_QUEUED_CONTROL_BYTES
+    }
+
+    /// Whether our own output (not answers) waits: what is queued is at
+    /// [`MAX_PUMPED_CONTROL_BYTES`] or more, so it can never stop our reading.
+    pub(super) fn over_pump_bound(&self) -> bool {
+        self.queued_bytes() >= MAX_PUMPED_CONTROL_BYTES
     }
 
     /// Starts or stops the blocked-output timer after the queue changed.

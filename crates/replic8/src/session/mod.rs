@@ -20,7 +20,9 @@
 //!   the session;
 //! - our control output is bounded: while over [`MAX_QUEUED_CONTROL_BYTES`] we read no
 //!   more of the peer's control stream, and a peer that keeps us blocked for the stall
-//!   timeout ends with `timeout`;
+//!   timeout ends with `timeout`; our own output (not answers) waits at
+//!   [`MAX_PUMPED_CONTROL_BYTES`], below it, so two peers that both have much to say
+//!   never both stop reading;
 //! - only feeds offered and accepted, or held by both sides and proven by capability, get
 //!   a stream; any other stream ends the session;
 //! - header and message bounds (checked by [`crate::message`]);
@@ -131,8 +133,8 @@ use crate::message::{KnownFeed, Message, OfferedFeed, DIALECT, PROTOCOL_VERSION}
 
 pub use config::{
     reopen_delay, Mode, SessionConfig, MAX_HEADS_PER_CALL, MAX_PEER_FEEDS, MAX_PENDING_OFFER_BYTES,
-    MAX_PENDING_PEER_OFFERS, MAX_QUEUED_CONTROL_BYTES, MAX_REOPEN_DELAY, MAX_STREAM_REOPENS,
-    MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
+    MAX_PENDING_PEER_OFFERS, MAX_PUMPED_CONTROL_BYTES, MAX_QUEUED_CONTROL_BYTES, MAX_REOPEN_DELAY,
+    MAX_STREAM_REOPENS, MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
 };
 use state::{Known, Namespace, OurOffer, PeerOffer, Replicated};
 pub use types::{
@@ -200,7 +202,7 @@ pub struct Session {
     /// at most [`MAX_PENDING_PEER_OFFERS`] of our offers wait for answers at once.
     share_queue: VecDeque<(u32, OfferedFeed)>,
     /// Our `have` entries waiting to go out (handle, entry), sent while our output is
-    /// under [`MAX_QUEUED_CONTROL_BYTES`].
+    /// under [`MAX_PUMPED_CONTROL_BYTES`].
     have_queue: VecDeque<(u32, KnownFeed)>,
     peer_offered: HashSet<FeedKey>,
     /// Feeds we offered (or queued to offer) to this peer.

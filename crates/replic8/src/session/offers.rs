@@ -295,14 +295,14 @@ impl Session {
     }
 
     /// Sends our queued `have` lists while our output is under
-    /// [`MAX_QUEUED_CONTROL_BYTES`], then offers from the share queue while fewer than
+    /// [`MAX_PUMPED_CONTROL_BYTES`](super::MAX_PUMPED_CONTROL_BYTES), then offers from the share queue while fewer than
     /// [`MAX_PENDING_PEER_OFFERS`]
     /// of ours wait for answers (so we never cross the peer's limit) and our output is
-    /// under [`MAX_QUEUED_CONTROL_BYTES`]. Each offer takes feeds of one namespace, at
+    /// under [`MAX_PUMPED_CONTROL_BYTES`](super::MAX_PUMPED_CONTROL_BYTES). Each offer takes feeds of one namespace, at
     /// most [`MAX_FEEDS_PER_MESSAGE`] and one frame.
     pub(super) fn pump_offers(&mut self) {
         // Our `have` lists first, under the same bound: they are our own output too.
-        while self.ended.is_none() && self.is_established() && !self.over_queue_bound() {
+        while self.ended.is_none() && self.is_established() && !self.over_pump_bound() {
             let Some(&(handle, _)) = self.have_queue.front() else {
                 break;
             };
@@ -327,7 +327,7 @@ impl Session {
         while self.ended.is_none()
             && self.is_established()
             && self.have_queue.is_empty()
-            && !self.over_queue_bound()
+            && !self.over_pump_bound()
         {
             if self.first_words.is_empty() {
                 break;
@@ -353,7 +353,7 @@ impl Session {
         while self.ended.is_none()
             && self.is_established()
             && self.our_offers.len() < MAX_PENDING_PEER_OFFERS
-            && !self.over_queue_bound()
+            && !self.over_pump_bound()
         {
             let Some(&(handle, _)) = self.share_queue.front() else {
                 break;

@@ -11,8 +11,8 @@ use replic8::keys::{ExporterSecret, FeedKey, NamespaceKey, NamespaceSecret, Role
 use replic8::message::{self, CloseCode, FeedStreamHeader, KnownFeed, Message, OfferedFeed};
 use replic8::session::{
     Mode, Session, SessionConfig, SessionEvent, Side, StoreCall, StreamCommand, StreamId,
-    MAX_PEER_FEEDS, MAX_PENDING_PEER_OFFERS, MAX_QUEUED_CONTROL_BYTES, MAX_UNMATCHED_HAVE,
-    MAX_UNMATCHED_TAGS,
+    MAX_PEER_FEEDS, MAX_PENDING_PEER_OFFERS, MAX_PUMPED_CONTROL_BYTES, MAX_QUEUED_CONTROL_BYTES,
+    MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
 };
 use util::*;
 
@@ -1760,6 +1760,56 @@ fn our_sender_never_has_more_offers_unanswered_than_the_peer_allows() {
     assert!(s.end_reason().is_none());
 }
 
+/// Offers in a namespace we do not have, each answered at once (a few bytes), until we
+/// stop reading; returns how many were read.
+fn offers_until_we_stop_reading(s: &mut Session) -> u64 {
+    let none = headers(&[]);
+    let mut n = 0u64;
+    while s.wants_control_bytes() {
+        let mut wire = Vec::new();
+        for _ in 0..1000 {
+            let id = (1 << 60) + n;
+            message::encode(
+                &offer(77, id, id, &[fresh_key(200_000 + n)], &none),
+                &mut wire,
+            )
+            .unwrap();
+            n += 1;
+        }
+        s.handle_control_bytes(&wire);
+        assert!(n < 1_000_000, "our reading never stopped");
+    }
+    n
+}
+
+#[test]
+fn our_own_output_never_stops_our_reading() {
+    // Fails on the old code: our own `have` lists filled the queue to the bound at which
+    // we stop reading, so two peers with 100,000 feeds each both stopped reading with
+    // full queues and waited for each other until the stall timeout, at every reconnect.
+    let start = std::time::Instant::now();
+    let mut s = Session::new(live(), Role::Acceptor, ExporterSecret([1; 32]), start);
+    s.handle_register_namespace("", None).unwrap();
+    s.handle_control_bytes(&hello_frame());
+    // Our own output: 40,000 `have` entries, about 2.6 MB, none of it written yet.
+    s.handle_known_feeds("", (0..40_000).map(fresh_key).collect())
+        .unwrap();
+    while s.poll_transmit().is_some() {}
+    let queued = s.queued_bytes();
+    assert!(queued >= MAX_PUMPED_CONTROL_BYTES, "{queued}");
+    assert!(queued < MAX_QUEUED_CONTROL_BYTES, "{queued}");
+    assert!(
+        s.wants_control_bytes(),
+        "our own output stopped our reading"
+    );
+    // The peer's messages are still read and answered.
+    let none = headers(&[]);
+    let mut wire = Vec::new();
+    message::encode(&offer(77, 1, 1, &[fresh_key(100_000)], &none), &mut wire).unwrap();
+    s.handle_control_bytes(&wire);
+    assert!(s.poll_transmit().is_some(), "the offer was not answered");
+}
+
 #[test]
 fn a_peer_that_does_not_read_stops_our_reading_then_ends_with_a_timeout_not_a_ban() {
     // Fails on the old code: nothing bounded our queued output and nothing stopped
@@ -1768,9 +1818,11 @@ fn a_peer_that_does_not_read_stops_our_reading_then_ends_with_a_timeout_not_a_ba
     let mut s = Session::new(live(), Role::Acceptor, ExporterSecret([1; 32]), start);
     s.handle_register_namespace("", None).unwrap();
     s.handle_control_bytes(&hello_frame());
-    // Our own output: 20,000 `have` entries, about 1.3 MB, none of it written yet.
+    // Our own output (20,000 `have` entries, about 1.3 MB) then our answers to the
+    // peer's offers, none of it written: at the bound we stop reading.
     let keys: Vec<FeedKey> = (0..20_000).map(fresh_key).collect();
     s.handle_known_feeds("", keys).unwrap();
+    offers_until_we_stop_reading(&mut s);
     let mut given = Vec::new();
     while let Some(frame) = s.poll_transmit() {
         given.push(frame);
@@ -1814,6 +1866,7 @@ fn a_peer_that_does_not_read_stops_our_reading_then_ends_with_a_timeout_not_a_ba
     s.handle_control_bytes(&hello_frame());
     s.handle_known_feeds("", (0..20_000).map(fresh_key).collect())
         .unwrap();
+    offers_until_we_stop_reading(&mut s);
     let at = s.poll_timeout().unwrap();
     s.handle_timeout(at);
     let stall = SessionConfig::default().stall_timeout;
