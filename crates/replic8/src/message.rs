@@ -33,7 +33,7 @@ pub const MAX_FEEDS_PER_MESSAGE: usize = 4096;
 /// Most first words in one [`Message::Heads`]. A first word is at most 140 bytes, so a
 /// full message is under 150 KiB; its heads are verified as one batch, and past a few
 /// hundred heads a larger batch gains little per head while a failed one costs more to
-/// search (`docs/perf-notes/h17heads.md`).
+/// search (`docs/PERFORMANCE.md`, "first words with signed heads").
 pub const MAX_HEADS_PER_MESSAGE: usize = 1024;
 /// Most bytes in a dialect name.
 pub const MAX_DIALECT_LEN: usize = 64;
