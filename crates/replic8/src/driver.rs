@@ -264,6 +264,7 @@ pub async fn run(
                     namespace,
                     header,
                     stream,
+                    verified_head,
                 } => {
                     let Some(store) = stores.get(&namespace).cloned() else {
                         session.handle_stream_closed(&feed, stream);
@@ -280,6 +281,7 @@ pub async fn run(
                                     peer,
                                     id: stream,
                                     stream: stream_halves,
+                                    verified_head,
                                 };
                                 flatten(store.attach.send(msg).await).is_ok()
                             }
@@ -443,6 +445,7 @@ pub async fn run(
                                         peer,
                                         id,
                                         stream: FeedStream { send, recv },
+                                        verified_head: incoming.verified_head,
                                     };
                                     let tx = input_tx.clone();
                                     tasks.spawn(async move {

@@ -121,6 +121,10 @@ pub struct Attach {
     pub id: StreamId,
     /// The stream.
     pub stream: FeedStream,
+    /// The peer's signed head of the feed from its first words, which the session
+    /// verified (as [`FeedKey::verify_head`](replic8_store::FeedKey::verify_head) does,
+    /// or in a batch, decision 185): the same bytes on the stream need no second check.
+    pub verified_head: Option<SignedHead>,
 }
 
 /// Why a feed stream is taken back.

@@ -151,6 +151,8 @@ pub struct Feed<S: FeedStorage> {
     runs: BTreeMap<u64, u64>,
     stored: u64,
     trusted: VecDeque<SignedHead>,
+    /// Signatures of peer heads [`Feed::check_head`] checked.
+    heads_verified: u64,
     /// Blocks a sync core has asked some peer for (disjoint; in memory only), so the
     /// feed's other cores ask their peers for other blocks.
     claims: BTreeMap<u64, Claim>,
@@ -277,6 +279,7 @@ impl<S: FeedStorage> Feed<S> {
             key,
             secret,
             trusted: head.into_iter().collect(),
+            heads_verified: 0,
             head,
             roots,
             runs,
@@ -602,6 +605,7 @@ impl<S: FeedStorage> Feed<S> {
         if self.trusted.contains(head) {
             return Ok(());
         }
+        self.heads_verified += 1;
         if !self.key.verify_head(head) {
             return Err(VerifyError::BadSignature {
                 length: head.length,
@@ -609,6 +613,20 @@ impl<S: FeedStorage> Feed<S> {
         }
         self.trust(*head);
         Ok(())
+    }
+
+    /// Take `head` as verified without checking its signature again: only for a head this
+    /// node checked itself with [`FeedKey::verify_head`] or [`crate::verify_heads`].
+    pub(crate) fn trust_verified(&mut self, head: SignedHead) {
+        if !self.trusted.contains(&head) {
+            self.trust(head);
+        }
+    }
+
+    /// How many peer heads' signatures [`Feed::check_head`] checked (a head already
+    /// trusted is not checked again).
+    pub fn heads_verified(&self) -> u64 {
+        self.heads_verified
     }
 
     /// Verify `proof` with its `blocks` against this feed's trusted state, without

@@ -227,6 +227,7 @@ impl<St: Storage> Handler<Attach> for FeedStore<St> {
             peer,
             id,
             stream,
+            verified_head,
             ..
         } = msg;
         let registry = self.registry.clone();
@@ -236,6 +237,7 @@ impl<St: Storage> Handler<Attach> for FeedStore<St> {
             peer,
             id,
             config: self.config.sync.clone(),
+            verified_head,
         };
         let (stop_tx, stop) = oneshot::channel();
         self.shared.stats.streams.fetch_add(1, Ordering::Relaxed);

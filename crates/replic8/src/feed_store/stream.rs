@@ -40,7 +40,7 @@ use std::time::Instant;
 use bincode::Options;
 use bytes::{Buf, Bytes};
 use replic8_store::storage::FeedStorage;
-use replic8_store::{FeedSync, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
+use replic8_store::{FeedSync, SignedHead, SyncConfig, SyncError, MAX_MESSAGE_SIZE};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
@@ -86,6 +86,10 @@ pub(crate) struct StreamContext {
     pub(crate) peer: PeerKey,
     pub(crate) id: StreamId,
     pub(crate) config: SyncConfig,
+    /// The peer's head the session verified in its first words (see [`Attach`]).
+    ///
+    /// [`Attach`]: crate::store::Attach
+    pub(crate) verified_head: Option<SignedHead>,
 }
 
 enum Input {
@@ -174,7 +178,9 @@ pub(crate) async fn run<F: FeedStorage>(
 
     let mut inbox = Inbox::new(shared.pool.clone());
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
-    let mut core = Some(Box::new(FeedSync::new(ctx.config.clone())));
+    let mut core = Some(Box::new(
+        FeedSync::new(ctx.config.clone()).with_verified_head(ctx.verified_head),
+    ));
     let mut input = Some(Input::Start);
     // The step on the blocking pool, and the bytes of the frames it verifies.
     let mut running: Option<(StepHandle, usize)> = None;

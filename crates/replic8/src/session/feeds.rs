@@ -86,10 +86,13 @@ impl Session {
             }
             _ => false,
         };
-        // Each word decides once.
+        // Each word decides once; a verified head that asks for a stream goes with it.
         state.our_head = None;
         if matches!(state.peer_head, PeerHead::Verified(_)) {
-            state.peer_head = PeerHead::None;
+            state.peer_head = match peer {
+                Some(head) if !same => PeerHead::Decided(Box::new(head)),
+                _ => PeerHead::None,
+            };
         }
         if !same {
             return self.open_unless_synced(feed);

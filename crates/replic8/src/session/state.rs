@@ -101,9 +101,26 @@ pub(super) enum PeerHead {
     Verifying(Box<SignedHead>),
     /// A head that verified.
     Verified(Box<SignedHead>),
+    /// A verified head whose first words asked for a stream: kept for that stream's
+    /// sync core, which does not verify the same bytes again (decision 198).
+    Decided(Box<SignedHead>),
     /// No head (the peer needs a stream), or something newer from the peer (a
     /// `Notice` or `Synced`) made its first word stale.
     None,
+}
+
+impl PeerHead {
+    /// The verified head kept for the feed's next stream, taken (see
+    /// [`PeerHead::Decided`]).
+    pub(super) fn take_decided(&mut self) -> Option<SignedHead> {
+        match std::mem::replace(self, PeerHead::None) {
+            PeerHead::Decided(head) => Some(*head),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -136,6 +136,7 @@ impl Session {
             namespace,
             stream,
             replaces,
+            verified_head: state.peer_head.take_decided(),
         })
     }
 
@@ -304,12 +305,14 @@ impl Session {
                 },
             };
             let namespace = state.namespace.clone();
+            let verified_head = state.peer_head.take_decided();
             self.open_streams += 1;
             self.streams.push_back(StreamCommand::Open {
                 feed,
                 namespace,
                 header,
                 stream,
+                verified_head,
             });
         }
     }

@@ -140,6 +140,9 @@ pub enum StreamCommand {
         header: FeedStreamHeader,
         /// The session's name for this stream.
         stream: StreamId,
+        /// The peer's head from its first words, verified here: the store's sync core
+        /// need not verify the same bytes again.
+        verified_head: Option<SignedHead>,
     },
     /// Finish the feed's stream and detach it from its store: the feed is in sync.
     Close {
@@ -243,6 +246,9 @@ pub struct IncomingFeed {
     /// An earlier stream of the feed that this one replaces: the dialer finished it
     /// before opening this one, but its end has not been seen yet. Detach it.
     pub replaces: Option<StreamId>,
+    /// The peer's head from its first words, verified here: the store's sync core need
+    /// not verify the same bytes again.
+    pub verified_head: Option<SignedHead>,
 }
 
 /// Why a local command was refused. The session goes on.

@@ -835,6 +835,7 @@ impl RawReader {
                     send: b_send,
                     recv: b_recv,
                 },
+                verified_head: None,
             })
             .await
             .unwrap()

@@ -3,7 +3,7 @@
 
 use crate::util;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use replic8::frame::MAX_FRAME_LEN;
@@ -2330,6 +2330,25 @@ fn feeds_with_equal_verified_heads_get_no_stream() {
             assert_eq!(net.stores[A].lengths[&feed(41)], 9, "{case}");
             assert_eq!(net.stores[B].lengths[&feed(42)], 8, "{case}");
         }
+        // Each stream carries the peer's verified first-word head to the store, whose
+        // sync core then does not verify the same head again (decision 198).
+        let carried = |side: usize| -> HashMap<FeedKey, u64> {
+            net.links[l].ends[side]
+                .verified_heads
+                .iter()
+                .map(|(f, h)| (*f, h.length))
+                .collect()
+        };
+        let (to_dialer, to_acceptor): (HashMap<_, _>, HashMap<_, _>) = if ahead {
+            (
+                [(feed(41), 9), (feed(42), 5)].into(),
+                [(feed(41), 5), (feed(42), 8)].into(),
+            )
+        } else {
+            (HashMap::new(), HashMap::new())
+        };
+        assert_eq!(carried(A), to_dialer, "{case}: the dialer's streams");
+        assert_eq!(carried(B), to_acceptor, "{case}: the acceptor's streams");
     }
 }
 

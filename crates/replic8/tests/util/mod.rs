@@ -77,6 +77,8 @@ pub struct End {
     pub session: Session,
     pub attached: HashSet<FeedKey>,
     pub ever_attached: HashSet<FeedKey>,
+    /// The peer's verified first-word head each attached stream carried, by feed.
+    pub verified_heads: HashMap<FeedKey, SignedHead>,
     pub events: Vec<SessionEvent>,
     /// Every frame this end wrote on the control stream, decoded.
     pub sent: Vec<Message>,
@@ -199,6 +201,7 @@ impl Net {
             session: Session::new(config, role, ExporterSecret(exporter), self.now),
             attached: HashSet::new(),
             ever_attached: HashSet::new(),
+            verified_heads: HashMap::new(),
             events: Vec::new(),
             sent: Vec::new(),
             wire: Vec::new(),
@@ -359,8 +362,12 @@ impl Net {
                             feed,
                             header,
                             stream,
+                            verified_head,
                             ..
                         } => {
+                            if let Some(head) = verified_head {
+                                end.verified_heads.insert(feed, head);
+                            }
                             let mut bytes = Vec::new();
                             message::encode_stream_header(&header, &mut bytes).unwrap();
                             end.wire.extend_from_slice(&bytes);
@@ -496,6 +503,9 @@ impl Net {
                         link.streams[i].acceptor = Some(incoming.stream);
                         link.ends[1].attached.insert(feed);
                         link.ends[1].ever_attached.insert(feed);
+                        if let Some(head) = incoming.verified_head {
+                            link.ends[1].verified_heads.insert(feed, head);
+                        }
                         if let Some(old) = incoming.replaces {
                             // The store detaches the old stream; its end arrives later.
                             assert!(link

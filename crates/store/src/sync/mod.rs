@@ -94,6 +94,9 @@ pub struct FeedSync {
     id: u64,
     config: SyncConfig,
     peer_head: Option<SignedHead>,
+    /// A head of the feed this node verified before the stream (the peer's first words):
+    /// the same bytes in a `Have` are not verified again.
+    verified_head: Option<SignedHead>,
     peer_ranges: Vec<(u64, u64)>,
     outstanding: BTreeMap<u64, Outstanding>,
     upgrade: Option<(u64, Instant)>,
@@ -128,6 +131,7 @@ impl FeedSync {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             peer_head: None,
+            verified_head: None,
             peer_ranges: Vec::new(),
             outstanding: BTreeMap::new(),
             upgrade: None,
@@ -336,6 +340,16 @@ impl FeedSync {
         self.synced
     }
 
+    /// Gives the core a head of its feed that this node verified itself, with
+    /// [`FeedKey::verify_head`](crate::FeedKey::verify_head) or
+    /// [`verify_heads`](crate::verify_heads) (the peer's first words, say): a `Have`
+    /// whose head has the same bytes (length, tree hash, signature) is not verified
+    /// again; any other head is. Never give a head that was not verified.
+    pub fn with_verified_head(mut self, head: Option<SignedHead>) -> Self {
+        self.verified_head = head;
+        self
+    }
+
     /// The peer's latest verified head.
     pub fn peer_head(&self) -> Option<&SignedHead> {
         self.peer_head.as_ref()
@@ -368,7 +382,11 @@ impl FeedSync {
         if self.peer_head.is_some_and(|p| head.length < p.length) {
             return Ok(()); // an older notice overtaken by a newer one
         }
-        feed.check_head(&head)?;
+        if self.verified_head == Some(head) {
+            feed.trust_verified(head);
+        } else {
+            feed.check_head(&head)?;
+        }
         if head.length == feed.length()
             && feed.head().is_some_and(|h| h.tree_hash != head.tree_hash)
         {

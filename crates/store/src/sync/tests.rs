@@ -167,3 +167,84 @@ fn a_data_answer_is_announced_before_it_is_built_and_small_messages_go_first() {
     assert!(!s.serves_data_next());
     assert!(s.poll_transmit(&mut w).unwrap().is_none());
 }
+
+/// A writer of `n` blocks and an empty replica of it.
+fn writer_and_empty_replica(
+    n: u8,
+) -> (
+    Feed<crate::storage::MemoryFeed>,
+    Feed<crate::storage::MemoryFeed>,
+) {
+    use crate::keys::FeedSecret;
+    use crate::storage::MemoryStorage;
+    let secret = FeedSecret::from_bytes(&[2; 32]);
+    let mut w = Feed::create(&MemoryStorage::new(), secret).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..n).map(|i| vec![i]).collect();
+    w.append_batch(&blocks).unwrap();
+    let r = Feed::create_replica(&MemoryStorage::new(), *w.key()).unwrap();
+    (w, r)
+}
+
+fn have_of(head: SignedHead) -> Message {
+    Message::Have(Have {
+        head: Some(head),
+        ranges: vec![(0, head.length)],
+    })
+}
+
+#[test]
+fn a_head_verified_before_the_stream_is_not_verified_again() {
+    let now = Instant::now();
+    let (mut w, mut r) = writer_and_empty_replica(10);
+    let head = *w.head().unwrap();
+    let mut a = FeedSync::new(SyncConfig::default()).with_verified_head(Some(head));
+    a.handle_start(&mut r, now);
+    a.handle_message(&mut r, have_of(head), now).unwrap();
+    assert_eq!(r.heads_verified(), 0, "the identical head is not verified");
+    assert_eq!(a.peer_head(), Some(&head));
+    // The proof that carries the head does not check its signature either.
+    r.ingest(&w.proof(0, 10, 0, 0).unwrap(), vec![]).unwrap();
+    assert_eq!(r.length(), 10);
+
+    // Without the verified head, the same `Have` is verified.
+    let (_, mut r) = writer_and_empty_replica(10);
+    let mut b = FeedSync::new(SyncConfig::default());
+    b.handle_start(&mut r, now);
+    b.handle_message(&mut r, have_of(head), now).unwrap();
+    assert_eq!(
+        r.heads_verified(),
+        1,
+        "a head not verified before is verified"
+    );
+}
+
+#[test]
+fn a_head_that_differs_from_the_verified_one_is_verified() {
+    let now = Instant::now();
+    let (mut w, mut r) = writer_and_empty_replica(10);
+    let older = *w.head().unwrap();
+    w.append_batch(&[vec![10]]).unwrap();
+    let newer = *w.head().unwrap();
+    let mut a = FeedSync::new(SyncConfig::default()).with_verified_head(Some(older));
+    a.handle_start(&mut r, now);
+    a.handle_message(&mut r, have_of(newer), now).unwrap();
+    assert_eq!(r.heads_verified(), 1, "a newer head is verified");
+
+    // The verified head's length and tree hash with another signature: verified, refused.
+    let (w, mut r) = writer_and_empty_replica(10);
+    let head = *w.head().unwrap();
+    let mut forged = head;
+    forged.signature[40] ^= 1;
+    let mut b = FeedSync::new(SyncConfig::default()).with_verified_head(Some(head));
+    b.handle_start(&mut r, now);
+    let err = b.handle_message(&mut r, have_of(forged), now).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SyncError::Verify(VerifyError::BadSignature { length: 10 })
+        ),
+        "{err}"
+    );
+    assert_eq!(r.heads_verified(), 1);
+    assert_eq!(b.peer_head(), None);
+}
