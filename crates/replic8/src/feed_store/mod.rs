@@ -35,6 +35,7 @@
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
 
+mod inbox;
 mod manual;
 mod membership;
 mod messages;
@@ -362,7 +363,7 @@ impl<St: Storage> FeedStore<St> {
     }
 
     /// The recipients the session layer calls, with the store's answer to
-    /// [`FeedHeads`](crate::store::FeedHeads) (so feeds held complete on both sides
+    /// [`FeedHeads`] (so feeds held complete on both sides
     /// get no stream).
     pub fn recipients(addr: &Addr<Self>) -> StoreRecipients {
         StoreRecipients::of(addr).with_heads(addr.clone().recipient())
@@ -633,7 +634,7 @@ impl<St: Storage> Actor for FeedStore<St> {
     type Context = Context<Self>;
 
     /// Fills the index of feed summaries from one scan of the storage, and sweeps idle
-    /// feeds closed every [`SWEEP_EVERY`], both on the blocking pool.
+    /// feeds closed every `SWEEP_EVERY`, both on the blocking pool.
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.me = Some(ctx.address().downgrade());
         let registry = self.registry.clone();

@@ -1,6 +1,8 @@
 //! Tests of the feed stream tasks (`stream.rs`).
 
 use super::*;
+use crate::feed_store::inbox::*;
+use crate::frame::FrameError;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Cuts `wire` delivered in the given chunk sizes, as `read_frames` does.

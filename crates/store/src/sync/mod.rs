@@ -21,7 +21,7 @@
 //! [`SyncConfig::blocks_per_message`] blocks each, proven against its own length, so data
 //! proofs need no signature at all. The cores of one feed claim the blocks they request
 //! in the [`Feed`], so each peer is asked for different blocks; a core with nothing left
-//! to ask duplicates others' requests once they are [`ENDGAME_AFTER`] old (endgame)
+//! to ask duplicates others' requests once they are `ENDGAME_AFTER` old (endgame)
 //! rather than wait on a slow peer. A side
 //! answers requests from its feed, building each answer only when polled. Every error
 //! returned by a `handle_*` method is the peer's fault or a storage failure; the caller
