@@ -83,6 +83,81 @@ pub struct FeedHeads {
     pub feeds: Vec<FeedKey>,
 }
 
+/// A small feed sent whole, in place of a feed stream (decision 210): the writer's
+/// signed head and every block it covers, in order. A receiver hashes the blocks into
+/// the tree and stores them only if its tree hash and length are the head's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeFeed {
+    /// The writer's signed head of the sender's copy.
+    pub head: SignedHead,
+    /// Blocks `0..head.length`.
+    pub blocks: Vec<Vec<u8>>,
+}
+
+/// Session → store: read these feeds whole to send to `peer` (decision 210). Each is
+/// answered in order: `Some` when the store holds every block of its head and the
+/// blocks together are at most `max_bytes`; `None` otherwise (the feed then gets a
+/// stream). Optional: see [`StoreRecipients::with_whole`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<Option<WholeFeed>>, StoreError>")]
+pub struct ReadWhole {
+    /// The peer the feeds go to.
+    pub peer: PeerKey,
+    /// The namespace.
+    pub namespace: String,
+    /// The feeds.
+    pub feeds: Vec<FeedKey>,
+    /// The most block bytes one feed may have to be sent whole.
+    pub max_bytes: usize,
+}
+
+/// One feed of a [`WriteWhole`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrivedWhole {
+    /// The feed.
+    pub feed: FeedKey,
+    /// What the peer sent.
+    pub whole: WholeFeed,
+    /// The session verified this exact head already (it equals the peer's first word,
+    /// decision 185): the store need not check its signature again. When `false`, the
+    /// store verifies it (as [`FeedKey::verify_head`](replic8_store::FeedKey::verify_head)
+    /// does) before anything else.
+    pub head_verified: bool,
+}
+
+/// Session → store: `peer` sent these feeds whole (decision 210). The store verifies
+/// each (signature unless `head_verified`, then the blocks' tree hash and length against
+/// the head) and stores those that verify, before it answers; nothing of a feed that
+/// does not verify is stored. Each is answered in order. Optional: see
+/// [`StoreRecipients::with_whole`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<WholeOutcome>, StoreError>")]
+pub struct WriteWhole {
+    /// The peer that sent them.
+    pub peer: PeerKey,
+    /// The namespace.
+    pub namespace: String,
+    /// The feeds.
+    pub feeds: Vec<ArrivedWhole>,
+}
+
+/// What a store did with one feed of a [`WriteWhole`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WholeOutcome {
+    /// Verified and stored: the store now holds the feed complete at this length (or
+    /// held it already at least this far).
+    Stored {
+        /// The length held.
+        length: u64,
+    },
+    /// Not taken, and nothing is wrong with it (the store cannot take it whole now,
+    /// e.g. it holds part of the feed): the feed gets a stream instead.
+    Declined,
+    /// The peer's head or blocks do not verify: the peer's fault, treated as a bad
+    /// block on a feed stream ([`FeedFailed`]: the feed stops on this session, no ban).
+    Failed(String),
+}
+
 /// Session → store: `peer` offers these feeds in `namespace`; answer with the keys the
 /// store accepts (a subset). An error ends the session and is sent to the peer.
 #[derive(Debug, Clone, Message)]
@@ -168,6 +243,18 @@ pub struct StoreRecipients {
     pub detach: Recipient<Detach>,
     /// Answers [`FeedHeads`], if the store can.
     pub heads: Option<Recipient<FeedHeads>>,
+    /// Answers [`ReadWhole`] and [`WriteWhole`], if the store can send and take small
+    /// feeds whole (decision 210); without them every feed gets a stream.
+    pub whole: Option<WholeRecipients>,
+}
+
+/// The recipients of a store that sends and takes small feeds whole (decision 210).
+#[derive(Debug, Clone)]
+pub struct WholeRecipients {
+    /// Answers [`ReadWhole`].
+    pub read: Recipient<ReadWhole>,
+    /// Answers [`WriteWhole`].
+    pub write: Recipient<WriteWhole>,
 }
 
 impl StoreRecipients {
@@ -188,12 +275,23 @@ impl StoreRecipients {
             attach: addr.clone().recipient(),
             detach: addr.clone().recipient(),
             heads: None,
+            whole: None,
         }
     }
 
     /// These recipients, with the store's answer to [`FeedHeads`].
     pub fn with_heads(mut self, heads: Recipient<FeedHeads>) -> StoreRecipients {
         self.heads = Some(heads);
+        self
+    }
+
+    /// These recipients, with the store's answers to [`ReadWhole`] and [`WriteWhole`].
+    pub fn with_whole(
+        mut self,
+        read: Recipient<ReadWhole>,
+        write: Recipient<WriteWhole>,
+    ) -> StoreRecipients {
+        self.whole = Some(WholeRecipients { read, write });
         self
     }
 }
