@@ -11,6 +11,12 @@
 //! handed out with the bytes of their last use still in them ([`BufferPool::take_to_overwrite`]),
 //! so a read that overwrites them does not zero them first. The pool keeps at most
 //! [`MAX_POOLED_BYTES`] of idle capacity; what does not fit is freed as usual.
+//!
+//! A buffer is allocated with its capacity rounded up to a whole number of
+//! [`SIZE_CLASS`] bytes: received data frames differ by a few hundred bytes (their proofs
+//! do), and a buffer made to one frame's exact size would not fit the next, slightly
+//! larger one, which then took fresh memory from the allocator every time while the pool
+//! stayed full of buffers that fit nothing.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +26,10 @@ use bytes::Bytes;
 pub(crate) const MAX_POOLED_BYTES: usize = 9 << 20;
 /// Buffers smaller than this are not worth pooling (the allocator reuses them cheaply).
 const MIN_POOLED: usize = 64 * 1024;
+/// Pooled buffers are allocated in whole multiples of this: a data frame of 1 MiB of
+/// blocks plus a few hundred bytes of header and proof gets 1 MiB + 64 KiB, which fits
+/// every other such frame (6 % unused), and a 64 KiB block gets exactly 64 KiB.
+const SIZE_CLASS: usize = 64 * 1024;
 
 /// Idle frame buffers of one feed store.
 #[derive(Debug, Default)]
@@ -65,6 +75,7 @@ impl BufferPool {
                 idle.bytes -= buf.capacity();
                 return buf;
             }
+            return Vec::with_capacity(capacity.next_multiple_of(SIZE_CLASS));
         }
         Vec::with_capacity(capacity)
     }
@@ -155,6 +166,24 @@ mod tests {
         assert!(again.iter().all(|&b| b == 7));
         drop(pool.freeze(again));
         assert!(pool.take(70_000).is_empty());
+    }
+
+    #[test]
+    fn a_buffer_serves_the_next_slightly_larger_frame() {
+        // Received data frames differ by a few bytes (their proofs do): the buffer of one
+        // must fit the next, or every frame takes fresh memory from the allocator.
+        let pool = Arc::new(BufferPool::default());
+        let first = pool.take((1 << 20) + 300);
+        let ptr = first.as_ptr();
+        drop(pool.freeze(first));
+        let second = pool.take((1 << 20) + 700);
+        assert_eq!(second.as_ptr(), ptr, "the pooled buffer, not a fresh one");
+        let block = pool.take_to_overwrite(64 * 1024);
+        assert_eq!(
+            block.capacity(),
+            64 * 1024,
+            "a whole class is not rounded up"
+        );
     }
 
     #[test]
