@@ -108,6 +108,10 @@ pub struct FeedStoreStats {
     /// bytes of the serve budget without progress for
     /// [`super::FeedStoreLimits::serve_stall`]).
     pub serve_stalls: u64,
+    /// Serve stalls that ended their peer's session: the peer's
+    /// [`MAX_SERVE_STALLS`](super::MAX_SERVE_STALLS)th or later in a row (see
+    /// [`FeedStoreEvent::ServeStalled`]).
+    pub serve_stall_session_ends: u64,
     /// Offered feeds refused by the namespace's policy (new to the store, and the
     /// policy did not take them).
     pub refused_policy: u64,
@@ -270,8 +274,12 @@ pub enum FeedStoreEvent {
     },
     /// The peer stopped reading the feed's stream: it held `held` bytes of our data
     /// answers and took none of them for `stall`
-    /// ([`super::FeedStoreLimits::serve_stall`]). The stream ended and gave them back
-    /// to the serve budget; the session and the peer's other streams go on.
+    /// ([`super::FeedStoreLimits::serve_stall`]). The stream was reset (QUIC dropped
+    /// its copies of them too) and gave them back to the serve budget. The session and
+    /// the peer's other streams go on, unless this was the peer's
+    /// [`MAX_SERVE_STALLS`](super::MAX_SERVE_STALLS)th stall in a row (each within
+    /// [`STRIKE_MEMORY`](super::STRIKE_MEMORY) stall bounds of the one before) or a
+    /// later one: then its session ends with `timeout`, no ban (`ends_session`).
     ServeStalled {
         /// The feed.
         feed: FeedKey,
@@ -281,6 +289,10 @@ pub enum FeedStoreEvent {
         held: u64,
         /// How long it held them without progress.
         stall: std::time::Duration,
+        /// The peer's serve stalls in a row, this one included.
+        stalls: u32,
+        /// Its session is ended for it.
+        ends_session: bool,
     },
 }
 
