@@ -69,8 +69,13 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
     );
     let s = &v["feed_store"];
     println!(
-        "streams   {} open, {} since start; {} failed, {} cut for not reading (serve stalls)",
-        s["open_streams"], s["streams"], s["streams_failed"], s["serve_stalls"]
+        "streams   {} open, {} since start; {} failed, {} cut for not reading (serve stalls, \
+         {} of them ending the peer's session)",
+        s["open_streams"],
+        s["streams"],
+        s["streams_failed"],
+        s["serve_stalls"],
+        s["serve_stall_session_ends"]
     );
     println!(
         "serving   {} bytes held for peers now, peak {}",

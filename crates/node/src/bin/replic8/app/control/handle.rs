@@ -185,6 +185,7 @@ fn feed_store_json(s: &FeedStoreStats) -> Value {
         "stream_tasks": s.stream_tasks,
         "streams_failed": s.streams_failed,
         "serve_stalls": s.serve_stalls,
+        "serve_stall_session_ends": s.serve_stall_session_ends,
         "serve_bytes_held": s.serve_bytes_held,
         "serve_bytes_peak": s.serve_bytes_peak,
         "feeds_held": s.feeds_held,
