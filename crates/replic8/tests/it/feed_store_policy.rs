@@ -744,13 +744,7 @@ fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
         let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
         // The peer: a reader core that asks for everything, then stops reading.
         let mut peer = RawReader::attach(&b, feed, PeerKey([7; 32])).await;
-        // Read and answer until the first data arrives: the requests are out.
-        while peer.core.stats().blocks_in == 0 {
-            assert!(
-                peer.read_some(64 * 1024).await.is_some(),
-                "B's stream ended"
-            );
-        }
+        peer.read_until_data().await;
         // Now the peer reads no more. B sends what the peer's stream window takes
         // (1.25 MB) and queues up to 2 MiB more: past 3 MiB its writer is blocked.
         // No event marks it: the counters are polled, under the guard.
@@ -865,6 +859,17 @@ impl RawReader {
         }
     }
 
+    /// Reads and answers until the first data arrived: the requests for all of the
+    /// feed are out. A stalling peer reads no more after this.
+    async fn read_until_data(&mut self) {
+        while self.core.stats().blocks_in == 0 {
+            assert!(
+                self.read_some(64 * 1024).await.is_some(),
+                "B's stream ended"
+            );
+        }
+    }
+
     /// Reads up to `max` bytes of B's stream, hands the whole frames to the core and
     /// sends what it answers; the bytes read, `None` once B ended the stream.
     async fn read_some(&mut self, max: usize) -> Option<usize> {
@@ -929,12 +934,7 @@ fn a_reader_that_stops_reading_is_cut_after_the_stall_bound_and_frees_the_budget
         let feed = shared_feed(&b, OPEN, BLOCKS as usize, 64 * 1024).await;
         let hostile = PeerKey([7; 32]);
         let mut stalled = RawReader::attach(&b, feed, hostile).await;
-        while stalled.core.stats().blocks_in == 0 {
-            assert!(
-                stalled.read_some(64 * 1024).await.is_some(),
-                "B's stream ended"
-            );
-        }
+        stalled.read_until_data().await;
         // It reads no more. B sends what its stream window takes and holds the next
         // answer. No event marks it: the counters are polled, under the guard.
         let deadline = Instant::now() + GUARD;
@@ -1027,6 +1027,18 @@ fn an_honest_slow_reader_is_not_cut_by_the_stall_bound() {
     });
 }
 
+/// B for the stall tests: a stall bound of 1 s, and a feed of 6 MiB (more than a
+/// peer's stream window and B's write queue together).
+async fn stalling_node(tx: &mpsc::UnboundedSender<Ev>) -> (Node<MemoryStorage>, FeedKey) {
+    let limits = FeedStoreLimits {
+        serve_stall: Duration::from_secs(1),
+        ..FeedStoreLimits::default()
+    };
+    let b = serving_node(limits, tx).await;
+    let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
+    (b, feed)
+}
+
 /// A UDP relay in front of B whose peer side can go silent: once told, nothing the peer
 /// sends reaches B, its QUIC acknowledgements included, as a peer that withholds them.
 struct Withholder {
@@ -1084,25 +1096,13 @@ impl Drop for Withholder {
 /// finished stream kept them in QUIC until the connection's idle timeout, 30 s).
 #[test]
 fn a_stall_cut_frees_what_a_peer_that_withholds_its_acks_would_pin() {
-    const STALL: Duration = Duration::from_secs(1);
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let limits = FeedStoreLimits {
-            serve_stall: STALL,
-            ..FeedStoreLimits::default()
-        };
-        let b = serving_node(limits, &tx).await;
-        // 6 MiB: more than the peer's stream window and B's write queue together.
-        let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
+        let (b, feed) = stalling_node(&tx).await;
         let relay = Withholder::spawn(b.server.local_addr().unwrap()).await;
         let hostile = PeerKey([7; 32]);
         let mut peer = RawReader::attach_as(&b, feed, hostile, StreamId(1), relay.addr).await;
-        while peer.core.stats().blocks_in == 0 {
-            assert!(
-                peer.read_some(64 * 1024).await.is_some(),
-                "B's stream ended"
-            );
-        }
+        peer.read_until_data().await;
         // From now on B hears nothing from the peer: no read, no acknowledgement.
         relay.withhold();
         wait_for(&mut events, "the stall cut", |e| {
@@ -1135,15 +1135,9 @@ fn a_stall_cut_frees_what_a_peer_that_withholds_its_acks_would_pin() {
 /// not at fault: no ban), and the first two end only their streams.
 #[test]
 fn a_peer_that_keeps_stalling_loses_its_session_at_its_third_stall() {
-    const STALL: Duration = Duration::from_secs(1);
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let limits = FeedStoreLimits {
-            serve_stall: STALL,
-            ..FeedStoreLimits::default()
-        };
-        let b = serving_node(limits, &tx).await;
-        let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
+        let (b, feed) = stalling_node(&tx).await;
         // The peer has a session with B; its streams are raw ones on their own
         // connections, attached to B's store under the session's peer key (with ids no
         // stream of the session takes).
@@ -1152,13 +1146,9 @@ fn a_peer_that_keeps_stalling_loses_its_session_at_its_third_stall() {
         for cycle in 1..=MAX_SERVE_STALLS {
             let id = StreamId(1_000_000 + u64::from(cycle));
             let addr = b.server.local_addr().unwrap();
+            // Kept until the cycle's stall: the stream's connection is its own.
             let mut stalled = RawReader::attach_as(&b, feed, key, id, addr).await;
-            while stalled.core.stats().blocks_in == 0 {
-                assert!(
-                    stalled.read_some(64 * 1024).await.is_some(),
-                    "B's stream ended"
-                );
-            }
+            stalled.read_until_data().await;
             let seen = wait_for(&mut events, "the cycle's stall", |e| {
                 matches!(e, Ev::Store(2, FeedStoreEvent::ServeStalled { .. }))
             })

@@ -4,8 +4,7 @@ use serde_json::{json, Value};
 
 use super::{parse_key, Answer, Request};
 use replic8_node::node::{JoinOptions, NodeHandle};
-use replic8_node::FeedStoreStats;
-use replic8_node::{FeedKey, Headers, Topic};
+use replic8_node::{FeedKey, FeedStoreStats, Headers, Topic};
 
 /// A topic for `join`/`leave`: a held feed's discovery key, else the bytes as a topic.
 async fn target_topic(node: &NodeHandle, text: &str) -> Result<(Topic, bool), String> {
