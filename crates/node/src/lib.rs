@@ -67,8 +67,8 @@ pub use crate::node::{
     NodeHandle, OfferRecord, PeerInfo, SpawnError, StoreContext,
 };
 pub use replic8::feed_store::{
-    AcceptPolicy, FeedInfo, FeedState, FeedStoreConfig, FeedStoreStats, FeedSummary, FeedTotals,
-    NamespacePolicy, OfferDecision,
+    AcceptPolicy, FeedInfo, FeedPage, FeedState, FeedStoreConfig, FeedStoreStats, FeedSummary,
+    FeedTotals, NamespacePolicy, OfferDecision,
 };
 pub use replic8::keys::{FeedKey, NamespaceSecret};
 pub use replic8::message::{HeaderError, Headers};

@@ -1,7 +1,9 @@
 //! Feeds by key, the list of held feeds and who has each: the handle's feed methods
 //! beyond create, append and read.
 
-use replic8::feed_store::{FeedInfo, FeedSummary, FeedTotals, GetFeed, GetFeedTotals, ListFeeds};
+use replic8::feed_store::{
+    FeedInfo, FeedPage, FeedSummary, FeedTotals, GetFeed, GetFeedTotals, ListFeeds,
+};
 use replic8::keys::FeedKey;
 use replic8_discovery::{JoinReport, Topic};
 
@@ -57,12 +59,26 @@ impl NodeHandle {
     /// fills from one scan of the storage's small feeds (the first listing waits for
     /// it); a feed neither opened since the start nor scanned is opened once (and closed
     /// again when unused).
+    ///
+    /// The whole list is built at once: for many feeds, read it in pages with
+    /// [`list_feeds_page`](Self::list_feeds_page).
     pub async fn list_feeds(&self) -> Result<Vec<FeedSummary>, FeedError> {
+        Ok(self.list_feeds_page(None, usize::MAX).await?.feeds)
+    }
+
+    /// One page of [`list_feeds`](Self::list_feeds): the first `limit` feeds whose key
+    /// sorts after `after`, and the cursor of the next page ([`FeedPage::next`]; `None`
+    /// after the last). Only the page is built, whatever the number of feeds.
+    pub async fn list_feeds_page(
+        &self,
+        after: Option<FeedKey>,
+        limit: usize,
+    ) -> Result<FeedPage, FeedError> {
         Ok(self
             .s()
             .feeds
             .list
-            .send(ListFeeds)
+            .send(ListFeeds { after, limit })
             .await
             .map_err(|_| NodeClosed)??)
     }

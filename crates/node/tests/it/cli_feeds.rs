@@ -72,6 +72,15 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     }
     run(&a_data, &["share", "photos", &private, "--header", "t=x"]);
 
+    // The feed store's counters in `status`: nothing served yet, two feeds created.
+    let before = json(&a_data, &["status", "--json"])["feed_store"].clone();
+    assert_eq!(
+        (&before["blocks_out"], &before["serve_bytes_peak"]),
+        (&0.into(), &0.into()),
+        "{before}"
+    );
+    assert!(before["feeds_opened"].as_u64().unwrap() >= 2, "{before}");
+
     // B knows A only as a static peer, and the keys out of band.
     let config = write_file(
         dir.path(),
@@ -105,6 +114,29 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
         "every line after the first is progress: {lines:?}"
     );
     assert_eq!(run(&b_data, &["feed", "cat", &public]), data, "copy equal");
+
+    // The counters moved: A served the feed through its serve budget, B verified it,
+    // and once B acknowledged every answer A holds nothing for it any more.
+    let served = json(&a_data, &["status", "--json"])["feed_store"].clone();
+    assert!(served["blocks_out"].as_u64().unwrap() >= 19, "{served}");
+    assert!(served["bytes_out"].as_u64().unwrap() >= 300_000, "{served}");
+    assert!(served["streams"].as_u64().unwrap() >= 1, "{served}");
+    let peak = served["serve_bytes_peak"].as_u64().unwrap();
+    assert!(peak > 0 && peak <= 8 << 20, "{served}");
+    assert_eq!(served["serve_stalls"], 0, "{served}");
+    let got = json(&b_data, &["status", "--json"])["feed_store"].clone();
+    assert!(got["blocks_in"].as_u64().unwrap() >= 19, "{got}");
+    assert_eq!(got["bytes_in"], 300_000, "{got}");
+    eventually("A's serve budget given back", || {
+        let s = json(&a_data, &["status", "--json"])["feed_store"].clone();
+        (s["serve_bytes_held"] == 0).then_some(())
+    });
+    let text = String::from_utf8(run(&a_data, &["status"])).unwrap();
+    assert!(
+        text.contains(&format!("bytes held for peers now, peak {peak}"))
+            && text.contains("0 cut for not reading"),
+        "{text}"
+    );
 
     // Nothing of the private feed came, and A never said it has it.
     let info = json(&b_data, &["feed", "info", &private, "--json"]);
@@ -353,5 +385,56 @@ fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
         1,
         "no feed was created: {list}"
     );
+    daemon.stop();
+}
+
+/// `feed list` of more feeds than one page of the daemon's answer (1,000): the daemon
+/// sends pages as it reads them, and the command prints what it always printed, every
+/// feed once, in key order (one JSON array with `--json`, else a line per feed).
+#[test]
+fn feed_list_of_more_than_a_page_comes_whole_and_in_order() {
+    const FEEDS: usize = 2_500;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    // The bench's writer makes the feeds directly in the data directory (1 block of 100
+    // bytes each); it exits at the end of its standard input.
+    let made = replic8()
+        .arg("bench-peer")
+        .arg("--dir")
+        .arg(&data)
+        .args(["--feeds", &FEEDS.to_string()])
+        .args(["--bytes-per-feed", "100", "--block-size", "100"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let daemon = start_daemon(&data, None);
+    let list = json(&data, &["feed", "list", "--json"]);
+    let feeds = list.as_array().unwrap_or_else(|| panic!("not an array"));
+    let keys: Vec<&str> = feeds.iter().map(|f| f["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), FEEDS);
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "in key order, each once"
+    );
+    for f in feeds {
+        assert_eq!(
+            (&f["length"], &f["stored"], &f["stored_bytes"]),
+            (&1.into(), &1.into(), &100.into()),
+            "{f}"
+        );
+    }
+    let text = String::from_utf8(run(&data, &["feed", "list"])).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), FEEDS);
+    for (line, key) in lines.iter().zip(&keys) {
+        assert!(line.starts_with(&format!("{key} ")), "{line}");
+        assert!(line.contains(" length 1 stored 1 "), "{line}");
+    }
     daemon.stop();
 }

@@ -108,6 +108,10 @@ pub struct FeedStoreStats {
     /// bytes of the serve budget without progress for
     /// [`super::FeedStoreLimits::serve_stall`]).
     pub serve_stalls: u64,
+    /// Serve stalls that ended their peer's session: the peer's
+    /// [`MAX_SERVE_STALLS`](super::MAX_SERVE_STALLS)th or later in a row (see
+    /// [`FeedStoreEvent::ServeStalled`]).
+    pub serve_stall_session_ends: u64,
     /// Offered feeds refused by the namespace's policy (new to the store, and the
     /// policy did not take them).
     pub refused_policy: u64,
@@ -270,8 +274,12 @@ pub enum FeedStoreEvent {
     },
     /// The peer stopped reading the feed's stream: it held `held` bytes of our data
     /// answers and took none of them for `stall`
-    /// ([`super::FeedStoreLimits::serve_stall`]). The stream ended and gave them back
-    /// to the serve budget; the session and the peer's other streams go on.
+    /// ([`super::FeedStoreLimits::serve_stall`]). The stream was reset (QUIC dropped
+    /// its copies of them too) and gave them back to the serve budget. The session and
+    /// the peer's other streams go on, unless this was the peer's
+    /// [`MAX_SERVE_STALLS`](super::MAX_SERVE_STALLS)th stall in a row (each within
+    /// [`STRIKE_MEMORY`](super::STRIKE_MEMORY) stall bounds of the one before) or a
+    /// later one: then its session ends with `timeout`, no ban (`ends_session`).
     ServeStalled {
         /// The feed.
         feed: FeedKey,
@@ -281,6 +289,10 @@ pub enum FeedStoreEvent {
         held: u64,
         /// How long it held them without progress.
         stall: std::time::Duration,
+        /// The peer's serve stalls in a row, this one included.
+        stalls: u32,
+        /// Its session is ended for it.
+        ends_session: bool,
     },
 }
 
@@ -424,15 +436,47 @@ pub struct FeedSummary {
     pub namespaces: Vec<String>,
 }
 
-/// Every feed the store holds, sorted by key, from the store's index: a feed opened
-/// since the store started as it is; a small feed not opened since as the scan of the
-/// storage at the store's start read it (a listing waits for that scan: well under a
-/// second at 100,000 feeds; its heads' signatures were checked when they were stored,
-/// not again); the others are opened (on the blocking pool, one at a time, and closed
-/// again as any unused feed).
+/// The feeds the store holds, sorted by key, a page at a time: the first `limit` feeds
+/// whose key sorts after `after` ([`ListFeeds::all`]: every feed in one answer). Read
+/// from the store's index: a feed opened since the store started as it is; a small
+/// feed not opened since as the scan of the storage at the store's start read it (a
+/// listing waits for that scan: well under a second at 100,000 feeds; its heads'
+/// signatures were checked when they were stored, not again); the others are opened
+/// (on the blocking pool, one at a time, and closed again as any unused feed).
+///
+/// A page holds only its own feeds, whatever the number held: a listing of 100,000
+/// feeds in pages never builds the whole list. A feed created between two pages with a
+/// key before the page's cursor is not in the listing.
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<Vec<FeedSummary>, FeedStoreError>")]
-pub struct ListFeeds;
+#[rtype(result = "Result<FeedPage, FeedStoreError>")]
+pub struct ListFeeds {
+    /// List only feeds whose key sorts after this one (the page before's
+    /// [`FeedPage::next`]); `None`: from the first.
+    pub after: Option<FeedKey>,
+    /// Most feeds in the page (a limit of 0 is taken as 1).
+    pub limit: usize,
+}
+
+impl ListFeeds {
+    /// Every feed in one answer.
+    pub fn all() -> Self {
+        ListFeeds {
+            after: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
+/// One page of [`ListFeeds`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedPage {
+    /// The page's feeds, sorted by key. A feed that cannot be read is left out (and
+    /// logged), so a page may hold fewer than its limit and still have a next one.
+    pub feeds: Vec<FeedSummary>,
+    /// The cursor of the next page (the last key this page covered), or `None` if no
+    /// feed sorts after this page.
+    pub next: Option<FeedKey>,
+}
 
 /// What [`GetFeedTotals`] sums.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -67,6 +67,7 @@ use tracing::warn;
 pub use membership::{MembershipError, MEMBERSHIP_FILE};
 pub use messages::*;
 pub use policy::*;
+pub use serve_budget::{MAX_SERVE_STALLS, STRIKE_MEMORY};
 
 use crate::actor::SessionsActor;
 use crate::keys::{FeedKey, NamespaceSecret, PeerKey};
@@ -134,6 +135,7 @@ struct Counters {
     streams: AtomicU64,
     streams_failed: AtomicU64,
     serve_stalls: AtomicU64,
+    serve_stall_session_ends: AtomicU64,
     refused_policy: AtomicU64,
     refused_namespace: AtomicU64,
     refused_quota: AtomicU64,
@@ -154,6 +156,8 @@ pub(crate) struct Shared {
     flush_timeout: std::time::Duration,
     /// The bytes of data answers every stream of this store may hold at once.
     serve: Arc<serve_budget::ServeBudget>,
+    /// Each peer's serve stalls: enough of them end its session.
+    strikes: Mutex<serve_budget::StallStrikes>,
 }
 
 impl Shared {
@@ -325,6 +329,7 @@ impl<St: Storage> FeedStore<St> {
                     config.limits.serve_bytes_in_flight,
                     config.limits.serve_stall,
                 )),
+                strikes: Mutex::new(serve_budget::StallStrikes::new(config.limits.serve_stall)),
             }),
             quotas: Quotas::new(config.limits.clone(), replicas),
             manual: manual::ManualQueue::new(

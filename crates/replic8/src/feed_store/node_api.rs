@@ -190,6 +190,7 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
                 .len() as u64,
             streams_failed: s.streams_failed.load(Ordering::Relaxed),
             serve_stalls: s.serve_stalls.load(Ordering::Relaxed),
+            serve_stall_session_ends: s.serve_stall_session_ends.load(Ordering::Relaxed),
             refused_policy: s.refused_policy.load(Ordering::Relaxed),
             refused_namespace: s.refused_namespace.load(Ordering::Relaxed),
             refused_quota: s.refused_quota.load(Ordering::Relaxed),

@@ -209,7 +209,9 @@ pub struct FeedStoreLimits {
     /// A feed stream that holds bytes of data answers and whose peer took none of them
     /// (no chunk acknowledged, no frame taken by QUIC) for this long is ended: the peer
     /// stopped reading, and its bytes go back to the serve budget. Only that stream ends
-    /// ([`FeedStoreEvent::ServeStalled`](super::FeedStoreEvent::ServeStalled)).
+    /// ([`FeedStoreEvent::ServeStalled`](super::FeedStoreEvent::ServeStalled)), unless
+    /// its peer stalled [`MAX_SERVE_STALLS`](super::MAX_SERVE_STALLS) times in a row:
+    /// then its session ends too.
     pub serve_stall: Duration,
 }
 

@@ -23,14 +23,20 @@
 //! the bytes it holds and when the peer last made progress on them (a chunk given back
 //! after its acknowledgement, or a frame taken by QUIC). A stream that holds bytes and
 //! made no progress for [`ServeBudget::stall`] is ended by its driver
-//! ([`StreamHold::stalled`]), which gives back everything it held.
+//! ([`StreamHold::stalled`]), which resets it and gives back everything it held (a
+//! reset, not a finish: QUIC drops its copies at once, even those a peer that withholds
+//! its acknowledgements would pin). A peer that cycles (its stream cut, reopened, left
+//! unread again) is counted in [`StallStrikes`]: its [`MAX_SERVE_STALLS`]th stall in
+//! a row ends its session.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::keys::PeerKey;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -250,9 +256,122 @@ impl Drop for Charged {
     }
 }
 
+/// Serve stalls of one peer key that end its session: the stall that reaches this count
+/// (each less than [`STRIKE_MEMORY`] stall bounds after the one before) ends the session
+/// with `timeout`, and so does every later one while the count is remembered. Three:
+/// one stall is what a link that dropped for half a minute does, two in a row happen
+/// to a reader on a flaky link; a third is a pattern.
+pub const MAX_SERVE_STALLS: u32 = 3;
+
+/// How long a peer's serve stalls are remembered, in stall bounds after its last one:
+/// 20 (10 minutes at the default 30 s bound). A peer that cycles stall, cut, reopen
+/// stalls once per bound at most, so it reaches [`MAX_SERVE_STALLS`] within three.
+pub const STRIKE_MEMORY: u32 = 20;
+
+/// Peers whose serve stalls are remembered at once. A stall costs its peer a stream
+/// held for a whole stall bound, so a flood of keys fills this slowly; past it the peer
+/// whose last stall is oldest is forgotten first. 64 bytes an entry.
+const MAX_STRUCK_PEERS: usize = 4096;
+
+/// The serve stalls of each peer key (the core of the cycling bound; time is passed
+/// in): counted while each follows the one before within [`STRIKE_MEMORY`] stall
+/// bounds, so that a peer that keeps letting its streams be cut for not reading, and
+/// keeps opening them again, loses its session instead of holding budget bytes for a
+/// stall bound per cycle for as long as the session lasts.
+#[derive(Debug)]
+pub(crate) struct StallStrikes {
+    peers: HashMap<PeerKey, Strikes>,
+    memory: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    count: u32,
+    last: std::time::Instant,
+}
+
+impl StallStrikes {
+    /// Strikes remembered for [`STRIKE_MEMORY`] times `stall` after each.
+    pub(crate) fn new(stall: Duration) -> Self {
+        StallStrikes {
+            peers: HashMap::new(),
+            memory: stall.saturating_mul(STRIKE_MEMORY),
+        }
+    }
+
+    /// Records a serve stall of `peer` at `now`; the peer's count of stalls, and
+    /// whether its session is to end (the count reached [`MAX_SERVE_STALLS`]).
+    pub(crate) fn record(&mut self, peer: PeerKey, now: std::time::Instant) -> (u32, bool) {
+        let memory = self.memory;
+        let fresh = |s: &Strikes| now.saturating_duration_since(s.last) < memory;
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_STRUCK_PEERS {
+            self.peers.retain(|_, s| fresh(s));
+            if self.peers.len() >= MAX_STRUCK_PEERS {
+                let oldest = self
+                    .peers
+                    .iter()
+                    .min_by_key(|(_, s)| s.last)
+                    .map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    self.peers.remove(&oldest);
+                }
+            }
+        }
+        let strikes = self.peers.entry(peer).or_insert(Strikes {
+            count: 0,
+            last: now,
+        });
+        if !fresh(strikes) {
+            strikes.count = 0;
+        }
+        strikes.count = strikes.count.saturating_add(1);
+        strikes.last = now;
+        (strikes.count, strikes.count >= MAX_SERVE_STALLS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_third_stall_of_a_peer_within_the_memory_ends_its_session_and_later_ones_too() {
+        let stall = Duration::from_secs(30);
+        let memory = stall * STRIKE_MEMORY;
+        let mut strikes = StallStrikes::new(stall);
+        let (a, b) = (PeerKey([1; 32]), PeerKey([2; 32]));
+        let t0 = std::time::Instant::now();
+        assert_eq!(strikes.record(a, t0), (1, false));
+        // Another peer's stalls count apart.
+        assert_eq!(strikes.record(b, t0), (1, false));
+        assert_eq!(strikes.record(a, t0 + stall), (2, false));
+        assert_eq!(strikes.record(a, t0 + 2 * stall), (3, true));
+        // Remembered: the next one (a new session, same key) ends it at once.
+        let t3 = t0 + 2 * stall + memory - Duration::from_secs(1);
+        assert_eq!(strikes.record(a, t3), (4, true));
+        // A whole memory without a stall: forgotten.
+        assert_eq!(strikes.record(a, t3 + memory), (1, false));
+        assert_eq!(strikes.record(b, t3 + memory), (1, false));
+    }
+
+    #[test]
+    fn the_strikes_of_many_peers_stay_bounded() {
+        let stall = Duration::from_secs(1);
+        let mut strikes = StallStrikes::new(stall);
+        let t0 = std::time::Instant::now();
+        let key = |i: usize| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            PeerKey(k)
+        };
+        for i in 0..MAX_STRUCK_PEERS + 100 {
+            strikes.record(key(i), t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(strikes.peers.len(), MAX_STRUCK_PEERS);
+        // The oldest went first; the newest are there.
+        assert!(!strikes.peers.contains_key(&key(0)));
+        assert!(strikes.peers.contains_key(&key(MAX_STRUCK_PEERS + 99)));
+    }
 
     #[test]
     fn a_charged_frame_holds_its_bytes_until_its_chunks_are_dropped() {

@@ -21,7 +21,9 @@
 //! [`ServeBudget`](super::serve_budget) (the bytes of answers in flight over all
 //! streams); without room it waits for some, sending its other messages meanwhile.
 //! A stream that holds bytes of that budget and whose peer took none of them for
-//! [`super::FeedStoreLimits::serve_stall`] is ended (the peer stopped reading).
+//! [`super::FeedStoreLimits::serve_stall`] is ended and its send half reset, so QUIC
+//! drops what it holds of it at once (the peer stopped reading); the peer's
+//! [`super::MAX_SERVE_STALLS`]th such end in a row ends its session too.
 //!
 //! Bytes are copied as little as the layers allow: a frame is encoded once, in place
 //! after room for its prefix, into a buffer from the store's [`BufferPool`] and handed
@@ -34,7 +36,7 @@
 //! pool when the last slice of them is dropped.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use bincode::Options;
@@ -51,13 +53,17 @@ use super::serve_budget::{Reservation, Reserving, ServeBudget, StreamHold};
 use super::{FeedEntry, Shared};
 use crate::frame;
 use crate::keys::{FeedKey, PeerKey};
+use crate::message::CloseCode;
 use crate::session::StreamId;
 use crate::store::{FeedFailed, FeedStalled, FeedStream, FeedSynced, FeedUpdated, StreamEnded};
-use crate::stream_io::{sleep_until, write_frames};
+use crate::stream_io::{sleep_until, write_frames_or_reset};
 
 /// Most encoded bytes waiting for the writer before the core is asked for more. Two
 /// data messages at the core's default `max_data_bytes`: enough to keep the stream busy.
 pub(crate) const MAX_QUEUED_BYTES: usize = 2 << 20;
+/// The application code of a feed stream's reset after a serve stall: `timeout`, as
+/// the session's close code for a peer that is slow, not at fault.
+const SERVE_STALL_RESET: quinn::VarInt = quinn::VarInt::from_u32(CloseCode::TIMEOUT.0);
 /// Frames the writer may hold. With [`MAX_QUEUED_BYTES`] it bounds the queue in both
 /// frames and bytes; the core is asked for more only while both have room, so the
 /// queue never refuses a frame. Requests are ~50 bytes: 1024 of them fill a window of
@@ -138,6 +144,8 @@ pub(crate) async fn run<F: FeedStorage>(
     let (write_tx, write_rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
     let guard = shared.task_guard();
     let hold = StreamHold::new();
+    // Told only on a serve stall: the stream is reset, so QUIC drops its copies at once.
+    let (reset, reset_rx) = oneshot::channel();
     let (q, r, h) = (queued.clone(), room.clone(), hold.clone());
     // Aborted when dropped: a stream that ends, is detached or replaced frees its queue.
     let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -148,7 +156,7 @@ pub(crate) async fn run<F: FeedStorage>(
             // QUIC took a frame: within the peer's window, so the peer reads.
             h.progressed();
         };
-        write_frames(send, write_rx, written).await;
+        write_frames_or_reset(send, write_rx, written, reset_rx).await;
     }));
     let outbox = Outbox {
         tx: write_tx,
@@ -285,6 +293,12 @@ pub(crate) async fn run<F: FeedStorage>(
         }
     };
 
+    // A peer that stopped reading may also withhold its acknowledgements: a finished
+    // stream's data would stay in QUIC until the connection ends. Reset before the
+    // queue closes below, so the writer cannot finish the stream first.
+    if matches!(end, End::ServeStalled(_)) {
+        let _ = reset.send(SERVE_STALL_RESET);
+    }
     // Give back what the core was fetching, and wake the feed's other cores. (The loop
     // ends only between steps: the core is here.)
     if let Some(mut c) = core.take() {
@@ -301,16 +315,38 @@ pub(crate) async fn run<F: FeedStorage>(
     drop(outbox);
     match &end {
         End::ServeStalled(held) => {
-            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), held, ?stall, "peer stopped reading our answers: stream ended");
-            // The queue and the frame being written go with the writer.
+            debug!(feed = %ctx.feed.fmt_short(), peer = %ctx.peer.fmt_short(), held, ?stall, "peer stopped reading our answers: stream reset");
+            // The writer resets the stream as soon as it runs; the queue and the frame
+            // being written go with it (or with the abort, if it never runs).
+            let _ = tokio::time::timeout(shared.flush_timeout, &mut writer).await;
             writer.abort();
             shared.stats.serve_stalls.fetch_add(1, Ordering::Relaxed);
+            let (stalls, ends_session) = shared
+                .strikes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(ctx.peer, Instant::now());
             shared.event(super::FeedStoreEvent::ServeStalled {
                 feed: ctx.feed,
                 peer: ctx.peer,
                 held: u64::try_from(*held).unwrap_or(u64::MAX),
                 stall,
+                stalls,
+                ends_session,
             });
+            if ends_session {
+                // It keeps reopening streams it does not read: slow, not provably at
+                // fault, so `timeout` and no ban (decision 226).
+                shared
+                    .stats
+                    .serve_stall_session_ends
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.sessions.do_send(FeedStalled {
+                    feed: ctx.feed,
+                    peer: ctx.peer,
+                    reason: format!("stopped reading our answers {stalls} times in a row"),
+                });
+            }
         }
         End::Failed(reason) | End::Stalled(reason) => {
             let stalled = matches!(end, End::Stalled(_));

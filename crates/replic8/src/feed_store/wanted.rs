@@ -8,6 +8,8 @@
 //! `""`). A feed held only in named namespaces is never served this way, on either side:
 //! asking for it by key changes nothing of where it belongs.
 
+use std::collections::BinaryHeap;
+
 use actix::{ActorFutureExt, Context, Handler, ResponseActFuture, WrapFuture};
 use replic8_store::storage::Storage;
 use tracing::warn;
@@ -15,7 +17,8 @@ use tracing::warn;
 use super::membership::Member;
 use super::registry::Registry;
 use super::{
-    FeedInfo, FeedStore, FeedStoreError, FeedSummary, FeedTotals, GetFeed, GetFeedTotals, ListFeeds,
+    FeedInfo, FeedPage, FeedStore, FeedStoreError, FeedSummary, FeedTotals, GetFeed, GetFeedTotals,
+    ListFeeds,
 };
 use crate::keys::FeedKey;
 use crate::store::Announce;
@@ -78,18 +81,44 @@ impl<St: Storage> Handler<GetFeed> for FeedStore<St> {
 }
 
 impl<St: Storage> FeedStore<St> {
-    /// The held feeds in key order, each with its namespaces.
-    fn held_sorted(&self) -> Vec<(FeedKey, Vec<String>)> {
-        let mut keys: Vec<(FeedKey, Vec<String>)> = self
-            .held
-            .iter()
-            .map(|key| {
-                let names = self.members.get(key).map(Member::names).unwrap_or_default();
-                (*key, names)
+    /// The first `limit` (at least 1) held feeds whose key sorts after `after`, in key order, each
+    /// with its namespaces, and whether a held feed sorts after them. One pass over the
+    /// held set, keeping only the page's keys (a heap of at most `limit`): a page of a
+    /// large store costs the page's memory, not the store's.
+    fn held_page(
+        &self,
+        after: Option<FeedKey>,
+        limit: usize,
+    ) -> (Vec<(FeedKey, Vec<String>)>, bool) {
+        let limit = limit.max(1);
+        let mut page: BinaryHeap<[u8; 32]> = BinaryHeap::new();
+        let mut more = false;
+        for key in self.held.iter().filter(|k| after.is_none_or(|a| k.0 > a.0)) {
+            if page.len() < limit {
+                page.push(key.0);
+                continue;
+            }
+            more = true;
+            if let Some(mut last) = page.peek_mut() {
+                if key.0 < *last {
+                    *last = key.0;
+                }
+            }
+        }
+        let keys = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|k| {
+                let key = FeedKey(k);
+                let names = self
+                    .members
+                    .get(&key)
+                    .map(Member::names)
+                    .unwrap_or_default();
+                (key, names)
             })
             .collect();
-        keys.sort_unstable_by_key(|(k, _)| k.0);
-        keys
+        (keys, more)
     }
 }
 
@@ -111,21 +140,22 @@ fn each_summary<St: Storage, T>(
 }
 
 impl<St: Storage> Handler<ListFeeds> for FeedStore<St> {
-    type Result = ResponseActFuture<Self, Result<Vec<FeedSummary>, FeedStoreError>>;
+    type Result = ResponseActFuture<Self, Result<FeedPage, FeedStoreError>>;
 
-    fn handle(&mut self, _: ListFeeds, _: &mut Context<Self>) -> Self::Result {
-        let keys = self.held_sorted();
+    fn handle(&mut self, msg: ListFeeds, _: &mut Context<Self>) -> Self::Result {
+        let (keys, more) = self.held_page(msg.after, msg.limit);
+        let next = keys.last().map(|(k, _)| *k).filter(|_| more);
         Box::pin(
             self.blocking(move |registry| {
-                let mut list = Vec::with_capacity(keys.len());
+                let mut feeds = Vec::with_capacity(keys.len());
                 each_summary(registry, keys, |info, stored_bytes, namespaces| {
-                    list.push(FeedSummary {
+                    feeds.push(FeedSummary {
                         info,
                         stored_bytes,
                         namespaces,
                     })
                 });
-                Ok(list)
+                Ok(FeedPage { feeds, next })
             })
             .into_actor(self),
         )

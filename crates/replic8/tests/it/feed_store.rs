@@ -1023,14 +1023,34 @@ fn only_the_feeds_in_use_stay_open() {
             }
         }
         // Listing reads the index, with every feed's length, and the lengths hold.
-        let list = b.store.send(ListFeeds).await.unwrap().unwrap();
-        assert_eq!(list.len(), 40);
+        let list = b.store.send(ListFeeds::all()).await.unwrap().unwrap();
+        assert_eq!((list.feeds.len(), list.next), (40, None));
         assert!(list
+            .feeds
             .iter()
             .all(|f| f.info.length == 3 && f.info.stored == 3));
+        // In pages of 7: the same feeds in the same order, each page at most 7, the
+        // last one (5 feeds) without a next.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = b
+                .store
+                .send(ListFeeds { after, limit: 7 })
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(page.feeds.len() <= 7, "{}", page.feeds.len());
+            paged.extend(page.feeds);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(paged, list.feeds);
         assert!(watched.borrow().length == 3);
         let before = b.store.send(GetStats).await.unwrap().feeds_opened;
-        b.store.send(ListFeeds).await.unwrap().unwrap();
+        b.store.send(ListFeeds::all()).await.unwrap().unwrap();
         let after = b.store.send(GetStats).await.unwrap().feeds_opened;
         assert_eq!(before, after, "a listing of known feeds opens none");
         for feed in feeds.iter().take(3) {
@@ -1280,7 +1300,7 @@ fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
             (totals.feeds, totals.blocks_stored, totals.bytes_stored),
             (32, sums.0, sums.1)
         );
-        let list = a.store.send(ListFeeds).await.unwrap().unwrap();
+        let list = a.store.send(ListFeeds::all()).await.unwrap().unwrap().feeds;
         let listed: HashMap<FeedKey, (u64, u64, u64)> = list
             .iter()
             .map(|f| (f.info.key, (f.info.length, f.info.stored, f.stored_bytes)))

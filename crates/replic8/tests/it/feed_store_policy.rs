@@ -9,6 +9,8 @@
 )]
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Context, Handler};
@@ -16,7 +18,7 @@ use replic8::actor::{ListSessions, PeerEvent, SessionsActor, StartSession};
 use replic8::feed_store::*;
 use replic8::frame;
 use replic8::keys::{FeedKey, NamespaceSecret, PeerKey, Role};
-use replic8::message::Headers;
+use replic8::message::{CloseCode, Headers};
 use replic8::session::{Mode, SessionConfig, SessionEvent, StreamId};
 use replic8::store::*;
 use replic8_store::storage::{DiskStorage, MemoryFeed, MemoryStorage, Storage};
@@ -24,7 +26,7 @@ use replic8_store::{Feed, FeedSecret, FeedSync, SyncConfig, MAX_MESSAGE_SIZE};
 use tokio::sync::mpsc;
 
 use crate::tls;
-use tls::{client_endpoint, client_endpoint_kept_alive, connect, server_endpoint};
+use tls::{client_endpoint, client_endpoint_kept_alive, connect, connect_via, server_endpoint};
 
 const GUARD: Duration = Duration::from_secs(30);
 const OPEN: &str = "open";
@@ -742,13 +744,7 @@ fn a_detached_stream_whose_peer_stopped_reading_frees_its_tasks() {
         let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
         // The peer: a reader core that asks for everything, then stops reading.
         let mut peer = RawReader::attach(&b, feed, PeerKey([7; 32])).await;
-        // Read and answer until the first data arrives: the requests are out.
-        while peer.core.stats().blocks_in == 0 {
-            assert!(
-                peer.read_some(64 * 1024).await.is_some(),
-                "B's stream ended"
-            );
-        }
+        peer.read_until_data().await;
         // Now the peer reads no more. B sends what the peer's stream window takes
         // (1.25 MB) and queues up to 2 MiB more: past 3 MiB its writer is blocked.
         // No event marks it: the counters are polled, under the guard.
@@ -814,8 +810,21 @@ impl RawReader {
     /// to B's store; the core's first requests are sent. The connection is kept alive
     /// as a session's is: it ends only when the test drops it.
     async fn attach<St: Storage>(b: &Node<St>, feed: FeedKey, peer: PeerKey) -> RawReader {
+        let addr = b.server.local_addr().unwrap();
+        RawReader::attach_as(b, feed, peer, StreamId(1), addr).await
+    }
+
+    /// [`RawReader::attach`] as stream `id`, the connection dialed to `addr` (B, or a
+    /// relay in front of it).
+    async fn attach_as<St: Storage>(
+        b: &Node<St>,
+        feed: FeedKey,
+        peer: PeerKey,
+        id: StreamId,
+        addr: std::net::SocketAddr,
+    ) -> RawReader {
         let client = client_endpoint_kept_alive();
-        let (dialed, accepted) = connect(&client, &b.server).await;
+        let (dialed, accepted) = connect_via(&client, &b.server, addr).await;
         let storage = MemoryStorage::new();
         let key = replic8_store::FeedKey::try_from(feed).unwrap();
         let mut replica = Feed::create_replica(&storage, key).unwrap();
@@ -830,7 +839,7 @@ impl RawReader {
                 feed,
                 namespace: OPEN.into(),
                 peer,
-                id: StreamId(1),
+                id,
                 stream: FeedStream {
                     send: b_send,
                     recv: b_recv,
@@ -847,6 +856,17 @@ impl RawReader {
             recv,
             buf: Vec::new(),
             _connection: (client, dialed, accepted),
+        }
+    }
+
+    /// Reads and answers until the first data arrived: the requests for all of the
+    /// feed are out. A stalling peer reads no more after this.
+    async fn read_until_data(&mut self) {
+        while self.core.stats().blocks_in == 0 {
+            assert!(
+                self.read_some(64 * 1024).await.is_some(),
+                "B's stream ended"
+            );
         }
     }
 
@@ -914,12 +934,7 @@ fn a_reader_that_stops_reading_is_cut_after_the_stall_bound_and_frees_the_budget
         let feed = shared_feed(&b, OPEN, BLOCKS as usize, 64 * 1024).await;
         let hostile = PeerKey([7; 32]);
         let mut stalled = RawReader::attach(&b, feed, hostile).await;
-        while stalled.core.stats().blocks_in == 0 {
-            assert!(
-                stalled.read_some(64 * 1024).await.is_some(),
-                "B's stream ended"
-            );
-        }
+        stalled.read_until_data().await;
         // It reads no more. B sends what its stream window takes and holds the next
         // answer. No event marks it: the counters are polled, under the guard.
         let deadline = Instant::now() + GUARD;
@@ -1009,6 +1024,180 @@ fn an_honest_slow_reader_is_not_cut_by_the_stall_bound() {
                 "{e:?}"
             );
         }
+    });
+}
+
+/// B for the stall tests: a stall bound of 1 s, and a feed of 6 MiB (more than a
+/// peer's stream window and B's write queue together).
+async fn stalling_node(tx: &mpsc::UnboundedSender<Ev>) -> (Node<MemoryStorage>, FeedKey) {
+    let limits = FeedStoreLimits {
+        serve_stall: Duration::from_secs(1),
+        ..FeedStoreLimits::default()
+    };
+    let b = serving_node(limits, tx).await;
+    let feed = shared_feed(&b, OPEN, 96, 64 * 1024).await;
+    (b, feed)
+}
+
+/// A UDP relay in front of B whose peer side can go silent: once told, nothing the peer
+/// sends reaches B, its QUIC acknowledgements included, as a peer that withholds them.
+struct Withholder {
+    addr: std::net::SocketAddr,
+    withhold: Arc<AtomicBool>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Withholder {
+    async fn spawn(to: std::net::SocketAddr) -> Withholder {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(to).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let withhold = Arc::new(AtomicBool::new(false));
+        let silent = withhold.clone();
+        let relay = tokio::spawn(async move {
+            let (mut up, mut down) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+            let mut peer = None;
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut up) => if let Ok((n, from)) = r {
+                        peer = Some(from);
+                        if !silent.load(Ordering::Relaxed) {
+                            let _ = back.send(&up[..n]).await;
+                        }
+                    },
+                    r = back.recv(&mut down) => if let (Ok(n), Some(peer)) = (r, peer) {
+                        let _ = front.send_to(&down[..n], peer).await;
+                    },
+                }
+            }
+        });
+        Withholder {
+            addr,
+            withhold,
+            relay,
+        }
+    }
+
+    fn withhold(&self) {
+        self.withhold.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Withholder {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
+/// A peer that stops reading and withholds its QUIC acknowledgements too: what B sent it
+/// stays unacknowledged in B's QUIC. B's stall cut resets the stream, so QUIC drops its
+/// copies and every byte goes back to the budget while the connection is still up (a
+/// finished stream kept them in QUIC until the connection's idle timeout, 30 s).
+#[test]
+fn a_stall_cut_frees_what_a_peer_that_withholds_its_acks_would_pin() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let (b, feed) = stalling_node(&tx).await;
+        let relay = Withholder::spawn(b.server.local_addr().unwrap()).await;
+        let hostile = PeerKey([7; 32]);
+        let mut peer = RawReader::attach_as(&b, feed, hostile, StreamId(1), relay.addr).await;
+        peer.read_until_data().await;
+        // From now on B hears nothing from the peer: no read, no acknowledgement.
+        relay.withhold();
+        wait_for(&mut events, "the stall cut", |e| {
+            matches!(e, Ev::Store(2, FeedStoreEvent::ServeStalled { peer, .. }) if *peer == hostile)
+        })
+        .await;
+        // Every byte goes back. No event marks it: the counter is polled, under the guard.
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let stats = b.store.send(GetStats).await.unwrap();
+            if stats.serve_bytes_held == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "bytes still held: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ... while B's connection to the peer is up: the reset freed them, not its end.
+        let b_side = &peer._connection.2;
+        assert!(
+            b_side.close_reason().is_none(),
+            "given back only when the connection ended: {:?}",
+            b_side.close_reason()
+        );
+    });
+}
+
+/// A peer that keeps letting its streams be cut for not reading and opening them again
+/// (stall, cut, reopen) held budget bytes for a stall bound per cycle for as long as its
+/// session lasted. Now its third stall in a row ends the session, with `timeout` (slow,
+/// not at fault: no ban), and the first two end only their streams.
+#[test]
+fn a_peer_that_keeps_stalling_loses_its_session_at_its_third_stall() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let (b, feed) = stalling_node(&tx).await;
+        // The peer has a session with B; its streams are raw ones on their own
+        // connections, attached to B's store under the session's peer key (with ids no
+        // stream of the session takes).
+        let (key, client, sessions) = hostile(7, Vec::new(), Vec::new(), &tx).await;
+        link_raw(key, &client, &sessions, &b).await;
+        for cycle in 1..=MAX_SERVE_STALLS {
+            let id = StreamId(1_000_000 + u64::from(cycle));
+            let addr = b.server.local_addr().unwrap();
+            // Kept until the cycle's stall: the stream's connection is its own.
+            let mut stalled = RawReader::attach_as(&b, feed, key, id, addr).await;
+            stalled.read_until_data().await;
+            let seen = wait_for(&mut events, "the cycle's stall", |e| {
+                matches!(e, Ev::Store(2, FeedStoreEvent::ServeStalled { .. }))
+            })
+            .await;
+            let Some(Ev::Store(
+                _,
+                FeedStoreEvent::ServeStalled {
+                    peer,
+                    stalls,
+                    ends_session,
+                    ..
+                },
+            )) = seen.last()
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (*peer, *stalls, *ends_session),
+                (key, cycle, cycle == MAX_SERVE_STALLS),
+                "cycle {cycle}"
+            );
+            assert_no_end(&seen);
+        }
+        let seen = wait_for(&mut events, "B ends the peer's session", |e| {
+            matches!(
+                e,
+                Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } })
+                    if *peer == key
+            )
+        })
+        .await;
+        let Some(Ev::Session(
+            _,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        )) = seen.last()
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason.code, CloseCode::TIMEOUT, "{reason}");
+        assert!(!reason.peer_at_fault, "{reason}");
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(
+            (stats.serve_stalls, stats.serve_stall_session_ends),
+            (u64::from(MAX_SERVE_STALLS), 1),
+            "{stats:?}"
+        );
     });
 }
 

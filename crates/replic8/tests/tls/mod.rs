@@ -48,7 +48,15 @@ pub async fn connect(
     client: &quinn::Endpoint,
     server: &quinn::Endpoint,
 ) -> (quinn::Connection, quinn::Connection) {
-    let addr: SocketAddr = server.local_addr().unwrap();
+    connect_via(client, server, server.local_addr().unwrap()).await
+}
+
+/// [`connect`], the client dialing `addr` (a relay in front of `server`).
+pub async fn connect_via(
+    client: &quinn::Endpoint,
+    server: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> (quinn::Connection, quinn::Connection) {
     let dialing = client.connect(addr, tls::SERVER_NAME).unwrap();
     let accepting = async { server.accept().await.unwrap().await.unwrap() };
     let (dialed, accepted) = tokio::join!(dialing, accepting);

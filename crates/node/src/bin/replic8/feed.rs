@@ -288,41 +288,76 @@ fn get(config: &NodeConfig, key: String, follow: bool, json: bool) -> anyhow::Re
     Ok(())
 }
 
-/// `feed list`: a line per held feed.
+/// `feed list`: a line per held feed, printed as the daemon's pages arrive; with
+/// `--json`, one array of them (written as it arrives too). A listing the daemon ends
+/// before its last page fails.
 fn list(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
-    let v = ask(config, &Request::FeedList)?;
-    if json {
-        return print_json(&v);
-    }
-    let mut out = std::io::stdout().lock();
-    for f in v.as_array().into_iter().flatten() {
-        let namespaces: Vec<String> = f["namespaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|n| match n.as_str() {
-                Some("") => "(public)".to_owned(),
-                _ => plain(n),
-            })
-            .collect();
-        writeln!(
-            out,
-            "{} {} length {} stored {} ({}) namespaces {}",
-            plain(&f["key"]),
-            if f["writable"] == true {
-                "writable"
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printed = 0u64;
+    let mut ended = false;
+    let mut opened = false;
+    follow_stream(config, &Request::FeedList, |page| {
+        // The array opens with the first page: a listing that fails at once prints
+        // only its error.
+        if json && !opened {
+            write!(out, "[")?;
+            opened = true;
+        }
+        for f in page["feeds"].as_array().into_iter().flatten() {
+            if json {
+                if printed > 0 {
+                    write!(out, ",")?;
+                }
+                serde_json::to_writer(&mut out, f)?;
             } else {
-                "replica "
-            },
-            f["length"],
-            f["stored"],
-            indicatif::HumanBytes(f["stored_bytes"].as_u64().unwrap_or_default()),
-            if namespaces.is_empty() {
-                "-".to_owned()
-            } else {
-                namespaces.join(",")
+                list_line(&mut out, f)?;
             }
-        )?;
+            printed += 1;
+        }
+        ended = page["more"] == false;
+        Ok(if ended {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })?;
+    if !ended {
+        bail!("the daemon ended the listing after {printed} feed(s), before its last page");
     }
+    if json {
+        writeln!(out, "]")?;
+    }
+    out.flush()?;
     Ok(())
+}
+
+/// One feed of `feed list` as a line.
+fn list_line(out: &mut impl Write, f: &Value) -> std::io::Result<()> {
+    let namespaces: Vec<String> = f["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| match n.as_str() {
+            Some("") => "(public)".to_owned(),
+            _ => plain(n),
+        })
+        .collect();
+    writeln!(
+        out,
+        "{} {} length {} stored {} ({}) namespaces {}",
+        plain(&f["key"]),
+        if f["writable"] == true {
+            "writable"
+        } else {
+            "replica "
+        },
+        f["length"],
+        f["stored"],
+        indicatif::HumanBytes(f["stored_bytes"].as_u64().unwrap_or_default()),
+        if namespaces.is_empty() {
+            "-".to_owned()
+        } else {
+            namespaces.join(",")
+        }
+    )
 }

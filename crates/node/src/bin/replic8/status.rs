@@ -67,6 +67,28 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
         "blocks    since start: {} received and verified, {} sent",
         v["blocks_verified"], v["feed_blocks_out"]
     );
+    let s = &v["feed_store"];
+    println!(
+        "streams   {} open, {} since start; {} failed, {} cut for not reading (serve stalls, \
+         {} of them ending the peer's session)",
+        s["open_streams"],
+        s["streams"],
+        s["streams_failed"],
+        s["serve_stalls"],
+        s["serve_stall_session_ends"]
+    );
+    println!(
+        "serving   {} bytes held for peers now, peak {}",
+        s["serve_bytes_held"], s["serve_bytes_peak"]
+    );
+    println!(
+        "feeds     {} open now; since start {} opened, {} closed",
+        s["feeds_open"], s["feeds_opened"], s["feeds_closed"]
+    );
+    println!(
+        "offers    {} waiting; refused {} by policy, {} held elsewhere, {} over a quota",
+        s["offers_waiting"], s["refused_policy"], s["refused_namespace"], s["refused_quota"]
+    );
     for t in v["topics"].as_array().into_iter().flatten() {
         println!(
             "topic     {} announce={} lookup={} flushed={} peers_found={}",

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::{parse_key, Answer, Request};
 use replic8_node::node::{JoinOptions, NodeHandle};
-use replic8_node::{FeedKey, Headers, Topic};
+use replic8_node::{FeedKey, FeedStoreStats, Headers, Topic};
 
 /// A topic for `join`/`leave`: a held feed's discovery key, else the bytes as a topic.
 async fn target_topic(node: &NodeHandle, text: &str) -> Result<(Topic, bool), String> {
@@ -165,7 +165,37 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                 "bytes_stored": held.bytes_stored,
                 "feed_bytes_in": feeds.bytes_in,
                 "feed_bytes_out": feeds.bytes_out,
+                "feed_store": feed_store_json(&feeds),
             })
         }
     }))
+}
+
+/// Every counter of the feed store since the daemon started, as `status` shows them
+/// under `feed_store`: traffic, streams, what serving holds, open feeds, refusals.
+fn feed_store_json(s: &FeedStoreStats) -> Value {
+    json!({
+        "blocks_in": s.blocks_in,
+        "bytes_in": s.bytes_in,
+        "blocks_out": s.blocks_out,
+        "bytes_out": s.bytes_out,
+        "streams": s.streams,
+        "open_streams": s.open_streams,
+        "stream_tasks": s.stream_tasks,
+        "streams_failed": s.streams_failed,
+        "serve_stalls": s.serve_stalls,
+        "serve_stall_session_ends": s.serve_stall_session_ends,
+        "serve_bytes_held": s.serve_bytes_held,
+        "serve_bytes_peak": s.serve_bytes_peak,
+        "feeds_held": s.feeds_held,
+        "feeds_open": s.feeds_open,
+        "feeds_opened": s.feeds_opened,
+        "feeds_closed": s.feeds_closed,
+        "membership_writes": s.membership_writes,
+        "replicas": s.replicas,
+        "offers_waiting": s.offers_waiting,
+        "refused_policy": s.refused_policy,
+        "refused_namespace": s.refused_namespace,
+        "refused_quota": s.refused_quota,
+    })
 }

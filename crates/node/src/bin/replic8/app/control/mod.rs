@@ -127,7 +127,10 @@ pub(crate) enum Request {
         #[serde(default)]
         follow: bool,
     },
-    /// Every held feed: key, writable, length, stored blocks and bytes, namespaces.
+    /// Every held feed: key, writable, length, stored blocks and bytes, namespaces;
+    /// answered a page at a time, a line `{"feeds": [...], "more": bool}` per page of
+    /// at most 1,000 feeds in key order, the last with `"more": false` (the daemon
+    /// never builds the whole list).
     FeedList,
     /// Share a feed in a namespace with headers.
     Share {
@@ -163,7 +166,7 @@ pub(crate) enum Request {
     },
     /// The connected peers.
     Peers,
-    /// Topics, peers and counters.
+    /// Topics, peers and counters (the feed store's under `feed_store`).
     Status,
     /// The node's events as they happen, one JSON object per line, until the client
     /// hangs up.
