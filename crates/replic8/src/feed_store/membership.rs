@@ -14,11 +14,11 @@
 //! (a temporary file written and fsynced, renamed over the old one, the directory
 //! fsynced); writes carry a generation so an older snapshot never replaces a newer one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::Message;
 use bincode::Options;
@@ -42,10 +42,12 @@ const MAX_FILE_LEN: u64 = 256 << 20;
 /// Values by namespace name, sorted by name, in one allocation the size of its
 /// entries. A feed belongs to a namespace or two, and a `BTreeMap` (or `BTreeSet`)
 /// allocates room for eleven entries at its first: 0.3–0.5 KB per feed, a hundred
-/// thousand times in a store that holds that many. Encoded as the map it stands for
-/// (the same bytes as a `BTreeMap`, so the file's format is unchanged).
+/// thousand times in a store that holds that many. A name is an `Arc<str>` that the
+/// store's [`NameTable`] hands out, so the feeds of one namespace share its one copy.
+/// Encoded as the map it stands for (the same bytes as a `BTreeMap`, so the file's
+/// format is unchanged).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ByName<V>(Vec<(String, V)>);
+pub(crate) struct ByName<V>(Vec<(Arc<str>, V)>);
 
 impl<V> Default for ByName<V> {
     fn default() -> Self {
@@ -55,12 +57,12 @@ impl<V> Default for ByName<V> {
 
 impl<V> ByName<V> {
     /// One entry.
-    fn one(name: &str, value: V) -> Self {
-        ByName(vec![(name.to_owned(), value)])
+    fn one(name: Arc<str>, value: V) -> Self {
+        ByName(vec![(name, value)])
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
     }
 
     /// The value of `name`.
@@ -73,48 +75,60 @@ impl<V> ByName<V> {
         self.find(name).is_ok()
     }
 
-    /// Sets the value of `name`; returns whether `name` is new.
-    pub(crate) fn insert(&mut self, name: &str, value: V) -> bool {
-        match self.find(name) {
+    /// Sets the value of `name`; returns whether `name` is new. Grows by one entry, not
+    /// by the doubling of a `Vec` (which starts at four: 192 bytes for one forwarded
+    /// namespace).
+    pub(crate) fn insert(&mut self, name: Arc<str>, value: V) -> bool {
+        match self.find(&name) {
             Ok(i) => {
                 self.0[i].1 = value;
                 false
             }
             Err(i) => {
-                self.0.insert(i, (name.to_owned(), value));
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name, value));
                 true
             }
         }
     }
 
     /// The names, sorted.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(n, _)| n)
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
     }
 
     /// Whether there is no entry.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Replaces each name with the table's copy of it.
+    fn intern(&mut self, table: &mut NameTable) {
+        for (name, _) in &mut self.0 {
+            *name = table.intern(name);
+        }
+    }
 }
 
 impl<V> FromIterator<(String, V)> for ByName<V> {
     fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
         let sorted: BTreeMap<String, V> = iter.into_iter().collect();
-        ByName(sorted.into_iter().collect())
+        let mut entries = Vec::with_capacity(sorted.len());
+        entries.extend(sorted.into_iter().map(|(n, v)| (Arc::from(n), v)));
+        ByName(entries)
     }
 }
 
 impl<V: Serialize> Serialize for ByName<V> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(n, v)| (n, v)))
+        serializer.collect_map(self.0.iter().map(|(n, v)| (&**n, v)))
     }
 }
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for ByName<V> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, V>::deserialize(deserializer)?;
-        Ok(ByName(map.into_iter().collect()))
+        Ok(map.into_iter().collect())
     }
 }
 
@@ -124,7 +138,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for ByName<V> {
 pub(crate) struct Names(ByName<()>);
 
 impl Names {
-    fn one(name: &str) -> Self {
+    fn one(name: Arc<str>) -> Self {
         Names(ByName::one(name, ()))
     }
 
@@ -134,12 +148,12 @@ impl Names {
     }
 
     /// Adds `name`; returns whether it is new.
-    pub(crate) fn insert(&mut self, name: &str) -> bool {
+    pub(crate) fn insert(&mut self, name: Arc<str>) -> bool {
         self.0.insert(name, ())
     }
 
     /// The names, sorted.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &String> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.names()
     }
 
@@ -159,6 +173,33 @@ impl<'de> Deserialize<'de> for Names {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let set = BTreeSet::<String>::deserialize(deserializer)?;
         Ok(Names(set.into_iter().map(|n| (n, ())).collect()))
+    }
+}
+
+/// The namespace names of a store's members, one copy each: every [`Member`] holds
+/// its names as clones of these (a namespace of 100,000 feeds costs one string, not
+/// 100,000 of them). Names are never removed: a store knows a handful.
+#[derive(Debug, Default)]
+pub(crate) struct NameTable(HashSet<Arc<str>>);
+
+impl NameTable {
+    /// The table's copy of `name`, added if new.
+    pub(crate) fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.0.insert(name.clone());
+        name
+    }
+
+    /// Replaces every name `members` hold with the table's copy (after a load, where
+    /// each name was read on its own).
+    pub(crate) fn intern_all<'a>(&mut self, members: impl IntoIterator<Item = &'a mut Member>) {
+        for member in members {
+            member.namespaces.0.intern(self);
+            member.forwarded.intern(self);
+        }
     }
 }
 
@@ -194,7 +235,7 @@ impl Member {
     }
 
     /// A replica accepted in `namespace`.
-    pub(crate) fn accepted(namespace: &str) -> Self {
+    pub(crate) fn accepted(namespace: Arc<str>) -> Self {
         Member {
             implicit_public: false,
             replica: true,
@@ -204,19 +245,20 @@ impl Member {
     }
 
     /// A replica asked for by key ([`super::GetFeed`]): public for good, like a feed
-    /// shared in `""`, and not counted against the replica quota of offers.
-    pub(crate) fn wanted() -> Self {
+    /// shared in `""` (`public`, the name `""`), and not counted against the replica
+    /// quota of offers.
+    pub(crate) fn wanted(public: Arc<str>) -> Self {
         Member {
             implicit_public: false,
             replica: false,
-            namespaces: Names::one(""),
+            namespaces: Names::one(public),
             forwarded: ByName::default(),
         }
     }
 
     /// The namespaces the feed belongs to, `""` included when it is public.
     pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.namespaces.iter().cloned().collect();
+        let mut names: Vec<String> = self.namespaces.iter().map(str::to_owned).collect();
         if self.implicit_public && !self.namespaces.contains("") {
             names.insert(0, String::new());
         }
@@ -235,7 +277,7 @@ impl Member {
 
     /// Shared in `namespace`: a member of it, and public only if shared in `""`.
     /// Returns whether anything changed.
-    pub(crate) fn share(&mut self, namespace: &str) -> bool {
+    pub(crate) fn share(&mut self, namespace: Arc<str>) -> bool {
         let was_public = self.implicit_public;
         if !namespace.is_empty() {
             self.implicit_public = false;
@@ -428,20 +470,24 @@ pub(crate) struct MembersWritten {
 mod tests {
     use super::*;
 
+    fn n(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
     #[test]
     fn sharing_in_a_named_namespace_ends_implicit_public_membership() {
         let mut m = Member::created();
         assert!(m.is_in("") && !m.is_in("team"));
-        assert!(m.share("team"));
+        assert!(m.share(n("team")));
         assert!(!m.is_in("") && m.is_in("team"));
-        assert!(!m.share("team"), "sharing again changes nothing");
-        assert!(m.share(""));
-        assert!(m.share("other"));
+        assert!(!m.share(n("team")), "sharing again changes nothing");
+        assert!(m.share(n("")));
+        assert!(m.share(n("other")));
         assert!(m.is_in("") && m.is_in("team") && m.is_in("other"));
-        let r = Member::accepted("photos");
+        let r = Member::accepted(n("photos"));
         assert!(r.is_in("photos") && !r.is_in("") && r.in_any());
         assert!(!Member::default().in_any());
-        let w = Member::wanted();
+        let w = Member::wanted(n(""));
         assert!(w.is_in("") && !w.replica && w.names() == vec![String::new()]);
         assert_eq!(Member::created().names(), vec![String::new()]);
     }
@@ -457,10 +503,10 @@ mod tests {
             forwarded: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
         }
         let headers = BTreeMap::from([("title".to_owned(), b"x".to_vec())]);
-        let mut member = Member::accepted("photos");
-        assert!(member.share("docs") && !member.share("docs"));
-        member.forwarded.insert("photos", headers.clone());
-        member.forwarded.insert("docs", BTreeMap::new());
+        let mut member = Member::accepted(n("photos"));
+        assert!(member.share(n("docs")) && !member.share(n("docs")));
+        member.forwarded.insert(n("photos"), headers.clone());
+        member.forwarded.insert(n("docs"), BTreeMap::new());
         let trees = AsBTrees {
             implicit_public: false,
             replica: true,
@@ -478,7 +524,45 @@ mod tests {
         assert_eq!(back.forwarded.get("photos"), Some(&headers));
         assert!(back.forwarded.get("other").is_none());
         // An accepted replica's namespaces take room for one name, not eleven.
-        assert_eq!(Member::accepted("photos").namespaces.0 .0.capacity(), 1);
+        assert_eq!(Member::accepted(n("photos")).namespaces.0 .0.capacity(), 1);
+    }
+
+    #[test]
+    fn the_members_of_a_namespace_share_its_name_and_hold_no_spare_room() {
+        // A member per held feed for as long as the store runs (100,000 feeds): its
+        // names are the table's, and its lists hold exactly their entries.
+        let mut table = NameTable::default();
+        let mut members: Vec<Member> = (0..3)
+            .map(|_| {
+                let mut m = Member::accepted(table.intern("photos"));
+                m.forwarded.insert(table.intern("photos"), BTreeMap::new());
+                m
+            })
+            .collect();
+        let name = table.intern("photos");
+        for m in &members {
+            assert!(Arc::ptr_eq(&m.namespaces.0 .0[0].0, &name));
+            assert!(Arc::ptr_eq(&m.forwarded.0[0].0, &name));
+            assert_eq!(m.forwarded.0.capacity(), 1);
+        }
+        members[0]
+            .forwarded
+            .insert(table.intern("docs"), BTreeMap::new());
+        assert_eq!(members[0].forwarded.0.capacity(), 2);
+        assert_eq!(
+            members[0].forwarded.names().collect::<Vec<_>>(),
+            ["docs", "photos"]
+        );
+        // Read back from the file, each name is its own copy until interned.
+        let bytes = encode(&HashMap::from([(FeedKey([1; 32]), members[1].clone())])).unwrap();
+        let mut loaded = decode(&bytes).unwrap();
+        let back = loaded.get(&FeedKey([1; 32])).unwrap();
+        assert_eq!(back, &members[1]);
+        assert!(!Arc::ptr_eq(&back.namespaces.0 .0[0].0, &name));
+        table.intern_all(loaded.values_mut());
+        let back = loaded.get(&FeedKey([1; 32])).unwrap();
+        assert!(Arc::ptr_eq(&back.namespaces.0 .0[0].0, &name));
+        assert!(Arc::ptr_eq(&back.forwarded.0[0].0, &name));
     }
 
     #[test]
@@ -487,7 +571,7 @@ mod tests {
         let file = MembershipFile::new(dir.path().join(MEMBERSHIP_FILE));
         assert!(file.load().unwrap().is_empty());
         let mut map = HashMap::new();
-        map.insert(FeedKey([1; 32]), Member::accepted("photos"));
+        map.insert(FeedKey([1; 32]), Member::accepted(n("photos")));
         map.insert(FeedKey([2; 32]), Member::created());
         file.write(2, &encode(&map).unwrap()).unwrap();
         // An older snapshot arriving late does not replace the newer one.
@@ -516,7 +600,7 @@ mod tests {
         options().serialize_into(&mut v1, &old).unwrap();
         assert_eq!(
             decode(&v1).unwrap(),
-            HashMap::from([(FeedKey([3; 32]), Member::accepted("x"))])
+            HashMap::from([(FeedKey([3; 32]), Member::accepted(n("x")))])
         );
         // A length prefix claiming more entries than bytes allocates nothing up front.
         let mut huge = MAGIC.to_vec();

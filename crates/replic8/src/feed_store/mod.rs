@@ -77,7 +77,7 @@ use crate::store::{
     Attach, Detach, FeedHeads, FeedUpdated, KnownFeeds, Offer, RegisterError, RegisterStore, Share,
     SharedFeed, Shares, StoreError, StoreRecipients,
 };
-use membership::{Member, MembersWritten, MembershipFile, MembershipWrites};
+use membership::{Member, MembersWritten, MembershipFile, MembershipWrites, NameTable};
 pub(crate) use registry::FeedEntry;
 use registry::{OpenLimits, Registry};
 
@@ -220,6 +220,8 @@ pub struct FeedStore<St: Storage> {
     held: HashSet<FeedKey>,
     /// The namespaces of the held feeds (a held feed without an entry is in none).
     members: HashMap<FeedKey, Member>,
+    /// The one copy of each namespace name that `members` hold.
+    names: NameTable,
     /// Where `members` is kept, for a disk store.
     membership_file: Option<Arc<MembershipFile>>,
     /// Changes of `members` to be written to the membership file so far.
@@ -300,7 +302,7 @@ impl<St: Storage> FeedStore<St> {
     fn with_feeds(
         storage: St,
         held: HashSet<FeedKey>,
-        members: HashMap<FeedKey, Member>,
+        mut members: HashMap<FeedKey, Member>,
         membership_file: Option<Arc<MembershipFile>>,
         config: FeedStoreConfig,
         sessions: Addr<SessionsActor>,
@@ -310,6 +312,8 @@ impl<St: Storage> FeedStore<St> {
             warn!("a policy for the public namespace is ignored: it accepts only held feeds");
         }
         let replicas = members.values().filter(|m| m.replica).count() as u64;
+        let mut names = NameTable::default();
+        names.intern_all(members.values_mut());
         FeedStore {
             registry: Arc::new(Registry::new(
                 storage,
@@ -341,6 +345,7 @@ impl<St: Storage> FeedStore<St> {
             policies: HashMap::new(),
             held,
             members,
+            names,
             membership_file,
             generation: 0,
             writes: MembershipWrites::default(),
@@ -523,10 +528,11 @@ impl<St: Storage> FeedStore<St> {
         for feed in admitted {
             self.decided(peer, namespace, &feed, OfferDecision::Accepted);
             accepted.push(feed.key);
-            let mut member = Member::accepted(namespace);
+            let name = self.names.intern(namespace);
+            let mut member = Member::accepted(name.clone());
             if policy.forward {
                 let headers = feed.headers.iter().map(|(k, v)| (k.to_owned(), v.to_vec()));
-                member.forwarded.insert(namespace, headers.collect());
+                member.forwarded.insert(name, headers.collect());
             }
             self.members.insert(feed.key, member);
             self.member_changes += 1;

@@ -167,7 +167,8 @@ impl<St: Storage> FeedStore<St> {
             .entry(namespace.to_owned())
             .or_default()
             .insert(feed, headers.clone());
-        Ok(self.members.entry(feed).or_default().share(namespace))
+        let name = self.names.intern(namespace);
+        Ok(self.members.entry(feed).or_default().share(name))
     }
 }
 

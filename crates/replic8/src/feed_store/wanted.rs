@@ -45,7 +45,10 @@ impl<St: Storage> Handler<GetFeed> for FeedStore<St> {
         };
         Box::pin(checked.into_actor(self).then(move |checked, act, _| {
             let persist = checked.is_ok().then(|| {
-                act.members.entry(feed).or_insert_with(Member::wanted);
+                let public = act.names.intern("");
+                act.members
+                    .entry(feed)
+                    .or_insert_with(|| Member::wanted(public));
                 act.member_changes += 1;
                 act.persist()
             });

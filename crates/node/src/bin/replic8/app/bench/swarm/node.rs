@@ -1,7 +1,7 @@
 //! The node side of the `swarm` bench: one process per node (the hidden
 //! `replic8 bench-swarm-node`), told what to do on stdin and reporting on stdout.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::broadcast;
 
-use super::super::replicate::{parse_feed, wait_synced, PeerFeed};
+use super::super::replicate::{parse_feed, wait_synced, ExpectedFeed, ExpectedFeeds, PeerFeed};
 use super::super::{round, BenchError};
 use crate::app::demo::Pattern;
 use replic8_node::config::LimitsSection;
@@ -319,13 +319,12 @@ async fn get(node: &NodeHandle, feed: FeedKey, length: u64) -> Result<NodeLine, 
         let events = node.subscribe();
         let result = async {
             node.get_feed(feed).await?;
-            let expected = PeerFeed {
-                key: hex::encode(feed.0),
+            let expected = ExpectedFeeds::new(vec![ExpectedFeed {
+                key: feed,
                 length,
                 bytes: 0,
-                tree_hash: String::new(),
-            };
-            let expected: HashMap<FeedKey, &PeerFeed> = HashMap::from([(feed, &expected)]);
+                tree_hash: [0; 32],
+            }]);
             wait_synced(node, events, &expected, length).await?;
             Ok::<_, BenchError>(start.elapsed())
         }
