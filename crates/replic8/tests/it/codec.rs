@@ -19,7 +19,7 @@ fn random_headers(rng: &mut StdRng) -> Headers {
 
 fn random_message(rng: &mut StdRng) -> Message {
     let key = |rng: &mut StdRng| rng.gen::<[u8; 32]>();
-    match rng.gen_range(0..12) {
+    match rng.gen_range(0..13) {
         0 => Message::Hello {
             version: rng.gen(),
             dialect: "x".repeat(rng.gen_range(0..=MAX_DIALECT_LEN)),
@@ -75,6 +75,30 @@ fn random_message(rng: &mut StdRng) -> Message {
                         tree_hash: key(rng),
                         signature: [rng.gen(); 64],
                     }),
+                    whole: rng.gen(),
+                })
+                .collect(),
+        },
+        12 => Message::Whole {
+            feeds: (0..rng.gen_range(0..5))
+                .map(|_| {
+                    let blocks: Vec<serde_bytes::ByteBuf> = (0..rng.gen_range(1..=8))
+                        .map(|_| {
+                            let len = rng.gen_range(0..2000);
+                            serde_bytes::ByteBuf::from(
+                                (0..len).map(|_| rng.gen()).collect::<Vec<u8>>(),
+                            )
+                        })
+                        .collect();
+                    WholeEntry {
+                        feed: DiscoveryKey(key(rng)),
+                        head: SignedHead {
+                            length: blocks.len() as u64,
+                            tree_hash: key(rng),
+                            signature: [rng.gen(); 64],
+                        },
+                        blocks,
+                    }
                 })
                 .collect(),
         },
@@ -139,7 +163,7 @@ fn every_message_kind_has_a_distinct_name() {
     for _ in 0..1000 {
         names.insert(random_message(&mut rng).name());
     }
-    assert_eq!(names.len(), 12, "{names:?}");
+    assert_eq!(names.len(), 13, "{names:?}");
 }
 
 #[test]
@@ -153,6 +177,7 @@ fn heads_messages_are_bounded() {
             tree_hash: [0xff; 32],
             signature: [0xff; 64],
         }),
+        whole: false,
     };
     let full = Message::Heads {
         feeds: vec![word.clone(); MAX_HEADS_PER_MESSAGE],
@@ -335,12 +360,12 @@ fn hello_bytes_match_the_protocol_document() {
     .unwrap();
     let mut expected = vec![0, 0, 0, 21]; // length prefix, big endian
     expected.push(0); // variant 0: Hello
-    expected.push(4); // version 4, one-byte varint
+    expected.push(5); // version 5, one-byte varint
     expected.push(15); // dialect length
     expected.extend_from_slice(b"bincode1-varint");
     expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian
     assert_eq!(wire, expected);
-    assert_eq!(ALPN, b"replic8/4");
+    assert_eq!(ALPN, b"replic8/5");
 
     // docs/PROTOCOL.md, "Messages": a tag, an offer and `Stopped`, byte for byte.
     let mut wire = Vec::new();

@@ -16,3 +16,4 @@ mod quic;
 mod session;
 mod store_messages;
 mod stream_reopen;
+mod whole;
