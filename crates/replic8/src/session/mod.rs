@@ -34,6 +34,15 @@
 //!   ([`Session::poll_verify`], [`Session::handle_heads_verified`]), a head that does not
 //!   verify ends the session (`bad head`), and the dialer opens no stream for a feed
 //!   whose verified heads are equal on both sides (one length, one tree hash);
+//! - a small feed goes whole instead of by stream when the first words say so (the
+//!   receiver's has no head and asks for it whole, the holder's has a head of at most
+//!   `MAX_WHOLE_BLOCKS` blocks): the holder reads it from its store
+//!   ([`StoreCall::ReadWhole`], only while its own output is under
+//!   [`MAX_PUMPED_CONTROL_BYTES`]) and sends it in a `Whole` message, or a `Notice`;
+//!   the receiver takes an entry only for a feed it expects whole (anything else ends
+//!   the session), hands each message's entries to its store at once
+//!   ([`StoreCall::WriteWhole`]) and reads no more while
+//!   [`MAX_WHOLE_BYTES_AT_STORE`] wait there;
 //! - a feed is offered to a peer at most once per session, and never to a peer known to
 //!   have it, so forwarding between sessions does not loop;
 //! - a feed stream that ends before its feed is in sync both ways (its store gave it up,
@@ -111,6 +120,8 @@
 //!   holds (our `Ready` waits for it), and the streams stores hold, detached at the end;
 //! - `feeds.rs`: a replicated feed's sync state: first words and their heads, notices
 //!   and faults;
+//! - `whole.rs`: small feeds sent whole on the control stream (decision 210): reads,
+//!   packing, writes and their answers;
 //! - `end.rs`: how a session ends, and misbehaviour.
 
 mod config;

@@ -449,3 +449,62 @@ fn stream_headers_are_read_from_the_start_of_a_stream() {
         Err(CodecError::Encoding(_))
     ));
 }
+
+fn whole_entry(blocks: usize, block_len: usize, length: u64) -> WholeEntry {
+    WholeEntry {
+        feed: DiscoveryKey([0x33; 32]),
+        head: SignedHead {
+            length,
+            tree_hash: [0x44; 32],
+            signature: [0x55; 64],
+        },
+        blocks: vec![serde_bytes::ByteBuf::from(vec![0x66; block_len]); blocks],
+    }
+}
+
+#[test]
+/// A feed sent whole is bounded in blocks and bytes, must have one block per block of
+/// its head, and a `Whole` message in entries and in a frame: the encoder refuses what
+/// the decoder would, and a full feed round trips.
+fn whole_messages_are_bounded() {
+    let per_block = MAX_WHOLE_FEED_BYTES / MAX_WHOLE_BLOCKS;
+    let full = whole_entry(MAX_WHOLE_BLOCKS, per_block, MAX_WHOLE_BLOCKS as u64);
+    let message = Message::Whole {
+        feeds: vec![full.clone(); 15],
+    };
+    let mut wire = Vec::new();
+    encode(&message, &mut wire).unwrap();
+    assert_eq!(decode_frame(&wire).unwrap().unwrap().0, message);
+
+    let refused = |entry: WholeEntry, words: &str| {
+        let message = Message::Whole { feeds: vec![entry] };
+        let err = encode(&message, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains(words), "{err}");
+        let payload = options().serialize(&message).unwrap();
+        let err = decode(&payload).unwrap_err().to_string();
+        assert!(err.contains(words), "{err}");
+    };
+    let blocks = MAX_WHOLE_BLOCKS + 1;
+    refused(
+        whole_entry(blocks, 1, blocks as u64),
+        "65 blocks, not 1 to 64",
+    );
+    refused(whole_entry(0, 1, 0), "0 blocks");
+    refused(whole_entry(2, 1, 3), "2 blocks for a head of length 3");
+    refused(
+        whole_entry(2, MAX_WHOLE_FEED_BYTES / 2 + 1, 2),
+        "65538 block bytes, over the limit of 65536",
+    );
+    // Entries per message, and one frame.
+    let small = whole_entry(1, 0, 1);
+    let over = Message::Whole {
+        feeds: vec![small; MAX_WHOLE_PER_MESSAGE + 1],
+    };
+    assert!(encode(&over, &mut Vec::new()).is_err());
+    let payload = options().serialize(&over).unwrap();
+    assert!(decode(&payload).is_err());
+    let too_big = Message::Whole {
+        feeds: vec![full; 17],
+    };
+    assert!(encode(&too_big, &mut Vec::new()).is_err());
+}
