@@ -63,6 +63,8 @@ impl Session {
                     state.whole = Whole::Expecting;
                     true
                 }
+                // A stream it is; its verified head goes with it (decision 198).
+                PeerHead::Verifying(_) => return true,
                 _ => false,
             },
             Whole::Offerable { length } => match state.peer_head {

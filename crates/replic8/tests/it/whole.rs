@@ -493,7 +493,8 @@ fn a_store_without_whole_gets_a_stream_for_every_feed() {
 }
 
 #[test]
-/// A feed larger than `MAX_WHOLE_BLOCKS` gets a stream, next to small feeds sent whole.
+/// A feed larger than `MAX_WHOLE_BLOCKS` gets a stream, next to small feeds sent whole,
+/// with the writer's first-word head verified once (decision 198).
 fn a_feed_over_the_block_bound_gets_a_stream() {
     for writer_dials in [true, false] {
         let case = format!("writer dials: {writer_dials}");
@@ -511,10 +512,19 @@ fn a_feed_over_the_block_bound_gets_a_stream() {
             "{case}"
         );
         assert_all_synced(&net, l, &feeds, &case);
-        let (writer, _) = roles(writer_dials);
+        let (writer, reader) = roles(writer_dials);
         assert_eq!(
             net.links[l].ends[writer].session.stats().feeds_sent_whole,
             10,
+            "{case}"
+        );
+        // The reader waited for the check of the long head: its stream carries it.
+        assert_eq!(
+            net.links[l].ends[reader]
+                .verified_heads
+                .get(&feed(11))
+                .map(|h| h.length),
+            Some(long),
             "{case}"
         );
     }
