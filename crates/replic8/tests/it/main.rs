@@ -17,3 +17,4 @@ mod session;
 mod store_messages;
 mod stream_reopen;
 mod whole;
+mod whole_quic;
