@@ -32,7 +32,11 @@ use super::format::{
     decode_head, decode_meta, decode_tree_slot, encode_head, encode_meta, encode_tree_slot,
     META_LEN, RECORD_HEAD_LEN, TREE_SLOT,
 };
-use crate::storage::{StorageError, StoredFeed, StoredHead, StoredNode};
+use crate::storage::whole::{decide, Existing};
+use crate::storage::{
+    StorageError, StoredFeed, StoredHead, StoredNode, WholeRead, WholeRefusal, WholeWrite,
+    WholeWritten,
+};
 use crate::tree::full_roots;
 
 const FEEDS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("feeds");
@@ -310,6 +314,13 @@ impl SmallFeeds {
         lock(&self.state).durable
     }
 
+    /// Numbers of the last commit and of the last durable one, and the writes pending.
+    #[cfg(test)]
+    pub(super) fn commits(&self) -> (u64, u64, usize) {
+        let state = lock(&self.state);
+        (state.last, state.durable, state.pending.len())
+    }
+
     /// Whether feed `key` has a row here.
     pub(super) fn contains(&self, key: &[u8; 32]) -> Result<bool, StorageError> {
         self.settle(key)?;
@@ -478,6 +489,155 @@ impl SmallFeeds {
             head: head.copied(),
         };
         lock(&self.state).push(&self.db, *key, bytes, op)
+    }
+
+    /// Writes each of `feeds` whole (see [`crate::storage::whole`]) in one durable
+    /// commit, with what is pending before them: a feed with no row gets one (a
+    /// replica), an empty one is filled, any other is left as [`decide`] says. The
+    /// caller holds no handle to them (none is open). Answers in order.
+    pub(super) fn write_whole(
+        &self,
+        feeds: &[&WholeWrite],
+    ) -> Result<Vec<WholeWritten>, StorageError> {
+        let mut out = Vec::with_capacity(feeds.len());
+        self.commit(true, |tx| {
+            let mut feed_rows = tx.open_table(FEEDS).map_err(db_error)?;
+            let mut block_rows = tx.open_table(BLOCKS).map_err(db_error)?;
+            let mut node_rows = tx.open_table(NODES).map_err(db_error)?;
+            for write in feeds {
+                let key = write.key;
+                let row = feed_rows
+                    .get(key)
+                    .map_err(db_error)?
+                    .map(|v| v.value().to_vec());
+                let existing = match &row {
+                    None => None,
+                    Some(row) => {
+                        let Ok((secret_key, head)) = decode_row(&key, row) else {
+                            // Left for opening the feed to report.
+                            out.push(WholeWritten::Refused(WholeRefusal::Holds));
+                            continue;
+                        };
+                        let held = head.map_or(0, |h| h.length);
+                        let below = block_rows
+                            .range((key, 0)..(key, held))
+                            .map_err(db_error)?
+                            .count() as u64;
+                        let any_block = block_rows
+                            .range(rows(&key))
+                            .map_err(db_error)?
+                            .next()
+                            .is_some();
+                        Some(Existing {
+                            writable: secret_key.is_some(),
+                            head,
+                            complete: head.is_some() && below == held,
+                            any_block,
+                        })
+                    }
+                };
+                let decided = decide(write, existing, |index| {
+                    let Some(slot) = node_rows.get((key, index)).map_err(db_error)? else {
+                        return Ok(None);
+                    };
+                    let slot = slot.value();
+                    let node = decode_tree_slot(index, &slot);
+                    Ok((encode_tree_slot(&node) == slot).then_some(node))
+                })?;
+                if let Some(done) = decided {
+                    out.push(done);
+                    continue;
+                }
+                let mut row = match row {
+                    Some(mut row) => {
+                        row.truncate(META_LEN);
+                        row
+                    }
+                    None => {
+                        // Rows a removal cut short may be left: they are not this feed's.
+                        block_rows
+                            .retain_in(rows(&key), |_, _| false)
+                            .map_err(db_error)?;
+                        node_rows
+                            .retain_in(rows(&key), |_, _| false)
+                            .map_err(db_error)?;
+                        encode_meta(&key, None)
+                    }
+                };
+                for (index, data) in (0u64..).zip(&write.blocks) {
+                    block_rows
+                        .insert((key, index), data.as_slice())
+                        .map_err(db_error)?;
+                }
+                for node in &write.nodes {
+                    node_rows
+                        .insert((key, node.index), encode_tree_slot(node))
+                        .map_err(db_error)?;
+                }
+                encode_head(&mut row, Some(&write.head));
+                feed_rows.insert(key, row.as_slice()).map_err(db_error)?;
+                out.push(WholeWritten::Written);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Each feed of `keys` read whole, in one read transaction (after committing what
+    /// is pending for any of them): `None` for a feed with no row here; `Some(None)`
+    /// for one that has no head, lacks a block of it, or whose blocks take more than
+    /// `max_bytes`.
+    pub(super) fn read_whole(
+        &self,
+        keys: &[[u8; 32]],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Option<WholeRead>>>, StorageError> {
+        {
+            let mut state = lock(&self.state);
+            if keys.iter().any(|k| state.touched.contains(k)) {
+                state.commit(&self.db, false, |_| Ok(()))?;
+            }
+        }
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(row) = feeds.get(key).map_err(db_error)? else {
+                out.push(None);
+                continue;
+            };
+            let head = match decode_row(key, row.value()) {
+                Ok((_, Some(head))) if head.length > 0 => head,
+                _ => {
+                    out.push(Some(None));
+                    continue;
+                }
+            };
+            let mut read = WholeRead {
+                head,
+                blocks: Vec::new(),
+            };
+            let mut bytes = 0usize;
+            let mut whole = true;
+            for (expected, entry) in (0u64..).zip(
+                blocks
+                    .range((*key, 0)..(*key, head.length))
+                    .map_err(db_error)?,
+            ) {
+                let (k, v) = entry.map_err(db_error)?;
+                let data = v.value();
+                bytes = bytes.saturating_add(data.len());
+                if k.value().1 != expected || bytes > max_bytes {
+                    whole = false;
+                    break;
+                }
+                read.blocks.push(data.to_vec());
+            }
+            whole &= read.blocks.len() as u64 == head.length;
+            out.push(Some(whole.then_some(read)));
+        }
+        Ok(out)
     }
 
     /// Make every commit up to number `upto` durable: one durable commit (with what
