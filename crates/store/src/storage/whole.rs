@@ -159,7 +159,9 @@ pub(crate) fn write_each<'a, S: Storage + ?Sized>(
         }
         let blocks: Vec<(u64, &[u8])> = (0..).zip(write.blocks.iter().map(Vec::as_slice)).collect();
         feed.write_borrowed(&blocks, write.nodes.clone(), Some(write.head))?;
-        feed.sync()?;
+        if feed.secret_key().is_some() {
+            feed.sync()?;
+        }
         out.push(WholeWritten::Written);
     }
     Ok(out)
@@ -182,8 +184,10 @@ pub(crate) fn read_each<S: Storage + ?Sized>(
     Ok(out)
 }
 
-/// One feed read whole: its head, then its blocks (blocks below a head never change, so
-/// a write in between leaves them the head's).
+/// One feed read whole: its head, made durable if the feed is writable here (it goes
+/// to peers: a writer's head must not leave while a crash can still lose it, or the
+/// writer could sign another tree at that length), then its blocks (blocks below a head
+/// never change, so a write in between leaves them the head's).
 fn read_one<F: FeedStorage>(
     feed: &mut F,
     max_bytes: usize,
@@ -191,6 +195,9 @@ fn read_one<F: FeedStorage>(
     let Some(head) = feed.head().filter(|h| h.length > 0) else {
         return Ok(None);
     };
+    if feed.secret_key().is_some() {
+        feed.sync()?;
+    }
     // `blocks` lets the first block through whatever its size: check it here.
     let blocks = feed.blocks(0, head.length, max_bytes)?;
     let bytes: usize = blocks.iter().map(Vec::len).sum();

@@ -583,10 +583,12 @@ impl SmallFeeds {
         Ok(out)
     }
 
-    /// Each feed of `keys` read whole, in one read transaction (after committing what
-    /// is pending for any of them): `None` for a feed with no row here; `Some(None)`
-    /// for one that has no head, lacks a block of it, or whose blocks take more than
-    /// `max_bytes`.
+    /// Each feed of `keys` read whole, in one read transaction: `None` for a feed with
+    /// no row here; `Some(None)` for one that has no head, lacks a block of it, or whose
+    /// blocks take more than `max_bytes`. What is pending for any of them is first
+    /// committed durably: a head read here goes to peers, and a writer's head must not
+    /// leave before it is durable (a crash would let it sign another tree at that
+    /// length), as an append's lock keeps a stream from reading it early.
     pub(super) fn read_whole(
         &self,
         keys: &[[u8; 32]],
@@ -595,7 +597,7 @@ impl SmallFeeds {
         {
             let mut state = lock(&self.state);
             if keys.iter().any(|k| state.touched.contains(k)) {
-                state.commit(&self.db, false, |_| Ok(()))?;
+                state.commit(&self.db, true, |_| Ok(()))?;
             }
         }
         let tx = self.db.begin_read().map_err(db_error)?;

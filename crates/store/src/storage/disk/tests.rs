@@ -405,3 +405,26 @@ fn a_feed_checked_and_written_whole_opens_as_a_replica() {
     assert_eq!(replica.head(), writer.head());
     assert_eq!(replica.get_range(0, 7).unwrap(), blocks);
 }
+
+/// A head read whole goes to peers: a write of the feed still pending is made durable
+/// before it is read; reading feeds with nothing pending commits nothing.
+#[test]
+fn a_feed_read_whole_is_durable_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    s.create([3; 32], None).unwrap().sync().unwrap();
+    let mut f = s.create([1; 32], Some([2; 32])).unwrap();
+    f.write(conformance::append_batch(0, 2, 10)).unwrap();
+    let (before, _, _) = s.shared.small.commits();
+    let read = s.read_whole(&[[3; 32]], 1 << 10).unwrap();
+    assert_eq!(read, vec![None]);
+    let (last, _, pending) = s.shared.small.commits();
+    assert_eq!(
+        (last, pending),
+        (before, 2),
+        "nothing of [1; 32] read: no commit"
+    );
+    let read = s.read_whole(&[[1; 32]], 1 << 10).unwrap();
+    assert_eq!(read[0].as_ref().map(|r| r.head), Some(conformance::head(2)));
+    assert_eq!(s.shared.small.commits(), (before + 1, before + 1, 0));
+}
