@@ -187,12 +187,7 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
         match op {
             Op::Remove { key } => {
                 feeds.remove(key).map_err(db_error)?;
-                block_rows
-                    .retain_in(rows(&key), |_, _| false)
-                    .map_err(db_error)?;
-                node_rows
-                    .retain_in(rows(&key), |_, _| false)
-                    .map_err(db_error)?;
+                remove_rows(&mut block_rows, &mut node_rows, &key)?;
             }
             Op::Create { key, row } => {
                 feeds.insert(key, row.as_slice()).map_err(db_error)?;
@@ -203,16 +198,8 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
                 nodes,
                 head,
             } => {
-                for (index, data) in &blocks {
-                    block_rows
-                        .insert((key, *index), data.as_slice())
-                        .map_err(db_error)?;
-                }
-                for node in &nodes {
-                    node_rows
-                        .insert((key, node.index), encode_tree_slot(node))
-                        .map_err(db_error)?;
-                }
+                let data = blocks.iter().map(|(i, d)| (*i, d.as_slice()));
+                insert_rows(&mut block_rows, &mut node_rows, &key, data, &nodes)?;
                 if let Some(head) = head {
                     let mut row = feeds
                         .get(key)
@@ -226,6 +213,43 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The block rows of the feeds, open in a write transaction.
+type BlockRows<'t> = redb::Table<'t, ([u8; 32], u64), &'static [u8]>;
+/// The node rows of the feeds, open in a write transaction.
+type NodeRows<'t> = redb::Table<'t, ([u8; 32], u64), [u8; TREE_SLOT as usize]>;
+
+/// Removes every block and node row of feed `key`.
+fn remove_rows(
+    blocks: &mut BlockRows<'_>,
+    nodes: &mut NodeRows<'_>,
+    key: &[u8; 32],
+) -> Result<(), StorageError> {
+    blocks
+        .retain_in(rows(key), |_, _| false)
+        .map_err(db_error)?;
+    nodes.retain_in(rows(key), |_, _| false).map_err(db_error)?;
+    Ok(())
+}
+
+/// Inserts blocks `data` (by index) and `written` nodes of feed `key`.
+fn insert_rows<'a>(
+    blocks: &mut BlockRows<'_>,
+    nodes: &mut NodeRows<'_>,
+    key: &[u8; 32],
+    data: impl IntoIterator<Item = (u64, &'a [u8])>,
+    written: &[StoredNode],
+) -> Result<(), StorageError> {
+    for (index, data) in data {
+        blocks.insert((*key, index), data).map_err(db_error)?;
+    }
+    for node in written {
+        nodes
+            .insert((*key, node.index), encode_tree_slot(node))
+            .map_err(db_error)?;
     }
     Ok(())
 }
@@ -555,25 +579,12 @@ impl SmallFeeds {
                     }
                     None => {
                         // Rows a removal cut short may be left: they are not this feed's.
-                        block_rows
-                            .retain_in(rows(&key), |_, _| false)
-                            .map_err(db_error)?;
-                        node_rows
-                            .retain_in(rows(&key), |_, _| false)
-                            .map_err(db_error)?;
+                        remove_rows(&mut block_rows, &mut node_rows, &key)?;
                         encode_meta(&key, None)
                     }
                 };
-                for (index, data) in (0u64..).zip(&write.blocks) {
-                    block_rows
-                        .insert((key, index), data.as_slice())
-                        .map_err(db_error)?;
-                }
-                for node in &write.nodes {
-                    node_rows
-                        .insert((key, node.index), encode_tree_slot(node))
-                        .map_err(db_error)?;
-                }
+                let data = (0u64..).zip(write.blocks.iter().map(Vec::as_slice));
+                insert_rows(&mut block_rows, &mut node_rows, &key, data, &write.nodes)?;
                 encode_head(&mut row, Some(&write.head));
                 feed_rows.insert(key, row.as_slice()).map_err(db_error)?;
                 out.push(WholeWritten::Written);
