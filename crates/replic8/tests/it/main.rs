@@ -12,6 +12,7 @@ mod actor;
 mod codec;
 mod feed_store;
 mod feed_store_policy;
+mod feed_store_whole;
 mod quic;
 mod session;
 mod store_messages;
