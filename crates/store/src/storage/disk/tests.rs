@@ -395,7 +395,12 @@ fn a_feed_checked_and_written_whole_opens_as_a_replica() {
     let mut writer = Feed::create(&MemoryStorage::new(), FeedSecret::generate()).unwrap();
     let blocks: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; 1024]).collect();
     writer.append_batch(&blocks).unwrap();
-    let whole = crate::check_whole(writer.key(), writer.head().unwrap(), blocks.clone()).unwrap();
+    let whole = crate::check_whole(
+        *writer.key().as_bytes(),
+        writer.head().unwrap(),
+        blocks.clone(),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = DiskStorage::open(dir.path()).unwrap();
     s.write_whole(&[whole]).unwrap();
