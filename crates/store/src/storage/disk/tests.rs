@@ -432,4 +432,15 @@ fn a_feed_read_whole_is_durable_first() {
     let read = s.read_whole(&[[1; 32]], 1 << 10).unwrap();
     assert_eq!(read[0].as_ref().map(|r| r.head), Some(conformance::head(2)));
     assert_eq!(s.shared.small.commits(), (before + 1, before + 1, 0));
+    // A commit without an fsync (a long queue's) is made durable before a read too.
+    for k in 0..super::small::PENDING_OPS as u64 {
+        let mut key = [9u8; 32];
+        key[..8].copy_from_slice(&k.to_le_bytes());
+        s.create(key, None).unwrap();
+    }
+    let (last, durable, _) = s.shared.small.commits();
+    assert!(durable < last);
+    s.read_whole(&[[3; 32]], 1 << 10).unwrap();
+    let (last, durable, _) = s.shared.small.commits();
+    assert_eq!(durable, last);
 }
