@@ -5,9 +5,9 @@
 //! A writer store makes N feeds of one block each and shares them; [`ReadWhole`] reads
 //! them in batches; then, twice (the session verified the heads already, or not), a
 //! fresh reader store accepts them (one offer; its replicas are made in the background,
-//! waited for) and takes them with [`WriteWhole`] in batches. Per phase: wall time and
-//! the CPU time of every thread of the process (from `/proc/self/task/*/schedstat`),
-//! each per feed.
+//! waited for, and measured too) and takes them with [`WriteWhole`] in batches. Per
+//! phase: wall time and the CPU time of every thread of the process (from
+//! `/proc/self/task/*/schedstat`), each per feed.
 //!
 //! `cargo bench -p replic8 --bench whole_feeds -- [feeds] [batch] [block_bytes]`
 //! (defaults 1000 500 1024; the stores are made under `$TMPDIR` and removed).
@@ -135,12 +135,15 @@ fn main() {
                     })
                     .collect(),
             };
-            assert_eq!(reader.send(offer).await.unwrap().unwrap().len(), feeds);
             // The replicas are made in the background: wait for them, so they do not
-            // count below.
-            while reader.send(GetStats).await.unwrap().feeds_opened < n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            // count below (the wait polls, so its wall time is coarse).
+            measure("Offer accepted, replicas made", n, async {
+                assert_eq!(reader.send(offer).await.unwrap().unwrap().len(), feeds);
+                while reader.send(GetStats).await.unwrap().feeds_opened < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
             let what = if head_verified {
                 "WriteWhole, heads verified by the session"
             } else {

@@ -4,17 +4,19 @@
 //! [`Storage::write_whole`]: crate::storage::Storage::write_whole
 
 use crate::feed::MAX_BLOCK_SIZE;
-use crate::keys::{FeedKey, SignedHead};
+use crate::keys::SignedHead;
 use crate::proof::VerifyError;
 use crate::storage::{StoredNode, WholeWrite};
 use crate::tree;
 
 /// Hashes `blocks` into a tree the way an append does and checks it against `head`:
 /// one block per unit of the head's length, none over [`MAX_BLOCK_SIZE`], and the tree
-/// hash the head's. Returns what storage writes. The head's signature is not checked
-/// here: verify it first ([`FeedKey::verify_head`], or [`crate::verify_heads`] for many).
+/// hash the head's. Returns what storage writes for feed `key` (the public key's bytes:
+/// the key itself is not needed here, so a caller that checked the head's signature
+/// already need not decode it again). The head's signature is not checked here: verify
+/// it first ([`crate::FeedKey::verify_head`], or [`crate::verify_heads`] for many).
 pub fn check_whole(
-    key: &FeedKey,
+    key: [u8; 32],
     head: &SignedHead,
     blocks: Vec<Vec<u8>>,
 ) -> Result<WholeWrite, VerifyError> {
@@ -36,7 +38,7 @@ pub fn check_whole(
         });
     }
     Ok(WholeWrite {
-        key: *key.as_bytes(),
+        key,
         blocks,
         nodes: nodes.into_iter().map(StoredNode::from).collect(),
         head: (*head).into(),
@@ -55,7 +57,7 @@ mod tests {
         let blocks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
         feed.append_batch(&blocks).unwrap();
         let head = *feed.head().unwrap();
-        let written = check_whole(feed.key(), &head, blocks.clone()).unwrap();
+        let written = check_whole(*feed.key().as_bytes(), &head, blocks.clone()).unwrap();
         // The same nodes the append stored.
         let mut stored = feed.storage().clone();
         for node in &written.nodes {
@@ -65,11 +67,11 @@ mod tests {
         let mut bad = blocks.clone();
         bad[3][7] ^= 1;
         assert!(matches!(
-            check_whole(feed.key(), &head, bad),
+            check_whole(*feed.key().as_bytes(), &head, bad),
             Err(VerifyError::TreeMismatch { length: 5 })
         ));
         assert!(matches!(
-            check_whole(feed.key(), &head, blocks[..4].to_vec()),
+            check_whole(*feed.key().as_bytes(), &head, blocks[..4].to_vec()),
             Err(VerifyError::Malformed(_))
         ));
     }

@@ -82,7 +82,6 @@ impl<St: Storage> Handler<WriteWhole> for FeedStore<St> {
 struct Candidate {
     /// Its place in the message.
     at: usize,
-    key: replic8_store::FeedKey,
     arrived: ArrivedWhole,
 }
 
@@ -107,25 +106,30 @@ fn write_whole<St: Storage>(
     taken: Vec<bool>,
 ) -> Result<Vec<WholeOutcome>, FeedStoreError> {
     let mut out = vec![WholeOutcome::Declined; feeds.len()];
-    let mut candidates = Vec::with_capacity(feeds.len());
-    for (at, (arrived, taken)) in feeds.into_iter().zip(taken).enumerate() {
-        // An empty head has nothing to store whole: a stream settles it.
-        if !taken || arrived.whole.head.length == 0 {
+    // An empty head has nothing to store whole: a stream settles it.
+    let candidates: Vec<Candidate> = feeds
+        .into_iter()
+        .zip(taken)
+        .enumerate()
+        .filter(|(_, (arrived, taken))| *taken && arrived.whole.head.length > 0)
+        .map(|(at, (arrived, _))| Candidate { at, arrived })
+        .collect();
+    // The keys of heads to verify, decoded (a held feed's key decoded once already).
+    let mut bad = vec![false; candidates.len()];
+    let mut unverified = Vec::new();
+    let mut heads: Vec<(replic8_store::FeedKey, SignedHead)> = Vec::new();
+    for (i, c) in candidates.iter().enumerate() {
+        if c.arrived.head_verified {
             continue;
         }
-        match replic8_store::FeedKey::try_from(arrived.feed) {
-            Ok(key) => candidates.push(Candidate { at, key, arrived }),
-            Err(e) => out[at] = WholeOutcome::Failed(format!("bad feed key: {e}")),
+        match replic8_store::FeedKey::try_from(c.arrived.feed) {
+            Ok(key) => {
+                unverified.push(i);
+                heads.push((key, c.arrived.whole.head));
+            }
+            Err(_) => bad[i] = true,
         }
     }
-    let unverified: Vec<usize> = (0..candidates.len())
-        .filter(|&i| !candidates[i].arrived.head_verified)
-        .collect();
-    let heads: Vec<(replic8_store::FeedKey, SignedHead)> = unverified
-        .iter()
-        .map(|&i| (candidates[i].key, candidates[i].arrived.whole.head))
-        .collect();
-    let mut bad = vec![false; candidates.len()];
     for i in verify_heads(&heads) {
         bad[unverified[i]] = true;
     }
@@ -138,7 +142,7 @@ fn write_whole<St: Storage>(
                 length: head.length,
             })
         } else {
-            check_whole(&c.key, &head, c.arrived.whole.blocks)
+            check_whole(c.arrived.feed.0, &head, c.arrived.whole.blocks)
         };
         match verified {
             Ok(write) => {

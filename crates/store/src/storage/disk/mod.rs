@@ -184,10 +184,14 @@ struct FeedInner {
     rows_left: bool,
 }
 
+/// `key` in lowercase hex (a feed's directory name). Digit by digit, not `format!` per
+/// byte: every whole-feed read and write asks whether a feed has a directory.
 fn hex(key: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in key {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }

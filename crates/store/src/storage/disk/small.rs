@@ -98,7 +98,7 @@ enum Op {
 /// Pending creates and writes after which they are committed (without an fsync) even
 /// if no feed syncs: bounds the memory they hold, and makes each commit's cost (a walk
 /// down each table's B-tree, a page write per touched page) shared by many writes.
-const PENDING_OPS: usize = 1024;
+pub(super) const PENDING_OPS: usize = 1024;
 /// Pending block bytes after which they are committed, as [`PENDING_OPS`].
 const PENDING_BYTES: usize = 4 << 20;
 
@@ -596,10 +596,11 @@ impl SmallFeeds {
 
     /// Each feed of `keys` read whole, in one read transaction: `None` for a feed with
     /// no row here; `Some(None)` for one that has no head, lacks a block of it, or whose
-    /// blocks take more than `max_bytes`. What is pending for any of them is first
-    /// committed durably: a head read here goes to peers, and a writer's head must not
-    /// leave before it is durable (a crash would let it sign another tree at that
-    /// length), as an append's lock keeps a stream from reading it early.
+    /// blocks take more than `max_bytes`. A head read here goes to peers, and a
+    /// writer's head must not leave before it is durable (a crash would let it sign
+    /// another tree at that length), as an append's lock keeps a stream from reading it
+    /// early: so what is pending for any of them, or any commit not yet durable (a long
+    /// queue is committed without an fsync), is first made durable.
     pub(super) fn read_whole(
         &self,
         keys: &[[u8; 32]],
@@ -607,7 +608,7 @@ impl SmallFeeds {
     ) -> Result<Vec<Option<Option<WholeRead>>>, StorageError> {
         {
             let mut state = lock(&self.state);
-            if keys.iter().any(|k| state.touched.contains(k)) {
+            if state.durable < state.last || keys.iter().any(|k| state.touched.contains(k)) {
                 state.commit(&self.db, true, |_| Ok(()))?;
             }
         }
