@@ -238,59 +238,47 @@ fn a_whole_feed_waits_for_the_check_of_its_head() {
 }
 
 #[test]
-/// A feed the writer's store does not read whole (not held whole, or over the bounds)
-/// gets a stream: the writer tells the reader with a `Notice`, and the rest go whole.
-fn a_feed_not_read_whole_falls_back_to_a_stream() {
+/// A feed not sent whole after all gets a stream, and the rest go whole: one the
+/// writer's store does not read whole (not held whole, or over the bounds; the writer
+/// tells the reader with a `Notice`), or one the reader's store declines (the reader
+/// says so with a `Notice`). The dialer opens the stream and the feed syncs on it.
+fn a_feed_not_sent_whole_after_all_falls_back_to_a_stream() {
     for writer_dials in [true, false] {
-        let case = format!("writer dials: {writer_dials}");
-        let feeds = small_feeds(20, writer_dials);
-        let (writer, reader) = roles(writer_dials);
-        let (net, l) = whole_net(one_shot(), &feeds, |net| {
-            net.stores[writer].read_none.insert(feed(3));
-        });
-        assert_eq!(
-            net.links[l].ends[0].ever_attached,
-            [feed(3)].into(),
-            "{case}"
-        );
-        assert_eq!(
-            notices(&net, l, writer),
-            vec![feed(3).discovery_key()],
-            "{case}"
-        );
-        assert_all_synced(&net, l, &feeds, &case);
-        let r = net.links[l].ends[reader].session.stats();
-        assert_eq!(r.feeds_received_whole, 19, "{case}");
-        let reason = net.ended(l, A).expect("ended");
-        assert_eq!(reason.code, CloseCode::DONE, "{case}: {reason}");
-    }
-}
-
-#[test]
-/// A feed the reader's store declines gets a stream: the reader says so with a
-/// `Notice`, the dialer opens the stream, and the feed syncs on it.
-fn a_declined_feed_falls_back_to_a_stream() {
-    for writer_dials in [true, false] {
-        let case = format!("writer dials: {writer_dials}");
-        let feeds = small_feeds(20, writer_dials);
-        let (writer, reader) = roles(writer_dials);
-        let (net, l) = whole_net(one_shot(), &feeds, |net| {
-            net.stores[reader].decline.insert(feed(5));
-        });
-        assert_eq!(
-            net.links[l].ends[0].ever_attached,
-            [feed(5)].into(),
-            "{case}"
-        );
-        assert!(
-            notices(&net, l, reader).contains(&feed(5).discovery_key()),
-            "{case}"
-        );
-        assert_all_synced(&net, l, &feeds, &case);
-        let w = net.links[l].ends[writer].session.stats();
-        assert_eq!(w.feeds_sent_whole, 20, "{case}");
-        let reason = net.ended(l, A).expect("ended");
-        assert_eq!(reason.code, CloseCode::DONE, "{case}: {reason}");
+        for declined in [false, true] {
+            let case = format!("declined: {declined}, writer dials: {writer_dials}");
+            let feeds = small_feeds(20, writer_dials);
+            let (writer, reader) = roles(writer_dials);
+            let (net, l) = whole_net(one_shot(), &feeds, |net| {
+                if declined {
+                    net.stores[reader].decline.insert(feed(5));
+                } else {
+                    net.stores[writer].read_none.insert(feed(5));
+                }
+            });
+            assert_eq!(
+                net.links[l].ends[0].ever_attached,
+                [feed(5)].into(),
+                "{case}"
+            );
+            let teller = if declined { reader } else { writer };
+            assert!(
+                notices(&net, l, teller).contains(&feed(5).discovery_key()),
+                "{case}"
+            );
+            assert_all_synced(&net, l, &feeds, &case);
+            let (w, r) = (
+                net.links[l].ends[writer].session.stats(),
+                net.links[l].ends[reader].session.stats(),
+            );
+            let sent = if declined { 20 } else { 19 };
+            assert_eq!(
+                (w.feeds_sent_whole, r.feeds_received_whole),
+                (sent, 19),
+                "{case}"
+            );
+            let reason = net.ended(l, A).expect("ended");
+            assert_eq!(reason.code, CloseCode::DONE, "{case}: {reason}");
+        }
     }
 }
 
