@@ -30,14 +30,15 @@ use tracing::{debug, warn};
 
 use crate::frame::{FrameError, PREFIX_LEN};
 use crate::keys::{exporter_secret, FeedKey, NamespaceSecret, PeerKey, Role};
+use crate::message::MAX_WHOLE_FEED_BYTES;
 use crate::message::{self, CloseCode, CodecError, FeedStreamHeader};
 use crate::session::{
     CommandError, EndReason, HeadCheck, Session, SessionConfig, SessionEvent, SessionStats, Side,
     StoreCall, StreamCommand, StreamId,
 };
 use crate::store::{
-    Attach, Detach, DetachReason, FeedHeads, FeedStream, KnownFeeds, Offer, SharedFeed, Shares,
-    StoreError, StoreRecipients,
+    Attach, Detach, DetachReason, FeedHeads, FeedStream, KnownFeeds, Offer, ReadWhole, SharedFeed,
+    Shares, StoreError, StoreRecipients, WholeFeed, WholeOutcome, WriteWhole,
 };
 use crate::stream_io::{sleep_until, write_frames};
 use replic8_store::SignedHead;
@@ -163,6 +164,10 @@ enum Input {
     Shares(String, Result<Vec<SharedFeed>, String>),
     Known(String, Result<Vec<FeedKey>, String>),
     Heads(Vec<FeedKey>, Result<Vec<Option<SignedHead>>, String>),
+    /// The store's answer to a `ReadWhole` of these feeds.
+    WholeRead(Vec<FeedKey>, Result<Vec<Option<WholeFeed>>, String>),
+    /// The store's answer to a `WriteWhole` of these feeds.
+    WholeWritten(Vec<FeedKey>, Result<Vec<WholeOutcome>, String>),
     /// The peer's heads of one message verified: the positions of those that did not.
     Verified(HeadCheck, Vec<usize>),
     Answer(u64, Result<Vec<FeedKey>, String>),
@@ -243,9 +248,7 @@ pub async fn run(
 
     // Every store is asked what it shares and holds; the core is ready once all answered.
     for entry in &namespaces {
-        if let Err(e) = session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
-            warn!(namespace = %entry.name, error = %e, "namespace not registered");
-        }
+        serve(&mut session, entry);
     }
     let _ = session.handle_ready();
 
@@ -317,6 +320,8 @@ pub async fn run(
                 StoreCall::Shares { namespace }
                 | StoreCall::Known { namespace }
                 | StoreCall::Heads { namespace, .. }
+                | StoreCall::ReadWhole { namespace, .. }
+                | StoreCall::WriteWhole { namespace, .. }
                 | StoreCall::Detach { namespace, .. } => namespace,
             };
             let store = stores.get(namespace).cloned();
@@ -467,6 +472,8 @@ pub async fn run(
                     }
                     Input::Known(namespace, answer) => session.handle_known(&namespace, answer),
                     Input::Heads(feeds, answer) => session.handle_heads(&feeds, answer),
+                    Input::WholeRead(feeds, answer) => session.handle_whole_read(&feeds, answer),
+                    Input::WholeWritten(feeds, answer) => session.handle_whole_written(&feeds, answer),
                     Input::Verified(check, bad) => session.handle_heads_verified(check, &bad),
                     Input::Answer(offer, answer) => {
                         let _ = session.handle_offer_answer(offer, answer);
@@ -497,11 +504,8 @@ pub async fn run(
                     session.handle_feed_stalled(&feed, &reason);
                 }
                 Some(SessionCommand::Register(entry)) => {
-                    match session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
-                        Ok(()) => {
-                            stores.insert(entry.name, entry.store);
-                        }
-                        Err(e) => warn!(namespace = %entry.name, error = %e, "namespace not registered"),
+                    if serve(&mut session, &entry) {
+                        stores.insert(entry.name, entry.store);
                     }
                 }
                 // The store stays known: streams of feeds replicated in the namespace go on.
@@ -568,9 +572,54 @@ async fn ask_store(
             };
             Some(Input::Heads(feeds, answer))
         }
+        // A store without whole answers never sends or takes a feed whole: its feeds
+        // get streams (the core asks it only if it said it does).
+        StoreCall::ReadWhole { namespace, feeds } => {
+            let answer = match store.and_then(|s| s.whole) {
+                Some(whole) => {
+                    let msg = ReadWhole {
+                        peer,
+                        namespace,
+                        feeds: feeds.clone(),
+                        max_bytes: MAX_WHOLE_FEED_BYTES,
+                    };
+                    flatten(whole.read.send(msg).await)
+                }
+                None => Ok(vec![None; feeds.len()]),
+            };
+            Some(Input::WholeRead(feeds, answer))
+        }
+        StoreCall::WriteWhole { namespace, feeds } => {
+            let keys: Vec<FeedKey> = feeds.iter().map(|f| f.feed).collect();
+            let answer = match store.and_then(|s| s.whole) {
+                Some(whole) => {
+                    let msg = WriteWhole {
+                        peer,
+                        namespace,
+                        feeds,
+                    };
+                    flatten(whole.write.send(msg).await)
+                }
+                None => Ok(vec![WholeOutcome::Declined; keys.len()]),
+            };
+            Some(Input::WholeWritten(keys, answer))
+        }
         // Made by `run` once the connection is closed.
         StoreCall::Detach { .. } => None,
     }
+}
+
+/// Serves a namespace with its store on the session; returns whether it is registered.
+fn serve(session: &mut Session, entry: &NamespaceEntry) -> bool {
+    if let Err(e) = session.handle_serve_namespace(&entry.name, entry.secret.clone()) {
+        warn!(namespace = %entry.name, error = %e, "namespace not registered");
+        return false;
+    }
+    if entry.store.whole.is_some() {
+        // Registered just now: this cannot fail.
+        let _ = session.handle_store_takes_whole(&entry.name);
+    }
+    true
 }
 
 /// The positions in `heads` of those that do not verify: a key that is not an ed25519

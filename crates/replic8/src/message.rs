@@ -17,9 +17,9 @@ use crate::keys::{DiscoveryKey, FeedKey, Role};
 use replic8_store::SignedHead;
 
 /// The session protocol's version, carried in the ALPN and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The ALPN of the session protocol; it names the version.
-pub const ALPN: &[u8] = b"replic8/4";
+pub const ALPN: &[u8] = b"replic8/5";
 /// This implementation's dialect: the message encoding family spoken on the wire.
 pub const DIALECT: &str = "bincode1-varint";
 /// Most entries in one feed's headers.
@@ -35,6 +35,22 @@ pub const MAX_FEEDS_PER_MESSAGE: usize = 4096;
 /// hundred heads a larger batch gains little per head while a failed one costs more to
 /// search (`docs/PERFORMANCE.md`, "first words with signed heads").
 pub const MAX_HEADS_PER_MESSAGE: usize = 1024;
+/// Most blocks of a feed sent whole ([`Message::Whole`], decision 210): a feed whose
+/// first-word head is longer gets a stream. Whole feeds save the fixed cost of a feed
+/// stream (a QUIC stream, two tasks, a sync core and a round trip on each side, about
+/// 0.4 ms of CPU per feed and side); past a few dozen blocks a stream's per-block work
+/// dominates that cost and its pipelining pays, while 64 blocks keep the receiver's
+/// tree hashing of one entry trivial. `replic8 bench many-feeds` with 1 block a feed
+/// goes whole, with 100 blocks a feed goes by streams.
+pub const MAX_WHOLE_BLOCKS: usize = 64;
+/// Most block bytes of one feed sent whole: one sixteenth of a frame, so a `Whole`
+/// message packs at least 15 feeds and a control message never waits behind more than
+/// a frame of them, and a read of many feeds from the store stays a few MiB at most.
+pub const MAX_WHOLE_FEED_BYTES: usize = 64 * 1024;
+/// Most feeds in one [`Message::Whole`]. The smallest entry (one empty block) is about
+/// 140 bytes, so a frame could hold about 7,000; the bound keeps one `WriteWhole` call
+/// of the receiver's store (one storage transaction) the size of a `Have` list.
+pub const MAX_WHOLE_PER_MESSAGE: usize = 4096;
 /// Most bytes in a dialect name.
 pub const MAX_DIALECT_LEN: usize = 64;
 /// The connection-local handle of the public namespace `""`, which needs no tag.
@@ -242,6 +258,61 @@ pub struct FirstWord {
     /// The writer's signed head of the sender's copy, when the sender holds every
     /// block it covers; `None` when it lacks blocks or cannot say (a stream is needed).
     pub head: Option<SignedHead>,
+    /// Only with no head: the sender's store takes feeds whole, so a peer holding a
+    /// head of at most [`MAX_WHOLE_BLOCKS`] blocks sends the feed in a
+    /// [`Message::Whole`] (or tells with a `Notice` that it will not) instead of a
+    /// stream (decision 210).
+    pub whole: bool,
+}
+
+/// One feed sent whole (in [`Message::Whole`]): the writer's signed head of the
+/// sender's copy and every block it covers, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WholeEntry {
+    /// The feed.
+    pub feed: DiscoveryKey,
+    /// The writer's signed head; its length is the number of blocks.
+    pub head: SignedHead,
+    /// Blocks `0..head.length`: at least one, at most [`MAX_WHOLE_BLOCKS`], together
+    /// at most [`MAX_WHOLE_FEED_BYTES`].
+    pub blocks: Vec<serde_bytes::ByteBuf>,
+}
+
+impl WholeEntry {
+    /// The block bytes of the entry.
+    pub fn block_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.len()).sum()
+    }
+
+    /// Checks the bounds, and that there is one block per block of the head.
+    pub fn check(&self) -> Result<(), CodecError> {
+        let bad = |reason: String| {
+            Err(CodecError::Whole {
+                feed: self.feed.fmt_short(),
+                reason,
+            })
+        };
+        if self.blocks.is_empty() || self.blocks.len() > MAX_WHOLE_BLOCKS {
+            return bad(format!(
+                "{} blocks, not 1 to {MAX_WHOLE_BLOCKS}",
+                self.blocks.len()
+            ));
+        }
+        if self.blocks.len() as u64 != self.head.length {
+            return bad(format!(
+                "{} blocks for a head of length {}",
+                self.blocks.len(),
+                self.head.length
+            ));
+        }
+        let bytes = self.block_bytes();
+        if bytes > MAX_WHOLE_FEED_BYTES {
+            return bad(format!(
+                "{bytes} block bytes, over the limit of {MAX_WHOLE_FEED_BYTES}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A message on the control stream.
@@ -329,6 +400,14 @@ pub enum Message {
         /// The first words, at most [`MAX_HEADS_PER_MESSAGE`].
         feeds: Vec<FirstWord>,
     },
+    /// Small feeds sent whole, each in place of a feed stream: only feeds whose
+    /// receiver's first word asked for it (`FirstWord::whole`) and whose sender's first
+    /// word had a head of at most [`MAX_WHOLE_BLOCKS`] blocks, each at most once per
+    /// session (decision 210).
+    Whole {
+        /// The feeds, at most [`MAX_WHOLE_PER_MESSAGE`], within one frame.
+        feeds: Vec<WholeEntry>,
+    },
 }
 
 /// First and only session frame on a feed stream: which feed it carries.
@@ -374,6 +453,14 @@ pub enum CodecError {
         count: usize,
         /// The limit.
         max: usize,
+    },
+    /// A feed sent whole is over a bound, or its blocks do not match its head's length.
+    #[error("whole feed {feed}: {reason}")]
+    Whole {
+        /// The feed's discovery key, short form.
+        feed: String,
+        /// Which bound.
+        reason: String,
     },
     /// A text field is too long.
     #[error("{field} is {len} bytes, over the limit of {max}")]
@@ -430,6 +517,15 @@ impl Message {
                 }
                 Ok(())
             }
+            Message::Whole { feeds: list } => {
+                if list.len() > MAX_WHOLE_PER_MESSAGE {
+                    return Err(CodecError::TooManyFeeds {
+                        count: list.len(),
+                        max: MAX_WHOLE_PER_MESSAGE,
+                    });
+                }
+                list.iter().try_for_each(WholeEntry::check)
+            }
             Message::Close { reason, .. } => text("reason", reason.len(), MAX_REASON_LEN),
             Message::Tag { .. }
             | Message::Stopped { .. }
@@ -455,6 +551,7 @@ impl Message {
             Message::Close { .. } => "close",
             Message::Stopped { .. } => "stopped",
             Message::Heads { .. } => "heads",
+            Message::Whole { .. } => "whole",
         }
     }
 }

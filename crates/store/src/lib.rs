@@ -16,6 +16,8 @@
 //! - [`sync`]: [`FeedSync`], the sync state machine for one feed and one peer.
 //! - [`storage`]: the [`storage::Storage`] and [`storage::FeedStorage`] traits, with memory
 //!   and disk implementations.
+//! - [`whole`]: [`check_whole`], a feed sent whole checked against its head before it is
+//!   stored.
 
 //!
 //! Replicating a feed between two sides in one process (the session layer does the same
@@ -55,6 +57,7 @@ pub mod scan;
 pub mod storage;
 pub mod sync;
 pub mod tree;
+pub mod whole;
 
 pub use feed::{AppendError, Feed, IngestError, Ingested, OpenError, ReadError, MAX_BLOCK_SIZE};
 pub use keys::{verify_heads, DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
@@ -65,3 +68,4 @@ pub use proof::{Proof, ProofError, VerifiedProof, VerifyError};
 pub use scan::{scan_feeds, ScannedFeed};
 pub use sync::{FeedSync, SyncConfig, SyncError, SyncEvent, SyncStats, Want};
 pub use tree::Node;
+pub use whole::check_whole;

@@ -9,7 +9,8 @@
 //! forwarding policy, shared with the namespace's other sessions except the peer it
 //! came from; the session layer skips peers known to have it), and starts one stream
 //! driver per [`Attach`] (see `stream.rs`). Its handlers: `session_api.rs` for the
-//! store interface the session layer calls, `node_api.rs` for the node's own messages;
+//! store interface the session layer calls, `whole.rs` for small feeds sent and taken
+//! whole in place of a stream (decision 210), `node_api.rs` for the node's own messages;
 //! `manual.rs` holds offers waiting for the user, `wanted.rs` feeds fetched by key.
 //!
 //! Invariants:
@@ -47,6 +48,7 @@ mod serve_budget;
 mod session_api;
 mod stream;
 mod wanted;
+mod whole;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -373,10 +375,13 @@ impl<St: Storage> FeedStore<St> {
     }
 
     /// The recipients the session layer calls, with the store's answer to
-    /// [`FeedHeads`] (so feeds held complete on both sides
-    /// get no stream).
+    /// [`FeedHeads`] (so feeds held complete on both sides get no stream) and to
+    /// [`ReadWhole`](crate::store::ReadWhole) and [`WriteWhole`](crate::store::WriteWhole)
+    /// (so small feeds travel whole, without a stream).
     pub fn recipients(addr: &Addr<Self>) -> StoreRecipients {
-        StoreRecipients::of(addr).with_heads(addr.clone().recipient())
+        StoreRecipients::of(addr)
+            .with_heads(addr.clone().recipient())
+            .with_whole(addr.clone().recipient(), addr.clone().recipient())
     }
 
     /// The policy of `namespace`: its own, else the config's default; always held-only

@@ -25,14 +25,20 @@
 //!   scanned;
 //! - a scanned summary never replaces one from an open feed; it is trusted as an open
 //!   feed is (the stored roots hash to the stored head, which was signed or verified
-//!   before it was written), so first words take heads from it without opening.
+//!   before it was written), so first words take heads from it without opening;
+//! - feeds written whole ([`Registry::write_whole`]) go to storage while their stripes
+//!   are held and none of them is open (an unpinned one is closed first, a pinned one
+//!   is refused): an open [`Feed`] would not see a write made beneath it. The index
+//!   gets each written feed's summary.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use replic8_store::storage::{FeedStorage, Storage, StorageError};
+use replic8_store::storage::{
+    FeedStorage, Storage, StorageError, WholeRead, WholeRefusal, WholeWrite, WholeWritten,
+};
 use replic8_store::{scan_feeds, Feed, FeedSecret, OpenError, ScannedFeed, SignedHead};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -297,6 +303,11 @@ pub(crate) struct Registry<St: Storage> {
 /// on each other with a few dozen blocking-pool threads.
 const OPEN_STRIPES: usize = 64;
 
+/// The stripe of [`Registry::opening`] that `key` falls in.
+fn stripe_of(key: &FeedKey) -> usize {
+    usize::from(key.0[0]) % OPEN_STRIPES
+}
+
 impl<St: Storage> Registry<St> {
     pub(crate) fn new(storage: St, limits: OpenLimits) -> Self {
         Registry {
@@ -343,7 +354,7 @@ impl<St: Storage> Registry<St> {
 
     /// The stripe lock of `key` (keys are uniformly random bytes).
     fn stripe(&self, key: &FeedKey) -> MutexGuard<'_, ()> {
-        self.opening[usize::from(key.0[0]) % OPEN_STRIPES]
+        self.opening[stripe_of(key)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -479,6 +490,88 @@ impl<St: Storage> Registry<St> {
                 }
             })
             .collect()
+    }
+
+    /// Each feed of `keys` read whole from storage ([`Storage::read_whole`], one call
+    /// for all): `None` for one whose blocks take more than `max_bytes` or that lacks a
+    /// block, and, without touching storage, for one whose summary says so already.
+    pub(crate) fn read_whole(
+        &self,
+        keys: &[FeedKey],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<WholeRead>>, StorageError> {
+        let mut out = vec![None; keys.len()];
+        let mut asked = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let hopeless = self
+                .index
+                .get(key)
+                .is_some_and(|s| s.complete_length().is_none() || s.byte_length > max_bytes as u64);
+            if !hopeless {
+                asked.push(i);
+            }
+        }
+        let asked_keys: Vec<[u8; 32]> = asked.iter().map(|&i| keys[i].0).collect();
+        let read = self.storage.read_whole(&asked_keys, max_bytes)?;
+        for (&i, read) in asked.iter().zip(read) {
+            out[i] = read;
+        }
+        Ok(out)
+    }
+
+    /// Writes `feeds` whole ([`Storage::write_whole`], one call for all), each verified
+    /// by the caller. Their stripes are held throughout, in ascending order (every other
+    /// holder takes one stripe at a time), so none of them opens meanwhile; an open one
+    /// is closed first if unpinned, refused ([`WholeRefusal::Open`]) if pinned. Each
+    /// feed written gets its summary in the index. Answers in order.
+    pub(crate) fn write_whole(
+        &self,
+        feeds: Vec<WholeWrite>,
+    ) -> Result<Vec<WholeWritten>, StorageError> {
+        let mut stripes: Vec<usize> = feeds.iter().map(|w| stripe_of(&FeedKey(w.key))).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _held: Vec<MutexGuard<'_, ()>> = stripes
+            .iter()
+            .map(|&i| {
+                self.opening[i]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
+            .collect();
+        let mut out = vec![WholeWritten::Refused(WholeRefusal::Open); feeds.len()];
+        let mut at = Vec::with_capacity(feeds.len());
+        let mut free = Vec::with_capacity(feeds.len());
+        let mut closed = 0;
+        for (i, write) in feeds.into_iter().enumerate() {
+            let key = FeedKey(write.key);
+            if let Some(removed) = self.open.remove_if(&key, |_, entry| !entry.pinned()) {
+                drop(removed);
+                closed += 1;
+            }
+            if !self.open.contains_key(&key) {
+                at.push(i);
+                free.push(write);
+            }
+        }
+        self.closed.fetch_add(closed, Ordering::Relaxed);
+        let written = self.storage.write_whole(&free)?;
+        for ((i, write), done) in at.into_iter().zip(&free).zip(written) {
+            if done == WholeWritten::Written {
+                let key = FeedKey(write.key);
+                let length = write.head.length;
+                let bytes = write.byte_length();
+                let summary = Summary::new(
+                    false,
+                    Some(write.head.into()),
+                    (length, length, bytes),
+                    Some(bytes),
+                );
+                self.index.insert(key, summary);
+            }
+            out[i] = done;
+        }
+        Ok(out)
     }
 
     /// Creates a new writable feed; returns its key.

@@ -46,6 +46,22 @@ pub const MAX_PUMPED_CONTROL_BYTES: usize = MAX_FRAME_LEN;
 /// Most feeds in one [`StoreCall::Heads`](super::StoreCall::Heads): a store answers a
 /// batch on its blocking pool, and a session start with 100,000 feeds makes 25 calls.
 pub const MAX_HEADS_PER_CALL: usize = 4096;
+/// Most feeds in one [`StoreCall::ReadWhole`](super::StoreCall::ReadWhole): with
+/// [`MAX_WHOLE_READS`] calls in flight, a session has at most 128 feeds at its store to
+/// read, at most 8 MiB (`MAX_WHOLE_FEED_BYTES` each) and 128 KiB for feeds of one
+/// 1 KiB block; 100,000 small feeds take about 1,600 calls, each one storage read.
+pub const MAX_WHOLE_READ_FEEDS: usize = 64;
+/// Most [`StoreCall::ReadWhole`](super::StoreCall::ReadWhole) calls of a session in
+/// flight at once: two, so the store reads the next batch while the last is packed and
+/// sent. Reads are made only while our control output is under
+/// [`MAX_PUMPED_CONTROL_BYTES`] and less than a frame of read feeds waits to be sent.
+pub const MAX_WHOLE_READS: usize = 2;
+/// Most bytes of feeds the peer sent whole (blocks and heads) at our store or waiting
+/// for it: at this we read no more of the peer's control stream until the store
+/// answers, so QUIC flow control slows the sender. Four frames: the store writes each
+/// `Whole` message in one transaction and the next ones wait in memory, at most this
+/// plus one frame per session.
+pub const MAX_WHOLE_BYTES_AT_STORE: usize = 4 * MAX_FRAME_LEN;
 /// Most ends in a row of a feed's stream before the feed was in sync both ways that the
 /// dialer answers with a reopen; the next one stops the feed on the session. With
 /// [`reopen_delay`] that is about three minutes of trying, at most nine streams.

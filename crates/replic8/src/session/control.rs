@@ -39,15 +39,15 @@ impl Session {
             self.blocked = Some(None);
         }
         self.update_blocked();
-        if self.ended.is_none() && !self.read_buf.is_empty() && !self.over_queue_bound() {
+        if !self.read_buf.is_empty() && self.wants_control_bytes() {
             self.read_frames();
         }
         self.pump_offers();
     }
 
-    fn read_frames(&mut self) {
+    pub(super) fn read_frames(&mut self) {
         let mut start = 0;
-        while self.ended.is_none() && !self.over_queue_bound() {
+        while self.wants_control_bytes() {
             match frame::parse(&self.read_buf[start..], MAX_FRAME_LEN) {
                 Ok(Some((payload, used))) => {
                     let decoded = message::decode(payload);
@@ -135,6 +135,7 @@ impl Session {
             Message::Synced { feed, length } => self.on_synced(feed, length),
             Message::Stopped { feed } => self.on_stopped(feed),
             Message::Heads { feeds } => self.on_heads(feeds),
+            Message::Whole { feeds } => self.on_whole(feeds),
             Message::Close { code, reason } => self.on_close(code, reason),
         }
     }
@@ -184,7 +185,7 @@ impl Session {
             }
         }
         // While we do not read, a partial frame is ours to wait for, not the peer's.
-        if let Some((frame, since)) = self.stall.filter(|_| self.blocked.is_none()) {
+        if let Some((frame, since)) = self.stall.filter(|_| self.reads_by_choice()) {
             let since = since.unwrap_or(now);
             self.stall = Some((frame, Some(since)));
             if now.saturating_duration_since(since) >= self.config.stall_timeout {
@@ -241,7 +242,7 @@ impl Session {
             // Unknown start: ask for a timeout call at once to learn the time.
             None => self.last_now,
         });
-        let stall = stall.filter(|_| self.blocked.is_none());
+        let stall = stall.filter(|_| self.reads_by_choice());
         let blocked = self
             .blocked
             .map(|since| since.map_or(self.last_now, |at| at + self.config.stall_timeout));
@@ -283,6 +284,13 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// Whether we read the peer's control stream as it comes: not while our output is
+    /// blocked, nor while feeds it sent whole fill our store's share. Only then is a
+    /// partial frame the peer's to finish.
+    fn reads_by_choice(&self) -> bool {
+        self.blocked.is_none() && !self.over_whole_bound()
     }
 
     pub(super) fn over_queue_bound(&self) -> bool {

@@ -121,6 +121,9 @@ impl Session {
         self.streams.clear();
         self.share_queue.clear();
         self.have_queue.clear();
+        self.whole_reads.clear();
+        self.whole_ready.clear();
+        self.whole_writes.clear();
         // Questions to stores are moot; every stream a store holds is taken back.
         self.store_calls.clear();
         for (stream, (feed, namespace)) in std::mem::take(&mut self.attached) {

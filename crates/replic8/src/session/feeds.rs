@@ -2,10 +2,10 @@
 //! the core), `Synced` and `Notice` both ways, changes of our copy, and faults that stop
 //! a feed on this session.
 
-use super::state::{FirstWord, PeerHead, Stop, StreamState};
+use super::state::{FirstWord, PeerHead, Stop, StreamState, Whole};
 use super::types::{HeadCheck, SessionEvent, StreamCommand, StreamId};
 use crate::keys::{DiscoveryKey, FeedKey, Role};
-use crate::message::{self, CloseCode, Message};
+use crate::message::{self, CloseCode, Message, MAX_WHOLE_BLOCKS};
 use tracing::debug;
 
 use super::Session;
@@ -42,6 +42,11 @@ impl Session {
     /// complete, or none; `None` if the feed needs no first word any more (a stream's
     /// `Synced` said it, or it stopped for a fault).
     pub(super) fn take_first_word(&mut self, feed: &FeedKey) -> Option<message::FirstWord> {
+        let takes_whole = self
+            .feeds
+            .get(feed)
+            .and_then(|state| self.namespaces.get(&state.namespace))
+            .is_some_and(|ns| ns.takes_whole);
         let state = self.feeds.get_mut(feed)?;
         if !matches!(state.first_word, FirstWord::Queued(_)) {
             return None;
@@ -53,9 +58,19 @@ impl Session {
         if matches!(state.stopped, Some(Stop::Fault(_))) {
             return None;
         }
+        // What the two words say decides a whole exchange on both sides alike.
+        state.whole = match head.as_deref() {
+            Some(h) if h.length <= MAX_WHOLE_BLOCKS as u64 => Whole::Offerable {
+                length: h.length as u8,
+            },
+            Some(_) => Whole::No,
+            None if takes_whole => Whole::Asked,
+            None => Whole::No,
+        };
         let word = message::FirstWord {
             feed: state.discovery_key,
             head: head.as_deref().copied(),
+            whole: head.is_none() && takes_whole,
         };
         state.our_head = head;
         Some(word)
@@ -75,6 +90,12 @@ impl Session {
         if state.first_word != FirstWord::Sent {
             return;
         }
+        if self.whole_decides(feed) {
+            return;
+        }
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
         let peer = match &state.peer_head {
             PeerHead::Unheard | PeerHead::Verifying(_) if state.our_head.is_some() => return,
             PeerHead::Verified(head) => Some(**head),
@@ -123,16 +144,27 @@ impl Session {
                 );
             };
             let Some(head) = word.head else {
-                self.on_notice(word.feed, 0);
+                if word.whole {
+                    self.on_asks_whole(&feed);
+                } else {
+                    self.on_notice(word.feed, 0);
+                }
                 continue;
             };
             // Every head is checked, even one that no longer decides anything.
             check.push((feed, head));
+            let mut asked_whole = false;
             if let Some(state) = self.feeds.get_mut(&feed) {
                 state.peer_spoke = true;
                 if state.peer_head == PeerHead::Unheard {
                     state.peer_head = PeerHead::Verifying(Box::new(head));
+                    asked_whole = state.whole == Whole::Asked;
                 }
+            }
+            // Our word asked for the feed whole: a small head makes us expect it now,
+            // before the head is verified (it is, before our store gets the feed).
+            if asked_whole {
+                self.first_words_met(&feed);
             }
         }
         if !check.is_empty() {
@@ -194,6 +226,14 @@ impl Session {
         if state.local_synced == Some(length) {
             return;
         }
+        // A whole exchange under way ends first (its end looks at `updated` again).
+        if state.whole.holds_updates() {
+            return;
+        }
+        // We no longer send the feed whole as our first word offered: the `Notice`
+        // below tells a peer that may expect it.
+        let offered_whole = matches!(state.whole, Whole::Offerable { .. });
+        state.whole = Whole::No;
         match state.first_word {
             FirstWord::Sent => {}
             // Our first word, still to go, says it: a stream is needed.
@@ -219,7 +259,7 @@ impl Session {
         state.early_ends = 0;
         let dk = state.discovery_key;
         let closed = state.stream == StreamState::Closed;
-        if retract || (self.role == Role::Acceptor && closed) {
+        if retract || offered_whole || (self.role == Role::Acceptor && closed) {
             self.send(Message::Notice { feed: dk, length });
         }
         if self.role == Role::Dialer && closed {
@@ -266,6 +306,11 @@ impl Session {
         state.early_ends = 0;
         state.peer_spoke = true;
         state.peer_head = PeerHead::None;
+        // The holder will not send the feed whole, or the receiver's store did not
+        // take it: the stream rules apply. Only the store's answer ends a write.
+        if !matches!(state.whole, Whole::Writing) {
+            state.whole = Whole::No;
+        }
         match state.stopped {
             Some(Stop::Fault(_)) => return,
             Some(Stop::Exhausted(_)) => state.stopped = None,
@@ -286,6 +331,9 @@ impl Session {
                 ),
             );
         };
+        if self.whole_synced(&feed, length) {
+            return;
+        }
         let mut first = false;
         if let Some(state) = self.feeds.get_mut(&feed) {
             if state.remote_synced != Some(length) {
@@ -337,6 +385,9 @@ impl Session {
             self.stats.feeds_faulted += 1;
         }
         state.stopped = Some(stop);
+        if !matches!(state.whole, Whole::Writing) {
+            state.whole = Whole::No;
+        }
         self.reopens.remove(feed);
         if state.stream == StreamState::Queued {
             state.stream = StreamState::Closed;
@@ -360,7 +411,7 @@ impl Session {
         true
     }
 
-    fn check_synced(&mut self, feed: &FeedKey) {
+    pub(super) fn check_synced(&mut self, feed: &FeedKey) {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };

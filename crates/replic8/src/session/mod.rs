@@ -34,6 +34,15 @@
 //!   ([`Session::poll_verify`], [`Session::handle_heads_verified`]), a head that does not
 //!   verify ends the session (`bad head`), and the dialer opens no stream for a feed
 //!   whose verified heads are equal on both sides (one length, one tree hash);
+//! - a small feed goes whole instead of by stream when the first words say so (the
+//!   receiver's has no head and asks for it whole, the holder's has a head of at most
+//!   `MAX_WHOLE_BLOCKS` blocks): the holder reads it from its store
+//!   ([`StoreCall::ReadWhole`], only while its own output is under
+//!   [`MAX_PUMPED_CONTROL_BYTES`]) and sends it in a `Whole` message, or a `Notice`;
+//!   the receiver takes an entry only for a feed it expects whole (anything else ends
+//!   the session), hands each message's entries to its store at once
+//!   ([`StoreCall::WriteWhole`]) and reads no more while
+//!   [`MAX_WHOLE_BYTES_AT_STORE`] wait there;
 //! - a feed is offered to a peer at most once per session, and never to a peer known to
 //!   have it, so forwarding between sessions does not loop;
 //! - a feed stream that ends before its feed is in sync both ways (its store gave it up,
@@ -111,6 +120,8 @@
 //!   holds (our `Ready` waits for it), and the streams stores hold, detached at the end;
 //! - `feeds.rs`: a replicated feed's sync state: first words and their heads, notices
 //!   and faults;
+//! - `whole.rs`: small feeds sent whole on the control stream (decision 210): reads,
+//!   packing, writes and their answers;
 //! - `end.rs`: how a session ends, and misbehaviour.
 
 mod config;
@@ -124,17 +135,20 @@ mod state;
 mod stores;
 mod streams;
 mod types;
+mod whole;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::keys::{DiscoveryKey, ExporterSecret, FeedKey, Role};
-use crate::message::{KnownFeed, Message, OfferedFeed, DIALECT, PROTOCOL_VERSION};
+use crate::message::{KnownFeed, Message, OfferedFeed, WholeEntry, DIALECT, PROTOCOL_VERSION};
+use crate::store::ArrivedWhole;
 
 pub use config::{
     reopen_delay, Mode, SessionConfig, MAX_HEADS_PER_CALL, MAX_PEER_FEEDS, MAX_PENDING_OFFER_BYTES,
     MAX_PENDING_PEER_OFFERS, MAX_PUMPED_CONTROL_BYTES, MAX_QUEUED_CONTROL_BYTES, MAX_REOPEN_DELAY,
-    MAX_STREAM_REOPENS, MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS,
+    MAX_STREAM_REOPENS, MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS, MAX_WHOLE_BYTES_AT_STORE,
+    MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS,
 };
 use state::{Known, Namespace, OurOffer, PeerOffer, Replicated};
 pub use types::{
@@ -237,6 +251,23 @@ pub struct Session {
     first_words: VecDeque<FeedKey>,
     /// The peer's heads to verify, one batch per `Heads` message received.
     head_checks: VecDeque<HeadCheck>,
+    /// Feeds the peer asked for whole, to read from our store (decision 210).
+    whole_reads: VecDeque<FeedKey>,
+    /// [`StoreCall::ReadWhole`] calls given out and not answered.
+    whole_reads_in_flight: usize,
+    /// Feeds read whole, waiting to be packed into `Whole` messages while our output is
+    /// under [`MAX_PUMPED_CONTROL_BYTES`].
+    whole_ready: VecDeque<(WholeEntry, usize)>,
+    /// Encoded bytes of `whole_ready` (each entry's beside it).
+    whole_ready_bytes: usize,
+    /// Feeds the peer sent whole, one call per `Whole` message and namespace, waiting
+    /// until the checks of their first-word heads are done.
+    whole_writes: VecDeque<(String, Vec<ArrivedWhole>)>,
+    /// Bytes of feeds the peer sent whole at our store or in `whole_writes`.
+    whole_bytes: usize,
+    /// Feeds the peer sent whole at our store or in `whole_writes` (in
+    /// [`Whole::Writing`](state::Whole::Writing)): the entry's length and bytes.
+    whole_writing: HashMap<FeedKey, (u64, usize)>,
     /// Served namespaces whose store has not yet said what it shares and holds.
     store_asks: usize,
     /// [`Session::handle_ready`] was called: `Ready` goes out once `store_asks` is zero.
@@ -316,6 +347,13 @@ impl Session {
             head_asks: VecDeque::new(),
             first_words: VecDeque::new(),
             head_checks: VecDeque::new(),
+            whole_reads: VecDeque::new(),
+            whole_reads_in_flight: 0,
+            whole_ready: VecDeque::new(),
+            whole_ready_bytes: 0,
+            whole_writes: VecDeque::new(),
+            whole_bytes: 0,
+            whole_writing: HashMap::new(),
             store_asks: 0,
             ready_wanted: false,
             local_ready: false,
@@ -362,6 +400,7 @@ impl Session {
     pub fn stats(&self) -> SessionStats {
         let mut stats = self.stats;
         stats.queued_bytes = self.queued_bytes() as u64;
+        stats.whole_bytes_at_store = self.whole_bytes as u64;
         stats
     }
 
@@ -373,9 +412,10 @@ impl Session {
 
     /// Whether the driver should read more of the peer's control stream: false while
     /// our queued output is at [`MAX_QUEUED_CONTROL_BYTES`] or more (the peer does not
-    /// read what we send), so QUIC flow control pushes back on the peer.
+    /// read what we send), or while feeds the peer sent whole are at our store for
+    /// [`MAX_WHOLE_BYTES_AT_STORE`] or more, so QUIC flow control pushes back on the peer.
     pub fn wants_control_bytes(&self) -> bool {
-        self.ended.is_none() && !self.over_queue_bound()
+        self.ended.is_none() && !self.over_queue_bound() && !self.over_whole_bound()
     }
 
     /// Feed streams we opened and have not closed.

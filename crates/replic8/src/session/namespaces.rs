@@ -51,6 +51,7 @@ impl Session {
                 peer_proven: public,
                 pending_offers: Vec::new(),
                 pending_have: Vec::new(),
+                takes_whole: false,
             },
         );
         match (self.role, key) {

@@ -350,6 +350,7 @@ impl Session {
                 self.first_words_met(&feed);
             }
         }
+        self.pump_whole();
         while self.ended.is_none()
             && self.is_established()
             && self.our_offers.len() < MAX_PENDING_PEER_OFFERS

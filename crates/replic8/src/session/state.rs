@@ -22,6 +22,8 @@ pub(super) struct Namespace {
     pub(super) pending_offers: Vec<OfferedFeed>,
     /// Known feeds waiting for the namespace's match.
     pub(super) pending_have: Vec<DiscoveryKey>,
+    /// Its store sends and takes small feeds whole (decision 210).
+    pub(super) takes_whole: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,59 @@ pub(super) struct Replicated {
     /// report of being in sync at less is stale (its core had not seen the change yet)
     /// and must not close the stream before it serves the change.
     pub(super) updated: u64,
+    /// The feed's part in sending small feeds whole (see [`Whole`]).
+    pub(super) whole: Whole,
+}
+
+/// A replicated feed sent whole on the control stream instead of a stream (decision
+/// 210), as far as this side is concerned. The holder has a first word with a head of
+/// at most `MAX_WHOLE_BLOCKS` blocks; the receiver's first word had no head and asked
+/// for the feed whole. Once both words are out each side knows the other's, so both
+/// agree: the holder answers with the feed in a `Whole` message or with a `Notice`
+/// (then the stream rules apply), and the receiver expects one of the two. Lengths
+/// here are at most `MAX_WHOLE_BLOCKS`, so a byte: the state is in every feed's record
+/// (see the size test below), and what a write in flight needs more is kept aside
+/// (`Session::whole_writing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Whole {
+    /// Nothing to send or take whole (any more): the stream rules apply.
+    No,
+    /// Holder: our first word had a small head of this length; waiting for the peer's.
+    Offerable {
+        /// Our first word's head length.
+        length: u8,
+    },
+    /// Holder: the peer asked; to be read from our store (in `whole_reads`).
+    Queued {
+        /// Our first word's head length.
+        length: u8,
+    },
+    /// Holder: our store is reading it ([`StoreCall::ReadWhole`](super::StoreCall::ReadWhole)).
+    Reading {
+        /// Our first word's head length.
+        length: u8,
+    },
+    /// Holder: sent (or packed to be sent); waiting for the peer's `Synced` (or its
+    /// `Notice` when its store declined). Our own changes wait for the answer.
+    Sent,
+    /// Receiver: our first word asked for the feed whole; waiting for the peer's word.
+    Asked,
+    /// Receiver: the peer's word has a small head: its `Whole` entry or `Notice` comes.
+    Expecting,
+    /// Receiver: the entry arrived and is at our store, or waits for the check of the
+    /// peer's first-word head before it goes there. Only the store's answer ends this.
+    Writing,
+}
+
+// `Whole` keeps head lengths of whole feeds in a byte.
+const _: () = assert!(crate::message::MAX_WHOLE_BLOCKS <= u8::MAX as usize);
+
+impl Whole {
+    /// Whether our own changes of the feed wait until the whole exchange is over: the
+    /// peer expects our `Whole` entry (or `Notice`), or we expect the peer's.
+    pub(super) fn holds_updates(self) -> bool {
+        !matches!(self, Whole::No | Whole::Offerable { .. })
+    }
 }
 
 /// Our first word on a replicated feed: the signed head our store holds every block
@@ -107,6 +162,9 @@ pub(super) enum PeerHead {
     /// No head (the peer needs a stream), or something newer from the peer (a
     /// `Notice` or `Synced`) made its first word stale.
     None,
+    /// No head, and the peer's store takes the feed whole (decision 210); kept until
+    /// our own first word is out and decides whether we send it so.
+    AsksWhole,
 }
 
 impl PeerHead {

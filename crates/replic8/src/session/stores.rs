@@ -109,6 +109,9 @@ impl Session {
         if let Some(call) = self.store_calls.pop_front() {
             return Some(call);
         }
+        if let Some(call) = self.poll_whole_call() {
+            return Some(call);
+        }
         let (namespace, first) = self.head_asks.pop_front()?;
         let mut feeds = vec![first];
         while feeds.len() < MAX_HEADS_PER_CALL {

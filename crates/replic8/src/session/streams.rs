@@ -2,7 +2,7 @@
 //! taking the peer's, closing, and reopening those that end early.
 
 use super::config::{reopen_delay, MAX_STREAM_REOPENS};
-use super::state::{FirstWord, PeerHead, Replicated, Route, Stop, StreamState};
+use super::state::{FirstWord, PeerHead, Replicated, Route, Stop, StreamState, Whole};
 use super::types::{
     EndReason, IncomingFeed, Side, StreamCommand, StreamId, StreamRefused, VIOLATIONS,
 };
@@ -130,6 +130,11 @@ impl Session {
         self.stats.streams_opened += 1;
         state.stream = StreamState::Open;
         state.token = Some(stream);
+        // The dialer's stream answers a whole exchange: the holder's fallback, or the
+        // receiver's after its store declined (its `Notice` may still be on its way).
+        if !matches!(state.whole, Whole::Writing) {
+            state.whole = Whole::No;
+        }
         let namespace = state.namespace.clone();
         Ok(IncomingFeed {
             feed,
@@ -245,6 +250,7 @@ impl Session {
                 our_head: None,
                 peer_head: PeerHead::Unheard,
                 updated: 0,
+                whole: Whole::No,
             },
         );
         // The dialer opens its stream once the first words show a side lacks something.

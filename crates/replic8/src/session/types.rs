@@ -7,6 +7,7 @@ use replic8_store::SignedHead;
 
 use crate::keys::FeedKey;
 use crate::message::{CloseCode, FeedStreamHeader, HeaderError, Headers};
+use crate::store::ArrivedWhole;
 
 /// Which side ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,24 @@ pub enum StoreCall {
         /// The feeds.
         feeds: Vec<FeedKey>,
     },
+    /// Read these feeds whole (`store::ReadWhole`, with `MAX_WHOLE_FEED_BYTES` as the
+    /// most bytes a feed); answer with
+    /// [`Session::handle_whole_read`](super::Session::handle_whole_read).
+    ReadWhole {
+        /// The namespace.
+        namespace: String,
+        /// The feeds, at most [`MAX_WHOLE_READ_FEEDS`](super::MAX_WHOLE_READ_FEEDS).
+        feeds: Vec<FeedKey>,
+    },
+    /// Verify and store these feeds the peer sent whole (`store::WriteWhole`); answer
+    /// with [`Session::handle_whole_written`](super::Session::handle_whole_written)
+    /// with the feeds' keys in this order.
+    WriteWhole {
+        /// The namespace.
+        namespace: String,
+        /// The feeds, those of one `Whole` message in this namespace.
+        feeds: Vec<ArrivedWhole>,
+    },
     /// The session ended: take back a stream the store was given (after the connection
     /// is closed), with the session's end reason.
     Detach {
@@ -223,6 +242,14 @@ pub struct SessionStats {
     /// Feeds found in sync by the first words (equal verified heads): no stream was
     /// opened for them.
     pub streams_skipped: u64,
+    /// Feeds we sent whole on the control stream (decision 210).
+    pub feeds_sent_whole: u64,
+    /// Feeds the peer sent whole that our store stored.
+    pub feeds_received_whole: u64,
+    /// Bytes of feeds the peer sent whole that are at our store or wait for it now;
+    /// while at least [`MAX_WHOLE_BYTES_AT_STORE`](super::MAX_WHOLE_BYTES_AT_STORE) we
+    /// read nothing more from the peer.
+    pub whole_bytes_at_store: u64,
 }
 
 /// The peer's signed heads from one [`Message::Heads`](crate::message::Message::Heads),

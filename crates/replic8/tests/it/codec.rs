@@ -19,7 +19,7 @@ fn random_headers(rng: &mut StdRng) -> Headers {
 
 fn random_message(rng: &mut StdRng) -> Message {
     let key = |rng: &mut StdRng| rng.gen::<[u8; 32]>();
-    match rng.gen_range(0..12) {
+    match rng.gen_range(0..13) {
         0 => Message::Hello {
             version: rng.gen(),
             dialect: "x".repeat(rng.gen_range(0..=MAX_DIALECT_LEN)),
@@ -75,6 +75,30 @@ fn random_message(rng: &mut StdRng) -> Message {
                         tree_hash: key(rng),
                         signature: [rng.gen(); 64],
                     }),
+                    whole: rng.gen(),
+                })
+                .collect(),
+        },
+        12 => Message::Whole {
+            feeds: (0..rng.gen_range(0..5))
+                .map(|_| {
+                    let blocks: Vec<serde_bytes::ByteBuf> = (0..rng.gen_range(1..=8))
+                        .map(|_| {
+                            let len = rng.gen_range(0..2000);
+                            serde_bytes::ByteBuf::from(
+                                (0..len).map(|_| rng.gen()).collect::<Vec<u8>>(),
+                            )
+                        })
+                        .collect();
+                    WholeEntry {
+                        feed: DiscoveryKey(key(rng)),
+                        head: SignedHead {
+                            length: blocks.len() as u64,
+                            tree_hash: key(rng),
+                            signature: [rng.gen(); 64],
+                        },
+                        blocks,
+                    }
                 })
                 .collect(),
         },
@@ -139,7 +163,7 @@ fn every_message_kind_has_a_distinct_name() {
     for _ in 0..1000 {
         names.insert(random_message(&mut rng).name());
     }
-    assert_eq!(names.len(), 12, "{names:?}");
+    assert_eq!(names.len(), 13, "{names:?}");
 }
 
 #[test]
@@ -153,6 +177,7 @@ fn heads_messages_are_bounded() {
             tree_hash: [0xff; 32],
             signature: [0xff; 64],
         }),
+        whole: false,
     };
     let full = Message::Heads {
         feeds: vec![word.clone(); MAX_HEADS_PER_MESSAGE],
@@ -335,12 +360,12 @@ fn hello_bytes_match_the_protocol_document() {
     .unwrap();
     let mut expected = vec![0, 0, 0, 21]; // length prefix, big endian
     expected.push(0); // variant 0: Hello
-    expected.push(4); // version 4, one-byte varint
+    expected.push(5); // version 5, one-byte varint
     expected.push(15); // dialect length
     expected.extend_from_slice(b"bincode1-varint");
     expected.extend_from_slice(&[251, 0x2c, 0x01]); // 300: u16 marker, little endian
     assert_eq!(wire, expected);
-    assert_eq!(ALPN, b"replic8/4");
+    assert_eq!(ALPN, b"replic8/5");
 
     // docs/PROTOCOL.md, "Messages": a tag, an offer and `Stopped`, byte for byte.
     let mut wire = Vec::new();
@@ -423,4 +448,63 @@ fn stream_headers_are_read_from_the_start_of_a_stream() {
         parse_stream_header(&[0, 0, 0, 1, 9]),
         Err(CodecError::Encoding(_))
     ));
+}
+
+fn whole_entry(blocks: usize, block_len: usize, length: u64) -> WholeEntry {
+    WholeEntry {
+        feed: DiscoveryKey([0x33; 32]),
+        head: SignedHead {
+            length,
+            tree_hash: [0x44; 32],
+            signature: [0x55; 64],
+        },
+        blocks: vec![serde_bytes::ByteBuf::from(vec![0x66; block_len]); blocks],
+    }
+}
+
+#[test]
+/// A feed sent whole is bounded in blocks and bytes, must have one block per block of
+/// its head, and a `Whole` message in entries and in a frame: the encoder refuses what
+/// the decoder would, and a full feed round trips.
+fn whole_messages_are_bounded() {
+    let per_block = MAX_WHOLE_FEED_BYTES / MAX_WHOLE_BLOCKS;
+    let full = whole_entry(MAX_WHOLE_BLOCKS, per_block, MAX_WHOLE_BLOCKS as u64);
+    let message = Message::Whole {
+        feeds: vec![full.clone(); 15],
+    };
+    let mut wire = Vec::new();
+    encode(&message, &mut wire).unwrap();
+    assert_eq!(decode_frame(&wire).unwrap().unwrap().0, message);
+
+    let refused = |entry: WholeEntry, words: &str| {
+        let message = Message::Whole { feeds: vec![entry] };
+        let err = encode(&message, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains(words), "{err}");
+        let payload = options().serialize(&message).unwrap();
+        let err = decode(&payload).unwrap_err().to_string();
+        assert!(err.contains(words), "{err}");
+    };
+    let blocks = MAX_WHOLE_BLOCKS + 1;
+    refused(
+        whole_entry(blocks, 1, blocks as u64),
+        "65 blocks, not 1 to 64",
+    );
+    refused(whole_entry(0, 1, 0), "0 blocks");
+    refused(whole_entry(2, 1, 3), "2 blocks for a head of length 3");
+    refused(
+        whole_entry(2, MAX_WHOLE_FEED_BYTES / 2 + 1, 2),
+        "65538 block bytes, over the limit of 65536",
+    );
+    // Entries per message, and one frame.
+    let small = whole_entry(1, 0, 1);
+    let over = Message::Whole {
+        feeds: vec![small; MAX_WHOLE_PER_MESSAGE + 1],
+    };
+    assert!(encode(&over, &mut Vec::new()).is_err());
+    let payload = options().serialize(&over).unwrap();
+    assert!(decode(&payload).is_err());
+    let too_big = Message::Whole {
+        feeds: vec![full; 17],
+    };
+    assert!(encode(&too_big, &mut Vec::new()).is_err());
 }

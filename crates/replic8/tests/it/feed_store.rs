@@ -866,15 +866,17 @@ fn many_feeds_through_few_streams_close_and_reopen_until_all_are_synced() {
         let cfg = accept_all;
         let a = node(1, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
         let b = node(2, MemoryStorage::new(), cfg(), Mode::OneShot, &tx).await;
+        // Longer than a feed sent whole (decision 210): each needs a stream.
+        let first = replic8::message::MAX_WHOLE_BLOCKS as u64 + 1;
         let mut feeds = Vec::new();
         for i in 0..30u8 {
-            feeds.push(writer_feed(&a, i, 20 + u64::from(i), "photos").await);
+            feeds.push(writer_feed(&a, i, first + u64::from(i), "photos").await);
         }
         // B dials: the dialer opens at most 3 feed streams at once.
         link(&b, &a).await;
         wait_both_done(&mut events).await;
         for (i, feed) in feeds.iter().enumerate() {
-            assert_same(&a, &b, *feed, 20 + i as u64).await;
+            assert_same(&a, &b, *feed, first + i as u64).await;
         }
         let stats = b.store.send(GetStats).await.unwrap();
         assert_eq!(stats.streams, 30, "one stream per feed: {stats:?}");
@@ -1115,9 +1117,11 @@ fn a_burst_of_shares_costs_a_few_membership_writes_not_one_each() {
 }
 
 #[test]
-/// Over QUIC with real signed heads: a second one-shot session between two stores that
-/// hold the same 100 feeds complete opens no feed stream; after one feed grows on the
-/// writer, the next opens exactly one, which syncs it.
+/// Over QUIC with real signed heads: the first one-shot session sends 100 feeds of one
+/// block whole (decision 210), a second one between the two stores that now hold them
+/// complete opens no feed stream and sends nothing whole; after one feed grows on the
+/// writer, the next opens exactly one stream (the reader holds part of it), which
+/// syncs it.
 fn feeds_in_sync_open_no_stream_and_one_ahead_opens_one() {
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
@@ -1138,11 +1142,15 @@ fn feeds_in_sync_open_no_stream_and_one_ahead_opens_one() {
         link(&a, &b).await;
         wait_both_done(&mut events).await;
         let first = streams().await;
-        assert_eq!(first, 100, "the first session streams every feed");
+        assert_eq!(first, 0, "the first session sends every feed whole");
+        let received = b.store.send(GetStats).await.unwrap().blocks_in;
+        assert_eq!(received, 100, "every feed arrived whole");
 
         link(&a, &b).await;
         wait_both_done(&mut events).await;
         assert_eq!(streams().await, first, "feeds in sync got a stream");
+        let again = b.store.send(GetStats).await.unwrap().blocks_in;
+        assert_eq!(again, received, "feeds in sync were sent again");
 
         let grown = feeds[42];
         a.store
@@ -1348,7 +1356,8 @@ fn a_listing_after_a_restart_opens_only_the_feeds_the_scan_cannot_read() {
 #[test]
 /// Measured: a one-shot session between two stores holding the same 1,000 feeds
 /// complete (`REPLIC8_MEASURE_FEEDS` for another count) opens no feed stream; prints the
-/// time of the first session (every feed streams) and of the one in sync
+/// time of the first session (every feed of one block goes whole, decision 210, and
+/// none streams) and of the one in sync
 /// (`cargo test -p replic8 --test feed_store measured -- --nocapture`).
 fn measured_a_session_between_stores_in_sync_opens_no_stream() {
     let feeds: usize = std::env::var("REPLIC8_MEASURE_FEEDS")
@@ -1381,12 +1390,12 @@ fn measured_a_session_between_stores_in_sync_opens_no_stream() {
         let again = start.elapsed();
         let in_sync = streams().await - streamed;
         println!(
-            "{feeds} feeds: first session {} ms, {streamed} streams; session in sync {} ms, \
-             {in_sync} streams",
+            "{feeds} feeds: first session {} ms, {streamed} streams (the rest whole); \
+             session in sync {} ms, {in_sync} streams",
             first.as_millis(),
             again.as_millis()
         );
-        assert_eq!(streamed, feeds as u64);
+        assert_eq!(streamed, 0, "a feed of one block got a stream");
         assert_eq!(in_sync, 0, "a feed in sync got a stream");
     });
 }

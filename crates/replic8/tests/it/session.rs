@@ -669,9 +669,9 @@ fn hostile_inputs_end_the_session_with_a_reason() {
         (
             "version mismatch",
             false,
-            Box::new(move |s| s.handle_message(hello(5))),
+            Box::new(move |s| s.handle_message(hello(6))),
             CloseCode::VERSION_MISMATCH,
-            "we speak replic8/4 dialect \"bincode1-varint\", the peer speaks replic8/5",
+            "we speak replic8/5 dialect \"bincode1-varint\", the peer speaks replic8/6",
         ),
         (
             "answer to an offer never made",

@@ -24,6 +24,7 @@ use replic8::session::{
     EndReason, HeadCheck, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand,
     StreamId,
 };
+use replic8::store::{ArrivedWhole, WholeFeed, WholeOutcome};
 use replic8_store::SignedHead;
 
 pub type Policy = Box<dyn FnMut(&str, &[(FeedKey, Headers)]) -> Result<Vec<FeedKey>, String>>;
@@ -55,6 +56,27 @@ pub struct Store {
     pub forked: HashSet<FeedKey>,
     /// Feeds whose head this store sends with a signature that does not verify.
     pub forged: HashSet<FeedKey>,
+    /// The store sends and takes small feeds whole (`with_whole`, decision 210).
+    pub whole: bool,
+    /// Bytes of each toy block ([`toy_blocks`]).
+    pub block_size: usize,
+    /// Feeds this store does not read whole (its `ReadWhole` answers `None`).
+    pub read_none: HashSet<FeedKey>,
+    /// Feeds this store declines when they arrive whole.
+    pub decline: HashSet<FeedKey>,
+    /// Feeds whose whole blocks this store finds bad (`Failed`).
+    pub bad_whole: HashSet<FeedKey>,
+    /// `ReadWhole` calls answered.
+    pub whole_reads: usize,
+    /// Every `WriteWhole` call answered: each feed and whether its head came verified.
+    pub whole_writes: Vec<Vec<(FeedKey, bool)>>,
+}
+
+/// The blocks of a toy feed of `length` blocks of `size` bytes each.
+pub fn toy_blocks(feed: &FeedKey, length: u64, size: usize) -> Vec<Vec<u8>> {
+    (0..length)
+        .map(|i| vec![feed.0[3] ^ i as u8; size])
+        .collect()
 }
 
 /// The toy signature the simulated verifier accepts.
@@ -127,6 +149,10 @@ pub struct Net {
     pub hold_checks: bool,
     /// Head checks kept: (link, side, check).
     held_checks: Vec<(usize, usize, HeadCheck)>,
+    /// Keep the sessions' `WriteWhole` calls unanswered until [`Net::release_writes`].
+    pub hold_writes: bool,
+    /// `WriteWhole` calls kept or to answer: (link, side, feeds).
+    writes: Vec<(usize, usize, Vec<ArrivedWhole>)>,
 }
 
 /// The simulated verifier: a toy signature verifies.
@@ -149,7 +175,67 @@ impl Net {
             config,
             hold_checks: false,
             held_checks: Vec::new(),
+            hold_writes: false,
+            writes: Vec::new(),
         }
+    }
+
+    /// Answers every `WriteWhole` call kept so far (see [`Net::hold_writes`]).
+    pub fn release_writes(&mut self) {
+        for (l, side, feeds) in std::mem::take(&mut self.writes) {
+            self.answer_write(l, side, feeds);
+        }
+    }
+
+    /// Bytes of `WriteWhole` calls kept unanswered.
+    pub fn held_write_bytes(&self) -> usize {
+        self.writes
+            .iter()
+            .flat_map(|(_, _, feeds)| feeds)
+            .map(|f| f.whole.blocks.iter().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// The node's store takes the feeds (or declines, or finds them bad), stores them,
+    /// tells every session of the node that they changed, then answers.
+    fn answer_write(&mut self, l: usize, side: usize, feeds: Vec<ArrivedWhole>) {
+        let node = self.links[l].ends[side].node;
+        let mut outcomes = Vec::new();
+        let mut stored = Vec::new();
+        for arrived in &feeds {
+            let store = &mut self.stores[node];
+            let expected = toy_blocks(&arrived.feed, arrived.whole.head.length, store.block_size);
+            let held = store.lengths.get(&arrived.feed).copied().unwrap_or(0);
+            let outcome = if store.decline.contains(&arrived.feed) {
+                WholeOutcome::Declined
+            } else if held > 0 {
+                // Got it meanwhile (or a part of it), as a feed store would say.
+                if held >= arrived.whole.head.length {
+                    WholeOutcome::Stored { length: held }
+                } else {
+                    WholeOutcome::Declined
+                }
+            } else if store.bad_whole.contains(&arrived.feed) || arrived.whole.blocks != expected {
+                WholeOutcome::Failed("a block does not match the head's tree hash".into())
+            } else {
+                let length = arrived.whole.head.length;
+                store.lengths.insert(arrived.feed, length);
+                stored.push((arrived.feed, length));
+                WholeOutcome::Stored { length }
+            };
+            outcomes.push(outcome);
+        }
+        self.stores[node]
+            .whole_writes
+            .push(feeds.iter().map(|f| (f.feed, f.head_verified)).collect());
+        // A feed store reports the change to every session before it answers.
+        for (feed, length) in stored {
+            self.updated(node, feed, length);
+        }
+        let keys: Vec<FeedKey> = feeds.iter().map(|f| f.feed).collect();
+        self.links[l].ends[side]
+            .session
+            .handle_whole_written(&keys, Ok(outcomes));
     }
 
     /// Answers every head check kept so far (see [`Net::hold_checks`]).
@@ -173,6 +259,13 @@ impl Net {
             heads: false,
             forked: HashSet::new(),
             forged: HashSet::new(),
+            whole: false,
+            block_size: 16,
+            read_none: HashSet::new(),
+            decline: HashSet::new(),
+            bad_whole: HashSet::new(),
+            whole_reads: 0,
+            whole_writes: Vec::new(),
         });
         self.stores.len() - 1
     }
@@ -229,10 +322,14 @@ impl Net {
     }
 
     pub fn register(&mut self, link: usize, node: usize, ns: &str, secret: Option<[u8; 32]>) {
-        self.end(link, node)
-            .session
+        let whole = self.stores[node].whole;
+        let session = &mut self.end(link, node).session;
+        session
             .handle_register_namespace(ns, secret.map(NamespaceSecret))
             .unwrap();
+        if whole {
+            session.handle_store_takes_whole(ns).unwrap();
+        }
     }
 
     /// Creates feeds in a node's store.
@@ -398,9 +495,32 @@ impl Net {
                     }
                 }
                 // The toy store holds every block of its feeds: complete at its length.
-                let store = &self.stores[end.node];
+                let store = &mut self.stores[end.node];
                 while let Some(call) = end.session.poll_store() {
                     moved = true;
+                    if let StoreCall::ReadWhole { feeds, .. } = &call {
+                        assert!(store.whole, "{}: asked to read whole", store.name);
+                        store.whole_reads += 1;
+                        let answer = feeds
+                            .iter()
+                            .map(|f| {
+                                let length = store.lengths.get(f).copied().filter(|l| *l > 0)?;
+                                if store.read_none.contains(f) {
+                                    return None;
+                                }
+                                Some(WholeFeed {
+                                    head: toy_head(length, store.forked.contains(f), false),
+                                    blocks: toy_blocks(f, length, store.block_size),
+                                })
+                            })
+                            .collect();
+                        end.session.handle_whole_read(feeds, Ok(answer));
+                    }
+                    if let StoreCall::WriteWhole { feeds, .. } = call {
+                        assert!(store.whole, "{}: asked to write whole", store.name);
+                        self.writes.push((l, side, feeds));
+                        continue;
+                    }
                     if let StoreCall::Heads { feeds, .. } = call {
                         let heads = feeds
                             .iter()
@@ -428,6 +548,11 @@ impl Net {
                     }
                 }
                 moved |= self.handle_events(l, side);
+                if !self.hold_writes {
+                    for (l, side, feeds) in std::mem::take(&mut self.writes) {
+                        self.answer_write(l, side, feeds);
+                    }
+                }
             }
             if !moved {
                 return;

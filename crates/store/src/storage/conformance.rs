@@ -1,6 +1,9 @@
 //! Behaviour every [`Storage`] must have, run against each implementation by its tests.
 
-use super::{FeedStorage, Storage, StorageError, StoredHead, StoredNode, WriteBatch};
+use super::{
+    FeedStorage, Storage, StorageError, StoredHead, StoredNode, WholeRead, WholeRefusal,
+    WholeWrite, WholeWritten, WriteBatch,
+};
 
 /// A node whose fields are derived from `index`, so reads can be checked.
 pub(crate) fn node(index: u64) -> StoredNode {
@@ -55,6 +58,104 @@ pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn F
     empty_and_large_blocks(new());
     range_reads(new(), reopen);
     append_while_hashing(new(), reopen);
+    whole_feeds(new(), reopen);
+}
+
+/// A feed of `length` blocks of 100 bytes as [`Storage::write_whole`] takes it.
+pub(crate) fn whole_write(key: [u8; 32], length: u64) -> WholeWrite {
+    let batch = append_batch(0, length, 100);
+    WholeWrite {
+        key,
+        blocks: batch.blocks.into_iter().map(|(_, b)| b).collect(),
+        nodes: batch.nodes,
+        head: head(length),
+    }
+}
+
+/// [`Storage::write_whole`] writes new and empty feeds, leaves those that hold it
+/// complete, refuses partial and writable ones untouched, and finds a fork; every
+/// feed written is there after a reopen, and [`Storage::read_whole`] reads it back.
+fn whole_feeds<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
+    let [missing, empty, partial, writable, held, forked, longer] = [
+        [1; 32], [2; 32], [3; 32], [4; 32], [5; 32], [6; 32], [7; 32],
+    ];
+    {
+        s.create(empty, None).unwrap();
+        // Block 0 of 2.
+        let mut p = s.create(partial, None).unwrap();
+        let mut first = append_batch(0, 1, 100);
+        first.head = Some(head(2));
+        p.write(first).unwrap();
+        s.create(writable, Some([9; 32])).unwrap();
+        s.create(held, None)
+            .unwrap()
+            .write(append_batch(0, 3, 100))
+            .unwrap();
+        let mut fork = append_batch(0, 3, 100);
+        if let Some(h) = fork.head.as_mut() {
+            h.tree_hash[31] ^= 1;
+        }
+        s.create(forked, None).unwrap().write(fork).unwrap();
+        let mut l = s.create(longer, None).unwrap();
+        l.write(append_batch(0, 4, 100)).unwrap();
+        l.sync().unwrap();
+    }
+    // The tree of the first two blocks of `longer` is its node 1.
+    let mut prefix = whole_write(longer, 2);
+    prefix.head.tree_hash = crate::tree::tree_hash(&[node(1).into()]);
+    let writes = [
+        whole_write(missing, 3),
+        whole_write(empty, 3),
+        whole_write(partial, 3),
+        whole_write(writable, 3),
+        whole_write(held, 3),
+        whole_write(forked, 3),
+        prefix,
+    ];
+    let done = s.write_whole(&writes).unwrap();
+    assert_eq!(
+        done,
+        vec![
+            WholeWritten::Written,
+            WholeWritten::Written,
+            WholeWritten::Refused(WholeRefusal::Holds),
+            WholeWritten::Refused(WholeRefusal::Writable),
+            WholeWritten::Held { length: 3 },
+            WholeWritten::Conflict,
+            WholeWritten::Held { length: 4 },
+        ]
+    );
+    let s = reopen(s);
+    for key in [missing, empty] {
+        let mut f = s.open(&key).unwrap().unwrap();
+        assert_eq!(f.head(), Some(head(3)));
+        assert_eq!(f.secret_key(), None);
+        assert_eq!(f.blocks(0, 3, usize::MAX).unwrap().len(), 3);
+        assert_eq!(f.node(5).unwrap(), Some(node(5)));
+    }
+    let p = s.open(&partial).unwrap().unwrap();
+    assert_eq!(p.head(), Some(head(2)));
+    assert!(p.has_block(0) && !p.has_block(1));
+    assert_eq!(s.open(&writable).unwrap().unwrap().head(), None);
+    let whole = |length| WholeRead {
+        head: head(length),
+        blocks: (0..length).map(|i| block(i, 100)).collect(),
+    };
+    let keys = [missing, partial, writable, held, [8; 32], longer];
+    assert_eq!(
+        s.read_whole(&keys, 400).unwrap(),
+        vec![
+            Some(whole(3)),
+            None,
+            None,
+            Some(whole(3)),
+            None,
+            Some(whole(4))
+        ]
+    );
+    // Over the bound, the first block included.
+    assert_eq!(s.read_whole(&[missing, longer], 300).unwrap()[1], None);
+    assert_eq!(s.read_whole(&[missing], 99).unwrap(), vec![None]);
 }
 
 /// [`super::write_append_hashing`] (how a feed appends): appends small and large (a

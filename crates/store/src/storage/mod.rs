@@ -17,12 +17,14 @@ use std::fmt;
 
 pub mod disk;
 pub mod memory;
+pub mod whole;
 
 #[cfg(test)]
 pub(crate) mod conformance;
 
 pub use disk::{DiskConfig, DiskFeed, DiskStorage, SMALL_FEED_BYTES};
 pub use memory::{MemoryFeed, MemoryStorage};
+pub use whole::{WholeRead, WholeRefusal, WholeWrite, WholeWritten};
 
 /// Replace the file at `path` with `bytes`, atomically and durably: written to
 /// `<path>.tmp` with permission bits `mode`, synced, renamed over `path`, and the
@@ -235,6 +237,29 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn scan_feeds(&self, each: &mut dyn FnMut(StoredFeed)) -> Result<(), StorageError> {
         let _ = each;
         Ok(())
+    }
+    /// Store each of `feeds` whole (see [`whole`]): a feed that holds nothing, or does
+    /// not exist (it is created as a replica), is written; one that holds it complete
+    /// at least as far is left as it is; any other is refused, untouched. Each is
+    /// answered in order; every feed written is durable when this returns, and a crash
+    /// before leaves each written feed whole or absent. The caller must hold no handle
+    /// to these feeds from this storage (a handle's state would not see the write).
+    /// The default writes and syncs feed by feed; [`DiskStorage`] writes the small
+    /// ones in one transaction.
+    fn write_whole(&self, feeds: &[WholeWrite]) -> Result<Vec<WholeWritten>, StorageError> {
+        whole::write_each(self, feeds)
+    }
+    /// Each feed of `keys` read whole: its latest head and every block it covers, if it
+    /// stores them all and they take at most `max_bytes`; `None` otherwise (or when
+    /// there is no such feed). The head and blocks read are the head's (blocks below a
+    /// head never change). The default reads feed by feed; [`DiskStorage`] reads the
+    /// small ones in one read transaction.
+    fn read_whole(
+        &self,
+        keys: &[[u8; 32]],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<WholeRead>>, StorageError> {
+        whole::read_each(self, keys, max_bytes)
     }
 }
 

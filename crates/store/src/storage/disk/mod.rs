@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use super::whole::{self, WholeRead, WholeRefusal, WholeWrite, WholeWritten};
 use super::{FeedStorage, Storage, StorageError, StoredFeed, StoredHead, StoredNode, WriteBatch};
 
 mod bitfield;
@@ -183,10 +184,14 @@ struct FeedInner {
     rows_left: bool,
 }
 
+/// `key` in lowercase hex (a feed's directory name). Digit by digit, not `format!` per
+/// byte: every whole-feed read and write asks whether a feed has a directory.
 fn hex(key: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in key {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -467,6 +472,63 @@ impl Storage for DiskStorage {
             Ok(())
         })?;
         self.shared.small.scan(&dirs, each)
+    }
+
+    /// The feeds that stay small (and have no directory) in one durable commit of the
+    /// shared database, taken while no feed can be opened (so none opens half way); the
+    /// others feed by feed. A feed with a handle open is refused
+    /// ([`WholeRefusal::Open`]).
+    fn write_whole(&self, feeds: &[WholeWrite]) -> Result<Vec<WholeWritten>, StorageError> {
+        let mut out = vec![WholeWritten::Refused(WholeRefusal::Open); feeds.len()];
+        let mut each = Vec::new();
+        {
+            let live = lock(&self.shared.live);
+            let limit = self.shared.config.small_feed_bytes;
+            let mut small = Vec::new();
+            for (i, write) in feeds.iter().enumerate() {
+                if live.get(&write.key).is_some_and(|w| w.strong_count() > 0) {
+                    continue;
+                }
+                let bytes =
+                    small::stored_bytes(write.blocks.iter().map(Vec::as_slice), write.nodes.len());
+                if limit > 0 && bytes <= limit && !self.feed_dir(&write.key).exists() {
+                    small.push(i);
+                } else {
+                    each.push(i);
+                }
+            }
+            if !small.is_empty() {
+                let writes: Vec<&WholeWrite> = small.iter().map(|&i| &feeds[i]).collect();
+                let done = self.shared.small.write_whole(&writes)?;
+                for (&i, done) in small.iter().zip(done) {
+                    out[i] = done;
+                }
+            }
+        }
+        let done = whole::write_each(self, each.iter().map(|&i| &feeds[i]))?;
+        for (&i, done) in each.iter().zip(done) {
+            out[i] = done;
+        }
+        Ok(out)
+    }
+
+    /// The small feeds in one read transaction of the shared database; feeds in
+    /// directories of their own feed by feed.
+    fn read_whole(
+        &self,
+        keys: &[[u8; 32]],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<WholeRead>>, StorageError> {
+        let found = self.shared.small.read_whole(keys, max_bytes)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, found) in keys.iter().zip(found) {
+            match found {
+                // A directory left by a move out that a crash cut short wins.
+                Some(read) if !self.feed_dir(key).exists() => out.push(read),
+                _ => out.extend(whole::read_each(self, &[*key], max_bytes)?),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -32,7 +32,11 @@ use super::format::{
     decode_head, decode_meta, decode_tree_slot, encode_head, encode_meta, encode_tree_slot,
     META_LEN, RECORD_HEAD_LEN, TREE_SLOT,
 };
-use crate::storage::{StorageError, StoredFeed, StoredHead, StoredNode};
+use crate::storage::whole::{decide, Existing};
+use crate::storage::{
+    StorageError, StoredFeed, StoredHead, StoredNode, WholeRead, WholeRefusal, WholeWrite,
+    WholeWritten,
+};
 use crate::tree::full_roots;
 
 const FEEDS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("feeds");
@@ -94,7 +98,7 @@ enum Op {
 /// Pending creates and writes after which they are committed (without an fsync) even
 /// if no feed syncs: bounds the memory they hold, and makes each commit's cost (a walk
 /// down each table's B-tree, a page write per touched page) shared by many writes.
-const PENDING_OPS: usize = 1024;
+pub(super) const PENDING_OPS: usize = 1024;
 /// Pending block bytes after which they are committed, as [`PENDING_OPS`].
 const PENDING_BYTES: usize = 4 << 20;
 
@@ -183,12 +187,7 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
         match op {
             Op::Remove { key } => {
                 feeds.remove(key).map_err(db_error)?;
-                block_rows
-                    .retain_in(rows(&key), |_, _| false)
-                    .map_err(db_error)?;
-                node_rows
-                    .retain_in(rows(&key), |_, _| false)
-                    .map_err(db_error)?;
+                remove_rows(&mut block_rows, &mut node_rows, &key)?;
             }
             Op::Create { key, row } => {
                 feeds.insert(key, row.as_slice()).map_err(db_error)?;
@@ -199,16 +198,8 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
                 nodes,
                 head,
             } => {
-                for (index, data) in &blocks {
-                    block_rows
-                        .insert((key, *index), data.as_slice())
-                        .map_err(db_error)?;
-                }
-                for node in &nodes {
-                    node_rows
-                        .insert((key, node.index), encode_tree_slot(node))
-                        .map_err(db_error)?;
-                }
+                let data = blocks.iter().map(|(i, d)| (*i, d.as_slice()));
+                insert_rows(&mut block_rows, &mut node_rows, &key, data, &nodes)?;
                 if let Some(head) = head {
                     let mut row = feeds
                         .get(key)
@@ -222,6 +213,43 @@ fn apply(tx: &WriteTransaction, ops: Vec<Op>) -> Result<(), StorageError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The block rows of the feeds, open in a write transaction.
+type BlockRows<'t> = redb::Table<'t, ([u8; 32], u64), &'static [u8]>;
+/// The node rows of the feeds, open in a write transaction.
+type NodeRows<'t> = redb::Table<'t, ([u8; 32], u64), [u8; TREE_SLOT as usize]>;
+
+/// Removes every block and node row of feed `key`.
+fn remove_rows(
+    blocks: &mut BlockRows<'_>,
+    nodes: &mut NodeRows<'_>,
+    key: &[u8; 32],
+) -> Result<(), StorageError> {
+    blocks
+        .retain_in(rows(key), |_, _| false)
+        .map_err(db_error)?;
+    nodes.retain_in(rows(key), |_, _| false).map_err(db_error)?;
+    Ok(())
+}
+
+/// Inserts blocks `data` (by index) and `written` nodes of feed `key`.
+fn insert_rows<'a>(
+    blocks: &mut BlockRows<'_>,
+    nodes: &mut NodeRows<'_>,
+    key: &[u8; 32],
+    data: impl IntoIterator<Item = (u64, &'a [u8])>,
+    written: &[StoredNode],
+) -> Result<(), StorageError> {
+    for (index, data) in data {
+        blocks.insert((*key, index), data).map_err(db_error)?;
+    }
+    for node in written {
+        nodes
+            .insert((*key, node.index), encode_tree_slot(node))
+            .map_err(db_error)?;
     }
     Ok(())
 }
@@ -308,6 +336,13 @@ impl SmallFeeds {
     #[cfg(test)]
     pub(super) fn durable_commit(&self) -> u64 {
         lock(&self.state).durable
+    }
+
+    /// Numbers of the last commit and of the last durable one, and the writes pending.
+    #[cfg(test)]
+    pub(super) fn commits(&self) -> (u64, u64, usize) {
+        let state = lock(&self.state);
+        (state.last, state.durable, state.pending.len())
     }
 
     /// Whether feed `key` has a row here.
@@ -478,6 +513,145 @@ impl SmallFeeds {
             head: head.copied(),
         };
         lock(&self.state).push(&self.db, *key, bytes, op)
+    }
+
+    /// Writes each of `feeds` whole (see [`crate::storage::whole`]) in one durable
+    /// commit, with what is pending before them: a feed with no row gets one (a
+    /// replica), an empty one is filled, any other is left as [`decide`] says. The
+    /// caller holds no handle to them (none is open). Answers in order.
+    pub(super) fn write_whole(
+        &self,
+        feeds: &[&WholeWrite],
+    ) -> Result<Vec<WholeWritten>, StorageError> {
+        let mut out = Vec::with_capacity(feeds.len());
+        self.commit(true, |tx| {
+            let mut feed_rows = tx.open_table(FEEDS).map_err(db_error)?;
+            let mut block_rows = tx.open_table(BLOCKS).map_err(db_error)?;
+            let mut node_rows = tx.open_table(NODES).map_err(db_error)?;
+            for write in feeds {
+                let key = write.key;
+                let row = feed_rows
+                    .get(key)
+                    .map_err(db_error)?
+                    .map(|v| v.value().to_vec());
+                let existing = match &row {
+                    None => None,
+                    Some(row) => {
+                        let Ok((secret_key, head)) = decode_row(&key, row) else {
+                            // Left for opening the feed to report.
+                            out.push(WholeWritten::Refused(WholeRefusal::Holds));
+                            continue;
+                        };
+                        let held = head.map_or(0, |h| h.length);
+                        let below = block_rows
+                            .range((key, 0)..(key, held))
+                            .map_err(db_error)?
+                            .count() as u64;
+                        let any_block = block_rows
+                            .range(rows(&key))
+                            .map_err(db_error)?
+                            .next()
+                            .is_some();
+                        Some(Existing {
+                            writable: secret_key.is_some(),
+                            head,
+                            complete: head.is_some() && below == held,
+                            any_block,
+                        })
+                    }
+                };
+                let decided = decide(write, existing, |index| {
+                    let Some(slot) = node_rows.get((key, index)).map_err(db_error)? else {
+                        return Ok(None);
+                    };
+                    let slot = slot.value();
+                    let node = decode_tree_slot(index, &slot);
+                    Ok((encode_tree_slot(&node) == slot).then_some(node))
+                })?;
+                if let Some(done) = decided {
+                    out.push(done);
+                    continue;
+                }
+                let mut row = match row {
+                    Some(mut row) => {
+                        row.truncate(META_LEN);
+                        row
+                    }
+                    None => {
+                        // Rows a removal cut short may be left: they are not this feed's.
+                        remove_rows(&mut block_rows, &mut node_rows, &key)?;
+                        encode_meta(&key, None)
+                    }
+                };
+                let data = (0u64..).zip(write.blocks.iter().map(Vec::as_slice));
+                insert_rows(&mut block_rows, &mut node_rows, &key, data, &write.nodes)?;
+                encode_head(&mut row, Some(&write.head));
+                feed_rows.insert(key, row.as_slice()).map_err(db_error)?;
+                out.push(WholeWritten::Written);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Each feed of `keys` read whole, in one read transaction: `None` for a feed with
+    /// no row here; `Some(None)` for one that has no head, lacks a block of it, or whose
+    /// blocks take more than `max_bytes`. A head read here goes to peers, and a
+    /// writer's head must not leave before it is durable (a crash would let it sign
+    /// another tree at that length), as an append's lock keeps a stream from reading it
+    /// early: so what is pending for any of them, or any commit not yet durable (a long
+    /// queue is committed without an fsync), is first made durable.
+    pub(super) fn read_whole(
+        &self,
+        keys: &[[u8; 32]],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Option<WholeRead>>>, StorageError> {
+        {
+            let mut state = lock(&self.state);
+            if state.durable < state.last || keys.iter().any(|k| state.touched.contains(k)) {
+                state.commit(&self.db, true, |_| Ok(()))?;
+            }
+        }
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        let blocks = tx.open_table(BLOCKS).map_err(db_error)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(row) = feeds.get(key).map_err(db_error)? else {
+                out.push(None);
+                continue;
+            };
+            let head = match decode_row(key, row.value()) {
+                Ok((_, Some(head))) if head.length > 0 => head,
+                _ => {
+                    out.push(Some(None));
+                    continue;
+                }
+            };
+            let mut read = WholeRead {
+                head,
+                blocks: Vec::new(),
+            };
+            let mut bytes = 0usize;
+            let mut whole = true;
+            for (expected, entry) in (0u64..).zip(
+                blocks
+                    .range((*key, 0)..(*key, head.length))
+                    .map_err(db_error)?,
+            ) {
+                let (k, v) = entry.map_err(db_error)?;
+                let data = v.value();
+                bytes = bytes.saturating_add(data.len());
+                if k.value().1 != expected || bytes > max_bytes {
+                    whole = false;
+                    break;
+                }
+                read.blocks.push(data.to_vec());
+            }
+            whole &= read.blocks.len() as u64 == head.length;
+            out.push(Some(whole.then_some(read)));
+        }
+        Ok(out)
     }
 
     /// Make every commit up to number `upto` durable: one durable commit (with what
