@@ -137,9 +137,44 @@ fn passes_point_checks(key: &FeedKey, head: &SignedHead) -> bool {
     if !is_canonical_y(&r_bytes) {
         return false;
     }
-    // A `VerifyingKey` is a decompressed point with its encoding: here, `R`.
-    VerifyingKey::from_bytes(&r_bytes).is_ok_and(|r| !r.is_weak())
+    // `R` of small order, by its encoding: `verify_batch` decompresses `R` itself, so a
+    // decompression here would be a second one per head. An `R` that is not a point at
+    // all fails the batch, and `verify_strict` then names it.
+    !SMALL_ORDER_ENCODINGS.contains(&r_bytes)
 }
+
+/// Every encoding with a canonical `y` (see [`is_canonical_y`]) that decodes to a
+/// point of small order: the eight points of the curve's 8-torsion, and `x = 0` with
+/// the sign bit set for the two of them whose `x` is 0 (`y = 1` and `y = -1`).
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 10] = {
+    const fn hex32(s: &[u8; 64]) -> [u8; 32] {
+        const fn digit(c: u8) -> u8 {
+            match c {
+                b'0'..=b'9' => c - b'0',
+                _ => c - b'a' + 10,
+            }
+        }
+        let mut out = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            out[i] = digit(s[2 * i]) << 4 | digit(s[2 * i + 1]);
+            i += 1;
+        }
+        out
+    }
+    [
+        hex32(b"0000000000000000000000000000000000000000000000000000000000000000"),
+        hex32(b"0000000000000000000000000000000000000000000000000000000000000080"),
+        hex32(b"0100000000000000000000000000000000000000000000000000000000000000"),
+        hex32(b"0100000000000000000000000000000000000000000000000000000000000080"),
+        hex32(b"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+        hex32(b"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+        hex32(b"c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+        hex32(b"c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+        hex32(b"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+        hex32(b"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+    ]
+};
 
 /// Whether a point encoding's `y` (the sign bit aside) is below the field prime
 /// 2^255 - 19. The only other non-canonical encodings, `x = 0` with the sign bit set, are
@@ -392,6 +427,45 @@ mod tests {
             assert_eq!(key.verify_head(head), expected, "head {i}");
         }
         assert_eq!(verify_heads(&heads), vec![1, 2, 5, 6]);
+    }
+
+    #[test]
+    fn the_small_order_encodings_are_those_verify_strict_finds_weak() {
+        // Each listed encoding decodes to a point of small order, and each is distinct.
+        for (i, bytes) in SMALL_ORDER_ENCODINGS.iter().enumerate() {
+            let point = VerifyingKey::from_bytes(bytes).expect("a point");
+            assert!(point.is_weak(), "encoding {i} is not of small order");
+            assert!(is_canonical_y(bytes), "encoding {i}");
+            assert!(
+                !SMALL_ORDER_ENCODINGS[..i].contains(bytes),
+                "encoding {i} twice"
+            );
+        }
+        // The `R` of real signatures are not listed, and pass the point checks.
+        for n in 0..64 {
+            let (key, head) = signed(n);
+            assert!(passes_point_checks(&key, &head), "head {n}");
+        }
+        // Every `R` of small order is refused by the point checks, whatever its sign bit.
+        let mut heads: Vec<_> = (0..SMALL_ORDER_ENCODINGS.len() as u8).map(signed).collect();
+        for (head, bytes) in heads.iter_mut().zip(SMALL_ORDER_ENCODINGS) {
+            head.1.signature[..32].copy_from_slice(&bytes);
+            assert!(!passes_point_checks(&head.0, &head.1));
+            assert!(!head.0.verify_head(&head.1));
+        }
+        assert_eq!(verify_heads(&heads), (0..heads.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_r_that_is_no_point_fails_the_batch_and_is_named() {
+        // A `y` with no `x` on the curve (y = 2 is not a valid encoding), not listed as
+        // of small order: the batch fails on it and the one-by-one check names it.
+        let mut heads: Vec<_> = (0..8).map(signed).collect();
+        let mut no_point = [0u8; 32];
+        no_point[0] = 2;
+        assert!(VerifyingKey::from_bytes(&no_point).is_err());
+        heads[5].1.signature[..32].copy_from_slice(&no_point);
+        assert_eq!(verify_heads(&heads), vec![5]);
     }
 
     #[test]
