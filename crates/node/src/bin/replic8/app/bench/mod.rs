@@ -7,7 +7,8 @@
 //! - [`raw`]: QUIC alone, the node's transport settings, one connection, one stream;
 //! - [`replicate`]: `bulk`, `small` and `many-feeds`: a writer process (this binary
 //!   re-executed as the hidden `bench-peer`) serves feeds from disk, this process replicates
-//!   them to disk over one connection on loopback and verifies them;
+//!   them to disk over one connection on loopback and verifies them; [`expect`] is
+//!   what its reader expects, waits for and checks (also used by [`swarm`]);
 //! - [`append`]: durable appends to a feed on disk;
 //! - [`discovery`]: join to connected on a private 20-node DHT;
 //! - [`flood`]: replication to a node flooded by attacker identities, against the same
@@ -24,6 +25,7 @@
 pub(crate) mod append;
 pub(crate) mod cli;
 pub(crate) mod discovery;
+pub(crate) mod expect;
 pub(crate) mod flood;
 pub(crate) mod raw;
 pub(crate) mod replicate;

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::broadcast;
 
-use super::super::replicate::{parse_feed, wait_synced, ExpectedFeed, ExpectedFeeds, PeerFeed};
+use super::super::expect::{wait_synced, ExpectedFeed, ExpectedFeeds};
+use super::super::replicate::{parse_feed, PeerFeed};
 use super::super::{round, BenchError};
 use crate::app::demo::Pattern;
 use replic8_node::config::LimitsSection;
