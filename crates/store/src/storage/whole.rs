@@ -159,9 +159,7 @@ pub(crate) fn write_each<'a, S: Storage + ?Sized>(
         }
         let blocks: Vec<(u64, &[u8])> = (0..).zip(write.blocks.iter().map(Vec::as_slice)).collect();
         feed.write_borrowed(&blocks, write.nodes.clone(), Some(write.head))?;
-        if feed.secret_key().is_some() {
-            feed.sync()?;
-        }
+        feed.sync()?;
         out.push(WholeWritten::Written);
     }
     Ok(out)
