@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Context, Handler};
-use replic8::actor::{PeerEvent, SessionsActor, StartSession};
+use replic8::actor::{GetSessionTotals, PeerEvent, SessionsActor, StartSession};
 use replic8::feed_store::*;
 use replic8::frame;
 use replic8::keys::{FeedKey, PeerKey, Role};
@@ -1397,6 +1397,95 @@ fn measured_a_session_between_stores_in_sync_opens_no_stream() {
         );
         assert_eq!(streamed, 0, "a feed of one block got a stream");
         assert_eq!(in_sync, 0, "a feed in sync got a stream");
+    });
+}
+
+#[test]
+fn many_readers_of_small_feeds_sent_whole_never_hold_more_than_the_serve_budget() {
+    // Six one-shot readers of 100 feeds of 48 KiB each (three 16 KiB blocks: small
+    // enough to go whole), all at once from one writer whose budget is the least there
+    // is (one answer): each session's whole reads could hold 6 MiB, and a read of all
+    // the feeds it asks for would not fit in the budget at all (decision 245).
+    const READERS: u8 = 6;
+    const FEEDS: usize = 100;
+    const BLOCK: usize = 16 << 10;
+    let budget = MIN_SERVE_BYTES_IN_FLIGHT;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let config = FeedStoreConfig {
+            limits: FeedStoreLimits {
+                serve_bytes_in_flight: budget,
+                ..FeedStoreLimits::default()
+            },
+            ..FeedStoreConfig::default()
+        };
+        let a = node(1, MemoryStorage::new(), config, Mode::OneShot, &tx).await;
+        let mut feeds = Vec::new();
+        for f in 0..FEEDS {
+            let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
+            let blocks = (0..3).map(|i| vec![(f * 3 + i) as u8; BLOCK]).collect();
+            a.store
+                .send(Append { feed, blocks })
+                .await
+                .unwrap()
+                .unwrap();
+            share(&a, feed, "notes").await;
+            feeds.push(feed);
+        }
+        let mut readers = Vec::new();
+        for n in 2..2 + READERS {
+            let r = node(n, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+            readers.push(r);
+        }
+        for r in &readers {
+            link(r, &a).await;
+        }
+        let mut done = std::collections::HashSet::new();
+        wait_for(&mut events, "every reader's one-shot session done", |e| {
+            if let Ev::Session(n, p) = e {
+                if let SessionEvent::SessionEnded { reason } = &p.event {
+                    assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
+                    if *n != 1 {
+                        done.insert(*n);
+                    }
+                }
+            }
+            done.len() == usize::from(READERS)
+        })
+        .await;
+        // Every feed arrived, whole: no stream, and each reader stored all of them.
+        let sent = a.sessions.send(GetSessionTotals).await.unwrap();
+        assert_eq!(sent.feeds_sent_whole, FEEDS as u64 * u64::from(READERS));
+        for r in &readers {
+            let got = r.sessions.send(GetSessionTotals).await.unwrap();
+            assert_eq!(got.feeds_received_whole, FEEDS as u64, "node {}", r.n);
+            for &feed in feeds.iter().step_by(17) {
+                assert_same(&a, r, feed, 3).await;
+            }
+        }
+        let stats = a.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.streams, 0, "{stats:?}");
+        assert!(
+            stats.serve_bytes_peak <= budget as u64,
+            "held {} bytes of feeds read whole at once, over the budget of {budget}",
+            stats.serve_bytes_peak
+        );
+        // The reads were counted: one holds at least a feed.
+        assert!(
+            stats.serve_bytes_peak >= 3 * BLOCK as u64,
+            "peak {}",
+            stats.serve_bytes_peak
+        );
+        // The sessions ended: everything they held is given back.
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let held = a.store.send(GetStats).await.unwrap().serve_bytes_held;
+            if held == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{held} bytes still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
 }
 

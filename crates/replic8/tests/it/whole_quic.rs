@@ -95,6 +95,7 @@ impl Handler<ReadWhole> for WholeStore {
                 held.get(f).map(|(head, blocks)| WholeFeed {
                     head: *head,
                     blocks: blocks.clone(),
+                    hold: WholeHold::default(),
                 })
             })
             .collect())
