@@ -17,7 +17,7 @@ impl<St: Storage> Handler<ReadWhole> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<Option<WholeFeed>>, StoreError>>;
 
     /// Feeds not held in the namespace are `None`; the others are read in one call of
-    /// [`Registry::read_whole`], under the store's serve budget (decision 245): the read
+    /// `Registry::read_whole`, under the store's serve budget (decision 245): the read
     /// first reserves what its feeds take, and answers only the leading feeds that fit
     /// in one reservation (at least one); the session asks again for the rest. The
     /// feeds read keep their bytes of the budget ([`WholeFeed::hold`]) until the session
@@ -135,7 +135,7 @@ impl<St: Storage> Handler<WriteWhole> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<WholeOutcome>, StoreError>>;
 
     /// Feeds not held in the namespace are declined here; the others are verified and
-    /// stored on the blocking pool ([`write_whole`]).
+    /// stored on the blocking pool (`write_whole`).
     fn handle(&mut self, msg: WriteWhole, _: &mut Context<Self>) -> Self::Result {
         let WriteWhole {
             peer,
