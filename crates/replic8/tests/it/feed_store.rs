@@ -1412,14 +1412,14 @@ fn many_readers_of_small_feeds_sent_whole_never_hold_more_than_the_serve_budget(
     let budget = MIN_SERVE_BYTES_IN_FLIGHT;
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let config = FeedStoreConfig {
-            limits: FeedStoreLimits {
-                serve_bytes_in_flight: budget,
-                ..FeedStoreLimits::default()
-            },
-            ..FeedStoreConfig::default()
-        };
-        let a = node(1, MemoryStorage::new(), config, Mode::OneShot, &tx).await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            with_serve_budget(budget),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
         let mut feeds = Vec::new();
         for f in 0..FEEDS {
             let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
@@ -1465,27 +1465,9 @@ fn many_readers_of_small_feeds_sent_whole_never_hold_more_than_the_serve_budget(
         }
         let stats = a.store.send(GetStats).await.unwrap();
         assert_eq!(stats.streams, 0, "{stats:?}");
-        assert!(
-            stats.serve_bytes_peak <= budget as u64,
-            "held {} bytes of feeds read whole at once, over the budget of {budget}",
-            stats.serve_bytes_peak
-        );
-        // The reads were counted: one holds at least a feed.
-        assert!(
-            stats.serve_bytes_peak >= 3 * BLOCK as u64,
-            "peak {}",
-            stats.serve_bytes_peak
-        );
-        // The sessions ended: everything they held is given back.
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let held = a.store.send(GetStats).await.unwrap().serve_bytes_held;
-            if held == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{held} bytes still held");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // The reads were counted (one holds at least a feed), within the budget; the
+        // sessions ended, so everything they held is given back.
+        assert_served_within(&a, budget, 3 * BLOCK as u64).await;
     });
 }
 
@@ -1499,14 +1481,14 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
     let budget = 3 << 20;
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let config = FeedStoreConfig {
-            limits: FeedStoreLimits {
-                serve_bytes_in_flight: budget,
-                ..FeedStoreLimits::default()
-            },
-            ..FeedStoreConfig::default()
-        };
-        let a = node(1, MemoryStorage::new(), config, Mode::Live, &tx).await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            with_serve_budget(budget),
+            Mode::Live,
+            &tx,
+        )
+        .await;
         let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
         for i in 0..BLOCKS {
             let blocks = vec![vec![i as u8; 64 << 10]];
@@ -1537,26 +1519,39 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
         let stats = a.store.send(GetStats).await.unwrap();
         let feed_bytes = BLOCKS * (64 << 10);
         assert_eq!(stats.bytes_out, u64::from(READERS) * feed_bytes);
-        assert!(
-            stats.serve_bytes_peak <= budget as u64,
-            "held {} bytes of answers at once, over the budget of {budget}",
-            stats.serve_bytes_peak
-        );
-        // Every answer was counted while it was in flight (one is 16 blocks, 1 MiB).
-        assert!(
-            stats.serve_bytes_peak >= 1 << 20,
-            "peak {}",
-            stats.serve_bytes_peak
-        );
-        // Acknowledged answers give their bytes back.
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let held = a.store.send(GetStats).await.unwrap().serve_bytes_held;
-            if held == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{held} bytes still held");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Every answer was counted while it was in flight (one is 16 blocks, 1 MiB), and
+        // acknowledged answers give their bytes back.
+        assert_served_within(&a, budget, 1 << 20).await;
     });
+}
+
+/// A store config whose serve budget is `budget` bytes.
+fn with_serve_budget(budget: usize) -> FeedStoreConfig {
+    FeedStoreConfig {
+        limits: FeedStoreLimits {
+            serve_bytes_in_flight: budget,
+            ..FeedStoreLimits::default()
+        },
+        ..FeedStoreConfig::default()
+    }
+}
+
+/// Asserts that `node`'s store never held more than `budget` bytes for peers at once,
+/// and at least `least` (what it served was counted); then waits until it holds none.
+async fn assert_served_within<St: Storage>(node: &Node<St>, budget: usize, least: u64) {
+    let peak = node.store.send(GetStats).await.unwrap().serve_bytes_peak;
+    assert!(
+        peak <= budget as u64,
+        "held {peak} bytes for peers at once, over the budget of {budget}"
+    );
+    assert!(peak >= least, "peak {peak}, under {least}");
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let held = node.store.send(GetStats).await.unwrap().serve_bytes_held;
+        if held == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{held} bytes still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
