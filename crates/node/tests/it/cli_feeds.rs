@@ -439,8 +439,10 @@ fn feed_list_of_more_than_a_page_comes_whole_and_in_order() {
     daemon.stop();
 }
 
-/// A small feed fetched by key travels whole on the control stream: `status` counts it on both daemons, under `session_totals` with `--json` and on its
-/// `whole` line.
+/// A small feed offered in a namespace travels whole on the control stream: `status`
+/// counts it on both daemons, under `session_totals` with `--json` and on its `whole`
+/// line. (Offered, not fetched with `feed get`: a `feed get` watches the replica, and a
+/// watched feed is not written whole but streamed.)
 #[test]
 fn status_counts_a_small_feed_sent_and_received_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -461,6 +463,7 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
             "4096",
         ],
     );
+    run(&a_data, &["share", "notes", &key]);
     let none = json(&a_data, &["status", "--json"])["session_totals"].clone();
     assert_eq!(
         none,
@@ -473,21 +476,17 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
         format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
     );
     let b = start_daemon(&b_data, Some(&config));
-    let (status, got) = Running::start(&b_data, &["feed", "get", &key]).finish("feed get");
-    assert!(
-        status.success(),
-        "{status}: {}",
-        String::from_utf8_lossy(&got)
-    );
+    run(&b_data, &["namespace", "open", "notes", "--accept", "all"]);
+    // Any topic: B's static peer is its only lookup answer.
+    run(&b_data, &["join", &key, "--topic"]);
+    let received = eventually("B's session received the feed whole", || {
+        let status = json(&b_data, &["status", "--json"]);
+        (status["session_totals"]["feeds_received_whole"] == 1).then_some(status)
+    });
+    assert_eq!(received["feed_store"]["streams"], 0, "{received}");
     assert_eq!(run(&b_data, &["feed", "cat", &key]), data, "copy equal");
-
     let sent = json(&a_data, &["status", "--json"]);
     assert_eq!(sent["session_totals"]["feeds_sent_whole"], 1, "{sent}");
-    let received = json(&b_data, &["status", "--json"]);
-    assert_eq!(
-        received["session_totals"]["feeds_received_whole"], 1,
-        "{received}"
-    );
     let text = String::from_utf8(run(&b_data, &["status"])).unwrap();
     assert!(
         text.contains("since start: 0 feed(s) sent whole, 1 received whole"),
