@@ -190,6 +190,7 @@ fn main() {
                     secret: None,
                     store: store.clone(),
                 }],
+                counters: Default::default(),
             };
             ends.push((name, tokio::spawn(driver::run(spec, rx, events))));
         }

@@ -7,6 +7,7 @@
 //! protocol decisions are in the session core.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseFuture};
 use thiserror::Error;
@@ -14,7 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info_span, Instrument};
 
-use crate::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
+use crate::driver::{
+    self, NamespaceEntry, SessionCommand, SessionCounters, SessionSpec, SessionTotals,
+};
 use crate::keys::{PeerKey, Role};
 use crate::session::{CommandError, EndReason, SessionConfig, SessionEvent};
 use crate::store::{
@@ -66,6 +69,11 @@ pub struct StopSession {
 #[rtype(result = "Vec<PeerKey>")]
 pub struct ListSessions;
 
+/// The counters of every session since the actor started, ended ones included.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "SessionTotals")]
+pub struct GetSessionTotals;
+
 /// Sent by a session's task when its session ended.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -97,6 +105,8 @@ pub struct SessionsActor {
     closing: HashMap<u64, Running>,
     events: Option<mpsc::UnboundedSender<PeerEvent>>,
     next_generation: u64,
+    /// Summed over every session it started (each adds to it as it runs).
+    counters: Arc<SessionCounters>,
     /// Stop was asked: sessions are closing, no new ones start.
     shutting_down: bool,
 }
@@ -114,6 +124,7 @@ impl SessionsActor {
             closing: HashMap::new(),
             events,
             next_generation: 0,
+            counters: Arc::default(),
             shutting_down: false,
         }
     }
@@ -221,6 +232,7 @@ impl Handler<StartSession> for SessionsActor {
                 ..self.config.clone()
             },
             namespaces: self.stores.values().cloned().collect(),
+            counters: self.counters.clone(),
         };
         let (addr, events) = (ctx.address(), self.events.clone());
         let span = info_span!("session", peer = %peer.fmt_short(), ?role);
@@ -286,6 +298,14 @@ impl Handler<ListSessions> for SessionsActor {
 
     fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Vec<PeerKey> {
         self.sessions.keys().copied().collect()
+    }
+}
+
+impl Handler<GetSessionTotals> for SessionsActor {
+    type Result = actix::MessageResult<GetSessionTotals>;
+
+    fn handle(&mut self, _: GetSessionTotals, _: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(self.counters.totals())
     }
 }
 

@@ -20,6 +20,8 @@
 //! even if the `Close` frame is lost with the connection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -148,6 +150,59 @@ pub struct SessionSpec {
     pub config: SessionConfig,
     /// The namespaces served, each with its store.
     pub namespaces: Vec<NamespaceEntry>,
+    /// Where the session adds to the counters of every session (a
+    /// [`SessionsActor`](crate::actor::SessionsActor) gives all of its sessions the
+    /// same ones); a fresh `Default` for a session counted alone.
+    pub counters: Arc<SessionCounters>,
+}
+
+/// Counters summed over sessions, kept up to date as they run: each session adds what
+/// its core counted since it last added ([`SessionSpec::counters`]).
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    feeds_sent_whole: AtomicU64,
+    feeds_received_whole: AtomicU64,
+}
+
+/// What [`SessionCounters`] counted so far, summed over the sessions that share it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTotals {
+    /// Feeds sent whole on the control stream (decision 210), as
+    /// [`SessionStats::feeds_sent_whole`] counts them.
+    pub feeds_sent_whole: u64,
+    /// Feeds peers sent whole that our stores stored, as
+    /// [`SessionStats::feeds_received_whole`] counts them.
+    pub feeds_received_whole: u64,
+}
+
+impl SessionCounters {
+    /// The sums now.
+    pub fn totals(&self) -> SessionTotals {
+        SessionTotals {
+            feeds_sent_whole: self.feeds_sent_whole.load(Ordering::Relaxed),
+            feeds_received_whole: self.feeds_received_whole.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds what one session's `stats` counted beyond `added` (what it added before),
+    /// and records it in `added`.
+    fn catch_up(&self, added: &mut SessionTotals, stats: &SessionStats) {
+        let sent = stats
+            .feeds_sent_whole
+            .saturating_sub(added.feeds_sent_whole);
+        let received = stats
+            .feeds_received_whole
+            .saturating_sub(added.feeds_received_whole);
+        if sent > 0 {
+            self.feeds_sent_whole.fetch_add(sent, Ordering::Relaxed);
+        }
+        if received > 0 {
+            self.feeds_received_whole
+                .fetch_add(received, Ordering::Relaxed);
+        }
+        added.feeds_sent_whole = stats.feeds_sent_whole;
+        added.feeds_received_whole = stats.feeds_received_whole;
+    }
 }
 
 type IncomingStream = (FeedStreamHeader, quinn::SendStream, quinn::RecvStream);
@@ -188,7 +243,10 @@ pub async fn run(
         peer,
         config,
         namespaces,
+        counters,
     } = spec;
+    // What this session added to `counters` so far.
+    let mut added = SessionTotals::default();
     let exporter = match exporter_secret(&connection) {
         Ok(e) => e,
         Err(e) => {
@@ -377,6 +435,8 @@ pub async fn run(
             }
             let _ = events.send(event);
         }
+        // Once per turn of the loop, so the sums are current when the session ends too.
+        counters.catch_up(&mut added, &session.stats());
         if let Some(reason) = ended {
             // Flush the close frame, then close the connection with the same code.
             while let Some(frame) = session.poll_transmit() {

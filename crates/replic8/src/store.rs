@@ -92,12 +92,54 @@ pub struct WholeFeed {
     pub head: SignedHead,
     /// Blocks `0..head.length`.
     pub blocks: Vec<Vec<u8>>,
+    /// What the feed holds of its sending store's budget while the session keeps it
+    /// (decision 245); empty for a feed that arrived, or from a store without a budget.
+    pub hold: WholeHold,
 }
+
+/// A share of a store's budget that feeds read whole keep until the session has packed
+/// them into a message (decision 245): dropping the last clone gives the share back.
+/// It is not part of a feed's value: any two holds compare equal.
+#[derive(Clone, Default)]
+pub struct WholeHold(Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl WholeHold {
+    /// A hold that keeps `owner` alive (a permit of the store's budget, whose `Drop`
+    /// gives it back) until the last clone is dropped.
+    pub fn new(owner: impl std::any::Any + Send + Sync) -> Self {
+        WholeHold(Some(std::sync::Arc::new(owner)))
+    }
+
+    /// Whether it holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::fmt::Debug for WholeHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_empty() {
+            "WholeHold(none)"
+        } else {
+            "WholeHold"
+        })
+    }
+}
+
+impl PartialEq for WholeHold {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WholeHold {}
 
 /// Session → store: read these feeds whole to send to `peer` (decision 210). Each is
 /// answered in order: `Some` when the store holds every block of its head and the
 /// blocks together are at most `max_bytes`; `None` otherwise (the feed then gets a
-/// stream). Optional: see [`StoreRecipients::with_whole`].
+/// stream). An answer shorter than `feeds`, but not empty, answers the leading feeds
+/// only: the session asks again for the others (a store whose budget has room for
+/// only part of them now, decision 245). Optional: see [`StoreRecipients::with_whole`].
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<Option<WholeFeed>>, StoreError>")]
 pub struct ReadWhole {

@@ -26,7 +26,7 @@ pub(super) enum Storage {
     Memory,
 }
 
-/// Options of a node; see [`Node::builder`].
+/// Options of a node; see [`Node::builder`](super::Node::builder).
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
     pub(super) storage: Storage,

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use replic8::actor::{ListSessions, SessionsActor, StopSession};
+use replic8::actor::{GetSessionTotals, ListSessions, SessionsActor, StopSession};
+use replic8::driver::SessionTotals;
 use replic8::feed_store::{
     AcceptPolicy, Append, FeedInfo, FeedState, FeedStoreStats, GetStats, NamespacePolicy, OpenFeed,
     ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed,
@@ -534,6 +535,16 @@ impl NodeHandle {
             .feeds
             .stats
             .send(GetStats)
+            .await
+            .map_err(|_| NodeClosed)
+    }
+
+    /// The sessions' counters summed over every session since the node started (feeds
+    /// sent and received whole).
+    pub async fn session_totals(&self) -> Result<SessionTotals, NodeClosed> {
+        self.s()
+            .sessions
+            .send(GetSessionTotals)
             .await
             .map_err(|_| NodeClosed)
     }

@@ -438,3 +438,60 @@ fn feed_list_of_more_than_a_page_comes_whole_and_in_order() {
     }
     daemon.stop();
 }
+
+/// A small feed offered in a namespace travels whole on the control stream: `status`
+/// counts it on both daemons, under `session_totals` with `--json` and on its `whole`
+/// line. (Offered, not fetched with `feed get`: a `feed get` watches the replica, and a
+/// watched feed is not written whole but streamed.)
+#[test]
+fn status_counts_a_small_feed_sent_and_received_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let a = start_daemon(&a_data, None);
+    let key = new_feed(&a_data);
+    // 3 blocks, 10,000 bytes: small enough to go whole.
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199) as u8).collect();
+    let file = write_file(dir.path(), "small.bin", &data);
+    run(
+        &a_data,
+        &[
+            "feed",
+            "append",
+            &key,
+            file.to_str().unwrap(),
+            "--block-size",
+            "4096",
+        ],
+    );
+    run(&a_data, &["share", "notes", &key]);
+    let none = json(&a_data, &["status", "--json"])["session_totals"].clone();
+    assert_eq!(
+        none,
+        serde_json::json!({"feeds_sent_whole": 0, "feeds_received_whole": 0})
+    );
+
+    let config = write_file(
+        dir.path(),
+        "b.toml",
+        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
+    );
+    let b = start_daemon(&b_data, Some(&config));
+    run(&b_data, &["namespace", "open", "notes", "--accept", "all"]);
+    // Any topic: B's static peer is its only lookup answer.
+    run(&b_data, &["join", &key, "--topic"]);
+    let received = eventually("B's session received the feed whole", || {
+        let status = json(&b_data, &["status", "--json"]);
+        (status["session_totals"]["feeds_received_whole"] == 1).then_some(status)
+    });
+    assert_eq!(received["feed_store"]["streams"], 0, "{received}");
+    assert_eq!(run(&b_data, &["feed", "cat", &key]), data, "copy equal");
+    let sent = json(&a_data, &["status", "--json"]);
+    assert_eq!(sent["session_totals"]["feeds_sent_whole"], 1, "{sent}");
+    let text = String::from_utf8(run(&b_data, &["status"])).unwrap();
+    assert!(
+        text.contains("since start: 0 feed(s) sent whole, 1 received whole"),
+        "{text}"
+    );
+    b.stop();
+    a.stop();
+}

@@ -36,6 +36,7 @@
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
 
+mod held;
 mod inbox;
 mod manual;
 mod membership;
@@ -219,7 +220,7 @@ pub struct FeedStore<St: Storage> {
     /// Per namespace: the policies given by [`ServeNamespace`] or [`SetNamespacePolicy`].
     policies: HashMap<String, NamespacePolicy>,
     /// Every feed the storage holds.
-    held: HashSet<FeedKey>,
+    held: held::HeldSet,
     /// The namespaces of the held feeds (a held feed without an entry is in none).
     members: HashMap<FeedKey, Member>,
     /// The one copy of each namespace name that `members` hold.
@@ -261,7 +262,7 @@ impl FeedStore<MemoryStorage> {
     ) -> Self {
         FeedStore::with_feeds(
             MemoryStorage::new(),
-            HashSet::new(),
+            held::HeldSet::default(),
             HashMap::new(),
             None,
             config,
@@ -286,7 +287,7 @@ impl<St: Storage> FeedStore<St> {
     where
         St: MembershipHome,
     {
-        let held: HashSet<FeedKey> = storage.list()?.into_iter().map(FeedKey).collect();
+        let held: held::HeldSet = storage.list()?.into_iter().map(FeedKey).collect();
         let file = storage
             .membership_path()
             .map(|p| Arc::new(MembershipFile::new(p)));
@@ -303,7 +304,7 @@ impl<St: Storage> FeedStore<St> {
 
     fn with_feeds(
         storage: St,
-        held: HashSet<FeedKey>,
+        held: held::HeldSet,
         mut members: HashMap<FeedKey, Member>,
         membership_file: Option<Arc<MembershipFile>>,
         config: FeedStoreConfig,

@@ -363,8 +363,8 @@ impl<St: Storage> Registry<St> {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The index of feed summaries.
-    #[cfg(test)]
+    /// The index of feed summaries (read without blocking: whole reads size their share
+    /// of the serve budget from it).
     pub(crate) fn index(&self) -> &FeedIndex {
         &self.index
     }

@@ -17,6 +17,13 @@
 //! [`ServeBudget::held`] counts the bytes of the charged chunks alive, independently of
 //! the reservations, so what the bound promises can be observed.
 //!
+//! Small feeds read whole for a session (decision 245) take their bytes from the same
+//! budget: a read reserves what its feeds' summaries say they take, at most
+//! [`ANSWER_RESERVE`] (a read of more answers the leading feeds only), in the same line
+//! as the streams' answers; the bytes read are held ([`ServeBudget::hold_whole`]) until
+//! the session has packed the feeds into a message on its control stream, whose own
+//! bound takes over from there.
+//!
 //! A peer that asks for answers and then stops reading would pin what its stream holds
 //! until the stream ends, and a few such streams would hold the whole budget and stall
 //! serving to everyone else. So each stream's chunks also count in its [`StreamHold`]:
@@ -37,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::PeerKey;
+use crate::store::WholeHold;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -138,6 +146,50 @@ impl ServeBudget {
             .collect()
     }
 
+    /// Waits for room for `bytes` of feeds to read whole (at most [`ANSWER_RESERVE`]:
+    /// a caller never asks for more, so the wait always ends), behind the streams and
+    /// reads that asked before.
+    pub(crate) async fn reserve_whole(&self, bytes: usize) -> Reservation {
+        let bytes = u32::try_from(bytes.clamp(1, ANSWER_RESERVE)).unwrap_or(reserve_permits());
+        match self.permits.clone().acquire_many_owned(bytes).await {
+            Ok(permit) => Reservation(permit),
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Takes up to `more` bytes beyond `reservation` if they are free now; whether it
+    /// got them.
+    pub(crate) fn try_extend(&self, reservation: &mut Reservation, more: usize) -> bool {
+        let Ok(more) = u32::try_from(more) else {
+            return false;
+        };
+        match self.permits.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                reservation.0.merge(permit);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Keeps `bytes` of `reservation` (what the feeds of one whole read take; at most
+    /// the reservation) until the returned hold's last clone is dropped, counted in
+    /// [`Self::held`]; the rest goes back now.
+    pub(crate) fn hold_whole(&self, reservation: Reservation, bytes: usize) -> WholeHold {
+        let Reservation(mut permit) = reservation;
+        let bytes = bytes.min(permit.num_permits());
+        let kept = permit.split(bytes);
+        drop(permit);
+        let now = self.counts.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.counts.peak.fetch_max(now, Ordering::Relaxed);
+        WholeHold::new(HeldWhole {
+            bytes,
+            _permit: kept,
+            counts: self.counts.clone(),
+        })
+    }
+
     /// Bytes of charged chunks alive now (queued, or in QUIC's send buffer).
     pub(crate) fn held(&self) -> usize {
         self.counts.held.load(Ordering::Relaxed)
@@ -235,6 +287,20 @@ struct Charged {
     _permit: Option<OwnedSemaphorePermit>,
     counts: Arc<Counts>,
     stream: Arc<StreamHold>,
+}
+
+/// The owner of the bytes of one whole read: gives them back to the budget when the
+/// session drops the read's last feed.
+struct HeldWhole {
+    bytes: usize,
+    _permit: Option<OwnedSemaphorePermit>,
+    counts: Arc<Counts>,
+}
+
+impl Drop for HeldWhole {
+    fn drop(&mut self) {
+        self.counts.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl AsRef<[u8]> for Charged {
@@ -399,6 +465,35 @@ mod tests {
         drop(c);
         assert_eq!((budget.held(), budget.peak(), stream.held()), (0, 1024, 0));
         assert!(budget.try_reserve().is_some() && budget.try_reserve().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_whole_read_holds_what_it_read_until_its_last_feed_is_dropped() {
+        let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
+        // A read asks for at most one answer's room, whatever it is asked for.
+        let mut first = budget.reserve_whole(usize::MAX).await;
+        assert_eq!(budget.available(), ANSWER_RESERVE);
+        assert!(
+            !budget.try_extend(&mut first, ANSWER_RESERVE + 1),
+            "more than is free"
+        );
+        let second = budget.reserve_whole(1000).await;
+        assert!(budget.try_extend(&mut first, 10));
+        let hold = budget.hold_whole(first, 5000);
+        assert_eq!(budget.held(), 5000);
+        // The rest of its reservation is back; the second read keeps its 1000.
+        assert_eq!(budget.available(), 2 * ANSWER_RESERVE - 1000 - 5000);
+        // Its feeds share one hold: the bytes come back with the last of them.
+        let feeds = [hold.clone(), hold.clone()];
+        drop(hold);
+        drop(feeds);
+        assert_eq!((budget.held(), budget.peak()), (0, 5000));
+        // A read that found less than it reserved keeps only what it found.
+        let small = budget.hold_whole(second, 300);
+        assert_eq!(budget.held(), 300);
+        assert_eq!(budget.available(), 2 * ANSWER_RESERVE - 300);
+        drop(small);
+        assert_eq!(budget.available(), 2 * ANSWER_RESERVE);
     }
 
     #[test]

@@ -8,8 +8,6 @@
 //! `""`). A feed held only in named namespaces is never served this way, on either side:
 //! asking for it by key changes nothing of where it belongs.
 
-use std::collections::BinaryHeap;
-
 use actix::{ActorFutureExt, Context, Handler, ResponseActFuture, WrapFuture};
 use replic8_store::storage::Storage;
 use tracing::warn;
@@ -84,35 +82,19 @@ impl<St: Storage> Handler<GetFeed> for FeedStore<St> {
 }
 
 impl<St: Storage> FeedStore<St> {
-    /// The first `limit` (at least 1) held feeds whose key sorts after `after`, in key order, each
-    /// with its namespaces, and whether a held feed sorts after them. One pass over the
-    /// held set, keeping only the page's keys (a heap of at most `limit`): a page of a
-    /// large store costs the page's memory, not the store's.
+    /// The first `limit` (at least 1) held feeds whose key sorts after `after`, in key
+    /// order, each with its namespaces, and whether a held feed sorts after them: a walk
+    /// of the held keys' sorted copy from the cursor (decision 246), so a page costs
+    /// its own length, not the store's.
     fn held_page(
         &self,
         after: Option<FeedKey>,
         limit: usize,
     ) -> (Vec<(FeedKey, Vec<String>)>, bool) {
-        let limit = limit.max(1);
-        let mut page: BinaryHeap<[u8; 32]> = BinaryHeap::new();
-        let mut more = false;
-        for key in self.held.iter().filter(|k| after.is_none_or(|a| k.0 > a.0)) {
-            if page.len() < limit {
-                page.push(key.0);
-                continue;
-            }
-            more = true;
-            if let Some(mut last) = page.peek_mut() {
-                if key.0 < *last {
-                    *last = key.0;
-                }
-            }
-        }
+        let (page, more) = self.held.page(after, limit);
         let keys = page
-            .into_sorted_vec()
             .into_iter()
-            .map(|k| {
-                let key = FeedKey(k);
+            .map(|key| {
                 let names = self
                     .members
                     .get(&key)

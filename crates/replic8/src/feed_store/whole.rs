@@ -10,14 +10,19 @@ use super::*;
 use replic8_store::storage::{WholeWrite, WholeWritten};
 use replic8_store::{check_whole, verify_heads, SignedHead, VerifyError};
 
-use crate::store::{ArrivedWhole, ReadWhole, WholeFeed, WholeOutcome, WriteWhole};
+use super::serve_budget::ANSWER_RESERVE;
+use crate::store::{ArrivedWhole, ReadWhole, WholeFeed, WholeHold, WholeOutcome, WriteWhole};
 
 impl<St: Storage> Handler<ReadWhole> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<Option<WholeFeed>>, StoreError>>;
 
     /// Feeds not held in the namespace are `None`; the others are read in one call of
-    /// [`Registry::read_whole`]. The blocks of every feed read count as sent
-    /// (`blocks_out`, `bytes_out`): they go out whole right after.
+    /// `Registry::read_whole`, under the store's serve budget (decision 245): the read
+    /// first reserves what its feeds take, and answers only the leading feeds that fit
+    /// in one reservation (at least one); the session asks again for the rest. The
+    /// feeds read keep their bytes of the budget ([`WholeFeed::hold`]) until the session
+    /// has packed them. The blocks of every feed answered count as sent (`blocks_out`,
+    /// `bytes_out`): they go out whole right after.
     fn handle(&mut self, msg: ReadWhole, _: &mut Context<Self>) -> Self::Result {
         let ReadWhole {
             namespace,
@@ -25,42 +30,112 @@ impl<St: Storage> Handler<ReadWhole> for FeedStore<St> {
             max_bytes,
             ..
         } = msg;
-        let served: Vec<FeedKey> = feeds
-            .iter()
-            .copied()
-            .filter(|f| self.held.contains(f) && self.is_member(f, &namespace))
-            .collect();
+        let mut asked = Vec::with_capacity(feeds.len());
+        let mut served = Vec::with_capacity(feeds.len());
+        let mut reserve = 0;
+        for key in feeds {
+            let held = self.held.contains(&key) && self.is_member(&key, &namespace);
+            let bytes = if held {
+                whole_bytes(self.registry.index(), key, max_bytes)
+            } else {
+                0
+            };
+            if !asked.is_empty() && reserve + bytes > ANSWER_RESERVE {
+                break;
+            }
+            reserve += bytes;
+            asked.push(key);
+            if held {
+                served.push(key);
+            }
+        }
         let shared = self.shared.clone();
-        let read = self.blocking(move |registry| {
+        let to_read = served.clone();
+        let read = self.blocking(move |registry| Ok(registry.read_whole(&to_read, max_bytes)?));
+        Box::pin(async move {
+            if served.is_empty() {
+                return Ok(vec![None; asked.len()]);
+            }
+            let budget = &shared.serve;
+            let mut reservation = budget.reserve_whole(reserve).await;
+            let read = read.await.map_err(|e| StoreError::Failed(e.to_string()))?;
             let mut found: HashMap<FeedKey, WholeFeed> = HashMap::with_capacity(served.len());
-            for (key, read) in served.iter().zip(registry.read_whole(&served, max_bytes)?) {
+            for (key, read) in served.iter().zip(read) {
                 if let Some(read) = read {
                     let whole = WholeFeed {
                         head: read.head.into(),
                         blocks: read.blocks,
+                        hold: WholeHold::default(),
                     };
                     found.insert(*key, whole);
                 }
             }
+            // In the asked order; a key asked twice is answered once.
+            let mut answer: Vec<Option<WholeFeed>> =
+                asked.iter().map(|key| found.remove(key)).collect();
+            let size = |w: &Option<WholeFeed>| w.as_ref().map_or(0, block_bytes);
+            let total: usize = answer.iter().map(size).sum();
+            if total > reserve && !budget.try_extend(&mut reservation, total - reserve) {
+                // A feed grew between its summary and the read, and the budget has no
+                // room for the difference now: answer what fits, the rest later.
+                let mut fits = 0;
+                let mut sum = 0;
+                for whole in &answer {
+                    sum += size(whole);
+                    if sum > reserve {
+                        break;
+                    }
+                    fits += 1;
+                }
+                answer.truncate(fits.max(1));
+                if fits == 0 {
+                    // Even the first does not fit: it gets a stream.
+                    answer[0] = None;
+                }
+            }
+            let total: usize = answer.iter().map(size).sum();
+            let hold = budget.hold_whole(reservation, total);
             let s = &shared.stats;
-            for whole in found.values() {
-                let bytes: usize = whole.blocks.iter().map(Vec::len).sum();
+            for whole in answer.iter_mut().flatten() {
+                whole.hold = hold.clone();
                 s.blocks_out
                     .fetch_add(whole.blocks.len() as u64, Ordering::Relaxed);
-                s.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+                s.bytes_out
+                    .fetch_add(block_bytes(whole) as u64, Ordering::Relaxed);
             }
-            // In the asked order; a key asked twice is answered once.
-            Ok(feeds.iter().map(|key| found.remove(key)).collect())
-        });
-        Box::pin(async move { read.await.map_err(|e| StoreError::Failed(e.to_string())) })
+            Ok(answer)
+        })
     }
+}
+
+/// What reading `key` whole reserves of the serve budget: its bytes as its summary
+/// says, nothing when the summary says it is not read whole (a block missing, or over
+/// `max_bytes`), and `max_bytes` without a summary.
+fn whole_bytes(index: &registry::FeedIndex, key: FeedKey, max_bytes: usize) -> usize {
+    let max_bytes = max_bytes.min(ANSWER_RESERVE);
+    match index.get(&key) {
+        Some(summary) => {
+            let bytes = usize::try_from(summary.info(key).byte_length).unwrap_or(usize::MAX);
+            if summary.complete_length().is_none() || bytes > max_bytes {
+                0
+            } else {
+                bytes
+            }
+        }
+        None => max_bytes,
+    }
+}
+
+/// Bytes of a feed's blocks.
+fn block_bytes(whole: &WholeFeed) -> usize {
+    whole.blocks.iter().map(Vec::len).sum()
 }
 
 impl<St: Storage> Handler<WriteWhole> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<WholeOutcome>, StoreError>>;
 
     /// Feeds not held in the namespace are declined here; the others are verified and
-    /// stored on the blocking pool ([`write_whole`]).
+    /// stored on the blocking pool (`write_whole`).
     fn handle(&mut self, msg: WriteWhole, _: &mut Context<Self>) -> Self::Result {
         let WriteWhole {
             peer,

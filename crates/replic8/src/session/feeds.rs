@@ -418,7 +418,21 @@ impl Session {
         let (Some(local), Some(remote)) = (state.local_synced, state.remote_synced) else {
             return;
         };
-        if local != remote || state.reported == Some(local) {
+        if local != remote {
+            // Each side has all it wants at its own length, the two differ, and no
+            // stream is open between them: one side's copy grew after the stream was
+            // closed as in sync (its store's report of the new length can overtake the
+            // `FeedUpdated` that would have reopened it). The dialer opens one; a reopen
+            // already waiting after an early end keeps its wait.
+            let idle = state.stream == StreamState::Closed
+                && state.stopped.is_none()
+                && state.whole == Whole::No;
+            if self.role == Role::Dialer && idle && !self.reopens.contains_key(feed) {
+                self.queue_open(*feed);
+            }
+            return;
+        }
+        if state.reported == Some(local) {
             return;
         }
         state.reported = Some(local);

@@ -256,8 +256,9 @@ pub struct Session {
     /// [`StoreCall::ReadWhole`] calls given out and not answered.
     whole_reads_in_flight: usize,
     /// Feeds read whole, waiting to be packed into `Whole` messages while our output is
-    /// under [`MAX_PUMPED_CONTROL_BYTES`].
-    whole_ready: VecDeque<(WholeEntry, usize)>,
+    /// under [`MAX_PUMPED_CONTROL_BYTES`], with their encoded length and their share of
+    /// the store's budget (decision 245).
+    whole_ready: VecDeque<(WholeEntry, usize, crate::store::WholeHold)>,
     /// Encoded bytes of `whole_ready` (each entry's beside it).
     whole_ready_bytes: usize,
     /// Feeds the peer sent whole, one call per `Whole` message and namespace, waiting

@@ -20,7 +20,7 @@ use crate::keys::{FeedKey, Role};
 use crate::message::{
     self, CloseCode, Message, WholeEntry, MAX_WHOLE_BLOCKS, MAX_WHOLE_PER_MESSAGE,
 };
-use crate::store::{ArrivedWhole, WholeFeed, WholeOutcome};
+use crate::store::{ArrivedWhole, WholeFeed, WholeHold, WholeOutcome};
 
 /// Room left in a frame for a `Whole` message's own fields when packing feeds into it.
 const WHOLE_SLACK: usize = 64;
@@ -177,6 +177,7 @@ impl Session {
                 whole: WholeFeed {
                     head: entry.head,
                     blocks: entry.blocks.into_iter().map(ByteBuf::into_vec).collect(),
+                    hold: WholeHold::default(),
                 },
                 head_verified: false,
             };
@@ -248,7 +249,10 @@ impl Session {
     /// The store's answer to [`StoreCall::ReadWhole`] for `feeds`: each feed whole, or
     /// `None` (not held whole, or over the bounds); or why it could not read (then
     /// every feed gets a stream). A feed not sent whole gets a `Notice` to the peer,
-    /// which expects it, and the stream rules.
+    /// which expects it, and the stream rules. An answer shorter than `feeds` but not
+    /// empty answers the leading feeds: the others are read again (decision 245, the
+    /// store's budget had room for those only). A feed read keeps its
+    /// [`WholeFeed::hold`] until it is packed into a message.
     pub fn handle_whole_read(
         &mut self,
         feeds: &[FeedKey],
@@ -258,12 +262,24 @@ impl Session {
         if self.ended.is_some() {
             return;
         }
-        let mut answers = answer
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "store did not read feeds whole: they get streams");
-                Vec::new()
-            })
-            .into_iter();
+        let answer = answer.unwrap_or_else(|e| {
+            warn!(error = %e, "store did not read feeds whole: they get streams");
+            Vec::new()
+        });
+        let answered = match answer.len() {
+            0 => feeds.len(),
+            n => n.min(feeds.len()),
+        };
+        let (feeds, later) = feeds.split_at(answered);
+        for feed in later.iter().rev() {
+            if let Some(state) = self.feeds.get_mut(feed) {
+                if let Whole::Reading { length } = state.whole {
+                    state.whole = Whole::Queued { length };
+                    self.whole_reads.push_front(*feed);
+                }
+            }
+        }
+        let mut answers = answer.into_iter();
         for feed in feeds {
             let read = answers.next().flatten();
             let Some(state) = self.feeds.get_mut(feed) else {
@@ -272,12 +288,15 @@ impl Session {
             let Whole::Reading { length } = state.whole else {
                 continue;
             };
-            let entry = read.map(|whole| WholeEntry {
-                feed: state.discovery_key,
-                head: whole.head,
-                blocks: whole.blocks.into_iter().map(ByteBuf::from).collect(),
+            let entry = read.map(|whole| {
+                let entry = WholeEntry {
+                    feed: state.discovery_key,
+                    head: whole.head,
+                    blocks: whole.blocks.into_iter().map(ByteBuf::from).collect(),
+                };
+                (entry, whole.hold)
             });
-            let entry = match entry.map(|e| e.check().map(|()| e)) {
+            let entry = match entry.map(|(e, hold)| e.check().map(|()| (e, hold))) {
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
                     debug!(feed = %feed.fmt_short(), error = %e, "feed read whole is over the bounds: it gets a stream");
@@ -290,9 +309,10 @@ impl Session {
                 }
             };
             state.whole = Whole::Sent;
+            let (entry, hold) = entry;
             let len = message::encoded_len(&entry).unwrap_or(MAX_FRAME_LEN);
             self.whole_ready_bytes += len;
-            self.whole_ready.push_back((entry, len));
+            self.whole_ready.push_back((entry, len, hold));
         }
         self.pump_offers();
     }
@@ -306,22 +326,26 @@ impl Session {
             && !self.whole_ready.is_empty()
         {
             let mut feeds = Vec::new();
+            // Given back to the store's budget once the message is queued.
+            let mut holds = Vec::new();
             let mut size = 0;
-            while let Some((_, len)) = self.whole_ready.front() {
+            while let Some((_, len, _)) = self.whole_ready.front() {
                 let full = feeds.len() >= MAX_WHOLE_PER_MESSAGE
                     || size + len > MAX_FRAME_LEN - WHOLE_SLACK;
                 if !feeds.is_empty() && full {
                     break;
                 }
-                let Some((entry, len)) = self.whole_ready.pop_front() else {
+                let Some((entry, len, hold)) = self.whole_ready.pop_front() else {
                     break;
                 };
                 size += len;
                 self.whole_ready_bytes = self.whole_ready_bytes.saturating_sub(len);
                 feeds.push(entry);
+                holds.push(hold);
             }
             self.stats.feeds_sent_whole += feeds.len() as u64;
             self.send(Message::Whole { feeds });
+            drop(holds);
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Context, Handler};
-use replic8::actor::{PeerEvent, SessionsActor, StartSession};
+use replic8::actor::{GetSessionTotals, PeerEvent, SessionsActor, StartSession};
 use replic8::feed_store::*;
 use replic8::frame;
 use replic8::keys::{FeedKey, PeerKey, Role};
@@ -1401,6 +1401,77 @@ fn measured_a_session_between_stores_in_sync_opens_no_stream() {
 }
 
 #[test]
+fn many_readers_of_small_feeds_sent_whole_never_hold_more_than_the_serve_budget() {
+    // Six one-shot readers of 100 feeds of 48 KiB each (three 16 KiB blocks: small
+    // enough to go whole), all at once from one writer whose budget is the least there
+    // is (one answer): each session's whole reads could hold 6 MiB, and a read of all
+    // the feeds it asks for would not fit in the budget at all (decision 245).
+    const READERS: u8 = 6;
+    const FEEDS: usize = 100;
+    const BLOCK: usize = 16 << 10;
+    let budget = MIN_SERVE_BYTES_IN_FLIGHT;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            with_serve_budget(budget),
+            Mode::OneShot,
+            &tx,
+        )
+        .await;
+        let mut feeds = Vec::new();
+        for f in 0..FEEDS {
+            let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
+            let blocks = (0..3).map(|i| vec![(f * 3 + i) as u8; BLOCK]).collect();
+            a.store
+                .send(Append { feed, blocks })
+                .await
+                .unwrap()
+                .unwrap();
+            share(&a, feed, "notes").await;
+            feeds.push(feed);
+        }
+        let mut readers = Vec::new();
+        for n in 2..2 + READERS {
+            let r = node(n, MemoryStorage::new(), accept_all(), Mode::OneShot, &tx).await;
+            readers.push(r);
+        }
+        for r in &readers {
+            link(r, &a).await;
+        }
+        let mut done = std::collections::HashSet::new();
+        wait_for(&mut events, "every reader's one-shot session done", |e| {
+            if let Ev::Session(n, p) = e {
+                if let SessionEvent::SessionEnded { reason } = &p.event {
+                    assert_eq!(reason.code, CloseCode::DONE, "node {n}: {reason}");
+                    if *n != 1 {
+                        done.insert(*n);
+                    }
+                }
+            }
+            done.len() == usize::from(READERS)
+        })
+        .await;
+        // Every feed arrived, whole: no stream, and each reader stored all of them.
+        let sent = a.sessions.send(GetSessionTotals).await.unwrap();
+        assert_eq!(sent.feeds_sent_whole, FEEDS as u64 * u64::from(READERS));
+        for r in &readers {
+            let got = r.sessions.send(GetSessionTotals).await.unwrap();
+            assert_eq!(got.feeds_received_whole, FEEDS as u64, "node {}", r.n);
+            for &feed in feeds.iter().step_by(17) {
+                assert_same(&a, r, feed, 3).await;
+            }
+        }
+        let stats = a.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.streams, 0, "{stats:?}");
+        // The reads were counted (one holds at least a feed), within the budget; the
+        // sessions ended, so everything they held is given back.
+        assert_served_within(&a, budget, 3 * BLOCK as u64).await;
+    });
+}
+
+#[test]
 fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
     // Six readers of a 6 MiB feed of 64 KiB blocks, all from one writer whose budget is
     // under three data answers: unbounded, each serving stream would hold its 2 MiB
@@ -1410,14 +1481,14 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
     let budget = 3 << 20;
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
-        let config = FeedStoreConfig {
-            limits: FeedStoreLimits {
-                serve_bytes_in_flight: budget,
-                ..FeedStoreLimits::default()
-            },
-            ..FeedStoreConfig::default()
-        };
-        let a = node(1, MemoryStorage::new(), config, Mode::Live, &tx).await;
+        let a = node(
+            1,
+            MemoryStorage::new(),
+            with_serve_budget(budget),
+            Mode::Live,
+            &tx,
+        )
+        .await;
         let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
         for i in 0..BLOCKS {
             let blocks = vec![vec![i as u8; 64 << 10]];
@@ -1448,26 +1519,39 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
         let stats = a.store.send(GetStats).await.unwrap();
         let feed_bytes = BLOCKS * (64 << 10);
         assert_eq!(stats.bytes_out, u64::from(READERS) * feed_bytes);
-        assert!(
-            stats.serve_bytes_peak <= budget as u64,
-            "held {} bytes of answers at once, over the budget of {budget}",
-            stats.serve_bytes_peak
-        );
-        // Every answer was counted while it was in flight (one is 16 blocks, 1 MiB).
-        assert!(
-            stats.serve_bytes_peak >= 1 << 20,
-            "peak {}",
-            stats.serve_bytes_peak
-        );
-        // Acknowledged answers give their bytes back.
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let held = a.store.send(GetStats).await.unwrap().serve_bytes_held;
-            if held == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{held} bytes still held");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Every answer was counted while it was in flight (one is 16 blocks, 1 MiB), and
+        // acknowledged answers give their bytes back.
+        assert_served_within(&a, budget, 1 << 20).await;
     });
+}
+
+/// A store config whose serve budget is `budget` bytes.
+fn with_serve_budget(budget: usize) -> FeedStoreConfig {
+    FeedStoreConfig {
+        limits: FeedStoreLimits {
+            serve_bytes_in_flight: budget,
+            ..FeedStoreLimits::default()
+        },
+        ..FeedStoreConfig::default()
+    }
+}
+
+/// Asserts that `node`'s store never held more than `budget` bytes for peers at once,
+/// and at least `least` (what it served was counted); then waits until it holds none.
+async fn assert_served_within<St: Storage>(node: &Node<St>, budget: usize, least: u64) {
+    let peak = node.store.send(GetStats).await.unwrap().serve_bytes_peak;
+    assert!(
+        peak <= budget as u64,
+        "held {peak} bytes for peers at once, over the budget of {budget}"
+    );
+    assert!(peak >= least, "peak {peak}, under {least}");
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let held = node.store.send(GetStats).await.unwrap().serve_bytes_held;
+        if held == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{held} bytes still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

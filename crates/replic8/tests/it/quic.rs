@@ -201,6 +201,7 @@ fn start_in(
             secret,
             store: node.store.clone(),
         }],
+        counters: Default::default(),
     };
     (tokio::spawn(driver::run(spec, rx, events_tx)), events)
 }
@@ -564,6 +565,7 @@ fn a_peer_that_never_says_hello_times_out() {
                 ..SessionConfig::default()
             },
             namespaces: vec![],
+            counters: Default::default(),
         };
         let end = tokio::spawn(driver::run(spec, rx, events));
         let (code, reason) = closed_with(&dialed).await;

@@ -207,6 +207,60 @@ fn a_stream_that_ends_before_sync_is_reopened_by_the_dialer_after_a_second() {
     assert_eq!(pair.stopped(), 0);
 }
 
+/// Regression: an append right after a feed got in sync was never replicated when the
+/// store's report of the new length (`FeedSynced` from the stream being closed, which
+/// saw the append first) reached the session before the append's `FeedUpdated`. The
+/// update then looked old (`local_synced` was at its length already), so nobody opened
+/// a stream: the two sides stayed at different lengths with none between them (the
+/// live step of `feeds::a_shared_feed_is_discovered_accepted_and_replicated_verified_and_live`
+/// under load). Now the dialer opens a stream whenever the two sides' synced lengths
+/// differ and none is open. Either side appends.
+#[test]
+fn a_report_of_a_new_length_that_overtakes_its_update_still_gets_a_stream() {
+    for appender in [1, 0] {
+        let mut pair = Pair::new(Mode::Live);
+        pair.dialer.handle_feed_synced(&FEED, 300);
+        pair.acceptor.handle_feed_synced(&FEED, 300);
+        pair.drive();
+        let (d, a, _) = pair.opened[0].clone();
+        assert_eq!(
+            pair.closed,
+            vec![d],
+            "in sync: the dialer closes the stream"
+        );
+        // The appender's stream saw the append before it ended, and reported it first.
+        let session = if appender == 0 {
+            &mut pair.dialer
+        } else {
+            &mut pair.acceptor
+        };
+        session.handle_feed_synced(&FEED, 301);
+        session.handle_stream_closed(&FEED, if appender == 0 { d } else { a });
+        session.handle_feed_updated(&FEED, 301);
+        pair.drive();
+        assert_eq!(
+            pair.opened.len(),
+            2,
+            "appender {appender}: no stream for the appended block"
+        );
+        pair.dialer.handle_feed_synced(&FEED, 301);
+        pair.acceptor.handle_feed_synced(&FEED, 301);
+        pair.drive();
+        assert_eq!(pair.closed, vec![d, pair.opened[1].0]);
+        for side in 0..2 {
+            let synced = SessionEvent::FeedSynced {
+                feed: FEED,
+                length: 301,
+            };
+            assert!(
+                pair.events[side].contains(&synced),
+                "appender {appender}, side {side}: {:?}",
+                pair.events[side]
+            );
+        }
+    }
+}
+
 #[test]
 fn a_stream_that_keeps_ending_is_reopened_ever_more_slowly_then_stopped_until_a_notice() {
     let waits: Vec<u64> = (1..=MAX_STREAM_REOPENS)

@@ -238,6 +238,41 @@ fn a_whole_feed_waits_for_the_check_of_its_head() {
 }
 
 #[test]
+/// A store that answers only part of each read (its serve budget has room for no more,
+/// decision 245) is asked again for the rest: every feed still goes whole, none falls
+/// back to a stream, in either role of the writer.
+fn a_short_whole_read_is_asked_again_for_the_rest() {
+    for writer_dials in [true, false] {
+        let case = format!("writer dials: {writer_dials}");
+        let feeds = small_feeds(100, writer_dials);
+        let (writer, reader) = roles(writer_dials);
+        let (net, l) = whole_net(one_shot(), &feeds, |net| {
+            net.stores[writer].read_at_most = Some(3);
+        });
+        assert_all_synced(&net, l, &feeds, &case);
+        for side in [A, B] {
+            assert!(
+                net.links[l].ends[side].ever_attached.is_empty(),
+                "{case}: side {side} had a stream"
+            );
+            assert!(notices(&net, l, side).is_empty(), "{case}");
+        }
+        let (w, r) = (
+            net.links[l].ends[writer].session.stats(),
+            net.links[l].ends[reader].session.stats(),
+        );
+        assert_eq!(
+            (w.feeds_sent_whole, r.feeds_received_whole),
+            (100, 100),
+            "{case}"
+        );
+        assert!(net.stores[writer].whole_reads >= 34, "{case}");
+        let reason = net.ended(l, A).expect("ended");
+        assert_eq!(reason.code, CloseCode::DONE, "{case}: {reason}");
+    }
+}
+
+#[test]
 /// A feed not sent whole after all gets a stream, and the rest go whole: one the
 /// writer's store does not read whole (not held whole, or over the bounds; the writer
 /// tells the reader with a `Notice`), or one the reader's store declines (the reader

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, Context, Handler, ResponseFuture};
-use replic8::driver::{self, NamespaceEntry, SessionCommand, SessionSpec};
+use replic8::driver::{
+    self, NamespaceEntry, SessionCommand, SessionCounters, SessionSpec, SessionTotals,
+};
 use replic8::frame::MAX_FRAME_LEN;
 use replic8::keys::{FeedKey, PeerKey, Role};
 use replic8::message::{CloseCode, Headers};
@@ -93,6 +95,7 @@ impl Handler<ReadWhole> for WholeStore {
                 held.get(f).map(|(head, blocks)| WholeFeed {
                     head: *head,
                     blocks: blocks.clone(),
+                    hold: WholeHold::default(),
                 })
             })
             .collect())
@@ -141,6 +144,8 @@ struct Node {
     held: Held,
     written: Arc<Mutex<Vec<(FeedKey, bool)>>>,
     attached: Arc<Mutex<usize>>,
+    /// What the node's sessions counted, summed.
+    counters: Arc<SessionCounters>,
 }
 
 fn node(held: HashMap<FeedKey, (SignedHead, Vec<Vec<u8>>)>, open: watch::Receiver<bool>) -> Node {
@@ -162,6 +167,7 @@ fn node(held: HashMap<FeedKey, (SignedHead, Vec<Vec<u8>>)>, open: watch::Receive
         held,
         written,
         attached,
+        counters: Arc::default(),
     }
 }
 
@@ -205,6 +211,7 @@ fn start(
             secret: None,
             store: node.store.clone(),
         }],
+        counters: node.counters.clone(),
     };
     (
         tokio::spawn(driver::run(spec, rx, events_tx)),
@@ -295,6 +302,18 @@ fn over_quic_small_feeds_go_whole_and_the_reader_pauses_at_its_store_bound() {
             assert_eq!(*reader.attached.lock().unwrap(), 0);
             assert_eq!(*writer.attached.lock().unwrap(), 0);
             assert!(writer.written.lock().unwrap().is_empty());
+            // The sums the sessions kept as they ran hold every feed once their
+            // sessions ended.
+            let sent = SessionTotals {
+                feeds_sent_whole: 5000,
+                feeds_received_whole: 0,
+            };
+            assert_eq!(writer.counters.totals(), sent);
+            let received = SessionTotals {
+                feeds_sent_whole: 0,
+                feeds_received_whole: 5000,
+            };
+            assert_eq!(reader.counters.totals(), received);
         });
     }
 }

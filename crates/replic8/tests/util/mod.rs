@@ -24,7 +24,7 @@ use replic8::session::{
     EndReason, HeadCheck, Mode, Session, SessionConfig, SessionEvent, StoreCall, StreamCommand,
     StreamId,
 };
-use replic8::store::{ArrivedWhole, WholeFeed, WholeOutcome};
+use replic8::store::{ArrivedWhole, WholeFeed, WholeHold, WholeOutcome};
 use replic8_store::SignedHead;
 
 pub type Policy = Box<dyn FnMut(&str, &[(FeedKey, Headers)]) -> Result<Vec<FeedKey>, String>>;
@@ -62,6 +62,9 @@ pub struct Store {
     pub block_size: usize,
     /// Feeds this store does not read whole (its `ReadWhole` answers `None`).
     pub read_none: HashSet<FeedKey>,
+    /// The most feeds one `ReadWhole` answer covers (a short answer: the session asks
+    /// again for the rest), as a store whose budget is short answers.
+    pub read_at_most: Option<usize>,
     /// Feeds this store declines when they arrive whole.
     pub decline: HashSet<FeedKey>,
     /// Feeds whose whole blocks this store finds bad (`Failed`).
@@ -262,6 +265,7 @@ impl Net {
             whole: false,
             block_size: 16,
             read_none: HashSet::new(),
+            read_at_most: None,
             decline: HashSet::new(),
             bad_whole: HashSet::new(),
             whole_reads: 0,
@@ -503,6 +507,7 @@ impl Net {
                         store.whole_reads += 1;
                         let answer = feeds
                             .iter()
+                            .take(store.read_at_most.unwrap_or(usize::MAX))
                             .map(|f| {
                                 let length = store.lengths.get(f).copied().filter(|l| *l > 0)?;
                                 if store.read_none.contains(f) {
@@ -511,6 +516,7 @@ impl Net {
                                 Some(WholeFeed {
                                     head: toy_head(length, store.forked.contains(f), false),
                                     blocks: toy_blocks(f, length, store.block_size),
+                                    hold: WholeHold::default(),
                                 })
                             })
                             .collect();

@@ -89,6 +89,11 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
         "offers    {} waiting; refused {} by policy, {} held elsewhere, {} over a quota",
         s["offers_waiting"], s["refused_policy"], s["refused_namespace"], s["refused_quota"]
     );
+    let w = &v["session_totals"];
+    println!(
+        "whole     since start: {} feed(s) sent whole, {} received whole (small feeds, no stream)",
+        w["feeds_sent_whole"], w["feeds_received_whole"]
+    );
     for t in v["topics"].as_array().into_iter().flatten() {
         println!(
             "topic     {} announce={} lookup={} flushed={} peers_found={}",

@@ -109,6 +109,7 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
             let topics = node.topics().await.map_err(|x| e(&x))?;
             let peers = node.peers().await.map_err(|x| e(&x))?;
             let feeds = node.feed_stats().await.map_err(|x| e(&x))?;
+            let sessions = node.session_totals().await.map_err(|x| e(&x))?;
             let held = node.feed_totals().await.map_err(|x| e(&x))?;
             let dht = node.dht_status().await.map_err(|x| e(&x))?;
             let nat = node.nat_status().await.map_err(|x| e(&x))?;
@@ -166,6 +167,10 @@ pub(super) async fn handle(node: &NodeHandle, req: Request) -> Result<Answer, St
                 "feed_bytes_in": feeds.bytes_in,
                 "feed_bytes_out": feeds.bytes_out,
                 "feed_store": feed_store_json(&feeds),
+                "session_totals": {
+                    "feeds_sent_whole": sessions.feeds_sent_whole,
+                    "feeds_received_whole": sessions.feeds_received_whole,
+                },
             })
         }
     }))

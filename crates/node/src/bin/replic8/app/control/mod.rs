@@ -166,7 +166,8 @@ pub(crate) enum Request {
     },
     /// The connected peers.
     Peers,
-    /// Topics, peers and counters (the feed store's under `feed_store`).
+    /// Topics, peers and counters (the feed store's under `feed_store`, the sessions'
+    /// summed under `session_totals`).
     Status,
     /// The node's events as they happen, one JSON object per line, until the client
     /// hangs up.
