@@ -29,6 +29,7 @@ fn presets() -> Vec<(&'static str, TransportTuning)> {
         gso: true,
         initial_mtu: 1200,
         mtu_discovery: true,
+        local_max_udp_payload: replic8_connmgr::transport::WIDE_MAX_UDP_PAYLOAD,
         socket_buffer: None,
         ..node.clone()
     };

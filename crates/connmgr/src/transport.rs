@@ -17,11 +17,11 @@ use crate::socket::{unmap, VirtualPaths};
 pub const WIDE_MAX_UDP_PAYLOAD: u16 = 1452;
 
 /// Default of `TransportTuning::local_max_udp_payload`: a 9000-byte jumbo frame less the
-/// IPv6 and UDP headers. On loopback (MTU 65,536) it cut `bench bulk`'s CPU per byte by
-/// ~40 % against 1452 and raw QUIC's by ~60 %; larger sizes saved a little more CPU
-/// but cost ~13 times their size in memory per connection (quinn's send buffer holds 10
-/// datagrams), which took the swarm's 40-connection writer past 40 MiB at 16 KiB and
-/// 65,000 (decision 240, `docs/PERFORMANCE.md`).
+/// IPv6 and UDP headers. On loopback (MTU 65,536) it cut raw QUIC's CPU per byte by about
+/// half against 1452, and `bench bulk`'s by about 40 %. Larger sizes saved little more
+/// CPU but cost ~13 times their size in memory per busy connection (quinn's send buffer
+/// holds 10 datagrams): the swarm's writer, with 40 connections, peaked at 39.4 MiB at
+/// 16 KiB and 61.9 MiB at 65,000, against issue 17's 40 (decision 240).
 pub const LOCAL_MAX_UDP_PAYLOAD: u16 = 8952;
 
 /// Where a peer is, as far as the size of its datagrams goes.
