@@ -1,5 +1,7 @@
 //! QUIC transport settings and the UDP socket: the node's defaults, measured with the
-//! `transport` bench (`examples/transport.rs`, numbers in `docs/PERFORMANCE.md`).
+//! `transport` bench (`examples/transport.rs`, numbers in `docs/PERFORMANCE.md`). A
+//! connection's settings depend on the kind of path to its peer (`PathKind`): local
+//! paths may carry jumbo datagrams, wide ones keep the internet's 1500-byte MTU.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
