@@ -7,7 +7,8 @@
 //!   --runs R           repetitions per setting (default 3; the median is reported)
 //!   --preset NAME      one named setting (see `presets()`), or `all` (default: default)
 //!   --cc cubic|bbr|newreno, --stream-window B, --conn-window B, --send-window B,
-//!   --sockbuf B|os, --gso on|off, --mtu B, --mtud on|off
+//!   --sockbuf B|os, --gso on|off, --mtu B (initial), --mtud on|off,
+//!   --mtu-max B (largest UDP payload on loopback)
 //!                      override single knobs of the chosen preset
 //! ```
 //! Not a test: nothing is asserted, numbers go to `docs/PERFORMANCE.md`.
@@ -28,6 +29,7 @@ fn presets() -> Vec<(&'static str, TransportTuning)> {
         gso: true,
         initial_mtu: 1200,
         mtu_discovery: true,
+        local_max_udp_payload: replic8_connmgr::transport::WIDE_MAX_UDP_PAYLOAD,
         socket_buffer: None,
         ..node.clone()
     };
@@ -80,6 +82,13 @@ fn presets() -> Vec<(&'static str, TransportTuning)> {
             "mtu-1452",
             TransportTuning {
                 initial_mtu: 1452,
+                ..node.clone()
+            },
+        ),
+        (
+            "mtu-wide",
+            TransportTuning {
+                local_max_udp_payload: replic8_connmgr::transport::WIDE_MAX_UDP_PAYLOAD,
                 ..node.clone()
             },
         ),
@@ -170,6 +179,7 @@ fn main() {
                     "gso" => t.gso = v == "on",
                     "mtu" => t.initial_mtu = v.parse().expect("--mtu B"),
                     "mtud" => t.mtu_discovery = v == "on",
+                    "mtu-max" => t.local_max_udp_payload = v.parse().expect("--mtu-max B"),
                     other => panic!("unknown option --{other}"),
                 }
             }

@@ -12,7 +12,8 @@
 //! Modules:
 //! - `key`: `Identity` (the node's key pair) and `PeerKey` (a peer's public key);
 //! - `tls`: rustls configuration for raw public keys, both directions verified;
-//! - `transport`: QUIC transport defaults and the UDP socket (`transport_config`);
+//! - `transport`: QUIC transport defaults by the kind of path to the peer (`PathKind`,
+//!   `transport_config`) and the UDP socket;
 //! - `socket`: what shares the endpoint's socket (`VirtualPaths`: relay circuits);
 //! - `core`: `ConnCore`, the dedup and dial policy without I/O;
 //! - `nat`: `NatCore`, observed addresses, the NAT mapping type and reachability
@@ -89,5 +90,5 @@ pub use crate::nat::{
     CircuitEnd, NatConfig, NatEvent, NatStatus, NatType, Reachability, RelayConfig,
 };
 pub use crate::transport::{
-    default_transport_config, transport_config, Congestion, TransportTuning,
+    default_transport_config, transport_config, Congestion, PathKind, TransportTuning,
 };

@@ -1,12 +1,78 @@
 //! QUIC transport settings and the UDP socket: the node's defaults, measured with the
-//! `transport` bench (`examples/transport.rs`, numbers in `docs/PERFORMANCE.md`).
+//! `transport` bench (`examples/transport.rs`, numbers in `docs/PERFORMANCE.md`). A
+//! connection's settings depend on the kind of path to its peer (`PathKind`): local
+//! paths may carry jumbo datagrams, wide ones keep the internet's 1500-byte MTU.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::socket::{unmap, VirtualPaths};
+
+/// Largest UDP payload path MTU discovery tries on a wide-area path: quinn's default, a
+/// 1500-byte Ethernet MTU less the IPv6 and UDP headers. The internet's paths are hardly
+/// ever larger, and every size tried above a path's MTU costs three lost probes, each
+/// holding its size of the congestion window until it is declared lost.
+pub const WIDE_MAX_UDP_PAYLOAD: u16 = 1452;
+
+/// Default of `TransportTuning::local_max_udp_payload`: a 9000-byte jumbo frame less the
+/// IPv6 and UDP headers. On loopback (MTU 65,536) it cut raw QUIC's CPU per byte by about
+/// half against 1452, and `bench bulk`'s by about 40 %. Larger sizes saved little more
+/// CPU but cost ~13 times their size in memory per busy connection (quinn's send buffer
+/// holds 10 datagrams): the swarm's writer, with 40 connections, peaked at 39.4 MiB at
+/// 16 KiB and 61.9 MiB at 65,000, against issue 17's 40 (decision 240).
+pub const LOCAL_MAX_UDP_PAYLOAD: u16 = 8952;
+
+/// Where a peer is, as far as the size of its datagrams goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// This host or a private network (loopback, RFC 1918, link-local, unique local
+    /// addresses): links that may carry jumbo frames, or 65,536 bytes on loopback.
+    Local,
+    /// Anywhere else, and relay circuits (which carry at most 1500-byte packets).
+    Wide,
+}
+
+impl PathKind {
+    /// The kind of path to `peer` (plain or IPv4-mapped, or a relay's virtual address).
+    pub fn of(peer: SocketAddr) -> PathKind {
+        if VirtualPaths::is_virtual(&peer) {
+            return PathKind::Wide;
+        }
+        let local = match unmap(peer).ip() {
+            IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+            IpAddr::V6(ip) => {
+                ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
+            }
+        };
+        match local {
+            true => PathKind::Local,
+            false => PathKind::Wide,
+        }
+    }
+}
+
+/// One value per `PathKind`.
+#[derive(Debug, Clone)]
+pub(crate) struct ByPath<T> {
+    /// For `PathKind::Local`.
+    pub(crate) local: T,
+    /// For `PathKind::Wide`.
+    pub(crate) wide: T,
+}
+
+impl<T> ByPath<T> {
+    /// The value for the path to `peer`.
+    pub(crate) fn to(&self, peer: SocketAddr) -> &T {
+        match PathKind::of(peer) {
+            PathKind::Local => &self.local,
+            PathKind::Wide => &self.wide,
+        }
+    }
+}
 
 /// Which congestion controller a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +100,14 @@ pub struct TransportTuning {
     pub gso: bool,
     /// Initial max UDP payload; quinn's default is 1200, the QUIC minimum.
     pub initial_mtu: u16,
-    /// Path MTU discovery (probes up to 1452 bytes, then keeps the largest that got through).
+    /// Path MTU discovery: probes up to `local_max_udp_payload` on a local path and
+    /// `WIDE_MAX_UDP_PAYLOAD` on others, then keeps the largest that got through.
     pub mtu_discovery: bool,
+    /// Largest UDP payload on a local path (`PathKind::Local`): the upper bound of path
+    /// MTU discovery there, and the largest datagram the endpoint takes (the
+    /// `max_udp_payload_size` it tells every peer). At least `WIDE_MAX_UDP_PAYLOAD`; quinn
+    /// caps it at 65,527.
+    pub local_max_udp_payload: u16,
     /// SO_RCVBUF / SO_SNDBUF of the UDP socket in bytes; `None` keeps the OS default. The
     /// kernel caps it at `net.core.rmem_max` / `wmem_max`.
     pub socket_buffer: Option<usize>,
@@ -55,6 +127,7 @@ impl Default for TransportTuning {
             gso: true,
             initial_mtu: 1200,
             mtu_discovery: true,
+            local_max_udp_payload: LOCAL_MAX_UDP_PAYLOAD,
             socket_buffer: Some(4 << 20),
             // Well inside the idle timeout, so that one lost PING does not end a connection.
             keep_alive: Duration::from_secs(5),
@@ -63,8 +136,19 @@ impl Default for TransportTuning {
     }
 }
 
-/// The quinn `TransportConfig` for `tuning` (used by the node and by `replic8 bench`).
-pub fn transport_config(tuning: &TransportTuning) -> TransportConfig {
+impl TransportTuning {
+    /// The largest UDP payload on a `path` (path MTU discovery's upper bound there).
+    pub fn max_udp_payload(&self, path: PathKind) -> u16 {
+        match path {
+            PathKind::Local => self.local_max_udp_payload.max(WIDE_MAX_UDP_PAYLOAD),
+            PathKind::Wide => WIDE_MAX_UDP_PAYLOAD,
+        }
+    }
+}
+
+/// The quinn `TransportConfig` for `tuning` on a `path` (used by the node and by
+/// `replic8 bench`).
+pub fn transport_config(tuning: &TransportTuning, path: PathKind) -> TransportConfig {
     let mut config = TransportConfig::default();
     if let Some(window) = tuning.stream_receive_window {
         config.stream_receive_window(VarInt::from_u32(window));
@@ -86,16 +170,29 @@ pub fn transport_config(tuning: &TransportTuning) -> TransportConfig {
     };
     config.enable_segmentation_offload(tuning.gso);
     config.initial_mtu(tuning.initial_mtu.max(1200));
-    config.mtu_discovery_config(tuning.mtu_discovery.then(MtuDiscoveryConfig::default));
+    config.mtu_discovery_config(tuning.mtu_discovery.then(|| {
+        let mut mtud = MtuDiscoveryConfig::default();
+        mtud.upper_bound(tuning.max_udp_payload(path));
+        mtud
+    }));
     config.keep_alive_interval(Some(tuning.keep_alive));
     // Idle timeouts above 2^62 ms are refused by quinn; ours are seconds.
     config.max_idle_timeout(IdleTimeout::try_from(tuning.idle_timeout).ok());
     config
 }
 
-/// The node's default transport configuration (`TransportTuning::default()`).
+/// The node's default transport configuration (`TransportTuning::default()`) on a
+/// wide-area path.
 pub fn default_transport_config() -> TransportConfig {
-    transport_config(&TransportTuning::default())
+    transport_config(&TransportTuning::default(), PathKind::Wide)
+}
+
+/// The transport configurations of `tuning` for both kinds of path.
+pub(crate) fn transport_configs(tuning: &TransportTuning) -> ByPath<Arc<TransportConfig>> {
+    ByPath {
+        local: Arc::new(transport_config(tuning, PathKind::Local)),
+        wide: Arc::new(transport_config(tuning, PathKind::Wide)),
+    }
 }
 
 /// Binds a non-blocking UDP socket on `addr` with the given buffer sizes.
@@ -113,4 +210,66 @@ pub fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> std::io::Result<std:
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(addr: &str) -> PathKind {
+        PathKind::of(addr.parse().expect("a socket address"))
+    }
+
+    #[test]
+    fn loopback_and_private_addresses_are_local_paths() {
+        for addr in [
+            "127.0.0.1:1",
+            "127.8.9.10:1",
+            "10.1.2.3:1",
+            "172.16.0.1:1",
+            "172.31.255.1:1",
+            "192.168.1.20:1",
+            "169.254.7.7:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+            "[::ffff:192.168.0.9]:1",
+            "[fe80::1]:1",
+            "[fd12:3456::1]:1",
+        ] {
+            assert_eq!(kind(addr), PathKind::Local, "{addr}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_and_relay_circuits_are_wide_paths() {
+        for addr in [
+            "8.8.8.8:1",
+            "172.32.0.1:1",
+            "100.64.0.1:1",
+            "[2001:db8::1]:1",
+            "[::ffff:8.8.8.8]:1",
+        ] {
+            assert_eq!(kind(addr), PathKind::Wide, "{addr}");
+        }
+        // Relay circuits use unique local addresses, and carry packets of 1500 at most.
+        assert_eq!(PathKind::of(VirtualPaths::address(3)), PathKind::Wide);
+    }
+
+    #[test]
+    fn the_local_payload_size_never_goes_below_the_wide_one() {
+        let tuning = TransportTuning {
+            local_max_udp_payload: 1000,
+            ..TransportTuning::default()
+        };
+        assert_eq!(
+            tuning.max_udp_payload(PathKind::Local),
+            WIDE_MAX_UDP_PAYLOAD
+        );
+        let tuning = TransportTuning::default();
+        assert_eq!(
+            tuning.max_udp_payload(PathKind::Local),
+            LOCAL_MAX_UDP_PAYLOAD
+        );
+        assert_eq!(tuning.max_udp_payload(PathKind::Wide), WIDE_MAX_UDP_PAYLOAD);
+    }
 }

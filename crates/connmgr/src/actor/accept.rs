@@ -48,8 +48,9 @@ impl Handler<IncomingConn> for ConnManager {
         };
         let me = ctx.address();
         let timeout = self.handshake_timeout;
+        let server = self.server.to(addr).clone();
         let task = spawn_task(&self.tasks, async move {
-            let result = match incoming.accept() {
+            let result = match incoming.accept_with(server) {
                 Err(e) => Err(RefusedReason::Handshake(DialError::Connection(e))),
                 Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
                     Err(_) => Err(RefusedReason::Timeout),

@@ -49,7 +49,7 @@ impl ConnManager {
             &self.identity,
             &self.alpn,
             expected,
-            self.transport.clone(),
+            self.transport.to(addr).clone(),
         ) {
             Ok(t) => t,
             Err(e) => {

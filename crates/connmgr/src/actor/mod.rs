@@ -27,7 +27,7 @@ use crate::messages::*;
 use crate::nat::{NatCore, NatEvent};
 use crate::socket::{self, KrpcPort, NodeSocket, VirtualPaths};
 use crate::tls;
-use crate::transport;
+use crate::transport::{self, ByPath, PathKind};
 
 mod accept;
 mod circuits;
@@ -120,7 +120,10 @@ pub struct ConnManager {
     me: PeerKey,
     identity: Identity,
     alpn: Vec<Vec<u8>>,
-    transport: Arc<quinn::TransportConfig>,
+    /// Transport settings for dials, by the kind of path to the peer.
+    transport: ByPath<Arc<quinn::TransportConfig>>,
+    /// The server configuration for incoming connections, by the kind of path.
+    server: ByPath<Arc<quinn::ServerConfig>>,
     handshake_timeout: Duration,
     probe_timeout: Duration,
     core: ConnCore,
@@ -178,24 +181,30 @@ impl ConnManager {
     /// running `actix::System` (on a tokio runtime).
     pub fn spawn(config: ConnManagerConfig) -> Result<ConnManagerHandle, SpawnError> {
         let me = config.identity.key();
-        let transport = Arc::new(transport::transport_config(&config.transport));
+        let transport = transport::transport_configs(&config.transport);
         // Dial-back handshakes use their own ALPN; they are closed once done (`netctl`).
         let mut server_alpn = config.alpn.clone();
         if config.nat.dial_back {
             server_alpn.push(DIAL_BACK_ALPN.to_vec());
         }
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(
-            &config.identity,
-            &server_alpn,
-        )?));
-        server.transport_config(transport.clone());
+        let crypto = Arc::new(tls::server_config(&config.identity, &server_alpn)?);
+        let server_for = |transport: &Arc<quinn::TransportConfig>| {
+            let mut server = quinn::ServerConfig::with_crypto(crypto.clone());
+            server.transport_config(transport.clone());
+            Arc::new(server)
+        };
+        let server = ByPath {
+            local: server_for(&transport.local),
+            wide: server_for(&transport.wide),
+        };
         let socket = transport::bind_udp(config.listen, config.transport.socket_buffer)?;
         let paths = VirtualPaths::new(VIRTUAL_QUEUE, VIRTUAL_QUEUE);
         let (socket, krpc) = NodeSocket::new(socket, paths.clone(), config.share_krpc)?;
         let local_addr = socket.real_addr();
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            socket::endpoint_config(),
-            Some(server),
+            socket::endpoint_config(config.transport.max_udp_payload(PathKind::Local)),
+            // Each incoming connection is accepted with the one for its path (`accept`).
+            Some(server.wide.as_ref().clone()),
             socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )?;
@@ -206,6 +215,7 @@ impl ConnManager {
             identity: config.identity,
             alpn: config.alpn,
             transport,
+            server,
             handshake_timeout: config.handshake_timeout,
             probe_timeout: config.probe_timeout,
             core: ConnCore::new(me, config.policy),

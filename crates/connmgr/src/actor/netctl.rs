@@ -156,7 +156,7 @@ impl ConnManager {
                     let seq = self.next_dial_back;
                     self.next_dial_back += 1;
                     let identity = self.identity.clone();
-                    let transport = self.transport.clone();
+                    let transport = self.transport.to(addr).clone();
                     let timeout = self.nat.config().dial_back_timeout;
                     let me = ctx.address();
                     debug!(parent: &self.span, peer = %to.fmt_short(), %addr, "dialing back");

@@ -20,8 +20,9 @@ pub const STREAM_CONTROL: u8 = 0;
 /// 8-byte big-endian circuit id follows, then frames of a 2-byte big-endian length and
 /// one packet (1 to `MAX_RELAYED_PACKET` bytes).
 pub const STREAM_CIRCUIT: u8 = 1;
-/// Largest packet a circuit carries: a QUIC packet of the largest UDP payload quinn's
-/// path MTU discovery tries (1452), with room to spare.
+/// Largest packet a circuit carries: a QUIC packet of the largest UDP payload path MTU
+/// discovery tries on a circuit, a wide-area path (`WIDE_MAX_UDP_PAYLOAD`, 1452), with
+/// room to spare.
 pub const MAX_RELAYED_PACKET: usize = 1500;
 /// Largest encoded message. Every message today is a few dozen bytes; the margin is for
 /// lists (addresses a relay can reach) without a format change.

@@ -20,6 +20,12 @@ use super::VirtualPaths;
 /// in microseconds, so this only fills when it is stuck or flooded.
 pub const KRPC_QUEUE: usize = 256;
 
+/// Most payload bytes one UDP send takes, all GSO segments together: the kernel refuses
+/// more (65,535 less the IPv4 and UDP headers; IPv6 allows 20 more, IPv4 decides for a
+/// dual-stack socket). quinn batches up to 10 segments per send, which passes this once
+/// a segment is above 6,550 bytes (a path MTU discovered above it, as on loopback).
+const MAX_SEND_BYTES: usize = 65_507;
+
 /// One datagram and its peer address.
 type Datagram = (Bytes, SocketAddr);
 
@@ -311,6 +317,25 @@ impl NodeSocket {
         kept
     }
 
+    /// Sends one transmit from quinn on the real socket, in as many sends as
+    /// `MAX_SEND_BYTES` needs (whole segments each). A full send buffer after the first
+    /// part fails the whole transmit: quinn sends it again once the socket is writable,
+    /// and the peer drops the parts it already has as duplicates.
+    fn send_real(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let segment = match transmit.segment_size {
+            Some(segment) if transmit.contents.len() > MAX_SEND_BYTES => segment.max(1),
+            _ => return self.inner.try_send(transmit),
+        };
+        let per_send = (MAX_SEND_BYTES / segment).max(1) * segment;
+        for part in transmit.contents.chunks(per_send) {
+            self.inner.try_send(&Transmit {
+                contents: part,
+                ..transmit.clone()
+            })?;
+        }
+        Ok(())
+    }
+
     /// Sends one transmit from quinn to a virtual address (each segment a packet).
     fn send_virtual(&self, transmit: &Transmit<'_>) {
         let size = transmit
@@ -388,10 +413,10 @@ impl AsyncUdpSocket for NodeSocket {
             return Ok(());
         }
         if !self.v4_socket {
-            return self.inner.try_send(transmit);
+            return self.send_real(transmit);
         }
         match self.wire_destination(transmit.destination) {
-            Some(destination) => self.inner.try_send(&Transmit {
+            Some(destination) => self.send_real(&Transmit {
                 destination,
                 ..transmit.clone()
             }),

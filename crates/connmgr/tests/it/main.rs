@@ -9,6 +9,7 @@ mod util;
 mod bad_input;
 mod confirm;
 mod loopback;
+mod mtu;
 mod nat;
 mod nat_found;
 mod nat_relay;

@@ -125,6 +125,52 @@ async fn without_a_krpc_port_krpc_datagrams_are_dropped_not_given_to_quinn() {
     assert_eq!(socket.krpc_dropped(), 1);
 }
 
+/// quinn batches up to 10 datagrams per send; 10 of a jumbo frame's payload are more than
+/// one UDP send takes (65,507 bytes), so the socket sends them in parts, and every one
+/// arrives.
+#[tokio::test]
+async fn a_batch_of_large_datagrams_above_one_send_arrives_whole() {
+    let (socket, _) =
+        NodeSocket::new(loopback_socket(), VirtualPaths::new(1, 1), false).expect("socket");
+    if socket.max_transmit_segments() < 10 {
+        // No segmentation offload here: quinn never makes such a batch.
+        return;
+    }
+    let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind peer");
+    let segment = usize::from(transport::LOCAL_MAX_UDP_PAYLOAD);
+    let contents: Vec<u8> = (0..10 * segment).map(|i| (i / segment) as u8).collect();
+    let transmit = quinn::udp::Transmit {
+        destination: peer.local_addr().expect("addr"),
+        ecn: None,
+        contents: &contents,
+        segment_size: Some(segment),
+        src_ip: None,
+    };
+    let mut poller = socket.clone().create_io_poller();
+    loop {
+        match socket.try_send(&transmit) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                within(
+                    "a writable socket",
+                    poll_fn(|cx| poller.as_mut().poll_writable(cx)),
+                )
+                .await
+                .expect("writable");
+            }
+            result => break result.expect("send"),
+        }
+    }
+    peer.set_read_timeout(Some(GUARD)).expect("timeout");
+    let mut buf = vec![0u8; 65536];
+    for i in 0..10u8 {
+        let (n, _) = peer
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} of 10: {e}"));
+        assert_eq!(n, segment, "datagram {i}");
+        assert!(buf[..n].iter().all(|&b| b == i), "datagram {i}");
+    }
+}
+
 /// An endpoint on a `NodeSocket` with the real TLS for `identity`.
 fn endpoint(identity: &Identity, paths: &VirtualPaths) -> (quinn::Endpoint, Option<KrpcPort>) {
     let (socket, port) = NodeSocket::new(loopback_socket(), paths.clone(), true).expect("socket");
@@ -133,7 +179,7 @@ fn endpoint(identity: &Identity, paths: &VirtualPaths) -> (quinn::Endpoint, Opti
         tls::server_config(identity, &alpn).expect("server tls"),
     ));
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config(),
+        endpoint_config(transport::WIDE_MAX_UDP_PAYLOAD),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

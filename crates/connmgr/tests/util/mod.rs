@@ -256,11 +256,14 @@ pub async fn recv_uni(conn: &quinn::Connection) -> Result<Vec<u8>, String> {
 }
 
 /// A UDP relay between one client and `target`: the client talks to `addr()`. It can cut
-/// the path (both ways), or forward only the first client datagram (a stalled handshake).
+/// the path (both ways), forward only the first client datagram (a stalled handshake), or
+/// drop datagrams above a size (a link with a small MTU).
 pub struct Relay {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
     pub forwarded: Arc<AtomicUsize>,
+    /// Datagrams dropped for their size (either way).
+    pub too_large: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -272,24 +275,40 @@ impl Drop for Relay {
 
 impl Relay {
     pub async fn start(target: SocketAddr, only_first: bool) -> Relay {
+        Self::start_with(target, only_first, usize::MAX).await
+    }
+
+    /// A relay that drops every datagram of more than `max_payload` bytes of UDP payload.
+    pub async fn start_capped(target: SocketAddr, max_payload: usize) -> Relay {
+        Self::start_with(target, false, max_payload).await
+    }
+
+    async fn start_with(target: SocketAddr, only_first: bool, max_payload: usize) -> Relay {
         let front = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
         let back = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
         back.connect(target).await.expect("connect");
         let addr = front.local_addr().expect("addr");
         let cut = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicUsize::new(0));
-        let (cut2, fwd2) = (cut.clone(), forwarded.clone());
+        let too_large = Arc::new(AtomicUsize::new(0));
+        let (cut2, fwd2, large2) = (cut.clone(), forwarded.clone(), too_large.clone());
         let task = tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let mut a = vec![0u8; 65536];
             let mut b = vec![0u8; 65536];
+            let fits = |n: usize| {
+                if n > max_payload {
+                    large2.fetch_add(1, Ordering::SeqCst);
+                }
+                n <= max_payload
+            };
             loop {
                 tokio::select! {
                     r = front.recv_from(&mut a) => {
                         let Ok((n, from)) = r else { return };
                         client = Some(from);
                         let first = fwd2.load(Ordering::SeqCst) == 0;
-                        if !cut2.load(Ordering::SeqCst) && (!only_first || first) {
+                        if !cut2.load(Ordering::SeqCst) && (!only_first || first) && fits(n) {
                             fwd2.fetch_add(1, Ordering::SeqCst);
                             let _ = back.send(&a[..n]).await;
                         }
@@ -297,7 +316,9 @@ impl Relay {
                     r = back.recv(&mut b) => {
                         let Ok(n) = r else { return };
                         if let (Some(c), false) = (client, cut2.load(Ordering::SeqCst)) {
-                            let _ = front.send_to(&b[..n], c).await;
+                            if fits(n) {
+                                let _ = front.send_to(&b[..n], c).await;
+                            }
                         }
                     }
                 }
@@ -307,6 +328,7 @@ impl Relay {
             addr,
             cut,
             forwarded,
+            too_large,
             task,
         }
     }
