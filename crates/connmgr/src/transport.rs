@@ -159,14 +159,29 @@ pub fn transport_config(tuning: &TransportTuning, path: PathKind) -> TransportCo
     if let Some(window) = tuning.send_window {
         config.send_window(window);
     }
+    let window = initial_window(tuning, path);
     match tuning.congestion {
-        Congestion::Cubic => config
-            .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
-        Congestion::Bbr => {
-            config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        Congestion::Cubic => {
+            let mut cubic = quinn::congestion::CubicConfig::default();
+            if let Some(window) = window {
+                cubic.initial_window(window);
+            }
+            config.congestion_controller_factory(Arc::new(cubic))
         }
-        Congestion::NewReno => config
-            .congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+        Congestion::Bbr => {
+            let mut bbr = quinn::congestion::BbrConfig::default();
+            if let Some(window) = window {
+                bbr.initial_window(window);
+            }
+            config.congestion_controller_factory(Arc::new(bbr))
+        }
+        Congestion::NewReno => {
+            let mut reno = quinn::congestion::NewRenoConfig::default();
+            if let Some(window) = window {
+                reno.initial_window(window);
+            }
+            config.congestion_controller_factory(Arc::new(reno))
+        }
     };
     config.enable_segmentation_offload(tuning.gso);
     config.initial_mtu(tuning.initial_mtu.max(1200));
@@ -180,6 +195,22 @@ pub fn transport_config(tuning: &TransportTuning, path: PathKind) -> TransportCo
     config.max_idle_timeout(IdleTimeout::try_from(tuning.idle_timeout).ok());
     config
 }
+
+/// The initial congestion window on a `path`, where quinn's default (14,720 bytes, ten
+/// datagrams of 1472) does not fit: on a local path RFC 9002's ten datagrams of the
+/// largest size discovery may reach. With quinn's default a window grows to no more than
+/// twice a jumbo datagram on an idle connection, one unacknowledged MTU probe then fills
+/// it, and quinn holds back even a `CONNECTION_CLOSE` behind it: the peer saw a
+/// stateless reset instead of the reason (decision 240, amended).
+fn initial_window(tuning: &TransportTuning, path: PathKind) -> Option<u64> {
+    let datagram = u64::from(tuning.max_udp_payload(path));
+    let window = 10 * datagram;
+    (tuning.mtu_discovery && window > DEFAULT_INITIAL_WINDOW).then_some(window)
+}
+
+/// quinn's initial congestion window: RFC 9002's `max(14720, 2 × 1472)` for its default
+/// 1472-byte datagrams.
+const DEFAULT_INITIAL_WINDOW: u64 = 14_720;
 
 /// The node's default transport configuration (`TransportTuning::default()`) on a
 /// wide-area path.
@@ -253,6 +284,27 @@ mod tests {
         }
         // Relay circuits use unique local addresses, and carry packets of 1500 at most.
         assert_eq!(PathKind::of(VirtualPaths::address(3)), PathKind::Wide);
+    }
+
+    #[test]
+    fn a_local_path_starts_with_ten_jumbo_datagrams_of_window() {
+        let tuning = TransportTuning::default();
+        assert_eq!(
+            initial_window(&tuning, PathKind::Local),
+            Some(10 * u64::from(LOCAL_MAX_UDP_PAYLOAD))
+        );
+        // Wide paths, and local ones that never grow past quinn's datagrams, keep quinn's.
+        assert_eq!(initial_window(&tuning, PathKind::Wide), None);
+        let small = TransportTuning {
+            local_max_udp_payload: WIDE_MAX_UDP_PAYLOAD,
+            ..TransportTuning::default()
+        };
+        assert_eq!(initial_window(&small, PathKind::Local), None);
+        let no_discovery = TransportTuning {
+            mtu_discovery: false,
+            ..TransportTuning::default()
+        };
+        assert_eq!(initial_window(&no_discovery, PathKind::Local), None);
     }
 
     #[test]
