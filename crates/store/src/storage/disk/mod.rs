@@ -460,6 +460,26 @@ impl Storage for DiskStorage {
         Ok(keys)
     }
 
+    /// Small replicas go to the shared database in one pass (see [`Storage::create`]
+    /// for what decides the layout); with every feed in a directory of its own, feed by
+    /// feed.
+    fn create_replicas(&self, keys: &[[u8; 32]]) -> Result<usize, StorageError> {
+        if self.shared.config.small_feed_bytes == 0 {
+            return super::create_each(self, keys);
+        }
+        // Held throughout, as by `create`: no handle of these feeds appears meanwhile.
+        let live = lock(&self.shared.live);
+        let mut new: Vec<[u8; 32]> = keys
+            .iter()
+            .filter(|key| !live.get(*key).is_some_and(|w| w.strong_count() > 0))
+            .filter(|key| !self.feed_dir(key).exists())
+            .copied()
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        self.shared.small.create_replicas(&new)
+    }
+
     /// The small feeds, from one read of the shared database; feeds in directories
     /// of their own (large ones, and a small one whose move out a crash cut short) are
     /// left out.
