@@ -11,7 +11,10 @@
 use serde_bytes::ByteBuf;
 use tracing::{debug, warn};
 
-use super::config::{MAX_WHOLE_BYTES_AT_STORE, MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS};
+use super::config::{
+    MAX_WHOLE_BYTES_AT_STORE, MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS, MAX_WHOLE_WRITES,
+    MAX_WHOLE_WRITE_FEEDS,
+};
 use super::state::{FirstWord, PeerHead, Stop, StreamState, Whole};
 use super::types::{CommandError, StoreCall};
 use super::Session;
@@ -188,21 +191,35 @@ impl Session {
         self.whole_writes.extend(calls);
     }
 
-    /// The next whole call to a store, if any: a write whose first-word heads are
-    /// checked, else a read while our output is under the pump bound.
+    /// The next whole call to a store, if any: while no write is in flight, a write of
+    /// the first waiting messages of one namespace whose first-word heads are checked
+    /// (up to [`MAX_WHOLE_WRITE_FEEDS`] feeds, more only if one message has more),
+    /// else a read while our output is under the pump bound.
     pub(super) fn poll_whole_call(&mut self) -> Option<StoreCall> {
-        let checking = |session: &Session, arrived: &ArrivedWhole| {
-            session
-                .feeds
-                .get(&arrived.feed)
-                .is_some_and(|s| matches!(s.peer_head, PeerHead::Verifying(_)))
+        let ready = |session: &Session, at: usize, namespace: Option<&str>| {
+            session.whole_writes.get(at).is_some_and(|(ns, list)| {
+                namespace.is_none_or(|n| n == ns)
+                    && !list.iter().any(|arrived| {
+                        session
+                            .feeds
+                            .get(&arrived.feed)
+                            .is_some_and(|s| matches!(s.peer_head, PeerHead::Verifying(_)))
+                    })
+            })
         };
-        let ready = self
-            .whole_writes
-            .front()
-            .is_some_and(|(_, list)| !list.iter().any(|a| checking(self, a)));
-        if ready {
+        if self.whole_writes_in_flight < MAX_WHOLE_WRITES && ready(self, 0, None) {
             if let Some((namespace, mut feeds)) = self.whole_writes.pop_front() {
+                while self
+                    .whole_writes
+                    .front()
+                    .is_some_and(|(_, next)| feeds.len() + next.len() <= MAX_WHOLE_WRITE_FEEDS)
+                    && ready(self, 0, Some(&namespace))
+                {
+                    if let Some((_, next)) = self.whole_writes.pop_front() {
+                        feeds.extend(next);
+                    }
+                }
+                self.whole_writes_in_flight += 1;
                 for arrived in &mut feeds {
                     arrived.head_verified = self.feeds.get(&arrived.feed).is_some_and(|s| {
                         matches!(&s.peer_head, PeerHead::Verified(h) if **h == arrived.whole.head)
@@ -335,6 +352,7 @@ impl Session {
         feeds: &[FeedKey],
         answer: Result<Vec<WholeOutcome>, String>,
     ) {
+        self.whole_writes_in_flight = self.whole_writes_in_flight.saturating_sub(1);
         let over = self.over_whole_bound();
         let mut outcomes = answer
             .unwrap_or_else(|e| {

@@ -187,6 +187,11 @@ impl Net {
         }
     }
 
+    /// `WriteWhole` calls kept unanswered.
+    pub fn held_writes(&self) -> usize {
+        self.writes.len()
+    }
+
     /// Bytes of `WriteWhole` calls kept unanswered.
     pub fn held_write_bytes(&self) -> usize {
         self.writes
