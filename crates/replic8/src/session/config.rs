@@ -68,6 +68,12 @@ pub const MAX_WHOLE_BYTES_AT_STORE: usize = 4 * MAX_FRAME_LEN;
 /// while one is written go together in the next call (one commit, one fsync, for up to
 /// [`MAX_WHOLE_WRITE_FEEDS`] feeds rather than one per message of about 64).
 pub const MAX_WHOLE_WRITES: usize = 1;
+/// Most bytes of feeds (as counted against [`MAX_WHOLE_BYTES_AT_STORE`]) in one
+/// [`StoreCall::WriteWhole`](super::StoreCall::WriteWhole) made of several `Whole`
+/// messages: half the bound, so that while a call is written the next one's messages
+/// are still read (the write and the peer's sending overlap) rather than the bound
+/// stopping our reading until the call is answered.
+pub const MAX_WHOLE_WRITE_BYTES: usize = MAX_WHOLE_BYTES_AT_STORE / 2;
 /// Most feeds in one [`StoreCall::WriteWhole`](super::StoreCall::WriteWhole) made of
 /// several `Whole` messages (one message alone may bring up to
 /// [`MAX_WHOLE_PER_MESSAGE`](crate::message::MAX_WHOLE_PER_MESSAGE)): a store verifies

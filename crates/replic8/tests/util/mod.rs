@@ -187,9 +187,12 @@ impl Net {
         }
     }
 
-    /// `WriteWhole` calls kept unanswered.
-    pub fn held_writes(&self) -> usize {
-        self.writes.len()
+    /// The feeds of each `WriteWhole` call kept unanswered.
+    pub fn held_writes(&self) -> Vec<usize> {
+        self.writes
+            .iter()
+            .map(|(_, _, feeds)| feeds.len())
+            .collect()
     }
 
     /// Bytes of `WriteWhole` calls kept unanswered.
