@@ -513,3 +513,45 @@ fn replicas_created_in_one_call_survive_a_crash_after_the_next_commit() {
         assert_eq!((f.secret_key(), f.head()), (None, None));
     }
 }
+
+/// Whole reads and writes, and replicas created together, find the feeds with a
+/// directory of their own through one listing of the fan directories: a feed moved out
+/// while its empty row is still in the database (a crash before the move's sync leaves
+/// both: the directory wins) is read from its directory, a whole write (which would
+/// fill the empty row) leaves it alone, and small feeds beside it go to the database.
+#[test]
+fn feeds_with_a_directory_are_found_by_whole_reads_writes_and_replica_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig {
+        small_feed_bytes: 4096,
+        ..DiskConfig::default()
+    };
+    let s = DiskStorage::open_with(dir.path(), config).unwrap();
+    small_feed(&s, [2; 32], 3);
+    // Moved out before its first write (an empty row left, as a crash before the
+    // move's sync leaves it).
+    let mut moved = s.create([1; 32], Some([4; 32])).unwrap();
+    moved.write(conformance::append_batch(0, 50, 100)).unwrap();
+    drop(moved);
+    assert!(s.shared.small.contains(&[1; 32]).unwrap());
+    let s = reopen_with(s, config);
+    let read = s.read_whole(&[[1; 32], [2; 32]], usize::MAX).unwrap();
+    let lengths: Vec<Option<u64>> = read
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.head.length))
+        .collect();
+    assert_eq!(lengths, vec![Some(50), Some(3)]);
+    let writes = [
+        conformance::whole_write([1; 32], 3),
+        conformance::whole_write([3; 32], 3),
+    ];
+    let done = s.write_whole(&writes).unwrap();
+    assert_ne!(done[0], crate::storage::WholeWritten::Written);
+    assert_eq!(done[1], crate::storage::WholeWritten::Written);
+    assert_eq!(s.create_replicas(&[[1; 32], [4; 32]]).unwrap(), 1);
+    assert!(s.shared.small.contains(&[4; 32]).unwrap());
+    let mut f = s.open(&[1; 32]).unwrap().unwrap();
+    assert!(!lock(&f.inner).small);
+    assert_eq!(f.head(), Some(conformance::head(50)));
+    assert_eq!(f.block(49).unwrap(), Some(conformance::block(49, 100)));
+}
