@@ -499,7 +499,7 @@ impl Storage for DiskStorage {
         let fans = self.shared.fans()?;
         let mut new: Vec<[u8; 32]> = keys
             .iter()
-            .filter(|key| !live.get(*key).is_some_and(|w| w.strong_count() > 0))
+            .filter(|key| live.get(*key).is_none_or(|w| w.strong_count() == 0))
             .filter(|key| !self.shared.has_dir(&fans, key))
             .copied()
             .collect();
