@@ -445,6 +445,20 @@ fn a_feed_read_whole_is_durable_first() {
     assert_eq!(durable, last);
 }
 
+/// The storage as a crash now would leave it: its database file copied while it is
+/// open (nothing closed, nothing more synced), opened from the copy.
+fn crashed(s: DiskStorage) -> (tempfile::TempDir, DiskStorage) {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        s.root().join(super::small::FILE_NAME),
+        copy.path().join(super::small::FILE_NAME),
+    )
+    .unwrap();
+    drop(s);
+    let s = DiskStorage::open(copy.path()).unwrap();
+    (copy, s)
+}
+
 /// A crash right after `write_whole` returns (the database file copied while the storage
 /// is still open, no close): every feed of the batch is there whole; a write queued
 /// after it and not synced is not, and tears nothing.
@@ -460,14 +474,7 @@ fn feeds_written_whole_survive_a_crash_right_after() {
         .unwrap()
         .write(conformance::append_batch(0, 1, 10))
         .unwrap();
-    let crashed = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join(super::small::FILE_NAME),
-        crashed.path().join(super::small::FILE_NAME),
-    )
-    .unwrap();
-    drop(s);
-    let s = DiskStorage::open(crashed.path()).unwrap();
+    let (_crashed, s) = crashed(s);
     let keys: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).collect();
     let read = s.read_whole(&keys, usize::MAX).unwrap();
     for (k, read) in read.iter().enumerate() {
@@ -497,14 +504,7 @@ fn replicas_created_in_one_call_survive_a_crash_after_the_next_commit() {
     assert!(!s.shared.small.contains(&[250; 32]).unwrap());
     s.write_whole(&[conformance::whole_write([100; 32], 3)])
         .unwrap();
-    let crashed = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join(super::small::FILE_NAME),
-        crashed.path().join(super::small::FILE_NAME),
-    )
-    .unwrap();
-    drop(s);
-    let s = DiskStorage::open(crashed.path()).unwrap();
+    let (_crashed, s) = crashed(s);
     let mut expected: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).collect();
     expected.push([100; 32]);
     assert_eq!(s.list().unwrap(), expected);
