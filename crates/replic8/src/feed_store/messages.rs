@@ -131,7 +131,8 @@ pub struct FeedStoreStats {
     /// Feeds open now (in use, or kept for reuse within
     /// [`super::FeedStoreLimits::open_feeds`]).
     pub feeds_open: u64,
-    /// Feeds opened from storage (or created) since the store started.
+    /// Feeds opened from storage (or created) since the store started. A replica made
+    /// from an offer is created without being opened (so it is never closed either).
     pub feeds_opened: u64,
     /// Feeds closed since the store started (unused past the bound, or idle).
     pub feeds_closed: u64,

@@ -562,10 +562,8 @@ impl<St: Storage> FeedStore<St> {
         if !create.is_empty() {
             let registry = self.registry.clone();
             tokio::task::spawn_blocking(move || {
-                for key in create {
-                    if let Err(e) = registry.get(key, true) {
-                        warn!(feed = %key.fmt_short(), error = %e, "could not create replica");
-                    }
+                if let Err(e) = registry.create_replicas(&create) {
+                    warn!(feeds = create.len(), error = %e, "could not create replicas");
                 }
             });
         }

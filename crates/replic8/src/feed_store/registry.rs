@@ -303,6 +303,11 @@ pub(crate) struct Registry<St: Storage> {
 /// on each other with a few dozen blocking-pool threads.
 const OPEN_STRIPES: usize = 64;
 
+/// Keys per storage call of [`Registry::create_replicas`]: an offer's new feeds (up
+/// to 4,096) in a few calls, each short enough that the opens waiting on the storage
+/// meanwhile wait little.
+const CREATE_BATCH: usize = 1024;
+
 /// The stripe of [`Registry::opening`] that `key` falls in.
 fn stripe_of(key: &FeedKey) -> usize {
     usize::from(key.0[0]) % OPEN_STRIPES
@@ -572,6 +577,27 @@ impl<St: Storage> Registry<St> {
             out[i] = done;
         }
         Ok(out)
+    }
+
+    /// Creates an empty replica of each of `keys` the storage does not hold
+    /// ([`Storage::create_replicas`], one call per [`CREATE_BATCH`] keys) without
+    /// opening any: a replica is opened when something uses it, and a feed that arrives
+    /// whole never is. The caller checked that each key is a feed key (an ed25519
+    /// point). Each one created counts as opened ([`Self::counts`]). Returns how many
+    /// were created.
+    pub(crate) fn create_replicas(&self, keys: &[FeedKey]) -> Result<usize, StorageError> {
+        let mut created = 0;
+        for batch in keys.chunks(CREATE_BATCH) {
+            let batch: Vec<[u8; 32]> = batch
+                .iter()
+                .filter(|key| !self.open.contains_key(*key))
+                .map(|key| key.0)
+                .collect();
+            let made = self.storage.create_replicas(&batch)?;
+            self.opened.fetch_add(made as u64, Ordering::Relaxed);
+            created += made;
+        }
+        Ok(created)
     }
 
     /// Creates a new writable feed; returns its key.

@@ -85,9 +85,9 @@ impl<St: Storage> Handler<Offer> for FeedStore<St> {
     /// are checked to be ed25519 points on the blocking pool, then (under the manual
     /// policy) wait for the user's decision, then the quotas. Refusing is not an error:
     /// the answer just leaves the feed out. The answer waits until the new feeds'
-    /// namespaces are durable; their replicas are created in the background (or by
-    /// their first stream, whichever comes first), so creating a thousand feeds on disk
-    /// does not hold it up.
+    /// namespaces are durable; their replicas are created in the background, together
+    /// and without being opened (or by their first stream or whole write, whichever
+    /// comes first), so creating a thousand feeds on disk does not hold it up.
     fn handle(&mut self, msg: Offer, _: &mut Context<Self>) -> Self::Result {
         let Offer {
             peer,

@@ -59,9 +59,26 @@ pub const MAX_WHOLE_READS: usize = 2;
 /// Most bytes of feeds the peer sent whole (blocks and heads) at our store or waiting
 /// for it: at this we read no more of the peer's control stream until the store
 /// answers, so QUIC flow control slows the sender. Four frames: the store writes each
-/// `Whole` message in one transaction and the next ones wait in memory, at most this
-/// plus one frame per session.
+/// call in one transaction and the `Whole` messages that arrive meanwhile wait in
+/// memory for the next, at most this plus one frame per session.
 pub const MAX_WHOLE_BYTES_AT_STORE: usize = 4 * MAX_FRAME_LEN;
+/// Most [`StoreCall::WriteWhole`](super::StoreCall::WriteWhole) calls of a session in
+/// flight at once: one. A store writes a call in one durable commit, and calls of one
+/// session would only wait for each other there; so the `Whole` messages that arrive
+/// while one is written go together in the next call (one commit, one fsync, for up to
+/// [`MAX_WHOLE_WRITE_FEEDS`] feeds rather than one per message of about 64).
+pub const MAX_WHOLE_WRITES: usize = 1;
+/// Most bytes of feeds (as counted against [`MAX_WHOLE_BYTES_AT_STORE`]) in one
+/// [`StoreCall::WriteWhole`](super::StoreCall::WriteWhole) made of several `Whole`
+/// messages: half the bound, so that while a call is written the next one's messages
+/// are still read (the write and the peer's sending overlap) rather than the bound
+/// stopping our reading until the call is answered.
+pub const MAX_WHOLE_WRITE_BYTES: usize = MAX_WHOLE_BYTES_AT_STORE / 2;
+/// Most feeds in one [`StoreCall::WriteWhole`](super::StoreCall::WriteWhole) made of
+/// several `Whole` messages (one message alone may bring up to
+/// [`MAX_WHOLE_PER_MESSAGE`](crate::message::MAX_WHOLE_PER_MESSAGE)): a store verifies
+/// and writes a call on one thread of its blocking pool.
+pub const MAX_WHOLE_WRITE_FEEDS: usize = 4096;
 /// Most ends in a row of a feed's stream before the feed was in sync both ways that the
 /// dialer answers with a reopen; the next one stops the feed on the session. With
 /// [`reopen_delay`] that is about three minutes of trying, at most nine streams.

@@ -148,7 +148,8 @@ pub use config::{
     reopen_delay, Mode, SessionConfig, MAX_HEADS_PER_CALL, MAX_PEER_FEEDS, MAX_PENDING_OFFER_BYTES,
     MAX_PENDING_PEER_OFFERS, MAX_PUMPED_CONTROL_BYTES, MAX_QUEUED_CONTROL_BYTES, MAX_REOPEN_DELAY,
     MAX_STREAM_REOPENS, MAX_UNMATCHED_HAVE, MAX_UNMATCHED_TAGS, MAX_WHOLE_BYTES_AT_STORE,
-    MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS,
+    MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS, MAX_WHOLE_WRITES, MAX_WHOLE_WRITE_BYTES,
+    MAX_WHOLE_WRITE_FEEDS,
 };
 use state::{Known, Namespace, OurOffer, PeerOffer, Replicated};
 pub use types::{
@@ -261,9 +262,13 @@ pub struct Session {
     whole_ready: VecDeque<(WholeEntry, usize, crate::store::WholeHold)>,
     /// Encoded bytes of `whole_ready` (each entry's beside it).
     whole_ready_bytes: usize,
-    /// Feeds the peer sent whole, one call per `Whole` message and namespace, waiting
-    /// until the checks of their first-word heads are done.
-    whole_writes: VecDeque<(String, Vec<ArrivedWhole>)>,
+    /// Feeds the peer sent whole, one entry per `Whole` message and namespace (with
+    /// what they count against [`MAX_WHOLE_BYTES_AT_STORE`]), waiting
+    /// until the checks of their first-word heads are done and no write is in flight
+    /// (then the ready entries of one namespace go in one call).
+    whole_writes: VecDeque<(String, Vec<ArrivedWhole>, usize)>,
+    /// [`StoreCall::WriteWhole`] calls given out and not answered.
+    whole_writes_in_flight: usize,
     /// Bytes of feeds the peer sent whole at our store or in `whole_writes`.
     whole_bytes: usize,
     /// Feeds the peer sent whole at our store or in `whole_writes` (in
@@ -353,6 +358,7 @@ impl Session {
             whole_ready: VecDeque::new(),
             whole_ready_bytes: 0,
             whole_writes: VecDeque::new(),
+            whole_writes_in_flight: 0,
             whole_bytes: 0,
             whole_writing: HashMap::new(),
             store_asks: 0,

@@ -11,7 +11,10 @@
 use serde_bytes::ByteBuf;
 use tracing::{debug, warn};
 
-use super::config::{MAX_WHOLE_BYTES_AT_STORE, MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS};
+use super::config::{
+    MAX_WHOLE_BYTES_AT_STORE, MAX_WHOLE_READS, MAX_WHOLE_READ_FEEDS, MAX_WHOLE_WRITES,
+    MAX_WHOLE_WRITE_BYTES, MAX_WHOLE_WRITE_FEEDS,
+};
 use super::state::{FirstWord, PeerHead, Stop, StreamState, Whole};
 use super::types::{CommandError, StoreCall};
 use super::Session;
@@ -142,7 +145,7 @@ impl Session {
     /// protocol violation. Entries of a feed we stopped are dropped: they may have
     /// crossed our `Stopped`.
     pub(super) fn on_whole(&mut self, entries: Vec<WholeEntry>) {
-        let mut calls: Vec<(String, Vec<ArrivedWhole>)> = Vec::new();
+        let mut calls: Vec<(String, Vec<ArrivedWhole>, usize)> = Vec::new();
         for entry in entries {
             let Some(feed) = self.by_discovery.get(&entry.feed).copied() else {
                 return self.fail(
@@ -181,29 +184,47 @@ impl Session {
                 },
                 head_verified: false,
             };
-            match calls.iter_mut().find(|(ns, _)| *ns == state.namespace) {
-                Some((_, list)) => list.push(arrived),
-                None => calls.push((state.namespace.clone(), vec![arrived])),
+            match calls.iter_mut().find(|(ns, _, _)| *ns == state.namespace) {
+                Some((_, list, sum)) => {
+                    list.push(arrived);
+                    *sum += bytes;
+                }
+                None => calls.push((state.namespace.clone(), vec![arrived], bytes)),
             }
         }
         self.whole_writes.extend(calls);
     }
 
-    /// The next whole call to a store, if any: a write whose first-word heads are
-    /// checked, else a read while our output is under the pump bound.
+    /// The next whole call to a store, if any: while no write is in flight, a write of
+    /// the first waiting messages of one namespace whose first-word heads are checked
+    /// (up to [`MAX_WHOLE_WRITE_FEEDS`] feeds and [`MAX_WHOLE_WRITE_BYTES`], more only
+    /// if one message has more), else a read while our output is under the pump
+    /// bound.
     pub(super) fn poll_whole_call(&mut self) -> Option<StoreCall> {
-        let checking = |session: &Session, arrived: &ArrivedWhole| {
-            session
-                .feeds
-                .get(&arrived.feed)
-                .is_some_and(|s| matches!(s.peer_head, PeerHead::Verifying(_)))
+        let ready = |session: &Session, at: usize, namespace: Option<&str>| {
+            session.whole_writes.get(at).is_some_and(|(ns, list, _)| {
+                namespace.is_none_or(|n| n == ns)
+                    && !list.iter().any(|arrived| {
+                        session
+                            .feeds
+                            .get(&arrived.feed)
+                            .is_some_and(|s| matches!(s.peer_head, PeerHead::Verifying(_)))
+                    })
+            })
         };
-        let ready = self
-            .whole_writes
-            .front()
-            .is_some_and(|(_, list)| !list.iter().any(|a| checking(self, a)));
-        if ready {
-            if let Some((namespace, mut feeds)) = self.whole_writes.pop_front() {
+        if self.whole_writes_in_flight < MAX_WHOLE_WRITES && ready(self, 0, None) {
+            if let Some((namespace, mut feeds, mut bytes)) = self.whole_writes.pop_front() {
+                while self.whole_writes.front().is_some_and(|(_, next, more)| {
+                    feeds.len() + next.len() <= MAX_WHOLE_WRITE_FEEDS
+                        && bytes + more <= MAX_WHOLE_WRITE_BYTES
+                }) && ready(self, 0, Some(&namespace))
+                {
+                    if let Some((_, next, more)) = self.whole_writes.pop_front() {
+                        feeds.extend(next);
+                        bytes += more;
+                    }
+                }
+                self.whole_writes_in_flight += 1;
                 for arrived in &mut feeds {
                     arrived.head_verified = self.feeds.get(&arrived.feed).is_some_and(|s| {
                         matches!(&s.peer_head, PeerHead::Verified(h) if **h == arrived.whole.head)
@@ -359,6 +380,7 @@ impl Session {
         feeds: &[FeedKey],
         answer: Result<Vec<WholeOutcome>, String>,
     ) {
+        self.whole_writes_in_flight = self.whole_writes_in_flight.saturating_sub(1);
         let over = self.over_whole_bound();
         let mut outcomes = answer
             .unwrap_or_else(|e| {

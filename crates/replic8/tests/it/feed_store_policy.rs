@@ -718,6 +718,86 @@ fn replica_membership_survives_a_restart_of_the_store_on_disk() {
     });
 }
 
+/// Feeds accepted from an offer become replicas in the background, all in one pass of
+/// the storage and none of them opened (before, each was opened on its own and stayed
+/// open up to the store's bound); a restart lists every one, held in its namespace and
+/// empty.
+#[test]
+fn accepted_replicas_are_created_together_unopened_and_held_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = fresh_keys(40);
+    keys.sort_unstable_by_key(|k| k.0);
+    let peer = PeerKey([1; 32]);
+    actix::System::new().block_on({
+        let (path, keys) = (dir.path().to_path_buf(), keys.clone());
+        async move {
+            let (tx, _events) = mpsc::unbounded_channel();
+            let b = node(
+                2,
+                DiskStorage::open(&path).unwrap(),
+                FeedStoreConfig::default(),
+                vec![(OPEN, None, NamespacePolicy::accept_all())],
+                &tx,
+            )
+            .await;
+            let offer = Offer {
+                peer,
+                namespace: OPEN.into(),
+                feeds: keys
+                    .iter()
+                    .map(|&key| SharedFeed {
+                        key,
+                        headers: Headers::new(),
+                    })
+                    .collect(),
+            };
+            let mut accepted = b.store.send(offer).await.unwrap().unwrap();
+            accepted.sort_unstable_by_key(|k| k.0);
+            assert_eq!(accepted, keys);
+            // No event marks a replica made: the counters are polled, under the guard.
+            let deadline = Instant::now() + GUARD;
+            let stats = loop {
+                let stats = b.store.send(GetStats).await.unwrap();
+                if stats.feeds_opened >= 40 {
+                    break stats;
+                }
+                assert!(Instant::now() < deadline, "replicas never made: {stats:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert_eq!(
+                (stats.feeds_opened, stats.feeds_open, stats.replicas),
+                (40, 0, 40),
+                "{stats:?}"
+            );
+        }
+    });
+    actix::System::new().block_on(async move {
+        let (tx, _events) = mpsc::unbounded_channel();
+        let b = node(
+            2,
+            DiskStorage::open(dir.path()).unwrap(),
+            FeedStoreConfig::default(),
+            vec![(OPEN, None, NamespacePolicy::held_only())],
+            &tx,
+        )
+        .await;
+        let known = KnownFeeds {
+            peer,
+            namespace: OPEN.into(),
+        };
+        assert_eq!(b.store.send(known).await.unwrap().unwrap(), keys);
+        let info = b
+            .store
+            .send(OpenFeed { feed: keys[7] })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((info.length, info.writable, info.head), (0, false, None));
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!((stats.feeds_held, stats.replicas), (40, 40), "{stats:?}");
+    });
+}
+
 /// The frames a sync core has to send.
 fn transmit_all(core: &mut FeedSync, replica: &mut Feed<MemoryFeed>) -> Vec<u8> {
     let mut out = Vec::new();

@@ -12,7 +12,10 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use replic8::frame::MAX_FRAME_LEN;
 use replic8::keys::{DiscoveryKey, FeedKey};
 use replic8::message::{self, CloseCode, Message, WholeEntry};
-use replic8::session::{SessionConfig, SessionEvent, MAX_WHOLE_BYTES_AT_STORE};
+use replic8::session::{
+    SessionConfig, SessionEvent, MAX_WHOLE_BYTES_AT_STORE, MAX_WHOLE_READ_FEEDS,
+    MAX_WHOLE_WRITE_BYTES, MAX_WHOLE_WRITE_FEEDS,
+};
 use serde_bytes::ByteBuf;
 use util::*;
 
@@ -483,6 +486,74 @@ fn the_receiver_stops_reading_while_whole_feeds_fill_its_store_share() {
             "{case}"
         );
         assert!(net.links[l].ends[0].ever_attached.is_empty(), "{case}");
+    }
+}
+
+#[test]
+/// While the receiver's store writes one call, the `Whole` messages that arrive wait in
+/// the session and go to the store together in the next call once it answers (one
+/// commit for them all, rather than one per message): never more than one call in
+/// flight, later calls of many messages each, none over `MAX_WHOLE_WRITE_FEEDS` nor
+/// (but for its last message) `MAX_WHOLE_WRITE_BYTES`, the session reading on while a
+/// call is at the store, and every feed syncs.
+fn whole_messages_that_arrive_during_a_write_go_to_the_store_in_one_call() {
+    for (writer_dials, block_size) in [(true, 16), (false, 16), (true, 1024), (false, 1024)] {
+        let case = format!("writer dials: {writer_dials}, blocks of {block_size} bytes");
+        let feeds = small_feeds(6000, writer_dials);
+        let (writer, reader) = roles(writer_dials);
+        let (mut net, l) = whole_net(live(), &feeds, |net| {
+            net.hold_writes = true;
+            for node in [A, B] {
+                net.stores[node].block_size = block_size;
+            }
+        });
+        let mut read_on = Vec::new();
+        while !net.held_writes().is_empty() {
+            let calls = net.held_writes();
+            assert_eq!(calls.len(), 1, "{case}");
+            // What the session counts of a feed: its blocks and 160 bytes.
+            let held = net.held_write_bytes() + 160 * calls[0];
+            assert!(
+                held <= MAX_WHOLE_WRITE_BYTES + MAX_FRAME_LEN,
+                "{case}: {held}"
+            );
+            let at_store = net.links[l].ends[reader]
+                .session
+                .stats()
+                .whole_bytes_at_store;
+            // Read on past the held call: the next one's messages wait in the session.
+            read_on.push(at_store as usize > held);
+            net.release_writes();
+            net.drive();
+        }
+        // Each but the last, after which nothing more came.
+        assert!(
+            read_on[..read_on.len() - 1].iter().all(|r| *r),
+            "{case}: {read_on:?}"
+        );
+        assert_all_synced(&net, l, &feeds, &case);
+        let sizes: Vec<usize> = net.stores[reader]
+            .whole_writes
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 6000, "{case}");
+        let messages = whole_messages(&net, l, writer).len();
+        assert!(
+            sizes.len() * 4 < messages,
+            "{case}: {} calls for {messages} messages",
+            sizes.len()
+        );
+        assert!(
+            sizes[1..sizes.len() - 1]
+                .iter()
+                .all(|&n| n > MAX_WHOLE_READ_FEEDS),
+            "{case}: {sizes:?}"
+        );
+        assert!(
+            sizes.iter().all(|&n| n <= MAX_WHOLE_WRITE_FEEDS),
+            "{case}: {sizes:?}"
+        );
     }
 }
 

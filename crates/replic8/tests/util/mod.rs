@@ -190,6 +190,14 @@ impl Net {
         }
     }
 
+    /// The feeds of each `WriteWhole` call kept unanswered.
+    pub fn held_writes(&self) -> Vec<usize> {
+        self.writes
+            .iter()
+            .map(|(_, _, feeds)| feeds.len())
+            .collect()
+    }
+
     /// Bytes of `WriteWhole` calls kept unanswered.
     pub fn held_write_bytes(&self) -> usize {
         self.writes

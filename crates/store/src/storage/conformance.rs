@@ -59,6 +59,7 @@ pub(crate) fn run_all<S: Storage>(new: &mut dyn FnMut() -> S, reopen: &mut dyn F
     range_reads(new(), reopen);
     append_while_hashing(new(), reopen);
     whole_feeds(new(), reopen);
+    replicas_in_one_call(new(), reopen);
 }
 
 /// A feed of `length` blocks of 100 bytes as [`Storage::write_whole`] takes it.
@@ -372,4 +373,40 @@ fn empty_and_large_blocks<S: Storage>(s: S) {
     assert!(f.has_block(0));
     assert_eq!(f.block(0).unwrap(), Some(Vec::new()));
     assert_eq!(f.block(1).unwrap(), Some(large));
+}
+
+/// [`Storage::create_replicas`] creates the feeds it lacks, empty and read-only, once
+/// each; it leaves those it holds as they are (a writable one, one with blocks, one
+/// open); what it created is there after a reopen.
+fn replicas_in_one_call<S: Storage>(s: S, reopen: &mut dyn FnMut(S) -> S) {
+    let [writable, written, open, new_a, new_b] = [[1; 32], [2; 32], [3; 32], [4; 32], [5; 32]];
+    s.create(writable, Some([9; 32])).unwrap();
+    let mut w = s.create(written, None).unwrap();
+    w.write(append_batch(0, 2, 100)).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let held_open = s.create(open, None).unwrap();
+    let keys = [new_b, writable, written, open, new_a, new_b];
+    assert_eq!(s.create_replicas(&keys).unwrap(), 2);
+    assert_eq!(s.create_replicas(&keys).unwrap(), 0);
+    drop(held_open);
+    let s = reopen(s);
+    assert_eq!(
+        s.list().unwrap(),
+        vec![writable, written, open, new_a, new_b]
+    );
+    for key in [new_a, new_b, open] {
+        let f = s.open(&key).unwrap().unwrap();
+        assert_eq!(
+            (f.secret_key(), f.head(), f.has_block(0)),
+            (None, None, false)
+        );
+    }
+    assert_eq!(
+        s.open(&writable).unwrap().unwrap().secret_key(),
+        Some([9; 32])
+    );
+    let mut w = s.open(&written).unwrap().unwrap();
+    assert_eq!(w.head(), Some(head(2)));
+    assert_eq!(w.block(1).unwrap(), Some(block(1, 100)));
 }

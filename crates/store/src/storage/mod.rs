@@ -230,6 +230,15 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn open(&self, key: &[u8; 32]) -> Result<Option<Self::Feed>, StorageError>;
     /// The keys of every feed in this storage.
     fn list(&self) -> Result<Vec<[u8; 32]>, StorageError>;
+    /// Create an empty replica (no secret key) of each of `keys` this storage does not
+    /// hold yet; a feed it holds is left as it is. Returns how many it created. Each
+    /// created feed is what [`Storage::create`] without a secret key makes, as durable
+    /// as that (with the storage's next sync, or its close), and no handle to it is
+    /// kept. The default creates them one by one; [`DiskStorage`] adds the small ones
+    /// to the shared database in one pass.
+    fn create_replicas(&self, keys: &[[u8; 32]]) -> Result<usize, StorageError> {
+        create_each(self, keys)
+    }
     /// Calls `each` with what is stored of the feeds this storage can read in one pass,
     /// without opening them: some or all of its feeds, each at most once; a feed left
     /// out is learned by opening it. An unreadable feed is left out; an error is a
@@ -261,6 +270,22 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Vec<Option<WholeRead>>, StorageError> {
         whole::read_each(self, keys, max_bytes)
     }
+}
+
+/// [`Storage::create_replicas`] feed by feed, with [`Storage::create`].
+pub(crate) fn create_each<S: Storage + ?Sized>(
+    storage: &S,
+    keys: &[[u8; 32]],
+) -> Result<usize, StorageError> {
+    let mut created = 0;
+    for key in keys {
+        match storage.create(*key, None) {
+            Ok(_) => created += 1,
+            Err(StorageError::Exists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
 }
 
 /// Write an append of `blocks` at indices `start..`, with its `node_count` nodes and its

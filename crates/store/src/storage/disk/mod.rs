@@ -310,6 +310,33 @@ impl Shared {
         self.feeds_dir.join(&h[..2]).join(h)
     }
 
+    /// Which of `feeds/<hh>` exist, by the key byte `hh` names, from one listing: a
+    /// feed has a directory of its own only if its fan does, so a batch of keys asks
+    /// the file system about a key's directory only where its fan exists (none at all
+    /// while every feed is small). A directory is made only under the `live` lock or
+    /// through a live handle: with that lock held, the answer for a key without a
+    /// handle stays true until it is released; without it, a move out may overtake it,
+    /// as it may any check of a path.
+    fn fans(&self) -> io::Result<[bool; 256]> {
+        let mut fans = [false; 256];
+        for entry in fs::read_dir(&self.feeds_dir)? {
+            let name = entry?.file_name();
+            let byte = name
+                .to_str()
+                .filter(|n| n.len() == 2)
+                .and_then(|n| u8::from_str_radix(n, 16).ok());
+            if let Some(byte) = byte {
+                fans[usize::from(byte)] = true;
+            }
+        }
+        Ok(fans)
+    }
+
+    /// Whether feed `key` has a directory of its own, given [`Self::fans`].
+    fn has_dir(&self, fans: &[bool; 256], key: &[u8; 32]) -> bool {
+        fans[usize::from(key[0])] && self.feed_dir(key).exists()
+    }
+
     /// Make the directory of a new feed: under a temporary name, with `meta`, and with
     /// `fill` run on it (which must leave what it writes synced), then
     /// renamed into place: a crash leaves the directory whole or absent (temporary
@@ -460,6 +487,27 @@ impl Storage for DiskStorage {
         Ok(keys)
     }
 
+    /// Small replicas go to the shared database in one pass (see [`Storage::create`]
+    /// for what decides the layout); with every feed in a directory of its own, feed by
+    /// feed.
+    fn create_replicas(&self, keys: &[[u8; 32]]) -> Result<usize, StorageError> {
+        if self.shared.config.small_feed_bytes == 0 {
+            return super::create_each(self, keys);
+        }
+        // Held throughout, as by `create`: no handle of these feeds appears meanwhile.
+        let live = lock(&self.shared.live);
+        let fans = self.shared.fans()?;
+        let mut new: Vec<[u8; 32]> = keys
+            .iter()
+            .filter(|key| live.get(*key).is_none_or(|w| w.strong_count() == 0))
+            .filter(|key| !self.shared.has_dir(&fans, key))
+            .copied()
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        self.shared.small.create_replicas(&new)
+    }
+
     /// The small feeds, from one read of the shared database; feeds in directories
     /// of their own (large ones, and a small one whose move out a crash cut short) are
     /// left out.
@@ -484,6 +532,7 @@ impl Storage for DiskStorage {
         {
             let live = lock(&self.shared.live);
             let limit = self.shared.config.small_feed_bytes;
+            let fans = self.shared.fans()?;
             let mut small = Vec::new();
             for (i, write) in feeds.iter().enumerate() {
                 if live.get(&write.key).is_some_and(|w| w.strong_count() > 0) {
@@ -491,7 +540,7 @@ impl Storage for DiskStorage {
                 }
                 let bytes =
                     small::stored_bytes(write.blocks.iter().map(Vec::as_slice), write.nodes.len());
-                if limit > 0 && bytes <= limit && !self.feed_dir(&write.key).exists() {
+                if limit > 0 && bytes <= limit && !self.shared.has_dir(&fans, &write.key) {
                     small.push(i);
                 } else {
                     each.push(i);
@@ -520,11 +569,12 @@ impl Storage for DiskStorage {
         max_bytes: usize,
     ) -> Result<Vec<Option<WholeRead>>, StorageError> {
         let found = self.shared.small.read_whole(keys, max_bytes)?;
+        let fans = self.shared.fans()?;
         let mut out = Vec::with_capacity(keys.len());
         for (key, found) in keys.iter().zip(found) {
             match found {
                 // A directory left by a move out that a crash cut short wins.
-                Some(read) if !self.feed_dir(key).exists() => out.push(read),
+                Some(read) if !self.shared.has_dir(&fans, key) => out.push(read),
                 _ => out.extend(whole::read_each(self, &[*key], max_bytes)?),
             }
         }

@@ -369,6 +369,31 @@ impl SmallFeeds {
         lock(&self.state).push(&self.db, *key, 0, op)
     }
 
+    /// Adds a replica's row (no secret key, no head) for each of `keys` (sorted, no
+    /// key twice) that has none here, committed with the next commit as
+    /// [`Self::create`]'s are; returns how many were added. One read transaction
+    /// finds the rows there already.
+    pub(super) fn create_replicas(&self, keys: &[[u8; 32]]) -> Result<usize, StorageError> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        if keys.iter().any(|key| state.touched.contains(key)) {
+            state.commit(&self.db, false, |_| Ok(()))?;
+        }
+        let tx = self.db.begin_read().map_err(db_error)?;
+        let feeds = tx.open_table(FEEDS).map_err(db_error)?;
+        let mut created = 0;
+        for key in keys {
+            if feeds.get(key).map_err(db_error)?.is_some() {
+                continue;
+            }
+            let mut row = encode_meta(key, None);
+            encode_head(&mut row, None);
+            state.push(&self.db, *key, 0, Op::Create { key: *key, row })?;
+            created += 1;
+        }
+        Ok(created)
+    }
+
     /// The keys of every feed here, added to `out`.
     pub(super) fn list(&self, out: &mut Vec<[u8; 32]>) -> Result<(), StorageError> {
         {

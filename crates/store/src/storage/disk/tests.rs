@@ -445,6 +445,20 @@ fn a_feed_read_whole_is_durable_first() {
     assert_eq!(durable, last);
 }
 
+/// The storage as a crash now would leave it: its database file copied while it is
+/// open (nothing closed, nothing more synced), opened from the copy.
+fn crashed(s: DiskStorage) -> (tempfile::TempDir, DiskStorage) {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        s.root().join(super::small::FILE_NAME),
+        copy.path().join(super::small::FILE_NAME),
+    )
+    .unwrap();
+    drop(s);
+    let s = DiskStorage::open(copy.path()).unwrap();
+    (copy, s)
+}
+
 /// A crash right after `write_whole` returns (the database file copied while the storage
 /// is still open, no close): every feed of the batch is there whole; a write queued
 /// after it and not synced is not, and tears nothing.
@@ -460,14 +474,7 @@ fn feeds_written_whole_survive_a_crash_right_after() {
         .unwrap()
         .write(conformance::append_batch(0, 1, 10))
         .unwrap();
-    let crashed = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join(super::small::FILE_NAME),
-        crashed.path().join(super::small::FILE_NAME),
-    )
-    .unwrap();
-    drop(s);
-    let s = DiskStorage::open(crashed.path()).unwrap();
+    let (_crashed, s) = crashed(s);
     let keys: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).collect();
     let read = s.read_whole(&keys, usize::MAX).unwrap();
     for (k, read) in read.iter().enumerate() {
@@ -478,4 +485,73 @@ fn feeds_written_whole_survive_a_crash_right_after() {
         assert_eq!(read.blocks, writes[k].blocks);
     }
     assert!(s.open(&[200; 32]).unwrap().is_none());
+}
+
+/// Replicas created in one call wait for the next commit, as created ones do: a crash
+/// after a later durable commit (a whole write) finds every one of them, empty, beside
+/// the written feed; a feed in a directory of its own gets no row.
+#[test]
+fn replicas_created_in_one_call_survive_a_crash_after_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStorage::open(dir.path()).unwrap();
+    let mut big = s.create([250; 32], None).unwrap();
+    big.write(conformance::append_batch(0, 50, 4096)).unwrap();
+    big.sync().unwrap();
+    drop(big);
+    assert!(s.feed_dir(&[250; 32]).exists());
+    let keys: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).chain([[250; 32]]).collect();
+    assert_eq!(s.create_replicas(&keys).unwrap(), 50);
+    assert!(!s.shared.small.contains(&[250; 32]).unwrap());
+    s.write_whole(&[conformance::whole_write([100; 32], 3)])
+        .unwrap();
+    let (_crashed, s) = crashed(s);
+    let mut expected: Vec<[u8; 32]> = (0..50u8).map(|k| [k; 32]).collect();
+    expected.push([100; 32]);
+    assert_eq!(s.list().unwrap(), expected);
+    for key in &expected[..50] {
+        let f = s.open(key).unwrap().expect("replica opens");
+        assert_eq!((f.secret_key(), f.head()), (None, None));
+    }
+}
+
+/// Whole reads and writes, and replicas created together, find the feeds with a
+/// directory of their own through one listing of the fan directories: a feed moved out
+/// while its empty row is still in the database (a crash before the move's sync leaves
+/// both: the directory wins) is read from its directory, a whole write (which would
+/// fill the empty row) leaves it alone, and small feeds beside it go to the database.
+#[test]
+fn feeds_with_a_directory_are_found_by_whole_reads_writes_and_replica_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig {
+        small_feed_bytes: 4096,
+        ..DiskConfig::default()
+    };
+    let s = DiskStorage::open_with(dir.path(), config).unwrap();
+    small_feed(&s, [2; 32], 3);
+    // Moved out before its first write (an empty row left, as a crash before the
+    // move's sync leaves it).
+    let mut moved = s.create([1; 32], Some([4; 32])).unwrap();
+    moved.write(conformance::append_batch(0, 50, 100)).unwrap();
+    drop(moved);
+    assert!(s.shared.small.contains(&[1; 32]).unwrap());
+    let s = reopen_with(s, config);
+    let read = s.read_whole(&[[1; 32], [2; 32]], usize::MAX).unwrap();
+    let lengths: Vec<Option<u64>> = read
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.head.length))
+        .collect();
+    assert_eq!(lengths, vec![Some(50), Some(3)]);
+    let writes = [
+        conformance::whole_write([1; 32], 3),
+        conformance::whole_write([3; 32], 3),
+    ];
+    let done = s.write_whole(&writes).unwrap();
+    assert_ne!(done[0], crate::storage::WholeWritten::Written);
+    assert_eq!(done[1], crate::storage::WholeWritten::Written);
+    assert_eq!(s.create_replicas(&[[1; 32], [4; 32]]).unwrap(), 1);
+    assert!(s.shared.small.contains(&[4; 32]).unwrap());
+    let mut f = s.open(&[1; 32]).unwrap().unwrap();
+    assert!(!lock(&f.inner).small);
+    assert_eq!(f.head(), Some(conformance::head(50)));
+    assert_eq!(f.block(49).unwrap(), Some(conformance::block(49, 100)));
 }
