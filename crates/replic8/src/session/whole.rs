@@ -201,8 +201,10 @@ impl Session {
     /// if one message has more), else a read while our output is under the pump
     /// bound.
     pub(super) fn poll_whole_call(&mut self) -> Option<StoreCall> {
-        let ready = |session: &Session, at: usize, namespace: Option<&str>| {
-            session.whole_writes.get(at).is_some_and(|(ns, list, _)| {
+        // Whether the first waiting write is of `namespace` (any, if `None`) and none of
+        // its heads is still being checked.
+        let ready = |session: &Session, namespace: Option<&str>| {
+            session.whole_writes.front().is_some_and(|(ns, list, _)| {
                 namespace.is_none_or(|n| n == ns)
                     && !list.iter().any(|arrived| {
                         session
@@ -212,12 +214,12 @@ impl Session {
                     })
             })
         };
-        if self.whole_writes_in_flight < MAX_WHOLE_WRITES && ready(self, 0, None) {
+        if self.whole_writes_in_flight < MAX_WHOLE_WRITES && ready(self, None) {
             if let Some((namespace, mut feeds, mut bytes)) = self.whole_writes.pop_front() {
                 while self.whole_writes.front().is_some_and(|(_, next, more)| {
                     feeds.len() + next.len() <= MAX_WHOLE_WRITE_FEEDS
                         && bytes + more <= MAX_WHOLE_WRITE_BYTES
-                }) && ready(self, 0, Some(&namespace))
+                }) && ready(self, Some(&namespace))
                 {
                     if let Some((_, next, more)) = self.whole_writes.pop_front() {
                         feeds.extend(next);
