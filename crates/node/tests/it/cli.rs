@@ -9,25 +9,21 @@ use support::{private_daemon, replic8, run, Daemon, Running};
 
 /// The binary run as `uid` (and its gid). The build directory may sit in a directory
 /// only we can enter (a clone in a `mktemp -d`), so another uid runs a copy of the
-/// binary placed in a directory every user can enter.
-fn replic8_as(uid: u32) -> Command {
+/// binary placed in a directory every user can enter. The copy lives as long as the
+/// returned directory (a process already started from it keeps running after).
+fn replic8_as(uid: u32) -> (tempfile::TempDir, Command) {
     use std::os::unix::fs::PermissionsExt;
-    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let path = COPY.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("replic8-bin")
-            .tempdir()
-            .unwrap()
-            .keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("replic8");
-        std::fs::copy(env!("CARGO_BIN_EXE_replic8"), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        bin
-    });
-    let mut cmd = Command::new(path);
+    let dir = tempfile::Builder::new()
+        .prefix("replic8-bin")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("replic8");
+    std::fs::copy(env!("CARGO_BIN_EXE_replic8"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(bin);
     cmd.uid(uid).gid(uid);
-    cmd
+    (dir, cmd)
 }
 
 #[test]
@@ -231,9 +227,13 @@ impl Start for Daemon {
 
     /// Without DHT or LAN on `data`, run as `uid` (and its gid) if given.
     fn start_private(data: &std::path::Path, uid: Option<u32>) -> Daemon {
-        let mut cmd = match uid {
-            Some(uid) => replic8_as(uid),
-            None => replic8(),
+        // The copy may go once the daemon has started from it.
+        let (_copy, mut cmd) = match uid {
+            Some(uid) => {
+                let (copy, cmd) = replic8_as(uid);
+                (Some(copy), cmd)
+            }
+            None => (None, replic8()),
         };
         Daemon::spawn(private_daemon(&mut cmd, data))
     }
@@ -589,7 +589,8 @@ fn the_control_socket_is_bound_in_a_private_directory() {
         "no socket directly in the data directory"
     );
     // A client of another uid is refused by its own check of the directory...
-    let out = replic8_as(OTHER_UID)
+    let (_copy, mut cmd) = replic8_as(OTHER_UID);
+    let out = cmd
         .arg("--data-dir")
         .arg(&data)
         .arg("status")
@@ -642,7 +643,8 @@ fn the_daemon_refuses_a_connection_from_another_uid() {
     assert!(!line.contains("\"ok\""), "{line}");
 
     // The daemon's own uid is served.
-    let out = replic8_as(OTHER_UID)
+    let (_copy, mut cmd) = replic8_as(OTHER_UID);
+    let out = cmd
         .arg("--data-dir")
         .arg(&data)
         .args(["status", "--json"])
