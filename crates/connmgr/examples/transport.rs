@@ -8,7 +8,8 @@
 //!   --preset NAME      one named setting (see `presets()`), or `all` (default: default)
 //!   --cc cubic|bbr|newreno, --stream-window B, --conn-window B, --send-window B,
 //!   --sockbuf B|os, --gso on|off, --mtu B (initial), --mtud on|off,
-//!   --mtu-max B (largest UDP payload on loopback)
+//!   --mtu-max B (largest UDP payload on loopback),
+//!   --ack-every N|off, --ack-delay-ms MS (what we ask of the peer's ACKs on loopback)
 //!                      override single knobs of the chosen preset
 //! ```
 //! Not a test: nothing is asserted, numbers go to `docs/PERFORMANCE.md`.
@@ -180,6 +181,21 @@ fn main() {
                     "mtu" => t.initial_mtu = v.parse().expect("--mtu B"),
                     "mtud" => t.mtu_discovery = v == "on",
                     "mtu-max" => t.local_max_udp_payload = v.parse().expect("--mtu-max B"),
+                    "ack-every" => {
+                        t.local_acks = match v.as_str() {
+                            "off" => None,
+                            n => Some(replic8_connmgr::AckTuning {
+                                after_packets: n.parse().expect("--ack-every N|off"),
+                                ..t.local_acks.unwrap_or_default()
+                            }),
+                        }
+                    }
+                    "ack-delay-ms" => {
+                        let mut acks = t.local_acks.unwrap_or_default();
+                        acks.max_delay =
+                            Some(Duration::from_millis(v.parse().expect("--ack-delay-ms MS")));
+                        t.local_acks = Some(acks);
+                    }
                     other => panic!("unknown option --{other}"),
                 }
             }
@@ -197,8 +213,8 @@ fn main() {
     system.block_on(async move {
         println!("{mib} MiB, one stream, {runs} runs each, median MB/s (10^6 B/s)");
         println!(
-            "{:<36} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6}",
-            "setting", "median", "min", "max", "MB/cpu-s", "lost/GiB", "dg/io", "mtu"
+            "{:<36} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6} {:>9}",
+            "setting", "median", "min", "max", "MB/cpu-s", "lost/GiB", "dg/io", "mtu", "acks/MiB"
         );
         for (label, tuning) in chosen {
             let mut rates = Vec::new();
@@ -216,7 +232,7 @@ fn main() {
             let r = last.expect("one run");
             let gib = bytes as f64 / (1u64 << 30) as f64;
             println!(
-                "{:<36} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>8.2} {:>6}",
+                "{:<36} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>8.2} {:>6} {:>9.1}",
                 label,
                 rates[rates.len() / 2],
                 rates[0],
@@ -224,7 +240,8 @@ fn main() {
                 per_cpu[per_cpu.len() / 2],
                 r.lost_packets as f64 / gib,
                 r.datagrams as f64 / r.send_calls.max(1) as f64,
-                r.mtu
+                r.mtu,
+                r.acks as f64 / mib as f64
             );
         }
     });

@@ -32,6 +32,9 @@ pub struct TransportReport {
     pub datagrams: u64,
     /// Send system calls the sender made (datagrams / ios is the GSO batch size).
     pub send_calls: u64,
+    /// ACK frames the sender received (each one a packet the receiver built and the
+    /// sender decrypted and processed).
+    pub acks: u64,
     /// The path MTU at the end.
     pub mtu: u16,
 }
@@ -201,6 +204,7 @@ pub async fn loopback_transfer(
             lost_packets: stats.path.lost_packets,
             datagrams: stats.udp_tx.datagrams,
             send_calls: stats.udp_tx.ios,
+            acks: stats.frame_rx.acks,
             mtu: stats.path.current_mtu,
         })
     }
@@ -216,8 +220,7 @@ mod tests {
 
     /// Runs the benchmark code path on a small transfer (a functional check; nothing
     /// about speed is asserted).
-    #[test]
-    fn loopback_transfer_moves_every_byte() {
+    fn transfer(tuning: &TransportTuning, bytes: u64) -> TransportReport {
         let system = System::with_tokio_rt(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -225,11 +228,33 @@ mod tests {
                 .build()
                 .expect("runtime")
         });
-        let report = system
-            .block_on(loopback_transfer(&TransportTuning::default(), 3 << 20))
-            .expect("transfer");
+        system
+            .block_on(loopback_transfer(tuning, bytes))
+            .expect("transfer")
+    }
+
+    #[test]
+    fn loopback_transfer_moves_every_byte() {
+        let report = transfer(&TransportTuning::default(), 3 << 20);
         assert_eq!(report.bytes, 3 << 20);
         assert!(report.datagrams >= report.send_calls && report.send_calls > 0);
+        assert!(report.acks > 0, "{report:?}");
         assert!(report.mb_per_s() > 0.0);
+    }
+
+    /// The ACK frequency extension between two of our endpoints: the transfer completes,
+    /// and the receiver acknowledges far fewer packets than it gets.
+    #[test]
+    fn a_transfer_with_fewer_acks_asked_moves_every_byte() {
+        let tuning = TransportTuning {
+            local_acks: Some(crate::transport::AckTuning::default()),
+            ..TransportTuning::default()
+        };
+        let report = transfer(&tuning, 3 << 20);
+        assert_eq!(report.bytes, 3 << 20);
+        assert!(
+            report.acks > 0 && report.acks * 4 <= report.datagrams,
+            "{report:?}"
+        );
     }
 }

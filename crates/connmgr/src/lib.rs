@@ -90,5 +90,5 @@ pub use crate::nat::{
     CircuitEnd, NatConfig, NatEvent, NatStatus, NatType, Reachability, RelayConfig,
 };
 pub use crate::transport::{
-    default_transport_config, transport_config, Congestion, PathKind, TransportTuning,
+    default_transport_config, transport_config, AckTuning, Congestion, PathKind, TransportTuning,
 };

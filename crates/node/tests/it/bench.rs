@@ -71,6 +71,8 @@ fn raw_moves_the_asked_bytes() {
     let rows = bench(&["raw", "--size", "2MiB"]);
     assert_eq!(rows.len(), 1);
     check_common(&rows[0], "raw", 2 << 20, 0);
+    // The receiver acknowledged what it got: at least one ACK frame reached the sender.
+    assert!(u(&rows[0], "acks") > 0, "{}", rows[0]);
 }
 
 #[test]
@@ -85,6 +87,8 @@ fn bulk_replicates_verifies_and_compares_with_raw() {
     assert!(f(row, "reader_cpu_seconds") >= 0.0 && f(row, "writer_cpu_seconds") >= 0.0);
     let raw = f(row, "raw_quic_mb_per_s");
     assert!(raw > 0.0, "{row}");
+    // Raw QUIC's CPU for the same bytes, both ends (Linux tells it; CI runs on Linux).
+    assert!(row["raw_quic_cpu_seconds"].as_f64().is_some(), "{row}");
     let ratio = f(row, "mb_per_s") / raw;
     assert!(
         (f(row, "ratio") - ratio).abs() <= ratio * 1e-3 + 1e-4,

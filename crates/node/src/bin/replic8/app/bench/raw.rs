@@ -33,6 +33,7 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         peak_rss_bytes(None),
     )
     .with("lost_packets", report.lost_packets)
+    .with("acks", report.acks)
     .with("mtu", report.mtu);
     if let Some(mb) = report.mb_per_cpu_s() {
         row = row.with("mb_per_cpu_s", round(mb, 1));

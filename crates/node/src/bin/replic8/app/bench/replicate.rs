@@ -533,7 +533,8 @@ fn peer_exe(options: &BenchOptions) -> Result<PathBuf, BenchError> {
 }
 
 /// Runs `bulk`, `small` or `many-feeds`. `bulk` also runs `raw` first with the same byte
-/// count and reports `raw_quic_mb_per_s` and `ratio`.
+/// count and reports `raw_quic_mb_per_s`, `raw_quic_cpu_seconds` (both ends, in this
+/// process) and `ratio`.
 pub(crate) async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Row, BenchError> {
     let shape = shape(scenario, options)?;
     let raw = if scenario == Scenario::Bulk {
@@ -568,6 +569,10 @@ pub(crate) async fn run(scenario: Scenario, options: &BenchOptions) -> Result<Ro
         let mb = row.f64("mb_per_s");
         row = row
             .with("raw_quic_mb_per_s", round(raw_mb, 3))
+            .with(
+                "raw_quic_cpu_seconds",
+                raw.cpu.map(|c| round(c.as_secs_f64(), 2)),
+            )
             .with("ratio", round(mb / raw_mb.max(1e-9), 4));
     }
     Ok(row)
