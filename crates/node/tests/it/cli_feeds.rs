@@ -441,8 +441,7 @@ fn feed_list_of_more_than_a_page_comes_whole_and_in_order() {
 
 /// A small feed offered in a namespace travels whole on the control stream: `status`
 /// counts it on both daemons, under `session_totals` with `--json` and on its `whole`
-/// line. (Offered, not fetched with `feed get`: a `feed get` watches the replica, and a
-/// watched feed is not written whole but streamed.)
+/// line.
 #[test]
 fn status_counts_a_small_feed_sent_and_received_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,6 +490,79 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
     assert!(
         text.contains("since start: 0 feed(s) sent whole, 1 received whole"),
         "{text}"
+    );
+    b.stop();
+    a.stop();
+}
+
+/// `feed get` of a small feed takes it whole, once: the writer sends it whole and the
+/// reader stores it although `feed get` watches the replica (a watched feed is reopened
+/// under its watchers after the write), so no stream sends it again. The get still ends
+/// in sync with the verified copy.
+#[test]
+fn feed_get_of_a_small_feed_receives_it_whole_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let a = start_daemon(&a_data, None);
+    let key = new_feed(&a_data);
+    // 3 blocks, 10,000 bytes: small enough to go whole.
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+    let file = write_file(dir.path(), "small.bin", &data);
+    run(
+        &a_data,
+        &[
+            "feed",
+            "append",
+            &key,
+            file.to_str().unwrap(),
+            "--block-size",
+            "4096",
+        ],
+    );
+    let config = write_file(
+        dir.path(),
+        "b.toml",
+        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
+    );
+    let b = start_daemon(&b_data, Some(&config));
+
+    let (status, got) =
+        Running::start(&b_data, &["feed", "get", &key]).finish("feed get of a small feed");
+    assert!(status.success(), "{status}");
+    let lines: Vec<Value> = got
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "synced", "{lines:?}");
+    assert_eq!(
+        (&last["length"], &last["stored"], &last["byte_length"]),
+        (&3.into(), &3.into(), &10_000.into()),
+        "{lines:?}"
+    );
+    assert_eq!(run(&b_data, &["feed", "cat", &key]), data, "copy equal");
+
+    // Received whole once, and no stream: the bytes came in once.
+    let received = eventually("B's session counted the feed received whole", || {
+        let status = json(&b_data, &["status", "--json"]);
+        (status["session_totals"]["feeds_received_whole"] == 1).then_some(status)
+    });
+    let store = &received["feed_store"];
+    assert_eq!(
+        (&store["streams"], &store["blocks_in"], &store["bytes_in"]),
+        (&0.into(), &3.into(), &10_000.into()),
+        "{received}"
+    );
+    let sent = json(&a_data, &["status", "--json"]);
+    assert_eq!(sent["session_totals"]["feeds_sent_whole"], 1, "{sent}");
+    assert_eq!(
+        (
+            &sent["feed_store"]["streams"],
+            &sent["feed_store"]["bytes_out"]
+        ),
+        (&0.into(), &10_000.into()),
+        "{sent}"
     );
     b.stop();
     a.stop();
