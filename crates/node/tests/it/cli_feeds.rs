@@ -439,14 +439,37 @@ fn feed_list_of_more_than_a_page_comes_whole_and_in_order() {
     daemon.stop();
 }
 
+/// The Prometheus text a daemon started with `--metrics` serves (its ready line names
+/// the address).
+fn scrape(daemon: &Daemon) -> String {
+    use std::io::Read;
+    let url = daemon
+        .banner
+        .split_whitespace()
+        .skip_while(|w| *w != "metrics")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no metrics address in {:?}", daemon.banner));
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// A small feed offered in a namespace travels whole on the control stream: `status`
 /// counts it on both daemons, under `session_totals` with `--json` and on its `whole`
-/// line.
+/// line, and the writer's Prometheus metrics count it with help text.
 #[test]
 fn status_counts_a_small_feed_sent_and_received_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
-    let a = start_daemon(&a_data, None);
+    let mut cmd = replic8();
+    private_daemon(&mut cmd, &a_data).args(["--metrics", "127.0.0.1:0"]);
+    let a = Daemon::spawn(&mut cmd);
     let key = new_feed(&a_data);
     // 3 blocks, 10,000 bytes: small enough to go whole.
     let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199) as u8).collect();
@@ -486,6 +509,15 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
     assert_eq!(run(&b_data, &["feed", "cat", &key]), data, "copy equal");
     let sent = json(&a_data, &["status", "--json"]);
     assert_eq!(sent["session_totals"]["feeds_sent_whole"], 1, "{sent}");
+    let metrics = scrape(&a);
+    for line in [
+        "# HELP replic8_feeds_sent_whole_total Small feeds sent whole",
+        "# TYPE replic8_feeds_sent_whole_total counter\nreplic8_feeds_sent_whole_total 1\n",
+        "# HELP replic8_feeds_received_whole_total Small feeds received whole",
+        "\nreplic8_feeds_received_whole_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in:\n{metrics}");
+    }
     let text = String::from_utf8(run(&b_data, &["status"])).unwrap();
     assert!(
         text.contains("since start: 0 feed(s) sent whole, 1 received whole"),
