@@ -39,6 +39,40 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The JSON lines a command printed.
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+/// On the daemon of `a_data`, a new feed of 3 blocks, 10,000 bytes (small enough to go
+/// whole), and a config file that makes `a` a second daemon's static peer: the feed's
+/// key, its bytes and the config's path.
+fn small_feed_and_peer_config(dir: &Path, a_data: &Path, a: &Daemon) -> (String, Vec<u8>, PathBuf) {
+    let key = new_feed(a_data);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199) as u8).collect();
+    let file = write_file(dir, "small.bin", &data);
+    run(
+        a_data,
+        &[
+            "feed",
+            "append",
+            &key,
+            file.to_str().unwrap(),
+            "--block-size",
+            "4096",
+        ],
+    );
+    let config = write_file(
+        dir,
+        "b.toml",
+        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
+    );
+    (key, data, config)
+}
+
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -95,11 +129,7 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     let (status, got) =
         Running::start(&b_data, &["feed", "get", &public]).finish("feed get of the public feed");
     assert!(status.success(), "{status}");
-    let lines: Vec<Value> = got
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let lines = json_lines(&got);
     assert_eq!(lines[0]["event"], "get", "{lines:?}");
     assert_eq!(lines[0]["created"], true, "{lines:?}");
     let last = lines.last().unwrap();
@@ -470,21 +500,7 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
     let mut cmd = replic8();
     private_daemon(&mut cmd, &a_data).args(["--metrics", "127.0.0.1:0"]);
     let a = Daemon::spawn(&mut cmd);
-    let key = new_feed(&a_data);
-    // 3 blocks, 10,000 bytes: small enough to go whole.
-    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199) as u8).collect();
-    let file = write_file(dir.path(), "small.bin", &data);
-    run(
-        &a_data,
-        &[
-            "feed",
-            "append",
-            &key,
-            file.to_str().unwrap(),
-            "--block-size",
-            "4096",
-        ],
-    );
+    let (key, data, config) = small_feed_and_peer_config(dir.path(), &a_data, &a);
     run(&a_data, &["share", "notes", &key]);
     let none = json(&a_data, &["status", "--json"])["session_totals"].clone();
     assert_eq!(
@@ -492,11 +508,6 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
         serde_json::json!({"feeds_sent_whole": 0, "feeds_received_whole": 0})
     );
 
-    let config = write_file(
-        dir.path(),
-        "b.toml",
-        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
-    );
     let b = start_daemon(&b_data, Some(&config));
     run(&b_data, &["namespace", "open", "notes", "--accept", "all"]);
     // Any topic: B's static peer is its only lookup answer.
@@ -536,36 +547,13 @@ fn feed_get_of_a_small_feed_receives_it_whole_once() {
     let dir = tempfile::tempdir().unwrap();
     let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
     let a = start_daemon(&a_data, None);
-    let key = new_feed(&a_data);
-    // 3 blocks, 10,000 bytes: small enough to go whole.
-    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
-    let file = write_file(dir.path(), "small.bin", &data);
-    run(
-        &a_data,
-        &[
-            "feed",
-            "append",
-            &key,
-            file.to_str().unwrap(),
-            "--block-size",
-            "4096",
-        ],
-    );
-    let config = write_file(
-        dir.path(),
-        "b.toml",
-        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
-    );
+    let (key, data, config) = small_feed_and_peer_config(dir.path(), &a_data, &a);
     let b = start_daemon(&b_data, Some(&config));
 
     let (status, got) =
         Running::start(&b_data, &["feed", "get", &key]).finish("feed get of a small feed");
     assert!(status.success(), "{status}");
-    let lines: Vec<Value> = got
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let lines = json_lines(&got);
     let last = lines.last().unwrap();
     assert_eq!(last["event"], "synced", "{lines:?}");
     assert_eq!(

@@ -576,7 +576,12 @@ impl<St: Storage> Registry<St> {
             }
         }
         self.closed.fetch_add(closed, Ordering::Relaxed);
-        let written = self.storage.write_whole(&free)?;
+        let written = self.storage.write_whole(&free);
+        // Reopened whatever the write did: a failed one must not end their watchers.
+        for (key, state) in watched {
+            self.reopen(key, state);
+        }
+        let written = written?;
         for ((i, write), done) in at.into_iter().zip(&free).zip(written) {
             if done == WholeWritten::Written {
                 let key = FeedKey(write.key);
@@ -591,9 +596,6 @@ impl<St: Storage> Registry<St> {
                 self.index.insert(key, summary);
             }
             out[i] = done;
-        }
-        for (key, state) in watched {
-            self.reopen(key, state);
         }
         Ok(out)
     }
