@@ -125,6 +125,12 @@ pub struct Counters {
     pub nat_relayed_dials: Metric,
     /// Those of them that connected.
     pub nat_relayed_dials_ok: Metric,
+    /// Small feeds sent whole on sessions' control streams instead of on a feed stream
+    /// (the sessions' `SessionTotals`), read at each scrape.
+    pub feeds_sent_whole: Metric,
+    /// Small feeds peers sent whole that the stores here verified and stored, read at
+    /// each scrape.
+    pub feeds_received_whole: Metric,
 }
 
 impl Default for Counters {
@@ -262,13 +268,23 @@ impl Default for Counters {
                 "Dials through a relay that connected.",
                 "counter",
             ),
+            feeds_sent_whole: Metric::new(
+                "replic8_feeds_sent_whole_total",
+                "Small feeds sent whole on a session's control stream, not on a feed stream.",
+                "counter",
+            ),
+            feeds_received_whole: Metric::new(
+                "replic8_feeds_received_whole_total",
+                "Small feeds received whole from peers, verified and stored.",
+                "counter",
+            ),
         }
     }
 }
 
 impl Counters {
     /// Every metric, in a stable order.
-    pub fn all(&self) -> [&Metric; 28] {
+    pub fn all(&self) -> [&Metric; 30] {
         [
             &self.bytes_in,
             &self.bytes_out,
@@ -298,6 +314,8 @@ impl Counters {
             &self.nat_locates,
             &self.nat_relayed_dials,
             &self.nat_relayed_dials_ok,
+            &self.feeds_sent_whole,
+            &self.feeds_received_whole,
         ]
     }
 

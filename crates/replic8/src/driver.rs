@@ -18,9 +18,10 @@
 //! The connection is closed when the session ends, with the close code as the QUIC
 //! application error code and the reason as the reason phrase, so the peer learns why
 //! even if the `Close` frame is lost with the connection.
+//!
+//! `counters`: the sums over sessions that each session adds to as it runs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,9 @@ use crate::store::{
 };
 use crate::stream_io::{sleep_until, write_frames};
 use replic8_store::SignedHead;
+
+mod counters;
+pub use counters::{SessionCounters, SessionTotals};
 
 /// Most bytes in a feed stream header frame's payload: a header is at most 75 bytes.
 const MAX_STREAM_HEADER: usize = 256;
@@ -154,55 +158,6 @@ pub struct SessionSpec {
     /// [`SessionsActor`](crate::actor::SessionsActor) gives all of its sessions the
     /// same ones); a fresh `Default` for a session counted alone.
     pub counters: Arc<SessionCounters>,
-}
-
-/// Counters summed over sessions, kept up to date as they run: each session adds what
-/// its core counted since it last added ([`SessionSpec::counters`]).
-#[derive(Debug, Default)]
-pub struct SessionCounters {
-    feeds_sent_whole: AtomicU64,
-    feeds_received_whole: AtomicU64,
-}
-
-/// What [`SessionCounters`] counted so far, summed over the sessions that share it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SessionTotals {
-    /// Feeds sent whole on the control stream (decision 210), as
-    /// [`SessionStats::feeds_sent_whole`] counts them.
-    pub feeds_sent_whole: u64,
-    /// Feeds peers sent whole that our stores stored, as
-    /// [`SessionStats::feeds_received_whole`] counts them.
-    pub feeds_received_whole: u64,
-}
-
-impl SessionCounters {
-    /// The sums now.
-    pub fn totals(&self) -> SessionTotals {
-        SessionTotals {
-            feeds_sent_whole: self.feeds_sent_whole.load(Ordering::Relaxed),
-            feeds_received_whole: self.feeds_received_whole.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Adds what one session's `stats` counted beyond `added` (what it added before),
-    /// and records it in `added`.
-    fn catch_up(&self, added: &mut SessionTotals, stats: &SessionStats) {
-        let sent = stats
-            .feeds_sent_whole
-            .saturating_sub(added.feeds_sent_whole);
-        let received = stats
-            .feeds_received_whole
-            .saturating_sub(added.feeds_received_whole);
-        if sent > 0 {
-            self.feeds_sent_whole.fetch_add(sent, Ordering::Relaxed);
-        }
-        if received > 0 {
-            self.feeds_received_whole
-                .fetch_add(received, Ordering::Relaxed);
-        }
-        added.feeds_sent_whole = stats.feeds_sent_whole;
-        added.feeds_received_whole = stats.feeds_received_whole;
-    }
 }
 
 type IncomingStream = (FeedStreamHeader, quinn::SendStream, quinn::RecvStream);

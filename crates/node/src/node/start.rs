@@ -339,12 +339,21 @@ async fn assemble(
         .addr()
         .send(replic8_connmgr::SubscribeNat(nat.recipient()))
         .await;
-    // The DHT node keeps its own counters: copied into ours at each scrape.
+    // The DHT node and the sessions keep their own counters: copied into ours at each
+    // scrape.
     let refresh: crate::metrics::Refresh = {
-        let (discovery, counters) = (discovery.clone(), counters.clone());
+        let (discovery, sessions, counters) =
+            (discovery.clone(), sessions.clone(), counters.clone());
         Arc::new(move || {
-            let (discovery, counters) = (discovery.clone(), counters.clone());
+            let (discovery, sessions, counters) =
+                (discovery.clone(), sessions.clone(), counters.clone());
             Box::pin(async move {
+                if let Ok(totals) = sessions.send(replic8::actor::GetSessionTotals).await {
+                    counters.feeds_sent_whole.set(totals.feeds_sent_whole);
+                    counters
+                        .feeds_received_whole
+                        .set(totals.feeds_received_whole);
+                }
                 if let Ok(Some(dht)) = discovery.send(replic8_discovery::DhtInfo).await {
                     counters.dht_nodes.set((dht.nodes_v4 + dht.nodes_v6) as u64);
                     counters.dht_queries_in.set(dht.stats.queries_in);

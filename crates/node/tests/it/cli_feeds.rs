@@ -39,6 +39,40 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The JSON lines a command printed.
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+/// On the daemon of `a_data`, a new feed of 3 blocks, 10,000 bytes (small enough to go
+/// whole), and a config file that makes `a` a second daemon's static peer: the feed's
+/// key, its bytes and the config's path.
+fn small_feed_and_peer_config(dir: &Path, a_data: &Path, a: &Daemon) -> (String, Vec<u8>, PathBuf) {
+    let key = new_feed(a_data);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199) as u8).collect();
+    let file = write_file(dir, "small.bin", &data);
+    run(
+        a_data,
+        &[
+            "feed",
+            "append",
+            &key,
+            file.to_str().unwrap(),
+            "--block-size",
+            "4096",
+        ],
+    );
+    let config = write_file(
+        dir,
+        "b.toml",
+        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
+    );
+    (key, data, config)
+}
+
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -95,11 +129,7 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     let (status, got) =
         Running::start(&b_data, &["feed", "get", &public]).finish("feed get of the public feed");
     assert!(status.success(), "{status}");
-    let lines: Vec<Value> = got
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let lines = json_lines(&got);
     assert_eq!(lines[0]["event"], "get", "{lines:?}");
     assert_eq!(lines[0]["created"], true, "{lines:?}");
     let last = lines.last().unwrap();
@@ -439,30 +469,38 @@ fn feed_list_of_more_than_a_page_comes_whole_and_in_order() {
     daemon.stop();
 }
 
+/// The Prometheus text a daemon started with `--metrics` serves (its ready line names
+/// the address).
+fn scrape(daemon: &Daemon) -> String {
+    use std::io::Read;
+    let url = daemon
+        .banner
+        .split_whitespace()
+        .skip_while(|w| *w != "metrics")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no metrics address in {:?}", daemon.banner));
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// A small feed offered in a namespace travels whole on the control stream: `status`
 /// counts it on both daemons, under `session_totals` with `--json` and on its `whole`
-/// line. (Offered, not fetched with `feed get`: a `feed get` watches the replica, and a
-/// watched feed is not written whole but streamed.)
+/// line, and the writer's Prometheus metrics count it with help text.
 #[test]
 fn status_counts_a_small_feed_sent_and_received_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
-    let a = start_daemon(&a_data, None);
-    let key = new_feed(&a_data);
-    // 3 blocks, 10,000 bytes: small enough to go whole.
-    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 199) as u8).collect();
-    let file = write_file(dir.path(), "small.bin", &data);
-    run(
-        &a_data,
-        &[
-            "feed",
-            "append",
-            &key,
-            file.to_str().unwrap(),
-            "--block-size",
-            "4096",
-        ],
-    );
+    let mut cmd = replic8();
+    private_daemon(&mut cmd, &a_data).args(["--metrics", "127.0.0.1:0"]);
+    let a = Daemon::spawn(&mut cmd);
+    let (key, data, config) = small_feed_and_peer_config(dir.path(), &a_data, &a);
     run(&a_data, &["share", "notes", &key]);
     let none = json(&a_data, &["status", "--json"])["session_totals"].clone();
     assert_eq!(
@@ -470,11 +508,6 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
         serde_json::json!({"feeds_sent_whole": 0, "feeds_received_whole": 0})
     );
 
-    let config = write_file(
-        dir.path(),
-        "b.toml",
-        format!("[discovery]\nstatic_peers = [\"{}\"]\n", a.quic()).as_bytes(),
-    );
     let b = start_daemon(&b_data, Some(&config));
     run(&b_data, &["namespace", "open", "notes", "--accept", "all"]);
     // Any topic: B's static peer is its only lookup answer.
@@ -487,10 +520,69 @@ fn status_counts_a_small_feed_sent_and_received_whole() {
     assert_eq!(run(&b_data, &["feed", "cat", &key]), data, "copy equal");
     let sent = json(&a_data, &["status", "--json"]);
     assert_eq!(sent["session_totals"]["feeds_sent_whole"], 1, "{sent}");
+    let metrics = scrape(&a);
+    for line in [
+        "# HELP replic8_feeds_sent_whole_total Small feeds sent whole",
+        "# TYPE replic8_feeds_sent_whole_total counter\nreplic8_feeds_sent_whole_total 1\n",
+        "# HELP replic8_feeds_received_whole_total Small feeds received whole",
+        "\nreplic8_feeds_received_whole_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing in:\n{metrics}");
+    }
     let text = String::from_utf8(run(&b_data, &["status"])).unwrap();
     assert!(
         text.contains("since start: 0 feed(s) sent whole, 1 received whole"),
         "{text}"
+    );
+    b.stop();
+    a.stop();
+}
+
+/// `feed get` of a small feed takes it whole, once: the writer sends it whole and the
+/// reader stores it although `feed get` watches the replica (a watched feed is reopened
+/// under its watchers after the write), so no stream sends it again. The get still ends
+/// in sync with the verified copy.
+#[test]
+fn feed_get_of_a_small_feed_receives_it_whole_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let a = start_daemon(&a_data, None);
+    let (key, data, config) = small_feed_and_peer_config(dir.path(), &a_data, &a);
+    let b = start_daemon(&b_data, Some(&config));
+
+    let (status, got) =
+        Running::start(&b_data, &["feed", "get", &key]).finish("feed get of a small feed");
+    assert!(status.success(), "{status}");
+    let lines = json_lines(&got);
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "synced", "{lines:?}");
+    assert_eq!(
+        (&last["length"], &last["stored"], &last["byte_length"]),
+        (&3.into(), &3.into(), &10_000.into()),
+        "{lines:?}"
+    );
+    assert_eq!(run(&b_data, &["feed", "cat", &key]), data, "copy equal");
+
+    // Received whole once, and no stream: the bytes came in once.
+    let received = eventually("B's session counted the feed received whole", || {
+        let status = json(&b_data, &["status", "--json"]);
+        (status["session_totals"]["feeds_received_whole"] == 1).then_some(status)
+    });
+    let store = &received["feed_store"];
+    assert_eq!(
+        (&store["streams"], &store["blocks_in"], &store["bytes_in"]),
+        (&0.into(), &3.into(), &10_000.into()),
+        "{received}"
+    );
+    let sent = json(&a_data, &["status", "--json"]);
+    assert_eq!(sent["session_totals"]["feeds_sent_whole"], 1, "{sent}");
+    assert_eq!(
+        (
+            &sent["feed_store"]["streams"],
+            &sent["feed_store"]["bytes_out"]
+        ),
+        (&0.into(), &10_000.into()),
+        "{sent}"
     );
     b.stop();
     a.stop();

@@ -62,6 +62,16 @@ fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
         "{row}"
     );
     assert!(num(row, "node_threads_median") >= 2.0, "{row}");
+    // A node's resident set at the end splits into the binary's (and libraries') file
+    // pages and its own anonymous memory.
+    assert!(num(row, "node_end_rss_file_mib_median") >= 1.0, "{row}");
+    let anon_max = num(row, "node_end_rss_anon_mib_max");
+    assert!(
+        anon_max >= num(row, "node_end_rss_anon_mib_median")
+            && anon_max > 0.0
+            && anon_max <= num(row, "node_end_rss_mib_max"),
+        "{row}"
+    );
     assert!(
         num(row, "writer_peak_rss_mib") <= num(row, "node_peak_rss_mib_max"),
         "{row}"

@@ -27,9 +27,12 @@
 //!   feed is (the stored roots hash to the stored head, which was signed or verified
 //!   before it was written), so first words take heads from it without opening;
 //! - feeds written whole ([`Registry::write_whole`]) go to storage while their stripes
-//!   are held and none of them is open (an unpinned one is closed first, a pinned one
-//!   is refused): an open [`Feed`] would not see a write made beneath it. The index
-//!   gets each written feed's summary.
+//!   are held and none of them is open (an open [`Feed`] would not see a write made
+//!   beneath it): one that only the registry holds is closed first, and if subscribers
+//!   follow its state (`feed get` watches its replica) it is opened again after the
+//!   write under the same state, so they see the write as they see a stream's; one
+//!   that something else holds is refused. The index gets each written feed's
+//!   summary.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -526,9 +529,12 @@ impl<St: Storage> Registry<St> {
 
     /// Writes `feeds` whole ([`Storage::write_whole`], one call for all), each verified
     /// by the caller. Their stripes are held throughout, in ascending order (every other
-    /// holder takes one stripe at a time), so none of them opens meanwhile; an open one
-    /// is closed first if unpinned, refused ([`WholeRefusal::Open`]) if pinned. Each
-    /// feed written gets its summary in the index. Answers in order.
+    /// holder takes one stripe at a time), so none of them opens meanwhile. An open one
+    /// that only the registry holds is closed first; if subscribers follow its state it
+    /// is opened again after the write, under that state, which then tells them what
+    /// the write stored. An open one that something else holds (a stream, an API call)
+    /// is refused ([`WholeRefusal::Open`]). Each feed written gets its summary in the
+    /// index. Answers in order.
     pub(crate) fn write_whole(
         &self,
         feeds: Vec<WholeWrite>,
@@ -548,11 +554,21 @@ impl<St: Storage> Registry<St> {
         let mut at = Vec::with_capacity(feeds.len());
         let mut free = Vec::with_capacity(feeds.len());
         let mut closed = 0;
+        let mut watched = Vec::new();
         for (i, write) in feeds.into_iter().enumerate() {
             let key = FeedKey(write.key);
-            if let Some(removed) = self.open.remove_if(&key, |_, entry| !entry.pinned()) {
-                drop(removed);
+            // Under the map's lock: with only the registry's reference nobody can take
+            // another, and once out of the map and under the stripe nobody finds it.
+            let only_here =
+                |_: &FeedKey, entry: &Arc<FeedEntry<St::Feed>>| Arc::strong_count(entry) == 1;
+            if let Some((_, removed)) = self.open.remove_if(&key, only_here) {
                 closed += 1;
+                if removed.state.receiver_count() > 0 {
+                    if let Ok(entry) = Arc::try_unwrap(removed) {
+                        // The feed closes here; its state waits for the reopening.
+                        watched.push((key, entry.state));
+                    }
+                }
             }
             if !self.open.contains_key(&key) {
                 at.push(i);
@@ -560,7 +576,12 @@ impl<St: Storage> Registry<St> {
             }
         }
         self.closed.fetch_add(closed, Ordering::Relaxed);
-        let written = self.storage.write_whole(&free)?;
+        let written = self.storage.write_whole(&free);
+        // Reopened whatever the write did: a failed one must not end their watchers.
+        for (key, state) in watched {
+            self.reopen(key, state);
+        }
+        let written = written?;
         for ((i, write), done) in at.into_iter().zip(&free).zip(written) {
             if done == WholeWritten::Written {
                 let key = FeedKey(write.key);
@@ -577,6 +598,36 @@ impl<St: Storage> Registry<St> {
             out[i] = done;
         }
         Ok(out)
+    }
+
+    /// Opens `key` again under the `state` its subscribers follow, after
+    /// [`Self::write_whole`] closed it to write beneath it, and tells them what it holds
+    /// now; the caller holds its stripe lock. If it does not open, the state is dropped
+    /// (its subscribers see it end) and a later use opens the feed afresh.
+    fn reopen(&self, key: FeedKey, state: watch::Sender<FeedState>) {
+        let opened = replic8_store::FeedKey::try_from(key)
+            .map_err(FeedStoreError::from)
+            .and_then(|store_key| Ok(Feed::open(&self.storage, &store_key)?));
+        let feed = match opened {
+            Ok(Some(feed)) => feed,
+            Ok(None) => {
+                warn!(feed = %key.fmt_short(), "a watched feed written whole is gone");
+                return;
+            }
+            Err(e) => {
+                warn!(feed = %key.fmt_short(), error = %e, "a watched feed written whole did not open again");
+                return;
+            }
+        };
+        let entry = Arc::new(FeedEntry {
+            feed: Mutex::new(feed),
+            state,
+            last_used: AtomicU64::new(self.now()),
+            index: self.index.clone(),
+        });
+        entry.publish(&entry.lock());
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.insert(key, entry);
     }
 
     /// Creates an empty replica of each of `keys` the storage does not hold
@@ -767,6 +818,51 @@ mod tests {
             assert_eq!(entry.info().length, 12);
             assert_eq!(entry.lock().get_range(0, 12).unwrap().len(), 12);
         }
+    }
+
+    #[test]
+    fn a_watched_feed_takes_a_whole_write_and_its_watchers_see_it_but_a_held_one_does_not() {
+        // Two feeds written elsewhere, 3 blocks each, checked whole against their heads.
+        let elsewhere = MemoryStorage::new();
+        let writes: Vec<WholeWrite> = (0..2u8)
+            .map(|n| {
+                let mut feed = Feed::create(&elsewhere, FeedSecret::generate()).unwrap();
+                let blocks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![n + i; 100]).collect();
+                feed.append_batch(&blocks).unwrap();
+                let head = *feed.head().unwrap();
+                replic8_store::check_whole(*feed.key().as_bytes(), &head, blocks).unwrap()
+            })
+            .collect();
+        // On disk, whose storage refuses a write beneath an open handle.
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OpenLimits {
+            keep: 4,
+            idle: Duration::from_secs(3600),
+        };
+        let storage = replic8_store::storage::DiskStorage::open(dir.path()).unwrap();
+        let registry = Registry::new(storage, limits);
+        let keys: Vec<FeedKey> = writes.iter().map(|w| FeedKey(w.key)).collect();
+        // One replica watched only (as `feed get` watches it), one held by a user.
+        let mut watcher = registry.get(keys[0], true).unwrap().state.subscribe();
+        let held = registry.get(keys[1], true).unwrap();
+        let done = registry.write_whole(writes).unwrap();
+        assert_eq!(
+            done,
+            vec![
+                WholeWritten::Written,
+                WholeWritten::Refused(WholeRefusal::Open)
+            ]
+        );
+        // The watcher follows the reopened feed: it sees the write, then later changes.
+        assert!(watcher.has_changed().unwrap());
+        let seen = *watcher.borrow_and_update();
+        assert_eq!((seen.length, seen.stored), (3, 3));
+        assert!(registry.is_open(&keys[0]));
+        let entry = registry.get(keys[0], false).unwrap();
+        assert_eq!(entry.lock().get_range(0, 3).unwrap().len(), 3);
+        entry.publish(&entry.lock());
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(held.info().length, 0);
     }
 
     #[test]

@@ -25,7 +25,10 @@
 //!
 //! The row: `seconds` to all in sync, `bytes` and `blocks` delivered (the feed times the
 //! readers); `peak_rss_bytes` is the largest peak of one node; per node the median and
-//! max of peak RSS, RSS at the end, connections and threads; the sums over all nodes;
+//! max of peak RSS, RSS at the end, connections and threads; of the RSS at the end, the
+//! file pages (the binary and its libraries, the same pages in every node process:
+//! median) and the anonymous ones (each node's own: median and max); the sums over all
+//! nodes;
 //! the writer's peak RSS, and the most bytes of data answers one node held for peers at
 //! once (its feed store's `serve_bytes_peak`, bounded by `serve_bytes_in_flight`);
 //! the split of each reader's time into connect (to its first peer) and data (from there
@@ -219,6 +222,10 @@ struct Measured {
     sources: Vec<u64>,
     peak_rss: Vec<u64>,
     end_rss: Vec<u64>,
+    /// Of `end_rss`, the pages of files (the binary's code and data, the libraries),
+    /// which every node process shares with the others, and the anonymous ones, its own.
+    end_rss_file: Vec<u64>,
+    end_rss_anon: Vec<u64>,
     threads: Vec<u64>,
     peers: Vec<u64>,
     peers_max: Vec<u64>,
@@ -298,6 +305,8 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     let mib = |b: f64| round(b / (1 << 20) as f64, 1);
     let (peak_med, peak_max) = spread(m.peak_rss.iter().copied());
     let (end_med, end_max) = spread(m.end_rss.iter().copied());
+    let (end_file_med, _) = spread(m.end_rss_file.iter().copied());
+    let (end_anon_med, end_anon_max) = spread(m.end_rss_anon.iter().copied());
     let (conn_med, conn_max) = spread(m.peers.iter().copied());
     let (connect_med, connect_max) = median_max(&mut m.connect_ms.clone()).unwrap_or_default();
     let (data_med, data_max) = median_max(&mut m.data_ms.clone()).unwrap_or_default();
@@ -348,6 +357,9 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
     .with("node_serve_peak_mib_max", mib(m.serve_peak_max as f64))
     .with("node_end_rss_mib_median", mib(end_med))
     .with("node_end_rss_mib_max", mib(end_max))
+    .with("node_end_rss_file_mib_median", mib(end_file_med))
+    .with("node_end_rss_anon_mib_median", mib(end_anon_med))
+    .with("node_end_rss_anon_mib_max", mib(end_anon_max))
     .with(
         "total_peak_rss_mib",
         mib(m.peak_rss.iter().sum::<u64>() as f64),
@@ -462,6 +474,8 @@ async fn measure(
         sources: Vec::new(),
         peak_rss: Vec::new(),
         end_rss: Vec::new(),
+        end_rss_file: Vec::new(),
+        end_rss_anon: Vec::new(),
         threads: Vec::new(),
         peers: Vec::new(),
         peers_max: Vec::new(),
@@ -550,6 +564,8 @@ async fn measure(
     let kib = |pid, field| status_number(pid, field).map_or(0, |k| k * 1024);
     m.peak_rss = members.iter().map(|m| kib(m.pid, "VmHWM:")).collect();
     m.end_rss = members.iter().map(|m| kib(m.pid, "VmRSS:")).collect();
+    m.end_rss_file = members.iter().map(|m| kib(m.pid, "RssFile:")).collect();
+    m.end_rss_anon = members.iter().map(|m| kib(m.pid, "RssAnon:")).collect();
     m.threads = members
         .iter()
         .map(|m| status_number(m.pid, "Threads:").unwrap_or(0))
