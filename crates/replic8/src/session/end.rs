@@ -157,6 +157,8 @@ impl Session {
             || !self.peer_offers.is_empty()
             || !self.share_queue.is_empty()
             || !self.have_queue.is_empty()
+            || !self.late_checks.is_empty()
+            || self.heads_out > 0
         {
             return;
         }

@@ -5,7 +5,7 @@
 use super::state::{FirstWord, PeerHead, Stop, StreamState, Whole};
 use super::types::{HeadCheck, SessionEvent, StreamCommand, StreamId};
 use crate::keys::{DiscoveryKey, FeedKey, Role};
-use crate::message::{self, CloseCode, Message, MAX_WHOLE_BLOCKS};
+use crate::message::{self, CloseCode, Message, MAX_HEADS_PER_MESSAGE, MAX_WHOLE_BLOCKS};
 use tracing::debug;
 
 use super::Session;
@@ -151,18 +151,29 @@ impl Session {
                 }
                 continue;
             };
-            // Every head is checked, even one that no longer decides anything.
-            check.push((feed, head));
+            // Every head is checked, even one that no longer decides anything: here, or
+            // by the store with the feed's blocks.
             let mut asked_whole = false;
+            let mut with_whole = false;
             if let Some(state) = self.feeds.get_mut(&feed) {
                 state.peer_spoke = true;
                 if state.peer_head == PeerHead::Unheard {
-                    state.peer_head = PeerHead::Verifying(Box::new(head));
                     asked_whole = state.whole == Whole::Asked;
+                    // Our word asked for the feed whole and the head is small: the feed
+                    // comes whole with this head, which our store checks with its blocks
+                    // (decision 250); nothing waits for a check here.
+                    with_whole = asked_whole && head.length <= MAX_WHOLE_BLOCKS as u64;
+                    state.peer_head = if with_whole {
+                        PeerHead::WithWhole(Box::new(head))
+                    } else {
+                        PeerHead::Verifying(Box::new(head))
+                    };
                 }
             }
-            // Our word asked for the feed whole: a small head makes us expect it now,
-            // before the head is verified (it is, before our store gets the feed).
+            if !with_whole {
+                check.push((feed, head));
+            }
+            // Our word asked for the feed whole: a small head makes us expect it now.
             if asked_whole {
                 self.first_words_met(&feed);
             }
@@ -174,13 +185,41 @@ impl Session {
 
     /// The next batch of the peer's heads to verify.
     pub fn poll_verify(&mut self) -> Option<HeadCheck> {
-        self.head_checks.pop_front()
+        let check = match self.head_checks.pop_front() {
+            Some(check) => check,
+            None if self.late_checks.is_empty() => return None,
+            None => {
+                let from = self.late_checks.len().saturating_sub(MAX_HEADS_PER_MESSAGE);
+                HeadCheck {
+                    heads: self.late_checks.split_off(from),
+                }
+            }
+        };
+        self.heads_out += check.heads.len();
+        Some(check)
+    }
+
+    /// The peer's first-word head of `feed`, if it was left for the store to check
+    /// with the feed's blocks ([`PeerHead::WithWhole`]), is checked here after all: the
+    /// feed did not come whole with that head, or the store did not take it. The head
+    /// decides nothing any more; a bad one still ends the session (`bad head`).
+    pub(super) fn check_late(&mut self, feed: &FeedKey) {
+        let Some(state) = self.feeds.get_mut(feed) else {
+            return;
+        };
+        if !matches!(state.peer_head, PeerHead::WithWhole(_)) {
+            return;
+        }
+        if let PeerHead::WithWhole(head) = std::mem::replace(&mut state.peer_head, PeerHead::None) {
+            self.late_checks.push((*feed, *head));
+        }
     }
 
     /// The result of a [`HeadCheck`]: the positions in `check.heads` of the heads that
     /// do not verify. One bad head is the peer's violation (`bad head`): it names the
     /// feed, and the session ends. Verified heads decide their feeds' streams.
     pub fn handle_heads_verified(&mut self, check: HeadCheck, bad: &[usize]) {
+        self.heads_out = self.heads_out.saturating_sub(check.heads.len());
         if self.ended.is_some() {
             return;
         }
@@ -207,6 +246,8 @@ impl Session {
                 self.first_words_met(&feed);
             }
         }
+        // A head checked late may be all a one-shot session waited for.
+        self.check_done();
     }
 
     /// Our copy of `feed` changed (appended, or downloaded from another peer): the feed
@@ -298,6 +339,7 @@ impl Session {
                 ),
             );
         };
+        self.check_late(&feed);
         let Some(state) = self.feeds.get_mut(&feed) else {
             return;
         };
@@ -334,6 +376,7 @@ impl Session {
         if self.whole_synced(&feed, length) {
             return;
         }
+        self.check_late(&feed);
         let mut first = false;
         if let Some(state) = self.feeds.get_mut(&feed) {
             if state.remote_synced != Some(length) {

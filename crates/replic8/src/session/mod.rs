@@ -143,6 +143,7 @@ use std::time::Instant;
 use crate::keys::{DiscoveryKey, ExporterSecret, FeedKey, Role};
 use crate::message::{KnownFeed, Message, OfferedFeed, WholeEntry, DIALECT, PROTOCOL_VERSION};
 use crate::store::ArrivedWhole;
+use replic8_store::SignedHead;
 
 pub use config::{
     reopen_delay, Mode, SessionConfig, MAX_HEADS_PER_CALL, MAX_PEER_FEEDS, MAX_PENDING_OFFER_BYTES,
@@ -252,6 +253,15 @@ pub struct Session {
     first_words: VecDeque<FeedKey>,
     /// The peer's heads to verify, one batch per `Heads` message received.
     head_checks: VecDeque<HeadCheck>,
+    /// Heads of feeds we expected whole that the store did not check with the feed
+    /// (decision 250): checked here, in batches of up to [`MAX_HEADS_PER_MESSAGE`]
+    /// ([`Session::poll_verify`]). At most one head per replicated feed.
+    ///
+    /// [`MAX_HEADS_PER_MESSAGE`]: crate::message::MAX_HEADS_PER_MESSAGE
+    late_checks: Vec<(FeedKey, SignedHead)>,
+    /// Heads given out by [`Session::poll_verify`] and not answered yet: a one-shot
+    /// session is not done before every head is checked.
+    heads_out: usize,
     /// Feeds the peer asked for whole, to read from our store (decision 210).
     whole_reads: VecDeque<FeedKey>,
     /// [`StoreCall::ReadWhole`] calls given out and not answered.
@@ -353,6 +363,8 @@ impl Session {
             head_asks: VecDeque::new(),
             first_words: VecDeque::new(),
             head_checks: VecDeque::new(),
+            late_checks: Vec::new(),
+            heads_out: 0,
             whole_reads: VecDeque::new(),
             whole_reads_in_flight: 0,
             whole_ready: VecDeque::new(),

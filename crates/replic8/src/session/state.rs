@@ -156,6 +156,11 @@ pub(super) enum PeerHead {
     Verifying(Box<SignedHead>),
     /// A head that verified.
     Verified(Box<SignedHead>),
+    /// A small head of a feed we asked for whole (decision 250): not checked here,
+    /// because the store checks it with the feed's blocks when the feed's entry brings
+    /// the same head. If the feed does not come so, the session checks it
+    /// ([`Session::check_late`](super::Session)).
+    WithWhole(Box<SignedHead>),
     /// A verified head whose first words asked for a stream: kept for that stream's
     /// sync core, which does not verify the same bytes again (decision 198).
     Decided(Box<SignedHead>),

@@ -237,7 +237,8 @@ pub struct SessionStats {
     pub peak_queued_bytes: u64,
     /// Feeds stopped on this session by a fault (ours or the peer's report).
     pub feeds_faulted: u64,
-    /// The peer's signed heads in first words that verified.
+    /// The peer's signed heads in first words that verified here (heads of feeds that
+    /// came whole are checked by the store with the feed instead, decision 250).
     pub heads_verified: u64,
     /// Feeds found in sync by the first words (equal verified heads): no stream was
     /// opened for them.
@@ -252,7 +253,8 @@ pub struct SessionStats {
     pub whole_bytes_at_store: u64,
 }
 
-/// The peer's signed heads from one [`Message::Heads`](crate::message::Message::Heads),
+/// The peer's signed heads from one [`Message::Heads`](crate::message::Message::Heads)
+/// (or first-word heads the store did not check with their feeds, decision 250),
 /// to verify off the session's thread (hashing and signature checks are CPU work);
 /// answer with [`Session::handle_heads_verified`](super::Session::handle_heads_verified).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,7 +60,7 @@ impl Session {
         let decided = match state.whole {
             Whole::Asked => match &state.peer_head {
                 PeerHead::Unheard => return true,
-                PeerHead::Verifying(h) | PeerHead::Verified(h)
+                PeerHead::Verifying(h) | PeerHead::Verified(h) | PeerHead::WithWhole(h)
                     if h.length <= MAX_WHOLE_BLOCKS as u64 =>
                 {
                     state.whole = Whole::Expecting;
@@ -160,6 +160,7 @@ impl Session {
                 continue;
             };
             if matches!(state.stopped, Some(Stop::Fault(_))) {
+                self.check_late(&feed);
                 continue;
             }
             if state.whole != Whole::Expecting {
@@ -171,6 +172,14 @@ impl Session {
                     ),
                 );
             }
+            if matches!(&state.peer_head, PeerHead::WithWhole(h) if **h != entry.head) {
+                // Another head than the first word's: the store checks this one, and
+                // the first word's is checked here.
+                self.check_late(&feed);
+            }
+            let Some(state) = self.feeds.get_mut(&feed) else {
+                continue;
+            };
             let bytes = entry.block_bytes() + ARRIVED_OVERHEAD;
             state.whole = Whole::Writing;
             self.whole_bytes += bytes;
@@ -401,7 +410,18 @@ impl Session {
             let (length, bytes) = self.whole_writing.remove(feed).unwrap_or_default();
             self.whole_bytes = self.whole_bytes.saturating_sub(bytes);
             state.whole = Whole::No;
-            if self.ended.is_some() || state.stopped.is_some() {
+            if self.ended.is_some() {
+                continue;
+            }
+            // A first-word head left to the store is checked by it only if it stored
+            // the feed: on any other answer, it is checked here.
+            if !matches!(outcome, Some(WholeOutcome::Stored { .. })) || state.stopped.is_some() {
+                self.check_late(feed);
+            }
+            let Some(state) = self.feeds.get_mut(feed) else {
+                continue;
+            };
+            if state.stopped.is_some() {
                 continue;
             }
             match outcome {
@@ -447,6 +467,10 @@ impl Session {
         state.whole = Whole::No;
         state.peer_head = match std::mem::replace(&mut state.peer_head, PeerHead::None) {
             PeerHead::Verified(head) => PeerHead::Decided(head),
+            PeerHead::WithWhole(head) => {
+                self.late_checks.push((*feed, *head));
+                PeerHead::None
+            }
             _ => PeerHead::None,
         };
         let dk = state.discovery_key;

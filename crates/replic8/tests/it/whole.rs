@@ -141,8 +141,9 @@ fn assert_all_synced(net: &Net, l: usize, feeds: &[(FeedKey, u64, u64)], case: &
 #[test]
 /// 1,000 feeds of one to three blocks go whole, in either role of the writer: no
 /// stream opens on either side, every feed is stored and reported in sync both ways,
-/// each `Whole` message fits a frame, every head reaches the store verified, and the
-/// one-shot session ends done.
+/// each `Whole` message fits a frame, every head reaches the store unverified (the
+/// store checks it with the feed's blocks, decision 250; the reader's session checks
+/// none), and the one-shot session ends done.
 fn many_small_feeds_go_whole_without_a_stream_in_either_role() {
     for writer_dials in [true, false] {
         let case = format!("writer dials: {writer_dials}");
@@ -196,46 +197,77 @@ fn many_small_feeds_go_whole_without_a_stream_in_either_role() {
             message::encode(&Message::Whole { feeds: m.to_vec() }, &mut wire).unwrap();
             assert!(wire.len() <= MAX_FRAME_LEN + 4, "{case}");
         }
-        // Read in batches, written one call per message, each head verified once.
+        // Read in batches, written one call per message, each head checked once: by
+        // the store.
         let reads = net.stores[writer].whole_reads;
         assert!((16..=1000).contains(&reads), "{case}: {reads} reads");
         let writes = &net.stores[reader].whole_writes;
         assert_eq!(writes.len(), messages.len(), "{case}");
         assert!(
-            writes.iter().flatten().all(|(_, verified)| *verified),
-            "{case}: a head went to the store unverified"
+            writes.iter().flatten().all(|(_, verified)| !*verified),
+            "{case}: a head went to the store as verified"
         );
+        assert_eq!(r.heads_verified, 0, "{case}: the session checked a head");
     }
 }
 
 #[test]
-/// A feed whose first-word head the writer's session still verifies waits before it
-/// goes to the store, so the store gets it as verified rather than checking it again.
-fn a_whole_feed_waits_for_the_check_of_its_head() {
+/// A feed expected whole does not wait for a check of its first-word head: the head
+/// goes to the store unverified with the feed's blocks, which checks it there (decision
+/// 250), so the writes go out while no head check is answered and every feed syncs.
+fn a_whole_feed_does_not_wait_for_a_check_of_its_head() {
     for writer_dials in [true, false] {
         let case = format!("writer dials: {writer_dials}");
         let feeds = small_feeds(50, writer_dials);
-        let (mut net, l) = whole_net(live(), &feeds, |net| net.hold_checks = true);
+        let (net, l) = whole_net(live(), &feeds, |net| net.hold_checks = true);
         let (_, reader) = roles(writer_dials);
-        assert!(
-            net.stores[reader].whole_writes.is_empty(),
-            "{case}: a write went out before its head was checked"
-        );
-        assert!(
-            net.links[l].ends[reader]
-                .session
-                .stats()
-                .whole_bytes_at_store
-                > 0
-        );
-        net.release_checks();
-        net.drive();
         assert_all_synced(&net, l, &feeds, &case);
         let writes = &net.stores[reader].whole_writes;
-        assert!(!writes.is_empty(), "{case}");
+        assert_eq!(writes.iter().map(Vec::len).sum::<usize>(), 50, "{case}");
         assert!(
-            writes.iter().flatten().all(|(_, verified)| *verified),
+            writes.iter().flatten().all(|(_, verified)| !*verified),
             "{case}"
+        );
+        let stats = net.links[l].ends[reader].session.stats();
+        assert_eq!(stats.heads_verified, 0, "{case}");
+        assert_eq!(stats.whole_bytes_at_store, 0, "{case}");
+    }
+}
+
+#[test]
+/// A forged first-word head of a feed expected whole is still the sender's violation:
+/// the reader's store finds the entry's signature bad and stores nothing of it, the
+/// session then checks the first word's head itself and ends with `bad head`, naming
+/// the feed (decision 250).
+fn a_forged_head_of_a_whole_feed_ends_the_session_with_bad_head() {
+    for writer_dials in [true, false] {
+        let case = format!("writer dials: {writer_dials}");
+        let feeds = small_feeds(20, writer_dials);
+        let (writer, reader) = roles(writer_dials);
+        let (net, l) = whole_net(live(), &feeds, |net| {
+            net.stores[writer].forged.insert(feed(7));
+        });
+        let reason = net.ended(l, reader).expect("the reader ended the session");
+        assert_eq!(reason.code, CloseCode::BAD_HEAD, "{case}: {reason}");
+        assert!(
+            reason.reason.contains(&feed(7).fmt_short()),
+            "{case}: {reason}"
+        );
+        let told = net.ended(l, writer).expect("the writer was told");
+        assert_eq!(told.code, CloseCode::BAD_HEAD, "{case}: {told}");
+        assert_eq!(
+            net.stores[reader]
+                .lengths
+                .get(&feed(7))
+                .copied()
+                .unwrap_or(0),
+            0,
+            "{case}"
+        );
+        let sent: Vec<_> = net.stores[reader].whole_writes.iter().flatten().collect();
+        assert!(
+            sent.iter().any(|(f, verified)| *f == feed(7) && !*verified),
+            "{case}: the forged head went to the store to be checked"
         );
     }
 }
@@ -314,6 +346,9 @@ fn a_feed_not_sent_whole_after_all_falls_back_to_a_stream() {
                 (sent, 19),
                 "{case}"
             );
+            // The first-word head the store did not check with the feed is checked by
+            // the session (decision 250); the others only by the store.
+            assert_eq!(r.heads_verified, 1, "{case}");
             let reason = net.ended(l, A).expect("ended");
             assert_eq!(reason.code, CloseCode::DONE, "{case}: {reason}");
         }
@@ -347,11 +382,11 @@ fn a_bad_whole_feed_stops_only_that_feed() {
             assert_eq!(reason.code, CloseCode::CLOSED, "{case}: {reason}");
             assert!(!reason.is_misbehaviour(), "{case}: {reason}");
         }
-        assert_eq!(
-            net.links[l].ends[reader].session.stats().feeds_faulted,
-            1,
-            "{case}"
-        );
+        let stats = net.links[l].ends[reader].session.stats();
+        assert_eq!(stats.feeds_faulted, 1, "{case}");
+        // Its first-word head, which the store did not take with the feed, is checked
+        // by the session: it verifies, so the fault stays the feed's (decision 250).
+        assert_eq!(stats.heads_verified, 1, "{case}");
         assert_eq!(net.stores[reader].lengths[&feed(7)], 0, "{case}");
         let others: Vec<_> = feeds.iter().copied().filter(|f| f.0 != feed(7)).collect();
         assert_all_synced(&net, l, &others, &case);

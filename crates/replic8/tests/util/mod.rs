@@ -226,6 +226,9 @@ impl Net {
                 } else {
                     WholeOutcome::Declined
                 }
+            } else if !arrived.head_verified && arrived.whole.head.signature != GOOD_SIGNATURE {
+                // A store checks a head the session did not (decision 250).
+                WholeOutcome::Failed("the head's signature does not verify".into())
             } else if store.bad_whole.contains(&arrived.feed) || arrived.whole.blocks != expected {
                 WholeOutcome::Failed("a block does not match the head's tree hash".into())
             } else {
@@ -522,7 +525,11 @@ impl Net {
                                     return None;
                                 }
                                 Some(WholeFeed {
-                                    head: toy_head(length, store.forked.contains(f), false),
+                                    head: toy_head(
+                                        length,
+                                        store.forked.contains(f),
+                                        store.forged.contains(f),
+                                    ),
                                     blocks: toy_blocks(f, length, store.block_size),
                                     hold: WholeHold::default(),
                                 })
