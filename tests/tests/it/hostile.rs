@@ -6,6 +6,7 @@
 //! stored nothing of it, and kept replicating with the good peer.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use crate::alone;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -395,28 +396,8 @@ async fn wait_synced(events: &mut broadcast::Receiver<NodeEvent>, feed: FeedKey,
     .await
 }
 
-/// Every test but the cycles one shares this; the cycles test takes it alone, so the
-/// process's memory then is its victim's and its own.
-static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
 fn run(test: impl std::future::Future<Output = ()>) {
-    let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
     actix::System::new().block_on(test);
-}
-
-/// This process's resident set size in bytes (`VmRSS` in `/proc/self/status`).
-fn vm_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kib * 1024
 }
 
 #[test]
@@ -714,13 +695,18 @@ async fn cycle(w: &mut World) {
 /// while it runs (a QUIC connection with its buffers, a session, its tasks) is over
 /// 100 KiB on loopback, where datagrams grow to 8952 bytes (quinn keeps ~13 of them per
 /// busy connection), so keeping even a tenth of it (> 9.3 KiB a cycle) exceeds this.
-/// Measured here: +0.6-1.1 MiB from 100 to 1,000 cycles alone, +4.0 MiB once in the
-/// whole suite (the allocator's arenas hold what the tests before it left behind).
+/// Measured here: +0.6-1.1 MiB from 100 to 1,000 cycles. The test runs in a process of
+/// its own ([`alone::in_own_process`]): in the suite's process, other files' tests
+/// running beside it added up to +16.6 MiB under load.
 const RSS_MARGIN: u64 = 8 << 20;
 
 #[test]
 fn a_thousand_connect_disconnect_cycles_leave_memory_tasks_and_peers_flat() {
-    let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    if !alone::in_own_process(
+        "hostile::a_thousand_connect_disconnect_cycles_leave_memory_tasks_and_peers_flat",
+    ) {
+        return;
+    }
     actix::System::new().block_on(async {
         let mut w = World::new().await;
         let good = w.good.key();
@@ -729,10 +715,10 @@ fn a_thousand_connect_disconnect_cycles_leave_memory_tasks_and_peers_flat() {
         for i in 0..1000 {
             cycle(&mut w).await;
             if i == 99 {
-                warm = vm_rss();
+                warm = alone::vm_rss();
             }
         }
-        let end = vm_rss();
+        let end = alone::vm_rss();
         eprintln!("VmRSS after 100 cycles {warm} B, after 1000 {end} B");
         assert!(
             end <= warm + RSS_MARGIN,

@@ -3,6 +3,7 @@
 //! compiled and linked once (decision 137). Run one file's tests with
 //! `cargo test -p replic8-tests --test it <file>::`.
 
+mod alone;
 mod cli_mission;
 mod faults;
 mod feeds;

@@ -9,6 +9,7 @@
 //! covered by `crates/node/tests/cli.rs`; the embedding side of it is checked here.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use crate::alone;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -110,27 +111,7 @@ async fn stored_feeds(node: &NodeHandle) -> Vec<String> {
     found
 }
 
-/// This process's resident set size in bytes (`VmRSS` in `/proc/self/status`).
-fn vm_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kib * 1024
-}
-
-/// Every test but the memory one shares this; the memory test takes it alone, so the
-/// process's memory then is its own nodes'.
-static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
 fn run(test: impl std::future::Future<Output = ()>) {
-    let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
     actix::System::new().block_on(test);
 }
 
@@ -753,20 +734,24 @@ const FLOOD_BYTES: usize = 64 << 20;
 /// attacker back) and ends the session with `timeout` after the stall timeout, no ban.
 #[test]
 fn a_peer_that_never_reads_is_held_back_and_timed_out_with_memory_bounded() {
-    let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    if !alone::in_own_process(
+        "open_network::a_peer_that_never_reads_is_held_back_and_timed_out_with_memory_bounded",
+    ) {
+        return;
+    }
     actix::System::new().block_on(async {
         let limits = LimitsSection {
             stall_timeout_secs: STALL_SECS,
             ..LimitsSection::default()
         };
         let mut w = World::new(limits).await;
-        let before = vm_rss();
+        let before = alone::vm_rss();
         let peak = Arc::new(AtomicU64::new(before));
         let sampler = {
             let peak = peak.clone();
             tokio::task::spawn_local(async move {
                 loop {
-                    peak.fetch_max(vm_rss(), Ordering::Relaxed);
+                    peak.fetch_max(alone::vm_rss(), Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
