@@ -207,11 +207,9 @@ impl Session {
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
-        if !matches!(state.peer_head, PeerHead::WithWhole(_)) {
-            return;
-        }
-        if let PeerHead::WithWhole(head) = std::mem::replace(&mut state.peer_head, PeerHead::None) {
-            self.late_checks.push((*feed, *head));
+        match std::mem::replace(&mut state.peer_head, PeerHead::None) {
+            PeerHead::WithWhole(head) => self.late_checks.push((*feed, *head)),
+            other => state.peer_head = other,
         }
     }
 

@@ -461,16 +461,13 @@ impl Session {
     /// copy grew), and the stream rules apply. The dialer opens the stream; a verified
     /// first-word head of the peer goes with it (decision 198).
     fn whole_fallback(&mut self, feed: &FeedKey, length: u64) {
+        self.check_late(feed);
         let Some(state) = self.feeds.get_mut(feed) else {
             return;
         };
         state.whole = Whole::No;
         state.peer_head = match std::mem::replace(&mut state.peer_head, PeerHead::None) {
             PeerHead::Verified(head) => PeerHead::Decided(head),
-            PeerHead::WithWhole(head) => {
-                self.late_checks.push((*feed, *head));
-                PeerHead::None
-            }
             _ => PeerHead::None,
         };
         let dk = state.discovery_key;
