@@ -85,12 +85,20 @@ pub enum Congestion {
     NewReno,
 }
 
+/// Default of [`TransportTuning::receive_window`]: 16 MiB, what thirteen streams at a
+/// full stream window (quinn's 1.25 MB) hold. A peer's streams together buffer at most
+/// this in QUIC when we do not read them (unlimited, ~100 streams could hold 125 MB);
+/// a single stream never reaches it, and at 100 ms it still carries 160 MB/s.
+pub const DEFAULT_RECEIVE_WINDOW: u32 = 16 << 20;
+
 /// Knobs of the QUIC transport; `Default` holds the node's defaults.
 #[derive(Debug, Clone)]
 pub struct TransportTuning {
     /// Per-stream receive window in bytes; `None` keeps quinn's default (1.25 MB).
     pub stream_receive_window: Option<u32>,
-    /// Per-connection receive window in bytes; `None` keeps quinn's default (unlimited).
+    /// Per-connection receive window in bytes: the most a peer's streams together may
+    /// have sent that we have not read; `None` keeps quinn's default (unlimited: up to
+    /// every stream's window at once, 1.25 MB for each of ~100 streams).
     pub receive_window: Option<u32>,
     /// Per-connection send window in bytes; `None` keeps quinn's default (10 MB).
     pub send_window: Option<u64>,
@@ -130,7 +138,7 @@ impl Default for TransportTuning {
     fn default() -> Self {
         Self {
             stream_receive_window: None,
-            receive_window: None,
+            receive_window: Some(DEFAULT_RECEIVE_WINDOW),
             send_window: None,
             congestion: Congestion::Cubic,
             gso: true,

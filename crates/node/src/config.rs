@@ -203,6 +203,11 @@ pub struct LimitsSection {
     /// ended (the peer stopped reading; its answers go back to the budget above); unset:
     /// the store's default (30). At least 1.
     pub serve_stall_secs: Option<u64>,
+    /// Most bytes received on feed streams and not yet verified, over all feeds and
+    /// peers; past it each stream reads one frame at a time (QUIC holds its peer back);
+    /// unset: the store's default (34 MiB, room for two downloads whose verifiers are
+    /// behind).
+    pub receive_bytes_held: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -231,6 +236,7 @@ impl Default for LimitsSection {
             max_replicas: None,
             serve_bytes_in_flight: None,
             serve_stall_secs: None,
+            receive_bytes_held: None,
         }
     }
 }

@@ -464,6 +464,9 @@ pub(super) fn feed_store_config(
     if let Some(n) = limits.serve_bytes_in_flight {
         config.limits.serve_bytes_in_flight = usize::try_from(n).unwrap_or(usize::MAX);
     }
+    if let Some(n) = limits.receive_bytes_held {
+        config.limits.receive_bytes_held = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     if let Some(secs) = limits.serve_stall_secs {
         config.limits.serve_stall = std::time::Duration::from_secs(secs);
     }

@@ -7,6 +7,7 @@ use bytes::{Buf, Bytes};
 use replic8_store::MAX_MESSAGE_SIZE;
 
 use super::pool::BufferPool;
+use super::receive_budget::ReceiveBudget;
 use crate::frame::{self, FrameError};
 
 /// Frames read and not yet verified before the driver stops reading (QUIC then stops
@@ -31,14 +32,22 @@ pub(super) const READ_CHUNKS: usize = 32;
 /// The frames read from the stream and not yet verified, and the one being read.
 ///
 /// The driver reads while the frames held (waiting here, or in the batch being
-/// verified) are under [`READ_QUEUE_BYTES`] and [`READ_QUEUE`]; past that it stops
-/// reading and QUIC stops the peer. A frame inside one QUIC chunk is kept as a slice of
+/// verified) are under [`READ_QUEUE_BYTES`] and [`READ_QUEUE`], and while the store's
+/// [`ReceiveBudget`] has room or this stream holds no whole frame; past that it stops
+/// reading and QUIC stops the peer. Every byte held, the frame being gathered
+/// included, is charged to the store's budget until it is verified or the inbox is
+/// dropped. A frame inside one QUIC chunk is kept as a slice of
 /// it (no copy); one that straddles chunks is gathered into a buffer allocated once at
 /// the frame's announced size (checked against the limit first), from the pool.
 pub(super) struct Inbox {
     pub(super) frames: std::collections::VecDeque<Bytes>,
     /// Bytes of the frames held, waiting or being verified (see [`held_bytes`]).
     pub(super) held: usize,
+    /// The store's bound over every stream's inbox.
+    budget: Arc<ReceiveBudget>,
+    /// What this inbox has charged to `budget`: `held` and the partial frame's bytes,
+    /// as of the last read or release.
+    charged: usize,
     /// The frame being gathered.
     pub(super) partial: Vec<u8>,
     pub(super) pool: Arc<BufferPool>,
@@ -49,10 +58,12 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
-    pub(super) fn new(pool: Arc<BufferPool>) -> Self {
+    pub(super) fn new(pool: Arc<BufferPool>, budget: Arc<ReceiveBudget>) -> Self {
         Inbox {
             frames: std::collections::VecDeque::new(),
             held: 0,
+            budget,
+            charged: 0,
             partial: Vec::new(),
             pool,
             bad: None,
@@ -60,12 +71,27 @@ impl Inbox {
         }
     }
 
-    /// Whether to read more: within the budget, and the stream still has bytes to give.
+    /// Whether to read more: within the stream's bound and the store's (or holding no
+    /// whole frame), and the stream still has bytes to give.
     pub(super) fn has_room(&self) -> bool {
         !self.finished
             && self.bad.is_none()
             && self.held < READ_QUEUE_BYTES
             && self.frames.len() < READ_QUEUE
+            && (self.held == 0 || !self.budget.full())
+    }
+
+    /// The step that verified `bytes` of held frames is done: they leave both budgets.
+    pub(super) fn release(&mut self, bytes: usize) {
+        self.held -= bytes;
+        self.recharge();
+    }
+
+    /// Brings the store's budget up to what this inbox holds now.
+    fn recharge(&mut self) {
+        let now = self.held + self.partial.len();
+        self.budget.recharge(self.charged, now);
+        self.charged = now;
     }
 
     /// Reads the stream until a frame is whole, or until reading must stop (the budget
@@ -92,7 +118,7 @@ impl Inbox {
                 for chunk in &mut chunks[..n] {
                     if let Err(e) = self.cut(std::mem::take(chunk)) {
                         self.bad = Some(e);
-                        return;
+                        break;
                     }
                 }
             }
@@ -104,6 +130,7 @@ impl Inbox {
             }
             Err(_) => self.finished = true,
         }
+        self.recharge();
     }
 
     /// Cuts the frames of one chunk as QUIC gave it.
@@ -124,6 +151,13 @@ impl Inbox {
         }
         let n = self.frames.len().min(BATCH);
         Some(self.frames.drain(..n).collect())
+    }
+}
+
+impl Drop for Inbox {
+    /// The stream ended: what it held goes back to the store.
+    fn drop(&mut self) {
+        self.budget.recharge(self.charged, 0);
     }
 }
 

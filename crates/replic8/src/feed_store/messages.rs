@@ -144,6 +144,12 @@ pub struct FeedStoreStats {
     pub serve_bytes_held: u64,
     /// The most [`Self::serve_bytes_held`] ever was.
     pub serve_bytes_peak: u64,
+    /// Bytes received on feed streams and not yet verified, over every stream (bounded
+    /// by [`super::FeedStoreLimits::receive_bytes_held`], plus one frame and one read
+    /// per stream).
+    pub receive_bytes_held: u64,
+    /// The most [`Self::receive_bytes_held`] ever was.
+    pub receive_bytes_peak: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.

@@ -44,6 +44,7 @@ mod messages;
 mod node_api;
 mod policy;
 mod pool;
+mod receive_budget;
 mod registry;
 mod serve_budget;
 mod session_api;
@@ -161,6 +162,8 @@ pub(crate) struct Shared {
     serve: Arc<serve_budget::ServeBudget>,
     /// Each peer's serve stalls: enough of them end its session.
     strikes: Mutex<serve_budget::StallStrikes>,
+    /// The bytes received on every stream of this store and not yet verified.
+    receive: Arc<receive_budget::ReceiveBudget>,
 }
 
 impl Shared {
@@ -337,6 +340,9 @@ impl<St: Storage> FeedStore<St> {
                     config.limits.serve_stall,
                 )),
                 strikes: Mutex::new(serve_budget::StallStrikes::new(config.limits.serve_stall)),
+                receive: Arc::new(receive_budget::ReceiveBudget::new(
+                    config.limits.receive_bytes_held,
+                )),
             }),
             quotas: Quotas::new(config.limits.clone(), replicas),
             manual: manual::ManualQueue::new(

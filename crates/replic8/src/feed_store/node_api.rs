@@ -205,6 +205,8 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             membership_writes: self.writes.count,
             serve_bytes_held: self.shared.serve.held() as u64,
             serve_bytes_peak: self.shared.serve.peak() as u64,
+            receive_bytes_held: self.shared.receive.held() as u64,
+            receive_bytes_peak: self.shared.receive.peak() as u64,
         })
     }
 }

@@ -153,6 +153,13 @@ pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
 /// stopped reading holds its bytes (its 2 MiB queue at most) at most this long, and the
 /// peers that do read wait on it at most this long, not until its session ends.
 pub const DEFAULT_SERVE_STALL: Duration = Duration::from_secs(30);
+/// Default of [`FeedStoreLimits::receive_bytes_held`]: 34 MiB. A stream whose verifier
+/// falls behind holds at most what our 16 outstanding requests of at most 1 MiB bring
+/// (17 MiB, `READ_QUEUE_BYTES`), so two downloads at full speed never wait on the
+/// budget; past it every stream still reads a frame at a time. Without it, the
+/// per-stream bound alone let one connection pin 17 MiB on each of its streams.
+pub const DEFAULT_RECEIVE_BYTES_HELD: usize = 2 * super::inbox::READ_QUEUE_BYTES;
+
 /// The least [`FeedStoreLimits::serve_bytes_in_flight`] means: one data answer's largest
 /// frame, which a stream reserves before it reads the answer's blocks.
 pub const MIN_SERVE_BYTES_IN_FLIGHT: usize =
@@ -213,6 +220,13 @@ pub struct FeedStoreLimits {
     /// its peer stalled [`MAX_SERVE_STALLS`](super::MAX_SERVE_STALLS) times in a row:
     /// then its session ends too.
     pub serve_stall: Duration,
+    /// Most bytes received on feed streams and not yet verified, over every feed
+    /// stream of the store (frames waiting for the sync core, being verified, or being
+    /// gathered). Past it a stream stops reading (QUIC flow control then holds its peer
+    /// back) unless it holds no whole frame: each stream may always read one, so the
+    /// store holds at most this plus, per stream, one frame and what one read brought,
+    /// and no stream waits forever.
+    pub receive_bytes_held: usize,
 }
 
 impl Default for FeedStoreLimits {
@@ -230,6 +244,7 @@ impl Default for FeedStoreLimits {
             idle_close: DEFAULT_IDLE_CLOSE,
             serve_bytes_in_flight: DEFAULT_SERVE_BYTES_IN_FLIGHT,
             serve_stall: DEFAULT_SERVE_STALL,
+            receive_bytes_held: DEFAULT_RECEIVE_BYTES_HELD,
         }
     }
 }

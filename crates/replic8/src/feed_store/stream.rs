@@ -169,7 +169,7 @@ pub(crate) async fn run<F: FeedStorage>(
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
-    let mut inbox = Inbox::new(shared.pool.clone());
+    let mut inbox = Inbox::new(shared.pool.clone(), shared.receive.clone());
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     let mut core = Some(Box::new(
         FeedSync::new(ctx.config.clone()).with_verified_head(ctx.verified_head),
@@ -240,8 +240,8 @@ pub(crate) async fn run<F: FeedStorage>(
                 None => break End::Local("sync step lost".into()),
             },
         };
-        // The verified frames' bytes leave the read budget: reading resumes.
-        inbox.held -= held;
+        // The verified frames' bytes leave the read budgets: reading resumes.
+        inbox.release(held);
         let (c, step) = match done {
             Ok(done) => done,
             Err(e) => break End::Local(format!("sync worker failed: {e}")),
@@ -310,8 +310,10 @@ pub(crate) async fn run<F: FeedStorage>(
         })
         .await;
     }
-    // Our receiving half goes first: QUIC tells the peer to stop sending.
+    // Our receiving half goes first: QUIC tells the peer to stop sending; what the
+    // inbox still holds goes back to the store's receive budget.
     drop(recv);
+    drop(inbox);
     drop(outbox);
     match &end {
         End::ServeStalled(held) => {

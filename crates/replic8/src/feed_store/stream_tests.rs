@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::feed_store::inbox::*;
+use crate::feed_store::receive_budget::ReceiveBudget;
 use crate::frame::FrameError;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -170,6 +171,14 @@ fn a_bare_prefix_does_not_reserve_the_announced_size() {
     assert!(partial.capacity() >= MAX_MESSAGE_SIZE + frame::PREFIX_LEN);
 }
 
+/// An inbox of its own store, whose receive budget never binds.
+fn new_inbox() -> Inbox {
+    Inbox::new(
+        Arc::new(BufferPool::default()),
+        Arc::new(ReceiveBudget::new(usize::MAX)),
+    )
+}
+
 /// Hands `wire` to `inbox` as the driver does: reads of up to [`READ_CHUNKS`] chunks of
 /// `chunk` bytes, while the inbox has room; the bytes not taken.
 fn feed_inbox(inbox: &mut Inbox, wire: &Bytes, chunk: usize) -> Bytes {
@@ -202,7 +211,7 @@ fn a_frame_at_the_size_limit_split_across_chunks_comes_out_whole() {
         .map(|&n| (0..n).map(|_| rng.gen()).collect())
         .collect();
     let wire = framed(&payloads);
-    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let mut inbox = new_inbox();
     let rest = feed_inbox(&mut inbox, &wire, 1452);
     assert!(rest.is_empty());
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
@@ -229,7 +238,7 @@ fn the_inbox_stops_reading_at_its_budget_and_batches_what_waits() {
     // 1 MiB frames: the budget (17 MiB) fills after 17 of them, well before 40.
     let payloads = vec![vec![5u8; 1 << 20]; 40];
     let wire = framed(&payloads);
-    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let mut inbox = new_inbox();
     let rest = feed_inbox(&mut inbox, &wire, 65_536);
     assert!(!inbox.has_room());
     assert!(
@@ -241,10 +250,10 @@ fn the_inbox_stops_reading_at_its_budget_and_batches_what_waits() {
     assert!(inbox.held <= READ_QUEUE_BYTES + READ_CHUNKS * 65_536);
     // A verified batch gives its bytes back, and reading resumes.
     let batch = inbox.batch().unwrap();
-    inbox.held -= batch.iter().map(held_bytes).sum::<usize>();
+    inbox.release(batch.iter().map(held_bytes).sum::<usize>());
     assert!(inbox.has_room());
     // Small frames: the frame count bounds the queue too.
-    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let mut inbox = new_inbox();
     let rest = feed_inbox(&mut inbox, &framed(&vec![vec![1u8; 10]; 1000]), 14);
     assert!(!inbox.has_room() && !rest.is_empty());
     assert_eq!(inbox.batch().unwrap().len(), BATCH);
@@ -255,14 +264,14 @@ fn a_bad_or_truncated_frame_is_a_typed_error_and_stops_reading() {
     // Over the limit: refused from its prefix, the rest of the read is not cut.
     let mut wire = ((MAX_MESSAGE_SIZE + 1) as u32).to_be_bytes().to_vec();
     wire.extend_from_slice(&[0; 3000]);
-    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let mut inbox = new_inbox();
     feed_inbox(&mut inbox, &Bytes::from(wire), 1452);
     assert!(matches!(inbox.bad, Some(FrameError::Oversize { .. })));
     assert!(!inbox.has_room() && inbox.frames.is_empty());
     // The stream ends inside a frame: truncated, after the whole frames before it.
     let mut wire = framed(&[vec![3u8; 100], vec![4u8; 5000]]).to_vec();
     wire.truncate(wire.len() - 10);
-    let mut inbox = Inbox::new(Arc::new(BufferPool::default()));
+    let mut inbox = new_inbox();
     feed_inbox(&mut inbox, &Bytes::from(wire), 1452);
     assert!(inbox.bad.is_none());
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
@@ -274,4 +283,66 @@ fn a_bad_or_truncated_frame_is_a_typed_error_and_stops_reading() {
         inbox.bad
     );
     assert_eq!(inbox.frames.len(), 1);
+}
+
+#[test]
+fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
+    // Three streams of one store whose budget is 4 MiB, in packets of 8952 bytes.
+    const PACKET: usize = 8952;
+    let limit = 4 << 20;
+    let budget = Arc::new(ReceiveBudget::new(limit));
+    let pool = Arc::new(BufferPool::default());
+    let frames = framed(&vec![vec![3u8; 1 << 20]; 10]);
+    let one_read = READ_CHUNKS * PACKET;
+
+    // A fast peer fills the store's budget, not its stream's 17 MiB.
+    let mut a = Inbox::new(pool.clone(), budget.clone());
+    let rest_a = feed_inbox(&mut a, &frames, PACKET);
+    assert!(!a.has_room() && !rest_a.is_empty());
+    assert!(budget.full());
+    assert!(
+        a.held >= limit - (1 << 20) - frame::PREFIX_LEN,
+        "{}",
+        a.held
+    );
+    assert!(budget.held() <= limit + one_read, "{}", budget.held());
+
+    // A peer that stops halfway through a frame holds what it sent, no more.
+    let mut c = Inbox::new(pool.clone(), budget.clone());
+    let rest_c = feed_inbox(&mut c, &frames.slice(..300_000), PACKET);
+    assert!(rest_c.is_empty() && c.frames.is_empty());
+    assert_eq!(budget.held(), a.held + a.partial.len() + 300_000);
+
+    // Another stream, holding no whole frame, still reads one, and stops there.
+    let mut b = Inbox::new(pool.clone(), budget.clone());
+    let rest_b = feed_inbox(&mut b, &frames, PACKET);
+    assert_eq!(b.frames.len(), 1, "one frame past the store's limit");
+    assert!(!b.has_room() && !rest_b.is_empty());
+    let over = budget.held() - limit;
+    assert!(
+        over <= 2 * ((1 << 20) + one_read) + 300_000,
+        "{over} bytes over the limit"
+    );
+    assert!(budget.peak() >= budget.held());
+
+    // Verified frames leave the budget: with room again, a stream that holds a frame
+    // reads on too.
+    let batch = a.batch().unwrap();
+    a.release(batch.iter().map(held_bytes).sum());
+    assert!(!budget.full() && b.held > 0 && b.has_room());
+    let batch = b.batch().unwrap();
+    b.release(batch.iter().map(held_bytes).sum());
+    assert!(a.has_room() && b.has_room());
+    assert_eq!(
+        budget.held(),
+        a.held + a.partial.len() + b.held + b.partial.len() + c.partial.len(),
+        "the store holds what its streams hold"
+    );
+
+    // A stream that ends gives back all it held, the frame being gathered included.
+    drop(c);
+    drop(b);
+    assert_eq!(budget.held(), a.held + a.partial.len());
+    drop(a);
+    assert_eq!(budget.held(), 0);
 }

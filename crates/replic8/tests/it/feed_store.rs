@@ -19,7 +19,10 @@ use replic8::keys::{FeedKey, PeerKey, Role};
 use replic8::message::{CloseCode, Headers};
 use replic8::session::{Mode, SessionConfig, SessionEvent};
 use replic8::store::*;
-use replic8_store::storage::{DiskStorage, MemoryStorage, Storage};
+use replic8_store::storage::{
+    DiskStorage, FeedStorage, MemoryStorage, Storage, StorageError, StoredHead, StoredNode,
+    WriteBatch,
+};
 use replic8_store::{Feed, FeedSecret, FeedSync, Message, SyncConfig, Want, MAX_MESSAGE_SIZE};
 use tokio::sync::mpsc;
 
@@ -1526,6 +1529,222 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
         // acknowledged answers give their bytes back.
         assert_served_within(&a, budget, 1 << 20).await;
     });
+}
+
+#[test]
+fn a_reader_of_many_writers_holds_unverified_bytes_within_its_receive_budget() {
+    // Four writers of a 6 MiB feed each, all downloaded at once by one reader whose
+    // storage stalls and whose receive budget is zero: every stream holds one frame
+    // until storage moves again, then reads a frame at a time, and none waits
+    // forever. Without the store's budget, each stream would hold everything its 16
+    // outstanding requests bring (its whole 6 MiB here) before any check.
+    const WRITERS: u8 = 4;
+    const BLOCKS: u64 = 96;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let mut config = accept_all();
+        config.limits.receive_bytes_held = 0;
+        let storage = GatedStorage::default();
+        // Opened when the test ends, whatever its end: a stalled write would keep the
+        // runtime from shutting down.
+        let gate = OpenOnDrop(storage.gate.clone());
+        let r = node(1, storage, config, Mode::Live, &tx).await;
+        let mut writers = Vec::new();
+        for n in 2..2 + WRITERS {
+            let w = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
+            let feed = w.store.send(CreateFeed).await.unwrap().unwrap();
+            let blocks = (0..BLOCKS).map(|i| vec![i as u8 ^ n; 64 << 10]).collect();
+            w.store
+                .send(Append { feed, blocks })
+                .await
+                .unwrap()
+                .unwrap();
+            share(&w, feed, "photos").await;
+            link(&r, &w).await;
+            writers.push((w, feed));
+        }
+        // At most one frame per stream (a 1 MiB data answer) and what the read that
+        // completed it brought (32 QUIC chunks, each about a packet; at most the
+        // stream's window, quinn's 1.25 MB).
+        let per_stream = frame::PREFIX_LEN + MAX_MESSAGE_SIZE + 1_250_000;
+        let bound = (usize::from(WRITERS) * per_stream) as u64;
+        // Every stream has its first answer at storage, stalled there...
+        let deadline = Instant::now() + GUARD;
+        while gate.0.stalled() < usize::from(WRITERS) {
+            assert!(
+                Instant::now() < deadline,
+                "{} writes stalled",
+                gate.0.stalled()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ... and the streams read no further while it is (on loopback they would take
+        // the rest in milliseconds).
+        for _ in 0..25 {
+            let held = r.store.send(GetStats).await.unwrap().receive_bytes_held;
+            assert!(held <= bound, "held {held} unverified bytes, over {bound}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gate.0.open();
+        let mut synced = std::collections::HashSet::new();
+        wait_for(&mut events, "the reader synced every feed", |e| {
+            if let Some((_, feed)) = writers.iter().find(|(_, f)| is_synced(e, 1, *f, BLOCKS)) {
+                synced.insert(*feed);
+            }
+            synced.len() == usize::from(WRITERS)
+        })
+        .await;
+        for (w, feed) in &writers {
+            assert_same(w, &r, *feed, BLOCKS).await;
+        }
+        let stats = r.store.send(GetStats).await.unwrap();
+        assert!(
+            stats.receive_bytes_peak <= bound,
+            "held {} unverified bytes at once, over {bound}",
+            stats.receive_bytes_peak
+        );
+        assert!(
+            stats.receive_bytes_peak >= u64::from(WRITERS) << 20,
+            "{stats:?}"
+        );
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let held = r.store.send(GetStats).await.unwrap().receive_bytes_held;
+            if held == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{held} bytes still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+/// Memory storage whose writes of blocks wait while its gate is closed (it starts
+/// closed): a verifier that has fallen behind, on demand.
+#[derive(Debug, Default)]
+struct GatedStorage {
+    inner: MemoryStorage,
+    gate: std::sync::Arc<Gate>,
+}
+
+/// Closed until [`Gate::open`]; counts the writes waiting at it.
+#[derive(Debug, Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Opens its gate when dropped.
+struct OpenOnDrop(std::sync::Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn stalled(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn pass(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut open = self.open.lock().unwrap();
+        if !*open {
+            self.waiting.fetch_add(1, SeqCst);
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            self.waiting.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+impl MembershipHome for GatedStorage {
+    fn membership_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
+impl Storage for GatedStorage {
+    type Feed = GatedFeed;
+
+    fn create(&self, key: [u8; 32], secret: Option<[u8; 32]>) -> Result<GatedFeed, StorageError> {
+        let inner = self.inner.create(key, secret)?;
+        Ok(GatedFeed {
+            inner,
+            gate: self.gate.clone(),
+        })
+    }
+
+    fn open(&self, key: &[u8; 32]) -> Result<Option<GatedFeed>, StorageError> {
+        Ok(self.inner.open(key)?.map(|inner| GatedFeed {
+            inner,
+            gate: self.gate.clone(),
+        }))
+    }
+
+    fn list(&self) -> Result<Vec<[u8; 32]>, StorageError> {
+        self.inner.list()
+    }
+}
+
+#[derive(Debug)]
+struct GatedFeed {
+    inner: replic8_store::storage::MemoryFeed,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl FeedStorage for GatedFeed {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        if !batch.blocks.is_empty() {
+            self.gate.pass();
+        }
+        self.inner.write(batch)
+    }
+
+    fn write_borrowed(
+        &mut self,
+        blocks: &[(u64, &[u8])],
+        nodes: Vec<StoredNode>,
+        head: Option<StoredHead>,
+    ) -> Result<(), StorageError> {
+        if !blocks.is_empty() {
+            self.gate.pass();
+        }
+        self.inner.write_borrowed(blocks, nodes, head)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.inner.sync()
+    }
+
+    fn block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.block(index)
+    }
+
+    fn has_block(&self, index: u64) -> bool {
+        self.inner.has_block(index)
+    }
+
+    fn node(&mut self, index: u64) -> Result<Option<StoredNode>, StorageError> {
+        self.inner.node(index)
+    }
+
+    fn head(&self) -> Option<StoredHead> {
+        self.inner.head()
+    }
+
+    fn secret_key(&self) -> Option<[u8; 32]> {
+        self.inner.secret_key()
+    }
 }
 
 /// A store config whose serve budget is `budget` bytes.

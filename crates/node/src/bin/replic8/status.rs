@@ -82,6 +82,10 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
         s["serve_bytes_held"], s["serve_bytes_peak"]
     );
     println!(
+        "receiving {} bytes held to verify now, peak {}",
+        s["receive_bytes_held"], s["receive_bytes_peak"]
+    );
+    println!(
         "feeds     {} open now; since start {} opened, {} closed",
         s["feeds_open"], s["feeds_opened"], s["feeds_closed"]
     );

@@ -192,6 +192,8 @@ fn feed_store_json(s: &FeedStoreStats) -> Value {
         "serve_stall_session_ends": s.serve_stall_session_ends,
         "serve_bytes_held": s.serve_bytes_held,
         "serve_bytes_peak": s.serve_bytes_peak,
+        "receive_bytes_held": s.receive_bytes_held,
+        "receive_bytes_peak": s.receive_bytes_peak,
         "feeds_held": s.feeds_held,
         "feeds_open": s.feeds_open,
         "feeds_opened": s.feeds_opened,
