@@ -80,6 +80,15 @@ fn a_small_swarm_syncs_and_reports_rss_and_connections_per_node() {
     let served = num(row, "node_serve_peak_mib_max");
     let budget = replic8::feed_store::DEFAULT_SERVE_BYTES_IN_FLIGHT as f64 / (1 << 20) as f64;
     assert!(served > 0.0 && served <= budget, "{row}");
+    // Readers held what they received until it was verified: some, and at most the
+    // default receive budget plus a frame and a read per stream (one feed: at most a
+    // stream per connection).
+    let received = num(row, "node_receive_peak_mib_max");
+    let streams = num(row, "connections_peak_max");
+    let bound = (replic8::feed_store::DEFAULT_RECEIVE_BYTES_HELD as f64
+        + streams * (replic8_store::MAX_MESSAGE_SIZE as f64 + 1_250_000.0))
+        / (1 << 20) as f64;
+    assert!(received > 0.0 && received <= bound, "{row}");
     // Where the blocks came from: every reader got them from someone, the writer's
     // share is a share, and every needed byte was served and stored.
     assert!(within("first_block_seconds_max"), "{row}");

@@ -30,7 +30,9 @@
 //! median) and the anonymous ones (each node's own: median and max); the sums over all
 //! nodes;
 //! the writer's peak RSS, and the most bytes of data answers one node held for peers at
-//! once (its feed store's `serve_bytes_peak`, bounded by `serve_bytes_in_flight`);
+//! once (its feed store's `serve_bytes_peak`, bounded by `serve_bytes_in_flight`) and
+//! the most bytes received and not yet verified one node held at once
+//! (`receive_bytes_peak`, bounded by `receive_bytes_held` plus a frame per stream);
 //! the split of each reader's time into connect (to its first peer) and data (from there
 //! to sync), median and max, with the time to its first verified block and the median
 //! time to sync; where the blocks came from (the share the writer sent, how many readers
@@ -237,6 +239,8 @@ struct Measured {
     bytes_stored: u64,
     /// The most bytes of data answers one node held for peers at once.
     serve_peak_max: u64,
+    /// The most bytes received and not yet verified one node held at once.
+    receive_peak_max: u64,
     dht_queries: Vec<u64>,
     cpu_seconds: f64,
     /// Per node, CPU seconds from `get` to the reports; the writer's first.
@@ -355,6 +359,7 @@ pub(crate) async fn run(options: &BenchOptions) -> Result<Row, BenchError> {
         mib(m.peak_rss.first().copied().unwrap_or(0) as f64),
     )
     .with("node_serve_peak_mib_max", mib(m.serve_peak_max as f64))
+    .with("node_receive_peak_mib_max", mib(m.receive_peak_max as f64))
     .with("node_end_rss_mib_median", mib(end_med))
     .with("node_end_rss_mib_max", mib(end_max))
     .with("node_end_rss_file_mib_median", mib(end_file_med))
@@ -483,6 +488,7 @@ async fn measure(
         refused: 0,
         bytes_served: 0,
         serve_peak_max: 0,
+        receive_peak_max: 0,
         bytes_stored: 0,
         dht_queries: Vec::new(),
         cpu_seconds: 0.0,
@@ -540,6 +546,7 @@ async fn measure(
             bytes_served,
             bytes_stored,
             serve_bytes_peak,
+            receive_bytes_peak,
             dht_queries,
         } => Some((
             peers as u64,
@@ -550,6 +557,7 @@ async fn measure(
             dht_queries,
             bytes_stored,
             serve_bytes_peak,
+            receive_bytes_peak,
         )),
         _ => None,
     })
@@ -577,6 +585,7 @@ async fn measure(
     m.bytes_served = reports.values().map(|r| r.4).sum();
     m.bytes_stored = reports.values().map(|r| r.6).sum();
     m.serve_peak_max = reports.values().map(|r| r.7).max().unwrap_or(0);
+    m.receive_peak_max = reports.values().map(|r| r.8).max().unwrap_or(0);
     m.dht_queries = reports.values().map(|r| r.5).collect();
     let cpu_end: Vec<f64> = members
         .iter()

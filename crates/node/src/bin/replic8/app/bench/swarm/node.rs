@@ -88,6 +88,9 @@ pub(crate) enum NodeLine {
         /// The most bytes of data answers it held for peers at once (its feed store's
         /// serve budget in use).
         serve_bytes_peak: u64,
+        /// The most bytes received on feed streams and not yet verified it held at once
+        /// (its feed store's receive budget in use).
+        receive_bytes_peak: u64,
         /// DHT queries it sent and answered.
         dht_queries: u64,
     },
@@ -203,6 +206,7 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                     bytes_served: stats.bytes_out,
                     bytes_stored: stats.bytes_in,
                     serve_bytes_peak: stats.serve_bytes_peak,
+                    receive_bytes_peak: stats.receive_bytes_peak,
                     dht_queries: node
                         .dht_status()
                         .await
