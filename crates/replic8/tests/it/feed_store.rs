@@ -1607,15 +1607,10 @@ fn a_reader_of_many_writers_holds_unverified_bytes_within_its_receive_budget() {
             stats.receive_bytes_peak >= u64::from(WRITERS) << 20,
             "{stats:?}"
         );
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let held = r.store.send(GetStats).await.unwrap().receive_bytes_held;
-            if held == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{held} bytes still held");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_stats(&r, "the received bytes given back", |s| {
+            s.receive_bytes_held == 0
+        })
+        .await;
     });
 }
 
@@ -1767,13 +1762,26 @@ async fn assert_served_within<St: Storage>(node: &Node<St>, budget: usize, least
         "held {peak} bytes for peers at once, over the budget of {budget}"
     );
     assert!(peak >= least, "peak {peak}, under {least}");
+    wait_stats(node, "the served bytes given back", |s| {
+        s.serve_bytes_held == 0
+    })
+    .await;
+}
+
+/// Polls `node`'s store stats until `done` holds; panics with the last stats after
+/// [`GUARD`].
+async fn wait_stats<St: Storage>(
+    node: &Node<St>,
+    what: &str,
+    done: impl Fn(&FeedStoreStats) -> bool,
+) {
     let deadline = Instant::now() + GUARD;
     loop {
-        let held = node.store.send(GetStats).await.unwrap().serve_bytes_held;
-        if held == 0 {
-            break;
+        let stats = node.store.send(GetStats).await.unwrap();
+        if done(&stats) {
+            return;
         }
-        assert!(Instant::now() < deadline, "{held} bytes still held");
+        assert!(Instant::now() < deadline, "waiting for {what}: {stats:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
