@@ -196,7 +196,7 @@ pub struct LimitsSection {
     /// Most replicas created from offers, in total; unset: the store's default (16,384).
     pub max_replicas: Option<u64>,
     /// Most bytes of data answers held for peers at once, over all feeds and peers (read
-    /// from disk and not yet acknowledged); unset: the store's default (8 MiB). At least
+    /// from disk and not yet acknowledged); unset: the store's default (6 MiB). At least
     /// one answer's largest frame (1,114,116 bytes).
     pub serve_bytes_in_flight: Option<u64>,
     /// Seconds a feed stream may hold data answers its peer takes none of before it is

@@ -138,13 +138,15 @@ pub const DEFAULT_IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// (at most two data messages) leaves within this on any link that is not stalled;
 /// a peer that stops reading loses the stream's tasks and their queue after it.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default of [`FeedStoreLimits::serve_bytes_in_flight`]: 8 MiB. One stream holds at
+/// Default of [`FeedStoreLimits::serve_bytes_in_flight`]: 6 MiB. One stream holds at
 /// most its own queue (2 MiB) plus what QUIC has sent and not yet had acknowledged (up
 /// to the peer's stream window, quinn's default 1.25 MB), so a download from us by one
-/// or two peers never waits on the budget; 8 MiB in flight still carries ~80 MB/s to
-/// peers 100 ms away, and keeps a node serving a hundred peers at tens of MiB (at
-/// ~2.5 MiB per served peer without it, the swarm bench's writer reached 134 MiB).
-pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 8 << 20;
+/// peer never waits on the budget (the bulk bench moved the same as with 8 MiB); 6 MiB
+/// in flight still carries ~60 MB/s (480 Mbit/s) to peers 100 ms away, and keeps a node
+/// serving a hundred peers at tens of MiB (at ~2.5 MiB per served peer without it, the
+/// swarm bench's writer reached 134 MiB). 8 MiB left the swarm's largest node at
+/// 37.8–40.2 MiB, 6 MiB at 36.3–36.8 (decision 264).
+pub const DEFAULT_SERVE_BYTES_IN_FLIGHT: usize = 6 << 20;
 /// Default of [`FeedStoreLimits::serve_stall`]: 30 s. A stream's progress is seen each
 /// time the peer's acknowledgement gives back a piece of an answer (at most 64 KiB), or
 /// QUIC takes a frame. QUIC lets us send more only as the peer reads, in steps of an
