@@ -452,7 +452,15 @@ impl AsyncUdpSocket for NodeSocket {
                     }
                     // Only KRPC arrived: read again (or register for the next datagram).
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => {
+                    // quinn's driver ends on it (but on a reset, which it skips) and
+                    // logs it under `quinn::endpoint`, which the binary filters out:
+                    // said here, once, with what it means.
+                    if e.kind() != io::ErrorKind::ConnectionReset {
+                        tracing::error!(error = %e, "receiving on the UDP socket failed: the QUIC endpoint stops");
+                    }
+                    return Poll::Ready(Err(e));
+                }
                 Poll::Pending => break,
             }
         }

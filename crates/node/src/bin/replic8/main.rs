@@ -6,7 +6,7 @@
 //! directory, to the daemon's own user only. Every command that uses a data directory
 //! refuses one that others can write to or another user owns.
 //! `feed import --only-hash` needs no daemon. Logs go to stderr, filtered by `RUST_LOG`
-//! (default `warn`). Errors are one line on stderr and a non-zero exit, never a
+//! (default: warnings, see `logs.rs`). Errors are one line on stderr and a non-zero exit, never a
 //! backtrace.
 
 mod app;
@@ -17,6 +17,7 @@ mod daemon;
 mod demo;
 mod events;
 mod feed;
+mod logs;
 mod namespace;
 mod offers;
 mod status;
@@ -112,10 +113,7 @@ fn main() -> ExitCode {
     arenas::cap();
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(logs::filter())
         .with_writer(std::io::stderr)
         // Colour only on a terminal: a log redirected to a file or a pipe stays plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
