@@ -19,7 +19,15 @@ fn replic8_as(uid: u32) -> (tempfile::TempDir, Command) {
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("replic8");
-    std::fs::copy(env!("CARGO_BIN_EXE_replic8"), &bin).unwrap();
+    // Copied by `cp`, not by this process: a file open for writing here would be
+    // inherited by a child another test forks meanwhile, and running the copy while
+    // that child holds it fails with "Text file busy" (ETXTBSY).
+    let copied = Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_replic8"))
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp of the binary: {copied}");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = Command::new(bin);
     cmd.uid(uid).gid(uid);
