@@ -36,6 +36,7 @@
 //!   ([`FeedFailed`](crate::store::FeedFailed)); nothing from the failed message is
 //!   stored (the feed verifies before it writes).
 
+mod gauge;
 mod held;
 mod inbox;
 mod manual;

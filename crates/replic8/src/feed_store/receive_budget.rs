@@ -21,15 +21,14 @@
 //! a packet, and never more than the stream's QUIC window). It counts bytes received;
 //! a frame being gathered has a buffer of its announced size once 16 KiB of it came.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use super::gauge::Gauge;
 
 /// Bytes received on the store's feed streams and not yet verified, shared by every
 /// stream of the store.
 #[derive(Debug)]
 pub(crate) struct ReceiveBudget {
     limit: usize,
-    held: AtomicUsize,
-    peak: AtomicUsize,
+    bytes: Gauge,
 }
 
 impl ReceiveBudget {
@@ -37,35 +36,32 @@ impl ReceiveBudget {
     pub(crate) fn new(limit: usize) -> Self {
         ReceiveBudget {
             limit,
-            held: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
+            bytes: Gauge::default(),
         }
     }
 
     /// Whether the store holds its limit or more: only a stream holding no whole frame
     /// reads on.
     pub(crate) fn full(&self) -> bool {
-        self.held.load(Ordering::Relaxed) >= self.limit
+        self.bytes.held() >= self.limit
     }
 
     /// Moves one inbox's charge from `was` to `now` bytes.
     pub(crate) fn recharge(&self, was: usize, now: usize) {
         if now > was {
-            let added = now - was;
-            let total = self.held.fetch_add(added, Ordering::Relaxed) + added;
-            self.peak.fetch_max(total, Ordering::Relaxed);
+            self.bytes.add(now - was);
         } else if was > now {
-            self.held.fetch_sub(was - now, Ordering::Relaxed);
+            self.bytes.sub(was - now);
         }
     }
 
     /// Bytes held now over every stream.
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.bytes.held()
     }
 
     /// The most [`Self::held`] ever was.
     pub(crate) fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
+        self.bytes.peak()
     }
 }

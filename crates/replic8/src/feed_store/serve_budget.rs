@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::gauge::Gauge;
 use crate::keys::PeerKey;
 use crate::store::WholeHold;
 use bytes::Bytes;
@@ -58,14 +59,8 @@ pub(crate) const ANSWER_RESERVE: usize = super::MIN_SERVE_BYTES_IN_FLIGHT;
 #[derive(Debug)]
 pub(crate) struct ServeBudget {
     permits: Arc<Semaphore>,
-    counts: Arc<Counts>,
+    counts: Arc<Gauge>,
     stall: Duration,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    held: AtomicUsize,
-    peak: AtomicUsize,
 }
 
 /// Room for one data answer, taken before its blocks are read.
@@ -130,8 +125,7 @@ impl ServeBudget {
                 let len = bytes.len();
                 // A frame is at most `ANSWER_RESERVE` bytes, so every split succeeds.
                 let permit = permit.split(len);
-                let now = self.counts.held.fetch_add(len, Ordering::Relaxed) + len;
-                self.counts.peak.fetch_max(now, Ordering::Relaxed);
+                self.counts.add(len);
                 if stream.held.fetch_add(len, Ordering::Relaxed) == 0 {
                     // The stream starts holding bytes: its stall clock starts now.
                     stream.progressed();
@@ -181,8 +175,7 @@ impl ServeBudget {
         let bytes = bytes.min(permit.num_permits());
         let kept = permit.split(bytes);
         drop(permit);
-        let now = self.counts.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.counts.peak.fetch_max(now, Ordering::Relaxed);
+        self.counts.add(bytes);
         WholeHold::new(HeldWhole {
             bytes,
             _permit: kept,
@@ -192,12 +185,12 @@ impl ServeBudget {
 
     /// Bytes of charged chunks alive now (queued, or in QUIC's send buffer).
     pub(crate) fn held(&self) -> usize {
-        self.counts.held.load(Ordering::Relaxed)
+        self.counts.held()
     }
 
     /// The most [`Self::held`] ever was.
     pub(crate) fn peak(&self) -> usize {
-        self.counts.peak.load(Ordering::Relaxed)
+        self.counts.peak()
     }
 
     /// Bytes free now (the bound, with nothing reserved).
@@ -285,7 +278,7 @@ fn reserve_permits() -> u32 {
 struct Charged {
     bytes: Bytes,
     _permit: Option<OwnedSemaphorePermit>,
-    counts: Arc<Counts>,
+    counts: Arc<Gauge>,
     stream: Arc<StreamHold>,
 }
 
@@ -294,12 +287,12 @@ struct Charged {
 struct HeldWhole {
     bytes: usize,
     _permit: Option<OwnedSemaphorePermit>,
-    counts: Arc<Counts>,
+    counts: Arc<Gauge>,
 }
 
 impl Drop for HeldWhole {
     fn drop(&mut self) {
-        self.counts.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.counts.sub(self.bytes);
     }
 }
 
@@ -311,9 +304,7 @@ impl AsRef<[u8]> for Charged {
 
 impl Drop for Charged {
     fn drop(&mut self) {
-        self.counts
-            .held
-            .fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        self.counts.sub(self.bytes.len());
         self.stream
             .held
             .fetch_sub(self.bytes.len(), Ordering::Relaxed);
