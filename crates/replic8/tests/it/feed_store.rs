@@ -147,8 +147,12 @@ fn block(feed: u8, i: u64) -> Vec<u8> {
 
 /// Creates a feed on `node` with `blocks` blocks and shares it with `kind` headers.
 async fn writer_feed<St: Storage>(node: &Node<St>, tag: u8, blocks: u64, kind: &str) -> FeedKey {
+    shared_feed(node, (0..blocks).map(|i| block(tag, i)).collect(), kind).await
+}
+
+/// Creates a feed on `node` holding `data` and shares it with `kind` headers.
+async fn shared_feed<St: Storage>(node: &Node<St>, data: Vec<Vec<u8>>, kind: &str) -> FeedKey {
     let feed = node.store.send(CreateFeed).await.unwrap().unwrap();
-    let data: Vec<Vec<u8>> = (0..blocks).map(|i| block(tag, i)).collect();
     for chunk in data.chunks(100) {
         node.store
             .send(Append {
@@ -1428,15 +1432,8 @@ fn many_readers_of_small_feeds_sent_whole_never_hold_more_than_the_serve_budget(
         .await;
         let mut feeds = Vec::new();
         for f in 0..FEEDS {
-            let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
             let blocks = (0..3).map(|i| vec![(f * 3 + i) as u8; BLOCK]).collect();
-            a.store
-                .send(Append { feed, blocks })
-                .await
-                .unwrap()
-                .unwrap();
-            share(&a, feed, "notes").await;
-            feeds.push(feed);
+            feeds.push(shared_feed(&a, blocks, "notes").await);
         }
         let mut readers = Vec::new();
         for n in 2..2 + READERS {
@@ -1495,16 +1492,8 @@ fn many_readers_of_one_feed_never_hold_more_than_the_serve_budget() {
             &tx,
         )
         .await;
-        let feed = a.store.send(CreateFeed).await.unwrap().unwrap();
-        for i in 0..BLOCKS {
-            let blocks = vec![vec![i as u8; 64 << 10]];
-            a.store
-                .send(Append { feed, blocks })
-                .await
-                .unwrap()
-                .unwrap();
-        }
-        share(&a, feed, "photos").await;
+        let blocks = (0..BLOCKS).map(|i| vec![i as u8; 64 << 10]).collect();
+        let feed = shared_feed(&a, blocks, "photos").await;
         let mut readers = Vec::new();
         for n in 2..2 + READERS {
             let r = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
@@ -1552,14 +1541,8 @@ fn a_reader_of_many_writers_holds_unverified_bytes_within_its_receive_budget() {
         let mut writers = Vec::new();
         for n in 2..2 + WRITERS {
             let w = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
-            let feed = w.store.send(CreateFeed).await.unwrap().unwrap();
             let blocks = (0..BLOCKS).map(|i| vec![i as u8 ^ n; 64 << 10]).collect();
-            w.store
-                .send(Append { feed, blocks })
-                .await
-                .unwrap()
-                .unwrap();
-            share(&w, feed, "photos").await;
+            let feed = shared_feed(&w, blocks, "photos").await;
             link(&r, &w).await;
             writers.push((w, feed));
         }
