@@ -63,6 +63,7 @@ pub use feed::{AppendError, Feed, IngestError, Ingested, OpenError, ReadError, M
 pub use keys::{verify_heads, DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
 pub use message::{
     decode, encode, encode_into, DecodeError, EncodeError, Message, MAX_MESSAGE_SIZE,
+    MAX_SMALL_MESSAGE_SIZE,
 };
 pub use proof::{Proof, ProofError, VerifiedProof, VerifyError};
 pub use scan::{scan_feeds, ScannedFeed};

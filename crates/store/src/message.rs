@@ -34,6 +34,12 @@ pub const MAX_OUTSTANDING_REQUESTS: usize = 256;
 /// Most stored ranges a [`Have`] lists; a sparser peer lists its first ones.
 pub const MAX_HAVE_RANGES: usize = 1024;
 
+/// Largest encoded message other than a data message (32 KiB). The largest valid ones, a
+/// [`Have`] of [`MAX_HAVE_RANGES`] ranges and an `Upgrade` of [`MAX_PROOF_NODES`] nodes,
+/// take under 19 KiB; [`check_leading`] refuses a frame over this from its first byte,
+/// so a peer that stops inside anything but a data message holds at most this much.
+pub const MAX_SMALL_MESSAGE_SIZE: usize = 32 * 1024;
+
 /// One feed sync message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -200,6 +206,36 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
 /// The tag a [`Message::Data`] starts with when encoded: its variant index (5) as a
 /// one-byte varint.
 const DATA_TAG: u8 = 5;
+/// The tag of [`Message::NoData`], the other answer to a [`Request`].
+const NO_DATA_TAG: u8 = 6;
+
+/// What the first byte of an encoded message says before the rest of it has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leading {
+    /// A `Data` or `NoData`: the answer to one [`Request`] the receiver sent (each
+    /// request gets exactly one).
+    Answer,
+    /// Any other message.
+    Other,
+}
+
+/// Checks a message from its first byte and its length alone, before the rest arrives:
+/// the byte must name a message, and only a data message may be longer than
+/// [`MAX_SMALL_MESSAGE_SIZE`]. A receiver that also counts the answers it is owed
+/// ([`Leading::Answer`]) knows, from the first bytes of every frame, that a peer which
+/// stops inside one is inside something it was asked for or something small.
+pub fn check_leading(first: u8, len: usize) -> Result<Leading, DecodeError> {
+    match first {
+        DATA_TAG => Ok(Leading::Answer),
+        NO_DATA_TAG | 0..DATA_TAG if len > MAX_SMALL_MESSAGE_SIZE => Err(DecodeError::Oversize {
+            len,
+            max: MAX_SMALL_MESSAGE_SIZE,
+        }),
+        NO_DATA_TAG => Ok(Leading::Answer),
+        0..DATA_TAG => Ok(Leading::Other),
+        _ => Err(DecodeError::Invalid("unknown message")),
+    }
+}
 
 /// A data message decoded in place: its blocks are slices of the bytes it was decoded
 /// from, not copies.
@@ -346,6 +382,7 @@ fn check_proof(proof: &Proof) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::Node;
 
     #[test]
     fn round_trip_and_bounds() {
@@ -382,6 +419,85 @@ mod tests {
         assert_eq!(
             decode(&encode(&bad).unwrap()),
             Err(DecodeError::Invalid("request range"))
+        );
+    }
+
+    #[test]
+    fn the_first_byte_tells_an_answer_and_bounds_every_other_message() {
+        let head = SignedHead {
+            length: MAX_FEED_LENGTH,
+            tree_hash: [0xff; 32],
+            signature: [0xff; 64],
+        };
+        let base = MAX_FEED_LENGTH - 4 * MAX_HAVE_RANGES as u64;
+        let have = Message::Have(Have {
+            head: Some(head),
+            ranges: (0..MAX_HAVE_RANGES as u64)
+                .map(|i| (base + 2 * i, base + 2 * i + 1))
+                .collect(),
+        });
+        let node = Node {
+            index: u64::MAX,
+            hash: [0xff; 32],
+            size: u64::MAX,
+        };
+        let upgrade = Message::Upgrade {
+            proof: Proof {
+                base: MAX_FEED_LENGTH,
+                length: MAX_FEED_LENGTH,
+                start: MAX_FEED_LENGTH,
+                end: MAX_FEED_LENGTH,
+                nodes: vec![node; MAX_PROOF_NODES],
+                head: Some(head),
+            },
+        };
+        let request = Request {
+            start: 0,
+            end: MAX_BLOCKS_PER_MESSAGE,
+            length: MAX_FEED_LENGTH,
+        };
+        let others = [
+            have,
+            upgrade,
+            Message::RequestUpgrade {
+                from: MAX_FEED_LENGTH,
+            },
+            Message::NoUpgrade {
+                from: MAX_FEED_LENGTH,
+            },
+            Message::Request(request),
+        ];
+        // The largest valid message of each kind but data is under the bound, and the
+        // bound is not loose by more than its margin.
+        let mut largest = 0;
+        for m in &others {
+            let bytes = encode(m).unwrap();
+            assert_eq!(decode(&bytes).as_ref(), Ok(m), "a valid message");
+            assert_eq!(check_leading(bytes[0], bytes.len()), Ok(Leading::Other));
+            largest = largest.max(bytes.len());
+        }
+        assert!((16 * 1024..19 * 1024).contains(&largest), "{largest} bytes");
+        let no_data = encode(&Message::NoData { start: 0, end: 1 }).unwrap();
+        assert_eq!(
+            check_leading(no_data[0], no_data.len()),
+            Ok(Leading::Answer)
+        );
+        assert_eq!(
+            check_leading(DATA_TAG, MAX_MESSAGE_SIZE),
+            Ok(Leading::Answer)
+        );
+        // Past the bound, anything but data is refused before the rest arrives.
+        for tag in 0..=NO_DATA_TAG {
+            let got = check_leading(tag, MAX_SMALL_MESSAGE_SIZE + 1);
+            if tag == DATA_TAG {
+                assert_eq!(got, Ok(Leading::Answer));
+            } else {
+                assert!(matches!(got, Err(DecodeError::Oversize { .. })), "{tag}");
+            }
+        }
+        assert_eq!(
+            check_leading(NO_DATA_TAG + 1, 10),
+            Err(DecodeError::Invalid("unknown message"))
         );
     }
 

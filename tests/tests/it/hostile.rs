@@ -628,7 +628,8 @@ fn a_head_signed_by_another_key_stops_the_feed_without_a_ban_and_stores_nothing(
 fn unrequested_data_stops_the_feed_without_a_ban_and_stores_nothing() {
     run(async {
         let mut w = World::new().await;
-        // Real blocks with a real proof and head, but never asked for.
+        // Real blocks with a real proof and head, but never asked for: refused from the
+        // frame's first bytes, before its blocks are read.
         let feed = w
             .attack_with_feed(
                 |f| {
@@ -642,7 +643,7 @@ fn unrequested_data_stops_the_feed_without_a_ban_and_stores_nothing() {
                 |_| {},
             )
             .await;
-        w.expect_feed_fault("unrequested data for blocks 0..2")
+        w.expect_feed_fault("an answer to no request (0 sent on this stream")
             .await;
         assert_eq!(w.holds(&feed).await, (0, 0));
         w.still_serving_with(&[feed.key()]).await;

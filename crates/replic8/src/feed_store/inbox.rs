@@ -1,9 +1,11 @@
 //! What a feed stream reads: frames cut from QUIC's chunks and held, bounded, until
 //! the sync core has verified them (the [`Inbox`]).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
+use replic8_store::message::{check_leading, DecodeError, Leading};
 use replic8_store::MAX_MESSAGE_SIZE;
 
 use super::pool::BufferPool;
@@ -29,6 +31,54 @@ pub(super) const BATCH: usize = 64;
 /// ~25 reads instead of ~750 when the reader is behind.
 pub(super) const READ_CHUNKS: usize = 32;
 
+/// Why the frames of a feed stream cannot be read on: the peer broke the protocol.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum InboxError {
+    /// The bytes do not form frames (a prefix over the limit, or the stream ended
+    /// inside a frame).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A frame's first byte names no message, or a message that is never this long.
+    #[error("frame of {len} bytes: {error}")]
+    Leading {
+        /// The frame's announced length.
+        len: usize,
+        /// What its first byte and length broke.
+        error: DecodeError,
+    },
+    /// A `Data` or `NoData` frame began when every request we sent was answered.
+    #[error("an answer to no request ({asked} sent on this stream, all answered)")]
+    Unrequested {
+        /// Requests we sent on the stream.
+        asked: u64,
+    },
+}
+
+/// The requests this side sent on a stream and the answers the peer began (`Data` or
+/// `NoData`, exactly one per request): the sending half counts a request before it
+/// leaves, the inbox an answer from its first byte, so a peer is never owed less than
+/// it may send.
+#[derive(Debug, Default)]
+pub(super) struct Unanswered {
+    owed: AtomicUsize,
+    asked: AtomicU64,
+}
+
+impl Unanswered {
+    /// A request is about to be sent.
+    pub(super) fn asked(&self) {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        self.owed.fetch_add(1, Ordering::Release);
+    }
+
+    /// An answer began: false if none was owed.
+    fn answered(&self) -> bool {
+        self.owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
 /// The frames read from the stream and not yet verified, and the one being read.
 ///
 /// The driver reads while the frames held (waiting here, or in the batch being
@@ -39,6 +89,14 @@ pub(super) const READ_CHUNKS: usize = 32;
 /// dropped. A frame inside one QUIC chunk is kept as a slice of
 /// it (no copy); one that straddles chunks is gathered into a buffer allocated once at
 /// the frame's announced size (checked against the limit first), from the pool.
+///
+/// Every frame is also checked from its first five bytes, before the rest arrives
+/// ([`check_leading`]): a frame over [`MAX_SMALL_MESSAGE_SIZE`] must be a data message,
+/// and an answer must have a request of ours waiting for it ([`Unanswered`]). So a peer
+/// that stops inside a frame is inside an answer we asked for (which the sync core's
+/// request timeout ends) or inside at most 32 KiB.
+///
+/// [`MAX_SMALL_MESSAGE_SIZE`]: replic8_store::MAX_SMALL_MESSAGE_SIZE
 pub(super) struct Inbox {
     pub(super) frames: std::collections::VecDeque<Bytes>,
     /// Bytes of the frames held, waiting or being verified (see [`held_bytes`]).
@@ -50,21 +108,34 @@ pub(super) struct Inbox {
     charged: usize,
     /// The frame being gathered.
     pub(super) partial: Vec<u8>,
+    /// Whether the frame being gathered passed [`check_leading`] (its first bytes came).
+    leading_checked: bool,
+    /// What the peer owes this stream.
+    unanswered: Arc<Unanswered>,
+    /// Frames cut so far: a frame that stays partial keeps this still.
+    pub(super) cut_count: u64,
     pub(super) pool: Arc<BufferPool>,
-    /// The peer broke the framing: the stream fails once the running step is done.
-    pub(super) bad: Option<FrameError>,
+    /// The peer broke the protocol: the stream fails once the running step is done.
+    pub(super) bad: Option<InboxError>,
     /// Nothing more to read: the peer finished its half, or the stream is gone.
     pub(super) finished: bool,
 }
 
 impl Inbox {
-    pub(super) fn new(pool: Arc<BufferPool>, budget: Arc<ReceiveBudget>) -> Self {
+    pub(super) fn new(
+        pool: Arc<BufferPool>,
+        budget: Arc<ReceiveBudget>,
+        unanswered: Arc<Unanswered>,
+    ) -> Self {
         Inbox {
             frames: std::collections::VecDeque::new(),
             held: 0,
             budget,
             charged: 0,
             partial: Vec::new(),
+            leading_checked: false,
+            unanswered,
+            cut_count: 0,
             pool,
             bad: None,
             finished: false,
@@ -94,12 +165,17 @@ impl Inbox {
         self.charged = now;
     }
 
-    /// Reads the stream until a frame is whole, or until reading must stop (the budget
-    /// is full, the stream ended or broke its framing), so the driver wakes per frame
-    /// rather than per QUIC packet. Cancel-safe: what was read is in the inbox.
+    /// Reads the stream until a frame is whole or a new one has begun (the driver times
+    /// a frame in progress), or until reading must stop (the budget is full, the stream
+    /// ended or broke the protocol), so the driver wakes about once per frame rather
+    /// than per QUIC packet. Cancel-safe: what was read is in the inbox.
     pub(super) async fn read(&mut self, recv: &mut quinn::RecvStream, chunks: &mut [Bytes]) {
         let waiting = self.frames.len();
-        while self.has_room() && self.frames.len() == waiting {
+        let in_frame = !self.partial.is_empty();
+        while self.has_room()
+            && self.frames.len() == waiting
+            && (in_frame || self.partial.is_empty())
+        {
             let read = recv.read_chunks(chunks).await;
             self.take_read(read, chunks);
         }
@@ -125,7 +201,7 @@ impl Inbox {
             Ok(None) => {
                 self.finished = true;
                 if let Err(e) = frame::check_end(&self.partial, MAX_MESSAGE_SIZE) {
-                    self.bad = Some(e);
+                    self.bad = Some(e.into());
                 }
             }
             Err(_) => self.finished = true,
@@ -134,13 +210,46 @@ impl Inbox {
     }
 
     /// Cuts the frames of one chunk as QUIC gave it.
-    fn cut(&mut self, mut data: Bytes) -> Result<(), FrameError> {
+    fn cut(&mut self, mut data: Bytes) -> Result<(), InboxError> {
         while !data.is_empty() {
+            if !self.leading_checked {
+                self.check_leading(&data)?;
+            }
             if let Some(frame) = next_frame(&mut data, &mut self.partial, &self.pool)? {
+                self.leading_checked = false;
+                self.cut_count += 1;
                 self.held += held_bytes(&frame);
                 self.frames.push_back(frame);
             }
         }
+        Ok(())
+    }
+
+    /// Checks the frame being read from its prefix and first payload byte, once they
+    /// are here (in `partial`, which then holds fewer than five bytes, and `data`).
+    fn check_leading(&mut self, data: &[u8]) -> Result<(), InboxError> {
+        let mut leading = [0u8; frame::PREFIX_LEN + 1];
+        let have = self.partial.len().min(leading.len());
+        let take = (leading.len() - have).min(data.len());
+        leading[..have].copy_from_slice(&self.partial[..have]);
+        leading[have..have + take].copy_from_slice(&data[..take]);
+        let Some(total) = frame::announced(&leading[..have + take], MAX_MESSAGE_SIZE)? else {
+            return Ok(());
+        };
+        let len = total - frame::PREFIX_LEN;
+        if len > 0 {
+            if have + take < leading.len() {
+                return Ok(());
+            }
+            let kind = check_leading(leading[frame::PREFIX_LEN], len)
+                .map_err(|error| InboxError::Leading { len, error })?;
+            if kind == Leading::Answer && !self.unanswered.answered() {
+                return Err(InboxError::Unrequested {
+                    asked: self.unanswered.asked.load(Ordering::Relaxed),
+                });
+            }
+        }
+        self.leading_checked = true;
         Ok(())
     }
 

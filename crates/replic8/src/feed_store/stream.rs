@@ -12,7 +12,11 @@
 //! bytes (those being verified count too), and past the bound it stops reading, so a
 //! slow verifier pushes back on the peer through QUIC flow control. The next step takes
 //! every frame that waits (up to [`BATCH`]), so a verifier that falls behind catches up
-//! in fewer, larger steps.
+//! in fewer, larger steps. Each frame is judged from its first bytes (see [`Inbox`]):
+//! an answer must have a request of ours waiting ([`Unanswered`], counted here as each
+//! request leaves), anything but data must be small; and a frame the peer leaves
+//! unfinished while we read, for the sync core's request timeout, ends the stream as
+//! an unanswered request does.
 //! The driver asks the core for messages only while the writer holds less than
 //! [`MAX_QUEUED_BYTES`], so what waits to be sent stays bounded; within a batch it asks
 //! after every frame, so the requests freed by one verified answer leave before the
@@ -47,7 +51,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
-use super::inbox::{held_bytes, Inbox, READ_CHUNKS};
+use super::inbox::{held_bytes, Inbox, Unanswered, READ_CHUNKS};
 use super::pool::BufferPool;
 use super::serve_budget::{Reservation, Reserving, ServeBudget, StreamHold};
 use super::{FeedEntry, Shared};
@@ -122,7 +126,7 @@ enum End {
     PeerFinished,
     /// The peer broke the sync protocol: the session ends and the peer is banned.
     Failed(String),
-    /// The peer left a request unanswered too long: the session ends, no ban.
+    /// The peer left a request or a frame unfinished too long: the session ends, no ban.
     Stalled(String),
     /// The peer stopped reading our answers: the stream held this many bytes of the
     /// serve budget without progress for the stall bound. Only the stream ends.
@@ -158,18 +162,25 @@ pub(crate) async fn run<F: FeedStorage>(
         };
         write_frames_or_reset(send, write_rx, written, reset_rx).await;
     }));
+    let unanswered = Arc::new(Unanswered::default());
     let outbox = Outbox {
         tx: write_tx,
         queued,
         pool: shared.pool.clone(),
         budget: shared.serve.clone(),
         hold,
+        unanswered: unanswered.clone(),
     };
     let stall = shared.serve.stall();
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
-    let mut inbox = Inbox::new(shared.pool.clone(), shared.receive.clone());
+    let mut inbox = Inbox::new(shared.pool.clone(), shared.receive.clone(), unanswered);
+    // A frame the peer began and left unfinished while we were reading, for as long as
+    // a request may wait for its answer, ends the stream as an unanswered request does:
+    // the frames cut when its clock started, and when that was.
+    let frame_timeout = ctx.config.request_timeout;
+    let mut frame_clock: Option<(u64, Instant)> = None;
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     let mut core = Some(Box::new(
         FeedSync::new(ctx.config.clone()).with_verified_head(ctx.verified_head),
@@ -204,6 +215,11 @@ pub(crate) async fn run<F: FeedStorage>(
             }
         }
         let idle = running.is_none();
+        frame_clock = match frame_clock {
+            _ if !inbox.has_room() || inbox.partial.is_empty() => None,
+            Some((cut, since)) if cut == inbox.cut_count => Some((cut, since)),
+            _ => Some((inbox.cut_count, Instant::now())),
+        };
         let wake = tokio::select! {
             biased;
             _ = &mut stop, if idle => Wake::Stop,
@@ -225,11 +241,19 @@ pub(crate) async fn run<F: FeedStorage>(
             }
             () = sleep_until(deadline), if idle => Wake::Input(Input::Timeout),
             () = outbox.hold.stalled(stall), if idle => Wake::ServeStalled,
+            () = sleep_until(frame_clock.map(|(_, since)| since + frame_timeout)),
+                if idle && frame_clock.is_some() => Wake::FrameStalled,
         };
         let (done, held) = match wake {
             Wake::Stop => break End::Detached,
             Wake::FeedClosed => break End::Local("feed closed".into()),
             Wake::ServeStalled => break End::ServeStalled(outbox.hold.held()),
+            Wake::FrameStalled => {
+                break End::Stalled(format!(
+                    "sent {} bytes of a frame and not the rest for {frame_timeout:?}",
+                    inbox.partial.len()
+                ))
+            }
             Wake::Input(i) => {
                 input = Some(i);
                 continue;
@@ -398,6 +422,8 @@ enum Wake {
     FeedClosed,
     /// The peer took none of the serve budget's bytes this stream holds for the bound.
     ServeStalled,
+    /// The peer left a frame unfinished for the request timeout while we read.
+    FrameStalled,
 }
 
 /// A step running on the blocking pool; it gives the core back with what it produced.
@@ -461,6 +487,8 @@ struct Outbox {
     budget: Arc<ServeBudget>,
     /// What this stream's data answers hold of the budget.
     hold: Arc<StreamHold>,
+    /// Requests sent and not yet answered, which the inbox checks answers against.
+    unanswered: Arc<Unanswered>,
 }
 
 impl Outbox {
@@ -517,6 +545,10 @@ fn transmit<F: FeedStorage>(
         };
         match core.poll_transmit_into(feed, &mut buffer)? {
             Some(message) => {
+                if matches!(message, replic8_store::Message::Request(_)) {
+                    // Counted before it can leave: its answer never comes first.
+                    outbox.unanswered.asked();
+                }
                 let frame = encode_frame(&outbox.pool, message).map_err(|e| {
                     SyncError::Storage(replic8_store::storage::StorageError::Corrupt(e))
                 })?;

@@ -5,6 +5,7 @@ use crate::feed_store::inbox::*;
 use crate::feed_store::receive_budget::ReceiveBudget;
 use crate::frame::FrameError;
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use replic8_store::message::DecodeError;
 
 /// Cuts `wire` delivered in the given chunk sizes, as `read_frames` does.
 fn cut_all(wire: &Bytes, sizes: &mut dyn FnMut() -> usize) -> Result<Vec<Bytes>, FrameError> {
@@ -171,13 +172,35 @@ fn a_bare_prefix_does_not_reserve_the_announced_size() {
     assert!(partial.capacity() >= MAX_MESSAGE_SIZE + frame::PREFIX_LEN);
 }
 
-/// An inbox of its own store, whose receive budget never binds.
+/// An inbox of its own store, whose receive budget never binds, owed 1,000 answers.
 fn new_inbox() -> Inbox {
     Inbox::new(
         Arc::new(BufferPool::default()),
         Arc::new(ReceiveBudget::new(usize::MAX)),
+        owed(1000),
     )
 }
+
+/// What a stream is owed after sending `n` requests.
+fn owed(n: usize) -> Arc<Unanswered> {
+    let unanswered = Arc::new(Unanswered::default());
+    for _ in 0..n {
+        unanswered.asked();
+    }
+    unanswered
+}
+
+/// `n` bytes that begin as a data message does (its tag), random after it.
+fn data_payload(rng: &mut StdRng, n: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+    if let Some(tag) = p.first_mut() {
+        *tag = DATA;
+    }
+    p
+}
+
+/// The first byte of an encoded data message.
+const DATA: u8 = 5;
 
 /// Hands `wire` to `inbox` as the driver does: reads of up to [`READ_CHUNKS`] chunks of
 /// `chunk` bytes, while the inbox has room; the bytes not taken.
@@ -208,7 +231,7 @@ fn a_frame_at_the_size_limit_split_across_chunks_comes_out_whole() {
     let mut rng = StdRng::seed_from_u64(17);
     let payloads: Vec<Vec<u8>> = [MAX_MESSAGE_SIZE, 0, 1000]
         .iter()
-        .map(|&n| (0..n).map(|_| rng.gen()).collect())
+        .map(|&n| data_payload(&mut rng, n))
         .collect();
     let wire = framed(&payloads);
     let mut inbox = new_inbox();
@@ -236,7 +259,7 @@ fn a_frame_at_the_size_limit_split_across_chunks_comes_out_whole() {
 #[test]
 fn the_inbox_stops_reading_at_its_budget_and_batches_what_waits() {
     // 1 MiB frames: the budget (17 MiB) fills after 17 of them, well before 40.
-    let payloads = vec![vec![5u8; 1 << 20]; 40];
+    let payloads = vec![vec![DATA; 1 << 20]; 40];
     let wire = framed(&payloads);
     let mut inbox = new_inbox();
     let rest = feed_inbox(&mut inbox, &wire, 65_536);
@@ -266,7 +289,10 @@ fn a_bad_or_truncated_frame_is_a_typed_error_and_stops_reading() {
     wire.extend_from_slice(&[0; 3000]);
     let mut inbox = new_inbox();
     feed_inbox(&mut inbox, &Bytes::from(wire), 1452);
-    assert!(matches!(inbox.bad, Some(FrameError::Oversize { .. })));
+    assert!(matches!(
+        inbox.bad,
+        Some(InboxError::Frame(FrameError::Oversize { .. }))
+    ));
     assert!(!inbox.has_room() && inbox.frames.is_empty());
     // The stream ends inside a frame: truncated, after the whole frames before it.
     let mut wire = framed(&[vec![3u8; 100], vec![4u8; 5000]]).to_vec();
@@ -278,7 +304,10 @@ fn a_bad_or_truncated_frame_is_a_typed_error_and_stops_reading() {
     inbox.take_read(Ok(None), &mut chunks);
     assert!(inbox.finished);
     assert!(
-        matches!(inbox.bad, Some(FrameError::Truncated { .. })),
+        matches!(
+            inbox.bad,
+            Some(InboxError::Frame(FrameError::Truncated { .. }))
+        ),
         "{:?}",
         inbox.bad
     );
@@ -292,11 +321,11 @@ fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
     let limit = 4 << 20;
     let budget = Arc::new(ReceiveBudget::new(limit));
     let pool = Arc::new(BufferPool::default());
-    let frames = framed(&vec![vec![3u8; 1 << 20]; 10]);
+    let frames = framed(&vec![vec![DATA; 1 << 20]; 10]);
     let one_read = READ_CHUNKS * PACKET;
 
     // A fast peer fills the store's budget, not its stream's 17 MiB.
-    let mut a = Inbox::new(pool.clone(), budget.clone());
+    let mut a = Inbox::new(pool.clone(), budget.clone(), owed(10));
     let rest_a = feed_inbox(&mut a, &frames, PACKET);
     assert!(!a.has_room() && !rest_a.is_empty());
     assert!(budget.full());
@@ -308,13 +337,13 @@ fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
     assert!(budget.held() <= limit + one_read, "{}", budget.held());
 
     // A peer that stops halfway through a frame holds what it sent, no more.
-    let mut c = Inbox::new(pool.clone(), budget.clone());
+    let mut c = Inbox::new(pool.clone(), budget.clone(), owed(10));
     let rest_c = feed_inbox(&mut c, &frames.slice(..300_000), PACKET);
     assert!(rest_c.is_empty() && c.frames.is_empty());
     assert_eq!(budget.held(), a.held + a.partial.len() + 300_000);
 
     // Another stream, holding no whole frame, still reads one, and stops there.
-    let mut b = Inbox::new(pool.clone(), budget.clone());
+    let mut b = Inbox::new(pool.clone(), budget.clone(), owed(10));
     let rest_b = feed_inbox(&mut b, &frames, PACKET);
     assert_eq!(b.frames.len(), 1, "one frame past the store's limit");
     assert!(!b.has_room() && !rest_b.is_empty());
@@ -345,4 +374,80 @@ fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
     assert_eq!(budget.held(), a.held + a.partial.len());
     drop(a);
     assert_eq!(budget.held(), 0);
+}
+
+#[test]
+fn every_frame_is_checked_from_its_first_five_bytes_however_they_arrive() {
+    use replic8_store::message::{encode, Message, Request};
+    let pool = Arc::new(BufferPool::default());
+    let budget = Arc::new(ReceiveBudget::new(usize::MAX));
+    let inbox = |owed_answers| Inbox::new(pool.clone(), budget.clone(), owed(owed_answers));
+    let request = encode(&Message::Request(Request {
+        start: 0,
+        end: 1,
+        length: 1,
+    }))
+    .unwrap();
+    let no_data = encode(&Message::NoData { start: 0, end: 1 }).unwrap();
+    let data = vec![DATA; 50_000];
+    for chunk in [1usize, 2, 3, 4, 5, 1452] {
+        // Two answers owed: a data and a no-data frame pass, with other messages
+        // between them; a third answer is refused from its tag, before its rest.
+        let mut wire = framed(&[data.clone(), request.clone(), no_data.clone()]).to_vec();
+        let before_third = wire.len();
+        wire.extend_from_slice(&framed(std::slice::from_ref(&data)));
+        let mut two = inbox(2);
+        feed_inbox(&mut two, &Bytes::from(wire.clone()), chunk);
+        assert_eq!(
+            two.bad,
+            Some(InboxError::Unrequested { asked: 2 }),
+            "chunks of {chunk}"
+        );
+        assert_eq!(two.frames.len(), 3, "chunks of {chunk}");
+        assert!(!two.has_room());
+        // The refusal came from the first bytes of the third frame: at most one read
+        // of it was taken.
+        let read = two.held + two.partial.len();
+        assert!(
+            read - (before_third) <= READ_CHUNKS * chunk,
+            "chunks of {chunk}: {read} bytes read"
+        );
+
+        // Anything but data over 32 KiB is refused from its tag and prefix alone.
+        let mut big_have = ((1u32 << 20).to_be_bytes()).to_vec();
+        big_have.extend_from_slice(&[0u8; 4096]);
+        let mut one = inbox(1);
+        feed_inbox(&mut one, &Bytes::from(big_have), chunk);
+        assert!(
+            matches!(
+                one.bad,
+                Some(InboxError::Leading {
+                    len: 1_048_576,
+                    error: DecodeError::Oversize { .. }
+                })
+            ),
+            "chunks of {chunk}: {:?}",
+            one.bad
+        );
+        assert!(one.partial.len() <= READ_CHUNKS * chunk);
+
+        // A tag that names no message.
+        let mut one = inbox(1);
+        feed_inbox(&mut one, &framed(&[vec![200u8; 10]]), chunk);
+        assert!(
+            matches!(
+                one.bad,
+                Some(InboxError::Leading {
+                    error: DecodeError::Invalid(_),
+                    ..
+                })
+            ),
+            "chunks of {chunk}: {:?}",
+            one.bad
+        );
+    }
+    // Empty frames carry no tag: they pass here and fail to decode in the core.
+    let mut none = inbox(0);
+    feed_inbox(&mut none, &framed(&[vec![], vec![], request.clone()]), 3);
+    assert_eq!((none.bad.as_ref(), none.frames.len()), (None, 3));
 }

@@ -557,8 +557,8 @@ fn a_triangle_replicates_a_feed_to_everyone_without_offer_loops() {
 struct TamperingStore {
     feed: FeedKey,
     storage: MemoryStorage,
-    /// Instead of flipping bits, announce a frame over the feed stream's limit.
-    oversize: bool,
+    /// Instead of flipping bits, send these bytes on each feed stream, then only read.
+    opening: Option<Vec<u8>>,
     /// Its answer to `FeedHeads` (when registered with it): a forged head.
     head: Option<replic8_store::SignedHead>,
 }
@@ -609,12 +609,10 @@ impl Handler<Attach> for TamperingStore {
         let key = replic8_store::FeedKey::try_from(self.feed).unwrap();
         let mut feed = Feed::open(&self.storage, &key).unwrap().unwrap();
         let FeedStream { mut send, mut recv } = msg.stream;
-        let oversize = self.oversize;
+        let opening = self.opening.clone();
         tokio::spawn(async move {
-            if oversize {
-                let prefix = (MAX_MESSAGE_SIZE as u32 + 1).to_be_bytes();
-                let _ = send.write_all(&prefix).await;
-                let _ = send.write_all(&[0u8; 4096]).await;
+            if let Some(opening) = opening {
+                let _ = send.write_all(&opening).await;
                 let _ = recv.read_to_end(1 << 20).await;
                 return;
             }
@@ -660,15 +658,108 @@ impl Handler<Attach> for TamperingStore {
 
 #[test]
 fn a_peer_sending_bad_blocks_gets_that_feed_stopped_and_nothing_is_stored() {
-    actix::System::new().block_on(hostile_peer(false, "does not verify"));
+    actix::System::new().block_on(hostile_peer(None, "does not verify"));
 }
 
 #[test]
 fn a_peer_sending_an_oversize_feed_frame_gets_that_feed_stopped() {
-    actix::System::new().block_on(hostile_peer(true, "frame"));
+    let opening = frame_start(MAX_MESSAGE_SIZE + 1, 0, 4096);
+    actix::System::new().block_on(hostile_peer(Some(opening), "frame"));
 }
 
-async fn hostile_peer(oversize: bool, expect: &str) {
+#[test]
+fn a_peer_that_begins_data_we_did_not_ask_for_gets_that_feed_stopped_from_its_first_bytes() {
+    // 5 is a data message's tag: an answer, and B sent no request. The frame is never
+    // finished: B must refuse it from its first bytes.
+    let opening = frame_start(500_000, 5, 4096);
+    let expect = "an answer to no request (0 sent";
+    actix::System::new().block_on(hostile_peer(Some(opening), expect));
+}
+
+#[test]
+fn a_peer_that_begins_a_megabyte_have_gets_that_feed_stopped_from_its_first_bytes() {
+    // 0 is a `Have`'s tag: never over 32 KiB.
+    let opening = frame_start(1 << 20, 0, 4096);
+    let expect = "frame of 1048576 bytes: oversize message";
+    actix::System::new().block_on(hostile_peer(Some(opening), expect));
+}
+
+#[test]
+fn a_peer_that_stops_inside_a_frame_loses_its_session_at_the_request_timeout_without_a_ban() {
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let timeout = Duration::from_secs(2);
+        let mut config = accept_all();
+        config.sync.request_timeout = timeout;
+        let b = node(2, MemoryStorage::new(), config, Mode::Live, &tx).await;
+        // X offers a real feed, then sends half of a `Have` (tag 0) of 20,000 bytes on
+        // its stream and nothing more.
+        let storage = MemoryStorage::new();
+        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
+        writer.append_batch(&[block(9, 0)]).unwrap();
+        let feed = FeedKey::from(*writer.key());
+        drop(writer);
+        let x_key = PeerKey([9; 32]);
+        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
+        let x_store = TamperingStore {
+            feed,
+            storage,
+            opening: Some(frame_start(20_000, 0, 10_000)),
+            head: None,
+        }
+        .start();
+        x_sessions
+            .send(RegisterStore {
+                namespaces: vec![(NS.into(), None)],
+                store: StoreRecipients::of(&x_store),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let x_client = client_endpoint();
+        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        let opened = std::time::Instant::now();
+
+        let seen = wait_for(&mut events, "B to end X's session", |e| {
+            matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
+        })
+        .await;
+        let Some(Ev::Session(
+            _,
+            PeerEvent {
+                event: SessionEvent::SessionEnded { reason },
+                ..
+            },
+        )) = seen.last()
+        else {
+            unreachable!()
+        };
+        // A stall, like an unanswered request: `timeout`, and no ban.
+        assert_eq!(reason.code, CloseCode::TIMEOUT, "{reason:?}");
+        assert!(!reason.peer_at_fault, "{reason:?}");
+        assert!(
+            reason
+                .reason
+                .contains("sent 10004 bytes of a frame and not the rest for 2s"),
+            "{reason:?}"
+        );
+        assert!(opened.elapsed() >= timeout, "ended before the timeout");
+        // What the stream held went back to the store.
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.receive_bytes_held, 0);
+        assert!(stats.receive_bytes_peak >= 10_004, "{stats:?}");
+    });
+}
+
+/// The first `sent` payload bytes of a frame announcing `len`, which begin with `tag`.
+fn frame_start(len: usize, tag: u8, sent: usize) -> Vec<u8> {
+    let mut out = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+    out.push(tag);
+    out.extend(std::iter::repeat_n(7u8, sent - 1));
+    out
+}
+
+async fn hostile_peer(opening: Option<Vec<u8>>, expect: &str) {
     {
         let (tx, mut events) = mpsc::unbounded_channel();
         let b = node(2, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
@@ -695,7 +786,7 @@ async fn hostile_peer(oversize: bool, expect: &str) {
         let x_store = TamperingStore {
             feed: bad_feed,
             storage,
-            oversize,
+            opening,
             head: None,
         }
         .start();
@@ -1211,7 +1302,7 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
         let x_store = TamperingStore {
             feed: forged_feed,
             storage,
-            oversize: false,
+            opening: None,
             head: Some(head),
         }
         .start();
