@@ -538,27 +538,7 @@ async fn measure(
         m.send(i, "report")?;
     }
     let reports = collect(rx, &all, REPORT_GUARD, |_, line| match line {
-        NodeLine::Report {
-            peers,
-            inbound,
-            peers_max,
-            refused,
-            bytes_served,
-            bytes_stored,
-            serve_bytes_peak,
-            receive_bytes_peak,
-            dht_queries,
-        } => Some((
-            peers as u64,
-            inbound as u64,
-            peers_max,
-            refused,
-            bytes_served,
-            dht_queries,
-            bytes_stored,
-            serve_bytes_peak,
-            receive_bytes_peak,
-        )),
+        NodeLine::Report(report) => Some(report),
         _ => None,
     })
     .await?;
@@ -578,15 +558,27 @@ async fn measure(
         .iter()
         .map(|m| status_number(m.pid, "Threads:").unwrap_or(0))
         .collect();
-    m.peers = reports.values().map(|r| r.0).collect();
-    m.peers_max = reports.values().map(|r| r.2).collect();
-    m.inbound_max = reports.values().map(|r| r.1).max().unwrap_or(0);
-    m.refused = reports.values().map(|r| r.3).sum();
-    m.bytes_served = reports.values().map(|r| r.4).sum();
-    m.bytes_stored = reports.values().map(|r| r.6).sum();
-    m.serve_peak_max = reports.values().map(|r| r.7).max().unwrap_or(0);
-    m.receive_peak_max = reports.values().map(|r| r.8).max().unwrap_or(0);
-    m.dht_queries = reports.values().map(|r| r.5).collect();
+    m.peers = reports.values().map(|r| r.peers as u64).collect();
+    m.peers_max = reports.values().map(|r| r.peers_max).collect();
+    m.inbound_max = reports
+        .values()
+        .map(|r| r.inbound as u64)
+        .max()
+        .unwrap_or(0);
+    m.refused = reports.values().map(|r| r.refused).sum();
+    m.bytes_served = reports.values().map(|r| r.bytes_served).sum();
+    m.bytes_stored = reports.values().map(|r| r.bytes_stored).sum();
+    m.serve_peak_max = reports
+        .values()
+        .map(|r| r.serve_bytes_peak)
+        .max()
+        .unwrap_or(0);
+    m.receive_peak_max = reports
+        .values()
+        .map(|r| r.receive_bytes_peak)
+        .max()
+        .unwrap_or(0);
+    m.dht_queries = reports.values().map(|r| r.dht_queries).collect();
     let cpu_end: Vec<f64> = members
         .iter()
         .map(|m| cpu_seconds(Some(m.pid)).unwrap_or(0.0))

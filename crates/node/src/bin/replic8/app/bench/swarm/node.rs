@@ -72,33 +72,37 @@ pub(crate) enum NodeLine {
         blocks_from: BTreeMap<String, u64>,
     },
     /// Its connections now.
-    Report {
-        /// Peers connected now.
-        peers: usize,
-        /// Of those, dialed by them.
-        inbound: usize,
-        /// The most peers it had at once (sampled every 100 ms and at each report).
-        peers_max: u64,
-        /// Incoming connections it refused (its limits).
-        refused: u64,
-        /// Block bytes it sent to peers (its feed store's count).
-        bytes_served: u64,
-        /// Block bytes it received, verified and stored.
-        bytes_stored: u64,
-        /// The most bytes of data answers it held for peers at once (its feed store's
-        /// serve budget in use).
-        serve_bytes_peak: u64,
-        /// The most bytes received on feed streams and not yet verified it held at once
-        /// (its feed store's receive budget in use).
-        receive_bytes_peak: u64,
-        /// DHT queries it sent and answered.
-        dht_queries: u64,
-    },
+    Report(NodeReport),
     /// Something failed; the node exits.
     Failed {
         /// What.
         error: String,
     },
+}
+
+/// A node's [`NodeLine::Report`]: its connections and what its feed store did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NodeReport {
+    /// Peers connected now.
+    pub(crate) peers: usize,
+    /// Of those, dialed by them.
+    pub(crate) inbound: usize,
+    /// The most peers it had at once (sampled every 100 ms and at each report).
+    pub(crate) peers_max: u64,
+    /// Incoming connections it refused (its limits).
+    pub(crate) refused: u64,
+    /// Block bytes it sent to peers (its feed store's count).
+    pub(crate) bytes_served: u64,
+    /// Block bytes it received, verified and stored.
+    pub(crate) bytes_stored: u64,
+    /// The most bytes of data answers it held for peers at once (its feed store's
+    /// serve budget in use).
+    pub(crate) serve_bytes_peak: u64,
+    /// The most bytes received on feed streams and not yet verified it held at once
+    /// (its feed store's receive budget in use).
+    pub(crate) receive_bytes_peak: u64,
+    /// DHT queries it sent and answered.
+    pub(crate) dht_queries: u64,
 }
 
 fn print_line(line: &NodeLine) {
@@ -195,7 +199,7 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                     .await
                     .map_err(replic8_node::node::FeedError::from)?;
                 let now = peers.len() as u64;
-                print_line(&NodeLine::Report {
+                print_line(&NodeLine::Report(NodeReport {
                     peers: peers.len(),
                     inbound: peers
                         .iter()
@@ -212,7 +216,7 @@ async fn serve_node(node: &NodeHandle, args: &SwarmNodeArgs) -> Result<(), Bench
                         .await
                         .map_err(replic8_node::node::FeedError::from)?
                         .map_or(0, |d| d.stats.queries_out + d.stats.queries_in),
-                });
+                }));
             }
             _ => break Err(BenchError::Peer(format!("unknown command {line:?}"))),
         }
