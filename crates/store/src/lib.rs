@@ -59,7 +59,10 @@ pub mod sync;
 pub mod tree;
 pub mod whole;
 
-pub use feed::{AppendError, Feed, IngestError, Ingested, OpenError, ReadError, MAX_BLOCK_SIZE};
+pub use feed::{
+    AppendError, AppendPreparer, Feed, IngestError, Ingested, OpenError, Prepared, ReadError,
+    MAX_BLOCK_SIZE,
+};
 pub use keys::{verify_heads, DiscoveryKey, FeedKey, FeedSecret, KeyError, SignedHead};
 pub use message::{
     decode, encode, encode_into, DecodeError, EncodeError, Message, MAX_MESSAGE_SIZE,

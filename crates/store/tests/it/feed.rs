@@ -325,3 +325,78 @@ fn a_replica_reopens_with_its_stored_count_across_checkpoints() {
     assert_eq!(sparse.stored_count(), 500);
     assert_eq!(sparse.stored_bytes().expect("bytes"), 500_000);
 }
+
+/// Appends prepared ahead (hashed and signed off the feed) are the appends a writer
+/// makes one by one: same heads, durable, in order; one overtaken by another append is
+/// appended after it instead.
+#[test]
+fn prepared_appends_are_the_same_appends_made_ahead() {
+    use replic8_store::storage::DiskStorage;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = [4u8; 32];
+    let batches: Vec<Vec<Vec<u8>>> = (0..4u8)
+        .map(|b| {
+            (0..5u8)
+                .map(|i| vec![b * 10 + i; 3000 + 100 * i as usize])
+                .collect()
+        })
+        .collect();
+    let mut plain =
+        Feed::create(&MemoryStorage::new(), FeedSecret::from_bytes(&secret)).expect("create");
+    plain.append(b"first").expect("append");
+    let storage = DiskStorage::open(dir.path()).expect("disk");
+    let mut f = Feed::create(&storage, FeedSecret::from_bytes(&secret)).expect("create");
+    f.append(b"first").expect("append");
+
+    // All four prepared before the first is written; a fifth, empty, is a sync.
+    let mut preparer = f.preparer().expect("writable");
+    let prepared: Vec<_> = batches
+        .iter()
+        .chain([&Vec::new()])
+        .map(|b| preparer.prepare(b.clone()).expect("prepare"))
+        .collect();
+    assert_eq!(f.length(), 1, "preparing writes nothing");
+    for (p, b) in prepared
+        .into_iter()
+        .zip(batches.iter().chain([&Vec::new()]))
+    {
+        let end = p.end();
+        assert_eq!(p.blocks(), &b[..]);
+        assert_eq!(f.append_prepared(p).expect("append prepared"), end);
+        plain.append_batch(b).expect("append");
+        assert_eq!(f.head(), plain.head(), "the head a plain append signs");
+    }
+    let head = *f.head().expect("head");
+    drop(f);
+    let key = FeedSecret::from_bytes(&secret).key();
+    let mut f = Feed::open(&storage, &key).expect("open").expect("exists");
+    assert_eq!(f.head(), Some(&head), "durable");
+    assert_eq!(
+        f.get_range(1, 21).expect("read"),
+        batches.concat(),
+        "in order"
+    );
+
+    // Overtaken: another append came between prepare and write.
+    let mut preparer = f.preparer().expect("writable");
+    let late = preparer.prepare(vec![b"late".to_vec()]).expect("prepare");
+    assert_eq!(late.end(), 22);
+    f.append(b"first come").expect("append");
+    assert_eq!(f.append_prepared(late).expect("appended after"), 23);
+    assert_eq!(f.get(21).expect("get"), Some(b"first come".to_vec()));
+    assert_eq!(f.get(22).expect("get"), Some(b"late".to_vec()));
+    plain
+        .append_batch(&[&b"first come"[..], b"late"])
+        .expect("append");
+    assert_eq!(f.head(), plain.head());
+
+    // A replica has no preparer; a block over the limit is refused when prepared.
+    let replica = Feed::create_replica(&MemoryStorage::new(), key).expect("replica");
+    assert!(matches!(replica.preparer(), Err(AppendError::NotWritable)));
+    let mut preparer = f.preparer().expect("writable");
+    assert!(matches!(
+        preparer.prepare(vec![vec![0; MAX_BLOCK_SIZE + 1]]),
+        Err(AppendError::BlockTooLarge { .. })
+    ));
+    assert_eq!(f.length(), 23);
+}
