@@ -7,9 +7,9 @@ use std::path::Path;
 use actix::prelude::*;
 use replic8::actor::SessionsActor;
 use replic8::feed_store::{
-    Append, CreateFeed, DecideOffers, FeedStore, FeedStoreConfig, FeedStoreError, FeedStoreEvent,
-    GetFeed, GetFeedTotals, GetStats, ListFeeds, OpenFeed, ReadRange, ServeNamespace,
-    SetNamespacePolicy, ShareFeed, ShareFeeds, Subscribe,
+    Append, AppendPrepared, CreateFeed, DecideOffers, FeedStore, FeedStoreConfig, FeedStoreError,
+    FeedStoreEvent, GetFeed, GetFeedTotals, GetStats, ListFeeds, OpenFeed, PrepareAppends,
+    ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed, ShareFeeds, Subscribe,
 };
 use tokio::sync::mpsc;
 
@@ -26,6 +26,10 @@ pub(crate) struct FeedStoreRecipients {
     /// The sums over the list (feeds, blocks and bytes stored).
     pub(crate) totals: Recipient<GetFeedTotals>,
     pub(crate) append: Recipient<Append>,
+    /// A preparer of appends ahead of writing them.
+    pub(crate) prepare: Recipient<PrepareAppends>,
+    /// Writes an append made by a preparer.
+    pub(crate) append_prepared: Recipient<AppendPrepared>,
     pub(crate) read: Recipient<ReadRange>,
     pub(crate) subscribe: Recipient<Subscribe>,
     pub(crate) share: Recipient<ShareFeed>,
@@ -49,6 +53,8 @@ impl FeedStoreRecipients {
             list: addr.clone().recipient(),
             totals: addr.clone().recipient(),
             append: addr.clone().recipient(),
+            prepare: addr.clone().recipient(),
+            append_prepared: addr.clone().recipient(),
             read: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
             share: addr.clone().recipient(),

@@ -8,8 +8,9 @@ use actix::prelude::*;
 use replic8::actor::{GetSessionTotals, ListSessions, SessionsActor, StopSession};
 use replic8::driver::SessionTotals;
 use replic8::feed_store::{
-    AcceptPolicy, Append, FeedInfo, FeedState, FeedStoreStats, GetStats, NamespacePolicy, OpenFeed,
-    ReadRange, ServeNamespace, SetNamespacePolicy, ShareFeed,
+    AcceptPolicy, Append, AppendPrepared, FeedInfo, FeedState, FeedStoreStats, GetStats,
+    NamespacePolicy, OpenFeed, PrepareAppends, ReadRange, ServeNamespace, SetNamespacePolicy,
+    ShareFeed,
 };
 use replic8::keys::{FeedKey, NamespaceSecret};
 use replic8::message::Headers;
@@ -375,6 +376,41 @@ impl NodeHandle {
             .feeds
             .append
             .send(Append { feed, blocks })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// A preparer of the appends that follow the head of a feed written here: hash and
+    /// sign the next batch with it (off the node's threads, e.g. with
+    /// `spawn_blocking`) while [`NodeHandle::append_prepared`] writes the one before,
+    /// so a stream of batches is hashed while the last one is made durable.
+    pub async fn append_preparer(
+        &self,
+        feed: FeedKey,
+    ) -> Result<replic8_store::AppendPreparer, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .prepare
+            .send(PrepareAppends { feed })
+            .await
+            .map_err(|_| NodeClosed)??)
+    }
+
+    /// Append what a preparer made, as [`NodeHandle::append`] does (signed, durable, then
+    /// shared); returns the new length. A length other than the append's
+    /// [`end`](replic8_store::Prepared::end) means another append came first (the blocks
+    /// went after it): ask for a new preparer.
+    pub async fn append_prepared(
+        &self,
+        feed: FeedKey,
+        prepared: replic8_store::Prepared,
+    ) -> Result<u64, FeedError> {
+        Ok(self
+            .s()
+            .feeds
+            .append_prepared
+            .send(AppendPrepared { feed, prepared })
             .await
             .map_err(|_| NodeClosed)??)
     }

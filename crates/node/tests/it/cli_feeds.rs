@@ -362,6 +362,55 @@ fn append_cat_and_import_stream_blocks_through_the_daemon_byte_for_byte() {
 }
 
 #[test]
+fn two_appends_to_one_feed_at_once_both_land_whole_each_in_order() {
+    // The daemon hashes each batch while the one before is written: one append's
+    // batches can find the feed moved by the other's, and must then go after them.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let daemon = start_daemon(&d, None);
+    let key = new_feed(&d);
+    const BLOCKS: u32 = 96;
+    // Whole 64 KiB blocks, each naming its file (byte 4) and its index (bytes 0..4).
+    let file = |tag: u8| -> Vec<u8> {
+        (0..BLOCKS)
+            .flat_map(|i| {
+                let mut block = vec![tag; 65536];
+                block[..4].copy_from_slice(&i.to_be_bytes());
+                block
+            })
+            .collect()
+    };
+    let (a, b) = (
+        write_file(dir.path(), "a.bin", &file(1)),
+        write_file(dir.path(), "b.bin", &file(2)),
+    );
+    let ra = Running::start(&d, &["feed", "append", &key, a.to_str().unwrap()]);
+    let rb = Running::start(&d, &["feed", "append", &key, b.to_str().unwrap()]);
+    let (sa, _) = ra.finish("append a");
+    let (sb, _) = rb.finish("append b");
+    assert!(sa.success() && sb.success());
+    let all = run(&d, &["feed", "cat", &key]);
+    assert_eq!(all.len(), 2 * BLOCKS as usize * 65536);
+    for tag in [1u8, 2] {
+        let order: Vec<u32> = all
+            .chunks(65536)
+            .filter(|block| block[4] == tag)
+            .map(|block| u32::from_be_bytes([block[0], block[1], block[2], block[3]]))
+            .collect();
+        assert_eq!(order, (0..BLOCKS).collect::<Vec<_>>(), "file {tag}");
+    }
+    // The signed tree is the tree of the blocks as stored.
+    let info = json(&d, &["feed", "info", &key, "--json"]);
+    assert_eq!(info["length"], 2 * BLOCKS, "{info}");
+    assert_eq!(
+        info["tree_hash"],
+        support::tree_hash(&all, 65536).as_str(),
+        "{info}"
+    );
+    daemon.stop();
+}
+
+#[test]
 fn a_failed_append_or_cat_says_why_in_one_line_and_changes_nothing() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();

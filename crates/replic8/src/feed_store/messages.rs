@@ -327,6 +327,29 @@ pub struct Append {
     pub blocks: Vec<Vec<u8>>,
 }
 
+/// A preparer of the appends that follow a writable feed's head: a writer with a
+/// stream of batches hashes and signs the next one with it while [`AppendPrepared`]
+/// writes the one before (see [`replic8_store::AppendPreparer`]).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<replic8_store::AppendPreparer, FeedStoreError>")]
+pub struct PrepareAppends {
+    /// The feed.
+    pub feed: FeedKey,
+}
+
+/// Appends blocks a [`PrepareAppends`] preparer hashed and signed, as [`Append`] does
+/// (signed, durable, then shared); replies with the new length. If another append came
+/// first, the blocks are appended after it and the length is not the prepared
+/// [`end`](replic8_store::Prepared::end): ask for a new preparer.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, FeedStoreError>")]
+pub struct AppendPrepared {
+    /// The feed.
+    pub feed: FeedKey,
+    /// The append.
+    pub prepared: replic8_store::Prepared,
+}
+
 /// Reads blocks `[start, end)`; each must be stored here.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Vec<Vec<u8>>, FeedStoreError>")]

@@ -57,6 +57,37 @@ impl<St: Storage> Handler<Append> for FeedStore<St> {
     }
 }
 
+impl<St: Storage> Handler<PrepareAppends> for FeedStore<St> {
+    type Result = ResponseFuture<Result<replic8_store::AppendPreparer, FeedStoreError>>;
+
+    fn handle(&mut self, msg: PrepareAppends, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(
+            self.blocking(move |registry| Ok(registry.get(msg.feed, false)?.lock().preparer()?)),
+        )
+    }
+}
+
+impl<St: Storage> Handler<AppendPrepared> for FeedStore<St> {
+    type Result = ResponseFuture<Result<u64, FeedStoreError>>;
+
+    fn handle(&mut self, msg: AppendPrepared, _: &mut Context<Self>) -> Self::Result {
+        let sessions = self.shared.sessions.clone();
+        let feed = msg.feed;
+        let appended = self.blocking(move |registry| {
+            let entry = registry.get(msg.feed, false)?;
+            let mut f = entry.lock();
+            let length = f.append_prepared(msg.prepared)?;
+            entry.publish(&f);
+            Ok(length)
+        });
+        Box::pin(async move {
+            let length = appended.await?;
+            sessions.do_send(FeedUpdated { feed, length });
+            Ok(length)
+        })
+    }
+}
+
 impl<St: Storage> Handler<ReadRange> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<Vec<u8>>, FeedStoreError>>;
 

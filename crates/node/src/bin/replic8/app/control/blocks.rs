@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use super::frames::{read_frame, Frame, MAX_BLOCK_FRAME};
 use super::parse_key;
 use super::{write_line, Response};
-use replic8_node::node::NodeHandle;
+use replic8_node::node::{FeedError, NodeHandle};
 use replic8_node::FeedKey;
+use replic8_store::{AppendPreparer, Prepared};
 
 /// An append batch is handed to the store once it holds this many bytes (or sooner, when
 /// the store is free and nothing more has arrived): large enough that signing and the
@@ -74,22 +75,8 @@ where
     let ready = json!({ "length": length, "max_block": MAX_BLOCK_FRAME });
     write_line(write, &Response::Ok(ready)).await?;
 
-    let (tx, mut rx) = mpsc::channel::<Vec<Vec<u8>>>(APPEND_QUEUE);
-    let store = node.clone();
-    let appender = tokio::spawn(async move {
-        let (mut length, mut blocks, mut bytes) = (length, 0u64, 0u64);
-        while let Some(batch) = rx.recv().await {
-            let (n, size) = (
-                batch.len() as u64,
-                batch.iter().map(Vec::len).sum::<usize>(),
-            );
-            match store.append(feed, batch).await {
-                Ok(l) => (length, blocks, bytes) = (l, blocks + n, bytes + size as u64),
-                Err(e) => return (length, blocks, bytes, Some(e.to_string())),
-            }
-        }
-        (length, blocks, bytes, None)
-    });
+    let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>(APPEND_QUEUE);
+    let appender = tokio::spawn(append_batches(node.clone(), feed, length, rx));
 
     let mut batch = Vec::new();
     let mut size = 0;
@@ -140,6 +127,125 @@ where
         )),
     };
     write_line(write, &answer).await
+}
+
+/// What [`append_batches`] did: the feed's length, the blocks and bytes it appended,
+/// and what failed, if anything did.
+type Appended = (u64, u64, u64, Option<String>);
+
+/// The appends of one request: what was appended, and the one being written.
+struct Appending {
+    length: u64,
+    blocks: u64,
+    bytes: u64,
+    writing: Option<Writing>,
+}
+
+/// An append being written: its task, its block count and bytes, and the length it
+/// ends at if the feed was where it was prepared.
+struct Writing {
+    task: tokio::task::JoinHandle<Result<u64, FeedError>>,
+    blocks: u64,
+    bytes: u64,
+    end: u64,
+}
+
+impl Appending {
+    /// Writes `prepared` on a task of its own (after the one before: call `settle`).
+    fn write(&mut self, node: &NodeHandle, feed: FeedKey, prepared: Prepared) {
+        let (n, size) = (
+            prepared.blocks().len() as u64,
+            prepared.blocks().iter().map(Vec::len).sum::<usize>() as u64,
+        );
+        let end = prepared.end();
+        let node = node.clone();
+        let task = tokio::spawn(async move { node.append_prepared(feed, prepared).await });
+        self.writing = Some(Writing {
+            task,
+            blocks: n,
+            bytes: size,
+            end,
+        });
+    }
+
+    /// Waits for the append being written and counts it: false if another append came
+    /// first (it went after that one; the preparer is behind).
+    async fn settle(&mut self) -> Result<bool, String> {
+        let Some(w) = self.writing.take() else {
+            return Ok(true);
+        };
+        let length = w.task.await.map_err(text)?.map_err(text)?;
+        self.length = length;
+        self.blocks += w.blocks;
+        self.bytes += w.bytes;
+        Ok(length == w.end)
+    }
+
+    /// The report, once whatever is being written is settled.
+    async fn end(mut self, failed: Option<String>) -> Appended {
+        let settled = self.settle().await.err();
+        (self.length, self.blocks, self.bytes, failed.or(settled))
+    }
+}
+
+/// Hashes and signs `batch` with `preparer` on the blocking pool.
+async fn prepare(
+    mut preparer: AppendPreparer,
+    batch: Vec<Vec<u8>>,
+) -> Result<(AppendPreparer, Prepared), String> {
+    let (preparer, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = preparer.prepare(batch);
+        (preparer, prepared)
+    })
+    .await
+    .map_err(text)?;
+    Ok((preparer, prepared.map_err(text)?))
+}
+
+/// Appends the batches from `rx` to `feed` (at `length` when they start) in order, each
+/// durable before the next is written. Each batch is hashed and signed on the blocking
+/// pool while the one before is written and synced, so the store's sync wait does not
+/// hold the stream up, and a batch becomes visible to peers only once it is durable.
+async fn append_batches(
+    node: NodeHandle,
+    feed: FeedKey,
+    length: u64,
+    mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
+) -> Appended {
+    let mut appending = Appending {
+        length,
+        blocks: 0,
+        bytes: 0,
+        writing: None,
+    };
+    let mut preparer = None;
+    while let Some(batch) = rx.recv().await {
+        let p = match preparer.take() {
+            Some(p) => p,
+            // The first batch, or the feed moved: prepare after the head once the append
+            // being written is in it.
+            None => match appending.settle().await {
+                Ok(_) => match node.append_preparer(feed).await {
+                    Ok(p) => p,
+                    Err(e) => return appending.end(Some(e.to_string())).await,
+                },
+                Err(e) => return appending.end(Some(e)).await,
+            },
+        };
+        let (p, prepared) = match prepare(p, batch).await {
+            Ok(done) => done,
+            Err(e) => return appending.end(Some(e)).await,
+        };
+        match appending.settle().await {
+            Ok(true) => preparer = Some(p),
+            // `prepared` follows a head the feed no longer has: it is hashed again when
+            // written, and the next batch gets a new preparer.
+            Ok(false) => {}
+            Err(e) => return appending.end(Some(e)).await,
+        }
+        appending.write(&node, feed, prepared);
+    }
+    appending.end(None).await
 }
 
 /// Where a `feed_read_blocks` request reads.

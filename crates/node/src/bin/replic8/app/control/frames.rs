@@ -141,13 +141,20 @@ pub(crate) async fn read_frame(
         }
     }
     let (kind, len) = parse_header(h)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-            _ => FrameError::Io(e),
-        })?;
+    // Read into the buffer's spare room (never zeroed first: a block frame is up to a
+    // mebibyte, every one of an append), and never past this frame.
+    let mut payload = Vec::with_capacity(len);
+    while payload.len() < len {
+        let rest = (len - payload.len()) as u64;
+        let n = (&mut *r)
+            .take(rest)
+            .read_buf(&mut payload)
+            .await
+            .map_err(FrameError::Io)?;
+        if n == 0 {
+            return Err(FrameError::Truncated);
+        }
+    }
     Ok(Some(match kind {
         BLOCK => Frame::Block(payload),
         END => Frame::End,
