@@ -8,7 +8,8 @@
 //! whole feed; a side stops at its first error, as the session would end its stream.
 //!
 //! Properties: nothing panics; a decoded message survives decode → encode → decode
-//! unchanged; every message a core sends encodes and decodes back to itself; the replica
+//! unchanged, and its first byte and length pass `check_leading` (an answer exactly
+//! when it is `Data` or `NoData`), so the receiver's early check refuses no valid message; every message a core sends encodes and decodes back to itself; the replica
 //! only ever stores the feed's real blocks and real signed heads (it cannot be made to
 //! accept an unverified byte); the writer's feed is unchanged.
 #![no_main]
@@ -18,7 +19,10 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use replic8_fuzz_fixtures as fx;
 use replic8_store::storage::MemoryFeed;
-use replic8_store::{decode, encode, Feed, FeedSync, SyncConfig, Want, MAX_MESSAGE_SIZE};
+use replic8_store::message::{check_leading, Leading};
+use replic8_store::{
+    decode, encode, Feed, FeedSync, Message, SyncConfig, Want, MAX_MESSAGE_SIZE,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
@@ -66,6 +70,12 @@ fuzz_target!(|data: &[u8]| {
             let again = decode(&encode(&m).expect("a decoded message re-encodes"))
                 .expect("a re-encoded message decodes");
             assert_eq!(again, m);
+            let answer = matches!(m, Message::Data(_) | Message::NoData { .. });
+            let leading = check_leading(payload[0], payload.len());
+            assert_eq!(
+                leading,
+                Ok(if answer { Leading::Answer } else { Leading::Other })
+            );
         }
         if let Some(sync) = rs.as_mut() {
             if sync.handle_bytes(&mut replica, payload, now).is_err() {
