@@ -154,8 +154,10 @@ impl AppendPreparer {
     pub fn prepare(&mut self, blocks: Vec<Vec<u8>>) -> Result<Prepared, AppendError> {
         check_blocks(&blocks)?;
         let base = (self.length, tree::tree_hash(&self.roots));
+        let key = self.secret.key();
         if blocks.is_empty() {
             return Ok(Prepared {
+                key,
                 base,
                 append: None,
                 blocks,
@@ -165,6 +167,7 @@ impl AppendPreparer {
         self.roots.clone_from(&append.roots);
         self.length += blocks.len() as u64;
         Ok(Prepared {
+            key,
             base,
             append: Some(append),
             blocks,
@@ -175,6 +178,8 @@ impl AppendPreparer {
 /// An append [`AppendPreparer::prepare`] hashed and signed, with its blocks, for
 /// [`Feed::append_prepared`].
 pub struct Prepared {
+    /// The feed it was prepared for.
+    key: FeedKey,
     /// The length and tree hash it follows.
     base: (u64, [u8; 32]),
     append: Option<PreparedAppend>,
@@ -515,7 +520,13 @@ impl<S: FeedStorage> Feed<S> {
     /// moved since (another append came first), its blocks are hashed again and appended
     /// after the feed's head, and the new length is not [`Prepared::end`]: the preparer
     /// is behind, make a new one.
+    /// An append prepared for another feed is refused ([`AppendError::OtherFeed`]), as
+    /// is any on a replica.
     pub fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, AppendError> {
+        WriterKey::of(self.secret.as_ref(), &self.key)?;
+        if prepared.key != self.key {
+            return Err(AppendError::OtherFeed(prepared.key.fmt_short()));
+        }
         if prepared.base != (self.length(), tree::tree_hash(&self.roots)) {
             return self.append_batch_owned(prepared.blocks);
         }

@@ -196,6 +196,7 @@ pub fn encode_into(message: &Message, out: &mut Vec<u8>) -> Result<(), EncodeErr
 /// Decode one message (a whole frame), bounded and checked.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     check_size(bytes)?;
+    check_first(bytes)?;
     let message: Message = options()
         .deserialize(bytes)
         .map_err(|e| decode_error(*e, bytes.len()))?;
@@ -273,6 +274,16 @@ pub fn decode_in_place(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             Ok(Decoded::Data(data))
         }
         _ => decode(bytes).map(Decoded::Other),
+    }
+}
+
+/// The first byte names a message in its one-byte form, and only data is long: what a
+/// receiver checked with [`check_leading`] before the rest arrived is what decodes
+/// (bincode alone would also take a tag in a longer varint form).
+fn check_first(bytes: &[u8]) -> Result<(), DecodeError> {
+    match bytes.first() {
+        Some(&first) => check_leading(first, bytes.len()).map(|_| ()),
+        None => Err(DecodeError::Truncated),
     }
 }
 
@@ -497,6 +508,12 @@ mod tests {
         }
         assert_eq!(
             check_leading(NO_DATA_TAG + 1, 10),
+            Err(DecodeError::Invalid("unknown message"))
+        );
+        // bincode would read `NoUpgrade { from: 0 }` from a tag in a longer varint form
+        // (251, then a u16): decode refuses what the first byte did not say.
+        assert_eq!(
+            decode(&[251, 3, 0, 0]),
             Err(DecodeError::Invalid("unknown message"))
         );
     }

@@ -221,6 +221,39 @@ async fn a_share_of_a_feed_not_held_fails_and_changes_nothing() {
     node.close().await;
 }
 
+/// Appends prepared ahead through the node (as the daemon's `feed append` does) land in
+/// order; one that another append overtook goes after it, and says so by its length.
+#[tokio::test]
+async fn appends_prepared_ahead_land_in_order_and_an_overtaken_one_goes_after() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = replic8_node::Node::builder()
+        .data_dir(dir.path())
+        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .dht(false)
+        .lan(false)
+        .spawn()
+        .await
+        .unwrap();
+    let feed = node.create_feed().await.unwrap();
+    let (a, b, c) = (blocks(3, 1), blocks(2, 2), blocks(4, 3));
+    let mut preparer = node.append_preparer(feed).await.unwrap();
+    let first = preparer.prepare(a.clone()).unwrap();
+    let second = preparer.prepare(b.clone()).unwrap();
+    assert_eq!((first.end(), second.end()), (3, 5));
+    assert_eq!(node.append_prepared(feed, first).await.unwrap(), 3);
+    // Another append comes between: the second goes after it, hashed again.
+    node.append(feed, c.clone()).await.unwrap();
+    assert_eq!(node.append_prepared(feed, second).await.unwrap(), 9);
+    let got = node.read(feed, 0..9).await.unwrap();
+    assert!(got == [a, c, b].concat(), "in the order they were written");
+    // A feed not held here has no preparer: one line says so.
+    let other = FeedKey([7; 32]);
+    let err = node.append_preparer(other).await.unwrap_err();
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    node.close().await;
+}
+
 /// A namespace opened while a session is up gets the offers its peer made in it: the
 /// reader opens "late" only after it is connected to the writer, once as the dialer
 /// and once as the acceptor of the connection (before, such a namespace never got the

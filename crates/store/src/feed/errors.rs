@@ -25,6 +25,10 @@ pub enum AppendError {
     /// data directory), found at the first append since the feed was opened.
     #[error("stored secret key does not match feed key {0}")]
     KeyMismatch(String),
+    /// An append prepared for another feed was given to this one
+    /// ([`Feed::append_prepared`](super::Feed::append_prepared)); nothing was written.
+    #[error("append prepared for feed {0}, not this one")]
+    OtherFeed(String),
     /// A block is larger than [`MAX_BLOCK_SIZE`](super::MAX_BLOCK_SIZE).
     #[error("block of {size} bytes is over the {max}-byte limit")]
     BlockTooLarge {

@@ -370,7 +370,7 @@ fn prepared_appends_are_the_same_appends_made_ahead() {
     drop(f);
     let key = FeedSecret::from_bytes(&secret).key();
     let mut f = Feed::open(&storage, &key).expect("open").expect("exists");
-    assert_eq!(f.head(), Some(&head), "durable");
+    assert_eq!(f.head(), Some(&head), "reopens at the last head");
     assert_eq!(
         f.get_range(1, 21).expect("read"),
         batches.concat(),
@@ -390,9 +390,31 @@ fn prepared_appends_are_the_same_appends_made_ahead() {
         .expect("append");
     assert_eq!(f.head(), plain.head());
 
-    // A replica has no preparer; a block over the limit is refused when prepared.
-    let replica = Feed::create_replica(&MemoryStorage::new(), key).expect("replica");
+    // A replica has no preparer, and takes no prepared append; nor does another feed,
+    // even one at the same length and tree.
+    let mut replica = Feed::create_replica(&MemoryStorage::new(), key).expect("replica");
     assert!(matches!(replica.preparer(), Err(AppendError::NotWritable)));
+    let mut preparer = f.preparer().expect("writable");
+    let for_f = preparer.prepare(vec![b"x".to_vec()]).expect("prepare");
+    assert!(matches!(
+        replica.append_prepared(for_f),
+        Err(AppendError::NotWritable)
+    ));
+    let empty_f =
+        Feed::create(&MemoryStorage::new(), FeedSecret::from_bytes(&[8; 32])).expect("create");
+    let mut empty_other =
+        Feed::create(&MemoryStorage::new(), FeedSecret::from_bytes(&[9; 32])).expect("create");
+    let for_empty_f = empty_f
+        .preparer()
+        .expect("writable")
+        .prepare(vec![b"x".to_vec()])
+        .expect("prepare");
+    assert!(matches!(
+        empty_other.append_prepared(for_empty_f),
+        Err(AppendError::OtherFeed(_))
+    ));
+    assert_eq!((empty_other.length(), replica.length()), (0, 0));
+    // A block over the limit is refused when prepared.
     let mut preparer = f.preparer().expect("writable");
     assert!(matches!(
         preparer.prepare(vec![vec![0; MAX_BLOCK_SIZE + 1]]),

@@ -1,7 +1,8 @@
 //! The daemon's side of the binary mode: blocks in ([`append`]) and out ([`read`]) as
-//! [`Frame`]s, each a pipeline of two tasks joined by a bounded queue, so that the socket
-//! and the store work at the same time and neither side can make the other buffer
-//! without bound.
+//! [`Frame`]s, each a pipeline of tasks joined by bounded queues, so that the socket and
+//! the store work at the same time and neither side can make the other buffer without
+//! bound. An append has three stages: the socket fills a batch, the blocking pool hashes
+//! and signs the one before, and the store writes and syncs the one before that.
 
 use serde_json::json;
 use tokio::io::{
@@ -18,12 +19,12 @@ use replic8_store::{AppendPreparer, Prepared};
 
 /// An append batch is handed to the store once it holds this many bytes (or sooner, when
 /// the store is free and nothing more has arrived): large enough that signing and the
-/// durable write are paid per few MiB, small enough that two batches in memory stay
-/// small.
+/// durable write are paid per few MiB, small enough that the four batches an append
+/// holds at most (filling, queued, hashing, being written) stay small.
 const APPEND_BATCH_BYTES: usize = 8 << 20;
 
-/// Batches that wait for the store while the next fills: one, so that reading the
-/// socket overlaps appending and at most two batches are held.
+/// Batches that wait to be hashed while the next fills: one, so that reading the socket
+/// overlaps appending and at most four batches are held.
 const APPEND_QUEUE: usize = 1;
 
 /// Bytes per store read while sending blocks (about: the count of blocks is taken from
