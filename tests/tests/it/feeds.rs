@@ -36,6 +36,18 @@ async fn wait_synced(
     .await
 }
 
+/// A node on `dir` with no discovery (loopback, no DHT, no LAN).
+async fn offline_node(dir: &std::path::Path) -> NodeHandle {
+    replic8_node::Node::builder()
+        .data_dir(dir)
+        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .dht(false)
+        .lan(false)
+        .spawn()
+        .await
+        .unwrap()
+}
+
 async fn verify_copy(node: &NodeHandle, feed: FeedKey, data: &[Vec<u8>]) {
     let info = node.open_feed(feed).await.unwrap();
     assert_eq!(info.length, data.len() as u64);
@@ -201,14 +213,7 @@ async fn a_restarted_writer_is_found_again_and_its_new_blocks_reach_the_reader()
 async fn a_share_of_a_feed_not_held_fails_and_changes_nothing() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let node = replic8_node::Node::builder()
-        .data_dir(dir.path())
-        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .dht(false)
-        .lan(false)
-        .spawn()
-        .await
-        .unwrap();
+    let node = offline_node(dir.path()).await;
     let unknown = FeedKey([7; 32]);
     let err = node
         .share("photos", unknown, headers("none"))
@@ -227,14 +232,7 @@ async fn a_share_of_a_feed_not_held_fails_and_changes_nothing() {
 async fn appends_prepared_ahead_land_in_order_and_an_overtaken_one_goes_after() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let node = replic8_node::Node::builder()
-        .data_dir(dir.path())
-        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .dht(false)
-        .lan(false)
-        .spawn()
-        .await
-        .unwrap();
+    let node = offline_node(dir.path()).await;
     let feed = node.create_feed().await.unwrap();
     let (a, b, c) = (blocks(3, 1), blocks(2, 2), blocks(4, 3));
     let mut preparer = node.append_preparer(feed).await.unwrap();

@@ -40,12 +40,25 @@ impl<St: Storage> Handler<Append> for FeedStore<St> {
     type Result = ResponseFuture<Result<u64, FeedStoreError>>;
 
     fn handle(&mut self, msg: Append, _: &mut Context<Self>) -> Self::Result {
+        self.append_with(msg.feed, move |f| f.append_batch(&msg.blocks))
+    }
+}
+
+impl<St: Storage> FeedStore<St> {
+    /// Appends to `feed` with `append` on the blocking pool (the feed locked), then
+    /// publishes the new state and tells the sessions.
+    fn append_with(
+        &self,
+        feed: FeedKey,
+        append: impl FnOnce(&mut replic8_store::Feed<St::Feed>) -> Result<u64, replic8_store::AppendError>
+            + Send
+            + 'static,
+    ) -> ResponseFuture<Result<u64, FeedStoreError>> {
         let sessions = self.shared.sessions.clone();
-        let feed = msg.feed;
         let appended = self.blocking(move |registry| {
-            let entry = registry.get(msg.feed, false)?;
+            let entry = registry.get(feed, false)?;
             let mut f = entry.lock();
-            let length = f.append_batch(&msg.blocks)?;
+            let length = append(&mut f)?;
             entry.publish(&f);
             Ok(length)
         });
@@ -71,20 +84,7 @@ impl<St: Storage> Handler<AppendPrepared> for FeedStore<St> {
     type Result = ResponseFuture<Result<u64, FeedStoreError>>;
 
     fn handle(&mut self, msg: AppendPrepared, _: &mut Context<Self>) -> Self::Result {
-        let sessions = self.shared.sessions.clone();
-        let feed = msg.feed;
-        let appended = self.blocking(move |registry| {
-            let entry = registry.get(msg.feed, false)?;
-            let mut f = entry.lock();
-            let length = f.append_prepared(msg.prepared)?;
-            entry.publish(&f);
-            Ok(length)
-        });
-        Box::pin(async move {
-            let length = appended.await?;
-            sessions.do_send(FeedUpdated { feed, length });
-            Ok(length)
-        })
+        self.append_with(msg.feed, move |f| f.append_prepared(msg.prepared))
     }
 }
 

@@ -563,6 +563,67 @@ struct TamperingStore {
     head: Option<replic8_store::SignedHead>,
 }
 
+/// The hostile node X (key `[9; 32]`), its session to `b` up: a real feed of `blocks`
+/// blocks behind a [`TamperingStore`] that sends `opening` on each feed stream (or
+/// flipped blocks), and, with `forge_head`, answers for the feed's head with one
+/// signature bit flipped. Its actors and endpoint live as long as the value.
+struct Hostile {
+    key: PeerKey,
+    feed: FeedKey,
+    _sessions: Addr<SessionsActor>,
+    _store: Addr<TamperingStore>,
+    _client: quinn::Endpoint,
+}
+
+async fn hostile<St: Storage>(
+    b: &Node<St>,
+    blocks: u64,
+    opening: Option<Vec<u8>>,
+    forge_head: bool,
+) -> Hostile {
+    let storage = MemoryStorage::new();
+    let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
+    let data: Vec<Vec<u8>> = (0..blocks).map(|i| block(9, i)).collect();
+    writer.append_batch(&data).unwrap();
+    let feed = FeedKey::from(*writer.key());
+    let head = forge_head.then(|| {
+        let mut head = *writer.head().unwrap();
+        head.signature[50] ^= 0x10;
+        head
+    });
+    drop(writer);
+    let key = PeerKey([9; 32]);
+    let sessions = SessionsActor::new(SessionConfig::default(), None).start();
+    let store = TamperingStore {
+        feed,
+        storage,
+        opening,
+        head,
+    }
+    .start();
+    let mut recipients = StoreRecipients::of(&store);
+    if forge_head {
+        recipients = recipients.with_heads(store.clone().recipient());
+    }
+    sessions
+        .send(RegisterStore {
+            namespaces: vec![(NS.into(), None)],
+            store: recipients,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let client = client_endpoint();
+    link_raw(key, &client, &sessions, b).await;
+    Hostile {
+        key,
+        feed,
+        _sessions: sessions,
+        _store: store,
+        _client: client,
+    }
+}
+
 impl Handler<FeedHeads> for TamperingStore {
     type Result = Result<Vec<Option<replic8_store::SignedHead>>, StoreError>;
     fn handle(&mut self, msg: FeedHeads, _: &mut Context<Self>) -> Self::Result {
@@ -694,30 +755,8 @@ fn a_peer_that_stops_inside_a_frame_loses_its_session_at_the_request_timeout_wit
         let b = node(2, MemoryStorage::new(), config, Mode::Live, &tx).await;
         // X offers a real feed, then sends half of a `Have` (tag 0) of 20,000 bytes on
         // its stream and nothing more.
-        let storage = MemoryStorage::new();
-        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
-        writer.append_batch(&[block(9, 0)]).unwrap();
-        let feed = FeedKey::from(*writer.key());
-        drop(writer);
-        let x_key = PeerKey([9; 32]);
-        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
-        let x_store = TamperingStore {
-            feed,
-            storage,
-            opening: Some(frame_start(20_000, 0, 10_000)),
-            head: None,
-        }
-        .start();
-        x_sessions
-            .send(RegisterStore {
-                namespaces: vec![(NS.into(), None)],
-                store: StoreRecipients::of(&x_store),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let x_client = client_endpoint();
-        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        let x = hostile(&b, 1, Some(frame_start(20_000, 0, 10_000)), false).await;
+        let x_key = x.key;
         let opened = std::time::Instant::now();
 
         let seen = wait_for(&mut events, "B to end X's session", |e| {
@@ -775,31 +814,8 @@ async fn hostile_peer(opening: Option<Vec<u8>>, expect: &str) {
         let honest = writer_feed(&a, 1, 100, "photos").await;
 
         // The hostile node X: a real feed of 100 blocks, a store that corrupts them.
-        let storage = MemoryStorage::new();
-        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
-        let data: Vec<Vec<u8>> = (0..100).map(|i| block(9, i)).collect();
-        writer.append_batch(&data).unwrap();
-        let bad_feed = FeedKey::from(*writer.key());
-        drop(writer);
-        let x_key = PeerKey([9; 32]);
-        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
-        let x_store = TamperingStore {
-            feed: bad_feed,
-            storage,
-            opening,
-            head: None,
-        }
-        .start();
-        x_sessions
-            .send(RegisterStore {
-                namespaces: vec![(NS.into(), None)],
-                store: StoreRecipients::of(&x_store),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let x_client = client_endpoint();
-        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        let x = hostile(&b, 100, opening, false).await;
+        let (x_key, bad_feed) = (x.key, x.feed);
         link(&a, &b).await;
 
         // A fault in one feed stops that feed on X's session, not the session (an
@@ -1289,33 +1305,8 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
 
         // X holds a real feed, sends its head with one signature bit flipped, and
         // would send flipped blocks on a stream.
-        let storage = MemoryStorage::new();
-        let mut writer = Feed::create(&storage, FeedSecret::generate()).unwrap();
-        let data: Vec<Vec<u8>> = (0..10).map(|i| block(9, i)).collect();
-        writer.append_batch(&data).unwrap();
-        let forged_feed = FeedKey::from(*writer.key());
-        let mut head = *writer.head().unwrap();
-        head.signature[50] ^= 0x10;
-        drop(writer);
-        let x_key = PeerKey([9; 32]);
-        let x_sessions = SessionsActor::new(SessionConfig::default(), None).start();
-        let x_store = TamperingStore {
-            feed: forged_feed,
-            storage,
-            opening: None,
-            head: Some(head),
-        }
-        .start();
-        x_sessions
-            .send(RegisterStore {
-                namespaces: vec![(NS.into(), None)],
-                store: StoreRecipients::of(&x_store).with_heads(x_store.clone().recipient()),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let x_client = client_endpoint();
-        link_raw(x_key, &x_client, &x_sessions, &b).await;
+        let x = hostile(&b, 10, None, true).await;
+        let (x_key, forged_feed) = (x.key, x.feed);
         link(&a, &b).await;
 
         let seen = wait_for(&mut events, "B to end X's session", |e| {
