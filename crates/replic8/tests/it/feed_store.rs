@@ -563,6 +563,30 @@ struct TamperingStore {
     head: Option<replic8_store::SignedHead>,
 }
 
+/// Waits for node `n` to end its session with `peer`: the events seen, the reason.
+async fn session_end(
+    events: &mut mpsc::UnboundedReceiver<Ev>,
+    n: u8,
+    peer: PeerKey,
+) -> (Vec<Ev>, replic8::session::EndReason) {
+    let seen = wait_for(events, &format!("node {n} to end {peer:?}'s session"), |e| {
+        matches!(e, Ev::Session(m, PeerEvent { peer: p, event: SessionEvent::SessionEnded { .. } }) if *m == n && *p == peer)
+    })
+    .await;
+    let Some(Ev::Session(
+        _,
+        PeerEvent {
+            event: SessionEvent::SessionEnded { reason },
+            ..
+        },
+    )) = seen.last()
+    else {
+        unreachable!()
+    };
+    let reason = reason.clone();
+    (seen, reason)
+}
+
 /// The hostile node X (key `[9; 32]`), its session to `b` up: a real feed of `blocks`
 /// blocks behind a [`TamperingStore`] that sends `opening` on each feed stream (or
 /// flipped blocks), and, with `forge_head`, answers for the feed's head with one
@@ -759,20 +783,7 @@ fn a_peer_that_stops_inside_a_frame_loses_its_session_at_the_request_timeout_wit
         let x_key = x.key;
         let opened = std::time::Instant::now();
 
-        let seen = wait_for(&mut events, "B to end X's session", |e| {
-            matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
-        })
-        .await;
-        let Some(Ev::Session(
-            _,
-            PeerEvent {
-                event: SessionEvent::SessionEnded { reason },
-                ..
-            },
-        )) = seen.last()
-        else {
-            unreachable!()
-        };
+        let (_, reason) = session_end(&mut events, 2, x_key).await;
         // A stall, like an unanswered request: `timeout`, and no ban.
         assert_eq!(reason.code, CloseCode::TIMEOUT, "{reason:?}");
         assert!(!reason.peer_at_fault, "{reason:?}");
@@ -1309,20 +1320,7 @@ fn a_forged_head_ends_the_session_with_bad_head_and_stores_nothing() {
         let (x_key, forged_feed) = (x.key, x.feed);
         link(&a, &b).await;
 
-        let seen = wait_for(&mut events, "B to end X's session", |e| {
-            matches!(e, Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } }) if *peer == x_key)
-        })
-        .await;
-        let Some(Ev::Session(
-            _,
-            PeerEvent {
-                event: SessionEvent::SessionEnded { reason },
-                ..
-            },
-        )) = seen.last()
-        else {
-            unreachable!()
-        };
+        let (seen, reason) = session_end(&mut events, 2, x_key).await;
         assert_eq!(reason.code, CloseCode::BAD_HEAD, "{reason}");
         assert!(reason.is_misbehaviour(), "{reason}");
         assert!(reason.reason.contains(&forged_feed.fmt_short()), "{reason}");
