@@ -208,6 +208,11 @@ pub struct LimitsSection {
     /// unset: the store's default (34 MiB, room for two downloads whose verifiers are
     /// behind).
     pub receive_bytes_held: Option<u64>,
+    /// Seconds a feed request may go unanswered, and a frame a peer began on a feed
+    /// stream may stay unfinished while we read, before the session ends with `timeout`
+    /// (no ban); unset: the store's default (60). At least 1. Raise it for links so slow
+    /// that a 1 MiB answer takes longer.
+    pub request_timeout_secs: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -237,6 +242,7 @@ impl Default for LimitsSection {
             serve_bytes_in_flight: None,
             serve_stall_secs: None,
             receive_bytes_held: None,
+            request_timeout_secs: None,
         }
     }
 }
@@ -373,6 +379,9 @@ impl NodeConfig {
         }
         if self.limits.serve_stall_secs == Some(0) {
             return invalid("limits.serve_stall_secs", "must be at least 1");
+        }
+        if self.limits.request_timeout_secs == Some(0) {
+            return invalid("limits.request_timeout_secs", "must be at least 1");
         }
         if self.limits.max_pending_per_ip == 0 {
             return invalid("limits.max_pending_per_ip", "must be at least 1");
@@ -582,6 +591,10 @@ mod tests {
             (
                 "[limits]\nserve_stall_secs = 0\n",
                 "limits.serve_stall_secs",
+            ),
+            (
+                "[limits]\nrequest_timeout_secs = 0\n",
+                "limits.request_timeout_secs",
             ),
             (
                 "[limits]\nmax_peers_per_topic = 0\n",

@@ -58,12 +58,17 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        init_tracing();
-        let dir = tempfile::tempdir().unwrap();
-        let limits = LimitsSection {
+        World::with_limits(LimitsSection {
             stall_timeout_secs: STALL_SECS,
             ..LimitsSection::default()
-        };
+        })
+        .await
+    }
+
+    /// A world whose victim has `limits`.
+    async fn with_limits(limits: LimitsSection) -> World {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
         let victim = Node::builder()
             .data_dir(dir.path())
             .listen(lo())
@@ -311,9 +316,20 @@ impl World {
         first: impl FnOnce(&mut HostileFeed) -> Vec<SyncMessage>,
         tamper: impl FnMut(&mut SyncMessage),
     ) -> HostileFeed {
+        let (mut feed, send, recv) = self.open_hostile_feed_stream().await;
+        let first = first(&mut feed);
+        self.note = feed.serve(send, recv, first, tamper).await;
+        feed
+    }
+
+    /// The hostile peer offers its 8-block feed in [`OPEN`], waits for the victim to
+    /// accept it and opens its stream (the session is held until the victim ends it).
+    async fn open_hostile_feed_stream(
+        &mut self,
+    ) -> (HostileFeed, quinn::SendStream, quinn::RecvStream) {
         let mut s = self.dial().await;
         World::join_open(&mut s).await;
-        let mut feed = HostileFeed::new(8);
+        let feed = HostileFeed::new(8);
         s.send_message(&Message::Offer {
             namespace: OPEN_HANDLE,
             offer: 0,
@@ -342,11 +358,9 @@ impl World {
             })
             .await
             .expect("feed stream opens");
-        let first = first(&mut feed);
-        self.note = feed.serve(send, recv, first, tamper).await;
         // The control stream stays open until the victim ends the session.
         self.held = Some(s);
-        feed
+        (feed, send, recv)
     }
 
     /// What the victim holds of the hostile feed: (length, stored blocks).
@@ -645,6 +659,38 @@ fn unrequested_data_stops_the_feed_without_a_ban_and_stores_nothing() {
             .await;
         w.expect_feed_fault("an answer to no request (0 sent on this stream")
             .await;
+        assert_eq!(w.holds(&feed).await, (0, 0));
+        w.still_serving_with(&[feed.key()]).await;
+        w.close().await;
+    });
+}
+
+#[test]
+fn a_frame_left_unfinished_ends_the_session_at_the_configured_request_timeout_without_a_ban() {
+    run(async {
+        // `[limits] request_timeout_secs`, as a user on a slow link would set it.
+        let mut w = World::with_limits(LimitsSection {
+            stall_timeout_secs: STALL_SECS,
+            request_timeout_secs: Some(3),
+            ..LimitsSection::default()
+        })
+        .await;
+        let (feed, mut send, _recv) = w.open_hostile_feed_stream().await;
+        // Half of a `Have` (tag 0) of 20,000 bytes, then nothing.
+        let mut half = 20_000u32.to_be_bytes().to_vec();
+        half.push(0);
+        half.extend_from_slice(&[7; 9_999]);
+        send.write_all(&half).await.unwrap();
+        let started = std::time::Instant::now();
+        let reason = w
+            .expect_end(
+                &["sent 10004 bytes of a frame and not the rest for 3s"],
+                false,
+            )
+            .await;
+        assert!(reason.contains("timeout"), "{reason}");
+        // A guard against a timer that fires early, not a timing check.
+        assert!(started.elapsed() >= Duration::from_secs(3), "{reason}");
         assert_eq!(w.holds(&feed).await, (0, 0));
         w.still_serving_with(&[feed.key()]).await;
         w.close().await;

@@ -470,6 +470,9 @@ pub(super) fn feed_store_config(
     if let Some(secs) = limits.serve_stall_secs {
         config.limits.serve_stall = std::time::Duration::from_secs(secs);
     }
+    if let Some(secs) = limits.request_timeout_secs {
+        config.sync.request_timeout = std::time::Duration::from_secs(secs);
+    }
     config
 }
 
