@@ -208,6 +208,11 @@ pub struct LimitsSection {
     /// unset: the store's default (34 MiB, room for two downloads whose verifiers are
     /// behind).
     pub receive_bytes_held: Option<u64>,
+    /// The same bound over one peer's feed streams: past it that peer's streams read a
+    /// frame at a time, whatever room is left in `receive_bytes_held`, so one peer cannot
+    /// take it all; unset: the store's default (17 MiB, one download whose verifier is
+    /// behind).
+    pub receive_bytes_held_per_peer: Option<u64>,
     /// Seconds a feed request may go unanswered, and a frame a peer began on a feed
     /// stream may stay unfinished while we read, before the session ends with `timeout`
     /// (no ban); unset: the store's default (60). At least 1. Raise it for links so slow
@@ -242,6 +247,7 @@ impl Default for LimitsSection {
             serve_bytes_in_flight: None,
             serve_stall_secs: None,
             receive_bytes_held: None,
+            receive_bytes_held_per_peer: None,
             request_timeout_secs: None,
         }
     }

@@ -467,6 +467,9 @@ pub(super) fn feed_store_config(
     if let Some(n) = limits.receive_bytes_held {
         config.limits.receive_bytes_held = usize::try_from(n).unwrap_or(usize::MAX);
     }
+    if let Some(n) = limits.receive_bytes_held_per_peer {
+        config.limits.receive_bytes_held_per_peer = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     if let Some(secs) = limits.serve_stall_secs {
         config.limits.serve_stall = std::time::Duration::from_secs(secs);
     }
@@ -543,5 +546,48 @@ impl NodeBuilder {
                 join_lock: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_store_limit_in_the_config_reaches_the_feed_store() {
+        let limits = LimitsSection {
+            new_feeds_per_peer: Some(7),
+            max_replicas: Some(8),
+            serve_bytes_in_flight: Some(2 << 20),
+            receive_bytes_held: Some(3 << 20),
+            receive_bytes_held_per_peer: Some(1 << 20),
+            serve_stall_secs: Some(9),
+            request_timeout_secs: Some(11),
+            ..LimitsSection::default()
+        };
+        let config = feed_store_config(&FeedStoreConfig::default(), &limits);
+        let l = &config.limits;
+        assert_eq!((l.new_feeds_per_peer, l.max_replicas), (7, 8));
+        assert_eq!(
+            (
+                l.serve_bytes_in_flight,
+                l.receive_bytes_held,
+                l.receive_bytes_held_per_peer
+            ),
+            (2 << 20, 3 << 20, 1 << 20)
+        );
+        assert_eq!(l.serve_stall, std::time::Duration::from_secs(9));
+        assert_eq!(
+            config.sync.request_timeout,
+            std::time::Duration::from_secs(11)
+        );
+
+        // Unset, each keeps the store's default.
+        let unset = feed_store_config(&FeedStoreConfig::default(), &LimitsSection::default());
+        assert_eq!(unset.limits, FeedStoreConfig::default().limits);
+        assert_eq!(
+            unset.sync.request_timeout,
+            FeedStoreConfig::default().sync.request_timeout
+        );
     }
 }

@@ -115,13 +115,13 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     );
     assert!(before["feeds_opened"].as_u64().unwrap() >= 2, "{before}");
 
-    // B knows A only as a static peer, and the keys out of band. Its receive budget
-    // is zero: its feed streams read a frame at a time.
+    // B knows A only as a static peer, and the keys out of band. Its receive budget,
+    // and each peer's share of it, are zero: its feed streams read a frame at a time.
     let config = write_file(
         dir.path(),
         "b.toml",
         format!(
-            "[discovery]\nstatic_peers = [\"{}\"]\n[limits]\nreceive_bytes_held = 0\n",
+            "[discovery]\nstatic_peers = [\"{}\"]\n[limits]\nreceive_bytes_held = 0\nreceive_bytes_held_per_peer = 0\n",
             a.quic()
         )
         .as_bytes(),
@@ -167,13 +167,17 @@ fn feed_get_by_key_replicates_tails_lists_and_keeps_its_numbers_across_a_restart
     // this shows the key and the counters; the store's tests show the bound).
     let peak_in = got["receive_bytes_peak"].as_u64().unwrap();
     assert!(peak_in > 0 && peak_in <= 400_000, "{got}");
+    // A was B's only peer: its peak is the store's.
+    assert_eq!(got["receive_bytes_peer_peak"], peak_in, "{got}");
     eventually("B verified everything it received", || {
         let s = json(&b_data, &["status", "--json"])["feed_store"].clone();
         (s["receive_bytes_held"] == 0).then_some(())
     });
     let text = String::from_utf8(run(&b_data, &["status"])).unwrap();
     assert!(
-        text.contains(&format!("bytes held to verify now, peak {peak_in}")),
+        text.contains(&format!(
+            "bytes held to verify now, peak {peak_in} (one peer's peak {peak_in})"
+        )),
         "{text}"
     );
     eventually("A's serve budget given back", || {

@@ -9,7 +9,7 @@ use replic8_store::message::{check_leading, DecodeError, Leading};
 use replic8_store::MAX_MESSAGE_SIZE;
 
 use super::pool::BufferPool;
-use super::receive_budget::ReceiveBudget;
+use super::receive_budget::ReceiveShare;
 use crate::frame::{self, FrameError};
 
 /// Frames read and not yet verified before the driver stops reading (QUIC then stops
@@ -83,10 +83,10 @@ impl Unanswered {
 ///
 /// The driver reads while the frames held (waiting here, or in the batch being
 /// verified) are under [`READ_QUEUE_BYTES`] and [`READ_QUEUE`], and while the store's
-/// [`ReceiveBudget`] has room or this stream holds no whole frame; past that it stops
-/// reading and QUIC stops the peer. Every byte held, the frame being gathered
-/// included, is charged to the store's budget until it is verified or the inbox is
-/// dropped. A frame inside one QUIC chunk is kept as a slice of
+/// receive budget and the peer's share of it have room ([`ReceiveShare`]) or this
+/// stream holds no whole frame; past that it stops reading and QUIC stops the peer.
+/// Every byte held, the frame being gathered included, is charged to the budget and
+/// the share until it is verified or the inbox is dropped. A frame inside one QUIC chunk is kept as a slice of
 /// it (no copy); one that straddles chunks is gathered into a buffer allocated once at
 /// the frame's announced size (checked against the limit first), from the pool.
 ///
@@ -101,8 +101,8 @@ pub(super) struct Inbox {
     pub(super) frames: std::collections::VecDeque<Bytes>,
     /// Bytes of the frames held, waiting or being verified (see [`held_bytes`]).
     pub(super) held: usize,
-    /// The store's bound over every stream's inbox.
-    budget: Arc<ReceiveBudget>,
+    /// The store's bound over every stream's inbox, and this peer's share of it.
+    budget: ReceiveShare,
     /// What this inbox has charged to `budget`: `held` and the partial frame's bytes,
     /// as of the last read or release.
     charged: usize,
@@ -124,7 +124,7 @@ pub(super) struct Inbox {
 impl Inbox {
     pub(super) fn new(
         pool: Arc<BufferPool>,
-        budget: Arc<ReceiveBudget>,
+        budget: ReceiveShare,
         unanswered: Arc<Unanswered>,
     ) -> Self {
         Inbox {
@@ -142,8 +142,8 @@ impl Inbox {
         }
     }
 
-    /// Whether to read more: within the stream's bound and the store's (or holding no
-    /// whole frame), and the stream still has bytes to give.
+    /// Whether to read more: within the stream's bound, the store's and its peer's (or
+    /// holding no whole frame), and the stream still has bytes to give.
     pub(super) fn has_room(&self) -> bool {
         !self.finished
             && self.bad.is_none()
@@ -152,13 +152,13 @@ impl Inbox {
             && (self.held == 0 || !self.budget.full())
     }
 
-    /// The step that verified `bytes` of held frames is done: they leave both budgets.
+    /// The step that verified `bytes` of held frames is done: they leave every budget.
     pub(super) fn release(&mut self, bytes: usize) {
         self.held -= bytes;
         self.recharge();
     }
 
-    /// Brings the store's budget up to what this inbox holds now.
+    /// Brings the store's budget and the peer's share up to what this inbox holds now.
     fn recharge(&mut self) {
         let now = self.held + self.partial.len();
         self.budget.recharge(self.charged, now);
@@ -251,6 +251,12 @@ impl Inbox {
         }
         self.leading_checked = true;
         Ok(())
+    }
+
+    /// Bytes held by every stream of this stream's peer.
+    #[cfg(test)]
+    pub(super) fn budget_peer_held(&self) -> usize {
+        self.budget.peer_held()
     }
 
     /// The frames waiting, up to [`BATCH`] of them, for one step.

@@ -150,6 +150,10 @@ pub struct FeedStoreStats {
     pub receive_bytes_held: u64,
     /// The most [`Self::receive_bytes_held`] ever was.
     pub receive_bytes_peak: u64,
+    /// The most one peer's streams ever held of [`Self::receive_bytes_held`] at once:
+    /// bounded by [`super::FeedStoreLimits::receive_bytes_held_per_peer`], plus one
+    /// frame and one read per stream of that peer.
+    pub receive_bytes_peer_peak: u64,
 }
 
 /// How many feeds of one offer were refused, by reason.

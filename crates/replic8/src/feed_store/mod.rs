@@ -163,7 +163,8 @@ pub(crate) struct Shared {
     serve: Arc<serve_budget::ServeBudget>,
     /// Each peer's serve stalls: enough of them end its session.
     strikes: Mutex<serve_budget::StallStrikes>,
-    /// The bytes received on every stream of this store and not yet verified.
+    /// The bytes received on every stream of this store and not yet verified, in all
+    /// and per peer.
     receive: Arc<receive_budget::ReceiveBudget>,
 }
 
@@ -341,9 +342,10 @@ impl<St: Storage> FeedStore<St> {
                     config.limits.serve_stall,
                 )),
                 strikes: Mutex::new(serve_budget::StallStrikes::new(config.limits.serve_stall)),
-                receive: Arc::new(receive_budget::ReceiveBudget::new(
+                receive: receive_budget::ReceiveBudget::new(
                     config.limits.receive_bytes_held,
-                )),
+                    config.limits.receive_bytes_held_per_peer,
+                ),
             }),
             quotas: Quotas::new(config.limits.clone(), replicas),
             manual: manual::ManualQueue::new(

@@ -238,6 +238,7 @@ impl<St: Storage> Handler<GetStats> for FeedStore<St> {
             serve_bytes_peak: self.shared.serve.peak() as u64,
             receive_bytes_held: self.shared.receive.held() as u64,
             receive_bytes_peak: self.shared.receive.peak() as u64,
+            receive_bytes_peer_peak: self.shared.receive.peer_peak() as u64,
         })
     }
 }

@@ -161,6 +161,11 @@ pub const DEFAULT_SERVE_STALL: Duration = Duration::from_secs(30);
 /// budget; past it every stream still reads a frame at a time. Without it, the
 /// per-stream bound alone let one connection pin 17 MiB on each of its streams.
 pub const DEFAULT_RECEIVE_BYTES_HELD: usize = 2 * super::inbox::READ_QUEUE_BYTES;
+/// Default of [`FeedStoreLimits::receive_bytes_held_per_peer`]: 17 MiB, half the
+/// store's. What one download whose verifier falls behind holds at most, so it never
+/// waits on its share; one peer cannot take the whole store's budget while the others
+/// read a frame at a time.
+pub const DEFAULT_RECEIVE_BYTES_HELD_PER_PEER: usize = super::inbox::READ_QUEUE_BYTES;
 
 /// The least [`FeedStoreLimits::serve_bytes_in_flight`] means: one data answer's largest
 /// frame, which a stream reserves before it reads the answer's blocks.
@@ -229,6 +234,10 @@ pub struct FeedStoreLimits {
     /// store holds at most this plus, per stream, one frame and what one read brought,
     /// and no stream waits forever.
     pub receive_bytes_held: usize,
+    /// The same bound over the feed streams of one peer: past it that peer's streams
+    /// read a frame at a time, whatever room the store has, so one peer cannot hold the
+    /// store's whole budget.
+    pub receive_bytes_held_per_peer: usize,
 }
 
 impl Default for FeedStoreLimits {
@@ -247,6 +256,7 @@ impl Default for FeedStoreLimits {
             serve_bytes_in_flight: DEFAULT_SERVE_BYTES_IN_FLIGHT,
             serve_stall: DEFAULT_SERVE_STALL,
             receive_bytes_held: DEFAULT_RECEIVE_BYTES_HELD,
+            receive_bytes_held_per_peer: DEFAULT_RECEIVE_BYTES_HELD_PER_PEER,
         }
     }
 }

@@ -1,58 +1,96 @@
-//! The store-wide bound on the bytes received on feed streams and not yet verified.
+//! The store-wide bound on the bytes received on feed streams and not yet verified, and
+//! each peer's share of it.
 //!
 //! Each feed stream's [`Inbox`](super::inbox::Inbox) holds what it read from QUIC until
 //! the sync core has verified it, bounded per stream (`READ_QUEUE_BYTES`: room for all
 //! the data an honest peer sends for our outstanding requests). Over many streams, and
 //! many peers, that per-stream bound adds up: 128 streams of one connection could pin
 //! 17 MiB each before any check. The budget bounds the sum over every stream of the
-//! store:
-//! - an inbox charges the budget with every byte it holds: the frames waiting or being
-//!   verified, and the frame being gathered (bytes the peer really sent);
-//! - a stream reads more only while the store holds less than the limit, except a
-//!   stream that holds no whole frame: it may always read until it has one. Whole
-//!   frames leave by local work alone (verification needs nothing from any peer), so a
-//!   stream waiting for room always gets it, and no set of peers that stop halfway
-//!   through their frames can stop the others: they go on a frame at a time;
+//! store, and over the streams of each peer:
+//! - an inbox charges the budget and its peer's share with every byte it holds: the
+//!   frames waiting or being verified, and the frame being gathered (bytes the peer
+//!   really sent);
+//! - a stream reads more only while the store holds less than its limit and the
+//!   stream's peer less than its share, except a stream that holds no whole frame: it
+//!   may always read until it has one. Whole frames leave by local work alone
+//!   (verification needs nothing from any peer), so a stream waiting for room always
+//!   gets it, and no set of peers that stop halfway through their frames can stop the
+//!   others: they go on a frame at a time;
 //! - the bytes go back when the stream's step has verified them, and whatever an inbox
 //!   holds goes back when it is dropped (the stream ended).
 //!
 //! So the store holds at most the limit plus, per stream, one frame and what one read
 //! brought (at most [`READ_CHUNKS`](super::inbox::READ_CHUNKS) QUIC chunks, each about
-//! a packet, and never more than the stream's QUIC window). It counts bytes received;
-//! a frame being gathered has a buffer of its announced size once 16 KiB of it came.
+//! a packet, and never more than the stream's QUIC window), and a peer its share plus
+//! the same per stream of its own: one peer cannot take the whole budget and leave the
+//! others a frame at a time. It counts bytes received; a frame being gathered has a
+//! buffer of its announced size once 16 KiB of it came.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::gauge::Gauge;
+use crate::keys::PeerKey;
 
 /// Bytes received on the store's feed streams and not yet verified, shared by every
 /// stream of the store.
 #[derive(Debug)]
 pub(crate) struct ReceiveBudget {
     limit: usize,
+    per_peer: usize,
     bytes: Gauge,
+    /// The most one peer held at once.
+    peer_peak: AtomicUsize,
+    /// The peers with a stream alive: each entry dies with its last stream.
+    peers: Mutex<HashMap<PeerKey, Weak<PeerBytes>>>,
+}
+
+/// What one peer's streams hold; removed from the budget's table with its last stream.
+#[derive(Debug)]
+struct PeerBytes {
+    key: PeerKey,
+    held: AtomicUsize,
+    budget: Arc<ReceiveBudget>,
+}
+
+/// One stream's way into the budget: the store's count and its peer's.
+#[derive(Debug)]
+pub(crate) struct ReceiveShare {
+    peer: Arc<PeerBytes>,
 }
 
 impl ReceiveBudget {
-    /// A budget of `limit` bytes.
-    pub(crate) fn new(limit: usize) -> Self {
-        ReceiveBudget {
+    /// A budget of `limit` bytes over the store, and of `per_peer` over each peer.
+    pub(crate) fn new(limit: usize, per_peer: usize) -> Arc<Self> {
+        Arc::new(ReceiveBudget {
             limit,
+            per_peer,
             bytes: Gauge::default(),
+            peer_peak: AtomicUsize::new(0),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The share of a new stream of `peer`: its streams count together while any lives.
+    pub(crate) fn share(self: &Arc<Self>, peer: PeerKey) -> ReceiveShare {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bytes) = peers.get(&peer).and_then(Weak::upgrade) {
+            return ReceiveShare { peer: bytes };
         }
+        let bytes = Arc::new(PeerBytes {
+            key: peer,
+            held: AtomicUsize::new(0),
+            budget: self.clone(),
+        });
+        peers.insert(peer, Arc::downgrade(&bytes));
+        ReceiveShare { peer: bytes }
     }
 
     /// Whether the store holds its limit or more: only a stream holding no whole frame
     /// reads on.
     pub(crate) fn full(&self) -> bool {
         self.bytes.held() >= self.limit
-    }
-
-    /// Moves one inbox's charge from `was` to `now` bytes.
-    pub(crate) fn recharge(&self, was: usize, now: usize) {
-        if now > was {
-            self.bytes.add(now - was);
-        } else if was > now {
-            self.bytes.sub(was - now);
-        }
     }
 
     /// Bytes held now over every stream.
@@ -63,5 +101,62 @@ impl ReceiveBudget {
     /// The most [`Self::held`] ever was.
     pub(crate) fn peak(&self) -> usize {
         self.bytes.peak()
+    }
+
+    /// The most one peer's streams ever held at once.
+    pub(crate) fn peer_peak(&self) -> usize {
+        self.peer_peak.load(Ordering::Relaxed)
+    }
+
+    /// Peers with a stream alive.
+    #[cfg(test)]
+    pub(crate) fn peers(&self) -> usize {
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl ReceiveShare {
+    /// Whether the store holds its limit, or this stream's peer its share, or more:
+    /// only a stream holding no whole frame reads on.
+    pub(crate) fn full(&self) -> bool {
+        let budget = &self.peer.budget;
+        budget.full() || self.peer.held.load(Ordering::Relaxed) >= budget.per_peer
+    }
+
+    /// Moves one inbox's charge from `was` to `now` bytes, in the store and its peer.
+    pub(crate) fn recharge(&self, was: usize, now: usize) {
+        let budget = &self.peer.budget;
+        if now > was {
+            budget.bytes.add(now - was);
+            let held = self.peer.held.fetch_add(now - was, Ordering::Relaxed) + now - was;
+            budget.peer_peak.fetch_max(held, Ordering::Relaxed);
+        } else if was > now {
+            budget.bytes.sub(was - now);
+            self.peer.held.fetch_sub(was - now, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the streams of this stream's peer hold now.
+    #[cfg(test)]
+    pub(crate) fn peer_held(&self) -> usize {
+        self.peer.held.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeerBytes {
+    /// The peer's last stream ended: its entry leaves the table, unless a new stream of
+    /// the peer already made another.
+    fn drop(&mut self) {
+        let mut peers = self
+            .budget
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if peers.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            peers.remove(&self.key);
+        }
     }
 }

@@ -175,7 +175,11 @@ pub(crate) async fn run<F: FeedStorage>(
     let mut updates = entry.state.subscribe();
     updates.borrow_and_update();
 
-    let mut inbox = Inbox::new(shared.pool.clone(), shared.receive.clone(), unanswered);
+    let mut inbox = Inbox::new(
+        shared.pool.clone(),
+        shared.receive.share(ctx.peer),
+        unanswered,
+    );
     // A frame the peer began and left unfinished while we were reading, for as long as
     // a request may wait for its answer, ends the stream as an unanswered request does:
     // the frames cut when its clock started, and when that was.

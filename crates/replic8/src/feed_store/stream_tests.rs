@@ -4,6 +4,7 @@ use super::*;
 use crate::feed_store::inbox::*;
 use crate::feed_store::receive_budget::ReceiveBudget;
 use crate::frame::FrameError;
+use crate::keys::PeerKey;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use replic8_store::message::DecodeError;
 
@@ -176,7 +177,7 @@ fn a_bare_prefix_does_not_reserve_the_announced_size() {
 fn new_inbox() -> Inbox {
     Inbox::new(
         Arc::new(BufferPool::default()),
-        Arc::new(ReceiveBudget::new(usize::MAX)),
+        ReceiveBudget::new(usize::MAX, usize::MAX).share(PeerKey([1; 32])),
         owed(1000),
     )
 }
@@ -319,13 +320,14 @@ fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
     // Three streams of one store whose budget is 4 MiB, in packets of 8952 bytes.
     const PACKET: usize = 8952;
     let limit = 4 << 20;
-    let budget = Arc::new(ReceiveBudget::new(limit));
+    let budget = ReceiveBudget::new(limit, usize::MAX);
     let pool = Arc::new(BufferPool::default());
     let frames = framed(&vec![vec![DATA; 1 << 20]; 10]);
     let one_read = READ_CHUNKS * PACKET;
+    let peer = |n| budget.share(PeerKey([n; 32]));
 
     // A fast peer fills the store's budget, not its stream's 17 MiB.
-    let mut a = Inbox::new(pool.clone(), budget.clone(), owed(10));
+    let mut a = Inbox::new(pool.clone(), peer(1), owed(10));
     let rest_a = feed_inbox(&mut a, &frames, PACKET);
     assert!(!a.has_room() && !rest_a.is_empty());
     assert!(budget.full());
@@ -337,13 +339,13 @@ fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
     assert!(budget.held() <= limit + one_read, "{}", budget.held());
 
     // A peer that stops halfway through a frame holds what it sent, no more.
-    let mut c = Inbox::new(pool.clone(), budget.clone(), owed(10));
+    let mut c = Inbox::new(pool.clone(), peer(3), owed(10));
     let rest_c = feed_inbox(&mut c, &frames.slice(..300_000), PACKET);
     assert!(rest_c.is_empty() && c.frames.is_empty());
     assert_eq!(budget.held(), a.held + a.partial.len() + 300_000);
 
     // Another stream, holding no whole frame, still reads one, and stops there.
-    let mut b = Inbox::new(pool.clone(), budget.clone(), owed(10));
+    let mut b = Inbox::new(pool.clone(), peer(2), owed(10));
     let rest_b = feed_inbox(&mut b, &frames, PACKET);
     assert_eq!(b.frames.len(), 1, "one frame past the store's limit");
     assert!(!b.has_room() && !rest_b.is_empty());
@@ -377,11 +379,74 @@ fn the_store_budget_stops_every_stream_past_it_and_each_still_reads_a_frame() {
 }
 
 #[test]
+fn one_peer_holds_at_most_its_share_of_the_store_budget_and_each_stream_still_reads_a_frame() {
+    // A store with room for 32 MiB, each peer's share 3 MiB, packets of 8952 bytes.
+    const PACKET: usize = 8952;
+    let share = 3 << 20;
+    let budget = ReceiveBudget::new(32 << 20, share);
+    let pool = Arc::new(BufferPool::default());
+    let frames = framed(&vec![vec![DATA; 1 << 20]; 10]);
+    let per_stream = (1 << 20) + frame::PREFIX_LEN + READ_CHUNKS * PACKET;
+    let (fast, other) = (PeerKey([1; 32]), PeerKey([2; 32]));
+
+    // Two streams of one fast peer stop at its share, far under the store's limit.
+    let mut a1 = Inbox::new(pool.clone(), budget.share(fast), owed(10));
+    let rest = feed_inbox(&mut a1, &frames, PACKET);
+    assert!(!a1.has_room() && !rest.is_empty());
+    assert!(!budget.full());
+    let mut a2 = Inbox::new(pool.clone(), budget.share(fast), owed(10));
+    let rest = feed_inbox(&mut a2, &frames, PACKET);
+    assert_eq!(
+        a2.frames.len(),
+        1,
+        "a stream of a full peer still reads one frame"
+    );
+    assert!(!a2.has_room() && !rest.is_empty());
+    assert!(
+        budget.held() <= share + 2 * per_stream,
+        "the peer holds {} bytes",
+        budget.held()
+    );
+    assert_eq!(budget.peers(), 1);
+
+    // Another peer reads on, up to its own share.
+    let mut b = Inbox::new(pool.clone(), budget.share(other), owed(10));
+    feed_inbox(&mut b, &frames, PACKET);
+    assert!(b.frames.len() >= 3, "{} frames", b.frames.len());
+    assert!(b.held + b.partial.len() <= share + per_stream);
+    assert!(budget.peer_peak() <= share + 2 * per_stream);
+    assert!(budget.peer_peak() >= share, "{}", budget.peer_peak());
+
+    // Verified frames leave the peer's share: its streams read on.
+    let batch = a1.batch().unwrap();
+    a1.release(batch.iter().map(held_bytes).sum());
+    assert!(a1.has_room() && a2.has_room());
+
+    // The share counts the peer's streams together, and goes with its last one.
+    let a3 = Inbox::new(pool.clone(), budget.share(fast), owed(10));
+    assert_eq!(
+        a3.budget_peer_held(),
+        a1.held + a1.partial.len() + a2.held + a2.partial.len()
+    );
+    drop((a1, a2, a3));
+    assert_eq!(budget.peers(), 1);
+    assert_eq!(budget.held(), b.held + b.partial.len());
+    drop(b);
+    assert_eq!((budget.peers(), budget.held()), (0, 0));
+}
+
+#[test]
 fn every_frame_is_checked_from_its_first_five_bytes_however_they_arrive() {
     use replic8_store::message::{encode, Message, Request};
     let pool = Arc::new(BufferPool::default());
-    let budget = Arc::new(ReceiveBudget::new(usize::MAX));
-    let inbox = |owed_answers| Inbox::new(pool.clone(), budget.clone(), owed(owed_answers));
+    let budget = ReceiveBudget::new(usize::MAX, usize::MAX);
+    let inbox = |owed_answers| {
+        Inbox::new(
+            pool.clone(),
+            budget.share(PeerKey([1; 32])),
+            owed(owed_answers),
+        )
+    };
     let request = encode(&Message::Request(Request {
         start: 0,
         end: 1,

@@ -1607,33 +1607,60 @@ fn a_reader_of_many_writers_holds_unverified_bytes_within_its_receive_budget() {
     // until storage moves again, then reads a frame at a time, and none waits
     // forever. Without the store's budget, each stream would hold everything its 16
     // outstanding requests bring (its whole 6 MiB here) before any check.
-    const WRITERS: u8 = 4;
+    stalled_reader_holds_a_frame_per_stream(4, 1, |limits| limits.receive_bytes_held = 0);
+}
+
+#[test]
+fn one_peer_holds_unverified_bytes_within_its_share_while_the_store_has_room() {
+    // One writer of four 6 MiB feeds, downloaded at once by a reader whose storage
+    // stalls: its store's budget has room for them all, but a peer's share is zero,
+    // so each of the peer's streams holds one frame. Without the share, the peer would
+    // fill the store's 34 MiB alone.
+    stalled_reader_holds_a_frame_per_stream(1, 4, |limits| {
+        limits.receive_bytes_held_per_peer = 0;
+    });
+}
+
+/// `writers` nodes, each sharing `feeds_each` feeds of 6 MiB, all downloaded at once by
+/// a reader with `limits` whose storage stalls until every stream has its first answer
+/// at storage: the reader holds at most a frame and a read per stream while it does,
+/// then syncs every feed and gives back what it held.
+fn stalled_reader_holds_a_frame_per_stream(
+    writers: u8,
+    feeds_each: u8,
+    limits: impl FnOnce(&mut FeedStoreLimits),
+) {
     const BLOCKS: u64 = 96;
+    let streams = usize::from(writers * feeds_each);
     actix::System::new().block_on(async {
         let (tx, mut events) = mpsc::unbounded_channel();
         let mut config = accept_all();
-        config.limits.receive_bytes_held = 0;
+        limits(&mut config.limits);
         let storage = GatedStorage::default();
         // Opened when the test ends, whatever its end: a stalled write would keep the
         // runtime from shutting down.
         let gate = OpenOnDrop(storage.gate.clone());
         let r = node(1, storage, config, Mode::Live, &tx).await;
-        let mut writers = Vec::new();
-        for n in 2..2 + WRITERS {
+        let (mut nodes, mut feeds) = (Vec::new(), Vec::new());
+        for n in 2..2 + writers {
             let w = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
-            let blocks = (0..BLOCKS).map(|i| vec![i as u8 ^ n; 64 << 10]).collect();
-            let feed = shared_feed(&w, blocks, "photos").await;
+            for f in 0..feeds_each {
+                let blocks = (0..BLOCKS)
+                    .map(|i| vec![i as u8 ^ n ^ f; 64 << 10])
+                    .collect();
+                feeds.push((nodes.len(), shared_feed(&w, blocks, "photos").await));
+            }
             link(&r, &w).await;
-            writers.push((w, feed));
+            nodes.push(w);
         }
         // At most one frame per stream (a 1 MiB data answer) and what the read that
         // completed it brought (32 QUIC chunks, each about a packet; at most the
         // stream's window, quinn's 1.25 MB).
         let per_stream = frame::PREFIX_LEN + MAX_MESSAGE_SIZE + 1_250_000;
-        let bound = (usize::from(WRITERS) * per_stream) as u64;
+        let bound = (streams * per_stream) as u64;
         // Every stream has its first answer at storage, stalled there...
         let deadline = Instant::now() + GUARD;
-        while gate.0.stalled() < usize::from(WRITERS) {
+        while gate.0.stalled() < streams {
             assert!(
                 Instant::now() < deadline,
                 "{} writes stalled",
@@ -1651,25 +1678,27 @@ fn a_reader_of_many_writers_holds_unverified_bytes_within_its_receive_budget() {
         gate.0.open();
         let mut synced = std::collections::HashSet::new();
         wait_for(&mut events, "the reader synced every feed", |e| {
-            if let Some((_, feed)) = writers.iter().find(|(_, f)| is_synced(e, 1, *f, BLOCKS)) {
+            if let Some((_, feed)) = feeds.iter().find(|(_, f)| is_synced(e, 1, *f, BLOCKS)) {
                 synced.insert(*feed);
             }
-            synced.len() == usize::from(WRITERS)
+            synced.len() == streams
         })
         .await;
-        for (w, feed) in &writers {
-            assert_same(w, &r, *feed, BLOCKS).await;
+        for (w, feed) in &feeds {
+            assert_same(&nodes[*w], &r, *feed, BLOCKS).await;
         }
         let stats = r.store.send(GetStats).await.unwrap();
         assert!(
-            stats.receive_bytes_peak <= bound,
-            "held {} unverified bytes at once, over {bound}",
-            stats.receive_bytes_peak
+            stats.receive_bytes_peak <= bound && stats.receive_bytes_peer_peak <= bound,
+            "held {} unverified bytes at once, one peer {}, over {bound}",
+            stats.receive_bytes_peak,
+            stats.receive_bytes_peer_peak
         );
         assert!(
-            stats.receive_bytes_peak >= u64::from(WRITERS) << 20,
+            stats.receive_bytes_peak >= (streams as u64) << 20,
             "{stats:?}"
         );
+        assert!(stats.receive_bytes_peer_peak > 0, "{stats:?}");
         wait_stats(&r, "the received bytes given back", |s| {
             s.receive_bytes_held == 0
         })

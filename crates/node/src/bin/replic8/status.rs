@@ -82,8 +82,8 @@ pub(crate) fn status(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
         s["serve_bytes_held"], s["serve_bytes_peak"]
     );
     println!(
-        "receiving {} bytes held to verify now, peak {}",
-        s["receive_bytes_held"], s["receive_bytes_peak"]
+        "receiving {} bytes held to verify now, peak {} (one peer's peak {})",
+        s["receive_bytes_held"], s["receive_bytes_peak"], s["receive_bytes_peer_peak"]
     );
     println!(
         "feeds     {} open now; since start {} opened, {} closed",

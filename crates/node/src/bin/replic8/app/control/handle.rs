@@ -194,6 +194,7 @@ fn feed_store_json(s: &FeedStoreStats) -> Value {
         "serve_bytes_peak": s.serve_bytes_peak,
         "receive_bytes_held": s.receive_bytes_held,
         "receive_bytes_peak": s.receive_bytes_peak,
+        "receive_bytes_peer_peak": s.receive_bytes_peer_peak,
         "feeds_held": s.feeds_held,
         "feeds_open": s.feeds_open,
         "feeds_opened": s.feeds_opened,
