@@ -43,6 +43,7 @@ mod manual;
 mod membership;
 mod messages;
 mod node_api;
+mod peer_table;
 mod policy;
 mod pool;
 mod receive_budget;
@@ -337,10 +338,10 @@ impl<St: Storage> FeedStore<St> {
                 streams: Mutex::new(HashMap::new()),
                 pool: Arc::default(),
                 flush_timeout: config.limits.flush_timeout,
-                serve: Arc::new(serve_budget::ServeBudget::new(
+                serve: serve_budget::ServeBudget::new(
                     config.limits.serve_bytes_in_flight,
                     config.limits.serve_stall,
-                )),
+                ),
                 strikes: Mutex::new(serve_budget::StallStrikes::new(config.limits.serve_stall)),
                 receive: receive_budget::ReceiveBudget::new(
                     config.limits.receive_bytes_held,

@@ -26,11 +26,11 @@
 //! others a frame at a time. It counts bytes received; a frame being gathered has a
 //! buffer of its announced size once 16 KiB of it came.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 
 use super::gauge::Gauge;
+use super::peer_table::PeerTable;
 use crate::keys::PeerKey;
 
 /// Bytes received on the store's feed streams and not yet verified, shared by every
@@ -42,22 +42,15 @@ pub(crate) struct ReceiveBudget {
     bytes: Gauge,
     /// The most one peer held at once.
     peer_peak: AtomicUsize,
-    /// The peers with a stream alive: each entry dies with its last stream.
-    peers: Mutex<HashMap<PeerKey, Weak<PeerBytes>>>,
-}
-
-/// What one peer's streams hold; removed from the budget's table with its last stream.
-#[derive(Debug)]
-struct PeerBytes {
-    key: PeerKey,
-    held: AtomicUsize,
-    budget: Arc<ReceiveBudget>,
+    /// What each peer with a live stream holds.
+    peers: PeerTable<AtomicUsize>,
 }
 
 /// One stream's way into the budget: the store's count and its peer's.
 #[derive(Debug)]
 pub(crate) struct ReceiveShare {
-    peer: Arc<PeerBytes>,
+    budget: Arc<ReceiveBudget>,
+    peer: Arc<AtomicUsize>,
 }
 
 impl ReceiveBudget {
@@ -68,23 +61,16 @@ impl ReceiveBudget {
             per_peer,
             bytes: Gauge::default(),
             peer_peak: AtomicUsize::new(0),
-            peers: Mutex::new(HashMap::new()),
+            peers: PeerTable::default(),
         })
     }
 
     /// The share of a new stream of `peer`: its streams count together while any lives.
     pub(crate) fn share(self: &Arc<Self>, peer: PeerKey) -> ReceiveShare {
-        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bytes) = peers.get(&peer).and_then(Weak::upgrade) {
-            return ReceiveShare { peer: bytes };
-        }
-        let bytes = Arc::new(PeerBytes {
-            key: peer,
-            held: AtomicUsize::new(0),
+        ReceiveShare {
             budget: self.clone(),
-        });
-        peers.insert(peer, Arc::downgrade(&bytes));
-        ReceiveShare { peer: bytes }
+            peer: self.peers.get(peer, AtomicUsize::default),
+        }
     }
 
     /// Whether the store holds its limit or more: only a stream holding no whole frame
@@ -111,10 +97,7 @@ impl ReceiveBudget {
     /// Peers with a stream alive.
     #[cfg(test)]
     pub(crate) fn peers(&self) -> usize {
-        self.peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.peers.live()
     }
 }
 
@@ -122,41 +105,24 @@ impl ReceiveShare {
     /// Whether the store holds its limit, or this stream's peer its share, or more:
     /// only a stream holding no whole frame reads on.
     pub(crate) fn full(&self) -> bool {
-        let budget = &self.peer.budget;
-        budget.full() || self.peer.held.load(Ordering::Relaxed) >= budget.per_peer
+        self.budget.full() || self.peer.load(Ordering::Relaxed) >= self.budget.per_peer
     }
 
     /// Moves one inbox's charge from `was` to `now` bytes, in the store and its peer.
     pub(crate) fn recharge(&self, was: usize, now: usize) {
-        let budget = &self.peer.budget;
         if now > was {
-            budget.bytes.add(now - was);
-            let held = self.peer.held.fetch_add(now - was, Ordering::Relaxed) + now - was;
-            budget.peer_peak.fetch_max(held, Ordering::Relaxed);
+            self.budget.bytes.add(now - was);
+            let held = self.peer.fetch_add(now - was, Ordering::Relaxed) + now - was;
+            self.budget.peer_peak.fetch_max(held, Ordering::Relaxed);
         } else if was > now {
-            budget.bytes.sub(was - now);
-            self.peer.held.fetch_sub(was - now, Ordering::Relaxed);
+            self.budget.bytes.sub(was - now);
+            self.peer.fetch_sub(was - now, Ordering::Relaxed);
         }
     }
 
     /// Bytes the streams of this stream's peer hold now.
     #[cfg(test)]
     pub(crate) fn peer_held(&self) -> usize {
-        self.peer.held.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for PeerBytes {
-    /// The peer's last stream ended: its entry leaves the table, unless a new stream of
-    /// the peer already made another.
-    fn drop(&mut self) {
-        let mut peers = self
-            .budget
-            .peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if peers.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
-            peers.remove(&self.key);
-        }
+        self.peer.load(Ordering::Relaxed)
     }
 }

@@ -7,8 +7,13 @@
 //! 40. The budget bounds the sum over every stream of the store, whatever the number of
 //! peers, streams or keys asking:
 //! - before a stream builds a data answer it reserves [`ANSWER_RESERVE`] bytes (the
-//!   largest frame there is); a stream that gets none waits (first come, first
-//!   served) and sends its other messages meanwhile (requests, `Have`s);
+//!   largest frame there is), first from its peer's share, then from the store's; a
+//!   stream that gets none waits (first come, first served) and sends its other
+//!   messages meanwhile (requests, `Have`s);
+//! - a peer's share is the budget less one answer (at least one answer): one peer,
+//!   however many streams it opens, never holds or queues for the whole budget, so
+//!   another peer's answer waits behind at most that share, and peers that all want
+//!   more get turns in about equal measure;
 //! - once the answer is encoded, each of the frame's chunks carries its own length of
 //!   the reservation and the rest goes back at once;
 //! - a chunk gives its share back when its last reference is dropped: after QUIC got
@@ -44,6 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::gauge::Gauge;
+use super::peer_table::PeerTable;
 use crate::keys::PeerKey;
 use crate::store::WholeHold;
 use bytes::Bytes;
@@ -59,13 +65,28 @@ pub(crate) const ANSWER_RESERVE: usize = super::MIN_SERVE_BYTES_IN_FLIGHT;
 #[derive(Debug)]
 pub(crate) struct ServeBudget {
     permits: Arc<Semaphore>,
+    /// Bytes one peer's streams may hold or wait for at once.
+    per_peer: usize,
+    /// Each peer's share, alive while its streams or their answers are.
+    peers: PeerTable<Semaphore>,
     counts: Arc<Gauge>,
     stall: Duration,
 }
 
-/// Room for one data answer, taken before its blocks are read.
+/// One stream's way into the budget: its peer's share, then the store's.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeShare {
+    budget: Arc<ServeBudget>,
+    peer: Arc<Semaphore>,
+}
+
+/// Room for one data answer, taken before its blocks are read: the store's bytes and,
+/// for a stream's answer, its peer's.
 #[derive(Debug)]
-pub(crate) struct Reservation(OwnedSemaphorePermit);
+pub(crate) struct Reservation {
+    store: OwnedSemaphorePermit,
+    peer: Option<OwnedSemaphorePermit>,
+}
 
 /// A wait for a [`Reservation`] that keeps its place in the queue while the stream
 /// handles other input.
@@ -74,12 +95,24 @@ pub(crate) type Reserving = Pin<Box<dyn Future<Output = Reservation> + Send>>;
 impl ServeBudget {
     /// A budget of `limit` bytes, at least one [`ANSWER_RESERVE`] (below it no answer
     /// could ever be sent), whose streams may hold bytes without progress for `stall`.
-    pub(crate) fn new(limit: usize, stall: Duration) -> Self {
+    /// Each peer's share is `limit` less one answer, and at least one answer.
+    pub(crate) fn new(limit: usize, stall: Duration) -> Arc<Self> {
         let limit = limit.clamp(ANSWER_RESERVE, Semaphore::MAX_PERMITS);
-        ServeBudget {
+        Arc::new(ServeBudget {
             permits: Arc::new(Semaphore::new(limit)),
+            per_peer: (limit - ANSWER_RESERVE).max(ANSWER_RESERVE),
+            peers: PeerTable::default(),
             counts: Arc::default(),
             stall,
+        })
+    }
+
+    /// The share of a new stream of `peer`: its streams draw on it together while any of
+    /// them, or of their answers, lives.
+    pub(crate) fn share(self: &Arc<Self>, peer: PeerKey) -> ServeShare {
+        ServeShare {
+            budget: self.clone(),
+            peer: self.peers.get(peer, || Semaphore::new(self.per_peer)),
         }
     }
 
@@ -88,36 +121,18 @@ impl ServeBudget {
         self.stall
     }
 
-    /// A reservation if one is free now.
-    pub(crate) fn try_reserve(&self) -> Option<Reservation> {
-        self.permits
-            .clone()
-            .try_acquire_many_owned(reserve_permits())
-            .ok()
-            .map(Reservation)
-    }
-
-    /// Waits for a reservation, behind the streams that asked before.
-    pub(crate) fn reserve(&self) -> Reserving {
-        let permits = self.permits.clone();
-        Box::pin(async move {
-            match permits.acquire_many_owned(reserve_permits()).await {
-                Ok(permit) => Reservation(permit),
-                // The semaphore is never closed.
-                Err(_) => std::future::pending().await,
-            }
-        })
-    }
-
     /// `frame` (one encoded data answer of `stream`), each chunk holding its length of
     /// `reservation` until it is dropped; the rest of the reservation is given back.
-    pub(crate) fn charge(
+    fn charge(
         &self,
         reservation: Reservation,
         frame: Vec<Bytes>,
         stream: &Arc<StreamHold>,
     ) -> Vec<Bytes> {
-        let Reservation(mut permit) = reservation;
+        let Reservation {
+            store: mut permit,
+            peer: mut peer_permit,
+        } = reservation;
         frame
             .into_iter()
             .flat_map(pieces)
@@ -125,6 +140,7 @@ impl ServeBudget {
                 let len = bytes.len();
                 // A frame is at most `ANSWER_RESERVE` bytes, so every split succeeds.
                 let permit = permit.split(len);
+                let peer_permit = peer_permit.as_mut().and_then(|p| p.split(len));
                 self.counts.add(len);
                 if stream.held.fetch_add(len, Ordering::Relaxed) == 0 {
                     // The stream starts holding bytes: its stall clock starts now.
@@ -133,6 +149,7 @@ impl ServeBudget {
                 Bytes::from_owner(Charged {
                     bytes,
                     _permit: permit,
+                    _peer_permit: peer_permit,
                     counts: self.counts.clone(),
                     stream: stream.clone(),
                 })
@@ -146,7 +163,10 @@ impl ServeBudget {
     pub(crate) async fn reserve_whole(&self, bytes: usize) -> Reservation {
         let bytes = u32::try_from(bytes.clamp(1, ANSWER_RESERVE)).unwrap_or(reserve_permits());
         match self.permits.clone().acquire_many_owned(bytes).await {
-            Ok(permit) => Reservation(permit),
+            Ok(permit) => Reservation {
+                store: permit,
+                peer: None,
+            },
             // The semaphore is never closed.
             Err(_) => std::future::pending().await,
         }
@@ -160,7 +180,7 @@ impl ServeBudget {
         };
         match self.permits.clone().try_acquire_many_owned(more) {
             Ok(permit) => {
-                reservation.0.merge(permit);
+                reservation.store.merge(permit);
                 true
             }
             Err(_) => false,
@@ -171,7 +191,7 @@ impl ServeBudget {
     /// the reservation) until the returned hold's last clone is dropped, counted in
     /// [`Self::held`]; the rest goes back now.
     pub(crate) fn hold_whole(&self, reservation: Reservation, bytes: usize) -> WholeHold {
-        let Reservation(mut permit) = reservation;
+        let mut permit = reservation.store;
         let bytes = bytes.min(permit.num_permits());
         let kept = permit.split(bytes);
         drop(permit);
@@ -197,6 +217,59 @@ impl ServeBudget {
     #[cfg(test)]
     fn available(&self) -> usize {
         self.permits.available_permits()
+    }
+}
+
+impl ServeShare {
+    /// A reservation if one is free now, in the peer's share and the store's.
+    pub(crate) fn try_reserve(&self) -> Option<Reservation> {
+        let peer = self
+            .peer
+            .clone()
+            .try_acquire_many_owned(reserve_permits())
+            .ok()?;
+        let store = self
+            .budget
+            .permits
+            .clone()
+            .try_acquire_many_owned(reserve_permits())
+            .ok()?;
+        Some(Reservation {
+            store,
+            peer: Some(peer),
+        })
+    }
+
+    /// Waits for a reservation: behind the peer's other streams that asked before, then
+    /// behind every stream that asked the store before.
+    pub(crate) fn reserve(&self) -> Reserving {
+        let (peer, store) = (self.peer.clone(), self.budget.permits.clone());
+        Box::pin(async move {
+            let permits = async {
+                let peer = peer.acquire_many_owned(reserve_permits()).await?;
+                let store = store.acquire_many_owned(reserve_permits()).await?;
+                Ok::<_, tokio::sync::AcquireError>(Reservation {
+                    store,
+                    peer: Some(peer),
+                })
+            };
+            match permits.await {
+                Ok(reservation) => reservation,
+                // The semaphores are never closed.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+
+    /// `frame` (one encoded data answer of `stream`), each chunk holding its length of
+    /// `reservation` until it is dropped; the rest of the reservation is given back.
+    pub(crate) fn charge(
+        &self,
+        reservation: Reservation,
+        frame: Vec<Bytes>,
+        stream: &Arc<StreamHold>,
+    ) -> Vec<Bytes> {
+        self.budget.charge(reservation, frame, stream)
     }
 }
 
@@ -278,6 +351,7 @@ fn reserve_permits() -> u32 {
 struct Charged {
     bytes: Bytes,
     _permit: Option<OwnedSemaphorePermit>,
+    _peer_permit: Option<OwnedSemaphorePermit>,
     counts: Arc<Gauge>,
     stream: Arc<StreamHold>,
 }
@@ -432,12 +506,17 @@ mod tests {
 
     #[test]
     fn a_charged_frame_holds_its_bytes_until_its_chunks_are_dropped() {
+        // Two peers: each may hold one answer of the two.
         let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
+        let (p, q) = (
+            budget.share(PeerKey([1; 32])),
+            budget.share(PeerKey([2; 32])),
+        );
         let stream = StreamHold::new();
-        let a = budget.try_reserve().unwrap();
-        let b = budget.try_reserve().unwrap();
-        assert!(budget.try_reserve().is_none(), "two answers fill it");
-        let frame = budget.charge(
+        let a = p.try_reserve().unwrap();
+        let b = q.try_reserve().unwrap();
+        assert!(p.try_reserve().is_none(), "two answers fill it");
+        let frame = p.charge(
             a,
             vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 24])],
             &stream,
@@ -445,17 +524,59 @@ mod tests {
         assert_eq!((budget.held(), stream.held()), (1024, 1024));
         assert_eq!(&frame[1][..], &[2u8; 24]);
         // The rest of `a`'s reservation came back: not a whole answer while `b` is out.
-        assert!(budget.try_reserve().is_none());
+        assert!(q.try_reserve().is_none());
         drop(b);
-        let c = budget.try_reserve().expect("b's room came back");
-        assert!(budget.try_reserve().is_none());
+        let c = q.try_reserve().expect("b's room came back");
+        assert!(q.try_reserve().is_none());
         let tail = frame[0].slice(500..);
         drop(frame);
         assert_eq!(budget.held(), 1000, "a slice still holds its chunk");
         drop(tail);
         drop(c);
         assert_eq!((budget.held(), budget.peak(), stream.held()), (0, 1024, 0));
-        assert!(budget.try_reserve().is_some() && budget.try_reserve().is_some());
+        assert!(p.try_reserve().is_some() && q.try_reserve().is_some());
+    }
+
+    #[tokio::test]
+    async fn one_peer_never_holds_or_queues_for_the_whole_budget() {
+        // Room for four answers: a peer's share is three.
+        let budget = ServeBudget::new(4 * ANSWER_RESERVE, Duration::from_secs(30));
+        let stream = StreamHold::new();
+        let greedy = budget.share(PeerKey([1; 32]));
+        let mut held: Vec<_> = (0..3).map(|_| greedy.try_reserve().unwrap()).collect();
+        // Another stream of the same peer finds its share spent, not the store's room.
+        let also_greedy = budget.share(PeerKey([1; 32]));
+        assert!(also_greedy.try_reserve().is_none());
+        assert_eq!(budget.available(), ANSWER_RESERVE);
+        // Its waiting streams queue on its share, not on the store: another peer's
+        // answer gets the store's last room at once.
+        let mut waiting: Vec<_> = (0..8).map(|_| greedy.reserve()).collect();
+        let other = budget.share(PeerKey([2; 32]));
+        let got = tokio::time::timeout(Duration::from_secs(10), other.reserve())
+            .await
+            .expect("the other peer's answer waits for no share of the first");
+        assert!(other.try_reserve().is_none(), "the store is full");
+
+        // Charged bytes hold the peer's share too, until the peer has them.
+        let frame = greedy.charge(
+            held.pop().unwrap(),
+            vec![Bytes::from(vec![1; 1000])],
+            &stream,
+        );
+        assert!(also_greedy.try_reserve().is_none());
+        drop(frame);
+        // The room that came back goes to the first stream of the peer that waited.
+        let next = tokio::time::timeout(Duration::from_secs(10), waiting.remove(0))
+            .await
+            .expect("the peer's first waiting stream");
+        drop((held, next, got, waiting, greedy, also_greedy, other));
+        assert_eq!(budget.available(), 4 * ANSWER_RESERVE);
+        assert_eq!(budget.peers.live(), 0, "the shares go with the streams");
+        // A budget of one or two answers still gives each peer one.
+        for answers in [1, 2] {
+            let small = ServeBudget::new(answers * ANSWER_RESERVE, Duration::from_secs(30));
+            assert!(small.share(PeerKey([1; 32])).try_reserve().is_some());
+        }
     }
 
     #[tokio::test]
@@ -491,7 +612,7 @@ mod tests {
     fn a_budget_below_one_answer_still_sends_one() {
         let budget = ServeBudget::new(0, Duration::from_secs(30));
         assert_eq!(budget.available(), ANSWER_RESERVE);
-        assert!(budget.try_reserve().is_some());
+        assert!(budget.share(PeerKey([1; 32])).try_reserve().is_some());
     }
 
     #[test]
@@ -499,8 +620,9 @@ mod tests {
         let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
         let stream = StreamHold::new();
         let big = Bytes::from((0..PIECE * 2 + 10).map(|i| i as u8).collect::<Vec<_>>());
-        let frame = budget.charge(
-            budget.try_reserve().unwrap(),
+        let share = budget.share(PeerKey([1; 32]));
+        let frame = share.charge(
+            share.try_reserve().unwrap(),
             vec![Bytes::from_static(b"head"), big.clone()],
             &stream,
         );
@@ -529,8 +651,9 @@ mod tests {
             "stalled while holding nothing"
         );
         let start = Instant::now();
-        let frame = budget.charge(
-            budget.try_reserve().unwrap(),
+        let share = budget.share(PeerKey([1; 32]));
+        let frame = share.charge(
+            share.try_reserve().unwrap(),
             vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 24])],
             &stream,
         );

@@ -53,7 +53,7 @@ use tracing::debug;
 
 use super::inbox::{held_bytes, Inbox, Unanswered, READ_CHUNKS};
 use super::pool::BufferPool;
-use super::serve_budget::{Reservation, Reserving, ServeBudget, StreamHold};
+use super::serve_budget::{Reservation, Reserving, ServeShare, StreamHold};
 use super::{FeedEntry, Shared};
 use crate::frame;
 use crate::keys::{FeedKey, PeerKey};
@@ -167,7 +167,7 @@ pub(crate) async fn run<F: FeedStorage>(
         tx: write_tx,
         queued,
         pool: shared.pool.clone(),
-        budget: shared.serve.clone(),
+        budget: shared.serve.share(ctx.peer),
         hold,
         unanswered: unanswered.clone(),
     };
@@ -488,7 +488,7 @@ struct Outbox {
     tx: mpsc::Sender<Vec<Bytes>>,
     queued: Arc<AtomicUsize>,
     pool: Arc<BufferPool>,
-    budget: Arc<ServeBudget>,
+    budget: ServeShare,
     /// What this stream's data answers hold of the budget.
     hold: Arc<StreamHold>,
     /// Requests sent and not yet answered, which the inbox checks answers against.

@@ -1064,6 +1064,65 @@ fn a_reader_that_stops_reading_is_cut_after_the_stall_bound_and_frees_the_budget
     });
 }
 
+/// A peer that stops reading holds at most its share of the serve budget (the budget
+/// less one answer), however many streams it opens: another peer is served at once, not
+/// after the stall bound cuts the stalled streams.
+#[test]
+fn a_peer_that_stops_reading_holds_only_its_share_and_others_are_served_meanwhile() {
+    const BLOCKS: u64 = 96;
+    actix::System::new().block_on(async {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        // Room for two answers, so a peer's share is one; no stall cut within the test.
+        let limits = FeedStoreLimits {
+            serve_bytes_in_flight: 2 * MIN_SERVE_BYTES_IN_FLIGHT,
+            serve_stall: Duration::from_secs(600),
+            ..FeedStoreLimits::default()
+        };
+        let b = serving_node(limits, &tx).await;
+        // 6 MiB each: more than a stream window and B's write queue together.
+        let first = shared_feed(&b, OPEN, BLOCKS as usize, 64 * 1024).await;
+        let second = shared_feed(&b, OPEN, BLOCKS as usize, 64 * 1024).await;
+        let hostile = PeerKey([7; 32]);
+        let addr = b.server.local_addr().unwrap();
+        let mut stalled = RawReader::attach_as(&b, first, hostile, StreamId(1), addr).await;
+        stalled.read_until_data().await;
+        // A second stream of the same peer asks too, and never reads.
+        let waiting = RawReader::attach_as(&b, second, hostile, StreamId(2), addr).await;
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let stats = b.store.send(GetStats).await.unwrap();
+            if stats.bytes_out >= 1 << 20 && stats.serve_bytes_held > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B never filled: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Before peers had shares, the stalled stream's answers took the whole budget
+        // and this reader waited for the stall bound (ten minutes here).
+        let mut reader = RawReader::attach(&b, second, PeerKey([8; 32])).await;
+        while reader.core.stats().blocks_in < BLOCKS {
+            assert!(
+                reader.read_some(256 * 1024).await.is_some(),
+                "B's stream ended"
+            );
+        }
+        assert_eq!(reader.replica.stored_count(), BLOCKS);
+        let stats = b.store.send(GetStats).await.unwrap();
+        assert_eq!(stats.serve_stalls, 0, "{stats:?}");
+        assert!(
+            stats.serve_bytes_peak <= (2 * MIN_SERVE_BYTES_IN_FLIGHT) as u64,
+            "{stats:?}"
+        );
+        while let Ok(e) = events.try_recv() {
+            assert!(
+                !matches!(e, Ev::Store(_, FeedStoreEvent::ServeStalled { .. })),
+                "{e:?}"
+            );
+        }
+        drop((stalled, waiting));
+    });
+}
+
 /// A reader that takes much longer than the stall bound over the feed, but reads all the
 /// time, is not cut: the bound counts from its last progress. QUIC grants the writer
 /// more of the reader's window in steps of an eighth of it (156 KB), and progress is
