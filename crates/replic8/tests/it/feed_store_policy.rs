@@ -1016,16 +1016,8 @@ fn a_reader_that_stops_reading_is_cut_after_the_stall_bound_and_frees_the_budget
         let mut stalled = RawReader::attach(&b, feed, hostile).await;
         stalled.read_until_data().await;
         // It reads no more. B sends what its stream window takes and holds the next
-        // answer. No event marks it: the counters are polled, under the guard.
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let stats = b.store.send(GetStats).await.unwrap();
-            if stats.bytes_out >= 2 << 20 && stats.serve_bytes_held > 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "B never filled: {stats:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // answer.
+        wait_until_holding(&b, 2 << 20).await;
         let honest = PeerKey([8; 32]);
         let mut reader = RawReader::attach(&b, feed, honest).await;
         // The other reader gets the whole feed (before, its first read waited for
@@ -1088,15 +1080,7 @@ fn a_peer_that_stops_reading_holds_only_its_share_and_others_are_served_meanwhil
         stalled.read_until_data().await;
         // A second stream of the same peer asks too, and never reads.
         let waiting = RawReader::attach_as(&b, second, hostile, StreamId(2), addr).await;
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let stats = b.store.send(GetStats).await.unwrap();
-            if stats.bytes_out >= 1 << 20 && stats.serve_bytes_held > 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "B never filled: {stats:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until_holding(&b, 1 << 20).await;
         // Before peers had shares, the stalled stream's answers took the whole budget
         // and this reader waited for the stall bound (ten minutes here).
         let mut reader = RawReader::attach(&b, second, PeerKey([8; 32])).await;
@@ -1121,6 +1105,20 @@ fn a_peer_that_stops_reading_holds_only_its_share_and_others_are_served_meanwhil
         }
         drop((stalled, waiting));
     });
+}
+
+/// Waits until `b` sent at least `sent` bytes and holds answers it could not send (a
+/// reader stopped reading). No event marks it: the counters are polled, under the guard.
+async fn wait_until_holding<St: Storage>(b: &Node<St>, sent: u64) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let stats = b.store.send(GetStats).await.unwrap();
+        if stats.bytes_out >= sent && stats.serve_bytes_held > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "B never filled: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A reader that takes much longer than the stall bound over the feed, but reads all the
