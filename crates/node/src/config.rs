@@ -198,7 +198,7 @@ pub struct LimitsSection {
     /// Most bytes of data answers held for peers at once, over all feeds and peers (read
     /// from disk and not yet acknowledged); unset: the store's default (6 MiB). At least
     /// one answer's largest frame (1,114,116 bytes). One peer holds at most this less one
-    /// answer, so others are served beside it.
+    /// answer, so from two answers up others are served beside it.
     pub serve_bytes_in_flight: Option<u64>,
     /// Seconds a feed stream may hold data answers its peer takes none of before it is
     /// ended (the peer stopped reading; its answers go back to the budget above); unset:

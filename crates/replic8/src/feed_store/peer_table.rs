@@ -70,15 +70,19 @@ impl<T> PeerTable<T> {
     }
 }
 
+/// A peer key made of `i`, distinct for each `i`.
+#[cfg(test)]
+pub(crate) fn test_key(i: usize) -> PeerKey {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    PeerKey(k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(i: usize) -> PeerKey {
-        let mut k = [0u8; 32];
-        k[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        PeerKey(k)
-    }
+    use test_key as key;
 
     #[test]
     fn a_peer_shares_one_value_while_it_lives_and_dead_entries_are_swept() {

@@ -218,9 +218,10 @@ pub struct FeedStoreLimits {
     /// store: read from storage and not yet acknowledged by the peer (queued for a
     /// stream, or in QUIC's send buffer). A stream waits for room before it reads the
     /// blocks of its next answer, and sends its other messages meanwhile. Below
-    /// [`MIN_SERVE_BYTES_IN_FLIGHT`] it counts as that. One peer's streams together hold
-    /// or wait for at most this less one answer (and at least one answer), so another
-    /// peer's answer always finds room behind them.
+    /// [`MIN_SERVE_BYTES_IN_FLIGHT`] it counts as that. One peer's streams and whole
+    /// reads together hold or wait for at most this less one answer (and at least one
+    /// answer), so with room for two answers or more another peer's answer always finds
+    /// room behind them.
     pub serve_bytes_in_flight: usize,
     /// A feed stream that holds bytes of data answers and whose peer took none of them
     /// (no chunk acknowledged, no frame taken by QUIC) for this long is ended: the peer

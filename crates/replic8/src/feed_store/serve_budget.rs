@@ -10,10 +10,10 @@
 //!   largest frame there is), first from its peer's share, then from the store's; a
 //!   stream that gets none waits (first come, first served) and sends its other
 //!   messages meanwhile (requests, `Have`s);
-//! - a peer's share is the budget less one answer (at least one answer): one peer,
-//!   however many streams it opens, never holds or queues for the whole budget, so
-//!   another peer's answer waits behind at most that share, and peers that all want
-//!   more get turns in about equal measure;
+//! - a peer's share is the budget less one answer (at least one answer): with room for
+//!   two answers or more, one peer, however many streams it opens, never holds or
+//!   queues for the whole budget, so another peer's answer waits behind at most that
+//!   share, and peers that all want more get turns in about equal measure;
 //! - once the answer is encoded, each of the frame's chunks carries its own length of
 //!   the reservation and the rest goes back at once;
 //! - a chunk gives its share back when its last reference is dropped: after QUIC got
@@ -24,8 +24,9 @@
 //!
 //! Small feeds read whole for a session (decision 245) take their bytes from the same
 //! budget: a read reserves what its feeds' summaries say they take, at most
-//! [`ANSWER_RESERVE`] (a read of more answers the leading feeds only), in the same line
-//! as the streams' answers; the bytes read are held ([`ServeBudget::hold_whole`]) until
+//! [`ANSWER_RESERVE`] (a read of more answers the leading feeds only), in the same lines
+//! (its peer's, then the store's) as the streams' answers; the bytes read are held
+//! ([`ServeShare::hold_whole`]) until
 //! the session has packed the feeds into a message on its control stream, whose own
 //! bound takes over from there.
 //!
@@ -80,12 +81,12 @@ pub(crate) struct ServeShare {
     peer: Arc<Semaphore>,
 }
 
-/// Room for one data answer, taken before its blocks are read: the store's bytes and,
-/// for a stream's answer, its peer's.
+/// Room for one data answer (or one whole read), taken before its blocks are read: the
+/// store's bytes and the same of its peer's share.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     store: OwnedSemaphorePermit,
-    peer: Option<OwnedSemaphorePermit>,
+    peer: OwnedSemaphorePermit,
 }
 
 /// A wait for a [`Reservation`] that keeps its place in the queue while the stream
@@ -121,88 +122,6 @@ impl ServeBudget {
         self.stall
     }
 
-    /// `frame` (one encoded data answer of `stream`), each chunk holding its length of
-    /// `reservation` until it is dropped; the rest of the reservation is given back.
-    fn charge(
-        &self,
-        reservation: Reservation,
-        frame: Vec<Bytes>,
-        stream: &Arc<StreamHold>,
-    ) -> Vec<Bytes> {
-        let Reservation {
-            store: mut permit,
-            peer: mut peer_permit,
-        } = reservation;
-        frame
-            .into_iter()
-            .flat_map(pieces)
-            .map(|bytes| {
-                let len = bytes.len();
-                // A frame is at most `ANSWER_RESERVE` bytes, so every split succeeds.
-                let permit = permit.split(len);
-                let peer_permit = peer_permit.as_mut().and_then(|p| p.split(len));
-                self.counts.add(len);
-                if stream.held.fetch_add(len, Ordering::Relaxed) == 0 {
-                    // The stream starts holding bytes: its stall clock starts now.
-                    stream.progressed();
-                }
-                Bytes::from_owner(Charged {
-                    bytes,
-                    _permit: permit,
-                    _peer_permit: peer_permit,
-                    counts: self.counts.clone(),
-                    stream: stream.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// Waits for room for `bytes` of feeds to read whole (at most [`ANSWER_RESERVE`]:
-    /// a caller never asks for more, so the wait always ends), behind the streams and
-    /// reads that asked before.
-    pub(crate) async fn reserve_whole(&self, bytes: usize) -> Reservation {
-        let bytes = u32::try_from(bytes.clamp(1, ANSWER_RESERVE)).unwrap_or(reserve_permits());
-        match self.permits.clone().acquire_many_owned(bytes).await {
-            Ok(permit) => Reservation {
-                store: permit,
-                peer: None,
-            },
-            // The semaphore is never closed.
-            Err(_) => std::future::pending().await,
-        }
-    }
-
-    /// Takes up to `more` bytes beyond `reservation` if they are free now; whether it
-    /// got them.
-    pub(crate) fn try_extend(&self, reservation: &mut Reservation, more: usize) -> bool {
-        let Ok(more) = u32::try_from(more) else {
-            return false;
-        };
-        match self.permits.clone().try_acquire_many_owned(more) {
-            Ok(permit) => {
-                reservation.store.merge(permit);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Keeps `bytes` of `reservation` (what the feeds of one whole read take; at most
-    /// the reservation) until the returned hold's last clone is dropped, counted in
-    /// [`Self::held`]; the rest goes back now.
-    pub(crate) fn hold_whole(&self, reservation: Reservation, bytes: usize) -> WholeHold {
-        let mut permit = reservation.store;
-        let bytes = bytes.min(permit.num_permits());
-        let kept = permit.split(bytes);
-        drop(permit);
-        self.counts.add(bytes);
-        WholeHold::new(HeldWhole {
-            bytes,
-            _permit: kept,
-            counts: self.counts.clone(),
-        })
-    }
-
     /// Bytes of charged chunks alive now (queued, or in QUIC's send buffer).
     pub(crate) fn held(&self) -> usize {
         self.counts.held()
@@ -223,42 +142,14 @@ impl ServeBudget {
 impl ServeShare {
     /// A reservation if one is free now, in the peer's share and the store's.
     pub(crate) fn try_reserve(&self) -> Option<Reservation> {
-        let peer = self
-            .peer
-            .clone()
-            .try_acquire_many_owned(reserve_permits())
-            .ok()?;
-        let store = self
-            .budget
-            .permits
-            .clone()
-            .try_acquire_many_owned(reserve_permits())
-            .ok()?;
-        Some(Reservation {
-            store,
-            peer: Some(peer),
-        })
+        self.try_take(reserve_permits())
     }
 
-    /// Waits for a reservation: behind the peer's other streams that asked before, then
-    /// behind every stream that asked the store before.
+    /// Waits for a reservation: behind the peer's other streams and reads that asked
+    /// before, then behind every stream and read that asked the store before.
     pub(crate) fn reserve(&self) -> Reserving {
-        let (peer, store) = (self.peer.clone(), self.budget.permits.clone());
-        Box::pin(async move {
-            let permits = async {
-                let peer = peer.acquire_many_owned(reserve_permits()).await?;
-                let store = store.acquire_many_owned(reserve_permits()).await?;
-                Ok::<_, tokio::sync::AcquireError>(Reservation {
-                    store,
-                    peer: Some(peer),
-                })
-            };
-            match permits.await {
-                Ok(reservation) => reservation,
-                // The semaphores are never closed.
-                Err(_) => std::future::pending().await,
-            }
-        })
+        let share = self.clone();
+        Box::pin(async move { share.take(reserve_permits()).await })
     }
 
     /// `frame` (one encoded data answer of `stream`), each chunk holding its length of
@@ -269,7 +160,91 @@ impl ServeShare {
         frame: Vec<Bytes>,
         stream: &Arc<StreamHold>,
     ) -> Vec<Bytes> {
-        self.budget.charge(reservation, frame, stream)
+        let Reservation {
+            store: mut permit,
+            peer: mut peer_permit,
+        } = reservation;
+        let counts = &self.budget.counts;
+        frame
+            .into_iter()
+            .flat_map(pieces)
+            .map(|bytes| {
+                let len = bytes.len();
+                // A frame is at most `ANSWER_RESERVE` bytes, so every split succeeds.
+                let permit = permit.split(len);
+                let peer_permit = peer_permit.split(len);
+                counts.add(len);
+                if stream.held.fetch_add(len, Ordering::Relaxed) == 0 {
+                    // The stream starts holding bytes: its stall clock starts now.
+                    stream.progressed();
+                }
+                Bytes::from_owner(Charged {
+                    bytes,
+                    _permits: (permit, peer_permit),
+                    counts: counts.clone(),
+                    stream: stream.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Waits for room for `bytes` of feeds to read whole (at most [`ANSWER_RESERVE`]:
+    /// a caller never asks for more, so the wait always ends), in the same lines as
+    /// the streams' answers.
+    pub(crate) async fn reserve_whole(&self, bytes: usize) -> Reservation {
+        let bytes = u32::try_from(bytes.clamp(1, ANSWER_RESERVE)).unwrap_or(reserve_permits());
+        self.take(bytes).await
+    }
+
+    /// Takes up to `more` bytes beyond `reservation` if they are free now, in the
+    /// peer's share and the store's; whether it got them.
+    pub(crate) fn try_extend(&self, reservation: &mut Reservation, more: usize) -> bool {
+        let Some(more) = u32::try_from(more).ok().and_then(|n| self.try_take(n)) else {
+            return false;
+        };
+        reservation.store.merge(more.store);
+        reservation.peer.merge(more.peer);
+        true
+    }
+
+    /// Keeps `bytes` of `reservation` (what the feeds of one whole read take; at most
+    /// the reservation) until the returned hold's last clone is dropped, counted in
+    /// [`ServeBudget::held`]; the rest goes back now.
+    pub(crate) fn hold_whole(&self, reservation: Reservation, bytes: usize) -> WholeHold {
+        let Reservation {
+            store: mut permit,
+            peer: mut peer_permit,
+        } = reservation;
+        let bytes = bytes.min(permit.num_permits());
+        let kept = (permit.split(bytes), peer_permit.split(bytes));
+        let counts = &self.budget.counts;
+        counts.add(bytes);
+        WholeHold::new(HeldWhole {
+            bytes,
+            _permits: kept,
+            counts: counts.clone(),
+        })
+    }
+
+    /// `n` bytes from the peer's share, then from the store's, when both have them.
+    async fn take(&self, n: u32) -> Reservation {
+        let permits = async {
+            let peer = self.peer.clone().acquire_many_owned(n).await?;
+            let store = self.budget.permits.clone().acquire_many_owned(n).await?;
+            Ok::<_, tokio::sync::AcquireError>(Reservation { store, peer })
+        };
+        match permits.await {
+            Ok(reservation) => reservation,
+            // The semaphores are never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// `n` bytes from the peer's share and the store's, if both have them now.
+    fn try_take(&self, n: u32) -> Option<Reservation> {
+        let peer = self.peer.clone().try_acquire_many_owned(n).ok()?;
+        let store = self.budget.permits.clone().try_acquire_many_owned(n).ok()?;
+        Some(Reservation { store, peer })
     }
 }
 
@@ -350,8 +325,8 @@ fn reserve_permits() -> u32 {
 /// The owner of one charged chunk: gives its bytes back to the budget when dropped.
 struct Charged {
     bytes: Bytes,
-    _permit: Option<OwnedSemaphorePermit>,
-    _peer_permit: Option<OwnedSemaphorePermit>,
+    /// The chunk's bytes of the store's room and of its peer's share.
+    _permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
     counts: Arc<Gauge>,
     stream: Arc<StreamHold>,
 }
@@ -360,7 +335,8 @@ struct Charged {
 /// session drops the read's last feed.
 struct HeldWhole {
     bytes: usize,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// The read's bytes of the store's room and of its peer's share.
+    _permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
     counts: Arc<Gauge>,
 }
 
@@ -463,6 +439,7 @@ impl StallStrikes {
 
 #[cfg(test)]
 mod tests {
+    use super::super::peer_table::test_key;
     use super::*;
 
     #[test]
@@ -490,11 +467,7 @@ mod tests {
         let stall = Duration::from_secs(1);
         let mut strikes = StallStrikes::new(stall);
         let t0 = std::time::Instant::now();
-        let key = |i: usize| {
-            let mut k = [0u8; 32];
-            k[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            PeerKey(k)
-        };
+        let key = test_key;
         for i in 0..MAX_STRUCK_PEERS + 100 {
             strikes.record(key(i), t0 + Duration::from_millis(i as u64));
         }
@@ -508,10 +481,7 @@ mod tests {
     fn a_charged_frame_holds_its_bytes_until_its_chunks_are_dropped() {
         // Two peers: each may hold one answer of the two.
         let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
-        let (p, q) = (
-            budget.share(PeerKey([1; 32])),
-            budget.share(PeerKey([2; 32])),
-        );
+        let (p, q) = (budget.share(test_key(1)), budget.share(test_key(2)));
         let stream = StreamHold::new();
         let a = p.try_reserve().unwrap();
         let b = q.try_reserve().unwrap();
@@ -542,16 +512,24 @@ mod tests {
         // Room for four answers: a peer's share is three.
         let budget = ServeBudget::new(4 * ANSWER_RESERVE, Duration::from_secs(30));
         let stream = StreamHold::new();
-        let greedy = budget.share(PeerKey([1; 32]));
+        let greedy = budget.share(test_key(1));
         let mut held: Vec<_> = (0..3).map(|_| greedy.try_reserve().unwrap()).collect();
         // Another stream of the same peer finds its share spent, not the store's room.
-        let also_greedy = budget.share(PeerKey([1; 32]));
+        let also_greedy = budget.share(test_key(1));
         assert!(also_greedy.try_reserve().is_none());
         assert_eq!(budget.available(), ANSWER_RESERVE);
-        // Its waiting streams queue on its share, not on the store: another peer's
-        // answer gets the store's last room at once.
-        let mut waiting: Vec<_> = (0..8).map(|_| greedy.reserve()).collect();
-        let other = budget.share(PeerKey([2; 32]));
+        // Eight more of its streams wait, each in line once polled...
+        let waiting: Vec<_> = (0..8).map(|_| tokio::spawn(greedy.reserve())).collect();
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            waiting.iter().all(|w| !w.is_finished()),
+            "nothing is free for them"
+        );
+        // ... in their peer's line, not the store's: another peer's answer takes the
+        // store's last room at once (it stood behind all eight before).
+        let other = budget.share(test_key(2));
         let got = tokio::time::timeout(Duration::from_secs(10), other.reserve())
             .await
             .expect("the other peer's answer waits for no share of the first");
@@ -565,54 +543,75 @@ mod tests {
         );
         assert!(also_greedy.try_reserve().is_none());
         drop(frame);
-        // The room that came back goes to the first stream of the peer that waited.
-        let next = tokio::time::timeout(Duration::from_secs(10), waiting.remove(0))
+        // The room that came back goes to the peer's first waiting stream, the others
+        // still wait.
+        let mut waiting = waiting.into_iter();
+        let next = tokio::time::timeout(Duration::from_secs(10), waiting.next().unwrap())
             .await
-            .expect("the peer's first waiting stream");
-        drop((held, next, got, waiting, greedy, also_greedy, other));
+            .expect("the peer's first waiting stream")
+            .unwrap();
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        let waiting: Vec<_> = waiting.collect();
+        assert!(waiting.iter().all(|w| !w.is_finished()));
+        for w in &waiting {
+            w.abort();
+        }
+        for w in waiting {
+            assert!(w.await.unwrap_err().is_cancelled());
+        }
+        drop((held, next, got, greedy, also_greedy, other));
         assert_eq!(budget.available(), 4 * ANSWER_RESERVE);
         assert_eq!(budget.peers.live(), 0, "the shares go with the streams");
         // A budget of one or two answers still gives each peer one.
         for answers in [1, 2] {
             let small = ServeBudget::new(answers * ANSWER_RESERVE, Duration::from_secs(30));
-            assert!(small.share(PeerKey([1; 32])).try_reserve().is_some());
+            assert!(small.share(test_key(1)).try_reserve().is_some());
         }
     }
 
     #[tokio::test]
     async fn a_whole_read_holds_what_it_read_until_its_last_feed_is_dropped() {
-        let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
+        // Room for three answers: a peer's share is two.
+        let budget = ServeBudget::new(3 * ANSWER_RESERVE, Duration::from_secs(30));
+        let (p, q) = (budget.share(test_key(1)), budget.share(test_key(2)));
         // A read asks for at most one answer's room, whatever it is asked for.
-        let mut first = budget.reserve_whole(usize::MAX).await;
-        assert_eq!(budget.available(), ANSWER_RESERVE);
+        let mut first = p.reserve_whole(usize::MAX).await;
+        assert_eq!(budget.available(), 2 * ANSWER_RESERVE);
         assert!(
-            !budget.try_extend(&mut first, ANSWER_RESERVE + 1),
-            "more than is free"
+            !p.try_extend(&mut first, ANSWER_RESERVE + 1),
+            "more than the peer's share has free"
         );
-        let second = budget.reserve_whole(1000).await;
-        assert!(budget.try_extend(&mut first, 10));
-        let hold = budget.hold_whole(first, 5000);
+        let second = q.reserve_whole(1000).await;
+        assert!(p.try_extend(&mut first, 10));
+        // A read counts in its peer's share as an answer does.
+        let answer = p.try_reserve();
+        assert!(answer.is_none(), "the share has less than an answer left");
+        let hold = p.hold_whole(first, 5000);
         assert_eq!(budget.held(), 5000);
         // The rest of its reservation is back; the second read keeps its 1000.
-        assert_eq!(budget.available(), 2 * ANSWER_RESERVE - 1000 - 5000);
+        assert_eq!(budget.available(), 3 * ANSWER_RESERVE - 1000 - 5000);
+        let answer = p.try_reserve().expect("the share's rest came back");
+        drop(answer);
         // Its feeds share one hold: the bytes come back with the last of them.
         let feeds = [hold.clone(), hold.clone()];
         drop(hold);
         drop(feeds);
         assert_eq!((budget.held(), budget.peak()), (0, 5000));
         // A read that found less than it reserved keeps only what it found.
-        let small = budget.hold_whole(second, 300);
+        let small = q.hold_whole(second, 300);
         assert_eq!(budget.held(), 300);
-        assert_eq!(budget.available(), 2 * ANSWER_RESERVE - 300);
+        assert_eq!(budget.available(), 3 * ANSWER_RESERVE - 300);
         drop(small);
-        assert_eq!(budget.available(), 2 * ANSWER_RESERVE);
+        assert_eq!(budget.available(), 3 * ANSWER_RESERVE);
     }
 
     #[test]
     fn a_budget_below_one_answer_still_sends_one() {
         let budget = ServeBudget::new(0, Duration::from_secs(30));
         assert_eq!(budget.available(), ANSWER_RESERVE);
-        assert!(budget.share(PeerKey([1; 32])).try_reserve().is_some());
+        assert!(budget.share(test_key(1)).try_reserve().is_some());
     }
 
     #[test]
@@ -620,7 +619,7 @@ mod tests {
         let budget = ServeBudget::new(2 * ANSWER_RESERVE, Duration::from_secs(30));
         let stream = StreamHold::new();
         let big = Bytes::from((0..PIECE * 2 + 10).map(|i| i as u8).collect::<Vec<_>>());
-        let share = budget.share(PeerKey([1; 32]));
+        let share = budget.share(test_key(1));
         let frame = share.charge(
             share.try_reserve().unwrap(),
             vec![Bytes::from_static(b"head"), big.clone()],
@@ -651,7 +650,7 @@ mod tests {
             "stalled while holding nothing"
         );
         let start = Instant::now();
-        let share = budget.share(PeerKey([1; 32]));
+        let share = budget.share(test_key(1));
         let frame = share.charge(
             share.try_reserve().unwrap(),
             vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 24])],

@@ -17,7 +17,8 @@ impl<St: Storage> Handler<ReadWhole> for FeedStore<St> {
     type Result = ResponseFuture<Result<Vec<Option<WholeFeed>>, StoreError>>;
 
     /// Feeds not held in the namespace are `None`; the others are read in one call of
-    /// `Registry::read_whole`, under the store's serve budget (decision 245): the read
+    /// `Registry::read_whole`, under the store's serve budget (decision 245) and the
+    /// peer's share of it (decision 268): the read
     /// first reserves what its feeds take, and answers only the leading feeds that fit
     /// in one reservation (at least one); the session asks again for the rest. The
     /// feeds read keep their bytes of the budget ([`WholeFeed::hold`]) until the session
@@ -28,6 +29,7 @@ impl<St: Storage> Handler<ReadWhole> for FeedStore<St> {
             namespace,
             feeds,
             max_bytes,
+            peer,
             ..
         } = msg;
         let mut asked = Vec::with_capacity(feeds.len());
@@ -56,7 +58,7 @@ impl<St: Storage> Handler<ReadWhole> for FeedStore<St> {
             if served.is_empty() {
                 return Ok(vec![None; asked.len()]);
             }
-            let budget = &shared.serve;
+            let budget = shared.serve.share(peer);
             let mut reservation = budget.reserve_whole(reserve).await;
             let read = read.await.map_err(|e| StoreError::Failed(e.to_string()))?;
             let mut found: HashMap<FeedKey, WholeFeed> = HashMap::with_capacity(served.len());

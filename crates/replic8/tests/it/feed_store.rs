@@ -1643,7 +1643,11 @@ fn stalled_reader_holds_a_frame_per_stream(
         let r = node(1, storage, config, Mode::Live, &tx).await;
         let (mut nodes, mut feeds) = (Vec::new(), Vec::new());
         for n in 2..2 + writers {
-            let w = node(n, MemoryStorage::new(), accept_all(), Mode::Live, &tx).await;
+            // Room to serve every stream at once: a stalled reader pins about two
+            // answers per stream, and no stream may wait on the writer's budget here.
+            let mut config = accept_all();
+            config.limits.serve_bytes_in_flight = 16 * MIN_SERVE_BYTES_IN_FLIGHT;
+            let w = node(n, MemoryStorage::new(), config, Mode::Live, &tx).await;
             for f in 0..feeds_each {
                 let blocks = (0..BLOCKS)
                     .map(|i| vec![i as u8 ^ n ^ f; 64 << 10])

