@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Context, Handler};
-use replic8::actor::{GetSessionTotals, PeerEvent, SessionsActor, StartSession};
+use replic8::actor::{GetSessionTotals, PeerEvent, SessionsActor};
 use replic8::feed_store::*;
 use replic8::frame;
-use replic8::keys::{FeedKey, PeerKey, Role};
+use replic8::keys::{FeedKey, PeerKey};
 use replic8::message::{CloseCode, Headers};
 use replic8::session::{Mode, SessionConfig, SessionEvent};
 use replic8::store::*;
@@ -26,26 +26,10 @@ use replic8_store::storage::{
 use replic8_store::{Feed, FeedSecret, FeedSync, Message, SyncConfig, Want, MAX_MESSAGE_SIZE};
 use tokio::sync::mpsc;
 
-use crate::tls;
-use tls::{client_endpoint, connect, server_endpoint};
+use crate::feed_nodes::{forward_events, link, link_raw, session_end, wait_for, Ev, Node, GUARD};
+use crate::tls::client_endpoint;
 
-const GUARD: Duration = Duration::from_secs(30);
 const NS: &str = "photos";
-
-#[derive(Debug)]
-enum Ev {
-    Store(u8, FeedStoreEvent),
-    Session(u8, PeerEvent),
-}
-
-struct Node<St: Storage> {
-    n: u8,
-    key: PeerKey,
-    sessions: Addr<SessionsActor>,
-    store: Addr<FeedStore<St>>,
-    server: quinn::Endpoint,
-    client: quinn::Endpoint,
-}
 
 fn session_config(mode: Mode) -> SessionConfig {
     SessionConfig {
@@ -69,65 +53,14 @@ async fn node<St: Storage + MembershipHome>(
     mode: Mode,
     events: &mpsc::UnboundedSender<Ev>,
 ) -> Node<St> {
-    let (stx, mut srx) = mpsc::unbounded_channel::<PeerEvent>();
-    let (ftx, mut frx) = mpsc::unbounded_channel::<FeedStoreEvent>();
-    let (e1, e2) = (events.clone(), events.clone());
-    tokio::spawn(async move {
-        while let Some(e) = srx.recv().await {
-            let _ = e1.send(Ev::Session(n, e));
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(e) = frx.recv().await {
-            let _ = e2.send(Ev::Store(n, e));
-        }
-    });
+    let (stx, ftx) = forward_events(n, events);
     let sessions = SessionsActor::new(session_config(mode), Some(stx)).start();
     let store = FeedStore::new(storage, config, sessions.clone(), Some(ftx))
         .unwrap()
         .start_registered(vec![(NS.into(), None)])
         .await
         .unwrap();
-    Node {
-        n,
-        key: PeerKey([n; 32]),
-        sessions,
-        store,
-        server: server_endpoint(),
-        client: client_endpoint(),
-    }
-}
-
-async fn link<A: Storage, B: Storage>(dialer: &Node<A>, acceptor: &Node<B>) {
-    link_raw(dialer.key, &dialer.client, &dialer.sessions, acceptor).await;
-}
-
-async fn link_raw<B: Storage>(
-    key: PeerKey,
-    client: &quinn::Endpoint,
-    sessions: &Addr<SessionsActor>,
-    acceptor: &Node<B>,
-) {
-    let (dialed, accepted) = connect(client, &acceptor.server).await;
-    sessions
-        .send(StartSession {
-            peer: acceptor.key,
-            connection: dialed,
-            role: Role::Dialer,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    acceptor
-        .sessions
-        .send(StartSession {
-            peer: key,
-            connection: accepted,
-            role: Role::Acceptor,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    Node::new(n, sessions, store)
 }
 
 fn headers(kind: &str) -> Headers {
@@ -198,29 +131,6 @@ async fn wait_both_done(events: &mut mpsc::UnboundedReceiver<Ev>) {
         ended == 2
     })
     .await;
-}
-
-/// Waits for an event matching `want`; panics on a guard timeout with what was seen.
-async fn wait_for(
-    events: &mut mpsc::UnboundedReceiver<Ev>,
-    what: &str,
-    mut want: impl FnMut(&Ev) -> bool,
-) -> Vec<Ev> {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(GUARD, async {
-        while let Some(e) = events.recv().await {
-            let hit = want(&e);
-            seen.push(e);
-            if hit {
-                return;
-            }
-        }
-    })
-    .await;
-    if found.is_err() {
-        panic!("timed out waiting for {what}; saw: {seen:#?}");
-    }
-    seen
 }
 
 fn is_synced(e: &Ev, node: u8, feed: FeedKey, length: u64) -> bool {
@@ -561,30 +471,6 @@ struct TamperingStore {
     opening: Option<Vec<u8>>,
     /// Its answer to `FeedHeads` (when registered with it): a forged head.
     head: Option<replic8_store::SignedHead>,
-}
-
-/// Waits for node `n` to end its session with `peer`: the events seen, the reason.
-async fn session_end(
-    events: &mut mpsc::UnboundedReceiver<Ev>,
-    n: u8,
-    peer: PeerKey,
-) -> (Vec<Ev>, replic8::session::EndReason) {
-    let seen = wait_for(events, &format!("node {n} to end {peer:?}'s session"), |e| {
-        matches!(e, Ev::Session(m, PeerEvent { peer: p, event: SessionEvent::SessionEnded { .. } }) if *m == n && *p == peer)
-    })
-    .await;
-    let Some(Ev::Session(
-        _,
-        PeerEvent {
-            event: SessionEvent::SessionEnded { reason },
-            ..
-        },
-    )) = seen.last()
-    else {
-        unreachable!()
-    };
-    let reason = reason.clone();
-    (seen, reason)
 }
 
 /// The hostile node X (key `[9; 32]`), its session to `b` up: a real feed of `blocks`

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Context, Handler};
-use replic8::actor::{ListSessions, PeerEvent, SessionsActor, StartSession};
+use replic8::actor::{ListSessions, PeerEvent, SessionsActor};
 use replic8::feed_store::*;
 use replic8::frame;
-use replic8::keys::{FeedKey, NamespaceSecret, PeerKey, Role};
+use replic8::keys::{FeedKey, NamespaceSecret, PeerKey};
 use replic8::message::{CloseCode, Headers};
 use replic8::session::{Mode, SessionConfig, SessionEvent, StreamId};
 use replic8::store::*;
@@ -25,44 +25,30 @@ use replic8_store::storage::{DiskStorage, MemoryFeed, MemoryStorage, Storage};
 use replic8_store::{Feed, FeedSecret, FeedSync, SyncConfig, MAX_MESSAGE_SIZE};
 use tokio::sync::mpsc;
 
+use crate::feed_nodes::{forward_events, link, link_raw, session_end, wait_for, Ev, Node, GUARD};
 use crate::tls;
-use tls::{client_endpoint, client_endpoint_kept_alive, connect, connect_via, server_endpoint};
+use tls::{client_endpoint, client_endpoint_kept_alive, connect_via};
 
-const GUARD: Duration = Duration::from_secs(30);
 const OPEN: &str = "open";
 const TEAM: &str = "team";
 const TEAM_SECRET: NamespaceSecret = NamespaceSecret([42; 32]);
 
-#[derive(Debug)]
-enum Ev {
-    Store(u8, FeedStoreEvent),
-    Session(u8, PeerEvent),
-    /// A test store was given a stream for this feed.
-    Attached(u8, FeedKey),
-}
-
-struct Node<St: Storage> {
-    key: PeerKey,
-    sessions: Addr<SessionsActor>,
-    store: Addr<FeedStore<St>>,
-    server: quinn::Endpoint,
-    client: quinn::Endpoint,
-}
-
-/// Forwards a node's session events to the test's channel.
+/// A session layer whose events go to the test's channel as node `n`'s.
 fn session_layer(n: u8, events: &mpsc::UnboundedSender<Ev>) -> Addr<SessionsActor> {
-    let (stx, mut srx) = mpsc::unbounded_channel::<PeerEvent>();
-    let e = events.clone();
-    tokio::spawn(async move {
-        while let Some(ev) = srx.recv().await {
-            let _ = e.send(Ev::Session(n, ev));
-        }
-    });
+    session_layer_with_store_events(n, events).0
+}
+
+/// [`session_layer`], and a sender for node `n`'s store events.
+fn session_layer_with_store_events(
+    n: u8,
+    events: &mpsc::UnboundedSender<Ev>,
+) -> (Addr<SessionsActor>, mpsc::UnboundedSender<FeedStoreEvent>) {
+    let (stx, ftx) = forward_events(n, events);
     let config = SessionConfig {
         mode: Mode::Live,
         ..SessionConfig::default()
     };
-    SessionsActor::new(config, Some(stx)).start()
+    (SessionsActor::new(config, Some(stx)).start(), ftx)
 }
 
 /// A node with a feed store serving `namespaces` (each with its secret and policy).
@@ -73,14 +59,7 @@ async fn node<St: Storage + MembershipHome>(
     namespaces: Vec<(&str, Option<NamespaceSecret>, NamespacePolicy)>,
     events: &mpsc::UnboundedSender<Ev>,
 ) -> Node<St> {
-    let sessions = session_layer(n, events);
-    let (ftx, mut frx) = mpsc::unbounded_channel::<FeedStoreEvent>();
-    let e = events.clone();
-    tokio::spawn(async move {
-        while let Some(ev) = frx.recv().await {
-            let _ = e.send(Ev::Store(n, ev));
-        }
-    });
+    let (sessions, ftx) = session_layer_with_store_events(n, events);
     let store = FeedStore::new(storage, config, sessions.clone(), Some(ftx))
         .unwrap()
         .start();
@@ -95,69 +74,7 @@ async fn node<St: Storage + MembershipHome>(
             .unwrap()
             .unwrap();
     }
-    Node {
-        key: PeerKey([n; 32]),
-        sessions,
-        store,
-        server: server_endpoint(),
-        client: client_endpoint(),
-    }
-}
-
-/// Starts a session between a dialer (its key, endpoint and session layer) and a node.
-async fn link_raw<B: Storage>(
-    key: PeerKey,
-    client: &quinn::Endpoint,
-    sessions: &Addr<SessionsActor>,
-    acceptor: &Node<B>,
-) {
-    let (dialed, accepted) = connect(client, &acceptor.server).await;
-    sessions
-        .send(StartSession {
-            peer: acceptor.key,
-            connection: dialed,
-            role: Role::Dialer,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    acceptor
-        .sessions
-        .send(StartSession {
-            peer: key,
-            connection: accepted,
-            role: Role::Acceptor,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-}
-
-async fn link<A: Storage, B: Storage>(dialer: &Node<A>, acceptor: &Node<B>) {
-    link_raw(dialer.key, &dialer.client, &dialer.sessions, acceptor).await;
-}
-
-/// Waits for an event matching `want`; panics on a guard timeout with what was seen.
-async fn wait_for(
-    events: &mut mpsc::UnboundedReceiver<Ev>,
-    what: &str,
-    mut want: impl FnMut(&Ev) -> bool,
-) -> Vec<Ev> {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(GUARD, async {
-        while let Some(e) = events.recv().await {
-            let hit = want(&e);
-            seen.push(e);
-            if hit {
-                return;
-            }
-        }
-    })
-    .await;
-    if found.is_err() {
-        panic!("timed out waiting for {what}; saw: {seen:#?}");
-    }
-    seen
+    Node::new(n, sessions, store)
 }
 
 /// Panics if any session in `seen` ended.
@@ -1308,24 +1225,7 @@ fn a_peer_that_keeps_stalling_loses_its_session_at_its_third_stall() {
             );
             assert_no_end(&seen);
         }
-        let seen = wait_for(&mut events, "B ends the peer's session", |e| {
-            matches!(
-                e,
-                Ev::Session(2, PeerEvent { peer, event: SessionEvent::SessionEnded { .. } })
-                    if *peer == key
-            )
-        })
-        .await;
-        let Some(Ev::Session(
-            _,
-            PeerEvent {
-                event: SessionEvent::SessionEnded { reason },
-                ..
-            },
-        )) = seen.last()
-        else {
-            unreachable!()
-        };
+        let (_, reason) = session_end(&mut events, 2, key).await;
         assert_eq!(reason.code, CloseCode::TIMEOUT, "{reason}");
         assert!(!reason.peer_at_fault, "{reason}");
         let stats = b.store.send(GetStats).await.unwrap();

@@ -10,6 +10,7 @@ mod util;
 
 mod actor;
 mod codec;
+mod feed_nodes;
 mod feed_store;
 mod feed_store_policy;
 mod feed_store_whole;
