@@ -89,6 +89,17 @@ pub(crate) struct Reservation {
     peer: OwnedSemaphorePermit,
 }
 
+impl Reservation {
+    /// `n` bytes of the reservation, in the store's room and the peer's share alike
+    /// (`None` where fewer are left).
+    fn split(&mut self, n: usize) -> Permits {
+        (self.store.split(n), self.peer.split(n))
+    }
+}
+
+/// Bytes of the store's room and of a peer's share, held together.
+type Permits = (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>);
+
 /// A wait for a [`Reservation`] that keeps its place in the queue while the stream
 /// handles other input.
 pub(crate) type Reserving = Pin<Box<dyn Future<Output = Reservation> + Send>>;
@@ -156,14 +167,10 @@ impl ServeShare {
     /// `reservation` until it is dropped; the rest of the reservation is given back.
     pub(crate) fn charge(
         &self,
-        reservation: Reservation,
+        mut reservation: Reservation,
         frame: Vec<Bytes>,
         stream: &Arc<StreamHold>,
     ) -> Vec<Bytes> {
-        let Reservation {
-            store: mut permit,
-            peer: mut peer_permit,
-        } = reservation;
         let counts = &self.budget.counts;
         frame
             .into_iter()
@@ -171,8 +178,7 @@ impl ServeShare {
             .map(|bytes| {
                 let len = bytes.len();
                 // A frame is at most `ANSWER_RESERVE` bytes, so every split succeeds.
-                let permit = permit.split(len);
-                let peer_permit = peer_permit.split(len);
+                let permits = reservation.split(len);
                 counts.add(len);
                 if stream.held.fetch_add(len, Ordering::Relaxed) == 0 {
                     // The stream starts holding bytes: its stall clock starts now.
@@ -180,7 +186,7 @@ impl ServeShare {
                 }
                 Bytes::from_owner(Charged {
                     bytes,
-                    _permits: (permit, peer_permit),
+                    _permits: permits,
                     counts: counts.clone(),
                     stream: stream.clone(),
                 })
@@ -210,13 +216,9 @@ impl ServeShare {
     /// Keeps `bytes` of `reservation` (what the feeds of one whole read take; at most
     /// the reservation) until the returned hold's last clone is dropped, counted in
     /// [`ServeBudget::held`]; the rest goes back now.
-    pub(crate) fn hold_whole(&self, reservation: Reservation, bytes: usize) -> WholeHold {
-        let Reservation {
-            store: mut permit,
-            peer: mut peer_permit,
-        } = reservation;
-        let bytes = bytes.min(permit.num_permits());
-        let kept = (permit.split(bytes), peer_permit.split(bytes));
+    pub(crate) fn hold_whole(&self, mut reservation: Reservation, bytes: usize) -> WholeHold {
+        let bytes = bytes.min(reservation.store.num_permits());
+        let kept = reservation.split(bytes);
         let counts = &self.budget.counts;
         counts.add(bytes);
         WholeHold::new(HeldWhole {
@@ -326,7 +328,7 @@ fn reserve_permits() -> u32 {
 struct Charged {
     bytes: Bytes,
     /// The chunk's bytes of the store's room and of its peer's share.
-    _permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+    _permits: Permits,
     counts: Arc<Gauge>,
     stream: Arc<StreamHold>,
 }
@@ -336,7 +338,7 @@ struct Charged {
 struct HeldWhole {
     bytes: usize,
     /// The read's bytes of the store's room and of its peer's share.
-    _permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+    _permits: Permits,
     counts: Arc<Gauge>,
 }
 
