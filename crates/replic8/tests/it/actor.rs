@@ -176,27 +176,11 @@ async fn test_node(
 }
 
 async fn link(dialer: &TestNode, acceptor: &TestNode) {
-    let (dialed, accepted) = connect(&dialer.client, &acceptor.server).await;
-    dialer
-        .sessions
-        .send(StartSession {
-            peer: acceptor.key,
-            connection: dialed,
-            role: Role::Dialer,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    acceptor
-        .sessions
-        .send(StartSession {
-            peer: dialer.key,
-            connection: accepted,
-            role: Role::Acceptor,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    crate::feed_nodes::start_sessions(
+        (dialer.key, &dialer.client, &dialer.sessions),
+        (acceptor.key, &acceptor.server, &acceptor.sessions),
+    )
+    .await;
 }
 
 #[test]

@@ -76,17 +76,18 @@ pub(crate) fn forward_events(
     (stx, ftx)
 }
 
-/// Starts a session between a dialer (its key, endpoint and session layer) and a node.
-pub(crate) async fn link_raw<B: Storage>(
-    key: PeerKey,
-    client: &quinn::Endpoint,
-    sessions: &Addr<SessionsActor>,
-    acceptor: &Node<B>,
-) {
-    let (dialed, accepted) = connect(client, &acceptor.server).await;
-    sessions
+/// One end of a test connection: its key, its endpoint (the dialer's client, the
+/// acceptor's server) and its session layer.
+pub(crate) type End<'a> = (PeerKey, &'a quinn::Endpoint, &'a Addr<SessionsActor>);
+
+/// Connects `dialer` to `acceptor` and starts the session at both ends (any test's
+/// session layers, not only these nodes').
+pub(crate) async fn start_sessions(dialer: End<'_>, acceptor: End<'_>) {
+    let (dialed, accepted) = connect(dialer.1, acceptor.1).await;
+    dialer
+        .2
         .send(StartSession {
-            peer: acceptor.key,
+            peer: acceptor.0,
             connection: dialed,
             role: Role::Dialer,
         })
@@ -94,15 +95,29 @@ pub(crate) async fn link_raw<B: Storage>(
         .unwrap()
         .unwrap();
     acceptor
-        .sessions
+        .2
         .send(StartSession {
-            peer: key,
+            peer: dialer.0,
             connection: accepted,
             role: Role::Acceptor,
         })
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Starts a session between a dialer (its key, endpoint and session layer) and a node.
+pub(crate) async fn link_raw<B: Storage>(
+    key: PeerKey,
+    client: &quinn::Endpoint,
+    sessions: &Addr<SessionsActor>,
+    acceptor: &Node<B>,
+) {
+    start_sessions(
+        (key, client, sessions),
+        (acceptor.key, &acceptor.server, &acceptor.sessions),
+    )
+    .await;
 }
 
 /// Starts a session between two nodes.
