@@ -86,9 +86,10 @@ impl Unanswered {
 /// receive budget and the peer's share of it have room ([`ReceiveShare`]) or this
 /// stream holds no whole frame; past that it stops reading and QUIC stops the peer.
 /// Every byte held, the frame being gathered included, is charged to the budget and
-/// the share until it is verified or the inbox is dropped. A frame inside one QUIC chunk is kept as a slice of
-/// it (no copy); one that straddles chunks is gathered into a buffer allocated once at
-/// the frame's announced size (checked against the limit first), from the pool.
+/// the share until it is verified or the inbox is dropped. A frame inside one QUIC
+/// chunk is kept as a slice of it (no copy); one that straddles chunks is gathered into
+/// a buffer allocated once at the frame's announced size (checked against the limit
+/// first), from the pool (decision 269: hashing the pieces in place saves nothing).
 ///
 /// Every frame is also checked from its first five bytes, before the rest arrives
 /// ([`check_leading`]): a frame over [`MAX_SMALL_MESSAGE_SIZE`] must be a data message,
